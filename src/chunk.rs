@@ -1,0 +1,248 @@
+//! Content-defined chunking (FastCDC with normalized chunking) and BLAKE3 chunk
+//! names.
+//!
+//! Boundaries depend only on the bytes near them, so an insertion or deletion moves
+//! no boundary beyond the edit: both sides of a transfer cut the same content into
+//! the same chunks wherever it sits in a file. Pure code over byte slices and
+//! `Read`; no I/O of its own.
+//!
+//! Sizes: 4 KiB minimum, 16 KiB normal, 64 KiB maximum. DESIGN.md suggests about
+//! 64 KiB; 16 KiB halves the bytes an edit drags along with it (an edit costs about
+//! its own size plus one average chunk) while the recipe stays at 0.2% of the file.
+
+use std::io::{self, Read};
+
+pub const MIN_CHUNK: usize = 4 << 10;
+pub const AVG_CHUNK: usize = 16 << 10;
+pub const MAX_CHUNK: usize = 64 << 10;
+
+/// Harder to cut before the normal size, easier after it (normalized chunking,
+/// level 2): 16 and 12 one-bits in the high half of the gear hash, where each bit
+/// depends on a window of the last several dozen bytes.
+const MASK_HARD: u64 = spread_mask(16);
+const MASK_EASY: u64 = spread_mask(12);
+
+/// `bits` one-bits at every other position from bit 63 down.
+const fn spread_mask(bits: u32) -> u64 {
+    let mut m = 0u64;
+    let mut i = 0;
+    while i < bits {
+        m |= 1 << (63 - 2 * i);
+        i += 1;
+    }
+    m
+}
+
+const fn gear_table() -> [u64; 256] {
+    // splitmix64: a fixed, well-mixed table; both sides must use the same one.
+    let mut t = [0u64; 256];
+    let mut state: u64 = 0x6665_7272_7963_6463; // "ferrycdc"
+    let mut i = 0;
+    while i < 256 {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        t[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    t
+}
+
+static GEAR: [u64; 256] = gear_table();
+
+/// Length of the first chunk of `data`. `data` holds either at least
+/// [`MAX_CHUNK`] bytes or everything left of the stream.
+pub fn cut(data: &[u8]) -> usize {
+    let n = data.len();
+    if n <= MIN_CHUNK {
+        return n;
+    }
+    let end = n.min(MAX_CHUNK);
+    let normal = AVG_CHUNK.min(end);
+    let mut fp: u64 = 0;
+    let mut i = MIN_CHUNK;
+    while i < normal {
+        fp = (fp << 1).wrapping_add(GEAR[data[i] as usize]);
+        if fp & MASK_HARD == 0 {
+            return i + 1;
+        }
+        i += 1;
+    }
+    while i < end {
+        fp = (fp << 1).wrapping_add(GEAR[data[i] as usize]);
+        if fp & MASK_EASY == 0 {
+            return i + 1;
+        }
+        i += 1;
+    }
+    end
+}
+
+/// One chunk of a stream: where it is and its BLAKE3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub offset: u64,
+    pub len: u32,
+    pub hash: [u8; 32],
+}
+
+/// Splits a readable stream into chunks, hashing each, and the whole stream too.
+/// Memory: one buffer of a few maximum-size chunks, reused.
+pub struct Chunker<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    offset: u64,
+    whole: blake3::Hasher,
+}
+
+impl<R: Read> Chunker<R> {
+    pub fn new(inner: R) -> Self {
+        Chunker {
+            inner,
+            buf: vec![0; 4 * MAX_CHUNK],
+            start: 0,
+            end: 0,
+            eof: false,
+            offset: 0,
+            whole: blake3::Hasher::new(),
+        }
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        if self.start > 0 && self.buf.len() - self.start < MAX_CHUNK {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while !self.eof && self.end - self.start < MAX_CHUNK {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next chunk and its bytes, or `None` at the end of the stream.
+    pub fn next_chunk(&mut self) -> io::Result<Option<(Chunk, &[u8])>> {
+        self.fill()?;
+        if self.start == self.end {
+            return Ok(None);
+        }
+        let len = cut(&self.buf[self.start..self.end]);
+        let data = &self.buf[self.start..self.start + len];
+        self.whole.update(data);
+        let chunk = Chunk {
+            offset: self.offset,
+            len: len as u32,
+            hash: *blake3::hash(data).as_bytes(),
+        };
+        self.offset += len as u64;
+        self.start += len;
+        Ok(Some((chunk, data)))
+    }
+
+    /// Total bytes consumed so far.
+    pub fn position(&self) -> u64 {
+        self.offset
+    }
+
+    /// The BLAKE3 of everything chunked so far.
+    pub fn whole_hash(&self) -> [u8; 32] {
+        *self.whole.finalize().as_bytes()
+    }
+}
+
+/// Chunks a whole slice (tests and small inputs).
+pub fn chunk_slice(data: &[u8]) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    let mut c = Chunker::new(data);
+    while let Some((chunk, _)) = c.next_chunk().expect("reading a slice cannot fail") {
+        out.push(chunk);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_cover_the_input_within_bounds() {
+        for size in [
+            0,
+            1,
+            MIN_CHUNK,
+            MAX_CHUNK - 1,
+            MAX_CHUNK,
+            MAX_CHUNK + 1,
+            3 << 20,
+        ] {
+            let data = random(size, 7);
+            let chunks = chunk_slice(&data);
+            let total: u64 = chunks.iter().map(|c| c.len as u64).sum();
+            assert_eq!(total, size as u64);
+            let mut off = 0;
+            for (i, c) in chunks.iter().enumerate() {
+                assert_eq!(c.offset, off);
+                assert!(c.len as usize <= MAX_CHUNK);
+                if i + 1 < chunks.len() {
+                    assert!(c.len as usize > MIN_CHUNK);
+                }
+                let d = &data[off as usize..off as usize + c.len as usize];
+                assert_eq!(c.hash, *blake3::hash(d).as_bytes());
+                off += c.len as u64;
+            }
+        }
+    }
+
+    #[test]
+    fn average_size_is_near_target() {
+        let data = random(32 << 20, 3);
+        let n = chunk_slice(&data).len();
+        let avg = data.len() / n;
+        assert!(
+            (AVG_CHUNK * 3 / 4..AVG_CHUNK * 3 / 2).contains(&avg),
+            "average chunk {avg}"
+        );
+    }
+
+    #[test]
+    fn insertion_only_disturbs_nearby_chunks() {
+        let data = random(4 << 20, 11);
+        let mut edited = data[..1 << 20].to_vec();
+        edited.extend_from_slice(&random(1000, 99));
+        edited.extend_from_slice(&data[1 << 20..]);
+        let a: std::collections::HashSet<_> = chunk_slice(&data).iter().map(|c| c.hash).collect();
+        let b = chunk_slice(&edited);
+        let new = b.iter().filter(|c| !a.contains(&c.hash)).count();
+        assert!(new <= 3, "{new} chunks changed by one insertion");
+    }
+
+    #[test]
+    fn whole_hash_matches() {
+        let data = random(200_000, 5);
+        let mut c = Chunker::new(&data[..]);
+        while c.next_chunk().unwrap().is_some() {}
+        assert_eq!(c.whole_hash(), *blake3::hash(&data).as_bytes());
+        assert_eq!(c.position(), data.len() as u64);
+    }
+}

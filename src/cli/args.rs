@@ -1,0 +1,264 @@
+//! Command-line flags. `sync` mirrors rsync, `cp` mirrors scp; every flag has
+//! a doc string that becomes `--help`.
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::ffi::OsString;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Moves AI data between Linux servers: scp and rsync habits, content-defined delta, BLAKE3 end to end",
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Copy files like scp: `ferry cp -r ./ckpt user@gpu2:/data/ckpt`
+    Cp(CpArgs),
+    /// Synchronise trees like rsync: `ferry sync -avz --delete ./data/ gpu2:/data/`
+    #[command(disable_help_flag = true)]
+    Sync(SyncArgs),
+    /// Serve one transfer on stdin/stdout (what `ferry` runs on the remote over ssh)
+    Serve(ServeArgs),
+    /// Build a sample dataset, sync it through `ferry serve --stdio`, change 1%, re-sync
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct SyncArgs {
+    /// Archive mode: -rlptgoD (owner and group only when run as root)
+    #[arg(short = 'a', long)]
+    pub archive: bool,
+    /// Recurse into directories
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Copy symlinks as symlinks
+    #[arg(short = 'l', long)]
+    pub links: bool,
+    /// Preserve permissions
+    #[arg(short = 'p', long)]
+    pub perms: bool,
+    /// Preserve modification times
+    #[arg(short = 't', long)]
+    pub times: bool,
+    /// Preserve owner (root only)
+    #[arg(short = 'o', long)]
+    pub owner: bool,
+    /// Preserve group
+    #[arg(short = 'g', long)]
+    pub group: bool,
+    /// Accepted for rsync compatibility: devices and special files are skipped with a notice
+    #[arg(short = 'D')]
+    pub devices: bool,
+    /// Preserve hard links
+    #[arg(short = 'H', long = "hard-links")]
+    pub hard_links: bool,
+    /// Write runs of zeros as holes (sparse files)
+    #[arg(short = 'S', long)]
+    pub sparse: bool,
+    /// List changed files (-vv for more)
+    #[arg(short = 'v', long, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Print only errors
+    #[arg(short = 'q', long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Skip files that are newer on the receiver
+    #[arg(short = 'u', long)]
+    pub update: bool,
+    /// Compress file data (zstd, skipped for data that does not compress)
+    #[arg(short = 'z', long)]
+    pub compress: bool,
+    /// Human-readable numbers
+    #[arg(short = 'h', long = "human-readable")]
+    pub human: bool,
+    /// Show what would change, change nothing
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// Compare files by BLAKE3 checksum, not size and mtime
+    #[arg(short = 'c', long)]
+    pub checksum: bool,
+    /// Delete files in the destination that are not in the source
+    #[arg(long)]
+    pub delete: bool,
+    /// Exclude files matching PATTERN (rsync glob rules; repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Do not exclude files matching PATTERN (first matching rule wins)
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Keep replaced or deleted files with a suffix
+    #[arg(short = 'b', long)]
+    pub backup: bool,
+    /// Backup suffix (default ~)
+    #[arg(long, value_name = "SUFFIX")]
+    pub suffix: Option<String>,
+    /// Keep partial files of interrupted transfers to resume from (the default)
+    #[arg(long, overrides_with = "no_partial")]
+    pub partial: bool,
+    /// Do not keep partial files
+    #[arg(long = "no-partial")]
+    pub no_partial: bool,
+    /// Show progress per file and overall
+    #[arg(long)]
+    pub progress: bool,
+    /// Same as --partial --progress
+    #[arg(short = 'P')]
+    pub partial_progress: bool,
+    /// Print transfer statistics at the end
+    #[arg(long)]
+    pub stats: bool,
+    /// Limit bandwidth, in KiB/s (suffixes K, M, G allowed: 10M)
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
+    /// fsync each file before it is renamed into place (default: one sync at the end)
+    #[arg(long)]
+    pub fsync: bool,
+    /// The remote shell command, e.g. -e "ssh -p 2222 -i ~/.ssh/id_ed25519"
+    #[arg(short = 'e', long = "rsh", value_name = "COMMAND")]
+    pub rsh: Option<String>,
+    /// The ferry program on the remote (default: ferry on its PATH)
+    #[arg(long = "remote-ferry", value_name = "PATH")]
+    pub remote_ferry: Option<String>,
+    /// Print help
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+    /// Sources, then the destination
+    #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
+    pub paths: Vec<OsString>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct CpArgs {
+    /// Copy directories recursively
+    #[arg(short = 'r')]
+    pub recursive: bool,
+    /// Preserve modification times and modes
+    #[arg(short = 'p')]
+    pub preserve: bool,
+    /// Port to connect to on the remote host
+    #[arg(short = 'P', value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Quiet: no progress
+    #[arg(short = 'q')]
+    pub quiet: bool,
+    /// Ask ssh to compress the connection
+    #[arg(short = 'C')]
+    pub ssh_compress: bool,
+    /// Limit bandwidth, in Kbit/s
+    #[arg(short = 'l', value_name = "LIMIT")]
+    pub limit: Option<u64>,
+    /// Identity (private key) file for ssh
+    #[arg(short = 'i', value_name = "FILE")]
+    pub identity: Option<String>,
+    /// Option passed to ssh as -o (repeatable)
+    #[arg(short = 'o', value_name = "OPTION")]
+    pub ssh_option: Vec<String>,
+    /// ssh configuration file
+    #[arg(short = 'F', value_name = "FILE")]
+    pub ssh_config: Option<String>,
+    /// Verbose: list copied files
+    #[arg(short = 'v')]
+    pub verbose: bool,
+    /// The remote shell command (instead of ssh)
+    #[arg(short = 'e', long = "rsh", value_name = "COMMAND")]
+    pub rsh: Option<String>,
+    /// The ferry program on the remote (default: ferry on its PATH)
+    #[arg(long = "remote-ferry", value_name = "PATH")]
+    pub remote_ferry: Option<String>,
+    /// Sources, then the destination
+    #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
+    pub paths: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Speak the protocol on stdin/stdout (how ssh runs ferry on the remote)
+    #[arg(long)]
+    pub stdio: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where to build the demo (default: a new temporary directory, removed after)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// Parses a rate like `500`, `10M`, `1G` (KiB/s units without a suffix) into
+/// bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1 << 10),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("--bwlimit: {s:?} is not a rate (e.g. 500, 10M)"))?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(format!("--bwlimit: {s:?} is not a rate"));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync(args: &[&str]) -> SyncArgs {
+        let mut v = vec!["ferry", "sync"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).unwrap().command {
+            Command::Sync(s) => s,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn rsync_bundles_parse() {
+        let s = sync(&["-avzh", "--delete", "--progress", "a/", "b/"]);
+        assert!(s.archive && s.compress && s.human && s.delete && s.progress);
+        assert_eq!(s.verbose, 1);
+        let s = sync(&["-an", "-e", "ssh -p 2222", "a", "h:b"]);
+        assert!(s.dry_run);
+        assert_eq!(s.rsh.as_deref(), Some("ssh -p 2222"));
+    }
+
+    #[test]
+    fn scp_flags_parse() {
+        let c = match Cli::try_parse_from([
+            "ferry", "cp", "-rpq", "-P", "2222", "-l", "800", "a", "h:b",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Cp(c) => c,
+            _ => unreachable!(),
+        };
+        assert!(c.recursive && c.preserve && c.quiet);
+        assert_eq!(c.port, Some(2222));
+        assert_eq!(c.limit, Some(800));
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        assert!(Cli::try_parse_from(["ferry", "sync", "--frobnicate", "a", "b"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "sync", "-q", "-v", "a", "b"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "sync", "onlyone"]).is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100").unwrap(), 100 << 10);
+        assert_eq!(parse_rate("10M").unwrap(), 10 << 20);
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("-1").is_err());
+    }
+}

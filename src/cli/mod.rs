@@ -1,0 +1,242 @@
+//! The command line: parses flags into a [`Plan`], runs it with a printer
+//! attached, and turns the outcome into an exit code. No transfer logic here.
+
+pub mod args;
+mod demo;
+pub mod output;
+
+use crate::error::TransferError;
+use crate::location::Location;
+use crate::proto::Options;
+use crate::session::Cancel;
+use crate::transfer::{self, Plan};
+use crate::transport::child::SshOptions;
+use args::{Cli, Command, CpArgs, SyncArgs};
+use clap::{CommandFactory, FromArgMatches};
+use output::Printer;
+use std::ffi::OsString;
+
+/// Exit codes (documented in the README).
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const USAGE: i32 = 1;
+    pub const PARTIAL: i32 = 23;
+}
+
+/// Runs the program with these arguments; returns the exit code.
+pub fn main(argv: Vec<OsString>) -> i32 {
+    let matches = match Cli::command().try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return exit::USAGE;
+        }
+    };
+    let result = match cli.command {
+        Command::Sync(a) => {
+            let sub = matches.subcommand_matches("sync").expect("sync was parsed");
+            let filters = ordered_filters(sub);
+            sync(a, filters)
+        }
+        Command::Cp(a) => cp(a),
+        Command::Serve(a) => serve(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// `--include` and `--exclude` in the order they were given (first match wins).
+fn ordered_filters(m: &clap::ArgMatches) -> Vec<(bool, Vec<u8>)> {
+    let mut rules: Vec<(usize, bool, Vec<u8>)> = Vec::new();
+    for (id, include) in [("include", true), ("exclude", false)] {
+        if let (Some(vals), Some(idx)) = (m.get_many::<String>(id), m.indices_of(id)) {
+            for (v, i) in vals.zip(idx) {
+                rules.push((i, include, v.as_bytes().to_vec()));
+            }
+        }
+    }
+    rules.sort_by_key(|r| r.0);
+    rules.into_iter().map(|(_, i, p)| (i, p)).collect()
+}
+
+fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferError> {
+    let parse = |p: &OsString| Location::parse(p).map_err(|e| TransferError::Usage(e.to_string()));
+    let (dest, sources) = paths.split_last().expect("clap requires two paths");
+    Ok((
+        sources.iter().map(parse).collect::<Result<_, _>>()?,
+        parse(dest)?,
+    ))
+}
+
+fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError> {
+    let root = rustix::process::geteuid().is_root();
+    let recursive = a.recursive || a.archive;
+    if a.delete && !recursive {
+        return Err(TransferError::Usage(
+            "--delete does not work without -r (or -a)".into(),
+        ));
+    }
+    let progress = a.progress || a.partial_progress;
+    let options = Options {
+        recursive,
+        links: a.links || a.archive,
+        follow_links: false,
+        perms: a.perms || a.archive,
+        times: a.times || a.archive,
+        owner: a.owner || (a.archive && root),
+        group: a.group || (a.archive && root),
+        delete: a.delete,
+        checksum: a.checksum,
+        update: a.update,
+        dry_run: a.dry_run,
+        hard_links: a.hard_links,
+        sparse: a.sparse,
+        compress: a.compress,
+        fsync: a.fsync,
+        partial: !a.no_partial || a.partial_progress,
+        cp_mode: false,
+        backup_suffix: a
+            .backup
+            .then(|| a.suffix.clone().unwrap_or_else(|| "~".into()).into_bytes()),
+        filters,
+        bwlimit: match &a.bwlimit {
+            Some(r) => args::parse_rate(r).map_err(TransferError::Usage)?,
+            None => 0,
+        },
+    };
+    crate::filter::Filters::new(&options.filters)
+        .map_err(|e| TransferError::Usage(e.to_string()))?;
+    let (sources, dest) = locations(&a.paths)?;
+    let plan = Plan {
+        sources,
+        dest,
+        options,
+        ssh: SshOptions {
+            rsh: a.rsh,
+            remote_ferry: a.remote_ferry,
+            ..Default::default()
+        },
+    };
+    let printer = Printer::new(a.verbose, a.quiet, progress, a.human, a.dry_run);
+    run_plan(&plan, &printer, a.stats)
+}
+
+fn cp(a: CpArgs) -> Result<i32, TransferError> {
+    let options = Options {
+        recursive: a.recursive,
+        follow_links: true,
+        perms: a.preserve,
+        times: a.preserve,
+        partial: true,
+        cp_mode: true,
+        bwlimit: a.limit.map(|kbit| kbit * 1000 / 8).unwrap_or(0),
+        ..Default::default()
+    };
+    let (sources, dest) = locations(&a.paths)?;
+    let plan = Plan {
+        sources,
+        dest,
+        options,
+        ssh: SshOptions {
+            rsh: a.rsh,
+            port: a.port,
+            identity: a.identity,
+            ssh_options: a.ssh_option,
+            config: a.ssh_config,
+            compress: a.ssh_compress,
+            remote_ferry: a.remote_ferry,
+        },
+    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let printer = Printer::new(a.verbose as u8, a.quiet, tty && !a.quiet, false, false);
+    run_plan(&plan, &printer, false)
+}
+
+fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, TransferError> {
+    let cancel = Cancel::default();
+    let outcome = transfer::run(plan, &|e| printer.event(e), &cancel)?;
+    printer.finish(&outcome, stats);
+    if outcome.summary.errors > 0 {
+        eprintln!(
+            "ferry: {} error(s): some files were not transferred (exit {})",
+            outcome.summary.errors,
+            exit::PARTIAL
+        );
+        return Ok(exit::PARTIAL);
+    }
+    Ok(exit::OK)
+}
+
+fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
+    if !a.stdio {
+        return Err(TransferError::Usage(
+            "ferry serve needs --stdio in this build (the TLS daemon is not included yet)".into(),
+        ));
+    }
+    // the raw descriptors: stdout's line buffering would split frames at every
+    // newline byte; nothing else may write to stdout while serving
+    let dup = |fd| {
+        rustix::io::dup(fd).map(std::fs::File::from).map_err(|e| {
+            TransferError::local(
+                "stdio",
+                &std::io::Error::from_raw_os_error(e.raw_os_error()),
+            )
+        })
+    };
+    let stream = crate::session::Stream {
+        reader: Box::new(dup(rustix::stdio::stdin())?),
+        writer: Box::new(dup(rustix::stdio::stdout())?),
+    };
+    crate::session::serve(stream)?;
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_order_is_kept() {
+        let m = Cli::command()
+            .try_get_matches_from([
+                "ferry",
+                "sync",
+                "--include",
+                "keep.tmp",
+                "--exclude",
+                "*.tmp",
+                "--include",
+                "x",
+                "a",
+                "b",
+            ])
+            .unwrap();
+        let sub = m.subcommand_matches("sync").unwrap();
+        assert_eq!(
+            ordered_filters(sub),
+            vec![
+                (true, b"keep.tmp".to_vec()),
+                (false, b"*.tmp".to_vec()),
+                (true, b"x".to_vec())
+            ]
+        );
+    }
+}

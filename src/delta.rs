@@ -1,0 +1,404 @@
+//! The recipe that rebuilds a file from chunks the receiver already has plus
+//! literal bytes.
+//!
+//! The sender describes its file as a recipe (a list of chunk lengths and BLAKE3
+//! hashes). The receiver looks every chunk up in a [`ChunkIndex`] built from its
+//! basis files (the old file, a partial file from an interrupted run, other files of
+//! the destination), asks for the rest ([`Plan::need`]), and rebuilds the file in
+//! recipe order with [`Rebuild`]. A chunk that is missing but repeats within the new
+//! file is asked for once and later copied from what was already written.
+//!
+//! Pure code: the session supplies the bytes; nothing here touches a file.
+
+use crate::chunk::{Chunk, Chunker};
+use crate::proto::ChunkRef;
+use std::collections::HashMap;
+
+/// Where a chunk the receiver already has can be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Which basis file (an index the caller chose).
+    pub basis: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Chunk hash → where to find those bytes.
+#[derive(Default)]
+pub struct ChunkIndex {
+    map: HashMap<[u8; 32], Location>,
+}
+
+impl ChunkIndex {
+    pub fn add(&mut self, basis: u32, chunk: &Chunk) {
+        self.map.entry(chunk.hash).or_insert(Location {
+            basis,
+            offset: chunk.offset,
+            len: chunk.len,
+        });
+    }
+    pub fn get(&self, hash: &[u8; 32]) -> Option<Location> {
+        self.map.get(hash).copied()
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// One step of rebuilding the new file, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Copy from a basis file.
+    Copy(Location),
+    /// Copy from earlier in the new file itself.
+    CopyOutput { offset: u64, len: u32 },
+    /// Literal bytes the sender will send, checked against `hash`.
+    Literal { len: u32, hash: [u8; 32] },
+}
+
+impl Step {
+    /// Bytes this step produces.
+    pub fn bytes(&self) -> u32 {
+        match self {
+            Step::Copy(l) => l.len,
+            Step::CopyOutput { len, .. } | Step::Literal { len, .. } => *len,
+        }
+    }
+}
+
+/// What the receiver will do with a recipe.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Ranges of recipe indices to request: (first, count).
+    pub need: Vec<(u32, u32)>,
+    pub literal_bytes: u64,
+    pub reused_bytes: u64,
+}
+
+/// Decides, chunk by chunk, what to copy and what to ask for.
+pub fn plan(recipe: &[ChunkRef], index: &ChunkIndex) -> Plan {
+    let mut p = Plan::default();
+    let mut requested: HashMap<[u8; 32], u64> = HashMap::new();
+    let mut out_offset = 0u64;
+    for (i, c) in recipe.iter().enumerate() {
+        let step = match index.get(&c.hash) {
+            Some(loc) if loc.len == c.len => Step::Copy(loc),
+            _ => match requested.get(&c.hash) {
+                Some(&offset) => Step::CopyOutput { offset, len: c.len },
+                None => {
+                    requested.insert(c.hash, out_offset);
+                    match p.need.last_mut() {
+                        Some((start, count)) if *start + *count == i as u32 => *count += 1,
+                        _ => p.need.push((i as u32, 1)),
+                    }
+                    Step::Literal {
+                        len: c.len,
+                        hash: c.hash,
+                    }
+                }
+            },
+        };
+        match step {
+            Step::Literal { len, .. } => p.literal_bytes += len as u64,
+            _ => p.reused_bytes += c.len as u64,
+        }
+        p.steps.push(step);
+        out_offset += c.len as u64;
+    }
+    p
+}
+
+/// Checks a `Need` from the receiver against the recipe it answers: ranges in
+/// order, inside the recipe, not overlapping. Returns the number of chunks asked.
+pub fn check_need(ranges: &[(u32, u32)], recipe_len: usize) -> Result<u64, &'static str> {
+    let mut next = 0u64;
+    let mut total = 0u64;
+    for &(start, count) in ranges {
+        let (start, count) = (start as u64, count as u64);
+        if count == 0 {
+            return Err("empty range");
+        }
+        if start < next {
+            return Err("ranges out of order or overlapping");
+        }
+        if start + count > recipe_len as u64 {
+            return Err("range past the end of the recipe");
+        }
+        next = start + count;
+        total += count;
+    }
+    Ok(total)
+}
+
+/// Walks a plan's steps in order: copies run on their own, literals wait for data.
+pub struct Rebuild {
+    steps: Vec<Step>,
+    pos: usize,
+    written: u64,
+}
+
+impl Rebuild {
+    pub fn new(steps: Vec<Step>) -> Self {
+        Rebuild {
+            steps,
+            pos: 0,
+            written: 0,
+        }
+    }
+
+    /// Performs every copy step up to the next literal (or the end).
+    /// `copy(step, output_offset)` does the actual reading and writing.
+    pub fn run_copies<E>(
+        &mut self,
+        mut copy: impl FnMut(&Step, u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while let Some(step) = self.steps.get(self.pos) {
+            if matches!(step, Step::Literal { .. }) {
+                break;
+            }
+            copy(step, self.written)?;
+            self.written += step.bytes() as u64;
+            self.pos += 1;
+        }
+        Ok(())
+    }
+
+    /// The literal chunk the rebuild waits for, if any.
+    pub fn next_literal(&self) -> Option<(u32, [u8; 32])> {
+        match self.steps.get(self.pos) {
+            Some(Step::Literal { len, hash }) => Some((*len, *hash)),
+            _ => None,
+        }
+    }
+
+    /// Marks the awaited literal as written.
+    pub fn literal_written(&mut self) {
+        let len = self.steps[self.pos].bytes();
+        self.written += len as u64;
+        self.pos += 1;
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.pos == self.steps.len()
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+/// Errors of the in-memory [`apply`] used by tests and fuzzing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApplyError {
+    #[error("copy outside the basis at offset {offset}")]
+    BasisOutOfRange { offset: u64 },
+    #[error("missing literal chunk")]
+    MissingLiteral,
+    #[error("literal chunk does not match its hash")]
+    BadLiteral,
+}
+
+/// A self-contained delta: the recipe plus the literal chunks the receiver lacks.
+pub struct Delta {
+    pub recipe: Vec<ChunkRef>,
+    pub literals: Vec<Vec<u8>>,
+}
+
+/// Computes what a sender would send to rebuild `target` from `basis` (in memory).
+pub fn delta(basis: &[u8], target: &[u8]) -> Delta {
+    let mut index = ChunkIndex::default();
+    for c in crate::chunk::chunk_slice(basis) {
+        index.add(0, &c);
+    }
+    let mut recipe = Vec::new();
+    let mut chunks = Vec::new();
+    let mut chunker = Chunker::new(target);
+    while let Some((c, _)) = chunker.next_chunk().expect("slice") {
+        recipe.push(ChunkRef {
+            len: c.len,
+            hash: c.hash,
+        });
+        chunks.push(c);
+    }
+    let p = plan(&recipe, &index);
+    let mut literals = Vec::new();
+    for &(start, count) in &p.need {
+        for c in &chunks[start as usize..(start + count) as usize] {
+            literals.push(target[c.offset as usize..c.offset as usize + c.len as usize].to_vec());
+        }
+    }
+    Delta { recipe, literals }
+}
+
+/// Rebuilds the target from `basis` and a [`Delta`] (in memory).
+pub fn apply(basis: &[u8], d: &Delta) -> Result<Vec<u8>, ApplyError> {
+    let mut index = ChunkIndex::default();
+    for c in crate::chunk::chunk_slice(basis) {
+        index.add(0, &c);
+    }
+    let p = plan(&d.recipe, &index);
+    let mut out: Vec<u8> = Vec::new();
+    let mut literals = d.literals.iter();
+    let mut rb = Rebuild::new(p.steps);
+    loop {
+        rb.run_copies(|step, _| {
+            let (src, off, len): (&[u8], u64, u32) = match *step {
+                Step::Copy(l) => (basis, l.offset, l.len),
+                Step::CopyOutput { offset, len } => (&out, offset, len),
+                Step::Literal { .. } => unreachable!(),
+            };
+            let end = off + len as u64;
+            if end > src.len() as u64 {
+                return Err(ApplyError::BasisOutOfRange { offset: off });
+            }
+            let bytes = src[off as usize..end as usize].to_vec();
+            out.extend_from_slice(&bytes);
+            Ok(())
+        })?;
+        let Some((len, hash)) = rb.next_literal() else {
+            break;
+        };
+        let lit = literals.next().ok_or(ApplyError::MissingLiteral)?;
+        if lit.len() != len as usize || *blake3::hash(lit).as_bytes() != hash {
+            return Err(ApplyError::BadLiteral);
+        }
+        out.extend_from_slice(lit);
+        rb.literal_written();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::{AVG_CHUNK, MAX_CHUNK};
+    use proptest::prelude::*;
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    const SIZES: [usize; 9] = [
+        0,
+        1,
+        AVG_CHUNK - 1,
+        AVG_CHUNK,
+        AVG_CHUNK + 1,
+        MAX_CHUNK - 1,
+        MAX_CHUNK,
+        MAX_CHUNK + 1,
+        3 << 20,
+    ];
+
+    fn literal_bytes(d: &Delta) -> usize {
+        d.literals.iter().map(|l| l.len()).sum()
+    }
+
+    #[test]
+    fn round_trip_over_boundary_sizes() {
+        for &b in &SIZES {
+            for &t in &SIZES {
+                let basis = random(b, b as u64 + 1);
+                let target = random(t, t as u64 + 2);
+                let d = delta(&basis, &target);
+                assert_eq!(apply(&basis, &d).unwrap(), target, "basis {b} target {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn edits_cost_about_their_size() {
+        let basis = random(4 << 20, 42);
+        let mid = basis.len() / 2;
+        let end = basis.len();
+        let insert = random(1000, 7);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("insert at start", [&insert[..], &basis[..]].concat()),
+            (
+                "insert in middle",
+                [&basis[..mid], &insert[..], &basis[mid..]].concat(),
+            ),
+            ("insert at end", [&basis[..], &insert[..]].concat()),
+            ("delete at start", basis[5000..].to_vec()),
+            (
+                "delete in middle",
+                [&basis[..mid], &basis[mid + 5000..]].concat(),
+            ),
+            ("delete at end", basis[..end - 5000].to_vec()),
+            ("overwrite in middle", {
+                let mut v = basis.clone();
+                v[mid..mid + 1000].copy_from_slice(&insert);
+                v
+            }),
+        ];
+        for (what, target) in cases {
+            let d = delta(&basis, &target);
+            assert_eq!(apply(&basis, &d).unwrap(), target, "{what}");
+            let lit = literal_bytes(&d);
+            assert!(lit <= 3 * MAX_CHUNK, "{what}: {lit} literal bytes");
+        }
+    }
+
+    #[test]
+    fn repeated_missing_chunk_is_requested_once() {
+        let block = random(MAX_CHUNK, 9);
+        let target = [&block[..], &block[..], &block[..]].concat();
+        let d = delta(&[], &target);
+        assert_eq!(apply(&[], &d).unwrap(), target);
+        assert!(literal_bytes(&d) < target.len() / 2);
+    }
+
+    #[test]
+    fn corrupt_literal_is_refused() {
+        let target = random(100_000, 3);
+        let mut d = delta(&[], &target);
+        d.literals[0][0] ^= 1;
+        assert_eq!(apply(&[], &d), Err(ApplyError::BadLiteral));
+        d.literals.clear();
+        assert_eq!(apply(&[], &d), Err(ApplyError::MissingLiteral));
+    }
+
+    #[test]
+    fn need_ranges_are_checked() {
+        assert_eq!(check_need(&[(0, 2), (5, 1)], 6), Ok(3));
+        assert!(check_need(&[(0, 2), (1, 1)], 6).is_err());
+        assert!(check_need(&[(5, 2)], 6).is_err());
+        assert!(check_need(&[(0, 0)], 6).is_err());
+        assert!(check_need(&[(u32::MAX, u32::MAX)], 6).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn apply_of_delta_is_target(
+            seed in any::<u64>(),
+            len in 0usize..400_000,
+            edits in proptest::collection::vec((any::<u32>(), 0usize..3, 0usize..20_000), 0..6),
+        ) {
+            let basis = random(len, seed);
+            let mut target = basis.clone();
+            for (pos, kind, n) in edits {
+                let at = if target.is_empty() { 0 } else { pos as usize % target.len() };
+                match kind {
+                    0 => { let ins = random(n, pos as u64); target.splice(at..at, ins); }
+                    1 => { let e = (at + n).min(target.len()); target.drain(at..e); }
+                    _ => { let e = (at + n).min(target.len()); for b in &mut target[at..e] { *b = !*b; } }
+                }
+            }
+            let d = delta(&basis, &target);
+            prop_assert_eq!(apply(&basis, &d).unwrap(), target);
+        }
+    }
+}

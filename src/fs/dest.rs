@@ -1,0 +1,520 @@
+//! The destination: the only code that writes to disk.
+//!
+//! # Security
+//! Every path here comes from the peer. A [`Dest`] holds an open handle on the
+//! destination directory; each relative name (already checked by
+//! [`super::names::check`]) is resolved from that handle one component at a time
+//! with `O_NOFOLLOW | O_DIRECTORY`, so no `..`, absolute path or symlink planted
+//! in the tree (even one swapped in while we work) can lead a write outside it.
+//! Files are written under a temporary name (in the hidden partial directory, or
+//! a dot-name beside the target) and renamed into place only when complete, so a
+//! reader never sees a half-written file.
+
+use crate::fs::names::{escape, split_parent};
+use crate::fs::PARTIAL_DIR;
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A destination directory held open.
+pub struct Dest {
+    root: Arc<OwnedFd>,
+    root_path: PathBuf,
+    /// The last directory resolved: entries arrive in tree order, so most
+    /// lookups hit it.
+    last: Option<(Vec<u8>, Arc<OwnedFd>)>,
+}
+
+/// File metadata to apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Meta {
+    pub mode: Option<u32>,
+    pub mtime: Option<(i64, u32)>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// What is at a destination path now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Existing {
+    pub kind: ExistingKind,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExistingKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// A file being written under a temporary name.
+pub struct TempFile {
+    dir: Arc<OwnedFd>,
+    name: Vec<u8>,
+    pub file: File,
+    sparse: bool,
+    pos: u64,
+    /// Whether this temp file lives in the partial directory (kept on failure).
+    pub partial: bool,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+fn to_io(e: rustix::io::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+impl Dest {
+    /// Opens (or, if `create`, creates the last component of) the destination
+    /// directory the user named. The user's own path may pass through symlinks;
+    /// only names from the peer may not.
+    pub fn open(path: &Path, create: bool) -> io::Result<Dest> {
+        if create {
+            match std::fs::create_dir(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(to_io)?;
+        Ok(Dest {
+            root: Arc::new(fd),
+            root_path: path.to_path_buf(),
+            last: None,
+        })
+    }
+
+    /// `name` shown with the destination path, for messages.
+    pub fn show(&self, name: &[u8]) -> String {
+        if name == b"." {
+            return escape(self.root_path.as_os_str().as_encoded_bytes());
+        }
+        format!(
+            "{}/{}",
+            escape(self.root_path.as_os_str().as_encoded_bytes()).trim_end_matches('/'),
+            escape(name)
+        )
+    }
+
+    /// Resolves a relative directory name under the root, never following links.
+    pub fn dir(&mut self, rel: &[u8]) -> io::Result<Arc<OwnedFd>> {
+        if rel == b"." || rel.is_empty() {
+            return Ok(self.root.clone());
+        }
+        if let Some((name, fd)) = &self.last {
+            if name == rel {
+                return Ok(fd.clone());
+            }
+        }
+        let mut cur = self.root.clone();
+        for comp in rel.split(|&b| b == b'/') {
+            let fd = rustix::fs::openat(&*cur, comp, dir_flags(), Mode::empty()).map_err(|e| {
+                if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
+                    io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        "a path component is a symlink or not a directory",
+                    )
+                } else {
+                    to_io(e)
+                }
+            })?;
+            cur = Arc::new(fd);
+        }
+        self.last = Some((rel.to_vec(), cur.clone()));
+        Ok(cur)
+    }
+
+    fn parent(&mut self, rel: &[u8]) -> io::Result<(Arc<OwnedFd>, Vec<u8>)> {
+        let (parent, name) = split_parent(rel);
+        let name = name.to_vec();
+        Ok((self.dir(parent)?, name))
+    }
+
+    /// What is at `rel` now, without following a symlink there.
+    pub fn stat(&mut self, rel: &[u8]) -> io::Result<Option<Existing>> {
+        let st = if rel == b"." {
+            rustix::fs::fstat(&*self.root)
+        } else {
+            let (dir, name) = match self.parent(rel) {
+                Ok(p) => p,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            rustix::fs::statat(&*dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+        };
+        let st = match st {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(to_io(e)),
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        let kind = match fmt {
+            libc::S_IFREG => ExistingKind::File,
+            libc::S_IFDIR => ExistingKind::Dir,
+            libc::S_IFLNK => ExistingKind::Symlink,
+            _ => ExistingKind::Other,
+        };
+        Ok(Some(Existing {
+            kind,
+            size: st.st_size as u64,
+            mode: st.st_mode & 0o7777,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        }))
+    }
+
+    /// Creates directory `rel` (its parent must exist).
+    pub fn mkdir(&mut self, rel: &[u8], mode: u32) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        rustix::fs::mkdirat(&*dir, name.as_slice(), Mode::from_raw_mode(mode)).map_err(to_io)
+    }
+
+    /// Opens an existing regular file for reading (a basis, or for `-c`).
+    pub fn open_file(&mut self, rel: &[u8]) -> io::Result<File> {
+        let (dir, name) = self.parent(rel)?;
+        let fd = rustix::fs::openat(
+            &*dir,
+            name.as_slice(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(to_io)?;
+        Ok(File::from(fd))
+    }
+
+    /// The target of the symlink at `rel`.
+    pub fn readlink(&mut self, rel: &[u8]) -> io::Result<Vec<u8>> {
+        let (dir, name) = self.parent(rel)?;
+        rustix::fs::readlinkat(&*dir, name.as_slice(), Vec::new())
+            .map(|c| c.into_bytes())
+            .map_err(to_io)
+    }
+
+    /// Opens the partial file an interrupted run left for `rel`, if any.
+    pub fn open_partial(&mut self, rel: &[u8]) -> Option<File> {
+        let (dir, name) = self.parent(rel).ok()?;
+        let pdir = rustix::fs::openat(&*dir, PARTIAL_DIR, dir_flags(), Mode::empty()).ok()?;
+        let fd = rustix::fs::openat(
+            &pdir,
+            name.as_slice(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        Some(File::from(fd))
+    }
+
+    /// Creates the file that will become `rel`: in the partial directory when
+    /// `partial` (an interrupted run leaves it there to resume from), else under
+    /// a hidden temporary name beside the target.
+    pub fn create_temp(&mut self, rel: &[u8], partial: bool, sparse: bool) -> io::Result<TempFile> {
+        let (dir, name) = self.parent(rel)?;
+        let (tdir, tname) = if partial {
+            match rustix::fs::mkdirat(&*dir, PARTIAL_DIR, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(to_io(e)),
+            }
+            let pdir = Arc::new(
+                rustix::fs::openat(&*dir, PARTIAL_DIR, dir_flags(), Mode::empty())
+                    .map_err(to_io)?,
+            );
+            // an old partial has been opened as a basis by now if it was useful
+            match rustix::fs::unlinkat(&*pdir, name.as_slice(), AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(to_io(e)),
+            }
+            (pdir, name.clone())
+        } else {
+            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let mut t = b".".to_vec();
+            t.extend_from_slice(&name[..name.len().min(200)]);
+            t.extend_from_slice(format!(".ferry-{}-{n}", std::process::id()).as_bytes());
+            (dir, t)
+        };
+        let fd = rustix::fs::openat(
+            &*tdir,
+            tname.as_slice(),
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(to_io)?;
+        Ok(TempFile {
+            dir: tdir,
+            name: tname,
+            file: File::from(fd),
+            sparse,
+            pos: 0,
+            partial,
+        })
+    }
+
+    /// Renames a finished temporary file over `rel`. With `backup`, the old file
+    /// (if any) is first linked to `rel` + suffix.
+    pub fn publish(&mut self, temp: TempFile, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        if let Some(suffix) = backup {
+            self.backup(&dir, &name, suffix)?;
+        }
+        rustix::fs::renameat(&*temp.dir, temp.name.as_slice(), &*dir, name.as_slice())
+            .map_err(to_io)?;
+        if temp.partial {
+            // leave no empty partial directory behind
+            let _ = rustix::fs::unlinkat(&*dir, PARTIAL_DIR, AtFlags::REMOVEDIR);
+        }
+        Ok(())
+    }
+
+    fn backup(&self, dir: &OwnedFd, name: &[u8], suffix: &[u8]) -> io::Result<()> {
+        let mut bname = name.to_vec();
+        bname.extend_from_slice(suffix);
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(rustix::io::Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(to_io(e)),
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => return Ok(()),
+            Ok(_) => {}
+        }
+        let _ = rustix::fs::unlinkat(dir, bname.as_slice(), AtFlags::empty());
+        rustix::fs::linkat(dir, name, dir, bname.as_slice(), AtFlags::empty()).map_err(to_io)
+    }
+
+    /// Removes a temporary file (a failed transfer that leaves no partial).
+    pub fn discard(&mut self, temp: TempFile) {
+        let _ = rustix::fs::unlinkat(&*temp.dir, temp.name.as_slice(), AtFlags::empty());
+    }
+
+    /// Creates or replaces `rel` with a symlink to `target`, atomically.
+    pub fn symlink(&mut self, rel: &[u8], target: &[u8]) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        let tmp = temp_name(&name);
+        rustix::fs::symlinkat(target, &*dir, tmp.as_slice()).map_err(to_io)?;
+        rustix::fs::renameat(&*dir, tmp.as_slice(), &*dir, name.as_slice()).map_err(|e| {
+            let _ = rustix::fs::unlinkat(&*dir, tmp.as_slice(), AtFlags::empty());
+            to_io(e)
+        })
+    }
+
+    /// Makes `rel` a hard link to the already published `existing`, atomically.
+    pub fn hardlink(&mut self, existing: &[u8], rel: &[u8]) -> io::Result<()> {
+        let (edir, ename) = self.parent(existing)?;
+        let (dir, name) = self.parent(rel)?;
+        let tmp = temp_name(&name);
+        rustix::fs::linkat(
+            &*edir,
+            ename.as_slice(),
+            &*dir,
+            tmp.as_slice(),
+            AtFlags::empty(),
+        )
+        .map_err(to_io)?;
+        rustix::fs::renameat(&*dir, tmp.as_slice(), &*dir, name.as_slice()).map_err(|e| {
+            let _ = rustix::fs::unlinkat(&*dir, tmp.as_slice(), AtFlags::empty());
+            to_io(e)
+        })
+    }
+
+    /// Removes `rel`, recursively if it is a directory. With `backup`, a file is
+    /// renamed to `rel` + suffix instead.
+    pub fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        self.last = None;
+        remove_at(&dir, &name, backup)
+    }
+
+    /// Names in directory `rel` with whether each is a directory.
+    pub fn list(&mut self, rel: &[u8]) -> io::Result<Vec<(Vec<u8>, bool)>> {
+        let dir = self.dir(rel)?;
+        list_at(&dir)
+    }
+
+    /// Applies metadata to what is at `rel` (a directory, or the root).
+    pub fn set_dir_meta(&mut self, rel: &[u8], meta: &Meta) -> io::Result<()> {
+        let fd = self.dir(rel)?;
+        apply_fd_meta(&*fd, meta)
+    }
+
+    /// Applies ownership and mtime to a symlink itself.
+    pub fn set_link_meta(&mut self, rel: &[u8], meta: &Meta) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        if meta.uid.is_some() || meta.gid.is_some() {
+            rustix::fs::chownat(
+                &*dir,
+                name.as_slice(),
+                meta.uid.map(rustix::fs::Uid::from_raw),
+                meta.gid.map(rustix::fs::Gid::from_raw),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(to_io)?;
+        }
+        if let Some(t) = meta.mtime {
+            rustix::fs::utimensat(
+                &*dir,
+                name.as_slice(),
+                &timestamps(t),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    /// Applies metadata to a regular file at `rel`.
+    pub fn set_file_meta(&mut self, rel: &[u8], meta: &Meta) -> io::Result<()> {
+        let file = self.open_file(rel)?;
+        apply_fd_meta(&file, meta)
+    }
+
+    /// Makes everything written under the destination durable (one `syncfs`
+    /// rather than one fsync per file).
+    pub fn sync_all(&self) -> io::Result<()> {
+        rustix::fs::syncfs(&*self.root).map_err(to_io)
+    }
+}
+
+fn temp_name(name: &[u8]) -> Vec<u8> {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut t = b".".to_vec();
+    t.extend_from_slice(&name[..name.len().min(200)]);
+    t.extend_from_slice(format!(".ferry-{}-{n}", std::process::id()).as_bytes());
+    t
+}
+
+fn timestamps((sec, nsec): (i64, u32)) -> Timestamps {
+    let t = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+fn apply_fd_meta(fd: impl AsFd, meta: &Meta) -> io::Result<()> {
+    if meta.uid.is_some() || meta.gid.is_some() {
+        rustix::fs::fchown(
+            &fd,
+            meta.uid.map(rustix::fs::Uid::from_raw),
+            meta.gid.map(rustix::fs::Gid::from_raw),
+        )
+        .map_err(to_io)?;
+    }
+    if let Some(mode) = meta.mode {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(to_io)?;
+    }
+    if let Some(t) = meta.mtime {
+        rustix::fs::futimens(&fd, &timestamps(t)).map_err(to_io)?;
+    }
+    Ok(())
+}
+
+fn list_at(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, bool)>> {
+    let fd = rustix::fs::openat(dir, ".", dir_flags(), Mode::empty()).map_err(to_io)?;
+    let mut out = Vec::new();
+    let mut d = rustix::fs::Dir::read_from(&fd).map_err(to_io)?;
+    while let Some(ent) = d.read() {
+        let ent = ent.map_err(to_io)?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let is_dir = match ent.file_type() {
+            rustix::fs::FileType::Directory => true,
+            rustix::fs::FileType::Unknown => {
+                rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                    .unwrap_or(false)
+            }
+            _ => false,
+        };
+        out.push((name.to_vec(), is_dir));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn remove_at(dir: &OwnedFd, name: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(to_io)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let sub = rustix::fs::openat(dir, name, dir_flags(), Mode::empty()).map_err(to_io)?;
+        for (child, _) in list_at(&sub)? {
+            remove_at(&sub, &child, backup)?;
+        }
+        match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+            Ok(()) => Ok(()),
+            // backups left inside keep the directory
+            Err(rustix::io::Errno::NOTEMPTY) if backup.is_some() => Ok(()),
+            Err(e) => Err(to_io(e)),
+        }
+    } else if let Some(suffix) = backup {
+        let mut bname = name.to_vec();
+        bname.extend_from_slice(suffix);
+        if name.ends_with(suffix) {
+            return Ok(()); // already a backup
+        }
+        rustix::fs::renameat(dir, name, dir, bname.as_slice()).map_err(to_io)
+    } else {
+        rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(to_io)
+    }
+}
+
+impl TempFile {
+    /// Appends bytes; with sparse writing, all-zero blocks become holes.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.sparse && data.iter().all(|&b| b == 0) {
+            self.pos += data.len() as u64;
+            return Ok(());
+        }
+        self.file.write_all_at(data, self.pos)?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    /// Reads back bytes already written (a chunk that repeats in the file).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+
+    /// Sets the final length (trailing holes), metadata, and optionally fsyncs.
+    pub fn finish(&mut self, meta: &Meta, fsync: bool) -> io::Result<()> {
+        if self.sparse {
+            self.file.set_len(self.pos)?;
+        }
+        self.file.flush()?;
+        apply_fd_meta(&self.file, meta)?;
+        if fsync {
+            self.file.sync_all()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,341 @@
+//! The sender's side of the filesystem: turns source paths into file list entries,
+//! in a stable pre-order (a directory before its contents, names sorted bytewise),
+//! streaming them out as it walks so that memory does not grow with the tree.
+//!
+//! Naming follows rsync: `dir/` sends the contents of `dir` (its root entry is
+//! `.`), `dir` sends the directory itself (names start with `dir/`), a file is
+//! sent under its own name.
+
+use crate::filter::Filters;
+use crate::fs::names::{escape, join};
+use crate::proto::{Entry, Kind, ListStart};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    pub recursive: bool,
+    /// Send symlinks as symlinks.
+    pub links: bool,
+    /// Follow symlinks and send what they point to.
+    pub follow_links: bool,
+    pub hard_links: bool,
+    /// Compute each file's BLAKE3 for the list (`--checksum`).
+    pub checksum: bool,
+    pub filters: Filters,
+}
+
+/// What the walk produces, in order.
+pub enum ScanItem {
+    /// The next entry of the file list, with the local path to read it from.
+    Entry(Entry, PathBuf),
+    /// Something skipped on purpose (a directory without `-r`, a socket, …).
+    Notice(String),
+    /// Something that could not be read; the transfer will report an I/O error.
+    Error(String),
+}
+
+/// How a source path is named in the list.
+struct Root {
+    path: PathBuf,
+    /// The list name of the root: `.` for "contents of", else its basename.
+    name: Vec<u8>,
+    /// Trailing slash: follow a symlinked root and send its contents.
+    contents: bool,
+}
+
+fn root_of(src: &[u8]) -> Root {
+    let path = PathBuf::from(OsStr::from_bytes(src));
+    let trimmed: &[u8] = {
+        let mut s = src;
+        while s.len() > 1 && s.ends_with(b"/") {
+            s = &s[..s.len() - 1];
+        }
+        s
+    };
+    let base = trimmed.rsplit(|&b| b == b'/').next().unwrap_or(trimmed);
+    let contents =
+        src.ends_with(b"/") || base == b"." || base == b".." || trimmed == b"/" || base.is_empty();
+    Root {
+        path,
+        name: if contents {
+            b".".to_vec()
+        } else {
+            base.to_vec()
+        },
+        contents,
+    }
+}
+
+fn stat_root(root: &Root, opts: &ScanOptions) -> std::io::Result<std::fs::Metadata> {
+    if root.contents || opts.follow_links || !opts.links {
+        std::fs::metadata(&root.path)
+    } else {
+        std::fs::symlink_metadata(&root.path)
+    }
+}
+
+/// Looks at the sources (not their contents) to tell the receiver how to name
+/// the destination.
+pub fn list_start(sources: &[Vec<u8>], opts: &ScanOptions) -> ListStart {
+    if sources.len() != 1 {
+        return ListStart {
+            single_file: false,
+            single_dir: false,
+        };
+    }
+    let root = root_of(&sources[0]);
+    let is_dir = stat_root(&root, opts).map(|m| m.is_dir()).unwrap_or(false);
+    ListStart {
+        single_file: !is_dir,
+        single_dir: is_dir && !root.contents && opts.recursive,
+    }
+}
+
+struct Walker<'a, E> {
+    opts: &'a ScanOptions,
+    emit: &'a mut dyn FnMut(ScanItem) -> Result<(), E>,
+    next_index: u32,
+    inodes: HashMap<(u64, u64), u32>,
+    io_error: bool,
+    /// Directories being visited when following links, against loops.
+    visiting: Vec<(u64, u64)>,
+}
+
+/// Walks every source, calling `emit` for each item. Returns whether any I/O
+/// error occurred (which must stop `--delete` on the receiver).
+pub fn scan<E>(
+    sources: &[Vec<u8>],
+    opts: &ScanOptions,
+    emit: &mut dyn FnMut(ScanItem) -> Result<(), E>,
+) -> Result<bool, E> {
+    let mut w = Walker {
+        opts,
+        emit,
+        next_index: 0,
+        inodes: HashMap::new(),
+        io_error: false,
+        visiting: Vec::new(),
+    };
+    for src in sources {
+        let root = root_of(src);
+        match stat_root(&root, opts) {
+            Ok(meta) => {
+                let is_dir = meta.is_dir();
+                if is_dir && !opts.recursive {
+                    (w.emit)(ScanItem::Notice(format!(
+                        "skipping directory {} (use -r)",
+                        escape(src)
+                    )))?;
+                    continue;
+                }
+                let name = root.name.clone();
+                w.visit(&root.path, &name, meta)?;
+            }
+            Err(e) => {
+                w.io_error = true;
+                (w.emit)(ScanItem::Error(format!(
+                    "cannot read source {}: {}",
+                    escape(src),
+                    crate::error::io_text(&e)
+                )))?;
+            }
+        }
+    }
+    Ok(w.io_error)
+}
+
+impl<E> Walker<'_, E> {
+    fn fail(&mut self, path: &Path, what: &str, e: std::io::Error) -> Result<(), E> {
+        self.io_error = true;
+        (self.emit)(ScanItem::Error(format!(
+            "{what} {}: {}",
+            escape(path.as_os_str().as_bytes()),
+            crate::error::io_text(&e)
+        )))
+    }
+
+    fn visit(&mut self, path: &Path, name: &[u8], meta: std::fs::Metadata) -> Result<(), E> {
+        let ft = meta.file_type();
+        let mut entry = Entry {
+            name: name.to_vec(),
+            kind: Kind::File,
+            mode: meta.mode() & 0o7777,
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec() as u32,
+            size: 0,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            target: Vec::new(),
+            link_to: None,
+            checksum: None,
+        };
+        if ft.is_symlink() {
+            if self.opts.follow_links {
+                match std::fs::metadata(path) {
+                    Ok(m) => return self.visit(path, name, m),
+                    Err(e) => return self.fail(path, "cannot follow symlink", e),
+                }
+            }
+            if !self.opts.links {
+                return (self.emit)(ScanItem::Notice(format!(
+                    "skipping symlink {} (use -l or -a)",
+                    escape(name)
+                )));
+            }
+            match std::fs::read_link(path) {
+                Ok(t) => entry.target = t.into_os_string().into_vec(),
+                Err(e) => return self.fail(path, "cannot read symlink", e),
+            }
+            entry.kind = Kind::Symlink;
+            return self.push(entry, path);
+        }
+        if ft.is_dir() {
+            entry.kind = Kind::Dir;
+            let key = (meta.dev(), meta.ino());
+            if self.visiting.contains(&key) {
+                return (self.emit)(ScanItem::Notice(format!(
+                    "skipping {}: directory loop through a symlink",
+                    escape(name)
+                )));
+            }
+            self.push(entry, path)?;
+            return self.descend(path, name, key);
+        }
+        if !ft.is_file() {
+            return (self.emit)(ScanItem::Notice(format!(
+                "skipping non-regular file {}",
+                escape(name)
+            )));
+        }
+        entry.size = meta.size();
+        if self.opts.hard_links && meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(&first) = self.inodes.get(&key) {
+                entry.link_to = Some(first);
+            } else {
+                self.inodes.insert(key, self.next_index);
+            }
+        }
+        if self.opts.checksum && entry.link_to.is_none() {
+            match hash_file(path) {
+                Ok(h) => entry.checksum = Some(h),
+                Err(e) => return self.fail(path, "cannot read", e),
+            }
+        }
+        self.push(entry, path)
+    }
+
+    fn push(&mut self, entry: Entry, path: &Path) -> Result<(), E> {
+        self.next_index += 1;
+        (self.emit)(ScanItem::Entry(entry, path.to_path_buf()))
+    }
+
+    fn descend(&mut self, path: &Path, name: &[u8], key: (u64, u64)) -> Result<(), E> {
+        let rd = match std::fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) => return self.fail(path, "cannot read directory", e),
+        };
+        let mut children: Vec<Vec<u8>> = Vec::new();
+        for de in rd {
+            match de {
+                Ok(de) => children.push(de.file_name().into_vec()),
+                Err(e) => return self.fail(path, "cannot read directory", e),
+            }
+        }
+        children.sort();
+        self.visiting.push(key);
+        for child in children {
+            if child == crate::fs::PARTIAL_DIR {
+                continue;
+            }
+            let child_name = join(name, &child);
+            let child_path = path.join(OsStr::from_bytes(&child));
+            let meta = match std::fs::symlink_metadata(&child_path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.fail(&child_path, "cannot stat", e)?;
+                    continue;
+                }
+            };
+            if self
+                .opts
+                .filters
+                .excludes(&child_name_for_filter(&child_name), meta.is_dir())
+            {
+                continue;
+            }
+            self.visit(&child_path, &child_name, meta)?;
+        }
+        self.visiting.pop();
+        Ok(())
+    }
+}
+
+fn child_name_for_filter(name: &[u8]) -> Vec<u8> {
+    name.to_vec()
+}
+
+/// BLAKE3 of a whole file.
+pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path)?)?;
+    Ok(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(sources: &[&str], opts: &ScanOptions) -> Vec<String> {
+        let srcs: Vec<Vec<u8>> = sources.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let mut out = Vec::new();
+        scan::<()>(&srcs, opts, &mut |item| {
+            if let ScanItem::Entry(e, _) = item {
+                out.push(String::from_utf8(e.name).unwrap());
+            }
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn trailing_slash_rule_and_order() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("data");
+        std::fs::create_dir_all(d.join("b")).unwrap();
+        std::fs::write(d.join("b/x"), "x").unwrap();
+        std::fs::write(d.join("a"), "a").unwrap();
+        std::fs::create_dir(d.join(".ferry-partial")).unwrap();
+        let opts = ScanOptions {
+            recursive: true,
+            ..Default::default()
+        };
+        let p = d.to_str().unwrap();
+        assert_eq!(names(&[p], &opts), ["data", "data/a", "data/b", "data/b/x"]);
+        assert_eq!(names(&[&format!("{p}/")], &opts), [".", "a", "b", "b/x"]);
+        let not_recursive = ScanOptions::default();
+        assert!(names(&[p], &not_recursive).is_empty());
+    }
+
+    #[test]
+    fn excludes_prune_directories() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("skip/inner")).unwrap();
+        std::fs::write(t.path().join("skip/inner/f"), "").unwrap();
+        std::fs::write(t.path().join("keep.txt"), "").unwrap();
+        std::fs::write(t.path().join("drop.tmp"), "").unwrap();
+        let opts = ScanOptions {
+            recursive: true,
+            filters: Filters::new(&[(false, b"skip/".to_vec()), (false, b"*.tmp".to_vec())])
+                .unwrap(),
+            ..Default::default()
+        };
+        let src = format!("{}/", t.path().display());
+        assert_eq!(names(&[&src], &opts), [".", "keep.txt"]);
+    }
+}

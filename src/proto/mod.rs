@@ -1,0 +1,776 @@
+//! The wire format: the version handshake, frames, and every message ferry's two
+//! sides exchange, with the limits that hold before anything is allocated.
+//!
+//! No I/O and no clock live here: bytes in, messages out. The session layer owns
+//! the conversation (who sends what when); this module only says what each message
+//! looks like on the wire and refuses anything malformed or oversized, telling
+//! "not enough bytes yet" ([`frame::FrameStatus::Incomplete`]) apart from
+//! "the peer sent garbage" ([`DecodeError`]).
+//!
+//! ```text
+//! client                                  server (`ferry serve --stdio`)
+//!   "ferry" vmin vmax  ───────────────►
+//!                      ◄───────────────   "ferry" chosen
+//!   Request{role, paths, options} ─────►
+//!                      ◄───────────────   Accept | Fatal
+//! then the sender streams ListStart, Entry…, ListEnd; the receiver answers
+//! Want(file); the sender sends Data…FileEnd (fresh) or Recipe…RecipeEnd, the
+//! receiver answers Need, the sender sends the missing chunks and FileEnd.
+//! The receiver ends with Finish(summary); the sender answers Bye.
+//! ```
+
+pub mod codec;
+pub mod frame;
+
+use codec::{Reader, Writer};
+
+/// The protocol versions this build speaks.
+pub const VERSION_MIN: u16 = 1;
+pub const VERSION_MAX: u16 = 1;
+/// The first bytes on every connection, before any frame: a peer that is not
+/// ferry (a shell printing a banner, a web server) fails here with a clear error.
+pub const MAGIC: &[u8; 5] = b"ferry";
+
+/// Size of a literal data block for whole-file transfers.
+pub const BLOCK_SIZE: usize = 256 << 10;
+/// Longest relative path a peer may name, in bytes.
+pub const MAX_PATH: usize = 4096;
+/// Longest single path component.
+pub const MAX_COMPONENT: usize = 255;
+/// Most source paths in one request.
+pub const MAX_PATHS: usize = 4096;
+/// Most filter rules in one request.
+pub const MAX_FILTERS: usize = 4096;
+/// Most chunk references in one `Recipe` frame.
+pub const MAX_RECIPE_BATCH: usize = 8192;
+/// Most ranges in one `Need` frame.
+pub const MAX_RANGES: usize = 65536;
+/// Longest human-readable text (errors, reasons).
+pub const MAX_TEXT: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    #[error("{what} larger than the limit of {limit}")]
+    TooLarge { what: &'static str, limit: usize },
+    #[error("unknown message type {0}")]
+    UnknownMessage(u8),
+    #[error("trailing bytes after {0}")]
+    TrailingBytes(&'static str),
+}
+
+/// Builds the handshake preamble a client sends first.
+pub fn client_hello() -> [u8; 9] {
+    let mut h = [0u8; 9];
+    h[..5].copy_from_slice(MAGIC);
+    h[5..7].copy_from_slice(&VERSION_MIN.to_le_bytes());
+    h[7..9].copy_from_slice(&VERSION_MAX.to_le_bytes());
+    h
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HandshakeError {
+    #[error("the peer is not speaking the ferry protocol (it sent {0:?})")]
+    NotFerry(String),
+    #[error("no common protocol version: we speak {ours_min}..={ours_max}, the peer {theirs_min}..={theirs_max}")]
+    NoCommonVersion {
+        ours_min: u16,
+        ours_max: u16,
+        theirs_min: u16,
+        theirs_max: u16,
+    },
+}
+
+fn escaped_prefix(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).escape_debug().to_string()
+}
+
+/// Server side: given the client's 9-byte hello, picks a version.
+pub fn choose_version(hello: &[u8; 9]) -> Result<u16, HandshakeError> {
+    if &hello[..5] != MAGIC {
+        return Err(HandshakeError::NotFerry(escaped_prefix(hello)));
+    }
+    let min = u16::from_le_bytes([hello[5], hello[6]]);
+    let max = u16::from_le_bytes([hello[7], hello[8]]);
+    let chosen = max.min(VERSION_MAX);
+    if chosen < min.max(VERSION_MIN) {
+        return Err(HandshakeError::NoCommonVersion {
+            ours_min: VERSION_MIN,
+            ours_max: VERSION_MAX,
+            theirs_min: min,
+            theirs_max: max,
+        });
+    }
+    Ok(chosen)
+}
+
+/// The server's 7-byte answer: magic and the chosen version (0: none).
+pub fn server_hello(version: u16) -> [u8; 7] {
+    let mut h = [0u8; 7];
+    h[..5].copy_from_slice(MAGIC);
+    h[5..7].copy_from_slice(&version.to_le_bytes());
+    h
+}
+
+/// Client side: checks the server's answer.
+pub fn check_server_hello(reply: &[u8; 7]) -> Result<u16, HandshakeError> {
+    if &reply[..5] != MAGIC {
+        return Err(HandshakeError::NotFerry(escaped_prefix(reply)));
+    }
+    let v = u16::from_le_bytes([reply[5], reply[6]]);
+    if !(VERSION_MIN..=VERSION_MAX).contains(&v) {
+        return Err(HandshakeError::NoCommonVersion {
+            ours_min: VERSION_MIN,
+            ours_max: VERSION_MAX,
+            theirs_min: v,
+            theirs_max: v,
+        });
+    }
+    Ok(v)
+}
+
+/// Which way the data flows, seen from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The server reads `paths` and sends them (a pull).
+    ServerSends,
+    /// The server receives into `paths[0]` (a push).
+    ServerReceives,
+}
+
+/// How the transfer behaves; carried in the request so both sides agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    pub recursive: bool,
+    /// Copy symlinks as symlinks (rsync `-l`).
+    pub links: bool,
+    /// Follow symlinks in the source and copy what they point to (scp).
+    pub follow_links: bool,
+    pub perms: bool,
+    pub times: bool,
+    pub owner: bool,
+    pub group: bool,
+    pub delete: bool,
+    pub checksum: bool,
+    pub update: bool,
+    pub dry_run: bool,
+    pub hard_links: bool,
+    pub sparse: bool,
+    pub compress: bool,
+    pub fsync: bool,
+    pub partial: bool,
+    /// scp semantics for the destination: `cp -r dir host:new` makes `new` the
+    /// copy of `dir` when `new` does not exist.
+    pub cp_mode: bool,
+    /// Make backups of replaced or deleted files with this suffix.
+    pub backup_suffix: Option<Vec<u8>>,
+    /// Filter rules, first match wins: (include?, pattern).
+    pub filters: Vec<(bool, Vec<u8>)>,
+    /// Sender-side rate limit in bytes per second (0: none).
+    pub bwlimit: u64,
+}
+
+const OPT_FLAGS: [fn(&mut Options) -> &mut bool; 17] = [
+    |o| &mut o.recursive,
+    |o| &mut o.links,
+    |o| &mut o.follow_links,
+    |o| &mut o.perms,
+    |o| &mut o.times,
+    |o| &mut o.owner,
+    |o| &mut o.group,
+    |o| &mut o.delete,
+    |o| &mut o.checksum,
+    |o| &mut o.update,
+    |o| &mut o.dry_run,
+    |o| &mut o.hard_links,
+    |o| &mut o.sparse,
+    |o| &mut o.compress,
+    |o| &mut o.fsync,
+    |o| &mut o.partial,
+    |o| &mut o.cp_mode,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub role: Role,
+    pub paths: Vec<Vec<u8>>,
+    pub options: Options,
+}
+
+/// What the receiver needs to know about the sources before the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListStart {
+    /// Exactly one source, and it is not a directory: the destination may name
+    /// the file itself.
+    pub single_file: bool,
+    /// Exactly one source, a directory sent by its name (no trailing slash): every
+    /// name starts with that directory's name.
+    pub single_dir: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One entry of the file list. Its position in the list is its file index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative path, `/`-separated; `.` for the transfer root itself.
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    /// Permission bits (07777).
+    pub mode: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub size: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// Symlink target.
+    pub target: Vec<u8>,
+    /// For a hard link: the index of the earlier entry it links to.
+    pub link_to: Option<u32>,
+    /// Whole-file BLAKE3, sent with `--checksum`.
+    pub checksum: Option<[u8; 32]>,
+}
+
+/// A chunk reference in a recipe: its length and BLAKE3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub len: u32,
+    pub hash: [u8; 32],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A file, directory or link was created or changed (`a` = its size).
+    Updated,
+    /// An extraneous file was deleted.
+    Deleted,
+    /// Something went wrong with `name`; `text` says what.
+    Error,
+    /// A notice that is not an error, e.g. a skipped special file.
+    Notice,
+    /// Bytes of `name` done so far (`a`) of its size (`b`).
+    Progress,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub name: Vec<u8>,
+    pub a: u64,
+    pub b: u64,
+    pub text: Vec<u8>,
+}
+
+/// What a transfer did, reported by the receiver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Entries in the file list.
+    pub files: u64,
+    /// Files (of any kind) created or updated.
+    pub transferred: u64,
+    /// Sum of the sizes of regular files in the list.
+    pub total_size: u64,
+    /// Bytes sent as literal data.
+    pub literal: u64,
+    /// Bytes rebuilt from data the receiver already had.
+    pub reused: u64,
+    pub deleted: u64,
+    pub errors: u64,
+    /// The sender had I/O errors, so `--delete` was skipped.
+    pub delete_skipped: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Request(Request),
+    Accept,
+    /// A fatal error: the session ends.
+    Fatal(Vec<u8>),
+    ListStart(ListStart),
+    Entry(Entry),
+    /// End of the file list; `io_error` if the sender could not read something.
+    ListEnd {
+        io_error: bool,
+    },
+    /// The receiver wants file `file`: whole, or a recipe to rebuild it from
+    /// chunks it already has.
+    Want {
+        file: u32,
+        delta: bool,
+    },
+    Recipe {
+        file: u32,
+        chunks: Vec<ChunkRef>,
+    },
+    RecipeEnd {
+        file: u32,
+        size: u64,
+        hash: [u8; 32],
+    },
+    /// The receiver lacks these chunks of the recipe: (first index, count).
+    Need {
+        file: u32,
+        ranges: Vec<(u32, u32)>,
+    },
+    /// Literal bytes of `file`, in order; zstd-compressed if `compressed`.
+    Data {
+        file: u32,
+        compressed: bool,
+        raw_len: u32,
+        bytes: Vec<u8>,
+    },
+    FileEnd {
+        file: u32,
+        size: u64,
+        hash: [u8; 32],
+    },
+    /// The sender could not send `file` (vanished, unreadable, changed).
+    FileFailed {
+        file: u32,
+        reason: Vec<u8>,
+    },
+    Event(Event),
+    Finish(Summary),
+    Bye,
+}
+
+mod tag {
+    pub const REQUEST: u8 = 1;
+    pub const ACCEPT: u8 = 2;
+    pub const FATAL: u8 = 3;
+    pub const LIST_START: u8 = 4;
+    pub const ENTRY: u8 = 5;
+    pub const LIST_END: u8 = 6;
+    pub const WANT: u8 = 7;
+    pub const RECIPE: u8 = 8;
+    pub const RECIPE_END: u8 = 9;
+    pub const NEED: u8 = 10;
+    pub const DATA: u8 = 11;
+    pub const FILE_END: u8 = 12;
+    pub const FILE_FAILED: u8 = 13;
+    pub const EVENT: u8 = 14;
+    pub const FINISH: u8 = 15;
+    pub const BYE: u8 = 16;
+}
+
+impl Message {
+    /// A short name for error messages ("expected X, got Y").
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Request(_) => "Request",
+            Message::Accept => "Accept",
+            Message::Fatal(_) => "Fatal",
+            Message::ListStart(_) => "ListStart",
+            Message::Entry(_) => "Entry",
+            Message::ListEnd { .. } => "ListEnd",
+            Message::Want { .. } => "Want",
+            Message::Recipe { .. } => "Recipe",
+            Message::RecipeEnd { .. } => "RecipeEnd",
+            Message::Need { .. } => "Need",
+            Message::Data { .. } => "Data",
+            Message::FileEnd { .. } => "FileEnd",
+            Message::FileFailed { .. } => "FileFailed",
+            Message::Event(_) => "Event",
+            Message::Finish(_) => "Finish",
+            Message::Bye => "Bye",
+        }
+    }
+
+    /// Appends this message's payload (not the frame header) to `w`.
+    pub fn encode(&self, w: &mut Writer) {
+        match self {
+            Message::Request(r) => {
+                w.u8(tag::REQUEST);
+                w.u8(match r.role {
+                    Role::ServerSends => 0,
+                    Role::ServerReceives => 1,
+                });
+                w.varint(r.paths.len() as u64);
+                for p in &r.paths {
+                    w.bytes(p);
+                }
+                encode_options(&r.options, w);
+            }
+            Message::Accept => w.u8(tag::ACCEPT),
+            Message::Fatal(t) => {
+                w.u8(tag::FATAL);
+                w.bytes(t);
+            }
+            Message::ListStart(s) => {
+                w.u8(tag::LIST_START);
+                w.bool(s.single_file);
+                w.bool(s.single_dir);
+            }
+            Message::Entry(e) => {
+                w.u8(tag::ENTRY);
+                encode_entry(e, w);
+            }
+            Message::ListEnd { io_error } => {
+                w.u8(tag::LIST_END);
+                w.bool(*io_error);
+            }
+            Message::Want { file, delta } => {
+                w.u8(tag::WANT);
+                w.varint(*file as u64);
+                w.bool(*delta);
+            }
+            Message::Recipe { file, chunks } => {
+                w.u8(tag::RECIPE);
+                w.varint(*file as u64);
+                w.varint(chunks.len() as u64);
+                for c in chunks {
+                    w.varint(c.len as u64);
+                    w.hash(&c.hash);
+                }
+            }
+            Message::RecipeEnd { file, size, hash } => {
+                w.u8(tag::RECIPE_END);
+                w.varint(*file as u64);
+                w.varint(*size);
+                w.hash(hash);
+            }
+            Message::Need { file, ranges } => {
+                w.u8(tag::NEED);
+                w.varint(*file as u64);
+                w.varint(ranges.len() as u64);
+                for (start, count) in ranges {
+                    w.varint(*start as u64);
+                    w.varint(*count as u64);
+                }
+            }
+            Message::Data {
+                file,
+                compressed,
+                raw_len,
+                bytes,
+            } => {
+                encode_data_header(w, *file, *compressed, *raw_len, bytes.len());
+                w.buf.extend_from_slice(bytes);
+            }
+            Message::FileEnd { file, size, hash } => {
+                w.u8(tag::FILE_END);
+                w.varint(*file as u64);
+                w.varint(*size);
+                w.hash(hash);
+            }
+            Message::FileFailed { file, reason } => {
+                w.u8(tag::FILE_FAILED);
+                w.varint(*file as u64);
+                w.bytes(reason);
+            }
+            Message::Event(e) => {
+                w.u8(tag::EVENT);
+                w.u8(e.kind as u8);
+                w.bytes(&e.name);
+                w.varint(e.a);
+                w.varint(e.b);
+                w.bytes(&e.text);
+            }
+            Message::Finish(s) => {
+                w.u8(tag::FINISH);
+                for v in [
+                    s.files,
+                    s.transferred,
+                    s.total_size,
+                    s.literal,
+                    s.reused,
+                    s.deleted,
+                    s.errors,
+                ] {
+                    w.varint(v);
+                }
+                w.bool(s.delete_skipped);
+            }
+            Message::Bye => w.u8(tag::BYE),
+        }
+    }
+
+    /// Encodes into a fresh payload buffer.
+    pub fn to_payload(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        self.encode(&mut w);
+        w.buf
+    }
+
+    /// Decodes one frame payload. Every length and count is checked against its
+    /// limit before use.
+    pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader::new(payload);
+        let t = r.u8("message type")?;
+        let msg = match t {
+            tag::REQUEST => {
+                let role = match r.u8("role")? {
+                    0 => Role::ServerSends,
+                    1 => Role::ServerReceives,
+                    _ => return Err(DecodeError::Invalid("role")),
+                };
+                let n = r.count(MAX_PATHS, "path count")?;
+                let mut paths = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    paths.push(r.bytes(MAX_PATH, "path")?.to_vec());
+                }
+                let options = decode_options(&mut r)?;
+                Message::Request(Request {
+                    role,
+                    paths,
+                    options,
+                })
+            }
+            tag::ACCEPT => Message::Accept,
+            tag::FATAL => Message::Fatal(r.bytes(MAX_TEXT, "error text")?.to_vec()),
+            tag::LIST_START => Message::ListStart(ListStart {
+                single_file: r.bool("single_file")?,
+                single_dir: r.bool("single_dir")?,
+            }),
+            tag::ENTRY => Message::Entry(decode_entry(&mut r)?),
+            tag::LIST_END => Message::ListEnd {
+                io_error: r.bool("io_error")?,
+            },
+            tag::WANT => Message::Want {
+                file: file_index(&mut r)?,
+                delta: r.bool("delta")?,
+            },
+            tag::RECIPE => {
+                let file = file_index(&mut r)?;
+                let n = r.count(MAX_RECIPE_BATCH, "recipe batch")?;
+                // each chunk takes at least 33 bytes: a liar cannot make us reserve more
+                if n > r.remaining() / 33 {
+                    return Err(DecodeError::Truncated("recipe"));
+                }
+                let mut chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = r.count(crate::chunk::MAX_CHUNK, "chunk length")? as u32;
+                    if len == 0 {
+                        return Err(DecodeError::Invalid("chunk length 0"));
+                    }
+                    chunks.push(ChunkRef {
+                        len,
+                        hash: r.hash("chunk hash")?,
+                    });
+                }
+                Message::Recipe { file, chunks }
+            }
+            tag::RECIPE_END => Message::RecipeEnd {
+                file: file_index(&mut r)?,
+                size: r.varint("size")?,
+                hash: r.hash("file hash")?,
+            },
+            tag::NEED => {
+                let file = file_index(&mut r)?;
+                let n = r.count(MAX_RANGES, "range count")?;
+                if n > r.remaining() / 2 {
+                    return Err(DecodeError::Truncated("ranges"));
+                }
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let start = r.count(u32::MAX as usize, "range start")? as u32;
+                    let count = r.count(u32::MAX as usize, "range count")? as u32;
+                    ranges.push((start, count));
+                }
+                Message::Need { file, ranges }
+            }
+            tag::DATA => {
+                let file = file_index(&mut r)?;
+                let compressed = r.bool("compressed")?;
+                let raw_len = r.count(BLOCK_SIZE, "data length")? as u32;
+                let bytes = r.bytes(BLOCK_SIZE + 1024, "data")?.to_vec();
+                if !compressed && bytes.len() != raw_len as usize {
+                    return Err(DecodeError::Invalid("data length"));
+                }
+                Message::Data {
+                    file,
+                    compressed,
+                    raw_len,
+                    bytes,
+                }
+            }
+            tag::FILE_END => Message::FileEnd {
+                file: file_index(&mut r)?,
+                size: r.varint("size")?,
+                hash: r.hash("file hash")?,
+            },
+            tag::FILE_FAILED => Message::FileFailed {
+                file: file_index(&mut r)?,
+                reason: r.bytes(MAX_TEXT, "reason")?.to_vec(),
+            },
+            tag::EVENT => {
+                let kind = match r.u8("event kind")? {
+                    0 => EventKind::Updated,
+                    1 => EventKind::Deleted,
+                    2 => EventKind::Error,
+                    3 => EventKind::Notice,
+                    4 => EventKind::Progress,
+                    _ => return Err(DecodeError::Invalid("event kind")),
+                };
+                Message::Event(Event {
+                    kind,
+                    name: r.bytes(MAX_PATH, "event name")?.to_vec(),
+                    a: r.varint("event value")?,
+                    b: r.varint("event value")?,
+                    text: r.bytes(MAX_TEXT, "event text")?.to_vec(),
+                })
+            }
+            tag::FINISH => {
+                let mut v = [0u64; 7];
+                for x in v.iter_mut() {
+                    *x = r.varint("summary")?;
+                }
+                Message::Finish(Summary {
+                    files: v[0],
+                    transferred: v[1],
+                    total_size: v[2],
+                    literal: v[3],
+                    reused: v[4],
+                    deleted: v[5],
+                    errors: v[6],
+                    delete_skipped: r.bool("delete_skipped")?,
+                })
+            }
+            tag::BYE => Message::Bye,
+            other => return Err(DecodeError::UnknownMessage(other)),
+        };
+        r.finish(msg.name())?;
+        Ok(msg)
+    }
+}
+
+/// Writes everything of a `Data` message but its bytes, so that a sender can
+/// append the bytes from its own buffer without building a [`Message`].
+pub fn encode_data_header(w: &mut Writer, file: u32, compressed: bool, raw_len: u32, len: usize) {
+    w.u8(tag::DATA);
+    w.varint(file as u64);
+    w.bool(compressed);
+    w.varint(raw_len as u64);
+    w.varint(len as u64);
+}
+
+fn file_index(r: &mut Reader) -> Result<u32, DecodeError> {
+    Ok(r.count(u32::MAX as usize, "file index")? as u32)
+}
+
+fn encode_options(o: &Options, w: &mut Writer) {
+    let mut copy = o.clone();
+    let mut bits: u32 = 0;
+    for (i, f) in OPT_FLAGS.iter().enumerate() {
+        if *f(&mut copy) {
+            bits |= 1 << i;
+        }
+    }
+    w.u32(bits);
+    match &o.backup_suffix {
+        Some(s) => {
+            w.bool(true);
+            w.bytes(s);
+        }
+        None => w.bool(false),
+    }
+    w.varint(o.filters.len() as u64);
+    for (include, pat) in &o.filters {
+        w.bool(*include);
+        w.bytes(pat);
+    }
+    w.varint(o.bwlimit);
+}
+
+fn decode_options(r: &mut Reader) -> Result<Options, DecodeError> {
+    let bits = r.u32("option flags")?;
+    if bits >> OPT_FLAGS.len() != 0 {
+        return Err(DecodeError::Invalid("option flags"));
+    }
+    let mut o = Options::default();
+    for (i, f) in OPT_FLAGS.iter().enumerate() {
+        *f(&mut o) = bits & (1 << i) != 0;
+    }
+    if r.bool("backup flag")? {
+        o.backup_suffix = Some(r.bytes(MAX_COMPONENT, "backup suffix")?.to_vec());
+    }
+    let n = r.count(MAX_FILTERS, "filter count")?;
+    for _ in 0..n {
+        let include = r.bool("filter kind")?;
+        o.filters
+            .push((include, r.bytes(MAX_PATH, "filter pattern")?.to_vec()));
+    }
+    o.bwlimit = r.varint("bwlimit")?;
+    Ok(o)
+}
+
+fn encode_entry(e: &Entry, w: &mut Writer) {
+    w.bytes(&e.name);
+    w.u8(match e.kind {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Symlink => 2,
+    });
+    w.varint(e.mode as u64);
+    w.i64(e.mtime);
+    w.varint(e.mtime_nsec as u64);
+    w.varint(e.size);
+    w.varint(e.uid as u64);
+    w.varint(e.gid as u64);
+    w.bytes(&e.target);
+    match e.link_to {
+        Some(i) => {
+            w.bool(true);
+            w.varint(i as u64);
+        }
+        None => w.bool(false),
+    }
+    match &e.checksum {
+        Some(h) => {
+            w.bool(true);
+            w.hash(h);
+        }
+        None => w.bool(false),
+    }
+}
+
+fn decode_entry(r: &mut Reader) -> Result<Entry, DecodeError> {
+    let name = r.bytes(MAX_PATH, "entry name")?.to_vec();
+    let kind = match r.u8("entry kind")? {
+        0 => Kind::File,
+        1 => Kind::Dir,
+        2 => Kind::Symlink,
+        _ => return Err(DecodeError::Invalid("entry kind")),
+    };
+    let mode = r.count(0o7777, "mode")? as u32;
+    let mtime = r.i64("mtime")?;
+    let mtime_nsec = r.count(999_999_999, "mtime nanoseconds")? as u32;
+    let size = r.varint("size")?;
+    let uid = r.count(u32::MAX as usize, "uid")? as u32;
+    let gid = r.count(u32::MAX as usize, "gid")? as u32;
+    let target = r.bytes(MAX_PATH, "link target")?.to_vec();
+    let link_to = if r.bool("hard link flag")? {
+        Some(file_index(r)?)
+    } else {
+        None
+    };
+    let checksum = if r.bool("checksum flag")? {
+        Some(r.hash("checksum")?)
+    } else {
+        None
+    };
+    Ok(Entry {
+        name,
+        kind,
+        mode,
+        mtime,
+        mtime_nsec,
+        size,
+        uid,
+        gid,
+        target,
+        link_to,
+        checksum,
+    })
+}
+
+#[cfg(test)]
+mod tests;

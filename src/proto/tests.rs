@@ -1,0 +1,178 @@
+use super::*;
+use proptest::prelude::*;
+
+fn arb_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..max)
+}
+
+fn arb_entry() -> impl Strategy<Value = Entry> {
+    (
+        arb_bytes(64),
+        0u8..3,
+        0u32..0o7777,
+        any::<i64>(),
+        0u32..1_000_000_000,
+        any::<u64>(),
+        (any::<u32>(), any::<u32>()),
+        arb_bytes(32),
+        proptest::option::of(any::<u32>()),
+        proptest::option::of(any::<[u8; 32]>()),
+    )
+        .prop_map(
+            |(name, k, mode, mtime, nsec, size, (uid, gid), target, link_to, checksum)| Entry {
+                name,
+                kind: [Kind::File, Kind::Dir, Kind::Symlink][k as usize],
+                mode,
+                mtime,
+                mtime_nsec: nsec,
+                size,
+                uid,
+                gid,
+                target,
+                link_to,
+                checksum,
+            },
+        )
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (arb_bytes(40), any::<bool>(), any::<u32>()).prop_map(|(p, push, bw)| {
+            Message::Request(Request {
+                role: if push {
+                    Role::ServerReceives
+                } else {
+                    Role::ServerSends
+                },
+                paths: vec![p.clone(), p],
+                options: Options {
+                    recursive: true,
+                    delete: push,
+                    backup_suffix: Some(b"~".to_vec()),
+                    filters: vec![(false, b"*.tmp".to_vec())],
+                    bwlimit: bw as u64,
+                    ..Options::default()
+                },
+            })
+        }),
+        arb_entry().prop_map(Message::Entry),
+        (any::<u32>(), any::<bool>()).prop_map(|(file, delta)| Message::Want { file, delta }),
+        (
+            any::<u32>(),
+            proptest::collection::vec((1u32..65536, any::<[u8; 32]>()), 0..20)
+        )
+            .prop_map(|(file, c)| Message::Recipe {
+                file,
+                chunks: c
+                    .into_iter()
+                    .map(|(len, hash)| ChunkRef { len, hash })
+                    .collect()
+            }),
+        (
+            any::<u32>(),
+            proptest::collection::vec((any::<u32>(), any::<u32>()), 0..20)
+        )
+            .prop_map(|(file, ranges)| Message::Need { file, ranges }),
+        (any::<u32>(), arb_bytes(2000)).prop_map(|(file, bytes)| Message::Data {
+            file,
+            compressed: false,
+            raw_len: bytes.len() as u32,
+            bytes
+        }),
+        (any::<u32>(), any::<u64>(), any::<[u8; 32]>())
+            .prop_map(|(file, size, hash)| Message::FileEnd { file, size, hash }),
+        (any::<u64>(), any::<u64>(), arb_bytes(30)).prop_map(|(a, b, text)| Message::Event(
+            Event {
+                kind: EventKind::Progress,
+                name: text.clone(),
+                a,
+                b,
+                text
+            }
+        )),
+        Just(Message::Bye),
+        Just(Message::ListEnd { io_error: true }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn round_trip(msg in arb_message()) {
+        let payload = msg.to_payload();
+        prop_assert_eq!(Message::decode(&payload).unwrap(), msg);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error(msg in arb_message()) {
+        let payload = msg.to_payload();
+        for cut in 0..payload.len() {
+            prop_assert!(Message::decode(&payload[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics(bytes in arb_bytes(300)) {
+        let _ = Message::decode(&bytes);
+    }
+}
+
+#[test]
+fn trailing_bytes_rejected() {
+    let mut p = Message::Bye.to_payload();
+    p.push(0);
+    assert_eq!(Message::decode(&p), Err(DecodeError::TrailingBytes("Bye")));
+}
+
+#[test]
+fn recipe_count_checked_before_allocating() {
+    let mut w = Writer::default();
+    w.u8(tag::RECIPE);
+    w.varint(0);
+    w.varint(MAX_RECIPE_BATCH as u64);
+    // claims 8192 chunks, carries none
+    assert_eq!(
+        Message::decode(&w.buf),
+        Err(DecodeError::Truncated("recipe"))
+    );
+    let mut w = Writer::default();
+    w.u8(tag::RECIPE);
+    w.varint(0);
+    w.varint(u64::MAX);
+    assert!(matches!(
+        Message::decode(&w.buf),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn zero_length_chunk_rejected() {
+    let msg = Message::Recipe {
+        file: 0,
+        chunks: vec![ChunkRef {
+            len: 0,
+            hash: [0; 32],
+        }],
+    };
+    assert_eq!(
+        Message::decode(&msg.to_payload()),
+        Err(DecodeError::Invalid("chunk length 0"))
+    );
+}
+
+#[test]
+fn handshake_versions() {
+    assert_eq!(choose_version(&client_hello()), Ok(VERSION_MAX));
+    let mut junk = *b"Welcome!\n";
+    assert!(matches!(
+        choose_version(&junk),
+        Err(HandshakeError::NotFerry(_))
+    ));
+    junk[..5].copy_from_slice(MAGIC);
+    junk[5..7].copy_from_slice(&50u16.to_le_bytes());
+    junk[7..9].copy_from_slice(&60u16.to_le_bytes());
+    assert!(matches!(
+        choose_version(&junk),
+        Err(HandshakeError::NoCommonVersion { .. })
+    ));
+    assert_eq!(check_server_hello(&server_hello(1)), Ok(1));
+}

@@ -1,0 +1,1405 @@
+//! The receiving side: takes the file list, decides per entry what to do (skip,
+//! create, fetch whole, rebuild from a basis), asks the sender for what it lacks,
+//! verifies everything that arrives, and publishes each file atomically.
+//!
+//! # Security
+//! Every name, count, length and index from the sender is checked before use:
+//! names by [`crate::fs::names::check`] and against what the client asked for,
+//! list order (a directory before its contents, no name twice), data only for
+//! files this side asked for, chunks against their recipe hash, whole files
+//! against their BLAKE3 before they are renamed into place. A violation ends
+//! the session; what was written so far stays in partial files, never at a
+//! final path.
+
+use super::wire::{FrameReader, FrameWriter};
+use super::{text, Cancel, EventFn};
+use crate::chunk::{Chunker, MAX_CHUNK, MIN_CHUNK};
+use crate::delta::{self, ChunkIndex, Rebuild, Step};
+use crate::error::{io_text, TransferError};
+use crate::filter::Filters;
+use crate::fs::dest::{Dest, ExistingKind, Meta, TempFile};
+use crate::fs::names::{self, escape, split_parent};
+use crate::proto::{
+    ChunkRef, Entry, Event, EventKind, Kind, ListStart, Message, Options, Summary, BLOCK_SIZE,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+pub struct Config<'a> {
+    /// The destination path on this machine.
+    pub dest: Vec<u8>,
+    pub options: Options,
+    /// The client's event callback; `None` on a server (events go to the peer).
+    pub events: Option<&'a EventFn<'a>>,
+    /// On a client that pulls: the paths it asked for, so that the sender cannot
+    /// answer with names it was not asked for.
+    pub requested: Option<Vec<Vec<u8>>>,
+}
+
+/// Files requested and not yet complete, at most this many…
+const MAX_IN_FLIGHT: usize = 64;
+/// …of which at most this many are being rebuilt from a basis (each holds open
+/// files and an index of its basis chunks).
+const MAX_DELTA_IN_FLIGHT: usize = 4;
+/// Files smaller than this are fetched whole even when a basis exists.
+const DELTA_MIN_SIZE: u64 = 64 << 10;
+/// A recipe may describe at most this much more than the listed size.
+const RECIPE_SLACK: u64 = 1 << 30;
+/// Progress events at most every this many bytes.
+const PROGRESS_STEP: u64 = 1 << 20;
+
+/// How list names map to paths under the destination handle.
+enum Mapping {
+    /// Names as they are.
+    Under,
+    /// The single file is written as this name (the destination named a file).
+    FileAs(Vec<u8>),
+    /// scp semantics: the single directory becomes the destination itself.
+    StripTop(Vec<u8>),
+}
+
+/// What the receiver remembers of each list entry.
+struct Listed {
+    /// Name in the list (for messages).
+    name: Vec<u8>,
+    /// Path under the destination handle.
+    rel: Vec<u8>,
+    kind: Kind,
+    size: u64,
+    mode: u32,
+    mtime: (i64, u32),
+    uid: u32,
+    gid: u32,
+    is_new: bool,
+    /// Published, or already up to date (a hard link may point at it).
+    done: bool,
+}
+
+/// The basis a delta rebuild reads from.
+struct Basis {
+    files: Vec<File>,
+    index: ChunkIndex,
+}
+
+enum Incoming {
+    /// Asked for, nothing arrived yet.
+    Waiting {
+        delta: bool,
+        basis: Option<JoinHandle<Basis>>,
+    },
+    /// Receiving a whole file.
+    Whole {
+        temp: TempFile,
+        hasher: blake3::Hasher,
+    },
+    /// Receiving a recipe.
+    Recipe {
+        chunks: Vec<ChunkRef>,
+        total: u64,
+        basis: Option<JoinHandle<Basis>>,
+    },
+    /// Rebuilding from basis chunks and literal chunks.
+    Rebuild {
+        temp: TempFile,
+        hasher: blake3::Hasher,
+        rebuild: Rebuild,
+        bases: Vec<File>,
+        size: u64,
+        hash: [u8; 32],
+    },
+    /// Given up after a local error; what still arrives for it is ignored.
+    Failed,
+}
+
+struct Receiver<'a> {
+    opts: Options,
+    filters: Filters,
+    out: mpsc::Sender<Message>,
+    events: Option<&'a EventFn<'a>>,
+    dest_path: Vec<u8>,
+    dest: Option<Dest>,
+    mapping: Mapping,
+    requested: Option<Requested>,
+    entries: Vec<Listed>,
+    rel_names: HashSet<Vec<u8>>,
+    list_dirs: HashSet<Vec<u8>>,
+    dirs: Vec<u32>,
+    queue: VecDeque<u32>,
+    in_flight: HashMap<u32, Incoming>,
+    delta_in_flight: usize,
+    hardlinks: Vec<(u32, u32)>,
+    list_done: bool,
+    io_error: bool,
+    summary: Summary,
+    is_root: bool,
+    buf: Vec<u8>,
+    decompressor: zstd::bulk::Decompressor<'static>,
+    progress: HashMap<u32, u64>,
+}
+
+/// The top-level names a pull asked for.
+struct Requested {
+    any: bool,
+    tops: HashSet<Vec<u8>>,
+}
+
+/// Runs the receiving side until the transfer is complete.
+pub fn run<R, W>(
+    mut reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    cfg: Config,
+    cancel: &Cancel,
+) -> Result<Summary, TransferError>
+where
+    R: Read,
+    W: Write + Send + 'static,
+{
+    let (out, rx) = mpsc::channel::<Message>();
+    let writer_thread = std::thread::Builder::new()
+        .name("ferry-recv-tx".into())
+        .spawn(move || write_messages(writer, rx))
+        .map_err(|e| TransferError::local("thread", &e))?;
+    let filters =
+        Filters::new(&cfg.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
+    let requested = cfg.requested.as_ref().map(|paths| {
+        let mut r = Requested {
+            any: false,
+            tops: HashSet::new(),
+        };
+        for p in paths {
+            let trimmed = p.strip_suffix(b"/").unwrap_or(p);
+            let base = trimmed.rsplit(|&b| b == b'/').next().unwrap_or(trimmed);
+            if p.ends_with(b"/") || base == b"." || base == b".." || base.is_empty() {
+                r.any = true;
+            } else {
+                r.tops.insert(base.to_vec());
+            }
+        }
+        r
+    });
+    let mut r = Receiver {
+        opts: cfg.options,
+        filters,
+        out,
+        events: cfg.events,
+        dest_path: cfg.dest,
+        dest: None,
+        mapping: Mapping::Under,
+        requested,
+        entries: Vec::new(),
+        rel_names: HashSet::new(),
+        list_dirs: HashSet::new(),
+        dirs: Vec::new(),
+        queue: VecDeque::new(),
+        in_flight: HashMap::new(),
+        delta_in_flight: 0,
+        hardlinks: Vec::new(),
+        list_done: false,
+        io_error: false,
+        summary: Summary::default(),
+        is_root: rustix::process::geteuid().is_root(),
+        buf: vec![0; BLOCK_SIZE.max(MAX_CHUNK)],
+        decompressor: zstd::bulk::Decompressor::new()
+            .map_err(|e| TransferError::local("zstd", &e))?,
+        progress: HashMap::new(),
+    };
+    let result = r.run(&mut reader, cancel);
+    match result {
+        Ok(summary) => {
+            drop(r);
+            let _ = writer_thread.join();
+            Ok(summary)
+        }
+        Err(e) => {
+            if !matches!(e, TransferError::Connection(_) | TransferError::Remote(_)) {
+                let _ = r.out.send(Message::Fatal(e.to_string().into_bytes()));
+            }
+            // the writer thread ends once it has sent what is queued
+            drop(r);
+            let _ = writer_thread.join();
+            Err(e)
+        }
+    }
+}
+
+/// The writer thread: sends queued messages, flushing whenever the queue is
+/// empty so that requests never sit in a buffer while the sender waits.
+fn write_messages<W: Write>(mut writer: FrameWriter<W>, rx: mpsc::Receiver<Message>) {
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(mpsc::TryRecvError::Empty) => {
+                if writer.flush().is_err() {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => {
+                let _ = writer.flush();
+                return;
+            }
+        };
+        if writer.send(&msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn violation(what: String) -> TransferError {
+    TransferError::PeerMisbehaved(what)
+}
+
+impl Receiver<'_> {
+    fn send(&self, m: Message) -> Result<(), TransferError> {
+        self.out
+            .send(m)
+            .map_err(|_| TransferError::Connection("the connection writer stopped".into()))
+    }
+
+    fn emit(&self, kind: EventKind, name: &[u8], a: u64, b: u64, text: String) {
+        let e = Event {
+            kind,
+            name: name.to_vec(),
+            a,
+            b,
+            text: text.into_bytes(),
+        };
+        match self.events {
+            Some(f) => f(e),
+            None => {
+                let _ = self.out.send(Message::Event(e));
+            }
+        }
+    }
+
+    fn file_error(&mut self, name: &[u8], text: String) {
+        self.summary.errors += 1;
+        self.emit(EventKind::Error, name, 0, 0, text);
+    }
+
+    fn run<R: Read>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        cancel: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        match reader.expect()? {
+            Message::ListStart(ls) => self.start(ls)?,
+            Message::Fatal(t) => return Err(TransferError::Remote(text(&t))),
+            other => {
+                return Err(violation(format!(
+                    "sent {} before the file list",
+                    other.name()
+                )))
+            }
+        }
+        loop {
+            cancel.check()?;
+            if self.list_done && self.queue.is_empty() && self.in_flight.is_empty() {
+                break;
+            }
+            let msg = reader.expect()?;
+            self.handle(msg)?;
+            self.pump()?;
+        }
+        self.finish()?;
+        self.send(Message::Finish(self.summary))?;
+        match reader.expect()? {
+            Message::Bye => Ok(self.summary),
+            Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
+            other => Err(violation(format!("sent {} instead of Bye", other.name()))),
+        }
+    }
+
+    /// Decides how names map to the destination and opens it.
+    fn start(&mut self, ls: ListStart) -> Result<(), TransferError> {
+        let d = self.dest_path.clone();
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&d));
+        let shown = escape(&d);
+        let trailing = d.ends_with(b"/");
+        let meta = std::fs::metadata(&path).ok();
+        let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
+        let (root, create) = if ls.single_file && !trailing && !is_dir {
+            let trimmed = d.as_slice();
+            let (parent, base) = split_parent(trimmed);
+            let parent = if trimmed.starts_with(b"/") && parent.is_empty() {
+                b"/".as_slice()
+            } else {
+                parent
+            };
+            self.mapping = Mapping::FileAs(base.to_vec());
+            (PathBuf::from(std::ffi::OsStr::from_bytes(parent)), false)
+        } else if self.opts.cp_mode && ls.single_dir && meta.is_none() {
+            self.mapping = Mapping::StripTop(Vec::new());
+            (path.clone(), true)
+        } else {
+            (path.clone(), !is_dir)
+        };
+        if self.opts.dry_run && create {
+            return Ok(()); // nothing exists yet: everything is new
+        }
+        if create && meta.is_some() && !is_dir {
+            return Err(TransferError::Usage(format!(
+                "destination {shown} exists and is not a directory"
+            )));
+        }
+        match Dest::open(&root, create) {
+            Ok(dest) => {
+                self.dest = Some(dest);
+                Ok(())
+            }
+            Err(e) => Err(TransferError::local(
+                escape(root.as_os_str().as_encoded_bytes()),
+                &e,
+            )),
+        }
+    }
+
+    fn map_name(&mut self, name: &[u8]) -> Result<Vec<u8>, TransferError> {
+        match &mut self.mapping {
+            Mapping::Under => Ok(name.to_vec()),
+            Mapping::FileAs(base) => {
+                if !self.entries.is_empty() {
+                    return Err(violation(format!(
+                        "sent {} after announcing a single file",
+                        escape(name)
+                    )));
+                }
+                Ok(base.clone())
+            }
+            Mapping::StripTop(top) => {
+                if top.is_empty() {
+                    if name.contains(&b'/') || name == b"." {
+                        return Err(violation(format!(
+                            "sent {} before its directory",
+                            escape(name)
+                        )));
+                    }
+                    *top = name.to_vec();
+                    return Ok(b".".to_vec());
+                }
+                match name.strip_prefix(top.as_slice()) {
+                    Some(rest) if rest.first() == Some(&b'/') => Ok(rest[1..].to_vec()),
+                    _ => Err(violation(format!(
+                        "sent {} outside the announced directory",
+                        escape(name)
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Checks an entry against the list so far and what was asked for.
+    fn check_entry(&self, e: &Entry) -> Result<(), TransferError> {
+        names::check(&e.name).map_err(|err| violation(format!("sent a bad name: {err}")))?;
+        if let Some(req) = &self.requested {
+            if !req.any && e.name != b"." {
+                let top = e.name.split(|&b| b == b'/').next().unwrap_or(&e.name);
+                if !req.tops.contains(top) {
+                    return Err(violation(format!(
+                        "sent {}, which was not requested",
+                        escape(&e.name)
+                    )));
+                }
+            }
+        }
+        if !self.opts.recursive && (e.name.contains(&b'/') || e.kind == Kind::Dir) {
+            return Err(violation(format!(
+                "sent {} in a transfer that is not recursive",
+                escape(&e.name)
+            )));
+        }
+        if e.name.contains(&b'/') {
+            let (parent, _) = split_parent(&e.name);
+            if !self.list_dirs.contains(parent) {
+                return Err(violation(format!(
+                    "sent {} before its directory",
+                    escape(&e.name)
+                )));
+            }
+        }
+        if let Some(j) = e.link_to {
+            let ok = self
+                .entries
+                .get(j as usize)
+                .is_some_and(|t| t.kind == Kind::File);
+            if !ok || e.kind != Kind::File {
+                return Err(violation(format!(
+                    "sent a hard link {} to an entry that is not an earlier file",
+                    escape(&e.name)
+                )));
+            }
+        }
+        if e.name == b"." && !self.entries.is_empty() {
+            return Err(violation("sent the root entry twice".into()));
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<(), TransferError> {
+        match msg {
+            Message::Entry(e) => {
+                if self.list_done {
+                    return Err(violation("sent an entry after the end of the list".into()));
+                }
+                self.entry(e)
+            }
+            Message::ListEnd { io_error } => {
+                if self.list_done {
+                    return Err(violation("ended the file list twice".into()));
+                }
+                self.list_done = true;
+                self.io_error = io_error;
+                if io_error {
+                    self.summary.errors += 1;
+                }
+                Ok(())
+            }
+            Message::Data {
+                file,
+                compressed,
+                raw_len,
+                bytes,
+            } => self.data(file, compressed, raw_len, bytes),
+            Message::Recipe { file, chunks } => self.recipe(file, chunks),
+            Message::RecipeEnd { file, size, hash } => self.recipe_end(file, size, hash),
+            Message::FileEnd { file, size, hash } => self.file_end(file, size, hash),
+            Message::FileFailed { file, reason } => {
+                let state = self.in_flight.remove(&file).ok_or_else(|| {
+                    violation(format!(
+                        "reported a failure of file {file}, which was not requested"
+                    ))
+                })?;
+                self.drop_state(state);
+                let name = self.entries[file as usize].name.clone();
+                self.file_error(&name, text(&reason));
+                Ok(())
+            }
+            Message::Event(e) => match self.events {
+                Some(f) => {
+                    f(e);
+                    Ok(())
+                }
+                None => Err(violation("sent an event to a server".into())),
+            },
+            Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
+            other => Err(violation(format!(
+                "sent {} to the receiving side",
+                other.name()
+            ))),
+        }
+    }
+
+    fn entry(&mut self, e: Entry) -> Result<(), TransferError> {
+        self.check_entry(&e)?;
+        let rel = self.map_name(&e.name)?;
+        if !self.rel_names.insert(rel.clone()) {
+            return Err(violation(format!("listed {} twice", escape(&e.name))));
+        }
+        if e.kind == Kind::Dir {
+            self.list_dirs.insert(e.name.clone());
+        }
+        let index = self.entries.len() as u32;
+        self.summary.files += 1;
+        if e.kind == Kind::File {
+            self.summary.total_size += e.size;
+        }
+        let existing = match self.dest.as_mut() {
+            Some(d) => match d.stat(&rel) {
+                Ok(x) => x,
+                Err(err) => {
+                    self.entries.push(listed(&e, rel, true));
+                    self.file_error(&e.name, io_text(&err));
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
+        self.entries
+            .push(listed(&e, rel.clone(), existing.is_none()));
+        match e.kind {
+            Kind::Dir => self.entry_dir(index, &e, existing.map(|x| x.kind)),
+            Kind::Symlink => self.entry_symlink(index, &e, existing.map(|x| x.kind)),
+            Kind::File => {
+                if let Some(j) = e.link_to {
+                    self.hardlinks.push((index, j));
+                    return Ok(());
+                }
+                self.entry_file(index, &e, existing)
+            }
+        }
+    }
+
+    /// Removes what stands where an entry of another kind must go. A non-empty
+    /// directory only goes with `--delete`.
+    fn clear_way(&mut self, index: u32, kind: ExistingKind) -> bool {
+        let (rel, name) = {
+            let l = &self.entries[index as usize];
+            (l.rel.clone(), l.name.clone())
+        };
+        if self.opts.dry_run {
+            return true;
+        }
+        let Some(dest) = self.dest.as_mut() else {
+            return true;
+        };
+        let non_empty_dir =
+            kind == ExistingKind::Dir && dest.list(&rel).map(|l| !l.is_empty()).unwrap_or(true);
+        if non_empty_dir && !self.opts.delete {
+            self.file_error(
+                &name,
+                "cannot replace a non-empty directory (use --delete)".into(),
+            );
+            return false;
+        }
+        match dest.remove(&rel, None) {
+            Ok(()) => {
+                self.entries[index as usize].is_new = true;
+                true
+            }
+            Err(err) => {
+                self.file_error(
+                    &name,
+                    format!("cannot remove what is in the way: {}", io_text(&err)),
+                );
+                false
+            }
+        }
+    }
+
+    fn entry_dir(
+        &mut self,
+        index: u32,
+        e: &Entry,
+        existing: Option<ExistingKind>,
+    ) -> Result<(), TransferError> {
+        self.dirs.push(index);
+        let rel = self.entries[index as usize].rel.clone();
+        match existing {
+            Some(ExistingKind::Dir) => return Ok(()),
+            Some(k) if !self.clear_way(index, k) => return Ok(()),
+            _ => {}
+        }
+        self.summary.transferred += 1;
+        // shown as rsync shows directories: with a trailing slash
+        let mut shown = e.name.clone();
+        shown.push(b'/');
+        self.emit(EventKind::Updated, &shown, 0, 0, String::new());
+        if self.opts.dry_run || rel == b"." {
+            return Ok(());
+        }
+        let dest = self.dest.as_mut().expect("destination open");
+        if let Err(err) = dest.mkdir(&rel, 0o700) {
+            let shown = dest.show(&rel);
+            self.file_error(&e.name, format!("mkdir {shown}: {}", io_text(&err)));
+        }
+        Ok(())
+    }
+
+    fn entry_symlink(
+        &mut self,
+        index: u32,
+        e: &Entry,
+        existing: Option<ExistingKind>,
+    ) -> Result<(), TransferError> {
+        let rel = self.entries[index as usize].rel.clone();
+        if !link_stays_inside(&rel, &e.target) {
+            self.emit(
+                EventKind::Notice,
+                &e.name,
+                0,
+                0,
+                format!(
+                    "skipping symlink {} -> {}: it points outside the destination",
+                    escape(&e.name),
+                    escape(&e.target)
+                ),
+            );
+            return Ok(());
+        }
+        if existing == Some(ExistingKind::Symlink) {
+            if let Some(dest) = self.dest.as_mut() {
+                if dest.readlink(&rel).ok().as_deref() == Some(e.target.as_slice()) {
+                    self.entries[index as usize].done = true;
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(k) = existing {
+            if k == ExistingKind::Dir && !self.clear_way(index, k) {
+                return Ok(());
+            }
+        }
+        self.summary.transferred += 1;
+        self.emit(
+            EventKind::Updated,
+            &e.name,
+            0,
+            0,
+            format!("-> {}", escape(&e.target)),
+        );
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        let meta = self.meta_for(index, false);
+        let dest = self.dest.as_mut().expect("destination open");
+        let result = dest
+            .symlink(&rel, &e.target)
+            .and_then(|_| dest.set_link_meta(&rel, &Meta { mode: None, ..meta }));
+        if let Err(err) = result {
+            let shown = dest.show(&rel);
+            self.file_error(&e.name, format!("symlink {shown}: {}", io_text(&err)));
+        }
+        Ok(())
+    }
+
+    fn entry_file(
+        &mut self,
+        index: u32,
+        e: &Entry,
+        existing: Option<crate::fs::dest::Existing>,
+    ) -> Result<(), TransferError> {
+        let rel = self.entries[index as usize].rel.clone();
+        if let Some(x) = existing {
+            match x.kind {
+                ExistingKind::File => {
+                    if self.opts.update && x.mtime > e.mtime {
+                        self.entries[index as usize].done = true;
+                        return Ok(());
+                    }
+                    let same = if self.opts.checksum {
+                        x.size == e.size && self.same_checksum(&rel, e.checksum)
+                    } else {
+                        x.size == e.size && x.mtime == e.mtime
+                    };
+                    if same {
+                        self.entries[index as usize].done = true;
+                        self.refresh_meta(index, x);
+                        return Ok(());
+                    }
+                }
+                k => {
+                    if !self.clear_way(index, k) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if self.opts.dry_run {
+            self.summary.transferred += 1;
+            self.emit(EventKind::Updated, &e.name, e.size, 0, String::new());
+            return Ok(());
+        }
+        self.queue.push_back(index);
+        Ok(())
+    }
+
+    fn same_checksum(&mut self, rel: &[u8], want: Option<[u8; 32]>) -> bool {
+        let (Some(want), Some(dest)) = (want, self.dest.as_mut()) else {
+            return false;
+        };
+        let Ok(f) = dest.open_file(rel) else {
+            return false;
+        };
+        let mut h = blake3::Hasher::new();
+        h.update_reader(f).is_ok() && *h.finalize().as_bytes() == want
+    }
+
+    /// An up-to-date file may still need its permissions or owner fixed.
+    fn refresh_meta(&mut self, index: u32, x: crate::fs::dest::Existing) {
+        let l = &self.entries[index as usize];
+        let mut m = Meta::default();
+        if self.opts.perms && x.mode != l.mode {
+            m.mode = Some(l.mode);
+        }
+        if self.opts.times && self.opts.checksum && x.mtime != l.mtime.0 {
+            m.mtime = Some(l.mtime);
+        }
+        if self.is_root && self.opts.owner && x.uid != l.uid {
+            m.uid = Some(l.uid);
+        }
+        if self.is_root && self.opts.group && x.gid != l.gid {
+            m.gid = Some(l.gid);
+        }
+        if m.mode.is_none() && m.mtime.is_none() && m.uid.is_none() && m.gid.is_none() {
+            return;
+        }
+        if self.opts.dry_run {
+            return;
+        }
+        let (rel, name) = (l.rel.clone(), l.name.clone());
+        if let Some(dest) = self.dest.as_mut() {
+            if let Err(err) = dest.set_file_meta(&rel, &m) {
+                self.file_error(&name, io_text(&err));
+            }
+        }
+    }
+
+    /// The metadata to give entry `index` (a file, link or directory).
+    fn meta_for(&self, index: u32, is_new: bool) -> Meta {
+        let l = &self.entries[index as usize];
+        let mode = if self.opts.perms {
+            Some(l.mode)
+        } else if is_new || l.is_new {
+            Some(l.mode & !crate::fs::umask())
+        } else {
+            None
+        };
+        Meta {
+            mode,
+            mtime: self.opts.times.then_some(l.mtime),
+            uid: (self.is_root && self.opts.owner).then_some(l.uid),
+            gid: (self.is_root && self.opts.group).then_some(l.gid),
+        }
+    }
+
+    /// Sends requests for queued files while there is room.
+    fn pump(&mut self) -> Result<(), TransferError> {
+        while self.in_flight.len() < MAX_IN_FLIGHT {
+            let Some(&index) = self.queue.front() else {
+                break;
+            };
+            let l = &self.entries[index as usize];
+            let wants_delta = l.size >= DELTA_MIN_SIZE;
+            if wants_delta && self.delta_in_flight >= MAX_DELTA_IN_FLIGHT {
+                break;
+            }
+            self.queue.pop_front();
+            let bases = if wants_delta {
+                self.open_bases(index)
+            } else {
+                Vec::new()
+            };
+            let delta = !bases.is_empty();
+            let basis = if delta {
+                self.delta_in_flight += 1;
+                Some(
+                    std::thread::Builder::new()
+                        .name("ferry-basis".into())
+                        .spawn(move || index_bases(bases))
+                        .map_err(|e| TransferError::local("thread", &e))?,
+                )
+            } else {
+                None
+            };
+            self.in_flight
+                .insert(index, Incoming::Waiting { delta, basis });
+            self.send(Message::Want { file: index, delta })?;
+        }
+        Ok(())
+    }
+
+    /// Files whose chunks may rebuild entry `index`: the old file at its path,
+    /// and the partial file an interrupted run left.
+    fn open_bases(&mut self, index: u32) -> Vec<File> {
+        let l = &self.entries[index as usize];
+        let rel = l.rel.clone();
+        let is_new = l.is_new;
+        let Some(dest) = self.dest.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if !is_new {
+            if let Ok(f) = dest.open_file(&rel) {
+                out.push(f);
+            }
+        }
+        if self.opts.partial {
+            if let Some(f) = dest.open_partial(&rel) {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    fn new_temp(&mut self, index: u32) -> Result<TempFile, String> {
+        let rel = self.entries[index as usize].rel.clone();
+        let dest = self.dest.as_mut().expect("destination open");
+        dest.create_temp(&rel, self.opts.partial, self.opts.sparse)
+            .map_err(|e| {
+                format!(
+                    "cannot create a temporary file for {}: {}",
+                    dest.show(&rel),
+                    io_text(&e)
+                )
+            })
+    }
+
+    fn not_requested(file: u32, what: &str) -> TransferError {
+        violation(format!(
+            "sent {what} for file {file}, which was not requested or is not at that stage"
+        ))
+    }
+
+    fn unpack<'b>(
+        decompressor: &mut zstd::bulk::Decompressor<'static>,
+        buf: &'b mut [u8],
+        compressed: bool,
+        raw_len: u32,
+        bytes: &'b [u8],
+    ) -> Result<&'b [u8], TransferError> {
+        if !compressed {
+            return Ok(bytes);
+        }
+        let out = &mut buf[..raw_len as usize];
+        match decompressor.decompress_to_buffer(bytes, out) {
+            Ok(n) if n == raw_len as usize => Ok(&buf[..n]),
+            Ok(n) => Err(violation(format!(
+                "sent a compressed block of {n} bytes declared as {raw_len}"
+            ))),
+            Err(_) => Err(violation(
+                "sent a compressed block that does not decompress within its declared size".into(),
+            )),
+        }
+    }
+
+    fn data(
+        &mut self,
+        file: u32,
+        compressed: bool,
+        raw_len: u32,
+        bytes: Vec<u8>,
+    ) -> Result<(), TransferError> {
+        let mut state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, "data"))?;
+        if let Incoming::Failed = state {
+            self.in_flight.insert(file, state);
+            return Ok(());
+        }
+        if let Incoming::Waiting { delta: false, .. } = state {
+            state = match self.new_temp(file) {
+                Ok(temp) => Incoming::Whole {
+                    temp,
+                    hasher: blake3::Hasher::new(),
+                },
+                Err(msg) => return self.abandon(file, msg),
+            };
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = (|| -> Result<Result<(), String>, TransferError> {
+            let block = Self::unpack(
+                &mut self.decompressor,
+                &mut buf,
+                compressed,
+                raw_len,
+                &bytes,
+            )?;
+            match &mut state {
+                Incoming::Whole { temp, hasher } => {
+                    let limit = self.entries[file as usize].size + RECIPE_SLACK;
+                    if temp.len() + block.len() as u64 > limit {
+                        return Err(violation(format!(
+                            "sent more data for file {file} than its size allows"
+                        )));
+                    }
+                    hasher.update(block);
+                    self.summary.literal += block.len() as u64;
+                    Ok(temp.write(block).map_err(|e| write_error(&e)))
+                }
+                Incoming::Rebuild {
+                    temp,
+                    hasher,
+                    rebuild,
+                    bases,
+                    ..
+                } => {
+                    let Some((len, hash)) = rebuild.next_literal() else {
+                        return Err(violation(format!(
+                            "sent more chunks for file {file} than it asked for"
+                        )));
+                    };
+                    if block.len() != len as usize || *blake3::hash(block).as_bytes() != hash {
+                        return Err(TransferError::PeerMisbehaved(format!(
+                            "sent a chunk of {} that does not match its hash",
+                            escape(&self.entries[file as usize].name)
+                        )));
+                    }
+                    hasher.update(block);
+                    self.summary.literal += block.len() as u64;
+                    if let Err(e) = temp.write(block) {
+                        return Ok(Err(write_error(&e)));
+                    }
+                    rebuild.literal_written();
+                    Ok(run_copies(rebuild, temp, hasher, bases))
+                }
+                _ => Err(Self::not_requested(file, "data")),
+            }
+        })();
+        self.buf = buf;
+        match result? {
+            Ok(()) => {
+                self.note_progress(file, &state);
+                self.in_flight.insert(file, state);
+                Ok(())
+            }
+            Err(msg) => {
+                self.drop_state(state);
+                self.abandon(file, msg)
+            }
+        }
+    }
+
+    fn note_progress(&mut self, file: u32, state: &Incoming) {
+        let done = match state {
+            Incoming::Whole { temp, .. } | Incoming::Rebuild { temp, .. } => temp.len(),
+            _ => return,
+        };
+        let last = self.progress.entry(file).or_insert(0);
+        if done >= *last + PROGRESS_STEP {
+            *last = done;
+            let l = &self.entries[file as usize];
+            self.emit(EventKind::Progress, &l.name, done, l.size, String::new());
+        }
+    }
+
+    /// Gives up on one file after a local problem (cannot create or write it):
+    /// it is reported and counted, what the sender still sends for it is
+    /// ignored, and the rest of the transfer goes on.
+    fn abandon(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
+        let name = self.entries[file as usize].name.clone();
+        self.file_error(&name, msg);
+        self.in_flight.insert(file, Incoming::Failed);
+        Ok(())
+    }
+
+    fn recipe(&mut self, file: u32, chunks: Vec<ChunkRef>) -> Result<(), TransferError> {
+        let state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, "a recipe"))?;
+        let (mut all, mut total, basis) = match state {
+            Incoming::Failed => {
+                self.in_flight.insert(file, state);
+                return Ok(());
+            }
+            Incoming::Waiting { delta: true, basis } => (Vec::new(), 0u64, basis),
+            Incoming::Recipe {
+                chunks,
+                total,
+                basis,
+            } => (chunks, total, basis),
+            _ => return Err(Self::not_requested(file, "a recipe")),
+        };
+        let limit = self.entries[file as usize].size + RECIPE_SLACK;
+        for c in chunks {
+            // only the last chunk of a file may be shorter than the minimum
+            if all
+                .last()
+                .is_some_and(|p: &ChunkRef| (p.len as usize) < MIN_CHUNK)
+            {
+                return Err(violation(format!(
+                    "sent a short chunk inside the recipe of file {file}"
+                )));
+            }
+            total += c.len as u64;
+            if total > limit {
+                return Err(violation(format!(
+                    "sent a recipe for file {file} larger than the file"
+                )));
+            }
+            all.push(c);
+        }
+        self.in_flight.insert(
+            file,
+            Incoming::Recipe {
+                chunks: all,
+                total,
+                basis,
+            },
+        );
+        Ok(())
+    }
+
+    fn recipe_end(&mut self, file: u32, size: u64, hash: [u8; 32]) -> Result<(), TransferError> {
+        let state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, "a recipe end"))?;
+        let (chunks, total, basis) = match state {
+            Incoming::Failed => {
+                self.in_flight.insert(file, state);
+                return self.send(Message::Need {
+                    file,
+                    ranges: Vec::new(),
+                });
+            }
+            Incoming::Waiting { delta: true, basis } => (Vec::new(), 0, basis),
+            Incoming::Recipe {
+                chunks,
+                total,
+                basis,
+            } => (chunks, total, basis),
+            _ => return Err(Self::not_requested(file, "a recipe end")),
+        };
+        if total != size {
+            return Err(violation(format!(
+                "sent a recipe of {total} bytes for a file of {size}"
+            )));
+        }
+        let basis = basis.and_then(|h| h.join().ok()).unwrap_or(Basis {
+            files: Vec::new(),
+            index: ChunkIndex::default(),
+        });
+        let plan = delta::plan(&chunks, &basis.index);
+        self.summary.reused += plan.reused_bytes;
+        // ask first, so the sender can start while we copy
+        self.send(Message::Need {
+            file,
+            ranges: plan.need.clone(),
+        })?;
+        let mut temp = match self.new_temp(file) {
+            Ok(t) => t,
+            Err(msg) => {
+                self.delta_in_flight -= 1;
+                return self.abandon(file, msg);
+            }
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut rebuild = Rebuild::new(plan.steps);
+        let mut bases = basis.files;
+        if let Err(msg) = run_copies(&mut rebuild, &mut temp, &mut hasher, &mut bases) {
+            self.drop_state(Incoming::Rebuild {
+                temp,
+                hasher,
+                rebuild,
+                bases,
+                size,
+                hash,
+            });
+            return self.abandon(file, msg);
+        }
+        self.in_flight.insert(
+            file,
+            Incoming::Rebuild {
+                temp,
+                hasher,
+                rebuild,
+                bases,
+                size,
+                hash,
+            },
+        );
+        Ok(())
+    }
+
+    fn file_end(&mut self, file: u32, size: u64, hash: [u8; 32]) -> Result<(), TransferError> {
+        let state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, "the end"))?;
+        let (temp, ok) = match state {
+            Incoming::Failed => return Ok(()),
+            Incoming::Waiting { delta: false, .. } => match self.new_temp(file) {
+                Ok(t) => {
+                    let empty = *blake3::Hasher::new().finalize().as_bytes();
+                    (t, size == 0 && hash == empty)
+                }
+                Err(msg) => return self.abandon(file, msg),
+            },
+            Incoming::Whole { temp, hasher } => {
+                let ok = temp.len() == size && *hasher.finalize().as_bytes() == hash;
+                (temp, ok)
+            }
+            Incoming::Rebuild {
+                temp,
+                hasher,
+                rebuild,
+                size: want_size,
+                hash: want_hash,
+                ..
+            } => {
+                if !rebuild.is_done() {
+                    return Err(violation(format!(
+                        "ended file {file} before sending the chunks it asked for"
+                    )));
+                }
+                self.delta_in_flight -= 1;
+                let ok = size == want_size
+                    && hash == want_hash
+                    && rebuild.written() == size
+                    && *hasher.finalize().as_bytes() == hash;
+                (temp, ok)
+            }
+            _ => return Err(Self::not_requested(file, "the end")),
+        };
+        self.progress.remove(&file);
+        let name = self.entries[file as usize].name.clone();
+        if !ok {
+            // never publish, never keep as a basis
+            self.dest.as_mut().expect("destination open").discard(temp);
+            self.file_error(
+                &name,
+                "verification failed: the received data does not match the sender's BLAKE3; the old file is kept".into(),
+            );
+            return Ok(());
+        }
+        self.publish(file, temp);
+        Ok(())
+    }
+
+    fn publish(&mut self, file: u32, mut temp: TempFile) {
+        let meta = self.meta_for(file, false);
+        let l = &self.entries[file as usize];
+        let (rel, name, size) = (l.rel.clone(), l.name.clone(), l.size);
+        let fsync = self.opts.fsync;
+        let backup = self.opts.backup_suffix.clone();
+        let dest = self.dest.as_mut().expect("destination open");
+        let result = temp
+            .finish(&meta, fsync)
+            .and_then(|_| dest.publish(temp, &rel, backup.as_deref()));
+        match result {
+            Ok(()) => {
+                self.entries[file as usize].done = true;
+                self.summary.transferred += 1;
+                self.emit(EventKind::Progress, &name, size, size, String::new());
+                self.emit(EventKind::Updated, &name, size, 0, String::new());
+            }
+            Err(e) => {
+                let shown = self.dest.as_ref().expect("destination open").show(&rel);
+                self.file_error(&name, format!("cannot write {shown}: {}", io_text(&e)));
+            }
+        }
+    }
+
+    /// Forgets a file in flight after a failure, keeping a partial file (whose
+    /// content is only ever used through chunk hashes) and removing a plain
+    /// temporary one.
+    fn drop_state(&mut self, state: Incoming) {
+        let temp = match state {
+            Incoming::Whole { temp, .. } => Some(temp),
+            Incoming::Rebuild { temp, .. } => {
+                self.delta_in_flight -= 1;
+                Some(temp)
+            }
+            Incoming::Waiting { delta: true, .. } | Incoming::Recipe { .. } => {
+                self.delta_in_flight -= 1;
+                None
+            }
+            Incoming::Waiting { delta: false, .. } | Incoming::Failed => None,
+        };
+        if let Some(t) = temp {
+            if !t.partial {
+                self.dest.as_mut().expect("destination open").discard(t);
+            }
+        }
+    }
+
+    /// The end of the list and of all files: hard links, deletions, directory
+    /// metadata, and one sync for everything.
+    fn finish(&mut self) -> Result<(), TransferError> {
+        for (index, target) in std::mem::take(&mut self.hardlinks) {
+            let t = &self.entries[target as usize];
+            let l = &self.entries[index as usize];
+            let (trel, rel, name, tdone) = (t.rel.clone(), l.rel.clone(), l.name.clone(), t.done);
+            if !tdone && !self.opts.dry_run {
+                self.file_error(&name, "not linked: the file it links to failed".into());
+                continue;
+            }
+            self.summary.transferred += 1;
+            self.emit(
+                EventKind::Updated,
+                &name,
+                0,
+                0,
+                format!("=> {}", escape(&t.name)),
+            );
+            if self.opts.dry_run {
+                continue;
+            }
+            let dest = self.dest.as_mut().expect("destination open");
+            if let Err(e) = dest.hardlink(&trel, &rel) {
+                let shown = dest.show(&rel);
+                self.file_error(&name, format!("link {shown}: {}", io_text(&e)));
+            }
+        }
+        if self.opts.delete {
+            if self.io_error {
+                self.summary.delete_skipped = true;
+                self.emit(
+                    EventKind::Error,
+                    b"",
+                    0,
+                    0,
+                    "the sender had I/O errors: skipping deletion".into(),
+                );
+            } else {
+                self.delete_extraneous();
+            }
+        }
+        for &index in self.dirs.clone().iter().rev() {
+            let meta = self.meta_for(index, false);
+            let l = &self.entries[index as usize];
+            let (rel, name) = (l.rel.clone(), l.name.clone());
+            if self.opts.dry_run
+                || (meta.mode.is_none() && meta.mtime.is_none() && meta.uid.is_none())
+            {
+                continue;
+            }
+            let Some(dest) = self.dest.as_mut() else {
+                continue;
+            };
+            if let Err(e) = dest.set_dir_meta(&rel, &meta) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    self.file_error(&name, io_text(&e));
+                }
+            }
+        }
+        if !self.opts.dry_run {
+            if let Some(dest) = &self.dest {
+                dest.sync_all()
+                    .map_err(|e| TransferError::local(escape(&self.dest_path), &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_extraneous(&mut self) {
+        for &index in &self.dirs.clone() {
+            let rel = self.entries[index as usize].rel.clone();
+            let Some(dest) = self.dest.as_mut() else {
+                return;
+            };
+            let Ok(children) = dest.list(&rel) else {
+                continue;
+            };
+            for (child, is_dir) in children {
+                let crel = names::join(&rel, &child);
+                if child == crate::fs::PARTIAL_DIR
+                    || self.rel_names.contains(&crel)
+                    || self.filters.excludes(&crel, is_dir)
+                {
+                    continue;
+                }
+                let shown_name = names::join(&self.entries[index as usize].name, &child);
+                let shown_name = if self.entries[index as usize].name == b"." {
+                    child.clone()
+                } else {
+                    shown_name
+                };
+                self.summary.deleted += 1;
+                self.emit(
+                    EventKind::Deleted,
+                    &shown_name,
+                    is_dir as u64,
+                    0,
+                    String::new(),
+                );
+                if self.opts.dry_run {
+                    continue;
+                }
+                let backup = self.opts.backup_suffix.clone();
+                let dest = self.dest.as_mut().expect("destination open");
+                if let Err(e) = dest.remove(&crel, backup.as_deref()) {
+                    let shown = dest.show(&crel);
+                    self.file_error(
+                        &shown_name,
+                        format!("cannot delete {shown}: {}", io_text(&e)),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn listed(e: &Entry, rel: Vec<u8>, is_new: bool) -> Listed {
+    Listed {
+        name: e.name.clone(),
+        rel,
+        kind: e.kind,
+        size: e.size,
+        mode: e.mode,
+        mtime: (e.mtime, e.mtime_nsec),
+        uid: e.uid,
+        gid: e.gid,
+        is_new,
+        done: false,
+    }
+}
+
+fn write_error(e: &std::io::Error) -> String {
+    format!("write failed: {}", io_text(e))
+}
+
+/// Reads every basis file once, indexing its chunks by hash.
+fn index_bases(files: Vec<File>) -> Basis {
+    let mut index = ChunkIndex::default();
+    for (i, f) in files.iter().enumerate() {
+        let mut chunker = Chunker::new(f);
+        while let Ok(Some((c, _))) = chunker.next_chunk() {
+            index.add(i as u32, &c);
+        }
+    }
+    Basis { files, index }
+}
+
+/// Runs the copy steps of a rebuild up to its next literal.
+fn run_copies(
+    rebuild: &mut Rebuild,
+    temp: &mut TempFile,
+    hasher: &mut blake3::Hasher,
+    bases: &mut [File],
+) -> Result<(), String> {
+    let mut buf = vec![0u8; MAX_CHUNK];
+    rebuild.run_copies(|step, _| {
+        let n = step.bytes() as usize;
+        let b = &mut buf[..n];
+        match *step {
+            Step::Copy(loc) => bases[loc.basis as usize]
+                .read_exact_at(b, loc.offset)
+                .map_err(|e| format!("cannot read the basis: {}", io_text(&e)))?,
+            Step::CopyOutput { offset, .. } => temp
+                .read_at(offset, b)
+                .map_err(|e| format!("cannot read back: {}", io_text(&e)))?,
+            Step::Literal { .. } => unreachable!("run_copies stops at literals"),
+        }
+        hasher.update(b);
+        temp.write(b).map_err(|e| write_error(&e))
+    })
+}
+
+/// Whether a symlink at `rel` pointing to `target` stays inside the tree.
+fn link_stays_inside(rel: &[u8], target: &[u8]) -> bool {
+    if target.is_empty() || target.starts_with(b"/") {
+        return false;
+    }
+    let mut depth = rel.split(|&b| b == b'/').count() as i64 - 1;
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_stays_inside;
+
+    #[test]
+    fn symlink_containment() {
+        assert!(link_stays_inside(b"a", b"b"));
+        assert!(link_stays_inside(b"d/a", b"../b"));
+        assert!(!link_stays_inside(b"a", b"../b"));
+        assert!(!link_stays_inside(b"d/a", b"../../b"));
+        assert!(!link_stays_inside(b"d/a", b"x/../../../b"));
+        assert!(!link_stays_inside(b"a", b"/etc/passwd"));
+        assert!(link_stays_inside(b"d/e/a", b"../x/./y"));
+    }
+}

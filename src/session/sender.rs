@@ -1,0 +1,534 @@
+//! The sending side: lists the sources, then answers the receiver's requests with
+//! whole files (streamed, hashed, compressed where that pays) or with recipes and
+//! the chunks the receiver lacks.
+//!
+//! # Security
+//! The receiver may only ask for regular files this side listed, each once, and
+//! only for chunks of a recipe this side sent. Anything else ends the session:
+//! nothing derived from a file that was not listed ever leaves the host.
+
+use super::wire::{FrameReader, FrameWriter};
+use super::{text, Cancel, EventFn};
+use crate::chunk::Chunker;
+use crate::delta::check_need;
+use crate::error::{io_text, TransferError};
+use crate::filter::Filters;
+use crate::fs::names::escape;
+use crate::fs::scan::{self, ScanItem, ScanOptions};
+use crate::proto::{ChunkRef, Event, EventKind, Message, Options, Summary, BLOCK_SIZE};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+pub struct Config<'a> {
+    pub sources: Vec<Vec<u8>>,
+    pub options: Options,
+    /// The client's event callback; `None` on a server (events go to the peer).
+    pub events: Option<&'a EventFn<'a>>,
+}
+
+/// Recipes sent and not yet answered, at most this many at once.
+const MAX_PENDING_RECIPES: usize = 64;
+/// Chunk references per `Recipe` frame.
+const RECIPE_BATCH: usize = 4096;
+
+/// What the reader thread passes on.
+enum FromPeer {
+    Want {
+        file: u32,
+        delta: bool,
+    },
+    Need {
+        file: u32,
+        ranges: Vec<(u32, u32)>,
+    },
+    Finish(Summary),
+    /// An event from a remote receiver, for this client's callback.
+    Event(Event),
+    Failed(TransferError),
+}
+
+struct Listed {
+    path: PathBuf,
+    wanted: bool,
+}
+
+/// A file's state between sending its recipe and serving the `Need`.
+struct PendingRecipe {
+    file: File,
+    chunks: Vec<(u64, u32, [u8; 32])>,
+    size: u64,
+    hash: [u8; 32],
+    stamp: Stamp,
+}
+
+/// Size and mtime: if they change while a file is read, the copy is not trusted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp(u64, i64, i64);
+
+fn stamp(f: &File) -> std::io::Result<Stamp> {
+    let m = f.metadata()?;
+    Ok(Stamp(m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Compresses blocks with zstd when `-z` is on and the data compresses; after a
+/// block that does not, skips the next few without trying, so random-looking data
+/// (checkpoints) pays almost nothing.
+struct Packer {
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    skip: u32,
+    out: Vec<u8>,
+}
+
+impl Packer {
+    fn new(enabled: bool) -> Self {
+        Packer {
+            compressor: if enabled {
+                zstd::bulk::Compressor::new(3).ok()
+            } else {
+                None
+            },
+            skip: 0,
+            out: Vec::new(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.skip = 0;
+    }
+
+    /// Returns (compressed?, bytes to send).
+    fn pack<'b>(&'b mut self, raw: &'b [u8]) -> (bool, &'b [u8]) {
+        let Some(c) = &mut self.compressor else {
+            return (false, raw);
+        };
+        if self.skip > 0 {
+            self.skip -= 1;
+            return (false, raw);
+        }
+        self.out.clear();
+        self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        match c.compress_to_buffer(raw, &mut self.out) {
+            Ok(n) if n < raw.len() - raw.len() / 10 => (true, &self.out[..n]),
+            _ => {
+                self.skip = 16;
+                (false, raw)
+            }
+        }
+    }
+}
+
+struct Sender<'a, W: Write> {
+    writer: FrameWriter<W>,
+    events: Option<&'a EventFn<'a>>,
+    options: Options,
+    files: Vec<Option<Listed>>,
+    pending: HashMap<u32, PendingRecipe>,
+    packer: Packer,
+    buf: Vec<u8>,
+    rx: mpsc::Receiver<FromPeer>,
+    /// Requests that arrived while a file was being sent, in order.
+    deferred: std::collections::VecDeque<FromPeer>,
+    finished: Option<Summary>,
+    cancel: &'a Cancel,
+}
+
+/// Runs the sending side until the receiver reports it is done.
+pub fn run<R, W>(
+    reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+    cfg: Config,
+    cancel: &Cancel,
+) -> Result<Summary, TransferError>
+where
+    R: Read + Send + 'static,
+    W: Write,
+{
+    writer.set_rate(cfg.options.bwlimit);
+    let (tx, rx) = mpsc::channel();
+    let reader_thread = std::thread::Builder::new()
+        .name("ferry-send-rx".into())
+        .spawn(move || read_requests(reader, tx))
+        .map_err(|e| TransferError::local("thread", &e))?;
+    let mut s = Sender {
+        writer,
+        events: cfg.events,
+        options: cfg.options,
+        files: Vec::new(),
+        pending: HashMap::new(),
+        packer: Packer::new(false),
+        buf: vec![0; BLOCK_SIZE],
+        rx,
+        deferred: Default::default(),
+        finished: None,
+        cancel,
+    };
+    s.packer = Packer::new(s.options.compress);
+    let result = s.run(&cfg.sources);
+    match result {
+        Ok(summary) => {
+            let _ = reader_thread.join();
+            Ok(summary)
+        }
+        Err(e) => {
+            if !matches!(e, TransferError::Connection(_) | TransferError::Remote(_)) {
+                let _ = s.writer.send(&Message::Fatal(e.to_string().into_bytes()));
+                let _ = s.writer.flush();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The reader thread: turns the receiver's messages into work for the writer.
+fn read_requests<R: Read>(mut reader: FrameReader<R>, tx: mpsc::Sender<FromPeer>) {
+    loop {
+        let out = match reader.recv() {
+            Ok(Some(Message::Want { file, delta })) => FromPeer::Want { file, delta },
+            Ok(Some(Message::Need { file, ranges })) => FromPeer::Need { file, ranges },
+            Ok(Some(Message::Event(e))) => FromPeer::Event(e),
+            Ok(Some(Message::Finish(s))) => {
+                let _ = tx.send(FromPeer::Finish(s));
+                return;
+            }
+            Ok(Some(Message::Fatal(t))) => FromPeer::Failed(TransferError::Remote(text(&t))),
+            Ok(Some(other)) => FromPeer::Failed(TransferError::PeerMisbehaved(format!(
+                "sent {} to the sending side",
+                other.name()
+            ))),
+            Ok(None) => FromPeer::Failed(TransferError::Connection(
+                "the receiver closed the connection".into(),
+            )),
+            Err(e) => FromPeer::Failed(e),
+        };
+        let stop = matches!(out, FromPeer::Failed(_));
+        if tx.send(out).is_err() || stop {
+            return;
+        }
+    }
+}
+
+impl<W: Write> Sender<'_, W> {
+    fn emit(&mut self, kind: EventKind, name: &[u8], text: String) -> Result<(), TransferError> {
+        let e = Event {
+            kind,
+            name: name.to_vec(),
+            a: 0,
+            b: 0,
+            text: text.into_bytes(),
+        };
+        match self.events {
+            Some(f) => {
+                f(e);
+                Ok(())
+            }
+            None => self.writer.send(&Message::Event(e)),
+        }
+    }
+
+    fn run(&mut self, sources: &[Vec<u8>]) -> Result<Summary, TransferError> {
+        let filters =
+            Filters::new(&self.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
+        let opts = ScanOptions {
+            recursive: self.options.recursive,
+            links: self.options.links,
+            follow_links: self.options.follow_links,
+            hard_links: self.options.hard_links,
+            checksum: self.options.checksum,
+            filters,
+        };
+        let start = scan::list_start(sources, &opts);
+        self.writer.send(&Message::ListStart(start))?;
+        let io_error = scan::scan(sources, &opts, &mut |item| {
+            self.cancel.check()?;
+            match item {
+                ScanItem::Entry(entry, path) => {
+                    let regular = entry.kind == crate::proto::Kind::File && entry.link_to.is_none();
+                    self.files.push(regular.then_some(Listed {
+                        path,
+                        wanted: false,
+                    }));
+                    self.writer.send(&Message::Entry(entry))?;
+                    self.poll()
+                }
+                ScanItem::Notice(t) => self.emit(EventKind::Notice, b"", t),
+                ScanItem::Error(t) => self.emit(EventKind::Error, b"", t),
+            }
+        })?;
+        self.writer.send(&Message::ListEnd { io_error })?;
+        loop {
+            if let Some(summary) = self.finished {
+                self.writer.send(&Message::Bye)?;
+                self.writer.flush()?;
+                return Ok(summary);
+            }
+            let job = match self
+                .deferred
+                .pop_front()
+                .map(Ok)
+                .unwrap_or_else(|| self.rx.try_recv())
+            {
+                Ok(j) => j,
+                Err(_) => {
+                    self.writer.flush()?;
+                    self.rx
+                        .recv()
+                        .map_err(|_| TransferError::Connection("the receiver went away".into()))?
+                }
+            };
+            self.cancel.check()?;
+            self.handle(job)?;
+        }
+    }
+
+    /// Serves whatever requests have arrived, without waiting.
+    fn poll(&mut self) -> Result<(), TransferError> {
+        while let Some(job) = self.deferred.pop_front() {
+            self.handle(job)?;
+        }
+        while let Ok(job) = self.rx.try_recv() {
+            self.handle(job)?;
+        }
+        Ok(())
+    }
+
+    /// While a file is being sent: pass the receiver's events on to the client's
+    /// callback at once, and keep its other requests for later.
+    fn pass_events(&mut self) -> Result<(), TransferError> {
+        self.cancel.check()?;
+        while let Ok(job) = self.rx.try_recv() {
+            match job {
+                FromPeer::Event(e) => self.deliver(e)?,
+                FromPeer::Failed(e) => return Err(e),
+                other => self.deferred.push_back(other),
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, e: Event) -> Result<(), TransferError> {
+        match self.events {
+            Some(f) => {
+                f(e);
+                Ok(())
+            }
+            None => Err(TransferError::PeerMisbehaved(
+                "sent an event to a server".into(),
+            )),
+        }
+    }
+
+    fn handle(&mut self, job: FromPeer) -> Result<(), TransferError> {
+        match job {
+            FromPeer::Want { file, delta } => {
+                if self.options.dry_run {
+                    return Err(TransferError::PeerMisbehaved(
+                        "asked for file data in a dry run".into(),
+                    ));
+                }
+                let listed = self
+                    .files
+                    .get_mut(file as usize)
+                    .and_then(|f| f.as_mut())
+                    .ok_or_else(|| {
+                        TransferError::PeerMisbehaved(format!(
+                            "asked for file {file}, which is not a regular file in the list"
+                        ))
+                    })?;
+                if listed.wanted {
+                    return Err(TransferError::PeerMisbehaved(format!(
+                        "asked for file {file} twice"
+                    )));
+                }
+                listed.wanted = true;
+                let path = listed.path.clone();
+                if delta {
+                    if self.pending.len() >= MAX_PENDING_RECIPES {
+                        return Err(TransferError::PeerMisbehaved(
+                            "left too many recipes unanswered".into(),
+                        ));
+                    }
+                    self.send_recipe(file, &path)
+                } else {
+                    self.send_whole(file, &path)
+                }
+            }
+            FromPeer::Need { file, ranges } => self.send_needed(file, &ranges),
+            FromPeer::Finish(s) => {
+                self.finished = Some(s);
+                Ok(())
+            }
+            FromPeer::Event(e) => self.deliver(e),
+            FromPeer::Failed(e) => Err(e),
+        }
+    }
+
+    fn fail_file(
+        &mut self,
+        file: u32,
+        path: &std::path::Path,
+        why: String,
+    ) -> Result<(), TransferError> {
+        let reason = format!("{}: {why}", escape(path.as_os_str().as_encoded_bytes()));
+        self.writer.send(&Message::FileFailed {
+            file,
+            reason: reason.into_bytes(),
+        })
+    }
+
+    fn send_whole(&mut self, file: u32, path: &std::path::Path) -> Result<(), TransferError> {
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => return self.fail_file(file, path, io_text(&e)),
+        };
+        let before = match stamp(&f) {
+            Ok(s) => s,
+            Err(e) => return self.fail_file(file, path, io_text(&e)),
+        };
+        self.packer.reset();
+        let mut hasher = blake3::Hasher::new();
+        let mut total = 0u64;
+        let mut reader = &f;
+        loop {
+            let n = match read_full(&mut reader, &mut self.buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    return self.fail_file(file, path, format!("read failed: {}", io_text(&e)))
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let block = &self.buf[..n];
+            hasher.update(block);
+            total += n as u64;
+            let (compressed, bytes) = self.packer.pack(block);
+            self.writer.send_data(file, compressed, n as u32, bytes)?;
+            self.pass_events()?;
+            if n < self.buf.len() {
+                break;
+            }
+        }
+        match stamp(&f) {
+            Ok(after) if after == before && after.0 == total => {}
+            Ok(_) => return self.fail_file(file, path, "changed while being sent".into()),
+            Err(e) => return self.fail_file(file, path, io_text(&e)),
+        }
+        self.writer.send(&Message::FileEnd {
+            file,
+            size: total,
+            hash: *hasher.finalize().as_bytes(),
+        })
+    }
+
+    fn send_recipe(&mut self, file: u32, path: &std::path::Path) -> Result<(), TransferError> {
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => return self.fail_file(file, path, io_text(&e)),
+        };
+        let before = match stamp(&f) {
+            Ok(s) => s,
+            Err(e) => return self.fail_file(file, path, io_text(&e)),
+        };
+        let mut chunker = Chunker::new(&f);
+        let mut chunks = Vec::new();
+        let mut batch = Vec::with_capacity(RECIPE_BATCH);
+        loop {
+            match chunker.next_chunk() {
+                Ok(Some((c, _))) => {
+                    chunks.push((c.offset, c.len, c.hash));
+                    batch.push(ChunkRef {
+                        len: c.len,
+                        hash: c.hash,
+                    });
+                    if batch.len() == RECIPE_BATCH {
+                        let chunks = std::mem::take(&mut batch);
+                        self.writer.send(&Message::Recipe { file, chunks })?;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return self.fail_file(file, path, format!("read failed: {}", io_text(&e)))
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.writer.send(&Message::Recipe {
+                file,
+                chunks: batch,
+            })?;
+        }
+        let size = chunker.position();
+        let hash = chunker.whole_hash();
+        drop(chunker);
+        self.writer.send(&Message::RecipeEnd { file, size, hash })?;
+        self.pending.insert(
+            file,
+            PendingRecipe {
+                file: f,
+                chunks,
+                size,
+                hash,
+                stamp: before,
+            },
+        );
+        Ok(())
+    }
+
+    fn send_needed(&mut self, file: u32, ranges: &[(u32, u32)]) -> Result<(), TransferError> {
+        let p = self.pending.remove(&file).ok_or_else(|| {
+            TransferError::PeerMisbehaved(format!(
+                "asked for chunks of file {file} without a recipe"
+            ))
+        })?;
+        check_need(ranges, p.chunks.len()).map_err(|why| {
+            TransferError::PeerMisbehaved(format!("asked for chunks of file {file}: {why}"))
+        })?;
+        let path = self.files[file as usize]
+            .as_ref()
+            .map(|l| l.path.clone())
+            .unwrap_or_default();
+        self.packer.reset();
+        for &(start, count) in ranges {
+            for &(offset, len, hash) in &p.chunks[start as usize..(start + count) as usize] {
+                let buf = &mut self.buf[..len as usize];
+                if let Err(e) = p.file.read_exact_at(buf, offset) {
+                    return self.fail_file(file, &path, format!("read failed: {}", io_text(&e)));
+                }
+                if *blake3::hash(buf).as_bytes() != hash {
+                    return self.fail_file(file, &path, "changed while being sent".into());
+                }
+                let (compressed, bytes) = self.packer.pack(&self.buf[..len as usize]);
+                self.writer.send_data(file, compressed, len, bytes)?;
+            }
+            self.pass_events()?;
+        }
+        match stamp(&p.file) {
+            Ok(after) if after == p.stamp && after.0 == p.size => {}
+            Ok(_) => return self.fail_file(file, &path, "changed while being sent".into()),
+            Err(e) => return self.fail_file(file, &path, io_text(&e)),
+        }
+        self.writer.send(&Message::FileEnd {
+            file,
+            size: p.size,
+            hash: p.hash,
+        })
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,185 @@
+//! Frames over a byte stream: the session's only contact with I/O. Reads check
+//! the announced length against the frame limit before allocating; writes are
+//! buffered and counted, and optionally paced to a bandwidth limit.
+
+use crate::error::TransferError;
+use crate::proto::codec::Writer;
+use crate::proto::{frame, Message};
+use std::io::{self, BufWriter, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes that crossed the connection, in each direction.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    counters: Arc<Counters>,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R, counters: Arc<Counters>) -> Self {
+        FrameReader {
+            inner,
+            buf: Vec::new(),
+            counters,
+        }
+    }
+
+    /// The next message. A clean end of stream before a frame starts is
+    /// `Ok(None)`; in the middle of one it is an error.
+    pub fn recv(&mut self) -> Result<Option<Message>, TransferError> {
+        let mut header = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match self.inner.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => {
+                    return Err(TransferError::Connection(
+                        "the peer closed the connection mid-frame".into(),
+                    ))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TransferError::connection(&e)),
+            }
+        }
+        let len = frame::payload_len(header)?;
+        self.buf.resize(len, 0);
+        self.inner.read_exact(&mut self.buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                TransferError::Connection("the peer closed the connection mid-frame".into())
+            } else {
+                TransferError::connection(&e)
+            }
+        })?;
+        self.counters
+            .received
+            .fetch_add(4 + len as u64, Ordering::Relaxed);
+        Ok(Some(Message::decode(&self.buf)?))
+    }
+
+    /// Like [`recv`](Self::recv), but the end of the stream is an error.
+    pub fn expect(&mut self) -> Result<Message, TransferError> {
+        self.recv()?
+            .ok_or_else(|| TransferError::Connection("the peer closed the connection".into()))
+    }
+}
+
+/// Paces writes to a rate, in bytes per second.
+struct Pacer {
+    rate: u64,
+    start: Instant,
+    sent: u64,
+}
+
+pub struct FrameWriter<W: Write> {
+    inner: BufWriter<W>,
+    scratch: Writer,
+    counters: Arc<Counters>,
+    pacer: Option<Pacer>,
+}
+
+impl<W: Write> FrameWriter<W> {
+    pub fn new(inner: W, counters: Arc<Counters>) -> Self {
+        FrameWriter {
+            inner: BufWriter::with_capacity(256 << 10, inner),
+            scratch: Writer::default(),
+            counters,
+            pacer: None,
+        }
+    }
+
+    /// Limits the sending rate (bytes per second; 0 for none).
+    pub fn set_rate(&mut self, rate: u64) {
+        self.pacer = (rate > 0).then(|| Pacer {
+            rate,
+            start: Instant::now(),
+            sent: 0,
+        });
+    }
+
+    pub fn send(&mut self, msg: &Message) -> Result<(), TransferError> {
+        self.scratch.buf.clear();
+        self.scratch.buf.extend_from_slice(&[0; 4]);
+        msg.encode(&mut self.scratch);
+        self.write_scratch(&[])
+    }
+
+    /// Sends a `Data` message whose bytes stay in the caller's buffer.
+    pub fn send_data(
+        &mut self,
+        file: u32,
+        compressed: bool,
+        raw_len: u32,
+        bytes: &[u8],
+    ) -> Result<(), TransferError> {
+        self.scratch.buf.clear();
+        self.scratch.buf.extend_from_slice(&[0; 4]);
+        crate::proto::encode_data_header(&mut self.scratch, file, compressed, raw_len, bytes.len());
+        self.write_scratch(bytes)
+    }
+
+    fn write_scratch(&mut self, tail: &[u8]) -> Result<(), TransferError> {
+        let len = self.scratch.buf.len() - 4 + tail.len();
+        debug_assert!(len <= frame::MAX_FRAME);
+        self.scratch.buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        let io = |e: io::Error| TransferError::connection(&e);
+        self.inner.write_all(&self.scratch.buf).map_err(io)?;
+        self.inner.write_all(tail).map_err(io)?;
+        let n = (4 + len) as u64;
+        self.counters.sent.fetch_add(n, Ordering::Relaxed);
+        if let Some(p) = &mut self.pacer {
+            p.sent += n;
+            let due = Duration::from_secs_f64(p.sent as f64 / p.rate as f64);
+            let elapsed = p.start.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), TransferError> {
+        self.inner
+            .flush()
+            .map_err(|e| TransferError::connection(&e))
+    }
+
+    /// Writes raw bytes (the handshake preamble) and flushes.
+    pub fn raw(&mut self, bytes: &[u8]) -> Result<(), TransferError> {
+        self.inner
+            .write_all(bytes)
+            .map_err(|e| TransferError::connection(&e))?;
+        self.counters
+            .sent
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.flush()
+    }
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Reads exactly `N` raw bytes (the handshake preamble).
+    pub fn raw<const N: usize>(&mut self) -> Result<[u8; N], TransferError> {
+        let mut b = [0u8; N];
+        self.inner.read_exact(&mut b).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                TransferError::Connection(
+                    "the peer closed the connection during the handshake".into(),
+                )
+            } else {
+                TransferError::connection(&e)
+            }
+        })?;
+        self.counters
+            .received
+            .fetch_add(N as u64, Ordering::Relaxed);
+        Ok(b)
+    }
+}

@@ -1,0 +1,179 @@
+//! The library's front door: a [`Plan`] (sources, destination, options) becomes
+//! a running transfer over the right transport, reporting [`Event`]s and
+//! cancellable from another thread. The CLI and (later) the daemon's job API
+//! both drive this; it never prints or exits.
+
+use crate::error::TransferError;
+use crate::location::Location;
+use crate::proto::{Options, Request, Role, Summary};
+use crate::session::wire::Counters;
+use crate::session::{self, Cancel, EventFn};
+use crate::transport::child::{ChildPeer, SshOptions};
+use crate::transport::pipe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub use crate::proto::{Event, EventKind};
+
+/// What to transfer, where, and how.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub sources: Vec<Location>,
+    pub dest: Location,
+    pub options: Options,
+    pub ssh: SshOptions,
+}
+
+/// What a finished transfer did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outcome {
+    pub summary: Summary,
+    /// Bytes this side wrote to the connection.
+    pub sent: u64,
+    /// Bytes this side read from the connection.
+    pub received: u64,
+}
+
+fn unsupported(loc: &Location) -> Option<TransferError> {
+    match loc {
+        Location::Daemon { .. } => Some(TransferError::Usage(
+            "host::module and ferry:// addresses need the ferry daemon, which this build does not include yet; use host:path (ssh)".into(),
+        )),
+        Location::S3 { .. } => Some(TransferError::Usage(
+            "s3:// addresses are not supported by this build yet".into(),
+        )),
+        _ => None,
+    }
+}
+
+fn local_path(loc: &Location) -> Vec<u8> {
+    match loc {
+        Location::Local(p) => p.clone(),
+        Location::Ssh { path, .. } | Location::Daemon { path, .. } => path.clone(),
+        Location::S3 { prefix, .. } => prefix.clone().into_bytes(),
+    }
+}
+
+/// Runs a transfer to completion.
+pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
+    if plan.sources.is_empty() {
+        return Err(TransferError::Usage("no source given".into()));
+    }
+    for loc in plan.sources.iter().chain([&plan.dest]) {
+        if let Some(e) = unsupported(loc) {
+            return Err(e);
+        }
+    }
+    let remote_sources: Vec<&Location> = plan.sources.iter().filter(|l| !l.is_local()).collect();
+    let counters = Arc::new(Counters::default());
+    let outcome = |summary: Summary| Outcome {
+        summary,
+        sent: counters.sent.load(Ordering::Relaxed),
+        received: counters.received.load(Ordering::Relaxed),
+    };
+    match (&plan.dest, remote_sources.is_empty()) {
+        (Location::Local(dest), true) => {
+            let (stream, server) = pipe::local_server()?;
+            let request = Request {
+                role: Role::ServerReceives,
+                paths: vec![dest.clone()],
+                options: plan.options.clone(),
+            };
+            let sources = plan.sources.iter().map(local_path).collect();
+            let client =
+                session::run_client(stream, request, sources, events, cancel, counters.clone());
+            let server = server.join().unwrap_or_else(|_| {
+                Err(TransferError::Remote("the local receiver panicked".into()))
+            });
+            match (client, server) {
+                (Ok(s), _) => Ok(outcome(s)),
+                // the receiver's own error says more than "connection lost"
+                (Err(TransferError::Connection(_)), Err(e)) => Err(e),
+                (Err(e), _) => Err(e),
+            }
+        }
+        (Location::Ssh { user, host, path }, true) => {
+            let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &plan.ssh)?;
+            let request = Request {
+                role: Role::ServerReceives,
+                paths: vec![path.clone()],
+                options: plan.options.clone(),
+            };
+            let sources = plan.sources.iter().map(local_path).collect();
+            let result =
+                session::run_client(stream, request, sources, events, cancel, counters.clone());
+            finish_child(peer, result).map(outcome)
+        }
+        (Location::Local(dest), false) => {
+            let (user, host) = match remote_sources[0] {
+                Location::Ssh { user, host, .. } => (user, host),
+                _ => unreachable!("unsupported kinds were refused above"),
+            };
+            let same_host = plan.sources.iter().all(
+                |l| matches!(l, Location::Ssh { user: u, host: h, .. } if u == user && h == host),
+            );
+            if !same_host {
+                return Err(TransferError::Usage(
+                    "all remote sources must be on the same host, and local and remote sources cannot be mixed".into(),
+                ));
+            }
+            let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &plan.ssh)?;
+            let request = Request {
+                role: Role::ServerSends,
+                paths: plan.sources.iter().map(local_path).collect(),
+                options: plan.options.clone(),
+            };
+            let result = session::run_client(
+                stream,
+                request,
+                vec![dest.clone()],
+                events,
+                cancel,
+                counters.clone(),
+            );
+            finish_child(peer, result).map(outcome)
+        }
+        _ => Err(TransferError::Usage(
+            "remote-to-remote transfers are not supported: one side must be local".into(),
+        )),
+    }
+}
+
+fn finish_child(
+    peer: ChildPeer,
+    result: Result<Summary, TransferError>,
+) -> Result<Summary, TransferError> {
+    let failed = result.is_err();
+    let child_error = peer.finish(failed);
+    match (result, child_error) {
+        (Ok(s), _) => Ok(s),
+        (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => Err(e),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Pushes local sources to a peer started as a child process that serves the
+/// protocol on its stdio (the demo runs `ferry serve --stdio` this way).
+pub fn push_to_command(
+    cmd: std::process::Command,
+    sources: Vec<Vec<u8>>,
+    dest: Vec<u8>,
+    options: Options,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+) -> Result<Outcome, TransferError> {
+    let (peer, stream) = ChildPeer::spawn(cmd, "the local ferry server".into())?;
+    let counters = Arc::new(Counters::default());
+    let request = Request {
+        role: Role::ServerReceives,
+        paths: vec![dest],
+        options,
+    };
+    let result = session::run_client(stream, request, sources, events, cancel, counters.clone());
+    let summary = finish_child(peer, result)?;
+    Ok(Outcome {
+        summary,
+        sent: counters.sent.load(Ordering::Relaxed),
+        received: counters.received.load(Ordering::Relaxed),
+    })
+}

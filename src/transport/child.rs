@@ -1,0 +1,228 @@
+//! A peer reached through a child process's stdin and stdout: `ssh host ferry
+//! serve --stdio`, exactly as rsync runs `rsync --server` over ssh.
+//!
+//! # Security
+//! The remote command line holds only the ferry program and `serve --stdio`;
+//! every path travels inside the protocol, so no remote shell ever sees a file
+//! name (no quoting bugs, no `$(...)` from a name).
+
+use crate::error::TransferError;
+use crate::session::Stream;
+use std::process::{Child, Command, Stdio};
+
+/// How to reach a remote over ssh.
+#[derive(Debug, Clone, Default)]
+pub struct SshOptions {
+    /// The remote shell command (`-e`), split into words; default `ssh`.
+    pub rsh: Option<String>,
+    pub port: Option<u16>,
+    pub identity: Option<String>,
+    /// Extra `-o` options for ssh.
+    pub ssh_options: Vec<String>,
+    pub config: Option<String>,
+    /// Ask ssh to compress (scp `-C`).
+    pub compress: bool,
+    /// The ferry program on the remote.
+    pub remote_ferry: Option<String>,
+}
+
+/// A running child whose stdio is the stream.
+pub struct ChildPeer {
+    child: Child,
+    what: String,
+}
+
+/// Splits a command line into words, honouring single and double quotes and
+/// backslashes, like a shell would for a simple command.
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unclosed ' in {s:?}")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c) => cur.push(c),
+                            None => return Err(format!("trailing \\ in {s:?}")),
+                        },
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unclosed \" in {s:?}")),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(c) => cur.push(c),
+                    None => return Err(format!("trailing \\ in {s:?}")),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// Quotes a word for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl ChildPeer {
+    /// Starts `ssh [options] [user@]host <remote ferry> serve --stdio`.
+    pub fn ssh(
+        user: Option<&str>,
+        host: &str,
+        opts: &SshOptions,
+    ) -> Result<(ChildPeer, Stream), TransferError> {
+        let rsh = opts.rsh.as_deref().unwrap_or("ssh");
+        let words = split_words(rsh).map_err(|e| TransferError::Usage(format!("-e: {e}")))?;
+        let Some((program, args)) = words.split_first() else {
+            return Err(TransferError::Usage(
+                "-e: empty remote shell command".into(),
+            ));
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        if let Some(p) = opts.port {
+            cmd.arg("-p").arg(p.to_string());
+        }
+        if let Some(i) = &opts.identity {
+            cmd.arg("-i").arg(i);
+        }
+        if let Some(f) = &opts.config {
+            cmd.arg("-F").arg(f);
+        }
+        for o in &opts.ssh_options {
+            cmd.arg("-o").arg(o);
+        }
+        if opts.compress {
+            cmd.arg("-C");
+        }
+        let target = match user {
+            Some(u) => format!("{u}@{host}"),
+            None => host.to_string(),
+        };
+        // `--` keeps a host name starting with '-' from being read as an option
+        cmd.arg("--").arg(&target);
+        let remote = opts.remote_ferry.as_deref().unwrap_or("ferry");
+        cmd.arg(format!("{} serve --stdio", shell_quote(remote)));
+        ChildPeer::spawn(cmd, format!("ssh to {target}"))
+    }
+
+    /// Starts any command that speaks the protocol on its stdio.
+    pub fn spawn(mut cmd: Command, what: String) -> Result<(ChildPeer, Stream), TransferError> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().map_err(|e| {
+            TransferError::Connection(format!(
+                "cannot start {:?} for {what}: {}",
+                cmd.get_program(),
+                crate::error::io_text(&e)
+            ))
+        })?;
+        let stream = Stream {
+            writer: Box::new(child.stdin.take().expect("piped")),
+            reader: Box::new(child.stdout.take().expect("piped")),
+        };
+        Ok((ChildPeer { child, what }, stream))
+    }
+
+    /// Waits for the child after the session; turns a failed start (ferry
+    /// missing on the remote, ssh refused) into an error that says so.
+    pub fn finish(mut self, session_failed: bool) -> Option<TransferError> {
+        if session_failed {
+            // give ssh a moment to report why the remote side went away
+            for _ in 0..50 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait().ok()?;
+        match status.code() {
+            Some(0) | None => None,
+            Some(127) => Some(TransferError::Connection(format!(
+                "{}: ferry was not found on the remote's PATH (exit 127); install it there or pass --remote-ferry PATH",
+                self.what
+            ))),
+            Some(255) => Some(TransferError::Connection(format!(
+                "{}: ssh failed (exit 255); see its message above",
+                self.what
+            ))),
+            Some(c) if session_failed => Some(TransferError::Connection(format!(
+                "{}: the remote side exited with status {c}",
+                self.what
+            ))),
+            Some(_) => None,
+        }
+    }
+}
+
+impl Drop for ChildPeer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words() {
+        assert_eq!(
+            split_words("ssh -p 2222 -i '/k ey' -o \"A=b c\"").unwrap(),
+            ["ssh", "-p", "2222", "-i", "/k ey", "-o", "A=b c"]
+        );
+        assert!(split_words("ssh 'x").is_err());
+        assert_eq!(split_words("  ").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/usr/bin/ferry"), "/usr/bin/ferry");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("$(x)"), "'$(x)'");
+    }
+}

@@ -1,0 +1,31 @@
+//! A local-to-local transfer runs the server half on a thread, connected by two
+//! OS pipes: the same protocol and code as over ssh, with nothing to install.
+
+use crate::error::TransferError;
+use crate::proto::Summary;
+use crate::session::{self, Stream};
+use std::thread::JoinHandle;
+
+/// Starts `serve` on a thread and returns the client's end of the stream.
+pub fn local_server() -> Result<(Stream, JoinHandle<Result<Summary, TransferError>>), TransferError>
+{
+    let pipe = |e: std::io::Error| TransferError::local("pipe", &e);
+    let (to_server_r, to_server_w) = std::io::pipe().map_err(pipe)?;
+    let (to_client_r, to_client_w) = std::io::pipe().map_err(pipe)?;
+    let server = std::thread::Builder::new()
+        .name("ferry-local-server".into())
+        .spawn(move || {
+            session::serve(Stream {
+                reader: Box::new(to_server_r),
+                writer: Box::new(to_client_w),
+            })
+        })
+        .map_err(|e| TransferError::local("thread", &e))?;
+    Ok((
+        Stream {
+            reader: Box::new(to_client_r),
+            writer: Box::new(to_server_w),
+        },
+        server,
+    ))
+}
