@@ -87,8 +87,8 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
             });
             match (client, server) {
                 (Ok(s), _) => Ok(outcome(s)),
-                // the receiver's own error says more than "connection lost"
-                (Err(TransferError::Connection(_)), Err(e)) => Err(e),
+                // the receiver's own error says more than what reached the sender
+                (Err(TransferError::Connection(_) | TransferError::Remote(_)), Err(e)) => Err(e),
                 (Err(e), _) => Err(e),
             }
         }

@@ -124,6 +124,8 @@ struct Receiver<'a> {
     events: Option<&'a EventFn<'a>>,
     dest_path: Vec<u8>,
     dest: Option<Dest>,
+    /// The list's opening, until the first entry opens the destination.
+    list_start: Option<ListStart>,
     mapping: Mapping,
     requested: Option<Requested>,
     entries: Vec<Listed>,
@@ -190,6 +192,7 @@ where
         events: cfg.events,
         dest_path: cfg.dest,
         dest: None,
+        list_start: None,
         mapping: Mapping::Under,
         requested,
         entries: Vec::new(),
@@ -292,7 +295,7 @@ impl Receiver<'_> {
         cancel: &Cancel,
     ) -> Result<Summary, TransferError> {
         match reader.expect()? {
-            Message::ListStart(ls) => self.start(ls)?,
+            Message::ListStart(ls) => self.list_start = Some(ls),
             Message::Fatal(t) => return Err(TransferError::Remote(text(&t))),
             other => {
                 return Err(violation(format!(
@@ -499,6 +502,10 @@ impl Receiver<'_> {
     }
 
     fn entry(&mut self, e: Entry) -> Result<(), TransferError> {
+        if let Some(ls) = self.list_start.take() {
+            // the destination is created only once there is something to put in it
+            self.start(ls)?;
+        }
         self.check_entry(&e)?;
         let rel = self.map_name(&e.name)?;
         if !self.rel_names.insert(rel.clone()) {
@@ -675,10 +682,13 @@ impl Receiver<'_> {
                         self.entries[index as usize].done = true;
                         return Ok(());
                     }
+                    // the quick check compares mtimes to the nanosecond: a file
+                    // rewritten within the same second as the copy was made is
+                    // still seen as changed (rsync compares whole seconds)
                     let same = if self.opts.checksum {
                         x.size == e.size && self.same_checksum(&rel, e.checksum)
                     } else {
-                        x.size == e.size && x.mtime == e.mtime
+                        x.size == e.size && x.mtime == e.mtime && x.mtime_nsec == e.mtime_nsec
                     };
                     if same {
                         self.entries[index as usize].done = true;

@@ -1,0 +1,140 @@
+//! Transfers through a real OpenSSH server on 127.0.0.1: push, pull, `-e`,
+//! `--remote-ferry`, a missing remote ferry, and remote names that a shell
+//! would misread.
+
+mod util;
+use util::*;
+
+fn s(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+fn tree(root: &std::path::Path) {
+    write(&root.join("shard-0.jsonl"), "{\"a\":1}\n".repeat(1000));
+    write(&root.join("ckpt/model.bin"), random_bytes(3 << 20, 5));
+    write(&root.join("ckpt/empty"), "");
+    std::fs::create_dir_all(root.join("emptydir")).unwrap();
+    std::os::unix::fs::symlink("ckpt/model.bin", root.join("latest")).unwrap();
+    chmod(&root.join("shard-0.jsonl"), 0o600);
+    set_mtime(&root.join("ckpt/model.bin"), 1_650_000_000);
+}
+
+#[test]
+fn push_and_pull_over_ssh_match_the_source() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let src = t.path().join("src");
+    tree(&src);
+    let remote = t.path().join("remote");
+    let mut args = vec!["sync".to_string(), "-a".into()];
+    args.extend(sshd.args());
+    args.extend([format!("{}/", src.display()), sshd.remote(&remote)]);
+    ok(ferry(&args));
+    assert_same_tree(&src, &remote, true);
+
+    let back = t.path().join("back");
+    let mut args = vec!["sync".to_string(), "-a".into()];
+    args.extend(sshd.args());
+    args.extend([format!("{}/", sshd.remote(&remote)), s(&back)]);
+    ok(ferry(&args));
+    assert_same_tree(&src, &back, true);
+}
+
+#[test]
+fn cp_pulls_a_single_file_like_scp() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    write(
+        &t.path().join("remote/model.safetensors"),
+        random_bytes(1 << 20, 8),
+    );
+    let here = t.path().join("here");
+    std::fs::create_dir(&here).unwrap();
+    let mut args = vec!["cp".to_string()];
+    args.extend(sshd.args());
+    args.extend([
+        sshd.remote(&t.path().join("remote/model.safetensors")),
+        s(&here),
+    ]);
+    ok(ferry(&args));
+    assert_eq!(
+        std::fs::read(here.join("model.safetensors")).unwrap(),
+        random_bytes(1 << 20, 8)
+    );
+}
+
+#[test]
+fn remote_names_with_shell_characters_are_just_names() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    // a shell on the remote would run these in the login directory (root's home)
+    let tag = format!("ferry-pwned-{}", std::process::id());
+    let marker = std::path::Path::new("/root").join(&tag);
+    let weird = format!("a b;touch {tag}; `touch {tag}` $(touch {tag})\nx");
+    let remote_file = t.path().join(&weird);
+    write(&remote_file, "payload");
+    let here = t.path().join("here");
+    std::fs::create_dir(&here).unwrap();
+    let mut args = vec!["sync".to_string()];
+    args.extend(sshd.args());
+    args.extend([sshd.remote(&remote_file), s(&here)]);
+    ok(ferry(&args));
+    assert!(!marker.exists(), "a remote shell ran part of the name");
+    assert_eq!(
+        std::fs::read_to_string(here.join(&weird)).unwrap(),
+        "payload"
+    );
+}
+
+#[test]
+fn missing_remote_ferry_names_remote_ferry_flag() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    write(&t.path().join("f"), "x");
+    let o = ferry([
+        "sync".to_string(),
+        "-e".into(),
+        sshd.rsh(),
+        "--remote-ferry".into(),
+        "/nonexistent/ferry".into(),
+        s(&t.path().join("f")),
+        sshd.remote(&t.path().join("g")),
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("--remote-ferry"), "{err}");
+    assert!(!t.path().join("g").exists());
+}
+
+#[test]
+fn unreachable_host_is_a_clear_error() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let port = sshd.port;
+    drop(sshd); // nothing listens there now
+    let t = tmp();
+    write(&t.path().join("f"), "x");
+    let o = ferry([
+        "sync".to_string(),
+        "-e".into(),
+        format!("ssh -F /dev/null -p {port} -o BatchMode=yes -o ConnectTimeout=5"),
+        s(&t.path().join("f")),
+        format!("127.0.0.1:{}", t.path().join("g").display()),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("ssh failed"), "{}", stderr(&o));
+}

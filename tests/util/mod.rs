@@ -1,0 +1,344 @@
+//! Shared test harness: temporary trees, running the built `ferry`, comparing
+//! trees the way a user would (bytes, modes, mtimes, link targets), a real
+//! OpenSSH `sshd` on loopback, and rsync as an oracle.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ferry-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Runs ferry with these arguments.
+pub fn ferry<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(ferry_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a successful run, showing its output otherwise.
+#[track_caller]
+pub fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "ferry failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+/// Pseudo-random bytes, fast and reproducible.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for chunk in out.chunks_mut(8) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        chunk.copy_from_slice(&s.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+pub fn write(path: &Path, data: impl AsRef<[u8]>) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+pub fn set_mtime(path: &Path, secs: i64) {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs as u64);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .or_else(|_| std::fs::File::open(path))
+        .unwrap();
+    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+pub fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// What a user would compare between two trees.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum Node {
+    File {
+        mode: u32,
+        mtime: i64,
+        hash: [u8; 32],
+    },
+    Dir {
+        mode: u32,
+        mtime: i64,
+    },
+    Link {
+        target: Vec<u8>,
+    },
+}
+
+/// Describes a tree by relative path (bytes), skipping `.ferry-partial`.
+/// With `dir_times` false, directory mtimes are left out.
+pub fn snapshot(root: &Path, dir_times: bool) -> BTreeMap<Vec<u8>, Node> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, dir_times: bool, out: &mut BTreeMap<Vec<u8>, Node>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            if rel.starts_with(b".ferry-partial") {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let node = if m.file_type().is_symlink() {
+                Node::Link {
+                    target: std::fs::read_link(&p)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                }
+            } else if m.is_dir() {
+                walk(root, &p, dir_times, out);
+                Node::Dir {
+                    mode: m.mode() & 0o7777,
+                    mtime: if dir_times { m.mtime() } else { 0 },
+                }
+            } else {
+                Node::File {
+                    mode: m.mode() & 0o7777,
+                    mtime: m.mtime(),
+                    hash: *blake3::hash(&std::fs::read(&p).unwrap()).as_bytes(),
+                }
+            };
+            out.insert(rel, node);
+        }
+    }
+    walk(root, root, dir_times, &mut out);
+    out
+}
+
+#[track_caller]
+pub fn assert_same_tree(a: &Path, b: &Path, dir_times: bool) {
+    let (sa, sb) = (snapshot(a, dir_times), snapshot(b, dir_times));
+    if sa != sb {
+        let mut diff = String::new();
+        for (k, v) in &sa {
+            match sb.get(k) {
+                None => {
+                    diff += &format!("only in {}: {}\n", a.display(), String::from_utf8_lossy(k))
+                }
+                Some(w) if w != v => {
+                    diff += &format!("differs: {}: {v:?} vs {w:?}\n", String::from_utf8_lossy(k))
+                }
+                _ => {}
+            }
+        }
+        for k in sb.keys() {
+            if !sa.contains_key(k) {
+                diff += &format!("only in {}: {}\n", b.display(), String::from_utf8_lossy(k));
+            }
+        }
+        panic!("trees differ:\n{diff}");
+    }
+}
+
+/// Copies a tree exactly (contents, modes, mtimes, links) with rsync.
+pub fn clone_tree(from: &Path, to: &Path) {
+    let st = Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", from.display()))
+        .arg(format!("{}/", to.display()))
+        .status()
+        .expect("rsync is installed (scripts/test.sh installs it)");
+    assert!(st.success());
+}
+
+/// Runs rsync with these arguments (the oracle).
+#[track_caller]
+pub fn rsync<I, S>(args: I)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let o = Command::new("rsync").args(args).output().expect("rsync");
+    assert!(
+        o.status.success(),
+        "rsync failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Whether tests that need this machine's root and sshd must run. The README's
+/// test command sets FERRY_REQUIRE_SSHD=1, so there they fail instead of skip.
+pub fn sshd_available() -> bool {
+    let have = Path::new("/usr/sbin/sshd").exists() && rustix::process::geteuid().is_root();
+    if !have && std::env::var_os("FERRY_REQUIRE_SSHD").is_some() {
+        panic!("FERRY_REQUIRE_SSHD is set but /usr/sbin/sshd is missing or we are not root");
+    }
+    if !have {
+        eprintln!("skipping: needs root and /usr/sbin/sshd (run scripts/test.sh)");
+    }
+    have
+}
+
+/// A throwaway OpenSSH server on 127.0.0.1 with its own host key, one
+/// authorized client key, key-only authentication. Killed on drop.
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let dir = tmp();
+        let d = dir.path();
+        keygen(&d.join("host_key"));
+        keygen(&d.join("id_ed25519"));
+        std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys")).unwrap();
+        for _ in 0..20 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+                 PermitRootLogin prohibit-password\nPidFile {d}/sshd.pid\nLogLevel ERROR\nSetEnv SHLVL=1\n",
+                d = d.display()
+            );
+            write(&d.join("sshd_config"), &config);
+            let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+            write(
+                &d.join("known_hosts"),
+                format!("[127.0.0.1]:{port} {host_pub}"),
+            );
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(d.join("sshd_config"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Sshd { child, port, dir };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start sshd");
+    }
+
+    /// The `-e` command that reaches this server.
+    pub fn rsh(&self) -> String {
+        let d = self.dir.path().display();
+        format!(
+            "ssh -F /dev/null -p {} -i {d}/id_ed25519 -o UserKnownHostsFile={d}/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR",
+            self.port
+        )
+    }
+
+    /// `-e CMD --remote-ferry BIN`, ready to append to a ferry command line.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "-e".into(),
+            self.rsh(),
+            "--remote-ferry".into(),
+            ferry_bin().display().to_string(),
+        ]
+    }
+
+    /// `127.0.0.1:PATH`
+    pub fn remote(&self, path: &Path) -> String {
+        format!("127.0.0.1:{}", path.display())
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `--stats` output: (literal, matched, sent, received).
+pub fn stats(out: &str) -> (u64, u64, u64, u64) {
+    let get = |key: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().trim_end_matches(" bytes").parse().unwrap())
+            .unwrap_or_else(|| panic!("no {key:?} in:\n{out}"))
+    };
+    (
+        get("Literal data:"),
+        get("Matched data:"),
+        get("Total bytes sent:"),
+        get("Total bytes received:"),
+    )
+}
+
+/// Appends bytes to a file.
+pub fn append(path: &Path, data: &[u8]) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(data)
+        .unwrap();
+}
