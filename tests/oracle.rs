@@ -22,7 +22,15 @@ fn base_tree(src: &Path) {
     write(&src.join("data/shard-2.jsonl"), "{\"x\":2}\n".repeat(700));
     write(&src.join("ckpt/w.bin"), random_bytes(200_000, 3));
     std::fs::create_dir_all(src.join("empty/nested")).unwrap();
-    for (i, f) in ["a.txt", "data/shard-1.jsonl", "data/shard-2.jsonl", "ckpt/w.bin"].iter().enumerate() {
+    for (i, f) in [
+        "a.txt",
+        "data/shard-1.jsonl",
+        "data/shard-2.jsonl",
+        "ckpt/w.bin",
+    ]
+    .iter()
+    .enumerate()
+    {
         set_mtime(&src.join(f), 1_600_000_000 + i as i64 * 1000);
     }
 }
@@ -36,8 +44,20 @@ fn dir_times(root: &Path) {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "new tree", args: &["-a"], contents: true, times: true, build: |s, _| base_tree(s) },
-    Case { name: "no trailing slash", args: &["-a"], contents: false, times: true, build: |s, _| base_tree(s) },
+    Case {
+        name: "new tree",
+        args: &["-a"],
+        contents: true,
+        times: true,
+        build: |s, _| base_tree(s),
+    },
+    Case {
+        name: "no trailing slash",
+        args: &["-a"],
+        contents: false,
+        times: true,
+        build: |s, _| base_tree(s),
+    },
     Case {
         name: "changed files",
         args: &["-a"],
@@ -123,7 +143,17 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "excludes",
-        args: &["-a", "--exclude", "*.bin", "--exclude", "empty/", "--include", "shard-1.jsonl", "--exclude", "shard-*"],
+        args: &[
+            "-a",
+            "--exclude",
+            "*.bin",
+            "--exclude",
+            "empty/",
+            "--include",
+            "shard-1.jsonl",
+            "--exclude",
+            "shard-*",
+        ],
         contents: true,
         times: true,
         build: |s, _| base_tree(s),
@@ -178,20 +208,37 @@ fn run_cases(over_ssh: Option<&Sshd>) {
         };
         args.extend([src_arg(case, &src), dest]);
         let o = ferry(&args);
-        assert!(o.status.success(), "{}: ferry failed: {}", case.name, stderr(&o));
-        let (a, b) = (snapshot(&by_rsync, case.times), snapshot(&by_ferry, case.times));
+        assert!(
+            o.status.success(),
+            "{}: ferry failed: {}",
+            case.name,
+            stderr(&o)
+        );
+        let (a, b) = (
+            snapshot(&by_rsync, case.times),
+            snapshot(&by_ferry, case.times),
+        );
         let strip = |m: std::collections::BTreeMap<Vec<u8>, Node>| -> Vec<(Vec<u8>, Node)> {
             m.into_iter()
                 .map(|(k, v)| {
                     let v = match v {
-                        Node::File { mode, hash, .. } if !case.times => Node::File { mode, mtime: 0, hash },
+                        Node::File { mode, hash, .. } if !case.times => Node::File {
+                            mode,
+                            mtime: 0,
+                            hash,
+                        },
                         other => other,
                     };
                     (k, v)
                 })
                 .collect()
         };
-        assert_eq!(strip(a), strip(b), "scenario {:?}: ferry differs from rsync", case.name);
+        assert_eq!(
+            strip(a),
+            strip(b),
+            "scenario {:?}: ferry differs from rsync",
+            case.name
+        );
     }
 }
 

@@ -1,0 +1,135 @@
+//! Delta on the wire: a re-sync after a small edit moves about the edit, wherever
+//! it falls, counting every byte of the connection in both directions.
+
+mod util;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use util::*;
+
+const MIB: usize = 1 << 20;
+
+fn sync_stats(extra: &[String], src: &Path, dst: &Path) -> (u64, u64, u64, u64) {
+    let mut args = vec!["sync".to_string(), "-a".into(), "--stats".into()];
+    args.extend_from_slice(extra);
+    args.push(src.display().to_string());
+    args.push(dst.display().to_string());
+    stats(&stdout(&ok(ferry(&args))))
+}
+
+/// Overwrites 1% of the file in 64 KiB regions spread over it.
+fn scatter_edit(path: &Path, size: usize) -> u64 {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let region = 64 << 10;
+    let regions = size / 100 / region;
+    for i in 0..regions {
+        let offset = (size / regions) * i + 7777;
+        f.write_all_at(&random_bytes(region, 100 + i as u64), offset as u64)
+            .unwrap();
+    }
+    (regions * region) as u64
+}
+
+fn check(
+    label: &str,
+    size: usize,
+    changed: u64,
+    (literal, matched, sent, received): (u64, u64, u64, u64),
+) {
+    let wire = sent + received;
+    eprintln!("{label}: changed {changed}, literal {literal}, matched {matched}, wire {wire}");
+    assert!(
+        wire <= size as u64 / 50,
+        "{label}: {wire} bytes on the wire for a {size}-byte file"
+    );
+    assert!(
+        literal >= changed,
+        "{label}: literal data {literal} < changed {changed}: stats are not honest"
+    );
+    assert_eq!(
+        literal + matched,
+        size as u64
+            + (if label.contains("insert") {
+                MIB as u64
+            } else {
+                0
+            })
+    );
+}
+
+#[test]
+fn scattered_one_percent_edit_moves_under_two_percent() {
+    let size = 256 * MIB;
+    let t = tmp();
+    let (src, dst) = (t.path().join("big.bin"), t.path().join("copy.bin"));
+    write(&src, random_bytes(size, 1));
+    sync_stats(&[], &src, &dst);
+    let changed = scatter_edit(&src, size);
+    let s = sync_stats(&[], &src, &dst);
+    check("1% scattered", size, changed, s);
+    assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+}
+
+#[test]
+fn one_mib_insert_near_the_start_moves_about_one_mib() {
+    let size = 256 * MIB;
+    let t = tmp();
+    let (src, dst) = (t.path().join("big.bin"), t.path().join("copy.bin"));
+    let data = random_bytes(size, 2);
+    write(&src, &data);
+    sync_stats(&[], &src, &dst);
+    let mut edited = data[..10_000].to_vec();
+    edited.extend_from_slice(&random_bytes(MIB, 3));
+    edited.extend_from_slice(&data[10_000..]);
+    write(&src, &edited);
+    let s = sync_stats(&[], &src, &dst);
+    check("1 MiB insert", size, MIB as u64, s);
+    assert!(s.0 < 2 * MIB as u64, "literal {}", s.0);
+    assert_eq!(std::fs::read(&dst).unwrap(), edited);
+}
+
+#[test]
+fn delta_over_ssh_counts_the_ssh_pipe() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let size = 64 * MIB;
+    let t = tmp();
+    let (src, dst) = (t.path().join("big.bin"), t.path().join("copy.bin"));
+    write(&src, random_bytes(size, 4));
+    let remote = sshd.remote(&dst);
+    let run = || {
+        let mut args = vec!["sync".to_string(), "-a".into(), "--stats".into()];
+        args.extend(sshd.args());
+        args.extend([src.display().to_string(), remote.clone()]);
+        stats(&stdout(&ok(ferry(&args))))
+    };
+    run();
+    let changed = scatter_edit(&src, size);
+    check("1% scattered over ssh", size, changed, run());
+    assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+}
+
+#[test]
+fn renamed_basis_is_not_needed_for_an_unchanged_copy_with_compression() {
+    // -z must round-trip compressible and incompressible data alike
+    let t = tmp();
+    let src = t.path().join("src");
+    write(
+        &src.join("corpus.jsonl"),
+        "{\"text\": \"the same line again\"}\n".repeat(200_000),
+    );
+    write(&src.join("weights.bin"), random_bytes(8 * MIB, 5));
+    let dst = t.path().join("dst");
+    let (literal, _, sent, _) = sync_stats(
+        &["-z".into()],
+        &Path::new(&format!("{}/", src.display())).to_path_buf(),
+        &dst,
+    );
+    assert_eq!(snapshot(&src, false), snapshot(&dst, false));
+    // the JSONL compresses: far fewer bytes crossed than the literal data
+    assert!(
+        sent < literal - 5 * MIB as u64,
+        "sent {sent} for {literal} literal bytes"
+    );
+}
