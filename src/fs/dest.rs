@@ -279,12 +279,16 @@ impl Dest {
             self.backup(&dir, &name, suffix)?;
         }
         rustix::fs::renameat(&*temp.dir, temp.name.as_slice(), &*dir, name.as_slice())
-            .map_err(to_io)?;
-        if temp.partial {
-            // leave no empty partial directory behind
+            .map_err(to_io)
+    }
+
+    /// Removes the partial directory beside `rel` if it is empty (called once per
+    /// directory at the end of a transfer, not after every file: creating and
+    /// removing a directory per file is slow on journaling filesystems).
+    pub fn remove_partial_dir(&mut self, dir_rel: &[u8]) {
+        if let Ok(dir) = self.dir(dir_rel) {
             let _ = rustix::fs::unlinkat(&*dir, PARTIAL_DIR, AtFlags::REMOVEDIR);
         }
-        Ok(())
     }
 
     fn backup(&self, dir: &OwnedFd, name: &[u8], suffix: &[u8]) -> io::Result<()> {

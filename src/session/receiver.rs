@@ -51,6 +51,9 @@ const MAX_DELTA_IN_FLIGHT: usize = 4;
 const DELTA_MIN_SIZE: u64 = 64 << 10;
 /// A recipe may describe at most this much more than the listed size.
 const RECIPE_SLACK: u64 = 1 << 30;
+/// Files smaller than this are written under a temporary name rather than in
+/// the partial directory: an interrupted small file is simply sent again.
+const PARTIAL_MIN_SIZE: u64 = 1 << 20;
 /// Progress events at most every this many bytes.
 const PROGRESS_STEP: u64 = 1 << 20;
 
@@ -136,6 +139,8 @@ struct Receiver<'a> {
     in_flight: HashMap<u32, Incoming>,
     delta_in_flight: usize,
     hardlinks: Vec<(u32, u32)>,
+    /// Directories where a partial directory was used, to tidy at the end.
+    partial_dirs: HashSet<Vec<u8>>,
     list_done: bool,
     io_error: bool,
     summary: Summary,
@@ -203,6 +208,7 @@ where
         in_flight: HashMap::new(),
         delta_in_flight: 0,
         hardlinks: Vec::new(),
+        partial_dirs: HashSet::new(),
         list_done: false,
         io_error: false,
         summary: Summary::default(),
@@ -831,9 +837,15 @@ impl Receiver<'_> {
     }
 
     fn new_temp(&mut self, index: u32) -> Result<TempFile, String> {
-        let rel = self.entries[index as usize].rel.clone();
+        let l = &self.entries[index as usize];
+        let rel = l.rel.clone();
+        // a small file is cheaper to resend than to keep a partial copy of
+        let partial = self.opts.partial && l.size >= PARTIAL_MIN_SIZE;
+        if partial {
+            self.partial_dirs.insert(split_parent(&rel).0.to_vec());
+        }
         let dest = self.dest.as_mut().expect("destination open");
-        dest.create_temp(&rel, self.opts.partial, self.opts.sparse)
+        dest.create_temp(&rel, partial, self.opts.sparse)
             .map_err(|e| {
                 format!(
                     "cannot create a temporary file for {}: {}",
@@ -1244,6 +1256,12 @@ impl Receiver<'_> {
                 );
             } else {
                 self.delete_extraneous();
+            }
+        }
+        // before directory times are set: removing an entry changes its parent's mtime
+        if let Some(dest) = self.dest.as_mut() {
+            for dir in std::mem::take(&mut self.partial_dirs) {
+                dest.remove_partial_dir(&dir);
             }
         }
         for &index in self.dirs.clone().iter().rev() {

@@ -18,7 +18,9 @@ pub struct Counters {
 }
 
 pub struct FrameReader<R> {
-    inner: R,
+    /// Buffered: frames are small and many, and each unbuffered read would be a
+    /// system call.
+    inner: io::BufReader<R>,
     buf: Vec<u8>,
     counters: Arc<Counters>,
 }
@@ -26,7 +28,7 @@ pub struct FrameReader<R> {
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R, counters: Arc<Counters>) -> Self {
         FrameReader {
-            inner,
+            inner: io::BufReader::with_capacity(256 << 10, inner),
             buf: Vec::new(),
             counters,
         }

@@ -97,12 +97,12 @@ pub fn chmod(path: &Path, mode: u32) {
 pub enum Node {
     File {
         mode: u32,
-        mtime: i64,
+        mtime: (i64, i64),
         hash: [u8; 32],
     },
     Dir {
         mode: u32,
-        mtime: i64,
+        mtime: (i64, i64),
     },
     Link {
         target: Vec<u8>,
@@ -139,12 +139,16 @@ pub fn snapshot(root: &Path, dir_times: bool) -> BTreeMap<Vec<u8>, Node> {
                 walk(root, &p, dir_times, out);
                 Node::Dir {
                     mode: m.mode() & 0o7777,
-                    mtime: if dir_times { m.mtime() } else { 0 },
+                    mtime: if dir_times {
+                        (m.mtime(), m.mtime_nsec())
+                    } else {
+                        (0, 0)
+                    },
                 }
             } else {
                 Node::File {
                     mode: m.mode() & 0o7777,
-                    mtime: m.mtime(),
+                    mtime: (m.mtime(), m.mtime_nsec()),
                     hash: *blake3::hash(&std::fs::read(&p).unwrap()).as_bytes(),
                 }
             };
