@@ -133,3 +133,46 @@ fn compression_round_trips_and_shrinks_text() {
         "sent {sent} for {literal} literal bytes"
     );
 }
+
+#[test]
+fn a_renamed_shard_is_rebuilt_from_its_old_name() {
+    let t = tmp();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let data = random_bytes(8 * MIB, 11);
+    write(&src.join("shards/shard-00001.bin"), &data);
+    sync_stats(&[], Path::new(&format!("{}/", src.display())), &dst);
+    std::fs::rename(
+        src.join("shards/shard-00001.bin"),
+        src.join("shards/shard-00001.renamed"),
+    )
+    .unwrap();
+    let (literal, matched, _, _) = sync_stats(
+        &["--delete".into()],
+        Path::new(&format!("{}/", src.display())),
+        &dst,
+    );
+    assert!(literal < 64 << 10, "renamed shard resent {literal} bytes");
+    assert_eq!(matched, 8 * MIB as u64);
+    assert_same_tree(&src, &dst, true);
+}
+
+#[test]
+fn a_new_checkpoint_reuses_the_previous_one_in_a_sibling_directory() {
+    let t = tmp();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let old = random_bytes(16 * MIB, 12);
+    write(&src.join("run/ckpt-100/model.bin"), &old);
+    sync_stats(&[], Path::new(&format!("{}/", src.display())), &dst);
+    let mut new = old.clone();
+    for i in 0..4 {
+        let at = i * 4 * MIB + 1000;
+        new[at..at + 40_000].copy_from_slice(&random_bytes(40_000, 20 + i as u64));
+    }
+    write(&src.join("run/ckpt-200/model.bin"), &new);
+    let (literal, _, _, _) = sync_stats(&[], Path::new(&format!("{}/", src.display())), &dst);
+    assert!(
+        literal < MIB as u64,
+        "new checkpoint sent {literal} literal bytes"
+    );
+    assert_same_tree(&src, &dst, true);
+}

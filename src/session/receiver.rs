@@ -51,6 +51,10 @@ const MAX_DELTA_IN_FLIGHT: usize = 4;
 const DELTA_MIN_SIZE: u64 = 64 << 10;
 /// A recipe may describe at most this much more than the listed size.
 const RECIPE_SLACK: u64 = 1 << 30;
+/// Sibling directories looked at for a previous version of a new file.
+const SIMILAR_SIBLINGS: usize = 64;
+/// Directories with more entries than this are not searched for same-size files.
+const SIMILAR_DIR_LIMIT: usize = 10_000;
 /// Files smaller than this are written under a temporary name rather than in
 /// the partial directory: an interrupted small file is simply sent again.
 const PARTIAL_MIN_SIZE: u64 = 1 << 20;
@@ -139,6 +143,8 @@ struct Receiver<'a> {
     in_flight: HashMap<u32, Incoming>,
     delta_in_flight: usize,
     hardlinks: Vec<(u32, u32)>,
+    /// Destination directories read when looking for similar files.
+    dir_cache: HashMap<Vec<u8>, Option<Vec<(Vec<u8>, u64)>>>,
     /// Directories where a partial directory was used, to tidy at the end.
     partial_dirs: HashSet<Vec<u8>>,
     list_done: bool,
@@ -209,6 +215,7 @@ where
         delta_in_flight: 0,
         hardlinks: Vec::new(),
         partial_dirs: HashSet::new(),
+        dir_cache: HashMap::new(),
         list_done: false,
         io_error: false,
         summary: Summary::default(),
@@ -833,7 +840,88 @@ impl Receiver<'_> {
                 out.push(f);
             }
         }
+        if out.is_empty() {
+            let size = self.entries[index as usize].size;
+            for candidate in self.similar_files(&rel, size) {
+                if let Some(f) = self
+                    .dest
+                    .as_mut()
+                    .and_then(|d| d.open_file(&candidate).ok())
+                {
+                    out.push(f);
+                }
+            }
+        }
         out
+    }
+
+    /// For a new file with nothing at its path: destination files likely to
+    /// share its chunks. A file of the same size in the same directory (a renamed
+    /// or duplicated shard), and the file of the same name in sibling directories
+    /// (the previous checkpoint: `run/ckpt-100/model.bin` for
+    /// `run/ckpt-200/model.bin`), closest in size first. Whatever is picked is
+    /// only ever used through chunk hashes, so a poor guess costs a read, never
+    /// correctness.
+    fn similar_files(&mut self, rel: &[u8], size: u64) -> Vec<Vec<u8>> {
+        let (dir, name) = split_parent(rel);
+        let mut found: Vec<(u64, Vec<u8>)> = Vec::new();
+        if let Some(files) = self.dir_files(dir) {
+            for (other, other_size) in files {
+                if other_size == size && other != name {
+                    found.push((0, names::join(dir, &other)));
+                    break;
+                }
+            }
+        }
+        if dir != b"." {
+            let (grand, here) = split_parent(dir);
+            let (grand, here) = (grand.to_vec(), here.to_vec());
+            if let Some(dest) = self.dest.as_mut() {
+                let siblings = dest.list(&grand).unwrap_or_default();
+                for (sibling, is_dir) in siblings.into_iter().take(SIMILAR_SIBLINGS) {
+                    if !is_dir || sibling == here || sibling == crate::fs::PARTIAL_DIR {
+                        continue;
+                    }
+                    let candidate = names::join(&names::join(&grand, &sibling), name);
+                    if let Ok(Some(x)) = dest.stat(&candidate) {
+                        if x.kind == ExistingKind::File && x.size > 0 {
+                            found.push((x.size.abs_diff(size), candidate));
+                        }
+                    }
+                }
+            }
+        }
+        found.sort();
+        found.dedup_by(|a, b| a.1 == b.1);
+        found.into_iter().take(2).map(|(_, p)| p).collect()
+    }
+
+    /// Regular files and their sizes in destination directory `dir`, read once
+    /// per transfer (a directory with very many entries is not read at all).
+    fn dir_files(&mut self, dir: &[u8]) -> Option<Vec<(Vec<u8>, u64)>> {
+        if let Some(v) = self.dir_cache.get(dir) {
+            return v.clone();
+        }
+        let dest = self.dest.as_mut()?;
+        let listing = dest.list(dir).ok().unwrap_or_default();
+        let files = (listing.len() <= SIMILAR_DIR_LIMIT).then(|| {
+            listing
+                .into_iter()
+                .filter(|(_, is_dir)| !is_dir)
+                .filter_map(|(n, _)| {
+                    let p = names::join(dir, &n);
+                    match dest.stat(&p) {
+                        Ok(Some(x)) if x.kind == ExistingKind::File => Some((n, x.size)),
+                        _ => None,
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        if self.dir_cache.len() > 256 {
+            self.dir_cache.clear();
+        }
+        self.dir_cache.insert(dir.to_vec(), files.clone());
+        files
     }
 
     fn new_temp(&mut self, index: u32) -> Result<TempFile, String> {
