@@ -144,7 +144,7 @@ struct Receiver<'a> {
     delta_in_flight: usize,
     hardlinks: Vec<(u32, u32)>,
     /// Destination directories read when looking for similar files.
-    dir_cache: HashMap<Vec<u8>, Option<Vec<(Vec<u8>, u64)>>>,
+    dir_cache: HashMap<Vec<u8>, Option<DirFiles>>,
     /// Directories where a partial directory was used, to tidy at the end.
     partial_dirs: HashSet<Vec<u8>>,
     list_done: bool,
@@ -155,6 +155,9 @@ struct Receiver<'a> {
     decompressor: zstd::bulk::Decompressor<'static>,
     progress: HashMap<u32, u64>,
 }
+
+/// Regular files of a destination directory with their sizes.
+type DirFiles = Vec<(Vec<u8>, u64)>;
 
 /// The top-level names a pull asked for.
 struct Requested {
@@ -898,7 +901,7 @@ impl Receiver<'_> {
 
     /// Regular files and their sizes in destination directory `dir`, read once
     /// per transfer (a directory with very many entries is not read at all).
-    fn dir_files(&mut self, dir: &[u8]) -> Option<Vec<(Vec<u8>, u64)>> {
+    fn dir_files(&mut self, dir: &[u8]) -> Option<DirFiles> {
         if let Some(v) = self.dir_cache.get(dir) {
             return v.clone();
         }
