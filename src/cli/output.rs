@@ -15,6 +15,8 @@ pub struct Printer {
     pub human: bool,
     pub dry_run: bool,
     tty: bool,
+    /// stderr is a terminal: draw the overall progress bar there.
+    bar: bool,
     state: Mutex<State>,
 }
 
@@ -24,6 +26,10 @@ struct State {
     open_line: bool,
     bytes_done: u64,
     file_done: u64,
+    /// The last overall figures: (bytes done, bytes listed).
+    overall: (u64, u64),
+    /// The overall bar is drawn on stderr and must be cleared before other output.
+    bar_visible: bool,
 }
 
 impl Printer {
@@ -35,11 +41,14 @@ impl Printer {
             human,
             dry_run,
             tty: std::io::stdout().is_terminal(),
+            bar: std::io::stderr().is_terminal() && !quiet,
             state: Mutex::new(State {
                 start: Instant::now(),
                 open_line: false,
                 bytes_done: 0,
                 file_done: 0,
+                overall: (0, 0),
+                bar_visible: false,
             }),
         }
     }
@@ -56,6 +65,10 @@ impl Printer {
         let out = std::io::stdout();
         let mut out = out.lock();
         let close_line = |st: &mut State, out: &mut std::io::StdoutLock| {
+            if st.bar_visible {
+                eprint!("\r\x1b[K");
+                st.bar_visible = false;
+            }
             if st.open_line {
                 let _ = writeln!(out);
                 st.open_line = false;
@@ -93,6 +106,26 @@ impl Printer {
                     eprintln!("ferry: {}: {text}", escape(&e.name));
                 }
             }
+            EventKind::Overall => {
+                st.overall = (e.a, e.b);
+                // with --progress on a terminal the file lines carry the total
+                if !self.bar || (self.progress && self.tty) || e.b == 0 {
+                    return;
+                }
+                let secs = st.start.elapsed().as_secs_f64().max(1e-3);
+                let frac = (e.a as f64 / e.b as f64).min(1.0);
+                let filled = (frac * 30.0) as usize;
+                eprint!(
+                    "\r\x1b[K[{}{}] {:>3}%  {}/{}  {}/s",
+                    "#".repeat(filled),
+                    "-".repeat(30 - filled),
+                    (frac * 100.0) as u32,
+                    human(e.a),
+                    human(e.b),
+                    human((e.a as f64 / secs) as u64)
+                );
+                st.bar_visible = true;
+            }
             EventKind::Progress => {
                 if !self.progress || self.quiet {
                     return;
@@ -106,7 +139,7 @@ impl Printer {
                 let secs = st.start.elapsed().as_secs_f64().max(1e-3);
                 let rate = st.bytes_done as f64 / secs;
                 let pct = (done * 100).checked_div(total).unwrap_or(100);
-                let line = format!(
+                let mut line = format!(
                     "{}  {:>3}%  {}  {}/s",
                     escape(&e.name),
                     pct,
@@ -114,6 +147,14 @@ impl Printer {
                     human(rate as u64)
                 );
                 if self.tty {
+                    let (all_done, all) = st.overall;
+                    if let Some(pct) = (all_done * 100).checked_div(all) {
+                        line += &format!("  (total {pct}%)");
+                    }
+                    if st.bar_visible {
+                        eprint!("\r\x1b[K");
+                        st.bar_visible = false;
+                    }
                     let _ = write!(out, "\r\x1b[K{line}");
                     st.open_line = true;
                     if done >= total {
@@ -133,6 +174,10 @@ impl Printer {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let out = std::io::stdout();
         let mut out = out.lock();
+        if st.bar_visible {
+            eprint!("\r\x1b[K");
+            st.bar_visible = false;
+        }
         if st.open_line {
             let _ = writeln!(out);
             st.open_line = false;

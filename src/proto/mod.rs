@@ -258,6 +258,9 @@ pub enum EventKind {
     Notice,
     /// Bytes of `name` done so far (`a`) of its size (`b`).
     Progress,
+    /// Bytes of the whole transfer done so far (`a`) of the total listed so far
+    /// (`b`; it grows until the file list ends).
+    Overall,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -608,6 +611,7 @@ impl Message {
                     2 => EventKind::Error,
                     3 => EventKind::Notice,
                     4 => EventKind::Progress,
+                    5 => EventKind::Overall,
                     _ => return Err(DecodeError::Invalid("event kind")),
                 };
                 Message::Event(Event {

@@ -153,7 +153,10 @@ struct Receiver<'a> {
     is_root: bool,
     buf: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
+    /// Bytes of each file in flight already counted in progress events.
     progress: HashMap<u32, u64>,
+    /// Bytes of the listed files that are done (sent, reused or up to date).
+    bytes_done: u64,
 }
 
 /// Regular files of a destination directory with their sizes.
@@ -227,6 +230,7 @@ where
         decompressor: zstd::bulk::Decompressor::new()
             .map_err(|e| TransferError::local("zstd", &e))?,
         progress: HashMap::new(),
+        bytes_done: 0,
     };
     let result = r.run(&mut reader, cancel);
     match result {
@@ -498,6 +502,7 @@ impl Receiver<'_> {
                     ))
                 })?;
                 self.drop_state(state);
+                self.progress.remove(&file);
                 let name = self.entries[file as usize].name.clone();
                 self.file_error(&name, text(&reason));
                 Ok(())
@@ -707,6 +712,7 @@ impl Receiver<'_> {
                         x.size == e.size && x.mtime == e.mtime && x.mtime_nsec == e.mtime_nsec
                     };
                     if same {
+                        self.bytes_done += e.size;
                         self.entries[index as usize].done = true;
                         self.refresh_meta(index, x);
                         return Ok(());
@@ -1069,10 +1075,24 @@ impl Receiver<'_> {
         };
         let last = self.progress.entry(file).or_insert(0);
         if done >= *last + PROGRESS_STEP {
+            let step = done - *last;
             *last = done;
+            self.bytes_done += step;
             let l = &self.entries[file as usize];
-            self.emit(EventKind::Progress, &l.name, done, l.size, String::new());
+            let (name, size) = (l.name.clone(), l.size);
+            self.emit_overall();
+            self.emit(EventKind::Progress, &name, done, size, String::new());
         }
+    }
+
+    fn emit_overall(&self) {
+        self.emit(
+            EventKind::Overall,
+            b"",
+            self.bytes_done,
+            self.summary.total_size,
+            String::new(),
+        );
     }
 
     /// Gives up on one file after a local problem (cannot create or write it):
@@ -1080,6 +1100,7 @@ impl Receiver<'_> {
     /// ignored, and the rest of the transfer goes on.
     fn abandon(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
         let name = self.entries[file as usize].name.clone();
+        self.progress.remove(&file);
         self.file_error(&name, msg);
         self.in_flight.insert(file, Incoming::Failed);
         Ok(())
@@ -1245,9 +1266,9 @@ impl Receiver<'_> {
             }
             _ => return Err(Self::not_requested(file, "the end")),
         };
-        self.progress.remove(&file);
         let name = self.entries[file as usize].name.clone();
         if !ok {
+            self.progress.remove(&file);
             // never publish, never keep as a basis
             self.dest.as_mut().expect("destination open").discard(temp);
             self.file_error(
@@ -1274,6 +1295,9 @@ impl Receiver<'_> {
             Ok(()) => {
                 self.entries[file as usize].done = true;
                 self.summary.transferred += 1;
+                let counted = self.progress.remove(&file).unwrap_or(0);
+                self.bytes_done += size.saturating_sub(counted);
+                self.emit_overall();
                 self.emit(EventKind::Progress, &name, size, size, String::new());
                 self.emit(EventKind::Updated, &name, size, 0, String::new());
             }
