@@ -66,11 +66,16 @@ pub struct TempFile {
     pub file: File,
     sparse: bool,
     pos: u64,
+    /// Up to where writeback has been started.
+    flushed: u64,
     /// Whether this temp file lives in the partial directory (kept on failure).
     pub partial: bool,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How often a large file being written starts writeback of what came before.
+const WRITEBACK_STEP: u64 = 16 << 20;
 
 fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
@@ -267,6 +272,7 @@ impl Dest {
             file: File::from(fd),
             sparse,
             pos: 0,
+            flushed: 0,
             partial,
         })
     }
@@ -493,7 +499,19 @@ impl TempFile {
         }
         self.file.write_all_at(data, self.pos)?;
         self.pos += data.len() as u64;
+        if self.pos - self.flushed >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
         Ok(())
+    }
+
+    /// Asks the kernel to start writing what we wrote so far to disk, without
+    /// waiting: the sync at the end of the transfer then finds little left to
+    /// do, and a large file does not fill the page cache with dirty pages.
+    fn start_writeback(&mut self) {
+        let len = std::num::NonZeroU64::new(self.pos - self.flushed);
+        let _ = rustix::fs::fadvise(&self.file, self.flushed, len, rustix::fs::Advice::DontNeed);
+        self.flushed = self.pos;
     }
 
     /// Reads back bytes already written (a chunk that repeats in the file).

@@ -157,6 +157,8 @@ struct Receiver<'a> {
     progress: HashMap<u32, u64>,
     /// Bytes of the listed files that are done (sent, reused or up to date).
     bytes_done: u64,
+    /// Metadata was changed on an existing entry (needs the final sync too).
+    touched: bool,
 }
 
 /// Regular files of a destination directory with their sizes.
@@ -231,6 +233,7 @@ where
             .map_err(|e| TransferError::local("zstd", &e))?,
         progress: HashMap::new(),
         bytes_done: 0,
+        touched: false,
     };
     let result = r.run(&mut reader, cancel);
     match result {
@@ -768,6 +771,7 @@ impl Receiver<'_> {
             return;
         }
         let (rel, name) = (l.rel.clone(), l.name.clone());
+        self.touched = true;
         if let Some(dest) = self.dest.as_mut() {
             if let Err(err) = dest.set_file_meta(&rel, &m) {
                 self.file_error(&name, io_text(&err));
@@ -1391,13 +1395,27 @@ impl Receiver<'_> {
             let Some(dest) = self.dest.as_mut() else {
                 continue;
             };
+            // a directory already as it should be is left alone
+            if let Ok(Some(x)) = dest.stat(&rel) {
+                let same = meta.mode.is_none_or(|m| m == x.mode)
+                    && meta.mtime.is_none_or(|t| t == (x.mtime, x.mtime_nsec))
+                    && meta.uid.is_none_or(|u| u == x.uid)
+                    && meta.gid.is_none_or(|g| g == x.gid);
+                if same {
+                    continue;
+                }
+            }
+            self.touched = true;
             if let Err(e) = dest.set_dir_meta(&rel, &meta) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     self.file_error(&name, io_text(&e));
                 }
             }
         }
-        if !self.opts.dry_run {
+        // durable before success is reported; nothing to wait for when nothing
+        // changed (syncfs would also wait for other writers on the filesystem)
+        let changed = self.summary.transferred > 0 || self.summary.deleted > 0 || self.touched;
+        if !self.opts.dry_run && changed {
             if let Some(dest) = &self.dest {
                 dest.sync_all()
                     .map_err(|e| TransferError::local(escape(&self.dest_path), &e))?;
