@@ -22,6 +22,8 @@ pub mod filter;
 pub mod fs;
 pub mod location;
 pub mod proto;
+pub mod server;
 pub mod session;
 pub mod transfer;
 pub mod transport;
+pub mod trust;

@@ -9,6 +9,7 @@ use crate::proto::{Options, Request, Role, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
 use crate::transport::child::{ChildPeer, SshOptions};
+use crate::transport::daemon::{self, DaemonOptions};
 use crate::transport::pipe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub struct Plan {
     pub dest: Location,
     pub options: Options,
     pub ssh: SshOptions,
+    pub daemon: DaemonOptions,
 }
 
 /// What a finished transfer did.
@@ -36,9 +38,6 @@ pub struct Outcome {
 
 fn unsupported(loc: &Location) -> Option<TransferError> {
     match loc {
-        Location::Daemon { .. } => Some(TransferError::Usage(
-            "host::module and ferry:// addresses need the ferry daemon, which this build does not include yet; use host:path (ssh)".into(),
-        )),
         Location::S3 { .. } => Some(TransferError::Usage(
             "s3:// addresses are not supported by this build yet".into(),
         )),
@@ -104,39 +103,99 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
                 session::run_client(stream, request, sources, events, cancel, counters.clone());
             finish_child(peer, result).map(outcome)
         }
-        (Location::Local(dest), false) => {
-            let (user, host) = match remote_sources[0] {
-                Location::Ssh { user, host, .. } => (user, host),
-                _ => unreachable!("unsupported kinds were refused above"),
+        (Location::Daemon { host, port, path }, true) => {
+            let stream = daemon::connect(
+                host,
+                port.unwrap_or(crate::server::DEFAULT_PORT),
+                &plan.daemon,
+            )?;
+            let request = Request {
+                role: Role::ServerReceives,
+                paths: vec![path.clone()],
+                options: plan.options.clone(),
             };
-            let same_host = plan.sources.iter().all(
-                |l| matches!(l, Location::Ssh { user: u, host: h, .. } if u == user && h == host),
-            );
-            if !same_host {
+            let sources = plan.sources.iter().map(local_path).collect();
+            session::run_client(stream, request, sources, events, cancel, counters.clone())
+                .map(outcome)
+        }
+        (Location::Local(dest), false) => {
+            let first = remote_sources[0];
+            let same_place = plan.sources.iter().all(|l| match (l, first) {
+                (
+                    Location::Ssh {
+                        user: u, host: h, ..
+                    },
+                    Location::Ssh { user, host, .. },
+                ) => u == user && h == host,
+                (
+                    Location::Daemon {
+                        host: h, port: p, ..
+                    },
+                    Location::Daemon { host, port, .. },
+                ) => h == host && p == port,
+                _ => false,
+            });
+            if !same_place {
                 return Err(TransferError::Usage(
                     "all remote sources must be on the same host, and local and remote sources cannot be mixed".into(),
                 ));
             }
-            let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &plan.ssh)?;
             let request = Request {
                 role: Role::ServerSends,
                 paths: plan.sources.iter().map(local_path).collect(),
                 options: plan.options.clone(),
             };
-            let result = session::run_client(
-                stream,
-                request,
-                vec![dest.clone()],
-                events,
-                cancel,
-                counters.clone(),
-            );
-            finish_child(peer, result).map(outcome)
+            let dest = vec![dest.clone()];
+            match first {
+                Location::Ssh { user, host, .. } => {
+                    let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &plan.ssh)?;
+                    let result = session::run_client(
+                        stream,
+                        request,
+                        dest,
+                        events,
+                        cancel,
+                        counters.clone(),
+                    );
+                    finish_child(peer, result).map(outcome)
+                }
+                Location::Daemon { host, port, .. } => {
+                    let stream = daemon::connect(
+                        host,
+                        port.unwrap_or(crate::server::DEFAULT_PORT),
+                        &plan.daemon,
+                    )?;
+                    session::run_client(stream, request, dest, events, cancel, counters.clone())
+                        .map(outcome)
+                }
+                _ => unreachable!("remote sources are ssh or daemon"),
+            }
         }
         _ => Err(TransferError::Usage(
             "remote-to-remote transfers are not supported: one side must be local".into(),
         )),
     }
+}
+
+/// Lists what a daemon offers: its modules (`host::`), or the entries at a
+/// module path (`host::module/path`), as (name, entry) pairs.
+pub fn list_daemon(
+    host: &str,
+    port: Option<u16>,
+    path: &[u8],
+    opts: &DaemonOptions,
+) -> Result<Listing, TransferError> {
+    let stream = daemon::connect(host, port.unwrap_or(crate::server::DEFAULT_PORT), opts)?;
+    if path.is_empty() {
+        return session::list_modules(stream).map(Listing::Modules);
+    }
+    session::list_entries(stream, path.to_vec()).map(Listing::Entries)
+}
+
+/// What `ferry ls` shows.
+pub enum Listing {
+    Modules(Vec<crate::proto::ModuleInfo>),
+    Entries(Vec<crate::proto::Entry>),
 }
 
 fn finish_child(

@@ -23,8 +23,18 @@ pub enum Command {
     /// Synchronise trees like rsync: `ferry sync -avz --delete ./data/ gpu2:/data/`
     #[command(disable_help_flag = true)]
     Sync(SyncArgs),
-    /// Serve one transfer on stdin/stdout (what `ferry` runs on the remote over ssh)
+    /// Run the daemon (TLS, key authentication, modules), or with --stdio serve
+    /// one transfer on stdin/stdout (what ferry runs on the remote over ssh)
     Serve(ServeArgs),
+    /// Create an ed25519 identity (OpenSSH format) in ferry's config directory
+    Keygen(KeygenArgs),
+    /// Manage the daemon's authorized_keys: add, list, remove
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Install my ferry key on a remote daemon host over ssh (like ssh-copy-id)
+    CopyId(CopyIdArgs),
+    /// List a daemon's modules (`host::`) or the entries at a module path
+    Ls(LsArgs),
     /// Build a sample dataset, sync it through `ferry serve --stdio`, change 1%, re-sync
     Demo(DemoArgs),
 }
@@ -124,6 +134,8 @@ pub struct SyncArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,
@@ -152,9 +164,18 @@ pub struct CpArgs {
     /// Limit bandwidth, in Kbit/s
     #[arg(short = 'l', value_name = "LIMIT")]
     pub limit: Option<u64>,
-    /// Identity (private key) file for ssh
+    /// Identity (private key) file, for ssh and for daemons
     #[arg(short = 'i', value_name = "FILE")]
     pub identity: Option<String>,
+    /// known_hosts file for daemon keys
+    #[arg(long = "known-hosts", value_name = "FILE")]
+    pub known_hosts: Option<std::path::PathBuf>,
+    /// Unknown daemon keys: strict, accept-new, ask
+    #[arg(long = "host-key-check", value_name = "MODE")]
+    pub host_key_check: Option<String>,
+    /// ferry's config directory
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<std::path::PathBuf>,
     /// Option passed to ssh as -o (repeatable)
     #[arg(short = 'o', value_name = "OPTION")]
     pub ssh_option: Vec<String>,
@@ -175,11 +196,128 @@ pub struct CpArgs {
     pub paths: Vec<OsString>,
 }
 
+/// How to reach and trust a ferry daemon (`host::module/path`, `ferry://`).
+#[derive(Args, Debug, Default, Clone)]
+pub struct DaemonFlags {
+    /// Identity (ed25519 private key) for daemons; default: ferry's, else ~/.ssh/id_ed25519
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
+    /// known_hosts file for daemon keys (default: in the config directory)
+    #[arg(long = "known-hosts", value_name = "FILE")]
+    pub known_hosts: Option<std::path::PathBuf>,
+    /// Unknown daemon keys: strict (refuse), accept-new (record), ask (default on a terminal)
+    #[arg(long = "host-key-check", value_name = "MODE")]
+    pub host_key_check: Option<String>,
+    /// ferry's config directory (default: $FERRY_CONFIG_DIR or ~/.config/ferry)
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<std::path::PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Speak the protocol on stdin/stdout (how ssh runs ferry on the remote)
     #[arg(long)]
     pub stdio: bool,
+    /// Daemon configuration file (TOML)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Address to listen on (repeatable; default 0.0.0.0:7420). 0.0.0.0 accepts
+    /// connections on every IPv4 interface, [::] on every IPv6 one, 127.0.0.1 only
+    /// from this machine
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// A module: NAME=PATH, or NAME=PATH:ro for read-only (repeatable)
+    #[arg(long, value_name = "NAME=PATH[:ro]")]
+    pub module: Vec<String>,
+    /// authorized_keys file (default: in the config directory)
+    #[arg(long = "authorized-keys", value_name = "FILE")]
+    pub authorized_keys: Option<std::path::PathBuf>,
+    /// The daemon's key (default: id_ed25519 in the config directory, made if missing)
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
+    /// Connections served at once
+    #[arg(long = "max-connections", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to finish authenticating
+    #[arg(long = "preauth-timeout", value_name = "SECS")]
+    pub preauth_timeout: Option<u64>,
+    /// ferry's config directory
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write the key (and FILE.pub); default: id_ed25519 in the config directory
+    #[arg(short = 'f', value_name = "FILE")]
+    pub file: Option<std::path::PathBuf>,
+    /// Comment stored with the key
+    #[arg(short = 'C', value_name = "COMMENT")]
+    pub comment: Option<String>,
+    /// ferry's config directory
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrustFile {
+    /// The authorized_keys file (default: the daemon's, in the config directory)
+    #[arg(long = "authorized-keys", value_name = "FILE")]
+    pub authorized_keys: Option<std::path::PathBuf>,
+    /// ferry's config directory
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrustCommand {
+    /// Authorize a client key: a .pub file, a key line, or - for standard input
+    Add {
+        /// The public key
+        key: String,
+        /// authorized_keys options, e.g. 'from="10.0.0.0/8",restrict,modules="data"'
+        #[arg(long, value_name = "OPTIONS")]
+        options: Option<String>,
+        #[command(flatten)]
+        file: TrustFile,
+    },
+    /// List authorized keys with their fingerprints and options
+    List {
+        #[command(flatten)]
+        file: TrustFile,
+    },
+    /// Remove the key with this fingerprint (SHA256:...)
+    Remove {
+        fingerprint: String,
+        #[command(flatten)]
+        file: TrustFile,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CopyIdArgs {
+    /// The remote host, [user@]host
+    pub target: String,
+    /// The remote shell command (default ssh)
+    #[arg(short = 'e', long = "rsh", value_name = "COMMAND")]
+    pub rsh: Option<String>,
+    /// The ferry program on the remote
+    #[arg(long = "remote-ferry", value_name = "PATH")]
+    pub remote_ferry: Option<String>,
+    /// The public key to install (default: my ferry identity's .pub)
+    #[arg(short = 'i', value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
+    /// ferry's config directory
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// host:: (modules), host::module/path, or ferry://host[:port]/module/path
+    pub target: OsString,
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
 }
 
 #[derive(Args, Debug)]

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod demo;
+mod keys;
 pub mod output;
 
 use crate::error::TransferError;
@@ -11,6 +12,7 @@ use crate::proto::Options;
 use crate::session::Cancel;
 use crate::transfer::{self, Plan};
 use crate::transport::child::SshOptions;
+use crate::transport::daemon::DaemonOptions;
 use args::{Cli, Command, CpArgs, SyncArgs};
 use clap::{CommandFactory, FromArgMatches};
 use output::Printer;
@@ -53,6 +55,10 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::Cp(a) => cp(a),
         Command::Serve(a) => serve(a),
         Command::Demo(a) => demo::run(a),
+        Command::Keygen(a) => keys::keygen(a),
+        Command::Trust(t) => keys::trust(t),
+        Command::CopyId(a) => keys::copy_id(a),
+        Command::Ls(a) => keys::ls(a),
     };
     match result {
         Ok(code) => code,
@@ -113,6 +119,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         fsync: a.fsync,
         partial: !a.no_partial || a.partial_progress,
         cp_mode: false,
+        dirs: false,
         backup_suffix: a
             .backup
             .then(|| a.suffix.clone().unwrap_or_else(|| "~".into()).into_bytes()),
@@ -134,6 +141,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
             remote_ferry: a.remote_ferry,
             ..Default::default()
         },
+        daemon: daemon_options(&a.daemon)?,
     };
     let printer = Printer::new(a.verbose, a.quiet, progress, a.human, a.dry_run);
     run_plan(&plan, &printer, a.stats)
@@ -155,6 +163,12 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         sources,
         dest,
         options,
+        daemon: daemon_options(&args::DaemonFlags {
+            identity: a.identity.clone().map(Into::into),
+            known_hosts: a.known_hosts.clone(),
+            host_key_check: a.host_key_check.clone(),
+            config_dir: a.config_dir.clone(),
+        })?,
         ssh: SshOptions {
             rsh: a.rsh,
             port: a.port,
@@ -168,6 +182,22 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let printer = Printer::new(a.verbose as u8, a.quiet, tty && !a.quiet, false, false);
     run_plan(&plan, &printer, false)
+}
+
+/// Daemon-client flags, checked.
+pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, TransferError> {
+    Ok(DaemonOptions {
+        identity: f.identity.clone(),
+        known_hosts: f.known_hosts.clone(),
+        host_key_check: f
+            .host_key_check
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(TransferError::Usage)?,
+        config_dir: f.config_dir.clone(),
+        timeout: None,
+    })
 }
 
 fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, TransferError> {
@@ -186,26 +216,54 @@ fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, Transfer
 }
 
 fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
-    if !a.stdio {
-        return Err(TransferError::Usage(
-            "ferry serve needs --stdio in this build (the TLS daemon is not included yet)".into(),
-        ));
+    if a.stdio {
+        // the raw descriptors: stdout's line buffering would split frames at every
+        // newline byte; nothing else may write to stdout while serving
+        let dup = |fd| {
+            rustix::io::dup(fd).map(std::fs::File::from).map_err(|e| {
+                TransferError::local(
+                    "stdio",
+                    &std::io::Error::from_raw_os_error(e.raw_os_error()),
+                )
+            })
+        };
+        let stream = crate::session::Stream {
+            reader: Box::new(dup(rustix::stdio::stdin())?),
+            writer: Box::new(dup(rustix::stdio::stdout())?),
+        };
+        crate::session::serve(stream)?;
+        return Ok(exit::OK);
     }
-    // the raw descriptors: stdout's line buffering would split frames at every
-    // newline byte; nothing else may write to stdout while serving
-    let dup = |fd| {
-        rustix::io::dup(fd).map(std::fs::File::from).map_err(|e| {
-            TransferError::local(
-                "stdio",
-                &std::io::Error::from_raw_os_error(e.raw_os_error()),
-            )
-        })
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let dir = crate::trust::config_dir(a.config_dir.as_deref());
+    let overrides = crate::server::config::Overrides {
+        config: a.config,
+        listen: a.listen,
+        identity: a.identity,
+        authorized_keys: a.authorized_keys,
+        modules: a.module,
+        max_connections: a.max_connections,
+        preauth_timeout_secs: a.preauth_timeout,
     };
-    let stream = crate::session::Stream {
-        reader: Box::new(dup(rustix::stdio::stdin())?),
-        writer: Box::new(dup(rustix::stdio::stdout())?),
-    };
-    crate::session::serve(stream)?;
+    let config = crate::server::config::DaemonConfig::build(&overrides, &dir)
+        .map_err(TransferError::Usage)?;
+    let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone())
+            .map_err(|e| TransferError::local("signal handler", &e))?;
+    }
+    crate::server::daemon::run(config, shutdown, &|addrs| {
+        // one line on stdout, for scripts and tests: where to connect
+        for a in addrs {
+            println!("listening on {a}");
+        }
+    })
+    .map_err(TransferError::Usage)?;
     Ok(exit::OK)
 }
 

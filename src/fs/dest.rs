@@ -16,6 +16,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,6 +107,21 @@ impl Dest {
         Ok(Dest {
             root: Arc::new(fd),
             root_path: path.to_path_buf(),
+            last: None,
+        })
+    }
+
+    /// A destination rooted at directory `rel` beneath this one (resolved
+    /// without following symlinks).
+    pub fn sub(&mut self, rel: &[u8]) -> io::Result<Dest> {
+        let root = self.dir(rel)?;
+        let mut path = self.root_path.clone();
+        if rel != b"." && !rel.is_empty() {
+            path.push(std::ffi::OsStr::from_bytes(rel));
+        }
+        Ok(Dest {
+            root,
+            root_path: path,
             last: None,
         })
     }
@@ -401,6 +417,31 @@ impl Dest {
     pub fn sync_all(&self) -> io::Result<()> {
         rustix::fs::syncfs(&*self.root).map_err(to_io)
     }
+}
+
+/// Opens `rel` for reading beneath the directory `root`, refusing any symlink
+/// on the way and any `..` out of it (`openat2` with `RESOLVE_BENEATH` and
+/// `RESOLVE_NO_SYMLINKS`): what a daemon sends from a module stays in it.
+pub fn open_beneath(root: &OwnedFd, rel: &Path) -> io::Result<File> {
+    let fd = rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+    )
+    .map_err(to_io)?;
+    Ok(File::from(fd))
+}
+
+/// Opens a directory the administrator configured (a module root).
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(to_io)
 }
 
 fn temp_name(name: &[u8]) -> Vec<u8> {

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
     pub recursive: bool,
+    /// Without `recursive`: send a directory and its entries, not deeper.
+    pub dirs: bool,
     /// Send symlinks as symlinks.
     pub links: bool,
     /// Follow symlinks and send what they point to.
@@ -103,6 +105,8 @@ struct Walker<'a, E> {
     io_error: bool,
     /// Directories being visited when following links, against loops.
     visiting: Vec<(u64, u64)>,
+    /// How deep the walk is below the source root.
+    depth: usize,
 }
 
 /// Walks every source, calling `emit` for each item. Returns whether any I/O
@@ -119,13 +123,14 @@ pub fn scan<E>(
         inodes: HashMap::new(),
         io_error: false,
         visiting: Vec::new(),
+        depth: 0,
     };
     for src in sources {
         let root = root_of(src);
         match stat_root(&root, opts) {
             Ok(meta) => {
                 let is_dir = meta.is_dir();
-                if is_dir && !opts.recursive {
+                if is_dir && !opts.recursive && !opts.dirs {
                     (w.emit)(ScanItem::Notice(format!(
                         "skipping directory {} (use -r)",
                         escape(src)
@@ -203,7 +208,13 @@ impl<E> Walker<'_, E> {
                 )));
             }
             self.push(entry, path)?;
-            return self.descend(path, name, key);
+            if !self.opts.recursive && self.depth > 0 {
+                return Ok(()); // -d: the directory itself, not its contents
+            }
+            self.depth += 1;
+            let r = self.descend(path, name, key);
+            self.depth -= 1;
+            return r;
         }
         if !ft.is_file() {
             return (self.emit)(ScanItem::Notice(format!(

@@ -139,6 +139,8 @@ pub enum Role {
     ServerSends,
     /// The server receives into `paths[0]` (a push).
     ServerReceives,
+    /// The server lists the modules this client may see (`ferry ls host::`).
+    ListModules,
 }
 
 /// How the transfer behaves; carried in the request so both sides agree.
@@ -165,6 +167,8 @@ pub struct Options {
     /// scp semantics for the destination: `cp -r dir host:new` makes `new` the
     /// copy of `dir` when `new` does not exist.
     pub cp_mode: bool,
+    /// List a directory's entries without recursing (rsync `-d`; `ferry ls`).
+    pub dirs: bool,
     /// Make backups of replaced or deleted files with this suffix.
     pub backup_suffix: Option<Vec<u8>>,
     /// Filter rules, first match wins: (include?, pattern).
@@ -173,7 +177,7 @@ pub struct Options {
     pub bwlimit: u64,
 }
 
-const OPT_FLAGS: [fn(&mut Options) -> &mut bool; 17] = [
+const OPT_FLAGS: [fn(&mut Options) -> &mut bool; 18] = [
     |o| &mut o.recursive,
     |o| &mut o.links,
     |o| &mut o.follow_links,
@@ -191,6 +195,7 @@ const OPT_FLAGS: [fn(&mut Options) -> &mut bool; 17] = [
     |o| &mut o.fsync,
     |o| &mut o.partial,
     |o| &mut o.cp_mode,
+    |o| &mut o.dirs,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,7 +348,20 @@ pub enum Message {
     Event(Event),
     Finish(Summary),
     Bye,
+    /// The daemon's answer to `ListModules`.
+    Modules(Vec<ModuleInfo>),
 }
+
+/// A module as `ferry ls host::` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleInfo {
+    pub name: String,
+    pub comment: String,
+    pub read_only: bool,
+}
+
+/// Most modules in one listing.
+pub const MAX_MODULES: usize = 4096;
 
 mod tag {
     pub const REQUEST: u8 = 1;
@@ -362,6 +380,7 @@ mod tag {
     pub const EVENT: u8 = 14;
     pub const FINISH: u8 = 15;
     pub const BYE: u8 = 16;
+    pub const MODULES: u8 = 17;
 }
 
 impl Message {
@@ -384,6 +403,7 @@ impl Message {
             Message::Event(_) => "Event",
             Message::Finish(_) => "Finish",
             Message::Bye => "Bye",
+            Message::Modules(_) => "Modules",
         }
     }
 
@@ -395,6 +415,7 @@ impl Message {
                 w.u8(match r.role {
                     Role::ServerSends => 0,
                     Role::ServerReceives => 1,
+                    Role::ListModules => 2,
                 });
                 w.varint(r.paths.len() as u64);
                 for p in &r.paths {
@@ -493,6 +514,15 @@ impl Message {
                 w.bool(s.delete_skipped);
             }
             Message::Bye => w.u8(tag::BYE),
+            Message::Modules(list) => {
+                w.u8(tag::MODULES);
+                w.varint(list.len() as u64);
+                for m in list {
+                    w.bytes(m.name.as_bytes());
+                    w.bytes(m.comment.as_bytes());
+                    w.bool(m.read_only);
+                }
+            }
         }
     }
 
@@ -513,6 +543,7 @@ impl Message {
                 let role = match r.u8("role")? {
                     0 => Role::ServerSends,
                     1 => Role::ServerReceives,
+                    2 => Role::ListModules,
                     _ => return Err(DecodeError::Invalid("role")),
                 };
                 let n = r.count(MAX_PATHS, "path count")?;
@@ -639,6 +670,19 @@ impl Message {
                 })
             }
             tag::BYE => Message::Bye,
+            tag::MODULES => {
+                let n = r.count(MAX_MODULES, "module count")?;
+                let mut list = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    list.push(ModuleInfo {
+                        name: text(r.bytes(MAX_COMPONENT, "module name")?),
+                        comment: text(r.bytes(MAX_TEXT, "module comment")?),
+                        read_only: r.bool("read_only")?,
+                    });
+                }
+                Message::Modules(list)
+            }
             other => return Err(DecodeError::UnknownMessage(other)),
         };
         r.finish(msg.name())?;

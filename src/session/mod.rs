@@ -13,8 +13,9 @@ pub mod sender;
 pub mod wire;
 
 use crate::error::TransferError;
-use crate::proto::{self, Event, Message, Request, Role, Summary};
+use crate::proto::{self, Event, Message, ModuleInfo, Options, Request, Role, Summary};
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use wire::{Counters, FrameReader, FrameWriter};
@@ -82,9 +83,13 @@ pub fn run_client(
                 sources: local_paths,
                 options: request.options,
                 events: Some(events),
+                confine: None,
             },
             cancel,
         ),
+        Role::ListModules => Err(TransferError::Usage(
+            "use list_modules for a module listing".into(),
+        )),
         Role::ServerSends => {
             let dest = local_paths.into_iter().next().unwrap_or_default();
             receiver::run(
@@ -95,6 +100,7 @@ pub fn run_client(
                     options: request.options,
                     events: Some(events),
                     requested: Some(request.paths),
+                    beneath: None,
                 },
                 cancel,
             )
@@ -102,9 +108,56 @@ pub fn run_client(
     }
 }
 
-/// The server's side (`ferry serve --stdio`): answer the handshake, check the
-/// request, and run the half it asks for. Events go to the client.
+/// What a server does with a request, decided by its [`Policy`].
+pub enum Serve {
+    /// Send these local paths. With `confine`, every path is inside that
+    /// directory and files are opened beneath it without following symlinks.
+    Send {
+        sources: Vec<Vec<u8>>,
+        options: Options,
+        confine: Option<PathBuf>,
+    },
+    /// Receive into `dest`; with `beneath`, `dest` is relative to that directory
+    /// and resolved without following symlinks.
+    Receive {
+        dest: Vec<u8>,
+        options: Options,
+        beneath: Option<PathBuf>,
+    },
+    /// Answer with this module list.
+    Modules(Vec<ModuleInfo>),
+}
+
+/// Maps a request to what the server will do, or refuses it (the error is sent
+/// to the client as the reason).
+pub type Policy<'a> = dyn Fn(&Request) -> Result<Serve, String> + 'a;
+
+/// `ferry serve --stdio` (the remote end of ssh): paths are the user's own, as
+/// with rsync over ssh.
+pub fn stdio_policy(r: &Request) -> Result<Serve, String> {
+    match r.role {
+        Role::ServerSends => Ok(Serve::Send {
+            sources: r.paths.clone(),
+            options: r.options.clone(),
+            confine: None,
+        }),
+        Role::ServerReceives => Ok(Serve::Receive {
+            dest: r.paths[0].clone(),
+            options: r.options.clone(),
+            beneath: None,
+        }),
+        Role::ListModules => Err("module listings need the ferry daemon (host::), not ssh".into()),
+    }
+}
+
+/// The server's side: answer the handshake, check the request, and run the
+/// half it asks for. Events go to the client.
 pub fn serve(stream: Stream) -> Result<Summary, TransferError> {
+    serve_with(stream, &stdio_policy)
+}
+
+/// Like [`serve`], with a policy deciding what each request may do.
+pub fn serve_with(stream: Stream, policy: &Policy) -> Result<Summary, TransferError> {
     let counters = Arc::new(Counters::default());
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters);
@@ -126,35 +179,157 @@ pub fn serve(stream: Stream) -> Result<Summary, TransferError> {
             )))
         }
     };
-    if let Err(e) = check_request(&request) {
-        writer.send(&Message::Fatal(e.to_string().into_bytes()))?;
+    let decided =
+        check_request(&request).and_then(|_| policy(&request).map_err(TransferError::Usage));
+    let serve = match decided {
+        Ok(s) => s,
+        Err(e) => {
+            writer.send(&Message::Fatal(e.to_string().into_bytes()))?;
+            writer.flush()?;
+            return Err(e);
+        }
+    };
+    if let Serve::Modules(list) = serve {
+        writer.send(&Message::Modules(list))?;
         writer.flush()?;
-        return Err(e);
+        return Ok(Summary::default());
     }
     writer.send(&Message::Accept)?;
     let cancel = Cancel::default();
-    match request.role {
-        Role::ServerSends => sender::run(
+    match serve {
+        Serve::Send {
+            sources,
+            options,
+            confine,
+        } => sender::run(
             reader,
             writer,
             sender::Config {
-                sources: request.paths,
-                options: request.options,
+                sources,
+                options,
                 events: None,
+                confine,
             },
             &cancel,
         ),
-        Role::ServerReceives => receiver::run(
+        Serve::Receive {
+            dest,
+            options,
+            beneath,
+        } => receiver::run(
             reader,
             writer,
             receiver::Config {
-                dest: request.paths.into_iter().next().unwrap_or_default(),
-                options: request.options,
+                dest,
+                options,
                 events: None,
                 requested: None,
+                beneath,
             },
             &cancel,
         ),
+        Serve::Modules(_) => unreachable!("answered above"),
+    }
+}
+
+/// Turns a connection away after authentication failed: answers the protocol
+/// hello so the client can read the reason, sends the reason, and reads nothing
+/// else of substance (what the client sent meanwhile is discarded, briefly, so
+/// the reason is not lost to a connection reset).
+pub fn refuse(stream: Stream, reason: &str) -> Result<(), TransferError> {
+    let counters = Arc::new(Counters::default());
+    let mut reader = FrameReader::new(stream.reader, counters.clone());
+    let mut writer = FrameWriter::new(stream.writer, counters);
+    let hello = reader.raw::<9>()?;
+    let version = proto::choose_version(&hello).unwrap_or(0);
+    writer.raw(&proto::server_hello(version))?;
+    writer.send(&Message::Fatal(reason.as_bytes().to_vec()))?;
+    writer.flush()?;
+    drop(writer);
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < 256 << 10 {
+        match reader.raw_read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    Ok(())
+}
+
+/// Most entries `ferry ls` accepts from a listing.
+const MAX_LISTING: usize = 1 << 20;
+
+/// Asks the server for the entries at `path` (a directory's entries, or one
+/// file), without transferring anything.
+pub fn list_entries(stream: Stream, path: Vec<u8>) -> Result<Vec<proto::Entry>, TransferError> {
+    let counters = Arc::new(Counters::default());
+    let mut reader = FrameReader::new(stream.reader, counters.clone());
+    let mut writer = FrameWriter::new(stream.writer, counters);
+    writer.raw(&proto::client_hello())?;
+    proto::check_server_hello(&reader.raw::<7>()?)?;
+    writer.send(&Message::Request(Request {
+        role: Role::ServerSends,
+        paths: vec![path],
+        options: Options {
+            dirs: true,
+            links: true,
+            dry_run: true,
+            ..Options::default()
+        },
+    }))?;
+    writer.flush()?;
+    let mut entries = Vec::new();
+    loop {
+        match reader.expect()? {
+            Message::Accept | Message::ListStart(_) | Message::Event(_) => {}
+            Message::Entry(e) => {
+                crate::fs::names::check(&e.name).map_err(|err| {
+                    TransferError::PeerMisbehaved(format!("sent a bad name: {err}"))
+                })?;
+                if entries.len() >= MAX_LISTING {
+                    return Err(TransferError::PeerMisbehaved(
+                        "sent more entries than a listing may hold".into(),
+                    ));
+                }
+                entries.push(e);
+            }
+            Message::ListEnd { .. } => break,
+            Message::Fatal(t) => return Err(TransferError::Remote(text(&t))),
+            other => {
+                return Err(TransferError::PeerMisbehaved(format!(
+                    "sent {} in a listing",
+                    other.name()
+                )))
+            }
+        }
+    }
+    writer.send(&Message::Finish(Summary::default()))?;
+    writer.flush()?;
+    let _ = reader.recv();
+    Ok(entries)
+}
+
+/// Asks a daemon for the modules this client may see.
+pub fn list_modules(stream: Stream) -> Result<Vec<ModuleInfo>, TransferError> {
+    let counters = Arc::new(Counters::default());
+    let mut reader = FrameReader::new(stream.reader, counters.clone());
+    let mut writer = FrameWriter::new(stream.writer, counters);
+    writer.raw(&proto::client_hello())?;
+    proto::check_server_hello(&reader.raw::<7>()?)?;
+    writer.send(&Message::Request(Request {
+        role: Role::ListModules,
+        paths: vec![b".".to_vec()],
+        options: Options::default(),
+    }))?;
+    writer.flush()?;
+    match reader.expect()? {
+        Message::Modules(list) => Ok(list),
+        Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
+        other => Err(TransferError::PeerMisbehaved(format!(
+            "answered a module listing with {}",
+            other.name()
+        ))),
     }
 }
 

@@ -40,6 +40,9 @@ pub struct Config<'a> {
     /// On a client that pulls: the paths it asked for, so that the sender cannot
     /// answer with names it was not asked for.
     pub requested: Option<Vec<Vec<u8>>>,
+    /// A daemon module root: `dest` is relative to it and resolved without
+    /// following symlinks.
+    pub beneath: Option<PathBuf>,
 }
 
 /// Files requested and not yet complete, at most this many…
@@ -130,6 +133,7 @@ struct Receiver<'a> {
     out: mpsc::Sender<Message>,
     events: Option<&'a EventFn<'a>>,
     dest_path: Vec<u8>,
+    beneath: Option<PathBuf>,
     dest: Option<Dest>,
     /// The list's opening, until the first entry opens the destination.
     list_start: Option<ListStart>,
@@ -210,6 +214,7 @@ where
         out,
         events: cfg.events,
         dest_path: cfg.dest,
+        beneath: cfg.beneath,
         dest: None,
         list_start: None,
         mapping: Mapping::Under,
@@ -345,47 +350,103 @@ impl Receiver<'_> {
         }
     }
 
-    /// Decides how names map to the destination and opens it.
+    /// Decides how names map to the destination and opens it: like rsync, a
+    /// single file may be written under the destination's own name; otherwise
+    /// the destination is a directory, created if missing (only its last
+    /// component). With `cp` semantics a single directory becomes the
+    /// destination when that does not exist yet.
     fn start(&mut self, ls: ListStart) -> Result<(), TransferError> {
         let d = self.dest_path.clone();
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&d));
-        let shown = escape(&d);
         let trailing = d.ends_with(b"/");
-        let meta = std::fs::metadata(&path).ok();
-        let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
-        let (root, create) = if ls.single_file && !trailing && !is_dir {
-            let trimmed = d.as_slice();
+        let mut trimmed = d.as_slice();
+        while trimmed.len() > 1 && trimmed.ends_with(b"/") {
+            trimmed = &trimmed[..trimmed.len() - 1];
+        }
+        let shown = escape(&d);
+        // what is there now, and a handle to open things from
+        let (exists, is_dir, mut module) = match &self.beneath {
+            None => {
+                let meta = std::fs::metadata(std::ffi::OsStr::from_bytes(trimmed)).ok();
+                (
+                    meta.is_some(),
+                    meta.as_ref().is_some_and(|m| m.is_dir()),
+                    None,
+                )
+            }
+            Some(root) => {
+                let mut m = Dest::open(root, false)
+                    .map_err(|e| TransferError::local(root.display().to_string(), &e))?;
+                let rel = if trimmed.is_empty() || trimmed == b"/" {
+                    b".".as_slice()
+                } else {
+                    trimmed
+                };
+                names::check(rel)
+                    .map_err(|e| TransferError::Usage(format!("destination {shown}: {e}")))?;
+                let x = m
+                    .stat(rel)
+                    .map_err(|e| TransferError::local(shown.clone(), &e))?;
+                (
+                    x.is_some(),
+                    x.is_some_and(|x| x.kind == ExistingKind::Dir),
+                    Some(m),
+                )
+            }
+        };
+        let (root, create): (Vec<u8>, bool) = if ls.single_file && !trailing && !is_dir {
             let (parent, base) = split_parent(trimmed);
+            self.mapping = Mapping::FileAs(base.to_vec());
             let parent = if trimmed.starts_with(b"/") && parent.is_empty() {
                 b"/".as_slice()
             } else {
                 parent
             };
-            self.mapping = Mapping::FileAs(base.to_vec());
-            (PathBuf::from(std::ffi::OsStr::from_bytes(parent)), false)
-        } else if self.opts.cp_mode && ls.single_dir && meta.is_none() {
+            (parent.to_vec(), false)
+        } else if self.opts.cp_mode && ls.single_dir && !exists {
             self.mapping = Mapping::StripTop(Vec::new());
-            (path.clone(), true)
+            (trimmed.to_vec(), true)
         } else {
-            (path.clone(), !is_dir)
+            if exists && !is_dir {
+                return Err(TransferError::Usage(format!(
+                    "destination {shown} exists and is not a directory"
+                )));
+            }
+            (trimmed.to_vec(), !exists)
         };
         if self.opts.dry_run && create {
             return Ok(()); // nothing exists yet: everything is new
         }
-        if create && meta.is_some() && !is_dir {
-            return Err(TransferError::Usage(format!(
-                "destination {shown} exists and is not a directory"
-            )));
-        }
-        match Dest::open(&root, create) {
+        let opened = match module.as_mut() {
+            None => Dest::open(
+                std::path::Path::new(std::ffi::OsStr::from_bytes(&root)),
+                create,
+            ),
+            Some(m) => {
+                let rel = if root.is_empty() || root == b"/" {
+                    b".".to_vec()
+                } else {
+                    root.clone()
+                };
+                if create {
+                    m.mkdir(&rel, 0o755)
+                        .or_else(|e| {
+                            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                                Ok(())
+                            } else {
+                                Err(e)
+                            }
+                        })
+                        .map_err(|e| TransferError::local(shown.clone(), &e))?;
+                }
+                m.sub(&rel)
+            }
+        };
+        match opened {
             Ok(dest) => {
                 self.dest = Some(dest);
                 Ok(())
             }
-            Err(e) => Err(TransferError::local(
-                escape(root.as_os_str().as_encoded_bytes()),
-                &e,
-            )),
+            Err(e) => Err(TransferError::local(escape(&root), &e)),
         }
     }
 

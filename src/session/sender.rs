@@ -28,6 +28,9 @@ pub struct Config<'a> {
     pub options: Options,
     /// The client's event callback; `None` on a server (events go to the peer).
     pub events: Option<&'a EventFn<'a>>,
+    /// A daemon module root: every source is inside it, and files are opened
+    /// beneath it without following symlinks.
+    pub confine: Option<PathBuf>,
 }
 
 /// Recipes sent and not yet answered, at most this many at once.
@@ -134,6 +137,8 @@ struct Sender<'a, W: Write> {
     deferred: std::collections::VecDeque<FromPeer>,
     finished: Option<Summary>,
     cancel: &'a Cancel,
+    /// The module root (path and handle) when confined.
+    confine: Option<(PathBuf, std::os::fd::OwnedFd)>,
 }
 
 /// Runs the sending side until the receiver reports it is done.
@@ -165,7 +170,13 @@ where
         deferred: Default::default(),
         finished: None,
         cancel,
+        confine: None,
     };
+    if let Some(root) = &cfg.confine {
+        let fd = crate::fs::dest::open_dir(root)
+            .map_err(|e| TransferError::local(root.display().to_string(), &e))?;
+        s.confine = Some((root.clone(), fd));
+    }
     s.packer = Packer::new(s.options.compress);
     let result = s.run(&cfg.sources);
     match result {
@@ -234,6 +245,7 @@ impl<W: Write> Sender<'_, W> {
             Filters::new(&self.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
         let opts = ScanOptions {
             recursive: self.options.recursive,
+            dirs: self.options.dirs,
             links: self.options.links,
             follow_links: self.options.follow_links,
             hard_links: self.options.hard_links,
@@ -379,8 +391,21 @@ impl<W: Write> Sender<'_, W> {
         })
     }
 
+    /// Opens a listed file: beneath the module root when confined.
+    fn open_source(&self, path: &std::path::Path) -> std::io::Result<File> {
+        match &self.confine {
+            Some((root, fd)) => {
+                let rel = path.strip_prefix(root).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, "outside the module")
+                })?;
+                crate::fs::dest::open_beneath(fd, rel)
+            }
+            None => File::open(path),
+        }
+    }
+
     fn send_whole(&mut self, file: u32, path: &std::path::Path) -> Result<(), TransferError> {
-        let f = match File::open(path) {
+        let f = match self.open_source(path) {
             Ok(f) => f,
             Err(e) => return self.fail_file(file, path, io_text(&e)),
         };
@@ -425,7 +450,7 @@ impl<W: Write> Sender<'_, W> {
     }
 
     fn send_recipe(&mut self, file: u32, path: &std::path::Path) -> Result<(), TransferError> {
-        let f = match File::open(path) {
+        let f = match self.open_source(path) {
             Ok(f) => f,
             Err(e) => return self.fail_file(file, path, io_text(&e)),
         };

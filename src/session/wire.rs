@@ -167,6 +167,11 @@ impl<W: Write> FrameWriter<W> {
 }
 
 impl<R: Read> FrameReader<R> {
+    /// Reads whatever raw bytes are available (draining a refused connection).
+    pub fn raw_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+
     /// Reads exactly `N` raw bytes (the handshake preamble).
     pub fn raw<const N: usize>(&mut self) -> Result<[u8; N], TransferError> {
         let mut b = [0u8; N];

@@ -3,4 +3,6 @@
 //! --stdio` child) and an in-process pipe pair for local-to-local transfers.
 
 pub mod child;
+pub mod daemon;
 pub mod pipe;
+pub mod tls;

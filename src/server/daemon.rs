@@ -1,0 +1,290 @@
+//! The accept loop and what happens on each connection.
+//!
+//! ```text
+//! accept ─► (connection limit) ─► TLS handshake within the pre-auth timeout
+//!        ─► client key looked up in authorized_keys (re-read per connection)
+//!        ─► refused: the reason, and close    accepted: serve requests within
+//!                                              the key's grant and the modules
+//! ```
+//!
+//! # Security
+//! Before authentication the daemon reads nothing but the TLS handshake and the
+//! 9-byte protocol hello, all under the pre-auth timeout and the connection
+//! limit. Module paths are resolved beneath the module root without following
+//! symlinks, on both the sending and the receiving side.
+
+use super::config::{DaemonConfig, Module};
+use crate::fs::names;
+use crate::proto::{ModuleInfo, Request, Role};
+use crate::session::{self, Serve, Stream};
+use crate::trust::authorized::{AuthorizedKeys, Grant};
+use crate::trust::key::{Identity, PublicKey};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tracing::{info, warn};
+
+/// Loads the daemon's key, making one on first start (like sshd's host keys).
+fn host_identity(path: &std::path::Path) -> Result<Identity, String> {
+    if path.exists() {
+        return Identity::load(path).map_err(|e| e.to_string());
+    }
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let id = Identity::generate(&format!("ferry-daemon@{}", host.trim()));
+    id.save(path).map_err(|e| e.to_string())?;
+    info!(path = %path.display(), fingerprint = %id.public.fingerprint(), "generated the daemon's key");
+    Ok(id)
+}
+
+/// Loads authorized_keys, logging each skipped line.
+fn load_keys(path: &std::path::Path) -> Result<AuthorizedKeys, String> {
+    let (keys, problems) = AuthorizedKeys::load(path)?;
+    for p in problems {
+        warn!(file = %path.display(), "{p}");
+    }
+    Ok(keys)
+}
+
+/// Splits `module/rest` and finds the module.
+fn module_of<'m>(modules: &'m [Module], path: &[u8]) -> Result<(&'m Module, Vec<u8>), String> {
+    let (name, rest) = match path.iter().position(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (path, &b""[..]),
+    };
+    let name = String::from_utf8_lossy(name);
+    let m = modules
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| format!("no module named {name:?} (list them with `ferry ls HOST::`)"))?;
+    // the rest must be a clean relative path (a trailing slash is meaningful)
+    let trimmed = rest.strip_suffix(b"/").unwrap_or(rest);
+    if !trimmed.is_empty() {
+        names::check(trimmed).map_err(|e| format!("path in module {}: {e}", m.name))?;
+    }
+    Ok((m, rest.to_vec()))
+}
+
+/// What a key may do with a request, turned into what the server does.
+fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Serve, String> {
+    match r.role {
+        Role::ListModules => Ok(Serve::Modules(
+            modules
+                .iter()
+                .filter(|m| grant.may_see(&m.name))
+                .map(|m| ModuleInfo {
+                    name: m.name.clone(),
+                    comment: m.comment.clone(),
+                    read_only: m.read_only || grant.read_only,
+                })
+                .collect(),
+        )),
+        Role::ServerSends => {
+            let mut root: Option<&Module> = None;
+            let mut sources = Vec::new();
+            for p in &r.paths {
+                let (m, rest) = module_of(modules, p)?;
+                grant.check(fp, &m.name, false).map_err(|e| e.to_string())?;
+                if root.is_some_and(|r| r.name != m.name) {
+                    return Err("all sources of one transfer must be in the same module".into());
+                }
+                root = Some(m);
+                let mut full = m.path.as_os_str().as_encoded_bytes().to_vec();
+                full.push(b'/');
+                full.extend_from_slice(&rest);
+                sources.push(full);
+            }
+            let m = root.ok_or("no source named")?;
+            let mut options = r.options.clone();
+            // a daemon never follows a symlink out of its module
+            options.follow_links = false;
+            Ok(Serve::Send {
+                sources,
+                options,
+                confine: Some(m.path.clone()),
+            })
+        }
+        Role::ServerReceives => {
+            let (m, rest) = module_of(modules, &r.paths[0])?;
+            grant.check(fp, &m.name, true).map_err(|e| e.to_string())?;
+            if m.read_only {
+                return Err(format!("module {} is read-only", m.name));
+            }
+            Ok(Serve::Receive {
+                dest: if rest.is_empty() {
+                    b"./".to_vec()
+                } else {
+                    rest
+                },
+                options: r.options.clone(),
+                beneath: Some(m.path.clone()),
+            })
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+struct Shared {
+    config: DaemonConfig,
+    tls: Arc<rustls::ServerConfig>,
+    active: AtomicUsize,
+}
+
+fn handle(shared: &Shared, sock: TcpStream, peer: SocketAddr) {
+    let conn = match rustls::ServerConnection::new(shared.tls.clone()) {
+        Ok(c) => rustls::Connection::Server(c),
+        Err(e) => return warn!(%peer, "TLS setup failed: {e}"),
+    };
+    let (reader, writer, key) =
+        match crate::transport::tls::establish(conn, sock, shared.config.preauth_timeout) {
+            Ok(x) => x,
+            Err(e) => return info!(%peer, "connection closed before authentication: {e}"),
+        };
+    let fp = key.fingerprint();
+    let ip: IpAddr = peer.ip();
+    let grant = load_keys(&shared.config.authorized_keys)
+        .and_then(|keys| keys.authorize(&key, ip, now()).map_err(|e| e.to_string()));
+    let grant = match grant {
+        Ok(g) => g,
+        Err(why) => {
+            warn!(%peer, fingerprint = %fp, "refused: {why}");
+            // no read on a refused connection may wait longer than the pre-auth timeout
+            let _ = reader.set_timeout(Some(shared.config.preauth_timeout));
+            let stream = Stream {
+                reader: Box::new(reader),
+                writer: Box::new(writer),
+            };
+            let _ = session::refuse(stream, &why);
+            return;
+        }
+    };
+    info!(%peer, fingerprint = %fp, "authenticated");
+    let stream = Stream {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+    };
+    let modules = &shared.config.modules;
+    let policy = |r: &Request| {
+        let d = decide(modules, &grant, &fp, r);
+        match &d {
+            Ok(_) => {
+                info!(%peer, fingerprint = %fp, role = ?r.role, paths = %show_paths(&r.paths), "request")
+            }
+            Err(why) => warn!(%peer, fingerprint = %fp, "request refused: {why}"),
+        }
+        d
+    };
+    match session::serve_with(stream, &policy) {
+        Ok(s) => {
+            info!(%peer, fingerprint = %fp, files = s.files, transferred = s.transferred, "done")
+        }
+        Err(e) => warn!(%peer, fingerprint = %fp, "ended: {e}"),
+    }
+}
+
+fn show_paths(paths: &[Vec<u8>]) -> String {
+    paths
+        .iter()
+        .map(|p| names::escape(p))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The key clients should expect, for `ferry serve` to print.
+pub fn fingerprint(config: &DaemonConfig) -> Result<PublicKey, String> {
+    host_identity(&config.identity).map(|i| i.public)
+}
+
+/// Serves until `shutdown` is set (SIGTERM, SIGINT), then waits for the
+/// transfers in progress to end. `ready` gets the bound addresses.
+pub fn run(
+    config: DaemonConfig,
+    shutdown: Arc<AtomicBool>,
+    ready: &dyn Fn(&[SocketAddr]),
+) -> Result<(), String> {
+    let identity = host_identity(&config.identity)?;
+    // refuse to start with keys anyone could have planted
+    load_keys(&config.authorized_keys)?;
+    if config.modules.is_empty() {
+        return Err("no modules: add --module NAME=PATH or [[module]] in the config file".into());
+    }
+    let tls = crate::trust::tls::server_config(&identity).map_err(|e| format!("TLS: {e}"))?;
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let l = TcpListener::bind(addr)
+            .map_err(|e| format!("listen on {addr}: {}", crate::error::io_text(&e)))?;
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        listeners.push(l);
+    }
+    let bound: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    info!(addresses = ?bound, fingerprint = %identity.public.fingerprint(), modules = config.modules.len(), "listening");
+    ready(&bound);
+    let shared = Arc::new(Shared {
+        config,
+        tls,
+        active: AtomicUsize::new(0),
+    });
+    while !shutdown.load(Ordering::Relaxed) {
+        let mut idle = true;
+        for l in &listeners {
+            match l.accept() {
+                Ok((sock, peer)) => {
+                    idle = false;
+                    let _ = sock.set_nonblocking(false);
+                    if shared.active.load(Ordering::Relaxed) >= shared.config.max_connections {
+                        warn!(%peer, limit = shared.config.max_connections, "connection limit reached: closed");
+                        continue;
+                    }
+                    shared.active.fetch_add(1, Ordering::Relaxed);
+                    let s = shared.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("ferry-conn-{peer}"))
+                        .spawn(move || {
+                            handle(&s, sock, peer);
+                            s.active.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    if let Err(e) = spawned {
+                        shared.active.fetch_sub(1, Ordering::Relaxed);
+                        warn!(%peer, "cannot start a thread: {e}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => warn!("accept: {e}"),
+            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(listeners);
+    let n = shared.active.load(Ordering::Relaxed);
+    if n > 0 {
+        info!(
+            transfers = n,
+            "shutting down: waiting for transfers in progress"
+        );
+    }
+    while shared.active.load(Ordering::Relaxed) > 0 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Paths the daemon's files default to, for `--help`.
+pub fn default_paths(config_dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    (
+        config_dir.join("id_ed25519"),
+        config_dir.join("authorized_keys"),
+    )
+}

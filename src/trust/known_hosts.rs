@@ -1,0 +1,116 @@
+//! The client's record of daemon keys, like ssh's `known_hosts`: one line per
+//! host, `name` for the default port and `[name]:port` otherwise, then the key.
+//! An unknown key is accepted only as the user says (`--host-key-check`); a
+//! changed key is always refused.
+
+use super::key::PublicKey;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostKeyStatus {
+    Known,
+    Unknown,
+    /// The host is known with another key (its fingerprint).
+    Changed(String),
+}
+
+/// How to treat a daemon whose key is not yet known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyCheck {
+    /// Refuse unknown keys.
+    Strict,
+    /// Record an unknown key and go on.
+    AcceptNew,
+    /// Ask on the terminal.
+    Ask,
+}
+
+impl std::str::FromStr for HostKeyCheck {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strict" | "yes" => Ok(HostKeyCheck::Strict),
+            "accept-new" => Ok(HostKeyCheck::AcceptNew),
+            "ask" => Ok(HostKeyCheck::Ask),
+            _ => Err(format!(
+                "--host-key-check: {s:?} is not strict, accept-new or ask"
+            )),
+        }
+    }
+}
+
+/// The name a host is recorded under.
+pub fn host_label(host: &str, port: u16) -> String {
+    if port == crate::server::DEFAULT_PORT {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+pub fn check(path: &Path, label: &str, key: &PublicKey) -> Result<HostKeyStatus, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {}", path.display(), crate::error::io_text(&e))),
+    };
+    let mut other = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((hosts, rest)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
+        if !hosts.split(',').any(|h| h == label) {
+            continue;
+        }
+        match PublicKey::parse_openssh(rest.trim()) {
+            Ok((k, _)) if k == *key => return Ok(HostKeyStatus::Known),
+            Ok((k, _)) => other = Some(k.fingerprint()),
+            Err(_) => {}
+        }
+    }
+    Ok(match other {
+        Some(fp) => HostKeyStatus::Changed(fp),
+        None => HostKeyStatus::Unknown,
+    })
+}
+
+pub fn add(path: &Path, label: &str, key: &PublicKey) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("{}: {}", path.display(), crate::error::io_text(&e));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    writeln!(f, "{label} {}", key.to_openssh()).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::key::Identity;
+
+    #[test]
+    fn tofu_then_known_then_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("known_hosts");
+        let (k1, k2) = (Identity::generate("").public, Identity::generate("").public);
+        let label = host_label("gpu2", 7421);
+        assert_eq!(label, "[gpu2]:7421");
+        assert_eq!(check(&p, &label, &k1).unwrap(), HostKeyStatus::Unknown);
+        add(&p, &label, &k1).unwrap();
+        assert_eq!(check(&p, &label, &k1).unwrap(), HostKeyStatus::Known);
+        assert_eq!(
+            check(&p, &label, &k2).unwrap(),
+            HostKeyStatus::Changed(k1.fingerprint())
+        );
+        assert_eq!(check(&p, "gpu2", &k2).unwrap(), HostKeyStatus::Unknown);
+    }
+}
