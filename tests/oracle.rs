@@ -187,7 +187,14 @@ fn src_arg(case: &Case, src: &Path) -> String {
     }
 }
 
-fn run_cases(over_ssh: Option<&Sshd>) {
+enum Via<'a> {
+    Local,
+    Ssh(&'a Sshd),
+    /// A daemon whose module "tmp" is the temporary directory.
+    Daemon(&'a Daemon),
+}
+
+fn run_cases(via: Via) {
     for case in CASES {
         let t = tmp();
         let src = prepare(case, t.path());
@@ -199,12 +206,17 @@ fn run_cases(over_ssh: Option<&Sshd>) {
         rs.extend([src_arg(case, &src), format!("{}/", by_rsync.display())]);
         rsync(&rs);
         args.insert(0, "sync".into());
-        let dest = match over_ssh {
-            Some(sshd) => {
+        let dest = match &via {
+            Via::Ssh(sshd) => {
                 args.extend(sshd.args());
                 format!("{}/", sshd.remote(&by_ferry))
             }
-            None => format!("{}/", by_ferry.display()),
+            Via::Daemon(d) => {
+                args.extend(d.client_args());
+                let rel = by_ferry.strip_prefix(std::env::temp_dir()).unwrap();
+                d.url(&format!("tmp/{}/", rel.display()))
+            }
+            Via::Local => format!("{}/", by_ferry.display()),
         };
         args.extend([src_arg(case, &src), dest]);
         let o = ferry(&args);
@@ -252,7 +264,13 @@ fn run_cases(over_ssh: Option<&Sshd>) {
 
 #[test]
 fn local_sync_matches_rsync() {
-    run_cases(None);
+    run_cases(Via::Local);
+}
+
+#[test]
+fn daemon_sync_matches_rsync() {
+    let d = Daemon::start(&[("tmp", &std::env::temp_dir(), false)], "", &[]);
+    run_cases(Via::Daemon(&d));
 }
 
 #[test]
@@ -261,5 +279,5 @@ fn ssh_sync_matches_rsync() {
         return;
     }
     let sshd = Sshd::start();
-    run_cases(Some(&sshd));
+    run_cases(Via::Ssh(&sshd));
 }

@@ -235,9 +235,12 @@ pub struct ServeArgs {
     /// The daemon's key (default: id_ed25519 in the config directory, made if missing)
     #[arg(long, value_name = "FILE")]
     pub identity: Option<std::path::PathBuf>,
-    /// Connections served at once
+    /// Authenticated sessions served at once
     #[arg(long = "max-connections", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Connections still authenticating; when full, the oldest is dropped
+    #[arg(long = "max-startups", value_name = "N")]
+    pub max_startups: Option<usize>,
     /// Seconds a client has to finish authenticating
     #[arg(long = "preauth-timeout", value_name = "SECS")]
     pub preauth_timeout: Option<u64>,

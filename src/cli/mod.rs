@@ -248,6 +248,7 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         authorized_keys: a.authorized_keys,
         modules: a.module,
         max_connections: a.max_connections,
+        max_startups: a.max_startups,
         preauth_timeout_secs: a.preauth_timeout,
     };
     let config = crate::server::config::DaemonConfig::build(&overrides, &dir)

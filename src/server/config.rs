@@ -5,7 +5,8 @@
 //! listen = ["0.0.0.0:7420"]            # who may connect: see the README's note
 //! identity = "/etc/ferry/id_ed25519"   # the daemon's key (made on first start)
 //! authorized_keys = "/etc/ferry/authorized_keys"
-//! max_connections = 64
+//! max_connections = 64                # authenticated sessions at once
+//! max_startups = 256                  # connections still authenticating
 //! preauth_timeout_secs = 10
 //!
 //! [[module]]
@@ -37,6 +38,7 @@ struct File {
     identity: Option<PathBuf>,
     authorized_keys: Option<PathBuf>,
     max_connections: Option<usize>,
+    max_startups: Option<usize>,
     preauth_timeout_secs: Option<u64>,
     #[serde(default, rename = "module")]
     modules: Vec<Module>,
@@ -48,8 +50,11 @@ pub struct DaemonConfig {
     pub identity: PathBuf,
     pub authorized_keys: PathBuf,
     pub modules: Vec<Module>,
-    /// Connections served at once; more are refused at accept.
+    /// Authenticated sessions served at once; more are refused with a message.
     pub max_connections: usize,
+    /// Connections still authenticating; when full, the oldest is dropped so
+    /// that a flood of idle connections cannot lock real clients out.
+    pub max_startups: usize,
     /// A client must finish the TLS handshake within this.
     pub preauth_timeout: Duration,
 }
@@ -64,6 +69,7 @@ pub struct Overrides {
     /// `name=path` or `name=path:ro`.
     pub modules: Vec<String>,
     pub max_connections: Option<usize>,
+    pub max_startups: Option<usize>,
     pub preauth_timeout_secs: Option<u64>,
 }
 
@@ -168,6 +174,7 @@ impl DaemonConfig {
                 .or(file.authorized_keys)
                 .unwrap_or_else(|| config_dir.join("authorized_keys")),
             modules,
+            max_startups: o.max_startups.or(file.max_startups).unwrap_or(256).max(1),
             max_connections: o
                 .max_connections
                 .or(file.max_connections)

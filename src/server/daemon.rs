@@ -134,19 +134,48 @@ fn now() -> i64 {
 struct Shared {
     config: DaemonConfig,
     tls: Arc<rustls::ServerConfig>,
+    /// Connection threads alive (authenticating or serving).
     active: AtomicUsize,
+    /// Authenticated sessions.
+    sessions: AtomicUsize,
+    /// Connections still authenticating, oldest first, to evict when full.
+    startups: std::sync::Mutex<std::collections::VecDeque<(u64, TcpStream)>>,
 }
 
-fn handle(shared: &Shared, sock: TcpStream, peer: SocketAddr) {
+impl Shared {
+    /// Registers a new unauthenticated connection, dropping the oldest one if
+    /// the pool is full.
+    fn start_up(&self, id: u64, sock: &TcpStream) {
+        let mut q = self.startups.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= self.config.max_startups {
+            if let Some((_, oldest)) = q.pop_front() {
+                let _ = oldest.shutdown(std::net::Shutdown::Both);
+                info!(peer = ?oldest.peer_addr().ok(), "too many connections authenticating: dropped the oldest");
+            }
+        }
+        if let Ok(clone) = sock.try_clone() {
+            q.push_back((id, clone));
+        }
+    }
+
+    fn started(&self, id: u64) {
+        let mut q = self.startups.lock().unwrap_or_else(|p| p.into_inner());
+        q.retain(|(i, _)| *i != id);
+    }
+}
+
+fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     let conn = match rustls::ServerConnection::new(shared.tls.clone()) {
         Ok(c) => rustls::Connection::Server(c),
         Err(e) => return warn!(%peer, "TLS setup failed: {e}"),
     };
-    let (reader, writer, key) =
-        match crate::transport::tls::establish(conn, sock, shared.config.preauth_timeout) {
-            Ok(x) => x,
-            Err(e) => return info!(%peer, "connection closed before authentication: {e}"),
-        };
+    shared.start_up(id, &sock);
+    let established = crate::transport::tls::establish(conn, sock, shared.config.preauth_timeout);
+    shared.started(id);
+    let (reader, writer, key) = match established {
+        Ok(x) => x,
+        Err(e) => return info!(%peer, "connection closed before authentication: {e}"),
+    };
     let fp = key.fingerprint();
     let ip: IpAddr = peer.ip();
     let grant = load_keys(&shared.config.authorized_keys)
@@ -165,11 +194,28 @@ fn handle(shared: &Shared, sock: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    info!(%peer, fingerprint = %fp, "authenticated");
     let stream = Stream {
         reader: Box::new(reader),
         writer: Box::new(writer),
     };
+    if shared.sessions.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
+        shared.sessions.fetch_sub(1, Ordering::SeqCst);
+        let why = format!(
+            "the daemon is busy ({} sessions); try again later",
+            shared.config.max_connections
+        );
+        warn!(%peer, fingerprint = %fp, "refused: {why}");
+        let _ = session::refuse(stream, &why);
+        return;
+    }
+    struct Session<'a>(&'a AtomicUsize);
+    impl Drop for Session<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _session = Session(&shared.sessions);
+    info!(%peer, fingerprint = %fp, "authenticated");
     let modules = &shared.config.modules;
     let policy = |r: &Request| {
         let d = decide(modules, &grant, &fp, r);
@@ -233,7 +279,10 @@ pub fn run(
         config,
         tls,
         active: AtomicUsize::new(0),
+        sessions: AtomicUsize::new(0),
+        startups: std::sync::Mutex::new(std::collections::VecDeque::new()),
     });
+    let mut next_id = 0u64;
     while !shutdown.load(Ordering::Relaxed) {
         let mut idle = true;
         for l in &listeners {
@@ -241,16 +290,21 @@ pub fn run(
                 Ok((sock, peer)) => {
                     idle = false;
                     let _ = sock.set_nonblocking(false);
-                    if shared.active.load(Ordering::Relaxed) >= shared.config.max_connections {
-                        warn!(%peer, limit = shared.config.max_connections, "connection limit reached: closed");
+                    // threads are bounded by both pools (and a little slack for
+                    // connections on their way out)
+                    let cap = shared.config.max_connections + shared.config.max_startups + 16;
+                    if shared.active.load(Ordering::Relaxed) >= cap {
+                        warn!(%peer, limit = cap, "connection limit reached: closed");
                         continue;
                     }
                     shared.active.fetch_add(1, Ordering::Relaxed);
                     let s = shared.clone();
+                    next_id += 1;
+                    let id = next_id;
                     let spawned = std::thread::Builder::new()
                         .name(format!("ferry-conn-{peer}"))
                         .spawn(move || {
-                            handle(&s, sock, peer);
+                            handle(&s, id, sock, peer);
                             s.active.fetch_sub(1, Ordering::Relaxed);
                         });
                     if let Err(e) = spawned {

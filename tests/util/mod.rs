@@ -346,3 +346,126 @@ pub fn append(path: &Path, data: &[u8]) {
         .write_all(data)
         .unwrap();
 }
+
+/// A ferry daemon on 127.0.0.1 with its own config directory, a client config
+/// directory with a key the daemon trusts (with `key_options`), and the given
+/// modules. Killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn daemon_dir(&self) -> PathBuf {
+        self.dir.path().join("daemon")
+    }
+    pub fn client_dir(&self) -> PathBuf {
+        self.dir.path().join("client")
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Sets up keys and config, then starts `ferry serve` with `args`.
+    pub fn start(modules: &[(&str, &Path, bool)], key_options: &str, args: &[&str]) -> Daemon {
+        let dir = tmp();
+        let (daemon, client) = (dir.path().join("daemon"), dir.path().join("client"));
+        for d in [&daemon, &client] {
+            std::fs::create_dir(d).unwrap();
+            chmod(d, 0o700);
+        }
+        ok(ferry([
+            "keygen",
+            "-C",
+            "test-client",
+            "--config-dir",
+            &client.display().to_string(),
+        ]));
+        let public = std::fs::read_to_string(client.join("id_ed25519.pub")).unwrap();
+        let line = if key_options.is_empty() {
+            public
+        } else {
+            format!("{key_options} {public}")
+        };
+        write(&daemon.join("authorized_keys"), line);
+        chmod(&daemon.join("authorized_keys"), 0o600);
+        Daemon::spawn(dir, modules, args).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
+    /// Starts `ferry serve` in an existing setup; Err(log) if it exits instead.
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        modules: &[(&str, &Path, bool)],
+        args: &[&str],
+    ) -> Result<Daemon, String> {
+        let daemon = dir.path().join("daemon");
+        let mut cmd = Command::new(ferry_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--config-dir"])
+            .arg(&daemon);
+        for (name, path, ro) in modules {
+            cmd.arg("--module").arg(format!(
+                "{name}={}{}",
+                path.display(),
+                if *ro { ":ro" } else { "" }
+            ));
+        }
+        cmd.args(args);
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.wait();
+            return Err(std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default());
+        };
+        let addr = addr.parse().unwrap();
+        // keep reading stdout so the daemon never blocks on it
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Ok(Daemon { child, addr, dir })
+    }
+
+    /// `ferry://127.0.0.1:PORT/PATH`
+    pub fn url(&self, path: &str) -> String {
+        format!("ferry://{}/{path}", self.addr)
+    }
+
+    /// Client flags that reach this daemon with its trusted key.
+    pub fn client_args(&self) -> Vec<String> {
+        vec![
+            "--config-dir".into(),
+            self.client_dir().display().to_string(),
+            "--host-key-check".into(),
+            "accept-new".into(),
+        ]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the daemon to exit (after a signal); its exit status.
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,323 @@
+//! The ferry daemon over TLS 1.3 with key authentication: who gets in, what
+//! they may do, host key checking, and the daemon's hygiene (pre-auth timeout,
+//! idle floods, graceful shutdown).
+
+mod util;
+use std::io::Read;
+use std::time::{Duration, Instant};
+use util::*;
+
+fn s(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+fn sync(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let mut v: Vec<String> = vec!["sync".into()];
+    v.extend(d.client_args());
+    v.extend(args.iter().map(|a| a.to_string()));
+    ferry(&v)
+}
+
+fn tree(root: &std::path::Path) {
+    write(&root.join("a.txt"), "alpha\n");
+    write(&root.join("ckpt/model.bin"), random_bytes(2 << 20, 4));
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::os::unix::fs::symlink("a.txt", root.join("link")).unwrap();
+}
+
+#[test]
+fn push_pull_and_list_over_tls() {
+    let t = tmp();
+    let (module, src, back) = (
+        t.path().join("module"),
+        t.path().join("src"),
+        t.path().join("back"),
+    );
+    std::fs::create_dir(&module).unwrap();
+    tree(&src);
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    ok(sync(
+        &d,
+        &["-a", &format!("{}/", src.display()), &d.url("data/run1/")],
+    ));
+    assert_same_tree(&src, &module.join("run1"), true);
+    ok(sync(&d, &["-a", &d.url("data/run1/"), &s(&back)]));
+    assert_same_tree(&src, &back, true);
+    // host::module/path form too (default port differs, so only ferry:// here) and ls
+    let mut args = vec!["ls".to_string(), d.url("")];
+    args.extend(d.client_args());
+    let out = stdout(&ok(ferry(&args)));
+    assert!(out.lines().any(|l| l.starts_with("data")), "{out}");
+    let mut args = vec!["ls".to_string(), d.url("data/run1/")];
+    args.extend(d.client_args());
+    let out = stdout(&ok(ferry(&args)));
+    assert!(
+        out.contains("a.txt") && out.contains("ckpt") && out.contains("link -> a.txt"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unauthorized_key_is_refused_before_any_file_operation() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    write(&t.path().join("f"), "x");
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let stranger = t.path().join("stranger");
+    let made = stdout(&ok(ferry(["keygen", "--config-dir", &s(&stranger)])));
+    let fingerprint = made
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .unwrap()
+        .to_string();
+    let o = ferry([
+        "sync",
+        "--config-dir",
+        &s(&stranger),
+        "--host-key-check",
+        "accept-new",
+        &s(&t.path().join("f")),
+        &d.url("data/f"),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is not authorized"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_dir(&module).unwrap().count(),
+        0,
+        "something was written"
+    );
+    assert!(
+        d.log().contains(&fingerprint),
+        "daemon log lacks {fingerprint}:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn host_keys_strict_accept_new_and_changed() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    write(&t.path().join("f"), "x");
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let known = d.client_dir().join("known_hosts");
+    let base = |mode: &str| {
+        vec![
+            "sync".to_string(),
+            "--config-dir".into(),
+            s(&d.client_dir()),
+            "--host-key-check".into(),
+            mode.into(),
+            s(&t.path().join("f")),
+            d.url("data/f"),
+        ]
+    };
+    let o = ferry(base("strict"));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown key"), "{}", stderr(&o));
+    assert!(!known.exists(), "strict mode wrote known_hosts");
+    assert!(!module.join("f").exists());
+
+    let o = ok(ferry(base("accept-new")));
+    assert!(stderr(&o).contains("permanently added"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&known).unwrap().lines().count(), 1);
+    let o = ok(ferry(base("accept-new")));
+    assert!(
+        stderr(&o).is_empty(),
+        "second connection not silent: {}",
+        stderr(&o)
+    );
+    let o = ok(ferry(base("strict")));
+    assert!(stderr(&o).is_empty());
+
+    // the daemon gets a new key: refused in every mode, nothing sent
+    let before = std::fs::read_to_string(&known).unwrap();
+    let other = t.path().join("other-key");
+    ok(ferry(["keygen", "-f", &s(&other)]));
+    let line = before.split_whitespace().next().unwrap();
+    let new_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let (kind, b64) = {
+        let mut w = new_pub.split_whitespace();
+        (w.next().unwrap().to_string(), w.next().unwrap().to_string())
+    };
+    std::fs::write(&known, format!("{line} {kind} {b64}\n")).unwrap();
+    write(&t.path().join("f"), "changed content");
+    for mode in ["strict", "accept-new", "ask"] {
+        let o = ferry(base(mode));
+        assert!(!o.status.success(), "{mode}");
+        assert!(stderr(&o).contains("CHANGED"), "{mode}: {}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read_to_string(module.join("f")).unwrap(),
+        "x",
+        "data crossed a changed key"
+    );
+}
+
+fn refused_with(
+    options: &str,
+    args: &dyn Fn(&Daemon, &std::path::Path) -> Vec<String>,
+    expect: &str,
+) {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    write(&module.join("existing"), "keep");
+    write(&t.path().join("f"), "x");
+    let d = Daemon::start(
+        &[("data", &module, false), ("other", &module, false)],
+        options,
+        &[],
+    );
+    let o = ferry(args(&d, t.path()));
+    assert!(!o.status.success(), "{options}: succeeded");
+    assert!(stderr(&o).contains(expect), "{options}: {}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(module.join("existing")).unwrap(),
+        "keep"
+    );
+    assert!(!module.join("f").exists());
+}
+
+#[test]
+fn key_options_limit_what_a_key_may_do() {
+    let push = |d: &Daemon, t: &std::path::Path| {
+        let mut v = vec!["sync".to_string()];
+        v.extend(d.client_args());
+        v.extend([s(&t.join("f")), d.url("data/f")]);
+        v
+    };
+    refused_with("from=\"10.0.0.0/8\"", &push, "not allowed from 127.0.0.1");
+    refused_with("expiry-time=\"20000101\"", &push, "expired");
+    refused_with("restrict", &push, "read-only");
+    refused_with("modules=\"other\"", &push, "may not use module \"data\"");
+    // a read-only key may not delete either
+    let delete = |d: &Daemon, t: &std::path::Path| {
+        std::fs::create_dir_all(t.join("emptysrc")).unwrap();
+        let mut v = vec!["sync".to_string(), "-r".into(), "--delete".into()];
+        v.extend(d.client_args());
+        v.extend([format!("{}/", t.join("emptysrc").display()), d.url("data/")]);
+        v
+    };
+    refused_with("restrict", &delete, "read-only");
+    // while the same key may still read
+    let t = tmp();
+    let module = t.path().join("module");
+    write(&module.join("x"), "readable");
+    let d = Daemon::start(&[("data", &module, false)], "restrict", &[]);
+    ok(sync(&d, &[&d.url("data/x"), &s(&t.path().join("got"))]));
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("got")).unwrap(),
+        "readable"
+    );
+}
+
+#[test]
+fn malformed_lines_are_skipped_and_reported_and_loose_modes_stop_the_daemon() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    write(&t.path().join("f"), "x");
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let keys = d.daemon_dir().join("authorized_keys");
+    let good = std::fs::read_to_string(&keys).unwrap();
+    std::fs::write(
+        &keys,
+        format!(
+            "frobnicate ssh-ed25519 AAAA bad option\nrestrict, {}\nssh-ed25519 !!!\n{good}",
+            good.trim()
+        ),
+    )
+    .unwrap();
+    ok(sync(&d, &[&s(&t.path().join("f")), &d.url("data/f")]));
+    let log = d.log();
+    for n in ["line 1:", "line 2:", "line 3:"] {
+        assert!(log.contains(n), "{n} not reported:\n{log}");
+    }
+    drop(d);
+
+    // group-writable authorized_keys: the daemon refuses to start
+    let dir = tmp();
+    let daemon_dir = dir.path().join("daemon");
+    std::fs::create_dir(&daemon_dir).unwrap();
+    chmod(&daemon_dir, 0o700);
+    write(&daemon_dir.join("authorized_keys"), "");
+    chmod(&daemon_dir.join("authorized_keys"), 0o664);
+    let err = Daemon::spawn(dir, &[("data", &module, false)], &[])
+        .err()
+        .expect("daemon started");
+    assert!(err.contains("group- or world-writable"), "{err}");
+}
+
+#[test]
+fn silent_connections_are_dropped_and_do_not_lock_out_clients() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    write(&t.path().join("f"), random_bytes(100_000, 3));
+    let d = Daemon::start(
+        &[("data", &module, false)],
+        "",
+        &["--preauth-timeout", "2", "--max-startups", "100"],
+    );
+    // one silent connection is closed after the pre-auth timeout
+    let start = Instant::now();
+    let mut silent = std::net::TcpStream::connect(d.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the daemon sent something before authentication");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "closed after {waited:?}"
+    );
+    // 200 idle connections, more than may authenticate at once: a real client still gets in
+    let idle: Vec<_> = (0..200)
+        .map(|_| std::net::TcpStream::connect(d.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    ok(sync(&d, &[&s(&t.path().join("f")), &d.url("data/f")]));
+    assert_eq!(
+        std::fs::read(module.join("f")).unwrap(),
+        random_bytes(100_000, 3)
+    );
+    drop(idle);
+}
+
+#[test]
+fn sigterm_lets_the_transfer_in_progress_finish() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    write(&t.path().join("big"), random_bytes(24 << 20, 9));
+    let mut d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut args: Vec<String> = vec!["sync".into(), "--bwlimit".into(), "12M".into()];
+    args.extend(d.client_args());
+    args.extend([s(&t.path().join("big")), d.url("data/big")]);
+    let client = std::process::Command::new(ferry_bin())
+        .args(&args)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success(), "transfer broken by SIGTERM");
+    let status = d
+        .wait(Duration::from_secs(20))
+        .expect("daemon did not stop");
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read(module.join("big")).unwrap(),
+        random_bytes(24 << 20, 9)
+    );
+    // and it no longer accepts
+    assert!(std::net::TcpStream::connect(d.addr).is_err());
+}
