@@ -321,3 +321,47 @@ fn sigterm_lets_the_transfer_in_progress_finish() {
     // and it no longer accepts
     assert!(std::net::TcpStream::connect(d.addr).is_err());
 }
+
+#[test]
+fn a_daemon_writes_as_itself_and_never_makes_setuid_files() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let f = t.path().join("tool");
+    write(&f, "#!/bin/sh\n");
+    chmod(&f, 0o4755);
+    std::os::unix::fs::chown(&f, Some(12345), Some(12345)).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    ok(sync(&d, &["-a", &s(&f), &d.url("data/tool")]));
+    let m = std::fs::metadata(module.join("tool")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "setuid bit kept");
+    assert_eq!(
+        m.uid(),
+        rustix::process::geteuid().as_raw(),
+        "owner taken from the client"
+    );
+}
+
+#[test]
+fn a_backup_suffix_cannot_name_a_path() {
+    let t = tmp();
+    let module = t.path().join("module");
+    write(&module.join("f"), "old");
+    write(&t.path().join("f"), "new!");
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let o = sync(
+        &d,
+        &[
+            "-b",
+            "--suffix",
+            "/../../escaped",
+            &s(&t.path().join("f")),
+            &d.url("data/f"),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("suffix"), "{}", stderr(&o));
+    assert!(!t.path().join("escaped").exists());
+    assert_eq!(std::fs::read_to_string(module.join("f")).unwrap(), "old");
+}

@@ -198,6 +198,22 @@ const OPT_FLAGS: [fn(&mut Options) -> &mut bool; 18] = [
     |o| &mut o.dirs,
 ];
 
+impl Options {
+    /// Checks what the options may not say whoever sends them.
+    ///
+    /// # Security
+    /// The backup suffix is appended to names the receiver writes: a `/` in it
+    /// would turn a name into a path.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = &self.backup_suffix {
+            if s.is_empty() || s.len() > 64 || s.contains(&b'/') || s.contains(&0) {
+                return Err("--suffix must be 1 to 64 bytes without '/' or NUL".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub role: Role,

@@ -111,13 +111,18 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
             if m.read_only {
                 return Err(format!("module {} is read-only", m.name));
             }
+            let mut options = r.options.clone();
+            // the daemon writes as itself: a client cannot hand files to other
+            // users (setuid and setgid bits are dropped by the receiver too)
+            options.owner = false;
+            options.group = false;
             Ok(Serve::Receive {
                 dest: if rest.is_empty() {
                     b"./".to_vec()
                 } else {
                     rest
                 },
-                options: r.options.clone(),
+                options,
                 beneath: Some(m.path.clone()),
             })
         }

@@ -344,6 +344,7 @@ fn check_request(r: &Request) -> Result<(), TransferError> {
     }
     crate::filter::Filters::new(&r.options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
+    r.options.validate().map_err(TransferError::Usage)?;
     Ok(())
 }
 

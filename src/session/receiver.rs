@@ -850,6 +850,14 @@ impl Receiver<'_> {
         } else {
             None
         };
+        // in a daemon module nothing becomes setuid or setgid
+        let mode = mode.map(|m| {
+            if self.beneath.is_some() {
+                m & !0o6000
+            } else {
+                m
+            }
+        });
         Meta {
             mode,
             mtime: self.opts.times.then_some(l.mtime),
