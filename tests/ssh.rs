@@ -138,3 +138,42 @@ fn unreachable_host_is_a_clear_error() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("ssh failed"), "{}", stderr(&o));
 }
+
+#[test]
+fn copy_id_installs_my_key_in_the_remote_daemons_authorized_keys() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let (mine, remote) = (t.path().join("mine"), t.path().join("remote"));
+    std::fs::create_dir(&remote).unwrap();
+    chmod(&remote, 0o700);
+    ok(ferry(["keygen", "--config-dir", &s(&mine)]));
+    // the remote ferry keeps its files in its own config directory: a wrapper
+    // given as --remote-ferry adds --config-dir after `trust add -`
+    let wrapper = t.path().join("remote-ferry.sh");
+    write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\" --config-dir {}\n",
+            ferry_bin().display(),
+            remote.display()
+        ),
+    );
+    chmod(&wrapper, 0o755);
+    ok(ferry([
+        "copy-id".to_string(),
+        "-e".into(),
+        sshd.rsh(),
+        "--remote-ferry".into(),
+        s(&wrapper),
+        "--config-dir".into(),
+        s(&mine),
+        "127.0.0.1".into(),
+    ]));
+    let installed = std::fs::read_to_string(remote.join("authorized_keys")).unwrap();
+    let public = std::fs::read_to_string(mine.join("id_ed25519.pub")).unwrap();
+    let key_b64 = public.split_whitespace().nth(1).unwrap();
+    assert!(installed.contains(key_b64), "{installed}");
+}
