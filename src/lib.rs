@@ -4,11 +4,12 @@
 //! with BLAKE3, and never leaves a half-written file at a final path.
 //!
 //! ```text
-//! cli ──► transfer ──► session (sender | receiver) ──► transport (ssh child, pipe)
-//!            │              │         │
-//!         location        proto     delta          fs (scan, dest: safe writes)
-//!                                     │
-//!                                   chunk (FastCDC + BLAKE3)
+//! cli ──► transfer ──► session (sender | receiver) ──► transport (ssh child, pipe, TLS)
+//!            │              │         │                          │
+//!         location        proto     delta      fs (scan,       trust (keys, authorized_keys,
+//!                                     │         dest)          known_hosts, verifiers)
+//!                                   chunk
+//!                                              server (the daemon: listeners, modules)
 //! ```
 //!
 //! `proto`, `chunk`, `delta` and `filter` are pure code over bytes; `fs` is the

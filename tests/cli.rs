@@ -418,9 +418,15 @@ fn usage_errors_exit_1_with_one_clear_line() {
     let o = ferry(["sync", "--bwlimit", "fast", "a", "b"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--bwlimit"), "{}", stderr(&o));
-    let o = ferry(["sync", "a", "h::mod/x"]);
+    let o = ferry(["sync", "a", "s3://bucket/x"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("daemon"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("s3://"), "{}", stderr(&o));
+    let o = ferry(["sync", "--host-key-check", "sometimes", "a", "b"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--host-key-check"), "{}", stderr(&o));
+    let o = ferry(["sync", "-b", "--suffix", "a/b", "a", "b"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--suffix"), "{}", stderr(&o));
 }
 
 #[test]
