@@ -22,7 +22,12 @@ fi
 
 work=$(mktemp -d /tmp/ferry-bench.XXXXXX)
 sshd_pid=
-cleanup() { [ -n "$sshd_pid" ] && kill "$sshd_pid" 2>/dev/null; rm -rf "$work"; }
+ferryd_pid=
+cleanup() {
+  [ -n "$sshd_pid" ] && kill "$sshd_pid" 2>/dev/null
+  [ -n "$ferryd_pid" ] && kill "$ferryd_pid" 2>/dev/null
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # --- a throwaway sshd on loopback -------------------------------------------
@@ -52,6 +57,16 @@ echo "[127.0.0.1]:$port $(cat "$work/host_key.pub")" > "$work/known_hosts"
 sshopts=(-F /dev/null -i "$work/id" -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR)
 rsh="ssh -p $port ${sshopts[*]}"
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+
+# --- a ferry daemon on loopback, with a client key it trusts ------------------
+"$ferry" keygen --config-dir "$work/fcfg" >/dev/null
+mkdir -p "$work/dcfg" && chmod 700 "$work/dcfg"
+"$ferry" trust add "$work/fcfg/id_ed25519.pub" --config-dir "$work/dcfg" >/dev/null
+"$ferry" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 --module "bench=$work" \
+  > "$work/ferryd.out" 2> "$work/ferryd.log" &
+ferryd_pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/ferryd.out" 2>/dev/null && break; sleep 0.05; done
+ferryd_addr=$(sed -n 's/^listening on //p' "$work/ferryd.out" | head -1)
 
 # --- data ---------------------------------------------------------------------
 src=$work/src
@@ -95,16 +110,19 @@ same() { # verify a destination equals the source subtree
 
 ferry_sync() { "$ferry" sync -a --stats -e "$rsh" --remote-ferry "$ferry" "$@"; }
 rsync_sync() { rsync -a --stats -e "$rsh" "$@"; }
+ferryd_sync() { "$ferry" sync -a --stats --config-dir "$work/fcfg" --host-key-check accept-new "$@"; }
 scp_copy() { scp -q -r -P "$port" "${sshopts[@]}" "$@"; }
 
-for tool in ferry rsync scp; do mkdir -p "$work/dst-$tool"; done
+for tool in ferry ferryd rsync scp; do mkdir -p "$work/dst-$tool"; done
 remote() { echo "127.0.0.1:$work/dst-$1/$2"; }
+daemon_url() { echo "ferry://$ferryd_addr/bench/dst-ferryd/$1"; }
 
 echo "== ${big_mib} MiB random file, fresh copy"
 run "big fresh" ferry ferry_sync "$src/big/" "$(remote ferry big)/"
+run "big fresh" ferryd ferryd_sync "$src/big/" "$(daemon_url big)/"
 run "big fresh" rsync rsync_sync "$src/big/" "$(remote rsync big)/"
 run "big fresh" scp scp_copy "$src/big" "$(remote scp '')"
-for tool in ferry rsync scp; do same "$src/big" "$work/dst-$tool/big"; done
+for tool in ferry ferryd rsync scp; do same "$src/big" "$work/dst-$tool/big"; done
 
 echo "== 1% in-place edit in 64 KiB regions"
 python3 - "$src/big/model.bin" <<'PY'
@@ -116,9 +134,10 @@ with open(p, "r+b") as f:
         f.seek((size // regions) * i + 7777); f.write(rnd.randbytes(65536))
 PY
 run "1% edit re-sync" ferry ferry_sync "$src/big/" "$(remote ferry big)/"
+run "1% edit re-sync" ferryd ferryd_sync "$src/big/" "$(daemon_url big)/"
 run "1% edit re-sync" rsync rsync_sync "$src/big/" "$(remote rsync big)/"
 run "1% edit re-sync" scp scp_copy "$src/big" "$(remote scp '')"
-for tool in ferry rsync scp; do same "$src/big" "$work/dst-$tool/big"; done
+for tool in ferry ferryd rsync scp; do same "$src/big" "$work/dst-$tool/big"; done
 
 echo "== 1 MiB inserted near the start"
 python3 - "$src/big/model.bin" <<'PY'
@@ -127,23 +146,26 @@ p = sys.argv[1]; data = open(p, "rb").read()
 open(p, "wb").write(data[:10000] + random.Random(9).randbytes(1 << 20) + data[10000:])
 PY
 run "1 MiB insert re-sync" ferry ferry_sync "$src/big/" "$(remote ferry big)/"
+run "1 MiB insert re-sync" ferryd ferryd_sync "$src/big/" "$(daemon_url big)/"
 run "1 MiB insert re-sync" rsync rsync_sync "$src/big/" "$(remote rsync big)/"
 run "1 MiB insert re-sync" scp scp_copy "$src/big" "$(remote scp '')"
-for tool in ferry rsync scp; do same "$src/big" "$work/dst-$tool/big"; done
+for tool in ferry ferryd rsync scp; do same "$src/big" "$work/dst-$tool/big"; done
 
 echo "== $small_files small files (1-16 KiB), fresh"
 run "small files fresh" ferry ferry_sync "$src/small/" "$(remote ferry small)/"
+run "small files fresh" ferryd ferryd_sync "$src/small/" "$(daemon_url small)/"
 run "small files fresh" rsync rsync_sync "$src/small/" "$(remote rsync small)/"
 run "small files fresh" scp scp_copy "$src/small" "$(remote scp '')"
-for tool in ferry rsync scp; do same "$src/small" "$work/dst-$tool/small"; done
+for tool in ferry ferryd rsync scp; do same "$src/small" "$work/dst-$tool/small"; done
 
 echo "== same tree, nothing changed, re-sync"
 run "small files unchanged" ferry ferry_sync "$src/small/" "$(remote ferry small)/"
+run "small files unchanged" ferryd ferryd_sync "$src/small/" "$(daemon_url small)/"
 run "small files unchanged" rsync rsync_sync "$src/small/" "$(remote rsync small)/"
 
 echo
-echo "| scenario | ferry s | rsync s | scp s | rsync/ferry | scp/ferry | ferry wire | rsync wire |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| scenario | ferry (ssh) s | ferry (daemon) s | rsync s | scp s | rsync/ferry-ssh | rsync/ferry-daemon | scp/ferry-daemon | ferry-daemon wire | rsync wire |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${results[@]}" | python3 -c '
 import sys
 rows = {}
@@ -154,11 +176,13 @@ for line in sys.stdin:
     rows[label][tool] = (float(secs), wire)
 def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "-"
+def t(x):
+    return f"{x[0]:.2f}" if x[0] else "-"
 for label in order:
     r = rows[label]
-    f = r.get("ferry", (0, "-")); rs = r.get("rsync", (0, "-")); sc = r.get("scp", (0, "-"))
-    scs = f"{sc[0]:.2f}" if sc[0] else "-"
-    print(f"| {label} | {f[0]:.2f} | {rs[0]:.2f} | {scs} | {ratio(rs[0], f[0])} | {ratio(sc[0], f[0])} | {f[1]} | {rs[1]} |")
+    f, d = r.get("ferry", (0, "-")), r.get("ferryd", (0, "-"))
+    rs, sc = r.get("rsync", (0, "-")), r.get("scp", (0, "-"))
+    print(f"| {label} | {t(f)} | {t(d)} | {t(rs)} | {t(sc)} | {ratio(rs[0], f[0])} | {ratio(rs[0], d[0])} | {ratio(sc[0], d[0])} | {d[1]} | {rs[1]} |")
 '
 echo
 echo "ratios > 1 mean ferry was faster; wire = bytes both ways on the connection (from --stats)"
