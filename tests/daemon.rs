@@ -365,3 +365,130 @@ fn a_backup_suffix_cannot_name_a_path() {
     assert!(!t.path().join("escaped").exists());
     assert_eq!(std::fs::read_to_string(module.join("f")).unwrap(), "old");
 }
+
+#[test]
+fn an_existing_ssh_key_is_the_identity_when_ferry_has_none() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    write(&t.path().join("f"), "via ssh key");
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    // a home whose ~/.ssh/id_ed25519 is the key the daemon trusts, and an empty
+    // ferry config directory
+    let home = t.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::copy(
+        d.client_dir().join("id_ed25519"),
+        home.join(".ssh/id_ed25519"),
+    )
+    .unwrap();
+    let empty = t.path().join("empty-config");
+    let o = std::process::Command::new(ferry_bin())
+        .env("HOME", &home)
+        .args([
+            "sync",
+            "--config-dir",
+            &s(&empty),
+            "--host-key-check",
+            "accept-new",
+        ])
+        .args([s(&t.path().join("f")), d.url("data/f")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(module.join("f")).unwrap(),
+        "via ssh key"
+    );
+}
+
+#[test]
+fn a_one_percent_edit_over_the_daemon_moves_under_two_percent() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let size = 64usize << 20;
+    let mut data = random_bytes(size, 21);
+    write(&t.path().join("big"), &data);
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    ok(sync(
+        &d,
+        &["-a", &s(&t.path().join("big")), &d.url("data/big")],
+    ));
+    for i in 0..10 {
+        let at = i * (size / 10) + 999;
+        data[at..at + 65536].copy_from_slice(&random_bytes(65536, 100 + i as u64));
+    }
+    write(&t.path().join("big"), &data);
+    let o = ok(sync(
+        &d,
+        &[
+            "-a",
+            "--stats",
+            &s(&t.path().join("big")),
+            &d.url("data/big"),
+        ],
+    ));
+    let (_, _, sent, received) = stats(&stdout(&o));
+    assert!(
+        sent + received <= size as u64 / 50,
+        "{} bytes on the wire",
+        sent + received
+    );
+    assert_eq!(std::fs::read(module.join("big")).unwrap(), data);
+}
+
+#[test]
+fn killed_daemon_restarted_resumes_from_the_partial_file() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let size: u64 = 96 << 20;
+    write(&t.path().join("big"), random_bytes(size as usize, 33));
+    let mut d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut args: Vec<String> = vec!["sync".into(), "--bwlimit".into(), "30M".into()];
+    args.extend(d.client_args());
+    args.extend([s(&t.path().join("big")), d.url("data/big")]);
+    let mut client = std::process::Command::new(ferry_bin())
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = module.join(".ferry-partial/big");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 24 << 20 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::process::Command::new("kill")
+        .args(["-KILL", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    d.wait(Duration::from_secs(5))
+        .expect("daemon survived SIGKILL");
+    let _ = client.wait();
+    assert!(
+        !module.join("big").exists(),
+        "a half-written file was published"
+    );
+    let have = std::fs::metadata(&partial).unwrap().len();
+    // the same daemon configuration again (a new port)
+    let dir = std::mem::replace(&mut d.dir, tmp());
+    drop(d);
+    let d = Daemon::spawn(dir, &[("data", &module, false)], &[]).unwrap();
+    let o = ok(sync(
+        &d,
+        &["--stats", &s(&t.path().join("big")), &d.url("data/big")],
+    ));
+    let (literal, matched, _, _) = stats(&stdout(&o));
+    assert!(
+        literal <= size - have + size / 20,
+        "resent {literal} with {have} of {size} already there"
+    );
+    assert!(matched >= have / 2, "reused only {matched}");
+    assert_eq!(
+        std::fs::read(module.join("big")).unwrap(),
+        random_bytes(size as usize, 33)
+    );
+    assert!(!module.join(".ferry-partial").exists());
+}
