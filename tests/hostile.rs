@@ -1,0 +1,339 @@
+//! A hostile sender, speaking ferry's real protocol through the real codec,
+//! against a real receiving client (a pull). Each case must end in a clear
+//! error naming what the peer did, with nothing written outside the
+//! destination and the destination's existing files untouched.
+
+mod util;
+use ferry::proto::frame::put_frame;
+use ferry::proto::{self, ChunkRef, Entry, Kind, ListStart, Message, Options, Request, Role};
+use ferry::session::wire::Counters;
+use ferry::session::{run_client, Cancel, Stream};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use util::*;
+
+fn entry(name: &str, kind: Kind, size: u64) -> Entry {
+    Entry {
+        name: name.as_bytes().to_vec(),
+        kind,
+        mode: 0o644,
+        mtime: 1_600_000_000,
+        mtime_nsec: 0,
+        size,
+        uid: 0,
+        gid: 0,
+        target: Vec::new(),
+        link_to: None,
+        checksum: None,
+    }
+}
+
+fn frame(msg: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_frame(&mut out, &msg.to_payload());
+    out
+}
+
+/// Runs a pull of `requested` into `dest` against a server that answers the
+/// handshake and then writes `script` (raw bytes), ignoring what the client says.
+fn pull_from_hostile(requested: &str, dest: &Path, script: Vec<u8>) -> Result<(), String> {
+    let (client_r, server_w) = std::io::pipe().unwrap();
+    let (server_r, client_w) = std::io::pipe().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut r = server_r;
+        let mut w = server_w;
+        let mut hello = [0u8; 9];
+        if r.read_exact(&mut hello).is_err() {
+            return;
+        }
+        let _ = w.write_all(&proto::server_hello(1));
+        // read the request frame
+        let mut len = [0u8; 4];
+        if r.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut req = vec![0u8; u32::from_le_bytes(len) as usize];
+        let _ = r.read_exact(&mut req);
+        let _ = w.write_all(&frame(&Message::Accept));
+        let _ = w.write_all(&script);
+        drop(w);
+        // swallow whatever the client says until it hangs up
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    let request = Request {
+        role: Role::ServerSends,
+        paths: vec![requested.as_bytes().to_vec()],
+        options: Options {
+            recursive: true,
+            links: true,
+            partial: true,
+            ..Options::default()
+        },
+    };
+    let result = run_client(
+        Stream {
+            reader: Box::new(client_r),
+            writer: Box::new(client_w),
+        },
+        request,
+        vec![dest.as_os_str().as_encoded_bytes().to_vec()],
+        &|_| {},
+        &Cancel::default(),
+        Arc::new(Counters::default()),
+    );
+    let _ = server.join();
+    result.map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn list(items: &[Message]) -> Vec<u8> {
+    let mut v = frame(&Message::ListStart(ListStart {
+        single_file: false,
+        single_dir: false,
+    }));
+    for m in items {
+        v.extend(frame(m));
+    }
+    v
+}
+
+/// A destination with a file that must survive, inside a parent that must stay empty.
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let t = tmp();
+    let dest = t.path().join("dest");
+    write(&dest.join("keep"), "precious");
+    (t, dest)
+}
+
+#[track_caller]
+fn assert_contained(t: &Path, dest: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(dest.join("keep")).unwrap(),
+        "precious"
+    );
+    let outside: Vec<_> = std::fs::read_dir(t)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        vec![std::ffi::OsString::from("dest")],
+        "something was written outside the destination"
+    );
+}
+
+#[test]
+fn hostile_names_are_refused() {
+    for bad in [
+        "..",
+        "../x",
+        "/etc/passwd",
+        "a/../../x",
+        "",
+        "a//b",
+        ".ferry-partial/x",
+        "x/.",
+    ] {
+        let (t, dest) = setup();
+        let mut e = entry("placeholder", Kind::File, 1);
+        e.name = bad.as_bytes().to_vec();
+        let err = pull_from_hostile("data/", &dest, list(&[Message::Entry(e)])).unwrap_err();
+        assert!(
+            err.contains("protocol error") && err.contains("bad name"),
+            "{bad:?}: {err}"
+        );
+        assert_contained(t.path(), &dest);
+    }
+    // NUL inside a name
+    let (t, dest) = setup();
+    let mut e = entry("a", Kind::File, 1);
+    e.name = b"a\0b".to_vec();
+    let err = pull_from_hostile("data/", &dest, list(&[Message::Entry(e)])).unwrap_err();
+    assert!(err.contains("NUL"), "{err}");
+    assert_contained(t.path(), &dest);
+}
+
+#[test]
+fn a_file_that_was_not_requested_is_refused() {
+    let (t, dest) = setup();
+    // asked for "data", the server answers with ".ssh/authorized_keys"
+    let items = [
+        Message::Entry(entry(".ssh", Kind::Dir, 0)),
+        Message::Entry(entry(".ssh/authorized_keys", Kind::File, 10)),
+    ];
+    let err = pull_from_hostile("data", &dest, list(&items)).unwrap_err();
+    assert!(err.contains("not requested"), "{err}");
+    assert!(!dest.join(".ssh").exists());
+    assert_contained(t.path(), &dest);
+}
+
+#[test]
+fn a_second_listing_or_an_orphan_is_refused() {
+    let (t, dest) = setup();
+    let items = [
+        Message::Entry(entry("a", Kind::File, 1)),
+        Message::Entry(entry("a", Kind::File, 1)),
+    ];
+    let err = pull_from_hostile("data/", &dest, list(&items)).unwrap_err();
+    assert!(err.contains("twice"), "{err}");
+    let items = [Message::Entry(entry("d/x", Kind::File, 1))];
+    let err = pull_from_hostile("data/", &dest, list(&items)).unwrap_err();
+    assert!(err.contains("before its directory"), "{err}");
+    assert_contained(t.path(), &dest);
+}
+
+#[test]
+fn writing_through_a_planted_symlink_is_refused() {
+    let (t, dest) = setup();
+    let mut link = entry("link", Kind::Symlink, 0);
+    link.target = b"../..".to_vec();
+    // the link is skipped (it leaves the tree); a file "through" it has no listed parent
+    let items = [
+        Message::Entry(link),
+        Message::Entry(entry("link/passwd", Kind::File, 4)),
+    ];
+    let err = pull_from_hostile("data/", &dest, list(&items)).unwrap_err();
+    assert!(err.contains("before its directory"), "{err}");
+    assert!(!dest.join("link").exists());
+    assert_contained(t.path(), &dest);
+    // and even a directory entry named like the link cannot be followed: it is
+    // created as a directory or refused, never resolved through a symlink
+    let (t, dest) = setup();
+    std::os::unix::fs::symlink(t.path(), dest.join("planted")).unwrap();
+    let items = [
+        Message::Entry(entry("planted", Kind::Dir, 0)),
+        Message::Entry(entry("planted/evil", Kind::File, 0)),
+        Message::Want {
+            file: 0,
+            delta: false,
+        },
+    ];
+    let _ = pull_from_hostile("data/", &dest, list(&items));
+    assert!(
+        !t.path().join("evil").exists(),
+        "wrote through a planted symlink"
+    );
+}
+
+#[test]
+fn data_that_was_not_asked_for_is_refused() {
+    let (t, dest) = setup();
+    // entry 0 is a directory: nobody asks for its data
+    let mut script = list(&[Message::Entry(entry("d", Kind::Dir, 0))]);
+    script.extend(frame(&Message::Data {
+        file: 0,
+        compressed: false,
+        raw_len: 3,
+        bytes: b"abc".to_vec(),
+    }));
+    let err = pull_from_hostile("data/", &dest, script).unwrap_err();
+    assert!(err.contains("not requested"), "{err}");
+    assert!(!dest.join("d").is_file());
+    assert_contained(t.path(), &dest);
+}
+
+#[test]
+fn an_oversized_frame_is_refused_before_allocation() {
+    let (t, dest) = setup();
+    let mut script = list(&[]);
+    script.extend_from_slice(&u32::MAX.to_le_bytes());
+    let err = pull_from_hostile("data/", &dest, script).unwrap_err();
+    assert!(err.contains("frame larger than the limit"), "{err}");
+    assert_contained(t.path(), &dest);
+}
+
+/// Answers the client's Want for file 0 with `data_frames`, then `end`.
+fn serve_file(entries: &[Message], data: Vec<Message>) -> Vec<u8> {
+    let mut script = list(entries);
+    script.extend(frame(&Message::ListEnd { io_error: false }));
+    for m in data {
+        script.extend(frame(&m));
+    }
+    script
+}
+
+#[test]
+fn a_decompression_bomb_is_refused() {
+    let (t, dest) = setup();
+    let bomb = zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap();
+    let script = serve_file(
+        &[Message::Entry(entry("f", Kind::File, 100))],
+        vec![Message::Data {
+            file: 0,
+            compressed: true,
+            raw_len: 100,
+            bytes: bomb,
+        }],
+    );
+    let err = pull_from_hostile("data/", &dest, script).unwrap_err();
+    assert!(err.contains("compressed"), "{err}");
+    assert!(!dest.join("f").exists());
+    assert_contained(t.path(), &dest);
+}
+
+#[test]
+fn a_size_or_hash_that_does_not_match_publishes_nothing() {
+    for (label, declared, sent, hash_of) in [
+        ("fewer bytes than declared", 10u64, &b"abc"[..], &b"abc"[..]),
+        ("wrong hash", 3, &b"abc"[..], &b"xyz"[..]),
+    ] {
+        let (t, dest) = setup();
+        write(&dest.join("f"), "old version");
+        let script = serve_file(
+            &[Message::Entry(entry("f", Kind::File, 3))],
+            vec![
+                Message::Data {
+                    file: 0,
+                    compressed: false,
+                    raw_len: sent.len() as u32,
+                    bytes: sent.to_vec(),
+                },
+                Message::FileEnd {
+                    file: 0,
+                    size: declared,
+                    hash: *blake3::hash(hash_of).as_bytes(),
+                },
+            ],
+        );
+        let _ = pull_from_hostile("data/", &dest, script);
+        assert_eq!(
+            std::fs::read_to_string(dest.join("f")).unwrap(),
+            "old version",
+            "{label}"
+        );
+        assert_contained(t.path(), &dest);
+    }
+}
+
+#[test]
+fn recipes_beyond_the_file_and_zero_length_chunks_are_refused() {
+    let (t, dest) = setup();
+    // an existing 128 KiB file makes the client ask for a recipe
+    write(&dest.join("f"), random_bytes(128 << 10, 1));
+    let huge = ChunkRef {
+        len: 64 << 10,
+        hash: [7; 32],
+    };
+    let recipe: Vec<ChunkRef> = std::iter::repeat_n(huge, 8192).collect();
+    let mut messages = vec![];
+    for _ in 0..4 {
+        messages.push(Message::Recipe {
+            file: 0,
+            chunks: recipe.clone(),
+        });
+    }
+    let script = serve_file(
+        &[Message::Entry(entry("f", Kind::File, 128 << 10))],
+        messages,
+    );
+    let err = pull_from_hostile("data/", &dest, script).unwrap_err();
+    assert!(
+        err.contains("recipe") || err.contains("short chunk"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("f")).unwrap(),
+        random_bytes(128 << 10, 1)
+    );
+    assert_contained(t.path(), &dest);
+}
