@@ -64,6 +64,17 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
         }
     }
     let remote_sources: Vec<&Location> = plan.sources.iter().filter(|l| !l.is_local()).collect();
+    // extra streams exist only to a daemon
+    let uses_daemon = plan
+        .sources
+        .iter()
+        .chain([&plan.dest])
+        .any(|l| matches!(l, Location::Daemon { .. }));
+    let mut plan = plan.clone();
+    if !uses_daemon {
+        plan.options.streams = 1;
+    }
+    let plan = &plan;
     let counters = Arc::new(Counters::default());
     let outcome = |summary: Summary| Outcome {
         summary,
@@ -104,19 +115,25 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
             finish_child(peer, result).map(outcome)
         }
         (Location::Daemon { host, port, path }, true) => {
-            let stream = daemon::connect(
-                host,
-                port.unwrap_or(crate::server::DEFAULT_PORT),
-                &plan.daemon,
-            )?;
+            let port = port.unwrap_or(crate::server::DEFAULT_PORT);
+            let stream = daemon::connect(host, port, &plan.daemon)?;
             let request = Request {
                 role: Role::ServerReceives,
                 paths: vec![path.clone()],
                 options: plan.options.clone(),
             };
             let sources = plan.sources.iter().map(local_path).collect();
-            session::run_client(stream, request, sources, events, cancel, counters.clone())
-                .map(outcome)
+            let more = || daemon::connect(host, port, &plan.daemon);
+            session::run_client_streams(
+                stream,
+                request,
+                sources,
+                events,
+                cancel,
+                counters.clone(),
+                Some(&more),
+            )
+            .map(outcome)
         }
         (Location::Local(dest), false) => {
             let first = remote_sources[0];
@@ -160,13 +177,19 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
                     finish_child(peer, result).map(outcome)
                 }
                 Location::Daemon { host, port, .. } => {
-                    let stream = daemon::connect(
-                        host,
-                        port.unwrap_or(crate::server::DEFAULT_PORT),
-                        &plan.daemon,
-                    )?;
-                    session::run_client(stream, request, dest, events, cancel, counters.clone())
-                        .map(outcome)
+                    let port = port.unwrap_or(crate::server::DEFAULT_PORT);
+                    let stream = daemon::connect(host, port, &plan.daemon)?;
+                    let more = || daemon::connect(host, port, &plan.daemon);
+                    session::run_client_streams(
+                        stream,
+                        request,
+                        dest,
+                        events,
+                        cancel,
+                        counters.clone(),
+                        Some(&more),
+                    )
+                    .map(outcome)
                 }
                 _ => unreachable!("remote sources are ssh or daemon"),
             }

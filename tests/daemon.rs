@@ -446,7 +446,13 @@ fn killed_daemon_restarted_resumes_from_the_partial_file() {
     let size: u64 = 96 << 20;
     write(&t.path().join("big"), random_bytes(size as usize, 33));
     let mut d = Daemon::start(&[("data", &module, false)], "", &[]);
-    let mut args: Vec<String> = vec!["sync".into(), "--bwlimit".into(), "30M".into()];
+    let mut args: Vec<String> = vec![
+        "sync".into(),
+        "--streams".into(),
+        "1".into(),
+        "--bwlimit".into(),
+        "30M".into(),
+    ];
     args.extend(d.client_args());
     args.extend([s(&t.path().join("big")), d.url("data/big")]);
     let mut client = std::process::Command::new(ferry_bin())
@@ -478,7 +484,13 @@ fn killed_daemon_restarted_resumes_from_the_partial_file() {
     let d = Daemon::spawn(dir, &[("data", &module, false)], &[]).unwrap();
     let o = ok(sync(
         &d,
-        &["--stats", &s(&t.path().join("big")), &d.url("data/big")],
+        &[
+            "--stats",
+            "--streams",
+            "1",
+            &s(&t.path().join("big")),
+            &d.url("data/big"),
+        ],
     ));
     let (literal, matched, _, _) = stats(&stdout(&o));
     assert!(
@@ -491,4 +503,116 @@ fn killed_daemon_restarted_resumes_from_the_partial_file() {
         random_bytes(size as usize, 33)
     );
     assert!(!module.join(".ferry-partial").exists());
+}
+
+#[test]
+fn a_large_file_over_four_streams_arrives_intact_both_ways() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let size = 256usize << 20;
+    write(&t.path().join("big"), random_bytes(size, 44));
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let o = ok(sync(
+        &d,
+        &[
+            "--stats",
+            "--streams",
+            "4",
+            &s(&t.path().join("big")),
+            &d.url("data/big"),
+        ],
+    ));
+    let (literal, _, sent, _) = stats(&stdout(&o));
+    assert_eq!(literal, size as u64);
+    assert!(
+        sent >= size as u64,
+        "the counters missed the extra streams: {sent}"
+    );
+    assert_eq!(
+        std::fs::read(module.join("big")).unwrap(),
+        random_bytes(size, 44)
+    );
+    let pulled = t.path().join("pulled");
+    std::fs::create_dir(&pulled).unwrap();
+    ok(sync(
+        &d,
+        &["--streams", "4", &d.url("data/big"), &s(&pulled)],
+    ));
+    assert_eq!(
+        std::fs::read(pulled.join("big")).unwrap(),
+        random_bytes(size, 44)
+    );
+    // two transfers of four connections each
+    assert_eq!(d.log().matches("authenticated").count(), 8, "{}", d.log());
+}
+
+#[test]
+fn killed_daemon_with_four_streams_resumes_with_only_the_missing_data() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let size: u64 = 128 << 20;
+    write(&t.path().join("big"), random_bytes(size as usize, 55));
+    let mut d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut args: Vec<String> = vec![
+        "sync".into(),
+        "--streams".into(),
+        "4".into(),
+        "--bwlimit".into(),
+        "8M".into(),
+    ];
+    args.extend(d.client_args());
+    args.extend([s(&t.path().join("big")), d.url("data/big")]);
+    let mut client = std::process::Command::new(ferry_bin())
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = module.join(".ferry-partial/big");
+    let allocated = || {
+        std::fs::metadata(&partial)
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while allocated() < 32 << 20 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::process::Command::new("kill")
+        .args(["-KILL", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    d.wait(Duration::from_secs(5))
+        .expect("daemon survived SIGKILL");
+    let _ = client.wait();
+    assert!(
+        !module.join("big").exists(),
+        "a half-written file was published"
+    );
+    let have = allocated();
+    let dir = std::mem::replace(&mut d.dir, tmp());
+    drop(d);
+    let d = Daemon::spawn(dir, &[("data", &module, false)], &[]).unwrap();
+    let o = ok(sync(
+        &d,
+        &[
+            "--stats",
+            "--streams",
+            "4",
+            &s(&t.path().join("big")),
+            &d.url("data/big"),
+        ],
+    ));
+    let (literal, _, _, _) = stats(&stdout(&o));
+    assert!(
+        literal <= size - have + size / 20,
+        "resent {literal} with {have} of {size} already there"
+    );
+    assert_eq!(
+        std::fs::read(module.join("big")).unwrap(),
+        random_bytes(size as usize, 55)
+    );
 }

@@ -337,3 +337,81 @@ fn recipes_beyond_the_file_and_zero_length_chunks_are_refused() {
     );
     assert_contained(t.path(), &dest);
 }
+
+fn segment(offset: u64, bytes: &[u8]) -> Message {
+    Message::Segment {
+        file: 0,
+        offset,
+        compressed: false,
+        raw_len: bytes.len() as u32,
+        bytes: bytes.to_vec(),
+    }
+}
+
+#[test]
+fn lying_segments_are_refused_and_publish_nothing() {
+    let f = || Message::Entry(entry("f", Kind::File, 1000));
+    // overlapping segments
+    let (t, dest) = setup();
+    let script = serve_file(&[f()], vec![segment(0, &[1; 500]), segment(100, &[2; 100])]);
+    let err = pull_from_hostile("data/", &dest, script).unwrap_err();
+    assert!(err.contains("overlapping"), "{err}");
+    assert!(!dest.join("f").exists());
+    assert_contained(t.path(), &dest);
+    // a segment far beyond the file
+    let (t, dest) = setup();
+    let script = serve_file(&[f()], vec![segment(40 << 30, &[1; 10])]);
+    let err = pull_from_hostile("data/", &dest, script).unwrap_err();
+    assert!(err.contains("beyond its size"), "{err}");
+    assert_contained(t.path(), &dest);
+    // a segment whose hash lies
+    let (t, dest) = setup();
+    let script = serve_file(
+        &[f()],
+        vec![
+            segment(0, &[1; 1000]),
+            Message::SegmentEnd {
+                file: 0,
+                offset: 0,
+                len: 1000,
+                hash: *blake3::hash(&[2; 1000]).as_bytes(),
+            },
+        ],
+    );
+    let err = pull_from_hostile("data/", &dest, script).unwrap_err();
+    assert!(err.contains("does not match its BLAKE3"), "{err}");
+    assert!(!dest.join("f").exists());
+    assert_contained(t.path(), &dest);
+    // segments that do not make up the file the end describes: never published
+    let (t, dest) = setup();
+    write(&dest.join("f"), "old version");
+    let mut manifest = blake3::Hasher::new();
+    manifest.update(blake3::hash(&[1; 500]).as_bytes());
+    let script = serve_file(
+        &[Message::Entry(Entry {
+            mtime: 1_700_000_000,
+            ..entry("f", Kind::File, 1000)
+        })],
+        vec![
+            segment(0, &[1; 500]),
+            Message::SegmentEnd {
+                file: 0,
+                offset: 0,
+                len: 500,
+                hash: *blake3::hash(&[1; 500]).as_bytes(),
+            },
+            // claims the whole 1000 bytes while only 500 came in segments
+            Message::FileEnd {
+                file: 0,
+                size: 1000,
+                hash: *manifest.finalize().as_bytes(),
+            },
+        ],
+    );
+    let _ = pull_from_hostile("data/", &dest, script);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("f")).unwrap(),
+        "old version"
+    );
+    assert_contained(t.path(), &dest);
+}

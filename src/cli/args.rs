@@ -134,6 +134,10 @@ pub struct SyncArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
+    /// Connections to a daemon (large files are split across them; default:
+    /// one per core, at most 4)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub streams: Option<u8>,
     #[command(flatten)]
     pub daemon: DaemonFlags,
     /// Print help
@@ -191,6 +195,9 @@ pub struct CpArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
+    /// Connections to a daemon (large files are split across them)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub streams: Option<u8>,
     /// Sources, then the destination
     #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
     pub paths: Vec<OsString>,

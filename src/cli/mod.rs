@@ -120,6 +120,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         partial: !a.no_partial || a.partial_progress,
         cp_mode: false,
         dirs: false,
+        streams: a.streams.unwrap_or_else(default_streams),
         backup_suffix: a
             .backup
             .then(|| a.suffix.clone().unwrap_or_else(|| "~".into()).into_bytes()),
@@ -155,6 +156,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         times: a.preserve,
         partial: true,
         cp_mode: true,
+        streams: a.streams.unwrap_or_else(default_streams),
         bwlimit: a.limit.map(|kbit| kbit * 1000 / 8).unwrap_or(0),
         ..Default::default()
     };
@@ -182,6 +184,13 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let printer = Printer::new(a.verbose as u8, a.quiet, tty && !a.quiet, false, false);
     run_plan(&plan, &printer, false)
+}
+
+/// One stream per core, at most 4 (used only with a daemon).
+fn default_streams() -> u8 {
+    std::thread::available_parallelism()
+        .map(|n| n.get().min(4) as u8)
+        .unwrap_or(1)
 }
 
 /// Daemon-client flags, checked.

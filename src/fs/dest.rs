@@ -555,6 +555,17 @@ impl TempFile {
         self.flushed = self.pos;
     }
 
+    /// Writes bytes at `offset` (a segment of a file arriving over several
+    /// streams); the file's length is the furthest byte written.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if !(self.sparse && data.iter().all(|&b| b == 0)) {
+            self.file.write_all_at(data, offset)?;
+        }
+        self.pos = self.pos.max(end);
+        Ok(())
+    }
+
     /// Reads back bytes already written (a chunk that repeats in the file).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)

@@ -118,6 +118,11 @@ impl<'a> Reader<'a> {
         h.copy_from_slice(self.take(32, what)?);
         Ok(h)
     }
+    pub fn token(&mut self, what: &'static str) -> Result<[u8; 16], DecodeError> {
+        let mut t = [0u8; 16];
+        t.copy_from_slice(self.take(16, what)?);
+        Ok(t)
+    }
     pub fn finish(&self, what: &'static str) -> Result<(), DecodeError> {
         if self.remaining() != 0 {
             return Err(DecodeError::TrailingBytes(what));

@@ -141,6 +141,9 @@ pub enum Role {
     ServerReceives,
     /// The server lists the modules this client may see (`ferry ls host::`).
     ListModules,
+    /// This connection joins a running transfer as an extra stream; `paths[0]`
+    /// is the token the server gave that transfer.
+    JoinStream,
 }
 
 /// How the transfer behaves; carried in the request so both sides agree.
@@ -175,6 +178,9 @@ pub struct Options {
     pub filters: Vec<(bool, Vec<u8>)>,
     /// Sender-side rate limit in bytes per second (0: none).
     pub bwlimit: u64,
+    /// Connections to use (the daemon only): large files are cut into segments
+    /// sent over all of them.
+    pub streams: u8,
 }
 
 const OPT_FLAGS: [fn(&mut Options) -> &mut bool; 18] = [
@@ -366,6 +372,26 @@ pub enum Message {
     Bye,
     /// The daemon's answer to `ListModules`.
     Modules(Vec<ModuleInfo>),
+    /// After `Accept`, when streams were asked for: the token extra connections
+    /// join with (all zero: this server has no extra streams).
+    StreamToken([u8; 16]),
+    /// Literal bytes of `file` at `offset`, part of one segment sent on one
+    /// stream, in order within the segment.
+    Segment {
+        file: u32,
+        offset: u64,
+        compressed: bool,
+        raw_len: u32,
+        bytes: Vec<u8>,
+    },
+    /// The segment of `file` that started at `offset` is complete: `len`
+    /// bytes with this BLAKE3.
+    SegmentEnd {
+        file: u32,
+        offset: u64,
+        len: u64,
+        hash: [u8; 32],
+    },
 }
 
 /// A module as `ferry ls host::` shows it.
@@ -375,6 +401,9 @@ pub struct ModuleInfo {
     pub comment: String,
     pub read_only: bool,
 }
+
+/// Most streams one transfer may use.
+pub const MAX_STREAMS: u8 = 16;
 
 /// Most modules in one listing.
 pub const MAX_MODULES: usize = 4096;
@@ -397,6 +426,9 @@ mod tag {
     pub const FINISH: u8 = 15;
     pub const BYE: u8 = 16;
     pub const MODULES: u8 = 17;
+    pub const STREAM_TOKEN: u8 = 18;
+    pub const SEGMENT: u8 = 19;
+    pub const SEGMENT_END: u8 = 20;
 }
 
 impl Message {
@@ -420,6 +452,9 @@ impl Message {
             Message::Finish(_) => "Finish",
             Message::Bye => "Bye",
             Message::Modules(_) => "Modules",
+            Message::StreamToken(_) => "StreamToken",
+            Message::Segment { .. } => "Segment",
+            Message::SegmentEnd { .. } => "SegmentEnd",
         }
     }
 
@@ -432,6 +467,7 @@ impl Message {
                     Role::ServerSends => 0,
                     Role::ServerReceives => 1,
                     Role::ListModules => 2,
+                    Role::JoinStream => 3,
                 });
                 w.varint(r.paths.len() as u64);
                 for p in &r.paths {
@@ -530,6 +566,32 @@ impl Message {
                 w.bool(s.delete_skipped);
             }
             Message::Bye => w.u8(tag::BYE),
+            Message::StreamToken(t) => {
+                w.u8(tag::STREAM_TOKEN);
+                w.buf.extend_from_slice(t);
+            }
+            Message::Segment {
+                file,
+                offset,
+                compressed,
+                raw_len,
+                bytes,
+            } => {
+                encode_segment_header(w, *file, *offset, *compressed, *raw_len, bytes.len());
+                w.buf.extend_from_slice(bytes);
+            }
+            Message::SegmentEnd {
+                file,
+                offset,
+                len,
+                hash,
+            } => {
+                w.u8(tag::SEGMENT_END);
+                w.varint(*file as u64);
+                w.varint(*offset);
+                w.varint(*len);
+                w.hash(hash);
+            }
             Message::Modules(list) => {
                 w.u8(tag::MODULES);
                 w.varint(list.len() as u64);
@@ -560,6 +622,7 @@ impl Message {
                     0 => Role::ServerSends,
                     1 => Role::ServerReceives,
                     2 => Role::ListModules,
+                    3 => Role::JoinStream,
                     _ => return Err(DecodeError::Invalid("role")),
                 };
                 let n = r.count(MAX_PATHS, "path count")?;
@@ -686,6 +749,30 @@ impl Message {
                 })
             }
             tag::BYE => Message::Bye,
+            tag::STREAM_TOKEN => Message::StreamToken(r.token("stream token")?),
+            tag::SEGMENT => {
+                let file = file_index(&mut r)?;
+                let offset = r.varint("segment offset")?;
+                let compressed = r.bool("compressed")?;
+                let raw_len = r.count(BLOCK_SIZE, "data length")? as u32;
+                let bytes = r.bytes(BLOCK_SIZE + 1024, "data")?.to_vec();
+                if !compressed && bytes.len() != raw_len as usize {
+                    return Err(DecodeError::Invalid("data length"));
+                }
+                Message::Segment {
+                    file,
+                    offset,
+                    compressed,
+                    raw_len,
+                    bytes,
+                }
+            }
+            tag::SEGMENT_END => Message::SegmentEnd {
+                file: file_index(&mut r)?,
+                offset: r.varint("segment offset")?,
+                len: r.varint("segment length")?,
+                hash: r.hash("segment hash")?,
+            },
             tag::MODULES => {
                 let n = r.count(MAX_MODULES, "module count")?;
                 let mut list = Vec::with_capacity(n.min(64));
@@ -704,6 +791,23 @@ impl Message {
         r.finish(msg.name())?;
         Ok(msg)
     }
+}
+
+/// Writes everything of a `Segment` message but its bytes.
+pub fn encode_segment_header(
+    w: &mut Writer,
+    file: u32,
+    offset: u64,
+    compressed: bool,
+    raw_len: u32,
+    len: usize,
+) {
+    w.u8(tag::SEGMENT);
+    w.varint(file as u64);
+    w.varint(offset);
+    w.bool(compressed);
+    w.varint(raw_len as u64);
+    w.varint(len as u64);
 }
 
 /// Writes everything of a `Data` message but its bytes, so that a sender can
@@ -742,6 +846,7 @@ fn encode_options(o: &Options, w: &mut Writer) {
         w.bytes(pat);
     }
     w.varint(o.bwlimit);
+    w.u8(o.streams);
 }
 
 fn decode_options(r: &mut Reader) -> Result<Options, DecodeError> {
@@ -763,6 +868,13 @@ fn decode_options(r: &mut Reader) -> Result<Options, DecodeError> {
             .push((include, r.bytes(MAX_PATH, "filter pattern")?.to_vec()));
     }
     o.bwlimit = r.varint("bwlimit")?;
+    o.streams = r.u8("streams")?;
+    if o.streams > MAX_STREAMS {
+        return Err(DecodeError::TooLarge {
+            what: "stream count",
+            limit: MAX_STREAMS as usize,
+        });
+    }
     Ok(o)
 }
 

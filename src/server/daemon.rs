@@ -105,6 +105,7 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
                 confine: Some(m.path.clone()),
             })
         }
+        Role::JoinStream => Err("a stream join is not a request".into()),
         Role::ServerReceives => {
             let (m, rest) = module_of(modules, &r.paths[0])?;
             grant.check(fp, &m.name, true).map_err(|e| e.to_string())?;
@@ -145,7 +146,11 @@ struct Shared {
     sessions: AtomicUsize,
     /// Connections still authenticating, oldest first, to evict when full.
     startups: std::sync::Mutex<std::collections::VecDeque<(u64, TcpStream)>>,
+    /// Transfers that extra streams may join: token → (client key, queue).
+    joins: std::sync::Mutex<JoinRegistry>,
 }
+
+type JoinRegistry = std::collections::HashMap<[u8; 16], (String, std::sync::mpsc::Sender<Stream>)>;
 
 impl Shared {
     /// Registers a new unauthenticated connection, dropping the oldest one if
@@ -232,7 +237,32 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
         }
         d
     };
-    match session::serve_with(stream, &policy) {
+    // extra streams may join this transfer, from the same key only
+    let registered = std::cell::RefCell::new(Vec::new());
+    let lock_joins = || shared.joins.lock().unwrap_or_else(|p| p.into_inner());
+    let register = || {
+        let mut token = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut token).expect("system randomness");
+        let (tx, rx) = std::sync::mpsc::channel();
+        lock_joins().insert(token, (fp.clone(), tx));
+        registered.borrow_mut().push(token);
+        (token, rx)
+    };
+    let join = |t: &[u8; 16]| {
+        lock_joins()
+            .get(t)
+            .filter(|(owner, _)| *owner == fp)
+            .map(|(_, tx)| tx.clone())
+    };
+    let streams = session::Streams {
+        register: &register,
+        join: &join,
+    };
+    let result = session::serve_with(stream, &policy, Some(&streams));
+    for t in registered.borrow().iter() {
+        lock_joins().remove(t);
+    }
+    match result {
         Ok(s) => {
             info!(%peer, fingerprint = %fp, files = s.files, transferred = s.transferred, "done")
         }
@@ -286,6 +316,7 @@ pub fn run(
         active: AtomicUsize::new(0),
         sessions: AtomicUsize::new(0),
         startups: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        joins: std::sync::Mutex::new(Default::default()),
     });
     let mut next_id = 0u64;
     while !shutdown.load(Ordering::Relaxed) {

@@ -58,8 +58,57 @@ pub fn run_client(
     cancel: &Cancel,
     counters: Arc<Counters>,
 ) -> Result<Summary, TransferError> {
+    run_client_streams(stream, request, local_paths, events, cancel, counters, None)
+}
+
+/// Opens a further connection to the same server (for extra streams).
+pub type Connect<'a> = dyn Fn() -> Result<Stream, TransferError> + 'a;
+
+/// Joins an extra stream to the transfer the server gave `token`.
+fn join_stream(
+    stream: Stream,
+    token: [u8; 16],
+    counters: Arc<Counters>,
+) -> Result<Stream, TransferError> {
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters);
+    writer.raw(&proto::client_hello())?;
+    proto::check_server_hello(&reader.raw::<7>()?)?;
+    writer.send(&Message::Request(Request {
+        role: Role::JoinStream,
+        paths: vec![token.to_vec()],
+        options: Options::default(),
+    }))?;
+    writer.flush()?;
+    match reader.expect()? {
+        Message::Accept => {}
+        Message::Fatal(t) => return Err(TransferError::Remote(text(&t))),
+        other => {
+            return Err(TransferError::PeerMisbehaved(format!(
+                "answered a stream join with {}",
+                other.name()
+            )))
+        }
+    }
+    Ok(Stream {
+        reader: Box::new(reader.into_inner()),
+        writer: Box::new(writer.into_inner()?),
+    })
+}
+
+/// Like [`run_client`], opening `request.options.streams - 1` extra streams
+/// with `connect` when the server offers them.
+pub fn run_client_streams(
+    stream: Stream,
+    request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: Arc<Counters>,
+    connect: Option<&Connect<'_>>,
+) -> Result<Summary, TransferError> {
+    let mut reader = FrameReader::new(stream.reader, counters.clone());
+    let mut writer = FrameWriter::new(stream.writer, counters.clone());
     writer.raw(&proto::client_hello())?;
     let reply = reader.raw::<7>()?;
     proto::check_server_hello(&reply)?;
@@ -75,6 +124,30 @@ pub fn run_client(
             )))
         }
     }
+    let mut extra = Vec::new();
+    if request.options.streams > 1 {
+        let token = match reader.expect()? {
+            Message::StreamToken(t) => t,
+            other => {
+                return Err(TransferError::PeerMisbehaved(format!(
+                    "sent {} instead of a stream token",
+                    other.name()
+                )))
+            }
+        };
+        if let (true, Some(connect)) = (token != [0; 16], connect) {
+            for _ in 1..request.options.streams {
+                extra.push(join_stream(connect()?, token, counters.clone())?);
+            }
+        }
+    }
+    let joins = (!extra.is_empty()).then(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for s in extra {
+            let _ = tx.send(s);
+        }
+        rx
+    });
     match request.role {
         Role::ServerReceives => sender::run(
             reader,
@@ -84,11 +157,12 @@ pub fn run_client(
                 options: request.options,
                 events: Some(events),
                 confine: None,
+                joins,
             },
             cancel,
         ),
-        Role::ListModules => Err(TransferError::Usage(
-            "use list_modules for a module listing".into(),
+        Role::ListModules | Role::JoinStream => Err(TransferError::Usage(
+            "list_modules and stream joins are not transfers".into(),
         )),
         Role::ServerSends => {
             let dest = local_paths.into_iter().next().unwrap_or_default();
@@ -101,6 +175,7 @@ pub fn run_client(
                     events: Some(events),
                     requested: Some(request.paths),
                     beneath: None,
+                    joins,
                 },
                 cancel,
             )
@@ -147,17 +222,30 @@ pub fn stdio_policy(r: &Request) -> Result<Serve, String> {
             beneath: None,
         }),
         Role::ListModules => Err("module listings need the ferry daemon (host::), not ssh".into()),
+        Role::JoinStream => Err("extra streams need the ferry daemon".into()),
     }
+}
+
+/// How a server lets extra streams join its transfers (the daemon's registry).
+pub struct Streams<'a> {
+    /// A new token and the queue joined streams arrive on.
+    pub register: &'a dyn Fn() -> ([u8; 16], std::sync::mpsc::Receiver<Stream>),
+    /// Where a stream joining with this token goes (`None`: unknown token).
+    pub join: &'a dyn Fn(&[u8; 16]) -> Option<std::sync::mpsc::Sender<Stream>>,
 }
 
 /// The server's side: answer the handshake, check the request, and run the
 /// half it asks for. Events go to the client.
 pub fn serve(stream: Stream) -> Result<Summary, TransferError> {
-    serve_with(stream, &stdio_policy)
+    serve_with(stream, &stdio_policy, None)
 }
 
 /// Like [`serve`], with a policy deciding what each request may do.
-pub fn serve_with(stream: Stream, policy: &Policy) -> Result<Summary, TransferError> {
+pub fn serve_with(
+    stream: Stream,
+    policy: &Policy,
+    streams: Option<&Streams>,
+) -> Result<Summary, TransferError> {
     let counters = Arc::new(Counters::default());
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters);
@@ -179,6 +267,26 @@ pub fn serve_with(stream: Stream, policy: &Policy) -> Result<Summary, TransferEr
             )))
         }
     };
+    if request.role == Role::JoinStream {
+        let target = request
+            .paths
+            .first()
+            .and_then(|t| <[u8; 16]>::try_from(t.as_slice()).ok())
+            .and_then(|t| streams.and_then(|s| (s.join)(&t)));
+        let Some(target) = target else {
+            let e = TransferError::Usage("no transfer to join with that token".into());
+            writer.send(&Message::Fatal(e.to_string().into_bytes()))?;
+            writer.flush()?;
+            return Err(e);
+        };
+        writer.send(&Message::Accept)?;
+        let stream = Stream {
+            reader: Box::new(reader.into_inner()),
+            writer: Box::new(writer.into_inner()?),
+        };
+        let _ = target.send(stream);
+        return Ok(Summary::default());
+    }
     let decided =
         check_request(&request).and_then(|_| policy(&request).map_err(TransferError::Usage));
     let serve = match decided {
@@ -195,6 +303,21 @@ pub fn serve_with(stream: Stream, policy: &Policy) -> Result<Summary, TransferEr
         return Ok(Summary::default());
     }
     writer.send(&Message::Accept)?;
+    let wants_streams = match &serve {
+        Serve::Send { options, .. } | Serve::Receive { options, .. } => options.streams > 1,
+        Serve::Modules(_) => false,
+    };
+    let mut joins = None;
+    if wants_streams {
+        match streams {
+            Some(s) => {
+                let (token, rx) = (s.register)();
+                writer.send(&Message::StreamToken(token))?;
+                joins = Some(rx);
+            }
+            None => writer.send(&Message::StreamToken([0; 16]))?,
+        }
+    }
     let cancel = Cancel::default();
     match serve {
         Serve::Send {
@@ -209,6 +332,7 @@ pub fn serve_with(stream: Stream, policy: &Policy) -> Result<Summary, TransferEr
                 options,
                 events: None,
                 confine,
+                joins,
             },
             &cancel,
         ),
@@ -225,6 +349,7 @@ pub fn serve_with(stream: Stream, policy: &Policy) -> Result<Summary, TransferEr
                 events: None,
                 requested: None,
                 beneath,
+                joins,
             },
             &cancel,
         ),

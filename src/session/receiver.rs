@@ -43,6 +43,25 @@ pub struct Config<'a> {
     /// A daemon module root: `dest` is relative to it and resolved without
     /// following symlinks.
     pub beneath: Option<PathBuf>,
+    /// Extra streams joining this transfer (segments of large files).
+    pub joins: Option<mpsc::Receiver<super::Stream>>,
+}
+
+/// Frames from the transfer's streams, in one queue.
+enum Inbound {
+    Primary(Result<Option<Message>, TransferError>),
+    Secondary(Result<Message, TransferError>),
+}
+
+/// Frames waiting for the receiver: bounded, so that a fast sender is held
+/// back by TCP instead of filling memory.
+const INBOUND_DEPTH: usize = 64;
+
+/// One segment of a file arriving on some stream.
+struct SegmentState {
+    start: u64,
+    next: u64,
+    hasher: blake3::Hasher,
 }
 
 /// Files requested and not yet complete, at most this many…
@@ -123,6 +142,16 @@ enum Incoming {
         size: u64,
         hash: [u8; 32],
     },
+    /// Receiving a whole file in segments over several streams.
+    Segmented {
+        temp: TempFile,
+        /// Segments in progress, by the offset their next bytes go to.
+        active: HashMap<u64, SegmentState>,
+        /// Verified segments: (start, length, BLAKE3).
+        done: Vec<(u64, u64, [u8; 32])>,
+        /// The sender's FileEnd (size, hash of the segment hashes), once seen.
+        end: Option<(u64, [u8; 32])>,
+    },
     /// Given up after a local error; what still arrives for it is ignored.
     Failed,
 }
@@ -157,6 +186,8 @@ struct Receiver<'a> {
     is_root: bool,
     buf: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
+    /// Files given up on: late frames for them (from other streams) are ignored.
+    failed_files: HashSet<u32>,
     /// Bytes of each file in flight already counted in progress events.
     progress: HashMap<u32, u64>,
     /// Bytes of the listed files that are done (sent, reused or up to date).
@@ -178,13 +209,61 @@ struct Requested {
 pub fn run<R, W>(
     mut reader: FrameReader<R>,
     writer: FrameWriter<W>,
-    cfg: Config,
+    mut cfg: Config,
     cancel: &Cancel,
 ) -> Result<Summary, TransferError>
 where
-    R: Read,
+    R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
+    let (in_tx, inbound) = mpsc::sync_channel::<Inbound>(INBOUND_DEPTH);
+    let counters = reader.counters();
+    {
+        let tx = in_tx.clone();
+        std::thread::Builder::new()
+            .name("ferry-recv-rx".into())
+            .spawn(move || loop {
+                let m = reader.recv();
+                let more = matches!(m, Ok(Some(_)));
+                if tx.send(Inbound::Primary(m)).is_err() || !more {
+                    return;
+                }
+            })
+            .map_err(|e| TransferError::local("thread", &e))?;
+    }
+    if let Some(joins) = cfg.joins.take() {
+        let tx = in_tx.clone();
+        std::thread::Builder::new()
+            .name("ferry-recv-joins".into())
+            .spawn(move || {
+                for stream in joins {
+                    let tx = tx.clone();
+                    let counters = counters.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("ferry-recv-segments".into())
+                        .spawn(move || {
+                            let _keep_open = stream.writer;
+                            let mut r = FrameReader::new(stream.reader, counters);
+                            loop {
+                                match r.recv() {
+                                    Ok(Some(m)) => {
+                                        if tx.send(Inbound::Secondary(Ok(m))).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Ok(None) => return,
+                                    Err(e) => {
+                                        let _ = tx.send(Inbound::Secondary(Err(e)));
+                                        return;
+                                    }
+                                }
+                            }
+                        });
+                }
+            })
+            .map_err(|e| TransferError::local("thread", &e))?;
+    }
+    drop(in_tx);
     let (out, rx) = mpsc::channel::<Message>();
     let writer_thread = std::thread::Builder::new()
         .name("ferry-recv-tx".into())
@@ -236,11 +315,12 @@ where
         buf: vec![0; BLOCK_SIZE.max(MAX_CHUNK)],
         decompressor: zstd::bulk::Decompressor::new()
             .map_err(|e| TransferError::local("zstd", &e))?,
+        failed_files: HashSet::new(),
         progress: HashMap::new(),
         bytes_done: 0,
         touched: false,
     };
-    let result = r.run(&mut reader, cancel);
+    let result = r.run(&inbound, cancel);
     match result {
         Ok(summary) => {
             drop(r);
@@ -317,12 +397,30 @@ impl Receiver<'_> {
         self.emit(EventKind::Error, name, 0, 0, text);
     }
 
-    fn run<R: Read>(
+    /// The next frame from any stream. Extra streams may only carry segments.
+    fn next(&self, inbound: &mpsc::Receiver<Inbound>) -> Result<Message, TransferError> {
+        match inbound.recv() {
+            Ok(Inbound::Primary(Ok(Some(m)))) => Ok(m),
+            Ok(Inbound::Primary(Ok(None))) | Err(_) => Err(TransferError::Connection(
+                "the peer closed the connection".into(),
+            )),
+            Ok(Inbound::Primary(Err(e))) | Ok(Inbound::Secondary(Err(e))) => Err(e),
+            Ok(Inbound::Secondary(Ok(m))) => match m {
+                Message::Segment { .. } | Message::SegmentEnd { .. } => Ok(m),
+                other => Err(violation(format!(
+                    "sent {} on an extra stream",
+                    other.name()
+                ))),
+            },
+        }
+    }
+
+    fn run(
         &mut self,
-        reader: &mut FrameReader<R>,
+        inbound: &mpsc::Receiver<Inbound>,
         cancel: &Cancel,
     ) -> Result<Summary, TransferError> {
-        match reader.expect()? {
+        match self.next(inbound)? {
             Message::ListStart(ls) => self.list_start = Some(ls),
             Message::Fatal(t) => return Err(TransferError::Remote(text(&t))),
             other => {
@@ -337,13 +435,13 @@ impl Receiver<'_> {
             if self.list_done && self.queue.is_empty() && self.in_flight.is_empty() {
                 break;
             }
-            let msg = reader.expect()?;
+            let msg = self.next(inbound)?;
             self.handle(msg)?;
             self.pump()?;
         }
         self.finish()?;
         self.send(Message::Finish(self.summary))?;
-        match reader.expect()? {
+        match self.next(inbound)? {
             Message::Bye => Ok(self.summary),
             Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
             other => Err(violation(format!("sent {} instead of Bye", other.name()))),
@@ -557,6 +655,19 @@ impl Receiver<'_> {
                 bytes,
             } => self.data(file, compressed, raw_len, bytes),
             Message::Recipe { file, chunks } => self.recipe(file, chunks),
+            Message::Segment {
+                file,
+                offset,
+                compressed,
+                raw_len,
+                bytes,
+            } => self.segment(file, offset, compressed, raw_len, bytes),
+            Message::SegmentEnd {
+                file,
+                offset,
+                len,
+                hash,
+            } => self.segment_end(file, offset, len, hash),
             Message::RecipeEnd { file, size, hash } => self.recipe_end(file, size, hash),
             Message::FileEnd { file, size, hash } => self.file_end(file, size, hash),
             Message::FileFailed { file, reason } => {
@@ -567,6 +678,7 @@ impl Receiver<'_> {
                 })?;
                 self.drop_state(state);
                 self.progress.remove(&file);
+                self.failed_files.insert(file);
                 let name = self.entries[file as usize].name.clone();
                 self.file_error(&name, text(&reason));
                 Ok(())
@@ -1144,6 +1256,10 @@ impl Receiver<'_> {
     fn note_progress(&mut self, file: u32, state: &Incoming) {
         let done = match state {
             Incoming::Whole { temp, .. } | Incoming::Rebuild { temp, .. } => temp.len(),
+            Incoming::Segmented { active, done, .. } => {
+                done.iter().map(|d| d.1).sum::<u64>()
+                    + active.values().map(|a| a.next - a.start).sum::<u64>()
+            }
             _ => return,
         };
         let last = self.progress.entry(file).or_insert(0);
@@ -1176,6 +1292,195 @@ impl Receiver<'_> {
         self.progress.remove(&file);
         self.file_error(&name, msg);
         self.in_flight.insert(file, Incoming::Failed);
+        Ok(())
+    }
+
+    /// Bytes of a segment: they go to `offset`, continuing a segment in
+    /// progress or starting a new one that overlaps nothing received.
+    fn segment(
+        &mut self,
+        file: u32,
+        offset: u64,
+        compressed: bool,
+        raw_len: u32,
+        bytes: Vec<u8>,
+    ) -> Result<(), TransferError> {
+        if self.failed_files.contains(&file) {
+            return Ok(());
+        }
+        let mut state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, "a segment"))?;
+        if let Incoming::Failed = state {
+            self.in_flight.insert(file, state);
+            return Ok(());
+        }
+        if let Incoming::Waiting { delta: false, .. } = state {
+            state = match self.new_temp(file) {
+                Ok(temp) => Incoming::Segmented {
+                    temp,
+                    active: HashMap::new(),
+                    done: Vec::new(),
+                    end: None,
+                },
+                Err(msg) => return self.abandon(file, msg),
+            };
+        }
+        let limit = self.entries[file as usize].size + RECIPE_SLACK;
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = (|| -> Result<Result<(), String>, TransferError> {
+            let block = Self::unpack(
+                &mut self.decompressor,
+                &mut buf,
+                compressed,
+                raw_len,
+                &bytes,
+            )?;
+            let Incoming::Segmented {
+                temp, active, done, ..
+            } = &mut state
+            else {
+                return Err(Self::not_requested(file, "a segment"));
+            };
+            let end = offset
+                .checked_add(block.len() as u64)
+                .filter(|&e| e <= limit)
+                .ok_or_else(|| {
+                    violation(format!("sent a segment of file {file} beyond its size"))
+                })?;
+            let mut seg = match active.remove(&offset) {
+                Some(seg) => seg,
+                None => {
+                    let overlaps = |s: u64, e: u64| s < end && offset < e;
+                    if done.iter().any(|&(s, l, _)| overlaps(s, s + l))
+                        || active
+                            .values()
+                            .any(|a| overlaps(a.start, a.next.max(a.start + 1)))
+                    {
+                        return Err(violation(format!(
+                            "sent overlapping segments of file {file}"
+                        )));
+                    }
+                    SegmentState {
+                        start: offset,
+                        next: offset,
+                        hasher: blake3::Hasher::new(),
+                    }
+                }
+            };
+            seg.hasher.update(block);
+            seg.next = end;
+            self.summary.literal += block.len() as u64;
+            let written = temp.write_at(offset, block).map_err(|e| write_error(&e));
+            active.insert(end, seg);
+            Ok(written)
+        })();
+        self.buf = buf;
+        match result? {
+            Ok(()) => {
+                self.note_progress(file, &state);
+                self.in_flight.insert(file, state);
+                Ok(())
+            }
+            Err(msg) => {
+                self.drop_state(state);
+                self.abandon(file, msg)
+            }
+        }
+    }
+
+    fn segment_end(
+        &mut self,
+        file: u32,
+        offset: u64,
+        len: u64,
+        hash: [u8; 32],
+    ) -> Result<(), TransferError> {
+        if self.failed_files.contains(&file) {
+            return Ok(());
+        }
+        let state = self
+            .in_flight
+            .get_mut(&file)
+            .ok_or_else(|| Self::not_requested(file, "a segment end"))?;
+        let Incoming::Segmented { active, done, .. } = state else {
+            return match state {
+                Incoming::Failed => Ok(()),
+                _ => Err(Self::not_requested(file, "a segment end")),
+            };
+        };
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| violation("segment length overflows".into()))?;
+        let seg = match active.remove(&end) {
+            Some(seg) if seg.start == offset => seg,
+            _ => {
+                // an empty segment that never sent bytes, or a lie
+                return Err(violation(format!(
+                    "ended a segment of file {file} at {offset}+{len} that does not match what it sent"
+                )));
+            }
+        };
+        if *seg.hasher.finalize().as_bytes() != hash {
+            let name = self.entries[file as usize].name.clone();
+            return Err(TransferError::PeerMisbehaved(format!(
+                "sent a segment of {} that does not match its BLAKE3",
+                escape(&name)
+            )));
+        }
+        done.push((offset, len, hash));
+        self.finish_segmented(file)
+    }
+
+    /// Publishes a segmented file once its end is known and every byte of it
+    /// has arrived in a verified segment.
+    fn finish_segmented(&mut self, file: u32) -> Result<(), TransferError> {
+        let ready = match self.in_flight.get(&file) {
+            Some(Incoming::Segmented {
+                active,
+                done,
+                end: Some((size, _)),
+                ..
+            }) => active.is_empty() && done.iter().map(|d| d.1).sum::<u64>() >= *size,
+            _ => false,
+        };
+        if !ready {
+            return Ok(());
+        }
+        let Some(Incoming::Segmented {
+            temp,
+            mut done,
+            end: Some((size, hash)),
+            ..
+        }) = self.in_flight.remove(&file)
+        else {
+            unreachable!("checked above")
+        };
+        done.sort();
+        let mut expect = 0u64;
+        let mut manifest = blake3::Hasher::new();
+        let mut contiguous = true;
+        for &(start, len, h) in &done {
+            contiguous &= start == expect;
+            expect = start + len;
+            manifest.update(&h);
+        }
+        let ok = contiguous
+            && expect == size
+            && temp.len() == size
+            && *manifest.finalize().as_bytes() == hash;
+        let name = self.entries[file as usize].name.clone();
+        if !ok {
+            self.progress.remove(&file);
+            self.dest.as_mut().expect("destination open").discard(temp);
+            self.file_error(
+                &name,
+                "verification failed: the segments received do not make up the sender's file; the old file is kept".into(),
+            );
+            return Ok(());
+        }
+        self.publish(file, temp);
         Ok(())
     }
 
@@ -1305,7 +1610,27 @@ impl Receiver<'_> {
             .remove(&file)
             .ok_or_else(|| Self::not_requested(file, "the end"))?;
         let (temp, ok) = match state {
-            Incoming::Failed => return Ok(()),
+            Incoming::Failed => {
+                self.failed_files.insert(file);
+                return Ok(());
+            }
+            Incoming::Segmented {
+                temp,
+                active,
+                done,
+                end: None,
+            } => {
+                self.in_flight.insert(
+                    file,
+                    Incoming::Segmented {
+                        temp,
+                        active,
+                        done,
+                        end: Some((size, hash)),
+                    },
+                );
+                return self.finish_segmented(file);
+            }
             Incoming::Waiting { delta: false, .. } => match self.new_temp(file) {
                 Ok(t) => {
                     let empty = *blake3::Hasher::new().finalize().as_bytes();
@@ -1386,7 +1711,7 @@ impl Receiver<'_> {
     /// temporary one.
     fn drop_state(&mut self, state: Incoming) {
         let temp = match state {
-            Incoming::Whole { temp, .. } => Some(temp),
+            Incoming::Whole { temp, .. } | Incoming::Segmented { temp, .. } => Some(temp),
             Incoming::Rebuild { temp, .. } => {
                 self.delta_in_flight -= 1;
                 Some(temp)

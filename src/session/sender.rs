@@ -31,6 +31,31 @@ pub struct Config<'a> {
     /// A daemon module root: every source is inside it, and files are opened
     /// beneath it without following symlinks.
     pub confine: Option<PathBuf>,
+    /// Extra streams joining this transfer: large files are cut into segments
+    /// sent over all streams at once.
+    pub joins: Option<mpsc::Receiver<super::Stream>>,
+}
+
+/// Files at least this large are cut into segments when extra streams exist.
+const SEGMENT_MIN: u64 = 16 << 20;
+
+/// A segment for a stream worker to send.
+struct SegmentJob {
+    file: u32,
+    source: File,
+    start: u64,
+    len: u64,
+    compress: bool,
+}
+
+/// A segmented file whose segments are still being sent.
+struct SegmentedSend {
+    remaining: usize,
+    hashes: Vec<(u64, [u8; 32])>,
+    failure: Option<String>,
+    source: File,
+    stamp: Stamp,
+    path: PathBuf,
 }
 
 /// Recipes sent and not yet answered, at most this many at once.
@@ -51,6 +76,12 @@ enum FromPeer {
     Finish(Summary),
     /// An event from a remote receiver, for this client's callback.
     Event(Event),
+    /// A stream worker finished a segment: its BLAKE3, or why it failed.
+    SegmentDone {
+        file: u32,
+        start: u64,
+        result: Result<[u8; 32], String>,
+    },
     Failed(TransferError),
 }
 
@@ -139,6 +170,12 @@ struct Sender<'a, W: Write> {
     cancel: &'a Cancel,
     /// The module root (path and handle) when confined.
     confine: Option<(PathBuf, std::os::fd::OwnedFd)>,
+    /// Extra streams still to be attached, and the workers sending on them.
+    joins: Option<mpsc::Receiver<super::Stream>>,
+    workers: Vec<mpsc::Sender<SegmentJob>>,
+    /// For workers to report back on the same queue as the receiver's requests.
+    reports: mpsc::Sender<FromPeer>,
+    segmented: HashMap<u32, SegmentedSend>,
 }
 
 /// Runs the sending side until the receiver reports it is done.
@@ -152,8 +189,11 @@ where
     R: Read + Send + 'static,
     W: Write,
 {
-    writer.set_rate(cfg.options.bwlimit);
+    // --bwlimit is for the whole transfer: each stream gets its share
+    let per_stream_rate = cfg.options.bwlimit / cfg.options.streams.max(1) as u64;
+    writer.set_rate(per_stream_rate);
     let (tx, rx) = mpsc::channel();
+    let reports = tx.clone();
     let reader_thread = std::thread::Builder::new()
         .name("ferry-send-rx".into())
         .spawn(move || read_requests(reader, tx))
@@ -171,6 +211,10 @@ where
         finished: None,
         cancel,
         confine: None,
+        joins: cfg.joins,
+        workers: Vec::new(),
+        reports,
+        segmented: HashMap::new(),
     };
     if let Some(root) = &cfg.confine {
         let fd = crate::fs::dest::open_dir(root)
@@ -296,6 +340,36 @@ impl<W: Write> Sender<'_, W> {
         }
     }
 
+    /// Starts a worker for each extra stream that has joined.
+    fn attach_streams(&mut self) {
+        let Some(joins) = &self.joins else { return };
+        while let Ok(stream) = joins.try_recv() {
+            let (tx, jobs) = mpsc::channel::<SegmentJob>();
+            let reports = self.reports.clone();
+            let rate = self.options.bwlimit / self.options.streams.max(1) as u64;
+            let counters = self.writer.counters();
+            let spawned = std::thread::Builder::new()
+                .name("ferry-send-segments".into())
+                .spawn(move || {
+                    let mut writer = FrameWriter::new(stream.writer, counters);
+                    writer.set_rate(rate);
+                    drop(stream.reader);
+                    let mut buf = vec![0u8; BLOCK_SIZE];
+                    for job in jobs {
+                        let result = send_segment(&mut writer, &job, &mut buf);
+                        let _ = reports.send(FromPeer::SegmentDone {
+                            file: job.file,
+                            start: job.start,
+                            result,
+                        });
+                    }
+                });
+            if spawned.is_ok() {
+                self.workers.push(tx);
+            }
+        }
+    }
+
     /// Serves whatever requests have arrived, without waiting.
     fn poll(&mut self) -> Result<(), TransferError> {
         while let Some(job) = self.deferred.pop_front() {
@@ -374,6 +448,11 @@ impl<W: Write> Sender<'_, W> {
                 Ok(())
             }
             FromPeer::Event(e) => self.deliver(e),
+            FromPeer::SegmentDone {
+                file,
+                start,
+                result,
+            } => self.segment_done(file, start, result),
             FromPeer::Failed(e) => Err(e),
         }
     }
@@ -404,6 +483,127 @@ impl<W: Write> Sender<'_, W> {
         }
     }
 
+    /// Cuts a large file into one segment per stream: this thread sends the
+    /// first on the main stream, the workers the others; the file ends when
+    /// all have reported.
+    fn send_segmented(
+        &mut self,
+        file: u32,
+        path: &std::path::Path,
+        f: File,
+        before: Stamp,
+    ) -> Result<(), TransferError> {
+        let size = before.0;
+        let n = self.workers.len() as u64 + 1;
+        let per = size.div_ceil(n).div_ceil(BLOCK_SIZE as u64) * BLOCK_SIZE as u64;
+        let mut jobs = Vec::new();
+        let mut start = per.min(size);
+        for w in 0..self.workers.len() {
+            if start >= size {
+                break;
+            }
+            let len = per.min(size - start);
+            let source = match f.try_clone() {
+                Ok(c) => c,
+                Err(e) => return self.fail_file(file, path, io_text(&e)),
+            };
+            jobs.push((
+                w,
+                SegmentJob {
+                    file,
+                    source,
+                    start,
+                    len,
+                    compress: self.options.compress,
+                },
+            ));
+            start += len;
+        }
+        let mut entry = SegmentedSend {
+            remaining: jobs.len(),
+            hashes: Vec::new(),
+            failure: None,
+            source: f,
+            stamp: before,
+            path: path.to_path_buf(),
+        };
+        for (w, job) in jobs {
+            if self.workers[w].send(job).is_err() {
+                entry.remaining -= 1;
+                entry.failure = Some("a stream worker stopped".into());
+            }
+        }
+        let first = SegmentJob {
+            file,
+            source: entry
+                .source
+                .try_clone()
+                .map_err(|e| TransferError::local(path.display().to_string(), &e))?,
+            start: 0,
+            len: per.min(size),
+            compress: self.options.compress,
+        };
+        self.segmented.insert(file, entry);
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = send_segment(&mut self.writer, &first, &mut buf);
+        self.buf = buf;
+        self.segment_done_inner(file, 0, result, true)
+    }
+
+    fn segment_done(
+        &mut self,
+        file: u32,
+        start: u64,
+        result: Result<[u8; 32], String>,
+    ) -> Result<(), TransferError> {
+        self.segment_done_inner(file, start, result, false)
+    }
+
+    fn segment_done_inner(
+        &mut self,
+        file: u32,
+        start: u64,
+        result: Result<[u8; 32], String>,
+        own: bool,
+    ) -> Result<(), TransferError> {
+        let Some(entry) = self.segmented.get_mut(&file) else {
+            return Ok(());
+        };
+        if !own {
+            entry.remaining -= 1;
+        }
+        match result {
+            Ok(h) => entry.hashes.push((start, h)),
+            Err(why) => {
+                entry.failure.get_or_insert(why);
+            }
+        }
+        let own_done =
+            entry.hashes.iter().any(|&(s, _)| s == 0) || (own && entry.failure.is_some());
+        if entry.remaining > 0 || !own_done {
+            return Ok(());
+        }
+        let mut entry = self.segmented.remove(&file).expect("present");
+        if let Some(why) = entry.failure {
+            return self.fail_file(file, &entry.path, why);
+        }
+        match stamp(&entry.source) {
+            Ok(after) if after == entry.stamp => {}
+            Ok(_) => return self.fail_file(file, &entry.path, "changed while being sent".into()),
+            Err(e) => return self.fail_file(file, &entry.path, io_text(&e)),
+        }
+        entry.hashes.sort();
+        let mut manifest = blake3::Hasher::new();
+        for (_, h) in &entry.hashes {
+            manifest.update(h);
+        }
+        self.writer.send(&Message::FileEnd {
+            file,
+            size: entry.stamp.0,
+            hash: *manifest.finalize().as_bytes(),
+        })
+    }
+
     fn send_whole(&mut self, file: u32, path: &std::path::Path) -> Result<(), TransferError> {
         let f = match self.open_source(path) {
             Ok(f) => f,
@@ -413,6 +613,10 @@ impl<W: Write> Sender<'_, W> {
             Ok(s) => s,
             Err(e) => return self.fail_file(file, path, io_text(&e)),
         };
+        self.attach_streams();
+        if !self.workers.is_empty() && before.0 >= SEGMENT_MIN {
+            return self.send_segmented(file, path, f, before);
+        }
         self.packer.reset();
         let mut hasher = blake3::Hasher::new();
         let mut total = 0u64;
@@ -556,4 +760,41 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Sends one segment (`Segment` frames, then `SegmentEnd`) and returns its
+/// BLAKE3, or why it could not be read.
+fn send_segment<W: Write>(
+    writer: &mut FrameWriter<W>,
+    job: &SegmentJob,
+    buf: &mut [u8],
+) -> Result<[u8; 32], String> {
+    let mut packer = Packer::new(job.compress);
+    let mut hasher = blake3::Hasher::new();
+    let mut offset = job.start;
+    let end = job.start + job.len;
+    while offset < end {
+        let n = (end - offset).min(buf.len() as u64) as usize;
+        let block = &mut buf[..n];
+        job.source
+            .read_exact_at(block, offset)
+            .map_err(|e| format!("read failed: {}", io_text(&e)))?;
+        hasher.update(block);
+        let (compressed, bytes) = packer.pack(block);
+        writer
+            .send_segment(job.file, offset, compressed, n as u32, bytes)
+            .map_err(|e| e.to_string())?;
+        offset += n as u64;
+    }
+    let hash = *hasher.finalize().as_bytes();
+    writer
+        .send(&Message::SegmentEnd {
+            file: job.file,
+            offset: job.start,
+            len: job.len,
+            hash,
+        })
+        .and_then(|_| writer.flush())
+        .map_err(|e| e.to_string())?;
+    Ok(hash)
 }

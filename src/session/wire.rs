@@ -114,6 +114,40 @@ impl<W: Write> FrameWriter<W> {
         self.write_scratch(&[])
     }
 
+    /// The byte counters this writer adds to.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// The underlying stream, flushed.
+    pub fn into_inner(self) -> Result<W, TransferError> {
+        self.inner
+            .into_inner()
+            .map_err(|e| TransferError::connection(e.error()))
+    }
+
+    /// Sends a `Segment` message whose bytes stay in the caller's buffer.
+    pub fn send_segment(
+        &mut self,
+        file: u32,
+        offset: u64,
+        compressed: bool,
+        raw_len: u32,
+        bytes: &[u8],
+    ) -> Result<(), TransferError> {
+        self.scratch.buf.clear();
+        self.scratch.buf.extend_from_slice(&[0; 4]);
+        crate::proto::encode_segment_header(
+            &mut self.scratch,
+            file,
+            offset,
+            compressed,
+            raw_len,
+            bytes.len(),
+        );
+        self.write_scratch(bytes)
+    }
+
     /// Sends a `Data` message whose bytes stay in the caller's buffer.
     pub fn send_data(
         &mut self,
@@ -167,6 +201,16 @@ impl<W: Write> FrameWriter<W> {
 }
 
 impl<R: Read> FrameReader<R> {
+    /// The byte counters this reader adds to.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// The underlying stream, with whatever was read ahead still in it.
+    pub fn into_inner(self) -> io::BufReader<R> {
+        self.inner
+    }
+
     /// Reads whatever raw bytes are available (draining a refused connection).
     pub fn raw_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.read(buf)
