@@ -510,8 +510,14 @@ fn a_large_file_over_four_streams_arrives_intact_both_ways() {
     let t = tmp();
     let module = t.path().join("module");
     std::fs::create_dir(&module).unwrap();
-    let size = 256usize << 20;
+    let size = 1usize << 30;
     write(&t.path().join("big"), random_bytes(size, 44));
+    let expected = blake3::hash(&random_bytes(size, 44));
+    let hash_of = |p: &std::path::Path| {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::open(p).unwrap()).unwrap();
+        h.finalize()
+    };
     let d = Daemon::start(&[("data", &module, false)], "", &[]);
     let o = ok(sync(
         &d,
@@ -529,20 +535,14 @@ fn a_large_file_over_four_streams_arrives_intact_both_ways() {
         sent >= size as u64,
         "the counters missed the extra streams: {sent}"
     );
-    assert_eq!(
-        std::fs::read(module.join("big")).unwrap(),
-        random_bytes(size, 44)
-    );
+    assert_eq!(hash_of(&module.join("big")), expected);
     let pulled = t.path().join("pulled");
     std::fs::create_dir(&pulled).unwrap();
     ok(sync(
         &d,
         &["--streams", "4", &d.url("data/big"), &s(&pulled)],
     ));
-    assert_eq!(
-        std::fs::read(pulled.join("big")).unwrap(),
-        random_bytes(size, 44)
-    );
+    assert_eq!(hash_of(&pulled.join("big")), expected);
     // two transfers of four connections each
     assert_eq!(d.log().matches("authenticated").count(), 8, "{}", d.log());
 }
@@ -614,5 +614,29 @@ fn killed_daemon_with_four_streams_resumes_with_only_the_missing_data() {
     assert_eq!(
         std::fs::read(module.join("big")).unwrap(),
         random_bytes(size as usize, 55)
+    );
+}
+
+#[test]
+fn cp_follows_scp_naming_over_the_daemon() {
+    let t = tmp();
+    let module = t.path().join("module");
+    tree(&module.join("datasets/imagenet"));
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut args = vec!["cp".to_string(), "-r".into()];
+    args.extend(d.client_args());
+    args.extend([
+        d.url("data/datasets/imagenet"),
+        s(&t.path().join("imagenet")),
+    ]);
+    ok(ferry(&args));
+    // the destination did not exist: it became the copy (scp's rule)
+    assert_eq!(
+        std::fs::read(t.path().join("imagenet/ckpt/model.bin")).unwrap(),
+        random_bytes(2 << 20, 4)
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("imagenet/a.txt")).unwrap(),
+        "alpha\n"
     );
 }
