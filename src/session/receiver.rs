@@ -1172,23 +1172,13 @@ impl Receiver<'_> {
         raw_len: u32,
         bytes: Vec<u8>,
     ) -> Result<(), TransferError> {
-        let mut state = self
-            .in_flight
-            .remove(&file)
-            .ok_or_else(|| Self::not_requested(file, "data"))?;
-        if let Incoming::Failed = state {
-            self.in_flight.insert(file, state);
+        let Some(mut state) = self.take_for_data(file, "data", |temp| Incoming::Whole {
+            temp,
+            hasher: blake3::Hasher::new(),
+        })?
+        else {
             return Ok(());
-        }
-        if let Incoming::Waiting { delta: false, .. } = state {
-            state = match self.new_temp(file) {
-                Ok(temp) => Incoming::Whole {
-                    temp,
-                    hasher: blake3::Hasher::new(),
-                },
-                Err(msg) => return self.abandon(file, msg),
-            };
-        }
+        };
         let mut buf = std::mem::take(&mut self.buf);
         let result = (|| -> Result<Result<(), String>, TransferError> {
             let block = Self::unpack(
@@ -1253,6 +1243,32 @@ impl Receiver<'_> {
         }
     }
 
+    /// Takes the state of a file that literal bytes arrived for: the first
+    /// bytes of a whole file create its temporary file (in the state `start`
+    /// makes); bytes for a file given up on are dropped (`None`).
+    fn take_for_data(
+        &mut self,
+        file: u32,
+        what: &str,
+        start: impl FnOnce(TempFile) -> Incoming,
+    ) -> Result<Option<Incoming>, TransferError> {
+        let state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, what))?;
+        match state {
+            Incoming::Failed => {
+                self.in_flight.insert(file, state);
+                Ok(None)
+            }
+            Incoming::Waiting { delta: false, .. } => match self.new_temp(file) {
+                Ok(temp) => Ok(Some(start(temp))),
+                Err(msg) => self.abandon(file, msg).map(|_| None),
+            },
+            other => Ok(Some(other)),
+        }
+    }
+
     fn note_progress(&mut self, file: u32, state: &Incoming) {
         let done = match state {
             Incoming::Whole { temp, .. } | Incoming::Rebuild { temp, .. } => temp.len(),
@@ -1308,25 +1324,16 @@ impl Receiver<'_> {
         if self.failed_files.contains(&file) {
             return Ok(());
         }
-        let mut state = self
-            .in_flight
-            .remove(&file)
-            .ok_or_else(|| Self::not_requested(file, "a segment"))?;
-        if let Incoming::Failed = state {
-            self.in_flight.insert(file, state);
+        let Some(mut state) =
+            self.take_for_data(file, "a segment", |temp| Incoming::Segmented {
+                temp,
+                active: HashMap::new(),
+                done: Vec::new(),
+                end: None,
+            })?
+        else {
             return Ok(());
-        }
-        if let Incoming::Waiting { delta: false, .. } = state {
-            state = match self.new_temp(file) {
-                Ok(temp) => Incoming::Segmented {
-                    temp,
-                    active: HashMap::new(),
-                    done: Vec::new(),
-                    end: None,
-                },
-                Err(msg) => return self.abandon(file, msg),
-            };
-        }
+        };
         let limit = self.entries[file as usize].size + RECIPE_SLACK;
         let mut buf = std::mem::take(&mut self.buf);
         let result = (|| -> Result<Result<(), String>, TransferError> {

@@ -604,14 +604,25 @@ impl<W: Write> Sender<'_, W> {
         })
     }
 
+    /// Opens a listed file and notes its size and mtime; if that fails, the
+    /// receiver is told and `None` comes back.
+    fn open_listed(
+        &mut self,
+        file: u32,
+        path: &std::path::Path,
+    ) -> Result<Option<(File, Stamp)>, TransferError> {
+        let opened = self
+            .open_source(path)
+            .and_then(|f| stamp(&f).map(|s| (f, s)));
+        match opened {
+            Ok(x) => Ok(Some(x)),
+            Err(e) => self.fail_file(file, path, io_text(&e)).map(|_| None),
+        }
+    }
+
     fn send_whole(&mut self, file: u32, path: &std::path::Path) -> Result<(), TransferError> {
-        let f = match self.open_source(path) {
-            Ok(f) => f,
-            Err(e) => return self.fail_file(file, path, io_text(&e)),
-        };
-        let before = match stamp(&f) {
-            Ok(s) => s,
-            Err(e) => return self.fail_file(file, path, io_text(&e)),
+        let Some((f, before)) = self.open_listed(file, path)? else {
+            return Ok(());
         };
         self.attach_streams();
         if !self.workers.is_empty() && before.0 >= SEGMENT_MIN {
@@ -654,13 +665,8 @@ impl<W: Write> Sender<'_, W> {
     }
 
     fn send_recipe(&mut self, file: u32, path: &std::path::Path) -> Result<(), TransferError> {
-        let f = match self.open_source(path) {
-            Ok(f) => f,
-            Err(e) => return self.fail_file(file, path, io_text(&e)),
-        };
-        let before = match stamp(&f) {
-            Ok(s) => s,
-            Err(e) => return self.fail_file(file, path, io_text(&e)),
+        let Some((f, before)) = self.open_listed(file, path)? else {
+            return Ok(());
         };
         let mut chunker = Chunker::new(&f);
         let mut chunks = Vec::new();
