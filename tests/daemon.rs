@@ -640,3 +640,59 @@ fn cp_follows_scp_naming_over_the_daemon() {
         "alpha\n"
     );
 }
+
+#[test]
+fn a_source_that_shrinks_during_a_segmented_send_is_reported_not_published() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let src = t.path().join("big");
+    write(&src, random_bytes(64 << 20, 66));
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut args: Vec<String> = vec![
+        "sync".into(),
+        "--streams".into(),
+        "2".into(),
+        "--bwlimit".into(),
+        "16M".into(),
+    ];
+    args.extend(d.client_args());
+    args.extend([s(&src), d.url("data/big")]);
+    let client = std::process::Command::new(ferry_bin())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    // every segment now reads past the end, the first one included
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the transfer hung")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(23),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("read failed") || err.contains("changed"),
+        "{err}"
+    );
+    assert!(
+        !module.join("big").exists(),
+        "a file that changed was published"
+    );
+}

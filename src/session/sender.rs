@@ -50,7 +50,10 @@ struct SegmentJob {
 
 /// A segmented file whose segments are still being sent.
 struct SegmentedSend {
+    /// Worker segments not yet reported.
     remaining: usize,
+    /// This thread's own (first) segment has been sent or has failed.
+    own_finished: bool,
     hashes: Vec<(u64, [u8; 32])>,
     failure: Option<String>,
     source: File,
@@ -521,6 +524,7 @@ impl<W: Write> Sender<'_, W> {
         }
         let mut entry = SegmentedSend {
             remaining: jobs.len(),
+            own_finished: false,
             hashes: Vec::new(),
             failure: None,
             source: f,
@@ -569,7 +573,9 @@ impl<W: Write> Sender<'_, W> {
         let Some(entry) = self.segmented.get_mut(&file) else {
             return Ok(());
         };
-        if !own {
+        if own {
+            entry.own_finished = true;
+        } else {
             entry.remaining -= 1;
         }
         match result {
@@ -578,9 +584,7 @@ impl<W: Write> Sender<'_, W> {
                 entry.failure.get_or_insert(why);
             }
         }
-        let own_done =
-            entry.hashes.iter().any(|&(s, _)| s == 0) || (own && entry.failure.is_some());
-        if entry.remaining > 0 || !own_done {
+        if entry.remaining > 0 || !entry.own_finished {
             return Ok(());
         }
         let mut entry = self.segmented.remove(&file).expect("present");
