@@ -262,9 +262,24 @@ impl Dest {
                 rustix::fs::openat(&*dir, PARTIAL_DIR, dir_flags(), Mode::empty())
                     .map_err(to_io)?,
             );
-            // an old partial has been opened as a basis by now if it was useful
-            match rustix::fs::unlinkat(&*pdir, name.as_slice(), AtFlags::empty()) {
-                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            // Every writer locks its partial file for as long as it writes it.
+            // An old partial may be replaced only if nobody holds its lock: a
+            // second transfer of the same file stops here instead of swapping
+            // the file under the first one (whose rename would then publish the
+            // second one's half-written data).
+            match rustix::fs::openat(
+                &*pdir,
+                name.as_slice(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(old) => {
+                    lock(&old)?;
+                    // it was opened as a basis by now if it was useful
+                    rustix::fs::unlinkat(&*pdir, name.as_slice(), AtFlags::empty())
+                        .map_err(to_io)?;
+                }
+                Err(rustix::io::Errno::NOENT) => {}
                 Err(e) => return Err(to_io(e)),
             }
             (pdir, name.clone())
@@ -281,7 +296,13 @@ impl Dest {
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
-        .map_err(to_io)?;
+        .map_err(|e| match e {
+            rustix::io::Errno::EXIST => busy(),
+            e => to_io(e),
+        })?;
+        if partial {
+            lock(&fd)?;
+        }
         Ok(TempFile {
             dir: tdir,
             name: tname,
@@ -412,6 +433,12 @@ impl Dest {
         apply_fd_meta(&file, meta)
     }
 
+    /// Bytes an unprivileged writer may still use on the destination's filesystem.
+    pub fn free_space(&self) -> Option<u64> {
+        let st = rustix::fs::fstatvfs(&*self.root).ok()?;
+        Some(st.f_bavail * st.f_frsize)
+    }
+
     /// Makes everything written under the destination durable (one `syncfs`
     /// rather than one fsync per file).
     pub fn sync_all(&self) -> io::Result<()> {
@@ -442,6 +469,24 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(to_io)
+}
+
+fn busy() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        "another transfer is writing this file right now",
+    )
+}
+
+/// Takes the partial file's lock without waiting; held until the fd closes.
+fn lock(fd: &OwnedFd) -> io::Result<()> {
+    rustix::fs::flock(fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        if e == rustix::io::Errno::WOULDBLOCK {
+            busy()
+        } else {
+            to_io(e)
+        }
+    })
 }
 
 fn temp_name(name: &[u8]) -> Vec<u8> {

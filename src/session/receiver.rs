@@ -1303,8 +1303,19 @@ impl Receiver<'_> {
     /// Gives up on one file after a local problem (cannot create or write it):
     /// it is reported and counted, what the sender still sends for it is
     /// ignored, and the rest of the transfer goes on.
-    fn abandon(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
+    fn abandon(&mut self, file: u32, mut msg: String) -> Result<(), TransferError> {
         let name = self.entries[file as usize].name.clone();
+        if msg.contains("No space left") {
+            let rel = self.entries[file as usize].rel.clone();
+            if let Some(dest) = &self.dest {
+                let free = dest.free_space().unwrap_or(0);
+                msg = format!(
+                    "{}: {msg} ({free} bytes free, {} needed; the old file is kept)",
+                    dest.show(&rel),
+                    self.entries[file as usize].size
+                );
+            }
+        }
         self.progress.remove(&file);
         self.file_error(&name, msg);
         self.in_flight.insert(file, Incoming::Failed);

@@ -469,3 +469,16 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Whether tests that need root (mounts, namespaces) can run; under the README's
+/// test command (FERRY_REQUIRE_SSHD=1, as root) they must.
+pub fn root_available() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root && std::env::var_os("FERRY_REQUIRE_SSHD").is_some() {
+        panic!("FERRY_REQUIRE_SSHD is set but we are not root");
+    }
+    if !root {
+        eprintln!("skipping: needs root (run scripts/test.sh as root)");
+    }
+    root
+}

@@ -1,0 +1,210 @@
+//! Faults on the receiving side: concurrent writers, a full disk, SIGKILL at
+//! random moments. Whatever happens, every file at its final path is a complete
+//! version, never a mix or a fragment.
+
+mod util;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use util::*;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn two_clients_writing_the_same_path_never_interleave() {
+    let t = tmp();
+    let size = 48usize << 20;
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    write(&a, random_bytes(size, 1));
+    write(&b, random_bytes(size, 2));
+    let dest = t.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    for round in 0..3 {
+        let _ = std::fs::remove_file(dest.join("model.bin"));
+        let spawn = |src: &Path| {
+            Command::new(ferry_bin())
+                .args([
+                    "sync",
+                    "--bwlimit",
+                    "64M",
+                    &s(src),
+                    &s(&dest.join("model.bin")),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (ca, cb) = (spawn(&a), spawn(&b));
+        let (oa, ob) = (
+            ca.wait_with_output().unwrap(),
+            cb.wait_with_output().unwrap(),
+        );
+        let got = std::fs::read(dest.join("model.bin")).unwrap();
+        let is_a = got == random_bytes(size, 1);
+        let is_b = got == random_bytes(size, 2);
+        assert!(
+            is_a || is_b,
+            "round {round}: the result is neither file ({} bytes)",
+            got.len()
+        );
+        // a client that lost the race says so clearly
+        for o in [&oa, &ob] {
+            if !o.status.success() {
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(err.contains("another transfer"), "round {round}: {err}");
+            }
+        }
+    }
+}
+
+/// A small tmpfs mounted for the test, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                &s(dir),
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_named_with_its_free_space_and_the_old_file_survives() {
+    if !root_available() {
+        return;
+    }
+    let t = tmp();
+    let disk = SmallDisk::mount(&t.path().join("disk"), "8m");
+    write(&disk.0.join("model.bin"), random_bytes(1 << 20, 1));
+    write(&t.path().join("model.bin"), random_bytes(16 << 20, 2));
+    let o = ferry([
+        "sync",
+        &s(&t.path().join("model.bin")),
+        &s(&disk.0.join("model.bin")),
+    ]);
+    assert_eq!(o.status.code(), Some(23), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("bytes free"), "{err}");
+    assert!(err.contains(&s(&disk.0.join("model.bin"))), "{err}");
+    assert_eq!(
+        std::fs::read(disk.0.join("model.bin")).unwrap(),
+        random_bytes(1 << 20, 1)
+    );
+    // nothing half-written under another name at the final path's directory
+    let names: Vec<_> = std::fs::read_dir(&disk.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n == "model.bin" || n == ".ferry-partial"),
+        "{names:?}"
+    );
+}
+
+/// Two versions (a, b) of a tree of mixed sizes.
+fn versions(a: &Path, b: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let mut files = Vec::new();
+    for i in 0..30u64 {
+        let size = [1 << 10, 40 << 10, 300 << 10, 2 << 20, 5 << 20][i as usize % 5];
+        let name = format!("d{}/f{i:02}.bin", i % 3);
+        let (va, vb) = (
+            random_bytes(size, 1000 + i),
+            random_bytes(size + 7, 2000 + i),
+        );
+        write(&a.join(&name), &va);
+        write(&b.join(&name), &vb);
+        files.push((name, va, vb));
+    }
+    files
+}
+
+#[track_caller]
+fn each_file_is_whole(dst: &Path, files: &[(String, Vec<u8>, Vec<u8>)], when: &str) {
+    for (name, va, vb) in files {
+        if let Ok(got) = std::fs::read(dst.join(name)) {
+            assert!(
+                got == *va || got == *vb,
+                "{when}: {name} is neither version ({} bytes)",
+                got.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_fifty_moments_never_leaves_a_partial_file_at_a_final_path() {
+    let t = tmp();
+    let (a, b, dst) = (t.path().join("a"), t.path().join("b"), t.path().join("dst"));
+    let files = versions(&a, &b);
+    let mut seed: u64 = 0x5eed;
+    let mut killed = 0;
+    for round in 0..50 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(20 + seed % 400);
+        // each round syncs the other version: there is always work to interrupt
+        let src = if round % 2 == 0 { &a } else { &b };
+        let mut child = Command::new(ferry_bin())
+            .args([
+                "sync",
+                "-a",
+                "--bwlimit",
+                "40M",
+                &format!("{}/", src.display()),
+                &format!("{}/", dst.display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        each_file_is_whole(&dst, &files, &format!("after kill {round}"));
+    }
+    eprintln!("SIGKILLed {killed} of 50 transfers mid-way; every file at its final path was a whole version each time");
+    assert!(
+        killed >= 40,
+        "only {killed} runs were still going when killed"
+    );
+    ok(ferry([
+        "sync",
+        "-a",
+        &format!("{}/", b.display()),
+        &format!("{}/", dst.display()),
+    ]));
+    for (name, _, vb) in &files {
+        assert_eq!(
+            std::fs::read(dst.join(name)).unwrap(),
+            *vb,
+            "{name} after the final run"
+        );
+    }
+}
