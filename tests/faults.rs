@@ -208,3 +208,82 @@ fn sigkill_at_fifty_moments_never_leaves_a_partial_file_at_a_final_path() {
         );
     }
 }
+
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_transfer_never_leads_writes_outside() {
+    let t = tmp();
+    let (src, dst, outside) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("outside"),
+    );
+    for i in 0..400 {
+        write(&src.join(format!("sub/f{i:03}")), random_bytes(8 << 10, i));
+    }
+    std::fs::create_dir_all(dst.join("sub")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let (dst, outside, stop) = (dst.clone(), outside.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // sub -> aside, symlink sub -> outside, then back
+                let _ = std::fs::rename(dst.join("sub"), dst.join("aside"));
+                let _ = std::os::unix::fs::symlink(&outside, dst.join("sub"));
+                std::thread::sleep(Duration::from_micros(300));
+                let _ = std::fs::remove_file(dst.join("sub"));
+                let _ = std::fs::rename(dst.join("aside"), dst.join("sub"));
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    for _ in 0..5 {
+        let _ = ferry([
+            "sync",
+            "-r",
+            &format!("{}/", src.display()),
+            &format!("{}/", dst.display()),
+        ]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = racer.join().unwrap();
+    let leaked: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    eprintln!("{swaps} swaps raced the receiver");
+    assert!(
+        leaked.is_empty(),
+        "files written through the symlink: {leaked:?}"
+    );
+}
+
+#[test]
+fn a_source_that_changes_while_being_sent_is_reported_and_not_published() {
+    let t = tmp();
+    let src = t.path().join("big");
+    write(&src, random_bytes(32 << 20, 3));
+    // its own directory: beside the source it would be rebuilt from the source itself
+    let dst = t.path().join("elsewhere/copy");
+    std::fs::create_dir(t.path().join("elsewhere")).unwrap();
+    let child = Command::new(ferry_bin())
+        .args(["sync", "--bwlimit", "16M", &s(&src), &s(&dst)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(b"edited while being sent", 30 << 20)
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(23));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("changed while being sent"), "{err}");
+    assert!(!dst.exists(), "a file that changed mid-send was published");
+}

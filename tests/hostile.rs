@@ -415,3 +415,86 @@ fn lying_segments_are_refused_and_publish_nothing() {
     );
     assert_contained(t.path(), &dest);
 }
+
+/// Runs a push of `src` against a server that answers the handshake and then
+/// writes `script` as a hostile receiver.
+fn push_to_hostile(src: &Path, script: Vec<u8>) -> Result<(), String> {
+    let (client_r, server_w) = std::io::pipe().unwrap();
+    let (server_r, client_w) = std::io::pipe().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut r, mut w) = (server_r, server_w);
+        let mut hello = [0u8; 9];
+        if r.read_exact(&mut hello).is_err() {
+            return;
+        }
+        let _ = w.write_all(&proto::server_hello(1));
+        let mut len = [0u8; 4];
+        if r.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut req = vec![0u8; u32::from_le_bytes(len) as usize];
+        let _ = r.read_exact(&mut req);
+        let _ = w.write_all(&frame(&Message::Accept));
+        let _ = w.write_all(&script);
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    let request = Request {
+        role: Role::ServerReceives,
+        paths: vec![b"dest".to_vec()],
+        options: Options {
+            recursive: true,
+            ..Options::default()
+        },
+    };
+    let result = run_client(
+        Stream {
+            reader: Box::new(client_r),
+            writer: Box::new(client_w),
+        },
+        request,
+        vec![src.as_os_str().as_encoded_bytes().to_vec()],
+        &|_| {},
+        &Cancel::default(),
+        Arc::new(Counters::default()),
+    );
+    let _ = server.join();
+    result.map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_hostile_receiver_gets_nothing_that_was_not_listed() {
+    let t = tmp();
+    let src = t.path().join("data");
+    write(&src.join("listed"), "public");
+    write(&t.path().join("secret"), "do not send");
+    // a file index past the list (the secret beside the source is not in it)
+    let err = push_to_hostile(
+        Path::new(&format!("{}/", src.display())),
+        frame(&Message::Want {
+            file: 7,
+            delta: false,
+        }),
+    )
+    .unwrap_err();
+    assert!(err.contains("not a regular file in the list"), "{err}");
+    // the directory entry itself
+    let err = push_to_hostile(
+        Path::new(&format!("{}/", src.display())),
+        frame(&Message::Want {
+            file: 0,
+            delta: false,
+        }),
+    )
+    .unwrap_err();
+    assert!(err.contains("not a regular file in the list"), "{err}");
+    // chunks of a file without a recipe
+    let err = push_to_hostile(
+        Path::new(&format!("{}/", src.display())),
+        frame(&Message::Need {
+            file: 1,
+            ranges: vec![(0, 1)],
+        }),
+    )
+    .unwrap_err();
+    assert!(err.contains("without a recipe"), "{err}");
+}
