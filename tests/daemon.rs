@@ -696,3 +696,131 @@ fn a_source_that_shrinks_during_a_segmented_send_is_reported_not_published() {
         "a file that changed was published"
     );
 }
+
+#[test]
+fn a_black_hole_peer_is_given_up_on_within_the_timeout() {
+    let t = tmp();
+    write(&t.path().join("f"), "x");
+    let client = t.path().join("client");
+    ok(ferry(["keygen", "--config-dir", &s(&client)]));
+    // accepts, then says nothing, ever (bounded: the test ends it)
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = l.incoming().take(2).filter_map(Result::ok).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    let start = Instant::now();
+    let o = ferry([
+        "sync",
+        "--timeout",
+        "2",
+        "--config-dir",
+        &s(&client),
+        "--host-key-check",
+        "accept-new",
+        &s(&t.path().join("f")),
+        &format!("ferry://{addr}/m/f"),
+    ]);
+    let took = start.elapsed();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+}
+
+/// A TCP relay to `target` that flips one bit of the client-to-server bytes at
+/// `offset` (counted per connection).
+fn bit_flipping_proxy(target: std::net::SocketAddr, offset: usize) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in l.incoming().take(4) {
+            let Ok(client) = client else { return };
+            let server = std::net::TcpStream::connect(target).unwrap();
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut seen = 0usize;
+                let mut buf = [0u8; 16384];
+                loop {
+                    let n = match std::io::Read::read(&mut c_in, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if (seen..seen + n).contains(&offset) {
+                        buf[offset - seen] ^= 0x10;
+                    }
+                    seen += n;
+                    if std::io::Write::write_all(&mut s_out, &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_flipped_bit_in_the_tls_stream_aborts_and_publishes_nothing() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    write(&t.path().join("big"), random_bytes(2 << 20, 77));
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    // learn the daemon's key once, directly (a small file: nothing the big one
+    // could be rebuilt from, so all of it crosses the proxy every time)
+    write(&t.path().join("small"), "warm-up");
+    ok(sync(
+        &d,
+        &[&s(&t.path().join("small")), &d.url("data/warmup")],
+    ));
+    let mut integrity = 0;
+    for (i, offset) in [
+        4_000usize, 9_000, 20_000, 65_000, 150_000, 400_000, 700_000, 1_000_000, 1_500_000,
+        2_000_000,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let proxy = bit_flipping_proxy(d.addr, offset);
+        let mut args = vec![
+            "sync".to_string(),
+            "--streams".into(),
+            "1".into(),
+            "--timeout".into(),
+            "10".into(),
+        ];
+        args.extend(d.client_args());
+        // the proxy's port differs: record its key under that name too
+        args.extend([
+            s(&t.path().join("big")),
+            format!("ferry://{proxy}/data/f{i}"),
+        ]);
+        let o = ferry(&args);
+        assert!(
+            !o.status.success(),
+            "offset {offset}: a corrupted stream was accepted"
+        );
+        eprintln!(
+            "offset {offset}: {}",
+            stderr(&o).lines().last().unwrap_or("")
+        );
+        integrity += stderr(&o).contains("integrity error") as usize;
+        assert!(
+            !module.join(format!("f{i}")).exists(),
+            "offset {offset}: published"
+        );
+    }
+    assert!(
+        integrity >= 8,
+        "only {integrity} of 10 runs reported an integrity error"
+    );
+    assert!(d.log().contains("integrity error"), "{}", d.log());
+}

@@ -218,6 +218,11 @@ pub struct DaemonFlags {
     /// ferry's config directory (default: $FERRY_CONFIG_DIR or ~/.config/ferry)
     #[arg(long = "config-dir", value_name = "DIR")]
     pub config_dir: Option<std::path::PathBuf>,
+    /// Give up on a daemon that sends nothing for SECONDS (connecting, the
+    /// handshake, or any wait during the transfer; default: 30 s to connect, no
+    /// limit after)
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Args, Debug)]

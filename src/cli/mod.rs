@@ -170,6 +170,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             known_hosts: a.known_hosts.clone(),
             host_key_check: a.host_key_check.clone(),
             config_dir: a.config_dir.clone(),
+            timeout: None,
         })?,
         ssh: SshOptions {
             rsh: a.rsh,
@@ -205,7 +206,10 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
             .transpose()
             .map_err(TransferError::Usage)?,
         config_dir: f.config_dir.clone(),
-        timeout: None,
+        timeout: f
+            .timeout
+            .filter(|&t| t > 0)
+            .map(std::time::Duration::from_secs),
     })
 }
 

@@ -49,7 +49,7 @@ impl<R: Read> FrameReader<R> {
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(TransferError::connection(&e)),
+                Err(e) => return Err(read_error(&e)),
             }
         }
         let len = frame::payload_len(header)?;
@@ -58,7 +58,7 @@ impl<R: Read> FrameReader<R> {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 TransferError::Connection("the peer closed the connection mid-frame".into())
             } else {
-                TransferError::connection(&e)
+                read_error(&e)
             }
         })?;
         self.counters
@@ -71,6 +71,16 @@ impl<R: Read> FrameReader<R> {
     pub fn expect(&mut self) -> Result<Message, TransferError> {
         self.recv()?
             .ok_or_else(|| TransferError::Connection("the peer closed the connection".into()))
+    }
+}
+
+/// A failed read, saying so plainly when it was a timeout.
+fn read_error(e: &io::Error) -> TransferError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TransferError::Connection(
+            "timed out: nothing arrived from the peer within --timeout".into(),
+        ),
+        _ => TransferError::connection(e),
     }
 }
 
@@ -225,7 +235,7 @@ impl<R: Read> FrameReader<R> {
                     "the peer closed the connection during the handshake".into(),
                 )
             } else {
-                TransferError::connection(&e)
+                read_error(&e)
             }
         })?;
         self.counters

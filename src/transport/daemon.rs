@@ -80,6 +80,12 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Stream, Tr
         super::tls::establish(rustls::Connection::Client(conn), sock, timeout).map_err(|e| {
             TransferError::Connection(format!("{target}: {}", crate::error::io_text(&e)))
         })?;
+    if let Some(t) = opts.timeout {
+        // --timeout: no wait for the daemon may last longer than this
+        reader
+            .set_timeout(Some(t))
+            .map_err(|e| TransferError::connection(&e))?;
+    }
 
     let known = opts
         .known_hosts

@@ -59,7 +59,29 @@ impl TlsReader {
     }
 }
 
+/// An io::Error from a rustls call, with TLS failures explained.
+fn from_rustls_io(e: io::Error) -> io::Error {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => tls_err(tls.clone()),
+        None => e,
+    }
+}
+
 fn tls_err(e: rustls::Error) -> io::Error {
+    let altered = matches!(
+        e,
+        rustls::Error::DecryptError
+            | rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+    );
+    if altered {
+        return io::Error::new(
+            io::ErrorKind::InvalidData,
+            "integrity error: data was altered in transit (TLS record authentication failed); nothing was published",
+        );
+    }
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
@@ -73,7 +95,7 @@ impl Read for TlsReader {
                 match c.reader().read(buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(from_rustls_io(e)),
                 }
                 // records that came in with the last handshake flight may sit
                 // in rustls unprocessed: process them before waiting on the socket
@@ -81,11 +103,11 @@ impl Read for TlsReader {
                 match c.reader().read(buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(from_rustls_io(e)),
                 }
                 if self.pos < self.pending.len() || self.eof {
                     let mut slice = &self.pending[self.pos..];
-                    let n = c.read_tls(&mut slice)?;
+                    let n = c.read_tls(&mut slice).map_err(from_rustls_io)?;
                     self.pos += n;
                     fed = n > 0;
                     let processed = c.process_new_packets();
@@ -135,9 +157,9 @@ impl Write for TlsWriter {
         let mut records = Vec::with_capacity(buf.len() + 1024);
         let n = {
             let mut c = lock(&self.shared.conn);
-            let n = c.writer().write(buf)?;
+            let n = c.writer().write(buf).map_err(from_rustls_io)?;
             while c.wants_write() {
-                c.write_tls(&mut records)?;
+                c.write_tls(&mut records).map_err(from_rustls_io)?;
             }
             n
         };
