@@ -23,6 +23,13 @@ pub enum TransferError {
     /// Reading or writing the connection failed.
     #[error("connection lost: {0}")]
     Connection(String),
+    /// The daemon's key is unknown or changed: a trust decision, never retried.
+    #[error("{0}")]
+    HostKey(String),
+    /// The connection's own authentication failed: the data was altered on the
+    /// way. Never retried.
+    #[error("{0}")]
+    Integrity(String),
     /// A local file operation failed.
     #[error("{path}: {text}")]
     Local { path: String, text: String },
@@ -41,6 +48,9 @@ impl TransferError {
         }
     }
     pub fn connection(e: &io::Error) -> Self {
+        if e.get_ref().is_some_and(|i| i.is::<Altered>()) {
+            return TransferError::Integrity(Altered.to_string());
+        }
         TransferError::Connection(io_text(e))
     }
 
@@ -52,12 +62,26 @@ impl TransferError {
             TransferError::Handshake(_) => 2,
             TransferError::Local { .. } => 11,
             TransferError::PeerMisbehaved(_) | TransferError::Malformed(_) => 12,
-            TransferError::Connection(_) => 12,
+            TransferError::Connection(_)
+            | TransferError::Integrity(_)
+            | TransferError::HostKey(_) => 12,
             TransferError::Remote(_) => 12,
             TransferError::Cancelled => 20,
         }
     }
 }
+
+/// Marks an io::Error as "the data was altered in transit".
+#[derive(Debug)]
+pub struct Altered;
+
+impl std::fmt::Display for Altered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("integrity error: data was altered in transit (TLS record authentication failed); nothing was published")
+    }
+}
+
+impl std::error::Error for Altered {}
 
 /// An I/O error as a short lowercase-ish phrase, without "(os error N)".
 pub fn io_text(e: &io::Error) -> String {

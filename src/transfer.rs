@@ -53,8 +53,63 @@ fn local_path(loc: &Location) -> Vec<u8> {
     }
 }
 
-/// Runs a transfer to completion.
+/// Whether a failed transfer is worth trying again: the connection broke, not
+/// the peer's rules or our own files, and nothing was tampered with.
+fn retryable(e: &TransferError) -> bool {
+    matches!(e, TransferError::Connection(_))
+}
+
+/// How long a daemon transfer keeps retrying after the connection breaks.
+const DEFAULT_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs a transfer to completion. A transfer to or from a daemon whose
+/// connection breaks is run again, with exponential backoff and jitter, for
+/// up to `--timeout` (60 s without it): files already done are skipped and a
+/// file cut short resumes from its partial file.
 pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
+    let daemon = plan
+        .sources
+        .iter()
+        .chain([&plan.dest])
+        .any(|l| matches!(l, Location::Daemon { .. }));
+    let window = plan.daemon.timeout.unwrap_or(DEFAULT_RETRY_WINDOW);
+    let mut first_failure: Option<std::time::Instant> = None;
+    let mut delay = std::time::Duration::from_millis(250);
+    loop {
+        match run_once(plan, events, cancel) {
+            Err(e) if daemon && retryable(&e) && !cancel.is_cancelled() => {
+                let since = *first_failure.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= window {
+                    return Err(TransferError::Connection(format!(
+                        "{} (gave up after retrying for {} s)",
+                        match &e {
+                            TransferError::Connection(m) => m.clone(),
+                            other => other.to_string(),
+                        },
+                        window.as_secs()
+                    )));
+                }
+                // ±25% jitter so that many clients do not retry in step
+                let mut r = [0u8; 2];
+                let _ = aws_lc_rs::rand::fill(&mut r);
+                let jitter = 0.75 + (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.5;
+                let wait = delay.mul_f64(jitter);
+                events(crate::proto::Event {
+                    kind: crate::proto::EventKind::Notice,
+                    name: Vec::new(),
+                    a: 0,
+                    b: 0,
+                    text: format!("{e}; retrying in {:.1} s", wait.as_secs_f64()).into_bytes(),
+                });
+                std::thread::sleep(wait);
+                delay = (delay * 2).min(std::time::Duration::from_secs(8));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
     if plan.sources.is_empty() {
         return Err(TransferError::Usage("no source given".into()));
     }

@@ -176,7 +176,7 @@ impl<W: Write> FrameWriter<W> {
         let len = self.scratch.buf.len() - 4 + tail.len();
         debug_assert!(len <= frame::MAX_FRAME);
         self.scratch.buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        let io = |e: io::Error| TransferError::connection(&e);
+        let io = |e: io::Error| read_error(&e);
         self.inner.write_all(&self.scratch.buf).map_err(io)?;
         self.inner.write_all(tail).map_err(io)?;
         let n = (4 + len) as u64;

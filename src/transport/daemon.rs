@@ -96,7 +96,7 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Stream, Tr
     match known_hosts::check(&known, &label, &key).map_err(TransferError::Usage)? {
         HostKeyStatus::Known => {}
         HostKeyStatus::Changed(old) => {
-            return Err(TransferError::Connection(format!(
+            return Err(TransferError::HostKey(format!(
                 "WARNING: the key of daemon {label} has CHANGED: it is now {fp}, {} has {old}. \
                  Someone may be intercepting the connection, or the daemon's key was replaced. \
                  Nothing was sent. If the change is expected, remove the old line from {} and connect again.",
@@ -120,7 +120,7 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Stream, Tr
                 )),
             };
             if !accepted {
-                return Err(TransferError::Connection(format!(
+                return Err(TransferError::HostKey(format!(
                     "daemon {label} has an unknown key {fp}; refusing (--host-key-check={}). \
                      Check the fingerprint with the daemon's administrator, then connect with --host-key-check=accept-new",
                     match mode {

@@ -53,9 +53,11 @@ pub struct TlsWriter {
 }
 
 impl TlsReader {
-    /// Bounds how long a read may wait for the peer.
+    /// Bounds how long a read, or a write into a full send buffer, may wait for
+    /// the peer (the socket is shared by both halves).
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.sock.set_read_timeout(t)
+        self.sock.set_read_timeout(t)?;
+        self.sock.set_write_timeout(t)
     }
 }
 
@@ -77,10 +79,7 @@ fn tls_err(e: rustls::Error) -> io::Error {
             | rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
     );
     if altered {
-        return io::Error::new(
-            io::ErrorKind::InvalidData,
-            "integrity error: data was altered in transit (TLS record authentication failed); nothing was published",
-        );
+        return io::Error::new(io::ErrorKind::InvalidData, crate::error::Altered);
     }
     io::Error::new(io::ErrorKind::InvalidData, e)
 }

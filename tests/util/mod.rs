@@ -399,9 +399,28 @@ impl Daemon {
         modules: &[(&str, &Path, bool)],
         args: &[&str],
     ) -> Result<Daemon, String> {
+        Daemon::spawn_in(dir, modules, args, &[], "127.0.0.1:0")
+    }
+
+    /// Like [`spawn`](Self::spawn), run under `wrapper` (e.g. `ip netns exec NS`)
+    /// and listening on `listen`.
+    pub fn spawn_in(
+        dir: tempfile::TempDir,
+        modules: &[(&str, &Path, bool)],
+        args: &[&str],
+        wrapper: &[&str],
+        listen: &str,
+    ) -> Result<Daemon, String> {
         let daemon = dir.path().join("daemon");
-        let mut cmd = Command::new(ferry_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--config-dir"])
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(ferry_bin());
+                c
+            }
+            None => Command::new(ferry_bin()),
+        };
+        cmd.args(["serve", "--listen", listen, "--config-dir"])
             .arg(&daemon);
         for (name, path, ro) in modules {
             cmd.arg("--module").arg(format!(
