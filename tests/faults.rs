@@ -287,3 +287,78 @@ fn a_source_that_changes_while_being_sent_is_reported_and_not_published() {
     assert!(err.contains("changed while being sent"), "{err}");
     assert!(!dst.exists(), "a file that changed mid-send was published");
 }
+
+#[test]
+fn sigkill_of_the_daemon_at_fifty_moments_never_leaves_a_partial_file() {
+    let t = tmp();
+    let (a, b, module) = (
+        t.path().join("a"),
+        t.path().join("b"),
+        t.path().join("module"),
+    );
+    std::fs::create_dir(&module).unwrap();
+    let files = versions(&a, &b);
+    let dst = module.join("tree");
+    let mut d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut seed: u64 = 0xfe77;
+    let mut killed = 0;
+    for round in 0..50 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let src = if round % 2 == 0 { &a } else { &b };
+        let mut args: Vec<String> = vec![
+            "sync".into(),
+            "-a".into(),
+            "--bwlimit".into(),
+            "40M".into(),
+            "--timeout".into(),
+            "1".into(),
+        ];
+        args.extend(d.client_args());
+        args.extend([format!("{}/", src.display()), d.url("data/tree/")]);
+        let mut client = Command::new(ferry_bin())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(60 + seed % 400));
+        if client.try_wait().unwrap().is_none() {
+            Command::new("kill")
+                .args(["-KILL", &d.pid().to_string()])
+                .status()
+                .unwrap();
+            d.wait(Duration::from_secs(5))
+                .expect("daemon survived SIGKILL");
+            killed += 1;
+        }
+        let _ = client.kill();
+        let _ = client.wait();
+        each_file_is_whole(&dst, &files, &format!("after daemon kill {round}"));
+        // the same daemon again (a new port)
+        let dir = std::mem::replace(&mut d.dir, tmp());
+        drop(d);
+        d = Daemon::spawn(dir, &[("data", &module, false)], &[]).unwrap();
+    }
+    eprintln!("SIGKILLed the daemon {killed} times of 50 mid-transfer; every file at its final path was a whole version each time");
+    assert!(
+        killed >= 40,
+        "only {killed} transfers were still going when the daemon was killed"
+    );
+    ok(sync_all(&d, &b));
+    for (name, _, vb) in &files {
+        assert_eq!(
+            std::fs::read(dst.join(name)).unwrap(),
+            *vb,
+            "{name} after the final run"
+        );
+    }
+}
+
+fn sync_all(d: &Daemon, src: &Path) -> std::process::Output {
+    let mut args: Vec<String> = vec!["sync".into(), "-a".into()];
+    args.extend(d.client_args());
+    args.extend([format!("{}/", src.display()), d.url("data/tree/")]);
+    ferry(&args)
+}
