@@ -35,20 +35,19 @@ fn frame(msg: &Message) -> Vec<u8> {
     out
 }
 
-/// Runs a pull of `requested` into `dest` against a server that answers the
-/// handshake and then writes `script` (raw bytes), ignoring what the client says.
-fn pull_from_hostile(requested: &str, dest: &Path, script: Vec<u8>) -> Result<(), String> {
+/// Runs the client half of `request` over pipes against a server that answers
+/// the handshake and the request, then writes `script` (raw bytes), ignoring
+/// whatever the client says.
+fn against_hostile(request: Request, local: &Path, script: Vec<u8>) -> Result<(), String> {
     let (client_r, server_w) = std::io::pipe().unwrap();
     let (server_r, client_w) = std::io::pipe().unwrap();
     let server = std::thread::spawn(move || {
-        let mut r = server_r;
-        let mut w = server_w;
+        let (mut r, mut w) = (server_r, server_w);
         let mut hello = [0u8; 9];
         if r.read_exact(&mut hello).is_err() {
             return;
         }
         let _ = w.write_all(&proto::server_hello(1));
-        // read the request frame
         let mut len = [0u8; 4];
         if r.read_exact(&mut len).is_err() {
             return;
@@ -61,6 +60,23 @@ fn pull_from_hostile(requested: &str, dest: &Path, script: Vec<u8>) -> Result<()
         // swallow whatever the client says until it hangs up
         let _ = std::io::copy(&mut r, &mut std::io::sink());
     });
+    let result = run_client(
+        Stream {
+            reader: Box::new(client_r),
+            writer: Box::new(client_w),
+        },
+        request,
+        vec![local.as_os_str().as_encoded_bytes().to_vec()],
+        &|_| {},
+        &Cancel::default(),
+        Arc::new(Counters::default()),
+    );
+    let _ = server.join();
+    result.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A pull of `requested` into `dest` from a hostile sender.
+fn pull_from_hostile(requested: &str, dest: &Path, script: Vec<u8>) -> Result<(), String> {
     let request = Request {
         role: Role::ServerSends,
         paths: vec![requested.as_bytes().to_vec()],
@@ -71,19 +87,7 @@ fn pull_from_hostile(requested: &str, dest: &Path, script: Vec<u8>) -> Result<()
             ..Options::default()
         },
     };
-    let result = run_client(
-        Stream {
-            reader: Box::new(client_r),
-            writer: Box::new(client_w),
-        },
-        request,
-        vec![dest.as_os_str().as_encoded_bytes().to_vec()],
-        &|_| {},
-        &Cancel::default(),
-        Arc::new(Counters::default()),
-    );
-    let _ = server.join();
-    result.map(|_| ()).map_err(|e| e.to_string())
+    against_hostile(request, dest, script)
 }
 
 fn list(items: &[Message]) -> Vec<u8> {
@@ -416,28 +420,8 @@ fn lying_segments_are_refused_and_publish_nothing() {
     assert_contained(t.path(), &dest);
 }
 
-/// Runs a push of `src` against a server that answers the handshake and then
-/// writes `script` as a hostile receiver.
+/// A push of `src` to a hostile receiver.
 fn push_to_hostile(src: &Path, script: Vec<u8>) -> Result<(), String> {
-    let (client_r, server_w) = std::io::pipe().unwrap();
-    let (server_r, client_w) = std::io::pipe().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut r, mut w) = (server_r, server_w);
-        let mut hello = [0u8; 9];
-        if r.read_exact(&mut hello).is_err() {
-            return;
-        }
-        let _ = w.write_all(&proto::server_hello(1));
-        let mut len = [0u8; 4];
-        if r.read_exact(&mut len).is_err() {
-            return;
-        }
-        let mut req = vec![0u8; u32::from_le_bytes(len) as usize];
-        let _ = r.read_exact(&mut req);
-        let _ = w.write_all(&frame(&Message::Accept));
-        let _ = w.write_all(&script);
-        let _ = std::io::copy(&mut r, &mut std::io::sink());
-    });
     let request = Request {
         role: Role::ServerReceives,
         paths: vec![b"dest".to_vec()],
@@ -446,19 +430,7 @@ fn push_to_hostile(src: &Path, script: Vec<u8>) -> Result<(), String> {
             ..Options::default()
         },
     };
-    let result = run_client(
-        Stream {
-            reader: Box::new(client_r),
-            writer: Box::new(client_w),
-        },
-        request,
-        vec![src.as_os_str().as_encoded_bytes().to_vec()],
-        &|_| {},
-        &Cancel::default(),
-        Arc::new(Counters::default()),
-    );
-    let _ = server.join();
-    result.map(|_| ()).map_err(|e| e.to_string())
+    against_hostile(request, src, script)
 }
 
 #[test]

@@ -1230,7 +1230,18 @@ impl Receiver<'_> {
             }
         })();
         self.buf = buf;
-        match result? {
+        self.settle(file, state, result?)
+    }
+
+    /// After literal bytes were written: keep the file going, or give it up
+    /// after a local write error.
+    fn settle(
+        &mut self,
+        file: u32,
+        state: Incoming,
+        written: Result<(), String>,
+    ) -> Result<(), TransferError> {
+        match written {
             Ok(()) => {
                 self.note_progress(file, &state);
                 self.in_flight.insert(file, state);
@@ -1395,17 +1406,7 @@ impl Receiver<'_> {
             Ok(written)
         })();
         self.buf = buf;
-        match result? {
-            Ok(()) => {
-                self.note_progress(file, &state);
-                self.in_flight.insert(file, state);
-                Ok(())
-            }
-            Err(msg) => {
-                self.drop_state(state);
-                self.abandon(file, msg)
-            }
-        }
+        self.settle(file, state, result?)
     }
 
     fn segment_end(
