@@ -82,15 +82,17 @@ pub struct Plan {
 /// Decides, chunk by chunk, what to copy and what to ask for.
 pub fn plan(recipe: &[ChunkRef], index: &ChunkIndex) -> Plan {
     let mut p = Plan::default();
-    let mut requested: HashMap<[u8; 32], u64> = HashMap::new();
+    // keyed by length too: a hash announced with another length is a lie that
+    // must fail its own check, not a copy of bytes that were never written
+    let mut requested: HashMap<([u8; 32], u32), u64> = HashMap::new();
     let mut out_offset = 0u64;
     for (i, c) in recipe.iter().enumerate() {
         let step = match index.get(&c.hash) {
             Some(loc) if loc.len == c.len => Step::Copy(loc),
-            _ => match requested.get(&c.hash) {
+            _ => match requested.get(&(c.hash, c.len)) {
                 Some(&offset) => Step::CopyOutput { offset, len: c.len },
                 None => {
-                    requested.insert(c.hash, out_offset);
+                    requested.insert((c.hash, c.len), out_offset);
                     match p.need.last_mut() {
                         Some((start, count)) if *start + *count == i as u32 => *count += 1,
                         _ => p.need.push((i as u32, 1)),
@@ -304,6 +306,18 @@ mod tests {
 
     fn literal_bytes(d: &Delta) -> usize {
         d.literals.iter().map(|l| l.len()).sum()
+    }
+
+    #[test]
+    fn a_repeated_hash_with_another_length_is_not_copied_from_the_output() {
+        // A lying recipe: the same hash announced with two lengths. The second
+        // cannot be the bytes written for the first, so it must be asked for
+        // (and then fail its own check), not copied from beyond what was written.
+        let hash = *blake3::hash(&[7u8; 10]).as_bytes();
+        let recipe = [ChunkRef { len: 10, hash }, ChunkRef { len: 50, hash }];
+        let p = plan(&recipe, &ChunkIndex::default());
+        assert_eq!(p.steps[1], Step::Literal { len: 50, hash });
+        assert_eq!(p.need, vec![(0, 2)]);
     }
 
     #[test]
