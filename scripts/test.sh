@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (OpenSSH's server for the ssh transport, rsync as the oracle, iproute2 for the
-# network-namespace tests), then runs every test. Tests that need root, sshd or
+# (OpenSSH's server for the ssh transport, rsync as the oracle, iproute2,
+# iptables and ethtool for the network-namespace tests: cut, lossy and
+# duplicating links), then runs every test. Tests that need root, sshd or
 # namespaces fail here rather than skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ need=()
 command -v rsync >/dev/null || need+=(rsync)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
+command -v ethtool >/dev/null || need+=(ethtool)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: needs ${need[*]} (install them, or run as root)" >&2

@@ -1,6 +1,8 @@
 //! Bad links: a daemon inside a network namespace this test creates, reached
 //! over a veth pair on a private /30 that exists only between the test's own
-//! interfaces. The link is cut with `ip link set down` and brought back.
+//! interfaces. The link is cut with `ip link set down` and brought back, made
+//! lossy with iptables' statistic match, made to duplicate packets with its TEE
+//! target, and made long with a delay relay (this kernel has no netem).
 //! Needs root (the README's test command runs these).
 
 mod util;
@@ -12,7 +14,12 @@ use util::*;
 struct Netns {
     name: String,
     host_if: String,
-    pub peer_addr: String,
+    ns_if: String,
+    host_addr: String,
+    /// A drop rule this test added to the host's INPUT chain (for its own
+    /// interface only), removed on drop.
+    host_rule: Option<Vec<String>>,
+    peer_addr: String,
 }
 
 fn ip(args: &[&str]) {
@@ -26,9 +33,13 @@ impl Netns {
         let name = format!("ferry-{tag}-{id}");
         let host_if = format!("fh{tag}{id}");
         let ns_if = format!("fn{tag}{id}");
-        // a /30 of its own per namespace: the tag picks a half of the range
-        let half = if tag == "a" { 0 } else { 100 };
-        let third = (std::process::id() % 100) + 20 + half;
+        // a /30 of its own per namespace: the tag picks a third of the range
+        let part = match tag {
+            "a" => 0,
+            "b" => 70,
+            _ => 140,
+        };
+        let third = (std::process::id() % 60) + 20 + part;
         let (host_addr, peer_addr) = (format!("10.213.{third}.1"), format!("10.213.{third}.2"));
         // leftovers from an earlier crashed run
         let _ = Command::new("ip").args(["link", "del", &host_if]).status();
@@ -37,6 +48,9 @@ impl Netns {
         let ns = Netns {
             name: name.clone(),
             host_if: host_if.clone(),
+            ns_if: ns_if.clone(),
+            host_rule: None,
+            host_addr: host_addr.clone(),
             peer_addr: peer_addr.clone(),
         };
         ip(&[
@@ -61,6 +75,90 @@ impl Netns {
         ns
     }
 
+    /// Runs a command inside the namespace.
+    fn exec(&self, args: &[&str]) {
+        let mut all = vec!["netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// Drops `loss` of the packets each way and duplicates `dup` of those
+    /// leaving the namespace. Drops are counted on arrival, where packets are
+    /// one MTU each (netfilter sees a sender's TCP output before it is cut into
+    /// packets), so offloads are turned off on both ends of the link.
+    fn make_bad(&mut self, loss: &str, dup: &str) {
+        for (dev, inside) in [(self.host_if.clone(), false), (self.ns_if.clone(), true)] {
+            let cmd = [
+                "ethtool", "-K", &dev, "tso", "off", "gso", "off", "gro", "off",
+            ];
+            if inside {
+                self.exec(&cmd);
+            } else {
+                let st = Command::new(cmd[0])
+                    .args(&cmd[1..])
+                    .status()
+                    .expect("ethtool");
+                assert!(st.success(), "ethtool");
+            }
+        }
+        let drop = [
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            loss,
+            "-j",
+            "DROP",
+        ];
+        let mut inside = vec!["iptables", "-A", "INPUT"];
+        inside.extend(drop);
+        self.exec(&inside);
+        let mut rule: Vec<String> = vec!["INPUT".into(), "-i".into(), self.host_if.clone()];
+        rule.extend(drop.iter().map(|s| s.to_string()));
+        let st = Command::new("iptables")
+            .arg("-A")
+            .args(&rule)
+            .status()
+            .expect("iptables");
+        assert!(st.success(), "iptables on the host");
+        self.host_rule = Some(rule);
+        self.exec(&[
+            "iptables",
+            "-t",
+            "mangle",
+            "-A",
+            "POSTROUTING",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            dup,
+            "-j",
+            "TEE",
+            "--gateway",
+            &self.host_addr,
+        ]);
+    }
+
+    /// Packets matched so far by the rule of `table`/`chain` (inside the
+    /// namespace, or on the host) whose line mentions `needle`.
+    fn rule_packets(&self, inside: bool, table: &str, chain: &str, needle: &str) -> u64 {
+        let mut cmd = Command::new(if inside { "ip" } else { "iptables" });
+        if inside {
+            cmd.args(["netns", "exec", &self.name, "iptables"]);
+        }
+        let out = cmd
+            .args(["-t", table, "-L", chain, "-v", "-n", "-x"])
+            .output()
+            .expect("iptables");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().skip(2).find(|l| l.contains(needle));
+        line.and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     fn link(&self, up: bool) {
         ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]);
     }
@@ -68,6 +166,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if let Some(rule) = self.host_rule.take() {
+            let _ = Command::new("iptables").arg("-D").args(&rule).status();
+        }
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
             .status();
@@ -179,5 +280,87 @@ fn a_link_down_longer_than_the_timeout_is_a_clear_network_error() {
     assert!(
         !t.path().join("module/big").exists(),
         "a partial file was published"
+    );
+}
+
+/// Runs `ferry sync` with these flags from `src` to `dest`.
+fn push(d: &Daemon, flags: &[&str], src: &std::path::Path, dest: String) -> std::process::Output {
+    let mut args: Vec<String> = vec!["sync".into()];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    args.extend(d.client_args());
+    args.extend([src.display().to_string(), dest]);
+    Command::new(ferry_bin()).args(&args).output().unwrap()
+}
+
+/// 100 ms round trip, 5% of packets lost each way, 1% duplicated; TCP's own
+/// retransmissions deliver segments out of order behind every loss. 32 MiB
+/// here; FERRY_LONG=1 moves the 256 MiB.
+#[test]
+fn a_long_lossy_duplicating_link_delivers_every_byte() {
+    let Some((mut ns, d, t)) = setup("c") else {
+        return;
+    };
+    ns.make_bad("0.05", "0.01");
+    let size = if std::env::var_os("FERRY_LONG").is_some() {
+        256 << 20
+    } else {
+        32 << 20
+    };
+    let src = t.path().join("big");
+    write(&src, random_bytes(size, 7));
+    // 50 ms each way; up to 8 MiB held per direction (~1.3 Gbit/s × 50 ms)
+    let relay = delay_relay(d.addr, Duration::from_millis(50), 8 << 20, 64);
+    let started = Instant::now();
+    let out = push(
+        &d,
+        &["--streams", "1"],
+        &src,
+        format!("ferry://{relay}/data/big"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "{} MiB over the lossy link in {:?}",
+        size >> 20,
+        started.elapsed()
+    );
+    let got = std::fs::read(t.path().join("module/big")).unwrap();
+    assert!(
+        got == random_bytes(size, 7),
+        "bytes differ after the lossy link"
+    );
+    // and back, so that the daemon's sending side crosses the bad link too
+    // into a directory of its own: beside the source, the receiver would
+    // rebuild it from the source as a similar file and move almost nothing
+    let back = t.path().join("pulled/big");
+    std::fs::create_dir(t.path().join("pulled")).unwrap();
+    let mut args: Vec<String> = vec!["sync".into(), "--streams".into(), "1".into()];
+    args.extend(d.client_args());
+    args.extend([
+        format!("ferry://{relay}/data/big"),
+        back.display().to_string(),
+    ]);
+    let out = Command::new(ferry_bin()).args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&back).unwrap() == got,
+        "bytes differ on the way back"
+    );
+    let (lost_in, lost_out, doubled) = (
+        ns.rule_packets(true, "filter", "INPUT", "statistic"),
+        ns.rule_packets(false, "filter", "INPUT", &ns.host_if),
+        ns.rule_packets(true, "mangle", "POSTROUTING", "TEE"),
+    );
+    eprintln!("packets dropped: {lost_in} in, {lost_out} out; duplicated: {doubled}");
+    assert!(
+        lost_in > 0 && lost_out > 0 && doubled > 0,
+        "the link was not bad"
     );
 }

@@ -501,3 +501,66 @@ pub fn root_available() -> bool {
     }
     root
 }
+
+/// A TCP relay that delays every byte by `one_way` in each direction, the way
+/// a long link does (this kernel has no netem). It holds at most `in_flight`
+/// bytes per direction — about rate × delay — so a sender feels the pipe fill
+/// up. Serves `connections` connections, then stops accepting.
+pub fn delay_relay(
+    target: std::net::SocketAddr,
+    one_way: Duration,
+    in_flight: usize,
+    connections: usize,
+) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in l.incoming().take(connections) {
+            let Ok(client) = client else { return };
+            let Ok(server) = std::net::TcpStream::connect(target) else {
+                continue;
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            delay_pipe(client, server, one_way, in_flight);
+            delay_pipe(s2, c2, one_way, in_flight);
+        }
+    });
+    addr
+}
+
+/// One direction of [`delay_relay`]: a reader stamps each piece with its
+/// arrival time, a writer forwards it once `one_way` has passed.
+fn delay_pipe(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    one_way: Duration,
+    in_flight: usize,
+) {
+    const PIECE: usize = 64 << 10;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Instant, Vec<u8>)>(in_flight.div_ceil(PIECE));
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; PIECE];
+        loop {
+            let n = match std::io::Read::read(&mut from, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (arrived, bytes) in rx {
+            let due = arrived + one_way;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
