@@ -362,3 +362,130 @@ fn sync_all(d: &Daemon, src: &Path) -> std::process::Output {
     args.extend([format!("{}/", src.display()), d.url("data/tree/")]);
     ferry(&args)
 }
+
+/// Processes under `root` (its children, theirs, …) whose command line
+/// contains `needle`.
+fn descendants(root: u32, needle: &str) -> Vec<u32> {
+    let mut parent = std::collections::HashMap::new();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: the comm may hold spaces, so split after ')'
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        parent.insert(pid, ppid);
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found.retain(|&p| {
+        let mut at = p;
+        while let Some(&up) = parent.get(&at) {
+            if up == root {
+                return true;
+            }
+            if up <= 1 {
+                break;
+            }
+            at = up;
+        }
+        false
+    });
+    found
+}
+
+#[test]
+fn sigkill_of_either_side_of_an_ssh_transfer_at_fifty_moments() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let (a, b, dst) = (t.path().join("a"), t.path().join("b"), t.path().join("dst"));
+    let files = versions(&a, &b);
+    let mut seed: u64 = 0x55d;
+    let (mut senders, mut receivers) = (0, 0);
+    for round in 0..50 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let src = if round % 2 == 0 { &a } else { &b };
+        let mut args: Vec<String> =
+            vec!["sync".into(), "-a".into(), "--bwlimit".into(), "40M".into()];
+        args.extend(sshd.args());
+        args.extend([format!("{}/", src.display()), sshd.remote(&dst) + "/"]);
+        let mut client = Command::new(ferry_bin())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let at = std::time::Instant::now() + Duration::from_millis(150 + seed % 400);
+        // odd rounds kill the receiver on the far side of ssh, even rounds the
+        // sending client
+        let remote = round % 2 == 1;
+        let mut victim = None;
+        while std::time::Instant::now() < at {
+            if remote && victim.is_none() {
+                victim = descendants(sshd.pid(), "serve").first().copied();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if client.try_wait().unwrap().is_none() {
+            if remote {
+                if let Some(pid) =
+                    victim.or_else(|| descendants(sshd.pid(), "serve").first().copied())
+                {
+                    Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .unwrap();
+                    receivers += 1;
+                }
+            } else {
+                client.kill().unwrap();
+                senders += 1;
+            }
+        }
+        let _ = client.wait();
+        // the far side notices its peer is gone and exits
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !descendants(sshd.pid(), "serve").is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        each_file_is_whole(&dst, &files, &format!("after kill {round}"));
+    }
+    eprintln!(
+        "over ssh: SIGKILLed the sender {senders} times and the remote receiver {receivers} times of 50; every file at its final path was a whole version each time"
+    );
+    assert!(
+        senders + receivers >= 40,
+        "only {} transfers were still going when killed",
+        senders + receivers
+    );
+    assert!(
+        receivers >= 15,
+        "the remote receiver was killed only {receivers} times"
+    );
+    let mut args: Vec<String> = vec!["sync".into(), "-a".into()];
+    args.extend(sshd.args());
+    args.extend([format!("{}/", b.display()), sshd.remote(&dst) + "/"]);
+    ok(ferry(&args));
+    for (name, _, vb) in &files {
+        assert_eq!(
+            std::fs::read(dst.join(name)).unwrap(),
+            *vb,
+            "{name} after the final run"
+        );
+    }
+}

@@ -308,6 +308,11 @@ impl Sshd {
         ]
     }
 
+    /// The listening sshd; sessions are its descendants.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `127.0.0.1:PATH`
     pub fn remote(&self, path: &Path) -> String {
         format!("127.0.0.1:{}", path.display())
