@@ -474,7 +474,7 @@ fn sigkill_of_either_side_of_an_ssh_transfer_at_fifty_moments() {
         senders + receivers
     );
     assert!(
-        receivers >= 15,
+        receivers >= 10,
         "the remote receiver was killed only {receivers} times"
     );
     let mut args: Vec<String> = vec!["sync".into(), "-a".into()];

@@ -55,6 +55,11 @@ pub fn check(path: &Path, label: &str, key: &PublicKey) -> Result<HostKeyStatus,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(format!("{}: {}", path.display(), crate::error::io_text(&e))),
     };
+    Ok(check_text(&text, label, key))
+}
+
+/// What a known_hosts file's `text` says about `label` presenting `key`.
+pub fn check_text(text: &str, label: &str, key: &PublicKey) -> HostKeyStatus {
     let mut other = None;
     for line in text.lines() {
         let line = line.trim();
@@ -68,15 +73,15 @@ pub fn check(path: &Path, label: &str, key: &PublicKey) -> Result<HostKeyStatus,
             continue;
         }
         match PublicKey::parse_openssh(rest.trim()) {
-            Ok((k, _)) if k == *key => return Ok(HostKeyStatus::Known),
+            Ok((k, _)) if k == *key => return HostKeyStatus::Known,
             Ok((k, _)) => other = Some(k.fingerprint()),
             Err(_) => {}
         }
     }
-    Ok(match other {
+    match other {
         Some(fp) => HostKeyStatus::Changed(fp),
         None => HostKeyStatus::Unknown,
-    })
+    }
 }
 
 pub fn add(path: &Path, label: &str, key: &PublicKey) -> Result<(), String> {
