@@ -489,3 +489,73 @@ fn sigkill_of_either_side_of_an_ssh_transfer_at_fifty_moments() {
         );
     }
 }
+
+#[test]
+fn a_source_that_fails_to_read_part_way_keeps_the_old_file_and_leaves_no_temp() {
+    use util::failing_fs::{mount, FailingFile};
+    if !root_available() {
+        return;
+    }
+    let t = tmp();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir(&src).unwrap();
+    let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let files = vec![
+        // an old version waits at the destination: the delta path
+        FailingFile {
+            name: "changed.bin".into(),
+            bytes: random_bytes(8 << 20, 1),
+            fail_at: 3 << 20,
+        },
+        // nothing at the destination: the fresh path
+        FailingFile {
+            name: "new.bin".into(),
+            bytes: random_bytes(6 << 20, 2),
+            fail_at: 1 << 20,
+        },
+        FailingFile {
+            name: "fine.bin".into(),
+            bytes: random_bytes(2 << 20, 3),
+            fail_at: u64::MAX,
+        },
+    ];
+    let _mounted = mount(&src, files, mtime);
+    write(&dst.join("changed.bin"), random_bytes(8 << 20, 4));
+    let out = ferry([
+        "sync",
+        "-a",
+        &format!("{}/", s(&src)),
+        &format!("{}/", s(&dst)),
+    ]);
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    let err = stderr(&out);
+    eprintln!("{err}");
+    for name in ["changed.bin", "new.bin"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(name) && l.contains("Input/output error")),
+            "{name} not reported with its error: {err}"
+        );
+    }
+    assert!(
+        std::fs::read(dst.join("changed.bin")).unwrap() == random_bytes(8 << 20, 4),
+        "the old version was replaced"
+    );
+    assert!(
+        !dst.join("new.bin").exists(),
+        "a file that failed was published"
+    );
+    assert!(std::fs::read(dst.join("fine.bin")).unwrap() == random_bytes(2 << 20, 3));
+    // nothing else: at most the resumable partial directory
+    let mut names: Vec<String> = std::fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.retain(|n| n != ".ferry-partial");
+    assert_eq!(
+        names,
+        ["changed.bin", "fine.bin"],
+        "temporary files left behind"
+    );
+}

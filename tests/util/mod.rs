@@ -3,6 +3,8 @@
 //! OpenSSH `sshd` on loopback, and rsync as an oracle.
 #![allow(dead_code)]
 
+pub mod failing_fs;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
