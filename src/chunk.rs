@@ -92,7 +92,8 @@ pub struct Chunker<R> {
     end: usize,
     eof: bool,
     offset: u64,
-    whole: blake3::Hasher,
+    /// The whole stream's BLAKE3, unless only the chunks are wanted.
+    whole: Option<blake3::Hasher>,
 }
 
 impl<R: Read> Chunker<R> {
@@ -104,7 +105,16 @@ impl<R: Read> Chunker<R> {
             end: 0,
             eof: false,
             offset: 0,
-            whole: blake3::Hasher::new(),
+            whole: Some(blake3::Hasher::new()),
+        }
+    }
+
+    /// A chunker that does not also hash the whole stream (indexing a basis
+    /// needs only the chunks: one BLAKE3 pass instead of two).
+    pub fn chunks_only(inner: R) -> Self {
+        Chunker {
+            whole: None,
+            ..Self::new(inner)
         }
     }
 
@@ -133,7 +143,9 @@ impl<R: Read> Chunker<R> {
         }
         let len = cut(&self.buf[self.start..self.end]);
         let data = &self.buf[self.start..self.start + len];
-        self.whole.update(data);
+        if let Some(w) = &mut self.whole {
+            w.update(data);
+        }
         let chunk = Chunk {
             offset: self.offset,
             len: len as u32,
@@ -149,16 +161,20 @@ impl<R: Read> Chunker<R> {
         self.offset
     }
 
-    /// The BLAKE3 of everything chunked so far.
+    /// The BLAKE3 of everything chunked so far (made by [`Chunker::new`]).
     pub fn whole_hash(&self) -> [u8; 32] {
-        *self.whole.finalize().as_bytes()
+        let w = self
+            .whole
+            .as_ref()
+            .expect("a chunker that hashes the whole stream");
+        *w.finalize().as_bytes()
     }
 }
 
 /// Chunks a whole slice (tests and small inputs).
 pub fn chunk_slice(data: &[u8]) -> Vec<Chunk> {
     let mut out = Vec::new();
-    let mut c = Chunker::new(data);
+    let mut c = Chunker::chunks_only(data);
     while let Some((chunk, _)) = c.next_chunk().expect("reading a slice cannot fail") {
         out.push(chunk);
     }

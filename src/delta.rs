@@ -81,37 +81,55 @@ pub struct Plan {
 
 /// Decides, chunk by chunk, what to copy and what to ask for.
 pub fn plan(recipe: &[ChunkRef], index: &ChunkIndex) -> Plan {
-    let mut p = Plan::default();
+    let mut planner = Planner::default();
+    planner.extend(recipe, index)
+}
+
+/// Plans a recipe that arrives in batches: each batch's plan can be acted on
+/// (asked for, copied) before the next arrives. Indices in [`Plan::need`] are
+/// positions in the whole recipe.
+#[derive(Default)]
+pub struct Planner {
     // keyed by length too: a hash announced with another length is a lie that
     // must fail its own check, not a copy of bytes that were never written
-    let mut requested: HashMap<([u8; 32], u32), u64> = HashMap::new();
-    let mut out_offset = 0u64;
-    for (i, c) in recipe.iter().enumerate() {
-        let step = match index.get(&c.hash) {
-            Some(loc) if loc.len == c.len => Step::Copy(loc),
-            _ => match requested.get(&(c.hash, c.len)) {
-                Some(&offset) => Step::CopyOutput { offset, len: c.len },
-                None => {
-                    requested.insert((c.hash, c.len), out_offset);
-                    match p.need.last_mut() {
-                        Some((start, count)) if *start + *count == i as u32 => *count += 1,
-                        _ => p.need.push((i as u32, 1)),
+    requested: HashMap<([u8; 32], u32), u64>,
+    out_offset: u64,
+    next_index: u32,
+}
+
+impl Planner {
+    /// The plan for the next batch of the recipe.
+    pub fn extend(&mut self, batch: &[ChunkRef], index: &ChunkIndex) -> Plan {
+        let mut p = Plan::default();
+        for c in batch {
+            let i = self.next_index;
+            self.next_index += 1;
+            let step = match index.get(&c.hash) {
+                Some(loc) if loc.len == c.len => Step::Copy(loc),
+                _ => match self.requested.get(&(c.hash, c.len)) {
+                    Some(&offset) => Step::CopyOutput { offset, len: c.len },
+                    None => {
+                        self.requested.insert((c.hash, c.len), self.out_offset);
+                        match p.need.last_mut() {
+                            Some((start, count)) if *start + *count == i => *count += 1,
+                            _ => p.need.push((i, 1)),
+                        }
+                        Step::Literal {
+                            len: c.len,
+                            hash: c.hash,
+                        }
                     }
-                    Step::Literal {
-                        len: c.len,
-                        hash: c.hash,
-                    }
-                }
-            },
-        };
-        match step {
-            Step::Literal { len, .. } => p.literal_bytes += len as u64,
-            _ => p.reused_bytes += c.len as u64,
+                },
+            };
+            match step {
+                Step::Literal { len, .. } => p.literal_bytes += len as u64,
+                _ => p.reused_bytes += c.len as u64,
+            }
+            p.steps.push(step);
+            self.out_offset += c.len as u64;
         }
-        p.steps.push(step);
-        out_offset += c.len as u64;
+        p
     }
-    p
 }
 
 /// Checks a `Need` from the receiver against the recipe it answers: ranges in
@@ -138,6 +156,7 @@ pub fn check_need(ranges: &[(u32, u32)], recipe_len: usize) -> Result<u64, &'sta
 
 /// Walks a plan's steps in order: copies run on their own, literals wait for data.
 pub struct Rebuild {
+    /// Steps not yet done start at `pos`; done ones are dropped now and then.
     steps: Vec<Step>,
     pos: usize,
     written: u64,
@@ -182,6 +201,13 @@ impl Rebuild {
         let len = self.steps[self.pos].bytes();
         self.written += len as u64;
         self.pos += 1;
+    }
+
+    /// Appends the steps of the next recipe batch.
+    pub fn extend(&mut self, steps: Vec<Step>) {
+        self.steps.drain(..self.pos);
+        self.pos = 0;
+        self.steps.extend(steps);
     }
 
     pub fn is_done(&self) -> bool {

@@ -14,9 +14,10 @@
 use super::wire::{FrameReader, FrameWriter};
 use super::{text, Cancel, EventFn};
 use crate::chunk::{Chunker, MAX_CHUNK, MIN_CHUNK};
-use crate::delta::{self, ChunkIndex, Rebuild, Step};
+use crate::delta::{ChunkIndex, Planner, Rebuild, Step};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
+use crate::fs::chunk_cache::ChunkCache;
 use crate::fs::dest::{Dest, ExistingKind, Meta, TempFile};
 use crate::fs::names::{self, escape, split_parent};
 use crate::proto::{
@@ -28,7 +29,7 @@ use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 pub struct Config<'a> {
@@ -114,6 +115,8 @@ struct Listed {
 struct Basis {
     files: Vec<File>,
     index: ChunkIndex,
+    /// Which of `files` were indexed from the chunk cache.
+    cached: Vec<usize>,
 }
 
 enum Incoming {
@@ -125,23 +128,11 @@ enum Incoming {
     /// Receiving a whole file.
     Whole {
         temp: TempFile,
-        hasher: blake3::Hasher,
+        hasher: Box<blake3::Hasher>,
     },
-    /// Receiving a recipe.
-    Recipe {
-        chunks: Vec<ChunkRef>,
-        total: u64,
-        basis: Option<JoinHandle<Basis>>,
-    },
-    /// Rebuilding from basis chunks and literal chunks.
-    Rebuild {
-        temp: TempFile,
-        hasher: blake3::Hasher,
-        rebuild: Rebuild,
-        bases: Vec<File>,
-        size: u64,
-        hash: [u8; 32],
-    },
+    /// Rebuilding from basis chunks and literal chunks while the recipe
+    /// arrives: each batch is planned, asked for and copied as it comes.
+    Rebuild(Box<Rebuilding>),
     /// Receiving a whole file in segments over several streams.
     Segmented {
         temp: TempFile,
@@ -154,6 +145,25 @@ enum Incoming {
     },
     /// Given up after a local error; what still arrives for it is ignored.
     Failed,
+}
+
+/// A recipe as the chunk cache keeps it: (length, BLAKE3) per chunk.
+type Recipe = Vec<(u32, [u8; 32])>;
+
+struct Rebuilding {
+    temp: TempFile,
+    hasher: blake3::Hasher,
+    rebuild: Rebuild,
+    planner: Planner,
+    basis: Basis,
+    /// Recipe bytes so far, and whether a chunk shorter than the minimum (only
+    /// allowed last) was seen.
+    total: u64,
+    short_seen: bool,
+    /// Size and hash from `RecipeEnd`, once it came.
+    end: Option<(u64, [u8; 32])>,
+    /// The recipe so far (length, BLAKE3), for the chunk cache.
+    recipe: Recipe,
 }
 
 struct Receiver<'a> {
@@ -186,6 +196,8 @@ struct Receiver<'a> {
     is_root: bool,
     buf: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
+    /// Chunk lists of destination files from earlier runs.
+    chunk_cache: Option<Arc<ChunkCache>>,
     /// Files given up on: late frames for them (from other streams) are ignored.
     failed_files: HashSet<u32>,
     /// Bytes of each file in flight already counted in progress events.
@@ -315,6 +327,7 @@ where
         buf: vec![0; BLOCK_SIZE.max(MAX_CHUNK)],
         decompressor: zstd::bulk::Decompressor::new()
             .map_err(|e| TransferError::local("zstd", &e))?,
+        chunk_cache: ChunkCache::open_default().map(Arc::new),
         failed_files: HashSet::new(),
         progress: HashMap::new(),
         bytes_done: 0,
@@ -998,10 +1011,11 @@ impl Receiver<'_> {
             let delta = !bases.is_empty();
             let basis = if delta {
                 self.delta_in_flight += 1;
+                let cache = self.chunk_cache.clone();
                 Some(
                     std::thread::Builder::new()
                         .name("ferry-basis".into())
-                        .spawn(move || index_bases(bases))
+                        .spawn(move || index_bases(bases, cache.as_deref()))
                         .map_err(|e| TransferError::local("thread", &e))?,
                 )
             } else {
@@ -1174,7 +1188,7 @@ impl Receiver<'_> {
     ) -> Result<(), TransferError> {
         let Some(mut state) = self.take_for_data(file, "data", |temp| Incoming::Whole {
             temp,
-            hasher: blake3::Hasher::new(),
+            hasher: Box::new(blake3::Hasher::new()),
         })?
         else {
             return Ok(());
@@ -1200,13 +1214,14 @@ impl Receiver<'_> {
                     self.summary.literal += block.len() as u64;
                     Ok(temp.write(block).map_err(|e| write_error(&e)))
                 }
-                Incoming::Rebuild {
-                    temp,
-                    hasher,
-                    rebuild,
-                    bases,
-                    ..
-                } => {
+                Incoming::Rebuild(r) => {
+                    let Rebuilding {
+                        temp,
+                        hasher,
+                        rebuild,
+                        basis,
+                        ..
+                    } = &mut **r;
                     let Some((len, hash)) = rebuild.next_literal() else {
                         return Err(violation(format!(
                             "sent more chunks for file {file} than it asked for"
@@ -1224,7 +1239,7 @@ impl Receiver<'_> {
                         return Ok(Err(write_error(&e)));
                     }
                     rebuild.literal_written();
-                    Ok(run_copies(rebuild, temp, hasher, bases))
+                    Ok(run_copies(rebuild, temp, hasher, &mut basis.files))
                 }
                 _ => Err(Self::not_requested(file, "data")),
             }
@@ -1282,7 +1297,8 @@ impl Receiver<'_> {
 
     fn note_progress(&mut self, file: u32, state: &Incoming) {
         let done = match state {
-            Incoming::Whole { temp, .. } | Incoming::Rebuild { temp, .. } => temp.len(),
+            Incoming::Whole { temp, .. } => temp.len(),
+            Incoming::Rebuild(r) => r.temp.len(),
             Incoming::Segmented { active, done, .. } => {
                 done.iter().map(|d| d.1).sum::<u64>()
                     + active.values().map(|a| a.next - a.start).sum::<u64>()
@@ -1503,60 +1519,15 @@ impl Receiver<'_> {
         Ok(())
     }
 
+    /// One batch of a recipe: planned against the basis, answered with one
+    /// `Need` (always, even when nothing is needed or the file was given up,
+    /// so that the sender can end the file), and copied as far as it can be.
     fn recipe(&mut self, file: u32, chunks: Vec<ChunkRef>) -> Result<(), TransferError> {
         let state = self
             .in_flight
             .remove(&file)
             .ok_or_else(|| Self::not_requested(file, "a recipe"))?;
-        let (mut all, mut total, basis) = match state {
-            Incoming::Failed => {
-                self.in_flight.insert(file, state);
-                return Ok(());
-            }
-            Incoming::Waiting { delta: true, basis } => (Vec::new(), 0u64, basis),
-            Incoming::Recipe {
-                chunks,
-                total,
-                basis,
-            } => (chunks, total, basis),
-            _ => return Err(Self::not_requested(file, "a recipe")),
-        };
-        let limit = self.entries[file as usize].size + RECIPE_SLACK;
-        for c in chunks {
-            // only the last chunk of a file may be shorter than the minimum
-            if all
-                .last()
-                .is_some_and(|p: &ChunkRef| (p.len as usize) < MIN_CHUNK)
-            {
-                return Err(violation(format!(
-                    "sent a short chunk inside the recipe of file {file}"
-                )));
-            }
-            total += c.len as u64;
-            if total > limit {
-                return Err(violation(format!(
-                    "sent a recipe for file {file} larger than the file"
-                )));
-            }
-            all.push(c);
-        }
-        self.in_flight.insert(
-            file,
-            Incoming::Recipe {
-                chunks: all,
-                total,
-                basis,
-            },
-        );
-        Ok(())
-    }
-
-    fn recipe_end(&mut self, file: u32, size: u64, hash: [u8; 32]) -> Result<(), TransferError> {
-        let state = self
-            .in_flight
-            .remove(&file)
-            .ok_or_else(|| Self::not_requested(file, "a recipe end"))?;
-        let (chunks, total, basis) = match state {
+        let mut r = match state {
             Incoming::Failed => {
                 self.in_flight.insert(file, state);
                 return self.send(Message::Need {
@@ -1564,62 +1535,112 @@ impl Receiver<'_> {
                     ranges: Vec::new(),
                 });
             }
-            Incoming::Waiting { delta: true, basis } => (Vec::new(), 0, basis),
-            Incoming::Recipe {
-                chunks,
-                total,
-                basis,
-            } => (chunks, total, basis),
-            _ => return Err(Self::not_requested(file, "a recipe end")),
+            Incoming::Waiting { delta: true, basis } => match self.start_rebuild(file, basis) {
+                Some(r) => r,
+                None => {
+                    return self.send(Message::Need {
+                        file,
+                        ranges: Vec::new(),
+                    })
+                }
+            },
+            Incoming::Rebuild(r) if r.end.is_none() => r,
+            _ => return Err(Self::not_requested(file, "a recipe")),
         };
-        if total != size {
-            return Err(violation(format!(
-                "sent a recipe of {total} bytes for a file of {size}"
-            )));
+        let limit = self.entries[file as usize].size + RECIPE_SLACK;
+        for c in &chunks {
+            // only the last chunk of a file may be shorter than the minimum
+            if r.short_seen {
+                return Err(violation(format!(
+                    "sent a short chunk inside the recipe of file {file}"
+                )));
+            }
+            r.short_seen = (c.len as usize) < MIN_CHUNK;
+            r.recipe.push((c.len, c.hash));
+            r.total += c.len as u64;
+            if r.total > limit {
+                return Err(violation(format!(
+                    "sent a recipe for file {file} larger than the file"
+                )));
+            }
         }
+        let plan = r.planner.extend(&chunks, &r.basis.index);
+        self.summary.reused += plan.reused_bytes;
+        // ask first, so that the sender can start while we copy
+        self.send(Message::Need {
+            file,
+            ranges: plan.need,
+        })?;
+        r.rebuild.extend(plan.steps);
+        let Rebuilding {
+            temp,
+            hasher,
+            rebuild,
+            basis,
+            ..
+        } = &mut *r;
+        let copied = run_copies(rebuild, temp, hasher, &mut basis.files);
+        self.settle(file, Incoming::Rebuild(r), copied)
+    }
+
+    /// The first recipe batch of a file: waits for its basis index and opens
+    /// the temporary file; `None` if the file had to be given up.
+    fn start_rebuild(
+        &mut self,
+        file: u32,
+        basis: Option<JoinHandle<Basis>>,
+    ) -> Option<Box<Rebuilding>> {
         let basis = basis.and_then(|h| h.join().ok()).unwrap_or(Basis {
             files: Vec::new(),
             index: ChunkIndex::default(),
+            cached: Vec::new(),
         });
-        let plan = delta::plan(&chunks, &basis.index);
-        self.summary.reused += plan.reused_bytes;
-        // ask first, so the sender can start while we copy
-        self.send(Message::Need {
-            file,
-            ranges: plan.need.clone(),
-        })?;
-        let mut temp = match self.new_temp(file) {
-            Ok(t) => t,
+        match self.new_temp(file) {
+            Ok(temp) => Some(Box::new(Rebuilding {
+                temp,
+                hasher: blake3::Hasher::new(),
+                rebuild: Rebuild::new(Vec::new()),
+                planner: Planner::default(),
+                basis,
+                total: 0,
+                short_seen: false,
+                end: None,
+                recipe: Vec::new(),
+            })),
             Err(msg) => {
                 self.delta_in_flight -= 1;
-                return self.abandon(file, msg);
+                let _ = self.abandon(file, msg);
+                None
             }
-        };
-        let mut hasher = blake3::Hasher::new();
-        let mut rebuild = Rebuild::new(plan.steps);
-        let mut bases = basis.files;
-        if let Err(msg) = run_copies(&mut rebuild, &mut temp, &mut hasher, &mut bases) {
-            self.drop_state(Incoming::Rebuild {
-                temp,
-                hasher,
-                rebuild,
-                bases,
-                size,
-                hash,
-            });
-            return self.abandon(file, msg);
         }
-        self.in_flight.insert(
-            file,
-            Incoming::Rebuild {
-                temp,
-                hasher,
-                rebuild,
-                bases,
-                size,
-                hash,
+    }
+
+    fn recipe_end(&mut self, file: u32, size: u64, hash: [u8; 32]) -> Result<(), TransferError> {
+        let state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, "a recipe end"))?;
+        let mut r = match state {
+            Incoming::Failed => {
+                self.in_flight.insert(file, state);
+                return Ok(());
+            }
+            // an empty file: no batches at all
+            Incoming::Waiting { delta: true, basis } => match self.start_rebuild(file, basis) {
+                Some(r) => r,
+                None => return Ok(()),
             },
-        );
+            Incoming::Rebuild(r) if r.end.is_none() => r,
+            _ => return Err(Self::not_requested(file, "a recipe end")),
+        };
+        if r.total != size {
+            return Err(violation(format!(
+                "sent a recipe of {} bytes for a file of {size}",
+                r.total
+            )));
+        }
+        r.end = Some((size, hash));
+        self.in_flight.insert(file, Incoming::Rebuild(r));
         Ok(())
     }
 
@@ -1628,6 +1649,9 @@ impl Receiver<'_> {
             .in_flight
             .remove(&file)
             .ok_or_else(|| Self::not_requested(file, "the end"))?;
+        // for a rebuilt file: its recipe (to cache once published) and the
+        // bases whose cached chunk lists it trusted
+        let mut rebuilt: Option<(Recipe, Basis)> = None;
         let (temp, ok) = match state {
             Incoming::Failed => {
                 self.failed_files.insert(file);
@@ -1661,14 +1685,20 @@ impl Receiver<'_> {
                 let ok = temp.len() == size && *hasher.finalize().as_bytes() == hash;
                 (temp, ok)
             }
-            Incoming::Rebuild {
-                temp,
-                hasher,
-                rebuild,
-                size: want_size,
-                hash: want_hash,
-                ..
-            } => {
+            Incoming::Rebuild(r) => {
+                let Rebuilding {
+                    temp,
+                    hasher,
+                    rebuild,
+                    end,
+                    recipe,
+                    basis,
+                    ..
+                } = *r;
+                rebuilt = Some((recipe, basis));
+                let Some((want_size, want_hash)) = end else {
+                    return Err(violation(format!("ended file {file} before its recipe")));
+                };
                 if !rebuild.is_done() {
                     return Err(violation(format!(
                         "ended file {file} before sending the chunks it asked for"
@@ -1686,6 +1716,11 @@ impl Receiver<'_> {
         let name = self.entries[file as usize].name.clone();
         if !ok {
             self.progress.remove(&file);
+            if let (Some(cache), Some((_, basis))) = (&self.chunk_cache, &rebuilt) {
+                for &i in &basis.cached {
+                    cache.forget(&basis.files[i]);
+                }
+            }
             // never publish, never keep as a basis
             self.dest.as_mut().expect("destination open").discard(temp);
             self.file_error(
@@ -1694,7 +1729,14 @@ impl Receiver<'_> {
             );
             return Ok(());
         }
+        let published = temp.file.try_clone().ok();
         self.publish(file, temp);
+        // remember the new file's chunks: the next re-sync need not read it
+        if let (Some(cache), Some((recipe, _)), Some(f)) = (&self.chunk_cache, rebuilt, published) {
+            if self.entries[file as usize].done {
+                cache.store(&f, &recipe);
+            }
+        }
         Ok(())
     }
 
@@ -1731,11 +1773,11 @@ impl Receiver<'_> {
     fn drop_state(&mut self, state: Incoming) {
         let temp = match state {
             Incoming::Whole { temp, .. } | Incoming::Segmented { temp, .. } => Some(temp),
-            Incoming::Rebuild { temp, .. } => {
+            Incoming::Rebuild(r) => {
                 self.delta_in_flight -= 1;
-                Some(temp)
+                Some(r.temp)
             }
-            Incoming::Waiting { delta: true, .. } | Incoming::Recipe { .. } => {
+            Incoming::Waiting { delta: true, .. } => {
                 self.delta_in_flight -= 1;
                 None
             }
@@ -1905,15 +1947,27 @@ fn write_error(e: &std::io::Error) -> String {
 }
 
 /// Reads every basis file once, indexing its chunks by hash.
-fn index_bases(files: Vec<File>) -> Basis {
+fn index_bases(files: Vec<File>, cache: Option<&ChunkCache>) -> Basis {
     let mut index = ChunkIndex::default();
+    let mut cached = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        let mut chunker = Chunker::new(f);
+        if let Some(chunks) = cache.and_then(|c| c.load(f)) {
+            for c in &chunks {
+                index.add(i as u32, c);
+            }
+            cached.push(i);
+            continue;
+        }
+        let mut chunker = Chunker::chunks_only(f);
         while let Ok(Some((c, _))) = chunker.next_chunk() {
             index.add(i as u32, &c);
         }
     }
-    Basis { files, index }
+    Basis {
+        files,
+        index,
+        cached,
+    }
 }
 
 /// Runs the copy steps of a rebuild up to its next literal.

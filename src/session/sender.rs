@@ -93,12 +93,19 @@ struct Listed {
     wanted: bool,
 }
 
-/// A file's state between sending its recipe and serving the `Need`.
+/// A file whose recipe is being sent or answered. The receiver answers each
+/// `Recipe` batch with one `Need` (ranges inside that batch, possibly none),
+/// so that it can rebuild while the rest of the file is still being chunked;
+/// `FileEnd` follows once every batch is answered and the recipe has ended.
 struct PendingRecipe {
     file: File,
     chunks: Vec<(u64, u32, [u8; 32])>,
-    size: u64,
-    hash: [u8; 32],
+    /// Where each batch sent so far starts in `chunks`.
+    batches: Vec<usize>,
+    /// Batches answered so far.
+    answered: usize,
+    /// Size and whole-file hash, once the recipe has ended.
+    ended: Option<(u64, [u8; 32])>,
     stamp: Stamp,
 }
 
@@ -164,6 +171,9 @@ struct Sender<'a, W: Write> {
     options: Options,
     files: Vec<Option<Listed>>,
     pending: HashMap<u32, PendingRecipe>,
+    /// Files given up on mid-recipe: a `Need` the receiver sent before it
+    /// heard is ignored.
+    given_up: std::collections::HashSet<u32>,
     packer: Packer,
     buf: Vec<u8>,
     rx: mpsc::Receiver<FromPeer>,
@@ -207,6 +217,7 @@ where
         options: cfg.options,
         files: Vec::new(),
         pending: HashMap::new(),
+        given_up: Default::default(),
         packer: Packer::new(false),
         buf: vec![0; BLOCK_SIZE],
         rx,
@@ -672,89 +683,182 @@ impl<W: Write> Sender<'_, W> {
         let Some((f, before)) = self.open_listed(file, path)? else {
             return Ok(());
         };
-        let mut chunker = Chunker::new(&f);
-        let mut chunks = Vec::new();
+        let reader = f.try_clone().map_err(|e| TransferError::local("dup", &e))?;
+        self.pending.insert(
+            file,
+            PendingRecipe {
+                file: f,
+                chunks: Vec::new(),
+                batches: Vec::new(),
+                answered: 0,
+                ended: None,
+                stamp: before,
+            },
+        );
+        let mut chunker = Chunker::new(&reader);
         let mut batch = Vec::with_capacity(RECIPE_BATCH);
         loop {
-            match chunker.next_chunk() {
-                Ok(Some((c, _))) => {
-                    chunks.push((c.offset, c.len, c.hash));
-                    batch.push(ChunkRef {
-                        len: c.len,
-                        hash: c.hash,
-                    });
-                    if batch.len() == RECIPE_BATCH {
-                        let chunks = std::mem::take(&mut batch);
-                        self.writer.send(&Message::Recipe { file, chunks })?;
-                    }
-                }
-                Ok(None) => break,
+            let next = match chunker.next_chunk() {
+                Ok(Some((c, _))) => Some(c),
+                Ok(None) => None,
                 Err(e) => {
-                    return self.fail_file(file, path, format!("read failed: {}", io_text(&e)))
+                    self.pending.remove(&file);
+                    self.given_up.insert(file);
+                    return self.fail_file(file, path, format!("read failed: {}", io_text(&e)));
+                }
+            };
+            if let Some(c) = next {
+                let p = self.pending.get_mut(&file).expect("pending");
+                p.chunks.push((c.offset, c.len, c.hash));
+                batch.push(ChunkRef {
+                    len: c.len,
+                    hash: c.hash,
+                });
+            }
+            if batch.len() == RECIPE_BATCH || (next.is_none() && !batch.is_empty()) {
+                let p = self.pending.get_mut(&file).expect("pending");
+                p.batches.push(p.chunks.len() - batch.len());
+                let chunks = std::mem::take(&mut batch);
+                self.writer.send(&Message::Recipe { file, chunks })?;
+                // answers to earlier batches: send their chunks now, while the
+                // receiver rebuilds
+                self.writer.flush()?;
+                self.serve_arrived_needs(file)?;
+                if !self.pending.contains_key(&file) {
+                    return Ok(()); // given up while serving
                 }
             }
-        }
-        if !batch.is_empty() {
-            self.writer.send(&Message::Recipe {
-                file,
-                chunks: batch,
-            })?;
+            if next.is_none() {
+                break;
+            }
         }
         let size = chunker.position();
         let hash = chunker.whole_hash();
         drop(chunker);
         self.writer.send(&Message::RecipeEnd { file, size, hash })?;
-        self.pending.insert(
-            file,
-            PendingRecipe {
-                file: f,
-                chunks,
-                size,
-                hash,
-                stamp: before,
-            },
-        );
+        let p = self.pending.get_mut(&file).expect("pending");
+        p.ended = Some((size, hash));
+        self.maybe_file_end(file)
+    }
+
+    /// While a recipe is being sent: serves the receiver's answers for this
+    /// file at once (those set aside earlier first, in order), and keeps its
+    /// other requests for later.
+    fn serve_arrived_needs(&mut self, current: u32) -> Result<(), TransferError> {
+        self.cancel.check()?;
+        while self.pending.contains_key(&current) {
+            let set_aside = self
+                .deferred
+                .iter()
+                .position(|j| matches!(j, FromPeer::Need { file, .. } if *file == current));
+            if let Some(i) = set_aside {
+                if let Some(FromPeer::Need { file, ranges }) = self.deferred.remove(i) {
+                    self.send_needed(file, &ranges)?;
+                }
+                continue;
+            }
+            match self.rx.try_recv() {
+                Ok(FromPeer::Need { file, ranges }) if file == current => {
+                    self.send_needed(file, &ranges)?
+                }
+                Ok(FromPeer::Event(e)) => self.deliver(e)?,
+                Ok(FromPeer::Failed(e)) => return Err(e),
+                Ok(other) => self.deferred.push_back(other),
+                Err(_) => break,
+            }
+        }
         Ok(())
     }
 
+    /// Answers the receiver's `Need` for the next unanswered batch of `file`.
     fn send_needed(&mut self, file: u32, ranges: &[(u32, u32)]) -> Result<(), TransferError> {
-        let p = self.pending.remove(&file).ok_or_else(|| {
+        if self.given_up.contains(&file) {
+            return Ok(());
+        }
+        let p = self.pending.get_mut(&file).ok_or_else(|| {
             TransferError::PeerMisbehaved(format!(
                 "asked for chunks of file {file} without a recipe"
             ))
         })?;
-        check_need(ranges, p.chunks.len()).map_err(|why| {
-            TransferError::PeerMisbehaved(format!("asked for chunks of file {file}: {why}"))
-        })?;
+        let Some(&first) = p.batches.get(p.answered) else {
+            return Err(TransferError::PeerMisbehaved(format!(
+                "asked for chunks of file {file} beyond the recipe sent"
+            )));
+        };
+        let end = p
+            .batches
+            .get(p.answered + 1)
+            .copied()
+            .unwrap_or(p.chunks.len());
+        p.answered += 1;
+        // ranges are indices into the whole recipe, inside this batch
+        let local: Option<Vec<(u32, u32)>> = ranges
+            .iter()
+            .map(|&(start, count)| Some(((start as usize).checked_sub(first)? as u32, count)))
+            .collect();
+        let local = local
+            .ok_or("a range before its batch")
+            .and_then(|l| check_need(&l, end - first).map(|_| l))
+            .map_err(|why| {
+                TransferError::PeerMisbehaved(format!("asked for chunks of file {file}: {why}"))
+            })?;
         let path = self.files[file as usize]
             .as_ref()
             .map(|l| l.path.clone())
             .unwrap_or_default();
         self.packer.reset();
-        for &(start, count) in ranges {
-            for &(offset, len, hash) in &p.chunks[start as usize..(start + count) as usize] {
+        for (start, count) in local {
+            let from = first + start as usize;
+            for i in from..from + count as usize {
+                let p = &self.pending[&file];
+                let (offset, len, hash) = p.chunks[i];
                 let buf = &mut self.buf[..len as usize];
                 if let Err(e) = p.file.read_exact_at(buf, offset) {
-                    return self.fail_file(file, &path, format!("read failed: {}", io_text(&e)));
+                    return self.give_up(file, &path, format!("read failed: {}", io_text(&e)));
                 }
                 if *blake3::hash(buf).as_bytes() != hash {
-                    return self.fail_file(file, &path, "changed while being sent".into());
+                    return self.give_up(file, &path, "changed while being sent".into());
                 }
                 let (compressed, bytes) = self.packer.pack(&self.buf[..len as usize]);
                 self.writer.send_data(file, compressed, len, bytes)?;
             }
             self.pass_events()?;
         }
-        match stamp(&p.file) {
-            Ok(after) if after == p.stamp && after.0 == p.size => {}
-            Ok(_) => return self.fail_file(file, &path, "changed while being sent".into()),
-            Err(e) => return self.fail_file(file, &path, io_text(&e)),
+        self.maybe_file_end(file)
+    }
+
+    /// Ends a file whose recipe has ended and whose batches are all answered.
+    fn maybe_file_end(&mut self, file: u32) -> Result<(), TransferError> {
+        let p = &self.pending[&file];
+        let Some((size, hash)) = p.ended else {
+            return Ok(());
+        };
+        if p.answered < p.batches.len() {
+            return Ok(());
         }
-        self.writer.send(&Message::FileEnd {
-            file,
-            size: p.size,
-            hash: p.hash,
-        })
+        let p = self.pending.remove(&file).expect("pending");
+        let path = self.files[file as usize]
+            .as_ref()
+            .map(|l| l.path.clone())
+            .unwrap_or_default();
+        match stamp(&p.file) {
+            Ok(after) if after == p.stamp && after.0 == size => {}
+            Ok(_) => return self.give_up(file, &path, "changed while being sent".into()),
+            Err(e) => return self.give_up(file, &path, io_text(&e)),
+        }
+        self.writer.send(&Message::FileEnd { file, size, hash })
+    }
+
+    /// Fails a file that has a pending recipe: later answers for it are ignored.
+    fn give_up(
+        &mut self,
+        file: u32,
+        path: &std::path::Path,
+        why: String,
+    ) -> Result<(), TransferError> {
+        self.pending.remove(&file);
+        self.given_up.insert(file);
+        self.fail_file(file, path, why)
     }
 }
 
