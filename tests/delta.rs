@@ -176,3 +176,60 @@ fn a_new_checkpoint_reuses_the_previous_one_in_a_sibling_directory() {
     );
     assert_same_tree(&src, &dst, true);
 }
+
+/// Runs `ferry sync -a --stats` with its chunk cache in `cache`.
+fn sync_cached(cache: &Path, src: &Path, dst: &Path) -> (u64, u64, u64, u64) {
+    let out = std::process::Command::new(ferry_bin())
+        .env("FERRY_CACHE_DIR", cache)
+        .args(["sync", "-a", "--stats"])
+        .arg(src)
+        .arg(dst)
+        .output()
+        .unwrap();
+    stats(&stdout(&ok(out)))
+}
+
+#[test]
+fn the_chunk_cache_is_used_and_never_outlives_a_change_to_the_file() {
+    let t = tmp();
+    let (src, dst, cache) = (
+        t.path().join("a.bin"),
+        t.path().join("b.bin"),
+        t.path().join("cache"),
+    );
+    let size = 8 * MIB;
+    write(&src, random_bytes(size, 1));
+    sync_cached(&cache, &src, &dst);
+    // a delta re-sync leaves the new file's chunk list behind
+    scatter_edit(&src, size);
+    sync_cached(&cache, &src, &dst);
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        1,
+        "no cache entry written"
+    );
+    // the next re-sync reuses it and still moves only the edit
+    let changed = scatter_edit(&src, size);
+    let (literal, ..) = sync_cached(&cache, &src, &dst);
+    assert!(
+        literal < 2 * changed,
+        "literal {literal} for {changed} changed"
+    );
+    assert!(std::fs::read(&dst).unwrap() == std::fs::read(&src).unwrap());
+    // someone rewrites the destination behind ferry's back, keeping its size and
+    // mtime: the cached list must not be trusted (the ctime moved)
+    let mtime = std::fs::metadata(&dst).unwrap().modified().unwrap();
+    std::fs::write(&dst, random_bytes(size, 99)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&dst)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    scatter_edit(&src, size);
+    sync_cached(&cache, &src, &dst);
+    assert!(
+        std::fs::read(&dst).unwrap() == std::fs::read(&src).unwrap(),
+        "rebuilt from a stale chunk list"
+    );
+}

@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -1731,10 +1731,18 @@ impl Receiver<'_> {
         }
         let published = temp.file.try_clone().ok();
         self.publish(file, temp);
-        // remember the new file's chunks: the next re-sync need not read it
-        if let (Some(cache), Some((recipe, _)), Some(f)) = (&self.chunk_cache, rebuilt, published) {
+        // remember the new file's chunks: the next re-sync need not read it;
+        // forget those of a basis the new file replaced
+        if let (Some(cache), Some((recipe, basis)), Some(f)) =
+            (&self.chunk_cache, rebuilt, published)
+        {
             if self.entries[file as usize].done {
                 cache.store(&f, &recipe);
+                for b in &basis.files {
+                    if b.metadata().is_ok_and(|m| m.nlink() == 0) {
+                        cache.forget(b);
+                    }
+                }
             }
         }
         Ok(())
