@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# ferry vs rsync (over ssh) vs scp on the same generated data, in one run, over
-# a throwaway sshd on 127.0.0.1. Prints wall-time ratios and bytes on the wire.
+# ferry vs rsync (over ssh and to an rsync daemon) vs scp on the same generated
+# data, in one run, over a throwaway sshd and daemons on 127.0.0.1. Prints one
+# table: seconds per tool, ratios, bytes on the wire, and peak memory.
 #
-#   bench/compare.sh            full sizes: 1 GiB file, 20,000 small files
+#   bench/compare.sh            full sizes: 2 GiB file, 20,000 small files, 1 GiB JSONL
 #   bench/compare.sh --quick    small sizes, for CI: fails only if a copy differs
+#   BIG_MIB=1024 bench/compare.sh   another size for the big file
 #
 # Needs root (to run sshd), openssh-server, rsync; builds ferry in release mode
 # (in --quick mode the debug build is used, to save CI a release build).
@@ -13,29 +15,29 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 if [ $quick = 1 ]; then
-  big_mib=64; small_files=2000
+  big_mib=${BIG_MIB:-64}; small_files=2000; jsonl_mib=16
   cargo build -q; ferry=$PWD/target/debug/ferry
 else
-  big_mib=1024; small_files=20000
+  big_mib=${BIG_MIB:-2048}; small_files=20000; jsonl_mib=1024
   cargo build -q --release; ferry=$PWD/target/release/ferry
 fi
 
 work=$(mktemp -d /tmp/ferry-bench.XXXXXX)
-sshd_pid=
-ferryd_pid=
+pids=()
 cleanup() {
-  [ -n "$sshd_pid" ] && kill "$sshd_pid" 2>/dev/null
-  [ -n "$ferryd_pid" ] && kill "$ferryd_pid" 2>/dev/null
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "nothing listens on $1"; exit 1; }
 
 # --- a throwaway sshd on loopback -------------------------------------------
 mkdir -p /run/sshd
 ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
 ssh-keygen -q -t ed25519 -N '' -f "$work/id"
 cp "$work/id.pub" "$work/authorized_keys"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 cat > "$work/sshd_config" <<CFG
 Port $port
 ListenAddress 127.0.0.1
@@ -52,28 +54,54 @@ SetEnv SHLVL=1
 Subsystem sftp internal-sftp
 CFG
 /usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" &
-sshd_pid=$!
+pids+=($!)
 echo "[127.0.0.1]:$port $(cat "$work/host_key.pub")" > "$work/known_hosts"
 sshopts=(-F /dev/null -i "$work/id" -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR)
 rsh="ssh -p $port ${sshopts[*]}"
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+wait_port "$port"
+
+# the remote ferry, wrapped to record its peak memory
+cat > "$work/remote-ferry" <<SH
+#!/bin/sh
+exec /usr/bin/time -f %M -o "$work/rss-remote" "$ferry" "\$@"
+SH
+chmod +x "$work/remote-ferry"
 
 # --- a ferry daemon on loopback, with a client key it trusts ------------------
 "$ferry" keygen --config-dir "$work/fcfg" >/dev/null
 mkdir -p "$work/dcfg" && chmod 700 "$work/dcfg"
 "$ferry" trust add "$work/fcfg/id_ed25519.pub" --config-dir "$work/dcfg" >/dev/null
-"$ferry" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 --module "bench=$work" \
-  > "$work/ferryd.out" 2> "$work/ferryd.log" &
+FERRY_CACHE_DIR="$work/cache-daemon" "$ferry" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 \
+  --module "bench=$work" > "$work/ferryd.out" 2> "$work/ferryd.log" &
 ferryd_pid=$!
+pids+=($ferryd_pid)
 for _ in $(seq 100); do grep -q "listening on" "$work/ferryd.out" 2>/dev/null && break; sleep 0.05; done
 ferryd_addr=$(sed -n 's/^listening on //p' "$work/ferryd.out" | head -1)
 
+# --- an rsync daemon on loopback (no encryption: its usual set-up) --------------
+rsyncd_port=$(free_port)
+cat > "$work/rsyncd.conf" <<CFG
+port = $rsyncd_port
+address = 127.0.0.1
+use chroot = no
+pid file = $work/rsyncd.pid
+[bench]
+  path = $work
+  read only = no
+  uid = root
+  gid = root
+CFG
+rsync --daemon --no-detach --config="$work/rsyncd.conf" 2>"$work/rsyncd.log" &
+pids+=($!)
+rsyncd_pid=$!
+wait_port "$rsyncd_port"
+
 # --- data ---------------------------------------------------------------------
 src=$work/src
-mkdir -p "$src/big" "$src/small"
-python3 - "$src" "$big_mib" "$small_files" <<'PY'
+mkdir -p "$src/big" "$src/small" "$src/jsonl"
+python3 - "$src" "$big_mib" "$small_files" "$jsonl_mib" <<'PY'
 import os, random, sys
-src, mib, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+src, mib, n, jmib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rnd = random.Random(42)
 with open(f"{src}/big/model.bin", "wb") as f:
     for _ in range(mib):
@@ -83,61 +111,128 @@ for i in range(n):
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/f{i:05d}.json", "wb") as f:
         f.write(rnd.randbytes(rnd.randint(1024, 16384)))
+# a corpus of JSON lines: ids, a few fields, sentences from a 5,000-word vocabulary
+words = ["".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 10))) for _ in range(5000)]
+with open(f"{src}/jsonl/corpus.jsonl", "w") as f:
+    i, size, target = 0, 0, jmib << 20
+    while size < target:
+        text = " ".join(rnd.choices(words, k=rnd.randint(20, 120)))
+        line = f'{{"id": {i}, "source": "crawl-{rnd.randint(0, 99):02d}", "lang": "en", "score": {rnd.random():.4f}, "text": "{text}"}}\n'
+        f.write(line); size += len(line); i += 1
 PY
 
 now() { date +%s.%N; }
 results=()
-# run LABEL TOOL CMD...: times one command; records seconds and wire bytes
+# run SCENARIO TOOL CMD...: times one command; records seconds, wire bytes
+# (from --stats) and the peak memory of the client and of ferry's server side
 run() {
   local label=$1 tool=$2; shift 2
+  rm -f "$work/rss-remote" "$work/rss-client"
+  [ -e "/proc/$ferryd_pid/clear_refs" ] && echo 5 > "/proc/$ferryd_pid/clear_refs"
   local t0 t1 out
   t0=$(now)
-  out=$("$@" 2>&1) || { echo "FAILED: $tool $label"; echo "$out"; exit 1; }
+  out=$(/usr/bin/time -f %M -o "$work/rss-client" "$@" 2>&1) || { echo "FAILED: $tool $label"; echo "$out"; exit 1; }
   t1=$(now)
-  local secs wire
+  local secs wire rss_c rss_s=-
   secs=$(python3 -c "print(f'{$t1-$t0:.2f}')")
   wire=$(printf '%s\n' "$out" | python3 -c '
 import re, sys
 t = sys.stdin.read()
 s = re.search(r"Total bytes sent: ([\d,]+)", t); r = re.search(r"Total bytes received: ([\d,]+)", t)
 print(int(s.group(1).replace(",", "")) + int(r.group(1).replace(",", "")) if s and r else "-")')
-  results+=("$label|$tool|$secs|$wire")
-  printf '  %-28s %-6s %8ss  wire %s\n' "$label" "$tool" "$secs" "$wire"
+  rss_c=$(( $(tail -1 "$work/rss-client") / 1024 ))
+  case $tool in
+    ferry) [ -s "$work/rss-remote" ] && rss_s=$(( $(tail -1 "$work/rss-remote") / 1024 )) ;;
+    ferryd) rss_s=$(( $(awk '/VmHWM/ {print $2}' "/proc/$ferryd_pid/status") / 1024 )) ;;
+  esac
+  results+=("$label|$tool|$secs|$wire|$rss_c|$rss_s")
+  printf '  %-24s %-7s %8ss  wire %-12s rss client %s MiB, server %s MiB\n' "$label" "$tool" "$secs" "$wire" "$rss_c" "$rss_s"
 }
 same() { # verify a destination equals the source subtree
   diff -r "$1" "$2" >/dev/null || { echo "MISMATCH: $2 differs from $1"; exit 1; }
 }
 
-ferry_sync() { "$ferry" sync -a --stats -e "$rsh" --remote-ferry "$ferry" "$@"; }
-rsync_sync() { rsync -a --stats -e "$rsh" "$@"; }
-ferryd_sync() { "$ferry" sync -a --stats --config-dir "$work/fcfg" --host-key-check accept-new "$@"; }
-scp_copy() { scp -q -r -P "$port" "${sshopts[@]}" "$@"; }
+export FERRY_CACHE_DIR="$work/cache-client"
+# each tool's command line (run under /usr/bin/time, so no shell functions)
+ferry_sync=("$ferry" sync -a --stats -e "$rsh" --remote-ferry "$work/remote-ferry")
+ferryd_sync=("$ferry" sync -a --stats --config-dir "$work/fcfg" --host-key-check accept-new)
+rsync_sync=(rsync -a --stats -e "$rsh")
+rsyncd_sync=(rsync -a --stats)
+scp_copy=(scp -q -r -P "$port" "${sshopts[@]}")
 
-for tool in ferry ferryd rsync scp; do mkdir -p "$work/dst-$tool"; done
-remote() { echo "127.0.0.1:$work/dst-$1/$2"; }
-daemon_url() { echo "ferry://$ferryd_addr/bench/dst-ferryd/$1"; }
+tools=(ferry ferryd rsync rsyncd scp)
+for tool in "${tools[@]}"; do mkdir -p "$work/dst-$tool"; done
+dest() { # TOOL SUBDIR: where that tool writes
+  case $1 in
+    ferry|rsync|scp) echo "127.0.0.1:$work/dst-$1/$2" ;;
+    ferryd) echo "ferry://$ferryd_addr/bench/dst-ferryd/$2" ;;
+    rsyncd) echo "rsync://127.0.0.1:$rsyncd_port/bench/dst-rsyncd/$2" ;;
+  esac
+}
+# sync_all SCENARIO SUBDIR [TOOLS...] [-- EXTRA FLAGS]
+sync_all() {
+  local label=$1 sub=$2; shift 2
+  local list=() extra=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do list+=("$1"); shift; done
+  [ "${1:-}" = "--" ] && { shift; extra=("$@"); }
+  [ ${#list[@]} -eq 0 ] && list=("${tools[@]}")
+  for tool in "${list[@]}"; do
+    case $tool in
+      ferry) run "$label" ferry "${ferry_sync[@]}" "${extra[@]}" "$src/$sub/" "$(dest ferry "$sub")/" ;;
+      ferryd) run "$label" ferryd "${ferryd_sync[@]}" "${extra[@]}" "$src/$sub/" "$(dest ferryd "$sub")/" ;;
+      rsync) run "$label" rsync "${rsync_sync[@]}" "${extra[@]}" "$src/$sub/" "$(dest rsync "$sub")/" ;;
+      rsyncd) run "$label" rsyncd "${rsyncd_sync[@]}" "${extra[@]}" "$src/$sub/" "$(dest rsyncd "$sub")/" ;;
+      scp) run "$label" scp "${scp_copy[@]}" "$src/$sub" "$(dest scp '')" ;;
+    esac
+  done
+  for tool in "${list[@]}"; do same "$src/$sub" "$work/dst-$tool/$sub"; done
+}
+
+# the limit: the same bytes through one plain TCP connection on loopback
+# (sendfile in, write to a file out), no encryption, no checks
+tcp_copy() {
+  python3 - "$1" "$2" <<'PY'
+import os, socket, sys, threading
+src, dst = sys.argv[1], sys.argv[2]
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+def recv():
+    c, _ = l.accept()
+    buf = bytearray(4 << 20); view = memoryview(buf)
+    with open(dst, "wb") as f:
+        while True:
+            n = c.recv_into(buf)
+            if not n: break
+            f.write(view[:n])
+t = threading.Thread(target=recv); t.start()
+s = socket.create_connection(l.getsockname())
+with open(src, "rb") as f: s.sendfile(f)
+s.close(); t.join()
+PY
+}
+limit() { # SCENARIO CMD...: the machine's limit for that scenario
+  local label=$1; shift
+  local t0 t1; t0=$(now); "$@"; t1=$(now)
+  results+=("$label|limit|$(python3 -c "print(f'{$t1-$t0:.2f}')")|-|-|-")
+}
 
 echo "== ${big_mib} MiB random file, fresh copy"
-run "big fresh" ferry ferry_sync "$src/big/" "$(remote ferry big)/"
-run "big fresh" ferryd ferryd_sync "$src/big/" "$(daemon_url big)/"
-run "big fresh" rsync rsync_sync "$src/big/" "$(remote rsync big)/"
-run "big fresh" scp scp_copy "$src/big" "$(remote scp '')"
-for tool in ferry ferryd rsync scp; do same "$src/big" "$work/dst-$tool/big"; done
+limit "big fresh" tcp_copy "$src/big/model.bin" "$work/limit.bin"; rm -f "$work/limit.bin"
+sync_all "big fresh" big
 
-echo "== 1% in-place edit in 64 KiB regions"
-python3 - "$src/big/model.bin" <<'PY'
+edit_regions() {
+  python3 - "$src/big/model.bin" <<'PY'
 import os, random, sys
 p = sys.argv[1]; size = os.path.getsize(p); rnd = random.Random(7)
 regions = size // 100 // 65536
 with open(p, "r+b") as f:
     for i in range(regions):
         f.seek((size // regions) * i + 7777); f.write(rnd.randbytes(65536))
+print(regions * 65536)
 PY
-run "1% edit re-sync" ferry ferry_sync "$src/big/" "$(remote ferry big)/"
-run "1% edit re-sync" ferryd ferryd_sync "$src/big/" "$(daemon_url big)/"
-run "1% edit re-sync" rsync rsync_sync "$src/big/" "$(remote rsync big)/"
-run "1% edit re-sync" scp scp_copy "$src/big" "$(remote scp '')"
-for tool in ferry ferryd rsync scp; do same "$src/big" "$work/dst-$tool/big"; done
+}
+echo "== 1% in-place edit in 64 KiB regions"
+changed_edit=$(edit_regions)
+sync_all "1% edit re-sync" big
 
 echo "== 1 MiB inserted near the start"
 python3 - "$src/big/model.bin" <<'PY'
@@ -145,44 +240,52 @@ import random, sys
 p = sys.argv[1]; data = open(p, "rb").read()
 open(p, "wb").write(data[:10000] + random.Random(9).randbytes(1 << 20) + data[10000:])
 PY
-run "1 MiB insert re-sync" ferry ferry_sync "$src/big/" "$(remote ferry big)/"
-run "1 MiB insert re-sync" ferryd ferryd_sync "$src/big/" "$(daemon_url big)/"
-run "1 MiB insert re-sync" rsync rsync_sync "$src/big/" "$(remote rsync big)/"
-run "1 MiB insert re-sync" scp scp_copy "$src/big" "$(remote scp '')"
-for tool in ferry ferryd rsync scp; do same "$src/big" "$work/dst-$tool/big"; done
+changed_insert=$((1 << 20))
+sync_all "1 MiB insert re-sync" big
 
 echo "== $small_files small files (1-16 KiB), fresh"
-run "small files fresh" ferry ferry_sync "$src/small/" "$(remote ferry small)/"
-run "small files fresh" ferryd ferryd_sync "$src/small/" "$(daemon_url small)/"
-run "small files fresh" rsync rsync_sync "$src/small/" "$(remote rsync small)/"
-run "small files fresh" scp scp_copy "$src/small" "$(remote scp '')"
-for tool in ferry ferryd rsync scp; do same "$src/small" "$work/dst-$tool/small"; done
+limit "small files fresh" sh -c "tar -C '$src' -cf - small | tar -C '$work' -xf - --transform 's,^small,limit-small,'"
+rm -rf "$work/limit-small"
+sync_all "small files fresh" small
 
 echo "== same tree, nothing changed, re-sync"
-run "small files unchanged" ferry ferry_sync "$src/small/" "$(remote ferry small)/"
-run "small files unchanged" ferryd ferryd_sync "$src/small/" "$(daemon_url small)/"
-run "small files unchanged" rsync rsync_sync "$src/small/" "$(remote rsync small)/"
+sync_all "small files unchanged" small ferry ferryd rsync rsyncd
+
+echo "== ${jsonl_mib} MiB JSONL with compression (-z)"
+sync_all "JSONL -z fresh" jsonl ferry ferryd rsync rsyncd -- -z
 
 echo
-echo "| scenario | ferry (ssh) s | ferry (daemon) s | rsync s | scp s | rsync/ferry-ssh | rsync/ferry-daemon | scp/ferry-daemon | ferry-daemon wire | rsync wire |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-printf '%s\n' "${results[@]}" | python3 -c '
+printf '%s\n' "${results[@]}" > "$work/results"
+python3 - "$changed_edit" "$changed_insert" "$work/results" <<'PY'
 import sys
-rows = {}
-order = []
-for line in sys.stdin:
-    label, tool, secs, wire = line.strip().split("|")
-    if label not in rows: rows[label] = {}; order.append(label)
-    rows[label][tool] = (float(secs), wire)
-def ratio(a, b):
-    return f"{a / b:.2f}x" if a and b else "-"
-def t(x):
-    return f"{x[0]:.2f}" if x[0] else "-"
+changed = {"1% edit re-sync": int(sys.argv[1]), "1 MiB insert re-sync": int(sys.argv[2])}
+rows, order = {}, []
+for line in open(sys.argv[3]):
+    label, tool, secs, wire, rss_c, rss_s = line.strip().split("|")
+    if label not in rows:
+        rows[label] = {}; order.append(label)
+    rows[label][tool] = (float(secs), wire, rss_c, rss_s)
+def t(r, tool):
+    return f"{r[tool][0]:.2f}" if tool in r else "-"
+def ratio(r, a, b):
+    return f"{r[a][0] / r[b][0]:.2f}x" if a in r and b in r and r[b][0] else "-"
+print("| scenario | limit | ferry ssh | ferry daemon | rsync ssh | rsync daemon | scp "
+      "| rsync-ssh / ferry-ssh | scp / ferry-ssh | rsync-ssh / ferry-daemon | rsyncd / ferry-daemon | scp / ferry-daemon "
+      "| wire: ferry-daemon | wire: rsync-ssh | wire / changed (ferry-daemon, rsync) | peak RSS MiB (ferry-daemon client/server) |")
+print("|" + "---|" * 17)
 for label in order:
     r = rows[label]
-    f, d = r.get("ferry", (0, "-")), r.get("ferryd", (0, "-"))
-    rs, sc = r.get("rsync", (0, "-")), r.get("scp", (0, "-"))
-    print(f"| {label} | {t(f)} | {t(d)} | {t(rs)} | {t(sc)} | {ratio(rs[0], f[0])} | {ratio(rs[0], d[0])} | {ratio(sc[0], d[0])} | {d[1]} | {rs[1]} |")
-'
-echo
-echo "ratios > 1 mean ferry was faster; wire = bytes both ways on the connection (from --stats)"
+    fd = r.get("ferryd", (0, "-", "-", "-"))
+    rs = r.get("rsync", (0, "-", "-", "-"))
+    wc = "-"
+    if label in changed and fd[1] != "-" and rs[1] != "-":
+        wc = f"{int(fd[1]) / changed[label]:.2f}, {int(rs[1]) / changed[label]:.2f}"
+    print(f"| {label} | {t(r, 'limit')} | {t(r, 'ferry')} | {t(r, 'ferryd')} | {t(r, 'rsync')} | {t(r, 'rsyncd')} | {t(r, 'scp')} "
+          f"| {ratio(r, 'rsync', 'ferry')} | {ratio(r, 'scp', 'ferry')} | {ratio(r, 'rsync', 'ferryd')} | {ratio(r, 'rsyncd', 'ferryd')} | {ratio(r, 'scp', 'ferryd')} "
+          f"| {fd[1]} | {rs[1]} | {wc} | {fd[2]}/{fd[3]} |")
+print()
+print("seconds per tool; ratios > 1 mean ferry was faster; wire = bytes both ways on the connection (--stats);")
+print("limit = the same bytes over one plain TCP connection (big file) or through tar | tar (small files).")
+ssh = [(l, rows[l]['ferry'][2], rows[l]['ferry'][3]) for l in order if 'ferry' in rows[l]]
+print("peak RSS MiB of ferry over ssh (client/remote): " + "; ".join(f"{l} {c}/{s}" for l, c, s in ssh))
+PY
