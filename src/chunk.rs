@@ -6,9 +6,13 @@
 //! the same chunks wherever it sits in a file. Pure code over byte slices and
 //! `Read`; no I/O of its own.
 //!
-//! Sizes: 4 KiB minimum, about 20 KiB on average, 64 KiB maximum. DESIGN.md
+//! Sizes: 2 KiB minimum, about 6 KiB on average, 32 KiB maximum. DESIGN.md
 //! suggests about 64 KiB; smaller chunks cut the bytes an edit drags along with
-//! it, while the recipe stays near 0.2% of the file.
+//! it, and since recipes go in two levels (spans of ~128 chunks first, chunks
+//! only for spans the receiver lacks; see `delta`), the number of chunks no
+//! longer sets the metadata cost. Measured on a 256 MiB file with 1% rewritten
+//! in 64 KiB regions: ~20 KiB chunks sent 1.44x the changed bytes as literals,
+//! ~6 KiB chunks 1.15x (1.29x with all metadata).
 //!
 //! One cut condition everywhere, no normalized chunking: with FastCDC's two
 //! masks a boundary depends on how far it is from the previous cut, so after an
@@ -18,14 +22,14 @@
 
 use std::io::{self, Read};
 
-pub const MIN_CHUNK: usize = 4 << 10;
-/// The expected chunk size: the minimum plus one in 2^14 positions.
-pub const AVG_CHUNK: usize = 20 << 10;
-pub const MAX_CHUNK: usize = 64 << 10;
+pub const MIN_CHUNK: usize = 2 << 10;
+/// The expected chunk size: the minimum plus one in 2^12 positions.
+pub const AVG_CHUNK: usize = 6 << 10;
+pub const MAX_CHUNK: usize = 32 << 10;
 
-/// A cut where the top 14 spread bits of the gear hash are all zero: one in
-/// 16 KiB positions, past the minimum.
-const MASK: u64 = spread_mask(14);
+/// A cut where the top 12 spread bits of the gear hash are all zero: one in
+/// 4 KiB positions, past the minimum.
+const MASK: u64 = spread_mask(12);
 
 /// `bits` one-bits at every other position from bit 63 down, where each bit
 /// depends on a window of the last several dozen bytes.

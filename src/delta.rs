@@ -11,7 +11,7 @@
 //! Pure code: the session supplies the bytes; nothing here touches a file.
 
 use crate::chunk::{Chunk, Chunker};
-use crate::proto::ChunkRef;
+use crate::proto::{ChunkRef, SpanRef, MAX_SPAN_CHUNKS};
 use std::collections::HashMap;
 
 /// Where a chunk the receiver already has can be read.
@@ -85,9 +85,8 @@ pub fn plan(recipe: &[ChunkRef], index: &ChunkIndex) -> Plan {
     planner.extend(recipe, index)
 }
 
-/// Plans a recipe that arrives in batches: each batch's plan can be acted on
-/// (asked for, copied) before the next arrives. Indices in [`Plan::need`] are
-/// positions in the whole recipe.
+/// Plans a recipe as it arrives: each part's plan can be acted on (asked for,
+/// copied) before the next arrives.
 #[derive(Default)]
 pub struct Planner {
     // keyed by length too: a hash announced with another length is a lie that
@@ -98,12 +97,21 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// The plan for the next batch of the recipe.
+    /// The plan for the next part of a flat recipe; [`Plan::need`] indices
+    /// count from the start of the whole recipe.
     pub fn extend(&mut self, batch: &[ChunkRef], index: &ChunkIndex) -> Plan {
         let mut p = Plan::default();
-        for c in batch {
-            let i = self.next_index;
-            self.next_index += 1;
+        let first = self.next_index;
+        self.next_index += batch.len() as u32;
+        self.chunks(batch, first, index, &mut p);
+        p
+    }
+
+    /// Adds `chunks` to `p`: copied when `index` has them (or they were asked
+    /// for earlier), else asked for as indices `first + i`.
+    pub fn chunks(&mut self, chunks: &[ChunkRef], first: u32, index: &ChunkIndex, p: &mut Plan) {
+        for (k, c) in chunks.iter().enumerate() {
+            let i = first + k as u32;
             let step = match index.get(&c.hash) {
                 Some(loc) if loc.len == c.len => Step::Copy(loc),
                 _ => match self.requested.get(&(c.hash, c.len)) {
@@ -128,7 +136,106 @@ impl Planner {
             p.steps.push(step);
             self.out_offset += c.len as u64;
         }
-        p
+    }
+
+    /// Adds a copy of bytes the receiver has (a chunk of a span it knows).
+    pub fn copy(&mut self, loc: Location, p: &mut Plan) {
+        p.steps.push(Step::Copy(loc));
+        p.reused_bytes += loc.len as u64;
+        self.out_offset += loc.len as u64;
+    }
+}
+
+/// Spans end after a chunk whose hash says so: one chunk in this many, so a
+/// span is about this many chunks, and where spans end depends only on the
+/// content, like chunk boundaries themselves.
+pub const SPAN_AVG: u16 = 128;
+
+/// Whether a span ends after the chunk with this hash.
+fn ends_span(hash: &[u8; 32]) -> bool {
+    u16::from_le_bytes([hash[30], hash[31]]).is_multiple_of(SPAN_AVG)
+}
+
+/// Groups a stream of chunks into spans, naming each by the BLAKE3 of its
+/// chunks' (length, hash) references.
+#[derive(Default)]
+pub struct Spanner {
+    chunks: u32,
+    len: u64,
+    hasher: blake3::Hasher,
+}
+
+impl Spanner {
+    /// Adds the next chunk; returns the span it closes, if it closes one.
+    pub fn push(&mut self, len: u32, hash: &[u8; 32]) -> Option<SpanRef> {
+        self.hasher.update(&len.to_le_bytes());
+        self.hasher.update(hash);
+        self.chunks += 1;
+        self.len += len as u64;
+        (ends_span(hash) || self.chunks as usize == MAX_SPAN_CHUNKS).then(|| self.take())
+    }
+
+    /// The last, unfinished span, if any chunks are left.
+    pub fn finish(&mut self) -> Option<SpanRef> {
+        (self.chunks > 0).then(|| self.take())
+    }
+
+    fn take(&mut self) -> SpanRef {
+        let s = SpanRef {
+            chunks: self.chunks,
+            len: self.len,
+            hash: *self.hasher.finalize().as_bytes(),
+        };
+        *self = Spanner::default();
+        s
+    }
+}
+
+/// Where a span the receiver has lies: which basis, and which of its chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanLoc {
+    pub basis: u32,
+    pub first: usize,
+    pub chunks: u32,
+    pub len: u64,
+}
+
+/// Span hash → where the receiver has that span.
+#[derive(Default)]
+pub struct SpanIndex {
+    map: HashMap<[u8; 32], SpanLoc>,
+}
+
+impl SpanIndex {
+    /// Adds the spans of basis file `basis`, whose chunks are `chunks`.
+    pub fn add_file(&mut self, basis: u32, chunks: &[Chunk]) {
+        let mut spanner = Spanner::default();
+        let mut first = 0;
+        for (i, c) in chunks.iter().enumerate() {
+            let done = spanner.push(c.len, &c.hash);
+            let done = if i + 1 == chunks.len() {
+                done.or_else(|| spanner.finish())
+            } else {
+                done
+            };
+            if let Some(sp) = done {
+                self.map.entry(sp.hash).or_insert(SpanLoc {
+                    basis,
+                    first,
+                    chunks: sp.chunks,
+                    len: sp.len,
+                });
+                first = i + 1;
+            }
+        }
+    }
+
+    /// Where the receiver has `span`, if it does (same hash, length and count).
+    pub fn get(&self, span: &SpanRef) -> Option<SpanLoc> {
+        self.map
+            .get(&span.hash)
+            .filter(|l| l.len == span.len && l.chunks == span.chunks)
+            .copied()
     }
 }
 
@@ -344,6 +451,35 @@ mod tests {
         let p = plan(&recipe, &ChunkIndex::default());
         assert_eq!(p.steps[1], Step::Literal { len: 50, hash });
         assert_eq!(p.need, vec![(0, 2)]);
+    }
+
+    fn spans_of(data: &[u8]) -> Vec<SpanRef> {
+        let mut sp = Spanner::default();
+        let mut out = Vec::new();
+        for c in crate::chunk::chunk_slice(data) {
+            out.extend(sp.push(c.len, &c.hash));
+        }
+        out.extend(sp.finish());
+        out
+    }
+
+    #[test]
+    fn spans_cover_the_file_and_an_edit_changes_only_its_own() {
+        let data = random(16 << 20, 5);
+        let spans = spans_of(&data);
+        assert_eq!(spans.iter().map(|s| s.len).sum::<u64>(), data.len() as u64);
+        assert!(spans.len() > 8, "{} spans", spans.len());
+        let mut index = SpanIndex::default();
+        index.add_file(0, &crate::chunk::chunk_slice(&data));
+        assert!(spans.iter().all(|s| index.get(s).is_some()));
+        // 64 KiB rewritten in the middle: one or two spans differ, and the
+        // receiver finds each of the others where it was
+        let mut edited = data.clone();
+        edited[8 << 20..(8 << 20) + 65536].copy_from_slice(&random(65536, 6));
+        let after = spans_of(&edited);
+        let unknown = after.iter().filter(|s| index.get(s).is_none()).count();
+        assert!((1..=2).contains(&unknown), "{unknown} spans changed");
+        assert!(after.len().abs_diff(spans.len()) <= 1);
     }
 
     #[test]

@@ -37,9 +37,11 @@ fn check(
 ) {
     let wire = sent + received;
     eprintln!("{label}: changed {changed}, literal {literal}, matched {matched}, wire {wire}");
+    // the recipe is sent in two levels, so metadata follows the edit, not the
+    // file's size; chunks of ~6 KiB keep what an edit drags along small
     assert!(
-        wire <= size as u64 / 50,
-        "{label}: {wire} bytes on the wire for a {size}-byte file"
+        wire as f64 <= 1.4 * changed as f64,
+        "{label}: {wire} bytes on the wire for {changed} changed in a {size}-byte file"
     );
     assert!(
         literal >= changed,
@@ -57,7 +59,7 @@ fn check(
 }
 
 #[test]
-fn scattered_one_percent_edit_moves_under_two_percent() {
+fn scattered_one_percent_edit_moves_at_most_1_4_times_the_edit() {
     let size = 256 * MIB;
     let t = tmp();
     let (src, dst) = (t.path().join("big.bin"), t.path().join("copy.bin"));

@@ -5,7 +5,9 @@
 
 mod util;
 use ferry::proto::frame::put_frame;
-use ferry::proto::{self, ChunkRef, Entry, Kind, ListStart, Message, Options, Request, Role};
+use ferry::proto::{
+    self, ChunkRef, Entry, Kind, ListStart, Message, Options, Request, Role, SpanRef,
+};
 use ferry::session::wire::Counters;
 use ferry::session::{run_client, Cancel, Stream};
 use std::io::{Read, Write};
@@ -310,36 +312,67 @@ fn a_size_or_hash_that_does_not_match_publishes_nothing() {
 }
 
 #[test]
-fn recipes_beyond_the_file_and_zero_length_chunks_are_refused() {
-    let (t, dest) = setup();
-    // an existing 128 KiB file makes the client ask for a recipe
-    write(&dest.join("f"), random_bytes(128 << 10, 1));
-    let huge = ChunkRef {
-        len: 64 << 10,
+fn lying_spans_and_recipes_are_refused() {
+    let span = |chunks: u32, len: u64| SpanRef {
+        chunks,
+        len,
         hash: [7; 32],
     };
-    let recipe: Vec<ChunkRef> = std::iter::repeat_n(huge, 8192).collect();
-    let mut messages = vec![];
-    for _ in 0..4 {
-        messages.push(Message::Recipe {
-            file: 0,
-            chunks: recipe.clone(),
-        });
+    let chunk = |len: u32| ChunkRef { len, hash: [8; 32] };
+    let spans = |spans: Vec<SpanRef>| Message::Spans { file: 0, spans };
+    let recipe = |chunks: Vec<ChunkRef>| Message::Recipe { file: 0, chunks };
+    let cases: Vec<(&str, Vec<Message>, &str)> = vec![
+        (
+            // 256 MiB per message: past the listed size and the slack allowed
+            // for a file growing while it is listed
+            "spans beyond the file",
+            vec![spans(vec![span(512, 512 * (32 << 10)); 16]); 5],
+            "larger than the file",
+        ),
+        (
+            "a span of many tiny chunks",
+            vec![spans(vec![span(512, 512)])],
+            "too short for its chunks",
+        ),
+        (
+            "a recipe nobody asked for",
+            vec![recipe(vec![chunk(4096)])],
+            "recipe",
+        ),
+        (
+            "more chunks than the span holds",
+            vec![
+                spans(vec![span(4, 128 << 10)]),
+                recipe(vec![chunk(32 << 10); 5]),
+            ],
+            "more chunks",
+        ),
+        (
+            "chunks that do not add up to their span",
+            vec![
+                spans(vec![span(4, 128 << 10)]),
+                recipe(vec![chunk(30 << 10); 4]),
+            ],
+            "do not add up",
+        ),
+    ];
+    for (label, messages, expect) in cases {
+        let (t, dest) = setup();
+        // an existing 128 KiB file makes the client ask for a delta
+        write(&dest.join("f"), random_bytes(128 << 10, 1));
+        let script = serve_file(
+            &[Message::Entry(entry("f", Kind::File, 128 << 10))],
+            messages,
+        );
+        let err = pull_from_hostile("data/", &dest, script).unwrap_err();
+        assert!(err.contains(expect), "{label}: {err}");
+        assert_eq!(
+            std::fs::read(dest.join("f")).unwrap(),
+            random_bytes(128 << 10, 1),
+            "{label}"
+        );
+        assert_contained(t.path(), &dest);
     }
-    let script = serve_file(
-        &[Message::Entry(entry("f", Kind::File, 128 << 10))],
-        messages,
-    );
-    let err = pull_from_hostile("data/", &dest, script).unwrap_err();
-    assert!(
-        err.contains("recipe") || err.contains("short chunk"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read(dest.join("f")).unwrap(),
-        random_bytes(128 << 10, 1)
-    );
-    assert_contained(t.path(), &dest);
 }
 
 fn segment(offset: u64, bytes: &[u8]) -> Message {

@@ -14,8 +14,11 @@
 //!   Request{role, paths, options} ─────►
 //!                      ◄───────────────   Accept | Fatal
 //! then the sender streams ListStart, Entry…, ListEnd; the receiver answers
-//! Want(file); the sender sends Data…FileEnd (fresh) or Recipe…RecipeEnd, the
-//! receiver answers Need, the sender sends the missing chunks and FileEnd.
+//! Want(file); the sender sends Data…FileEnd (fresh), or for a delta a
+//! recipe in two levels: batches of Spans, each answered by a Need for the
+//! spans the receiver lacks, then a Recipe with those spans' chunks, answered
+//! by a Need for the chunks it lacks, then Data with them; RecipeEnd when the
+//! file is chunked, FileEnd when every batch is answered.
 //! The receiver ends with Finish(summary); the sender answers Bye.
 //! ```
 
@@ -42,7 +45,11 @@ pub const MAX_PATHS: usize = 4096;
 /// Most filter rules in one request.
 pub const MAX_FILTERS: usize = 4096;
 /// Most chunk references in one `Recipe` frame.
-pub const MAX_RECIPE_BATCH: usize = 8192;
+pub const MAX_RECIPE_BATCH: usize = MAX_SPAN_BATCH * MAX_SPAN_CHUNKS;
+/// Most spans in one `Spans` frame.
+pub const MAX_SPAN_BATCH: usize = 16;
+/// Most chunks in one span.
+pub const MAX_SPAN_CHUNKS: usize = 512;
 /// Most ranges in one `Need` frame.
 pub const MAX_RANGES: usize = 65536;
 /// Longest human-readable text (errors, reasons).
@@ -266,6 +273,17 @@ pub struct Entry {
     pub checksum: Option<[u8; 32]>,
 }
 
+/// A span of a recipe: a run of consecutive chunks (how many, their total
+/// length) named by the BLAKE3 of their references (see `delta::span_hash`).
+/// A receiver that has the span copies it whole; otherwise it asks for the
+/// span's chunk references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanRef {
+    pub chunks: u32,
+    pub len: u64,
+    pub hash: [u8; 32],
+}
+
 /// A chunk reference in a recipe: its length and BLAKE3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
@@ -336,6 +354,15 @@ pub enum Message {
         file: u32,
         delta: bool,
     },
+    /// The next spans of a file's recipe (delta transfers); answered with one
+    /// `Need` naming the spans (indices in this message) whose chunks the
+    /// receiver wants to see.
+    Spans {
+        file: u32,
+        spans: Vec<SpanRef>,
+    },
+    /// The chunk references of the spans asked for, in order; answered with
+    /// one `Need` naming the chunks (indices in this message) to send.
     Recipe {
         file: u32,
         chunks: Vec<ChunkRef>,
@@ -429,6 +456,7 @@ mod tag {
     pub const STREAM_TOKEN: u8 = 18;
     pub const SEGMENT: u8 = 19;
     pub const SEGMENT_END: u8 = 20;
+    pub const SPANS: u8 = 21;
 }
 
 impl Message {
@@ -442,6 +470,7 @@ impl Message {
             Message::Entry(_) => "Entry",
             Message::ListEnd { .. } => "ListEnd",
             Message::Want { .. } => "Want",
+            Message::Spans { .. } => "Spans",
             Message::Recipe { .. } => "Recipe",
             Message::RecipeEnd { .. } => "RecipeEnd",
             Message::Need { .. } => "Need",
@@ -497,6 +526,16 @@ impl Message {
                 w.u8(tag::WANT);
                 w.varint(*file as u64);
                 w.bool(*delta);
+            }
+            Message::Spans { file, spans } => {
+                w.u8(tag::SPANS);
+                w.varint(*file as u64);
+                w.varint(spans.len() as u64);
+                for sp in spans {
+                    w.varint(sp.chunks as u64);
+                    w.varint(sp.len);
+                    w.hash(&sp.hash);
+                }
             }
             Message::Recipe { file, chunks } => {
                 w.u8(tag::RECIPE);
@@ -651,6 +690,31 @@ impl Message {
                 file: file_index(&mut r)?,
                 delta: r.bool("delta")?,
             },
+            tag::SPANS => {
+                let file = file_index(&mut r)?;
+                let n = r.count(MAX_SPAN_BATCH, "span batch")?;
+                // each span takes at least 34 bytes
+                if n > r.remaining() / 34 {
+                    return Err(DecodeError::Truncated("spans"));
+                }
+                let mut spans = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let chunks = r.count(MAX_SPAN_CHUNKS, "chunks in a span")? as u32;
+                    let len = r.varint("span length")?;
+                    if chunks == 0 || len == 0 {
+                        return Err(DecodeError::Invalid("empty span"));
+                    }
+                    if len > chunks as u64 * crate::chunk::MAX_CHUNK as u64 {
+                        return Err(DecodeError::Invalid("span longer than its chunks"));
+                    }
+                    spans.push(SpanRef {
+                        chunks,
+                        len,
+                        hash: r.hash("span hash")?,
+                    });
+                }
+                Message::Spans { file, spans }
+            }
             tag::RECIPE => {
                 let file = file_index(&mut r)?;
                 let n = r.count(MAX_RECIPE_BATCH, "recipe batch")?;

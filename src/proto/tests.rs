@@ -59,7 +59,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (any::<u32>(), any::<bool>()).prop_map(|(file, delta)| Message::Want { file, delta }),
         (
             any::<u32>(),
-            proptest::collection::vec((1u32..65536, any::<[u8; 32]>()), 0..20)
+            proptest::collection::vec(
+                (1u32..=crate::chunk::MAX_CHUNK as u32, any::<[u8; 32]>()),
+                0..20
+            )
         )
             .prop_map(|(file, c)| Message::Recipe {
                 file,
@@ -73,6 +76,24 @@ fn arb_message() -> impl Strategy<Value = Message> {
             proptest::collection::vec((any::<u32>(), any::<u32>()), 0..20)
         )
             .prop_map(|(file, ranges)| Message::Need { file, ranges }),
+        (
+            any::<u32>(),
+            proptest::collection::vec(
+                (
+                    1u32..512,
+                    1u64..=crate::chunk::MAX_CHUNK as u64,
+                    any::<[u8; 32]>()
+                ),
+                0..16
+            )
+        )
+            .prop_map(|(file, s)| Message::Spans {
+                file,
+                spans: s
+                    .into_iter()
+                    .map(|(chunks, len, hash)| SpanRef { chunks, len, hash })
+                    .collect()
+            }),
         (any::<u32>(), arb_bytes(2000)).prop_map(|(file, bytes)| Message::Data {
             file,
             compressed: false,

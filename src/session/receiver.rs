@@ -13,15 +13,16 @@
 
 use super::wire::{FrameReader, FrameWriter};
 use super::{text, Cancel, EventFn};
-use crate::chunk::{Chunker, MAX_CHUNK, MIN_CHUNK};
-use crate::delta::{ChunkIndex, Planner, Rebuild, Step};
+use crate::chunk::{Chunk, Chunker, MAX_CHUNK, MIN_CHUNK};
+use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanIndex, SpanLoc, Step};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
 use crate::fs::chunk_cache::ChunkCache;
 use crate::fs::dest::{Dest, ExistingKind, Meta, TempFile};
 use crate::fs::names::{self, escape, split_parent};
 use crate::proto::{
-    ChunkRef, Entry, Event, EventKind, Kind, ListStart, Message, Options, Summary, BLOCK_SIZE,
+    ChunkRef, Entry, Event, EventKind, Kind, ListStart, Message, Options, SpanRef, Summary,
+    BLOCK_SIZE,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -112,9 +113,13 @@ struct Listed {
 }
 
 /// The basis a delta rebuild reads from.
+#[derive(Default)]
 struct Basis {
     files: Vec<File>,
     index: ChunkIndex,
+    /// Each file's chunks, and the spans they make.
+    chunks: Vec<Vec<Chunk>>,
+    spans: SpanIndex,
     /// Which of `files` were indexed from the chunk cache.
     cached: Vec<usize>,
 }
@@ -156,10 +161,13 @@ struct Rebuilding {
     rebuild: Rebuild,
     planner: Planner,
     basis: Basis,
-    /// Recipe bytes so far, and whether a chunk shorter than the minimum (only
-    /// allowed last) was seen.
+    /// Recipe bytes so far, and whether a span shorter than its chunks at
+    /// full size (only allowed last) was seen.
     total: u64,
     short_seen: bool,
+    /// Batches of spans answered and waiting for the `Recipe` of the spans
+    /// asked for: each span, and where the receiver has it if it does.
+    pending: VecDeque<Vec<(SpanRef, Option<SpanLoc>)>>,
     /// Size and hash from `RecipeEnd`, once it came.
     end: Option<(u64, [u8; 32])>,
     /// The recipe so far (length, BLAKE3), for the chunk cache.
@@ -667,6 +675,7 @@ impl Receiver<'_> {
                 raw_len,
                 bytes,
             } => self.data(file, compressed, raw_len, bytes),
+            Message::Spans { file, spans } => self.spans(file, spans),
             Message::Recipe { file, chunks } => self.recipe(file, chunks),
             Message::Segment {
                 file,
@@ -1519,14 +1528,14 @@ impl Receiver<'_> {
         Ok(())
     }
 
-    /// One batch of a recipe: planned against the basis, answered with one
-    /// `Need` (always, even when nothing is needed or the file was given up,
-    /// so that the sender can end the file), and copied as far as it can be.
-    fn recipe(&mut self, file: u32, chunks: Vec<ChunkRef>) -> Result<(), TransferError> {
+    /// A batch of spans: each is looked up in the basis, and the answer is one
+    /// `Need` naming the spans whose chunks we want to see (always sent, even
+    /// when empty or the file was given up, so that the sender can go on).
+    fn spans(&mut self, file: u32, spans: Vec<SpanRef>) -> Result<(), TransferError> {
         let state = self
             .in_flight
             .remove(&file)
-            .ok_or_else(|| Self::not_requested(file, "a recipe"))?;
+            .ok_or_else(|| Self::not_requested(file, "spans"))?;
         let mut r = match state {
             Incoming::Failed => {
                 self.in_flight.insert(file, state);
@@ -1545,26 +1554,106 @@ impl Receiver<'_> {
                 }
             },
             Incoming::Rebuild(r) if r.end.is_none() => r,
-            _ => return Err(Self::not_requested(file, "a recipe")),
+            _ => return Err(Self::not_requested(file, "spans")),
         };
         let limit = self.entries[file as usize].size + RECIPE_SLACK;
-        for c in &chunks {
-            // only the last chunk of a file may be shorter than the minimum
-            if r.short_seen {
+        let mut batch = Vec::with_capacity(spans.len());
+        let mut ranges: Vec<(u32, u32)> = Vec::new();
+        for (i, sp) in spans.into_iter().enumerate() {
+            // only the last chunk of a file may be shorter than the minimum,
+            // so only the last span may be shorter than its chunks at minimum size
+            let full = sp.chunks as u64 * MIN_CHUNK as u64;
+            if r.short_seen || sp.len <= full - MIN_CHUNK as u64 {
                 return Err(violation(format!(
-                    "sent a short chunk inside the recipe of file {file}"
+                    "sent a span of file {file} too short for its chunks"
                 )));
             }
-            r.short_seen = (c.len as usize) < MIN_CHUNK;
-            r.recipe.push((c.len, c.hash));
-            r.total += c.len as u64;
+            r.short_seen = sp.len < full;
+            r.total += sp.len;
             if r.total > limit {
                 return Err(violation(format!(
                     "sent a recipe for file {file} larger than the file"
                 )));
             }
+            let have = r.basis.spans.get(&sp);
+            if have.is_none() {
+                let i = i as u32;
+                match ranges.last_mut() {
+                    Some((start, count)) if *start + *count == i => *count += 1,
+                    _ => ranges.push((i, 1)),
+                }
+            }
+            batch.push((sp, have));
         }
-        let plan = r.planner.extend(&chunks, &r.basis.index);
+        r.pending.push_back(batch);
+        self.in_flight.insert(file, Incoming::Rebuild(r));
+        self.send(Message::Need { file, ranges })
+    }
+
+    /// The chunks of the spans asked for in the oldest answered batch: the
+    /// batch is planned (known spans copied, chunks looked up), answered with
+    /// one `Need` for the chunks we lack, and copied as far as it can be.
+    fn recipe(&mut self, file: u32, chunks: Vec<ChunkRef>) -> Result<(), TransferError> {
+        let state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, "a recipe"))?;
+        let mut r = match state {
+            Incoming::Failed => {
+                self.in_flight.insert(file, state);
+                return self.send(Message::Need {
+                    file,
+                    ranges: Vec::new(),
+                });
+            }
+            Incoming::Rebuild(r) => r,
+            _ => return Err(Self::not_requested(file, "a recipe")),
+        };
+        let Some(batch) = r.pending.pop_front() else {
+            return Err(Self::not_requested(file, "a recipe"));
+        };
+        let mut plan = delta::Plan::default();
+        let mut listed = chunks.as_slice();
+        let mut first = 0u32;
+        for (sp, have) in batch {
+            match have {
+                Some(loc) => {
+                    let basis_chunks = &r.basis.chunks[loc.basis as usize];
+                    for c in &basis_chunks[loc.first..loc.first + loc.chunks as usize] {
+                        let at = delta::Location {
+                            basis: loc.basis,
+                            offset: c.offset,
+                            len: c.len,
+                        };
+                        r.planner.copy(at, &mut plan);
+                        r.recipe.push((c.len, c.hash));
+                    }
+                }
+                None => {
+                    let n = sp.chunks as usize;
+                    if listed.len() < n {
+                        return Err(violation(format!(
+                            "sent fewer chunks for file {file} than its spans hold"
+                        )));
+                    }
+                    let (these, rest) = listed.split_at(n);
+                    if these.iter().map(|c| c.len as u64).sum::<u64>() != sp.len {
+                        return Err(violation(format!(
+                            "sent chunks for file {file} that do not add up to their span"
+                        )));
+                    }
+                    r.planner.chunks(these, first, &r.basis.index, &mut plan);
+                    r.recipe.extend(these.iter().map(|c| (c.len, c.hash)));
+                    listed = rest;
+                    first += n as u32;
+                }
+            }
+        }
+        if !listed.is_empty() {
+            return Err(violation(format!(
+                "sent more chunks for file {file} than its spans hold"
+            )));
+        }
         self.summary.reused += plan.reused_bytes;
         // ask first, so that the sender can start while we copy
         self.send(Message::Need {
@@ -1590,11 +1679,7 @@ impl Receiver<'_> {
         file: u32,
         basis: Option<JoinHandle<Basis>>,
     ) -> Option<Box<Rebuilding>> {
-        let basis = basis.and_then(|h| h.join().ok()).unwrap_or(Basis {
-            files: Vec::new(),
-            index: ChunkIndex::default(),
-            cached: Vec::new(),
-        });
+        let basis = basis.and_then(|h| h.join().ok()).unwrap_or_default();
         match self.new_temp(file) {
             Ok(temp) => Some(Box::new(Rebuilding {
                 temp,
@@ -1604,6 +1689,7 @@ impl Receiver<'_> {
                 basis,
                 total: 0,
                 short_seen: false,
+                pending: VecDeque::new(),
                 end: None,
                 recipe: Vec::new(),
             })),
@@ -1693,9 +1779,15 @@ impl Receiver<'_> {
                     end,
                     recipe,
                     basis,
+                    pending,
                     ..
                 } = *r;
                 rebuilt = Some((recipe, basis));
+                if !pending.is_empty() {
+                    return Err(violation(format!(
+                        "ended file {file} before listing the spans asked for"
+                    )));
+                }
                 let Some((want_size, want_hash)) = end else {
                     return Err(violation(format!("ended file {file} before its recipe")));
                 };
@@ -1956,26 +2048,30 @@ fn write_error(e: &std::io::Error) -> String {
 
 /// Reads every basis file once, indexing its chunks by hash.
 fn index_bases(files: Vec<File>, cache: Option<&ChunkCache>) -> Basis {
-    let mut index = ChunkIndex::default();
-    let mut cached = Vec::new();
+    let mut b = Basis::default();
     for (i, f) in files.iter().enumerate() {
-        if let Some(chunks) = cache.and_then(|c| c.load(f)) {
-            for c in &chunks {
-                index.add(i as u32, c);
+        let chunks = match cache.and_then(|c| c.load(f)) {
+            Some(chunks) => {
+                b.cached.push(i);
+                chunks
             }
-            cached.push(i);
-            continue;
+            None => {
+                let mut chunks = Vec::new();
+                let mut chunker = Chunker::chunks_only(f);
+                while let Ok(Some((c, _))) = chunker.next_chunk() {
+                    chunks.push(c);
+                }
+                chunks
+            }
+        };
+        for c in &chunks {
+            b.index.add(i as u32, c);
         }
-        let mut chunker = Chunker::chunks_only(f);
-        while let Ok(Some((c, _))) = chunker.next_chunk() {
-            index.add(i as u32, &c);
-        }
+        b.spans.add_file(i as u32, &chunks);
+        b.chunks.push(chunks);
     }
-    Basis {
-        files,
-        index,
-        cached,
-    }
+    b.files = files;
+    b
 }
 
 /// Runs the copy steps of a rebuild up to its next literal.

@@ -10,12 +10,14 @@
 use super::wire::{FrameReader, FrameWriter};
 use super::{text, Cancel, EventFn};
 use crate::chunk::Chunker;
-use crate::delta::check_need;
+use crate::delta::{check_need, Spanner};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
 use crate::fs::names::escape;
 use crate::fs::scan::{self, ScanItem, ScanOptions};
-use crate::proto::{ChunkRef, Event, EventKind, Message, Options, Summary, BLOCK_SIZE};
+use crate::proto::{
+    ChunkRef, Event, EventKind, Message, Options, Summary, BLOCK_SIZE, MAX_SPAN_BATCH,
+};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -63,8 +65,6 @@ struct SegmentedSend {
 
 /// Recipes sent and not yet answered, at most this many at once.
 const MAX_PENDING_RECIPES: usize = 64;
-/// Chunk references per `Recipe` frame.
-const RECIPE_BATCH: usize = 4096;
 
 /// What the reader thread passes on.
 enum FromPeer {
@@ -93,20 +93,31 @@ struct Listed {
     wanted: bool,
 }
 
-/// A file whose recipe is being sent or answered. The receiver answers each
-/// `Recipe` batch with one `Need` (ranges inside that batch, possibly none),
-/// so that it can rebuild while the rest of the file is still being chunked;
-/// `FileEnd` follows once every batch is answered and the recipe has ended.
+/// A file whose recipe is being sent or answered. Every `Spans` and `Recipe`
+/// message sent for it is answered by exactly one `Need`, in the order sent,
+/// so the oldest unanswered message says what a `Need` means. `FileEnd`
+/// follows once all are answered and the recipe has ended.
 struct PendingRecipe {
     file: File,
-    chunks: Vec<(u64, u32, [u8; 32])>,
-    /// Where each batch sent so far starts in `chunks`.
-    batches: Vec<usize>,
-    /// Batches answered so far.
-    answered: usize,
+    /// Batches of spans sent and not yet finished, by number.
+    batches: HashMap<u64, SentBatch>,
+    next_batch: u64,
+    /// Messages awaiting their `Need`: (batch, whether it was the `Recipe`).
+    awaiting: std::collections::VecDeque<(u64, bool)>,
     /// Size and whole-file hash, once the recipe has ended.
     ended: Option<(u64, [u8; 32])>,
     stamp: Stamp,
+}
+
+/// One `Spans` message: the chunks of its spans, and once the receiver asked
+/// for some spans, the chunks listed in the `Recipe` that answered it.
+#[derive(Default)]
+struct SentBatch {
+    chunks: Vec<(u64, u32, [u8; 32])>,
+    /// Each span: its first chunk (in `chunks`) and how many.
+    spans: Vec<(usize, usize)>,
+    /// Indices into `chunks` of the entries of the `Recipe` sent.
+    listed: Vec<usize>,
 }
 
 /// Size and mtime: if they change while a file is read, the copy is not trusted.
@@ -688,39 +699,48 @@ impl<W: Write> Sender<'_, W> {
             file,
             PendingRecipe {
                 file: f,
-                chunks: Vec::new(),
-                batches: Vec::new(),
-                answered: 0,
+                batches: HashMap::new(),
+                next_batch: 0,
+                awaiting: Default::default(),
                 ended: None,
                 stamp: before,
             },
         );
         let mut chunker = Chunker::new(&reader);
-        let mut batch = Vec::with_capacity(RECIPE_BATCH);
+        let mut spanner = Spanner::default();
+        let mut batch = SentBatch::default();
+        let mut spans = Vec::with_capacity(MAX_SPAN_BATCH);
+        let mut span_start = 0;
         loop {
             let next = match chunker.next_chunk() {
                 Ok(Some((c, _))) => Some(c),
                 Ok(None) => None,
                 Err(e) => {
-                    self.pending.remove(&file);
-                    self.given_up.insert(file);
-                    return self.fail_file(file, path, format!("read failed: {}", io_text(&e)));
+                    return self.give_up(file, path, format!("read failed: {}", io_text(&e)));
                 }
             };
-            if let Some(c) = next {
-                let p = self.pending.get_mut(&file).expect("pending");
-                p.chunks.push((c.offset, c.len, c.hash));
-                batch.push(ChunkRef {
-                    len: c.len,
-                    hash: c.hash,
-                });
+            let closed = match next {
+                Some(c) => {
+                    batch.chunks.push((c.offset, c.len, c.hash));
+                    spanner.push(c.len, &c.hash)
+                }
+                None => spanner.finish(),
+            };
+            if let Some(sp) = closed {
+                batch.spans.push((span_start, sp.chunks as usize));
+                span_start = batch.chunks.len();
+                spans.push(sp);
             }
-            if batch.len() == RECIPE_BATCH || (next.is_none() && !batch.is_empty()) {
+            if spans.len() == MAX_SPAN_BATCH || (next.is_none() && !spans.is_empty()) {
                 let p = self.pending.get_mut(&file).expect("pending");
-                p.batches.push(p.chunks.len() - batch.len());
-                let chunks = std::mem::take(&mut batch);
-                self.writer.send(&Message::Recipe { file, chunks })?;
-                // answers to earlier batches: send their chunks now, while the
+                let id = p.next_batch;
+                p.next_batch += 1;
+                p.batches.insert(id, std::mem::take(&mut batch));
+                p.awaiting.push_back((id, false));
+                span_start = 0;
+                let spans = std::mem::replace(&mut spans, Vec::with_capacity(MAX_SPAN_BATCH));
+                self.writer.send(&Message::Spans { file, spans })?;
+                // answers to earlier messages: act on them now, while the
                 // receiver rebuilds
                 self.writer.flush()?;
                 self.serve_arrived_needs(file)?;
@@ -770,7 +790,8 @@ impl<W: Write> Sender<'_, W> {
         Ok(())
     }
 
-    /// Answers the receiver's `Need` for the next unanswered batch of `file`.
+    /// Acts on the receiver's `Need` for the oldest unanswered message of
+    /// `file`: lists the chunks of the spans it lacks, or sends the chunks.
     fn send_needed(&mut self, file: u32, ranges: &[(u32, u32)]) -> Result<(), TransferError> {
         if self.given_up.contains(&file) {
             return Ok(());
@@ -780,40 +801,50 @@ impl<W: Write> Sender<'_, W> {
                 "asked for chunks of file {file} without a recipe"
             ))
         })?;
-        let Some(&first) = p.batches.get(p.answered) else {
+        let Some((id, is_recipe)) = p.awaiting.pop_front() else {
             return Err(TransferError::PeerMisbehaved(format!(
-                "asked for chunks of file {file} beyond the recipe sent"
+                "asked for more of file {file} than was offered"
             )));
         };
-        let end = p
-            .batches
-            .get(p.answered + 1)
-            .copied()
-            .unwrap_or(p.chunks.len());
-        p.answered += 1;
-        // ranges are indices into the whole recipe, inside this batch
-        let local: Option<Vec<(u32, u32)>> = ranges
-            .iter()
-            .map(|&(start, count)| Some(((start as usize).checked_sub(first)? as u32, count)))
-            .collect();
-        let local = local
-            .ok_or("a range before its batch")
-            .and_then(|l| check_need(&l, end - first).map(|_| l))
-            .map_err(|why| {
-                TransferError::PeerMisbehaved(format!("asked for chunks of file {file}: {why}"))
-            })?;
+        let batch = p.batches.get_mut(&id).expect("batch awaiting an answer");
+        let offered = if is_recipe {
+            batch.listed.len()
+        } else {
+            batch.spans.len()
+        };
+        check_need(ranges, offered).map_err(|why| {
+            TransferError::PeerMisbehaved(format!("asked for chunks of file {file}: {why}"))
+        })?;
+        if !is_recipe {
+            // the chunk references of the spans asked for
+            let mut listed = Vec::new();
+            for &(start, count) in ranges {
+                for &(first, n) in &batch.spans[start as usize..(start + count) as usize] {
+                    listed.extend(first..first + n);
+                }
+            }
+            let chunks = listed
+                .iter()
+                .map(|&i| ChunkRef {
+                    len: batch.chunks[i].1,
+                    hash: batch.chunks[i].2,
+                })
+                .collect();
+            batch.listed = listed;
+            p.awaiting.push_back((id, true));
+            return self.writer.send(&Message::Recipe { file, chunks });
+        }
+        let batch = p.batches.remove(&id).expect("batch");
         let path = self.files[file as usize]
             .as_ref()
             .map(|l| l.path.clone())
             .unwrap_or_default();
         self.packer.reset();
-        for (start, count) in local {
-            let from = first + start as usize;
-            for i in from..from + count as usize {
-                let p = &self.pending[&file];
-                let (offset, len, hash) = p.chunks[i];
+        for &(start, count) in ranges {
+            for &i in &batch.listed[start as usize..(start + count) as usize] {
+                let (offset, len, hash) = batch.chunks[i];
                 let buf = &mut self.buf[..len as usize];
-                if let Err(e) = p.file.read_exact_at(buf, offset) {
+                if let Err(e) = self.pending[&file].file.read_exact_at(buf, offset) {
                     return self.give_up(file, &path, format!("read failed: {}", io_text(&e)));
                 }
                 if *blake3::hash(buf).as_bytes() != hash {
@@ -833,7 +864,7 @@ impl<W: Write> Sender<'_, W> {
         let Some((size, hash)) = p.ended else {
             return Ok(());
         };
-        if p.answered < p.batches.len() {
+        if !p.awaiting.is_empty() {
             return Ok(());
         }
         let p = self.pending.remove(&file).expect("pending");
