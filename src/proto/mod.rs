@@ -840,11 +840,15 @@ impl Message {
             tag::MODULES => {
                 let n = r.count(MAX_MODULES, "module count")?;
                 let mut list = Vec::with_capacity(n.min(64));
+                // UTF-8 or refused: a lossy conversion could grow a name
+                // past the limit it was read under
+                let text = |b: &[u8], what| {
+                    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid(what))
+                };
                 for _ in 0..n {
-                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                     list.push(ModuleInfo {
-                        name: text(r.bytes(MAX_COMPONENT, "module name")?),
-                        comment: text(r.bytes(MAX_TEXT, "module comment")?),
+                        name: text(r.bytes(MAX_COMPONENT, "module name")?, "module name")?,
+                        comment: text(r.bytes(MAX_TEXT, "module comment")?, "module comment")?,
                         read_only: r.bool("read_only")?,
                     });
                 }

@@ -116,6 +116,19 @@ fn arb_message() -> impl Strategy<Value = Message> {
     ]
 }
 
+#[test]
+fn a_module_listing_that_is_not_utf8_is_refused() {
+    // found by fuzzing: 100 invalid bytes decoded "lossily" into 300 bytes of
+    // replacement characters, past the limit the encoder then enforced
+    let mut w = super::codec::Writer::default();
+    w.u8(17);
+    w.varint(1);
+    w.bytes(&[0xed; 100]);
+    w.bytes(b"");
+    w.bool(false);
+    assert!(Message::decode(&w.buf).is_err());
+}
+
 proptest! {
     #[test]
     fn round_trip(msg in arb_message()) {

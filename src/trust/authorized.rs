@@ -386,6 +386,16 @@ mod tests {
     use super::*;
     use crate::trust::key::Identity;
 
+    #[test]
+    fn a_from_pattern_with_an_unclosed_bracket_denies_without_panicking() {
+        let id = Identity::generate("x");
+        let line = format!("from=\"10.[\" {}", id.public.to_openssh());
+        let (keys, problems) = AuthorizedKeys::parse(&line);
+        assert!(problems.is_empty(), "{problems:?}");
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(keys.authorize(&id.public, ip, 0).is_err());
+    }
+
     fn key() -> PublicKey {
         Identity::generate("").public
     }
