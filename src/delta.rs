@@ -10,7 +10,7 @@
 //!
 //! Pure code: the session supplies the bytes; nothing here touches a file.
 
-use crate::chunk::{Chunk, Chunker};
+use crate::chunk::{chunk_hash, Chunk, ChunkHash, Chunker};
 use crate::proto::{ChunkRef, SpanRef, MAX_SPAN_CHUNKS};
 use std::collections::HashMap;
 
@@ -26,7 +26,7 @@ pub struct Location {
 /// Chunk hash → where to find those bytes.
 #[derive(Default)]
 pub struct ChunkIndex {
-    map: HashMap<[u8; 32], Location>,
+    map: HashMap<ChunkHash, Location>,
 }
 
 impl ChunkIndex {
@@ -37,7 +37,7 @@ impl ChunkIndex {
             len: chunk.len,
         });
     }
-    pub fn get(&self, hash: &[u8; 32]) -> Option<Location> {
+    pub fn get(&self, hash: &ChunkHash) -> Option<Location> {
         self.map.get(hash).copied()
     }
     pub fn len(&self) -> usize {
@@ -56,7 +56,7 @@ pub enum Step {
     /// Copy from earlier in the new file itself.
     CopyOutput { offset: u64, len: u32 },
     /// Literal bytes the sender will send, checked against `hash`.
-    Literal { len: u32, hash: [u8; 32] },
+    Literal { len: u32, hash: ChunkHash },
 }
 
 impl Step {
@@ -91,7 +91,7 @@ pub fn plan(recipe: &[ChunkRef], index: &ChunkIndex) -> Plan {
 pub struct Planner {
     // keyed by length too: a hash announced with another length is a lie that
     // must fail its own check, not a copy of bytes that were never written
-    requested: HashMap<([u8; 32], u32), u64>,
+    requested: HashMap<(ChunkHash, u32), u64>,
     out_offset: u64,
     next_index: u32,
 }
@@ -152,8 +152,8 @@ impl Planner {
 pub const SPAN_AVG: u16 = 128;
 
 /// Whether a span ends after the chunk with this hash.
-fn ends_span(hash: &[u8; 32]) -> bool {
-    u16::from_le_bytes([hash[30], hash[31]]).is_multiple_of(SPAN_AVG)
+fn ends_span(hash: &ChunkHash) -> bool {
+    u16::from_le_bytes([hash[14], hash[15]]).is_multiple_of(SPAN_AVG)
 }
 
 /// Groups a stream of chunks into spans, naming each by the BLAKE3 of its
@@ -167,7 +167,7 @@ pub struct Spanner {
 
 impl Spanner {
     /// Adds the next chunk; returns the span it closes, if it closes one.
-    pub fn push(&mut self, len: u32, hash: &[u8; 32]) -> Option<SpanRef> {
+    pub fn push(&mut self, len: u32, hash: &ChunkHash) -> Option<SpanRef> {
         self.hasher.update(&len.to_le_bytes());
         self.hasher.update(hash);
         self.chunks += 1;
@@ -296,7 +296,7 @@ impl Rebuild {
     }
 
     /// The literal chunk the rebuild waits for, if any.
-    pub fn next_literal(&self) -> Option<(u32, [u8; 32])> {
+    pub fn next_literal(&self) -> Option<(u32, ChunkHash)> {
         match self.steps.get(self.pos) {
             Some(Step::Literal { len, hash }) => Some((*len, *hash)),
             _ => None,
@@ -398,7 +398,7 @@ pub fn apply(basis: &[u8], d: &Delta) -> Result<Vec<u8>, ApplyError> {
             break;
         };
         let lit = literals.next().ok_or(ApplyError::MissingLiteral)?;
-        if lit.len() != len as usize || *blake3::hash(lit).as_bytes() != hash {
+        if lit.len() != len as usize || chunk_hash(lit) != hash {
             return Err(ApplyError::BadLiteral);
         }
         out.extend_from_slice(lit);
@@ -446,7 +446,7 @@ mod tests {
         // A lying recipe: the same hash announced with two lengths. The second
         // cannot be the bytes written for the first, so it must be asked for
         // (and then fail its own check), not copied from beyond what was written.
-        let hash = *blake3::hash(&[7u8; 10]).as_bytes();
+        let hash = chunk_hash(&[7u8; 10]);
         let recipe = [ChunkRef { len: 10, hash }, ChunkRef { len: 50, hash }];
         let p = plan(&recipe, &ChunkIndex::default());
         assert_eq!(p.steps[1], Step::Literal { len: 50, hash });

@@ -318,7 +318,7 @@ fn lying_spans_and_recipes_are_refused() {
         len,
         hash: [7; 32],
     };
-    let chunk = |len: u32| ChunkRef { len, hash: [8; 32] };
+    let chunk = |len: u32| ChunkRef { len, hash: [8; 16] };
     let spans = |spans: Vec<SpanRef>| Message::Spans { file: 0, spans };
     let recipe = |chunks: Vec<ChunkRef>| Message::Recipe { file: 0, chunks };
     let cases: Vec<(&str, Vec<Message>, &str)> = vec![

@@ -11,15 +11,15 @@
 //! byte copied through it is hashed again into the rebuilt file's BLAKE3, and a
 //! file that fails that check has its bases' entries forgotten.
 
-use crate::chunk::{Chunk, MAX_CHUNK};
+use crate::chunk::{Chunk, ChunkHash, MAX_CHUNK};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
-const MAGIC: &[u8; 12] = b"ferrychunks1";
+const MAGIC: &[u8; 12] = b"ferrychunks2";
 const HEADER: usize = 12 + 5 * 8 + 8;
-const ENTRY: usize = 4 + 32;
+const ENTRY: usize = 4 + 16;
 /// Entries kept; beyond this the oldest are removed.
 const MAX_ENTRIES: usize = 4096;
 
@@ -116,7 +116,7 @@ impl ChunkCache {
 
     /// Records the chunks (length, BLAKE3) of `f` as it is now. Best effort:
     /// a cache that cannot be written is simply not there next time.
-    pub fn store(&self, f: &File, chunks: &[(u32, [u8; 32])]) {
+    pub fn store(&self, f: &File, chunks: &[(u32, ChunkHash)]) {
         let Some(s) = stamp(f) else { return };
         if chunks.iter().map(|c| c.0 as u64).sum::<u64>() != s.size {
             return;
@@ -198,7 +198,7 @@ mod tests {
         (t, cache, p, data)
     }
 
-    fn list(data: &[u8]) -> Vec<(u32, [u8; 32])> {
+    fn list(data: &[u8]) -> Vec<(u32, ChunkHash)> {
         chunk_slice(data).iter().map(|c| (c.len, c.hash)).collect()
     }
 

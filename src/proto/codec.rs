@@ -45,6 +45,10 @@ impl Writer {
     pub fn hash(&mut self, v: &[u8; 32]) {
         self.buf.extend_from_slice(v);
     }
+    /// Bytes of a fixed size the reader knows (no length prefix).
+    pub fn raw(&mut self, v: &[u8]) {
+        self.buf.extend_from_slice(v);
+    }
 }
 
 /// Reads primitive values from one frame's payload.
@@ -117,6 +121,12 @@ impl<'a> Reader<'a> {
         let mut h = [0u8; 32];
         h.copy_from_slice(self.take(32, what)?);
         Ok(h)
+    }
+    /// `N` bytes written with [`Writer::raw`].
+    pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
     }
     pub fn token(&mut self, what: &'static str) -> Result<[u8; 16], DecodeError> {
         let mut t = [0u8; 16];

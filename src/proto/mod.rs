@@ -284,11 +284,11 @@ pub struct SpanRef {
     pub hash: [u8; 32],
 }
 
-/// A chunk reference in a recipe: its length and BLAKE3.
+/// A chunk reference in a recipe: its length and hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
     pub len: u32,
-    pub hash: [u8; 32],
+    pub hash: crate::chunk::ChunkHash,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,7 +543,7 @@ impl Message {
                 w.varint(chunks.len() as u64);
                 for c in chunks {
                     w.varint(c.len as u64);
-                    w.hash(&c.hash);
+                    w.raw(&c.hash);
                 }
             }
             Message::RecipeEnd { file, size, hash } => {
@@ -718,8 +718,8 @@ impl Message {
             tag::RECIPE => {
                 let file = file_index(&mut r)?;
                 let n = r.count(MAX_RECIPE_BATCH, "recipe batch")?;
-                // each chunk takes at least 33 bytes: a liar cannot make us reserve more
-                if n > r.remaining() / 33 {
+                // each chunk takes at least 17 bytes: a liar cannot make us reserve more
+                if n > r.remaining() / 17 {
                     return Err(DecodeError::Truncated("recipe"));
                 }
                 let mut chunks = Vec::with_capacity(n);
@@ -730,7 +730,7 @@ impl Message {
                     }
                     chunks.push(ChunkRef {
                         len,
-                        hash: r.hash("chunk hash")?,
+                        hash: r.array("chunk hash")?,
                     });
                 }
                 Message::Recipe { file, chunks }

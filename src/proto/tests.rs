@@ -60,7 +60,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (
             any::<u32>(),
             proptest::collection::vec(
-                (1u32..=crate::chunk::MAX_CHUNK as u32, any::<[u8; 32]>()),
+                (1u32..=crate::chunk::MAX_CHUNK as u32, any::<[u8; 16]>()),
                 0..20
             )
         )
@@ -184,7 +184,7 @@ fn zero_length_chunk_rejected() {
         file: 0,
         chunks: vec![ChunkRef {
             len: 0,
-            hash: [0; 32],
+            hash: [0; 16],
         }],
     };
     assert_eq!(

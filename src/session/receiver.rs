@@ -13,7 +13,7 @@
 
 use super::wire::{FrameReader, FrameWriter};
 use super::{text, Cancel, EventFn};
-use crate::chunk::{Chunk, Chunker, MAX_CHUNK, MIN_CHUNK};
+use crate::chunk::{chunk_hash, Chunk, ChunkHash, Chunker, MAX_CHUNK, MIN_CHUNK};
 use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanIndex, SpanLoc, Step};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
@@ -153,7 +153,7 @@ enum Incoming {
 }
 
 /// A recipe as the chunk cache keeps it: (length, BLAKE3) per chunk.
-type Recipe = Vec<(u32, [u8; 32])>;
+type Recipe = Vec<(u32, ChunkHash)>;
 
 struct Rebuilding {
     temp: TempFile,
@@ -1236,7 +1236,7 @@ impl Receiver<'_> {
                             "sent more chunks for file {file} than it asked for"
                         )));
                     };
-                    if block.len() != len as usize || *blake3::hash(block).as_bytes() != hash {
+                    if block.len() != len as usize || chunk_hash(block) != hash {
                         return Err(TransferError::PeerMisbehaved(format!(
                             "sent a chunk of {} that does not match its hash",
                             escape(&self.entries[file as usize].name)

@@ -9,7 +9,7 @@
 
 use super::wire::{FrameReader, FrameWriter};
 use super::{text, Cancel, EventFn};
-use crate::chunk::Chunker;
+use crate::chunk::{chunk_hash, ChunkHash, Chunker};
 use crate::delta::{check_need, Spanner};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
@@ -113,7 +113,7 @@ struct PendingRecipe {
 /// for some spans, the chunks listed in the `Recipe` that answered it.
 #[derive(Default)]
 struct SentBatch {
-    chunks: Vec<(u64, u32, [u8; 32])>,
+    chunks: Vec<(u64, u32, ChunkHash)>,
     /// Each span: its first chunk (in `chunks`) and how many.
     spans: Vec<(usize, usize)>,
     /// Indices into `chunks` of the entries of the `Recipe` sent.
@@ -847,7 +847,7 @@ impl<W: Write> Sender<'_, W> {
                 if let Err(e) = self.pending[&file].file.read_exact_at(buf, offset) {
                     return self.give_up(file, &path, format!("read failed: {}", io_text(&e)));
                 }
-                if *blake3::hash(buf).as_bytes() != hash {
+                if chunk_hash(buf) != hash {
                     return self.give_up(file, &path, "changed while being sent".into());
                 }
                 let (compressed, bytes) = self.packer.pack(&self.buf[..len as usize]);
