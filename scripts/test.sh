@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: installs what the tests need
 # (OpenSSH's server for the ssh transport, rsync as the oracle, iproute2,
 # iptables and ethtool for the network-namespace tests: cut, lossy and
-# duplicating links), then runs every test. Tests that need root, sshd or
+# duplicating links; xfsprogs for a re-sync that shares blocks on XFS), then
+# runs every test. Tests that need root, sshd or
 # namespaces fail here rather than skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ethtool >/dev/null || need+=(ethtool)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: needs ${need[*]} (install them, or run as root)" >&2

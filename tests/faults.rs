@@ -564,3 +564,83 @@ fn a_source_that_fails_to_read_part_way_keeps_the_old_file_and_leaves_no_temp() 
         "temporary files left behind"
     );
 }
+
+/// An XFS filesystem in a file, loop-mounted at `dir`; unmounted on drop.
+struct XfsDisk(std::path::PathBuf);
+
+impl XfsDisk {
+    fn mount(image: &Path, dir: &Path, mib: u64) -> Option<XfsDisk> {
+        if Command::new("mkfs.xfs").arg("-V").output().is_err() {
+            if std::env::var_os("FERRY_REQUIRE_SSHD").is_some() {
+                panic!("mkfs.xfs is missing (scripts/test.sh installs xfsprogs)");
+            }
+            eprintln!("skipping: needs mkfs.xfs");
+            return None;
+        }
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let st = Command::new("mkfs.xfs")
+            .args(["-q", &s(image)])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mkfs.xfs");
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-o", "loop", &s(image), &s(dir)])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount the XFS image");
+        Some(XfsDisk(dir.to_path_buf()))
+    }
+
+    fn free(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.0).unwrap();
+        st.f_bavail * st.f_frsize
+    }
+}
+
+impl Drop for XfsDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_resync_on_xfs_shares_the_unchanged_blocks_with_the_old_file() {
+    if !root_available() {
+        return;
+    }
+    let t = tmp();
+    let Some(disk) = XfsDisk::mount(&t.path().join("xfs.img"), &t.path().join("mnt"), 400) else {
+        return;
+    };
+    let size = 200usize << 20;
+    let src = t.path().join("model.bin");
+    let mut data = random_bytes(size, 8);
+    write(&src, &data);
+    let dst = t.path().join("mnt/model.bin");
+    ok(ferry(["sync", "-a", &s(&src), &s(&dst)]));
+    // 1% rewritten in place; without shared blocks the new version would need
+    // another 200 MiB, more than this filesystem has left
+    let before = disk.free();
+    assert!(
+        before < size as u64,
+        "{before} bytes free: the test needs a tighter disk"
+    );
+    for i in 0..32 {
+        let at = i * (size / 32) + 4096 * 3;
+        data[at..at + 65536].copy_from_slice(&random_bytes(65536, 100 + i as u64));
+    }
+    write(&src, &data);
+    let out = ferry(["sync", "-a", &s(&src), &s(&dst)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&dst).unwrap() == data, "bytes differ");
+    let used = before.saturating_sub(disk.free());
+    eprintln!("the re-sync took {} KiB of a 200 MiB file", used >> 10);
+    assert!(
+        used < 32 << 20,
+        "{used} bytes used: the blocks were not shared"
+    );
+}

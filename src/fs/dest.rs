@@ -75,6 +75,10 @@ pub struct TempFile {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The filesystem block size assumed for sharing blocks (XFS and btrfs
+/// default to 4 KiB; with larger blocks sharing just does not happen).
+const BLOCK: u64 = 4096;
+
 /// How often a large file being written starts writeback of what came before.
 const WRITEBACK_STEP: u64 = 16 << 20;
 
@@ -589,6 +593,51 @@ impl TempFile {
             self.start_writeback();
         }
         Ok(())
+    }
+
+    /// Appends `data`, which are the bytes at `offset` of `from`: where the
+    /// filesystem can, the new file shares those blocks with `from` instead
+    /// of holding a copy (`copy_file_range` reflinks on XFS and btrfs when
+    /// offsets are block-aligned; elsewhere the kernel copies in place).
+    pub fn append_from(&mut self, from: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.sparse || !self.shares_blocks(offset, data.len()) {
+            return self.write(data);
+        }
+        // blocks can only be shared whole: write the unaligned head and tail
+        let head = ((BLOCK - offset % BLOCK) % BLOCK) as usize;
+        let middle = (data.len() - head) / BLOCK as usize * BLOCK as usize;
+        self.write(&data[..head])?;
+        let (mut off_in, mut off_out) = (offset + head as u64, self.pos);
+        let end = self.pos + middle as u64;
+        while off_out < end {
+            let left = (end - off_out) as usize;
+            match rustix::fs::copy_file_range(
+                from,
+                Some(&mut off_in),
+                &self.file,
+                Some(&mut off_out),
+                left,
+            ) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                // not on this filesystem, or not between these files: write
+                Err(_) => {
+                    let done = (off_out - self.pos) as usize;
+                    self.file
+                        .write_all_at(&data[head + done..head + middle], off_out)?;
+                    break;
+                }
+            }
+        }
+        self.pos = end;
+        self.write(&data[head + middle..])
+    }
+
+    /// Whether appending `len` bytes from `offset` of another file could
+    /// share blocks: the same position within a 4 KiB block on both sides,
+    /// and long enough to be worth a system call of its own.
+    fn shares_blocks(&self, offset: u64, len: usize) -> bool {
+        len >= 64 << 10 && offset % BLOCK == self.pos % BLOCK
     }
 
     /// Asks the kernel to start writing what we wrote so far to disk, without

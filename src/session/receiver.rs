@@ -2110,11 +2110,13 @@ fn run_copies(
      -> Result<(), String> {
         if let Some((basis, offset, len)) = run.take() {
             let b = &mut buf[..len];
-            bases[basis as usize]
-                .read_exact_at(b, offset)
+            let from = &bases[basis as usize];
+            from.read_exact_at(b, offset)
                 .map_err(|e| format!("cannot read the basis: {}", io_text(&e)))?;
+            // read all the same: every byte of the new file goes into its hash
             hasher.update(b);
-            temp.write(b).map_err(|e| write_error(&e))?;
+            temp.append_from(from, offset, b)
+                .map_err(|e| write_error(&e))?;
         }
         Ok(())
     };
