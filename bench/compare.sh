@@ -22,7 +22,8 @@ else
   cargo build -q --release; ferry=$PWD/target/release/ferry
 fi
 
-work=$(mktemp -d /tmp/ferry-bench.XXXXXX)
+# BENCH_DIR: where the data lives (e.g. an XFS mount, where re-syncs share blocks)
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/ferry-bench.XXXXXX")
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
