@@ -5,7 +5,7 @@
 #
 #   bench/compare.sh            full sizes: 2 GiB file, 20,000 small files, 1 GiB JSONL
 #   bench/compare.sh --quick    small sizes, for CI: fails only if a copy differs
-#   BIG_MIB=1024 bench/compare.sh   another size for the big file
+#   BIG_MIB=1024 SMALL_FILES=5000 JSONL_MIB=256 bench/compare.sh   other sizes
 #
 # Needs root (to run sshd), openssh-server, rsync; builds ferry in release mode
 # (in --quick mode the debug build is used, to save CI a release build).
@@ -18,7 +18,7 @@ if [ $quick = 1 ]; then
   big_mib=${BIG_MIB:-64}; small_files=2000; jsonl_mib=16
   cargo build -q; ferry=$PWD/target/debug/ferry
 else
-  big_mib=${BIG_MIB:-2048}; small_files=20000; jsonl_mib=1024
+  big_mib=${BIG_MIB:-2048}; small_files=${SMALL_FILES:-20000}; jsonl_mib=${JSONL_MIB:-1024}
   cargo build -q --release; ferry=$PWD/target/release/ferry
 fi
 
@@ -220,6 +220,22 @@ echo "== ${big_mib} MiB random file, fresh copy"
 limit "big fresh" tcp_copy "$src/big/model.bin" "$work/limit.bin"; rm -f "$work/limit.bin"
 sync_all "big fresh" big
 
+if [ $quick = 0 ]; then
+  echo "== ${big_mib} MiB random file, fresh, over a 1 Gbit/s link with 40 ms round trip"
+  # bench/relay.py holds bytes 20 ms each way and paces them at 1 Gbit/s (no
+  # netem on this kernel); the daemons are reached through it
+  link_ferryd=$(free_port); link_rsyncd=$(free_port)
+  python3 bench/relay.py "$link_ferryd" "$ferryd_addr" 20 1000 & pids+=($!)
+  python3 bench/relay.py "$link_rsyncd" "127.0.0.1:$rsyncd_port" 20 1000 & pids+=($!)
+  wait_port "$link_ferryd"; wait_port "$link_rsyncd"
+  mkdir -p "$work/dst-ferryd/link" "$work/dst-rsyncd/link"
+  results+=("big fresh, 1 Gbit/40 ms|limit|$(python3 -c "print(f'{$big_mib * 1048576 * 8 / 1e9:.2f}')")|-|-|-")
+  run "big fresh, 1 Gbit/40 ms" ferryd "${ferryd_sync[@]}" "$src/big/" "ferry://127.0.0.1:$link_ferryd/bench/dst-ferryd/link/"
+  run "big fresh, 1 Gbit/40 ms" rsyncd "${rsyncd_sync[@]}" "$src/big/" "rsync://127.0.0.1:$link_rsyncd/bench/dst-rsyncd/link/"
+  same "$src/big" "$work/dst-ferryd/link"; same "$src/big" "$work/dst-rsyncd/link"
+  rm -rf "$work/dst-ferryd/link" "$work/dst-rsyncd/link"
+fi
+
 edit_regions() {
   python3 - "$src/big/model.bin" <<'PY'
 import os, random, sys
@@ -286,7 +302,12 @@ for label in order:
           f"| {fd[1]} | {rs[1]} | {wc} | {fd[2]}/{fd[3]} |")
 print()
 print("seconds per tool; ratios > 1 mean ferry was faster; wire = bytes both ways on the connection (--stats);")
-print("limit = the same bytes over one plain TCP connection (big file) or through tar | tar (small files).")
+print("limit = the same bytes over one plain TCP connection (big file), through tar | tar (small files),")
+print("or at the link's rate (1 Gbit/40 ms: bench/relay.py paces and delays the bytes, shared by all connections).")
+link = rows.get("big fresh, 1 Gbit/40 ms", {})
+if "ferryd" in link and "limit" in link:
+    print(f"1 Gbit/40 ms link: ferry daemon at {link['limit'][0] / link['ferryd'][0]:.0%} of the link rate"
+          + (f", rsync daemon at {link['limit'][0] / link['rsyncd'][0]:.0%}" if "rsyncd" in link else ""))
 ssh = [(l, rows[l]['ferry'][2], rows[l]['ferry'][3]) for l in order if 'ferry' in rows[l]]
 print("peak RSS MiB of ferry over ssh (client/remote): " + "; ".join(f"{l} {c}/{s}" for l, c, s in ssh))
 PY
