@@ -137,6 +137,47 @@ fn compression_round_trips_and_shrinks_text() {
 }
 
 #[test]
+fn a_compression_level_implies_compression_and_is_checked() {
+    let t = tmp();
+    let src = t.path().join("corpus.jsonl");
+    // varied enough that a higher zstd level finds more to save than level 1
+    let mut text = String::new();
+    for i in 0..120_000u64 {
+        text.push_str(&format!(
+            "{{\"id\": {i}, \"w\": \"{}\"}}\n",
+            (i * 7919) % 104_729
+        ));
+    }
+    write(&src, &text);
+    // other directories and names: a copy that ferry could find as "similar"
+    // would be rebuilt from the first instead of compressed
+    let (a, b) = (t.path().join("a/one.jsonl"), t.path().join("b/two.jsonl"));
+    for d in ["a", "b"] {
+        std::fs::create_dir(t.path().join(d)).unwrap();
+    }
+    let (literal, _, sent_fast, _) = sync_stats(&["-z".into()], &src, &a);
+    let (literal_b, _, sent_high, _) =
+        sync_stats(&["--compress-level".into(), "19".into()], &src, &b);
+    assert_eq!(literal_b, literal, "the second copy was not sent whole");
+    assert_eq!(std::fs::read(&b).unwrap(), text.as_bytes());
+    // --compress-level alone turned compression on, and level 19 beat level 1
+    assert!(sent_high < literal / 2, "sent {sent_high} of {literal}");
+    assert!(
+        sent_high < sent_fast,
+        "level 19 sent {sent_high}, level 1 {sent_fast}"
+    );
+    let out = ferry([
+        "sync",
+        "--compress-level",
+        "25",
+        &src.display().to_string(),
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("compress-level"), "{}", stderr(&out));
+}
+
+#[test]
 fn a_renamed_shard_is_rebuilt_from_its_old_name() {
     let t = tmp();
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));

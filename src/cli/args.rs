@@ -83,6 +83,10 @@ pub struct SyncArgs {
     /// Compress file data (zstd, skipped for data that does not compress)
     #[arg(short = 'z', long)]
     pub compress: bool,
+    /// zstd level for -z, 1-19 (default 1); as in rsync, setting it implies -z
+    #[arg(long = "compress-level", value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=19))]
+    pub compress_level: Option<u8>,
     /// Human-readable numbers
     #[arg(short = 'h', long = "human-readable")]
     pub human: bool,

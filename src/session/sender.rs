@@ -47,7 +47,7 @@ struct SegmentJob {
     source: File,
     start: u64,
     len: u64,
-    compress: bool,
+    compress: Option<i32>,
 }
 
 /// A segmented file whose segments are still being sent.
@@ -139,13 +139,10 @@ struct Packer {
 }
 
 impl Packer {
-    fn new(enabled: bool) -> Self {
+    /// A packer compressing at zstd `level`, or not at all.
+    fn new(level: Option<i32>) -> Self {
         Packer {
-            compressor: if enabled {
-                zstd::bulk::Compressor::new(3).ok()
-            } else {
-                None
-            },
+            compressor: level.and_then(|l| zstd::bulk::Compressor::new(l).ok()),
             skip: 0,
             out: Vec::new(),
         }
@@ -229,7 +226,7 @@ where
         files: Vec::new(),
         pending: HashMap::new(),
         given_up: Default::default(),
-        packer: Packer::new(false),
+        packer: Packer::new(None),
         buf: vec![0; BLOCK_SIZE],
         rx,
         deferred: Default::default(),
@@ -246,7 +243,7 @@ where
             .map_err(|e| TransferError::local(root.display().to_string(), &e))?;
         s.confine = Some((root.clone(), fd));
     }
-    s.packer = Packer::new(s.options.compress);
+    s.packer = Packer::new(s.options.zstd_level());
     let result = s.run(&cfg.sources);
     match result {
         Ok(summary) => {
@@ -539,7 +536,7 @@ impl<W: Write> Sender<'_, W> {
                     source,
                     start,
                     len,
-                    compress: self.options.compress,
+                    compress: self.options.zstd_level(),
                 },
             ));
             start += len;
@@ -567,7 +564,7 @@ impl<W: Write> Sender<'_, W> {
                 .map_err(|e| TransferError::local(path.display().to_string(), &e))?,
             start: 0,
             len: per.min(size),
-            compress: self.options.compress,
+            compress: self.options.zstd_level(),
         };
         self.segmented.insert(file, entry);
         let mut buf = std::mem::take(&mut self.buf);
