@@ -154,7 +154,25 @@ enum Incoming {
     Failed,
 }
 
-/// A recipe as the chunk cache keeps it: (length, BLAKE3) per chunk.
+/// Which part of a delta recipe arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Spans,
+    Recipe,
+    End,
+}
+
+impl Part {
+    fn what(self) -> &'static str {
+        match self {
+            Part::Spans => "spans",
+            Part::Recipe => "a recipe",
+            Part::End => "a recipe end",
+        }
+    }
+}
+
+/// A recipe as the chunk cache keeps it: (length, hash) per chunk.
 type Recipe = Vec<(u32, ChunkHash)>;
 
 struct Rebuilding {
@@ -1543,29 +1561,8 @@ impl Receiver<'_> {
     /// `Need` naming the spans whose chunks we want to see (always sent, even
     /// when empty or the file was given up, so that the sender can go on).
     fn spans(&mut self, file: u32, spans: Vec<SpanRef>) -> Result<(), TransferError> {
-        let state = self
-            .in_flight
-            .remove(&file)
-            .ok_or_else(|| Self::not_requested(file, "spans"))?;
-        let mut r = match state {
-            Incoming::Failed => {
-                self.in_flight.insert(file, state);
-                return self.send(Message::Need {
-                    file,
-                    ranges: Vec::new(),
-                });
-            }
-            Incoming::Waiting { delta: true, basis } => match self.start_rebuild(file, basis) {
-                Some(r) => r,
-                None => {
-                    return self.send(Message::Need {
-                        file,
-                        ranges: Vec::new(),
-                    })
-                }
-            },
-            Incoming::Rebuild(r) if r.end.is_none() => r,
-            _ => return Err(Self::not_requested(file, "spans")),
+        let Some(mut r) = self.rebuild_for(file, Part::Spans)? else {
+            return Ok(());
         };
         let limit = self.entries[file as usize].size + RECIPE_SLACK;
         let mut batch = Vec::with_capacity(spans.len());
@@ -1605,20 +1602,8 @@ impl Receiver<'_> {
     /// batch is planned (known spans copied, chunks looked up), answered with
     /// one `Need` for the chunks we lack, and copied as far as it can be.
     fn recipe(&mut self, file: u32, chunks: Vec<ChunkRef>) -> Result<(), TransferError> {
-        let state = self
-            .in_flight
-            .remove(&file)
-            .ok_or_else(|| Self::not_requested(file, "a recipe"))?;
-        let mut r = match state {
-            Incoming::Failed => {
-                self.in_flight.insert(file, state);
-                return self.send(Message::Need {
-                    file,
-                    ranges: Vec::new(),
-                });
-            }
-            Incoming::Rebuild(r) => r,
-            _ => return Err(Self::not_requested(file, "a recipe")),
+        let Some(mut r) = self.rebuild_for(file, Part::Recipe)? else {
+            return Ok(());
         };
         let Some(batch) = r.pending.pop_front() else {
             return Err(Self::not_requested(file, "a recipe"));
@@ -1684,6 +1669,40 @@ impl Receiver<'_> {
         self.settle(file, Incoming::Rebuild(r), copied)
     }
 
+    /// The rebuild that a part of a recipe continues (or starts: spans or an
+    /// end may come first). `None` when the file was given up: what still
+    /// arrives for it is dropped, and spans and recipes are answered with an
+    /// empty `Need` so that the sender can finish the file.
+    fn rebuild_for(
+        &mut self,
+        file: u32,
+        part: Part,
+    ) -> Result<Option<Box<Rebuilding>>, TransferError> {
+        let state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, part.what()))?;
+        let r = match state {
+            Incoming::Failed => {
+                self.in_flight.insert(file, state);
+                None
+            }
+            Incoming::Waiting { delta: true, basis } if part != Part::Recipe => {
+                self.start_rebuild(file, basis)
+            }
+            // recipes may still come after the end; nothing else may
+            Incoming::Rebuild(r) if part == Part::Recipe || r.end.is_none() => Some(r),
+            _ => return Err(Self::not_requested(file, part.what())),
+        };
+        if r.is_none() && part != Part::End {
+            self.send(Message::Need {
+                file,
+                ranges: Vec::new(),
+            })?;
+        }
+        Ok(r)
+    }
+
     /// The first recipe batch of a file: waits for its basis index and opens
     /// the temporary file; `None` if the file had to be given up.
     fn start_rebuild(
@@ -1715,22 +1734,9 @@ impl Receiver<'_> {
     }
 
     fn recipe_end(&mut self, file: u32, size: u64, hash: [u8; 32]) -> Result<(), TransferError> {
-        let state = self
-            .in_flight
-            .remove(&file)
-            .ok_or_else(|| Self::not_requested(file, "a recipe end"))?;
-        let mut r = match state {
-            Incoming::Failed => {
-                self.in_flight.insert(file, state);
-                return Ok(());
-            }
-            // an empty file: no batches at all
-            Incoming::Waiting { delta: true, basis } => match self.start_rebuild(file, basis) {
-                Some(r) => r,
-                None => return Ok(()),
-            },
-            Incoming::Rebuild(r) if r.end.is_none() => r,
-            _ => return Err(Self::not_requested(file, "a recipe end")),
+        // (an empty file has no batches: its recipe may start with its end)
+        let Some(mut r) = self.rebuild_for(file, Part::End)? else {
+            return Ok(());
         };
         if r.total != size {
             return Err(violation(format!(
