@@ -20,8 +20,11 @@ use std::path::PathBuf;
 const MAGIC: &[u8; 12] = b"ferrychunks2";
 const HEADER: usize = 12 + 5 * 8 + 8;
 const ENTRY: usize = 4 + 16;
-/// Entries kept; beyond this the oldest are removed.
+/// Entries kept, and their total size; beyond either the oldest are removed.
+/// An entry is ~3.4 MB per GiB of file (20 bytes per ~6 KiB chunk), so the
+/// size bound covers the chunk lists of about 75 GiB of files.
 const MAX_ENTRIES: usize = 4096;
+const MAX_BYTES: u64 = 256 << 20;
 
 /// Which file an entry describes and the state it was in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,7 @@ fn stamp(f: &File) -> Option<Stamp> {
 
 pub struct ChunkCache {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
 impl ChunkCache {
@@ -64,12 +68,17 @@ impl ChunkCache {
     }
 
     pub fn open(dir: PathBuf) -> Option<ChunkCache> {
+        Self::open_with_limit(dir, MAX_BYTES)
+    }
+
+    /// A cache whose entries may take at most `max_bytes` together.
+    pub fn open_with_limit(dir: PathBuf, max_bytes: u64) -> Option<ChunkCache> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .ok()?;
-        Some(ChunkCache { dir })
+        Some(ChunkCache { dir, max_bytes })
     }
 
     fn path(&self, s: &Stamp) -> PathBuf {
@@ -163,23 +172,33 @@ impl ChunkCache {
         }
     }
 
-    /// Keeps the directory to [`MAX_ENTRIES`], removing the least recently
-    /// written entries.
+    /// Keeps the directory within [`MAX_ENTRIES`] entries and its byte limit,
+    /// removing the least recently written entries (down to 7/8 of each, so
+    /// that not every store has to trim).
     fn trim(&self) {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = rd
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = rd
             .flatten()
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
             .collect();
-        if entries.len() <= MAX_ENTRIES {
+        let mut bytes: u64 = entries.iter().map(|e| e.1).sum();
+        let mut count = entries.len();
+        if count <= MAX_ENTRIES && bytes <= self.max_bytes {
             return;
         }
         entries.sort();
-        let excess = entries.len() - MAX_ENTRIES + MAX_ENTRIES / 8;
-        for (_, p) in entries.into_iter().take(excess) {
+        for (_, len, p) in entries {
+            if count <= MAX_ENTRIES * 7 / 8 && bytes <= self.max_bytes / 8 * 7 {
+                break;
+            }
             let _ = std::fs::remove_file(p);
+            count -= 1;
+            bytes -= len;
         }
     }
 }
@@ -226,6 +245,26 @@ mod tests {
             .set_modified(mtime)
             .unwrap();
         assert!(cache.load(&File::open(&p).unwrap()).is_none());
+    }
+
+    #[test]
+    fn the_oldest_entries_go_when_the_cache_is_over_its_size() {
+        let t = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        // room for about two entries of this file's chunk list
+        let one = (HEADER + chunk_slice(&data).len() * ENTRY + 32) as u64;
+        let cache = ChunkCache::open_with_limit(t.path().join("cache"), one * 5 / 2).unwrap();
+        let mut files = Vec::new();
+        for i in 0..4 {
+            let p = t.path().join(format!("f{i}"));
+            std::fs::write(&p, &data).unwrap();
+            let f = File::open(&p).unwrap();
+            cache.store(&f, &list(&data));
+            files.push(f);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let kept: Vec<bool> = files.iter().map(|f| cache.load(f).is_some()).collect();
+        assert_eq!(kept, [false, false, true, true], "the newest two stay");
     }
 
     #[test]
