@@ -206,29 +206,21 @@ fn a_link_cut_for_five_seconds_mid_transfer_still_finishes() {
     let Some((ns, d, t)) = setup("a") else { return };
     let src = t.path().join("big");
     write(&src, random_bytes(48 << 20, 5));
-    let mut args = vec![
-        "sync".to_string(),
-        "--streams".into(),
-        "1".into(),
-        "--bwlimit".into(),
-        "16M".into(),
-        "--timeout".into(),
-        "20".into(),
-    ];
-    args.extend(d.client_args());
-    args.extend([src.display().to_string(), d.url("data/big")]);
-    let client = Command::new(ferry_bin()).args(&args).output();
-    let cutter = std::thread::spawn({
-        let host_if = ns.host_if.clone();
-        move || {
-            std::thread::sleep(Duration::from_millis(1200));
-            ip(&["link", "set", &host_if, "down"]);
-            std::thread::sleep(Duration::from_secs(5));
-            ip(&["link", "set", &host_if, "up"]);
-        }
-    });
-    let out = client.unwrap();
-    cutter.join().unwrap();
+    let flags = ["--streams", "1", "--bwlimit", "16M", "--timeout", "20"];
+    // 48 MiB at 16 MiB/s: about 3 s, so the cut at 1.2 s falls mid-transfer
+    let mut client = sync_command(&d, &flags, &src, d.url("data/big"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        client.try_wait().unwrap().is_none(),
+        "finished before the link was cut"
+    );
+    ns.link(false);
+    std::thread::sleep(Duration::from_secs(5));
+    ns.link(true);
+    let out = client.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -245,19 +237,8 @@ fn a_link_down_longer_than_the_timeout_is_a_clear_network_error() {
     let Some((ns, d, t)) = setup("b") else { return };
     let src = t.path().join("big");
     write(&src, random_bytes(48 << 20, 6));
-    let mut args = vec![
-        "sync".to_string(),
-        "--streams".into(),
-        "1".into(),
-        "--bwlimit".into(),
-        "16M".into(),
-        "--timeout".into(),
-        "3".into(),
-    ];
-    args.extend(d.client_args());
-    args.extend([src.display().to_string(), d.url("data/big")]);
-    let child = Command::new(ferry_bin())
-        .args(&args)
+    let flags = ["--streams", "1", "--bwlimit", "16M", "--timeout", "3"];
+    let child = sync_command(&d, &flags, &src, d.url("data/big"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -283,13 +264,17 @@ fn a_link_down_longer_than_the_timeout_is_a_clear_network_error() {
     );
 }
 
-/// Runs `ferry sync` with these flags from `src` to `dest`.
-fn push(d: &Daemon, flags: &[&str], src: &std::path::Path, dest: String) -> std::process::Output {
-    let mut args: Vec<String> = vec!["sync".into()];
-    args.extend(flags.iter().map(|f| f.to_string()));
-    args.extend(d.client_args());
-    args.extend([src.display().to_string(), dest]);
-    Command::new(ferry_bin()).args(&args).output().unwrap()
+/// `ferry sync` with these flags from `src` to `dest`, trusting daemon `d`.
+fn sync_command(
+    d: &Daemon,
+    flags: &[&str],
+    src: impl AsRef<std::ffi::OsStr>,
+    dest: impl AsRef<std::ffi::OsStr>,
+) -> Command {
+    let mut c = Command::new(ferry_bin());
+    c.arg("sync").args(flags).args(d.client_args());
+    c.arg(src).arg(dest);
+    c
 }
 
 /// 100 ms round trip, 5% of packets lost each way, 1% duplicated; TCP's own
@@ -311,12 +296,10 @@ fn a_long_lossy_duplicating_link_delivers_every_byte() {
     // 50 ms each way; up to 8 MiB held per direction (~1.3 Gbit/s × 50 ms)
     let relay = delay_relay(d.addr, Duration::from_millis(50), 8 << 20, 64);
     let started = Instant::now();
-    let out = push(
-        &d,
-        &["--streams", "1"],
-        &src,
-        format!("ferry://{relay}/data/big"),
-    );
+    let url = format!("ferry://{relay}/data/big");
+    let out = sync_command(&d, &["--streams", "1"], &src, &url)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -337,13 +320,9 @@ fn a_long_lossy_duplicating_link_delivers_every_byte() {
     // rebuild it from the source as a similar file and move almost nothing
     let back = t.path().join("pulled/big");
     std::fs::create_dir(t.path().join("pulled")).unwrap();
-    let mut args: Vec<String> = vec!["sync".into(), "--streams".into(), "1".into()];
-    args.extend(d.client_args());
-    args.extend([
-        format!("ferry://{relay}/data/big"),
-        back.display().to_string(),
-    ]);
-    let out = Command::new(ferry_bin()).args(&args).output().unwrap();
+    let out = sync_command(&d, &["--streams", "1"], &url, &back)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
