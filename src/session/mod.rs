@@ -64,6 +64,37 @@ pub fn run_client(
 /// Opens a further connection to the same server (for extra streams).
 pub type Connect<'a> = dyn Fn() -> Result<Stream, TransferError> + 'a;
 
+/// The client's side of opening a connection: versions, then `request`,
+/// which the server must accept (`what` names it in errors).
+fn open<R: Read, W: Write>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    request: &Request,
+    what: &str,
+) -> Result<(), TransferError> {
+    send_request(reader, writer, request)?;
+    match reader.expect()? {
+        Message::Accept => Ok(()),
+        Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
+        other => Err(TransferError::PeerMisbehaved(format!(
+            "answered {what} with {}",
+            other.name()
+        ))),
+    }
+}
+
+/// Versions, then `request` (what the server answers is the caller's).
+fn send_request<R: Read, W: Write>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    request: &Request,
+) -> Result<(), TransferError> {
+    writer.raw(&proto::client_hello())?;
+    proto::check_server_hello(&reader.raw::<7>()?)?;
+    writer.send(&Message::Request(request.clone()))?;
+    writer.flush()
+}
+
 /// Joins an extra stream to the transfer the server gave `token`.
 fn join_stream(
     stream: Stream,
@@ -72,24 +103,12 @@ fn join_stream(
 ) -> Result<Stream, TransferError> {
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters);
-    writer.raw(&proto::client_hello())?;
-    proto::check_server_hello(&reader.raw::<7>()?)?;
-    writer.send(&Message::Request(Request {
+    let join = Request {
         role: Role::JoinStream,
         paths: vec![token.to_vec()],
         options: Options::default(),
-    }))?;
-    writer.flush()?;
-    match reader.expect()? {
-        Message::Accept => {}
-        Message::Fatal(t) => return Err(TransferError::Remote(text(&t))),
-        other => {
-            return Err(TransferError::PeerMisbehaved(format!(
-                "answered a stream join with {}",
-                other.name()
-            )))
-        }
-    }
+    };
+    open(&mut reader, &mut writer, &join, "a stream join")?;
     Ok(Stream {
         reader: Box::new(reader.into_inner()),
         writer: Box::new(writer.into_inner()?),
@@ -109,21 +128,7 @@ pub fn run_client_streams(
 ) -> Result<Summary, TransferError> {
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters.clone());
-    writer.raw(&proto::client_hello())?;
-    let reply = reader.raw::<7>()?;
-    proto::check_server_hello(&reply)?;
-    writer.send(&Message::Request(request.clone()))?;
-    writer.flush()?;
-    match reader.expect()? {
-        Message::Accept => {}
-        Message::Fatal(t) => return Err(TransferError::Remote(text(&t))),
-        other => {
-            return Err(TransferError::PeerMisbehaved(format!(
-                "answered the request with {}",
-                other.name()
-            )))
-        }
-    }
+    open(&mut reader, &mut writer, &request, "the request")?;
     let mut extra = Vec::new();
     if request.options.streams > 1 {
         let token = match reader.expect()? {
@@ -391,9 +396,7 @@ pub fn list_entries(stream: Stream, path: Vec<u8>) -> Result<Vec<proto::Entry>, 
     let counters = Arc::new(Counters::default());
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters);
-    writer.raw(&proto::client_hello())?;
-    proto::check_server_hello(&reader.raw::<7>()?)?;
-    writer.send(&Message::Request(Request {
+    let request = Request {
         role: Role::ServerSends,
         paths: vec![path],
         options: Options {
@@ -402,12 +405,12 @@ pub fn list_entries(stream: Stream, path: Vec<u8>) -> Result<Vec<proto::Entry>, 
             dry_run: true,
             ..Options::default()
         },
-    }))?;
-    writer.flush()?;
+    };
+    open(&mut reader, &mut writer, &request, "a listing request")?;
     let mut entries = Vec::new();
     loop {
         match reader.expect()? {
-            Message::Accept | Message::ListStart(_) | Message::Event(_) => {}
+            Message::ListStart(_) | Message::Event(_) => {}
             Message::Entry(e) => {
                 crate::fs::names::check(&e.name).map_err(|err| {
                     TransferError::PeerMisbehaved(format!("sent a bad name: {err}"))
@@ -440,14 +443,12 @@ pub fn list_modules(stream: Stream) -> Result<Vec<ModuleInfo>, TransferError> {
     let counters = Arc::new(Counters::default());
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters);
-    writer.raw(&proto::client_hello())?;
-    proto::check_server_hello(&reader.raw::<7>()?)?;
-    writer.send(&Message::Request(Request {
+    let request = Request {
         role: Role::ListModules,
         paths: vec![b".".to_vec()],
         options: Options::default(),
-    }))?;
-    writer.flush()?;
+    };
+    send_request(&mut reader, &mut writer, &request)?;
     match reader.expect()? {
         Message::Modules(list) => Ok(list),
         Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
