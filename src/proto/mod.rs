@@ -774,12 +774,7 @@ impl Message {
             }
             tag::DATA => {
                 let file = file_index(&mut r)?;
-                let compressed = r.bool("compressed")?;
-                let raw_len = r.count(BLOCK_SIZE, "data length")? as u32;
-                let bytes = r.bytes(BLOCK_SIZE + 1024, "data")?.to_vec();
-                if !compressed && bytes.len() != raw_len as usize {
-                    return Err(DecodeError::Invalid("data length"));
-                }
+                let (compressed, raw_len, bytes) = decode_block(&mut r)?;
                 Message::Data {
                     file,
                     compressed,
@@ -835,12 +830,7 @@ impl Message {
             tag::SEGMENT => {
                 let file = file_index(&mut r)?;
                 let offset = r.varint("segment offset")?;
-                let compressed = r.bool("compressed")?;
-                let raw_len = r.count(BLOCK_SIZE, "data length")? as u32;
-                let bytes = r.bytes(BLOCK_SIZE + 1024, "data")?.to_vec();
-                if !compressed && bytes.len() != raw_len as usize {
-                    return Err(DecodeError::Invalid("data length"));
-                }
+                let (compressed, raw_len, bytes) = decode_block(&mut r)?;
                 Message::Segment {
                     file,
                     offset,
@@ -877,6 +867,18 @@ impl Message {
         r.finish(msg.name())?;
         Ok(msg)
     }
+}
+
+/// The block of file bytes a `Data` or `Segment` message carries: whether it
+/// is compressed, its length once decompressed, and the bytes.
+fn decode_block(r: &mut Reader) -> Result<(bool, u32, Vec<u8>), DecodeError> {
+    let compressed = r.bool("compressed")?;
+    let raw_len = r.count(BLOCK_SIZE, "data length")? as u32;
+    let bytes = r.bytes(BLOCK_SIZE + 1024, "data")?.to_vec();
+    if !compressed && bytes.len() != raw_len as usize {
+        return Err(DecodeError::Invalid("data length"));
+    }
+    Ok((compressed, raw_len, bytes))
 }
 
 /// Writes everything of a `Segment` message but its bytes.
