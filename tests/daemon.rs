@@ -438,21 +438,28 @@ fn a_one_percent_edit_over_the_daemon_moves_under_two_percent() {
     assert_eq!(std::fs::read(module.join("big")).unwrap(), data);
 }
 
-#[test]
-fn killed_daemon_restarted_resumes_from_the_partial_file() {
+/// Pushes a `size`-byte file over `streams` connections, SIGKILLs the daemon
+/// once `kept` (measured on the partial file) passes `at`, restarts it, and
+/// syncs again. Checks that nothing was published by the killed run, that the
+/// re-run sent about only what was missing, and the bytes. Returns what the
+/// partial file held and the re-run's --stats (literal, matched).
+fn resume_after_daemon_kill(
+    streams: &str,
+    bwlimit: &str,
+    size: u64,
+    seed: u64,
+    at: u64,
+    kept: fn(&std::path::Path) -> u64,
+) -> (u64, u64, u64) {
     let t = tmp();
     let module = t.path().join("module");
     std::fs::create_dir(&module).unwrap();
-    let size: u64 = 96 << 20;
-    write(&t.path().join("big"), random_bytes(size as usize, 33));
-    let mut d = Daemon::start(&[("data", &module, false)], "", &[]);
-    let mut args: Vec<String> = vec![
-        "sync".into(),
-        "--streams".into(),
-        "1".into(),
-        "--bwlimit".into(),
-        "30M".into(),
-    ];
+    write(&t.path().join("big"), random_bytes(size as usize, seed));
+    let modules = [("data", module.as_path(), false)];
+    let mut d = Daemon::start(&modules, "", &[]);
+    let mut args: Vec<String> = ["sync", "--streams", streams, "--bwlimit", bwlimit]
+        .map(String::from)
+        .to_vec();
     args.extend(d.client_args());
     args.extend([s(&t.path().join("big")), d.url("data/big")]);
     let mut client = std::process::Command::new(ferry_bin())
@@ -461,17 +468,12 @@ fn killed_daemon_restarted_resumes_from_the_partial_file() {
         .spawn()
         .unwrap();
     let partial = module.join(".ferry-partial/big");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 24 << 20 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kept(&partial) < at {
         assert!(Instant::now() < deadline, "no progress");
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::process::Command::new("kill")
-        .args(["-KILL", &d.pid().to_string()])
-        .status()
-        .unwrap();
-    d.wait(Duration::from_secs(5))
-        .expect("daemon survived SIGKILL");
+    d.kill9();
     // the client would retry for a while: it has done its part
     let _ = client.kill();
     let _ = client.wait();
@@ -479,17 +481,14 @@ fn killed_daemon_restarted_resumes_from_the_partial_file() {
         !module.join("big").exists(),
         "a half-written file was published"
     );
-    let have = std::fs::metadata(&partial).unwrap().len();
-    // the same daemon configuration again (a new port)
-    let dir = std::mem::replace(&mut d.dir, tmp());
-    drop(d);
-    let d = Daemon::spawn(dir, &[("data", &module, false)], &[]).unwrap();
+    let have = kept(&partial);
+    let d = d.restart(&modules);
     let o = ok(sync(
         &d,
         &[
             "--stats",
             "--streams",
-            "1",
+            streams,
             &s(&t.path().join("big")),
             &d.url("data/big"),
         ],
@@ -499,12 +498,19 @@ fn killed_daemon_restarted_resumes_from_the_partial_file() {
         literal <= size - have + size / 20,
         "resent {literal} with {have} of {size} already there"
     );
-    assert!(matched >= have / 2, "reused only {matched}");
-    assert_eq!(
-        std::fs::read(module.join("big")).unwrap(),
-        random_bytes(size as usize, 33)
+    assert!(
+        std::fs::read(module.join("big")).unwrap() == random_bytes(size as usize, seed),
+        "bytes differ after the resumed run"
     );
     assert!(!module.join(".ferry-partial").exists());
+    (have, literal, matched)
+}
+
+#[test]
+fn killed_daemon_restarted_resumes_from_the_partial_file() {
+    let length = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let (have, _, matched) = resume_after_daemon_kill("1", "30M", 96 << 20, 33, 24 << 20, length);
+    assert!(matched >= have / 2, "reused only {matched}");
 }
 
 #[test]
@@ -551,74 +557,11 @@ fn a_large_file_over_four_streams_arrives_intact_both_ways() {
 
 #[test]
 fn killed_daemon_with_four_streams_resumes_with_only_the_missing_data() {
+    // segments arrive out of order: count the blocks written, not the length
     use std::os::unix::fs::MetadataExt;
-    let t = tmp();
-    let module = t.path().join("module");
-    std::fs::create_dir(&module).unwrap();
-    let size: u64 = 128 << 20;
-    write(&t.path().join("big"), random_bytes(size as usize, 55));
-    let mut d = Daemon::start(&[("data", &module, false)], "", &[]);
-    let mut args: Vec<String> = vec![
-        "sync".into(),
-        "--streams".into(),
-        "4".into(),
-        "--bwlimit".into(),
-        "8M".into(),
-    ];
-    args.extend(d.client_args());
-    args.extend([s(&t.path().join("big")), d.url("data/big")]);
-    let mut client = std::process::Command::new(ferry_bin())
-        .args(&args)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let partial = module.join(".ferry-partial/big");
-    let allocated = || {
-        std::fs::metadata(&partial)
-            .map(|m| m.blocks() * 512)
-            .unwrap_or(0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while allocated() < 32 << 20 {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::process::Command::new("kill")
-        .args(["-KILL", &d.pid().to_string()])
-        .status()
-        .unwrap();
-    d.wait(Duration::from_secs(5))
-        .expect("daemon survived SIGKILL");
-    // the client would retry for a while: it has done its part
-    let _ = client.kill();
-    let _ = client.wait();
-    assert!(
-        !module.join("big").exists(),
-        "a half-written file was published"
-    );
-    let have = allocated();
-    let dir = std::mem::replace(&mut d.dir, tmp());
-    drop(d);
-    let d = Daemon::spawn(dir, &[("data", &module, false)], &[]).unwrap();
-    let o = ok(sync(
-        &d,
-        &[
-            "--stats",
-            "--streams",
-            "4",
-            &s(&t.path().join("big")),
-            &d.url("data/big"),
-        ],
-    ));
-    let (literal, _, _, _) = stats(&stdout(&o));
-    assert!(
-        literal <= size - have + size / 20,
-        "resent {literal} with {have} of {size} already there"
-    );
-    assert_eq!(
-        std::fs::read(module.join("big")).unwrap(),
-        random_bytes(size as usize, 55)
-    );
+    let allocated =
+        |p: &std::path::Path| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
+    resume_after_daemon_kill("4", "8M", 128 << 20, 55, 32 << 20, allocated);
 }
 
 #[test]

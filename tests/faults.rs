@@ -61,28 +61,34 @@ fn two_clients_writing_the_same_path_never_interleave() {
 }
 
 /// A small tmpfs mounted for the test, unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
+/// A filesystem this test mounted; unmounted on drop.
+struct Mounted(std::path::PathBuf);
 
-impl SmallDisk {
-    fn mount(dir: &Path, size: &str) -> SmallDisk {
+impl Mounted {
+    /// Mounts with `mount ARGS... DIR` (creating `dir`).
+    fn new(args: &[&str], dir: &Path) -> Mounted {
         std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                &s(dir),
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs");
-        SmallDisk(dir.to_path_buf())
+        let st = Command::new("mount").args(args).arg(dir).status().unwrap();
+        assert!(st.success(), "mount {}", args.join(" "));
+        Mounted(dir.to_path_buf())
+    }
+
+    /// A tmpfs of `size` (e.g. `8m`) at `dir`.
+    fn tmpfs(dir: &Path, size: &str) -> Mounted {
+        Self::new(
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            dir,
+        )
+    }
+
+    /// Bytes free for an unprivileged writer.
+    fn free(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.0).unwrap();
+        st.f_bavail * st.f_frsize
     }
 }
 
-impl Drop for SmallDisk {
+impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
@@ -94,7 +100,7 @@ fn a_full_disk_is_named_with_its_free_space_and_the_old_file_survives() {
         return;
     }
     let t = tmp();
-    let disk = SmallDisk::mount(&t.path().join("disk"), "8m");
+    let disk = Mounted::tmpfs(&t.path().join("disk"), "8m");
     write(&disk.0.join("model.bin"), random_bytes(1 << 20, 1));
     write(&t.path().join("model.bin"), random_bytes(16 << 20, 2));
     let o = ferry([
@@ -325,21 +331,13 @@ fn sigkill_of_the_daemon_at_fifty_moments_never_leaves_a_partial_file() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(60 + seed % 400));
         if client.try_wait().unwrap().is_none() {
-            Command::new("kill")
-                .args(["-KILL", &d.pid().to_string()])
-                .status()
-                .unwrap();
-            d.wait(Duration::from_secs(5))
-                .expect("daemon survived SIGKILL");
+            d.kill9();
             killed += 1;
         }
         let _ = client.kill();
         let _ = client.wait();
         each_file_is_whole(&dst, &files, &format!("after daemon kill {round}"));
-        // the same daemon again (a new port)
-        let dir = std::mem::replace(&mut d.dir, tmp());
-        drop(d);
-        d = Daemon::spawn(dir, &[("data", &module, false)], &[]).unwrap();
+        d = d.restart(&[("data", &module, false)]);
     }
     eprintln!("SIGKILLed the daemon {killed} times of 50 mid-transfer; every file at its final path was a whole version each time");
     assert!(
@@ -565,46 +563,26 @@ fn a_source_that_fails_to_read_part_way_keeps_the_old_file_and_leaves_no_temp() 
     );
 }
 
-/// An XFS filesystem in a file, loop-mounted at `dir`; unmounted on drop.
-struct XfsDisk(std::path::PathBuf);
-
-impl XfsDisk {
-    fn mount(image: &Path, dir: &Path, mib: u64) -> Option<XfsDisk> {
-        if Command::new("mkfs.xfs").arg("-V").output().is_err() {
-            if std::env::var_os("FERRY_REQUIRE_SSHD").is_some() {
-                panic!("mkfs.xfs is missing (scripts/test.sh installs xfsprogs)");
-            }
-            eprintln!("skipping: needs mkfs.xfs");
-            return None;
+/// An XFS filesystem of `mib` MiB in the file `image`, loop-mounted at `dir`;
+/// `None` (the test skips) where mkfs.xfs is missing outside CI.
+fn mount_xfs(image: &Path, dir: &Path, mib: u64) -> Option<Mounted> {
+    if Command::new("mkfs.xfs").arg("-V").output().is_err() {
+        if std::env::var_os("FERRY_REQUIRE_SSHD").is_some() {
+            panic!("mkfs.xfs is missing (scripts/test.sh installs xfsprogs)");
         }
-        std::fs::File::create(image)
-            .unwrap()
-            .set_len(mib << 20)
-            .unwrap();
-        let st = Command::new("mkfs.xfs")
-            .args(["-q", &s(image)])
-            .status()
-            .unwrap();
-        assert!(st.success(), "mkfs.xfs");
-        std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-o", "loop", &s(image), &s(dir)])
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount the XFS image");
-        Some(XfsDisk(dir.to_path_buf()))
+        eprintln!("skipping: needs mkfs.xfs");
+        return None;
     }
-
-    fn free(&self) -> u64 {
-        let st = rustix::fs::statvfs(&self.0).unwrap();
-        st.f_bavail * st.f_frsize
-    }
-}
-
-impl Drop for XfsDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
+    std::fs::File::create(image)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    let st = Command::new("mkfs.xfs")
+        .args(["-q", &s(image)])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfs.xfs");
+    Some(Mounted::new(&["-o", "loop", &s(image)], dir))
 }
 
 #[test]
@@ -613,7 +591,7 @@ fn a_resync_on_xfs_shares_the_unchanged_blocks_with_the_old_file() {
         return;
     }
     let t = tmp();
-    let Some(disk) = XfsDisk::mount(&t.path().join("xfs.img"), &t.path().join("mnt"), 400) else {
+    let Some(disk) = mount_xfs(&t.path().join("xfs.img"), &t.path().join("mnt"), 400) else {
         return;
     };
     let size = 200usize << 20;

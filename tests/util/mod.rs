@@ -477,6 +477,25 @@ impl Daemon {
     }
 
     /// Waits for the daemon to exit (after a signal); its exit status.
+    /// SIGKILLs the daemon and waits until it is gone.
+    pub fn kill9(&mut self) {
+        let st = Command::new("kill")
+            .args(["-KILL", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -KILL");
+        self.wait(Duration::from_secs(5))
+            .expect("daemon survived SIGKILL");
+    }
+
+    /// The same daemon (keys, configuration, `modules`) started again, on a
+    /// new port.
+    pub fn restart(mut self, modules: &[(&str, &Path, bool)]) -> Daemon {
+        let dir = std::mem::replace(&mut self.dir, tmp());
+        drop(self);
+        Daemon::spawn(dir, modules, &[]).expect("daemon restarted")
+    }
+
     pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
