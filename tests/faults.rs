@@ -147,6 +147,17 @@ fn versions(a: &Path, b: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     files
 }
 
+/// After the final, uninterrupted run: every file is the new version.
+#[track_caller]
+fn each_file_is_new(dst: &Path, files: &[(String, Vec<u8>, Vec<u8>)]) {
+    for (name, _, vb) in files {
+        assert!(
+            std::fs::read(dst.join(name)).unwrap() == *vb,
+            "{name} after the final run"
+        );
+    }
+}
+
 #[track_caller]
 fn each_file_is_whole(dst: &Path, files: &[(String, Vec<u8>, Vec<u8>)], when: &str) {
     for (name, va, vb) in files {
@@ -206,13 +217,7 @@ fn sigkill_at_fifty_moments_never_leaves_a_partial_file_at_a_final_path() {
         &format!("{}/", b.display()),
         &format!("{}/", dst.display()),
     ]));
-    for (name, _, vb) in &files {
-        assert_eq!(
-            std::fs::read(dst.join(name)).unwrap(),
-            *vb,
-            "{name} after the final run"
-        );
-    }
+    each_file_is_new(&dst, &files);
 }
 
 #[test]
@@ -345,13 +350,7 @@ fn sigkill_of_the_daemon_at_fifty_moments_never_leaves_a_partial_file() {
         "only {killed} transfers were still going when the daemon was killed"
     );
     ok(sync_all(&d, &b));
-    for (name, _, vb) in &files {
-        assert_eq!(
-            std::fs::read(dst.join(name)).unwrap(),
-            *vb,
-            "{name} after the final run"
-        );
-    }
+    each_file_is_new(&dst, &files);
 }
 
 fn sync_all(d: &Daemon, src: &Path) -> std::process::Output {
@@ -484,13 +483,7 @@ fn sigkill_of_either_side_of_an_ssh_transfer_at_fifty_moments() {
     args.extend(sshd.args());
     args.extend([format!("{}/", b.display()), sshd.remote(&dst) + "/"]);
     ok(ferry(&args));
-    for (name, _, vb) in &files {
-        assert_eq!(
-            std::fs::read(dst.join(name)).unwrap(),
-            *vb,
-            "{name} after the final run"
-        );
-    }
+    each_file_is_new(&dst, &files);
 }
 
 #[test]
