@@ -64,7 +64,7 @@ wait_port "$port"
 # the remote ferry, wrapped to record its peak memory
 cat > "$work/remote-ferry" <<SH
 #!/bin/sh
-exec /usr/bin/time -f %M -o "$work/rss-remote" "$ferry" "\$@"
+exec /usr/bin/time -f %M -o "$work/rss-remote.\$\$" "$ferry" "\$@"
 SH
 chmod +x "$work/remote-ferry"
 
@@ -128,7 +128,8 @@ results=()
 # (from --stats) and the peak memory of the client and of ferry's server side
 run() {
   local label=$1 tool=$2; shift 2
-  rm -f "$work/rss-remote" "$work/rss-client"
+  rm -f "$work"/rss-remote.* "$work/rss-client"
+  sync # the previous run's dirty pages are flushed now, not during this run
   [ -e "/proc/$ferryd_pid/clear_refs" ] && echo 5 > "/proc/$ferryd_pid/clear_refs"
   local t0 t1 out
   t0=$(now)
@@ -143,7 +144,10 @@ s = re.search(r"Total bytes sent: ([\d,]+)", t); r = re.search(r"Total bytes rec
 print(int(s.group(1).replace(",", "")) + int(r.group(1).replace(",", "")) if s and r else "-")')
   rss_c=$(( $(tail -1 "$work/rss-client") / 1024 ))
   case $tool in
-    ferry) [ -s "$work/rss-remote" ] && rss_s=$(( $(tail -1 "$work/rss-remote") / 1024 )) ;;
+    # each remote process (one per ssh stream) wrote its own peak; the largest counts
+    ferry) rss_s=$(python3 -c 'import glob, sys
+kib = [int(w) for f in glob.glob(sys.argv[1] + "/rss-remote.*") for w in open(f).read().split() if w.isdigit()]
+print(max(kib) // 1024 if kib else "-")' "$work") ;;
     ferryd) rss_s=$(( $(awk '/VmHWM/ {print $2}' "/proc/$ferryd_pid/status") / 1024 )) ;;
   esac
   results+=("$label|$tool|$secs|$wire|$rss_c|$rss_s")
