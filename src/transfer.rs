@@ -119,14 +119,9 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
         }
     }
     let remote_sources: Vec<&Location> = plan.sources.iter().filter(|l| !l.is_local()).collect();
-    // extra streams exist only to a daemon
-    let uses_daemon = plan
-        .sources
-        .iter()
-        .chain([&plan.dest])
-        .any(|l| matches!(l, Location::Daemon { .. }));
+    // extra streams exist only to a remote (a daemon, or over ssh)
     let mut plan = plan.clone();
-    if !uses_daemon {
+    if plan.dest.is_local() && remote_sources.is_empty() {
         plan.options.streams = 1;
     }
     let plan = &plan;
@@ -158,16 +153,16 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
             }
         }
         (Location::Ssh { user, host, path }, true) => {
-            let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &plan.ssh)?;
             let request = Request {
                 role: Role::ServerReceives,
                 paths: vec![path.clone()],
                 options: plan.options.clone(),
             };
             let sources = plan.sources.iter().map(local_path).collect();
-            let result =
-                session::run_client(stream, request, sources, events, cancel, counters.clone());
-            finish_child(peer, result).map(outcome)
+            over_ssh(
+                plan, user, host, request, sources, events, cancel, &counters,
+            )
+            .map(outcome)
         }
         (Location::Daemon { host, port, path }, true) => {
             let port = port.unwrap_or(crate::server::DEFAULT_PORT);
@@ -220,16 +215,8 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
             let dest = vec![dest.clone()];
             match first {
                 Location::Ssh { user, host, .. } => {
-                    let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &plan.ssh)?;
-                    let result = session::run_client(
-                        stream,
-                        request,
-                        dest,
-                        events,
-                        cancel,
-                        counters.clone(),
-                    );
-                    finish_child(peer, result).map(outcome)
+                    over_ssh(plan, user, host, request, dest, events, cancel, &counters)
+                        .map(outcome)
                 }
                 Location::Daemon { host, port, .. } => {
                     let port = port.unwrap_or(crate::server::DEFAULT_PORT);
@@ -274,6 +261,45 @@ pub fn list_daemon(
 pub enum Listing {
     Modules(Vec<crate::proto::ModuleInfo>),
     Entries(Vec<crate::proto::Entry>),
+}
+
+/// Runs the client's half over ssh: one `ssh` child, and one more for each
+/// extra stream (as mscp does: one channel's cipher is not the limit).
+#[allow(clippy::too_many_arguments)]
+fn over_ssh(
+    plan: &Plan,
+    user: &Option<String>,
+    host: &str,
+    request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: &Arc<Counters>,
+) -> Result<Summary, TransferError> {
+    let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &plan.ssh)?;
+    let extra = std::sync::Mutex::new(Vec::new());
+    let extra_ssh = SshOptions {
+        extra: true,
+        ..plan.ssh.clone()
+    };
+    let more = || {
+        let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &extra_ssh)?;
+        extra.lock().unwrap_or_else(|p| p.into_inner()).push(peer);
+        Ok(stream)
+    };
+    let result = session::run_client_streams(
+        stream,
+        request,
+        local_paths,
+        events,
+        cancel,
+        counters.clone(),
+        Some(&more),
+    );
+    for peer in extra.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        peer.end();
+    }
+    finish_child(peer, result)
 }
 
 fn finish_child(

@@ -177,3 +177,94 @@ fn copy_id_installs_my_key_in_the_remote_daemons_authorized_keys() {
     let key_b64 = public.split_whitespace().nth(1).unwrap();
     assert!(installed.contains(key_b64), "{installed}");
 }
+
+/// The byte counts the wrapper of a test below wrote to `log`, one file per
+/// remote session named `prefix` + pid, once `sessions` of them are complete
+/// (a session's count is written as it ends, just after the client returns).
+fn session_counts(log: &std::path::Path, prefix: &str, sessions: usize) -> Vec<u64> {
+    for _ in 0..200 {
+        let counts: Vec<u64> = std::fs::read_dir(log)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+            .collect();
+        if counts.len() >= sessions {
+            return counts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!(
+        "fewer than {sessions} remote sessions ended in {}",
+        log.display()
+    );
+}
+
+#[test]
+fn a_large_file_crosses_several_ssh_connections_both_ways() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let size = 48u64 << 20;
+    write(
+        &t.path().join("src/model.bin"),
+        random_bytes(size as usize, 61),
+    );
+    // the remote ferry, wrapped to count the bytes of its session in each
+    // direction (each extra stream is an ssh session of its own)
+    let wrapper = |log: &std::path::Path| {
+        std::fs::create_dir(log).unwrap();
+        let path = log.with_extension("sh");
+        write(
+            &path,
+            format!(
+                "#!/bin/bash\ntee >(wc -c > {l}/in.$$) | {f} \"$@\" | tee >(wc -c > {l}/out.$$)\n",
+                l = log.display(),
+                f = ferry_bin().display()
+            ),
+        );
+        chmod(&path, 0o755);
+        s(&path)
+    };
+    let run = |log: &std::path::Path, from: String, to: String| {
+        let w = wrapper(log);
+        ok(ferry([
+            "sync",
+            "-a",
+            "--streams",
+            "3",
+            "-e",
+            &sshd.rsh(),
+            "--remote-ferry",
+            &w,
+            &from,
+            &to,
+        ]))
+    };
+    let (src, remote, back) = (
+        t.path().join("src"),
+        t.path().join("remote"),
+        t.path().join("back"),
+    );
+    let (push_log, pull_log) = (t.path().join("push"), t.path().join("pull"));
+    run(
+        &push_log,
+        format!("{}/", src.display()),
+        sshd.remote(&remote),
+    );
+    assert_same_tree(&src, &remote, true);
+    run(&pull_log, format!("{}/", sshd.remote(&remote)), s(&back));
+    assert_same_tree(&src, &back, true);
+
+    // three sessions each way, and the file's bytes split across all three
+    for (log, data) in [(&push_log, "in."), (&pull_log, "out.")] {
+        let counts = session_counts(log, data, 3);
+        assert_eq!(counts.len(), 3, "one ssh session per stream: {counts:?}");
+        assert!(
+            counts.iter().all(|&n| n >= size / 4),
+            "each stream should carry about a third of the file ({data}): {counts:?}"
+        );
+    }
+}

@@ -138,8 +138,9 @@ pub struct SyncArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
-    /// Connections to a daemon (large files are split across them; default:
-    /// one per core, at most 4)
+    /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
+    /// more are split across them; default: one per core to a daemon, one per
+    /// two cores over ssh, at most 4)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
     pub streams: Option<u8>,
     #[command(flatten)]
@@ -199,7 +200,8 @@ pub struct CpArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
-    /// Connections to a daemon (large files are split across them)
+    /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
+    /// more are split across them)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
     pub streams: Option<u8>,
     /// Sources, then the destination

@@ -121,7 +121,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         partial: !a.no_partial || a.partial_progress,
         cp_mode: false,
         dirs: false,
-        streams: a.streams.unwrap_or_else(default_streams),
+        streams: 0, // below, once the locations are known
         backup_suffix: a
             .backup
             .then(|| a.suffix.clone().unwrap_or_else(|| "~".into()).into_bytes()),
@@ -134,6 +134,12 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
     crate::filter::Filters::new(&options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
     let (sources, dest) = locations(&a.paths)?;
+    let options = Options {
+        streams: a
+            .streams
+            .unwrap_or_else(|| default_streams(&sources, &dest)),
+        ..options
+    };
     let plan = Plan {
         sources,
         dest,
@@ -157,11 +163,17 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         times: a.preserve,
         partial: true,
         cp_mode: true,
-        streams: a.streams.unwrap_or_else(default_streams),
+        streams: 0, // below, once the locations are known
         bwlimit: a.limit.map(|kbit| kbit * 1000 / 8).unwrap_or(0),
         ..Default::default()
     };
     let (sources, dest) = locations(&a.paths)?;
+    let options = Options {
+        streams: a
+            .streams
+            .unwrap_or_else(|| default_streams(&sources, &dest)),
+        ..options
+    };
     let plan = Plan {
         sources,
         dest,
@@ -181,6 +193,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             config: a.ssh_config,
             compress: a.ssh_compress,
             remote_ferry: a.remote_ferry,
+            extra: false,
         },
     };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -188,11 +201,17 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     run_plan(&plan, &printer, false)
 }
 
-/// One stream per core, at most 4 (used only with a daemon).
-fn default_streams() -> u8 {
-    std::thread::available_parallelism()
-        .map(|n| n.get().min(4) as u8)
-        .unwrap_or(1)
+/// Streams when `--streams` is not given: to a daemon one per core, over ssh
+/// one per two cores (each ssh stream brings an `ssh` and an `sshd` process
+/// doing its cipher), at most 4 either way.
+fn default_streams(sources: &[Location], dest: &Location) -> u8 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ssh = sources
+        .iter()
+        .chain([dest])
+        .any(|l| matches!(l, Location::Ssh { .. }));
+    let per_stream = if ssh { 2 } else { 1 };
+    (cores / per_stream).clamp(1, 4) as u8
 }
 
 /// Daemon-client flags, checked.
@@ -231,21 +250,7 @@ fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, Transfer
 
 fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     if a.stdio {
-        // the raw descriptors: stdout's line buffering would split frames at every
-        // newline byte; nothing else may write to stdout while serving
-        let dup = |fd| {
-            rustix::io::dup(fd).map(std::fs::File::from).map_err(|e| {
-                TransferError::local(
-                    "stdio",
-                    &std::io::Error::from_raw_os_error(e.raw_os_error()),
-                )
-            })
-        };
-        let stream = crate::session::Stream {
-            reader: Box::new(dup(rustix::stdio::stdin())?),
-            writer: Box::new(dup(rustix::stdio::stdout())?),
-        };
-        crate::session::serve(stream)?;
+        crate::transport::stdio::serve()?;
         return Ok(exit::OK);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")

@@ -252,7 +252,12 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
         lock_joins()
             .get(t)
             .filter(|(owner, _)| *owner == fp)
-            .map(|(_, tx)| tx.clone())
+            .map(|(_, tx)| {
+                let tx = tx.clone();
+                Box::new(move |s| {
+                    let _ = tx.send(s);
+                }) as session::Deliver
+            })
     };
     let streams = session::Streams {
         register: &register,

@@ -62,7 +62,7 @@ pub fn run_client(
 }
 
 /// Opens a further connection to the same server (for extra streams).
-pub type Connect<'a> = dyn Fn() -> Result<Stream, TransferError> + 'a;
+pub type Connect<'a> = dyn Fn() -> Result<Stream, TransferError> + Sync + 'a;
 
 /// The client's side of opening a connection: versions, then `request`,
 /// which the server must accept (`what` names it in errors).
@@ -94,6 +94,10 @@ fn send_request<R: Read, W: Write>(
     writer.send(&Message::Request(request.clone()))?;
     writer.flush()
 }
+
+/// A server's answer to a stream join whose transfer it does not know (or
+/// that has ended).
+const NO_SUCH_TRANSFER: &str = "no transfer to join with that token";
 
 /// Joins an extra stream to the transfer the server gave `token`.
 fn join_stream(
@@ -129,9 +133,9 @@ pub fn run_client_streams(
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters.clone());
     open(&mut reader, &mut writer, &request, "the request")?;
-    let mut extra = Vec::new();
+    let mut token = [0; 16];
     if request.options.streams > 1 {
-        let token = match reader.expect()? {
+        token = match reader.expect()? {
             Message::StreamToken(t) => t,
             other => {
                 return Err(TransferError::PeerMisbehaved(format!(
@@ -140,19 +144,73 @@ pub fn run_client_streams(
                 )))
             }
         };
-        if let (true, Some(connect)) = (token != [0; 16], connect) {
-            for _ in 1..request.options.streams {
-                extra.push(join_stream(connect()?, token, counters.clone())?);
-            }
-        }
     }
-    let joins = (!extra.is_empty()).then(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        for s in extra {
-            let _ = tx.send(s);
+    let connect = connect.filter(|_| token != [0; 16]);
+    let (joined, joins) = std::sync::mpsc::channel();
+    let finished = AtomicBool::new(false);
+    // extra streams connect while the transfer starts: a small transfer does
+    // not wait for them, a large file is split across those that have joined
+    std::thread::scope(|scope| {
+        if let Some(connect) = connect {
+            let (finished, counters) = (&finished, counters.clone());
+            scope.spawn(move || {
+                for n in 1..request.options.streams {
+                    if finished.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match connect().and_then(|s| join_stream(s, token, counters.clone())) {
+                        Ok(s) => {
+                            if joined.send(s).is_err() {
+                                return;
+                            }
+                        }
+                        // the transfer ended before this stream could join
+                        Err(TransferError::Remote(t)) if t == NO_SUCH_TRANSFER => return,
+                        Err(_) if finished.load(Ordering::Relaxed) => return,
+                        Err(e) => {
+                            // one stream is enough to finish the job
+                            events(Event {
+                                kind: proto::EventKind::Notice,
+                                name: Vec::new(),
+                                a: 0,
+                                b: 0,
+                                text: format!(
+                                    "going on with {n} stream(s): another could not join: {e}"
+                                )
+                                .into_bytes(),
+                            });
+                            return;
+                        }
+                    }
+                }
+            });
+        } else {
+            drop(joined);
         }
-        rx
-    });
+        let result = run_half(
+            reader,
+            writer,
+            request.clone(),
+            local_paths,
+            events,
+            cancel,
+            Some(joins),
+        );
+        finished.store(true, Ordering::Relaxed);
+        result
+    })
+}
+
+/// The client's half of a transfer, once the server has accepted it.
+fn run_half(
+    reader: FrameReader<Box<dyn Read + Send>>,
+    writer: FrameWriter<Box<dyn Write + Send>>,
+    request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    joins: Option<std::sync::mpsc::Receiver<Stream>>,
+) -> Result<Summary, TransferError> {
     match request.role {
         Role::ServerReceives => sender::run(
             reader,
@@ -227,16 +285,20 @@ pub fn stdio_policy(r: &Request) -> Result<Serve, String> {
             beneath: None,
         }),
         Role::ListModules => Err("module listings need the ferry daemon (host::), not ssh".into()),
-        Role::JoinStream => Err("extra streams need the ferry daemon".into()),
+        Role::JoinStream => Err("a stream join is not a request".into()),
     }
 }
 
-/// How a server lets extra streams join its transfers (the daemon's registry).
+/// Takes a stream that joined with a known token to its transfer.
+pub type Deliver<'a> = Box<dyn FnOnce(Stream) + 'a>;
+
+/// How a server lets extra streams join its transfers (the daemon's registry;
+/// over ssh, [`crate::transport::rendezvous`]).
 pub struct Streams<'a> {
     /// A new token and the queue joined streams arrive on.
     pub register: &'a dyn Fn() -> ([u8; 16], std::sync::mpsc::Receiver<Stream>),
     /// Where a stream joining with this token goes (`None`: unknown token).
-    pub join: &'a dyn Fn(&[u8; 16]) -> Option<std::sync::mpsc::Sender<Stream>>,
+    pub join: &'a dyn Fn(&[u8; 16]) -> Option<Deliver<'a>>,
 }
 
 /// The server's side: answer the handshake, check the request, and run the
@@ -278,8 +340,8 @@ pub fn serve_with(
             .first()
             .and_then(|t| <[u8; 16]>::try_from(t.as_slice()).ok())
             .and_then(|t| streams.and_then(|s| (s.join)(&t)));
-        let Some(target) = target else {
-            let e = TransferError::Usage("no transfer to join with that token".into());
+        let Some(deliver) = target else {
+            let e = TransferError::Usage(NO_SUCH_TRANSFER.into());
             writer.send(&Message::Fatal(e.to_string().into_bytes()))?;
             writer.flush()?;
             return Err(e);
@@ -289,7 +351,7 @@ pub fn serve_with(
             reader: Box::new(reader.into_inner()),
             writer: Box::new(writer.into_inner()?),
         };
-        let _ = target.send(stream);
+        deliver(stream);
         return Ok(Summary::default());
     }
     let decided =

@@ -41,6 +41,9 @@ pub struct Config<'a> {
 /// Files at least this large are cut into segments when extra streams exist.
 const SEGMENT_MIN: u64 = 16 << 20;
 
+/// How long the first large file waits for extra streams still connecting.
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A segment for a stream worker to send.
 struct SegmentJob {
     file: u32,
@@ -194,6 +197,8 @@ struct Sender<'a, W: Write> {
     /// Extra streams still to be attached, and the workers sending on them.
     joins: Option<mpsc::Receiver<super::Stream>>,
     workers: Vec<mpsc::Sender<SegmentJob>>,
+    /// The first large file has waited for the extra streams.
+    waited_for_joins: bool,
     /// For workers to report back on the same queue as the receiver's requests.
     reports: mpsc::Sender<FromPeer>,
     segmented: HashMap<u32, SegmentedSend>,
@@ -235,6 +240,7 @@ where
         confine: None,
         joins: cfg.joins,
         workers: Vec::new(),
+        waited_for_joins: false,
         reports,
         segmented: HashMap::new(),
     };
@@ -362,33 +368,55 @@ impl<W: Write> Sender<'_, W> {
         }
     }
 
-    /// Starts a worker for each extra stream that has joined.
-    fn attach_streams(&mut self) {
-        let Some(joins) = &self.joins else { return };
-        while let Ok(stream) = joins.try_recv() {
-            let (tx, jobs) = mpsc::channel::<SegmentJob>();
-            let reports = self.reports.clone();
-            let rate = self.options.bwlimit / self.options.streams.max(1) as u64;
-            let counters = self.writer.counters();
-            let spawned = std::thread::Builder::new()
-                .name("ferry-send-segments".into())
-                .spawn(move || {
-                    let mut writer = FrameWriter::new(stream.writer, counters);
-                    writer.set_rate(rate);
-                    drop(stream.reader);
-                    let mut buf = vec![0u8; BLOCK_SIZE];
-                    for job in jobs {
-                        let result = send_segment(&mut writer, &job, &mut buf);
-                        let _ = reports.send(FromPeer::SegmentDone {
-                            file: job.file,
-                            start: job.start,
-                            result,
-                        });
-                    }
-                });
-            if spawned.is_ok() {
-                self.workers.push(tx);
-            }
+    /// Starts a worker for each extra stream that has joined. Before the first
+    /// large file, waits (up to [`JOIN_WAIT`]) for the streams still
+    /// connecting, so that file is split across all of them.
+    fn attach_streams(&mut self, large: bool) {
+        let Some(joins) = self.joins.take() else {
+            return;
+        };
+        let wanted = usize::from(self.options.streams.saturating_sub(1));
+        let wait = large && !self.waited_for_joins && self.workers.len() < wanted;
+        let deadline = std::time::Instant::now() + JOIN_WAIT;
+        loop {
+            let next = if wait && self.workers.len() < wanted {
+                joins
+                    .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                    .ok()
+            } else {
+                joins.try_recv().ok()
+            };
+            let Some(stream) = next else { break };
+            self.start_worker(stream);
+        }
+        self.waited_for_joins |= large;
+        self.joins = Some(joins);
+    }
+
+    /// Sends segments over a joined stream, on a thread of its own.
+    fn start_worker(&mut self, stream: super::Stream) {
+        let (tx, jobs) = mpsc::channel::<SegmentJob>();
+        let reports = self.reports.clone();
+        let rate = self.options.bwlimit / self.options.streams.max(1) as u64;
+        let counters = self.writer.counters();
+        let spawned = std::thread::Builder::new()
+            .name("ferry-send-segments".into())
+            .spawn(move || {
+                let mut writer = FrameWriter::new(stream.writer, counters);
+                writer.set_rate(rate);
+                drop(stream.reader);
+                let mut buf = vec![0u8; BLOCK_SIZE];
+                for job in jobs {
+                    let result = send_segment(&mut writer, &job, &mut buf);
+                    let _ = reports.send(FromPeer::SegmentDone {
+                        file: job.file,
+                        start: job.start,
+                        result,
+                    });
+                }
+            });
+        if spawned.is_ok() {
+            self.workers.push(tx);
         }
     }
 
@@ -647,7 +675,7 @@ impl<W: Write> Sender<'_, W> {
         let Some((f, before)) = self.open_listed(file, path)? else {
             return Ok(());
         };
-        self.attach_streams();
+        self.attach_streams(before.0 >= SEGMENT_MIN);
         if !self.workers.is_empty() && before.0 >= SEGMENT_MIN {
             return self.send_segmented(file, path, f, before);
         }

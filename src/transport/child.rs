@@ -24,6 +24,9 @@ pub struct SshOptions {
     pub compress: bool,
     /// The ferry program on the remote.
     pub remote_ferry: Option<String>,
+    /// An extra stream's connection: never prompt (`BatchMode`), and stay
+    /// quiet if it fails (the transfer goes on without it and says so).
+    pub extra: bool,
 }
 
 /// A running child whose stdio is the stream.
@@ -101,6 +104,62 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// OpenSSH's default ciphers, AES-GCM first: with AES instructions it costs
+/// ssh and sshd far less CPU than chacha20-poly1305 (2 GiB through one
+/// connection here: 3.0 s against 5.3 s).
+const AES_GCM_FIRST: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
+chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr";
+
+/// Whether to ask ssh to prefer AES-GCM: only for OpenSSH's `ssh`, on a CPU with
+/// AES instructions, and only when nobody chose ciphers already — not `-e`
+/// (`-c`, `-o Ciphers=`), not `-o`, not the ssh config files (or `-F` file).
+fn prefer_aes_gcm(program: &str, args: &[String], opts: &SshOptions) -> bool {
+    if std::path::Path::new(program).file_name() != Some(std::ffi::OsStr::new("ssh")) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    let aes = std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    let aes = std::arch::is_aarch64_feature_detected!("aes");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let aes = false;
+    let option = |o: &str| {
+        let o = o.to_ascii_lowercase();
+        o.starts_with("ciphers") || o.starts_with("-ociphers")
+    };
+    let chosen = args.iter().any(|a| a.starts_with("-c") || option(a))
+        || opts.ssh_options.iter().any(|o| option(o));
+    if !aes || chosen {
+        return false;
+    }
+    let given = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("-F")? {
+            "" => args.get(i + 1).cloned(),
+            attached => Some(attached.to_string()),
+        })
+        .or_else(|| opts.config.clone());
+    let configs: Vec<std::path::PathBuf> = match given {
+        Some(f) => vec![f.into()],
+        None => {
+            let mut c = vec![std::path::PathBuf::from("/etc/ssh/ssh_config")];
+            if let Some(home) = std::env::var_os("HOME") {
+                c.push(std::path::Path::new(&home).join(".ssh/config"));
+            }
+            if let Ok(dir) = std::fs::read_dir("/etc/ssh/ssh_config.d") {
+                c.extend(dir.flatten().map(|e| e.path()));
+            }
+            c
+        }
+    };
+    !configs
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .any(|text| text.lines().any(|l| option(l.trim_start())))
+}
+
 impl ChildPeer {
     /// Starts `ssh [options] [user@]host <remote ferry> serve --stdio`.
     pub fn ssh(
@@ -132,6 +191,13 @@ impl ChildPeer {
         if opts.compress {
             cmd.arg("-C");
         }
+        if opts.extra {
+            cmd.arg("-o").arg("BatchMode=yes");
+            cmd.stderr(Stdio::null());
+        }
+        if prefer_aes_gcm(program, args, opts) {
+            cmd.arg("-o").arg(format!("Ciphers={AES_GCM_FIRST}"));
+        }
         let target = match user {
             Some(u) => format!("{u}@{host}"),
             None => host.to_string(),
@@ -145,9 +211,7 @@ impl ChildPeer {
 
     /// Starts any command that speaks the protocol on its stdio.
     pub fn spawn(mut cmd: Command, what: String) -> Result<(ChildPeer, Stream), TransferError> {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| {
             TransferError::Connection(format!(
                 "cannot start {:?} for {what}: {}",
@@ -195,6 +259,19 @@ impl ChildPeer {
     }
 }
 
+impl ChildPeer {
+    /// Lets an extra stream's child finish after the transfer (its remote end
+    /// exits when the transfer's process does), stopping it after a grace.
+    pub fn end(mut self) {
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for ChildPeer {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -216,6 +293,48 @@ mod tests {
         );
         assert!(split_words("ssh 'x").is_err());
         assert_eq!(split_words("  ").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn aes_gcm_is_preferred_only_when_nobody_chose_ciphers() {
+        let aes = std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq");
+        let dir = tempfile::tempdir().unwrap();
+        let chosen = dir.path().join("chosen");
+        std::fs::write(
+            &chosen,
+            "Host *\n    Ciphers chacha20-poly1305@openssh.com\n",
+        )
+        .unwrap();
+        let words = |s: &str| split_words(s).unwrap();
+        let none = SshOptions::default();
+        let prefer = |cmd: &str, opts: &SshOptions| {
+            let w = words(cmd);
+            prefer_aes_gcm(&w[0], &w[1..], opts)
+        };
+        assert_eq!(prefer("ssh -F /dev/null -p 22", &none), aes);
+        assert_eq!(
+            prefer("/usr/bin/ssh -F/dev/null -C", &none),
+            aes,
+            "-C is compression"
+        );
+        assert!(!prefer("dbclient -F /dev/null", &none), "not OpenSSH");
+        assert!(!prefer("ssh -F /dev/null -c aes256-ctr", &none));
+        assert!(!prefer("ssh -F /dev/null -caes256-ctr", &none));
+        assert!(!prefer("ssh -F /dev/null -o Ciphers=aes256-ctr", &none));
+        assert!(!prefer("ssh -F /dev/null -oCiphers=aes256-ctr", &none));
+        let with_o = SshOptions {
+            ssh_options: vec!["ciphers=aes256-ctr".into()],
+            ..SshOptions::default()
+        };
+        assert!(!prefer("ssh -F /dev/null", &with_o));
+        assert!(!prefer(&format!("ssh -F {}", chosen.display()), &none));
+        let with_f = SshOptions {
+            config: Some(chosen.display().to_string()),
+            ..SshOptions::default()
+        };
+        assert!(!prefer("ssh", &with_f), "the config file chose");
     }
 
     #[test]

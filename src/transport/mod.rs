@@ -5,4 +5,6 @@
 pub mod child;
 pub mod daemon;
 pub mod pipe;
+pub mod rendezvous;
+pub mod stdio;
 pub mod tls;

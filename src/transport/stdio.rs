@@ -1,0 +1,39 @@
+//! The remote end of an ssh transfer: `ferry serve --stdio` speaks the protocol
+//! on its stdin and stdout. Extra streams are further `ferry serve --stdio`
+//! processes that hand their channel to this one ([`super::rendezvous`]).
+
+use super::rendezvous;
+use crate::error::TransferError;
+use crate::proto::Summary;
+use crate::session::{self, Deliver, Stream, Streams};
+
+/// Serves one session on this process's stdin and stdout.
+pub fn serve() -> Result<Summary, TransferError> {
+    // the raw descriptors: stdout's line buffering would split frames at every
+    // newline byte; nothing else may write to stdout while serving
+    let dup = |fd| {
+        rustix::io::dup(fd).map(std::fs::File::from).map_err(|e| {
+            TransferError::local(
+                "stdio",
+                &std::io::Error::from_raw_os_error(e.raw_os_error()),
+            )
+        })
+    };
+    let stream = Stream {
+        reader: Box::new(dup(rustix::stdio::stdin())?),
+        writer: Box::new(dup(rustix::stdio::stdout())?),
+    };
+    let join = |token: &[u8; 16]| -> Option<Deliver<'_>> {
+        let joining = rendezvous::find(token)?;
+        Some(Box::new(move |stream: Stream| {
+            // the transfer holds copies of the channel from here on
+            let _ = joining.hand_over(rustix::stdio::stdin(), rustix::stdio::stdout());
+            drop(stream);
+        }))
+    };
+    let streams = Streams {
+        register: &rendezvous::offer,
+        join: &join,
+    };
+    session::serve_with(stream, &session::stdio_policy, Some(&streams))
+}
