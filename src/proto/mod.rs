@@ -671,6 +671,13 @@ impl Message {
     /// Decodes one frame payload. Every length and count is checked against its
     /// limit before use.
     pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
+        Message::decode_into(payload, None)
+    }
+
+    /// Like [`Message::decode`]; the bytes of a `Data` or `Segment` go into
+    /// `spare` (a used block's buffer) instead of a new allocation.
+    pub fn decode_into(payload: &[u8], spare: Option<Vec<u8>>) -> Result<Message, DecodeError> {
+        let mut spare = spare;
         let mut r = Reader::new(payload);
         let t = r.u8("message type")?;
         let msg = match t {
@@ -774,7 +781,7 @@ impl Message {
             }
             tag::DATA => {
                 let file = file_index(&mut r)?;
-                let (compressed, raw_len, bytes) = decode_block(&mut r)?;
+                let (compressed, raw_len, bytes) = decode_block(&mut r, spare.take())?;
                 Message::Data {
                     file,
                     compressed,
@@ -830,7 +837,7 @@ impl Message {
             tag::SEGMENT => {
                 let file = file_index(&mut r)?;
                 let offset = r.varint("segment offset")?;
-                let (compressed, raw_len, bytes) = decode_block(&mut r)?;
+                let (compressed, raw_len, bytes) = decode_block(&mut r, spare.take())?;
                 Message::Segment {
                     file,
                     offset,
@@ -871,10 +878,15 @@ impl Message {
 
 /// The block of file bytes a `Data` or `Segment` message carries: whether it
 /// is compressed, its length once decompressed, and the bytes.
-fn decode_block(r: &mut Reader) -> Result<(bool, u32, Vec<u8>), DecodeError> {
+fn decode_block(
+    r: &mut Reader,
+    spare: Option<Vec<u8>>,
+) -> Result<(bool, u32, Vec<u8>), DecodeError> {
     let compressed = r.bool("compressed")?;
     let raw_len = r.count(BLOCK_SIZE, "data length")? as u32;
-    let bytes = r.bytes(BLOCK_SIZE + 1024, "data")?.to_vec();
+    let mut bytes = spare.unwrap_or_default();
+    bytes.clear();
+    bytes.extend_from_slice(r.bytes(BLOCK_SIZE + 1024, "data")?);
     if !compressed && bytes.len() != raw_len as usize {
         return Err(DecodeError::Invalid("data length"));
     }

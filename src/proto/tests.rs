@@ -137,6 +137,15 @@ proptest! {
     }
 
     #[test]
+    fn decoding_into_a_used_buffer_gives_the_same_message(msg in arb_message()) {
+        // a spare holding an older block's bytes, with room to spare
+        let mut spare = vec![0xAB; 5000];
+        spare.reserve(BLOCK_SIZE);
+        let payload = msg.to_payload();
+        prop_assert_eq!(Message::decode_into(&payload, Some(spare)).unwrap(), msg);
+    }
+
+    #[test]
     fn every_truncation_is_an_error(msg in arb_message()) {
         let payload = msg.to_payload();
         for cut in 0..payload.len() {

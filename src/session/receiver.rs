@@ -11,7 +11,7 @@
 //! the session; what was written so far stays in partial files, never at a
 //! final path.
 
-use super::wire::{FrameReader, FrameWriter};
+use super::wire::{FrameReader, FrameWriter, Spares};
 use super::{text, Cancel, EventFn};
 use crate::chunk::{chunk_hash, Chunk, ChunkHash, Chunker, MAX_CHUNK, MIN_CHUNK};
 use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanIndex, SpanLoc, Step};
@@ -198,6 +198,8 @@ struct Rebuilding {
 
 struct Receiver<'a> {
     opts: Options,
+    /// Handled data blocks' buffers, back to the stream readers.
+    spares: Spares,
     filters: Filters,
     out: mpsc::Sender<Message>,
     events: Option<&'a EventFn<'a>>,
@@ -260,6 +262,8 @@ where
 {
     let (in_tx, inbound) = mpsc::sync_channel::<Inbound>(INBOUND_DEPTH);
     let counters = reader.counters();
+    let spares = Spares::default();
+    reader.reuse(spares.clone());
     {
         let tx = in_tx.clone();
         std::thread::Builder::new()
@@ -275,17 +279,20 @@ where
     }
     if let Some(joins) = cfg.joins.take() {
         let tx = in_tx.clone();
+        let spares = spares.clone();
         std::thread::Builder::new()
             .name("ferry-recv-joins".into())
             .spawn(move || {
                 for stream in joins {
                     let tx = tx.clone();
                     let counters = counters.clone();
+                    let spares = spares.clone();
                     let _ = std::thread::Builder::new()
                         .name("ferry-recv-segments".into())
                         .spawn(move || {
                             let _keep_open = stream.writer;
                             let mut r = FrameReader::new(stream.reader, counters);
+                            r.reuse(spares);
                             loop {
                                 match r.recv() {
                                     Ok(Some(m)) => {
@@ -331,6 +338,7 @@ where
     });
     let mut r = Receiver {
         opts: cfg.options,
+        spares,
         filters,
         out,
         events: cfg.events,
@@ -696,7 +704,11 @@ impl Receiver<'_> {
                 compressed,
                 raw_len,
                 bytes,
-            } => self.data(file, compressed, raw_len, bytes),
+            } => {
+                let done = self.data(file, compressed, raw_len, &bytes);
+                self.spares.give(bytes);
+                done
+            }
             Message::Spans { file, spans } => self.spans(file, spans),
             Message::Recipe { file, chunks } => self.recipe(file, chunks),
             Message::Segment {
@@ -705,7 +717,11 @@ impl Receiver<'_> {
                 compressed,
                 raw_len,
                 bytes,
-            } => self.segment(file, offset, compressed, raw_len, bytes),
+            } => {
+                let done = self.segment(file, offset, compressed, raw_len, &bytes);
+                self.spares.give(bytes);
+                done
+            }
             Message::SegmentEnd {
                 file,
                 offset,
@@ -1215,7 +1231,7 @@ impl Receiver<'_> {
         file: u32,
         compressed: bool,
         raw_len: u32,
-        bytes: Vec<u8>,
+        bytes: &[u8],
     ) -> Result<(), TransferError> {
         let Some(mut state) = self.take_for_data(file, "data", |temp| Incoming::Whole {
             temp,
@@ -1226,13 +1242,7 @@ impl Receiver<'_> {
         };
         let mut buf = std::mem::take(&mut self.buf);
         let result = (|| -> Result<Result<(), String>, TransferError> {
-            let block = Self::unpack(
-                &mut self.decompressor,
-                &mut buf,
-                compressed,
-                raw_len,
-                &bytes,
-            )?;
+            let block = Self::unpack(&mut self.decompressor, &mut buf, compressed, raw_len, bytes)?;
             match &mut state {
                 Incoming::Whole { temp, hasher } => {
                     let limit = self.entries[file as usize].size + RECIPE_SLACK;
@@ -1395,7 +1405,7 @@ impl Receiver<'_> {
         offset: u64,
         compressed: bool,
         raw_len: u32,
-        bytes: Vec<u8>,
+        bytes: &[u8],
     ) -> Result<(), TransferError> {
         if self.failed_files.contains(&file) {
             return Ok(());
@@ -1413,13 +1423,7 @@ impl Receiver<'_> {
         let limit = self.entries[file as usize].size + RECIPE_SLACK;
         let mut buf = std::mem::take(&mut self.buf);
         let result = (|| -> Result<Result<(), String>, TransferError> {
-            let block = Self::unpack(
-                &mut self.decompressor,
-                &mut buf,
-                compressed,
-                raw_len,
-                &bytes,
-            )?;
+            let block = Self::unpack(&mut self.decompressor, &mut buf, compressed, raw_len, bytes)?;
             let Incoming::Segmented {
                 temp, active, done, ..
             } = &mut state

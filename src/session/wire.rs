@@ -17,12 +17,35 @@ pub struct Counters {
     pub received: AtomicU64,
 }
 
+/// Buffers of data blocks already handled, for the readers to fill again
+/// (a fresh 256 KiB allocation per block cost page faults and zeroing).
+#[derive(Clone, Default)]
+pub struct Spares(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Spares {
+    /// At most this many buffers wait for reuse.
+    const KEEP: usize = 32;
+
+    /// Gives a handled block's buffer back.
+    pub fn give(&self, buf: Vec<u8>) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < Self::KEEP {
+            kept.push(buf);
+        }
+    }
+
+    fn take(&self) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+}
+
 pub struct FrameReader<R> {
     /// Buffered: frames are small and many, and each unbuffered read would be a
     /// system call.
     inner: io::BufReader<R>,
     buf: Vec<u8>,
     counters: Arc<Counters>,
+    spares: Option<Spares>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -31,7 +54,13 @@ impl<R: Read> FrameReader<R> {
             inner: io::BufReader::with_capacity(256 << 10, inner),
             buf: Vec::new(),
             counters,
+            spares: None,
         }
+    }
+
+    /// Fills data blocks into buffers from `spares` when there are some.
+    pub fn reuse(&mut self, spares: Spares) {
+        self.spares = Some(spares);
     }
 
     /// The next message. A clean end of stream before a frame starts is
@@ -64,7 +93,8 @@ impl<R: Read> FrameReader<R> {
         self.counters
             .received
             .fetch_add(4 + len as u64, Ordering::Relaxed);
-        Ok(Some(Message::decode(&self.buf)?))
+        let spare = self.spares.as_ref().and_then(Spares::take);
+        Ok(Some(Message::decode_into(&self.buf, spare)?))
     }
 
     /// Like [`recv`](Self::recv), but the end of the stream is an error.
