@@ -225,6 +225,43 @@ mod tests {
     }
 
     #[test]
+    fn another_user_with_the_right_token_is_turned_away() {
+        use std::os::unix::process::CommandExt;
+        if !rustix::process::geteuid().is_root() {
+            return; // needs to run a process as another user
+        }
+        let (token, joined) = offer();
+        let name = address(&token).unwrap();
+        let name = name.as_abstract_name().unwrap();
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        // python as `nobody`: connect, say the whole token, print the answer
+        let script = format!(
+            "import socket\ns = socket.socket(socket.AF_UNIX)\ns.settimeout(10)\n\
+             s.connect(b'\\0' + bytes.fromhex('{}'))\ntry:\n\
+             \x20   s.sendall(bytes.fromhex('{}'))\n\
+             \x20   print(s.recv(1).hex() or 'closed')\n\
+             except (ConnectionResetError, BrokenPipeError):\n\
+             \x20   print('closed')\n",
+            hex(name),
+            hex(&token)
+        );
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "closed");
+        assert!(joined.try_recv().is_err());
+    }
+
+    #[test]
     fn a_wrong_token_finds_nothing() {
         let (token, joined) = offer();
         let mut wrong = token;
