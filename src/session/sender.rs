@@ -404,7 +404,9 @@ impl<W: Write> Sender<'_, W> {
             .spawn(move || {
                 let mut writer = FrameWriter::new(stream.writer, counters);
                 writer.set_rate(rate);
-                drop(stream.reader);
+                // kept open until the transfer ends: over ssh, closing it lets
+                // the process that handed this channel over exit early
+                let _held = stream.reader;
                 let mut buf = vec![0u8; BLOCK_SIZE];
                 for job in jobs {
                     let result = send_segment(&mut writer, &job, &mut buf);
