@@ -233,6 +233,41 @@ mod tests {
             .collect()
     }
 
+    /// The gear hash one byte at a time, as defined: `cut` must find the same
+    /// cut points however many bytes a step it takes.
+    fn cut_one_byte_a_step(data: &[u8]) -> usize {
+        let n = data.len();
+        if n <= MIN_CHUNK {
+            return n;
+        }
+        let end = n.min(MAX_CHUNK);
+        let mut fp: u64 = 0;
+        for (i, &b) in data[MIN_CHUNK..end].iter().enumerate() {
+            fp = (fp << 1).wrapping_add(GEAR[b as usize]);
+            if fp & MASK == 0 {
+                return MIN_CHUNK + i + 1;
+            }
+        }
+        end
+    }
+
+    #[test]
+    fn cut_points_match_the_definition() {
+        let data = random(8 << 20, 99);
+        let mut at = 0;
+        let mut cuts = 0;
+        while at < data.len() {
+            // every window length, so cuts fall at each position of a step
+            for extra in 0..4 {
+                let slice = &data[at..(at + MAX_CHUNK + extra).min(data.len())];
+                assert_eq!(cut(slice), cut_one_byte_a_step(slice), "at {at}");
+            }
+            at += cut(&data[at..(at + MAX_CHUNK).min(data.len())]);
+            cuts += 1;
+        }
+        assert!(cuts > 1000, "{cuts} chunks");
+    }
+
     #[test]
     fn chunks_cover_the_input_within_bounds() {
         for size in [
