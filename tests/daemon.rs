@@ -771,3 +771,31 @@ fn a_flipped_bit_in_the_tls_stream_aborts_and_publishes_nothing() {
     );
     assert!(d.log().contains("integrity error"), "{}", d.log());
 }
+
+#[test]
+fn a_busy_daemon_refusing_an_extra_stream_does_not_fail_the_transfer() {
+    // one session at a time: the extra stream is turned away ("busy"), the
+    // transfer goes on over the first one and says so
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let data = random_bytes(40 << 20, 71);
+    write(&t.path().join("big"), &data);
+    let d = Daemon::start(&[("data", &module, false)], "", &["--max-connections", "1"]);
+    let o = ok(sync(
+        &d,
+        &[
+            "--streams",
+            "2",
+            &s(&t.path().join("big")),
+            &d.url("data/big"),
+        ],
+    ));
+    assert!(
+        stderr(&o).contains("going on with 1 stream(s): another could not join"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(std::fs::read(module.join("big")).unwrap() == data);
+    assert!(d.log().contains("busy"), "{}", d.log());
+}
