@@ -1040,6 +1040,12 @@ impl Receiver<'_> {
 
     /// Sends requests for queued files while there is room.
     fn pump(&mut self) -> Result<(), TransferError> {
+        // refill in bursts, once half the files asked for have arrived: one
+        // `Want` per finished file cost a wake-up and a write at both ends
+        // for every small file
+        if self.in_flight.len() > MAX_IN_FLIGHT / 2 {
+            return Ok(());
+        }
         while self.in_flight.len() < MAX_IN_FLIGHT {
             let Some(&index) = self.queue.front() else {
                 break;
