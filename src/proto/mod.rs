@@ -195,6 +195,9 @@ pub struct Options {
 /// zstd level 1: on a 512 MiB JSONL corpus it moved 1.20x rsync -z's bytes at
 /// 2.3x its speed; level 3 moved 1.11x at 1.6x (bench/NOTES.md).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+/// A `StreamToken` of zeros: the server offers no extra streams.
+pub const NO_STREAM_TOKEN: [u8; 16] = [0; 16];
 /// The highest zstd level accepted (beyond it zstd needs much more memory).
 pub const MAX_ZSTD_LEVEL: u8 = 19;
 
@@ -418,7 +421,7 @@ pub enum Message {
     /// The daemon's answer to `ListModules`.
     Modules(Vec<ModuleInfo>),
     /// After `Accept`, when streams were asked for: the token extra connections
-    /// join with (all zero: this server has no extra streams).
+    /// join with ([`NO_STREAM_TOKEN`]: this server has no extra streams).
     StreamToken([u8; 16]),
     /// Literal bytes of `file` at `offset`, part of one segment sent on one
     /// stream, in order within the segment.

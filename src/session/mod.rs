@@ -133,8 +133,9 @@ pub fn run_client_streams(
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters.clone());
     open(&mut reader, &mut writer, &request, "the request")?;
-    let mut token = [0; 16];
-    if request.options.streams > 1 {
+    let streams = request.options.streams;
+    let mut token = proto::NO_STREAM_TOKEN;
+    if streams > 1 {
         token = match reader.expect()? {
             Message::StreamToken(t) => t,
             other => {
@@ -145,7 +146,7 @@ pub fn run_client_streams(
             }
         };
     }
-    let connect = connect.filter(|_| token != [0; 16]);
+    let connect = connect.filter(|_| token != proto::NO_STREAM_TOKEN);
     let (joined, joins) = std::sync::mpsc::channel();
     let finished = AtomicBool::new(false);
     // extra streams connect while the transfer starts: a small transfer does
@@ -154,7 +155,7 @@ pub fn run_client_streams(
         if let Some(connect) = connect {
             let (finished, counters) = (&finished, counters.clone());
             scope.spawn(move || {
-                for n in 1..request.options.streams {
+                for n in 1..streams {
                     if finished.load(Ordering::Relaxed) {
                         return;
                     }
@@ -190,7 +191,7 @@ pub fn run_client_streams(
         let result = run_half(
             reader,
             writer,
-            request.clone(),
+            request,
             local_paths,
             events,
             cancel,
@@ -382,7 +383,7 @@ pub fn serve_with(
                 writer.send(&Message::StreamToken(token))?;
                 joins = Some(rx);
             }
-            None => writer.send(&Message::StreamToken([0; 16]))?,
+            None => writer.send(&Message::StreamToken(proto::NO_STREAM_TOKEN))?,
         }
     }
     let cancel = Cancel::default();

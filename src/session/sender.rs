@@ -376,7 +376,7 @@ impl<W: Write> Sender<'_, W> {
             return;
         };
         let wanted = usize::from(self.options.streams.saturating_sub(1));
-        let wait = large && !self.waited_for_joins && self.workers.len() < wanted;
+        let wait = large && !self.waited_for_joins;
         let deadline = std::time::Instant::now() + JOIN_WAIT;
         loop {
             let next = if wait && self.workers.len() < wanted {

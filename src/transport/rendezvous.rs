@@ -14,6 +14,7 @@
 //!   user the ssh sessions run as ever meet.
 //! - A joiner that is slow to speak is dropped after [`JOIN_TIMEOUT`].
 
+use crate::proto::NO_STREAM_TOKEN;
 use crate::session::Stream;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -29,14 +30,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// How long a joiner may take to say its token and pass its descriptors.
-pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The one byte each side answers with once it is satisfied.
 const YES: u8 = 1;
-
-/// A token of zeros: joining is not offered (the client then opens no extra
-/// streams).
-pub const NOT_OFFERED: [u8; 16] = [0; 16];
 
 fn address(token: &[u8; 16]) -> io::Result<SocketAddr> {
     let digest = blake3::derive_key("ferry 2026 stream rendezvous name", token);
@@ -54,15 +51,15 @@ fn same_user(conn: &UnixStream) -> bool {
 
 /// Lets extra streams join this process's transfer: returns the token to give
 /// the client and the queue the joined streams arrive on. If the socket cannot
-/// be made, the token is [`NOT_OFFERED`] and the transfer runs on one stream.
+/// be made, the token is [`NO_STREAM_TOKEN`] and the transfer runs on one stream.
 pub fn offer() -> ([u8; 16], mpsc::Receiver<Stream>) {
     let (tx, rx) = mpsc::channel();
     let mut token = [0u8; 16];
     if aws_lc_rs::rand::fill(&mut token).is_err() {
-        return (NOT_OFFERED, rx);
+        return (NO_STREAM_TOKEN, rx);
     }
     let Ok(listener) = address(&token).and_then(|a| UnixListener::bind_addr(&a)) else {
-        return (NOT_OFFERED, rx);
+        return (NO_STREAM_TOKEN, rx);
     };
     let spawned = std::thread::Builder::new()
         .name("ferry-joins".into())
@@ -78,7 +75,7 @@ pub fn offer() -> ([u8; 16], mpsc::Receiver<Stream>) {
         });
     match spawned {
         Ok(_) => (token, rx),
-        Err(_) => (NOT_OFFERED, rx),
+        Err(_) => (NO_STREAM_TOKEN, rx),
     }
 }
 
@@ -148,7 +145,7 @@ pub struct Joining(UnixStream);
 /// Finds the transfer that offered `token` on this host (`None`: no such
 /// transfer, or not this user's).
 pub fn find(token: &[u8; 16]) -> Option<Joining> {
-    if *token == NOT_OFFERED {
+    if *token == NO_STREAM_TOKEN {
         return None;
     }
     let conn = UnixStream::connect_addr(&address(token).ok()?).ok()?;
@@ -203,7 +200,7 @@ mod tests {
     fn a_joiner_hands_over_its_channel() {
         use std::os::fd::AsFd;
         let (token, joined) = offer();
-        assert_ne!(token, NOT_OFFERED);
+        assert_ne!(token, NO_STREAM_TOKEN);
         // the joiner's "stdin" and "stdout"
         let (in_r, mut in_w) = pipe();
         let (mut out_r, out_w) = pipe();
@@ -267,7 +264,7 @@ mod tests {
         let mut wrong = token;
         wrong[0] ^= 1;
         assert!(find(&wrong).is_none());
-        assert!(find(&NOT_OFFERED).is_none());
+        assert!(find(&NO_STREAM_TOKEN).is_none());
         // a joiner that knows the socket's name but not the token is turned away
         let conn = UnixStream::connect_addr(&address(&token).unwrap()).unwrap();
         (&conn).write_all(&wrong).unwrap();
