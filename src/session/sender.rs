@@ -68,6 +68,9 @@ struct SegmentedSend {
 
 /// Recipes sent and not yet answered, at most this many at once.
 const MAX_PENDING_RECIPES: usize = 64;
+/// Batches of spans of one file sent and not yet finished, at most this many
+/// (~100 MiB of file ahead of the receiver's answers, ~1 MiB of chunk lists).
+const MAX_BATCHES_AHEAD: usize = 8;
 
 /// What the reader thread passes on.
 enum FromPeer {
@@ -790,8 +793,33 @@ impl<W: Write> Sender<'_, W> {
 
     /// While a recipe is being sent: serves the receiver's answers for this
     /// file at once (those set aside earlier first, in order), and keeps its
-    /// other requests for later.
+    /// other requests for later. Waits for answers while [`MAX_BATCHES_AHEAD`]
+    /// batches are unanswered, so that a fast sender does not pile up the
+    /// chunk lists of a whole large file.
     fn serve_arrived_needs(&mut self, current: u32) -> Result<(), TransferError> {
+        loop {
+            self.serve_ready_needs(current)?;
+            let behind = self
+                .pending
+                .get(&current)
+                .is_some_and(|p| p.batches.len() >= MAX_BATCHES_AHEAD);
+            if !behind {
+                return Ok(());
+            }
+            self.writer.flush()?;
+            match self.rx.recv() {
+                Ok(FromPeer::Need { file, ranges }) if file == current => {
+                    self.send_needed(file, &ranges)?
+                }
+                Ok(FromPeer::Event(e)) => self.deliver(e)?,
+                Ok(FromPeer::Failed(e)) => return Err(e),
+                Ok(other) => self.deferred.push_back(other),
+                Err(_) => return Err(TransferError::Connection("the receiver went away".into())),
+            }
+        }
+    }
+
+    fn serve_ready_needs(&mut self, current: u32) -> Result<(), TransferError> {
         self.cancel.check()?;
         while self.pending.contains_key(&current) {
             let set_aside = self
