@@ -191,51 +191,143 @@ impl Spanner {
     }
 }
 
-/// Where a span the receiver has lies: which basis, and which of its chunks.
+/// One span of a basis file: where its chunks start (by number and by byte)
+/// and how many bytes they make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpanLoc {
-    pub basis: u32,
-    pub first: usize,
+pub struct BasisSpan {
+    pub first: u64,
+    pub offset: u64,
     pub chunks: u32,
     pub len: u64,
 }
 
-/// Span hash → where the receiver has that span.
+/// Collects the spans of one basis file as its chunks go by, in order.
+#[derive(Default)]
+pub struct SpanCollector {
+    spanner: Spanner,
+    next_first: u64,
+    next_offset: u64,
+    spans: Vec<([u8; 32], BasisSpan)>,
+}
+
+impl SpanCollector {
+    pub fn push(&mut self, len: u32, hash: &ChunkHash) {
+        if let Some(sp) = self.spanner.push(len, hash) {
+            self.close(sp);
+        }
+    }
+
+    /// The file's spans (named by hash), the last one closed.
+    pub fn finish(mut self) -> Vec<([u8; 32], BasisSpan)> {
+        if let Some(sp) = self.spanner.finish() {
+            self.close(sp);
+        }
+        self.spans
+    }
+
+    fn close(&mut self, sp: SpanRef) {
+        self.spans.push((
+            sp.hash,
+            BasisSpan {
+                first: self.next_first,
+                offset: self.next_offset,
+                chunks: sp.chunks,
+                len: sp.len,
+            },
+        ));
+        self.next_first += sp.chunks as u64;
+        self.next_offset += sp.len;
+    }
+}
+
+/// Where a span the receiver has lies: which basis, which of its spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanLoc {
+    pub basis: u32,
+    pub span: u32,
+    pub at: BasisSpan,
+}
+
+/// Spans of a basis looked through for the chunks of spans the receiver
+/// lacks, on each side of the spans it has around them: an edit rarely
+/// moves data further than that.
+pub const WINDOW_SIDE: usize = 4;
+/// The most spans between two known neighbours looked through as one window
+/// (~48 MiB of basis at the average span).
+pub const WINDOW_GAP: usize = 64;
+
+/// Spans of the basis files to look through: (basis, span range), sorted.
+pub type Window = Vec<(u32, std::ops::Range<usize>)>;
+
+/// The spans of the basis files: which span of which file a hash names, and
+/// each file's spans in order. About 100 bytes per ~768 KiB of basis, so it
+/// is kept whole in memory where the chunks are not.
 #[derive(Default)]
 pub struct SpanIndex {
-    map: HashMap<[u8; 32], SpanLoc>,
+    map: HashMap<[u8; 32], (u32, u32)>,
+    files: Vec<Vec<BasisSpan>>,
 }
 
 impl SpanIndex {
-    /// Adds the spans of basis file `basis`, whose chunks are `chunks`.
-    pub fn add_file(&mut self, basis: u32, chunks: &[Chunk]) {
-        let mut spanner = Spanner::default();
-        let mut first = 0;
-        for (i, c) in chunks.iter().enumerate() {
-            let done = spanner.push(c.len, &c.hash);
-            let done = if i + 1 == chunks.len() {
-                done.or_else(|| spanner.finish())
-            } else {
-                done
-            };
-            if let Some(sp) = done {
-                self.map.entry(sp.hash).or_insert(SpanLoc {
-                    basis,
-                    first,
-                    chunks: sp.chunks,
-                    len: sp.len,
-                });
-                first = i + 1;
-            }
+    /// Adds the next basis file's spans; it becomes basis number `self.files()`.
+    pub fn add_file(&mut self, spans: Vec<([u8; 32], BasisSpan)>) {
+        let basis = self.files.len() as u32;
+        for (i, (hash, _)) in spans.iter().enumerate() {
+            self.map.entry(*hash).or_insert((basis, i as u32));
         }
+        self.files.push(spans.into_iter().map(|(_, s)| s).collect());
+    }
+
+    /// How many basis files were added.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The spans of basis file `basis`, in order.
+    pub fn spans(&self, basis: u32) -> &[BasisSpan] {
+        &self.files[basis as usize]
     }
 
     /// Where the receiver has `span`, if it does (same hash, length and count).
     pub fn get(&self, span: &SpanRef) -> Option<SpanLoc> {
-        self.map
-            .get(&span.hash)
-            .filter(|l| l.len == span.len && l.chunks == span.chunks)
-            .copied()
+        let &(basis, i) = self.map.get(&span.hash)?;
+        let at = self.files[basis as usize][i as usize];
+        (at.len == span.len && at.chunks == span.chunks).then_some(SpanLoc { basis, span: i, at })
+    }
+
+    /// The spans of the basis whose chunks are worth looking through for a
+    /// run of new spans the receiver lacks, given the known spans just
+    /// before (`prev`) and after (`next`) the run in the new file: what lies
+    /// between them in the basis when they are close and in order (an edit in
+    /// place, an insert, a delete), else a few spans after `prev` and before
+    /// `next`. Returned as (basis, span range), sorted, not overlapping.
+    pub fn window(&self, prev: Option<SpanLoc>, next: Option<SpanLoc>) -> Window {
+        let mut w = Window::new();
+        if let (Some(p), Some(n)) = (prev, next) {
+            if p.basis == n.basis && p.span < n.span && (n.span - p.span) as usize <= WINDOW_GAP {
+                w.push((p.basis, p.span as usize..n.span as usize + 1));
+                return w;
+            }
+        }
+        if let Some(p) = prev {
+            let count = self.files[p.basis as usize].len();
+            let s = p.span as usize;
+            w.push((p.basis, s..(s + 1 + WINDOW_SIDE).min(count)));
+        }
+        if let Some(n) = next {
+            let e = n.span as usize + 1;
+            let r = e.saturating_sub(1 + WINDOW_SIDE)..e;
+            match w.last_mut() {
+                Some((b, prior))
+                    if *b == n.basis && r.start <= prior.end && prior.start <= r.end =>
+                {
+                    *prior = prior.start.min(r.start)..prior.end.max(r.end);
+                }
+                _ => w.push((n.basis, r)),
+            }
+            w.sort_by_key(|(b, r)| (*b, r.start));
+        }
+        w
     }
 }
 
@@ -463,14 +555,87 @@ mod tests {
         out
     }
 
+    fn span_index(files: &[&[u8]]) -> SpanIndex {
+        let mut index = SpanIndex::default();
+        for data in files {
+            let mut spans = SpanCollector::default();
+            for c in crate::chunk::chunk_slice(data) {
+                spans.push(c.len, &c.hash);
+            }
+            index.add_file(spans.finish());
+        }
+        index
+    }
+
+    #[test]
+    fn collected_spans_are_the_senders_spans_at_their_places() {
+        let data = random(8 << 20, 11);
+        let index = span_index(&[&data]);
+        let (mut first, mut offset) = (0, 0);
+        for (i, sp) in spans_of(&data).iter().enumerate() {
+            let loc = index.get(sp).expect("known");
+            assert_eq!((loc.basis, loc.span as usize), (0, i));
+            assert_eq!(loc.at.first, first);
+            assert_eq!(loc.at.offset, offset);
+            first += sp.chunks as u64;
+            offset += sp.len;
+        }
+        assert_eq!(offset, data.len() as u64);
+    }
+
+    #[test]
+    fn the_window_is_the_basis_between_known_neighbours_or_near_them() {
+        let a = random(64 << 20, 12);
+        let b = random(4 << 20, 13);
+        let index = span_index(&[&a, &b]);
+        let n = index.spans(0).len();
+        assert!(n > WINDOW_GAP + 12, "{n} spans");
+        let loc = |basis: u32, span: usize| SpanLoc {
+            basis,
+            span: span as u32,
+            at: index.spans(basis)[span],
+        };
+        // an edit in place: between the neighbours, both included
+        assert_eq!(
+            index.window(Some(loc(0, 10)), Some(loc(0, 12))),
+            vec![(0, 10..13)]
+        );
+        // neighbours far apart, out of order, or in other files: a few spans
+        // after the one before and before the one after
+        let side = WINDOW_SIDE;
+        assert_eq!(
+            index.window(Some(loc(0, 10)), Some(loc(0, 11 + WINDOW_GAP))),
+            vec![
+                (0, 10..11 + side),
+                (0, 11 + WINDOW_GAP - side..12 + WINDOW_GAP)
+            ]
+        );
+        assert_eq!(
+            index.window(Some(loc(0, 40)), Some(loc(0, 30))),
+            vec![(0, 30 - side..31), (0, 40..41 + side)]
+        );
+        // (overlapping sides are one range)
+        assert_eq!(
+            index.window(Some(loc(0, 40)), Some(loc(0, 40))),
+            vec![(0, 40 - side..41 + side)]
+        );
+        assert_eq!(
+            index.window(Some(loc(1, 0)), Some(loc(0, 2))),
+            vec![(0, 0..3), (1, 0..1 + side)]
+        );
+        // at the ends of the file, and with one neighbour only
+        assert_eq!(index.window(None, Some(loc(0, 1))), vec![(0, 0..2)]);
+        assert_eq!(index.window(Some(loc(0, n - 2)), None), vec![(0, n - 2..n)]);
+        assert_eq!(index.window(None, None), vec![]);
+    }
+
     #[test]
     fn spans_cover_the_file_and_an_edit_changes_only_its_own() {
         let data = random(16 << 20, 5);
         let spans = spans_of(&data);
         assert_eq!(spans.iter().map(|s| s.len).sum::<u64>(), data.len() as u64);
         assert!(spans.len() > 8, "{} spans", spans.len());
-        let mut index = SpanIndex::default();
-        index.add_file(0, &crate::chunk::chunk_slice(&data));
+        let index = span_index(&[&data]);
         assert!(spans.iter().all(|s| index.get(s).is_some()));
         // 64 KiB rewritten in the middle: one or two spans differ, and the
         // receiver finds each of the others where it was

@@ -18,12 +18,17 @@ fn sync_stats(extra: &[String], src: &Path, dst: &Path) -> (u64, u64, u64, u64) 
 
 /// Overwrites 1% of the file in 64 KiB regions spread over it.
 fn scatter_edit(path: &Path, size: usize) -> u64 {
+    scatter_edit_with(path, size, 100)
+}
+
+/// The same, with the new bytes made from `seed`.
+fn scatter_edit_with(path: &Path, size: usize, seed: u64) -> u64 {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     let region = 64 << 10;
     let regions = size / 100 / region;
     for i in 0..regions {
         let offset = (size / regions) * i + 7777;
-        f.write_all_at(&random_bytes(region, 100 + i as u64), offset as u64)
+        f.write_all_at(&random_bytes(region, seed + i as u64), offset as u64)
             .unwrap();
     }
     (regions * region) as u64
@@ -274,5 +279,60 @@ fn the_chunk_cache_is_used_and_never_outlives_a_change_to_the_file() {
     assert!(
         std::fs::read(&dst).unwrap() == std::fs::read(&src).unwrap(),
         "rebuilt from a stale chunk list"
+    );
+}
+
+/// A re-sync with its peak RSS in KiB (ferry runs under GNU time).
+fn sync_measured(cache: &Path, src: &Path, dst: &Path) -> ((u64, u64, u64, u64), u64) {
+    let rss = dst.with_extension("rss");
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&rss)
+        .arg(ferry_bin())
+        .env("FERRY_CACHE_DIR", cache)
+        .args(["sync", "-a", "--stats"])
+        .arg(src)
+        .arg(dst)
+        .output()
+        .unwrap();
+    let s = stats(&stdout(&ok(out)));
+    let kib = std::fs::read_to_string(&rss).unwrap();
+    (s, kib.trim().lines().last().unwrap().parse().unwrap())
+}
+
+#[test]
+fn re_sync_memory_does_not_grow_with_the_file_and_large_edits_still_move_little() {
+    // A file of 96 MiB and one of 768 MiB, each re-synced after a 1% edit:
+    // once with its old version read and chunked, once with the chunk list
+    // the first re-sync left in the cache. Past ~384 MiB, a basis's chunks
+    // are no longer all indexed in memory: they are looked for near the
+    // spans around each edit, which must still find them.
+    let t = tmp();
+    let cache = t.path().join("cache");
+    let mut peaks = Vec::new();
+    for (name, size) in [("small", 96 * MIB), ("large", 768 * MIB)] {
+        let (src, dst) = (
+            t.path().join(format!("{name}.bin")),
+            t.path().join(format!("{name}.copy")),
+        );
+        write(&src, random_bytes(size, 3));
+        sync_stats(&[], &src, &dst);
+        for (round, seed) in [("chunked", 1000), ("cached", 2000)] {
+            let changed = scatter_edit_with(&src, size, seed);
+            let (s, kib) = sync_measured(&cache, &src, &dst);
+            check(&format!("{name} {round}"), size, changed, s);
+            assert!(std::fs::read(&src).unwrap() == std::fs::read(&dst).unwrap());
+            eprintln!("{name} {round}: peak RSS {} MiB", kib / 1024);
+            peaks.push(kib);
+        }
+        std::fs::remove_file(&src).unwrap();
+        std::fs::remove_file(&dst).unwrap();
+    }
+    // before, the index of every chunk made ~20 MiB per GiB of basis
+    let small = peaks[..2].iter().max().unwrap();
+    let large = peaks[2..].iter().max().unwrap();
+    assert!(
+        *large <= small + 3 * 1024,
+        "peak RSS {large} KiB re-syncing 768 MiB vs {small} KiB for 96 MiB"
     );
 }

@@ -11,20 +11,34 @@
 //! byte copied through it is hashed again into the rebuilt file's BLAKE3, and a
 //! file that fails that check has its bases' entries forgotten.
 
-use crate::chunk::{Chunk, ChunkHash, MAX_CHUNK};
+use super::chunk_list::{ChunkList, ENTRY};
+use crate::chunk::{ChunkHash, MAX_CHUNK};
 use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-const MAGIC: &[u8; 12] = b"ferrychunks2";
-const HEADER: usize = 12 + 5 * 8 + 8;
-const ENTRY: usize = 4 + 16;
+/// An entry: magic, the file's size, mtime and ctime (seconds, nanoseconds)
+/// and the entry count; the entries; a seal, the BLAKE3 of the header and of
+/// the entries' BLAKE3 (so that entries can be written as they come and the
+/// header last).
+const MAGIC: &[u8; 12] = b"ferrychunks3";
+const HEADER: usize = 12 + 6 * 8;
 /// Entries kept, and their total size; beyond either the oldest are removed.
 /// An entry is ~3.4 MB per GiB of file (20 bytes per ~6 KiB chunk), so the
 /// size bound covers the chunk lists of about 75 GiB of files.
 const MAX_ENTRIES: usize = 4096;
 const MAX_BYTES: u64 = 256 << 20;
+/// Entry bytes read or written at once (a whole number of entries).
+const IO_AT_ONCE: usize = ENTRY * 3276;
+
+fn seal(header: &[u8], entries: &blake3::Hash) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(header);
+    h.update(entries.as_bytes());
+    *h.finalize().as_bytes()
+}
 
 /// Which file an entry describes and the state it was in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,16 +99,19 @@ impl ChunkCache {
         self.dir.join(format!("{:x}-{:x}", s.dev, s.ino))
     }
 
-    /// The chunks of `f`, if an entry for it in its current state exists.
-    pub fn load(&self, f: &File) -> Option<Vec<Chunk>> {
+    /// Reads the entry of `f`, if one exists for it in its current state:
+    /// each chunk's (length, hash) goes to `each`, in order, and the list is
+    /// returned only if the whole entry was sound — a caller must forget what
+    /// `each` saw when it is `None`.
+    pub fn load(&self, f: &File, mut each: impl FnMut(u32, &ChunkHash)) -> Option<ChunkList> {
         let s = stamp(f)?;
-        let bytes = std::fs::read(self.path(&s)).ok()?;
-        let body_len = bytes.len().checked_sub(32)?;
-        let (body, seal) = bytes.split_at(body_len);
-        if body.len() < HEADER || blake3::hash(body).as_bytes() != seal || &body[..12] != MAGIC {
+        let entry = File::open(self.path(&s)).ok()?;
+        let mut header = [0u8; HEADER];
+        entry.read_exact_at(&mut header, 0).ok()?;
+        if &header[..12] != MAGIC {
             return None;
         }
-        let num = |i: usize| u64::from_le_bytes(body[12 + 8 * i..20 + 8 * i].try_into().unwrap());
+        let num = |i: usize| u64::from_le_bytes(header[12 + 8 * i..20 + 8 * i].try_into().unwrap());
         let stored = Stamp {
             dev: s.dev,
             ino: s.ino,
@@ -102,67 +119,76 @@ impl ChunkCache {
             mtime: (num(1) as i64, num(2) as i64),
             ctime: (num(3) as i64, num(4) as i64),
         };
-        let count = num(5) as usize;
-        if stored != s || body.len() != HEADER + count.checked_mul(ENTRY)? {
+        let count = num(5);
+        let body = count.checked_mul(ENTRY as u64)?;
+        if stored != s || entry.metadata().ok()?.len() != HEADER as u64 + body + 32 {
             return None;
         }
-        let mut chunks = Vec::with_capacity(count);
-        let mut offset = 0u64;
-        for e in body[HEADER..].chunks_exact(ENTRY) {
-            let len = u32::from_le_bytes(e[..4].try_into().unwrap());
-            if len == 0 || len as usize > MAX_CHUNK {
-                return None;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; IO_AT_ONCE];
+        let (mut at, mut offset) = (0u64, 0u64);
+        while at < body {
+            let n = (body - at).min(IO_AT_ONCE as u64) as usize;
+            entry
+                .read_exact_at(&mut buf[..n], HEADER as u64 + at)
+                .ok()?;
+            hasher.update(&buf[..n]);
+            for e in buf[..n].chunks_exact(ENTRY) {
+                let len = u32::from_le_bytes(e[..4].try_into().unwrap());
+                if len == 0 || len as usize > MAX_CHUNK {
+                    return None;
+                }
+                each(len, e[4..].try_into().unwrap());
+                offset += len as u64;
             }
-            chunks.push(Chunk {
-                offset,
-                len,
-                hash: e[4..].try_into().unwrap(),
-            });
-            offset += len as u64;
+            at += n as u64;
         }
-        (offset == s.size).then_some(chunks)
+        let mut stored_seal = [0u8; 32];
+        entry
+            .read_exact_at(&mut stored_seal, HEADER as u64 + body)
+            .ok()?;
+        (offset == s.size && seal(&header, &hasher.finalize()) == stored_seal)
+            .then(|| ChunkList::in_file(entry, HEADER as u64, count))
     }
 
-    /// Records the chunks (length, BLAKE3) of `f` as it is now. Best effort:
-    /// a cache that cannot be written is simply not there next time.
-    pub fn store(&self, f: &File, chunks: &[(u32, ChunkHash)]) {
-        let Some(s) = stamp(f) else { return };
-        if chunks.iter().map(|c| c.0 as u64).sum::<u64>() != s.size {
-            return;
-        }
-        let mut body = Vec::with_capacity(HEADER + chunks.len() * ENTRY + 32);
-        body.extend_from_slice(MAGIC);
-        for n in [
-            s.size,
-            s.mtime.0 as u64,
-            s.mtime.1 as u64,
-            s.ctime.0 as u64,
-            s.ctime.1 as u64,
-            chunks.len() as u64,
-        ] {
-            body.extend_from_slice(&n.to_le_bytes());
-        }
-        for (len, hash) in chunks {
-            body.extend_from_slice(&len.to_le_bytes());
-            body.extend_from_slice(hash);
-        }
-        let seal = blake3::hash(&body);
-        body.extend_from_slice(seal.as_bytes());
-        let path = self.path(&s);
-        let tmp = self.dir.join(format!(".tmp-{}", std::process::id()));
-        let written = std::fs::OpenOptions::new()
+    /// Starts an entry, written as the chunks of a file come and kept by
+    /// [`CacheWriter::finish`] once the file is in place. Best effort: a cache
+    /// that cannot be written is simply not there next time.
+    pub fn writer(self: &Arc<Self>) -> Option<CacheWriter> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
-            .and_then(|mut t| t.write_all(&body))
-            .and_then(|_| std::fs::rename(&tmp, &path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-            return;
+            .ok()?;
+        Some(CacheWriter {
+            cache: self.clone(),
+            tmp: Some(tmp),
+            file,
+            buf: Vec::new(),
+            hasher: blake3::Hasher::new(),
+            count: 0,
+            bytes: 0,
+            broken: false,
+        })
+    }
+
+    /// Records the chunks (length, hash) of `f` as it is now.
+    pub fn store(self: &Arc<Self>, f: &File, chunks: &[(u32, ChunkHash)]) {
+        if let Some(mut w) = self.writer() {
+            for (len, hash) in chunks {
+                w.push(*len, hash);
+            }
+            w.finish(f);
         }
-        self.trim();
     }
 
     /// Forgets the entry of `f` (after a file rebuilt from it failed its check).
@@ -203,14 +229,89 @@ impl ChunkCache {
     }
 }
 
+/// An entry being written: see [`ChunkCache::writer`]. Dropped unfinished,
+/// it leaves nothing behind.
+pub struct CacheWriter {
+    cache: Arc<ChunkCache>,
+    tmp: Option<PathBuf>,
+    file: File,
+    buf: Vec<u8>,
+    hasher: blake3::Hasher,
+    count: u64,
+    /// Bytes the chunks make.
+    bytes: u64,
+    broken: bool,
+}
+
+impl CacheWriter {
+    pub fn push(&mut self, len: u32, hash: &ChunkHash) {
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(hash);
+        self.count += 1;
+        self.bytes += len as u64;
+        if self.buf.len() >= IO_AT_ONCE {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let at = HEADER as u64 + (self.count * ENTRY as u64 - self.buf.len() as u64);
+        self.hasher.update(&self.buf);
+        self.broken |= self.file.write_all_at(&self.buf, at).is_err();
+        self.buf.clear();
+    }
+
+    /// Keeps the entry as the chunk list of `f`, if they add up to it.
+    pub fn finish(mut self, f: &File) {
+        self.flush();
+        let Some(s) = stamp(f) else { return };
+        if self.broken || self.bytes != s.size {
+            return;
+        }
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        for n in [
+            s.size,
+            s.mtime.0 as u64,
+            s.mtime.1 as u64,
+            s.ctime.0 as u64,
+            s.ctime.1 as u64,
+            self.count,
+        ] {
+            header.extend_from_slice(&n.to_le_bytes());
+        }
+        let sealed = seal(&header, &self.hasher.finalize());
+        let end = HEADER as u64 + self.count * ENTRY as u64;
+        let tmp = self.tmp.take().expect("not finished twice");
+        let written = self
+            .file
+            .write_all_at(&header, 0)
+            .and_then(|_| self.file.write_all_at(&sealed, end))
+            .and_then(|_| std::fs::rename(&tmp, self.cache.path(&s)));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            return;
+        }
+        self.cache.trim();
+    }
+}
+
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chunk::chunk_slice;
 
-    fn setup() -> (tempfile::TempDir, ChunkCache, PathBuf, Vec<u8>) {
+    fn setup() -> (tempfile::TempDir, Arc<ChunkCache>, PathBuf, Vec<u8>) {
         let t = tempfile::tempdir().unwrap();
-        let cache = ChunkCache::open(t.path().join("cache")).unwrap();
+        let cache = Arc::new(ChunkCache::open(t.path().join("cache")).unwrap());
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let p = t.path().join("f");
         std::fs::write(&p, &data).unwrap();
@@ -221,12 +322,23 @@ mod tests {
         chunk_slice(data).iter().map(|c| (c.len, c.hash)).collect()
     }
 
+    /// The entry's chunks as `load` passes them on, if it is sound, and the
+    /// same read back from the list it returns.
+    fn load(cache: &ChunkCache, f: &File) -> Option<Vec<(u32, ChunkHash)>> {
+        let mut seen = Vec::new();
+        let l = cache.load(f, |len, hash| seen.push((len, *hash)))?;
+        let mut again = Vec::new();
+        l.read(0, l.len() as usize, &mut again).unwrap();
+        assert_eq!(again, seen);
+        Some(seen)
+    }
+
     #[test]
     fn an_entry_is_found_while_the_file_is_unchanged() {
         let (_t, cache, p, data) = setup();
         let f = File::open(&p).unwrap();
         cache.store(&f, &list(&data));
-        assert_eq!(cache.load(&f).unwrap(), chunk_slice(&data));
+        assert_eq!(load(&cache, &f).unwrap(), list(&data));
     }
 
     #[test]
@@ -244,7 +356,7 @@ mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        assert!(cache.load(&File::open(&p).unwrap()).is_none());
+        assert!(load(&cache, &File::open(&p).unwrap()).is_none());
     }
 
     #[test]
@@ -253,7 +365,8 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 241) as u8).collect();
         // room for about two entries of this file's chunk list
         let one = (HEADER + chunk_slice(&data).len() * ENTRY + 32) as u64;
-        let cache = ChunkCache::open_with_limit(t.path().join("cache"), one * 5 / 2).unwrap();
+        let cache =
+            Arc::new(ChunkCache::open_with_limit(t.path().join("cache"), one * 5 / 2).unwrap());
         let mut files = Vec::new();
         for i in 0..4 {
             let p = t.path().join(format!("f{i}"));
@@ -263,7 +376,7 @@ mod tests {
             files.push(f);
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let kept: Vec<bool> = files.iter().map(|f| cache.load(f).is_some()).collect();
+        let kept: Vec<bool> = files.iter().map(|f| load(&cache, f).is_some()).collect();
         assert_eq!(kept, [false, false, true, true], "the newest two stay");
     }
 
@@ -273,7 +386,7 @@ mod tests {
         let f = File::open(&p).unwrap();
         // chunks that do not add up to the file are never stored
         cache.store(&f, &list(&data[..1000]));
-        assert!(cache.load(&f).is_none());
+        assert!(load(&cache, &f).is_none());
         cache.store(&f, &list(&data));
         let entry = std::fs::read_dir(&cache.dir)
             .unwrap()
@@ -284,9 +397,27 @@ mod tests {
         let mut bytes = std::fs::read(&entry).unwrap();
         bytes[HEADER + 7] ^= 1;
         std::fs::write(&entry, &bytes).unwrap();
-        assert!(cache.load(&f).is_none());
+        assert!(load(&cache, &f).is_none());
         cache.store(&f, &list(&data));
         cache.forget(&f);
-        assert!(cache.load(&f).is_none());
+        assert!(load(&cache, &f).is_none());
+    }
+
+    #[test]
+    fn an_entry_given_up_half_way_leaves_nothing() {
+        let (_t, cache, p, data) = setup();
+        let f = File::open(&p).unwrap();
+        let mut w = cache.writer().unwrap();
+        for (len, hash) in &list(&data)[..3] {
+            w.push(*len, hash);
+        }
+        // dropped unfinished (the rebuilt file failed), or finished for a
+        // file its chunks do not make
+        drop(w);
+        let mut w = cache.writer().unwrap();
+        w.push(1000, &[0; 16]);
+        w.finish(&f);
+        assert_eq!(std::fs::read_dir(&cache.dir).unwrap().count(), 0);
+        assert!(load(&cache, &f).is_none());
     }
 }

@@ -4,6 +4,7 @@
 //! handle, one component at a time, never following a symlink.
 
 pub mod chunk_cache;
+pub mod chunk_list;
 pub mod dest;
 pub mod names;
 pub mod scan;

@@ -14,10 +14,11 @@
 use super::wire::{FrameReader, FrameWriter, Spares};
 use super::{text, Cancel, EventFn};
 use crate::chunk::{chunk_hash, Chunk, ChunkHash, Chunker, MAX_CHUNK, MIN_CHUNK};
-use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanIndex, SpanLoc, Step};
+use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanCollector, SpanIndex, SpanLoc, Step};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
-use crate::fs::chunk_cache::ChunkCache;
+use crate::fs::chunk_cache::{CacheWriter, ChunkCache};
+use crate::fs::chunk_list::{ChunkList, ChunkListWriter};
 use crate::fs::dest::{Dest, ExistingKind, Meta, TempFile};
 use crate::fs::names::{self, escape, split_parent};
 use crate::proto::{
@@ -27,6 +28,7 @@ use crate::proto::{
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
@@ -114,17 +116,27 @@ struct Listed {
     done: bool,
 }
 
-/// The basis a delta rebuild reads from.
+/// The basis a delta rebuild reads from. Its memory does not grow with its
+/// size past [`FULL_INDEX_CHUNKS`]: the spans are in memory (~100 bytes per
+/// ~768 KiB), each file's chunk list in a file, and the chunks of a lacked
+/// span are looked for in a window of the basis around where it belongs.
 #[derive(Default)]
 struct Basis {
     files: Vec<File>,
-    index: ChunkIndex,
-    /// Each file's chunks, and the spans they make.
-    chunks: Vec<Vec<Chunk>>,
+    /// Each file's chunk list.
+    lists: Vec<ChunkList>,
     spans: SpanIndex,
+    /// Every chunk by hash, while the bases have few enough.
+    full: Option<ChunkIndex>,
     /// Which of `files` were indexed from the chunk cache.
     cached: Vec<usize>,
 }
+
+/// Bases of up to this many chunks together (~384 MiB) have all their chunks
+/// indexed in memory (~4 MiB), so that a chunk is found wherever it moved;
+/// past it, only near where it belongs (see [`SpanIndex::window`]). Also the
+/// entries a chunk list keeps in memory before it moves to a file.
+const FULL_INDEX_CHUNKS: usize = 1 << 16;
 
 enum Incoming {
     /// Asked for, nothing arrived yet.
@@ -172,9 +184,6 @@ impl Part {
     }
 }
 
-/// A recipe as the chunk cache keeps it: (length, hash) per chunk.
-type Recipe = Vec<(u32, ChunkHash)>;
-
 struct Rebuilding {
     temp: TempFile,
     hasher: blake3::Hasher,
@@ -191,7 +200,11 @@ struct Rebuilding {
     /// Size and hash from `RecipeEnd`, once it came.
     end: Option<(u64, [u8; 32])>,
     /// The recipe so far (length, hash), for the chunk cache.
-    recipe: Recipe,
+    recipe: Option<CacheWriter>,
+    /// The last span of the new file found in the basis.
+    last_known: Option<SpanLoc>,
+    /// The basis chunks of the last window looked through, by hash.
+    window: Option<(delta::Window, ChunkIndex)>,
     /// Room for joined copies from the basis (allocated on first use).
     copy_buf: Vec<u8>,
 }
@@ -1065,10 +1078,11 @@ impl Receiver<'_> {
             let basis = if delta {
                 self.delta_in_flight += 1;
                 let cache = self.chunk_cache.clone();
+                let spill = self.spill_dir(index);
                 Some(
                     std::thread::Builder::new()
                         .name("ferry-basis".into())
-                        .spawn(move || index_bases(bases, cache.as_deref()))
+                        .spawn(move || index_bases(bases, cache.as_deref(), spill))
                         .map_err(|e| TransferError::local("thread", &e))?,
                 )
             } else {
@@ -1079,6 +1093,17 @@ impl Receiver<'_> {
             self.send(Message::Want { file: index, delta })?;
         }
         Ok(())
+    }
+
+    /// Where the chunk list of a large basis for entry `index` may go: the
+    /// directory its new version is written to.
+    fn spill_dir(&mut self, index: u32) -> Option<Arc<OwnedFd>> {
+        let rel = &self.entries[index as usize].rel;
+        let parent = match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => rel[..i].to_vec(),
+            None => b".".to_vec(),
+        };
+        self.dest.as_mut()?.dir(&parent).ok()
     }
 
     /// Files whose chunks may rebuild entry `index`: the old file at its path,
@@ -1621,39 +1646,66 @@ impl Receiver<'_> {
         let mut plan = delta::Plan::default();
         let mut listed = chunks.as_slice();
         let mut first = 0u32;
-        for (sp, have) in batch {
-            match have {
-                Some(loc) => {
-                    let basis_chunks = &r.basis.chunks[loc.basis as usize];
-                    for c in &basis_chunks[loc.first..loc.first + loc.chunks as usize] {
-                        let at = delta::Location {
-                            basis: loc.basis,
-                            offset: c.offset,
-                            len: c.len,
-                        };
-                        r.planner.copy(at, &mut plan);
-                        r.recipe.push((c.len, c.hash));
+        let rb = &mut *r;
+        let mut i = 0;
+        while i < batch.len() {
+            if let (_, Some(loc)) = batch[i] {
+                // a span we have: copied whole, in pieces a joined copy takes
+                let mut done = 0u64;
+                while done < loc.at.len {
+                    let len = (loc.at.len - done).min(COPY_RUN as u64) as u32;
+                    let at = delta::Location {
+                        basis: loc.basis,
+                        offset: loc.at.offset + done,
+                        len,
+                    };
+                    rb.planner.copy(at, &mut plan);
+                    done += len as u64;
+                }
+                if let Some(w) = &mut rb.recipe {
+                    let mut chunks = Vec::with_capacity(loc.at.chunks as usize);
+                    match rb.basis.lists[loc.basis as usize].read(
+                        loc.at.first,
+                        loc.at.chunks as usize,
+                        &mut chunks,
+                    ) {
+                        Ok(()) => chunks.iter().for_each(|(len, hash)| w.push(*len, hash)),
+                        Err(_) => rb.recipe = None,
                     }
                 }
-                None => {
-                    let n = sp.chunks as usize;
-                    if listed.len() < n {
-                        return Err(violation(format!(
-                            "sent fewer chunks for file {file} than its spans hold"
-                        )));
-                    }
-                    let (these, rest) = listed.split_at(n);
-                    if these.iter().map(|c| c.len as u64).sum::<u64>() != sp.len {
-                        return Err(violation(format!(
-                            "sent chunks for file {file} that do not add up to their span"
-                        )));
-                    }
-                    r.planner.chunks(these, first, &r.basis.index, &mut plan);
-                    r.recipe.extend(these.iter().map(|c| (c.len, c.hash)));
-                    listed = rest;
-                    first += n as u32;
-                }
+                rb.last_known = Some(loc);
+                i += 1;
+                continue;
             }
+            // a run of spans we lack, and the known span after it, if in this batch
+            let end = i + batch[i..].iter().take_while(|(_, h)| h.is_none()).count();
+            let next = batch.get(end).and_then(|(_, h)| *h);
+            let mut n = 0;
+            for (sp, _) in &batch[i..end] {
+                let these = listed.get(n..n + sp.chunks as usize).ok_or_else(|| {
+                    violation(format!(
+                        "sent fewer chunks for file {file} than its spans hold"
+                    ))
+                })?;
+                if these.iter().map(|c| c.len as u64).sum::<u64>() != sp.len {
+                    return Err(violation(format!(
+                        "sent chunks for file {file} that do not add up to their span"
+                    )));
+                }
+                n += these.len();
+            }
+            let (these, rest) = listed.split_at(n);
+            let index = match &rb.basis.full {
+                Some(index) => index,
+                None => window_index(&mut rb.window, &rb.basis, rb.last_known, next),
+            };
+            rb.planner.chunks(these, first, index, &mut plan);
+            if let Some(w) = &mut rb.recipe {
+                these.iter().for_each(|c| w.push(c.len, &c.hash));
+            }
+            listed = rest;
+            first += n as u32;
+            i = end;
         }
         if !listed.is_empty() {
             return Err(violation(format!(
@@ -1732,7 +1784,9 @@ impl Receiver<'_> {
                 short_seen: false,
                 pending: VecDeque::new(),
                 end: None,
-                recipe: Vec::new(),
+                recipe: self.chunk_cache.as_ref().and_then(|c| c.writer()),
+                last_known: None,
+                window: None,
                 copy_buf: Vec::new(),
             })),
             Err(msg) => {
@@ -1766,7 +1820,7 @@ impl Receiver<'_> {
             .ok_or_else(|| Self::not_requested(file, "the end"))?;
         // for a rebuilt file: its recipe (to cache once published) and the
         // bases whose cached chunk lists it trusted
-        let mut rebuilt: Option<(Recipe, Basis)> = None;
+        let mut rebuilt: Option<(Option<CacheWriter>, Basis)> = None;
         let (temp, ok) = match state {
             Incoming::Failed => {
                 self.failed_files.insert(file);
@@ -1857,8 +1911,8 @@ impl Receiver<'_> {
         if let (Some(cache), Some((recipe, basis)), Some(f)) =
             (&self.chunk_cache, rebuilt, published)
         {
-            if self.entries[file as usize].done {
-                cache.store(&f, &recipe);
+            if let (true, Some(recipe)) = (self.entries[file as usize].done, recipe) {
+                recipe.finish(&f);
                 for b in &basis.files {
                     if b.metadata().is_ok_and(|m| m.nlink() == 0) {
                         cache.forget(b);
@@ -2075,32 +2129,122 @@ fn write_error(e: &std::io::Error) -> String {
     format!("write failed: {}", io_text(e))
 }
 
-/// Reads every basis file once, indexing its chunks by hash.
-fn index_bases(files: Vec<File>, cache: Option<&ChunkCache>) -> Basis {
-    let mut b = Basis::default();
+/// What indexing one basis file collects: its spans, and its chunks while
+/// there is `room` for them in the full index.
+struct FileIndexer {
+    spans: SpanCollector,
+    few: Option<Vec<Chunk>>,
+    room: usize,
+    offset: u64,
+}
+
+impl FileIndexer {
+    fn new(room: Option<usize>) -> Self {
+        FileIndexer {
+            spans: SpanCollector::default(),
+            few: room.map(|_| Vec::new()),
+            room: room.unwrap_or(0),
+            offset: 0,
+        }
+    }
+
+    fn push(&mut self, len: u32, hash: &ChunkHash) {
+        self.spans.push(len, hash);
+        if let Some(v) = &mut self.few {
+            v.push(Chunk {
+                offset: self.offset,
+                len,
+                hash: *hash,
+            });
+            if v.len() > self.room {
+                self.few = None;
+            }
+        }
+        self.offset += len as u64;
+    }
+}
+
+/// Reads every basis file once (or its chunk cache entry), collecting its
+/// spans and chunk list, and every chunk by hash while there are few enough.
+fn index_bases(files: Vec<File>, cache: Option<&ChunkCache>, spill: Option<Arc<OwnedFd>>) -> Basis {
+    let mut b = Basis {
+        full: Some(ChunkIndex::default()),
+        ..Basis::default()
+    };
     for (i, f) in files.iter().enumerate() {
-        let chunks = match cache.and_then(|c| c.load(f)) {
-            Some(chunks) => {
+        let room = b.full.as_ref().map(|ix| FULL_INDEX_CHUNKS - ix.len());
+        let mut ix = FileIndexer::new(room);
+        let list = match cache.and_then(|c| c.load(f, |len, hash| ix.push(len, hash))) {
+            Some(list) => {
                 b.cached.push(i);
-                chunks
+                list
             }
             None => {
-                let mut chunks = Vec::new();
+                ix = FileIndexer::new(room);
+                let mut list = ChunkListWriter::new(spill.clone(), FULL_INDEX_CHUNKS);
+                let mut ok = true;
                 let mut chunker = Chunker::chunks_only(f);
                 while let Ok(Some((c, _))) = chunker.next_chunk() {
-                    chunks.push(c);
+                    ix.push(c.len, &c.hash);
+                    ok &= list.push(c.len, &c.hash).is_ok();
                 }
-                chunks
+                match list.finish() {
+                    Ok(list) if ok => list,
+                    // a list that could not be kept: this file offers nothing
+                    _ => {
+                        ix = FileIndexer::new(room);
+                        ChunkList::empty()
+                    }
+                }
             }
         };
-        for c in &chunks {
-            b.index.add(i as u32, c);
+        b.spans.add_file(ix.spans.finish());
+        match (&mut b.full, ix.few) {
+            (Some(index), Some(chunks)) => chunks.iter().for_each(|c| index.add(i as u32, c)),
+            _ => b.full = None,
         }
-        b.spans.add_file(i as u32, &chunks);
-        b.chunks.push(chunks);
+        b.lists.push(list);
     }
     b.files = files;
     b
+}
+
+/// The basis chunks near a run of lacked spans between the known spans
+/// `prev` and `next` (see [`SpanIndex::window`]), indexed by hash; the last
+/// window is kept, as runs close together often share it.
+fn window_index<'w>(
+    kept: &'w mut Option<(delta::Window, ChunkIndex)>,
+    basis: &Basis,
+    prev: Option<SpanLoc>,
+    next: Option<SpanLoc>,
+) -> &'w ChunkIndex {
+    let wanted = basis.spans.window(prev, next);
+    if kept.as_ref().is_none_or(|(w, _)| *w != wanted) {
+        let mut index = ChunkIndex::default();
+        let mut entries = Vec::new();
+        for (b, range) in &wanted {
+            let spans = &basis.spans.spans(*b)[range.clone()];
+            let (Some(start), Some(last)) = (spans.first(), spans.last()) else {
+                continue;
+            };
+            let count = (last.first + last.chunks as u64 - start.first) as usize;
+            entries.clear();
+            // unreadable: the window offers nothing, the chunks are asked for
+            if basis.lists[*b as usize]
+                .read(start.first, count, &mut entries)
+                .is_err()
+            {
+                continue;
+            }
+            let mut offset = start.offset;
+            for &(len, hash) in &entries {
+                index.add(*b, &Chunk { offset, len, hash });
+                offset += len as u64;
+            }
+        }
+        *kept = Some((wanted, index));
+    }
+    &kept.as_ref().expect("just set").1
 }
 
 /// Runs the copy steps of a rebuild up to its next literal.
