@@ -492,6 +492,13 @@ fn a_hostile_receiver_gets_nothing_that_was_not_listed() {
     )
     .unwrap_err();
     assert!(err.contains("not a regular file in the list"), "{err}");
+    // an acknowledgement of list entries never sent
+    let err = push_to_hostile(
+        Path::new(&format!("{}/", src.display())),
+        frame(&Message::ListAck { entries: 9 }),
+    )
+    .unwrap_err();
+    assert!(err.contains("acknowledged 9 list entries"), "{err}");
     // chunks of a file without a recipe
     let err = push_to_hostile(
         Path::new(&format!("{}/", src.display())),

@@ -19,6 +19,8 @@
 //! spans the receiver lacks, then a Recipe with those spans' chunks, answered
 //! by a Need for the chunks it lacks, then Data with them; RecipeEnd when the
 //! file is chunked, FileEnd when every batch is answered.
+//! While listing, the receiver says with ListAck how many entries it has
+//! taken in; the sender keeps at most LIST_AHEAD entries beyond that.
 //! The receiver ends with Finish(summary); the sender answers Bye.
 //! ```
 
@@ -52,6 +54,9 @@ pub const MAX_SPAN_BATCH: usize = 16;
 pub const MAX_SPAN_CHUNKS: usize = 512;
 /// Most ranges in one `Need` frame.
 pub const MAX_RANGES: usize = 65536;
+/// Entries the sender may list beyond those the receiver acknowledged with
+/// `ListAck`: what either side holds of the list at once.
+pub const LIST_AHEAD: u32 = 8192;
 /// Longest human-readable text (errors, reasons).
 pub const MAX_TEXT: usize = 64 << 10;
 
@@ -369,6 +374,12 @@ pub enum Message {
     ListEnd {
         io_error: bool,
     },
+    /// The receiver has taken in the first `entries` entries of the list
+    /// (each decided on, or asked for): the sender may list up to
+    /// [`LIST_AHEAD`] more.
+    ListAck {
+        entries: u32,
+    },
     /// The receiver wants file `file`: whole, or a recipe to rebuild it from
     /// chunks it already has.
     Want {
@@ -478,6 +489,7 @@ mod tag {
     pub const SEGMENT: u8 = 19;
     pub const SEGMENT_END: u8 = 20;
     pub const SPANS: u8 = 21;
+    pub const LIST_ACK: u8 = 22;
 }
 
 impl Message {
@@ -490,6 +502,7 @@ impl Message {
             Message::ListStart(_) => "ListStart",
             Message::Entry(_) => "Entry",
             Message::ListEnd { .. } => "ListEnd",
+            Message::ListAck { .. } => "ListAck",
             Message::Want { .. } => "Want",
             Message::Spans { .. } => "Spans",
             Message::Recipe { .. } => "Recipe",
@@ -542,6 +555,10 @@ impl Message {
             Message::ListEnd { io_error } => {
                 w.u8(tag::LIST_END);
                 w.bool(*io_error);
+            }
+            Message::ListAck { entries } => {
+                w.u8(tag::LIST_ACK);
+                w.varint(*entries as u64);
             }
             Message::Want { file, delta } => {
                 w.u8(tag::WANT);
@@ -713,6 +730,9 @@ impl Message {
             tag::ENTRY => Message::Entry(decode_entry(&mut r)?),
             tag::LIST_END => Message::ListEnd {
                 io_error: r.bool("io_error")?,
+            },
+            tag::LIST_ACK => Message::ListAck {
+                entries: file_index(&mut r)?,
             },
             tag::WANT => Message::Want {
                 file: file_index(&mut r)?,

@@ -57,6 +57,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         }),
         arb_entry().prop_map(Message::Entry),
         (any::<u32>(), any::<bool>()).prop_map(|(file, delta)| Message::Want { file, delta }),
+        any::<u32>().prop_map(|entries| Message::ListAck { entries }),
         (
             any::<u32>(),
             proptest::collection::vec(

@@ -11,6 +11,7 @@
 //! the session; what was written so far stays in partial files, never at a
 //! final path.
 
+use super::listing::{Listing, Names};
 use super::wire::{FrameReader, FrameWriter, Spares};
 use super::{text, Cancel, EventFn};
 use crate::chunk::{chunk_hash, Chunk, ChunkHash, Chunker, MAX_CHUNK, MIN_CHUNK};
@@ -23,7 +24,7 @@ use crate::fs::dest::{Dest, ExistingKind, Meta, TempFile};
 use crate::fs::names::{self, escape, split_parent};
 use crate::proto::{
     ChunkRef, Entry, Event, EventKind, Kind, ListStart, Message, Options, SpanRef, Summary,
-    BLOCK_SIZE,
+    BLOCK_SIZE, LIST_AHEAD,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -223,8 +224,10 @@ struct Receiver<'a> {
     list_start: Option<ListStart>,
     mapping: Mapping,
     requested: Option<Requested>,
-    entries: Vec<Listed>,
-    rel_names: HashSet<Vec<u8>>,
+    entries: Listing<Listed>,
+    rel_names: Names,
+    /// Entries taken in as last told to the sender with `ListAck`.
+    acked: u32,
     list_dirs: HashSet<Vec<u8>>,
     dirs: Vec<u32>,
     queue: VecDeque<u32>,
@@ -361,8 +364,9 @@ where
         list_start: None,
         mapping: Mapping::Under,
         requested,
-        entries: Vec::new(),
-        rel_names: HashSet::new(),
+        entries: Listing::default(),
+        rel_names: Names::default(),
+        acked: 0,
         list_dirs: HashSet::new(),
         dirs: Vec::new(),
         queue: VecDeque::new(),
@@ -502,6 +506,7 @@ impl Receiver<'_> {
             let msg = self.next(inbound)?;
             self.handle(msg)?;
             self.pump()?;
+            self.acknowledge()?;
         }
         self.finish()?;
         self.send(Message::Finish(self.summary))?;
@@ -510,6 +515,33 @@ impl Receiver<'_> {
             Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
             other => Err(violation(format!("sent {} instead of Bye", other.name()))),
         }
+    }
+
+    /// Tells the sender how far into the list we are, once that moved a
+    /// quarter of [`LIST_AHEAD`] (it lists at most that far beyond), and lets
+    /// go of the entries settled by then: below the first still queued, not
+    /// in flight. Directories stay for the end (their times and `--delete`),
+    /// and with `-H` every file (a later hard link may name it).
+    fn acknowledge(&mut self) -> Result<(), TransferError> {
+        let taken = match self.queue.front() {
+            Some(&i) => i,
+            None => self.entries.len() as u32,
+        };
+        if taken < self.acked.saturating_add(LIST_AHEAD / 4) {
+            return Ok(());
+        }
+        self.acked = taken;
+        let every_file = self.opts.hard_links;
+        let in_flight = &self.in_flight;
+        self.entries.let_go(taken, |i, l| {
+            l.kind == Kind::Dir
+                || (every_file && l.kind == Kind::File)
+                || in_flight.contains_key(&i)
+        });
+        if self.list_done {
+            return Ok(());
+        }
+        self.send(Message::ListAck { entries: taken })
     }
 
     /// Decides how names map to the destination and opens it: like rsync, a
@@ -778,7 +810,7 @@ impl Receiver<'_> {
         }
         self.check_entry(&e)?;
         let rel = self.map_name(&e.name)?;
-        if !self.rel_names.insert(rel.clone()) {
+        if !self.rel_names.insert(&rel) {
             return Err(violation(format!("listed {} twice", escape(&e.name))));
         }
         if e.kind == Kind::Dir {

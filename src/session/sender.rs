@@ -16,7 +16,7 @@ use crate::filter::Filters;
 use crate::fs::names::escape;
 use crate::fs::scan::{self, ScanItem, ScanOptions};
 use crate::proto::{
-    ChunkRef, Event, EventKind, Message, Options, Summary, BLOCK_SIZE, MAX_SPAN_BATCH,
+    ChunkRef, Event, EventKind, Message, Options, Summary, BLOCK_SIZE, LIST_AHEAD, MAX_SPAN_BATCH,
 };
 use std::collections::HashMap;
 use std::fs::File;
@@ -82,6 +82,8 @@ enum FromPeer {
         file: u32,
         ranges: Vec<(u32, u32)>,
     },
+    /// The receiver has taken in this many list entries.
+    ListAck(u32),
     Finish(Summary),
     /// An event from a remote receiver, for this client's callback.
     Event(Event),
@@ -92,11 +94,6 @@ enum FromPeer {
         result: Result<[u8; 32], String>,
     },
     Failed(TransferError),
-}
-
-struct Listed {
-    path: PathBuf,
-    wanted: bool,
 }
 
 /// A file whose recipe is being sent or answered. Every `Spans` and `Recipe`
@@ -113,6 +110,8 @@ struct PendingRecipe {
     /// Size and whole-file hash, once the recipe has ended.
     ended: Option<(u64, [u8; 32])>,
     stamp: Stamp,
+    /// The source, for messages.
+    path: PathBuf,
 }
 
 /// One `Spans` message: the chunks of its spans, and once the receiver asked
@@ -183,7 +182,12 @@ struct Sender<'a, W: Write> {
     writer: FrameWriter<W>,
     events: Option<&'a EventFn<'a>>,
     options: Options,
-    files: Vec<Option<Listed>>,
+    /// Regular files listed and not asked for yet, by index: at most
+    /// [`LIST_AHEAD`] entries beyond what the receiver acknowledged.
+    files: HashMap<u32, PathBuf>,
+    /// Entries listed so far, and as many acknowledged by the receiver.
+    listed: u32,
+    acked: u32,
     pending: HashMap<u32, PendingRecipe>,
     /// Files given up on mid-recipe: a `Need` the receiver sent before it
     /// heard is ignored.
@@ -231,7 +235,9 @@ where
         writer,
         events: cfg.events,
         options: cfg.options,
-        files: Vec::new(),
+        files: HashMap::new(),
+        listed: 0,
+        acked: 0,
         pending: HashMap::new(),
         given_up: Default::default(),
         packer: Packer::new(None),
@@ -275,6 +281,7 @@ fn read_requests<R: Read>(mut reader: FrameReader<R>, tx: mpsc::Sender<FromPeer>
         let out = match reader.recv() {
             Ok(Some(Message::Want { file, delta })) => FromPeer::Want { file, delta },
             Ok(Some(Message::Need { file, ranges })) => FromPeer::Need { file, ranges },
+            Ok(Some(Message::ListAck { entries })) => FromPeer::ListAck(entries),
             Ok(Some(Message::Event(e))) => FromPeer::Event(e),
             Ok(Some(Message::Finish(s))) => {
                 let _ = tx.send(FromPeer::Finish(s));
@@ -334,12 +341,13 @@ impl<W: Write> Sender<'_, W> {
             match item {
                 ScanItem::Entry(entry, path) => {
                     let regular = entry.kind == crate::proto::Kind::File && entry.link_to.is_none();
-                    self.files.push(regular.then_some(Listed {
-                        path,
-                        wanted: false,
-                    }));
+                    if regular {
+                        self.files.insert(self.listed, path);
+                    }
+                    self.listed += 1;
                     self.writer.send(&Message::Entry(entry))?;
-                    self.poll()
+                    self.poll()?;
+                    self.wait_for_ack()
                 }
                 ScanItem::Notice(t) => self.emit(EventKind::Notice, b"", t),
                 ScanItem::Error(t) => self.emit(EventKind::Error, b"", t),
@@ -426,6 +434,26 @@ impl<W: Write> Sender<'_, W> {
     }
 
     /// Serves whatever requests have arrived, without waiting.
+    /// While listing: once [`LIST_AHEAD`] entries are unacknowledged, serves
+    /// the receiver's requests until it has taken in more of the list.
+    fn wait_for_ack(&mut self) -> Result<(), TransferError> {
+        while self.listed - self.acked >= LIST_AHEAD {
+            // requests set aside while a file was sent come first
+            let job = match self.deferred.pop_front() {
+                Some(job) => job,
+                None => {
+                    self.writer.flush()?;
+                    self.rx
+                        .recv()
+                        .map_err(|_| TransferError::Connection("the receiver went away".into()))?
+                }
+            };
+            self.cancel.check()?;
+            self.handle(job)?;
+        }
+        Ok(())
+    }
+
     fn poll(&mut self) -> Result<(), TransferError> {
         while let Some(job) = self.deferred.pop_front() {
             self.handle(job)?;
@@ -470,22 +498,11 @@ impl<W: Write> Sender<'_, W> {
                         "asked for file data in a dry run".into(),
                     ));
                 }
-                let listed = self
-                    .files
-                    .get_mut(file as usize)
-                    .and_then(|f| f.as_mut())
-                    .ok_or_else(|| {
-                        TransferError::PeerMisbehaved(format!(
-                            "asked for file {file}, which is not a regular file in the list"
-                        ))
-                    })?;
-                if listed.wanted {
-                    return Err(TransferError::PeerMisbehaved(format!(
-                        "asked for file {file} twice"
-                    )));
-                }
-                listed.wanted = true;
-                let path = listed.path.clone();
+                let path = self.files.remove(&file).ok_or_else(|| {
+                    TransferError::PeerMisbehaved(format!(
+                        "asked for file {file}, which is not a regular file in the list or was asked for before"
+                    ))
+                })?;
                 if delta {
                     if self.pending.len() >= MAX_PENDING_RECIPES {
                         return Err(TransferError::PeerMisbehaved(
@@ -498,6 +515,19 @@ impl<W: Write> Sender<'_, W> {
                 }
             }
             FromPeer::Need { file, ranges } => self.send_needed(file, &ranges),
+            FromPeer::ListAck(entries) => {
+                if entries > self.listed || entries < self.acked {
+                    return Err(TransferError::PeerMisbehaved(format!(
+                        "acknowledged {entries} list entries of {}",
+                        self.listed
+                    )));
+                }
+                // the receiver asked for what it wants of those entries
+                // before it said so: the rest will not be asked for
+                self.acked = entries;
+                self.files.retain(|&i, _| i >= entries);
+                Ok(())
+            }
             FromPeer::Finish(s) => {
                 self.finished = Some(s);
                 Ok(())
@@ -734,6 +764,7 @@ impl<W: Write> Sender<'_, W> {
                 awaiting: Default::default(),
                 ended: None,
                 stamp: before,
+                path: path.to_path_buf(),
             },
         );
         let mut chunker = Chunker::new(&reader);
@@ -890,10 +921,7 @@ impl<W: Write> Sender<'_, W> {
             return self.writer.send(&Message::Recipe { file, chunks });
         }
         let batch = p.batches.remove(&id).expect("batch");
-        let path = self.files[file as usize]
-            .as_ref()
-            .map(|l| l.path.clone())
-            .unwrap_or_default();
+        let path = p.path.clone();
         self.packer.reset();
         for &(start, count) in ranges {
             for &i in &batch.listed[start as usize..(start + count) as usize] {
@@ -923,10 +951,7 @@ impl<W: Write> Sender<'_, W> {
             return Ok(());
         }
         let p = self.pending.remove(&file).expect("pending");
-        let path = self.files[file as usize]
-            .as_ref()
-            .map(|l| l.path.clone())
-            .unwrap_or_default();
+        let path = p.path;
         match stamp(&p.file) {
             Ok(after) if after == p.stamp && after.0 == size => {}
             Ok(_) => return self.give_up(file, &path, "changed while being sent".into()),

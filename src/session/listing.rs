@@ -1,0 +1,136 @@
+//! What the receiver keeps of the file list: entries by index while they are
+//! needed, and a fingerprint of every name — so that its memory follows the
+//! entries in play (at most [`crate::proto::LIST_AHEAD`] ahead, those being
+//! transferred, the directories), not the length of the list.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+
+/// List entries by their index in the list; settled ones can be let go.
+pub struct Listing<T> {
+    kept: HashMap<u32, T>,
+    count: u32,
+}
+
+impl<T> Default for Listing<T> {
+    fn default() -> Self {
+        Listing {
+            kept: HashMap::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<T> Listing<T> {
+    /// Adds the next entry of the list.
+    pub fn push(&mut self, entry: T) {
+        self.kept.insert(self.count, entry);
+        self.count += 1;
+    }
+
+    /// Entries listed so far, kept or not.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Entry `index`, unless it was let go (or never listed).
+    pub fn get(&self, index: usize) -> Option<&T> {
+        self.kept.get(&u32::try_from(index).ok()?)
+    }
+
+    /// Lets go of every kept entry below `below` that `keep` does not want.
+    pub fn let_go(&mut self, below: u32, mut keep: impl FnMut(u32, &T) -> bool) {
+        self.kept.retain(|&i, e| i >= below || keep(i, e));
+        if self.kept.capacity() > 4 * self.kept.len().max(1024) {
+            self.kept.shrink_to_fit();
+        }
+    }
+
+    /// Entries kept now.
+    #[cfg(test)]
+    pub fn kept(&self) -> usize {
+        self.kept.len()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Listing<T> {
+    type Output = T;
+    fn index(&self, index: usize) -> &T {
+        self.get(index).expect("a list entry still in play")
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Listing<T> {
+    fn index_mut(&mut self, index: usize) -> &mut T {
+        self.kept
+            .get_mut(&(index as u32))
+            .expect("a list entry still in play")
+    }
+}
+
+/// The destination names of the list, as 64-bit fingerprints keyed at random
+/// for each transfer (~16 bytes a name instead of the name): enough to refuse
+/// a name listed twice and to tell listed files from extraneous ones for
+/// `--delete`. Two names share a fingerprint with odds of about n²/2⁶⁵ (10⁻⁸
+/// for a million names), and then the second is refused as listed twice, or an
+/// extraneous file is kept: never a file lost.
+pub struct Names {
+    seen: HashSet<u64>,
+    key: RandomState,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names {
+            seen: HashSet::new(),
+            key: RandomState::new(),
+        }
+    }
+}
+
+impl Names {
+    /// Records `name`; false if it was recorded before.
+    pub fn insert(&mut self, name: &[u8]) -> bool {
+        let h = self.key.hash_one(name);
+        self.seen.insert(h)
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.seen.contains(&self.key.hash_one(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_let_go_are_gone_and_the_rest_stay_at_their_index() {
+        let mut l = Listing::default();
+        for i in 0..100u32 {
+            l.push(i * 10);
+        }
+        l.let_go(50, |i, _| i % 10 == 0);
+        assert_eq!(l.len(), 100);
+        assert_eq!(l.kept(), 55);
+        assert_eq!(l.get(20), Some(&200));
+        assert_eq!(l.get(21), None);
+        assert_eq!(l[60], 600);
+        l[60] = 7;
+        assert_eq!(l[60], 7);
+    }
+
+    #[test]
+    fn names_are_told_apart() {
+        let mut n = Names::default();
+        assert!(n.insert(b"a/b"));
+        assert!(!n.insert(b"a/b"));
+        assert!(n.insert(b"a/c"));
+        assert!(n.contains(b"a/c"));
+        assert!(!n.contains(b"a"));
+    }
+}
