@@ -85,6 +85,12 @@ pub fn plan(recipe: &[ChunkRef], index: &ChunkIndex) -> Plan {
     planner.extend(recipe, index)
 }
 
+/// Chunks asked for that a planner remembers, to copy a repeat from the new
+/// file instead of asking again (~1 MiB): past this many, a file mostly new
+/// (a checkpoint against the previous one) would make it grow with its size;
+/// repeats of later chunks are then asked for again.
+pub const MAX_REMEMBERED: usize = 1 << 14;
+
 /// Plans a recipe as it arrives: each part's plan can be acted on (asked for,
 /// copied) before the next arrives.
 #[derive(Default)]
@@ -117,7 +123,9 @@ impl Planner {
                 _ => match self.requested.get(&(c.hash, c.len)) {
                     Some(&offset) => Step::CopyOutput { offset, len: c.len },
                     None => {
-                        self.requested.insert((c.hash, c.len), self.out_offset);
+                        if self.requested.len() < MAX_REMEMBERED {
+                            self.requested.insert((c.hash, c.len), self.out_offset);
+                        }
                         match p.need.last_mut() {
                             Some((start, count)) if *start + *count == i => *count += 1,
                             _ => p.need.push((i, 1)),
@@ -690,6 +698,27 @@ mod tests {
             let lit = literal_bytes(&d);
             assert!(lit <= 3 * MAX_CHUNK, "{what}: {lit} literal bytes");
         }
+    }
+
+    #[test]
+    fn a_planner_remembers_a_bounded_number_of_chunks_asked_for() {
+        let chunk = |i: u32| ChunkRef {
+            len: 4096,
+            hash: *blake3::hash(&i.to_le_bytes())
+                .as_bytes()
+                .first_chunk()
+                .unwrap(),
+        };
+        let mut planner = Planner::default();
+        let index = ChunkIndex::default();
+        let first: Vec<ChunkRef> = (0..MAX_REMEMBERED as u32 + 10).map(chunk).collect();
+        let p = planner.extend(&first, &index);
+        assert_eq!(p.literal_bytes, first.len() as u64 * 4096);
+        assert_eq!(planner.requested.len(), MAX_REMEMBERED);
+        // a repeat of a remembered chunk is copied, one past the bound asked again
+        let p = planner.extend(&[chunk(5), chunk(MAX_REMEMBERED as u32 + 5)], &index);
+        assert!(matches!(p.steps[0], Step::CopyOutput { .. }));
+        assert!(matches!(p.steps[1], Step::Literal { .. }));
     }
 
     #[test]
