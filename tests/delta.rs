@@ -227,14 +227,7 @@ fn a_new_checkpoint_reuses_the_previous_one_in_a_sibling_directory() {
 
 /// Runs `ferry sync -a --stats` with its chunk cache in `cache`.
 fn sync_cached(cache: &Path, src: &Path, dst: &Path) -> (u64, u64, u64, u64) {
-    let out = std::process::Command::new(ferry_bin())
-        .env("FERRY_CACHE_DIR", cache)
-        .args(["sync", "-a", "--stats"])
-        .arg(src)
-        .arg(dst)
-        .output()
-        .unwrap();
-    stats(&stdout(&ok(out)))
+    sync_measured(cache, src, dst).0
 }
 
 #[test]

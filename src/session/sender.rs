@@ -360,23 +360,25 @@ impl<W: Write> Sender<'_, W> {
                 self.writer.flush()?;
                 return Ok(summary);
             }
-            let job = match self
-                .deferred
-                .pop_front()
-                .map(Ok)
-                .unwrap_or_else(|| self.rx.try_recv())
-            {
-                Ok(j) => j,
-                Err(_) => {
-                    self.writer.flush()?;
-                    self.rx
-                        .recv()
-                        .map_err(|_| TransferError::Connection("the receiver went away".into()))?
-                }
-            };
+            let job = self.next_job()?;
             self.cancel.check()?;
             self.handle(job)?;
         }
+    }
+
+    /// The next request: those set aside while a file was sent first, then
+    /// what arrived; waits (what was written flushed first) if there is none.
+    fn next_job(&mut self) -> Result<FromPeer, TransferError> {
+        if let Some(job) = self.deferred.pop_front() {
+            return Ok(job);
+        }
+        if let Ok(job) = self.rx.try_recv() {
+            return Ok(job);
+        }
+        self.writer.flush()?;
+        self.rx
+            .recv()
+            .map_err(|_| TransferError::Connection("the receiver went away".into()))
     }
 
     /// Starts a worker for each extra stream that has joined. Before the first
@@ -438,16 +440,7 @@ impl<W: Write> Sender<'_, W> {
     /// the receiver's requests until it has taken in more of the list.
     fn wait_for_ack(&mut self) -> Result<(), TransferError> {
         while self.listed - self.acked >= LIST_AHEAD {
-            // requests set aside while a file was sent come first
-            let job = match self.deferred.pop_front() {
-                Some(job) => job,
-                None => {
-                    self.writer.flush()?;
-                    self.rx
-                        .recv()
-                        .map_err(|_| TransferError::Connection("the receiver went away".into()))?
-                }
-            };
+            let job = self.next_job()?;
             self.cancel.check()?;
             self.handle(job)?;
         }
