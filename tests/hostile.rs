@@ -189,6 +189,23 @@ fn a_second_listing_or_an_orphan_is_refused() {
 }
 
 #[test]
+fn a_sender_listing_past_the_acknowledged_entries_is_refused() {
+    // files that are never sent keep the receiver from acknowledging: a
+    // sender must wait, and one that lists on is refused before the
+    // receiver holds more of its list
+    let (t, dest) = setup();
+    let items: Vec<Message> = (0..=ferry::proto::LIST_AHEAD)
+        .map(|i| Message::Entry(entry(&format!("f{i:05}"), Kind::File, 1)))
+        .collect();
+    let err = pull_from_hostile("data/", &dest, list(&items)).unwrap_err();
+    assert!(
+        err.contains("listed more than 8192 entries beyond those acknowledged"),
+        "{err}"
+    );
+    assert_contained(t.path(), &dest);
+}
+
+#[test]
 fn writing_through_a_planted_symlink_is_refused() {
     let (t, dest) = setup();
     let mut link = entry("link", Kind::Symlink, 0);

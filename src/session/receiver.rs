@@ -808,6 +808,11 @@ impl Receiver<'_> {
             // the destination is created only once there is something to put in it
             self.start(ls)?;
         }
+        if self.entries.len() as u64 >= self.acked as u64 + LIST_AHEAD as u64 {
+            return Err(violation(format!(
+                "listed more than {LIST_AHEAD} entries beyond those acknowledged"
+            )));
+        }
         self.check_entry(&e)?;
         let rel = self.map_name(&e.name)?;
         if !self.rel_names.insert(&rel) {
