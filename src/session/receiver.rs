@@ -55,6 +55,9 @@ pub struct Config<'a> {
 /// Frames from the transfer's streams, in one queue.
 enum Inbound {
     Primary(Result<Option<Message>, TransferError>),
+    /// Messages of the main stream that arrived together: passed on as one,
+    /// so that many small ones cost the receiver one wake-up.
+    Batch(Vec<Message>),
     Secondary(Result<Message, TransferError>),
 }
 
@@ -228,6 +231,8 @@ struct Receiver<'a> {
     rel_names: Names,
     /// Entries taken in as last told to the sender with `ListAck`.
     acked: u32,
+    /// The rest of a batch of messages from the main stream.
+    arrived: VecDeque<Message>,
     list_dirs: HashSet<Vec<u8>>,
     dirs: Vec<u32>,
     queue: VecDeque<u32>,
@@ -285,9 +290,27 @@ where
         std::thread::Builder::new()
             .name("ferry-recv-rx".into())
             .spawn(move || loop {
-                let m = reader.recv();
-                let more = matches!(m, Ok(Some(_)));
-                if tx.send(Inbound::Primary(m)).is_err() || !more {
+                let mut batch = Vec::new();
+                let last = loop {
+                    match reader.recv() {
+                        Ok(Some(m)) => batch.push(m),
+                        other => break Some(other),
+                    }
+                    // (a data block ends a batch: the channel's bound then
+                    // still bounds the bytes it holds)
+                    let big = matches!(
+                        batch.last(),
+                        Some(Message::Data { .. } | Message::Segment { .. })
+                    );
+                    if big || batch.len() == 64 || !reader.has_buffered_frame() {
+                        break None;
+                    }
+                };
+                if !batch.is_empty() && tx.send(Inbound::Batch(batch)).is_err() {
+                    return;
+                }
+                if let Some(m) = last {
+                    let _ = tx.send(Inbound::Primary(m));
                     return;
                 }
             })
@@ -367,6 +390,7 @@ where
         entries: Listing::default(),
         rel_names: Names::default(),
         acked: 0,
+        arrived: VecDeque::new(),
         list_dirs: HashSet::new(),
         dirs: Vec::new(),
         queue: VecDeque::new(),
@@ -466,8 +490,15 @@ impl Receiver<'_> {
     }
 
     /// The next frame from any stream. Extra streams may only carry segments.
-    fn next(&self, inbound: &mpsc::Receiver<Inbound>) -> Result<Message, TransferError> {
+    fn next(&mut self, inbound: &mpsc::Receiver<Inbound>) -> Result<Message, TransferError> {
+        if let Some(m) = self.arrived.pop_front() {
+            return Ok(m);
+        }
         match inbound.recv() {
+            Ok(Inbound::Batch(batch)) => {
+                self.arrived = batch.into();
+                Ok(self.arrived.pop_front().expect("batches are not empty"))
+            }
             Ok(Inbound::Primary(Ok(Some(m)))) => Ok(m),
             Ok(Inbound::Primary(Ok(None))) | Err(_) => Err(TransferError::Connection(
                 "the peer closed the connection".into(),

@@ -97,6 +97,14 @@ impl<R: Read> FrameReader<R> {
         Ok(Some(Message::decode_into(&self.buf, spare)?))
     }
 
+    /// Whether a whole frame is already buffered: [`recv`](Self::recv) would
+    /// return it without reading.
+    pub fn has_buffered_frame(&self) -> bool {
+        let b = self.inner.buffer();
+        b.len() >= 4
+            && frame::payload_len([b[0], b[1], b[2], b[3]]).is_ok_and(|len| b.len() >= 4 + len)
+    }
+
     /// Like [`recv`](Self::recv), but the end of the stream is an error.
     pub fn expect(&mut self) -> Result<Message, TransferError> {
         self.recv()?
@@ -272,5 +280,30 @@ impl<R: Read> FrameReader<R> {
             .received
             .fetch_add(N as u64, Ordering::Relaxed);
         Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffered_frame_is_seen_only_when_whole() {
+        let counters = Arc::new(Counters::default());
+        let mut w = FrameWriter::new(Vec::new(), counters.clone());
+        for file in 0..2 {
+            w.send(&Message::Want { file, delta: false }).unwrap();
+        }
+        w.flush().unwrap();
+        let bytes = w.inner.get_ref().clone();
+        // two whole frames, then the first three bytes of a third
+        let mut stream = bytes.clone();
+        stream.extend_from_slice(&bytes[..3]);
+        let mut r = FrameReader::new(stream.as_slice(), counters);
+        assert!(!r.has_buffered_frame(), "nothing read yet");
+        assert!(matches!(r.recv(), Ok(Some(Message::Want { file: 0, .. }))));
+        assert!(r.has_buffered_frame());
+        assert!(matches!(r.recv(), Ok(Some(Message::Want { file: 1, .. }))));
+        assert!(!r.has_buffered_frame(), "a partial frame is not whole");
     }
 }
