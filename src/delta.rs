@@ -277,18 +277,13 @@ pub struct SpanIndex {
 }
 
 impl SpanIndex {
-    /// Adds the next basis file's spans; it becomes basis number `self.files()`.
+    /// Adds the next basis file's spans: basis number one more than the last.
     pub fn add_file(&mut self, spans: Vec<([u8; 32], BasisSpan)>) {
         let basis = self.files.len() as u32;
         for (i, (hash, _)) in spans.iter().enumerate() {
             self.map.entry(*hash).or_insert((basis, i as u32));
         }
         self.files.push(spans.into_iter().map(|(_, s)| s).collect());
-    }
-
-    /// How many basis files were added.
-    pub fn files(&self) -> usize {
-        self.files.len()
     }
 
     /// The spans of basis file `basis`, in order.

@@ -11,7 +11,7 @@
 //! byte copied through it is hashed again into the rebuilt file's BLAKE3, and a
 //! file that fails that check has its bases' entries forgotten.
 
-use super::chunk_list::{ChunkList, ENTRY};
+use super::chunk_list::{entry, put_entry, ChunkList, ENTRY};
 use crate::chunk::{ChunkHash, MAX_CHUNK};
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
@@ -105,9 +105,9 @@ impl ChunkCache {
     /// `each` saw when it is `None`.
     pub fn load(&self, f: &File, mut each: impl FnMut(u32, &ChunkHash)) -> Option<ChunkList> {
         let s = stamp(f)?;
-        let entry = File::open(self.path(&s)).ok()?;
+        let on_disk = File::open(self.path(&s)).ok()?;
         let mut header = [0u8; HEADER];
-        entry.read_exact_at(&mut header, 0).ok()?;
+        on_disk.read_exact_at(&mut header, 0).ok()?;
         if &header[..12] != MAGIC {
             return None;
         }
@@ -121,7 +121,7 @@ impl ChunkCache {
         };
         let count = num(5);
         let body = count.checked_mul(ENTRY as u64)?;
-        if stored != s || entry.metadata().ok()?.len() != HEADER as u64 + body + 32 {
+        if stored != s || on_disk.metadata().ok()?.len() != HEADER as u64 + body + 32 {
             return None;
         }
         let mut hasher = blake3::Hasher::new();
@@ -129,26 +129,26 @@ impl ChunkCache {
         let (mut at, mut offset) = (0u64, 0u64);
         while at < body {
             let n = (body - at).min(IO_AT_ONCE as u64) as usize;
-            entry
+            on_disk
                 .read_exact_at(&mut buf[..n], HEADER as u64 + at)
                 .ok()?;
             hasher.update(&buf[..n]);
             for e in buf[..n].chunks_exact(ENTRY) {
-                let len = u32::from_le_bytes(e[..4].try_into().unwrap());
+                let (len, hash) = entry(e);
                 if len == 0 || len as usize > MAX_CHUNK {
                     return None;
                 }
-                each(len, e[4..].try_into().unwrap());
+                each(len, &hash);
                 offset += len as u64;
             }
             at += n as u64;
         }
         let mut stored_seal = [0u8; 32];
-        entry
+        on_disk
             .read_exact_at(&mut stored_seal, HEADER as u64 + body)
             .ok()?;
         (offset == s.size && seal(&header, &hasher.finalize()) == stored_seal)
-            .then(|| ChunkList::in_file(entry, HEADER as u64, count))
+            .then(|| ChunkList::in_file(on_disk, HEADER as u64, count))
     }
 
     /// Starts an entry, written as the chunks of a file come and kept by
@@ -162,7 +162,6 @@ impl ChunkCache {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let file = std::fs::OpenOptions::new()
-            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -245,8 +244,7 @@ pub struct CacheWriter {
 
 impl CacheWriter {
     pub fn push(&mut self, len: u32, hash: &ChunkHash) {
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(hash);
+        put_entry(&mut self.buf, len, hash);
         self.count += 1;
         self.bytes += len as u64;
         if self.buf.len() >= IO_AT_ONCE {

@@ -15,8 +15,23 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-/// Bytes of one entry: length (u32, little-endian) and hash.
+/// Bytes of one entry: length (u32, little-endian) and hash. The chunk
+/// cache's entries hold the same.
 pub const ENTRY: usize = 4 + 16;
+
+/// Appends one entry to `buf`.
+pub fn put_entry(buf: &mut Vec<u8>, len: u32, hash: &ChunkHash) {
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(hash);
+}
+
+/// The (length, hash) of an entry's [`ENTRY`] bytes.
+pub fn entry(e: &[u8]) -> (u32, ChunkHash) {
+    (
+        u32::from_le_bytes(e[..4].try_into().unwrap()),
+        e[4..ENTRY].try_into().unwrap(),
+    )
+}
 
 /// A finished chunk list.
 pub struct ChunkList {
@@ -58,6 +73,7 @@ impl ChunkList {
     }
 
     /// Whether the entries are in memory (a short list, or no file could be made).
+    #[cfg(test)]
     pub fn in_memory(&self) -> bool {
         matches!(self.store, Store::Memory(_))
     }
@@ -81,12 +97,7 @@ impl ChunkList {
                 &owned
             }
         };
-        out.extend(bytes.chunks_exact(ENTRY).map(|e| {
-            (
-                u32::from_le_bytes(e[..4].try_into().unwrap()),
-                e[4..].try_into().unwrap(),
-            )
-        }));
+        out.extend(bytes.chunks_exact(ENTRY).map(entry));
         Ok(())
     }
 }
@@ -116,8 +127,7 @@ impl ChunkListWriter {
     }
 
     pub fn push(&mut self, len: u32, hash: &ChunkHash) -> io::Result<()> {
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(hash);
+        put_entry(&mut self.buf, len, hash);
         self.count += 1;
         if self.file.is_none() && self.count as usize > self.keep {
             if let Some(dir) = self.spill_dir.take() {

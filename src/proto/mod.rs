@@ -732,7 +732,7 @@ impl Message {
                 io_error: r.bool("io_error")?,
             },
             tag::LIST_ACK => Message::ListAck {
-                entries: file_index(&mut r)?,
+                entries: r.count(u32::MAX as usize, "list entries")? as u32,
             },
             tag::WANT => Message::Want {
                 file: file_index(&mut r)?,

@@ -203,8 +203,8 @@ struct Rebuilding {
     pending: VecDeque<Vec<(SpanRef, Option<SpanLoc>)>>,
     /// Size and hash from `RecipeEnd`, once it came.
     end: Option<(u64, [u8; 32])>,
-    /// The recipe so far (length, hash), for the chunk cache.
-    recipe: Option<CacheWriter>,
+    /// The chunk cache entry of the new file, written as its recipe comes.
+    cache_entry: Option<CacheWriter>,
     /// The last span of the new file found in the basis.
     last_known: Option<SpanLoc>,
     /// The basis chunks of the last window looked through, by hash.
@@ -1166,11 +1166,7 @@ impl Receiver<'_> {
     /// Where the chunk list of a large basis for entry `index` may go: the
     /// directory its new version is written to.
     fn spill_dir(&mut self, index: u32) -> Option<Arc<OwnedFd>> {
-        let rel = &self.entries[index as usize].rel;
-        let parent = match rel.iter().rposition(|&b| b == b'/') {
-            Some(i) => rel[..i].to_vec(),
-            None => b".".to_vec(),
-        };
+        let parent = split_parent(&self.entries[index as usize].rel).0.to_vec();
         self.dest.as_mut()?.dir(&parent).ok()
     }
 
@@ -1730,7 +1726,7 @@ impl Receiver<'_> {
                     rb.planner.copy(at, &mut plan);
                     done += len as u64;
                 }
-                if let Some(w) = &mut rb.recipe {
+                if let Some(w) = &mut rb.cache_entry {
                     let mut chunks = Vec::with_capacity(loc.at.chunks as usize);
                     match rb.basis.lists[loc.basis as usize].read(
                         loc.at.first,
@@ -1738,7 +1734,7 @@ impl Receiver<'_> {
                         &mut chunks,
                     ) {
                         Ok(()) => chunks.iter().for_each(|(len, hash)| w.push(*len, hash)),
-                        Err(_) => rb.recipe = None,
+                        Err(_) => rb.cache_entry = None,
                     }
                 }
                 rb.last_known = Some(loc);
@@ -1768,7 +1764,7 @@ impl Receiver<'_> {
                 None => window_index(&mut rb.window, &rb.basis, rb.last_known, next),
             };
             rb.planner.chunks(these, first, index, &mut plan);
-            if let Some(w) = &mut rb.recipe {
+            if let Some(w) = &mut rb.cache_entry {
                 these.iter().for_each(|c| w.push(c.len, &c.hash));
             }
             listed = rest;
@@ -1852,7 +1848,7 @@ impl Receiver<'_> {
                 short_seen: false,
                 pending: VecDeque::new(),
                 end: None,
-                recipe: self.chunk_cache.as_ref().and_then(|c| c.writer()),
+                cache_entry: self.chunk_cache.as_ref().and_then(|c| c.writer()),
                 last_known: None,
                 window: None,
                 copy_buf: Vec::new(),
@@ -1886,7 +1882,7 @@ impl Receiver<'_> {
             .in_flight
             .remove(&file)
             .ok_or_else(|| Self::not_requested(file, "the end"))?;
-        // for a rebuilt file: its recipe (to cache once published) and the
+        // for a rebuilt file: its chunk cache entry (kept once published) and the
         // bases whose cached chunk lists it trusted
         let mut rebuilt: Option<(Option<CacheWriter>, Basis)> = None;
         let (temp, ok) = match state {
@@ -1928,12 +1924,12 @@ impl Receiver<'_> {
                     hasher,
                     rebuild,
                     end,
-                    recipe,
+                    cache_entry,
                     basis,
                     pending,
                     ..
                 } = *r;
-                rebuilt = Some((recipe, basis));
+                rebuilt = Some((cache_entry, basis));
                 if !pending.is_empty() {
                     return Err(violation(format!(
                         "ended file {file} before listing the spans asked for"
@@ -1976,11 +1972,11 @@ impl Receiver<'_> {
         self.publish(file, temp);
         // remember the new file's chunks: the next re-sync need not read it;
         // forget those of a basis the new file replaced
-        if let (Some(cache), Some((recipe, basis)), Some(f)) =
+        if let (Some(cache), Some((entry, basis)), Some(f)) =
             (&self.chunk_cache, rebuilt, published)
         {
-            if let (true, Some(recipe)) = (self.entries[file as usize].done, recipe) {
-                recipe.finish(&f);
+            if let (true, Some(entry)) = (self.entries[file as usize].done, entry) {
+                entry.finish(&f);
                 for b in &basis.files {
                     if b.metadata().is_ok_and(|m| m.nlink() == 0) {
                         cache.forget(b);

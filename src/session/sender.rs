@@ -831,14 +831,24 @@ impl<W: Write> Sender<'_, W> {
                 return Ok(());
             }
             self.writer.flush()?;
-            match self.rx.recv() {
-                Ok(FromPeer::Need { file, ranges }) if file == current => {
-                    self.send_needed(file, &ranges)?
-                }
-                Ok(FromPeer::Event(e)) => self.deliver(e)?,
-                Ok(FromPeer::Failed(e)) => return Err(e),
-                Ok(other) => self.deferred.push_back(other),
-                Err(_) => return Err(TransferError::Connection("the receiver went away".into())),
+            let job = self
+                .rx
+                .recv()
+                .map_err(|_| TransferError::Connection("the receiver went away".into()))?;
+            self.take_while_chunking(current, job)?;
+        }
+    }
+
+    /// A request that arrived while `current` is being chunked: its answers
+    /// and events are acted on now, the rest kept for later, in order.
+    fn take_while_chunking(&mut self, current: u32, job: FromPeer) -> Result<(), TransferError> {
+        match job {
+            FromPeer::Need { file, ranges } if file == current => self.send_needed(file, &ranges),
+            FromPeer::Event(e) => self.deliver(e),
+            FromPeer::Failed(e) => Err(e),
+            other => {
+                self.deferred.push_back(other);
+                Ok(())
             }
         }
     }
@@ -857,12 +867,7 @@ impl<W: Write> Sender<'_, W> {
                 continue;
             }
             match self.rx.try_recv() {
-                Ok(FromPeer::Need { file, ranges }) if file == current => {
-                    self.send_needed(file, &ranges)?
-                }
-                Ok(FromPeer::Event(e)) => self.deliver(e)?,
-                Ok(FromPeer::Failed(e)) => return Err(e),
-                Ok(other) => self.deferred.push_back(other),
+                Ok(job) => self.take_while_chunking(current, job)?,
                 Err(_) => break,
             }
         }
