@@ -69,6 +69,10 @@ pub struct TempFile {
     pos: u64,
     /// Up to where writeback has been started.
     flushed: u64,
+    /// Runs written by [`write_at`](Self::write_at) (one per segment arriving
+    /// on its own stream): where each ends and from where its writeback has
+    /// not been started yet.
+    runs: Vec<Run>,
     /// Whether this temp file lives in the partial directory (kept on failure).
     pub partial: bool,
 }
@@ -81,6 +85,18 @@ const BLOCK: u64 = 4096;
 
 /// How often a large file being written starts writeback of what came before.
 const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// At most this many runs of a file written at offsets are followed for
+/// writeback (a file is cut into one segment per stream).
+const MAX_RUNS: usize = 16;
+
+/// Bytes written in order from `flushed` up to `end`, not yet handed to
+/// writeback.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    flushed: u64,
+    end: u64,
+}
 
 fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
@@ -314,6 +330,7 @@ impl Dest {
             sparse,
             pos: 0,
             flushed: 0,
+            runs: Vec::new(),
             partial,
         })
     }
@@ -644,19 +661,46 @@ impl TempFile {
     /// waiting: the sync at the end of the transfer then finds little left to
     /// do, and a large file does not fill the page cache with dirty pages.
     fn start_writeback(&mut self) {
-        let len = std::num::NonZeroU64::new(self.pos - self.flushed);
-        let _ = rustix::fs::fadvise(&self.file, self.flushed, len, rustix::fs::Advice::DontNeed);
+        self.writeback(self.flushed, self.pos);
         self.flushed = self.pos;
     }
 
+    /// Starts writeback of `from..to` without waiting (`POSIX_FADV_DONTNEED`
+    /// writes dirty pages back and drops the clean ones).
+    fn writeback(&self, from: u64, to: u64) {
+        let len = std::num::NonZeroU64::new(to - from);
+        let _ = rustix::fs::fadvise(&self.file, from, len, rustix::fs::Advice::DontNeed);
+    }
+
     /// Writes bytes at `offset` (a segment of a file arriving over several
-    /// streams); the file's length is the furthest byte written.
+    /// streams); the file's length is the furthest byte written. Each run of
+    /// bytes written in order starts its writeback as [`write`](Self::write)
+    /// does, so the sync at the end finds little left to do here too.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         let end = offset + data.len() as u64;
         if !(self.sparse && data.iter().all(|&b| b == 0)) {
             self.file.write_all_at(data, offset)?;
         }
         self.pos = self.pos.max(end);
+        let run = match self.runs.iter().position(|r| r.end == offset) {
+            Some(i) => &mut self.runs[i],
+            None => {
+                if self.runs.len() == MAX_RUNS {
+                    self.runs.remove(0);
+                }
+                self.runs.push(Run {
+                    flushed: offset,
+                    end: offset,
+                });
+                self.runs.last_mut().expect("just pushed")
+            }
+        };
+        run.end = end;
+        if run.end - run.flushed >= WRITEBACK_STEP {
+            let (from, to) = (run.flushed, run.end);
+            run.flushed = to;
+            self.writeback(from, to);
+        }
         Ok(())
     }
 
@@ -684,5 +728,31 @@ impl TempFile {
             self.file.sync_all()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_written_side_by_side_each_start_their_writeback() {
+        // two segments of one file arriving interleaved (two streams), in
+        // pieces: each is followed as a run of its own, so writeback starts
+        // every WRITEBACK_STEP of each rather than never
+        let dir = tempfile::tempdir().unwrap();
+        let mut dest = Dest::open(dir.path(), false).unwrap();
+        let mut temp = dest.create_temp(b"big", false, false).unwrap();
+        let piece = vec![7u8; 1 << 20];
+        let half = 3 * WRITEBACK_STEP;
+        for i in 0..half / piece.len() as u64 {
+            let at = i * piece.len() as u64;
+            temp.write_at(at, &piece).unwrap();
+            temp.write_at(half + at, &piece).unwrap();
+        }
+        let runs: Vec<(u64, u64)> = temp.runs.iter().map(|r| (r.flushed, r.end)).collect();
+        assert_eq!(runs, vec![(half, half), (2 * half, 2 * half)]);
+        assert_eq!(temp.len(), 2 * half);
+        assert_eq!(temp.file.metadata().unwrap().len(), 2 * half);
     }
 }

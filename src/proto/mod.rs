@@ -690,14 +690,9 @@ impl Message {
 
     /// Decodes one frame payload. Every length and count is checked against its
     /// limit before use.
+    /// (A reader that can put a data block's bytes straight where they go
+    /// reads them after [`BlockHead::peek`] instead.)
     pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
-        Message::decode_into(payload, None)
-    }
-
-    /// Like [`Message::decode`]; the bytes of a `Data` or `Segment` go into
-    /// `spare` (a used block's buffer) instead of a new allocation.
-    pub fn decode_into(payload: &[u8], spare: Option<Vec<u8>>) -> Result<Message, DecodeError> {
-        let mut spare = spare;
         let mut r = Reader::new(payload);
         let t = r.u8("message type")?;
         let msg = match t {
@@ -802,15 +797,11 @@ impl Message {
                 }
                 Message::Need { file, ranges }
             }
-            tag::DATA => {
-                let file = file_index(&mut r)?;
-                let (compressed, raw_len, bytes) = decode_block(&mut r, spare.take())?;
-                Message::Data {
-                    file,
-                    compressed,
-                    raw_len,
-                    bytes,
-                }
+            tag::DATA | tag::SEGMENT => {
+                let head = BlockHead::read(&mut r, t)?;
+                let data = r.take(head.len, "data")?;
+                head.check()?;
+                head.into_message(data.to_vec())
             }
             tag::FILE_END => Message::FileEnd {
                 file: file_index(&mut r)?,
@@ -857,18 +848,6 @@ impl Message {
             }
             tag::BYE => Message::Bye,
             tag::STREAM_TOKEN => Message::StreamToken(r.token("stream token")?),
-            tag::SEGMENT => {
-                let file = file_index(&mut r)?;
-                let offset = r.varint("segment offset")?;
-                let (compressed, raw_len, bytes) = decode_block(&mut r, spare.take())?;
-                Message::Segment {
-                    file,
-                    offset,
-                    compressed,
-                    raw_len,
-                    bytes,
-                }
-            }
             tag::SEGMENT_END => Message::SegmentEnd {
                 file: file_index(&mut r)?,
                 offset: r.varint("segment offset")?,
@@ -899,21 +878,88 @@ impl Message {
     }
 }
 
-/// The block of file bytes a `Data` or `Segment` message carries: whether it
-/// is compressed, its length once decompressed, and the bytes.
-fn decode_block(
-    r: &mut Reader,
-    spare: Option<Vec<u8>>,
-) -> Result<(bool, u32, Vec<u8>), DecodeError> {
-    let compressed = r.bool("compressed")?;
-    let raw_len = r.count(BLOCK_SIZE, "data length")? as u32;
-    let mut bytes = spare.unwrap_or_default();
-    bytes.clear();
-    bytes.extend_from_slice(r.bytes(BLOCK_SIZE + 1024, "data")?);
-    if !compressed && bytes.len() != raw_len as usize {
-        return Err(DecodeError::Invalid("data length"));
+/// The longest [`BlockHead`] on the wire (a tag and varints of ten bytes).
+pub const MAX_BLOCK_HEAD: usize = 42;
+
+/// What a `Data` or `Segment` message says before its bytes, so that a reader
+/// can put the bytes straight into the buffer they will be used from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockHead {
+    /// A `Segment`'s offset; `None` for `Data`.
+    segment: Option<u64>,
+    file: u32,
+    compressed: bool,
+    raw_len: u32,
+    /// How many bytes follow the head.
+    pub len: usize,
+}
+
+impl BlockHead {
+    /// Reads the fields after the tag `t` (`DATA` or `SEGMENT`).
+    fn read(r: &mut Reader, t: u8) -> Result<BlockHead, DecodeError> {
+        let file = file_index(r)?;
+        let segment = match t {
+            tag::SEGMENT => Some(r.varint("segment offset")?),
+            _ => None,
+        };
+        Ok(BlockHead {
+            segment,
+            file,
+            compressed: r.bool("compressed")?,
+            raw_len: r.count(BLOCK_SIZE, "data length")? as u32,
+            len: r.count(BLOCK_SIZE + 1024, "data")?,
+        })
     }
-    Ok((compressed, raw_len, bytes))
+
+    /// Uncompressed bytes must be as long as the head says.
+    fn check(&self) -> Result<(), DecodeError> {
+        if !self.compressed && self.len != self.raw_len as usize {
+            return Err(DecodeError::Invalid("data length"));
+        }
+        Ok(())
+    }
+
+    /// The head a frame payload starts with, and how many of its bytes it
+    /// took, if `prefix` (the payload's first [`MAX_BLOCK_HEAD`] bytes, or all
+    /// of a shorter one) starts a well-formed `Data` or `Segment`. `None` for
+    /// any other payload: [`Message::decode`] judges those.
+    pub fn peek(prefix: &[u8]) -> Option<(BlockHead, usize)> {
+        let mut r = Reader::new(prefix);
+        let t = r.u8("message type").ok()?;
+        if t != tag::DATA && t != tag::SEGMENT {
+            return None;
+        }
+        let head = BlockHead::read(&mut r, t).ok()?;
+        head.check().ok()?;
+        Some((head, prefix.len() - r.remaining()))
+    }
+
+    /// The message, with `bytes` (`len` of them) as its block.
+    pub fn into_message(self, bytes: Vec<u8>) -> Message {
+        debug_assert_eq!(bytes.len(), self.len);
+        let BlockHead {
+            segment,
+            file,
+            compressed,
+            raw_len,
+            ..
+        } = self;
+        match segment {
+            Some(offset) => Message::Segment {
+                file,
+                offset,
+                compressed,
+                raw_len,
+                bytes,
+            },
+            None => Message::Data {
+                file,
+                compressed,
+                raw_len,
+                bytes,
+            },
+        }
+    }
 }
 
 /// Writes everything of a `Segment` message but its bytes.

@@ -138,12 +138,26 @@ proptest! {
     }
 
     #[test]
-    fn decoding_into_a_used_buffer_gives_the_same_message(msg in arb_message()) {
-        // a spare holding an older block's bytes, with room to spare
-        let mut spare = vec![0xAB; 5000];
-        spare.reserve(BLOCK_SIZE);
-        let payload = msg.to_payload();
-        prop_assert_eq!(Message::decode_into(&payload, Some(spare)).unwrap(), msg);
+    fn a_peeked_block_head_agrees_with_the_decoder(msg in arb_message(), cut in 0usize..64) {
+        // what a reader does with a data block's head (the first bytes of
+        // the payload), then its bytes, must give what decoding the whole
+        // payload gives: the same message, or (cut short) no message
+        let mut payload = msg.to_payload();
+        payload.truncate(payload.len().saturating_sub(cut % 2 * cut));
+        let prefix = &payload[..payload.len().min(MAX_BLOCK_HEAD)];
+        let block = matches!(msg, Message::Data { .. } | Message::Segment { .. });
+        let truncated = cut % 2 == 1;
+        if let Some((head, used)) = BlockHead::peek(prefix) {
+            prop_assert!(block);
+            let whole = used + head.len == payload.len();
+            let decoded = Message::decode(&payload);
+            prop_assert_eq!(whole, decoded.is_ok());
+            if whole {
+                prop_assert_eq!(head.into_message(payload[used..].to_vec()), msg);
+            }
+        } else {
+            prop_assert!(!block || truncated, "a whole block's head was not recognised");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::error::TransferError;
 use crate::proto::codec::Writer;
-use crate::proto::{frame, Message};
+use crate::proto::{frame, BlockHead, Message, MAX_BLOCK_HEAD};
 use std::io::{self, BufWriter, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +39,10 @@ impl Spares {
     }
 }
 
+/// The reader's buffer: many small frames per read, and smaller than a data
+/// block ([`crate::proto::BLOCK_SIZE`]) so that most of a block bypasses it.
+const READ_BUFFER: usize = 64 << 10;
+
 pub struct FrameReader<R> {
     /// Buffered: frames are small and many, and each unbuffered read would be a
     /// system call.
@@ -51,7 +55,9 @@ pub struct FrameReader<R> {
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R, counters: Arc<Counters>) -> Self {
         FrameReader {
-            inner: io::BufReader::with_capacity(256 << 10, inner),
+            // smaller than a data block: once the buffer is drained, the rest
+            // of a block is read from the stream straight into its own buffer
+            inner: io::BufReader::with_capacity(READ_BUFFER, inner),
             buf: Vec::new(),
             counters,
             spares: None,
@@ -82,19 +88,52 @@ impl<R: Read> FrameReader<R> {
             }
         }
         let len = frame::payload_len(header)?;
-        self.buf.resize(len, 0);
-        self.inner.read_exact(&mut self.buf).map_err(|e| {
+        // the bytes of a data block go straight into the buffer the message
+        // will carry (for large blocks, from the stream itself: see `new`);
+        // anything else is decoded from the whole payload
+        let mut head = [0u8; MAX_BLOCK_HEAD];
+        let n = len.min(MAX_BLOCK_HEAD);
+        self.read_exact(&mut head[..n])?;
+        let msg = match BlockHead::peek(&head[..n]).filter(|(h, used)| used + h.len == len) {
+            Some((block, used)) => {
+                let mut bytes = self.spares.as_ref().and_then(Spares::take);
+                let bytes = bytes.get_or_insert_with(Vec::new);
+                // a spare already holds initialised bytes: no need to zero them
+                if bytes.len() >= block.len {
+                    bytes.truncate(block.len);
+                } else {
+                    bytes.resize(block.len, 0);
+                }
+                let k = n - used;
+                bytes[..k].copy_from_slice(&head[used..n]);
+                self.read_exact(&mut bytes[k..])?;
+                block.into_message(std::mem::take(bytes))
+            }
+            None => {
+                self.buf.resize(len, 0);
+                self.buf[..n].copy_from_slice(&head[..n]);
+                let mut rest = std::mem::take(&mut self.buf);
+                let read = self.read_exact(&mut rest[n..]);
+                self.buf = rest;
+                read?;
+                Message::decode(&self.buf)?
+            }
+        };
+        self.counters
+            .received
+            .fetch_add(4 + len as u64, Ordering::Relaxed);
+        Ok(Some(msg))
+    }
+
+    /// Reads exactly `buf.len()` bytes of a frame.
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), TransferError> {
+        self.inner.read_exact(buf).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 TransferError::Connection("the peer closed the connection mid-frame".into())
             } else {
                 read_error(&e)
             }
-        })?;
-        self.counters
-            .received
-            .fetch_add(4 + len as u64, Ordering::Relaxed);
-        let spare = self.spares.as_ref().and_then(Spares::take);
-        Ok(Some(Message::decode_into(&self.buf, spare)?))
+        })
     }
 
     /// Whether a whole frame is already buffered: [`recv`](Self::recv) would
@@ -305,5 +344,83 @@ mod tests {
         assert!(r.has_buffered_frame());
         assert!(matches!(r.recv(), Ok(Some(Message::Want { file: 1, .. }))));
         assert!(!r.has_buffered_frame(), "a partial frame is not whole");
+    }
+
+    #[test]
+    fn data_blocks_read_into_used_buffers_arrive_whole() {
+        // blocks shorter and longer than a head, than the read buffer and
+        // than the spares, between small messages, read into spares holding
+        // older bytes (longer and shorter than the block)
+        let counters = Arc::new(Counters::default());
+        let mut w = FrameWriter::new(Vec::new(), counters.clone());
+        let mut sent = Vec::new();
+        for (i, len) in [
+            0,
+            1,
+            41,
+            42,
+            43,
+            5000,
+            READ_BUFFER + 7,
+            crate::proto::BLOCK_SIZE,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let bytes: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
+            sent.push(Message::Want {
+                file: i as u32,
+                delta: true,
+            });
+            sent.push(Message::Data {
+                file: i as u32,
+                compressed: false,
+                raw_len: len as u32,
+                bytes: bytes.clone(),
+            });
+            sent.push(Message::Segment {
+                file: i as u32,
+                offset: u64::MAX - len as u64,
+                compressed: false,
+                raw_len: len as u32,
+                bytes,
+            });
+        }
+        for m in &sent {
+            w.send(m).unwrap();
+        }
+        w.flush().unwrap();
+        let stream = w.inner.get_ref().clone();
+        let spares = Spares::default();
+        let mut r = FrameReader::new(stream.as_slice(), counters.clone());
+        r.reuse(spares.clone());
+        for m in &sent {
+            spares.give(vec![0xAB; 3000]);
+            spares.give(vec![0xCD; crate::proto::BLOCK_SIZE + 100]);
+            assert_eq!(&r.recv().unwrap().unwrap(), m);
+        }
+        assert!(r.recv().unwrap().is_none());
+        assert_eq!(
+            counters.received.load(Ordering::Relaxed),
+            stream.len() as u64
+        );
+    }
+
+    #[test]
+    fn a_data_frame_longer_than_its_block_is_refused() {
+        let counters = Arc::new(Counters::default());
+        let mut payload = Message::Data {
+            file: 1,
+            compressed: false,
+            raw_len: 3,
+            bytes: b"abc".to_vec(),
+        }
+        .to_payload();
+        payload.push(0);
+        let mut stream = Vec::new();
+        frame::put_frame(&mut stream, &payload);
+        let mut r = FrameReader::new(stream.as_slice(), counters);
+        let err = r.recv().unwrap_err().to_string();
+        assert!(err.contains("trailing"), "{err}");
     }
 }
