@@ -8,7 +8,7 @@
 //! is read from the chunk cache's entry when it came from there.
 
 use crate::chunk::ChunkHash;
-use rustix::fs::{Mode, OFlags};
+use crate::fs::dest::unnamed_file;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -159,17 +159,6 @@ impl ChunkListWriter {
             count: self.count,
         })
     }
-}
-
-/// A new file in `dir` with no name: it disappears when closed.
-fn unnamed_file(dir: &OwnedFd) -> io::Result<File> {
-    let fd = rustix::fs::openat(
-        dir,
-        ".",
-        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?;
-    Ok(File::from(fd))
 }
 
 #[cfg(test)]

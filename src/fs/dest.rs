@@ -8,7 +8,10 @@
 //! in the tree (even one swapped in while we work) can lead a write outside it.
 //! Files are written under a temporary name (in the hidden partial directory, or
 //! a dot-name beside the target) and renamed into place only when complete, so a
-//! reader never sees a half-written file.
+//! reader never sees a half-written file. A new file is written with no
+//! name at all (`O_TMPFILE`) and linked into place when complete: one directory
+//! change instead of three (create, rename's insert and remove), and nothing
+//! left behind if the process dies.
 
 use crate::fs::names::{escape, split_parent};
 use crate::fs::PARTIAL_DIR;
@@ -29,6 +32,20 @@ pub struct Dest {
     /// The last directory resolved: entries arrive in tree order, so most
     /// lookups hit it.
     last: Option<(Vec<u8>, Arc<OwnedFd>)>,
+    /// How an unnamed file gets its name here: unknown until first needed;
+    /// `None` inside when this system cannot (no `O_TMPFILE` on the
+    /// filesystem, or neither way of linking it allowed).
+    link_by: Option<Option<LinkBy>>,
+}
+
+/// The two ways to give a file opened with `O_TMPFILE` a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkBy {
+    /// `linkat(fd, "", …, AT_EMPTY_PATH)`: needs `CAP_DAC_READ_SEARCH` on
+    /// older kernels.
+    EmptyPath,
+    /// `linkat(AT_FDCWD, "/proc/self/fd/N", …, AT_SYMLINK_FOLLOW)`: needs /proc.
+    Proc,
 }
 
 /// File metadata to apply.
@@ -128,6 +145,7 @@ impl Dest {
             root: Arc::new(fd),
             root_path: path.to_path_buf(),
             last: None,
+            link_by: None,
         })
     }
 
@@ -143,6 +161,7 @@ impl Dest {
             root,
             root_path: path,
             last: None,
+            link_by: self.link_by,
         })
     }
 
@@ -271,8 +290,31 @@ impl Dest {
     /// Creates the file that will become `rel`: in the partial directory when
     /// `partial` (an interrupted run leaves it there to resume from), else under
     /// a hidden temporary name beside the target.
-    pub fn create_temp(&mut self, rel: &[u8], partial: bool, sparse: bool) -> io::Result<TempFile> {
+    /// With `unnamed` (for a new file), the file has no name until
+    /// [`publish`](Self::publish) links it into place, where this system
+    /// allows that.
+    pub fn create_temp(
+        &mut self,
+        rel: &[u8],
+        partial: bool,
+        sparse: bool,
+        unnamed: bool,
+    ) -> io::Result<TempFile> {
         let (dir, name) = self.parent(rel)?;
+        if unnamed && !partial && self.link_by(&dir).is_some() {
+            if let Ok(file) = unnamed_file(&dir) {
+                return Ok(TempFile {
+                    dir,
+                    name: Vec::new(),
+                    file,
+                    sparse,
+                    pos: 0,
+                    flushed: 0,
+                    runs: Vec::new(),
+                    partial,
+                });
+            }
+        }
         let (tdir, tname) = if partial {
             match rustix::fs::mkdirat(&*dir, PARTIAL_DIR, Mode::from_raw_mode(0o700)) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
@@ -304,10 +346,7 @@ impl Dest {
             }
             (pdir, name.clone())
         } else {
-            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let mut t = b".".to_vec();
-            t.extend_from_slice(&name[..name.len().min(200)]);
-            t.extend_from_slice(format!(".ferry-{}-{n}", std::process::id()).as_bytes());
+            let t = temp_name(&name);
             (dir, t)
         };
         let fd = rustix::fs::openat(
@@ -342,8 +381,43 @@ impl Dest {
         if let Some(suffix) = backup {
             self.backup(&dir, &name, suffix)?;
         }
+        if temp.name.is_empty() {
+            return self.link_unnamed(&temp.file, &dir, &name);
+        }
         rustix::fs::renameat(&*temp.dir, temp.name.as_slice(), &*dir, name.as_slice())
             .map_err(to_io)
+    }
+
+    /// Gives an unnamed file the name `name` in `dir`: linked there directly
+    /// when the name is free, else linked under a temporary name and renamed
+    /// over what is there (atomically, as for a named temporary file).
+    fn link_unnamed(&mut self, file: &File, dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
+        let by = self
+            .link_by(dir)
+            .ok_or_else(|| io::Error::other("cannot link an unnamed file here"))?;
+        match link_fd(by, file, dir, name) {
+            Err(rustix::io::Errno::EXIST) => {}
+            other => return other.map_err(to_io),
+        }
+        let tmp = temp_name(name);
+        link_fd(by, file, dir, &tmp).map_err(to_io)?;
+        rustix::fs::renameat(dir, tmp.as_slice(), dir, name).map_err(|e| {
+            let _ = rustix::fs::unlinkat(dir, tmp.as_slice(), AtFlags::empty());
+            to_io(e)
+        })
+    }
+
+    /// How unnamed files get a name in this destination, found out once by
+    /// linking a probe file in `dir` (and removing it again).
+    fn link_by(&mut self, dir: &OwnedFd) -> Option<LinkBy> {
+        *self.link_by.get_or_insert_with(|| {
+            let file = unnamed_file(dir).ok()?;
+            let probe = temp_name(b"probe");
+            [LinkBy::EmptyPath, LinkBy::Proc].into_iter().find(|&by| {
+                link_fd(by, &file, dir, &probe).is_ok()
+                    && rustix::fs::unlinkat(dir, probe.as_slice(), AtFlags::empty()).is_ok()
+            })
+        })
     }
 
     /// Removes the partial directory beside `rel` if it is empty (called once per
@@ -370,7 +444,9 @@ impl Dest {
 
     /// Removes a temporary file (a failed transfer that leaves no partial).
     pub fn discard(&mut self, temp: TempFile) {
-        let _ = rustix::fs::unlinkat(&*temp.dir, temp.name.as_slice(), AtFlags::empty());
+        if !temp.name.is_empty() {
+            let _ = rustix::fs::unlinkat(&*temp.dir, temp.name.as_slice(), AtFlags::empty());
+        }
     }
 
     /// Creates or replaces `rel` with a symlink to `target`, atomically.
@@ -508,6 +584,35 @@ fn lock(fd: &OwnedFd) -> io::Result<()> {
             to_io(e)
         }
     })
+}
+
+/// A new file in `dir` with no name (`O_TMPFILE`): it disappears when closed
+/// unless linked somewhere first.
+pub(crate) fn unnamed_file(dir: &OwnedFd) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Links the open (unnamed) `file` as `name` in `dir`.
+fn link_fd(by: LinkBy, file: &File, dir: &OwnedFd, name: &[u8]) -> rustix::io::Result<()> {
+    match by {
+        LinkBy::EmptyPath => rustix::fs::linkat(file, c"", dir, name, AtFlags::EMPTY_PATH),
+        LinkBy::Proc => {
+            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                path.as_str(),
+                dir,
+                name,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+        }
+    }
 }
 
 fn temp_name(name: &[u8]) -> Vec<u8> {
@@ -742,7 +847,7 @@ mod tests {
         // every WRITEBACK_STEP of each rather than never
         let dir = tempfile::tempdir().unwrap();
         let mut dest = Dest::open(dir.path(), false).unwrap();
-        let mut temp = dest.create_temp(b"big", false, false).unwrap();
+        let mut temp = dest.create_temp(b"big", false, false, false).unwrap();
         let piece = vec![7u8; 1 << 20];
         let half = 3 * WRITEBACK_STEP;
         for i in 0..half / piece.len() as u64 {
@@ -754,5 +859,51 @@ mod tests {
         assert_eq!(runs, vec![(half, half), (2 * half, 2 * half)]);
         assert_eq!(temp.len(), 2 * half);
         assert_eq!(temp.file.metadata().unwrap().len(), 2 * half);
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_unnamed_file_is_invisible_until_published_then_linked_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old"), b"old contents").unwrap();
+        let mut dest = Dest::open(dir.path(), false).unwrap();
+        for (rel, body) in [(&b"new"[..], &b"fresh"[..]), (b"old", b"replaced")] {
+            let mut temp = dest.create_temp(rel, false, false, true).unwrap();
+            assert!(temp.name.is_empty(), "this filesystem has O_TMPFILE");
+            temp.write(body).unwrap();
+            let meta = Meta {
+                mode: Some(0o640),
+                ..Meta::default()
+            };
+            temp.finish(&meta, false).unwrap();
+            // nothing under any name until published
+            let before = names(dir.path());
+            assert!(
+                before.iter().all(|n| n == "new" || n == "old"),
+                "{before:?}"
+            );
+            dest.publish(temp, rel, None).unwrap();
+            let path = dir.path().join(std::str::from_utf8(rel).unwrap());
+            assert_eq!(std::fs::read(&path).unwrap(), body);
+            let mode = std::fs::metadata(&path).unwrap().permissions();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o640
+            );
+        }
+        assert_eq!(names(dir.path()), ["new", "old"]);
+        // given up on: nothing to remove, nothing left
+        let mut temp = dest.create_temp(b"gone", false, false, true).unwrap();
+        temp.write(b"half").unwrap();
+        dest.discard(temp);
+        assert_eq!(names(dir.path()), ["new", "old"]);
     }
 }

@@ -1282,8 +1282,10 @@ impl Receiver<'_> {
         if partial {
             self.partial_dirs.insert(split_parent(&rel).0.to_vec());
         }
+        // a new file goes without a name until it is linked into place
+        let unnamed = l.is_new;
         let dest = self.dest.as_mut().expect("destination open");
-        dest.create_temp(&rel, partial, self.opts.sparse)
+        dest.create_temp(&rel, partial, self.opts.sparse, unnamed)
             .map_err(|e| {
                 format!(
                     "cannot create a temporary file for {}: {}",
