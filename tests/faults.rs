@@ -221,6 +221,76 @@ fn sigkill_at_fifty_moments_never_leaves_a_partial_file_at_a_final_path() {
 }
 
 #[test]
+fn a_fresh_copy_killed_mid_file_leaves_no_temporary_file_behind() {
+    // files under the partial threshold (1 MiB) arriving slowly, so that a
+    // kill lands while one of them is being written: a new file has no name
+    // until it is whole, so nothing but whole files is left (before, a
+    // hidden `.name.ferry-PID-N` stayed behind)
+    let t = tmp();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    for i in 0..40u64 {
+        write(
+            &src.join(format!("d{}/f{i:02}", i / 10)),
+            random_bytes(512 << 10, i),
+        );
+    }
+    for (round, delay_ms) in [300u64, 650, 1000].into_iter().enumerate() {
+        let _ = std::fs::remove_dir_all(&dst);
+        let mut child = Command::new(ferry_bin())
+            .args([
+                "sync",
+                "-a",
+                "--bwlimit",
+                "4M",
+                &format!("{}/", s(&src)),
+                &format!("{}/", s(&dst)),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: finished before the kill"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut whole = 0;
+        for entry in walk(&dst) {
+            let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with('.'),
+                "round {round}: left behind {}",
+                entry.display()
+            );
+            if entry.is_file() {
+                let rel = entry.strip_prefix(&dst).unwrap();
+                assert_eq!(
+                    std::fs::read(&entry).unwrap(),
+                    std::fs::read(src.join(rel)).unwrap()
+                );
+                whole += 1;
+            }
+        }
+        assert!(whole < 40, "round {round}: the copy was not interrupted");
+    }
+}
+
+/// Every path under `dir`, depth first.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
 fn a_directory_swapped_for_a_symlink_mid_transfer_never_leads_writes_outside() {
     let t = tmp();
     let (src, dst, outside) = (
