@@ -2249,11 +2249,10 @@ fn index_bases(files: Vec<File>, cache: Option<&ChunkCache>, spill: Option<Arc<O
                 ix = FileIndexer::new(room);
                 let mut list = ChunkListWriter::new(spill.clone(), FULL_INDEX_CHUNKS);
                 let mut ok = true;
-                let mut chunker = Chunker::chunks_only(f);
-                while let Ok(Some((c, _))) = chunker.next_chunk() {
-                    ix.push(c.len, &c.hash);
-                    ok &= list.push(c.len, &c.hash).is_ok();
-                }
+                chunk_basis(f, spill.clone(), |len, hash| {
+                    ix.push(len, hash);
+                    ok &= list.push(len, hash).is_ok();
+                });
                 match list.finish() {
                     Ok(list) if ok => list,
                     // a list that could not be kept: this file offers nothing
@@ -2273,6 +2272,144 @@ fn index_bases(files: Vec<File>, cache: Option<&ChunkCache>, spill: Option<Arc<O
     }
     b.files = files;
     b
+}
+
+/// Basis files at least this large are chunked by two threads, one from the
+/// start and one from the middle.
+const TWO_THREAD_CHUNKING: u64 = 64 << 20;
+
+/// How many of the second thread's first cuts the first thread tries to meet.
+const SYNC_CUTS: usize = 64;
+
+/// Chunks a basis file, giving each chunk's length and hash to `each` in file
+/// order: the same chunks one pass from the start would give. A large file is
+/// chunked by two threads (the receiver otherwise indexes its old file on one
+/// core while the other waits): one from the middle into a chunk list, the
+/// other from the start until one of its cuts meets one of the first thread's
+/// (content-defined cuts depend only on the bytes after the last cut, so from
+/// a common cut on both find the same chunks); the rest then comes from the
+/// list. Where no cut meets (long runs cut only at the maximum size, as in
+/// zeros), the first thread carries on to the end alone. A read error ends
+/// the chunks early: a basis only offers bytes to reuse.
+fn chunk_basis(f: &File, spill: Option<Arc<OwnedFd>>, each: impl FnMut(u32, &ChunkHash)) {
+    let two = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    chunk_basis_from(
+        f,
+        spill,
+        if two { TWO_THREAD_CHUNKING } else { u64::MAX },
+        each,
+    )
+}
+
+/// [`chunk_basis`], with two threads for files of at least `two_from` bytes.
+fn chunk_basis_from(
+    f: &File,
+    spill: Option<Arc<OwnedFd>>,
+    two_from: u64,
+    mut each: impl FnMut(u32, &ChunkHash),
+) {
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let two = size >= two_from;
+    if !two {
+        let mut chunker = Chunker::chunks_only(f);
+        while let Ok(Some((c, _))) = chunker.next_chunk() {
+            each(c.len, &c.hash);
+        }
+        return;
+    }
+    let mid = size / 2;
+    let stop = &std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (starts_tx, starts_rx) = mpsc::sync_channel::<Vec<u64>>(1);
+        let second = std::thread::Builder::new()
+            .name("ferry-basis-2".into())
+            .spawn_scoped(scope, move || {
+                // where each of its chunks starts, for the first SYNC_CUTS
+                let mut starts = Some(Vec::with_capacity(SYNC_CUTS));
+                let mut list = ChunkListWriter::new(spill, FULL_INDEX_CHUNKS);
+                let mut chunker = Chunker::chunks_only(ReadAt { file: f, pos: mid });
+                while let Ok(Some((c, _))) = chunker.next_chunk() {
+                    if let Some(v) = &mut starts {
+                        v.push(mid + c.offset);
+                        if v.len() == SYNC_CUTS {
+                            let _ = starts_tx.send(starts.take().expect("just seen"));
+                        }
+                    }
+                    if list.push(c.len, &c.hash).is_err()
+                        || stop.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        return None;
+                    }
+                }
+                if let Some(v) = starts {
+                    let _ = starts_tx.send(v);
+                }
+                list.finish().ok()
+            });
+        let Ok(second) = second else {
+            // no thread: one pass from the start
+            let mut chunker = Chunker::chunks_only(f);
+            while let Ok(Some((c, _))) = chunker.next_chunk() {
+                each(c.len, &c.hash);
+            }
+            return;
+        };
+        let mut starts: Option<Vec<u64>> = None;
+        let mut met = None;
+        let mut chunker = Chunker::chunks_only(ReadAt { file: f, pos: 0 });
+        while let Ok(Some((c, _))) = chunker.next_chunk() {
+            each(c.len, &c.hash);
+            let end = c.offset + c.len as u64;
+            if end < mid || met.is_some() {
+                continue;
+            }
+            let starts = starts.get_or_insert_with(|| starts_rx.recv().unwrap_or_default());
+            match starts.binary_search(&end) {
+                Ok(k) => {
+                    met = Some(k);
+                    break;
+                }
+                // past the cuts it could meet: on alone
+                Err(k) if k == starts.len() => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    met = None;
+                    starts.clear();
+                }
+                Err(_) => {}
+            }
+        }
+        let rest = second.join().ok().flatten();
+        if let (Some(k), Some(rest)) = (met, rest) {
+            let mut batch = Vec::new();
+            let mut next = k as u64;
+            while next < rest.len() {
+                batch.clear();
+                let n = (rest.len() - next).min(4096) as usize;
+                if rest.read(next, n, &mut batch).is_err() {
+                    return;
+                }
+                for (len, hash) in &batch {
+                    each(*len, hash);
+                }
+                next += n as u64;
+            }
+        }
+    });
+}
+
+/// Reads a file from `pos` on with `pread`, leaving its offset alone (two
+/// threads read the same file).
+struct ReadAt<'f> {
+    file: &'f File,
+    pos: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// The basis chunks near a run of lacked spans between the known spans
@@ -2401,7 +2538,53 @@ fn link_stays_inside(rel: &[u8], target: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::link_stays_inside;
+    use super::{chunk_basis_from, link_stays_inside};
+    use crate::chunk::{chunk_slice, ChunkHash};
+    use std::io::Write;
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_basis_chunked_by_two_threads_gives_the_chunks_of_one_pass() {
+        let mib = 1 << 20;
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("random", random(6 * mib, 1)),
+            // cut only at the maximum size, the middle off their grid: no
+            // cut meets, the first thread goes on alone
+            ("zeros", vec![0; 6 * mib + 1000]),
+            ("zeros across the middle", {
+                let mut v = random(2 * mib, 2);
+                v.extend(vec![0u8; 2 * mib]);
+                v.extend(random(2 * mib, 3));
+                v
+            }),
+            ("random, then zeros from the middle", {
+                let mut v = random(3 * mib, 4);
+                v.extend(vec![0u8; 3 * mib]);
+                v
+            }),
+        ];
+        for (what, data) in cases {
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(&data).unwrap();
+            let want: Vec<(u32, ChunkHash)> =
+                chunk_slice(&data).iter().map(|c| (c.len, c.hash)).collect();
+            let mut got = Vec::new();
+            chunk_basis_from(&f, None, mib as u64, |len, hash| got.push((len, *hash)));
+            assert_eq!(got.len(), want.len(), "{what}: chunk count");
+            assert!(got == want, "{what}: chunks differ");
+        }
+    }
 
     #[test]
     fn symlink_containment() {
