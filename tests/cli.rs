@@ -377,6 +377,47 @@ fn unchanged_tree_transfers_nothing() {
 }
 
 #[test]
+fn without_v_the_receiver_sends_back_no_message_per_file_and_with_v_lists_each() {
+    // the receiver's side of a copy of many small files: its requests, but
+    // not three events per file that nobody prints (before: ~110 bytes back
+    // per file, now ~10)
+    let t = tmp();
+    let src = t.path().join("src");
+    for i in 0..2000 {
+        write(
+            &src.join(format!("d{}/file-with-a-longish-name-{i:05}", i / 500)),
+            b"x",
+        );
+    }
+    let copy = |dst: &str, verbose: bool| {
+        let mut args = vec!["sync", "-a", "--stats"];
+        if verbose {
+            args.push("-v");
+        }
+        let (from, to) = (
+            format!("{}/", src.display()),
+            format!("{}/", t.path().join(dst).display()),
+        );
+        args.extend([from.as_str(), to.as_str()]);
+        ok(ferry(&args))
+    };
+    let quiet = copy("quiet", false);
+    let (_, _, _, received) = stats(&stdout(&quiet));
+    assert!(
+        received < 2000 * 30,
+        "{received} bytes came back for 2000 files"
+    );
+    assert!(!stdout(&quiet).contains("file-with-a-longish-name"));
+    let listed = copy("listed", true);
+    let names = stdout(&listed)
+        .lines()
+        .filter(|l| l.contains("file-with-a-longish-name-"))
+        .count();
+    assert_eq!(names, 2000, "-v lists every file");
+    assert_same_tree(&src, &t.path().join("quiet"), false);
+}
+
+#[test]
 fn a_file_replaces_a_directory_and_back() {
     let t = tmp();
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));

@@ -121,6 +121,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         partial: !a.no_partial || a.partial_progress,
         cp_mode: false,
         dirs: false,
+        file_events: a.verbose > 0 || progress || a.dry_run,
         streams: 0, // below, once the locations are known
         backup_suffix: a
             .backup
@@ -156,7 +157,11 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
 }
 
 fn cp(a: CpArgs) -> Result<i32, TransferError> {
+    // like scp: progress per file when stdout is a terminal
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let progress = tty && !a.quiet;
     let options = Options {
+        file_events: a.verbose || progress,
         recursive: a.recursive,
         follow_links: true,
         perms: a.preserve,
@@ -196,8 +201,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             extra: false,
         },
     };
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let printer = Printer::new(a.verbose as u8, a.quiet, tty && !a.quiet, false, false);
+    let printer = Printer::new(a.verbose as u8, a.quiet, progress, false, false);
     run_plan(&plan, &printer, false)
 }
 

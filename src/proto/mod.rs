@@ -184,6 +184,10 @@ pub struct Options {
     pub cp_mode: bool,
     /// List a directory's entries without recursing (rsync `-d`; `ferry ls`).
     pub dirs: bool,
+    /// The requester shows each file (`-v`, `--progress`, a dry run): a remote
+    /// receiver sends an event per file. Without it, only errors, notices
+    /// and the overall progress (a few times a second) come back.
+    pub file_events: bool,
     /// Make backups of replaced or deleted files with this suffix.
     pub backup_suffix: Option<Vec<u8>>,
     /// Filter rules, first match wins: (include?, pattern).
@@ -216,7 +220,7 @@ impl Options {
     }
 }
 
-const OPT_FLAGS: [fn(&mut Options) -> &mut bool; 18] = [
+const OPT_FLAGS: [fn(&mut Options) -> &mut bool; 19] = [
     |o| &mut o.recursive,
     |o| &mut o.links,
     |o| &mut o.follow_links,
@@ -235,6 +239,7 @@ const OPT_FLAGS: [fn(&mut Options) -> &mut bool; 18] = [
     |o| &mut o.partial,
     |o| &mut o.cp_mode,
     |o| &mut o.dirs,
+    |o| &mut o.file_events,
 ];
 
 impl Options {

@@ -90,6 +90,8 @@ const SIMILAR_DIR_LIMIT: usize = 10_000;
 /// Files smaller than this are written under a temporary name rather than in
 /// the partial directory: an interrupted small file is simply sent again.
 const PARTIAL_MIN_SIZE: u64 = 1 << 20;
+/// Overall progress goes to a remote requester at most this often.
+const OVERALL_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Progress events at most every this many bytes.
 const PROGRESS_STEP: u64 = 1 << 20;
 
@@ -259,6 +261,8 @@ struct Receiver<'a> {
     bytes_done: u64,
     /// Metadata was changed on an existing entry (needs the final sync too).
     touched: bool,
+    /// When the overall progress last went to a remote requester.
+    overall_sent: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 /// Regular files of a destination directory with their sizes.
@@ -411,6 +415,7 @@ where
         progress: HashMap::new(),
         bytes_done: 0,
         touched: false,
+        overall_sent: std::cell::Cell::new(None),
     };
     let result = r.run(&inbound, cancel);
     match result {
@@ -469,6 +474,16 @@ impl Receiver<'_> {
     }
 
     fn emit(&self, kind: EventKind, name: &[u8], a: u64, b: u64, text: String) {
+        // a remote requester that shows no file gets no event per file (three
+        // messages per small file, each a wake-up of the writer at this end
+        // and of the reader at the other)
+        let per_file = matches!(
+            kind,
+            EventKind::Updated | EventKind::Progress | EventKind::Deleted
+        );
+        if per_file && self.events.is_none() && !self.opts.file_events {
+            return;
+        }
         let e = Event {
             kind,
             name: name.to_vec(),
@@ -1463,6 +1478,14 @@ impl Receiver<'_> {
     }
 
     fn emit_overall(&self) {
+        // to a remote requester a few times a second, and at the end
+        if self.events.is_none() && self.bytes_done < self.summary.total_size {
+            let now = std::time::Instant::now();
+            match self.overall_sent.get() {
+                Some(t) if now.duration_since(t) < OVERALL_EVERY => return,
+                _ => self.overall_sent.set(Some(now)),
+            }
+        }
         self.emit(
             EventKind::Overall,
             b"",
