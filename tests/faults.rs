@@ -290,6 +290,78 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// A small tmpfs with few inodes, unmounted when dropped (needs root, as
+/// the README's test command runs).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, inodes: u32) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size=4M,nr_inodes={inodes}"),
+                "none",
+            ])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_destination_out_of_inodes_fails_the_files_that_do_not_fit_and_ends() {
+    // empty files (nothing but their end arrives) that cannot be created:
+    // each is reported and the transfer ends with 23 (it used to wait
+    // forever for the files it had given up on)
+    let t = tmp();
+    let src = t.path().join("src");
+    for i in 0..30 {
+        write(&src.join(format!("e{i:02}")), b"");
+    }
+    let fs = Tmpfs::mount(&t.path().join("tiny"), 12);
+    let dst = fs.0.join("d");
+    let mut child = Command::new(ferry_bin())
+        .args([
+            "sync",
+            "-a",
+            &format!("{}/", s(&src)),
+            &format!("{}/", s(&dst)),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the transfer did not end");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(23));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let failed = err.lines().filter(|l| l.contains("no inodes left")).count();
+    let copied = std::fs::read_dir(&dst).unwrap().count();
+    assert!(
+        copied > 0 && failed > 0,
+        "{copied} copied, {failed} failed:\n{err}"
+    );
+    assert_eq!(copied + failed, 30, "{err}");
+}
+
 #[test]
 fn a_directory_swapped_for_a_symlink_mid_transfer_never_leads_writes_outside() {
     let t = tmp();

@@ -536,6 +536,12 @@ impl Dest {
         Some(st.f_bavail * st.f_frsize)
     }
 
+    /// Whether the destination's filesystem has run out of inodes (a full
+    /// disk with bytes to spare).
+    pub fn out_of_inodes(&self) -> bool {
+        rustix::fs::fstatvfs(&*self.root).is_ok_and(|st| st.f_files > 0 && st.f_favail == 0)
+    }
+
     /// Makes everything written under the destination durable (one `syncfs`
     /// rather than one fsync per file).
     pub fn sync_all(&self) -> io::Result<()> {

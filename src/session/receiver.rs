@@ -1504,16 +1504,30 @@ impl Receiver<'_> {
             let rel = self.entries[file as usize].rel.clone();
             if let Some(dest) = &self.dest {
                 let free = dest.free_space().unwrap_or(0);
-                msg = format!(
-                    "{}: {msg} ({free} bytes free, {} needed; the old file is kept)",
-                    dest.show(&rel),
-                    self.entries[file as usize].size
-                );
+                let why = if dest.out_of_inodes() {
+                    format!("no inodes left, {free} bytes free")
+                } else {
+                    format!(
+                        "{free} bytes free, {} needed",
+                        self.entries[file as usize].size
+                    )
+                };
+                msg = format!("{}: {msg} ({why}; the old file is kept)", dest.show(&rel));
             }
         }
         self.progress.remove(&file);
         self.file_error(&name, msg);
         self.in_flight.insert(file, Incoming::Failed);
+        Ok(())
+    }
+
+    /// [`abandon`](Self::abandon) for a file whose end has arrived: nothing
+    /// more comes for it, so it must not stay in flight (the transfer would
+    /// wait for it forever).
+    fn abandon_ended(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
+        self.abandon(file, msg)?;
+        self.in_flight.remove(&file);
+        self.failed_files.insert(file);
         Ok(())
     }
 
@@ -1932,12 +1946,13 @@ impl Receiver<'_> {
                 );
                 return self.finish_segmented(file);
             }
+            // an empty file: nothing came before its end
             Incoming::Waiting { delta: false, .. } => match self.new_temp(file) {
                 Ok(t) => {
                     let empty = *blake3::Hasher::new().finalize().as_bytes();
                     (t, size == 0 && hash == empty)
                 }
-                Err(msg) => return self.abandon(file, msg),
+                Err(msg) => return self.abandon_ended(file, msg),
             },
             Incoming::Whole { temp, hasher } => {
                 let ok = temp.len() == size && *hasher.finalize().as_bytes() == hash;
