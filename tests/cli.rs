@@ -379,8 +379,8 @@ fn unchanged_tree_transfers_nothing() {
 #[test]
 fn without_v_the_receiver_sends_back_no_message_per_file_and_with_v_lists_each() {
     // the receiver's side of a copy of many small files: its requests, but
-    // not three events per file that nobody prints (before: ~110 bytes back
-    // per file, now ~10)
+    // not three events per file that nobody prints (before: 106 bytes back
+    // per file, now 8)
     let t = tmp();
     let src = t.path().join("src");
     for i in 0..2000 {
