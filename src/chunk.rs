@@ -218,10 +218,12 @@ pub fn chunk_slice(data: &[u8]) -> Vec<Chunk> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn random(n: usize, seed: u64) -> Vec<u8> {
+    /// `n` pseudo-random bytes (xorshift; `seed` not 0), for tests here and
+    /// elsewhere.
+    pub(crate) fn random(n: usize, seed: u64) -> Vec<u8> {
         let mut s = seed;
         (0..n)
             .map(|_| {

@@ -2577,20 +2577,9 @@ fn link_stays_inside(rel: &[u8], target: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::{chunk_basis_from, link_stays_inside};
+    use crate::chunk::tests::random;
     use crate::chunk::{chunk_slice, ChunkHash};
     use std::io::Write;
-
-    fn random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     #[test]
     fn a_basis_chunked_by_two_threads_gives_the_chunks_of_one_pass() {
