@@ -1496,9 +1496,25 @@ impl Receiver<'_> {
     }
 
     /// Gives up on one file after a local problem (cannot create or write it):
-    /// it is reported and counted, what the sender still sends for it is
-    /// ignored, and the rest of the transfer goes on.
-    fn abandon(&mut self, file: u32, mut msg: String) -> Result<(), TransferError> {
+    /// it is reported and counted, what the sender still sends for it up to
+    /// its end is ignored, and the rest of the transfer goes on.
+    fn abandon(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
+        self.report_abandoned(file, msg);
+        self.in_flight.insert(file, Incoming::Failed);
+        Ok(())
+    }
+
+    /// [`abandon`](Self::abandon) for a file whose end has arrived: nothing
+    /// more comes for it, so it is not left in flight (the transfer would
+    /// wait for it forever).
+    fn abandon_ended(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
+        self.report_abandoned(file, msg);
+        self.failed_files.insert(file);
+        Ok(())
+    }
+
+    /// Reports a file given up on, saying what is short when the disk is full.
+    fn report_abandoned(&mut self, file: u32, mut msg: String) {
         let name = self.entries[file as usize].name.clone();
         if msg.contains("No space left") {
             let rel = self.entries[file as usize].rel.clone();
@@ -1517,18 +1533,6 @@ impl Receiver<'_> {
         }
         self.progress.remove(&file);
         self.file_error(&name, msg);
-        self.in_flight.insert(file, Incoming::Failed);
-        Ok(())
-    }
-
-    /// [`abandon`](Self::abandon) for a file whose end has arrived: nothing
-    /// more comes for it, so it must not stay in flight (the transfer would
-    /// wait for it forever).
-    fn abandon_ended(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
-        self.abandon(file, msg)?;
-        self.in_flight.remove(&file);
-        self.failed_files.insert(file);
-        Ok(())
     }
 
     /// Bytes of a segment: they go to `offset`, continuing a segment in
@@ -2347,13 +2351,11 @@ fn chunk_basis_from(
     mut each: impl FnMut(u32, &ChunkHash),
 ) {
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let two = size >= two_from;
-    if !two {
-        let mut chunker = Chunker::chunks_only(f);
-        while let Ok(Some((c, _))) = chunker.next_chunk() {
+    if size < two_from {
+        return chunk_from(f, 0, |c| {
             each(c.len, &c.hash);
-        }
-        return;
+            true
+        });
     }
     let mid = size / 2;
     let stop = &std::sync::atomic::AtomicBool::new(false);
@@ -2362,77 +2364,75 @@ fn chunk_basis_from(
         let second = std::thread::Builder::new()
             .name("ferry-basis-2".into())
             .spawn_scoped(scope, move || {
-                // where each of its chunks starts, for the first SYNC_CUTS
+                // where its first SYNC_CUTS chunks start, sent once known
                 let mut starts = Some(Vec::with_capacity(SYNC_CUTS));
                 let mut list = ChunkListWriter::new(spill, FULL_INDEX_CHUNKS);
-                let mut chunker = Chunker::chunks_only(ReadAt { file: f, pos: mid });
-                while let Ok(Some((c, _))) = chunker.next_chunk() {
+                let mut ok = true;
+                chunk_from(f, mid, |c| {
                     if let Some(v) = &mut starts {
                         v.push(mid + c.offset);
                         if v.len() == SYNC_CUTS {
                             let _ = starts_tx.send(starts.take().expect("just seen"));
                         }
                     }
-                    if list.push(c.len, &c.hash).is_err()
-                        || stop.load(std::sync::atomic::Ordering::Relaxed)
-                    {
-                        return None;
-                    }
-                }
+                    ok = list.push(c.len, &c.hash).is_ok();
+                    ok && !stop.load(std::sync::atomic::Ordering::Relaxed)
+                });
                 if let Some(v) = starts {
                     let _ = starts_tx.send(v);
                 }
-                list.finish().ok()
+                list.finish().ok().filter(|_| ok)
             });
-        let Ok(second) = second else {
-            // no thread: one pass from the start
-            let mut chunker = Chunker::chunks_only(f);
-            while let Ok(Some((c, _))) = chunker.next_chunk() {
-                each(c.len, &c.hash);
-            }
-            return;
-        };
-        let mut starts: Option<Vec<u64>> = None;
+        // the first: from the start until one of its cuts is where one of
+        // the second's chunks starts (then `met` is that chunk's number)
         let mut met = None;
-        let mut chunker = Chunker::chunks_only(ReadAt { file: f, pos: 0 });
-        while let Ok(Some((c, _))) = chunker.next_chunk() {
+        let mut starts: Option<Vec<u64>> = None;
+        chunk_from(f, 0, |c| {
             each(c.len, &c.hash);
             let end = c.offset + c.len as u64;
-            if end < mid || met.is_some() {
-                continue;
+            if end < mid || second.is_err() || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return true;
             }
             let starts = starts.get_or_insert_with(|| starts_rx.recv().unwrap_or_default());
             match starts.binary_search(&end) {
                 Ok(k) => {
-                    met = Some(k);
-                    break;
+                    met = Some(k as u64);
+                    return false;
                 }
-                // past the cuts it could meet: on alone
+                // past the cuts it could meet: on alone to the end
                 Err(k) if k == starts.len() => {
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    met = None;
-                    starts.clear();
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed)
                 }
                 Err(_) => {}
             }
-        }
-        let rest = second.join().ok().flatten();
-        if let (Some(k), Some(rest)) = (met, rest) {
-            let mut batch = Vec::new();
-            let mut next = k as u64;
-            while next < rest.len() {
-                batch.clear();
-                let n = (rest.len() - next).min(4096) as usize;
-                if rest.read(next, n, &mut batch).is_err() {
-                    return;
-                }
-                for (len, hash) in &batch {
-                    each(*len, hash);
-                }
-                next += n as u64;
+            true
+        });
+        let rest = second.ok().and_then(|t| t.join().ok().flatten());
+        let (Some(mut next), Some(rest)) = (met, rest) else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while next < rest.len() {
+            batch.clear();
+            let n = (rest.len() - next).min(4096) as usize;
+            if rest.read(next, n, &mut batch).is_err() {
+                return;
             }
+            batch.iter().for_each(|(len, hash)| each(*len, hash));
+            next += n as u64;
         }
     });
+}
+
+/// Chunks `f` from `pos` to its end (or a read error), while `go` wants more;
+/// chunk offsets are from `pos`.
+fn chunk_from(f: &File, pos: u64, mut go: impl FnMut(&Chunk) -> bool) {
+    let mut chunker = Chunker::chunks_only(ReadAt { file: f, pos });
+    while let Ok(Some((c, _))) = chunker.next_chunk() {
+        if !go(&c) {
+            return;
+        }
+    }
 }
 
 /// Reads a file from `pos` on with `pread`, leaving its offset alone (two

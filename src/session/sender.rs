@@ -435,7 +435,6 @@ impl<W: Write> Sender<'_, W> {
         }
     }
 
-    /// Serves whatever requests have arrived, without waiting.
     /// While listing: once [`LIST_AHEAD`] entries are unacknowledged, serves
     /// the receiver's requests until it has taken in more of the list.
     fn wait_for_ack(&mut self) -> Result<(), TransferError> {
@@ -447,6 +446,7 @@ impl<W: Write> Sender<'_, W> {
         Ok(())
     }
 
+    /// Serves whatever requests have arrived, without waiting.
     fn poll(&mut self) -> Result<(), TransferError> {
         while let Some(job) = self.deferred.pop_front() {
             self.handle(job)?;

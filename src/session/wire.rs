@@ -93,7 +93,7 @@ impl<R: Read> FrameReader<R> {
         // anything else is decoded from the whole payload
         let mut head = [0u8; MAX_BLOCK_HEAD];
         let n = len.min(MAX_BLOCK_HEAD);
-        self.read_exact(&mut head[..n])?;
+        read_exact(&mut self.inner, &mut head[..n])?;
         let msg = match BlockHead::peek(&head[..n]).filter(|(h, used)| used + h.len == len) {
             Some((block, used)) => {
                 let mut bytes = self.spares.as_ref().and_then(Spares::take);
@@ -106,16 +106,13 @@ impl<R: Read> FrameReader<R> {
                 }
                 let k = n - used;
                 bytes[..k].copy_from_slice(&head[used..n]);
-                self.read_exact(&mut bytes[k..])?;
+                read_exact(&mut self.inner, &mut bytes[k..])?;
                 block.into_message(std::mem::take(bytes))
             }
             None => {
                 self.buf.resize(len, 0);
                 self.buf[..n].copy_from_slice(&head[..n]);
-                let mut rest = std::mem::take(&mut self.buf);
-                let read = self.read_exact(&mut rest[n..]);
-                self.buf = rest;
-                read?;
+                read_exact(&mut self.inner, &mut self.buf[n..])?;
                 Message::decode(&self.buf)?
             }
         };
@@ -123,17 +120,6 @@ impl<R: Read> FrameReader<R> {
             .received
             .fetch_add(4 + len as u64, Ordering::Relaxed);
         Ok(Some(msg))
-    }
-
-    /// Reads exactly `buf.len()` bytes of a frame.
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), TransferError> {
-        self.inner.read_exact(buf).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                TransferError::Connection("the peer closed the connection mid-frame".into())
-            } else {
-                read_error(&e)
-            }
-        })
     }
 
     /// Whether a whole frame is already buffered: [`recv`](Self::recv) would
@@ -149,6 +135,17 @@ impl<R: Read> FrameReader<R> {
         self.recv()?
             .ok_or_else(|| TransferError::Connection("the peer closed the connection".into()))
     }
+}
+
+/// Reads exactly `buf.len()` bytes of a frame.
+fn read_exact(inner: &mut impl Read, buf: &mut [u8]) -> Result<(), TransferError> {
+    inner.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            TransferError::Connection("the peer closed the connection mid-frame".into())
+        } else {
+            read_error(&e)
+        }
+    })
 }
 
 /// A failed read, saying so plainly when it was a timeout.
