@@ -10,6 +10,21 @@ use std::hash::{BuildHasher, RandomState};
 pub struct Listing<T> {
     kept: HashMap<u32, T>,
     count: u32,
+    /// Entries below this were looked at by [`Listing::let_go`] already…
+    swept: u32,
+    /// …and of those, these were kept for now, to be looked at again.
+    for_now: Vec<u32>,
+}
+
+/// What [`Listing::let_go`] does with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Let it go.
+    No,
+    /// Keep it, and ask again next time (a file still in flight).
+    ForNow,
+    /// Keep it to the end of the transfer, without asking again.
+    ToTheEnd,
 }
 
 impl<T> Default for Listing<T> {
@@ -17,6 +32,8 @@ impl<T> Default for Listing<T> {
         Listing {
             kept: HashMap::new(),
             count: 0,
+            swept: 0,
+            for_now: Vec::new(),
         }
     }
 }
@@ -42,9 +59,23 @@ impl<T> Listing<T> {
         self.kept.get(&u32::try_from(index).ok()?)
     }
 
-    /// Lets go of every kept entry below `below` that `keep` does not want.
-    pub fn let_go(&mut self, below: u32, mut keep: impl FnMut(u32, &T) -> bool) {
-        self.kept.retain(|&i, e| i >= below || keep(i, e));
+    /// Lets go of the entries below `below` that `keep` does not want. Each
+    /// entry is asked about once, or again while it answers [`Keep::ForNow`]:
+    /// a call costs what was listed since the last one, not what is kept
+    /// (with `-H` that is every file).
+    pub fn let_go(&mut self, below: u32, mut keep: impl FnMut(u32, &T) -> Keep) {
+        let below = below.min(self.count);
+        let again = std::mem::take(&mut self.for_now);
+        for i in again.into_iter().chain(self.swept..below) {
+            match self.kept.get(&i).map(|e| keep(i, e)) {
+                Some(Keep::No) => {
+                    self.kept.remove(&i);
+                }
+                Some(Keep::ForNow) => self.for_now.push(i),
+                Some(Keep::ToTheEnd) | None => {}
+            }
+        }
+        self.swept = self.swept.max(below);
         if self.kept.capacity() > 4 * self.kept.len().max(1024) {
             self.kept.shrink_to_fit();
         }
@@ -114,14 +145,31 @@ mod tests {
         for i in 0..100u32 {
             l.push(i * 10);
         }
-        l.let_go(50, |i, _| i % 10 == 0);
+        // every tenth to the end, 33 for now, the rest below 50 let go
+        let keep = |i: u32, _: &u32| match i {
+            _ if i.is_multiple_of(10) => Keep::ToTheEnd,
+            33 => Keep::ForNow,
+            _ => Keep::No,
+        };
+        l.let_go(50, keep);
         assert_eq!(l.len(), 100);
-        assert_eq!(l.kept(), 55);
+        assert_eq!(l.kept(), 56);
         assert_eq!(l.get(20), Some(&200));
         assert_eq!(l.get(21), None);
+        assert_eq!(l.get(33), Some(&330));
         assert_eq!(l[60], 600);
         l[60] = 7;
         assert_eq!(l[60], 7);
+        // next time 33 is asked again (and goes), kept ones are not asked
+        let mut asked = Vec::new();
+        l.let_go(52, |i, _| {
+            asked.push(i);
+            Keep::No
+        });
+        assert_eq!(asked, [33, 50, 51]);
+        assert_eq!(l.get(33), None);
+        assert_eq!(l.get(20), Some(&200));
+        assert_eq!(l.kept(), 53);
     }
 
     #[test]

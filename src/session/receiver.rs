@@ -11,7 +11,7 @@
 //! the session; what was written so far stays in partial files, never at a
 //! final path.
 
-use super::listing::{Listing, Names};
+use super::listing::{Keep, Listing, Names};
 use super::wire::{FrameReader, FrameWriter, Spares};
 use super::{text, Cancel, EventFn};
 use crate::chunk::{chunk_hash, Chunk, ChunkHash, Chunker, MAX_CHUNK, MIN_CHUNK};
@@ -580,9 +580,13 @@ impl Receiver<'_> {
         let every_file = self.opts.hard_links;
         let in_flight = &self.in_flight;
         self.entries.let_go(taken, |i, l| {
-            l.kind == Kind::Dir
-                || (every_file && l.kind == Kind::File)
-                || in_flight.contains_key(&i)
+            if l.kind == Kind::Dir || (every_file && l.kind == Kind::File) {
+                Keep::ToTheEnd
+            } else if in_flight.contains_key(&i) {
+                Keep::ForNow
+            } else {
+                Keep::No
+            }
         });
         if self.list_done {
             return Ok(());
