@@ -175,8 +175,8 @@ impl Shared {
 }
 
 fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
-    let conn = match rustls::ServerConnection::new(shared.tls.clone()) {
-        Ok(c) => rustls::Connection::Server(c),
+    let conn = match rustls::server::UnbufferedServerConnection::new(shared.tls.clone()) {
+        Ok(c) => c,
         Err(e) => return warn!(%peer, "TLS setup failed: {e}"),
     };
     shared.start_up(id, &sock);

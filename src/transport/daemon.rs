@@ -74,12 +74,11 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Stream, Tr
         TransferError::Connection(format!("cannot connect to {target}: {why}"))
     })?;
     let name = rustls::pki_types::ServerName::try_from("ferry").expect("a valid name");
-    let conn = rustls::ClientConnection::new(config, name)
+    let conn = rustls::client::UnbufferedClientConnection::new(config, name)
         .map_err(|e| TransferError::Connection(format!("TLS: {e}")))?;
-    let (reader, writer, key) =
-        super::tls::establish(rustls::Connection::Client(conn), sock, timeout).map_err(|e| {
-            TransferError::Connection(format!("{target}: {}", crate::error::io_text(&e)))
-        })?;
+    let (reader, writer, key) = super::tls::establish(conn, sock, timeout).map_err(|e| {
+        TransferError::Connection(format!("{target}: {}", crate::error::io_text(&e)))
+    })?;
     if let Some(t) = opts.timeout {
         // --timeout: no wait for the daemon may last longer than this
         reader

@@ -5,6 +5,7 @@
 pub mod child;
 pub mod daemon;
 pub mod pipe;
+pub mod record;
 pub mod rendezvous;
 pub mod stdio;
 pub mod tls;

@@ -1,51 +1,218 @@
-//! TLS over TCP for the daemon, split into a reading half and a writing half that
-//! two threads use at once (the session's sender and receiver both need that).
+//! TLS 1.3 over TCP for the daemon, split into a reading half and a writing half
+//! that two threads use at once (the session's sender and receiver both need
+//! that).
 //!
-//! One rustls connection is shared under a lock. The reader reads the socket
-//! without holding it, then feeds the bytes in; the writer encrypts under the
-//! lock and writes the records while holding only a second lock that keeps
-//! records in order on the socket. Neither half ever blocks on the network
-//! while holding the connection lock, so a full send buffer cannot stall the
-//! reader (and so the peer).
+//! rustls runs the handshake (its unbuffered API, so that no byte it has not
+//! processed is left inside it); then each direction's traffic keys go to a
+//! [`Protection`] of its own and `record` seals and opens the records in
+//! ferry's own buffers. The halves share nothing but the socket and the rustls
+//! key schedule, which is locked only for a key update: a full send buffer
+//! cannot stall the reader (and so the peer), and neither waits on the other's
+//! encryption.
 
+use super::record::{self, OpenError, Protection};
 use crate::trust::key::PublicKey;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError, UnbufferedStatus};
+use rustls::{AlertDescription, ConnectionTrafficSecrets};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Handshake message types seen after the handshake (RFC 8446 §4).
+const NEW_SESSION_TICKET: u8 = 4;
+const KEY_UPDATE: u8 = 24;
+
+/// How much plaintext one write seals before it goes to the socket.
+const WRITE_BATCH: usize = 256 << 10;
+/// The most handshake bytes buffered before rustls has used them.
+const MAX_HANDSHAKE_BUFFER: usize = 1 << 20;
+/// How much the reader asks the socket for at a time.
+const READ_BUFFER: usize = 128 << 10;
+
+/// A connection whose handshake rustls drives without buffering.
+pub trait Handshake {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn common(&self) -> &rustls::CommonState;
+    fn into_keys(self) -> Result<(rustls::ExtractedSecrets, Keys), rustls::Error>;
+}
+
+impl Handshake for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+    fn into_keys(self) -> Result<(rustls::ExtractedSecrets, Keys), rustls::Error> {
+        let (secrets, k) = self.dangerous_into_kernel_connection()?;
+        Ok((secrets, Keys::Client(k)))
+    }
+}
+
+impl Handshake for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+    fn into_keys(self) -> Result<(rustls::ExtractedSecrets, Keys), rustls::Error> {
+        let (secrets, k) = self.dangerous_into_kernel_connection()?;
+        Ok((secrets, Keys::Server(k)))
+    }
+}
+
+/// rustls's key schedule after the handshake: the next traffic keys of each
+/// direction on a key update.
+pub enum Keys {
+    Client(KernelConnection<ClientConnectionData>),
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl Keys {
+    fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Keys::Client(k) => k.update_tx_secret(),
+            Keys::Server(k) => k.update_tx_secret(),
+        }
+    }
+    fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Keys::Client(k) => k.update_rx_secret(),
+            Keys::Server(k) => k.update_rx_secret(),
+        }
+    }
+    /// Records one key may seal before it must be replaced (AES-GCM: 2^24).
+    fn limit(&self) -> u64 {
+        let suite = match self {
+            Keys::Client(k) => k.negotiated_cipher_suite(),
+            Keys::Server(k) => k.negotiated_cipher_suite(),
+        };
+        suite
+            .tls13()
+            .map_or(u64::MAX, |s| s.common.confidentiality_limit)
+    }
+}
+
+/// The writing direction: the socket, its protection and a reused buffer.
+struct Tx {
+    sock: TcpStream,
+    protection: Protection,
+    /// Records sealed with one key before the next key update.
+    limit: u64,
+    records: Vec<u8>,
+    /// A fatal alert or close_notify went out: nothing more may follow.
+    ended: bool,
+}
+
 struct Shared {
-    conn: Mutex<rustls::Connection>,
-    /// Held while records are written, so they reach the socket in order.
-    out: Mutex<TcpStream>,
+    tx: Mutex<Tx>,
+    keys: Mutex<Keys>,
+    /// The peer asked for our key to change too (a KeyUpdate with
+    /// update_requested): done before the next record we send.
+    update_asked: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Shared {
-    /// Sends whatever TLS records the connection has ready.
-    fn flush_records(&self) -> io::Result<()> {
-        let mut sock = lock(&self.out);
-        let mut records = Vec::new();
-        {
-            let mut c = lock(&self.conn);
-            while c.wants_write() {
-                c.write_tls(&mut records)?;
-            }
+fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+impl Tx {
+    /// Seals `data` (any length) as application data records.
+    fn seal_all(&mut self, shared: &Shared, data: &[u8]) -> io::Result<()> {
+        for piece in data.chunks(record::MAX_PLAINTEXT) {
+            self.before_record(shared)?;
+            self.protection
+                .seal(record::APPLICATION_DATA, piece, &mut self.records);
         }
-        sock.write_all(&records)
+        Ok(())
+    }
+
+    /// Replaces the key first if the peer asked or this one has sealed all it
+    /// may: a KeyUpdate under the old key, then everything under the new.
+    fn before_record(&mut self, shared: &Shared) -> io::Result<()> {
+        let asked = shared.update_asked.swap(false, Ordering::AcqRel);
+        if !asked && self.protection.seq() + 1 < self.limit {
+            return Ok(());
+        }
+        // KeyUpdate, update_not_requested
+        self.protection.seal(
+            record::HANDSHAKE,
+            &[KEY_UPDATE, 0, 0, 1, 0],
+            &mut self.records,
+        );
+        let (seq, secrets) = lock(&shared.keys).next_tx().map_err(tls_err)?;
+        self.protection = Protection::new(seq, &secrets).map_err(invalid)?;
+        Ok(())
+    }
+
+    /// Sends what was sealed.
+    fn send(&mut self) -> io::Result<()> {
+        let r = self.sock.write_all(&self.records);
+        self.records.clear();
+        r
+    }
+
+    /// Sends an alert (close_notify or a fatal one); nothing follows it.
+    fn alert(&mut self, shared: &Shared, level: u8, what: AlertDescription) -> io::Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        self.ended = true;
+        self.records.clear();
+        let _ = self.before_record(shared);
+        self.protection
+            .seal(record::ALERT, &[level, u8::from(what)], &mut self.records);
+        self.send()
+    }
+}
+
+impl Shared {
+    /// Tells the peer why we stop reading (best effort: the error that made
+    /// us stop is what counts).
+    fn fatal(&self, what: AlertDescription) {
+        let _ = lock(&self.tx).alert(self, 2, what);
     }
 }
 
 pub struct TlsReader {
     shared: Arc<Shared>,
     sock: TcpStream,
-    /// Bytes read from the socket and not yet taken by rustls.
-    pending: Vec<u8>,
-    pos: usize,
+    protection: Protection,
+    /// Bytes from the socket: `buf[start..end]` not yet opened.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Plaintext of the record last opened, within `buf`.
+    plain: std::ops::Range<usize>,
+    /// Application data that arrived with the handshake, served first.
+    early: Vec<u8>,
+    early_pos: usize,
+    /// The socket reached its end.
     eof: bool,
+    /// The peer ended the session properly (close_notify).
+    closed: bool,
 }
 
 pub struct TlsWriter {
@@ -59,19 +226,126 @@ impl TlsReader {
         self.sock.set_read_timeout(t)?;
         self.sock.set_write_timeout(t)
     }
-}
 
-/// An io::Error from a rustls call, with TLS failures explained.
-fn from_rustls_io(e: io::Error) -> io::Error {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(tls) => tls_err(tls.clone()),
-        None => e,
+    /// Opens the record at `buf[start..]`, which is whole; what it carries
+    /// becomes `plain` or changes the session's state.
+    fn open_record(&mut self, len: usize) -> io::Result<()> {
+        let at = self.start;
+        self.start += len;
+        let record = &mut self.buf[at..at + len];
+        if record[0] != record::APPLICATION_DATA {
+            self.shared.fatal(AlertDescription::UnexpectedMessage);
+            return Err(invalid(format!(
+                "TLS: unexpected record of type {} after the handshake",
+                record[0]
+            )));
+        }
+        let (typ, range) = match self.protection.open(record) {
+            Ok(x) => x,
+            Err(OpenError::Altered) => {
+                self.shared.fatal(AlertDescription::BadRecordMac);
+                return Err(invalid(crate::error::Altered));
+            }
+            Err(OpenError::NoContentType) => {
+                self.shared.fatal(AlertDescription::UnexpectedMessage);
+                return Err(invalid("TLS: a record without a content type"));
+            }
+        };
+        let body = at + range.start..at + range.end;
+        match typ {
+            record::APPLICATION_DATA => self.plain = body,
+            record::ALERT => return self.alert(body),
+            record::HANDSHAKE => return self.handshake_messages(body),
+            other => {
+                self.shared.fatal(AlertDescription::UnexpectedMessage);
+                return Err(invalid(format!("TLS: unexpected content type {other}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn alert(&mut self, body: std::ops::Range<usize>) -> io::Result<()> {
+        let what = match self.buf[body] {
+            [_, d] => AlertDescription::from(d),
+            _ => {
+                self.shared.fatal(AlertDescription::DecodeError);
+                return Err(invalid("TLS: a malformed alert"));
+            }
+        };
+        match what {
+            AlertDescription::CloseNotify => {
+                self.closed = true;
+                Ok(())
+            }
+            AlertDescription::UserCanceled => Ok(()), // a warning; close_notify follows
+            other => Err(tls_err(rustls::Error::AlertReceived(other))),
+        }
+    }
+
+    /// Post-handshake messages: a KeyUpdate changes the key the peer's next
+    /// record is sealed with; session tickets are not used (the daemon sends
+    /// none), so one is ignored.
+    fn handshake_messages(&mut self, body: std::ops::Range<usize>) -> io::Result<()> {
+        let mut rest = &self.buf[body];
+        let mut updates = Vec::new();
+        while !rest.is_empty() {
+            let (typ, len) = match rest {
+                [t, a, b, c, ..] => (*t, u32::from_be_bytes([0, *a, *b, *c]) as usize),
+                _ => (0, usize::MAX),
+            };
+            if rest.len() < 4 || rest.len() - 4 < len {
+                self.shared.fatal(AlertDescription::DecodeError);
+                return Err(invalid("TLS: a post-handshake message cut short"));
+            }
+            let msg = &rest[4..4 + len];
+            rest = &rest[4 + len..];
+            match (typ, msg) {
+                (KEY_UPDATE, [asked @ (0 | 1)]) if rest.is_empty() => updates.push(*asked == 1),
+                (NEW_SESSION_TICKET, _) => {}
+                _ => {
+                    self.shared.fatal(AlertDescription::UnexpectedMessage);
+                    return Err(invalid(format!(
+                        "TLS: unexpected handshake message {typ} after the handshake"
+                    )));
+                }
+            }
+        }
+        for asked in updates {
+            let (seq, secrets) = lock(&self.shared.keys).next_rx().map_err(tls_err)?;
+            self.protection = Protection::new(seq, &secrets).map_err(invalid)?;
+            if asked {
+                self.shared.update_asked.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads more from the socket, keeping what is not opened yet.
+    fn fill(&mut self) -> io::Result<()> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.buf.len() - self.end < record::HEADER + record::MAX_CIPHERTEXT {
+            // room for at least one whole record after what is kept
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < READ_BUFFER {
+            self.buf.resize(READ_BUFFER, 0);
+        }
+        let n = loop {
+            match self.sock.read(&mut self.buf[self.end..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        self.end += n;
+        self.eof = n == 0;
+        Ok(())
     }
 }
 
+/// An io::Error from rustls, with TLS failures explained.
 fn tls_err(e: rustls::Error) -> io::Error {
     let altered = matches!(
         e,
@@ -79,91 +353,66 @@ fn tls_err(e: rustls::Error) -> io::Error {
             | rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
     );
     if altered {
-        return io::Error::new(io::ErrorKind::InvalidData, crate::error::Altered);
+        return invalid(crate::error::Altered);
     }
-    io::Error::new(io::ErrorKind::InvalidData, e)
+    invalid(e)
 }
 
 impl Read for TlsReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.early_pos < self.early.len() {
+            let n = out.len().min(self.early.len() - self.early_pos);
+            out[..n].copy_from_slice(&self.early[self.early_pos..self.early_pos + n]);
+            self.early_pos += n;
+            return Ok(n);
+        }
         loop {
-            let mut flush = false;
-            let mut fed = false;
-            {
-                let mut c = lock(&self.shared.conn);
-                match c.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(from_rustls_io(e)),
+            if !self.plain.is_empty() || out.is_empty() {
+                let n = out.len().min(self.plain.len());
+                out[..n].copy_from_slice(&self.buf[self.plain.start..self.plain.start + n]);
+                self.plain.start += n;
+                return Ok(n);
+            }
+            if self.closed {
+                return Ok(0);
+            }
+            let have = self.end - self.start;
+            if have >= record::HEADER {
+                let len = record::payload_len(&self.buf[self.start..]);
+                if len > record::MAX_CIPHERTEXT {
+                    self.shared.fatal(AlertDescription::RecordOverflow);
+                    return Err(invalid(format!("TLS: a record of {len} bytes")));
                 }
-                // records that came in with the last handshake flight may sit
-                // in rustls unprocessed: process them before waiting on the socket
-                c.process_new_packets().map_err(tls_err)?;
-                match c.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(from_rustls_io(e)),
-                }
-                if self.pos < self.pending.len() || self.eof {
-                    let mut slice = &self.pending[self.pos..];
-                    let n = c.read_tls(&mut slice).map_err(from_rustls_io)?;
-                    self.pos += n;
-                    fed = n > 0;
-                    let processed = c.process_new_packets();
-                    flush = c.wants_write();
-                    if let Err(e) = processed {
-                        drop(c);
-                        let _ = self.shared.flush_records(); // the alert
-                        return Err(tls_err(e));
-                    }
-                    if self.eof && self.pos == self.pending.len() && n == 0 {
-                        // rustls has seen the end: the next read says how it ended
-                        match c.reader().read(buf) {
-                            Ok(n) => return Ok(n),
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                return Err(io::ErrorKind::UnexpectedEof.into())
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
+                if have >= record::HEADER + len {
+                    self.open_record(record::HEADER + len)?;
+                    continue;
                 }
             }
-            if flush {
-                self.shared.flush_records()?;
+            if self.eof {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection without ending the TLS session",
+                ));
             }
-            if fed {
-                continue; // what was fed in may have made plaintext: look first
-            }
-            if self.pos == self.pending.len() && !self.eof {
-                self.pending.resize(64 << 10, 0);
-                let n = loop {
-                    match self.sock.read(&mut self.pending) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        other => break other?,
-                    }
-                };
-                self.pending.truncate(n);
-                self.pos = 0;
-                self.eof = n == 0;
-            }
+            self.fill()?;
         }
     }
 }
 
 impl Write for TlsWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut sock = lock(&self.shared.out);
-        let mut records = Vec::with_capacity(buf.len() + 1024);
-        let n = {
-            let mut c = lock(&self.shared.conn);
-            let n = c.writer().write(buf).map_err(from_rustls_io)?;
-            while c.wants_write() {
-                c.write_tls(&mut records).map_err(from_rustls_io)?;
-            }
-            n
-        };
-        sock.write_all(&records)?;
-        Ok(n)
+        let mut tx = lock(&self.shared.tx);
+        if tx.ended {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS session has ended",
+            ));
+        }
+        for batch in buf.chunks(WRITE_BATCH) {
+            tx.seal_all(&self.shared, batch)?;
+            tx.send()?;
+        }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -173,77 +422,191 @@ impl Write for TlsWriter {
 
 impl Drop for TlsWriter {
     fn drop(&mut self) {
-        lock(&self.shared.conn).send_close_notify();
-        let _ = self.shared.flush_records();
-        let _ = lock(&self.shared.out).shutdown(Shutdown::Write);
+        let mut tx = lock(&self.shared.tx);
+        let _ = tx.alert(&self.shared, 1, AlertDescription::CloseNotify);
+        let _ = tx.sock.shutdown(Shutdown::Write);
     }
 }
 
-/// Runs the handshake to completion within `deadline`, then splits the stream.
-/// Returns the halves and the key the peer proved it holds.
-pub fn establish(
-    mut conn: rustls::Connection,
-    mut sock: TcpStream,
-    timeout: Duration,
-) -> io::Result<(TlsReader, TlsWriter, PublicKey)> {
-    let deadline = Instant::now() + timeout;
-    let _ = sock.set_nodelay(true);
-    while conn.is_handshaking() {
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+}
+
+/// What the handshake leaves: the traffic keys, the key schedule, the peer's
+/// key, bytes read past the handshake, and application data that came with it.
+struct Handshaken {
+    secrets: rustls::ExtractedSecrets,
+    keys: Keys,
+    peer: PublicKey,
+    rest: Vec<u8>,
+    early: Vec<u8>,
+}
+
+/// Drives rustls's handshake over `sock` until it may send application data.
+fn handshake<C: Handshake>(
+    mut conn: C,
+    sock: &mut TcpStream,
+    deadline: Instant,
+) -> io::Result<Handshaken> {
+    // one deadline for the whole handshake: each read and write gets what is left
+    let left = |sock: &TcpStream| -> io::Result<()> {
         let left = deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?;
+            .ok_or_else(timed_out)?;
         sock.set_read_timeout(Some(left))?;
-        sock.set_write_timeout(Some(left))?;
-        match conn.complete_io(&mut sock) {
-            Ok((0, 0)) if conn.is_handshaking() => {
+        sock.set_write_timeout(Some(left))
+    };
+    let mut incoming = vec![0u8; 16 << 10];
+    let mut filled = 0;
+    let mut outgoing = vec![0u8; 16 << 10];
+    let mut queued = 0;
+    let mut early = Vec::new();
+    let mut failed = None;
+    loop {
+        let status = conn.process(&mut incoming[..filled]);
+        let discard = status.discard;
+        let mut read = false;
+        let mut done = false;
+        match status.state {
+            Err(e) => {
+                if failed.is_some() {
+                    break; // the alert, if any, has gone out
+                }
+                failed = Some(e);
+            }
+            Ok(ConnectionState::EncodeTlsData(mut data)) => loop {
+                match data.encode(&mut outgoing[queued..]) {
+                    Ok(n) => {
+                        queued += n;
+                        break;
+                    }
+                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                        outgoing.resize(queued + required_size, 0)
+                    }
+                    Err(e) => return Err(invalid(format!("TLS: {e}"))),
+                }
+            },
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                left(sock)?;
+                sock.write_all(&outgoing[..queued])?;
+                queued = 0;
+                t.done();
+            }
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while let Some(rec) = r.next_record() {
+                    early.extend_from_slice(rec.map_err(tls_err)?.payload);
+                }
+            }
+            Ok(ConnectionState::BlockedHandshake) if failed.is_none() => read = true,
+            Ok(ConnectionState::WriteTraffic(_)) if failed.is_none() => done = true,
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) if failed.is_none() => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the peer closed the connection during the TLS handshake",
                 ))
             }
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "TLS handshake timed out",
-                ))
+            Ok(_) => {
+                failed.get_or_insert(rustls::Error::General("unexpected TLS state".into()));
+                break;
             }
-            Err(e) => return Err(e),
+        }
+        incoming.copy_within(discard..filled, 0);
+        filled -= discard;
+        if done {
+            break;
+        }
+        if read {
+            if filled == incoming.len() {
+                // rustls refuses any handshake message over 64 KiB long before this
+                if filled >= MAX_HANDSHAKE_BUFFER {
+                    return Err(invalid("TLS: the peer's handshake is too long"));
+                }
+                incoming.resize(filled * 2, 0);
+            }
+            left(sock)?;
+            let n = match sock.read(&mut incoming[filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(timed_out()),
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection during the TLS handshake",
+                ));
+            }
+            filled += n;
         }
     }
-    // the client's last flight (its certificate and Finished) may still be queued
-    while conn.wants_write() {
-        conn.write_tls(&mut sock)?;
+    if let Some(e) = failed {
+        return Err(tls_err(e));
     }
-    sock.set_read_timeout(None)?;
-    sock.set_write_timeout(None)?;
-    let key = crate::trust::tls::peer_key(&conn).ok_or_else(|| {
+    let peer = crate::trust::tls::peer_key(conn.common()).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::PermissionDenied,
             "the peer presented no ed25519 key",
         )
     })?;
-    let out = sock.try_clone()?;
+    let (secrets, keys) = conn.into_keys().map_err(tls_err)?;
+    incoming.truncate(filled);
+    Ok(Handshaken {
+        secrets,
+        keys,
+        peer,
+        rest: incoming,
+        early,
+    })
+}
+
+/// Runs the handshake to completion within `timeout`, then splits the stream.
+/// Returns the halves and the key the peer proved it holds.
+pub fn establish<C: Handshake>(
+    conn: C,
+    mut sock: TcpStream,
+    timeout: Duration,
+) -> io::Result<(TlsReader, TlsWriter, PublicKey)> {
+    let deadline = Instant::now() + timeout;
+    let _ = sock.set_nodelay(true);
+    let h = handshake(conn, &mut sock, deadline).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
+        _ => e,
+    })?;
+    sock.set_read_timeout(None)?;
+    sock.set_write_timeout(None)?;
+    let (tx_seq, tx_secrets) = &h.secrets.tx;
+    let (rx_seq, rx_secrets) = &h.secrets.rx;
+    let tx = Tx {
+        sock: sock.try_clone()?,
+        protection: Protection::new(*tx_seq, tx_secrets).map_err(invalid)?,
+        limit: h.keys.limit(),
+        records: Vec::new(),
+        ended: false,
+    };
+    let rx = Protection::new(*rx_seq, rx_secrets).map_err(invalid)?;
     let shared = Arc::new(Shared {
-        conn: Mutex::new(conn),
-        out: Mutex::new(out),
+        tx: Mutex::new(tx),
+        keys: Mutex::new(h.keys),
+        update_asked: AtomicBool::new(false),
     });
+    let end = h.rest.len();
     Ok((
         TlsReader {
             shared: shared.clone(),
             sock,
-            pending: Vec::new(),
-            pos: 0,
+            protection: rx,
+            buf: h.rest,
+            start: 0,
+            end,
+            plain: 0..0,
+            early: h.early,
+            early_pos: 0,
             eof: false,
+            closed: false,
         },
         TlsWriter { shared },
-        key,
+        h.peer,
     ))
 }
 
@@ -253,17 +616,35 @@ mod tests {
     use crate::trust::key::Identity;
     use std::net::TcpListener;
 
-    #[test]
-    fn both_directions_flow_after_the_handshake() {
+    fn configs() -> (
+        Identity,
+        Identity,
+        Arc<rustls::ServerConfig>,
+        Arc<rustls::ClientConfig>,
+    ) {
         let (server_id, client_id) = (Identity::generate("s"), Identity::generate("c"));
         let sc = crate::trust::tls::server_config(&server_id).unwrap();
         let cc = crate::trust::tls::client_config(&client_id).unwrap();
+        (server_id, client_id, sc, cc)
+    }
+
+    fn name() -> rustls::pki_types::ServerName<'static> {
+        rustls::pki_types::ServerName::try_from("ferry").unwrap()
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len as u32).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn both_directions_flow_after_the_handshake() {
+        let (server_id, client_id, sc, cc) = configs();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let client_pub = client_id.public;
         let server = std::thread::spawn(move || {
             let (sock, _) = l.accept().unwrap();
-            let conn = rustls::Connection::Server(rustls::ServerConnection::new(sc).unwrap());
+            let conn = UnbufferedServerConnection::new(sc).unwrap();
             let (mut r, mut w, key) = establish(conn, sock, Duration::from_secs(5)).unwrap();
             assert_eq!(key, client_pub);
             let mut hello = [0u8; 9];
@@ -271,19 +652,95 @@ mod tests {
             w.write_all(b"welcome").unwrap();
             let mut big = vec![0u8; 3 << 20];
             r.read_exact(&mut big).unwrap();
+            // the client's close_notify: a clean end, not an error
+            assert_eq!(r.read(&mut [0u8; 1]).unwrap(), 0);
             big
         });
         let sock = TcpStream::connect(addr).unwrap();
-        let name = rustls::pki_types::ServerName::try_from("ferry").unwrap();
-        let conn = rustls::Connection::Client(rustls::ClientConnection::new(cc, name).unwrap());
+        let conn = UnbufferedClientConnection::new(cc, name()).unwrap();
         let (mut r, mut w, key) = establish(conn, sock, Duration::from_secs(5)).unwrap();
         assert_eq!(key, server_id.public);
         w.write_all(b"123456789").unwrap();
         let mut reply = [0u8; 7];
         r.read_exact(&mut reply).unwrap();
         assert_eq!(&reply, b"welcome");
-        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7) as u8).collect();
+        let data = pattern(3 << 20);
         w.write_all(&data).unwrap();
+        drop(w);
         assert_eq!(server.join().unwrap(), data);
+    }
+
+    /// A standard rustls client (its own record layer) against ferry's: the
+    /// records, key updates both ways and the close interoperate.
+    #[test]
+    fn records_and_key_updates_interoperate_with_rustls_itself() {
+        let (_, _, sc, cc) = configs();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            let conn = UnbufferedServerConnection::new(sc).unwrap();
+            let (mut r, mut w, _) = establish(conn, sock, Duration::from_secs(5)).unwrap();
+            // our key is replaced every 5 records: the peer must follow
+            lock(&w.shared.tx).limit = 5;
+            let mut got = vec![0u8; 1 << 20];
+            r.read_exact(&mut got).unwrap();
+            w.write_all(&got).unwrap();
+            // 1 MiB is 64 records: sealed under 13 keys, each for < 5 records
+            assert!(lock(&w.shared.tx).protection.seq() < 5);
+            let mut tail = Vec::new();
+            r.read_to_end(&mut tail).unwrap();
+            (got, tail)
+        });
+        let sock = TcpStream::connect(addr).unwrap();
+        let conn = rustls::ClientConnection::new(cc, name()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let data = pattern(1 << 20);
+        tls.write_all(&data[..300_000]).unwrap();
+        // the client asks for a key update, ours and its own
+        tls.conn.refresh_traffic_keys().unwrap();
+        tls.write_all(&data[300_000..]).unwrap();
+        let mut echo = vec![0u8; 1 << 20];
+        tls.read_exact(&mut echo).unwrap();
+        assert!(echo == data, "the echo differs");
+        tls.write_all(b"bye").unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        let (got, tail) = server.join().unwrap();
+        assert!(got == data);
+        assert_eq!(tail, b"bye");
+    }
+
+    #[test]
+    fn an_altered_record_is_an_integrity_error_on_both_sides() {
+        let (_, _, sc, cc) = configs();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            let conn = UnbufferedServerConnection::new(sc).unwrap();
+            let (mut r, _w, _) = establish(conn, sock, Duration::from_secs(5)).unwrap();
+            let mut got = vec![0u8; 100_000];
+            r.read_exact(&mut got).unwrap_err()
+        });
+        let sock = TcpStream::connect(addr).unwrap();
+        let conn = rustls::ClientConnection::new(cc, name()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(b"first").unwrap();
+        tls.flush().unwrap();
+        // a record with one bit flipped, straight onto the socket
+        tls.conn.writer().write_all(&pattern(1000)).unwrap();
+        let mut raw = Vec::new();
+        tls.conn.write_tls(&mut raw).unwrap();
+        raw[500] ^= 4;
+        tls.sock.write_all(&raw).unwrap();
+        let e = server.join().unwrap();
+        assert!(
+            e.get_ref().is_some_and(|i| i.is::<crate::error::Altered>()),
+            "{e}"
+        );
+        // the client hears why: a bad_record_mac alert
+        let e = tls.read(&mut [0u8; 10]).unwrap_err();
+        assert!(e.to_string().contains("BadRecordMac"), "{e}");
     }
 }

@@ -142,25 +142,31 @@ impl ClientCertVerifier for Ed25519Peer {
 pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = provider();
     let key = certified(identity, &provider)?;
-    let config = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(Ed25519Peer::new(&provider)))
         .with_cert_resolver(Arc::new(
             rustls::server::AlwaysResolvesServerRawPublicKeys::new(key),
         ));
+    // after the handshake, records are sealed and opened by transport::record
+    // with keys rustls hands over; no session is ever resumed, so no tickets
+    config.enable_secret_extraction = true;
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
 pub fn client_config(identity: &Identity) -> Result<Arc<rustls::ClientConfig>, Error> {
     let provider = provider();
     let key = certified(identity, &provider)?;
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Ed25519Peer::new(&provider)))
         .with_client_cert_resolver(Arc::new(
             rustls::client::AlwaysResolvesClientRawPublicKeys::new(key),
         ));
+    config.enable_secret_extraction = true;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
