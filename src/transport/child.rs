@@ -219,9 +219,15 @@ impl ChildPeer {
                 crate::error::io_text(&e)
             ))
         })?;
+        let (stdin, stdout) = (
+            child.stdin.take().expect("piped"),
+            child.stdout.take().expect("piped"),
+        );
+        super::widen_pipe(&stdin);
+        super::widen_pipe(&stdout);
         let stream = Stream {
-            writer: Box::new(child.stdin.take().expect("piped")),
-            reader: Box::new(child.stdout.take().expect("piped")),
+            writer: Box::new(stdin),
+            reader: Box::new(stdout),
         };
         Ok((ChildPeer { child, what }, stream))
     }

@@ -9,3 +9,28 @@ pub mod record;
 pub mod rendezvous;
 pub mod stdio;
 pub mod tls;
+
+/// How big a pipe carrying a session is made (the most an unprivileged
+/// process may ask for by default, `/proc/sys/fs/pipe-max-size`).
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Widens a pipe that carries a session from the kernel's 64 KiB: each side
+/// can write further ahead of the other, and `ssh` and ferry wake each other
+/// less often (2 GiB over ssh, five interleaved pairs: medians 4.10 -> 3.76 s).
+/// Not a pipe, or not allowed: left as it is.
+pub fn widen_pipe(fd: impl std::os::fd::AsFd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_session_pipe_holds_a_mebibyte() {
+        let (r, w) = std::io::pipe().unwrap();
+        super::widen_pipe(&w);
+        assert_eq!(
+            rustix::pipe::fcntl_getpipe_size(&r).unwrap(),
+            super::PIPE_SIZE
+        );
+    }
+}

@@ -19,6 +19,9 @@ pub fn serve() -> Result<Summary, TransferError> {
             )
         })
     };
+    // sshd hands us pipes
+    super::widen_pipe(rustix::stdio::stdin());
+    super::widen_pipe(rustix::stdio::stdout());
     let stream = Stream {
         reader: Box::new(dup(rustix::stdio::stdin())?),
         writer: Box::new(dup(rustix::stdio::stdout())?),
