@@ -96,14 +96,52 @@ pub fn cut(data: &[u8]) -> usize {
 }
 
 /// A chunk's name: the 128-bit XXH3 of its bytes (rsync names blocks with
-/// xxh128 too). It only finds chunks to reuse; every file is checked end to end
-/// with BLAKE3, so a chunk hash that matched the wrong bytes fails that check.
+/// xxh128 too). It only finds chunks to reuse; a file rebuilt from chunks is
+/// checked end to end with BLAKE3, so a chunk hash that matched the wrong bytes
+/// fails that check.
 /// BLAKE3 over pieces of ~6 KiB ran at 1.9 GiB/s here, XXH3 at many times that.
 pub type ChunkHash = [u8; 16];
 
 /// The [`ChunkHash`] of `data`.
 pub fn chunk_hash(data: &[u8]) -> ChunkHash {
     xxhash_rust::xxh3::xxh3_128(data).to_le_bytes()
+}
+
+/// The end-to-end check of a file sent whole (nothing on the receiver reused):
+/// the 128-bit XXH3 of its bytes, as rsync checks whole files with xxh128,
+/// in the first half of the 32 bytes a file's end carries. It catches what goes
+/// wrong between the sender's read and the receiver's write (a misplaced or
+/// stale buffer, memory errors); the connection is authenticated by TLS or ssh,
+/// and bytes that came whole from the sender could be chosen by nobody else.
+/// A file rebuilt from old data is checked with BLAKE3 instead: there the
+/// receiver's own bytes were matched by XXH3, and whoever could write them might
+/// have made them collide. XXH3 ran at 22 GiB/s here, BLAKE3 at 4.4 GiB/s.
+#[derive(Clone)]
+pub struct WholeCheck(xxhash_rust::xxh3::Xxh3);
+
+impl Default for WholeCheck {
+    fn default() -> Self {
+        WholeCheck(xxhash_rust::xxh3::Xxh3::new())
+    }
+}
+
+impl WholeCheck {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out[..16].copy_from_slice(&self.0.digest128().to_le_bytes());
+        out
+    }
+
+    /// The check of `data` in one piece.
+    pub fn of(data: &[u8]) -> [u8; 32] {
+        let mut c = WholeCheck::default();
+        c.update(data);
+        c.finish()
+    }
 }
 
 /// One chunk of a stream: where it is and its hash.

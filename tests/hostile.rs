@@ -4,6 +4,7 @@
 //! destination and the destination's existing files untouched.
 
 mod util;
+use ferry::chunk::WholeCheck;
 use ferry::proto::frame::put_frame;
 use ferry::proto::{
     self, ChunkRef, Entry, Kind, ListStart, Message, Options, Request, Role, SpanRef,
@@ -314,7 +315,7 @@ fn a_size_or_hash_that_does_not_match_publishes_nothing() {
                 Message::FileEnd {
                     file: 0,
                     size: declared,
-                    hash: *blake3::hash(hash_of).as_bytes(),
+                    hash: WholeCheck::of(hash_of),
                 },
             ],
         );
@@ -428,19 +429,19 @@ fn lying_segments_are_refused_and_publish_nothing() {
                 file: 0,
                 offset: 0,
                 len: 1000,
-                hash: *blake3::hash(&[2; 1000]).as_bytes(),
+                hash: WholeCheck::of(&[2; 1000]),
             },
         ],
     );
     let err = pull_from_hostile("data/", &dest, script).unwrap_err();
-    assert!(err.contains("does not match its BLAKE3"), "{err}");
+    assert!(err.contains("does not match its check value"), "{err}");
     assert!(!dest.join("f").exists());
     assert_contained(t.path(), &dest);
     // segments that do not make up the file the end describes: never published
     let (t, dest) = setup();
     write(&dest.join("f"), "old version");
     let mut manifest = blake3::Hasher::new();
-    manifest.update(blake3::hash(&[1; 500]).as_bytes());
+    manifest.update(&WholeCheck::of(&[1; 500]));
     let script = serve_file(
         &[Message::Entry(Entry {
             mtime: 1_700_000_000,
@@ -452,7 +453,7 @@ fn lying_segments_are_refused_and_publish_nothing() {
                 file: 0,
                 offset: 0,
                 len: 500,
-                hash: *blake3::hash(&[1; 500]).as_bytes(),
+                hash: WholeCheck::of(&[1; 500]),
             },
             // claims the whole 1000 bytes while only 500 came in segments
             Message::FileEnd {

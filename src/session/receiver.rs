@@ -14,7 +14,7 @@
 use super::listing::{Keep, Listing, Names};
 use super::wire::{FrameReader, FrameWriter, Spares};
 use super::{text, Cancel, EventFn};
-use crate::chunk::{chunk_hash, Chunk, ChunkHash, Chunker, MAX_CHUNK, MIN_CHUNK};
+use crate::chunk::{chunk_hash, Chunk, ChunkHash, Chunker, WholeCheck, MAX_CHUNK, MIN_CHUNK};
 use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanCollector, SpanIndex, SpanLoc, Step};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
@@ -69,7 +69,7 @@ const INBOUND_DEPTH: usize = 64;
 struct SegmentState {
     start: u64,
     next: u64,
-    hasher: blake3::Hasher,
+    check: WholeCheck,
 }
 
 /// Files requested and not yet complete, at most this many…
@@ -153,7 +153,7 @@ enum Incoming {
     /// Receiving a whole file.
     Whole {
         temp: TempFile,
-        hasher: Box<blake3::Hasher>,
+        check: Box<WholeCheck>,
     },
     /// Rebuilding from basis chunks and literal chunks while the recipe
     /// arrives: each batch is planned, asked for and copied as it comes.
@@ -163,7 +163,7 @@ enum Incoming {
         temp: TempFile,
         /// Segments in progress, by the offset their next bytes go to.
         active: HashMap<u64, SegmentState>,
-        /// Verified segments: (start, length, BLAKE3).
+        /// Verified segments: (start, length, check).
         done: Vec<(u64, u64, [u8; 32])>,
         /// The sender's FileEnd (size, hash of the segment hashes), once seen.
         end: Option<(u64, [u8; 32])>,
@@ -1351,7 +1351,7 @@ impl Receiver<'_> {
     ) -> Result<(), TransferError> {
         let Some(mut state) = self.take_for_data(file, "data", |temp| Incoming::Whole {
             temp,
-            hasher: Box::new(blake3::Hasher::new()),
+            check: Box::default(),
         })?
         else {
             return Ok(());
@@ -1360,14 +1360,14 @@ impl Receiver<'_> {
         let result = (|| -> Result<Result<(), String>, TransferError> {
             let block = Self::unpack(&mut self.decompressor, &mut buf, compressed, raw_len, bytes)?;
             match &mut state {
-                Incoming::Whole { temp, hasher } => {
+                Incoming::Whole { temp, check } => {
                     let limit = self.entries[file as usize].size + RECIPE_SLACK;
                     if temp.len() + block.len() as u64 > limit {
                         return Err(violation(format!(
                             "sent more data for file {file} than its size allows"
                         )));
                     }
-                    hasher.update(block);
+                    check.update(block);
                     self.summary.literal += block.len() as u64;
                     Ok(temp.write(block).map_err(|e| write_error(&e)))
                 }
@@ -1594,11 +1594,11 @@ impl Receiver<'_> {
                     SegmentState {
                         start: offset,
                         next: offset,
-                        hasher: blake3::Hasher::new(),
+                        check: WholeCheck::default(),
                     }
                 }
             };
-            seg.hasher.update(block);
+            seg.check.update(block);
             seg.next = end;
             self.summary.literal += block.len() as u64;
             let written = temp.write_at(offset, block).map_err(|e| write_error(&e));
@@ -1641,10 +1641,10 @@ impl Receiver<'_> {
                 )));
             }
         };
-        if *seg.hasher.finalize().as_bytes() != hash {
+        if seg.check.finish() != hash {
             let name = self.entries[file as usize].name.clone();
             return Err(TransferError::PeerMisbehaved(format!(
-                "sent a segment of {} that does not match its BLAKE3",
+                "sent a segment of {} that does not match its check value",
                 escape(&name)
             )));
         }
@@ -1956,14 +1956,11 @@ impl Receiver<'_> {
             }
             // an empty file: nothing came before its end
             Incoming::Waiting { delta: false, .. } => match self.new_temp(file) {
-                Ok(t) => {
-                    let empty = *blake3::Hasher::new().finalize().as_bytes();
-                    (t, size == 0 && hash == empty)
-                }
+                Ok(t) => (t, size == 0 && hash == WholeCheck::default().finish()),
                 Err(msg) => return self.abandon_ended(file, msg),
             },
-            Incoming::Whole { temp, hasher } => {
-                let ok = temp.len() == size && *hasher.finalize().as_bytes() == hash;
+            Incoming::Whole { temp, check } => {
+                let ok = temp.len() == size && check.finish() == hash;
                 (temp, ok)
             }
             Incoming::Rebuild(r) => {
@@ -2012,7 +2009,7 @@ impl Receiver<'_> {
             self.dest.as_mut().expect("destination open").discard(temp);
             self.file_error(
                 &name,
-                "verification failed: the received data does not match the sender's BLAKE3; the old file is kept".into(),
+                "verification failed: the received data does not match the sender's check value; the old file is kept".into(),
             );
             return Ok(());
         }

@@ -9,7 +9,7 @@
 
 use super::wire::{FrameReader, FrameWriter};
 use super::{text, Cancel, EventFn};
-use crate::chunk::{chunk_hash, ChunkHash, Chunker};
+use crate::chunk::{chunk_hash, ChunkHash, Chunker, WholeCheck};
 use crate::delta::{check_need, Spanner};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
@@ -708,7 +708,7 @@ impl<W: Write> Sender<'_, W> {
             return self.send_segmented(file, path, f, before);
         }
         self.packer.reset();
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = WholeCheck::default();
         let mut total = 0u64;
         let mut reader = &f;
         loop {
@@ -739,7 +739,7 @@ impl<W: Write> Sender<'_, W> {
         self.writer.send(&Message::FileEnd {
             file,
             size: total,
-            hash: *hasher.finalize().as_bytes(),
+            hash: hasher.finish(),
         })
     }
 
@@ -993,7 +993,7 @@ fn send_segment<W: Write>(
     buf: &mut [u8],
 ) -> Result<[u8; 32], String> {
     let mut packer = Packer::new(job.compress);
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = WholeCheck::default();
     let mut offset = job.start;
     let end = job.start + job.len;
     while offset < end {
@@ -1009,7 +1009,7 @@ fn send_segment<W: Write>(
             .map_err(|e| e.to_string())?;
         offset += n as u64;
     }
-    let hash = *hasher.finalize().as_bytes();
+    let hash = hasher.finish();
     writer
         .send(&Message::SegmentEnd {
             file: job.file,
