@@ -421,6 +421,9 @@ pub enum Message {
         raw_len: u32,
         bytes: Vec<u8>,
     },
+    /// `file` is complete: `size` bytes whose check value is `hash` (for a
+    /// file sent whole [`crate::chunk::WholeCheck`]; after a recipe, BLAKE3;
+    /// after segments, the BLAKE3 of their sorted check values).
     FileEnd {
         file: u32,
         size: u64,
@@ -449,7 +452,7 @@ pub enum Message {
         bytes: Vec<u8>,
     },
     /// The segment of `file` that started at `offset` is complete: `len`
-    /// bytes with this BLAKE3.
+    /// bytes with this check value ([`crate::chunk::WholeCheck`]).
     SegmentEnd {
         file: u32,
         offset: u64,

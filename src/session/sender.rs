@@ -87,7 +87,7 @@ enum FromPeer {
     Finish(Summary),
     /// An event from a remote receiver, for this client's callback.
     Event(Event),
-    /// A stream worker finished a segment: its BLAKE3, or why it failed.
+    /// A stream worker finished a segment: its check value, or why it failed.
     SegmentDone {
         file: u32,
         start: u64,
@@ -986,7 +986,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Sends one segment (`Segment` frames, then `SegmentEnd`) and returns its
-/// BLAKE3, or why it could not be read.
+/// check value, or why it could not be read.
 fn send_segment<W: Write>(
     writer: &mut FrameWriter<W>,
     job: &SegmentJob,
