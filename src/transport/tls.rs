@@ -45,39 +45,30 @@ pub trait Handshake {
     fn into_keys(self) -> Result<(rustls::ExtractedSecrets, Keys), rustls::Error>;
 }
 
-impl Handshake for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &rustls::CommonState {
-        self
-    }
-    fn into_keys(self) -> Result<(rustls::ExtractedSecrets, Keys), rustls::Error> {
-        let (secrets, k) = self.dangerous_into_kernel_connection()?;
-        Ok((secrets, Keys::Client(k)))
-    }
+/// The client's and the server's unbuffered connections differ only in type.
+macro_rules! handshake_for {
+    ($conn:ty, $data:ty, $keys:ident) => {
+        impl Handshake for $conn {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn common(&self) -> &rustls::CommonState {
+                self
+            }
+            fn into_keys(self) -> Result<(rustls::ExtractedSecrets, Keys), rustls::Error> {
+                let (secrets, k) = self.dangerous_into_kernel_connection()?;
+                Ok((secrets, Keys::$keys(k)))
+            }
+        }
+    };
 }
 
-impl Handshake for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &rustls::CommonState {
-        self
-    }
-    fn into_keys(self) -> Result<(rustls::ExtractedSecrets, Keys), rustls::Error> {
-        let (secrets, k) = self.dangerous_into_kernel_connection()?;
-        Ok((secrets, Keys::Server(k)))
-    }
-}
+handshake_for!(UnbufferedClientConnection, ClientConnectionData, Client);
+handshake_for!(UnbufferedServerConnection, ServerConnectionData, Server);
 
 /// rustls's key schedule after the handshake: the next traffic keys of each
 /// direction on a key update.
