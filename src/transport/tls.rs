@@ -661,17 +661,32 @@ mod tests {
         assert_eq!(server.join().unwrap(), data);
     }
 
-    /// A standard rustls client (its own record layer) against ferry's: the
-    /// records, key updates both ways and the close interoperate.
-    #[test]
-    fn records_and_key_updates_interoperate_with_rustls_itself() {
+    /// ferry's server half, running `serve` on a thread of its own, and a
+    /// standard rustls client (its own record layer) connected to it.
+    fn rustls_client_to<T: Send + 'static>(
+        serve: impl FnOnce(TlsReader, TlsWriter) -> T + Send + 'static,
+    ) -> (
+        rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+        std::thread::JoinHandle<T>,
+    ) {
         let (_, _, sc, cc) = configs();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (sock, _) = l.accept().unwrap();
             let conn = UnbufferedServerConnection::new(sc).unwrap();
-            let (mut r, mut w, _) = establish(conn, sock, Duration::from_secs(5)).unwrap();
+            let (r, w, _) = establish(conn, sock, Duration::from_secs(5)).unwrap();
+            serve(r, w)
+        });
+        let sock = TcpStream::connect(addr).unwrap();
+        let conn = rustls::ClientConnection::new(cc, name()).unwrap();
+        (rustls::StreamOwned::new(conn, sock), server)
+    }
+
+    /// Records, key updates both ways and the close interoperate with rustls.
+    #[test]
+    fn records_and_key_updates_interoperate_with_rustls_itself() {
+        let (mut tls, server) = rustls_client_to(|mut r, mut w| {
             // our key is replaced every 5 records: the peer must follow
             lock(&w.shared.tx).limit = 5;
             let mut got = vec![0u8; 1 << 20];
@@ -683,9 +698,6 @@ mod tests {
             r.read_to_end(&mut tail).unwrap();
             (got, tail)
         });
-        let sock = TcpStream::connect(addr).unwrap();
-        let conn = rustls::ClientConnection::new(cc, name()).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, sock);
         let data = pattern(1 << 20);
         tls.write_all(&data[..300_000]).unwrap();
         // the client asks for a key update, ours and its own
@@ -704,19 +716,11 @@ mod tests {
 
     #[test]
     fn an_altered_record_is_an_integrity_error_on_both_sides() {
-        let (_, _, sc, cc) = configs();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (sock, _) = l.accept().unwrap();
-            let conn = UnbufferedServerConnection::new(sc).unwrap();
-            let (mut r, _w, _) = establish(conn, sock, Duration::from_secs(5)).unwrap();
-            let mut got = vec![0u8; 100_000];
-            r.read_exact(&mut got).unwrap_err()
+        let (mut tls, server) = rustls_client_to(|mut r, w| {
+            let e = r.read_exact(&mut vec![0u8; 100_000]).unwrap_err();
+            drop(w); // (after the alert: its close_notify would end the session first)
+            e
         });
-        let sock = TcpStream::connect(addr).unwrap();
-        let conn = rustls::ClientConnection::new(cc, name()).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, sock);
         tls.write_all(b"first").unwrap();
         tls.flush().unwrap();
         // a record with one bit flipped, straight onto the socket
