@@ -8,9 +8,9 @@
 //! list order (a directory before its contents, no name twice), data only for
 //! files this side asked for, chunks against their recipe hash, whole files
 //! against their check value (BLAKE3 for a file rebuilt from old data,
-//! [`WholeCheck`] for one sent whole) before they are renamed into place. A violation ends
-//! the session; what was written so far stays in partial files, never at a
-//! final path.
+//! [`WholeCheck`] for one sent whole) before they are renamed into place. A
+//! violation ends the session; what was written so far stays in partial
+//! files, never at a final path.
 
 use super::listing::{Keep, Listing, Names};
 use super::wire::{FrameReader, FrameWriter, Spares};

@@ -708,7 +708,7 @@ impl<W: Write> Sender<'_, W> {
             return self.send_segmented(file, path, f, before);
         }
         self.packer.reset();
-        let mut hasher = WholeCheck::default();
+        let mut check = WholeCheck::default();
         let mut total = 0u64;
         let mut reader = &f;
         loop {
@@ -722,7 +722,7 @@ impl<W: Write> Sender<'_, W> {
                 break;
             }
             let block = &self.buf[..n];
-            hasher.update(block);
+            check.update(block);
             total += n as u64;
             let (compressed, bytes) = self.packer.pack(block);
             self.writer.send_data(file, compressed, n as u32, bytes)?;
@@ -739,7 +739,7 @@ impl<W: Write> Sender<'_, W> {
         self.writer.send(&Message::FileEnd {
             file,
             size: total,
-            hash: hasher.finish(),
+            hash: check.finish(),
         })
     }
 
@@ -993,7 +993,7 @@ fn send_segment<W: Write>(
     buf: &mut [u8],
 ) -> Result<[u8; 32], String> {
     let mut packer = Packer::new(job.compress);
-    let mut hasher = WholeCheck::default();
+    let mut check = WholeCheck::default();
     let mut offset = job.start;
     let end = job.start + job.len;
     while offset < end {
@@ -1002,14 +1002,14 @@ fn send_segment<W: Write>(
         job.source
             .read_exact_at(block, offset)
             .map_err(|e| format!("read failed: {}", io_text(&e)))?;
-        hasher.update(block);
+        check.update(block);
         let (compressed, bytes) = packer.pack(block);
         writer
             .send_segment(job.file, offset, compressed, n as u32, bytes)
             .map_err(|e| e.to_string())?;
         offset += n as u64;
     }
-    let hash = hasher.finish();
+    let hash = check.finish();
     writer
         .send(&Message::SegmentEnd {
             file: job.file,
