@@ -305,13 +305,9 @@ fn a_destination_out_of_inodes_fails_the_files_that_do_not_fit_and_ends() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the transfer did not end");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if wait_for(&mut child, Duration::from_secs(30)).is_none() {
+        child.kill().unwrap();
+        panic!("the transfer did not end");
     }
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(23));
