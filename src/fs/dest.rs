@@ -360,7 +360,7 @@ impl Dest {
             e => to_io(e),
         })?;
         if partial {
-            lock(&fd)?;
+            hold_new_partial(&tdir, &tname, &fd)?;
         }
         Ok(TempFile {
             dir: tdir,
@@ -590,6 +590,21 @@ fn lock(fd: &OwnedFd) -> io::Result<()> {
             to_io(e)
         }
     })
+}
+
+/// Takes the lock of the partial file just created as `name` in `dir` and
+/// checks that the name is still ours: between the create and the lock,
+/// another transfer may have found the file unlocked and replaced it with its
+/// own, and writing on would end in renaming the other's half-written file
+/// into place (or in a rename of nothing).
+fn hold_new_partial(dir: &OwnedFd, name: &[u8], fd: &OwnedFd) -> io::Result<()> {
+    lock(fd)?;
+    let ours = rustix::fs::fstat(fd).map_err(to_io)?;
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_dev == ours.st_dev && st.st_ino == ours.st_ino => Ok(()),
+        Ok(_) | Err(rustix::io::Errno::NOENT) => Err(busy()),
+        Err(e) => Err(to_io(e)),
+    }
 }
 
 /// A new file in `dir` with no name (`O_TMPFILE`): it disappears when closed
@@ -874,6 +889,36 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_partial_file_taken_over_before_its_lock_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dest = Dest::open(dir.path(), false).unwrap();
+        // one transfer has just created its partial file, not yet locked…
+        let partial_dir = dir.path().join(".ferry-partial");
+        std::fs::create_dir(&partial_dir).unwrap();
+        let pdir = open_dir(&partial_dir).unwrap();
+        let first = rustix::fs::openat(
+            &pdir,
+            "f",
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        // …when a second finds it unlocked and replaces it with its own
+        let second = dest.create_temp(b"f", true, false, false).unwrap();
+        // the first must not go on writing a file that is no longer named
+        let e = hold_new_partial(&pdir, b"f", &first).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ResourceBusy, "{e}");
+        // and the second's own lock holds against anyone else
+        assert_eq!(
+            dest.create_temp(b"f", true, false, false)
+                .err()
+                .map(|e| e.kind()),
+            Some(io::ErrorKind::ResourceBusy)
+        );
+        drop(second);
     }
 
     #[test]
