@@ -436,6 +436,23 @@ fn a_one_percent_edit_over_the_daemon_moves_under_two_percent() {
         sent + received
     );
     assert_eq!(std::fs::read(module.join("big")).unwrap(), data);
+    // the replaced version is closed off the transfer's path, but closed: the
+    // daemon must not keep it open (its blocks would never be freed)
+    let deleted_held = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .filter(|target| target.to_string_lossy().ends_with(" (deleted)"))
+            .count()
+    };
+    let start = Instant::now();
+    while deleted_held() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon still holds the replaced file open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Pushes a `size`-byte file over `streams` connections, SIGKILLs the daemon

@@ -549,6 +549,31 @@ impl Dest {
     }
 }
 
+/// Closes `files` on a thread of their own. Closing the last handle of a file
+/// whose last name is gone (the old version of a file a rebuild just
+/// replaced) makes the filesystem free its blocks there and then: 0.4–0.6 s
+/// for 2 GiB on this machine's ext4, mostly waiting for its journal, which
+/// the transfer need not wait for. The blocks are freed all the same a moment
+/// later (after a crash in between, from the orphan list at the next mount).
+/// One thread for the whole process, started on first use; should it not
+/// start, the files are closed here.
+pub fn close_later(files: Vec<File>) {
+    use std::sync::{mpsc, OnceLock};
+    static CLOSER: OnceLock<Option<mpsc::Sender<Vec<File>>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Vec<File>>();
+        std::thread::Builder::new()
+            .name("close".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = closer {
+        // if the thread is gone, the files come back in the error and close here
+        let _ = tx.send(files);
+    }
+}
+
 /// Opens `rel` for reading beneath the directory `root`, refusing any symlink
 /// on the way and any `..` out of it (`openat2` with `RESOLVE_BENEATH` and
 /// `RESOLVE_NO_SYMLINKS`): what a daemon sends from a module stays in it.

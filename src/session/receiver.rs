@@ -2016,20 +2016,27 @@ impl Receiver<'_> {
         }
         let published = temp.file.try_clone().ok();
         self.publish(file, temp);
+        let Some((entry, basis)) = rebuilt else {
+            return Ok(());
+        };
         // remember the new file's chunks: the next re-sync need not read it;
         // forget those of a basis the new file replaced
-        if let (Some(cache), Some((entry, basis)), Some(f)) =
-            (&self.chunk_cache, rebuilt, published)
-        {
-            if let (true, Some(entry)) = (self.entries[file as usize].done, entry) {
-                entry.finish(&f);
-                for b in &basis.files {
-                    if b.metadata().is_ok_and(|m| m.nlink() == 0) {
-                        cache.forget(b);
-                    }
+        if let (Some(cache), Some(entry), Some(f), true) = (
+            &self.chunk_cache,
+            entry,
+            published,
+            self.entries[file as usize].done,
+        ) {
+            entry.finish(&f);
+            for b in &basis.files {
+                if b.metadata().is_ok_and(|m| m.nlink() == 0) {
+                    cache.forget(b);
                 }
             }
         }
+        // the old version's blocks are freed as its last handle closes: not
+        // something the rest of the transfer need wait for
+        crate::fs::dest::close_later(basis.files);
         Ok(())
     }
 
