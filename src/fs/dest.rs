@@ -92,6 +92,10 @@ pub struct TempFile {
     runs: Vec<Run>,
     /// Whether this temp file lives in the partial directory (kept on failure).
     pub partial: bool,
+    /// Whether `copy_file_range` into this file can do better than copying
+    /// through the page cache (see [`copies_in_page_cache`]); found out when
+    /// first needed.
+    in_place: Option<bool>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -311,6 +315,7 @@ impl Dest {
                     pos: 0,
                     flushed: 0,
                     runs: Vec::new(),
+                    in_place: None,
                     partial,
                 });
             }
@@ -370,6 +375,7 @@ impl Dest {
             pos: 0,
             flushed: 0,
             runs: Vec::new(),
+            in_place: None,
             partial,
         })
     }
@@ -547,6 +553,21 @@ impl Dest {
     pub fn sync_all(&self) -> io::Result<()> {
         rustix::fs::syncfs(&*self.root).map_err(to_io)
     }
+}
+
+/// Whether `copy_file_range` into `file` only copies through the page cache,
+/// as on ext4 and tmpfs (no shared blocks, no copy on a server): there the
+/// receiver writes the bytes it already read (to hash them) itself. A re-sync
+/// of 2 GiB on ext4, four pairs: 1.55–1.60 s of the receiver's CPU against
+/// 1.59–1.98 s through `copy_file_range` (which splices every page through a
+/// pipe). Elsewhere (XFS and btrfs share blocks, NFS and SMB copy on the
+/// server) it is worth its system call.
+fn copies_in_page_cache(file: &File) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const TMPFS: i64 = 0x0102_1994;
+    // (f_type is not an i64 on every architecture)
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(file).is_ok_and(|st| matches!(st.f_type as i64, EXT4 | TMPFS))
 }
 
 /// Closes `files` on a thread of their own. Closing the last handle of a file
@@ -804,8 +825,12 @@ impl TempFile {
     /// Whether appending `len` bytes from `offset` of another file could
     /// share blocks: the same position within a 4 KiB block on both sides,
     /// and long enough to be worth a system call of its own.
-    fn shares_blocks(&self, offset: u64, len: usize) -> bool {
-        len >= 64 << 10 && offset % BLOCK == self.pos % BLOCK
+    fn shares_blocks(&mut self, offset: u64, len: usize) -> bool {
+        len >= 64 << 10
+            && offset % BLOCK == self.pos % BLOCK
+            && *self
+                .in_place
+                .get_or_insert_with(|| !copies_in_page_cache(&self.file))
     }
 
     /// Asks the kernel to start writing what we wrote so far to disk, without
