@@ -589,7 +589,7 @@ mod tests {
     #[test]
     fn the_window_is_the_basis_between_known_neighbours_or_near_them() {
         let a = random(64 << 20, 12);
-        let b = random(4 << 20, 13);
+        let b = random(8 << 20, 13);
         let index = span_index(&[&a, &b]);
         let n = index.spans(0).len();
         assert!(n > WINDOW_GAP + 12, "{n} spans");
