@@ -553,6 +553,72 @@ impl Dest {
     pub fn sync_all(&self) -> io::Result<()> {
         rustix::fs::syncfs(&*self.root).map_err(to_io)
     }
+
+    /// A thread that starts the writeback of small files while the transfer
+    /// writes more (see [`BackgroundSync`]).
+    pub fn background_sync(&self) -> Option<BackgroundSync> {
+        BackgroundSync::start(self.root.clone())
+    }
+}
+
+/// Starts the writeback of the small files a transfer writes while it writes
+/// more: a thread calls `syncfs` on the destination at most every
+/// [`BackgroundSync::EVERY`], once [`BackgroundSync::BATCH`] bytes of them
+/// were written since the last. A large file starts its own writeback as it
+/// is written (every 16 MiB); small ones would otherwise all wait for the
+/// transfer's final `syncfs`, with one core idle. 20,000 small files to the
+/// daemon on a fresh ext4, six rounds: medians 1.205 → 1.07 s (per-file
+/// `POSIX_FADV_DONTNEED` from a thread of its own: no faster, more CPU).
+/// Durability still comes from the final sync; the thread stops when this is
+/// dropped.
+pub struct BackgroundSync {
+    unsynced: Arc<AtomicU64>,
+    syncs: Arc<AtomicU64>,
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl BackgroundSync {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+    pub const BATCH: u64 = 4 << 20;
+
+    fn start(root: Arc<OwnedFd>) -> Option<BackgroundSync> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let unsynced = Arc::new(AtomicU64::new(0));
+        let syncs = Arc::new(AtomicU64::new(0));
+        let (u, n) = (unsynced.clone(), syncs.clone());
+        std::thread::Builder::new()
+            .name("ferry-sync".into())
+            .spawn(move || {
+                // ends when the sender is dropped
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Self::EVERY)
+                {
+                    if u.load(Ordering::Relaxed) >= Self::BATCH {
+                        u.store(0, Ordering::Relaxed);
+                        let _ = rustix::fs::syncfs(&*root);
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+            .ok()?;
+        Some(BackgroundSync {
+            unsynced,
+            syncs,
+            _stop: stop,
+        })
+    }
+
+    /// A file of `size` bytes was written.
+    pub fn wrote(&self, size: u64) {
+        if size < WRITEBACK_STEP {
+            self.unsynced.fetch_add(size, Ordering::Relaxed);
+        }
+    }
+
+    /// How many times the thread synced so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
 }
 
 /// Whether `copy_file_range` into `file` only copies through the page cache,
@@ -910,6 +976,28 @@ impl TempFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_files_are_synced_while_more_are_written_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = Dest::open(dir.path(), false).unwrap();
+        let bg = dest.background_sync().unwrap();
+        let ticks = BackgroundSync::EVERY * 3;
+        // a large file starts its own writeback; a few small bytes wait
+        bg.wrote(WRITEBACK_STEP);
+        bg.wrote(BackgroundSync::BATCH / 2);
+        std::thread::sleep(ticks);
+        assert_eq!(bg.syncs(), 0);
+        // enough small files: synced at the next tick, once
+        bg.wrote(BackgroundSync::BATCH / 2);
+        let start = std::time::Instant::now();
+        while bg.syncs() == 0 {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(ticks);
+        assert_eq!(bg.syncs(), 1);
+    }
 
     #[test]
     fn segments_written_side_by_side_each_start_their_writeback() {

@@ -21,7 +21,7 @@ use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
 use crate::fs::chunk_cache::{CacheWriter, ChunkCache};
 use crate::fs::chunk_list::{ChunkList, ChunkListWriter};
-use crate::fs::dest::{Dest, ExistingKind, Meta, TempFile};
+use crate::fs::dest::{BackgroundSync, Dest, ExistingKind, Meta, TempFile};
 use crate::fs::names::{self, escape, split_parent};
 use crate::proto::{
     ChunkRef, Entry, Event, EventKind, Kind, ListStart, Message, Options, SpanRef, Summary,
@@ -232,6 +232,8 @@ struct Receiver<'a> {
     dest_path: Vec<u8>,
     beneath: Option<PathBuf>,
     dest: Option<Dest>,
+    /// Starts the writeback of small files while the transfer goes on.
+    background_sync: Option<BackgroundSync>,
     /// The list's opening, until the first entry opens the destination.
     list_start: Option<ListStart>,
     mapping: Mapping,
@@ -403,6 +405,7 @@ where
         dest_path: cfg.dest,
         beneath: cfg.beneath,
         dest: None,
+        background_sync: None,
         list_start: None,
         mapping: Mapping::Under,
         requested,
@@ -754,6 +757,9 @@ impl Receiver<'_> {
         };
         match opened {
             Ok(dest) => {
+                if !self.opts.fsync && !self.opts.dry_run {
+                    self.background_sync = dest.background_sync();
+                }
                 self.dest = Some(dest);
                 Ok(())
             }
@@ -2121,6 +2127,9 @@ impl Receiver<'_> {
             .and_then(|_| dest.publish(temp, &rel, backup.as_deref()));
         match result {
             Ok(()) => {
+                if let Some(bg) = &self.background_sync {
+                    bg.wrote(size);
+                }
                 self.entries[file as usize].done = true;
                 self.summary.transferred += 1;
                 let counted = self.progress.remove(&file).unwrap_or(0);
