@@ -21,7 +21,7 @@ use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
 use crate::fs::chunk_cache::{CacheWriter, ChunkCache};
 use crate::fs::chunk_list::{ChunkList, ChunkListWriter};
-use crate::fs::dest::{BackgroundSync, Dest, ExistingKind, Meta, TempFile};
+use crate::fs::dest::{close_later, Dest, ExistingKind, Meta, TempFile};
 use crate::fs::names::{self, escape, split_parent};
 use crate::proto::{
     ChunkRef, Entry, Event, EventKind, Kind, ListStart, Message, Options, SpanRef, Summary,
@@ -232,8 +232,6 @@ struct Receiver<'a> {
     dest_path: Vec<u8>,
     beneath: Option<PathBuf>,
     dest: Option<Dest>,
-    /// Starts the writeback of small files while the transfer goes on.
-    background_sync: Option<BackgroundSync>,
     /// The list's opening, until the first entry opens the destination.
     list_start: Option<ListStart>,
     mapping: Mapping,
@@ -405,7 +403,6 @@ where
         dest_path: cfg.dest,
         beneath: cfg.beneath,
         dest: None,
-        background_sync: None,
         list_start: None,
         mapping: Mapping::Under,
         requested,
@@ -445,7 +442,6 @@ where
         Err(e) => {
             if !matches!(e, TransferError::Connection(_) | TransferError::Remote(_)) {
                 let _ = r.out.send(Message::Fatal(e.to_string().into_bytes()));
-                let _ = r.out.flush();
             }
             // the writer thread ends once it has sent what is queued
             drop(r);
@@ -756,9 +752,9 @@ impl Receiver<'_> {
             }
         };
         match opened {
-            Ok(dest) => {
+            Ok(mut dest) => {
                 if !self.opts.fsync && !self.opts.dry_run {
-                    self.background_sync = dest.background_sync();
+                    dest.sync_in_background();
                 }
                 self.dest = Some(dest);
                 Ok(())
@@ -2111,7 +2107,7 @@ impl Receiver<'_> {
         }
         // the old version's blocks are freed as its last handle closes: not
         // something the rest of the transfer need wait for
-        crate::fs::dest::close_later(basis.files);
+        close_later(basis.files);
         Ok(())
     }
 
@@ -2127,9 +2123,6 @@ impl Receiver<'_> {
             .and_then(|_| dest.publish(temp, &rel, backup.as_deref()));
         match result {
             Ok(()) => {
-                if let Some(bg) = &self.background_sync {
-                    bg.wrote(size);
-                }
                 self.entries[file as usize].done = true;
                 self.summary.transferred += 1;
                 let counted = self.progress.remove(&file).unwrap_or(0);
