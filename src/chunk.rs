@@ -31,6 +31,7 @@
 //! bits) sent 1.73x the changed bytes, a single 14-bit mask 1.44x.
 
 use std::io::{self, Read};
+use std::sync::mpsc;
 
 pub const MIN_CHUNK: usize = 4 << 10;
 /// The expected chunk size: the minimum plus one in 2^11 positions.
@@ -151,6 +152,160 @@ impl WholeCheck {
         let mut c = WholeCheck::default();
         c.update(data);
         c.finish()
+    }
+}
+
+/// The BLAKE3 of a stream of bytes given in order: for a large stream, hashed
+/// on a thread of its own while the caller goes on to its next bytes. A
+/// receiver rebuilding a large file reads old bytes, hashes and writes them
+/// on one thread, the slower end of a re-sync; BLAKE3 was a third of that
+/// thread's time. Memory: up to [`STREAM_BUFFERS`] buffers of
+/// [`STREAM_BUFFER`] bytes, reused.
+pub struct StreamHash(Hashing);
+
+enum Hashing {
+    Here {
+        hasher: Box<blake3::Hasher>,
+        scratch: Vec<u8>,
+    },
+    Thread {
+        /// The buffer being filled, and how much of it is.
+        cur: Vec<u8>,
+        used: usize,
+        /// Buffers to hash, in order; those hashed come back.
+        tx: mpsc::SyncSender<(Vec<u8>, usize)>,
+        back: mpsc::Receiver<Vec<u8>>,
+        made: usize,
+        thread: std::thread::JoinHandle<[u8; 32]>,
+    },
+}
+
+/// The size of one buffer handed to a hashing thread.
+pub const STREAM_BUFFER: usize = 1 << 20;
+/// Buffers a hashing thread and its caller share at most.
+const STREAM_BUFFERS: usize = 4;
+/// Streams expected to be shorter are hashed where they are given.
+const STREAM_THREAD_MIN: u64 = 16 << 20;
+
+impl StreamHash {
+    /// A hasher for a stream of about `expected` bytes.
+    pub fn new(expected: u64) -> Self {
+        let two = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        if expected >= STREAM_THREAD_MIN && two {
+            let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(STREAM_BUFFERS - 2);
+            let (back_tx, back) = mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("ferry-hash".into())
+                .spawn(move || {
+                    let mut h = blake3::Hasher::new();
+                    for (buf, used) in rx {
+                        h.update(&buf[..used]);
+                        let _ = back_tx.send(buf);
+                    }
+                    *h.finalize().as_bytes()
+                });
+            if let Ok(thread) = spawned {
+                return StreamHash(Hashing::Thread {
+                    cur: vec![0; STREAM_BUFFER],
+                    used: 0,
+                    tx,
+                    back,
+                    made: 1,
+                    thread,
+                });
+            }
+        }
+        StreamHash(Hashing::Here {
+            hasher: Box::default(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Room for the next `n` bytes of the stream (at most
+    /// [`STREAM_BUFFER`]), which `fill` writes; they are hashed as given and
+    /// returned for the caller to use.
+    pub fn next<E>(
+        &mut self,
+        n: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<&[u8], E> {
+        assert!(n <= STREAM_BUFFER, "at most one buffer at a time");
+        match &mut self.0 {
+            Hashing::Here { hasher, scratch } => {
+                if scratch.len() < n {
+                    scratch.resize(n, 0);
+                }
+                let b = &mut scratch[..n];
+                fill(b)?;
+                hasher.update(b);
+                Ok(b)
+            }
+            Hashing::Thread {
+                cur,
+                used,
+                tx,
+                back,
+                made,
+                ..
+            } => {
+                if *used + n > STREAM_BUFFER {
+                    // hand over the full buffer; take one hashed already, a
+                    // new one while there are few, else wait for one
+                    let next = match back.try_recv() {
+                        Ok(b) => b,
+                        Err(_) if *made < STREAM_BUFFERS => {
+                            *made += 1;
+                            vec![0; STREAM_BUFFER]
+                        }
+                        Err(_) => back.recv().unwrap_or_else(|_| vec![0; STREAM_BUFFER]),
+                    };
+                    let full = std::mem::replace(cur, next);
+                    // (should the thread be gone, finish reports a wrong hash)
+                    let _ = tx.send((full, std::mem::take(used)));
+                }
+                let b = &mut cur[*used..*used + n];
+                fill(b)?;
+                *used += n;
+                Ok(b)
+            }
+        }
+    }
+
+    /// Hashes `data` as the stream's next bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        match &mut self.0 {
+            Hashing::Here { hasher, .. } => {
+                hasher.update(data);
+            }
+            Hashing::Thread { .. } => {
+                for piece in data.chunks(STREAM_BUFFER) {
+                    let _ = self.next(piece.len(), |b| {
+                        b.copy_from_slice(piece);
+                        Ok::<_, ()>(())
+                    });
+                }
+            }
+        }
+    }
+
+    /// The BLAKE3 of everything given.
+    pub fn finish(self) -> [u8; 32] {
+        match self.0 {
+            Hashing::Here { hasher, .. } => *hasher.finalize().as_bytes(),
+            Hashing::Thread {
+                cur,
+                used,
+                tx,
+                thread,
+                ..
+            } => {
+                let _ = tx.send((cur, used));
+                drop(tx);
+                // a thread that died cannot vouch for anything: no hash
+                // matches all zeros but by chance
+                thread.join().unwrap_or([0; 32])
+            }
+        }
     }
 }
 
@@ -368,6 +523,38 @@ pub(crate) mod tests {
         let b = chunk_slice(&edited);
         let new = b.iter().filter(|c| !a.contains(&c.hash)).count();
         assert!(new <= 3, "{new} chunks changed by one insertion");
+    }
+
+    #[test]
+    fn a_stream_hashed_on_a_thread_is_hashed_whole_and_in_order() {
+        let data = random(5 << 20, 11);
+        for expected in [0, 1 << 30] {
+            let mut h = StreamHash::new(expected);
+            // pieces of every size, given both ways, across buffer ends
+            let (mut at, mut step) = (0, 1);
+            while at < data.len() {
+                let n = step.min(data.len() - at);
+                let piece = &data[at..at + n];
+                if step % 2 == 0 {
+                    h.update(piece);
+                } else {
+                    let got = h
+                        .next(n, |b| {
+                            b.copy_from_slice(piece);
+                            Ok::<_, ()>(())
+                        })
+                        .unwrap();
+                    assert_eq!(got, piece);
+                }
+                at += n;
+                step = (step * 7 + 3) % (STREAM_BUFFER + 1);
+            }
+            assert_eq!(
+                h.finish(),
+                *blake3::hash(&data).as_bytes(),
+                "expected {expected}"
+            );
+        }
     }
 
     #[test]

@@ -15,13 +15,15 @@
 use super::listing::{Keep, Listing, Names};
 use super::wire::{FrameReader, FrameWriter, Spares};
 use super::{text, Cancel, EventFn};
-use crate::chunk::{chunk_hash, Chunk, ChunkHash, Chunker, WholeCheck, MAX_CHUNK, MIN_CHUNK};
+use crate::chunk::{
+    chunk_hash, Chunk, ChunkHash, Chunker, StreamHash, WholeCheck, MAX_CHUNK, MIN_CHUNK,
+};
 use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanCollector, SpanIndex, SpanLoc, Step};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
 use crate::fs::chunk_cache::{CacheWriter, ChunkCache};
 use crate::fs::chunk_list::{ChunkList, ChunkListWriter};
-use crate::fs::dest::{close_later, Dest, ExistingKind, Meta, TempFile};
+use crate::fs::dest::{close_later, Dest, DropBehind, ExistingKind, Meta, TempFile};
 use crate::fs::names::{self, escape, split_parent};
 use crate::proto::{
     ChunkRef, Entry, Event, EventKind, Kind, ListStart, Message, Options, SpanRef, Summary,
@@ -87,7 +89,7 @@ const MAX_DELTA_IN_FLIGHT: usize = 4;
 /// Files smaller than this are fetched whole even when a basis exists.
 const DELTA_MIN_SIZE: u64 = 64 << 10;
 /// The most bytes one joined copy from a basis reads and writes at once.
-const COPY_RUN: usize = 1 << 20;
+const COPY_RUN: usize = crate::chunk::STREAM_BUFFER;
 /// A recipe may describe at most this much more than the listed size.
 const RECIPE_SLACK: u64 = 1 << 30;
 /// Sibling directories looked at for a previous version of a new file.
@@ -143,6 +145,9 @@ struct Basis {
     full: Option<ChunkIndex>,
     /// Which of `files` were indexed from the chunk cache.
     cached: Vec<usize>,
+    /// Whether the first of `files` is the one the new file replaces (the old
+    /// file at its path, or a partial one).
+    replaced: bool,
 }
 
 /// Bases of up to this many chunks together (~384 MiB) have all their chunks
@@ -199,7 +204,11 @@ impl Part {
 
 struct Rebuilding {
     temp: TempFile,
-    hasher: blake3::Hasher,
+    /// The new file's BLAKE3, as its bytes are written.
+    hasher: StreamHash,
+    /// The page cache of the file this one replaces, let go of as it is
+    /// copied from.
+    behind: Option<DropBehind>,
     rebuild: Rebuild,
     planner: Planner,
     basis: Basis,
@@ -218,8 +227,6 @@ struct Rebuilding {
     last_known: Option<SpanLoc>,
     /// The basis chunks of the last window looked through, by hash.
     window: Option<(delta::Window, ChunkIndex)>,
-    /// Room for joined copies from the basis (allocated on first use).
-    copy_buf: Vec<u8>,
 }
 
 struct Receiver<'a> {
@@ -1225,10 +1232,10 @@ impl Receiver<'_> {
                 break;
             }
             self.queue.pop_front();
-            let bases = if wants_delta {
+            let (bases, replaced) = if wants_delta {
                 self.open_bases(index)
             } else {
-                Vec::new()
+                (Vec::new(), false)
             };
             let delta = !bases.is_empty();
             let basis = if delta {
@@ -1238,7 +1245,10 @@ impl Receiver<'_> {
                 Some(
                     std::thread::Builder::new()
                         .name("ferry-basis".into())
-                        .spawn(move || index_bases(bases, cache.as_deref(), spill))
+                        .spawn(move || Basis {
+                            replaced,
+                            ..index_bases(bases, cache.as_deref(), spill)
+                        })
                         .map_err(|e| TransferError::local("thread", &e))?,
                 )
             } else {
@@ -1260,12 +1270,12 @@ impl Receiver<'_> {
 
     /// Files whose chunks may rebuild entry `index`: the old file at its path,
     /// and the partial file an interrupted run left.
-    fn open_bases(&mut self, index: u32) -> Vec<File> {
+    fn open_bases(&mut self, index: u32) -> (Vec<File>, bool) {
         let l = &self.entries[index as usize];
         let rel = l.rel.clone();
         let is_new = l.is_new;
         let Some(dest) = self.dest.as_mut() else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
         let mut out = Vec::new();
         if !is_new {
@@ -1278,19 +1288,20 @@ impl Receiver<'_> {
                 out.push(f);
             }
         }
-        if out.is_empty() {
-            let size = self.entries[index as usize].size;
-            for candidate in self.similar_files(&rel, size) {
-                if let Some(f) = self
-                    .dest
-                    .as_mut()
-                    .and_then(|d| d.open_file(&candidate).ok())
-                {
-                    out.push(f);
-                }
+        if !out.is_empty() {
+            return (out, true);
+        }
+        let size = self.entries[index as usize].size;
+        for candidate in self.similar_files(&rel, size) {
+            if let Some(f) = self
+                .dest
+                .as_mut()
+                .and_then(|d| d.open_file(&candidate).ok())
+            {
+                out.push(f);
             }
         }
-        out
+        (out, false)
     }
 
     /// For a new file with nothing at its path: destination files likely to
@@ -1446,7 +1457,7 @@ impl Receiver<'_> {
                         hasher,
                         rebuild,
                         basis,
-                        copy_buf,
+                        behind,
                         ..
                     } = &mut **r;
                     let Some((len, hash)) = rebuild.next_literal() else {
@@ -1466,13 +1477,7 @@ impl Receiver<'_> {
                         return Ok(Err(write_error(&e)));
                     }
                     rebuild.literal_written();
-                    Ok(run_copies(
-                        rebuild,
-                        temp,
-                        hasher,
-                        &mut basis.files,
-                        copy_buf,
-                    ))
+                    Ok(run_copies(rebuild, temp, hasher, &basis.files, behind))
                 }
                 _ => Err(Self::not_requested(file, "data")),
             }
@@ -1904,10 +1909,10 @@ impl Receiver<'_> {
             hasher,
             rebuild,
             basis,
-            copy_buf,
+            behind,
             ..
         } = &mut *r;
-        let copied = run_copies(rebuild, temp, hasher, &mut basis.files, copy_buf);
+        let copied = run_copies(rebuild, temp, hasher, &basis.files, behind);
         self.settle(file, Incoming::Rebuild(r), copied)
     }
 
@@ -1956,10 +1961,17 @@ impl Receiver<'_> {
         // it; a writer that stopped shows at the next send)
         let _ = self.out.flush();
         let basis = basis.and_then(|h| h.join().ok()).unwrap_or_default();
+        let size = self.entries[file as usize].size;
+        // (unless the old file stays: as a backup or under another name)
+        let behind = (basis.replaced
+            && self.opts.backup_suffix.is_none()
+            && basis.files[0].metadata().is_ok_and(|m| m.nlink() == 1))
+        .then(DropBehind::default);
         match self.new_temp(file) {
             Ok(temp) => Some(Box::new(Rebuilding {
                 temp,
-                hasher: blake3::Hasher::new(),
+                hasher: StreamHash::new(size),
+                behind,
                 rebuild: Rebuild::new(Vec::new()),
                 planner: Planner::default(),
                 basis,
@@ -1970,7 +1982,6 @@ impl Receiver<'_> {
                 cache_entry: self.chunk_cache.as_ref().and_then(|c| c.writer()),
                 last_known: None,
                 window: None,
-                copy_buf: Vec::new(),
             })),
             Err(msg) => {
                 self.delta_in_flight -= 1;
@@ -2064,7 +2075,7 @@ impl Receiver<'_> {
                 let ok = size == want_size
                     && hash == want_hash
                     && rebuild.written() == size
-                    && *hasher.finalize().as_bytes() == hash;
+                    && hasher.finish() == hash;
                 (temp, ok)
             }
             _ => return Err(Self::not_requested(file, "the end")),
@@ -2576,28 +2587,28 @@ fn window_index<'w>(
 fn run_copies(
     rebuild: &mut Rebuild,
     temp: &mut TempFile,
-    hasher: &mut blake3::Hasher,
-    bases: &mut [File],
-    buf: &mut Vec<u8>,
+    check: &mut StreamHash,
+    bases: &[File],
+    behind: &mut Option<DropBehind>,
 ) -> Result<(), String> {
-    buf.resize(COPY_RUN, 0);
     // basis bytes waiting to be copied: (basis, offset, length)
     let mut run: Option<(u32, u64, usize)> = None;
-    let flush = |run: &mut Option<(u32, u64, usize)>,
-                 buf: &mut [u8],
-                 temp: &mut TempFile,
-                 hasher: &mut blake3::Hasher,
-                 bases: &mut [File]|
+    let mut flush = |run: &mut Option<(u32, u64, usize)>,
+                     temp: &mut TempFile,
+                     check: &mut StreamHash|
      -> Result<(), String> {
         if let Some((basis, offset, len)) = run.take() {
-            let b = &mut buf[..len];
             let from = &bases[basis as usize];
-            from.read_exact_at(b, offset)
-                .map_err(|e| format!("cannot read the basis: {}", io_text(&e)))?;
             // read all the same: every byte of the new file goes into its hash
-            hasher.update(b);
+            let b = check.next(len, |b| {
+                from.read_exact_at(b, offset)
+                    .map_err(|e| format!("cannot read the basis: {}", io_text(&e)))
+            })?;
             temp.append_from(from, offset, b)
                 .map_err(|e| write_error(&e))?;
+            if let (0, Some(behind)) = (basis, behind.as_mut()) {
+                behind.read(from, offset, len as u64);
+            }
         }
         Ok(())
     };
@@ -2614,23 +2625,23 @@ fn run_copies(
                     Ok(())
                 }
                 _ => {
-                    flush(&mut run, buf, temp, hasher, bases)?;
+                    flush(&mut run, temp, check)?;
                     run = Some((loc.basis, loc.offset, n));
                     Ok(())
                 }
             }
         }
         Step::CopyOutput { offset, len } => {
-            flush(&mut run, buf, temp, hasher, bases)?;
-            let b = &mut buf[..len as usize];
-            temp.read_at(offset, b)
-                .map_err(|e| format!("cannot read back: {}", io_text(&e)))?;
-            hasher.update(b);
+            flush(&mut run, temp, check)?;
+            let b = check.next(len as usize, |b| {
+                temp.read_at(offset, b)
+                    .map_err(|e| format!("cannot read back: {}", io_text(&e)))
+            })?;
             temp.write(b).map_err(|e| write_error(&e))
         }
         Step::Literal { .. } => unreachable!("run_copies stops at literals"),
     })?;
-    flush(&mut run, buf, temp, hasher, bases)
+    flush(&mut run, temp, check)
 }
 
 /// Whether a symlink at `rel` pointing to `target` stays inside the tree.
