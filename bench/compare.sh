@@ -155,6 +155,9 @@ print(max(kib) // 1024 if kib else "-")' "$work") ;;
   results+=("$label|$tool|$secs|$wire|$rss_c|$rss_s")
   printf '  %-24s %-7s %8ss  wire %-12s rss client %s MiB, server %s MiB\n' "$label" "$tool" "$secs" "$wire" "$rss_c" "$rss_s"
 }
+resident() { # FILE: the share of it in the page cache
+  fincore -b -n -r -o RES,SIZE "$1" | awk '{printf "%d%%", $2 ? 100 * $1 / $2 : 0}'
+}
 same() { # verify a destination equals the source subtree
   diff -r "$1" "$2" >/dev/null || { echo "MISMATCH: $2 differs from $1"; exit 1; }
 }
@@ -184,6 +187,10 @@ sync_all() {
   [ "${1:-}" = "--" ] && { shift; extra=("$@"); }
   [ ${#list[@]} -eq 0 ] && list=("${tools[@]}")
   for tool in "${list[@]}"; do
+    # a re-sync reads the old file: say how much of it (and of the source)
+    # the page cache still held, as that decides much of its time
+    [ "$sub" = big ] && [ -e "$work/dst-$tool/big/model.bin" ] &&
+      echo "  page cache before $tool: source $(resident "$src/big/model.bin"), old file $(resident "$work/dst-$tool/big/model.bin")"
     case $tool in
       ferry) run "$label" ferry "${ferry_sync[@]}" "${extra[@]}" "$src/$sub/" "$(dest ferry "$sub")/" ;;
       ferryd) run "$label" ferryd "${ferryd_sync[@]}" "${extra[@]}" "$src/$sub/" "$(dest ferryd "$sub")/" ;;
