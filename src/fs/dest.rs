@@ -97,7 +97,7 @@ pub struct TempFile {
     /// Whether `copy_file_range` into this file can do better than copying
     /// through the page cache (see [`copies_in_page_cache`]); found out when
     /// first needed.
-    in_place: Option<bool>,
+    copy_range_helps: Option<bool>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -319,7 +319,7 @@ impl Dest {
                     pos: 0,
                     flushed: 0,
                     runs: Vec::new(),
-                    in_place: None,
+                    copy_range_helps: None,
                     partial,
                 });
             }
@@ -379,7 +379,7 @@ impl Dest {
             pos: 0,
             flushed: 0,
             runs: Vec::new(),
-            in_place: None,
+            copy_range_helps: None,
             partial,
         })
     }
@@ -638,11 +638,18 @@ impl BackgroundSync {
 /// pipe). Elsewhere (XFS and btrfs share blocks, NFS and SMB copy on the
 /// server) it is worth its system call.
 fn copies_in_page_cache(file: &File) -> bool {
-    const EXT4: i64 = 0xEF53;
-    const TMPFS: i64 = 0x0102_1994;
+    matches!(fs_type(file), Some(EXT4 | TMPFS))
+}
+
+/// `statfs` magic numbers of the filesystems [`copies_in_page_cache`] knows.
+const EXT4: i64 = 0xEF53;
+const TMPFS: i64 = 0x0102_1994;
+
+/// The type of the filesystem `file` is on (`f_type` of `fstatfs`).
+fn fs_type(file: &File) -> Option<i64> {
     // (f_type is not an i64 on every architecture)
     #[allow(clippy::unnecessary_cast)]
-    rustix::fs::fstatfs(file).is_ok_and(|st| matches!(st.f_type as i64, EXT4 | TMPFS))
+    rustix::fs::fstatfs(file).ok().map(|st| st.f_type as i64)
 }
 
 /// Lets go of the page cache of a file that is about to be replaced, a
@@ -934,13 +941,10 @@ impl TempFile {
         len >= 64 << 10
             && offset % BLOCK == self.pos % BLOCK
             && *self
-                .in_place
+                .copy_range_helps
                 .get_or_insert_with(|| !copies_in_page_cache(&self.file))
     }
 
-    /// Asks the kernel to start writing what we wrote so far to disk, without
-    /// waiting: the sync at the end of the transfer then finds little left to
-    /// do, and a large file does not fill the page cache with dirty pages.
     /// Bytes written whose writeback has not been started: since the last
     /// start for a file written in order, in each run followed for one
     /// written at offsets.
@@ -952,6 +956,9 @@ impl TempFile {
         }
     }
 
+    /// Asks the kernel to start writing what we wrote so far to disk, without
+    /// waiting: the sync at the end of the transfer then finds little left to
+    /// do, and a large file does not fill the page cache with dirty pages.
     fn start_writeback(&mut self) {
         self.writeback(self.flushed, self.pos);
         self.flushed = self.pos;
@@ -1092,8 +1099,7 @@ mod tests {
         std::fs::write(&path, vec![7u8; 64 * mib]).unwrap();
         let f = File::open(&path).unwrap();
         f.sync_all().unwrap(); // (dirty pages are not let go of)
-        #[allow(clippy::unnecessary_cast)]
-        if rustix::fs::fstatfs(&f).unwrap().f_type as i64 == 0x0102_1994 {
+        if fs_type(&f) == Some(TMPFS) {
             return; // tmpfs: its pages are the file
         }
         let mut buf = vec![0u8; mib];

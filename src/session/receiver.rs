@@ -205,7 +205,7 @@ impl Part {
 struct Rebuilding {
     temp: TempFile,
     /// The new file's BLAKE3, as its bytes are written.
-    hasher: StreamHash,
+    check: StreamHash,
     /// The page cache of the file this one replaces, let go of as it is
     /// copied from.
     behind: Option<DropBehind>,
@@ -1454,7 +1454,7 @@ impl Receiver<'_> {
                 Incoming::Rebuild(r) => {
                     let Rebuilding {
                         temp,
-                        hasher,
+                        check,
                         rebuild,
                         basis,
                         behind,
@@ -1471,13 +1471,13 @@ impl Receiver<'_> {
                             escape(&self.entries[file as usize].name)
                         )));
                     }
-                    hasher.update(block);
+                    check.update(block);
                     self.summary.literal += block.len() as u64;
                     if let Err(e) = temp.write(block) {
                         return Ok(Err(write_error(&e)));
                     }
                     rebuild.literal_written();
-                    Ok(run_copies(rebuild, temp, hasher, &basis.files, behind))
+                    Ok(run_copies(rebuild, temp, check, &basis.files, behind))
                 }
                 _ => Err(Self::not_requested(file, "data")),
             }
@@ -1906,13 +1906,13 @@ impl Receiver<'_> {
         r.rebuild.extend(plan.steps);
         let Rebuilding {
             temp,
-            hasher,
+            check,
             rebuild,
             basis,
             behind,
             ..
         } = &mut *r;
-        let copied = run_copies(rebuild, temp, hasher, &basis.files, behind);
+        let copied = run_copies(rebuild, temp, check, &basis.files, behind);
         self.settle(file, Incoming::Rebuild(r), copied)
     }
 
@@ -1970,7 +1970,7 @@ impl Receiver<'_> {
         match self.new_temp(file) {
             Ok(temp) => Some(Box::new(Rebuilding {
                 temp,
-                hasher: StreamHash::new(size),
+                check: StreamHash::new(size),
                 behind,
                 rebuild: Rebuild::new(Vec::new()),
                 planner: Planner::default(),
@@ -2049,7 +2049,7 @@ impl Receiver<'_> {
             Incoming::Rebuild(r) => {
                 let Rebuilding {
                     temp,
-                    hasher,
+                    check,
                     rebuild,
                     end,
                     cache_entry,
@@ -2075,7 +2075,7 @@ impl Receiver<'_> {
                 let ok = size == want_size
                     && hash == want_hash
                     && rebuild.written() == size
-                    && hasher.finish() == hash;
+                    && check.finish() == hash;
                 (temp, ok)
             }
             _ => return Err(Self::not_requested(file, "the end")),
