@@ -675,8 +675,7 @@ impl DropBehind {
         self.furthest = self.furthest.max(offset + len);
         let to = self.furthest.saturating_sub(DROP_LAG);
         if to >= self.dropped + DROP_STEP {
-            let len = std::num::NonZeroU64::new(to - self.dropped);
-            let _ = rustix::fs::fadvise(file, self.dropped, len, rustix::fs::Advice::DontNeed);
+            advise_later(file, self.dropped, to - self.dropped);
             self.dropped = to;
         }
     }
@@ -688,23 +687,77 @@ impl DropBehind {
 /// for 2 GiB on this machine's ext4, mostly waiting for its journal, which
 /// the transfer need not wait for. The blocks are freed all the same a moment
 /// later (after a crash in between, from the orphan list at the next mount).
-/// One thread for the whole process, started on first use; should it not
-/// start, the files are closed here.
 pub fn close_later(files: Vec<File>) {
+    later(Later::Close(files));
+}
+
+/// `POSIX_FADV_DONTNEED` of `file`'s bytes `offset..offset + len`, on the
+/// thread of [`close_later`]: it writes back the range's dirty pages
+/// (submitting the writes) and drops its clean ones (taking them off the
+/// page cache one by one), work that took a sixth of a rebuild's thread on
+/// this machine, which is the slower end of a re-sync. Advice only: done a
+/// moment later, or not at all if the file cannot be held open for it.
+fn advise_later(file: &File, offset: u64, len: u64) {
+    let Some(len) = std::num::NonZeroU64::new(len) else {
+        return;
+    };
+    if let Ok(f) = file.try_clone() {
+        later(Later::DontNeed(f, offset, len));
+    }
+}
+
+/// Work on files the transfer need not wait for.
+enum Later {
+    Close(Vec<File>),
+    DontNeed(File, u64, std::num::NonZeroU64),
+    /// Answered once everything before it is done (tests).
+    #[cfg(test)]
+    Mark(std::sync::mpsc::Sender<()>),
+}
+
+impl Later {
+    fn run(self) {
+        match self {
+            Later::Close(files) => drop(files),
+            Later::DontNeed(f, offset, len) => {
+                let _ = rustix::fs::fadvise(&f, offset, Some(len), rustix::fs::Advice::DontNeed);
+            }
+            #[cfg(test)]
+            Later::Mark(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Hands `job` to the process's one thread for [`Later`] work, started on
+/// first use, in order; should it not start, the job is done here.
+fn later(job: Later) {
     use std::sync::{mpsc, OnceLock};
-    static CLOSER: OnceLock<Option<mpsc::Sender<Vec<File>>>> = OnceLock::new();
-    let closer = CLOSER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Vec<File>>();
+    static LATER: OnceLock<Option<mpsc::Sender<Later>>> = OnceLock::new();
+    let thread = LATER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Later>();
         std::thread::Builder::new()
-            .name("ferry-close".into())
-            .spawn(move || rx.into_iter().for_each(drop))
+            .name("ferry-later".into())
+            .spawn(move || rx.into_iter().for_each(Later::run))
             .ok()
             .map(|_| tx)
     });
-    if let Some(tx) = closer {
-        // if the thread is gone, the files come back in the error and close here
-        let _ = tx.send(files);
+    let sent = match thread {
+        Some(tx) => tx.send(job).map_err(|e| e.0),
+        None => Err(job),
+    };
+    if let Err(job) = sent {
+        job.run();
     }
+}
+
+/// Waits until the [`Later`] work handed over so far is done.
+#[cfg(test)]
+fn later_done() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    later(Later::Mark(tx));
+    let _ = rx.recv();
 }
 
 /// Opens `rel` for reading beneath the directory `root`, refusing any symlink
@@ -965,10 +1018,9 @@ impl TempFile {
     }
 
     /// Starts writeback of `from..to` without waiting (`POSIX_FADV_DONTNEED`
-    /// writes dirty pages back and drops the clean ones).
+    /// writes dirty pages back and drops the clean ones), from another thread.
     fn writeback(&self, from: u64, to: u64) {
-        let len = std::num::NonZeroU64::new(to - from);
-        let _ = rustix::fs::fadvise(&self.file, from, len, rustix::fs::Advice::DontNeed);
+        advise_later(&self.file, from, to - from);
     }
 
     /// Writes bytes at `offset` (a segment of a file arriving over several
@@ -1112,6 +1164,7 @@ mod tests {
         for i in 0..40 {
             behind.read(&f, (i * mib) as u64, mib as u64);
         }
+        later_done();
         assert_eq!(cached_pages(&f, 0, 16 * mib), 0, "read long ago");
         assert_eq!(cached_pages(&f, 16 * mib, 48 * mib), 48 * mib / 4096);
     }
