@@ -696,35 +696,46 @@ pub fn close_later(files: Vec<File>) {
 /// (submitting the writes) and drops its clean ones (taking them off the
 /// page cache one by one), work that took a sixth of a rebuild's thread on
 /// this machine, which is the slower end of a re-sync. Advice only: done a
-/// moment later, or not at all if the file cannot be held open for it.
+/// moment later, through a handle of its own (opened again by /proc, not a
+/// duplicate: that would share a partial file's lock and hold it while the
+/// advice waits, turning away a retry); without /proc, here and now.
 fn advise_later(file: &File, offset: u64, len: u64) {
     let Some(len) = std::num::NonZeroU64::new(len) else {
         return;
     };
-    if let Ok(f) = file.try_clone() {
-        later(Later::DontNeed(f, offset, len));
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+    match rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(own) => later(Later::DontNeed(File::from(own), offset, len)),
+        Err(_) => Later::DontNeed(file, offset, len).run(),
     }
 }
 
 /// Work on files the transfer need not wait for.
-enum Later {
+enum Later<F = File> {
     Close(Vec<File>),
-    DontNeed(File, u64, std::num::NonZeroU64),
+    DontNeed(F, u64, std::num::NonZeroU64),
     /// Answered once everything before it is done (tests).
     #[cfg(test)]
     Mark(std::sync::mpsc::Sender<()>),
+    /// Keeps the thread until told to go on (tests).
+    #[cfg(test)]
+    Until(std::sync::mpsc::Receiver<()>),
 }
 
-impl Later {
+impl<F: AsFd> Later<F> {
     fn run(self) {
         match self {
             Later::Close(files) => drop(files),
             Later::DontNeed(f, offset, len) => {
-                let _ = rustix::fs::fadvise(&f, offset, Some(len), rustix::fs::Advice::DontNeed);
+                let _ = rustix::fs::fadvise(f, offset, Some(len), rustix::fs::Advice::DontNeed);
             }
             #[cfg(test)]
             Later::Mark(done) => {
                 let _ = done.send(());
+            }
+            #[cfg(test)]
+            Later::Until(go) => {
+                let _ = go.recv();
             }
         }
     }
@@ -1227,6 +1238,24 @@ mod tests {
             Some(io::ErrorKind::ResourceBusy)
         );
         drop(second);
+    }
+
+    #[test]
+    fn advice_still_queued_does_not_hold_a_given_up_partial_files_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dest = Dest::open(dir.path(), false).unwrap();
+        // the writeback of a partial file's first bytes waits behind other
+        // work (old files being closed)…
+        let (go, wait) = std::sync::mpsc::channel();
+        later(Later::Until(wait));
+        let mut temp = dest.create_temp(b"f", true, false, false).unwrap();
+        temp.write(&vec![3u8; WRITEBACK_STEP as usize]).unwrap();
+        // …when the transfer gives up, keeping it: a retry takes it over
+        drop(temp);
+        let retry = dest.create_temp(b"f", true, false, false);
+        go.send(()).unwrap();
+        later_done();
+        assert!(retry.is_ok(), "{:?}", retry.err());
     }
 
     #[test]
