@@ -710,7 +710,8 @@ fn advise_later(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// Work on files the transfer need not wait for.
+/// Work on files the transfer need not wait for (`F`: the handle advice is
+/// given through; a borrowed one when it is given at once).
 enum Later<F = File> {
     Close(Vec<File>),
     DontNeed(F, u64, std::num::NonZeroU64),
