@@ -703,18 +703,30 @@ fn advise_later(file: &File, offset: u64, len: u64) {
     let Some(len) = std::num::NonZeroU64::new(len) else {
         return;
     };
-    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
-    match rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+    match rustix::fs::open(
+        proc_path(file),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
         Ok(own) => later(Later::DontNeed(File::from(own), offset, len)),
-        Err(_) => Later::DontNeed(file, offset, len).run(),
+        Err(_) => dont_need(file, offset, len),
     }
 }
 
-/// Work on files the transfer need not wait for (`F`: the handle advice is
-/// given through; a borrowed one when it is given at once).
-enum Later<F = File> {
+fn dont_need(file: impl AsFd, offset: u64, len: std::num::NonZeroU64) {
+    let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
+}
+
+/// The name of an open file under /proc, by which it can be opened again or
+/// linked (an unnamed one has no other).
+fn proc_path(file: &File) -> String {
+    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file))
+}
+
+/// Work on files the transfer need not wait for.
+enum Later {
     Close(Vec<File>),
-    DontNeed(F, u64, std::num::NonZeroU64),
+    DontNeed(File, u64, std::num::NonZeroU64),
     /// Answered once everything before it is done (tests).
     #[cfg(test)]
     Mark(std::sync::mpsc::Sender<()>),
@@ -723,13 +735,11 @@ enum Later<F = File> {
     Until(std::sync::mpsc::Receiver<()>),
 }
 
-impl<F: AsFd> Later<F> {
+impl Later {
     fn run(self) {
         match self {
             Later::Close(files) => drop(files),
-            Later::DontNeed(f, offset, len) => {
-                let _ = rustix::fs::fadvise(f, offset, Some(len), rustix::fs::Advice::DontNeed);
-            }
+            Later::DontNeed(f, offset, len) => dont_need(&f, offset, len),
             #[cfg(test)]
             Later::Mark(done) => {
                 let _ = done.send(());
@@ -847,7 +857,7 @@ fn link_fd(by: LinkBy, file: &File, dir: &OwnedFd, name: &[u8]) -> rustix::io::R
     match by {
         LinkBy::EmptyPath => rustix::fs::linkat(file, c"", dir, name, AtFlags::EMPTY_PATH),
         LinkBy::Proc => {
-            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+            let path = proc_path(file);
             rustix::fs::linkat(
                 rustix::fs::CWD,
                 path.as_str(),
