@@ -329,11 +329,15 @@ fn re_sync_memory_does_not_grow_with_the_file_and_large_edits_still_move_little(
         std::fs::remove_file(&src).unwrap();
         std::fs::remove_file(&dst).unwrap();
     }
-    // before, the index of every chunk made ~20 MiB per GiB of basis
+    // before, the index of every chunk made ~20 MiB per GiB of basis: ~13 MiB
+    // more for the large file. What does vary from run to run is how full the
+    // receiver's bounded queue of incoming data gets while a whole file
+    // streams in (the unrelated rounds: 16.5–18 MiB for the small file, 18–20
+    // MiB for the large one, over runs of the same code), hence 6 MiB of room.
     let small = peaks[..3].iter().max().unwrap();
     let large = peaks[3..].iter().max().unwrap();
     assert!(
-        *large <= small + 3 * 1024,
+        *large <= small + 6 * 1024,
         "peak RSS {large} KiB re-syncing 768 MiB vs {small} KiB for 96 MiB"
     );
 }
