@@ -1,8 +1,11 @@
 //! TLS 1.3 record protection (RFC 8446 §5) for the daemon's connections once
-//! rustls has done the handshake: records sealed straight into the buffer that
-//! goes to the socket, and opened in place in the buffer the socket was read
-//! into. rustls's own buffered record layer copied every received byte three
-//! times after the socket and every sent byte once more (bench/NOTES.md §17).
+//! rustls has done the handshake: records sealed from the caller's bytes
+//! straight into the buffer that goes to the socket, and opened from the
+//! buffer the socket was read into straight into the reader's buffer (or in
+//! place, when that is too small for the record). rustls's own buffered record
+//! layer copied every received byte three times after the socket and every
+//! sent byte once more (bench/NOTES.md §17); sealing and opening in place
+//! still copied each byte once (§21).
 //!
 //! What is here is only the per-record work: the key, the nonce, the content
 //! type. The keys come from rustls (its handshake and its key schedule for key
@@ -77,22 +80,22 @@ impl Protection {
         Nonce::assume_unique_for_key(n)
     }
 
-    /// Appends one record carrying `data` (at most [`MAX_PLAINTEXT`] bytes) of
-    /// content type `typ` to `out`.
-    pub fn seal(&mut self, typ: u8, data: &[u8], out: &mut Vec<u8>) {
+    /// Seals one record carrying `data` (at most [`MAX_PLAINTEXT`] bytes) of
+    /// content type `typ` into the front of `out`, which must hold
+    /// `data.len() + OVERHEAD` bytes; returns that length. The plaintext is
+    /// encrypted from where it lies into `out` (not copied there first).
+    pub fn seal(&mut self, typ: u8, data: &[u8], out: &mut [u8]) -> usize {
         assert!(data.len() <= MAX_PLAINTEXT, "record too long");
-        let start = out.len();
+        let total = data.len() + OVERHEAD;
         let len = (data.len() + 1 + TAG) as u16;
         let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
-        out.extend_from_slice(&header);
-        out.extend_from_slice(data);
-        out.push(typ);
+        out[..HEADER].copy_from_slice(&header);
+        let (body, type_and_tag) = out[HEADER..total].split_at_mut(data.len());
         let nonce = self.nonce();
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[start + HEADER..])
+        self.key
+            .seal_out_of_place_scatter(nonce, Aad::from(header), data, body, &[typ], type_and_tag)
             .expect("sealing cannot fail for a record this short");
-        out.extend_from_slice(tag.as_ref());
+        total
     }
 
     /// Opens `record` (header included, as read) in place. Returns its inner
@@ -104,13 +107,45 @@ impl Protection {
             .key
             .open_in_place(nonce, Aad::from(header), &mut record[HEADER..])
             .map_err(|_| OpenError::Altered)?;
-        // the content type is the last byte that is not padding (§5.4)
-        let at = plain
-            .iter()
-            .rposition(|&b| b != 0)
-            .ok_or(OpenError::NoContentType)?;
+        let at = content_type_at(plain)?;
         Ok((plain[at], HEADER..HEADER + at))
     }
+
+    /// Opens `record` (header included, as read) into the front of `out`,
+    /// which must hold [`sealed_len`] of it: the decryption writes the
+    /// plaintext where the caller wants it instead of in place, to be copied
+    /// after. Returns the inner content type and the plaintext's length; the
+    /// bytes of `out` after it (the content type, any padding) are not part of
+    /// it. If the record does not open, `out` holds nothing of use.
+    pub fn open_into(&mut self, record: &[u8], out: &mut [u8]) -> Result<(u8, usize), OpenError> {
+        let header: [u8; HEADER] = record[..HEADER].try_into().expect("a whole header");
+        let nonce = self.nonce();
+        if record.len() < HEADER + TAG {
+            return Err(OpenError::Altered);
+        }
+        let (sealed, tag) = record[HEADER..].split_at(record.len() - HEADER - TAG);
+        let plain = &mut out[..sealed.len()];
+        self.key
+            .open_separate_gather(nonce, Aad::from(header), sealed, tag, plain)
+            .map_err(|_| OpenError::Altered)?;
+        let at = content_type_at(plain)?;
+        Ok((plain[at], at))
+    }
+}
+
+/// Where the content type lies in an opened record's plaintext: the last byte
+/// that is not padding (§5.4).
+fn content_type_at(plain: &[u8]) -> Result<usize, OpenError> {
+    plain
+        .iter()
+        .rposition(|&b| b != 0)
+        .ok_or(OpenError::NoContentType)
+}
+
+/// How many bytes [`Protection::open_into`] writes for a whole record of
+/// `len` bytes (header included): its plaintext, content type and padding.
+pub fn sealed_len(len: usize) -> usize {
+    len.saturating_sub(HEADER + TAG)
 }
 
 /// The length of the protected payload a record header announces.
@@ -130,6 +165,13 @@ mod tests {
         }
     }
 
+    /// Appends a sealed record to `wire`.
+    fn push(p: &mut Protection, typ: u8, data: &[u8], wire: &mut Vec<u8>) {
+        let at = wire.len();
+        wire.resize(at + data.len() + OVERHEAD, 0);
+        assert_eq!(p.seal(typ, data, &mut wire[at..]), data.len() + OVERHEAD);
+    }
+
     #[test]
     fn sealed_records_open_in_order_and_not_out_of_it() {
         let (mut tx, mut rx) = (
@@ -137,8 +179,8 @@ mod tests {
             Protection::new(7, &secrets(1)).unwrap(),
         );
         let mut wire = Vec::new();
-        tx.seal(APPLICATION_DATA, b"hello", &mut wire);
-        tx.seal(ALERT, &[1, 0], &mut wire);
+        push(&mut tx, APPLICATION_DATA, b"hello", &mut wire);
+        push(&mut tx, ALERT, &[1, 0], &mut wire);
         assert_eq!(wire.len(), 5 + 2 + 2 * OVERHEAD);
         assert_eq!(payload_len(&wire), 5 + 1 + TAG);
         let (first, second) = wire.split_at_mut(5 + OVERHEAD);
@@ -149,21 +191,82 @@ mod tests {
 
         // a replayed record (its sequence number is past) does not open
         let mut again = Vec::new();
-        Protection::new(7, &secrets(1))
-            .unwrap()
-            .seal(APPLICATION_DATA, b"hello", &mut again);
+        push(
+            &mut Protection::new(7, &secrets(1)).unwrap(),
+            APPLICATION_DATA,
+            b"hello",
+            &mut again,
+        );
         assert_eq!(rx.open(&mut again), Err(OpenError::Altered));
+        let mut out = [0u8; 64];
+        assert_eq!(rx.open_into(&again, &mut out), Err(OpenError::Altered));
+    }
+
+    #[test]
+    fn records_open_into_another_buffer_as_they_open_in_place() {
+        let mut tx = Protection::new(3, &secrets(4)).unwrap();
+        let (mut a, mut b) = (
+            Protection::new(3, &secrets(4)).unwrap(),
+            Protection::new(3, &secrets(4)).unwrap(),
+        );
+        let data: Vec<u8> = (0..MAX_PLAINTEXT).map(|i| (i * 7 % 251) as u8).collect();
+        let mut wire = Vec::new();
+        push(&mut tx, APPLICATION_DATA, &data, &mut wire);
+        push(&mut tx, HANDSHAKE, &[24, 0, 0, 1, 0], &mut wire);
+        push(&mut tx, APPLICATION_DATA, b"", &mut wire);
+        // a record with padding after its content type (§5.4), as another
+        // TLS 1.3 implementation may send
+        let mut padded = b"tail".to_vec();
+        padded.extend_from_slice(&[APPLICATION_DATA, 0, 0, 0]);
+        let len = (padded.len() + TAG) as u16;
+        let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
+        let nonce = tx.nonce();
+        let tag = tx
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut padded)
+            .unwrap();
+        wire.extend_from_slice(&header);
+        wire.extend_from_slice(&padded);
+        wire.extend_from_slice(tag.as_ref());
+
+        let mut rest = &mut wire[..];
+        let mut out = vec![0xAAu8; MAX_PLAINTEXT + 1];
+        let want: [(u8, &[u8]); 4] = [
+            (APPLICATION_DATA, &data),
+            (HANDSHAKE, &[24, 0, 0, 1, 0]),
+            (APPLICATION_DATA, b""),
+            (APPLICATION_DATA, b"tail"),
+        ];
+        for (typ, body) in want {
+            let len = HEADER + payload_len(rest);
+            let (record, after) = rest.split_at_mut(len);
+            let (t, n) = a.open_into(record, &mut out[..sealed_len(len)]).unwrap();
+            assert_eq!((t, &out[..n]), (typ, body));
+            let (t, range) = b.open(record).unwrap();
+            assert_eq!((t, &record[range]), (typ, body));
+            rest = after;
+        }
     }
 
     #[test]
     fn a_flipped_bit_anywhere_in_a_record_is_caught() {
         let mut wire = Vec::new();
-        Protection::new(0, &secrets(2))
-            .unwrap()
-            .seal(APPLICATION_DATA, &[9; 100], &mut wire);
+        push(
+            &mut Protection::new(0, &secrets(2)).unwrap(),
+            APPLICATION_DATA,
+            &[9; 100],
+            &mut wire,
+        );
+        let mut out = [0u8; 128];
         for i in 0..wire.len() {
             let mut bad = wire.clone();
             bad[i] ^= 0x10;
+            let mut rx = Protection::new(0, &secrets(2)).unwrap();
+            assert_eq!(
+                rx.open_into(&bad, &mut out),
+                Err(OpenError::Altered),
+                "byte {i}"
+            );
             let mut rx = Protection::new(0, &secrets(2)).unwrap();
             assert_eq!(rx.open(&mut bad), Err(OpenError::Altered), "byte {i}");
         }

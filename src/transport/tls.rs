@@ -108,7 +108,10 @@ struct Tx {
     protection: Protection,
     /// Records sealed with one key before the next key update.
     limit: u64,
+    /// Sealed records waiting to be sent: `records[..used]`. The buffer keeps
+    /// its length, so sealing into it does not first fill it with zeros.
     records: Vec<u8>,
+    used: usize,
     /// A fatal alert or close_notify went out: nothing more may follow.
     ended: bool,
 }
@@ -134,10 +137,20 @@ impl Tx {
     fn seal_all(&mut self, shared: &Shared, data: &[u8]) -> io::Result<()> {
         for piece in data.chunks(record::MAX_PLAINTEXT) {
             self.before_record(shared)?;
-            self.protection
-                .seal(record::APPLICATION_DATA, piece, &mut self.records);
+            self.push(record::APPLICATION_DATA, piece);
         }
         Ok(())
+    }
+
+    /// Seals one record after those waiting to be sent.
+    fn push(&mut self, typ: u8, data: &[u8]) {
+        let end = self.used + data.len() + record::OVERHEAD;
+        if self.records.len() < end {
+            self.records.resize(end, 0);
+        }
+        self.used += self
+            .protection
+            .seal(typ, data, &mut self.records[self.used..end]);
     }
 
     /// Replaces the key first if the peer asked or this one has sealed all it
@@ -148,11 +161,7 @@ impl Tx {
             return Ok(());
         }
         // KeyUpdate, update_not_requested
-        self.protection.seal(
-            record::HANDSHAKE,
-            &[KEY_UPDATE, 0, 0, 1, 0],
-            &mut self.records,
-        );
+        self.push(record::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0]);
         let (seq, secrets) = lock(&shared.keys).next_tx().map_err(tls_err)?;
         self.protection = Protection::new(seq, &secrets).map_err(invalid)?;
         Ok(())
@@ -160,8 +169,8 @@ impl Tx {
 
     /// Sends what was sealed.
     fn send(&mut self) -> io::Result<()> {
-        let r = self.sock.write_all(&self.records);
-        self.records.clear();
+        let r = self.sock.write_all(&self.records[..self.used]);
+        self.used = 0;
         r
     }
 
@@ -171,10 +180,9 @@ impl Tx {
             return Ok(());
         }
         self.ended = true;
-        self.records.clear();
+        self.used = 0;
         let _ = self.before_record(shared);
-        self.protection
-            .seal(record::ALERT, &[level, u8::from(what)], &mut self.records);
+        self.push(record::ALERT, &[level, u8::from(what)]);
         self.send()
     }
 }
@@ -218,20 +226,33 @@ impl TlsReader {
         self.sock.set_write_timeout(t)
     }
 
-    /// Opens the record at `buf[start..]`, which is whole; what it carries
-    /// becomes `plain` or changes the session's state.
-    fn open_record(&mut self, len: usize) -> io::Result<()> {
+    /// Opens the record at `buf[start..]`, which is whole. Application data
+    /// goes straight into `out` when the record fits there (decrypted from
+    /// `buf` into `out`, rather than in place and then copied): returns how
+    /// many bytes of `out` it filled. Otherwise it becomes `plain`, or changes
+    /// the session's state, and 0 is returned. `out` past what is returned may
+    /// hold the record's content type and padding.
+    fn open_record(&mut self, len: usize, out: &mut [u8]) -> io::Result<usize> {
         let at = self.start;
         self.start += len;
-        let record = &mut self.buf[at..at + len];
-        if record[0] != record::APPLICATION_DATA {
+        if self.buf[at] != record::APPLICATION_DATA {
             self.shared.fatal(AlertDescription::UnexpectedMessage);
             return Err(invalid(format!(
                 "TLS: unexpected record of type {} after the handshake",
-                record[0]
+                self.buf[at]
             )));
         }
-        let (typ, range) = match self.protection.open(record) {
+        let sealed = record::sealed_len(len);
+        let opened = if sealed > 0 && out.len() >= sealed {
+            self.protection
+                .open_into(&self.buf[at..at + len], &mut out[..sealed])
+                .map(|(typ, n)| (typ, None, n))
+        } else {
+            self.protection
+                .open(&mut self.buf[at..at + len])
+                .map(|(typ, range)| (typ, Some(at + range.start..at + range.end), 0))
+        };
+        let (typ, body, n) = match opened {
             Ok(x) => x,
             Err(OpenError::Altered) => {
                 self.shared.fatal(AlertDescription::BadRecordMac);
@@ -242,17 +263,29 @@ impl TlsReader {
                 return Err(invalid("TLS: a record without a content type"));
             }
         };
-        let body = at + range.start..at + range.end;
+        if typ == record::APPLICATION_DATA {
+            match body {
+                Some(body) => self.plain = body,
+                None => return Ok(n),
+            }
+            return Ok(0);
+        }
+        // anything else is handled from `buf`: opened into `out`, its
+        // plaintext goes where its ciphertext was
+        let body = body.unwrap_or_else(|| {
+            let body = at + record::HEADER..at + record::HEADER + n;
+            self.buf[body.clone()].copy_from_slice(&out[..n]);
+            body
+        });
         match typ {
-            record::APPLICATION_DATA => self.plain = body,
-            record::ALERT => return self.alert(body),
-            record::HANDSHAKE => return self.handshake_messages(body),
+            record::ALERT => self.alert(body)?,
+            record::HANDSHAKE => self.handshake_messages(body)?,
             other => {
                 self.shared.fatal(AlertDescription::UnexpectedMessage);
                 return Err(invalid(format!("TLS: unexpected content type {other}")));
             }
         }
-        Ok(())
+        Ok(0)
     }
 
     fn alert(&mut self, body: std::ops::Range<usize>) -> io::Result<()> {
@@ -375,7 +408,10 @@ impl Read for TlsReader {
                     return Err(invalid(format!("TLS: a record of {len} bytes")));
                 }
                 if have >= record::HEADER + len {
-                    self.open_record(record::HEADER + len)?;
+                    let n = self.open_record(record::HEADER + len, out)?;
+                    if n > 0 {
+                        return Ok(n);
+                    }
                     continue;
                 }
             }
@@ -573,6 +609,7 @@ pub fn establish<C: Handshake>(
         protection: Protection::new(*tx_seq, tx_secrets).map_err(invalid)?,
         limit: h.keys.limit(),
         records: Vec::new(),
+        used: 0,
         ended: false,
     };
     let rx = Protection::new(*rx_seq, rx_secrets).map_err(invalid)?;
