@@ -332,18 +332,28 @@ pub struct Chunker<R> {
     offset: u64,
     /// The whole stream's BLAKE3, unless only the chunks are wanted.
     whole: Option<blake3::Hasher>,
+    /// `buf[..hashed]` is in `whole`.
+    hashed: usize,
 }
+
+/// The whole stream is hashed in pieces that end where a multiple of this
+/// many bytes of it does, but for its last. BLAKE3 is a tree over 1 KiB
+/// chunks and works on many at once only where the bytes hashed so far are a
+/// multiple of as many: fed the reads as they came (~96 KiB, at no particular
+/// offset) it ran at 3.5 GiB/s here, fed 64 KiB pieces at 4.3.
+const HASH_ALIGN: usize = 64 << 10;
 
 impl<R: Read> Chunker<R> {
     pub fn new(inner: R) -> Self {
         Chunker {
             inner,
-            buf: vec![0; 4 * MAX_CHUNK],
+            buf: vec![0; 4 * MAX_CHUNK + HASH_ALIGN],
             start: 0,
             end: 0,
             eof: false,
             offset: 0,
             whole: Some(blake3::Hasher::new()),
+            hashed: 0,
         }
     }
 
@@ -358,23 +368,39 @@ impl<R: Read> Chunker<R> {
 
     fn fill(&mut self) -> io::Result<()> {
         if self.start > 0 && self.buf.len() - self.start < MAX_CHUNK {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+            // (what the whole stream's hash has not taken yet stays too:
+            // less than HASH_ALIGN before the end)
+            let keep = match self.whole {
+                Some(_) => self.start.min(self.hashed),
+                None => self.start,
+            };
+            self.buf.copy_within(keep..self.end, 0);
+            self.end -= keep;
+            self.start -= keep;
+            self.hashed = self.hashed.saturating_sub(keep);
         }
         while !self.eof && self.end - self.start < MAX_CHUNK {
             match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(0) => self.eof = true,
-                Ok(n) => {
-                    // the whole stream is hashed as it is read, in big pieces
-                    // (BLAKE3 is several times faster on them than per chunk)
-                    if let Some(w) = &mut self.whole {
-                        w.update(&self.buf[self.end..self.end + n]);
-                    }
-                    self.end += n;
-                }
+                Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
+            }
+        }
+        // the whole stream is hashed as it is read, in big pieces (BLAKE3 is
+        // several times faster on them than per chunk)
+        if let Some(w) = &mut self.whole {
+            let upto = if self.eof {
+                self.end
+            } else {
+                // where buf[0] lies in the stream
+                let base = self.offset - self.start as u64;
+                let align = HASH_ALIGN as u64;
+                ((base + self.end as u64) / align * align).saturating_sub(base) as usize
+            };
+            if upto > self.hashed {
+                w.update(&self.buf[self.hashed..upto]);
+                self.hashed = upto;
             }
         }
         Ok(())
@@ -561,12 +587,47 @@ pub(crate) mod tests {
         }
     }
 
+    /// Gives its bytes in reads of sizes that change from one to the next.
+    struct Uneven<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Uneven<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.step = (self.step * 7 + 3) % 70_001;
+            let n = (self.step + 1).min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
     #[test]
     fn whole_hash_matches() {
-        let data = random(200_000, 5);
-        let mut c = Chunker::new(&data[..]);
-        while c.next_chunk().unwrap().is_some() {}
-        assert_eq!(c.whole_hash(), *blake3::hash(&data).as_bytes());
-        assert_eq!(c.position(), data.len() as u64);
+        // whole reads, and reads of every size (the hash is taken in aligned
+        // pieces that lag the reads, across the buffer's moves)
+        for (len, uneven) in [
+            (200_000, false),
+            (3 << 20, true),
+            ((3 << 20) + 12_345, true),
+        ] {
+            let data = random(len, 5);
+            let mut c: Chunker<Box<dyn Read>> = Chunker::new(if uneven {
+                Box::new(Uneven {
+                    data: &data,
+                    step: 1,
+                })
+            } else {
+                Box::new(&data[..])
+            });
+            let mut chunks = Vec::new();
+            while let Some((chunk, _)) = c.next_chunk().unwrap() {
+                chunks.push(chunk);
+            }
+            assert_eq!(c.whole_hash(), *blake3::hash(&data).as_bytes(), "{len}");
+            assert_eq!(c.position(), data.len() as u64);
+            assert_eq!(chunks, chunk_slice(&data), "{len}");
+        }
     }
 }
