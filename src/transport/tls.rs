@@ -264,11 +264,13 @@ impl TlsReader {
             }
         };
         if typ == record::APPLICATION_DATA {
-            match body {
-                Some(body) => self.plain = body,
-                None => return Ok(n),
-            }
-            return Ok(0);
+            return Ok(match body {
+                Some(body) => {
+                    self.plain = body;
+                    0
+                }
+                None => n,
+            });
         }
         // anything else is handled from `buf`: opened into `out`, its
         // plaintext goes where its ciphertext was
