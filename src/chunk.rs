@@ -336,8 +336,8 @@ pub struct Chunker<R> {
     hashed: usize,
 }
 
-/// The whole stream is hashed in pieces that end where a multiple of this
-/// many bytes of it does, but for its last. BLAKE3 is a tree over 1 KiB
+/// The whole stream is hashed in pieces that each end at a multiple of this
+/// many bytes into the stream (all but the last piece). BLAKE3 is a tree over 1 KiB
 /// chunks and works on many at once only where the bytes hashed so far are a
 /// multiple of as many: fed the reads as they came (~96 KiB, at no particular
 /// offset) it ran at 3.5 GiB/s here, fed 64 KiB pieces at 4.3.

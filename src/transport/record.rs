@@ -118,11 +118,11 @@ impl Protection {
     /// bytes of `out` after it (the content type, any padding) are not part of
     /// it. If the record does not open, `out` holds nothing of use.
     pub fn open_into(&mut self, record: &[u8], out: &mut [u8]) -> Result<(u8, usize), OpenError> {
-        let header: [u8; HEADER] = record[..HEADER].try_into().expect("a whole header");
-        let nonce = self.nonce();
         if record.len() < HEADER + TAG {
             return Err(OpenError::Altered);
         }
+        let header: [u8; HEADER] = record[..HEADER].try_into().expect("a whole header");
+        let nonce = self.nonce();
         let (sealed, tag) = record[HEADER..].split_at(record.len() - HEADER - TAG);
         let plain = &mut out[..sealed.len()];
         self.key

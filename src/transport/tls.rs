@@ -242,17 +242,19 @@ impl TlsReader {
                 self.buf[at]
             )));
         }
+        // the plaintext's range: in `out` when opened into it, else in `buf`
         let sealed = record::sealed_len(len);
-        let opened = if sealed > 0 && out.len() >= sealed {
+        let into_out = sealed > 0 && out.len() >= sealed;
+        let opened = if into_out {
             self.protection
                 .open_into(&self.buf[at..at + len], &mut out[..sealed])
-                .map(|(typ, n)| (typ, None, n))
+                .map(|(typ, n)| (typ, 0..n))
         } else {
             self.protection
                 .open(&mut self.buf[at..at + len])
-                .map(|(typ, range)| (typ, Some(at + range.start..at + range.end), 0))
+                .map(|(typ, range)| (typ, at + range.start..at + range.end))
         };
-        let (typ, body, n) = match opened {
+        let (typ, body) = match opened {
             Ok(x) => x,
             Err(OpenError::Altered) => {
                 self.shared.fatal(AlertDescription::BadRecordMac);
@@ -264,21 +266,21 @@ impl TlsReader {
             }
         };
         if typ == record::APPLICATION_DATA {
-            return Ok(match body {
-                Some(body) => {
-                    self.plain = body;
-                    0
-                }
-                None => n,
-            });
+            if into_out {
+                return Ok(body.len());
+            }
+            self.plain = body;
+            return Ok(0);
         }
         // anything else is handled from `buf`: opened into `out`, its
         // plaintext goes where its ciphertext was
-        let body = body.unwrap_or_else(|| {
-            let body = at + record::HEADER..at + record::HEADER + n;
-            self.buf[body.clone()].copy_from_slice(&out[..n]);
+        let body = if into_out {
+            let inbuf = at + record::HEADER..at + record::HEADER + body.len();
+            self.buf[inbuf.clone()].copy_from_slice(&out[body]);
+            inbuf
+        } else {
             body
-        });
+        };
         match typ {
             record::ALERT => self.alert(body)?,
             record::HANDSHAKE => self.handshake_messages(body)?,
