@@ -1,9 +1,10 @@
 //! Micro-benchmarks of the per-byte work of a transfer: content-defined
-//! chunking (with and without the whole-file hash), BLAKE3 streaming and per
-//! chunk, framing data messages, zstd on text. `cargo bench --bench micro`.
+//! chunking (with and without the whole-file check), BLAKE3 streaming and per
+//! chunk against the keyed check of rebuilt files, framing data messages, zstd
+//! on text. `cargo bench --bench micro`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ferry::chunk::{Chunker, AVG_CHUNK};
+use ferry::chunk::{Chunker, RebuildCheck, AVG_CHUNK};
 use ferry::session::wire::{Counters, FrameWriter};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -51,13 +52,13 @@ fn chunking(c: &mut Criterion) {
     let mut g = c.benchmark_group("chunking");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
-    g.bench_function("chunks + whole-file BLAKE3", |b| {
+    g.bench_function("chunks + whole-file check (GMAC)", |b| {
         b.iter(|| {
-            let mut ch = Chunker::new(data.as_slice());
+            let mut ch = Chunker::new(data.as_slice(), &[3; 16]);
             while let Some((c, _)) = ch.next_chunk().unwrap() {
                 black_box(c);
             }
-            black_box(ch.whole_hash())
+            black_box(ch.whole_check())
         })
     });
     g.bench_function("chunks only", |b| {
@@ -87,6 +88,13 @@ fn hashing(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
     g.bench_function("streaming", |b| b.iter(|| black_box(blake3::hash(&data))));
+    g.bench_function("the keyed check of a rebuilt file (GMAC)", |b| {
+        b.iter(|| {
+            let mut check = RebuildCheck::new(&[5; 16]);
+            check.update(&data);
+            black_box(check.finish())
+        })
+    });
     for size in [AVG_CHUNK, 20 << 10, 64 << 10] {
         g.bench_function(format!("per {} KiB piece", size >> 10), |b| {
             b.iter(|| {

@@ -446,7 +446,7 @@ pub fn delta(basis: &[u8], target: &[u8]) -> Delta {
     }
     let mut recipe = Vec::new();
     let mut chunks = Vec::new();
-    let mut chunker = Chunker::new(target);
+    let mut chunker = Chunker::chunks_only(target);
     while let Some((c, _)) = chunker.next_chunk().expect("slice") {
         recipe.push(ChunkRef {
             len: c.len,

@@ -4,7 +4,7 @@
 //! destination and the destination's existing files untouched.
 
 mod util;
-use ferry::chunk::WholeCheck;
+use ferry::chunk::{chunk_slice, RebuildCheck, RebuildKey, WholeCheck};
 use ferry::proto::frame::put_frame;
 use ferry::proto::{
     self, ChunkRef, Entry, Kind, ListStart, Message, Options, Request, Role, SpanRef,
@@ -50,7 +50,7 @@ fn against_hostile(request: Request, local: &Path, script: Vec<u8>) -> Result<()
         if r.read_exact(&mut hello).is_err() {
             return;
         }
-        let _ = w.write_all(&proto::server_hello(1));
+        let _ = w.write_all(&proto::server_hello(proto::VERSION_MAX));
         let mut len = [0u8; 4];
         if r.read_exact(&mut len).is_err() {
             return;
@@ -229,7 +229,7 @@ fn writing_through_a_planted_symlink_is_refused() {
         Message::Entry(entry("planted/evil", Kind::File, 0)),
         Message::Want {
             file: 0,
-            delta: false,
+            delta: None,
         },
     ];
     let _ = pull_from_hostile("data/", &dest, list(&items));
@@ -393,6 +393,173 @@ fn lying_spans_and_recipes_are_refused() {
     }
 }
 
+/// Pulls one file `f` of `size` bytes into `dest` from a sender that waits
+/// for the receiver's `Want` of it and then sends what `answer` makes of that
+/// request's rebuild key (`None`: asked for whole). Returns the transfer's
+/// summary and the errors it reported.
+fn pull_one_answering(
+    dest: &Path,
+    size: u64,
+    answer: impl FnOnce(Option<RebuildKey>) -> Vec<Message> + Send + 'static,
+) -> (proto::Summary, Vec<String>) {
+    let (client_r, server_w) = std::io::pipe().unwrap();
+    let (server_r, client_w) = std::io::pipe().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut r, mut w) = (server_r, server_w);
+        let mut hello = [0u8; 9];
+        r.read_exact(&mut hello).unwrap();
+        w.write_all(&proto::server_hello(proto::VERSION_MAX))
+            .unwrap();
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).unwrap();
+        let mut req = vec![0u8; u32::from_le_bytes(len) as usize];
+        r.read_exact(&mut req).unwrap();
+        w.write_all(&frame(&Message::Accept)).unwrap();
+        w.write_all(&serve_file(
+            &[Message::Entry(entry("f", Kind::File, size))],
+            vec![],
+        ))
+        .unwrap();
+        // the receiver's messages, until it asks for the file
+        let key = loop {
+            let mut header = [0u8; 4];
+            r.read_exact(&mut header).unwrap();
+            let mut payload = vec![0u8; proto::frame::payload_len(header).unwrap()];
+            r.read_exact(&mut payload).unwrap();
+            if let Message::Want { delta, .. } = Message::decode(&payload).unwrap() {
+                break delta;
+            }
+        };
+        for m in answer(key) {
+            w.write_all(&frame(&m)).unwrap();
+        }
+        drop(w);
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    let request = Request {
+        role: Role::ServerSends,
+        paths: vec![b"data/".to_vec()],
+        options: Options {
+            recursive: true,
+            times: true,
+            ..Options::default()
+        },
+    };
+    let errors = std::sync::Mutex::new(Vec::new());
+    let result = run_client(
+        Stream {
+            reader: Box::new(client_r),
+            writer: Box::new(client_w),
+        },
+        request,
+        vec![dest.as_os_str().as_encoded_bytes().to_vec()],
+        &|e| {
+            if e.kind == proto::EventKind::Error {
+                let text = String::from_utf8_lossy(&e.text).into_owned();
+                errors.lock().unwrap().push(text);
+            }
+        },
+        &Cancel::default(),
+        Arc::new(Counters::default()),
+    );
+    server.join().expect("the scripted sender");
+    (
+        result.expect("the session ends well"),
+        errors.into_inner().unwrap(),
+    )
+}
+
+/// A recipe naming the chunks of `old` (what the receiver has), ended with
+/// the check of `content` (keyed by what the receiver drew, or a plain BLAKE3).
+fn colliding_recipe(
+    old: &[u8],
+    key: Option<RebuildKey>,
+    content: &[u8],
+    keyed: bool,
+) -> Vec<Message> {
+    let key = key.expect("a delta asked for: the old file is there");
+    let mut spanner = ferry::delta::Spanner::default();
+    let mut spans = Vec::new();
+    for c in chunk_slice(old) {
+        spans.extend(spanner.push(c.len, &c.hash));
+    }
+    spans.extend(spanner.finish());
+    let hash = if keyed {
+        let mut check = RebuildCheck::new(&key);
+        check.update(content);
+        check.finish()
+    } else {
+        *blake3::hash(content).as_bytes()
+    };
+    let size = content.len() as u64;
+    vec![
+        Message::Spans { file: 0, spans },
+        // the receiver has every span: it asks to see none of their chunks
+        Message::Recipe {
+            file: 0,
+            chunks: Vec::new(),
+        },
+        Message::RecipeEnd {
+            file: 0,
+            size,
+            hash,
+        },
+        Message::FileEnd {
+            file: 0,
+            size,
+            hash,
+        },
+        Message::Bye,
+    ]
+}
+
+#[test]
+fn old_bytes_that_collide_with_the_senders_chunks_are_caught_by_the_keyed_check() {
+    // The receiver's old file has chunks named like the sender's (as if
+    // someone who could write it had made XXH3 collide), but the sender's
+    // file is other bytes. The end check, keyed by what the receiver drew
+    // for this file, must tell them apart; an unkeyed hash of the old bytes
+    // (what anyone could compute) must not pass either.
+    let old = random_bytes(300 << 10, 4);
+    let mut real = old.clone();
+    real[100_000] ^= 0x55;
+    for (label, content, keyed) in [
+        ("the sender's real bytes, keyed", real.clone(), true),
+        ("the old bytes, unkeyed", old.clone(), false),
+    ] {
+        let (t, dest) = setup();
+        write(&dest.join("f"), &old);
+        let size = old.len() as u64;
+        let theirs = old.clone();
+        let (summary, errors) = pull_one_answering(&dest, size, move |key| {
+            colliding_recipe(&theirs, key, &content, keyed)
+        });
+        assert_eq!(summary.errors, 1, "{label}");
+        assert!(
+            errors.len() == 1 && errors[0].contains("verification failed"),
+            "{label}: {errors:?}"
+        );
+        assert_eq!(std::fs::read(dest.join("f")).unwrap(), old, "{label}");
+        assert_contained(t.path(), &dest);
+    }
+    // the control: the same recipe with the keyed check of the old bytes is
+    // taken (so what failed above was the check, not the recipe): the file
+    // is published anew, with the listed mtime
+    let (t, dest) = setup();
+    write(&dest.join("f"), &old);
+    let size = old.len() as u64;
+    let (summary, errors) = pull_one_answering(&dest, size, move |key| {
+        colliding_recipe(&old, key, &old, true)
+    });
+    assert_eq!((summary.errors, summary.transferred), (0, 1), "{errors:?}");
+    let meta = std::fs::metadata(dest.join("f")).unwrap();
+    assert_eq!(
+        meta.modified().unwrap(),
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000)
+    );
+    assert_contained(t.path(), &dest);
+}
+
 fn segment(offset: u64, bytes: &[u8]) -> Message {
     Message::Segment {
         file: 0,
@@ -495,7 +662,7 @@ fn a_hostile_receiver_gets_nothing_that_was_not_listed() {
         Path::new(&format!("{}/", src.display())),
         frame(&Message::Want {
             file: 7,
-            delta: false,
+            delta: None,
         }),
     )
     .unwrap_err();
@@ -505,7 +672,7 @@ fn a_hostile_receiver_gets_nothing_that_was_not_listed() {
         Path::new(&format!("{}/", src.display())),
         frame(&Message::Want {
             file: 0,
-            delta: false,
+            delta: None,
         }),
     )
     .unwrap_err();

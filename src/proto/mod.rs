@@ -30,8 +30,10 @@ pub mod frame;
 use codec::{Reader, Writer};
 
 /// The protocol versions this build speaks.
-pub const VERSION_MIN: u16 = 1;
-pub const VERSION_MAX: u16 = 1;
+/// 2: `Want` carries the key of a rebuilt file's check (`RecipeEnd`'s hash is
+/// a `chunk::RebuildCheck`, no longer a BLAKE3).
+pub const VERSION_MIN: u16 = 2;
+pub const VERSION_MAX: u16 = 2;
 /// The first bytes on every connection, before any frame: a peer that is not
 /// ferry (a shell printing a banner, a web server) fails here with a clear error.
 pub const MAGIC: &[u8; 5] = b"ferry";
@@ -385,11 +387,11 @@ pub enum Message {
     ListAck {
         entries: u32,
     },
-    /// The receiver wants file `file`: whole, or a recipe to rebuild it from
-    /// chunks it already has.
+    /// The receiver wants file `file`: whole, or (`delta`) a recipe to
+    /// rebuild it from chunks it already has, its end checked under this key.
     Want {
         file: u32,
-        delta: bool,
+        delta: Option<crate::chunk::RebuildKey>,
     },
     /// The next spans of a file's recipe (delta transfers); answered with one
     /// `Need` naming the spans (indices in this message) whose chunks the
@@ -422,7 +424,8 @@ pub enum Message {
         bytes: Vec<u8>,
     },
     /// `file` is complete: `size` bytes whose check value is `hash` (for a
-    /// file sent whole [`crate::chunk::WholeCheck`]; after a recipe, BLAKE3;
+    /// file sent whole [`crate::chunk::WholeCheck`]; after a recipe,
+    /// [`crate::chunk::RebuildCheck`] under the key `Want` gave;
     /// after segments, the BLAKE3 of their sorted check values).
     FileEnd {
         file: u32,
@@ -571,7 +574,10 @@ impl Message {
             Message::Want { file, delta } => {
                 w.u8(tag::WANT);
                 w.varint(*file as u64);
-                w.bool(*delta);
+                w.bool(delta.is_some());
+                if let Some(key) = delta {
+                    w.raw(key);
+                }
             }
             Message::Spans { file, spans } => {
                 w.u8(tag::SPANS);
@@ -739,7 +745,10 @@ impl Message {
             },
             tag::WANT => Message::Want {
                 file: file_index(&mut r)?,
-                delta: r.bool("delta")?,
+                delta: match r.bool("delta")? {
+                    true => Some(r.array("rebuild key")?),
+                    false => None,
+                },
             },
             tag::SPANS => {
                 let file = file_index(&mut r)?;

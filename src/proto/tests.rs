@@ -56,7 +56,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
             })
         }),
         arb_entry().prop_map(Message::Entry),
-        (any::<u32>(), any::<bool>()).prop_map(|(file, delta)| Message::Want { file, delta }),
+        (any::<u32>(), any::<Option<[u8; 16]>>())
+            .prop_map(|(file, delta)| Message::Want { file, delta }),
         any::<u32>().prop_map(|entries| Message::ListAck { entries }),
         (
             any::<u32>(),
@@ -232,5 +233,20 @@ fn handshake_versions() {
         choose_version(&junk),
         Err(HandshakeError::NoCommonVersion { .. })
     ));
-    assert_eq!(check_server_hello(&server_hello(1)), Ok(1));
+    assert_eq!(
+        check_server_hello(&server_hello(VERSION_MAX)),
+        Ok(VERSION_MAX)
+    );
+    // a version-1 peer (whose rebuilt files were checked with an unkeyed
+    // BLAKE3) is refused by name, both ways
+    assert!(matches!(
+        check_server_hello(&server_hello(1)),
+        Err(HandshakeError::NoCommonVersion { theirs_min: 1, .. })
+    ));
+    let mut old_client = client_hello();
+    old_client[5..9].copy_from_slice(&[1, 0, 1, 0]);
+    assert!(matches!(
+        choose_version(&old_client),
+        Err(HandshakeError::NoCommonVersion { theirs_max: 1, .. })
+    ));
 }

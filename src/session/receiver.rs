@@ -7,8 +7,9 @@
 //! names by [`crate::fs::names::check`] and against what the client asked for,
 //! list order (a directory before its contents, no name twice), data only for
 //! files this side asked for, chunks against their recipe hash, whole files
-//! against their check value (BLAKE3 for a file rebuilt from old data,
-//! [`WholeCheck`] for one sent whole) before they are renamed into place. A
+//! against their check value ([`crate::chunk::RebuildCheck`], under a key
+//! drawn here, for a file rebuilt from old data; [`WholeCheck`] for one sent
+//! whole) before they are renamed into place. A
 //! violation ends the session; what was written so far stays in partial
 //! files, never at a final path.
 
@@ -16,7 +17,8 @@ use super::listing::{Keep, Listing, Names};
 use super::wire::{FrameReader, FrameWriter, Spares};
 use super::{text, Cancel, EventFn};
 use crate::chunk::{
-    chunk_hash, Chunk, ChunkHash, Chunker, StreamHash, WholeCheck, MAX_CHUNK, MIN_CHUNK,
+    chunk_hash, new_rebuild_key, Chunk, ChunkHash, Chunker, RebuildKey, StreamCheck, WholeCheck,
+    MAX_CHUNK, MIN_CHUNK,
 };
 use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanCollector, SpanIndex, SpanLoc, Step};
 use crate::error::{io_text, TransferError};
@@ -157,9 +159,10 @@ struct Basis {
 const FULL_INDEX_CHUNKS: usize = 1 << 16;
 
 enum Incoming {
-    /// Asked for, nothing arrived yet.
+    /// Asked for, nothing arrived yet; `delta`: asked for a recipe, whose
+    /// end is checked under this key.
     Waiting {
-        delta: bool,
+        delta: Option<RebuildKey>,
         basis: Option<JoinHandle<Basis>>,
     },
     /// Receiving a whole file.
@@ -204,8 +207,8 @@ impl Part {
 
 struct Rebuilding {
     temp: TempFile,
-    /// The new file's BLAKE3, as its bytes are written.
-    check: StreamHash,
+    /// The new file's check, as its bytes are written.
+    check: StreamCheck,
     /// The page cache of the file this one replaces, let go of as it is
     /// copied from.
     behind: Option<DropBehind>,
@@ -1248,8 +1251,9 @@ impl Receiver<'_> {
             } else {
                 (Vec::new(), false)
             };
-            let delta = !bases.is_empty();
-            let basis = if delta {
+            // (no key, no delta: the file comes whole)
+            let delta = new_rebuild_key().filter(|_| !bases.is_empty());
+            let basis = if delta.is_some() {
                 self.delta_in_flight += 1;
                 let cache = self.chunk_cache.clone();
                 let spill = self.spill_dir(index);
@@ -1536,7 +1540,7 @@ impl Receiver<'_> {
                 self.in_flight.insert(file, state);
                 Ok(None)
             }
-            Incoming::Waiting { delta: false, .. } => match self.new_temp(file) {
+            Incoming::Waiting { delta: None, .. } => match self.new_temp(file) {
                 Ok(temp) => Ok(Some(start(temp))),
                 Err(msg) => self.abandon(file, msg).map(|_| None),
             },
@@ -1945,9 +1949,10 @@ impl Receiver<'_> {
                 self.in_flight.insert(file, state);
                 None
             }
-            Incoming::Waiting { delta: true, basis } if part != Part::Recipe => {
-                self.start_rebuild(file, basis)
-            }
+            Incoming::Waiting {
+                delta: Some(key),
+                basis,
+            } if part != Part::Recipe => self.start_rebuild(file, &key, basis),
             // recipes may still come after the end; nothing else may
             Incoming::Rebuild(r) if part == Part::Recipe || r.end.is_none() => Some(r),
             _ => return Err(Self::not_requested(file, part.what())),
@@ -1966,6 +1971,7 @@ impl Receiver<'_> {
     fn start_rebuild(
         &mut self,
         file: u32,
+        key: &RebuildKey,
         basis: Option<JoinHandle<Basis>>,
     ) -> Option<Box<Rebuilding>> {
         // (indexing a large basis can take a while: nothing held waits for
@@ -1981,7 +1987,7 @@ impl Receiver<'_> {
         match self.new_temp(file) {
             Ok(temp) => Some(Box::new(Rebuilding {
                 temp,
-                check: StreamHash::new(size),
+                check: StreamCheck::new(size, key),
                 behind,
                 rebuild: Rebuild::new(Vec::new()),
                 planner: Planner::default(),
@@ -2049,7 +2055,7 @@ impl Receiver<'_> {
                 return self.finish_segmented(file);
             }
             // an empty file: nothing came before its end
-            Incoming::Waiting { delta: false, .. } => match self.new_temp(file) {
+            Incoming::Waiting { delta: None, .. } => match self.new_temp(file) {
                 Ok(t) => (t, size == 0 && hash == WholeCheck::default().finish()),
                 Err(msg) => return self.abandon_ended(file, msg),
             },
@@ -2170,11 +2176,11 @@ impl Receiver<'_> {
                 self.delta_in_flight -= 1;
                 Some(r.temp)
             }
-            Incoming::Waiting { delta: true, .. } => {
+            Incoming::Waiting { delta: Some(_), .. } => {
                 self.delta_in_flight -= 1;
                 None
             }
-            Incoming::Waiting { delta: false, .. } | Incoming::Failed => None,
+            Incoming::Waiting { delta: None, .. } | Incoming::Failed => None,
         };
         if let Some(t) = temp {
             if !t.partial {
@@ -2598,7 +2604,7 @@ fn window_index<'w>(
 fn run_copies(
     rebuild: &mut Rebuild,
     temp: &mut TempFile,
-    check: &mut StreamHash,
+    check: &mut StreamCheck,
     bases: &[File],
     behind: &mut Option<DropBehind>,
 ) -> Result<(), String> {
@@ -2606,7 +2612,7 @@ fn run_copies(
     let mut run: Option<(u32, u64, usize)> = None;
     let mut flush = |run: &mut Option<(u32, u64, usize)>,
                      temp: &mut TempFile,
-                     check: &mut StreamHash|
+                     check: &mut StreamCheck|
      -> Result<(), String> {
         if let Some((basis, offset, len)) = run.take() {
             let from = &bases[basis as usize];
@@ -2692,7 +2698,7 @@ mod tests {
             tx,
             held: Default::default(),
         };
-        let want = |file| Message::Want { file, delta: false };
+        let want = |file| Message::Want { file, delta: None };
         let files = |batch: Vec<Message>| -> Vec<u32> {
             batch
                 .iter()

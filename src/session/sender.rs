@@ -9,7 +9,7 @@
 
 use super::wire::{FrameReader, FrameWriter};
 use super::{text, Cancel, EventFn};
-use crate::chunk::{chunk_hash, ChunkHash, Chunker, WholeCheck};
+use crate::chunk::{chunk_hash, ChunkHash, Chunker, RebuildKey, WholeCheck};
 use crate::delta::{check_need, Spanner};
 use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
@@ -76,7 +76,7 @@ const MAX_BATCHES_AHEAD: usize = 8;
 enum FromPeer {
     Want {
         file: u32,
-        delta: bool,
+        delta: Option<RebuildKey>,
     },
     Need {
         file: u32,
@@ -496,13 +496,13 @@ impl<W: Write> Sender<'_, W> {
                         "asked for file {file}, which is not a regular file in the list or was asked for before"
                     ))
                 })?;
-                if delta {
+                if let Some(key) = delta {
                     if self.pending.len() >= MAX_PENDING_RECIPES {
                         return Err(TransferError::PeerMisbehaved(
                             "left too many recipes unanswered".into(),
                         ));
                     }
-                    self.send_recipe(file, &path)
+                    self.send_recipe(file, &path, &key)
                 } else {
                     self.send_whole(file, &path)
                 }
@@ -743,7 +743,12 @@ impl<W: Write> Sender<'_, W> {
         })
     }
 
-    fn send_recipe(&mut self, file: u32, path: &std::path::Path) -> Result<(), TransferError> {
+    fn send_recipe(
+        &mut self,
+        file: u32,
+        path: &std::path::Path,
+        key: &RebuildKey,
+    ) -> Result<(), TransferError> {
         let Some((f, before)) = self.open_listed(file, path)? else {
             return Ok(());
         };
@@ -760,7 +765,7 @@ impl<W: Write> Sender<'_, W> {
                 path: path.to_path_buf(),
             },
         );
-        let mut chunker = Chunker::new(&reader);
+        let mut chunker = Chunker::new(&reader, key);
         let mut spanner = Spanner::default();
         let mut batch = SentBatch::default();
         let mut spans = Vec::with_capacity(MAX_SPAN_BATCH);
@@ -807,7 +812,7 @@ impl<W: Write> Sender<'_, W> {
             }
         }
         let size = chunker.position();
-        let hash = chunker.whole_hash();
+        let hash = chunker.whole_check();
         drop(chunker);
         self.writer.send(&Message::RecipeEnd { file, size, hash })?;
         let p = self.pending.get_mut(&file).expect("pending");

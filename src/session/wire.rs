@@ -328,7 +328,7 @@ mod tests {
         let counters = Arc::new(Counters::default());
         let mut w = FrameWriter::new(Vec::new(), counters.clone());
         for file in 0..2 {
-            w.send(&Message::Want { file, delta: false }).unwrap();
+            w.send(&Message::Want { file, delta: None }).unwrap();
         }
         w.flush().unwrap();
         let bytes = w.inner.get_ref().clone();
@@ -367,7 +367,7 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
             sent.push(Message::Want {
                 file: i as u32,
-                delta: true,
+                delta: Some([1; 16]),
             });
             sent.push(Message::Data {
                 file: i as u32,
