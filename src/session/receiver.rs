@@ -1252,7 +1252,11 @@ impl Receiver<'_> {
                 (Vec::new(), false)
             };
             // (no key, no delta: the file comes whole)
-            let delta = new_rebuild_key().filter(|_| !bases.is_empty());
+            let delta = if bases.is_empty() {
+                None
+            } else {
+                new_rebuild_key()
+            };
             let basis = if delta.is_some() {
                 self.delta_in_flight += 1;
                 let cache = self.chunk_cache.clone();
