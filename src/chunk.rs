@@ -275,7 +275,7 @@ enum Hashing {
         /// The buffer being filled, and how much of it is.
         cur: Vec<u8>,
         used: usize,
-        /// Buffers to hash, in order; those hashed come back.
+        /// Buffers to check, in order; those checked come back.
         tx: mpsc::SyncSender<(Vec<u8>, usize)>,
         back: mpsc::Receiver<Vec<u8>>,
         made: usize,
@@ -287,7 +287,7 @@ enum Hashing {
 pub const STREAM_BUFFER: usize = 1 << 20;
 /// Buffers a hashing thread and its caller share at most.
 const STREAM_BUFFERS: usize = 4;
-/// Streams expected to be shorter are hashed where they are given.
+/// Streams expected to be shorter are checked where they are given.
 const STREAM_THREAD_MIN: u64 = 16 << 20;
 
 impl StreamCheck {
@@ -325,7 +325,7 @@ impl StreamCheck {
     }
 
     /// Room for the next `n` bytes of the stream (at most
-    /// [`STREAM_BUFFER`]), which `fill` writes; they are hashed as given and
+    /// [`STREAM_BUFFER`]), which `fill` writes; they are checked as given and
     /// returned for the caller to use.
     pub fn next<E>(
         &mut self,
@@ -352,7 +352,7 @@ impl StreamCheck {
                 ..
             } => {
                 if *used + n > STREAM_BUFFER {
-                    // hand over the full buffer; take one hashed already, a
+                    // hand over the full buffer; take one checked already, a
                     // new one while there are few, else wait for one
                     let next = match back.try_recv() {
                         Ok(b) => b,
@@ -431,15 +431,12 @@ pub struct Chunker<R> {
     offset: u64,
     /// The whole stream's [`RebuildCheck`], unless only the chunks are wanted.
     whole: Option<RebuildCheck>,
-    /// `buf[..hashed]` is in `whole`.
-    hashed: usize,
+    /// `buf[..checked]` is in `whole`: up to the last [`CHECK_PIECE`]
+    /// boundary of the stream read so far (all of it at the end), so that the
+    /// check takes whole pieces straight from this buffer rather than
+    /// gathering them in one of its own.
+    checked: usize,
 }
-
-/// The whole stream is checked in pieces that each end at a multiple of this
-/// many bytes into the stream (all but the last piece), so that
-/// [`RebuildCheck`] takes whole pieces of its own straight from the buffer
-/// rather than gathering them in another.
-const HASH_ALIGN: usize = CHECK_PIECE;
 
 impl<R: Read> Chunker<R> {
     /// A chunker that also checks the whole stream under `key`.
@@ -455,28 +452,28 @@ impl<R: Read> Chunker<R> {
     pub fn chunks_only(inner: R) -> Self {
         Chunker {
             inner,
-            buf: vec![0; 4 * MAX_CHUNK + HASH_ALIGN],
+            buf: vec![0; 4 * MAX_CHUNK + CHECK_PIECE],
             start: 0,
             end: 0,
             eof: false,
             offset: 0,
             whole: None,
-            hashed: 0,
+            checked: 0,
         }
     }
 
     fn fill(&mut self) -> io::Result<()> {
         if self.start > 0 && self.buf.len() - self.start < MAX_CHUNK {
-            // (what the whole stream's hash has not taken yet stays too:
-            // less than HASH_ALIGN before the end)
+            // (what the whole stream's check has not taken yet stays too:
+            // less than CHECK_PIECE before the end)
             let keep = match self.whole {
-                Some(_) => self.start.min(self.hashed),
+                Some(_) => self.start.min(self.checked),
                 None => self.start,
             };
             self.buf.copy_within(keep..self.end, 0);
             self.end -= keep;
             self.start -= keep;
-            self.hashed = self.hashed.saturating_sub(keep);
+            self.checked = self.checked.saturating_sub(keep);
         }
         while !self.eof && self.end - self.start < MAX_CHUNK {
             match self.inner.read(&mut self.buf[self.end..]) {
@@ -493,12 +490,12 @@ impl<R: Read> Chunker<R> {
             } else {
                 // where buf[0] lies in the stream
                 let base = self.offset - self.start as u64;
-                let align = HASH_ALIGN as u64;
+                let align = CHECK_PIECE as u64;
                 ((base + self.end as u64) / align * align).saturating_sub(base) as usize
             };
-            if upto > self.hashed {
-                w.update(&self.buf[self.hashed..upto]);
-                self.hashed = upto;
+            if upto > self.checked {
+                w.update(&self.buf[self.checked..upto]);
+                self.checked = upto;
             }
         }
         Ok(())

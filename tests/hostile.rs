@@ -39,9 +39,15 @@ fn frame(msg: &Message) -> Vec<u8> {
 }
 
 /// Runs the client half of `request` over pipes against a server that answers
-/// the handshake and the request, then writes `script` (raw bytes), ignoring
-/// whatever the client says.
-fn against_hostile(request: Request, local: &Path, script: Vec<u8>) -> Result<(), String> {
+/// the handshake and the request, then hands its ends of the pipes to `serve`;
+/// once `serve` returns, the server swallows whatever the client still says
+/// until it hangs up. `events` sees the client's events.
+fn against_server(
+    request: Request,
+    local: &Path,
+    events: &ferry::session::EventFn<'_>,
+    serve: impl FnOnce(&mut std::io::PipeReader, &mut std::io::PipeWriter) + Send + 'static,
+) -> Result<proto::Summary, String> {
     let (client_r, server_w) = std::io::pipe().unwrap();
     let (server_r, client_w) = std::io::pipe().unwrap();
     let server = std::thread::spawn(move || {
@@ -58,9 +64,8 @@ fn against_hostile(request: Request, local: &Path, script: Vec<u8>) -> Result<()
         let mut req = vec![0u8; u32::from_le_bytes(len) as usize];
         let _ = r.read_exact(&mut req);
         let _ = w.write_all(&frame(&Message::Accept));
-        let _ = w.write_all(&script);
+        serve(&mut r, &mut w);
         drop(w);
-        // swallow whatever the client says until it hangs up
         let _ = std::io::copy(&mut r, &mut std::io::sink());
     });
     let result = run_client(
@@ -70,12 +75,21 @@ fn against_hostile(request: Request, local: &Path, script: Vec<u8>) -> Result<()
         },
         request,
         vec![local.as_os_str().as_encoded_bytes().to_vec()],
-        &|_| {},
+        events,
         &Cancel::default(),
         Arc::new(Counters::default()),
     );
-    let _ = server.join();
-    result.map(|_| ()).map_err(|e| e.to_string())
+    server.join().expect("the scripted server");
+    result.map_err(|e| e.to_string())
+}
+
+/// [`against_server`] with a server that writes `script` (raw bytes) and
+/// ignores whatever the client says.
+fn against_hostile(request: Request, local: &Path, script: Vec<u8>) -> Result<(), String> {
+    against_server(request, local, &|_| {}, move |_, w| {
+        let _ = w.write_all(&script);
+    })
+    .map(|_| ())
 }
 
 /// A pull of `requested` into `dest` from a hostile sender.
@@ -402,19 +416,23 @@ fn pull_one_answering(
     size: u64,
     answer: impl FnOnce(Option<RebuildKey>) -> Vec<Message> + Send + 'static,
 ) -> (proto::Summary, Vec<String>) {
-    let (client_r, server_w) = std::io::pipe().unwrap();
-    let (server_r, client_w) = std::io::pipe().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut r, mut w) = (server_r, server_w);
-        let mut hello = [0u8; 9];
-        r.read_exact(&mut hello).unwrap();
-        w.write_all(&proto::server_hello(proto::VERSION_MAX))
-            .unwrap();
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len).unwrap();
-        let mut req = vec![0u8; u32::from_le_bytes(len) as usize];
-        r.read_exact(&mut req).unwrap();
-        w.write_all(&frame(&Message::Accept)).unwrap();
+    let request = Request {
+        role: Role::ServerSends,
+        paths: vec![b"data/".to_vec()],
+        options: Options {
+            recursive: true,
+            times: true,
+            ..Options::default()
+        },
+    };
+    let errors = std::sync::Mutex::new(Vec::new());
+    let events = |e: proto::Event| {
+        if e.kind == proto::EventKind::Error {
+            let text = String::from_utf8_lossy(&e.text).into_owned();
+            errors.lock().unwrap().push(text);
+        }
+    };
+    let result = against_server(request, dest, &events, move |r, w| {
         w.write_all(&serve_file(
             &[Message::Entry(entry("f", Kind::File, size))],
             vec![],
@@ -433,36 +451,7 @@ fn pull_one_answering(
         for m in answer(key) {
             w.write_all(&frame(&m)).unwrap();
         }
-        drop(w);
-        let _ = std::io::copy(&mut r, &mut std::io::sink());
     });
-    let request = Request {
-        role: Role::ServerSends,
-        paths: vec![b"data/".to_vec()],
-        options: Options {
-            recursive: true,
-            times: true,
-            ..Options::default()
-        },
-    };
-    let errors = std::sync::Mutex::new(Vec::new());
-    let result = run_client(
-        Stream {
-            reader: Box::new(client_r),
-            writer: Box::new(client_w),
-        },
-        request,
-        vec![dest.as_os_str().as_encoded_bytes().to_vec()],
-        &|e| {
-            if e.kind == proto::EventKind::Error {
-                let text = String::from_utf8_lossy(&e.text).into_owned();
-                errors.lock().unwrap().push(text);
-            }
-        },
-        &Cancel::default(),
-        Arc::new(Counters::default()),
-    );
-    server.join().expect("the scripted sender");
     (
         result.expect("the session ends well"),
         errors.into_inner().unwrap(),
