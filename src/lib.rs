@@ -25,6 +25,7 @@ pub mod location;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod transfer;
 pub mod transport;
 pub mod trust;

@@ -1,0 +1,1 @@
+//! The receiver's side of the store seam (filled in by the receiver split).
