@@ -8,6 +8,7 @@
 //! sends its requests. Nothing here prints or exits: progress and problems are
 //! [`Event`]s handed to the caller (or, on a server, forwarded to the client).
 
+pub mod compress;
 mod listing;
 pub mod receiver;
 pub mod sender;

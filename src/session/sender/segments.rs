@@ -1,0 +1,261 @@
+//! A large file cut across extra streams: one segment per stream, this thread
+//! sending the first on the main stream and a worker thread per joined stream
+//! the others; the file ends with the manifest of the segments' checks once
+//! all have reported. Not for files below [`SEGMENT_MIN`] or transfers
+//! without extra streams ([`super::whole`]).
+
+use super::source::{stamp, Stamp};
+use super::{FromPeer, Sender};
+use crate::chunk::WholeCheck;
+use crate::error::{io_text, TransferError};
+use crate::proto::{Message, BLOCK_SIZE};
+use crate::session::compress::Packer;
+use crate::session::wire::FrameWriter;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+/// Files at least this large are cut into segments when extra streams exist.
+pub(super) const SEGMENT_MIN: u64 = 16 << 20;
+
+/// How long the first large file waits for extra streams still connecting.
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A segment for a stream worker to send.
+pub(super) struct SegmentJob {
+    file: u32,
+    source: File,
+    start: u64,
+    len: u64,
+    compress: Option<i32>,
+}
+
+/// A segmented file whose segments are still being sent.
+pub(super) struct SegmentedSend {
+    /// Worker segments not yet reported.
+    remaining: usize,
+    /// This thread's own (first) segment has been sent or has failed.
+    own_finished: bool,
+    hashes: Vec<(u64, [u8; 32])>,
+    failure: Option<String>,
+    source: File,
+    stamp: Stamp,
+    path: PathBuf,
+}
+
+impl<W: Write> Sender<'_, W> {
+    /// Starts a worker for each extra stream that has joined. Before the first
+    /// large file, waits (up to [`JOIN_WAIT`]) for the streams still
+    /// connecting, so that file is split across all of them.
+    pub(super) fn attach_streams(&mut self, large: bool) {
+        let Some(joins) = self.joins.take() else {
+            return;
+        };
+        let wanted = usize::from(self.options.streams.saturating_sub(1));
+        let wait = large && !self.waited_for_joins;
+        let deadline = std::time::Instant::now() + JOIN_WAIT;
+        loop {
+            let next = if wait && self.workers.len() < wanted {
+                joins
+                    .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                    .ok()
+            } else {
+                joins.try_recv().ok()
+            };
+            let Some(stream) = next else { break };
+            self.start_worker(stream);
+        }
+        self.waited_for_joins |= large;
+        self.joins = Some(joins);
+    }
+
+    /// Sends segments over a joined stream, on a thread of its own.
+    pub(super) fn start_worker(&mut self, stream: crate::session::Stream) {
+        let (tx, jobs) = mpsc::channel::<SegmentJob>();
+        let reports = self.reports.clone();
+        let rate = self.options.bwlimit / self.options.streams.max(1) as u64;
+        let counters = self.writer.counters();
+        let spawned = std::thread::Builder::new()
+            .name("ferry-send-segments".into())
+            .spawn(move || {
+                let mut writer = FrameWriter::new(stream.writer, counters);
+                writer.set_rate(rate);
+                // kept open until the transfer ends: over ssh, closing it lets
+                // the process that handed this channel over exit early
+                let _held = stream.reader;
+                let mut buf = vec![0u8; BLOCK_SIZE];
+                for job in jobs {
+                    let result = send_segment(&mut writer, &job, &mut buf);
+                    let _ = reports.send(FromPeer::SegmentDone {
+                        file: job.file,
+                        start: job.start,
+                        result,
+                    });
+                }
+            });
+        if spawned.is_ok() {
+            self.workers.push(tx);
+        }
+    }
+
+    /// Cuts a large file into one segment per stream: this thread sends the
+    /// first on the main stream, the workers the others; the file ends when
+    /// all have reported.
+    pub(super) fn send_segmented(
+        &mut self,
+        file: u32,
+        path: &std::path::Path,
+        f: File,
+        before: Stamp,
+    ) -> Result<(), TransferError> {
+        let size = before.0;
+        let n = self.workers.len() as u64 + 1;
+        let per = size.div_ceil(n).div_ceil(BLOCK_SIZE as u64) * BLOCK_SIZE as u64;
+        let mut jobs = Vec::new();
+        let mut start = per.min(size);
+        for w in 0..self.workers.len() {
+            if start >= size {
+                break;
+            }
+            let len = per.min(size - start);
+            let source = match f.try_clone() {
+                Ok(c) => c,
+                Err(e) => return self.fail_file(file, path, io_text(&e)),
+            };
+            jobs.push((
+                w,
+                SegmentJob {
+                    file,
+                    source,
+                    start,
+                    len,
+                    compress: self.options.zstd_level(),
+                },
+            ));
+            start += len;
+        }
+        let mut entry = SegmentedSend {
+            remaining: jobs.len(),
+            own_finished: false,
+            hashes: Vec::new(),
+            failure: None,
+            source: f,
+            stamp: before,
+            path: path.to_path_buf(),
+        };
+        for (w, job) in jobs {
+            if self.workers[w].send(job).is_err() {
+                entry.remaining -= 1;
+                entry.failure = Some("a stream worker stopped".into());
+            }
+        }
+        let first = SegmentJob {
+            file,
+            source: entry
+                .source
+                .try_clone()
+                .map_err(|e| TransferError::local(path.display().to_string(), &e))?,
+            start: 0,
+            len: per.min(size),
+            compress: self.options.zstd_level(),
+        };
+        self.segmented.insert(file, entry);
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = send_segment(&mut self.writer, &first, &mut buf);
+        self.buf = buf;
+        self.segment_done_inner(file, 0, result, true)
+    }
+
+    pub(super) fn segment_done(
+        &mut self,
+        file: u32,
+        start: u64,
+        result: Result<[u8; 32], String>,
+    ) -> Result<(), TransferError> {
+        self.segment_done_inner(file, start, result, false)
+    }
+
+    pub(super) fn segment_done_inner(
+        &mut self,
+        file: u32,
+        start: u64,
+        result: Result<[u8; 32], String>,
+        own: bool,
+    ) -> Result<(), TransferError> {
+        let Some(entry) = self.segmented.get_mut(&file) else {
+            return Ok(());
+        };
+        if own {
+            entry.own_finished = true;
+        } else {
+            entry.remaining -= 1;
+        }
+        match result {
+            Ok(h) => entry.hashes.push((start, h)),
+            Err(why) => {
+                entry.failure.get_or_insert(why);
+            }
+        }
+        if entry.remaining > 0 || !entry.own_finished {
+            return Ok(());
+        }
+        let mut entry = self.segmented.remove(&file).expect("present");
+        if let Some(why) = entry.failure {
+            return self.fail_file(file, &entry.path, why);
+        }
+        match stamp(&entry.source) {
+            Ok(after) if after == entry.stamp => {}
+            Ok(_) => return self.fail_file(file, &entry.path, "changed while being sent".into()),
+            Err(e) => return self.fail_file(file, &entry.path, io_text(&e)),
+        }
+        entry.hashes.sort();
+        let mut manifest = blake3::Hasher::new();
+        for (_, h) in &entry.hashes {
+            manifest.update(h);
+        }
+        self.writer.send(&Message::FileEnd {
+            file,
+            size: entry.stamp.0,
+            hash: *manifest.finalize().as_bytes(),
+        })
+    }
+}
+
+/// Sends one segment (`Segment` frames, then `SegmentEnd`) and returns its
+/// check value, or why it could not be read.
+fn send_segment<W: Write>(
+    writer: &mut FrameWriter<W>,
+    job: &SegmentJob,
+    buf: &mut [u8],
+) -> Result<[u8; 32], String> {
+    let mut packer = Packer::new(job.compress);
+    let mut check = WholeCheck::default();
+    let mut offset = job.start;
+    let end = job.start + job.len;
+    while offset < end {
+        let n = (end - offset).min(buf.len() as u64) as usize;
+        let block = &mut buf[..n];
+        job.source
+            .read_exact_at(block, offset)
+            .map_err(|e| format!("read failed: {}", io_text(&e)))?;
+        check.update(block);
+        let (compressed, bytes) = packer.pack(block);
+        writer
+            .send_segment(job.file, offset, compressed, n as u32, bytes)
+            .map_err(|e| e.to_string())?;
+        offset += n as u64;
+    }
+    let hash = check.finish();
+    writer
+        .send(&Message::SegmentEnd {
+            file: job.file,
+            offset: job.start,
+            len: job.len,
+            hash,
+        })
+        .and_then(|_| writer.flush())
+        .map_err(|e| e.to_string())?;
+    Ok(hash)
+}

@@ -1,0 +1,76 @@
+//! A file sent whole: read in blocks, checked with XXH3 as it goes, compressed
+//! where that pays, then `FileEnd` if the file did not change meanwhile. Not for
+//! large files when extra streams exist ([`super::segments`]) nor for files
+//! the receiver rebuilds from old data ([`super::recipe`]).
+
+use super::segments::SEGMENT_MIN;
+use super::source::stamp;
+use super::Sender;
+use crate::chunk::WholeCheck;
+use crate::error::{io_text, TransferError};
+use crate::proto::Message;
+use std::io::{Read, Write};
+
+impl<W: Write> Sender<'_, W> {
+    pub(super) fn send_whole(
+        &mut self,
+        file: u32,
+        path: &std::path::Path,
+    ) -> Result<(), TransferError> {
+        let Some((f, before)) = self.open_listed(file, path)? else {
+            return Ok(());
+        };
+        self.attach_streams(before.0 >= SEGMENT_MIN);
+        if !self.workers.is_empty() && before.0 >= SEGMENT_MIN {
+            return self.send_segmented(file, path, f, before);
+        }
+        self.packer.reset();
+        let mut check = WholeCheck::default();
+        let mut total = 0u64;
+        let mut reader = &f;
+        loop {
+            let n = match read_full(&mut reader, &mut self.buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    return self.fail_file(file, path, format!("read failed: {}", io_text(&e)))
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let block = &self.buf[..n];
+            check.update(block);
+            total += n as u64;
+            let (compressed, bytes) = self.packer.pack(block);
+            self.writer.send_data(file, compressed, n as u32, bytes)?;
+            self.pass_events()?;
+            if n < self.buf.len() {
+                break;
+            }
+        }
+        match stamp(&f) {
+            Ok(after) if after == before && after.0 == total => {}
+            Ok(_) => return self.fail_file(file, path, "changed while being sent".into()),
+            Err(e) => return self.fail_file(file, path, io_text(&e)),
+        }
+        self.writer.send(&Message::FileEnd {
+            file,
+            size: total,
+            hash: check.finish(),
+        })
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
