@@ -25,9 +25,10 @@ use super::wire::{FrameReader, FrameWriter};
 use super::{Cancel, EventFn};
 use crate::error::TransferError;
 use crate::filter::Filters;
-use crate::fs::scan::{self, ScanItem, ScanOptions};
+use crate::fs::source::LocalSource;
 use crate::proto::{Event, EventKind, Message, Options, Summary, BLOCK_SIZE, LIST_AHEAD};
 use crate::session::compress::Packer;
+use crate::store::source::{ListOptions, Listed, Source};
 use recipe::{PendingRecipe, MAX_PENDING_RECIPES};
 use requests::{read_requests, FromPeer};
 use segments::{SegmentJob, SegmentedSend};
@@ -49,17 +50,17 @@ pub struct Config<'a> {
     pub joins: Option<mpsc::Receiver<super::Stream>>,
 }
 
-struct Sender<'a, W: Write> {
+struct Sender<'a, W: Write, S: Source> {
     writer: FrameWriter<W>,
     events: Option<&'a EventFn<'a>>,
     options: Options,
     /// Regular files listed and not asked for yet, by index: at most
     /// [`LIST_AHEAD`] entries beyond what the receiver acknowledged.
-    files: HashMap<u32, PathBuf>,
+    files: HashMap<u32, S::Handle>,
     /// Entries listed so far, and as many acknowledged by the receiver.
     listed: u32,
     acked: u32,
-    pending: HashMap<u32, PendingRecipe>,
+    pending: HashMap<u32, PendingRecipe<S>>,
     /// Files given up on mid-recipe: a `Need` the receiver sent before it
     /// heard is ignored.
     given_up: std::collections::HashSet<u32>,
@@ -70,28 +71,51 @@ struct Sender<'a, W: Write> {
     deferred: std::collections::VecDeque<FromPeer>,
     finished: Option<Summary>,
     cancel: &'a Cancel,
-    /// The module root (path and handle) when confined.
-    confine: Option<(PathBuf, std::os::fd::OwnedFd)>,
+    /// Where the listed files are read from.
+    source: &'a S,
     /// Extra streams still to be attached, and the workers sending on them.
     joins: Option<mpsc::Receiver<super::Stream>>,
-    workers: Vec<mpsc::Sender<SegmentJob>>,
+    workers: Vec<mpsc::Sender<SegmentJob<S::File>>>,
     /// The first large file has waited for the extra streams.
     waited_for_joins: bool,
     /// For workers to report back on the same queue as the receiver's requests.
     reports: mpsc::Sender<FromPeer>,
-    segmented: HashMap<u32, SegmentedSend>,
+    segmented: HashMap<u32, SegmentedSend<S>>,
 }
 
-/// Runs the sending side until the receiver reports it is done.
+/// Runs the sending side over the local filesystem (beneath the module root
+/// when confined) until the receiver reports it is done.
 pub fn run<R, W>(
     reader: FrameReader<R>,
-    mut writer: FrameWriter<W>,
+    writer: FrameWriter<W>,
     cfg: Config,
     cancel: &Cancel,
 ) -> Result<Summary, TransferError>
 where
     R: Read + Send + 'static,
     W: Write,
+{
+    let confine = cfg.confine.clone();
+    run_from(reader, writer, cfg, cancel, move || match confine {
+        Some(root) => LocalSource::confined(&root)
+            .map_err(|e| TransferError::local(root.display().to_string(), &e)),
+        None => Ok(LocalSource::default()),
+    })
+}
+
+/// Runs the sending side over the source that `open` gives (called once the
+/// reader thread runs) until the receiver reports it is done.
+pub fn run_from<R, W, S>(
+    reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+    cfg: Config,
+    cancel: &Cancel,
+    open: impl FnOnce() -> Result<S, TransferError>,
+) -> Result<Summary, TransferError>
+where
+    R: Read + Send + 'static,
+    W: Write,
+    S: Source,
 {
     // --bwlimit is for the whole transfer: each stream gets its share
     let per_stream_rate = cfg.options.bwlimit / cfg.options.streams.max(1) as u64;
@@ -102,6 +126,7 @@ where
         .name("ferry-send-rx".into())
         .spawn(move || read_requests(reader, tx))
         .map_err(|e| TransferError::local("thread", &e))?;
+    let source = open()?;
     let mut s = Sender {
         writer,
         events: cfg.events,
@@ -117,18 +142,13 @@ where
         deferred: Default::default(),
         finished: None,
         cancel,
-        confine: None,
+        source: &source,
         joins: cfg.joins,
         workers: Vec::new(),
         waited_for_joins: false,
         reports,
         segmented: HashMap::new(),
     };
-    if let Some(root) = &cfg.confine {
-        let fd = crate::fs::dest::open_dir(root)
-            .map_err(|e| TransferError::local(root.display().to_string(), &e))?;
-        s.confine = Some((root.clone(), fd));
-    }
     s.packer = Packer::new(s.options.zstd_level());
     let result = s.run(&cfg.sources);
     match result {
@@ -146,7 +166,7 @@ where
     }
 }
 
-impl<W: Write> Sender<'_, W> {
+impl<W: Write, S: Source> Sender<'_, W, S> {
     fn emit(&mut self, kind: EventKind, name: &[u8], text: String) -> Result<(), TransferError> {
         let e = Event {
             kind,
@@ -167,7 +187,7 @@ impl<W: Write> Sender<'_, W> {
     fn run(&mut self, sources: &[Vec<u8>]) -> Result<Summary, TransferError> {
         let filters =
             Filters::new(&self.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
-        let opts = ScanOptions {
+        let opts = ListOptions {
             recursive: self.options.recursive,
             dirs: self.options.dirs,
             links: self.options.links,
@@ -176,12 +196,13 @@ impl<W: Write> Sender<'_, W> {
             checksum: self.options.checksum,
             filters,
         };
-        let start = scan::list_start(sources, &opts);
+        let source = self.source;
+        let start = source.list_start(sources, &opts);
         self.writer.send(&Message::ListStart(start))?;
-        let io_error = scan::scan(sources, &opts, &mut |item| {
+        let io_error = source.list(sources, &opts, &mut |item| {
             self.cancel.check()?;
             match item {
-                ScanItem::Entry(entry, path) => {
+                Listed::Entry(entry, path) => {
                     let regular = entry.kind == crate::proto::Kind::File && entry.link_to.is_none();
                     if regular {
                         self.files.insert(self.listed, path);
@@ -191,8 +212,8 @@ impl<W: Write> Sender<'_, W> {
                     self.poll()?;
                     self.wait_for_ack()
                 }
-                ScanItem::Notice(t) => self.emit(EventKind::Notice, b"", t),
-                ScanItem::Error(t) => self.emit(EventKind::Error, b"", t),
+                Listed::Notice(t) => self.emit(EventKind::Notice, b"", t),
+                Listed::Error(t) => self.emit(EventKind::Error, b"", t),
             }
         })?;
         self.writer.send(&Message::ListEnd { io_error })?;

@@ -3,17 +3,14 @@
 //! and `FileEnd` once every message is answered and the file did not change.
 //! Not for whole files ([`super::whole`]).
 
-use super::source::{stamp, Stamp};
 use super::{FromPeer, Sender};
 use crate::chunk::{chunk_hash, ChunkHash, Chunker, RebuildKey};
 use crate::delta::{check_need, Spanner};
 use crate::error::{io_text, TransferError};
 use crate::proto::{ChunkRef, Message, MAX_SPAN_BATCH};
+use crate::store::source::{Source, SourceFile, Stamp};
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 
 /// Recipes sent and not yet answered, at most this many at once.
 pub(super) const MAX_PENDING_RECIPES: usize = 64;
@@ -25,8 +22,8 @@ pub(super) const MAX_BATCHES_AHEAD: usize = 8;
 /// message sent for it is answered by exactly one `Need`, in the order sent,
 /// so the oldest unanswered message says what a `Need` means. `FileEnd`
 /// follows once all are answered and the recipe has ended.
-pub(super) struct PendingRecipe {
-    file: File,
+pub(super) struct PendingRecipe<S: Source> {
+    file: S::File,
     /// Batches of spans sent and not yet finished, by number.
     batches: HashMap<u64, SentBatch>,
     next_batch: u64,
@@ -36,7 +33,7 @@ pub(super) struct PendingRecipe {
     ended: Option<(u64, [u8; 32])>,
     stamp: Stamp,
     /// The source, for messages.
-    path: PathBuf,
+    path: S::Handle,
 }
 
 /// One `Spans` message: the chunks of its spans, and once the receiver asked
@@ -50,11 +47,11 @@ pub(super) struct SentBatch {
     listed: Vec<usize>,
 }
 
-impl<W: Write> Sender<'_, W> {
+impl<W: Write, S: Source> Sender<'_, W, S> {
     pub(super) fn send_recipe(
         &mut self,
         file: u32,
-        path: &std::path::Path,
+        path: &S::Handle,
         key: &RebuildKey,
     ) -> Result<(), TransferError> {
         let Some((f, before)) = self.open_listed(file, path)? else {
@@ -70,10 +67,10 @@ impl<W: Write> Sender<'_, W> {
                 awaiting: Default::default(),
                 ended: None,
                 stamp: before,
-                path: path.to_path_buf(),
+                path: path.clone(),
             },
         );
-        let mut chunker = Chunker::new(&reader, key);
+        let mut chunker = Chunker::new(reader, key);
         let mut spanner = Spanner::default();
         let mut batch = SentBatch::default();
         let mut spans = Vec::with_capacity(MAX_SPAN_BATCH);
@@ -271,8 +268,8 @@ impl<W: Write> Sender<'_, W> {
         }
         let p = self.pending.remove(&file).expect("pending");
         let path = p.path;
-        match stamp(&p.file) {
-            Ok(after) if after == p.stamp && after.0 == size => {}
+        match p.file.stamp() {
+            Ok(after) if after == p.stamp && after.size == size => {}
             Ok(_) => return self.give_up(file, &path, "changed while being sent".into()),
             Err(e) => return self.give_up(file, &path, io_text(&e)),
         }

@@ -10,6 +10,7 @@ use crate::error::TransferError;
 use crate::proto::{Event, Message, Summary};
 use crate::session::text;
 use crate::session::wire::FrameReader;
+use crate::store::source::Source;
 use std::io::{Read, Write};
 use std::sync::mpsc;
 
@@ -66,7 +67,7 @@ pub(super) fn read_requests<R: Read>(mut reader: FrameReader<R>, tx: mpsc::Sende
     }
 }
 
-impl<W: Write> Sender<'_, W> {
+impl<W: Write, S: Source> Sender<'_, W, S> {
     /// The next request: those set aside while a file was sent first, then
     /// what arrived; waits (what was written flushed first) if there is none.
     pub(super) fn next_job(&mut self) -> Result<FromPeer, TransferError> {

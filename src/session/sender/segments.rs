@@ -4,17 +4,14 @@
 //! all have reported. Not for files below [`SEGMENT_MIN`] or transfers
 //! without extra streams ([`super::whole`]).
 
-use super::source::{stamp, Stamp};
 use super::{FromPeer, Sender};
 use crate::chunk::WholeCheck;
 use crate::error::{io_text, TransferError};
 use crate::proto::{Message, BLOCK_SIZE};
 use crate::session::compress::Packer;
 use crate::session::wire::FrameWriter;
-use std::fs::File;
+use crate::store::source::{Source, SourceFile, Stamp};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::mpsc;
 
 /// Files at least this large are cut into segments when extra streams exist.
@@ -24,28 +21,28 @@ pub(super) const SEGMENT_MIN: u64 = 16 << 20;
 const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A segment for a stream worker to send.
-pub(super) struct SegmentJob {
+pub(super) struct SegmentJob<F> {
     file: u32,
-    source: File,
+    source: F,
     start: u64,
     len: u64,
     compress: Option<i32>,
 }
 
 /// A segmented file whose segments are still being sent.
-pub(super) struct SegmentedSend {
+pub(super) struct SegmentedSend<S: Source> {
     /// Worker segments not yet reported.
     remaining: usize,
     /// This thread's own (first) segment has been sent or has failed.
     own_finished: bool,
     hashes: Vec<(u64, [u8; 32])>,
     failure: Option<String>,
-    source: File,
+    source: S::File,
     stamp: Stamp,
-    path: PathBuf,
+    path: S::Handle,
 }
 
-impl<W: Write> Sender<'_, W> {
+impl<W: Write, S: Source> Sender<'_, W, S> {
     /// Starts a worker for each extra stream that has joined. Before the first
     /// large file, waits (up to [`JOIN_WAIT`]) for the streams still
     /// connecting, so that file is split across all of them.
@@ -73,7 +70,7 @@ impl<W: Write> Sender<'_, W> {
 
     /// Sends segments over a joined stream, on a thread of its own.
     pub(super) fn start_worker(&mut self, stream: crate::session::Stream) {
-        let (tx, jobs) = mpsc::channel::<SegmentJob>();
+        let (tx, jobs) = mpsc::channel::<SegmentJob<S::File>>();
         let reports = self.reports.clone();
         let rate = self.options.bwlimit / self.options.streams.max(1) as u64;
         let counters = self.writer.counters();
@@ -106,11 +103,11 @@ impl<W: Write> Sender<'_, W> {
     pub(super) fn send_segmented(
         &mut self,
         file: u32,
-        path: &std::path::Path,
-        f: File,
+        path: &S::Handle,
+        f: S::File,
         before: Stamp,
     ) -> Result<(), TransferError> {
-        let size = before.0;
+        let size = before.size;
         let n = self.workers.len() as u64 + 1;
         let per = size.div_ceil(n).div_ceil(BLOCK_SIZE as u64) * BLOCK_SIZE as u64;
         let mut jobs = Vec::new();
@@ -136,14 +133,14 @@ impl<W: Write> Sender<'_, W> {
             ));
             start += len;
         }
-        let mut entry = SegmentedSend {
+        let mut entry = SegmentedSend::<S> {
             remaining: jobs.len(),
             own_finished: false,
             hashes: Vec::new(),
             failure: None,
             source: f,
             stamp: before,
-            path: path.to_path_buf(),
+            path: path.clone(),
         };
         for (w, job) in jobs {
             if self.workers[w].send(job).is_err() {
@@ -153,10 +150,9 @@ impl<W: Write> Sender<'_, W> {
         }
         let first = SegmentJob {
             file,
-            source: entry
-                .source
-                .try_clone()
-                .map_err(|e| TransferError::local(path.display().to_string(), &e))?,
+            source: entry.source.try_clone().map_err(|e| {
+                TransferError::local(String::from_utf8_lossy(self.source.name(path)), &e)
+            })?,
             start: 0,
             len: per.min(size),
             compress: self.options.zstd_level(),
@@ -205,7 +201,7 @@ impl<W: Write> Sender<'_, W> {
         if let Some(why) = entry.failure {
             return self.fail_file(file, &entry.path, why);
         }
-        match stamp(&entry.source) {
+        match entry.source.stamp() {
             Ok(after) if after == entry.stamp => {}
             Ok(_) => return self.fail_file(file, &entry.path, "changed while being sent".into()),
             Err(e) => return self.fail_file(file, &entry.path, io_text(&e)),
@@ -217,7 +213,7 @@ impl<W: Write> Sender<'_, W> {
         }
         self.writer.send(&Message::FileEnd {
             file,
-            size: entry.stamp.0,
+            size: entry.stamp.size,
             hash: *manifest.finalize().as_bytes(),
         })
     }
@@ -225,9 +221,9 @@ impl<W: Write> Sender<'_, W> {
 
 /// Sends one segment (`Segment` frames, then `SegmentEnd`) and returns its
 /// check value, or why it could not be read.
-fn send_segment<W: Write>(
+fn send_segment<W: Write, F: SourceFile>(
     writer: &mut FrameWriter<W>,
-    job: &SegmentJob,
+    job: &SegmentJob<F>,
     buf: &mut [u8],
 ) -> Result<[u8; 32], String> {
     let mut packer = Packer::new(job.compress);

@@ -1,52 +1,29 @@
-//! The files this side reads: opening a listed file (beneath the module root
-//! when confined), its [`Stamp`] taken before and after reading so that a file
-//! that changed meanwhile is never passed off as sent, and giving up on a file
-//! (the receiver is told why; the transfer goes on). Not for reading the
-//! bytes: [`super::whole`], [`super::recipe`] and [`super::segments`] do that.
+//! The files this side reads, through its [`Source`]: opening a listed file with
+//! its [`Stamp`] (taken again once the file is read, so that a file that changed
+//! meanwhile is never passed off as sent), and giving up on a file (the receiver
+//! is told why; the transfer goes on). Not for reading the bytes:
+//! [`super::whole`], [`super::recipe`] and [`super::segments`] do that.
 
 use super::Sender;
 use crate::error::io_text;
 use crate::error::TransferError;
 use crate::fs::names::escape;
 use crate::proto::Message;
-use std::fs::File;
+use crate::store::source::{Source, SourceFile, Stamp};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 
-/// Size and mtime: if they change while a file is read, the copy is not trusted.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) struct Stamp(pub(super) u64, pub(super) i64, pub(super) i64);
-
-pub(super) fn stamp(f: &File) -> std::io::Result<Stamp> {
-    let m = f.metadata()?;
-    Ok(Stamp(m.size(), m.mtime(), m.mtime_nsec()))
-}
-
-impl<W: Write> Sender<'_, W> {
+impl<W: Write, S: Source> Sender<'_, W, S> {
     pub(super) fn fail_file(
         &mut self,
         file: u32,
-        path: &std::path::Path,
+        path: &S::Handle,
         why: String,
     ) -> Result<(), TransferError> {
-        let reason = format!("{}: {why}", escape(path.as_os_str().as_encoded_bytes()));
+        let reason = format!("{}: {why}", escape(self.source.name(path)));
         self.writer.send(&Message::FileFailed {
             file,
             reason: reason.into_bytes(),
         })
-    }
-
-    /// Opens a listed file: beneath the module root when confined.
-    pub(super) fn open_source(&self, path: &std::path::Path) -> std::io::Result<File> {
-        match &self.confine {
-            Some((root, fd)) => {
-                let rel = path.strip_prefix(root).map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, "outside the module")
-                })?;
-                crate::fs::dest::open_beneath(fd, rel)
-            }
-            None => File::open(path),
-        }
     }
 
     /// Opens a listed file and notes its size and mtime; if that fails, the
@@ -54,11 +31,12 @@ impl<W: Write> Sender<'_, W> {
     pub(super) fn open_listed(
         &mut self,
         file: u32,
-        path: &std::path::Path,
-    ) -> Result<Option<(File, Stamp)>, TransferError> {
+        path: &S::Handle,
+    ) -> Result<Option<(S::File, Stamp)>, TransferError> {
         let opened = self
-            .open_source(path)
-            .and_then(|f| stamp(&f).map(|s| (f, s)));
+            .source
+            .open(path)
+            .and_then(|f| f.stamp().map(|s| (f, s)));
         match opened {
             Ok(x) => Ok(Some(x)),
             Err(e) => self.fail_file(file, path, io_text(&e)).map(|_| None),
@@ -69,7 +47,7 @@ impl<W: Write> Sender<'_, W> {
     pub(super) fn give_up(
         &mut self,
         file: u32,
-        path: &std::path::Path,
+        path: &S::Handle,
         why: String,
     ) -> Result<(), TransferError> {
         self.pending.remove(&file);

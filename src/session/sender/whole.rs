@@ -4,32 +4,27 @@
 //! the receiver rebuilds from old data ([`super::recipe`]).
 
 use super::segments::SEGMENT_MIN;
-use super::source::stamp;
 use super::Sender;
 use crate::chunk::WholeCheck;
 use crate::error::{io_text, TransferError};
 use crate::proto::Message;
+use crate::store::source::{Source, SourceFile};
 use std::io::{Read, Write};
 
-impl<W: Write> Sender<'_, W> {
-    pub(super) fn send_whole(
-        &mut self,
-        file: u32,
-        path: &std::path::Path,
-    ) -> Result<(), TransferError> {
-        let Some((f, before)) = self.open_listed(file, path)? else {
+impl<W: Write, S: Source> Sender<'_, W, S> {
+    pub(super) fn send_whole(&mut self, file: u32, path: &S::Handle) -> Result<(), TransferError> {
+        let Some((mut f, before)) = self.open_listed(file, path)? else {
             return Ok(());
         };
-        self.attach_streams(before.0 >= SEGMENT_MIN);
-        if !self.workers.is_empty() && before.0 >= SEGMENT_MIN {
+        self.attach_streams(before.size >= SEGMENT_MIN);
+        if !self.workers.is_empty() && before.size >= SEGMENT_MIN {
             return self.send_segmented(file, path, f, before);
         }
         self.packer.reset();
         let mut check = WholeCheck::default();
         let mut total = 0u64;
-        let mut reader = &f;
         loop {
-            let n = match read_full(&mut reader, &mut self.buf) {
+            let n = match read_full(&mut f, &mut self.buf) {
                 Ok(n) => n,
                 Err(e) => {
                     return self.fail_file(file, path, format!("read failed: {}", io_text(&e)))
@@ -48,8 +43,8 @@ impl<W: Write> Sender<'_, W> {
                 break;
             }
         }
-        match stamp(&f) {
-            Ok(after) if after == before && after.0 == total => {}
+        match f.stamp() {
+            Ok(after) if after == before && after.size == total => {}
             Ok(_) => return self.fail_file(file, path, "changed while being sent".into()),
             Err(e) => return self.fail_file(file, path, io_text(&e)),
         }
