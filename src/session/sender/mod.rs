@@ -31,7 +31,7 @@ use crate::session::compress::Packer;
 use crate::store::source::{ListOptions, Listed, Source};
 use recipe::{PendingRecipe, MAX_PENDING_RECIPES};
 use requests::{read_requests, FromPeer};
-use segments::{SegmentJob, SegmentedSend};
+use segments::{SegmentJob, SegmentedSend, SentBy};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -61,8 +61,8 @@ struct Sender<'a, W: Write, S: Source> {
     listed: u32,
     acked: u32,
     pending: HashMap<u32, PendingRecipe<S>>,
-    /// Files given up on mid-recipe: a `Need` the receiver sent before it
-    /// heard is ignored.
+    /// Files given up on mid-recipe (see [`Sender::give_up`]): a `Need` the
+    /// receiver sent before it heard is ignored.
     given_up: std::collections::HashSet<u32>,
     packer: Packer,
     buf: Vec<u8>,
@@ -276,7 +276,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 file,
                 start,
                 result,
-            } => self.segment_done(file, start, result),
+            } => self.segment_done(file, start, result, SentBy::Worker),
             FromPeer::Failed(e) => Err(e),
         }
     }

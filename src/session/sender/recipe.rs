@@ -3,6 +3,7 @@
 //! and `FileEnd` once every message is answered and the file did not change.
 //! Not for whole files ([`super::whole`]).
 
+use super::source::unchanged;
 use super::{FromPeer, Sender};
 use crate::chunk::{chunk_hash, ChunkHash, Chunker, RebuildKey};
 use crate::delta::{check_need, Spanner};
@@ -266,13 +267,11 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         if !p.awaiting.is_empty() {
             return Ok(());
         }
-        let p = self.pending.remove(&file).expect("pending");
-        let path = p.path;
-        match p.file.stamp() {
-            Ok(after) if after == p.stamp && after.size == size => {}
-            Ok(_) => return self.give_up(file, &path, "changed while being sent".into()),
-            Err(e) => return self.give_up(file, &path, io_text(&e)),
+        if let Err(why) = unchanged(&p.file, &p.stamp, size) {
+            let path = p.path.clone();
+            return self.give_up(file, &path, why);
         }
+        self.pending.remove(&file);
         self.writer.send(&Message::FileEnd { file, size, hash })
     }
 }

@@ -4,6 +4,7 @@
 //! all have reported. Not for files below [`SEGMENT_MIN`] or transfers
 //! without extra streams ([`super::whole`]).
 
+use super::source::unchanged;
 use super::{FromPeer, Sender};
 use crate::chunk::WholeCheck;
 use crate::error::{io_text, TransferError};
@@ -27,6 +28,13 @@ pub(super) struct SegmentJob<F> {
     start: u64,
     len: u64,
     compress: Option<i32>,
+}
+
+/// Who sent a segment: this thread sends a segmented file's first segment
+/// on the main stream, the workers the others on the joined streams.
+pub(super) enum SentBy {
+    ThisThread,
+    Worker,
 }
 
 /// A segmented file whose segments are still being sent.
@@ -119,7 +127,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             let len = per.min(size - start);
             let source = match f.try_clone() {
                 Ok(c) => c,
-                Err(e) => return self.fail_file(file, path, io_text(&e)),
+                Err(e) => return self.give_up(file, path, io_text(&e)),
             };
             jobs.push((
                 w,
@@ -161,32 +169,24 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         let mut buf = std::mem::take(&mut self.buf);
         let result = send_segment(&mut self.writer, &first, &mut buf);
         self.buf = buf;
-        self.segment_done_inner(file, 0, result, true)
+        self.segment_done(file, 0, result, SentBy::ThisThread)
     }
 
+    /// A segment of `file` starting at `start` was sent (or failed); once all
+    /// have, the file ends with the manifest of their checks.
     pub(super) fn segment_done(
         &mut self,
         file: u32,
         start: u64,
         result: Result<[u8; 32], String>,
-    ) -> Result<(), TransferError> {
-        self.segment_done_inner(file, start, result, false)
-    }
-
-    pub(super) fn segment_done_inner(
-        &mut self,
-        file: u32,
-        start: u64,
-        result: Result<[u8; 32], String>,
-        own: bool,
+        by: SentBy,
     ) -> Result<(), TransferError> {
         let Some(entry) = self.segmented.get_mut(&file) else {
             return Ok(());
         };
-        if own {
-            entry.own_finished = true;
-        } else {
-            entry.remaining -= 1;
+        match by {
+            SentBy::ThisThread => entry.own_finished = true,
+            SentBy::Worker => entry.remaining -= 1,
         }
         match result {
             Ok(h) => entry.hashes.push((start, h)),
@@ -199,12 +199,10 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         }
         let mut entry = self.segmented.remove(&file).expect("present");
         if let Some(why) = entry.failure {
-            return self.fail_file(file, &entry.path, why);
+            return self.give_up(file, &entry.path, why);
         }
-        match entry.source.stamp() {
-            Ok(after) if after == entry.stamp => {}
-            Ok(_) => return self.fail_file(file, &entry.path, "changed while being sent".into()),
-            Err(e) => return self.fail_file(file, &entry.path, io_text(&e)),
+        if let Err(why) = unchanged(&entry.source, &entry.stamp, entry.stamp.size) {
+            return self.give_up(file, &entry.path, why);
         }
         entry.hashes.sort();
         let mut manifest = blake3::Hasher::new();

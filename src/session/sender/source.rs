@@ -13,19 +13,6 @@ use crate::store::source::{Source, SourceFile, Stamp};
 use std::io::Write;
 
 impl<W: Write, S: Source> Sender<'_, W, S> {
-    pub(super) fn fail_file(
-        &mut self,
-        file: u32,
-        path: &S::Handle,
-        why: String,
-    ) -> Result<(), TransferError> {
-        let reason = format!("{}: {why}", escape(self.source.name(path)));
-        self.writer.send(&Message::FileFailed {
-            file,
-            reason: reason.into_bytes(),
-        })
-    }
-
     /// Opens a listed file and notes its size and mtime; if that fails, the
     /// receiver is told and `None` comes back.
     pub(super) fn open_listed(
@@ -39,19 +26,38 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             .and_then(|f| f.stamp().map(|s| (f, s)));
         match opened {
             Ok(x) => Ok(Some(x)),
-            Err(e) => self.fail_file(file, path, io_text(&e)).map(|_| None),
+            Err(e) => self.give_up(file, path, io_text(&e)).map(|_| None),
         }
     }
 
-    /// Fails a file that has a pending recipe: later answers for it are ignored.
+    /// Gives up on `file`, however far it got: the receiver is told why (and
+    /// goes on with the others), and whatever this side still held for the
+    /// file is let go. If a recipe was offered for it, the receiver's answers
+    /// still on their way are ignored when they arrive.
     pub(super) fn give_up(
         &mut self,
         file: u32,
         path: &S::Handle,
         why: String,
     ) -> Result<(), TransferError> {
-        self.pending.remove(&file);
-        self.given_up.insert(file);
-        self.fail_file(file, path, why)
+        if self.pending.remove(&file).is_some() {
+            self.given_up.insert(file);
+        }
+        self.segmented.remove(&file);
+        let reason = format!("{}: {why}", escape(self.source.name(path)));
+        self.writer.send(&Message::FileFailed {
+            file,
+            reason: reason.into_bytes(),
+        })
+    }
+}
+
+/// Whether a file read to its end is still the one opened: the same stamp, and
+/// `size` bytes as read. If not, why not, for the receiver.
+pub(super) fn unchanged<F: SourceFile>(f: &F, before: &Stamp, size: u64) -> Result<(), String> {
+    match f.stamp() {
+        Ok(after) if after == *before && after.size == size => Ok(()),
+        Ok(_) => Err("changed while being sent".into()),
+        Err(e) => Err(io_text(&e)),
     }
 }

@@ -4,11 +4,12 @@
 //! the receiver rebuilds from old data ([`super::recipe`]).
 
 use super::segments::SEGMENT_MIN;
+use super::source::unchanged;
 use super::Sender;
 use crate::chunk::WholeCheck;
 use crate::error::{io_text, TransferError};
 use crate::proto::Message;
-use crate::store::source::{Source, SourceFile};
+use crate::store::source::Source;
 use std::io::{Read, Write};
 
 impl<W: Write, S: Source> Sender<'_, W, S> {
@@ -26,9 +27,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         loop {
             let n = match read_full(&mut f, &mut self.buf) {
                 Ok(n) => n,
-                Err(e) => {
-                    return self.fail_file(file, path, format!("read failed: {}", io_text(&e)))
-                }
+                Err(e) => return self.give_up(file, path, format!("read failed: {}", io_text(&e))),
             };
             if n == 0 {
                 break;
@@ -43,10 +42,8 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 break;
             }
         }
-        match f.stamp() {
-            Ok(after) if after == before && after.size == total => {}
-            Ok(_) => return self.fail_file(file, path, "changed while being sent".into()),
-            Err(e) => return self.fail_file(file, path, io_text(&e)),
+        if let Err(why) = unchanged(&f, &before, total) {
+            return self.give_up(file, path, why);
         }
         self.writer.send(&Message::FileEnd {
             file,
