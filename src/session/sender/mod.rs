@@ -7,7 +7,8 @@
 //! thread and the order requests are served in), [`source`] (opening listed
 //! files, noticing a file that changed, giving up on one), [`whole`] (a file
 //! sent whole), [`recipe`] (a file sent as spans, a recipe and the chunks
-//! asked for) and [`segments`] (a large file cut across extra streams). It does
+//! asked for, following the rules kept by the sans-IO [`ledger`]) and
+//! [`segments`] (a large file cut across extra streams). It does
 //! not decide what the receiver may ask: the receiver decides, this side checks.
 //!
 //! # Security
@@ -15,6 +16,7 @@
 //! only for chunks of a recipe this side sent. Anything else ends the session:
 //! nothing derived from a file that was not listed ever leaves the host.
 
+mod ledger;
 mod recipe;
 mod requests;
 mod segments;
@@ -29,7 +31,8 @@ use crate::fs::source::LocalSource;
 use crate::proto::{Event, EventKind, Message, Options, Summary, BLOCK_SIZE, LIST_AHEAD};
 use crate::session::compress::Packer;
 use crate::store::source::{ListOptions, Listed, Source};
-use recipe::{PendingRecipe, MAX_PENDING_RECIPES};
+use ledger::Ledger;
+use recipe::Reading;
 use requests::{read_requests, FromPeer};
 use segments::{SegmentJob, SegmentedSend, SentBy};
 use std::collections::HashMap;
@@ -60,10 +63,8 @@ struct Sender<'a, W: Write, S: Source> {
     /// Entries listed so far, and as many acknowledged by the receiver.
     listed: u32,
     acked: u32,
-    pending: HashMap<u32, PendingRecipe<S>>,
-    /// Files given up on mid-recipe (see [`Sender::give_up`]): a `Need` the
-    /// receiver sent before it heard is ignored.
-    given_up: std::collections::HashSet<u32>,
+    /// The recipes on offer: which `Need` answers what (sans-IO).
+    recipes: Ledger<Reading<S>>,
     packer: Packer,
     buf: Vec<u8>,
     rx: mpsc::Receiver<FromPeer>,
@@ -134,8 +135,7 @@ where
         files: HashMap::new(),
         listed: 0,
         acked: 0,
-        pending: HashMap::new(),
-        given_up: Default::default(),
+        recipes: Ledger::default(),
         packer: Packer::new(None),
         buf: vec![0; BLOCK_SIZE],
         rx,
@@ -243,11 +243,9 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                     ))
                 })?;
                 if let Some(key) = delta {
-                    if self.pending.len() >= MAX_PENDING_RECIPES {
-                        return Err(TransferError::PeerMisbehaved(
-                            "left too many recipes unanswered".into(),
-                        ));
-                    }
+                    self.recipes
+                        .room()
+                        .map_err(|v| TransferError::PeerMisbehaved(v.0))?;
                     self.send_recipe(file, &path, &key)
                 } else {
                     self.send_whole(file, &path)

@@ -40,9 +40,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         path: &S::Handle,
         why: String,
     ) -> Result<(), TransferError> {
-        if self.pending.remove(&file).is_some() {
-            self.given_up.insert(file);
-        }
+        self.recipes.give_up(file);
         self.segmented.remove(&file);
         let reason = format!("{}: {why}", escape(self.source.name(path)));
         self.writer.send(&Message::FileFailed {
