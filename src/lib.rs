@@ -15,6 +15,7 @@
 //! `proto`, `chunk`, `delta` and `filter` are pure code over bytes; `fs` is the
 //! only code that touches the disk; `session` speaks `proto` over any stream.
 
+pub mod check;
 pub mod chunk;
 pub mod cli;
 pub mod delta;

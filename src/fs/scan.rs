@@ -272,11 +272,9 @@ fn child_name_for_filter(name: &[u8]) -> Vec<u8> {
     name.to_vec()
 }
 
-/// BLAKE3 of a whole file.
+/// BLAKE3 of a whole file, as `--checksum` lists it.
 pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(std::fs::File::open(path)?)?;
-    Ok(*h.finalize().as_bytes())
+    crate::check::file_checksum(std::fs::File::open(path)?)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use super::source::unchanged;
 use super::{FromPeer, Sender};
+use crate::check::segment_manifest;
 use crate::chunk::WholeCheck;
 use crate::error::{io_text, TransferError};
 use crate::proto::{Message, BLOCK_SIZE};
@@ -205,14 +206,10 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             return self.give_up(file, &entry.path, why);
         }
         entry.hashes.sort();
-        let mut manifest = blake3::Hasher::new();
-        for (_, h) in &entry.hashes {
-            manifest.update(h);
-        }
         self.writer.send(&Message::FileEnd {
             file,
             size: entry.stamp.size,
-            hash: *manifest.finalize().as_bytes(),
+            hash: segment_manifest(entry.hashes.iter().map(|(_, h)| h)),
         })
     }
 }
