@@ -59,6 +59,9 @@ pub trait SourceFile: io::Read + Send + Sized + 'static {
     /// Fills `buf` from `offset`; a file that ends first is an error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// A second handle on the same open file, for another thread or reader.
+    /// Whether it shares the read position is the source's business: the
+    /// sender reads in order through one handle only, and at offsets through
+    /// the others.
     fn try_clone(&self) -> io::Result<Self>;
 }
 

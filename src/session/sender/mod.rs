@@ -21,6 +21,8 @@ mod recipe;
 mod requests;
 mod segments;
 mod source;
+#[cfg(test)]
+mod tests;
 mod whole;
 
 use super::wire::{FrameReader, FrameWriter};
