@@ -36,7 +36,7 @@ use crate::store::source::{ListOptions, Listed, Source};
 use ledger::Ledger;
 use recipe::Reading;
 use requests::{read_requests, FromPeer};
-use segments::{SegmentJob, SegmentedSend, SentBy};
+use segments::{SentBy, Streams};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -76,14 +76,9 @@ struct Sender<'a, W: Write, S: Source> {
     cancel: &'a Cancel,
     /// Where the listed files are read from.
     source: &'a S,
-    /// Extra streams still to be attached, and the workers sending on them.
-    joins: Option<mpsc::Receiver<super::Stream>>,
-    workers: Vec<mpsc::Sender<SegmentJob<S::File>>>,
-    /// The first large file has waited for the extra streams.
-    waited_for_joins: bool,
-    /// For workers to report back on the same queue as the receiver's requests.
-    reports: mpsc::Sender<FromPeer>,
-    segmented: HashMap<u32, SegmentedSend<S>>,
+    /// Extra streams, the workers sending segments on them, and the files
+    /// being sent in segments.
+    streams: Streams<S>,
 }
 
 /// Runs the sending side over the local filesystem (beneath the module root
@@ -145,11 +140,7 @@ where
         finished: None,
         cancel,
         source: &source,
-        joins: cfg.joins,
-        workers: Vec::new(),
-        waited_for_joins: false,
-        reports,
-        segmented: HashMap::new(),
+        streams: Streams::new(cfg.joins, reports),
     };
     s.packer = Packer::new(s.options.zstd_level());
     let result = s.run(&cfg.sources);

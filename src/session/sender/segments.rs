@@ -12,7 +12,9 @@ use crate::error::{io_text, TransferError};
 use crate::proto::{Message, BLOCK_SIZE};
 use crate::session::compress::Packer;
 use crate::session::wire::FrameWriter;
+use crate::session::Stream;
 use crate::store::source::{Source, SourceFile, Stamp};
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::mpsc;
 
@@ -23,12 +25,52 @@ pub(super) const SEGMENT_MIN: u64 = 16 << 20;
 const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A segment for a stream worker to send.
-pub(super) struct SegmentJob<F> {
+struct SegmentJob<F> {
     file: u32,
     source: F,
     start: u64,
     len: u64,
     compress: Option<i32>,
+}
+
+/// The extra streams of a transfer: those still joining, a worker thread
+/// sending segments on each that joined, and the files sent in segments.
+pub(super) struct Streams<S: Source> {
+    /// Extra streams still to be attached.
+    joins: Option<mpsc::Receiver<Stream>>,
+    /// A worker per stream attached, sending the segments it is given.
+    workers: Vec<mpsc::Sender<SegmentJob<S::File>>>,
+    /// The first large file has waited for the extra streams.
+    waited: bool,
+    /// For workers to report back on the same queue as the receiver's requests.
+    reports: mpsc::Sender<FromPeer>,
+    /// Files whose segments are still being sent.
+    segmented: HashMap<u32, SegmentedSend<S>>,
+}
+
+impl<S: Source> Streams<S> {
+    pub(super) fn new(
+        joins: Option<mpsc::Receiver<Stream>>,
+        reports: mpsc::Sender<FromPeer>,
+    ) -> Self {
+        Streams {
+            joins,
+            workers: Vec::new(),
+            waited: false,
+            reports,
+            segmented: HashMap::new(),
+        }
+    }
+
+    /// Whether any extra stream is attached (files can be cut into segments).
+    pub(super) fn attached(&self) -> bool {
+        !self.workers.is_empty()
+    }
+
+    /// `file` was given up on: its segments still to report are ignored.
+    pub(super) fn forget(&mut self, file: u32) {
+        self.segmented.remove(&file);
+    }
 }
 
 /// Who sent a segment: this thread sends a segmented file's first segment
@@ -39,7 +81,7 @@ pub(super) enum SentBy {
 }
 
 /// A segmented file whose segments are still being sent.
-pub(super) struct SegmentedSend<S: Source> {
+struct SegmentedSend<S: Source> {
     /// Worker segments not yet reported.
     remaining: usize,
     /// This thread's own (first) segment has been sent or has failed.
@@ -56,14 +98,14 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
     /// large file, waits (up to [`JOIN_WAIT`]) for the streams still
     /// connecting, so that file is split across all of them.
     pub(super) fn attach_streams(&mut self, large: bool) {
-        let Some(joins) = self.joins.take() else {
+        let Some(joins) = self.streams.joins.take() else {
             return;
         };
         let wanted = usize::from(self.options.streams.saturating_sub(1));
-        let wait = large && !self.waited_for_joins;
+        let wait = large && !self.streams.waited;
         let deadline = std::time::Instant::now() + JOIN_WAIT;
         loop {
-            let next = if wait && self.workers.len() < wanted {
+            let next = if wait && self.streams.workers.len() < wanted {
                 joins
                     .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
                     .ok()
@@ -73,14 +115,14 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             let Some(stream) = next else { break };
             self.start_worker(stream);
         }
-        self.waited_for_joins |= large;
-        self.joins = Some(joins);
+        self.streams.waited |= large;
+        self.streams.joins = Some(joins);
     }
 
     /// Sends segments over a joined stream, on a thread of its own.
-    pub(super) fn start_worker(&mut self, stream: crate::session::Stream) {
+    pub(super) fn start_worker(&mut self, stream: Stream) {
         let (tx, jobs) = mpsc::channel::<SegmentJob<S::File>>();
-        let reports = self.reports.clone();
+        let reports = self.streams.reports.clone();
         let rate = self.options.bwlimit / self.options.streams.max(1) as u64;
         let counters = self.writer.counters();
         let spawned = std::thread::Builder::new()
@@ -102,7 +144,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 }
             });
         if spawned.is_ok() {
-            self.workers.push(tx);
+            self.streams.workers.push(tx);
         }
     }
 
@@ -117,11 +159,11 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         before: Stamp,
     ) -> Result<(), TransferError> {
         let size = before.size;
-        let n = self.workers.len() as u64 + 1;
+        let n = self.streams.workers.len() as u64 + 1;
         let per = size.div_ceil(n).div_ceil(BLOCK_SIZE as u64) * BLOCK_SIZE as u64;
         let mut jobs = Vec::new();
         let mut start = per.min(size);
-        for w in 0..self.workers.len() {
+        for w in 0..self.streams.workers.len() {
             if start >= size {
                 break;
             }
@@ -152,7 +194,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             path: path.clone(),
         };
         for (w, job) in jobs {
-            if self.workers[w].send(job).is_err() {
+            if self.streams.workers[w].send(job).is_err() {
                 entry.remaining -= 1;
                 entry.failure = Some("a stream worker stopped".into());
             }
@@ -166,7 +208,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             len: per.min(size),
             compress: self.options.zstd_level(),
         };
-        self.segmented.insert(file, entry);
+        self.streams.segmented.insert(file, entry);
         let mut buf = std::mem::take(&mut self.buf);
         let result = send_segment(&mut self.writer, &first, &mut buf);
         self.buf = buf;
@@ -182,7 +224,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         result: Result<[u8; 32], String>,
         by: SentBy,
     ) -> Result<(), TransferError> {
-        let Some(entry) = self.segmented.get_mut(&file) else {
+        let Some(entry) = self.streams.segmented.get_mut(&file) else {
             return Ok(());
         };
         match by {
@@ -198,7 +240,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         if entry.remaining > 0 || !entry.own_finished {
             return Ok(());
         }
-        let mut entry = self.segmented.remove(&file).expect("present");
+        let mut entry = self.streams.segmented.remove(&file).expect("present");
         if let Some(why) = entry.failure {
             return self.give_up(file, &entry.path, why);
         }

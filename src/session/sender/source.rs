@@ -41,7 +41,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         why: String,
     ) -> Result<(), TransferError> {
         self.recipes.give_up(file);
-        self.segmented.remove(&file);
+        self.streams.forget(file);
         let reason = format!("{}: {why}", escape(self.source.name(path)));
         self.writer.send(&Message::FileFailed {
             file,

@@ -18,7 +18,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             return Ok(());
         };
         self.attach_streams(before.size >= SEGMENT_MIN);
-        if !self.workers.is_empty() && before.size >= SEGMENT_MIN {
+        if self.streams.attached() && before.size >= SEGMENT_MIN {
             return self.send_segmented(file, path, f, before);
         }
         self.packer.reset();
