@@ -254,7 +254,7 @@ fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, Transfer
 
 fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     if a.stdio {
-        crate::transport::stdio::serve()?;
+        crate::server::stdio::serve()?;
         return Ok(exit::OK);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")

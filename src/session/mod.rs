@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use wire::{Counters, FrameReader, FrameWriter};
 
+pub use crate::transport::Stream;
+
 /// Where a client's events go.
 pub type EventFn<'a> = dyn Fn(Event) + Sync + 'a;
 
@@ -42,12 +44,6 @@ impl Cancel {
             Ok(())
         }
     }
-}
-
-/// A connected byte stream, split into its two directions.
-pub struct Stream {
-    pub reader: Box<dyn Read + Send>,
-    pub writer: Box<dyn Write + Send>,
 }
 
 /// The client's side: handshake, send the request, then run the local half.

@@ -1,8 +1,8 @@
 //! Reaching a ferry daemon: TCP, then TLS 1.3 with this user's key, then the
 //! daemon's key checked against `known_hosts` before anything is sent.
 
+use super::Stream;
 use crate::error::TransferError;
-use crate::session::Stream;
 use crate::trust::known_hosts::{self, HostKeyCheck, HostKeyStatus};
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::{TcpStream, ToSocketAddrs};

@@ -1,9 +1,15 @@
-//! A local-to-local transfer runs the server half on a thread, connected by two
-//! OS pipes: the same protocol and code as over ssh, with nothing to install.
+//! A transfer between two stores this process reaches itself (local to local
+//! today) runs the server half on a thread, connected by two OS pipes: the
+//! same protocol and code as over ssh, with nothing to install.
+//!
+//! Not a transport: nothing here reaches another machine. It is the
+//! in-process pair that a store which cannot speak ferry's protocol (S3,
+//! SFTP next) will run both session halves through.
 
 use crate::error::TransferError;
 use crate::proto::Summary;
-use crate::session::{self, Stream};
+use crate::session;
+use crate::transport::Stream;
 use std::thread::JoinHandle;
 
 /// Starts `serve` on a thread and returns the client's end of the stream.

@@ -10,9 +10,10 @@ use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
 use crate::transport::child::{ChildPeer, SshOptions};
 use crate::transport::daemon::{self, DaemonOptions};
-use crate::transport::pipe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+mod local;
 
 pub use crate::proto::{Event, EventKind};
 
@@ -133,7 +134,7 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
     };
     match (&plan.dest, remote_sources.is_empty()) {
         (Location::Local(dest), true) => {
-            let (stream, server) = pipe::local_server()?;
+            let (stream, server) = local::local_server()?;
             let request = Request {
                 role: Role::ServerReceives,
                 paths: vec![dest.clone()],
@@ -165,7 +166,7 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
             .map(outcome)
         }
         (Location::Daemon { host, port, path }, true) => {
-            let port = port.unwrap_or(crate::server::DEFAULT_PORT);
+            let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
             let stream = daemon::connect(host, port, &plan.daemon)?;
             let request = Request {
                 role: Role::ServerReceives,
@@ -219,7 +220,7 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
                         .map(outcome)
                 }
                 Location::Daemon { host, port, .. } => {
-                    let port = port.unwrap_or(crate::server::DEFAULT_PORT);
+                    let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
                     let stream = daemon::connect(host, port, &plan.daemon)?;
                     let more = || daemon::connect(host, port, &plan.daemon);
                     session::run_client_streams(
@@ -250,7 +251,7 @@ pub fn list_daemon(
     path: &[u8],
     opts: &DaemonOptions,
 ) -> Result<Listing, TransferError> {
-    let stream = daemon::connect(host, port.unwrap_or(crate::server::DEFAULT_PORT), opts)?;
+    let stream = daemon::connect(host, port.unwrap_or(crate::proto::DEFAULT_PORT), opts)?;
     if path.is_empty() {
         return session::list_modules(stream).map(Listing::Modules);
     }
