@@ -5,6 +5,7 @@ pub mod args;
 mod demo;
 mod keys;
 pub mod output;
+mod prompt;
 
 use crate::error::TransferError;
 use crate::location::Location;
@@ -223,12 +224,13 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
     Ok(DaemonOptions {
         identity: f.identity.clone(),
         known_hosts: f.known_hosts.clone(),
-        host_key_check: f
-            .host_key_check
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(TransferError::Usage)?,
+        host_key: prompt::host_key_policy(
+            f.host_key_check
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(TransferError::Usage)?,
+        ),
         config_dir: f.config_dir.clone(),
         timeout: f
             .timeout

@@ -10,6 +10,7 @@ use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
 use crate::transport::child::{ChildPeer, SshOptions};
 use crate::transport::daemon::{self, DaemonOptions};
+use crate::transport::Stream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -167,14 +168,14 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
         }
         (Location::Daemon { host, port, path }, true) => {
             let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
-            let stream = daemon::connect(host, port, &plan.daemon)?;
+            let stream = connect_daemon(host, port, &plan.daemon, events)?;
             let request = Request {
                 role: Role::ServerReceives,
                 paths: vec![path.clone()],
                 options: plan.options.clone(),
             };
             let sources = plan.sources.iter().map(local_path).collect();
-            let more = || daemon::connect(host, port, &plan.daemon);
+            let more = || connect_daemon(host, port, &plan.daemon, events);
             session::run_client_streams(
                 stream,
                 request,
@@ -221,8 +222,8 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
                 }
                 Location::Daemon { host, port, .. } => {
                     let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
-                    let stream = daemon::connect(host, port, &plan.daemon)?;
-                    let more = || daemon::connect(host, port, &plan.daemon);
+                    let stream = connect_daemon(host, port, &plan.daemon, events)?;
+                    let more = || connect_daemon(host, port, &plan.daemon, events);
                     session::run_client_streams(
                         stream,
                         request,
@@ -245,17 +246,41 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
 
 /// Lists what a daemon offers: its modules (`host::`), or the entries at a
 /// module path (`host::module/path`), as (name, entry) pairs.
+/// Notices (a daemon key just recorded) go to `events`.
 pub fn list_daemon(
     host: &str,
     port: Option<u16>,
     path: &[u8],
     opts: &DaemonOptions,
+    events: &EventFn<'_>,
 ) -> Result<Listing, TransferError> {
-    let stream = daemon::connect(host, port.unwrap_or(crate::proto::DEFAULT_PORT), opts)?;
+    let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
+    let stream = connect_daemon(host, port, opts, events)?;
     if path.is_empty() {
         return session::list_modules(stream).map(Listing::Modules);
     }
     session::list_entries(stream, path.to_vec()).map(Listing::Entries)
+}
+
+/// Connects to a daemon; a key recorded on the way is told to `events` as a
+/// notice.
+fn connect_daemon(
+    host: &str,
+    port: u16,
+    opts: &DaemonOptions,
+    events: &EventFn<'_>,
+) -> Result<Stream, TransferError> {
+    let connected = daemon::connect(host, port, opts)?;
+    if let Some(host) = connected.added {
+        events(Event {
+            kind: EventKind::Notice,
+            name: Vec::new(),
+            a: 0,
+            b: 0,
+            text: host.added_notice().into_bytes(),
+        });
+    }
+    Ok(connected.stream)
 }
 
 /// What `ferry ls` shows.
