@@ -288,8 +288,7 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         for a in addrs {
             println!("listening on {a}");
         }
-    })
-    .map_err(TransferError::Usage)?;
+    })?;
     Ok(exit::OK)
 }
 

@@ -92,7 +92,17 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
     let label = known_hosts::host_label(host, port);
     let fp = key.fingerprint();
     let mut added = None;
-    match known_hosts::check(&known, &label, &key).map_err(TransferError::Usage)? {
+    // known_hosts cannot be read or written: a local fault (the text already
+    // names the file)
+    let shown = known.display().to_string();
+    let local = |text: String| TransferError::Local {
+        text: match text.strip_prefix(&format!("{shown}: ")) {
+            Some(t) => t.to_string(),
+            None => text,
+        },
+        path: shown.clone(),
+    };
+    match known_hosts::check(&known, &label, &key).map_err(local)? {
         HostKeyStatus::Known => {}
         HostKeyStatus::Changed(old) => {
             return Err(TransferError::HostKey(format!(
@@ -118,8 +128,7 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
                     opts.host_key.flag()
                 )));
             }
-            known_hosts::add(&unknown.known_hosts, &unknown.label, &key)
-                .map_err(TransferError::Usage)?;
+            known_hosts::add(&unknown.known_hosts, &unknown.label, &key).map_err(local)?;
             added = Some(unknown);
         }
     }
