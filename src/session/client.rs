@@ -4,8 +4,8 @@
 //! requests that transfer nothing: a listing of entries (`ferry ls
 //! host::module/path`) and of a daemon's modules.
 //!
-//! Not for the server's side ([`super::serve`](mod@super::serve)) nor for reaching the server
-//! ([`crate::transport`]): callers hand in a connected [`Stream`].
+//! Not for the server's side ([`serve`](mod@super::serve)) nor for reaching
+//! the server ([`crate::transport`]): callers hand in a connected [`Stream`].
 
 use super::wire::{Counters, FrameReader, FrameWriter};
 use super::{receiver, sender, text, Cancel, EventFn, Stream, NO_SUCH_TRANSFER};
