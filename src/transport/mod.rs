@@ -3,9 +3,9 @@
 //! the remote, or a local `ferry serve --stdio` child), TLS 1.3 to a ferry
 //! daemon, and the extra streams that join an ssh transfer.
 //!
-//! Not for what runs over the streams: the conversation is [`crate::session`],
-//! serving it is [`crate::server`] (and, for local copies, [`crate::transfer`]).
-//! Nothing here imports those; they import [`Stream`] from here.
+//! Not for what runs over the streams: the conversation is `session`'s,
+//! serving it is `server`'s (and, for local copies, `transfer`'s). Nothing
+//! here imports those; they import [`Stream`] from here.
 
 pub mod child;
 pub mod daemon;
