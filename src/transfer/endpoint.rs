@@ -125,20 +125,22 @@ pub fn route<'a>(sources: &'a [Location], dest: &'a Location) -> Result<Route<'a
 mod tests {
     use super::*;
 
-    fn loc(s: &str) -> Location {
-        Location::parse(std::ffi::OsStr::new(s)).unwrap()
+    fn locs(args: &[&str]) -> Vec<Location> {
+        args.iter()
+            .map(|a| Location::parse(std::ffi::OsStr::new(a)).unwrap())
+            .collect()
     }
 
-    fn route_of(sources: &[&str], dest: &str) -> Result<Route<'static>, String> {
-        let sources: &'static [Location] =
-            sources.iter().map(|s| loc(s)).collect::<Vec<_>>().leak();
-        let dest: &'static Location = Box::leak(Box::new(loc(dest)));
-        route(sources, dest).map_err(|e| e.to_string())
+    /// Why `sources` to `dest` cannot be routed.
+    fn refusal(sources: &[&str], dest: &str) -> String {
+        let (sources, dest) = (locs(sources), locs(&[dest]));
+        route(&sources, &dest[0]).unwrap_err().to_string()
     }
 
     #[test]
     fn store_to_store_is_served_in_process() {
-        let r = route_of(&["a", "b"], "c").unwrap();
+        let (sources, dest) = (locs(&["a", "b"]), locs(&["c"]));
+        let r = route(&sources, &dest[0]).unwrap();
         assert_eq!(r.serving, Endpoint::Store(Store::Local));
         assert_eq!(r.role, Role::ServerReceives);
         assert_eq!(r.served_paths, vec![b"c".to_vec()]);
@@ -147,7 +149,8 @@ mod tests {
 
     #[test]
     fn store_to_peer_pushes_and_peer_to_store_pulls() {
-        let r = route_of(&["a"], "me@host:d").unwrap();
+        let (sources, dest) = (locs(&["a"]), locs(&["me@host:d"]));
+        let r = route(&sources, &dest[0]).unwrap();
         let ssh = Peer::Ssh {
             user: Some("me"),
             host: "host",
@@ -155,8 +158,10 @@ mod tests {
         assert_eq!(r.serving, Endpoint::Peer(ssh));
         assert_eq!(r.role, Role::ServerReceives);
         assert_eq!(r.served_paths, vec![b"d".to_vec()]);
+        assert_eq!(r.local_paths, vec![b"a".to_vec()]);
 
-        let r = route_of(&["host::m/x", "host::m/y"], "d").unwrap();
+        let (sources, dest) = (locs(&["host::m/x", "host::m/y"]), locs(&["d"]));
+        let r = route(&sources, &dest[0]).unwrap();
         let daemon = Peer::Daemon {
             host: "host",
             port: None,
@@ -170,22 +175,17 @@ mod tests {
     #[test]
     fn what_cannot_be_routed_says_why() {
         let mixed = "all remote sources must be on the same host";
-        assert!(route_of(&["a", "host:b"], "d").unwrap_err().contains(mixed));
-        assert!(route_of(&["h1:a", "h2:b"], "d")
-            .unwrap_err()
-            .contains(mixed));
+        assert!(refusal(&["a", "host:b"], "d").contains(mixed));
+        assert!(refusal(&["h1:a", "h2:b"], "d").contains(mixed));
         // a daemon's default port is not the same address as one written out
-        assert!(route_of(&["h::m/a", "ferry://h:7420/m/b"], "d")
-            .unwrap_err()
-            .contains(mixed));
+        assert!(refusal(&["h::m/a", "ferry://h:7420/m/b"], "d").contains(mixed));
         let remote = "remote-to-remote transfers are not supported";
-        assert!(route_of(&["h1:a"], "h2:b").unwrap_err().contains(remote));
-        assert!(route_of(&["a", "h1:a"], "h2:b")
-            .unwrap_err()
-            .contains(remote));
-        assert!(route_of(&["a"], "s3://bucket/x")
-            .unwrap_err()
-            .contains("s3:// addresses are not supported by this build yet"));
-        assert_eq!(route_of(&[], "d").unwrap_err(), "no source given");
+        assert!(refusal(&["h1:a"], "h2:b").contains(remote));
+        assert!(refusal(&["a", "h1:a"], "h2:b").contains(remote));
+        assert_eq!(
+            refusal(&["a"], "s3://bucket/x"),
+            "s3:// addresses are not supported by this build yet"
+        );
+        assert_eq!(refusal(&[], "d"), "no source given");
     }
 }
