@@ -1,0 +1,123 @@
+//! TLS 1.3 over TCP for the daemon, split into a reading half and a writing half
+//! that two threads use at once (the session's sender and receiver both need
+//! that).
+//!
+//! rustls runs the handshake (its unbuffered API, so that no byte it has not
+//! processed is left inside it); then each direction's traffic keys go to a
+//! [`Protection`] of its own and `record` seals and opens the records in
+//! ferry's own buffers. The halves share nothing but the socket and the rustls
+//! key schedule, which is locked only for a key update: a full send buffer
+//! cannot stall the reader (and so the peer), and neither waits on the other's
+//! encryption.
+
+mod handshake;
+mod keys;
+mod reader;
+mod writer;
+
+pub use handshake::Handshake;
+pub use keys::Keys;
+pub use reader::TlsReader;
+pub use writer::TlsWriter;
+
+use crate::transport::record::Protection;
+use crate::trust::key::PublicKey;
+use handshake::{handshake, timed_out};
+use rustls::AlertDescription;
+use std::io;
+use std::net::TcpStream;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use writer::Tx;
+
+struct Shared {
+    tx: Mutex<Tx>,
+    keys: Mutex<Keys>,
+    /// The peer asked for our key to change too (a KeyUpdate with
+    /// update_requested): done before the next record we send.
+    update_asked: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+impl Shared {
+    /// Tells the peer why we stop reading (best effort: the error that made
+    /// us stop is what counts).
+    fn fatal(&self, what: AlertDescription) {
+        let _ = lock(&self.tx).alert(self, 2, what);
+    }
+}
+
+/// An io::Error from rustls, with TLS failures explained.
+fn tls_err(e: rustls::Error) -> io::Error {
+    let altered = matches!(
+        e,
+        rustls::Error::DecryptError
+            | rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+    );
+    if altered {
+        return invalid(crate::error::Altered);
+    }
+    invalid(e)
+}
+
+/// Runs the handshake to completion within `timeout`, then splits the stream.
+/// Returns the halves and the key the peer proved it holds.
+pub fn establish<C: Handshake>(
+    conn: C,
+    mut sock: TcpStream,
+    timeout: Duration,
+) -> io::Result<(TlsReader, TlsWriter, PublicKey)> {
+    let deadline = Instant::now() + timeout;
+    let _ = sock.set_nodelay(true);
+    let h = handshake(conn, &mut sock, deadline).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
+        _ => e,
+    })?;
+    sock.set_read_timeout(None)?;
+    sock.set_write_timeout(None)?;
+    let (tx_seq, tx_secrets) = &h.secrets.tx;
+    let (rx_seq, rx_secrets) = &h.secrets.rx;
+    let tx = Tx {
+        sock: sock.try_clone()?,
+        protection: Protection::new(*tx_seq, tx_secrets).map_err(invalid)?,
+        limit: h.keys.limit(),
+        records: Vec::new(),
+        used: 0,
+        ended: false,
+    };
+    let rx = Protection::new(*rx_seq, rx_secrets).map_err(invalid)?;
+    let shared = Arc::new(Shared {
+        tx: Mutex::new(tx),
+        keys: Mutex::new(h.keys),
+        update_asked: AtomicBool::new(false),
+    });
+    let end = h.rest.len();
+    Ok((
+        TlsReader {
+            shared: shared.clone(),
+            sock,
+            protection: rx,
+            buf: h.rest,
+            start: 0,
+            end,
+            plain: 0..0,
+            early: h.early,
+            early_pos: 0,
+            eof: false,
+            closed: false,
+        },
+        TlsWriter { shared },
+        h.peer,
+    ))
+}
+
+#[cfg(test)]
+mod tests;

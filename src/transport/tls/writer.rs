@@ -1,0 +1,124 @@
+//! The writing half: application data sealed into records in a reused buffer
+//! and sent, the key replaced when the peer asks or the key has sealed all it
+//! may, and the session ended with an alert (close_notify when the writer is
+//! dropped, a fatal one when the reader gives up). Not the reading of records
+//! (`reader`), nor the per-record crypto (`record`).
+
+use super::keys::KEY_UPDATE;
+use super::{invalid, lock, tls_err, Shared};
+use crate::transport::record::{self, Protection};
+use rustls::AlertDescription;
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// How much plaintext one write seals before it goes to the socket.
+const WRITE_BATCH: usize = 256 << 10;
+
+/// The writing direction: the socket, its protection and a reused buffer.
+pub(super) struct Tx {
+    pub(super) sock: TcpStream,
+    pub(super) protection: Protection,
+    /// Records sealed with one key before the next key update.
+    pub(super) limit: u64,
+    /// Sealed records waiting to be sent: `records[..used]`. The buffer keeps
+    /// its length, so sealing into it does not first fill it with zeros.
+    pub(super) records: Vec<u8>,
+    pub(super) used: usize,
+    /// A fatal alert or close_notify went out: nothing more may follow.
+    pub(super) ended: bool,
+}
+
+impl Tx {
+    /// Seals `data` (any length) as application data records.
+    fn seal_all(&mut self, shared: &Shared, data: &[u8]) -> io::Result<()> {
+        for piece in data.chunks(record::MAX_PLAINTEXT) {
+            self.before_record(shared)?;
+            self.push(record::APPLICATION_DATA, piece);
+        }
+        Ok(())
+    }
+
+    /// Seals one record after those waiting to be sent.
+    fn push(&mut self, typ: u8, data: &[u8]) {
+        let end = self.used + data.len() + record::OVERHEAD;
+        if self.records.len() < end {
+            self.records.resize(end, 0);
+        }
+        self.used += self
+            .protection
+            .seal(typ, data, &mut self.records[self.used..end]);
+    }
+
+    /// Replaces the key first if the peer asked or this one has sealed all it
+    /// may: a KeyUpdate under the old key, then everything under the new.
+    fn before_record(&mut self, shared: &Shared) -> io::Result<()> {
+        let asked = shared.update_asked.swap(false, Ordering::AcqRel);
+        if !asked && self.protection.seq() + 1 < self.limit {
+            return Ok(());
+        }
+        // KeyUpdate, update_not_requested
+        self.push(record::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0]);
+        let (seq, secrets) = lock(&shared.keys).next_tx().map_err(tls_err)?;
+        self.protection = Protection::new(seq, &secrets).map_err(invalid)?;
+        Ok(())
+    }
+
+    /// Sends what was sealed.
+    fn send(&mut self) -> io::Result<()> {
+        let r = self.sock.write_all(&self.records[..self.used]);
+        self.used = 0;
+        r
+    }
+
+    /// Sends an alert (close_notify or a fatal one); nothing follows it.
+    pub(super) fn alert(
+        &mut self,
+        shared: &Shared,
+        level: u8,
+        what: AlertDescription,
+    ) -> io::Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        self.ended = true;
+        self.used = 0;
+        let _ = self.before_record(shared);
+        self.push(record::ALERT, &[level, u8::from(what)]);
+        self.send()
+    }
+}
+
+pub struct TlsWriter {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Write for TlsWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut tx = lock(&self.shared.tx);
+        if tx.ended {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS session has ended",
+            ));
+        }
+        for batch in buf.chunks(WRITE_BATCH) {
+            tx.seal_all(&self.shared, batch)?;
+            tx.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for TlsWriter {
+    fn drop(&mut self) {
+        let mut tx = lock(&self.shared.tx);
+        let _ = tx.alert(&self.shared, 1, AlertDescription::CloseNotify);
+        let _ = tx.sock.shutdown(Shutdown::Write);
+    }
+}
