@@ -11,6 +11,8 @@
 //! encryption.
 
 mod handshake;
+#[doc(hidden)]
+pub mod harness;
 mod keys;
 mod reader;
 mod writer;
@@ -24,15 +26,36 @@ use crate::transport::record::Protection;
 use crate::trust::key::PublicKey;
 use handshake::{handshake, timed_out};
 use rustls::AlertDescription;
-use std::io;
-use std::net::TcpStream;
+use rustls::ConnectionTrafficSecrets;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use writer::Tx;
 
-struct Shared {
-    tx: Mutex<Tx>,
+/// What the halves need of their connection: a TCP socket in ferry, memory in
+/// the fuzz harness. The reader and the writer each hold their own handle to
+/// it (for TCP, one socket cloned).
+pub trait Socket: Read + Write {
+    /// Bounds how long a read, or a write into a full send buffer, may wait.
+    fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Tells the peer nothing more will be written.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Socket for TcpStream {
+    fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)?;
+        self.set_write_timeout(t)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+struct Shared<S> {
+    tx: Mutex<Tx<S>>,
     keys: Mutex<Keys>,
     /// The peer asked for our key to change too (a KeyUpdate with
     /// update_requested): done before the next record we send.
@@ -47,7 +70,7 @@ fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Erro
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
-impl Shared {
+impl<S: Socket> Shared<S> {
     /// Tells the peer why we stop reading (best effort: the error that made
     /// us stop is what counts).
     fn fatal(&self, what: AlertDescription) {
@@ -83,12 +106,39 @@ pub fn establish<C: Handshake>(
     })?;
     sock.set_read_timeout(None)?;
     sock.set_write_timeout(None)?;
-    let (tx_seq, tx_secrets) = &h.secrets.tx;
-    let (rx_seq, rx_secrets) = &h.secrets.rx;
+    let (reader, writer) = halves(
+        sock.try_clone()?,
+        sock,
+        &h.secrets.tx,
+        &h.secrets.rx,
+        h.keys,
+        h.rest,
+        h.early,
+    )?;
+    Ok((reader, writer, h.peer))
+}
+
+/// The two halves over `tx_sock` and `rx_sock` (handles to one connection),
+/// from each direction's traffic secret and where its sequence numbers start,
+/// the key schedule for updates, the bytes read past the handshake (`rest`, the
+/// start of the first records) and application data that came with it.
+///
+/// `establish` calls this after the handshake; the fuzz harness calls it with
+/// memory for the socket and [`Keys::Scripted`], to reach the record layer
+/// with keys it knows.
+fn halves<S: Socket>(
+    tx_sock: S,
+    rx_sock: S,
+    (tx_seq, tx_secrets): &(u64, ConnectionTrafficSecrets),
+    (rx_seq, rx_secrets): &(u64, ConnectionTrafficSecrets),
+    keys: Keys,
+    rest: Vec<u8>,
+    early: Vec<u8>,
+) -> io::Result<(TlsReader<S>, TlsWriter<S>)> {
     let tx = Tx {
-        sock: sock.try_clone()?,
+        sock: tx_sock,
         protection: Protection::new(*tx_seq, tx_secrets).map_err(invalid)?,
-        limit: h.keys.limit(),
+        limit: keys.limit(),
         records: Vec::new(),
         used: 0,
         ended: false,
@@ -96,26 +146,25 @@ pub fn establish<C: Handshake>(
     let rx = Protection::new(*rx_seq, rx_secrets).map_err(invalid)?;
     let shared = Arc::new(Shared {
         tx: Mutex::new(tx),
-        keys: Mutex::new(h.keys),
+        keys: Mutex::new(keys),
         update_asked: AtomicBool::new(false),
     });
-    let end = h.rest.len();
+    let end = rest.len();
     Ok((
         TlsReader {
             shared: shared.clone(),
-            sock,
+            sock: rx_sock,
             protection: rx,
-            buf: h.rest,
+            buf: rest,
             start: 0,
             end,
             plain: 0..0,
-            early: h.early,
+            early,
             early_pos: 0,
             eof: false,
             closed: false,
         },
         TlsWriter { shared },
-        h.peer,
     ))
 }
 

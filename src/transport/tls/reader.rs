@@ -5,11 +5,10 @@
 //! (`record`).
 
 use super::keys::KEY_UPDATE;
-use super::{invalid, lock, tls_err, Shared};
+use super::{invalid, lock, tls_err, Shared, Socket};
 use crate::transport::record::{self, OpenError, Protection};
 use rustls::AlertDescription;
 use std::io::{self, Read};
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +16,11 @@ use std::time::Duration;
 /// A handshake message type seen after the handshake (RFC 8446 §4).
 const NEW_SESSION_TICKET: u8 = 4;
 /// How much the reader asks the socket for at a time.
-const READ_BUFFER: usize = 128 << 10;
+pub(super) const READ_BUFFER: usize = 128 << 10;
 
-pub struct TlsReader {
-    pub(super) shared: Arc<Shared>,
-    pub(super) sock: TcpStream,
+pub struct TlsReader<S = std::net::TcpStream> {
+    pub(super) shared: Arc<Shared<S>>,
+    pub(super) sock: S,
     pub(super) protection: Protection,
     /// Bytes from the socket: `buf[start..end]` not yet opened.
     pub(super) buf: Vec<u8>,
@@ -38,12 +37,11 @@ pub struct TlsReader {
     pub(super) closed: bool,
 }
 
-impl TlsReader {
+impl<S: Socket> TlsReader<S> {
     /// Bounds how long a read, or a write into a full send buffer, may wait for
     /// the peer (the socket is shared by both halves).
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.sock.set_read_timeout(t)?;
-        self.sock.set_write_timeout(t)
+        self.sock.set_timeouts(t)
     }
 
     /// Opens the record at `buf[start..]`, which is whole. Application data
@@ -193,7 +191,7 @@ impl TlsReader {
     }
 }
 
-impl Read for TlsReader {
+impl<S: Socket> Read for TlsReader<S> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.early_pos < self.early.len() {
             let n = out.len().min(self.early.len() - self.early_pos);

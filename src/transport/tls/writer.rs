@@ -5,11 +5,10 @@
 //! (`reader`), nor the per-record crypto (`record`).
 
 use super::keys::KEY_UPDATE;
-use super::{invalid, lock, tls_err, Shared};
+use super::{invalid, lock, tls_err, Shared, Socket};
 use crate::transport::record::{self, Protection};
 use rustls::AlertDescription;
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,8 +16,8 @@ use std::sync::Arc;
 const WRITE_BATCH: usize = 256 << 10;
 
 /// The writing direction: the socket, its protection and a reused buffer.
-pub(super) struct Tx {
-    pub(super) sock: TcpStream,
+pub(super) struct Tx<S> {
+    pub(super) sock: S,
     pub(super) protection: Protection,
     /// Records sealed with one key before the next key update.
     pub(super) limit: u64,
@@ -30,9 +29,9 @@ pub(super) struct Tx {
     pub(super) ended: bool,
 }
 
-impl Tx {
+impl<S: Socket> Tx<S> {
     /// Seals `data` (any length) as application data records.
-    fn seal_all(&mut self, shared: &Shared, data: &[u8]) -> io::Result<()> {
+    fn seal_all(&mut self, shared: &Shared<S>, data: &[u8]) -> io::Result<()> {
         for piece in data.chunks(record::MAX_PLAINTEXT) {
             self.before_record(shared)?;
             self.push(record::APPLICATION_DATA, piece);
@@ -53,7 +52,7 @@ impl Tx {
 
     /// Replaces the key first if the peer asked or this one has sealed all it
     /// may: a KeyUpdate under the old key, then everything under the new.
-    fn before_record(&mut self, shared: &Shared) -> io::Result<()> {
+    fn before_record(&mut self, shared: &Shared<S>) -> io::Result<()> {
         let asked = shared.update_asked.swap(false, Ordering::AcqRel);
         if !asked && self.protection.seq() + 1 < self.limit {
             return Ok(());
@@ -75,7 +74,7 @@ impl Tx {
     /// Sends an alert (close_notify or a fatal one); nothing follows it.
     pub(super) fn alert(
         &mut self,
-        shared: &Shared,
+        shared: &Shared<S>,
         level: u8,
         what: AlertDescription,
     ) -> io::Result<()> {
@@ -90,11 +89,11 @@ impl Tx {
     }
 }
 
-pub struct TlsWriter {
-    pub(super) shared: Arc<Shared>,
+pub struct TlsWriter<S: Socket = std::net::TcpStream> {
+    pub(super) shared: Arc<Shared<S>>,
 }
 
-impl Write for TlsWriter {
+impl<S: Socket> Write for TlsWriter<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut tx = lock(&self.shared.tx);
         if tx.ended {
@@ -115,10 +114,10 @@ impl Write for TlsWriter {
     }
 }
 
-impl Drop for TlsWriter {
+impl<S: Socket> Drop for TlsWriter<S> {
     fn drop(&mut self) {
         let mut tx = lock(&self.shared.tx);
         let _ = tx.alert(&self.shared, 1, AlertDescription::CloseNotify);
-        let _ = tx.sock.shutdown(Shutdown::Write);
+        let _ = tx.sock.shutdown_write();
     }
 }
