@@ -17,7 +17,7 @@ pub enum Keys {
     Client(KernelConnection<ClientConnectionData>),
     Server(KernelConnection<ServerConnectionData>),
     /// For fuzzing and tests only: no handshake behind it. The traffic secret
-    /// of generation `n` in each direction is [`scripted`]`(direction, n)`,
+    /// of generation `n` in each direction is `scripted(direction, n)`,
     /// which a test's peer computes too, so that it can seal what the reader
     /// expects after a KeyUpdate and open what the writer sends after one.
     #[doc(hidden)]

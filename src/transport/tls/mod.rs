@@ -9,6 +9,12 @@
 //! key schedule, which is locked only for a key update: a full send buffer
 //! cannot stall the reader (and so the peer), and neither waits on the other's
 //! encryption.
+//!
+//! `handshake` drives rustls; `keys` is its key schedule afterwards; `reader`
+//! and `writer` are the halves, each with a `# Security` section on what it
+//! trusts, refuses and sends; `record` (beside this module) seals and opens.
+//! The halves are generic over a [`Socket`] so that `harness` (the fuzz
+//! target's, doc-hidden) can run them over memory; ferry uses TCP only.
 
 mod handshake;
 #[doc(hidden)]

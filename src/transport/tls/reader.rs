@@ -3,6 +3,60 @@
 //! acted on: application data is returned, alerts end the session, KeyUpdates
 //! change the key. Not the writing (`writer`), nor the per-record crypto
 //! (`record`).
+//!
+//! # Security
+//!
+//! **Trusted:** the traffic secrets and key schedule from rustls's handshake
+//! (`keys`), and bytes rustls read past the handshake only as bytes. **Not
+//! trusted:** everything from the socket, and also what opens: an
+//! authenticated peer may still send content types, alerts and handshake
+//! messages that may not come, and each is parsed as hostile.
+//!
+//! **Limits before allocating.** The read buffer is [`READ_BUFFER`] (or the
+//! bytes left over from the handshake, at most 1 MiB) and never grows: a
+//! header announcing more than [`record::MAX_CIPHERTEXT`] is refused as soon
+//! as its five bytes are in, before the rest is waited for (record_overflow),
+//! and the buffer is compacted to keep room for one whole record. Nothing the
+//! peer sends is copied into memory of a size it chose.
+//!
+//! **What is refused, and the alert sent back** (through the writer half,
+//! under its lock; after it the writer is ended and writes fail):
+//! an outer content type other than application_data after the handshake, an
+//! inner type other than application_data, alert or handshake, a record of
+//! only padding, a post-handshake message other than NewSessionTicket (ignored:
+//! ferry never resumes) and KeyUpdate, or a KeyUpdate that is not the last
+//! message of its record: unexpected_message. A record that does not open:
+//! bad_record_mac, and the error is [`crate::error::Altered`] (an integrity
+//! failure, not a connection one). An alert that is not two bytes, or a
+//! handshake message cut short at the end of its record: decode_error.
+//!
+//! **Alerts received.** close_notify ends the session cleanly: this read and
+//! every one after it return 0, and nothing after it is read, so bytes after
+//! close_notify are never parsed. user_canceled is a warning and is ignored
+//! (close_notify follows it). Any other alert, whatever level it claims, is
+//! fatal (§6): the read fails with it (bad_record_mac as
+//! [`crate::error::Altered`]), and no alert is sent back.
+//!
+//! **Truncation.** If the socket ends without close_notify (between records
+//! or inside one), the read fails with `UnexpectedEof` ("the peer closed the
+//! connection without ending the TLS session"). `Ok(0)` from a non-empty
+//! buffer therefore always means the peer ended the session on purpose;
+//! someone who can only cut the connection cannot make it look complete.
+//!
+//! **KeyUpdate.** A KeyUpdate (alone at the end of its record, RFC 8446 §5.1)
+//! replaces the key the peer's next record is opened with by the next one
+//! from rustls's key schedule, its sequence numbers starting again. If it
+//! asks for ours too (update_requested), the writer half sends its own
+//! KeyUpdate before its next record; asks before that record make one update.
+//! The number of KeyUpdates is not limited (rustls allows 32 in a row): each
+//! costs the peer a record and us one key derivation, and the writer answers
+//! at most one per record it sends, so it amplifies nothing.
+//!
+//! **Not latched.** An error is returned once: the reader does not remember
+//! it, and a caller that reads again would go on at the next record (after an
+//! altered one, every later one fails too, its sequence number being spent).
+//! The session stops at the first error. Zero-length application data and
+//! handshake records are accepted, as rustls accepts the former.
 
 use super::keys::KEY_UPDATE;
 use super::{invalid, lock, tls_err, Shared, Socket};
@@ -18,6 +72,9 @@ const NEW_SESSION_TICKET: u8 = 4;
 /// How much the reader asks the socket for at a time.
 pub(super) const READ_BUFFER: usize = 128 << 10;
 
+/// The reading half of a TLS session: [`Read`] gives the peer's application
+/// data, `Ok(0)` once it has sent close_notify, an error for anything else
+/// (`# Security` in `tls/reader.rs` says what is refused and how).
 pub struct TlsReader<S = std::net::TcpStream> {
     pub(super) shared: Arc<Shared<S>>,
     pub(super) sock: S,

@@ -3,6 +3,31 @@
 //! may, and the session ended with an alert (close_notify when the writer is
 //! dropped, a fatal one when the reader gives up). Not the reading of records
 //! (`reader`), nor the per-record crypto (`record`).
+//!
+//! # Security
+//!
+//! **Nonces never repeat.** Every record goes through [`Tx::push`], under the
+//! `tx` lock, with the one [`Protection`] of the current key, whose sequence
+//! number only advances. Before each record ([`Tx::before_record`]) the key is
+//! replaced if the peer asked, or if the next sequence number would reach the
+//! cipher suite's limit (`Keys::limit`: rustls's confidentiality limit, 2^24
+//! records for AES-GCM): a KeyUpdate (update_not_requested) is sealed as the
+//! old key's last record, then the next secret comes from rustls's key
+//! schedule and a new `Protection` starts at the sequence number rustls gives.
+//! No key seals more than its limit, and no record can slip in between the
+//! KeyUpdate and the switch.
+//!
+//! **Ending.** Dropping the writer sends close_notify, then shuts the socket
+//! for writing: the peer can tell a complete session from a cut one. When
+//! the reader refuses something it sends a fatal alert through here instead.
+//! Either way `ended` is set first: nothing, not even a close_notify after a
+//! fatal alert, follows the first alert, and later writes fail with
+//! `BrokenPipe`. Sending the alert is best effort; the error that caused it
+//! is what the caller sees.
+//!
+//! **Bounds.** Only ferry's own data is sealed here; the sealed-records
+//! buffer holds one batch of [`WRITE_BATCH`] bytes of plaintext and its
+//! overhead, whatever the peer does.
 
 use super::keys::KEY_UPDATE;
 use super::{invalid, lock, tls_err, Shared, Socket};
@@ -89,6 +114,8 @@ impl<S: Socket> Tx<S> {
     }
 }
 
+/// The writing half of a TLS session: [`Write`] seals and sends at once
+/// (`flush` has nothing to do); dropping it sends close_notify.
 pub struct TlsWriter<S: Socket = std::net::TcpStream> {
     pub(super) shared: Arc<Shared<S>>,
 }
