@@ -298,14 +298,14 @@ impl Identity {
         if key.is_encrypted() {
             return Err(KeyError::Encrypted(shown.into()));
         }
-        // only the one encoding of what was decoded: ssh-key does not check
-        // that each length prefix covers exactly what was read under it
-        if key.to_bytes().ok().as_deref().map(|b| &b[..]) != Some(&bytes[..]) {
-            return Err(malformed("mis-sized fields"));
-        }
         let KeypairData::Ed25519(pair) = key.key_data() else {
             return Err(unsupported(key.algorithm().as_str().as_bytes()));
         };
+        // only the one encoding of what was decoded: ssh-key does not check
+        // that each length prefix covers exactly what was read under it
+        if !key.to_bytes().is_ok_and(|again| again[..] == bytes[..]) {
+            return Err(malformed("mis-sized fields"));
+        }
         let seed = pair.private.to_bytes();
         let public = PublicKey(pair.public.0);
         if public_of(&seed) != public {
