@@ -3,7 +3,7 @@
 //! Nothing extra when output is not a terminal.
 
 use crate::fs::names::escape;
-use crate::transfer::{Event, EventKind, Outcome};
+use crate::transfer::{Event, EventKind, Outcome, Report};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -74,63 +74,66 @@ impl Printer {
                 st.open_line = false;
             }
         };
-        match e.kind {
-            EventKind::Updated => {
+        match e.report() {
+            Report::Updated { name, detail, .. } => {
                 if self.verbose > 0 || (self.dry_run && !self.quiet) {
                     close_line(&mut st, &mut out);
-                    let name = escape(&e.name);
-                    if e.text.is_empty() {
+                    let name = escape(&name);
+                    if detail.is_empty() {
                         let _ = writeln!(out, "{name}");
                     } else {
-                        let _ = writeln!(out, "{name} {}", escape(&e.text));
+                        let _ = writeln!(out, "{name} {}", escape(&detail));
                     }
                 }
             }
-            EventKind::Deleted => {
+            Report::Deleted { name, is_dir } => {
                 if self.verbose > 0 || (self.dry_run && !self.quiet) {
                     close_line(&mut st, &mut out);
-                    let slash = if e.a == 1 { "/" } else { "" };
-                    let _ = writeln!(out, "deleting {}{slash}", escape(&e.name));
+                    let slash = if is_dir { "/" } else { "" };
+                    let _ = writeln!(out, "deleting {}{slash}", escape(&name));
                 }
             }
-            EventKind::Error | EventKind::Notice => {
+            Report::Error { name, text } | Report::Notice { name, text } => {
                 if e.kind == EventKind::Notice && self.quiet {
                     return;
                 }
                 close_line(&mut st, &mut out);
                 let _ = out.flush();
-                let text = String::from_utf8_lossy(&e.text);
-                if e.name.is_empty() || text.contains(&escape(&e.name)) {
+                let text = String::from_utf8_lossy(&text);
+                if name.is_empty() || text.contains(&escape(&name)) {
                     eprintln!("ferry: {text}");
                 } else {
-                    eprintln!("ferry: {}: {text}", escape(&e.name));
+                    eprintln!("ferry: {}: {text}", escape(&name));
                 }
             }
-            EventKind::Overall => {
-                st.overall = (e.a, e.b);
+            Report::Overall { done, total } => {
+                st.overall = (done, total);
                 // with --progress on a terminal the file lines carry the total
-                if !self.bar || (self.progress && self.tty) || e.b == 0 {
+                if !self.bar || (self.progress && self.tty) || total == 0 {
                     return;
                 }
                 let secs = st.start.elapsed().as_secs_f64().max(1e-3);
-                let frac = (e.a as f64 / e.b as f64).min(1.0);
+                let frac = (done as f64 / total as f64).min(1.0);
                 let filled = (frac * 30.0) as usize;
                 eprint!(
                     "\r\x1b[K[{}{}] {:>3}%  {}/{}  {}/s",
                     "#".repeat(filled),
                     "-".repeat(30 - filled),
                     (frac * 100.0) as u32,
-                    human(e.a),
-                    human(e.b),
-                    human((e.a as f64 / secs) as u64)
+                    human(done),
+                    human(total),
+                    human((done as f64 / secs) as u64)
                 );
                 st.bar_visible = true;
             }
-            EventKind::Progress => {
+            Report::Progress {
+                name,
+                done,
+                size: total,
+            } => {
                 if !self.progress || self.quiet {
                     return;
                 }
-                let (done, total) = (e.a, e.b);
                 if done < st.file_done {
                     st.file_done = 0;
                 }
@@ -141,7 +144,7 @@ impl Printer {
                 let pct = (done * 100).checked_div(total).unwrap_or(100);
                 let mut line = format!(
                     "{}  {:>3}%  {}  {}/s",
-                    escape(&e.name),
+                    escape(&name),
                     pct,
                     self.size(done),
                     human(rate as u64)

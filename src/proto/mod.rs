@@ -327,9 +327,11 @@ pub struct ChunkRef {
     pub hash: crate::chunk::ChunkHash,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kind of an [`Event`]: its tag on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EventKind {
-    /// A file, directory or link was created or changed (`a` = its size).
+    /// A file, directory or link was created or changed.
     Updated,
     /// An extraneous file was deleted.
     Deleted,
@@ -337,20 +339,184 @@ pub enum EventKind {
     Error,
     /// A notice that is not an error, e.g. a skipped special file.
     Notice,
-    /// Bytes of `name` done so far (`a`) of its size (`b`).
+    /// Bytes of one file done so far.
     Progress,
-    /// Bytes of the whole transfer done so far (`a`) of the total listed so far
-    /// (`b`; it grows until the file list ends).
+    /// Bytes of the whole transfer done so far.
     Overall,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something a transfer reports as it goes, as it travels: a kind, a name,
+/// two numbers and a text. What the numbers mean depends on the kind; read
+/// an event through [`Event::report`], build one from a [`Report`], and the
+/// numbers are named. The record itself is kept whole so that what a peer
+/// sends decodes and re-encodes to the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "Report")]
 pub struct Event {
     pub kind: EventKind,
     pub name: Vec<u8>,
-    pub a: u64,
-    pub b: u64,
+    /// The first number on the wire (see [`Report`] for its meaning).
+    a: u64,
+    /// The second number on the wire.
+    b: u64,
     pub text: Vec<u8>,
+}
+
+/// What an [`Event`] says, by kind, with named fields. This is what the
+/// library's emitters build and its printers read; the wire carries it as
+/// `Event { kind, name, a, b, text }` (protocol version 2).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Report {
+    /// `name` was created or changed: a file of `size` bytes, a directory
+    /// (shown with a trailing `/`, size 0) or a link (`detail` says
+    /// `-> target` or `=> file`). Wire: `a` = size, `text` = detail.
+    Updated {
+        #[serde(serialize_with = "lossy")]
+        name: Vec<u8>,
+        size: u64,
+        #[serde(serialize_with = "lossy")]
+        detail: Vec<u8>,
+    },
+    /// An extraneous `name` was deleted. Wire: `a` = 1 for a directory.
+    Deleted {
+        #[serde(serialize_with = "lossy")]
+        name: Vec<u8>,
+        is_dir: bool,
+    },
+    /// Something went wrong with `name` (empty: with the transfer).
+    Error {
+        #[serde(serialize_with = "lossy")]
+        name: Vec<u8>,
+        #[serde(serialize_with = "lossy")]
+        text: Vec<u8>,
+    },
+    /// A notice that is not an error, e.g. a skipped special file.
+    Notice {
+        #[serde(serialize_with = "lossy")]
+        name: Vec<u8>,
+        #[serde(serialize_with = "lossy")]
+        text: Vec<u8>,
+    },
+    /// `done` bytes of `name` of its `size`. Wire: `a` = done, `b` = size.
+    Progress {
+        #[serde(serialize_with = "lossy")]
+        name: Vec<u8>,
+        done: u64,
+        size: u64,
+    },
+    /// `done` bytes of the whole transfer of the `total` listed so far (it
+    /// grows until the file list ends). Wire: `a` = done, `b` = total.
+    Overall { done: u64, total: u64 },
+}
+
+/// Names and texts are bytes; as JSON they are text, invalid UTF-8 replaced.
+fn lossy<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(v))
+}
+
+impl Event {
+    /// TEMPORARY until the receiver's emitters build [`Report`]s.
+    pub(crate) fn from_parts(
+        kind: EventKind,
+        name: Vec<u8>,
+        a: u64,
+        b: u64,
+        text: Vec<u8>,
+    ) -> Self {
+        Event {
+            kind,
+            name,
+            a,
+            b,
+            text,
+        }
+    }
+
+    /// What this event says, its numbers named by its kind.
+    pub fn report(&self) -> Report {
+        let (name, text) = (self.name.clone(), self.text.clone());
+        match self.kind {
+            EventKind::Updated => Report::Updated {
+                name,
+                size: self.a,
+                detail: text,
+            },
+            EventKind::Deleted => Report::Deleted {
+                name,
+                is_dir: self.a == 1,
+            },
+            EventKind::Error => Report::Error { name, text },
+            EventKind::Notice => Report::Notice { name, text },
+            EventKind::Progress => Report::Progress {
+                name,
+                done: self.a,
+                size: self.b,
+            },
+            EventKind::Overall => Report::Overall {
+                done: self.a,
+                total: self.b,
+            },
+        }
+    }
+
+    /// An error about `name` (empty: about the transfer).
+    pub fn error(name: &[u8], text: impl Into<String>) -> Self {
+        Report::Error {
+            name: name.to_vec(),
+            text: text.into().into_bytes(),
+        }
+        .into()
+    }
+
+    /// A notice about `name` (empty: about the transfer).
+    pub fn notice(name: &[u8], text: impl Into<String>) -> Self {
+        Report::Notice {
+            name: name.to_vec(),
+            text: text.into().into_bytes(),
+        }
+        .into()
+    }
+}
+
+impl Report {
+    /// The kind this report travels as.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Report::Updated { .. } => EventKind::Updated,
+            Report::Deleted { .. } => EventKind::Deleted,
+            Report::Error { .. } => EventKind::Error,
+            Report::Notice { .. } => EventKind::Notice,
+            Report::Progress { .. } => EventKind::Progress,
+            Report::Overall { .. } => EventKind::Overall,
+        }
+    }
+}
+
+impl From<Report> for Event {
+    fn from(r: Report) -> Self {
+        let kind = r.kind();
+        let (name, a, b, text) = match r {
+            Report::Updated { name, size, detail } => (name, size, 0, detail),
+            Report::Deleted { name, is_dir } => (name, is_dir as u64, 0, Vec::new()),
+            Report::Error { name, text } | Report::Notice { name, text } => (name, 0, 0, text),
+            Report::Progress { name, done, size } => (name, done, size, Vec::new()),
+            Report::Overall { done, total } => (Vec::new(), done, total, Vec::new()),
+        };
+        Event {
+            kind,
+            name,
+            a,
+            b,
+            text,
+        }
+    }
+}
+
+impl From<Event> for Report {
+    fn from(e: Event) -> Self {
+        e.report()
+    }
 }
 
 /// What a transfer did, reported by the receiver.

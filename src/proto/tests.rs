@@ -250,3 +250,108 @@ fn handshake_versions() {
         Err(HandshakeError::NoCommonVersion { theirs_max: 1, .. })
     ));
 }
+
+/// Each kind of report travels as protocol version 2 always carried it: tag
+/// 14, the kind, the name, two varints and the text, in these very bytes.
+#[test]
+fn reports_keep_the_event_wire_bytes() {
+    // tag, kind, name ("f" or empty), a, b, text
+    let cases: Vec<(Report, Vec<u8>)> = vec![
+        (
+            Report::Updated {
+                name: b"f".to_vec(),
+                size: 300,
+                detail: Vec::new(),
+            },
+            vec![14, 0, 1, b'f', 0xac, 0x02, 0, 0],
+        ),
+        (
+            Report::Updated {
+                name: b"f".to_vec(),
+                size: 0,
+                detail: b"-> t".to_vec(),
+            },
+            vec![14, 0, 1, b'f', 0, 0, 4, b'-', b'>', b' ', b't'],
+        ),
+        (
+            Report::Deleted {
+                name: b"f".to_vec(),
+                is_dir: true,
+            },
+            vec![14, 1, 1, b'f', 1, 0, 0],
+        ),
+        (
+            Report::Deleted {
+                name: b"f".to_vec(),
+                is_dir: false,
+            },
+            vec![14, 1, 1, b'f', 0, 0, 0],
+        ),
+        (
+            Report::Error {
+                name: b"f".to_vec(),
+                text: b"no".to_vec(),
+            },
+            vec![14, 2, 1, b'f', 0, 0, 2, b'n', b'o'],
+        ),
+        (
+            Report::Notice {
+                name: Vec::new(),
+                text: b"hi".to_vec(),
+            },
+            vec![14, 3, 0, 0, 0, 2, b'h', b'i'],
+        ),
+        (
+            Report::Progress {
+                name: b"f".to_vec(),
+                done: 5,
+                size: 200,
+            },
+            vec![14, 4, 1, b'f', 5, 0xc8, 0x01, 0],
+        ),
+        (
+            Report::Overall { done: 7, total: 9 },
+            vec![14, 5, 0, 7, 9, 0],
+        ),
+    ];
+    for (report, bytes) in cases {
+        let event = Event::from(report.clone());
+        assert_eq!(event.kind, report.kind());
+        let payload = Message::Event(event.clone()).to_payload();
+        assert_eq!(payload, bytes, "{report:?}");
+        // the same bytes as the record built field by field, the old way
+        let old = Event {
+            kind: event.kind,
+            name: event.name.clone(),
+            a: event.a,
+            b: event.b,
+            text: event.text.clone(),
+        };
+        assert_eq!(Message::Event(old).to_payload(), bytes);
+        match Message::decode(&bytes).unwrap() {
+            Message::Event(e) => assert_eq!(e.report(), report),
+            m => panic!("{m:?}"),
+        }
+    }
+}
+
+#[test]
+fn reports_serialise_with_named_fields() {
+    let progress = Event::from(Report::Progress {
+        name: b"d/f".to_vec(),
+        done: 5,
+        size: 10,
+    });
+    assert_eq!(
+        serde_json::to_string(&progress).unwrap(),
+        r#"{"kind":"progress","name":"d/f","done":5,"size":10}"#
+    );
+    let deleted = Report::Deleted {
+        name: b"old".to_vec(),
+        is_dir: true,
+    };
+    assert_eq!(
+        serde_json::to_string(&deleted).unwrap(),
+        r#"{"kind":"deleted","name":"old","is_dir":true}"#
+    );
+}

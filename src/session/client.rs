@@ -132,16 +132,10 @@ pub fn run_client_streams(
                         Err(_) if finished.load(Ordering::Relaxed) => return,
                         Err(e) => {
                             // one stream is enough to finish the job
-                            events(Event {
-                                kind: proto::EventKind::Notice,
-                                name: Vec::new(),
-                                a: 0,
-                                b: 0,
-                                text: format!(
-                                    "going on with {n} stream(s): another could not join: {e}"
-                                )
-                                .into_bytes(),
-                            });
+                            events(Event::notice(
+                                b"",
+                                format!("going on with {n} stream(s): another could not join: {e}"),
+                            ));
                             return;
                         }
                     }

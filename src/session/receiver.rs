@@ -563,13 +563,7 @@ impl Receiver<'_> {
         if per_file && self.events.is_none() && !self.opts.file_events {
             return;
         }
-        let e = Event {
-            kind,
-            name: name.to_vec(),
-            a,
-            b,
-            text: text.into_bytes(),
-        };
+        let e = Event::from_parts(kind, name.to_vec(), a, b, text.into_bytes());
         match self.events {
             Some(f) => f(e),
             None => {

@@ -25,7 +25,7 @@ mod local;
 
 use endpoint::{Endpoint, Peer, Store};
 
-pub use crate::proto::{Event, EventKind};
+pub use crate::proto::{Event, EventKind, Report};
 
 /// What to transfer, where, and how.
 #[derive(Debug, Clone)]
@@ -88,13 +88,10 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
                 let _ = aws_lc_rs::rand::fill(&mut r);
                 let jitter = 0.75 + (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.5;
                 let wait = delay.mul_f64(jitter);
-                events(crate::proto::Event {
-                    kind: crate::proto::EventKind::Notice,
-                    name: Vec::new(),
-                    a: 0,
-                    b: 0,
-                    text: format!("{e}; retrying in {:.1} s", wait.as_secs_f64()).into_bytes(),
-                });
+                events(Event::notice(
+                    b"",
+                    format!("{e}; retrying in {:.1} s", wait.as_secs_f64()),
+                ));
                 std::thread::sleep(wait);
                 delay = (delay * 2).min(std::time::Duration::from_secs(8));
             }
@@ -181,13 +178,7 @@ fn connect_daemon(
 ) -> Result<Stream, TransferError> {
     let connected = daemon::connect(host, port, opts)?;
     if let Some(host) = connected.added {
-        events(Event {
-            kind: EventKind::Notice,
-            name: Vec::new(),
-            a: 0,
-            b: 0,
-            text: host.added_notice().into_bytes(),
-        });
+        events(Event::notice(b"", host.added_notice()));
     }
     Ok(connected.stream)
 }

@@ -30,7 +30,7 @@ use super::{Cancel, EventFn};
 use crate::error::TransferError;
 use crate::filter::Filters;
 use crate::fs::source::LocalSource;
-use crate::proto::{Event, EventKind, Message, Options, Summary, BLOCK_SIZE, LIST_AHEAD};
+use crate::proto::{Event, Message, Options, Summary, BLOCK_SIZE, LIST_AHEAD};
 use crate::session::compress::Packer;
 use crate::store::source::{ListOptions, Listed, Source};
 use ledger::Ledger;
@@ -160,14 +160,7 @@ where
 }
 
 impl<W: Write, S: Source> Sender<'_, W, S> {
-    fn emit(&mut self, kind: EventKind, name: &[u8], text: String) -> Result<(), TransferError> {
-        let e = Event {
-            kind,
-            name: name.to_vec(),
-            a: 0,
-            b: 0,
-            text: text.into_bytes(),
-        };
+    fn emit(&mut self, e: Event) -> Result<(), TransferError> {
         match self.events {
             Some(f) => {
                 f(e);
@@ -205,8 +198,8 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                     self.poll()?;
                     self.wait_for_ack()
                 }
-                Listed::Notice(t) => self.emit(EventKind::Notice, b"", t),
-                Listed::Error(t) => self.emit(EventKind::Error, b"", t),
+                Listed::Notice(t) => self.emit(Event::notice(b"", t)),
+                Listed::Error(t) => self.emit(Event::error(b"", t)),
             }
         })?;
         self.writer.send(&Message::ListEnd { io_error })?;
