@@ -16,6 +16,7 @@
 //! check of a file sent in segments (the BLAKE3 of its segments' check
 //! values, kept by the sessions).
 
+use crate::check::{Check, CheckValue};
 use std::io::{self, Read};
 use std::sync::mpsc;
 
@@ -137,6 +138,16 @@ impl WholeCheck {
         let mut out = [0u8; 32];
         out[..16].copy_from_slice(&self.0.digest128().to_le_bytes());
         out
+    }
+
+    /// The check of a file sent whole: what its `FileEnd` carries.
+    pub fn file_value(&self) -> CheckValue {
+        CheckValue::new(Check::WholeFile, self.finish())
+    }
+
+    /// The check of one segment: what its `SegmentEnd` carries.
+    pub fn segment_value(&self) -> CheckValue {
+        CheckValue::new(Check::Segment, self.finish())
     }
 
     /// The check of `data` in one piece.
@@ -378,6 +389,11 @@ impl StreamCheck {
         }
     }
 
+    /// The check of a rebuilt file: what its `FileEnd` must carry.
+    pub fn value(self) -> CheckValue {
+        CheckValue::new(Check::Rebuilt, self.finish())
+    }
+
     /// The check of everything given.
     pub fn finish(self) -> [u8; 32] {
         match self.0 {
@@ -513,11 +529,13 @@ impl<R: Read> Chunker<R> {
 
     /// The [`RebuildCheck`] of the whole stream, once `next_chunk` has
     /// returned `None` (made by [`Chunker::new`]).
-    pub fn whole_check(&mut self) -> [u8; 32] {
-        self.whole
+    pub fn whole_check(&mut self) -> CheckValue {
+        let bytes = self
+            .whole
             .take()
             .expect("a chunker that checks the whole stream, asked once")
-            .finish()
+            .finish();
+        CheckValue::new(Check::Rebuilt, bytes)
     }
 }
 
@@ -764,7 +782,7 @@ pub(crate) mod tests {
             while let Some((chunk, _)) = c.next_chunk().unwrap() {
                 chunks.push(chunk);
             }
-            assert_eq!(c.whole_check(), check_of(&data, &key), "{len}");
+            assert_eq!(c.whole_check().to_wire(), check_of(&data, &key), "{len}");
             assert_eq!(c.position(), data.len() as u64);
             assert_eq!(chunks, chunk_slice(&data), "{len}");
         }

@@ -1,6 +1,10 @@
 //! Error types shared by the library layers, keeping apart who is at fault: the
 //! peer (it broke the protocol), the connection (it broke), or this machine (a
-//! local file could not be read or written).
+//! local file could not be read or written). A failure of one file
+//! ([`FileError`]) is kept apart from a failure of the transfer
+//! ([`TransferError`]): the first is reported and counted, the transfer goes
+//! on. Not for errors of one operation that its own module types (decoding,
+//! keys, configuration): those live beside the code that raises them.
 
 use crate::proto::{DecodeError, HandshakeError};
 use std::io;
@@ -71,6 +75,87 @@ impl TransferError {
     }
 }
 
+/// What was being done to a file when it failed: the `op` of a
+/// [`FileError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileOp {
+    /// Opening a file to read it, or taking its size and mtime.
+    Open,
+    /// Reading its bytes.
+    Read,
+    /// Creating the temporary it is written to.
+    Create,
+    /// Writing its bytes.
+    Write,
+    /// Putting the finished file in its place (rename, metadata, sync).
+    Publish,
+    /// Making a hard link to it.
+    Link,
+}
+
+/// One file that could not be sent or received: which file (as shown to the
+/// user), what was being done, and the I/O error. The transfer goes on
+/// without it. Its text is the one users and tests have always seen; the
+/// error's kind says whether the disk is full ([`FileError::disk_full`]).
+#[derive(Debug, thiserror::Error)]
+pub struct FileError {
+    /// The file as shown: escaped, relative to the transfer's root.
+    pub name: String,
+    pub op: FileOp,
+    #[source]
+    pub source: io::Error,
+}
+
+impl FileError {
+    pub fn new(name: impl Into<String>, op: FileOp, source: io::Error) -> Self {
+        FileError {
+            name: name.into(),
+            op,
+            source,
+        }
+    }
+
+    /// Whether the file failed because the disk (or a quota) is full.
+    pub fn disk_full(&self) -> bool {
+        is_disk_full(&self.source)
+    }
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, why) = (&self.name, io_text(&self.source));
+        match self.op {
+            FileOp::Read => write!(f, "{name}: read failed: {why}"),
+            FileOp::Link => write!(f, "link {name}: {why}"),
+            _ => write!(f, "{name}: {why}"),
+        }
+    }
+}
+
+/// A file error as the HTTP API shows it: the name, the operation, the error
+/// kind (`"StorageFull"`, `"PermissionDenied"`, ...) and the text.
+impl serde::Serialize for FileError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("FileError", 4)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("op", &self.op)?;
+        st.serialize_field("kind", &format!("{:?}", self.source.kind()))?;
+        st.serialize_field("text", &self.to_string())?;
+        st.end()
+    }
+}
+
+/// Whether `e` says the disk or a quota is full, read from its kind (or its
+/// errno, for an error built from one), never from its text.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
 /// Marks an io::Error as "the data was altered in transit".
 #[derive(Debug)]
 pub struct Altered;
@@ -89,5 +174,61 @@ pub fn io_text(e: &io::Error) -> String {
     match s.find(" (os error") {
         Some(i) => s[..i].to_string(),
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_is_read_from_the_kind_not_the_text() {
+        // ENOSPC and EDQUOT, whatever the message says
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let os = io::Error::from_raw_os_error(errno);
+            assert!(is_disk_full(&os), "{os}");
+            let renamed = io::Error::new(os.kind(), "the volume said no");
+            assert!(is_disk_full(&renamed), "{renamed}");
+        }
+        // the old text check's words, on an error of another kind
+        let lookalike = io::Error::other("No space left on device");
+        assert!(!is_disk_full(&lookalike));
+        assert!(!is_disk_full(&io::Error::from_raw_os_error(libc::EACCES)));
+        let e = FileError::new(
+            "f",
+            FileOp::Write,
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(e.disk_full());
+    }
+
+    #[test]
+    fn a_file_error_reads_as_it_always_did() {
+        let denied = || io::Error::from_raw_os_error(libc::EACCES);
+        let cases = [
+            (FileOp::Open, "dir/f: Permission denied"),
+            (FileOp::Read, "dir/f: read failed: Permission denied"),
+            (FileOp::Create, "dir/f: Permission denied"),
+            (FileOp::Write, "dir/f: Permission denied"),
+            (FileOp::Publish, "dir/f: Permission denied"),
+            (FileOp::Link, "link dir/f: Permission denied"),
+        ];
+        for (op, text) in cases {
+            assert_eq!(FileError::new("dir/f", op, denied()).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn a_file_error_serialises_with_its_kind() {
+        let e = FileError::new(
+            "f",
+            FileOp::Write,
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["name"], "f");
+        assert_eq!(v["op"], "write");
+        assert_eq!(v["kind"], "StorageFull");
+        assert_eq!(v["text"], "f: No space left on device");
     }
 }

@@ -18,6 +18,7 @@
 //! on offer, against the oldest message unanswered, with ranges in order,
 //! inside what that message offered, not overlapping.
 
+use crate::check::CheckValue;
 use crate::chunk::ChunkHash;
 use crate::delta::check_need;
 use crate::proto::ChunkRef;
@@ -79,7 +80,7 @@ struct Offer<T> {
     /// Messages awaiting their `Need`, oldest first.
     awaiting: VecDeque<(u64, Offered)>,
     /// Size and whole-file check, once the recipe has ended.
-    ended: Option<(u64, [u8; 32])>,
+    ended: Option<(u64, CheckValue)>,
 }
 
 /// What to do about a `Need`.
@@ -186,7 +187,7 @@ impl<T> Ledger<T> {
     ///
     /// # Panics
     /// If `file` has no recipe open.
-    pub fn ended(&mut self, file: u32, size: u64, check: [u8; 32]) {
+    pub fn ended(&mut self, file: u32, size: u64, check: CheckValue) {
         self.files.get_mut(&file).expect("a recipe open").ended = Some((size, check));
     }
 
@@ -239,7 +240,7 @@ impl<T> Ledger<T> {
     /// If `file`'s recipe has ended and every message is answered: what it
     /// holds, with the size and check for `FileEnd`. The file stays open
     /// until [`Ledger::close`] or [`Ledger::give_up`].
-    pub fn finished(&self, file: u32) -> Option<(&T, u64, [u8; 32])> {
+    pub fn finished(&self, file: u32) -> Option<(&T, u64, CheckValue)> {
         let o = self.files.get(&file)?;
         let (size, check) = o.ended?;
         o.awaiting.is_empty().then_some((&o.held, size, check))
@@ -262,6 +263,7 @@ impl<T> Ledger<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::Check;
 
     /// A ledger with file 7 open and one batch of three spans sent: chunks
     /// 0-1, 2, 3-5 (offset = 100 × index, length 10 + index).
@@ -301,14 +303,17 @@ mod tests {
         let mut l = offered();
         assert!(l.finished(7).is_none());
         assert_eq!(recipe(&mut l, &[(0, 1), (2, 1)]), [10, 11, 13, 14, 15]);
-        l.ended(7, 600, [9; 32]);
+        l.ended(7, 600, CheckValue::new(Check::Rebuilt, [9; 32]));
         assert!(l.finished(7).is_none(), "the recipe is not answered yet");
         let Ok(Answer::Chunks(w)) = l.on_need(7, &[(1, 2), (4, 1)]) else {
             panic!("no chunks");
         };
         let sent: Vec<Vec<u64>> = w.ranges().map(|r| r.map(|c| c.0).collect()).collect();
         assert_eq!(sent, [vec![100, 300], vec![500]]);
-        assert_eq!(l.finished(7).map(|(_, s, c)| (s, c)), Some((600, [9; 32])));
+        assert_eq!(
+            l.finished(7).map(|(_, s, c)| (s, c)),
+            Some((600, CheckValue::new(Check::Rebuilt, [9; 32])))
+        );
         assert!(l.close(7).is_some());
         assert!(!l.is_open(7));
     }
@@ -341,7 +346,7 @@ mod tests {
         /// ... and the file ended.
         fn ended(l: &mut Ledger<()>) {
             answered(l);
-            l.ended(7, 600, [0; 32]);
+            l.ended(7, 600, CheckValue::new(Check::Rebuilt, [0; 32]));
             l.close(7);
         }
         #[rustfmt::skip]

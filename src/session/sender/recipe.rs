@@ -6,11 +6,11 @@
 //! answers while it chunks. Not for whole files ([`super::whole`]).
 
 use super::ledger::{Answer, SentBatch};
-use super::source::unchanged;
+use super::source::{unchanged, Unsent};
 use super::{FromPeer, Sender};
 use crate::chunk::{chunk_hash, Chunker, RebuildKey};
 use crate::delta::Spanner;
-use crate::error::{io_text, TransferError};
+use crate::error::{FileOp, TransferError};
 use crate::proto::{Message, MAX_SPAN_BATCH};
 use crate::store::source::{Source, SourceFile, Stamp};
 use std::io::Write;
@@ -51,7 +51,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 Ok(Some((c, _))) => Some(c),
                 Ok(None) => None,
                 Err(e) => {
-                    return self.give_up(file, path, format!("read failed: {}", io_text(&e)));
+                    return self.give_up(file, path, Unsent::Io(FileOp::Read, e));
                 }
             };
             let closed = match next {
@@ -84,7 +84,11 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         let size = chunker.position();
         let hash = chunker.whole_check();
         drop(chunker);
-        self.writer.send(&Message::RecipeEnd { file, size, hash })?;
+        self.writer.send(&Message::RecipeEnd {
+            file,
+            size,
+            hash: hash.to_wire(),
+        })?;
         self.recipes.ended(file, size, hash);
         self.maybe_file_end(file)
     }
@@ -169,8 +173,8 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 let buf = &mut self.buf[..len as usize];
                 let reading = self.recipes.held(file).expect("a recipe open");
                 let why = match reading.file.read_exact_at(buf, offset) {
-                    Err(e) => format!("read failed: {}", io_text(&e)),
-                    Ok(()) if chunk_hash(buf) != hash => "changed while being sent".into(),
+                    Err(e) => Unsent::Io(FileOp::Read, e),
+                    Ok(()) if chunk_hash(buf) != hash => Unsent::Changed,
                     Ok(()) => {
                         let (compressed, bytes) = self.packer.pack(&self.buf[..len as usize]);
                         self.writer.send_data(file, compressed, len, bytes)?;
@@ -195,6 +199,10 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             return self.give_up(file, &path, why);
         }
         self.recipes.close(file);
-        self.writer.send(&Message::FileEnd { file, size, hash })
+        self.writer.send(&Message::FileEnd {
+            file,
+            size,
+            hash: hash.to_wire(),
+        })
     }
 }

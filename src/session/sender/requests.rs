@@ -4,7 +4,9 @@
 //! arrives while a file is being sent. Not for what a request means: that is
 //! [`super::Sender::handle`].
 
+use super::source::Unsent;
 use super::{Sender, LIST_AHEAD};
+use crate::check::CheckValue;
 use crate::chunk::RebuildKey;
 use crate::error::TransferError;
 use crate::proto::{Event, Message, Summary};
@@ -33,7 +35,7 @@ pub(super) enum FromPeer {
     SegmentDone {
         file: u32,
         start: u64,
-        result: Result<[u8; 32], String>,
+        result: Result<CheckValue, Unsent>,
     },
     Failed(TransferError),
 }

@@ -4,11 +4,11 @@
 //! all have reported. Not for files below [`SEGMENT_MIN`] or transfers
 //! without extra streams ([`super::whole`]).
 
-use super::source::unchanged;
+use super::source::{unchanged, Unsent};
 use super::{FromPeer, Sender};
-use crate::check::segment_manifest;
+use crate::check::{manifest_of, CheckValue};
 use crate::chunk::WholeCheck;
-use crate::error::{io_text, TransferError};
+use crate::error::{FileOp, TransferError};
 use crate::proto::{Message, BLOCK_SIZE};
 use crate::session::compress::Packer;
 use crate::session::wire::FrameWriter;
@@ -86,8 +86,8 @@ struct SegmentedSend<S: Source> {
     remaining: usize,
     /// This thread's own (first) segment has been sent or has failed.
     own_finished: bool,
-    hashes: Vec<(u64, [u8; 32])>,
-    failure: Option<String>,
+    hashes: Vec<(u64, CheckValue)>,
+    failure: Option<Unsent>,
     source: S::File,
     stamp: Stamp,
     path: S::Handle,
@@ -170,7 +170,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             let len = per.min(size - start);
             let source = match f.try_clone() {
                 Ok(c) => c,
-                Err(e) => return self.give_up(file, path, io_text(&e)),
+                Err(e) => return self.give_up(file, path, Unsent::Io(FileOp::Open, e)),
             };
             jobs.push((
                 w,
@@ -196,7 +196,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         for (w, job) in jobs {
             if self.streams.workers[w].send(job).is_err() {
                 entry.remaining -= 1;
-                entry.failure = Some("a stream worker stopped".into());
+                entry.failure = Some(Unsent::WorkerStopped);
             }
         }
         let first = SegmentJob {
@@ -221,7 +221,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         &mut self,
         file: u32,
         start: u64,
-        result: Result<[u8; 32], String>,
+        result: Result<CheckValue, Unsent>,
         by: SentBy,
     ) -> Result<(), TransferError> {
         let Some(entry) = self.streams.segmented.get_mut(&file) else {
@@ -247,11 +247,11 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         if let Err(why) = unchanged(&entry.source, &entry.stamp, entry.stamp.size) {
             return self.give_up(file, &entry.path, why);
         }
-        entry.hashes.sort();
+        entry.hashes.sort_by_key(|(start, _)| *start);
         self.writer.send(&Message::FileEnd {
             file,
             size: entry.stamp.size,
-            hash: segment_manifest(entry.hashes.iter().map(|(_, h)| h)),
+            hash: manifest_of(entry.hashes.iter().map(|(_, h)| h)).to_wire(),
         })
     }
 }
@@ -262,7 +262,7 @@ fn send_segment<W: Write, F: SourceFile>(
     writer: &mut FrameWriter<W>,
     job: &SegmentJob<F>,
     buf: &mut [u8],
-) -> Result<[u8; 32], String> {
+) -> Result<CheckValue, Unsent> {
     let mut packer = Packer::new(job.compress);
     let mut check = WholeCheck::default();
     let mut offset = job.start;
@@ -272,23 +272,23 @@ fn send_segment<W: Write, F: SourceFile>(
         let block = &mut buf[..n];
         job.source
             .read_exact_at(block, offset)
-            .map_err(|e| format!("read failed: {}", io_text(&e)))?;
+            .map_err(|e| Unsent::Io(FileOp::Read, e))?;
         check.update(block);
         let (compressed, bytes) = packer.pack(block);
         writer
             .send_segment(job.file, offset, compressed, n as u32, bytes)
-            .map_err(|e| e.to_string())?;
+            .map_err(Unsent::Stream)?;
         offset += n as u64;
     }
-    let hash = check.finish();
+    let value = check.segment_value();
     writer
         .send(&Message::SegmentEnd {
             file: job.file,
             offset: job.start,
             len: job.len,
-            hash,
+            hash: value.to_wire(),
         })
         .and_then(|_| writer.flush())
-        .map_err(|e| e.to_string())?;
-    Ok(hash)
+        .map_err(Unsent::Stream)?;
+    Ok(value)
 }

@@ -5,8 +5,7 @@
 //! [`super::whole`], [`super::recipe`] and [`super::segments`] do that.
 
 use super::Sender;
-use crate::error::io_text;
-use crate::error::TransferError;
+use crate::error::{FileError, FileOp, TransferError};
 use crate::fs::names::escape;
 use crate::proto::Message;
 use crate::store::source::{Source, SourceFile, Stamp};
@@ -26,7 +25,9 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             .and_then(|f| f.stamp().map(|s| (f, s)));
         match opened {
             Ok(x) => Ok(Some(x)),
-            Err(e) => self.give_up(file, path, io_text(&e)).map(|_| None),
+            Err(e) => self
+                .give_up(file, path, Unsent::Io(FileOp::Open, e))
+                .map(|_| None),
         }
     }
 
@@ -38,11 +39,15 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         &mut self,
         file: u32,
         path: &S::Handle,
-        why: String,
+        why: Unsent,
     ) -> Result<(), TransferError> {
         self.recipes.give_up(file);
         self.streams.forget(file);
-        let reason = format!("{}: {why}", escape(self.source.name(path)));
+        let name = escape(self.source.name(path));
+        let reason = match why {
+            Unsent::Io(op, e) => FileError::new(name, op, e).to_string(),
+            why => format!("{name}: {why}"),
+        };
         self.writer.send(&Message::FileFailed {
             file,
             reason: reason.into_bytes(),
@@ -50,12 +55,31 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
     }
 }
 
+/// Why this side gave up on a file. The receiver is told `name: why` in a
+/// `FileFailed` (for an I/O error, the text of the [`FileError`]); these texts
+/// are what users have always seen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unsent {
+    /// Opening, stamping or reading the file failed.
+    #[error("{}", crate::error::io_text(.1))]
+    Io(FileOp, std::io::Error),
+    /// It is no longer the file that was opened (size, mtime or bytes).
+    #[error("changed while being sent")]
+    Changed,
+    /// The worker that was to send one of its segments is gone.
+    #[error("a stream worker stopped")]
+    WorkerStopped,
+    /// The stream one of its segments went on failed.
+    #[error("{0}")]
+    Stream(TransferError),
+}
+
 /// Whether a file read to its end is still the one opened: the same stamp, and
 /// `size` bytes as read. If not, why not, for the receiver.
-pub(super) fn unchanged<F: SourceFile>(f: &F, before: &Stamp, size: u64) -> Result<(), String> {
+pub(super) fn unchanged<F: SourceFile>(f: &F, before: &Stamp, size: u64) -> Result<(), Unsent> {
     match f.stamp() {
         Ok(after) if after == *before && after.size == size => Ok(()),
-        Ok(_) => Err("changed while being sent".into()),
-        Err(e) => Err(io_text(&e)),
+        Ok(_) => Err(Unsent::Changed),
+        Err(e) => Err(Unsent::Io(FileOp::Open, e)),
     }
 }

@@ -4,10 +4,10 @@
 //! the receiver rebuilds from old data ([`super::recipe`]).
 
 use super::segments::SEGMENT_MIN;
-use super::source::unchanged;
+use super::source::{unchanged, Unsent};
 use super::Sender;
 use crate::chunk::WholeCheck;
-use crate::error::{io_text, TransferError};
+use crate::error::{FileOp, TransferError};
 use crate::proto::Message;
 use crate::store::source::Source;
 use std::io::{Read, Write};
@@ -27,7 +27,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         loop {
             let n = match read_full(&mut f, &mut self.buf) {
                 Ok(n) => n,
-                Err(e) => return self.give_up(file, path, format!("read failed: {}", io_text(&e))),
+                Err(e) => return self.give_up(file, path, Unsent::Io(FileOp::Read, e)),
             };
             if n == 0 {
                 break;
@@ -48,7 +48,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         self.writer.send(&Message::FileEnd {
             file,
             size: total,
-            hash: check.finish(),
+            hash: check.file_value().to_wire(),
         })
     }
 }
