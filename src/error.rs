@@ -40,6 +40,11 @@ pub enum TransferError {
     /// The request itself is wrong (bad destination, conflicting options).
     #[error("{0}")]
     Usage(String),
+    /// A bug on this side: a thread of this process panicked (the local
+    /// receiver of a local transfer). Not the peer's doing, so not
+    /// [`Remote`](Self::Remote); it exits 12 as it did when it was filed there.
+    #[error("{0}")]
+    Internal(String),
     #[error("transfer cancelled")]
     Cancelled,
 }
@@ -69,7 +74,7 @@ impl TransferError {
             TransferError::Connection(_)
             | TransferError::Integrity(_)
             | TransferError::HostKey(_) => 12,
-            TransferError::Remote(_) => 12,
+            TransferError::Remote(_) | TransferError::Internal(_) => 12,
             TransferError::Cancelled => 20,
         }
     }
@@ -147,6 +152,33 @@ impl serde::Serialize for FileError {
     }
 }
 
+/// A local file this machine could not read or write, not one of a
+/// transfer's files: a key, `known_hosts`, `authorized_keys`, a config file.
+/// Its text is `path: error`; as a [`TransferError`] it is a local fault
+/// (exit 11).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}", .path.display(), io_text(.source))]
+pub struct PathError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl PathError {
+    pub fn new(path: impl Into<std::path::PathBuf>, source: io::Error) -> Self {
+        PathError {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<PathError> for TransferError {
+    fn from(e: PathError) -> Self {
+        TransferError::local(e.path.display().to_string(), &e.source)
+    }
+}
+
 /// Whether `e` says the disk or a quota is full, read from its kind (or its
 /// errno, for an error built from one), never from its text.
 pub fn is_disk_full(e: &io::Error) -> bool {
@@ -154,6 +186,38 @@ pub fn is_disk_full(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
     ) || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+impl TransferError {
+    /// Who is at fault, in one word: what the HTTP API reports beside the
+    /// text and the exit code.
+    pub fn category(&self) -> &'static str {
+        match self {
+            TransferError::PeerMisbehaved(_) | TransferError::Malformed(_) => "peer",
+            TransferError::Handshake(_) => "incompatible",
+            TransferError::Remote(_) => "remote",
+            TransferError::Connection(_) => "connection",
+            TransferError::HostKey(_) => "host_key",
+            TransferError::Integrity(_) => "integrity",
+            TransferError::Local { .. } => "local",
+            TransferError::Usage(_) => "usage",
+            TransferError::Internal(_) => "internal",
+            TransferError::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A transfer's failure as the HTTP API shows it: `{"category": "local",
+/// "exit_code": 11, "text": "..."}`.
+impl serde::Serialize for TransferError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("TransferError", 3)?;
+        st.serialize_field("category", self.category())?;
+        st.serialize_field("exit_code", &self.exit_code())?;
+        st.serialize_field("text", &self.to_string())?;
+        st.end()
+    }
 }
 
 /// Marks an io::Error as "the data was altered in transit".
@@ -216,6 +280,18 @@ mod tests {
         for (op, text) in cases {
             assert_eq!(FileError::new("dir/f", op, denied()).to_string(), text);
         }
+    }
+
+    #[test]
+    fn a_transfer_error_serialises_with_its_category_and_exit_code() {
+        let e = TransferError::local("/d", &io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"category":"local","exit_code":11,"text":"/d: Permission denied"}"#
+        );
+        let panicked = TransferError::Internal("the local receiver panicked".into());
+        assert_eq!(panicked.exit_code(), 12);
+        assert_eq!(panicked.category(), "internal");
     }
 
     #[test]

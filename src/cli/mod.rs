@@ -276,8 +276,9 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         max_startups: a.max_startups,
         preauth_timeout_secs: a.preauth_timeout,
     };
+    // every refusal here exits 1 as it always has, the unreadable file too
     let config = crate::server::config::DaemonConfig::build(&overrides, &dir)
-        .map_err(TransferError::Usage)?;
+        .map_err(|e| TransferError::Usage(e.to_string()))?;
     let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())

@@ -253,14 +253,21 @@ impl Options {
     /// # Security
     /// The backup suffix is appended to names the receiver writes: a `/` in it
     /// would turn a name into a path.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), OptionsError> {
         if let Some(s) = &self.backup_suffix {
             if s.is_empty() || s.len() > 64 || s.contains(&b'/') || s.contains(&0) {
-                return Err("--suffix must be 1 to 64 bytes without '/' or NUL".into());
+                return Err(OptionsError::BackupSuffix);
             }
         }
         Ok(())
     }
+}
+
+/// Options that no sender or receiver may be given, whoever sent them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    #[error("--suffix must be 1 to 64 bytes without '/' or NUL")]
+    BackupSuffix,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,7 @@
 //! comment = "training checkpoints"
 //! ```
 
+use crate::error::PathError;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,18 +74,51 @@ pub struct Overrides {
     pub preauth_timeout_secs: Option<u64>,
 }
 
+/// Why the daemon's configuration (its file, its flags) cannot be served. The
+/// file that cannot be read is a local fault; everything else is the
+/// configuration's own (a usage error).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error(transparent)]
+    Read(#[from] PathError),
+    /// The config file is not valid TOML, or has an unknown key.
+    #[error("{}: {text}", .path.display())]
+    Syntax { path: PathBuf, text: String },
+    #[error("--module {0:?}: expected NAME=PATH[:ro]")]
+    ModuleFlag(String),
+    #[error("--module {0:?}: empty path")]
+    EmptyPath(String),
+    #[error("module name {0:?}: use letters, digits, '-', '_' and '.'")]
+    ModuleName(String),
+    #[error("module {name}: path {} must be absolute", .path.display())]
+    NotAbsolute { name: String, path: PathBuf },
+    #[error("module {name}: {} is not a directory", .path.display())]
+    NotADirectory { name: String, path: PathBuf },
+    #[error("module {0} is defined twice")]
+    Duplicate(String),
+}
+
+impl ConfigError {
+    /// Whether the error's text contains `s` (what the text-matching callers
+    /// and tests ask).
+    pub fn contains(&self, s: &str) -> bool {
+        self.to_string().contains(s)
+    }
+}
+
 /// Parses `name=path[:ro|:rw]`.
-pub fn parse_module_flag(s: &str) -> Result<Module, String> {
+pub fn parse_module_flag(s: &str) -> Result<Module, ConfigError> {
     let (name, rest) = s
         .split_once('=')
-        .ok_or_else(|| format!("--module {s:?}: expected NAME=PATH[:ro]"))?;
+        .ok_or_else(|| ConfigError::ModuleFlag(s.to_string()))?;
     let (path, read_only) = if let Some(p) = rest.strip_suffix(":ro") {
         (p, true)
     } else {
         (rest.strip_suffix(":rw").unwrap_or(rest), false)
     };
     if path.is_empty() {
-        return Err(format!("--module {s:?}: empty path"));
+        return Err(ConfigError::EmptyPath(s.to_string()));
     }
     Ok(Module {
         name: name.to_string(),
@@ -94,7 +128,7 @@ pub fn parse_module_flag(s: &str) -> Result<Module, String> {
     })
 }
 
-fn check_module(m: &Module) -> Result<(), String> {
+fn check_module(m: &Module) -> Result<(), ConfigError> {
     let ok_name = !m.name.is_empty()
         && m.name.len() <= 64
         && m.name
@@ -103,40 +137,31 @@ fn check_module(m: &Module) -> Result<(), String> {
         && m.name != "."
         && m.name != "..";
     if !ok_name {
-        return Err(format!(
-            "module name {:?}: use letters, digits, '-', '_' and '.'",
-            m.name
-        ));
+        return Err(ConfigError::ModuleName(m.name.clone()));
     }
     if !m.path.is_absolute() {
-        return Err(format!(
-            "module {}: path {} must be absolute",
-            m.name,
-            m.path.display()
-        ));
+        return Err(ConfigError::NotAbsolute {
+            name: m.name.clone(),
+            path: m.path.clone(),
+        });
     }
     if !m.path.is_dir() {
-        return Err(format!(
-            "module {}: {} is not a directory",
-            m.name,
-            m.path.display()
-        ));
+        return Err(ConfigError::NotADirectory {
+            name: m.name.clone(),
+            path: m.path.clone(),
+        });
     }
     Ok(())
 }
 
 impl DaemonConfig {
-    pub fn build(o: &Overrides, config_dir: &Path) -> Result<DaemonConfig, String> {
+    pub fn build(o: &Overrides, config_dir: &Path) -> Result<DaemonConfig, ConfigError> {
         let file: File = match &o.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| format!("{}: {}", p.display(), crate::error::io_text(&e)))?;
-                toml::from_str(&text).map_err(|e| {
-                    format!(
-                        "{}: {}",
-                        p.display(),
-                        e.to_string().lines().collect::<Vec<_>>().join(" ")
-                    )
+                let text = std::fs::read_to_string(p).map_err(|e| PathError::new(p, e))?;
+                toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                    path: p.clone(),
+                    text: e.to_string().lines().collect::<Vec<_>>().join(" "),
                 })?
             }
             None => File::default(),
@@ -153,7 +178,7 @@ impl DaemonConfig {
         let mut names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!("module {} is defined twice", w[0]));
+            return Err(ConfigError::Duplicate(w[0].to_string()));
         }
         let listen = if !o.listen.is_empty() {
             o.listen.clone()

@@ -17,10 +17,10 @@ use super::config::{DaemonConfig, Module};
 use crate::error::TransferError;
 use crate::fs::names;
 use crate::proto::{ModuleInfo, Request, Role};
-use crate::session::{self, Serve};
+use crate::session::{self, Refusal, Serve};
 use crate::transport::Stream;
-use crate::trust::authorized::{AuthorizedKeys, Grant};
-use crate::trust::key::{Identity, PublicKey};
+use crate::trust::authorized::{AuthorizedKeys, Denied, Grant, LoadError};
+use crate::trust::key::{Identity, KeyError, PublicKey};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,19 +29,19 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 /// Loads the daemon's key, making one on first start (like sshd's host keys).
-fn host_identity(path: &std::path::Path) -> Result<Identity, String> {
+fn host_identity(path: &std::path::Path) -> Result<Identity, KeyError> {
     if path.exists() {
-        return Identity::load(path).map_err(|e| e.to_string());
+        return Identity::load(path);
     }
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     let id = Identity::generate(&format!("ferry-daemon@{}", host.trim()));
-    id.save(path).map_err(|e| e.to_string())?;
+    id.save(path)?;
     info!(path = %path.display(), fingerprint = %id.public.fingerprint(), "generated the daemon's key");
     Ok(id)
 }
 
 /// Loads authorized_keys, logging each skipped line.
-fn load_keys(path: &std::path::Path) -> Result<AuthorizedKeys, String> {
+fn load_keys(path: &std::path::Path) -> Result<AuthorizedKeys, LoadError> {
     let (keys, problems) = AuthorizedKeys::load(path)?;
     for p in problems {
         warn!(file = %path.display(), "{p}");
@@ -50,26 +50,29 @@ fn load_keys(path: &std::path::Path) -> Result<AuthorizedKeys, String> {
 }
 
 /// Splits `module/rest` and finds the module.
-fn module_of<'m>(modules: &'m [Module], path: &[u8]) -> Result<(&'m Module, Vec<u8>), String> {
+fn module_of<'m>(modules: &'m [Module], path: &[u8]) -> Result<(&'m Module, Vec<u8>), Refusal> {
     let (name, rest) = match path.iter().position(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (path, &b""[..]),
     };
     let name = String::from_utf8_lossy(name);
-    let m = modules
-        .iter()
-        .find(|m| m.name == name)
-        .ok_or_else(|| format!("no module named {name:?} (list them with `ferry ls HOST::`)"))?;
+    let m = modules.iter().find(|m| m.name == name).ok_or_else(|| {
+        Refusal::NotFound(format!(
+            "no module named {name:?} (list them with `ferry ls HOST::`)"
+        ))
+    })?;
     // the rest must be a clean relative path (a trailing slash is meaningful)
     let trimmed = rest.strip_suffix(b"/").unwrap_or(rest);
     if !trimmed.is_empty() {
-        names::check(trimmed).map_err(|e| format!("path in module {}: {e}", m.name))?;
+        names::check(trimmed)
+            .map_err(|e| Refusal::Invalid(format!("path in module {}: {e}", m.name)))?;
     }
     Ok((m, rest.to_vec()))
 }
 
 /// What a key may do with a request, turned into what the server does.
-fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Serve, String> {
+fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Serve, Refusal> {
+    let denied = |e: Denied| Refusal::Denied(e.to_string());
     match r.role {
         Role::ListModules => Ok(Serve::Modules(
             modules
@@ -87,9 +90,11 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
             let mut sources = Vec::new();
             for p in &r.paths {
                 let (m, rest) = module_of(modules, p)?;
-                grant.check(fp, &m.name, false).map_err(|e| e.to_string())?;
+                grant.check(fp, &m.name, false).map_err(denied)?;
                 if root.is_some_and(|r| r.name != m.name) {
-                    return Err("all sources of one transfer must be in the same module".into());
+                    return Err(Refusal::Invalid(
+                        "all sources of one transfer must be in the same module".into(),
+                    ));
                 }
                 root = Some(m);
                 let mut full = m.path.as_os_str().as_encoded_bytes().to_vec();
@@ -97,7 +102,7 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
                 full.extend_from_slice(&rest);
                 sources.push(full);
             }
-            let m = root.ok_or("no source named")?;
+            let m = root.ok_or_else(|| Refusal::Invalid("no source named".into()))?;
             let mut options = r.options.clone();
             // a daemon never follows a symlink out of its module
             options.follow_links = false;
@@ -107,12 +112,12 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
                 confine: Some(m.path.clone()),
             })
         }
-        Role::JoinStream => Err("a stream join is not a request".into()),
+        Role::JoinStream => Err(Refusal::Invalid("a stream join is not a request".into())),
         Role::ServerReceives => {
             let (m, rest) = module_of(modules, &r.paths[0])?;
-            grant.check(fp, &m.name, true).map_err(|e| e.to_string())?;
+            grant.check(fp, &m.name, true).map_err(denied)?;
             if m.read_only {
-                return Err(format!("module {} is read-only", m.name));
+                return Err(Refusal::Denied(format!("module {} is read-only", m.name)));
             }
             let mut options = r.options.clone();
             // the daemon writes as itself: a client cannot hand files to other
@@ -190,8 +195,12 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     };
     let fp = key.fingerprint();
     let ip: IpAddr = peer.ip();
-    let grant = load_keys(&shared.config.authorized_keys)
-        .and_then(|keys| keys.authorize(&key, ip, now()).map_err(|e| e.to_string()));
+    // the client is told why either way: its key is refused, or this
+    // daemon's authorized_keys cannot be used
+    let grant = match load_keys(&shared.config.authorized_keys) {
+        Ok(keys) => keys.authorize(&key, ip, now()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     let grant = match grant {
         Ok(g) => g,
         Err(why) => {
@@ -286,7 +295,7 @@ fn show_paths(paths: &[Vec<u8>]) -> String {
 }
 
 /// The key clients should expect, for `ferry serve` to print.
-pub fn fingerprint(config: &DaemonConfig) -> Result<PublicKey, String> {
+pub fn fingerprint(config: &DaemonConfig) -> Result<PublicKey, KeyError> {
     host_identity(&config.identity).map(|i| i.public)
 }
 
@@ -301,9 +310,12 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
     ready: &dyn Fn(&[SocketAddr]),
 ) -> Result<(), TransferError> {
-    let identity = host_identity(&config.identity).map_err(TransferError::Usage)?;
+    // a key or authorized_keys it cannot use is a usage error (exit 1), as
+    // it always was
+    let usage = |e: &dyn std::fmt::Display| TransferError::Usage(e.to_string());
+    let identity = host_identity(&config.identity).map_err(|e| usage(&e))?;
     // refuse to start with keys anyone could have planted
-    load_keys(&config.authorized_keys).map_err(TransferError::Usage)?;
+    load_keys(&config.authorized_keys).map_err(|e| usage(&e))?;
     if config.modules.is_empty() {
         return Err(TransferError::Usage(
             "no modules: add --module NAME=PATH or [[module]] in the config file".into(),

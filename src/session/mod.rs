@@ -27,7 +27,9 @@ use std::sync::Arc;
 
 pub use crate::transport::Stream;
 pub use client::{list_entries, list_modules, run_client, run_client_streams, Connect};
-pub use serve::{refuse, serve, serve_with, stdio_policy, Deliver, Policy, Serve, Streams};
+pub use serve::{
+    refuse, serve, serve_with, stdio_policy, Deliver, Policy, Refusal, Serve, Streams,
+};
 
 /// Where a client's events go.
 pub type EventFn<'a> = dyn Fn(Event) + Sync + 'a;

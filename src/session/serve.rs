@@ -34,13 +34,32 @@ pub enum Serve {
     Modules(Vec<ModuleInfo>),
 }
 
-/// Maps a request to what the server will do, or refuses it (the error is sent
-/// to the client as the reason).
-pub type Policy<'a> = dyn Fn(&Request) -> Result<Serve, String> + 'a;
+/// Maps a request to what the server will do, or refuses it (the refusal's
+/// text is sent to the client as the reason).
+pub type Policy<'a> = dyn Fn(&Request) -> Result<Serve, Refusal> + 'a;
+
+/// Why a server's policy refuses a request, by who would have to change
+/// something: the request names what is not there, asks what this server
+/// does not answer, or asks what the client's key may not do. The text is
+/// what the client is told (and shows, exit 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "reason", content = "text", rename_all = "snake_case")]
+pub enum Refusal {
+    /// No such module, or no such place in it.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not a request this server answers, or not one that makes sense.
+    #[error("{0}")]
+    Invalid(String),
+    /// The client's key (its `authorized_keys` options) or the module does
+    /// not allow it.
+    #[error("{0}")]
+    Denied(String),
+}
 
 /// `ferry serve --stdio` (the remote end of ssh): paths are the user's own, as
 /// with rsync over ssh.
-pub fn stdio_policy(r: &Request) -> Result<Serve, String> {
+pub fn stdio_policy(r: &Request) -> Result<Serve, Refusal> {
     match r.role {
         Role::ServerSends => Ok(Serve::Send {
             sources: r.paths.clone(),
@@ -52,8 +71,10 @@ pub fn stdio_policy(r: &Request) -> Result<Serve, String> {
             options: r.options.clone(),
             beneath: None,
         }),
-        Role::ListModules => Err("module listings need the ferry daemon (host::), not ssh".into()),
-        Role::JoinStream => Err("a stream join is not a request".into()),
+        Role::ListModules => Err(Refusal::Invalid(
+            "module listings need the ferry daemon (host::), not ssh".into(),
+        )),
+        Role::JoinStream => Err(Refusal::Invalid("a stream join is not a request".into())),
     }
 }
 
@@ -122,8 +143,8 @@ pub fn serve_with(
         deliver(stream);
         return Ok(Summary::default());
     }
-    let decided =
-        check_request(&request).and_then(|_| policy(&request).map_err(TransferError::Usage));
+    let decided = check_request(&request)
+        .and_then(|_| policy(&request).map_err(|r| TransferError::Usage(r.to_string())));
     let serve = match decided {
         Ok(s) => s,
         Err(e) => {
@@ -228,6 +249,8 @@ fn check_request(r: &Request) -> Result<(), TransferError> {
     }
     crate::filter::Filters::new(&r.options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
-    r.options.validate().map_err(TransferError::Usage)?;
+    r.options
+        .validate()
+        .map_err(|e| TransferError::Usage(e.to_string()))?;
     Ok(())
 }

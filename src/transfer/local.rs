@@ -32,9 +32,11 @@ pub(super) fn run(
         cancel,
         counters.clone(),
     );
-    let server = server
-        .join()
-        .unwrap_or_else(|_| Err(TransferError::Remote("the local receiver panicked".into())));
+    let server = server.join().unwrap_or_else(|_| {
+        Err(TransferError::Internal(
+            "the local receiver panicked".into(),
+        ))
+    });
     match (client, server) {
         (Ok(s), _) => Ok(s),
         // the receiver's own error says more than what reached the sender

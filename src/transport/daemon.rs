@@ -40,8 +40,9 @@ pub struct Connected {
 /// Connects, authenticates both ways, and returns the stream.
 pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected, TransferError> {
     let dir = crate::trust::config_dir(opts.config_dir.as_deref());
+    // exit 1, as always, whether the key is missing, unreadable or refused
     let identity = crate::trust::find_identity(opts.identity.as_deref(), &dir)
-        .map_err(TransferError::Usage)?;
+        .map_err(|e| TransferError::Usage(e.to_string()))?;
     let config = crate::trust::tls::client_config(&identity)
         .map_err(|e| TransferError::Connection(format!("TLS: {e}")))?;
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(30));
@@ -92,17 +93,8 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
     let label = known_hosts::host_label(host, port);
     let fp = key.fingerprint();
     let mut added = None;
-    // known_hosts cannot be read or written: a local fault (the text already
-    // names the file)
-    let shown = known.display().to_string();
-    let local = |text: String| TransferError::Local {
-        text: match text.strip_prefix(&format!("{shown}: ")) {
-            Some(t) => t.to_string(),
-            None => text,
-        },
-        path: shown.clone(),
-    };
-    match known_hosts::check(&known, &label, &key).map_err(local)? {
+    // known_hosts cannot be read or written: a local fault
+    match known_hosts::check(&known, &label, &key)? {
         HostKeyStatus::Known => {}
         HostKeyStatus::Changed(old) => {
             return Err(TransferError::HostKey(format!(
@@ -128,7 +120,7 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
                     opts.host_key.flag()
                 )));
             }
-            known_hosts::add(&unknown.known_hosts, &unknown.label, &key).map_err(local)?;
+            known_hosts::add(&unknown.known_hosts, &unknown.label, &key)?;
             added = Some(unknown);
         }
     }

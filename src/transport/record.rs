@@ -77,6 +77,19 @@ pub enum OpenError {
     NoContentType,
 }
 
+/// Why rustls's traffic secrets cannot protect records here. Never the peer's
+/// doing: the cipher suites ferry offers are all ones it can seal with, so
+/// this is ferry's own fault (a suite added on one side only, a rustls change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeySetupError {
+    #[error("a TLS cipher suite ferry cannot seal records with")]
+    UnsupportedSuite,
+    #[error("bad TLS key length")]
+    KeyLength,
+    #[error("bad TLS IV length")]
+    IvLength,
+}
+
 /// One direction's protection: its key, its IV and the next sequence number.
 pub struct Protection {
     key: LessSafeKey,
@@ -86,19 +99,22 @@ pub struct Protection {
 
 impl Protection {
     /// The protection for traffic secrets from rustls, starting at `seq`.
-    pub fn new(seq: u64, secrets: &ConnectionTrafficSecrets) -> Result<Protection, String> {
+    pub fn new(seq: u64, secrets: &ConnectionTrafficSecrets) -> Result<Protection, KeySetupError> {
         let (alg, key, iv) = match secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
                 (&aead::CHACHA20_POLY1305, key, iv)
             }
-            _ => return Err("a TLS cipher suite ferry cannot seal records with".into()),
+            _ => return Err(KeySetupError::UnsupportedSuite),
         };
-        let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| "bad TLS key length")?;
+        let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| KeySetupError::KeyLength)?;
         Ok(Protection {
             key: LessSafeKey::new(key),
-            iv: iv.as_ref().try_into().map_err(|_| "bad TLS IV length")?,
+            iv: iv
+                .as_ref()
+                .try_into()
+                .map_err(|_| KeySetupError::IvLength)?,
             seq,
         })
     }

@@ -22,6 +22,7 @@
 //! ferry names the option at fault. What each option means is ferry's anyway.
 
 use super::key::PublicKey;
+use crate::error::PathError;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -269,7 +270,7 @@ impl AuthorizedKeys {
 
     fn parse_line(line: &str) -> Result<AuthorizedKey, String> {
         let (opts, rest) = options_and_key(line);
-        let (key, comment) = PublicKey::parse_openssh(rest)?;
+        let (key, comment) = PublicKey::parse_openssh(rest).map_err(|e| e.to_string())?;
         let mut grant = Grant::default();
         if !opts.is_empty() {
             for (name, value) in split_options(opts)? {
@@ -318,10 +319,9 @@ impl AuthorizedKeys {
     /// Loads a file, refusing one that others could have written to (like
     /// sshd's StrictModes): the file and its directory must not be group- or
     /// world-writable.
-    pub fn load(path: &Path) -> Result<(AuthorizedKeys, Vec<String>), String> {
+    pub fn load(path: &Path) -> Result<(AuthorizedKeys, Vec<String>), LoadError> {
         check_strict_modes(path)?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: {}", path.display(), crate::error::io_text(&e)))?;
+        let text = std::fs::read_to_string(path).map_err(|e| PathError::new(path, e))?;
         Ok(Self::parse(&text))
     }
 
@@ -367,24 +367,38 @@ impl Grant {
     }
 }
 
+/// Why an `authorized_keys` file is not loaded: it cannot be read (a local
+/// fault), or others could have written to it (refused, like sshd's
+/// StrictModes; the administrator must fix its mode).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Read(#[from] PathError),
+    #[error("{} is group- or world-writable: refusing to trust keys from it (fix with: chmod go-w {})", .0.display(), .0.display())]
+    Writable(std::path::PathBuf),
+}
+
+impl LoadError {
+    /// Whether the error's text contains `s` (what text-matching callers and
+    /// tests ask).
+    pub fn contains(&self, s: &str) -> bool {
+        self.to_string().contains(s)
+    }
+}
+
 /// Refuses a file (or its directory) that is group- or world-writable.
-pub fn check_strict_modes(path: &Path) -> Result<(), String> {
+pub fn check_strict_modes(path: &Path) -> Result<(), LoadError> {
     use std::os::unix::fs::MetadataExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     for p in [path, dir] {
-        let m = std::fs::metadata(p)
-            .map_err(|e| format!("{}: {}", p.display(), crate::error::io_text(&e)))?;
+        let m = std::fs::metadata(p).map_err(|e| PathError::new(p, e))?;
         // the sticky /tmp is world-writable by design; its files are still per-owner
         let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
         if m.mode() & 0o022 != 0 && !sticky_dir {
-            return Err(format!(
-                "{} is group- or world-writable: refusing to trust keys from it (fix with: chmod go-w {})",
-                p.display(),
-                p.display()
-            ));
+            return Err(LoadError::Writable(p.to_path_buf()));
         }
     }
     Ok(())

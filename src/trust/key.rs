@@ -58,6 +58,31 @@ pub enum KeyError {
     Exists(String),
 }
 
+/// Why a one-line OpenSSH public key (`ssh-ed25519 AAAA… comment`) was not
+/// taken: the line's own fault, whoever wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyLineError {
+    #[error("empty line")]
+    Empty,
+    #[error("missing key data")]
+    NoKeyData,
+    /// Another kind of key than ed25519 (its name as the line gives it).
+    #[error("{0} keys are not supported (ed25519 only)")]
+    Unsupported(String),
+    #[error("bad base64 in the key")]
+    Base64,
+    /// The key blob does not decode as the one encoding ssh writes.
+    #[error("{0}")]
+    Blob(&'static str),
+}
+
+/// Compares with the error's text (what tests and text-matching callers ask).
+impl PartialEq<&str> for KeyLineError {
+    fn eq(&self, other: &&str) -> bool {
+        self.to_string().as_str() == *other
+    }
+}
+
 /// An ed25519 public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PublicKey(pub [u8; 32]);
@@ -131,17 +156,15 @@ impl PublicKey {
     /// (ssh-key's one-line parser takes single spaces only), so the line is
     /// split here and ssh-key decodes the key blob; the comment's words come
     /// back joined by single spaces.
-    pub fn parse_openssh(line: &str) -> Result<(PublicKey, String), String> {
+    pub fn parse_openssh(line: &str) -> Result<(PublicKey, String), KeyLineError> {
         let mut parts = line.split_whitespace();
-        let kind = parts.next().ok_or("empty line")?;
-        let b64 = parts.next().ok_or("missing key data")?;
+        let kind = parts.next().ok_or(KeyLineError::Empty)?;
+        let b64 = parts.next().ok_or(KeyLineError::NoKeyData)?;
         if kind != KEY_TYPE {
-            return Err(format!("{kind} keys are not supported (ed25519 only)"));
+            return Err(KeyLineError::Unsupported(kind.to_string()));
         }
-        let blob = STANDARD
-            .decode(b64)
-            .map_err(|_| "bad base64 in the key".to_string())?;
-        let key = PublicKey::from_blob(&blob).map_err(str::to_string)?;
+        let blob = STANDARD.decode(b64).map_err(|_| KeyLineError::Base64)?;
+        let key = PublicKey::from_blob(&blob).map_err(KeyLineError::Blob)?;
         Ok((key, parts.collect::<Vec<_>>().join(" ")))
     }
 

@@ -4,6 +4,7 @@
 //! changed key is always refused.
 
 use super::key::PublicKey;
+use crate::error::PathError;
 use std::io::Write;
 use std::path::Path;
 
@@ -49,11 +50,13 @@ pub fn host_label(host: &str, port: u16) -> String {
     }
 }
 
-pub fn check(path: &Path, label: &str, key: &PublicKey) -> Result<HostKeyStatus, String> {
+/// What the known_hosts file at `path` says about `label` presenting `key`
+/// (a missing file knows no host). Reading it can only fail locally.
+pub fn check(path: &Path, label: &str, key: &PublicKey) -> Result<HostKeyStatus, PathError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("{}: {}", path.display(), crate::error::io_text(&e))),
+        Err(e) => return Err(PathError::new(path, e)),
     };
     Ok(check_text(&text, label, key))
 }
@@ -94,8 +97,9 @@ pub fn check_text(text: &str, label: &str, key: &PublicKey) -> HostKeyStatus {
     }
 }
 
-pub fn add(path: &Path, label: &str, key: &PublicKey) -> Result<(), String> {
-    let io = |e: std::io::Error| format!("{}: {}", path.display(), crate::error::io_text(&e));
+/// Records `key` for `label` at the end of the file at `path`.
+pub fn add(path: &Path, label: &str, key: &PublicKey) -> Result<(), PathError> {
+    let io = |e: std::io::Error| PathError::new(path, e);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }

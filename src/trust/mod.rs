@@ -114,27 +114,35 @@ pub fn config_dir(explicit: Option<&std::path::Path>) -> PathBuf {
     home.join(".config/ferry")
 }
 
+/// Why the client has no identity to connect with.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A key file was found and could not be used.
+    #[error(transparent)]
+    Key(#[from] key::KeyError),
+    /// No key file: ferry's own (this path) does not exist, nor ssh's.
+    #[error("no identity: {} does not exist (create one with `ferry keygen`, or pass -i FILE)", .0.display())]
+    Missing(PathBuf),
+}
+
 /// The client identity: an explicit file, else ferry's own key, else
 /// `~/.ssh/id_ed25519`.
 pub fn find_identity(
     explicit: Option<&std::path::Path>,
     dir: &std::path::Path,
-) -> Result<key::Identity, String> {
+) -> Result<key::Identity, IdentityError> {
     if let Some(p) = explicit {
-        return key::Identity::load(p).map_err(|e| e.to_string());
+        return Ok(key::Identity::load(p)?);
     }
     let ours = dir.join("id_ed25519");
     if ours.exists() {
-        return key::Identity::load(&ours).map_err(|e| e.to_string());
+        return Ok(key::Identity::load(&ours)?);
     }
     if let Some(home) = std::env::var_os("HOME") {
         let ssh = PathBuf::from(home).join(".ssh/id_ed25519");
         if ssh.exists() {
-            return key::Identity::load(&ssh).map_err(|e| e.to_string());
+            return Ok(key::Identity::load(&ssh)?);
         }
     }
-    Err(format!(
-        "no identity: {} does not exist (create one with `ferry keygen`, or pass -i FILE)",
-        ours.display()
-    ))
+    Err(IdentityError::Missing(ours))
 }
