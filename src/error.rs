@@ -85,24 +85,31 @@ impl TransferError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileOp {
-    /// Opening a file to read it, or taking its size and mtime.
+    /// Sending: opening a file, or taking its size and mtime.
     Open,
-    /// Reading its bytes.
+    /// Sending: reading its bytes.
     Read,
-    /// Creating the temporary it is written to.
+    /// Receiving: creating the temporary file it is written to.
     Create,
-    /// Writing its bytes.
+    /// Receiving: writing its bytes.
     Write,
-    /// Putting the finished file in its place (rename, metadata, sync).
+    /// Receiving: reading the old file a rebuild copies from.
+    ReadBasis,
+    /// Receiving: reading back what a rebuild already wrote.
+    ReadBack,
+    /// Receiving: putting the finished file in its place (rename, metadata,
+    /// sync).
     Publish,
-    /// Making a hard link to it.
+    /// Receiving: making a hard link to it.
     Link,
 }
 
 /// One file that could not be sent or received: which file (as shown to the
 /// user), what was being done, and the I/O error. The transfer goes on
-/// without it. Its text is the one users and tests have always seen; the
-/// error's kind says whether the disk is full ([`FileError::disk_full`]).
+/// without it. Its text is the one users and tests have always seen, which
+/// for some operations leaves the name out (the event that carries the text
+/// names the file); the error's kind says whether the disk is full
+/// ([`FileError::disk_full`]).
 #[derive(Debug, thiserror::Error)]
 pub struct FileError {
     /// The file as shown: escaped, relative to the transfer's root.
@@ -131,9 +138,14 @@ impl std::fmt::Display for FileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (name, why) = (&self.name, io_text(&self.source));
         match self.op {
+            FileOp::Open => write!(f, "{name}: {why}"),
             FileOp::Read => write!(f, "{name}: read failed: {why}"),
+            FileOp::Create => write!(f, "cannot create a temporary file for {name}: {why}"),
+            FileOp::Write => write!(f, "write failed: {why}"),
+            FileOp::ReadBasis => write!(f, "cannot read the basis: {why}"),
+            FileOp::ReadBack => write!(f, "cannot read back: {why}"),
+            FileOp::Publish => write!(f, "cannot write {name}: {why}"),
             FileOp::Link => write!(f, "link {name}: {why}"),
-            _ => write!(f, "{name}: {why}"),
         }
     }
 }
@@ -272,9 +284,17 @@ mod tests {
         let cases = [
             (FileOp::Open, "dir/f: Permission denied"),
             (FileOp::Read, "dir/f: read failed: Permission denied"),
-            (FileOp::Create, "dir/f: Permission denied"),
-            (FileOp::Write, "dir/f: Permission denied"),
-            (FileOp::Publish, "dir/f: Permission denied"),
+            (
+                FileOp::Create,
+                "cannot create a temporary file for dir/f: Permission denied",
+            ),
+            (FileOp::Write, "write failed: Permission denied"),
+            (
+                FileOp::ReadBasis,
+                "cannot read the basis: Permission denied",
+            ),
+            (FileOp::ReadBack, "cannot read back: Permission denied"),
+            (FileOp::Publish, "cannot write dir/f: Permission denied"),
             (FileOp::Link, "link dir/f: Permission denied"),
         ];
         for (op, text) in cases {
@@ -305,6 +325,6 @@ mod tests {
         assert_eq!(v["name"], "f");
         assert_eq!(v["op"], "write");
         assert_eq!(v["kind"], "StorageFull");
-        assert_eq!(v["text"], "f: No space left on device");
+        assert_eq!(v["text"], "write failed: No space left on device");
     }
 }
