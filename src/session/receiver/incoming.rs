@@ -1,0 +1,187 @@
+//! The state of each file asked for, from the `Want` to its end, and giving up
+//! on a file after a local problem (reported, counted, the rest of its frames
+//! ignored). Not for the bytes of a file: each state's data is handled in
+//! [`super::publish`], [`super::segments`] and [`super::rebuild`].
+
+use super::index::Basis;
+use super::rebuild::Rebuilding;
+use super::segments::SegmentState;
+use super::{violation, Receiver};
+use crate::chunk::{RebuildKey, WholeCheck};
+use crate::error::{io_text, TransferError};
+use crate::fs::dest::TempFile;
+use crate::fs::names::split_parent;
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+
+/// Files smaller than this are written under a temporary name rather than in
+/// the partial directory: an interrupted small file is simply sent again.
+pub(super) const PARTIAL_MIN_SIZE: u64 = 1 << 20;
+
+pub(super) enum Incoming {
+    /// Asked for, nothing arrived yet; `delta`: asked for a recipe, whose
+    /// end is checked under this key.
+    Waiting {
+        delta: Option<RebuildKey>,
+        basis: Option<JoinHandle<Basis>>,
+    },
+    /// Receiving a whole file.
+    Whole {
+        temp: TempFile,
+        check: Box<WholeCheck>,
+    },
+    /// Rebuilding from basis chunks and literal chunks while the recipe
+    /// arrives: each batch is planned, asked for and copied as it comes.
+    Rebuild(Box<Rebuilding>),
+    /// Receiving a whole file in segments over several streams.
+    Segmented {
+        temp: TempFile,
+        /// Segments in progress, by the offset their next bytes go to.
+        active: HashMap<u64, SegmentState>,
+        /// Verified segments: (start, length, check).
+        done: Vec<(u64, u64, [u8; 32])>,
+        /// The sender's FileEnd (size, hash of the segment hashes), once seen.
+        end: Option<(u64, [u8; 32])>,
+    },
+    /// Given up after a local error; what still arrives for it is ignored.
+    Failed,
+}
+
+impl Receiver<'_> {
+    pub(super) fn new_temp(&mut self, index: u32) -> Result<TempFile, String> {
+        let l = &self.entries[index as usize];
+        let rel = l.rel.clone();
+        // a small file is cheaper to resend than to keep a partial copy of
+        let partial = self.opts.partial && l.size >= PARTIAL_MIN_SIZE;
+        if partial {
+            self.partial_dirs.insert(split_parent(&rel).0.to_vec());
+        }
+        // a new file goes without a name until it is linked into place
+        let unnamed = l.is_new;
+        let dest = self.dest.as_mut().expect("destination open");
+        dest.create_temp(&rel, partial, self.opts.sparse, unnamed)
+            .map_err(|e| {
+                format!(
+                    "cannot create a temporary file for {}: {}",
+                    dest.show(&rel),
+                    io_text(&e)
+                )
+            })
+    }
+
+    pub(super) fn not_requested(file: u32, what: &str) -> TransferError {
+        violation(format!(
+            "sent {what} for file {file}, which was not requested or is not at that stage"
+        ))
+    }
+
+    /// After literal bytes were written: keep the file going, or give it up
+    /// after a local write error.
+    pub(super) fn settle(
+        &mut self,
+        file: u32,
+        state: Incoming,
+        written: Result<(), String>,
+    ) -> Result<(), TransferError> {
+        match written {
+            Ok(()) => {
+                self.note_progress(file, &state);
+                self.in_flight.insert(file, state);
+                Ok(())
+            }
+            Err(msg) => {
+                self.drop_state(state);
+                self.abandon(file, msg)
+            }
+        }
+    }
+
+    /// Takes the state of a file that literal bytes arrived for: the first
+    /// bytes of a whole file create its temporary file (in the state `start`
+    /// makes); bytes for a file given up on are dropped (`None`).
+    pub(super) fn take_for_data(
+        &mut self,
+        file: u32,
+        what: &str,
+        start: impl FnOnce(TempFile) -> Incoming,
+    ) -> Result<Option<Incoming>, TransferError> {
+        let state = self
+            .in_flight
+            .remove(&file)
+            .ok_or_else(|| Self::not_requested(file, what))?;
+        match state {
+            Incoming::Failed => {
+                self.in_flight.insert(file, state);
+                Ok(None)
+            }
+            Incoming::Waiting { delta: None, .. } => match self.new_temp(file) {
+                Ok(temp) => Ok(Some(start(temp))),
+                Err(msg) => self.abandon(file, msg).map(|_| None),
+            },
+            other => Ok(Some(other)),
+        }
+    }
+
+    /// Gives up on one file after a local problem (cannot create or write it):
+    /// it is reported and counted, what the sender still sends for it up to
+    /// its end is ignored, and the rest of the transfer goes on.
+    pub(super) fn abandon(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
+        self.report_abandoned(file, msg);
+        self.in_flight.insert(file, Incoming::Failed);
+        Ok(())
+    }
+
+    /// [`abandon`](Self::abandon) for a file whose end has arrived: nothing
+    /// more comes for it, so it is not left in flight (the transfer would
+    /// wait for it forever).
+    pub(super) fn abandon_ended(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
+        self.report_abandoned(file, msg);
+        self.failed_files.insert(file);
+        Ok(())
+    }
+
+    /// Reports a file given up on, saying what is short when the disk is full.
+    pub(super) fn report_abandoned(&mut self, file: u32, mut msg: String) {
+        let name = self.entries[file as usize].name.clone();
+        if msg.contains("No space left") {
+            let rel = self.entries[file as usize].rel.clone();
+            if let Some(dest) = &self.dest {
+                let free = dest.free_space().unwrap_or(0);
+                let why = if dest.out_of_inodes() {
+                    format!("no inodes left, {free} bytes free")
+                } else {
+                    format!(
+                        "{free} bytes free, {} needed",
+                        self.entries[file as usize].size
+                    )
+                };
+                msg = format!("{}: {msg} ({why}; the old file is kept)", dest.show(&rel));
+            }
+        }
+        self.progress.remove(&file);
+        self.file_error(&name, msg);
+    }
+
+    /// Forgets a file in flight after a failure, keeping a partial file (whose
+    /// content is only ever used through chunk hashes) and removing a plain
+    /// temporary one.
+    pub(super) fn drop_state(&mut self, state: Incoming) {
+        let temp = match state {
+            Incoming::Whole { temp, .. } | Incoming::Segmented { temp, .. } => Some(temp),
+            Incoming::Rebuild(r) => {
+                self.delta_in_flight -= 1;
+                Some(r.temp)
+            }
+            Incoming::Waiting { delta: Some(_), .. } => {
+                self.delta_in_flight -= 1;
+                None
+            }
+            Incoming::Waiting { delta: None, .. } | Incoming::Failed => None,
+        };
+        if let Some(t) = temp {
+            if !t.partial {
+                self.dest.as_mut().expect("destination open").discard(t);
+            }
+        }
+    }
+}

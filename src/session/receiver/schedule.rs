@@ -1,0 +1,75 @@
+//! Asking for queued files while there is room: at most [`MAX_IN_FLIGHT`]
+//! files, of which [`MAX_DELTA_IN_FLIGHT`] are rebuilt from a basis (each one
+//! starts indexing its basis on a thread). Not for what happens to a file once
+//! asked for.
+
+use super::incoming::Incoming;
+use super::index::{index_bases, Basis};
+use super::Receiver;
+use crate::chunk::new_rebuild_key;
+use crate::error::TransferError;
+use crate::proto::Message;
+
+/// Files requested and not yet complete, at most this many…
+pub(super) const MAX_IN_FLIGHT: usize = 64;
+
+/// …of which at most this many are being rebuilt from a basis (each holds open
+/// files and an index of its basis chunks).
+pub(super) const MAX_DELTA_IN_FLIGHT: usize = 4;
+
+/// Files smaller than this are fetched whole even when a basis exists.
+pub(super) const DELTA_MIN_SIZE: u64 = 64 << 10;
+
+impl Receiver<'_> {
+    /// Sends requests for queued files while there is room.
+    pub(super) fn pump(&mut self) -> Result<(), TransferError> {
+        // refill in bursts, once half the files asked for have arrived: one
+        // `Want` per finished file cost a wake-up and a write at both ends
+        // for every small file
+        if self.in_flight.len() > MAX_IN_FLIGHT / 2 {
+            return Ok(());
+        }
+        while self.in_flight.len() < MAX_IN_FLIGHT {
+            let Some(&index) = self.queue.front() else {
+                break;
+            };
+            let l = &self.entries[index as usize];
+            let wants_delta = l.size >= DELTA_MIN_SIZE;
+            if wants_delta && self.delta_in_flight >= MAX_DELTA_IN_FLIGHT {
+                break;
+            }
+            self.queue.pop_front();
+            let (bases, replaced) = if wants_delta {
+                self.open_bases(index)
+            } else {
+                (Vec::new(), false)
+            };
+            // (no key, no delta: the file comes whole)
+            let delta = if bases.is_empty() {
+                None
+            } else {
+                new_rebuild_key()
+            };
+            let basis = if delta.is_some() {
+                self.delta_in_flight += 1;
+                let cache = self.chunk_cache.clone();
+                let spill = self.spill_dir(index);
+                Some(
+                    std::thread::Builder::new()
+                        .name("ferry-basis".into())
+                        .spawn(move || Basis {
+                            replaced,
+                            ..index_bases(bases, cache.as_deref(), spill)
+                        })
+                        .map_err(|e| TransferError::local("thread", &e))?,
+                )
+            } else {
+                None
+            };
+            self.in_flight
+                .insert(index, Incoming::Waiting { delta, basis });
+            self.send(Message::Want { file: index, delta })?;
+        }
+        Ok(())
+    }
+}
