@@ -6,7 +6,7 @@
 use super::Receiver;
 use crate::fs::dest::ExistingKind;
 use crate::fs::names::{self, split_parent};
-use std::fs::File;
+use crate::store::destination::Destination;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -19,17 +19,17 @@ pub(super) const SIMILAR_DIR_LIMIT: usize = 10_000;
 /// Regular files of a destination directory with their sizes.
 pub(super) type DirFiles = Vec<(Vec<u8>, u64)>;
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     /// Where the chunk list of a large basis for entry `index` may go: the
     /// directory its new version is written to.
     pub(super) fn spill_dir(&mut self, index: u32) -> Option<Arc<OwnedFd>> {
         let parent = split_parent(&self.entries[index as usize].rel).0.to_vec();
-        self.dest.as_mut()?.dir(&parent).ok()
+        self.dest.as_mut()?.spill_dir(&parent)
     }
 
     /// Files whose chunks may rebuild entry `index`: the old file at its path,
     /// and the partial file an interrupted run left.
-    pub(super) fn open_bases(&mut self, index: u32) -> (Vec<File>, bool) {
+    pub(super) fn open_bases(&mut self, index: u32) -> (Vec<D::Basis>, bool) {
         let l = &self.entries[index as usize];
         let rel = l.rel.clone();
         let is_new = l.is_new;
@@ -38,7 +38,7 @@ impl Receiver<'_> {
         };
         let mut out = Vec::new();
         if !is_new {
-            if let Ok(f) = dest.open_file(&rel) {
+            if let Ok(f) = dest.open_basis(&rel) {
                 out.push(f);
             }
         }
@@ -55,7 +55,7 @@ impl Receiver<'_> {
             if let Some(f) = self
                 .dest
                 .as_mut()
-                .and_then(|d| d.open_file(&candidate).ok())
+                .and_then(|d| d.open_basis(&candidate).ok())
             {
                 out.push(f);
             }

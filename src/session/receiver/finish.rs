@@ -6,8 +6,9 @@ use super::Receiver;
 use crate::error::{io_text, TransferError};
 use crate::fs::names::{self, escape};
 use crate::proto::EventKind;
+use crate::store::destination::{Destination, MetaOf};
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     /// The end of the list and of all files: hard links, deletions, directory
     /// metadata, and one sync for everything.
     pub(super) fn finish(&mut self) -> Result<(), TransferError> {
@@ -53,7 +54,7 @@ impl Receiver<'_> {
         // before directory times are set: removing an entry changes its parent's mtime
         if let Some(dest) = self.dest.as_mut() {
             for dir in std::mem::take(&mut self.partial_dirs) {
-                dest.remove_partial_dir(&dir);
+                dest.tidy_dir(&dir);
             }
         }
         for &index in self.dirs.clone().iter().rev() {
@@ -79,7 +80,7 @@ impl Receiver<'_> {
                 }
             }
             self.touched = true;
-            if let Err(e) = dest.set_dir_meta(&rel, &meta) {
+            if let Err(e) = dest.set_meta(&rel, MetaOf::Dir, &meta) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     self.file_error(&name, io_text(&e));
                 }

@@ -3,11 +3,12 @@
 //! be asked for, and the metadata each entry gets. Not for file data: that
 //! arrives later (see [`super::publish`], [`super::rebuild`]).
 
+use super::index::ReadAt;
 use super::{listed, violation, Receiver};
 use crate::error::{io_text, TransferError};
-use crate::fs::dest::{ExistingKind, Meta};
 use crate::fs::names::{escape, split_parent};
 use crate::proto::{Entry, EventKind, Kind, LIST_AHEAD};
+use crate::store::destination::{Destination, Existing, ExistingKind, Meta, MetaOf};
 
 /// Whether a symlink at `rel` pointing to `target` stays inside the tree.
 pub(super) fn link_stays_inside(rel: &[u8], target: &[u8]) -> bool {
@@ -30,7 +31,7 @@ pub(super) fn link_stays_inside(rel: &[u8], target: &[u8]) -> bool {
     true
 }
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     pub(super) fn entry(&mut self, e: Entry) -> Result<(), TransferError> {
         if let Some(ls) = self.list_start.take() {
             // the destination is created only once there is something to put in it
@@ -201,7 +202,7 @@ impl Receiver<'_> {
         let dest = self.dest.as_mut().expect("destination open");
         let result = dest
             .symlink(&rel, &e.target)
-            .and_then(|_| dest.set_link_meta(&rel, &Meta { mode: None, ..meta }));
+            .and_then(|_| dest.set_meta(&rel, MetaOf::Link, &Meta { mode: None, ..meta }));
         if let Err(err) = result {
             let shown = dest.show(&rel);
             self.file_error(&e.name, format!("symlink {shown}: {}", io_text(&err)));
@@ -213,7 +214,7 @@ impl Receiver<'_> {
         &mut self,
         index: u32,
         e: &Entry,
-        existing: Option<crate::fs::dest::Existing>,
+        existing: Option<Existing>,
     ) -> Result<(), TransferError> {
         let rel = self.entries[index as usize].rel.clone();
         if let Some(x) = existing {
@@ -258,15 +259,15 @@ impl Receiver<'_> {
         let (Some(want), Some(dest)) = (want, self.dest.as_mut()) else {
             return false;
         };
-        let Ok(f) = dest.open_file(rel) else {
+        let Ok(f) = dest.open_basis(rel) else {
             return false;
         };
         let mut h = blake3::Hasher::new();
-        h.update_reader(f).is_ok() && *h.finalize().as_bytes() == want
+        h.update_reader(ReadAt { file: &f, pos: 0 }).is_ok() && *h.finalize().as_bytes() == want
     }
 
     /// An up-to-date file may still need its permissions or owner fixed.
-    pub(super) fn refresh_meta(&mut self, index: u32, x: crate::fs::dest::Existing) {
+    pub(super) fn refresh_meta(&mut self, index: u32, x: Existing) {
         let l = &self.entries[index as usize];
         let mut m = Meta::default();
         if self.opts.perms && x.mode != l.mode {
@@ -290,7 +291,7 @@ impl Receiver<'_> {
         let (rel, name) = (l.rel.clone(), l.name.clone());
         self.touched = true;
         if let Some(dest) = self.dest.as_mut() {
-            if let Err(err) = dest.set_file_meta(&rel, &m) {
+            if let Err(err) = dest.set_meta(&rel, MetaOf::File, &m) {
                 self.file_error(&name, io_text(&err));
             }
         }

@@ -9,8 +9,8 @@ use super::segments::SegmentState;
 use super::{violation, Receiver};
 use crate::chunk::{RebuildKey, WholeCheck};
 use crate::error::{io_text, TransferError};
-use crate::fs::dest::TempFile;
 use crate::fs::names::split_parent;
+use crate::store::destination::{Destination, TempHow, TempWrite};
 use std::collections::HashMap;
 use std::thread::JoinHandle;
 
@@ -18,24 +18,24 @@ use std::thread::JoinHandle;
 /// the partial directory: an interrupted small file is simply sent again.
 pub(super) const PARTIAL_MIN_SIZE: u64 = 1 << 20;
 
-pub(super) enum Incoming {
+pub(super) enum Incoming<D: Destination> {
     /// Asked for, nothing arrived yet; `delta`: asked for a recipe, whose
     /// end is checked under this key.
     Waiting {
         delta: Option<RebuildKey>,
-        basis: Option<JoinHandle<Basis>>,
+        basis: Option<JoinHandle<Basis<D::Basis>>>,
     },
     /// Receiving a whole file.
     Whole {
-        temp: TempFile,
+        temp: D::Temp,
         check: Box<WholeCheck>,
     },
     /// Rebuilding from basis chunks and literal chunks while the recipe
     /// arrives: each batch is planned, asked for and copied as it comes.
-    Rebuild(Box<Rebuilding>),
+    Rebuild(Box<Rebuilding<D>>),
     /// Receiving a whole file in segments over several streams.
     Segmented {
-        temp: TempFile,
+        temp: D::Temp,
         /// Segments in progress, by the offset their next bytes go to.
         active: HashMap<u64, SegmentState>,
         /// Verified segments: (start, length, check).
@@ -47,8 +47,8 @@ pub(super) enum Incoming {
     Failed,
 }
 
-impl Receiver<'_> {
-    pub(super) fn new_temp(&mut self, index: u32) -> Result<TempFile, String> {
+impl<D: Destination> Receiver<'_, D> {
+    pub(super) fn new_temp(&mut self, index: u32) -> Result<D::Temp, String> {
         let l = &self.entries[index as usize];
         let rel = l.rel.clone();
         // a small file is cheaper to resend than to keep a partial copy of
@@ -59,14 +59,18 @@ impl Receiver<'_> {
         // a new file goes without a name until it is linked into place
         let unnamed = l.is_new;
         let dest = self.dest.as_mut().expect("destination open");
-        dest.create_temp(&rel, partial, self.opts.sparse, unnamed)
-            .map_err(|e| {
-                format!(
-                    "cannot create a temporary file for {}: {}",
-                    dest.show(&rel),
-                    io_text(&e)
-                )
-            })
+        let how = TempHow {
+            partial,
+            sparse: self.opts.sparse,
+            unnamed,
+        };
+        dest.create_temp(&rel, how).map_err(|e| {
+            format!(
+                "cannot create a temporary file for {}: {}",
+                dest.show(&rel),
+                io_text(&e)
+            )
+        })
     }
 
     pub(super) fn not_requested(file: u32, what: &str) -> TransferError {
@@ -80,7 +84,7 @@ impl Receiver<'_> {
     pub(super) fn settle(
         &mut self,
         file: u32,
-        state: Incoming,
+        state: Incoming<D>,
         written: Result<(), String>,
     ) -> Result<(), TransferError> {
         match written {
@@ -103,8 +107,8 @@ impl Receiver<'_> {
         &mut self,
         file: u32,
         what: &str,
-        start: impl FnOnce(TempFile) -> Incoming,
-    ) -> Result<Option<Incoming>, TransferError> {
+        start: impl FnOnce(D::Temp) -> Incoming<D>,
+    ) -> Result<Option<Incoming<D>>, TransferError> {
         let state = self
             .in_flight
             .remove(&file)
@@ -146,8 +150,9 @@ impl Receiver<'_> {
         if msg.contains("No space left") {
             let rel = self.entries[file as usize].rel.clone();
             if let Some(dest) = &self.dest {
-                let free = dest.free_space().unwrap_or(0);
-                let why = if dest.out_of_inodes() {
+                let space = dest.space();
+                let free = space.free_bytes;
+                let why = if space.out_of_inodes {
                     format!("no inodes left, {free} bytes free")
                 } else {
                     format!(
@@ -165,7 +170,7 @@ impl Receiver<'_> {
     /// Forgets a file in flight after a failure, keeping a partial file (whose
     /// content is only ever used through chunk hashes) and removing a plain
     /// temporary one.
-    pub(super) fn drop_state(&mut self, state: Incoming) {
+    pub(super) fn drop_state(&mut self, state: Incoming<D>) {
         let temp = match state {
             Incoming::Whole { temp, .. } | Incoming::Segmented { temp, .. } => Some(temp),
             Incoming::Rebuild(r) => {
@@ -179,7 +184,7 @@ impl Receiver<'_> {
             Incoming::Waiting { delta: None, .. } | Incoming::Failed => None,
         };
         if let Some(t) = temp {
-            if !t.partial {
+            if !t.is_partial() {
                 self.dest.as_mut().expect("destination open").discard(t);
             }
         }

@@ -8,19 +8,17 @@ use crate::chunk::{Chunk, ChunkHash, Chunker};
 use crate::delta::{self, ChunkIndex, SpanCollector, SpanIndex, SpanLoc};
 use crate::fs::chunk_cache::ChunkCache;
 use crate::fs::chunk_list::{ChunkList, ChunkListWriter};
-use std::fs::File;
+use crate::store::destination::BasisFile;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
 use std::sync::{mpsc, Arc};
 
 /// The basis a delta rebuild reads from. Its memory does not grow with its
 /// size past [`FULL_INDEX_CHUNKS`]: the spans are in memory (~100 bytes per
 /// ~768 KiB), each file's chunk list in a file, and the chunks of a lacked
 /// span are looked for in a window of the basis around where it belongs.
-#[derive(Default)]
-pub(super) struct Basis {
-    pub(super) files: Vec<File>,
+pub(super) struct Basis<B> {
+    pub(super) files: Vec<B>,
     /// Each file's chunk list.
     pub(super) lists: Vec<ChunkList>,
     pub(super) spans: SpanIndex,
@@ -37,6 +35,20 @@ pub(super) struct Basis {
 /// indexed in memory (~4 MiB), so that a chunk is found wherever it moved;
 /// past it, only near where it belongs (see [`SpanIndex::window`]). Also the
 /// entries a chunk list keeps in memory before it moves to a file.
+// (by hand: a derived Default would ask `B: Default`)
+impl<B> Default for Basis<B> {
+    fn default() -> Self {
+        Basis {
+            files: Vec::new(),
+            lists: Vec::new(),
+            spans: SpanIndex::default(),
+            full: None,
+            cached: Vec::new(),
+            replaced: false,
+        }
+    }
+}
+
 pub(super) const FULL_INDEX_CHUNKS: usize = 1 << 16;
 
 /// What indexing one basis file collects: its spans, and its chunks while
@@ -76,11 +88,11 @@ impl FileIndexer {
 
 /// Reads every basis file once (or its chunk cache entry), collecting its
 /// spans and chunk list, and every chunk by hash while there are few enough.
-pub(super) fn index_bases(
-    files: Vec<File>,
+pub(super) fn index_bases<B: BasisFile>(
+    files: Vec<B>,
     cache: Option<&ChunkCache>,
     spill: Option<Arc<OwnedFd>>,
-) -> Basis {
+) -> Basis<B> {
     let mut b = Basis {
         full: Some(ChunkIndex::default()),
         ..Basis::default()
@@ -88,7 +100,8 @@ pub(super) fn index_bases(
     for (i, f) in files.iter().enumerate() {
         let room = b.full.as_ref().map(|ix| FULL_INDEX_CHUNKS - ix.len());
         let mut ix = FileIndexer::new(room);
-        let list = match cache.and_then(|c| c.load(f, |len, hash| ix.push(len, hash))) {
+        let cached = cache.zip(f.as_file());
+        let list = match cached.and_then(|(c, f)| c.load(f, |len, hash| ix.push(len, hash))) {
             Some(list) => {
                 b.cached.push(i);
                 list
@@ -139,8 +152,8 @@ pub(super) const SYNC_CUTS: usize = 64;
 /// list. Where no cut meets (long runs cut only at the maximum size, as in
 /// zeros), the first thread carries on to the end alone. A read error ends
 /// the chunks early: a basis only offers bytes to reuse.
-pub(super) fn chunk_basis(
-    f: &File,
+pub(super) fn chunk_basis<B: BasisFile>(
+    f: &B,
     spill: Option<Arc<OwnedFd>>,
     each: impl FnMut(u32, &ChunkHash),
 ) {
@@ -154,13 +167,13 @@ pub(super) fn chunk_basis(
 }
 
 /// [`chunk_basis`], with two threads for files of at least `two_from` bytes.
-pub(super) fn chunk_basis_from(
-    f: &File,
+pub(super) fn chunk_basis_from<B: BasisFile>(
+    f: &B,
     spill: Option<Arc<OwnedFd>>,
     two_from: u64,
     mut each: impl FnMut(u32, &ChunkHash),
 ) {
-    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let size = f.len().unwrap_or(0);
     if size < two_from {
         return chunk_from(f, 0, |c| {
             each(c.len, &c.hash);
@@ -236,7 +249,7 @@ pub(super) fn chunk_basis_from(
 
 /// Chunks `f` from `pos` to its end (or a read error), while `go` wants more;
 /// chunk offsets are from `pos`.
-pub(super) fn chunk_from(f: &File, pos: u64, mut go: impl FnMut(&Chunk) -> bool) {
+pub(super) fn chunk_from<B: BasisFile>(f: &B, pos: u64, mut go: impl FnMut(&Chunk) -> bool) {
     let mut chunker = Chunker::chunks_only(ReadAt { file: f, pos });
     while let Ok(Some((c, _))) = chunker.next_chunk() {
         if !go(&c) {
@@ -247,12 +260,12 @@ pub(super) fn chunk_from(f: &File, pos: u64, mut go: impl FnMut(&Chunk) -> bool)
 
 /// Reads a file from `pos` on with `pread`, leaving its offset alone (two
 /// threads read the same file).
-pub(super) struct ReadAt<'f> {
-    pub(super) file: &'f File,
+pub(super) struct ReadAt<'f, B> {
+    pub(super) file: &'f B,
     pub(super) pos: u64,
 }
 
-impl Read for ReadAt<'_> {
+impl<B: BasisFile> Read for ReadAt<'_, B> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.file.read_at(buf, self.pos)?;
         self.pos += n as u64;
@@ -263,9 +276,9 @@ impl Read for ReadAt<'_> {
 /// The basis chunks near a run of lacked spans between the known spans
 /// `prev` and `next` (see [`SpanIndex::window`]), indexed by hash; the last
 /// window is kept, as runs close together often share it.
-pub(super) fn window_index<'w>(
+pub(super) fn window_index<'w, B>(
     kept: &'w mut Option<(delta::Window, ChunkIndex)>,
-    basis: &Basis,
+    basis: &Basis<B>,
     prev: Option<SpanLoc>,
     next: Option<SpanLoc>,
 ) -> &'w ChunkIndex {

@@ -25,8 +25,9 @@ pub(super) struct Requested {
     pub(super) any: bool,
     pub(super) tops: HashSet<Vec<u8>>,
 }
+use crate::store::destination::Destination;
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     /// Tells the sender how far into the list we are, once that moved a
     /// quarter of [`LIST_AHEAD`] (it lists at most that far beyond), and lets
     /// go of the entries settled by then: below the first still queued, not

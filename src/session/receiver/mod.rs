@@ -35,7 +35,9 @@ use crate::error::{io_text, TransferError};
 use crate::filter::Filters;
 use crate::fs::chunk_cache::ChunkCache;
 use crate::fs::dest::Dest;
+use crate::fs::destination::LocalPlace;
 use crate::proto::{Entry, Kind, ListStart, Message, Options, Summary, BLOCK_SIZE};
+use crate::store::destination::{Destination, Place};
 use basis::DirFiles;
 use incoming::Incoming;
 use intake::{Mapping, Requested};
@@ -81,7 +83,7 @@ struct Listed {
     done: bool,
 }
 
-struct Receiver<'a> {
+struct Receiver<'a, D: Destination = Dest> {
     opts: Options,
     /// Handled data blocks' buffers, back to the stream readers.
     spares: Spares,
@@ -90,7 +92,9 @@ struct Receiver<'a> {
     events: Option<&'a EventFn<'a>>,
     dest_path: Vec<u8>,
     beneath: Option<PathBuf>,
-    dest: Option<Dest>,
+    /// Where the destination is, until the first entry opens it.
+    place: Option<Box<dyn Place<Dest = D> + 'a>>,
+    dest: Option<D>,
     /// The list's opening, until the first entry opens the destination.
     list_start: Option<ListStart>,
     mapping: Mapping,
@@ -108,7 +112,7 @@ struct Receiver<'a> {
     made_dirs: HashSet<Vec<u8>>,
     dirs: Vec<u32>,
     queue: VecDeque<u32>,
-    in_flight: HashMap<u32, Incoming>,
+    in_flight: HashMap<u32, Incoming<D>>,
     delta_in_flight: usize,
     hardlinks: Vec<(u32, u32)>,
     /// Destination directories read when looking for similar files.
@@ -135,16 +139,35 @@ struct Receiver<'a> {
     overall_sent: std::cell::Cell<Option<std::time::Instant>>,
 }
 
-/// Runs the receiving side until the transfer is complete.
+/// Runs the receiving side until the transfer is complete, into the local
+/// filesystem.
 pub fn run<R, W>(
     reader: FrameReader<R>,
     writer: FrameWriter<W>,
-    mut cfg: Config,
+    cfg: Config,
     cancel: &Cancel,
 ) -> Result<Summary, TransferError>
 where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
+{
+    let place = LocalPlace::new(cfg.beneath.clone());
+    run_into(reader, writer, cfg, place, cancel)
+}
+
+/// Runs the receiving side until the transfer is complete, into the store
+/// `place` opens (`cfg.dest` is its path there).
+pub fn run_into<'a, R, W, P>(
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    mut cfg: Config<'a>,
+    place: P,
+    cancel: &Cancel,
+) -> Result<Summary, TransferError>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+    P: Place + 'a,
 {
     let spares = Spares::default();
     let inbound = spawn_readers(reader, cfg.joins.take(), spares.clone())?;
@@ -175,6 +198,7 @@ where
         events: cfg.events,
         dest_path: cfg.dest,
         beneath: cfg.beneath,
+        place: Some(Box::new(place)),
         dest: None,
         list_start: None,
         mapping: Mapping::Under,
@@ -248,7 +272,7 @@ fn write_error(e: &std::io::Error) -> String {
     format!("write failed: {}", io_text(e))
 }
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     fn send(&self, m: Message) -> Result<(), TransferError> {
         self.out.send(m)
     }

@@ -11,8 +11,9 @@ pub(super) const OVERALL_EVERY: std::time::Duration = std::time::Duration::from_
 
 /// Progress events at most every this many bytes.
 pub(super) const PROGRESS_STEP: u64 = 1 << 20;
+use crate::store::destination::{Destination, TempWrite};
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     pub(super) fn emit(&self, kind: EventKind, name: &[u8], a: u64, b: u64, text: String) {
         // a remote requester that shows no file gets no event per file (three
         // messages per small file, each a wake-up of the writer at this end
@@ -44,7 +45,7 @@ impl Receiver<'_> {
         self.emit(EventKind::Error, name, 0, 0, text);
     }
 
-    pub(super) fn note_progress(&mut self, file: u32, state: &Incoming) {
+    pub(super) fn note_progress(&mut self, file: u32, state: &Incoming<D>) {
         let done = match state {
             Incoming::Whole { temp, .. } => temp.len(),
             Incoming::Rebuild(r) => r.temp.len(),

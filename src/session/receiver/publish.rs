@@ -11,12 +11,12 @@ use super::{violation, write_error, Receiver};
 use crate::chunk::{chunk_hash, WholeCheck};
 use crate::error::{io_text, TransferError};
 use crate::fs::chunk_cache::CacheWriter;
-use crate::fs::dest::{close_later, TempFile};
 use crate::fs::names::escape;
 use crate::proto::EventKind;
+use crate::store::destination::{BasisFile, Destination, PublishHow, TempWrite};
 use std::os::unix::fs::MetadataExt;
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     pub(super) fn unpack<'b>(
         decompressor: &mut zstd::bulk::Decompressor<'static>,
         buf: &'b mut [u8],
@@ -115,7 +115,7 @@ impl Receiver<'_> {
             .ok_or_else(|| Self::not_requested(file, "the end"))?;
         // for a rebuilt file: its chunk cache entry (kept once published) and the
         // bases whose cached chunk lists it trusted
-        let mut rebuilt: Option<(Option<CacheWriter>, Basis)> = None;
+        let mut rebuilt: Option<(Option<CacheWriter>, Basis<D::Basis>)> = None;
         let (temp, ok) = match state {
             Incoming::Failed => {
                 self.failed_files.insert(file);
@@ -186,7 +186,9 @@ impl Receiver<'_> {
             self.progress.remove(&file);
             if let (Some(cache), Some((_, basis))) = (&self.chunk_cache, &rebuilt) {
                 for &i in &basis.cached {
-                    cache.forget(&basis.files[i]);
+                    if let Some(f) = basis.files[i].as_file() {
+                        cache.forget(f);
+                    }
                 }
             }
             // never publish, never keep as a basis
@@ -197,7 +199,7 @@ impl Receiver<'_> {
             );
             return Ok(());
         }
-        let published = temp.file.try_clone().ok();
+        let published = temp.as_file().and_then(|f| f.try_clone().ok());
         self.publish(file, temp);
         let Some((entry, basis)) = rebuilt else {
             return Ok(());
@@ -211,7 +213,7 @@ impl Receiver<'_> {
             self.entries[file as usize].done,
         ) {
             entry.finish(&f);
-            for b in &basis.files {
+            for b in basis.files.iter().filter_map(|b| b.as_file()) {
                 if b.metadata().is_ok_and(|m| m.nlink() == 0) {
                     cache.forget(b);
                 }
@@ -219,20 +221,24 @@ impl Receiver<'_> {
         }
         // the old version's blocks are freed as its last handle closes: not
         // something the rest of the transfer need wait for
-        close_later(basis.files);
+        if let Some(dest) = self.dest.as_mut() {
+            dest.let_go(basis.files);
+        }
         Ok(())
     }
 
-    pub(super) fn publish(&mut self, file: u32, mut temp: TempFile) {
+    pub(super) fn publish(&mut self, file: u32, temp: D::Temp) {
         let meta = self.meta_for(file, false);
         let l = &self.entries[file as usize];
         let (rel, name, size) = (l.rel.clone(), l.name.clone(), l.size);
         let fsync = self.opts.fsync;
         let backup = self.opts.backup_suffix.clone();
         let dest = self.dest.as_mut().expect("destination open");
-        let result = temp
-            .finish(&meta, fsync)
-            .and_then(|_| dest.publish(temp, &rel, backup.as_deref()));
+        let how = PublishHow {
+            fsync,
+            backup: backup.as_deref(),
+        };
+        let result = dest.publish(temp, &rel, &meta, how);
         match result {
             Ok(()) => {
                 self.entries[file as usize].done = true;

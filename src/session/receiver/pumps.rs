@@ -112,8 +112,9 @@ pub(super) fn write_messages<W: Write>(
         }
     }
 }
+use crate::store::destination::Destination;
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     /// The next frame from any stream. Extra streams may only carry segments.
     pub(super) fn next(
         &mut self,

@@ -11,11 +11,11 @@ use crate::chunk::{RebuildKey, StreamCheck, MIN_CHUNK};
 use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanLoc, Step};
 use crate::error::{io_text, TransferError};
 use crate::fs::chunk_cache::CacheWriter;
-use crate::fs::dest::{DropBehind, TempFile};
+use crate::fs::dest::DropBehind;
 use crate::proto::{ChunkRef, Message, SpanRef};
+use crate::store::destination::{BasisFile, Destination, TempWrite};
 use std::collections::VecDeque;
-use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::thread::JoinHandle;
 
 /// The most bytes one joined copy from a basis reads and writes at once.
@@ -39,8 +39,8 @@ impl Part {
     }
 }
 
-pub(super) struct Rebuilding {
-    pub(super) temp: TempFile,
+pub(super) struct Rebuilding<D: Destination> {
+    pub(super) temp: D::Temp,
     /// The new file's check, as its bytes are written.
     pub(super) check: StreamCheck,
     /// The page cache of the file this one replaces, let go of as it is
@@ -48,7 +48,7 @@ pub(super) struct Rebuilding {
     pub(super) behind: Option<DropBehind>,
     pub(super) rebuild: Rebuild,
     pub(super) planner: Planner,
-    pub(super) basis: Basis,
+    pub(super) basis: Basis<D::Basis>,
     /// Recipe bytes so far, and whether a span shorter than its chunks at
     /// full size (only allowed last) was seen.
     pub(super) total: u64,
@@ -71,17 +71,20 @@ pub(super) struct Rebuilding {
 /// consecutive basis bytes (a known span is a run of them) are joined into
 /// reads and writes of up to [`COPY_RUN`] bytes: ~6 KiB system calls cost more
 /// than the copying.
-pub(super) fn run_copies(
+pub(super) fn run_copies<T: TempWrite>(
     rebuild: &mut Rebuild,
-    temp: &mut TempFile,
+    temp: &mut T,
     check: &mut StreamCheck,
-    bases: &[File],
+    bases: &[T::Basis],
     behind: &mut Option<DropBehind>,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    T::Basis: BasisFile,
+{
     // basis bytes waiting to be copied: (basis, offset, length)
     let mut run: Option<(u32, u64, usize)> = None;
     let mut flush = |run: &mut Option<(u32, u64, usize)>,
-                     temp: &mut TempFile,
+                     temp: &mut T,
                      check: &mut StreamCheck|
      -> Result<(), String> {
         if let Some((basis, offset, len)) = run.take() {
@@ -93,8 +96,8 @@ pub(super) fn run_copies(
             })?;
             temp.append_from(from, offset, b)
                 .map_err(|e| write_error(&e))?;
-            if let (0, Some(behind)) = (basis, behind.as_mut()) {
-                behind.read(from, offset, len as u64);
+            if let (0, Some(behind), Some(f)) = (basis, behind.as_mut(), from.as_file()) {
+                behind.read(f, offset, len as u64);
             }
         }
         Ok(())
@@ -131,7 +134,7 @@ pub(super) fn run_copies(
     flush(&mut run, temp, check)
 }
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     /// A batch of spans: each is looked up in the basis, and the answer is one
     /// `Need` naming the spans whose chunks we want to see (always sent, even
     /// when empty or the file was given up, so that the sender can go on).
@@ -279,7 +282,7 @@ impl Receiver<'_> {
         &mut self,
         file: u32,
         part: Part,
-    ) -> Result<Option<Box<Rebuilding>>, TransferError> {
+    ) -> Result<Option<Box<Rebuilding<D>>>, TransferError> {
         let state = self
             .in_flight
             .remove(&file)
@@ -312,8 +315,8 @@ impl Receiver<'_> {
         &mut self,
         file: u32,
         key: &RebuildKey,
-        basis: Option<JoinHandle<Basis>>,
-    ) -> Option<Box<Rebuilding>> {
+        basis: Option<JoinHandle<Basis<D::Basis>>>,
+    ) -> Option<Box<Rebuilding<D>>> {
         // (indexing a large basis can take a while: nothing held waits for
         // it; a writer that stopped shows at the next send)
         let _ = self.out.flush();
@@ -322,7 +325,9 @@ impl Receiver<'_> {
         // (unless the old file stays: as a backup or under another name)
         let behind = (basis.replaced
             && self.opts.backup_suffix.is_none()
-            && basis.files[0].metadata().is_ok_and(|m| m.nlink() == 1))
+            && basis.files[0]
+                .as_file()
+                .is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 1)))
         .then(DropBehind::default);
         match self.new_temp(file) {
             Ok(temp) => Some(Box::new(Rebuilding {

@@ -19,8 +19,9 @@ pub(super) const MAX_DELTA_IN_FLIGHT: usize = 4;
 
 /// Files smaller than this are fetched whole even when a basis exists.
 pub(super) const DELTA_MIN_SIZE: u64 = 64 << 10;
+use crate::store::destination::Destination;
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     /// Sends requests for queued files while there is room.
     pub(super) fn pump(&mut self) -> Result<(), TransferError> {
         // refill in bursts, once half the files asked for have arrived: one
@@ -34,7 +35,9 @@ impl Receiver<'_> {
                 break;
             };
             let l = &self.entries[index as usize];
-            let wants_delta = l.size >= DELTA_MIN_SIZE;
+            // (a store that cannot give back old data gets every file whole)
+            let can_rebuild = self.dest.as_ref().is_some_and(|d| d.caps().rebuild);
+            let wants_delta = l.size >= DELTA_MIN_SIZE && can_rebuild;
             if wants_delta && self.delta_in_flight >= MAX_DELTA_IN_FLIGHT {
                 break;
             }

@@ -16,8 +16,9 @@ pub(super) struct SegmentState {
     pub(super) next: u64,
     pub(super) check: WholeCheck,
 }
+use crate::store::destination::{Destination, TempWrite};
 
-impl Receiver<'_> {
+impl<D: Destination> Receiver<'_, D> {
     /// Bytes of a segment: they go to `offset`, continuing a segment in
     /// progress or starting a new one that overlaps nothing received.
     pub(super) fn segment(
