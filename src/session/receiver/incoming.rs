@@ -11,7 +11,9 @@ use crate::chunk::{RebuildKey, WholeCheck};
 use crate::error::{io_text, TransferError};
 use crate::fs::names::split_parent;
 use crate::store::destination::{Destination, TempHow, TempWrite};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::thread::JoinHandle;
 
 /// Files smaller than this are written under a temporary name rather than in
@@ -21,10 +23,7 @@ pub(super) const PARTIAL_MIN_SIZE: u64 = 1 << 20;
 pub(super) enum Incoming<D: Destination> {
     /// Asked for, nothing arrived yet; `delta`: asked for a recipe, whose
     /// end is checked under this key.
-    Waiting {
-        delta: Option<RebuildKey>,
-        basis: Option<JoinHandle<Basis<D::Basis>>>,
-    },
+    Waiting { delta: Option<DeltaWait<D>> },
     /// Receiving a whole file.
     Whole {
         temp: D::Temp,
@@ -43,8 +42,106 @@ pub(super) enum Incoming<D: Destination> {
         /// The sender's FileEnd (size, hash of the segment hashes), once seen.
         end: Option<(u64, [u8; 32])>,
     },
-    /// Given up after a local error; what still arrives for it is ignored.
+    /// Given up after a local error; what still arrives for it up to its
+    /// end is ignored.
     Failed,
+    /// Given up, and its end (or the sender's failure) has arrived: only
+    /// segments still on their way over other streams may come, and are
+    /// dropped. Not waited for at the end of the transfer.
+    Ended,
+}
+
+/// A file asked for as a delta, before its recipe starts.
+pub(super) struct DeltaWait<D: Destination> {
+    /// The recipe's end is checked under this key.
+    pub(super) key: RebuildKey,
+    /// Its basis, being indexed on its own thread.
+    pub(super) basis: JoinHandle<Basis<D::Basis>>,
+    pub(super) slot: DeltaSlot,
+}
+
+/// Room for [`MAX_DELTA_IN_FLIGHT`](super::schedule::MAX_DELTA_IN_FLIGHT)
+/// rebuilds at once (each holds open files and an index of its basis).
+#[derive(Default)]
+pub(super) struct DeltaSlots(Rc<Cell<usize>>);
+
+impl DeltaSlots {
+    /// A slot, if fewer than `max` are taken.
+    pub(super) fn take(&self, max: usize) -> Option<DeltaSlot> {
+        let used = self.0.get();
+        if used >= max {
+            return None;
+        }
+        self.0.set(used + 1);
+        Some(DeltaSlot(self.0.clone()))
+    }
+}
+
+/// One rebuild's room: held by its state from the `Want` to its end, given
+/// back when that state is dropped, however the file ends.
+pub(super) struct DeltaSlot(Rc<Cell<usize>>);
+
+impl Drop for DeltaSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// The files asked for and not done, by index, with the ones that have
+/// [`Ended`](Incoming::Ended) kept apart in the count: the transfer waits for
+/// the others only, and only they take room in the window of files in flight.
+pub(super) struct InFlight<D: Destination> {
+    files: HashMap<u32, Incoming<D>>,
+    /// How many of `files` are `Ended`; kept by `insert` and `remove` only.
+    ended: usize,
+}
+
+impl<D: Destination> Default for InFlight<D> {
+    fn default() -> Self {
+        InFlight {
+            files: HashMap::new(),
+            ended: 0,
+        }
+    }
+}
+
+impl<D: Destination> InFlight<D> {
+    pub(super) fn insert(&mut self, file: u32, state: Incoming<D>) {
+        if matches!(state, Incoming::Ended) {
+            self.ended += 1;
+        }
+        if let Some(Incoming::Ended) = self.files.insert(file, state) {
+            self.ended -= 1;
+        }
+    }
+
+    pub(super) fn remove(&mut self, file: u32) -> Option<Incoming<D>> {
+        let state = self.files.remove(&file);
+        if let Some(Incoming::Ended) = state {
+            self.ended -= 1;
+        }
+        state
+    }
+
+    pub(super) fn get(&self, file: u32) -> Option<&Incoming<D>> {
+        self.files.get(&file)
+    }
+
+    /// Files still to come (not ended).
+    pub(super) fn live(&self) -> usize {
+        self.files.len() - self.ended
+    }
+
+    pub(super) fn is_live(&self, file: u32) -> bool {
+        self.files
+            .get(&file)
+            .is_some_and(|s| !matches!(s, Incoming::Ended))
+    }
+
+    /// Whether `file` was given up on and has ended.
+    pub(super) fn has_ended(&self, file: u32) -> bool {
+        matches!(self.files.get(&file), Some(Incoming::Ended))
+    }
 }
 
 impl<D: Destination> Receiver<'_, D> {
@@ -111,14 +208,18 @@ impl<D: Destination> Receiver<'_, D> {
     ) -> Result<Option<Incoming<D>>, TransferError> {
         let state = self
             .in_flight
-            .remove(&file)
+            .remove(file)
             .ok_or_else(|| Self::not_requested(file, what))?;
         match state {
             Incoming::Failed => {
                 self.in_flight.insert(file, state);
                 Ok(None)
             }
-            Incoming::Waiting { delta: None, .. } => match self.new_temp(file) {
+            Incoming::Ended => {
+                self.in_flight.insert(file, state);
+                Err(Self::not_requested(file, what))
+            }
+            Incoming::Waiting { delta: None } => match self.new_temp(file) {
                 Ok(temp) => Ok(Some(start(temp))),
                 Err(msg) => self.abandon(file, msg).map(|_| None),
             },
@@ -140,7 +241,7 @@ impl<D: Destination> Receiver<'_, D> {
     /// wait for it forever).
     pub(super) fn abandon_ended(&mut self, file: u32, msg: String) -> Result<(), TransferError> {
         self.report_abandoned(file, msg);
-        self.failed_files.insert(file);
+        self.in_flight.insert(file, Incoming::Ended);
         Ok(())
     }
 
@@ -173,15 +274,9 @@ impl<D: Destination> Receiver<'_, D> {
     pub(super) fn drop_state(&mut self, state: Incoming<D>) {
         let temp = match state {
             Incoming::Whole { temp, .. } | Incoming::Segmented { temp, .. } => Some(temp),
-            Incoming::Rebuild(r) => {
-                self.delta_in_flight -= 1;
-                Some(r.temp)
-            }
-            Incoming::Waiting { delta: Some(_), .. } => {
-                self.delta_in_flight -= 1;
-                None
-            }
-            Incoming::Waiting { delta: None, .. } | Incoming::Failed => None,
+            // (its delta slot goes back as the rest is dropped)
+            Incoming::Rebuild(r) => Some(r.temp),
+            Incoming::Waiting { .. } | Incoming::Failed | Incoming::Ended => None,
         };
         if let Some(t) = temp {
             if !t.is_partial() {

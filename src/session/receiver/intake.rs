@@ -47,7 +47,7 @@ impl<D: Destination> Receiver<'_, D> {
         self.entries.let_go(taken, |i, l| {
             if l.kind == Kind::Dir || (every_file && l.kind == Kind::File) {
                 Keep::ToTheEnd
-            } else if in_flight.contains_key(&i) {
+            } else if in_flight.is_live(i) {
                 Keep::ForNow
             } else {
                 Keep::No

@@ -39,7 +39,7 @@ use crate::fs::destination::LocalPlace;
 use crate::proto::{Entry, Kind, ListStart, Message, Options, Summary, BLOCK_SIZE};
 use crate::store::destination::{Destination, Place};
 use basis::DirFiles;
-use incoming::Incoming;
+use incoming::{DeltaSlots, InFlight, Incoming};
 use intake::{Mapping, Requested};
 use pumps::{spawn_readers, spawn_writer, Inbound, Outbox};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -112,8 +112,8 @@ struct Receiver<'a, D: Destination = Dest> {
     made_dirs: HashSet<Vec<u8>>,
     dirs: Vec<u32>,
     queue: VecDeque<u32>,
-    in_flight: HashMap<u32, Incoming<D>>,
-    delta_in_flight: usize,
+    in_flight: InFlight<D>,
+    delta_slots: DeltaSlots,
     hardlinks: Vec<(u32, u32)>,
     /// Destination directories read when looking for similar files.
     dir_cache: HashMap<Vec<u8>, Option<DirFiles>>,
@@ -127,8 +127,6 @@ struct Receiver<'a, D: Destination = Dest> {
     decompressor: zstd::bulk::Decompressor<'static>,
     /// Chunk lists of destination files from earlier runs.
     chunk_cache: Option<Arc<ChunkCache>>,
-    /// Files given up on: late frames for them (from other streams) are ignored.
-    failed_files: HashSet<u32>,
     /// Bytes of each file in flight already counted in progress events.
     progress: HashMap<u32, u64>,
     /// Bytes of the listed files that are done (sent, reused or up to date).
@@ -211,8 +209,8 @@ where
         made_dirs: HashSet::new(),
         dirs: Vec::new(),
         queue: VecDeque::new(),
-        in_flight: HashMap::new(),
-        delta_in_flight: 0,
+        in_flight: InFlight::default(),
+        delta_slots: DeltaSlots::default(),
         hardlinks: Vec::new(),
         partial_dirs: HashSet::new(),
         dir_cache: HashMap::new(),
@@ -224,7 +222,6 @@ where
         decompressor: zstd::bulk::Decompressor::new()
             .map_err(|e| TransferError::local("zstd", &e))?,
         chunk_cache: ChunkCache::open_default().map(Arc::new),
-        failed_files: HashSet::new(),
         progress: HashMap::new(),
         bytes_done: 0,
         touched: false,
@@ -294,7 +291,7 @@ impl<D: Destination> Receiver<'_, D> {
         }
         loop {
             cancel.check()?;
-            if self.list_done && self.queue.is_empty() && self.in_flight.is_empty() {
+            if self.list_done && self.queue.is_empty() && self.in_flight.live() == 0 {
                 break;
             }
             let msg = self.next(inbound)?;
@@ -362,14 +359,18 @@ impl<D: Destination> Receiver<'_, D> {
             Message::RecipeEnd { file, size, hash } => self.recipe_end(file, size, hash),
             Message::FileEnd { file, size, hash } => self.file_end(file, size, hash),
             Message::FileFailed { file, reason } => {
-                let state = self.in_flight.remove(&file).ok_or_else(|| {
-                    violation(format!(
-                        "reported a failure of file {file}, which was not requested"
-                    ))
-                })?;
+                let state = self
+                    .in_flight
+                    .remove(file)
+                    .filter(|s| !matches!(s, Incoming::Ended))
+                    .ok_or_else(|| {
+                        violation(format!(
+                            "reported a failure of file {file}, which was not requested"
+                        ))
+                    })?;
                 self.drop_state(state);
                 self.progress.remove(&file);
-                self.failed_files.insert(file);
+                self.in_flight.insert(file, Incoming::Ended);
                 let name = self.entries[file as usize].name.clone();
                 self.file_error(&name, text(&reason));
                 Ok(())

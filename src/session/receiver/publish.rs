@@ -111,14 +111,14 @@ impl<D: Destination> Receiver<'_, D> {
     ) -> Result<(), TransferError> {
         let state = self
             .in_flight
-            .remove(&file)
+            .remove(file)
             .ok_or_else(|| Self::not_requested(file, "the end"))?;
         // for a rebuilt file: its chunk cache entry (kept once published) and the
         // bases whose cached chunk lists it trusted
         let mut rebuilt: Option<(Option<CacheWriter>, Basis<D::Basis>)> = None;
         let (temp, ok) = match state {
             Incoming::Failed => {
-                self.failed_files.insert(file);
+                self.in_flight.insert(file, Incoming::Ended);
                 return Ok(());
             }
             Incoming::Segmented {
@@ -139,7 +139,7 @@ impl<D: Destination> Receiver<'_, D> {
                 return self.finish_segmented(file);
             }
             // an empty file: nothing came before its end
-            Incoming::Waiting { delta: None, .. } => match self.new_temp(file) {
+            Incoming::Waiting { delta: None } => match self.new_temp(file) {
                 Ok(t) => (t, size == 0 && hash == WholeCheck::default().finish()),
                 Err(msg) => return self.abandon_ended(file, msg),
             },
@@ -172,7 +172,6 @@ impl<D: Destination> Receiver<'_, D> {
                         "ended file {file} before sending the chunks it asked for"
                     )));
                 }
-                self.delta_in_flight -= 1;
                 let ok = size == want_size
                     && hash == want_hash
                     && rebuild.written() == size

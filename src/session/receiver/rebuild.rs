@@ -3,11 +3,11 @@
 //! end), the copies from the basis as the recipe arrives, and the keyed check
 //! of the new file. Not for files sent whole ([`super::publish`]).
 
-use super::incoming::Incoming;
+use super::incoming::{DeltaSlot, DeltaWait, Incoming};
 use super::index::{window_index, Basis};
 use super::RECIPE_SLACK;
 use super::{violation, write_error, Receiver};
-use crate::chunk::{RebuildKey, StreamCheck, MIN_CHUNK};
+use crate::chunk::{StreamCheck, MIN_CHUNK};
 use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanLoc, Step};
 use crate::error::{io_text, TransferError};
 use crate::fs::chunk_cache::CacheWriter;
@@ -16,7 +16,6 @@ use crate::proto::{ChunkRef, Message, SpanRef};
 use crate::store::destination::{BasisFile, Destination, TempWrite};
 use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
-use std::thread::JoinHandle;
 
 /// The most bytes one joined copy from a basis reads and writes at once.
 pub(super) const COPY_RUN: usize = crate::chunk::STREAM_BUFFER;
@@ -64,6 +63,8 @@ pub(super) struct Rebuilding<D: Destination> {
     pub(super) last_known: Option<SpanLoc>,
     /// The basis chunks of the last window looked through, by hash.
     pub(super) window: Option<(delta::Window, ChunkIndex)>,
+    /// Its room among the rebuilds in flight, held until it is dropped.
+    pub(super) _slot: DeltaSlot,
 }
 
 /// Runs the copy steps of a rebuild up to its next literal.
@@ -285,17 +286,16 @@ impl<D: Destination> Receiver<'_, D> {
     ) -> Result<Option<Box<Rebuilding<D>>>, TransferError> {
         let state = self
             .in_flight
-            .remove(&file)
+            .remove(file)
             .ok_or_else(|| Self::not_requested(file, part.what()))?;
         let r = match state {
             Incoming::Failed => {
                 self.in_flight.insert(file, state);
                 None
             }
-            Incoming::Waiting {
-                delta: Some(key),
-                basis,
-            } if part != Part::Recipe => self.start_rebuild(file, &key, basis),
+            Incoming::Waiting { delta: Some(wait) } if part != Part::Recipe => {
+                self.start_rebuild(file, wait)
+            }
             // recipes may still come after the end; nothing else may
             Incoming::Rebuild(r) if part == Part::Recipe || r.end.is_none() => Some(r),
             _ => return Err(Self::not_requested(file, part.what())),
@@ -314,13 +314,13 @@ impl<D: Destination> Receiver<'_, D> {
     pub(super) fn start_rebuild(
         &mut self,
         file: u32,
-        key: &RebuildKey,
-        basis: Option<JoinHandle<Basis<D::Basis>>>,
+        wait: DeltaWait<D>,
     ) -> Option<Box<Rebuilding<D>>> {
+        let DeltaWait { key, basis, slot } = wait;
         // (indexing a large basis can take a while: nothing held waits for
         // it; a writer that stopped shows at the next send)
         let _ = self.out.flush();
-        let basis = basis.and_then(|h| h.join().ok()).unwrap_or_default();
+        let basis = basis.join().unwrap_or_default();
         let size = self.entries[file as usize].size;
         // (unless the old file stays: as a backup or under another name)
         let behind = (basis.replaced
@@ -332,7 +332,7 @@ impl<D: Destination> Receiver<'_, D> {
         match self.new_temp(file) {
             Ok(temp) => Some(Box::new(Rebuilding {
                 temp,
-                check: StreamCheck::new(size, key),
+                check: StreamCheck::new(size, &key),
                 behind,
                 rebuild: Rebuild::new(Vec::new()),
                 planner: Planner::default(),
@@ -344,9 +344,10 @@ impl<D: Destination> Receiver<'_, D> {
                 cache_entry: self.chunk_cache.as_ref().and_then(|c| c.writer()),
                 last_known: None,
                 window: None,
+                _slot: slot,
             })),
+            // (the slot goes back as this returns)
             Err(msg) => {
-                self.delta_in_flight -= 1;
                 let _ = self.abandon(file, msg);
                 None
             }

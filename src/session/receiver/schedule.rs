@@ -3,7 +3,7 @@
 //! starts indexing its basis on a thread). Not for what happens to a file once
 //! asked for.
 
-use super::incoming::Incoming;
+use super::incoming::{DeltaWait, Incoming};
 use super::index::{index_bases, Basis};
 use super::Receiver;
 use crate::chunk::new_rebuild_key;
@@ -27,10 +27,10 @@ impl<D: Destination> Receiver<'_, D> {
         // refill in bursts, once half the files asked for have arrived: one
         // `Want` per finished file cost a wake-up and a write at both ends
         // for every small file
-        if self.in_flight.len() > MAX_IN_FLIGHT / 2 {
+        if self.in_flight.live() > MAX_IN_FLIGHT / 2 {
             return Ok(());
         }
-        while self.in_flight.len() < MAX_IN_FLIGHT {
+        while self.in_flight.live() < MAX_IN_FLIGHT {
             let Some(&index) = self.queue.front() else {
                 break;
             };
@@ -38,9 +38,14 @@ impl<D: Destination> Receiver<'_, D> {
             // (a store that cannot give back old data gets every file whole)
             let can_rebuild = self.dest.as_ref().is_some_and(|d| d.caps().rebuild);
             let wants_delta = l.size >= DELTA_MIN_SIZE && can_rebuild;
-            if wants_delta && self.delta_in_flight >= MAX_DELTA_IN_FLIGHT {
-                break;
-            }
+            let slot = if wants_delta {
+                match self.delta_slots.take(MAX_DELTA_IN_FLIGHT) {
+                    Some(slot) => Some(slot),
+                    None => break,
+                }
+            } else {
+                None
+            };
             self.queue.pop_front();
             let (bases, replaced) = if wants_delta {
                 self.open_bases(index)
@@ -48,29 +53,30 @@ impl<D: Destination> Receiver<'_, D> {
                 (Vec::new(), false)
             };
             // (no key, no delta: the file comes whole)
-            let delta = if bases.is_empty() {
+            let key = if bases.is_empty() {
                 None
             } else {
                 new_rebuild_key()
             };
-            let basis = if delta.is_some() {
-                self.delta_in_flight += 1;
-                let cache = self.chunk_cache.clone();
-                let spill = self.spill_dir(index);
-                Some(
-                    std::thread::Builder::new()
+            // (no slot taken for a file that comes whole: it goes back here)
+            let wait = match (key, slot) {
+                (Some(key), Some(slot)) => {
+                    let cache = self.chunk_cache.clone();
+                    let spill = self.spill_dir(index);
+                    let basis = std::thread::Builder::new()
                         .name("ferry-basis".into())
                         .spawn(move || Basis {
                             replaced,
                             ..index_bases(bases, cache.as_deref(), spill)
                         })
-                        .map_err(|e| TransferError::local("thread", &e))?,
-                )
-            } else {
-                None
+                        .map_err(|e| TransferError::local("thread", &e))?;
+                    Some(DeltaWait { key, basis, slot })
+                }
+                _ => None,
             };
+            let delta = wait.as_ref().map(|w| w.key);
             self.in_flight
-                .insert(index, Incoming::Waiting { delta, basis });
+                .insert(index, Incoming::Waiting { delta: wait });
             self.send(Message::Want { file: index, delta })?;
         }
         Ok(())

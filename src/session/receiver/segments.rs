@@ -29,7 +29,7 @@ impl<D: Destination> Receiver<'_, D> {
         raw_len: u32,
         bytes: &[u8],
     ) -> Result<(), TransferError> {
-        if self.failed_files.contains(&file) {
+        if self.in_flight.has_ended(file) {
             return Ok(());
         }
         let Some(mut state) =
@@ -96,17 +96,25 @@ impl<D: Destination> Receiver<'_, D> {
         len: u64,
         hash: [u8; 32],
     ) -> Result<(), TransferError> {
-        if self.failed_files.contains(&file) {
+        if self.in_flight.has_ended(file) {
             return Ok(());
         }
         let state = self
             .in_flight
-            .get_mut(&file)
+            .remove(file)
             .ok_or_else(|| Self::not_requested(file, "a segment end"))?;
-        let Incoming::Segmented { active, done, .. } = state else {
-            return match state {
-                Incoming::Failed => Ok(()),
-                _ => Err(Self::not_requested(file, "a segment end")),
+        let Incoming::Segmented {
+            temp,
+            mut active,
+            mut done,
+            end: file_end,
+        } = state
+        else {
+            let failed = matches!(state, Incoming::Failed);
+            self.in_flight.insert(file, state);
+            return match failed {
+                true => Ok(()),
+                false => Err(Self::not_requested(file, "a segment end")),
             };
         };
         let end = offset
@@ -129,13 +137,20 @@ impl<D: Destination> Receiver<'_, D> {
             )));
         }
         done.push((offset, len, hash));
+        let state = Incoming::Segmented {
+            temp,
+            active,
+            done,
+            end: file_end,
+        };
+        self.in_flight.insert(file, state);
         self.finish_segmented(file)
     }
 
     /// Publishes a segmented file once its end is known and every byte of it
     /// has arrived in a verified segment.
     pub(super) fn finish_segmented(&mut self, file: u32) -> Result<(), TransferError> {
-        let ready = match self.in_flight.get(&file) {
+        let ready = match self.in_flight.get(file) {
             Some(Incoming::Segmented {
                 active,
                 done,
@@ -152,7 +167,7 @@ impl<D: Destination> Receiver<'_, D> {
             mut done,
             end: Some((size, hash)),
             ..
-        }) = self.in_flight.remove(&file)
+        }) = self.in_flight.remove(file)
         else {
             unreachable!("checked above")
         };
