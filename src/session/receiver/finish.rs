@@ -110,7 +110,7 @@ impl<D: Destination> Receiver<'_, D> {
             for (child, is_dir) in children {
                 let crel = names::join(&rel, &child);
                 if child == crate::fs::PARTIAL_DIR
-                    || self.rel_names.contains(&crel)
+                    || self.intake.is_listed(&crel)
                     || self.filters.excludes(&crel, is_dir)
                 {
                     continue;

@@ -4,10 +4,11 @@
 //! arrives later (see [`super::publish`], [`super::rebuild`]).
 
 use super::index::ReadAt;
-use super::{listed, violation, Receiver};
+use super::intake::Accepted;
+use super::{listed, Receiver};
 use crate::error::{io_text, TransferError};
 use crate::fs::names::{escape, split_parent};
-use crate::proto::{Entry, EventKind, Kind, LIST_AHEAD};
+use crate::proto::{Entry, EventKind, Kind};
 use crate::store::destination::{Destination, Existing, ExistingKind, Meta, MetaOf};
 
 /// Whether a symlink at `rel` pointing to `target` stays inside the tree.
@@ -37,20 +38,15 @@ impl<D: Destination> Receiver<'_, D> {
             // the destination is created only once there is something to put in it
             self.start(ls)?;
         }
-        if self.entries.len() as u64 >= self.acked as u64 + LIST_AHEAD as u64 {
-            return Err(violation(format!(
-                "listed more than {LIST_AHEAD} entries beyond those acknowledged"
-            )));
-        }
-        self.check_entry(&e)?;
-        let rel = self.map_name(&e.name)?;
-        if !self.rel_names.insert(&rel) {
-            return Err(violation(format!("listed {} twice", escape(&e.name))));
-        }
-        if e.kind == Kind::Dir {
-            self.list_dirs.insert(e.name.clone());
-        }
-        let index = self.entries.len() as u32;
+        let entries = &self.entries;
+        let is_earlier_file = |j: u32| {
+            entries
+                .get(j as usize)
+                .is_some_and(|t| t.kind == Kind::File)
+        };
+        let Accepted { index, rel } = self.intake.accept(&e, is_earlier_file)?;
+        // (the intake counts what the listing holds)
+        debug_assert_eq!(self.entries.is_empty(), index == 0);
         self.summary.files += 1;
         if e.kind == Kind::File {
             self.summary.total_size += e.size;

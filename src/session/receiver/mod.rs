@@ -27,7 +27,7 @@ mod rebuild;
 mod schedule;
 mod segments;
 
-use super::listing::{Listing, Names};
+use super::listing::Listing;
 use super::wire::{FrameReader, FrameWriter, Spares};
 use super::{text, Cancel, EventFn};
 use crate::chunk::MAX_CHUNK;
@@ -40,7 +40,7 @@ use crate::proto::{Entry, Kind, ListStart, Message, Options, Summary, BLOCK_SIZE
 use crate::store::destination::{Destination, Place};
 use basis::DirFiles;
 use incoming::{DeltaSlots, InFlight, Incoming};
-use intake::{Mapping, Requested};
+use intake::ListIntake;
 use pumps::{spawn_readers, spawn_writer, Inbound, Outbox};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
@@ -97,15 +97,11 @@ struct Receiver<'a, D: Destination = Dest> {
     dest: Option<D>,
     /// The list's opening, until the first entry opens the destination.
     list_start: Option<ListStart>,
-    mapping: Mapping,
-    requested: Option<Requested>,
+    /// The rules of the list as it arrives.
+    intake: ListIntake,
     entries: Listing<Listed>,
-    rel_names: Names,
-    /// Entries taken in as last told to the sender with `ListAck`.
-    acked: u32,
     /// The rest of a batch of messages from the main stream.
     arrived: VecDeque<Message>,
-    list_dirs: HashSet<Vec<u8>>,
     /// Directories this run made: nothing was in them before it, so what is
     /// listed in them is not looked up in the destination (a `stat` per file
     /// was 2% of a daemon's time receiving 20,000 small files).
@@ -119,7 +115,6 @@ struct Receiver<'a, D: Destination = Dest> {
     dir_cache: HashMap<Vec<u8>, Option<DirFiles>>,
     /// Directories where a partial directory was used, to tidy at the end.
     partial_dirs: HashSet<Vec<u8>>,
-    list_done: bool,
     io_error: bool,
     summary: Summary,
     is_root: bool,
@@ -172,22 +167,7 @@ where
     let (out, writer_thread) = spawn_writer(writer)?;
     let filters =
         Filters::new(&cfg.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
-    let requested = cfg.requested.as_ref().map(|paths| {
-        let mut r = Requested {
-            any: false,
-            tops: HashSet::new(),
-        };
-        for p in paths {
-            let trimmed = p.strip_suffix(b"/").unwrap_or(p);
-            let base = trimmed.rsplit(|&b| b == b'/').next().unwrap_or(trimmed);
-            if p.ends_with(b"/") || base == b"." || base == b".." || base.is_empty() {
-                r.any = true;
-            } else {
-                r.tops.insert(base.to_vec());
-            }
-        }
-        r
-    });
+    let intake = ListIntake::new(cfg.requested.as_deref(), cfg.options.recursive);
     let mut r = Receiver {
         opts: cfg.options,
         spares,
@@ -199,13 +179,9 @@ where
         place: Some(Box::new(place)),
         dest: None,
         list_start: None,
-        mapping: Mapping::Under,
-        requested,
+        intake,
         entries: Listing::default(),
-        rel_names: Names::default(),
-        acked: 0,
         arrived: VecDeque::new(),
-        list_dirs: HashSet::new(),
         made_dirs: HashSet::new(),
         dirs: Vec::new(),
         queue: VecDeque::new(),
@@ -214,7 +190,6 @@ where
         hardlinks: Vec::new(),
         partial_dirs: HashSet::new(),
         dir_cache: HashMap::new(),
-        list_done: false,
         io_error: false,
         summary: Summary::default(),
         is_root: rustix::process::geteuid().is_root(),
@@ -243,6 +218,18 @@ where
             let _ = writer_thread.join();
             Err(e)
         }
+    }
+}
+
+/// What the peer did wrong, as the sans-IO cores ([`intake`], [`recipe`])
+/// say it: it ends the session as [`TransferError::PeerMisbehaved`], with
+/// this text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Violation(pub(super) String);
+
+impl From<Violation> for TransferError {
+    fn from(v: Violation) -> Self {
+        TransferError::PeerMisbehaved(v.0)
     }
 }
 
@@ -291,7 +278,7 @@ impl<D: Destination> Receiver<'_, D> {
         }
         loop {
             cancel.check()?;
-            if self.list_done && self.queue.is_empty() && self.in_flight.live() == 0 {
+            if self.intake.is_done() && self.queue.is_empty() && self.in_flight.live() == 0 {
                 break;
             }
             let msg = self.next(inbound)?;
@@ -311,16 +298,11 @@ impl<D: Destination> Receiver<'_, D> {
     fn handle(&mut self, msg: Message) -> Result<(), TransferError> {
         match msg {
             Message::Entry(e) => {
-                if self.list_done {
-                    return Err(violation("sent an entry after the end of the list".into()));
-                }
+                self.intake.before_entry()?;
                 self.entry(e)
             }
             Message::ListEnd { io_error } => {
-                if self.list_done {
-                    return Err(violation("ended the file list twice".into()));
-                }
-                self.list_done = true;
+                self.intake.end()?;
                 self.io_error = io_error;
                 if io_error {
                     self.summary.errors += 1;

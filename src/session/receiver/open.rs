@@ -32,7 +32,7 @@ impl<D: Destination> Receiver<'_, D> {
         let (exists, is_dir) = (found.is_some(), found == Some(true));
         let (root, create): (Vec<u8>, bool) = if ls.single_file && !trailing && !is_dir {
             let (parent, base) = split_parent(trimmed);
-            self.mapping = Mapping::FileAs(base.to_vec());
+            self.intake.set_mapping(Mapping::FileAs(base.to_vec()));
             let parent = if trimmed.starts_with(b"/") && parent.is_empty() {
                 b"/".as_slice()
             } else {
@@ -40,7 +40,7 @@ impl<D: Destination> Receiver<'_, D> {
             };
             (parent.to_vec(), false)
         } else if self.opts.cp_mode && ls.single_dir && !exists {
-            self.mapping = Mapping::StripTop(Vec::new());
+            self.intake.set_mapping(Mapping::StripTop(Vec::new()));
             (trimmed.to_vec(), true)
         } else {
             if exists && !is_dir {

@@ -19,6 +19,8 @@ pub(super) const MAX_DELTA_IN_FLIGHT: usize = 4;
 
 /// Files smaller than this are fetched whole even when a basis exists.
 pub(super) const DELTA_MIN_SIZE: u64 = 64 << 10;
+use crate::proto::Kind;
+use crate::session::listing::Keep;
 use crate::store::destination::Destination;
 
 impl<D: Destination> Receiver<'_, D> {
@@ -80,5 +82,35 @@ impl<D: Destination> Receiver<'_, D> {
             self.send(Message::Want { file: index, delta })?;
         }
         Ok(())
+    }
+
+    /// Tells the sender how far into the list we are, once that moved far
+    /// enough (see [`ListIntake::ack`](super::intake::ListIntake::ack)), and
+    /// lets go of the entries settled by then: below the first still queued,
+    /// not in flight. Directories stay for the end (their times and
+    /// `--delete`), and with `-H` every file (a later hard link may name it).
+    pub(super) fn acknowledge(&mut self) -> Result<(), TransferError> {
+        let taken = match self.queue.front() {
+            Some(&i) => i,
+            None => self.entries.len() as u32,
+        };
+        let Some(taken) = self.intake.ack(taken) else {
+            return Ok(());
+        };
+        let every_file = self.opts.hard_links;
+        let in_flight = &self.in_flight;
+        self.entries.let_go(taken, |i, l| {
+            if l.kind == Kind::Dir || (every_file && l.kind == Kind::File) {
+                Keep::ToTheEnd
+            } else if in_flight.is_live(i) {
+                Keep::ForNow
+            } else {
+                Keep::No
+            }
+        });
+        if self.intake.is_done() {
+            return Ok(());
+        }
+        self.send(Message::ListAck { entries: taken })
     }
 }
