@@ -24,6 +24,7 @@ mod progress;
 mod publish;
 mod pumps;
 mod rebuild;
+pub mod recipe;
 mod schedule;
 mod segments;
 
@@ -225,7 +226,7 @@ where
 /// say it: it ends the session as [`TransferError::PeerMisbehaved`], with
 /// this text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Violation(pub(super) String);
+pub struct Violation(pub String);
 
 impl From<Violation> for TransferError {
     fn from(v: Violation) -> Self {

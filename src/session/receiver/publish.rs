@@ -152,26 +152,13 @@ impl<D: Destination> Receiver<'_, D> {
                     temp,
                     check,
                     rebuild,
-                    end,
+                    intake,
                     cache_entry,
                     basis,
-                    pending,
                     ..
                 } = *r;
                 rebuilt = Some((cache_entry, basis));
-                if !pending.is_empty() {
-                    return Err(violation(format!(
-                        "ended file {file} before listing the spans asked for"
-                    )));
-                }
-                let Some((want_size, want_hash)) = end else {
-                    return Err(violation(format!("ended file {file} before its recipe")));
-                };
-                if !rebuild.is_done() {
-                    return Err(violation(format!(
-                        "ended file {file} before sending the chunks it asked for"
-                    )));
-                }
+                let (want_size, want_hash) = intake.finished(rebuild.is_done())?;
                 let ok = size == want_size
                     && hash == want_hash
                     && rebuild.written() == size

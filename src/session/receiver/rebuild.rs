@@ -1,42 +1,26 @@
-//! Rebuilding a file from old data: the two-level recipe (spans, the `Need`
-//! for the spans lacked, their chunks, the `Need` for the chunks lacked, the
-//! end), the copies from the basis as the recipe arrives, and the keyed check
-//! of the new file. Not for files sent whole ([`super::publish`]).
+//! Rebuilding a file from old data: each part of the two-level recipe
+//! passed through the file's [`RecipeIntake`] (which holds the rules of what
+//! may arrive when), the chunks of lacked spans looked up in the basis index,
+//! the `Need` for the chunks lacked, the copies from the basis as the recipe
+//! arrives, and the keyed check of the new file. Not for files sent whole
+//! ([`super::publish`]).
 
 use super::incoming::{DeltaSlot, DeltaWait, Incoming};
 use super::index::{window_index, Basis};
+use super::recipe::{Part, Piece, RecipeIntake};
 use super::RECIPE_SLACK;
-use super::{violation, write_error, Receiver};
-use crate::chunk::{StreamCheck, MIN_CHUNK};
+use super::{write_error, Receiver};
+use crate::chunk::StreamCheck;
 use crate::delta::{self, ChunkIndex, Planner, Rebuild, SpanLoc, Step};
 use crate::error::{io_text, TransferError};
 use crate::fs::chunk_cache::CacheWriter;
 use crate::fs::dest::DropBehind;
 use crate::proto::{ChunkRef, Message, SpanRef};
 use crate::store::destination::{BasisFile, Destination, TempWrite};
-use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
 
 /// The most bytes one joined copy from a basis reads and writes at once.
 pub(super) const COPY_RUN: usize = crate::chunk::STREAM_BUFFER;
-
-/// Which part of a delta recipe arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Part {
-    Spans,
-    Recipe,
-    End,
-}
-
-impl Part {
-    pub(super) fn what(self) -> &'static str {
-        match self {
-            Part::Spans => "spans",
-            Part::Recipe => "a recipe",
-            Part::End => "a recipe end",
-        }
-    }
-}
 
 pub(super) struct Rebuilding<D: Destination> {
     pub(super) temp: D::Temp,
@@ -48,15 +32,8 @@ pub(super) struct Rebuilding<D: Destination> {
     pub(super) rebuild: Rebuild,
     pub(super) planner: Planner,
     pub(super) basis: Basis<D::Basis>,
-    /// Recipe bytes so far, and whether a span shorter than its chunks at
-    /// full size (only allowed last) was seen.
-    pub(super) total: u64,
-    pub(super) short_seen: bool,
-    /// Batches of spans answered and waiting for the `Recipe` of the spans
-    /// asked for: each span, and where the receiver has it if it does.
-    pub(super) pending: VecDeque<Vec<(SpanRef, Option<SpanLoc>)>>,
-    /// Size and hash from `RecipeEnd`, once it came.
-    pub(super) end: Option<(u64, [u8; 32])>,
+    /// What of the recipe may arrive when, and what has.
+    pub(super) intake: RecipeIntake<SpanLoc>,
     /// The chunk cache entry of the new file, written as its recipe comes.
     pub(super) cache_entry: Option<CacheWriter>,
     /// The last span of the new file found in the basis.
@@ -67,7 +44,36 @@ pub(super) struct Rebuilding<D: Destination> {
     pub(super) _slot: DeltaSlot,
 }
 
-/// Runs the copy steps of a rebuild up to its next literal.
+impl<D: Destination> Rebuilding<D> {
+    /// Plans the copy of a span the receiver has, in pieces a joined copy
+    /// takes, and adds its chunks to the new file's cache entry.
+    fn copy_known(&mut self, loc: SpanLoc, plan: &mut delta::Plan) {
+        let mut done = 0u64;
+        while done < loc.at.len {
+            let len = (loc.at.len - done).min(COPY_RUN as u64) as u32;
+            let at = delta::Location {
+                basis: loc.basis,
+                offset: loc.at.offset + done,
+                len,
+            };
+            self.planner.copy(at, plan);
+            done += len as u64;
+        }
+        if let Some(w) = &mut self.cache_entry {
+            let mut chunks = Vec::with_capacity(loc.at.chunks as usize);
+            match self.basis.lists[loc.basis as usize].read(
+                loc.at.first,
+                loc.at.chunks as usize,
+                &mut chunks,
+            ) {
+                Ok(()) => chunks.iter().for_each(|(len, hash)| w.push(*len, hash)),
+                Err(_) => self.cache_entry = None,
+            }
+        }
+        self.last_known = Some(loc);
+    }
+}
+
 /// Runs the copy steps of a rebuild up to its next literal. Copies of
 /// consecutive basis bytes (a known span is a run of them) are joined into
 /// reads and writes of up to [`COPY_RUN`] bytes: ~6 KiB system calls cost more
@@ -143,36 +149,8 @@ impl<D: Destination> Receiver<'_, D> {
         let Some(mut r) = self.rebuild_for(file, Part::Spans)? else {
             return Ok(());
         };
-        let limit = self.entries[file as usize].size + RECIPE_SLACK;
-        let mut batch = Vec::with_capacity(spans.len());
-        let mut ranges: Vec<(u32, u32)> = Vec::new();
-        for (i, sp) in spans.into_iter().enumerate() {
-            // only the last chunk of a file may be shorter than the minimum,
-            // so only the last span may be shorter than its chunks at minimum size
-            let full = sp.chunks as u64 * MIN_CHUNK as u64;
-            if r.short_seen || sp.len <= full - MIN_CHUNK as u64 {
-                return Err(violation(format!(
-                    "sent a span of file {file} too short for its chunks"
-                )));
-            }
-            r.short_seen = sp.len < full;
-            r.total += sp.len;
-            if r.total > limit {
-                return Err(violation(format!(
-                    "sent a recipe for file {file} larger than the file"
-                )));
-            }
-            let have = r.basis.spans.get(&sp);
-            if have.is_none() {
-                let i = i as u32;
-                match ranges.last_mut() {
-                    Some((start, count)) if *start + *count == i => *count += 1,
-                    _ => ranges.push((i, 1)),
-                }
-            }
-            batch.push((sp, have));
-        }
-        r.pending.push_back(batch);
+        let Rebuilding { intake, basis, .. } = &mut *r;
+        let ranges = intake.on_spans(spans, |sp| basis.spans.get(sp))?;
         self.in_flight.insert(file, Incoming::Rebuild(r));
         self.send(Message::Need { file, ranges })
     }
@@ -184,77 +162,28 @@ impl<D: Destination> Receiver<'_, D> {
         let Some(mut r) = self.rebuild_for(file, Part::Recipe)? else {
             return Ok(());
         };
-        let Some(batch) = r.pending.pop_front() else {
-            return Err(Self::not_requested(file, "a recipe"));
-        };
+        let pieces = r.intake.on_recipe(&chunks)?;
         let mut plan = delta::Plan::default();
-        let mut listed = chunks.as_slice();
-        let mut first = 0u32;
         let rb = &mut *r;
-        let mut i = 0;
-        while i < batch.len() {
-            if let (_, Some(loc)) = batch[i] {
+        for piece in pieces {
+            match piece {
                 // a span we have: copied whole, in pieces a joined copy takes
-                let mut done = 0u64;
-                while done < loc.at.len {
-                    let len = (loc.at.len - done).min(COPY_RUN as u64) as u32;
-                    let at = delta::Location {
-                        basis: loc.basis,
-                        offset: loc.at.offset + done,
-                        len,
+                Piece::Known(loc) => rb.copy_known(loc, &mut plan),
+                // a run of spans we lack, and the known span after it, if in
+                // this batch: their chunks looked for near where they belong
+                Piece::Lacked { chunks: run, next } => {
+                    let first = run.start as u32;
+                    let these = &chunks[run];
+                    let index = match &rb.basis.full {
+                        Some(index) => index,
+                        None => window_index(&mut rb.window, &rb.basis, rb.last_known, next),
                     };
-                    rb.planner.copy(at, &mut plan);
-                    done += len as u64;
-                }
-                if let Some(w) = &mut rb.cache_entry {
-                    let mut chunks = Vec::with_capacity(loc.at.chunks as usize);
-                    match rb.basis.lists[loc.basis as usize].read(
-                        loc.at.first,
-                        loc.at.chunks as usize,
-                        &mut chunks,
-                    ) {
-                        Ok(()) => chunks.iter().for_each(|(len, hash)| w.push(*len, hash)),
-                        Err(_) => rb.cache_entry = None,
+                    rb.planner.chunks(these, first, index, &mut plan);
+                    if let Some(w) = &mut rb.cache_entry {
+                        these.iter().for_each(|c| w.push(c.len, &c.hash));
                     }
                 }
-                rb.last_known = Some(loc);
-                i += 1;
-                continue;
             }
-            // a run of spans we lack, and the known span after it, if in this batch
-            let end = i + batch[i..].iter().take_while(|(_, h)| h.is_none()).count();
-            let next = batch.get(end).and_then(|(_, h)| *h);
-            let mut n = 0;
-            for (sp, _) in &batch[i..end] {
-                let these = listed.get(n..n + sp.chunks as usize).ok_or_else(|| {
-                    violation(format!(
-                        "sent fewer chunks for file {file} than its spans hold"
-                    ))
-                })?;
-                if these.iter().map(|c| c.len as u64).sum::<u64>() != sp.len {
-                    return Err(violation(format!(
-                        "sent chunks for file {file} that do not add up to their span"
-                    )));
-                }
-                n += these.len();
-            }
-            let (these, rest) = listed.split_at(n);
-            let index = match &rb.basis.full {
-                Some(index) => index,
-                None => window_index(&mut rb.window, &rb.basis, rb.last_known, next),
-            };
-            rb.planner.chunks(these, first, index, &mut plan);
-            if let Some(w) = &mut rb.cache_entry {
-                these.iter().for_each(|c| w.push(c.len, &c.hash));
-            }
-            listed = rest;
-            first += n as u32;
-            i = end;
-        }
-        if !listed.is_empty() {
-            return Err(violation(format!(
-                "sent more chunks for file {file} than its spans hold"
-            )));
         }
         self.summary.reused += plan.reused_bytes;
         // ask first, so that the sender can start while we copy
@@ -297,7 +226,7 @@ impl<D: Destination> Receiver<'_, D> {
                 self.start_rebuild(file, wait)
             }
             // recipes may still come after the end; nothing else may
-            Incoming::Rebuild(r) if part == Part::Recipe || r.end.is_none() => Some(r),
+            Incoming::Rebuild(r) if r.intake.allows(part) => Some(r),
             _ => return Err(Self::not_requested(file, part.what())),
         };
         if r.is_none() && part != Part::End {
@@ -337,10 +266,7 @@ impl<D: Destination> Receiver<'_, D> {
                 rebuild: Rebuild::new(Vec::new()),
                 planner: Planner::default(),
                 basis,
-                total: 0,
-                short_seen: false,
-                pending: VecDeque::new(),
-                end: None,
+                intake: RecipeIntake::new(file, size + RECIPE_SLACK),
                 cache_entry: self.chunk_cache.as_ref().and_then(|c| c.writer()),
                 last_known: None,
                 window: None,
@@ -364,13 +290,7 @@ impl<D: Destination> Receiver<'_, D> {
         let Some(mut r) = self.rebuild_for(file, Part::End)? else {
             return Ok(());
         };
-        if r.total != size {
-            return Err(violation(format!(
-                "sent a recipe of {} bytes for a file of {size}",
-                r.total
-            )));
-        }
-        r.end = Some((size, hash));
+        r.intake.on_end(size, hash)?;
         self.in_flight.insert(file, Incoming::Rebuild(r));
         Ok(())
     }
