@@ -107,9 +107,9 @@ impl<L: Copy> RecipeIntake<L> {
         for (i, sp) in spans.into_iter().enumerate() {
             // only the last chunk of a file may be shorter than the minimum,
             // so only the last span may be shorter than its chunks at
-            // minimum size (a span of no chunks wraps to "too short")
+            // minimum size; a span holds at least one chunk
             let full = sp.chunks as u64 * MIN_CHUNK as u64;
-            if self.short_seen || sp.len <= full.wrapping_sub(MIN_CHUNK as u64) {
+            if self.short_seen || sp.chunks == 0 || sp.len <= full - MIN_CHUNK as u64 {
                 return Err(Violation(format!(
                     "sent a span of file {file} too short for its chunks"
                 )));
@@ -296,6 +296,12 @@ mod tests {
             (
                 "a span of no chunks",
                 vec![lacked(vec![span(0, 10)])],
+                Some("sent a span of file 0 too short for its chunks"),
+            ),
+            (
+                // (found by the fuzz target: 0 - MIN_CHUNK wrapped past it)
+                "a span of no chunks and every length",
+                vec![lacked(vec![span(0, u64::MAX)])],
                 Some("sent a span of file 0 too short for its chunks"),
             ),
             (
