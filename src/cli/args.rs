@@ -8,7 +8,7 @@ use std::ffi::OsString;
 #[command(
     name = "ferry",
     version,
-    about = "Moves AI data between Linux servers: scp and rsync habits, content-defined delta, BLAKE3 end to end",
+    about = "Moves AI data between Linux servers: scp and rsync habits, content-defined delta, every file checked end to end",
     disable_help_subcommand = true
 )]
 pub struct Cli {

@@ -258,7 +258,10 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
         ));
     };
     let opts = super::daemon_options(&a.daemon)?;
-    match crate::transfer::list_daemon(&host, port, &path, &opts)? {
+    let notice = |e: crate::proto::Event| {
+        eprintln!("ferry: {}", String::from_utf8_lossy(&e.text));
+    };
+    match crate::transfer::list_daemon(&host, port, &path, &opts, &notice)? {
         crate::transfer::Listing::Modules(list) => {
             for m in list {
                 let ro = if m.read_only { " (read-only)" } else { "" };

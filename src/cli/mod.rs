@@ -5,6 +5,7 @@ pub mod args;
 mod demo;
 mod keys;
 pub mod output;
+mod prompt;
 
 use crate::error::TransferError;
 use crate::location::Location;
@@ -223,12 +224,13 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
     Ok(DaemonOptions {
         identity: f.identity.clone(),
         known_hosts: f.known_hosts.clone(),
-        host_key_check: f
-            .host_key_check
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(TransferError::Usage)?,
+        host_key: prompt::host_key_policy(
+            f.host_key_check
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(TransferError::Usage)?,
+        ),
         config_dir: f.config_dir.clone(),
         timeout: f
             .timeout
@@ -254,7 +256,7 @@ fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, Transfer
 
 fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     if a.stdio {
-        crate::transport::stdio::serve()?;
+        crate::server::stdio::serve()?;
         return Ok(exit::OK);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -286,8 +288,7 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         for a in addrs {
             println!("listening on {a}");
         }
-    })
-    .map_err(TransferError::Usage)?;
+    })?;
     Ok(exit::OK)
 }
 

@@ -13,6 +13,8 @@
 //! change instead of three (create, rename's insert and remove), and nothing
 //! left behind if the process dies.
 
+/// Read-side opens, moved to [`super::source`]; kept here for old callers.
+pub use super::source::{open_beneath, open_dir};
 use crate::fs::names::{escape, split_parent};
 use crate::fs::PARTIAL_DIR;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
@@ -780,31 +782,6 @@ fn later_done() {
     let (tx, rx) = std::sync::mpsc::channel();
     later(Later::Mark(tx));
     let _ = rx.recv();
-}
-
-/// Opens `rel` for reading beneath the directory `root`, refusing any symlink
-/// on the way and any `..` out of it (`openat2` with `RESOLVE_BENEATH` and
-/// `RESOLVE_NO_SYMLINKS`): what a daemon sends from a module stays in it.
-pub fn open_beneath(root: &OwnedFd, rel: &Path) -> io::Result<File> {
-    let fd = rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
-    )
-    .map_err(to_io)?;
-    Ok(File::from(fd))
-}
-
-/// Opens a directory the administrator configured (a module root).
-pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(to_io)
 }
 
 fn busy() -> io::Error {

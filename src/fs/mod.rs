@@ -9,6 +9,7 @@ pub mod dest;
 pub mod destination;
 pub mod names;
 pub mod scan;
+pub mod source;
 
 /// Directory (inside each destination directory) holding partial files of
 /// interrupted transfers, like rsync's `--partial-dir`. Never sent, never deleted

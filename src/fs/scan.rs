@@ -6,39 +6,21 @@
 //! `.`), `dir` sends the directory itself (names start with `dir/`), a file is
 //! sent under its own name.
 
-use crate::filter::Filters;
 use crate::fs::names::{escape, join};
 use crate::proto::{Entry, Kind, ListStart};
+use crate::store::source::Listed;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Default)]
-pub struct ScanOptions {
-    pub recursive: bool,
-    /// Without `recursive`: send a directory and its entries, not deeper.
-    pub dirs: bool,
-    /// Send symlinks as symlinks.
-    pub links: bool,
-    /// Follow symlinks and send what they point to.
-    pub follow_links: bool,
-    pub hard_links: bool,
-    /// Compute each file's BLAKE3 for the list (`--checksum`).
-    pub checksum: bool,
-    pub filters: Filters,
-}
+/// What to scan: the store seam's list options.
+pub use crate::store::source::ListOptions as ScanOptions;
 
-/// What the walk produces, in order.
-pub enum ScanItem {
-    /// The next entry of the file list, with the local path to read it from.
-    Entry(Entry, PathBuf),
-    /// Something skipped on purpose (a directory without `-r`, a socket, …).
-    Notice(String),
-    /// Something that could not be read; the transfer will report an I/O error.
-    Error(String),
-}
+/// What the walk produces, in order: an entry comes with the local path to
+/// read it from.
+pub type ScanItem = Listed<PathBuf>;
 
 /// How a source path is named in the list.
 struct Root {
@@ -290,16 +272,15 @@ fn child_name_for_filter(name: &[u8]) -> Vec<u8> {
     name.to_vec()
 }
 
-/// BLAKE3 of a whole file.
+/// BLAKE3 of a whole file, as `--checksum` lists it.
 pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(std::fs::File::open(path)?)?;
-    Ok(*h.finalize().as_bytes())
+    crate::check::file_checksum(std::fs::File::open(path)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::Filters;
 
     fn names(sources: &[&str], opts: &ScanOptions) -> Vec<String> {
         let srcs: Vec<Vec<u8>> = sources.iter().map(|s| s.as_bytes().to_vec()).collect();

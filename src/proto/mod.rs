@@ -37,6 +37,9 @@ pub const VERSION_MAX: u16 = 2;
 /// The first bytes on every connection, before any frame: a peer that is not
 /// ferry (a shell printing a banner, a web server) fails here with a clear error.
 pub const MAGIC: &[u8; 5] = b"ferry";
+/// The TCP port a ferry daemon listens on unless told otherwise (`host::`
+/// addresses without a port, `known_hosts` lines without `[host]:port`).
+pub const DEFAULT_PORT: u16 = 7420;
 
 /// Size of a literal data block for whole-file transfers.
 pub const BLOCK_SIZE: usize = 256 << 10;

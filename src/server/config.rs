@@ -159,7 +159,7 @@ impl DaemonConfig {
             o.listen.clone()
         } else {
             file.listen
-                .unwrap_or_else(|| vec![format!("0.0.0.0:{}", super::DEFAULT_PORT)])
+                .unwrap_or_else(|| vec![format!("0.0.0.0:{}", crate::proto::DEFAULT_PORT)])
         };
         Ok(DaemonConfig {
             listen,

@@ -14,9 +14,11 @@
 //! symlinks, on both the sending and the receiving side.
 
 use super::config::{DaemonConfig, Module};
+use crate::error::TransferError;
 use crate::fs::names;
 use crate::proto::{ModuleInfo, Request, Role};
-use crate::session::{self, Serve, Stream};
+use crate::session::{self, Serve};
+use crate::transport::Stream;
 use crate::trust::authorized::{AuthorizedKeys, Grant};
 use crate::trust::key::{Identity, PublicKey};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -290,23 +292,31 @@ pub fn fingerprint(config: &DaemonConfig) -> Result<PublicKey, String> {
 
 /// Serves until `shutdown` is set (SIGTERM, SIGINT), then waits for the
 /// transfers in progress to end. `ready` gets the bound addresses.
+///
+/// A configuration it cannot serve is a [`TransferError::Usage`]; an address
+/// it cannot listen on (in use, not this machine's) is a local fault,
+/// [`TransferError::Local`].
 pub fn run(
     config: DaemonConfig,
     shutdown: Arc<AtomicBool>,
     ready: &dyn Fn(&[SocketAddr]),
-) -> Result<(), String> {
-    let identity = host_identity(&config.identity)?;
+) -> Result<(), TransferError> {
+    let identity = host_identity(&config.identity).map_err(TransferError::Usage)?;
     // refuse to start with keys anyone could have planted
-    load_keys(&config.authorized_keys)?;
+    load_keys(&config.authorized_keys).map_err(TransferError::Usage)?;
     if config.modules.is_empty() {
-        return Err("no modules: add --module NAME=PATH or [[module]] in the config file".into());
+        return Err(TransferError::Usage(
+            "no modules: add --module NAME=PATH or [[module]] in the config file".into(),
+        ));
     }
-    let tls = crate::trust::tls::server_config(&identity).map_err(|e| format!("TLS: {e}"))?;
+    let tls = crate::trust::tls::server_config(&identity)
+        .map_err(|e| TransferError::Usage(format!("TLS: {e}")))?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        let l = TcpListener::bind(addr)
-            .map_err(|e| format!("listen on {addr}: {}", crate::error::io_text(&e)))?;
-        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let listen = |e: std::io::Error| TransferError::local(format!("listen on {addr}"), &e);
+        let l = TcpListener::bind(addr).map_err(listen)?;
+        l.set_nonblocking(true)
+            .map_err(|e| TransferError::Usage(e.to_string()))?;
         listeners.push(l);
     }
     let bound: Vec<SocketAddr> = listeners

@@ -1,1 +1,93 @@
-//! The sender's side of the store seam (filled in by the sender split).
+//! The sender's side of the store seam: what a sender reads. A [`Source`] lists
+//! the files to send, streaming list entries in the order the receiver takes
+//! them in (so that memory does not grow with the tree), opens a listed file for
+//! reading, and gives a [`Stamp`] of an open file, taken before and after it is
+//! read so that a file that changed meanwhile is never passed off as sent.
+//!
+//! The local filesystem is [`crate::fs::source::LocalSource`]; S3 and SFTP
+//! sources come next. Not for writing (that is [`super::destination`]) nor for
+//! the protocol: the sender decides what to send, the source only reads.
+
+use crate::filter::Filters;
+use crate::proto::{Entry, ListStart};
+use std::io;
+
+/// What to list, from the transfer's options.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub recursive: bool,
+    /// Without `recursive`: send a directory and its entries, not deeper.
+    pub dirs: bool,
+    /// Send symlinks as symlinks.
+    pub links: bool,
+    /// Follow symlinks and send what they point to.
+    pub follow_links: bool,
+    pub hard_links: bool,
+    /// Compute each file's BLAKE3 for the list (`--checksum`).
+    pub checksum: bool,
+    pub filters: Filters,
+}
+
+/// What listing produces, in order.
+pub enum Listed<H> {
+    /// The next entry of the file list, with what opens it again.
+    Entry(Entry, H),
+    /// Something skipped on purpose (a directory without `-r`, a socket, …).
+    Notice(String),
+    /// Something that could not be read; the transfer will report an I/O error.
+    Error(String),
+}
+
+/// What an open file looked like. Taken when it is opened and again when it has
+/// been read: if the two differ, or the size is not what was read, the file
+/// changed while it was sent and the receiver is told so instead of `FileEnd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Bytes in the file.
+    pub size: u64,
+    /// Last modification: seconds since the epoch, and nanoseconds.
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+/// A listed file opened for reading. Read in order from the start (a whole
+/// file, a recipe's chunking) or at offsets (the chunks asked for, segments
+/// sent from other threads through a clone).
+pub trait SourceFile: io::Read + Send + Sized + 'static {
+    /// What the file looks like now.
+    fn stamp(&self) -> io::Result<Stamp>;
+    /// Fills `buf` from `offset`; a file that ends first is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// A second handle on the same open file, for another thread or reader.
+    /// Whether it shares the read position is the source's business: the
+    /// sender reads in order through one handle only, and at offsets through
+    /// the others.
+    fn try_clone(&self) -> io::Result<Self>;
+}
+
+/// Where a sender's files live.
+pub trait Source {
+    /// What finds a listed file again (a path on the local filesystem).
+    type Handle: Clone;
+    type File: SourceFile;
+
+    /// Looks at the roots (not their contents) to tell the receiver how to
+    /// name the destination.
+    fn list_start(&self, roots: &[Vec<u8>], opts: &ListOptions) -> ListStart;
+
+    /// Lists every root, calling `emit` for each item as it is found. Returns
+    /// whether anything could not be read (which must stop `--delete` on the
+    /// receiver).
+    fn list<E>(
+        &self,
+        roots: &[Vec<u8>],
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<Self::Handle>) -> Result<(), E>,
+    ) -> Result<bool, E>;
+
+    /// Opens a listed file for reading.
+    fn open(&self, at: &Self::Handle) -> io::Result<Self::File>;
+
+    /// The file's name as this host knows it (a local path), for messages.
+    fn name<'h>(&self, at: &'h Self::Handle) -> &'h [u8];
+}

@@ -6,8 +6,8 @@
 //! every path travels inside the protocol, so no remote shell ever sees a file
 //! name (no quoting bugs, no `$(...)` from a name).
 
+use super::Stream;
 use crate::error::TransferError;
-use crate::session::Stream;
 use std::process::{Child, Command, Stdio};
 
 /// How to reach a remote over ssh.

@@ -1,10 +1,14 @@
 //! Reaching a ferry daemon: TCP, then TLS 1.3 with this user's key, then the
 //! daemon's key checked against `known_hosts` before anything is sent.
+//!
+//! Not for deciding whether to trust a key never seen before: that is the
+//! caller's [`HostKeyPolicy`] in [`DaemonOptions`]. Nothing here reads a
+//! terminal or prints; a key just recorded comes back in [`Connected`].
 
+use super::Stream;
 use crate::error::TransferError;
-use crate::session::Stream;
-use crate::trust::known_hosts::{self, HostKeyCheck, HostKeyStatus};
-use std::io::{BufRead, IsTerminal, Write};
+use crate::trust::known_hosts::{self, HostKeyStatus};
+use crate::trust::{HostKeyDecision, HostKeyPolicy, UnknownHost};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,30 +20,25 @@ pub struct DaemonOptions {
     pub identity: Option<PathBuf>,
     /// `--known-hosts` (default: `known_hosts` in the config directory).
     pub known_hosts: Option<PathBuf>,
-    /// `--host-key-check` (default: ask on a terminal, strict otherwise).
-    pub host_key_check: Option<HostKeyCheck>,
+    /// What to do about a daemon whose key is not yet known (default:
+    /// refuse; the CLI asks on a terminal).
+    pub host_key: HostKeyPolicy,
     /// `--config-dir`.
     pub config_dir: Option<PathBuf>,
     /// Give up connecting (and on the TLS handshake) after this.
     pub timeout: Option<Duration>,
 }
 
-fn ask(question: &str) -> bool {
-    let Ok(mut tty) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-    else {
-        return false;
-    };
-    let _ = write!(tty, "{question}");
-    let mut line = String::new();
-    let _ = std::io::BufReader::new(&tty).read_line(&mut line);
-    line.trim().eq_ignore_ascii_case("yes")
+/// A connection to a daemon whose key is trusted.
+pub struct Connected {
+    pub stream: Stream,
+    /// The daemon's key was unknown and has just been recorded in
+    /// `known_hosts` (the caller tells the user: [`UnknownHost::added_notice`]).
+    pub added: Option<UnknownHost>,
 }
 
 /// Connects, authenticates both ways, and returns the stream.
-pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Stream, TransferError> {
+pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected, TransferError> {
     let dir = crate::trust::config_dir(opts.config_dir.as_deref());
     let identity = crate::trust::find_identity(opts.identity.as_deref(), &dir)
         .map_err(TransferError::Usage)?;
@@ -92,7 +91,18 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Stream, Tr
         .unwrap_or_else(|| dir.join("known_hosts"));
     let label = known_hosts::host_label(host, port);
     let fp = key.fingerprint();
-    match known_hosts::check(&known, &label, &key).map_err(TransferError::Usage)? {
+    let mut added = None;
+    // known_hosts cannot be read or written: a local fault (the text already
+    // names the file)
+    let shown = known.display().to_string();
+    let local = |text: String| TransferError::Local {
+        text: match text.strip_prefix(&format!("{shown}: ")) {
+            Some(t) => t.to_string(),
+            None => text,
+        },
+        path: shown.clone(),
+    };
+    match known_hosts::check(&known, &label, &key).map_err(local)? {
         HostKeyStatus::Known => {}
         HostKeyStatus::Changed(old) => {
             return Err(TransferError::HostKey(format!(
@@ -104,37 +114,29 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Stream, Tr
             )))
         }
         HostKeyStatus::Unknown => {
-            let mode = opts.host_key_check.unwrap_or(if std::io::stdin().is_terminal() {
-                HostKeyCheck::Ask
-            } else {
-                HostKeyCheck::Strict
-            });
-            let accepted = match mode {
-                HostKeyCheck::Strict => false,
-                HostKeyCheck::AcceptNew => true,
-                HostKeyCheck::Ask => ask(&format!(
-                    "The authenticity of daemon '{label}' can't be established.\n\
-                     ED25519 key fingerprint is {fp}.\n\
-                     Are you sure you want to continue connecting (yes/no)? "
-                )),
+            let unknown = UnknownHost {
+                label,
+                fingerprint: fp,
+                known_hosts: known,
             };
-            if !accepted {
+            if opts.host_key.decide(&unknown) == HostKeyDecision::Refuse {
                 return Err(TransferError::HostKey(format!(
-                    "daemon {label} has an unknown key {fp}; refusing (--host-key-check={}). \
+                    "daemon {} has an unknown key {}; refusing (--host-key-check={}). \
                      Check the fingerprint with the daemon's administrator, then connect with --host-key-check=accept-new",
-                    match mode {
-                        HostKeyCheck::Strict => "strict",
-                        HostKeyCheck::AcceptNew => "accept-new",
-                        HostKeyCheck::Ask => "ask",
-                    }
+                    unknown.label,
+                    unknown.fingerprint,
+                    opts.host_key.flag()
                 )));
             }
-            known_hosts::add(&known, &label, &key).map_err(TransferError::Usage)?;
-            eprintln!("ferry: permanently added daemon {label} ({fp}) to {}", known.display());
+            known_hosts::add(&unknown.known_hosts, &unknown.label, &key).map_err(local)?;
+            added = Some(unknown);
         }
     }
-    Ok(Stream {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
+    Ok(Connected {
+        stream: Stream {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+        },
+        added,
     })
 }

@@ -1,14 +1,25 @@
-//! Byte streams a session can run over: a child process's stdio (the system
-//! `ssh` running `ferry serve --stdio` on the remote, or a local `ferry serve
-//! --stdio` child) and an in-process pipe pair for local-to-local transfers.
+//! Byte streams a session can run over, and how to reach a peer through one: a
+//! child process's stdio (the system `ssh` running `ferry serve --stdio` on
+//! the remote, or a local `ferry serve --stdio` child), TLS 1.3 to a ferry
+//! daemon, and the extra streams that join an ssh transfer.
+//!
+//! Not for what runs over the streams: the conversation is `session`'s,
+//! serving it is `server`'s (and, for local copies, `transfer`'s). Nothing
+//! here imports those; they import [`Stream`] from here.
 
 pub mod child;
 pub mod daemon;
-pub mod pipe;
 pub mod record;
 pub mod rendezvous;
-pub mod stdio;
 pub mod tls;
+
+use std::io::{Read, Write};
+
+/// A connected byte stream, split into its two directions.
+pub struct Stream {
+    pub reader: Box<dyn Read + Send>,
+    pub writer: Box<dyn Write + Send>,
+}
 
 /// How big a pipe carrying a session is made (the most an unprivileged
 /// process may ask for by default, `/proc/sys/fs/pipe-max-size`).

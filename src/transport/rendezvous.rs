@@ -14,8 +14,8 @@
 //!   user the ssh sessions run as ever meet.
 //! - A joiner that is slow to speak is dropped after [`JOIN_TIMEOUT`].
 
+use super::Stream;
 use crate::proto::NO_STREAM_TOKEN;
-use crate::session::Stream;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,

@@ -42,7 +42,7 @@ impl std::str::FromStr for HostKeyCheck {
 
 /// The name a host is recorded under.
 pub fn host_label(host: &str, port: u16) -> String {
-    if port == crate::server::DEFAULT_PORT {
+    if port == crate::proto::DEFAULT_PORT {
         host.to_string()
     } else {
         format!("[{host}]:{port}")

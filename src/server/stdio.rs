@@ -1,11 +1,15 @@
 //! The remote end of an ssh transfer: `ferry serve --stdio` speaks the protocol
 //! on its stdin and stdout. Extra streams are further `ferry serve --stdio`
-//! processes that hand their channel to this one ([`super::rendezvous`]).
+//! processes that hand their channel to this one
+//! ([`crate::transport::rendezvous`]).
+//!
+//! Not for the daemon ([`super::daemon`]): here the paths are the user's own,
+//! as with rsync over ssh, and ssh has already authenticated the user.
 
-use super::rendezvous;
 use crate::error::TransferError;
 use crate::proto::Summary;
-use crate::session::{self, Deliver, Stream, Streams};
+use crate::session::{self, Deliver, Streams};
+use crate::transport::{rendezvous, widen_pipe, Stream};
 
 /// Serves one session on this process's stdin and stdout.
 pub fn serve() -> Result<Summary, TransferError> {
@@ -20,8 +24,8 @@ pub fn serve() -> Result<Summary, TransferError> {
         })
     };
     // sshd hands us pipes
-    super::widen_pipe(rustix::stdio::stdin());
-    super::widen_pipe(rustix::stdio::stdout());
+    widen_pipe(rustix::stdio::stdin());
+    widen_pipe(rustix::stdio::stdout());
     let stream = Stream {
         reader: Box::new(dup(rustix::stdio::stdin())?),
         writer: Box::new(dup(rustix::stdio::stdout())?),

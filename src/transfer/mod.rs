@@ -1,7 +1,13 @@
 //! The library's front door: a [`Plan`] (sources, destination, options) becomes
-//! a running transfer over the right transport, reporting [`Event`]s and
-//! cancellable from another thread. The CLI and (later) the daemon's job API
-//! both drive this; it never prints or exits.
+//! a running transfer, reporting [`Event`]s and cancellable from another
+//! thread. Each address is first resolved to an [`endpoint`]: a store this
+//! process reads or writes itself, or a peer that serves the other half of the
+//! session. Store to store runs both halves in-process (`local`); store to
+//! peer runs the client half against the peer, over ssh or TLS.
+//!
+//! The CLI and (later) the daemon's job API both drive this. Not for printing,
+//! prompting or exiting: that is the caller's, through the events and the
+//! [`DaemonOptions`] host-key policy it supplies.
 
 use crate::error::TransferError;
 use crate::location::Location;
@@ -10,9 +16,14 @@ use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
 use crate::transport::child::{ChildPeer, SshOptions};
 use crate::transport::daemon::{self, DaemonOptions};
-use crate::transport::pipe;
+use crate::transport::Stream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+pub mod endpoint;
+mod local;
+
+use endpoint::{Endpoint, Peer, Store};
 
 pub use crate::proto::{Event, EventKind};
 
@@ -34,23 +45,6 @@ pub struct Outcome {
     pub sent: u64,
     /// Bytes this side read from the connection.
     pub received: u64,
-}
-
-fn unsupported(loc: &Location) -> Option<TransferError> {
-    match loc {
-        Location::S3 { .. } => Some(TransferError::Usage(
-            "s3:// addresses are not supported by this build yet".into(),
-        )),
-        _ => None,
-    }
-}
-
-fn local_path(loc: &Location) -> Vec<u8> {
-    match loc {
-        Location::Local(p) => p.clone(),
-        Location::Ssh { path, .. } | Location::Daemon { path, .. } => path.clone(),
-        Location::S3 { prefix, .. } => prefix.clone().into_bytes(),
-    }
 }
 
 /// Whether a failed transfer is worth trying again: the connection broke, not
@@ -110,151 +104,92 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
 }
 
 fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
-    if plan.sources.is_empty() {
-        return Err(TransferError::Usage("no source given".into()));
+    let route = endpoint::route(&plan.sources, &plan.dest)?;
+    let mut options = plan.options.clone();
+    if let Endpoint::Store(_) = route.serving {
+        // extra streams exist only to a peer (a daemon, or over ssh)
+        options.streams = 1;
     }
-    for loc in plan.sources.iter().chain([&plan.dest]) {
-        if let Some(e) = unsupported(loc) {
-            return Err(e);
-        }
-    }
-    let remote_sources: Vec<&Location> = plan.sources.iter().filter(|l| !l.is_local()).collect();
-    // extra streams exist only to a remote (a daemon, or over ssh)
-    let mut plan = plan.clone();
-    if plan.dest.is_local() && remote_sources.is_empty() {
-        plan.options.streams = 1;
-    }
-    let plan = &plan;
-    let counters = Arc::new(Counters::default());
-    let outcome = |summary: Summary| Outcome {
-        summary,
-        sent: counters.sent.load(Ordering::Relaxed),
-        received: counters.received.load(Ordering::Relaxed),
+    let request = Request {
+        role: route.role,
+        paths: route.served_paths,
+        options,
     };
-    match (&plan.dest, remote_sources.is_empty()) {
-        (Location::Local(dest), true) => {
-            let (stream, server) = pipe::local_server()?;
-            let request = Request {
-                role: Role::ServerReceives,
-                paths: vec![dest.clone()],
-                options: plan.options.clone(),
-            };
-            let sources = plan.sources.iter().map(local_path).collect();
-            let client =
-                session::run_client(stream, request, sources, events, cancel, counters.clone());
-            let server = server.join().unwrap_or_else(|_| {
-                Err(TransferError::Remote("the local receiver panicked".into()))
-            });
-            match (client, server) {
-                (Ok(s), _) => Ok(outcome(s)),
-                // the receiver's own error says more than what reached the sender
-                (Err(TransferError::Connection(_) | TransferError::Remote(_)), Err(e)) => Err(e),
-                (Err(e), _) => Err(e),
-            }
+    let local_paths = route.local_paths;
+    let counters = Arc::new(Counters::default());
+    let summary = match route.serving {
+        Endpoint::Store(Store::Local) => {
+            local::run(request, local_paths, events, cancel, &counters)?
         }
-        (Location::Ssh { user, host, path }, true) => {
-            let request = Request {
-                role: Role::ServerReceives,
-                paths: vec![path.clone()],
-                options: plan.options.clone(),
-            };
-            let sources = plan.sources.iter().map(local_path).collect();
-            over_ssh(
-                plan, user, host, request, sources, events, cancel, &counters,
-            )
-            .map(outcome)
-        }
-        (Location::Daemon { host, port, path }, true) => {
-            let port = port.unwrap_or(crate::server::DEFAULT_PORT);
-            let stream = daemon::connect(host, port, &plan.daemon)?;
-            let request = Request {
-                role: Role::ServerReceives,
-                paths: vec![path.clone()],
-                options: plan.options.clone(),
-            };
-            let sources = plan.sources.iter().map(local_path).collect();
-            let more = || daemon::connect(host, port, &plan.daemon);
+        Endpoint::Peer(Peer::Ssh { user, host }) => over_ssh(
+            plan,
+            user,
+            host,
+            request,
+            local_paths,
+            events,
+            cancel,
+            &counters,
+        )?,
+        Endpoint::Peer(Peer::Daemon { host, port }) => {
+            let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
+            let stream = connect_daemon(host, port, &plan.daemon, events)?;
+            let more = || connect_daemon(host, port, &plan.daemon, events);
             session::run_client_streams(
                 stream,
                 request,
-                sources,
+                local_paths,
                 events,
                 cancel,
                 counters.clone(),
                 Some(&more),
-            )
-            .map(outcome)
+            )?
         }
-        (Location::Local(dest), false) => {
-            let first = remote_sources[0];
-            let same_place = plan.sources.iter().all(|l| match (l, first) {
-                (
-                    Location::Ssh {
-                        user: u, host: h, ..
-                    },
-                    Location::Ssh { user, host, .. },
-                ) => u == user && h == host,
-                (
-                    Location::Daemon {
-                        host: h, port: p, ..
-                    },
-                    Location::Daemon { host, port, .. },
-                ) => h == host && p == port,
-                _ => false,
-            });
-            if !same_place {
-                return Err(TransferError::Usage(
-                    "all remote sources must be on the same host, and local and remote sources cannot be mixed".into(),
-                ));
-            }
-            let request = Request {
-                role: Role::ServerSends,
-                paths: plan.sources.iter().map(local_path).collect(),
-                options: plan.options.clone(),
-            };
-            let dest = vec![dest.clone()];
-            match first {
-                Location::Ssh { user, host, .. } => {
-                    over_ssh(plan, user, host, request, dest, events, cancel, &counters)
-                        .map(outcome)
-                }
-                Location::Daemon { host, port, .. } => {
-                    let port = port.unwrap_or(crate::server::DEFAULT_PORT);
-                    let stream = daemon::connect(host, port, &plan.daemon)?;
-                    let more = || daemon::connect(host, port, &plan.daemon);
-                    session::run_client_streams(
-                        stream,
-                        request,
-                        dest,
-                        events,
-                        cancel,
-                        counters.clone(),
-                        Some(&more),
-                    )
-                    .map(outcome)
-                }
-                _ => unreachable!("remote sources are ssh or daemon"),
-            }
-        }
-        _ => Err(TransferError::Usage(
-            "remote-to-remote transfers are not supported: one side must be local".into(),
-        )),
-    }
+    };
+    Ok(Outcome {
+        summary,
+        sent: counters.sent.load(Ordering::Relaxed),
+        received: counters.received.load(Ordering::Relaxed),
+    })
 }
 
 /// Lists what a daemon offers: its modules (`host::`), or the entries at a
 /// module path (`host::module/path`), as (name, entry) pairs.
+/// Notices (a daemon key just recorded) go to `events`.
 pub fn list_daemon(
     host: &str,
     port: Option<u16>,
     path: &[u8],
     opts: &DaemonOptions,
+    events: &EventFn<'_>,
 ) -> Result<Listing, TransferError> {
-    let stream = daemon::connect(host, port.unwrap_or(crate::server::DEFAULT_PORT), opts)?;
+    let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
+    let stream = connect_daemon(host, port, opts, events)?;
     if path.is_empty() {
         return session::list_modules(stream).map(Listing::Modules);
     }
     session::list_entries(stream, path.to_vec()).map(Listing::Entries)
+}
+
+/// Connects to a daemon; a key recorded on the way is told to `events` as a
+/// notice.
+fn connect_daemon(
+    host: &str,
+    port: u16,
+    opts: &DaemonOptions,
+    events: &EventFn<'_>,
+) -> Result<Stream, TransferError> {
+    let connected = daemon::connect(host, port, opts)?;
+    if let Some(host) = connected.added {
+        events(Event {
+            kind: EventKind::Notice,
+            name: Vec::new(),
+            a: 0,
+            b: 0,
+            text: host.added_notice().into_bytes(),
+        });
+    }
+    Ok(connected.stream)
 }
 
 /// What `ferry ls` shows.
@@ -268,7 +203,7 @@ pub enum Listing {
 #[allow(clippy::too_many_arguments)]
 fn over_ssh(
     plan: &Plan,
-    user: &Option<String>,
+    user: Option<&str>,
     host: &str,
     request: Request,
     local_paths: Vec<Vec<u8>>,
@@ -276,14 +211,14 @@ fn over_ssh(
     cancel: &Cancel,
     counters: &Arc<Counters>,
 ) -> Result<Summary, TransferError> {
-    let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &plan.ssh)?;
+    let (peer, stream) = ChildPeer::ssh(user, host, &plan.ssh)?;
     let extra = std::sync::Mutex::new(Vec::new());
     let extra_ssh = SshOptions {
         extra: true,
         ..plan.ssh.clone()
     };
     let more = || {
-        let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, &extra_ssh)?;
+        let (peer, stream) = ChildPeer::ssh(user, host, &extra_ssh)?;
         extra.lock().unwrap_or_else(|p| p.into_inner()).push(peer);
         Ok(stream)
     };

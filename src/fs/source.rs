@@ -1,0 +1,118 @@
+//! The local filesystem as a [`Source`]: the scan ([`super::scan`]) lists,
+//! files are opened by path, or beneath a daemon module's root without
+//! following any symlink when the transfer is confined to it. Read-side only:
+//! nothing here writes (that is [`super::dest`]).
+//!
+//! # Security
+//! A confined source opens every file beneath the module root held as a
+//! directory handle (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a
+//! path listed inside the module that a symlink swapped in since would lead out
+//! of it is refused, not followed.
+
+use super::scan;
+use crate::proto::ListStart;
+use crate::store::source::{ListOptions, Listed, Source, SourceFile, Stamp};
+use rustix::fs::{Mode, OFlags};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Files on this host's disk, listed by the scan and opened by path.
+#[derive(Default)]
+pub struct LocalSource {
+    /// The module root (path and handle) when confined.
+    confine: Option<(PathBuf, OwnedFd)>,
+}
+
+impl LocalSource {
+    /// A source whose files are all opened beneath `root`, a module root the
+    /// administrator configured.
+    pub fn confined(root: &Path) -> io::Result<LocalSource> {
+        let fd = open_dir(root)?;
+        Ok(LocalSource {
+            confine: Some((root.to_path_buf(), fd)),
+        })
+    }
+}
+
+impl Source for LocalSource {
+    type Handle = PathBuf;
+    type File = File;
+
+    fn list_start(&self, roots: &[Vec<u8>], opts: &ListOptions) -> ListStart {
+        scan::list_start(roots, opts)
+    }
+
+    fn list<E>(
+        &self,
+        roots: &[Vec<u8>],
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<PathBuf>) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        scan::scan(roots, opts, emit)
+    }
+
+    /// Opens a listed file: beneath the module root when confined.
+    fn open(&self, path: &PathBuf) -> io::Result<File> {
+        match &self.confine {
+            Some((root, fd)) => {
+                let rel = path.strip_prefix(root).map_err(|_| {
+                    io::Error::new(io::ErrorKind::PermissionDenied, "outside the module")
+                })?;
+                open_beneath(fd, rel)
+            }
+            None => File::open(path),
+        }
+    }
+
+    fn name<'h>(&self, path: &'h PathBuf) -> &'h [u8] {
+        path.as_os_str().as_encoded_bytes()
+    }
+}
+
+impl SourceFile for File {
+    /// Size and mtime.
+    fn stamp(&self) -> io::Result<Stamp> {
+        let m = self.metadata()?;
+        Ok(Stamp {
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        })
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+
+    fn try_clone(&self) -> io::Result<File> {
+        File::try_clone(self)
+    }
+}
+
+/// Opens `rel` for reading beneath the directory `root`, refusing any symlink
+/// on the way and any `..` out of it (`openat2` with `RESOLVE_BENEATH` and
+/// `RESOLVE_NO_SYMLINKS`): what a daemon sends from a module stays in it.
+pub fn open_beneath(root: &OwnedFd, rel: &Path) -> io::Result<File> {
+    let fd = rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+    )
+    .map_err(io::Error::from)?;
+    Ok(File::from(fd))
+}
+
+/// Opens a directory the administrator configured (a module root).
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}

@@ -1,0 +1,274 @@
+//! The sending side: lists the sources, then answers the receiver's requests with
+//! whole files (streamed, hashed, compressed where that pays) or with recipes and
+//! the chunks the receiver lacks.
+//!
+//! This file holds the setup and the main loop: the list, then one request at a
+//! time. What each request leads to lives beside it: [`requests`] (the reader
+//! thread and the order requests are served in), [`source`] (opening listed
+//! files, noticing a file that changed, giving up on one), [`whole`] (a file
+//! sent whole), [`recipe`] (a file sent as spans, a recipe and the chunks
+//! asked for, following the rules kept by the sans-IO [`ledger`]) and
+//! [`segments`] (a large file cut across extra streams). It does
+//! not decide what the receiver may ask: the receiver decides, this side checks.
+//!
+//! # Security
+//! The receiver may only ask for regular files this side listed, each once, and
+//! only for chunks of a recipe this side sent. Anything else ends the session:
+//! nothing derived from a file that was not listed ever leaves the host.
+
+mod ledger;
+mod recipe;
+mod requests;
+mod segments;
+mod source;
+#[cfg(test)]
+mod tests;
+mod whole;
+
+use super::wire::{FrameReader, FrameWriter};
+use super::{Cancel, EventFn};
+use crate::error::TransferError;
+use crate::filter::Filters;
+use crate::fs::source::LocalSource;
+use crate::proto::{Event, EventKind, Message, Options, Summary, BLOCK_SIZE, LIST_AHEAD};
+use crate::session::compress::Packer;
+use crate::store::source::{ListOptions, Listed, Source};
+use ledger::Ledger;
+use recipe::Reading;
+use requests::{read_requests, FromPeer};
+use segments::{SentBy, Streams};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+pub struct Config<'a> {
+    pub sources: Vec<Vec<u8>>,
+    pub options: Options,
+    /// The client's event callback; `None` on a server (events go to the peer).
+    pub events: Option<&'a EventFn<'a>>,
+    /// A daemon module root: every source is inside it, and files are opened
+    /// beneath it without following symlinks.
+    pub confine: Option<PathBuf>,
+    /// Extra streams joining this transfer: large files are cut into segments
+    /// sent over all streams at once.
+    pub joins: Option<mpsc::Receiver<super::Stream>>,
+}
+
+struct Sender<'a, W: Write, S: Source> {
+    writer: FrameWriter<W>,
+    events: Option<&'a EventFn<'a>>,
+    options: Options,
+    /// Regular files listed and not asked for yet, by index: at most
+    /// [`LIST_AHEAD`] entries beyond what the receiver acknowledged.
+    files: HashMap<u32, S::Handle>,
+    /// Entries listed so far, and as many acknowledged by the receiver.
+    listed: u32,
+    acked: u32,
+    /// The recipes on offer: which `Need` answers what (sans-IO).
+    recipes: Ledger<Reading<S>>,
+    packer: Packer,
+    buf: Vec<u8>,
+    rx: mpsc::Receiver<FromPeer>,
+    /// Requests that arrived while a file was being sent, in order.
+    deferred: std::collections::VecDeque<FromPeer>,
+    finished: Option<Summary>,
+    cancel: &'a Cancel,
+    /// Where the listed files are read from.
+    source: &'a S,
+    /// Extra streams, the workers sending segments on them, and the files
+    /// being sent in segments.
+    streams: Streams<S>,
+}
+
+/// Runs the sending side over the local filesystem (beneath the module root
+/// when confined) until the receiver reports it is done.
+pub fn run<R, W>(
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    cfg: Config,
+    cancel: &Cancel,
+) -> Result<Summary, TransferError>
+where
+    R: Read + Send + 'static,
+    W: Write,
+{
+    let confine = cfg.confine.clone();
+    run_from(reader, writer, cfg, cancel, move || match confine {
+        Some(root) => LocalSource::confined(&root)
+            .map_err(|e| TransferError::local(root.display().to_string(), &e)),
+        None => Ok(LocalSource::default()),
+    })
+}
+
+/// Runs the sending side over the source that `open` gives (called once the
+/// reader thread runs) until the receiver reports it is done.
+pub fn run_from<R, W, S>(
+    reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+    cfg: Config,
+    cancel: &Cancel,
+    open: impl FnOnce() -> Result<S, TransferError>,
+) -> Result<Summary, TransferError>
+where
+    R: Read + Send + 'static,
+    W: Write,
+    S: Source,
+{
+    // --bwlimit is for the whole transfer: each stream gets its share
+    let per_stream_rate = cfg.options.bwlimit / cfg.options.streams.max(1) as u64;
+    writer.set_rate(per_stream_rate);
+    let (tx, rx) = mpsc::channel();
+    let reports = tx.clone();
+    let reader_thread = std::thread::Builder::new()
+        .name("ferry-send-rx".into())
+        .spawn(move || read_requests(reader, tx))
+        .map_err(|e| TransferError::local("thread", &e))?;
+    let source = open()?;
+    let mut s = Sender {
+        writer,
+        events: cfg.events,
+        options: cfg.options,
+        files: HashMap::new(),
+        listed: 0,
+        acked: 0,
+        recipes: Ledger::default(),
+        packer: Packer::new(None),
+        buf: vec![0; BLOCK_SIZE],
+        rx,
+        deferred: Default::default(),
+        finished: None,
+        cancel,
+        source: &source,
+        streams: Streams::new(cfg.joins, reports),
+    };
+    s.packer = Packer::new(s.options.zstd_level());
+    let result = s.run(&cfg.sources);
+    match result {
+        Ok(summary) => {
+            let _ = reader_thread.join();
+            Ok(summary)
+        }
+        Err(e) => {
+            if !matches!(e, TransferError::Connection(_) | TransferError::Remote(_)) {
+                let _ = s.writer.send(&Message::Fatal(e.to_string().into_bytes()));
+                let _ = s.writer.flush();
+            }
+            Err(e)
+        }
+    }
+}
+
+impl<W: Write, S: Source> Sender<'_, W, S> {
+    fn emit(&mut self, kind: EventKind, name: &[u8], text: String) -> Result<(), TransferError> {
+        let e = Event {
+            kind,
+            name: name.to_vec(),
+            a: 0,
+            b: 0,
+            text: text.into_bytes(),
+        };
+        match self.events {
+            Some(f) => {
+                f(e);
+                Ok(())
+            }
+            None => self.writer.send(&Message::Event(e)),
+        }
+    }
+
+    fn run(&mut self, sources: &[Vec<u8>]) -> Result<Summary, TransferError> {
+        let filters =
+            Filters::new(&self.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
+        let opts = ListOptions {
+            recursive: self.options.recursive,
+            dirs: self.options.dirs,
+            links: self.options.links,
+            follow_links: self.options.follow_links,
+            hard_links: self.options.hard_links,
+            checksum: self.options.checksum,
+            filters,
+        };
+        let source = self.source;
+        let start = source.list_start(sources, &opts);
+        self.writer.send(&Message::ListStart(start))?;
+        let io_error = source.list(sources, &opts, &mut |item| {
+            self.cancel.check()?;
+            match item {
+                Listed::Entry(entry, path) => {
+                    let regular = entry.kind == crate::proto::Kind::File && entry.link_to.is_none();
+                    if regular {
+                        self.files.insert(self.listed, path);
+                    }
+                    self.listed += 1;
+                    self.writer.send(&Message::Entry(entry))?;
+                    self.poll()?;
+                    self.wait_for_ack()
+                }
+                Listed::Notice(t) => self.emit(EventKind::Notice, b"", t),
+                Listed::Error(t) => self.emit(EventKind::Error, b"", t),
+            }
+        })?;
+        self.writer.send(&Message::ListEnd { io_error })?;
+        loop {
+            if let Some(summary) = self.finished {
+                self.writer.send(&Message::Bye)?;
+                self.writer.flush()?;
+                return Ok(summary);
+            }
+            let job = self.next_job()?;
+            self.cancel.check()?;
+            self.handle(job)?;
+        }
+    }
+
+    fn handle(&mut self, job: FromPeer) -> Result<(), TransferError> {
+        match job {
+            FromPeer::Want { file, delta } => {
+                if self.options.dry_run {
+                    return Err(TransferError::PeerMisbehaved(
+                        "asked for file data in a dry run".into(),
+                    ));
+                }
+                let path = self.files.remove(&file).ok_or_else(|| {
+                    TransferError::PeerMisbehaved(format!(
+                        "asked for file {file}, which is not a regular file in the list or was asked for before"
+                    ))
+                })?;
+                if let Some(key) = delta {
+                    self.recipes
+                        .room()
+                        .map_err(|v| TransferError::PeerMisbehaved(v.0))?;
+                    self.send_recipe(file, &path, &key)
+                } else {
+                    self.send_whole(file, &path)
+                }
+            }
+            FromPeer::Need { file, ranges } => self.send_needed(file, &ranges),
+            FromPeer::ListAck(entries) => {
+                if entries > self.listed || entries < self.acked {
+                    return Err(TransferError::PeerMisbehaved(format!(
+                        "acknowledged {entries} list entries of {}",
+                        self.listed
+                    )));
+                }
+                // the receiver asked for what it wants of those entries
+                // before it said so: the rest will not be asked for
+                self.acked = entries;
+                self.files.retain(|&i, _| i >= entries);
+                Ok(())
+            }
+            FromPeer::Finish(s) => {
+                self.finished = Some(s);
+                Ok(())
+            }
+            FromPeer::Event(e) => self.deliver(e),
+            FromPeer::SegmentDone {
+                file,
+                start,
+                result,
+            } => self.segment_done(file, start, result, SentBy::Worker),
+            FromPeer::Failed(e) => Err(e),
+        }
+    }
+}

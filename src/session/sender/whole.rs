@@ -1,0 +1,68 @@
+//! A file sent whole: read in blocks, checked with XXH3 as it goes, compressed
+//! where that pays, then `FileEnd` if the file did not change meanwhile. Not for
+//! large files when extra streams exist ([`super::segments`]) nor for files
+//! the receiver rebuilds from old data ([`super::recipe`]).
+
+use super::segments::SEGMENT_MIN;
+use super::source::unchanged;
+use super::Sender;
+use crate::chunk::WholeCheck;
+use crate::error::{io_text, TransferError};
+use crate::proto::Message;
+use crate::store::source::Source;
+use std::io::{Read, Write};
+
+impl<W: Write, S: Source> Sender<'_, W, S> {
+    pub(super) fn send_whole(&mut self, file: u32, path: &S::Handle) -> Result<(), TransferError> {
+        let Some((mut f, before)) = self.open_listed(file, path)? else {
+            return Ok(());
+        };
+        self.attach_streams(before.size >= SEGMENT_MIN);
+        if self.streams.attached() && before.size >= SEGMENT_MIN {
+            return self.send_segmented(file, path, f, before);
+        }
+        self.packer.reset();
+        let mut check = WholeCheck::default();
+        let mut total = 0u64;
+        loop {
+            let n = match read_full(&mut f, &mut self.buf) {
+                Ok(n) => n,
+                Err(e) => return self.give_up(file, path, format!("read failed: {}", io_text(&e))),
+            };
+            if n == 0 {
+                break;
+            }
+            let block = &self.buf[..n];
+            check.update(block);
+            total += n as u64;
+            let (compressed, bytes) = self.packer.pack(block);
+            self.writer.send_data(file, compressed, n as u32, bytes)?;
+            self.pass_events()?;
+            if n < self.buf.len() {
+                break;
+            }
+        }
+        if let Err(why) = unchanged(&f, &before, total) {
+            return self.give_up(file, path, why);
+        }
+        self.writer.send(&Message::FileEnd {
+            file,
+            size: total,
+            hash: check.finish(),
+        })
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,67 @@
+//! A transfer between two stores this process reaches itself (local to local
+//! today) runs the server half on a thread, connected by two OS pipes: the
+//! same protocol and code as over ssh, with nothing to install.
+//!
+//! Not a transport: nothing here reaches another machine. It is the
+//! in-process pair that a store which cannot speak ferry's protocol (S3,
+//! SFTP next) will run both session halves through.
+
+use crate::error::TransferError;
+use crate::proto::{Request, Summary};
+use crate::session::wire::Counters;
+use crate::session::{self, Cancel, EventFn};
+use crate::transport::Stream;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Runs `request` against an in-process server: the client half here, on
+/// `local_paths`, the server half on a thread.
+pub(super) fn run(
+    request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: &Arc<Counters>,
+) -> Result<Summary, TransferError> {
+    let (stream, server) = local_server()?;
+    let client = session::run_client(
+        stream,
+        request,
+        local_paths,
+        events,
+        cancel,
+        counters.clone(),
+    );
+    let server = server
+        .join()
+        .unwrap_or_else(|_| Err(TransferError::Remote("the local receiver panicked".into())));
+    match (client, server) {
+        (Ok(s), _) => Ok(s),
+        // the receiver's own error says more than what reached the sender
+        (Err(TransferError::Connection(_) | TransferError::Remote(_)), Err(e)) => Err(e),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Starts `serve` on a thread and returns the client's end of the stream.
+fn local_server() -> Result<(Stream, JoinHandle<Result<Summary, TransferError>>), TransferError> {
+    let pipe = |e: std::io::Error| TransferError::local("pipe", &e);
+    let (to_server_r, to_server_w) = std::io::pipe().map_err(pipe)?;
+    let (to_client_r, to_client_w) = std::io::pipe().map_err(pipe)?;
+    let server = std::thread::Builder::new()
+        .name("ferry-local-server".into())
+        .spawn(move || {
+            session::serve(Stream {
+                reader: Box::new(to_server_r),
+                writer: Box::new(to_client_w),
+            })
+        })
+        .map_err(|e| TransferError::local("thread", &e))?;
+    Ok((
+        Stream {
+            reader: Box::new(to_client_r),
+            writer: Box::new(to_server_w),
+        },
+        server,
+    ))
+}
