@@ -6,6 +6,7 @@
 use super::index::ReadAt;
 use super::intake::Accepted;
 use super::{listed, Receiver};
+use crate::check::file_checksum;
 use crate::error::{io_text, TransferError};
 use crate::fs::names::{escape, split_parent};
 use crate::proto::{Entry, EventKind, Kind};
@@ -258,8 +259,7 @@ impl<D: Destination> Receiver<'_, D> {
         let Ok(f) = dest.open_basis(rel) else {
             return false;
         };
-        let mut h = blake3::Hasher::new();
-        h.update_reader(ReadAt { file: &f, pos: 0 }).is_ok() && *h.finalize().as_bytes() == want
+        file_checksum(ReadAt { file: &f, pos: 0 }).is_ok_and(|c| c == want)
     }
 
     /// An up-to-date file may still need its permissions or owner fixed.

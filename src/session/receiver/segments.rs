@@ -5,6 +5,7 @@
 use super::incoming::Incoming;
 use super::RECIPE_SLACK;
 use super::{violation, write_error, Receiver};
+use crate::check::segment_manifest;
 use crate::chunk::WholeCheck;
 use crate::error::TransferError;
 use crate::fs::names::escape;
@@ -173,17 +174,15 @@ impl<D: Destination> Receiver<'_, D> {
         };
         done.sort();
         let mut expect = 0u64;
-        let mut manifest = blake3::Hasher::new();
         let mut contiguous = true;
-        for &(start, len, h) in &done {
+        for &(start, len, _) in &done {
             contiguous &= start == expect;
             expect = start + len;
-            manifest.update(&h);
         }
         let ok = contiguous
             && expect == size
             && temp.len() == size
-            && *manifest.finalize().as_bytes() == hash;
+            && segment_manifest(done.iter().map(|d| &d.2)) == hash;
         let name = self.entries[file as usize].name.clone();
         if !ok {
             self.progress.remove(&file);
