@@ -1,6 +1,17 @@
 //! The receiving side: takes the file list, decides per entry what to do (skip,
 //! create, fetch whole, rebuild from a basis), asks the sender for what it lacks,
 //! verifies everything that arrives, and publishes each file atomically.
+//! It writes through a [`Destination`] (the local filesystem's is
+//! [`crate::fs::dest::Dest`]) and is monomorphic over it.
+//!
+//! One concept per file, along rsync's lines: `pumps` (its `io.c`: the
+//! stream threads), `intake` and `recipe` (the rules of what may arrive
+//! when, sans-IO), `open` (naming the destination), `generator` (per-entry
+//! decisions), `schedule` (what to ask for next), `basis` and `index`
+//! (old data to rebuild from), `incoming` (each file's state), `publish`
+//! (whole files and file ends, rsync's `receiver.c`), `segments`,
+//! `rebuild`, `finish` (`hlink.c` and `delete.c`) and `progress`. This
+//! file holds the setup, the main loop and the dispatch of each message.
 //!
 //! # Security
 //! Every name, count, length and index from the sender is checked before use:
@@ -8,7 +19,7 @@
 //! list order (a directory before its contents, no name twice), data only for
 //! files this side asked for, chunks against their recipe hash, whole files
 //! against their check value ([`crate::chunk::RebuildCheck`], under a key
-//! drawn here, for a file rebuilt from old data; [`WholeCheck`] for one sent
+//! drawn here, for a file rebuilt from old data; [`crate::chunk::WholeCheck`] for one sent
 //! whole) before they are renamed into place. A
 //! violation ends the session; what was written so far stays in partial
 //! files, never at a final path.
@@ -222,7 +233,7 @@ where
     }
 }
 
-/// What the peer did wrong, as the sans-IO cores ([`intake`], [`recipe`])
+/// What the peer did wrong, as the sans-IO cores (`intake`, [`recipe`])
 /// say it: it ends the session as [`TransferError::PeerMisbehaved`], with
 /// this text.
 #[derive(Debug, Clone, PartialEq, Eq)]

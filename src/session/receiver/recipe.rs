@@ -7,7 +7,7 @@
 //! A plain struct driven by method calls, like `quinn-proto`: no files,
 //! threads, clocks or channels. It does not look anything up: the caller
 //! says where it has a span (`have`), and plans the chunks of lacked spans
-//! with its own index ([`super::rebuild`]).
+//! with its own index (the receiver's `rebuild`).
 //!
 //! # Security
 //! Spans, chunk counts and lengths are the sender's word. A span must hold
