@@ -24,7 +24,7 @@ impl<D: Destination> Receiver<'_, D> {
     /// directory its new version is written to.
     pub(super) fn spill_dir(&mut self, index: u32) -> Option<Arc<OwnedFd>> {
         let parent = split_parent(&self.entries[index as usize].rel).0.to_vec();
-        self.dest.as_mut()?.spill_dir(&parent)
+        self.dest.get()?.spill_dir(&parent)
     }
 
     /// Files whose chunks may rebuild entry `index`: the old file at its path,
@@ -33,7 +33,7 @@ impl<D: Destination> Receiver<'_, D> {
         let l = &self.entries[index as usize];
         let rel = l.rel.clone();
         let is_new = l.is_new;
-        let Some(dest) = self.dest.as_mut() else {
+        let Some(dest) = self.dest.get() else {
             return (Vec::new(), false);
         };
         let mut out = Vec::new();
@@ -52,11 +52,7 @@ impl<D: Destination> Receiver<'_, D> {
         }
         let size = self.entries[index as usize].size;
         for candidate in self.similar_files(&rel, size) {
-            if let Some(f) = self
-                .dest
-                .as_mut()
-                .and_then(|d| d.open_basis(&candidate).ok())
-            {
+            if let Some(f) = self.dest.get().and_then(|d| d.open_basis(&candidate).ok()) {
                 out.push(f);
             }
         }
@@ -84,7 +80,7 @@ impl<D: Destination> Receiver<'_, D> {
         if dir != b"." {
             let (grand, here) = split_parent(dir);
             let (grand, here) = (grand.to_vec(), here.to_vec());
-            if let Some(dest) = self.dest.as_mut() {
+            if let Some(dest) = self.dest.get() {
                 let siblings = dest.list(&grand).unwrap_or_default();
                 for (sibling, is_dir) in siblings.into_iter().take(SIMILAR_SIBLINGS) {
                     if !is_dir || sibling == here || sibling == crate::fs::PARTIAL_DIR {
@@ -110,7 +106,7 @@ impl<D: Destination> Receiver<'_, D> {
         if let Some(v) = self.dir_cache.get(dir) {
             return v.clone();
         }
-        let dest = self.dest.as_mut()?;
+        let dest = self.dest.get()?;
         let listing = dest.list(dir).ok().unwrap_or_default();
         let files = (listing.len() <= SIMILAR_DIR_LIMIT).then(|| {
             listing

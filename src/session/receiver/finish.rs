@@ -31,7 +31,7 @@ impl<D: Destination> Receiver<'_, D> {
             if self.opts.dry_run {
                 continue;
             }
-            let dest = self.dest.as_mut().expect("destination open");
+            let dest = self.dest.open();
             if let Err(e) = dest.hardlink(&trel, &rel) {
                 let shown = dest.show(&rel);
                 self.file_error(&name, format!("link {shown}: {}", io_text(&e)));
@@ -52,7 +52,7 @@ impl<D: Destination> Receiver<'_, D> {
             }
         }
         // before directory times are set: removing an entry changes its parent's mtime
-        if let Some(dest) = self.dest.as_mut() {
+        if let Some(dest) = self.dest.get() {
             for dir in std::mem::take(&mut self.partial_dirs) {
                 dest.tidy_dir(&dir);
             }
@@ -66,7 +66,7 @@ impl<D: Destination> Receiver<'_, D> {
             {
                 continue;
             }
-            let Some(dest) = self.dest.as_mut() else {
+            let Some(dest) = self.dest.get() else {
                 continue;
             };
             // a directory already as it should be is left alone
@@ -90,7 +90,7 @@ impl<D: Destination> Receiver<'_, D> {
         // changed (syncfs would also wait for other writers on the filesystem)
         let changed = self.summary.transferred > 0 || self.summary.deleted > 0 || self.touched;
         if !self.opts.dry_run && changed {
-            if let Some(dest) = &self.dest {
+            if let Some(dest) = self.dest.get_ref() {
                 dest.sync_all()
                     .map_err(|e| TransferError::local(escape(&self.dest_path), &e))?;
             }
@@ -101,7 +101,7 @@ impl<D: Destination> Receiver<'_, D> {
     pub(super) fn delete_extraneous(&mut self) {
         for &index in &self.dirs.clone() {
             let rel = self.entries[index as usize].rel.clone();
-            let Some(dest) = self.dest.as_mut() else {
+            let Some(dest) = self.dest.get() else {
                 return;
             };
             let Ok(children) = dest.list(&rel) else {
@@ -133,7 +133,7 @@ impl<D: Destination> Receiver<'_, D> {
                     continue;
                 }
                 let backup = self.opts.backup_suffix.clone();
-                let dest = self.dest.as_mut().expect("destination open");
+                let dest = self.dest.open();
                 if let Err(e) = dest.remove(&crel, backup.as_deref()) {
                     let shown = dest.show(&crel);
                     self.file_error(

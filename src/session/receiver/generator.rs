@@ -52,7 +52,7 @@ impl<D: Destination> Receiver<'_, D> {
         if e.kind == Kind::File {
             self.summary.total_size += e.size;
         }
-        let existing = match self.dest.as_mut() {
+        let existing = match self.dest.get() {
             Some(_) if self.made_dirs.contains(split_parent(&rel).0) => None,
             Some(d) => match d.stat(&rel) {
                 Ok(x) => x,
@@ -89,7 +89,7 @@ impl<D: Destination> Receiver<'_, D> {
         if self.opts.dry_run {
             return true;
         }
-        let Some(dest) = self.dest.as_mut() else {
+        let Some(dest) = self.dest.get() else {
             return true;
         };
         let non_empty_dir =
@@ -137,7 +137,7 @@ impl<D: Destination> Receiver<'_, D> {
         if self.opts.dry_run || rel == b"." {
             return Ok(());
         }
-        let dest = self.dest.as_mut().expect("destination open");
+        let dest = self.dest.open();
         match dest.mkdir(&rel, 0o700) {
             Ok(()) => {
                 self.made_dirs.insert(rel);
@@ -172,7 +172,7 @@ impl<D: Destination> Receiver<'_, D> {
             return Ok(());
         }
         if existing == Some(ExistingKind::Symlink) {
-            if let Some(dest) = self.dest.as_mut() {
+            if let Some(dest) = self.dest.get() {
                 if dest.readlink(&rel).ok().as_deref() == Some(e.target.as_slice()) {
                     self.entries[index as usize].done = true;
                     return Ok(());
@@ -196,7 +196,7 @@ impl<D: Destination> Receiver<'_, D> {
             return Ok(());
         }
         let meta = self.meta_for(index, false);
-        let dest = self.dest.as_mut().expect("destination open");
+        let dest = self.dest.open();
         let result = dest
             .symlink(&rel, &e.target)
             .and_then(|_| dest.set_meta(&rel, MetaOf::Link, &Meta { mode: None, ..meta }));
@@ -253,7 +253,7 @@ impl<D: Destination> Receiver<'_, D> {
     }
 
     pub(super) fn same_checksum(&mut self, rel: &[u8], want: Option<[u8; 32]>) -> bool {
-        let (Some(want), Some(dest)) = (want, self.dest.as_mut()) else {
+        let (Some(want), Some(dest)) = (want, self.dest.get()) else {
             return false;
         };
         let Ok(f) = dest.open_basis(rel) else {
@@ -286,7 +286,7 @@ impl<D: Destination> Receiver<'_, D> {
         }
         let (rel, name) = (l.rel.clone(), l.name.clone());
         self.touched = true;
-        if let Some(dest) = self.dest.as_mut() {
+        if let Some(dest) = self.dest.get() {
             if let Err(err) = dest.set_meta(&rel, MetaOf::File, &m) {
                 self.file_error(&name, io_text(&err));
             }

@@ -155,7 +155,7 @@ impl<D: Destination> Receiver<'_, D> {
         }
         // a new file goes without a name until it is linked into place
         let unnamed = l.is_new;
-        let dest = self.dest.as_mut().expect("destination open");
+        let dest = self.dest.open();
         let how = TempHow {
             partial,
             sparse: self.opts.sparse,
@@ -250,7 +250,7 @@ impl<D: Destination> Receiver<'_, D> {
         let name = self.entries[file as usize].name.clone();
         if msg.contains("No space left") {
             let rel = self.entries[file as usize].rel.clone();
-            if let Some(dest) = &self.dest {
+            if let Some(dest) = self.dest.get_ref() {
                 let space = dest.space();
                 let free = space.free_bytes;
                 let why = if space.out_of_inodes {
@@ -280,7 +280,7 @@ impl<D: Destination> Receiver<'_, D> {
         };
         if let Some(t) = temp {
             if !t.is_partial() {
-                self.dest.as_mut().expect("destination open").discard(t);
+                self.dest.open().discard(t);
             }
         }
     }

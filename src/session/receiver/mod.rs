@@ -104,9 +104,8 @@ struct Receiver<'a, D: Destination = Dest> {
     events: Option<&'a EventFn<'a>>,
     dest_path: Vec<u8>,
     beneath: Option<PathBuf>,
-    /// Where the destination is, until the first entry opens it.
-    place: Option<Box<dyn Place<Dest = D> + 'a>>,
-    dest: Option<D>,
+    /// The destination: where it is until the first entry opens it.
+    dest: Target<'a, D>,
     /// The list's opening, until the first entry opens the destination.
     list_start: Option<ListStart>,
     /// The rules of the list as it arrives.
@@ -188,8 +187,7 @@ where
         events: cfg.events,
         dest_path: cfg.dest,
         beneath: cfg.beneath,
-        place: Some(Box::new(place)),
-        dest: None,
+        dest: Target::Unopened(Box::new(place)),
         list_start: None,
         intake,
         entries: Listing::default(),
@@ -229,6 +227,50 @@ where
             drop(r);
             let _ = writer_thread.join();
             Err(e)
+        }
+    }
+}
+
+/// The destination of a transfer, from where it is to open.
+enum Target<'a, D: Destination> {
+    /// Until the first entry: where it is (opened once there is something
+    /// to put in it).
+    Unopened(Box<dyn Place<Dest = D> + 'a>),
+    /// A dry run into a directory that does not exist: nothing to look at.
+    Absent,
+    Open(D),
+}
+
+impl<D: Destination> Target<'_, D> {
+    /// The destination, when there is one to look at.
+    fn get(&mut self) -> Option<&mut D> {
+        match self {
+            Target::Open(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn get_ref(&self) -> Option<&D> {
+        match self {
+            Target::Open(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The destination, to change it. Changes come only after the first
+    /// entry opened it and never in a dry run, the one case that leaves it
+    /// absent: this is the only place that holds the receiver to that.
+    fn open(&mut self) -> &mut D {
+        match self {
+            Target::Open(d) => d,
+            _ => unreachable!("a change before the destination was opened, or in a dry run"),
+        }
+    }
+
+    fn open_ref(&self) -> &D {
+        match self {
+            Target::Open(d) => d,
+            _ => unreachable!("a change before the destination was opened, or in a dry run"),
         }
     }
 }

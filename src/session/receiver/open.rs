@@ -3,7 +3,7 @@
 //! `cp -r dir new` making `new` the directory). Not for anything per entry.
 
 use super::intake::Mapping;
-use super::Receiver;
+use super::{Receiver, Target};
 use crate::error::TransferError;
 use crate::fs::names::{escape, split_parent};
 use crate::proto::ListStart;
@@ -24,10 +24,9 @@ impl<D: Destination> Receiver<'_, D> {
         }
         let shown = escape(&d);
         // what is there now
-        let place = self
-            .place
-            .as_mut()
-            .expect("opened once, at the first entry");
+        let Target::Unopened(place) = &mut self.dest else {
+            return Ok(()); // (the list starts once)
+        };
         let found = place.probe(trimmed, &shown)?;
         let (exists, is_dir) = (found.is_some(), found == Some(true));
         let (root, create): (Vec<u8>, bool) = if ls.single_file && !trailing && !is_dir {
@@ -51,14 +50,15 @@ impl<D: Destination> Receiver<'_, D> {
             (trimmed.to_vec(), !exists)
         };
         if self.opts.dry_run && create {
-            return Ok(()); // nothing exists yet: everything is new
+            // nothing exists yet: everything is new
+            self.dest = Target::Absent;
+            return Ok(());
         }
-        let mut place = self.place.take().expect("opened once, at the first entry");
         let mut dest = place.open(&root, create, &shown)?;
         if !self.opts.fsync && !self.opts.dry_run {
             dest.sync_in_background();
         }
-        self.dest = Some(dest);
+        self.dest = Target::Open(dest);
         Ok(())
     }
 }

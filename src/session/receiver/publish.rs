@@ -178,7 +178,7 @@ impl<D: Destination> Receiver<'_, D> {
                 }
             }
             // never publish, never keep as a basis
-            self.dest.as_mut().expect("destination open").discard(temp);
+            self.dest.open().discard(temp);
             self.file_error(
                 &name,
                 "verification failed: the received data does not match the sender's check value; the old file is kept".into(),
@@ -207,7 +207,7 @@ impl<D: Destination> Receiver<'_, D> {
         }
         // the old version's blocks are freed as its last handle closes: not
         // something the rest of the transfer need wait for
-        if let Some(dest) = self.dest.as_mut() {
+        if let Some(dest) = self.dest.get() {
             dest.let_go(basis.files);
         }
         Ok(())
@@ -219,7 +219,7 @@ impl<D: Destination> Receiver<'_, D> {
         let (rel, name, size) = (l.rel.clone(), l.name.clone(), l.size);
         let fsync = self.opts.fsync;
         let backup = self.opts.backup_suffix.clone();
-        let dest = self.dest.as_mut().expect("destination open");
+        let dest = self.dest.open();
         let how = PublishHow {
             fsync,
             backup: backup.as_deref(),
@@ -236,7 +236,7 @@ impl<D: Destination> Receiver<'_, D> {
                 self.emit(EventKind::Updated, &name, size, 0, String::new());
             }
             Err(e) => {
-                let shown = self.dest.as_ref().expect("destination open").show(&rel);
+                let shown = self.dest.open_ref().show(&rel);
                 self.file_error(&name, format!("cannot write {shown}: {}", io_text(&e)));
             }
         }

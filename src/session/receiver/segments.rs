@@ -186,7 +186,7 @@ impl<D: Destination> Receiver<'_, D> {
         let name = self.entries[file as usize].name.clone();
         if !ok {
             self.progress.remove(&file);
-            self.dest.as_mut().expect("destination open").discard(temp);
+            self.dest.open().discard(temp);
             self.file_error(
                 &name,
                 "verification failed: the segments received do not make up the sender's file; the old file is kept".into(),
