@@ -1,34 +1,20 @@
 //! Content-defined chunking (a gear rolling hash, as in FastCDC), chunk names
-//! (XXH3) and the end-to-end checks of whole files.
+//! (XXH3-128) and the end-to-end checks of files: [`WholeCheck`] (XXH3-128)
+//! for a file sent whole, [`RebuildCheck`] (a keyed GMAC per 64 KiB piece) for
+//! a file rebuilt from old data, and [`StreamCheck`] to compute the latter on
+//! a thread of its own.
 //!
-//! Boundaries depend only on the bytes near them, so an insertion or deletion moves
-//! no boundary beyond the edit: both sides of a transfer cut the same content into
-//! the same chunks wherever it sits in a file. Pure code over byte slices and
-//! `Read`; no I/O of its own.
+//! Boundaries depend only on the bytes near them, so an insertion or deletion
+//! moves no boundary beyond the edit: both sides of a transfer cut the same
+//! content into the same chunks wherever it sits in a file. Sizes: 4 KiB
+//! minimum, about 6 KiB on average, 32 KiB maximum, with one cut condition
+//! everywhere (no normalized chunking); why these, as measured, is in
+//! bench/NOTES.md, "Chunk sizes and the cut condition".
 //!
-//! Sizes: 4 KiB minimum, about 6 KiB on average, 32 KiB maximum. DESIGN.md
-//! suggests about 64 KiB; smaller chunks cut the bytes an edit drags along with
-//! it, and since recipes go in two levels (spans of ~128 chunks first, chunks
-//! only for spans the receiver lacks; see `delta`), the number of chunks no
-//! longer sets the metadata cost. Measured on a 256 MiB file with 1% rewritten
-//! in 64 KiB regions: ~20 KiB chunks sent 1.44x the changed bytes as literals,
-//! ~6 KiB chunks 1.15x (1.29x with all metadata).
-//!
-//! The bytes of a chunk's minimum are never hashed (no cut can fall there), so
-//! the minimum sets how much of a file the gear loop reads: with a 2 KiB
-//! minimum and one cut in 4 KiB positions it was two thirds of every byte,
-//! with 4 KiB and one in 2 KiB (the same average) one third. A 2 GiB re-sync
-//! to the daemon after a 1% edit: the sender's CPU 1.45 → 0.97 s, the
-//! receiver's (indexing its old file) 2.9 → 2.1 s, wall 2.6 → 1.8 s, for
-//! 1.25x the changed bytes on the wire instead of 1.22x (an insertion of
-//! 1 MiB: 1.14x instead of 1.11x): after an edit, cuts take a chunk or two
-//! longer to fall back into step.
-//!
-//! One cut condition everywhere, no normalized chunking: with FastCDC's two
-//! masks a boundary depends on how far it is from the previous cut, so after an
-//! edit the chunking takes several chunks to fall back into step. Measured on a
-//! 256 MiB file with 1% rewritten in 64 KiB regions: normalized chunking (16/12
-//! bits) sent 1.73x the changed bytes, a single 14-bit mask 1.44x.
+//! Pure code over byte slices and `Read`; no I/O of its own. Not for: which
+//! chunks a receiver can reuse or how a file is rebuilt (`delta`), nor the
+//! check of a file sent in segments (the BLAKE3 of its segments' check
+//! values, kept by the sessions).
 
 use std::io::{self, Read};
 use std::sync::mpsc;
@@ -112,9 +98,10 @@ pub fn cut(data: &[u8]) -> usize {
 
 /// A chunk's name: the 128-bit XXH3 of its bytes (rsync names blocks with
 /// xxh128 too). It only finds chunks to reuse; a file rebuilt from chunks is
-/// checked end to end with BLAKE3, so a chunk hash that matched the wrong bytes
-/// fails that check.
-/// BLAKE3 over pieces of ~6 KiB ran at 1.9 GiB/s here, XXH3 at many times that.
+/// checked end to end with a [`RebuildCheck`], keyed so that bytes chosen to
+/// collide with a chunk name still fail it.
+/// BLAKE3, the chunk name before, ran at 1.9 GiB/s over pieces of ~6 KiB here;
+/// XXH3 at many times that.
 pub type ChunkHash = [u8; 16];
 
 /// The [`ChunkHash`] of `data`.

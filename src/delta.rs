@@ -1,12 +1,16 @@
 //! The recipe that rebuilds a file from chunks the receiver already has plus
 //! literal bytes.
 //!
-//! The sender describes its file as a recipe (a list of chunk lengths and BLAKE3
-//! hashes). The receiver looks every chunk up in a [`ChunkIndex`] built from its
-//! basis files (the old file, a partial file from an interrupted run, other files of
-//! the destination), asks for the rest ([`Plan::need`]), and rebuilds the file in
-//! recipe order with [`Rebuild`]. A chunk that is missing but repeats within the new
-//! file is asked for once and later copied from what was already written.
+//! The sender describes its file as a recipe: spans of chunks, each named by
+//! the BLAKE3 of its chunks' references, then, for the spans the receiver
+//! lacks, the chunks themselves (lengths and XXH3-128 names). The receiver
+//! looks every chunk up in a [`ChunkIndex`] built from its basis files (the old
+//! file, a partial file from an interrupted run, other files of the
+//! destination), asks for the rest ([`Plan::need`]), and rebuilds the file in
+//! recipe order with [`Rebuild`]. A chunk that is missing but repeats within
+//! the new file is asked for once and later copied from what was already
+//! written. A chunk name only finds bytes to reuse: the rebuilt file's end
+//! check is `chunk::RebuildCheck` (a keyed GMAC), not anything here.
 //!
 //! Pure code: the session supplies the bytes; nothing here touches a file.
 

@@ -8,8 +8,9 @@
 //! with a BLAKE3 of its bytes. It is used only while size, mtime and ctime
 //! still match: any write to the file, a `touch`, a rename or a chmod changes
 //! the ctime, which no user can set back. And it is only ever a hint: every
-//! byte copied through it is hashed again into the rebuilt file's BLAKE3, and a
-//! file that fails that check has its bases' entries forgotten.
+//! byte copied through it goes into the rebuilt file's end check (a keyed GMAC,
+//! `chunk::RebuildCheck`), and a file that fails that check has its bases'
+//! entries forgotten.
 
 use super::chunk_list::{entry, put_entry, ChunkList, ENTRY};
 use crate::chunk::{ChunkHash, MAX_CHUNK};

@@ -35,62 +35,11 @@ pub struct ChildPeer {
     what: String,
 }
 
-/// Splits a command line into words, honouring single and double quotes and
-/// backslashes, like a shell would for a simple command.
+/// Splits a command line (`-e`/`--rsh`) into words as a POSIX shell does for
+/// a simple command: single and double quotes, backslashes, `#` comments; no
+/// expansion of any kind. The splitting is the `shell-words` crate's.
 pub fn split_words(s: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => cur.push(c),
-                        None => return Err(format!("unclosed ' in {s:?}")),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c) => cur.push(c),
-                            None => return Err(format!("trailing \\ in {s:?}")),
-                        },
-                        Some(c) => cur.push(c),
-                        None => return Err(format!("unclosed \" in {s:?}")),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(c) => cur.push(c),
-                    None => return Err(format!("trailing \\ in {s:?}")),
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(words)
+    shell_words::split(s).map_err(|e| format!("{e} in {s:?}"))
 }
 
 /// Quotes a word for a POSIX shell.
@@ -299,6 +248,20 @@ mod tests {
         );
         assert!(split_words("ssh 'x").is_err());
         assert_eq!(split_words("  ").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn words_split_as_a_posix_shell_splits_them() {
+        // inside double quotes a backslash escapes only $ ` " \ and newline
+        assert_eq!(
+            split_words(r#"ssh -o "A=\$x \q" it\'s"#).unwrap(),
+            ["ssh", "-o", "A=$x \\q", "it's"]
+        );
+        assert_eq!(split_words("ssh -v # a comment").unwrap(), ["ssh", "-v"]);
+        assert_eq!(split_words("ssh \\\n -v").unwrap(), ["ssh", "-v"]);
+        assert!(split_words("ssh \"x")
+            .unwrap_err()
+            .contains("missing closing quote"));
     }
 
     #[test]

@@ -10,6 +10,44 @@
 //! What is here is only the per-record work: the key, the nonce, the content
 //! type. The keys come from rustls (its handshake and its key schedule for key
 //! updates); which records may arrive when is `tls`'s business.
+//!
+//! # Security
+//!
+//! **Trusted:** the traffic secrets and the first sequence number, which come
+//! from rustls after it has authenticated the peer's key. **Not trusted:**
+//! every byte of a record to open, header included.
+//!
+//! **Nonces.** Each record's nonce is the key's IV XORed with a 64-bit
+//! sequence number (RFC 8446 §5.3), which [`Protection`] advances by one for
+//! every record it seals and every one it tries to open (whether or not it
+//! opens), and never sets back: a nonce is used once per key as long as each key lives in one
+//! `Protection`, used for one direction, and a `Protection` is made only from
+//! a fresh secret (the handshake's, or the next one from rustls's key schedule
+//! after a KeyUpdate). The sequence number never wraps: the writer
+//! (`tls::writer`) replaces its key before it has sealed the cipher suite's
+//! limit (AES-GCM: 2^24 records, as rustls counts them; ChaCha20-Poly1305: at
+//! 2^64 - 1), and a peer would have to send 2^64 records under one key to
+//! wrap ours.
+//!
+//! **Opening.** The tag covers the header (as additional data) and the inner
+//! plaintext with its content type, so a record altered anywhere, sealed under
+//! another key, replayed, reordered or following a dropped one (its implicit
+//! sequence number is then wrong) does not open: [`OpenError::Altered`]. The
+//! reader treats that as fatal, so a forger gets one try per connection and
+//! the AEAD's integrity limit is never approached. [`Protection::open_into`]
+//! may leave unauthenticated bytes in `out` when the record does not open;
+//! they must not be used (the reader returns an error instead of a length).
+//! The content type is the last byte that is not zero padding; a record of
+//! only padding is [`OpenError::NoContentType`]. Which content types may come
+//! is not judged here.
+//!
+//! **Lengths.** [`Protection::seal`] refuses (panics on) more than
+//! [`MAX_PLAINTEXT`] bytes: it seals only ferry's own data. Opening takes the
+//! record as the caller cut it: the caller checks the header's length against
+//! [`MAX_CIPHERTEXT`] before it collects the rest of the record, and passes
+//! at least a whole header. Opening does not check the inner plaintext against
+//! 2^14 + 1 bytes (§5.4): an authenticated peer may send up to 2^14 + 255, which
+//! is within the buffers sized for [`MAX_CIPHERTEXT`].
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
 use rustls::ConnectionTrafficSecrets;

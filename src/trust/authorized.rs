@@ -11,6 +11,15 @@
 //! and ignored, so one file can serve sshd and ferry (use `restrict`, not
 //! `read-only`, in a file sshd reads too). A malformed line is reported with its
 //! number and skipped; the other lines keep working.
+//!
+//! The key and its comment are read by [`PublicKey::parse_openssh`], where the
+//! `ssh-key` crate decodes the key. The options field stays parsed here, not by
+//! ssh-key's `authorized_keys` parser, which is a poor fit for a file shared
+//! with sshd: it splits the options from the key at the first blank and cuts
+//! the line at any `#`, so it refuses lines sshd accepts, such as
+//! `command="rsync --server …"` or `environment="A=b c"`; it knows no
+//! backslash escapes inside quotes; and it gives one bare error per line where
+//! ferry names the option at fault. What each option means is ferry's anyway.
 
 use super::key::PublicKey;
 use std::net::IpAddr;
@@ -497,5 +506,24 @@ mod tests {
         assert!(check_strict_modes(&f)
             .unwrap_err()
             .contains("group- or world-writable"));
+    }
+
+    /// Lines an sshd `authorized_keys` holds, which ssh-key's own parser
+    /// refuses (a blank or a `#` inside a quoted option, a tab after the
+    /// options): why ferry splits the options itself.
+    #[test]
+    fn lines_shared_with_sshd_parse() {
+        let k = key();
+        let text = format!(
+            "command=\"rsync --server -e.LsfxC . /data # nightly\",no-pty,modules=\"data\" {k} backup\n\
+             environment=\"A=b c\",from=\"10.0.0.0/8\"\t{k}\n",
+            k = k.to_openssh()
+        );
+        let (keys, problems) = AuthorizedKeys::parse(&text);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(keys.keys.len(), 2);
+        assert_eq!(keys.keys[0].comment, "backup");
+        assert_eq!(keys.keys[0].grant.modules, Some(vec!["data".to_string()]));
+        assert!(keys.keys[1].grant.from.is_some());
     }
 }

@@ -5,11 +5,26 @@
 //!   prints them;
 //! - private keys: the unencrypted `openssh-key-v1` format ssh-keygen writes.
 //!
+//! The formats are the `ssh-key` crate's (RustCrypto): it decodes and encodes
+//! key blobs and the private key container, checking lengths, check bytes,
+//! padding, trailing data and that both copies of the public key agree, and
+//! writes the one-line public form and the fingerprint. What stays here is ferry's policy around it: ed25519 only
+//! (another kind is named and refused with how to make a usable key), no
+//! passphrases, OpenSSH's leniencies where ssh-key is stricter than ssh (see
+//! [`PublicKey::parse_openssh`] and [`Identity::parse`]), and a check that the
+//! public key is the one the seed makes (ssh-key does that only with its
+//! `ed25519` feature, a second ed25519 implementation; aws-lc-rs has one).
+//! Not for: signing (rustls signs with [`Identity::pkcs8`]), other key kinds,
+//! or deciding who is trusted (`authorized`, `known_hosts`).
+//!
 //! Keys go to TLS as RFC 7250 raw public keys: the SubjectPublicKeyInfo of an
 //! ed25519 key is a fixed 12-byte prefix and the 32 key bytes.
 
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use ssh_key::private::{Ed25519Keypair, Ed25519PrivateKey, KeypairData};
+use ssh_key::public::{Ed25519PublicKey, KeyData};
+use ssh_key::{HashAlg, LineEnding};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -53,66 +68,69 @@ impl std::fmt::Debug for PublicKey {
     }
 }
 
-fn put_string(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-/// Reads SSH wire strings (`u32` big-endian length + bytes).
-struct SshReader<'a>(&'a [u8]);
-
-impl<'a> SshReader<'a> {
-    fn u32(&mut self) -> Option<u32> {
-        let (h, t) = self.0.split_first_chunk::<4>()?;
-        self.0 = t;
-        Some(u32::from_be_bytes(*h))
-    }
-    fn string(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()? as usize;
-        if n > self.0.len() {
-            return None;
+/// What ssh-key's refusal of a public key blob means, in ferry's words.
+fn blob_error(e: ssh_key::Error) -> &'static str {
+    match e {
+        ssh_key::Error::AlgorithmUnknown | ssh_key::Error::AlgorithmUnsupported { .. } => {
+            "not an ed25519 key"
         }
-        let (s, t) = self.0.split_at(n);
-        self.0 = t;
-        Some(s)
+        // ssh-key names the fault inside its encoding error only as a type
+        // of the ssh-encoding crate, not worth a dependency of its own
+        ssh_key::Error::TrailingData { .. } | ssh_key::Error::Encoding(_) => {
+            "truncated, mis-sized or trailing bytes in the key"
+        }
+        _ => "malformed key",
     }
 }
 
 impl PublicKey {
+    fn ssh(&self) -> ssh_key::PublicKey {
+        ssh_key::PublicKey::from(KeyData::Ed25519(Ed25519PublicKey(self.0)))
+    }
+
+    /// The key inside ssh-key's decoded key data, if it is an ed25519 key.
+    fn from_key_data(data: &KeyData) -> Option<PublicKey> {
+        data.ed25519().map(|k| PublicKey(k.0))
+    }
+
     /// The SSH wire form: `string "ssh-ed25519" string key`.
     pub fn blob(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(51);
-        put_string(&mut b, KEY_TYPE.as_bytes());
-        put_string(&mut b, &self.0);
-        b
+        self.ssh().to_bytes().expect("an ed25519 key encodes")
     }
 
     pub fn from_blob(blob: &[u8]) -> Result<PublicKey, &'static str> {
-        let mut r = SshReader(blob);
-        let kind = r.string().ok_or("truncated key type")?;
-        if kind != KEY_TYPE.as_bytes() {
+        // another kind is refused as such, not for whatever ssh-key's decoding
+        // of that kind finds wrong
+        if ssh_string(&mut &blob[..]).is_some_and(|kind| kind != KEY_TYPE.as_bytes()) {
             return Err("not an ed25519 key");
         }
-        let key = r.string().ok_or("truncated key")?;
-        let key: [u8; 32] = key.try_into().map_err(|_| "ed25519 key is not 32 bytes")?;
-        if !r.0.is_empty() {
-            return Err("trailing bytes after the key");
+        let key = ssh_key::PublicKey::from_bytes(blob).map_err(blob_error)?;
+        let key = PublicKey::from_key_data(key.key_data()).ok_or("not an ed25519 key")?;
+        // ssh-key (its ssh-encoding 0.2) does not check that a length prefix
+        // covers exactly what was read under it, so a key string whose length
+        // is wrong decodes; only the one encoding ssh writes is taken
+        if key.blob() != blob {
+            return Err("truncated, mis-sized or trailing bytes in the key");
         }
-        Ok(PublicKey(key))
+        Ok(key)
     }
 
     /// `SHA256:…`, as `ssh-keygen -l` prints it.
     pub fn fingerprint(&self) -> String {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.blob());
-        format!("SHA256:{}", STANDARD_NO_PAD.encode(d.as_ref()))
+        self.ssh().fingerprint(HashAlg::Sha256).to_string()
     }
 
     /// `ssh-ed25519 AAAA…` (without comment).
     pub fn to_openssh(&self) -> String {
-        format!("{KEY_TYPE} {}", STANDARD.encode(self.blob()))
+        self.ssh().to_openssh().expect("an ed25519 key encodes")
     }
 
     /// Parses `ssh-ed25519 AAAA… [comment]`; returns the key and the comment.
+    ///
+    /// Fields are separated by any run of blanks, as sshd and ssh read them
+    /// (ssh-key's one-line parser takes single spaces only), so the line is
+    /// split here and ssh-key decodes the key blob; the comment's words come
+    /// back joined by single spaces.
     pub fn parse_openssh(line: &str) -> Result<(PublicKey, String), String> {
         let mut parts = line.split_whitespace();
         let kind = parts.next().ok_or("empty line")?;
@@ -160,6 +178,63 @@ fn public_of(seed: &[u8; 32]) -> PublicKey {
     PublicKey(p)
 }
 
+/// The SSH string (`u32` big-endian length + bytes) at the head of `b`.
+fn ssh_string<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (len, rest) = b.split_first_chunk::<4>()?;
+    let n = u32::from_be_bytes(*len) as usize;
+    if n > rest.len() {
+        return None;
+    }
+    let (s, rest) = rest.split_at(n);
+    *b = rest;
+    Some(s)
+}
+
+/// The names an `openssh-key-v1` container's head gives: its cipher (with the
+/// key derivation's name and options after it), and the type of its (first)
+/// key. Read here only to say in words why a key is refused: ssh-key refuses
+/// a truncated encrypted key, or a kind of key it was built without (ECDSA),
+/// with a bare decoding error.
+fn container_names(bytes: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let Some(mut b) = bytes.strip_prefix(MAGIC) else {
+        return (None, None);
+    };
+    let cipher = (|| {
+        let cipher = ssh_string(&mut b)?;
+        ssh_string(&mut b)?; // kdf name
+        ssh_string(&mut b)?; // kdf options
+        Some(cipher)
+    })();
+    let kind = (|| {
+        let (_count, mut rest) = b.split_first_chunk::<4>()?;
+        let mut blob = ssh_string(&mut rest)?;
+        ssh_string(&mut blob)
+    })();
+    (cipher, kind)
+}
+
+/// How the refusal of a key kind names it.
+fn kind_name(kind: &[u8]) -> String {
+    let kind = String::from_utf8_lossy(kind);
+    match kind.as_ref() {
+        "ssh-rsa" => "RSA".to_string(),
+        k if k.starts_with("ecdsa") => "ECDSA".to_string(),
+        k => k.to_string(),
+    }
+}
+
+/// What ssh-key's refusal of a private key container means, in ferry's words.
+fn container_error(e: &ssh_key::Error) -> &'static str {
+    match e {
+        ssh_key::Error::Crypto => "check bytes or key copies differ",
+        ssh_key::Error::PublicKey => "public key does not match the private key",
+        ssh_key::Error::FormatEncoding => "bad magic or padding",
+        ssh_key::Error::TrailingData { .. } => "trailing bytes",
+        ssh_key::Error::Encoding(_) => "truncated or mis-encoded",
+        _ => "not a usable openssh-key-v1 container",
+    }
+}
+
 impl Identity {
     pub fn generate(comment: &str) -> Identity {
         let mut seed = [0u8; 32];
@@ -184,14 +259,21 @@ impl Identity {
         Identity::parse(&text, &shown)
     }
 
+    /// Parses an OpenSSH private key file's text (`shown` names it in errors).
+    ///
+    /// The PEM armour is read as OpenSSH reads it: the base64 may be wrapped
+    /// at any width (Go's tools wrap at 64) and the text may carry blank lines
+    /// around it. ssh-key's PEM decoder takes only 70-column lines, so the
+    /// armour is taken off here and ssh-key decodes the container inside.
     pub fn parse(text: &str, shown: &str) -> Result<Identity, KeyError> {
         let malformed = |why| KeyError::Malformed(shown.to_string(), why);
+        let unsupported = |kind: &[u8]| KeyError::Unsupported {
+            path: shown.into(),
+            kind: kind_name(kind),
+        };
         let trimmed = text.trim();
         if trimmed.starts_with("-----BEGIN RSA PRIVATE KEY-----") {
-            return Err(KeyError::Unsupported {
-                path: shown.into(),
-                kind: "RSA".into(),
-            });
+            return Err(unsupported(b"ssh-rsa"));
         }
         let body = trimmed
             .strip_prefix(PEM_BEGIN)
@@ -199,94 +281,55 @@ impl Identity {
             .ok_or_else(|| KeyError::NotAKey(shown.into()))?;
         let b64: String = body.split_whitespace().collect();
         let bytes = STANDARD.decode(b64).map_err(|_| malformed("bad base64"))?;
-        let rest = bytes.strip_prefix(MAGIC).ok_or(malformed("bad magic"))?;
-        let mut r = SshReader(rest);
-        let cipher = r.string().ok_or(malformed("truncated"))?;
-        let _kdf = r.string().ok_or(malformed("truncated"))?;
-        let _kdf_options = r.string().ok_or(malformed("truncated"))?;
-        if cipher != b"none" {
+        if !bytes.starts_with(MAGIC) {
+            return Err(malformed("bad magic"));
+        }
+        let (cipher, kind) = container_names(&bytes);
+        if cipher.is_some_and(|c| c != b"none") {
             return Err(KeyError::Encrypted(shown.into()));
         }
-        if r.u32() != Some(1) {
-            return Err(malformed("not exactly one key"));
+        let key = ssh_key::PrivateKey::from_bytes(&bytes).map_err(|e| match (&e, kind) {
+            (
+                ssh_key::Error::AlgorithmUnknown | ssh_key::Error::AlgorithmUnsupported { .. },
+                Some(kind),
+            ) if kind != KEY_TYPE.as_bytes() => unsupported(kind),
+            _ => malformed(container_error(&e)),
+        })?;
+        if key.is_encrypted() {
+            return Err(KeyError::Encrypted(shown.into()));
         }
-        let public_blob = r.string().ok_or(malformed("truncated"))?;
-        let mut kind_reader = SshReader(public_blob);
-        let kind = kind_reader.string().ok_or(malformed("truncated"))?;
-        if kind != KEY_TYPE.as_bytes() {
-            let kind = String::from_utf8_lossy(kind);
-            let kind = match kind.as_ref() {
-                "ssh-rsa" => "RSA".to_string(),
-                k if k.starts_with("ecdsa") => "ECDSA".to_string(),
-                k => k.to_string(),
-            };
-            return Err(KeyError::Unsupported {
-                path: shown.into(),
-                kind,
-            });
+        let KeypairData::Ed25519(pair) = key.key_data() else {
+            return Err(unsupported(key.algorithm().as_str().as_bytes()));
+        };
+        // only the one encoding of what was decoded: ssh-key does not check
+        // that each length prefix covers exactly what was read under it
+        if !key.to_bytes().is_ok_and(|again| again[..] == bytes[..]) {
+            return Err(malformed("mis-sized fields"));
         }
-        let private = r.string().ok_or(malformed("truncated"))?;
-        let mut p = SshReader(private);
-        let (c1, c2) = (p.u32(), p.u32());
-        if c1.is_none() || c1 != c2 {
-            return Err(malformed("check bytes differ"));
-        }
-        if p.string() != Some(KEY_TYPE.as_bytes()) {
-            return Err(malformed("private key type"));
-        }
-        let public: [u8; 32] = p
-            .string()
-            .and_then(|k| k.try_into().ok())
-            .ok_or(malformed("public key"))?;
-        let secret = p.string().ok_or(malformed("private key"))?;
-        if secret.len() != 64 || secret[32..] != public {
-            return Err(malformed("private key"));
-        }
-        let comment = p.string().ok_or(malformed("comment"))?;
-        let mut seed = [0u8; 32];
-        seed.copy_from_slice(&secret[..32]);
-        if public_of(&seed) != PublicKey(public) {
+        let seed = pair.private.to_bytes();
+        let public = PublicKey(pair.public.0);
+        if public_of(&seed) != public {
             return Err(malformed("public key does not match the private key"));
         }
         Ok(Identity {
             seed,
-            public: PublicKey(public),
-            comment: String::from_utf8_lossy(comment).into_owned(),
+            public,
+            comment: key.comment().to_string(),
         })
     }
 
     /// The OpenSSH private key file text.
     pub fn to_openssh(&self) -> String {
-        let mut private = Vec::new();
-        let mut check = [0u8; 4];
-        aws_lc_rs::rand::fill(&mut check).expect("system randomness");
-        private.extend_from_slice(&check);
-        private.extend_from_slice(&check);
-        put_string(&mut private, KEY_TYPE.as_bytes());
-        put_string(&mut private, &self.public.0);
-        put_string(&mut private, &[&self.seed[..], &self.public.0[..]].concat());
-        put_string(&mut private, self.comment.as_bytes());
-        let mut pad = 1u8;
-        while private.len() % 8 != 0 {
-            private.push(pad);
-            pad += 1;
-        }
-        let mut out = MAGIC.to_vec();
-        put_string(&mut out, b"none");
-        put_string(&mut out, b"none");
-        put_string(&mut out, b"");
-        out.extend_from_slice(&1u32.to_be_bytes());
-        put_string(&mut out, &self.public.blob());
-        put_string(&mut out, &private);
-        let b64 = STANDARD.encode(out);
-        let mut text = format!("{PEM_BEGIN}\n");
-        for line in b64.as_bytes().chunks(70) {
-            text.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-            text.push('\n');
-        }
-        text.push_str(PEM_END);
-        text.push('\n');
-        text
+        let pair = Ed25519Keypair {
+            public: Ed25519PublicKey(self.public.0),
+            private: Ed25519PrivateKey::from_bytes(&self.seed),
+        };
+        let key = ssh_key::PrivateKey::new(KeypairData::Ed25519(pair), &self.comment)
+            .expect("an unencrypted ed25519 key");
+        let text = key
+            .to_openssh(LineEnding::LF)
+            .expect("an ed25519 key encodes");
+        text.as_str().to_string()
     }
 
     /// Writes `path` (0600) and `path.pub`; refuses to overwrite either.
@@ -315,6 +358,13 @@ impl Identity {
         std::fs::write(&pub_path, line).map_err(|e| io(&pub_path, e))?;
         Ok(())
     }
+}
+
+/// Appends an SSH string; the tests build containers by hand with it.
+#[cfg(test)]
+fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
 }
 
 #[cfg(test)]
@@ -406,5 +456,139 @@ mod tests {
         let k = Identity::generate("").public;
         assert_eq!(PublicKey::from_spki(&k.spki()), Some(k));
         assert_eq!(PublicKey::from_spki(&k.spki()[..40]), None);
+    }
+
+    /// The armour is read as OpenSSH reads it: any line width, one line, blank
+    /// lines around (ssh-key's own PEM decoder takes 70-column lines only).
+    #[test]
+    fn reads_private_keys_wrapped_at_any_width() {
+        let id = Identity::generate("wrapped");
+        let text = id.to_openssh();
+        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        let wrap = |width: usize| {
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(width)
+                .map(|l| std::str::from_utf8(l).unwrap())
+                .collect();
+            format!("\n{PEM_BEGIN}\n{}\n{PEM_END}\n\n", lines.join("\n"))
+        };
+        for width in [64, 76, 10_000] {
+            let back = Identity::parse(&wrap(width), "k").unwrap();
+            assert_eq!((back.public, back.seed), (id.public, id.seed), "{width}");
+        }
+    }
+
+    #[test]
+    fn private_keys_ferry_cannot_use_are_refused_by_name() {
+        // an ECDSA key in the openssh-key-v1 container: ssh-key is built
+        // without ECDSA, and ferry still names the kind
+        let mut blob = Vec::new();
+        put_string(&mut blob, b"ecdsa-sha2-nistp256");
+        put_string(&mut blob, b"nistp256");
+        put_string(&mut blob, &[4; 65]);
+        let mut c = MAGIC.to_vec();
+        for s in [&b"none"[..], b"none", b""] {
+            put_string(&mut c, s);
+        }
+        c.extend_from_slice(&1u32.to_be_bytes());
+        put_string(&mut c, &blob);
+        put_string(&mut c, &[0; 8]);
+        let text = format!("{PEM_BEGIN}\n{}\n{PEM_END}\n", STANDARD.encode(&c));
+        let err = Identity::parse(&text, "k").unwrap_err();
+        assert!(
+            err.to_string().contains("ECDSA keys are not supported"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ferry keygen"), "{err}");
+
+        // a public half that is not the seed's: both copies agree, so only
+        // ferry's own check sees it
+        let id = Identity::generate("x");
+        let liar = Identity {
+            seed: id.seed,
+            public: Identity::generate("").public,
+            comment: String::new(),
+        };
+        assert_eq!(
+            Identity::parse(&liar.to_openssh(), "k").unwrap_err(),
+            KeyError::Malformed("k".into(), "public key does not match the private key")
+        );
+
+        // the same lie inside a private key file's public key
+        let text = id.to_openssh();
+        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut bytes = STANDARD.decode(b64).unwrap();
+        let at = MAGIC.len() + 8 + 8 + 4 + 4 + 4 + 15;
+        assert_eq!(bytes[at..at + 4], [0, 0, 0, 32]);
+        bytes[at + 3] = 33;
+        let lying = format!("{PEM_BEGIN}\n{}\n{PEM_END}\n", STANDARD.encode(&bytes));
+        assert!(matches!(
+            Identity::parse(&lying, "k"),
+            Err(KeyError::Malformed(..))
+        ));
+
+        let not_pem = "ssh-ed25519 AAAA";
+        assert_eq!(
+            Identity::parse(not_pem, "k").unwrap_err(),
+            KeyError::NotAKey("k".into())
+        );
+    }
+
+    #[test]
+    fn rsa_and_ecdsa_keys_from_ssh_keygen_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for (kind, name) in [("rsa", "RSA"), ("ecdsa", "ECDSA")] {
+            let path = dir.path().join(kind);
+            let ok = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", kind, "-N", "", "-f"])
+                .arg(&path)
+                .status();
+            if !matches!(ok, Ok(s) if s.success()) {
+                eprintln!("skipping: no ssh-keygen");
+                return;
+            }
+            let err = Identity::load(&path).unwrap_err();
+            assert!(
+                matches!(&err, KeyError::Unsupported { kind, .. } if kind == name),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn public_keys_parse_as_sshd_reads_them() {
+        let k = Identity::generate("").public;
+        let b64 = k.to_openssh()[KEY_TYPE.len() + 1..].to_string();
+        // any run of blanks between fields, the comment's words kept
+        let (back, comment) =
+            PublicKey::parse_openssh(&format!("ssh-ed25519\t{b64}   me  at\thost")).unwrap();
+        assert_eq!((back, comment.as_str()), (k, "me at host"));
+        // a blob of another type under the ed25519 name, a short key, trailing bytes
+        let mut other = Vec::new();
+        put_string(&mut other, b"ssh-dss");
+        put_string(&mut other, &[1; 32]);
+        let mut short = Vec::new();
+        put_string(&mut short, KEY_TYPE.as_bytes());
+        put_string(&mut short, &[1; 31]);
+        let mut long = k.blob();
+        long.push(0);
+        for (blob, why) in [
+            (other, "not an ed25519 key"),
+            (short, "truncated, mis-sized or trailing bytes in the key"),
+            (long, "truncated, mis-sized or trailing bytes in the key"),
+        ] {
+            let line = format!("ssh-ed25519 {}", STANDARD.encode(&blob));
+            assert_eq!(PublicKey::parse_openssh(&line).unwrap_err(), why);
+        }
+        // a key string whose length prefix says 33 over the same 32 bytes:
+        // ssh-key decodes it, ferry takes only the encoding ssh writes
+        let mut lying = k.blob();
+        assert_eq!(lying[15..19], [0, 0, 0, 32]);
+        lying[18] = 33;
+        assert!(PublicKey::from_blob(&lying).is_err());
+        assert_eq!(PublicKey::from_blob(&k.blob()), Ok(k));
+        assert!(k.fingerprint().starts_with("SHA256:"));
+        assert_eq!(k.fingerprint().len(), 7 + 43);
     }
 }

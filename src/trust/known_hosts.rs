@@ -59,6 +59,16 @@ pub fn check(path: &Path, label: &str, key: &PublicKey) -> Result<HostKeyStatus,
 }
 
 /// What a known_hosts file's `text` says about `label` presenting `key`.
+///
+/// Only an ed25519 key recorded under exactly `label` counts. Lines ferry does
+/// not act on are passed over, not refused, so one file can be shared with
+/// ssh: marked lines (`@revoked`, `@cert-authority`: the marker stands where
+/// the hosts are and equals no label), hashed host names (`|1|…`), other key
+/// kinds and lines that do not parse. The key is decoded by the `ssh-key`
+/// crate through [`PublicKey::parse_openssh`]; the line is split here, not by
+/// ssh-key's `known_hosts` parser, which takes single spaces only where ssh
+/// takes any blanks, and whose key decoding takes a key string whose length
+/// prefix is wrong, which `parse_openssh` refuses.
 pub fn check_text(text: &str, label: &str, key: &PublicKey) -> HostKeyStatus {
     let mut other = None;
     for line in text.lines() {
@@ -117,5 +127,30 @@ mod tests {
             HostKeyStatus::Changed(k1.fingerprint())
         );
         assert_eq!(check(&p, "gpu2", &k2).unwrap(), HostKeyStatus::Unknown);
+    }
+
+    #[test]
+    fn lines_ferry_does_not_act_on_are_passed_over() {
+        let (k, other) = (Identity::generate("").public, Identity::generate("").public);
+        let ed = |key: &PublicKey| key.to_openssh();
+        let text = format!(
+            "# a comment\n\
+             @revoked gpu2 {}\n\
+             @cert-authority gpu2 {}\n\
+             |1|F1E1KeoE/eEWhi10WpGv4OdiO6Y=|3988QV0VE8wmZL7suNrYQLITLCg= {}\n\
+             gpu2 ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC6 rsa\n\
+             gpu2 ssh-ed25519 !!!\n\
+             other,gpu3\t\t{}   tabbed\n",
+            ed(&other),
+            ed(&other),
+            ed(&other),
+            ed(&k)
+        );
+        assert_eq!(check_text(&text, "gpu2", &k), HostKeyStatus::Unknown);
+        assert_eq!(check_text(&text, "gpu3", &k), HostKeyStatus::Known);
+        assert_eq!(
+            check_text(&text, "gpu3", &other),
+            HostKeyStatus::Changed(k.fingerprint())
+        );
     }
 }
