@@ -6,6 +6,7 @@
 pub mod chunk_cache;
 pub mod chunk_list;
 pub mod dest;
+pub mod destination;
 pub mod names;
 pub mod scan;
 pub mod source;

@@ -423,23 +423,6 @@ fn lossy<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Event {
-    /// TEMPORARY until the receiver's emitters build [`Report`]s.
-    pub(crate) fn from_parts(
-        kind: EventKind,
-        name: Vec<u8>,
-        a: u64,
-        b: u64,
-        text: Vec<u8>,
-    ) -> Self {
-        Event {
-            kind,
-            name,
-            a,
-            b,
-            text,
-        }
-    }
-
     /// What this event says, its numbers named by its kind.
     pub fn report(&self) -> Report {
         let (name, text) = (self.name.clone(), self.text.clone());

@@ -1,0 +1,222 @@
+//! The local filesystem as a [`Destination`]: [`Dest`] (a destination
+//! directory held open) with [`TempFile`]s and plain [`File`]s as bases, and
+//! [`LocalPlace`], which opens it from a path the user named or inside a
+//! daemon module. Only delegation lives here: what keeps names safe and
+//! files atomic is in [`crate::fs::dest`].
+
+use crate::error::TransferError;
+use crate::fs::dest::{close_later, Dest, ExistingKind, TempFile};
+use crate::fs::names;
+use crate::store::destination::{
+    BasisFile, Caps, Destination, Existing, Meta, MetaOf, Place, PublishHow, Space, TempHow,
+    TempWrite,
+};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+impl Destination for Dest {
+    type Basis = File;
+    type Temp = TempFile;
+
+    fn caps(&self) -> Caps {
+        Caps {
+            rebuild: true,
+            write_at: true,
+            share_blocks: true,
+        }
+    }
+    fn show(&self, rel: &[u8]) -> String {
+        Dest::show(self, rel)
+    }
+    fn stat(&mut self, rel: &[u8]) -> io::Result<Option<Existing>> {
+        Dest::stat(self, rel)
+    }
+    fn list(&mut self, rel: &[u8]) -> io::Result<Vec<(Vec<u8>, bool)>> {
+        Dest::list(self, rel)
+    }
+    fn mkdir(&mut self, rel: &[u8], mode: u32) -> io::Result<()> {
+        Dest::mkdir(self, rel, mode)
+    }
+    fn symlink(&mut self, rel: &[u8], target: &[u8]) -> io::Result<()> {
+        Dest::symlink(self, rel, target)
+    }
+    fn readlink(&mut self, rel: &[u8]) -> io::Result<Vec<u8>> {
+        Dest::readlink(self, rel)
+    }
+    fn hardlink(&mut self, existing: &[u8], rel: &[u8]) -> io::Result<()> {
+        Dest::hardlink(self, existing, rel)
+    }
+    fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+        Dest::remove(self, rel, backup)
+    }
+    fn set_meta(&mut self, rel: &[u8], of: MetaOf, meta: &Meta) -> io::Result<()> {
+        match of {
+            MetaOf::File => self.set_file_meta(rel, meta),
+            MetaOf::Dir => self.set_dir_meta(rel, meta),
+            MetaOf::Link => self.set_link_meta(rel, meta),
+        }
+    }
+    fn open_basis(&mut self, rel: &[u8]) -> io::Result<File> {
+        self.open_file(rel)
+    }
+    fn open_partial(&mut self, rel: &[u8]) -> Option<File> {
+        Dest::open_partial(self, rel)
+    }
+    fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<TempFile> {
+        Dest::create_temp(self, rel, how.partial, how.sparse, how.unnamed)
+    }
+    fn publish(
+        &mut self,
+        mut temp: TempFile,
+        rel: &[u8],
+        meta: &Meta,
+        how: PublishHow<'_>,
+    ) -> io::Result<()> {
+        temp.finish(meta, how.fsync)?;
+        Dest::publish(self, temp, rel, how.backup)
+    }
+    fn discard(&mut self, temp: TempFile) {
+        Dest::discard(self, temp)
+    }
+    fn spill_dir(&mut self, rel: &[u8]) -> Option<Arc<OwnedFd>> {
+        self.dir(rel).ok()
+    }
+    fn tidy_dir(&mut self, dir: &[u8]) {
+        self.remove_partial_dir(dir)
+    }
+    fn space(&self) -> Space {
+        Space {
+            free_bytes: self.free_space().unwrap_or(0),
+            out_of_inodes: self.out_of_inodes(),
+        }
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        Dest::sync_all(self)
+    }
+    fn sync_in_background(&mut self) {
+        Dest::sync_in_background(self)
+    }
+    fn let_go(&mut self, bases: Vec<File>) {
+        close_later(bases)
+    }
+}
+
+impl BasisFile for File {
+    fn len(&self) -> io::Result<u64> {
+        self.metadata().map(|m| m.len())
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+    fn as_file(&self) -> Option<&File> {
+        Some(self)
+    }
+}
+
+impl TempWrite for TempFile {
+    type Basis = File;
+
+    fn len(&self) -> u64 {
+        TempFile::len(self)
+    }
+    fn is_partial(&self) -> bool {
+        self.partial
+    }
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        TempFile::write(self, data)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        TempFile::write_at(self, offset, data)
+    }
+    fn append_from(&mut self, from: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+        TempFile::append_from(self, from, offset, data)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        TempFile::read_at(self, offset, buf)
+    }
+    fn as_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+}
+
+/// A local destination before it is opened: a path on this machine, or a
+/// path inside a daemon module (`beneath`), resolved without following
+/// symlinks.
+pub struct LocalPlace {
+    beneath: Option<PathBuf>,
+    /// The module root, once opened to look at the destination.
+    module: Option<Dest>,
+}
+
+impl LocalPlace {
+    pub fn new(beneath: Option<PathBuf>) -> Self {
+        LocalPlace {
+            beneath,
+            module: None,
+        }
+    }
+}
+
+/// The module-relative name of `path` (`.` for the module root).
+fn in_module(path: &[u8]) -> &[u8] {
+    if path.is_empty() || path == b"/" {
+        b"."
+    } else {
+        path
+    }
+}
+
+impl Place for LocalPlace {
+    type Dest = Dest;
+
+    fn probe(&mut self, path: &[u8], shown: &str) -> Result<Option<bool>, TransferError> {
+        match &self.beneath {
+            None => {
+                let meta = std::fs::metadata(std::ffi::OsStr::from_bytes(path)).ok();
+                Ok(meta.map(|m| m.is_dir()))
+            }
+            Some(root) => {
+                let mut m = Dest::open(root, false)
+                    .map_err(|e| TransferError::local(root.display().to_string(), &e))?;
+                let rel = in_module(path);
+                names::check(rel)
+                    .map_err(|e| TransferError::Usage(format!("destination {shown}: {e}")))?;
+                let x = m
+                    .stat(rel)
+                    .map_err(|e| TransferError::local(shown.to_string(), &e))?;
+                self.module = Some(m);
+                Ok(x.map(|x| x.kind == ExistingKind::Dir))
+            }
+        }
+    }
+
+    fn open(&mut self, root: &[u8], create: bool, shown: &str) -> Result<Dest, TransferError> {
+        let opened = match self.module.as_mut() {
+            None => Dest::open(Path::new(std::ffi::OsStr::from_bytes(root)), create),
+            Some(m) => {
+                let rel = in_module(root);
+                if create {
+                    m.mkdir(rel, 0o755)
+                        .or_else(|e| {
+                            if e.kind() == io::ErrorKind::AlreadyExists {
+                                Ok(())
+                            } else {
+                                Err(e)
+                            }
+                        })
+                        .map_err(|e| TransferError::local(shown.to_string(), &e))?;
+                }
+                m.sub(rel)
+            }
+        };
+        opened.map_err(|e| TransferError::local(names::escape(root), &e))
+    }
+}

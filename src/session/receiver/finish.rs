@@ -1,0 +1,140 @@
+//! The end of a transfer (rsync's `hlink.c` and `delete.c`): hard links once
+//! their targets exist, `--delete`, tidying partial directories, directory
+//! metadata last, and one sync for everything. Not for anything per file.
+
+use super::Receiver;
+use crate::error::{io_text, FileError, FileOp, TransferError};
+use crate::fs::names::{self, escape};
+use crate::proto::Report;
+use crate::store::destination::{Destination, MetaOf};
+
+impl<D: Destination> Receiver<'_, D> {
+    /// The end of the list and of all files: hard links, deletions, directory
+    /// metadata, and one sync for everything.
+    pub(super) fn finish(&mut self) -> Result<(), TransferError> {
+        for (index, target) in std::mem::take(&mut self.hardlinks) {
+            let t = &self.entries[target as usize];
+            let l = &self.entries[index as usize];
+            let (trel, rel, name, tdone) = (t.rel.clone(), l.rel.clone(), l.name.clone(), t.done);
+            if !tdone && !self.opts.dry_run {
+                self.file_error(&name, "not linked: the file it links to failed".into());
+                continue;
+            }
+            self.summary.transferred += 1;
+            self.emit(Report::Updated {
+                name: name.clone(),
+                size: 0,
+                detail: format!("=> {}", escape(&t.name)).into_bytes(),
+            });
+            if self.opts.dry_run {
+                continue;
+            }
+            let dest = self.dest.open();
+            if let Err(e) = dest.hardlink(&trel, &rel) {
+                let shown = dest.show(&rel);
+                let error = FileError::new(shown, FileOp::Link, e);
+                self.file_error(&name, error.to_string());
+            }
+        }
+        if self.opts.delete {
+            if self.io_error {
+                self.summary.delete_skipped = true;
+                self.emit(Report::Error {
+                    name: Vec::new(),
+                    text: b"the sender had I/O errors: skipping deletion".to_vec(),
+                });
+            } else {
+                self.delete_extraneous();
+            }
+        }
+        // before directory times are set: removing an entry changes its parent's mtime
+        if let Some(dest) = self.dest.get() {
+            for dir in std::mem::take(&mut self.partial_dirs) {
+                dest.tidy_dir(&dir);
+            }
+        }
+        for &index in self.dirs.clone().iter().rev() {
+            let meta = self.meta_for(index, false);
+            let l = &self.entries[index as usize];
+            let (rel, name) = (l.rel.clone(), l.name.clone());
+            if self.opts.dry_run
+                || (meta.mode.is_none() && meta.mtime.is_none() && meta.uid.is_none())
+            {
+                continue;
+            }
+            let Some(dest) = self.dest.get() else {
+                continue;
+            };
+            // a directory already as it should be is left alone
+            if let Ok(Some(x)) = dest.stat(&rel) {
+                let same = meta.mode.is_none_or(|m| m == x.mode)
+                    && meta.mtime.is_none_or(|t| t == (x.mtime, x.mtime_nsec))
+                    && meta.uid.is_none_or(|u| u == x.uid)
+                    && meta.gid.is_none_or(|g| g == x.gid);
+                if same {
+                    continue;
+                }
+            }
+            self.touched = true;
+            if let Err(e) = dest.set_meta(&rel, MetaOf::Dir, &meta) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    self.file_error(&name, io_text(&e));
+                }
+            }
+        }
+        // durable before success is reported; nothing to wait for when nothing
+        // changed (syncfs would also wait for other writers on the filesystem)
+        let changed = self.summary.transferred > 0 || self.summary.deleted > 0 || self.touched;
+        if !self.opts.dry_run && changed {
+            if let Some(dest) = self.dest.get_ref() {
+                dest.sync_all()
+                    .map_err(|e| TransferError::local(escape(&self.dest_path), &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn delete_extraneous(&mut self) {
+        for &index in &self.dirs.clone() {
+            let rel = self.entries[index as usize].rel.clone();
+            let Some(dest) = self.dest.get() else {
+                return;
+            };
+            let Ok(children) = dest.list(&rel) else {
+                continue;
+            };
+            for (child, is_dir) in children {
+                let crel = names::join(&rel, &child);
+                if child == crate::fs::PARTIAL_DIR
+                    || self.intake.is_listed(&crel)
+                    || self.filters.excludes(&crel, is_dir)
+                {
+                    continue;
+                }
+                let shown_name = names::join(&self.entries[index as usize].name, &child);
+                let shown_name = if self.entries[index as usize].name == b"." {
+                    child.clone()
+                } else {
+                    shown_name
+                };
+                self.summary.deleted += 1;
+                self.emit(Report::Deleted {
+                    name: shown_name.clone(),
+                    is_dir,
+                });
+                if self.opts.dry_run {
+                    continue;
+                }
+                let backup = self.opts.backup_suffix.clone();
+                let dest = self.dest.open();
+                if let Err(e) = dest.remove(&crel, backup.as_deref()) {
+                    let shown = dest.show(&crel);
+                    self.file_error(
+                        &shown_name,
+                        format!("cannot delete {shown}: {}", io_text(&e)),
+                    );
+                }
+            }
+        }
+    }
+}

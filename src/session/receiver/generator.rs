@@ -1,0 +1,341 @@
+//! Per-entry decisions, rsync's generator: the quick check (or `-c`), what
+//! stands in the way, directories and symlinks made at once, files queued to
+//! be asked for, and the metadata each entry gets. Not for file data: that
+//! arrives later (see [`super::publish`], [`super::rebuild`]).
+
+use super::index::ReadAt;
+use super::intake::Accepted;
+use super::{listed, Receiver};
+use crate::check::file_checksum;
+use crate::error::{io_text, TransferError};
+use crate::fs::names::{escape, split_parent};
+use crate::proto::{Entry, Kind, Report};
+use crate::store::destination::{Destination, Existing, ExistingKind, Meta, MetaOf};
+
+/// Whether a symlink at `rel` pointing to `target` stays inside the tree.
+pub(super) fn link_stays_inside(rel: &[u8], target: &[u8]) -> bool {
+    if target.is_empty() || target.starts_with(b"/") {
+        return false;
+    }
+    let mut depth = rel.split(|&b| b == b'/').count() as i64 - 1;
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+impl<D: Destination> Receiver<'_, D> {
+    pub(super) fn entry(&mut self, e: Entry) -> Result<(), TransferError> {
+        if let Some(ls) = self.list_start.take() {
+            // the destination is created only once there is something to put in it
+            self.start(ls)?;
+        }
+        let entries = &self.entries;
+        let is_earlier_file = |j: u32| {
+            entries
+                .get(j as usize)
+                .is_some_and(|t| t.kind == Kind::File)
+        };
+        let Accepted { index, rel } = self.intake.accept(&e, is_earlier_file)?;
+        // (the intake counts what the listing holds)
+        debug_assert_eq!(self.entries.is_empty(), index == 0);
+        self.summary.files += 1;
+        if e.kind == Kind::File {
+            self.summary.total_size += e.size;
+        }
+        let existing = match self.dest.get() {
+            Some(_) if self.made_dirs.contains(split_parent(&rel).0) => None,
+            Some(d) => match d.stat(&rel) {
+                Ok(x) => x,
+                Err(err) => {
+                    self.entries.push(listed(&e, rel, true));
+                    self.file_error(&e.name, io_text(&err));
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
+        self.entries
+            .push(listed(&e, rel.clone(), existing.is_none()));
+        match e.kind {
+            Kind::Dir => self.entry_dir(index, &e, existing.map(|x| x.kind)),
+            Kind::Symlink => self.entry_symlink(index, &e, existing.map(|x| x.kind)),
+            Kind::File => {
+                if let Some(j) = e.link_to {
+                    self.hardlinks.push((index, j));
+                    return Ok(());
+                }
+                self.entry_file(index, &e, existing)
+            }
+        }
+    }
+
+    /// Removes what stands where an entry of another kind must go. A non-empty
+    /// directory only goes with `--delete`.
+    pub(super) fn clear_way(&mut self, index: u32, kind: ExistingKind) -> bool {
+        let (rel, name) = {
+            let l = &self.entries[index as usize];
+            (l.rel.clone(), l.name.clone())
+        };
+        if self.opts.dry_run {
+            return true;
+        }
+        let Some(dest) = self.dest.get() else {
+            return true;
+        };
+        let non_empty_dir =
+            kind == ExistingKind::Dir && dest.list(&rel).map(|l| !l.is_empty()).unwrap_or(true);
+        if non_empty_dir && !self.opts.delete {
+            self.file_error(
+                &name,
+                "cannot replace a non-empty directory (use --delete)".into(),
+            );
+            return false;
+        }
+        match dest.remove(&rel, None) {
+            Ok(()) => {
+                self.entries[index as usize].is_new = true;
+                true
+            }
+            Err(err) => {
+                self.file_error(
+                    &name,
+                    format!("cannot remove what is in the way: {}", io_text(&err)),
+                );
+                false
+            }
+        }
+    }
+
+    pub(super) fn entry_dir(
+        &mut self,
+        index: u32,
+        e: &Entry,
+        existing: Option<ExistingKind>,
+    ) -> Result<(), TransferError> {
+        self.dirs.push(index);
+        let rel = self.entries[index as usize].rel.clone();
+        match existing {
+            Some(ExistingKind::Dir) => return Ok(()),
+            Some(k) if !self.clear_way(index, k) => return Ok(()),
+            _ => {}
+        }
+        self.summary.transferred += 1;
+        // shown as rsync shows directories: with a trailing slash
+        let mut shown = e.name.clone();
+        shown.push(b'/');
+        self.emit(Report::Updated {
+            name: shown,
+            size: 0,
+            detail: Vec::new(),
+        });
+        if self.opts.dry_run || rel == b"." {
+            return Ok(());
+        }
+        let dest = self.dest.open();
+        match dest.mkdir(&rel, 0o700) {
+            Ok(()) => {
+                self.made_dirs.insert(rel);
+            }
+            Err(err) => {
+                let shown = dest.show(&rel);
+                self.file_error(&e.name, format!("mkdir {shown}: {}", io_text(&err)));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn entry_symlink(
+        &mut self,
+        index: u32,
+        e: &Entry,
+        existing: Option<ExistingKind>,
+    ) -> Result<(), TransferError> {
+        let rel = self.entries[index as usize].rel.clone();
+        if !link_stays_inside(&rel, &e.target) {
+            self.emit(Report::Notice {
+                name: e.name.clone(),
+                text: format!(
+                    "skipping symlink {} -> {}: it points outside the destination",
+                    escape(&e.name),
+                    escape(&e.target)
+                )
+                .into_bytes(),
+            });
+            return Ok(());
+        }
+        if existing == Some(ExistingKind::Symlink) {
+            if let Some(dest) = self.dest.get() {
+                if dest.readlink(&rel).ok().as_deref() == Some(e.target.as_slice()) {
+                    self.entries[index as usize].done = true;
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(k) = existing {
+            if k == ExistingKind::Dir && !self.clear_way(index, k) {
+                return Ok(());
+            }
+        }
+        self.summary.transferred += 1;
+        self.emit(Report::Updated {
+            name: e.name.clone(),
+            size: 0,
+            detail: format!("-> {}", escape(&e.target)).into_bytes(),
+        });
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        let meta = self.meta_for(index, false);
+        let dest = self.dest.open();
+        let result = dest
+            .symlink(&rel, &e.target)
+            .and_then(|_| dest.set_meta(&rel, MetaOf::Link, &Meta { mode: None, ..meta }));
+        if let Err(err) = result {
+            let shown = dest.show(&rel);
+            self.file_error(&e.name, format!("symlink {shown}: {}", io_text(&err)));
+        }
+        Ok(())
+    }
+
+    pub(super) fn entry_file(
+        &mut self,
+        index: u32,
+        e: &Entry,
+        existing: Option<Existing>,
+    ) -> Result<(), TransferError> {
+        let rel = self.entries[index as usize].rel.clone();
+        if let Some(x) = existing {
+            match x.kind {
+                ExistingKind::File => {
+                    if self.opts.update && x.mtime > e.mtime {
+                        self.entries[index as usize].done = true;
+                        return Ok(());
+                    }
+                    // the quick check compares mtimes to the nanosecond: a file
+                    // rewritten within the same second as the copy was made is
+                    // still seen as changed (rsync compares whole seconds)
+                    let same = if self.opts.checksum {
+                        x.size == e.size && self.same_checksum(&rel, e.checksum)
+                    } else {
+                        x.size == e.size && x.mtime == e.mtime && x.mtime_nsec == e.mtime_nsec
+                    };
+                    if same {
+                        self.bytes_done += e.size;
+                        self.entries[index as usize].done = true;
+                        self.refresh_meta(index, x);
+                        return Ok(());
+                    }
+                }
+                k => {
+                    if !self.clear_way(index, k) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if self.opts.dry_run {
+            self.summary.transferred += 1;
+            self.emit(Report::Updated {
+                name: e.name.clone(),
+                size: e.size,
+                detail: Vec::new(),
+            });
+            return Ok(());
+        }
+        self.queue.push_back(index);
+        Ok(())
+    }
+
+    pub(super) fn same_checksum(&mut self, rel: &[u8], want: Option<[u8; 32]>) -> bool {
+        let (Some(want), Some(dest)) = (want, self.dest.get()) else {
+            return false;
+        };
+        let Ok(f) = dest.open_basis(rel) else {
+            return false;
+        };
+        file_checksum(ReadAt { file: &f, pos: 0 }).is_ok_and(|c| c == want)
+    }
+
+    /// An up-to-date file may still need its permissions or owner fixed.
+    pub(super) fn refresh_meta(&mut self, index: u32, x: Existing) {
+        let l = &self.entries[index as usize];
+        let mut m = Meta::default();
+        if self.opts.perms && x.mode != l.mode {
+            m.mode = Some(l.mode);
+        }
+        if self.opts.times && self.opts.checksum && x.mtime != l.mtime.0 {
+            m.mtime = Some(l.mtime);
+        }
+        if self.is_root && self.opts.owner && x.uid != l.uid {
+            m.uid = Some(l.uid);
+        }
+        if self.is_root && self.opts.group && x.gid != l.gid {
+            m.gid = Some(l.gid);
+        }
+        if m.mode.is_none() && m.mtime.is_none() && m.uid.is_none() && m.gid.is_none() {
+            return;
+        }
+        if self.opts.dry_run {
+            return;
+        }
+        let (rel, name) = (l.rel.clone(), l.name.clone());
+        self.touched = true;
+        if let Some(dest) = self.dest.get() {
+            if let Err(err) = dest.set_meta(&rel, MetaOf::File, &m) {
+                self.file_error(&name, io_text(&err));
+            }
+        }
+    }
+
+    /// The metadata to give entry `index` (a file, link or directory).
+    pub(super) fn meta_for(&self, index: u32, is_new: bool) -> Meta {
+        let l = &self.entries[index as usize];
+        let mode = if self.opts.perms {
+            Some(l.mode)
+        } else if is_new || l.is_new {
+            Some(l.mode & !crate::fs::umask())
+        } else {
+            None
+        };
+        // in a daemon module nothing becomes setuid or setgid
+        let mode = mode.map(|m| {
+            if self.beneath.is_some() {
+                m & !0o6000
+            } else {
+                m
+            }
+        });
+        Meta {
+            mode,
+            mtime: self.opts.times.then_some(l.mtime),
+            uid: (self.is_root && self.opts.owner).then_some(l.uid),
+            gid: (self.is_root && self.opts.group).then_some(l.gid),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_stays_inside;
+
+    #[test]
+    fn symlink_containment() {
+        assert!(link_stays_inside(b"a", b"b"));
+        assert!(link_stays_inside(b"d/a", b"../b"));
+        assert!(!link_stays_inside(b"a", b"../b"));
+        assert!(!link_stays_inside(b"d/a", b"../../b"));
+        assert!(!link_stays_inside(b"d/a", b"x/../../../b"));
+        assert!(!link_stays_inside(b"a", b"/etc/passwd"));
+        assert!(link_stays_inside(b"d/e/a", b"../x/./y"));
+    }
+}

@@ -1,0 +1,436 @@
+//! The receiving side: takes the file list, decides per entry what to do (skip,
+//! create, fetch whole, rebuild from a basis), asks the sender for what it lacks,
+//! verifies everything that arrives, and publishes each file atomically.
+//! It writes through a [`Destination`] (the local filesystem's is
+//! [`crate::fs::dest::Dest`]) and is monomorphic over it.
+//!
+//! One concept per file, along rsync's lines: `pumps` (its `io.c`: the
+//! stream threads), `intake` and `recipe` (the rules of what may arrive
+//! when, sans-IO), `open` (naming the destination), `generator` (per-entry
+//! decisions), `schedule` (what to ask for next), `basis` and `index`
+//! (old data to rebuild from), `incoming` (each file's state), `publish`
+//! (whole files and file ends, rsync's `receiver.c`), `segments`,
+//! `rebuild`, `finish` (`hlink.c` and `delete.c`) and `progress`. This
+//! file holds the setup, the main loop and the dispatch of each message.
+//!
+//! # Security
+//! Every name, count, length and index from the sender is checked before use:
+//! names by [`crate::fs::names::check`] and against what the client asked for,
+//! list order (a directory before its contents, no name twice), data only for
+//! files this side asked for, chunks against their recipe hash, whole files
+//! against their check value ([`crate::chunk::RebuildCheck`], under a key
+//! drawn here, for a file rebuilt from old data; [`crate::chunk::WholeCheck`] for one sent
+//! whole) before they are renamed into place. A
+//! violation ends the session; what was written so far stays in partial
+//! files, never at a final path.
+
+mod basis;
+mod finish;
+mod generator;
+mod incoming;
+mod index;
+mod intake;
+mod open;
+mod progress;
+mod publish;
+mod pumps;
+mod rebuild;
+pub mod recipe;
+mod schedule;
+mod segments;
+
+use super::listing::Listing;
+use super::wire::{FrameReader, FrameWriter, Spares};
+use super::{text, Cancel, EventFn};
+use crate::chunk::MAX_CHUNK;
+use crate::error::{FileOp, TransferError};
+use crate::filter::Filters;
+use crate::fs::chunk_cache::ChunkCache;
+use crate::fs::dest::Dest;
+use crate::fs::destination::LocalPlace;
+use crate::proto::{Entry, Kind, ListStart, Message, Options, Summary, BLOCK_SIZE};
+use crate::store::destination::{Destination, Place};
+use basis::DirFiles;
+use incoming::{DeltaSlots, InFlight, Incoming};
+use intake::ListIntake;
+use pumps::{spawn_readers, spawn_writer, Inbound, Outbox};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+
+pub struct Config<'a> {
+    /// The destination path on this machine.
+    pub dest: Vec<u8>,
+    pub options: Options,
+    /// The client's event callback; `None` on a server (events go to the peer).
+    pub events: Option<&'a EventFn<'a>>,
+    /// On a client that pulls: the paths it asked for, so that the sender cannot
+    /// answer with names it was not asked for.
+    pub requested: Option<Vec<Vec<u8>>>,
+    /// A daemon module root: `dest` is relative to it and resolved without
+    /// following symlinks.
+    pub beneath: Option<PathBuf>,
+    /// Extra streams joining this transfer (segments of large files).
+    pub joins: Option<mpsc::Receiver<super::Stream>>,
+}
+
+/// A recipe may describe at most this much more than the listed size.
+const RECIPE_SLACK: u64 = 1 << 30;
+
+/// What the receiver remembers of each list entry.
+struct Listed {
+    /// Name in the list (for messages).
+    name: Vec<u8>,
+    /// Path under the destination handle.
+    rel: Vec<u8>,
+    kind: Kind,
+    size: u64,
+    mode: u32,
+    mtime: (i64, u32),
+    uid: u32,
+    gid: u32,
+    is_new: bool,
+    /// Published, or already up to date (a hard link may point at it).
+    done: bool,
+}
+
+struct Receiver<'a, D: Destination = Dest> {
+    opts: Options,
+    /// Handled data blocks' buffers, back to the stream readers.
+    spares: Spares,
+    filters: Filters,
+    out: Outbox,
+    events: Option<&'a EventFn<'a>>,
+    dest_path: Vec<u8>,
+    beneath: Option<PathBuf>,
+    /// The destination: where it is until the first entry opens it.
+    dest: Target<'a, D>,
+    /// The list's opening, until the first entry opens the destination.
+    list_start: Option<ListStart>,
+    /// The rules of the list as it arrives.
+    intake: ListIntake,
+    entries: Listing<Listed>,
+    /// The rest of a batch of messages from the main stream.
+    arrived: VecDeque<Message>,
+    /// Directories this run made: nothing was in them before it, so what is
+    /// listed in them is not looked up in the destination (a `stat` per file
+    /// was 2% of a daemon's time receiving 20,000 small files).
+    made_dirs: HashSet<Vec<u8>>,
+    dirs: Vec<u32>,
+    queue: VecDeque<u32>,
+    in_flight: InFlight<D>,
+    delta_slots: DeltaSlots,
+    hardlinks: Vec<(u32, u32)>,
+    /// Destination directories read when looking for similar files.
+    dir_cache: HashMap<Vec<u8>, Option<DirFiles>>,
+    /// Directories where a partial directory was used, to tidy at the end.
+    partial_dirs: HashSet<Vec<u8>>,
+    io_error: bool,
+    summary: Summary,
+    is_root: bool,
+    buf: Vec<u8>,
+    decompressor: zstd::bulk::Decompressor<'static>,
+    /// Chunk lists of destination files from earlier runs.
+    chunk_cache: Option<Arc<ChunkCache>>,
+    /// Bytes of each file in flight already counted in progress events.
+    progress: HashMap<u32, u64>,
+    /// Bytes of the listed files that are done (sent, reused or up to date).
+    bytes_done: u64,
+    /// Metadata was changed on an existing entry (needs the final sync too).
+    touched: bool,
+    /// When the overall progress last went to a remote requester.
+    overall_sent: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+/// Runs the receiving side until the transfer is complete, into the local
+/// filesystem.
+pub fn run<R, W>(
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    cfg: Config,
+    cancel: &Cancel,
+) -> Result<Summary, TransferError>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    let place = LocalPlace::new(cfg.beneath.clone());
+    run_into(reader, writer, cfg, place, cancel)
+}
+
+/// Runs the receiving side until the transfer is complete, into the store
+/// `place` opens (`cfg.dest` is its path there).
+pub fn run_into<'a, R, W, P>(
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    mut cfg: Config<'a>,
+    place: P,
+    cancel: &Cancel,
+) -> Result<Summary, TransferError>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+    P: Place + 'a,
+{
+    let spares = Spares::default();
+    let inbound = spawn_readers(reader, cfg.joins.take(), spares.clone())?;
+    let (out, writer_thread) = spawn_writer(writer)?;
+    let filters =
+        Filters::new(&cfg.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
+    let intake = ListIntake::new(cfg.requested.as_deref(), cfg.options.recursive);
+    let mut r = Receiver {
+        opts: cfg.options,
+        spares,
+        filters,
+        out,
+        events: cfg.events,
+        dest_path: cfg.dest,
+        beneath: cfg.beneath,
+        dest: Target::Unopened(Box::new(place)),
+        list_start: None,
+        intake,
+        entries: Listing::default(),
+        arrived: VecDeque::new(),
+        made_dirs: HashSet::new(),
+        dirs: Vec::new(),
+        queue: VecDeque::new(),
+        in_flight: InFlight::default(),
+        delta_slots: DeltaSlots::default(),
+        hardlinks: Vec::new(),
+        partial_dirs: HashSet::new(),
+        dir_cache: HashMap::new(),
+        io_error: false,
+        summary: Summary::default(),
+        is_root: rustix::process::geteuid().is_root(),
+        buf: vec![0; BLOCK_SIZE.max(MAX_CHUNK)],
+        decompressor: zstd::bulk::Decompressor::new()
+            .map_err(|e| TransferError::local("zstd", &e))?,
+        chunk_cache: ChunkCache::open_default().map(Arc::new),
+        progress: HashMap::new(),
+        bytes_done: 0,
+        touched: false,
+        overall_sent: std::cell::Cell::new(None),
+    };
+    let result = r.run(&inbound, cancel);
+    match result {
+        Ok(summary) => {
+            drop(r);
+            let _ = writer_thread.join();
+            Ok(summary)
+        }
+        Err(e) => {
+            if !matches!(e, TransferError::Connection(_) | TransferError::Remote(_)) {
+                let _ = r.out.send(Message::Fatal(e.to_string().into_bytes()));
+            }
+            // the writer thread ends once it has sent what is queued
+            drop(r);
+            let _ = writer_thread.join();
+            Err(e)
+        }
+    }
+}
+
+/// The destination of a transfer, from where it is to open.
+enum Target<'a, D: Destination> {
+    /// Until the first entry: where it is (opened once there is something
+    /// to put in it).
+    Unopened(Box<dyn Place<Dest = D> + 'a>),
+    /// A dry run into a directory that does not exist: nothing to look at.
+    Absent,
+    Open(D),
+}
+
+impl<D: Destination> Target<'_, D> {
+    /// The destination, when there is one to look at.
+    fn get(&mut self) -> Option<&mut D> {
+        match self {
+            Target::Open(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn get_ref(&self) -> Option<&D> {
+        match self {
+            Target::Open(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The destination, to change it. Changes come only after the first
+    /// entry opened it and never in a dry run, the one case that leaves it
+    /// absent: this is the only place that holds the receiver to that.
+    fn open(&mut self) -> &mut D {
+        match self {
+            Target::Open(d) => d,
+            _ => unreachable!("a change before the destination was opened, or in a dry run"),
+        }
+    }
+
+    fn open_ref(&self) -> &D {
+        match self {
+            Target::Open(d) => d,
+            _ => unreachable!("a change before the destination was opened, or in a dry run"),
+        }
+    }
+}
+
+/// What the peer did wrong, as the sans-IO cores (`intake`, [`recipe`])
+/// say it: it ends the session as [`TransferError::PeerMisbehaved`], with
+/// this text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl From<Violation> for TransferError {
+    fn from(v: Violation) -> Self {
+        TransferError::PeerMisbehaved(v.0)
+    }
+}
+
+fn violation(what: String) -> TransferError {
+    TransferError::PeerMisbehaved(what)
+}
+
+fn listed(e: &Entry, rel: Vec<u8>, is_new: bool) -> Listed {
+    Listed {
+        name: e.name.clone(),
+        rel,
+        kind: e.kind,
+        size: e.size,
+        mode: e.mode,
+        mtime: (e.mtime, e.mtime_nsec),
+        uid: e.uid,
+        gid: e.gid,
+        is_new,
+        done: false,
+    }
+}
+
+/// A local operation on a file being received that failed: the file is
+/// given up on ([`Receiver::abandon`], which names it as a [`FileError`]
+/// and reads from the error's kind whether the disk is full).
+///
+/// [`FileError`]: crate::error::FileError
+#[derive(Debug)]
+pub(super) struct Failed(pub FileOp, pub std::io::Error);
+
+fn write_error(e: std::io::Error) -> Failed {
+    Failed(FileOp::Write, e)
+}
+
+impl<D: Destination> Receiver<'_, D> {
+    fn send(&self, m: Message) -> Result<(), TransferError> {
+        self.out.send(m)
+    }
+
+    fn run(
+        &mut self,
+        inbound: &mpsc::Receiver<Inbound>,
+        cancel: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        match self.next(inbound)? {
+            Message::ListStart(ls) => self.list_start = Some(ls),
+            Message::Fatal(t) => return Err(TransferError::Remote(text(&t))),
+            other => {
+                return Err(violation(format!(
+                    "sent {} before the file list",
+                    other.name()
+                )))
+            }
+        }
+        loop {
+            cancel.check()?;
+            if self.intake.is_done() && self.queue.is_empty() && self.in_flight.live() == 0 {
+                break;
+            }
+            let msg = self.next(inbound)?;
+            self.handle(msg)?;
+            self.pump()?;
+            self.acknowledge()?;
+        }
+        self.finish()?;
+        self.send(Message::Finish(self.summary))?;
+        match self.next(inbound)? {
+            Message::Bye => Ok(self.summary),
+            Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
+            other => Err(violation(format!("sent {} instead of Bye", other.name()))),
+        }
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<(), TransferError> {
+        match msg {
+            Message::Entry(e) => {
+                self.intake.before_entry()?;
+                self.entry(e)
+            }
+            Message::ListEnd { io_error } => {
+                self.intake.end()?;
+                self.io_error = io_error;
+                if io_error {
+                    self.summary.errors += 1;
+                }
+                Ok(())
+            }
+            Message::Data {
+                file,
+                compressed,
+                raw_len,
+                bytes,
+            } => {
+                let done = self.data(file, compressed, raw_len, &bytes);
+                self.spares.give(bytes);
+                done
+            }
+            Message::Spans { file, spans } => self.spans(file, spans),
+            Message::Recipe { file, chunks } => self.recipe(file, chunks),
+            Message::Segment {
+                file,
+                offset,
+                compressed,
+                raw_len,
+                bytes,
+            } => {
+                let done = self.segment(file, offset, compressed, raw_len, &bytes);
+                self.spares.give(bytes);
+                done
+            }
+            Message::SegmentEnd {
+                file,
+                offset,
+                len,
+                hash,
+            } => self.segment_end(file, offset, len, hash),
+            Message::RecipeEnd { file, size, hash } => self.recipe_end(file, size, hash),
+            Message::FileEnd { file, size, hash } => self.file_end(file, size, hash),
+            Message::FileFailed { file, reason } => {
+                let state = self
+                    .in_flight
+                    .remove(file)
+                    .filter(|s| !matches!(s, Incoming::Ended))
+                    .ok_or_else(|| {
+                        violation(format!(
+                            "reported a failure of file {file}, which was not requested"
+                        ))
+                    })?;
+                self.drop_state(state);
+                self.progress.remove(&file);
+                self.in_flight.insert(file, Incoming::Ended);
+                let name = self.entries[file as usize].name.clone();
+                self.file_error(&name, text(&reason));
+                Ok(())
+            }
+            Message::Event(e) => match self.events {
+                Some(f) => {
+                    f(e);
+                    Ok(())
+                }
+                None => Err(violation("sent an event to a server".into())),
+            },
+            Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
+            other => Err(violation(format!(
+                "sent {} to the receiving side",
+                other.name()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Opening the destination when the first entry arrives, with rsync's and
+//! scp's naming rules (a single file written under the destination's own name,
+//! `cp -r dir new` making `new` the directory). Not for anything per entry.
+
+use super::intake::Mapping;
+use super::{Receiver, Target};
+use crate::error::TransferError;
+use crate::fs::names::{escape, split_parent};
+use crate::proto::ListStart;
+use crate::store::destination::Destination;
+
+impl<D: Destination> Receiver<'_, D> {
+    /// Decides how names map to the destination and opens it: like rsync, a
+    /// single file may be written under the destination's own name; otherwise
+    /// the destination is a directory, created if missing (only its last
+    /// component). With `cp` semantics a single directory becomes the
+    /// destination when that does not exist yet.
+    pub(super) fn start(&mut self, ls: ListStart) -> Result<(), TransferError> {
+        let d = self.dest_path.clone();
+        let trailing = d.ends_with(b"/");
+        let mut trimmed = d.as_slice();
+        while trimmed.len() > 1 && trimmed.ends_with(b"/") {
+            trimmed = &trimmed[..trimmed.len() - 1];
+        }
+        let shown = escape(&d);
+        // what is there now
+        let Target::Unopened(place) = &mut self.dest else {
+            return Ok(()); // (the list starts once)
+        };
+        let found = place.probe(trimmed, &shown)?;
+        let (exists, is_dir) = (found.is_some(), found == Some(true));
+        let (root, create): (Vec<u8>, bool) = if ls.single_file && !trailing && !is_dir {
+            let (parent, base) = split_parent(trimmed);
+            self.intake.set_mapping(Mapping::FileAs(base.to_vec()));
+            let parent = if trimmed.starts_with(b"/") && parent.is_empty() {
+                b"/".as_slice()
+            } else {
+                parent
+            };
+            (parent.to_vec(), false)
+        } else if self.opts.cp_mode && ls.single_dir && !exists {
+            self.intake.set_mapping(Mapping::StripTop(Vec::new()));
+            (trimmed.to_vec(), true)
+        } else {
+            if exists && !is_dir {
+                return Err(TransferError::Usage(format!(
+                    "destination {shown} exists and is not a directory"
+                )));
+            }
+            (trimmed.to_vec(), !exists)
+        };
+        if self.opts.dry_run && create {
+            // nothing exists yet: everything is new
+            self.dest = Target::Absent;
+            return Ok(());
+        }
+        let mut dest = place.open(&root, create, &shown)?;
+        if !self.opts.fsync && !self.opts.dry_run {
+            dest.sync_in_background();
+        }
+        self.dest = Target::Open(dest);
+        Ok(())
+    }
+}
