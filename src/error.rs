@@ -102,6 +102,19 @@ pub enum FileOp {
     Publish,
     /// Receiving: making a hard link to it.
     Link,
+    /// Receiving: looking at what is at its place now.
+    Stat,
+    /// Receiving: removing what is in the way (a file where a directory
+    /// goes, or the reverse).
+    ClearWay,
+    /// Receiving: making a directory.
+    Mkdir,
+    /// Receiving: making a symlink.
+    Symlink,
+    /// Receiving: setting its mode, owner or times.
+    Metadata,
+    /// `--delete`: removing an extraneous file.
+    Delete,
 }
 
 /// One file that could not be sent or received: which file (as shown to the
@@ -146,6 +159,11 @@ impl std::fmt::Display for FileError {
             FileOp::ReadBack => write!(f, "cannot read back: {why}"),
             FileOp::Publish => write!(f, "cannot write {name}: {why}"),
             FileOp::Link => write!(f, "link {name}: {why}"),
+            FileOp::Stat | FileOp::Metadata => write!(f, "{why}"),
+            FileOp::ClearWay => write!(f, "cannot remove what is in the way: {why}"),
+            FileOp::Mkdir => write!(f, "mkdir {name}: {why}"),
+            FileOp::Symlink => write!(f, "symlink {name}: {why}"),
+            FileOp::Delete => write!(f, "cannot delete {name}: {why}"),
         }
     }
 }
@@ -296,6 +314,15 @@ mod tests {
             (FileOp::ReadBack, "cannot read back: Permission denied"),
             (FileOp::Publish, "cannot write dir/f: Permission denied"),
             (FileOp::Link, "link dir/f: Permission denied"),
+            (FileOp::Stat, "Permission denied"),
+            (
+                FileOp::ClearWay,
+                "cannot remove what is in the way: Permission denied",
+            ),
+            (FileOp::Mkdir, "mkdir dir/f: Permission denied"),
+            (FileOp::Symlink, "symlink dir/f: Permission denied"),
+            (FileOp::Metadata, "Permission denied"),
+            (FileOp::Delete, "cannot delete dir/f: Permission denied"),
         ];
         for (op, text) in cases {
             assert_eq!(FileError::new("dir/f", op, denied()).to_string(), text);

@@ -3,7 +3,7 @@
 //! metadata last, and one sync for everything. Not for anything per file.
 
 use super::Receiver;
-use crate::error::{io_text, FileError, FileOp, TransferError};
+use crate::error::{FileError, FileOp, TransferError};
 use crate::fs::names::{self, escape};
 use crate::proto::Report;
 use crate::store::destination::{Destination, MetaOf};
@@ -32,8 +32,7 @@ impl<D: Destination> Receiver<'_, D> {
             let dest = self.dest.open();
             if let Err(e) = dest.hardlink(&trel, &rel) {
                 let shown = dest.show(&rel);
-                let error = FileError::new(shown, FileOp::Link, e);
-                self.file_error(&name, error.to_string());
+                self.file_failed(&name, FileError::new(shown, FileOp::Link, e));
             }
         }
         if self.opts.delete {
@@ -78,7 +77,7 @@ impl<D: Destination> Receiver<'_, D> {
             self.touched = true;
             if let Err(e) = dest.set_meta(&rel, MetaOf::Dir, &meta) {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    self.file_error(&name, io_text(&e));
+                    self.file_failed(&name, FileError::new(escape(&name), FileOp::Metadata, e));
                 }
             }
         }
@@ -129,10 +128,7 @@ impl<D: Destination> Receiver<'_, D> {
                 let dest = self.dest.open();
                 if let Err(e) = dest.remove(&crel, backup.as_deref()) {
                     let shown = dest.show(&crel);
-                    self.file_error(
-                        &shown_name,
-                        format!("cannot delete {shown}: {}", io_text(&e)),
-                    );
+                    self.file_failed(&shown_name, FileError::new(shown, FileOp::Delete, e));
                 }
             }
         }

@@ -7,7 +7,7 @@ use super::index::ReadAt;
 use super::intake::Accepted;
 use super::{listed, Receiver};
 use crate::check::file_checksum;
-use crate::error::{io_text, TransferError};
+use crate::error::{FileError, FileOp, TransferError};
 use crate::fs::names::{escape, split_parent};
 use crate::proto::{Entry, Kind, Report};
 use crate::store::destination::{Destination, Existing, ExistingKind, Meta, MetaOf};
@@ -58,7 +58,7 @@ impl<D: Destination> Receiver<'_, D> {
                 Ok(x) => x,
                 Err(err) => {
                     self.entries.push(listed(&e, rel, true));
-                    self.file_error(&e.name, io_text(&err));
+                    self.file_failed(&e.name, FileError::new(escape(&e.name), FileOp::Stat, err));
                     return Ok(());
                 }
             },
@@ -107,10 +107,7 @@ impl<D: Destination> Receiver<'_, D> {
                 true
             }
             Err(err) => {
-                self.file_error(
-                    &name,
-                    format!("cannot remove what is in the way: {}", io_text(&err)),
-                );
+                self.file_failed(&name, FileError::new(escape(&name), FileOp::ClearWay, err));
                 false
             }
         }
@@ -148,7 +145,7 @@ impl<D: Destination> Receiver<'_, D> {
             }
             Err(err) => {
                 let shown = dest.show(&rel);
-                self.file_error(&e.name, format!("mkdir {shown}: {}", io_text(&err)));
+                self.file_failed(&e.name, FileError::new(shown, FileOp::Mkdir, err));
             }
         }
         Ok(())
@@ -202,7 +199,7 @@ impl<D: Destination> Receiver<'_, D> {
             .and_then(|_| dest.set_meta(&rel, MetaOf::Link, &Meta { mode: None, ..meta }));
         if let Err(err) = result {
             let shown = dest.show(&rel);
-            self.file_error(&e.name, format!("symlink {shown}: {}", io_text(&err)));
+            self.file_failed(&e.name, FileError::new(shown, FileOp::Symlink, err));
         }
         Ok(())
     }
@@ -292,7 +289,7 @@ impl<D: Destination> Receiver<'_, D> {
         self.touched = true;
         if let Some(dest) = self.dest.get() {
             if let Err(err) = dest.set_meta(&rel, MetaOf::File, &m) {
-                self.file_error(&name, io_text(&err));
+                self.file_failed(&name, FileError::new(escape(&name), FileOp::Metadata, err));
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use super::incoming::Incoming;
 use super::Receiver;
+use crate::error::FileError;
 use crate::proto::{Event, Message, Report};
 
 /// Overall progress goes to a remote requester at most this often.
@@ -40,6 +41,11 @@ impl<D: Destination> Receiver<'_, D> {
             name: name.to_vec(),
             text: text.into_bytes(),
         });
+    }
+
+    /// [`file_error`](Self::file_error) for a local operation that failed.
+    pub(super) fn file_failed(&mut self, name: &[u8], error: FileError) {
+        self.file_error(name, error.to_string());
     }
 
     pub(super) fn note_progress(&mut self, file: u32, state: &Incoming<D>) {

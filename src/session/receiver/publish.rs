@@ -248,8 +248,7 @@ impl<D: Destination> Receiver<'_, D> {
             }
             Err(e) => {
                 let shown = self.dest.open_ref().show(&rel);
-                let error = FileError::new(shown, FileOp::Publish, e);
-                self.file_error(&name, error.to_string());
+                self.file_failed(&name, FileError::new(shown, FileOp::Publish, e));
             }
         }
     }
