@@ -229,7 +229,9 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
                 .as_deref()
                 .map(str::parse)
                 .transpose()
-                .map_err(TransferError::Usage)?,
+                .map_err(|e: crate::trust::known_hosts::UnknownHostKeyCheck| {
+                    TransferError::Usage(e.to_string())
+                })?,
         ),
         config_dir: f.config_dir.clone(),
         timeout: f

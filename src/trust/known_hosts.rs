@@ -27,16 +27,19 @@ pub enum HostKeyCheck {
     Ask,
 }
 
+/// A `--host-key-check` value that is none of the modes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--host-key-check: {0:?} is not strict, accept-new or ask")]
+pub struct UnknownHostKeyCheck(pub String);
+
 impl std::str::FromStr for HostKeyCheck {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownHostKeyCheck;
+    fn from_str(s: &str) -> Result<Self, UnknownHostKeyCheck> {
         match s {
             "strict" | "yes" => Ok(HostKeyCheck::Strict),
             "accept-new" => Ok(HostKeyCheck::AcceptNew),
             "ask" => Ok(HostKeyCheck::Ask),
-            _ => Err(format!(
-                "--host-key-check: {s:?} is not strict, accept-new or ask"
-            )),
+            _ => Err(UnknownHostKeyCheck(s.to_string())),
         }
     }
 }
