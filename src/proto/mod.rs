@@ -585,7 +585,9 @@ pub enum Message {
     /// `file` is complete: `size` bytes whose check value is `hash` (for a
     /// file sent whole [`crate::chunk::WholeCheck`]; after a recipe,
     /// [`crate::chunk::RebuildCheck`] under the key `Want` gave;
-    /// after segments, the BLAKE3 of their sorted check values).
+    /// after segments, the BLAKE3 of their sorted check values). Which one
+    /// follows from how the file was sent; both ends compute and compare it
+    /// as a [`crate::check::CheckValue`] that says which.
     FileEnd {
         file: u32,
         size: u64,
@@ -614,7 +616,8 @@ pub enum Message {
         bytes: Vec<u8>,
     },
     /// The segment of `file` that started at `offset` is complete: `len`
-    /// bytes with this check value ([`crate::chunk::WholeCheck`]).
+    /// bytes with this check value ([`crate::chunk::WholeCheck`]; a
+    /// [`crate::check::Check::Segment`]).
     SegmentEnd {
         file: u32,
         offset: u64,
