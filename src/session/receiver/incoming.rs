@@ -11,7 +11,7 @@ use crate::check::CheckValue;
 use crate::chunk::{RebuildKey, WholeCheck};
 use crate::error::{FileError, FileOp, TransferError};
 use crate::fs::names::{escape, split_parent};
-use crate::store::destination::{Destination, TempHow, TempWrite};
+use crate::store::destination::{Destination, Space, TempHow, TempWrite};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -253,22 +253,11 @@ impl<D: Destination> Receiver<'_, D> {
             None => escape(&name),
         };
         let error = FileError::new(shown, op, source);
-        let mut msg = error.to_string();
-        if error.disk_full() {
-            if let Some(dest) = self.dest.get_ref() {
-                let space = dest.space();
-                let free = space.free_bytes;
-                let why = if space.out_of_inodes {
-                    format!("no inodes left, {free} bytes free")
-                } else {
-                    format!(
-                        "{free} bytes free, {} needed",
-                        self.entries[file as usize].size
-                    )
-                };
-                msg = format!("{}: {msg} ({why}; the old file is kept)", error.name);
-            }
-        }
+        let space = match self.dest.get_ref() {
+            Some(dest) if error.disk_full() => Some(dest.space()),
+            _ => None,
+        };
+        let msg = abandoned_text(&error, space, self.entries[file as usize].size);
         self.progress.remove(&file);
         self.file_error(&name, msg);
     }
@@ -288,5 +277,59 @@ impl<D: Destination> Receiver<'_, D> {
                 self.dest.open().discard(t);
             }
         }
+    }
+}
+
+/// What the user is told about a file given up on: the error, and when the
+/// disk is full (read from the error's kind), what is short.
+fn abandoned_text(error: &FileError, space: Option<Space>, needed: u64) -> String {
+    let msg = error.to_string();
+    let Some(space) = space.filter(|_| error.disk_full()) else {
+        return msg;
+    };
+    let free = space.free_bytes;
+    let why = if space.out_of_inodes {
+        format!("no inodes left, {free} bytes free")
+    } else {
+        format!("{free} bytes free, {needed} needed")
+    };
+    format!("{}: {msg} ({why}; the old file is kept)", error.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    const SPACE: Space = Space {
+        free_bytes: 4096,
+        out_of_inodes: false,
+    };
+
+    #[test]
+    fn a_full_disk_is_told_from_the_error_kind_whatever_its_text() {
+        // ENOSPC with a message of the store's own (an S3 or SFTP store will
+        // not say "No space left on device")
+        let full = io::Error::new(io::ErrorKind::StorageFull, "the volume said no");
+        let e = FileError::new("d/f", FileOp::Write, full);
+        assert_eq!(
+            abandoned_text(&e, Some(SPACE), 10_000),
+            "d/f: write failed: the volume said no (4096 bytes free, 10000 needed; the old file is kept)"
+        );
+        let quota = io::Error::from_raw_os_error(libc::EDQUOT);
+        let e = FileError::new("d/f", FileOp::Create, quota);
+        let inodes = Space {
+            out_of_inodes: true,
+            ..SPACE
+        };
+        assert!(abandoned_text(&e, Some(inodes), 1)
+            .ends_with("(no inodes left, 4096 bytes free; the old file is kept)"));
+        // the old check's words in another error are just its text
+        let other = io::Error::other("No space left on device");
+        let e = FileError::new("d/f", FileOp::Write, other);
+        assert_eq!(
+            abandoned_text(&e, Some(SPACE), 1),
+            "write failed: No space left on device"
+        );
     }
 }
