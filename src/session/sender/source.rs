@@ -60,8 +60,9 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
 /// are what users have always seen.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Unsent {
-    /// Opening, stamping or reading the file failed.
-    #[error("{}", crate::error::io_text(.1))]
+    /// Opening, stamping or reading the file failed (shown without the name,
+    /// which the [`FileError`] it becomes adds).
+    #[error("{}", io_why(*.0, .1))]
     Io(FileOp, std::io::Error),
     /// It is no longer the file that was opened (size, mtime or bytes).
     #[error("changed while being sent")]
@@ -74,6 +75,14 @@ pub(crate) enum Unsent {
     Stream(TransferError),
 }
 
+/// What an I/O failure of the sender says after the file's name.
+fn io_why(op: FileOp, e: &std::io::Error) -> String {
+    match op {
+        FileOp::Read => format!("read failed: {}", crate::error::io_text(e)),
+        _ => crate::error::io_text(e),
+    }
+}
+
 /// Whether a file read to its end is still the one opened: the same stamp, and
 /// `size` bytes as read. If not, why not, for the receiver.
 pub(super) fn unchanged<F: SourceFile>(f: &F, before: &Stamp, size: u64) -> Result<(), Unsent> {
@@ -81,5 +90,27 @@ pub(super) fn unchanged<F: SourceFile>(f: &F, before: &Stamp, size: u64) -> Resu
         Ok(after) if after == *before && after.size == size => Ok(()),
         Ok(_) => Err(Unsent::Changed),
         Err(e) => Err(Unsent::Io(FileOp::Open, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_receiver_is_told_reads_as_it_always_did() {
+        let denied = || std::io::Error::from_raw_os_error(libc::EACCES);
+        let read = Unsent::Io(FileOp::Read, denied());
+        assert_eq!(read.to_string(), "read failed: Permission denied");
+        assert_eq!(
+            FileError::new("d/f", FileOp::Read, denied()).to_string(),
+            format!("d/f: {read}")
+        );
+        let open = Unsent::Io(FileOp::Open, denied());
+        assert_eq!(
+            FileError::new("d/f", FileOp::Open, denied()).to_string(),
+            format!("d/f: {open}")
+        );
+        assert_eq!(Unsent::Changed.to_string(), "changed while being sent");
     }
 }
