@@ -23,19 +23,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# --- one daemon per binary, each trusting one client key -----------------------
+# --- one daemon per binary, each trusting one client key; restarted before
+# every run, so that its peak memory is that run's own (a daemon that served
+# earlier sessions keeps some of what its allocator took for them)
 daemon_pid=() daemon_addr=()
+start_daemon() {
+  local i=$1
+  [ -n "${daemon_pid[$i]:-}" ] && { kill "${daemon_pid[$i]}"; wait "${daemon_pid[$i]}" 2>/dev/null || true; }
+  rm -f "$work/ferryd$i.out"
+  FERRY_CACHE_DIR="$work/cache-daemon$i" "${bins[$i]}" serve --config-dir "$work/dcfg$i" \
+    --listen 127.0.0.1:0 --module "bench=$work/dst$i" > "$work/ferryd$i.out" 2>> "$work/ferryd$i.log" &
+  daemon_pid[$i]=$!
+  pids+=($!)
+  for _ in $(seq 100); do grep -q "listening on" "$work/ferryd$i.out" 2>/dev/null && break; sleep 0.05; done
+  daemon_addr[$i]=$(sed -n 's/^listening on //p' "$work/ferryd$i.out" | head -1)
+}
 for i in 0 1; do
   f=${bins[$i]}
   "$f" keygen --config-dir "$work/fcfg$i" >/dev/null
   mkdir -p "$work/dcfg$i" "$work/dst$i" && chmod 700 "$work/dcfg$i"
   "$f" trust add "$work/fcfg$i/id_ed25519.pub" --config-dir "$work/dcfg$i" >/dev/null
-  FERRY_CACHE_DIR="$work/cache-daemon$i" "$f" serve --config-dir "$work/dcfg$i" \
-    --listen 127.0.0.1:0 --module "bench=$work/dst$i" > "$work/ferryd$i.out" 2> "$work/ferryd$i.log" &
-  daemon_pid[$i]=$!
-  pids+=($!)
-  for _ in $(seq 100); do grep -q "listening on" "$work/ferryd$i.out" 2>/dev/null && break; sleep 0.05; done
-  daemon_addr[$i]=$(sed -n 's/^listening on //p' "$work/ferryd$i.out" | head -1)
 done
 
 # --- data: the same generator as compare.sh ------------------------------------
@@ -56,16 +63,16 @@ for i in range(n):
 PY
 
 now() { date +%s.%N; }
-# run I LABEL ARGS...: one sync with binary I to its daemon; appends
-# "label i secs rss_client rss_daemon" to the results
+# run I LABEL SRC DEST: one sync with binary I from SRC to DEST in its
+# daemon's module; appends "label i secs rss_client rss_daemon" to the results
 run() {
-  local i=$1 label=$2; shift 2
+  local i=$1 label=$2 from=$3 to=$4
+  start_daemon "$i"
   sync
-  echo 5 > "/proc/${daemon_pid[$i]}/clear_refs"
   local t0 t1
   t0=$(now)
   FERRY_CACHE_DIR="$work/cache-client$i" /usr/bin/time -f %M -o "$work/rss" \
-    "${bins[$i]}" sync -a --config-dir "$work/fcfg$i" --host-key-check accept-new "$@" >/dev/null 2>"$work/err" ||
+    "${bins[$i]}" sync -a --config-dir "$work/fcfg$i" --host-key-check accept-new "$from" "$(url "$i" "$to")/" >/dev/null 2>"$work/err" ||
     { echo "FAILED: binary $i $label"; cat "$work/err"; exit 1; }
   t1=$(now)
   local secs rss_c rss_d
@@ -79,7 +86,7 @@ run() {
 url() { echo "ferry://${daemon_addr[$1]}/bench/$2"; }
 
 # the old version of the big file on both daemons, kept aside to put back
-for i in 0 1; do run "$i" setup "$src/big/" "$(url "$i" big)/" >/dev/null; done
+for i in 0 1; do run "$i" setup "$src/big/" big >/dev/null; done
 for i in 0 1; do cp -p "$work/dst$i/big/model.bin" "$work/before$i.bin"; done
 python3 - "$src/big/model.bin" <<'PY'
 import os, random, sys
@@ -94,13 +101,13 @@ for p in $(seq "$pairs"); do
   order=(0 1); [ $((p % 2)) = 0 ] && order=(1 0)
   for i in "${order[@]}"; do
     cp -p "$work/before$i.bin" "$work/dst$i/big/model.bin"
-    run "$i" resync "$src/big/" "$(url "$i" big)/"
+    run "$i" resync "$src/big/" big
     cmp -s "$src/big/model.bin" "$work/dst$i/big/model.bin" || { echo "MISMATCH: binary $i re-sync"; exit 1; }
   done
   for i in "${order[@]}"; do
     # a new directory each round: removing 20,000 files just before a run
     # left the filesystem busy with their inodes during it (1.9 s -> 9-13 s)
-    run "$i" small "$src/small/" "$(url "$i" "small$p")/"
+    run "$i" small "$src/small/" "small$p"
     diff -r "$src/small" "$work/dst$i/small$p" >/dev/null || { echo "MISMATCH: binary $i small files"; exit 1; }
   done
 done
