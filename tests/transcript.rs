@@ -398,18 +398,24 @@ fn a_fresh_tree() {
     check("fresh_tree", &got);
 }
 
-#[test]
-fn a_one_percent_edit() {
-    no_cache();
-    let t = tmp();
-    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+/// A 3 MiB checkpoint at `dest`, and at `src` the same with 30 KiB (1%)
+/// rewritten in place.
+fn one_percent_edit(src: &Path, dest: &Path) {
     let mut data = random_bytes(3 << 20, 3);
     write(&dest.join("ckpt.bin"), &data);
     for (i, b) in data[1 << 20..(1 << 20) + (30 << 10)].iter_mut().enumerate() {
         *b = i as u8;
     }
     write(&src.join("ckpt.bin"), &data);
-    settle(&src);
+    settle(src);
+}
+
+#[test]
+fn a_one_percent_edit() {
+    no_cache();
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    one_percent_edit(&src, &dest);
     let got = push(&src, &dest, options());
     assert_same_tree(&src, &dest, false);
     check("edit_1pct", &got);
@@ -420,13 +426,7 @@ fn a_one_percent_edit_pulled() {
     no_cache();
     let t = tmp();
     let (src, dest) = (t.path().join("src"), t.path().join("dest"));
-    let mut data = random_bytes(3 << 20, 3);
-    write(&dest.join("ckpt.bin"), &data);
-    for (i, b) in data[1 << 20..(1 << 20) + (30 << 10)].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    write(&src.join("ckpt.bin"), &data);
-    settle(&src);
+    one_percent_edit(&src, &dest);
     let got = pull(&src, &dest, options());
     assert_same_tree(&src, &dest, false);
     check("edit_1pct_pull", &got);
