@@ -20,6 +20,7 @@ pub enum Keys {
     /// of generation `n` in each direction is `scripted(direction, n)`,
     /// which a test's peer computes too, so that it can seal what the reader
     /// expects after a KeyUpdate and open what the writer sends after one.
+    #[cfg(any(test, feature = "fuzzing"))]
     #[doc(hidden)]
     Scripted {
         tx: u64,
@@ -32,6 +33,7 @@ impl Keys {
         match self {
             Keys::Client(k) => k.update_tx_secret(),
             Keys::Server(k) => k.update_tx_secret(),
+            #[cfg(any(test, feature = "fuzzing"))]
             Keys::Scripted { tx, .. } => {
                 *tx += 1;
                 Ok((0, scripted(SCRIPTED_TX, *tx)))
@@ -42,6 +44,7 @@ impl Keys {
         match self {
             Keys::Client(k) => k.update_rx_secret(),
             Keys::Server(k) => k.update_rx_secret(),
+            #[cfg(any(test, feature = "fuzzing"))]
             Keys::Scripted { rx, .. } => {
                 *rx += 1;
                 Ok((0, scripted(SCRIPTED_RX, *rx)))
@@ -53,6 +56,7 @@ impl Keys {
         let suite = match self {
             Keys::Client(k) => k.negotiated_cipher_suite(),
             Keys::Server(k) => k.negotiated_cipher_suite(),
+            #[cfg(any(test, feature = "fuzzing"))]
             Keys::Scripted { .. } => return SCRIPTED_LIMIT,
         };
         suite
@@ -62,14 +66,18 @@ impl Keys {
 }
 
 /// The scripted directions: what the halves under test send, and receive.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(super) const SCRIPTED_TX: u8 = b'w';
+#[cfg(any(test, feature = "fuzzing"))]
 pub(super) const SCRIPTED_RX: u8 = b'r';
 /// Records one scripted key may seal: AES-GCM's limit, as with rustls.
+#[cfg(any(test, feature = "fuzzing"))]
 const SCRIPTED_LIMIT: u64 = 1 << 24;
 
 /// The scripted traffic secret of `direction`, generation `n` (0 before any
 /// KeyUpdate): AES-256-GCM with a key that names both. For fuzzing and tests
 /// only; nothing secret comes from here.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(super) fn scripted(direction: u8, n: u64) -> ConnectionTrafficSecrets {
     let mut key = [direction; 32];
     key[..8].copy_from_slice(&n.to_be_bytes());

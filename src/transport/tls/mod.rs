@@ -17,6 +17,9 @@
 //! target's, doc-hidden) can run them over memory; ferry uses TCP only.
 
 mod handshake;
+/// Built only for the unit tests and the fuzz crate (feature `fuzzing`):
+/// its key schedule is public, so it must not be in a release binary.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod harness;
 mod keys;
