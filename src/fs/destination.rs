@@ -163,6 +163,20 @@ impl LocalPlace {
             module: None,
         }
     }
+
+    /// The module root, opened the first time it is needed; `None` when
+    /// the destination is not beneath a module.
+    fn module(&mut self) -> Result<Option<&mut Dest>, TransferError> {
+        let Some(root) = &self.beneath else {
+            return Ok(None);
+        };
+        if self.module.is_none() {
+            let m = Dest::open(root, false)
+                .map_err(|e| TransferError::local(root.display().to_string(), &e))?;
+            self.module = Some(m);
+        }
+        Ok(self.module.as_mut())
+    }
 }
 
 /// The module-relative name of `path` (`.` for the module root).
@@ -183,23 +197,23 @@ impl Place for LocalPlace {
                 let meta = std::fs::metadata(std::ffi::OsStr::from_bytes(path)).ok();
                 Ok(meta.map(|m| m.is_dir()))
             }
-            Some(root) => {
-                let mut m = Dest::open(root, false)
-                    .map_err(|e| TransferError::local(root.display().to_string(), &e))?;
+            Some(_) => {
                 let rel = in_module(path);
                 names::check(rel)
                     .map_err(|e| TransferError::Usage(format!("destination {shown}: {e}")))?;
+                let m = self.module()?.expect("beneath a module");
                 let x = m
                     .stat(rel)
                     .map_err(|e| TransferError::local(shown.to_string(), &e))?;
-                self.module = Some(m);
                 Ok(x.map(|x| x.kind == ExistingKind::Dir))
             }
         }
     }
 
     fn open(&mut self, root: &[u8], create: bool, shown: &str) -> Result<Dest, TransferError> {
-        let opened = match self.module.as_mut() {
+        // beneath a module, always through the module's handle, whether or
+        // not `probe` came first
+        let opened = match self.module()? {
             None => Dest::open(Path::new(std::ffi::OsStr::from_bytes(root)), create),
             Some(m) => {
                 let rel = in_module(root);
@@ -218,5 +232,25 @@ impl Place for LocalPlace {
             }
         };
         opened.map_err(|e| TransferError::local(names::escape(root), &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beneath_a_module_open_stays_inside_without_a_probe_first() {
+        let t = tempfile::tempdir().unwrap();
+        let module = t.path().join("module");
+        std::fs::create_dir(&module).unwrap();
+        let name = format!("ferry-place-test-{}", std::process::id());
+        let mut place = LocalPlace::new(Some(module.clone()));
+        // without the module's handle this would be made in the working
+        // directory, outside the module
+        let opened = place.open(name.as_bytes(), true, &name);
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        assert!(!Path::new(&name).exists(), "opened outside the module");
+        assert!(module.join(&name).is_dir());
     }
 }
