@@ -85,7 +85,7 @@ pub fn manifest_of<'a>(segments: impl IntoIterator<Item = &'a CheckValue>) -> Ch
 /// The check of a file sent in segments: BLAKE3 over each segment's check
 /// value, in the order of the segments' offsets. The sender sends it in
 /// `FileEnd`; the receiver computes it from the segments it took in.
-pub fn segment_manifest<'a>(checks: impl IntoIterator<Item = &'a [u8; 32]>) -> [u8; 32] {
+fn segment_manifest<'a>(checks: impl IntoIterator<Item = &'a [u8; 32]>) -> [u8; 32] {
     let mut manifest = blake3::Hasher::new();
     for check in checks {
         manifest.update(check);

@@ -1,6 +1,7 @@
-//! What the layering of issue 18 promises, seen from outside: local faults on
-//! the client and the daemon exit 11 (the README's "local file operation
-//! failed"), not 1 (usage); and the host-key decision is the caller's, so a
+//! What the layering of issue 18 promises, seen from outside: a `known_hosts`
+//! the client cannot read or write, and a listen address the daemon finds in
+//! use, exit 11 (the README's "local file operation failed"), not 1 (usage);
+//! and the host-key decision is the caller's, so a
 //! library user (a daemon job, a test) answers it without a terminal.
 
 mod util;

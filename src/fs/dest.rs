@@ -13,8 +13,6 @@
 //! change instead of three (create, rename's insert and remove), and nothing
 //! left behind if the process dies.
 
-/// Read-side opens, moved to [`super::source`]; kept here for old callers.
-pub use super::source::{open_beneath, open_dir};
 use crate::fs::names::{escape, split_parent};
 use crate::fs::PARTIAL_DIR;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
@@ -1084,6 +1082,7 @@ impl TempFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::source::open_dir;
 
     #[test]
     fn small_files_are_synced_while_more_are_published_and_only_then() {
