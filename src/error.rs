@@ -27,6 +27,12 @@ pub enum TransferError {
     /// Reading or writing the connection failed.
     #[error("connection lost: {0}")]
     Connection(String),
+    /// No connection was made: the name did not resolve, or nothing
+    /// answered. Whether trying again can help depends on `why` and on
+    /// whether the peer was ever reached (`transfer::run` decides). Exits
+    /// 12 and reports category `connection`, as a lost connection does.
+    #[error("{text}")]
+    Connect { text: String, why: ConnectFailure },
     /// The daemon's key is unknown or changed: a trust decision, never retried.
     #[error("{0}")]
     HostKey(String),
@@ -72,10 +78,71 @@ impl TransferError {
             TransferError::Local { .. } => 11,
             TransferError::PeerMisbehaved(_) | TransferError::Malformed(_) => 12,
             TransferError::Connection(_)
+            | TransferError::Connect { .. }
             | TransferError::Integrity(_)
             | TransferError::HostKey(_) => 12,
             TransferError::Remote(_) | TransferError::Internal(_) => 12,
             TransferError::Cancelled => 20,
+        }
+    }
+}
+
+/// Why no connection to a peer could be made, told apart by what trying
+/// again can change: a name that does not exist or a port nothing listens on
+/// stays so (ssh and rsync give up at once), a resolver that did not answer
+/// may answer next time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The name does not exist (getaddrinfo `EAI_NONAME`, NXDOMAIN).
+    NoSuchName,
+    /// No DNS server answered (getaddrinfo `EAI_AGAIN`).
+    ResolverDown,
+    /// The host answered, but nothing accepts on the port (`ECONNREFUSED`).
+    Refused,
+    /// Nothing answered within the timeout.
+    TimedOut,
+    /// No route to the host or its network (`EHOSTUNREACH`, `ENETUNREACH`).
+    Unreachable,
+    /// Any other failure to resolve or connect.
+    Other,
+}
+
+impl ConnectFailure {
+    /// What a failed `connect()` says.
+    pub fn of_connect(e: &io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => return ConnectFailure::Refused,
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => return ConnectFailure::Unreachable,
+            Some(libc::ETIMEDOUT) => return ConnectFailure::TimedOut,
+            _ => {}
+        }
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ConnectFailure::TimedOut,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                ConnectFailure::Unreachable
+            }
+            _ => ConnectFailure::Other,
+        }
+    }
+
+    /// What a failed name lookup says. The standard library keeps only
+    /// getaddrinfo's text (`gai_strerror`, in the C locale a Rust program
+    /// runs in), so the two codes that matter are told apart by the texts
+    /// of glibc and musl for them.
+    pub fn of_lookup(e: &io::Error) -> Self {
+        let text = e.to_string();
+        let has = |s: &str| text.contains(s);
+        if has("Name or service not known")
+            || has("No address associated with hostname")
+            || has("Name does not resolve")
+            || has("Name has no usable address")
+        {
+            ConnectFailure::NoSuchName
+        } else if has("Temporary failure in name resolution") {
+            ConnectFailure::ResolverDown
+        } else {
+            ConnectFailure::Other
         }
     }
 }
@@ -226,7 +293,7 @@ impl TransferError {
             TransferError::PeerMisbehaved(_) | TransferError::Malformed(_) => "peer",
             TransferError::Handshake(_) => "incompatible",
             TransferError::Remote(_) => "remote",
-            TransferError::Connection(_) => "connection",
+            TransferError::Connection(_) | TransferError::Connect { .. } => "connection",
             TransferError::HostKey(_) => "host_key",
             TransferError::Integrity(_) => "integrity",
             TransferError::Local { .. } => "local",

@@ -226,9 +226,15 @@ pub struct DaemonFlags {
     pub config_dir: Option<std::path::PathBuf>,
     /// Give up on a daemon that sends nothing for SECONDS (connecting, the
     /// handshake, or any wait during the transfer; default: 30 s to connect, no
-    /// limit after)
+    /// limit after), and stop retrying a broken connection SECONDS after it
+    /// first broke (default: 60 s)
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
+    /// Retry a daemon transfer whose connection broke at most N times
+    /// (default: 10; 0: never). A name that does not exist, a first
+    /// connection refused, a key refused are never retried
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
 }
 
 #[derive(Args, Debug)]

@@ -190,6 +190,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             host_key_check: a.host_key_check.clone(),
             config_dir: a.config_dir.clone(),
             timeout: None,
+            retries: None,
         })?,
         ssh: SshOptions {
             rsh: a.rsh,
@@ -238,6 +239,7 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
             .timeout
             .filter(|&t| t > 0)
             .map(std::time::Duration::from_secs),
+        retries: f.retries,
     })
 }
 
@@ -266,6 +268,8 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // colour only on a terminal: a log file gets plain text
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let dir = crate::trust::config_dir(a.config_dir.as_deref());
     let overrides = crate::server::config::Overrides {

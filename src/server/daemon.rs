@@ -18,6 +18,7 @@ use crate::error::TransferError;
 use crate::fs::names;
 use crate::proto::{ModuleInfo, Request, Role};
 use crate::session::{self, Refusal, Serve};
+use crate::transport::daemon::{ACCESS_DENIED, BUSY};
 use crate::transport::Stream;
 use crate::trust::authorized::{AuthorizedKeys, Denied, Grant, LoadError};
 use crate::trust::key::{Identity, KeyError, PublicKey};
@@ -47,6 +48,21 @@ fn load_keys(path: &std::path::Path) -> Result<AuthorizedKeys, LoadError> {
         warn!(file = %path.display(), "{p}");
     }
     Ok(keys)
+}
+
+/// Whether authorized_keys (or its directory) does not exist: no key is
+/// authorized yet, which is not an error.
+fn not_found(e: &LoadError) -> bool {
+    matches!(e, LoadError::Read(p) if p.source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// How an administrator lets a first client in.
+fn how_to_authorize(file: &std::path::Path) -> String {
+    format!(
+        "Add a client's key on this host with `ferry trust add --authorized-keys {} KEY.pub`, \
+         or from the client with `ferry copy-id HOST` (over ssh)",
+        file.display()
+    )
 }
 
 /// Splits `module/rest` and finds the module.
@@ -195,16 +211,30 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     };
     let fp = key.fingerprint();
     let ip: IpAddr = peer.ip();
-    // the client is told why either way: its key is refused, or this
-    // daemon's authorized_keys cannot be used
+    // the TLS handshake proved the client holds `key`: it may learn which
+    // rule refuses its own key; a stranger's key is simply not authorized
     let grant = match load_keys(&shared.config.authorized_keys) {
-        Ok(keys) => keys.authorize(&key, ip, now()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+        Ok(keys) => keys.authorize(&key, ip, now()).map_err(|e| {
+            let reason = e.reason();
+            (format!("{ACCESS_DENIED}{e}"), reason)
+        }),
+        Err(e) if not_found(&e) => {
+            let e = Denied::Unknown(fp.clone());
+            Err((format!("{ACCESS_DENIED}{e}"), e.reason()))
+        }
+        // the file's path and trouble are the administrator's, not the client's
+        Err(e) => Err((
+            format!(
+                "{ACCESS_DENIED}the daemon cannot use its authorized_keys file ({e}); its administrator must fix it"
+            ),
+            "authorized_keys unusable",
+        )),
     };
     let grant = match grant {
         Ok(g) => g,
-        Err(why) => {
-            warn!(%peer, fingerprint = %fp, "refused: {why}");
+        Err((why, reason)) => {
+            let said = why.strip_prefix(ACCESS_DENIED).unwrap_or(&why);
+            warn!(%peer, fingerprint = %fp, reason, "refused: {said}");
             // no read on a refused connection may wait longer than the pre-auth timeout
             let _ = reader.set_timeout(Some(shared.config.preauth_timeout));
             let stream = Stream {
@@ -222,7 +252,7 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     if shared.sessions.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
         shared.sessions.fetch_sub(1, Ordering::SeqCst);
         let why = format!(
-            "the daemon is busy ({} sessions); try again later",
+            "{BUSY} ({} sessions); try again later",
             shared.config.max_connections
         );
         warn!(%peer, fingerprint = %fp, "refused: {why}");
@@ -244,7 +274,14 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
             Ok(_) => {
                 info!(%peer, fingerprint = %fp, role = ?r.role, paths = %show_paths(&r.paths), "request")
             }
-            Err(why) => warn!(%peer, fingerprint = %fp, "request refused: {why}"),
+            Err(why) => {
+                let reason = match why {
+                    Refusal::NotFound(_) => "not found",
+                    Refusal::Invalid(_) => "invalid request",
+                    Refusal::Denied(_) => "not granted",
+                };
+                warn!(%peer, fingerprint = %fp, reason, "request refused: {why}")
+            }
         }
         d
     };
@@ -313,9 +350,24 @@ pub fn run(
     // a key or authorized_keys it cannot use is a usage error (exit 1), as
     // it always was
     let usage = |e: &dyn std::fmt::Display| TransferError::Usage(e.to_string());
-    let identity = host_identity(&config.identity).map_err(|e| usage(&e))?;
-    // refuse to start with keys anyone could have planted
-    load_keys(&config.authorized_keys).map_err(|e| usage(&e))?;
+    let identity = host_identity(&config.identity)
+        .map_err(|e| TransferError::Usage(format!("the daemon's key: {e}")))?;
+    // refuse to start with keys anyone could have planted; without the
+    // file, start, and say how to let a client in
+    match load_keys(&config.authorized_keys) {
+        Ok(keys) if keys.keys.is_empty() => warn!(
+            file = %config.authorized_keys.display(),
+            "no client key is authorized: no client can get in yet. {}",
+            how_to_authorize(&config.authorized_keys)
+        ),
+        Ok(_) => {}
+        Err(e) if not_found(&e) => warn!(
+            file = %config.authorized_keys.display(),
+            "no authorized_keys file: no client can get in yet. {}",
+            how_to_authorize(&config.authorized_keys)
+        ),
+        Err(e) => return Err(usage(&e)),
+    }
     if config.modules.is_empty() {
         return Err(TransferError::Usage(
             "no modules: add --module NAME=PATH or [[module]] in the config file".into(),

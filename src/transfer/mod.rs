@@ -47,56 +47,133 @@ pub struct Outcome {
     pub received: u64,
 }
 
-/// Whether a failed transfer is worth trying again: the connection broke, not
-/// the peer's rules or our own files, and nothing was tampered with.
-fn retryable(e: &TransferError) -> bool {
-    matches!(e, TransferError::Connection(_))
+/// Whether a failed transfer is worth trying again, with what the run has
+/// seen so far: whether a daemon ever answered (`reached`). What can heal is
+/// retried: a connection that broke, a resolver that did not answer, a daemon
+/// that refuses after it once answered (restarting), a busy daemon. What
+/// cannot is not: a name that does not exist, a first connection refused or
+/// unanswered, the daemon's key, our key refused, our own files.
+fn retryable(e: &TransferError, reached: bool) -> bool {
+    match e {
+        TransferError::Connection(_) => true,
+        TransferError::Connect { why, .. } => {
+            reached || *why == crate::error::ConnectFailure::ResolverDown
+        }
+        TransferError::Remote(text) => text.starts_with(daemon::BUSY),
+        _ => false,
+    }
 }
 
 /// How long a daemon transfer keeps retrying after the connection breaks.
 const DEFAULT_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Runs a transfer to completion. A transfer to or from a daemon whose
-/// connection breaks is run again, with exponential backoff and jitter, for
-/// up to `--timeout` (60 s without it): files already done are skipped and a
-/// file cut short resumes from its partial file.
-pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
-    let daemon = plan
-        .sources
+/// How many times a daemon transfer is tried again, at most.
+pub const DEFAULT_RETRIES: u32 = 10;
+
+/// The daemon a plan talks to, as the user typed it (`host` or
+/// `host:port`), for the hint that ends a connection failure.
+fn daemon_target(plan: &Plan) -> Option<String> {
+    plan.sources
         .iter()
         .chain([&plan.dest])
-        .any(|l| matches!(l, Location::Daemon { .. }));
+        .find_map(|l| match l {
+            Location::Daemon { host, port, .. } => Some(doctor_target(host, *port)),
+            _ => None,
+        })
+}
+
+/// `host`, `host:port`, or `[v6]:port`: what `ferry doctor` is told.
+fn doctor_target(host: &str, port: Option<u16>) -> String {
+    match port {
+        Some(p) if p != crate::proto::DEFAULT_PORT && host.contains(':') => format!("[{host}]:{p}"),
+        Some(p) if p != crate::proto::DEFAULT_PORT => format!("{host}:{p}"),
+        _ => host.to_string(),
+    }
+}
+
+/// Ends a failure to reach `target` with where to look next. Failures that
+/// are not about the connection (files, usage, the daemon's key, which
+/// carry their own advice) are returned as they are.
+fn with_doctor_hint(e: TransferError, target: &str) -> TransferError {
+    let hint = format!("; run `ferry doctor {target}` to find out why");
+    match e {
+        TransferError::Connect { text, why } => TransferError::Connect {
+            text: text + &hint,
+            why,
+        },
+        TransferError::Connection(text) => TransferError::Connection(text + &hint),
+        TransferError::Remote(text) if text.starts_with(daemon::ACCESS_DENIED) => {
+            TransferError::Remote(text + &hint)
+        }
+        other => other,
+    }
+}
+
+/// Runs a transfer to completion. A transfer to or from a daemon whose
+/// connection breaks is run again, with exponential backoff and jitter, up
+/// to `--retries` times (10) within `--timeout` (60 s without it): files
+/// already done are skipped and a file cut short resumes from its partial
+/// file. What retrying cannot fix fails at once (see [`retryable`]); every
+/// failure to reach the daemon ends with the `ferry doctor` command to run.
+pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
+    let Some(target) = daemon_target(plan) else {
+        return run_once(plan, events, cancel);
+    };
     let window = plan.daemon.timeout.unwrap_or(DEFAULT_RETRY_WINDOW);
+    let retries = plan.daemon.retries.unwrap_or(DEFAULT_RETRIES);
     let mut first_failure: Option<std::time::Instant> = None;
     let mut delay = std::time::Duration::from_millis(250);
+    let mut reached = false;
+    let mut tries = 0u32;
     loop {
-        match run_once(plan, events, cancel) {
-            Err(e) if daemon && retryable(&e) && !cancel.is_cancelled() => {
-                let since = *first_failure.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() >= window {
-                    return Err(TransferError::Connection(format!(
-                        "{} (gave up after retrying for {} s)",
-                        match &e {
-                            TransferError::Connection(m) => m.clone(),
-                            other => other.to_string(),
-                        },
-                        window.as_secs()
-                    )));
-                }
-                // ±25% jitter so that many clients do not retry in step
-                let mut r = [0u8; 2];
-                let _ = aws_lc_rs::rand::fill(&mut r);
-                let jitter = 0.75 + (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.5;
-                let wait = delay.mul_f64(jitter);
-                events(Event::notice(
-                    b"",
-                    format!("{e}; retrying in {:.1} s", wait.as_secs_f64()),
-                ));
-                std::thread::sleep(wait);
-                delay = (delay * 2).min(std::time::Duration::from_secs(8));
-            }
-            other => return other,
+        let e = match run_once(plan, events, cancel) {
+            Ok(done) => return Ok(done),
+            Err(e) => e,
+        };
+        if !retryable(&e, reached) || cancel.is_cancelled() || retries == 0 {
+            return Err(with_doctor_hint(e, &target));
         }
+        // anything but a failed connect means a daemon answered
+        reached |= !matches!(e, TransferError::Connect { .. });
+        let since = *first_failure.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= window || tries >= retries {
+            let given_up = if tries >= retries {
+                format!(
+                    "gave up after retrying {tries} time(s) in {} s (--retries {retries})",
+                    since.elapsed().as_secs()
+                )
+            } else {
+                format!("gave up after retrying for {} s", window.as_secs())
+            };
+            let e = match e {
+                TransferError::Connect { text, why } => TransferError::Connect {
+                    text: format!("{text} ({given_up})"),
+                    why,
+                },
+                TransferError::Connection(m) => {
+                    TransferError::Connection(format!("{m} ({given_up})"))
+                }
+                TransferError::Remote(m) => TransferError::Remote(format!("{m} ({given_up})")),
+                other => TransferError::Connection(format!("{other} ({given_up})")),
+            };
+            return Err(with_doctor_hint(e, &target));
+        }
+        tries += 1;
+        // ±25% jitter so that many clients do not retry in step
+        let mut r = [0u8; 2];
+        let _ = aws_lc_rs::rand::fill(&mut r);
+        let jitter = 0.75 + (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.5;
+        // never past the window's end by more than one more try
+        let wait = delay
+            .mul_f64(jitter)
+            .min(window.saturating_sub(since.elapsed()))
+            .max(std::time::Duration::from_millis(50));
+        events(Event::notice(
+            b"",
+            format!("{e}; retrying in {:.1} s", wait.as_secs_f64()),
+        ));
+        std::thread::sleep(wait);
+        delay = (delay * 2).min(std::time::Duration::from_secs(8));
     }
 }
 
@@ -160,12 +237,15 @@ pub fn list_daemon(
     opts: &DaemonOptions,
     events: &EventFn<'_>,
 ) -> Result<Listing, TransferError> {
+    let target = doctor_target(host, port);
     let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
-    let stream = connect_daemon(host, port, opts, events)?;
-    if path.is_empty() {
-        return session::list_modules(stream).map(Listing::Modules);
-    }
-    session::list_entries(stream, path.to_vec()).map(Listing::Entries)
+    let listed = connect_daemon(host, port, opts, events).and_then(|stream| {
+        if path.is_empty() {
+            return session::list_modules(stream).map(Listing::Modules);
+        }
+        session::list_entries(stream, path.to_vec()).map(Listing::Entries)
+    });
+    listed.map_err(|e| with_doctor_hint(e, &target))
 }
 
 /// Connects to a daemon; a key recorded on the way is told to `events` as a

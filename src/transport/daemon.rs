@@ -6,7 +6,7 @@
 //! terminal or prints; a key just recorded comes back in [`Connected`].
 
 use super::Stream;
-use crate::error::TransferError;
+use crate::error::{io_text, ConnectFailure, TransferError};
 use crate::trust::known_hosts::{self, HostKeyStatus};
 use crate::trust::{HostKeyDecision, HostKeyPolicy, UnknownHost};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -27,7 +27,19 @@ pub struct DaemonOptions {
     pub config_dir: Option<PathBuf>,
     /// Give up connecting (and on the TLS handshake) after this.
     pub timeout: Option<Duration>,
+    /// `--retries`: how many times a transfer whose connection broke is run
+    /// again (default: `transfer::DEFAULT_RETRIES`).
+    pub retries: Option<u32>,
 }
+
+/// How a daemon's refusal of a client's key begins (after the TLS handshake
+/// proved the client holds it); the rest says which rule refused it. A
+/// prefix of the refusal text, not a message of its own, so that peers of
+/// either age understand each other.
+pub const ACCESS_DENIED: &str = "access denied: ";
+
+/// How a daemon's refusal for want of room begins: worth trying again later.
+pub const BUSY: &str = "the daemon is busy";
 
 /// A connection to a daemon whose key is trusted.
 pub struct Connected {
@@ -35,6 +47,56 @@ pub struct Connected {
     /// The daemon's key was unknown and has just been recorded in
     /// `known_hosts` (the caller tells the user: [`UnknownHost::added_notice`]).
     pub added: Option<UnknownHost>,
+}
+
+/// Resolves `host` and connects to the first of its addresses that answers.
+/// A failure says which it was (a name that does not exist, a refusal, no
+/// answer) so that the caller can tell what trying again could change.
+fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, TransferError> {
+    let target = format!("{host}:{port}");
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            let why = ConnectFailure::of_lookup(&e);
+            let text = match why {
+                ConnectFailure::NoSuchName => {
+                    format!("cannot resolve {host}: no such host (the name does not exist)")
+                }
+                ConnectFailure::ResolverDown => format!(
+                    "cannot resolve {host}: no DNS server answered (temporary failure in name resolution)"
+                ),
+                _ => format!("{target}: cannot resolve: {}", io_text(&e)),
+            };
+            TransferError::Connect { text, why }
+        })?
+        .collect();
+    let mut last = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    let (why, text) = match last {
+        None => (ConnectFailure::Other, "no address".to_string()),
+        Some(e) => {
+            let why = ConnectFailure::of_connect(&e);
+            let text = match why {
+                ConnectFailure::Refused => format!(
+                    "connection refused: {host} answered, but nothing accepts on port {port}"
+                ),
+                ConnectFailure::TimedOut => {
+                    format!("no answer within {} s", timeout.as_secs_f64())
+                }
+                _ => io_text(&e),
+            };
+            (why, text)
+        }
+    };
+    Err(TransferError::Connect {
+        text: format!("cannot connect to {target}: {text}"),
+        why,
+    })
 }
 
 /// Connects, authenticates both ways, and returns the stream.
@@ -47,38 +109,12 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
         .map_err(|e| TransferError::Connection(format!("TLS: {e}")))?;
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(30));
     let target = format!("{host}:{port}");
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| {
-            TransferError::Connection(format!(
-                "{target}: cannot resolve: {}",
-                crate::error::io_text(&e)
-            ))
-        })?
-        .collect();
-    let mut last = None;
-    let mut sock = None;
-    for a in &addrs {
-        match TcpStream::connect_timeout(a, timeout) {
-            Ok(s) => {
-                sock = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let sock = sock.ok_or_else(|| {
-        let why = last
-            .map(|e| crate::error::io_text(&e))
-            .unwrap_or_else(|| "no address".into());
-        TransferError::Connection(format!("cannot connect to {target}: {why}"))
-    })?;
+    let sock = tcp_connect(host, port, timeout)?;
     let name = rustls::pki_types::ServerName::try_from("ferry").expect("a valid name");
     let conn = rustls::client::UnbufferedClientConnection::new(config, name)
         .map_err(|e| TransferError::Connection(format!("TLS: {e}")))?;
-    let (reader, writer, key) = super::tls::establish(conn, sock, timeout).map_err(|e| {
-        TransferError::Connection(format!("{target}: {}", crate::error::io_text(&e)))
-    })?;
+    let (reader, writer, key) = super::tls::establish(conn, sock, timeout)
+        .map_err(|e| TransferError::Connection(format!("{target}: {}", io_text(&e))))?;
     if let Some(t) = opts.timeout {
         // --timeout: no wait for the daemon may last longer than this
         reader

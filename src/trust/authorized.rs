@@ -48,7 +48,7 @@ pub struct AuthorizedKey {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
-    #[error("key {0} is not authorized")]
+    #[error("key {0} is not authorized (add it on the daemon's host with `ferry trust add`, or with `ferry copy-id` over ssh)")]
     Unknown(String),
     #[error("key {0} is not allowed from {1} (from= option)")]
     From(String, IpAddr),
@@ -58,6 +58,19 @@ pub enum Denied {
     Module(String, String),
     #[error("key {0} is read-only (restrict option): it may not write or delete")]
     ReadOnly(String),
+}
+
+impl Denied {
+    /// The rule that refused, in a few words, for the daemon's log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denied::Unknown(_) => "unknown key",
+            Denied::From(..) => "from= mismatch",
+            Denied::Expired(_) => "expired key",
+            Denied::Module(..) => "module not granted",
+            Denied::ReadOnly(_) => "read-only key",
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
