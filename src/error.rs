@@ -364,6 +364,56 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_connect_is_classified_by_errno_and_a_lookup_by_gai_text() {
+        let os = io::Error::from_raw_os_error;
+        assert_eq!(
+            ConnectFailure::of_connect(&os(libc::ECONNREFUSED)),
+            ConnectFailure::Refused
+        );
+        assert_eq!(
+            ConnectFailure::of_connect(&os(libc::EHOSTUNREACH)),
+            ConnectFailure::Unreachable
+        );
+        assert_eq!(
+            ConnectFailure::of_connect(&os(libc::ENETUNREACH)),
+            ConnectFailure::Unreachable
+        );
+        assert_eq!(
+            ConnectFailure::of_connect(&io::Error::from(io::ErrorKind::TimedOut)),
+            ConnectFailure::TimedOut
+        );
+        assert_eq!(
+            ConnectFailure::of_connect(&os(libc::EACCES)),
+            ConnectFailure::Other
+        );
+        // what std makes of getaddrinfo's codes (glibc, then musl)
+        let gai = |t: &str| {
+            ConnectFailure::of_lookup(&io::Error::other(format!(
+                "failed to lookup address information: {t}"
+            )))
+        };
+        assert_eq!(gai("Name or service not known"), ConnectFailure::NoSuchName);
+        assert_eq!(
+            gai("No address associated with hostname"),
+            ConnectFailure::NoSuchName
+        );
+        assert_eq!(gai("Name does not resolve"), ConnectFailure::NoSuchName);
+        assert_eq!(
+            gai("Temporary failure in name resolution"),
+            ConnectFailure::ResolverDown
+        );
+        assert_eq!(
+            gai("Non-recoverable failure in name resolution"),
+            ConnectFailure::Other
+        );
+        let e = TransferError::Connect {
+            text: "x".into(),
+            why: ConnectFailure::Refused,
+        };
+        assert_eq!((e.exit_code(), e.category()), (12, "connection"));
+    }
+
+    #[test]
     fn a_file_error_reads_as_it_always_did() {
         let denied = || io::Error::from_raw_os_error(libc::EACCES);
         let cases = [

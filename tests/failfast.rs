@@ -471,3 +471,72 @@ fn a_resolver_that_does_not_answer_is_retried_until_the_name_resolves() {
         "resolved\n"
     );
 }
+
+#[test]
+fn an_unknown_module_or_daemon_key_fails_at_once() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    write(&t.path().join("f"), "x");
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let push = |extra: &[&str], config: &std::path::Path, url: &str| {
+        let mut v: Vec<String> = vec!["sync".into(), "--config-dir".into(), s(config)];
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v.extend([s(&t.path().join("f")), url.to_string()]);
+        let start = Instant::now();
+        let o = ferry(&v);
+        (o, start.elapsed())
+    };
+    // a module the daemon does not have
+    let (o, took) = push(
+        &["--host-key-check", "accept-new"],
+        &d.client_dir(),
+        &d.url("nope/f"),
+    );
+    let err = stderr(&o);
+    assert_eq!(exit_code(&o), Some(12), "{err}");
+    assert!(err.contains("no module named \"nope\""), "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // a daemon key this client has never seen, with strict checking
+    let fresh = client_dir(t.path());
+    let (o, took) = push(&["--host-key-check", "strict"], &fresh, &d.url("data/f"));
+    let err = stderr(&o);
+    assert_eq!(exit_code(&o), Some(12), "{err}");
+    assert!(err.contains("unknown key"), "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(!module.join("f").exists());
+}
+
+#[test]
+fn a_daemon_key_or_config_it_cannot_read_is_named() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let dir = t.path().join("daemon");
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o700);
+    write(&dir.join("id_ed25519"), "not a key\n");
+    chmod(&dir.join("id_ed25519"), 0o600);
+    let serve = |extra: &[&str]| {
+        let mut c = Command::new(ferry_bin());
+        c.args(["serve", "--listen", "127.0.0.1:0", "--config-dir"])
+            .arg(&dir)
+            .arg("--module")
+            .arg(format!("data={}", module.display()))
+            .args(extra)
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let o = serve(&[]);
+    let err = stderr(&o);
+    assert_eq!(exit_code(&o), Some(1), "{err}");
+    assert!(err.contains("the daemon's key"), "{err}");
+    assert!(err.contains(&s(&dir.join("id_ed25519"))), "{err}");
+    let missing = t.path().join("no-such.toml");
+    let o = serve(&["--config", &s(&missing)]);
+    let err = stderr(&o);
+    assert_eq!(exit_code(&o), Some(1), "{err}");
+    assert!(err.contains(&s(&missing)), "{err}");
+}

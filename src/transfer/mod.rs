@@ -82,6 +82,28 @@ fn daemon_target(plan: &Plan) -> Option<String> {
         })
 }
 
+/// The ssh peer of a plan as `[user@]host:` (the address without its
+/// path, which `ferry doctor` reads as the ssh path).
+fn ssh_target(plan: &Plan) -> Option<String> {
+    plan.sources
+        .iter()
+        .chain([&plan.dest])
+        .find_map(|l| match l {
+            Location::Ssh { user, host, .. } => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                Some(match user {
+                    Some(u) => format!("{u}@{host}:"),
+                    None => format!("{host}:"),
+                })
+            }
+            _ => None,
+        })
+}
+
 /// `host`, `host:port`, or `[v6]:port`: what `ferry doctor` is told.
 fn doctor_target(host: &str, port: Option<u16>) -> String {
     match port {
@@ -117,7 +139,11 @@ fn with_doctor_hint(e: TransferError, target: &str) -> TransferError {
 /// failure to reach the daemon ends with the `ferry doctor` command to run.
 pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
     let Some(target) = daemon_target(plan) else {
-        return run_once(plan, events, cancel);
+        // over ssh: no retry (ssh's own options govern that), but the hint
+        return run_once(plan, events, cancel).map_err(|e| match ssh_target(plan) {
+            Some(t) => with_doctor_hint(e, &t),
+            None => e,
+        });
     };
     let window = plan.daemon.timeout.unwrap_or(DEFAULT_RETRY_WINDOW);
     let retries = plan.daemon.retries.unwrap_or(DEFAULT_RETRIES);
@@ -345,4 +371,63 @@ pub fn push_to_command(
         sent: counters.sent.load(Ordering::Relaxed),
         received: counters.received.load(Ordering::Relaxed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ConnectFailure;
+
+    #[test]
+    fn only_what_can_heal_is_retried() {
+        let connect = |why| TransferError::Connect {
+            text: String::new(),
+            why,
+        };
+        use ConnectFailure::*;
+        // before a daemon ever answered: only a resolver that did not answer
+        for (why, first, later) in [
+            (NoSuchName, false, true),
+            (ResolverDown, true, true),
+            (Refused, false, true),
+            (TimedOut, false, true),
+            (Unreachable, false, true),
+            (Other, false, true),
+        ] {
+            assert_eq!(retryable(&connect(why), false), first, "{why:?}");
+            assert_eq!(retryable(&connect(why), true), later, "{why:?} later");
+        }
+        let broke = TransferError::Connection("reset".into());
+        assert!(retryable(&broke, false));
+        let busy = TransferError::Remote(format!("{} (4 sessions)", daemon::BUSY));
+        assert!(retryable(&busy, false));
+        for never in [
+            TransferError::Remote(format!("{}key SHA256:x expired", daemon::ACCESS_DENIED)),
+            TransferError::Remote("no module named \"m\"".into()),
+            TransferError::HostKey("changed".into()),
+            TransferError::Integrity("altered".into()),
+            TransferError::Usage("bad".into()),
+        ] {
+            assert!(!retryable(&never, true), "{never}");
+        }
+    }
+
+    #[test]
+    fn the_doctor_is_told_the_host_as_typed() {
+        assert_eq!(doctor_target("gpu2", None), "gpu2");
+        assert_eq!(
+            doctor_target("gpu2", Some(crate::proto::DEFAULT_PORT)),
+            "gpu2"
+        );
+        assert_eq!(doctor_target("gpu2", Some(7000)), "gpu2:7000");
+        assert_eq!(doctor_target("::1", Some(7000)), "[::1]:7000");
+        let hinted = with_doctor_hint(TransferError::Connection("reset".into()), "gpu2");
+        assert_eq!(
+            hinted.to_string(),
+            "connection lost: reset; run `ferry doctor gpu2` to find out why"
+        );
+        // not a connection failure: left as it is
+        let key = with_doctor_hint(TransferError::HostKey("changed".into()), "gpu2");
+        assert_eq!(key.to_string(), "changed");
+    }
 }
