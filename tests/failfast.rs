@@ -540,3 +540,47 @@ fn a_daemon_key_or_config_it_cannot_read_is_named() {
     assert_eq!(exit_code(&o), Some(1), "{err}");
     assert!(err.contains(&s(&missing)), "{err}");
 }
+
+#[test]
+fn a_port_where_something_else_answers_fails_at_once() {
+    // answers every TLS hello with a fatal handshake_failure alert, as a
+    // TLS server of another kind would
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(10) {
+            let Ok(mut c) = conn else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = std::io::Read::read(&mut c, &mut [0u8; 4096]);
+            let _ = std::io::Write::write_all(&mut c, &[0x15, 3, 3, 0, 2, 2, 40]);
+        }
+    });
+    let t = tmp();
+    write(&t.path().join("f"), "x");
+    let c = client_dir(t.path());
+    let start = Instant::now();
+    let o = ferry([
+        "sync",
+        "--config-dir",
+        &s(&c),
+        "--host-key-check",
+        "accept-new",
+        &s(&t.path().join("f")),
+        &format!("ferry://{addr}/m/f"),
+    ]);
+    let took = start.elapsed();
+    let err = stderr(&o);
+    assert_eq!(exit_code(&o), Some(12), "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {err}");
+    assert!(!err.contains("retrying"), "{err}");
+    assert!(err.contains("the TLS handshake failed"), "{err}");
+    assert!(
+        err.contains(&format!("port {} may not be a ferry daemon", addr.port())),
+        "{err}"
+    );
+    assert!(err.contains(&format!("`ferry doctor {addr}`")), "{err}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -113,8 +113,21 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
     let name = rustls::pki_types::ServerName::try_from("ferry").expect("a valid name");
     let conn = rustls::client::UnbufferedClientConnection::new(config, name)
         .map_err(|e| TransferError::Connection(format!("TLS: {e}")))?;
-    let (reader, writer, key) = super::tls::establish(conn, sock, timeout)
-        .map_err(|e| TransferError::Connection(format!("{target}: {}", io_text(&e))))?;
+    let (reader, writer, key) = super::tls::establish(conn, sock, timeout).map_err(|e| {
+        let altered = e.get_ref().is_some_and(|i| i.is::<crate::error::Altered>());
+        if e.kind() == std::io::ErrorKind::InvalidData && !altered {
+            // something answers, but it does not speak ferry's TLS: another
+            // service on the port, which trying again will not change
+            return TransferError::Connect {
+                text: format!(
+                    "cannot connect to {target}: the TLS handshake failed ({}): what answers on port {port} may not be a ferry daemon",
+                    io_text(&e)
+                ),
+                why: ConnectFailure::Other,
+            };
+        }
+        TransferError::Connection(format!("{target}: {}", io_text(&e)))
+    })?;
     if let Some(t) = opts.timeout {
         // --timeout: no wait for the daemon may last longer than this
         reader
