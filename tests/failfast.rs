@@ -584,3 +584,30 @@ fn a_port_where_something_else_answers_fails_at_once() {
     assert!(err.contains(&format!("`ferry doctor {addr}`")), "{err}");
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[test]
+fn a_daemon_sent_another_protocol_still_stops_on_sigterm() {
+    // an ssh client (or a scanner) at the daemon's port, then SIGTERM: the
+    // daemon ends at once, whatever became of that connection
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let mut d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut c = std::net::TcpStream::connect(d.addr).unwrap();
+    std::io::Write::write_all(&mut c, b"SSH-2.0-OpenSSH_9.6\r\n").unwrap();
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = std::io::Read::read(&mut c, &mut [0u8; 256]);
+    drop(c);
+    let st = Command::new("kill")
+        .args(["-TERM", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = d.wait(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the daemon did not stop: {status:?}\n{}",
+        d.log()
+    );
+    assert!(d.log().contains("stopped"), "{}", d.log());
+}

@@ -197,6 +197,17 @@ impl Shared {
     }
 }
 
+/// A connection thread (and its id), counted in [`Shared::active`] until it
+/// ends, however it ends; out of the pool of connections authenticating too.
+struct Alive(Arc<Shared>, u64);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.started(self.1);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     let conn = match rustls::server::UnbufferedServerConnection::new(shared.tls.clone()) {
         Ok(c) => c,
@@ -419,8 +430,10 @@ pub fn run(
                     let spawned = std::thread::Builder::new()
                         .name(format!("ferry-conn-{peer}"))
                         .spawn(move || {
-                            handle(&s, id, sock, peer);
-                            s.active.fetch_sub(1, Ordering::Relaxed);
+                            // counted out even if the thread panics: shutdown
+                            // waits for the count to reach zero
+                            let alive = Alive(s, id);
+                            handle(&alive.0, id, sock, peer);
                         });
                     if let Err(e) = spawned {
                         shared.active.fetch_sub(1, Ordering::Relaxed);
