@@ -135,7 +135,7 @@ fn with_doctor_hint(e: TransferError, target: &str) -> TransferError {
 /// connection breaks is run again, with exponential backoff and jitter, up
 /// to `--retries` times (10) within `--timeout` (60 s without it): files
 /// already done are skipped and a file cut short resumes from its partial
-/// file. What retrying cannot fix fails at once (see [`retryable`]); every
+/// file. What retrying cannot fix fails at once (see `retryable`); every
 /// failure to reach the daemon ends with the `ferry doctor` command to run.
 pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
     let Some(target) = daemon_target(plan) else {
