@@ -88,7 +88,10 @@ pub(super) fn handshake<C: Handshake>(
     let mut early = Vec::new();
     let mut failed = None;
     loop {
-        let status = conn.process(&mut incoming[..filled]);
+        // after an error rustls has queued its one fatal alert: a second pass
+        // must not feed it the same bytes again, or it tries to send another
+        let unread = if failed.is_some() { 0 } else { filled };
+        let status = conn.process(&mut incoming[..unread]);
         let discard = status.discard;
         let mut read = false;
         let mut done = false;

@@ -340,3 +340,46 @@ fn hostile_records_are_refused_with_the_right_alert() {
         assert!(heard.to_string().contains(alert), "{label}: {heard}");
     }
 }
+
+/// Something that is not TLS on the daemon's port (an ssh client, a web
+/// browser) is refused with an error on both ends of the handshake, and
+/// never trips rustls's "one fatal alert only" assertion, which a second pass
+/// over the same unread bytes used to do in debug builds.
+#[test]
+fn a_peer_that_does_not_speak_tls_is_an_error_not_a_panic() {
+    let (_, _, sc, cc) = configs();
+    for garbage in [
+        &b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"[..],
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+    ] {
+        // a server fed garbage by its client
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let sc = sc.clone();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            let conn = UnbufferedServerConnection::new(sc).unwrap();
+            establish(conn, sock, Duration::from_secs(5)).map(|_| ())
+        });
+        let mut sock = TcpStream::connect(addr).unwrap();
+        sock.write_all(garbage).unwrap();
+        let _ = sock.shutdown(Shutdown::Write);
+        let mut alert = Vec::new();
+        let _ = sock.read_to_end(&mut alert);
+        assert!(server.join().unwrap().is_err());
+        // a client answered with garbage by its server
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let answer = garbage.to_vec();
+        let peer = std::thread::spawn(move || {
+            let (mut sock, _) = l.accept().unwrap();
+            let _ = sock.write_all(&answer);
+            let mut hello = [0u8; 512];
+            let _ = sock.read(&mut hello);
+        });
+        let sock = TcpStream::connect(addr).unwrap();
+        let conn = UnbufferedClientConnection::new(cc.clone(), name()).unwrap();
+        assert!(establish(conn, sock, Duration::from_secs(5)).is_err());
+        peer.join().unwrap();
+    }
+}
