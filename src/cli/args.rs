@@ -138,6 +138,11 @@ pub struct SyncArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
+    /// How to talk to an ssh remote: ferry's protocol (delta, resume), SFTP
+    /// (any OpenSSH server, no delta), or auto: ferry, and SFTP where the
+    /// remote cannot run it (no ferry there, an sftp-only account)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub transport: crate::transport::child::Transport,
     /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
     /// more are split across them; default: one per core to a daemon, one per
     /// two cores over ssh, at most 4)
@@ -200,6 +205,11 @@ pub struct CpArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
+    /// How to talk to an ssh remote: ferry's protocol (delta, resume), SFTP
+    /// (any OpenSSH server, no delta), or auto: ferry, and SFTP where the
+    /// remote cannot run it (no ferry there, an sftp-only account)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub transport: crate::transport::child::Transport,
     /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
     /// more are split across them)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]

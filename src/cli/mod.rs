@@ -149,6 +149,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         ssh: SshOptions {
             rsh: a.rsh,
             remote_ferry: a.remote_ferry,
+            transport: a.transport,
             ..Default::default()
         },
         daemon: daemon_options(&a.daemon)?,
@@ -200,6 +201,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             compress: a.ssh_compress,
             remote_ferry: a.remote_ferry,
             extra: false,
+            transport: a.transport,
         },
     };
     let printer = Printer::new(a.verbose as u8, a.quiet, progress, false, false);

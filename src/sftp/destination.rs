@@ -1,0 +1,490 @@
+//! A directory on an SFTP server as a [`Destination`]: what the receiver
+//! writes lands in a hidden temporary beside its target (`.NAME.ferry-part`),
+//! written with many requests outstanding, then fsynced (`fsync@openssh.com`),
+//! given its mode and mtime, and renamed into place
+//! (`posix-rename@openssh.com`; a server without it gets remove-then-rename,
+//! which is not atomic, and the transfer says so).
+//!
+//! Not for reading a transfer's sources (that is [`super::source`]) nor for
+//! deciding when SFTP is used (that is `transfer`). No old data is read back
+//! to rebuild a file (`Caps::rebuild` is false): over SFTP every file comes
+//! whole.
+//!
+//! # Security
+//! Names reach the server only inside SFTP packets: no shell ever sees them.
+//! Every `rel` has passed the receiver's name checks (no `..`, no absolute
+//! path), so it stays under the destination's root.
+
+use super::client::{Handle, Pending, Sftp};
+use super::wire::{self, Attrs};
+use crate::error::TransferError;
+use crate::fs::names::{self, escape, split_parent};
+use crate::store::destination::{
+    BasisFile, Caps, Destination, Existing, ExistingKind, Meta, MetaOf, Place, PublishHow, Space,
+    TempHow, TempWrite,
+};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+/// Writes kept outstanding per file: 16 × 255 KiB is more than an OpenSSH
+/// channel window (2 MiB), so the window stays full.
+const WRITES_IN_FLIGHT: usize = 16;
+
+/// Joins a root and a checked relative name (`.`: the root).
+pub fn join_path(root: &[u8], rel: &[u8]) -> Vec<u8> {
+    if rel == b"." || rel.is_empty() {
+        return root.to_vec();
+    }
+    if root.is_empty() || root == b"." {
+        return rel.to_vec();
+    }
+    let mut p = root.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(rel);
+    p
+}
+
+/// The hidden name a file is written under before it is published.
+pub fn part_name(rel: &[u8]) -> Vec<u8> {
+    let (dir, name) = split_parent(rel);
+    let mut n = b".".to_vec();
+    n.extend_from_slice(name);
+    n.extend_from_slice(b".ferry-part");
+    names::join(dir, &n)
+}
+
+fn existing(a: &Attrs) -> Existing {
+    let perm = a.perm.unwrap_or(0);
+    let kind = if a.is_dir() {
+        ExistingKind::Dir
+    } else if a.is_file() {
+        ExistingKind::File
+    } else if a.is_symlink() {
+        ExistingKind::Symlink
+    } else {
+        ExistingKind::Other
+    };
+    let (uid, gid) = a.uid_gid.unwrap_or((0, 0));
+    Existing {
+        kind,
+        size: a.size.unwrap_or(0),
+        mode: perm & 0o7777,
+        mtime: a.mtime(),
+        mtime_nsec: 0,
+        uid,
+        gid,
+    }
+}
+
+fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The attributes a published file or directory gets.
+fn attrs_of(meta: &Meta) -> Attrs {
+    Attrs {
+        perm: meta.mode.map(|m| m & 0o7777),
+        times: meta.mtime.map(|(s, _)| (s as u32, s as u32)),
+        uid_gid: meta.uid.zip(meta.gid),
+        size: None,
+    }
+}
+
+/// An SFTP destination before it is opened.
+pub struct SftpPlace {
+    pub sftp: Sftp,
+    /// `[user@]host:` as messages show it.
+    pub shown_host: String,
+}
+
+impl Place for SftpPlace {
+    type Dest = SftpDest;
+
+    fn probe(&mut self, path: &[u8], shown: &str) -> Result<Option<bool>, TransferError> {
+        match not_found_is_none(self.sftp.stat(path)) {
+            Ok(a) => Ok(a.map(|a| a.is_dir())),
+            Err(e) => Err(TransferError::local(shown.to_string(), &e)),
+        }
+    }
+
+    fn open(&mut self, root: &[u8], create: bool, shown: &str) -> Result<SftpDest, TransferError> {
+        let fail = |e: &io::Error| TransferError::local(shown.to_string(), e);
+        match not_found_is_none(self.sftp.stat(root)).map_err(|e| fail(&e))? {
+            Some(a) if a.is_dir() => {}
+            Some(_) => {
+                return Err(fail(&io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    "not a directory",
+                )))
+            }
+            None if create => self.sftp.mkdir(root, 0o755).map_err(|e| fail(&e))?,
+            None => return Err(fail(&io::Error::from(io::ErrorKind::NotFound))),
+        }
+        Ok(SftpDest {
+            sftp: self.sftp.clone(),
+            root: root.to_vec(),
+            shown: format!("{}{}", self.shown_host, escape(root)),
+        })
+    }
+}
+
+/// A directory on the server, files written beneath it.
+pub struct SftpDest {
+    sftp: Sftp,
+    root: Vec<u8>,
+    shown: String,
+}
+
+impl SftpDest {
+    fn path(&self, rel: &[u8]) -> Vec<u8> {
+        join_path(&self.root, rel)
+    }
+
+    fn remove_tree(&self, path: &[u8]) -> io::Result<()> {
+        let a = self.sftp.lstat(path)?;
+        if !a.is_dir() {
+            return self.sftp.remove(path);
+        }
+        for (name, _) in self.sftp.read_dir(path)? {
+            self.remove_tree(&join_path(path, &name))?;
+        }
+        self.sftp.rmdir(path)
+    }
+
+    /// Puts `from` at `to`, replacing what is there: atomically where the
+    /// server can.
+    fn replace(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+        if self.sftp.ext.posix_rename {
+            return self.sftp.posix_rename(from, to);
+        }
+        match self.sftp.remove(to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.sftp.rename(from, to)
+    }
+}
+
+impl Destination for SftpDest {
+    type Basis = SftpBasis;
+    type Temp = SftpTemp;
+
+    fn caps(&self) -> Caps {
+        Caps {
+            rebuild: false,
+            write_at: false,
+            share_blocks: false,
+        }
+    }
+    fn show(&self, rel: &[u8]) -> String {
+        if rel == b"." {
+            return self.shown.clone();
+        }
+        format!("{}/{}", self.shown.trim_end_matches('/'), escape(rel))
+    }
+    fn stat(&mut self, rel: &[u8]) -> io::Result<Option<Existing>> {
+        Ok(not_found_is_none(self.sftp.lstat(&self.path(rel)))?.map(|a| existing(&a)))
+    }
+    fn list(&mut self, rel: &[u8]) -> io::Result<Vec<(Vec<u8>, bool)>> {
+        let mut v: Vec<_> = self
+            .sftp
+            .read_dir(&self.path(rel))?
+            .into_iter()
+            .map(|(n, a)| (n, a.is_dir()))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+    fn mkdir(&mut self, rel: &[u8], mode: u32) -> io::Result<()> {
+        let path = self.path(rel);
+        match self.sftp.mkdir(&path, mode) {
+            Ok(()) => Ok(()),
+            // v3 has no "exists" status: look
+            Err(e) => match self.sftp.lstat(&path) {
+                Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists")),
+                Err(_) => Err(e),
+            },
+        }
+    }
+    fn symlink(&mut self, rel: &[u8], target: &[u8]) -> io::Result<()> {
+        self.sftp.symlink(target, &self.path(rel))
+    }
+    fn readlink(&mut self, rel: &[u8]) -> io::Result<Vec<u8>> {
+        self.sftp.readlink(&self.path(rel))
+    }
+    fn hardlink(&mut self, existing: &[u8], rel: &[u8]) -> io::Result<()> {
+        if !self.sftp.ext.hardlink {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the SFTP server cannot make hard links",
+            ));
+        }
+        self.sftp.hardlink(&self.path(existing), &self.path(rel))
+    }
+    fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+        let path = self.path(rel);
+        match backup {
+            Some(suffix) => {
+                let mut to = path.clone();
+                to.extend_from_slice(suffix);
+                self.replace(&path, &to)
+            }
+            None => self.remove_tree(&path),
+        }
+    }
+    fn set_meta(&mut self, rel: &[u8], of: MetaOf, meta: &Meta) -> io::Result<()> {
+        if of == MetaOf::Link {
+            // SETSTAT follows symlinks; a link's own times stay as made
+            return Ok(());
+        }
+        self.sftp.setstat(&self.path(rel), &attrs_of(meta))
+    }
+    fn open_basis(&mut self, rel: &[u8]) -> io::Result<SftpBasis> {
+        SftpBasis::open(&self.sftp, &self.path(rel))
+    }
+    fn open_partial(&mut self, _rel: &[u8]) -> Option<SftpBasis> {
+        None
+    }
+    fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<SftpTemp> {
+        let path = self.path(&part_name(rel));
+        let flags = wire::OPEN_WRITE | wire::OPEN_CREAT | wire::OPEN_TRUNC;
+        let perm = Attrs {
+            perm: Some(0o600),
+            ..Attrs::default()
+        };
+        let handle = self.sftp.open(&path, flags, &perm)?;
+        Ok(SftpTemp {
+            sftp: self.sftp.clone(),
+            handle: Some(handle),
+            path,
+            partial: how.partial,
+            sent: 0,
+            buf: Vec::new(),
+            writes: VecDeque::new(),
+        })
+    }
+    fn publish(
+        &mut self,
+        mut temp: SftpTemp,
+        rel: &[u8],
+        meta: &Meta,
+        how: PublishHow<'_>,
+    ) -> io::Result<()> {
+        temp.flush()?;
+        let handle = temp.handle.take().expect("open until published");
+        let done = (|| {
+            if how.fsync && self.sftp.ext.fsync {
+                self.sftp.fsync(&handle)?;
+            }
+            self.sftp.fsetstat(&handle, &attrs_of(meta))
+        })();
+        let closed = self.sftp.close(&handle);
+        done?;
+        closed?;
+        let target = self.path(rel);
+        if let Some(suffix) = how.backup {
+            let mut to = target.clone();
+            to.extend_from_slice(suffix);
+            match self.replace(&target, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.replace(&temp.path, &target)
+    }
+    fn discard(&mut self, mut temp: SftpTemp) {
+        if let Some(h) = temp.handle.take() {
+            // what is outstanding must land before the file goes
+            while let Some(p) = temp.writes.pop_front() {
+                let _ = self.sftp.expect_ok(p);
+            }
+            let _ = self.sftp.close(&h);
+        }
+        if !temp.partial {
+            let _ = self.sftp.remove(&temp.path);
+        }
+    }
+    fn spill_dir(&mut self, _rel: &[u8]) -> Option<Arc<OwnedFd>> {
+        None
+    }
+    fn tidy_dir(&mut self, _dir: &[u8]) {}
+    fn space(&self) -> Space {
+        match self.sftp.ext.statvfs.then(|| self.sftp.statvfs(&self.root)) {
+            Some(Ok(s)) => Space {
+                free_bytes: s.bavail.saturating_mul(s.frsize),
+                out_of_inodes: s.files > 0 && s.ffree == 0,
+            },
+            _ => Space {
+                free_bytes: 0,
+                out_of_inodes: false,
+            },
+        }
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        // each file was fsynced before it was published
+        Ok(())
+    }
+}
+
+/// A file on the server opened for reading old data.
+pub struct SftpBasis {
+    sftp: Sftp,
+    handle: Handle,
+    len: u64,
+}
+
+impl SftpBasis {
+    fn open(sftp: &Sftp, path: &[u8]) -> io::Result<SftpBasis> {
+        let handle = sftp.open(path, wire::OPEN_READ, &Attrs::default())?;
+        let len = sftp.fstat(&handle)?.size.unwrap_or(0);
+        Ok(SftpBasis {
+            sftp: sftp.clone(),
+            handle,
+            len,
+        })
+    }
+}
+
+impl Drop for SftpBasis {
+    fn drop(&mut self) {
+        if let Ok(p) = self
+            .sftp
+            .send(wire::CLOSE, |p| wire::put_str(p, &self.handle))
+        {
+            drop(p); // the answer is not waited for
+        }
+    }
+}
+
+impl BasisFile for SftpBasis {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.sftp.read_at(&self.handle, buf, offset)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.sftp.read_exact_at(&self.handle, buf, offset)
+    }
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}
+
+/// A file being written on the server, front to back, with writes of the
+/// size the server takes kept outstanding.
+pub struct SftpTemp {
+    sftp: Sftp,
+    /// Open until published or discarded.
+    handle: Option<Handle>,
+    path: Vec<u8>,
+    partial: bool,
+    /// Bytes sent in write requests.
+    sent: u64,
+    /// Bytes not sent yet (less than one request).
+    buf: Vec<u8>,
+    /// Write requests not answered yet, oldest first.
+    writes: VecDeque<Pending>,
+}
+
+impl SftpTemp {
+    fn send_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.writes.len() >= WRITES_IN_FLIGHT {
+            let oldest = self.writes.pop_front().expect("outstanding");
+            self.sftp.expect_ok(oldest)?;
+        }
+        let h = self.handle.as_ref().expect("open");
+        let p = self.sftp.send_write(h, self.sent, &self.buf)?;
+        self.writes.push_back(p);
+        self.sent += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Sends what is buffered and waits until every write is answered.
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buf()?;
+        while let Some(p) = self.writes.pop_front() {
+            self.sftp.expect_ok(p)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SftpTemp {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self.sftp.send(wire::CLOSE, |p| wire::put_str(p, &h));
+        }
+    }
+}
+
+impl TempWrite for SftpTemp {
+    type Basis = SftpBasis;
+
+    fn len(&self) -> u64 {
+        self.sent + self.buf.len() as u64
+    }
+    fn is_partial(&self) -> bool {
+        self.partial
+    }
+    fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        let step = self.sftp.limits.write;
+        while !data.is_empty() {
+            let n = (step - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == step {
+                self.send_buf()?;
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if offset == self.len() {
+            return self.write(data);
+        }
+        self.flush()?;
+        let h = self.handle.as_ref().expect("open");
+        let p = self.sftp.send_write(h, offset, data)?;
+        self.sftp.expect_ok(p)
+    }
+    fn append_from(&mut self, _from: &SftpBasis, _offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write(data)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        if offset >= self.sent && end <= self.len() {
+            let at = (offset - self.sent) as usize;
+            buf.copy_from_slice(&self.buf[at..at + buf.len()]);
+            return Ok(());
+        }
+        // (writes before this read are answered first: the server handles
+        // requests in order)
+        let h = self.handle.as_ref().expect("open");
+        let sent = (self.sent.saturating_sub(offset) as usize).min(buf.len());
+        self.sftp.read_exact_at(h, &mut buf[..sent], offset)?;
+        if sent < buf.len() {
+            let rest = buf.len() - sent;
+            buf[sent..].copy_from_slice(&self.buf[..rest]);
+        }
+        Ok(())
+    }
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}

@@ -1,0 +1,268 @@
+//! Transfers over SFTP, and when to use it (`--transport auto|ferry|sftp`).
+//! With `auto`, ferry's own protocol is tried first; a remote that cannot
+//! run ferry (`serve --stdio` exits 127 or 126, an sftp-only account, no
+//! common protocol version) gets SFTP instead, with one line saying why and
+//! that there is no delta. An ssh failure (exit 255: DNS, refused, host key,
+//! authentication) is never retried over SFTP: ssh's message is shown with a
+//! pointer to `ferry doctor`. The decision is remembered per host for a day.
+//!
+//! Over SFTP both halves of the session run here, as for a local transfer:
+//! the remote side is a [`crate::sftp`] store over `ssh … -s sftp`.
+//!
+//! Not for the SFTP protocol itself ([`crate::sftp`]) nor for starting ssh
+//! ([`crate::transport::child`]).
+
+use super::{local, Plan};
+use crate::error::TransferError;
+use crate::proto::{Event, HandshakeError, Request, Role, Summary};
+use crate::session::wire::Counters;
+use crate::session::{self, Cancel, EventFn};
+use crate::sftp::destination::SftpPlace;
+use crate::sftp::source::SftpSource;
+use crate::sftp::{remote_path, Sftp};
+use crate::transport::child::{self, Ended, Transport};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a host's "use SFTP" is remembered.
+const REMEMBERED_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// What the sftp-server of an `internal-sftp`-only account says to a command.
+const SFTP_ONLY: &str = "This service allows sftp connections only.";
+
+/// Runs the client's half over ssh as `--transport` says.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn over_ssh(
+    plan: &Plan,
+    user: Option<&str>,
+    host: &str,
+    request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: &Arc<Counters>,
+) -> Result<Summary, TransferError> {
+    let ferry = |request, local_paths, kept| {
+        super::over_ssh(
+            plan,
+            user,
+            host,
+            request,
+            local_paths,
+            events,
+            cancel,
+            counters,
+            kept,
+        )
+    };
+    let sftp = |request, local_paths, why: Option<String>| {
+        run(
+            plan,
+            user,
+            host,
+            request,
+            local_paths,
+            events,
+            cancel,
+            counters,
+            why,
+        )
+    };
+    match plan.ssh.transport {
+        Transport::Ferry => ferry(request, local_paths, None),
+        Transport::Sftp => sftp(request, local_paths, None),
+        // the user named the remote ferry: that one, or an error saying so
+        Transport::Auto if plan.ssh.remote_ferry.is_some() => ferry(request, local_paths, None),
+        Transport::Auto => {
+            let key = cache_key(plan, user, host);
+            if let Some(why) = remembered(&key) {
+                return sftp(request, local_paths, Some(format!("{why} (remembered)")));
+            }
+            let mut fallback = None;
+            let result = ferry(request.clone(), local_paths.clone(), Some(&mut fallback));
+            match fallback {
+                Some(why) => {
+                    remember(&key, &why);
+                    sftp(request, local_paths, Some(why))
+                }
+                None => result,
+            }
+        }
+    }
+}
+
+/// What a ferry attempt whose stderr was kept means: `Ok(Some(why))` to fall
+/// back to SFTP, `Ok(None)` to keep the attempt's result, or the error to
+/// give instead of it (ssh's own failure, with ssh's message).
+pub(super) fn judge(
+    host: &str,
+    ended: &Ended,
+    result: &Result<Summary, TransferError>,
+    events: &EventFn<'_>,
+) -> Result<Option<String>, TransferError> {
+    let said = ended.stderr.trim();
+    let version = matches!(
+        result,
+        Err(TransferError::Handshake(
+            HandshakeError::NoCommonVersion { .. }
+        ))
+    );
+    match ended.code {
+        _ if version => {
+            return Ok(Some(format!(
+                "the ferry on {host} speaks no protocol version this one does"
+            )))
+        }
+        Some(255) => {
+            return Err(TransferError::Connection(format!(
+                "ssh to {host}: ssh failed (exit 255): {}; run `ferry doctor {host}` to see why",
+                last_line(said).unwrap_or("no message")
+            )))
+        }
+        Some(127) if result.is_err() => {
+            return Ok(Some(format!(
+                "{host} has no ferry (exit 127); install it there or pass --remote-ferry PATH"
+            )))
+        }
+        Some(126) if result.is_err() => {
+            return Ok(Some(format!(
+                "ferry on {host} cannot run (exit 126: {})",
+                last_line(said).unwrap_or("permission denied")
+            )))
+        }
+        // (sshd sends that line on the channel, where ferry's hello should be)
+        _ if said.contains(SFTP_ONLY) || sftp_only_hello(result) => {
+            return Ok(Some(format!("{host} allows SFTP connections only")))
+        }
+        _ => {}
+    }
+    if !said.is_empty() && result.is_ok() {
+        for line in said.lines().filter(|l| !l.trim().is_empty()) {
+            events(Event::notice(b"", line.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the ferry attempt met the sftp-only account's line instead of a
+/// hello.
+fn sftp_only_hello(result: &Result<Summary, TransferError>) -> bool {
+    match result {
+        Err(TransferError::Handshake(HandshakeError::NotFerry(sent))) => {
+            let start = sent.trim_start_matches(['"', '\'']);
+            !start.is_empty() && SFTP_ONLY.starts_with(start.trim_end_matches(['"', '\'']))
+        }
+        _ => false,
+    }
+}
+
+fn last_line(s: &str) -> Option<&str> {
+    s.lines().rev().map(str::trim).find(|l| !l.is_empty())
+}
+
+/// Runs the transfer over SFTP: both session halves here, the remote a store.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    plan: &Plan,
+    user: Option<&str>,
+    host: &str,
+    mut request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: &Arc<Counters>,
+    why: Option<String>,
+) -> Result<Summary, TransferError> {
+    if let Some(why) = why {
+        events(Event::notice(b"", format!("{why}: using SFTP (no delta)")));
+    }
+    let (cmd, target) = child::sftp_command(user, host, &plan.ssh)?;
+    let sftp = Sftp::start(cmd).map_err(|e| {
+        TransferError::Connection(format!(
+            "ssh to {target}: ssh failed: {}; see ssh's message above, and run `ferry doctor {host}` to see why",
+            crate::error::io_text(&e)
+        ))
+    })?;
+    if !sftp.ext.posix_rename {
+        events(Event::notice(
+            b"",
+            format!("the SFTP server on {host} lacks posix-rename@openssh.com: a file is replaced by remove then rename, so the publish is not atomic"),
+        ));
+    }
+    request.paths = request.paths.iter().map(|p| remote_path(p)).collect();
+    // one connection, in order: extra streams are ssh connections of their own
+    request.options.streams = 1;
+    let pushing = request.role == Role::ServerReceives;
+    let place = SftpPlace {
+        sftp: sftp.clone(),
+        shown_host: format!("{target}:"),
+    };
+    let source = SftpSource { sftp: sftp.clone() };
+    let result = local::run_served(request, local_paths, events, cancel, counters, move |s| {
+        session::serve::serve_stores(s, place, source)
+    });
+    let status = sftp.end();
+    let summary = result?;
+    if status.is_some_and(|s| s.code() == Some(255)) && pushing {
+        return Err(TransferError::Connection(format!(
+            "ssh to {target} ended with exit 255 after the transfer"
+        )));
+    }
+    events(Event::notice(
+        b"",
+        "verified: size + SSH MAC only (SFTP: no remote hash)".to_string(),
+    ));
+    Ok(summary)
+}
+
+/// Where per-host transport decisions are kept.
+fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => Some(PathBuf::from(d).join("ferry/transport")),
+        None => Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache/ferry/transport")),
+    }
+}
+
+/// One file per way of reaching a host: the same name through another
+/// `-e`, port or config may be another machine.
+fn cache_key(plan: &Plan, user: Option<&str>, host: &str) -> String {
+    let s = &plan.ssh;
+    let id = format!(
+        "{user:?}\0{host}\0{:?}\0{:?}\0{:?}\0{:?}",
+        s.rsh, s.port, s.config, s.ssh_options
+    );
+    blake3::hash(id.as_bytes()).to_hex()[..32].to_string()
+}
+
+fn remembered(key: &str) -> Option<String> {
+    let path = cache_dir()?.join(key);
+    let age = std::fs::metadata(&path)
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()?;
+    if age > REMEMBERED_FOR {
+        let _ = std::fs::remove_file(&path);
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let why = text.strip_prefix("sftp\n")?.trim();
+    (!why.is_empty()).then(|| why.to_string())
+}
+
+fn remember(key: &str, why: &str) {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = cache_dir() else {
+        return;
+    };
+    if std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .is_ok()
+    {
+        let _ = std::fs::write(dir.join(key), format!("sftp\n{why}\n"));
+    }
+}

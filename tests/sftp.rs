@@ -1,0 +1,316 @@
+//! SFTP fallback (issue 22) against a real OpenSSH `sshd` the tests start:
+//! a remote without ferry on its PATH and an `internal-sftp`-only account
+//! both get the tree, modes and mtimes intact; ssh's own failures (unknown
+//! host key, unauthorized key) are shown with exactly one connection
+//! attempt; hostile names round-trip and nothing runs.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use util::*;
+
+const SUBSYSTEM: &str = "Subsystem sftp internal-sftp\n";
+const SFTP_ONLY: &str =
+    "Subsystem sftp internal-sftp\nMatch User root\n    ForceCommand internal-sftp\n";
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A remote shell command that logs each connection attempt to `log`, then
+/// runs ssh with `rest`.
+fn counting_rsh(dir: &Path, log: &Path, rest: &str) -> String {
+    let wrapper = dir.join("ssh-counting");
+    write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho attempt >> '{}'\nexec ssh \"$@\"\n",
+            log.display()
+        ),
+    );
+    chmod(&wrapper, 0o755);
+    format!("{} {rest}", wrapper.display())
+}
+
+/// The test sshd's options without the ssh program: `ssh` + this = `Sshd::rsh`.
+fn ssh_opts(sshd: &Sshd) -> String {
+    sshd.rsh().strip_prefix("ssh ").unwrap().to_string()
+}
+
+/// Runs ferry with its transport cache in `cache`, and PATH without ferry.
+fn ferry_in(cache: &Path, args: &[String]) -> Output {
+    Command::new(ferry_bin())
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry")
+}
+
+fn attempts(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// A tree with modes and whole-second mtimes (SFTP v3 carries seconds).
+fn tree(root: &Path) {
+    std::fs::create_dir_all(root.join("sub/deep")).unwrap();
+    write(&root.join("a.bin"), random_bytes(3 << 20, 1));
+    write(&root.join("sub/b.txt"), "hello\n");
+    write(&root.join("sub/deep/empty"), "");
+    write(&root.join("sub/exec.sh"), "#!/bin/sh\n");
+    chmod(&root.join("sub/exec.sh"), 0o750);
+    chmod(&root.join("sub/b.txt"), 0o600);
+    for (i, f) in ["a.bin", "sub/b.txt", "sub/deep/empty", "sub/exec.sh"]
+        .iter()
+        .enumerate()
+    {
+        set_mtime(&root.join(f), 1_600_000_000 + i as i64 * 1000);
+    }
+    for (i, d) in ["sub/deep", "sub", "."].iter().enumerate() {
+        set_mtime(&root.join(d), 1_500_000_000 + i as i64 * 1000);
+    }
+}
+
+fn round_trip(extra: &str, why: &str) {
+    let sshd = Sshd::start_with(extra);
+    let t = tmp();
+    let (cache, src) = (t.path().join("cache"), t.path().join("src"));
+    tree(&src);
+    let log = t.path().join("log");
+    let rsh = counting_rsh(t.path(), &log, &ssh_opts(&sshd));
+    let up = t.path().join("up");
+    let o = ok(ferry_in(
+        &cache,
+        &[
+            "cp".into(),
+            "-rp".into(),
+            "-e".into(),
+            rsh.clone(),
+            format!("{}/", s(&src)),
+            sshd.remote(&up),
+        ],
+    ));
+    let err = stderr(&o);
+    assert!(err.contains(why), "{err}");
+    assert!(err.contains("using SFTP (no delta)"), "{err}");
+    assert!(err.contains("verified: size + SSH MAC only"), "{err}");
+    assert_same_tree(&src, &up, false);
+    // the ferry attempt, then SFTP
+    assert_eq!(attempts(&log), 2);
+    // and back, the decision remembered: one connection
+    let down = t.path().join("down");
+    let o = ok(ferry_in(
+        &cache,
+        &[
+            "cp".into(),
+            "-rp".into(),
+            "-e".into(),
+            rsh,
+            format!("{}/", sshd.remote(&up)),
+            s(&down),
+        ],
+    ));
+    assert!(stderr(&o).contains("remembered"), "{}", stderr(&o));
+    assert_eq!(attempts(&log), 3);
+    assert_same_tree(&src, &down, false);
+}
+
+#[test]
+fn a_remote_without_ferry_gets_the_tree_over_sftp() {
+    if !sshd_available() {
+        return;
+    }
+    round_trip(SUBSYSTEM, "has no ferry (exit 127)");
+}
+
+#[test]
+fn an_sftp_only_account_gets_the_tree_over_sftp() {
+    if !sshd_available() {
+        return;
+    }
+    round_trip(SFTP_ONLY, "allows SFTP connections only");
+}
+
+#[test]
+fn transport_sftp_syncs_without_trying_ferry_and_skips_what_is_there() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with(SUBSYSTEM);
+    let t = tmp();
+    let (cache, src) = (t.path().join("cache"), t.path().join("src"));
+    tree(&src);
+    let log = t.path().join("log");
+    let rsh = counting_rsh(t.path(), &log, &ssh_opts(&sshd));
+    let dst = t.path().join("dst");
+    let sync = || {
+        ok(ferry_in(
+            &cache,
+            &[
+                "sync".into(),
+                "-a".into(),
+                "--stats".into(),
+                "--transport".into(),
+                "sftp".into(),
+                "-e".into(),
+                rsh.clone(),
+                format!("{}/", s(&src)),
+                sshd.remote(&dst),
+            ],
+        ))
+    };
+    let o = sync();
+    assert!(!stderr(&o).contains("no ferry"), "{}", stderr(&o));
+    assert_same_tree(&src, &dst, true);
+    assert_eq!(attempts(&log), 1);
+    // nothing changed: nothing moves
+    let o = sync();
+    let (literal, ..) = stats(&stdout(&o));
+    assert_eq!(literal, 0, "{}", stdout(&o));
+    // one file changed: it alone moves, and no temporary is left beside it
+    write(&src.join("sub/b.txt"), "changed\n");
+    set_mtime(&src.join("sub/b.txt"), 1_700_000_000);
+    set_mtime(&src.join("sub"), 1_501_000_000);
+    let o = sync();
+    let (literal, ..) = stats(&stdout(&o));
+    assert_eq!(literal, 8, "{}", stdout(&o));
+    assert_same_tree(&src, &dst, true);
+}
+
+fn ssh_failure(rest: impl Fn(&Sshd, &Path) -> String, expect: &str) {
+    let sshd = Sshd::start_with(SUBSYSTEM);
+    let t = tmp();
+    write(&t.path().join("f"), "x");
+    let log = t.path().join("log");
+    let rsh = counting_rsh(t.path(), &log, &rest(&sshd, t.path()));
+    for transport in ["auto", "sftp"] {
+        std::fs::remove_file(&log).ok();
+        let o = ferry_in(
+            &t.path().join("cache"),
+            &[
+                "cp".into(),
+                "--transport".into(),
+                transport.into(),
+                "-e".into(),
+                rsh.clone(),
+                s(&t.path().join("f")),
+                sshd.remote(&t.path().join("g")),
+            ],
+        );
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{transport}: {err}");
+        assert!(err.contains(expect), "{transport}: {err}");
+        assert!(err.contains("ferry doctor"), "{transport}: {err}");
+        assert!(!err.contains("using SFTP"), "{transport}: {err}");
+        assert_eq!(
+            attempts(&log),
+            1,
+            "{transport}: exactly one connection attempt"
+        );
+        assert!(!t.path().join("g").exists());
+    }
+}
+
+#[test]
+fn an_unknown_host_key_fails_with_sshs_message_and_one_attempt() {
+    if !sshd_available() {
+        return;
+    }
+    ssh_failure(
+        |sshd, dir| {
+            write(&dir.join("empty_known_hosts"), "");
+            ssh_opts(sshd).replace(
+                &format!(
+                    "UserKnownHostsFile={}/known_hosts",
+                    sshd.dir.path().display()
+                ),
+                &format!("UserKnownHostsFile={}/empty_known_hosts", dir.display()),
+            )
+        },
+        "Host key verification failed",
+    );
+}
+
+#[test]
+fn an_unauthorized_key_fails_with_sshs_message_and_one_attempt() {
+    if !sshd_available() {
+        return;
+    }
+    ssh_failure(
+        |sshd, dir| {
+            let key = dir.join("other_key");
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            ssh_opts(sshd).replace(
+                &format!("-i {}/id_ed25519", sshd.dir.path().display()),
+                &format!("-o IdentitiesOnly=yes -i {}", key.display()),
+            )
+        },
+        "Permission denied",
+    );
+}
+
+#[test]
+fn hostile_names_round_trip_over_sftp_and_nothing_runs() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with(SUBSYSTEM);
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let canary = t.path().join("canary");
+    let names = [
+        "new\nline".to_string(),
+        "with space".into(),
+        "-leading-dash".into(),
+        "star*".into(),
+        format!("$(touch {})", canary.display()),
+        "`touch x`; rm -rf y".into(),
+        "ünïcødé ✓".into(),
+        "quote'\"".into(),
+    ];
+    for (i, n) in names.iter().enumerate() {
+        write(&src.join(n), format!("{i}"));
+        set_mtime(&src.join(n), 1_600_000_000);
+    }
+    let cache = t.path().join("cache");
+    let up = t.path().join("up");
+    for (from, to) in [
+        (format!("{}/", s(&src)), sshd.remote(&up)),
+        (format!("{}/", sshd.remote(&up)), s(&t.path().join("down"))),
+    ] {
+        ok(ferry_in(
+            &cache,
+            &[
+                "cp".into(),
+                "-rp".into(),
+                "--transport".into(),
+                "sftp".into(),
+                "-e".into(),
+                sshd.rsh(),
+                from,
+                to,
+            ],
+        ));
+    }
+    let listed = |d: &Path| {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v.len()
+    };
+    assert_eq!(listed(&up), names.len());
+    assert_same_tree(&src, &up, false);
+    assert_same_tree(&src, &t.path().join("down"), false);
+    assert!(!canary.exists(), "a name ran as a command");
+}
