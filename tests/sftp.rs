@@ -74,7 +74,9 @@ fn tree(root: &Path) {
     }
 }
 
-fn round_trip(extra: &str, why: &str) {
+/// Up and back over the fallback: `why` is the line's reason, `verified`
+/// what the summary says, `attempts` the ssh connections after each run.
+fn round_trip(extra: &str, why: &str, verified: &str, attempts_after: [usize; 2]) {
     let sshd = Sshd::start_with(extra);
     let t = tmp();
     let (cache, src) = (t.path().join("cache"), t.path().join("src"));
@@ -96,10 +98,11 @@ fn round_trip(extra: &str, why: &str) {
     let err = stderr(&o);
     assert!(err.contains(why), "{err}");
     assert!(err.contains("using SFTP (no delta)"), "{err}");
-    assert!(err.contains("verified: size + SSH MAC only"), "{err}");
+    assert!(err.contains(verified), "{err}");
     assert_same_tree(&src, &up, false);
-    // the ferry attempt, then SFTP
-    assert_eq!(attempts(&log), 2);
+    // the ferry attempt, then SFTP (and where commands may run, the hash
+    // probe and the check)
+    assert_eq!(attempts(&log), attempts_after[0]);
     // and back, the decision remembered: one connection
     let down = t.path().join("down");
     let o = ok(ferry_in(
@@ -114,7 +117,7 @@ fn round_trip(extra: &str, why: &str) {
         ],
     ));
     assert!(stderr(&o).contains("remembered"), "{}", stderr(&o));
-    assert_eq!(attempts(&log), 3);
+    assert_eq!(attempts(&log), attempts_after[1]);
     assert_same_tree(&src, &down, false);
 }
 
@@ -123,7 +126,12 @@ fn a_remote_without_ferry_gets_the_tree_over_sftp() {
     if !sshd_available() {
         return;
     }
-    round_trip(SUBSYSTEM, "has no ferry (exit 127)");
+    round_trip(
+        SUBSYSTEM,
+        "has no ferry (exit 127)",
+        "verified: sha256sum on 127.0.0.1 for 4 file(s)",
+        [4, 5],
+    );
 }
 
 #[test]
@@ -131,7 +139,12 @@ fn an_sftp_only_account_gets_the_tree_over_sftp() {
     if !sshd_available() {
         return;
     }
-    round_trip(SFTP_ONLY, "allows SFTP connections only");
+    round_trip(
+        SFTP_ONLY,
+        "allows SFTP connections only",
+        "verified: size + SSH MAC only",
+        [2, 3],
+    );
 }
 
 #[test]
@@ -165,7 +178,9 @@ fn transport_sftp_syncs_without_trying_ferry_and_skips_what_is_there() {
     let o = sync();
     assert!(!stderr(&o).contains("no ferry"), "{}", stderr(&o));
     assert_same_tree(&src, &dst, true);
-    assert_eq!(attempts(&log), 1);
+    // SFTP, the hash probe, the check
+    assert_eq!(attempts(&log), 3);
+    assert!(stderr(&o).contains("verified: sha256sum"), "{}", stderr(&o));
     // nothing changed: nothing moves
     let o = sync();
     let (literal, ..) = stats(&stdout(&o));
@@ -287,7 +302,8 @@ fn hostile_names_round_trip_over_sftp_and_nothing_runs() {
         (format!("{}/", s(&src)), sshd.remote(&up)),
         (format!("{}/", sshd.remote(&up)), s(&t.path().join("down"))),
     ] {
-        ok(ferry_in(
+        let pushing = to.starts_with("127.0.0.1:");
+        let o = ok(ferry_in(
             &cache,
             &[
                 "cp".into(),
@@ -300,6 +316,14 @@ fn hostile_names_round_trip_over_sftp_and_nothing_runs() {
                 to,
             ],
         ));
+        // the names also went through the remote hash command
+        if pushing {
+            let want = format!(
+                "verified: sha256sum on 127.0.0.1 for {} file(s)",
+                names.len()
+            );
+            assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+        }
     }
     let listed = |d: &Path| {
         let mut v: Vec<PathBuf> = std::fs::read_dir(d)

@@ -99,11 +99,64 @@ fn attrs_of(meta: &Meta) -> Attrs {
     }
 }
 
+/// A hash a remote command can compute (`b3sum`, `sha256sum`), computed
+/// here over the stream as it is written, to compare after the transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKind {
+    Blake3,
+    Sha256,
+}
+
+enum Hashing {
+    Blake3(Box<blake3::Hasher>),
+    Sha256(aws_lc_rs::digest::Context),
+}
+
+impl Hashing {
+    fn new(kind: HashKind) -> Hashing {
+        match kind {
+            HashKind::Blake3 => Hashing::Blake3(Box::default()),
+            HashKind::Sha256 => {
+                Hashing::Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+            }
+        }
+    }
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hashing::Blake3(h) => {
+                h.update(data);
+            }
+            Hashing::Sha256(c) => c.update(data),
+        }
+    }
+    fn hex(self) -> String {
+        let bytes: Vec<u8> = match self {
+            Hashing::Blake3(h) => h.finalize().as_bytes().to_vec(),
+            Hashing::Sha256(c) => c.finish().as_ref().to_vec(),
+        };
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A published file's remote path and the hex hash of what was written.
+pub type HashedFile = (Vec<u8>, String);
+
+/// Files published, with the hash of what was written, for the remote
+/// command to check.
+#[derive(Clone)]
+pub struct Published {
+    pub kind: HashKind,
+    /// Remote path and hex hash, in the order published.
+    pub files: Arc<std::sync::Mutex<Vec<HashedFile>>>,
+}
+
 /// An SFTP destination before it is opened.
 pub struct SftpPlace {
     pub sftp: Sftp,
     /// `[user@]host:` as messages show it.
     pub shown_host: String,
+    /// Where a remote command can hash files: what to record.
+    pub published: Option<Published>,
 }
 
 impl Place for SftpPlace {
@@ -133,6 +186,7 @@ impl Place for SftpPlace {
             sftp: self.sftp.clone(),
             root: root.to_vec(),
             shown: format!("{}{}", self.shown_host, escape(root)),
+            published: self.published.clone(),
         })
     }
 }
@@ -142,6 +196,7 @@ pub struct SftpDest {
     sftp: Sftp,
     root: Vec<u8>,
     shown: String,
+    published: Option<Published>,
 }
 
 impl SftpDest {
@@ -271,6 +326,7 @@ impl Destination for SftpDest {
             sent: 0,
             buf: Vec::new(),
             writes: VecDeque::new(),
+            hashing: self.published.as_ref().map(|p| Hashing::new(p.kind)),
         })
     }
     fn publish(
@@ -292,6 +348,7 @@ impl Destination for SftpDest {
         done?;
         closed?;
         let target = self.path(rel);
+        let hashed = temp.hashing.take().map(Hashing::hex);
         if let Some(suffix) = how.backup {
             let mut to = target.clone();
             to.extend_from_slice(suffix);
@@ -301,7 +358,12 @@ impl Destination for SftpDest {
                 Err(e) => return Err(e),
             }
         }
-        self.replace(&temp.path, &target)
+        self.replace(&temp.path, &target)?;
+        if let (Some(p), Some(hex)) = (&self.published, hashed) {
+            let mut files = p.files.lock().unwrap_or_else(|p| p.into_inner());
+            files.push((target, hex));
+        }
+        Ok(())
     }
     fn discard(&mut self, mut temp: SftpTemp) {
         if let Some(h) = temp.handle.take() {
@@ -396,6 +458,9 @@ pub struct SftpTemp {
     buf: Vec<u8>,
     /// Write requests not answered yet, oldest first.
     writes: VecDeque<Pending>,
+    /// The hash of what was written front to back (`None` once anything is
+    /// written elsewhere).
+    hashing: Option<Hashing>,
 }
 
 impl SftpTemp {
@@ -443,6 +508,9 @@ impl TempWrite for SftpTemp {
         self.partial
     }
     fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if let Some(h) = &mut self.hashing {
+            h.update(data);
+        }
         let step = self.sftp.limits.write;
         while !data.is_empty() {
             let n = (step - self.buf.len()).min(data.len());
@@ -459,6 +527,7 @@ impl TempWrite for SftpTemp {
             return self.write(data);
         }
         self.flush()?;
+        self.hashing = None;
         let h = self.handle.as_ref().expect("open");
         let p = self.sftp.send_write(h, offset, data)?;
         self.sftp.expect_ok(p)

@@ -17,7 +17,7 @@ use crate::error::TransferError;
 use crate::proto::{Event, HandshakeError, Request, Role, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
-use crate::sftp::destination::SftpPlace;
+use crate::sftp::destination::{HashKind, Published, SftpPlace};
 use crate::sftp::source::SftpSource;
 use crate::sftp::{remote_path, Sftp};
 use crate::transport::child::{self, Ended, Transport};
@@ -174,6 +174,11 @@ fn run(
     counters: &Arc<Counters>,
     why: Option<String>,
 ) -> Result<Summary, TransferError> {
+    let why_kind = match &why {
+        Some(w) if w.contains("allows SFTP connections only") => Exec::No,
+        Some(_) => Exec::Yes,
+        None => Exec::Unknown,
+    };
     if let Some(why) = why {
         events(Event::notice(b"", format!("{why}: using SFTP (no delta)")));
     }
@@ -194,9 +199,20 @@ fn run(
     // one connection, in order: extra streams are ssh connections of their own
     request.options.streams = 1;
     let pushing = request.role == Role::ServerReceives;
+    // where the account may run commands, uploads are hashed there after
+    let hashing = if pushing {
+        remote_hash(plan, user, host, &why_kind)
+    } else {
+        None
+    };
+    let published = hashing.map(|(_, kind)| Published {
+        kind,
+        files: Default::default(),
+    });
     let place = SftpPlace {
         sftp: sftp.clone(),
         shown_host: format!("{target}:"),
+        published: published.clone(),
     };
     let source = SftpSource { sftp: sftp.clone() };
     let result = local::run_served(request, local_paths, events, cancel, counters, move |s| {
@@ -209,11 +225,138 @@ fn run(
             "ssh to {target} ended with exit 255 after the transfer"
         )));
     }
-    events(Event::notice(
-        b"",
-        "verified: size + SSH MAC only (SFTP: no remote hash)".to_string(),
-    ));
+    let verified = match (hashing, published) {
+        (Some((program, _)), Some(p)) => {
+            let files = std::mem::take(&mut *p.files.lock().unwrap_or_else(|p| p.into_inner()));
+            check_remote(plan, user, host, program, &files)?;
+            format!(
+                "verified: {} on {host} for {} file(s)",
+                program,
+                files.len()
+            )
+        }
+        _ => "verified: size + SSH MAC only (SFTP: no remote hash)".to_string(),
+    };
+    events(Event::notice(b"", verified));
     Ok(summary)
+}
+
+/// Whether commands may run on the remote, as far as the ferry attempt
+/// told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exec {
+    Yes,
+    No,
+    Unknown,
+}
+
+const EMPTY_BLAKE3: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// The remote hash command to check uploads with, probed once per host (as
+/// rclone does: each candidate hashes empty input, and must give the known
+/// empty hash) and remembered.
+fn remote_hash(
+    plan: &Plan,
+    user: Option<&str>,
+    host: &str,
+    exec: &Exec,
+) -> Option<(&'static str, HashKind)> {
+    let key = format!("{}.hash", cache_key(plan, user, host));
+    let known = cache_dir()
+        .map(|d| d.join(&key))
+        .filter(|p| fresh(p))
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let found = match known.as_deref().map(str::trim) {
+        Some(k) => k.to_string(),
+        None if *exec == Exec::No => "none".to_string(),
+        None => {
+            let probe = "b3sum </dev/null 2>/dev/null; sha256sum </dev/null 2>/dev/null; true";
+            let out = child::ssh_command(user, host, &plan.ssh)
+                .ok()
+                .and_then(|(mut c, _)| {
+                    c.arg(probe)
+                        .stdin(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .output()
+                        .ok()
+                });
+            let text = out
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if text.contains(EMPTY_BLAKE3) {
+                "b3sum".into()
+            } else if text.contains(EMPTY_SHA256) {
+                "sha256sum".into()
+            } else {
+                "none".into()
+            }
+        }
+    };
+    if known.is_none() {
+        write_cache(&key, &found);
+    }
+    match found.as_str() {
+        "b3sum" => Some(("b3sum", HashKind::Blake3)),
+        "sha256sum" => Some(("sha256sum", HashKind::Sha256)),
+        _ => None,
+    }
+}
+
+/// Hashes `files` on the remote with `program` and compares each with what
+/// was written. The names go NUL-separated on stdin to `xargs -0`: the
+/// remote shell sees only the fixed command line, never a name.
+fn check_remote(
+    plan: &Plan,
+    user: Option<&str>,
+    host: &str,
+    program: &str,
+    files: &[(Vec<u8>, String)],
+) -> Result<(), TransferError> {
+    use std::io::Write;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let (mut cmd, target) = child::ssh_command(user, host, &plan.ssh)?;
+    cmd.arg(format!("xargs -0 {program} --"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let failed = |why: String| {
+        TransferError::Connection(format!(
+            "ssh to {target}: checking uploads with {program}: {why}"
+        ))
+    };
+    let mut child = cmd.spawn().map_err(|e| failed(crate::error::io_text(&e)))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let names: Vec<u8> = files
+        .iter()
+        .flat_map(|(n, _)| n.iter().copied().chain([0]))
+        .collect();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&names);
+    });
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(crate::error::io_text(&e)))?;
+    let _ = writer.join();
+    // one line per name, in order; a name with a newline or a backslash is
+    // escaped and its line starts with '\'
+    let hashes: Vec<&[u8]> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix(b"\\").unwrap_or(l))
+        .collect();
+    for (i, (name, want)) in files.iter().enumerate() {
+        let got = hashes.get(i).and_then(|l| l.get(..64));
+        if got != Some(want.as_bytes()) {
+            return Err(TransferError::Integrity(format!(
+                "{target}:{}: {program} on the remote does not match what was sent",
+                crate::fs::names::escape(name)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where per-host transport decisions are kept.
@@ -235,16 +378,18 @@ fn cache_key(plan: &Plan, user: Option<&str>, host: &str) -> String {
     blake3::hash(id.as_bytes()).to_hex()[..32].to_string()
 }
 
+/// Whether a cache file was written less than a day ago.
+fn fresh(path: &std::path::Path) -> bool {
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    age.is_some_and(|a| a <= REMEMBERED_FOR)
+}
+
 fn remembered(key: &str) -> Option<String> {
     let path = cache_dir()?.join(key);
-    let age = std::fs::metadata(&path)
-        .ok()?
-        .modified()
-        .ok()?
-        .elapsed()
-        .ok()?;
-    if age > REMEMBERED_FOR {
-        let _ = std::fs::remove_file(&path);
+    if !fresh(&path) {
         return None;
     }
     let text = std::fs::read_to_string(&path).ok()?;
@@ -253,6 +398,10 @@ fn remembered(key: &str) -> Option<String> {
 }
 
 fn remember(key: &str, why: &str) {
+    write_cache(key, &format!("sftp\n{why}\n"));
+}
+
+fn write_cache(key: &str, text: &str) {
     use std::os::unix::fs::DirBuilderExt;
     let Some(dir) = cache_dir() else {
         return;
@@ -263,6 +412,6 @@ fn remember(key: &str, why: &str) {
         .create(&dir)
         .is_ok()
     {
-        let _ = std::fs::write(dir.join(key), format!("sftp\n{why}\n"));
+        let _ = std::fs::write(dir.join(key), text);
     }
 }
