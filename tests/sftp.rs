@@ -338,3 +338,121 @@ fn hostile_names_round_trip_over_sftp_and_nothing_runs() {
     assert_same_tree(&src, &t.path().join("down"), false);
     assert!(!canary.exists(), "a name ran as a command");
 }
+
+/// Runs `ferry cp` slowly in the background until `partial` holds at least
+/// `at_least` bytes, then kills it with SIGKILL.
+fn kill_mid_copy(cache: &Path, args: &[String], partial: impl Fn() -> Option<u64>, at_least: u64) {
+    let mut child = Command::new(ferry_bin())
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while partial().unwrap_or(0) < at_least {
+        assert!(std::time::Instant::now() < deadline, "no partial file grew");
+        assert!(child.try_wait().unwrap().is_none(), "the copy ended first");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The partial an interrupted upload left beside `target`.
+fn remote_part(target: &Path) -> PathBuf {
+    let name = target.file_name().unwrap().to_str().unwrap();
+    target.with_file_name(format!(".{name}.ferry-part"))
+}
+
+fn len_of(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+#[test]
+fn a_killed_upload_resumes_sending_only_what_is_missing_and_a_flipped_byte_is_caught() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with(SUBSYSTEM);
+    let t = tmp();
+    let cache = t.path().join("cache");
+    let size = 8u64 << 20;
+    let data = random_bytes(size as usize, 7);
+    let src = t.path().join("big.bin");
+    write(&src, &data);
+    let dst_dir = t.path().join("dst");
+    std::fs::create_dir(&dst_dir).unwrap();
+    let dst = dst_dir.join("big.bin");
+    let part = remote_part(&dst);
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec!["sync".into(), "--transport".into(), "sftp".into()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(["-e".into(), sshd.rsh(), s(&src), sshd.remote(&dst)]);
+        a
+    };
+    for flip in [false, true] {
+        std::fs::remove_file(&dst).ok();
+        kill_mid_copy(
+            &cache,
+            &args(&["--bwlimit", "2M"]),
+            || len_of(&part),
+            3 << 20,
+        );
+        assert!(!dst.exists(), "a file cut short was published");
+        let kept = len_of(&part).unwrap();
+        assert!(kept >= 3 << 20 && kept < size, "{kept}");
+        if flip {
+            let mut p = std::fs::read(&part).unwrap();
+            p[1 << 20] ^= 0x40;
+            std::fs::write(&part, p).unwrap();
+        }
+        let o = ok(ferry_in(&cache, &args(&["--stats"])));
+        let (literal, matched, ..) = stats(&stdout(&o));
+        assert_eq!(std::fs::read(&dst).unwrap(), data, "flip: {flip}");
+        assert!(!part.exists());
+        // what the partial held was not sent again (less a chunk or so
+        // around the flipped byte)
+        assert!(literal < size - (2 << 20), "flip {flip}: {}", stdout(&o));
+        assert!(matched >= 2 << 20, "flip {flip}: {}", stdout(&o));
+        if flip {
+            assert!(literal > size - kept, "the flipped chunk was sent again");
+        }
+    }
+}
+
+#[test]
+fn a_killed_download_resumes_and_publishes_only_the_whole_file() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with(SUBSYSTEM);
+    let t = tmp();
+    let cache = t.path().join("cache");
+    let size = 8u64 << 20;
+    let data = random_bytes(size as usize, 9);
+    let remote = t.path().join("remote.bin");
+    write(&remote, &data);
+    let dst_dir = t.path().join("dst");
+    std::fs::create_dir(&dst_dir).unwrap();
+    let dst = dst_dir.join("remote.bin");
+    let part = dst_dir.join(".ferry-partial/remote.bin");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec!["sync".into(), "--transport".into(), "sftp".into()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(["-e".into(), sshd.rsh(), sshd.remote(&remote), s(&dst)]);
+        a
+    };
+    kill_mid_copy(
+        &cache,
+        &args(&["--bwlimit", "2M"]),
+        || len_of(&part),
+        3 << 20,
+    );
+    assert!(!dst.exists(), "a file cut short was published");
+    let o = ok(ferry_in(&cache, &args(&["--stats"])));
+    let (literal, ..) = stats(&stdout(&o));
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    assert!(literal < size - (2 << 20), "{}", stdout(&o));
+}

@@ -25,6 +25,9 @@ pub struct Extensions {
     pub statvfs: bool,
     /// `limits@openssh.com`: ask for the sizes below.
     pub limits: bool,
+    /// `copy-data` (OpenSSH 9.0): a copy between two open files on the
+    /// server, nothing crossing the network.
+    pub copy_data: bool,
 }
 
 /// Request sizes: what `limits@openssh.com` allows, else the 32 KiB every
@@ -162,6 +165,7 @@ impl Sftp {
             hardlink: has("hardlink@openssh.com"),
             statvfs: has("statvfs@openssh.com"),
             limits: has("limits@openssh.com"),
+            copy_data: has("copy-data"),
         };
         let inner = Arc::new(Inner {
             writer: Mutex::new(Some(stdin)),
@@ -395,6 +399,24 @@ impl Sftp {
             wire::put_str(p, h);
             wire::put_u64(p, offset);
             wire::put_str(p, data);
+        })
+    }
+    /// Asks the server to copy `len` bytes at `from_offset` of `from` to
+    /// `to_offset` of `to` (`copy-data`); answered by a status.
+    pub fn send_copy(
+        &self,
+        from: &[u8],
+        from_offset: u64,
+        len: u64,
+        to: &[u8],
+        to_offset: u64,
+    ) -> io::Result<Pending> {
+        self.extended("copy-data", |p| {
+            wire::put_str(p, from);
+            wire::put_u64(p, from_offset);
+            wire::put_u64(p, len);
+            wire::put_str(p, to);
+            wire::put_u64(p, to_offset);
         })
     }
     pub fn opendir(&self, path: &[u8]) -> io::Result<Handle> {

@@ -6,9 +6,11 @@
 //! which is not atomic, and the transfer says so).
 //!
 //! Not for reading a transfer's sources (that is [`super::source`]) nor for
-//! deciding when SFTP is used (that is `transfer`). No old data is read back
-//! to rebuild a file (`Caps::rebuild` is false): over SFTP every file comes
-//! whole.
+//! deciding when SFTP is used (that is `transfer`). The only old data offered
+//! to rebuild a file from is the partial file an interrupted upload left
+//! (read back once to check what it holds, chunk by chunk; what matches is
+//! copied on the server with `copy-data`): a changed file is not rebuilt
+//! from its old version, so over SFTP it comes whole.
 //!
 //! # Security
 //! Names reach the server only inside SFTP packets: no shell ever sees them.
@@ -236,7 +238,8 @@ impl Destination for SftpDest {
 
     fn caps(&self) -> Caps {
         Caps {
-            rebuild: false,
+            // (only from a partial file: see open_basis)
+            rebuild: true,
             write_at: false,
             share_blocks: false,
         }
@@ -304,14 +307,33 @@ impl Destination for SftpDest {
         }
         self.sftp.setstat(&self.path(rel), &attrs_of(meta))
     }
-    fn open_basis(&mut self, rel: &[u8]) -> io::Result<SftpBasis> {
-        SftpBasis::open(&self.sftp, &self.path(rel))
+    /// No old version to rebuild from: reading it back would cost as much
+    /// as sending the file (and `-c` sends a file it cannot compare).
+    fn open_basis(&mut self, _rel: &[u8]) -> io::Result<SftpBasis> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no delta over SFTP",
+        ))
     }
-    fn open_partial(&mut self, _rel: &[u8]) -> Option<SftpBasis> {
-        None
+    /// The partial file, moved aside first: the server refuses to copy
+    /// between two handles of one path, and the new partial takes its name.
+    /// Once open it is removed: the handle keeps it readable until closed.
+    fn open_partial(&mut self, rel: &[u8]) -> Option<SftpBasis> {
+        let part = self.path(&part_name(rel));
+        let mut aside = part.clone();
+        aside.extend_from_slice(b"-resume");
+        self.sftp.rename(&part, &aside).ok()?;
+        let basis = SftpBasis::open(&self.sftp, &aside);
+        let _ = self.sftp.remove(&aside);
+        basis.ok()
     }
     fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<SftpTemp> {
         let path = self.path(&part_name(rel));
+        if how.partial {
+            // a partial file being resumed from stays readable through its
+            // open handle; the new file is a new one
+            let _ = self.sftp.remove(&path);
+        }
         let flags = wire::OPEN_WRITE | wire::OPEN_CREAT | wire::OPEN_TRUNC;
         let perm = Attrs {
             perm: Some(0o600),
@@ -368,7 +390,7 @@ impl Destination for SftpDest {
     fn discard(&mut self, mut temp: SftpTemp) {
         if let Some(h) = temp.handle.take() {
             // what is outstanding must land before the file goes
-            while let Some(p) = temp.writes.pop_front() {
+            while let Some((p, _)) = temp.writes.pop_front() {
                 let _ = self.sftp.expect_ok(p);
             }
             let _ = self.sftp.close(&h);
@@ -444,6 +466,9 @@ impl BasisFile for SftpBasis {
     }
 }
 
+/// A server-side copy's place in the file and its bytes.
+type Copied = (u64, Vec<u8>);
+
 /// A file being written on the server, front to back, with writes of the
 /// size the server takes kept outstanding.
 pub struct SftpTemp {
@@ -456,8 +481,9 @@ pub struct SftpTemp {
     sent: u64,
     /// Bytes not sent yet (less than one request).
     buf: Vec<u8>,
-    /// Write requests not answered yet, oldest first.
-    writes: VecDeque<Pending>,
+    /// Write requests not answered yet, oldest first; a server-side copy
+    /// with its offset and bytes, written plainly if the copy falls short.
+    writes: VecDeque<(Pending, Option<Copied>)>,
     /// The hash of what was written front to back (`None` once anything is
     /// written elsewhere).
     hashing: Option<Hashing>,
@@ -469,22 +495,39 @@ impl SftpTemp {
             return Ok(());
         }
         if self.writes.len() >= WRITES_IN_FLIGHT {
-            let oldest = self.writes.pop_front().expect("outstanding");
-            self.sftp.expect_ok(oldest)?;
+            self.settle_oldest()?;
         }
         let h = self.handle.as_ref().expect("open");
         let p = self.sftp.send_write(h, self.sent, &self.buf)?;
-        self.writes.push_back(p);
+        self.writes.push_back((p, None));
         self.sent += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
     }
 
+    /// Waits for the oldest outstanding request's answer.
+    fn settle_oldest(&mut self) -> io::Result<()> {
+        let Some((p, copied)) = self.writes.pop_front() else {
+            return Ok(());
+        };
+        match (self.sftp.expect_ok(p), copied) {
+            (Ok(()), _) => Ok(()),
+            // a copy that met the end of its source (OpenSSH answers EOF
+            // when a range ends there) or failed: write the bytes instead
+            (Err(_), Some((offset, data))) => {
+                let h = self.handle.as_ref().expect("open");
+                let p = self.sftp.send_write(h, offset, &data)?;
+                self.sftp.expect_ok(p)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
     /// Sends what is buffered and waits until every write is answered.
     fn flush(&mut self) -> io::Result<()> {
         self.send_buf()?;
-        while let Some(p) = self.writes.pop_front() {
-            self.sftp.expect_ok(p)?;
+        while !self.writes.is_empty() {
+            self.settle_oldest()?;
         }
         Ok(())
     }
@@ -532,8 +575,26 @@ impl TempWrite for SftpTemp {
         let p = self.sftp.send_write(h, offset, data)?;
         self.sftp.expect_ok(p)
     }
-    fn append_from(&mut self, _from: &SftpBasis, _offset: u64, data: &[u8]) -> io::Result<()> {
-        self.write(data)
+    /// Copies on the server where it can (`copy-data`): the bytes were
+    /// read back to check them, they need not cross the network again.
+    fn append_from(&mut self, from: &SftpBasis, offset: u64, data: &[u8]) -> io::Result<()> {
+        if !self.sftp.ext.copy_data || data.is_empty() {
+            return self.write(data);
+        }
+        if let Some(h) = &mut self.hashing {
+            h.update(data);
+        }
+        self.send_buf()?;
+        if self.writes.len() >= WRITES_IN_FLIGHT {
+            self.settle_oldest()?;
+        }
+        let to = self.handle.as_ref().expect("open");
+        let p = self
+            .sftp
+            .send_copy(&from.handle, offset, data.len() as u64, to, self.sent)?;
+        self.writes.push_back((p, Some((self.sent, data.to_vec()))));
+        self.sent += data.len() as u64;
+        Ok(())
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = offset + buf.len() as u64;
