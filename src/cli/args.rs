@@ -37,6 +37,9 @@ pub enum Command {
     Ls(LsArgs),
     /// Build a sample dataset, sync it through `ferry serve --stdio`, change 1%, re-sync
     Demo(DemoArgs),
+    /// An interactive session on [user@]host[:dir], like sftp (ls cd lcd pwd lpwd
+    /// get put reget reput mkdir rm rmdir rename chmod df progress help); -b runs a batch
+    Shell(ShellArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -349,6 +352,35 @@ pub struct LsArgs {
     pub target: OsString,
     #[command(flatten)]
     pub daemon: DaemonFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct ShellArgs {
+    /// Run the commands in FILE (`-` for stdin) as sftp -b does: stop at the
+    /// first failure (exit 1) unless the line starts with `-`; a line starting
+    /// with `@` is not echoed
+    #[arg(short = 'b', value_name = "FILE")]
+    pub batch: Option<std::path::PathBuf>,
+    /// The remote shell command (instead of ssh)
+    #[arg(short = 'e', long = "rsh", value_name = "COMMAND")]
+    pub rsh: Option<String>,
+    /// ssh port
+    #[arg(short = 'P', value_name = "PORT")]
+    pub port: Option<u16>,
+    /// ssh identity file
+    #[arg(short = 'i', value_name = "FILE")]
+    pub identity: Option<String>,
+    /// Option passed to ssh as -o (repeatable)
+    #[arg(short = 'o', value_name = "OPTION")]
+    pub ssh_option: Vec<String>,
+    /// ssh configuration file
+    #[arg(short = 'F', value_name = "FILE")]
+    pub ssh_config: Option<String>,
+    /// How get and put talk to the remote (see `ferry cp --help`)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub transport: crate::transport::child::Transport,
+    /// [user@]host[:directory]
+    pub host: String,
 }
 
 #[derive(Args, Debug)]

@@ -6,6 +6,7 @@ mod demo;
 mod keys;
 pub mod output;
 mod prompt;
+mod shell;
 
 use crate::error::TransferError;
 use crate::location::Location;
@@ -60,6 +61,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::Trust(t) => keys::trust(t),
         Command::CopyId(a) => keys::copy_id(a),
         Command::Ls(a) => keys::ls(a),
+        Command::Shell(a) => shell::run(a),
     };
     match result {
         Ok(code) => code,
