@@ -456,3 +456,43 @@ fn a_killed_download_resumes_and_publishes_only_the_whole_file() {
     assert_eq!(std::fs::read(&dst).unwrap(), data);
     assert!(literal < size - (2 << 20), "{}", stdout(&o));
 }
+
+#[test]
+fn a_remote_hash_that_disagrees_fails_the_upload() {
+    if !sshd_available() {
+        return;
+    }
+    let t = tmp();
+    // a sha256sum on the remote's PATH that answers the probe (empty input)
+    // truly and every file wrongly
+    let bin = t.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    write(
+        &bin.join("sha256sum"),
+        "#!/bin/sh\nif [ $# -gt 1 ]; then /usr/bin/sha256sum \"$@\" | sed 's/^[0-9a-f]/x/'; else exec /usr/bin/sha256sum \"$@\"; fi\n",
+    );
+    chmod(&bin.join("sha256sum"), 0o755);
+    let sshd = Sshd::start_with(&format!(
+        "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
+        bin.display()
+    ));
+    write(&t.path().join("f"), "payload");
+    let o = ferry_in(
+        &t.path().join("cache"),
+        &[
+            "cp".into(),
+            "--transport".into(),
+            "sftp".into(),
+            "-e".into(),
+            sshd.rsh(),
+            s(&t.path().join("f")),
+            sshd.remote(&t.path().join("g")),
+        ],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("sha256sum on the remote does not match what was sent"),
+        "{err}"
+    );
+}
