@@ -358,17 +358,44 @@ impl Destination for SftpDest {
         meta: &Meta,
         how: PublishHow<'_>,
     ) -> io::Result<()> {
-        temp.flush()?;
+        // a copy that may need writing again must be answered while the
+        // file is open; plain writes need not be: the fsync, the metadata
+        // and the close go out behind them, all answered in one round trip
+        if temp.writes.iter().any(|(_, copied)| copied.is_some()) {
+            temp.flush()?;
+        } else {
+            temp.send_buf()?;
+        }
         let handle = temp.handle.take().expect("open until published");
-        let done = (|| {
-            if how.fsync && self.sftp.ext.fsync {
-                self.sftp.fsync(&handle)?;
+        let attrs = attrs_of(meta);
+        let mut tail = Vec::new();
+        if how.fsync && self.sftp.ext.fsync {
+            tail.push(self.sftp.send(wire::EXTENDED, |p| {
+                wire::put_str(p, b"fsync@openssh.com");
+                wire::put_str(p, &handle);
+            }));
+        }
+        tail.push(self.sftp.send(wire::FSETSTAT, |p| {
+            wire::put_str(p, &handle);
+            attrs.encode(p);
+        }));
+        let closed = self.sftp.send(wire::CLOSE, |p| wire::put_str(p, &handle));
+        let mut first_error = None;
+        let mut note = |r: io::Result<()>| {
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
             }
-            self.sftp.fsetstat(&handle, &attrs_of(meta))
-        })();
-        let closed = self.sftp.close(&handle);
-        done?;
-        closed?;
+        };
+        while let Some((p, _)) = temp.writes.pop_front() {
+            note(self.sftp.expect_ok(p));
+        }
+        for p in tail {
+            note(p.and_then(|p| self.sftp.expect_ok(p)));
+        }
+        note(closed.and_then(|p| self.sftp.expect_ok(p)));
+        if let Some(e) = first_error {
+            return Err(e);
+        }
         let target = self.path(rel);
         let hashed = temp.hashing.take().map(Hashing::hex);
         if let Some(suffix) = how.backup {
