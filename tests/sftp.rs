@@ -496,3 +496,73 @@ fn a_remote_hash_that_disagrees_fails_the_upload() {
         "{err}"
     );
 }
+
+#[test]
+fn small_files_through_a_slow_link_are_many_in_flight() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with(SUBSYSTEM);
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..100 {
+        write(&src.join(format!("f{i:03}")), random_bytes(4096, i));
+    }
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], sshd.port).into();
+    let d = sshd.dir.path().display();
+    // 20 ms each way; the relay's port is not in known_hosts
+    let opts = |port: u16| {
+        format!(
+            "-F /dev/null -p {port} -i {d}/id_ed25519 -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+        )
+    };
+    let one_way = std::time::Duration::from_millis(20);
+    let relay = delay_relay(target, one_way, 1 << 20, 3).port();
+    let started = std::time::Instant::now();
+    ok(ferry_in(
+        &t.path().join("cache"),
+        &[
+            "cp".into(),
+            "-r".into(),
+            "--transport".into(),
+            "sftp".into(),
+            "-e".into(),
+            format!("ssh {}", opts(relay)),
+            format!("{}/", s(&src)),
+            format!("127.0.0.1:{}", t.path().join("by-ferry").display()),
+        ],
+    ));
+    let ferry = started.elapsed();
+    let relay = delay_relay(target, one_way, 1 << 20, 1).port();
+    let batch = t.path().join("batch");
+    write(
+        &batch,
+        format!(
+            "mkdir {dst}\nput -r {src}/* {dst}/\n",
+            dst = t.path().join("by-sftp").display(),
+            src = s(&src)
+        ),
+    );
+    let started = std::time::Instant::now();
+    let mut sftp = Command::new("sftp");
+    sftp.arg("-b").arg(&batch);
+    for w in opts(relay).split(' ') {
+        sftp.arg(w.replace("-p", "-P"));
+    }
+    let o = sftp.arg("127.0.0.1").stdin(Stdio::null()).output().unwrap();
+    let oracle = started.elapsed();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..100 {
+        let f = format!("f{i:03}");
+        let by_ferry = std::fs::read(t.path().join("by-ferry").join(&f)).unwrap();
+        assert_eq!(by_ferry, std::fs::read(src.join(&f)).unwrap());
+        assert!(t.path().join("by-sftp").join(&f).exists());
+    }
+    eprintln!("100 × 4 KiB at 40 ms RTT: ferry over SFTP {ferry:?}, sftp put -r {oracle:?}");
+    // sftp waits about four round trips per file; ferry keeps many in flight
+    // (and pays three ssh connections of about 11 round trips: SFTP, the
+    // hash probe, the remote check)
+    assert!(ferry * 2 < oracle, "ferry {ferry:?}, sftp {oracle:?}");
+}

@@ -173,6 +173,7 @@ impl Place for SftpPlace {
 
     fn open(&mut self, root: &[u8], create: bool, shown: &str) -> Result<SftpDest, TransferError> {
         let fail = |e: &io::Error| TransferError::local(shown.to_string(), e);
+        let mut made = false;
         match not_found_is_none(self.sftp.stat(root)).map_err(|e| fail(&e))? {
             Some(a) if a.is_dir() => {}
             Some(_) => {
@@ -181,7 +182,10 @@ impl Place for SftpPlace {
                     "not a directory",
                 )))
             }
-            None if create => self.sftp.mkdir(root, 0o755).map_err(|e| fail(&e))?,
+            None if create => {
+                self.sftp.mkdir(root, 0o755).map_err(|e| fail(&e))?;
+                made = true;
+            }
             None => return Err(fail(&io::Error::from(io::ErrorKind::NotFound))),
         }
         Ok(SftpDest {
@@ -189,6 +193,13 @@ impl Place for SftpPlace {
             root: root.to_vec(),
             shown: format!("{}{}", self.shown_host, escape(root)),
             published: self.published.clone(),
+            finishing: Default::default(),
+            made: if made {
+                [b".".to_vec()].into()
+            } else {
+                Default::default()
+            },
+            created: Default::default(),
         })
     }
 }
@@ -199,11 +210,222 @@ pub struct SftpDest {
     root: Vec<u8>,
     shown: String,
     published: Option<Published>,
+    /// Files published whose last requests are not answered yet, oldest
+    /// first: many small files in flight, not a round trip each.
+    finishing: std::sync::Mutex<VecDeque<Finishing>>,
+    /// Directories this destination made: nothing was in them but what it
+    /// put there, so a name it did not make needs no LSTAT to know it is
+    /// not there (a round trip per file on a slow link).
+    made: std::collections::HashSet<Vec<u8>>,
+    /// What it made in them.
+    created: std::collections::HashSet<Vec<u8>>,
+}
+
+/// Files whose publishing may be outstanding at once.
+const FILES_IN_FLIGHT: usize = 32;
+
+/// A published file on its way: opened, written, closed, renamed, each
+/// step sent once the one before it is answered.
+struct Finishing {
+    /// The file as messages name it.
+    name: String,
+    stage: Stage,
+    temp_path: Vec<u8>,
+    target: Vec<u8>,
+    backup: Option<Vec<u8>>,
+    /// The hash of what was written, for the remote check.
+    hashed: Option<String>,
+}
+
+enum Stage {
+    /// The OPEN is outstanding; the file's bytes wait here.
+    Opening {
+        open: Pending,
+        data: Vec<u8>,
+        attrs: Attrs,
+        fsync: bool,
+    },
+    /// Writes, fsync, metadata and close outstanding.
+    Closing(VecDeque<Pending>),
+    /// The renames outstanding; a `true` one may find nothing to move.
+    Renaming(VecDeque<(Pending, bool)>),
+}
+
+fn ended() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the SFTP connection ended")
+}
+
+/// An answer, waiting for it or not.
+fn answer(p: &Pending, block: bool) -> io::Result<Option<super::wire::Reply>> {
+    if block {
+        return p.recv().map(Some).map_err(|_| ended());
+    }
+    match p.try_recv() {
+        Ok(r) => Ok(Some(r)),
+        Err(std::sync::mpsc::TryRecvError::Empty) => Ok(None),
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(ended()),
+    }
+}
+
+fn status_ok(r: super::wire::Reply) -> io::Result<()> {
+    match r {
+        super::wire::Reply::Status {
+            code: wire::FX_OK, ..
+        } => Ok(()),
+        super::wire::Reply::Status { code, message } => {
+            Err(super::client::status_error(code, &message))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the SFTP server answered with the wrong kind of reply",
+        )),
+    }
 }
 
 impl SftpDest {
     fn path(&self, rel: &[u8]) -> Vec<u8> {
         join_path(&self.root, rel)
+    }
+
+    /// Moves a file on as far as its answers allow (all the way when
+    /// `block`); whether it is done.
+    fn advance(&self, f: &mut Finishing, block: bool) -> io::Result<bool> {
+        loop {
+            match &mut f.stage {
+                Stage::Opening {
+                    open,
+                    data,
+                    attrs,
+                    fsync,
+                } => {
+                    let Some(r) = answer(open, block)? else {
+                        return Ok(false);
+                    };
+                    let h = match r {
+                        super::wire::Reply::Handle(h) => h,
+                        other => return Err(status_ok(other).err().unwrap_or_else(ended)),
+                    };
+                    let mut q = VecDeque::new();
+                    if !data.is_empty() {
+                        q.push_back(self.sftp.send_write(&h, 0, data)?);
+                    }
+                    q.extend(self.tail(&h, attrs, *fsync)?);
+                    f.stage = Stage::Closing(q);
+                }
+                Stage::Closing(q) => {
+                    while let Some(p) = q.front() {
+                        let Some(r) = answer(p, block)? else {
+                            return Ok(false);
+                        };
+                        q.pop_front();
+                        status_ok(r)?;
+                    }
+                    let mut renames = VecDeque::new();
+                    if let Some(to) = &f.backup {
+                        renames.push_back((self.send_replace(&f.target, to)?, true));
+                    }
+                    if !self.sftp.ext.posix_rename {
+                        renames.push_back((
+                            self.sftp
+                                .send(wire::REMOVE, |p| wire::put_str(p, &f.target))?,
+                            true,
+                        ));
+                    }
+                    renames.push_back((self.send_replace(&f.temp_path, &f.target)?, false));
+                    f.stage = Stage::Renaming(renames);
+                }
+                Stage::Renaming(q) => {
+                    while let Some((p, may_miss)) = q.front() {
+                        let may_miss = *may_miss;
+                        let Some(r) = answer(p, block)? else {
+                            return Ok(false);
+                        };
+                        q.pop_front();
+                        match status_ok(r) {
+                            Err(e) if may_miss && e.kind() == io::ErrorKind::NotFound => {}
+                            other => other?,
+                        }
+                    }
+                    if let (Some(p), Some(hex)) = (&self.published, f.hashed.take()) {
+                        let mut files = p.files.lock().unwrap_or_else(|p| p.into_inner());
+                        files.push((f.target.clone(), hex));
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// The fsync, metadata and close of an open file, sent.
+    fn tail(&self, h: &[u8], attrs: &Attrs, fsync: bool) -> io::Result<Vec<Pending>> {
+        let mut out = Vec::new();
+        if fsync && self.sftp.ext.fsync {
+            out.push(self.sftp.send(wire::EXTENDED, |p| {
+                wire::put_str(p, b"fsync@openssh.com");
+                wire::put_str(p, h);
+            })?);
+        }
+        out.push(self.sftp.send(wire::FSETSTAT, |p| {
+            wire::put_str(p, h);
+            attrs.encode(p);
+        })?);
+        out.push(self.sftp.send(wire::CLOSE, |p| wire::put_str(p, h))?);
+        Ok(out)
+    }
+
+    /// Sends the rename that puts `from` at `to` (replacing it where the
+    /// server can; else the caller removed `to` first).
+    fn send_replace(&self, from: &[u8], to: &[u8]) -> io::Result<Pending> {
+        if self.sftp.ext.posix_rename {
+            self.sftp.send(wire::EXTENDED, |p| {
+                wire::put_str(p, b"posix-rename@openssh.com");
+                wire::put_str(p, from);
+                wire::put_str(p, to);
+            })
+        } else {
+            self.sftp.send(wire::RENAME, |p| {
+                wire::put_str(p, from);
+                wire::put_str(p, to);
+            })
+        }
+    }
+
+    /// Moves every file in flight on without waiting, then waits for the
+    /// oldest until at most `keep` are left. The first failure, naming its
+    /// file.
+    fn settle(&self, keep: usize) -> io::Result<()> {
+        let mut q = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut first: Option<io::Error> = None;
+        let mut fail = |f: &Finishing, e: io::Error| {
+            if first.is_none() {
+                first = Some(io::Error::new(e.kind(), format!("{}: {}", f.name, e)));
+            }
+        };
+        let mut i = 0;
+        while i < q.len() {
+            match self.advance(&mut q[i], false) {
+                Ok(false) => i += 1,
+                Ok(true) => {
+                    q.remove(i);
+                }
+                Err(e) => {
+                    fail(&q[i], e);
+                    q.remove(i);
+                }
+            }
+        }
+        while q.len() > keep {
+            let mut f = q.pop_front().expect("in flight");
+            if let Err(e) = self.advance(&mut f, true) {
+                fail(&f, e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Waits until every file published is in place.
+    fn drain(&self) -> io::Result<()> {
+        self.settle(0)
     }
 
     fn remove_tree(&self, path: &[u8]) -> io::Result<()> {
@@ -232,6 +454,13 @@ impl SftpDest {
     }
 }
 
+impl Drop for SftpDest {
+    /// A transfer that ends early still lets what it published land.
+    fn drop(&mut self) {
+        let _ = self.drain();
+    }
+}
+
 impl Destination for SftpDest {
     type Basis = SftpBasis;
     type Temp = SftpTemp;
@@ -251,9 +480,13 @@ impl Destination for SftpDest {
         format!("{}/{}", self.shown.trim_end_matches('/'), escape(rel))
     }
     fn stat(&mut self, rel: &[u8]) -> io::Result<Option<Existing>> {
+        if rel != b"." && self.made.contains(split_parent(rel).0) && !self.created.contains(rel) {
+            return Ok(None);
+        }
         Ok(not_found_is_none(self.sftp.lstat(&self.path(rel)))?.map(|a| existing(&a)))
     }
     fn list(&mut self, rel: &[u8]) -> io::Result<Vec<(Vec<u8>, bool)>> {
+        self.drain()?;
         let mut v: Vec<_> = self
             .sftp
             .read_dir(&self.path(rel))?
@@ -265,8 +498,12 @@ impl Destination for SftpDest {
     }
     fn mkdir(&mut self, rel: &[u8], mode: u32) -> io::Result<()> {
         let path = self.path(rel);
+        self.created.insert(rel.to_vec());
         match self.sftp.mkdir(&path, mode) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.made.insert(rel.to_vec());
+                Ok(())
+            }
             // v3 has no "exists" status: look
             Err(e) => match self.sftp.lstat(&path) {
                 Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists")),
@@ -275,12 +512,15 @@ impl Destination for SftpDest {
         }
     }
     fn symlink(&mut self, rel: &[u8], target: &[u8]) -> io::Result<()> {
+        self.created.insert(rel.to_vec());
         self.sftp.symlink(target, &self.path(rel))
     }
     fn readlink(&mut self, rel: &[u8]) -> io::Result<Vec<u8>> {
         self.sftp.readlink(&self.path(rel))
     }
     fn hardlink(&mut self, existing: &[u8], rel: &[u8]) -> io::Result<()> {
+        self.drain()?;
+        self.created.insert(rel.to_vec());
         if !self.sftp.ext.hardlink {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -290,7 +530,11 @@ impl Destination for SftpDest {
         self.sftp.hardlink(&self.path(existing), &self.path(rel))
     }
     fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+        self.drain()?;
         let path = self.path(rel);
+        if let Some(suffix) = backup {
+            self.created.insert([rel, suffix].concat());
+        }
         match backup {
             Some(suffix) => {
                 let mut to = path.clone();
@@ -301,6 +545,7 @@ impl Destination for SftpDest {
         }
     }
     fn set_meta(&mut self, rel: &[u8], of: MetaOf, meta: &Meta) -> io::Result<()> {
+        self.drain()?;
         if of == MetaOf::Link {
             // SETSTAT follows symlinks; a link's own times stay as made
             return Ok(());
@@ -319,6 +564,7 @@ impl Destination for SftpDest {
     /// between two handles of one path, and the new partial takes its name.
     /// Once open it is removed: the handle keeps it readable until closed.
     fn open_partial(&mut self, rel: &[u8]) -> Option<SftpBasis> {
+        self.drain().ok()?;
         let part = self.path(&part_name(rel));
         let mut aside = part.clone();
         aside.extend_from_slice(b"-resume");
@@ -328,21 +574,28 @@ impl Destination for SftpDest {
         basis.ok()
     }
     fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<SftpTemp> {
+        self.settle(FILES_IN_FLIGHT)?;
         let path = self.path(&part_name(rel));
         if how.partial {
             // a partial file being resumed from stays readable through its
-            // open handle; the new file is a new one
-            let _ = self.sftp.remove(&path);
+            // open handle; the new file is a new one (the answer is not
+            // waited for: the server handles requests in order)
+            drop(self.sftp.send(wire::REMOVE, |p| wire::put_str(p, &path))?);
         }
         let flags = wire::OPEN_WRITE | wire::OPEN_CREAT | wire::OPEN_TRUNC;
         let perm = Attrs {
             perm: Some(0o600),
             ..Attrs::default()
         };
-        let handle = self.sftp.open(&path, flags, &perm)?;
+        let opening = self.sftp.send(wire::OPEN, |p| {
+            wire::put_str(p, &path);
+            wire::put_u32(p, flags);
+            perm.encode(p);
+        })?;
         Ok(SftpTemp {
             sftp: self.sftp.clone(),
-            handle: Some(handle),
+            handle: None,
+            opening: Some(opening),
             path,
             partial: how.partial,
             sent: 0,
@@ -359,62 +612,55 @@ impl Destination for SftpDest {
         how: PublishHow<'_>,
     ) -> io::Result<()> {
         // a copy that may need writing again must be answered while the
-        // file is open; plain writes need not be: the fsync, the metadata
-        // and the close go out behind them, all answered in one round trip
+        // file is open; the rest is finished in the background
         if temp.writes.iter().any(|(_, copied)| copied.is_some()) {
             temp.flush()?;
-        } else {
-            temp.send_buf()?;
         }
-        let handle = temp.handle.take().expect("open until published");
         let attrs = attrs_of(meta);
-        let mut tail = Vec::new();
-        if how.fsync && self.sftp.ext.fsync {
-            tail.push(self.sftp.send(wire::EXTENDED, |p| {
-                wire::put_str(p, b"fsync@openssh.com");
-                wire::put_str(p, &handle);
-            }));
-        }
-        tail.push(self.sftp.send(wire::FSETSTAT, |p| {
-            wire::put_str(p, &handle);
-            attrs.encode(p);
-        }));
-        let closed = self.sftp.send(wire::CLOSE, |p| wire::put_str(p, &handle));
-        let mut first_error = None;
-        let mut note = |r: io::Result<()>| {
-            if let Err(e) = r {
-                first_error.get_or_insert(e);
+        let fsync = how.fsync;
+        let stage = match (temp.opening.take(), temp.handle.take()) {
+            (Some(open), _) => Stage::Opening {
+                open,
+                data: std::mem::take(&mut temp.buf),
+                attrs,
+                fsync,
+            },
+            (None, Some(h)) => {
+                temp.handle = Some(h);
+                temp.send_buf()?;
+                let h = temp.handle.take().expect("open");
+                let mut q: VecDeque<Pending> = temp.writes.drain(..).map(|(p, _)| p).collect();
+                q.extend(self.tail(&h, &attrs, fsync)?);
+                Stage::Closing(q)
             }
+            (None, None) => unreachable!("a temporary is open or opening"),
         };
-        while let Some((p, _)) = temp.writes.pop_front() {
-            note(self.sftp.expect_ok(p));
-        }
-        for p in tail {
-            note(p.and_then(|p| self.sftp.expect_ok(p)));
-        }
-        note(closed.and_then(|p| self.sftp.expect_ok(p)));
-        if let Some(e) = first_error {
-            return Err(e);
+        self.created.insert(rel.to_vec());
+        if let Some(suffix) = how.backup {
+            self.created.insert([rel, suffix].concat());
         }
         let target = self.path(rel);
-        let hashed = temp.hashing.take().map(Hashing::hex);
-        if let Some(suffix) = how.backup {
+        let backup = how.backup.map(|suffix| {
             let mut to = target.clone();
             to.extend_from_slice(suffix);
-            match self.replace(&target, &to) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.replace(&temp.path, &target)?;
-        if let (Some(p), Some(hex)) = (&self.published, hashed) {
-            let mut files = p.files.lock().unwrap_or_else(|p| p.into_inner());
-            files.push((target, hex));
-        }
-        Ok(())
+            to
+        });
+        let f = Finishing {
+            name: self.show(rel),
+            stage,
+            temp_path: std::mem::take(&mut temp.path),
+            target,
+            backup,
+            hashed: temp.hashing.take().map(Hashing::hex),
+        };
+        self.finishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(f);
+        self.settle(FILES_IN_FLIGHT)
     }
     fn discard(&mut self, mut temp: SftpTemp) {
+        let _ = temp.resolve();
         if let Some(h) = temp.handle.take() {
             // what is outstanding must land before the file goes
             while let Some((p, _)) = temp.writes.pop_front() {
@@ -443,8 +689,8 @@ impl Destination for SftpDest {
         }
     }
     fn sync_all(&self) -> io::Result<()> {
-        // each file was fsynced before it was published
-        Ok(())
+        // each file was fsynced (where asked) before it was renamed
+        self.drain()
     }
 }
 
@@ -502,6 +748,9 @@ pub struct SftpTemp {
     sftp: Sftp,
     /// Open until published or discarded.
     handle: Option<Handle>,
+    /// The OPEN, until its answer is needed (a small file is published
+    /// without waiting for it).
+    opening: Option<Pending>,
     path: Vec<u8>,
     partial: bool,
     /// Bytes sent in write requests.
@@ -517,10 +766,22 @@ pub struct SftpTemp {
 }
 
 impl SftpTemp {
+    /// Waits for the OPEN's answer, if it is still outstanding.
+    fn resolve(&mut self) -> io::Result<()> {
+        if let Some(p) = self.opening.take() {
+            match self.sftp.wait(p)? {
+                super::wire::Reply::Handle(h) => self.handle = Some(h),
+                other => return Err(status_ok(other).err().unwrap_or_else(ended)),
+            }
+        }
+        Ok(())
+    }
+
     fn send_buf(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.resolve()?;
         if self.writes.len() >= WRITES_IN_FLIGHT {
             self.settle_oldest()?;
         }
@@ -597,6 +858,7 @@ impl TempWrite for SftpTemp {
             return self.write(data);
         }
         self.flush()?;
+        self.resolve()?;
         self.hashing = None;
         let h = self.handle.as_ref().expect("open");
         let p = self.sftp.send_write(h, offset, data)?;
@@ -612,6 +874,7 @@ impl TempWrite for SftpTemp {
             h.update(data);
         }
         self.send_buf()?;
+        self.resolve()?;
         if self.writes.len() >= WRITES_IN_FLIGHT {
             self.settle_oldest()?;
         }
