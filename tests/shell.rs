@@ -132,3 +132,40 @@ mkdir never
     assert!(t.path().join("ferry-remote/first").is_dir());
     assert!(!t.path().join("ferry-remote/never").exists());
 }
+
+#[test]
+fn piped_commands_run_without_echo_or_escape_codes() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with("Subsystem sftp internal-sftp\n");
+    let t = tmp();
+    let r = t.path().join("remote");
+    std::fs::create_dir(&r).unwrap();
+    let mut child = Command::new(ferry_bin())
+        .args([
+            "shell",
+            "-e",
+            &sshd.rsh(),
+            &format!("127.0.0.1:{}", r.display()),
+        ])
+        .env("XDG_CACHE_HOME", t.path().join("cache"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"mkdir 'with space'\npwd\nls\n").unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(r.join("with space").is_dir());
+    let out = stdout(&o);
+    assert_eq!(
+        out,
+        format!("Remote working directory: {}\nwith space\n", r.display())
+    );
+    assert!(!out.contains('\x1b'));
+}
