@@ -43,6 +43,7 @@ pub mod location;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod sftp;
 pub mod store;
 pub mod transfer;
 pub mod transport;

@@ -37,6 +37,9 @@ pub enum Command {
     Ls(LsArgs),
     /// Build a sample dataset, sync it through `ferry serve --stdio`, change 1%, re-sync
     Demo(DemoArgs),
+    /// An interactive session on [user@]host[:dir], like sftp (ls cd lcd pwd lpwd
+    /// get put reget reput mkdir rm rmdir rename chmod df progress help); -b runs a batch
+    Shell(ShellArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -138,6 +141,11 @@ pub struct SyncArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
+    /// How to talk to an ssh remote: ferry's protocol (delta, resume), SFTP
+    /// (any OpenSSH server, no delta), or auto: ferry, and SFTP where the
+    /// remote cannot run it (no ferry there, an sftp-only account)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub transport: crate::transport::child::Transport,
     /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
     /// more are split across them; default: one per core to a daemon, one per
     /// two cores over ssh, at most 4)
@@ -200,6 +208,11 @@ pub struct CpArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
+    /// How to talk to an ssh remote: ferry's protocol (delta, resume), SFTP
+    /// (any OpenSSH server, no delta), or auto: ferry, and SFTP where the
+    /// remote cannot run it (no ferry there, an sftp-only account)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub transport: crate::transport::child::Transport,
     /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
     /// more are split across them)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
@@ -345,6 +358,35 @@ pub struct LsArgs {
     pub target: OsString,
     #[command(flatten)]
     pub daemon: DaemonFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct ShellArgs {
+    /// Run the commands in FILE (`-` for stdin) as sftp -b does: stop at the
+    /// first failure (exit 1) unless the line starts with `-`; a line starting
+    /// with `@` is not echoed
+    #[arg(short = 'b', value_name = "FILE")]
+    pub batch: Option<std::path::PathBuf>,
+    /// The remote shell command (instead of ssh)
+    #[arg(short = 'e', long = "rsh", value_name = "COMMAND")]
+    pub rsh: Option<String>,
+    /// ssh port
+    #[arg(short = 'P', value_name = "PORT")]
+    pub port: Option<u16>,
+    /// ssh identity file
+    #[arg(short = 'i', value_name = "FILE")]
+    pub identity: Option<String>,
+    /// Option passed to ssh as -o (repeatable)
+    #[arg(short = 'o', value_name = "OPTION")]
+    pub ssh_option: Vec<String>,
+    /// ssh configuration file
+    #[arg(short = 'F', value_name = "FILE")]
+    pub ssh_config: Option<String>,
+    /// How get and put talk to the remote (see `ferry cp --help`)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub transport: crate::transport::child::Transport,
+    /// [user@]host[:directory]
+    pub host: String,
 }
 
 #[derive(Args, Debug)]

@@ -6,6 +6,7 @@ mod demo;
 mod keys;
 pub mod output;
 mod prompt;
+mod shell;
 
 use crate::error::TransferError;
 use crate::location::Location;
@@ -60,6 +61,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::Trust(t) => keys::trust(t),
         Command::CopyId(a) => keys::copy_id(a),
         Command::Ls(a) => keys::ls(a),
+        Command::Shell(a) => shell::run(a),
     };
     match result {
         Ok(code) => code,
@@ -149,6 +151,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         ssh: SshOptions {
             rsh: a.rsh,
             remote_ferry: a.remote_ferry,
+            transport: a.transport,
             ..Default::default()
         },
         daemon: daemon_options(&a.daemon)?,
@@ -201,6 +204,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             compress: a.ssh_compress,
             remote_ferry: a.remote_ferry,
             extra: false,
+            transport: a.transport,
         },
     };
     let printer = Printer::new(a.verbose as u8, a.quiet, progress, false, false);

@@ -23,7 +23,27 @@ pub(super) fn run(
     cancel: &Cancel,
     counters: &Arc<Counters>,
 ) -> Result<Summary, TransferError> {
-    let (stream, server) = local_server()?;
+    run_served(
+        request,
+        local_paths,
+        events,
+        cancel,
+        counters,
+        session::serve,
+    )
+}
+
+/// Like [`run`], with `serve` as the server half (a store other than the
+/// local filesystem: SFTP).
+pub(super) fn run_served(
+    request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: &Arc<Counters>,
+    serve: impl FnOnce(Stream) -> Result<Summary, TransferError> + Send + 'static,
+) -> Result<Summary, TransferError> {
+    let (stream, server) = local_server(serve)?;
     let client = session::run_client(
         stream,
         request,
@@ -46,14 +66,17 @@ pub(super) fn run(
 }
 
 /// Starts `serve` on a thread and returns the client's end of the stream.
-fn local_server() -> Result<(Stream, JoinHandle<Result<Summary, TransferError>>), TransferError> {
+#[allow(clippy::type_complexity)]
+fn local_server(
+    serve: impl FnOnce(Stream) -> Result<Summary, TransferError> + Send + 'static,
+) -> Result<(Stream, JoinHandle<Result<Summary, TransferError>>), TransferError> {
     let pipe = |e: std::io::Error| TransferError::local("pipe", &e);
     let (to_server_r, to_server_w) = std::io::pipe().map_err(pipe)?;
     let (to_client_r, to_client_w) = std::io::pipe().map_err(pipe)?;
     let server = std::thread::Builder::new()
         .name("ferry-local-server".into())
         .spawn(move || {
-            session::serve(Stream {
+            serve(Stream {
                 reader: Box::new(to_server_r),
                 writer: Box::new(to_client_w),
             })

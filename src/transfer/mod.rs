@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 pub mod endpoint;
 mod local;
+mod sftp;
 
 use endpoint::{Endpoint, Peer, Store};
 
@@ -221,7 +222,7 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
         Endpoint::Store(Store::Local) => {
             local::run(request, local_paths, events, cancel, &counters)?
         }
-        Endpoint::Peer(Peer::Ssh { user, host }) => over_ssh(
+        Endpoint::Peer(Peer::Ssh { user, host }) => sftp::over_ssh(
             plan,
             user,
             host,
@@ -307,8 +308,12 @@ fn over_ssh(
     events: &EventFn<'_>,
     cancel: &Cancel,
     counters: &Arc<Counters>,
+    kept: Option<&mut Option<String>>,
 ) -> Result<Summary, TransferError> {
-    let (peer, stream) = ChildPeer::ssh(user, host, &plan.ssh)?;
+    let (peer, stream) = match kept {
+        Some(_) => ChildPeer::ssh_kept(user, host, &plan.ssh)?,
+        None => ChildPeer::ssh(user, host, &plan.ssh)?,
+    };
     let extra = std::sync::Mutex::new(Vec::new());
     let extra_ssh = SshOptions {
         extra: true,
@@ -331,7 +336,37 @@ fn over_ssh(
     for peer in extra.into_inner().unwrap_or_else(|p| p.into_inner()) {
         peer.end();
     }
-    finish_child(peer, result)
+    let Some(fallback) = kept else {
+        return finish_child(peer, result);
+    };
+    // (with auto: whether the remote could run ferry at all)
+    let ended = peer.finish_kept(result.is_err());
+    match sftp::judge(host, &ended, &result, events)? {
+        Some(why) => {
+            *fallback = Some(why);
+            result
+        }
+        None => match (result, ended.error) {
+            (Ok(s), _) => Ok(s),
+            (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => {
+                Err(with_message(e, &ended.stderr))
+            }
+            (Err(e), _) => Err(e),
+        },
+    }
+}
+
+/// An error with the last thing the remote side said.
+fn with_message(e: TransferError, stderr: &str) -> TransferError {
+    match (
+        e,
+        stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()),
+    ) {
+        (TransferError::Connection(m), Some(line)) => {
+            TransferError::Connection(format!("{m}: {line}"))
+        }
+        (e, _) => e,
+    }
 }
 
 fn finish_child(

@@ -8,7 +8,9 @@
 
 use super::Stream;
 use crate::error::TransferError;
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// How to reach a remote over ssh.
 #[derive(Debug, Clone, Default)]
@@ -27,12 +29,42 @@ pub struct SshOptions {
     /// An extra stream's connection: never prompt (`BatchMode`), and stay
     /// quiet if it fails (the transfer goes on without it and says so).
     pub extra: bool,
+    /// Ferry's own protocol, SFTP, or ferry's falling back to SFTP where the
+    /// remote cannot run it.
+    pub transport: Transport,
+}
+
+/// How a transfer over ssh talks to the remote (`--transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// ferry's protocol (delta, resume); SFTP where the remote has no ferry.
+    #[default]
+    Auto,
+    /// ferry's protocol only: `ferry serve --stdio` on the remote.
+    Ferry,
+    /// SFTP only (no delta): works with any OpenSSH server.
+    Sftp,
 }
 
 /// A running child whose stdio is the stream.
 pub struct ChildPeer {
     child: Child,
     what: String,
+    /// What the child printed on stderr, when it is kept (to tell why it
+    /// failed: ssh's own message, a missing ferry, an sftp-only account).
+    stderr: Option<Arc<Mutex<Vec<u8>>>>,
+}
+
+/// How much of a child's stderr is kept.
+const STDERR_KEPT: usize = 64 << 10;
+
+/// How a child that carried a session ended.
+pub struct Ended {
+    /// The error its exit status means, as [`ChildPeer::finish`] gives it.
+    pub error: Option<TransferError>,
+    pub code: Option<i32>,
+    /// Its stderr, when kept.
+    pub stderr: String,
 }
 
 /// Splits a command line (`-e`/`--rsh`) into words as a POSIX shell does for
@@ -109,6 +141,90 @@ fn prefer_aes_gcm(program: &str, args: &[String], opts: &SshOptions) -> bool {
         .any(|text| text.lines().any(|l| option(l.trim_start())))
 }
 
+/// `ssh [ferry's options] -- [user@]host`, the remote command still to add;
+/// and `[user@]host` for messages.
+pub fn ssh_command(
+    user: Option<&str>,
+    host: &str,
+    opts: &SshOptions,
+) -> Result<(Command, String), TransferError> {
+    ssh_command_with(user, host, opts, |_| {})
+}
+
+fn ssh_command_with(
+    user: Option<&str>,
+    host: &str,
+    opts: &SshOptions,
+    before_host: impl FnOnce(&mut Command),
+) -> Result<(Command, String), TransferError> {
+    let rsh = opts.rsh.as_deref().unwrap_or("ssh");
+    let words = split_words(rsh).map_err(|e| TransferError::Usage(format!("-e: {e}")))?;
+    let Some((program, args)) = words.split_first() else {
+        return Err(TransferError::Usage(
+            "-e: empty remote shell command".into(),
+        ));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if let Some(p) = opts.port {
+        cmd.arg("-p").arg(p.to_string());
+    }
+    if let Some(i) = &opts.identity {
+        cmd.arg("-i").arg(i);
+    }
+    if let Some(f) = &opts.config {
+        cmd.arg("-F").arg(f);
+    }
+    for o in &opts.ssh_options {
+        cmd.arg("-o").arg(o);
+    }
+    if opts.compress {
+        cmd.arg("-C");
+    }
+    if opts.extra {
+        cmd.arg("-o").arg("BatchMode=yes");
+        cmd.stderr(Stdio::null());
+    }
+    if prefer_aes_gcm(program, args, opts) {
+        cmd.arg("-o").arg(format!("Ciphers={AES_GCM_FIRST}"));
+    }
+    let target = match user {
+        Some(u) => format!("{u}@{host}"),
+        None => host.to_string(),
+    };
+    before_host(&mut cmd);
+    // `--` keeps a host name starting with '-' from being read as an option
+    cmd.arg("--").arg(&target);
+    Ok((cmd, target))
+}
+
+/// The ssh that runs a remote's SFTP server, with the options sftp and scp
+/// give it (`sftp.c`, `scp.c do_cmd`): no X11 or agent forwarding, no local
+/// command, no port forwards, no remote command or tty, no master
+/// connection of its own; then `-s -- HOST sftp`.
+pub fn sftp_command(
+    user: Option<&str>,
+    host: &str,
+    opts: &SshOptions,
+) -> Result<(Command, String), TransferError> {
+    let (mut cmd, target) = ssh_command_with(user, host, opts, |cmd| {
+        for o in [
+            "ForwardX11=no",
+            "PermitLocalCommand=no",
+            "ClearAllForwardings=yes",
+            "RemoteCommand=none",
+            "RequestTTY=no",
+            "ControlMaster=no",
+            "ForwardAgent=no",
+        ] {
+            cmd.arg("-o").arg(o);
+        }
+        cmd.arg("-s");
+    })?;
+    cmd.arg("sftp");
+    Ok((cmd, target))
+}
+
 impl ChildPeer {
     /// Starts `ssh [options] [user@]host <remote ferry> serve --stdio`.
     pub fn ssh(
@@ -116,43 +232,7 @@ impl ChildPeer {
         host: &str,
         opts: &SshOptions,
     ) -> Result<(ChildPeer, Stream), TransferError> {
-        let rsh = opts.rsh.as_deref().unwrap_or("ssh");
-        let words = split_words(rsh).map_err(|e| TransferError::Usage(format!("-e: {e}")))?;
-        let Some((program, args)) = words.split_first() else {
-            return Err(TransferError::Usage(
-                "-e: empty remote shell command".into(),
-            ));
-        };
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        if let Some(p) = opts.port {
-            cmd.arg("-p").arg(p.to_string());
-        }
-        if let Some(i) = &opts.identity {
-            cmd.arg("-i").arg(i);
-        }
-        if let Some(f) = &opts.config {
-            cmd.arg("-F").arg(f);
-        }
-        for o in &opts.ssh_options {
-            cmd.arg("-o").arg(o);
-        }
-        if opts.compress {
-            cmd.arg("-C");
-        }
-        if opts.extra {
-            cmd.arg("-o").arg("BatchMode=yes");
-            cmd.stderr(Stdio::null());
-        }
-        if prefer_aes_gcm(program, args, opts) {
-            cmd.arg("-o").arg(format!("Ciphers={AES_GCM_FIRST}"));
-        }
-        let target = match user {
-            Some(u) => format!("{u}@{host}"),
-            None => host.to_string(),
-        };
-        // `--` keeps a host name starting with '-' from being read as an option
-        cmd.arg("--").arg(&target);
+        let (mut cmd, target) = ssh_command(user, host, opts)?;
         let remote = opts.remote_ferry.as_deref().unwrap_or("ferry");
         cmd.arg(format!("{} serve --stdio", shell_quote(remote)));
         ChildPeer::spawn(cmd, format!("ssh to {target}"))
@@ -178,12 +258,81 @@ impl ChildPeer {
             writer: Box::new(stdin),
             reader: Box::new(stdout),
         };
-        Ok((ChildPeer { child, what }, stream))
+        Ok((
+            ChildPeer {
+                child,
+                what,
+                stderr: None,
+            },
+            stream,
+        ))
+    }
+
+    /// Like [`ChildPeer::ssh`], keeping what the child prints on stderr
+    /// (for [`ChildPeer::finish_kept`]) instead of letting it through.
+    pub fn ssh_kept(
+        user: Option<&str>,
+        host: &str,
+        opts: &SshOptions,
+    ) -> Result<(ChildPeer, Stream), TransferError> {
+        let (mut cmd, target) = ssh_command(user, host, opts)?;
+        let remote = opts.remote_ferry.as_deref().unwrap_or("ferry");
+        cmd.arg(format!("{} serve --stdio", shell_quote(remote)));
+        cmd.stderr(Stdio::piped());
+        let (mut peer, stream) = ChildPeer::spawn(cmd, format!("ssh to {target}"))?;
+        if let Some(mut err) = peer.child.stderr.take() {
+            let kept = Arc::new(Mutex::new(Vec::new()));
+            let into = kept.clone();
+            let _ = std::thread::Builder::new()
+                .name("ferry-ssh-stderr".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = err.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut k = into.lock().unwrap_or_else(|p| p.into_inner());
+                        let room = STDERR_KEPT.saturating_sub(k.len()).min(n);
+                        k.extend_from_slice(&buf[..room]);
+                    }
+                });
+            peer.stderr = Some(kept);
+        }
+        Ok((peer, stream))
+    }
+
+    /// Like [`ChildPeer::finish`], with the exit code and the stderr kept.
+    pub fn finish_kept(mut self, session_failed: bool) -> Ended {
+        let kept = self.stderr.take();
+        let (error, code) = self.finish_code(session_failed);
+        let stderr = match kept {
+            Some(k) => {
+                // the reader thread ends with the child: a moment for the last line
+                for _ in 0..25 {
+                    if Arc::strong_count(&k) == 1 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let k = k.lock().unwrap_or_else(|p| p.into_inner());
+                String::from_utf8_lossy(&k).into_owned()
+            }
+            None => String::new(),
+        };
+        Ended {
+            error,
+            code,
+            stderr,
+        }
     }
 
     /// Waits for the child after the session; turns a failed start (ferry
     /// missing on the remote, ssh refused) into an error that says so.
     pub fn finish(mut self, session_failed: bool) -> Option<TransferError> {
+        self.finish_code(session_failed).0
+    }
+
+    fn finish_code(&mut self, session_failed: bool) -> (Option<TransferError>, Option<i32>) {
         if session_failed {
             // give ssh a moment to report why the remote side went away
             for _ in 0..50 {
@@ -194,8 +343,10 @@ impl ChildPeer {
             }
             let _ = self.child.kill();
         }
-        let status = self.child.wait().ok()?;
-        match status.code() {
+        let Ok(status) = self.child.wait() else {
+            return (None, None);
+        };
+        let error = match status.code() {
             Some(0) | None => None,
             Some(127) => Some(TransferError::Connection(format!(
                 "{}: ferry was not found on the remote's PATH (exit 127); install it there or pass --remote-ferry PATH",
@@ -210,7 +361,8 @@ impl ChildPeer {
                 self.what
             ))),
             Some(_) => None,
-        }
+        };
+        (error, status.code())
     }
 }
 

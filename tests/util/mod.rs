@@ -244,6 +244,12 @@ fn keygen(path: &Path) {
 
 impl Sshd {
     pub fn start() -> Sshd {
+        Sshd::start_with("")
+    }
+
+    /// Like [`Sshd::start`], with `extra` appended to its sshd_config (a
+    /// `Subsystem` line, a `Match` block).
+    pub fn start_with(extra: &str) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tmp();
         let d = dir.path();
@@ -259,7 +265,7 @@ impl Sshd {
             let config = format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nPidFile {d}/sshd.pid\nLogLevel ERROR\nSetEnv SHLVL=1\n",
+                 PermitRootLogin prohibit-password\nPidFile {d}/sshd.pid\nLogLevel ERROR\nSetEnv SHLVL=1\n{extra}",
                 d = d.display()
             );
             write(&d.join("sshd_config"), &config);

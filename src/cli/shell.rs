@@ -1,0 +1,517 @@
+//! `ferry shell HOST`: an interactive session like OpenSSH's `sftp` (ls, cd,
+//! lcd, pwd, lpwd, get, put, reget, reput, mkdir, rm, rmdir, rename, chmod,
+//! df, progress, help), and its batch mode (`-b FILE`, `-b -`: stop at the
+//! first failing command; a `-` prefix carries on after a failure, an `@`
+//! prefix does not echo the command). Listings and small operations go over
+//! an SFTP session; `get` and `put` run the same engine as `ferry cp` (with
+//! ferry's delta and resume where the remote runs ferry, SFTP otherwise).
+//!
+//! Not for the protocol (that is `sftp`) nor for transfers (`transfer`).
+//! Not yet: remote path completion, globs, a shell on a ferry daemon module.
+
+use super::args::ShellArgs;
+use crate::error::TransferError;
+use crate::fs::names::escape;
+use crate::location::Location;
+use crate::proto::Options;
+use crate::sftp::destination::join_path;
+use crate::sftp::Sftp;
+use crate::transfer::Plan;
+use crate::transport::child::{sftp_command, SshOptions};
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+
+/// What one command line asks for, split into words (quotes and
+/// backslashes as in a POSIX shell, as sftp takes them).
+#[derive(Debug, PartialEq, Eq)]
+struct Line {
+    /// `-`: a failure does not end a batch.
+    keep_going: bool,
+    /// `@`: not echoed in batch mode.
+    quiet: bool,
+    words: Vec<String>,
+}
+
+fn parse(line: &str) -> Result<Option<Line>, String> {
+    let mut rest = line.trim();
+    if rest.is_empty() || rest.starts_with('#') {
+        return Ok(None);
+    }
+    let (mut keep_going, mut quiet) = (false, false);
+    loop {
+        if let Some(r) = rest.strip_prefix('-') {
+            keep_going = true;
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('@') {
+            quiet = true;
+            rest = r;
+        } else {
+            break;
+        }
+    }
+    let words = shell_words::split(rest).map_err(|e| format!("{e}"))?;
+    if words.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Line {
+        keep_going,
+        quiet,
+        words,
+    }))
+}
+
+/// Splits `-r -p -a`-style flags off the front of a command's arguments.
+fn flags<'a>(args: &'a [String], allowed: &str) -> Result<(String, &'a [String]), String> {
+    let mut set = String::new();
+    let mut i = 0;
+    while let Some(a) = args.get(i) {
+        let Some(f) = a.strip_prefix('-').filter(|f| !f.is_empty()) else {
+            break;
+        };
+        if a == "--" {
+            i += 1;
+            break;
+        }
+        for c in f.chars() {
+            if !allowed.contains(c) {
+                return Err(format!("unknown option -{c}"));
+            }
+            set.push(c);
+        }
+        i += 1;
+    }
+    Ok((set, &args[i..]))
+}
+
+struct Shell {
+    sftp: Sftp,
+    user: Option<String>,
+    host: String,
+    ssh: SshOptions,
+    /// The remote working directory, absolute.
+    cwd: Vec<u8>,
+    progress: bool,
+}
+
+const HELP: &str = "\
+Available commands:
+cd path                        Change remote directory to 'path'
+chmod mode path                Change permissions of file 'path' to 'mode'
+df [-h] [path]                 Display statistics for current directory or filesystem containing 'path'
+exit, quit, bye                Quit ferry shell
+get [-p -r] remote [local]     Download file (with ferry cp's engine)
+help, ?                        Display this help text
+lcd path                       Change local directory to 'path'
+lpwd                           Print local working directory
+ls [-l] [path]                 Display remote directory listing
+mkdir path                     Create remote directory
+progress                       Toggle display of progress meter
+put [-p -r] local [remote]     Upload file (with ferry cp's engine)
+pwd                            Display remote working directory
+reget [-p -r] remote [local]   Resume download of file
+rename oldpath newpath         Rename remote file
+reput [-p -r] local [remote]   Resume upload of file
+rm path                        Delete remote file
+rmdir path                     Remove remote directory";
+
+impl Shell {
+    fn remote(&self, path: &str) -> Vec<u8> {
+        let p = crate::sftp::remote_path(path.as_bytes());
+        if p.starts_with(b"/") {
+            p
+        } else {
+            join_path(&self.cwd, &p)
+        }
+    }
+
+    fn io(&self, what: &str, path: &[u8], e: std::io::Error) -> String {
+        format!("{what} \"{}\": {}", escape(path), crate::error::io_text(&e))
+    }
+
+    /// Runs one command; `Ok(false)` ends the session.
+    fn run(&mut self, words: &[String]) -> Result<bool, String> {
+        let (cmd, args) = words.split_first().expect("a word");
+        let need = |n: usize| {
+            if args.len() < n {
+                Err(format!("{cmd}: missing argument"))
+            } else {
+                Ok(())
+            }
+        };
+        match cmd.as_str() {
+            "exit" | "quit" | "bye" => return Ok(false),
+            "help" | "?" => println!("{HELP}"),
+            "pwd" => println!("Remote working directory: {}", escape(&self.cwd)),
+            "lpwd" => {
+                let d = std::env::current_dir().map_err(|e| e.to_string())?;
+                println!("Local working directory: {}", d.display());
+            }
+            "lcd" => {
+                need(1)?;
+                std::env::set_current_dir(&args[0]).map_err(|e| format!("lcd {}: {e}", args[0]))?;
+            }
+            "cd" => {
+                let to = match args.first() {
+                    Some(p) => self.remote(p),
+                    None => b".".to_vec(),
+                };
+                let real = self.sftp.realpath(&to).map_err(|e| self.io("cd", &to, e))?;
+                let a = self.sftp.stat(&real).map_err(|e| self.io("cd", &to, e))?;
+                if !a.is_dir() {
+                    return Err(format!("cd \"{}\": not a directory", escape(&to)));
+                }
+                self.cwd = real;
+            }
+            "ls" | "dir" => {
+                let (f, rest) = flags(args, "1al")?;
+                let dir = rest
+                    .first()
+                    .map(|p| self.remote(p))
+                    .unwrap_or(self.cwd.clone());
+                let mut list = self
+                    .sftp
+                    .read_dir(&dir)
+                    .map_err(|e| self.io("ls", &dir, e))?;
+                list.sort_by(|a, b| a.0.cmp(&b.0));
+                for (name, a) in list {
+                    if name.starts_with(b".") && !f.contains('a') {
+                        continue;
+                    }
+                    if f.contains('l') {
+                        println!(
+                            "{:o} {:>12} {:>10} {}",
+                            a.perm.unwrap_or(0),
+                            a.size.unwrap_or(0),
+                            a.mtime(),
+                            escape(&name)
+                        );
+                    } else {
+                        println!("{}", escape(&name));
+                    }
+                }
+            }
+            "mkdir" => {
+                need(1)?;
+                let p = self.remote(&args[0]);
+                self.sftp
+                    .mkdir(&p, 0o777)
+                    .map_err(|e| self.io("mkdir", &p, e))?;
+            }
+            "rmdir" => {
+                need(1)?;
+                let p = self.remote(&args[0]);
+                self.sftp.rmdir(&p).map_err(|e| self.io("rmdir", &p, e))?;
+            }
+            "rm" => {
+                need(1)?;
+                for a in args {
+                    let p = self.remote(a);
+                    self.sftp.remove(&p).map_err(|e| self.io("rm", &p, e))?;
+                }
+            }
+            "rename" => {
+                need(2)?;
+                let (from, to) = (self.remote(&args[0]), self.remote(&args[1]));
+                // sftp's rename: the atomic one where the server has it
+                let r = if self.sftp.ext.posix_rename {
+                    self.sftp.posix_rename(&from, &to)
+                } else {
+                    self.sftp.rename(&from, &to)
+                };
+                r.map_err(|e| self.io("rename", &from, e))?;
+            }
+            "chmod" => {
+                need(2)?;
+                let mode = u32::from_str_radix(&args[0], 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| format!("chmod: invalid mode {:?}", args[0]))?;
+                for a in &args[1..] {
+                    let p = self.remote(a);
+                    let attrs = crate::sftp::wire::Attrs {
+                        perm: Some(mode),
+                        ..Default::default()
+                    };
+                    self.sftp
+                        .setstat(&p, &attrs)
+                        .map_err(|e| self.io("chmod", &p, e))?;
+                }
+            }
+            "df" => {
+                let (f, rest) = flags(args, "hi")?;
+                let p = rest
+                    .first()
+                    .map(|p| self.remote(p))
+                    .unwrap_or(self.cwd.clone());
+                let s = self.sftp.statvfs(&p).map_err(|e| self.io("df", &p, e))?;
+                let k = |blocks: u64| blocks.saturating_mul(s.frsize) / 1024;
+                if f.contains('i') {
+                    println!("{:>11} {:>11} {:>11}", "Inodes", "Used", "Avail");
+                    println!("{:>11} {:>11} {:>11}", s.files, s.files - s.ffree, s.ffree);
+                } else {
+                    println!(
+                        "{:>11} {:>11} {:>11} {:>11}",
+                        "Size", "Used", "Avail", "(root)"
+                    );
+                    let (size, free, avail) = (k(s.blocks), k(s.bfree), k(s.bavail));
+                    println!("{size:>10}K {:>10}K {avail:>10}K {free:>10}K", size - free);
+                }
+            }
+            "progress" => {
+                self.progress = !self.progress;
+                println!(
+                    "Progress meter {}",
+                    if self.progress { "enabled" } else { "disabled" }
+                );
+            }
+            "get" | "reget" | "put" | "reput" => {
+                let (f, rest) = flags(args, "aprPR")?;
+                need(1).and_then(|_| {
+                    if rest.is_empty() {
+                        Err(format!("{cmd}: missing argument"))
+                    } else {
+                        Ok(())
+                    }
+                })?;
+                let recursive = f.contains('r') || f.contains('R');
+                let preserve = f.contains('p') || f.contains('P');
+                let remote = |p: &str| Location::Ssh {
+                    user: self.user.clone(),
+                    host: self.host.clone(),
+                    path: self.remote(p),
+                };
+                let (source, dest) = if cmd.ends_with("get") {
+                    let local = rest.get(1).cloned().unwrap_or_else(|| ".".into());
+                    (remote(&rest[0]), Location::Local(local.into_bytes()))
+                } else {
+                    let to = rest.get(1).map(String::as_str).unwrap_or("");
+                    let to = if to.is_empty() {
+                        Location::Ssh {
+                            user: self.user.clone(),
+                            host: self.host.clone(),
+                            path: {
+                                let mut c = self.cwd.clone();
+                                c.push(b'/');
+                                c
+                            },
+                        }
+                    } else {
+                        remote(to)
+                    };
+                    (Location::Local(rest[0].clone().into_bytes()), to)
+                };
+                self.transfer(source, dest, recursive, preserve)?;
+            }
+            other => return Err(format!("Invalid command \"{other}\".")),
+        }
+        Ok(true)
+    }
+
+    fn transfer(
+        &self,
+        source: Location,
+        dest: Location,
+        recursive: bool,
+        preserve: bool,
+    ) -> Result<(), String> {
+        let plan = Plan {
+            sources: vec![source],
+            dest,
+            options: Options {
+                recursive,
+                follow_links: true,
+                perms: preserve,
+                times: preserve,
+                partial: true,
+                cp_mode: true,
+                file_events: self.progress,
+                streams: 1,
+                ..Default::default()
+            },
+            ssh: self.ssh.clone(),
+            daemon: Default::default(),
+        };
+        let printer = super::output::Printer::new(0, !self.progress, self.progress, false, false);
+        match super::run_plan(&plan, &printer, false) {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(format!("transfer failed (exit {code})")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Runs `ferry shell`.
+pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
+    let (user, rest) = match a.host.split_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h.to_string()),
+        None => (None, a.host.clone()),
+    };
+    let (host, start) = match rest.split_once(':') {
+        Some((h, p)) => (h.to_string(), p.to_string()),
+        None => (rest, String::new()),
+    };
+    if host.is_empty() {
+        return Err(TransferError::Usage(format!(
+            "{:?}: missing host name",
+            a.host
+        )));
+    }
+    let ssh = SshOptions {
+        rsh: a.rsh,
+        port: a.port,
+        identity: a.identity,
+        ssh_options: a.ssh_option,
+        config: a.ssh_config,
+        transport: a.transport,
+        ..Default::default()
+    };
+    let (cmd, target) = sftp_command(user.as_deref(), &host, &ssh)?;
+    let sftp = Sftp::start(cmd).map_err(|e| {
+        TransferError::Connection(format!(
+            "ssh to {target}: {}; see ssh's message above, and run `ferry doctor {host}` to see why",
+            crate::error::io_text(&e)
+        ))
+    })?;
+    let cwd = sftp
+        .realpath(&crate::sftp::remote_path(start.as_bytes()))
+        .map_err(|e| TransferError::Remote(format!("{target}: {}", crate::error::io_text(&e))))?;
+    let batch = a.batch.is_some();
+    let mut shell = Shell {
+        sftp,
+        user,
+        host,
+        ssh,
+        cwd,
+        progress: !batch && std::io::stdout().is_terminal(),
+    };
+    let code = match a.batch {
+        Some(file) => {
+            let input: Box<dyn BufRead> = if file.as_os_str().as_bytes() == b"-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(&file)
+                    .map_err(|e| TransferError::local(file.display().to_string(), &e))?;
+                Box::new(std::io::BufReader::new(f))
+            };
+            run_batch(&mut shell, input, true)
+        }
+        None if std::io::stdin().is_terminal() => run_interactive(&mut shell),
+        // piped commands: like a batch without the echo
+        None => run_batch(&mut shell, Box::new(std::io::stdin().lock()), false),
+    };
+    shell.sftp.end();
+    Ok(code)
+}
+
+/// Reads commands from `input`; the first failure without a `-` ends it with
+/// exit 1, as sftp's batch mode does.
+fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32 {
+    for line in input.lines() {
+        let Ok(line) = line else {
+            return 1;
+        };
+        let parsed = match parse(&line) {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("ferry shell: {e}");
+                return 1;
+            }
+        };
+        if echo && !parsed.quiet {
+            println!("ferry> {}", line.trim().trim_start_matches(['-', '@']));
+            let _ = std::io::stdout().flush();
+        }
+        match shell.run(&parsed.words) {
+            Ok(true) => {}
+            Ok(false) => return 0,
+            Err(e) => {
+                eprintln!("{e}");
+                if !parsed.keep_going {
+                    return 1;
+                }
+            }
+        }
+    }
+    0
+}
+
+fn run_interactive(shell: &mut Shell) -> i32 {
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("ferry shell: {e}");
+            return 1;
+        }
+    };
+    let history = history_file();
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    loop {
+        match editor.readline("ferry> ") {
+            Ok(line) => {
+                let parsed = match parse(&line) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        continue;
+                    }
+                };
+                let _ = editor.add_history_entry(line.as_str());
+                match shell.run(&parsed.words) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => eprintln!("{e}"),
+                }
+            }
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(_) => break,
+        }
+    }
+    if let Some(h) = &history {
+        if let Some(dir) = h.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if editor.save_history(h).is_ok() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(h, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    0
+}
+
+/// `$XDG_STATE_HOME/ferry/shell_history`, else `~/.local/state/ferry/…`.
+fn history_file() -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
+    Some(base.join("ferry/shell_history"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_prefixes_and_quoting() {
+        let l = parse("-@put -p 'a b' c\\ d").unwrap().unwrap();
+        assert!(l.keep_going && l.quiet);
+        assert_eq!(l.words, ["put", "-p", "a b", "c d"]);
+        assert_eq!(parse("  # comment").unwrap(), None);
+        assert_eq!(parse("").unwrap(), None);
+        assert!(parse("ls 'unclosed").is_err());
+    }
+
+    #[test]
+    fn flags_stop_at_the_first_operand() {
+        let words: Vec<String> = ["-rp", "-x", "f"].iter().map(|s| s.to_string()).collect();
+        assert!(flags(&words, "rp").is_err());
+        let words: Vec<String> = ["-rp", "--", "-f"].iter().map(|s| s.to_string()).collect();
+        let (f, rest) = flags(&words, "rp").unwrap();
+        assert_eq!(f, "rp");
+        assert_eq!(rest, ["-f"]);
+    }
+}

@@ -1,0 +1,910 @@
+//! A directory on an SFTP server as a [`Destination`]: what the receiver
+//! writes lands in a hidden temporary beside its target (`.NAME.ferry-part`),
+//! written with many requests outstanding, then fsynced (`fsync@openssh.com`),
+//! given its mode and mtime, and renamed into place
+//! (`posix-rename@openssh.com`; a server without it gets remove-then-rename,
+//! which is not atomic, and the transfer says so).
+//!
+//! Not for reading a transfer's sources (that is [`super::source`]) nor for
+//! deciding when SFTP is used (that is `transfer`). The only old data offered
+//! to rebuild a file from is the partial file an interrupted upload left
+//! (read back once to check what it holds, chunk by chunk; what matches is
+//! copied on the server with `copy-data`): a changed file is not rebuilt
+//! from its old version, so over SFTP it comes whole.
+//!
+//! # Security
+//! Names reach the server only inside SFTP packets: no shell ever sees them.
+//! Every `rel` has passed the receiver's name checks (no `..`, no absolute
+//! path), so it stays under the destination's root.
+
+use super::client::{Handle, Pending, Sftp};
+use super::wire::{self, Attrs};
+use crate::error::TransferError;
+use crate::fs::names::{self, escape, split_parent};
+use crate::store::destination::{
+    BasisFile, Caps, Destination, Existing, ExistingKind, Meta, MetaOf, Place, PublishHow, Space,
+    TempHow, TempWrite,
+};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+/// Writes kept outstanding per file: 16 × 255 KiB is more than an OpenSSH
+/// channel window (2 MiB), so the window stays full.
+const WRITES_IN_FLIGHT: usize = 16;
+
+/// Joins a root and a checked relative name (`.`: the root).
+pub fn join_path(root: &[u8], rel: &[u8]) -> Vec<u8> {
+    if rel == b"." || rel.is_empty() {
+        return root.to_vec();
+    }
+    if root.is_empty() || root == b"." {
+        return rel.to_vec();
+    }
+    let mut p = root.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(rel);
+    p
+}
+
+/// The hidden name a file is written under before it is published.
+pub fn part_name(rel: &[u8]) -> Vec<u8> {
+    let (dir, name) = split_parent(rel);
+    let mut n = b".".to_vec();
+    n.extend_from_slice(name);
+    n.extend_from_slice(b".ferry-part");
+    names::join(dir, &n)
+}
+
+fn existing(a: &Attrs) -> Existing {
+    let perm = a.perm.unwrap_or(0);
+    let kind = if a.is_dir() {
+        ExistingKind::Dir
+    } else if a.is_file() {
+        ExistingKind::File
+    } else if a.is_symlink() {
+        ExistingKind::Symlink
+    } else {
+        ExistingKind::Other
+    };
+    let (uid, gid) = a.uid_gid.unwrap_or((0, 0));
+    Existing {
+        kind,
+        size: a.size.unwrap_or(0),
+        mode: perm & 0o7777,
+        mtime: a.mtime(),
+        mtime_nsec: 0,
+        uid,
+        gid,
+    }
+}
+
+fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The attributes a published file or directory gets.
+fn attrs_of(meta: &Meta) -> Attrs {
+    Attrs {
+        perm: meta.mode.map(|m| m & 0o7777),
+        times: meta.mtime.map(|(s, _)| (s as u32, s as u32)),
+        uid_gid: meta.uid.zip(meta.gid),
+        size: None,
+    }
+}
+
+/// A hash a remote command can compute (`b3sum`, `sha256sum`), computed
+/// here over the stream as it is written, to compare after the transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKind {
+    Blake3,
+    Sha256,
+}
+
+enum Hashing {
+    Blake3(Box<blake3::Hasher>),
+    Sha256(aws_lc_rs::digest::Context),
+}
+
+impl Hashing {
+    fn new(kind: HashKind) -> Hashing {
+        match kind {
+            HashKind::Blake3 => Hashing::Blake3(Box::default()),
+            HashKind::Sha256 => {
+                Hashing::Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+            }
+        }
+    }
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hashing::Blake3(h) => {
+                h.update(data);
+            }
+            Hashing::Sha256(c) => c.update(data),
+        }
+    }
+    fn hex(self) -> String {
+        let bytes: Vec<u8> = match self {
+            Hashing::Blake3(h) => h.finalize().as_bytes().to_vec(),
+            Hashing::Sha256(c) => c.finish().as_ref().to_vec(),
+        };
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A published file's remote path and the hex hash of what was written.
+pub type HashedFile = (Vec<u8>, String);
+
+/// Files published, with the hash of what was written, for the remote
+/// command to check.
+#[derive(Clone)]
+pub struct Published {
+    pub kind: HashKind,
+    /// Remote path and hex hash, in the order published.
+    pub files: Arc<std::sync::Mutex<Vec<HashedFile>>>,
+}
+
+/// An SFTP destination before it is opened.
+pub struct SftpPlace {
+    pub sftp: Sftp,
+    /// `[user@]host:` as messages show it.
+    pub shown_host: String,
+    /// Where a remote command can hash files: what to record.
+    pub published: Option<Published>,
+}
+
+impl Place for SftpPlace {
+    type Dest = SftpDest;
+
+    fn probe(&mut self, path: &[u8], shown: &str) -> Result<Option<bool>, TransferError> {
+        match not_found_is_none(self.sftp.stat(path)) {
+            Ok(a) => Ok(a.map(|a| a.is_dir())),
+            Err(e) => Err(TransferError::local(shown.to_string(), &e)),
+        }
+    }
+
+    fn open(&mut self, root: &[u8], create: bool, shown: &str) -> Result<SftpDest, TransferError> {
+        let fail = |e: &io::Error| TransferError::local(shown.to_string(), e);
+        let mut made = false;
+        match not_found_is_none(self.sftp.stat(root)).map_err(|e| fail(&e))? {
+            Some(a) if a.is_dir() => {}
+            Some(_) => {
+                return Err(fail(&io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    "not a directory",
+                )))
+            }
+            None if create => {
+                self.sftp.mkdir(root, 0o755).map_err(|e| fail(&e))?;
+                made = true;
+            }
+            None => return Err(fail(&io::Error::from(io::ErrorKind::NotFound))),
+        }
+        Ok(SftpDest {
+            sftp: self.sftp.clone(),
+            root: root.to_vec(),
+            shown: format!("{}{}", self.shown_host, escape(root)),
+            published: self.published.clone(),
+            finishing: Default::default(),
+            made: if made {
+                [b".".to_vec()].into()
+            } else {
+                Default::default()
+            },
+            created: Default::default(),
+        })
+    }
+}
+
+/// A directory on the server, files written beneath it.
+pub struct SftpDest {
+    sftp: Sftp,
+    root: Vec<u8>,
+    shown: String,
+    published: Option<Published>,
+    /// Files published whose last requests are not answered yet, oldest
+    /// first: many small files in flight, not a round trip each.
+    finishing: std::sync::Mutex<VecDeque<Finishing>>,
+    /// Directories this destination made: nothing was in them but what it
+    /// put there, so a name it did not make needs no LSTAT to know it is
+    /// not there (a round trip per file on a slow link).
+    made: std::collections::HashSet<Vec<u8>>,
+    /// What it made in them.
+    created: std::collections::HashSet<Vec<u8>>,
+}
+
+/// Files whose publishing may be outstanding at once.
+const FILES_IN_FLIGHT: usize = 32;
+
+/// A published file on its way: opened, written, closed, renamed, each
+/// step sent once the one before it is answered.
+struct Finishing {
+    /// The file as messages name it.
+    name: String,
+    stage: Stage,
+    temp_path: Vec<u8>,
+    target: Vec<u8>,
+    backup: Option<Vec<u8>>,
+    /// The hash of what was written, for the remote check.
+    hashed: Option<String>,
+}
+
+enum Stage {
+    /// The OPEN is outstanding; the file's bytes wait here.
+    Opening {
+        open: Pending,
+        data: Vec<u8>,
+        attrs: Attrs,
+        fsync: bool,
+    },
+    /// Writes, fsync, metadata and close outstanding.
+    Closing(VecDeque<Pending>),
+    /// The renames outstanding; a `true` one may find nothing to move.
+    Renaming(VecDeque<(Pending, bool)>),
+}
+
+fn ended() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the SFTP connection ended")
+}
+
+/// An answer, waiting for it or not.
+fn answer(p: &Pending, block: bool) -> io::Result<Option<super::wire::Reply>> {
+    if block {
+        return p.recv().map(Some).map_err(|_| ended());
+    }
+    match p.try_recv() {
+        Ok(r) => Ok(Some(r)),
+        Err(std::sync::mpsc::TryRecvError::Empty) => Ok(None),
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(ended()),
+    }
+}
+
+fn status_ok(r: super::wire::Reply) -> io::Result<()> {
+    match r {
+        super::wire::Reply::Status {
+            code: wire::FX_OK, ..
+        } => Ok(()),
+        super::wire::Reply::Status { code, message } => {
+            Err(super::client::status_error(code, &message))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the SFTP server answered with the wrong kind of reply",
+        )),
+    }
+}
+
+impl SftpDest {
+    fn path(&self, rel: &[u8]) -> Vec<u8> {
+        join_path(&self.root, rel)
+    }
+
+    /// Moves a file on as far as its answers allow (all the way when
+    /// `block`); whether it is done.
+    fn advance(&self, f: &mut Finishing, block: bool) -> io::Result<bool> {
+        loop {
+            match &mut f.stage {
+                Stage::Opening {
+                    open,
+                    data,
+                    attrs,
+                    fsync,
+                } => {
+                    let Some(r) = answer(open, block)? else {
+                        return Ok(false);
+                    };
+                    let h = match r {
+                        super::wire::Reply::Handle(h) => h,
+                        other => return Err(status_ok(other).err().unwrap_or_else(ended)),
+                    };
+                    let mut q = VecDeque::new();
+                    if !data.is_empty() {
+                        q.push_back(self.sftp.send_write(&h, 0, data)?);
+                    }
+                    q.extend(self.tail(&h, attrs, *fsync)?);
+                    f.stage = Stage::Closing(q);
+                }
+                Stage::Closing(q) => {
+                    while let Some(p) = q.front() {
+                        let Some(r) = answer(p, block)? else {
+                            return Ok(false);
+                        };
+                        q.pop_front();
+                        status_ok(r)?;
+                    }
+                    let mut renames = VecDeque::new();
+                    if let Some(to) = &f.backup {
+                        renames.push_back((self.send_replace(&f.target, to)?, true));
+                    }
+                    if !self.sftp.ext.posix_rename {
+                        renames.push_back((
+                            self.sftp
+                                .send(wire::REMOVE, |p| wire::put_str(p, &f.target))?,
+                            true,
+                        ));
+                    }
+                    renames.push_back((self.send_replace(&f.temp_path, &f.target)?, false));
+                    f.stage = Stage::Renaming(renames);
+                }
+                Stage::Renaming(q) => {
+                    while let Some((p, may_miss)) = q.front() {
+                        let may_miss = *may_miss;
+                        let Some(r) = answer(p, block)? else {
+                            return Ok(false);
+                        };
+                        q.pop_front();
+                        match status_ok(r) {
+                            Err(e) if may_miss && e.kind() == io::ErrorKind::NotFound => {}
+                            other => other?,
+                        }
+                    }
+                    if let (Some(p), Some(hex)) = (&self.published, f.hashed.take()) {
+                        let mut files = p.files.lock().unwrap_or_else(|p| p.into_inner());
+                        files.push((f.target.clone(), hex));
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// The fsync, metadata and close of an open file, sent.
+    fn tail(&self, h: &[u8], attrs: &Attrs, fsync: bool) -> io::Result<Vec<Pending>> {
+        let mut out = Vec::new();
+        if fsync && self.sftp.ext.fsync {
+            out.push(self.sftp.send(wire::EXTENDED, |p| {
+                wire::put_str(p, b"fsync@openssh.com");
+                wire::put_str(p, h);
+            })?);
+        }
+        out.push(self.sftp.send(wire::FSETSTAT, |p| {
+            wire::put_str(p, h);
+            attrs.encode(p);
+        })?);
+        out.push(self.sftp.send(wire::CLOSE, |p| wire::put_str(p, h))?);
+        Ok(out)
+    }
+
+    /// Sends the rename that puts `from` at `to` (replacing it where the
+    /// server can; else the caller removed `to` first).
+    fn send_replace(&self, from: &[u8], to: &[u8]) -> io::Result<Pending> {
+        if self.sftp.ext.posix_rename {
+            self.sftp.send(wire::EXTENDED, |p| {
+                wire::put_str(p, b"posix-rename@openssh.com");
+                wire::put_str(p, from);
+                wire::put_str(p, to);
+            })
+        } else {
+            self.sftp.send(wire::RENAME, |p| {
+                wire::put_str(p, from);
+                wire::put_str(p, to);
+            })
+        }
+    }
+
+    /// Moves every file in flight on without waiting, then waits for the
+    /// oldest until at most `keep` are left. The first failure, naming its
+    /// file.
+    fn settle(&self, keep: usize) -> io::Result<()> {
+        let mut q = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut first: Option<io::Error> = None;
+        let mut fail = |f: &Finishing, e: io::Error| {
+            if first.is_none() {
+                first = Some(io::Error::new(e.kind(), format!("{}: {}", f.name, e)));
+            }
+        };
+        let mut i = 0;
+        while i < q.len() {
+            match self.advance(&mut q[i], false) {
+                Ok(false) => i += 1,
+                Ok(true) => {
+                    q.remove(i);
+                }
+                Err(e) => {
+                    fail(&q[i], e);
+                    q.remove(i);
+                }
+            }
+        }
+        while q.len() > keep {
+            let mut f = q.pop_front().expect("in flight");
+            if let Err(e) = self.advance(&mut f, true) {
+                fail(&f, e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Waits until every file published is in place.
+    fn drain(&self) -> io::Result<()> {
+        self.settle(0)
+    }
+
+    fn remove_tree(&self, path: &[u8]) -> io::Result<()> {
+        let a = self.sftp.lstat(path)?;
+        if !a.is_dir() {
+            return self.sftp.remove(path);
+        }
+        for (name, _) in self.sftp.read_dir(path)? {
+            self.remove_tree(&join_path(path, &name))?;
+        }
+        self.sftp.rmdir(path)
+    }
+
+    /// Puts `from` at `to`, replacing what is there: atomically where the
+    /// server can.
+    fn replace(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+        if self.sftp.ext.posix_rename {
+            return self.sftp.posix_rename(from, to);
+        }
+        match self.sftp.remove(to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.sftp.rename(from, to)
+    }
+}
+
+impl Drop for SftpDest {
+    /// A transfer that ends early still lets what it published land.
+    fn drop(&mut self) {
+        let _ = self.drain();
+    }
+}
+
+impl Destination for SftpDest {
+    type Basis = SftpBasis;
+    type Temp = SftpTemp;
+
+    fn caps(&self) -> Caps {
+        Caps {
+            // (only from a partial file: see open_basis)
+            rebuild: true,
+            write_at: false,
+            share_blocks: false,
+        }
+    }
+    fn show(&self, rel: &[u8]) -> String {
+        if rel == b"." {
+            return self.shown.clone();
+        }
+        format!("{}/{}", self.shown.trim_end_matches('/'), escape(rel))
+    }
+    fn stat(&mut self, rel: &[u8]) -> io::Result<Option<Existing>> {
+        if rel != b"." && self.made.contains(split_parent(rel).0) && !self.created.contains(rel) {
+            return Ok(None);
+        }
+        Ok(not_found_is_none(self.sftp.lstat(&self.path(rel)))?.map(|a| existing(&a)))
+    }
+    fn list(&mut self, rel: &[u8]) -> io::Result<Vec<(Vec<u8>, bool)>> {
+        self.drain()?;
+        let mut v: Vec<_> = self
+            .sftp
+            .read_dir(&self.path(rel))?
+            .into_iter()
+            .map(|(n, a)| (n, a.is_dir()))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+    fn mkdir(&mut self, rel: &[u8], mode: u32) -> io::Result<()> {
+        let path = self.path(rel);
+        self.created.insert(rel.to_vec());
+        match self.sftp.mkdir(&path, mode) {
+            Ok(()) => {
+                self.made.insert(rel.to_vec());
+                Ok(())
+            }
+            // v3 has no "exists" status: look
+            Err(e) => match self.sftp.lstat(&path) {
+                Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists")),
+                Err(_) => Err(e),
+            },
+        }
+    }
+    fn symlink(&mut self, rel: &[u8], target: &[u8]) -> io::Result<()> {
+        self.created.insert(rel.to_vec());
+        self.sftp.symlink(target, &self.path(rel))
+    }
+    fn readlink(&mut self, rel: &[u8]) -> io::Result<Vec<u8>> {
+        self.sftp.readlink(&self.path(rel))
+    }
+    fn hardlink(&mut self, existing: &[u8], rel: &[u8]) -> io::Result<()> {
+        self.drain()?;
+        self.created.insert(rel.to_vec());
+        if !self.sftp.ext.hardlink {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the SFTP server cannot make hard links",
+            ));
+        }
+        self.sftp.hardlink(&self.path(existing), &self.path(rel))
+    }
+    fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+        self.drain()?;
+        let path = self.path(rel);
+        if let Some(suffix) = backup {
+            self.created.insert([rel, suffix].concat());
+        }
+        match backup {
+            Some(suffix) => {
+                let mut to = path.clone();
+                to.extend_from_slice(suffix);
+                self.replace(&path, &to)
+            }
+            None => self.remove_tree(&path),
+        }
+    }
+    fn set_meta(&mut self, rel: &[u8], of: MetaOf, meta: &Meta) -> io::Result<()> {
+        self.drain()?;
+        if of == MetaOf::Link {
+            // SETSTAT follows symlinks; a link's own times stay as made
+            return Ok(());
+        }
+        self.sftp.setstat(&self.path(rel), &attrs_of(meta))
+    }
+    /// No old version to rebuild from: reading it back would cost as much
+    /// as sending the file (and `-c` sends a file it cannot compare).
+    fn open_basis(&mut self, _rel: &[u8]) -> io::Result<SftpBasis> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no delta over SFTP",
+        ))
+    }
+    /// The partial file, moved aside first: the server refuses to copy
+    /// between two handles of one path, and the new partial takes its name.
+    /// Once open it is removed: the handle keeps it readable until closed.
+    fn open_partial(&mut self, rel: &[u8]) -> Option<SftpBasis> {
+        self.drain().ok()?;
+        let part = self.path(&part_name(rel));
+        let mut aside = part.clone();
+        aside.extend_from_slice(b"-resume");
+        self.sftp.rename(&part, &aside).ok()?;
+        let basis = SftpBasis::open(&self.sftp, &aside);
+        let _ = self.sftp.remove(&aside);
+        basis.ok()
+    }
+    fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<SftpTemp> {
+        self.settle(FILES_IN_FLIGHT)?;
+        let path = self.path(&part_name(rel));
+        if how.partial {
+            // a partial file being resumed from stays readable through its
+            // open handle; the new file is a new one (the answer is not
+            // waited for: the server handles requests in order)
+            drop(self.sftp.send(wire::REMOVE, |p| wire::put_str(p, &path))?);
+        }
+        let flags = wire::OPEN_WRITE | wire::OPEN_CREAT | wire::OPEN_TRUNC;
+        let perm = Attrs {
+            perm: Some(0o600),
+            ..Attrs::default()
+        };
+        let opening = self.sftp.send(wire::OPEN, |p| {
+            wire::put_str(p, &path);
+            wire::put_u32(p, flags);
+            perm.encode(p);
+        })?;
+        Ok(SftpTemp {
+            sftp: self.sftp.clone(),
+            handle: None,
+            opening: Some(opening),
+            path,
+            partial: how.partial,
+            sent: 0,
+            buf: Vec::new(),
+            writes: VecDeque::new(),
+            hashing: self.published.as_ref().map(|p| Hashing::new(p.kind)),
+        })
+    }
+    fn publish(
+        &mut self,
+        mut temp: SftpTemp,
+        rel: &[u8],
+        meta: &Meta,
+        how: PublishHow<'_>,
+    ) -> io::Result<()> {
+        // a copy that may need writing again must be answered while the
+        // file is open; the rest is finished in the background
+        if temp.writes.iter().any(|(_, copied)| copied.is_some()) {
+            temp.flush()?;
+        }
+        let attrs = attrs_of(meta);
+        let fsync = how.fsync;
+        let stage = match (temp.opening.take(), temp.handle.take()) {
+            (Some(open), _) => Stage::Opening {
+                open,
+                data: std::mem::take(&mut temp.buf),
+                attrs,
+                fsync,
+            },
+            (None, Some(h)) => {
+                temp.handle = Some(h);
+                temp.send_buf()?;
+                let h = temp.handle.take().expect("open");
+                let mut q: VecDeque<Pending> = temp.writes.drain(..).map(|(p, _)| p).collect();
+                q.extend(self.tail(&h, &attrs, fsync)?);
+                Stage::Closing(q)
+            }
+            (None, None) => unreachable!("a temporary is open or opening"),
+        };
+        self.created.insert(rel.to_vec());
+        if let Some(suffix) = how.backup {
+            self.created.insert([rel, suffix].concat());
+        }
+        let target = self.path(rel);
+        let backup = how.backup.map(|suffix| {
+            let mut to = target.clone();
+            to.extend_from_slice(suffix);
+            to
+        });
+        let f = Finishing {
+            name: self.show(rel),
+            stage,
+            temp_path: std::mem::take(&mut temp.path),
+            target,
+            backup,
+            hashed: temp.hashing.take().map(Hashing::hex),
+        };
+        self.finishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(f);
+        self.settle(FILES_IN_FLIGHT)
+    }
+    fn discard(&mut self, mut temp: SftpTemp) {
+        let _ = temp.resolve();
+        if let Some(h) = temp.handle.take() {
+            // what is outstanding must land before the file goes
+            while let Some((p, _)) = temp.writes.pop_front() {
+                let _ = self.sftp.expect_ok(p);
+            }
+            let _ = self.sftp.close(&h);
+        }
+        if !temp.partial {
+            let _ = self.sftp.remove(&temp.path);
+        }
+    }
+    fn spill_dir(&mut self, _rel: &[u8]) -> Option<Arc<OwnedFd>> {
+        None
+    }
+    fn tidy_dir(&mut self, _dir: &[u8]) {}
+    fn space(&self) -> Space {
+        match self.sftp.ext.statvfs.then(|| self.sftp.statvfs(&self.root)) {
+            Some(Ok(s)) => Space {
+                free_bytes: s.bavail.saturating_mul(s.frsize),
+                out_of_inodes: s.files > 0 && s.ffree == 0,
+            },
+            _ => Space {
+                free_bytes: 0,
+                out_of_inodes: false,
+            },
+        }
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        // each file was fsynced (where asked) before it was renamed
+        self.drain()
+    }
+}
+
+/// A file on the server opened for reading old data.
+pub struct SftpBasis {
+    sftp: Sftp,
+    handle: Handle,
+    len: u64,
+}
+
+impl SftpBasis {
+    fn open(sftp: &Sftp, path: &[u8]) -> io::Result<SftpBasis> {
+        let handle = sftp.open(path, wire::OPEN_READ, &Attrs::default())?;
+        let len = sftp.fstat(&handle)?.size.unwrap_or(0);
+        Ok(SftpBasis {
+            sftp: sftp.clone(),
+            handle,
+            len,
+        })
+    }
+}
+
+impl Drop for SftpBasis {
+    fn drop(&mut self) {
+        if let Ok(p) = self
+            .sftp
+            .send(wire::CLOSE, |p| wire::put_str(p, &self.handle))
+        {
+            drop(p); // the answer is not waited for
+        }
+    }
+}
+
+impl BasisFile for SftpBasis {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.sftp.read_at(&self.handle, buf, offset)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.sftp.read_exact_at(&self.handle, buf, offset)
+    }
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}
+
+/// A server-side copy's place in the file and its bytes.
+type Copied = (u64, Vec<u8>);
+
+/// A file being written on the server, front to back, with writes of the
+/// size the server takes kept outstanding.
+pub struct SftpTemp {
+    sftp: Sftp,
+    /// Open until published or discarded.
+    handle: Option<Handle>,
+    /// The OPEN, until its answer is needed (a small file is published
+    /// without waiting for it).
+    opening: Option<Pending>,
+    path: Vec<u8>,
+    partial: bool,
+    /// Bytes sent in write requests.
+    sent: u64,
+    /// Bytes not sent yet (less than one request).
+    buf: Vec<u8>,
+    /// Write requests not answered yet, oldest first; a server-side copy
+    /// with its offset and bytes, written plainly if the copy falls short.
+    writes: VecDeque<(Pending, Option<Copied>)>,
+    /// The hash of what was written front to back (`None` once anything is
+    /// written elsewhere).
+    hashing: Option<Hashing>,
+}
+
+impl SftpTemp {
+    /// Waits for the OPEN's answer, if it is still outstanding.
+    fn resolve(&mut self) -> io::Result<()> {
+        if let Some(p) = self.opening.take() {
+            match self.sftp.wait(p)? {
+                super::wire::Reply::Handle(h) => self.handle = Some(h),
+                other => return Err(status_ok(other).err().unwrap_or_else(ended)),
+            }
+        }
+        Ok(())
+    }
+
+    fn send_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.resolve()?;
+        if self.writes.len() >= WRITES_IN_FLIGHT {
+            self.settle_oldest()?;
+        }
+        let h = self.handle.as_ref().expect("open");
+        let p = self.sftp.send_write(h, self.sent, &self.buf)?;
+        self.writes.push_back((p, None));
+        self.sent += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Waits for the oldest outstanding request's answer.
+    fn settle_oldest(&mut self) -> io::Result<()> {
+        let Some((p, copied)) = self.writes.pop_front() else {
+            return Ok(());
+        };
+        match (self.sftp.expect_ok(p), copied) {
+            (Ok(()), _) => Ok(()),
+            // a copy that met the end of its source (OpenSSH answers EOF
+            // when a range ends there) or failed: write the bytes instead
+            (Err(_), Some((offset, data))) => {
+                let h = self.handle.as_ref().expect("open");
+                let p = self.sftp.send_write(h, offset, &data)?;
+                self.sftp.expect_ok(p)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Sends what is buffered and waits until every write is answered.
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buf()?;
+        while !self.writes.is_empty() {
+            self.settle_oldest()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SftpTemp {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self.sftp.send(wire::CLOSE, |p| wire::put_str(p, &h));
+        }
+    }
+}
+
+impl TempWrite for SftpTemp {
+    type Basis = SftpBasis;
+
+    fn len(&self) -> u64 {
+        self.sent + self.buf.len() as u64
+    }
+    fn is_partial(&self) -> bool {
+        self.partial
+    }
+    fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if let Some(h) = &mut self.hashing {
+            h.update(data);
+        }
+        let step = self.sftp.limits.write;
+        while !data.is_empty() {
+            let n = (step - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == step {
+                self.send_buf()?;
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if offset == self.len() {
+            return self.write(data);
+        }
+        self.flush()?;
+        self.resolve()?;
+        self.hashing = None;
+        let h = self.handle.as_ref().expect("open");
+        let p = self.sftp.send_write(h, offset, data)?;
+        self.sftp.expect_ok(p)
+    }
+    /// Copies on the server where it can (`copy-data`): the bytes were
+    /// read back to check them, they need not cross the network again.
+    fn append_from(&mut self, from: &SftpBasis, offset: u64, data: &[u8]) -> io::Result<()> {
+        if !self.sftp.ext.copy_data || data.is_empty() {
+            return self.write(data);
+        }
+        if let Some(h) = &mut self.hashing {
+            h.update(data);
+        }
+        self.send_buf()?;
+        self.resolve()?;
+        if self.writes.len() >= WRITES_IN_FLIGHT {
+            self.settle_oldest()?;
+        }
+        let to = self.handle.as_ref().expect("open");
+        let p = self
+            .sftp
+            .send_copy(&from.handle, offset, data.len() as u64, to, self.sent)?;
+        self.writes.push_back((p, Some((self.sent, data.to_vec()))));
+        self.sent += data.len() as u64;
+        Ok(())
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        if offset >= self.sent && end <= self.len() {
+            let at = (offset - self.sent) as usize;
+            buf.copy_from_slice(&self.buf[at..at + buf.len()]);
+            return Ok(());
+        }
+        // (writes before this read are answered first: the server handles
+        // requests in order)
+        let h = self.handle.as_ref().expect("open");
+        let sent = (self.sent.saturating_sub(offset) as usize).min(buf.len());
+        self.sftp.read_exact_at(h, &mut buf[..sent], offset)?;
+        if sent < buf.len() {
+            let rest = buf.len() - sent;
+            buf[sent..].copy_from_slice(&self.buf[..rest]);
+        }
+        Ok(())
+    }
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}

@@ -1,0 +1,364 @@
+//! Files on an SFTP server as a [`Source`]: the tree under each root walked
+//! with READDIR in the order the local scan uses (a directory before what is
+//! in it, names sorted bytewise; rsync's trailing-slash rule), and each file
+//! read front to back with many read requests outstanding.
+//!
+//! Not for writing (that is [`super::destination`]) nor for choosing what to
+//! send (the sender decides; this only lists and reads).
+
+use super::client::{Handle, Pending, Sftp};
+use super::wire::{self, Attrs};
+use crate::fs::names::{escape, join};
+use crate::proto::{Entry, Kind, ListStart};
+use crate::store::source::{ListOptions, Listed, Source, SourceFile, Stamp};
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+/// Reads kept outstanding per file while it is read in order.
+const READS_IN_FLIGHT: usize = 16;
+
+/// A tree on an SFTP server.
+pub struct SftpSource {
+    pub sftp: Sftp,
+}
+
+/// A source path and how it is named in the list.
+struct Root {
+    path: Vec<u8>,
+    name: Vec<u8>,
+    contents: bool,
+}
+
+fn root_of(src: &[u8]) -> Root {
+    let mut trimmed = src;
+    while trimmed.len() > 1 && trimmed.ends_with(b"/") {
+        trimmed = &trimmed[..trimmed.len() - 1];
+    }
+    let base = trimmed.rsplit(|&b| b == b'/').next().unwrap_or(trimmed);
+    let contents = src.is_empty()
+        || src.ends_with(b"/")
+        || base == b"."
+        || base == b".."
+        || trimmed == b"/"
+        || base.is_empty();
+    Root {
+        path: if src.is_empty() {
+            b".".to_vec()
+        } else {
+            src.to_vec()
+        },
+        name: if contents {
+            b".".to_vec()
+        } else {
+            base.to_vec()
+        },
+        contents,
+    }
+}
+
+struct Walk<'a, E> {
+    sftp: &'a Sftp,
+    opts: &'a ListOptions,
+    emit: &'a mut dyn FnMut(Listed<Vec<u8>>) -> Result<(), E>,
+    io_error: bool,
+    depth: usize,
+}
+
+impl<E> Walk<'_, E> {
+    fn fail(&mut self, path: &[u8], what: &str, e: io::Error) -> Result<(), E> {
+        self.io_error = true;
+        (self.emit)(Listed::Error(format!(
+            "{what} {}: {}",
+            escape(path),
+            crate::error::io_text(&e)
+        )))
+    }
+
+    fn visit(&mut self, path: &[u8], name: &[u8], a: Attrs) -> Result<(), E> {
+        let (uid, gid) = a.uid_gid.unwrap_or((0, 0));
+        let mut entry = Entry {
+            name: name.to_vec(),
+            kind: Kind::File,
+            mode: a.perm.unwrap_or(0o644) & 0o7777,
+            mtime: a.mtime(),
+            mtime_nsec: 0,
+            size: 0,
+            uid,
+            gid,
+            target: Vec::new(),
+            link_to: None,
+            checksum: None,
+        };
+        if a.is_symlink() {
+            if self.opts.follow_links {
+                return match self.sftp.stat(path) {
+                    Ok(t) => self.visit(path, name, t),
+                    Err(e) => self.fail(path, "cannot follow symlink", e),
+                };
+            }
+            if !self.opts.links {
+                return (self.emit)(Listed::Notice(format!(
+                    "skipping symlink {} (use -l or -a)",
+                    escape(name)
+                )));
+            }
+            match self.sftp.readlink(path) {
+                Ok(t) => entry.target = t,
+                Err(e) => return self.fail(path, "cannot read symlink", e),
+            }
+            entry.kind = Kind::Symlink;
+            return (self.emit)(Listed::Entry(entry, path.to_vec()));
+        }
+        if a.is_dir() {
+            entry.kind = Kind::Dir;
+            (self.emit)(Listed::Entry(entry, path.to_vec()))?;
+            if !self.opts.recursive && self.depth > 0 {
+                return Ok(());
+            }
+            self.depth += 1;
+            let r = self.descend(path, name);
+            self.depth -= 1;
+            return r;
+        }
+        if !a.is_file() {
+            return (self.emit)(Listed::Notice(format!(
+                "skipping non-regular file {}",
+                escape(name)
+            )));
+        }
+        entry.size = a.size.unwrap_or(0);
+        if self.opts.checksum {
+            match hash(self.sftp, path) {
+                Ok(h) => entry.checksum = Some(h),
+                Err(e) => return self.fail(path, "cannot read", e),
+            }
+        }
+        (self.emit)(Listed::Entry(entry, path.to_vec()))
+    }
+
+    fn descend(&mut self, path: &[u8], name: &[u8]) -> Result<(), E> {
+        let mut children = match self.sftp.read_dir(path) {
+            Ok(c) => c,
+            Err(e) => return self.fail(path, "cannot read directory", e),
+        };
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (child, attrs) in children {
+            if child == crate::fs::PARTIAL_DIR
+                || (child.starts_with(b".") && child.ends_with(b".ferry-part"))
+            {
+                continue;
+            }
+            let child_name = join(name, &child);
+            if self.opts.filters.excludes(&child_name, attrs.is_dir()) {
+                continue;
+            }
+            let child_path = super::destination::join_path(path, &child);
+            self.visit(&child_path, &child_name, attrs)?;
+        }
+        Ok(())
+    }
+}
+
+/// BLAKE3 of a remote file (`--checksum`), read over SFTP.
+fn hash(sftp: &Sftp, path: &[u8]) -> io::Result<[u8; 32]> {
+    let mut f = SftpFile::open(sftp, path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = io::Read::read(&mut f, &mut buf)?;
+        if n == 0 {
+            return Ok(*h.finalize().as_bytes());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+impl SftpSource {
+    fn stat_root(&self, root: &Root, opts: &ListOptions) -> io::Result<Attrs> {
+        if root.contents || opts.follow_links || !opts.links {
+            self.sftp.stat(&root.path)
+        } else {
+            self.sftp.lstat(&root.path)
+        }
+    }
+}
+
+impl Source for SftpSource {
+    type Handle = Vec<u8>;
+    type File = SftpFile;
+
+    fn list_start(&self, roots: &[Vec<u8>], opts: &ListOptions) -> ListStart {
+        if roots.len() != 1 {
+            return ListStart {
+                single_file: false,
+                single_dir: false,
+            };
+        }
+        let root = root_of(&roots[0]);
+        let is_dir = self
+            .stat_root(&root, opts)
+            .map(|a| a.is_dir())
+            .unwrap_or(false);
+        ListStart {
+            single_file: !is_dir,
+            single_dir: is_dir && !root.contents && opts.recursive,
+        }
+    }
+
+    fn list<E>(
+        &self,
+        roots: &[Vec<u8>],
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<Vec<u8>>) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let mut w = Walk {
+            sftp: &self.sftp,
+            opts,
+            emit,
+            io_error: false,
+            depth: 0,
+        };
+        for src in roots {
+            let root = root_of(src);
+            match self.stat_root(&root, opts) {
+                Ok(a) => {
+                    if a.is_dir() && !opts.recursive && !opts.dirs {
+                        (w.emit)(Listed::Notice(format!(
+                            "skipping directory {} (use -r)",
+                            escape(src)
+                        )))?;
+                        continue;
+                    }
+                    w.visit(&root.path, &root.name, a)?;
+                }
+                Err(e) => {
+                    w.io_error = true;
+                    (w.emit)(Listed::Error(format!(
+                        "cannot read source {}: {}",
+                        escape(src),
+                        crate::error::io_text(&e)
+                    )))?;
+                }
+            }
+        }
+        Ok(w.io_error)
+    }
+
+    fn open(&self, at: &Vec<u8>) -> io::Result<SftpFile> {
+        SftpFile::open(&self.sftp, at)
+    }
+
+    fn name<'h>(&self, at: &'h Vec<u8>) -> &'h [u8] {
+        at
+    }
+}
+
+/// A handle closed when its last user lets go.
+struct Open {
+    sftp: Sftp,
+    handle: Handle,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let _ = self
+            .sftp
+            .send(wire::CLOSE, |p| wire::put_str(p, &self.handle));
+    }
+}
+
+/// A remote file open for reading: in order with reads ahead, or at offsets.
+pub struct SftpFile {
+    open: Arc<Open>,
+    /// Where the next in-order read starts.
+    pos: u64,
+    /// Reads asked ahead of `pos`: offset and answer.
+    ahead: VecDeque<(u64, Pending)>,
+    /// Where the next read ahead starts.
+    asked: u64,
+    /// What arrived and is not read yet.
+    have: Vec<u8>,
+    used: usize,
+    at_end: bool,
+}
+
+impl SftpFile {
+    fn open(sftp: &Sftp, path: &[u8]) -> io::Result<SftpFile> {
+        let handle = sftp.open(path, wire::OPEN_READ, &Attrs::default())?;
+        Ok(SftpFile::on(Arc::new(Open {
+            sftp: sftp.clone(),
+            handle,
+        })))
+    }
+
+    fn on(open: Arc<Open>) -> SftpFile {
+        SftpFile {
+            open,
+            pos: 0,
+            ahead: VecDeque::new(),
+            asked: 0,
+            have: Vec::new(),
+            used: 0,
+            at_end: false,
+        }
+    }
+}
+
+impl io::Read for SftpFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let o = &*self.open;
+        let step = o.sftp.limits.read as u64;
+        loop {
+            if self.used < self.have.len() {
+                let n = (self.have.len() - self.used).min(buf.len());
+                buf[..n].copy_from_slice(&self.have[self.used..self.used + n]);
+                self.used += n;
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            if self.at_end {
+                return Ok(0);
+            }
+            while self.ahead.len() < READS_IN_FLIGHT {
+                let p = o.sftp.send_read(&o.handle, self.asked, step as u32)?;
+                self.ahead.push_back((self.asked, p));
+                self.asked += step;
+            }
+            let (at, p) = self.ahead.pop_front().expect("asked");
+            let d = o.sftp.read_reply(p)?;
+            if d.is_empty() {
+                self.at_end = true;
+                // the answers still outstanding are dropped unread
+                self.ahead.clear();
+                continue;
+            }
+            if at != self.pos || (d.len() as u64) < step {
+                // a short answer: ask again from where the data stops
+                self.ahead.clear();
+                self.asked = at + d.len() as u64;
+            }
+            if at == self.pos {
+                self.have = d;
+                self.used = 0;
+            }
+        }
+    }
+}
+
+impl SourceFile for SftpFile {
+    fn stamp(&self) -> io::Result<Stamp> {
+        let a = self.open.sftp.fstat(&self.open.handle)?;
+        Ok(Stamp {
+            size: a.size.unwrap_or(0),
+            mtime: a.mtime(),
+            mtime_nsec: 0,
+        })
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.open.sftp.read_exact_at(&self.open.handle, buf, offset)
+    }
+    fn try_clone(&self) -> io::Result<SftpFile> {
+        Ok(SftpFile::on(self.open.clone()))
+    }
+}

@@ -1,0 +1,417 @@
+//! Transfers over SFTP, and when to use it (`--transport auto|ferry|sftp`).
+//! With `auto`, ferry's own protocol is tried first; a remote that cannot
+//! run ferry (`serve --stdio` exits 127 or 126, an sftp-only account, no
+//! common protocol version) gets SFTP instead, with one line saying why and
+//! that there is no delta. An ssh failure (exit 255: DNS, refused, host key,
+//! authentication) is never retried over SFTP: ssh's message is shown with a
+//! pointer to `ferry doctor`. The decision is remembered per host for a day.
+//!
+//! Over SFTP both halves of the session run here, as for a local transfer:
+//! the remote side is a [`crate::sftp`] store over `ssh … -s sftp`.
+//!
+//! Not for the SFTP protocol itself ([`crate::sftp`]) nor for starting ssh
+//! ([`crate::transport::child`]).
+
+use super::{local, Plan};
+use crate::error::TransferError;
+use crate::proto::{Event, HandshakeError, Request, Role, Summary};
+use crate::session::wire::Counters;
+use crate::session::{self, Cancel, EventFn};
+use crate::sftp::destination::{HashKind, Published, SftpPlace};
+use crate::sftp::source::SftpSource;
+use crate::sftp::{remote_path, Sftp};
+use crate::transport::child::{self, Ended, Transport};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a host's "use SFTP" is remembered.
+const REMEMBERED_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// What the sftp-server of an `internal-sftp`-only account says to a command.
+const SFTP_ONLY: &str = "This service allows sftp connections only.";
+
+/// Runs the client's half over ssh as `--transport` says.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn over_ssh(
+    plan: &Plan,
+    user: Option<&str>,
+    host: &str,
+    request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: &Arc<Counters>,
+) -> Result<Summary, TransferError> {
+    let ferry = |request, local_paths, kept| {
+        super::over_ssh(
+            plan,
+            user,
+            host,
+            request,
+            local_paths,
+            events,
+            cancel,
+            counters,
+            kept,
+        )
+    };
+    let sftp = |request, local_paths, why: Option<String>| {
+        run(
+            plan,
+            user,
+            host,
+            request,
+            local_paths,
+            events,
+            cancel,
+            counters,
+            why,
+        )
+    };
+    match plan.ssh.transport {
+        Transport::Ferry => ferry(request, local_paths, None),
+        Transport::Sftp => sftp(request, local_paths, None),
+        // the user named the remote ferry: that one, or an error saying so
+        Transport::Auto if plan.ssh.remote_ferry.is_some() => ferry(request, local_paths, None),
+        Transport::Auto => {
+            let key = cache_key(plan, user, host);
+            if let Some(why) = remembered(&key) {
+                return sftp(request, local_paths, Some(format!("{why} (remembered)")));
+            }
+            let mut fallback = None;
+            let result = ferry(request.clone(), local_paths.clone(), Some(&mut fallback));
+            match fallback {
+                Some(why) => {
+                    remember(&key, &why);
+                    sftp(request, local_paths, Some(why))
+                }
+                None => result,
+            }
+        }
+    }
+}
+
+/// What a ferry attempt whose stderr was kept means: `Ok(Some(why))` to fall
+/// back to SFTP, `Ok(None)` to keep the attempt's result, or the error to
+/// give instead of it (ssh's own failure, with ssh's message).
+pub(super) fn judge(
+    host: &str,
+    ended: &Ended,
+    result: &Result<Summary, TransferError>,
+    events: &EventFn<'_>,
+) -> Result<Option<String>, TransferError> {
+    let said = ended.stderr.trim();
+    let version = matches!(
+        result,
+        Err(TransferError::Handshake(
+            HandshakeError::NoCommonVersion { .. }
+        ))
+    );
+    match ended.code {
+        _ if version => {
+            return Ok(Some(format!(
+                "the ferry on {host} speaks no protocol version this one does"
+            )))
+        }
+        Some(255) => {
+            return Err(TransferError::Connection(format!(
+                "ssh to {host}: ssh failed (exit 255): {}; run `ferry doctor {host}` to see why",
+                last_line(said).unwrap_or("no message")
+            )))
+        }
+        Some(127) if result.is_err() => {
+            return Ok(Some(format!(
+                "{host} has no ferry (exit 127); install it there or pass --remote-ferry PATH"
+            )))
+        }
+        Some(126) if result.is_err() => {
+            return Ok(Some(format!(
+                "ferry on {host} cannot run (exit 126: {})",
+                last_line(said).unwrap_or("permission denied")
+            )))
+        }
+        // (sshd sends that line on the channel, where ferry's hello should be)
+        _ if said.contains(SFTP_ONLY) || sftp_only_hello(result) => {
+            return Ok(Some(format!("{host} allows SFTP connections only")))
+        }
+        _ => {}
+    }
+    if !said.is_empty() && result.is_ok() {
+        for line in said.lines().filter(|l| !l.trim().is_empty()) {
+            events(Event::notice(b"", line.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the ferry attempt met the sftp-only account's line instead of a
+/// hello.
+fn sftp_only_hello(result: &Result<Summary, TransferError>) -> bool {
+    match result {
+        Err(TransferError::Handshake(HandshakeError::NotFerry(sent))) => {
+            let start = sent.trim_start_matches(['"', '\'']);
+            !start.is_empty() && SFTP_ONLY.starts_with(start.trim_end_matches(['"', '\'']))
+        }
+        _ => false,
+    }
+}
+
+fn last_line(s: &str) -> Option<&str> {
+    s.lines().rev().map(str::trim).find(|l| !l.is_empty())
+}
+
+/// Runs the transfer over SFTP: both session halves here, the remote a store.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    plan: &Plan,
+    user: Option<&str>,
+    host: &str,
+    mut request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: &Arc<Counters>,
+    why: Option<String>,
+) -> Result<Summary, TransferError> {
+    let why_kind = match &why {
+        Some(w) if w.contains("allows SFTP connections only") => Exec::No,
+        Some(_) => Exec::Yes,
+        None => Exec::Unknown,
+    };
+    if let Some(why) = why {
+        events(Event::notice(b"", format!("{why}: using SFTP (no delta)")));
+    }
+    let (cmd, target) = child::sftp_command(user, host, &plan.ssh)?;
+    let sftp = Sftp::start(cmd).map_err(|e| {
+        TransferError::Connection(format!(
+            "ssh to {target}: ssh failed: {}; see ssh's message above, and run `ferry doctor {host}` to see why",
+            crate::error::io_text(&e)
+        ))
+    })?;
+    if !sftp.ext.posix_rename {
+        events(Event::notice(
+            b"",
+            format!("the SFTP server on {host} lacks posix-rename@openssh.com: a file is replaced by remove then rename, so the publish is not atomic"),
+        ));
+    }
+    request.paths = request.paths.iter().map(|p| remote_path(p)).collect();
+    // one connection, in order: extra streams are ssh connections of their own
+    request.options.streams = 1;
+    let pushing = request.role == Role::ServerReceives;
+    // where the account may run commands, uploads are hashed there after
+    let hashing = if pushing {
+        remote_hash(plan, user, host, &why_kind)
+    } else {
+        None
+    };
+    let published = hashing.map(|(_, kind)| Published {
+        kind,
+        files: Default::default(),
+    });
+    let place = SftpPlace {
+        sftp: sftp.clone(),
+        shown_host: format!("{target}:"),
+        published: published.clone(),
+    };
+    let source = SftpSource { sftp: sftp.clone() };
+    let result = local::run_served(request, local_paths, events, cancel, counters, move |s| {
+        session::serve::serve_stores(s, place, source)
+    });
+    let status = sftp.end();
+    let summary = result?;
+    if status.is_some_and(|s| s.code() == Some(255)) && pushing {
+        return Err(TransferError::Connection(format!(
+            "ssh to {target} ended with exit 255 after the transfer"
+        )));
+    }
+    let verified = match (hashing, published) {
+        (Some((program, _)), Some(p)) => {
+            let files = std::mem::take(&mut *p.files.lock().unwrap_or_else(|p| p.into_inner()));
+            check_remote(plan, user, host, program, &files)?;
+            format!(
+                "verified: {} on {host} for {} file(s)",
+                program,
+                files.len()
+            )
+        }
+        _ => "verified: size + SSH MAC only (SFTP: no remote hash)".to_string(),
+    };
+    events(Event::notice(b"", verified));
+    Ok(summary)
+}
+
+/// Whether commands may run on the remote, as far as the ferry attempt
+/// told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exec {
+    Yes,
+    No,
+    Unknown,
+}
+
+const EMPTY_BLAKE3: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// The remote hash command to check uploads with, probed once per host (as
+/// rclone does: each candidate hashes empty input, and must give the known
+/// empty hash) and remembered.
+fn remote_hash(
+    plan: &Plan,
+    user: Option<&str>,
+    host: &str,
+    exec: &Exec,
+) -> Option<(&'static str, HashKind)> {
+    let key = format!("{}.hash", cache_key(plan, user, host));
+    let known = cache_dir()
+        .map(|d| d.join(&key))
+        .filter(|p| fresh(p))
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let found = match known.as_deref().map(str::trim) {
+        Some(k) => k.to_string(),
+        None if *exec == Exec::No => "none".to_string(),
+        None => {
+            let probe = "b3sum </dev/null 2>/dev/null; sha256sum </dev/null 2>/dev/null; true";
+            let out = child::ssh_command(user, host, &plan.ssh)
+                .ok()
+                .and_then(|(mut c, _)| {
+                    c.arg(probe)
+                        .stdin(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .output()
+                        .ok()
+                });
+            let text = out
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if text.contains(EMPTY_BLAKE3) {
+                "b3sum".into()
+            } else if text.contains(EMPTY_SHA256) {
+                "sha256sum".into()
+            } else {
+                "none".into()
+            }
+        }
+    };
+    if known.is_none() {
+        write_cache(&key, &found);
+    }
+    match found.as_str() {
+        "b3sum" => Some(("b3sum", HashKind::Blake3)),
+        "sha256sum" => Some(("sha256sum", HashKind::Sha256)),
+        _ => None,
+    }
+}
+
+/// Hashes `files` on the remote with `program` and compares each with what
+/// was written. The names go NUL-separated on stdin to `xargs -0`: the
+/// remote shell sees only the fixed command line, never a name.
+fn check_remote(
+    plan: &Plan,
+    user: Option<&str>,
+    host: &str,
+    program: &str,
+    files: &[(Vec<u8>, String)],
+) -> Result<(), TransferError> {
+    use std::io::Write;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let (mut cmd, target) = child::ssh_command(user, host, &plan.ssh)?;
+    cmd.arg(format!("xargs -0 {program} --"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let failed = |why: String| {
+        TransferError::Connection(format!(
+            "ssh to {target}: checking uploads with {program}: {why}"
+        ))
+    };
+    let mut child = cmd.spawn().map_err(|e| failed(crate::error::io_text(&e)))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let names: Vec<u8> = files
+        .iter()
+        .flat_map(|(n, _)| n.iter().copied().chain([0]))
+        .collect();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&names);
+    });
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(crate::error::io_text(&e)))?;
+    let _ = writer.join();
+    // one line per name, in order; a name with a newline or a backslash is
+    // escaped and its line starts with '\'
+    let hashes: Vec<&[u8]> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix(b"\\").unwrap_or(l))
+        .collect();
+    for (i, (name, want)) in files.iter().enumerate() {
+        let got = hashes.get(i).and_then(|l| l.get(..64));
+        if got != Some(want.as_bytes()) {
+            return Err(TransferError::Integrity(format!(
+                "{target}:{}: {program} on the remote does not match what was sent",
+                crate::fs::names::escape(name)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where per-host transport decisions are kept.
+fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => Some(PathBuf::from(d).join("ferry/transport")),
+        None => Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache/ferry/transport")),
+    }
+}
+
+/// One file per way of reaching a host: the same name through another
+/// `-e`, port or config may be another machine.
+fn cache_key(plan: &Plan, user: Option<&str>, host: &str) -> String {
+    let s = &plan.ssh;
+    let id = format!(
+        "{user:?}\0{host}\0{:?}\0{:?}\0{:?}\0{:?}",
+        s.rsh, s.port, s.config, s.ssh_options
+    );
+    blake3::hash(id.as_bytes()).to_hex()[..32].to_string()
+}
+
+/// Whether a cache file was written less than a day ago.
+fn fresh(path: &std::path::Path) -> bool {
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    age.is_some_and(|a| a <= REMEMBERED_FOR)
+}
+
+fn remembered(key: &str) -> Option<String> {
+    let path = cache_dir()?.join(key);
+    if !fresh(&path) {
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let why = text.strip_prefix("sftp\n")?.trim();
+    (!why.is_empty()).then(|| why.to_string())
+}
+
+fn remember(key: &str, why: &str) {
+    write_cache(key, &format!("sftp\n{why}\n"));
+}
+
+fn write_cache(key: &str, text: &str) {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = cache_dir() else {
+        return;
+    };
+    if std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .is_ok()
+    {
+        let _ = std::fs::write(dir.join(key), text);
+    }
+}
