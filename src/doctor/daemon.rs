@@ -94,7 +94,7 @@ pub fn checks(host: &str, addr: SocketAddr, port: u16, opts: &Options) -> Vec<Ch
             )
             .ev(format!("fingerprint {fp}"))
             .fix(format!(
-                "on the daemon host, `ssh-keygen -lf ~/.config/ferry/id_ed25519.pub` (or the `fingerprint=` of the daemon's `listening` log line) must show {fp}; if it does, connect once with --host-key-check=accept-new"
+                "on the daemon host, `ssh-keygen -lf ~/.config/ferry/id_ed25519` (or the `fingerprint=` of the daemon's `listening` log line) must show {fp}; if it does, connect once with --host-key-check=accept-new"
             ))
             .took(t),
         ),

@@ -504,7 +504,8 @@ pub fn connect(addrs: &[SocketAddr], port: u16, from_hosts: Option<usize>) -> Co
         _ => (text.clone(), format!("check the network path to {host}")),
     };
     let mut c = c.set(Status::Fail, class, summary).fix(fix);
-    if let Some(n) = from_hosts {
+    // an address that does not answer at all may be an old one
+    if let (Some(n), "host_absent" | "timeout") = (from_hosts, class) {
         c = c
             .ev(format!("{host} comes from /etc/hosts line {n}: it may be stale"))
             .fix(format!(

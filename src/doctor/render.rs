@@ -47,7 +47,7 @@ pub fn text(r: &Report, s: Style) -> String {
             writeln!(out, "{line}  ({ms})")
         };
         let show_details = c.status != Status::Ok && c.status != Status::Skip;
-        if show_details || c.status == Status::Ok && !c.evidence.is_empty() && c.id == "tcp" {
+        if show_details {
             for e in c.evidence.iter().filter(|e| !e.is_empty()) {
                 let _ = writeln!(out, "    {bullet} {e}");
             }

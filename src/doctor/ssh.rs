@@ -467,7 +467,7 @@ pub fn remote_view(
         .took(t)];
     let all = parse_listeners(table);
     let on_port: Vec<Listener> = all.into_iter().filter(|l| l.port == port).collect();
-    let lc = Check::new("listening", format!("Port {port}"));
+    let lc = Check::new("listening", "Listening");
     let shown: Vec<String> = on_port
         .iter()
         .map(|l| match l.addr {
