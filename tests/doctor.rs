@@ -35,6 +35,18 @@ struct World {
 impl World {
     /// `daemon_listen`: where the daemon listens in `b` (None: no daemon).
     fn new(tag: &str, daemon_listen: Option<&str>, sshd_env: &str) -> World {
+        World::with(tag, daemon_listen, sshd_env, "", "")
+    }
+
+    /// As [`new`](Self::new), with options on the client's line in the
+    /// daemon's authorized_keys, and more sshd_config lines.
+    fn with(
+        tag: &str,
+        daemon_listen: Option<&str>,
+        sshd_env: &str,
+        key_options: &str,
+        sshd_lines: &str,
+    ) -> World {
         let id = std::process::id() % 100_000;
         let (a, b) = (format!("fd{tag}a{id}"), format!("fd{tag}b{id}"));
         let (va, vb) = (
@@ -73,14 +85,14 @@ impl World {
         // keys and config as Daemon::start makes them, then the daemon in b
         let module = w.t.path().join("module");
         std::fs::create_dir(&module).unwrap();
-        let probe = Daemon::start(&[("data", &module, false)], "", &[]);
+        let probe = Daemon::start(&[("data", &module, false)], key_options, &[]);
         let dir = std::mem::replace(&mut { probe }.dir, tmp());
         std::fs::copy(
             dir.path().join("client/id_ed25519"),
             w.t.path().join("client_key"),
         )
         .unwrap();
-        w.start_sshd(sshd_env);
+        w.start_sshd(sshd_env, sshd_lines);
         if let Some(listen) = daemon_listen {
             let d = Daemon::spawn_in(
                 dir,
@@ -105,7 +117,12 @@ impl World {
                 "accept-new",
                 "gpu2::",
             ]);
-            assert!(o.status.success(), "ferry ls: {}", stderr(&o));
+            // (a key the daemon refuses still gets the daemon's key recorded)
+            assert!(
+                o.status.success() || !key_options.is_empty() && w.known_hosts().exists(),
+                "ferry ls: {}",
+                stderr(&o)
+            );
         } else {
             // keep the client key without a daemon
             std::fs::create_dir_all(w.t.path().join("client")).unwrap();
@@ -171,7 +188,7 @@ impl World {
         }
     }
 
-    fn start_sshd(&mut self, extra: &str) {
+    fn start_sshd(&mut self, extra: &str, lines: &str) {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let d = self.t.path();
         for k in ["host_key", "id_ed25519"] {
@@ -186,7 +203,7 @@ impl World {
         let config = format!(
             "Port 22\nListenAddress 0.0.0.0\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-             PermitRootLogin prohibit-password\nPidFile {d}/sshd.pid\nLogLevel ERROR\nSetEnv SHLVL=1 {extra}\n",
+             PermitRootLogin prohibit-password\nPidFile {d}/sshd.pid\nLogLevel ERROR\nSetEnv SHLVL=1 {extra}\n{lines}",
             d = d.display()
         );
         write(&d.join("sshd_config"), &config);
@@ -774,4 +791,67 @@ fn ssh_path_healthy_and_without_ferry_on_the_remote() {
     let o = w.ferry_in_a(&["doctor", "--json", "-e", &rsh, "root@gpu2"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     expect(&v, "ssh", "fail", "ssh_auth", &[]);
+}
+
+#[test]
+fn expired_client_key_is_named_expired() {
+    if !ready() {
+        return;
+    }
+    let w = World::with(
+        "q",
+        Some("0.0.0.0:7420"),
+        "",
+        "expiry-time=\"20200101\"",
+        "",
+    );
+    let (v, code, _) = w.doctor("gpu2::data", &[], &[]);
+    assert_eq!(code, 1);
+    expect(&v, "client_key", "fail", "key_expired", &[]);
+    assert!(
+        check(&v, "client_key")["summary"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn ssh_on_the_daemon_port_is_named() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("w", None, "");
+    let (v, code, _) = w.doctor("gpu2:22", &[], &[]);
+    assert_eq!(code, 1);
+    expect(&v, "answers", "fail", "ssh_on_port", &[]);
+}
+
+#[test]
+fn sftp_only_account_and_noisy_shell() {
+    if !ready() {
+        return;
+    }
+    let bin = ferry_bin().display().to_string();
+    let w = World::with("g", None, "", "", "ForceCommand internal-sftp\n");
+    let (v, code, _) = w.doctor("root@gpu2", &["--remote-ferry", &bin], &[]);
+    assert_eq!(code, 1);
+    expect(&v, "remote_ferry", "fail", "sftp_only", &[]);
+    drop(w);
+    // a start-up that prints before every command, as a chatty ~/.bashrc does
+    let w = World::with(
+        "j",
+        None,
+        "",
+        "",
+        "ForceCommand echo 'Welcome to gpu2'; eval \"$SSH_ORIGINAL_COMMAND\"\n",
+    );
+    let (v, code, _) = w.doctor("root@gpu2", &["--remote-ferry", &bin], &[]);
+    assert_eq!(code, 1);
+    expect(&v, "remote_ferry", "fail", "noisy_shell", &[]);
+    assert!(check(&v, "remote_ferry")["summary"]
+        .as_str()
+        .unwrap()
+        .contains("Welcome to gpu2"));
 }
