@@ -27,6 +27,10 @@ fn sh(args: &[&str]) {
 struct World {
     a: String,
     b: String,
+    /// The router between them, for the path-MTU case.
+    router: Option<String>,
+    /// b's address.
+    server: String,
     t: tempfile::TempDir,
     daemon: Option<Daemon>,
     children: Vec<Child>,
@@ -47,14 +51,29 @@ impl World {
         key_options: &str,
         sshd_lines: &str,
     ) -> World {
+        World::build(tag, daemon_listen, sshd_env, key_options, sshd_lines, false)
+    }
+
+    /// `routed`: a and b on two links joined by a router namespace whose link
+    /// towards b has an MTU of 1280 and which drops the ICMP "fragmentation
+    /// needed" it would send back: a path-MTU black hole for a → b. No sshd.
+    fn build(
+        tag: &str,
+        daemon_listen: Option<&str>,
+        sshd_env: &str,
+        key_options: &str,
+        sshd_lines: &str,
+        routed: bool,
+    ) -> World {
         let id = std::process::id() % 100_000;
         let (a, b) = (format!("fd{tag}a{id}"), format!("fd{tag}b{id}"));
         let (va, vb) = (
             format!("v{tag}a{}", id % 10_000),
             format!("v{tag}b{}", id % 10_000),
         );
+        let r = format!("fd{tag}r{id}");
         // leftovers of an earlier crashed run
-        for ns in [&a, &b] {
+        for ns in [&a, &b, &r] {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
@@ -65,22 +84,95 @@ impl World {
         let mut w = World {
             a: a.clone(),
             b: b.clone(),
+            router: None,
+            server: if routed { "10.214.9.2" } else { "10.214.7.2" }.into(),
             t,
             daemon: None,
             children: Vec::new(),
         };
         sh(&["ip", "netns", "add", &b]);
-        sh(&[
-            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
-        ]);
-        sh(&["ip", "link", "set", &va, "netns", &a]);
-        sh(&["ip", "link", "set", &vb, "netns", &b]);
-        for (ns, dev, addr) in [(&a, &va, "10.214.7.1/24"), (&b, &vb, "10.214.7.2/24")] {
+        let up = |ns: &str, dev: &str, addr: &str| {
             sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        };
+        if routed {
+            sh(&["ip", "netns", "add", &r]);
+            w.router = Some(r.clone());
+            let (vra, vrb) = (
+                format!("v{tag}ra{}", id % 10_000),
+                format!("v{tag}rb{}", id % 10_000),
+            );
+            sh(&[
+                "ip", "link", "add", &va, "type", "veth", "peer", "name", &vra,
+            ]);
+            sh(&[
+                "ip", "link", "add", &vb, "type", "veth", "peer", "name", &vrb,
+            ]);
+            for (dev, ns) in [(&va, &a), (&vra, &r), (&vb, &b), (&vrb, &r)] {
+                sh(&["ip", "link", "set", dev, "netns", ns]);
+            }
+            up(&a, &va, "10.214.8.1/24");
+            up(&r, &vra, "10.214.8.254/24");
+            up(&r, &vrb, "10.214.9.254/24");
+            up(&b, &vb, "10.214.9.2/24");
+            sh(&[
+                "ip",
+                "-n",
+                &a,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.214.8.254",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &b,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.214.9.254",
+            ]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &r,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]);
+            // b keeps 1500, so it still offers MSS 1460; the hop towards it is 1280
+            sh(&["ip", "-n", &r, "link", "set", &vrb, "mtu", "1280"]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &r,
+                "iptables",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "icmp",
+                "--icmp-type",
+                "fragmentation-needed",
+                "-j",
+                "DROP",
+            ]);
+        } else {
+            sh(&[
+                "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+            ]);
+            sh(&["ip", "link", "set", &va, "netns", &a]);
+            sh(&["ip", "link", "set", &vb, "netns", &b]);
+            up(&a, &va, "10.214.7.1/24");
+            up(&b, &vb, "10.214.7.2/24");
         }
-        w.set_hosts("10.214.7.2");
+        let server = w.server.clone();
+        w.set_hosts(&server);
         w.set_resolver(None);
         // keys and config as Daemon::start makes them, then the daemon in b
         let module = w.t.path().join("module");
@@ -92,7 +184,9 @@ impl World {
             w.t.path().join("client_key"),
         )
         .unwrap();
-        w.start_sshd(sshd_env, sshd_lines);
+        if !routed {
+            w.start_sshd(sshd_env, sshd_lines);
+        }
         if let Some(listen) = daemon_listen {
             let d = Daemon::spawn_in(
                 dir,
@@ -105,6 +199,19 @@ impl World {
             w.daemon = Some(d);
             if listen.starts_with("127.") {
                 return w; // unreachable from a: nothing to record
+            }
+            if routed {
+                // the handshake cannot cross the black hole: record the key by hand
+                let d = w.daemon.as_ref().unwrap().daemon_dir().join("id_ed25519");
+                let o = Command::new("ssh-keygen")
+                    .arg("-y")
+                    .arg("-f")
+                    .arg(&d)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", stderr(&o));
+                write(&w.known_hosts(), format!("gpu2 {}", stdout(&o)));
+                return w;
             }
             // record the daemon's key the way a user does: accept-new once
             let o = w.ferry_in_a(&[
@@ -305,7 +412,10 @@ impl Drop for World {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.a, &self.b] {
+        for ns in [Some(&self.a), Some(&self.b), self.router.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(self.etc());
@@ -436,6 +546,7 @@ fn healthy_daemon_every_check_passes() {
             "route",
             "tcp",
             "answers",
+            "mtu",
             "tls",
             "host_key",
             "client_key",
@@ -854,4 +965,20 @@ fn sftp_only_account_and_noisy_shell() {
         .as_str()
         .unwrap()
         .contains("Welcome to gpu2"));
+}
+
+#[test]
+fn path_mtu_black_hole() {
+    if !ready() {
+        return;
+    }
+    let w = World::build("m", Some("0.0.0.0:7420"), "", "", "", true);
+    let (v, code, took) = w.doctor("gpu2::data", &[], &[]);
+    assert_eq!(code, 1, "{v:#}");
+    expect(&v, "mtu", "fail", "pmtu_blackhole", &[]);
+    assert!(
+        check(&v, "mtu")["fix"].as_str().unwrap().contains("mtu"),
+        "{v:#}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
 }

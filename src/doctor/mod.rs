@@ -252,12 +252,13 @@ fn run_daemon(arg: &str, host: &str, port: u16, opts: &Options) -> Report {
     let dns = net::resolve(host, port);
     let addresses = dns.addrs.iter().map(|a| a.ip().to_string()).collect();
     checks.push(dns.check.clone());
-    let mut tcp_title = format!("TCP {port}");
+    let tcp_title = format!("TCP {port}");
     if dns.addrs.is_empty() {
         for (id, title) in [
             ("route", "Route"),
             ("tcp", tcp_title.as_str()),
             ("answers", "Answers"),
+            ("mtu", "Path MTU"),
             ("tls", "TLS"),
             ("host_key", "Host key"),
             ("client_key", "Client key"),
@@ -276,6 +277,7 @@ fn run_daemon(arg: &str, host: &str, port: u16, opts: &Options) -> Report {
         for (id, title) in [
             ("tcp", tcp_title.as_str()),
             ("answers", "Answers"),
+            ("mtu", "Path MTU"),
             ("tls", "TLS"),
             ("host_key", "Host key"),
             ("client_key", "Client key"),
@@ -296,9 +298,30 @@ fn run_daemon(arg: &str, host: &str, port: u16, opts: &Options) -> Report {
         let banner = net::banner(stream, port);
         let ok = banner.status == Status::Ok;
         checks.push(banner);
-        if ok {
+        // full-size segments towards the daemon, before the handshake needs them
+        let mtu = if ok {
+            net::path_mtu(addr)
+        } else {
+            Check::skip("mtu", "Path MTU", "not a ferry daemon on this port")
+        };
+        let mtu_ok = mtu.status != Status::Fail;
+        checks.push(mtu);
+        if ok && mtu_ok {
             reached = true;
             checks.extend(daemon::checks(host, addr, port, opts));
+        } else if ok {
+            for (id, title) in [
+                ("tls", "TLS"),
+                ("host_key", "Host key"),
+                ("client_key", "Client key"),
+                ("protocol", "Protocol"),
+            ] {
+                checks.push(Check::skip(
+                    id,
+                    title,
+                    "full-size packets do not get through",
+                ));
+            }
         } else {
             for (id, title) in [
                 ("tls", "TLS"),
@@ -310,10 +333,9 @@ fn run_daemon(arg: &str, host: &str, port: u16, opts: &Options) -> Report {
             }
         }
     } else {
-        tcp_title = checks[tcp_index].title.clone();
-        let _ = &tcp_title;
         for (id, title) in [
             ("answers", "Answers"),
+            ("mtu", "Path MTU"),
             ("tls", "TLS"),
             ("host_key", "Host key"),
             ("client_key", "Client key"),

@@ -610,6 +610,119 @@ pub fn ssh_banner(s: TcpStream, port: u16) -> Check {
     }
 }
 
+/// How long sent data may stay unacknowledged before the path counts as a
+/// black hole.
+const STALL: std::time::Duration = std::time::Duration::from_secs(3);
+/// How much the probe sends: some 20 full-size segments, less than any
+/// receiver's initial window, so the peer's kernel acknowledges all of it
+/// whether or not the daemon reads.
+const PROBE_BYTES: usize = 32 << 10;
+
+/// Bytes this host has sent on the connection `local` → `remote` that the
+/// peer has not acknowledged yet (`tx_queue` of `/proc/net/tcp{,6}`); None
+/// when the connection is gone.
+fn unacked(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+    let file = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let text = std::fs::read_to_string(file).ok()?;
+    let hex_port = |p: u16| format!(":{p:04X}");
+    let (lp, rp) = (hex_port(local.port()), hex_port(remote.port()));
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 4 && f[1].ends_with(&lp) && f[2].ends_with(&rp) {
+            let tx = f[4].split(':').next()?;
+            u64::from_str_radix(tx, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether full-size segments reach the daemon. On a fresh connection 32 KiB
+/// of zeros goes out (a ferry daemon refuses them as a bad TLS record), and
+/// the kernel's count of unacknowledged bytes is watched: on a sound path it
+/// drops to zero within round trips. Where the path MTU is below this
+/// link's and the ICMP "fragmentation needed" that would say so is dropped,
+/// the TCP handshake and small packets get through but no full-size segment
+/// does, and the count never moves. The daemon logs the probe as a
+/// connection closed before authentication.
+pub fn path_mtu(addr: SocketAddr) -> Check {
+    use std::io::Write;
+    let t = Instant::now();
+    let c = Check::new("mtu", "Path MTU");
+    let mut s = match TcpStream::connect_timeout(&addr, limits::CONNECT) {
+        Ok(s) => s,
+        Err(e) => {
+            return c
+                .set(
+                    Status::Warn,
+                    "connect",
+                    format!(
+                        "the probe could not connect again: {}",
+                        crate::error::io_text(&e)
+                    ),
+                )
+                .took(t)
+        }
+    };
+    let local = match s.local_addr() {
+        Ok(a) => a,
+        Err(_) => {
+            return c
+                .set(Status::Skip, "skipped", "skipped: no local address")
+                .took(t)
+        }
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+    if s.write_all(&[0u8; PROBE_BYTES]).is_err() {
+        // refused at once: the daemon read the first segments and hung up
+        return c
+            .ok("full-size segments get through (the daemon read them and closed)")
+            .took(t);
+    }
+    let sent = Instant::now();
+    let mut left = PROBE_BYTES as u64;
+    while sent.elapsed() < STALL {
+        match unacked(local, addr) {
+            Some(0) | None => {
+                return c
+                    .ok(format!(
+                        "{} KiB in full-size segments acknowledged in {}",
+                        PROBE_BYTES >> 10,
+                        super::ms_text(sent.elapsed().as_secs_f64() * 1000.0)
+                    ))
+                    .took(t)
+            }
+            Some(n) => left = n,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(s);
+    let dev = match addr.ip() {
+        IpAddr::V4(v4) => route_v4(v4).map(|(d, _)| d).unwrap_or_else(|| "DEV".into()),
+        IpAddr::V6(_) => "DEV".into(),
+    };
+    c.set(
+        Status::Fail,
+        "pmtu_blackhole",
+        format!(
+            "full-size segments are lost: {} of {} KiB still unacknowledged after {} s, though the connection and small packets work",
+            left >> 10,
+            PROBE_BYTES >> 10,
+            STALL.as_secs()
+        ),
+    )
+    .ev("the path MTU is below this link's and the ICMP \"fragmentation needed\" that would say so is dropped (a path-MTU black hole)")
+    .fix(format!(
+        "lower the MTU here (`ip link set dev {dev} mtu 1280`), or clamp the MSS on the router (`iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`), or `sysctl -w net.ipv4.tcp_mtu_probing=1`"
+    ))
+    .took(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
