@@ -31,6 +31,8 @@ struct World {
     router: Option<String>,
     /// b's address.
     server: String,
+    /// The veth ends in a and in b.
+    links: (String, String),
     t: tempfile::TempDir,
     daemon: Option<Daemon>,
     children: Vec<Child>,
@@ -86,6 +88,7 @@ impl World {
             b: b.clone(),
             router: None,
             server: if routed { "10.214.9.2" } else { "10.214.7.2" }.into(),
+            links: (va.clone(), vb.clone()),
             t,
             daemon: None,
             children: Vec::new(),
@@ -358,6 +361,16 @@ impl World {
         format!(
             "ssh -F /dev/null -i {d}/id_ed25519 -o UserKnownHostsFile={d}/ssh_known_hosts -o StrictHostKeyChecking=yes -o LogLevel=ERROR"
         )
+    }
+
+    /// Limits both directions of the a–b link to `rate` with tbf.
+    fn shape(&self, rate: &str) {
+        for (ns, dev) in [(&self.a, &self.links.0), (&self.b, &self.links.1)] {
+            sh(&[
+                "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
+                rate, "burst", "256kb", "latency", "20ms",
+            ]);
+        }
     }
 
     /// An iptables rule in `b`.
@@ -981,4 +994,36 @@ fn path_mtu_black_hole() {
         "{v:#}"
     );
     assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+#[test]
+fn speed_through_a_200_mbit_link() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("b", Some("0.0.0.0:7420"), "");
+    w.shape("200mbit");
+    let (v, code, _) = w.doctor("gpu2::data", &["--speed"], &[]);
+    assert_eq!(code, 0, "{v:#}");
+    let s = check(&v, "speed")["summary"].as_str().unwrap().to_string();
+    // "over ssh: 1 stream ↓ 24.1 MB/s ↑ 23.9 MB/s; 4 streams ↓ … ↑ …; round trip …"
+    let rates: Vec<f64> = s
+        .split(' ')
+        .zip(s.split(' ').skip(1))
+        .filter(|(_, unit)| unit.starts_with("MB/s"))
+        .map(|(n, _)| n.parse().unwrap())
+        .collect();
+    assert_eq!(rates.len(), 4, "{s}");
+    // 200 Mbit/s is 25 MB/s; ssh and TCP headers take a few percent, and
+    // tbf's burst and streams starting a little apart add a few
+    for r in &rates {
+        assert!((14.0..=28.0).contains(r), "{r} MB/s is not near 25: {s}");
+    }
+    assert!(s.contains("round trip"), "{s}");
+    assert!(
+        check(&v, "speed")["evidence"]
+            .to_string()
+            .contains("one stream fills the path"),
+        "{v:#}"
+    );
 }

@@ -365,6 +365,9 @@ pub struct DoctorArgs {
     /// For ssh targets: the daemon port whose listeners to report (default 7420)
     #[arg(long = "daemon-port", value_name = "PORT")]
     pub daemon_port: Option<u16>,
+    /// Also measure throughput over ssh, one stream and four, each way, with the round trip (about 10 s more)
+    #[arg(long)]
+    pub speed: bool,
     #[command(flatten)]
     pub daemon: DaemonFlags,
 }

@@ -31,6 +31,7 @@ pub fn run(a: DoctorArgs) -> Result<i32, TransferError> {
         rsh: a.rsh.clone(),
         remote_ferry: a.remote_ferry.clone(),
         daemon_port: a.daemon_port,
+        speed: a.speed,
     };
     let report = doctor::run(&a.target, &target, &opts);
     if a.json {

@@ -11,6 +11,7 @@
 mod daemon;
 mod net;
 pub mod render;
+mod speed;
 mod ssh;
 
 use std::path::PathBuf;
@@ -197,6 +198,8 @@ pub struct Options {
     pub remote_ferry: Option<String>,
     /// The daemon port the server-side view looks at, for ssh targets.
     pub daemon_port: Option<u16>,
+    /// `--speed`: measure throughput too (about 10 s more).
+    pub speed: bool,
 }
 
 /// Everything the doctor found.
@@ -351,7 +354,15 @@ fn run_daemon(arg: &str, host: &str, port: u16, opts: &Options) -> Report {
             checks[tcp_index] = refined;
         }
     }
+    let logged_in = view.listeners.is_some();
     checks.extend(view.checks);
+    if opts.speed {
+        checks.push(if logged_in {
+            speed::check(host, None, opts, dns.addrs.first().copied())
+        } else {
+            Check::skip("speed", "Speed", "no ssh access to carry the measurement")
+        });
+    }
     report(arg, "daemon", host, port, addresses, checks)
 }
 
@@ -394,6 +405,13 @@ fn run_ssh(arg: &str, user: Option<&str>, host: &str, opts: &Options) -> Report 
         let daemon_port = opts.daemon_port.unwrap_or(crate::proto::DEFAULT_PORT);
         let view = ssh::remote_view(host, user, opts, daemon_port, true);
         checks.extend(view.checks.into_iter().filter(|c| c.id != "ssh"));
+        if opts.speed {
+            let rtt_to = addresses
+                .first()
+                .and_then(|a| a.parse().ok())
+                .map(|ip| std::net::SocketAddr::new(ip, port));
+            checks.push(speed::check(host, user, opts, rtt_to));
+        }
     } else {
         for (id, title) in [
             ("remote_ferry", "Remote ferry"),
@@ -426,7 +444,9 @@ fn report(
 
 /// Milliseconds as a person reads them.
 pub(crate) fn ms_text(ms: f64) -> String {
-    if ms < 10.0 {
+    if ms < 1.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 10.0 {
         format!("{ms:.1} ms")
     } else if ms < 10_000.0 {
         format!("{ms:.0} ms")

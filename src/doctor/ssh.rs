@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
 /// The ssh command and its own arguments (`-e`), as words.
-fn ssh_words(opts: &Options) -> Vec<String> {
+pub(super) fn ssh_words(opts: &Options) -> Vec<String> {
     opts.rsh
         .as_deref()
         .and_then(|r| shell_words::split(r).ok())
@@ -21,7 +21,7 @@ fn ssh_words(opts: &Options) -> Vec<String> {
         .unwrap_or_else(|| vec!["ssh".to_string()])
 }
 
-fn destination(host: &str, user: Option<&str>) -> String {
+pub(super) fn destination(host: &str, user: Option<&str>) -> String {
     match user {
         Some(u) => format!("{u}@{host}"),
         None => host.to_string(),
@@ -105,7 +105,7 @@ fn run_bounded(
     })
 }
 
-fn batch_args() -> Vec<String> {
+pub(super) fn batch_args() -> Vec<String> {
     vec![
         "-o".into(),
         "BatchMode=yes".into(),
