@@ -1027,3 +1027,33 @@ fn speed_through_a_200_mbit_link() {
         "{v:#}"
     );
 }
+
+#[test]
+fn ipv6_failing_where_ipv4_works() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("6", Some("0.0.0.0:7420"), "");
+    for (ns, dev, addr) in [
+        (&w.a, &w.links.0, "fd00:214::1/64"),
+        (&w.b, &w.links.1, "fd00:214::2/64"),
+    ] {
+        sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    write(
+        &w.etc().join("hosts"),
+        "127.0.0.1 localhost\nfd00:214::2 gpu2\n10.214.7.2 gpu2\n",
+    );
+    let (v, code, _) = w.doctor("gpu2::data", &[], &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        v["addresses"],
+        serde_json::json!(["fd00:214::2", "10.214.7.2"]),
+        "{v:#}"
+    );
+    expect(&v, "tcp", "warn", "ipv6_fails", &[]);
+    assert!(check(&v, "tcp")["fix"]
+        .as_str()
+        .unwrap()
+        .contains("--listen [::]:7420"));
+}
