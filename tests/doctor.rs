@@ -1057,3 +1057,84 @@ fn ipv6_failing_where_ipv4_works() {
         .unwrap()
         .contains("--listen [::]:7420"));
 }
+
+#[test]
+fn client_key_refused_by_from_option() {
+    if !ready() {
+        return;
+    }
+    let w = World::with("a", Some("0.0.0.0:7420"), "", "from=\"10.9.9.9\"", "");
+    let (v, code, _) = w.doctor("gpu2::data", &[], &[]);
+    assert_eq!(code, 1);
+    expect(&v, "client_key", "fail", "key_from", &[]);
+    assert!(
+        check(&v, "client_key")["summary"]
+            .as_str()
+            .unwrap()
+            .contains("10.214.7.1"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn changed_ssh_host_key_is_where_ssh_stopped() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("v", None, "");
+    let other = w.t.path().join("other_host_key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    write(
+        &w.t.path().join("ssh_known_hosts"),
+        format!("gpu2 {public}"),
+    );
+    let bin = ferry_bin().display().to_string();
+    let (v, code, _) = w.doctor("root@gpu2", &["--remote-ferry", &bin], &[]);
+    assert_eq!(code, 1);
+    expect(&v, "ssh", "fail", "ssh_host_key_changed", &[]);
+    assert!(check(&v, "ssh")["summary"]
+        .as_str()
+        .unwrap()
+        .contains("HAS CHANGED"));
+}
+
+#[test]
+fn colour_only_on_a_terminal_and_not_with_no_color() {
+    if !ready() || Command::new("script").arg("--version").output().is_err() {
+        return;
+    }
+    let w = World::new("T", None, "");
+    let line = format!(
+        "{} doctor -e '{}' --known-hosts {} gpu2",
+        ferry_bin().display(),
+        w.rsh(),
+        w.known_hosts().display()
+    );
+    let run = |no_color: bool| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &w.a, "script", "-qec", &line, "/dev/null"])
+            .env("LANG", "C.UTF-8")
+            .env("LC_ALL", "C.UTF-8");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        let o = c.output().unwrap();
+        (stdout(&o), o.status.code())
+    };
+    let (out, code) = run(false);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("\x1b[31m[✗]\x1b[0m TCP 7420"), "{out:?}");
+    let (out, _) = run(true);
+    assert!(
+        !out.contains('\x1b') && out.contains("[✗] TCP 7420"),
+        "{out:?}"
+    );
+}
