@@ -1014,10 +1014,9 @@ fn speed_through_a_200_mbit_link() {
         .map(|(n, _)| n.parse().unwrap())
         .collect();
     assert_eq!(rates.len(), 4, "{s}");
-    // 200 Mbit/s is 25 MB/s; ssh and TCP headers take a few percent, and
-    // tbf's burst and streams starting a little apart add a few
+    // 200 Mbit/s is 25 MB/s of which ssh, TCP and IP headers take a few percent
     for r in &rates {
-        assert!((14.0..=28.0).contains(r), "{r} MB/s is not near 25: {s}");
+        assert!((20.0..=25.5).contains(r), "{r} MB/s is not near 25: {s}");
     }
     assert!(s.contains("round trip"), "{s}");
     assert!(

@@ -1,7 +1,7 @@
 //! `ferry doctor --speed`: throughput to the host with one stream and with
 //! several at once, each way, beside the round trip, and the advice that
 //! follows (more streams, bigger socket buffers, or neither). The streams
-//! are ssh sessions (`head -c … /dev/zero` down, `dd of=/dev/null` up), so the figure
+//! are ssh sessions (`head -c … /dev/zero` down, `cat > /dev/null` up), so the figure
 //! is the path's as ssh sees it: the daemon has no speed-test request, and
 //! the doctor writes nothing on the host. Not part of a normal run: it takes
 //! about 10 s.
@@ -10,6 +10,7 @@ use super::ssh::{batch_args, destination, ssh_words};
 use super::{Check, Options, Status};
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,84 +56,107 @@ fn watchdog(child: Arc<Mutex<Child>>, deadline: Instant) {
     });
 }
 
-/// Bytes per second from the host, once the first byte has arrived.
-fn down(opts: &Options, dest: &str) -> Result<f64, String> {
+/// What the streams of one measurement share.
+#[derive(Default)]
+struct Flow {
+    /// Bytes moved by all streams since each began to flow.
+    bytes: AtomicU64,
+    /// Streams whose data flows.
+    flowing: AtomicUsize,
+    /// Set when the measurement is over.
+    stop: AtomicBool,
+}
+
+/// One stream from the host (`head -c … /dev/zero` there) until `stop`.
+fn stream_down(opts: &Options, dest: &str, flow: &Flow) -> Result<(), String> {
     let mut child = spawn(opts, dest, "head -c 100000000000 /dev/zero", false)?;
     let mut out = child.stdout.take().expect("piped");
     let child = Arc::new(Mutex::new(child));
-    watchdog(child.clone(), Instant::now() + LOGIN + WINDOW);
+    watchdog(child.clone(), Instant::now() + LOGIN + WINDOW * 2);
     let mut buf = vec![0u8; 256 << 10];
-    let first = match out.read(&mut buf) {
-        Ok(n) if n > 0 => Instant::now(),
+    match out.read(&mut buf) {
+        Ok(n) if n > 0 => flow.flowing.fetch_add(1, Ordering::SeqCst),
         _ => return Err("the download did not start".into()),
     };
-    let mut bytes = 0u64;
-    while first.elapsed() < WINDOW {
+    while !flow.stop.load(Ordering::SeqCst) {
         match out.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => bytes += n as u64,
-        }
+            Ok(0) | Err(_) => return Err("the download stopped".into()),
+            Ok(n) => flow.bytes.fetch_add(n as u64, Ordering::SeqCst),
+        };
     }
-    let secs = first.elapsed().as_secs_f64();
     let _ = child.lock().map(|mut c| c.kill());
-    Ok(bytes as f64 / secs)
+    Ok(())
 }
 
-/// Bytes per second to the host: zeros into `dd` there for the window, as
-/// `dd` counts and times them (it starts with the pipe already full).
-fn up(opts: &Options, dest: &str) -> Result<f64, String> {
-    let mut child = spawn(opts, dest, "LC_ALL=C dd of=/dev/null bs=64k 2>&1", true)?;
+/// One stream to the host (`cat > /dev/null` there) until `stop`. Counted
+/// as written here once more than pipes and ssh's buffers hold went in: from
+/// then on, writing goes exactly as fast as the path drains.
+fn stream_up(opts: &Options, dest: &str, flow: &Flow) -> Result<(), String> {
+    let mut child = spawn(opts, dest, "cat > /dev/null", true)?;
     let mut input = child.stdin.take().expect("piped");
-    let mut out = child.stdout.take().expect("piped");
     let child = Arc::new(Mutex::new(child));
-    watchdog(child.clone(), Instant::now() + LOGIN + WINDOW * 3);
-    let buf = vec![0u8; 256 << 10];
-    // the window starts once more than pipes and ssh's buffers could hold went in
+    watchdog(child.clone(), Instant::now() + LOGIN + WINDOW * 2);
+    let buf = vec![0u8; 64 << 10];
     let mut written = 0u64;
-    let mut start: Option<Instant> = None;
-    loop {
+    while !flow.stop.load(Ordering::SeqCst) {
         if input.write_all(&buf).is_err() {
             return Err("the upload stopped".into());
         }
         written += buf.len() as u64;
-        match start {
-            None if written >= 4 << 20 => start = Some(Instant::now()),
-            Some(t) if t.elapsed() >= WINDOW => break,
-            _ => {}
+        if written == 4 << 20 {
+            flow.flowing.fetch_add(1, Ordering::SeqCst);
+        } else if written > 4 << 20 {
+            flow.bytes.fetch_add(buf.len() as u64, Ordering::SeqCst);
         }
     }
     drop(input);
-    let mut text = String::new();
-    let _ = out.read_to_string(&mut text);
-    // "N bytes (…) copied, S s, R MB/s"
-    let line = text
-        .lines()
-        .find(|l| l.contains(" bytes") && l.contains(" copied"))
-        .ok_or_else(|| format!("dd on the host printed {:?}", text.trim()))?;
-    let bytes: f64 = line
-        .split(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("dd printed {line:?}"))?;
-    let secs: f64 = line
-        .split(" copied, ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse().ok())
-        .filter(|&s: &f64| s > 0.0)
-        .ok_or_else(|| format!("dd printed {line:?}"))?;
-    Ok(bytes / secs)
+    let _ = child.lock().map(|mut c| c.kill());
+    Ok(())
 }
 
-/// Runs `f` on `n` streams at once; the sum of their rates.
-fn parallel(n: usize, f: impl Fn() -> Result<f64, String> + Sync) -> Result<f64, String> {
+/// Bytes per second over `n` streams at once, one way, measured over one
+/// window that starts when every stream flows.
+fn measure(opts: &Options, dest: &str, n: usize, upload: bool) -> Result<f64, String> {
+    let flow = Flow::default();
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n).map(|_| s.spawn(&f)).collect();
-        let mut sum = 0.0;
-        for h in handles {
-            sum += h.join().map_err(|_| "a stream failed".to_string())??;
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    if upload {
+                        stream_up(opts, dest, &flow)
+                    } else {
+                        stream_down(opts, dest, &flow)
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + LOGIN;
+        let mut result = Ok(0.0);
+        while flow.flowing.load(Ordering::SeqCst) < n {
+            if Instant::now() >= deadline || handles.iter().any(|h| h.is_finished()) {
+                result = Err("not every stream started".to_string());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(sum)
+        if result.is_ok() {
+            let (c0, t0) = (flow.bytes.load(Ordering::SeqCst), Instant::now());
+            std::thread::sleep(WINDOW);
+            let (c1, secs) = (
+                flow.bytes.load(Ordering::SeqCst),
+                t0.elapsed().as_secs_f64(),
+            );
+            result = Ok(c1.saturating_sub(c0) as f64 / secs);
+        }
+        flow.stop.store(true, Ordering::SeqCst);
+        for h in handles {
+            match h.join() {
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                Err(_) => result = Err("a stream failed".into()),
+                _ => {}
+            }
+        }
+        result
     })
 }
 
@@ -173,10 +197,11 @@ pub fn check(
     let t = Instant::now();
     let c = Check::new("speed", "Speed");
     let dest = destination(host, user);
-    let one = down(opts, &dest).and_then(|d| up(opts, &dest).map(|u| (d, u)));
+    let one =
+        measure(opts, &dest, 1, false).and_then(|d| measure(opts, &dest, 1, true).map(|u| (d, u)));
     let many = one.as_ref().ok().map(|_| {
-        parallel(STREAMS, || down(opts, &dest))
-            .and_then(|d| parallel(STREAMS, || up(opts, &dest)).map(|u| (d, u)))
+        measure(opts, &dest, STREAMS, false)
+            .and_then(|d| measure(opts, &dest, STREAMS, true).map(|u| (d, u)))
     });
     let ((d1, u1), (dn, un)) = match (one, many) {
         (Ok(one), Some(Ok(many))) => (one, many),
