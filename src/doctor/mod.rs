@@ -244,10 +244,18 @@ pub(crate) mod limits {
 
 /// Runs every check against `target`, in order.
 pub fn run(arg: &str, target: &Target, opts: &Options) -> Report {
-    match target {
+    let mut report = match target {
         Target::Daemon { host, port } => run_daemon(arg, host, *port, opts),
         Target::Ssh { user, host } => run_ssh(arg, user.as_deref(), host, opts),
+    };
+    if opts.speed && report.check("speed").is_none() {
+        report.checks.push(Check::skip(
+            "speed",
+            "Speed",
+            "the host is not reachable over ssh",
+        ));
     }
+    report
 }
 
 fn run_daemon(arg: &str, host: &str, port: u16, opts: &Options) -> Report {
