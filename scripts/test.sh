@@ -15,6 +15,7 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ethtool >/dev/null || need+=(ethtool)
+command -v faketime >/dev/null || need+=(faketime)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 [ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then

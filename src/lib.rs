@@ -36,6 +36,7 @@ pub mod check;
 pub mod chunk;
 pub mod cli;
 pub mod delta;
+pub mod doctor;
 pub mod error;
 pub mod filter;
 pub mod fs;

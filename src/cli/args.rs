@@ -40,6 +40,8 @@ pub enum Command {
     /// An interactive session on [user@]host[:dir], like sftp (ls cd lcd pwd lpwd
     /// get put reget reput mkdir rm rmdir rename chmod df progress help); -b runs a batch
     Shell(ShellArgs),
+    /// Find out why a host does not connect: DNS, route, TCP, TLS, keys, ssh, clock
+    Doctor(DoctorArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -356,6 +358,35 @@ pub struct CopyIdArgs {
 pub struct LsArgs {
     /// host:: (modules), host::module/path, or ferry://host[:port]/module/path
     pub target: OsString,
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
+}
+
+/// `ferry doctor`: every check has a bounded timeout (the run ends within
+/// about 20 s); exit 0 when nothing failed (warnings allowed), 1 otherwise.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Targets: gpu2 or gpu2::module or ferry://gpu2[:port]/... (the daemon, port 7420 by default), gpu2:PORT (the daemon on PORT), user@gpu2 or gpu2:path (the ssh path).\n\
+For a daemon, the doctor also logs in over ssh (if it can, without prompting) to see what listens on the port on the host and to read its clock."
+)]
+pub struct DoctorArgs {
+    /// The host to examine: gpu2, gpu2::module, gpu2:7420, user@gpu2, ferry://gpu2:7420/m
+    pub target: String,
+    /// Print one JSON object (target, addresses, checks with id, status, class, ms, summary, evidence, fix)
+    #[arg(long)]
+    pub json: bool,
+    /// The ssh command for the ssh checks and the server-side view (default: ssh)
+    #[arg(short = 'e', long = "rsh", value_name = "COMMAND")]
+    pub rsh: Option<String>,
+    /// ferry's path on the remote, for the ssh path (default: ferry)
+    #[arg(long = "remote-ferry", value_name = "PATH")]
+    pub remote_ferry: Option<String>,
+    /// For ssh targets: the daemon port whose listeners to report (default 7420)
+    #[arg(long = "daemon-port", value_name = "PORT")]
+    pub daemon_port: Option<u16>,
+    /// Also measure throughput over ssh, one stream and four, each way, with the round trip (about 10 s more)
+    #[arg(long)]
+    pub speed: bool,
     #[command(flatten)]
     pub daemon: DaemonFlags,
 }

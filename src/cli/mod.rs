@@ -3,6 +3,7 @@
 
 pub mod args;
 mod demo;
+mod doctor;
 mod keys;
 pub mod output;
 mod prompt;
@@ -62,6 +63,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::CopyId(a) => keys::copy_id(a),
         Command::Ls(a) => keys::ls(a),
         Command::Shell(a) => shell::run(a),
+        Command::Doctor(a) => doctor::run(a),
     };
     match result {
         Ok(code) => code,
