@@ -14,6 +14,10 @@ use std::ffi::OsString;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// S3 endpoint for s3:// addresses (e.g. http://minio:9000), above
+    /// AWS_ENDPOINT_URL and the profile's endpoint_url
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -47,6 +47,9 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             return exit::USAGE;
         }
     };
+    if let Some(url) = &cli.s3_endpoint {
+        crate::store::s3::config::set_endpoint(url);
+    }
     let result = match cli.command {
         Command::Sync(a) => {
             let sub = matches.subcommand_matches("sync").expect("sync was parsed");

@@ -102,6 +102,17 @@ pub fn serve_with(
     policy: &Policy,
     streams: Option<&Streams>,
 ) -> Result<Summary, TransferError> {
+    serve_on(stream, policy, streams, &super::LocalFiles)
+}
+
+/// Like [`serve_with`], with the half asked for running on `side` (the local
+/// filesystem, or another store this process reaches itself).
+pub fn serve_on(
+    stream: Stream,
+    policy: &Policy,
+    streams: Option<&Streams>,
+    side: &dyn super::Side,
+) -> Result<Summary, TransferError> {
     let counters = Arc::new(Counters::default());
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters);
@@ -180,7 +191,7 @@ pub fn serve_with(
             sources,
             options,
             confine,
-        } => sender::run(
+        } => side.send(
             reader,
             writer,
             sender::Config {
@@ -196,7 +207,7 @@ pub fn serve_with(
             dest,
             options,
             beneath,
-        } => receiver::run(
+        } => side.receive(
             reader,
             writer,
             receiver::Config {

@@ -22,15 +22,19 @@ pub(super) fn run(
     events: &EventFn<'_>,
     cancel: &Cancel,
     counters: &Arc<Counters>,
+    client_side: &dyn session::Side,
+    server_side: Box<dyn session::Side + Send>,
 ) -> Result<Summary, TransferError> {
-    let (stream, server) = local_server()?;
-    let client = session::run_client(
+    let (stream, server) = local_server(server_side)?;
+    let client = session::run_client_streams_on(
         stream,
         request,
         local_paths,
         events,
         cancel,
         counters.clone(),
+        None,
+        client_side,
     );
     let server = server.join().unwrap_or_else(|_| {
         Err(TransferError::Internal(
@@ -46,17 +50,20 @@ pub(super) fn run(
 }
 
 /// Starts `serve` on a thread and returns the client's end of the stream.
-fn local_server() -> Result<(Stream, JoinHandle<Result<Summary, TransferError>>), TransferError> {
+fn local_server(
+    side: Box<dyn session::Side + Send>,
+) -> Result<(Stream, JoinHandle<Result<Summary, TransferError>>), TransferError> {
     let pipe = |e: std::io::Error| TransferError::local("pipe", &e);
     let (to_server_r, to_server_w) = std::io::pipe().map_err(pipe)?;
     let (to_client_r, to_client_w) = std::io::pipe().map_err(pipe)?;
     let server = std::thread::Builder::new()
         .name("ferry-local-server".into())
         .spawn(move || {
-            session::serve(Stream {
+            let stream = Stream {
                 reader: Box::new(to_server_r),
                 writer: Box::new(to_client_w),
-            })
+            };
+            session::serve_on(stream, &session::stdio_policy, None, side.as_ref())
         })
         .map_err(|e| TransferError::local("thread", &e))?;
     Ok((
