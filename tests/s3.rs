@@ -317,3 +317,196 @@ fn a_wrong_secret_is_refused_and_never_shown() {
     assert!(!out.status.success());
     let _ = SystemTime::now();
 }
+
+/// A loopback HTTP proxy in front of the server that records the method and
+/// path of every request passing through (bodies forwarded untouched).
+struct CountingProxy {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CountingProxy {
+    fn start(to: u16) -> CountingProxy {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    return;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                });
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut from = BufReader::new(client);
+                    let mut to = server;
+                    loop {
+                        let mut head = Vec::new();
+                        let mut len = 0u64;
+                        loop {
+                            let mut line = String::new();
+                            match from.read_line(&mut line) {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            if let Some((k, v)) = line.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    len = v.trim().parse().unwrap_or(0);
+                                }
+                            }
+                            let end = line == "\r\n";
+                            head.extend_from_slice(line.as_bytes());
+                            if end {
+                                break;
+                            }
+                        }
+                        let first = String::from_utf8_lossy(&head);
+                        let first = first.lines().next().unwrap_or("").to_string();
+                        log.lock().unwrap().push(first);
+                        if to.write_all(&head).is_err() {
+                            return;
+                        }
+                        let mut body = (&mut from).take(len);
+                        if std::io::copy(&mut body, &mut to).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        CountingProxy { port, seen }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+impl S3Server {
+    /// Runs ferry against `proxy` instead of the server itself.
+    fn ferry_via(&self, proxy: &CountingProxy, args: &[&str]) -> Output {
+        Command::new(ferry_bin())
+            .args(args)
+            .env_remove("AWS_PROFILE")
+            .env("HOME", &self.data)
+            .env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", proxy.port),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ferry")
+    }
+}
+
+fn count(reqs: &[String], method: &str) -> usize {
+    reqs.iter()
+        .filter(|r| r.starts_with(&format!("{method} ")))
+        .count()
+}
+
+#[test]
+fn an_unchanged_resync_makes_no_put_and_no_head_per_object() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = CountingProxy::start(s3.port);
+    let src = t.path().join("src");
+    const N: usize = 300;
+    for i in 0..N {
+        let p = src.join(format!("d{}/f{i:04}.txt", i % 7));
+        write(&p, format!("object {i}\n"));
+        set_mtime_ns(&p, 1_650_000_000 + i as u64, 1 + i as u32);
+    }
+    let dest = "s3://bkt/data/";
+    let src_arg = format!("{}/", src.display());
+    ok(s3.ferry_via(&proxy, &["sync", "-a", &src_arg, dest]));
+    let first = proxy.take();
+    assert_eq!(
+        count(&first, "PUT"),
+        N + 1,
+        "one per object and the manifest"
+    );
+
+    // nothing changed: listings only
+    let out = ok(s3.ferry_via(&proxy, &["sync", "-a", "--stats", &src_arg, dest]));
+    let again = proxy.take();
+    assert_eq!(count(&again, "PUT"), 0, "{again:#?}");
+    assert_eq!(count(&again, "HEAD"), 0, "{again:#?}");
+    assert!(
+        again.len() <= 5,
+        "{} requests: {again:#?}\n{}",
+        again.len(),
+        stdout(&out)
+    );
+
+    // and back: the source side reads the manifest, not a HEAD per object
+    let back = t.path().join("back");
+    ok(s3.ferry_via(
+        &proxy,
+        &["sync", "-a", "s3://bkt/data/", back.to_str().unwrap()],
+    ));
+    let down = proxy.take();
+    assert_eq!(count(&down, "HEAD"), 0, "{down:#?}");
+    assert_same_tree(&src, &back, false);
+
+    // a same-size edit with a new mtime is sent; only that file
+    let edited = src.join("d3/f0003.txt");
+    write(&edited, "OBJECT 3\n");
+    set_mtime_ns(&edited, 1_700_000_000, 5);
+    ok(s3.ferry_via(&proxy, &["sync", "-a", &src_arg, dest]));
+    let reqs = proxy.take();
+    assert_eq!(
+        count(&reqs, "PUT"),
+        2,
+        "the file and the manifest: {reqs:#?}"
+    );
+    assert_eq!(
+        std::fs::read(s3.data.join("bkt/data/d3/f0003.txt")).unwrap(),
+        b"OBJECT 3\n"
+    );
+}
+
+#[test]
+fn delete_filters_and_dry_run_work_into_a_bucket() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let src = t.path().join("src");
+    write(&src.join("keep.txt"), b"k");
+    write(&src.join("sub/x.log"), b"log");
+    write(&src.join("sub/y.txt"), b"y");
+    let src_arg = format!("{}/", src.display());
+    ok(s3.ferry(&["sync", "-a", "--exclude", "*.log", &src_arg, "s3://bkt/p/"]));
+    let stored = s3.data.join("bkt/p");
+    assert!(stored.join("keep.txt").exists() && stored.join("sub/y.txt").exists());
+    assert!(
+        !stored.join("sub/x.log").exists(),
+        "an excluded file was uploaded"
+    );
+
+    std::fs::remove_file(src.join("keep.txt")).unwrap();
+    write(&src.join("new.txt"), b"n");
+    // -n: says what it would do, does nothing
+    let dry = ok(s3.ferry(&["sync", "-a", "-n", "--delete", &src_arg, "s3://bkt/p/"]));
+    assert!(stdout(&dry).contains("new.txt"), "{}", stdout(&dry));
+    assert!(stored.join("keep.txt").exists() && !stored.join("new.txt").exists());
+    ok(s3.ferry(&["sync", "-a", "--delete", &src_arg, "s3://bkt/p/"]));
+    assert!(
+        !stored.join("keep.txt").exists(),
+        "--delete left an extraneous object"
+    );
+    assert!(stored.join("new.txt").exists());
+    // the manifest survives --delete and is never listed
+    let ls = stdout(&ok(s3.ferry(&["ls", "s3://bkt/p/"])));
+    assert!(!ls.contains(".ferry-manifest"), "{ls}");
+    assert!(ls.contains("new.txt") && !ls.contains("keep.txt"), "{ls}");
+}

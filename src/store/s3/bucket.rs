@@ -11,6 +11,7 @@
 //! those are [`super::source`] and [`super::destination`]. Async code stays
 //! in here; callers see plain functions.
 
+use super::manifest::{self, Manifest};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
@@ -54,11 +55,23 @@ pub struct Object {
     /// BLAKE3 of the whole object, when ferry wrote it.
     pub blake3: Option<[u8; 32]>,
     pub etag: Option<String>,
+    /// The server's last-modified time (ms), which a listing also gives:
+    /// what ties a manifest line to the object when the listing has no
+    /// ETag (s3s-fs).
+    pub modified_ms: i64,
 }
 
 /// The objects (name and what it is) and the prefixes (names) directly
 /// under a prefix.
 pub type DirListing = (Vec<(String, Object)>, Vec<String>);
+
+/// What a listing says of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub modified_ms: i64,
+}
 
 /// A bucket, cheap to clone and to share between threads.
 #[derive(Clone)]
@@ -166,24 +179,52 @@ impl Bucket {
 
     /// The objects (with their metadata) and the "directories" directly
     /// under `prefix` (a key ending in `/`, or empty for the bucket's root),
-    /// each sorted by name.
-    pub fn list_dir(&self, prefix: &str) -> io::Result<DirListing> {
+    /// each sorted by name, and the manifest that described them: the one in
+    /// this listing, else `inherited`. An object the manifest describes costs
+    /// no request; any other, a HEAD (several at once).
+    pub fn list_dir(
+        &self,
+        prefix: &str,
+        inherited: Option<&Manifest>,
+    ) -> io::Result<(DirListing, Option<Manifest>)> {
         let store = self.inner.store.clone();
         let p = (!prefix.is_empty()).then(|| path(prefix.trim_end_matches('/')));
+        let inherited = inherited.cloned();
         self.block_on(async move {
             let listed = store.list_with_delimiter(p.as_ref()).await.map_err(err)?;
-            let dirs: Vec<String> = listed
+            let mut dirs: Vec<String> = listed
                 .common_prefixes
                 .iter()
                 .filter_map(|d| d.filename().map(str::to_string))
                 .collect();
-            // ferry's metadata is not in a listing: a HEAD per object, several at once
-            let files = futures::stream::iter(listed.objects)
+            let mut manifest = inherited;
+            let mut objects = Vec::new();
+            for m in listed.objects {
+                if m.location.filename() == Some(manifest::NAME) {
+                    if let Some(text) = get_small(&store, &m.location).await? {
+                        manifest = Some(Manifest::parse(&String::from_utf8_lossy(&text)));
+                    }
+                } else {
+                    objects.push(m);
+                }
+            }
+            let files = futures::stream::iter(objects)
                 .map(|m| {
                     let store = store.clone();
+                    let known = manifest.as_ref().and_then(|man| {
+                        man.get(
+                            m.location.as_ref(),
+                            m.size,
+                            m.e_tag.as_deref(),
+                            m.last_modified.timestamp_millis(),
+                        )
+                    });
                     async move {
                         let name = m.location.filename().unwrap_or_default().to_string();
-                        let o = head(&store, &m.location).await?;
+                        let o = match known {
+                            Some(o) => Some(o),
+                            None => head(&store, &m.location).await?,
+                        };
                         Ok::<_, io::Error>(o.map(|o| (name, o)))
                     }
                 })
@@ -192,9 +233,50 @@ impl Bucket {
                 .await?;
             let mut files: Vec<(String, Object)> = files.into_iter().flatten().collect();
             files.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut dirs = dirs;
             dirs.sort();
-            Ok((files, dirs))
+            Ok(((files, dirs), manifest))
+        })
+    }
+
+    /// Every object under `prefix/` (recursively, or the whole bucket for
+    /// an empty prefix): key, size and ETag, as the listing gives them.
+    pub fn list_all(&self, prefix: &str) -> io::Result<Vec<(String, Listed)>> {
+        let store = self.inner.store.clone();
+        let p = (!prefix.is_empty()).then(|| path(prefix.trim_end_matches('/')));
+        self.block_on(async move {
+            store
+                .list(p.as_ref())
+                .map_ok(|m| {
+                    let listed = Listed {
+                        size: m.size,
+                        etag: m.e_tag,
+                        modified_ms: m.last_modified.timestamp_millis(),
+                    };
+                    (m.location.to_string(), listed)
+                })
+                .try_collect()
+                .await
+                .map_err(err)
+        })
+    }
+
+    /// A small object's bytes (a manifest), or `None`.
+    pub fn get_small(&self, key: &str) -> io::Result<Option<Bytes>> {
+        let store = self.inner.store.clone();
+        let p = path(key);
+        self.block_on(async move { get_small(&store, &p).await })
+    }
+
+    /// Writes a small object (a manifest).
+    pub fn put_small(&self, key: &str, data: Bytes) -> io::Result<()> {
+        let store = self.inner.store.clone();
+        let p = path(key);
+        self.block_on(async move {
+            store
+                .put(&p, PutPayload::from(data))
+                .await
+                .map(|_| ())
+                .map_err(err)
         })
     }
 
@@ -285,6 +367,7 @@ impl Bucket {
     /// request for a small file, else parts in parallel. With `create_only`
     /// an object already at `key` is left alone and the upload fails with
     /// `AlreadyExists`. Nothing is at `key` until the upload is complete.
+    /// Returns the new object's ETag.
     pub fn upload(
         &self,
         key: &str,
@@ -292,7 +375,7 @@ impl Bucket {
         len: u64,
         meta: &Object,
         create_only: bool,
-    ) -> io::Result<()> {
+    ) -> io::Result<Option<String>> {
         let mut attrs = Attributes::new();
         attrs.insert(
             Attribute::Metadata(META_MTIME.into()),
@@ -330,11 +413,11 @@ impl Bucket {
                     attributes: attrs,
                     ..Default::default()
                 };
-                store
+                let r = store
                     .put_opts(&p, PutPayload::from(data), opts)
                     .await
                     .map_err(err)?;
-                return Ok(());
+                return Ok(r.e_tag);
             }
             let part = part_size(len);
             let id = store
@@ -379,7 +462,7 @@ impl Bucket {
                 Ok(parts) => store
                     .complete_multipart(&p, &id, parts)
                     .await
-                    .map(|_| ())
+                    .map(|r| r.e_tag)
                     .map_err(err),
                 Err(e) => {
                     let _ = store.abort_multipart(&p, &id).await;
@@ -420,6 +503,14 @@ async fn read_part(file: Arc<File>, at: u64, n: u64) -> io::Result<Bytes> {
     .map_err(io::Error::other)?
 }
 
+async fn get_small(store: &AmazonS3, p: &Path) -> io::Result<Option<Bytes>> {
+    match store.get(p).await {
+        Ok(r) => r.bytes().await.map(Some).map_err(err),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(err(e)),
+    }
+}
+
 async fn head(store: &AmazonS3, p: &Path) -> io::Result<Option<Object>> {
     let got = store
         .get_opts(
@@ -456,6 +547,7 @@ async fn head(store: &AmazonS3, p: &Path) -> io::Result<Option<Object>> {
         mode: m(META_MODE).and_then(|t| u32::from_str_radix(&t, 8).ok()),
         blake3: m(META_BLAKE3).and_then(|t| unhex(&t)),
         etag: got.meta.e_tag.clone(),
+        modified_ms: lm.timestamp_millis(),
     }))
 }
 
@@ -463,7 +555,7 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex(t: &str) -> Option<[u8; 32]> {
+pub fn unhex(t: &str) -> Option<[u8; 32]> {
     if t.len() != 64 {
         return None;
     }

@@ -12,18 +12,21 @@
 //! uploaded (a later change to mode or mtime alone is not applied), and
 //! nothing is rebuilt from old data (every file comes whole).
 
-use super::bucket::{path, Bucket, Object};
+use super::bucket::{path, Bucket, Listed, Object};
+use super::manifest::{self, Manifest};
 use crate::error::TransferError;
 use crate::store::destination::{
     BasisFile, Caps, Destination, Existing, ExistingKind, Meta, MetaOf, Place, PublishHow, Space,
     TempHow, TempWrite,
 };
 use rustix::fs::{Mode, OFlags};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 /// A bucket before the destination in it is opened.
 pub struct S3Place {
@@ -71,11 +74,91 @@ impl Place for S3Place {
 
     fn open(&mut self, root: &[u8], _create: bool, shown: &str) -> Result<S3Dest, TransferError> {
         let root = key_of(root).map_err(|e| TransferError::Usage(format!("{shown}: {e}")))?;
+        let known = Known::load(&self.bucket, &root)
+            .map_err(|e| TransferError::local(shown.to_string(), &e))?;
         Ok(S3Dest {
             bucket: self.bucket.clone(),
             root,
             create_only: self.create_only,
+            known: Mutex::new(known),
         })
+    }
+}
+
+/// What is under the destination's prefix, from one recursive listing and
+/// the prefix's manifest, kept up to date as files are published and
+/// removed: a file the manifest describes is stat'ed without a request.
+struct Known {
+    /// Key → what the listing said (and what was uploaded since).
+    listed: HashMap<String, Listed>,
+    /// Every prefix with something under it.
+    dirs: HashSet<String>,
+    manifest: Manifest,
+    /// The manifest must be written again.
+    dirty: bool,
+}
+
+/// Adds the prefixes above `key` to `dirs`.
+fn add_parents(dirs: &mut HashSet<String>, key: &str) {
+    let mut k = key;
+    while let Some(i) = k.rfind('/') {
+        k = &k[..i];
+        if !dirs.insert(k.to_string()) {
+            break;
+        }
+    }
+}
+
+impl Known {
+    fn load(bucket: &Bucket, root: &str) -> io::Result<Known> {
+        let mut listed = HashMap::new();
+        let mut dirs = HashSet::new();
+        for (key, l) in bucket.list_all(root)? {
+            add_parents(&mut dirs, &key);
+            listed.insert(key, l);
+        }
+        // asked for even when not listed (some servers hide dot-names)
+        let manifest = bucket
+            .get_small(&manifest_key(root))?
+            .map(|t| Manifest::parse(&String::from_utf8_lossy(&t)))
+            .unwrap_or_default();
+        Ok(Known {
+            listed,
+            dirs,
+            manifest,
+            dirty: false,
+        })
+    }
+
+    /// Records `key` as just uploaded (and the prefixes above it).
+    fn published(&mut self, key: &str, obj: Object) {
+        add_parents(&mut self.dirs, key);
+        let l = Listed {
+            size: obj.size,
+            etag: obj.etag.clone(),
+            modified_ms: obj.modified_ms,
+        };
+        self.listed.insert(key.to_string(), l);
+        self.manifest.insert(key.to_string(), obj);
+        self.dirty = true;
+    }
+
+    fn removed(&mut self, key: &str) {
+        self.listed.remove(key);
+        self.manifest.remove(key);
+        let p = format!("{key}/");
+        self.listed.retain(|k, _| !k.starts_with(&p));
+        self.dirs.retain(|k| k != key && !k.starts_with(&p));
+        self.manifest.remove_under(key);
+        self.dirty = true;
+    }
+}
+
+fn manifest_key(root: &str) -> String {
+    if root.is_empty() {
+        manifest::NAME.to_string()
+    } else {
+        format!("{root}/{}", manifest::NAME)
     }
 }
 
@@ -84,6 +167,7 @@ pub struct S3Dest {
     bucket: Bucket,
     root: String,
     create_only: bool,
+    known: Mutex<Known>,
 }
 
 impl S3Dest {
@@ -99,6 +183,18 @@ impl S3Dest {
 
 fn unsupported(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, format!("S3 has no {what}"))
+}
+
+fn file_existing(o: &Object) -> Existing {
+    Existing {
+        kind: ExistingKind::File,
+        size: o.size,
+        mode: o.mode.unwrap_or(0o644),
+        mtime: o.mtime.0,
+        mtime_nsec: o.mtime.1,
+        uid: 0,
+        gid: 0,
+    }
 }
 
 fn dir_existing() -> Existing {
@@ -141,16 +237,22 @@ impl Destination for S3Dest {
         if key == self.root {
             return Ok(Some(dir_existing()));
         }
+        {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            match known.listed.get(&key) {
+                None if known.dirs.contains(&key) => return Ok(Some(dir_existing())),
+                None => return Ok(None),
+                Some(l) => {
+                    let m = &known.manifest;
+                    if let Some(o) = m.get(&key, l.size, l.etag.as_deref(), l.modified_ms) {
+                        return Ok(Some(file_existing(&o)));
+                    }
+                }
+            }
+        }
+        // listed, but not as ferry last wrote it: ask
         Ok(match self.bucket.stat(&key, false)? {
-            Some(Some(o)) => Some(Existing {
-                kind: ExistingKind::File,
-                size: o.size,
-                mode: o.mode.unwrap_or(0o644),
-                mtime: o.mtime.0,
-                mtime_nsec: o.mtime.1,
-                uid: 0,
-                gid: 0,
-            }),
+            Some(Some(o)) => Some(file_existing(&o)),
             Some(None) => Some(dir_existing()),
             None => None,
         })
@@ -163,12 +265,27 @@ impl Destination for S3Dest {
         } else {
             format!("{key}/")
         };
-        let (files, dirs) = self.bucket.list_dir(&prefix)?;
-        Ok(files
-            .into_iter()
-            .map(|(n, _)| (n.into_bytes(), false))
-            .chain(dirs.into_iter().map(|d| (d.into_bytes(), true)))
-            .collect())
+        // from what is known: no request (and never the manifest)
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let under = |k: &str| -> Option<String> {
+            let rest = k.strip_prefix(prefix.as_str())?;
+            (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
+        };
+        let mut out = Vec::new();
+        for k in known.listed.keys() {
+            if let Some(n) = under(k) {
+                if n != manifest::NAME {
+                    out.push((n.into_bytes(), false));
+                }
+            }
+        }
+        for d in &known.dirs {
+            if let Some(n) = under(d) {
+                out.push((n.into_bytes(), true));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn mkdir(&mut self, _rel: &[u8], _mode: u32) -> io::Result<()> {
@@ -195,11 +312,16 @@ impl Destination for S3Dest {
                     .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "suffix"))?;
                 self.bucket.copy(&key, &format!("{key}{suffix}"))?;
             }
-            return self.bucket.delete(&key);
+            self.bucket.delete(&key)?;
+        } else {
+            for k in self.bucket.keys_under(&key)? {
+                self.bucket.delete_path(&k)?;
+            }
         }
-        for k in self.bucket.keys_under(&key)? {
-            self.bucket.delete_path(&k)?;
-        }
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .removed(&key);
         Ok(())
     }
 
@@ -271,7 +393,7 @@ impl Destination for S3Dest {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let obj = Object {
+        let mut obj = Object {
             size: temp.len,
             mtime: meta
                 .mtime
@@ -279,9 +401,30 @@ impl Destination for S3Dest {
             mode: meta.mode.map(|m| m & 0o7777),
             blake3: Some(*hasher.finalize().as_bytes()),
             etag: None,
+            modified_ms: 0,
         };
-        self.bucket
-            .upload(&key, Arc::new(file), temp.len, &obj, self.create_only)
+        obj.etag = self
+            .bucket
+            .upload(&key, Arc::new(file), temp.len, &obj, self.create_only)?;
+        // what the server now says of it (its time, which listings give),
+        // and a check that the upload is what was sent
+        match self.bucket.head(&key)? {
+            Some(now) if now.size == obj.size && now.blake3 == obj.blake3 => {
+                obj.modified_ms = now.modified_ms;
+                obj.etag = now.etag.or(obj.etag);
+            }
+            _ => {
+                return Err(io::Error::other(format!(
+                    "{} is not what was uploaded (another writer?)",
+                    self.bucket.show(&key)
+                )))
+            }
+        }
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .published(&key, obj);
+        Ok(())
     }
 
     fn discard(&mut self, temp: Spool) {
@@ -301,8 +444,22 @@ impl Destination for S3Dest {
         }
     }
 
+    /// Objects are durable once uploaded; what is left is the manifest,
+    /// written when something changed.
     fn sync_all(&self) -> io::Result<()> {
-        Ok(()) // an object is durable once its upload has completed
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if !known.dirty {
+            return Ok(());
+        }
+        let Known {
+            listed, manifest, ..
+        } = &mut *known;
+        manifest.retain(|k| listed.contains_key(k));
+        let text = manifest.render();
+        self.bucket
+            .put_small(&manifest_key(&self.root), bytes::Bytes::from(text))?;
+        known.dirty = false;
+        Ok(())
     }
 }
 

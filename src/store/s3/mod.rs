@@ -12,6 +12,7 @@
 pub mod bucket;
 pub mod config;
 pub mod destination;
+pub mod manifest;
 pub mod source;
 
 use crate::error::TransferError;
@@ -78,7 +79,7 @@ pub fn list(bucket: &str, prefix: &str) -> Result<Vec<crate::proto::Entry>, Tran
     } else {
         format!("{key}/")
     };
-    let (files, dirs) = b.list_dir(&dir).map_err(fail)?;
+    let ((files, dirs), _) = b.list_dir(&dir, None).map_err(fail)?;
     if files.is_empty() && dirs.is_empty() && !key.is_empty() {
         return Err(TransferError::Usage(format!(
             "{}: no such object or prefix",

@@ -11,6 +11,7 @@
 //! the time of listing), and nothing else is.
 
 use super::bucket::{path, Bucket, Object};
+use super::manifest::Manifest;
 use crate::fs::names::escape;
 use crate::proto::{Entry, Kind, ListStart};
 use crate::store::source::{ListOptions, Listed, Source, SourceFile, Stamp};
@@ -71,13 +72,30 @@ impl S3Source {
         opts: &ListOptions,
         emit: &mut dyn FnMut(Listed<S3Handle>) -> Result<(), E>,
         failed: &mut bool,
+        inherited: Option<&Manifest>,
     ) -> Result<(), E> {
         let prefix = if key.is_empty() {
             String::new()
         } else {
             format!("{key}/")
         };
-        let (files, dirs) = match self.bucket.list_dir(&prefix) {
+        // at a root, its manifest is asked for even when the listing does
+        // not show it (some servers hide dot-names)
+        let fetched;
+        let inherited = match inherited {
+            Some(m) => Some(m),
+            None => {
+                let key = format!("{prefix}{}", super::manifest::NAME);
+                fetched = self
+                    .bucket
+                    .get_small(&key)
+                    .ok()
+                    .flatten()
+                    .map(|t| Manifest::parse(&String::from_utf8_lossy(&t)));
+                fetched.as_ref()
+            }
+        };
+        let ((files, dirs), manifest) = match self.bucket.list_dir(&prefix, inherited) {
             Ok(l) => l,
             Err(e) => {
                 *failed = true;
@@ -114,7 +132,14 @@ impl S3Source {
                         },
                     ))?;
                     if opts.recursive {
-                        self.walk(&child_key, &child_name, opts, emit, failed)?;
+                        self.walk(
+                            &child_key,
+                            &child_name,
+                            opts,
+                            emit,
+                            failed,
+                            manifest.as_ref(),
+                        )?;
                     }
                 }
             }
@@ -175,6 +200,7 @@ fn empty() -> Object {
         mode: None,
         blake3: None,
         etag: None,
+        modified_ms: 0,
     }
 }
 
@@ -264,7 +290,7 @@ impl Source for S3Source {
                     obj: empty(),
                 },
             ))?;
-            self.walk(&key, &name, opts, emit, &mut failed)?;
+            self.walk(&key, &name, opts, emit, &mut failed, None)?;
         }
         Ok(failed)
     }
