@@ -86,6 +86,7 @@ impl S3Server {
             .args(args)
             .env_remove("AWS_PROFILE")
             .env("HOME", &self.data) // no ~/.aws of the user's
+            .env("XDG_CACHE_HOME", self.data.with_file_name("cache"))
             .env("AWS_ACCESS_KEY_ID", key)
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_REGION", "us-east-1")
@@ -368,7 +369,7 @@ impl CountingProxy {
                             }
                         }
                         let first = String::from_utf8_lossy(&head);
-                        let first = first.lines().next().unwrap_or("").to_string();
+                        let first = format!("{}\t{len}", first.lines().next().unwrap_or(""));
                         log.lock().unwrap().push(first);
                         if to.write_all(&head).is_err() {
                             return;
@@ -392,10 +393,15 @@ impl CountingProxy {
 impl S3Server {
     /// Runs ferry against `proxy` instead of the server itself.
     fn ferry_via(&self, proxy: &CountingProxy, args: &[&str]) -> Output {
-        Command::new(ferry_bin())
-            .args(args)
+        self.command_via(proxy, args).output().expect("run ferry")
+    }
+
+    fn command_via(&self, proxy: &CountingProxy, args: &[&str]) -> Command {
+        let mut c = Command::new(ferry_bin());
+        c.args(args)
             .env_remove("AWS_PROFILE")
             .env("HOME", &self.data)
+            .env("XDG_CACHE_HOME", self.data.with_file_name("cache"))
             .env("AWS_ACCESS_KEY_ID", KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .env("AWS_REGION", "us-east-1")
@@ -403,9 +409,8 @@ impl S3Server {
                 "AWS_ENDPOINT_URL",
                 format!("http://127.0.0.1:{}", proxy.port),
             )
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ferry")
+            .stdin(Stdio::null());
+        c
     }
 }
 
@@ -509,4 +514,72 @@ fn delete_filters_and_dry_run_work_into_a_bucket() {
     let ls = stdout(&ok(s3.ferry(&["ls", "s3://bkt/p/"])));
     assert!(!ls.contains(".ferry-manifest"), "{ls}");
     assert!(ls.contains("new.txt") && !ls.contains("keep.txt"), "{ls}");
+}
+
+/// Bytes sent in part uploads among `reqs`.
+fn part_bytes(reqs: &[String]) -> u64 {
+    reqs.iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("partNumber="))
+        .filter_map(|r| r.rsplit('\t').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn an_upload_killed_mid_way_resumes_from_its_journal() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = CountingProxy::start(s3.port);
+    let src = t.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&src).unwrap();
+        for i in 0..16 {
+            f.write_all(&random_bytes(16 << 20, 500 + i)).unwrap();
+        }
+    }
+    let size = 256u64 << 20;
+    let journals = t.path().join("cache/ferry/s3-uploads");
+    let mut child = s3
+        .command_via(&proxy, &["cp", src.to_str().unwrap(), "s3://bkt/big.bin"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // kill -9 once half the parts are accepted
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let parts = std::fs::read_dir(&journals)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .map_or(0, |t| t.lines().count().saturating_sub(1));
+        if parts >= 8 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the upload ended before it was killed"
+        );
+        assert!(Instant::now() < deadline, "no parts were journaled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !s3.data.join("bkt/big.bin").exists(),
+        "a killed upload left an object"
+    );
+    let first = proxy.take();
+    assert!(part_bytes(&first) >= 8 * (16 << 20));
+
+    ok(s3.ferry_via(&proxy, &["cp", src.to_str().unwrap(), "s3://bkt/big.bin"]));
+    let again = proxy.take();
+    let sent = part_bytes(&again);
+    assert!(
+        sent * 100 < size * 60,
+        "the re-run sent {sent} of {size} bytes in parts: {again:#?}"
+    );
+    assert!(std::fs::read(s3.data.join("bkt/big.bin")).unwrap() == std::fs::read(&src).unwrap());
+    // the journal is gone once the upload completed
+    assert_eq!(std::fs::read_dir(&journals).unwrap().count(), 0);
 }

@@ -11,16 +11,19 @@
 //! those are [`super::source`] and [`super::destination`]. Async code stays
 //! in here; callers see plain functions.
 
+use super::journal;
 use super::manifest::{self, Manifest};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
 use object_store::multipart::MultipartStore;
+use object_store::multipart::PartId;
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
     PutMultipartOptions, PutOptions, PutPayload,
 };
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -396,6 +399,7 @@ impl Bucket {
         }
         let (store, budget) = (self.inner.store.clone(), self.inner.budget.clone());
         let p = path(key);
+        let (bucket, key) = (self.inner.name.clone(), key.to_string());
         self.block_on(async move {
             if len <= SINGLE_PUT_MAX || create_only {
                 let units = len.div_ceil(UNIT as u64).clamp(1, (BUDGET / UNIT) as u64) as u32;
@@ -419,55 +423,27 @@ impl Bucket {
                     .map_err(err)?;
                 return Ok(r.e_tag);
             }
-            let part = part_size(len);
-            let id = store
-                .create_multipart_opts(
-                    &p,
-                    PutMultipartOptions {
-                        attributes: attrs,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(err)?;
-            let count = len.div_ceil(part);
-            let parts = futures::stream::iter(0..count)
-                .map(|i| {
-                    let (store, budget, file, p, id) = (
-                        store.clone(),
-                        budget.clone(),
-                        file.clone(),
-                        p.clone(),
-                        id.clone(),
-                    );
-                    async move {
-                        let at = i * part;
-                        let n = part.min(len - at);
-                        let units = n.div_ceil(UNIT as u64) as u32;
-                        let _permit = budget
-                            .acquire_many_owned(units)
-                            .await
-                            .map_err(io::Error::other)?;
-                        let data = read_part(file, at, n).await?;
-                        store
-                            .put_part(&p, &id, i as usize, PutPayload::from(data))
-                            .await
-                            .map_err(err)
+            let blake3 = meta.blake3.unwrap_or_default();
+            let job = Multipart {
+                store,
+                budget,
+                p,
+                file,
+                len,
+                attrs,
+                bucket,
+                key,
+                blake3,
+            };
+            match job.run(true).await {
+                // the upload the journal named is gone from the server
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(path) = journal::path_of(&job.bucket, &job.key) {
+                        let _ = std::fs::remove_file(path);
                     }
-                })
-                .buffered(PARTS_AT_ONCE)
-                .try_collect::<Vec<_>>()
-                .await;
-            match parts {
-                Ok(parts) => store
-                    .complete_multipart(&p, &id, parts)
-                    .await
-                    .map(|r| r.e_tag)
-                    .map_err(err),
-                Err(e) => {
-                    let _ = store.abort_multipart(&p, &id).await;
-                    Err(e)
+                    job.run(false).await
                 }
+                other => other,
             }
         })
     }
@@ -489,6 +465,111 @@ impl Bucket {
         let store = self.inner.store.clone();
         let (f, t) = (path(from), path(to));
         self.block_on(async move { store.copy(&f, &t).await.map_err(err) })
+    }
+}
+
+/// One multipart upload, resumable from its journal.
+struct Multipart {
+    store: Arc<AmazonS3>,
+    budget: Arc<Semaphore>,
+    p: Path,
+    file: Arc<File>,
+    len: u64,
+    attrs: Attributes,
+    bucket: String,
+    key: String,
+    blake3: [u8; 32],
+}
+
+impl Multipart {
+    /// Uploads the parts not yet accepted (all of them without `resume`)
+    /// and completes the upload; returns its ETag.
+    async fn run(&self, resume: bool) -> io::Result<Option<String>> {
+        // an earlier run's upload of the same content, if any
+        let Multipart {
+            store,
+            budget,
+            p,
+            file,
+            len,
+            attrs,
+            bucket,
+            key,
+            blake3,
+        } = self;
+        let (len, blake3) = (*len, *blake3);
+        let found = resume
+            .then(|| journal::find(bucket, key, len, &blake3))
+            .flatten();
+        let (up, done) = match found {
+            Some(found) => found,
+            None => {
+                let id = store
+                    .create_multipart_opts(
+                        p,
+                        PutMultipartOptions {
+                            attributes: attrs.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(err)?;
+                let up = journal::Upload {
+                    id,
+                    size: len,
+                    part: part_size(len),
+                    blake3,
+                };
+                (up, BTreeMap::new())
+            }
+        };
+        let journal = Arc::new(journal::Journal::open(bucket, key, &up, &done)?);
+        let (id, part) = (up.id.clone(), up.part);
+        let count = len.div_ceil(part);
+        let parts = futures::stream::iter(0..count)
+            .map(|i| {
+                let (store, budget, file, p, id) = (
+                    store.clone(),
+                    budget.clone(),
+                    file.clone(),
+                    p.clone(),
+                    id.clone(),
+                );
+                let (journal, done) = (journal.clone(), done.get(&(i as usize)).cloned());
+                async move {
+                    if let Some(etag) = done {
+                        return Ok(PartId { content_id: etag });
+                    }
+                    let at = i * part;
+                    let n = part.min(len - at);
+                    let units = n.div_ceil(UNIT as u64) as u32;
+                    let _permit = budget
+                        .acquire_many_owned(units)
+                        .await
+                        .map_err(io::Error::other)?;
+                    let data = read_part(file, at, n).await?;
+                    let got = store
+                        .put_part(&p, &id, i as usize, PutPayload::from(data))
+                        .await
+                        .map_err(err)?;
+                    journal.part(i as usize, &got.content_id)?;
+                    Ok::<_, io::Error>(got)
+                }
+            })
+            .buffered(PARTS_AT_ONCE)
+            .try_collect::<Vec<_>>()
+            .await;
+        // on failure the upload and its journal stay, for a re-run
+        let done = store
+            .complete_multipart(p, &id, parts?)
+            .await
+            .map(|r| r.e_tag);
+        if let Ok(journal) = Arc::try_unwrap(journal) {
+            if done.is_ok() || matches!(done, Err(object_store::Error::NotFound { .. })) {
+                journal.done();
+            }
+        }
+        done.map_err(err)
     }
 }
 

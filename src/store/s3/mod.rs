@@ -12,6 +12,7 @@
 pub mod bucket;
 pub mod config;
 pub mod destination;
+pub mod journal;
 pub mod manifest;
 pub mod source;
 
