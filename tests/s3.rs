@@ -583,3 +583,46 @@ fn an_upload_killed_mid_way_resumes_from_its_journal() {
     // the journal is gone once the upload completed
     assert_eq!(std::fs::read_dir(&journals).unwrap().count(), 0);
 }
+
+#[test]
+fn a_bucket_syncs_to_a_daemon_and_back() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let src = t.path().join("src");
+    make_tree(&src);
+    // a file large enough to be split over the daemon's extra streams
+    write(&src.join("big.bin"), random_bytes(40 << 20, 9));
+    set_mtime_ns(&src.join("big.bin"), 1_650_000_000, 42);
+    ok(s3.ferry(&["sync", "-a", &format!("{}/", src.display()), "s3://bkt/p/"]));
+
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let client: Vec<String> = d.client_args();
+    let with = |mut a: Vec<String>| {
+        a.extend(client.iter().cloned());
+        a
+    };
+    let args = with(vec![
+        "sync".into(),
+        "-a".into(),
+        "s3://bkt/p/".into(),
+        d.url("data/run/"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(s3.ferry(&args));
+    assert_same_tree(&src, &module.join("run"), false);
+
+    // and from the daemon into another prefix, then down to compare
+    let args = with(vec![
+        "sync".into(),
+        "-a".into(),
+        d.url("data/run/"),
+        "s3://bkt/q/".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(s3.ferry(&args));
+    let back = t.path().join("back");
+    ok(s3.ferry(&["sync", "-a", "s3://bkt/q/", &format!("{}/", back.display())]));
+    assert_same_tree(&src, &back, false);
+}
