@@ -514,6 +514,25 @@ fn delete_filters_and_dry_run_work_into_a_bucket() {
     let ls = stdout(&ok(s3.ferry(&["ls", "s3://bkt/p/"])));
     assert!(!ls.contains(".ferry-manifest"), "{ls}");
     assert!(ls.contains("new.txt") && !ls.contains("keep.txt"), "{ls}");
+
+    // --s3-endpoint wins over AWS_ENDPOINT_URL (here a port nobody listens on)
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let run = |args: &[&str]| {
+        Command::new(ferry_bin())
+            .args(args)
+            .env("HOME", &s3.data)
+            .env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{dead_port}"))
+            .output()
+            .unwrap()
+    };
+    let flagged = stdout(&ok(run(&["ls", "--s3-endpoint", &endpoint, "s3://bkt/p/"])));
+    assert!(flagged.contains("new.txt"), "{flagged}");
+    assert!(!run(&["ls", "s3://bkt/p/"]).status.success());
 }
 
 /// Bytes sent in part uploads among `reqs`.
@@ -625,4 +644,76 @@ fn a_bucket_syncs_to_a_daemon_and_back() {
     let back = t.path().join("back");
     ok(s3.ferry(&["sync", "-a", "s3://bkt/q/", &format!("{}/", back.display())]));
     assert_same_tree(&src, &back, false);
+}
+
+#[test]
+fn cleanup_aborts_the_uploads_this_host_left_unfinished() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = CountingProxy::start(s3.port);
+    let src = t.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&src).unwrap();
+        for i in 0..16 {
+            f.write_all(&random_bytes(16 << 20, 900 + i)).unwrap();
+        }
+    }
+    let journals = t.path().join("cache/ferry/s3-uploads");
+    let mut child = s3
+        .command_via(
+            &proxy,
+            &["cp", src.to_str().unwrap(), "s3://bkt/ckpt/big.bin"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let parts = std::fs::read_dir(&journals)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .map_or(0, |t| t.lines().count().saturating_sub(1));
+        if parts >= 2 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the upload ended before it was killed"
+        );
+        assert!(Instant::now() < deadline, "no parts were journaled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    proxy.take();
+
+    // another prefix: nothing to do
+    let out = stdout(&ok(
+        s3.ferry_via(&proxy, &["s3", "cleanup", "s3://bkt/other/"])
+    ));
+    assert!(out.contains("0 unfinished upload(s) aborted"), "{out}");
+    assert_eq!(std::fs::read_dir(&journals).unwrap().count(), 1);
+
+    let out = stdout(&ok(s3.ferry_via(&proxy, &["s3", "cleanup", "s3://bkt/"])));
+    assert!(out.contains("s3://bkt/ckpt/big.bin"), "{out}");
+    assert!(out.contains("1 unfinished upload(s) aborted"), "{out}");
+    let reqs = proxy.take();
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("DELETE ") && r.contains("uploadId=")),
+        "no abort was sent: {reqs:#?}"
+    );
+    assert_eq!(std::fs::read_dir(&journals).unwrap().count(), 0);
+    assert!(!s3.data.join("bkt/ckpt/big.bin").exists());
+    // a new upload starts from the beginning and completes
+    ok(s3.ferry(&["cp", src.to_str().unwrap(), "s3://bkt/ckpt/big.bin"]));
+    assert!(
+        std::fs::read(s3.data.join("bkt/ckpt/big.bin")).unwrap() == std::fs::read(&src).unwrap()
+    );
+    // a bad address is a usage error
+    let bad = s3.ferry(&["s3", "cleanup", "/tmp/x"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
 }

@@ -6,6 +6,7 @@ mod demo;
 mod keys;
 pub mod output;
 mod prompt;
+mod s3;
 
 use crate::error::TransferError;
 use crate::location::Location;
@@ -63,6 +64,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::Trust(t) => keys::trust(t),
         Command::CopyId(a) => keys::copy_id(a),
         Command::Ls(a) => keys::ls(a),
+        Command::S3(c) => s3::run(c),
     };
     match result {
         Ok(code) => code,

@@ -448,6 +448,19 @@ impl Bucket {
         })
     }
 
+    /// Aborts the multipart upload `id` of `key` (one already gone is not
+    /// an error).
+    pub fn abort(&self, key: &str, id: &str) -> io::Result<()> {
+        let store = self.inner.store.clone();
+        let (p, id) = (path(key), id.to_string());
+        self.block_on(async move {
+            match store.abort_multipart(&p, &id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(err(e)),
+            }
+        })
+    }
+
     pub fn delete(&self, key: &str) -> io::Result<()> {
         let store = self.inner.store.clone();
         let p = path(key);

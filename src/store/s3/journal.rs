@@ -59,7 +59,7 @@ pub fn find(
     let text = std::fs::read_to_string(path_of(bucket, key)?).ok()?;
     let mut lines = text.lines();
     let head: Vec<&str> = lines.next()?.split('\t').collect();
-    let [HEADER, id, s, p, h] = head[..] else {
+    let [HEADER, id, s, p, h, ..] = head[..] else {
         return None;
     };
     let up = Upload {
@@ -82,6 +82,29 @@ pub fn find(
     Some((up, parts))
 }
 
+/// Every journaled upload: its journal file, bucket, key and upload id.
+pub fn all() -> Vec<(PathBuf, String, String, String)> {
+    let Some(d) = dir() else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir(d) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let first = text.lines().next().unwrap_or("");
+        let f: Vec<&str> = first.splitn(7, '\t').collect();
+        if let [HEADER, id, _, _, _, bucket, key] = f[..] {
+            out.push((p, bucket.to_string(), key.to_string(), id.to_string()));
+        }
+    }
+    out
+}
+
 impl Journal {
     /// Starts (or, with `parts`, continues) the journal of `up`.
     pub fn open(
@@ -95,7 +118,7 @@ impl Journal {
             std::fs::create_dir_all(d)?;
         }
         let mut text = format!(
-            "{HEADER}\t{}\t{}\t{}\t{}\n",
+            "{HEADER}\t{}\t{}\t{}\t{}\t{bucket}\t{key}\n",
             up.id,
             up.size,
             up.part,

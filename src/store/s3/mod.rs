@@ -98,3 +98,24 @@ pub fn list(bucket: &str, prefix: &str) -> Result<Vec<crate::proto::Entry>, Tran
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
+
+/// `ferry s3 cleanup s3://bucket/prefix`: aborts the multipart uploads this
+/// host's journal holds under the prefix and forgets them; returns the keys.
+/// (object_store cannot list a bucket's uploads, so uploads started
+/// elsewhere are not seen.)
+pub fn cleanup(bucket: &str, prefix: &str) -> Result<Vec<String>, TransferError> {
+    let b = Bucket::open(bucket).map_err(TransferError::Usage)?;
+    let prefix = prefix.trim_start_matches('/');
+    let mut done = Vec::new();
+    for (file, jb, key, id) in journal::all() {
+        if jb != bucket || !key.starts_with(prefix) {
+            continue;
+        }
+        b.abort(&key, &id)
+            .map_err(|e| TransferError::local(b.show(&key), &e))?;
+        let _ = std::fs::remove_file(file);
+        done.push(key);
+    }
+    done.sort();
+    Ok(done)
+}
