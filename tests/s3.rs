@@ -351,6 +351,7 @@ impl CountingProxy {
                     loop {
                         let mut head = Vec::new();
                         let mut len = 0u64;
+                        let mut sums = String::new();
                         loop {
                             let mut line = String::new();
                             match from.read_line(&mut line) {
@@ -361,6 +362,9 @@ impl CountingProxy {
                                 if k.eq_ignore_ascii_case("content-length") {
                                     len = v.trim().parse().unwrap_or(0);
                                 }
+                                if k.to_ascii_lowercase().starts_with("x-amz-checksum-") {
+                                    sums += &format!(" {}", k.to_ascii_lowercase());
+                                }
                             }
                             let end = line == "\r\n";
                             head.extend_from_slice(line.as_bytes());
@@ -369,7 +373,7 @@ impl CountingProxy {
                             }
                         }
                         let first = String::from_utf8_lossy(&head);
-                        let first = format!("{}\t{len}", first.lines().next().unwrap_or(""));
+                        let first = format!("{}{sums}\t{len}", first.lines().next().unwrap_or(""));
                         log.lock().unwrap().push(first);
                         if to.write_all(&head).is_err() {
                             return;
@@ -716,4 +720,42 @@ fn cleanup_aborts_the_uploads_this_host_left_unfinished() {
     // a bad address is a usage error
     let bad = s3.ferry(&["s3", "cleanup", "/tmp/x"]);
     assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
+}
+
+#[test]
+fn each_checksum_header_choice_uploads_and_a_bad_one_is_a_usage_error() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = CountingProxy::start(s3.port);
+    let src = t.path().join("f.bin");
+    write(&src, random_bytes(1 << 20, 3));
+    for algo in ["sha256", "crc64nvme", "none"] {
+        let dest = format!("s3://bkt/{algo}.bin");
+        ok(s3.ferry_via(
+            &proxy,
+            &["cp", "--s3-checksum", algo, src.to_str().unwrap(), &dest],
+        ));
+        let reqs = proxy.take();
+        let put = reqs
+            .iter()
+            .find(|r| r.starts_with(&format!("PUT /bkt/{algo}.bin")))
+            .unwrap_or_else(|| panic!("no PUT: {reqs:#?}"));
+        match algo {
+            "none" => assert!(!put.contains("x-amz-checksum-"), "{put}"),
+            _ => assert!(put.contains(&format!("x-amz-checksum-{algo}")), "{put}"),
+        }
+        assert!(
+            std::fs::read(s3.data.join(format!("bkt/{algo}.bin"))).unwrap()
+                == std::fs::read(&src).unwrap()
+        );
+    }
+    let bad = s3.ferry(&[
+        "cp",
+        "--s3-checksum",
+        "md5",
+        src.to_str().unwrap(),
+        "s3://bkt/x",
+    ]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("--s3-checksum"), "{}", stderr(&bad));
 }

@@ -18,6 +18,12 @@ pub struct Cli {
     /// AWS_ENDPOINT_URL and the profile's endpoint_url
     #[arg(long, global = true, value_name = "URL")]
     pub s3_endpoint: Option<String>,
+    /// Checksum header sent with each S3 upload request, checked by the
+    /// server: sha256 (default), crc64nvme, or none (for servers that
+    /// reject the header)
+    #[arg(long, global = true, value_name = "ALGO",
+          value_parser = ["sha256", "crc64nvme", "none"])]
+    pub s3_checksum: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -51,6 +51,9 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     if let Some(url) = &cli.s3_endpoint {
         crate::store::s3::config::set_endpoint(url);
     }
+    if let Some(algo) = &cli.s3_checksum {
+        crate::store::s3::config::set_checksum(algo);
+    }
     let result = match cli.command {
         Command::Sync(a) => {
             let sub = matches.subcommand_matches("sync").expect("sync was parsed");

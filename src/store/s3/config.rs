@@ -13,7 +13,7 @@
 //! Not for requests themselves (that is [`super::bucket`]). Secrets are read
 //! here and handed to the client only: nothing here prints or formats them.
 
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::{ClientOptions, RetryConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +22,15 @@ use std::time::Duration;
 
 /// `--s3-endpoint`, set once by the command line.
 static ENDPOINT: OnceLock<String> = OnceLock::new();
+
+/// `--s3-checksum`, set once by the command line.
+static CHECKSUM: OnceLock<String> = OnceLock::new();
+
+/// Sets the checksum header of upload requests: `sha256` (the default),
+/// `crc64nvme`, or `none`.
+pub fn set_checksum(algo: &str) {
+    let _ = CHECKSUM.set(algo.to_string());
+}
 
 /// How long a response may stall (no byte read) before the request fails
 /// and is retried.
@@ -135,6 +144,15 @@ pub fn client(bucket: &str) -> Result<AmazonS3, String> {
     }
     if let Some(e) = endpoint {
         b = b.with_endpoint(e);
+    }
+    match CHECKSUM.get().map(String::as_str).unwrap_or("sha256") {
+        "none" => {}
+        algo => {
+            let c = algo
+                .parse::<Checksum>()
+                .map_err(|_| format!("--s3-checksum {algo}: not sha256, crc64nvme or none"))?;
+            b = b.with_checksum_algorithm(c);
+        }
     }
     b.build()
         .map_err(|e| format!("cannot set up S3 for bucket {bucket}: {e}"))
