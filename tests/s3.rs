@@ -324,6 +324,8 @@ fn a_wrong_secret_is_refused_and_never_shown() {
 struct CountingProxy {
     port: u16,
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Flip a byte in the next part uploaded through the proxy.
+    corrupt_part: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CountingProxy {
@@ -333,6 +335,8 @@ impl CountingProxy {
         let port = listener.local_addr().unwrap().port();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
+        let corrupt_part = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let corrupt = corrupt_part.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -345,6 +349,7 @@ impl CountingProxy {
                     let _ = c2.shutdown(std::net::Shutdown::Both);
                 });
                 let log = log.clone();
+                let corrupt = corrupt.clone();
                 std::thread::spawn(move || {
                     let mut from = BufReader::new(client);
                     let mut to = server;
@@ -374,9 +379,22 @@ impl CountingProxy {
                         }
                         let first = String::from_utf8_lossy(&head);
                         let first = format!("{}{sums}\t{len}", first.lines().next().unwrap_or(""));
+                        let flip = first.contains("partNumber=")
+                            && corrupt.swap(false, std::sync::atomic::Ordering::SeqCst);
                         log.lock().unwrap().push(first);
                         if to.write_all(&head).is_err() {
                             return;
+                        }
+                        if flip && len > 0 {
+                            let mut body = vec![0u8; len as usize];
+                            if from.read_exact(&mut body).is_err() {
+                                return;
+                            }
+                            body[len as usize / 2] ^= 0x20;
+                            if to.write_all(&body).is_err() {
+                                return;
+                            }
+                            continue;
                         }
                         let mut body = (&mut from).take(len);
                         if std::io::copy(&mut body, &mut to).is_err() {
@@ -386,7 +404,11 @@ impl CountingProxy {
                 });
             }
         });
-        CountingProxy { port, seen }
+        CountingProxy {
+            port,
+            seen,
+            corrupt_part,
+        }
     }
 
     fn take(&self) -> Vec<String> {
@@ -758,4 +780,32 @@ fn each_checksum_header_choice_uploads_and_a_bad_one_is_a_usage_error() {
     ]);
     assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
     assert!(stderr(&bad).contains("--s3-checksum"), "{}", stderr(&bad));
+}
+
+#[test]
+fn a_part_corrupted_on_the_way_is_caught_and_sent_again() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = CountingProxy::start(s3.port);
+    let src = t.path().join("f.bin");
+    write(&src, random_bytes(40 << 20, 77));
+    let parts = |reqs: &[String]| reqs.iter().filter(|r| r.contains("partNumber=")).count();
+    // the signed payload hash (SigV4) makes the server refuse a part whose
+    // bytes changed on the way, with or without a checksum header; the
+    // part is sent again and the object is whole
+    for algo in ["sha256", "none"] {
+        proxy
+            .corrupt_part
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let dest = format!("s3://bkt/{algo}.bin");
+        let args = ["cp", "--s3-checksum", algo, src.to_str().unwrap(), &dest];
+        ok(s3.ferry_via(&proxy, &args));
+        let reqs = proxy.take();
+        assert_eq!(parts(&reqs), 4, "3 parts, one of them twice: {reqs:#?}");
+        let stored = std::fs::read(s3.data.join(format!("bkt/{algo}.bin"))).unwrap();
+        assert!(
+            stored == std::fs::read(&src).unwrap(),
+            "{algo}: the object differs"
+        );
+    }
 }

@@ -408,6 +408,7 @@ impl Bucket {
                     .await
                     .map_err(io::Error::other)?;
                 let data = read_part(file, 0, len).await?;
+                let md5 = md5_hex(&data);
                 let opts = PutOptions {
                     mode: if create_only {
                         PutMode::Create
@@ -421,6 +422,9 @@ impl Bucket {
                     .put_opts(&p, PutPayload::from(data), opts)
                     .await
                     .map_err(err)?;
+                if let Some(e) = &r.e_tag {
+                    check_etag(e, &md5, "the object")?;
+                }
                 return Ok(r.e_tag);
             }
             let blake3 = meta.blake3.unwrap_or_default();
@@ -561,10 +565,12 @@ impl Multipart {
                         .await
                         .map_err(io::Error::other)?;
                     let data = read_part(file, at, n).await?;
+                    let md5 = md5_hex(&data);
                     let got = store
                         .put_part(&p, &id, i as usize, PutPayload::from(data))
                         .await
                         .map_err(err)?;
+                    check_etag(&got.content_id, &md5, &format!("part {}", i + 1))?;
                     journal.part(i as usize, &got.content_id)?;
                     Ok::<_, io::Error>(got)
                 }
@@ -584,6 +590,30 @@ impl Multipart {
         }
         done.map_err(err)
     }
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    hex(&md5::Md5::digest(data))
+}
+
+/// Checks an ETag the server returned for a part (or a single-request
+/// object) against the MD5 of what was sent. An ETag that is not a plain
+/// MD5 (encrypted objects, some servers) says nothing and is let through;
+/// never a multipart object's ETag, which is no content hash.
+fn check_etag(etag: &str, md5: &str, what: &str) -> io::Result<()> {
+    let e = etag.trim_matches('"');
+    let plain = e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit());
+    if plain && !e.eq_ignore_ascii_case(md5) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the server's ETag for {what} ({e}) is not the MD5 of what was sent \
+                 ({md5}): it was corrupted on the way"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads `n` bytes of `file` at `at`, off the runtime's workers.
@@ -672,6 +702,17 @@ mod tests {
         let p = part_size(five_tib);
         assert!(five_tib.div_ceil(p) <= 10_000, "{p}");
         assert_eq!(p % (1 << 20), 0);
+    }
+
+    #[test]
+    fn a_part_etag_that_is_not_the_md5_of_what_was_sent_is_an_error() {
+        let md5 = md5_hex(b"part");
+        assert!(check_etag(&format!("\"{md5}\""), &md5, "part 1").is_ok());
+        let other = md5_hex(b"parT");
+        let e = check_etag(&format!("\"{other}\""), &md5, "part 1").unwrap_err();
+        assert!(e.to_string().contains("part 1"), "{e}");
+        // not a plain MD5 (a multipart or encrypted object's): says nothing
+        assert!(check_etag("\"0123-4\"", &md5, "the object").is_ok());
     }
 
     #[test]
