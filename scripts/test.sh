@@ -28,6 +28,11 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 mkdir -p /run/sshd 2>/dev/null || true
+# the S3 server tests/s3.rs starts (≈ 4 min to build, once; newer versions
+# need a newer rustc)
+if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+  cargo install s3s-fs --version 0.14.1 --locked --features binary
+fi
 
 if [ "$(id -u)" -eq 0 ]; then
   export FERRY_REQUIRE_SSHD=1

@@ -14,6 +14,16 @@ use std::ffi::OsString;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// S3 endpoint for s3:// addresses (e.g. http://minio:9000), above
+    /// AWS_ENDPOINT_URL and the profile's endpoint_url
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Checksum header sent with each S3 upload request, checked by the
+    /// server: sha256 (default), crc64nvme, or none (for servers that
+    /// reject the header)
+    #[arg(long, global = true, value_name = "ALGO",
+          value_parser = ["sha256", "crc64nvme", "none"])]
+    pub s3_checksum: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -33,8 +43,12 @@ pub enum Command {
     Trust(TrustCommand),
     /// Install my ferry key on a remote daemon host over ssh (like ssh-copy-id)
     CopyId(CopyIdArgs),
-    /// List a daemon's modules (`host::`) or the entries at a module path
+    /// List a daemon's modules (`host::`) or the entries at a module path,
+    /// or the objects under an S3 prefix (`s3://bucket/prefix/`)
     Ls(LsArgs),
+    /// S3 housekeeping: `ferry s3 cleanup s3://bucket/prefix`
+    #[command(subcommand)]
+    S3(S3Command),
     /// Build a sample dataset, sync it through `ferry serve --stdio`, change 1%, re-sync
     Demo(DemoArgs),
     /// An interactive session on [user@]host[:dir], like sftp (ls cd lcd pwd lpwd
@@ -354,9 +368,23 @@ pub struct CopyIdArgs {
     pub config_dir: Option<std::path::PathBuf>,
 }
 
+/// `ferry s3 …`
+#[derive(Subcommand, Debug)]
+pub enum S3Command {
+    /// Abort the multipart uploads this host left unfinished under
+    /// s3://bucket/prefix (those in its journal, ~/.cache/ferry/s3-uploads),
+    /// freeing the parts the server holds. Do not run it while an upload
+    /// there is still going.
+    Cleanup {
+        /// s3://bucket or s3://bucket/prefix
+        target: OsString,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct LsArgs {
-    /// host:: (modules), host::module/path, or ferry://host[:port]/module/path
+    /// host:: (modules), host::module/path, ferry://host[:port]/module/path,
+    /// or s3://bucket/prefix
     pub target: OsString,
     #[command(flatten)]
     pub daemon: DaemonFlags,

@@ -252,9 +252,26 @@ fn mode_string(kind: crate::proto::Kind, mode: u32) -> String {
 
 pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
     let loc = Location::parse(&a.target).map_err(usage)?;
+    if let Location::S3 { bucket, prefix } = &loc {
+        for e in crate::store::s3::list(bucket, prefix)? {
+            let name = crate::fs::names::escape(&e.name);
+            let slash = if e.kind == crate::proto::Kind::Dir {
+                "/"
+            } else {
+                ""
+            };
+            println!(
+                "{} {:>15} {:>12} {name}{slash}",
+                mode_string(e.kind, e.mode),
+                e.size,
+                e.mtime
+            );
+        }
+        return Ok(exit::OK);
+    }
     let Location::Daemon { host, port, path } = loc else {
         return Err(usage(
-            "ferry ls takes a daemon address: host:: or host::module/path",
+            "ferry ls takes a daemon address (host:: or host::module/path) or s3://bucket/prefix",
         ));
     };
     let opts = super::daemon_options(&a.daemon)?;

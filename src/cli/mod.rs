@@ -7,6 +7,7 @@ mod doctor;
 mod keys;
 pub mod output;
 mod prompt;
+mod s3;
 mod shell;
 
 use crate::error::TransferError;
@@ -49,6 +50,12 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             return exit::USAGE;
         }
     };
+    if let Some(url) = &cli.s3_endpoint {
+        crate::store::s3::config::set_endpoint(url);
+    }
+    if let Some(algo) = &cli.s3_checksum {
+        crate::store::s3::config::set_checksum(algo);
+    }
     let result = match cli.command {
         Command::Sync(a) => {
             let sub = matches.subcommand_matches("sync").expect("sync was parsed");
@@ -64,6 +71,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::Ls(a) => keys::ls(a),
         Command::Shell(a) => shell::run(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::S3(c) => s3::run(c),
     };
     match result {
         Ok(code) => code,

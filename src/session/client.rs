@@ -92,6 +92,31 @@ pub fn run_client_streams(
     counters: Arc<Counters>,
     connect: Option<&Connect<'_>>,
 ) -> Result<Summary, TransferError> {
+    run_client_streams_on(
+        stream,
+        request,
+        local_paths,
+        events,
+        cancel,
+        counters,
+        connect,
+        &super::LocalFiles,
+    )
+}
+
+/// Like [`run_client_streams`], with the local half running on `side` (the
+/// local filesystem, or another store this process reaches itself).
+#[allow(clippy::too_many_arguments)]
+pub fn run_client_streams_on(
+    stream: Stream,
+    request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: Arc<Counters>,
+    connect: Option<&Connect<'_>>,
+    side: &dyn super::Side,
+) -> Result<Summary, TransferError> {
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters.clone());
     open(&mut reader, &mut writer, &request, "the request")?;
@@ -152,6 +177,7 @@ pub fn run_client_streams(
             events,
             cancel,
             Some(joins),
+            side,
         );
         finished.store(true, Ordering::Relaxed);
         result
@@ -159,6 +185,7 @@ pub fn run_client_streams(
 }
 
 /// The client's half of a transfer, once the server has accepted it.
+#[allow(clippy::too_many_arguments)]
 fn run_half(
     reader: FrameReader<Box<dyn Read + Send>>,
     writer: FrameWriter<Box<dyn Write + Send>>,
@@ -167,9 +194,10 @@ fn run_half(
     events: &EventFn<'_>,
     cancel: &Cancel,
     joins: Option<std::sync::mpsc::Receiver<Stream>>,
+    side: &dyn super::Side,
 ) -> Result<Summary, TransferError> {
     match request.role {
-        Role::ServerReceives => sender::run(
+        Role::ServerReceives => side.send(
             reader,
             writer,
             sender::Config {
@@ -186,7 +214,7 @@ fn run_half(
         )),
         Role::ServerSends => {
             let dest = local_paths.into_iter().next().unwrap_or_default();
-            receiver::run(
+            side.receive(
                 reader,
                 writer,
                 receiver::Config {

@@ -18,6 +18,7 @@ mod listing;
 pub mod receiver;
 pub mod sender;
 pub mod serve;
+pub mod side;
 pub mod wire;
 
 use crate::error::TransferError;
@@ -26,10 +27,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub use crate::transport::Stream;
-pub use client::{list_entries, list_modules, run_client, run_client_streams, Connect};
-pub use serve::{
-    refuse, serve, serve_with, stdio_policy, Deliver, Policy, Refusal, Serve, Streams,
+pub use client::{
+    list_entries, list_modules, run_client, run_client_streams, run_client_streams_on, Connect,
 };
+pub use serve::{
+    refuse, serve, serve_on, serve_with, stdio_policy, Deliver, Policy, Refusal, Serve, Streams,
+};
+pub use side::{LocalFiles, Side};
 
 /// Where a client's events go.
 pub type EventFn<'a> = dyn Fn(Event) + Sync + 'a;

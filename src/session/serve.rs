@@ -102,6 +102,17 @@ pub fn serve_with(
     policy: &Policy,
     streams: Option<&Streams>,
 ) -> Result<Summary, TransferError> {
+    serve_on(stream, policy, streams, &super::LocalFiles)
+}
+
+/// Like [`serve_with`], with the half asked for running on `side` (the local
+/// filesystem, or another store this process reaches itself).
+pub fn serve_on(
+    stream: Stream,
+    policy: &Policy,
+    streams: Option<&Streams>,
+    side: &dyn super::Side,
+) -> Result<Summary, TransferError> {
     let counters = Arc::new(Counters::default());
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters);
@@ -180,7 +191,7 @@ pub fn serve_with(
             sources,
             options,
             confine,
-        } => sender::run(
+        } => side.send(
             reader,
             writer,
             sender::Config {
@@ -196,7 +207,7 @@ pub fn serve_with(
             dest,
             options,
             beneath,
-        } => receiver::run(
+        } => side.receive(
             reader,
             writer,
             receiver::Config {
@@ -210,74 +221,6 @@ pub fn serve_with(
             &cancel,
         ),
         Serve::Modules(_) => unreachable!("answered above"),
-    }
-}
-
-/// Serves one request in-process against stores other than the local
-/// filesystem (SFTP): a push is received into what `place` opens, a pull is
-/// sent from `source`. No policy (the client is this process) and no extra
-/// streams.
-pub fn serve_stores<P, S>(stream: Stream, place: P, source: S) -> Result<Summary, TransferError>
-where
-    P: crate::store::destination::Place,
-    S: crate::store::source::Source,
-{
-    let counters = Arc::new(Counters::default());
-    let mut reader = FrameReader::new(stream.reader, counters.clone());
-    let mut writer = FrameWriter::new(stream.writer, counters);
-    let hello = reader.raw::<9>()?;
-    let version = proto::choose_version(&hello)?;
-    writer.raw(&proto::server_hello(version))?;
-    let request = match reader.expect()? {
-        Message::Request(r) => r,
-        other => {
-            return Err(TransferError::PeerMisbehaved(format!(
-                "sent {} before a request",
-                other.name()
-            )))
-        }
-    };
-    if let Err(e) = check_request(&request) {
-        writer.send(&Message::Fatal(e.to_string().into_bytes()))?;
-        writer.flush()?;
-        return Err(e);
-    }
-    writer.send(&Message::Accept)?;
-    if request.options.streams > 1 {
-        writer.send(&Message::StreamToken(proto::NO_STREAM_TOKEN))?;
-    }
-    let cancel = Cancel::default();
-    match request.role {
-        Role::ServerReceives => receiver::run_into(
-            reader,
-            writer,
-            receiver::Config {
-                dest: request.paths[0].clone(),
-                options: request.options,
-                events: None,
-                requested: None,
-                beneath: None,
-                joins: None,
-            },
-            place,
-            &cancel,
-        ),
-        Role::ServerSends => sender::run_from(
-            reader,
-            writer,
-            sender::Config {
-                sources: request.paths,
-                options: request.options,
-                events: None,
-                confine: None,
-                joins: None,
-            },
-            &cancel,
-            move || Ok(source),
-        ),
-        Role::ListModules | Role::JoinStream => Err(TransferError::Usage(
-            "not a request an SFTP store answers".into(),
-        )),
     }
 }
 

@@ -16,6 +16,52 @@ pub mod wire;
 
 pub use client::Sftp;
 
+use crate::error::TransferError;
+use crate::proto::Summary;
+use crate::session::side::{Reader, Writer};
+use crate::session::{receiver, sender, Cancel, Side};
+
+/// A session half running on the remote's files over one SFTP connection:
+/// a pull sends from a [`source::SftpSource`], a push is received into a
+/// [`destination::SftpPlace`].
+pub struct SftpSide {
+    pub sftp: Sftp,
+    /// `[user@]host:` as messages show it.
+    pub shown_host: String,
+    /// Where a remote command can hash files: what to record.
+    pub published: Option<destination::Published>,
+}
+
+impl Side for SftpSide {
+    fn send(
+        &self,
+        reader: Reader,
+        writer: Writer,
+        cfg: sender::Config<'_>,
+        cancel: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        let source = source::SftpSource {
+            sftp: self.sftp.clone(),
+        };
+        sender::run_from(reader, writer, cfg, cancel, move || Ok(source))
+    }
+
+    fn receive(
+        &self,
+        reader: Reader,
+        writer: Writer,
+        cfg: receiver::Config<'_>,
+        cancel: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        let place = destination::SftpPlace {
+            sftp: self.sftp.clone(),
+            shown_host: self.shown_host.clone(),
+            published: self.published.clone(),
+        };
+        receiver::run_into(reader, writer, cfg, place, cancel)
+    }
+}
+
 /// A remote path as the SFTP server takes it: `~` and `~/x` are relative to
 /// the login directory, where the server starts (as scp rewrites them); an
 /// empty path is that directory.

@@ -11,4 +11,5 @@
 //! over these traits and monomorphic on the data path: no `dyn` per block.
 
 pub mod destination;
+pub mod s3;
 pub mod source;

@@ -2,7 +2,7 @@
 //! **peer**, something that speaks ferry's protocol and serves the other half
 //! of a session (`ferry serve --stdio` over ssh, a ferry daemon), or a
 //! **store**, files this process reads or writes itself (the local filesystem
-//! today; S3 and SFTP next, which cannot speak the protocol, so both session
+//! and S3 buckets; SFTP next: they cannot speak the protocol, so both session
 //! halves run in-process against them).
 //!
 //! Not for connecting or running anything: [`super::run`] takes the
@@ -27,16 +27,18 @@ pub enum Peer<'a> {
 
 /// Files this process reads or writes itself, through [`crate::store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Store {
+pub enum Store<'a> {
     /// The local filesystem ([`crate::fs`]).
     Local,
+    /// `s3://bucket/prefix`: a bucket ([`crate::store::s3`]).
+    S3 { bucket: &'a str },
 }
 
 /// Where one side of a transfer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint<'a> {
     Peer(Peer<'a>),
-    Store(Store),
+    Store(Store<'a>),
 }
 
 /// An address resolved: its endpoint and the path there.
@@ -60,16 +62,19 @@ pub fn resolve(loc: &Location) -> Result<Resolved<'_>, TransferError> {
         Location::Daemon { host, port, path } => {
             (Endpoint::Peer(Peer::Daemon { host, port: *port }), path)
         }
-        Location::S3 { .. } => return Err(unsupported()),
+        Location::S3 { bucket, prefix } => {
+            // the bucket's root is `/` (a request names no empty path)
+            let path = if prefix.is_empty() { "/" } else { prefix };
+            return Ok(Resolved {
+                endpoint: Endpoint::Store(Store::S3 { bucket }),
+                path: path.as_bytes().to_vec(),
+            });
+        }
     };
     Ok(Resolved {
         endpoint,
         path: path.clone(),
     })
-}
-
-fn unsupported() -> TransferError {
-    TransferError::Usage("s3:// addresses are not supported by this build yet".into())
 }
 
 /// Which half of the session runs where, and on which paths.
@@ -85,6 +90,8 @@ pub struct Route<'a> {
     pub served_paths: Vec<Vec<u8>>,
     /// The paths the client half reads (a push) or writes into (a pull).
     pub local_paths: Vec<Vec<u8>>,
+    /// The store the client half reads or writes.
+    pub local_store: Store<'a>,
 }
 
 /// Resolves `sources` and `dest` and decides the route: store to store runs
@@ -100,17 +107,19 @@ pub fn route<'a>(sources: &'a [Location], dest: &'a Location) -> Result<Route<'a
     let one_place = sources.iter().all(|s| s.endpoint == *from);
     let source_paths = || sources.iter().map(|s| s.path.clone()).collect();
     match (from, dest.endpoint) {
-        (Endpoint::Store(_), serving) if one_place => Ok(Route {
+        (Endpoint::Store(local), serving) if one_place => Ok(Route {
             serving,
             role: Role::ServerReceives,
             served_paths: vec![dest.path],
             local_paths: source_paths(),
+            local_store: *local,
         }),
-        (Endpoint::Peer(peer), Endpoint::Store(_)) if one_place => Ok(Route {
+        (Endpoint::Peer(peer), Endpoint::Store(local)) if one_place => Ok(Route {
             serving: Endpoint::Peer(peer.clone()),
             role: Role::ServerSends,
             served_paths: source_paths(),
             local_paths: vec![dest.path],
+            local_store: local,
         }),
         (_, Endpoint::Store(_)) => Err(TransferError::Usage(
             "all remote sources must be on the same host, and local and remote sources cannot be mixed".into(),
@@ -173,6 +182,20 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_is_a_store_on_either_side() {
+        let (sources, dest) = (locs(&["a"]), locs(&["s3://bucket/x/"]));
+        let r = route(&sources, &dest[0]).unwrap();
+        assert_eq!(r.serving, Endpoint::Store(Store::S3 { bucket: "bucket" }));
+        assert_eq!(r.served_paths, vec![b"x/".to_vec()]);
+        assert_eq!(r.local_store, Store::Local);
+        let (sources, dest) = (locs(&["s3://b"]), locs(&["h::m/p"]));
+        let r = route(&sources, &dest[0]).unwrap();
+        assert_eq!(r.local_store, Store::S3 { bucket: "b" });
+        assert_eq!(r.local_paths, vec![b"/".to_vec()]);
+        assert_eq!(r.role, Role::ServerReceives);
+    }
+
+    #[test]
     fn what_cannot_be_routed_says_why() {
         let mixed = "all remote sources must be on the same host";
         assert!(refusal(&["a", "host:b"], "d").contains(mixed));
@@ -182,10 +205,6 @@ mod tests {
         let remote = "remote-to-remote transfers are not supported";
         assert!(refusal(&["h1:a"], "h2:b").contains(remote));
         assert!(refusal(&["a", "h1:a"], "h2:b").contains(remote));
-        assert_eq!(
-            refusal(&["a"], "s3://bucket/x"),
-            "s3:// addresses are not supported by this build yet"
-        );
         assert_eq!(refusal(&[], "d"), "no source given");
     }
 }

@@ -22,35 +22,19 @@ pub(super) fn run(
     events: &EventFn<'_>,
     cancel: &Cancel,
     counters: &Arc<Counters>,
+    client_side: &dyn session::Side,
+    server_side: Box<dyn session::Side + Send>,
 ) -> Result<Summary, TransferError> {
-    run_served(
-        request,
-        local_paths,
-        events,
-        cancel,
-        counters,
-        session::serve,
-    )
-}
-
-/// Like [`run`], with `serve` as the server half (a store other than the
-/// local filesystem: SFTP).
-pub(super) fn run_served(
-    request: Request,
-    local_paths: Vec<Vec<u8>>,
-    events: &EventFn<'_>,
-    cancel: &Cancel,
-    counters: &Arc<Counters>,
-    serve: impl FnOnce(Stream) -> Result<Summary, TransferError> + Send + 'static,
-) -> Result<Summary, TransferError> {
-    let (stream, server) = local_server(serve)?;
-    let client = session::run_client(
+    let (stream, server) = local_server(server_side)?;
+    let client = session::run_client_streams_on(
         stream,
         request,
         local_paths,
         events,
         cancel,
         counters.clone(),
+        None,
+        client_side,
     );
     let server = server.join().unwrap_or_else(|_| {
         Err(TransferError::Internal(
@@ -66,9 +50,8 @@ pub(super) fn run_served(
 }
 
 /// Starts `serve` on a thread and returns the client's end of the stream.
-#[allow(clippy::type_complexity)]
 fn local_server(
-    serve: impl FnOnce(Stream) -> Result<Summary, TransferError> + Send + 'static,
+    side: Box<dyn session::Side + Send>,
 ) -> Result<(Stream, JoinHandle<Result<Summary, TransferError>>), TransferError> {
     let pipe = |e: std::io::Error| TransferError::local("pipe", &e);
     let (to_server_r, to_server_w) = std::io::pipe().map_err(pipe)?;
@@ -76,10 +59,11 @@ fn local_server(
     let server = std::thread::Builder::new()
         .name("ferry-local-server".into())
         .spawn(move || {
-            serve(Stream {
+            let stream = Stream {
                 reader: Box::new(to_server_r),
                 writer: Box::new(to_client_w),
-            })
+            };
+            session::serve_on(stream, &session::stdio_policy, None, side.as_ref())
         })
         .map_err(|e| TransferError::local("thread", &e))?;
     Ok((

@@ -218,9 +218,20 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
     };
     let local_paths = route.local_paths;
     let counters = Arc::new(Counters::default());
+    let side = side_of(route.local_store)?;
+    let side = side.as_ref();
     let summary = match route.serving {
-        Endpoint::Store(Store::Local) => {
-            local::run(request, local_paths, events, cancel, &counters)?
+        Endpoint::Store(store) => {
+            let server = side_of(store)?;
+            local::run(
+                request,
+                local_paths,
+                events,
+                cancel,
+                &counters,
+                side,
+                server,
+            )?
         }
         Endpoint::Peer(Peer::Ssh { user, host }) => sftp::over_ssh(
             plan,
@@ -231,12 +242,13 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
             events,
             cancel,
             &counters,
+            side,
         )?,
         Endpoint::Peer(Peer::Daemon { host, port }) => {
             let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
             let stream = connect_daemon(host, port, &plan.daemon, events)?;
             let more = || connect_daemon(host, port, &plan.daemon, events);
-            session::run_client_streams(
+            session::run_client_streams_on(
                 stream,
                 request,
                 local_paths,
@@ -244,6 +256,7 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
                 cancel,
                 counters.clone(),
                 Some(&more),
+                side,
             )?
         }
     };
@@ -251,6 +264,14 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
         summary,
         sent: counters.sent.load(Ordering::Relaxed),
         received: counters.received.load(Ordering::Relaxed),
+    })
+}
+
+/// The session half that runs on `store` in this process.
+fn side_of(store: Store<'_>) -> Result<Box<dyn session::Side + Send>, TransferError> {
+    Ok(match store {
+        Store::Local => Box::new(session::LocalFiles),
+        Store::S3 { bucket } => Box::new(crate::store::s3::S3Side::open(bucket)?),
     })
 }
 
@@ -309,6 +330,7 @@ fn over_ssh(
     cancel: &Cancel,
     counters: &Arc<Counters>,
     kept: Option<&mut Option<String>>,
+    side: &dyn session::Side,
 ) -> Result<Summary, TransferError> {
     let (peer, stream) = match kept {
         Some(_) => ChildPeer::ssh_kept(user, host, &plan.ssh)?,
@@ -324,7 +346,7 @@ fn over_ssh(
         extra.lock().unwrap_or_else(|p| p.into_inner()).push(peer);
         Ok(stream)
     };
-    let result = session::run_client_streams(
+    let result = session::run_client_streams_on(
         stream,
         request,
         local_paths,
@@ -332,6 +354,7 @@ fn over_ssh(
         cancel,
         counters.clone(),
         Some(&more),
+        side,
     );
     for peer in extra.into_inner().unwrap_or_else(|p| p.into_inner()) {
         peer.end();

@@ -17,9 +17,8 @@ use crate::error::TransferError;
 use crate::proto::{Event, HandshakeError, Request, Role, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
-use crate::sftp::destination::{HashKind, Published, SftpPlace};
-use crate::sftp::source::SftpSource;
-use crate::sftp::{remote_path, Sftp};
+use crate::sftp::destination::{HashKind, Published};
+use crate::sftp::{remote_path, Sftp, SftpSide};
 use crate::transport::child::{self, Ended, Transport};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +41,7 @@ pub(super) fn over_ssh(
     events: &EventFn<'_>,
     cancel: &Cancel,
     counters: &Arc<Counters>,
+    side: &dyn session::Side,
 ) -> Result<Summary, TransferError> {
     let ferry = |request, local_paths, kept| {
         super::over_ssh(
@@ -54,6 +54,7 @@ pub(super) fn over_ssh(
             cancel,
             counters,
             kept,
+            side,
         )
     };
     let sftp = |request, local_paths, why: Option<String>| {
@@ -67,6 +68,7 @@ pub(super) fn over_ssh(
             cancel,
             counters,
             why,
+            side,
         )
     };
     match plan.ssh.transport {
@@ -173,6 +175,7 @@ fn run(
     cancel: &Cancel,
     counters: &Arc<Counters>,
     why: Option<String>,
+    side: &dyn session::Side,
 ) -> Result<Summary, TransferError> {
     let why_kind = match &why {
         Some(w) if w.contains("allows SFTP connections only") => Exec::No,
@@ -209,15 +212,20 @@ fn run(
         kind,
         files: Default::default(),
     });
-    let place = SftpPlace {
+    let remote = SftpSide {
         sftp: sftp.clone(),
         shown_host: format!("{target}:"),
         published: published.clone(),
     };
-    let source = SftpSource { sftp: sftp.clone() };
-    let result = local::run_served(request, local_paths, events, cancel, counters, move |s| {
-        session::serve::serve_stores(s, place, source)
-    });
+    let result = local::run(
+        request,
+        local_paths,
+        events,
+        cancel,
+        counters,
+        side,
+        Box::new(remote),
+    );
     let status = sftp.end();
     let summary = result?;
     if status.is_some_and(|s| s.code() == Some(255)) && pushing {

@@ -1,0 +1,27 @@
+//! `ferry s3 …`: housekeeping for `s3://` stores (today `cleanup`, which
+//! aborts the multipart uploads this host left unfinished). Not for moving
+//! files: `cp` and `sync` take `s3://` addresses like any other.
+
+use super::args::S3Command;
+use super::exit;
+use crate::error::TransferError;
+use crate::location::Location;
+
+pub fn run(c: S3Command) -> Result<i32, TransferError> {
+    match c {
+        S3Command::Cleanup { target } => {
+            let loc = Location::parse(&target).map_err(|e| TransferError::Usage(e.to_string()))?;
+            let Location::S3 { bucket, prefix } = loc else {
+                return Err(TransferError::Usage(
+                    "ferry s3 cleanup takes s3://bucket or s3://bucket/prefix".into(),
+                ));
+            };
+            let aborted = crate::store::s3::cleanup(&bucket, &prefix)?;
+            for key in &aborted {
+                println!("aborted the unfinished upload of s3://{bucket}/{key}");
+            }
+            println!("{} unfinished upload(s) aborted", aborted.len());
+            Ok(exit::OK)
+        }
+    }
+}

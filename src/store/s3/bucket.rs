@@ -1,0 +1,724 @@
+//! One bucket behind a small private tokio runtime: the blocking calls the
+//! engine's threads make (head, list a "directory", ranged get, upload a file
+//! with its metadata, delete), each run to completion with `block_on`.
+//! Uploads go in parts, the part size growing with the object so that none
+//! needs more than 10,000 parts, several parts at once; every part and
+//! every ranged read first takes its bytes from one budget shared by the
+//! whole process, so what is in flight stays bounded however many files
+//! move at once.
+//!
+//! Not for the store seam's rules (naming, temporary files, verification):
+//! those are [`super::source`] and [`super::destination`]. Async code stays
+//! in here; callers see plain functions.
+
+use super::journal;
+use super::manifest::{self, Manifest};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3;
+use object_store::multipart::MultipartStore;
+use object_store::multipart::PartId;
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload,
+};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Bytes in flight across every upload and download of the process.
+const BUDGET: usize = 256 << 20;
+/// The budget's unit (a semaphore permit).
+const UNIT: usize = 64 << 10;
+/// Objects up to this size go in one request.
+pub const SINGLE_PUT_MAX: u64 = 16 << 20;
+/// The smallest part of a multipart upload.
+const MIN_PART: u64 = 16 << 20;
+/// Parts an upload may have (S3 allows 10,000; some servers fewer).
+const MAX_PARTS: u64 = 9_000;
+/// Parts of one file uploaded at once.
+const PARTS_AT_ONCE: usize = 8;
+
+/// Metadata keys ferry keeps on an object (`x-amz-meta-…`).
+pub const META_MTIME: &str = "ferry-mtime";
+pub const META_MODE: &str = "ferry-mode";
+pub const META_BLAKE3: &str = "ferry-blake3";
+
+/// What an object is, with ferry's metadata when it has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub size: u64,
+    /// ferry's mtime (ns) when recorded, else the object's last-modified.
+    pub mtime: (i64, u32),
+    pub mode: Option<u32>,
+    /// BLAKE3 of the whole object, when ferry wrote it.
+    pub blake3: Option<[u8; 32]>,
+    pub etag: Option<String>,
+    /// The server's last-modified time (ms), which a listing also gives:
+    /// what ties a manifest line to the object when the listing has no
+    /// ETag (s3s-fs).
+    pub modified_ms: i64,
+}
+
+/// The objects (name and what it is) and the prefixes (names) directly
+/// under a prefix.
+pub type DirListing = (Vec<(String, Object)>, Vec<String>);
+
+/// What a listing says of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub modified_ms: i64,
+}
+
+/// A bucket, cheap to clone and to share between threads.
+#[derive(Clone)]
+pub struct Bucket {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rt: tokio::runtime::Runtime,
+    store: Arc<AmazonS3>,
+    name: String,
+    budget: Arc<Semaphore>,
+}
+
+/// The part size for an object of `size` bytes: at least 16 MiB, and large
+/// enough (a whole number of MiB) that it needs at most 9,000 parts.
+pub fn part_size(size: u64) -> u64 {
+    let need = size.div_ceil(MAX_PARTS);
+    need.div_ceil(1 << 20)
+        .max(1)
+        .saturating_mul(1 << 20)
+        .max(MIN_PART)
+}
+
+fn err(e: object_store::Error) -> io::Error {
+    match e {
+        object_store::Error::NotFound { .. } => {
+            io::Error::new(io::ErrorKind::NotFound, e.to_string())
+        }
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            io::Error::new(io::ErrorKind::AlreadyExists, e.to_string())
+        }
+        _ => io::Error::other(e.to_string()),
+    }
+}
+
+/// A key as object_store names it.
+pub fn path(key: &str) -> Path {
+    Path::from(key)
+}
+
+impl Bucket {
+    /// The client for `name`, with its runtime.
+    pub fn open(name: &str) -> Result<Bucket, String> {
+        let store = super::config::client(name)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ferry-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the S3 runtime: {e}"))?;
+        Ok(Bucket {
+            inner: Arc::new(Inner {
+                rt,
+                store: Arc::new(store),
+                name: name.to_string(),
+                budget: Arc::new(Semaphore::new(BUDGET / UNIT)),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// `s3://bucket/key`, for messages.
+    pub fn show(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.inner.name, key)
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.inner.rt.block_on(f)
+    }
+
+    /// The object at `key` with its metadata, or `None`.
+    pub fn head(&self, key: &str) -> io::Result<Option<Object>> {
+        if key.is_empty() || key.ends_with('/') {
+            return Ok(None);
+        }
+        let store = self.inner.store.clone();
+        let p = path(key);
+        self.block_on(async move { head(&store, &p).await })
+    }
+
+    /// What `key` is: an object, a prefix with objects under it (a
+    /// directory), or nothing. `dir_first` asks the listing first (for a
+    /// key that is likely a prefix: some servers fail a HEAD of one).
+    pub fn stat(&self, key: &str, dir_first: bool) -> io::Result<Option<Option<Object>>> {
+        if key.is_empty() {
+            return Ok(Some(None));
+        }
+        if dir_first && self.any_under(key)? {
+            return Ok(Some(None));
+        }
+        match self.head(key) {
+            Ok(Some(o)) => Ok(Some(Some(o))),
+            Ok(None) if dir_first => Ok(None),
+            Ok(None) => Ok(self.any_under(key)?.then_some(None)),
+            Err(e) => match self.any_under(key) {
+                Ok(true) => Ok(Some(None)),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// The objects (with their metadata) and the "directories" directly
+    /// under `prefix` (a key ending in `/`, or empty for the bucket's root),
+    /// each sorted by name, and the manifest that described them: the one in
+    /// this listing, else `inherited`. An object the manifest describes costs
+    /// no request; any other, a HEAD (several at once).
+    pub fn list_dir(
+        &self,
+        prefix: &str,
+        inherited: Option<&Manifest>,
+    ) -> io::Result<(DirListing, Option<Manifest>)> {
+        let store = self.inner.store.clone();
+        let p = (!prefix.is_empty()).then(|| path(prefix.trim_end_matches('/')));
+        let inherited = inherited.cloned();
+        self.block_on(async move {
+            let listed = store.list_with_delimiter(p.as_ref()).await.map_err(err)?;
+            let mut dirs: Vec<String> = listed
+                .common_prefixes
+                .iter()
+                .filter_map(|d| d.filename().map(str::to_string))
+                .collect();
+            let mut manifest = inherited;
+            let mut objects = Vec::new();
+            for m in listed.objects {
+                if m.location.filename() == Some(manifest::NAME) {
+                    if let Some(text) = get_small(&store, &m.location).await? {
+                        manifest = Some(Manifest::parse(&String::from_utf8_lossy(&text)));
+                    }
+                } else {
+                    objects.push(m);
+                }
+            }
+            let files = futures::stream::iter(objects)
+                .map(|m| {
+                    let store = store.clone();
+                    let known = manifest.as_ref().and_then(|man| {
+                        man.get(
+                            m.location.as_ref(),
+                            m.size,
+                            m.e_tag.as_deref(),
+                            m.last_modified.timestamp_millis(),
+                        )
+                    });
+                    async move {
+                        let name = m.location.filename().unwrap_or_default().to_string();
+                        let o = match known {
+                            Some(o) => Some(o),
+                            None => head(&store, &m.location).await?,
+                        };
+                        Ok::<_, io::Error>(o.map(|o| (name, o)))
+                    }
+                })
+                .buffered(16)
+                .try_collect::<Vec<_>>()
+                .await?;
+            let mut files: Vec<(String, Object)> = files.into_iter().flatten().collect();
+            files.sort_by(|a, b| a.0.cmp(&b.0));
+            dirs.sort();
+            Ok(((files, dirs), manifest))
+        })
+    }
+
+    /// Every object under `prefix/` (recursively, or the whole bucket for
+    /// an empty prefix): key, size and ETag, as the listing gives them.
+    pub fn list_all(&self, prefix: &str) -> io::Result<Vec<(String, Listed)>> {
+        let store = self.inner.store.clone();
+        let p = (!prefix.is_empty()).then(|| path(prefix.trim_end_matches('/')));
+        self.block_on(async move {
+            store
+                .list(p.as_ref())
+                .map_ok(|m| {
+                    let listed = Listed {
+                        size: m.size,
+                        etag: m.e_tag,
+                        modified_ms: m.last_modified.timestamp_millis(),
+                    };
+                    (m.location.to_string(), listed)
+                })
+                .try_collect()
+                .await
+                .map_err(err)
+        })
+    }
+
+    /// A small object's bytes (a manifest), or `None`.
+    pub fn get_small(&self, key: &str) -> io::Result<Option<Bytes>> {
+        let store = self.inner.store.clone();
+        let p = path(key);
+        self.block_on(async move { get_small(&store, &p).await })
+    }
+
+    /// Writes a small object (a manifest).
+    pub fn put_small(&self, key: &str, data: Bytes) -> io::Result<()> {
+        let store = self.inner.store.clone();
+        let p = path(key);
+        self.block_on(async move {
+            store
+                .put(&p, PutPayload::from(data))
+                .await
+                .map(|_| ())
+                .map_err(err)
+        })
+    }
+
+    /// Whether any object's key starts with `prefix/`.
+    pub fn any_under(&self, prefix: &str) -> io::Result<bool> {
+        let store = self.inner.store.clone();
+        let p = (!prefix.is_empty()).then(|| path(prefix.trim_end_matches('/')));
+        self.block_on(async move {
+            let mut s = store.list(p.as_ref());
+            match s.next().await {
+                Some(Ok(_)) => Ok(true),
+                Some(Err(e)) => Err(err(e)),
+                None => Ok(false),
+            }
+        })
+    }
+
+    /// Every key under `prefix/` (recursively), in the listing's order.
+    pub fn keys_under(&self, prefix: &str) -> io::Result<Vec<Path>> {
+        let store = self.inner.store.clone();
+        let p = path(prefix.trim_end_matches('/'));
+        self.block_on(async move {
+            store
+                .list(Some(&p))
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await
+                .map_err(err)
+        })
+    }
+
+    /// Starts fetching `range` of `key` (pinned to `etag` where the server
+    /// honours it); the bytes come from the shared budget.
+    pub fn fetch(
+        &self,
+        key: &Path,
+        range: std::ops::Range<u64>,
+        etag: Option<String>,
+    ) -> tokio::task::JoinHandle<io::Result<Bytes>> {
+        let (store, budget) = (self.inner.store.clone(), self.inner.budget.clone());
+        let key = key.clone();
+        self.inner.rt.spawn(async move {
+            let units = (range.end - range.start).div_ceil(UNIT as u64).max(1) as u32;
+            let _permit = budget
+                .acquire_many_owned(units)
+                .await
+                .map_err(io::Error::other)?;
+            let want = range.end - range.start;
+            let got = store
+                .get_opts(
+                    &key,
+                    GetOptions {
+                        range: Some(GetRange::Bounded(range)),
+                        if_match: etag,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(err)?
+                .bytes()
+                .await
+                .map_err(err)?;
+            if got.len() as u64 != want {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the object gave {} bytes where {want} were asked for",
+                        got.len()
+                    ),
+                ));
+            }
+            Ok(got)
+        })
+    }
+
+    /// Waits for a fetch started with [`Bucket::fetch`].
+    pub fn wait(&self, h: tokio::task::JoinHandle<io::Result<Bytes>>) -> io::Result<Bytes> {
+        self.block_on(h).map_err(io::Error::other)?
+    }
+
+    /// Reads `range` of `key` now.
+    pub fn get_range(&self, key: &Path, range: std::ops::Range<u64>) -> io::Result<Bytes> {
+        let h = self.fetch(key, range, None);
+        self.wait(h)
+    }
+
+    /// Uploads `len` bytes of `file` as `key` with ferry's metadata: one
+    /// request for a small file, else parts in parallel. With `create_only`
+    /// an object already at `key` is left alone and the upload fails with
+    /// `AlreadyExists`. Nothing is at `key` until the upload is complete.
+    /// Returns the new object's ETag.
+    pub fn upload(
+        &self,
+        key: &str,
+        file: Arc<File>,
+        len: u64,
+        meta: &Object,
+        create_only: bool,
+    ) -> io::Result<Option<String>> {
+        let mut attrs = Attributes::new();
+        attrs.insert(
+            Attribute::Metadata(META_MTIME.into()),
+            format!(
+                "{}",
+                meta.mtime.0 as i128 * 1_000_000_000 + meta.mtime.1 as i128
+            )
+            .into(),
+        );
+        if let Some(mode) = meta.mode {
+            attrs.insert(
+                Attribute::Metadata(META_MODE.into()),
+                format!("{mode:o}").into(),
+            );
+        }
+        if let Some(h) = meta.blake3 {
+            attrs.insert(Attribute::Metadata(META_BLAKE3.into()), hex(&h).into());
+        }
+        let (store, budget) = (self.inner.store.clone(), self.inner.budget.clone());
+        let p = path(key);
+        let (bucket, key) = (self.inner.name.clone(), key.to_string());
+        self.block_on(async move {
+            if len <= SINGLE_PUT_MAX || create_only {
+                let units = len.div_ceil(UNIT as u64).clamp(1, (BUDGET / UNIT) as u64) as u32;
+                let _permit = budget
+                    .acquire_many_owned(units)
+                    .await
+                    .map_err(io::Error::other)?;
+                let data = read_part(file, 0, len).await?;
+                let md5 = md5_hex(&data);
+                let opts = PutOptions {
+                    mode: if create_only {
+                        PutMode::Create
+                    } else {
+                        PutMode::Overwrite
+                    },
+                    attributes: attrs,
+                    ..Default::default()
+                };
+                let r = store
+                    .put_opts(&p, PutPayload::from(data), opts)
+                    .await
+                    .map_err(err)?;
+                if let Some(e) = &r.e_tag {
+                    check_etag(e, &md5, "the object")?;
+                }
+                return Ok(r.e_tag);
+            }
+            let blake3 = meta.blake3.unwrap_or_default();
+            let job = Multipart {
+                store,
+                budget,
+                p,
+                file,
+                len,
+                attrs,
+                bucket,
+                key,
+                blake3,
+            };
+            match job.run(true).await {
+                // the upload the journal named is gone from the server
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(path) = journal::path_of(&job.bucket, &job.key) {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    job.run(false).await
+                }
+                other => other,
+            }
+        })
+    }
+
+    /// Aborts the multipart upload `id` of `key` (one already gone is not
+    /// an error).
+    pub fn abort(&self, key: &str, id: &str) -> io::Result<()> {
+        let store = self.inner.store.clone();
+        let (p, id) = (path(key), id.to_string());
+        self.block_on(async move {
+            match store.abort_multipart(&p, &id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(err(e)),
+            }
+        })
+    }
+
+    pub fn delete(&self, key: &str) -> io::Result<()> {
+        let store = self.inner.store.clone();
+        let p = path(key);
+        self.block_on(async move { store.delete(&p).await.map_err(err) })
+    }
+
+    pub fn delete_path(&self, p: &Path) -> io::Result<()> {
+        let store = self.inner.store.clone();
+        let p = p.clone();
+        self.block_on(async move { store.delete(&p).await.map_err(err) })
+    }
+
+    /// Copies `from` to `to` on the server.
+    pub fn copy(&self, from: &str, to: &str) -> io::Result<()> {
+        let store = self.inner.store.clone();
+        let (f, t) = (path(from), path(to));
+        self.block_on(async move { store.copy(&f, &t).await.map_err(err) })
+    }
+}
+
+/// One multipart upload, resumable from its journal.
+struct Multipart {
+    store: Arc<AmazonS3>,
+    budget: Arc<Semaphore>,
+    p: Path,
+    file: Arc<File>,
+    len: u64,
+    attrs: Attributes,
+    bucket: String,
+    key: String,
+    blake3: [u8; 32],
+}
+
+impl Multipart {
+    /// Uploads the parts not yet accepted (all of them without `resume`)
+    /// and completes the upload; returns its ETag.
+    async fn run(&self, resume: bool) -> io::Result<Option<String>> {
+        // an earlier run's upload of the same content, if any
+        let Multipart {
+            store,
+            budget,
+            p,
+            file,
+            len,
+            attrs,
+            bucket,
+            key,
+            blake3,
+        } = self;
+        let (len, blake3) = (*len, *blake3);
+        let found = resume
+            .then(|| journal::find(bucket, key, len, &blake3))
+            .flatten();
+        let (up, done) = match found {
+            Some(found) => found,
+            None => {
+                let id = store
+                    .create_multipart_opts(
+                        p,
+                        PutMultipartOptions {
+                            attributes: attrs.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(err)?;
+                let up = journal::Upload {
+                    id,
+                    size: len,
+                    part: part_size(len),
+                    blake3,
+                };
+                (up, BTreeMap::new())
+            }
+        };
+        let journal = Arc::new(journal::Journal::open(bucket, key, &up, &done)?);
+        let (id, part) = (up.id.clone(), up.part);
+        let count = len.div_ceil(part);
+        let parts = futures::stream::iter(0..count)
+            .map(|i| {
+                let (store, budget, file, p, id) = (
+                    store.clone(),
+                    budget.clone(),
+                    file.clone(),
+                    p.clone(),
+                    id.clone(),
+                );
+                let (journal, done) = (journal.clone(), done.get(&(i as usize)).cloned());
+                async move {
+                    if let Some(etag) = done {
+                        return Ok(PartId { content_id: etag });
+                    }
+                    let at = i * part;
+                    let n = part.min(len - at);
+                    let units = n.div_ceil(UNIT as u64) as u32;
+                    let _permit = budget
+                        .acquire_many_owned(units)
+                        .await
+                        .map_err(io::Error::other)?;
+                    let data = read_part(file, at, n).await?;
+                    let md5 = md5_hex(&data);
+                    let got = store
+                        .put_part(&p, &id, i as usize, PutPayload::from(data))
+                        .await
+                        .map_err(err)?;
+                    check_etag(&got.content_id, &md5, &format!("part {}", i + 1))?;
+                    journal.part(i as usize, &got.content_id)?;
+                    Ok::<_, io::Error>(got)
+                }
+            })
+            .buffered(PARTS_AT_ONCE)
+            .try_collect::<Vec<_>>()
+            .await;
+        // on failure the upload and its journal stay, for a re-run
+        let done = store
+            .complete_multipart(p, &id, parts?)
+            .await
+            .map(|r| r.e_tag);
+        if let Ok(journal) = Arc::try_unwrap(journal) {
+            if done.is_ok() || matches!(done, Err(object_store::Error::NotFound { .. })) {
+                journal.done();
+            }
+        }
+        done.map_err(err)
+    }
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    hex(&md5::Md5::digest(data))
+}
+
+/// Checks an ETag the server returned for a part (or a single-request
+/// object) against the MD5 of what was sent. An ETag that is not a plain
+/// MD5 (encrypted objects, some servers) says nothing and is let through;
+/// never a multipart object's ETag, which is no content hash.
+fn check_etag(etag: &str, md5: &str, what: &str) -> io::Result<()> {
+    let e = etag.trim_matches('"');
+    let plain = e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit());
+    if plain && !e.eq_ignore_ascii_case(md5) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the server's ETag for {what} ({e}) is not the MD5 of what was sent \
+                 ({md5}): it was corrupted on the way"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `n` bytes of `file` at `at`, off the runtime's workers.
+async fn read_part(file: Arc<File>, at: u64, n: u64) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact_at(&mut buf, at)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+async fn get_small(store: &AmazonS3, p: &Path) -> io::Result<Option<Bytes>> {
+    match store.get(p).await {
+        Ok(r) => r.bytes().await.map(Some).map_err(err),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(err(e)),
+    }
+}
+
+async fn head(store: &AmazonS3, p: &Path) -> io::Result<Option<Object>> {
+    let got = store
+        .get_opts(
+            p,
+            GetOptions {
+                head: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    let got = match got {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    let m = |k: &str| {
+        got.attributes
+            .get(&Attribute::Metadata(k.to_string().into()))
+            .map(|v| v.as_ref().to_string())
+    };
+    let lm = got.meta.last_modified;
+    let mtime = m(META_MTIME)
+        .and_then(|t| t.parse::<i128>().ok())
+        .map(|ns| {
+            (
+                ns.div_euclid(1_000_000_000) as i64,
+                ns.rem_euclid(1_000_000_000) as u32,
+            )
+        })
+        .unwrap_or((lm.timestamp(), lm.timestamp_subsec_nanos()));
+    Ok(Some(Object {
+        size: got.meta.size,
+        mtime,
+        mode: m(META_MODE).and_then(|t| u32::from_str_radix(&t, 8).ok()),
+        blake3: m(META_BLAKE3).and_then(|t| unhex(&t)),
+        etag: got.meta.e_tag.clone(),
+        modified_ms: lm.timestamp_millis(),
+    }))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex(t: &str) -> Option<[u8; 32]> {
+    if t.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(t.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_that_none_needs_more_than_ten_thousand() {
+        assert_eq!(part_size(1), 16 << 20);
+        assert_eq!(part_size(100 << 30), 16 << 20);
+        let five_tib: u64 = 5 << 40;
+        let p = part_size(five_tib);
+        assert!(five_tib.div_ceil(p) <= 10_000, "{p}");
+        assert_eq!(p % (1 << 20), 0);
+    }
+
+    #[test]
+    fn a_part_etag_that_is_not_the_md5_of_what_was_sent_is_an_error() {
+        let md5 = md5_hex(b"part");
+        assert!(check_etag(&format!("\"{md5}\""), &md5, "part 1").is_ok());
+        let other = md5_hex(b"parT");
+        let e = check_etag(&format!("\"{other}\""), &md5, "part 1").unwrap_err();
+        assert!(e.to_string().contains("part 1"), "{e}");
+        // not a plain MD5 (a multipart or encrypted object's): says nothing
+        assert!(check_etag("\"0123-4\"", &md5, "the object").is_ok());
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let h = [7u8; 32];
+        assert_eq!(unhex(&hex(&h)), Some(h));
+        assert_eq!(unhex("zz"), None);
+    }
+}

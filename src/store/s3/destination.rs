@@ -1,0 +1,571 @@
+//! A bucket prefix as a [`Destination`]. A file arrives in a spool file on
+//! this host (unnamed, in the temporary directory), so it can be written at
+//! offsets and read back like a local one; publishing hashes it (BLAKE3),
+//! then uploads it with its mtime (ns), mode and BLAKE3 in the object's
+//! metadata. Nothing is at the key until the upload completes, and a file
+//! that is discarded never reaches the bucket.
+//!
+//! Not for reading objects (that is [`super::source`]). What S3 cannot hold
+//! is refused or ignored, and said so here: no symlinks or hard links
+//! (refused), directories are prefixes (made by the files under them, so an
+//! empty directory is not kept), metadata is set only when a file is
+//! uploaded (a later change to mode or mtime alone is not applied), and
+//! nothing is rebuilt from old data (every file comes whole).
+
+use super::bucket::{path, Bucket, Listed, Object};
+use super::manifest::{self, Manifest};
+use crate::error::TransferError;
+use crate::store::destination::{
+    BasisFile, Caps, Destination, Existing, ExistingKind, Meta, MetaOf, Place, PublishHow, Space,
+    TempHow, TempWrite,
+};
+use rustix::fs::{Mode, OFlags};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+/// A bucket before the destination in it is opened.
+pub struct S3Place {
+    bucket: Bucket,
+    /// `--ignore-existing`-like: never replace an object (If-None-Match).
+    create_only: bool,
+}
+
+impl S3Place {
+    pub fn new(bucket: Bucket) -> S3Place {
+        S3Place {
+            bucket,
+            create_only: false,
+        }
+    }
+}
+
+/// A key with no slashes at either end (`""`: the bucket's root).
+fn key_of(path: &[u8]) -> io::Result<String> {
+    let s = std::str::from_utf8(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "S3 keys are UTF-8"))?;
+    let s = s.trim_matches('/');
+    Ok(if s == "." {
+        String::new()
+    } else {
+        s.to_string()
+    })
+}
+
+impl Place for S3Place {
+    type Dest = S3Dest;
+
+    fn probe(&mut self, path: &[u8], shown: &str) -> Result<Option<bool>, TransferError> {
+        let key = key_of(path).map_err(|e| TransferError::Usage(format!("{shown}: {e}")))?;
+        if key.is_empty() {
+            return Ok(Some(true));
+        }
+        let fail = |e: io::Error| TransferError::local(shown.to_string(), &e);
+        Ok(self
+            .bucket
+            .stat(&key, true)
+            .map_err(fail)?
+            .map(|o| o.is_none()))
+    }
+
+    fn open(&mut self, root: &[u8], _create: bool, shown: &str) -> Result<S3Dest, TransferError> {
+        let root = key_of(root).map_err(|e| TransferError::Usage(format!("{shown}: {e}")))?;
+        let known = Known::load(&self.bucket, &root)
+            .map_err(|e| TransferError::local(shown.to_string(), &e))?;
+        Ok(S3Dest {
+            bucket: self.bucket.clone(),
+            root,
+            create_only: self.create_only,
+            known: Mutex::new(known),
+        })
+    }
+}
+
+/// What is under the destination's prefix, from one recursive listing and
+/// the prefix's manifest, kept up to date as files are published and
+/// removed: a file the manifest describes is stat'ed without a request.
+struct Known {
+    /// Key → what the listing said (and what was uploaded since).
+    listed: HashMap<String, Listed>,
+    /// Every prefix with something under it.
+    dirs: HashSet<String>,
+    manifest: Manifest,
+    /// The manifest must be written again.
+    dirty: bool,
+}
+
+/// Adds the prefixes above `key` to `dirs`.
+fn add_parents(dirs: &mut HashSet<String>, key: &str) {
+    let mut k = key;
+    while let Some(i) = k.rfind('/') {
+        k = &k[..i];
+        if !dirs.insert(k.to_string()) {
+            break;
+        }
+    }
+}
+
+impl Known {
+    fn load(bucket: &Bucket, root: &str) -> io::Result<Known> {
+        let mut listed = HashMap::new();
+        let mut dirs = HashSet::new();
+        for (key, l) in bucket.list_all(root)? {
+            add_parents(&mut dirs, &key);
+            listed.insert(key, l);
+        }
+        // asked for even when not listed (some servers hide dot-names)
+        let manifest = bucket
+            .get_small(&manifest_key(root))?
+            .map(|t| Manifest::parse(&String::from_utf8_lossy(&t)))
+            .unwrap_or_default();
+        Ok(Known {
+            listed,
+            dirs,
+            manifest,
+            dirty: false,
+        })
+    }
+
+    /// Records `key` as just uploaded (and the prefixes above it).
+    fn published(&mut self, key: &str, obj: Object) {
+        add_parents(&mut self.dirs, key);
+        let l = Listed {
+            size: obj.size,
+            etag: obj.etag.clone(),
+            modified_ms: obj.modified_ms,
+        };
+        self.listed.insert(key.to_string(), l);
+        self.manifest.insert(key.to_string(), obj);
+        self.dirty = true;
+    }
+
+    fn removed(&mut self, key: &str) {
+        self.listed.remove(key);
+        self.manifest.remove(key);
+        let p = format!("{key}/");
+        self.listed.retain(|k, _| !k.starts_with(&p));
+        self.dirs.retain(|k| k != key && !k.starts_with(&p));
+        self.manifest.remove_under(key);
+        self.dirty = true;
+    }
+}
+
+fn manifest_key(root: &str) -> String {
+    if root.is_empty() {
+        manifest::NAME.to_string()
+    } else {
+        format!("{root}/{}", manifest::NAME)
+    }
+}
+
+/// The objects under one prefix.
+pub struct S3Dest {
+    bucket: Bucket,
+    root: String,
+    create_only: bool,
+    known: Mutex<Known>,
+}
+
+impl S3Dest {
+    fn key(&self, rel: &[u8]) -> io::Result<String> {
+        let rel = key_of(rel)?;
+        Ok(match (self.root.is_empty(), rel.is_empty()) {
+            (_, true) => self.root.clone(),
+            (true, false) => rel,
+            (false, false) => format!("{}/{rel}", self.root),
+        })
+    }
+}
+
+fn unsupported(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, format!("S3 has no {what}"))
+}
+
+fn file_existing(o: &Object) -> Existing {
+    Existing {
+        kind: ExistingKind::File,
+        size: o.size,
+        mode: o.mode.unwrap_or(0o644),
+        mtime: o.mtime.0,
+        mtime_nsec: o.mtime.1,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+fn dir_existing() -> Existing {
+    Existing {
+        kind: ExistingKind::Dir,
+        size: 0,
+        mode: 0o755,
+        mtime: 0,
+        mtime_nsec: 0,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+impl Destination for S3Dest {
+    type Basis = S3Basis;
+    type Temp = Spool;
+
+    fn caps(&self) -> Caps {
+        // the spool file is local: it can be written at offsets
+        Caps {
+            rebuild: false,
+            write_at: true,
+            share_blocks: false,
+        }
+    }
+
+    fn show(&self, rel: &[u8]) -> String {
+        match self.key(rel) {
+            Ok(k) => self.bucket.show(&k),
+            Err(_) => self.bucket.show(&crate::fs::names::escape(rel)),
+        }
+    }
+
+    fn stat(&mut self, rel: &[u8]) -> io::Result<Option<Existing>> {
+        let key = self.key(rel)?;
+        if key.is_empty() {
+            return Ok(Some(dir_existing()));
+        }
+        if key == self.root {
+            return Ok(Some(dir_existing()));
+        }
+        {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            match known.listed.get(&key) {
+                None if known.dirs.contains(&key) => return Ok(Some(dir_existing())),
+                None => return Ok(None),
+                Some(l) => {
+                    let m = &known.manifest;
+                    if let Some(o) = m.get(&key, l.size, l.etag.as_deref(), l.modified_ms) {
+                        return Ok(Some(file_existing(&o)));
+                    }
+                }
+            }
+        }
+        // listed, but not as ferry last wrote it: ask
+        Ok(match self.bucket.stat(&key, false)? {
+            Some(Some(o)) => Some(file_existing(&o)),
+            Some(None) => Some(dir_existing()),
+            None => None,
+        })
+    }
+
+    fn list(&mut self, rel: &[u8]) -> io::Result<Vec<(Vec<u8>, bool)>> {
+        let key = self.key(rel)?;
+        let prefix = if key.is_empty() {
+            key
+        } else {
+            format!("{key}/")
+        };
+        // from what is known: no request (and never the manifest)
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let under = |k: &str| -> Option<String> {
+            let rest = k.strip_prefix(prefix.as_str())?;
+            (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
+        };
+        let mut out = Vec::new();
+        for k in known.listed.keys() {
+            if let Some(n) = under(k) {
+                if n != manifest::NAME {
+                    out.push((n.into_bytes(), false));
+                }
+            }
+        }
+        for d in &known.dirs {
+            if let Some(n) = under(d) {
+                out.push((n.into_bytes(), true));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn mkdir(&mut self, _rel: &[u8], _mode: u32) -> io::Result<()> {
+        Ok(()) // a prefix exists once something is under it
+    }
+
+    fn symlink(&mut self, _rel: &[u8], _target: &[u8]) -> io::Result<()> {
+        Err(unsupported("symlinks"))
+    }
+
+    fn readlink(&mut self, _rel: &[u8]) -> io::Result<Vec<u8>> {
+        Err(unsupported("symlinks"))
+    }
+
+    fn hardlink(&mut self, _existing: &[u8], _rel: &[u8]) -> io::Result<()> {
+        Err(unsupported("hard links"))
+    }
+
+    fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+        let key = self.key(rel)?;
+        if let Some(Some(_)) = self.bucket.stat(&key, false)? {
+            if let Some(suffix) = backup {
+                let suffix = std::str::from_utf8(suffix)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "suffix"))?;
+                self.bucket.copy(&key, &format!("{key}{suffix}"))?;
+            }
+            self.bucket.delete(&key)?;
+        } else {
+            for k in self.bucket.keys_under(&key)? {
+                self.bucket.delete_path(&k)?;
+            }
+        }
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .removed(&key);
+        Ok(())
+    }
+
+    fn set_meta(&mut self, _rel: &[u8], _of: MetaOf, _meta: &Meta) -> io::Result<()> {
+        Ok(()) // metadata goes with an upload only (see the module's note)
+    }
+
+    fn open_basis(&mut self, rel: &[u8]) -> io::Result<S3Basis> {
+        let key = self.key(rel)?;
+        let o = self
+            .bucket
+            .head(&key)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, self.bucket.show(&key)))?;
+        Ok(S3Basis {
+            bucket: self.bucket.clone(),
+            key: path(&key),
+            size: o.size,
+        })
+    }
+
+    fn open_partial(&mut self, _rel: &[u8]) -> Option<S3Basis> {
+        None
+    }
+
+    fn create_temp(&mut self, _rel: &[u8], _how: TempHow) -> io::Result<Spool> {
+        Ok(Spool {
+            file: spool_file()?,
+            len: 0,
+        })
+    }
+
+    fn publish(
+        &mut self,
+        temp: Spool,
+        rel: &[u8],
+        meta: &Meta,
+        how: PublishHow<'_>,
+    ) -> io::Result<()> {
+        let key = self.key(rel)?;
+        if key.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a file cannot be the bucket's root",
+            ));
+        }
+        let mut file = temp.file;
+        file.seek(io::SeekFrom::Start(0))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = temp.len;
+        while left > 0 {
+            let n = file.read(&mut buf[..(left.min(1 << 20)) as usize])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "spool file cut short",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        if let Some(suffix) = how.backup {
+            if self.bucket.head(&key)?.is_some() {
+                let suffix = std::str::from_utf8(suffix)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "suffix"))?;
+                self.bucket.copy(&key, &format!("{key}{suffix}"))?;
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut obj = Object {
+            size: temp.len,
+            mtime: meta
+                .mtime
+                .unwrap_or((now.as_secs() as i64, now.subsec_nanos())),
+            mode: meta.mode.map(|m| m & 0o7777),
+            blake3: Some(*hasher.finalize().as_bytes()),
+            etag: None,
+            modified_ms: 0,
+        };
+        obj.etag = self
+            .bucket
+            .upload(&key, Arc::new(file), temp.len, &obj, self.create_only)?;
+        // what the server now says of it (its time, which listings give),
+        // and a check that the upload is what was sent
+        match self.bucket.head(&key)? {
+            Some(now) if now.size == obj.size && now.blake3 == obj.blake3 => {
+                obj.modified_ms = now.modified_ms;
+                obj.etag = now.etag.or(obj.etag);
+            }
+            _ => {
+                return Err(io::Error::other(format!(
+                    "{} is not what was uploaded (another writer?)",
+                    self.bucket.show(&key)
+                )))
+            }
+        }
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .published(&key, obj);
+        Ok(())
+    }
+
+    fn discard(&mut self, temp: Spool) {
+        drop(temp);
+    }
+
+    fn spill_dir(&mut self, _rel: &[u8]) -> Option<Arc<OwnedFd>> {
+        None
+    }
+
+    fn tidy_dir(&mut self, _dir: &[u8]) {}
+
+    fn space(&self) -> Space {
+        Space {
+            free_bytes: u64::MAX,
+            out_of_inodes: false,
+        }
+    }
+
+    /// Objects are durable once uploaded; what is left is the manifest,
+    /// written when something changed.
+    fn sync_all(&self) -> io::Result<()> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if !known.dirty {
+            return Ok(());
+        }
+        let Known {
+            listed, manifest, ..
+        } = &mut *known;
+        manifest.retain(|k| listed.contains_key(k));
+        let text = manifest.render();
+        self.bucket
+            .put_small(&manifest_key(&self.root), bytes::Bytes::from(text))?;
+        known.dirty = false;
+        Ok(())
+    }
+}
+
+/// A nameless file in the temporary directory (gone when closed).
+fn spool_file() -> io::Result<File> {
+    let dir = std::env::temp_dir();
+    match rustix::fs::open(
+        &dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    ) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(_) => {
+            // no O_TMPFILE here: a named file, unlinked at once
+            let name = dir.join(format!(
+                ".ferry-s3-{}-{:x}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&name)?;
+            std::fs::remove_file(&name)?;
+            Ok(f)
+        }
+    }
+}
+
+/// A file on its way to the bucket, spooled on this host.
+pub struct Spool {
+    file: File,
+    len: u64,
+}
+
+impl TempWrite for Spool {
+    type Basis = S3Basis;
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn is_partial(&self) -> bool {
+        false
+    }
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, self.len)?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)?;
+        self.len = self.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+    fn append_from(&mut self, _from: &S3Basis, _offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write(data)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        FileExt::read_exact_at(&self.file, buf, offset)
+    }
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}
+
+/// An object read at offsets (for `--checksum`, which hashes what is there).
+pub struct S3Basis {
+    bucket: Bucket,
+    key: object_store::path::Path,
+    size: u64,
+}
+
+impl BasisFile for S3Basis {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.size)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = (offset + buf.len() as u64).min(self.size);
+        let got = self.bucket.get_range(&self.key, offset..end)?;
+        buf[..got.len()].copy_from_slice(&got);
+        Ok(got.len())
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "past the object's end",
+            ));
+        }
+        let n = self.read_at(buf, offset)?;
+        if n < buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "object cut short",
+            ));
+        }
+        Ok(())
+    }
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}

@@ -1,0 +1,121 @@
+//! S3-compatible object storage as a store (`s3://bucket/prefix`): a bucket
+//! prefix is a [`source::S3Source`] to send from and a
+//! [`destination::S3Place`] to receive into, so the engine moves files to
+//! and from it as it does for the local filesystem, both session halves in
+//! this process (or the client half, against a daemon). The S3 client
+//! (`object_store`) and its async runtime stay inside [`bucket`]; the
+//! engine's threads call plain blocking functions.
+//!
+//! Not for ferry's protocol (S3 cannot speak it) nor for where credentials
+//! come from beyond [`config`].
+
+pub mod bucket;
+pub mod config;
+pub mod destination;
+pub mod journal;
+pub mod manifest;
+pub mod source;
+
+use crate::error::TransferError;
+use crate::proto::Summary;
+use crate::session::side::{Reader, Writer};
+use crate::session::{receiver, sender, Cancel, Side};
+
+pub use bucket::Bucket;
+
+/// A session half running on a bucket.
+pub struct S3Side {
+    pub bucket: Bucket,
+}
+
+impl S3Side {
+    /// Opens `bucket` (no request is made yet).
+    pub fn open(bucket: &str) -> Result<S3Side, TransferError> {
+        Ok(S3Side {
+            bucket: Bucket::open(bucket).map_err(TransferError::Usage)?,
+        })
+    }
+}
+
+impl Side for S3Side {
+    fn send(
+        &self,
+        reader: Reader,
+        writer: Writer,
+        cfg: sender::Config<'_>,
+        cancel: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        let bucket = self.bucket.clone();
+        sender::run_from(reader, writer, cfg, cancel, move || {
+            Ok(source::S3Source::new(bucket))
+        })
+    }
+
+    fn receive(
+        &self,
+        reader: Reader,
+        writer: Writer,
+        cfg: receiver::Config<'_>,
+        cancel: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        let place = destination::S3Place::new(self.bucket.clone());
+        receiver::run_into(reader, writer, cfg, place, cancel)
+    }
+}
+
+/// What `ferry ls s3://bucket/prefix` shows: the object `prefix` names, or
+/// the objects and prefixes directly under it, with ferry's metadata.
+pub fn list(bucket: &str, prefix: &str) -> Result<Vec<crate::proto::Entry>, TransferError> {
+    let b = Bucket::open(bucket).map_err(TransferError::Usage)?;
+    let key = prefix.trim_matches('/');
+    let fail = |e: std::io::Error| TransferError::local(b.show(key), &e);
+    if !prefix.ends_with('/') && !key.is_empty() {
+        if let Some(Some(o)) = b.stat(key, true).map_err(fail)? {
+            let name = key.rsplit('/').next().unwrap_or(key);
+            return Ok(vec![source::entry(name.as_bytes().to_vec(), Some(&o))]);
+        }
+    }
+    let dir = if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}/")
+    };
+    let ((files, dirs), _) = b.list_dir(&dir, None).map_err(fail)?;
+    if files.is_empty() && dirs.is_empty() && !key.is_empty() {
+        return Err(TransferError::Usage(format!(
+            "{}: no such object or prefix",
+            b.show(key)
+        )));
+    }
+    let mut out: Vec<crate::proto::Entry> = files
+        .iter()
+        .map(|(n, o)| source::entry(n.as_bytes().to_vec(), Some(o)))
+        .chain(
+            dirs.iter()
+                .map(|d| source::entry(d.as_bytes().to_vec(), None)),
+        )
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// `ferry s3 cleanup s3://bucket/prefix`: aborts the multipart uploads this
+/// host's journal holds under the prefix and forgets them; returns the keys.
+/// (object_store cannot list a bucket's uploads, so uploads started
+/// elsewhere are not seen.)
+pub fn cleanup(bucket: &str, prefix: &str) -> Result<Vec<String>, TransferError> {
+    let b = Bucket::open(bucket).map_err(TransferError::Usage)?;
+    let prefix = prefix.trim_start_matches('/');
+    let mut done = Vec::new();
+    for (file, jb, key, id) in journal::all() {
+        if jb != bucket || !key.starts_with(prefix) {
+            continue;
+        }
+        b.abort(&key, &id)
+            .map_err(|e| TransferError::local(b.show(&key), &e))?;
+        let _ = std::fs::remove_file(file);
+        done.push(key);
+    }
+    done.sort();
+    Ok(done)
+}

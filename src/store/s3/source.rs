@@ -1,0 +1,427 @@
+//! A bucket prefix as a [`Source`]: listed "directory" by "directory" (a
+//! delimited listing per level, children sorted by name as the local scan
+//! does, so the receiver takes them in the same order), files read by
+//! ranged GETs several ranges ahead, and every file that ferry uploaded
+//! checked against the BLAKE3 in its metadata before its last bytes are
+//! handed over: a corrupt object fails its read, so the receiver never
+//! publishes it.
+//!
+//! Not for writing (that is [`super::destination`]). S3 has no directories,
+//! symlinks or hard links: a prefix is listed as a directory (mode 0755,
+//! the time of listing), and nothing else is.
+
+use super::bucket::{path, Bucket, Object};
+use super::manifest::Manifest;
+use crate::fs::names::escape;
+use crate::proto::{Entry, Kind, ListStart};
+use crate::store::source::{ListOptions, Listed, Source, SourceFile, Stamp};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io;
+
+/// The bytes of one ranged GET.
+const RANGE: u64 = 8 << 20;
+/// Ranged GETs of one file in flight ahead of the reader.
+const AHEAD: usize = 4;
+
+/// Objects in one bucket, read through its client.
+pub struct S3Source {
+    bucket: Bucket,
+}
+
+/// A listed object: its key, its name in the list, what it was.
+#[derive(Clone)]
+pub struct S3Handle {
+    key: String,
+    shown: Vec<u8>,
+    obj: Object,
+}
+
+impl S3Source {
+    pub fn new(bucket: Bucket) -> S3Source {
+        S3Source { bucket }
+    }
+
+    /// A source root: the key it names (no trailing slash), the name its
+    /// entries take (`.` for a root's contents), and whether it is the
+    /// contents of a prefix (a trailing slash, or the bucket's root).
+    fn root(src: &[u8]) -> io::Result<(String, Vec<u8>, bool)> {
+        let s = std::str::from_utf8(src)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "S3 keys are UTF-8"))?;
+        let key = s.trim_end_matches('/').to_string();
+        let contents = s.ends_with('/') || key.is_empty();
+        let base = key.rsplit('/').next().unwrap_or("");
+        let name = if contents {
+            b".".to_vec()
+        } else {
+            base.as_bytes().to_vec()
+        };
+        Ok((key, name, contents))
+    }
+
+    fn entry(name: Vec<u8>, kind: Kind, obj: Option<&Object>) -> Entry {
+        let mut e = entry(name, obj);
+        e.kind = kind;
+        e
+    }
+
+    fn walk<E>(
+        &self,
+        key: &str,
+        name: &[u8],
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<S3Handle>) -> Result<(), E>,
+        failed: &mut bool,
+        inherited: Option<&Manifest>,
+    ) -> Result<(), E> {
+        let prefix = if key.is_empty() {
+            String::new()
+        } else {
+            format!("{key}/")
+        };
+        // at a root, its manifest is asked for even when the listing does
+        // not show it (some servers hide dot-names)
+        let fetched;
+        let inherited = match inherited {
+            Some(m) => Some(m),
+            None => {
+                let key = format!("{prefix}{}", super::manifest::NAME);
+                fetched = self
+                    .bucket
+                    .get_small(&key)
+                    .ok()
+                    .flatten()
+                    .map(|t| Manifest::parse(&String::from_utf8_lossy(&t)));
+                fetched.as_ref()
+            }
+        };
+        let ((files, dirs), manifest) = match self.bucket.list_dir(&prefix, inherited) {
+            Ok(l) => l,
+            Err(e) => {
+                *failed = true;
+                return emit(Listed::Error(format!(
+                    "cannot list {}: {}",
+                    self.bucket.show(&prefix),
+                    crate::error::io_text(&e)
+                )));
+            }
+        };
+        // merge files and prefixes by name, as a directory's sorted children
+        let mut children: Vec<(String, Option<Object>)> = files
+            .into_iter()
+            .map(|(n, o)| (n, Some(o)))
+            .chain(dirs.into_iter().map(|d| (d, None)))
+            .collect();
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (child, obj) in children {
+            let child_name = join(name, child.as_bytes());
+            let child_key = format!("{prefix}{child}");
+            let is_dir = obj.is_none();
+            if opts.filters.excludes(&child_name, is_dir) {
+                continue;
+            }
+            match obj {
+                Some(o) => self.file(child_key, child_name, o, opts, emit)?,
+                None => {
+                    emit(Listed::Entry(
+                        Self::entry(child_name.clone(), Kind::Dir, None),
+                        S3Handle {
+                            key: child_key.clone(),
+                            shown: self.bucket.show(&child_key).into_bytes(),
+                            obj: empty(),
+                        },
+                    ))?;
+                    if opts.recursive {
+                        self.walk(
+                            &child_key,
+                            &child_name,
+                            opts,
+                            emit,
+                            failed,
+                            manifest.as_ref(),
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn file<E>(
+        &self,
+        key: String,
+        name: Vec<u8>,
+        obj: Object,
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<S3Handle>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut e = Self::entry(name, Kind::File, Some(&obj));
+        if opts.checksum {
+            // the value ferry stored when it uploaded; none: compare by
+            // content is not possible without reading, so it differs
+            e.checksum = obj.blake3;
+        }
+        emit(Listed::Entry(
+            e,
+            S3Handle {
+                shown: self.bucket.show(&key).into_bytes(),
+                key,
+                obj,
+            },
+        ))
+    }
+}
+
+/// The list entry of an object (`Some`) or a prefix (`None`, a directory).
+pub fn entry(name: Vec<u8>, obj: Option<&Object>) -> Entry {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (mtime, nsec) = obj.map_or((now.as_secs() as i64, 0), |o| o.mtime);
+    Entry {
+        name,
+        kind: if obj.is_some() { Kind::File } else { Kind::Dir },
+        mode: obj.map_or(0o755, |o| o.mode.unwrap_or(0o644)) & 0o7777,
+        mtime,
+        mtime_nsec: nsec,
+        size: obj.map_or(0, |o| o.size),
+        uid: 0,
+        gid: 0,
+        target: Vec::new(),
+        link_to: None,
+        checksum: None,
+    }
+}
+
+fn empty() -> Object {
+    Object {
+        size: 0,
+        mtime: (0, 0),
+        mode: None,
+        blake3: None,
+        etag: None,
+        modified_ms: 0,
+    }
+}
+
+fn join(name: &[u8], child: &[u8]) -> Vec<u8> {
+    if name == b"." {
+        child.to_vec()
+    } else {
+        let mut v = name.to_vec();
+        v.push(b'/');
+        v.extend_from_slice(child);
+        v
+    }
+}
+
+impl Source for S3Source {
+    type Handle = S3Handle;
+    type File = S3File;
+
+    fn list_start(&self, roots: &[Vec<u8>], opts: &ListOptions) -> ListStart {
+        let single = roots.len() == 1;
+        let (is_dir, contents) = match roots.first().map(|r| Self::root(r)) {
+            Some(Ok((key, _, contents))) => {
+                let file = !contents && matches!(self.bucket.stat(&key, true), Ok(Some(Some(_))));
+                (!file, contents)
+            }
+            _ => (false, false),
+        };
+        ListStart {
+            single_file: single && !is_dir,
+            single_dir: single && is_dir && !contents && opts.recursive,
+        }
+    }
+
+    fn list<E>(
+        &self,
+        roots: &[Vec<u8>],
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<S3Handle>) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let mut failed = false;
+        for src in roots {
+            let (key, name, contents) = match Self::root(src) {
+                Ok(r) => r,
+                Err(e) => {
+                    failed = true;
+                    emit(Listed::Error(format!(
+                        "cannot read source {}: {e}",
+                        escape(src)
+                    )))?;
+                    continue;
+                }
+            };
+            let shown = self.bucket.show(&key);
+            match self.bucket.stat(&key, true) {
+                Ok(Some(Some(o))) if !contents => {
+                    self.file(key, name, o, opts, emit)?;
+                    continue;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    failed = true;
+                    emit(Listed::Error(format!(
+                        "cannot read source {shown}: no such object or prefix"
+                    )))?;
+                    continue;
+                }
+                Err(e) => {
+                    failed = true;
+                    emit(Listed::Error(format!(
+                        "cannot read source {shown}: {}",
+                        crate::error::io_text(&e)
+                    )))?;
+                    continue;
+                }
+            }
+            if !opts.recursive && !opts.dirs {
+                emit(Listed::Notice(format!(
+                    "skipping directory {shown} (use -r)"
+                )))?;
+                continue;
+            }
+            emit(Listed::Entry(
+                Self::entry(name.clone(), Kind::Dir, None),
+                S3Handle {
+                    key: key.clone(),
+                    shown: shown.clone().into_bytes(),
+                    obj: empty(),
+                },
+            ))?;
+            self.walk(&key, &name, opts, emit, &mut failed, None)?;
+        }
+        Ok(failed)
+    }
+
+    fn open(&self, at: &S3Handle) -> io::Result<S3File> {
+        Ok(S3File::new(self.bucket.clone(), at))
+    }
+
+    fn name<'h>(&self, at: &'h S3Handle) -> &'h [u8] {
+        &at.shown
+    }
+}
+
+/// An object being read: in order through [`io::Read`] with ranged GETs
+/// running ahead, or at offsets.
+pub struct S3File {
+    bucket: Bucket,
+    key: object_store::path::Path,
+    shown: String,
+    obj: Object,
+    /// Where the next range to fetch starts.
+    next: u64,
+    ahead: VecDeque<tokio::task::JoinHandle<io::Result<Bytes>>>,
+    cur: Bytes,
+    hasher: blake3::Hasher,
+}
+
+impl S3File {
+    fn new(bucket: Bucket, at: &S3Handle) -> S3File {
+        S3File {
+            key: path(&at.key),
+            shown: bucket.show(&at.key),
+            bucket,
+            obj: at.obj.clone(),
+            next: 0,
+            ahead: VecDeque::new(),
+            cur: Bytes::new(),
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// Keeps `AHEAD` ranges in flight.
+    fn fill(&mut self) {
+        while self.ahead.len() < AHEAD && self.next < self.obj.size {
+            let end = (self.next + RANGE).min(self.obj.size);
+            let h = self
+                .bucket
+                .fetch(&self.key, self.next..end, self.obj.etag.clone());
+            self.ahead.push_back(h);
+            self.next = end;
+        }
+    }
+}
+
+impl io::Read for S3File {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cur.is_empty() {
+            self.fill();
+            let Some(h) = self.ahead.pop_front() else {
+                return Ok(0);
+            };
+            let got = self.bucket.wait(h)?;
+            self.hasher.update(&got);
+            self.fill();
+            if self.ahead.is_empty() && self.next >= self.obj.size {
+                // the last range: the whole object is checked before its
+                // last bytes go anywhere
+                if let Some(want) = self.obj.blake3 {
+                    if *self.hasher.finalize().as_bytes() != want {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{} does not match the BLAKE3 stored with it: the object is corrupt",
+                                self.shown
+                            ),
+                        ));
+                    }
+                }
+            }
+            self.cur = got;
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+impl SourceFile for S3File {
+    fn stamp(&self) -> io::Result<Stamp> {
+        Ok(Stamp {
+            size: self.obj.size,
+            mtime: self.obj.mtime.0,
+            mtime_nsec: self.obj.mtime.1 as i64,
+        })
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        if end > self.obj.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "past the object's end",
+            ));
+        }
+        let got = self.bucket.get_range(&self.key, offset..end)?;
+        buf.copy_from_slice(&got);
+        Ok(())
+    }
+
+    fn try_clone(&self) -> io::Result<S3File> {
+        Ok(S3File {
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            shown: self.shown.clone(),
+            obj: self.obj.clone(),
+            next: 0,
+            ahead: VecDeque::new(),
+            cur: Bytes::new(),
+            hasher: blake3::Hasher::new(),
+        })
+    }
+}
+
+impl Drop for S3File {
+    fn drop(&mut self) {
+        for h in self.ahead.drain(..) {
+            h.abort();
+        }
+    }
+}
