@@ -281,3 +281,468 @@ fn ssh_sync_matches_rsync() {
     let sshd = Sshd::start();
     run_cases(Via::Ssh(&sshd));
 }
+
+// Issue 24, rsync parity: symlinks as rsync keeps them, several sources into
+// one destination, and the everyday flags. Each scenario runs rsync and ferry
+// on the same starting point and compares the whole destination trees.
+
+/// A parity scenario: `build` makes the sources and `init` (the starting
+/// destination) under the scenario's root.
+struct Parity {
+    name: &'static str,
+    args: &'static [&'static str],
+    /// Sources, relative to the scenario's root (`src/` for its contents).
+    srcs: &'static [&'static str],
+    /// Compare mtimes.
+    times: bool,
+    build: fn(root: &Path),
+}
+
+/// A Python-virtualenv-like tree: an interpreter link to an absolute path, a
+/// relative one beside it, a directory link inside the tree, an absolute
+/// directory link, and a relative link that climbs out of the tree; every
+/// target exists (so that -L and friends have something to copy).
+fn venv(root: &Path) {
+    use std::os::unix::fs::symlink;
+    let s = root.join("src");
+    base_tree(&s);
+    let outside = root.join("outside");
+    write(&outside.join("python3.12"), "#!/the/interpreter\n");
+    write(&outside.join("site/ext.py"), "x = 1\n");
+    set_mtime(&outside.join("python3.12"), 1_600_100_000);
+    set_mtime(&outside.join("site/ext.py"), 1_600_200_000);
+    set_mtime(&outside.join("site"), 1_600_300_000);
+    write(&s.join("venv/lib/site-packages/pkg.py"), "import os\n");
+    set_mtime(&s.join("venv/lib/site-packages/pkg.py"), 1_600_400_000);
+    std::fs::create_dir_all(s.join("venv/bin")).unwrap();
+    symlink(outside.join("python3.12"), s.join("venv/bin/python")).unwrap();
+    symlink("python", s.join("venv/bin/python3")).unwrap();
+    symlink("../../../outside/python3.12", s.join("venv/bin/up")).unwrap();
+    symlink("lib", s.join("venv/lib64")).unwrap();
+    symlink(outside.join("site"), s.join("venv/lib/site-packages/ext")).unwrap();
+    for d in ["venv", "venv/bin", "venv/lib", "venv/lib/site-packages"] {
+        set_mtime(&s.join(d), 1_650_000_000);
+    }
+    dir_times(&s);
+    std::fs::create_dir_all(root.join("init")).unwrap();
+}
+
+/// [`venv`] plus links to nothing at all (rsync -a copies those too).
+fn venv_dangling(root: &Path) {
+    venv(root);
+    let s = root.join("src");
+    std::os::unix::fs::symlink("/nonexistent/ferry-test", s.join("venv/dangling")).unwrap();
+    std::os::unix::fs::symlink("../../../nowhere", s.join("venv/bin/gone")).unwrap();
+    for d in ["venv", "venv/bin"] {
+        set_mtime(&s.join(d), 1_650_000_000);
+    }
+}
+
+const PARITY: &[Parity] = &[
+    Parity {
+        name: "virtualenv: every symlink verbatim",
+        args: &["-a"],
+        srcs: &["src/"],
+        times: true,
+        build: venv_dangling,
+    },
+    Parity {
+        name: "virtualenv by name, links verbatim",
+        args: &["-a"],
+        srcs: &["src/venv"],
+        times: true,
+        build: venv_dangling,
+    },
+    Parity {
+        name: "--safe-links",
+        args: &["-a", "--safe-links"],
+        srcs: &["src/"],
+        times: true,
+        build: venv_dangling,
+    },
+    Parity {
+        name: "-L/--copy-links",
+        args: &["-aL"],
+        srcs: &["src/"],
+        times: true,
+        build: venv,
+    },
+    Parity {
+        name: "--copy-unsafe-links",
+        args: &["-a", "--copy-unsafe-links"],
+        srcs: &["src/"],
+        times: true,
+        build: venv,
+    },
+    Parity {
+        name: "-k/--copy-dirlinks",
+        args: &["-ak"],
+        srcs: &["src/"],
+        times: true,
+        build: venv,
+    },
+];
+
+/// The daemon's configuration for the parity scenarios: module `tmp` is the
+/// temporary directory and takes symlinks as they come.
+fn verbatim_daemon(t: &Path) -> Daemon {
+    let cfg = t.join("ferryd.toml");
+    write(
+        &cfg,
+        format!(
+            "[[module]]\nname = \"tmp\"\npath = \"{}\"\nsymlinks = \"verbatim\"\n",
+            std::env::temp_dir().display()
+        ),
+    );
+    Daemon::start(&[], "", &["--config", cfg.to_str().unwrap()])
+}
+
+fn run_parity(via: Via, cases: &[Parity]) {
+    for case in cases {
+        let t = tmp();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        (case.build)(&root);
+        let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+        clone_tree(&root.join("init"), &by_rsync);
+        clone_tree(&root.join("init"), &by_ferry);
+        let srcs: Vec<String> = case
+            .srcs
+            .iter()
+            .map(|s| root.join(s).display().to_string() + if s.ends_with('/') { "/" } else { "" })
+            .collect();
+        let mut rs: Vec<String> = case.args.iter().map(|s| s.to_string()).collect();
+        rs.extend(srcs.iter().cloned());
+        rs.push(format!("{}/", by_rsync.display()));
+        rsync(&rs);
+        let mut args: Vec<String> = vec!["sync".into()];
+        args.extend(case.args.iter().map(|s| s.to_string()));
+        let dest = match &via {
+            Via::Ssh(sshd) => {
+                args.extend(sshd.args());
+                format!("{}/", sshd.remote(&by_ferry))
+            }
+            Via::Daemon(d) => {
+                args.extend(d.client_args());
+                let rel = by_ferry.strip_prefix(std::env::temp_dir()).unwrap();
+                d.url(&format!("tmp/{}/", rel.display()))
+            }
+            Via::Local => format!("{}/", by_ferry.display()),
+        };
+        args.extend(srcs);
+        args.push(dest);
+        let o = ferry(&args);
+        assert!(
+            o.status.success(),
+            "{}: ferry failed: {}",
+            case.name,
+            stderr(&o)
+        );
+        let strip = |m: std::collections::BTreeMap<Vec<u8>, Node>| -> Vec<(String, Node)> {
+            let t = |(s, _): (i64, i64)| if case.times { (s, 0) } else { (0, 0) };
+            m.into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Node::File { mode, mtime, hash } => Node::File {
+                            mode,
+                            mtime: t(mtime),
+                            hash,
+                        },
+                        Node::Dir { mode, mtime } => Node::Dir {
+                            mode,
+                            mtime: t(mtime),
+                        },
+                        other => other,
+                    };
+                    (String::from_utf8_lossy(&k).into_owned(), v)
+                })
+                .collect()
+        };
+        assert_eq!(
+            strip(snapshot(&by_rsync, case.times)),
+            strip(snapshot(&by_ferry, case.times)),
+            "scenario {:?}: ferry differs from rsync",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn local_parity_matches_rsync() {
+    run_parity(Via::Local, PARITY);
+}
+
+#[test]
+fn daemon_parity_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), PARITY);
+}
+
+#[test]
+fn ssh_parity_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), PARITY);
+}
+
+/// rsync munges the links it receives from a remote (`--munge-links` on the
+/// pulling client); ferry's receiver munges whichever side it runs on. The
+/// oracle is rsync pulling through a remote shell that runs the "remote" here.
+#[test]
+fn munge_links_matches_rsync_receiving() {
+    let t = tmp();
+    let root = t.path().join("root");
+    venv_dangling(&root);
+    let rsh = t.path().join("rsh");
+    write(&rsh, "#!/bin/sh\nshift\nexec \"$@\"\n");
+    chmod(&rsh, 0o755);
+    let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+    rsync([
+        "-a".to_string(),
+        "--munge-links".into(),
+        "-e".into(),
+        rsh.display().to_string(),
+        format!("localhost:{}/src/", root.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    ok(ferry([
+        "sync".to_string(),
+        "-a".into(),
+        "--munge-links".into(),
+        format!("{}/src/", root.display()),
+        format!("{}/", by_ferry.display()),
+    ]));
+    assert_eq!(
+        std::fs::read_link(by_ferry.join("venv/bin/python3")).unwrap(),
+        Path::new("/rsyncd-munged/python")
+    );
+    assert_same_tree(&by_rsync, &by_ferry, true);
+}
+
+/// What a daemon module makes of the links a client pushes: `safe` (the
+/// default for a writable module) skips those that leave the tree, whatever
+/// the client asks; `munge` munges every one; `verbatim` takes them as sent.
+#[test]
+fn daemon_module_symlink_settings() {
+    let t = tmp();
+    let root = t.path().join("root");
+    venv_dangling(&root);
+    let (safe, munge, verbatim) = (
+        t.path().join("safe"),
+        t.path().join("munge"),
+        t.path().join("verbatim"),
+    );
+    for d in [&safe, &munge, &verbatim] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let cfg = t.path().join("ferryd.toml");
+    write(
+        &cfg,
+        format!(
+            "[[module]]\nname = \"safe\"\npath = \"{}\"\n\n\
+             [[module]]\nname = \"munge\"\npath = \"{}\"\nsymlinks = \"munge\"\n\n\
+             [[module]]\nname = \"verbatim\"\npath = \"{}\"\nsymlinks = \"verbatim\"\n",
+            safe.display(),
+            munge.display(),
+            verbatim.display()
+        ),
+    );
+    let d = Daemon::start(&[], "", &["--config", cfg.to_str().unwrap()]);
+    let src = format!("{}/src/", root.display());
+    for module in ["safe", "munge", "verbatim"] {
+        let mut args = vec!["sync".to_string(), "-a".into()];
+        args.extend(d.client_args());
+        args.extend([src.clone(), d.url(&format!("{module}/"))]);
+        let o = ok(ferry(&args));
+        if module == "safe" {
+            assert!(
+                stderr(&o).contains("points outside the destination"),
+                "each skipped link is reported: {}",
+                stderr(&o)
+            );
+        }
+    }
+    let link = |root: &Path, rel: &str| std::fs::read_link(root.join(rel)).ok();
+    // safe: links inside the tree arrive, those that leave it do not
+    assert_eq!(link(&safe, "venv/bin/python3"), Some("python".into()));
+    assert_eq!(link(&safe, "venv/lib64"), Some("lib".into()));
+    for gone in [
+        "venv/bin/python",
+        "venv/bin/up",
+        "venv/dangling",
+        "venv/lib/site-packages/ext",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(safe.join(gone)).is_err(),
+            "safe module made {gone}"
+        );
+    }
+    // munge: every link, munged
+    assert_eq!(
+        link(&munge, "venv/bin/python3"),
+        Some("/rsyncd-munged/python".into())
+    );
+    assert_eq!(
+        link(&munge, "venv/dangling"),
+        Some("/rsyncd-munged//nonexistent/ferry-test".into())
+    );
+    // verbatim: the tree as rsync -a makes it
+    let by_rsync = t.path().join("by-rsync");
+    rsync([src.clone(), format!("{}/", by_rsync.display()), "-a".into()]);
+    assert_same_tree(&by_rsync, &verbatim, true);
+    // and a client asking for --safe-links from a verbatim module gets them
+    let again = t.path().join("verbatim/again");
+    std::fs::create_dir_all(&again).unwrap();
+    let mut args = vec!["sync".to_string(), "-a".into(), "--safe-links".into()];
+    args.extend(d.client_args());
+    args.extend([src, d.url("verbatim/again/")]);
+    ok(ferry(&args));
+    assert!(std::fs::symlink_metadata(again.join("venv/bin/python")).is_err());
+    assert_eq!(link(&again, "venv/bin/python3"), Some("python".into()));
+}
+
+/// A link made verbatim is never followed when ferry later writes: a source
+/// that turns the link into a directory replaces the link, and nothing lands
+/// where it pointed.
+#[test]
+fn a_verbatim_link_is_never_written_through() {
+    let t = tmp();
+    let (src, dst, outside) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("outside"),
+    );
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&src).unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("data")).unwrap();
+    let sync = |extra: &[&str]| {
+        let mut a = vec!["sync", "-a"];
+        a.extend_from_slice(extra);
+        let (s, d) = (format!("{}/", src.display()), format!("{}/", dst.display()));
+        a.extend([s.as_str(), d.as_str()]);
+        ok(ferry(&a))
+    };
+    sync(&[]);
+    assert_eq!(std::fs::read_link(dst.join("data")).unwrap(), outside);
+    // now `data` is a directory with files at the source
+    std::fs::remove_file(src.join("data")).unwrap();
+    write(&src.join("data/f.txt"), "through?\n");
+    write(&src.join("data/sub/g.txt"), "through?\n");
+    sync(&["--delete"]);
+    assert!(std::fs::symlink_metadata(dst.join("data"))
+        .unwrap()
+        .is_dir());
+    assert_eq!(
+        std::fs::read_to_string(dst.join("data/f.txt")).unwrap(),
+        "through?\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "something was written through the link"
+    );
+}
+
+/// Two trees whose names overlap: the same file in both (the first source
+/// wins), a directory in both (merged; its attributes from the first), a name
+/// that is a directory in one and a file in the other.
+fn two_trees(root: &Path) {
+    let (d1, d2) = (root.join("d1"), root.join("d2"));
+    write(&d1.join("a.txt"), "from d1\n");
+    write(&d2.join("a.txt"), "from d2, longer\n");
+    write(&d1.join("sub/x"), "x\n");
+    write(&d2.join("sub/y"), "y\n");
+    write(&d2.join("only/z"), "z\n");
+    write(&d1.join("dup/inner"), "a directory in d1\n");
+    write(&d2.join("dup"), "a file in d2\n");
+    write(&d1.join("file-then-dir"), "a file in d1\n");
+    write(&d2.join("file-then-dir/inner"), "a directory in d2\n");
+    chmod(&d1.join("sub"), 0o750);
+    chmod(&d2.join("sub"), 0o700);
+    for (i, f) in [
+        "d1/a.txt",
+        "d2/a.txt",
+        "d1/sub/x",
+        "d2/sub/y",
+        "d2/only/z",
+        "d1/dup/inner",
+        "d2/dup",
+        "d1/file-then-dir",
+        "d2/file-then-dir/inner",
+    ]
+    .iter()
+    .enumerate()
+    {
+        set_mtime(&root.join(f), 1_600_000_000 + i as i64 * 1000);
+    }
+    for (i, d) in [
+        "d1/sub",
+        "d2/sub",
+        "d2/only",
+        "d1/dup",
+        "d2/file-then-dir",
+        "d1",
+        "d2",
+    ]
+    .iter()
+    .enumerate()
+    {
+        set_mtime(&root.join(d), 1_650_000_000 + i as i64 * 1000);
+    }
+    std::fs::create_dir_all(root.join("init")).unwrap();
+}
+
+const SEVERAL_SOURCES: &[Parity] = &[
+    Parity {
+        name: "two sources' contents into one destination",
+        args: &["-a"],
+        srcs: &["d1/", "d2/"],
+        times: true,
+        build: two_trees,
+    },
+    Parity {
+        name: "the other order",
+        args: &["-a"],
+        srcs: &["d2/", "d1/"],
+        times: true,
+        build: two_trees,
+    },
+    Parity {
+        name: "contents and a directory by name",
+        args: &["-a"],
+        srcs: &["d1/", "d2"],
+        times: true,
+        build: two_trees,
+    },
+    Parity {
+        name: "a file and a tree",
+        args: &["-a"],
+        srcs: &["d1/a.txt", "d2/"],
+        times: true,
+        build: two_trees,
+    },
+];
+
+#[test]
+fn local_several_sources_match_rsync() {
+    run_parity(Via::Local, SEVERAL_SOURCES);
+}
+
+#[test]
+fn daemon_several_sources_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), SEVERAL_SOURCES);
+}
+
+#[test]
+fn ssh_several_sources_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), SEVERAL_SOURCES);
+}

@@ -47,9 +47,26 @@ pub struct SyncArgs {
     /// Recurse into directories
     #[arg(short = 'r', long)]
     pub recursive: bool,
-    /// Copy symlinks as symlinks
+    /// Copy symlinks as symlinks, exactly as they are (absolute or pointing out
+    /// of the tree too); the receiver never follows a link when it writes
     #[arg(short = 'l', long)]
     pub links: bool,
+    /// Skip symlinks that are absolute or climb out of the transfer with ..
+    #[arg(long = "safe-links", conflicts_with = "munge_links")]
+    pub safe_links: bool,
+    /// Make each symlink with /rsyncd-munged/ in front of its target, so that
+    /// nothing on the receiving host can follow it
+    #[arg(long = "munge-links")]
+    pub munge_links: bool,
+    /// Follow symlinks in the source: send what they point to
+    #[arg(short = 'L', long = "copy-links")]
+    pub copy_links: bool,
+    /// Follow only symlinks that point outside the transfer; keep the others
+    #[arg(long = "copy-unsafe-links")]
+    pub copy_unsafe_links: bool,
+    /// Follow symlinks to directories: send them as directories
+    #[arg(short = 'k', long = "copy-dirlinks")]
+    pub copy_dirlinks: bool,
     /// Preserve permissions
     #[arg(short = 'p', long)]
     pub perms: bool,

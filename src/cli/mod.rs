@@ -105,7 +105,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
     let options = Options {
         recursive,
         links: a.links || a.archive,
-        follow_links: false,
+        follow_links: a.copy_links,
         perms: a.perms || a.archive,
         times: a.times || a.archive,
         owner: a.owner || (a.archive && root),
@@ -132,6 +132,15 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
             Some(r) => args::parse_rate(r).map_err(TransferError::Usage)?,
             None => 0,
         },
+        symlinks: if a.munge_links {
+            crate::proto::LinkPolicy::Munge
+        } else if a.safe_links {
+            crate::proto::LinkPolicy::Safe
+        } else {
+            crate::proto::LinkPolicy::Verbatim
+        },
+        copy_unsafe_links: a.copy_unsafe_links,
+        copy_dirlinks: a.copy_dirlinks,
     };
     crate::filter::Filters::new(&options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;

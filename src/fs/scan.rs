@@ -6,7 +6,7 @@
 //! `.`), `dir` sends the directory itself (names start with `dir/`), a file is
 //! sent under its own name.
 
-use crate::fs::names::{escape, join};
+use crate::fs::names::{escape, join, link_stays_inside};
 use crate::proto::{Entry, Kind, ListStart};
 use crate::store::source::Listed;
 use std::collections::HashMap;
@@ -89,6 +89,13 @@ struct Walker<'a, E> {
     visiting: Vec<(u64, u64)>,
     /// How deep the walk is below the source root.
     depth: usize,
+    /// With several sources: each name listed so far, and whether it is a
+    /// directory. As in rsync, the first source to list a name wins; a
+    /// directory listed again merges the later source's entries into it.
+    seen: Option<HashMap<Vec<u8>, bool>>,
+    /// With several sources: each root, and which one is being walked.
+    roots: Vec<Root>,
+    current: usize,
 }
 
 /// Walks every source, calling `emit` for each item. Returns whether any I/O
@@ -106,8 +113,32 @@ pub fn scan<E>(
         io_error: false,
         visiting: Vec::new(),
         depth: 0,
+        seen: (sources.len() > 1).then(HashMap::new),
+        roots: if sources.len() > 1 {
+            sources.iter().map(|s| root_of(s)).collect()
+        } else {
+            Vec::new()
+        },
+        current: 0,
     };
-    for src in sources {
+    // with several sources, the destination's own entry (`.`) comes first,
+    // from the first source that sends its contents, whatever comes before it
+    if let Some(root) = w.roots.iter().find(|r| r.contents) {
+        if let Ok(meta) = stat_root(root, opts) {
+            if meta.is_dir() && (opts.recursive || opts.dirs) {
+                let (path, entry) = (root.path.clone(), entry_of(b".", &meta));
+                w.push(
+                    Entry {
+                        kind: Kind::Dir,
+                        ..entry
+                    },
+                    &path,
+                )?;
+            }
+        }
+    }
+    for (i, src) in sources.iter().enumerate() {
+        w.current = i;
         let root = root_of(src);
         match stat_root(&root, opts) {
             Ok(meta) => {
@@ -147,24 +178,32 @@ impl<E> Walker<'_, E> {
 
     fn visit(&mut self, path: &Path, name: &[u8], meta: std::fs::Metadata) -> Result<(), E> {
         let ft = meta.file_type();
-        let mut entry = Entry {
-            name: name.to_vec(),
-            kind: Kind::File,
-            mode: meta.mode() & 0o7777,
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec() as u32,
-            size: 0,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            target: Vec::new(),
-            link_to: None,
-            checksum: None,
-        };
+        let mut entry = entry_of(name, &meta);
         if ft.is_symlink() {
             if self.opts.follow_links {
                 match std::fs::metadata(path) {
                     Ok(m) => return self.visit(path, name, m),
                     Err(e) => return self.fail(path, "cannot follow symlink", e),
+                }
+            }
+            let target = match std::fs::read_link(path) {
+                Ok(t) => t.into_os_string().into_vec(),
+                Err(e) => return self.fail(path, "cannot read symlink", e),
+            };
+            // -k follows links to directories, --copy-unsafe-links those that
+            // leave the tree; either sends what the link points to
+            let unsafe_link = !link_stays_inside(name, &target);
+            if self.opts.copy_unsafe_links && unsafe_link {
+                match std::fs::metadata(path) {
+                    Ok(m) => return self.visit(path, name, m),
+                    Err(e) => return self.fail(path, "cannot follow symlink", e),
+                }
+            }
+            if self.opts.copy_dirlinks {
+                if let Ok(m) = std::fs::metadata(path) {
+                    if m.is_dir() {
+                        return self.visit(path, name, m);
+                    }
                 }
             }
             if !self.opts.links {
@@ -173,10 +212,7 @@ impl<E> Walker<'_, E> {
                     escape(name)
                 )));
             }
-            match std::fs::read_link(path) {
-                Ok(t) => entry.target = t.into_os_string().into_vec(),
-                Err(e) => return self.fail(path, "cannot read symlink", e),
-            }
+            entry.target = target;
             entry.kind = Kind::Symlink;
             return self.push(entry, path);
         }
@@ -189,7 +225,11 @@ impl<E> Walker<'_, E> {
                     escape(name)
                 )));
             }
-            self.push(entry, path)?;
+            match self.listed_before(name) {
+                Some(true) => {} // merged into the directory listed before
+                Some(false) => return Ok(()),
+                None => self.push(entry, path)?,
+            }
             if !self.opts.recursive && self.depth > 0 {
                 return Ok(()); // -d: the directory itself, not its contents
             }
@@ -205,6 +245,9 @@ impl<E> Walker<'_, E> {
             )));
         }
         entry.size = meta.size();
+        if self.listed_before(name).is_some() || self.directory_later(name) {
+            return Ok(()); // before the hard-link bookkeeping counts it
+        }
         if self.opts.hard_links && meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             if let Some(&first) = self.inodes.get(&key) {
@@ -222,7 +265,51 @@ impl<E> Walker<'_, E> {
         self.push(entry, path)
     }
 
+    /// With several sources: whether an earlier source listed `name`, and as
+    /// a directory.
+    fn listed_before(&self, name: &[u8]) -> Option<bool> {
+        self.seen.as_ref()?.get(name).copied()
+    }
+
+    /// With several sources: whether a later source has a directory named
+    /// `name` (as in rsync, a directory wins over a file or link of the same
+    /// name, whichever source comes first).
+    fn directory_later(&self, name: &[u8]) -> bool {
+        let follow = self.opts.follow_links || self.opts.copy_dirlinks;
+        self.roots.iter().skip(self.current + 1).any(|root| {
+            let path = if root.contents {
+                match name {
+                    b"." => root.path.clone(),
+                    _ => root.path.join(OsStr::from_bytes(name)),
+                }
+            } else {
+                let top = name.split(|&b| b == b'/').next().unwrap_or(name);
+                if top != root.name.as_slice() {
+                    return false;
+                }
+                let parent = root.path.parent().unwrap_or(Path::new("."));
+                parent.join(OsStr::from_bytes(name))
+            };
+            let meta = if follow {
+                std::fs::metadata(&path)
+            } else {
+                std::fs::symlink_metadata(&path)
+            };
+            meta.is_ok_and(|m| m.is_dir())
+        })
+    }
+
     fn push(&mut self, entry: Entry, path: &Path) -> Result<(), E> {
+        if let Some(seen) = &mut self.seen {
+            if seen.contains_key(&entry.name) {
+                return Ok(()); // the first source to list a name wins
+            }
+            if entry.kind != Kind::Dir && self.directory_later(&entry.name) {
+                return Ok(());
+            }
+            let seen = self.seen.as_mut().expect("checked above");
+            seen.insert(entry.name.clone(), entry.kind == Kind::Dir);
+        }
         self.next_index += 1;
         (self.emit)(ScanItem::Entry(entry, path.to_path_buf()))
     }
@@ -265,6 +352,24 @@ impl<E> Walker<'_, E> {
         }
         self.visiting.pop();
         Ok(())
+    }
+}
+
+/// The list entry for `name` as `meta` describes it (a file until the walk
+/// says otherwise).
+fn entry_of(name: &[u8], meta: &std::fs::Metadata) -> Entry {
+    Entry {
+        name: name.to_vec(),
+        kind: Kind::File,
+        mode: meta.mode() & 0o7777,
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec() as u32,
+        size: 0,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        target: Vec::new(),
+        link_to: None,
+        checksum: None,
     }
 }
 

@@ -106,6 +106,8 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
             let mut options = r.options.clone();
             // a daemon never follows a symlink out of its module
             options.follow_links = false;
+            options.copy_unsafe_links = false;
+            options.copy_dirlinks = false;
             Ok(Serve::Send {
                 sources,
                 options,
@@ -124,6 +126,8 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
             // users (setuid and setgid bits are dropped by the receiver too)
             options.owner = false;
             options.group = false;
+            // the module says which symlinks a client may make in it
+            options.symlinks = m.symlinks.allow(options.symlinks);
             Ok(Serve::Receive {
                 dest: if rest.is_empty() {
                     b"./".to_vec()

@@ -9,29 +9,10 @@ use super::{listed, Receiver};
 use crate::check::file_checksum;
 use crate::error::{FileError, FileOp, TransferError};
 use crate::fs::names::{escape, split_parent};
-use crate::proto::{Entry, Kind, Report};
+use crate::proto::{Entry, Kind, LinkPolicy, Report, MUNGE_PREFIX};
 use crate::store::destination::{Destination, Existing, ExistingKind, Meta, MetaOf};
 
-/// Whether a symlink at `rel` pointing to `target` stays inside the tree.
-pub(super) fn link_stays_inside(rel: &[u8], target: &[u8]) -> bool {
-    if target.is_empty() || target.starts_with(b"/") {
-        return false;
-    }
-    let mut depth = rel.split(|&b| b == b'/').count() as i64 - 1;
-    for c in target.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    true
-}
+pub(super) use crate::fs::names::link_stays_inside;
 
 impl<D: Destination> Receiver<'_, D> {
     pub(super) fn entry(&mut self, e: Entry) -> Result<(), TransferError> {
@@ -158,21 +139,28 @@ impl<D: Destination> Receiver<'_, D> {
         existing: Option<ExistingKind>,
     ) -> Result<(), TransferError> {
         let rel = self.entries[index as usize].rel.clone();
-        if !link_stays_inside(&rel, &e.target) {
-            self.emit(Report::Notice {
-                name: e.name.clone(),
-                text: format!(
-                    "skipping symlink {} -> {}: it points outside the destination",
-                    escape(&e.name),
-                    escape(&e.target)
-                )
-                .into_bytes(),
-            });
-            return Ok(());
-        }
+        // whatever the policy, the link is made with symlinkat beneath the
+        // destination handle and nothing later resolves a path through it
+        let target = match self.opts.symlinks {
+            LinkPolicy::Verbatim => e.target.clone(),
+            LinkPolicy::Munge => [MUNGE_PREFIX, &e.target].concat(),
+            LinkPolicy::Safe if link_stays_inside(&rel, &e.target) => e.target.clone(),
+            LinkPolicy::Safe => {
+                self.emit(Report::Notice {
+                    name: e.name.clone(),
+                    text: format!(
+                        "skipping symlink {} -> {}: it points outside the destination",
+                        escape(&e.name),
+                        escape(&e.target)
+                    )
+                    .into_bytes(),
+                });
+                return Ok(());
+            }
+        };
         if existing == Some(ExistingKind::Symlink) {
             if let Some(dest) = self.dest.get() {
-                if dest.readlink(&rel).ok().as_deref() == Some(e.target.as_slice()) {
+                if dest.readlink(&rel).ok().as_deref() == Some(target.as_slice()) {
                     self.entries[index as usize].done = true;
                     return Ok(());
                 }
@@ -187,7 +175,7 @@ impl<D: Destination> Receiver<'_, D> {
         self.emit(Report::Updated {
             name: e.name.clone(),
             size: 0,
-            detail: format!("-> {}", escape(&e.target)).into_bytes(),
+            detail: format!("-> {}", escape(&target)).into_bytes(),
         });
         if self.opts.dry_run {
             return Ok(());
@@ -195,7 +183,7 @@ impl<D: Destination> Receiver<'_, D> {
         let meta = self.meta_for(index, false);
         let dest = self.dest.open();
         let result = dest
-            .symlink(&rel, &e.target)
+            .symlink(&rel, &target)
             .and_then(|_| dest.set_meta(&rel, MetaOf::Link, &Meta { mode: None, ..meta }));
         if let Err(err) = result {
             let shown = dest.show(&rel);

@@ -178,6 +178,8 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             dirs: self.options.dirs,
             links: self.options.links,
             follow_links: self.options.follow_links,
+            copy_unsafe_links: self.options.copy_unsafe_links,
+            copy_dirlinks: self.options.copy_dirlinks,
             hard_links: self.options.hard_links,
             checksum: self.options.checksum,
             filters,
