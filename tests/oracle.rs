@@ -411,12 +411,18 @@ fn run_parity(via: Via, cases: &[Parity]) {
             .iter()
             .map(|s| root.join(s).display().to_string() + if s.ends_with('/') { "/" } else { "" })
             .collect();
-        let mut rs: Vec<String> = case.args.iter().map(|s| s.to_string()).collect();
+        // `{root}` in an argument stands for the scenario's root
+        let flags: Vec<String> = case
+            .args
+            .iter()
+            .map(|s| s.replace("{root}", &root.display().to_string()))
+            .collect();
+        let mut rs = flags.clone();
         rs.extend(srcs.iter().cloned());
         rs.push(format!("{}/", by_rsync.display()));
         rsync(&rs);
         let mut args: Vec<String> = vec!["sync".into()];
-        args.extend(case.args.iter().map(|s| s.to_string()));
+        args.extend(flags);
         let dest = match &via {
             Via::Ssh(sshd) => {
                 args.extend(sshd.args());
@@ -458,11 +464,22 @@ fn run_parity(via: Via, cases: &[Parity]) {
                 })
                 .collect()
         };
-        assert_eq!(
+        let (a, b) = (
             strip(snapshot(&by_rsync, case.times)),
             strip(snapshot(&by_ferry, case.times)),
-            "scenario {:?}: ferry differs from rsync",
-            case.name
+        );
+        let only = |x: &[(String, Node)], y: &[(String, Node)]| -> Vec<String> {
+            x.iter()
+                .filter(|e| !y.contains(e))
+                .map(|(k, v)| format!("{k}: {v:?}"))
+                .collect()
+        };
+        assert!(
+            a == b,
+            "scenario {:?}: ferry differs from rsync\nrsync only: {:#?}\nferry only: {:#?}",
+            case.name,
+            only(&a, &b),
+            only(&b, &a)
         );
     }
 }
@@ -745,4 +762,236 @@ fn ssh_several_sources_match_rsync() {
     }
     let sshd = Sshd::start();
     run_parity(Via::Ssh(&sshd), SEVERAL_SOURCES);
+}
+
+/// The base tree at the source, and at the destination a copy of it where
+/// some files differ: `a.txt` has other bytes of the same size and an older
+/// mtime, `data/shard-1.jsonl` other bytes with the same size and mtime,
+/// `ckpt/w.bin` is missing, `old.txt` and `junk.tmp` are not in the source.
+fn differing(root: &Path) {
+    let (s, d) = (root.join("src"), root.join("init"));
+    base_tree(&s);
+    write(&s.join("notes.tmp"), "scratch\n");
+    write(&s.join("big/blob.bin"), random_bytes(50_000, 9));
+    set_mtime(&s.join("notes.tmp"), 1_600_500_000);
+    set_mtime(&s.join("big/blob.bin"), 1_600_600_000);
+    base_tree(&d);
+    write(&d.join("a.txt"), "ALPHA\n");
+    set_mtime(&d.join("a.txt"), 1_500_000_000);
+    let shard = std::fs::read(s.join("data/shard-1.jsonl")).unwrap();
+    write(&d.join("data/shard-1.jsonl"), shard.to_ascii_uppercase());
+    set_mtime(&d.join("data/shard-1.jsonl"), 1_600_001_000);
+    std::fs::remove_file(d.join("ckpt/w.bin")).unwrap();
+    write(&d.join("old.txt"), "stale\n");
+    write(&d.join("junk.tmp"), "junk\n");
+    set_mtime(&d.join("old.txt"), 1_500_000_000);
+    set_mtime(&d.join("junk.tmp"), 1_500_000_000);
+    write(&root.join("rules"), "# comment\n; another\n\n*.tmp\nbig/\n");
+    write(&root.join("keep"), "notes.tmp\n");
+    dir_times(&s);
+    dir_times(&d);
+    set_mtime(&s.join("big"), 1_650_000_000);
+    set_mtime(&s, 1_650_000_000);
+    set_mtime(&d, 1_650_000_000);
+}
+
+const QUICK_FLAGS: &[Parity] = &[
+    Parity {
+        name: "--size-only",
+        args: &["-a", "--size-only"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "-I/--ignore-times",
+        args: &["-aI"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--ignore-existing",
+        args: &["-a", "--ignore-existing"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--existing",
+        args: &["-a", "--existing"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--max-size",
+        args: &["-a", "--max-size=10K"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--min-size",
+        args: &["-a", "--min-size", "1k", "--delete"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "-W/--whole-file",
+        args: &["-aW", "--delete"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--delete-excluded",
+        args: &["-a", "--delete-excluded", "--exclude", "*.tmp"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--exclude-from",
+        args: &["-a", "--delete", "--exclude-from", "{root}/rules"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--include-from before --exclude-from",
+        args: &[
+            "-a",
+            "--include-from={root}/keep",
+            "--exclude-from={root}/rules",
+        ],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+];
+
+#[test]
+fn local_quick_flags_match_rsync() {
+    run_parity(Via::Local, QUICK_FLAGS);
+}
+
+#[test]
+fn daemon_quick_flags_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), QUICK_FLAGS);
+}
+
+#[test]
+fn ssh_quick_flags_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), QUICK_FLAGS);
+}
+
+/// `-W` sends a changed file whole where the delta would send a sliver of it.
+#[test]
+fn whole_file_sends_every_byte_again() {
+    let t = tmp();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let mut data = random_bytes(2 << 20, 5);
+    write(&src.join("big.bin"), &data);
+    let run = |extra: &[&str]| {
+        let mut a = vec!["sync".to_string(), "-a".into(), "--stats".into()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend([format!("{}/", src.display()), format!("{}/", dst.display())]);
+        stats(&stdout(&ok(ferry(&a))))
+    };
+    run(&[]);
+    data[1_000_000..1_000_100].fill(7);
+    write(&src.join("big.bin"), &data);
+    set_mtime(&src.join("big.bin"), 1_700_000_000);
+    let (literal, matched, ..) = run(&["-W"]);
+    assert_eq!((literal, matched), (2 << 20, 0), "-W sent a delta");
+    assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), data);
+    data[10..20].fill(9);
+    write(&src.join("big.bin"), &data);
+    set_mtime(&src.join("big.bin"), 1_700_000_100);
+    let (literal, matched, ..) = run(&[]);
+    assert!(
+        literal < 1 << 20 && matched > 1 << 20,
+        "without -W: {literal} literal, {matched} matched"
+    );
+}
+
+/// `--max-delete N` deletes at most N, says how many it left, and exits 23.
+#[test]
+fn max_delete_stops_at_its_limit() {
+    let t = tmp();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    write(&src.join("keep"), "k");
+    for i in 0..5 {
+        write(&dst.join(format!("stale-{i}")), "s");
+    }
+    let o = ferry([
+        "sync".to_string(),
+        "-a".into(),
+        "--delete".into(),
+        "--max-delete=2".into(),
+        format!("{}/", src.display()),
+        format!("{}/", dst.display()),
+    ]);
+    assert_eq!(o.status.code(), Some(23), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--max-delete limit of 2: 3 not deleted"),
+        "{}",
+        stderr(&o)
+    );
+    let left = std::fs::read_dir(&dst).unwrap().count();
+    assert_eq!(left, 1 + 3, "keep and three stale files");
+    assert_eq!(std::fs::read_to_string(dst.join("keep")).unwrap(), "k");
+}
+
+/// `-x` sends a mount point as an empty directory, like rsync (a tmpfs
+/// mounted inside the source; needs root).
+#[test]
+fn one_file_system_stops_at_a_mount_point() {
+    if !root_available() {
+        return;
+    }
+    let t = tmp();
+    let root = t.path().join("root");
+    let src = root.join("src");
+    write(&src.join("here.txt"), "here\n");
+    std::fs::create_dir_all(src.join("mnt")).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(src.join("mnt"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(src.join("mnt"));
+    write(&src.join("mnt/there.txt"), "there\n");
+    set_mtime(&src.join("mnt"), 1_650_000_000);
+    set_mtime(&src, 1_650_000_000);
+    let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+    rsync([
+        "-ax".to_string(),
+        format!("{}/", src.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    ok(ferry([
+        "sync".to_string(),
+        "-ax".into(),
+        format!("{}/", src.display()),
+        format!("{}/", by_ferry.display()),
+    ]));
+    assert!(by_ferry.join("mnt").is_dir());
+    assert!(!by_ferry.join("mnt/there.txt").exists());
+    assert_same_tree(&by_rsync, &by_ferry, true);
 }

@@ -50,8 +50,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     let result = match cli.command {
         Command::Sync(a) => {
             let sub = matches.subcommand_matches("sync").expect("sync was parsed");
-            let filters = ordered_filters(sub);
-            sync(a, filters)
+            filter_rules(sub).and_then(|filters| sync(a, filters))
         }
         Command::Cp(a) => cp(a),
         Command::Serve(a) => serve(a),
@@ -84,6 +83,55 @@ fn ordered_filters(m: &clap::ArgMatches) -> Vec<(bool, Vec<u8>)> {
     rules.into_iter().map(|(_, i, p)| (i, p)).collect()
 }
 
+/// All filter rules in the order they were given: `--include`/`--exclude`
+/// and the lines of each `--include-from`/`--exclude-from` file where that flag
+/// stands (blank lines and lines starting with `#` or `;` are skipped, as in
+/// rsync; `-` reads standard input).
+fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferError> {
+    let mut rules: Vec<(usize, usize, bool, Vec<u8>)> = ordered_filters(m)
+        .into_iter()
+        .zip(
+            ["include", "exclude"]
+                .iter()
+                .flat_map(|id| m.indices_of(id).into_iter().flatten())
+                .collect::<std::collections::BTreeSet<_>>(),
+        )
+        .map(|((inc, p), i)| (i, 0, inc, p))
+        .collect();
+    for (id, include) in [("include_from", true), ("exclude_from", false)] {
+        let (Some(files), Some(idx)) = (m.get_many::<std::path::PathBuf>(id), m.indices_of(id))
+        else {
+            continue;
+        };
+        for (file, i) in files.zip(idx) {
+            let text = if file.as_os_str() == "-" {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                    .map_err(|e| TransferError::local(String::from("standard input"), &e))?;
+                v
+            } else {
+                std::fs::read(file).map_err(|e| {
+                    TransferError::Usage(format!(
+                        "--{}: cannot read {}: {}",
+                        id.replace('_', "-"),
+                        file.display(),
+                        crate::error::io_text(&e)
+                    ))
+                })?
+            };
+            let lines = text
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty() && !l.starts_with(b"#") && !l.starts_with(b";"));
+            for (j, line) in lines.enumerate() {
+                rules.push((i, j, include, line.to_vec()));
+            }
+        }
+    }
+    rules.sort_by_key(|r| (r.0, r.1));
+    Ok(rules.into_iter().map(|(_, _, inc, p)| (inc, p)).collect())
+}
+
 fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferError> {
     let parse = |p: &OsString| Location::parse(p).map_err(|e| TransferError::Usage(e.to_string()));
     let (dest, sources) = paths.split_last().expect("clap requires two paths");
@@ -96,7 +144,8 @@ fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferEr
 fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError> {
     let root = rustix::process::geteuid().is_root();
     let recursive = a.recursive || a.archive;
-    if a.delete && !recursive {
+    let delete = a.delete || a.delete_excluded;
+    if delete && !recursive {
         return Err(TransferError::Usage(
             "--delete does not work without -r (or -a)".into(),
         ));
@@ -110,7 +159,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         times: a.times || a.archive,
         owner: a.owner || (a.archive && root),
         group: a.group || (a.archive && root),
-        delete: a.delete,
+        delete,
         checksum: a.checksum,
         update: a.update,
         dry_run: a.dry_run,
@@ -141,6 +190,16 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         },
         copy_unsafe_links: a.copy_unsafe_links,
         copy_dirlinks: a.copy_dirlinks,
+        size_only: a.size_only,
+        ignore_times: a.ignore_times,
+        ignore_existing: a.ignore_existing,
+        existing: a.existing,
+        whole_file: a.whole_file,
+        delete_excluded: a.delete_excluded,
+        one_file_system: a.one_file_system,
+        max_size: a.max_size,
+        min_size: a.min_size,
+        max_delete: a.max_delete,
     };
     crate::filter::Filters::new(&options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;

@@ -96,6 +96,8 @@ struct Walker<'a, E> {
     /// With several sources: each root, and which one is being walked.
     roots: Vec<Root>,
     current: usize,
+    /// The device of the root being walked (for `-x`).
+    root_dev: u64,
 }
 
 /// Walks every source, calling `emit` for each item. Returns whether any I/O
@@ -120,6 +122,7 @@ pub fn scan<E>(
             Vec::new()
         },
         current: 0,
+        root_dev: 0,
     };
     // with several sources, the destination's own entry (`.`) comes first,
     // from the first source that sends its contents, whatever comes before it
@@ -232,6 +235,11 @@ impl<E> Walker<'_, E> {
             }
             if !self.opts.recursive && self.depth > 0 {
                 return Ok(()); // -d: the directory itself, not its contents
+            }
+            if self.depth == 0 {
+                self.root_dev = meta.dev();
+            } else if self.opts.one_file_system && meta.dev() != self.root_dev {
+                return Ok(()); // -x: a mount point is sent, not what is in it
             }
             self.depth += 1;
             let r = self.descend(path, name, key);

@@ -219,6 +219,27 @@ pub struct Options {
     /// The sender follows symlinks to directories and sends them as
     /// directories (rsync `-k`).
     pub copy_dirlinks: bool,
+    /// The quick check compares sizes only (rsync `--size-only`).
+    pub size_only: bool,
+    /// Every file is sent, whatever the quick check says (rsync `-I`).
+    pub ignore_times: bool,
+    /// Files already at the destination are left alone (rsync `--ignore-existing`).
+    pub ignore_existing: bool,
+    /// Nothing new is made at the destination: only what exists is updated
+    /// (rsync `--existing`).
+    pub existing: bool,
+    /// No delta: every file that changed comes whole (rsync `-W`).
+    pub whole_file: bool,
+    /// `--delete` also removes destination files the filters exclude.
+    pub delete_excluded: bool,
+    /// The sender does not cross into other filesystems (rsync `-x`).
+    pub one_file_system: bool,
+    /// Files larger than this are not transferred (rsync `--max-size`).
+    pub max_size: Option<u64>,
+    /// Files smaller than this are not transferred (rsync `--min-size`).
+    pub min_size: Option<u64>,
+    /// At most this many deletions (rsync `--max-delete`).
+    pub max_delete: Option<u64>,
 }
 
 /// What a receiver does with the symlinks it is sent. Whatever the policy, a
@@ -314,6 +335,10 @@ impl Options {
             .enumerate()
             .find_map(|(i, (_, name))| (ext & (1 << i) != 0).then_some((i, *name)))
         {
+            return Err(OptionsError::PeerTooOld(name));
+        }
+        let mut copy = o.clone();
+        if let Some((_, _, name)) = EXT_NUMBERS.iter().find(|(_, f, _)| f(&mut copy).is_some()) {
             return Err(OptionsError::PeerTooOld(name));
         }
         Ok(o)
@@ -1262,12 +1287,28 @@ fn encode_options(o: &Options, w: &mut Writer) {
 
 /// Reaches one boolean option.
 type OptFlag = fn(&mut Options) -> &mut bool;
+/// Reaches one optional number.
+type OptNumber = fn(&mut Options) -> &mut Option<u64>;
 
 /// The extension block's boolean options, bit by bit, with the flag that sets
 /// each (for errors).
-const EXT_FLAGS: [(OptFlag, &str); 2] = [
+const EXT_FLAGS: [(OptFlag, &str); 9] = [
     (|o| &mut o.copy_unsafe_links, "--copy-unsafe-links"),
     (|o| &mut o.copy_dirlinks, "--copy-dirlinks"),
+    (|o| &mut o.size_only, "--size-only"),
+    (|o| &mut o.ignore_times, "--ignore-times"),
+    (|o| &mut o.ignore_existing, "--ignore-existing"),
+    (|o| &mut o.existing, "--existing"),
+    (|o| &mut o.whole_file, "--whole-file"),
+    (|o| &mut o.delete_excluded, "--delete-excluded"),
+    (|o| &mut o.one_file_system, "--one-file-system"),
+];
+
+/// The extension block's numbers, with their tags and flags.
+const EXT_NUMBERS: [(u64, OptNumber, &str); 3] = [
+    (ext_tag::MAX_SIZE, |o| &mut o.max_size, "--max-size"),
+    (ext_tag::MIN_SIZE, |o| &mut o.min_size, "--min-size"),
+    (ext_tag::MAX_DELETE, |o| &mut o.max_delete, "--max-delete"),
 ];
 
 /// Tags of the extension block's fields, in the order they are written.
@@ -1276,6 +1317,10 @@ mod ext_tag {
     pub const FLAGS: u64 = 1;
     /// The symlink policy, one byte (1 verbatim, 2 munge; safe is not sent).
     pub const SYMLINKS: u64 = 2;
+    /// Varints, each present only when set.
+    pub const MAX_SIZE: u64 = 3;
+    pub const MIN_SIZE: u64 = 4;
+    pub const MAX_DELETE: u64 = 5;
 }
 
 fn ext_flags(o: &Options) -> u64 {
@@ -1303,6 +1348,14 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
         LinkPolicy::Safe => {}
         LinkPolicy::Verbatim => fields.push((ext_tag::SYMLINKS, vec![1])),
         LinkPolicy::Munge => fields.push((ext_tag::SYMLINKS, vec![2])),
+    }
+    let mut copy = o.clone();
+    for (tag, f, _) in EXT_NUMBERS {
+        if let Some(n) = *f(&mut copy) {
+            let mut v = Writer::default();
+            v.varint(n);
+            fields.push((tag, v.buf));
+        }
     }
     if fields.is_empty() {
         return;
@@ -1346,6 +1399,10 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
                     2 => LinkPolicy::Munge,
                     _ => return Err(DecodeError::Invalid("symlink policy")),
                 }
+            }
+            t if EXT_NUMBERS.iter().any(|(tag, _, _)| *tag == t) => {
+                let (_, f, _) = EXT_NUMBERS.iter().find(|(tag, _, _)| *tag == t).unwrap();
+                *f(o) = Some(v.varint("extended option number")?);
             }
             _ => return Err(DecodeError::Invalid("option extension tag")),
         }

@@ -27,6 +27,8 @@ pub struct ListOptions {
     pub copy_unsafe_links: bool,
     /// Follow symlinks to directories.
     pub copy_dirlinks: bool,
+    /// Do not descend into directories on another filesystem than the root's.
+    pub one_file_system: bool,
     pub hard_links: bool,
     /// Compute each file's BLAKE3 for the list (`--checksum`).
     pub checksum: bool,

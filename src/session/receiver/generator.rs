@@ -37,6 +37,10 @@ impl<D: Destination> Receiver<'_, D> {
             Some(_) if self.made_dirs.contains(split_parent(&rel).0) => None,
             Some(d) => match d.stat(&rel) {
                 Ok(x) => x,
+                // --existing: below a directory it did not make, nothing exists
+                Err(err) if self.opts.existing && err.kind() == std::io::ErrorKind::NotFound => {
+                    None
+                }
                 Err(err) => {
                     self.entries.push(listed(&e, rel, true));
                     self.file_failed(&e.name, FileError::new(escape(&e.name), FileOp::Stat, err));
@@ -100,8 +104,11 @@ impl<D: Destination> Receiver<'_, D> {
         e: &Entry,
         existing: Option<ExistingKind>,
     ) -> Result<(), TransferError> {
-        self.dirs.push(index);
         let rel = self.entries[index as usize].rel.clone();
+        if self.opts.existing && existing.is_none() && rel != b"." {
+            return Ok(()); // --existing makes nothing new
+        }
+        self.dirs.push(index);
         match existing {
             Some(ExistingKind::Dir) => return Ok(()),
             Some(k) if !self.clear_way(index, k) => return Ok(()),
@@ -139,6 +146,11 @@ impl<D: Destination> Receiver<'_, D> {
         existing: Option<ExistingKind>,
     ) -> Result<(), TransferError> {
         let rel = self.entries[index as usize].rel.clone();
+        if (self.opts.existing && existing.is_none())
+            || (self.opts.ignore_existing && existing.is_some())
+        {
+            return Ok(());
+        }
         // whatever the policy, the link is made with symlinkat beneath the
         // destination handle and nothing later resolves a path through it
         let target = match self.opts.symlinks {
@@ -199,6 +211,16 @@ impl<D: Destination> Receiver<'_, D> {
         existing: Option<Existing>,
     ) -> Result<(), TransferError> {
         let rel = self.entries[index as usize].rel.clone();
+        let too_large = self.opts.max_size.is_some_and(|max| e.size > max);
+        let too_small = self.opts.min_size.is_some_and(|min| e.size < min);
+        if too_large || too_small || (self.opts.existing && existing.is_none()) {
+            return Ok(()); // not transferred (and not deleted: it is listed)
+        }
+        if self.opts.ignore_existing && existing.is_some() {
+            self.entries[index as usize].done =
+                existing.is_some_and(|x| x.kind == ExistingKind::File);
+            return Ok(());
+        }
         if let Some(x) = existing {
             match x.kind {
                 ExistingKind::File => {
@@ -209,8 +231,12 @@ impl<D: Destination> Receiver<'_, D> {
                     // the quick check compares mtimes to the nanosecond: a file
                     // rewritten within the same second as the copy was made is
                     // still seen as changed (rsync compares whole seconds)
-                    let same = if self.opts.checksum {
+                    let same = if self.opts.ignore_times {
+                        false
+                    } else if self.opts.checksum {
                         x.size == e.size && self.same_checksum(&rel, e.checksum)
+                    } else if self.opts.size_only {
+                        x.size == e.size
                     } else {
                         x.size == e.size && x.mtime == e.mtime && x.mtime_nsec == e.mtime_nsec
                     };
@@ -258,7 +284,8 @@ impl<D: Destination> Receiver<'_, D> {
         if self.opts.perms && x.mode != l.mode {
             m.mode = Some(l.mode);
         }
-        if self.opts.times && self.opts.checksum && x.mtime != l.mtime.0 {
+        let content_only = self.opts.checksum || self.opts.size_only;
+        if self.opts.times && content_only && x.mtime != l.mtime.0 {
             m.mtime = Some(l.mtime);
         }
         if self.is_root && self.opts.owner && x.uid != l.uid {
