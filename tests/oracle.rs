@@ -795,7 +795,21 @@ fn differing(root: &Path) {
     set_mtime(&d, 1_650_000_000);
 }
 
+/// [`differing`], with modes at the source the destination's files lack.
+fn differing_modes(root: &Path) {
+    differing(root);
+    chmod(&root.join("src/a.txt"), 0o600);
+    chmod(&root.join("src/data/shard-1.jsonl"), 0o755);
+}
+
 const QUICK_FLAGS: &[Parity] = &[
+    Parity {
+        name: "-rt: a replaced file keeps its permissions",
+        args: &["-rtI"],
+        srcs: &["src/"],
+        times: true,
+        build: differing_modes,
+    },
     Parity {
         name: "--size-only",
         args: &["-a", "--size-only"],
@@ -855,6 +869,20 @@ const QUICK_FLAGS: &[Parity] = &[
     Parity {
         name: "--exclude-from",
         args: &["-a", "--delete", "--exclude-from", "{root}/rules"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--chmod with -a",
+        args: &["-a", "--chmod=Fgo-w,Da+rx,D0775", "--chmod", "Fu+x"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--chmod without -p shapes new files only",
+        args: &["-rt", "--chmod=F600,Du=rwx,go="],
         srcs: &["src/"],
         times: true,
         build: differing,

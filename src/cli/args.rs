@@ -147,6 +147,9 @@ pub struct SyncArgs {
     /// as empty directories)
     #[arg(short = 'x', long = "one-file-system")]
     pub one_file_system: bool,
+    /// Change permissions as they arrive, like chmod(1): 644, D2775, Fgo-w, u+rwx,Da+X (repeatable)
+    #[arg(long, value_name = "RULES")]
+    pub chmod: Vec<String>,
     /// Read exclude patterns from FILE, one a line ('#' and ';' lines are comments; - for stdin)
     #[arg(long = "exclude-from", value_name = "FILE")]
     pub exclude_from: Vec<std::path::PathBuf>,

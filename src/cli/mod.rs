@@ -200,6 +200,14 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         max_size: a.max_size,
         min_size: a.min_size,
         max_delete: a.max_delete,
+        chmod: match a.chmod.is_empty() {
+            true => None,
+            false => {
+                crate::chmod::Chmod::parse(&a.chmod)
+                    .map_err(|e| TransferError::Usage(e.to_string()))?;
+                Some(a.chmod.join(",").into_bytes())
+            }
+        },
     };
     crate::filter::Filters::new(&options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;

@@ -240,6 +240,9 @@ pub struct Options {
     pub min_size: Option<u64>,
     /// At most this many deletions (rsync `--max-delete`).
     pub max_delete: Option<u64>,
+    /// `--chmod` rules (their text, comma-separated; see [`crate::chmod`]),
+    /// applied by the receiver to the modes it is sent.
+    pub chmod: Option<Vec<u8>>,
 }
 
 /// What a receiver does with the symlinks it is sent. Whatever the policy, a
@@ -313,6 +316,9 @@ impl Options {
                 return Err(OptionsError::BackupSuffix);
             }
         }
+        if let Some(c) = &self.chmod {
+            crate::chmod::Chmod::parse(&[c]).map_err(|e| OptionsError::Chmod(e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -341,6 +347,9 @@ impl Options {
         if let Some((_, _, name)) = EXT_NUMBERS.iter().find(|(_, f, _)| f(&mut copy).is_some()) {
             return Err(OptionsError::PeerTooOld(name));
         }
+        if o.chmod.is_some() {
+            return Err(OptionsError::PeerTooOld("--chmod"));
+        }
         Ok(o)
     }
 }
@@ -350,6 +359,8 @@ impl Options {
 pub enum OptionsError {
     #[error("--suffix must be 1 to 64 bytes without '/' or NUL")]
     BackupSuffix,
+    #[error("{0}")]
+    Chmod(String),
     #[error(
         "the remote ferry is too old for {0} (it speaks protocol 2): upgrade it, or leave {0} out"
     )]
@@ -1321,6 +1332,8 @@ mod ext_tag {
     pub const MAX_SIZE: u64 = 3;
     pub const MIN_SIZE: u64 = 4;
     pub const MAX_DELETE: u64 = 5;
+    /// The `--chmod` rules' text.
+    pub const CHMOD: u64 = 6;
 }
 
 fn ext_flags(o: &Options) -> u64 {
@@ -1356,6 +1369,9 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
             v.varint(n);
             fields.push((tag, v.buf));
         }
+    }
+    if let Some(c) = &o.chmod {
+        fields.push((ext_tag::CHMOD, c.clone()));
     }
     if fields.is_empty() {
         return;
@@ -1403,6 +1419,16 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
             t if EXT_NUMBERS.iter().any(|(tag, _, _)| *tag == t) => {
                 let (_, f, _) = EXT_NUMBERS.iter().find(|(tag, _, _)| *tag == t).unwrap();
                 *f(o) = Some(v.varint("extended option number")?);
+            }
+            ext_tag::CHMOD => {
+                let text = v.take(v.remaining(), "chmod rules")?;
+                if text.len() > MAX_PATH {
+                    return Err(DecodeError::TooLarge {
+                        what: "chmod rules",
+                        limit: MAX_PATH,
+                    });
+                }
+                o.chmod = Some(text.to_vec());
             }
             _ => return Err(DecodeError::Invalid("option extension tag")),
         }

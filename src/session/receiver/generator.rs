@@ -15,7 +15,12 @@ use crate::store::destination::{Destination, Existing, ExistingKind, Meta, MetaO
 pub(super) use crate::fs::names::link_stays_inside;
 
 impl<D: Destination> Receiver<'_, D> {
-    pub(super) fn entry(&mut self, e: Entry) -> Result<(), TransferError> {
+    pub(super) fn entry(&mut self, mut e: Entry) -> Result<(), TransferError> {
+        if let Some(c) = &self.chmod {
+            if e.kind != Kind::Symlink {
+                e.mode = c.apply(e.mode, e.kind == Kind::Dir);
+            }
+        }
         if let Some(ls) = self.list_start.take() {
             // the destination is created only once there is something to put in it
             self.start(ls)?;
@@ -51,6 +56,10 @@ impl<D: Destination> Receiver<'_, D> {
         };
         self.entries
             .push(listed(&e, rel.clone(), existing.is_none()));
+        // without -p a file that is replaced keeps its permissions (rsync)
+        if let Some(x) = existing.filter(|x| !self.opts.perms && x.kind == ExistingKind::File) {
+            self.entries[index as usize].mode = x.mode;
+        }
         match e.kind {
             Kind::Dir => self.entry_dir(index, &e, existing.map(|x| x.kind)),
             Kind::Symlink => self.entry_symlink(index, &e, existing.map(|x| x.kind)),

@@ -100,6 +100,8 @@ struct Receiver<'a, D: Destination = Dest> {
     /// Handled data blocks' buffers, back to the stream readers.
     spares: Spares,
     filters: Filters,
+    /// `--chmod`: rules applied to each mode as it arrives.
+    chmod: Option<crate::chmod::Chmod>,
     out: Outbox,
     events: Option<&'a EventFn<'a>>,
     dest_path: Vec<u8>,
@@ -178,11 +180,18 @@ where
     let (out, writer_thread) = spawn_writer(writer)?;
     let filters =
         Filters::new(&cfg.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
+    let chmod = match &cfg.options.chmod {
+        Some(c) => Some(
+            crate::chmod::Chmod::parse(&[c]).map_err(|e| TransferError::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
     let intake = ListIntake::new(cfg.requested.as_deref(), cfg.options.recursive);
     let mut r = Receiver {
         opts: cfg.options,
         spares,
         filters,
+        chmod,
         out,
         events: cfg.events,
         dest_path: cfg.dest,
