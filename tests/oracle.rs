@@ -1023,3 +1023,115 @@ fn one_file_system_stops_at_a_mount_point() {
     assert!(!by_ferry.join("mnt/there.txt").exists());
     assert_same_tree(&by_rsync, &by_ferry, true);
 }
+
+fn plain_tree(root: &Path) {
+    let s = root.join("src");
+    base_tree(&s);
+    dir_times(&s);
+    std::fs::create_dir_all(root.join("init")).unwrap();
+}
+
+const RELATIVE: &[Parity] = &[
+    Parity {
+        name: "-R: a file and a directory, named from /./",
+        args: &["-aR"],
+        srcs: &["src/./ckpt/w.bin", "src/./data/", "src/./empty/nested"],
+        times: true,
+        build: plain_tree,
+    },
+    Parity {
+        name: "-R without -r",
+        args: &["-lptR"],
+        srcs: &["src/./data/shard-2.jsonl", "src/./a.txt"],
+        times: true,
+        build: plain_tree,
+    },
+    Parity {
+        name: "-R with a relative path",
+        args: &["-aR"],
+        srcs: &["src/data"],
+        times: false,
+        build: plain_tree,
+    },
+];
+
+#[test]
+fn local_relative_matches_rsync() {
+    run_parity(Via::Local, RELATIVE);
+}
+
+#[test]
+fn daemon_relative_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), RELATIVE);
+}
+
+#[test]
+fn ssh_relative_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), RELATIVE);
+}
+
+/// A pull with `-R` over ssh and from the daemon: the names the sender
+/// answers with start with the paths asked for (from a daemon: relative to the
+/// module, never the module's own path), and are taken in as such.
+#[test]
+fn relative_pulls_match_rsync() {
+    let t = tmp();
+    let root = t.path().join("root");
+    plain_tree(&root);
+    let pull = |flags: Vec<String>, srcs: Vec<String>, to: &Path| {
+        let mut args = vec!["sync".to_string(), "-aR".into()];
+        args.extend(flags);
+        args.extend(srcs);
+        args.push(format!("{}/", to.display()));
+        ok(ferry(&args));
+    };
+    // over ssh, named from /./ as rsync does
+    if sshd_available() {
+        let sshd = Sshd::start();
+        let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+        rsync([
+            "-aR".to_string(),
+            format!("{}/src/./data/", root.display()),
+            format!("{}/src/./ckpt/w.bin", root.display()),
+            format!("{}/", by_rsync.display()),
+        ]);
+        pull(
+            sshd.args(),
+            vec![
+                format!("{}/", sshd.remote(&root.join("src/./data"))),
+                sshd.remote(&root.join("src/./ckpt/w.bin")),
+            ],
+            &by_ferry,
+        );
+        assert!(by_ferry.join("ckpt/w.bin").is_file());
+        assert_same_tree(&by_rsync, &by_ferry, true);
+    }
+    // from a daemon, relative to the module
+    let d = verbatim_daemon(t.path());
+    let rel = root.strip_prefix(std::env::temp_dir()).unwrap();
+    let tmpdir = std::env::temp_dir();
+    let (by_rsync, by_ferry) = (t.path().join("by-rsync-d"), t.path().join("by-ferry-d"));
+    rsync([
+        "-aR".to_string(),
+        format!("{}/./{}/src/data/", tmpdir.display(), rel.display()),
+        format!("{}/./{}/src/ckpt/w.bin", tmpdir.display(), rel.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    pull(
+        d.client_args(),
+        vec![
+            d.url(&format!("tmp/{}/src/data/", rel.display())),
+            d.url(&format!("tmp/{}/src/ckpt/w.bin", rel.display())),
+        ],
+        &by_ferry,
+    );
+    assert!(by_ferry.join(rel).join("src/ckpt/w.bin").is_file());
+    // (the directories above the tree change as this test writes beside it)
+    assert_same_tree(&by_rsync, &by_ferry, false);
+}

@@ -147,6 +147,10 @@ pub struct SyncArgs {
     /// as empty directories)
     #[arg(short = 'x', long = "one-file-system")]
     pub one_file_system: bool,
+    /// Name each source by its path (from after a /./ in it, else without its
+    /// leading /), making the directories above it at the destination
+    #[arg(short = 'R', long)]
+    pub relative: bool,
     /// Change permissions as they arrive, like chmod(1): 644, D2775, Fgo-w, u+rwx,Da+X (repeatable)
     #[arg(long, value_name = "RULES")]
     pub chmod: Vec<String>,

@@ -200,6 +200,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         max_size: a.max_size,
         min_size: a.min_size,
         max_delete: a.max_delete,
+        relative: a.relative,
         chmod: match a.chmod.is_empty() {
             true => None,
             false => {

@@ -29,6 +29,68 @@ struct Root {
     name: Vec<u8>,
     /// Trailing slash: follow a symlinked root and send its contents.
     contents: bool,
+    /// With `-R`: the directory the names are relative to (`name` is then
+    /// the path below it, and each of its directories is sent too).
+    base: Option<PathBuf>,
+}
+
+impl Root {
+    /// Where entry `name` of this root would be on disk.
+    fn path_of(&self, name: &[u8]) -> Option<PathBuf> {
+        if let Some(base) = &self.base {
+            return Some(base.join(OsStr::from_bytes(name)));
+        }
+        if self.contents {
+            return Some(match name {
+                b"." => self.path.clone(),
+                _ => self.path.join(OsStr::from_bytes(name)),
+            });
+        }
+        let top = name.split(|&b| b == b'/').next().unwrap_or(name);
+        if top != self.name.as_slice() {
+            return None;
+        }
+        let parent = self.path.parent().unwrap_or(Path::new("."));
+        Some(parent.join(OsStr::from_bytes(name)))
+    }
+}
+
+/// `-R`: the source's name is its path, from after a `/./` if it has one, else
+/// without its leading `/`; `.` components and trailing slashes are dropped.
+fn relative_root(src: &[u8]) -> Root {
+    let (base, rel): (&[u8], &[u8]) = match src.windows(3).position(|w| w == b"/./") {
+        Some(i) => (&src[..i + 1], &src[i + 3..]),
+        None if src.starts_with(b"/") => (b"/", src),
+        None => (b"", src),
+    };
+    let parts: Vec<&[u8]> = rel
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    let name = if parts.is_empty() {
+        b".".to_vec()
+    } else {
+        parts.join(&b'/')
+    };
+    let base = if base.is_empty() {
+        PathBuf::from(".")
+    } else {
+        PathBuf::from(OsStr::from_bytes(base))
+    };
+    Root {
+        path: base.join(OsStr::from_bytes(&name)),
+        contents: name == b".",
+        name,
+        base: Some(base),
+    }
+}
+
+fn root_for(src: &[u8], opts: &ScanOptions) -> Root {
+    if opts.relative {
+        relative_root(src)
+    } else {
+        root_of(src)
+    }
 }
 
 fn root_of(src: &[u8]) -> Root {
@@ -51,6 +113,7 @@ fn root_of(src: &[u8]) -> Root {
             base.to_vec()
         },
         contents,
+        base: None,
     }
 }
 
@@ -65,7 +128,7 @@ fn stat_root(root: &Root, opts: &ScanOptions) -> std::io::Result<std::fs::Metada
 /// Looks at the sources (not their contents) to tell the receiver how to name
 /// the destination.
 pub fn list_start(sources: &[Vec<u8>], opts: &ScanOptions) -> ListStart {
-    if sources.len() != 1 {
+    if sources.len() != 1 || opts.relative {
         return ListStart {
             single_file: false,
             single_dir: false,
@@ -115,9 +178,9 @@ pub fn scan<E>(
         io_error: false,
         visiting: Vec::new(),
         depth: 0,
-        seen: (sources.len() > 1).then(HashMap::new),
+        seen: (sources.len() > 1 || opts.relative).then(HashMap::new),
         roots: if sources.len() > 1 {
-            sources.iter().map(|s| root_of(s)).collect()
+            sources.iter().map(|s| root_for(s, opts)).collect()
         } else {
             Vec::new()
         },
@@ -142,7 +205,7 @@ pub fn scan<E>(
     }
     for (i, src) in sources.iter().enumerate() {
         w.current = i;
-        let root = root_of(src);
+        let root = root_for(src, opts);
         match stat_root(&root, opts) {
             Ok(meta) => {
                 let is_dir = meta.is_dir();
@@ -153,6 +216,7 @@ pub fn scan<E>(
                     )))?;
                     continue;
                 }
+                w.implied_dirs(&root)?;
                 let name = root.name.clone();
                 w.visit(&root.path, &name, meta)?;
             }
@@ -273,6 +337,38 @@ impl<E> Walker<'_, E> {
         self.push(entry, path)
     }
 
+    /// `-R`: each directory above the root's name, with the attributes of
+    /// the directory it names at the source (rsync's implied directories).
+    fn implied_dirs(&mut self, root: &Root) -> Result<(), E> {
+        let Some(base) = &root.base else {
+            return Ok(());
+        };
+        let mut name: Vec<u8> = Vec::new();
+        let parts: Vec<&[u8]> = root.name.split(|&b| b == b'/').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !name.is_empty() {
+                name.push(b'/');
+            }
+            name.extend_from_slice(part);
+            if self.listed_before(&name).is_some() {
+                continue;
+            }
+            let path = base.join(OsStr::from_bytes(&name));
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => {
+                    let entry = Entry {
+                        kind: Kind::Dir,
+                        ..entry_of(&name, &meta)
+                    };
+                    self.push(entry, &path)?;
+                }
+                Ok(_) => {}
+                Err(e) => return self.fail(&path, "cannot stat", e),
+            }
+        }
+        Ok(())
+    }
+
     /// With several sources: whether an earlier source listed `name`, and as
     /// a directory.
     fn listed_before(&self, name: &[u8]) -> Option<bool> {
@@ -285,18 +381,8 @@ impl<E> Walker<'_, E> {
     fn directory_later(&self, name: &[u8]) -> bool {
         let follow = self.opts.follow_links || self.opts.copy_dirlinks;
         self.roots.iter().skip(self.current + 1).any(|root| {
-            let path = if root.contents {
-                match name {
-                    b"." => root.path.clone(),
-                    _ => root.path.join(OsStr::from_bytes(name)),
-                }
-            } else {
-                let top = name.split(|&b| b == b'/').next().unwrap_or(name);
-                if top != root.name.as_slice() {
-                    return false;
-                }
-                let parent = root.path.parent().unwrap_or(Path::new("."));
-                parent.join(OsStr::from_bytes(name))
+            let Some(path) = root.path_of(name) else {
+                return false;
             };
             let meta = if follow {
                 std::fs::metadata(&path)
@@ -425,6 +511,39 @@ mod tests {
         assert_eq!(names(&[&format!("{p}/")], &opts), [".", "a", "b", "b/x"]);
         let not_recursive = ScanOptions::default();
         assert!(names(&[p], &not_recursive).is_empty());
+    }
+
+    #[test]
+    fn relative_names_and_implied_dirs() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b/c")).unwrap();
+        std::fs::write(t.path().join("a/b/c/f"), "f").unwrap();
+        std::fs::write(t.path().join("a/b/g"), "g").unwrap();
+        let opts = ScanOptions {
+            recursive: true,
+            relative: true,
+            ..Default::default()
+        };
+        let p = t.path().to_str().unwrap();
+        // named from after /./, the directories above sent first, once
+        assert_eq!(
+            names(&[&format!("{p}/a/./b/c/"), &format!("{p}/a/./b/g")], &opts),
+            ["b", "b/c", "b/c/f", "b/g"]
+        );
+        let no_r = ScanOptions {
+            relative: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&[&format!("{p}/./a/b/g")], &no_r),
+            ["a", "a/b", "a/b/g"]
+        );
+        let root = relative_root(b"/x/./y//./z/");
+        assert_eq!(
+            (root.name.as_slice(), root.base),
+            (&b"y/z"[..], Some(PathBuf::from("/x/")))
+        );
+        assert_eq!(relative_root(b"/abs/path").name, b"abs/path");
     }
 
     #[test]

@@ -234,6 +234,8 @@ pub struct Options {
     pub delete_excluded: bool,
     /// The sender does not cross into other filesystems (rsync `-x`).
     pub one_file_system: bool,
+    /// Each source is named by its path, from after a `/./` (rsync `-R`).
+    pub relative: bool,
     /// Files larger than this are not transferred (rsync `--max-size`).
     pub max_size: Option<u64>,
     /// Files smaller than this are not transferred (rsync `--min-size`).
@@ -1303,7 +1305,7 @@ type OptNumber = fn(&mut Options) -> &mut Option<u64>;
 
 /// The extension block's boolean options, bit by bit, with the flag that sets
 /// each (for errors).
-const EXT_FLAGS: [(OptFlag, &str); 9] = [
+const EXT_FLAGS: [(OptFlag, &str); 10] = [
     (|o| &mut o.copy_unsafe_links, "--copy-unsafe-links"),
     (|o| &mut o.copy_dirlinks, "--copy-dirlinks"),
     (|o| &mut o.size_only, "--size-only"),
@@ -1313,6 +1315,7 @@ const EXT_FLAGS: [(OptFlag, &str); 9] = [
     (|o| &mut o.whole_file, "--whole-file"),
     (|o| &mut o.delete_excluded, "--delete-excluded"),
     (|o| &mut o.one_file_system, "--one-file-system"),
+    (|o| &mut o.relative, "--relative"),
 ];
 
 /// The extension block's numbers, with their tags and flags.

@@ -98,7 +98,8 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
                 }
                 root = Some(m);
                 let mut full = m.path.as_os_str().as_encoded_bytes().to_vec();
-                full.push(b'/');
+                // -R names paths relative to the module, never the module's own path
+                full.extend_from_slice(if r.options.relative { b"/./" } else { b"/" });
                 full.extend_from_slice(&rest);
                 sources.push(full);
             }

@@ -29,6 +29,9 @@ pub struct ListOptions {
     pub copy_dirlinks: bool,
     /// Do not descend into directories on another filesystem than the root's.
     pub one_file_system: bool,
+    /// Name each source by its path (rsync `-R`), sending the directories
+    /// above it too.
+    pub relative: bool,
     pub hard_links: bool,
     /// Compute each file's BLAKE3 for the list (`--checksum`).
     pub checksum: bool,

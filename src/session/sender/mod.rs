@@ -181,6 +181,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             copy_unsafe_links: self.options.copy_unsafe_links,
             copy_dirlinks: self.options.copy_dirlinks,
             one_file_system: self.options.one_file_system,
+            relative: self.options.relative,
             hard_links: self.options.hard_links,
             checksum: self.options.checksum,
             filters,
