@@ -1031,7 +1031,30 @@ fn plain_tree(root: &Path) {
     std::fs::create_dir_all(root.join("init")).unwrap();
 }
 
+/// [`plain_tree`] and a `--files-from` list beside it.
+fn listed_tree(root: &Path) {
+    plain_tree(root);
+    write(
+        &root.join("list"),
+        "data\nckpt/w.bin\n/a.txt\n\nempty/nested\n",
+    );
+}
+
 const RELATIVE: &[Parity] = &[
+    Parity {
+        name: "--files-from (-a does not recurse)",
+        args: &["-a", "--files-from={root}/list"],
+        srcs: &["src/"],
+        times: true,
+        build: listed_tree,
+    },
+    Parity {
+        name: "--files-from with -r",
+        args: &["-ar", "--files-from", "{root}/list"],
+        srcs: &["src"],
+        times: true,
+        build: listed_tree,
+    },
     Parity {
         name: "-R: a file and a directory, named from /./",
         args: &["-aR"],

@@ -16,6 +16,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// (parsed once per run: the size of the largest variant costs nothing)
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Copy files like scp: `ferry cp -r ./ckpt user@gpu2:/data/ckpt`
@@ -151,6 +153,10 @@ pub struct SyncArgs {
     /// leading /), making the directories above it at the destination
     #[arg(short = 'R', long)]
     pub relative: bool,
+    /// Send the paths listed in FILE (one a line, relative to the one source
+    /// directory; - for stdin); implies -R and -d, and -a does not imply -r
+    #[arg(long = "files-from", value_name = "FILE")]
+    pub files_from: Option<std::path::PathBuf>,
     /// Change permissions as they arrive, like chmod(1): 644, D2775, Fgo-w, u+rwx,Da+X (repeatable)
     #[arg(long, value_name = "RULES")]
     pub chmod: Vec<String>,

@@ -132,6 +132,66 @@ fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferEr
     Ok(rules.into_iter().map(|(_, _, inc, p)| (inc, p)).collect())
 }
 
+/// `--files-from`: each path listed in `list`, below the one source directory
+/// (`dir/./path`, so that `-R` names it from there).
+fn files_from(
+    list: &std::path::Path,
+    sources: &[Location],
+) -> Result<Vec<Location>, TransferError> {
+    let [base] = sources else {
+        return Err(TransferError::Usage(
+            "--files-from takes one source directory (the paths in the list are below it)".into(),
+        ));
+    };
+    let text = if list.as_os_str() == "-" {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+            .map_err(|e| TransferError::local(String::from("standard input"), &e))?;
+        v
+    } else {
+        std::fs::read(list).map_err(|e| {
+            TransferError::Usage(format!(
+                "--files-from: cannot read {}: {}",
+                list.display(),
+                crate::error::io_text(&e)
+            ))
+        })?
+    };
+    let below = |dir: &[u8], line: &[u8]| {
+        let mut p = dir.strip_suffix(b"/").unwrap_or(dir).to_vec();
+        p.extend_from_slice(b"/./");
+        p.extend_from_slice(line.trim_ascii_start().strip_prefix(b"/").unwrap_or(line));
+        p
+    };
+    let mut out = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        out.push(match base {
+            Location::Local(dir) => Location::Local(below(dir, line)),
+            Location::Ssh { user, host, path } => Location::Ssh {
+                user: user.clone(),
+                host: host.clone(),
+                path: below(path, line),
+            },
+            _ => {
+                return Err(TransferError::Usage(
+                    "--files-from reads from a local or ssh source".into(),
+                ))
+            }
+        });
+    }
+    if out.is_empty() {
+        return Err(TransferError::Usage(format!(
+            "--files-from: {} lists no path",
+            list.display()
+        )));
+    }
+    Ok(out)
+}
+
 fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferError> {
     let parse = |p: &OsString| Location::parse(p).map_err(|e| TransferError::Usage(e.to_string()));
     let (dest, sources) = paths.split_last().expect("clap requires two paths");
@@ -143,7 +203,8 @@ fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferEr
 
 fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError> {
     let root = rustix::process::geteuid().is_root();
-    let recursive = a.recursive || a.archive;
+    // as in rsync, --files-from turns off the -r that -a brings (not an explicit -r)
+    let recursive = a.recursive || (a.archive && a.files_from.is_none());
     let delete = a.delete || a.delete_excluded;
     if delete && !recursive {
         return Err(TransferError::Usage(
@@ -170,7 +231,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         fsync: a.fsync,
         partial: !a.no_partial || a.partial_progress,
         cp_mode: false,
-        dirs: false,
+        dirs: a.files_from.is_some(),
         file_events: a.verbose > 0 || progress || a.dry_run,
         streams: 0, // below, once the locations are known
         backup_suffix: a
@@ -200,7 +261,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         max_size: a.max_size,
         min_size: a.min_size,
         max_delete: a.max_delete,
-        relative: a.relative,
+        relative: a.relative || a.files_from.is_some(),
         chmod: match a.chmod.is_empty() {
             true => None,
             false => {
@@ -213,6 +274,10 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
     crate::filter::Filters::new(&options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
     let (sources, dest) = locations(&a.paths)?;
+    let sources = match &a.files_from {
+        Some(list) => files_from(list, &sources)?,
+        None => sources,
+    };
     let options = Options {
         streams: a
             .streams

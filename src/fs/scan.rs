@@ -300,6 +300,9 @@ impl<E> Walker<'_, E> {
             if !self.opts.recursive && self.depth > 0 {
                 return Ok(()); // -d: the directory itself, not its contents
             }
+            if !self.opts.recursive && self.opts.relative && name != b"." {
+                return Ok(()); // -R -d (--files-from): a named directory, not its contents
+            }
             if self.depth == 0 {
                 self.root_dev = meta.dev();
             } else if self.opts.one_file_system && meta.dev() != self.root_dev {
