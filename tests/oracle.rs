@@ -1158,3 +1158,32 @@ fn relative_pulls_match_rsync() {
     // (the directories above the tree change as this test writes beside it)
     assert_same_tree(&by_rsync, &by_ferry, false);
 }
+
+/// `--port` reaches a daemon through a `host::module` address that names no
+/// port; `-4` keeps to IPv4 and `-6` to IPv6 (an IPv4 address has no IPv6
+/// one: a usage error, not a connection to retry).
+#[test]
+fn daemon_port_and_address_family() {
+    let t = tmp();
+    let root = t.path().join("root");
+    plain_tree(&root);
+    let d = verbatim_daemon(t.path());
+    let port = d.addr.port().to_string();
+    let rel = t.path().strip_prefix(std::env::temp_dir()).unwrap();
+    let sync = |extra: &[&str], host: &str, to: &str| {
+        let mut args = vec!["sync".to_string(), "-a".into()];
+        args.extend(d.client_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("{}/src/", root.display()));
+        args.push(format!("{host}::tmp/{}/{to}/", rel.display()));
+        ferry(&args)
+    };
+    ok(sync(&["--port", &port], "127.0.0.1", "by-port"));
+    assert_same_tree(&root.join("src"), &t.path().join("by-port"), true);
+    ok(sync(&["-4", "--port", &port], "localhost", "v4"));
+    assert_same_tree(&root.join("src"), &t.path().join("v4"), true);
+    let o = sync(&["-6", "--port", &port], "127.0.0.1", "v6");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no IPv6 address"), "{}", stderr(&o));
+    assert!(!t.path().join("v6").exists());
+}

@@ -149,6 +149,9 @@ pub struct SyncArgs {
     /// as empty directories)
     #[arg(short = 'x', long = "one-file-system")]
     pub one_file_system: bool,
+    /// The daemon's port for host::module addresses that name none (default 7420)
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
     /// Name each source by its path (from after a /./ in it, else without its
     /// leading /), making the directories above it at the destination
     #[arg(short = 'R', long)]
@@ -296,6 +299,12 @@ pub struct DaemonFlags {
     /// limit after)
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
+    /// Connect over IPv4 only (to a daemon; over ssh it is passed on as -o AddressFamily=inet)
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Connect over IPv6 only
+    #[arg(short = '6')]
+    pub ipv6: bool,
 }
 
 #[derive(Args, Debug)]

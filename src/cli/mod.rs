@@ -278,6 +278,21 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         Some(list) => files_from(list, &sources)?,
         None => sources,
     };
+    // --port: the daemon's port where an address names none
+    let with_port = |l: Location| match l {
+        Location::Daemon {
+            host,
+            port: None,
+            path,
+        } if a.port.is_some() => Location::Daemon {
+            host,
+            port: a.port,
+            path,
+        },
+        other => other,
+    };
+    let sources: Vec<Location> = sources.into_iter().map(with_port).collect();
+    let dest = with_port(dest);
     let options = Options {
         streams: a
             .streams
@@ -291,6 +306,11 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         ssh: SshOptions {
             rsh: a.rsh,
             remote_ferry: a.remote_ferry,
+            ssh_options: match (a.daemon.ipv4, a.daemon.ipv6) {
+                (true, _) => vec!["AddressFamily=inet".into()],
+                (_, true) => vec!["AddressFamily=inet6".into()],
+                _ => Vec::new(),
+            },
             ..Default::default()
         },
         daemon: daemon_options(&a.daemon)?,
@@ -332,6 +352,8 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             host_key_check: a.host_key_check.clone(),
             config_dir: a.config_dir.clone(),
             timeout: None,
+            ipv4: false,
+            ipv6: false,
         })?,
         ssh: SshOptions {
             rsh: a.rsh,
@@ -380,6 +402,11 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
             .timeout
             .filter(|&t| t > 0)
             .map(std::time::Duration::from_secs),
+        ip_version: match (f.ipv4, f.ipv6) {
+            (true, _) => Some(4),
+            (_, true) => Some(6),
+            _ => None,
+        },
     })
 }
 

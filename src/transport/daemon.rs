@@ -27,6 +27,8 @@ pub struct DaemonOptions {
     pub config_dir: Option<PathBuf>,
     /// Give up connecting (and on the TLS handshake) after this.
     pub timeout: Option<Duration>,
+    /// `-4`/`-6`: only addresses of this IP version.
+    pub ip_version: Option<u8>,
 }
 
 /// A connection to a daemon whose key is trusted.
@@ -55,7 +57,17 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
                 crate::error::io_text(&e)
             ))
         })?
+        .filter(|a| match opts.ip_version {
+            Some(4) => a.is_ipv4(),
+            Some(6) => a.is_ipv6(),
+            _ => true,
+        })
         .collect();
+    if let (Some(v), true) = (opts.ip_version, addrs.is_empty()) {
+        return Err(TransferError::Usage(format!(
+            "{target}: no IPv{v} address (-{v})"
+        )));
+    }
     let mut last = None;
     let mut sock = None;
     for a in &addrs {
