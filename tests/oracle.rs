@@ -1187,3 +1187,78 @@ fn daemon_port_and_address_family() {
     assert!(stderr(&o).contains("no IPv6 address"), "{}", stderr(&o));
     assert!(!t.path().join("v6").exists());
 }
+
+/// `--mkpath` makes the destination's missing parents, for a tree and for a
+/// single file named as the destination, locally, over ssh and to the daemon;
+/// without it a missing parent is an error and nothing is made.
+#[test]
+fn mkpath_matches_rsync() {
+    let t = tmp();
+    let root = t.path().join("root");
+    plain_tree(&root);
+    let src = root.join("src");
+    let by_rsync = t.path().join("by-rsync");
+    rsync([
+        "-a".to_string(),
+        "--mkpath".into(),
+        format!("{}/", src.display()),
+        format!("{}/x/y/z/", by_rsync.display()),
+    ]);
+    rsync([
+        "-a".to_string(),
+        "--mkpath".into(),
+        format!("{}/a.txt", src.display()),
+        format!("{}/p/q/renamed.txt", by_rsync.display()),
+    ]);
+    let d = verbatim_daemon(t.path());
+    let sshd = sshd_available().then(Sshd::start);
+    let mut ways: Vec<(&str, Vec<String>)> =
+        vec![("local", Vec::new()), ("daemon", d.client_args())];
+    if let Some(s) = &sshd {
+        ways.push(("ssh", s.args()));
+    }
+    for (way, flags) in ways {
+        let by_ferry = t.path().join(format!("by-ferry-{way}"));
+        let dest = |rest: &str| -> String {
+            let p = by_ferry.join(rest);
+            match way {
+                "daemon" => d.url(&format!(
+                    "tmp/{}",
+                    p.strip_prefix(std::env::temp_dir()).unwrap().display()
+                )),
+                "ssh" => sshd.as_ref().unwrap().remote(&p),
+                _ => p.display().to_string(),
+            }
+        };
+        let run = |extra: &[&str], from: String, to: String| {
+            let mut args = vec!["sync".to_string(), "-a".into()];
+            args.extend(flags.iter().cloned());
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend([from, to]);
+            ferry(&args)
+        };
+        let o = run(&[], format!("{}/", src.display()), dest("x/y/z/"));
+        assert!(
+            !o.status.success(),
+            "{way}: a missing parent without --mkpath"
+        );
+        assert!(!by_ferry.join("x").exists(), "{way}: made something anyway");
+        ok(run(
+            &["--mkpath"],
+            format!("{}/", src.display()),
+            dest("x/y/z/"),
+        ));
+        ok(run(
+            &["--mkpath"],
+            format!("{}/a.txt", src.display()),
+            dest("p/q/renamed.txt"),
+        ));
+        // (the parents made here have times of their own, in both trees)
+        assert_same_tree(&by_rsync.join("x/y/z"), &by_ferry.join("x/y/z"), true);
+        assert_eq!(
+            std::fs::read(by_ferry.join("p/q/renamed.txt")).unwrap(),
+            std::fs::read(by_rsync.join("p/q/renamed.txt")).unwrap(),
+            "{way}"
+        );
+    }
+}

@@ -149,6 +149,9 @@ pub struct SyncArgs {
     /// as empty directories)
     #[arg(short = 'x', long = "one-file-system")]
     pub one_file_system: bool,
+    /// Make the destination's missing parent directories
+    #[arg(long)]
+    pub mkpath: bool,
     /// The daemon's port for host::module addresses that name none (default 7420)
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,

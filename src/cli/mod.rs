@@ -262,6 +262,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         min_size: a.min_size,
         max_delete: a.max_delete,
         relative: a.relative || a.files_from.is_some(),
+        mkpath: a.mkpath,
         chmod: match a.chmod.is_empty() {
             true => None,
             false => {

@@ -236,6 +236,9 @@ pub struct Options {
     pub one_file_system: bool,
     /// Each source is named by its path, from after a `/./` (rsync `-R`).
     pub relative: bool,
+    /// The receiver makes the destination's missing parent directories
+    /// (rsync `--mkpath`).
+    pub mkpath: bool,
     /// Files larger than this are not transferred (rsync `--max-size`).
     pub max_size: Option<u64>,
     /// Files smaller than this are not transferred (rsync `--min-size`).
@@ -1305,7 +1308,7 @@ type OptNumber = fn(&mut Options) -> &mut Option<u64>;
 
 /// The extension block's boolean options, bit by bit, with the flag that sets
 /// each (for errors).
-const EXT_FLAGS: [(OptFlag, &str); 10] = [
+const EXT_FLAGS: [(OptFlag, &str); 11] = [
     (|o| &mut o.copy_unsafe_links, "--copy-unsafe-links"),
     (|o| &mut o.copy_dirlinks, "--copy-dirlinks"),
     (|o| &mut o.size_only, "--size-only"),
@@ -1316,6 +1319,7 @@ const EXT_FLAGS: [(OptFlag, &str); 10] = [
     (|o| &mut o.delete_excluded, "--delete-excluded"),
     (|o| &mut o.one_file_system, "--one-file-system"),
     (|o| &mut o.relative, "--relative"),
+    (|o| &mut o.mkpath, "--mkpath"),
 ];
 
 /// The extension block's numbers, with their tags and flags.

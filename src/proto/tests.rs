@@ -416,7 +416,7 @@ fn options_extension_block() {
     for (block, why) in [
         (vec![1u8, 9, 1, 0], "option extension tag"),
         (vec![2u8, 2, 1, 1, 2, 1, 1], "option extension order"),
-        (vec![1u8, 1, 2, 0x80, 0x40], "extended option flags"),
+        (vec![1u8, 1, 3, 0x80, 0x80, 0x01], "extended option flags"),
         (vec![1u8, 2, 1, 7], "symlink policy"),
     ] {
         let mut bad = p.clone();
