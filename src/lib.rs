@@ -20,7 +20,7 @@
 //!  └──► server ──► session, transport, trust
 //!       (the daemon, serve --stdio)
 //!
-//! pure code over bytes, no I/O: proto (wire format) · chunk · delta · filter · location
+//! pure code over bytes, no I/O: proto (wire format) · chunk · delta · filter · chmod · location
 //! ```
 //!
 //! Arrows point from a layer to what it uses; nothing low imports anything
@@ -33,6 +33,7 @@
 //! events and the host-key policy it supplies.
 
 pub mod check;
+pub mod chmod;
 pub mod chunk;
 pub mod cli;
 pub mod delta;

@@ -281,3 +281,984 @@ fn ssh_sync_matches_rsync() {
     let sshd = Sshd::start();
     run_cases(Via::Ssh(&sshd));
 }
+
+// Issue 24, rsync parity: symlinks as rsync keeps them, several sources into
+// one destination, and the everyday flags. Each scenario runs rsync and ferry
+// on the same starting point and compares the whole destination trees.
+
+/// A parity scenario: `build` makes the sources and `init` (the starting
+/// destination) under the scenario's root.
+struct Parity {
+    name: &'static str,
+    args: &'static [&'static str],
+    /// Sources, relative to the scenario's root (`src/` for its contents).
+    srcs: &'static [&'static str],
+    /// Compare mtimes.
+    times: bool,
+    build: fn(root: &Path),
+}
+
+/// A Python-virtualenv-like tree: an interpreter link to an absolute path, a
+/// relative one beside it, a directory link inside the tree, an absolute
+/// directory link, and a relative link that climbs out of the tree; every
+/// target exists (so that -L and friends have something to copy).
+fn venv(root: &Path) {
+    use std::os::unix::fs::symlink;
+    let s = root.join("src");
+    base_tree(&s);
+    let outside = root.join("outside");
+    write(&outside.join("python3.12"), "#!/the/interpreter\n");
+    write(&outside.join("site/ext.py"), "x = 1\n");
+    set_mtime(&outside.join("python3.12"), 1_600_100_000);
+    set_mtime(&outside.join("site/ext.py"), 1_600_200_000);
+    set_mtime(&outside.join("site"), 1_600_300_000);
+    write(&s.join("venv/lib/site-packages/pkg.py"), "import os\n");
+    set_mtime(&s.join("venv/lib/site-packages/pkg.py"), 1_600_400_000);
+    std::fs::create_dir_all(s.join("venv/bin")).unwrap();
+    symlink(outside.join("python3.12"), s.join("venv/bin/python")).unwrap();
+    symlink("python", s.join("venv/bin/python3")).unwrap();
+    symlink("../../../outside/python3.12", s.join("venv/bin/up")).unwrap();
+    symlink("lib", s.join("venv/lib64")).unwrap();
+    symlink(outside.join("site"), s.join("venv/lib/site-packages/ext")).unwrap();
+    for d in ["venv", "venv/bin", "venv/lib", "venv/lib/site-packages"] {
+        set_mtime(&s.join(d), 1_650_000_000);
+    }
+    dir_times(&s);
+    std::fs::create_dir_all(root.join("init")).unwrap();
+}
+
+/// [`venv`] plus links to nothing at all (rsync -a copies those too).
+fn venv_dangling(root: &Path) {
+    venv(root);
+    let s = root.join("src");
+    std::os::unix::fs::symlink("/nonexistent/ferry-test", s.join("venv/dangling")).unwrap();
+    std::os::unix::fs::symlink("../../../nowhere", s.join("venv/bin/gone")).unwrap();
+    for d in ["venv", "venv/bin"] {
+        set_mtime(&s.join(d), 1_650_000_000);
+    }
+}
+
+const PARITY: &[Parity] = &[
+    Parity {
+        name: "virtualenv: every symlink verbatim",
+        args: &["-a"],
+        srcs: &["src/"],
+        times: true,
+        build: venv_dangling,
+    },
+    Parity {
+        name: "virtualenv by name, links verbatim",
+        args: &["-a"],
+        srcs: &["src/venv"],
+        times: true,
+        build: venv_dangling,
+    },
+    Parity {
+        name: "--safe-links",
+        args: &["-a", "--safe-links"],
+        srcs: &["src/"],
+        times: true,
+        build: venv_dangling,
+    },
+    Parity {
+        name: "-L/--copy-links",
+        args: &["-aL"],
+        srcs: &["src/"],
+        times: true,
+        build: venv,
+    },
+    Parity {
+        name: "--copy-unsafe-links",
+        args: &["-a", "--copy-unsafe-links"],
+        srcs: &["src/"],
+        times: true,
+        build: venv,
+    },
+    Parity {
+        name: "-k/--copy-dirlinks",
+        args: &["-ak"],
+        srcs: &["src/"],
+        times: true,
+        build: venv,
+    },
+];
+
+/// The daemon's configuration for the parity scenarios: module `tmp` is the
+/// temporary directory and takes symlinks as they come.
+fn verbatim_daemon(t: &Path) -> Daemon {
+    let cfg = t.join("ferryd.toml");
+    write(
+        &cfg,
+        format!(
+            "[[module]]\nname = \"tmp\"\npath = \"{}\"\nsymlinks = \"verbatim\"\n",
+            std::env::temp_dir().display()
+        ),
+    );
+    Daemon::start(&[], "", &["--config", cfg.to_str().unwrap()])
+}
+
+fn run_parity(via: Via, cases: &[Parity]) {
+    for case in cases {
+        let t = tmp();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        (case.build)(&root);
+        let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+        clone_tree(&root.join("init"), &by_rsync);
+        clone_tree(&root.join("init"), &by_ferry);
+        let srcs: Vec<String> = case
+            .srcs
+            .iter()
+            .map(|s| root.join(s).display().to_string() + if s.ends_with('/') { "/" } else { "" })
+            .collect();
+        // `{root}` in an argument stands for the scenario's root
+        let flags: Vec<String> = case
+            .args
+            .iter()
+            .map(|s| s.replace("{root}", &root.display().to_string()))
+            .collect();
+        let mut rs = flags.clone();
+        rs.extend(srcs.iter().cloned());
+        rs.push(format!("{}/", by_rsync.display()));
+        rsync(&rs);
+        let mut args: Vec<String> = vec!["sync".into()];
+        args.extend(flags);
+        let dest = match &via {
+            Via::Ssh(sshd) => {
+                args.extend(sshd.args());
+                format!("{}/", sshd.remote(&by_ferry))
+            }
+            Via::Daemon(d) => {
+                args.extend(d.client_args());
+                let rel = by_ferry.strip_prefix(std::env::temp_dir()).unwrap();
+                d.url(&format!("tmp/{}/", rel.display()))
+            }
+            Via::Local => format!("{}/", by_ferry.display()),
+        };
+        args.extend(srcs);
+        args.push(dest);
+        let o = ferry(&args);
+        assert!(
+            o.status.success(),
+            "{}: ferry failed: {}",
+            case.name,
+            stderr(&o)
+        );
+        let strip = |m: std::collections::BTreeMap<Vec<u8>, Node>| -> Vec<(String, Node)> {
+            let t = |(s, _): (i64, i64)| if case.times { (s, 0) } else { (0, 0) };
+            m.into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Node::File { mode, mtime, hash } => Node::File {
+                            mode,
+                            mtime: t(mtime),
+                            hash,
+                        },
+                        Node::Dir { mode, mtime } => Node::Dir {
+                            mode,
+                            mtime: t(mtime),
+                        },
+                        other => other,
+                    };
+                    (String::from_utf8_lossy(&k).into_owned(), v)
+                })
+                .collect()
+        };
+        let (a, b) = (
+            strip(snapshot(&by_rsync, case.times)),
+            strip(snapshot(&by_ferry, case.times)),
+        );
+        let only = |x: &[(String, Node)], y: &[(String, Node)]| -> Vec<String> {
+            x.iter()
+                .filter(|e| !y.contains(e))
+                .map(|(k, v)| format!("{k}: {v:?}"))
+                .collect()
+        };
+        assert!(
+            a == b,
+            "scenario {:?}: ferry differs from rsync\nrsync only: {:#?}\nferry only: {:#?}",
+            case.name,
+            only(&a, &b),
+            only(&b, &a)
+        );
+    }
+}
+
+#[test]
+fn local_parity_matches_rsync() {
+    run_parity(Via::Local, PARITY);
+}
+
+#[test]
+fn daemon_parity_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), PARITY);
+}
+
+#[test]
+fn ssh_parity_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), PARITY);
+}
+
+/// rsync munges the links it receives from a remote (`--munge-links` on the
+/// pulling client); ferry's receiver munges whichever side it runs on. The
+/// oracle is rsync pulling through a remote shell that runs the "remote" here.
+#[test]
+fn munge_links_matches_rsync_receiving() {
+    let t = tmp();
+    let root = t.path().join("root");
+    venv_dangling(&root);
+    let rsh = t.path().join("rsh");
+    write(&rsh, "#!/bin/sh\nshift\nexec \"$@\"\n");
+    chmod(&rsh, 0o755);
+    let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+    rsync([
+        "-a".to_string(),
+        "--munge-links".into(),
+        "-e".into(),
+        rsh.display().to_string(),
+        format!("localhost:{}/src/", root.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    ok(ferry([
+        "sync".to_string(),
+        "-a".into(),
+        "--munge-links".into(),
+        format!("{}/src/", root.display()),
+        format!("{}/", by_ferry.display()),
+    ]));
+    assert_eq!(
+        std::fs::read_link(by_ferry.join("venv/bin/python3")).unwrap(),
+        Path::new("/rsyncd-munged/python")
+    );
+    assert_same_tree(&by_rsync, &by_ferry, true);
+}
+
+/// What a daemon module makes of the links a client pushes: `safe` (the
+/// default for a writable module) skips those that leave the tree, whatever
+/// the client asks; `munge` munges every one; `verbatim` takes them as sent.
+#[test]
+fn daemon_module_symlink_settings() {
+    let t = tmp();
+    let root = t.path().join("root");
+    venv_dangling(&root);
+    let (safe, munge, verbatim) = (
+        t.path().join("safe"),
+        t.path().join("munge"),
+        t.path().join("verbatim"),
+    );
+    for d in [&safe, &munge, &verbatim] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let cfg = t.path().join("ferryd.toml");
+    write(
+        &cfg,
+        format!(
+            "[[module]]\nname = \"safe\"\npath = \"{}\"\n\n\
+             [[module]]\nname = \"munge\"\npath = \"{}\"\nsymlinks = \"munge\"\n\n\
+             [[module]]\nname = \"verbatim\"\npath = \"{}\"\nsymlinks = \"verbatim\"\n",
+            safe.display(),
+            munge.display(),
+            verbatim.display()
+        ),
+    );
+    let d = Daemon::start(&[], "", &["--config", cfg.to_str().unwrap()]);
+    let src = format!("{}/src/", root.display());
+    for module in ["safe", "munge", "verbatim"] {
+        let mut args = vec!["sync".to_string(), "-a".into()];
+        args.extend(d.client_args());
+        args.extend([src.clone(), d.url(&format!("{module}/"))]);
+        let o = ok(ferry(&args));
+        if module == "safe" {
+            assert!(
+                stderr(&o).contains("points outside the destination"),
+                "each skipped link is reported: {}",
+                stderr(&o)
+            );
+        }
+    }
+    let link = |root: &Path, rel: &str| std::fs::read_link(root.join(rel)).ok();
+    // safe: links inside the tree arrive, those that leave it do not
+    assert_eq!(link(&safe, "venv/bin/python3"), Some("python".into()));
+    assert_eq!(link(&safe, "venv/lib64"), Some("lib".into()));
+    for gone in [
+        "venv/bin/python",
+        "venv/bin/up",
+        "venv/dangling",
+        "venv/lib/site-packages/ext",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(safe.join(gone)).is_err(),
+            "safe module made {gone}"
+        );
+    }
+    // munge: every link, munged
+    assert_eq!(
+        link(&munge, "venv/bin/python3"),
+        Some("/rsyncd-munged/python".into())
+    );
+    assert_eq!(
+        link(&munge, "venv/dangling"),
+        Some("/rsyncd-munged//nonexistent/ferry-test".into())
+    );
+    // verbatim: the tree as rsync -a makes it
+    let by_rsync = t.path().join("by-rsync");
+    rsync([src.clone(), format!("{}/", by_rsync.display()), "-a".into()]);
+    assert_same_tree(&by_rsync, &verbatim, true);
+    // and a client asking for --safe-links from a verbatim module gets them
+    let again = t.path().join("verbatim/again");
+    std::fs::create_dir_all(&again).unwrap();
+    let mut args = vec!["sync".to_string(), "-a".into(), "--safe-links".into()];
+    args.extend(d.client_args());
+    args.extend([src, d.url("verbatim/again/")]);
+    ok(ferry(&args));
+    assert!(std::fs::symlink_metadata(again.join("venv/bin/python")).is_err());
+    assert_eq!(link(&again, "venv/bin/python3"), Some("python".into()));
+}
+
+/// A link made verbatim is never followed when ferry later writes: a source
+/// that turns the link into a directory replaces the link, and nothing lands
+/// where it pointed.
+#[test]
+fn a_verbatim_link_is_never_written_through() {
+    let t = tmp();
+    let (src, dst, outside) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("outside"),
+    );
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&src).unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("data")).unwrap();
+    let sync = |extra: &[&str]| {
+        let mut a = vec!["sync", "-a"];
+        a.extend_from_slice(extra);
+        let (s, d) = (format!("{}/", src.display()), format!("{}/", dst.display()));
+        a.extend([s.as_str(), d.as_str()]);
+        ok(ferry(&a))
+    };
+    sync(&[]);
+    assert_eq!(std::fs::read_link(dst.join("data")).unwrap(), outside);
+    // now `data` is a directory with files at the source
+    std::fs::remove_file(src.join("data")).unwrap();
+    write(&src.join("data/f.txt"), "through?\n");
+    write(&src.join("data/sub/g.txt"), "through?\n");
+    sync(&["--delete"]);
+    assert!(std::fs::symlink_metadata(dst.join("data"))
+        .unwrap()
+        .is_dir());
+    assert_eq!(
+        std::fs::read_to_string(dst.join("data/f.txt")).unwrap(),
+        "through?\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "something was written through the link"
+    );
+}
+
+/// Two trees whose names overlap: the same file in both (the first source
+/// wins), a directory in both (merged; its attributes from the first), a name
+/// that is a directory in one and a file in the other.
+fn two_trees(root: &Path) {
+    let (d1, d2) = (root.join("d1"), root.join("d2"));
+    write(&d1.join("a.txt"), "from d1\n");
+    write(&d2.join("a.txt"), "from d2, longer\n");
+    write(&d1.join("sub/x"), "x\n");
+    write(&d2.join("sub/y"), "y\n");
+    write(&d2.join("only/z"), "z\n");
+    write(&d1.join("dup/inner"), "a directory in d1\n");
+    write(&d2.join("dup"), "a file in d2\n");
+    write(&d1.join("file-then-dir"), "a file in d1\n");
+    write(&d2.join("file-then-dir/inner"), "a directory in d2\n");
+    chmod(&d1.join("sub"), 0o750);
+    chmod(&d2.join("sub"), 0o700);
+    for (i, f) in [
+        "d1/a.txt",
+        "d2/a.txt",
+        "d1/sub/x",
+        "d2/sub/y",
+        "d2/only/z",
+        "d1/dup/inner",
+        "d2/dup",
+        "d1/file-then-dir",
+        "d2/file-then-dir/inner",
+    ]
+    .iter()
+    .enumerate()
+    {
+        set_mtime(&root.join(f), 1_600_000_000 + i as i64 * 1000);
+    }
+    for (i, d) in [
+        "d1/sub",
+        "d2/sub",
+        "d2/only",
+        "d1/dup",
+        "d2/file-then-dir",
+        "d1",
+        "d2",
+    ]
+    .iter()
+    .enumerate()
+    {
+        set_mtime(&root.join(d), 1_650_000_000 + i as i64 * 1000);
+    }
+    std::fs::create_dir_all(root.join("init")).unwrap();
+}
+
+const SEVERAL_SOURCES: &[Parity] = &[
+    Parity {
+        name: "two sources' contents into one destination",
+        args: &["-a"],
+        srcs: &["d1/", "d2/"],
+        times: true,
+        build: two_trees,
+    },
+    Parity {
+        name: "the other order",
+        args: &["-a"],
+        srcs: &["d2/", "d1/"],
+        times: true,
+        build: two_trees,
+    },
+    Parity {
+        name: "contents and a directory by name",
+        args: &["-a"],
+        srcs: &["d1/", "d2"],
+        times: true,
+        build: two_trees,
+    },
+    Parity {
+        name: "a file and a tree",
+        args: &["-a"],
+        srcs: &["d1/a.txt", "d2/"],
+        times: true,
+        build: two_trees,
+    },
+];
+
+#[test]
+fn local_several_sources_match_rsync() {
+    run_parity(Via::Local, SEVERAL_SOURCES);
+}
+
+#[test]
+fn daemon_several_sources_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), SEVERAL_SOURCES);
+}
+
+#[test]
+fn ssh_several_sources_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), SEVERAL_SOURCES);
+}
+
+/// The base tree at the source, and at the destination a copy of it where
+/// some files differ: `a.txt` has other bytes of the same size and an older
+/// mtime, `data/shard-1.jsonl` other bytes with the same size and mtime,
+/// `ckpt/w.bin` is missing, `old.txt` and `junk.tmp` are not in the source.
+fn differing(root: &Path) {
+    let (s, d) = (root.join("src"), root.join("init"));
+    base_tree(&s);
+    write(&s.join("notes.tmp"), "scratch\n");
+    write(&s.join("big/blob.bin"), random_bytes(50_000, 9));
+    set_mtime(&s.join("notes.tmp"), 1_600_500_000);
+    set_mtime(&s.join("big/blob.bin"), 1_600_600_000);
+    base_tree(&d);
+    write(&d.join("a.txt"), "ALPHA\n");
+    set_mtime(&d.join("a.txt"), 1_500_000_000);
+    let shard = std::fs::read(s.join("data/shard-1.jsonl")).unwrap();
+    write(&d.join("data/shard-1.jsonl"), shard.to_ascii_uppercase());
+    set_mtime(&d.join("data/shard-1.jsonl"), 1_600_001_000);
+    std::fs::remove_file(d.join("ckpt/w.bin")).unwrap();
+    write(&d.join("old.txt"), "stale\n");
+    write(&d.join("junk.tmp"), "junk\n");
+    set_mtime(&d.join("old.txt"), 1_500_000_000);
+    set_mtime(&d.join("junk.tmp"), 1_500_000_000);
+    write(&root.join("rules"), "# comment\n; another\n\n*.tmp\nbig/\n");
+    write(&root.join("keep"), "notes.tmp\n");
+    dir_times(&s);
+    dir_times(&d);
+    set_mtime(&s.join("big"), 1_650_000_000);
+    set_mtime(&s, 1_650_000_000);
+    set_mtime(&d, 1_650_000_000);
+}
+
+/// [`differing`], with modes at the source the destination's files lack.
+fn differing_modes(root: &Path) {
+    differing(root);
+    chmod(&root.join("src/a.txt"), 0o600);
+    chmod(&root.join("src/data/shard-1.jsonl"), 0o755);
+}
+
+const QUICK_FLAGS: &[Parity] = &[
+    Parity {
+        name: "-rt: a replaced file keeps its permissions",
+        args: &["-rtI"],
+        srcs: &["src/"],
+        times: true,
+        build: differing_modes,
+    },
+    Parity {
+        name: "--size-only",
+        args: &["-a", "--size-only"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "-I/--ignore-times",
+        args: &["-aI"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--ignore-existing",
+        args: &["-a", "--ignore-existing"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--existing",
+        args: &["-a", "--existing"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--max-size",
+        args: &["-a", "--max-size=10K"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--min-size",
+        args: &["-a", "--min-size", "1k", "--delete"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "-W/--whole-file",
+        args: &["-aW", "--delete"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--delete-excluded",
+        args: &["-a", "--delete-excluded", "--exclude", "*.tmp"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--exclude-from",
+        args: &["-a", "--delete", "--exclude-from", "{root}/rules"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--chmod with -a",
+        args: &["-a", "--chmod=Fgo-w,Da+rx,D0775", "--chmod", "Fu+x"],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--chmod without -p shapes new files only",
+        args: &["-rt", "--chmod=F600,Du=rwx,go="],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+    Parity {
+        name: "--include-from before --exclude-from",
+        args: &[
+            "-a",
+            "--include-from={root}/keep",
+            "--exclude-from={root}/rules",
+        ],
+        srcs: &["src/"],
+        times: true,
+        build: differing,
+    },
+];
+
+#[test]
+fn local_quick_flags_match_rsync() {
+    run_parity(Via::Local, QUICK_FLAGS);
+}
+
+#[test]
+fn daemon_quick_flags_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), QUICK_FLAGS);
+}
+
+#[test]
+fn ssh_quick_flags_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), QUICK_FLAGS);
+}
+
+/// `-W` sends a changed file whole where the delta would send a sliver of it.
+#[test]
+fn whole_file_sends_every_byte_again() {
+    let t = tmp();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let mut data = random_bytes(2 << 20, 5);
+    write(&src.join("big.bin"), &data);
+    let run = |extra: &[&str]| {
+        let mut a = vec!["sync".to_string(), "-a".into(), "--stats".into()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend([format!("{}/", src.display()), format!("{}/", dst.display())]);
+        stats(&stdout(&ok(ferry(&a))))
+    };
+    run(&[]);
+    data[1_000_000..1_000_100].fill(7);
+    write(&src.join("big.bin"), &data);
+    set_mtime(&src.join("big.bin"), 1_700_000_000);
+    let (literal, matched, ..) = run(&["-W"]);
+    assert_eq!((literal, matched), (2 << 20, 0), "-W sent a delta");
+    assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), data);
+    data[10..20].fill(9);
+    write(&src.join("big.bin"), &data);
+    set_mtime(&src.join("big.bin"), 1_700_000_100);
+    let (literal, matched, ..) = run(&[]);
+    assert!(
+        literal < 1 << 20 && matched > 1 << 20,
+        "without -W: {literal} literal, {matched} matched"
+    );
+}
+
+/// `--max-delete N` deletes at most N, says how many it left, and exits 23.
+#[test]
+fn max_delete_stops_at_its_limit() {
+    let t = tmp();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    write(&src.join("keep"), "k");
+    for i in 0..5 {
+        write(&dst.join(format!("stale-{i}")), "s");
+    }
+    let o = ferry([
+        "sync".to_string(),
+        "-a".into(),
+        "--delete".into(),
+        "--max-delete=2".into(),
+        format!("{}/", src.display()),
+        format!("{}/", dst.display()),
+    ]);
+    assert_eq!(o.status.code(), Some(23), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--max-delete limit of 2: 3 not deleted"),
+        "{}",
+        stderr(&o)
+    );
+    let left = std::fs::read_dir(&dst).unwrap().count();
+    assert_eq!(left, 1 + 3, "keep and three stale files");
+    assert_eq!(std::fs::read_to_string(dst.join("keep")).unwrap(), "k");
+}
+
+/// `-x` sends a mount point as an empty directory, like rsync (a tmpfs
+/// mounted inside the source; needs root).
+#[test]
+fn one_file_system_stops_at_a_mount_point() {
+    if !root_available() {
+        return;
+    }
+    let t = tmp();
+    let root = t.path().join("root");
+    let src = root.join("src");
+    write(&src.join("here.txt"), "here\n");
+    std::fs::create_dir_all(src.join("mnt")).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(src.join("mnt"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(src.join("mnt"));
+    write(&src.join("mnt/there.txt"), "there\n");
+    set_mtime(&src.join("mnt"), 1_650_000_000);
+    set_mtime(&src, 1_650_000_000);
+    let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+    rsync([
+        "-ax".to_string(),
+        format!("{}/", src.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    ok(ferry([
+        "sync".to_string(),
+        "-ax".into(),
+        format!("{}/", src.display()),
+        format!("{}/", by_ferry.display()),
+    ]));
+    assert!(by_ferry.join("mnt").is_dir());
+    assert!(!by_ferry.join("mnt/there.txt").exists());
+    assert_same_tree(&by_rsync, &by_ferry, true);
+}
+
+fn plain_tree(root: &Path) {
+    let s = root.join("src");
+    base_tree(&s);
+    dir_times(&s);
+    std::fs::create_dir_all(root.join("init")).unwrap();
+}
+
+/// [`plain_tree`] and a `--files-from` list beside it.
+fn listed_tree(root: &Path) {
+    plain_tree(root);
+    write(
+        &root.join("list"),
+        "data\nckpt/w.bin\n/a.txt\n\nempty/nested\n",
+    );
+}
+
+const RELATIVE: &[Parity] = &[
+    Parity {
+        name: "--files-from (-a does not recurse)",
+        args: &["-a", "--files-from={root}/list"],
+        srcs: &["src/"],
+        times: true,
+        build: listed_tree,
+    },
+    Parity {
+        name: "--files-from with -r",
+        args: &["-ar", "--files-from", "{root}/list"],
+        srcs: &["src"],
+        times: true,
+        build: listed_tree,
+    },
+    Parity {
+        name: "-R: a file and a directory, named from /./",
+        args: &["-aR"],
+        srcs: &["src/./ckpt/w.bin", "src/./data/", "src/./empty/nested"],
+        times: true,
+        build: plain_tree,
+    },
+    Parity {
+        name: "-R without -r",
+        args: &["-lptR"],
+        srcs: &["src/./data/shard-2.jsonl", "src/./a.txt"],
+        times: true,
+        build: plain_tree,
+    },
+    Parity {
+        name: "-R with a relative path",
+        args: &["-aR"],
+        srcs: &["src/data"],
+        times: false,
+        build: plain_tree,
+    },
+];
+
+#[test]
+fn local_relative_matches_rsync() {
+    run_parity(Via::Local, RELATIVE);
+}
+
+#[test]
+fn daemon_relative_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), RELATIVE);
+}
+
+#[test]
+fn ssh_relative_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), RELATIVE);
+}
+
+/// A pull with `-R` over ssh and from the daemon: the names the sender
+/// answers with start with the paths asked for (from a daemon: relative to the
+/// module, never the module's own path), and are taken in as such.
+#[test]
+fn relative_pulls_match_rsync() {
+    let t = tmp();
+    let root = t.path().join("root");
+    plain_tree(&root);
+    let pull = |flags: Vec<String>, srcs: Vec<String>, to: &Path| {
+        let mut args = vec!["sync".to_string(), "-aR".into()];
+        args.extend(flags);
+        args.extend(srcs);
+        args.push(format!("{}/", to.display()));
+        ok(ferry(&args));
+    };
+    // over ssh, named from /./ as rsync does
+    if sshd_available() {
+        let sshd = Sshd::start();
+        let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+        rsync([
+            "-aR".to_string(),
+            format!("{}/src/./data/", root.display()),
+            format!("{}/src/./ckpt/w.bin", root.display()),
+            format!("{}/", by_rsync.display()),
+        ]);
+        pull(
+            sshd.args(),
+            vec![
+                format!("{}/", sshd.remote(&root.join("src/./data"))),
+                sshd.remote(&root.join("src/./ckpt/w.bin")),
+            ],
+            &by_ferry,
+        );
+        assert!(by_ferry.join("ckpt/w.bin").is_file());
+        assert_same_tree(&by_rsync, &by_ferry, true);
+    }
+    // from a daemon, relative to the module
+    let d = verbatim_daemon(t.path());
+    let rel = root.strip_prefix(std::env::temp_dir()).unwrap();
+    let tmpdir = std::env::temp_dir();
+    let (by_rsync, by_ferry) = (t.path().join("by-rsync-d"), t.path().join("by-ferry-d"));
+    rsync([
+        "-aR".to_string(),
+        format!("{}/./{}/src/data/", tmpdir.display(), rel.display()),
+        format!("{}/./{}/src/ckpt/w.bin", tmpdir.display(), rel.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    pull(
+        d.client_args(),
+        vec![
+            d.url(&format!("tmp/{}/src/data/", rel.display())),
+            d.url(&format!("tmp/{}/src/ckpt/w.bin", rel.display())),
+        ],
+        &by_ferry,
+    );
+    assert!(by_ferry.join(rel).join("src/ckpt/w.bin").is_file());
+    // (the directories above the tree change as this test writes beside it)
+    assert_same_tree(&by_rsync, &by_ferry, false);
+}
+
+/// `--port` reaches a daemon through a `host::module` address that names no
+/// port; `-4` keeps to IPv4 and `-6` to IPv6 (an IPv4 address has no IPv6
+/// one: a usage error, not a connection to retry).
+#[test]
+fn daemon_port_and_address_family() {
+    let t = tmp();
+    let root = t.path().join("root");
+    plain_tree(&root);
+    let d = verbatim_daemon(t.path());
+    let port = d.addr.port().to_string();
+    let rel = t.path().strip_prefix(std::env::temp_dir()).unwrap();
+    let sync = |extra: &[&str], host: &str, to: &str| {
+        let mut args = vec!["sync".to_string(), "-a".into()];
+        args.extend(d.client_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("{}/src/", root.display()));
+        args.push(format!("{host}::tmp/{}/{to}/", rel.display()));
+        ferry(&args)
+    };
+    ok(sync(&["--port", &port], "127.0.0.1", "by-port"));
+    assert_same_tree(&root.join("src"), &t.path().join("by-port"), true);
+    ok(sync(&["-4", "--port", &port], "localhost", "v4"));
+    assert_same_tree(&root.join("src"), &t.path().join("v4"), true);
+    let o = sync(&["-6", "--port", &port], "127.0.0.1", "v6");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no IPv6 address"), "{}", stderr(&o));
+    assert!(!t.path().join("v6").exists());
+}
+
+/// `--mkpath` makes the destination's missing parents, for a tree and for a
+/// single file named as the destination, locally, over ssh and to the daemon;
+/// without it a missing parent is an error and nothing is made.
+#[test]
+fn mkpath_matches_rsync() {
+    let t = tmp();
+    let root = t.path().join("root");
+    plain_tree(&root);
+    let src = root.join("src");
+    let by_rsync = t.path().join("by-rsync");
+    rsync([
+        "-a".to_string(),
+        "--mkpath".into(),
+        format!("{}/", src.display()),
+        format!("{}/x/y/z/", by_rsync.display()),
+    ]);
+    rsync([
+        "-a".to_string(),
+        "--mkpath".into(),
+        format!("{}/a.txt", src.display()),
+        format!("{}/p/q/renamed.txt", by_rsync.display()),
+    ]);
+    let d = verbatim_daemon(t.path());
+    let sshd = sshd_available().then(Sshd::start);
+    let mut ways: Vec<(&str, Vec<String>)> =
+        vec![("local", Vec::new()), ("daemon", d.client_args())];
+    if let Some(s) = &sshd {
+        ways.push(("ssh", s.args()));
+    }
+    for (way, flags) in ways {
+        let by_ferry = t.path().join(format!("by-ferry-{way}"));
+        let dest = |rest: &str| -> String {
+            let p = by_ferry.join(rest);
+            match way {
+                "daemon" => d.url(&format!(
+                    "tmp/{}",
+                    p.strip_prefix(std::env::temp_dir()).unwrap().display()
+                )),
+                "ssh" => sshd.as_ref().unwrap().remote(&p),
+                _ => p.display().to_string(),
+            }
+        };
+        let run = |extra: &[&str], from: String, to: String| {
+            let mut args = vec!["sync".to_string(), "-a".into()];
+            args.extend(flags.iter().cloned());
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend([from, to]);
+            ferry(&args)
+        };
+        let o = run(&[], format!("{}/", src.display()), dest("x/y/z/"));
+        assert!(
+            !o.status.success(),
+            "{way}: a missing parent without --mkpath"
+        );
+        assert!(!by_ferry.join("x").exists(), "{way}: made something anyway");
+        ok(run(
+            &["--mkpath"],
+            format!("{}/", src.display()),
+            dest("x/y/z/"),
+        ));
+        ok(run(
+            &["--mkpath"],
+            format!("{}/a.txt", src.display()),
+            dest("p/q/renamed.txt"),
+        ));
+        // (the parents made here have times of their own, in both trees)
+        assert_same_tree(&by_rsync.join("x/y/z"), &by_ferry.join("x/y/z"), true);
+        assert_eq!(
+            std::fs::read(by_ferry.join("p/q/renamed.txt")).unwrap(),
+            std::fs::read(by_rsync.join("p/q/renamed.txt")).unwrap(),
+            "{way}"
+        );
+    }
+}

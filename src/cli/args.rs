@@ -26,6 +26,8 @@ pub struct Cli {
     pub s3_checksum: Option<String>,
 }
 
+// (parsed once per run: the size of the largest variant costs nothing)
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Copy files like scp: `ferry cp -r ./ckpt user@gpu2:/data/ckpt`
@@ -66,9 +68,26 @@ pub struct SyncArgs {
     /// Recurse into directories
     #[arg(short = 'r', long)]
     pub recursive: bool,
-    /// Copy symlinks as symlinks
+    /// Copy symlinks as symlinks, exactly as they are (absolute or pointing out
+    /// of the tree too); the receiver never follows a link when it writes
     #[arg(short = 'l', long)]
     pub links: bool,
+    /// Skip symlinks that are absolute or climb out of the transfer with ..
+    #[arg(long = "safe-links", conflicts_with = "munge_links")]
+    pub safe_links: bool,
+    /// Make each symlink with /rsyncd-munged/ in front of its target, so that
+    /// nothing on the receiving host can follow it
+    #[arg(long = "munge-links")]
+    pub munge_links: bool,
+    /// Follow symlinks in the source: send what they point to
+    #[arg(short = 'L', long = "copy-links")]
+    pub copy_links: bool,
+    /// Follow only symlinks that point outside the transfer; keep the others
+    #[arg(long = "copy-unsafe-links")]
+    pub copy_unsafe_links: bool,
+    /// Follow symlinks to directories: send them as directories
+    #[arg(short = 'k', long = "copy-dirlinks")]
+    pub copy_dirlinks: bool,
     /// Preserve permissions
     #[arg(short = 'p', long)]
     pub perms: bool,
@@ -118,6 +137,60 @@ pub struct SyncArgs {
     /// Delete files in the destination that are not in the source
     #[arg(long)]
     pub delete: bool,
+    /// With --delete (implied): also delete destination files the filters exclude
+    #[arg(long = "delete-excluded")]
+    pub delete_excluded: bool,
+    /// Delete at most N files or directories (the rest are reported, exit code 23)
+    #[arg(long = "max-delete", value_name = "N")]
+    pub max_delete: Option<u64>,
+    /// Skip files whose size matches, whatever their mtime
+    #[arg(long = "size-only")]
+    pub size_only: bool,
+    /// Send every file, even those whose size and mtime match
+    #[arg(short = 'I', long = "ignore-times")]
+    pub ignore_times: bool,
+    /// Leave files that already exist at the destination alone
+    #[arg(long = "ignore-existing")]
+    pub ignore_existing: bool,
+    /// Make nothing new at the destination: only update what exists
+    #[arg(long = "existing")]
+    pub existing: bool,
+    /// Do not transfer files larger than SIZE (suffixes K, M, G: 1024-based; KB, MB, GB: 1000-based)
+    #[arg(long = "max-size", value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Do not transfer files smaller than SIZE
+    #[arg(long = "min-size", value_name = "SIZE", value_parser = parse_size)]
+    pub min_size: Option<u64>,
+    /// No delta: send each changed file whole
+    #[arg(short = 'W', long = "whole-file")]
+    pub whole_file: bool,
+    /// Do not cross filesystem boundaries in the source (mount points are sent
+    /// as empty directories)
+    #[arg(short = 'x', long = "one-file-system")]
+    pub one_file_system: bool,
+    /// Make the destination's missing parent directories
+    #[arg(long)]
+    pub mkpath: bool,
+    /// The daemon's port for host::module addresses that name none (default 7420)
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Name each source by its path (from after a /./ in it, else without its
+    /// leading /), making the directories above it at the destination
+    #[arg(short = 'R', long)]
+    pub relative: bool,
+    /// Send the paths listed in FILE (one a line, relative to the one source
+    /// directory; - for stdin); implies -R and -d, and -a does not imply -r
+    #[arg(long = "files-from", value_name = "FILE")]
+    pub files_from: Option<std::path::PathBuf>,
+    /// Change permissions as they arrive, like chmod(1): 644, D2775, Fgo-w, u+rwx,Da+X (repeatable)
+    #[arg(long, value_name = "RULES")]
+    pub chmod: Vec<String>,
+    /// Read exclude patterns from FILE, one a line ('#' and ';' lines are comments; - for stdin)
+    #[arg(long = "exclude-from", value_name = "FILE")]
+    pub exclude_from: Vec<std::path::PathBuf>,
+    /// Read include patterns from FILE
+    #[arg(long = "include-from", value_name = "FILE")]
+    pub include_from: Vec<std::path::PathBuf>,
     /// Exclude files matching PATTERN (rsync glob rules; repeatable)
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
@@ -264,6 +337,12 @@ pub struct DaemonFlags {
     /// connection refused, a key refused are never retried
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
+    /// Connect over IPv4 only (to a daemon; over ssh it is passed on as -o AddressFamily=inet)
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Connect over IPv6 only
+    #[arg(short = '6')]
+    pub ipv6: bool,
 }
 
 #[derive(Args, Debug)]
@@ -455,6 +534,43 @@ pub struct DemoArgs {
     pub dir: Option<std::path::PathBuf>,
 }
 
+/// Parses a size like rsync's `--max-size`: `500`, `1.5K`, `10M`, `1G`
+/// (1024-based; `KB`, `MB`, `GB` are 1000-based; a trailing `B` or `iB` is
+/// allowed).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let upper = t.to_ascii_uppercase();
+    let (digits, mult): (&str, f64) = {
+        let units: [(&str, f64); 13] = [
+            ("KIB", 1024.0),
+            ("MIB", 1048576.0),
+            ("GIB", 1073741824.0),
+            ("TIB", 1099511627776.0),
+            ("KB", 1e3),
+            ("MB", 1e6),
+            ("GB", 1e9),
+            ("TB", 1e12),
+            ("K", 1024.0),
+            ("M", 1048576.0),
+            ("G", 1073741824.0),
+            ("T", 1099511627776.0),
+            ("B", 1.0),
+        ];
+        units
+            .iter()
+            .find(|(u, _)| upper.ends_with(u))
+            .map(|(u, m)| (&t[..t.len() - u.len()], *m))
+            .unwrap_or((t, 1.0))
+    };
+    let v: f64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 500, 10M, 1.5G)"))?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(format!("{s:?} is not a size"));
+    }
+    Ok((v * mult) as u64)
+}
+
 /// Parses a rate like `500`, `10M`, `1G` (KiB/s units without a suffix) into
 /// bytes per second.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -518,6 +634,21 @@ mod tests {
         assert!(Cli::try_parse_from(["ferry", "sync", "--frobnicate", "a", "b"]).is_err());
         assert!(Cli::try_parse_from(["ferry", "sync", "-q", "-v", "a", "b"]).is_err());
         assert!(Cli::try_parse_from(["ferry", "sync", "onlyone"]).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("500").unwrap(), 500);
+        assert_eq!(parse_size("2K").unwrap(), 2048);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("3b").unwrap(), 3);
+        assert!(parse_size("big").is_err());
+        assert!(parse_size("-1K").is_err());
+        let s = sync(&["-aWxI", "--max-size=1M", "--min-size", "10", "a/", "b/"]);
+        assert!(s.whole_file && s.one_file_system && s.ignore_times);
+        assert_eq!((s.max_size, s.min_size), (Some(1 << 20), Some(10)));
     }
 
     #[test]

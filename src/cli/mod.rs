@@ -59,8 +59,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     let result = match cli.command {
         Command::Sync(a) => {
             let sub = matches.subcommand_matches("sync").expect("sync was parsed");
-            let filters = ordered_filters(sub);
-            sync(a, filters)
+            filter_rules(sub).and_then(|filters| sync(a, filters))
         }
         Command::Cp(a) => cp(a),
         Command::Serve(a) => serve(a),
@@ -96,6 +95,115 @@ fn ordered_filters(m: &clap::ArgMatches) -> Vec<(bool, Vec<u8>)> {
     rules.into_iter().map(|(_, i, p)| (i, p)).collect()
 }
 
+/// All filter rules in the order they were given: `--include`/`--exclude`
+/// and the lines of each `--include-from`/`--exclude-from` file where that flag
+/// stands (blank lines and lines starting with `#` or `;` are skipped, as in
+/// rsync; `-` reads standard input).
+fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferError> {
+    let mut rules: Vec<(usize, usize, bool, Vec<u8>)> = ordered_filters(m)
+        .into_iter()
+        .zip(
+            ["include", "exclude"]
+                .iter()
+                .flat_map(|id| m.indices_of(id).into_iter().flatten())
+                .collect::<std::collections::BTreeSet<_>>(),
+        )
+        .map(|((inc, p), i)| (i, 0, inc, p))
+        .collect();
+    for (id, include) in [("include_from", true), ("exclude_from", false)] {
+        let (Some(files), Some(idx)) = (m.get_many::<std::path::PathBuf>(id), m.indices_of(id))
+        else {
+            continue;
+        };
+        for (file, i) in files.zip(idx) {
+            let text = if file.as_os_str() == "-" {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                    .map_err(|e| TransferError::local(String::from("standard input"), &e))?;
+                v
+            } else {
+                std::fs::read(file).map_err(|e| {
+                    TransferError::Usage(format!(
+                        "--{}: cannot read {}: {}",
+                        id.replace('_', "-"),
+                        file.display(),
+                        crate::error::io_text(&e)
+                    ))
+                })?
+            };
+            let lines = text
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty() && !l.starts_with(b"#") && !l.starts_with(b";"));
+            for (j, line) in lines.enumerate() {
+                rules.push((i, j, include, line.to_vec()));
+            }
+        }
+    }
+    rules.sort_by_key(|r| (r.0, r.1));
+    Ok(rules.into_iter().map(|(_, _, inc, p)| (inc, p)).collect())
+}
+
+/// `--files-from`: each path listed in `list`, below the one source directory
+/// (`dir/./path`, so that `-R` names it from there).
+fn files_from(
+    list: &std::path::Path,
+    sources: &[Location],
+) -> Result<Vec<Location>, TransferError> {
+    let [base] = sources else {
+        return Err(TransferError::Usage(
+            "--files-from takes one source directory (the paths in the list are below it)".into(),
+        ));
+    };
+    let text = if list.as_os_str() == "-" {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+            .map_err(|e| TransferError::local(String::from("standard input"), &e))?;
+        v
+    } else {
+        std::fs::read(list).map_err(|e| {
+            TransferError::Usage(format!(
+                "--files-from: cannot read {}: {}",
+                list.display(),
+                crate::error::io_text(&e)
+            ))
+        })?
+    };
+    let below = |dir: &[u8], line: &[u8]| {
+        let mut p = dir.strip_suffix(b"/").unwrap_or(dir).to_vec();
+        p.extend_from_slice(b"/./");
+        p.extend_from_slice(line.trim_ascii_start().strip_prefix(b"/").unwrap_or(line));
+        p
+    };
+    let mut out = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        out.push(match base {
+            Location::Local(dir) => Location::Local(below(dir, line)),
+            Location::Ssh { user, host, path } => Location::Ssh {
+                user: user.clone(),
+                host: host.clone(),
+                path: below(path, line),
+            },
+            _ => {
+                return Err(TransferError::Usage(
+                    "--files-from reads from a local or ssh source".into(),
+                ))
+            }
+        });
+    }
+    if out.is_empty() {
+        return Err(TransferError::Usage(format!(
+            "--files-from: {} lists no path",
+            list.display()
+        )));
+    }
+    Ok(out)
+}
+
 fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferError> {
     let parse = |p: &OsString| Location::parse(p).map_err(|e| TransferError::Usage(e.to_string()));
     let (dest, sources) = paths.split_last().expect("clap requires two paths");
@@ -107,8 +215,10 @@ fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferEr
 
 fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError> {
     let root = rustix::process::geteuid().is_root();
-    let recursive = a.recursive || a.archive;
-    if a.delete && !recursive {
+    // as in rsync, --files-from turns off the -r that -a brings (not an explicit -r)
+    let recursive = a.recursive || (a.archive && a.files_from.is_none());
+    let delete = a.delete || a.delete_excluded;
+    if delete && !recursive {
         return Err(TransferError::Usage(
             "--delete does not work without -r (or -a)".into(),
         ));
@@ -117,12 +227,12 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
     let options = Options {
         recursive,
         links: a.links || a.archive,
-        follow_links: false,
+        follow_links: a.copy_links,
         perms: a.perms || a.archive,
         times: a.times || a.archive,
         owner: a.owner || (a.archive && root),
         group: a.group || (a.archive && root),
-        delete: a.delete,
+        delete,
         checksum: a.checksum,
         update: a.update,
         dry_run: a.dry_run,
@@ -133,7 +243,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         fsync: a.fsync,
         partial: !a.no_partial || a.partial_progress,
         cp_mode: false,
-        dirs: false,
+        dirs: a.files_from.is_some(),
         file_events: a.verbose > 0 || progress || a.dry_run,
         streams: 0, // below, once the locations are known
         backup_suffix: a
@@ -144,10 +254,58 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
             Some(r) => args::parse_rate(r).map_err(TransferError::Usage)?,
             None => 0,
         },
+        symlinks: if a.munge_links {
+            crate::proto::LinkPolicy::Munge
+        } else if a.safe_links {
+            crate::proto::LinkPolicy::Safe
+        } else {
+            crate::proto::LinkPolicy::Verbatim
+        },
+        copy_unsafe_links: a.copy_unsafe_links,
+        copy_dirlinks: a.copy_dirlinks,
+        size_only: a.size_only,
+        ignore_times: a.ignore_times,
+        ignore_existing: a.ignore_existing,
+        existing: a.existing,
+        whole_file: a.whole_file,
+        delete_excluded: a.delete_excluded,
+        one_file_system: a.one_file_system,
+        max_size: a.max_size,
+        min_size: a.min_size,
+        max_delete: a.max_delete,
+        relative: a.relative || a.files_from.is_some(),
+        mkpath: a.mkpath,
+        chmod: match a.chmod.is_empty() {
+            true => None,
+            false => {
+                crate::chmod::Chmod::parse(&a.chmod)
+                    .map_err(|e| TransferError::Usage(e.to_string()))?;
+                Some(a.chmod.join(",").into_bytes())
+            }
+        },
     };
     crate::filter::Filters::new(&options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
     let (sources, dest) = locations(&a.paths)?;
+    let sources = match &a.files_from {
+        Some(list) => files_from(list, &sources)?,
+        None => sources,
+    };
+    // --port: the daemon's port where an address names none
+    let with_port = |l: Location| match l {
+        Location::Daemon {
+            host,
+            port: None,
+            path,
+        } if a.port.is_some() => Location::Daemon {
+            host,
+            port: a.port,
+            path,
+        },
+        other => other,
+    };
+    let sources: Vec<Location> = sources.into_iter().map(with_port).collect();
+    let dest = with_port(dest);
     let options = Options {
         streams: a
             .streams
@@ -162,6 +320,11 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
             rsh: a.rsh,
             remote_ferry: a.remote_ferry,
             transport: a.transport,
+            ssh_options: match (a.daemon.ipv4, a.daemon.ipv6) {
+                (true, _) => vec!["AddressFamily=inet".into()],
+                (_, true) => vec!["AddressFamily=inet6".into()],
+                _ => Vec::new(),
+            },
             ..Default::default()
         },
         daemon: daemon_options(&a.daemon)?,
@@ -204,6 +367,8 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             config_dir: a.config_dir.clone(),
             timeout: None,
             retries: None,
+            ipv4: false,
+            ipv6: false,
         })?,
         ssh: SshOptions {
             rsh: a.rsh,
@@ -254,6 +419,11 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
             .filter(|&t| t > 0)
             .map(std::time::Duration::from_secs),
         retries: f.retries,
+        ip_version: match (f.ipv4, f.ipv6) {
+            (true, _) => Some(4),
+            (_, true) => Some(6),
+            _ => None,
+        },
     })
 }
 

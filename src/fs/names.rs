@@ -101,6 +101,28 @@ pub fn escape(name: &[u8]) -> String {
     out
 }
 
+/// Whether a symlink at `rel` pointing to `target` stays inside the tree:
+/// not absolute, and no `..` climbs above the tree's root (rsync's "safe").
+pub fn link_stays_inside(rel: &[u8], target: &[u8]) -> bool {
+    if target.is_empty() || target.starts_with(b"/") {
+        return false;
+    }
+    let mut depth = rel.split(|&b| b == b'/').count() as i64 - 1;
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! `.`), `dir` sends the directory itself (names start with `dir/`), a file is
 //! sent under its own name.
 
-use crate::fs::names::{escape, join};
+use crate::fs::names::{escape, join, link_stays_inside};
 use crate::proto::{Entry, Kind, ListStart};
 use crate::store::source::Listed;
 use std::collections::HashMap;
@@ -29,6 +29,68 @@ struct Root {
     name: Vec<u8>,
     /// Trailing slash: follow a symlinked root and send its contents.
     contents: bool,
+    /// With `-R`: the directory the names are relative to (`name` is then
+    /// the path below it, and each of its directories is sent too).
+    base: Option<PathBuf>,
+}
+
+impl Root {
+    /// Where entry `name` of this root would be on disk.
+    fn path_of(&self, name: &[u8]) -> Option<PathBuf> {
+        if let Some(base) = &self.base {
+            return Some(base.join(OsStr::from_bytes(name)));
+        }
+        if self.contents {
+            return Some(match name {
+                b"." => self.path.clone(),
+                _ => self.path.join(OsStr::from_bytes(name)),
+            });
+        }
+        let top = name.split(|&b| b == b'/').next().unwrap_or(name);
+        if top != self.name.as_slice() {
+            return None;
+        }
+        let parent = self.path.parent().unwrap_or(Path::new("."));
+        Some(parent.join(OsStr::from_bytes(name)))
+    }
+}
+
+/// `-R`: the source's name is its path, from after a `/./` if it has one, else
+/// without its leading `/`; `.` components and trailing slashes are dropped.
+fn relative_root(src: &[u8]) -> Root {
+    let (base, rel): (&[u8], &[u8]) = match src.windows(3).position(|w| w == b"/./") {
+        Some(i) => (&src[..i + 1], &src[i + 3..]),
+        None if src.starts_with(b"/") => (b"/", src),
+        None => (b"", src),
+    };
+    let parts: Vec<&[u8]> = rel
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    let name = if parts.is_empty() {
+        b".".to_vec()
+    } else {
+        parts.join(&b'/')
+    };
+    let base = if base.is_empty() {
+        PathBuf::from(".")
+    } else {
+        PathBuf::from(OsStr::from_bytes(base))
+    };
+    Root {
+        path: base.join(OsStr::from_bytes(&name)),
+        contents: name == b".",
+        name,
+        base: Some(base),
+    }
+}
+
+fn root_for(src: &[u8], opts: &ScanOptions) -> Root {
+    if opts.relative {
+        relative_root(src)
+    } else {
+        root_of(src)
+    }
 }
 
 fn root_of(src: &[u8]) -> Root {
@@ -51,6 +113,7 @@ fn root_of(src: &[u8]) -> Root {
             base.to_vec()
         },
         contents,
+        base: None,
     }
 }
 
@@ -65,7 +128,7 @@ fn stat_root(root: &Root, opts: &ScanOptions) -> std::io::Result<std::fs::Metada
 /// Looks at the sources (not their contents) to tell the receiver how to name
 /// the destination.
 pub fn list_start(sources: &[Vec<u8>], opts: &ScanOptions) -> ListStart {
-    if sources.len() != 1 {
+    if sources.len() != 1 || opts.relative {
         return ListStart {
             single_file: false,
             single_dir: false,
@@ -89,6 +152,15 @@ struct Walker<'a, E> {
     visiting: Vec<(u64, u64)>,
     /// How deep the walk is below the source root.
     depth: usize,
+    /// With several sources: each name listed so far, and whether it is a
+    /// directory. As in rsync, the first source to list a name wins; a
+    /// directory listed again merges the later source's entries into it.
+    seen: Option<HashMap<Vec<u8>, bool>>,
+    /// With several sources: each root, and which one is being walked.
+    roots: Vec<Root>,
+    current: usize,
+    /// The device of the root being walked (for `-x`).
+    root_dev: u64,
 }
 
 /// Walks every source, calling `emit` for each item. Returns whether any I/O
@@ -106,9 +178,34 @@ pub fn scan<E>(
         io_error: false,
         visiting: Vec::new(),
         depth: 0,
+        seen: (sources.len() > 1 || opts.relative).then(HashMap::new),
+        roots: if sources.len() > 1 {
+            sources.iter().map(|s| root_for(s, opts)).collect()
+        } else {
+            Vec::new()
+        },
+        current: 0,
+        root_dev: 0,
     };
-    for src in sources {
-        let root = root_of(src);
+    // with several sources, the destination's own entry (`.`) comes first,
+    // from the first source that sends its contents, whatever comes before it
+    if let Some(root) = w.roots.iter().find(|r| r.contents) {
+        if let Ok(meta) = stat_root(root, opts) {
+            if meta.is_dir() && (opts.recursive || opts.dirs) {
+                let (path, entry) = (root.path.clone(), entry_of(b".", &meta));
+                w.push(
+                    Entry {
+                        kind: Kind::Dir,
+                        ..entry
+                    },
+                    &path,
+                )?;
+            }
+        }
+    }
+    for (i, src) in sources.iter().enumerate() {
+        w.current = i;
+        let root = root_for(src, opts);
         match stat_root(&root, opts) {
             Ok(meta) => {
                 let is_dir = meta.is_dir();
@@ -119,6 +216,7 @@ pub fn scan<E>(
                     )))?;
                     continue;
                 }
+                w.implied_dirs(&root)?;
                 let name = root.name.clone();
                 w.visit(&root.path, &name, meta)?;
             }
@@ -147,24 +245,32 @@ impl<E> Walker<'_, E> {
 
     fn visit(&mut self, path: &Path, name: &[u8], meta: std::fs::Metadata) -> Result<(), E> {
         let ft = meta.file_type();
-        let mut entry = Entry {
-            name: name.to_vec(),
-            kind: Kind::File,
-            mode: meta.mode() & 0o7777,
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec() as u32,
-            size: 0,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            target: Vec::new(),
-            link_to: None,
-            checksum: None,
-        };
+        let mut entry = entry_of(name, &meta);
         if ft.is_symlink() {
             if self.opts.follow_links {
                 match std::fs::metadata(path) {
                     Ok(m) => return self.visit(path, name, m),
                     Err(e) => return self.fail(path, "cannot follow symlink", e),
+                }
+            }
+            let target = match std::fs::read_link(path) {
+                Ok(t) => t.into_os_string().into_vec(),
+                Err(e) => return self.fail(path, "cannot read symlink", e),
+            };
+            // -k follows links to directories, --copy-unsafe-links those that
+            // leave the tree; either sends what the link points to
+            let unsafe_link = !link_stays_inside(name, &target);
+            if self.opts.copy_unsafe_links && unsafe_link {
+                match std::fs::metadata(path) {
+                    Ok(m) => return self.visit(path, name, m),
+                    Err(e) => return self.fail(path, "cannot follow symlink", e),
+                }
+            }
+            if self.opts.copy_dirlinks {
+                if let Ok(m) = std::fs::metadata(path) {
+                    if m.is_dir() {
+                        return self.visit(path, name, m);
+                    }
                 }
             }
             if !self.opts.links {
@@ -173,10 +279,7 @@ impl<E> Walker<'_, E> {
                     escape(name)
                 )));
             }
-            match std::fs::read_link(path) {
-                Ok(t) => entry.target = t.into_os_string().into_vec(),
-                Err(e) => return self.fail(path, "cannot read symlink", e),
-            }
+            entry.target = target;
             entry.kind = Kind::Symlink;
             return self.push(entry, path);
         }
@@ -189,9 +292,21 @@ impl<E> Walker<'_, E> {
                     escape(name)
                 )));
             }
-            self.push(entry, path)?;
+            match self.listed_before(name) {
+                Some(true) => {} // merged into the directory listed before
+                Some(false) => return Ok(()),
+                None => self.push(entry, path)?,
+            }
             if !self.opts.recursive && self.depth > 0 {
                 return Ok(()); // -d: the directory itself, not its contents
+            }
+            if !self.opts.recursive && self.opts.relative && name != b"." {
+                return Ok(()); // -R -d (--files-from): a named directory, not its contents
+            }
+            if self.depth == 0 {
+                self.root_dev = meta.dev();
+            } else if self.opts.one_file_system && meta.dev() != self.root_dev {
+                return Ok(()); // -x: a mount point is sent, not what is in it
             }
             self.depth += 1;
             let r = self.descend(path, name, key);
@@ -205,6 +320,9 @@ impl<E> Walker<'_, E> {
             )));
         }
         entry.size = meta.size();
+        if self.listed_before(name).is_some() || self.directory_later(name) {
+            return Ok(()); // before the hard-link bookkeeping counts it
+        }
         if self.opts.hard_links && meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             if let Some(&first) = self.inodes.get(&key) {
@@ -222,7 +340,73 @@ impl<E> Walker<'_, E> {
         self.push(entry, path)
     }
 
+    /// `-R`: each directory above the root's name, with the attributes of
+    /// the directory it names at the source (rsync's implied directories).
+    fn implied_dirs(&mut self, root: &Root) -> Result<(), E> {
+        let Some(base) = &root.base else {
+            return Ok(());
+        };
+        let mut name: Vec<u8> = Vec::new();
+        let parts: Vec<&[u8]> = root.name.split(|&b| b == b'/').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !name.is_empty() {
+                name.push(b'/');
+            }
+            name.extend_from_slice(part);
+            if self.listed_before(&name).is_some() {
+                continue;
+            }
+            let path = base.join(OsStr::from_bytes(&name));
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => {
+                    let entry = Entry {
+                        kind: Kind::Dir,
+                        ..entry_of(&name, &meta)
+                    };
+                    self.push(entry, &path)?;
+                }
+                Ok(_) => {}
+                Err(e) => return self.fail(&path, "cannot stat", e),
+            }
+        }
+        Ok(())
+    }
+
+    /// With several sources: whether an earlier source listed `name`, and as
+    /// a directory.
+    fn listed_before(&self, name: &[u8]) -> Option<bool> {
+        self.seen.as_ref()?.get(name).copied()
+    }
+
+    /// With several sources: whether a later source has a directory named
+    /// `name` (as in rsync, a directory wins over a file or link of the same
+    /// name, whichever source comes first).
+    fn directory_later(&self, name: &[u8]) -> bool {
+        let follow = self.opts.follow_links || self.opts.copy_dirlinks;
+        self.roots.iter().skip(self.current + 1).any(|root| {
+            let Some(path) = root.path_of(name) else {
+                return false;
+            };
+            let meta = if follow {
+                std::fs::metadata(&path)
+            } else {
+                std::fs::symlink_metadata(&path)
+            };
+            meta.is_ok_and(|m| m.is_dir())
+        })
+    }
+
     fn push(&mut self, entry: Entry, path: &Path) -> Result<(), E> {
+        if let Some(seen) = &mut self.seen {
+            if seen.contains_key(&entry.name) {
+                return Ok(()); // the first source to list a name wins
+            }
+            if entry.kind != Kind::Dir && self.directory_later(&entry.name) {
+                return Ok(());
+            }
+            let seen = self.seen.as_mut().expect("checked above");
+            seen.insert(entry.name.clone(), entry.kind == Kind::Dir);
+        }
         self.next_index += 1;
         (self.emit)(ScanItem::Entry(entry, path.to_path_buf()))
     }
@@ -265,6 +449,24 @@ impl<E> Walker<'_, E> {
         }
         self.visiting.pop();
         Ok(())
+    }
+}
+
+/// The list entry for `name` as `meta` describes it (a file until the walk
+/// says otherwise).
+fn entry_of(name: &[u8], meta: &std::fs::Metadata) -> Entry {
+    Entry {
+        name: name.to_vec(),
+        kind: Kind::File,
+        mode: meta.mode() & 0o7777,
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec() as u32,
+        size: 0,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        target: Vec::new(),
+        link_to: None,
+        checksum: None,
     }
 }
 
@@ -312,6 +514,39 @@ mod tests {
         assert_eq!(names(&[&format!("{p}/")], &opts), [".", "a", "b", "b/x"]);
         let not_recursive = ScanOptions::default();
         assert!(names(&[p], &not_recursive).is_empty());
+    }
+
+    #[test]
+    fn relative_names_and_implied_dirs() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b/c")).unwrap();
+        std::fs::write(t.path().join("a/b/c/f"), "f").unwrap();
+        std::fs::write(t.path().join("a/b/g"), "g").unwrap();
+        let opts = ScanOptions {
+            recursive: true,
+            relative: true,
+            ..Default::default()
+        };
+        let p = t.path().to_str().unwrap();
+        // named from after /./, the directories above sent first, once
+        assert_eq!(
+            names(&[&format!("{p}/a/./b/c/"), &format!("{p}/a/./b/g")], &opts),
+            ["b", "b/c", "b/c/f", "b/g"]
+        );
+        let no_r = ScanOptions {
+            relative: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&[&format!("{p}/./a/b/g")], &no_r),
+            ["a", "a/b", "a/b/g"]
+        );
+        let root = relative_root(b"/x/./y//./z/");
+        assert_eq!(
+            (root.name.as_slice(), root.base),
+            (&b"y/z"[..], Some(PathBuf::from("/x/")))
+        );
+        assert_eq!(relative_root(b"/abs/path").name, b"abs/path");
     }
 
     #[test]

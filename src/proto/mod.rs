@@ -32,8 +32,13 @@ use codec::{Reader, Writer};
 /// The protocol versions this build speaks.
 /// 2: `Want` carries the key of a rebuilt file's check (`RecipeEnd`'s hash is
 /// a `chunk::RebuildCheck`, no longer a BLAKE3).
+/// 3: a `Request`'s options may end with an extension block (tagged fields
+/// for the rsync flags added since: `--copy-unsafe-links`, the symlink
+/// policy, …); a request without one is byte for byte a version-2 request.
 pub const VERSION_MIN: u16 = 2;
-pub const VERSION_MAX: u16 = 2;
+pub const VERSION_MAX: u16 = 3;
+/// The first version whose requests may carry the options' extension block.
+pub const VERSION_OPTION_EXTENSIONS: u16 = 3;
 /// The first bytes on every connection, before any frame: a peer that is not
 /// ferry (a shell printing a banner, a web server) fails here with a clear error.
 pub const MAGIC: &[u8; 5] = b"ferry";
@@ -204,7 +209,64 @@ pub struct Options {
     pub streams: u8,
     /// zstd level for `compress` (0: the default, [`DEFAULT_ZSTD_LEVEL`]).
     pub compress_level: u8,
+    // Version 3 (the extension block): every field below defaults to what a
+    // version-2 peer does, and is sent only when it differs from that.
+    /// What the receiver does with a symlink it is sent.
+    pub symlinks: LinkPolicy,
+    /// The sender follows symlinks that point outside the transfer and sends
+    /// what they point to (rsync `--copy-unsafe-links`).
+    pub copy_unsafe_links: bool,
+    /// The sender follows symlinks to directories and sends them as
+    /// directories (rsync `-k`).
+    pub copy_dirlinks: bool,
+    /// The quick check compares sizes only (rsync `--size-only`).
+    pub size_only: bool,
+    /// Every file is sent, whatever the quick check says (rsync `-I`).
+    pub ignore_times: bool,
+    /// Files already at the destination are left alone (rsync `--ignore-existing`).
+    pub ignore_existing: bool,
+    /// Nothing new is made at the destination: only what exists is updated
+    /// (rsync `--existing`).
+    pub existing: bool,
+    /// No delta: every file that changed comes whole (rsync `-W`).
+    pub whole_file: bool,
+    /// `--delete` also removes destination files the filters exclude.
+    pub delete_excluded: bool,
+    /// The sender does not cross into other filesystems (rsync `-x`).
+    pub one_file_system: bool,
+    /// Each source is named by its path, from after a `/./` (rsync `-R`).
+    pub relative: bool,
+    /// The receiver makes the destination's missing parent directories
+    /// (rsync `--mkpath`).
+    pub mkpath: bool,
+    /// Files larger than this are not transferred (rsync `--max-size`).
+    pub max_size: Option<u64>,
+    /// Files smaller than this are not transferred (rsync `--min-size`).
+    pub min_size: Option<u64>,
+    /// At most this many deletions (rsync `--max-delete`).
+    pub max_delete: Option<u64>,
+    /// `--chmod` rules (their text, comma-separated; see [`crate::chmod`]),
+    /// applied by the receiver to the modes it is sent.
+    pub chmod: Option<Vec<u8>>,
 }
+
+/// What a receiver does with the symlinks it is sent. Whatever the policy, a
+/// receiver never follows a symlink when it writes: making one is not an escape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinkPolicy {
+    /// Skip a link that is absolute or climbs out of the transfer with `..`
+    /// (rsync `--safe-links`; what every version-2 receiver does).
+    #[default]
+    Safe,
+    /// Make every link exactly as sent (rsync `-l`).
+    Verbatim,
+    /// Make every link with `/rsyncd-munged/` in front of its target, so that
+    /// nothing on the receiving host follows it (rsync `--munge-links`).
+    Munge,
+}
+
+/// What `--munge-links` puts in front of a symlink's target (rsync's prefix).
+pub const MUNGE_PREFIX: &[u8] = b"/rsyncd-munged/";
 
 /// zstd level 1: on a 512 MiB JSONL corpus it moved 1.20x rsync -z's bytes at
 /// 2.3x its speed; level 3 moved 1.11x at 1.6x (bench/NOTES.md).
@@ -259,7 +321,41 @@ impl Options {
                 return Err(OptionsError::BackupSuffix);
             }
         }
+        if let Some(c) = &self.chmod {
+            crate::chmod::Chmod::parse(&[c]).map_err(|e| OptionsError::Chmod(e.to_string()))?;
+        }
         Ok(())
+    }
+}
+
+impl Options {
+    /// The options as a peer speaking protocol `version` can be sent them. A
+    /// version-2 peer knows nothing of the extension block: the symlink policy
+    /// falls back to what it does anyway (safe links, each skipped link
+    /// reported), and any other extended option is refused by name rather than
+    /// silently ignored.
+    pub fn for_peer(&self, version: u16) -> Result<Options, OptionsError> {
+        if version >= VERSION_OPTION_EXTENSIONS {
+            return Ok(self.clone());
+        }
+        let mut o = self.clone();
+        o.symlinks = LinkPolicy::default();
+        let ext = ext_flags(&o);
+        if let Some((_, name)) = EXT_FLAGS
+            .iter()
+            .enumerate()
+            .find_map(|(i, (_, name))| (ext & (1 << i) != 0).then_some((i, *name)))
+        {
+            return Err(OptionsError::PeerTooOld(name));
+        }
+        let mut copy = o.clone();
+        if let Some((_, _, name)) = EXT_NUMBERS.iter().find(|(_, f, _)| f(&mut copy).is_some()) {
+            return Err(OptionsError::PeerTooOld(name));
+        }
+        if o.chmod.is_some() {
+            return Err(OptionsError::PeerTooOld("--chmod"));
+        }
+        Ok(o)
     }
 }
 
@@ -268,6 +364,12 @@ impl Options {
 pub enum OptionsError {
     #[error("--suffix must be 1 to 64 bytes without '/' or NUL")]
     BackupSuffix,
+    #[error("{0}")]
+    Chmod(String),
+    #[error(
+        "the remote ferry is too old for {0} (it speaks protocol 2): upgrade it, or leave {0} out"
+    )]
+    PeerTooOld(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1196,6 +1298,150 @@ fn encode_options(o: &Options, w: &mut Writer) {
     w.varint(o.bwlimit);
     w.u8(o.streams);
     w.u8(o.compress_level);
+    encode_extensions(o, w);
+}
+
+/// Reaches one boolean option.
+type OptFlag = fn(&mut Options) -> &mut bool;
+/// Reaches one optional number.
+type OptNumber = fn(&mut Options) -> &mut Option<u64>;
+
+/// The extension block's boolean options, bit by bit, with the flag that sets
+/// each (for errors).
+const EXT_FLAGS: [(OptFlag, &str); 11] = [
+    (|o| &mut o.copy_unsafe_links, "--copy-unsafe-links"),
+    (|o| &mut o.copy_dirlinks, "--copy-dirlinks"),
+    (|o| &mut o.size_only, "--size-only"),
+    (|o| &mut o.ignore_times, "--ignore-times"),
+    (|o| &mut o.ignore_existing, "--ignore-existing"),
+    (|o| &mut o.existing, "--existing"),
+    (|o| &mut o.whole_file, "--whole-file"),
+    (|o| &mut o.delete_excluded, "--delete-excluded"),
+    (|o| &mut o.one_file_system, "--one-file-system"),
+    (|o| &mut o.relative, "--relative"),
+    (|o| &mut o.mkpath, "--mkpath"),
+];
+
+/// The extension block's numbers, with their tags and flags.
+const EXT_NUMBERS: [(u64, OptNumber, &str); 3] = [
+    (ext_tag::MAX_SIZE, |o| &mut o.max_size, "--max-size"),
+    (ext_tag::MIN_SIZE, |o| &mut o.min_size, "--min-size"),
+    (ext_tag::MAX_DELETE, |o| &mut o.max_delete, "--max-delete"),
+];
+
+/// Tags of the extension block's fields, in the order they are written.
+mod ext_tag {
+    /// A varint of [`super::EXT_FLAGS`] bits.
+    pub const FLAGS: u64 = 1;
+    /// The symlink policy, one byte (1 verbatim, 2 munge; safe is not sent).
+    pub const SYMLINKS: u64 = 2;
+    /// Varints, each present only when set.
+    pub const MAX_SIZE: u64 = 3;
+    pub const MIN_SIZE: u64 = 4;
+    pub const MAX_DELETE: u64 = 5;
+    /// The `--chmod` rules' text.
+    pub const CHMOD: u64 = 6;
+}
+
+fn ext_flags(o: &Options) -> u64 {
+    let mut copy = o.clone();
+    let mut bits = 0u64;
+    for (i, (f, _)) in EXT_FLAGS.iter().enumerate() {
+        if *f(&mut copy) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+/// The extension block: nothing at all when every extended option has its
+/// version-2 meaning, else a count of fields, each a tag and its bytes.
+fn encode_extensions(o: &Options, w: &mut Writer) {
+    let mut fields: Vec<(u64, Vec<u8>)> = Vec::new();
+    let bits = ext_flags(o);
+    if bits != 0 {
+        let mut v = Writer::default();
+        v.varint(bits);
+        fields.push((ext_tag::FLAGS, v.buf));
+    }
+    match o.symlinks {
+        LinkPolicy::Safe => {}
+        LinkPolicy::Verbatim => fields.push((ext_tag::SYMLINKS, vec![1])),
+        LinkPolicy::Munge => fields.push((ext_tag::SYMLINKS, vec![2])),
+    }
+    let mut copy = o.clone();
+    for (tag, f, _) in EXT_NUMBERS {
+        if let Some(n) = *f(&mut copy) {
+            let mut v = Writer::default();
+            v.varint(n);
+            fields.push((tag, v.buf));
+        }
+    }
+    if let Some(c) = &o.chmod {
+        fields.push((ext_tag::CHMOD, c.clone()));
+    }
+    if fields.is_empty() {
+        return;
+    }
+    w.varint(fields.len() as u64);
+    for (tag, bytes) in fields {
+        w.varint(tag);
+        w.bytes(&bytes);
+    }
+}
+
+/// Most fields in an extension block.
+const MAX_EXT_FIELDS: usize = 64;
+
+fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(());
+    }
+    let n = r.count(MAX_EXT_FIELDS, "option extension count")?;
+    let mut last = 0;
+    for _ in 0..n {
+        let tag = r.varint("option extension tag")?;
+        if tag <= last {
+            return Err(DecodeError::Invalid("option extension order"));
+        }
+        last = tag;
+        let mut v = Reader::new(r.bytes(MAX_TEXT, "option extension")?);
+        match tag {
+            ext_tag::FLAGS => {
+                let bits = v.varint("extended option flags")?;
+                if bits >> EXT_FLAGS.len() != 0 {
+                    return Err(DecodeError::Invalid("extended option flags"));
+                }
+                for (i, (f, _)) in EXT_FLAGS.iter().enumerate() {
+                    *f(o) = bits & (1 << i) != 0;
+                }
+            }
+            ext_tag::SYMLINKS => {
+                o.symlinks = match v.u8("symlink policy")? {
+                    1 => LinkPolicy::Verbatim,
+                    2 => LinkPolicy::Munge,
+                    _ => return Err(DecodeError::Invalid("symlink policy")),
+                }
+            }
+            t if EXT_NUMBERS.iter().any(|(tag, _, _)| *tag == t) => {
+                let (_, f, _) = EXT_NUMBERS.iter().find(|(tag, _, _)| *tag == t).unwrap();
+                *f(o) = Some(v.varint("extended option number")?);
+            }
+            ext_tag::CHMOD => {
+                let text = v.take(v.remaining(), "chmod rules")?;
+                if text.len() > MAX_PATH {
+                    return Err(DecodeError::TooLarge {
+                        what: "chmod rules",
+                        limit: MAX_PATH,
+                    });
+                }
+                o.chmod = Some(text.to_vec());
+            }
+            _ => return Err(DecodeError::Invalid("option extension tag")),
+        }
+        v.finish("option extension")?;
+    }
+    Ok(())
 }
 
 fn decode_options(r: &mut Reader) -> Result<Options, DecodeError> {
@@ -1231,6 +1477,7 @@ fn decode_options(r: &mut Reader) -> Result<Options, DecodeError> {
             limit: MAX_ZSTD_LEVEL as usize,
         });
     }
+    decode_extensions(r, &mut o)?;
     Ok(o)
 }
 

@@ -355,3 +355,72 @@ fn reports_serialise_with_named_fields() {
         r#"{"kind":"deleted","name":"old","is_dir":true}"#
     );
 }
+
+/// Protocol 3's options extension: absent when every extended option keeps
+/// its version-2 meaning (so an old peer reads the request as before), round
+/// trips when present, and an older peer is never sent what it cannot read.
+#[test]
+fn options_extension_block() {
+    let request = |options: Options| {
+        Message::Request(Request {
+            role: Role::ServerReceives,
+            paths: vec![b"m/x".to_vec()],
+            options,
+        })
+    };
+    let plain = Options {
+        recursive: true,
+        links: true,
+        ..Options::default()
+    };
+    let extended = Options {
+        symlinks: LinkPolicy::Munge,
+        copy_unsafe_links: true,
+        copy_dirlinks: true,
+        ..plain.clone()
+    };
+    // the extended request is the plain one with the block after it
+    let (p, e) = (
+        request(plain.clone()).to_payload(),
+        request(extended.clone()).to_payload(),
+    );
+    assert!(e.len() > p.len() && e.starts_with(&p));
+    assert_eq!(Message::decode(&e), Ok(request(extended.clone())));
+    for policy in [LinkPolicy::Safe, LinkPolicy::Verbatim, LinkPolicy::Munge] {
+        let o = Options {
+            symlinks: policy,
+            ..plain.clone()
+        };
+        assert_eq!(
+            Message::decode(&request(o.clone()).to_payload()),
+            Ok(request(o))
+        );
+    }
+    // a version-2 peer: the symlink policy falls back to safe, the rest is refused by name
+    let verbatim = Options {
+        symlinks: LinkPolicy::Verbatim,
+        ..plain.clone()
+    };
+    assert_eq!(verbatim.for_peer(2), Ok(plain.clone()));
+    assert_eq!(
+        request(verbatim.for_peer(2).unwrap()).to_payload(),
+        p,
+        "what a version-2 peer is sent is a version-2 request"
+    );
+    assert_eq!(
+        extended.for_peer(2),
+        Err(OptionsError::PeerTooOld("--copy-unsafe-links"))
+    );
+    assert_eq!(extended.for_peer(3), Ok(extended.clone()));
+    // an unknown tag, a repeated one, unknown bits and a bad policy are refused
+    for (block, why) in [
+        (vec![1u8, 9, 1, 0], "option extension tag"),
+        (vec![2u8, 2, 1, 1, 2, 1, 1], "option extension order"),
+        (vec![1u8, 1, 3, 0x80, 0x80, 0x01], "extended option flags"),
+        (vec![1u8, 2, 1, 7], "symlink policy"),
+    ] {
+        let mut bad = p.clone();
+        bad.extend(block);
+        assert_eq!(Message::decode(&bad), Err(DecodeError::Invalid(why)));
+    }
+}

@@ -14,6 +14,7 @@
 //! path = "/srv/ckpt"
 //! read_only = false
 //! comment = "training checkpoints"
+//! symlinks = "safe"                   # verbatim | safe (the default) | munge
 //! ```
 
 use crate::error::PathError;
@@ -30,6 +31,36 @@ pub struct Module {
     pub read_only: bool,
     #[serde(default)]
     pub comment: String,
+    /// What the module does with the symlinks clients push into it.
+    #[serde(default)]
+    pub symlinks: ModuleSymlinks,
+}
+
+/// A module's `symlinks` setting: what a client pushing into it may make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleSymlinks {
+    /// Every link as the client sent it (its `--safe-links`/`--munge-links` apply).
+    Verbatim,
+    /// Links that are absolute or climb out of the transfer are skipped (a
+    /// client's `--munge-links` is still honoured: a munged link leads nowhere).
+    #[default]
+    Safe,
+    /// Every link is munged (`/rsyncd-munged/` in front of its target).
+    Munge,
+}
+
+impl ModuleSymlinks {
+    /// The policy the receiver applies when a client asked for `asked`.
+    pub fn allow(self, asked: crate::proto::LinkPolicy) -> crate::proto::LinkPolicy {
+        use crate::proto::LinkPolicy;
+        match (self, asked) {
+            (ModuleSymlinks::Verbatim, a) => a,
+            (ModuleSymlinks::Safe, LinkPolicy::Munge) => LinkPolicy::Munge,
+            (ModuleSymlinks::Safe, _) => LinkPolicy::Safe,
+            (ModuleSymlinks::Munge, _) => LinkPolicy::Munge,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +156,7 @@ pub fn parse_module_flag(s: &str) -> Result<Module, ConfigError> {
         path: PathBuf::from(path),
         read_only,
         comment: String::new(),
+        symlinks: ModuleSymlinks::default(),
     })
 }
 

@@ -114,7 +114,8 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
                 }
                 root = Some(m);
                 let mut full = m.path.as_os_str().as_encoded_bytes().to_vec();
-                full.push(b'/');
+                // -R names paths relative to the module, never the module's own path
+                full.extend_from_slice(if r.options.relative { b"/./" } else { b"/" });
                 full.extend_from_slice(&rest);
                 sources.push(full);
             }
@@ -122,6 +123,8 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
             let mut options = r.options.clone();
             // a daemon never follows a symlink out of its module
             options.follow_links = false;
+            options.copy_unsafe_links = false;
+            options.copy_dirlinks = false;
             Ok(Serve::Send {
                 sources,
                 options,
@@ -140,6 +143,8 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
             // users (setuid and setgid bits are dropped by the receiver too)
             options.owner = false;
             options.group = false;
+            // the module says which symlinks a client may make in it
+            options.symlinks = m.symlinks.allow(options.symlinks);
             Ok(Serve::Receive {
                 dest: if rest.is_empty() {
                     b"./".to_vec()

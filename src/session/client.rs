@@ -56,8 +56,16 @@ fn send_request<R: Read, W: Write>(
     request: &Request,
 ) -> Result<(), TransferError> {
     writer.raw(&proto::client_hello())?;
-    proto::check_server_hello(&reader.raw::<7>()?)?;
-    writer.send(&Message::Request(request.clone()))?;
+    let version = proto::check_server_hello(&reader.raw::<7>()?)?;
+    // an older peer is sent only what it understands (or told what it lacks)
+    let options = request
+        .options
+        .for_peer(version)
+        .map_err(|e| TransferError::Usage(e.to_string()))?;
+    writer.send(&Message::Request(Request {
+        options,
+        ..request.clone()
+    }))?;
     writer.flush()
 }
 

@@ -22,6 +22,16 @@ pub struct ListOptions {
     pub links: bool,
     /// Follow symlinks and send what they point to.
     pub follow_links: bool,
+    /// Follow only the symlinks that leave the tree (absolute, or `..` above
+    /// the root).
+    pub copy_unsafe_links: bool,
+    /// Follow symlinks to directories.
+    pub copy_dirlinks: bool,
+    /// Do not descend into directories on another filesystem than the root's.
+    pub one_file_system: bool,
+    /// Name each source by its path (rsync `-R`), sending the directories
+    /// above it too.
+    pub relative: bool,
     pub hard_links: bool,
     /// Compute each file's BLAKE3 for the list (`--checksum`).
     pub checksum: bool,

@@ -30,6 +30,8 @@ pub struct DaemonOptions {
     /// `--retries`: how many times a transfer whose connection broke is run
     /// again (default: `transfer::DEFAULT_RETRIES`).
     pub retries: Option<u32>,
+    /// `-4`/`-6`: only addresses of this IP version.
+    pub ip_version: Option<u8>,
 }
 
 /// How a daemon's refusal of a client's key begins (after the TLS handshake
@@ -52,7 +54,12 @@ pub struct Connected {
 /// Resolves `host` and connects to the first of its addresses that answers.
 /// A failure says which it was (a name that does not exist, a refusal, no
 /// answer) so that the caller can tell what trying again could change.
-fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, TransferError> {
+fn tcp_connect(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    ip_version: Option<u8>,
+) -> Result<TcpStream, TransferError> {
     let target = format!("{host}:{port}");
     let addrs: Vec<_> = (host, port)
         .to_socket_addrs()
@@ -69,7 +76,17 @@ fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Tr
             };
             TransferError::Connect { text, why }
         })?
+        .filter(|a| match ip_version {
+            Some(4) => a.is_ipv4(),
+            Some(6) => a.is_ipv6(),
+            _ => true,
+        })
         .collect();
+    if let (Some(v), true) = (ip_version, addrs.is_empty()) {
+        return Err(TransferError::Usage(format!(
+            "{target}: no IPv{v} address (-{v})"
+        )));
+    }
     let mut last = None;
     for a in &addrs {
         match TcpStream::connect_timeout(a, timeout) {
@@ -109,7 +126,7 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
         .map_err(|e| TransferError::Connection(format!("TLS: {e}")))?;
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(30));
     let target = format!("{host}:{port}");
-    let sock = tcp_connect(host, port, timeout)?;
+    let sock = tcp_connect(host, port, timeout, opts.ip_version)?;
     let name = rustls::pki_types::ServerName::try_from("ferry").expect("a valid name");
     let conn = rustls::client::UnbufferedClientConnection::new(config, name)
         .map_err(|e| TransferError::Connection(format!("TLS: {e}")))?;

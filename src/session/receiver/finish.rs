@@ -94,6 +94,8 @@ impl<D: Destination> Receiver<'_, D> {
     }
 
     pub(super) fn delete_extraneous(&mut self) {
+        // --max-delete: what is left standing beyond the limit
+        let mut held_back = 0u64;
         for &index in &self.dirs.clone() {
             let rel = self.entries[index as usize].rel.clone();
             let Some(dest) = self.dest.get() else {
@@ -106,8 +108,16 @@ impl<D: Destination> Receiver<'_, D> {
                 let crel = names::join(&rel, &child);
                 if child == crate::fs::PARTIAL_DIR
                     || self.intake.is_listed(&crel)
-                    || self.filters.excludes(&crel, is_dir)
+                    || (!self.opts.delete_excluded && self.filters.excludes(&crel, is_dir))
                 {
+                    continue;
+                }
+                if self
+                    .opts
+                    .max_delete
+                    .is_some_and(|max| self.summary.deleted >= max)
+                {
+                    held_back += 1;
                     continue;
                 }
                 let shown_name = names::join(&self.entries[index as usize].name, &child);
@@ -131,6 +141,15 @@ impl<D: Destination> Receiver<'_, D> {
                     self.file_failed(&shown_name, FileError::new(shown, FileOp::Delete, e));
                 }
             }
+        }
+        if held_back > 0 {
+            let max = self.opts.max_delete.unwrap_or(0);
+            self.file_error(
+                b"",
+                format!(
+                    "deletions stopped at the --max-delete limit of {max}: {held_back} not deleted"
+                ),
+            );
         }
     }
 }

@@ -9,32 +9,18 @@ use super::{listed, Receiver};
 use crate::check::file_checksum;
 use crate::error::{FileError, FileOp, TransferError};
 use crate::fs::names::{escape, split_parent};
-use crate::proto::{Entry, Kind, Report};
+use crate::proto::{Entry, Kind, LinkPolicy, Report, MUNGE_PREFIX};
 use crate::store::destination::{Destination, Existing, ExistingKind, Meta, MetaOf};
 
-/// Whether a symlink at `rel` pointing to `target` stays inside the tree.
-pub(super) fn link_stays_inside(rel: &[u8], target: &[u8]) -> bool {
-    if target.is_empty() || target.starts_with(b"/") {
-        return false;
-    }
-    let mut depth = rel.split(|&b| b == b'/').count() as i64 - 1;
-    for c in target.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    true
-}
+pub(super) use crate::fs::names::link_stays_inside;
 
 impl<D: Destination> Receiver<'_, D> {
-    pub(super) fn entry(&mut self, e: Entry) -> Result<(), TransferError> {
+    pub(super) fn entry(&mut self, mut e: Entry) -> Result<(), TransferError> {
+        if let Some(c) = &self.chmod {
+            if e.kind != Kind::Symlink {
+                e.mode = c.apply(e.mode, e.kind == Kind::Dir);
+            }
+        }
         if let Some(ls) = self.list_start.take() {
             // the destination is created only once there is something to put in it
             self.start(ls)?;
@@ -56,6 +42,10 @@ impl<D: Destination> Receiver<'_, D> {
             Some(_) if self.made_dirs.contains(split_parent(&rel).0) => None,
             Some(d) => match d.stat(&rel) {
                 Ok(x) => x,
+                // --existing: below a directory it did not make, nothing exists
+                Err(err) if self.opts.existing && err.kind() == std::io::ErrorKind::NotFound => {
+                    None
+                }
                 Err(err) => {
                     self.entries.push(listed(&e, rel, true));
                     self.file_failed(&e.name, FileError::new(escape(&e.name), FileOp::Stat, err));
@@ -66,6 +56,10 @@ impl<D: Destination> Receiver<'_, D> {
         };
         self.entries
             .push(listed(&e, rel.clone(), existing.is_none()));
+        // without -p a file that is replaced keeps its permissions (rsync)
+        if let Some(x) = existing.filter(|x| !self.opts.perms && x.kind == ExistingKind::File) {
+            self.entries[index as usize].mode = x.mode;
+        }
         match e.kind {
             Kind::Dir => self.entry_dir(index, &e, existing.map(|x| x.kind)),
             Kind::Symlink => self.entry_symlink(index, &e, existing.map(|x| x.kind)),
@@ -119,8 +113,11 @@ impl<D: Destination> Receiver<'_, D> {
         e: &Entry,
         existing: Option<ExistingKind>,
     ) -> Result<(), TransferError> {
-        self.dirs.push(index);
         let rel = self.entries[index as usize].rel.clone();
+        if self.opts.existing && existing.is_none() && rel != b"." {
+            return Ok(()); // --existing makes nothing new
+        }
+        self.dirs.push(index);
         match existing {
             Some(ExistingKind::Dir) => return Ok(()),
             Some(k) if !self.clear_way(index, k) => return Ok(()),
@@ -158,21 +155,33 @@ impl<D: Destination> Receiver<'_, D> {
         existing: Option<ExistingKind>,
     ) -> Result<(), TransferError> {
         let rel = self.entries[index as usize].rel.clone();
-        if !link_stays_inside(&rel, &e.target) {
-            self.emit(Report::Notice {
-                name: e.name.clone(),
-                text: format!(
-                    "skipping symlink {} -> {}: it points outside the destination",
-                    escape(&e.name),
-                    escape(&e.target)
-                )
-                .into_bytes(),
-            });
+        if (self.opts.existing && existing.is_none())
+            || (self.opts.ignore_existing && existing.is_some())
+        {
             return Ok(());
         }
+        // whatever the policy, the link is made with symlinkat beneath the
+        // destination handle and nothing later resolves a path through it
+        let target = match self.opts.symlinks {
+            LinkPolicy::Verbatim => e.target.clone(),
+            LinkPolicy::Munge => [MUNGE_PREFIX, &e.target].concat(),
+            LinkPolicy::Safe if link_stays_inside(&rel, &e.target) => e.target.clone(),
+            LinkPolicy::Safe => {
+                self.emit(Report::Notice {
+                    name: e.name.clone(),
+                    text: format!(
+                        "skipping symlink {} -> {}: it points outside the destination",
+                        escape(&e.name),
+                        escape(&e.target)
+                    )
+                    .into_bytes(),
+                });
+                return Ok(());
+            }
+        };
         if existing == Some(ExistingKind::Symlink) {
             if let Some(dest) = self.dest.get() {
-                if dest.readlink(&rel).ok().as_deref() == Some(e.target.as_slice()) {
+                if dest.readlink(&rel).ok().as_deref() == Some(target.as_slice()) {
                     self.entries[index as usize].done = true;
                     return Ok(());
                 }
@@ -187,7 +196,7 @@ impl<D: Destination> Receiver<'_, D> {
         self.emit(Report::Updated {
             name: e.name.clone(),
             size: 0,
-            detail: format!("-> {}", escape(&e.target)).into_bytes(),
+            detail: format!("-> {}", escape(&target)).into_bytes(),
         });
         if self.opts.dry_run {
             return Ok(());
@@ -195,7 +204,7 @@ impl<D: Destination> Receiver<'_, D> {
         let meta = self.meta_for(index, false);
         let dest = self.dest.open();
         let result = dest
-            .symlink(&rel, &e.target)
+            .symlink(&rel, &target)
             .and_then(|_| dest.set_meta(&rel, MetaOf::Link, &Meta { mode: None, ..meta }));
         if let Err(err) = result {
             let shown = dest.show(&rel);
@@ -211,6 +220,16 @@ impl<D: Destination> Receiver<'_, D> {
         existing: Option<Existing>,
     ) -> Result<(), TransferError> {
         let rel = self.entries[index as usize].rel.clone();
+        let too_large = self.opts.max_size.is_some_and(|max| e.size > max);
+        let too_small = self.opts.min_size.is_some_and(|min| e.size < min);
+        if too_large || too_small || (self.opts.existing && existing.is_none()) {
+            return Ok(()); // not transferred (and not deleted: it is listed)
+        }
+        if self.opts.ignore_existing && existing.is_some() {
+            self.entries[index as usize].done =
+                existing.is_some_and(|x| x.kind == ExistingKind::File);
+            return Ok(());
+        }
         if let Some(x) = existing {
             match x.kind {
                 ExistingKind::File => {
@@ -221,8 +240,12 @@ impl<D: Destination> Receiver<'_, D> {
                     // the quick check compares mtimes to the nanosecond: a file
                     // rewritten within the same second as the copy was made is
                     // still seen as changed (rsync compares whole seconds)
-                    let same = if self.opts.checksum {
+                    let same = if self.opts.ignore_times {
+                        false
+                    } else if self.opts.checksum {
                         x.size == e.size && self.same_checksum(&rel, e.checksum)
+                    } else if self.opts.size_only {
+                        x.size == e.size
                     } else {
                         x.size == e.size && x.mtime == e.mtime && x.mtime_nsec == e.mtime_nsec
                     };
@@ -270,7 +293,8 @@ impl<D: Destination> Receiver<'_, D> {
         if self.opts.perms && x.mode != l.mode {
             m.mode = Some(l.mode);
         }
-        if self.opts.times && self.opts.checksum && x.mtime != l.mtime.0 {
+        let content_only = self.opts.checksum || self.opts.size_only;
+        if self.opts.times && content_only && x.mtime != l.mtime.0 {
             m.mtime = Some(l.mtime);
         }
         if self.is_root && self.opts.owner && x.uid != l.uid {

@@ -100,6 +100,8 @@ struct Receiver<'a, D: Destination = Dest> {
     /// Handled data blocks' buffers, back to the stream readers.
     spares: Spares,
     filters: Filters,
+    /// `--chmod`: rules applied to each mode as it arrives.
+    chmod: Option<crate::chmod::Chmod>,
     out: Outbox,
     events: Option<&'a EventFn<'a>>,
     dest_path: Vec<u8>,
@@ -178,11 +180,47 @@ where
     let (out, writer_thread) = spawn_writer(writer)?;
     let filters =
         Filters::new(&cfg.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
-    let intake = ListIntake::new(cfg.requested.as_deref(), cfg.options.recursive);
+    let chmod = match &cfg.options.chmod {
+        Some(c) => Some(
+            crate::chmod::Chmod::parse(&[c]).map_err(|e| TransferError::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
+    // -R: a pull's names start with the first component of each path asked for
+    let requested = cfg.requested.as_ref().map(|paths| {
+        if !cfg.options.relative {
+            return paths.clone();
+        }
+        // (from a daemon the first component is the module's name and the
+        // names start with the second: either may lead)
+        paths
+            .iter()
+            .flat_map(|p| {
+                let rel = match p.windows(3).position(|w| w == b"/./") {
+                    Some(i) => &p[i + 3..],
+                    None => p.as_slice(),
+                };
+                let mut parts = rel
+                    .split(|&b| b == b'/')
+                    .filter(|c| !c.is_empty() && *c != b".")
+                    .take(2)
+                    .map(<[u8]>::to_vec)
+                    .collect::<Vec<_>>();
+                if parts.is_empty() {
+                    parts.push(b"./".to_vec());
+                }
+                parts
+            })
+            .collect()
+    });
+    // (-R names paths, and the directories above them, without -r too)
+    let nested = cfg.options.recursive || cfg.options.relative;
+    let intake = ListIntake::new(requested.as_deref(), nested);
     let mut r = Receiver {
         opts: cfg.options,
         spares,
         filters,
+        chmod,
         out,
         events: cfg.events,
         dest_path: cfg.dest,

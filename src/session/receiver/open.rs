@@ -54,6 +54,19 @@ impl<D: Destination> Receiver<'_, D> {
             self.dest = Target::Absent;
             return Ok(());
         }
+        if self.opts.mkpath && !self.opts.dry_run {
+            // --mkpath: each missing directory above the destination (or the
+            // directory a single file goes in), outermost first
+            let mut p: &[u8] = if create { split_parent(&root).0 } else { &root };
+            let mut missing = Vec::new();
+            while !matches!(p, b"" | b"." | b"/") && place.probe(p, &shown)?.is_none() {
+                missing.push(p.to_vec());
+                p = split_parent(p).0;
+            }
+            for dir in missing.iter().rev() {
+                place.open(dir, true, &shown)?;
+            }
+        }
         let mut dest = place.open(&root, create, &shown)?;
         if !self.opts.fsync && !self.opts.dry_run {
             dest.sync_in_background();

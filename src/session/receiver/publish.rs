@@ -217,8 +217,13 @@ impl<D: Destination> Receiver<'_, D> {
     }
 
     pub(super) fn publish(&mut self, file: u32, temp: D::Temp) {
-        let meta = self.meta_for(file, false);
+        let mut meta = self.meta_for(file, false);
         let l = &self.entries[file as usize];
+        if meta.mode.is_none() {
+            // the new copy of a file replaced without -p: the mode it had
+            let setid = if self.beneath.is_some() { 0o6000 } else { 0 };
+            meta.mode = Some(l.mode & !setid);
+        }
         let (rel, name, size) = (l.rel.clone(), l.name.clone(), l.size);
         let fsync = self.opts.fsync;
         let backup = self.opts.backup_suffix.clone();
