@@ -993,6 +993,15 @@ fn path_mtu_black_hole() {
         check(&v, "mtu")["fix"].as_str().unwrap().contains("mtu"),
         "{v:#}"
     );
+    // the proof: the same bytes in small segments get through
+    assert!(
+        check(&v, "mtu")["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("1200-byte segments")),
+        "{v:#}"
+    );
     assert!(took < Duration::from_secs(20), "took {took:?}");
 }
 

@@ -647,66 +647,62 @@ fn unacked(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
 /// drops to zero within round trips. Where the path MTU is below this
 /// link's and the ICMP "fragmentation needed" that would say so is dropped,
 /// the TCP handshake and small packets get through but no full-size segment
-/// does, and the count never moves. The daemon logs the probe as a
+/// does, and the count never moves. The same bytes are then sent again in
+/// segments of [`SMALL_MSS`]: that they arrive is the proof that segment size,
+/// not the peer or a firewall, is what fails. The daemon logs each probe as a
 /// connection closed before authentication.
 pub fn path_mtu(addr: SocketAddr) -> Check {
-    use std::io::Write;
     let t = Instant::now();
     let c = Check::new("mtu", "Path MTU");
-    let mut s = match TcpStream::connect_timeout(&addr, limits::CONNECT) {
-        Ok(s) => s,
-        Err(e) => {
+    let left = match probe(addr, None) {
+        Probe::NoConnect(e) => {
             return c
                 .set(
                     Status::Warn,
                     "connect",
-                    format!(
-                        "the probe could not connect again: {}",
-                        crate::error::io_text(&e)
-                    ),
+                    format!("the probe could not connect again: {e}"),
                 )
                 .took(t)
         }
-    };
-    let local = match s.local_addr() {
-        Ok(a) => a,
-        Err(_) => {
+        Probe::NoAddress => {
             return c
                 .set(Status::Skip, "skipped", "skipped: no local address")
                 .took(t)
         }
-    };
-    let _ = s.set_nodelay(true);
-    let _ = s.set_write_timeout(Some(std::time::Duration::from_secs(1)));
-    if s.write_all(&[0u8; PROBE_BYTES]).is_err() {
         // refused at once: the daemon read the first segments and hung up
-        return c
-            .ok("full-size segments get through (the daemon read them and closed)")
-            .took(t);
-    }
-    let sent = Instant::now();
-    let mut left = PROBE_BYTES as u64;
-    while sent.elapsed() < STALL {
-        match unacked(local, addr) {
-            Some(0) | None => {
-                return c
-                    .ok(format!(
-                        "{} KiB in full-size segments acknowledged in {}",
-                        PROBE_BYTES >> 10,
-                        super::ms_text(sent.elapsed().as_secs_f64() * 1000.0)
-                    ))
-                    .took(t)
-            }
-            Some(n) => left = n,
+        Probe::Closed => {
+            return c
+                .ok("full-size segments get through (the daemon read them and closed)")
+                .took(t)
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    drop(s);
+        Probe::Acked(took) => {
+            return c
+                .ok(format!(
+                    "{} KiB in full-size segments acknowledged in {}",
+                    PROBE_BYTES >> 10,
+                    super::ms_text(took.as_secs_f64() * 1000.0)
+                ))
+                .took(t)
+        }
+        Probe::Stalled(left) => left,
+    };
     let dev = match addr.ip() {
         IpAddr::V4(v4) => route_v4(v4).map(|(d, _)| d).unwrap_or_else(|| "DEV".into()),
         IpAddr::V6(_) => "DEV".into(),
     };
-    c.set(
+    let small = match probe(addr, Some(SMALL_MSS)) {
+        Probe::Acked(took) => Some(format!(
+            "the same {} KiB in {SMALL_MSS}-byte segments acknowledged in {}",
+            PROBE_BYTES >> 10,
+            super::ms_text(took.as_secs_f64() * 1000.0)
+        )),
+        Probe::Closed => Some(format!(
+            "the same {} KiB in {SMALL_MSS}-byte segments got through (the daemon read them and closed)",
+            PROBE_BYTES >> 10
+        )),
+        _ => None,
+    };
+    let c = c.set(
         Status::Fail,
         "pmtu_blackhole",
         format!(
@@ -715,12 +711,77 @@ pub fn path_mtu(addr: SocketAddr) -> Check {
             PROBE_BYTES >> 10,
             STALL.as_secs()
         ),
-    )
-    .ev("the path MTU is below this link's and the ICMP \"fragmentation needed\" that would say so is dropped (a path-MTU black hole)")
-    .fix(format!(
+    );
+    let c = match small {
+        Some(line) => c
+            .ev(line)
+            .ev("the path MTU is below this link's and the ICMP \"fragmentation needed\" that would say so is dropped (a path-MTU black hole)"),
+        None => c.ev(format!(
+            "{SMALL_MSS}-byte segments were lost too: maybe a path-MTU black hole, maybe a path that drops data but not handshakes"
+        )),
+    };
+    c.fix(format!(
         "lower the MTU here (`ip link set dev {dev} mtu 1280`), or clamp the MSS on the router (`iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`), or `sysctl -w net.ipv4.tcp_mtu_probing=1`"
     ))
     .took(t)
+}
+
+/// The segment size of the second probe: fits a 1280-byte MTU (IPv6's
+/// minimum) with room for IP and TCP options.
+const SMALL_MSS: u32 = 1200;
+
+/// What one probe saw.
+enum Probe {
+    NoConnect(String),
+    NoAddress,
+    /// The peer closed while the probe was being written.
+    Closed,
+    /// Everything acknowledged, after this long.
+    Acked(std::time::Duration),
+    /// Still this many bytes unacknowledged after [`STALL`].
+    Stalled(u64),
+}
+
+/// Sends [`PROBE_BYTES`] on a fresh connection, in segments of at most `mss`
+/// bytes if given, and watches them being acknowledged.
+fn probe(addr: SocketAddr, mss: Option<u32>) -> Probe {
+    use std::io::Write;
+    let socket = match socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    ) {
+        Ok(s) => s,
+        Err(e) => return Probe::NoConnect(crate::error::io_text(&e)),
+    };
+    if let Some(mss) = mss {
+        // set before connecting, so the SYN announces it to the peer as well
+        if let Err(e) = socket.set_tcp_mss(mss) {
+            return Probe::NoConnect(crate::error::io_text(&e));
+        }
+    }
+    if let Err(e) = socket.connect_timeout(&addr.into(), limits::CONNECT) {
+        return Probe::NoConnect(crate::error::io_text(&e));
+    }
+    let mut s: TcpStream = socket.into();
+    let Ok(local) = s.local_addr() else {
+        return Probe::NoAddress;
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+    if s.write_all(&[0u8; PROBE_BYTES]).is_err() {
+        return Probe::Closed;
+    }
+    let sent = Instant::now();
+    let mut left = PROBE_BYTES as u64;
+    while sent.elapsed() < STALL {
+        match unacked(local, addr) {
+            Some(0) | None => return Probe::Acked(sent.elapsed()),
+            Some(n) => left = n,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Probe::Stalled(left)
 }
 
 #[cfg(test)]
