@@ -37,6 +37,12 @@ pub enum Command {
     Ls(LsArgs),
     /// Build a sample dataset, sync it through `ferry serve --stdio`, change 1%, re-sync
     Demo(DemoArgs),
+    /// Manage the HTTP API's keys (on the daemon's host): create, list, revoke
+    #[command(subcommand, name = "api-key")]
+    ApiKey(super::jobs::ApiKeyCommand),
+    /// Submit, list, show, cancel and watch jobs through a daemon's HTTP API
+    #[command(subcommand)]
+    Job(super::jobs::JobCommand),
 }
 
 #[derive(Args, Debug, Default)]
@@ -265,6 +271,10 @@ pub struct ServeArgs {
     /// ferry's config directory
     #[arg(long = "config-dir", value_name = "DIR")]
     pub config_dir: Option<std::path::PathBuf>,
+    /// Also serve the HTTP API (jobs, events) on ADDR, e.g. 127.0.0.1:7421;
+    /// loopback only (plain HTTP). Its state lives in the config directory's state/
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod demo;
+mod jobs;
 mod keys;
 pub mod output;
 mod prompt;
@@ -60,6 +61,8 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::Trust(t) => keys::trust(t),
         Command::CopyId(a) => keys::copy_id(a),
         Command::Ls(a) => keys::ls(a),
+        Command::ApiKey(c) => jobs::api_key(c),
+        Command::Job(c) => jobs::job(c),
     };
     match result {
         Ok(code) => code,
@@ -281,6 +284,19 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     // every refusal here exits 1 as it always has, the unreadable file too
     let config = crate::server::config::DaemonConfig::build(&overrides, &dir)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
+    let api = match &a.api {
+        Some(listen) => Some(
+            crate::api::start(crate::api::ApiConfig {
+                listen: listen.clone(),
+                state_dir: crate::api::state_dir(&dir),
+                identity: config.identity.clone(),
+                config_dir: dir.clone(),
+                modules: config.modules.clone(),
+            })
+            .map_err(|e| TransferError::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
     let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())
@@ -290,6 +306,9 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         // one line on stdout, for scripts and tests: where to connect
         for a in addrs {
             println!("listening on {a}");
+        }
+        if let Some(a) = api {
+            println!("api listening on http://{a}");
         }
     })?;
     Ok(exit::OK)
