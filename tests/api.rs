@@ -972,3 +972,149 @@ fn the_job_cli_submits_lists_shows_and_watches() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("never a local path"), "{}", stderr(&o));
 }
+
+/// A second daemon `B` that trusts the API daemon's key, on a fixed port, and
+/// whose key the API daemon has recorded in its known_hosts.
+fn peer_for(api: &Api) -> (tempfile::TempDir, u16, PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bdir = tmp();
+    let daemon = bdir.path().join("daemon");
+    std::fs::create_dir(&daemon).unwrap();
+    chmod(&daemon, 0o700);
+    let inbox = bdir.path().join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let public = std::fs::read_to_string(api.config_dir().join("id_ed25519.pub")).unwrap();
+    write(&daemon.join("authorized_keys"), public);
+    chmod(&daemon.join("authorized_keys"), 0o600);
+    (bdir, port, inbox)
+}
+
+fn start_peer(bdir: tempfile::TempDir, port: u16, inbox: &Path) -> Daemon {
+    Daemon::spawn_in(
+        bdir,
+        &[("in", inbox, false)],
+        &[],
+        &[],
+        &format!("127.0.0.1:{port}"),
+    )
+    .unwrap_or_else(|e| panic!("peer did not start: {e}"))
+}
+
+#[test]
+fn a_peer_down_for_10_s_is_a_fault_the_job_survives() {
+    let api = Api::new();
+    let data = random_bytes(2 * MIB, 8);
+    write(&api.src().join("out/shard.bin"), &data);
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let (bdir, port, inbox) = peer_for(&api);
+    // learn the peer's key once, as an operator would (known_hosts is strict)
+    let peer = start_peer(bdir, port, &inbox);
+    ok(ferry([
+        "ls",
+        &format!("ferry://127.0.0.1:{port}/"),
+        "--config-dir",
+        &api.config_dir().display().to_string(),
+        "--host-key-check",
+        "accept-new",
+    ]));
+    let bdir = std::mem::replace(&mut { peer }.dir, tmp());
+    // the peer is down when the job starts, and comes back after 10 s
+    let dst = format!("ferry://127.0.0.1:{port}/in/out/");
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/out/", "dst": dst, "max_faults": 50}),
+    );
+    let id = j["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(10));
+    let during = api.job(&key, &id);
+    assert_eq!(during["state"], "running", "{during:#}");
+    assert!(during["faults"].as_u64().unwrap() >= 1, "{during:#}");
+    assert!(
+        during["status_detail"]
+            .as_str()
+            .unwrap()
+            .contains("connection_failed"),
+        "{during:#}"
+    );
+    let _peer = start_peer(bdir, port, &inbox);
+    let j = api.wait_state(&key, &id, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{}", api.log());
+    assert!(j["faults"].as_u64().unwrap() >= 1);
+    assert_eq!(std::fs::read(inbox.join("out/shard.bin")).unwrap(), data);
+    let ev = api
+        .call(
+            "GET",
+            &format!("/v1/events?job={id}"),
+            Some(&key),
+            &[],
+            None,
+        )
+        .json();
+    assert!(ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "fault" && e["data"]["code"] == "connection_failed"));
+}
+
+#[test]
+fn max_faults_and_deadline_end_a_job_with_their_codes() {
+    let api = Api::new();
+    write(&api.src().join("out/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    // nothing listens on this port
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dst = format!("ferry://127.0.0.1:{port}/in/");
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/out/", "dst": dst, "max_faults": 1}),
+    );
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(j["error"]["code"], "max_faults_exceeded", "{j:#}");
+    assert_eq!(j["faults"], 2);
+    let start = Instant::now();
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/out/", "dst": dst, "deadline": 4}),
+    );
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(j["error"]["code"], "deadline_exceeded", "{j:#}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    // an unknown peer key is refused at once (strict known_hosts), not retried
+    let (bdir, bport, inbox) = peer_for(&api);
+    let _peer = start_peer(bdir, bport, &inbox);
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/out/", "dst": format!("ferry://127.0.0.1:{bport}/in/")}),
+    );
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(j["error"]["code"], "host_key_unknown", "{j:#}");
+    assert_eq!(j["faults"], 0);
+}

@@ -197,6 +197,7 @@ fn attempts(
         .map(|d| Instant::now() + Duration::from_millis((d - ids::now_ms()).max(0) as u64));
     let deadline_hit = AtomicBool::new(false);
     let mut delay = Duration::from_millis(500);
+    let mut last_fault: Option<String> = None;
     let db_err = |e: rusqlite::Error| ("failed", "internal_error", e.to_string());
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -208,11 +209,16 @@ fn attempts(
         }
         let now = ids::now_ms();
         let kind = if resuming { "resumed" } else { "started" };
+        let detail = match (&last_fault, resuming) {
+            (Some(f), _) => format!("retrying after {f}"),
+            (None, true) => "resuming from partial files after a daemon restart".into(),
+            (None, false) => "running".into(),
+        };
         let attempt: i64 = api
             .write(|tx| {
                 tx.execute(
                     "UPDATE jobs SET state = 'running', attempts = attempts + 1, interrupted = 0, started_ms = COALESCE(started_ms, ?2), updated_ms = ?2, status_detail = ?3 WHERE id = ?1",
-                    params![id, now, if resuming { "resuming from partial files" } else { "running" }],
+                    params![id, now, detail],
                 )?;
                 let n: i64 = tx.query_row("SELECT attempts FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
                 db::event(tx, Some(id), kind, &json!({"attempt": n}))?;
@@ -347,6 +353,7 @@ fn attempts(
                     return Err(("canceled", "canceled", "canceled by request".into()));
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
+                last_fault = Some(format!("{code}: {e}"));
                 resuming = true;
             }
         }
