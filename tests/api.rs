@@ -36,6 +36,11 @@ impl Api {
     }
 
     fn new() -> Api {
+        Api::with(&[])
+    }
+
+    /// A daemon started with these extra `serve` flags.
+    fn with(args: &[&str]) -> Api {
         let dir = tmp();
         for d in ["cfg", "src", "dst"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
@@ -43,10 +48,14 @@ impl Api {
         chmod(&dir.path().join("cfg"), 0o700);
         write(&dir.path().join("cfg/authorized_keys"), "");
         chmod(&dir.path().join("cfg/authorized_keys"), 0o600);
-        Api::spawn(dir).unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
+        Api::spawn_with(dir, args).unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
     }
 
     fn spawn(dir: tempfile::TempDir) -> Result<Api, String> {
+        Api::spawn_with(dir, &[])
+    }
+
+    fn spawn_with(dir: tempfile::TempDir, args: &[&str]) -> Result<Api, String> {
         let p = |s: &str| dir.path().join(s).display().to_string();
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
         let mut child = Command::new(ferry_bin())
@@ -54,6 +63,7 @@ impl Api {
             .args(["--config-dir", &p("cfg")])
             .args(["--module", &format!("src={}", p("src"))])
             .args(["--module", &format!("dst={}", p("dst"))])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(log)
             .stdin(Stdio::null())
@@ -1117,4 +1127,159 @@ fn max_faults_and_deadline_end_a_job_with_their_codes() {
     );
     assert_eq!(j["error"]["code"], "host_key_unknown", "{j:#}");
     assert_eq!(j["faults"], 0);
+}
+
+#[test]
+fn rate_limits_send_ietf_headers_and_429_without_spending_other_quotas() {
+    let api = Api::with(&["--api-rate", "5/min"]);
+    let key = api.key("k", "jobs:read", &[]);
+    let other = api.key("other", "jobs:read", &[]);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let a = api.call("GET", "/v1/jobs", Some(&key), &[], None);
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("ratelimit-policy"), Some("\"default\";q=5;w=60"));
+        seen.push(a.header("ratelimit").unwrap().to_string());
+    }
+    assert!(seen[0].starts_with("\"default\";r=4;"), "{seen:?}");
+    assert!(seen[4].starts_with("\"default\";r=0;"), "{seen:?}");
+    let a = api.call("GET", "/v1/jobs", Some(&key), &[], None);
+    let p = a.problem(429, "rate_limited");
+    assert_eq!(p["violated-policies"][0], "default");
+    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(a.header("ratelimit").unwrap().contains("r=0"));
+    // a flood without a valid key spends its own bucket, not another key's
+    for _ in 0..20 {
+        let a = api.call(
+            "GET",
+            "/v1/jobs",
+            Some("fk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            &[],
+            None,
+        );
+        assert!(a.status == 401 || a.status == 429, "{}", a.status);
+        assert!(a.header("ratelimit").is_some());
+    }
+    assert_eq!(
+        api.call("GET", "/v1/jobs", Some(&other), &[], None).status,
+        200
+    );
+}
+
+#[test]
+fn metrics_pass_promtool_count_cli_transfers_and_hold_no_secret() {
+    let api = Api::with(&["--log-format", "json"]);
+    let admin = api.key("metrics", "metrics:read,jobs:write,jobs:read", &[]);
+    let reader = api.key("reader", "jobs:read", &[]);
+    write(&api.src().join("m/f.bin"), random_bytes(200_000, 11));
+    let j = api.submit(&admin, &sync_job("src/m/", "dst/m/"));
+    api.wait_state(
+        &admin,
+        j["id"].as_str().unwrap(),
+        &["succeeded"],
+        Duration::from_secs(30),
+    );
+    // a CLI client's transfer through the daemon counts too
+    let client = api.dir.path().join("client");
+    std::fs::create_dir(&client).unwrap();
+    chmod(&client, 0o700);
+    ok(ferry([
+        "keygen",
+        "-C",
+        "c",
+        "--config-dir",
+        &client.display().to_string(),
+    ]));
+    write(
+        &api.config_dir().join("authorized_keys"),
+        std::fs::read(client.join("id_ed25519.pub")).unwrap(),
+    );
+    chmod(&api.config_dir().join("authorized_keys"), 0o600);
+    let port = std::fs::read_to_string(api.dir.path().join("daemon.log")).unwrap();
+    let addr = port
+        .lines()
+        .find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            v["fields"]["addresses"]
+                .as_str()
+                .map(|a| a.trim_matches(|c| c == '[' || c == ']').to_string())
+        })
+        .expect("the listening line, as JSON");
+    ok(ferry([
+        "sync",
+        "-a",
+        "--config-dir",
+        &client.display().to_string(),
+        "--host-key-check",
+        "accept-new",
+        &format!("{}/", api.src().join("m").display()),
+        &format!("ferry://{addr}/dst/cli/"),
+    ]));
+    api.call("GET", "/metrics", Some(&reader), &[], None)
+        .problem(403, "insufficient_scope");
+    let a = api.call("GET", "/metrics", Some(&admin), &[], None);
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = a.text();
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("ferry_jobs_finished_total{result=\"succeeded\"}"), 1);
+    assert_eq!(value("ferry_daemon_files_total{direction=\"received\"}"), 1);
+    assert!(value("ferry_daemon_bytes_total{direction=\"received\"}") >= 200_000);
+    assert_eq!(
+        value("ferry_api_auth_failures_total{reason=\"insufficient_scope\"}"),
+        1
+    );
+    assert!(
+        text.contains(
+            "ferry_api_requests_total{route=\"/v1/jobs/{id}\",method=\"GET\",code=\"200\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains(j["id"].as_str().unwrap()),
+        "a job id as a label"
+    );
+    // the JSON log: one object a line, and no secret anywhere
+    let log = api.log();
+    assert!(
+        log.lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{log}"
+    );
+    for secret in [&admin, &reader] {
+        assert!(!text.contains(secret.as_str()));
+        assert!(!log.contains(secret.as_str()));
+    }
 }

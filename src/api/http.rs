@@ -40,8 +40,13 @@ pub(super) async fn serve(api: Arc<Api>, listener: std::net::TcpListener) {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/events", get(events))
         .route("/v1/audit", get(audit))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            rate_limit,
+        ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(api);
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -58,7 +63,61 @@ async fn log_request(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched".to_string(), |m| m.as_str().to_string());
     let res = next.run(req).await;
+    // methods outside the API's own are counted together: a bounded label
+    let m = match method.as_str() {
+        "GET" | "POST" | "HEAD" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" => method.as_str(),
+        _ => "other",
+    };
+    super::metrics::http_request(&route, m, res.status().as_u16());
     tracing::info!(%method, route, status = res.status().as_u16(), "api request");
+    res
+}
+
+/// Spends one request of the caller's quota: the API key's when it is
+/// valid, else the client address's. Adds the IETF headers to every answer.
+async fn rate_limit(State(api): Shared, req: Request, next: Next) -> Response {
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or("unknown".to_string(), |c| c.0.ip().to_string());
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(|s| s.trim().to_string());
+    let who = match presented {
+        Some(s) => match keys::verify(&api.conn(), &s) {
+            Ok(k) => format!("key:{}", k.id),
+            Err(_) => format!("addr:{addr}"),
+        },
+        None => format!("addr:{addr}"),
+    };
+    let d = api.limiter.check(&who);
+    let policy = api.limiter.policy();
+    let mut res = if d.allowed {
+        next.run(req).await
+    } else {
+        super::metrics::rate_limited();
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests: try again in {} s", d.reset_secs),
+        )
+        .with("violated-policies", json!(["default"]))
+        .header(header::RETRY_AFTER, d.reset_secs.to_string())
+        .into_response()
+    };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        h.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("\"default\";r={};t={}", d.remaining, d.reset_secs))
+    {
+        h.insert("ratelimit", v);
+    }
     res
 }
 
@@ -185,6 +244,7 @@ fn authorize(
                 },
             );
             tracing::warn!(remote, reason = why.reason(), "API authentication failed");
+            super::metrics::auth_failure(why.reason());
             let detail = match why {
                 keys::Denied::Missing => "an API key is required: Authorization: Bearer fk_...",
                 keys::Denied::Revoked => "this API key has been revoked",
@@ -197,6 +257,7 @@ fn authorize(
         }
     };
     if !key.has(scope) {
+        super::metrics::auth_failure("insufficient_scope");
         let _ = db::audit(
             &conn,
             &db::Audit {
@@ -708,4 +769,19 @@ async fn audit(
         StatusCode::OK,
         &json!({ "entries": entries }),
     ))
+}
+
+async fn metrics(
+    State(api): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    authorize(&api, &headers, "metrics:read", "metrics.read", remote)?;
+    let text = super::metrics::render(&api.conn()).map_err(internal)?;
+    let mut res = (StatusCode::OK, text).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(res)
 }

@@ -11,6 +11,8 @@ mod http;
 pub mod ids;
 pub mod jobs;
 pub mod keys;
+pub mod limits;
+mod metrics;
 mod runner;
 
 use crate::server::config::Module;
@@ -32,6 +34,8 @@ pub struct ApiConfig {
     /// known_hosts for jobs' peers lives here.
     pub config_dir: PathBuf,
     pub modules: Vec<Module>,
+    /// `--api-rate`: requests per API key (or per address without one).
+    pub rate: limits::Rate,
 }
 
 /// The state directory under a daemon's config directory.
@@ -62,6 +66,7 @@ pub(crate) struct Api {
     running: Mutex<HashMap<String, Cancel>>,
     /// Wakes the runner when a job is queued.
     wake: (Mutex<bool>, Condvar),
+    limiter: limits::Limiter,
 }
 
 impl Api {
@@ -126,6 +131,7 @@ pub fn start(cfg: ApiConfig) -> Result<SocketAddr, StartError> {
         events: tx,
         running: Mutex::new(HashMap::new()),
         wake: (Mutex::new(false), Condvar::new()),
+        limiter: limits::Limiter::new(cfg.rate),
     });
     runner::recover(&api).map_err(|e| db::DbError {
         path: db::path_in(&cfg.state_dir),

@@ -88,6 +88,11 @@ fn finish(
         (None, s) => s.to_string(),
     };
     let r = api.write(|tx| {
+        let started: Option<i64> =
+            tx.query_row("SELECT started_ms FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
+        if let Some(s) = started {
+            super::metrics::job_duration((now - s).max(0) as f64 / 1000.0);
+        }
         tx.execute(
             "UPDATE jobs SET state = ?2, error_code = ?3, error_detail = ?4, status_detail = ?5, finished_ms = ?6, updated_ms = ?6, rate = 0 WHERE id = ?1",
             params![id, state, error.as_ref().map(|e| e.0), error.as_ref().map(|e| e.1.clone()), detail, now],
@@ -277,6 +282,7 @@ fn attempts(
             Ok(outcome) => {
                 let s = outcome.summary;
                 let files = checked_files(r, &p.files);
+                super::metrics::job_done(s.literal, p.files_done);
                 let _ = api.write(|tx| {
                     tx.execute(
                         "UPDATE jobs SET bytes_done = ?2, bytes_total = ?2, files_done = ?3, files_total = ?4, literal_bytes = ?5, reused_bytes = ?6, files = ?7, updated_ms = ?8 WHERE id = ?1",

@@ -275,6 +275,14 @@ pub struct ServeArgs {
     /// loopback only (plain HTTP). Its state lives in the config directory's state/
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
+    /// API requests allowed per key (or per address without a valid key),
+    /// e.g. 60/min, 10/s (default 600/min)
+    #[arg(long = "api-rate", value_name = "N/PERIOD")]
+    pub api_rate: Option<String>,
+    /// The daemon's log format: text (colour only on a terminal) or json
+    #[arg(long = "log-format", value_name = "FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Args, Debug)]

@@ -266,10 +266,15 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if a.log_format == "json" {
+        log.json().try_init()
+    } else {
+        log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
     let dir = crate::trust::config_dir(a.config_dir.as_deref());
     let overrides = crate::server::config::Overrides {
         config: a.config,
@@ -292,6 +297,10 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
                 identity: config.identity.clone(),
                 config_dir: dir.clone(),
                 modules: config.modules.clone(),
+                rate: match &a.api_rate {
+                    Some(r) => r.parse().map_err(TransferError::Usage)?,
+                    None => Default::default(),
+                },
             })
             .map_err(|e| TransferError::Usage(e.to_string()))?,
         ),
