@@ -57,13 +57,27 @@ impl Api {
 
     fn spawn_with(dir: tempfile::TempDir, args: &[&str]) -> Result<Api, String> {
         let p = |s: &str| dir.path().join(s).display().to_string();
+        // `--api ADDR` among the flags replaces the loopback default
+        let listen = args
+            .windows(2)
+            .find(|w| w[0] == "--api")
+            .map_or("127.0.0.1:0", |w| w[1]);
+        let rest: Vec<&str> = match args.iter().position(|a| *a == "--api") {
+            Some(i) => args
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i && *j != i + 1)
+                .map(|(_, a)| *a)
+                .collect(),
+            None => args.to_vec(),
+        };
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
         let mut child = Command::new(ferry_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--api", listen])
             .args(["--config-dir", &p("cfg")])
             .args(["--module", &format!("src={}", p("src"))])
             .args(["--module", &format!("dst={}", p("dst"))])
-            .args(args)
+            .args(&rest)
             .stdout(Stdio::piped())
             .stderr(log)
             .stdin(Stdio::null())
@@ -71,6 +85,7 @@ impl Api {
             .unwrap();
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut url = None;
+        let mut pin = None;
         for _ in 0..2 {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
@@ -83,6 +98,17 @@ impl Api {
             let _ = child.wait();
             return Err(std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default());
         };
+        if url.starts_with("https://") {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            pin = line
+                .trim()
+                .strip_prefix("api certificate pin ")
+                .map(str::to_string);
+        }
+        if let Some(pin) = pin {
+            std::fs::write(dir.path().join("pin"), pin).unwrap();
+        }
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         Ok(Api { child, url, dir })
     }
@@ -1282,4 +1308,46 @@ fn metrics_pass_promtool_count_cli_transfers_and_hold_no_secret() {
         assert!(!text.contains(secret.as_str()));
         assert!(!log.contains(secret.as_str()));
     }
+}
+
+#[test]
+fn beyond_loopback_the_api_speaks_tls_with_a_pinned_key() {
+    let api = Api::with(&["--api", "0.0.0.0:0", "--api-tls"]);
+    assert!(api.url.starts_with("https://"), "{}", api.url);
+    let pin = std::fs::read_to_string(api.dir.path().join("pin")).unwrap();
+    assert!(pin.starts_with("sha256//"), "{pin}");
+    let port = api.url.rsplit(':').next().unwrap();
+    let url = format!("https://127.0.0.1:{port}/v1/jobs");
+    let key = api.key("k", "jobs:read", &[]);
+    let curl = |pin: &str| {
+        Command::new("curl")
+            .args([
+                "-sk",
+                "--pinnedpubkey",
+                pin,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-H", &format!("Authorization: Bearer {key}"), &url])
+            .output()
+            .expect("curl")
+    };
+    let o = curl(&pin);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200", "{}", stderr(&o));
+    // another key's pin: curl refuses the connection (exit 90)
+    let o = curl("sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    assert_eq!(o.status.code(), Some(90), "{}", stderr(&o));
+    // plain HTTP gets no answer there
+    let mut s = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1"),
+        "plain HTTP was served"
+    );
 }

@@ -29,7 +29,11 @@ const IDEMPOTENCY_RETENTION_MS: i64 = 48 * 3600 * 1000;
 
 type Shared = State<Arc<Api>>;
 
-pub(super) async fn serve(api: Arc<Api>, listener: std::net::TcpListener) {
+pub(super) async fn serve(
+    api: Arc<Api>,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => return tracing::error!("API listener: {e}"),
@@ -50,7 +54,18 @@ pub(super) async fn serve(api: Arc<Api>, listener: std::net::TcpListener) {
         .layer(axum::middleware::from_fn(log_request))
         .with_state(api);
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
+    let served = match tls {
+        None => axum::serve(listener, app).await,
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            let l = super::tls::Listener {
+                tcp: listener,
+                acceptor: tokio_rustls::TlsAcceptor::from(config),
+            };
+            axum::serve(l.tap_io(|_| {}), app).await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!("API server: {e}");
     }
 }

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod limits;
 mod metrics;
 mod runner;
+pub mod tls;
 
 use crate::server::config::Module;
 use crate::session::Cancel;
@@ -36,6 +37,16 @@ pub struct ApiConfig {
     pub modules: Vec<Module>,
     /// `--api-rate`: requests per API key (or per address without one).
     pub rate: limits::Rate,
+    /// TLS (required beyond loopback).
+    pub tls: Option<tls::TlsSource>,
+}
+
+/// Where the API listens, and the pin of its certificate's key when ferry
+/// made it.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub pin: Option<String>,
 }
 
 /// The state directory under a daemon's config directory.
@@ -50,8 +61,10 @@ pub enum StartError {
     Db(#[from] db::DbError),
     #[error("--api {0}: {1}")]
     Listen(String, String),
-    #[error("--api {0}: refusing to serve plain HTTP on a non-loopback address; use 127.0.0.1:PORT or [::1]:PORT")]
+    #[error("--api {0}: refusing to serve plain HTTP on a non-loopback address; add --api-tls (a certificate made from the daemon's key) or --api-cert FILE --api-key-file FILE, or listen on 127.0.0.1")]
     NotLoopback(String),
+    #[error("--api TLS: {0}")]
+    Tls(String),
 }
 
 /// Shared by the HTTP handlers and the job runner.
@@ -101,14 +114,25 @@ impl Api {
 
 /// Opens the database, recovers jobs a previous process left running, binds
 /// the address and serves in a thread of its own. The bound address.
-pub fn start(cfg: ApiConfig) -> Result<SocketAddr, StartError> {
+pub fn start(cfg: ApiConfig) -> Result<Started, StartError> {
     let addr: SocketAddr = cfg
         .listen
         .parse()
         .map_err(|e| StartError::Listen(cfg.listen.clone(), format!("{e}")))?;
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && cfg.tls.is_none() {
         return Err(StartError::NotLoopback(cfg.listen.clone()));
     }
+    let tls = match &cfg.tls {
+        Some(src) => {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            let mut names = vec!["localhost".to_string(), addr.ip().to_string()];
+            if !host.trim().is_empty() {
+                names.push(host.trim().to_string());
+            }
+            Some(tls::load(src, names).map_err(StartError::Tls)?)
+        }
+        None => None,
+    };
     let conn = db::open(&cfg.state_dir)?;
     let last = db::last_event(&conn).map_err(|e| db::DbError {
         path: db::path_in(&cfg.state_dir),
@@ -137,6 +161,9 @@ pub fn start(cfg: ApiConfig) -> Result<SocketAddr, StartError> {
         path: db::path_in(&cfg.state_dir),
         text: e.to_string(),
     })?;
+    let pin = tls.as_ref().and_then(|t| t.pin.clone());
+    let server_tls = tls.map(|t| t.config);
+    let is_tls = server_tls.is_some();
     let r = api.clone();
     std::thread::Builder::new()
         .name("ferry-jobs".into())
@@ -150,8 +177,12 @@ pub fn start(cfg: ApiConfig) -> Result<SocketAddr, StartError> {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(http::serve(api, listener));
+            rt.block_on(http::serve(api, listener, server_tls));
         })
         .map_err(|e| StartError::Listen(cfg.listen.clone(), e.to_string()))?;
-    Ok(bound)
+    Ok(Started {
+        addr: bound,
+        tls: is_tls,
+        pin,
+    })
 }

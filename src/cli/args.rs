@@ -279,6 +279,16 @@ pub struct ServeArgs {
     /// e.g. 60/min, 10/s (default 600/min)
     #[arg(long = "api-rate", value_name = "N/PERIOD")]
     pub api_rate: Option<String>,
+    /// Serve the API over TLS with a certificate made from the daemon's key
+    /// (its pin is printed for curl --pinnedpubkey); needed beyond loopback
+    #[arg(long = "api-tls")]
+    pub api_tls: bool,
+    /// Serve the API over TLS with this certificate chain (PEM)
+    #[arg(long = "api-cert", value_name = "FILE", requires = "api_key_file")]
+    pub api_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) for --api-cert
+    #[arg(long = "api-key-file", value_name = "FILE", requires = "api_cert")]
+    pub api_key_file: Option<std::path::PathBuf>,
     /// The daemon's log format: text (colour only on a terminal) or json
     #[arg(long = "log-format", value_name = "FORMAT", default_value = "text",
           value_parser = ["text", "json"])]

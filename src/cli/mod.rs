@@ -289,6 +289,11 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     // every refusal here exits 1 as it always has, the unreadable file too
     let config = crate::server::config::DaemonConfig::build(&overrides, &dir)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
+    if a.api.is_some() {
+        // the API's certificate may be made from the daemon's key: make it now
+        crate::server::daemon::fingerprint(&config)
+            .map_err(|e| TransferError::Usage(e.to_string()))?;
+    }
     let api = match &a.api {
         Some(listen) => Some(
             crate::api::start(crate::api::ApiConfig {
@@ -300,6 +305,16 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
                 rate: match &a.api_rate {
                     Some(r) => r.parse().map_err(TransferError::Usage)?,
                     None => Default::default(),
+                },
+                tls: match (&a.api_cert, &a.api_key_file) {
+                    (Some(cert), Some(key)) => Some(crate::api::tls::TlsSource::Files {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ if a.api_tls => Some(crate::api::tls::TlsSource::DaemonKey(
+                        config.identity.clone(),
+                    )),
+                    _ => None,
                 },
             })
             .map_err(|e| TransferError::Usage(e.to_string()))?,
@@ -316,8 +331,12 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         for a in addrs {
             println!("listening on {a}");
         }
-        if let Some(a) = api {
-            println!("api listening on http://{a}");
+        if let Some(a) = &api {
+            let scheme = if a.tls { "https" } else { "http" };
+            println!("api listening on {scheme}://{}", a.addr);
+            if let Some(pin) = &a.pin {
+                println!("api certificate pin {pin}");
+            }
         }
     })?;
     Ok(exit::OK)
