@@ -28,6 +28,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 mkdir -p /run/sshd 2>/dev/null || true
+# the API's OpenAPI document is checked with openapi-spec-validator
+python3 -c 'import openapi_spec_validator' 2>/dev/null ||
+  pip install -q openapi-spec-validator 2>/dev/null ||
+  pip install -q --break-system-packages openapi-spec-validator
 
 if [ "$(id -u)" -eq 0 ]; then
   export FERRY_REQUIRE_SSHD=1

@@ -1351,3 +1351,21 @@ fn beyond_loopback_the_api_speaks_tls_with_a_pinned_key() {
         "plain HTTP was served"
     );
 }
+
+#[test]
+fn the_openapi_document_validates() {
+    let api = Api::new();
+    let a = api.call("GET", "/v1/openapi.json", None, &[], None);
+    assert_eq!(a.status, 200);
+    let doc = a.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let path = api.dir.path().join("openapi.json");
+    std::fs::write(&path, a.text()).unwrap();
+    let o = Command::new("python3")
+        .args(["-c", "import sys; from openapi_spec_validator import validate; from openapi_spec_validator.readers import read_from_filename; validate(read_from_filename(sys.argv[1])[0]); print('valid')"])
+        .arg(&path)
+        .output()
+        .expect("python3 with openapi-spec-validator (pip)");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o).trim(), "valid");
+}

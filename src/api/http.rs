@@ -29,6 +29,20 @@ const IDEMPOTENCY_RETENTION_MS: i64 = 48 * 3600 * 1000;
 
 type Shared = State<Arc<Api>>;
 
+/// Every route the router serves (method, path template); the OpenAPI
+/// document must describe each one (a unit test checks).
+#[cfg(test)]
+pub(super) const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{id}"),
+    ("POST", "/v1/jobs/{id}/cancel"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/audit"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+];
+
 pub(super) async fn serve(
     api: Arc<Api>,
     listener: std::net::TcpListener,
@@ -45,6 +59,7 @@ pub(super) async fn serve(
         .route("/v1/events", get(events))
         .route("/v1/audit", get(audit))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -799,4 +814,9 @@ async fn metrics(
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(res)
+}
+
+/// The OpenAPI document: public, like a login page (it holds no data).
+async fn openapi() -> Response {
+    json_response(StatusCode::OK, &super::openapi::document())
 }

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 mod metrics;
+mod openapi;
 mod runner;
 pub mod tls;
 
