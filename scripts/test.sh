@@ -18,6 +18,7 @@ command -v ethtool >/dev/null || need+=(ethtool)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 [ -x /usr/bin/time ] || need+=(time)
 command -v promtool >/dev/null || need+=(prometheus) # promtool checks the API's /metrics
+command -v chromium >/dev/null || need+=(chromium) # the dashboard test
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: needs ${need[*]} (install them, or run as root)" >&2

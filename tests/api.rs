@@ -1117,7 +1117,7 @@ fn max_faults_and_deadline_end_a_job_with_their_codes() {
         &key,
         j["id"].as_str().unwrap(),
         &["succeeded", "failed"],
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     );
     assert_eq!(j["error"]["code"], "max_faults_exceeded", "{j:#}");
     assert_eq!(j["faults"], 2);
@@ -1130,7 +1130,7 @@ fn max_faults_and_deadline_end_a_job_with_their_codes() {
         &key,
         j["id"].as_str().unwrap(),
         &["succeeded", "failed"],
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     );
     assert_eq!(j["error"]["code"], "deadline_exceeded", "{j:#}");
     assert!(
@@ -1368,4 +1368,155 @@ fn the_openapi_document_validates() {
         .expect("python3 with openapi-spec-validator (pip)");
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(stdout(&o).trim(), "valid");
+}
+
+/// Runs headless Chromium with a profile kept in `profile` (so the session
+/// cookie survives from one run to the next).
+fn chromium(profile: &Path, args: &[&str]) -> String {
+    let o = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("chromium (Debian package chromium)");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn set_cookie(a: &Answer) -> String {
+    a.header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_dashboard_shows_a_jobs_progress_and_final_state_in_chromium() {
+    let api = Api::new();
+    write(&api.src().join("d/big.bin"), random_bytes(8 * MIB, 12));
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let j = api.submit(&key, &json!({"op": "sync", "src": "src/d/", "dst": "dst/d/", "bwlimit": "512K", "label": "dash-test"}));
+    let id = j["id"].as_str().unwrap().to_string();
+    let end = Instant::now() + Duration::from_secs(30);
+    while api.job(&key, &id)["bytes_done"].as_u64().unwrap() == 0 {
+        assert!(Instant::now() < end, "the job never made progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cfg = api.config_dir().display().to_string();
+    let link = stdout(&ok(ferry(["dashboard-link", "--config-dir", &cfg])))
+        .trim()
+        .to_string();
+    assert!(
+        link.starts_with(&format!("{}/ui/#login=", api.url)),
+        "{link}"
+    );
+    let profile = api.dir.path().join("chromium");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let running_png = shots.join("dashboard-running.png");
+    let _ = std::fs::remove_file(&running_png);
+    // log in through the link; the page keeps the session cookie
+    chromium(
+        &profile,
+        &[
+            "--timeout=3000",
+            "--window-size=1200,400",
+            &format!("--screenshot={}", running_png.display()),
+            &link,
+        ],
+    );
+    assert!(std::fs::read(&running_png).unwrap().starts_with(b"\x89PNG"));
+    // the logged-in page, while the job runs
+    let dom = chromium(&profile, &["--dump-dom", &format!("{}/ui/", api.url)]);
+    let row = |dom: &str| -> String {
+        let start = dom
+            .find(&format!("id=\"job-{id}\""))
+            .unwrap_or_else(|| panic!("no row for the job in:\n{dom}"));
+        dom[start..].split("</tr>").next().unwrap().to_string()
+    };
+    let r = row(&dom);
+    assert!(r.contains("running") && r.contains("dash-test"), "{r}");
+    let pct: u64 = r
+        .split("class=\"pct\">")
+        .nth(1)
+        .unwrap()
+        .split('%')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pct < 100, "{r}");
+    api.wait_state(&key, &id, &["succeeded"], Duration::from_secs(60));
+    let final_png = shots.join("dashboard.png");
+    let _ = std::fs::remove_file(&final_png);
+    chromium(
+        &profile,
+        &[
+            "--timeout=3000",
+            "--window-size=1200,400",
+            &format!("--screenshot={}", final_png.display()),
+            &format!("{}/ui/", api.url),
+        ],
+    );
+    assert!(std::fs::read(&final_png).unwrap().starts_with(b"\x89PNG"));
+    let r = row(&chromium(
+        &profile,
+        &["--dump-dom", &format!("{}/ui/", api.url)],
+    ));
+    assert!(
+        r.contains("succeeded") && r.contains("100% of 8388608 bytes"),
+        "{r}"
+    );
+    // a strict CSP, nothing from another host
+    let page = api.call("GET", "/ui/", None, &[], None);
+    let csp = page.header("content-security-policy").unwrap().to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!page.text().contains("http"), "an asset from another host");
+    // the link works once
+    let token = link.split("#login=").nth(1).unwrap();
+    let body = json!({"token": token}).to_string();
+    let json_ct = [("Content-Type", "application/json")];
+    api.call("POST", "/ui/login", None, &json_ct, Some(&body))
+        .problem(401, "login_link_invalid");
+    // a session changes nothing without its CSRF token
+    let link2 = stdout(&ok(ferry(["dashboard-link", "--config-dir", &cfg])))
+        .trim()
+        .to_string();
+    let body = json!({"token": link2.split("#login=").nth(1).unwrap()}).to_string();
+    let login = api.call("POST", "/ui/login", None, &json_ct, Some(&body));
+    assert_eq!(login.status, 200, "{}", login.text());
+    assert!(login.header("set-cookie").unwrap().contains("HttpOnly"));
+    let cookie = set_cookie(&login);
+    let csrf = login.json()["csrf"].as_str().unwrap().to_string();
+    let j2 = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/d/", "dst": "dst/d2/", "bwlimit": "1M"}),
+    );
+    let id2 = j2["id"].as_str().unwrap();
+    let path = format!("/v1/jobs/{id2}/cancel");
+    api.call("POST", &path, None, &[("Cookie", &cookie)], None)
+        .problem(403, "csrf_failed");
+    assert_eq!(
+        api.call("GET", "/v1/jobs", None, &[("Cookie", &cookie)], None)
+            .status,
+        200
+    );
+    let a = api.call(
+        "POST",
+        &path,
+        None,
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+        None,
+    );
+    assert_eq!(a.status, 202, "{}", a.text());
+    api.wait_state(&key, id2, &["canceled"], Duration::from_secs(10));
 }

@@ -68,6 +68,17 @@ CREATE TABLE IF NOT EXISTS api_keys (
   created_ms INTEGER NOT NULL,
   revoked_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS ui_tokens (
+  hash TEXT PRIMARY KEY,
+  created_ms INTEGER NOT NULL,
+  used_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS ui_sessions (
+  hash TEXT PRIMARY KEY,
+  csrf TEXT NOT NULL,
+  created_ms INTEGER NOT NULL,
+  expires_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   at_ms INTEGER NOT NULL,

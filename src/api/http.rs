@@ -60,6 +60,14 @@ pub(super) async fn serve(
         .route("/v1/audit", get(audit))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
+        .route(
+            "/ui",
+            get(|| async { axum::response::Redirect::permanent("/ui/") }),
+        )
+        .route("/ui/", get(super::ui::index))
+        .route("/ui/app.js", get(super::ui::script))
+        .route("/ui/app.css", get(super::ui::style))
+        .route("/ui/login", post(super::ui::login))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -161,7 +169,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
+    pub(super) fn new(
+        status: StatusCode,
+        code: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
         Problem {
             status,
             code,
@@ -255,6 +267,44 @@ fn authorize(
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim);
     let conn = api.conn();
+    // the dashboard's session cookie, when no key is presented
+    if presented.is_none() {
+        if let Some(csrf) = super::ui::session(&conn, headers) {
+            if scope != "jobs:read" && scope != "jobs:write" {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    format!("the dashboard session lacks the scope {scope}"),
+                ));
+            }
+            if scope == "jobs:write" && !super::ui::csrf_ok(headers, &csrf) {
+                let _ = db::audit(
+                    &conn,
+                    &db::Audit {
+                        key_id: None,
+                        key_name: Some("dashboard"),
+                        action,
+                        target: None,
+                        result: "denied: missing or wrong X-CSRF-Token",
+                        remote: Some(&remote),
+                    },
+                );
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf_failed",
+                    "a dashboard request that changes something needs the X-CSRF-Token header",
+                ));
+            }
+            return Ok(Key {
+                id: "dashboard".into(),
+                name: "dashboard".into(),
+                scopes: vec!["jobs:read".into(), "jobs:write".into()],
+                modules: Vec::new(),
+                created: String::new(),
+                revoked: None,
+            });
+        }
+    }
     let found = match presented {
         None => Err(keys::Denied::Missing),
         Some(s) => keys::verify(&conn, s),
@@ -324,7 +374,7 @@ fn audit_ok(api: &Api, key: &Key, action: &str, target: &str, result: &str, remo
 }
 
 /// Reads a JSON body: content type, size (checked before reading), syntax.
-async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, Problem> {
+pub(super) async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, Problem> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -710,9 +760,10 @@ async fn events(
                 let last = batch
                     .last()
                     .map_or(after, |e| e["id"].as_i64().unwrap_or(after));
+                let latest = db::last_event(&api.conn()).map_err(internal)?;
                 return Ok(json_response(
                     StatusCode::OK,
-                    &json!({"events": batch, "last_id": last}),
+                    &json!({"events": batch, "last_id": last, "latest_id": latest}),
                 ));
             }
             let _ = tokio::time::timeout_at(deadline, rx.changed()).await;

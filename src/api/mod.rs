@@ -16,6 +16,7 @@ mod metrics;
 mod openapi;
 mod runner;
 pub mod tls;
+pub mod ui;
 
 use crate::server::config::Module;
 use crate::session::Cancel;
@@ -81,6 +82,8 @@ pub(crate) struct Api {
     /// Wakes the runner when a job is queued.
     wake: (Mutex<bool>, Condvar),
     limiter: limits::Limiter,
+    /// Whether the API speaks TLS (the session cookie is then Secure).
+    tls: bool,
 }
 
 impl Api {
@@ -147,6 +150,15 @@ pub fn start(cfg: ApiConfig) -> Result<Started, StartError> {
     let bound = listener
         .local_addr()
         .map_err(|e| StartError::Listen(cfg.listen.clone(), e.to_string()))?;
+    let pin = tls.as_ref().and_then(|t| t.pin.clone());
+    let server_tls = tls.map(|t| t.config);
+    let is_tls = server_tls.is_some();
+    // for `ferry dashboard-link`: where this API is
+    let scheme = if is_tls { "https" } else { "http" };
+    let _ = std::fs::write(
+        cfg.state_dir.join("api_url"),
+        format!("{scheme}://{bound}\n"),
+    );
     let (tx, _) = tokio::sync::watch::channel(last);
     let api = Arc::new(Api {
         db: Mutex::new(conn),
@@ -157,14 +169,12 @@ pub fn start(cfg: ApiConfig) -> Result<Started, StartError> {
         running: Mutex::new(HashMap::new()),
         wake: (Mutex::new(false), Condvar::new()),
         limiter: limits::Limiter::new(cfg.rate),
+        tls: is_tls,
     });
     runner::recover(&api).map_err(|e| db::DbError {
         path: db::path_in(&cfg.state_dir),
         text: e.to_string(),
     })?;
-    let pin = tls.as_ref().and_then(|t| t.pin.clone());
-    let server_tls = tls.map(|t| t.config);
-    let is_tls = server_tls.is_some();
     let r = api.clone();
     std::thread::Builder::new()
         .name("ferry-jobs".into())

@@ -104,7 +104,7 @@ fn paths() -> Value {
                     {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}
                 ]
             }), "200", json!({"description": "Events after the given id", "content": {
-                "application/json": {"schema": {"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "last_id": {"type": "integer"}}}},
+                "application/json": {"schema": {"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "last_id": {"type": "integer"}, "latest_id": {"type": "integer"}}}},
                 "text/event-stream": {"schema": {"type": "string"}}
             }}), &[("400", "A bad query")]),
         },

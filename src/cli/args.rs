@@ -43,6 +43,8 @@ pub enum Command {
     /// Submit, list, show, cancel and watch jobs through a daemon's HTTP API
     #[command(subcommand)]
     Job(super::jobs::JobCommand),
+    /// Print a one-time login link for the daemon's dashboard (on its host)
+    DashboardLink(super::jobs::DashboardLinkArgs),
 }
 
 #[derive(Args, Debug, Default)]

@@ -196,6 +196,29 @@ pub fn api_key(c: ApiKeyCommand) -> Result<i32, TransferError> {
     Ok(super::exit::OK)
 }
 
+#[derive(Args, Debug)]
+pub struct DashboardLinkArgs {
+    /// The daemon's config directory
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+}
+
+/// `ferry dashboard-link`: a login link good once, for ten minutes.
+pub fn dashboard_link(a: DashboardLinkArgs) -> Result<i32, TransferError> {
+    let dir = crate::trust::config_dir(a.config_dir.as_deref());
+    let state = crate::api::state_dir(&dir);
+    let conn = crate::api::db::open(&state).map_err(usage)?;
+    let url = std::fs::read_to_string(state.join("api_url"))
+        .map(|s| s.trim().to_string())
+        .map_err(|_| {
+            usage("no API has run from this config directory: start ferry serve --api ADDR first")
+        })?;
+    let token = crate::api::ui::create_link(&conn).map_err(usage)?;
+    println!("{url}/ui/#login={token}");
+    eprintln!("ferry: this link logs in once, within ten minutes");
+    Ok(super::exit::OK)
+}
+
 /// The API's answer: status and body.
 pub struct Answer {
     pub status: u16,

@@ -63,6 +63,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::Ls(a) => keys::ls(a),
         Command::ApiKey(c) => jobs::api_key(c),
         Command::Job(c) => jobs::job(c),
+        Command::DashboardLink(a) => jobs::dashboard_link(a),
     };
     match result {
         Ok(code) => code,
