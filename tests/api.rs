@@ -373,6 +373,15 @@ fn keys_scopes_module_lists_and_revocation() {
     let id2 = j2["id"].as_str().unwrap();
     api.call("GET", &format!("/v1/jobs/{id2}"), Some(&only_a), &[], None)
         .problem(404, "unknown_job");
+    // and so are its events
+    let theirs = api
+        .call("GET", "/v1/events", Some(&only_a), &[], None)
+        .json();
+    let evs = theirs["events"].as_array().unwrap();
+    assert!(
+        !evs.is_empty() && evs.iter().all(|e| e["job_id"] != id2),
+        "{theirs:#}"
+    );
     // the audit log needs admin, and records the denials
     api.call("GET", "/v1/audit", Some(&writer), &[], None)
         .problem(403, "insufficient_scope");

@@ -721,6 +721,26 @@ async fn cancel_job(
     Ok(json_response(StatusCode::ACCEPTED, &job))
 }
 
+/// The events of jobs `key` may see (a key limited to some modules sees
+/// only their jobs' events).
+fn seen_by(api: &Api, key: &Key, events: Vec<Value>) -> Vec<Value> {
+    if key.modules.is_empty() {
+        return events;
+    }
+    let mut known: std::collections::HashMap<String, bool> = Default::default();
+    events
+        .into_iter()
+        .filter(|e| {
+            let Some(id) = e["job_id"].as_str() else {
+                return false;
+            };
+            *known.entry(id.to_string()).or_insert_with(
+                || matches!(job_by_id(api, id), Ok(Some(j)) if visible(api, key, &j)),
+            )
+        })
+        .collect()
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventQuery {
@@ -735,14 +755,14 @@ async fn events(
     headers: HeaderMap,
     q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    authorize(&api, &headers, "jobs:read", "events.read", remote)?;
+    let key = authorize(&api, &headers, "jobs:read", "events.read", remote)?;
     let Query(q) =
         q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
-    let after = q.after.or(last_id).unwrap_or(0);
+    let mut after = q.after.or(last_id).unwrap_or(0);
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -754,12 +774,18 @@ async fn events(
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             rx.borrow_and_update();
-            let batch =
+            let raw =
                 db::events_after(&api.conn(), after, q.job.as_deref(), 500).map_err(internal)?;
+            let last = raw
+                .last()
+                .map_or(after, |e| e["id"].as_i64().unwrap_or(after));
+            let batch = seen_by(&api, &key, raw);
+            if batch.is_empty() && last > after {
+                // only other modules' events: look further
+                after = last;
+                continue;
+            }
             if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
-                let last = batch
-                    .last()
-                    .map_or(after, |e| e["id"].as_i64().unwrap_or(after));
                 let latest = db::last_event(&api.conn()).map_err(internal)?;
                 return Ok(json_response(
                     StatusCode::OK,
@@ -771,6 +797,7 @@ async fn events(
     }
     struct Feed {
         api: Arc<Api>,
+        key: Key,
         after: i64,
         job: Option<String>,
         rx: tokio::sync::watch::Receiver<i64>,
@@ -778,6 +805,7 @@ async fn events(
     }
     let feed = Feed {
         api: api.clone(),
+        key,
         after,
         job: q.job,
         rx,
@@ -787,7 +815,6 @@ async fn events(
         loop {
             if let Some(e) = f.buf.pop_front() {
                 let id = e["id"].as_i64().unwrap_or(0);
-                f.after = id;
                 let ev = SseEvent::default()
                     .id(id.to_string())
                     .event(e["type"].as_str().unwrap_or("event"))
@@ -795,11 +822,13 @@ async fn events(
                 return Some((Ok::<_, std::convert::Infallible>(ev), f));
             }
             f.rx.borrow_and_update();
-            let batch = db::events_after(&f.api.conn(), f.after, f.job.as_deref(), 500).ok()?;
-            if batch.is_empty() {
-                f.rx.changed().await.ok()?;
-            } else {
-                f.buf.extend(batch);
+            let raw = db::events_after(&f.api.conn(), f.after, f.job.as_deref(), 500).ok()?;
+            match raw.last().and_then(|e| e["id"].as_i64()) {
+                None => f.rx.changed().await.ok()?,
+                Some(last) => {
+                    f.buf.extend(seen_by(&f.api, &f.key, raw));
+                    f.after = last;
+                }
             }
         }
     });
