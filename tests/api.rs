@@ -1451,6 +1451,10 @@ fn the_dashboard_shows_a_jobs_progress_and_final_state_in_chromium() {
     };
     let r = row(&dom);
     assert!(r.contains("running") && r.contains("dash-test"), "{r}");
+    assert!(
+        dom.contains("<ul id=\"modules\"><li>src</li><li>dst</li></ul>"),
+        "{dom}"
+    );
     let pct: u64 = r
         .split("class=\"pct\">")
         .nth(1)

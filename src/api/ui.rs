@@ -106,14 +106,45 @@ fn asset(ctype: &'static str, body: &'static str) -> Response {
 /// The page; for a logged-in user with the jobs table already filled in
 /// (the script keeps it live from there).
 pub(super) async fn index(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
-    let rows = {
-        let conn = api.conn();
-        match session(&conn, &headers) {
-            Some(_) => rows(&conn).unwrap_or_default(),
-            None => String::new(),
-        }
-    };
-    let page = INDEX.replace("<tbody></tbody>", &format!("<tbody>{rows}</tbody>"));
+    let logged_in = session(&api.conn(), &headers).is_some();
+    let mut page = INDEX.to_string();
+    if logged_in {
+        let rows = rows(&api.conn()).unwrap_or_default();
+        let modules: String = api
+            .modules
+            .iter()
+            .map(|m| {
+                format!(
+                    "<li>{}{}{}</li>",
+                    escape(&m.name),
+                    if m.read_only { " (read-only)" } else { "" },
+                    if m.comment.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", escape(&m.comment))
+                    }
+                )
+            })
+            .collect();
+        // the daemons this one's jobs may reach: its known_hosts
+        let peers: String = std::fs::read_to_string(api.config_dir.join("known_hosts"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|h| format!("<li>{}</li>", escape(h)))
+            .collect();
+        page = page
+            .replace("<tbody></tbody>", &format!("<tbody>{rows}</tbody>"))
+            .replace(
+                "<ul id=\"modules\"></ul>",
+                &format!("<ul id=\"modules\">{modules}</ul>"),
+            )
+            .replace(
+                "<ul id=\"peers\"></ul>",
+                &format!("<ul id=\"peers\">{peers}</ul>"),
+            );
+    }
     let mut res = asset("text/html; charset=utf-8", "");
     *res.body_mut() = axum::body::Body::from(page);
     res
