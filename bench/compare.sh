@@ -368,3 +368,28 @@ if "ferryd" in link and "limit" in link:
 ssh = [(l, rows[l]['ferry'][2], rows[l]['ferry'][3]) for l in order if 'ferry' in rows[l]]
 print("peak RSS MiB of ferry over ssh (client/remote): " + "; ".join(f"{l} {c}/{s}" for l, c, s in ssh))
 PY
+
+# --- the HTTP API: job-submission latency, and a job against the same copy
+# from the CLI (both local to local, the big file and the small files) -------
+mkdir -p "$work/acfg" && chmod 700 "$work/acfg" && : > "$work/acfg/authorized_keys" && chmod 600 "$work/acfg/authorized_keys"
+"$ferry" serve --config-dir "$work/acfg" --listen 127.0.0.1:0 --api 127.0.0.1:0 --api-rate 100000/min \
+  --module "bench=$work" > "$work/api.out" 2> "$work/api.log" &
+pids+=($!)
+for _ in $(seq 100); do grep -q "api listening" "$work/api.out" 2>/dev/null && break; sleep 0.05; done
+api_url=$(sed -n 's/^api listening on //p' "$work/api.out")
+api_key=$("$ferry" api-key create --name bench --scope jobs:write,jobs:read --config-dir "$work/acfg" 2>/dev/null)
+lat=()
+for i in $(seq 20); do
+  lat+=("$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
+    -d "{\"op\":\"sync\",\"src\":\"bench/src/small/d000/f00000.json\",\"dst\":\"bench/api-lat/$i/\",\"dry_run\":true}" "$api_url/v1/jobs")")
+done
+printf '%s\n' "${lat[@]}" | sort -n | awk '{a[NR]=$1} END {printf "API job submission latency: median %.1f ms, max %.1f ms (%d requests)\n", a[int((NR+1)/2)]*1000, a[NR]*1000, NR}'
+for what in big small; do
+  rm -rf "$work/api-cli" "$work/api-job"
+  t0=$(now); "$ferry" sync -a "$src/$what/" "$work/api-cli/" >/dev/null; t1=$(now)
+  id=$("$ferry" job submit "bench/src/$what/" "bench/api-job/" --api-url "$api_url" --api-key "$api_key")
+  "$ferry" job watch "$id" --api-url "$api_url" --api-key "$api_key" >/dev/null
+  t2=$(now)
+  diff -r "$src/$what" "$work/api-job" >/dev/null || { echo "the job's copy of $what differs"; exit 1; }
+  python3 -c "import sys; c, j = float(sys.argv[2]) - float(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2]); print(f'{sys.argv[4]}: CLI {c:.2f} s, API job {j:.2f} s (submit to watched end), job / CLI {j / c:.2f}x')" "$t0" "$t1" "$t2" "$what"
+done

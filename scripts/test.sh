@@ -18,6 +18,8 @@ command -v ethtool >/dev/null || need+=(ethtool)
 command -v faketime >/dev/null || need+=(faketime)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 [ -x /usr/bin/time ] || need+=(time)
+command -v promtool >/dev/null || need+=(prometheus) # promtool checks the API's /metrics
+command -v chromium >/dev/null || need+=(chromium) # the dashboard test
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: needs ${need[*]} (install them, or run as root)" >&2
@@ -33,6 +35,10 @@ mkdir -p /run/sshd 2>/dev/null || true
 if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
   cargo install s3s-fs --version 0.14.1 --locked --features binary
 fi
+# the API's OpenAPI document is checked with openapi-spec-validator
+python3 -c 'import openapi_spec_validator' 2>/dev/null ||
+  pip install -q openapi-spec-validator 2>/dev/null ||
+  pip install -q --break-system-packages openapi-spec-validator
 
 if [ "$(id -u)" -eq 0 ]; then
   export FERRY_REQUIRE_SSHD=1

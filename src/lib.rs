@@ -32,6 +32,7 @@
 //! stores. Library code never prints, prompts or exits: that is `cli`'s, through
 //! events and the host-key policy it supplies.
 
+pub mod api;
 pub mod check;
 pub mod chmod;
 pub mod chunk;

@@ -58,6 +58,14 @@ pub enum Command {
     Shell(ShellArgs),
     /// Find out why a host does not connect: DNS, route, TCP, TLS, keys, ssh, clock
     Doctor(DoctorArgs),
+    /// Manage the HTTP API's keys (on the daemon's host): create, list, revoke
+    #[command(subcommand, name = "api-key")]
+    ApiKey(super::jobs::ApiKeyCommand),
+    /// Submit, list, show, cancel and watch jobs through a daemon's HTTP API
+    #[command(subcommand)]
+    Job(super::jobs::JobCommand),
+    /// Print a one-time login link for the daemon's dashboard (on its host)
+    DashboardLink(super::jobs::DashboardLinkArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -379,6 +387,28 @@ pub struct ServeArgs {
     /// ferry's config directory
     #[arg(long = "config-dir", value_name = "DIR")]
     pub config_dir: Option<std::path::PathBuf>,
+    /// Also serve the HTTP API (jobs, events) on ADDR, e.g. 127.0.0.1:7421;
+    /// loopback only (plain HTTP). Its state lives in the config directory's state/
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+    /// API requests allowed per key (or per address without a valid key),
+    /// e.g. 60/min, 10/s (default 600/min)
+    #[arg(long = "api-rate", value_name = "N/PERIOD")]
+    pub api_rate: Option<String>,
+    /// Serve the API over TLS with a certificate made from the daemon's key
+    /// (its pin is printed for curl --pinnedpubkey); needed beyond loopback
+    #[arg(long = "api-tls")]
+    pub api_tls: bool,
+    /// Serve the API over TLS with this certificate chain (PEM)
+    #[arg(long = "api-cert", value_name = "FILE", requires = "api_key_file")]
+    pub api_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) for --api-cert
+    #[arg(long = "api-key-file", value_name = "FILE", requires = "api_cert")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// The daemon's log format: text (colour only on a terminal) or json
+    #[arg(long = "log-format", value_name = "FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@
 pub mod args;
 mod demo;
 mod doctor;
+mod jobs;
 mod keys;
 pub mod output;
 mod prompt;
@@ -71,6 +72,9 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::Shell(a) => shell::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::S3(c) => s3::run(c),
+        Command::ApiKey(c) => jobs::api_key(c),
+        Command::Job(c) => jobs::job(c),
+        Command::DashboardLink(a) => jobs::dashboard_link(a),
     };
     match result {
         Ok(code) => code,
@@ -449,12 +453,15 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // colour only on a terminal: a log file gets plain text
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if a.log_format == "json" {
+        log.json().try_init()
+    } else {
+        log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
     let dir = crate::trust::config_dir(a.config_dir.as_deref());
     let overrides = crate::server::config::Overrides {
         config: a.config,
@@ -469,6 +476,38 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     // every refusal here exits 1 as it always has, the unreadable file too
     let config = crate::server::config::DaemonConfig::build(&overrides, &dir)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
+    if a.api.is_some() {
+        // the API's certificate may be made from the daemon's key: make it now
+        crate::server::daemon::fingerprint(&config)
+            .map_err(|e| TransferError::Usage(e.to_string()))?;
+    }
+    let api = match &a.api {
+        Some(listen) => Some(
+            crate::api::start(crate::api::ApiConfig {
+                listen: listen.clone(),
+                state_dir: crate::api::state_dir(&dir),
+                identity: config.identity.clone(),
+                config_dir: dir.clone(),
+                modules: config.modules.clone(),
+                rate: match &a.api_rate {
+                    Some(r) => r.parse().map_err(TransferError::Usage)?,
+                    None => Default::default(),
+                },
+                tls: match (&a.api_cert, &a.api_key_file) {
+                    (Some(cert), Some(key)) => Some(crate::api::tls::TlsSource::Files {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ if a.api_tls => Some(crate::api::tls::TlsSource::DaemonKey(
+                        config.identity.clone(),
+                    )),
+                    _ => None,
+                },
+            })
+            .map_err(|e| TransferError::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
     let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())
@@ -478,6 +517,13 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         // one line on stdout, for scripts and tests: where to connect
         for a in addrs {
             println!("listening on {a}");
+        }
+        if let Some(a) = &api {
+            let scheme = if a.tls { "https" } else { "http" };
+            println!("api listening on {scheme}://{}", a.addr);
+            if let Some(pin) = &a.pin {
+                println!("api certificate pin {pin}");
+            }
         }
     })?;
     Ok(exit::OK)

@@ -262,8 +262,8 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
         }
     };
     let stream = Stream {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
+        reader: Box::new(super::stats::CountRead(reader)),
+        writer: Box::new(super::stats::CountWrite(writer)),
     };
     if shared.sessions.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
         shared.sessions.fetch_sub(1, Ordering::SeqCst);
@@ -282,9 +282,12 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
         }
     }
     let _session = Session(&shared.sessions);
+    let _counted = super::stats::Open::start();
     info!(%peer, fingerprint = %fp, "authenticated");
     let modules = &shared.config.modules;
+    let role = std::cell::Cell::new(None);
     let policy = |r: &Request| {
+        role.set(Some(r.role));
         let d = decide(modules, &grant, &fp, r);
         match &d {
             Ok(_) => {
@@ -333,6 +336,11 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     }
     match result {
         Ok(s) => {
+            match role.get() {
+                Some(Role::ServerSends) => super::stats::files(true, s.transferred),
+                Some(Role::ServerReceives) => super::stats::files(false, s.transferred),
+                _ => {}
+            }
             info!(%peer, fingerprint = %fp, files = s.files, transferred = s.transferred, "done")
         }
         Err(e) => warn!(%peer, fingerprint = %fp, "ended: {e}"),

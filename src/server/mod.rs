@@ -9,4 +9,5 @@
 
 pub mod config;
 pub mod daemon;
+pub mod stats;
 pub mod stdio;

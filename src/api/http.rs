@@ -1,0 +1,902 @@
+//! The HTTP edge of the API (axum on tokio): routes, authentication by
+//! bearer API key, Idempotency-Key handling, RFC 9457 problem bodies, and the
+//! event stream as Server-Sent Events or long-poll. Database calls are short
+//! and made under the shared connection's lock; jobs run elsewhere
+//! (`runner`). Not for job rules (`jobs`) or key storage (`keys`).
+
+use super::jobs::{self, JobSpec};
+use super::keys::{self, Key};
+use super::{db, ids, Api};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rusqlite::{params, OptionalExtension};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Request bodies larger than this are refused before they are read.
+const BODY_LIMIT: usize = 64 * 1024;
+/// Idempotency records are kept at least this long.
+const IDEMPOTENCY_RETENTION_MS: i64 = 48 * 3600 * 1000;
+
+type Shared = State<Arc<Api>>;
+
+/// Every route the router serves (method, path template); the OpenAPI
+/// document must describe each one (a unit test checks).
+#[cfg(test)]
+pub(super) const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{id}"),
+    ("POST", "/v1/jobs/{id}/cancel"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/audit"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+];
+
+pub(super) async fn serve(
+    api: Arc<Api>,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!("API listener: {e}"),
+    };
+    let app = Router::new()
+        .route("/v1/jobs", post(create_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(show_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/events", get(events))
+        .route("/v1/audit", get(audit))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route(
+            "/ui",
+            get(|| async { axum::response::Redirect::permanent("/ui/") }),
+        )
+        .route("/ui/", get(super::ui::index))
+        .route("/ui/app.js", get(super::ui::script))
+        .route("/ui/app.css", get(super::ui::style))
+        .route("/ui/login", post(super::ui::login))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            rate_limit,
+        ))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(api);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        None => axum::serve(listener, app).await,
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            let l = super::tls::Listener {
+                tcp: listener,
+                acceptor: tokio_rustls::TlsAcceptor::from(config),
+            };
+            axum::serve(l.tap_io(|_| {}), app).await
+        }
+    };
+    if let Err(e) = served {
+        tracing::error!("API server: {e}");
+    }
+}
+
+/// One log line per request: method, route template, status. Never a header.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |m| m.as_str().to_string());
+    let res = next.run(req).await;
+    // methods outside the API's own are counted together: a bounded label
+    let m = match method.as_str() {
+        "GET" | "POST" | "HEAD" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" => method.as_str(),
+        _ => "other",
+    };
+    super::metrics::http_request(&route, m, res.status().as_u16());
+    tracing::info!(%method, route, status = res.status().as_u16(), "api request");
+    res
+}
+
+/// Spends one request of the caller's quota: the API key's when it is
+/// valid, else the client address's. Adds the IETF headers to every answer.
+async fn rate_limit(State(api): Shared, req: Request, next: Next) -> Response {
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or("unknown".to_string(), |c| c.0.ip().to_string());
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(|s| s.trim().to_string());
+    let who = match presented {
+        Some(s) => match keys::verify(&api.conn(), &s) {
+            Ok(k) => format!("key:{}", k.id),
+            Err(_) => format!("addr:{addr}"),
+        },
+        None => format!("addr:{addr}"),
+    };
+    let d = api.limiter.check(&who);
+    let policy = api.limiter.policy();
+    let mut res = if d.allowed {
+        next.run(req).await
+    } else {
+        super::metrics::rate_limited();
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests: try again in {} s", d.reset_secs),
+        )
+        .with("violated-policies", json!(["default"]))
+        .header(header::RETRY_AFTER, d.reset_secs.to_string())
+        .into_response()
+    };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        h.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("\"default\";r={};t={}", d.remaining, d.reset_secs))
+    {
+        h.insert("ratelimit", v);
+    }
+    res
+}
+
+/// An RFC 9457 problem: `application/problem+json`, with a stable `code`.
+pub struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    extra: Value,
+    headers: Vec<(header::HeaderName, String)>,
+}
+
+impl Problem {
+    pub(super) fn new(
+        status: StatusCode,
+        code: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            extra: json!({}),
+            headers: Vec::new(),
+        }
+    }
+    fn with(mut self, key: &str, v: Value) -> Problem {
+        self.extra[key] = v;
+        self
+    }
+    fn header(mut self, name: header::HeaderName, v: impl Into<String>) -> Problem {
+        self.headers.push((name, v.into()));
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("urn:ferry:problem:{}", self.code.replace('_', "-")),
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        if let Value::Object(m) = self.extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let mut res = (self.status, body.to_string()).into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        for (name, v) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(name, v);
+            }
+        }
+        res
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Problem {
+    tracing::error!("API: {e}");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the daemon could not complete the request; see its log",
+    )
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    let mut res = (status, v.to_string()).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this resource does not take that method",
+    )
+}
+
+/// Checks the bearer key and its scope; every denial is audited.
+fn authorize(
+    api: &Api,
+    headers: &HeaderMap,
+    scope: &str,
+    action: &str,
+    remote: SocketAddr,
+) -> Result<Key, Problem> {
+    let remote = remote.ip().to_string();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim);
+    let conn = api.conn();
+    // the dashboard's session cookie, when no key is presented
+    if presented.is_none() {
+        if let Some(csrf) = super::ui::session(&conn, headers) {
+            if scope != "jobs:read" && scope != "jobs:write" {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    format!("the dashboard session lacks the scope {scope}"),
+                ));
+            }
+            if scope == "jobs:write" && !super::ui::csrf_ok(headers, &csrf) {
+                let _ = db::audit(
+                    &conn,
+                    &db::Audit {
+                        key_id: None,
+                        key_name: Some("dashboard"),
+                        action,
+                        target: None,
+                        result: "denied: missing or wrong X-CSRF-Token",
+                        remote: Some(&remote),
+                    },
+                );
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf_failed",
+                    "a dashboard request that changes something needs the X-CSRF-Token header",
+                ));
+            }
+            return Ok(Key {
+                id: "dashboard".into(),
+                name: "dashboard".into(),
+                scopes: vec!["jobs:read".into(), "jobs:write".into()],
+                modules: Vec::new(),
+                created: String::new(),
+                revoked: None,
+            });
+        }
+    }
+    let found = match presented {
+        None => Err(keys::Denied::Missing),
+        Some(s) => keys::verify(&conn, s),
+    };
+    let key = match found {
+        Ok(k) => k,
+        Err(why) => {
+            let _ = db::audit(
+                &conn,
+                &db::Audit {
+                    key_id: None,
+                    key_name: None,
+                    action,
+                    target: None,
+                    result: &format!("denied: {}", why.reason()),
+                    remote: Some(&remote),
+                },
+            );
+            tracing::warn!(remote, reason = why.reason(), "API authentication failed");
+            super::metrics::auth_failure(why.reason());
+            let detail = match why {
+                keys::Denied::Missing => "an API key is required: Authorization: Bearer fk_...",
+                keys::Denied::Revoked => "this API key has been revoked",
+                _ => "the API key is not valid",
+            };
+            return Err(
+                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+                    .header(header::WWW_AUTHENTICATE, "Bearer realm=\"ferry\""),
+            );
+        }
+    };
+    if !key.has(scope) {
+        super::metrics::auth_failure("insufficient_scope");
+        let _ = db::audit(
+            &conn,
+            &db::Audit {
+                key_id: Some(&key.id),
+                key_name: Some(&key.name),
+                action,
+                target: None,
+                result: &format!("denied: missing scope {scope}"),
+                remote: Some(&remote),
+            },
+        );
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("this API key lacks the scope {scope}"),
+        )
+        .with("missing_scope", json!(scope)));
+    }
+    Ok(key)
+}
+
+fn audit_ok(api: &Api, key: &Key, action: &str, target: &str, result: &str, remote: SocketAddr) {
+    let _ = db::audit(
+        &api.conn(),
+        &db::Audit {
+            key_id: Some(&key.id),
+            key_name: Some(&key.name),
+            action,
+            target: Some(target),
+            result,
+            remote: Some(&remote.ip().to_string()),
+        },
+    );
+}
+
+/// Reads a JSON body: content type, size (checked before reading), syntax.
+pub(super) async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, Problem> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ctype.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send Content-Type: application/json (got {:?})", ctype),
+        ));
+    }
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {BODY_LIMIT} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|_| too_large())?;
+    serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// The Idempotency-Key header, checked: an RFC 8941 string (quotes
+/// optional), 1-255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (optionally a quoted string)",
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let s = s
+        .strip_prefix('"')
+        .and_then(|x| x.strip_suffix('"'))
+        .unwrap_or(s);
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        return Err(bad());
+    }
+    Ok(Some(s.to_string()))
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn job_by_id(api: &Api, id: &str) -> Result<Option<Value>, Problem> {
+    api.conn()
+        .query_row("SELECT * FROM jobs WHERE id = ?1", [id], jobs::view)
+        .optional()
+        .map_err(internal)
+}
+
+/// Whether `key` may see a job (its module allow-list covers both sides).
+fn visible(api: &Api, key: &Key, job: &Value) -> bool {
+    if key.modules.is_empty() {
+        return true;
+    }
+    ["src", "dst"].iter().all(|k| {
+        let addr = job[*k].as_str().unwrap_or("");
+        jobs::side(addr, "/src", &api.modules, false)
+            .map(|s| key.may_use_module(&s.module))
+            .unwrap_or(false)
+    })
+}
+
+async fn create_job(
+    State(api): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let key = authorize(&api, &headers, "jobs:write", "job.create", remote)?;
+    let idem = idempotency_key(&headers)?;
+    let value = json_body(&headers, body).await?;
+    let fingerprint = sha256_hex(value.to_string().as_bytes());
+    // the first request with a key claims it; a second one sees it in flight
+    if let Some(k) = &idem {
+        let now = ids::now_ms();
+        let prior = api
+            .write(|tx| {
+                tx.execute(
+                    "DELETE FROM idempotency WHERE created_ms < ?1",
+                    [now - IDEMPOTENCY_RETENTION_MS],
+                )?;
+                let prior = tx
+                    .query_row(
+                        "SELECT fingerprint, status, body FROM idempotency WHERE key_id = ?1 AND idem_key = ?2",
+                        params![key.id, k],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<u16>>(1)?, r.get::<_, Option<String>>(2)?)),
+                    )
+                    .optional()?;
+                if prior.is_none() {
+                    tx.execute(
+                        "INSERT INTO idempotency (key_id, idem_key, fingerprint, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                        params![key.id, k, fingerprint, now],
+                    )?;
+                }
+                Ok(prior)
+            })
+            .map_err(internal)?;
+        match prior {
+            None => {}
+            Some((fp, _, _)) if fp != fingerprint => {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request body",
+                ))
+            }
+            Some((_, None, _)) => {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still being processed",
+                ))
+            }
+            Some((_, Some(status), body)) => {
+                let v: Value = serde_json::from_str(&body.unwrap_or_default()).unwrap_or_default();
+                let mut res =
+                    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), &v);
+                res.headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                if let Some(id) = v["id"].as_str() {
+                    if let Ok(l) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+                        res.headers_mut().insert(header::LOCATION, l);
+                    }
+                }
+                return Ok(res);
+            }
+        }
+    }
+    let result = create_checked(&api, &key, value, &fingerprint, idem.as_deref(), remote);
+    if result.is_err() {
+        // a request that did not get as far as a job is not remembered
+        if let Some(k) = &idem {
+            let _ = api.write(|tx| {
+                tx.execute(
+                    "DELETE FROM idempotency WHERE key_id = ?1 AND idem_key = ?2 AND status IS NULL",
+                    params![key.id, k],
+                )
+            });
+        }
+    }
+    result
+}
+
+fn create_checked(
+    api: &Api,
+    key: &Key,
+    value: Value,
+    _fingerprint: &str,
+    idem: Option<&str>,
+    remote: SocketAddr,
+) -> Result<Response, Problem> {
+    let spec: JobSpec = serde_json::from_value(value).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("the job is not valid: {e}"),
+        )
+    })?;
+    let now = ids::now_ms();
+    let resolved = jobs::resolve(&spec, &api.modules, now, &|m| key.may_use_module(m));
+    let resolved = match resolved {
+        Ok(r) => r,
+        Err(jobs::Invalid::Forbidden(d)) => {
+            audit_ok(api, key, "job.create", "-", &format!("denied: {d}"), remote);
+            return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", d));
+        }
+        Err(jobs::Invalid::Field { pointer, detail }) => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_job",
+                detail.clone(),
+            )
+            .with("errors", json!([{"pointer": pointer, "detail": detail}])))
+        }
+    };
+    let id = ids::new_id();
+    let spec_text = serde_json::to_string(&spec).map_err(internal)?;
+    let view = api
+        .write(|tx| {
+            tx.execute(
+                "INSERT INTO jobs (id, key_id, spec, state, status_detail, deadline_ms, created_ms, updated_ms) VALUES (?1, ?2, ?3, 'queued', 'queued', ?4, ?5, ?5)",
+                params![id, key.id, spec_text, resolved.deadline_ms, now],
+            )?;
+            db::event(tx, Some(&id), "created", &json!({"op": spec.op, "src": spec.src, "dst": spec.dst, "label": spec.label}))?;
+            let view = tx.query_row("SELECT * FROM jobs WHERE id = ?1", [&id], jobs::view)?;
+            if let Some(k) = idem {
+                tx.execute(
+                    "UPDATE idempotency SET status = 202, body = ?3 WHERE key_id = ?1 AND idem_key = ?2",
+                    params![key.id, k, view.to_string()],
+                )?;
+            }
+            Ok(view)
+        })
+        .map_err(internal)?;
+    audit_ok(api, key, "job.create", &id, "ok", remote);
+    api.wake_runner();
+    let mut res = json_response(StatusCode::ACCEPTED, &view);
+    if let Ok(l) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+        res.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(res)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_jobs(
+    State(api): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let key = authorize(&api, &headers, "jobs:read", "job.list", remote)?;
+    let Query(q) =
+        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let jobs: Vec<Value> = {
+        let conn = api.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY seq DESC LIMIT ?2",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map(params![q.state, limit], jobs::view)
+            .map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)?
+    };
+    let jobs: Vec<Value> = jobs
+        .into_iter()
+        .filter(|j| visible(&api, &key, j))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "jobs": jobs })))
+}
+
+fn unknown_job(id: &str) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}"))
+        .with("job_id", json!(id))
+}
+
+async fn show_job(
+    State(api): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let key = authorize(&api, &headers, "jobs:read", "job.show", remote)?;
+    match job_by_id(&api, &id)? {
+        Some(j) if visible(&api, &key, &j) => Ok(json_response(StatusCode::OK, &j)),
+        _ => Err(unknown_job(&id)),
+    }
+}
+
+async fn cancel_job(
+    State(api): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let key = authorize(&api, &headers, "jobs:write", "job.cancel", remote)?;
+    let job = match job_by_id(&api, &id)? {
+        Some(j) if visible(&api, &key, &j) => j,
+        _ => return Err(unknown_job(&id)),
+    };
+    let state = job["state"].as_str().unwrap_or("").to_string();
+    if !matches!(state.as_str(), "queued" | "running") {
+        audit_ok(&api, &key, "job.cancel", &id, "refused: finished", remote);
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "job_finished",
+            format!("job {id} is {state}: nothing to cancel"),
+        )
+        .with("job_id", json!(id)));
+    }
+    // a queued job ends here; a running one through its cancel handle
+    let canceled_queued = api
+        .write(|tx| {
+            let n = tx.execute(
+                "UPDATE jobs SET state = 'canceled', error_code = 'canceled', error_detail = 'canceled by request before it started', status_detail = 'canceled', finished_ms = ?2, updated_ms = ?2 WHERE id = ?1 AND state = 'queued'",
+                params![id, ids::now_ms()],
+            )?;
+            if n > 0 {
+                db::event(tx, Some(&id), "canceled", &json!({"state": "canceled"}))?;
+            }
+            Ok(n > 0)
+        })
+        .map_err(internal)?;
+    if !canceled_queued {
+        if let Some(c) = api
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            c.cancel();
+        }
+        // wait a little for the transfer to stop, so the answer is current
+        for _ in 0..50 {
+            let st: Option<String> = api
+                .conn()
+                .query_row("SELECT state FROM jobs WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(internal)?;
+            if st.as_deref() != Some("running") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    audit_ok(&api, &key, "job.cancel", &id, "ok", remote);
+    let job = job_by_id(&api, &id)?.ok_or_else(|| unknown_job(&id))?;
+    Ok(json_response(StatusCode::ACCEPTED, &job))
+}
+
+/// The events of jobs `key` may see (a key limited to some modules sees
+/// only their jobs' events).
+fn seen_by(api: &Api, key: &Key, events: Vec<Value>) -> Vec<Value> {
+    if key.modules.is_empty() {
+        return events;
+    }
+    let mut known: std::collections::HashMap<String, bool> = Default::default();
+    events
+        .into_iter()
+        .filter(|e| {
+            let Some(id) = e["job_id"].as_str() else {
+                return false;
+            };
+            *known.entry(id.to_string()).or_insert_with(
+                || matches!(job_by_id(api, id), Ok(Some(j)) if visible(api, key, &j)),
+            )
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    after: Option<i64>,
+    wait: Option<u64>,
+    job: Option<String>,
+}
+
+async fn events(
+    State(api): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let key = authorize(&api, &headers, "jobs:read", "events.read", remote)?;
+    let Query(q) =
+        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let mut after = q.after.or(last_id).unwrap_or(0);
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    let mut rx = api.events.subscribe();
+    if !wants_sse || q.wait.is_some() {
+        // long-poll: answer at once if there is something, else wait
+        let wait = Duration::from_secs(q.wait.unwrap_or(0).min(60));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            rx.borrow_and_update();
+            let raw =
+                db::events_after(&api.conn(), after, q.job.as_deref(), 500).map_err(internal)?;
+            let last = raw
+                .last()
+                .map_or(after, |e| e["id"].as_i64().unwrap_or(after));
+            let batch = seen_by(&api, &key, raw);
+            if batch.is_empty() && last > after {
+                // only other modules' events: look further
+                after = last;
+                continue;
+            }
+            if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
+                let latest = db::last_event(&api.conn()).map_err(internal)?;
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"events": batch, "last_id": last, "latest_id": latest}),
+                ));
+            }
+            let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
+        }
+    }
+    struct Feed {
+        api: Arc<Api>,
+        key: Key,
+        after: i64,
+        job: Option<String>,
+        rx: tokio::sync::watch::Receiver<i64>,
+        buf: VecDeque<Value>,
+    }
+    let feed = Feed {
+        api: api.clone(),
+        key,
+        after,
+        job: q.job,
+        rx,
+        buf: VecDeque::new(),
+    };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        loop {
+            if let Some(e) = f.buf.pop_front() {
+                let id = e["id"].as_i64().unwrap_or(0);
+                let ev = SseEvent::default()
+                    .id(id.to_string())
+                    .event(e["type"].as_str().unwrap_or("event"))
+                    .data(e.to_string());
+                return Some((Ok::<_, std::convert::Infallible>(ev), f));
+            }
+            f.rx.borrow_and_update();
+            let raw = db::events_after(&f.api.conn(), f.after, f.job.as_deref(), 500).ok()?;
+            match raw.last().and_then(|e| e["id"].as_i64()) {
+                None => f.rx.changed().await.ok()?,
+                Some(last) => {
+                    f.buf.extend(seen_by(&f.api, &f.key, raw));
+                    f.after = last;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))
+        .into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(api): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    authorize(&api, &headers, "admin", "audit.read", remote)?;
+    let Query(q) =
+        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let conn = api.conn();
+    let mut st = conn
+        .prepare("SELECT id, at_ms, key_id, key_name, action, target, result, remote FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2")
+        .map_err(internal)?;
+    let rows = st
+        .query_map(
+            params![q.after.unwrap_or(0), q.limit.unwrap_or(500).min(5000)],
+            |r| {
+                Ok(json!({
+                    "id": r.get::<_, i64>(0)?,
+                    "time": ids::rfc3339(r.get(1)?),
+                    "key_id": r.get::<_, Option<String>>(2)?,
+                    "key_name": r.get::<_, Option<String>>(3)?,
+                    "action": r.get::<_, String>(4)?,
+                    "target": r.get::<_, Option<String>>(5)?,
+                    "result": r.get::<_, String>(6)?,
+                    "remote": r.get::<_, Option<String>>(7)?,
+                }))
+            },
+        )
+        .map_err(internal)?;
+    let entries: Vec<Value> = rows.collect::<Result<_, _>>().map_err(internal)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "entries": entries }),
+    ))
+}
+
+async fn metrics(
+    State(api): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    authorize(&api, &headers, "metrics:read", "metrics.read", remote)?;
+    let text = super::metrics::render(&api.conn()).map_err(internal)?;
+    let mut res = (StatusCode::OK, text).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(res)
+}
+
+/// The OpenAPI document: public, like a login page (it holds no data).
+async fn openapi() -> Response {
+    json_response(StatusCode::OK, &super::openapi::document())
+}

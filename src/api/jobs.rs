@@ -1,0 +1,391 @@
+//! What a job is: the submitted body ([`JobSpec`], unknown fields refused),
+//! its resolution into a transfer [`Plan`] (module paths of this daemon or
+//! another daemon, never a bare local path), how a failure is classified
+//! (transient, retried; or permanent, with its own code), and the job
+//! resource as the API shows it. Not for running jobs (`runner`) or HTTP.
+
+use crate::error::TransferError;
+use crate::location::Location;
+use crate::proto::Options;
+use crate::server::config::Module;
+use crate::transfer::Plan;
+use crate::transport::daemon::DaemonOptions;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Copy,
+    Sync,
+}
+
+/// A deadline: seconds after submission, or an RFC 3339 UTC time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Deadline {
+    Seconds(u64),
+    At(String),
+}
+
+/// A rate as the CLI's `--bwlimit` takes it: KiB/s, or with a suffix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Rate {
+    KiB(u64),
+    Text(String),
+}
+
+/// The body of `POST /v1/jobs`. Options are named as the CLI names them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub op: Op,
+    pub src: String,
+    pub dst: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Deadline>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_faults: Option<u32>,
+    #[serde(default)]
+    pub delete: bool,
+    #[serde(default)]
+    pub checksum: bool,
+    #[serde(default)]
+    pub compress: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress_level: Option<u8>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bwlimit: Option<Rate>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub update: bool,
+    #[serde(default)]
+    pub sparse: bool,
+    #[serde(default)]
+    pub hard_links: bool,
+    #[serde(default)]
+    pub fsync: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<u8>,
+}
+
+/// Why a spec cannot be run: a field and what is wrong with it (422), or a
+/// module the key may not use (403).
+#[derive(Debug)]
+pub enum Invalid {
+    Field {
+        pointer: &'static str,
+        detail: String,
+    },
+    Forbidden(String),
+}
+
+fn field(pointer: &'static str, detail: impl Into<String>) -> Invalid {
+    Invalid::Field {
+        pointer,
+        detail: detail.into(),
+    }
+}
+
+/// One side of a job, resolved.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub location: Location,
+    /// The module named (of this daemon or the other), for allow-lists.
+    pub module: String,
+}
+
+impl Side {
+    /// The path on this machine, for a module of this daemon.
+    pub fn local_path(&self) -> Option<&[u8]> {
+        match &self.location {
+            Location::Local(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves `addr` (`module/path`, `host::module/path`, `ferry://host/module/path`).
+pub fn side(
+    addr: &str,
+    pointer: &'static str,
+    modules: &[Module],
+    writing: bool,
+) -> Result<Side, Invalid> {
+    if addr.is_empty() {
+        return Err(field(pointer, "empty address"));
+    }
+    if addr.starts_with("ferry://") || addr.contains("::") {
+        let loc = Location::parse(std::ffi::OsStr::new(addr))
+            .map_err(|e| field(pointer, e.to_string()))?;
+        let Location::Daemon { path, .. } = &loc else {
+            return Err(field(pointer, format!("{addr:?} is not a daemon address")));
+        };
+        let module =
+            String::from_utf8_lossy(path.split(|&b| b == b'/').next().unwrap_or(b"")).into_owned();
+        if module.is_empty() {
+            return Err(field(pointer, format!("{addr:?} names no module")));
+        }
+        return Ok(Side {
+            location: loc,
+            module,
+        });
+    }
+    if addr.starts_with('/') || addr.contains(':') {
+        return Err(field(
+            pointer,
+            format!("{addr:?}: a job names a module path (MODULE/PATH), another daemon (HOST::MODULE/PATH, ferry://HOST/MODULE/PATH), never a local path"),
+        ));
+    }
+    let (name, rest) = addr.split_once('/').unwrap_or((addr, ""));
+    let m = modules
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| field(pointer, format!("no module named {name:?} on this daemon")))?;
+    if writing && m.read_only {
+        return Err(Invalid::Forbidden(format!("module {name} is read-only")));
+    }
+    let trimmed = rest.strip_suffix('/').unwrap_or(rest);
+    if !trimmed.is_empty() {
+        crate::fs::names::check(trimmed.as_bytes())
+            .map_err(|e| field(pointer, format!("path in module {name}: {e}")))?;
+    }
+    let mut full = m.path.as_os_str().as_encoded_bytes().to_vec();
+    full.push(b'/');
+    full.extend_from_slice(rest.as_bytes());
+    Ok(Side {
+        location: Location::Local(full),
+        module: name.to_string(),
+    })
+}
+
+/// A spec checked and resolved.
+pub struct Resolved {
+    pub src: Side,
+    pub dst: Side,
+    pub options: Options,
+    pub deadline_ms: Option<i64>,
+}
+
+pub fn resolve(
+    spec: &JobSpec,
+    modules: &[Module],
+    created_ms: i64,
+    may_use: &dyn Fn(&str) -> bool,
+) -> Result<Resolved, Invalid> {
+    let src = side(&spec.src, "/src", modules, false)?;
+    let dst = side(&spec.dst, "/dst", modules, true)?;
+    for s in [&src, &dst] {
+        if !may_use(&s.module) {
+            return Err(Invalid::Forbidden(format!(
+                "this API key may not use module {}",
+                s.module
+            )));
+        }
+    }
+    if src.local_path().is_none() && dst.local_path().is_none() {
+        return Err(field(
+            "/dst",
+            "one of src and dst must be a module of this daemon",
+        ));
+    }
+    if spec.op == Op::Copy && spec.delete {
+        return Err(field("/delete", "delete works with op sync only"));
+    }
+    if spec.label.as_ref().is_some_and(|l| l.len() > 128) {
+        return Err(field("/label", "at most 128 characters"));
+    }
+    let deadline_ms = match &spec.deadline {
+        None => None,
+        Some(Deadline::Seconds(s)) => Some(created_ms + (*s as i64).saturating_mul(1000)),
+        Some(Deadline::At(t)) => Some(super::ids::parse_rfc3339(t).ok_or_else(|| {
+            field(
+                "/deadline",
+                "seconds, or an RFC 3339 UTC time like 2026-12-04T21:00:00Z",
+            )
+        })?),
+    };
+    let bwlimit = match &spec.bwlimit {
+        None => 0,
+        Some(Rate::KiB(k)) => k << 10,
+        Some(Rate::Text(t)) => crate::cli::args::parse_rate(t).map_err(|e| field("/bwlimit", e))?,
+    };
+    let mut filters: Vec<(bool, Vec<u8>)> = Vec::new();
+    filters.extend(spec.include.iter().map(|p| (true, p.as_bytes().to_vec())));
+    filters.extend(spec.exclude.iter().map(|p| (false, p.as_bytes().to_vec())));
+    crate::filter::Filters::new(&filters).map_err(|e| field("/exclude", e.to_string()))?;
+    if spec.compress_level.is_some_and(|l| !(1..=19).contains(&l)) {
+        return Err(field("/compress_level", "1 to 19"));
+    }
+    let options = Options {
+        recursive: true,
+        links: true,
+        perms: true,
+        times: true,
+        delete: spec.delete,
+        checksum: spec.checksum,
+        update: spec.update,
+        dry_run: spec.dry_run,
+        hard_links: spec.hard_links,
+        sparse: spec.sparse,
+        compress: spec.compress || spec.compress_level.is_some(),
+        compress_level: spec.compress_level.unwrap_or(0),
+        fsync: spec.fsync,
+        partial: true,
+        file_events: true,
+        streams: spec.streams.unwrap_or(1).clamp(1, 8),
+        filters,
+        bwlimit,
+        ..Default::default()
+    };
+    Ok(Resolved {
+        src,
+        dst,
+        options,
+        deadline_ms,
+    })
+}
+
+/// The plan a job runs. Connections to other daemons use this daemon's key
+/// and its known_hosts, strictly (an unknown key is refused).
+pub fn plan(r: &Resolved, identity: &Path, config_dir: &Path) -> Plan {
+    Plan {
+        sources: vec![r.src.location.clone()],
+        dest: r.dst.location.clone(),
+        options: r.options.clone(),
+        ssh: Default::default(),
+        daemon: DaemonOptions {
+            identity: Some(identity.to_path_buf()),
+            known_hosts: Some(config_dir.join("known_hosts")),
+            host_key: Default::default(),
+            config_dir: Some(config_dir.to_path_buf()),
+            // transfer::run does not retry and its connect wait is short: the
+            // job runner retries with its own backoff, counting faults
+            timeout: Some(std::time::Duration::from_secs(2)),
+            retries: Some(0),
+            ip_version: None,
+        },
+    }
+}
+
+/// A failure's stable code, and whether trying again may help.
+pub fn classify(e: &TransferError) -> (&'static str, bool) {
+    let text = e.to_string();
+    let has = |s: &str| text.contains(s);
+    match e {
+        TransferError::Connection(_) => ("connection_failed", true),
+        // a job is not a command typed at a terminal: a refused or silent
+        // peer may be restarting, but a name that does not exist will not heal
+        TransferError::Connect {
+            why: crate::error::ConnectFailure::NoSuchName,
+            ..
+        } => ("unknown_host", false),
+        TransferError::Connect { .. } => ("connection_failed", true),
+        TransferError::Remote(_) if has("access denied") || has("not authorized") => {
+            ("key_refused", false)
+        }
+        TransferError::Remote(_) if has("busy") => ("peer_busy", true),
+        TransferError::Remote(_) if has("no module") => ("unknown_module", false),
+        TransferError::HostKey(_) if has("changed") || has("CHANGED") => {
+            ("host_key_changed", false)
+        }
+        TransferError::HostKey(_) => ("host_key_unknown", false),
+        TransferError::Remote(_) | TransferError::Local { .. }
+            if has("No such file") || has("not found") =>
+        {
+            ("source_not_found", false)
+        }
+        TransferError::Remote(_) | TransferError::Local { .. }
+            if has("ermission denied") || has("not allowed") || has("read-only") =>
+        {
+            ("permission_denied", false)
+        }
+        TransferError::Remote(_) => ("remote_error", false),
+        TransferError::Local { .. } => ("local_error", false),
+        TransferError::Usage(_) => ("invalid_request", false),
+        TransferError::Handshake(_) => ("incompatible_peer", false),
+        TransferError::Integrity(_) => ("integrity_error", false),
+        TransferError::PeerMisbehaved(_) | TransferError::Malformed(_) => ("protocol_error", false),
+        TransferError::Internal(_) => ("internal_error", false),
+        TransferError::Cancelled => ("canceled", false),
+    }
+}
+
+/// Where the files named in a transfer's events live on this machine: the
+/// destination directory when it is local, else the source's base.
+pub fn local_base(r: &Resolved) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(d) = r.dst.local_path() {
+        return Some(PathBuf::from(std::ffi::OsStr::from_bytes(d)));
+    }
+    let s = r.src.local_path()?;
+    let p = PathBuf::from(std::ffi::OsStr::from_bytes(s));
+    if s.ends_with(b"/") {
+        Some(p)
+    } else {
+        p.parent().map(Path::to_path_buf)
+    }
+}
+
+/// The job resource from its row.
+pub fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
+    use super::ids::rfc3339;
+    let spec: serde_json::Value =
+        serde_json::from_str(&r.get::<_, String>("spec")?).unwrap_or_default();
+    let state: String = r.get("state")?;
+    let (done, total): (i64, i64) = (r.get("bytes_done")?, r.get("bytes_total")?);
+    let rate: f64 = r.get("rate")?;
+    let eta = (state == "running" && rate > 0.0 && total > done)
+        .then(|| ((total - done) as f64 / rate).ceil() as i64);
+    let error = match r.get::<_, Option<String>>("error_code")? {
+        Some(code) => {
+            serde_json::json!({"code": code, "detail": r.get::<_, Option<String>>("error_detail")?})
+        }
+        None => serde_json::Value::Null,
+    };
+    let files: serde_json::Value = r
+        .get::<_, Option<String>>("files")?
+        .and_then(|f| serde_json::from_str(&f).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let t = |c: &str| -> rusqlite::Result<serde_json::Value> {
+        Ok(r.get::<_, Option<i64>>(c)?
+            .map(|v| serde_json::Value::String(rfc3339(v)))
+            .unwrap_or(serde_json::Value::Null))
+    };
+    Ok(serde_json::json!({
+        "id": r.get::<_, String>("id")?,
+        "op": spec["op"],
+        "src": spec["src"],
+        "dst": spec["dst"],
+        "label": spec.get("label").cloned().unwrap_or(serde_json::Value::Null),
+        "state": state,
+        "attempts": r.get::<_, i64>("attempts")?,
+        "faults": r.get::<_, i64>("faults")?,
+        "max_faults": spec.get("max_faults").cloned().unwrap_or(serde_json::Value::Null),
+        "status_detail": r.get::<_, String>("status_detail")?,
+        "bytes_done": done,
+        "bytes_total": total,
+        "files_done": r.get::<_, i64>("files_done")?,
+        "files_total": r.get::<_, i64>("files_total")?,
+        "rate_bytes_per_second": rate.round() as i64,
+        "eta_seconds": eta,
+        "literal_bytes": r.get::<_, i64>("literal_bytes")?,
+        "reused_bytes": r.get::<_, i64>("reused_bytes")?,
+        "error": error,
+        "files": files,
+        "options": spec,
+        "created_at": t("created_ms")?,
+        "started_at": t("started_ms")?,
+        "finished_at": t("finished_ms")?,
+        "updated_at": t("updated_ms")?,
+        "deadline": t("deadline_ms")?,
+    }))
+}

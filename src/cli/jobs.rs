@@ -1,0 +1,576 @@
+//! `ferry api-key` (on the daemon's host: create, list, revoke keys in the
+//! daemon's state database) and `ferry job` (a small HTTP/1.1 client of a
+//! daemon's API on loopback: submit, list, show, cancel, watch). The address
+//! and key come from flags, `FERRY_API_URL` / `FERRY_API_KEY`, or the files
+//! `api_url` / `api_key` in the config directory. Not for serving the API.
+
+use crate::error::TransferError;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Subcommand, Debug)]
+pub enum ApiKeyCommand {
+    /// Make a key; prints its secret (fk_...) once: it is stored hashed
+    Create {
+        /// A name for the key (who uses it)
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: jobs:read, jobs:write, metrics:read, admin
+        #[arg(long, value_delimiter = ',', required = true)]
+        scope: Vec<String>,
+        /// Limit the key to this module (repeatable; default: every module)
+        #[arg(long)]
+        module: Vec<String>,
+        /// The daemon's config directory
+        #[arg(long = "config-dir", value_name = "DIR")]
+        config_dir: Option<PathBuf>,
+    },
+    /// List keys (never their secrets)
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// The daemon's config directory
+        #[arg(long = "config-dir", value_name = "DIR")]
+        config_dir: Option<PathBuf>,
+    },
+    /// Revoke a key by name: refused from the next request on
+    Revoke {
+        name: String,
+        /// The daemon's config directory
+        #[arg(long = "config-dir", value_name = "DIR")]
+        config_dir: Option<PathBuf>,
+    },
+}
+
+/// Where the API is and which key to use.
+#[derive(Args, Debug, Clone)]
+pub struct ApiFlags {
+    /// The API's address, e.g. http://127.0.0.1:7421 (default: $FERRY_API_URL,
+    /// else the file api_url in the config directory)
+    #[arg(long = "api-url", value_name = "URL")]
+    pub url: Option<String>,
+    /// The API key (default: $FERRY_API_KEY, else the file api_key in the
+    /// config directory)
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub key: Option<String>,
+    /// ferry's config directory
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Print the API's JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Submit a job: SRC and DST are module paths of the daemon (ckpt/run42/)
+    /// or of another daemon (host::module/path, ferry://host/module/path)
+    Submit {
+        src: String,
+        dst: String,
+        /// copy or sync
+        #[arg(long, default_value = "sync")]
+        op: String,
+        /// Delete files in DST that are not in SRC (sync only)
+        #[arg(long)]
+        delete: bool,
+        /// Compare files by BLAKE3 checksum, not size and mtime
+        #[arg(short = 'c', long)]
+        checksum: bool,
+        /// Compress file data
+        #[arg(short = 'z', long)]
+        compress: bool,
+        /// Exclude files matching PATTERN (repeatable)
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// Do not exclude files matching PATTERN (repeatable)
+        #[arg(long, value_name = "PATTERN")]
+        include: Vec<String>,
+        /// Limit the rate, e.g. 500 (KiB/s) or 10M
+        #[arg(long, value_name = "RATE")]
+        bwlimit: Option<String>,
+        /// A label to find the job by
+        #[arg(long)]
+        label: Option<String>,
+        /// Fail the job if it has not finished within SECONDS
+        #[arg(long, value_name = "SECONDS")]
+        deadline: Option<u64>,
+        /// Fail the job after N transient faults
+        #[arg(long = "max-faults", value_name = "N")]
+        max_faults: Option<u32>,
+        /// Submit at most once: the same key returns the first job
+        #[arg(long = "idempotency-key", value_name = "KEY")]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// List jobs, newest first
+    List {
+        /// Only jobs in this state (queued, running, succeeded, failed, canceled)
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Show one job
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Cancel a queued or running job
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Follow a job's events until it ends; exits 0 if it succeeded
+    Watch {
+        id: String,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+}
+
+fn usage(e: impl std::fmt::Display) -> TransferError {
+    TransferError::Usage(e.to_string())
+}
+
+pub fn api_key(c: ApiKeyCommand) -> Result<i32, TransferError> {
+    let open = |dir: &Option<PathBuf>| {
+        let dir = crate::trust::config_dir(dir.as_deref());
+        crate::api::db::open(&crate::api::state_dir(&dir)).map_err(usage)
+    };
+    match c {
+        ApiKeyCommand::Create {
+            name,
+            scope,
+            module,
+            config_dir,
+        } => {
+            let conn = open(&config_dir)?;
+            let (key, secret) =
+                crate::api::keys::create(&conn, &name, &scope, &module).map_err(usage)?;
+            println!("{secret}");
+            eprintln!(
+                "ferry: API key {} ({}) created; the secret above is not shown again",
+                key.name,
+                key.scopes.join(",")
+            );
+        }
+        ApiKeyCommand::List { json, config_dir } => {
+            let conn = open(&config_dir)?;
+            let keys = crate::api::keys::list(&conn).map_err(usage)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&keys).unwrap_or_default()
+                );
+            } else {
+                for k in keys {
+                    println!(
+                        "{:<20} {:<40} {:<20} {}",
+                        k.name,
+                        k.scopes.join(","),
+                        if k.modules.is_empty() {
+                            "*".to_string()
+                        } else {
+                            k.modules.join(",")
+                        },
+                        k.revoked
+                            .map_or(format!("created {}", k.created), |r| format!("revoked {r}"))
+                    );
+                }
+            }
+        }
+        ApiKeyCommand::Revoke { name, config_dir } => {
+            let conn = open(&config_dir)?;
+            crate::api::keys::revoke(&conn, &name).map_err(usage)?;
+            eprintln!("ferry: API key {name} revoked");
+        }
+    }
+    Ok(super::exit::OK)
+}
+
+#[derive(Args, Debug)]
+pub struct DashboardLinkArgs {
+    /// The daemon's config directory
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+}
+
+/// `ferry dashboard-link`: a login link good once, for ten minutes.
+pub fn dashboard_link(a: DashboardLinkArgs) -> Result<i32, TransferError> {
+    let dir = crate::trust::config_dir(a.config_dir.as_deref());
+    let state = crate::api::state_dir(&dir);
+    let conn = crate::api::db::open(&state).map_err(usage)?;
+    let url = std::fs::read_to_string(state.join("api_url"))
+        .map(|s| s.trim().to_string())
+        .map_err(|_| {
+            usage("no API has run from this config directory: start ferry serve --api ADDR first")
+        })?;
+    let token = crate::api::ui::create_link(&conn).map_err(usage)?;
+    println!("{url}/ui/#login={token}");
+    eprintln!("ferry: this link logs in once, within ten minutes");
+    Ok(super::exit::OK)
+}
+
+/// The API's answer: status and body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+struct Client {
+    host: String,
+    key: String,
+}
+
+impl Client {
+    fn new(f: &ApiFlags) -> Result<Client, TransferError> {
+        let dir = crate::trust::config_dir(f.config_dir.as_deref());
+        let from_file = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        let url = f
+            .url
+            .clone()
+            .or_else(|| std::env::var("FERRY_API_URL").ok())
+            .or_else(|| from_file("api_url"))
+            .ok_or_else(|| usage("no API address: give --api-url, set FERRY_API_URL, or write it to api_url in the config directory"))?;
+        let key = f
+            .key
+            .clone()
+            .or_else(|| std::env::var("FERRY_API_KEY").ok())
+            .or_else(|| from_file("api_key"))
+            .ok_or_else(|| usage("no API key: give --api-key, set FERRY_API_KEY, or write it to api_key in the config directory"))?;
+        let host = url
+            .strip_prefix("http://")
+            .ok_or_else(|| {
+                usage(format!(
+                    "--api-url {url:?}: ferry job speaks plain http:// to a loopback API"
+                ))
+            })?
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Client { host, key })
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        extra: &[(&str, &str)],
+    ) -> Result<Answer, TransferError> {
+        let conn_err = |e: std::io::Error| {
+            TransferError::Connection(format!(
+                "API at http://{}: {}",
+                self.host,
+                crate::error::io_text(&e)
+            ))
+        };
+        let mut s = std::net::TcpStream::connect(&self.host).map_err(conn_err)?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))
+            .map_err(conn_err)?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.host,
+            self.key,
+            body.len()
+        );
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        for (k, v) in extra {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes()).map_err(conn_err)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).map_err(conn_err)?;
+        parse_answer(&raw).ok_or_else(|| {
+            TransferError::Connection(format!(
+                "API at http://{}: a malformed HTTP answer",
+                self.host
+            ))
+        })
+    }
+
+    /// A call whose non-2xx answer is an error with the problem's detail.
+    fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        extra: &[(&str, &str)],
+    ) -> Result<Value, TransferError> {
+        let a = self.call(method, path, body, extra)?;
+        let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+        if !(200..300).contains(&a.status) {
+            let detail = v["detail"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&a.body).into_owned());
+            return Err(usage(format!("the API answered {}: {detail}", a.status)));
+        }
+        Ok(v)
+    }
+}
+
+/// Parses an HTTP/1.1 response (Content-Length, chunked, or to the end).
+pub fn parse_answer(raw: &[u8]) -> Option<Answer> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        let mut out = Vec::new();
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&rest[..nl])
+                    .ok()?
+                    .split(';')
+                    .next()?
+                    .trim(),
+                16,
+            )
+            .ok()?;
+            rest = &rest[nl + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    Some(Answer { status, body })
+}
+
+fn print_job(j: &Value) {
+    let s = |k: &str| j[k].as_str().unwrap_or("-").to_string();
+    println!("job {}  {}", s("id"), s("state"));
+    println!(
+        "  {} {} -> {}{}",
+        s("op"),
+        s("src"),
+        s("dst"),
+        j["label"]
+            .as_str()
+            .map(|l| format!("  [{l}]"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  {} of {} bytes, {} files, attempts {}, faults {}",
+        j["bytes_done"], j["bytes_total"], j["files_done"], j["attempts"], j["faults"]
+    );
+    println!("  {}", s("status_detail"));
+    if !j["error"].is_null() {
+        println!(
+            "  error {}: {}",
+            j["error"]["code"].as_str().unwrap_or(""),
+            j["error"]["detail"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "  created {}  finished {}",
+        s("created_at"),
+        s("finished_at")
+    );
+}
+
+fn show(j: &Value, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(j).unwrap_or_default());
+    } else {
+        print_job(j);
+    }
+}
+
+fn check_id(id: &str) -> Result<(), TransferError> {
+    if crate::api::ids::is_id(id) {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "{id:?} is not a job id (26 characters, like 01JF...)"
+        )))
+    }
+}
+
+/// The exit code for a job's final state.
+fn job_exit(state: &str) -> i32 {
+    match state {
+        "succeeded" => super::exit::OK,
+        "canceled" => 20,
+        _ => 12,
+    }
+}
+
+pub fn job(c: JobCommand) -> Result<i32, TransferError> {
+    match c {
+        JobCommand::Submit {
+            src,
+            dst,
+            op,
+            delete,
+            checksum,
+            compress,
+            exclude,
+            include,
+            bwlimit,
+            label,
+            deadline,
+            max_faults,
+            idempotency_key,
+            api,
+        } => {
+            let client = Client::new(&api)?;
+            let mut body = json!({"op": op, "src": src, "dst": dst});
+            let set = |b: &mut Value, k: &str, v: Value| b[k] = v;
+            if delete {
+                set(&mut body, "delete", json!(true));
+            }
+            if checksum {
+                set(&mut body, "checksum", json!(true));
+            }
+            if compress {
+                set(&mut body, "compress", json!(true));
+            }
+            if !exclude.is_empty() {
+                set(&mut body, "exclude", json!(exclude));
+            }
+            if !include.is_empty() {
+                set(&mut body, "include", json!(include));
+            }
+            if let Some(r) = bwlimit {
+                set(&mut body, "bwlimit", json!(r));
+            }
+            if let Some(l) = label {
+                set(&mut body, "label", json!(l));
+            }
+            if let Some(d) = deadline {
+                set(&mut body, "deadline", json!(d));
+            }
+            if let Some(m) = max_faults {
+                set(&mut body, "max_faults", json!(m));
+            }
+            let extra: Vec<(&str, &str)> = idempotency_key
+                .as_deref()
+                .map(|k| ("Idempotency-Key", k))
+                .into_iter()
+                .collect();
+            let j = client.json("POST", "/v1/jobs", Some(&body), &extra)?;
+            if api.json {
+                show(&j, true);
+            } else {
+                println!("{}", j["id"].as_str().unwrap_or(""));
+            }
+            Ok(super::exit::OK)
+        }
+        JobCommand::List { state, api } => {
+            let client = Client::new(&api)?;
+            let path = match &state {
+                Some(s) => format!("/v1/jobs?state={s}"),
+                None => "/v1/jobs".into(),
+            };
+            let v = client.json("GET", &path, None, &[])?;
+            if api.json {
+                show(&v, true);
+            } else {
+                for j in v["jobs"].as_array().into_iter().flatten() {
+                    let pct = match (j["bytes_done"].as_f64(), j["bytes_total"].as_f64()) {
+                        (Some(d), Some(t)) if t > 0.0 => format!("{:>3.0}%", d * 100.0 / t),
+                        _ => "   -".into(),
+                    };
+                    println!(
+                        "{}  {:<9} {pct}  {} {} -> {}",
+                        j["id"].as_str().unwrap_or(""),
+                        j["state"].as_str().unwrap_or(""),
+                        j["op"].as_str().unwrap_or(""),
+                        j["src"].as_str().unwrap_or(""),
+                        j["dst"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(super::exit::OK)
+        }
+        JobCommand::Show { id, api } => {
+            check_id(&id)?;
+            let j = Client::new(&api)?.json("GET", &format!("/v1/jobs/{id}"), None, &[])?;
+            show(&j, api.json);
+            Ok(super::exit::OK)
+        }
+        JobCommand::Cancel { id, api } => {
+            check_id(&id)?;
+            let j = Client::new(&api)?.json("POST", &format!("/v1/jobs/{id}/cancel"), None, &[])?;
+            show(&j, api.json);
+            Ok(super::exit::OK)
+        }
+        JobCommand::Watch { id, api } => {
+            check_id(&id)?;
+            let client = Client::new(&api)?;
+            let mut after = 0i64;
+            // bounded: a job that never ends is watched for at most a week
+            for _ in 0..(7 * 24 * 3600 / 20) {
+                let v = client.json(
+                    "GET",
+                    &format!("/v1/events?job={id}&after={after}&wait=20"),
+                    None,
+                    &[],
+                )?;
+                for e in v["events"].as_array().into_iter().flatten() {
+                    after = e["id"].as_i64().unwrap_or(after);
+                    if api.json {
+                        println!("{e}");
+                    } else {
+                        println!(
+                            "{} {:<11} {}",
+                            e["time"].as_str().unwrap_or(""),
+                            e["type"].as_str().unwrap_or(""),
+                            e["data"]
+                        );
+                    }
+                    if let t @ ("succeeded" | "failed" | "canceled") =
+                        e["type"].as_str().unwrap_or("")
+                    {
+                        return Ok(job_exit(t));
+                    }
+                }
+                after = v["last_id"].as_i64().unwrap_or(after);
+                // a job that ended before the events we asked for
+                let j = client.json("GET", &format!("/v1/jobs/{id}"), None, &[])?;
+                if let t @ ("succeeded" | "failed" | "canceled") = j["state"].as_str().unwrap_or("")
+                {
+                    if v["events"].as_array().is_none_or(|a| a.is_empty()) {
+                        if !api.json {
+                            print_job(&j);
+                        }
+                        return Ok(job_exit(t));
+                    }
+                }
+            }
+            Err(usage("gave up watching after a week"))
+        }
+    }
+}

@@ -1,0 +1,1535 @@
+//! The daemon's HTTP API, driven against the real binary on loopback: keys
+//! and scopes, idempotency, problem bodies, jobs that run, resume after
+//! `kill -9`, queue order, fail-fast, cancel, events (long-poll and SSE,
+//! resumed with Last-Event-ID across a restart), and the `ferry job` CLI.
+
+mod util;
+use serde_json::{json, Value};
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use util::*;
+
+const MIB: usize = 1 << 20;
+
+/// A daemon with `--api`, its config directory and modules `src` and `dst`.
+struct Api {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Api {
+    fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("cfg")
+    }
+    fn src(&self) -> PathBuf {
+        self.dir.path().join("src")
+    }
+    fn dst(&self) -> PathBuf {
+        self.dir.path().join("dst")
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn new() -> Api {
+        Api::with(&[])
+    }
+
+    /// A daemon started with these extra `serve` flags.
+    fn with(args: &[&str]) -> Api {
+        let dir = tmp();
+        for d in ["cfg", "src", "dst"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        chmod(&dir.path().join("cfg"), 0o700);
+        write(&dir.path().join("cfg/authorized_keys"), "");
+        chmod(&dir.path().join("cfg/authorized_keys"), 0o600);
+        Api::spawn_with(dir, args).unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
+    }
+
+    fn spawn(dir: tempfile::TempDir) -> Result<Api, String> {
+        Api::spawn_with(dir, &[])
+    }
+
+    fn spawn_with(dir: tempfile::TempDir, args: &[&str]) -> Result<Api, String> {
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        // `--api ADDR` among the flags replaces the loopback default
+        let listen = args
+            .windows(2)
+            .find(|w| w[0] == "--api")
+            .map_or("127.0.0.1:0", |w| w[1]);
+        let rest: Vec<&str> = match args.iter().position(|a| *a == "--api") {
+            Some(i) => args
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i && *j != i + 1)
+                .map(|(_, a)| *a)
+                .collect(),
+            None => args.to_vec(),
+        };
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let mut child = Command::new(ferry_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--api", listen])
+            .args(["--config-dir", &p("cfg")])
+            .args(["--module", &format!("src={}", p("src"))])
+            .args(["--module", &format!("dst={}", p("dst"))])
+            .args(&rest)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut url = None;
+        let mut pin = None;
+        for _ in 0..2 {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            if let Some(u) = line.trim().strip_prefix("api listening on ") {
+                url = Some(u.to_string());
+            }
+        }
+        let Some(url) = url else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default());
+        };
+        if url.starts_with("https://") {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            pin = line
+                .trim()
+                .strip_prefix("api certificate pin ")
+                .map(str::to_string);
+        }
+        if let Some(pin) = pin {
+            std::fs::write(dir.path().join("pin"), pin).unwrap();
+        }
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Ok(Api { child, url, dir })
+    }
+
+    fn kill9(&mut self) {
+        let st = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        wait_for(&mut self.child, Duration::from_secs(5)).expect("daemon survived SIGKILL");
+    }
+
+    /// The same daemon started again (after a kill).
+    fn restart(mut self) -> Api {
+        let dir = std::mem::replace(&mut self.dir, tmp());
+        drop(self);
+        Api::spawn(dir).unwrap_or_else(|log| panic!("daemon did not restart:\n{log}"))
+    }
+
+    /// `ferry api-key create`; the secret.
+    fn key(&self, name: &str, scopes: &str, modules: &[&str]) -> String {
+        let mut args = vec![
+            "api-key".to_string(),
+            "create".into(),
+            "--name".into(),
+            name.into(),
+            "--scope".into(),
+            scopes.into(),
+            "--config-dir".into(),
+            self.config_dir().display().to_string(),
+        ];
+        for m in modules {
+            args.extend(["--module".to_string(), m.to_string()]);
+        }
+        let o = ok(ferry(&args));
+        let secret = stdout(&o).trim().to_string();
+        assert!(secret.starts_with("fk_"), "{secret}");
+        secret
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
+        http(&self.url, method, path, key, headers, body)
+    }
+
+    fn submit(&self, key: &str, body: &Value) -> Value {
+        let a = self.call(
+            "POST",
+            "/v1/jobs",
+            Some(key),
+            &[("Content-Type", "application/json")],
+            Some(&body.to_string()),
+        );
+        assert_eq!(a.status, 202, "{}", a.text());
+        a.json()
+    }
+
+    fn job(&self, key: &str, id: &str) -> Value {
+        let a = self.call("GET", &format!("/v1/jobs/{id}"), Some(key), &[], None);
+        assert_eq!(a.status, 200, "{}", a.text());
+        a.json()
+    }
+
+    /// Polls until the job is in one of `states`.
+    fn wait_state(&self, key: &str, id: &str, states: &[&str], limit: Duration) -> Value {
+        let end = Instant::now() + limit;
+        loop {
+            let j = self.job(key, id);
+            if states.contains(&j["state"].as_str().unwrap()) {
+                return j;
+            }
+            assert!(
+                Instant::now() < end,
+                "job never reached {states:?}: {j:#}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+    /// Asserts an RFC 9457 problem with this status and code.
+    #[track_caller]
+    fn problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let v = self.json();
+        assert_eq!(v["status"], status);
+        assert_eq!(v["code"], code, "{v}");
+        assert!(v["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:ferry:problem:"));
+        assert!(!v["detail"].as_str().unwrap().is_empty());
+        v
+    }
+}
+
+/// A plain HTTP/1.1 request over loopback.
+fn http(
+    url: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Answer {
+    let host = url.strip_prefix("http://").unwrap();
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut rest = raw[end + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+    {
+        let mut out = Vec::new();
+        let mut r = &rest[..];
+        loop {
+            let nl = r.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n =
+                usize::from_str_radix(std::str::from_utf8(&r[..nl]).unwrap().trim(), 16).unwrap();
+            r = &r[nl + 2..];
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&r[..n]);
+            r = &r[n + 2..];
+        }
+        rest = out;
+    }
+    Answer {
+        status,
+        headers,
+        body: rest,
+    }
+}
+
+fn sync_job(src: &str, dst: &str) -> Value {
+    json!({"op": "sync", "src": src, "dst": dst})
+}
+
+#[test]
+fn keys_scopes_module_lists_and_revocation() {
+    let api = Api::new();
+    write(&api.src().join("a/f"), b"data");
+    // no key, a bad key, a malformed key: 401 with the challenge
+    for key in [
+        None,
+        Some("fk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        Some("nope"),
+    ] {
+        let a = api.call("GET", "/v1/jobs", key, &[], None);
+        a.problem(401, "unauthorized");
+        assert_eq!(a.header("www-authenticate"), Some("Bearer realm=\"ferry\""));
+    }
+    let reader = api.key("reader", "jobs:read", &[]);
+    let writer = api.key("writer", "jobs:write,jobs:read", &[]);
+    let only_a = api.key("only-a", "jobs:write,jobs:read", &["src"]);
+    let admin = api.key("admin", "admin", &[]);
+    assert_eq!(
+        api.call("GET", "/v1/jobs", Some(&reader), &[], None).status,
+        200
+    );
+    // a read-only key cannot submit: 403 naming the scope
+    let a = api.call(
+        "POST",
+        "/v1/jobs",
+        Some(&reader),
+        &[("Content-Type", "application/json")],
+        Some(&sync_job("src/a/", "dst/a/").to_string()),
+    );
+    let p = a.problem(403, "insufficient_scope");
+    assert!(p["detail"].as_str().unwrap().contains("jobs:write"), "{p}");
+    // a key limited to module src cannot write into dst
+    let a = api.call(
+        "POST",
+        "/v1/jobs",
+        Some(&only_a),
+        &[("Content-Type", "application/json")],
+        Some(&sync_job("src/a/", "dst/a/").to_string()),
+    );
+    let p = a.problem(403, "forbidden");
+    assert!(p["detail"].as_str().unwrap().contains("dst"), "{p}");
+    assert!(!api.dst().join("a").exists());
+    // it can within its module
+    let j = api.submit(&only_a, &sync_job("src/a/", "src/b/"));
+    api.wait_state(
+        &only_a,
+        j["id"].as_str().unwrap(),
+        &["succeeded"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(std::fs::read(api.src().join("b/f")).unwrap(), b"data");
+    // the writer's job is invisible to the module-limited key
+    let j2 = api.submit(&writer, &sync_job("src/a/", "dst/a/"));
+    let id2 = j2["id"].as_str().unwrap();
+    api.call("GET", &format!("/v1/jobs/{id2}"), Some(&only_a), &[], None)
+        .problem(404, "unknown_job");
+    // and so are its events
+    let theirs = api
+        .call("GET", "/v1/events", Some(&only_a), &[], None)
+        .json();
+    let evs = theirs["events"].as_array().unwrap();
+    assert!(
+        !evs.is_empty() && evs.iter().all(|e| e["job_id"] != id2),
+        "{theirs:#}"
+    );
+    // the audit log needs admin, and records the denials
+    api.call("GET", "/v1/audit", Some(&writer), &[], None)
+        .problem(403, "insufficient_scope");
+    let audit = api.call("GET", "/v1/audit", Some(&admin), &[], None).json();
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["result"]
+            .as_str()
+            .unwrap()
+            .contains("denied: missing scope jobs:write")
+            && e["key_name"] == "reader"),
+        "{audit:#}"
+    );
+    assert!(
+        entries.iter().any(|e| e["result"] == "denied: unknown_key"),
+        "{audit:#}"
+    );
+    assert!(entries
+        .iter()
+        .any(|e| e["action"] == "job.create" && e["result"] == "ok"));
+    // revocation: refused from the next request on, no restart
+    ok(ferry([
+        "api-key",
+        "revoke",
+        "writer",
+        "--config-dir",
+        &api.config_dir().display().to_string(),
+    ]));
+    let a = api.call("GET", "/v1/jobs", Some(&writer), &[], None);
+    let p = a.problem(401, "unauthorized");
+    assert!(p["detail"].as_str().unwrap().contains("revoked"));
+    let list = stdout(&ok(ferry([
+        "api-key",
+        "list",
+        "--json",
+        "--config-dir",
+        &api.config_dir().display().to_string(),
+    ])));
+    assert!(list.contains("\"revoked\""), "{list}");
+    // no secret anywhere: the log, the audit log, the key list
+    let audit = api.call("GET", "/v1/audit", Some(&admin), &[], None).text();
+    let db = std::fs::read(api.config_dir().join("state/api.db")).unwrap();
+    for secret in [&reader, &writer, &only_a, &admin] {
+        assert!(!api.log().contains(secret.as_str()), "a secret in the log");
+        assert!(
+            !audit.contains(secret.as_str()),
+            "a secret in the audit log"
+        );
+        assert!(!list.contains(secret.as_str()));
+        assert!(
+            !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a secret stored in clear"
+        );
+    }
+}
+
+#[test]
+fn idempotency_keys_replay_refuse_and_admit_one_job() {
+    let api = Api::new();
+    write(&api.src().join("d/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let other = api.key("other", "jobs:write,jobs:read", &[]);
+    let body = sync_job("src/d/", "dst/d/").to_string();
+    let post = |k: &str, idem: &str, body: &str| {
+        api.call(
+            "POST",
+            "/v1/jobs",
+            Some(k),
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", idem),
+            ],
+            Some(body),
+        )
+    };
+    let first = post(&key, "step-2000", &body);
+    assert_eq!(first.status, 202, "{}", first.text());
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    let again = post(&key, "step-2000", &body);
+    assert_eq!(again.status, 202);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["id"], id.as_str());
+    // the same key with another body
+    post(&key, "step-2000", &sync_job("src/d/", "dst/e/").to_string())
+        .problem(422, "idempotency_key_reused");
+    // malformed keys
+    post(&key, "", &body).problem(400, "malformed_idempotency_key");
+    post(&key, &"x".repeat(300), &body).problem(400, "malformed_idempotency_key");
+    // keys are per API key: another key's same value is a new job
+    let theirs = post(&other, "step-2000", &body);
+    assert_eq!(theirs.status, 202);
+    assert_ne!(theirs.json()["id"], id.as_str());
+    // eight concurrent submits with one key: exactly one job
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| post(&key, "concurrent-1", &body)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|a| a.status == 202)
+            .map(|a| a.json()["id"].as_str().unwrap().to_string())
+            .collect()
+    });
+    assert!(!ids.is_empty());
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    let all = api.call("GET", "/v1/jobs", Some(&key), &[], None).json();
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 3, "{all:#}");
+    // the record survives a restart
+    let mut api = api;
+    api.kill9();
+    let api = api.restart();
+    let replay = api.call(
+        "POST",
+        "/v1/jobs",
+        Some(&key),
+        &[
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", "step-2000"),
+        ],
+        Some(&body),
+    );
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json()["id"], id.as_str());
+}
+
+#[test]
+fn malformed_requests_get_problem_bodies() {
+    let api = Api::new();
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let json_ct = [("Content-Type", "application/json")];
+    api.call("POST", "/v1/jobs", Some(&key), &json_ct, Some("{\"op\": "))
+        .problem(400, "malformed_json");
+    let p = api
+        .call(
+            "POST",
+            "/v1/jobs",
+            Some(&key),
+            &json_ct,
+            Some(r#"{"op":"sync","src":"src/","dst":"dst/","frobnicate":1}"#),
+        )
+        .problem(422, "invalid_body");
+    assert!(p["detail"].as_str().unwrap().contains("frobnicate"), "{p}");
+    api.call(
+        "POST",
+        "/v1/jobs",
+        Some(&key),
+        &[("Content-Type", "text/plain")],
+        Some("{}"),
+    )
+    .problem(415, "unsupported_media_type");
+    api.call(
+        "POST",
+        "/v1/jobs",
+        Some(&key),
+        &json_ct,
+        Some(&"x".repeat(100_000)),
+    )
+    .problem(413, "body_too_large");
+    // a bare local path, an unknown module, an escaping path
+    for (src, dst) in [
+        ("/etc/", "dst/"),
+        ("nope/", "dst/"),
+        ("src/../../etc", "dst/"),
+    ] {
+        let p = api
+            .call(
+                "POST",
+                "/v1/jobs",
+                Some(&key),
+                &json_ct,
+                Some(&sync_job(src, dst).to_string()),
+            )
+            .problem(422, "invalid_job");
+        assert_eq!(p["errors"][0]["pointer"], "/src", "{p}");
+    }
+    api.call(
+        "GET",
+        "/v1/jobs/01ZZZZZZZZZZZZZZZZZZZZZZZZ",
+        Some(&key),
+        &[],
+        None,
+    )
+    .problem(404, "unknown_job");
+    api.call("GET", "/v1/nothing", Some(&key), &[], None)
+        .problem(404, "not_found");
+    api.call("DELETE", "/v1/jobs", Some(&key), &[], None)
+        .problem(405, "method_not_allowed");
+    let all = api.call("GET", "/v1/jobs", Some(&key), &[], None).json();
+    assert!(
+        all["jobs"].as_array().unwrap().is_empty(),
+        "a refused request made a job"
+    );
+}
+
+#[test]
+fn a_job_runs_lists_its_files_and_a_missing_source_fails_fast() {
+    let api = Api::new();
+    write(&api.src().join("ckpt/a.bin"), random_bytes(300_000, 1));
+    write(&api.src().join("ckpt/sub/b.txt"), b"hello");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/ckpt/", "dst": "dst/run42/", "label": "step-1"}),
+    );
+    let id = j["id"].as_str().unwrap();
+    assert_eq!(id.len(), 26);
+    assert_eq!(j["state"], "queued");
+    let j = api.wait_state(&key, id, &["succeeded", "failed"], Duration::from_secs(30));
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert_eq!(j["label"], "step-1");
+    assert_eq!(j["attempts"], 1);
+    assert_eq!(j["bytes_done"], 300_005);
+    assert_eq!(
+        std::fs::read(api.dst().join("run42/a.bin")).unwrap(),
+        random_bytes(300_000, 1)
+    );
+    let files = j["files"].as_array().unwrap();
+    let a = files
+        .iter()
+        .find(|f| f["name"] == "a.bin")
+        .expect("a.bin listed");
+    assert_eq!(a["size"], 300_000);
+    assert_eq!(
+        a["blake3"],
+        blake3::hash(&random_bytes(300_000, 1)).to_hex().as_str()
+    );
+    assert!(files.iter().any(|f| f["name"] == "sub/b.txt"));
+    for t in ["created_at", "started_at", "finished_at"] {
+        assert!(j[t].as_str().unwrap().ends_with('Z'), "{t}: {j}");
+    }
+    // a missing source: failed at once with its own code, no retries
+    let start = Instant::now();
+    let j = api.submit(&key, &sync_job("src/missing/", "dst/m/"));
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["error"]["code"], "source_not_found", "{j:#}");
+    assert_eq!(j["faults"], 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    // a finished job cannot be cancelled
+    api.call(
+        "POST",
+        &format!("/v1/jobs/{id}/cancel"),
+        Some(&key),
+        &[],
+        None,
+    )
+    .problem(409, "job_finished");
+}
+
+#[test]
+fn cancel_stops_a_running_job_and_publishes_nothing() {
+    let api = Api::new();
+    write(&api.src().join("big.bin"), random_bytes(16 * MIB, 3));
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let j = api.submit(
+        &key,
+        &json!({"op": "copy", "src": "src/big.bin", "dst": "dst/", "bwlimit": "2M"}),
+    );
+    let id = j["id"].as_str().unwrap();
+    api.wait_state(&key, id, &["running"], Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let a = api.call(
+        "POST",
+        &format!("/v1/jobs/{id}/cancel"),
+        Some(&key),
+        &[],
+        None,
+    );
+    assert_eq!(a.status, 202, "{}", a.text());
+    let j = api.wait_state(
+        &key,
+        id,
+        &["canceled", "succeeded", "failed"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(j["state"], "canceled", "{j:#}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(
+        !api.dst().join("big.bin").exists(),
+        "a half-written file was published"
+    );
+    api.call(
+        "POST",
+        &format!("/v1/jobs/{id}/cancel"),
+        Some(&key),
+        &[],
+        None,
+    )
+    .problem(409, "job_finished");
+}
+
+/// Waits until `path` holds at least `bytes`.
+fn wait_len(path: &Path, bytes: u64, api: &Api) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) < bytes {
+        assert!(Instant::now() < end, "no progress:\n{}", api.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn kill_9_mid_job_then_restart_resumes_the_same_job() {
+    const SIZE: usize = 24 * MIB;
+    let mut api = Api::new();
+    let data = random_bytes(SIZE, 9);
+    write(&api.src().join("model/weights.bin"), &data);
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/model/", "dst": "dst/model/", "bwlimit": "8M"}),
+    );
+    let id = j["id"].as_str().unwrap().to_string();
+    let partial = api.dst().join("model/.ferry-partial/weights.bin");
+    wait_len(&partial, (SIZE * 6 / 10) as u64, &api);
+    api.kill9();
+    assert!(
+        !api.dst().join("model/weights.bin").exists(),
+        "a half-written file was published"
+    );
+    let api = api.restart();
+    let j = api.wait_state(
+        &key,
+        &id,
+        &["succeeded", "failed", "canceled"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{}", api.log());
+    assert_eq!(j["id"], id.as_str());
+    assert_eq!(j["attempts"], 2, "{j:#}");
+    let literal = j["literal_bytes"].as_u64().unwrap();
+    assert!(
+        literal < (SIZE / 2) as u64,
+        "resent {literal} of {SIZE} bytes"
+    );
+    assert!(j["reused_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        std::fs::read(api.dst().join("model/weights.bin")).unwrap() == data,
+        "destination differs"
+    );
+    // the events tell the story, in order
+    let ev = api
+        .call(
+            "GET",
+            &format!("/v1/events?job={id}"),
+            Some(&key),
+            &[],
+            None,
+        )
+        .json();
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] != "progress")
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["created", "started", "interrupted", "resumed", "succeeded"]
+    );
+}
+
+#[test]
+fn three_queued_jobs_survive_kill_9_and_run_in_order() {
+    let mut api = Api::new();
+    write(&api.src().join("slow/big.bin"), random_bytes(12 * MIB, 4));
+    for i in 0..3 {
+        write(&api.src().join(format!("q{i}/f")), format!("file {i}"));
+    }
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let slow = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/slow/", "dst": "dst/slow/", "bwlimit": "4M"}),
+    );
+    let slow = slow["id"].as_str().unwrap().to_string();
+    api.wait_state(&key, &slow, &["running"], Duration::from_secs(20));
+    let queued: Vec<String> = (0..3)
+        .map(|i| {
+            api.submit(
+                &key,
+                &sync_job(&format!("src/q{i}/"), &format!("dst/q{i}/")),
+            )["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for q in &queued {
+        assert_eq!(api.job(&key, q)["state"], "queued");
+    }
+    api.kill9();
+    let api = api.restart();
+    for q in &queued {
+        let j = api.wait_state(&key, q, &["succeeded", "failed"], Duration::from_secs(60));
+        assert_eq!(j["state"], "succeeded", "{j:#}");
+    }
+    let slow_j = api.wait_state(
+        &key,
+        &slow,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(slow_j["state"], "succeeded");
+    for i in 0..3 {
+        assert_eq!(
+            std::fs::read_to_string(api.dst().join(format!("q{i}/f"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+    // submission order: the interrupted job first, then the three
+    let ev = api.call("GET", "/v1/events", Some(&key), &[], None).json();
+    let starts: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "started" || e["type"] == "resumed")
+        .map(|e| e["job_id"].as_str().unwrap())
+        .collect();
+    let mut want = vec![slow.as_str(), slow.as_str()];
+    want.extend(queued.iter().map(String::as_str));
+    assert_eq!(starts, want);
+}
+
+/// Reads SSE events (id, type) from a stream until `n` arrived.
+fn sse(url: &str, key: &str, last_id: Option<i64>, n: usize) -> Vec<(i64, String)> {
+    let host = url.strip_prefix("http://").unwrap();
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("GET /v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nAccept: text/event-stream\r\n");
+    if let Some(l) = last_id {
+        req.push_str(&format!("Last-Event-ID: {l}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut out = Vec::new();
+    let (mut id, mut kind) = (None, None);
+    let mut line = String::new();
+    while out.len() < n {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        let l = line.trim_end();
+        if let Some(v) = l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")) {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = l
+            .strip_prefix("event: ")
+            .or_else(|| l.strip_prefix("event:"))
+        {
+            kind = Some(v.trim().to_string());
+        } else if l.starts_with("data:") {
+            if let (Some(i), Some(k)) = (id.take(), kind.take()) {
+                out.push((i, k));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn events_stream_in_order_and_resume_across_a_restart() {
+    let mut api = Api::new();
+    write(&api.src().join("e/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let reader = api.key("r", "jobs:read", &[]);
+    let j = api.submit(&key, &sync_job("src/e/", "dst/e/"));
+    api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded"],
+        Duration::from_secs(30),
+    );
+    let all = sse(&api.url, &reader, None, 3);
+    assert_eq!(all[0].1, "created");
+    assert_eq!(all[1].1, "started");
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "{all:?}");
+    // resume after the first: the next one, not the first again
+    let rest = sse(&api.url, &reader, Some(all[0].0), 1);
+    assert_eq!(rest[0], all[1]);
+    // long-poll: waits for what comes next
+    let last = api
+        .call("GET", "/v1/events", Some(&reader), &[], None)
+        .json()["last_id"]
+        .as_i64()
+        .unwrap();
+    let url = api.url.clone();
+    let r2 = reader.clone();
+    let poll = std::thread::spawn(move || {
+        http(
+            &url,
+            "GET",
+            &format!("/v1/events?after={last}&wait=20"),
+            Some(&r2),
+            &[],
+            None,
+        )
+        .json()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let j2 = api.submit(&key, &sync_job("src/e/", "dst/e2/"));
+    let got = poll.join().unwrap();
+    let first = &got["events"][0];
+    assert_eq!(first["id"].as_i64().unwrap(), last + 1, "{got}");
+    assert_eq!(first["type"], "created");
+    assert_eq!(first["job_id"], j2["id"]);
+    api.wait_state(
+        &key,
+        j2["id"].as_str().unwrap(),
+        &["succeeded"],
+        Duration::from_secs(30),
+    );
+    let last = api
+        .call("GET", "/v1/events", Some(&reader), &[], None)
+        .json()["last_id"]
+        .as_i64()
+        .unwrap();
+    // across a restart: ids go on from where they were
+    api.kill9();
+    let api = api.restart();
+    let url = api.url.clone();
+    let r3 = reader.clone();
+    let stream = std::thread::spawn(move || sse(&url, &r3, Some(last), 1));
+    std::thread::sleep(Duration::from_millis(500));
+    let j3 = api.submit(&key, &sync_job("src/e/", "dst/e3/"));
+    let got = stream.join().unwrap();
+    assert_eq!(got[0], (last + 1, "created".to_string()));
+    api.wait_state(
+        &key,
+        j3["id"].as_str().unwrap(),
+        &["succeeded"],
+        Duration::from_secs(30),
+    );
+}
+
+#[test]
+fn a_corrupt_database_or_a_public_plain_address_refuses_to_start() {
+    let api = Api::new();
+    let dir = std::mem::replace(&mut { api }.dir, tmp());
+    std::fs::remove_file(dir.path().join("cfg/state/api.db-wal")).ok();
+    std::fs::remove_file(dir.path().join("cfg/state/api.db-shm")).ok();
+    write(
+        &dir.path().join("cfg/state/api.db"),
+        random_bytes(64 * 1024, 5),
+    );
+    let err = Api::spawn(dir)
+        .err()
+        .expect("started on a corrupt database");
+    assert!(err.contains("api.db"), "{err}");
+    assert!(
+        err.contains("not a database") || err.contains("malformed"),
+        "{err}"
+    );
+    // plain HTTP on a public address
+    let d = tmp();
+    let o = ferry([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "0.0.0.0:0",
+        "--config-dir",
+        &d.path().display().to_string(),
+        "--module",
+        &format!("m={}", d.path().display()),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("non-loopback"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_job_cli_submits_lists_shows_and_watches() {
+    let api = Api::new();
+    write(&api.src().join("c/f.bin"), random_bytes(100_000, 6));
+    let key = api.key("cli", "jobs:write,jobs:read", &[]);
+    let run = |args: &[&str]| {
+        Command::new(ferry_bin())
+            .args(args)
+            .env("FERRY_API_URL", &api.url)
+            .env("FERRY_API_KEY", &key)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = ok(run(&[
+        "job",
+        "submit",
+        "src/c/",
+        "dst/c/",
+        "--label",
+        "cli-test",
+        "--idempotency-key",
+        "k1",
+    ]));
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 26, "{id}");
+    let o = ok(run(&["job", "watch", &id]));
+    assert!(stdout(&o).contains("succeeded"), "{}", stdout(&o));
+    assert_eq!(
+        std::fs::read(api.dst().join("c/f.bin")).unwrap(),
+        random_bytes(100_000, 6)
+    );
+    let o = ok(run(&["job", "list"]));
+    assert!(stdout(&o).contains(&id) && stdout(&o).contains("succeeded"));
+    let o = ok(run(&["job", "show", &id, "--json"]));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["label"], "cli-test");
+    // the same idempotency key: the same job
+    let o = ok(run(&[
+        "job",
+        "submit",
+        "src/c/",
+        "dst/c/",
+        "--label",
+        "cli-test",
+        "--idempotency-key",
+        "k1",
+    ]));
+    assert_eq!(stdout(&o).trim(), id);
+    let o = run(&["job", "cancel", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("409"), "{}", stderr(&o));
+    let o = run(&["job", "submit", "/etc/", "dst/x/"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("never a local path"), "{}", stderr(&o));
+}
+
+/// A second daemon `B` that trusts the API daemon's key, on a fixed port, and
+/// whose key the API daemon has recorded in its known_hosts.
+fn peer_for(api: &Api) -> (tempfile::TempDir, u16, PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bdir = tmp();
+    let daemon = bdir.path().join("daemon");
+    std::fs::create_dir(&daemon).unwrap();
+    chmod(&daemon, 0o700);
+    let inbox = bdir.path().join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let public = std::fs::read_to_string(api.config_dir().join("id_ed25519.pub")).unwrap();
+    write(&daemon.join("authorized_keys"), public);
+    chmod(&daemon.join("authorized_keys"), 0o600);
+    (bdir, port, inbox)
+}
+
+fn start_peer(bdir: tempfile::TempDir, port: u16, inbox: &Path) -> Daemon {
+    Daemon::spawn_in(
+        bdir,
+        &[("in", inbox, false)],
+        &[],
+        &[],
+        &format!("127.0.0.1:{port}"),
+    )
+    .unwrap_or_else(|e| panic!("peer did not start: {e}"))
+}
+
+#[test]
+fn a_peer_down_for_10_s_is_a_fault_the_job_survives() {
+    let api = Api::new();
+    let data = random_bytes(2 * MIB, 8);
+    write(&api.src().join("out/shard.bin"), &data);
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let (bdir, port, inbox) = peer_for(&api);
+    // learn the peer's key once, as an operator would (known_hosts is strict)
+    let peer = start_peer(bdir, port, &inbox);
+    ok(ferry([
+        "ls",
+        &format!("ferry://127.0.0.1:{port}/"),
+        "--config-dir",
+        &api.config_dir().display().to_string(),
+        "--host-key-check",
+        "accept-new",
+    ]));
+    let bdir = std::mem::replace(&mut { peer }.dir, tmp());
+    // the peer is down when the job starts, and comes back after 10 s
+    let dst = format!("ferry://127.0.0.1:{port}/in/out/");
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/out/", "dst": dst, "max_faults": 50}),
+    );
+    let id = j["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(10));
+    let during = api.job(&key, &id);
+    assert_eq!(during["state"], "running", "{during:#}");
+    assert!(during["faults"].as_u64().unwrap() >= 1, "{during:#}");
+    assert!(
+        during["status_detail"]
+            .as_str()
+            .unwrap()
+            .contains("connection_failed"),
+        "{during:#}"
+    );
+    let _peer = start_peer(bdir, port, &inbox);
+    let j = api.wait_state(&key, &id, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{}", api.log());
+    assert!(j["faults"].as_u64().unwrap() >= 1);
+    assert_eq!(std::fs::read(inbox.join("out/shard.bin")).unwrap(), data);
+    let ev = api
+        .call(
+            "GET",
+            &format!("/v1/events?job={id}"),
+            Some(&key),
+            &[],
+            None,
+        )
+        .json();
+    assert!(ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "fault" && e["data"]["code"] == "connection_failed"));
+}
+
+#[test]
+fn max_faults_and_deadline_end_a_job_with_their_codes() {
+    let api = Api::new();
+    write(&api.src().join("out/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    // nothing listens on this port
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dst = format!("ferry://127.0.0.1:{port}/in/");
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/out/", "dst": dst, "max_faults": 1}),
+    );
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(j["error"]["code"], "max_faults_exceeded", "{j:#}");
+    assert_eq!(j["faults"], 2);
+    let start = Instant::now();
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/out/", "dst": dst, "deadline": 4}),
+    );
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(j["error"]["code"], "deadline_exceeded", "{j:#}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    // an unknown peer key is refused at once (strict known_hosts), not retried
+    let (bdir, bport, inbox) = peer_for(&api);
+    let _peer = start_peer(bdir, bport, &inbox);
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/out/", "dst": format!("ferry://127.0.0.1:{bport}/in/")}),
+    );
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(j["error"]["code"], "host_key_unknown", "{j:#}");
+    assert_eq!(j["faults"], 0);
+}
+
+#[test]
+fn rate_limits_send_ietf_headers_and_429_without_spending_other_quotas() {
+    let api = Api::with(&["--api-rate", "5/min"]);
+    let key = api.key("k", "jobs:read", &[]);
+    let other = api.key("other", "jobs:read", &[]);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let a = api.call("GET", "/v1/jobs", Some(&key), &[], None);
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("ratelimit-policy"), Some("\"default\";q=5;w=60"));
+        seen.push(a.header("ratelimit").unwrap().to_string());
+    }
+    assert!(seen[0].starts_with("\"default\";r=4;"), "{seen:?}");
+    assert!(seen[4].starts_with("\"default\";r=0;"), "{seen:?}");
+    let a = api.call("GET", "/v1/jobs", Some(&key), &[], None);
+    let p = a.problem(429, "rate_limited");
+    assert_eq!(p["violated-policies"][0], "default");
+    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(a.header("ratelimit").unwrap().contains("r=0"));
+    // a flood without a valid key spends its own bucket, not another key's
+    for _ in 0..20 {
+        let a = api.call(
+            "GET",
+            "/v1/jobs",
+            Some("fk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            &[],
+            None,
+        );
+        assert!(a.status == 401 || a.status == 429, "{}", a.status);
+        assert!(a.header("ratelimit").is_some());
+    }
+    assert_eq!(
+        api.call("GET", "/v1/jobs", Some(&other), &[], None).status,
+        200
+    );
+}
+
+#[test]
+fn metrics_pass_promtool_count_cli_transfers_and_hold_no_secret() {
+    let api = Api::with(&["--log-format", "json"]);
+    let admin = api.key("metrics", "metrics:read,jobs:write,jobs:read", &[]);
+    let reader = api.key("reader", "jobs:read", &[]);
+    write(&api.src().join("m/f.bin"), random_bytes(200_000, 11));
+    let j = api.submit(&admin, &sync_job("src/m/", "dst/m/"));
+    api.wait_state(
+        &admin,
+        j["id"].as_str().unwrap(),
+        &["succeeded"],
+        Duration::from_secs(30),
+    );
+    // a CLI client's transfer through the daemon counts too
+    let client = api.dir.path().join("client");
+    std::fs::create_dir(&client).unwrap();
+    chmod(&client, 0o700);
+    ok(ferry([
+        "keygen",
+        "-C",
+        "c",
+        "--config-dir",
+        &client.display().to_string(),
+    ]));
+    write(
+        &api.config_dir().join("authorized_keys"),
+        std::fs::read(client.join("id_ed25519.pub")).unwrap(),
+    );
+    chmod(&api.config_dir().join("authorized_keys"), 0o600);
+    let port = std::fs::read_to_string(api.dir.path().join("daemon.log")).unwrap();
+    let addr = port
+        .lines()
+        .find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            v["fields"]["addresses"]
+                .as_str()
+                .map(|a| a.trim_matches(|c| c == '[' || c == ']').to_string())
+        })
+        .expect("the listening line, as JSON");
+    ok(ferry([
+        "sync",
+        "-a",
+        "--config-dir",
+        &client.display().to_string(),
+        "--host-key-check",
+        "accept-new",
+        &format!("{}/", api.src().join("m").display()),
+        &format!("ferry://{addr}/dst/cli/"),
+    ]));
+    api.call("GET", "/metrics", Some(&reader), &[], None)
+        .problem(403, "insufficient_scope");
+    let a = api.call("GET", "/metrics", Some(&admin), &[], None);
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = a.text();
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("ferry_jobs_finished_total{result=\"succeeded\"}"), 1);
+    assert_eq!(value("ferry_daemon_files_total{direction=\"received\"}"), 1);
+    assert!(value("ferry_daemon_bytes_total{direction=\"received\"}") >= 200_000);
+    assert_eq!(
+        value("ferry_api_auth_failures_total{reason=\"insufficient_scope\"}"),
+        1
+    );
+    assert!(
+        text.contains(
+            "ferry_api_requests_total{route=\"/v1/jobs/{id}\",method=\"GET\",code=\"200\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains(j["id"].as_str().unwrap()),
+        "a job id as a label"
+    );
+    // the JSON log: one object a line, and no secret anywhere
+    let log = api.log();
+    assert!(
+        log.lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{log}"
+    );
+    for secret in [&admin, &reader] {
+        assert!(!text.contains(secret.as_str()));
+        assert!(!log.contains(secret.as_str()));
+    }
+}
+
+#[test]
+fn beyond_loopback_the_api_speaks_tls_with_a_pinned_key() {
+    let api = Api::with(&["--api", "0.0.0.0:0", "--api-tls"]);
+    assert!(api.url.starts_with("https://"), "{}", api.url);
+    let pin = std::fs::read_to_string(api.dir.path().join("pin")).unwrap();
+    assert!(pin.starts_with("sha256//"), "{pin}");
+    let port = api.url.rsplit(':').next().unwrap();
+    let url = format!("https://127.0.0.1:{port}/v1/jobs");
+    let key = api.key("k", "jobs:read", &[]);
+    let curl = |pin: &str| {
+        Command::new("curl")
+            .args([
+                "-sk",
+                "--pinnedpubkey",
+                pin,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-H", &format!("Authorization: Bearer {key}"), &url])
+            .output()
+            .expect("curl")
+    };
+    let o = curl(&pin);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200", "{}", stderr(&o));
+    // another key's pin: curl refuses the connection (exit 90)
+    let o = curl("sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    assert_eq!(o.status.code(), Some(90), "{}", stderr(&o));
+    // plain HTTP gets no answer there
+    let mut s = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1"),
+        "plain HTTP was served"
+    );
+}
+
+#[test]
+fn the_openapi_document_validates() {
+    let api = Api::new();
+    let a = api.call("GET", "/v1/openapi.json", None, &[], None);
+    assert_eq!(a.status, 200);
+    let doc = a.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let path = api.dir.path().join("openapi.json");
+    std::fs::write(&path, a.text()).unwrap();
+    let o = Command::new("python3")
+        .args(["-c", "import sys; from openapi_spec_validator import validate; from openapi_spec_validator.readers import read_from_filename; validate(read_from_filename(sys.argv[1])[0]); print('valid')"])
+        .arg(&path)
+        .output()
+        .expect("python3 with openapi-spec-validator (pip)");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o).trim(), "valid");
+}
+
+/// Runs headless Chromium with a profile kept in `profile` (so the session
+/// cookie survives from one run to the next).
+fn chromium(profile: &Path, args: &[&str]) -> String {
+    let o = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("chromium (Debian package chromium)");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn set_cookie(a: &Answer) -> String {
+    a.header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_dashboard_shows_a_jobs_progress_and_final_state_in_chromium() {
+    let api = Api::new();
+    write(&api.src().join("d/big.bin"), random_bytes(8 * MIB, 12));
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let j = api.submit(&key, &json!({"op": "sync", "src": "src/d/", "dst": "dst/d/", "bwlimit": "512K", "label": "dash-test"}));
+    let id = j["id"].as_str().unwrap().to_string();
+    let end = Instant::now() + Duration::from_secs(30);
+    while api.job(&key, &id)["bytes_done"].as_u64().unwrap() == 0 {
+        assert!(Instant::now() < end, "the job never made progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cfg = api.config_dir().display().to_string();
+    let link = stdout(&ok(ferry(["dashboard-link", "--config-dir", &cfg])))
+        .trim()
+        .to_string();
+    assert!(
+        link.starts_with(&format!("{}/ui/#login=", api.url)),
+        "{link}"
+    );
+    let profile = api.dir.path().join("chromium");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let running_png = shots.join("dashboard-running.png");
+    let _ = std::fs::remove_file(&running_png);
+    // log in through the link; the page keeps the session cookie
+    chromium(
+        &profile,
+        &[
+            "--timeout=3000",
+            "--window-size=1200,400",
+            &format!("--screenshot={}", running_png.display()),
+            &link,
+        ],
+    );
+    assert!(std::fs::read(&running_png).unwrap().starts_with(b"\x89PNG"));
+    // the logged-in page, while the job runs
+    let dom = chromium(&profile, &["--dump-dom", &format!("{}/ui/", api.url)]);
+    let row = |dom: &str| -> String {
+        let start = dom
+            .find(&format!("id=\"job-{id}\""))
+            .unwrap_or_else(|| panic!("no row for the job in:\n{dom}"));
+        dom[start..].split("</tr>").next().unwrap().to_string()
+    };
+    let r = row(&dom);
+    assert!(r.contains("running") && r.contains("dash-test"), "{r}");
+    assert!(
+        dom.contains("<ul id=\"modules\"><li>src</li><li>dst</li></ul>"),
+        "{dom}"
+    );
+    let pct: u64 = r
+        .split("class=\"pct\">")
+        .nth(1)
+        .unwrap()
+        .split('%')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pct < 100, "{r}");
+    api.wait_state(&key, &id, &["succeeded"], Duration::from_secs(60));
+    let final_png = shots.join("dashboard.png");
+    let _ = std::fs::remove_file(&final_png);
+    chromium(
+        &profile,
+        &[
+            "--timeout=3000",
+            "--window-size=1200,400",
+            &format!("--screenshot={}", final_png.display()),
+            &format!("{}/ui/", api.url),
+        ],
+    );
+    assert!(std::fs::read(&final_png).unwrap().starts_with(b"\x89PNG"));
+    let r = row(&chromium(
+        &profile,
+        &["--dump-dom", &format!("{}/ui/", api.url)],
+    ));
+    assert!(
+        r.contains("succeeded") && r.contains("100% of 8388608 bytes"),
+        "{r}"
+    );
+    // a strict CSP, nothing from another host
+    let page = api.call("GET", "/ui/", None, &[], None);
+    let csp = page.header("content-security-policy").unwrap().to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!page.text().contains("http"), "an asset from another host");
+    // the link works once
+    let token = link.split("#login=").nth(1).unwrap();
+    let body = json!({"token": token}).to_string();
+    let json_ct = [("Content-Type", "application/json")];
+    api.call("POST", "/ui/login", None, &json_ct, Some(&body))
+        .problem(401, "login_link_invalid");
+    // a session changes nothing without its CSRF token
+    let link2 = stdout(&ok(ferry(["dashboard-link", "--config-dir", &cfg])))
+        .trim()
+        .to_string();
+    let body = json!({"token": link2.split("#login=").nth(1).unwrap()}).to_string();
+    let login = api.call("POST", "/ui/login", None, &json_ct, Some(&body));
+    assert_eq!(login.status, 200, "{}", login.text());
+    assert!(login.header("set-cookie").unwrap().contains("HttpOnly"));
+    let cookie = set_cookie(&login);
+    let csrf = login.json()["csrf"].as_str().unwrap().to_string();
+    let j2 = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/d/", "dst": "dst/d2/", "bwlimit": "1M"}),
+    );
+    let id2 = j2["id"].as_str().unwrap();
+    let path = format!("/v1/jobs/{id2}/cancel");
+    api.call("POST", &path, None, &[("Cookie", &cookie)], None)
+        .problem(403, "csrf_failed");
+    assert_eq!(
+        api.call("GET", "/v1/jobs", None, &[("Cookie", &cookie)], None)
+            .status,
+        200
+    );
+    let a = api.call(
+        "POST",
+        &path,
+        None,
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+        None,
+    );
+    assert_eq!(a.status, 202, "{}", a.text());
+    api.wait_state(&key, id2, &["canceled"], Duration::from_secs(10));
+}
