@@ -1397,6 +1397,21 @@ fn chromium(profile: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The dashboard page as Chromium renders it, once its script has filled in
+/// the row of job `id`: `--dump-dom` does not wait for the page's fetches,
+/// so on a loaded machine an early dump is tried again (ten times at most).
+fn dashboard_dom(profile: &Path, url: &str, id: &str) -> String {
+    let mut dom = String::new();
+    for _ in 0..10 {
+        dom = chromium(profile, &["--dump-dom", &format!("{url}/ui/")]);
+        if dom.contains(&format!("id=\"job-{id}\"")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    dom
+}
+
 fn set_cookie(a: &Answer) -> String {
     a.header("set-cookie")
         .unwrap()
@@ -1442,7 +1457,7 @@ fn the_dashboard_shows_a_jobs_progress_and_final_state_in_chromium() {
     );
     assert!(std::fs::read(&running_png).unwrap().starts_with(b"\x89PNG"));
     // the logged-in page, while the job runs
-    let dom = chromium(&profile, &["--dump-dom", &format!("{}/ui/", api.url)]);
+    let dom = dashboard_dom(&profile, &api.url, &id);
     let row = |dom: &str| -> String {
         let start = dom
             .find(&format!("id=\"job-{id}\""))
@@ -1478,10 +1493,7 @@ fn the_dashboard_shows_a_jobs_progress_and_final_state_in_chromium() {
         ],
     );
     assert!(std::fs::read(&final_png).unwrap().starts_with(b"\x89PNG"));
-    let r = row(&chromium(
-        &profile,
-        &["--dump-dom", &format!("{}/ui/", api.url)],
-    ));
+    let r = row(&dashboard_dom(&profile, &api.url, &id));
     assert!(
         r.contains("succeeded") && r.contains("100% of 8388608 bytes"),
         "{r}"
