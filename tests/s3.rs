@@ -319,6 +319,9 @@ fn a_wrong_secret_is_refused_and_never_shown() {
     let _ = SystemTime::now();
 }
 
+/// A file to write (path, bytes) in the server's data directory.
+type Plant = (PathBuf, Vec<u8>);
+
 /// A loopback HTTP proxy in front of the server that records the method and
 /// path of every request passing through (bodies forwarded untouched).
 struct CountingProxy {
@@ -326,6 +329,10 @@ struct CountingProxy {
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// Flip a byte in the next part uploaded through the proxy.
     corrupt_part: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Before forwarding the next whole-object PUT, write these bytes at
+    /// this path (an object in the server's data directory): another
+    /// writer creating the key between a run's listing and its upload.
+    plant: std::sync::Arc<std::sync::Mutex<Option<Plant>>>,
 }
 
 impl CountingProxy {
@@ -337,6 +344,8 @@ impl CountingProxy {
         let log = seen.clone();
         let corrupt_part = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let corrupt = corrupt_part.clone();
+        let plant = std::sync::Arc::new(std::sync::Mutex::new(None::<Plant>));
+        let planted = plant.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -350,6 +359,7 @@ impl CountingProxy {
                 });
                 let log = log.clone();
                 let corrupt = corrupt.clone();
+                let planted = planted.clone();
                 std::thread::spawn(move || {
                     let mut from = BufReader::new(client);
                     let mut to = server;
@@ -370,6 +380,9 @@ impl CountingProxy {
                                 if k.to_ascii_lowercase().starts_with("x-amz-checksum-") {
                                     sums += &format!(" {}", k.to_ascii_lowercase());
                                 }
+                                if k.eq_ignore_ascii_case("if-none-match") {
+                                    sums += &format!(" if-none-match={}", v.trim());
+                                }
                             }
                             let end = line == "\r\n";
                             head.extend_from_slice(line.as_bytes());
@@ -381,6 +394,11 @@ impl CountingProxy {
                         let first = format!("{}{sums}\t{len}", first.lines().next().unwrap_or(""));
                         let flip = first.contains("partNumber=")
                             && corrupt.swap(false, std::sync::atomic::Ordering::SeqCst);
+                        if first.starts_with("PUT ") && !first.contains("partNumber=") {
+                            if let Some((at, bytes)) = planted.lock().unwrap().take() {
+                                std::fs::write(at, bytes).unwrap();
+                            }
+                        }
                         log.lock().unwrap().push(first);
                         if to.write_all(&head).is_err() {
                             return;
@@ -408,6 +426,7 @@ impl CountingProxy {
             port,
             seen,
             corrupt_part,
+            plant,
         }
     }
 
@@ -808,4 +827,165 @@ fn a_part_corrupted_on_the_way_is_caught_and_sent_again() {
             "{algo}: the object differs"
         );
     }
+}
+
+#[test]
+fn ignore_existing_puts_only_if_none_match_and_never_replaces_a_newer_object() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = CountingProxy::start(s3.port);
+    let a = t.path().join("a.txt");
+    let b = t.path().join("b.txt");
+    std::fs::write(&a, b"first writer's bytes\n").unwrap();
+    std::fs::write(&b, b"second writer's other bytes\n").unwrap();
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+    // the upload is conditional with the flag, and only with it
+    ok(s3.ferry_via(&proxy, &["sync", "--ignore-existing", a, "s3://bkt/k"]));
+    let reqs = proxy.take();
+    let puts: Vec<_> = reqs.iter().filter(|r| r.starts_with("PUT ")).collect();
+    assert!(
+        puts.iter()
+            .any(|r| r.contains("/bkt/k ") && r.contains("if-none-match=*")),
+        "{reqs:?}"
+    );
+    // a file that would otherwise go in parts goes as one conditional PUT
+    let big = t.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; (17 << 20) + 5]).unwrap();
+    let big = big.to_str().unwrap();
+    ok(s3.ferry_via(&proxy, &["sync", "--ignore-existing", big, "s3://bkt/big"]));
+    let reqs = proxy.take();
+    assert!(!reqs.iter().any(|r| r.contains("partNumber=")), "{reqs:?}");
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("PUT /bkt/big ") && r.contains("if-none-match=*")),
+        "{reqs:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(s3.data.join("bkt/big")).unwrap().len(),
+        (17 << 20) + 5
+    );
+    ok(s3.ferry_via(&proxy, &["cp", a, "s3://bkt/plain"]));
+    let reqs = proxy.take();
+    assert!(count(&reqs, "PUT") > 0, "{reqs:?}");
+    assert!(
+        !reqs.iter().any(|r| r.contains("if-none-match")),
+        "{reqs:?}"
+    );
+
+    // an existing key is skipped: no PUT, the first bytes stay
+    let out = ok(s3.ferry_via(&proxy, &["sync", "--ignore-existing", b, "s3://bkt/k"]));
+    let reqs = proxy.take();
+    assert_eq!(count(&reqs, "PUT"), 0, "{reqs:?}");
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(s3.data.join("bkt/k")).unwrap(),
+        b"first writer's bytes\n"
+    );
+
+    // another writer creates the key after this run listed the bucket and
+    // before its upload: the server refuses the conditional PUT, the run
+    // says so in one line, and the other writer's object is left whole
+    *proxy.plant.lock().unwrap() = Some((s3.data.join("bkt/k2"), b"the other writer\n".to_vec()));
+    let out = s3.ferry_via(&proxy, &["sync", "--ignore-existing", b, "s3://bkt/k2"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("s3://bkt/k2")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("another writer created it"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        std::fs::read(s3.data.join("bkt/k2")).unwrap(),
+        b"the other writer\n"
+    );
+}
+
+#[test]
+fn two_racing_ignore_existing_writers_leave_one_whole_object() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let a = t.path().join("a.bin");
+    let b = t.path().join("b.bin");
+    let a_bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let b_bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+    std::fs::write(&a, &a_bytes).unwrap();
+    std::fs::write(&b, &b_bytes).unwrap();
+    // s3s-fs 0.14.1 checks If-None-Match before it takes the body, not
+    // atomically with the rename that makes the object: two requests in
+    // flight together can both be accepted (counted, not asserted)
+    let (mut both_wrote, mut refused, mut none_won) = (0, 0, 0);
+    for round in 0..8 {
+        let key = format!("s3://bkt/race{round}");
+        let run = |src: &Path| {
+            let mut c = Command::new(ferry_bin());
+            c.args([
+                "sync",
+                "-v",
+                "--ignore-existing",
+                src.to_str().unwrap(),
+                &key,
+            ])
+            .env_remove("AWS_PROFILE")
+            .env("HOME", &s3.data)
+            .env("XDG_CACHE_HOME", s3.data.with_file_name("cache"))
+            .env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s3.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            c.spawn().expect("run ferry")
+        };
+        let (pa, pb) = (run(&a), run(&b));
+        let outs = [
+            pa.wait_with_output().unwrap(),
+            pb.wait_with_output().unwrap(),
+        ];
+        if !outs.iter().any(|o| o.status.success()) {
+            // s3s-fs took both bodies and mixed one's bytes with the
+            // other's metadata: both runs saw it after their upload
+            none_won += 1;
+        }
+        for o in &outs {
+            if !o.status.success() {
+                // the loser says so, in one line; nothing crashed: refused
+                // by the server, or (s3s-fs accepting both) caught by the
+                // check after the upload
+                let err = stderr(o);
+                let lines = err.lines().filter(|l| l.contains("another writer"));
+                assert_eq!(lines.count(), 1, "round {round}: {err}");
+                assert!(!err.contains("panicked"), "round {round}: {err}");
+            }
+        }
+        let wrote = |o: &Output, name: &str| o.status.success() && stdout(o).contains(name);
+        if wrote(&outs[0], "a.bin") && wrote(&outs[1], "b.bin") {
+            both_wrote += 1;
+        }
+        refused += outs
+            .iter()
+            .filter(|o| stderr(o).contains("another writer created it"))
+            .count();
+        let stored = std::fs::read(s3.data.join(format!("bkt/race{round}"))).unwrap();
+        assert!(
+            stored == a_bytes || stored == b_bytes,
+            "round {round}: the object is neither writer's bytes ({} bytes)",
+            stored.len()
+        );
+        // it downloads as those bytes, or (its metadata another
+        // writer's) the download fails and publishes nothing
+        let back = t.path().join(format!("back{round}"));
+        let down = s3.ferry(&["cp", &key, back.to_str().unwrap()]);
+        if down.status.success() {
+            assert_eq!(std::fs::read(&back).unwrap(), stored, "round {round}");
+        } else {
+            assert!(!back.exists(), "round {round}: {}", stderr(&down));
+            assert!(!stderr(&down).is_empty(), "round {round}");
+            assert!(none_won > 0 || both_wrote > 0, "{}", stderr(&down));
+        }
+    }
+    eprintln!(
+        "8 races: {refused} conditional PUT(s) refused; s3s-fs accepted both in \
+         {both_wrote} (both runs wrote) + {none_won} (neither run's check passed)"
+    );
 }

@@ -36,6 +36,8 @@ const BUDGET: usize = 256 << 20;
 const UNIT: usize = 64 << 10;
 /// Objects up to this size go in one request.
 pub const SINGLE_PUT_MAX: u64 = 16 << 20;
+/// The largest object S3 takes in one PUT.
+const PUT_MAX: u64 = 5 << 30;
 /// The smallest part of a multipart upload.
 const MIN_PART: u64 = 16 << 20;
 /// Parts an upload may have (S3 allows 10,000; some servers fewer).
@@ -396,6 +398,18 @@ impl Bucket {
         }
         if let Some(h) = meta.blake3 {
             attrs.insert(Attribute::Metadata(META_BLAKE3.into()), hex(&h).into());
+        }
+        // object_store makes only a single PUT conditional (its public
+        // multipart completion always overwrites): a create-only upload is
+        // one request, so S3's cap on one PUT applies
+        if create_only && len > PUT_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{len} bytes is more than one conditional PUT can carry (5 GiB): \
+                     --ignore-existing into S3 cannot upload it"
+                ),
+            ));
         }
         let (store, budget) = (self.inner.store.clone(), self.inner.budget.clone());
         let p = path(key);

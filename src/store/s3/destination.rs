@@ -42,6 +42,14 @@ impl S3Place {
             create_only: false,
         }
     }
+
+    /// With `yes`, every upload is conditional (If-None-Match: *): an
+    /// object already at the key, however recent, is left as it is and that
+    /// file fails with "already exists" (what `--ignore-existing` asks).
+    pub fn create_only(mut self, yes: bool) -> S3Place {
+        self.create_only = yes;
+        self
+    }
 }
 
 /// A key with no slashes at either end (`""`: the bucket's root).
@@ -403,9 +411,19 @@ impl Destination for S3Dest {
             etag: None,
             modified_ms: 0,
         };
-        obj.etag = self
+        obj.etag = match self
             .bucket
-            .upload(&key, Arc::new(file), temp.len, &obj, self.create_only)?;
+            .upload(&key, Arc::new(file), temp.len, &obj, self.create_only)
+        {
+            Err(e) if self.create_only && e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "not replaced: another writer created it since this run listed the \
+                     bucket (--ignore-existing keeps the first)",
+                ))
+            }
+            other => other?,
+        };
         // what the server now says of it (its time, which listings give),
         // and a check that the upload is what was sent
         match self.bucket.head(&key)? {

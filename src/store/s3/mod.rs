@@ -58,7 +58,10 @@ impl Side for S3Side {
         cfg: receiver::Config<'_>,
         cancel: &Cancel,
     ) -> Result<Summary, TransferError> {
-        let place = destination::S3Place::new(self.bucket.clone());
+        // --ignore-existing: an object created after the listing by another
+        // writer is not replaced either (If-None-Match: *)
+        let place =
+            destination::S3Place::new(self.bucket.clone()).create_only(cfg.options.ignore_existing);
         receiver::run_into(reader, writer, cfg, place, cancel)
     }
 }
