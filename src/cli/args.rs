@@ -226,6 +226,9 @@ pub struct SyncArgs {
     /// Print transfer statistics at the end
     #[arg(long)]
     pub stats: bool,
+    /// One JSON object per line on stdout (files, errors, summary); see the README
+    #[arg(long)]
+    pub json: bool,
     /// Limit bandwidth, in KiB/s (suffixes K, M, G allowed: 10M)
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,
@@ -299,6 +302,9 @@ pub struct CpArgs {
     /// Verbose: list copied files
     #[arg(short = 'v')]
     pub verbose: bool,
+    /// One JSON object per line on stdout (files, errors, summary); see the README
+    #[arg(long)]
+    pub json: bool,
     /// The remote shell command (instead of ssh)
     #[arg(short = 'e', long = "rsh", value_name = "COMMAND")]
     pub rsh: Option<String>,
@@ -495,6 +501,9 @@ pub struct LsArgs {
     /// host:: (modules), host::module/path, ferry://host[:port]/module/path,
     /// or s3://bucket/prefix
     pub target: OsString,
+    /// One JSON object per line on stdout (entries or modules); see the README
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub daemon: DaemonFlags,
 }

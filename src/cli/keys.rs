@@ -254,6 +254,10 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
     let loc = Location::parse(&a.target).map_err(usage)?;
     if let Location::S3 { bucket, prefix } = &loc {
         for e in crate::store::s3::list(bucket, prefix)? {
+            if a.json {
+                super::json::entry(&e);
+                continue;
+            }
             let name = crate::fs::names::escape(&e.name);
             let slash = if e.kind == crate::proto::Kind::Dir {
                 "/"
@@ -276,17 +280,28 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
     };
     let opts = super::daemon_options(&a.daemon)?;
     let notice = |e: crate::proto::Event| {
+        if a.json {
+            return super::json::notice(&e);
+        }
         eprintln!("ferry: {}", String::from_utf8_lossy(&e.text));
     };
     match crate::transfer::list_daemon(&host, port, &path, &opts, &notice)? {
         crate::transfer::Listing::Modules(list) => {
             for m in list {
+                if a.json {
+                    super::json::module(&m);
+                    continue;
+                }
                 let ro = if m.read_only { " (read-only)" } else { "" };
                 println!("{:<20} {}{ro}", m.name, m.comment);
             }
         }
         crate::transfer::Listing::Entries(entries) => {
             for e in entries {
+                if a.json {
+                    super::json::entry(&e);
+                    continue;
+                }
                 let name = crate::fs::names::escape(&e.name);
                 let target = if e.kind == crate::proto::Kind::Symlink {
                     format!(" -> {}", crate::fs::names::escape(&e.target))

@@ -5,6 +5,7 @@ pub mod args;
 mod demo;
 mod doctor;
 mod jobs;
+mod json;
 mod keys;
 pub mod output;
 mod prompt;
@@ -57,6 +58,13 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     if let Some(algo) = &cli.s3_checksum {
         crate::store::s3::config::set_checksum(algo);
     }
+    // --json: an error that ends the run is a JSON line on stdout too
+    let json = match &cli.command {
+        Command::Sync(a) => a.json,
+        Command::Cp(a) => a.json,
+        Command::Ls(a) => a.json,
+        _ => false,
+    };
     let result = match cli.command {
         Command::Sync(a) => {
             let sub = matches.subcommand_matches("sync").expect("sync was parsed");
@@ -79,6 +87,9 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
+            if json {
+                json::fatal(&e);
+            }
             eprintln!("ferry: {e}");
             e.exit_code()
         }
@@ -248,7 +259,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         partial: !a.no_partial || a.partial_progress,
         cp_mode: false,
         dirs: a.files_from.is_some(),
-        file_events: a.verbose > 0 || progress || a.dry_run,
+        file_events: a.verbose > 0 || progress || a.dry_run || a.json,
         streams: 0, // below, once the locations are known
         backup_suffix: a
             .backup
@@ -333,6 +344,9 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         },
         daemon: daemon_options(&a.daemon)?,
     };
+    if a.json {
+        return run_json(&plan, &json::JsonPrinter::new(progress, a.dry_run));
+    }
     let printer = Printer::new(a.verbose, a.quiet, progress, a.human, a.dry_run);
     run_plan(&plan, &printer, a.stats)
 }
@@ -340,9 +354,9 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
 fn cp(a: CpArgs) -> Result<i32, TransferError> {
     // like scp: progress per file when stdout is a terminal
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let progress = tty && !a.quiet;
+    let progress = tty && !a.quiet && !a.json;
     let options = Options {
-        file_events: a.verbose || progress,
+        file_events: a.verbose || progress || a.json,
         recursive: a.recursive,
         follow_links: true,
         perms: a.preserve,
@@ -386,6 +400,9 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             transport: a.transport,
         },
     };
+    if a.json {
+        return run_json(&plan, &json::JsonPrinter::new(false, false));
+    }
     let printer = Printer::new(a.verbose as u8, a.quiet, progress, false, false);
     run_plan(&plan, &printer, false)
 }
@@ -444,6 +461,24 @@ fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, Transfer
         return Ok(exit::PARTIAL);
     }
     Ok(exit::OK)
+}
+
+/// [`run_plan`] with `--json`: every event and the summary as JSON lines.
+fn run_json(plan: &Plan, printer: &json::JsonPrinter) -> Result<i32, TransferError> {
+    let cancel = Cancel::default();
+    let outcome = transfer::run(plan, &|e| printer.event(e), &cancel)?;
+    let code = match outcome.summary.errors {
+        0 => exit::OK,
+        _ => exit::PARTIAL,
+    };
+    printer.finish(&outcome, code);
+    if code != exit::OK {
+        eprintln!(
+            "ferry: {} error(s): some files were not transferred (exit {code})",
+            outcome.summary.errors
+        );
+    }
+    Ok(code)
 }
 
 fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
