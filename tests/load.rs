@@ -213,6 +213,16 @@ fn a_client_killed_mid_transfer_frees_its_slot() {
     }
     // let bytes move, then kill the client where it stands
     std::thread::sleep(Duration::from_secs(1));
+    // the daemon's end of the session asks the kernel to watch for a peer
+    // that vanishes without closing: a keepalive timer on its socket (the
+    // daemon only receives here, so no retransmit timer hides it)
+    let ss = Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .arg(format!("( sport = :{} )", d.addr.port()))
+        .output()
+        .expect("ss");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert!(ss.contains("keepalive"), "no keepalive timer: {ss}");
     let st = Command::new("kill")
         .args(["-KILL", &first.id().to_string()])
         .status()
