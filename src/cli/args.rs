@@ -381,7 +381,8 @@ pub struct ServeArgs {
     /// The daemon's key (default: id_ed25519 in the config directory, made if missing)
     #[arg(long, value_name = "FILE")]
     pub identity: Option<std::path::PathBuf>,
-    /// Authenticated sessions served at once
+    /// Authenticated sessions served at once (default 64, or max_connections in
+    /// the config file); a client over it is told the daemon is busy and retries
     #[arg(long = "max-connections", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Connections still authenticating; when full, the oldest is dropped

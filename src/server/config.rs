@@ -286,4 +286,30 @@ mod tests {
             .unwrap_err()
             .contains("absolute"));
     }
+
+    #[test]
+    fn the_max_connections_flag_wins_over_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("ferryd.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "max_connections = 5\n[[module]]\nname = \"data\"\npath = \"{}\"\n",
+                d.path().display()
+            ),
+        )
+        .unwrap();
+        let with = |flag: Option<usize>, file: bool| {
+            let o = Overrides {
+                config: file.then(|| cfg.clone()),
+                modules: vec![format!("m={}", d.path().display())],
+                max_connections: flag,
+                ..Default::default()
+            };
+            DaemonConfig::build(&o, d.path()).unwrap().max_connections
+        };
+        assert_eq!(with(Some(2), true), 2);
+        assert_eq!(with(None, true), 5);
+        assert_eq!(with(None, false), 64);
+    }
 }

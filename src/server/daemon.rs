@@ -355,6 +355,39 @@ fn show_paths(paths: &[Vec<u8>]) -> String {
         .join(" ")
 }
 
+/// How long an authenticated connection may be silent before the kernel
+/// starts asking whether the peer is still there.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// How long between those questions.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How many unanswered questions mean the peer is gone.
+const KEEPALIVE_PROBES: u32 = 6;
+/// How long data the daemon sent may stay unacknowledged before the
+/// connection is given up (`TCP_USER_TIMEOUT`).
+const UNACKED_LIMIT: Duration = Duration::from_secs(120);
+
+/// Lets the kernel notice a client that vanished without closing (its host
+/// powered off, a cable pulled, a firewall that drops): a session blocked
+/// reading from such a peer ends after about `KEEPALIVE_IDLE` +
+/// `KEEPALIVE_INTERVAL` × `KEEPALIVE_PROBES` (2 minutes), one blocked
+/// writing to it after `UNACKED_LIMIT`, and its slot is free again. A
+/// killed client process needs none of this: its kernel closes the socket.
+/// Keepalive, not a read timeout, because a live client may be silent for
+/// long (hashing a large file before it asks for anything).
+fn keep_alive(sock: &TcpStream) {
+    let s = socket2::SockRef::from(sock);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = s
+        .set_tcp_keepalive(&ka)
+        .and_then(|()| s.set_tcp_user_timeout(Some(UNACKED_LIMIT)))
+    {
+        warn!("cannot set TCP keepalive: {e}");
+    }
+}
+
 /// The key clients should expect, for `ferry serve` to print.
 pub fn fingerprint(config: &DaemonConfig) -> Result<PublicKey, KeyError> {
     host_identity(&config.identity).map(|i| i.public)
@@ -429,6 +462,7 @@ pub fn run(
                 Ok((sock, peer)) => {
                     idle = false;
                     let _ = sock.set_nonblocking(false);
+                    keep_alive(&sock);
                     // threads are bounded by both pools (and a little slack for
                     // connections on their way out)
                     let cap = shared.config.max_connections + shared.config.max_startups + 16;
