@@ -394,8 +394,9 @@ pub struct ServeArgs {
     /// ferry's config directory
     #[arg(long = "config-dir", value_name = "DIR")]
     pub config_dir: Option<std::path::PathBuf>,
-    /// Also serve the HTTP API (jobs, events) on ADDR, e.g. 127.0.0.1:7421;
-    /// loopback only (plain HTTP). Its state lives in the config directory's state/
+    /// Also serve the HTTP API (jobs, events, /metrics, the dashboard) on ADDR,
+    /// e.g. 127.0.0.1:7421: plain HTTP on loopback, beyond it only with
+    /// --api-tls or --api-cert. Its state lives in the config directory's state/
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
     /// API requests allowed per key (or per address without a valid key),
