@@ -56,6 +56,24 @@ impl Api {
     }
 
     fn spawn_with(dir: tempfile::TempDir, args: &[&str]) -> Result<Api, String> {
+        Api::spawn_env(dir, args, &[])
+    }
+
+    /// A daemon in a fresh directory, with these variables in its environment.
+    fn with_env(args: &[&str], env: &[(&str, &str)]) -> Api {
+        let dir = tmp();
+        for d in ["cfg", "src", "dst"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        chmod(&dir.path().join("cfg"), 0o700);
+        Api::spawn_env(dir, args, env).unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
+    }
+
+    fn spawn_env(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Api, String> {
         let p = |s: &str| dir.path().join(s).display().to_string();
         // `--api ADDR` among the flags replaces the loopback default
         let listen = args
@@ -78,6 +96,7 @@ impl Api {
             .args(["--module", &format!("src={}", p("src"))])
             .args(["--module", &format!("dst={}", p("dst"))])
             .args(&rest)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .stdin(Stdio::null())
@@ -506,6 +525,91 @@ fn idempotency_keys_replay_refuse_and_admit_one_job() {
     );
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(replay.json()["id"], id.as_str());
+}
+
+#[test]
+fn the_same_idempotency_key_while_the_first_is_processed_is_a_409() {
+    // the test hook holds a submit for 3 s after it has claimed its key
+    let hooks = [
+        ("FERRY_TEST_HOOKS", "1"),
+        ("FERRY_TEST_SUBMIT_DELAY_MS", "3000"),
+    ];
+    let mut api = Api::with_env(&[], &hooks);
+    write(&api.src().join("d/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let body = sync_job("src/d/", "dst/d/").to_string();
+    let post = |url: &str, idem: &str| {
+        http(
+            url,
+            "POST",
+            "/v1/jobs",
+            Some(&key),
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", idem),
+            ],
+            Some(&body),
+        )
+    };
+    let (first, second) = std::thread::scope(|s| {
+        let a = s.spawn(|| post(&api.url, "in-flight"));
+        std::thread::sleep(Duration::from_millis(300));
+        let b = s.spawn(|| post(&api.url, "in-flight"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    // whichever claimed the key first made the job; the other one, sent
+    // while it was processed, got 409 at once
+    let (made, refused) = if first.status == 202 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(made.status, 202, "{}", made.text());
+    let p = refused.problem(409, "idempotency_key_in_use");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("still being processed"),
+        "{p}"
+    );
+    let id = made.json()["id"].as_str().unwrap().to_string();
+    // once answered, the key replays the first answer
+    let again = post(&api.url, "in-flight");
+    assert_eq!(again.status, 202, "{}", again.text());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["id"], id.as_str());
+    let all = api.call("GET", "/v1/jobs", Some(&key), &[], None).json();
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 1, "{all:#}");
+    // a daemon killed while a request holds its key: after the restart the
+    // key is free (no job was made, no answer sent), not a 409 forever
+    let url = api.url.clone();
+    let k2 = key.clone();
+    let b2 = body.clone();
+    let pending = std::thread::spawn(move || {
+        let host = url.strip_prefix("http://").unwrap().to_string();
+        let mut s = TcpStream::connect(&host).unwrap();
+        let req = format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {k2}\r\nContent-Type: application/json\r\nIdempotency-Key: cut-off\r\nContent-Length: {}\r\n\r\n{b2}",
+            b2.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    api.kill9();
+    assert!(
+        pending.join().unwrap().is_empty(),
+        "answered before the kill"
+    );
+    let api = api.restart();
+    let after = post(&api.url, "cut-off");
+    assert_eq!(after.status, 202, "{}", after.text());
+    assert_eq!(after.header("idempotent-replayed"), None);
+    let all = api.call("GET", "/v1/jobs", Some(&key), &[], None).json();
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 2, "{all:#}");
 }
 
 #[test]
@@ -1377,6 +1481,65 @@ fn the_openapi_document_validates() {
         .expect("python3 with openapi-spec-validator (pip)");
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(stdout(&o).trim(), "valid");
+    // the document and the router agree: every operation described is
+    // served (a handler answers, not the fallback's not_found or
+    // method_not_allowed), and every error answer is a problem body
+    let paths = doc["paths"].as_object().unwrap();
+    for want in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/cancel",
+        "/v1/events",
+        "/v1/audit",
+        "/metrics",
+        "/v1/openapi.json",
+        "/ui/",
+        "/ui/login",
+    ] {
+        assert!(paths.contains_key(want), "{want} is not described");
+    }
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["JobSpec"]["additionalProperties"], false);
+    let spec_fields = schemas["JobSpec"]["properties"].as_object().unwrap();
+    for f in [
+        "op",
+        "src",
+        "dst",
+        "delete",
+        "exclude",
+        "bwlimit",
+        "max_faults",
+    ] {
+        assert!(spec_fields.contains_key(f), "JobSpec lacks {f}");
+    }
+    let key = api.key("k", "jobs:read", &[]);
+    let mut served = 0;
+    for (path, item) in paths {
+        let concrete = path.replace("{id}", "01ZZZZZZZZZZZZZZZZZZZZZZZZ");
+        for (method, op) in item.as_object().unwrap() {
+            let a = api.call(
+                &method.to_ascii_uppercase(),
+                &concrete,
+                Some(&key),
+                &[("Content-Type", "application/json")],
+                Some("{}"),
+            );
+            if a.status >= 400 {
+                let p = a.json();
+                assert!(
+                    p["code"] != "not_found" && p["code"] != "method_not_allowed",
+                    "{method} {path} is described but not served: {p}"
+                );
+                assert!(
+                    op["responses"][a.status.to_string()].is_object(),
+                    "{method} {path} answered {} which its description does not list",
+                    a.status
+                );
+            }
+            served += 1;
+        }
+    }
+    assert!(served >= 13, "{served}");
 }
 
 /// Runs headless Chromium with a profile kept in `profile` (so the session

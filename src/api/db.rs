@@ -173,6 +173,23 @@ pub fn last_event(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
 }
 
+/// One entry of the event log, as `/v1/events` shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Event {
+    /// Strictly increasing; the SSE id, for Last-Event-ID
+    pub id: i64,
+    pub job_id: Option<String>,
+    /// created, started, progress, fault, interrupted, resumed, succeeded,
+    /// failed or canceled
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What the event says (e.g. progress counts, a fault's code)
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// RFC 3339 UTC
+    pub time: String,
+}
+
 /// Events after `after`, oldest first, at most `limit`.
 pub fn events_after(
     conn: &Connection,
@@ -185,13 +202,14 @@ pub fn events_after(
     )?;
     let rows = st.query_map(params![after, job, limit], |r| {
         let data: String = r.get(3)?;
-        Ok(serde_json::json!({
-            "id": r.get::<_, i64>(0)?,
-            "job_id": r.get::<_, Option<String>>(1)?,
-            "type": r.get::<_, String>(2)?,
-            "data": serde_json::from_str::<serde_json::Value>(&data).unwrap_or_default(),
-            "time": super::ids::rfc3339(r.get(4)?),
-        }))
+        let e = Event {
+            id: r.get(0)?,
+            job_id: r.get(1)?,
+            kind: r.get(2)?,
+            data: serde_json::from_str(&data).unwrap_or_default(),
+            time: super::ids::rfc3339(r.get(4)?),
+        };
+        Ok(serde_json::to_value(e).unwrap_or_default())
     })?;
     rows.collect()
 }

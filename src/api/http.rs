@@ -4,7 +4,7 @@
 //! and made under the shared connection's lock; jobs run elsewhere
 //! (`runner`). Not for job rules (`jobs`) or key storage (`keys`).
 
-use super::jobs::{self, JobSpec};
+use super::jobs::{self, Job, JobSpec};
 use super::keys::{self, Key};
 use super::{db, ids, Api};
 use axum::body::Body;
@@ -13,14 +13,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Request bodies larger than this are refused before they are read.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -29,19 +29,33 @@ const IDEMPOTENCY_RETENTION_MS: i64 = 48 * 3600 * 1000;
 
 type Shared = State<Arc<Api>>;
 
-/// Every route the router serves (method, path template); the OpenAPI
-/// document must describe each one (a unit test checks).
-#[cfg(test)]
-pub(super) const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/jobs"),
-    ("GET", "/v1/jobs"),
-    ("GET", "/v1/jobs/{id}"),
-    ("POST", "/v1/jobs/{id}/cancel"),
-    ("GET", "/v1/events"),
-    ("GET", "/v1/audit"),
-    ("GET", "/metrics"),
-    ("GET", "/v1/openapi.json"),
-];
+/// The problem body's media type, for the OpenAPI descriptions below.
+const PROBLEM: &str = "application/problem+json";
+
+/// Every route the API serves, each registered through its handler's
+/// `#[utoipa::path]` description (`routes!`): the router and the OpenAPI
+/// document are built from this one list, so a route cannot be served
+/// without being described. Add routes only here, only with `routes!`
+/// (a unit test in `openapi` refuses a plain `.route(`).
+pub(super) fn routes() -> OpenApiRouter<Arc<Api>> {
+    OpenApiRouter::with_openapi(super::openapi::base())
+        .routes(routes!(create_job, list_jobs))
+        .routes(routes!(show_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(events))
+        .routes(routes!(audit))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+        .routes(routes!(super::ui::redirect))
+        .routes(routes!(super::ui::index))
+        .routes(routes!(super::ui::script))
+        .routes(routes!(super::ui::style))
+        .routes(routes!(super::ui::login))
+}
+
+/// The OpenAPI document as served.
+#[derive(Clone)]
+struct Document(Arc<str>);
 
 pub(super) async fn serve(
     api: Arc<Api>,
@@ -52,24 +66,13 @@ pub(super) async fn serve(
         Ok(l) => l,
         Err(e) => return tracing::error!("API listener: {e}"),
     };
-    let app = Router::new()
-        .route("/v1/jobs", post(create_job).get(list_jobs))
-        .route("/v1/jobs/{id}", get(show_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/events", get(events))
-        .route("/v1/audit", get(audit))
-        .route("/metrics", get(metrics))
-        .route("/v1/openapi.json", get(openapi))
-        .route(
-            "/ui",
-            get(|| async { axum::response::Redirect::permanent("/ui/") }),
-        )
-        .route("/ui/", get(super::ui::index))
-        .route("/ui/app.js", get(super::ui::script))
-        .route("/ui/app.css", get(super::ui::style))
-        .route("/ui/login", post(super::ui::login))
+    let (router, doc) = routes().split_for_parts();
+    let doc = super::openapi::finish(doc);
+    let doc = Document(doc.to_json().unwrap_or_default().into());
+    let app = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(doc))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             rate_limit,
@@ -143,7 +146,7 @@ async fn rate_limit(State(api): Shared, req: Request, next: Next) -> Response {
             "rate_limited",
             format!("too many requests: try again in {} s", d.reset_secs),
         )
-        .with("violated-policies", json!(["default"]))
+        .policies(&["default"])
         .header(header::RETRY_AFTER, d.reset_secs.to_string())
         .into_response()
     };
@@ -162,10 +165,42 @@ async fn rate_limit(State(api): Shared, req: Request, next: Next) -> Response {
 /// An RFC 9457 problem: `application/problem+json`, with a stable `code`.
 pub struct Problem {
     status: StatusCode,
-    code: &'static str,
-    detail: String,
-    extra: Value,
+    body: Box<ProblemBody>,
     headers: Vec<(header::HeaderName, String)>,
+}
+
+/// The body of every error answer (RFC 9457 `application/problem+json`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProblemBody {
+    /// urn:ferry:problem:CODE
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The status's reason phrase
+    pub title: String,
+    pub status: u16,
+    /// What was wrong, for a person
+    pub detail: String,
+    /// A stable code, for a program (e.g. unknown_job, idempotency_key_in_use)
+    pub code: String,
+    /// The fields of the body that were wrong (JSON pointers)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldProblem>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The scope the API key lacks (403)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_scope: Option<String>,
+    /// The rate-limit policies exceeded (429)
+    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
+    pub violated_policies: Option<Vec<String>>,
+}
+
+/// One wrong field of a request body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FieldProblem {
+    /// A JSON pointer into the body, e.g. /src
+    pub pointer: String,
+    pub detail: String,
 }
 
 impl Problem {
@@ -176,14 +211,37 @@ impl Problem {
     ) -> Problem {
         Problem {
             status,
-            code,
-            detail: detail.into(),
-            extra: json!({}),
+            body: Box::new(ProblemBody {
+                kind: format!("urn:ferry:problem:{}", code.replace('_', "-")),
+                title: status.canonical_reason().unwrap_or("error").to_string(),
+                status: status.as_u16(),
+                detail: detail.into(),
+                code: code.to_string(),
+                errors: None,
+                job_id: None,
+                missing_scope: None,
+                violated_policies: None,
+            }),
             headers: Vec::new(),
         }
     }
-    fn with(mut self, key: &str, v: Value) -> Problem {
-        self.extra[key] = v;
+    fn policies(mut self, names: &[&str]) -> Problem {
+        self.body.violated_policies = Some(names.iter().map(|n| n.to_string()).collect());
+        self
+    }
+    fn scope(mut self, scope: &str) -> Problem {
+        self.body.missing_scope = Some(scope.to_string());
+        self
+    }
+    fn field(mut self, pointer: &str, detail: &str) -> Problem {
+        self.body.errors = Some(vec![FieldProblem {
+            pointer: pointer.to_string(),
+            detail: detail.to_string(),
+        }]);
+        self
+    }
+    fn job(mut self, id: &str) -> Problem {
+        self.body.job_id = Some(id.to_string());
         self
     }
     fn header(mut self, name: header::HeaderName, v: impl Into<String>) -> Problem {
@@ -194,19 +252,8 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": format!("urn:ferry:problem:{}", self.code.replace('_', "-")),
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "code": self.code,
-        });
-        if let Value::Object(m) = self.extra {
-            for (k, v) in m {
-                body[k] = v;
-            }
-        }
-        let mut res = (self.status, body.to_string()).into_response();
+        let body = serde_json::to_string(&self.body).unwrap_or_default();
+        let mut res = (self.status, body).into_response();
         let h = res.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -354,7 +401,7 @@ fn authorize(
             "insufficient_scope",
             format!("this API key lacks the scope {scope}"),
         )
-        .with("missing_scope", json!(scope)));
+        .scope(scope));
     }
     Ok(key)
 }
@@ -437,6 +484,22 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(s.to_string()))
 }
 
+/// A test hook: with `FERRY_TEST_HOOKS=1` in the daemon's environment,
+/// `FERRY_TEST_SUBMIT_DELAY_MS` holds a submit with an Idempotency-Key
+/// between claiming the key and creating the job, so a test can send the
+/// same key while the first request is still being processed. Without
+/// `FERRY_TEST_HOOKS=1` it is never read.
+fn submit_delay() -> Option<Duration> {
+    if std::env::var_os("FERRY_TEST_HOOKS").is_none_or(|v| v != "1") {
+        return None;
+    }
+    let ms: u64 = std::env::var("FERRY_TEST_SUBMIT_DELAY_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms.min(60_000)))
+}
+
 fn sha256_hex(b: &[u8]) -> String {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
         .as_ref()
@@ -465,6 +528,23 @@ fn visible(api: &Api, key: &Key, job: &Value) -> bool {
     })
 }
 
+/// Submits a job; with an Idempotency-Key, at most once per API key.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    summary = "Submit a job",
+    security(("bearer" = ["jobs:write"])),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 visible ASCII characters; the same key and body return the first answer (with Idempotent-Replayed: true) and never start a second job; kept 48 h")),
+    request_body(content = JobSpec, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the job, queued (or the first answer again)", body = Job,
+            headers(("Location" = String, description = "/v1/jobs/{id}"),
+                    ("Idempotent-Replayed" = String, description = "true on a replayed answer"))),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "A request with this Idempotency-Key is still being processed", body = ProblemBody, content_type = PROBLEM),
+        (status = 413, description = "The body is over 64 KiB (checked before reading)", body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "Not Content-Type: application/json", body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = "An invalid job (unknown field, bad address or option), or the Idempotency-Key was used with another body", body = ProblemBody, content_type = PROBLEM),
+    ))]
 async fn create_job(
     State(api): Shared,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -530,6 +610,11 @@ async fn create_job(
                 return Ok(res);
             }
         }
+        // the key is claimed ("processing", status NULL): a second request
+        // with it gets 409 until this one has answered
+        if let Some(d) = submit_delay() {
+            tokio::time::sleep(d).await;
+        }
     }
     let result = create_checked(&api, &key, value, &fingerprint, idem.as_deref(), remote);
     if result.is_err() {
@@ -575,7 +660,7 @@ fn create_checked(
                 "invalid_job",
                 detail.clone(),
             )
-            .with("errors", json!([{"pointer": pointer, "detail": detail}])))
+            .field(pointer, &detail))
         }
     };
     let id = ids::new_id();
@@ -606,13 +691,33 @@ fn create_checked(
     Ok(res)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only jobs in this state
+    #[param(value_type = Option<jobs::State>)]
     state: Option<String>,
+    /// At most this many (1 to 1000; default 100)
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+/// `GET /v1/jobs`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct JobList {
+    #[schema(value_type = Vec<Job>)]
+    jobs: Vec<Value>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    summary = "List jobs, newest first",
+    security(("bearer" = ["jobs:read"])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The jobs the key may see", body = JobList),
+        (status = 400, description = "A bad query", body = ProblemBody, content_type = PROBLEM),
+    ))]
 async fn list_jobs(
     State(api): Shared,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -639,14 +744,21 @@ async fn list_jobs(
         .into_iter()
         .filter(|j| visible(&api, &key, j))
         .collect();
-    Ok(json_response(StatusCode::OK, &json!({ "jobs": jobs })))
+    Ok(json_response(StatusCode::OK, &json!(JobList { jobs })))
 }
 
 fn unknown_job(id: &str) -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}"))
-        .with("job_id", json!(id))
+    Problem::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}")).job(id)
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    summary = "Show a job",
+    security(("bearer" = ["jobs:read"])),
+    params(("id" = String, Path, description = "The job's id (a ULID)")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 404, description = "No such job (or not one the key may see)", body = ProblemBody, content_type = PROBLEM),
+    ))]
 async fn show_job(
     State(api): Shared,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -660,6 +772,15 @@ async fn show_job(
     }
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    summary = "Cancel a queued or running job",
+    security(("bearer" = ["jobs:write"])),
+    params(("id" = String, Path, description = "The job's id (a ULID)")),
+    responses(
+        (status = 202, description = "The job, canceled (or stopping)", body = Job),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "The job has ended: nothing to cancel", body = ProblemBody, content_type = PROBLEM),
+    ))]
 async fn cancel_job(
     State(api): Shared,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -679,7 +800,7 @@ async fn cancel_job(
             "job_finished",
             format!("job {id} is {state}: nothing to cancel"),
         )
-        .with("job_id", json!(id)));
+        .job(&id));
     }
     // a queued job ends here; a running one through its cancel handle
     let canceled_queued = api
@@ -741,14 +862,44 @@ fn seen_by(api: &Api, key: &Key, events: Vec<Value>) -> Vec<Value> {
         .collect()
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventQuery {
+    /// Events after this id (else Last-Event-ID, else from the start)
     after: Option<i64>,
+    /// Long-poll: wait up to this many seconds (at most 60) for an event
+    #[param(maximum = 60)]
     wait: Option<u64>,
+    /// Only this job's events
     job: Option<String>,
 }
 
+/// A long-poll's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct EventPage {
+    #[schema(value_type = Vec<db::Event>)]
+    events: Vec<Value>,
+    /// The id to ask after next
+    last_id: i64,
+    /// The newest event id of all
+    latest_id: i64,
+}
+
+/// The event log: Server-Sent Events with `Accept: text/event-stream`
+/// (resumable with Last-Event-ID), else a long-poll.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    summary = "Events: Server-Sent Events (Accept: text/event-stream, resumable with Last-Event-ID) or a long-poll (after, wait)",
+    security(("bearer" = ["jobs:read"])),
+    params(EventQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "Events after the given id", content(
+            (EventPage = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "A bad query", body = ProblemBody, content_type = PROBLEM),
+    ))]
 async fn events(
     State(api): Shared,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -787,9 +938,14 @@ async fn events(
             }
             if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
                 let latest = db::last_event(&api.conn()).map_err(internal)?;
+                let page = EventPage {
+                    events: batch,
+                    last_id: last,
+                    latest_id: latest,
+                };
                 return Ok(json_response(
                     StatusCode::OK,
-                    &json!({"events": batch, "last_id": last, "latest_id": latest}),
+                    &serde_json::to_value(page).map_err(internal)?,
                 ));
             }
             let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
@@ -837,13 +993,45 @@ async fn events(
         .into_response())
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Entries after this id
     after: Option<i64>,
+    /// At most this many (default 500, at most 5000)
     limit: Option<u32>,
 }
 
+/// One audit entry.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct AuditEntry {
+    id: i64,
+    time: String,
+    key_id: Option<String>,
+    key_name: Option<String>,
+    /// e.g. job.create, job.cancel, events.read
+    action: String,
+    target: Option<String>,
+    /// ok, or why it was denied or refused
+    result: String,
+    remote: Option<String>,
+}
+
+/// `GET /v1/audit`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct AuditPage {
+    entries: Vec<AuditEntry>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "admin",
+    summary = "The audit log: every change and every denial",
+    security(("bearer" = ["admin"])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Entries, oldest first", body = AuditPage),
+        (status = 400, description = "A bad query", body = ProblemBody, content_type = PROBLEM),
+    ))]
 async fn audit(
     State(api): Shared,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -861,26 +1049,28 @@ async fn audit(
         .query_map(
             params![q.after.unwrap_or(0), q.limit.unwrap_or(500).min(5000)],
             |r| {
-                Ok(json!({
-                    "id": r.get::<_, i64>(0)?,
-                    "time": ids::rfc3339(r.get(1)?),
-                    "key_id": r.get::<_, Option<String>>(2)?,
-                    "key_name": r.get::<_, Option<String>>(3)?,
-                    "action": r.get::<_, String>(4)?,
-                    "target": r.get::<_, Option<String>>(5)?,
-                    "result": r.get::<_, String>(6)?,
-                    "remote": r.get::<_, Option<String>>(7)?,
-                }))
+                Ok(AuditEntry {
+                    id: r.get(0)?,
+                    time: ids::rfc3339(r.get(1)?),
+                    key_id: r.get(2)?,
+                    key_name: r.get(3)?,
+                    action: r.get(4)?,
+                    target: r.get(5)?,
+                    result: r.get(6)?,
+                    remote: r.get(7)?,
+                })
             },
         )
         .map_err(internal)?;
-    let entries: Vec<Value> = rows.collect::<Result<_, _>>().map_err(internal)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "entries": entries }),
-    ))
+    let entries: Vec<AuditEntry> = rows.collect::<Result<_, _>>().map_err(internal)?;
+    let page = serde_json::to_value(AuditPage { entries }).map_err(internal)?;
+    Ok(json_response(StatusCode::OK, &page))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    summary = "Prometheus metrics (text format 0.0.4)",
+    security(("bearer" = ["metrics:read"])),
+    responses((status = 200, description = "The exposition", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(
     State(api): Shared,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -897,6 +1087,14 @@ async fn metrics(
 }
 
 /// The OpenAPI document: public, like a login page (it holds no data).
-async fn openapi() -> Response {
-    json_response(StatusCode::OK, &super::openapi::document())
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
+    summary = "This document (OpenAPI 3.1), generated from the code",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+async fn openapi(axum::Extension(doc): axum::Extension<Document>) -> Response {
+    let mut res = (StatusCode::OK, doc.0.to_string()).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }

@@ -13,7 +13,7 @@ use crate::transport::daemon::DaemonOptions;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     Copy,
@@ -21,29 +21,36 @@ pub enum Op {
 }
 
 /// A deadline: seconds after submission, or an RFC 3339 UTC time.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Deadline {
+    /// Seconds after submission
     Seconds(u64),
+    /// An RFC 3339 UTC time, e.g. 2026-12-04T21:00:00Z
     At(String),
 }
 
 /// A rate as the CLI's `--bwlimit` takes it: KiB/s, or with a suffix.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Rate {
+    /// KiB/s
     KiB(u64),
+    /// With a suffix, e.g. 10M
     Text(String),
 }
 
 /// The body of `POST /v1/jobs`. Options are named as the CLI names them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub op: Op,
+    /// MODULE/PATH of this daemon, HOST::MODULE/PATH or ferry://HOST[:PORT]/MODULE/PATH
     pub src: String,
+    /// Like src; one of the two is a module of this daemon
     pub dst: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 128)]
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Deadline>,
@@ -56,6 +63,7 @@ pub struct JobSpec {
     #[serde(default)]
     pub compress: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 19)]
     pub compress_level: Option<u8>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
@@ -74,6 +82,7 @@ pub struct JobSpec {
     #[serde(default)]
     pub fsync: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 8)]
     pub streams: Option<u8>,
 }
 
@@ -335,57 +344,123 @@ pub fn local_base(r: &Resolved) -> Option<PathBuf> {
     }
 }
 
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+/// Why a job failed (or was canceled): a stable code and a human detail.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobError {
+    /// e.g. source_not_found, max_faults_exceeded, deadline_exceeded, canceled
+    pub code: String,
+    pub detail: Option<String>,
+}
+
+/// A file a finished job wrote or sent, with its size and BLAKE3 check.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobFile {
+    pub name: String,
+    pub size: u64,
+    pub blake3: Option<String>,
+}
+
+/// The job resource, as `GET /v1/jobs/{id}` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Job {
+    /// A ULID (26 characters)
+    pub id: String,
+    pub op: Op,
+    pub src: String,
+    pub dst: String,
+    pub label: Option<String>,
+    pub state: State,
+    pub attempts: i64,
+    /// Transient failures met (and retried) so far
+    pub faults: i64,
+    pub max_faults: Option<u32>,
+    pub status_detail: String,
+    pub bytes_done: i64,
+    pub bytes_total: i64,
+    pub files_done: i64,
+    pub files_total: i64,
+    pub rate_bytes_per_second: i64,
+    pub eta_seconds: Option<i64>,
+    /// Bytes sent as literal data (not rebuilt from what the destination had)
+    pub literal_bytes: i64,
+    pub reused_bytes: i64,
+    pub error: Option<JobError>,
+    /// When the job has succeeded: the files, with sizes and checks
+    pub files: Option<Vec<JobFile>>,
+    /// The submitted body
+    pub options: JobSpec,
+    /// RFC 3339 UTC
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub updated_at: String,
+    pub deadline: Option<String>,
+}
+
 /// The job resource from its row.
 pub fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
     use super::ids::rfc3339;
-    let spec: serde_json::Value =
-        serde_json::from_str(&r.get::<_, String>("spec")?).unwrap_or_default();
+    let bad = |e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    };
+    let spec: JobSpec = serde_json::from_str(&r.get::<_, String>("spec")?).map_err(bad)?;
     let state: String = r.get("state")?;
+    let state: State = serde_json::from_value(serde_json::Value::String(state)).map_err(bad)?;
     let (done, total): (i64, i64) = (r.get("bytes_done")?, r.get("bytes_total")?);
     let rate: f64 = r.get("rate")?;
-    let eta = (state == "running" && rate > 0.0 && total > done)
+    let eta = (state == State::Running && rate > 0.0 && total > done)
         .then(|| ((total - done) as f64 / rate).ceil() as i64);
     let error = match r.get::<_, Option<String>>("error_code")? {
-        Some(code) => {
-            serde_json::json!({"code": code, "detail": r.get::<_, Option<String>>("error_detail")?})
-        }
-        None => serde_json::Value::Null,
+        Some(code) => Some(JobError {
+            code,
+            detail: r.get("error_detail")?,
+        }),
+        None => None,
     };
-    let files: serde_json::Value = r
+    let files: Option<Vec<JobFile>> = r
         .get::<_, Option<String>>("files")?
-        .and_then(|f| serde_json::from_str(&f).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let t = |c: &str| -> rusqlite::Result<serde_json::Value> {
-        Ok(r.get::<_, Option<i64>>(c)?
-            .map(|v| serde_json::Value::String(rfc3339(v)))
-            .unwrap_or(serde_json::Value::Null))
+        .and_then(|f| serde_json::from_str(&f).ok());
+    let t = |c: &str| -> rusqlite::Result<Option<String>> {
+        Ok(r.get::<_, Option<i64>>(c)?.map(rfc3339))
     };
-    Ok(serde_json::json!({
-        "id": r.get::<_, String>("id")?,
-        "op": spec["op"],
-        "src": spec["src"],
-        "dst": spec["dst"],
-        "label": spec.get("label").cloned().unwrap_or(serde_json::Value::Null),
-        "state": state,
-        "attempts": r.get::<_, i64>("attempts")?,
-        "faults": r.get::<_, i64>("faults")?,
-        "max_faults": spec.get("max_faults").cloned().unwrap_or(serde_json::Value::Null),
-        "status_detail": r.get::<_, String>("status_detail")?,
-        "bytes_done": done,
-        "bytes_total": total,
-        "files_done": r.get::<_, i64>("files_done")?,
-        "files_total": r.get::<_, i64>("files_total")?,
-        "rate_bytes_per_second": rate.round() as i64,
-        "eta_seconds": eta,
-        "literal_bytes": r.get::<_, i64>("literal_bytes")?,
-        "reused_bytes": r.get::<_, i64>("reused_bytes")?,
-        "error": error,
-        "files": files,
-        "options": spec,
-        "created_at": t("created_ms")?,
-        "started_at": t("started_ms")?,
-        "finished_at": t("finished_ms")?,
-        "updated_at": t("updated_ms")?,
-        "deadline": t("deadline_ms")?,
-    }))
+    let job = Job {
+        id: r.get("id")?,
+        op: spec.op,
+        src: spec.src.clone(),
+        dst: spec.dst.clone(),
+        label: spec.label.clone(),
+        state,
+        attempts: r.get("attempts")?,
+        faults: r.get("faults")?,
+        max_faults: spec.max_faults,
+        status_detail: r.get("status_detail")?,
+        bytes_done: done,
+        bytes_total: total,
+        files_done: r.get("files_done")?,
+        files_total: r.get("files_total")?,
+        rate_bytes_per_second: rate.round() as i64,
+        eta_seconds: eta,
+        literal_bytes: r.get("literal_bytes")?,
+        reused_bytes: r.get("reused_bytes")?,
+        error,
+        files,
+        options: spec,
+        created_at: t("created_ms")?.unwrap_or_default(),
+        started_at: t("started_ms")?,
+        finished_at: t("finished_ms")?,
+        updated_at: t("updated_ms")?.unwrap_or_default(),
+        deadline: t("deadline_ms")?,
+    };
+    serde_json::to_value(job).map_err(bad)
 }

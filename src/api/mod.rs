@@ -138,6 +138,14 @@ pub fn start(cfg: ApiConfig) -> Result<Started, StartError> {
         None => None,
     };
     let conn = db::open(&cfg.state_dir)?;
+    // an Idempotency-Key claimed by a request that a previous process was
+    // still processing: no answer was sent for it, so the key is free again
+    // (else it would answer 409 until the record expires)
+    conn.execute("DELETE FROM idempotency WHERE status IS NULL", [])
+        .map_err(|e| db::DbError {
+            path: db::path_in(&cfg.state_dir),
+            text: e.to_string(),
+        })?;
     let last = db::last_event(&conn).map_err(|e| db::DbError {
         path: db::path_in(&cfg.state_dir),
         text: e.to_string(),

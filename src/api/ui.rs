@@ -103,8 +103,18 @@ fn asset(ctype: &'static str, body: &'static str) -> Response {
     res
 }
 
+/// `/ui` goes to the page.
+#[utoipa::path(get, path = "/ui", tag = "dashboard", summary = "The dashboard (redirects to /ui/)",
+    responses((status = 308, description = "To /ui/", headers(("Location" = String)))))]
+pub(super) async fn redirect() -> axum::response::Redirect {
+    axum::response::Redirect::permanent("/ui/")
+}
+
 /// The page; for a logged-in user with the jobs table already filled in
 /// (the script keeps it live from there).
+#[utoipa::path(get, path = "/ui/", tag = "dashboard", summary = "The dashboard page",
+    description = "Log in through a one-time link from ferry dashboard-link (the token travels in the URL fragment); served under a strict Content-Security-Policy",
+    responses((status = 200, description = "The page", body = String, content_type = "text/html")))]
 pub(super) async fn index(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     let logged_in = session(&api.conn(), &headers).is_some();
     let mut page = INDEX.to_string();
@@ -197,20 +207,45 @@ fn rows(conn: &Connection) -> rusqlite::Result<String> {
     }
     Ok(out)
 }
+#[utoipa::path(get, path = "/ui/app.js", tag = "dashboard", summary = "The dashboard's script",
+    responses((status = 200, description = "The script", body = String, content_type = "text/javascript")))]
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
+#[utoipa::path(get, path = "/ui/app.css", tag = "dashboard", summary = "The dashboard's style sheet",
+    responses((status = 200, description = "The style sheet", body = String, content_type = "text/css")))]
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
-#[derive(serde::Deserialize)]
+/// The body of `POST /ui/login`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Login {
+pub(super) struct Login {
+    /// The token from the login link's fragment (#login=...)
     token: String,
 }
 
+/// A dashboard session's CSRF token.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct LoggedIn {
+    /// Send it back as X-CSRF-Token on requests that change something
+    csrf: String,
+}
+
 /// Exchanges a one-time token for a session cookie and a CSRF token.
+#[utoipa::path(post, path = "/ui/login", tag = "dashboard",
+    summary = "Exchange a one-time login token for a session cookie (HttpOnly) and a CSRF token",
+    request_body(content = Login, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Logged in", body = LoggedIn,
+            headers(("Set-Cookie" = String, description = "ferry_session=...; HttpOnly; SameSite=Strict"))),
+        (status = 400, description = "Malformed JSON", body = super::http::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The link was used already, has expired or is unknown", body = super::http::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB", body = super::http::ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not Content-Type: application/json", body = super::http::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a login body", body = super::http::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn login(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -263,7 +298,7 @@ pub(super) async fn login(
     let secure = if api.tls { "; Secure" } else { "" };
     let mut res = (
         StatusCode::OK,
-        serde_json::json!({ "csrf": csrf }).to_string(),
+        serde_json::to_string(&LoggedIn { csrf }).unwrap_or_default(),
     )
         .into_response();
     let h = res.headers_mut();
