@@ -1465,6 +1465,205 @@ fn beyond_loopback_the_api_speaks_tls_with_a_pinned_key() {
     );
 }
 
+/// `ferry job ARGS` with this environment (nothing of the caller's
+/// FERRY_API_* variables).
+fn job_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(ferry_bin())
+        .args(args)
+        .env_remove("FERRY_API_URL")
+        .env_remove("FERRY_API_KEY")
+        .env_remove("FERRY_API_PIN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A pin as curl takes it, of a key's SubjectPublicKeyInfo.
+fn pin_of_key(k: &rcgen::KeyPair) -> String {
+    use base64::Engine;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(k);
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki);
+    format!(
+        "sha256//{}",
+        base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+    )
+}
+
+/// A CA, and a server certificate it signed for 127.0.0.1 and localhost:
+/// (ca.pem, cert.pem, key.pem, the server key's pin) in `dir`.
+fn make_ca_and_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    write(&p("ca.pem"), ca.pem());
+    write(&p("cert.pem"), cert.pem());
+    write(&p("key.pem"), key.serialize_pem());
+    chmod(&p("key.pem"), 0o600);
+    (p("ca.pem"), p("cert.pem"), p("key.pem"), pin_of_key(&key))
+}
+
+#[test]
+fn the_job_cli_reaches_a_tls_api_by_its_pin_and_refuses_another_key() {
+    // TLS on loopback with the certificate made from the daemon's key
+    let api = Api::with(&["--api-tls"]);
+    assert!(api.url.starts_with("https://127.0.0.1:"), "{}", api.url);
+    let pin = std::fs::read_to_string(api.dir.path().join("pin")).unwrap();
+    write(&api.src().join("t/f.bin"), random_bytes(50_000, 21));
+    let key = api.key("tls", "jobs:write,jobs:read", &[]);
+    let env = [
+        ("FERRY_API_URL", api.url.as_str()),
+        ("FERRY_API_KEY", key.as_str()),
+    ];
+    // the pin as a flag: submit, watch, show
+    let o = ok(job_cli(
+        &["job", "submit", "src/t/", "dst/t/", "--api-pin", &pin],
+        &env,
+    ));
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 26, "{id}");
+    let o = ok(job_cli(&["job", "watch", &id, "--api-pin", &pin], &env));
+    assert!(stdout(&o).contains("succeeded"), "{}", stdout(&o));
+    assert_eq!(
+        std::fs::read(api.dst().join("t/f.bin")).unwrap(),
+        random_bytes(50_000, 21)
+    );
+    // the pin from FERRY_API_PIN
+    let mut with_pin = env.to_vec();
+    with_pin.push(("FERRY_API_PIN", pin.as_str()));
+    let o = ok(job_cli(&["job", "show", &id, "--json"], &with_pin));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["state"], "succeeded");
+    // address, key and pin from the config directory
+    let client = api.dir.path().join("client");
+    std::fs::create_dir(&client).unwrap();
+    write(&client.join("api_url"), format!("{}\n", api.url));
+    write(&client.join("api_key"), format!("{key}\n"));
+    write(&client.join("api_pin"), format!("{pin}\n"));
+    let cfg = client.display().to_string();
+    let o = ok(job_cli(&["job", "list", "--config-dir", &cfg], &[]));
+    assert!(stdout(&o).contains(&id), "{}", stdout(&o));
+    // another key's pin: refused before the API key is sent, in one line
+    let wrong = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let o = job_cli(&["job", "list", "--api-pin", wrong], &env);
+    assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "its certificate's key is {pin}, not the pin {wrong}"
+        )),
+        "{err}"
+    );
+    // no pin at all, or a malformed one: a usage error that says what to give
+    let o = job_cli(&["job", "list"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--api-pin"), "{}", stderr(&o));
+    let o = job_cli(&["job", "list", "--api-pin", "sha256//short"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a key pin"), "{}", stderr(&o));
+    // curl with the same pin
+    let o = Command::new("curl")
+        .args([
+            "-sk",
+            "--pinnedpubkey",
+            &pin,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {key}")])
+        .arg(format!("{}/v1/jobs", api.url))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200", "{}", stderr(&o));
+    // no secret in the log
+    assert!(!api.log().contains(&key));
+}
+
+#[test]
+fn an_api_cert_from_a_ca_serves_curl_and_the_job_cli() {
+    let certs = tmp();
+    let (ca, cert, key_file, cert_pin) = make_ca_and_cert(certs.path(), "good");
+    let (other_ca, _, _, _) = make_ca_and_cert(certs.path(), "other");
+    let cert_s = cert.display().to_string();
+    let key_s = key_file.display().to_string();
+    let api = Api::with(&["--api-cert", &cert_s, "--api-key-file", &key_s]);
+    assert!(api.url.starts_with("https://"), "{}", api.url);
+    // the daemon prints the pin of the certificate's key
+    let printed = std::fs::read_to_string(api.dir.path().join("pin")).unwrap();
+    assert_eq!(printed, cert_pin);
+    let key = api.key("ca", "jobs:read", &[]);
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .arg("-s")
+            .args(extra)
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["-H", &format!("Authorization: Bearer {key}")])
+            .arg(format!("{}/v1/jobs", api.url))
+            .output()
+            .expect("curl")
+    };
+    let ca_s = ca.display().to_string();
+    let o = curl(&["--cacert", &ca_s]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200", "{}", stderr(&o));
+    let o = curl(&["--cacert", &ca_s, "--pinnedpubkey", &cert_pin]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200", "{}", stderr(&o));
+    // another CA: curl refuses the certificate (exit 60)
+    let o = curl(&["--cacert", &other_ca.display().to_string()]);
+    assert_eq!(o.status.code(), Some(60), "{}", stderr(&o));
+    let env = [
+        ("FERRY_API_URL", api.url.as_str()),
+        ("FERRY_API_KEY", key.as_str()),
+    ];
+    // ferry job: by the CA, or by the pin
+    let o = ok(job_cli(&["job", "list", "--api-cacert", &ca_s], &env));
+    assert_eq!(stdout(&o), "");
+    ok(job_cli(&["job", "list", "--api-pin", &cert_pin], &env));
+    let o = job_cli(
+        &[
+            "job",
+            "list",
+            "--api-cacert",
+            &other_ca.display().to_string(),
+        ],
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("TLS refused"), "{}", stderr(&o));
+    // a missing key file is a clear start-up error
+    let dir = tmp();
+    let o = ferry([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--api-cert",
+        &cert_s,
+        "--api-key-file",
+        &dir.path().join("nope.pem").display().to_string(),
+        "--config-dir",
+        &dir.path().display().to_string(),
+        "--module",
+        &format!("m={}", dir.path().display()),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--api-key-file"), "{}", stderr(&o));
+}
+
 #[test]
 fn the_openapi_document_validates() {
     let api = Api::new();

@@ -407,7 +407,8 @@ pub struct ServeArgs {
     /// (its pin is printed for curl --pinnedpubkey); needed beyond loopback
     #[arg(long = "api-tls")]
     pub api_tls: bool,
-    /// Serve the API over TLS with this certificate chain (PEM)
+    /// Serve the API over TLS with this certificate chain (PEM); the pin of
+    /// its key is printed too (for ferry job --api-pin, curl --pinnedpubkey)
     #[arg(long = "api-cert", value_name = "FILE", requires = "api_key_file")]
     pub api_cert: Option<std::path::PathBuf>,
     /// The private key (PEM) for --api-cert

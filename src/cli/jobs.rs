@@ -1,8 +1,10 @@
 //! `ferry api-key` (on the daemon's host: create, list, revoke keys in the
 //! daemon's state database) and `ferry job` (a small HTTP/1.1 client of a
-//! daemon's API on loopback: submit, list, show, cancel, watch). The address
-//! and key come from flags, `FERRY_API_URL` / `FERRY_API_KEY`, or the files
-//! `api_url` / `api_key` in the config directory. Not for serving the API.
+//! daemon's API, plain on loopback or https with the server's key pinned or
+//! its certificate checked against a CA: submit, list, show, cancel,
+//! watch). The address, key and pin come from flags, `FERRY_API_URL` /
+//! `FERRY_API_KEY` / `FERRY_API_PIN`, or the files `api_url` / `api_key` /
+//! `api_pin` in the config directory. Not for serving the API.
 
 use crate::error::TransferError;
 use clap::{Args, Subcommand};
@@ -49,14 +51,23 @@ pub enum ApiKeyCommand {
 /// Where the API is and which key to use.
 #[derive(Args, Debug, Clone)]
 pub struct ApiFlags {
-    /// The API's address, e.g. http://127.0.0.1:7421 (default: $FERRY_API_URL,
-    /// else the file api_url in the config directory)
+    /// The API's address, e.g. http://127.0.0.1:7421 or https://gpu1:7421
+    /// (default: $FERRY_API_URL, else the file api_url in the config directory)
     #[arg(long = "api-url", value_name = "URL")]
     pub url: Option<String>,
     /// The API key (default: $FERRY_API_KEY, else the file api_key in the
     /// config directory)
     #[arg(long = "api-key", value_name = "KEY")]
     pub key: Option<String>,
+    /// For an https:// API: the pin of its certificate's key as ferry serve
+    /// printed it, sha256//... (default: $FERRY_API_PIN, else the file
+    /// api_pin in the config directory); a server with another key is refused
+    #[arg(long = "api-pin", value_name = "PIN")]
+    pub pin: Option<String>,
+    /// For an https:// API whose certificate a CA signed: the CA's
+    /// certificate (PEM); the certificate must name the URL's host
+    #[arg(long = "api-cacert", value_name = "FILE", conflicts_with = "pin")]
+    pub cacert: Option<PathBuf>,
     /// ferry's config directory
     #[arg(long = "config-dir", value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
@@ -226,9 +237,25 @@ pub struct Answer {
 }
 
 struct Client {
+    /// The URL's scheme and authority, for messages (`https://host:port`).
+    base: String,
+    /// host:port, to connect to and for the Host header.
     host: String,
     key: String,
+    tls: Option<Tls>,
 }
+
+/// What an https client needs.
+struct Tls {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+    mismatch: crate::api::tls::Mismatch,
+    pin: Option<String>,
+}
+
+/// A connection to the API, plain or TLS.
+trait Io: Read + Write {}
+impl<T: Read + Write> Io for T {}
 
 impl Client {
     fn new(f: &ApiFlags) -> Result<Client, TransferError> {
@@ -251,16 +278,113 @@ impl Client {
             .or_else(|| std::env::var("FERRY_API_KEY").ok())
             .or_else(|| from_file("api_key"))
             .ok_or_else(|| usage("no API key: give --api-key, set FERRY_API_KEY, or write it to api_key in the config directory"))?;
-        let host = url
-            .strip_prefix("http://")
-            .ok_or_else(|| {
+        let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => {
+                return Err(usage(format!(
+                    "--api-url {url:?}: give http://HOST:PORT (loopback) or https://HOST:PORT"
+                )))
+            }
+        };
+        let host = rest.trim_end_matches('/').to_string();
+        if host.is_empty() || host.contains('/') {
+            return Err(usage(format!(
+                "--api-url {url:?}: give the API's address only, like https://HOST:PORT"
+            )));
+        }
+        let base = format!("{}://{host}", if https { "https" } else { "http" });
+        if !https {
+            return Ok(Client {
+                base,
+                host,
+                key,
+                tls: None,
+            });
+        }
+        let trust = match &f.cacert {
+            Some(ca) => crate::api::tls::ClientTrust::CaFile(ca.clone()),
+            None => {
+                let pin = f
+                    .pin
+                    .clone()
+                    .or_else(|| std::env::var("FERRY_API_PIN").ok().filter(|p| !p.is_empty()))
+                    .or_else(|| from_file("api_pin"))
+                    .ok_or_else(|| usage(format!(
+                        "{base}: an https API needs the pin ferry serve printed (--api-pin sha256//..., FERRY_API_PIN, or api_pin in the config directory) or --api-cacert FILE"
+                    )))?;
+                crate::api::tls::ClientTrust::Pin(pin.trim().to_string())
+            }
+        };
+        let (config, mismatch) = crate::api::tls::client_config(&trust).map_err(usage)?;
+        // the name the certificate must hold (not checked with a pin)
+        let name_part = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h),
+        };
+        let name =
+            rustls::pki_types::ServerName::try_from(name_part.to_string()).map_err(|_| {
                 usage(format!(
-                    "--api-url {url:?}: ferry job speaks plain http:// to a loopback API"
+                    "--api-url {url:?}: {name_part:?} is not a host name"
                 ))
-            })?
-            .trim_end_matches('/')
-            .to_string();
-        Ok(Client { host, key })
+            })?;
+        Ok(Client {
+            base,
+            host,
+            key,
+            tls: Some(Tls {
+                config,
+                name,
+                mismatch,
+                pin: match trust {
+                    crate::api::tls::ClientTrust::Pin(p) => Some(p),
+                    _ => None,
+                },
+            }),
+        })
+    }
+
+    /// The error for a failed exchange: a refused pin is told as such.
+    fn io_error(&self, e: &std::io::Error) -> TransferError {
+        if let Some(t) = &self.tls {
+            let seen = t.mismatch.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let (Some(got), Some(want)) = (seen, &t.pin) {
+                return TransferError::HostKey(format!(
+                    "API at {}: its certificate's key is {got}, not the pin {want}: refusing it (check --api-pin or FERRY_API_PIN)",
+                    self.base
+                ));
+            }
+            if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return TransferError::HostKey(format!(
+                    "API at {}: TLS refused: {inner}",
+                    self.base
+                ));
+            }
+        }
+        TransferError::Connection(format!(
+            "API at {}: {}",
+            self.base,
+            crate::error::io_text(e)
+        ))
+    }
+
+    fn connect(&self) -> Result<Box<dyn Io>, TransferError> {
+        let s = std::net::TcpStream::connect(&self.host).map_err(|e| self.io_error(&e))?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))
+            .map_err(|e| self.io_error(&e))?;
+        let Some(t) = &self.tls else {
+            return Ok(Box::new(s));
+        };
+        let conn = rustls::ClientConnection::new(t.config.clone(), t.name.clone())
+            .map_err(|e| usage(format!("API at {}: {e}", self.base)))?;
+        let mut tls = rustls::StreamOwned::new(conn, s);
+        // the handshake now, so a refused key is told before anything is sent
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .map_err(|e| self.io_error(&e))?;
+        }
+        Ok(Box::new(tls))
     }
 
     fn call(
@@ -270,16 +394,7 @@ impl Client {
         body: Option<&Value>,
         extra: &[(&str, &str)],
     ) -> Result<Answer, TransferError> {
-        let conn_err = |e: std::io::Error| {
-            TransferError::Connection(format!(
-                "API at http://{}: {}",
-                self.host,
-                crate::error::io_text(&e)
-            ))
-        };
-        let mut s = std::net::TcpStream::connect(&self.host).map_err(conn_err)?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))
-            .map_err(conn_err)?;
+        let mut s = self.connect()?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -295,14 +410,19 @@ impl Client {
         }
         req.push_str("\r\n");
         req.push_str(&body);
-        s.write_all(req.as_bytes()).map_err(conn_err)?;
+        s.write_all(req.as_bytes())
+            .and_then(|_| s.flush())
+            .map_err(|e| self.io_error(&e))?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).map_err(conn_err)?;
+        match s.read_to_end(&mut raw) {
+            Ok(_) => {}
+            // a TLS peer that closed without close_notify: the answer is
+            // taken only when it is whole
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && complete(&raw) => {}
+            Err(e) => return Err(self.io_error(&e)),
+        }
         parse_answer(&raw).ok_or_else(|| {
-            TransferError::Connection(format!(
-                "API at http://{}: a malformed HTTP answer",
-                self.host
-            ))
+            TransferError::Connection(format!("API at {}: a malformed HTTP answer", self.base))
         })
     }
 
@@ -325,6 +445,24 @@ impl Client {
         }
         Ok(v)
     }
+}
+
+/// Whether `raw` holds a whole answer: its Content-Length of body, or a
+/// chunked body's last chunk.
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    if let Some(n) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= n;
+    }
+    head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n")
 }
 
 /// Parses an HTTP/1.1 response (Content-Length, chunked, or to the end).
