@@ -1210,6 +1210,135 @@ fn a_peer_down_for_10_s_is_a_fault_the_job_survives() {
         .any(|e| e["type"] == "fault" && e["data"]["code"] == "connection_failed"));
 }
 
+/// The s3s-fs server binary (scripts/test.sh installs it).
+fn s3s_fs() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("s3s-fs"))
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/s3s-fs")))
+        .find(|p| p.is_file())
+        .expect("s3s-fs (scripts/test.sh installs it)")
+}
+
+/// A job with an s3:// side: the daemon reaches the bucket with its own S3
+/// settings (its AWS_* environment), against a real S3 server (s3s-fs).
+#[test]
+fn a_job_copies_a_module_to_s3_and_back() {
+    let s3dir = tmp();
+    let data = s3dir.path().join("data");
+    std::fs::create_dir_all(data.join("bkt")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Server(Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(
+        Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--access-key",
+                "AKIAFERRYAPI",
+                "--secret-key",
+                "api-s3-secret",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs"),
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "s3s-fs did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let home = s3dir.path().display().to_string();
+    let api = Api::with_env(
+        &[],
+        &[
+            ("HOME", &home),
+            ("AWS_ACCESS_KEY_ID", "AKIAFERRYAPI"),
+            ("AWS_SECRET_ACCESS_KEY", "api-s3-secret"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+        ],
+    );
+    let weights = random_bytes(3 * MIB, 31);
+    write(&api.src().join("ck/weights.bin"), &weights);
+    write(&api.src().join("ck/sub/meta.json"), b"{\"step\": 42}\n");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    // a module of this daemon to a bucket
+    let j = api.submit(&key, &sync_job("src/ck/", "s3://bkt/run42/"));
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{}", api.log());
+    assert_eq!(
+        std::fs::read(data.join("bkt/run42/weights.bin")).unwrap(),
+        weights
+    );
+    assert_eq!(
+        std::fs::read(data.join("bkt/run42/sub/meta.json")).unwrap(),
+        b"{\"step\": 42}\n"
+    );
+    // and back into another module
+    let j = api.submit(&key, &sync_job("s3://bkt/run42/", "dst/back/"));
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{}", api.log());
+    assert_eq!(
+        std::fs::read(api.dst().join("back/weights.bin")).unwrap(),
+        weights
+    );
+    let f = j["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "weights.bin")
+        .expect("weights.bin listed")
+        .clone();
+    assert_eq!(f["blake3"], blake3::hash(&weights).to_hex().as_str());
+    // a key limited to modules may not reach a bucket it does not list
+    let limited = api.key("limited", "jobs:write,jobs:read", &["src", "dst"]);
+    let json_ct = [("Content-Type", "application/json")];
+    api.call(
+        "POST",
+        "/v1/jobs",
+        Some(&limited),
+        &json_ct,
+        Some(&sync_job("src/ck/", "s3://bkt/other/").to_string()),
+    )
+    .problem(403, "forbidden");
+    // two buckets: one side must be this daemon's module
+    api.call(
+        "POST",
+        "/v1/jobs",
+        Some(&key),
+        &json_ct,
+        Some(&sync_job("s3://bkt/run42/", "s3://bkt/copy/").to_string()),
+    )
+    .problem(422, "invalid_job");
+    // the S3 secret reaches neither the log nor a job
+    assert!(!api.log().contains("api-s3-secret"));
+    let all = api.call("GET", "/v1/jobs", Some(&key), &[], None).text();
+    assert!(!all.contains("api-s3-secret"));
+}
+
 #[test]
 fn max_faults_and_deadline_end_a_job_with_their_codes() {
     let api = Api::new();
@@ -1680,6 +1809,12 @@ fn the_openapi_document_validates() {
         .expect("python3 with openapi-spec-validator (pip)");
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(stdout(&o).trim(), "valid");
+}
+
+#[test]
+fn every_described_operation_is_served_and_answers_problems_it_lists() {
+    let api = Api::new();
+    let doc = api.call("GET", "/v1/openapi.json", None, &[], None).json();
     // the document and the router agree: every operation described is
     // served (a handler answers, not the fallback's not_found or
     // method_not_allowed), and every error answer is a problem body

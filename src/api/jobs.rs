@@ -45,7 +45,8 @@ pub enum Rate {
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub op: Op,
-    /// MODULE/PATH of this daemon, HOST::MODULE/PATH or ferry://HOST[:PORT]/MODULE/PATH
+    /// MODULE/PATH of this daemon, HOST::MODULE/PATH, ferry://HOST[:PORT]/MODULE/PATH
+    /// or s3://BUCKET/PREFIX
     pub src: String,
     /// Like src; one of the two is a module of this daemon
     pub dst: String,
@@ -122,7 +123,9 @@ impl Side {
     }
 }
 
-/// Resolves `addr` (`module/path`, `host::module/path`, `ferry://host/module/path`).
+/// Resolves `addr` (`module/path`, `host::module/path`, `ferry://host/module/path`,
+/// `s3://bucket/prefix`: the bucket reached with the daemon's own S3
+/// settings, its AWS_* environment and profile).
 pub fn side(
     addr: &str,
     pointer: &'static str,
@@ -148,10 +151,23 @@ pub fn side(
             module,
         });
     }
+    if addr.starts_with("s3://") {
+        let loc = Location::parse(std::ffi::OsStr::new(addr))
+            .map_err(|e| field(pointer, e.to_string()))?;
+        let Location::S3 { bucket, .. } = &loc else {
+            return Err(field(pointer, format!("{addr:?} is not an s3:// address")));
+        };
+        // for a key's module allow-list, a bucket is named s3://BUCKET
+        let module = format!("s3://{bucket}");
+        return Ok(Side {
+            location: loc,
+            module,
+        });
+    }
     if addr.starts_with('/') || addr.contains(':') {
         return Err(field(
             pointer,
-            format!("{addr:?}: a job names a module path (MODULE/PATH), another daemon (HOST::MODULE/PATH, ferry://HOST/MODULE/PATH), never a local path"),
+            format!("{addr:?}: a job names a module path (MODULE/PATH), another daemon (HOST::MODULE/PATH, ferry://HOST/MODULE/PATH) or a bucket (s3://BUCKET/PREFIX), never a local path"),
         ));
     }
     let (name, rest) = addr.split_once('/').unwrap_or((addr, ""));
