@@ -1031,6 +1031,54 @@ fn events_stream_in_order_and_resume_across_a_restart() {
 }
 
 #[test]
+fn a_quiet_event_stream_gets_keep_alives_and_the_text_log_has_no_colour() {
+    let api = Api::new();
+    let key = api.key("r", "jobs:read", &[]);
+    let host = api.url.strip_prefix("http://").unwrap().to_string();
+    let mut s = TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let req = format!("GET /v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let start = Instant::now();
+    let mut line = String::new();
+    let mut head = true;
+    let mut comments = 0;
+    // no job, no event: only keep-alive comments arrive, about every 5 s
+    while start.elapsed() < Duration::from_secs(12) && comments < 2 {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if head {
+            if l.to_ascii_lowercase().starts_with("content-type:") {
+                assert!(l.contains("text/event-stream"), "{l}");
+            }
+            head = !l.is_empty();
+            continue;
+        }
+        assert!(!l.starts_with("data:"), "an event on a quiet stream: {l}");
+        if l.starts_with(':') {
+            comments += 1;
+        }
+    }
+    assert_eq!(comments, 2, "keep-alives in {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    // the text log goes to a file here: no ANSI colour in it
+    let log = api.log();
+    assert!(log.contains("api request"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+}
+
+#[test]
 fn a_corrupt_database_or_a_public_plain_address_refuses_to_start() {
     let api = Api::new();
     let dir = std::mem::replace(&mut { api }.dir, tmp());
@@ -1324,6 +1372,21 @@ fn a_job_copies_a_module_to_s3_and_back() {
         Some(&sync_job("src/ck/", "s3://bkt/other/").to_string()),
     )
     .problem(403, "forbidden");
+    let listed = api.key("listed", "jobs:write,jobs:read", &["src", "s3://bkt"]);
+    let a = api.call(
+        "POST",
+        "/v1/jobs",
+        Some(&listed),
+        &json_ct,
+        Some(&sync_job("src/ck/", "s3://bkt/other/").to_string()),
+    );
+    assert_eq!(a.status, 202, "{}", a.text());
+    api.wait_state(
+        &key,
+        a.json()["id"].as_str().unwrap(),
+        &["succeeded"],
+        Duration::from_secs(60),
+    );
     // two buckets: one side must be this daemon's module
     api.call(
         "POST",
