@@ -1461,6 +1461,71 @@ fn max_faults_and_deadline_end_a_job_with_their_codes() {
 }
 
 #[test]
+fn permanent_peer_failures_fail_at_once_with_their_codes() {
+    let api = Api::new();
+    write(&api.src().join("out/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let (bdir, port, inbox) = peer_for(&api);
+    let ro = bdir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let peer = Daemon::spawn_in(
+        bdir,
+        &[("in", &inbox, false), ("ro", &ro, true)],
+        &[],
+        &[],
+        &format!("127.0.0.1:{port}"),
+    )
+    .unwrap_or_else(|e| panic!("peer did not start: {e}"));
+    ok(ferry([
+        "ls",
+        &format!("ferry://127.0.0.1:{port}/"),
+        "--config-dir",
+        &api.config_dir().display().to_string(),
+        "--host-key-check",
+        "accept-new",
+    ]));
+    let fails_fast = |dst: String, code: &str| {
+        let start = Instant::now();
+        let j = api.submit(
+            &key,
+            &json!({"op": "sync", "src": "src/out/", "dst": dst, "max_faults": 20}),
+        );
+        let j = api.wait_state(
+            &key,
+            j["id"].as_str().unwrap(),
+            &["succeeded", "failed"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(j["state"], "failed", "{j:#}");
+        assert_eq!(j["error"]["code"], code, "{j:#}");
+        assert_eq!(j["faults"], 0, "{j:#}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{code} took {:?}",
+            start.elapsed()
+        );
+    };
+    fails_fast(
+        format!("ferry://127.0.0.1:{port}/nomodule/x/"),
+        "unknown_module",
+    );
+    fails_fast(
+        format!("ferry://127.0.0.1:{port}/ro/x/"),
+        "permission_denied",
+    );
+    assert!(std::fs::read_dir(&ro).unwrap().next().is_none());
+    // another daemon (another key) on the same address: the key changed
+    drop(peer);
+    let (bdir2, _, inbox2) = peer_for(&api);
+    let _other = start_peer(bdir2, port, &inbox2);
+    fails_fast(
+        format!("ferry://127.0.0.1:{port}/in/x/"),
+        "host_key_changed",
+    );
+    assert!(!inbox2.join("x").exists());
+}
+
+#[test]
 fn rate_limits_send_ietf_headers_and_429_without_spending_other_quotas() {
     let api = Api::with(&["--api-rate", "5/min"]);
     let key = api.key("k", "jobs:read", &[]);
