@@ -1113,6 +1113,53 @@ fn a_corrupt_database_or_a_public_plain_address_refuses_to_start() {
     assert!(stderr(&o).contains("non-loopback"), "{}", stderr(&o));
 }
 
+/// An unwritable state database (its directory mounted read-only in a
+/// mount namespace of the test's own) stops the daemon at start, naming the
+/// file, rather than serving an empty queue.
+#[test]
+fn an_unwritable_database_refuses_to_start() {
+    let api = Api::new();
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    write(&api.src().join("u/f"), b"x");
+    let j = api.submit(&key, &sync_job("src/u/", "dst/u/"));
+    api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded"],
+        Duration::from_secs(30),
+    );
+    let dir = std::mem::replace(&mut { api }.dir, tmp());
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    let state = p("cfg/state");
+    let script = format!(
+        "mount --bind {state} {state} && mount -o remount,ro,bind {state} {state} && exec \"$0\" \"$@\""
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .arg(ferry_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+        .args(["--config-dir", &p("cfg")])
+        .args(["--module", &format!("src={}", p("src"))])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let status = wait_for(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the daemon started on a read-only state directory");
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("api listening"));
+    assert!(err.contains("api.db"), "{err}");
+    assert!(err.contains("is not writable"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 #[test]
 fn the_job_cli_submits_lists_shows_and_watches() {
     let api = Api::new();

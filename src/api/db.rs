@@ -111,7 +111,8 @@ pub fn open(state_dir: &Path) -> Result<Connection, DbError> {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         );
     }
-    let conn = Connection::open(&path).map_err(|e| fail(e.to_string()))?;
+    let conn =
+        Connection::open(&path).map_err(|e| fail(format!("{e}{}", unwritable(state_dir))))?;
     let setup = || -> rusqlite::Result<String> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -132,7 +133,20 @@ pub fn open(state_dir: &Path) -> Result<Connection, DbError> {
     match setup() {
         Ok(problem) if problem.is_empty() => Ok(conn),
         Ok(problem) => Err(fail(problem)),
-        Err(e) => Err(fail(e.to_string())),
+        Err(e) => Err(fail(format!("{e}{}", unwritable(state_dir)))),
+    }
+}
+
+/// Why a directory cannot be written, when it cannot: SQLite's own words
+/// ("unable to open database file") do not say.
+fn unwritable(dir: &Path) -> String {
+    match rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+        Ok(()) => String::new(),
+        Err(e) => format!(
+            " ({} is not writable: {})",
+            dir.display(),
+            crate::error::io_text(&std::io::Error::from(e))
+        ),
     }
 }
 
