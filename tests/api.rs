@@ -788,6 +788,64 @@ fn cancel_stops_a_running_job_and_publishes_nothing() {
     .problem(409, "job_finished");
 }
 
+/// Milliseconds of the day of an RFC 3339 UTC time (…THH:MM:SS.fffZ).
+fn ms_of_day(t: &str) -> i64 {
+    let clock = t.split('T').nth(1).unwrap().trim_end_matches('Z');
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, "0"));
+    let v: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    ((v[0] * 60 + v[1]) * 60 + v[2]) * 1000 + frac.parse::<i64>().unwrap()
+}
+
+#[test]
+fn a_running_job_shows_rate_and_eta_and_progress_comes_at_most_once_a_second() {
+    let api = Api::new();
+    write(&api.src().join("p/big.bin"), random_bytes(6 * MIB, 41));
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let j = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/p/", "dst": "dst/p/", "bwlimit": "2M"}),
+    );
+    let id = j["id"].as_str().unwrap().to_string();
+    // while it runs: a rate and an ETA
+    let end = Instant::now() + Duration::from_secs(30);
+    let running = loop {
+        let j = api.job(&key, &id);
+        if j["state"] == "running" && j["rate_bytes_per_second"].as_u64().unwrap_or(0) > 0 {
+            break j;
+        }
+        assert!(Instant::now() < end, "no rate while running: {j:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rate = running["rate_bytes_per_second"].as_u64().unwrap();
+    assert!(rate > 200_000 && rate < 8 * MIB as u64, "{running:#}");
+    assert!(running["eta_seconds"].as_u64().is_some(), "{running:#}");
+    assert!(running["bytes_total"].as_u64().unwrap() >= 6 * MIB as u64);
+    let j = api.wait_state(&key, &id, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert!(j["eta_seconds"].is_null());
+    let ev = api
+        .call(
+            "GET",
+            &format!("/v1/events?job={id}"),
+            Some(&key),
+            &[],
+            None,
+        )
+        .json();
+    let times: Vec<i64> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "progress")
+        .map(|e| ms_of_day(e["time"].as_str().unwrap()))
+        .collect();
+    assert!(times.len() >= 2, "{ev:#}");
+    for w in times.windows(2) {
+        let gap = (w[1] - w[0]).rem_euclid(86_400_000);
+        assert!(gap >= 900, "progress events {gap} ms apart: {times:?}");
+    }
+}
+
 /// Waits until `path` holds at least `bytes`.
 fn wait_len(path: &Path, bytes: u64, api: &Api) {
     let end = Instant::now() + Duration::from_secs(60);
