@@ -1136,6 +1136,69 @@ fn a_quiet_event_stream_gets_keep_alives_and_the_text_log_has_no_colour() {
     );
 }
 
+/// On a terminal (a pseudo-terminal from `script`), the text log is
+/// coloured; the test above shows a file gets none.
+#[test]
+fn the_text_log_is_coloured_on_a_terminal() {
+    let dir = tmp();
+    for d in ["cfg", "m"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    chmod(&dir.path().join("cfg"), 0o700);
+    let cmd = format!(
+        "exec {} serve --listen 127.0.0.1:0 --api 127.0.0.1:0 --config-dir {} --module m={}",
+        ferry_bin().display(),
+        dir.path().join("cfg").display(),
+        dir.path().join("m").display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (util-linux)");
+    let script_pid = script.id();
+    let out = script.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(out);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if tx.send(std::mem::take(&mut line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut url = None;
+    let mut coloured = false;
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end && !coloured {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        seen.push_str(&line);
+        if let Some(u) = line.trim().strip_prefix("api listening on ") {
+            url = Some(u.to_string());
+            // a request, so the log has a line to colour
+            let _ = http(u, "GET", "/v1/jobs", None, &[], None);
+        }
+        coloured = url.is_some() && line.contains("api request") && line.contains("\u{1b}[");
+    }
+    // stop the daemon (script's child), then script
+    let children =
+        std::fs::read_to_string(format!("/proc/{script_pid}/task/{script_pid}/children"))
+            .unwrap_or_default();
+    for pid in children.split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    let _ = script.kill();
+    let _ = script.wait();
+    assert!(url.is_some(), "the daemon did not start:\n{seen}");
+    assert!(coloured, "no colour on a terminal:\n{seen:?}");
+}
+
 #[test]
 fn a_corrupt_database_or_a_public_plain_address_refuses_to_start() {
     let api = Api::new();
