@@ -527,6 +527,66 @@ fn idempotency_keys_replay_refuse_and_admit_one_job() {
     assert_eq!(replay.json()["id"], id.as_str());
 }
 
+/// Idempotency records outlive a day (and restarts), and expire after two:
+/// the daemon restarted with its clock 25 h, then 49 h ahead (libfaketime).
+#[test]
+fn an_idempotency_key_is_kept_over_a_day_across_restarts() {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(lib).exists(),
+        "faketime is not installed (scripts/test.sh installs it)"
+    );
+    let api = Api::new();
+    write(&api.src().join("d/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let body = sync_job("src/d/", "dst/d/").to_string();
+    let post = |api: &Api| {
+        api.call(
+            "POST",
+            "/v1/jobs",
+            Some(&key),
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", "nightly-2026-12-04"),
+            ],
+            Some(&body),
+        )
+    };
+    let first = post(&api);
+    assert_eq!(first.status, 202, "{}", first.text());
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    api.wait_state(&key, &id, &["succeeded"], Duration::from_secs(30));
+    let ahead = |mut api: Api, offset: &str| -> Api {
+        api.kill9();
+        let dir = std::mem::replace(&mut api.dir, tmp());
+        drop(api);
+        Api::spawn_env(
+            dir,
+            &[],
+            &[
+                ("LD_PRELOAD", lib),
+                ("FAKETIME", offset),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        )
+        .unwrap_or_else(|log| panic!("daemon did not restart:\n{log}"))
+    };
+    let api = ahead(api, "+25h");
+    let again = post(&api);
+    assert_eq!(again.status, 202, "{}", again.text());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["id"], id.as_str());
+    // the clock really moved: a new job is stamped a day later
+    let other = api.submit(&key, &sync_job("src/d/", "dst/e/"));
+    let day = |t: &Value| t.as_str().unwrap()[..10].to_string();
+    assert_ne!(day(&other["created_at"]), day(&first.json()["created_at"]));
+    let api = ahead(api, "+49h");
+    let late = post(&api);
+    assert_eq!(late.status, 202, "{}", late.text());
+    assert_eq!(late.header("idempotent-replayed"), None);
+    assert_ne!(late.json()["id"], id.as_str());
+}
+
 #[test]
 fn the_same_idempotency_key_while_the_first_is_processed_is_a_409() {
     // the test hook holds a submit for 3 s after it has claimed its key
