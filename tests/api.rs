@@ -1,7 +1,11 @@
 //! The daemon's HTTP API, driven against the real binary on loopback: keys
-//! and scopes, idempotency, problem bodies, jobs that run, resume after
-//! `kill -9`, queue order, fail-fast, cancel, events (long-poll and SSE,
-//! resumed with Last-Event-ID across a restart), and the `ferry job` CLI.
+//! and scopes, idempotency (replay, 422, 409 in flight, kept over a day),
+//! problem bodies, jobs that run (between modules, other daemons and an S3
+//! server), resume after `kill -9`, queue order, faults and fail-fast,
+//! cancel, events (long-poll and SSE, keep-alives, resumed with
+//! Last-Event-ID across a restart), metrics, the OpenAPI document, TLS
+//! (pinned or CA-signed) with curl and the `ferry job` CLI, the logs, and
+//! the dashboard in Chromium.
 
 mod util;
 use serde_json::{json, Value};
