@@ -363,6 +363,7 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         ssh_options: a.ssh_option,
         config: a.ssh_config,
         transport: a.transport,
+        verify: a.verify,
         ..Default::default()
     };
     let (cmd, target) = sftp_command(user.as_deref(), &host, &ssh)?;

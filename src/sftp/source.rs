@@ -3,10 +3,16 @@
 //! in it, names sorted bytewise; rsync's trailing-slash rule), and each file
 //! read front to back with many read requests outstanding.
 //!
+//! A file read whole is hashed as it is read and, where the transfer asks,
+//! checked before the reader sees its end: against the remote's hash
+//! command or a second read over SFTP (`--verify reread`); a mismatch fails
+//! the file, so the receiver never publishes it.
+//!
 //! Not for writing (that is [`super::destination`]) nor for choosing what to
 //! send (the sender decides; this only lists and reads).
 
 use super::client::{Handle, Pending, Sftp};
+use super::verify::{self, Answer, Hashing, How, Verify};
 use super::wire::{self, Attrs};
 use crate::fs::names::{escape, join};
 use crate::proto::{Entry, Kind, ListStart};
@@ -21,6 +27,9 @@ const READS_IN_FLIGHT: usize = 16;
 /// A tree on an SFTP server.
 pub struct SftpSource {
     pub sftp: Sftp,
+    /// How a file read whole is checked before its last bytes are passed
+    /// on (a mismatch fails the file, so it is never published).
+    pub verify: Option<Verify>,
 }
 
 /// A source path and how it is named in the list.
@@ -162,7 +171,7 @@ impl<E> Walk<'_, E> {
 
 /// BLAKE3 of a remote file (`--checksum`), read over SFTP.
 fn hash(sftp: &Sftp, path: &[u8]) -> io::Result<[u8; 32]> {
-    let mut f = SftpFile::open(sftp, path)?;
+    let mut f = SftpFile::open(sftp, path, None)?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {
@@ -246,7 +255,7 @@ impl Source for SftpSource {
     }
 
     fn open(&self, at: &Vec<u8>) -> io::Result<SftpFile> {
-        SftpFile::open(&self.sftp, at)
+        SftpFile::open(&self.sftp, at, self.verify.as_ref())
     }
 
     fn name<'h>(&self, at: &'h Vec<u8>) -> &'h [u8] {
@@ -281,15 +290,77 @@ pub struct SftpFile {
     have: Vec<u8>,
     used: usize,
     at_end: bool,
+    /// The check of a file read front to back, until it is made.
+    check: Option<Check>,
+}
+
+/// What is needed to check a file once its last byte is read.
+struct Check {
+    verify: Verify,
+    path: Vec<u8>,
+    /// The hash of the bytes passed on so far.
+    hashing: Hashing,
+    /// The remote command's answer, asked for when the file was opened.
+    remote: Option<Answer>,
+}
+
+impl Check {
+    /// The hash of what was read against the remote's (or a second read's).
+    fn finish(self, sftp: &Sftp) -> io::Result<()> {
+        let got = match (&self.verify.how, self.remote) {
+            (How::Remote(h), Some(rx)) => h
+                .flush()
+                .and_then(|_| rx.recv().unwrap_or_else(|_| Err(gone()))),
+            _ => verify::reread(sftp, &self.path, self.verify.kind()),
+        };
+        match got {
+            Ok(got) if got == self.hashing.hex() => {
+                self.verify.passed();
+                Ok(())
+            }
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} does not match what was read (did it change meanwhile?)",
+                    self.verify.what()
+                ),
+            )),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot check it with {}: {}",
+                    self.verify.what(),
+                    crate::error::io_text(&e)
+                ),
+            )),
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the remote hash command ended")
 }
 
 impl SftpFile {
-    fn open(sftp: &Sftp, path: &[u8]) -> io::Result<SftpFile> {
+    fn open(sftp: &Sftp, path: &[u8], verify: Option<&Verify>) -> io::Result<SftpFile> {
         let handle = sftp.open(path, wire::OPEN_READ, &Attrs::default())?;
-        Ok(SftpFile::on(Arc::new(Open {
+        let mut f = SftpFile::on(Arc::new(Open {
             sftp: sftp.clone(),
             handle,
-        })))
+        }));
+        if let Some(v) = verify {
+            let remote = match &v.how {
+                How::Remote(h) => Some(h.ask(path)?),
+                How::Reread => None,
+            };
+            f.check = Some(Check {
+                verify: v.clone(),
+                path: path.to_vec(),
+                hashing: Hashing::new(v.kind()),
+                remote,
+            });
+        }
+        Ok(f)
     }
 
     fn on(open: Arc<Open>) -> SftpFile {
@@ -301,6 +372,7 @@ impl SftpFile {
             have: Vec::new(),
             used: 0,
             at_end: false,
+            check: None,
         }
     }
 }
@@ -313,11 +385,18 @@ impl io::Read for SftpFile {
             if self.used < self.have.len() {
                 let n = (self.have.len() - self.used).min(buf.len());
                 buf[..n].copy_from_slice(&self.have[self.used..self.used + n]);
+                if let Some(c) = &mut self.check {
+                    c.hashing.update(&buf[..n]);
+                }
                 self.used += n;
                 self.pos += n as u64;
                 return Ok(n);
             }
             if self.at_end {
+                // the end: checked before the reader learns it is whole
+                if let Some(c) = self.check.take() {
+                    c.finish(&o.sftp)?;
+                }
                 return Ok(0);
             }
             while self.ahead.len() < READS_IN_FLIGHT {
