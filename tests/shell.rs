@@ -429,3 +429,58 @@ fn a_batch_prints_no_escape_codes() {
     assert!(!all.contains('\x1b'), "{all:?}");
     assert!(!all.contains('\r'), "{all:?}");
 }
+
+#[test]
+fn pty_a_slow_remote_listing_never_freezes_the_prompt() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with("Subsystem sftp internal-sftp\n");
+    let t = tmp();
+    let r = t.path().join("remote");
+    std::fs::create_dir_all(r.join("models-v1")).unwrap();
+    // 500 ms each way: a listing (open, two reads, close) takes 4 s
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], sshd.port).into();
+    let relay = delay_relay(target, std::time::Duration::from_millis(500), 1 << 20, 1);
+    let d = sshd.dir.path().display();
+    let rsh = format!(
+        "ssh -F /dev/null -p {} -i {d}/id_ed25519 -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR",
+        relay.port()
+    );
+    let args = vec![
+        "shell".to_string(),
+        "-e".into(),
+        rsh,
+        format!("127.0.0.1:{}", r.display()),
+    ];
+    let mut pty = Pty::spawn(
+        &args,
+        t.path(),
+        &t.path().join("state"),
+        &t.path().join("c"),
+    );
+    pty.expect("ferry> ", 60);
+    let started = std::time::Instant::now();
+    pty.send("cd mod\t");
+    // no candidates yet: the bell, well before the listing could land
+    pty.expect("\x07", 10);
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_millis(3500),
+        "Tab held the prompt {waited:?}"
+    );
+    // the listing lands meanwhile and serves the next Tab
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    pty.send("\t");
+    pty.expect("models-v1/", 10);
+    pty.send("\r");
+    pty.expect("ferry> ", 20);
+    pty.send("pwd\r");
+    pty.expect(
+        &format!("Remote working directory: {}/models-v1", r.display()),
+        20,
+    );
+    pty.send("exit\r");
+    assert!(pty.wait().success());
+}
