@@ -292,7 +292,25 @@ pub struct SftpFile {
     at_end: bool,
     /// The check of a file read front to back, until it is made.
     check: Option<Check>,
+    /// Bytes read ahead for reads at offsets that follow one another (the
+    /// chunks a resumed download lacks come in order, each far smaller than
+    /// a round trip is worth).
+    ahead_at: std::sync::Mutex<AheadAt>,
 }
+
+/// A window of the file read at once, and where the last read at an
+/// offset ended.
+#[derive(Default)]
+struct AheadAt {
+    start: u64,
+    data: Vec<u8>,
+    last_end: u64,
+    /// The file's size, asked once.
+    size: Option<u64>,
+}
+
+/// How much a run of reads at offsets reads ahead.
+const AHEAD_AT: u64 = 2 << 20;
 
 /// What is needed to check a file once its last byte is read.
 struct Check {
@@ -373,6 +391,7 @@ impl SftpFile {
             used: 0,
             at_end: false,
             check: None,
+            ahead_at: Default::default(),
         }
     }
 }
@@ -435,7 +454,38 @@ impl SourceFile for SftpFile {
         })
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.open.sftp.read_exact_at(&self.open.handle, buf, offset)
+        let o = &*self.open;
+        let mut a = self.ahead_at.lock().unwrap_or_else(|p| p.into_inner());
+        let end = offset + buf.len() as u64;
+        let window_end = a.start + a.data.len() as u64;
+        if offset >= a.start && end <= window_end {
+            let at = (offset - a.start) as usize;
+            buf.copy_from_slice(&a.data[at..at + buf.len()]);
+            a.last_end = end;
+            return Ok(());
+        }
+        let following = offset == a.last_end && offset > 0;
+        a.last_end = end;
+        if following {
+            let size = match a.size {
+                Some(s) => s,
+                None => {
+                    let s = o.sftp.fstat(&o.handle)?.size.unwrap_or(0);
+                    a.size = Some(s);
+                    s
+                }
+            };
+            let window = AHEAD_AT.min(size.saturating_sub(offset));
+            if window > buf.len() as u64 {
+                let mut data = vec![0u8; window as usize];
+                o.sftp.read_exact_at(&o.handle, &mut data, offset)?;
+                buf.copy_from_slice(&data[..buf.len()]);
+                a.start = offset;
+                a.data = data;
+                return Ok(());
+            }
+        }
+        o.sftp.read_exact_at(&o.handle, buf, offset)
     }
     fn try_clone(&self) -> io::Result<SftpFile> {
         Ok(SftpFile::on(self.open.clone()))
