@@ -686,6 +686,17 @@ mod tests {
     }
 
     #[test]
+    fn verify_parses_and_defaults_to_auto() {
+        use crate::transport::child::VerifyMode;
+        assert_eq!(sync(&["a", "h:b"]).verify, VerifyMode::Auto);
+        assert_eq!(
+            sync(&["--verify", "reread", "a", "h:b"]).verify,
+            VerifyMode::Reread
+        );
+        assert!(Cli::try_parse_from(["ferry", "sync", "--verify", "maybe", "a", "h:b"]).is_err());
+    }
+
+    #[test]
     fn bad_flags_are_errors() {
         assert!(Cli::try_parse_from(["ferry", "sync", "--frobnicate", "a", "b"]).is_err());
         assert!(Cli::try_parse_from(["ferry", "sync", "-q", "-v", "a", "b"]).is_err());
