@@ -624,6 +624,7 @@ fn a_byte_flipped_in_the_remote_partial_before_the_rename_is_never_published() {
     let o = ferry_in(&cache, &args);
     let err = stderr(&o);
     assert!(!o.status.success(), "{err}");
+    eprintln!("the failed run said:\n{err}");
     assert!(marker.exists(), "the remote hash command never ran");
     assert!(
         err.contains("sha256sum on the remote does not match what was sent; not published"),
