@@ -393,3 +393,65 @@ for what in big small; do
   diff -r "$src/$what" "$work/api-job" >/dev/null || { echo "the job's copy of $what differs"; exit 1; }
   python3 -c "import sys; c, j = float(sys.argv[2]) - float(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2]); print(f'{sys.argv[4]}: CLI {c:.2f} s, API job {j:.2f} s (submit to watched end), job / CLI {j / c:.2f}x')" "$t0" "$t1" "$t2" "$what"
 done
+
+# --- SFTP: ferry's fallback (--transport sftp, as for a remote without ferry)
+# against OpenSSH's own sftp and scp (SFTP mode) on the same sshd, uploads into
+# empty directories; ferry's time includes its remote hash check -------------
+echo
+echo "== SFTP fallback vs sftp and scp"
+sftp_results=()
+sftp_time() { # SCENARIO TOOL CMD...
+  local label=$1 tool=$2; shift 2
+  local t0 t1 out
+  sync; t0=$(now)
+  out=$("$@" 2>&1) || { echo "FAILED: $tool $label"; echo "$out"; exit 1; }
+  t1=$(now)
+  local secs; secs=$(python3 -c "print(f'{$t1-$t0:.2f}')")
+  sftp_results+=("$label|$tool|$secs")
+  printf '  %-28s %-10s %8ss\n' "$label" "$tool" "$secs"
+}
+# sftp_rows SCENARIO SUBDIR SSH_PORT: one upload of $src/SUBDIR by each tool
+sftp_rows() {
+  local label=$1 sub=$2 p=$3 tool d
+  for tool in ferry-sftp sftp scp; do
+    d="$work/sftp-$tool"; rm -rf "$d"; mkdir -p "$d"
+    case $tool in
+      ferry-sftp) sftp_time "$label" "$tool" "$ferry" cp -r --transport sftp -e "ssh -p $p ${sshopts[*]}" "$src/$sub" "127.0.0.1:$d/" ;;
+      sftp) printf 'put -r %s %s/\n' "$src/$sub" "$d" > "$work/sftp.batch"
+            sftp_time "$label" "$tool" sftp -q -b "$work/sftp.batch" -P "$p" "${sshopts[@]}" 127.0.0.1 ;;
+      scp) sftp_time "$label" "$tool" scp -q -r -P "$p" "${sshopts[@]}" "$src/$sub" "127.0.0.1:$d/" ;;
+    esac
+    same "$src/$sub" "$d/$(basename "$sub")"
+  done
+  rm -rf "$work"/sftp-*
+}
+# 2,000 of the small files (sftp works one file at a time: more would take an
+# hour through the relay)
+mkdir -p "$src/small2k"
+(cd "$src/small" && find . -type f | sort | head -2000 | tar -cf - -T -) | tar -C "$src/small2k" -xf -
+sftp_rows "big file, loopback" big "$port"
+sftp_rows "2,000 small files, loopback" small2k "$port"
+if [ $quick = 0 ]; then
+  link_ssh=$(free_port)
+  python3 bench/relay.py "$link_ssh" "127.0.0.1:$port" 20 1000 & pids+=($!)
+  wait_port "$link_ssh"
+  echo "[127.0.0.1]:$link_ssh $(cat "$work/host_key.pub")" >> "$work/known_hosts"
+  sftp_rows "big file, 1 Gbit/40 ms" big "$link_ssh"
+  sftp_rows "2,000 small files, 1 Gbit/40 ms" small2k "$link_ssh"
+fi
+printf '%s\n' "${sftp_results[@]}" > "$work/sftp-results"
+python3 - "$work/sftp-results" <<'PY'
+import sys
+rows, order = {}, []
+for line in open(sys.argv[1]):
+    label, tool, secs = line.strip().split("|")
+    if label not in rows:
+        rows[label] = {}; order.append(label)
+    rows[label][tool] = float(secs)
+print("| SFTP upload | ferry --transport sftp | sftp | scp | sftp / ferry | scp / ferry |")
+print("|---|---|---|---|---|---|")
+for l in order:
+    r = rows[l]; f, o, c = r["ferry-sftp"], r["sftp"], r["scp"]
+    print(f"| {l} | {f:.2f} | {o:.2f} | {c:.2f} | {o / f:.2f}x | {c / f:.2f}x |")
+print("seconds; ratios > 1 mean ferry was faster (one SFTP connection: --streams is not used over SFTP yet)")
+PY

@@ -566,3 +566,140 @@ fn small_files_through_a_slow_link_are_many_in_flight() {
     // hash probe, the remote check)
     assert!(ferry * 2 < oracle, "ferry {ferry:?}, sftp {oracle:?}");
 }
+
+/// A `sha256sum` for the remote's PATH that, the first time it is given
+/// files, flips byte 100 of each (as a disk or another writer might between
+/// the upload's last write and its rename), then hashes them truly.
+fn corrupting_sha256sum(bin: &Path, marker: &Path) {
+    std::fs::create_dir_all(bin).unwrap();
+    write(
+        &bin.join("sha256sum"),
+        format!(
+            "#!/bin/sh\n\
+             if [ $# -gt 1 ] && [ ! -e '{m}' ]; then\n\
+               touch '{m}'\n\
+               for f in \"$@\"; do\n\
+                 case \"$f\" in --|/dev/null) ;; *) printf Z | dd of=\"$f\" bs=1 seek=100 conv=notrunc 2>/dev/null ;; esac\n\
+               done\n\
+             fi\n\
+             exec /usr/bin/sha256sum \"$@\"\n",
+            m = marker.display()
+        ),
+    );
+    chmod(&bin.join("sha256sum"), 0o755);
+}
+
+#[test]
+fn a_byte_flipped_in_the_remote_partial_before_the_rename_is_never_published() {
+    if !sshd_available() {
+        return;
+    }
+    let t = tmp();
+    let bin = t.path().join("bin");
+    let marker = t.path().join("flipped-once");
+    corrupting_sha256sum(&bin, &marker);
+    let sshd = Sshd::start_with(&format!(
+        "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
+        bin.display()
+    ));
+    let size = 2usize << 20;
+    let mut data = random_bytes(size, 11);
+    data[100] = b'a';
+    let src = t.path().join("model.bin");
+    write(&src, &data);
+    let dst_dir = t.path().join("dst");
+    std::fs::create_dir(&dst_dir).unwrap();
+    let dst = dst_dir.join("model.bin");
+    let args = vec![
+        "sync".to_string(),
+        "--stats".into(),
+        "--transport".into(),
+        "sftp".into(),
+        "-e".into(),
+        sshd.rsh(),
+        s(&src),
+        sshd.remote(&dst),
+    ];
+    let cache = t.path().join("cache");
+    let o = ferry_in(&cache, &args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    eprintln!("the failed run said:\n{err}");
+    assert!(marker.exists(), "the remote hash command never ran");
+    assert!(
+        err.contains("sha256sum on the remote does not match what was sent; not published"),
+        "{err}"
+    );
+    assert!(!dst.exists(), "a corrupted file was published");
+    // what was written stays as the partial, flipped byte and all
+    let part = std::fs::read(remote_part(&dst)).unwrap();
+    assert_eq!(part.len(), size);
+    assert_eq!(part[100], b'Z');
+    // the next run resumes from it, sends again only what differs, and
+    // publishes the file the source holds
+    let o = ok(ferry_in(&cache, &args));
+    assert!(
+        stderr(&o).contains("verified: sha256sum on 127.0.0.1 for 1 file(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    assert!(!remote_part(&dst).exists());
+    let (literal, matched, ..) = stats(&stdout(&o));
+    assert!(literal > 0 && literal < 256 << 10, "{}", stdout(&o));
+    assert!(matched >= (size as u64) - (256 << 10), "{}", stdout(&o));
+}
+
+#[test]
+fn verify_reread_checks_both_ways_where_no_command_may_run() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with(SFTP_ONLY);
+    let t = tmp();
+    let (cache, src) = (t.path().join("cache"), t.path().join("src"));
+    tree(&src);
+    let (up, down) = (t.path().join("up"), t.path().join("down"));
+    for (from, to) in [
+        (format!("{}/", s(&src)), sshd.remote(&up)),
+        (format!("{}/", sshd.remote(&up)), s(&down)),
+    ] {
+        let o = ok(ferry_in(
+            &cache,
+            &[
+                "cp".into(),
+                "-rp".into(),
+                "--verify".into(),
+                "reread".into(),
+                "-e".into(),
+                sshd.rsh(),
+                from,
+                to,
+            ],
+        ));
+        let err = stderr(&o);
+        assert!(
+            err.contains("verified: re-read over SFTP (BLAKE3) for 4 file(s)"),
+            "{err}"
+        );
+    }
+    assert_same_tree(&src, &up, false);
+    assert_same_tree(&src, &down, false);
+    // without it, a download says what it could not check
+    let o = ok(ferry_in(
+        &cache,
+        &[
+            "cp".into(),
+            "-rp".into(),
+            "-e".into(),
+            sshd.rsh(),
+            format!("{}/", sshd.remote(&up)),
+            s(&t.path().join("again")),
+        ],
+    ));
+    assert!(
+        stderr(&o).contains("verified: size + SSH MAC only"),
+        "{}",
+        stderr(&o)
+    );
+}

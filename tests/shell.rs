@@ -169,3 +169,318 @@ fn piped_commands_run_without_echo_or_escape_codes() {
     );
     assert!(!out.contains('\x1b'));
 }
+
+/// A terminal for `ferry shell`: util-linux's `script` runs it on a
+/// pseudo-terminal; what is written here is typed there, and what it prints
+/// is read back (escape codes and all).
+struct Pty {
+    child: std::process::Child,
+    keys: std::process::ChildStdin,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// How much of `out` an expectation has consumed.
+    seen: usize,
+}
+
+impl Pty {
+    fn spawn(args: &[String], cwd: &Path, state: &Path, cache: &Path) -> Pty {
+        let mut words = vec![ferry_bin().display().to_string()];
+        words.extend(args.iter().cloned());
+        let mut child = Command::new("script")
+            .args([
+                "-q",
+                "-f",
+                "-e",
+                "-c",
+                &shell_words::join(&words),
+                "/dev/null",
+            ])
+            .current_dir(cwd)
+            .env("TERM", "xterm")
+            .env("COLUMNS", "200")
+            .env("LINES", "40")
+            .env("XDG_STATE_HOME", state)
+            .env("XDG_CACHE_HOME", cache)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let keys = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Pty {
+            child,
+            keys,
+            out,
+            seen: 0,
+        }
+    }
+
+    fn send(&mut self, keys: &str) {
+        use std::io::Write;
+        self.keys.write_all(keys.as_bytes()).unwrap();
+        self.keys.flush().unwrap();
+    }
+
+    /// Waits (at most `secs`) until what is printed after the last
+    /// expectation contains `what`; returns what came up to its end.
+    fn expect(&mut self, what: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            {
+                let out = self.out.lock().unwrap();
+                let text = String::from_utf8_lossy(&out[self.seen..]).into_owned();
+                if let Some(i) = text.find(what) {
+                    let upto = &text[..i + what.len()];
+                    self.seen += upto.len();
+                    return upto.to_string();
+                }
+                if std::time::Instant::now() > deadline {
+                    panic!("waited {secs} s for {what:?}; the terminal showed:\n{text:?}");
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        for _ in 0..500 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("ferry shell did not end");
+    }
+}
+
+#[test]
+fn pty_tab_completes_remote_and_local_paths_and_history_is_kept_private() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with("Subsystem sftp internal-sftp\n");
+    let t = tmp();
+    let (r, l) = (t.path().join("remote"), t.path().join("local"));
+    std::fs::create_dir_all(r.join("models-v1")).unwrap();
+    write(&r.join("other.txt"), "x");
+    std::fs::create_dir_all(l.join("localdata")).unwrap();
+    let (state, cache) = (t.path().join("state"), t.path().join("cache"));
+    let args = vec![
+        "shell".to_string(),
+        "-e".into(),
+        sshd.rsh(),
+        format!("127.0.0.1:{}", r.display()),
+    ];
+    let mut pty = Pty::spawn(&args, &l, &state, &cache);
+    pty.expect("ferry> ", 20);
+    // "mod" + Tab becomes the one remote name it starts
+    pty.send("cd mod\t");
+    pty.expect("models-v1/", 10);
+    pty.send("\r");
+    pty.expect("ferry> ", 10);
+    pty.send("pwd\r");
+    pty.expect(
+        &format!("Remote working directory: {}/models-v1", r.display()),
+        10,
+    );
+    // and "loc" + Tab the one local name
+    pty.send("lcd loc\t");
+    pty.expect("localdata/", 10);
+    pty.send("\r");
+    pty.expect("ferry> ", 10);
+    pty.send("lpwd\r");
+    pty.expect(
+        &format!("Local working directory: {}/localdata", l.display()),
+        10,
+    );
+    pty.send("exit\r");
+    assert!(pty.wait().success());
+    let history = state.join("ferry/shell_history");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&history).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "history file mode {mode:o}");
+    let text = std::fs::read_to_string(&history).unwrap();
+    assert!(text.contains("cd models-v1/"), "{text}");
+    // the next session has it: Up three times is `lcd localdata/`
+    let mut pty = Pty::spawn(&args, &l, &state, &cache);
+    pty.expect("ferry> ", 20);
+    pty.send("\x1b[A\x1b[A\x1b[A");
+    pty.expect("lcd localdata/", 10);
+    pty.send("\r");
+    pty.expect("ferry> ", 10);
+    pty.send("lpwd\r");
+    pty.expect(
+        &format!("Local working directory: {}/localdata", l.display()),
+        10,
+    );
+    pty.send("exit\r");
+    assert!(pty.wait().success());
+}
+
+#[test]
+fn pty_ctrl_c_cancels_a_get_keeps_the_partial_and_reget_finishes_it() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with("Subsystem sftp internal-sftp\n");
+    let t = tmp();
+    let (r, l) = (t.path().join("remote"), t.path().join("local"));
+    std::fs::create_dir_all(&r).unwrap();
+    std::fs::create_dir_all(&l).unwrap();
+    let size = 4usize << 20;
+    let data = random_bytes(size, 21);
+    write(&r.join("big.bin"), &data);
+    // a few MB/s: the get takes seconds
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], sshd.port).into();
+    let relay = delay_relay(target, std::time::Duration::from_millis(10), 256 << 10, 4);
+    let d = sshd.dir.path().display();
+    let rsh = format!(
+        "ssh -F /dev/null -p {} -i {d}/id_ed25519 -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR",
+        relay.port()
+    );
+    let args = vec![
+        "shell".to_string(),
+        "--transport".into(),
+        "sftp".into(),
+        "-e".into(),
+        rsh,
+        format!("127.0.0.1:{}", r.display()),
+    ];
+    let (state, cache) = (t.path().join("state"), t.path().join("cache"));
+    let mut pty = Pty::spawn(&args, &l, &state, &cache);
+    pty.expect("ferry> ", 30);
+    pty.send("get big.bin\r");
+    let part = l.join(".ferry-partial/big.bin");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 512 << 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the get never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    pty.send("\x03");
+    pty.expect("cancelled", 15);
+    eprintln!("cancelled after {:?}", started.elapsed());
+    pty.expect("ferry> ", 15);
+    assert!(
+        !l.join("big.bin").exists(),
+        "a cut-short file was published"
+    );
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(kept >= 512 << 10 && kept < size as u64, "{kept}");
+    // the session (and its ssh) lived through it
+    pty.send("pwd\r");
+    pty.expect(&format!("Remote working directory: {}", r.display()), 10);
+    pty.expect("ferry> ", 10);
+    pty.send("reget big.bin\r");
+    let started = std::time::Instant::now();
+    let shown = pty.expect("ferry> ", 60);
+    eprintln!("reget took {:?}", started.elapsed());
+    let got = std::fs::read(l.join("big.bin"));
+    assert!(
+        got.is_ok(),
+        "no file after reget; the terminal showed {shown:?}"
+    );
+    assert!(got.unwrap() == data, "reget gave other bytes");
+    assert!(!part.exists());
+    pty.send("bye\r");
+    assert!(pty.wait().success());
+}
+
+#[test]
+fn a_batch_prints_no_escape_codes() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with("Subsystem sftp internal-sftp\n");
+    let t = tmp();
+    let r = t.path().join("remote");
+    std::fs::create_dir(&r).unwrap();
+    write(&t.path().join("f"), random_bytes(1 << 20, 5));
+    let script = t.path().join("b");
+    write(
+        &script,
+        format!(
+            "cd {}\nput {}\nls -l\nprogress\n",
+            r.display(),
+            t.path().join("f").display()
+        ),
+    );
+    let o = ferry_shell(&sshd, &script, t.path(), &t.path().join("cache"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(r.join("f").exists());
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains('\x1b'), "{all:?}");
+    assert!(!all.contains('\r'), "{all:?}");
+}
+
+#[test]
+fn pty_a_slow_remote_listing_never_freezes_the_prompt() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with("Subsystem sftp internal-sftp\n");
+    let t = tmp();
+    let r = t.path().join("remote");
+    std::fs::create_dir_all(r.join("models-v1")).unwrap();
+    // 500 ms each way: a listing (open, two reads, close) takes 4 s
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], sshd.port).into();
+    let relay = delay_relay(target, std::time::Duration::from_millis(500), 1 << 20, 1);
+    let d = sshd.dir.path().display();
+    let rsh = format!(
+        "ssh -F /dev/null -p {} -i {d}/id_ed25519 -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR",
+        relay.port()
+    );
+    let args = vec![
+        "shell".to_string(),
+        "-e".into(),
+        rsh,
+        format!("127.0.0.1:{}", r.display()),
+    ];
+    let mut pty = Pty::spawn(
+        &args,
+        t.path(),
+        &t.path().join("state"),
+        &t.path().join("c"),
+    );
+    pty.expect("ferry> ", 60);
+    let started = std::time::Instant::now();
+    pty.send("cd mod\t");
+    // no candidates yet: the bell, well before the listing could land
+    pty.expect("\x07", 10);
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_millis(3500),
+        "Tab held the prompt {waited:?}"
+    );
+    // the listing lands meanwhile and serves the next Tab
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    pty.send("\t");
+    pty.expect("models-v1/", 10);
+    pty.send("\r");
+    pty.expect("ferry> ", 20);
+    pty.send("pwd\r");
+    pty.expect(
+        &format!("Remote working directory: {}/models-v1", r.display()),
+        20,
+    );
+    pty.send("exit\r");
+    assert!(pty.wait().success());
+}

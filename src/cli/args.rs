@@ -246,6 +246,12 @@ pub struct SyncArgs {
     /// remote cannot run it (no ferry there, an sftp-only account)
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub transport: crate::transport::child::Transport,
+    /// Over SFTP: how files are checked beyond ssh's MAC. auto: uploads are
+    /// hashed on the remote (b3sum, xxh128sum or sha256sum) before they are
+    /// renamed into place, where the account may run commands; reread: every
+    /// file is read again over SFTP and its BLAKE3 compared (twice the traffic)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub verify: crate::transport::child::VerifyMode,
     /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
     /// more are split across them; default: one per core to a daemon, one per
     /// two cores over ssh, at most 4)
@@ -316,6 +322,12 @@ pub struct CpArgs {
     /// remote cannot run it (no ferry there, an sftp-only account)
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub transport: crate::transport::child::Transport,
+    /// Over SFTP: how files are checked beyond ssh's MAC. auto: uploads are
+    /// hashed on the remote (b3sum, xxh128sum or sha256sum) before they are
+    /// renamed into place, where the account may run commands; reread: every
+    /// file is read again over SFTP and its BLAKE3 compared (twice the traffic)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub verify: crate::transport::child::VerifyMode,
     /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
     /// more are split across them)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
@@ -565,6 +577,9 @@ pub struct ShellArgs {
     /// How get and put talk to the remote (see `ferry cp --help`)
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub transport: crate::transport::child::Transport,
+    /// How get and put check files over SFTP (see `ferry cp --help`)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub verify: crate::transport::child::VerifyMode,
     /// [user@]host[:directory]
     pub host: String,
 }
@@ -669,6 +684,17 @@ mod tests {
         assert!(c.recursive && c.preserve && c.quiet);
         assert_eq!(c.port, Some(2222));
         assert_eq!(c.limit, Some(800));
+    }
+
+    #[test]
+    fn verify_parses_and_defaults_to_auto() {
+        use crate::transport::child::VerifyMode;
+        assert_eq!(sync(&["a", "h:b"]).verify, VerifyMode::Auto);
+        assert_eq!(
+            sync(&["--verify", "reread", "a", "h:b"]).verify,
+            VerifyMode::Reread
+        );
+        assert!(Cli::try_parse_from(["ferry", "sync", "--verify", "maybe", "a", "h:b"]).is_err());
     }
 
     #[test]

@@ -335,6 +335,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
             rsh: a.rsh,
             remote_ferry: a.remote_ferry,
             transport: a.transport,
+            verify: a.verify,
             ssh_options: match (a.daemon.ipv4, a.daemon.ipv6) {
                 (true, _) => vec!["AddressFamily=inet".into()],
                 (_, true) => vec!["AddressFamily=inet6".into()],
@@ -398,6 +399,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             remote_ferry: a.remote_ferry,
             extra: false,
             transport: a.transport,
+            verify: a.verify,
         },
     };
     if a.json {

@@ -6,8 +6,17 @@
 //! an SFTP session; `get` and `put` run the same engine as `ferry cp` (with
 //! ferry's delta and resume where the remote runs ferry, SFTP otherwise).
 //!
+//! At a terminal the prompt completes command names and local and remote
+//! paths ([`complete`]), keeps its history between sessions (mode 0600), and
+//! Ctrl-C cancels a running `get` or `put` ([`interrupt`]), keeping the
+//! partial file for `reget`/`reput`. Piped input and `-b` get no prompt, no
+//! escape codes and no progress bars.
+//!
 //! Not for the protocol (that is `sftp`) nor for transfers (`transfer`).
-//! Not yet: remote path completion, globs, a shell on a ferry daemon module.
+//! Not yet: globs, a shell on a ferry daemon module.
+
+mod complete;
+mod interrupt;
 
 use super::args::ShellArgs;
 use crate::error::TransferError;
@@ -91,6 +100,10 @@ struct Shell {
     /// The remote working directory, absolute.
     cwd: Vec<u8>,
     progress: bool,
+    /// Remote listings for completion (and its copy of `cwd`).
+    names: complete::RemoteNames,
+    /// At a terminal: Ctrl-C cancels a transfer.
+    interactive: bool,
 }
 
 const HELP: &str = "\
@@ -160,6 +173,7 @@ impl Shell {
                 if !a.is_dir() {
                     return Err(format!("cd \"{}\": not a directory", escape(&to)));
                 }
+                *self.names.cwd.lock().unwrap_or_else(|p| p.into_inner()) = real.clone();
                 self.cwd = real;
             }
             "ls" | "dir" => {
@@ -332,9 +346,24 @@ impl Shell {
             daemon: Default::default(),
         };
         let printer = super::output::Printer::new(0, !self.progress, self.progress, false, false);
-        match super::run_plan(&plan, &printer, false) {
-            Ok(0) => Ok(()),
-            Ok(code) => Err(format!("transfer failed (exit {code})")),
+        let cancel = crate::session::Cancel::default();
+        let watch = self
+            .interactive
+            .then(|| interrupt::watch(cancel.clone()))
+            .flatten();
+        let result = crate::transfer::run(&plan, &|e| printer.event(e), &cancel);
+        drop(watch);
+        match result {
+            Ok(outcome) => {
+                printer.finish(&outcome, false);
+                match outcome.summary.errors {
+                    0 => Ok(()),
+                    n => Err(format!("{n} error(s): some files were not transferred")),
+                }
+            }
+            Err(TransferError::Cancelled) => {
+                Err("cancelled: the partial file is kept (reget/reput resume it)".into())
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -363,6 +392,7 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         ssh_options: a.ssh_option,
         config: a.ssh_config,
         transport: a.transport,
+        verify: a.verify,
         ..Default::default()
     };
     let (cmd, target) = sftp_command(user.as_deref(), &host, &ssh)?;
@@ -376,13 +406,16 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         .realpath(&crate::sftp::remote_path(start.as_bytes()))
         .map_err(|e| TransferError::Remote(format!("{target}: {}", crate::error::io_text(&e))))?;
     let batch = a.batch.is_some();
+    let interactive = !batch && std::io::stdin().is_terminal();
     let mut shell = Shell {
+        names: complete::RemoteNames::new(sftp.clone(), cwd.clone()),
         sftp,
         user,
         host,
         ssh,
         cwd,
         progress: !batch && std::io::stdout().is_terminal(),
+        interactive,
     };
     let code = match a.batch {
         Some(file) => {
@@ -395,7 +428,7 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
             };
             run_batch(&mut shell, input, true)
         }
-        None if std::io::stdin().is_terminal() => run_interactive(&mut shell),
+        None if interactive => run_interactive(&mut shell),
         // piped commands: like a batch without the echo
         None => run_batch(&mut shell, Box::new(std::io::stdin().lock()), false),
     };
@@ -422,7 +455,9 @@ fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32
             println!("ferry> {}", line.trim().trim_start_matches(['-', '@']));
             let _ = std::io::stdout().flush();
         }
-        match shell.run(&parsed.words) {
+        let r = shell.run(&parsed.words);
+        shell.names.forget();
+        match r {
             Ok(true) => {}
             Ok(false) => return 0,
             Err(e) => {
@@ -437,13 +472,19 @@ fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32
 }
 
 fn run_interactive(shell: &mut Shell) -> i32 {
-    let mut editor = match rustyline::DefaultEditor::new() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("ferry shell: {e}");
-            return 1;
-        }
-    };
+    let config = rustyline::Config::builder()
+        .completion_type(rustyline::CompletionType::List)
+        .auto_add_history(false)
+        .build();
+    let mut editor: rustyline::Editor<complete::ShellHelper, rustyline::history::DefaultHistory> =
+        match rustyline::Editor::with_config(config) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("ferry shell: {e}");
+                return 1;
+            }
+        };
+    editor.set_helper(Some(complete::ShellHelper::new(shell.names.clone())));
     let history = history_file();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
@@ -460,7 +501,9 @@ fn run_interactive(shell: &mut Shell) -> i32 {
                     }
                 };
                 let _ = editor.add_history_entry(line.as_str());
-                match shell.run(&parsed.words) {
+                let r = shell.run(&parsed.words);
+                shell.names.forget();
+                match r {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => eprintln!("{e}"),
@@ -471,15 +514,39 @@ fn run_interactive(shell: &mut Shell) -> i32 {
         }
     }
     if let Some(h) = &history {
-        if let Some(dir) = h.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if editor.save_history(h).is_ok() {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(h, std::fs::Permissions::from_mode(0o600));
-        }
+        save_history(&mut editor, h);
     }
     0
+}
+
+/// Writes the history file, made with mode 0600 before anything is in it
+/// (the commands typed may name private paths).
+fn save_history<H: rustyline::Helper>(
+    editor: &mut rustyline::Editor<H, rustyline::history::DefaultHistory>,
+    path: &std::path::Path,
+) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
+    }
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path);
+    if made.is_ok() {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        if let Err(e) = editor.save_history(path) {
+            eprintln!(
+                "ferry shell: cannot save history to {}: {e}",
+                path.display()
+            );
+        }
+    }
 }
 
 /// `$XDG_STATE_HOME/ferry/shell_history`, else `~/.local/state/ferry/…`.

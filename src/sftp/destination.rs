@@ -1,7 +1,9 @@
 //! A directory on an SFTP server as a [`Destination`]: what the receiver
 //! writes lands in a hidden temporary beside its target (`.NAME.ferry-part`),
 //! written with many requests outstanding, then fsynced (`fsync@openssh.com`),
-//! given its mode and mtime, and renamed into place
+//! given its mode and mtime, checked where the transfer asks (the remote's
+//! hash command or a second read, [`super::verify`]: a file that fails stays
+//! in its temporary, unpublished), and renamed into place
 //! (`posix-rename@openssh.com`; a server without it gets remove-then-rename,
 //! which is not atomic, and the transfer says so).
 //!
@@ -18,6 +20,7 @@
 //! path), so it stays under the destination's root.
 
 use super::client::{Handle, Pending, Sftp};
+use super::verify::{self, Hashing, How, Verify};
 use super::wire::{self, Attrs};
 use crate::error::TransferError;
 use crate::fs::names::{self, escape, split_parent};
@@ -101,64 +104,13 @@ fn attrs_of(meta: &Meta) -> Attrs {
     }
 }
 
-/// A hash a remote command can compute (`b3sum`, `sha256sum`), computed
-/// here over the stream as it is written, to compare after the transfer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashKind {
-    Blake3,
-    Sha256,
-}
-
-enum Hashing {
-    Blake3(Box<blake3::Hasher>),
-    Sha256(aws_lc_rs::digest::Context),
-}
-
-impl Hashing {
-    fn new(kind: HashKind) -> Hashing {
-        match kind {
-            HashKind::Blake3 => Hashing::Blake3(Box::default()),
-            HashKind::Sha256 => {
-                Hashing::Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
-            }
-        }
-    }
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Hashing::Blake3(h) => {
-                h.update(data);
-            }
-            Hashing::Sha256(c) => c.update(data),
-        }
-    }
-    fn hex(self) -> String {
-        let bytes: Vec<u8> = match self {
-            Hashing::Blake3(h) => h.finalize().as_bytes().to_vec(),
-            Hashing::Sha256(c) => c.finish().as_ref().to_vec(),
-        };
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-/// A published file's remote path and the hex hash of what was written.
-pub type HashedFile = (Vec<u8>, String);
-
-/// Files published, with the hash of what was written, for the remote
-/// command to check.
-#[derive(Clone)]
-pub struct Published {
-    pub kind: HashKind,
-    /// Remote path and hex hash, in the order published.
-    pub files: Arc<std::sync::Mutex<Vec<HashedFile>>>,
-}
-
 /// An SFTP destination before it is opened.
 pub struct SftpPlace {
     pub sftp: Sftp,
     /// `[user@]host:` as messages show it.
     pub shown_host: String,
-    /// Where a remote command can hash files: what to record.
-    pub published: Option<Published>,
+    /// How each file is checked before it is renamed into place.
+    pub verify: Option<Verify>,
 }
 
 impl Place for SftpPlace {
@@ -192,7 +144,7 @@ impl Place for SftpPlace {
             sftp: self.sftp.clone(),
             root: root.to_vec(),
             shown: format!("{}{}", self.shown_host, escape(root)),
-            published: self.published.clone(),
+            verify: self.verify.clone(),
             finishing: Default::default(),
             made: if made {
                 [b".".to_vec()].into()
@@ -209,7 +161,8 @@ pub struct SftpDest {
     sftp: Sftp,
     root: Vec<u8>,
     shown: String,
-    published: Option<Published>,
+    /// How each file is checked before it is renamed into place.
+    verify: Option<Verify>,
     /// Files published whose last requests are not answered yet, oldest
     /// first: many small files in flight, not a round trip each.
     finishing: std::sync::Mutex<VecDeque<Finishing>>,
@@ -233,7 +186,8 @@ struct Finishing {
     temp_path: Vec<u8>,
     target: Vec<u8>,
     backup: Option<Vec<u8>>,
-    /// The hash of what was written, for the remote check.
+    /// The hash of what was written, checked before the rename (`None`:
+    /// not checked, or written out of order).
     hashed: Option<String>,
 }
 
@@ -247,6 +201,8 @@ enum Stage {
     },
     /// Writes, fsync, metadata and close outstanding.
     Closing(VecDeque<Pending>),
+    /// Written and closed; the remote hash command's answer outstanding.
+    Verifying(verify::Answer),
     /// The renames outstanding; a `true` one may find nothing to move.
     Renaming(VecDeque<(Pending, bool)>),
 }
@@ -320,19 +276,39 @@ impl SftpDest {
                         q.pop_front();
                         status_ok(r)?;
                     }
-                    let mut renames = VecDeque::new();
-                    if let Some(to) = &f.backup {
-                        renames.push_back((self.send_replace(&f.target, to)?, true));
+                    // checked before anything is renamed into place
+                    if let (Some(v), Some(want)) = (&self.verify, &f.hashed) {
+                        match &v.how {
+                            How::Remote(h) => {
+                                f.stage = Stage::Verifying(h.ask(&f.temp_path)?);
+                                continue;
+                            }
+                            How::Reread => {
+                                let got = verify::reread(&self.sftp, &f.temp_path, v.kind());
+                                self.judge(v, want, got)?;
+                            }
+                        }
                     }
-                    if !self.sftp.ext.posix_rename {
-                        renames.push_back((
-                            self.sftp
-                                .send(wire::REMOVE, |p| wire::put_str(p, &f.target))?,
-                            true,
-                        ));
-                    }
-                    renames.push_back((self.send_replace(&f.temp_path, &f.target)?, false));
-                    f.stage = Stage::Renaming(renames);
+                    f.stage = Stage::Renaming(self.send_renames(f)?);
+                }
+                Stage::Verifying(rx) => {
+                    let (Some(v), Some(want)) = (&self.verify, &f.hashed) else {
+                        unreachable!("a file is verified when it was hashed")
+                    };
+                    let got = if block {
+                        if let How::Remote(h) = &v.how {
+                            h.flush()?;
+                        }
+                        rx.recv().unwrap_or_else(|_| Err(ended()))
+                    } else {
+                        match rx.try_recv() {
+                            Ok(r) => r,
+                            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(false),
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(ended()),
+                        }
+                    };
+                    self.judge(v, want, got)?;
+                    f.stage = Stage::Renaming(self.send_renames(f)?);
                 }
                 Stage::Renaming(q) => {
                     while let Some((p, may_miss)) = q.front() {
@@ -346,14 +322,52 @@ impl SftpDest {
                             other => other?,
                         }
                     }
-                    if let (Some(p), Some(hex)) = (&self.published, f.hashed.take()) {
-                        let mut files = p.files.lock().unwrap_or_else(|p| p.into_inner());
-                        files.push((f.target.clone(), hex));
-                    }
                     return Ok(true);
                 }
             }
         }
+    }
+
+    /// Whether a written file's check passed: the error names the check.
+    /// A file that fails stays in its temporary, unpublished: the next run
+    /// resumes from it and sends again what differs.
+    fn judge(&self, v: &Verify, want: &str, got: io::Result<String>) -> io::Result<()> {
+        match got {
+            Ok(got) if got == want => {
+                v.passed();
+                Ok(())
+            }
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} does not match what was sent; not published", v.what()),
+            )),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot check it with {}: {}; not published",
+                    v.what(),
+                    crate::error::io_text(&e)
+                ),
+            )),
+        }
+    }
+
+    /// Sends the renames that put a written file in place (its backup
+    /// first).
+    fn send_renames(&self, f: &Finishing) -> io::Result<VecDeque<(Pending, bool)>> {
+        let mut renames = VecDeque::new();
+        if let Some(to) = &f.backup {
+            renames.push_back((self.send_replace(&f.target, to)?, true));
+        }
+        if !self.sftp.ext.posix_rename {
+            renames.push_back((
+                self.sftp
+                    .send(wire::REMOVE, |p| wire::put_str(p, &f.target))?,
+                true,
+            ));
+        }
+        renames.push_back((self.send_replace(&f.temp_path, &f.target)?, false));
+        Ok(renames)
     }
 
     /// The fsync, metadata and close of an open file, sent.
@@ -601,7 +615,7 @@ impl Destination for SftpDest {
             sent: 0,
             buf: Vec::new(),
             writes: VecDeque::new(),
-            hashing: self.published.as_ref().map(|p| Hashing::new(p.kind)),
+            hashing: self.verify.as_ref().map(|v| Hashing::new(v.kind())),
         })
     }
     fn publish(

@@ -6,12 +6,13 @@
 //!
 //! [`wire`] is the protocol's byte format, [`client`] a synchronous client
 //! with many requests outstanding, [`destination`] and [`source`] the store
-//! seam's traits over it. Not for deciding when SFTP is used instead of
+//! seam's traits over it, [`verify`] the checks beyond ssh's MAC. Not for deciding when SFTP is used instead of
 //! ferry's own protocol: that is `transfer::sftp`.
 
 pub mod client;
 pub mod destination;
 pub mod source;
+pub mod verify;
 pub mod wire;
 
 pub use client::Sftp;
@@ -28,8 +29,9 @@ pub struct SftpSide {
     pub sftp: Sftp,
     /// `[user@]host:` as messages show it.
     pub shown_host: String,
-    /// Where a remote command can hash files: what to record.
-    pub published: Option<destination::Published>,
+    /// How files are checked beyond ssh's MAC: an upload before it is
+    /// renamed into place, a download before its last bytes are passed on.
+    pub verify: Option<verify::Verify>,
 }
 
 impl Side for SftpSide {
@@ -42,6 +44,7 @@ impl Side for SftpSide {
     ) -> Result<Summary, TransferError> {
         let source = source::SftpSource {
             sftp: self.sftp.clone(),
+            verify: self.verify.clone(),
         };
         sender::run_from(reader, writer, cfg, cancel, move || Ok(source))
     }
@@ -56,7 +59,7 @@ impl Side for SftpSide {
         let place = destination::SftpPlace {
             sftp: self.sftp.clone(),
             shown_host: self.shown_host.clone(),
-            published: self.published.clone(),
+            verify: self.verify.clone(),
         };
         receiver::run_into(reader, writer, cfg, place, cancel)
     }

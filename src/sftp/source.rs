@@ -3,10 +3,16 @@
 //! in it, names sorted bytewise; rsync's trailing-slash rule), and each file
 //! read front to back with many read requests outstanding.
 //!
+//! A file read whole is hashed as it is read and, where the transfer asks,
+//! checked before the reader sees its end: against the remote's hash
+//! command or a second read over SFTP (`--verify reread`); a mismatch fails
+//! the file, so the receiver never publishes it.
+//!
 //! Not for writing (that is [`super::destination`]) nor for choosing what to
 //! send (the sender decides; this only lists and reads).
 
 use super::client::{Handle, Pending, Sftp};
+use super::verify::{self, Answer, Hashing, How, Verify};
 use super::wire::{self, Attrs};
 use crate::fs::names::{escape, join};
 use crate::proto::{Entry, Kind, ListStart};
@@ -21,6 +27,9 @@ const READS_IN_FLIGHT: usize = 16;
 /// A tree on an SFTP server.
 pub struct SftpSource {
     pub sftp: Sftp,
+    /// How a file read whole is checked before its last bytes are passed
+    /// on (a mismatch fails the file, so it is never published).
+    pub verify: Option<Verify>,
 }
 
 /// A source path and how it is named in the list.
@@ -162,7 +171,7 @@ impl<E> Walk<'_, E> {
 
 /// BLAKE3 of a remote file (`--checksum`), read over SFTP.
 fn hash(sftp: &Sftp, path: &[u8]) -> io::Result<[u8; 32]> {
-    let mut f = SftpFile::open(sftp, path)?;
+    let mut f = SftpFile::open(sftp, path, None)?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {
@@ -246,7 +255,7 @@ impl Source for SftpSource {
     }
 
     fn open(&self, at: &Vec<u8>) -> io::Result<SftpFile> {
-        SftpFile::open(&self.sftp, at)
+        SftpFile::open(&self.sftp, at, self.verify.as_ref())
     }
 
     fn name<'h>(&self, at: &'h Vec<u8>) -> &'h [u8] {
@@ -281,15 +290,95 @@ pub struct SftpFile {
     have: Vec<u8>,
     used: usize,
     at_end: bool,
+    /// The check of a file read front to back, until it is made.
+    check: Option<Check>,
+    /// Bytes read ahead for reads at offsets that follow one another (the
+    /// chunks a resumed download lacks come in order, each far smaller than
+    /// a round trip is worth).
+    ahead_at: std::sync::Mutex<AheadAt>,
+}
+
+/// A window of the file read at once, and where the last read at an
+/// offset ended.
+#[derive(Default)]
+struct AheadAt {
+    start: u64,
+    data: Vec<u8>,
+    last_end: u64,
+    /// The file's size, asked once.
+    size: Option<u64>,
+}
+
+/// How much a run of reads at offsets reads ahead.
+const AHEAD_AT: u64 = 2 << 20;
+
+/// What is needed to check a file once its last byte is read.
+struct Check {
+    verify: Verify,
+    path: Vec<u8>,
+    /// The hash of the bytes passed on so far.
+    hashing: Hashing,
+    /// The remote command's answer, asked for when the file was opened.
+    remote: Option<Answer>,
+}
+
+impl Check {
+    /// The hash of what was read against the remote's (or a second read's).
+    fn finish(self, sftp: &Sftp) -> io::Result<()> {
+        let got = match (&self.verify.how, self.remote) {
+            (How::Remote(h), Some(rx)) => h
+                .flush()
+                .and_then(|_| rx.recv().unwrap_or_else(|_| Err(gone()))),
+            _ => verify::reread(sftp, &self.path, self.verify.kind()),
+        };
+        match got {
+            Ok(got) if got == self.hashing.hex() => {
+                self.verify.passed();
+                Ok(())
+            }
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} does not match what was read (did it change meanwhile?)",
+                    self.verify.what()
+                ),
+            )),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot check it with {}: {}",
+                    self.verify.what(),
+                    crate::error::io_text(&e)
+                ),
+            )),
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the remote hash command ended")
 }
 
 impl SftpFile {
-    fn open(sftp: &Sftp, path: &[u8]) -> io::Result<SftpFile> {
+    fn open(sftp: &Sftp, path: &[u8], verify: Option<&Verify>) -> io::Result<SftpFile> {
         let handle = sftp.open(path, wire::OPEN_READ, &Attrs::default())?;
-        Ok(SftpFile::on(Arc::new(Open {
+        let mut f = SftpFile::on(Arc::new(Open {
             sftp: sftp.clone(),
             handle,
-        })))
+        }));
+        if let Some(v) = verify {
+            let remote = match &v.how {
+                How::Remote(h) => Some(h.ask(path)?),
+                How::Reread => None,
+            };
+            f.check = Some(Check {
+                verify: v.clone(),
+                path: path.to_vec(),
+                hashing: Hashing::new(v.kind()),
+                remote,
+            });
+        }
+        Ok(f)
     }
 
     fn on(open: Arc<Open>) -> SftpFile {
@@ -301,6 +390,8 @@ impl SftpFile {
             have: Vec::new(),
             used: 0,
             at_end: false,
+            check: None,
+            ahead_at: Default::default(),
         }
     }
 }
@@ -313,11 +404,18 @@ impl io::Read for SftpFile {
             if self.used < self.have.len() {
                 let n = (self.have.len() - self.used).min(buf.len());
                 buf[..n].copy_from_slice(&self.have[self.used..self.used + n]);
+                if let Some(c) = &mut self.check {
+                    c.hashing.update(&buf[..n]);
+                }
                 self.used += n;
                 self.pos += n as u64;
                 return Ok(n);
             }
             if self.at_end {
+                // the end: checked before the reader learns it is whole
+                if let Some(c) = self.check.take() {
+                    c.finish(&o.sftp)?;
+                }
                 return Ok(0);
             }
             while self.ahead.len() < READS_IN_FLIGHT {
@@ -356,7 +454,38 @@ impl SourceFile for SftpFile {
         })
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.open.sftp.read_exact_at(&self.open.handle, buf, offset)
+        let o = &*self.open;
+        let mut a = self.ahead_at.lock().unwrap_or_else(|p| p.into_inner());
+        let end = offset + buf.len() as u64;
+        let window_end = a.start + a.data.len() as u64;
+        if offset >= a.start && end <= window_end {
+            let at = (offset - a.start) as usize;
+            buf.copy_from_slice(&a.data[at..at + buf.len()]);
+            a.last_end = end;
+            return Ok(());
+        }
+        let following = offset == a.last_end && offset > 0;
+        a.last_end = end;
+        if following {
+            let size = match a.size {
+                Some(s) => s,
+                None => {
+                    let s = o.sftp.fstat(&o.handle)?.size.unwrap_or(0);
+                    a.size = Some(s);
+                    s
+                }
+            };
+            let window = AHEAD_AT.min(size.saturating_sub(offset));
+            if window > buf.len() as u64 {
+                let mut data = vec![0u8; window as usize];
+                o.sftp.read_exact_at(&o.handle, &mut data, offset)?;
+                buf.copy_from_slice(&data[..buf.len()]);
+                a.start = offset;
+                a.data = data;
+                return Ok(());
+            }
+        }
+        o.sftp.read_exact_at(&o.handle, buf, offset)
     }
     fn try_clone(&self) -> io::Result<SftpFile> {
         Ok(SftpFile::on(self.open.clone()))

@@ -17,9 +17,9 @@ use crate::error::TransferError;
 use crate::proto::{Event, HandshakeError, Request, Role, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
-use crate::sftp::destination::{HashKind, Published};
+use crate::sftp::verify::{HashKind, How, RemoteHash, Verify};
 use crate::sftp::{remote_path, Sftp, SftpSide};
-use crate::transport::child::{self, Ended, Transport};
+use crate::transport::child::{self, Ended, Transport, VerifyMode};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,20 +202,24 @@ fn run(
     // one connection, in order: extra streams are ssh connections of their own
     request.options.streams = 1;
     let pushing = request.role == Role::ServerReceives;
-    // where the account may run commands, uploads are hashed there after
-    let hashing = if pushing {
-        remote_hash(plan, user, host, &why_kind)
-    } else {
-        None
+    // uploads are hashed on the remote where the account may run commands;
+    // `--verify reread` reads every file again over SFTP instead
+    let verify = match plan.ssh.verify {
+        VerifyMode::Reread => Some(Verify::new(How::Reread)),
+        VerifyMode::Auto if pushing => {
+            remote_hash(plan, user, host, &why_kind).and_then(|(program, kind)| {
+                let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
+                Some(Verify::new(How::Remote(RemoteHash::new(
+                    cmd, program, kind,
+                ))))
+            })
+        }
+        VerifyMode::Auto => None,
     };
-    let published = hashing.map(|(_, kind)| Published {
-        kind,
-        files: Default::default(),
-    });
     let remote = SftpSide {
         sftp: sftp.clone(),
         shown_host: format!("{target}:"),
-        published: published.clone(),
+        verify: verify.clone(),
     };
     let result = local::run(
         request,
@@ -226,6 +230,13 @@ fn run(
         side,
         Box::new(remote),
     );
+    if let Some(Verify {
+        how: How::Remote(h),
+        ..
+    }) = &verify
+    {
+        h.end();
+    }
     let status = sftp.end();
     let summary = result?;
     if status.is_some_and(|s| s.code() == Some(255)) && pushing {
@@ -233,17 +244,24 @@ fn run(
             "ssh to {target} ended with exit 255 after the transfer"
         )));
     }
-    let verified = match (hashing, published) {
-        (Some((program, _)), Some(p)) => {
-            let files = std::mem::take(&mut *p.files.lock().unwrap_or_else(|p| p.into_inner()));
-            check_remote(plan, user, host, program, &files)?;
-            format!(
-                "verified: {} on {host} for {} file(s)",
-                program,
-                files.len()
-            )
-        }
-        _ => "verified: size + SSH MAC only (SFTP: no remote hash)".to_string(),
+    let verified = match &verify {
+        Some(
+            v @ Verify {
+                how: How::Remote(h),
+                ..
+            },
+        ) => format!(
+            "verified: {} on {host} for {} file(s)",
+            h.program,
+            v.count()
+        ),
+        Some(v) => format!(
+            "verified: re-read over SFTP (BLAKE3) for {} file(s)",
+            v.count()
+        ),
+        None if pushing => "verified: size + SSH MAC only (SFTP: no remote hash)".to_string(),
+        None => "verified: size + SSH MAC only (SFTP; --verify reread reads each file again)"
+            .to_string(),
     };
     events(Event::notice(b"", verified));
     Ok(summary)
@@ -258,12 +276,16 @@ enum Exec {
     Unknown,
 }
 
-const EMPTY_BLAKE3: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
-const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+/// The commands tried, best first: (program, what it computes).
+const HASHERS: [(&str, HashKind); 3] = [
+    ("b3sum", HashKind::Blake3),
+    ("xxh128sum", HashKind::Xxh128),
+    ("sha256sum", HashKind::Sha256),
+];
 
 /// The remote hash command to check uploads with, probed once per host (as
 /// rclone does: each candidate hashes empty input, and must give the known
-/// empty hash) and remembered.
+/// empty hash) and remembered. The probe is one fixed command line.
 fn remote_hash(
     plan: &Plan,
     user: Option<&str>,
@@ -279,11 +301,14 @@ fn remote_hash(
         Some(k) => k.to_string(),
         None if *exec == Exec::No => "none".to_string(),
         None => {
-            let probe = "b3sum </dev/null 2>/dev/null; sha256sum </dev/null 2>/dev/null; true";
+            let probe: Vec<String> = HASHERS
+                .iter()
+                .map(|(p, _)| format!("{p} </dev/null 2>/dev/null;"))
+                .collect();
             let out = child::ssh_command(user, host, &plan.ssh)
                 .ok()
                 .and_then(|(mut c, _)| {
-                    c.arg(probe)
+                    c.arg(format!("{} true", probe.join(" ")))
                         .stdin(std::process::Stdio::null())
                         .stderr(std::process::Stdio::null())
                         .output()
@@ -292,79 +317,20 @@ fn remote_hash(
             let text = out
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
-            if text.contains(EMPTY_BLAKE3) {
-                "b3sum".into()
-            } else if text.contains(EMPTY_SHA256) {
-                "sha256sum".into()
-            } else {
-                "none".into()
-            }
+            HASHERS
+                .iter()
+                .find(|(_, kind)| {
+                    text.lines()
+                        .any(|l| l.split_whitespace().next() == Some(&kind.empty_hex()))
+                })
+                .map(|(p, _)| p.to_string())
+                .unwrap_or_else(|| "none".into())
         }
     };
     if known.is_none() {
         write_cache(&key, &found);
     }
-    match found.as_str() {
-        "b3sum" => Some(("b3sum", HashKind::Blake3)),
-        "sha256sum" => Some(("sha256sum", HashKind::Sha256)),
-        _ => None,
-    }
-}
-
-/// Hashes `files` on the remote with `program` and compares each with what
-/// was written. The names go NUL-separated on stdin to `xargs -0`: the
-/// remote shell sees only the fixed command line, never a name.
-fn check_remote(
-    plan: &Plan,
-    user: Option<&str>,
-    host: &str,
-    program: &str,
-    files: &[(Vec<u8>, String)],
-) -> Result<(), TransferError> {
-    use std::io::Write;
-    if files.is_empty() {
-        return Ok(());
-    }
-    let (mut cmd, target) = child::ssh_command(user, host, &plan.ssh)?;
-    cmd.arg(format!("xargs -0 {program} --"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let failed = |why: String| {
-        TransferError::Connection(format!(
-            "ssh to {target}: checking uploads with {program}: {why}"
-        ))
-    };
-    let mut child = cmd.spawn().map_err(|e| failed(crate::error::io_text(&e)))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let names: Vec<u8> = files
-        .iter()
-        .flat_map(|(n, _)| n.iter().copied().chain([0]))
-        .collect();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&names);
-    });
-    let out = child
-        .wait_with_output()
-        .map_err(|e| failed(crate::error::io_text(&e)))?;
-    let _ = writer.join();
-    // one line per name, in order; a name with a newline or a backslash is
-    // escaped and its line starts with '\'
-    let hashes: Vec<&[u8]> = out
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| l.strip_prefix(b"\\").unwrap_or(l))
-        .collect();
-    for (i, (name, want)) in files.iter().enumerate() {
-        let got = hashes.get(i).and_then(|l| l.get(..64));
-        if got != Some(want.as_bytes()) {
-            return Err(TransferError::Integrity(format!(
-                "{target}:{}: {program} on the remote does not match what was sent",
-                crate::fs::names::escape(name)
-            )));
-        }
-    }
-    Ok(())
+    HASHERS.iter().copied().find(|(p, _)| *p == found)
 }
 
 /// Where per-host transport decisions are kept.

@@ -32,6 +32,22 @@ pub struct SshOptions {
     /// Ferry's own protocol, SFTP, or ferry's falling back to SFTP where the
     /// remote cannot run it.
     pub transport: Transport,
+    /// How files moved over SFTP are checked beyond ssh's MAC.
+    pub verify: VerifyMode,
+}
+
+/// How files moved over SFTP are checked beyond ssh's MAC (`--verify`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyMode {
+    /// Uploads are hashed on the remote (b3sum, xxh128sum or sha256sum)
+    /// before they are renamed into place, where the account may run
+    /// commands; elsewhere size and ssh's MAC are all.
+    #[default]
+    Auto,
+    /// Each file is read again over SFTP and its BLAKE3 compared before it
+    /// is published (doubles the traffic; works on sftp-only accounts and
+    /// for downloads).
+    Reread,
 }
 
 /// How a transfer over ssh talks to the remote (`--transport`).
