@@ -289,13 +289,17 @@ def one(i):
         args = base + [f"{work}/load/c{i}/", f"ferry://{addr}/bench/dst-ferryd/load/c{i}/"]
     t0 = time.monotonic()
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    first = p.stdout.readline()
-    ttfb[i] = time.monotonic() - t0 if first else None
-    p.stdout.read()
+    # the first line that is not "the daemon is busy; retrying" (a notice
+    # under --json) is the first sign of the transfer itself
+    for line in p.stdout:
+        if b"the daemon is busy" in line:
+            busy[i] += 1
+        elif ttfb[i] is None:
+            ttfb[i] = time.monotonic() - t0
     err = p.stderr.read().decode(errors="replace")
     p.wait()
     took[i] = time.monotonic() - t0
-    busy[i] = err.count("the daemon is busy")
+    busy[i] += err.count("the daemon is busy")
     if p.returncode != 0:
         failed.append((i, p.returncode, err.strip()[-300:]))
 def watch():
