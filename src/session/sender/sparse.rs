@@ -1,7 +1,7 @@
 //! A file with holes sent whole under `-S/--sparse`: the source is asked where
 //! its data lies (`SEEK_DATA`/`SEEK_HOLE`), only the data is read, and each
 //! hole goes out as blocks of zeros already compressed once (a 256 KiB block
-//! of zeros is a 19-byte zstd frame), which any receiver takes as ordinary
+//! of zeros is a ~23-byte zstd frame), which any receiver takes as ordinary
 //! `Data` and a sparse one leaves as a hole. The end check is the same
 //! XXH3-128 over every byte, zeros included, as for any file sent whole.
 //!
