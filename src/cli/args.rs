@@ -114,7 +114,7 @@ pub struct SyncArgs {
     /// Preserve hard links
     #[arg(short = 'H', long = "hard-links")]
     pub hard_links: bool,
-    /// Write runs of zeros as holes (sparse files)
+    /// Sparse files: send only a file's data, not its holes, and write runs of zeros as holes
     #[arg(short = 'S', long)]
     pub sparse: bool,
     /// List changed files (-vv for more)

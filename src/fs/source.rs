@@ -90,6 +90,23 @@ impl SourceFile for File {
     fn try_clone(&self) -> io::Result<File> {
         File::try_clone(self)
     }
+
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        match rustix::fs::seek(self, rustix::fs::SeekFrom::Data(offset)) {
+            Ok(at) => Ok(Some(at)),
+            // no data at or after `offset`: a hole to the end
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn next_hole(&self, offset: u64) -> io::Result<Option<u64>> {
+        match rustix::fs::seek(self, rustix::fs::SeekFrom::Hole(offset)) {
+            Ok(at) => Ok(Some(at)),
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 /// Opens `rel` for reading beneath the directory `root`, refusing any symlink

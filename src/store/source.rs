@@ -68,6 +68,18 @@ pub trait SourceFile: io::Read + Send + Sized + 'static {
     fn stamp(&self) -> io::Result<Stamp>;
     /// Fills `buf` from `offset`; a file that ends first is an error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Where the next data at or after `offset` starts (`SEEK_DATA`), `None`
+    /// when only a hole is left before the end: how `-S` sends holes without
+    /// reading them. May move the read position (the caller then reads at
+    /// offsets). A source that cannot tell says everything is data.
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(Some(offset))
+    }
+    /// Where the next hole at or after `offset` starts (`SEEK_HOLE`; the end
+    /// of the file counts as one). A source that cannot tell says `None`.
+    fn next_hole(&self, _offset: u64) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
     /// A second handle on the same open file, for another thread or reader.
     /// Whether it shares the read position is the source's business: the
     /// sender reads in order through one handle only, and at offsets through

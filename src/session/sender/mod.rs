@@ -21,6 +21,7 @@ mod recipe;
 mod requests;
 mod segments;
 mod source;
+mod sparse;
 #[cfg(test)]
 mod tests;
 mod whole;
@@ -79,6 +80,9 @@ struct Sender<'a, W: Write, S: Source> {
     /// Extra streams, the workers sending segments on them, and the files
     /// being sent in segments.
     streams: Streams<S>,
+    /// `-S`: a block of zeros and its compressed frame, made at the first
+    /// file with holes.
+    zeros: Option<sparse::Zeros>,
 }
 
 /// Runs the sending side over the local filesystem (beneath the module root
@@ -141,6 +145,7 @@ where
         cancel,
         source: &source,
         streams: Streams::new(cfg.joins, reports),
+        zeros: None,
     };
     s.packer = Packer::new(s.options.zstd_level());
     let result = s.run(&cfg.sources);

@@ -17,6 +17,9 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         let Some((mut f, before)) = self.open_listed(file, path)? else {
             return Ok(());
         };
+        if self.options.sparse && super::sparse::has_hole(&f, before.size) {
+            return self.send_sparse(file, path, f, before);
+        }
         self.attach_streams(before.size >= SEGMENT_MIN);
         if self.streams.attached() && before.size >= SEGMENT_MIN {
             return self.send_segmented(file, path, f, before);

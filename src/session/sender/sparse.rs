@@ -1,0 +1,132 @@
+//! A file with holes sent whole under `-S/--sparse`: the source is asked where
+//! its data lies (`SEEK_DATA`/`SEEK_HOLE`), only the data is read, and each
+//! hole goes out as blocks of zeros already compressed once (a 256 KiB block
+//! of zeros is a ~23-byte zstd frame), which any receiver takes as ordinary
+//! `Data` and a sparse one leaves as a hole. The end check is the same
+//! XXH3-128 over every byte, zeros included, as for any file sent whole.
+//!
+//! Not for files without holes (they take [`super::whole`]), nor for a file
+//! the receiver rebuilds from old data ([`super::recipe`] reads it all).
+
+use super::source::{unchanged, Unsent};
+use super::Sender;
+use crate::chunk::WholeCheck;
+use crate::error::{FileOp, TransferError};
+use crate::proto::{Message, BLOCK_SIZE};
+use crate::store::source::{Source, SourceFile, Stamp};
+use std::io::Write;
+
+/// A block of zeros, raw and as the zstd frame sent for it.
+pub(super) struct Zeros {
+    raw: Vec<u8>,
+    full: Vec<u8>,
+}
+
+impl Zeros {
+    fn new() -> Zeros {
+        let raw = vec![0; BLOCK_SIZE];
+        let full = zstd::bulk::compress(&raw, 1).expect("zstd compresses zeros");
+        Zeros { raw, full }
+    }
+}
+
+/// Whether `f` has a hole before its end (and so is worth sending sparse).
+pub(super) fn has_hole<F: SourceFile>(f: &F, size: u64) -> bool {
+    size > 0 && matches!(f.next_hole(0), Ok(Some(at)) if at < size)
+}
+
+impl<W: Write, S: Source> Sender<'_, W, S> {
+    /// Sends `file` (open as `f`, `before` its stamp) data run by data run.
+    pub(super) fn send_sparse(
+        &mut self,
+        file: u32,
+        path: &S::Handle,
+        f: S::File,
+        before: Stamp,
+    ) -> Result<(), TransferError> {
+        let size = before.size;
+        let zeros = self.zeros.take().unwrap_or_else(Zeros::new);
+        let sent = self.send_runs(file, &f, size, &zeros);
+        self.zeros = Some(zeros);
+        let check = match sent {
+            Ok(check) => check,
+            Err(Stop::Read(e)) => return self.give_up(file, path, Unsent::Io(FileOp::Read, e)),
+            Err(Stop::Transfer(e)) => return Err(e),
+        };
+        if let Err(why) = unchanged(&f, &before, size) {
+            return self.give_up(file, path, why);
+        }
+        self.writer.send(&Message::FileEnd {
+            file,
+            size,
+            hash: check.file_value().to_wire(),
+        })
+    }
+
+    fn send_runs(
+        &mut self,
+        file: u32,
+        f: &S::File,
+        size: u64,
+        zeros: &Zeros,
+    ) -> Result<WholeCheck, Stop> {
+        self.packer.reset();
+        let mut check = WholeCheck::default();
+        let mut at = 0u64;
+        while at < size {
+            let data = f
+                .next_data(at)
+                .map_err(Stop::Read)?
+                .unwrap_or(size)
+                .min(size);
+            // the hole [at, data): zeros from memory, compressed once
+            while at < data {
+                let n = (data - at).min(BLOCK_SIZE as u64) as usize;
+                check.update(&zeros.raw[..n]);
+                if n == BLOCK_SIZE {
+                    self.writer.send_data(file, true, n as u32, &zeros.full)?;
+                } else {
+                    let frame = zstd::bulk::compress(&zeros.raw[..n], 1)
+                        .map_err(|e| Stop::Transfer(TransferError::local("zstd", &e)))?;
+                    self.writer.send_data(file, true, n as u32, &frame)?;
+                }
+                at += n as u64;
+                self.pass_events()?;
+            }
+            if at >= size {
+                break;
+            }
+            let hole = f
+                .next_hole(at)
+                .map_err(Stop::Read)?
+                .unwrap_or(size)
+                .min(size);
+            // the data [at, hole), read at offsets
+            while at < hole {
+                let n = (hole - at).min(BLOCK_SIZE as u64) as usize;
+                f.read_exact_at(&mut self.buf[..n], at)
+                    .map_err(Stop::Read)?;
+                let block = &self.buf[..n];
+                check.update(block);
+                let (compressed, bytes) = self.packer.pack(block);
+                self.writer.send_data(file, compressed, n as u32, bytes)?;
+                at += n as u64;
+                self.pass_events()?;
+            }
+        }
+        Ok(check)
+    }
+}
+
+/// Why sending the runs stopped: the file (the receiver is told, the
+/// transfer goes on) or the transfer itself.
+enum Stop {
+    Read(std::io::Error),
+    Transfer(TransferError),
+}
+
+impl From<TransferError> for Stop {
+    fn from(e: TransferError) -> Stop {
+        Stop::Transfer(e)
+    }
+}
