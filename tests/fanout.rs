@@ -494,3 +494,39 @@ fn with_every_host_holding_v1_only_the_changed_5_percent_crosses_each_link() {
         assert_same_tree(&src, &chain.out(i), true);
     }
 }
+
+#[test]
+fn a_slow_host_is_moved_to_the_tail_and_the_others_do_not_wait_for_it() {
+    // host 1 takes 80 ms per 256 KiB frame it receives: ~15 s for 48 MiB
+    let chain = Chain::start_with(4, &|i| {
+        if i == 1 {
+            vec![
+                "env".into(),
+                "FERRY_TEST_HOOKS=1".into(),
+                "FERRY_TEST_FANOUT_RECV_PACE_MS=80".into(),
+            ]
+        } else {
+            vec![]
+        }
+    });
+    let work = tmp();
+    let src = tree(work.path(), 48 * MIB);
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts[1]["moved_to_tail"], true, "{v}");
+    let slow = hosts[1]["seconds"].as_f64().unwrap();
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["state"], "done", "{v}");
+        assert_same_tree(&src, &chain.out(i), true);
+        if i != 1 {
+            assert_eq!(h["moved_to_tail"], false);
+            let t = h["seconds"].as_f64().unwrap();
+            assert!(
+                t < 0.7 * slow,
+                "host {i} took {t} s, the slow one {slow} s: {v}"
+            );
+        }
+    }
+}

@@ -295,6 +295,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
                     "bytes_received": h.bytes_received,
                     "seconds": (h.seconds * 1000.0).round() / 1000.0,
                     "pieces_refused": h.refused,
+                    "moved_to_tail": h.moved,
                     "error": h.error,
                 })
             })
@@ -314,10 +315,15 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
         for h in &outcome.hosts {
             if h.state == State::Done && a.verbose > 0 {
                 println!(
-                    "{}: done, {} bytes received in {:.2} s{}",
+                    "{}: done, {} bytes received in {:.2} s{}{}",
                     h.target.shown,
                     h.bytes_received,
                     h.seconds,
+                    if h.moved {
+                        " (slow: moved to the tail of the chain)"
+                    } else {
+                        ""
+                    },
                     if h.refused > 0 {
                         format!(" ({} damaged piece(s) refused and sent again)", h.refused)
                     } else {

@@ -25,7 +25,7 @@ use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Frames queued between the upstream reader and the forwarder: the memory
 /// a hop holds in flight (at most this many frames of [`super::FRAME`]).
@@ -88,6 +88,16 @@ pub struct Hop {
     forward: SyncSender<Fwd>,
     forward_rx: Mutex<Option<Receiver<Fwd>>>,
     cancelled: AtomicBool,
+    /// The chain's order as the source last said it (ticket positions).
+    pub order: Arc<Mutex<Vec<usize>>>,
+    /// Hosts moved to the tail, fed from the committed copy.
+    pub moved: Arc<Mutex<std::collections::HashSet<usize>>>,
+    /// The forwarder feeds a moved successor from disk: [`Hop::forward`]
+    /// then keeps only piece ends (in `feed`) instead of queueing frames.
+    feeding: AtomicBool,
+    feed: Mutex<(Vec<(u32, u32)>, bool)>,
+    /// Time the forwarder spent blocked sending downstream (µs).
+    pub blocked: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -170,7 +180,13 @@ impl Hop {
             }
         }
         let (forward, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let order = (0..ticket.hosts.len()).collect();
         let hop = Hop {
+            order: Arc::new(Mutex::new(order)),
+            moved: Default::default(),
+            feeding: AtomicBool::new(false),
+            feed: Mutex::new((Vec::new(), false)),
+            blocked: Default::default(),
             ticket,
             ticket_bytes,
             index,
@@ -487,6 +503,15 @@ impl Hop {
     }
 
     pub fn forward(&self, m: Fwd) -> bool {
+        if self.feeding.load(Ordering::SeqCst) {
+            let mut f = lock(&self.feed);
+            match m {
+                Fwd::PieceEnd { file, piece, .. } => f.0.push((file, piece)),
+                Fwd::End => f.1 = true,
+                _ => {}
+            }
+            return true;
+        }
         self.forward.send(m).is_ok()
     }
 
@@ -633,6 +658,15 @@ impl Pieces for Hop {
 
     fn cancelled(&self) -> bool {
         self.is_cancelled()
+    }
+
+    fn set_feeding(&self, on: bool) {
+        self.feeding.store(on, Ordering::SeqCst);
+    }
+
+    fn take_feed(&self) -> (Vec<(u32, u32)>, bool) {
+        let mut f = lock(&self.feed);
+        (std::mem::take(&mut f.0), std::mem::replace(&mut f.1, false))
     }
 }
 

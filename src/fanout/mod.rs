@@ -34,7 +34,9 @@
 //! damaged piece is never committed anywhere. Both variables are needed, so it
 //! cannot fire in production by accident. The same switch enables
 //! `FERRY_TEST_FANOUT_PACE_MS` ([`pace_hook`]), which slows a forwarder down
-//! so that a loopback test can kill or stop a host half-way.
+//! so that a loopback test can kill or stop a host half-way, and
+//! `FERRY_TEST_FANOUT_RECV_PACE_MS` ([`receive_pace_hook`]), which makes a
+//! daemon receive slowly (a slow host, to be moved to the tail).
 
 pub mod connect;
 pub mod hop;
@@ -73,6 +75,19 @@ pub fn pace_hook() -> Option<std::time::Duration> {
         return None;
     }
     std::env::var("FERRY_TEST_FANOUT_PACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
+/// The test hook for a slow host: with `FERRY_TEST_HOOKS=1`,
+/// `FERRY_TEST_FANOUT_RECV_PACE_MS=N` makes a daemon wait N ms after each
+/// data frame it receives (as a host on a slow link would).
+pub fn receive_pace_hook() -> Option<std::time::Duration> {
+    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
+        return None;
+    }
+    std::env::var("FERRY_TEST_FANOUT_RECV_PACE_MS")
         .ok()
         .and_then(|v| v.parse().ok())
         .map(std::time::Duration::from_millis)

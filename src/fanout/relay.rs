@@ -3,7 +3,10 @@
 //! committed, re-sends the gap from its own committed copy, forwards the live
 //! stream frame by frame, answers NACKs from its committed copy, and bypasses
 //! a successor that fails or goes silent for the stall timeout (heartbeats
-//! come every [`HEARTBEAT`]) by dialing the one after it.
+//! come every [`HEARTBEAT`]) by dialing the one after it. It follows the
+//! chain's order as the source last set it (a slow host moved to the tail),
+//! and feeds a moved successor from its committed copy, never from the live
+//! queue, so that a slow host never holds the chain back.
 //!
 //! Not for receiving or verifying (that is [`super::hop`]); what it serves
 //! again comes from [`Pieces`], which only offers committed pieces.
@@ -67,6 +70,14 @@ pub trait Pieces: Send + Sync {
     fn sent_so_far(&self) -> Vec<(u32, u32)>;
     fn report(&self, r: Report);
     fn cancelled(&self) -> bool;
+    /// The forwarder feeds a moved successor from the committed copy: the
+    /// live queue must not wait for it (a hop then keeps only the ends of
+    /// pieces, in [`take_feed`](Self::take_feed)).
+    fn set_feeding(&self, _on: bool) {}
+    /// Piece ends that came while feeding, and whether the end came.
+    fn take_feed(&self) -> (Vec<(u32, u32)>, bool) {
+        (Vec::new(), false)
+    }
 }
 
 /// What the downstream reader and the watchdog share with the forwarder.
@@ -104,8 +115,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The forwarder's settings.
 pub struct Forwarder {
     pub ticket: Arc<Ticket>,
-    /// The first host to dial (our index + 1; 0 for the source).
-    pub first: usize,
+    /// Our own position in the ticket (`None`: the source, before all).
+    pub me: Option<usize>,
+    /// The chain's current order (ticket positions), which the source may
+    /// change (a slow host moved to the tail); we forward to the host after
+    /// us in it that has not failed us.
+    pub order: Arc<Mutex<Vec<usize>>>,
+    /// Hosts moved to the tail for being slow: fed from our committed copy,
+    /// never from the live queue, so they cannot hold the chain back.
+    pub moved: Arc<Mutex<HashSet<usize>>>,
+    /// Time spent blocked sending live frames (µs): a successor slower
+    /// than the stream shows here.
+    pub blocked: Arc<std::sync::atomic::AtomicU64>,
     pub identity: Arc<Identity>,
     pub stall: Duration,
     /// The test hook: damage the Nth piece forwarded.
@@ -118,31 +139,41 @@ impl Forwarder {
     /// Forwards everything `rx` gives until the chain below has it all (or
     /// there is no one left to forward to).
     pub fn run(&self, rx: Receiver<Fwd>, pieces: &dyn Pieces) {
-        let mut next = self.first;
+        let mut failed: HashSet<usize> = HashSet::new();
         let mut down: Option<Down> = None;
         let mut end_in = false;
         let mut resend: VecDeque<(u32, u32)> = VecDeque::new();
         let mut forwarded = 0u64;
         let mut last_piece: Option<(u32, u64)> = None;
         let mut corrupted = false;
-        // pieces whose end went to some successor: what a new successor may
+        // pieces whose end passed through here: what a new successor may
         // lack (the rest is still on its way through the queue)
         let mut ended: HashSet<(u32, u32)> = HashSet::new();
+        // pieces to feed a moved successor, in the order they came
+        let mut feed: VecDeque<(u32, u32)> = VecDeque::new();
         loop {
             if pieces.cancelled() {
                 return;
             }
-            if down.is_none() {
-                if next >= self.ticket.hosts.len() {
-                    // the tail: nothing to forward to
+            let desired = successor(&lock(&self.order), self.me, &failed);
+            if down.is_none() || down.as_ref().map(|d| d.host) != desired {
+                // the order changed (or the successor failed): relink
+                down = None;
+                let Some(next) = desired else {
+                    // the tail: nothing to forward to, for now
                     if end_in {
-                        return;
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
                     }
-                    match rx.recv() {
-                        Ok(Fwd::End) | Err(_) => return,
-                        Ok(_) => continue,
+                    match rx.recv_timeout(Duration::from_millis(10)) {
+                        Ok(Fwd::PieceEnd { file, piece, .. }) => {
+                            ended.insert((file, piece));
+                        }
+                        Ok(Fwd::End) | Err(RecvTimeoutError::Disconnected) => end_in = true,
+                        Ok(_) | Err(RecvTimeoutError::Timeout) => {}
                     }
-                }
+                    continue;
+                };
                 match self.open(next) {
                     Ok((d, have)) => {
                         resend.clear();
@@ -158,7 +189,7 @@ impl Forwarder {
                             host: next as u32,
                             why,
                         });
-                        next += 1;
+                        failed.insert(next);
                         continue;
                     }
                 }
@@ -170,17 +201,56 @@ impl Forwarder {
                     host: d.host as u32,
                     why,
                 });
+                failed.insert(d.host);
                 down = None;
-                next += 1;
                 continue;
             }
             if d.end_sent && d.state.done.load(Ordering::SeqCst) {
-                return;
+                // everything is through; stay for a change of order
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
             for n in lock(&d.state.nacks).drain(..) {
                 if !resend.contains(&n) {
                     resend.push_back(n);
                 }
+            }
+            let feeding = lock(&self.moved).contains(&d.host);
+            pieces.set_feeding(feeding);
+            if feeding {
+                // take the live queue as it comes, never waiting on the successor
+                let (ends, end) = pieces.take_feed();
+                for e in ends {
+                    ended.insert(e);
+                    feed.push_back(e);
+                }
+                end_in |= end;
+                loop {
+                    match rx.try_recv() {
+                        Ok(Fwd::PieceEnd { file, piece, .. }) => {
+                            ended.insert((file, piece));
+                            feed.push_back((file, piece));
+                        }
+                        Ok(Fwd::End) => end_in = true,
+                        Ok(_) => {}
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            end_in = true;
+                            break;
+                        }
+                    }
+                }
+                while let Some(&(f, p)) = feed.front() {
+                    if pieces.signed(f, p).is_none() {
+                        break;
+                    }
+                    if !resend.contains(&(f, p)) {
+                        resend.push_back((f, p));
+                    }
+                    feed.pop_front();
+                }
+            } else {
+                feed.clear();
             }
             let ready = resend
                 .iter()
@@ -188,8 +258,8 @@ impl Forwarder {
             let sent = if let Some(i) = ready {
                 let (f, p) = resend.remove(i).expect("found");
                 send_piece(d, pieces, f, p)
-            } else if end_in {
-                if !d.end_sent && resend.is_empty() {
+            } else if end_in || feeding {
+                if end_in && !d.end_sent && resend.is_empty() && feed.is_empty() {
                     d.end_sent = true;
                     wire::send(&mut d.writer, &Msg::End)
                 } else {
@@ -215,7 +285,8 @@ impl Forwarder {
                         if let Some(p) = self.pace {
                             std::thread::sleep(p);
                         }
-                        wire::send(
+                        let t = Instant::now();
+                        let r = wire::send(
                             &mut d.writer,
                             &Msg::Data {
                                 file,
@@ -223,7 +294,10 @@ impl Forwarder {
                                 resend: false,
                                 bytes,
                             },
-                        )
+                        );
+                        self.blocked
+                            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        r
                     }
                     Ok(Fwd::PieceEnd {
                         file,
@@ -264,7 +338,10 @@ impl Forwarder {
                         Ok(())
                     }
                     Err(RecvTimeoutError::Timeout) => Ok(()),
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        end_in = true;
+                        Ok(())
+                    }
                 }
             };
             if let Err(e) = sent {
@@ -335,6 +412,16 @@ impl Forwarder {
             have,
         ))
     }
+}
+
+/// The host after `me` in `order` that has not failed (`me` `None`: the
+/// source, before all).
+fn successor(order: &[usize], me: Option<usize>, failed: &HashSet<usize>) -> Option<usize> {
+    let from = match me {
+        None => 0,
+        Some(m) => order.iter().position(|&h| h == m)? + 1,
+    };
+    order[from..].iter().copied().find(|h| !failed.contains(h))
 }
 
 /// Sends a committed piece again, from our copy.

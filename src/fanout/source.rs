@@ -61,6 +61,8 @@ pub struct HostResult {
     /// Pieces it refused (a damaged piece, asked for again).
     pub refused: u32,
     pub error: Option<String>,
+    /// It was moved to the tail of the chain for being slow.
+    pub moved: bool,
 }
 
 pub struct Outcome {
@@ -197,6 +199,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             seconds: 0.0,
             refused: 0,
             error: None,
+            moved: false,
         })
         .collect();
     let mut settled = vec![false; n];
@@ -349,9 +352,15 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         chain: chain.clone(),
     });
     let (ftx, frx) = std::sync::mpsc::sync_channel(super::hop::QUEUE);
+    let order: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new((0..chain.len()).collect()));
+    let blocked: Arc<AtomicU64> = Default::default();
+    let moved: Arc<Mutex<HashSet<usize>>> = Default::default();
     let forwarder = Forwarder {
         ticket: Arc::new(ticket.clone()),
-        first: 0,
+        me: None,
+        order: order.clone(),
+        moved: moved.clone(),
+        blocked: blocked.clone(),
         identity: identity.clone(),
         stall: plan.stall,
         corrupt: None,
@@ -375,7 +384,31 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let idle_limit = (plan.stall * 3).max(Duration::from_secs(30));
     let mut last_change = Instant::now();
     let mut progress: Vec<(u64, u64)> = vec![(0, 0); n];
+    let mut laggards = Laggards::new(chain.len());
     while settled.iter().any(|s| !s) {
+        // a host far slower than the stream goes to the tail
+        let missed: Vec<bool> = chain
+            .iter()
+            .map(|&i| settled[i] && results[i].state == State::Missed)
+            .collect();
+        let done: Vec<bool> = chain
+            .iter()
+            .map(|&i| settled[i] && results[i].state == State::Done)
+            .collect();
+        let own = blocked.load(Ordering::Relaxed) / 1000;
+        for (pos, new_order) in laggards.tick(own, &order, &missed, &done) {
+            if pos == usize::MAX {
+                *moved.lock().unwrap_or_else(|p| p.into_inner()) =
+                    laggards.moved.iter().copied().collect();
+                *order.lock().unwrap_or_else(|p| p.into_inner()) = new_order;
+            } else if let Some(w) = writers[chain[pos]].as_mut() {
+                let hosts = new_order.iter().map(|&h| h as u32).collect();
+                let moved = laggards.moved.iter().map(|&h| h as u32).collect();
+                if wire::send_now(w, &Msg::Order { hosts, moved }).is_err() {
+                    writers[chain[pos]] = None;
+                }
+            }
+        }
         let ev = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(ev) => ev,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -395,8 +428,12 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
                 Ok(Msg::Progress {
                     received,
                     committed,
+                    blocked_ms,
                 }),
             ) => {
+                if let Some(pos) = chain.iter().position(|&c| c == i) {
+                    laggards.blocked[pos] = blocked_ms;
+                }
                 if progress[i] != (received, committed) {
                     progress[i] = (received, committed);
                     last_change = Instant::now();
@@ -446,6 +483,9 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             }
         }
     }
+    for &pos in &laggards.moved {
+        results[chain[pos]].moved = true;
+    }
     source.cancelled.store(true, Ordering::SeqCst);
     drop(writers);
     let read_result = reader.join();
@@ -464,6 +504,110 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         total_size,
         added,
     })
+}
+
+/// Finds a host slower than the stream and moves it to the tail. In a
+/// cut-through chain every host runs at the slowest one's rate, so rates
+/// alone do not tell which it is; where each forwarder waits does: the
+/// predecessor of a slow host is blocked sending to it most of the time,
+/// while the slow host itself is not blocked sending on. A host seen so for
+/// [`STRIKES`] windows of [`WINDOW`] is moved, once; the new order goes first
+/// to it (it stops forwarding), then to its predecessor (which links past
+/// it), then to the others (the old tail links to it).
+struct Laggards {
+    /// Per chain position, the forwarder's blocked time (ms) as last reported.
+    blocked: Vec<u64>,
+    /// The same at the start of the window, and the source's own.
+    mark: Vec<u64>,
+    own_mark: u64,
+    since: Instant,
+    strikes: Vec<u32>,
+    moved: Vec<usize>,
+    /// Orders still to send: (when, to whom (`usize::MAX`: the source's own
+    /// forwarder), the order).
+    pending: VecDeque<(Instant, usize, Vec<usize>)>,
+}
+
+const WINDOW: Duration = Duration::from_secs(1);
+const STRIKES: u32 = 2;
+/// How long each step of a move waits for the one before to take effect.
+const STEP: Duration = Duration::from_millis(300);
+
+impl Laggards {
+    fn new(n: usize) -> Laggards {
+        Laggards {
+            blocked: vec![0; n],
+            mark: vec![0; n],
+            own_mark: 0,
+            since: Instant::now(),
+            strikes: vec![0; n],
+            moved: Vec::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Orders due now: (chain position or `usize::MAX`, the order).
+    fn tick(
+        &mut self,
+        own: u64,
+        order: &Mutex<Vec<usize>>,
+        missed: &[bool],
+        done: &[bool],
+    ) -> Vec<(usize, Vec<usize>)> {
+        let mut due = Vec::new();
+        while self.pending.front().is_some_and(|p| p.0 <= Instant::now()) {
+            let (_, to, o) = self.pending.pop_front().expect("checked");
+            due.push((to, o));
+        }
+        let elapsed = self.since.elapsed();
+        if elapsed < WINDOW || !self.pending.is_empty() {
+            return due;
+        }
+        let ms = elapsed.as_millis().max(1) as f64;
+        let frac = |now: u64, then: u64| now.saturating_sub(then) as f64 / ms;
+        let current = order.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let active: Vec<usize> = current.into_iter().filter(|&p| !missed[p]).collect();
+        let own_frac = frac(own, self.own_mark);
+        let mut laggard = None;
+        for j in 0..active.len().saturating_sub(1) {
+            let k = active[j];
+            let pred = if j == 0 {
+                own_frac
+            } else {
+                frac(self.blocked[active[j - 1]], self.mark[active[j - 1]])
+            };
+            let slow = pred > 0.5 && frac(self.blocked[k], self.mark[k]) < 0.2;
+            if slow && !done[k] && !self.moved.contains(&k) {
+                self.strikes[k] += 1;
+                if self.strikes[k] >= STRIKES && laggard.is_none() {
+                    laggard = Some((j, k));
+                }
+            } else {
+                self.strikes[k] = 0;
+            }
+        }
+        self.mark.clone_from(&self.blocked);
+        self.own_mark = own;
+        self.since = Instant::now();
+        if let Some((j, k)) = laggard {
+            self.moved.push(k);
+            let mut new: Vec<usize> = active.iter().copied().filter(|&p| p != k).collect();
+            new.push(k);
+            let t = Instant::now();
+            let pred = if j == 0 { usize::MAX } else { active[j - 1] };
+            due.push((k, new.clone()));
+            self.pending.push_back((t + STEP, pred, new.clone()));
+            for &p in &active {
+                if p != k && p != pred {
+                    self.pending.push_back((t + 2 * STEP, p, new.clone()));
+                }
+            }
+            if pred != usize::MAX {
+                self.pending.push_back((t + 2 * STEP, usize::MAX, new));
+            }
+        }
+        due
+    }
 }
 
 /// What the hosts of the chain hold already.

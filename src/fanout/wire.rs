@@ -53,8 +53,18 @@ pub enum Msg {
     Refused { text: String },
     /// Source → daemon: dial the successor now.
     Link,
-    /// Daemon → source: bytes of file data received and committed so far.
-    Progress { received: u64, committed: u64 },
+    /// Daemon → source: bytes of file data received and committed so far,
+    /// and the time (ms) its forwarder spent blocked sending downstream.
+    Progress {
+        received: u64,
+        committed: u64,
+        blocked_ms: u64,
+    },
+    /// Source → daemon: the chain's new order (ticket positions): forward to
+    /// the host after you in it; a host in `moved` (a slow host moved to the
+    /// tail) is fed from the committed copy at its own pace, so that it
+    /// never holds the others back.
+    Order { hosts: Vec<u32>, moved: Vec<u32> },
     /// Daemon → source: the host at `host` was bypassed.
     Bypassed { host: u32, why: String },
     /// Daemon → source (control), and hop → predecessor (relay): every file
@@ -115,6 +125,7 @@ mod code {
     pub const ACK: u8 = 14;
     pub const NACK: u8 = 15;
     pub const REF: u8 = 16;
+    pub const ORDER: u8 = 17;
 }
 
 impl Msg {
@@ -127,6 +138,7 @@ impl Msg {
             Msg::Refused { .. } => "refused",
             Msg::Link => "link",
             Msg::Progress { .. } => "progress",
+            Msg::Order { .. } => "order",
             Msg::Bypassed { .. } => "bypassed",
             Msg::Done { .. } => "done",
             Msg::Have { .. } => "have",
@@ -203,10 +215,21 @@ impl Msg {
             Msg::Progress {
                 received,
                 committed,
+                blocked_ms,
             } => {
                 w.u8(code::PROGRESS);
                 w.varint(*received);
                 w.varint(*committed);
+                w.varint(*blocked_ms);
+            }
+            Msg::Order { hosts, moved } => {
+                w.u8(code::ORDER);
+                for list in [hosts, moved] {
+                    w.varint(list.len() as u64);
+                    for h in list {
+                        w.varint(*h as u64);
+                    }
+                }
             }
             Msg::Bypassed { host, why } => {
                 w.u8(code::BYPASSED);
@@ -328,7 +351,19 @@ impl Msg {
             code::PROGRESS => Msg::Progress {
                 received: r.varint("received")?,
                 committed: r.varint("committed")?,
+                blocked_ms: r.varint("blocked")?,
             },
+            code::ORDER => {
+                let mut lists = [Vec::new(), Vec::new()];
+                for list in &mut lists {
+                    let n = r.count(super::ticket::MAX_HOSTS, "hosts")?;
+                    for _ in 0..n {
+                        list.push(u32_of(&mut r, "host")?);
+                    }
+                }
+                let [hosts, moved] = lists;
+                Msg::Order { hosts, moved }
+            }
             code::BYPASSED => Msg::Bypassed {
                 host: u32_of(&mut r, "host")?,
                 why: text(&mut r, "reason")?,
@@ -461,6 +496,11 @@ mod tests {
             Msg::Progress {
                 received: 10,
                 committed: 5,
+                blocked_ms: 3,
+            },
+            Msg::Order {
+                hosts: vec![0, 2, 1],
+                moved: vec![1],
             },
             Msg::Bypassed {
                 host: 2,

@@ -96,15 +96,20 @@ pub fn serve(
             let Some(hop) = cx.registry.get(&job) else {
                 return refuse(&mut writer, "no such fan-out job on this host".into());
             };
-            let upstream = hop.ticket.signer == key.0
-                || hop.ticket.hosts[..hop.index].iter().any(|h| h.key == key.0);
-            if !upstream {
+            // any host of the ticket may come to feed this one (the source
+            // may move a slow host to the tail); what it sends is checked
+            // against the source's signatures all the same
+            let in_job = hop.ticket.signer == key.0
+                || hop
+                    .ticket
+                    .hosts
+                    .iter()
+                    .enumerate()
+                    .any(|(i, h)| i != hop.index && h.key == key.0);
+            if !in_job {
                 return refuse(
                     &mut writer,
-                    format!(
-                        "key {} is not upstream of this host in the job's ticket",
-                        key.fingerprint()
-                    ),
+                    format!("key {} is not in the job's ticket", key.fingerprint()),
                 );
             }
             let _ = reader.set_timeout(None);
@@ -303,10 +308,21 @@ fn run_control(
     wire::send(&mut writer, &ready).map_err(e)?;
     let _ = reader.set_timeout(None);
     let (tx, rx) = std::sync::mpsc::channel();
+    let order = hop.order.clone();
+    let moved_set = hop.moved.clone();
+    let n = hop.ticket.hosts.len();
     std::thread::spawn(move || loop {
         match wire::recv(&mut reader, wire::SMALL) {
             Ok(Some(Msg::Link)) => {
                 let _ = tx.send(true);
+            }
+            Ok(Some(Msg::Order { hosts, moved }))
+                if hosts.iter().chain(&moved).all(|&h| (h as usize) < n) =>
+            {
+                *moved_set.lock().unwrap_or_else(|p| p.into_inner()) =
+                    moved.into_iter().map(|h| h as usize).collect();
+                *order.lock().unwrap_or_else(|p| p.into_inner()) =
+                    hosts.into_iter().map(|h| h as usize).collect();
             }
             _ => {
                 let _ = tx.send(false);
@@ -322,7 +338,10 @@ fn run_control(
                 if let Some(rx) = hop.take_forward() {
                     let f = Forwarder {
                         ticket: Arc::new(hop.ticket.clone()),
-                        first: hop.index + 1,
+                        me: Some(hop.index),
+                        order: hop.order.clone(),
+                        moved: hop.moved.clone(),
+                        blocked: hop.blocked.clone(),
                         identity: cx.identity.clone(),
                         stall: Duration::from_millis(hop.ticket.stall_ms),
                         corrupt: crate::fanout::corrupt_hook(),
@@ -360,11 +379,13 @@ fn run_control(
                     wire::send(&mut writer, &Msg::Done { received, refused }).map_err(e)?;
                 }
                 Ok(false) => {
+                    let blocked_ms = hop.blocked.load(std::sync::atomic::Ordering::Relaxed) / 1000;
                     wire::send(
                         &mut writer,
                         &Msg::Progress {
                             received,
                             committed,
+                            blocked_ms,
                         },
                     )
                     .map_err(e)?;
@@ -412,6 +433,7 @@ fn relay(
     let _stop = Stop(stop);
     let mut nacked = std::collections::HashSet::new();
     let mut done_sent = false;
+    let pace = crate::fanout::receive_pace_hook();
     loop {
         let m = match wire::recv(&mut reader, crate::fanout::FRAME + 1024) {
             Ok(Some(m)) => m,
@@ -433,6 +455,9 @@ fn relay(
                 resend,
                 bytes,
             } => {
+                if let Some(p) = pace {
+                    std::thread::sleep(p);
+                }
                 if let Err(why) = hop.write(file, offset, &bytes) {
                     let _ = wire::send(&mut *lockw(&writer), &Msg::Refused { text: why.clone() });
                     return Err(why);
