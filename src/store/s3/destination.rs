@@ -13,16 +13,19 @@
 //! nothing is rebuilt from old data (every file comes whole).
 
 use super::bucket::{path, Bucket, Listed, Object};
-use super::manifest::{self, Manifest};
+use super::listing::{walk_cmp, Listing};
+use super::manifest;
 use crate::error::TransferError;
 use crate::store::destination::{
     BasisFile, Caps, Destination, Existing, ExistingKind, Meta, MetaOf, Place, PublishHow, Space,
     TempHow, TempWrite,
 };
 use rustix::fs::{Mode, OFlags};
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read, Seek};
+use std::io::{self, Read, Seek, Write};
+use std::ops::Bound;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -93,15 +96,28 @@ impl Place for S3Place {
     }
 }
 
-/// What is under the destination's prefix, from one recursive listing and
-/// the prefix's manifest, kept up to date as files are published and
-/// removed: a file the manifest describes is stat'ed without a request.
+/// What is under the destination's prefix, learnt from one listing
+/// streamed in key order and joined with the prefix's manifest as the
+/// engine asks about paths (in its walk order, which differs from S3's:
+/// `a/b` before `a.txt`), plus what this run uploaded and removed. What is
+/// held is what was read but not yet asked about: the keys the walk will
+/// come back to (`a.txt` while inside `a/`), not the whole listing.
 struct Known {
-    /// Key → what the listing said (and what was uploaded since).
-    listed: HashMap<String, Listed>,
-    /// Every prefix with something under it.
+    listing: Option<Listing>,
+    /// The last key read from the listing.
+    frontier: Option<String>,
+    /// Keys read but not yet passed by the walk, with what the listing and
+    /// the manifest said.
+    ahead: BTreeMap<String, (Listed, Option<Object>)>,
+    /// The largest key let go of: one asked about again (out of the walk's
+    /// order) is asked of the server.
+    forgotten: Option<String>,
+    /// Every prefix seen with something under it.
     dirs: HashSet<String>,
-    manifest: Manifest,
+    /// What this run uploaded, for the manifest.
+    updated: BTreeMap<String, Object>,
+    /// What this run removed (keys and prefixes).
+    removed: HashSet<String>,
     /// The manifest must be written again.
     dirty: bool,
 }
@@ -117,56 +133,119 @@ fn add_parents(dirs: &mut HashSet<String>, key: &str) {
     }
 }
 
+/// What the listing says of a path.
+enum Found {
+    /// An object, with the manifest's line when it still describes it.
+    File(Option<Object>),
+    Dir,
+    Absent,
+    /// Let go of already: ask the server.
+    Unknown,
+}
+
 impl Known {
     fn load(bucket: &Bucket, root: &str) -> io::Result<Known> {
-        let mut listed = HashMap::new();
-        let mut dirs = HashSet::new();
-        for (key, l) in bucket.list_all(root)? {
-            add_parents(&mut dirs, &key);
-            listed.insert(key, l);
-        }
-        // asked for even when not listed (some servers hide dot-names)
-        let manifest = bucket
-            .get_small(&manifest_key(root))?
-            .map(|t| Manifest::parse(&String::from_utf8_lossy(&t)))
-            .unwrap_or_default();
         Ok(Known {
-            listed,
-            dirs,
-            manifest,
+            listing: Some(Listing::open(bucket, root)?),
+            frontier: None,
+            ahead: BTreeMap::new(),
+            forgotten: None,
+            dirs: HashSet::new(),
+            updated: BTreeMap::new(),
+            removed: HashSet::new(),
             dirty: false,
         })
+    }
+
+    /// Reads the listing until it is past `key` (in S3's order).
+    fn read_to(&mut self, key: &str) -> io::Result<()> {
+        while self.frontier.as_deref().is_none_or(|f| f < key) {
+            let Some(listing) = self.listing.as_mut() else {
+                return Ok(());
+            };
+            let Some((k, l, o)) = listing.next_item()? else {
+                self.listing = None;
+                return Ok(());
+            };
+            add_parents(&mut self.dirs, &k);
+            self.ahead.insert(k.clone(), (l, o));
+            self.frontier = Some(k);
+        }
+        Ok(())
+    }
+
+    /// Whether `key` or a prefix above it was removed by this run.
+    fn is_removed(&self, key: &str) -> bool {
+        if self.removed.is_empty() {
+            return false;
+        }
+        let mut k = key;
+        loop {
+            if self.removed.contains(k) {
+                return true;
+            }
+            match k.rfind('/') {
+                Some(i) => k = &k[..i],
+                None => return false,
+            }
+        }
+    }
+
+    /// What is at `key`; what both orders put before it is let go of.
+    fn find(&mut self, key: &str) -> io::Result<Found> {
+        if let Some(o) = self.updated.get(key) {
+            return Ok(Found::File(Some(o.clone())));
+        }
+        if self.is_removed(key) {
+            return Ok(Found::Absent);
+        }
+        // far enough to see whether anything is under `key/`
+        self.read_to(&format!("{key}/"))?;
+        let found = match self.ahead.get(key) {
+            Some((_, o)) => Found::File(o.clone()),
+            None if self.dirs.contains(key) => Found::Dir,
+            None if self.forgotten.as_deref().is_some_and(|f| key <= f) => Found::Unknown,
+            None => Found::Absent,
+        };
+        // the walk (in either order) will not ask about these again
+        let gone: Vec<String> = self
+            .ahead
+            .range::<str, _>((Bound::Unbounded, Bound::Excluded(key)))
+            .filter(|(k, _)| walk_cmp(k, key) == Ordering::Less)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            self.ahead.remove(&k);
+            if self.forgotten.as_deref().is_none_or(|f| f < k.as_str()) {
+                self.forgotten = Some(k);
+            }
+        }
+        Ok(found)
     }
 
     /// Records `key` as just uploaded (and the prefixes above it).
     fn published(&mut self, key: &str, obj: Object) {
         add_parents(&mut self.dirs, key);
-        let l = Listed {
-            size: obj.size,
-            etag: obj.etag.clone(),
-            modified_ms: obj.modified_ms,
-        };
-        self.listed.insert(key.to_string(), l);
-        self.manifest.insert(key.to_string(), obj);
+        self.removed.remove(key);
+        self.updated.insert(key.to_string(), obj);
         self.dirty = true;
     }
 
     fn removed(&mut self, key: &str) {
-        self.listed.remove(key);
-        self.manifest.remove(key);
+        self.updated.remove(key);
         let p = format!("{key}/");
-        self.listed.retain(|k, _| !k.starts_with(&p));
+        let under: Vec<String> = self
+            .updated
+            .range::<str, _>((Bound::Included(p.as_str()), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&p))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in under {
+            self.updated.remove(&k);
+        }
         self.dirs.retain(|k| k != key && !k.starts_with(&p));
-        self.manifest.remove_under(key);
+        self.removed.insert(key.to_string());
         self.dirty = true;
-    }
-}
-
-fn manifest_key(root: &str) -> String {
-    if root.is_empty() {
-        manifest::NAME.to_string()
-    } else {
-        format!("{root}/{}", manifest::NAME)
     }
 }
 
@@ -245,18 +324,16 @@ impl Destination for S3Dest {
         if key == self.root {
             return Ok(Some(dir_existing()));
         }
-        {
-            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            match known.listed.get(&key) {
-                None if known.dirs.contains(&key) => return Ok(Some(dir_existing())),
-                None => return Ok(None),
-                Some(l) => {
-                    let m = &known.manifest;
-                    if let Some(o) = m.get(&key, l.size, l.etag.as_deref(), l.modified_ms) {
-                        return Ok(Some(file_existing(&o)));
-                    }
-                }
-            }
+        let found = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .find(&key)?;
+        match found {
+            Found::File(Some(o)) => return Ok(Some(file_existing(&o))),
+            Found::Dir => return Ok(Some(dir_existing())),
+            Found::Absent => return Ok(None),
+            Found::File(None) | Found::Unknown => {}
         }
         // listed, but not as ferry last wrote it: ask
         Ok(match self.bucket.stat(&key, false)? {
@@ -273,18 +350,27 @@ impl Destination for S3Dest {
         } else {
             format!("{key}/")
         };
-        // from what is known: no request (and never the manifest)
+        // one delimited listing of this prefix, with what this run changed
+        let (files, dirs) = self.bucket.list_names(&prefix)?;
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let under = |k: &str| -> Option<String> {
             let rest = k.strip_prefix(prefix.as_str())?;
             (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
         };
-        let mut out = Vec::new();
-        for k in known.listed.keys() {
+        let gone = |n: &str| known.is_removed(&format!("{prefix}{n}"));
+        let mut out: Vec<(Vec<u8>, bool)> = files
+            .into_iter()
+            .filter(|n| n != manifest::NAME && !gone(n))
+            .map(|n| (n.into_bytes(), false))
+            .chain(
+                dirs.into_iter()
+                    .filter(|n| !gone(n))
+                    .map(|n| (n.into_bytes(), true)),
+            )
+            .collect();
+        for k in known.updated.keys() {
             if let Some(n) = under(k) {
-                if n != manifest::NAME {
-                    out.push((n.into_bytes(), false));
-                }
+                out.push((n.into_bytes(), false));
             }
         }
         for d in &known.dirs {
@@ -293,6 +379,7 @@ impl Destination for S3Dest {
             }
         }
         out.sort();
+        out.dedup();
         Ok(out)
     }
 
@@ -469,13 +556,21 @@ impl Destination for S3Dest {
         if !known.dirty {
             return Ok(());
         }
-        let Known {
-            listed, manifest, ..
-        } = &mut *known;
-        manifest.retain(|k| listed.contains_key(k));
-        let text = manifest.render();
+        // the new manifest: a line for each object listed now, from what
+        // this run uploaded or else the old manifest's still-matching line,
+        // written to a spool file as the listing streams
+        let mut listing = Listing::open(&self.bucket, &self.root)?;
+        let mut out = io::BufWriter::new(spool_file()?);
+        out.write_all(manifest::header().as_bytes())?;
+        while let Some((k, _, old)) = listing.next_item()? {
+            if let Some(o) = known.updated.get(&k).or(old.as_ref()) {
+                out.write_all(manifest::render_line(&k, o).as_bytes())?;
+            }
+        }
+        let mut file = out.into_inner().map_err(|e| e.into_error())?;
+        let len = file.seek(io::SeekFrom::End(0))?;
         self.bucket
-            .put_small(&manifest_key(&self.root), bytes::Bytes::from(text))?;
+            .put_file(&manifest::key_of(&self.root), file, len)?;
         known.dirty = false;
         Ok(())
     }
