@@ -3,14 +3,19 @@
 //! offsets and read back like a local one; publishing hashes it (BLAKE3),
 //! then uploads it with its mtime (ns), mode and BLAKE3 in the object's
 //! metadata. Nothing is at the key until the upload completes, and a file
-//! that is discarded never reaches the bucket.
+//! that is discarded never reaches the bucket. A file whose bytes are those
+//! of the object already there (only its mtime changed) is not uploaded.
 //!
 //! Not for reading objects (that is [`super::source`]). What S3 cannot hold
-//! is refused or ignored, and said so here: no symlinks or hard links
-//! (refused), directories are prefixes (made by the files under them, so an
-//! empty directory is not kept), metadata is set only when a file is
-//! uploaded (a later change to mode or mtime alone is not applied), and
-//! nothing is rebuilt from old data (every file comes whole).
+//! is refused or kept elsewhere, and said so here: no symlinks or hard links
+//! (refused); directories are prefixes, and each one ferry makes, empty or
+//! not, with its mode and mtime, is a line of the prefix's manifest (not a
+//! marker object: object_store cannot name a key ending in `/`, and other
+//! tools would list markers as files); a later change to a file's mode or
+//! mtime alone goes in the manifest, which is what ferry reads first, while
+//! the object keeps the metadata it was uploaded with (rewriting it would
+//! copy the object on the server); nothing is rebuilt from old data (every
+//! changed file comes whole).
 
 use super::bucket::{path, Bucket, Listed, Object};
 use super::listing::{walk_cmp, Listing};
@@ -22,7 +27,7 @@ use crate::store::destination::{
 };
 use rustix::fs::{Mode, OFlags};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::ops::Bound;
@@ -30,6 +35,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::Mutex;
+
+/// Files remembered after the walk asked about them (see `Known::recent`).
+const RECENT: usize = 1024;
 
 /// A bucket before the destination in it is opened.
 pub struct S3Place {
@@ -118,6 +126,13 @@ struct Known {
     updated: BTreeMap<String, Object>,
     /// What this run removed (keys and prefixes).
     removed: HashSet<String>,
+    /// Directories' modes and mtimes (key → as a zero-size object), from
+    /// the manifest and this run: written back as its directory lines.
+    dir_meta: BTreeMap<String, Object>,
+    /// The files the walk asked about last, with what ferry knows of them:
+    /// what publishing the same bytes again, or setting a mode, starts
+    /// from, without a request.
+    recent: VecDeque<(String, Object)>,
     /// The manifest must be written again.
     dirty: bool,
 }
@@ -145,16 +160,54 @@ enum Found {
 
 impl Known {
     fn load(bucket: &Bucket, root: &str) -> io::Result<Known> {
+        let listing = Listing::open(bucket, root)?;
+        let dir_meta = listing.dirs().clone();
+        let mut dirs = HashSet::new();
+        for d in dir_meta.keys() {
+            add_parents(&mut dirs, &format!("{d}/"));
+        }
         Ok(Known {
-            listing: Some(Listing::open(bucket, root)?),
+            listing: Some(listing),
             frontier: None,
             ahead: BTreeMap::new(),
             forgotten: None,
-            dirs: HashSet::new(),
+            dirs,
             updated: BTreeMap::new(),
             removed: HashSet::new(),
+            dir_meta,
+            recent: VecDeque::new(),
             dirty: false,
         })
+    }
+
+    /// Remembers what `key` is, for a while.
+    fn remember(&mut self, key: &str, o: &Object) {
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((key.to_string(), o.clone()));
+    }
+
+    /// What ferry knows of the file at `key` without asking, if anything.
+    fn object(&self, key: &str) -> Option<Object> {
+        if let Some(o) = self.updated.get(key) {
+            return Some(o.clone());
+        }
+        self.recent
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, o)| o.clone())
+    }
+
+    /// A directory as the receiver sees it.
+    fn dir(&self, key: &str) -> Existing {
+        let mut x = dir_existing();
+        if let Some(o) = self.dir_meta.get(key) {
+            x.mode = o.mode.unwrap_or(0o755);
+            (x.mtime, x.mtime_nsec) = o.mtime;
+        }
+        x
     }
 
     /// Reads the listing until it is past `key` (in S3's order).
@@ -202,7 +255,13 @@ impl Known {
         // far enough to see whether anything is under `key/`
         self.read_to(&format!("{key}/"))?;
         let found = match self.ahead.get(key) {
-            Some((_, o)) => Found::File(o.clone()),
+            Some((_, o)) => {
+                let o = o.clone();
+                if let Some(o) = &o {
+                    self.remember(key, o);
+                }
+                Found::File(o)
+            }
             None if self.dirs.contains(key) => Found::Dir,
             None if self.forgotten.as_deref().is_some_and(|f| key <= f) => Found::Unknown,
             None => Found::Absent,
@@ -244,6 +303,7 @@ impl Known {
             self.updated.remove(&k);
         }
         self.dirs.retain(|k| k != key && !k.starts_with(&p));
+        self.dir_meta.retain(|k, _| k != key && !k.starts_with(&p));
         self.removed.insert(key.to_string());
         self.dirty = true;
     }
@@ -284,6 +344,21 @@ fn file_existing(o: &Object) -> Existing {
     }
 }
 
+/// A directory's line in the manifest, made now with `mode`.
+fn dir_object(mode: u32) -> Object {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Object {
+        size: 0,
+        mtime: (now.as_secs() as i64, now.subsec_nanos()),
+        mode: Some(mode & 0o7777),
+        blake3: None,
+        etag: None,
+        modified_ms: 0,
+    }
+}
+
 fn dir_existing() -> Existing {
     Existing {
         kind: ExistingKind::Dir,
@@ -318,26 +393,26 @@ impl Destination for S3Dest {
 
     fn stat(&mut self, rel: &[u8]) -> io::Result<Option<Existing>> {
         let key = self.key(rel)?;
-        if key.is_empty() {
-            return Ok(Some(dir_existing()));
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if key.is_empty() || key == self.root {
+            return Ok(Some(known.dir(&key)));
         }
-        if key == self.root {
-            return Ok(Some(dir_existing()));
-        }
-        let found = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .find(&key)?;
-        match found {
+        match known.find(&key)? {
             Found::File(Some(o)) => return Ok(Some(file_existing(&o))),
-            Found::Dir => return Ok(Some(dir_existing())),
+            Found::Dir => return Ok(Some(known.dir(&key))),
             Found::Absent => return Ok(None),
             Found::File(None) | Found::Unknown => {}
         }
+        drop(known);
         // listed, but not as ferry last wrote it: ask
         Ok(match self.bucket.stat(&key, false)? {
-            Some(Some(o)) => Some(file_existing(&o)),
+            Some(Some(o)) => {
+                self.known
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remember(&key, &o);
+                Some(file_existing(&o))
+            }
             Some(None) => Some(dir_existing()),
             None => None,
         })
@@ -383,8 +458,16 @@ impl Destination for S3Dest {
         Ok(out)
     }
 
-    fn mkdir(&mut self, _rel: &[u8], _mode: u32) -> io::Result<()> {
-        Ok(()) // a prefix exists once something is under it
+    /// A prefix exists once something is under it; the directory (empty
+    /// or not) is recorded in the manifest, with its mode and mtime.
+    fn mkdir(&mut self, rel: &[u8], mode: u32) -> io::Result<()> {
+        let key = self.key(rel)?;
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        add_parents(&mut known.dirs, &format!("{key}/"));
+        known.removed.remove(&key);
+        known.dir_meta.insert(key, dir_object(mode));
+        known.dirty = true;
+        Ok(())
     }
 
     fn symlink(&mut self, _rel: &[u8], _target: &[u8]) -> io::Result<()> {
@@ -420,8 +503,52 @@ impl Destination for S3Dest {
         Ok(())
     }
 
-    fn set_meta(&mut self, _rel: &[u8], _of: MetaOf, _meta: &Meta) -> io::Result<()> {
-        Ok(()) // metadata goes with an upload only (see the module's note)
+    /// A directory's mode and mtime, or a file's that did not change
+    /// otherwise, go in the manifest (no request until it is written): the
+    /// object keeps the metadata it was uploaded with (see the module's
+    /// note).
+    fn set_meta(&mut self, rel: &[u8], of: MetaOf, meta: &Meta) -> io::Result<()> {
+        let key = self.key(rel)?;
+        match of {
+            MetaOf::Dir => {
+                let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let o = known
+                    .dir_meta
+                    .entry(key)
+                    .or_insert_with(|| dir_object(0o755));
+                if let Some(m) = meta.mode {
+                    o.mode = Some(m & 0o7777);
+                }
+                if let Some(t) = meta.mtime {
+                    o.mtime = t;
+                }
+                known.dirty = true;
+                Ok(())
+            }
+            MetaOf::File => {
+                let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let had = known.object(&key);
+                drop(known);
+                let mut o = match had {
+                    Some(o) => o,
+                    None => self.bucket.head(&key)?.ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, self.bucket.show(&key))
+                    })?,
+                };
+                if let Some(m) = meta.mode {
+                    o.mode = Some(m & 0o7777);
+                }
+                if let Some(t) = meta.mtime {
+                    o.mtime = t;
+                }
+                self.known
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .published(&key, o);
+                Ok(())
+            }
+            MetaOf::Link => Err(unsupported("symlinks")),
+        }
     }
 
     fn open_basis(&mut self, rel: &[u8]) -> io::Result<S3Basis> {
@@ -478,6 +605,35 @@ impl Destination for S3Dest {
             hasher.update(&buf[..n]);
             left -= n as u64;
         }
+        let blake3 = *hasher.finalize().as_bytes();
+        // the same bytes as the object there (a file touched, or its mtime
+        // alone changed): only the manifest changes, nothing is uploaded
+        let had = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .object(&key);
+        if let Some(mut had) = had.filter(|o| {
+            o.size == temp.len
+                && o.blake3 == Some(blake3)
+                && !self.create_only
+                && how.backup.is_none()
+        }) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            had.mtime = meta
+                .mtime
+                .unwrap_or((now.as_secs() as i64, now.subsec_nanos()));
+            if let Some(m) = meta.mode {
+                had.mode = Some(m & 0o7777);
+            }
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .published(&key, had);
+            return Ok(());
+        }
         if let Some(suffix) = how.backup {
             if self.bucket.head(&key)?.is_some() {
                 let suffix = std::str::from_utf8(suffix)
@@ -494,7 +650,7 @@ impl Destination for S3Dest {
                 .mtime
                 .unwrap_or((now.as_secs() as i64, now.subsec_nanos())),
             mode: meta.mode.map(|m| m & 0o7777),
-            blake3: Some(*hasher.finalize().as_bytes()),
+            blake3: Some(blake3),
             etag: None,
             modified_ms: 0,
         };
@@ -562,6 +718,9 @@ impl Destination for S3Dest {
         let mut listing = Listing::open(&self.bucket, &self.root)?;
         let mut out = io::BufWriter::new(spool_file()?);
         out.write_all(manifest::header().as_bytes())?;
+        for (k, o) in &known.dir_meta {
+            out.write_all(manifest::render_dir_line(k, o).as_bytes())?;
+        }
         while let Some((k, _, old)) = listing.next_item()? {
             if let Some(o) = known.updated.get(&k).or(old.as_ref()) {
                 out.write_all(manifest::render_line(&k, o).as_bytes())?;

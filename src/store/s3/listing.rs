@@ -38,6 +38,11 @@ impl Listing {
         })
     }
 
+    /// The directories the manifest records (key → mode and mtime).
+    pub fn dirs(&self) -> &std::collections::BTreeMap<String, Object> {
+        &self.manifest.dirs
+    }
+
     /// The next object, manifests left out.
     pub fn next_item(&mut self) -> io::Result<Option<Item>> {
         loop {

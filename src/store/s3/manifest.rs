@@ -7,12 +7,16 @@
 //! at all. A line that does not match (the object was replaced by another
 //! tool) is ignored and the object asked about directly.
 //!
+//! Directories have lines too (their key and a slash, first in the file):
+//! S3 has no directories, so an empty one would otherwise be lost, and a
+//! directory's mode and mtime with it.
+//!
 //! Not for deciding what to send (the receiver does that from what
 //! [`super::destination`] reports) nor for verifying content: the BLAKE3 in
 //! each object's own metadata is what a download is checked against.
 
 use super::bucket::{hex, unhex, Object};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The manifest's name under its prefix; hidden from listings.
 pub const NAME: &str = ".ferry-manifest";
@@ -96,6 +100,13 @@ pub fn key_of(root: &str) -> String {
     }
 }
 
+/// The line of a directory (kept so that an empty one comes back, and the
+/// mode and mtime of any): its key with a slash after it (`/` alone for the
+/// bucket's root), written before the objects' lines.
+pub fn render_dir_line(key: &str, o: &Object) -> String {
+    render_line(&format!("{key}/"), o)
+}
+
 /// The manifest's first line.
 pub fn header() -> String {
     format!("{HEADER}\n")
@@ -162,6 +173,9 @@ pub fn matches(o: &Object, size: u64, etag: Option<&str>, modified_ms: i64) -> b
 pub struct Cursor {
     lines: Box<dyn Iterator<Item = std::io::Result<String>> + Send>,
     head: Option<(String, Object)>,
+    /// The directories the manifest records (written before the objects):
+    /// key (no trailing slash; empty for the bucket's root) → mode, mtime.
+    pub dirs: BTreeMap<String, Object>,
 }
 
 impl Cursor {
@@ -172,7 +186,11 @@ impl Cursor {
         if !ok {
             lines = Box::new(std::iter::empty());
         }
-        let mut c = Cursor { lines, head: None };
+        let mut c = Cursor {
+            lines,
+            head: None,
+            dirs: BTreeMap::new(),
+        };
         c.advance();
         c
     }
@@ -187,8 +205,12 @@ impl Cursor {
         // a read error ends the manifest: what it would have said is asked
         // of the server instead
         while let Some(Ok(line)) = self.lines.next() {
-            if let Some(e) = parse_line(&line) {
-                self.head = Some(e);
+            if let Some((k, o)) = parse_line(&line) {
+                if let Some(dir) = k.strip_suffix('/') {
+                    self.dirs.insert(dir.to_string(), o);
+                    continue;
+                }
+                self.head = Some((k, o));
                 return;
             }
         }

@@ -19,7 +19,7 @@ use crate::fs::names::escape;
 use crate::proto::{Entry, Kind, ListStart};
 use crate::store::source::{ListOptions, Listed, Source, SourceFile, Stamp};
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
 
 /// Objects of a listing taken at a time (those the manifest does not
@@ -31,6 +31,11 @@ const BATCH: usize = 256;
 struct Walk {
     open: Vec<String>,
     skip: Option<String>,
+    /// The directories the manifest records (relative path → mode and
+    /// mtime): those with no object under them are listed at the end.
+    dirs: BTreeMap<String, Object>,
+    /// The directories listed so far.
+    listed: HashSet<String>,
 }
 
 /// The bytes of one ranged GET.
@@ -117,6 +122,15 @@ impl S3Source {
         let mut walk = Walk {
             open: Vec::new(),
             skip: None,
+            dirs: listing
+                .dirs()
+                .iter()
+                .filter_map(|(k, o)| {
+                    let rel = k.strip_prefix(prefix.as_str())?;
+                    (!rel.is_empty()).then(|| (rel.to_string(), o.clone()))
+                })
+                .collect(),
+            listed: HashSet::new(),
         };
         loop {
             // a batch at a time, so that objects the manifest does not
@@ -167,6 +181,18 @@ impl S3Source {
                 return emit(Listed::Error(cannot(&e)));
             }
             if last {
+                // directories with nothing under them (parents first)
+                let empty: Vec<String> = walk
+                    .dirs
+                    .keys()
+                    .filter(|d| !walk.listed.contains(*d))
+                    .cloned()
+                    .collect();
+                for d in empty {
+                    walk.open.clear();
+                    walk.skip = None;
+                    self.open_dirs(&mut walk, &d, name, &prefix, opts, emit)?;
+                }
                 return Ok(());
             }
         }
@@ -199,32 +225,57 @@ impl S3Source {
             }
             walk.open.pop();
         }
-        let mut at = walk.open.last().map_or(0, |t| t.len() + 1);
-        while at <= dir.len() && !dir.is_empty() {
-            let end = dir[at..].find('/').map_or(dir.len(), |i| at + i);
-            let d = &dir[..end];
-            let d_name = join(name, d.as_bytes());
-            if opts.filters.excludes(&d_name, true) {
-                walk.skip = Some(format!("{d}/"));
-                return Ok(());
-            }
-            let d_key = format!("{prefix}{d}");
-            emit(Listed::Entry(
-                Self::entry(d_name, Kind::Dir, None),
-                S3Handle {
-                    shown: self.bucket.show(&d_key).into_bytes(),
-                    key: d_key,
-                    obj: empty(),
-                },
-            ))?;
-            walk.open.push(d.to_string());
-            at = end + 1;
+        if !self.open_dirs(walk, dir, name, prefix, opts, emit)? {
+            return Ok(());
         }
         let child_name = join(name, rel.as_bytes());
         if opts.filters.excludes(&child_name, false) {
             return Ok(());
         }
         self.file(format!("{prefix}{rel}"), child_name, obj, opts, emit)
+    }
+
+    /// Lists the directories down to `dir` (relative) not yet listed;
+    /// false when one of them is excluded (and its keys are skipped).
+    fn open_dirs<E>(
+        &self,
+        walk: &mut Walk,
+        dir: &str,
+        name: &[u8],
+        prefix: &str,
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<S3Handle>) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let mut at = walk.open.last().map_or(0, |t| t.len() + 1);
+        while at <= dir.len() && !dir.is_empty() {
+            let end = dir[at..].find('/').map_or(dir.len(), |i| at + i);
+            let d = &dir[..end];
+            at = end + 1;
+            let d_name = join(name, d.as_bytes());
+            if opts.filters.excludes(&d_name, true) {
+                walk.skip = Some(format!("{d}/"));
+                return Ok(false);
+            }
+            walk.open.push(d.to_string());
+            if !walk.listed.insert(d.to_string()) {
+                continue;
+            }
+            let mut e = Self::entry(d_name, Kind::Dir, None);
+            if let Some(o) = walk.dirs.get(d) {
+                e.mode = o.mode.unwrap_or(0o755) & 0o7777;
+                (e.mtime, e.mtime_nsec) = o.mtime;
+            }
+            let d_key = format!("{prefix}{d}");
+            emit(Listed::Entry(
+                e,
+                S3Handle {
+                    shown: self.bucket.show(&d_key).into_bytes(),
+                    key: d_key,
+                    obj: empty(),
+                },
+            ))?;
+        }
+        Ok(true)
     }
 
     /// The prefixes and objects directly under `prefix` (without `-r`).
