@@ -14,13 +14,14 @@
 use super::journal;
 use super::manifest::{self, Manifest};
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
 use object_store::multipart::MultipartStore;
 use object_store::multipart::PartId;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
+    Attribute, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
     PutMultipartOptions, PutOptions, PutPayload,
 };
 use std::collections::BTreeMap;
@@ -243,25 +244,101 @@ impl Bucket {
         })
     }
 
-    /// Every object under `prefix/` (recursively, or the whole bucket for
-    /// an empty prefix): key, size and ETag, as the listing gives them.
-    pub fn list_all(&self, prefix: &str) -> io::Result<Vec<(String, Listed)>> {
+    /// Every object under `prefix/` (recursively; the whole bucket for an
+    /// empty prefix) in key order, read a page at a time as it is consumed:
+    /// however many objects there are, one page is held.
+    pub fn list_stream(&self, prefix: &str) -> ListStream {
+        let p = (!prefix.is_empty()).then(|| path(prefix.trim_end_matches('/')));
+        ListStream {
+            bucket: self.clone(),
+            stream: Some(self.inner.store.list(p.as_ref())),
+        }
+    }
+
+    /// The lines of the object at `key` as they stream from the server
+    /// (`None`: no such object).
+    pub fn lines(&self, key: &str) -> io::Result<Option<Lines>> {
+        let store = self.inner.store.clone();
+        let p = path(key);
+        let got = self.block_on(async move {
+            match store.get(&p).await {
+                Ok(r) => Ok(Some(r.into_stream())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(err(e)),
+            }
+        })?;
+        Ok(got.map(|stream| Lines {
+            bucket: self.clone(),
+            stream: Some(stream),
+            buf: Vec::new(),
+            at: 0,
+        }))
+    }
+
+    /// HEADs of several keys at once, in the order given.
+    pub fn head_many(&self, keys: &[String]) -> io::Result<Vec<Option<Object>>> {
+        let store = self.inner.store.clone();
+        let paths: Vec<Path> = keys.iter().map(|k| path(k)).collect();
+        self.block_on(async move {
+            futures::stream::iter(paths)
+                .map(|p| {
+                    let store = store.clone();
+                    async move { head(&store, &p).await }
+                })
+                .buffered(16)
+                .try_collect()
+                .await
+        })
+    }
+
+    /// The names of the objects and of the prefixes directly under
+    /// `prefix` (a key ending in `/`, or empty), as one delimited listing
+    /// gives them: no HEAD, no manifest.
+    pub fn list_names(&self, prefix: &str) -> io::Result<(Vec<String>, Vec<String>)> {
         let store = self.inner.store.clone();
         let p = (!prefix.is_empty()).then(|| path(prefix.trim_end_matches('/')));
         self.block_on(async move {
-            store
-                .list(p.as_ref())
-                .map_ok(|m| {
-                    let listed = Listed {
-                        size: m.size,
-                        etag: m.e_tag,
-                        modified_ms: m.last_modified.timestamp_millis(),
-                    };
-                    (m.location.to_string(), listed)
-                })
-                .try_collect()
-                .await
-                .map_err(err)
+            let listed = store.list_with_delimiter(p.as_ref()).await.map_err(err)?;
+            let files = listed
+                .objects
+                .iter()
+                .filter_map(|m| m.location.filename().map(str::to_string))
+                .collect();
+            let dirs = listed
+                .common_prefixes
+                .iter()
+                .filter_map(|d| d.filename().map(str::to_string))
+                .collect();
+            Ok((files, dirs))
+        })
+    }
+
+    /// Writes `len` bytes of `file` as the object `key`, without ferry's
+    /// metadata (a manifest spooled on disk): one request up to 16 MiB,
+    /// else a multipart upload.
+    pub fn put_file(&self, key: &str, file: File, len: u64) -> io::Result<()> {
+        let store = self.inner.store.clone();
+        let p = path(key);
+        let file = Arc::new(file);
+        self.block_on(async move {
+            if len <= SINGLE_PUT_MAX {
+                let data = read_part(file, 0, len).await?;
+                store.put(&p, PutPayload::from(data)).await.map_err(err)?;
+                return Ok(());
+            }
+            let mut up = store.put_multipart(&p).await.map_err(err)?;
+            let part = part_size(len);
+            let mut at = 0;
+            while at < len {
+                let n = part.min(len - at);
+                let data = read_part(file.clone(), at, n).await?;
+                if let Err(e) = up.put_part(PutPayload::from(data)).await {
+                    let _ = up.abort().await;
+                    return Err(err(e));
+                }
+                at += n;
+            }
+            up.complete().await.map(|_| ()).map_err(err)
         })
     }
 
@@ -496,6 +573,86 @@ impl Bucket {
         let store = self.inner.store.clone();
         let (f, t) = (path(from), path(to));
         self.block_on(async move { store.copy(&f, &t).await.map_err(err) })
+    }
+}
+
+/// A listing consumed as it streams (see [`Bucket::list_stream`]).
+pub struct ListStream {
+    bucket: Bucket,
+    stream: Option<BoxStream<'static, object_store::Result<ObjectMeta>>>,
+}
+
+impl ListStream {
+    /// The next object: its key and what the listing says of it.
+    pub fn next_object(&mut self) -> io::Result<Option<(String, Listed)>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        let got = self.bucket.block_on(stream.next());
+        match got {
+            None => {
+                self.stream = None;
+                Ok(None)
+            }
+            Some(Err(e)) => {
+                self.stream = None;
+                Err(err(e))
+            }
+            Some(Ok(m)) => {
+                let listed = Listed {
+                    size: m.size,
+                    etag: m.e_tag,
+                    modified_ms: m.last_modified.timestamp_millis(),
+                };
+                Ok(Some((m.location.to_string(), listed)))
+            }
+        }
+    }
+}
+
+/// An object's lines as its body streams in (see [`Bucket::lines`]).
+pub struct Lines {
+    bucket: Bucket,
+    stream: Option<BoxStream<'static, object_store::Result<Bytes>>>,
+    buf: Vec<u8>,
+    /// Where the next line starts in `buf`.
+    at: usize,
+}
+
+impl Iterator for Lines {
+    type Item = io::Result<String>;
+
+    fn next(&mut self) -> Option<io::Result<String>> {
+        loop {
+            if let Some(i) = self.buf[self.at..].iter().position(|&b| b == b'\n') {
+                let line = &self.buf[self.at..self.at + i];
+                let line = String::from_utf8_lossy(line).into_owned();
+                self.at += i + 1;
+                return Some(Ok(line));
+            }
+            let stream = self.stream.as_mut()?;
+            match self.bucket.block_on(stream.next()) {
+                Some(Ok(b)) => {
+                    // what was read goes before more comes in
+                    self.buf.drain(..self.at);
+                    self.at = 0;
+                    self.buf.extend_from_slice(&b);
+                }
+                Some(Err(e)) => {
+                    self.stream = None;
+                    return Some(Err(err(e)));
+                }
+                None => {
+                    self.stream = None;
+                    if self.at >= self.buf.len() {
+                        return None;
+                    }
+                    let line = String::from_utf8_lossy(&self.buf[self.at..]).into_owned();
+                    self.at = self.buf.len();
+                    return Some(Ok(line));
+                }
+            }
+        }
     }
 }
 

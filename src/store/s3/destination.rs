@@ -3,30 +3,41 @@
 //! offsets and read back like a local one; publishing hashes it (BLAKE3),
 //! then uploads it with its mtime (ns), mode and BLAKE3 in the object's
 //! metadata. Nothing is at the key until the upload completes, and a file
-//! that is discarded never reaches the bucket.
+//! that is discarded never reaches the bucket. A file whose bytes are those
+//! of the object already there (only its mtime changed) is not uploaded.
 //!
 //! Not for reading objects (that is [`super::source`]). What S3 cannot hold
-//! is refused or ignored, and said so here: no symlinks or hard links
-//! (refused), directories are prefixes (made by the files under them, so an
-//! empty directory is not kept), metadata is set only when a file is
-//! uploaded (a later change to mode or mtime alone is not applied), and
-//! nothing is rebuilt from old data (every file comes whole).
+//! is refused or kept elsewhere, and said so here: no symlinks or hard links
+//! (refused); directories are prefixes, and each one ferry makes, empty or
+//! not, with its mode and mtime, is a line of the prefix's manifest (not a
+//! marker object: object_store cannot name a key ending in `/`, and other
+//! tools would list markers as files); a later change to a file's mode or
+//! mtime alone goes in the manifest, which is what ferry reads first, while
+//! the object keeps the metadata it was uploaded with (rewriting it would
+//! copy the object on the server); nothing is rebuilt from old data (every
+//! changed file comes whole).
 
 use super::bucket::{path, Bucket, Listed, Object};
-use super::manifest::{self, Manifest};
+use super::listing::{walk_cmp, Listing};
+use super::manifest;
 use crate::error::TransferError;
 use crate::store::destination::{
     BasisFile, Caps, Destination, Existing, ExistingKind, Meta, MetaOf, Place, PublishHow, Space,
     TempHow, TempWrite,
 };
 use rustix::fs::{Mode, OFlags};
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{self, Read, Seek};
+use std::io::{self, Read, Seek, Write};
+use std::ops::Bound;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::Mutex;
+
+/// Files remembered after the walk asked about them (see `Known::recent`).
+const RECENT: usize = 1024;
 
 /// A bucket before the destination in it is opened.
 pub struct S3Place {
@@ -93,15 +104,35 @@ impl Place for S3Place {
     }
 }
 
-/// What is under the destination's prefix, from one recursive listing and
-/// the prefix's manifest, kept up to date as files are published and
-/// removed: a file the manifest describes is stat'ed without a request.
+/// What is under the destination's prefix, learnt from one listing
+/// streamed in key order and joined with the prefix's manifest as the
+/// engine asks about paths (in its walk order, which differs from S3's:
+/// `a/b` before `a.txt`), plus what this run uploaded and removed. What is
+/// held is what was read but not yet asked about: the keys the walk will
+/// come back to (`a.txt` while inside `a/`), not the whole listing.
 struct Known {
-    /// Key → what the listing said (and what was uploaded since).
-    listed: HashMap<String, Listed>,
-    /// Every prefix with something under it.
+    listing: Option<Listing>,
+    /// The last key read from the listing.
+    frontier: Option<String>,
+    /// Keys read but not yet passed by the walk, with what the listing and
+    /// the manifest said.
+    ahead: BTreeMap<String, (Listed, Option<Object>)>,
+    /// The largest key let go of: one asked about again (out of the walk's
+    /// order) is asked of the server.
+    forgotten: Option<String>,
+    /// Every prefix seen with something under it.
     dirs: HashSet<String>,
-    manifest: Manifest,
+    /// What this run uploaded, for the manifest.
+    updated: BTreeMap<String, Object>,
+    /// What this run removed (keys and prefixes).
+    removed: HashSet<String>,
+    /// Directories' modes and mtimes (key → as a zero-size object), from
+    /// the manifest and this run: written back as its directory lines.
+    dir_meta: BTreeMap<String, Object>,
+    /// The files the walk asked about last, with what ferry knows of them:
+    /// what publishing the same bytes again, or setting a mode, starts
+    /// from, without a request.
+    recent: VecDeque<(String, Object)>,
     /// The manifest must be written again.
     dirty: bool,
 }
@@ -117,56 +148,164 @@ fn add_parents(dirs: &mut HashSet<String>, key: &str) {
     }
 }
 
+/// What the listing says of a path.
+enum Found {
+    /// An object, with the manifest's line when it still describes it.
+    File(Option<Object>),
+    Dir,
+    Absent,
+    /// Let go of already: ask the server.
+    Unknown,
+}
+
 impl Known {
     fn load(bucket: &Bucket, root: &str) -> io::Result<Known> {
-        let mut listed = HashMap::new();
+        let listing = Listing::open(bucket, root)?;
+        let dir_meta = listing.dirs().clone();
         let mut dirs = HashSet::new();
-        for (key, l) in bucket.list_all(root)? {
-            add_parents(&mut dirs, &key);
-            listed.insert(key, l);
+        for d in dir_meta.keys() {
+            add_parents(&mut dirs, &format!("{d}/"));
         }
-        // asked for even when not listed (some servers hide dot-names)
-        let manifest = bucket
-            .get_small(&manifest_key(root))?
-            .map(|t| Manifest::parse(&String::from_utf8_lossy(&t)))
-            .unwrap_or_default();
         Ok(Known {
-            listed,
+            listing: Some(listing),
+            frontier: None,
+            ahead: BTreeMap::new(),
+            forgotten: None,
             dirs,
-            manifest,
+            updated: BTreeMap::new(),
+            removed: HashSet::new(),
+            dir_meta,
+            recent: VecDeque::new(),
             dirty: false,
         })
+    }
+
+    /// Remembers what `key` is, for a while.
+    fn remember(&mut self, key: &str, o: &Object) {
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((key.to_string(), o.clone()));
+    }
+
+    /// What ferry knows of the file at `key` without asking, if anything.
+    fn object(&self, key: &str) -> Option<Object> {
+        if let Some(o) = self.updated.get(key) {
+            return Some(o.clone());
+        }
+        self.recent
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, o)| o.clone())
+    }
+
+    /// A directory as the receiver sees it.
+    fn dir(&self, key: &str) -> Existing {
+        let mut x = dir_existing();
+        if let Some(o) = self.dir_meta.get(key) {
+            x.mode = o.mode.unwrap_or(0o755);
+            (x.mtime, x.mtime_nsec) = o.mtime;
+        }
+        x
+    }
+
+    /// Reads the listing until it is past `key` (in S3's order).
+    fn read_to(&mut self, key: &str) -> io::Result<()> {
+        while self.frontier.as_deref().is_none_or(|f| f < key) {
+            let Some(listing) = self.listing.as_mut() else {
+                return Ok(());
+            };
+            let Some((k, l, o)) = listing.next_item()? else {
+                self.listing = None;
+                return Ok(());
+            };
+            add_parents(&mut self.dirs, &k);
+            self.ahead.insert(k.clone(), (l, o));
+            self.frontier = Some(k);
+        }
+        Ok(())
+    }
+
+    /// Whether `key` or a prefix above it was removed by this run.
+    fn is_removed(&self, key: &str) -> bool {
+        if self.removed.is_empty() {
+            return false;
+        }
+        let mut k = key;
+        loop {
+            if self.removed.contains(k) {
+                return true;
+            }
+            match k.rfind('/') {
+                Some(i) => k = &k[..i],
+                None => return false,
+            }
+        }
+    }
+
+    /// What is at `key`; what both orders put before it is let go of.
+    fn find(&mut self, key: &str) -> io::Result<Found> {
+        if let Some(o) = self.updated.get(key) {
+            return Ok(Found::File(Some(o.clone())));
+        }
+        if self.is_removed(key) {
+            return Ok(Found::Absent);
+        }
+        // far enough to see whether anything is under `key/`
+        self.read_to(&format!("{key}/"))?;
+        let found = match self.ahead.get(key) {
+            Some((_, o)) => {
+                let o = o.clone();
+                if let Some(o) = &o {
+                    self.remember(key, o);
+                }
+                Found::File(o)
+            }
+            None if self.dirs.contains(key) => Found::Dir,
+            None if self.forgotten.as_deref().is_some_and(|f| key <= f) => Found::Unknown,
+            None => Found::Absent,
+        };
+        // the walk (in either order) will not ask about these again
+        let gone: Vec<String> = self
+            .ahead
+            .range::<str, _>((Bound::Unbounded, Bound::Excluded(key)))
+            .filter(|(k, _)| walk_cmp(k, key) == Ordering::Less)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            self.ahead.remove(&k);
+            if self.forgotten.as_deref().is_none_or(|f| f < k.as_str()) {
+                self.forgotten = Some(k);
+            }
+        }
+        Ok(found)
     }
 
     /// Records `key` as just uploaded (and the prefixes above it).
     fn published(&mut self, key: &str, obj: Object) {
         add_parents(&mut self.dirs, key);
-        let l = Listed {
-            size: obj.size,
-            etag: obj.etag.clone(),
-            modified_ms: obj.modified_ms,
-        };
-        self.listed.insert(key.to_string(), l);
-        self.manifest.insert(key.to_string(), obj);
+        self.removed.remove(key);
+        self.updated.insert(key.to_string(), obj);
         self.dirty = true;
     }
 
     fn removed(&mut self, key: &str) {
-        self.listed.remove(key);
-        self.manifest.remove(key);
+        self.updated.remove(key);
         let p = format!("{key}/");
-        self.listed.retain(|k, _| !k.starts_with(&p));
+        let under: Vec<String> = self
+            .updated
+            .range::<str, _>((Bound::Included(p.as_str()), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&p))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in under {
+            self.updated.remove(&k);
+        }
         self.dirs.retain(|k| k != key && !k.starts_with(&p));
-        self.manifest.remove_under(key);
+        self.dir_meta.retain(|k, _| k != key && !k.starts_with(&p));
+        self.removed.insert(key.to_string());
         self.dirty = true;
-    }
-}
-
-fn manifest_key(root: &str) -> String {
-    if root.is_empty() {
-        manifest::NAME.to_string()
-    } else {
-        format!("{root}/{}", manifest::NAME)
     }
 }
 
@@ -205,6 +344,21 @@ fn file_existing(o: &Object) -> Existing {
     }
 }
 
+/// A directory's line in the manifest, made now with `mode`.
+fn dir_object(mode: u32) -> Object {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Object {
+        size: 0,
+        mtime: (now.as_secs() as i64, now.subsec_nanos()),
+        mode: Some(mode & 0o7777),
+        blake3: None,
+        etag: None,
+        modified_ms: 0,
+    }
+}
+
 fn dir_existing() -> Existing {
     Existing {
         kind: ExistingKind::Dir,
@@ -239,28 +393,26 @@ impl Destination for S3Dest {
 
     fn stat(&mut self, rel: &[u8]) -> io::Result<Option<Existing>> {
         let key = self.key(rel)?;
-        if key.is_empty() {
-            return Ok(Some(dir_existing()));
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if key.is_empty() || key == self.root {
+            return Ok(Some(known.dir(&key)));
         }
-        if key == self.root {
-            return Ok(Some(dir_existing()));
+        match known.find(&key)? {
+            Found::File(Some(o)) => return Ok(Some(file_existing(&o))),
+            Found::Dir => return Ok(Some(known.dir(&key))),
+            Found::Absent => return Ok(None),
+            Found::File(None) | Found::Unknown => {}
         }
-        {
-            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            match known.listed.get(&key) {
-                None if known.dirs.contains(&key) => return Ok(Some(dir_existing())),
-                None => return Ok(None),
-                Some(l) => {
-                    let m = &known.manifest;
-                    if let Some(o) = m.get(&key, l.size, l.etag.as_deref(), l.modified_ms) {
-                        return Ok(Some(file_existing(&o)));
-                    }
-                }
-            }
-        }
+        drop(known);
         // listed, but not as ferry last wrote it: ask
         Ok(match self.bucket.stat(&key, false)? {
-            Some(Some(o)) => Some(file_existing(&o)),
+            Some(Some(o)) => {
+                self.known
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remember(&key, &o);
+                Some(file_existing(&o))
+            }
             Some(None) => Some(dir_existing()),
             None => None,
         })
@@ -273,18 +425,27 @@ impl Destination for S3Dest {
         } else {
             format!("{key}/")
         };
-        // from what is known: no request (and never the manifest)
+        // one delimited listing of this prefix, with what this run changed
+        let (files, dirs) = self.bucket.list_names(&prefix)?;
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let under = |k: &str| -> Option<String> {
             let rest = k.strip_prefix(prefix.as_str())?;
             (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
         };
-        let mut out = Vec::new();
-        for k in known.listed.keys() {
+        let gone = |n: &str| known.is_removed(&format!("{prefix}{n}"));
+        let mut out: Vec<(Vec<u8>, bool)> = files
+            .into_iter()
+            .filter(|n| n != manifest::NAME && !gone(n))
+            .map(|n| (n.into_bytes(), false))
+            .chain(
+                dirs.into_iter()
+                    .filter(|n| !gone(n))
+                    .map(|n| (n.into_bytes(), true)),
+            )
+            .collect();
+        for k in known.updated.keys() {
             if let Some(n) = under(k) {
-                if n != manifest::NAME {
-                    out.push((n.into_bytes(), false));
-                }
+                out.push((n.into_bytes(), false));
             }
         }
         for d in &known.dirs {
@@ -293,11 +454,20 @@ impl Destination for S3Dest {
             }
         }
         out.sort();
+        out.dedup();
         Ok(out)
     }
 
-    fn mkdir(&mut self, _rel: &[u8], _mode: u32) -> io::Result<()> {
-        Ok(()) // a prefix exists once something is under it
+    /// A prefix exists once something is under it; the directory (empty
+    /// or not) is recorded in the manifest, with its mode and mtime.
+    fn mkdir(&mut self, rel: &[u8], mode: u32) -> io::Result<()> {
+        let key = self.key(rel)?;
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        add_parents(&mut known.dirs, &format!("{key}/"));
+        known.removed.remove(&key);
+        known.dir_meta.insert(key, dir_object(mode));
+        known.dirty = true;
+        Ok(())
     }
 
     fn symlink(&mut self, _rel: &[u8], _target: &[u8]) -> io::Result<()> {
@@ -333,8 +503,52 @@ impl Destination for S3Dest {
         Ok(())
     }
 
-    fn set_meta(&mut self, _rel: &[u8], _of: MetaOf, _meta: &Meta) -> io::Result<()> {
-        Ok(()) // metadata goes with an upload only (see the module's note)
+    /// A directory's mode and mtime, or a file's that did not change
+    /// otherwise, go in the manifest (no request until it is written): the
+    /// object keeps the metadata it was uploaded with (see the module's
+    /// note).
+    fn set_meta(&mut self, rel: &[u8], of: MetaOf, meta: &Meta) -> io::Result<()> {
+        let key = self.key(rel)?;
+        match of {
+            MetaOf::Dir => {
+                let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let o = known
+                    .dir_meta
+                    .entry(key)
+                    .or_insert_with(|| dir_object(0o755));
+                if let Some(m) = meta.mode {
+                    o.mode = Some(m & 0o7777);
+                }
+                if let Some(t) = meta.mtime {
+                    o.mtime = t;
+                }
+                known.dirty = true;
+                Ok(())
+            }
+            MetaOf::File => {
+                let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let had = known.object(&key);
+                drop(known);
+                let mut o = match had {
+                    Some(o) => o,
+                    None => self.bucket.head(&key)?.ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, self.bucket.show(&key))
+                    })?,
+                };
+                if let Some(m) = meta.mode {
+                    o.mode = Some(m & 0o7777);
+                }
+                if let Some(t) = meta.mtime {
+                    o.mtime = t;
+                }
+                self.known
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .published(&key, o);
+                Ok(())
+            }
+            MetaOf::Link => Err(unsupported("symlinks")),
+        }
     }
 
     fn open_basis(&mut self, rel: &[u8]) -> io::Result<S3Basis> {
@@ -391,6 +605,35 @@ impl Destination for S3Dest {
             hasher.update(&buf[..n]);
             left -= n as u64;
         }
+        let blake3 = *hasher.finalize().as_bytes();
+        // the same bytes as the object there (a file touched, or its mtime
+        // alone changed): only the manifest changes, nothing is uploaded
+        let had = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .object(&key);
+        if let Some(mut had) = had.filter(|o| {
+            o.size == temp.len
+                && o.blake3 == Some(blake3)
+                && !self.create_only
+                && how.backup.is_none()
+        }) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            had.mtime = meta
+                .mtime
+                .unwrap_or((now.as_secs() as i64, now.subsec_nanos()));
+            if let Some(m) = meta.mode {
+                had.mode = Some(m & 0o7777);
+            }
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .published(&key, had);
+            return Ok(());
+        }
         if let Some(suffix) = how.backup {
             if self.bucket.head(&key)?.is_some() {
                 let suffix = std::str::from_utf8(suffix)
@@ -407,7 +650,7 @@ impl Destination for S3Dest {
                 .mtime
                 .unwrap_or((now.as_secs() as i64, now.subsec_nanos())),
             mode: meta.mode.map(|m| m & 0o7777),
-            blake3: Some(*hasher.finalize().as_bytes()),
+            blake3: Some(blake3),
             etag: None,
             modified_ms: 0,
         };
@@ -469,13 +712,24 @@ impl Destination for S3Dest {
         if !known.dirty {
             return Ok(());
         }
-        let Known {
-            listed, manifest, ..
-        } = &mut *known;
-        manifest.retain(|k| listed.contains_key(k));
-        let text = manifest.render();
+        // the new manifest: a line for each object listed now, from what
+        // this run uploaded or else the old manifest's still-matching line,
+        // written to a spool file as the listing streams
+        let mut listing = Listing::open(&self.bucket, &self.root)?;
+        let mut out = io::BufWriter::new(spool_file()?);
+        out.write_all(manifest::header().as_bytes())?;
+        for (k, o) in &known.dir_meta {
+            out.write_all(manifest::render_dir_line(k, o).as_bytes())?;
+        }
+        while let Some((k, _, old)) = listing.next_item()? {
+            if let Some(o) = known.updated.get(&k).or(old.as_ref()) {
+                out.write_all(manifest::render_line(&k, o).as_bytes())?;
+            }
+        }
+        let mut file = out.into_inner().map_err(|e| e.into_error())?;
+        let len = file.seek(io::SeekFrom::End(0))?;
         self.bucket
-            .put_small(&manifest_key(&self.root), bytes::Bytes::from(text))?;
+            .put_file(&manifest::key_of(&self.root), file, len)?;
         known.dirty = false;
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod bucket;
 pub mod config;
 pub mod destination;
 pub mod journal;
+pub mod listing;
 pub mod manifest;
 pub mod source;
 

@@ -1,8 +1,10 @@
-//! A bucket prefix as a [`Source`]: listed "directory" by "directory" (a
-//! delimited listing per level, children sorted by name as the local scan
-//! does, so the receiver takes them in the same order), files read by
-//! ranged GETs several ranges ahead, and every file that ferry uploaded
-//! checked against the BLAKE3 in its metadata before its last bytes are
+//! A bucket prefix as a [`Source`]: listed from one listing streamed in
+//! key order (see [`super::listing`]), each directory listed just before the
+//! first key under it, so memory does not grow with the number of objects
+//! (S3's order puts `a.txt` before `a/b`, the local scan the other way
+//! round: the receiver needs only a directory before its contents), files
+//! read by ranged GETs several ranges ahead, and every file that ferry
+//! uploaded checked against the BLAKE3 in its metadata before its last bytes are
 //! handed over: a corrupt object fails its read, so the receiver never
 //! publishes it.
 //!
@@ -11,13 +13,30 @@
 //! the time of listing), and nothing else is.
 
 use super::bucket::{path, Bucket, Object};
+use super::listing::Listing;
 use super::manifest::Manifest;
 use crate::fs::names::escape;
 use crate::proto::{Entry, Kind, ListStart};
 use crate::store::source::{ListOptions, Listed, Source, SourceFile, Stamp};
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
+
+/// Objects of a listing taken at a time (those the manifest does not
+/// describe are asked about together).
+const BATCH: usize = 256;
+
+/// Where a recursive walk is: the directories (relative paths) open above
+/// the last key, and an excluded directory whose keys are skipped.
+struct Walk {
+    open: Vec<String>,
+    skip: Option<String>,
+    /// The directories the manifest records (relative path → mode and
+    /// mtime): those with no object under them are listed at the end.
+    dirs: BTreeMap<String, Object>,
+    /// The directories listed so far.
+    listed: HashSet<String>,
+}
 
 /// The bytes of one ranged GET.
 const RANGE: u64 = 8 << 20;
@@ -65,6 +84,11 @@ impl S3Source {
         e
     }
 
+    /// Emits everything under `key` (named `name` in the list): with `-r`
+    /// from one listing streamed in key order, a directory emitted when the
+    /// first key under it goes by (keys under a prefix are contiguous in
+    /// S3's order, so only the open directories are remembered); without,
+    /// the prefixes and objects directly under it.
     fn walk<E>(
         &self,
         key: &str,
@@ -72,36 +96,211 @@ impl S3Source {
         opts: &ListOptions,
         emit: &mut dyn FnMut(Listed<S3Handle>) -> Result<(), E>,
         failed: &mut bool,
-        inherited: Option<&Manifest>,
     ) -> Result<(), E> {
         let prefix = if key.is_empty() {
             String::new()
         } else {
             format!("{key}/")
         };
-        // at a root, its manifest is asked for even when the listing does
-        // not show it (some servers hide dot-names)
-        let fetched;
-        let inherited = match inherited {
-            Some(m) => Some(m),
-            None => {
-                let key = format!("{prefix}{}", super::manifest::NAME);
-                fetched = self
-                    .bucket
-                    .get_small(&key)
-                    .ok()
-                    .flatten()
-                    .map(|t| Manifest::parse(&String::from_utf8_lossy(&t)));
-                fetched.as_ref()
+        if !opts.recursive {
+            return self.walk_level(&prefix, name, opts, emit, failed);
+        }
+        let cannot = |e: &io::Error| {
+            format!(
+                "cannot list {}: {}",
+                self.bucket.show(&prefix),
+                crate::error::io_text(e)
+            )
+        };
+        let mut listing = match Listing::open(&self.bucket, key) {
+            Ok(l) => l,
+            Err(e) => {
+                *failed = true;
+                return emit(Listed::Error(cannot(&e)));
             }
         };
-        let ((files, dirs), manifest) = match self.bucket.list_dir(&prefix, inherited) {
+        let mut walk = Walk {
+            open: Vec::new(),
+            skip: None,
+            dirs: listing
+                .dirs()
+                .iter()
+                .filter_map(|(k, o)| {
+                    let rel = k.strip_prefix(prefix.as_str())?;
+                    (!rel.is_empty()).then(|| (rel.to_string(), o.clone()))
+                })
+                .collect(),
+            listed: HashSet::new(),
+        };
+        loop {
+            // a batch at a time, so that objects the manifest does not
+            // describe are asked about several at once
+            let mut batch = Vec::new();
+            let mut broken = None;
+            while batch.len() < BATCH {
+                match listing.next_item() {
+                    Ok(Some(item)) => batch.push(item),
+                    Ok(None) => break,
+                    Err(e) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+            }
+            let missing: Vec<String> = batch
+                .iter()
+                .filter(|(_, _, o)| o.is_none())
+                .map(|(k, _, _)| k.clone())
+                .collect();
+            let heads = if missing.is_empty() {
+                Vec::new()
+            } else {
+                match self.bucket.head_many(&missing) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        *failed = true;
+                        return emit(Listed::Error(cannot(&e)));
+                    }
+                }
+            };
+            let mut heads = heads.into_iter();
+            let last = batch.len() < BATCH;
+            for (k, _, known) in batch {
+                let obj = match known {
+                    Some(o) => Some(o),
+                    None => heads.next().flatten(),
+                };
+                // (gone since it was listed: nothing to send)
+                let (Some(obj), Some(rel)) = (obj, k.strip_prefix(prefix.as_str())) else {
+                    continue;
+                };
+                self.object(&mut walk, rel, name, &prefix, obj, opts, emit)?;
+            }
+            if let Some(e) = broken {
+                *failed = true;
+                return emit(Listed::Error(cannot(&e)));
+            }
+            if last {
+                // directories with nothing under them (parents first)
+                let empty: Vec<String> = walk
+                    .dirs
+                    .keys()
+                    .filter(|d| !walk.listed.contains(*d))
+                    .cloned()
+                    .collect();
+                for d in empty {
+                    walk.open.clear();
+                    walk.skip = None;
+                    self.open_dirs(&mut walk, &d, name, &prefix, opts, emit)?;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// One object of a recursive walk, after the directories above it that
+    /// are not yet in the list.
+    #[allow(clippy::too_many_arguments)]
+    fn object<E>(
+        &self,
+        walk: &mut Walk,
+        rel: &str,
+        name: &[u8],
+        prefix: &str,
+        obj: Object,
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<S3Handle>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if let Some(s) = &walk.skip {
+            if rel.starts_with(s.as_str()) {
+                return Ok(());
+            }
+            walk.skip = None;
+        }
+        let dir = rel.rfind('/').map_or("", |i| &rel[..i]);
+        // close what the key is not under, open what it is
+        while let Some(top) = walk.open.last() {
+            if dir == top || dir.starts_with(&format!("{top}/")) {
+                break;
+            }
+            walk.open.pop();
+        }
+        if !self.open_dirs(walk, dir, name, prefix, opts, emit)? {
+            return Ok(());
+        }
+        let child_name = join(name, rel.as_bytes());
+        if opts.filters.excludes(&child_name, false) {
+            return Ok(());
+        }
+        self.file(format!("{prefix}{rel}"), child_name, obj, opts, emit)
+    }
+
+    /// Lists the directories down to `dir` (relative) not yet listed;
+    /// false when one of them is excluded (and its keys are skipped).
+    fn open_dirs<E>(
+        &self,
+        walk: &mut Walk,
+        dir: &str,
+        name: &[u8],
+        prefix: &str,
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<S3Handle>) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let mut at = walk.open.last().map_or(0, |t| t.len() + 1);
+        while at <= dir.len() && !dir.is_empty() {
+            let end = dir[at..].find('/').map_or(dir.len(), |i| at + i);
+            let d = &dir[..end];
+            at = end + 1;
+            let d_name = join(name, d.as_bytes());
+            if opts.filters.excludes(&d_name, true) {
+                walk.skip = Some(format!("{d}/"));
+                return Ok(false);
+            }
+            walk.open.push(d.to_string());
+            if !walk.listed.insert(d.to_string()) {
+                continue;
+            }
+            let mut e = Self::entry(d_name, Kind::Dir, None);
+            if let Some(o) = walk.dirs.get(d) {
+                e.mode = o.mode.unwrap_or(0o755) & 0o7777;
+                (e.mtime, e.mtime_nsec) = o.mtime;
+            }
+            let d_key = format!("{prefix}{d}");
+            emit(Listed::Entry(
+                e,
+                S3Handle {
+                    shown: self.bucket.show(&d_key).into_bytes(),
+                    key: d_key,
+                    obj: empty(),
+                },
+            ))?;
+        }
+        Ok(true)
+    }
+
+    /// The prefixes and objects directly under `prefix` (without `-r`).
+    fn walk_level<E>(
+        &self,
+        prefix: &str,
+        name: &[u8],
+        opts: &ListOptions,
+        emit: &mut dyn FnMut(Listed<S3Handle>) -> Result<(), E>,
+        failed: &mut bool,
+    ) -> Result<(), E> {
+        let root = prefix.trim_end_matches('/');
+        let inherited = self
+            .bucket
+            .get_small(&super::manifest::key_of(root))
+            .ok()
+            .flatten()
+            .map(|t| Manifest::parse(&String::from_utf8_lossy(&t)));
+        let ((files, dirs), _) = match self.bucket.list_dir(prefix, inherited.as_ref()) {
             Ok(l) => l,
             Err(e) => {
                 *failed = true;
                 return emit(Listed::Error(format!(
                     "cannot list {}: {}",
-                    self.bucket.show(&prefix),
+                    self.bucket.show(prefix),
                     crate::error::io_text(&e)
                 )));
             }
@@ -116,32 +315,19 @@ impl S3Source {
         for (child, obj) in children {
             let child_name = join(name, child.as_bytes());
             let child_key = format!("{prefix}{child}");
-            let is_dir = obj.is_none();
-            if opts.filters.excludes(&child_name, is_dir) {
+            if opts.filters.excludes(&child_name, obj.is_none()) {
                 continue;
             }
             match obj {
                 Some(o) => self.file(child_key, child_name, o, opts, emit)?,
-                None => {
-                    emit(Listed::Entry(
-                        Self::entry(child_name.clone(), Kind::Dir, None),
-                        S3Handle {
-                            key: child_key.clone(),
-                            shown: self.bucket.show(&child_key).into_bytes(),
-                            obj: empty(),
-                        },
-                    ))?;
-                    if opts.recursive {
-                        self.walk(
-                            &child_key,
-                            &child_name,
-                            opts,
-                            emit,
-                            failed,
-                            manifest.as_ref(),
-                        )?;
-                    }
-                }
+                None => emit(Listed::Entry(
+                    Self::entry(child_name, Kind::Dir, None),
+                    S3Handle {
+                        shown: self.bucket.show(&child_key).into_bytes(),
+                        key: child_key,
+                        obj: empty(),
+                    },
+                ))?,
             }
         }
         Ok(())
@@ -290,7 +476,7 @@ impl Source for S3Source {
                     obj: empty(),
                 },
             ))?;
-            self.walk(&key, &name, opts, emit, &mut failed, None)?;
+            self.walk(&key, &name, opts, emit, &mut failed)?;
         }
         Ok(failed)
     }

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# ferry vs rclone vs the aws CLI against the same S3 server: a throwaway
+# s3s-fs (0.14.1, as tests/s3.rs uses) on 127.0.0.1 with its own data
+# directory. Prints one table: seconds per tool, ratios to ferry, and each
+# run's peak memory (GNU time's maximum RSS).
+#
+#   bench/s3.sh            2 GiB file up and down, 10,000 small files up, an unchanged re-sync
+#   bench/s3.sh --quick    64 MiB and 500 files: checks the script and the tools work
+#   BIG_MIB=512 SMALL_FILES=2000 bench/s3.sh   other sizes
+#
+# Needs s3s-fs (scripts/test.sh installs it), rclone (Debian package) and
+# /usr/bin/time. The aws CLI is installed with pip into a venv under the
+# bench's temporary directory (AWS_CLI=/path/to/aws to use another). ferry is
+# built in release mode (--quick uses the debug build).
+# s3s-fs itself is slow in ways that weigh on every tool alike: it rescans the
+# prefix for each listing page, copies every multipart upload's parts again on
+# completion, and answers small GETs ~40 ms late (no TCP_NODELAY).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+if [ $quick = 1 ]; then
+  big_mib=${BIG_MIB:-64}; small_files=${SMALL_FILES:-500}
+  cargo build -q; ferry=$PWD/target/debug/ferry
+else
+  big_mib=${BIG_MIB:-2048}; small_files=${SMALL_FILES:-10000}
+  cargo build -q --release; ferry=$PWD/target/release/ferry
+fi
+command -v rclone >/dev/null || { echo "rclone is not installed (apt-get install rclone)"; exit 1; }
+s3s=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+[ -x "$s3s" ] || { echo "s3s-fs is not installed (see scripts/test.sh)"; exit 1; }
+[ -x /usr/bin/time ] || { echo "/usr/bin/time (GNU time) is needed for peak memory"; exit 1; }
+
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/ferry-s3-bench.XXXXXX")
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- the aws CLI, in a venv of its own --------------------------------------
+if [ -n "${AWS_CLI:-}" ]; then
+  aws=$AWS_CLI
+else
+  python3 -m venv "$work/venv" >/dev/null
+  "$work/venv/bin/pip" install -q awscli >/dev/null
+  aws=$work/venv/bin/aws
+fi
+
+# --- the server ----------------------------------------------------------------
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/s3/ferry" "$work/s3/rclone" "$work/s3/aws"
+"$s3s" --host 127.0.0.1 --port "$port" --access-key benchkey --secret-key benchsecret-1234 \
+  "$work/s3" >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+endpoint=http://127.0.0.1:$port
+
+export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret-1234 AWS_REGION=us-east-1
+export AWS_DEFAULT_REGION=us-east-1 AWS_ENDPOINT_URL=$endpoint
+export XDG_CACHE_HOME=$work/cache HOME=$work/home
+# a CA bundle from the environment makes rclone's SDK refuse its own HTTP
+# transport; the endpoint is plain HTTP anyway
+unset AWS_CA_BUNDLE
+mkdir -p "$HOME/.aws"
+# path-style requests; checksums only where required (newer botocore sends
+# CRC headers some servers reject)
+printf '[default]\ns3 =\n    addressing_style = path\n' > "$HOME/.aws/config"
+export AWS_REQUEST_CHECKSUM_CALCULATION=when_required AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
+export RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other RCLONE_CONFIG_S3_ENDPOINT=$endpoint
+export RCLONE_CONFIG_S3_ACCESS_KEY_ID=benchkey RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=benchsecret-1234
+export RCLONE_CONFIG_S3_FORCE_PATH_STYLE=true RCLONE_CONFIG_S3_REGION=us-east-1
+
+# --- the data --------------------------------------------------------------------
+head -c $((big_mib << 20)) /dev/urandom > "$work/big.bin"
+python3 - "$work/small" "$small_files" <<'EOF'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i % 20:02}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:06}.bin"), "wb") as f:
+        f.write(os.urandom(1024 + (i * 37) % 8192))
+EOF
+
+# run NAME TOOL CMD...: seconds and peak RSS (MiB) of one run
+declare -A secs mem
+run() {
+  local name=$1 tool=$2; shift 2
+  /usr/bin/time -f '%e %M' -o "$work/time" "$@" >"$work/out" 2>&1 || {
+    echo "$tool failed at $name:"; cat "$work/out"; exit 1; }
+  read -r s m < "$work/time"
+  secs[$name.$tool]=$s
+  mem[$name.$tool]=$((m / 1024))
+}
+
+for tool in ferry rclone aws; do
+  out=$work/down-$tool.bin
+  case $tool in
+  ferry)
+    run "big up" ferry "$ferry" cp "$work/big.bin" s3://ferry/big.bin
+    run "big down" ferry "$ferry" cp s3://ferry/big.bin "$out"
+    run "small up" ferry "$ferry" sync -a "$work/small/" s3://ferry/small/
+    run "re-sync" ferry "$ferry" sync -a "$work/small/" s3://ferry/small/ ;;
+  rclone)
+    run "big up" rclone rclone copyto "$work/big.bin" s3:rclone/big.bin
+    run "big down" rclone rclone copyto s3:rclone/big.bin "$out"
+    run "small up" rclone rclone copy "$work/small" s3:rclone/small
+    run "re-sync" rclone rclone sync "$work/small" s3:rclone/small ;;
+  aws)
+    run "big up" aws "$aws" s3 cp "$work/big.bin" s3://aws/big.bin
+    run "big down" aws "$aws" s3 cp s3://aws/big.bin "$out"
+    run "small up" aws "$aws" s3 sync "$work/small" s3://aws/small
+    run "re-sync" aws "$aws" s3 sync "$work/small" s3://aws/small ;;
+  esac
+  cmp "$work/big.bin" "$out" || { echo "$tool: the downloaded file differs"; exit 1; }
+  rm -f "$out"
+  # the objects are there, byte for byte (s3s-fs keeps each as a plain file)
+  diff -r -x .ferry-manifest "$work/small" "$work/s3/$tool/small" >/dev/null \
+    || { echo "$tool: the uploaded tree differs"; exit 1; }
+done
+
+echo "s3s-fs 0.14.1 on 127.0.0.1; $big_mib MiB file, $small_files small files (1-9 KiB)"
+printf '%-10s %9s %9s %9s %8s %8s %18s\n' case "ferry s" "rclone s" "aws s" "rclone/f" "aws/f" "peak MiB f/rc/aws"
+for name in "big up" "big down" "small up" "re-sync"; do
+  f=${secs[$name.ferry]} r=${secs[$name.rclone]} a=${secs[$name.aws]}
+  ratio() { python3 -c "print(f'{$1/max($2,0.01):.2f}')"; }
+  printf '%-10s %9s %9s %9s %8s %8s %18s\n' "$name" "$f" "$r" "$a" "$(ratio "$r" "$f")" \
+    "$(ratio "$a" "$f")" "${mem[$name.ferry]}/${mem[$name.rclone]}/${mem[$name.aws]}"
+done
