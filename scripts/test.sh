@@ -16,6 +16,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v faketime >/dev/null || need+=(faketime)
+command -v nc >/dev/null || need+=(netcat-openbsd) # the fan-out tests' nc|tee relay baseline
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 [ -x /usr/bin/time ] || need+=(time)
 command -v promtool >/dev/null || need+=(prometheus) # promtool checks the API's /metrics
