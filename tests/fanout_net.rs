@@ -91,6 +91,12 @@ fn eight_hosts_at_200mbit_get_identical_bytes_in_about_the_time_of_one() {
             run.output()
         );
     }
+    // the source reads its file once: at most its size plus a window
+    let read = run.source_read();
+    assert!(
+        read <= (SIZE + 64 * MIB) as u64,
+        "the source read {read} bytes for a {SIZE}-byte file (limit: size + 64 MiB)"
+    );
     let r = secs(t8.took) / secs(t1.took);
     eprintln!(
         "ferry fanout T_8 {:.2} s, R = T_8/T_1 = {r:.2} (CPU {:.0}%); nc|tee R {r_base:.2}",
@@ -284,5 +290,137 @@ fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
     assert!(
         net.same_bytes(slow, "ckpt.bin", &src),
         "the slow host's copy differs"
+    );
+}
+
+/// Whether `--json` output shows some host refusing a piece (`"refused": N`
+/// with N > 0).
+fn some_piece_refused(output: &str) -> bool {
+    output.match_indices("\"refused\"").any(|(at, _)| {
+        let rest = output[at + 9..]
+            .trim_start()
+            .trim_start_matches(':')
+            .trim_start();
+        let n: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        n.parse::<u64>().is_ok_and(|n| n > 0)
+    })
+}
+
+#[test]
+fn a_bit_flipped_by_a_middle_hop_is_refused_and_never_published() {
+    let _serial = serial();
+    let Some(mut net) = FanoutNet::build(8, RATE_MBIT) else {
+        return;
+    };
+    net.require_fanout();
+    // host 3 flips a bit in the 2nd piece it forwards to host 4
+    net.start_daemon(
+        3,
+        &[
+            ("FERRY_TEST_HOOKS", "1"),
+            ("FERRY_TEST_FANOUT_CORRUPT", "2"),
+        ],
+    );
+    let size = 64 * MIB;
+    let src = net.source_file("ckpt.bin", size, 24);
+    let mut run = net.spawn_fanout(&["--json"], &src, &all(8), "ckpt.bin");
+    let status = run
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("ferry fanout did not end\n{}", run.output()));
+    let output = run.output();
+    assert!(
+        status.success(),
+        "fan-out with a corrupting hop failed ({status})\n{output}"
+    );
+    for i in all(8) {
+        assert!(
+            net.same_bytes(i, "ckpt.bin", &src),
+            "host {i} published bytes that differ from the source's\n{output}"
+        );
+    }
+    assert!(
+        some_piece_refused(&output),
+        "no host reported refusing the flipped piece (did the hook fire?)\n{output}"
+    );
+}
+
+#[test]
+fn a_middle_host_killed_half_way_is_left_out_then_repaired_by_resume() {
+    let _serial = serial();
+    let Some(mut net) = FanoutNet::build(8, RATE_MBIT) else {
+        return;
+    };
+    net.require_fanout();
+    let size = 128 * MIB;
+    let src = net.source_file("ckpt.bin", size, 25);
+    let t1 = net.single_sync(&src, 1, "t1.bin");
+    net.clear("t1.bin");
+    let dead = 4;
+    let mut run = net.spawn_fanout(
+        &["--json", "--stall-timeout", "5s"],
+        &src,
+        &all(8),
+        "ckpt.bin",
+    );
+    std::thread::sleep(t1.took / 2);
+    assert!(
+        run.wait(Duration::ZERO).is_none(),
+        "fan-out ended before host {dead} was killed\n{}",
+        run.output()
+    );
+    net.stop_daemon(dead); // SIGKILL
+    let status = run
+        .wait(t1.took * 3 + Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("ferry fanout did not end\n{}", run.output()));
+    let output = run.output();
+    assert!(
+        !status.success(),
+        "fan-out reported success though host {dead} was killed\n{output}"
+    );
+    assert!(
+        output.contains(&net.hosts[dead].addr),
+        "the partial result does not name the killed host\n{output}"
+    );
+    for i in all(8).into_iter().filter(|&i| i != dead) {
+        assert!(
+            net.same_bytes(i, "ckpt.bin", &src),
+            "host {i} did not complete without a restart\n{output}"
+        );
+    }
+    let at_dead = net.hosts[dead].data().join("ckpt.bin");
+    assert!(
+        !at_dead.exists() || net.same_bytes(dead, "ckpt.bin", &src),
+        "wrong bytes at the killed host's final path"
+    );
+    let job = run
+        .job_id()
+        .unwrap_or_else(|| panic!("the fan-out's output names no job to --resume\n{output}"));
+    drop(run);
+    // the host comes back; --resume repairs it by delta against its partial file
+    net.start_daemon(dead, &[]);
+    let before = net.bytes_into(dead);
+    let resumed = net
+        .ferry_on_source("fanout")
+        .args(["--resume", &job])
+        .output()
+        .unwrap();
+    let moved = net.bytes_into(dead) - before;
+    assert!(
+        resumed.status.success(),
+        "ferry fanout --resume {job} failed ({:?}): {}",
+        resumed.status.code(),
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        net.same_bytes(dead, "ckpt.bin", &src),
+        "the resumed host's copy differs"
+    );
+    eprintln!(
+        "--resume moved {moved} bytes to host {dead} ({:.0}% of the file)",
+        moved as f64 * 100.0 / size as f64
+    );
+    assert!(
+        (moved as f64) < 0.6 * size as f64,
+        "--resume moved {moved} bytes to the repaired host, not under 60% of {size}"
     );
 }

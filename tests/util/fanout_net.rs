@@ -333,11 +333,30 @@ impl FanoutNet {
             .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
+        let pid = child.id();
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let most = read.clone();
+        // what the source process has read (files and sockets), sampled until
+        // it exits: /proc/PID/io's rchar
+        std::thread::spawn(move || {
+            let path = format!("/proc/{pid}/io");
+            while let Ok(text) = std::fs::read_to_string(&path) {
+                if let Some(n) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("rchar: "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                {
+                    most.fetch_max(n, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
         FanoutRun {
             child,
             started: Instant::now(),
             out,
             err,
+            read,
         }
     }
 
@@ -360,6 +379,29 @@ impl FanoutNet {
                 "rate", &rate, "burst", "256kb", "latency", "100ms",
             ]);
         }
+    }
+
+    /// Bytes the switch has sent down host `i`'s link so far (what reached
+    /// the host: `tc -s` on the switch's end of its veth).
+    pub fn bytes_into(&self, i: usize) -> u64 {
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.switch,
+            "tc",
+            "-s",
+            "qdisc",
+            "show",
+            "dev",
+            &self.hosts[i].port,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "Sent")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("tc -s qdisc shows Sent BYTES")
     }
 
     /// The source file `name` (in the source's data dir) with `len` seeded
@@ -518,6 +560,8 @@ pub struct FanoutRun {
     pub started: Instant,
     out: PathBuf,
     err: PathBuf,
+    /// The most the process had read (rchar) at the last sample.
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FanoutRun {
@@ -532,6 +576,30 @@ impl FanoutRun {
     }
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+    /// Bytes the source process read (files and sockets) by its last sample,
+    /// taken every 20 ms while it ran.
+    pub fn source_read(&self) -> u64 {
+        self.read.load(Ordering::SeqCst)
+    }
+    /// The job id it printed (the `"job"` field of `--json` output, or the
+    /// first 32-hex-digit word), for `--resume`.
+    pub fn job_id(&self) -> Option<String> {
+        let text = self.output();
+        if let Some(at) = text.find("\"job\"") {
+            let rest = text[at + 5..].trim_start().strip_prefix(':')?.trim_start();
+            let rest = rest.strip_prefix('"').unwrap_or(rest);
+            let id: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if !id.is_empty() {
+                return Some(id);
+            }
+        }
+        text.split(|c: char| !c.is_ascii_hexdigit())
+            .find(|w| w.len() == 32)
+            .map(str::to_string)
     }
 }
 
