@@ -66,7 +66,8 @@ ratio() { # T_N T_1 busy: the ratio, marked when the CPU, not the links, bound i
 
 src=$work/net/h0/data/ckpt.bin
 client=(--config-dir "$FNET_DIR/h0/client" --host-key-check strict)
-dests() { local i; for i in $(seq 1 "$1"); do echo "$(fnet_addr "$i")::data/ckpt.bin"; done; }
+# each destination gets the file inside directory fan/ (made if missing)
+dests() { local i; for i in $(seq 1 "$1"); do echo "$(fnet_addr "$i")::data/fan/"; done; }
 addrs() { local i; for i in $(seq 1 "$1"); do fnet_addr "$i"; done; }
 ferry_one() { fnet_in 0 env FERRY_CACHE_DIR="$FNET_DIR/h0/cache" "$FERRY" sync "${client[@]}" "$src" "$(fnet_addr 1)::data/ckpt.bin" >/dev/null; }
 ferry_fanout() { # N
@@ -121,8 +122,10 @@ for n in "${counts[@]}"; do
       relay) measure relay "$n" || ok=0; name="nc \\| tee chain"; base=${t1_ret[relay]} ;;
       rsync) measure rsync_loop "$n" || ok=0; name="rsync loop"; base=${t1_ret[rsync]} ;;
     esac
+    name_at=ckpt.bin
+    [ $tool = ferry ] && name_at=fan/ckpt.bin
     # shellcheck disable=SC2086
-    if [ $ok = 1 ] && fnet_check "$src" ckpt.bin $hosts; then
+    if [ $ok = 1 ] && fnet_check "$src" "$name_at" $hosts; then
       rows+=("$n;$rate;$mib;$name;$base;$ret;$(ratio "$ret" "$base" "$busy");$dur")
     else
       rows+=("$n;$rate;$mib;$name;$base;–;FAILED (see above);–")
@@ -130,6 +133,7 @@ for n in "${counts[@]}"; do
     fi
     echo "  N=$n $name: $ret s (durable $dur s, CPU $busy%)" >&2
     fnet_clear ckpt.bin
+    fnet_clear fan
   done
 done
 

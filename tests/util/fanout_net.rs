@@ -310,15 +310,16 @@ impl FanoutNet {
         );
     }
 
-    /// Starts `ferry fanout FLAGS SRC h1::data/PATH …` on the source to the
-    /// destinations `hosts`, its output going to files (read with
+    /// Starts `ferry fanout FLAGS SRC h1::data/DIR/ …` on the source to the
+    /// destinations `hosts` (each gets SRC inside directory DIR, made if
+    /// missing, as rsync would), its output going to files (read with
     /// [`FanoutRun::output`]).
     pub fn spawn_fanout(
         &self,
         flags: &[&str],
         src: &Path,
         hosts: &[usize],
-        path: &str,
+        dir: &str,
     ) -> FanoutRun {
         let (out, err) = (
             self.root.path().join("fanout.out"),
@@ -328,7 +329,11 @@ impl FanoutNet {
             .ferry_on_source("fanout")
             .args(flags)
             .arg(src)
-            .args(hosts.iter().map(|&i| self.hosts[i].dest(path)))
+            .args(
+                hosts
+                    .iter()
+                    .map(|&i| self.hosts[i].dest(&format!("{dir}/"))),
+            )
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
