@@ -28,6 +28,9 @@ done
 if grep -rnE 'crate::(session|server)' src/transport; then
   problem "src/transport/ imports a higher layer (session or server)"
 fi
+if grep -rnE 'crate::(server|cli|api)' src/fanout; then
+  problem "src/fanout/ imports the server, the CLI or the API (the daemon calls into fanout, not back)"
+fi
 if grep -rn 'crate::server' src/trust; then
   problem "src/trust/ imports the server"
 fi

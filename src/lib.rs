@@ -40,6 +40,7 @@ pub mod cli;
 pub mod delta;
 pub mod doctor;
 pub mod error;
+pub mod fanout;
 pub mod filter;
 pub mod fs;
 pub mod location;

@@ -35,6 +35,9 @@ pub enum Command {
     /// Synchronise trees like rsync: `ferry sync -avz --delete ./data/ gpu2:/data/`
     #[command(disable_help_flag = true)]
     Sync(SyncArgs),
+    /// Send one tree to many daemons at once through a verified pipelined chain:
+    /// `ferry fanout -a ./ckpt/ gpu1::ckpt/ gpu2::ckpt/ gpu3::ckpt/`
+    Fanout(super::fanout::FanoutArgs),
     /// Run the daemon (TLS, key authentication, modules), or with --stdio serve
     /// one transfer on stdin/stdout (what ferry runs on the remote over ssh)
     Serve(ServeArgs),

@@ -4,6 +4,7 @@
 pub mod args;
 mod demo;
 mod doctor;
+mod fanout;
 mod jobs;
 mod json;
 mod keys;
@@ -29,6 +30,8 @@ pub mod exit {
     pub const OK: i32 = 0;
     pub const USAGE: i32 = 1;
     pub const PARTIAL: i32 = 23;
+    /// `ferry fanout`: some hosts missed the job (named on stderr).
+    pub const FANOUT_PARTIAL: i32 = 24;
 }
 
 /// Runs the program with these arguments; returns the exit code.
@@ -63,6 +66,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command::Sync(a) => a.json,
         Command::Cp(a) => a.json,
         Command::Ls(a) => a.json,
+        Command::Fanout(a) => a.json,
         _ => false,
     };
     let result = match cli.command {
@@ -71,6 +75,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             filter_rules(sub).and_then(|filters| sync(a, filters))
         }
         Command::Cp(a) => cp(a),
+        Command::Fanout(a) => fanout::run(a),
         Command::Serve(a) => serve(a),
         Command::Demo(a) => demo::run(a),
         Command::Keygen(a) => keys::keygen(a),

@@ -176,6 +176,9 @@ struct Shared {
     startups: std::sync::Mutex<std::collections::VecDeque<(u64, TcpStream)>>,
     /// Transfers that extra streams may join: token → (client key, queue).
     joins: std::sync::Mutex<JoinRegistry>,
+    /// Fan-out jobs running here, and the key this daemon relays with.
+    fanout: super::fanout::Registry,
+    identity: Arc<Identity>,
 }
 
 type JoinRegistry = std::collections::HashMap<[u8; 16], (String, std::sync::mpsc::Sender<Stream>)>;
@@ -219,9 +222,11 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
         Err(e) => return warn!(%peer, "TLS setup failed: {e}"),
     };
     shared.start_up(id, &sock);
+    // kept to cut a fan-out relay that a new predecessor replaces
+    let raw = sock.try_clone().ok();
     let established = crate::transport::tls::establish(conn, sock, shared.config.preauth_timeout);
     shared.started(id);
-    let (reader, writer, key) = match established {
+    let (mut reader, writer, key) = match established {
         Ok(x) => x,
         Err(e) => return info!(%peer, "connection closed before authentication: {e}"),
     };
@@ -246,23 +251,56 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
             "authorized_keys unusable",
         )),
     };
+    let fanout = |reader, writer, grant: Option<&Grant>, raw| {
+        let cx = super::fanout::Context {
+            registry: &shared.fanout,
+            modules: &shared.config.modules,
+            identity: shared.identity.clone(),
+            preauth: shared.config.preauth_timeout,
+        };
+        match super::fanout::serve(&cx, reader, writer, &key, grant, raw) {
+            Ok(()) => info!(%peer, fingerprint = %fp, "fan-out connection done"),
+            Err(e) => warn!(%peer, fingerprint = %fp, "fan-out connection ended: {e}"),
+        }
+    };
     let grant = match grant {
         Ok(g) => g,
         Err((why, reason)) => {
-            let said = why.strip_prefix(ACCESS_DENIED).unwrap_or(&why);
-            warn!(%peer, fingerprint = %fp, reason, "refused: {said}");
             // no read on a refused connection may wait longer than the pre-auth timeout
             let _ = reader.set_timeout(Some(shared.config.preauth_timeout));
+            // a fan-out relay from a host before this one in a job's chain
+            // needs no authorized key: its job's signed ticket decides
+            let mut hello = [0u8; 9];
+            if std::io::Read::read_exact(&mut reader, &mut hello).is_err() {
+                return;
+            }
+            if &hello == crate::fanout::HELLO {
+                return fanout(reader, writer, None, raw);
+            }
+            let said = why.strip_prefix(ACCESS_DENIED).unwrap_or(&why);
+            warn!(%peer, fingerprint = %fp, reason, "refused: {said}");
             let stream = Stream {
-                reader: Box::new(reader),
+                reader: Box::new(std::io::Read::chain(std::io::Cursor::new(hello), reader)),
                 writer: Box::new(writer),
             };
             let _ = session::refuse(stream, &why);
             return;
         }
     };
+    let mut hello = [0u8; 9];
+    let _ = reader.set_timeout(Some(shared.config.preauth_timeout));
+    if std::io::Read::read_exact(&mut reader, &mut hello).is_err() {
+        return;
+    }
+    let _ = reader.set_timeout(None);
+    if &hello == crate::fanout::HELLO {
+        return fanout(reader, writer, Some(&grant), raw);
+    }
     let stream = Stream {
-        reader: Box::new(super::stats::CountRead(reader)),
+        reader: Box::new(super::stats::CountRead(std::io::Read::chain(
+            std::io::Cursor::new(hello),
+            reader,
+        ))),
         writer: Box::new(super::stats::CountWrite(writer)),
     };
     if shared.sessions.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
@@ -453,6 +491,8 @@ pub fn run(
         sessions: AtomicUsize::new(0),
         startups: std::sync::Mutex::new(std::collections::VecDeque::new()),
         joins: std::sync::Mutex::new(Default::default()),
+        fanout: Default::default(),
+        identity: Arc::new(identity),
     });
     let mut next_id = 0u64;
     while !shutdown.load(Ordering::Relaxed) {

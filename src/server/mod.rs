@@ -9,5 +9,6 @@
 
 pub mod config;
 pub mod daemon;
+pub mod fanout;
 pub mod stats;
 pub mod stdio;

@@ -1,0 +1,378 @@
+//! `ferry fanout`: parses the flags into a fan-out plan, runs it, prints the
+//! job id and each host's outcome (text, or one JSON object), keeps the job
+//! record in the config directory for `--resume`, and picks the exit code.
+//! No fan-out logic here (that is [`crate::fanout`]).
+
+use super::args::DaemonFlags;
+use super::exit;
+use crate::error::TransferError;
+use crate::fanout::manifest::Walk;
+use crate::fanout::source::{self, Plan, State, Target};
+use crate::location::Location;
+use clap::{ArgAction, Args};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug, Default)]
+#[command(after_help = "\
+Every DEST is a ferry daemon (host::module/path or ferry://host[:port]/module/path) and \
+gets the same tree, as a directory made if missing: SRC/ sends what is in SRC, SRC sends \
+SRC itself (as rsync). The data goes down one chain SRC -> DEST1 -> DEST2 -> ...; each \
+host checks every 4 MiB piece against the source's signed BLAKE3 before it commits or \
+forwards it again, and publishes each file atomically. A host that fails or goes silent \
+for the stall timeout is bypassed; the others go on.
+
+Exit codes: 0 every host has the whole tree, verified; 24 the job is partial: the hosts \
+that missed it are named on stderr (repair them with --resume JOB); 1 bad usage; 11 a \
+local fault (the source cannot be read).")]
+pub struct FanoutArgs {
+    /// Archive mode: -rlpt
+    #[arg(short = 'a', long)]
+    pub archive: bool,
+    /// Recurse into directories
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Copy symlinks as symlinks (the daemon's module decides which it makes)
+    #[arg(short = 'l', long)]
+    pub links: bool,
+    /// Preserve permissions
+    #[arg(short = 'p', long)]
+    pub perms: bool,
+    /// Preserve modification times
+    #[arg(short = 't', long)]
+    pub times: bool,
+    /// Delete what each destination has beyond the source's tree
+    #[arg(long)]
+    pub delete: bool,
+    /// The daemons' port for host::module addresses that name none (default 7420)
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Bypass a host that says nothing for this long (e.g. 10s, 500ms, 2m; default 10s)
+    #[arg(long = "stall-timeout", value_name = "DUR", value_parser = parse_duration)]
+    pub stall_timeout: Option<Duration>,
+    /// Run job JOB again for the hosts that missed it: only the pieces they
+    /// lack cross the wire
+    #[arg(long, value_name = "JOB")]
+    pub resume: Option<String>,
+    /// One JSON object on stdout: the job and each host's result
+    #[arg(long)]
+    pub json: bool,
+    /// Say more (each host's result)
+    #[arg(short = 'v', long, action = ArgAction::Count)]
+    pub verbose: u8,
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
+    /// SRC DEST1 DEST2 ...
+    pub paths: Vec<OsString>,
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, or bare seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if !(secs > 0.0 && secs <= 86400.0) {
+        return Err(format!("{s:?}: must be more than 0 and at most a day"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// What `--resume` needs to run a job again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    job: String,
+    src: String,
+    targets: Vec<String>,
+    recursive: bool,
+    links: bool,
+    perms: bool,
+    times: bool,
+    delete: bool,
+    port: Option<u16>,
+    stall_ms: u64,
+    /// Per target: "done" or "missed".
+    states: Vec<String>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn record_path(flags: &DaemonFlags, job: &str) -> PathBuf {
+    crate::trust::config_dir(flags.config_dir.as_deref())
+        .join("fanout")
+        .join(format!("{job}.json"))
+}
+
+fn target(arg: &str, port: Option<u16>) -> Result<Target, TransferError> {
+    match Location::parse(std::ffi::OsStr::new(arg)) {
+        Ok(Location::Daemon { host, port: p, path }) if !path.is_empty() => Ok(Target {
+            host,
+            port: p.or(port).unwrap_or(crate::proto::DEFAULT_PORT),
+            path,
+            shown: arg.to_string(),
+        }),
+        Ok(Location::Daemon { .. }) => Err(TransferError::Usage(format!(
+            "{arg}: name a module (host::module/path)"
+        ))),
+        Ok(_) => Err(TransferError::Usage(format!(
+            "{arg}: a fan-out destination must be a ferry daemon (host::module/path or ferry://host/module/path)"
+        ))),
+        Err(e) => Err(TransferError::Usage(e.to_string())),
+    }
+}
+
+pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
+    let daemon = super::daemon_options(&a.daemon)?;
+    let (record, job, only): (Record, [u8; 16], Vec<usize>) = match &a.resume {
+        Some(job) => {
+            if !a.paths.is_empty() {
+                return Err(TransferError::Usage(
+                    "--resume JOB takes no SRC or DEST: they are the job's".into(),
+                ));
+            }
+            let path = record_path(&a.daemon, job);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                TransferError::Usage(format!(
+                    "no record of fan-out job {job} ({}: {})",
+                    path.display(),
+                    crate::error::io_text(&e)
+                ))
+            })?;
+            let r: Record = serde_json::from_str(&text).map_err(|e| {
+                TransferError::Usage(format!("{}: not a fan-out job record: {e}", path.display()))
+            })?;
+            let id = unhex(&r.job)
+                .ok_or_else(|| TransferError::Usage(format!("{}: bad job id", path.display())))?;
+            let only: Vec<usize> = (0..r.targets.len())
+                .filter(|&i| r.states.get(i).map(String::as_str) != Some("done"))
+                .collect();
+            (r, id, only)
+        }
+        None => {
+            if a.paths.len() < 2 {
+                return Err(TransferError::Usage(
+                    "usage: ferry fanout [FLAGS] SRC DEST1 [DEST2 ...]".into(),
+                ));
+            }
+            let text = |p: &OsString| {
+                p.to_str().map(str::to_string).ok_or_else(|| {
+                    TransferError::Usage(format!("{}: not valid UTF-8", p.to_string_lossy()))
+                })
+            };
+            let targets = a.paths[1..]
+                .iter()
+                .map(text)
+                .collect::<Result<Vec<_>, _>>()?;
+            let id = source::new_job();
+            let r = Record {
+                job: hex(&id),
+                src: text(&a.paths[0])?,
+                states: vec!["missed".into(); targets.len()],
+                targets,
+                recursive: a.recursive || a.archive,
+                links: a.links || a.archive,
+                perms: a.perms || a.archive,
+                times: a.times || a.archive,
+                delete: a.delete,
+                port: a.port,
+                stall_ms: a
+                    .stall_timeout
+                    .unwrap_or(crate::fanout::DEFAULT_STALL)
+                    .as_millis() as u64,
+            };
+            let n = r.targets.len();
+            (r, id, (0..n).collect())
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut targets = Vec::new();
+    for &i in &only {
+        let t = target(&record.targets[i], record.port)?;
+        if !seen.insert((t.host.clone(), t.port)) {
+            return Err(TransferError::Usage(format!(
+                "{}: the same daemon twice in one chain",
+                t.shown
+            )));
+        }
+        targets.push(t);
+    }
+    let mut record = record;
+    if targets.is_empty() {
+        if !a.json {
+            println!("job {}: every host has it already", record.job);
+        }
+        return Ok(exit::OK);
+    }
+    let plan = Plan {
+        src: PathBuf::from(&record.src),
+        walk: Walk {
+            recursive: record.recursive,
+            links: record.links,
+            perms: record.perms,
+            times: record.times,
+            delete: record.delete,
+        },
+        targets,
+        daemon,
+        stall: a
+            .stall_timeout
+            .unwrap_or(Duration::from_millis(record.stall_ms)),
+        job,
+    };
+    if !a.json {
+        println!("job {}", record.job);
+    }
+    let outcome = source::run(&plan)?;
+    for u in &outcome.added {
+        eprintln!("ferry: {}", u.added_notice());
+    }
+    for (h, &i) in outcome.hosts.iter().zip(&only) {
+        record.states[i] = match h.state {
+            State::Done => "done".into(),
+            State::Missed => "missed".into(),
+        };
+    }
+    let path = record_path(&a.daemon, &record.job);
+    let saved = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .unwrap_or(Ok(()))
+        .and_then(|()| {
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&record).expect("a record serializes"),
+            )
+        });
+    if let Err(e) = saved {
+        eprintln!(
+            "ferry: cannot keep the job record {}: {} (--resume will not find it)",
+            path.display(),
+            crate::error::io_text(&e)
+        );
+    }
+    let missed: Vec<_> = outcome
+        .hosts
+        .iter()
+        .filter(|h| h.state == State::Missed)
+        .collect();
+    let code = if missed.is_empty() {
+        exit::OK
+    } else {
+        exit::FANOUT_PARTIAL
+    };
+    if a.json {
+        let hosts: Vec<_> = outcome
+            .hosts
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "host": h.target.shown,
+                    "state": match h.state { State::Done => "done", State::Missed => "missed" },
+                    "bytes_received": h.bytes_received,
+                    "seconds": (h.seconds * 1000.0).round() / 1000.0,
+                    "pieces_refused": h.refused,
+                    "error": h.error,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "kind": "fanout",
+            "v": 1,
+            "job": record.job,
+            "exit_code": code,
+            "total_size": outcome.total_size,
+            "source_read_bytes": outcome.source_read,
+            "source_rchar": rchar(),
+            "hosts": hosts,
+        });
+        println!("{v}");
+    } else {
+        for h in &outcome.hosts {
+            if h.state == State::Done && a.verbose > 0 {
+                println!(
+                    "{}: done, {} bytes received in {:.2} s{}",
+                    h.target.shown,
+                    h.bytes_received,
+                    h.seconds,
+                    if h.refused > 0 {
+                        format!(" ({} damaged piece(s) refused and sent again)", h.refused)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    }
+    for h in &missed {
+        eprintln!(
+            "ferry: {} missed the job: {}",
+            h.target.shown,
+            h.error.as_deref().unwrap_or("unknown")
+        );
+    }
+    if !missed.is_empty() {
+        eprintln!(
+            "ferry: job {} is partial: {} of {} host(s) missed it (exit {code}); repair them with `ferry fanout --resume {}`",
+            record.job,
+            missed.len(),
+            outcome.hosts.len(),
+            record.job
+        );
+    }
+    Ok(code)
+}
+
+/// Bytes this process has read through system calls (`/proc/self/io`).
+fn rchar() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn job_ids_round_trip() {
+        let id = [0xab; 16];
+        assert_eq!(unhex(&hex(&id)), Some(id));
+        assert_eq!(unhex("zz"), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! Fan-out: one source to many ferry daemons as a verified pipelined chain.
+//!
+//! ```text
+//!            control (TLS, star): ticket, manifest, progress, reroutes, done
+//!   source ──────────────┬──────────────┬──────────────┐
+//!     │                  ▼              ▼              ▼
+//!     └── data ──────►  h1  ── data ──► h2 ── data ──► h3      (chain, cut-through)
+//!                        ◄── ack/nack ── ◄── ack/nack ──
+//! ```
+//!
+//! The source reads each file once, cuts it into pieces ([`PIECE`]), signs each
+//! piece's BLAKE3 with its key and sends the piece down the chain in frames of
+//! at most [`FRAME`] bytes. Every hop writes the frames into a temporary file
+//! and forwards them at once (cut-through), then, at the piece's end, checks
+//! what it wrote against the signed hash: only a matching piece is committed
+//! (and may later be served again); a bad one is refused (NACK) and re-sent
+//! from the nearest upstream committed copy. A file is published (fsync,
+//! rename) when all its pieces are committed. A predecessor that sees its
+//! successor fail or stall dials the next host, learns what it has, and
+//! re-sends the gap from its own committed copy.
+//!
+//! Trust: the source signs a [`ticket::Ticket`] (job id, ordered hosts with
+//! their keys, manifest root, expiry). A daemon takes the job only from a
+//! client key it authorizes for the module, and a relay stream for it only
+//! from a host the ticket names before it; a hop checks its successor's key
+//! against the ticket. Destinations need no keys for each other.
+//!
+//! Not for the daemon's accept loop and module grants (that is
+//! `server::fanout`), nor for the command line (`cli::fanout`).
+//!
+//! A test-only fault hook: with `FERRY_TEST_HOOKS=1` and
+//! `FERRY_TEST_FANOUT_CORRUPT=N` in a daemon's environment, that hop flips one
+//! bit in the Nth piece it forwards downstream, so that tests can prove a
+//! damaged piece is never committed anywhere. Both variables are needed, so it
+//! cannot fire in production by accident. The same switch enables
+//! `FERRY_TEST_FANOUT_PACE_MS` ([`pace_hook`]), which slows a forwarder down
+//! so that a loopback test can kill or stop a host half-way.
+
+pub mod connect;
+pub mod hop;
+pub mod manifest;
+pub mod relay;
+pub mod source;
+pub mod ticket;
+pub mod wire;
+
+/// Bytes per verified piece (what a hop commits, or refuses, at once).
+pub const PIECE: u64 = 4 << 20;
+/// Largest data frame forwarded (cut-through unit).
+pub const FRAME: usize = 256 << 10;
+/// The 9 bytes a fan-out connection opens with, instead of ferry's hello.
+pub const HELLO: &[u8; 9] = b"ferryFAN1";
+/// Default time without acknowledged progress before a successor is bypassed.
+pub const DEFAULT_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Number of pieces of a file of `size` bytes.
+pub fn pieces(size: u64) -> u32 {
+    size.div_ceil(PIECE) as u32
+}
+
+/// The byte range of piece `piece` of a file of `size` bytes.
+pub fn piece_range(size: u64, piece: u32) -> (u64, u64) {
+    let start = piece as u64 * PIECE;
+    (start, (start + PIECE).min(size))
+}
+
+/// The test pacing hook: with `FERRY_TEST_HOOKS=1`,
+/// `FERRY_TEST_FANOUT_PACE_MS=N` makes a forwarder (source or hop) wait N ms
+/// after each frame it forwards, so that a test on loopback can act half-way
+/// through a transfer (kill a host, stop one).
+pub fn pace_hook() -> Option<std::time::Duration> {
+    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
+        return None;
+    }
+    std::env::var("FERRY_TEST_FANOUT_PACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
+/// The test hook's piece number, if both variables are set.
+pub fn corrupt_hook() -> Option<u64> {
+    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
+        return None;
+    }
+    std::env::var("FERRY_TEST_FANOUT_CORRUPT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+}

@@ -1,0 +1,401 @@
+//! The forwarder: what a hop (or the source) runs toward the rest of the
+//! chain. It dials the next host the ticket names, learns what that host has
+//! committed, re-sends the gap from its own committed copy, forwards the live
+//! stream frame by frame, answers NACKs from its committed copy, and bypasses
+//! a successor that fails or goes silent for the stall timeout (heartbeats
+//! come every [`HEARTBEAT`]) by dialing the one after it.
+//!
+//! Not for receiving or verifying (that is [`super::hop`]); what it serves
+//! again comes from [`Pieces`], which only offers committed pieces.
+
+use super::connect::{dial, Dialed};
+use super::ticket::Ticket;
+use super::wire::{self, Msg, Purpose};
+use super::{piece_range, FRAME};
+use crate::trust::key::Identity;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a downstream hop tells its predecessor it is alive.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// What flows from the upstream reader (or the source's reader) to the
+/// forwarder.
+#[derive(Debug)]
+pub enum Fwd {
+    Data {
+        file: u32,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    PieceEnd {
+        file: u32,
+        piece: u32,
+        hash: [u8; 32],
+        sig: [u8; 64],
+    },
+    End,
+}
+
+/// What the forwarder tells the control side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The host at this index of the ticket was bypassed, and why.
+    Bypassed { host: u32, why: String },
+}
+
+/// Where a forwarder finds pieces to serve again.
+pub trait Pieces: Send + Sync {
+    /// A committed piece's signed hash and signature (`None`: not committed
+    /// here, so not to be served).
+    fn signed(&self, file: u32, piece: u32) -> Option<([u8; 32], [u8; 64])>;
+    /// Bytes of a committed piece.
+    fn read(&self, file: u32, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    fn size(&self, file: u32) -> u64;
+    /// Pieces a new successor may lack: every piece committed here.
+    fn sent_so_far(&self) -> Vec<(u32, u32)>;
+    fn report(&self, r: Report);
+    fn cancelled(&self) -> bool;
+}
+
+/// What the downstream reader and the watchdog share with the forwarder.
+struct DownState {
+    nacks: Mutex<VecDeque<(u32, u32)>>,
+    done: AtomicBool,
+    dead: Mutex<Option<String>>,
+    last_heard: Mutex<Instant>,
+    closed: AtomicBool,
+}
+
+struct Down {
+    host: usize,
+    writer: crate::transport::tls::TlsWriter,
+    sock: std::net::TcpStream,
+    state: Arc<DownState>,
+    end_sent: bool,
+}
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        self.state.closed.store(true, Ordering::SeqCst);
+        // a successor that finished gets a clean end (close_notify, as the
+        // writer is dropped); one given up on is cut
+        if !self.state.done.load(Ordering::SeqCst) {
+            let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The forwarder's settings.
+pub struct Forwarder {
+    pub ticket: Arc<Ticket>,
+    /// The first host to dial (our index + 1; 0 for the source).
+    pub first: usize,
+    pub identity: Arc<Identity>,
+    pub stall: Duration,
+    /// The test hook: damage the Nth piece forwarded.
+    pub corrupt: Option<u64>,
+    /// The test hook: wait this long after each live frame.
+    pub pace: Option<Duration>,
+}
+
+impl Forwarder {
+    /// Forwards everything `rx` gives until the chain below has it all (or
+    /// there is no one left to forward to).
+    pub fn run(&self, rx: Receiver<Fwd>, pieces: &dyn Pieces) {
+        let mut next = self.first;
+        let mut down: Option<Down> = None;
+        let mut end_in = false;
+        let mut resend: VecDeque<(u32, u32)> = VecDeque::new();
+        let mut forwarded = 0u64;
+        let mut last_piece: Option<(u32, u64)> = None;
+        let mut corrupted = false;
+        // pieces whose end went to some successor: what a new successor may
+        // lack (the rest is still on its way through the queue)
+        let mut ended: HashSet<(u32, u32)> = HashSet::new();
+        loop {
+            if pieces.cancelled() {
+                return;
+            }
+            if down.is_none() {
+                if next >= self.ticket.hosts.len() {
+                    // the tail: nothing to forward to
+                    if end_in {
+                        return;
+                    }
+                    match rx.recv() {
+                        Ok(Fwd::End) | Err(_) => return,
+                        Ok(_) => continue,
+                    }
+                }
+                match self.open(next) {
+                    Ok((d, have)) => {
+                        resend.clear();
+                        for (f, p) in pieces.sent_so_far() {
+                            if ended.contains(&(f, p)) && !have.contains(&(f, p)) {
+                                resend.push_back((f, p));
+                            }
+                        }
+                        down = Some(d);
+                    }
+                    Err(why) => {
+                        pieces.report(Report::Bypassed {
+                            host: next as u32,
+                            why,
+                        });
+                        next += 1;
+                        continue;
+                    }
+                }
+            }
+            let d = down.as_mut().expect("connected");
+            let dead = lock(&d.state.dead).clone();
+            if let Some(why) = dead {
+                pieces.report(Report::Bypassed {
+                    host: d.host as u32,
+                    why,
+                });
+                down = None;
+                next += 1;
+                continue;
+            }
+            if d.end_sent && d.state.done.load(Ordering::SeqCst) {
+                return;
+            }
+            for n in lock(&d.state.nacks).drain(..) {
+                if !resend.contains(&n) {
+                    resend.push_back(n);
+                }
+            }
+            let ready = resend
+                .iter()
+                .position(|&(f, p)| pieces.signed(f, p).is_some());
+            let sent = if let Some(i) = ready {
+                let (f, p) = resend.remove(i).expect("found");
+                send_piece(d, pieces, f, p)
+            } else if end_in {
+                if !d.end_sent && resend.is_empty() {
+                    d.end_sent = true;
+                    wire::send(&mut d.writer, &Msg::End)
+                } else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    Ok(())
+                }
+            } else {
+                match rx.recv_timeout(Duration::from_millis(10)) {
+                    Ok(Fwd::Data {
+                        file,
+                        offset,
+                        mut bytes,
+                    }) => {
+                        let piece = offset / super::PIECE;
+                        if last_piece != Some((file, piece)) {
+                            last_piece = Some((file, piece));
+                            forwarded += 1;
+                            if !corrupted && self.corrupt == Some(forwarded) && !bytes.is_empty() {
+                                corrupted = true;
+                                bytes[0] ^= 1;
+                            }
+                        }
+                        if let Some(p) = self.pace {
+                            std::thread::sleep(p);
+                        }
+                        wire::send(
+                            &mut d.writer,
+                            &Msg::Data {
+                                file,
+                                offset,
+                                resend: false,
+                                bytes,
+                            },
+                        )
+                    }
+                    Ok(Fwd::PieceEnd {
+                        file,
+                        piece,
+                        hash,
+                        sig,
+                    }) => {
+                        ended.insert((file, piece));
+                        wire::send(
+                            &mut d.writer,
+                            &Msg::PieceEnd {
+                                file,
+                                piece,
+                                resend: false,
+                                hash,
+                                sig,
+                            },
+                        )
+                    }
+                    Ok(Fwd::End) => {
+                        end_in = true;
+                        Ok(())
+                    }
+                    Err(RecvTimeoutError::Timeout) => Ok(()),
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            if let Err(e) = sent {
+                let mut dead = lock(&d.state.dead);
+                if dead.is_none() {
+                    *dead = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Dials host `i`, and learns what it has.
+    fn open(&self, i: usize) -> Result<(Down, HashSet<(u32, u32)>), String> {
+        let h = &self.ticket.hosts[i];
+        let Dialed {
+            mut reader,
+            mut writer,
+            sock,
+        } = dial(&h.addr, &h.key, &self.identity, self.stall).map_err(|e| e.to_string())?;
+        let _ = reader.set_timeout(Some(self.stall));
+        wire::send(
+            &mut writer,
+            &Msg::Open {
+                purpose: Purpose::Relay,
+                job: self.ticket.job,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let have = match wire::expect(&mut reader, wire::LARGE).map_err(|e| e.to_string())? {
+            Msg::Have { files } => {
+                let mut set = HashSet::new();
+                for (f, bits) in files {
+                    for (byte, b) in bits.iter().enumerate() {
+                        for bit in 0..8 {
+                            if b & (1 << bit) != 0 {
+                                set.insert((f, (byte * 8 + bit) as u32));
+                            }
+                        }
+                    }
+                }
+                set
+            }
+            Msg::Refused { text } => return Err(format!("refused the relay: {text}")),
+            m => return Err(format!("sent {} instead of what it has", m.name())),
+        };
+        let _ = reader.set_timeout(None);
+        let state = Arc::new(DownState {
+            nacks: Mutex::new(VecDeque::new()),
+            done: AtomicBool::new(false),
+            dead: Mutex::new(None),
+            last_heard: Mutex::new(Instant::now()),
+            closed: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || listen(reader, &st));
+        let st = state.clone();
+        let watch = sock.try_clone().map_err(|e| e.to_string())?;
+        let stall = self.stall;
+        std::thread::spawn(move || watchdog(watch, &st, stall));
+        Ok((
+            Down {
+                host: i,
+                writer,
+                sock,
+                state,
+                end_sent: false,
+            },
+            have,
+        ))
+    }
+}
+
+/// Sends a committed piece again, from our copy.
+fn send_piece(
+    d: &mut Down,
+    pieces: &dyn Pieces,
+    file: u32,
+    piece: u32,
+) -> Result<(), crate::error::TransferError> {
+    let Some((hash, sig)) = pieces.signed(file, piece) else {
+        return Ok(());
+    };
+    let (a, b) = piece_range(pieces.size(file), piece);
+    let mut at = a;
+    let mut buf = vec![0u8; FRAME];
+    while at < b {
+        let n = ((b - at) as usize).min(FRAME);
+        pieces
+            .read(file, at, &mut buf[..n])
+            .map_err(|e| crate::error::TransferError::local("a committed piece", &e))?;
+        wire::send(
+            &mut d.writer,
+            &Msg::Data {
+                file,
+                offset: at,
+                resend: true,
+                bytes: buf[..n].to_vec(),
+            },
+        )?;
+        at += n as u64;
+    }
+    wire::send(
+        &mut d.writer,
+        &Msg::PieceEnd {
+            file,
+            piece,
+            resend: true,
+            hash,
+            sig,
+        },
+    )
+}
+
+/// Reads what the successor says: heartbeats, NACKs, done.
+fn listen(mut reader: crate::transport::tls::TlsReader, st: &DownState) {
+    loop {
+        let m = wire::recv(&mut reader, wire::SMALL);
+        *lock(&st.last_heard) = Instant::now();
+        let why = match m {
+            Ok(Some(Msg::Ack { .. })) => continue,
+            Ok(Some(Msg::Nack { file, piece })) => {
+                lock(&st.nacks).push_back((file, piece));
+                continue;
+            }
+            Ok(Some(Msg::Done { .. })) => {
+                st.done.store(true, Ordering::SeqCst);
+                continue;
+            }
+            Ok(Some(Msg::Refused { text })) => format!("it failed: {text}"),
+            Ok(Some(m)) => format!("it sent {} on a relay", m.name()),
+            Ok(None) => "it closed the connection".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if !st.closed.load(Ordering::SeqCst) && !st.done.load(Ordering::SeqCst) {
+            lock(&st.dead).get_or_insert(why);
+        }
+        return;
+    }
+}
+
+/// Shuts the connection to a successor silent for longer than `stall`.
+fn watchdog(sock: std::net::TcpStream, st: &DownState, stall: Duration) {
+    while !st.closed.load(Ordering::SeqCst) && lock(&st.dead).is_none() {
+        if st.done.load(Ordering::SeqCst) {
+            return;
+        }
+        let silent = lock(&st.last_heard).elapsed();
+        if silent > stall {
+            lock(&st.dead).get_or_insert(format!(
+                "no word from it for {:.1} s (stall timeout)",
+                silent.as_secs_f64()
+            ));
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

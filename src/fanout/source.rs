@@ -1,0 +1,517 @@
+//! The source's driver: walks the tree, opens a control connection to every
+//! daemon (their keys checked against `known_hosts`), signs the job's ticket,
+//! starts the job on each, links the chain, reads each file once into signed
+//! pieces for the head of the chain, and gathers each host's outcome.
+//!
+//! Not for printing or the job record (that is `cli::fanout`), nor for what
+//! hops do (`hop`, `relay`).
+
+use super::manifest::{scan, Kind, Manifest, Walk};
+use super::relay::{Forwarder, Fwd, Pieces, Report};
+use super::ticket::{Host, Signer, Ticket};
+use super::wire::{self, Msg, Purpose};
+use super::{piece_range, pieces, FRAME};
+use crate::error::TransferError;
+use crate::transport::daemon::DaemonOptions;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One destination: a daemon and the `module/path` there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub path: Vec<u8>,
+    /// As the user wrote it.
+    pub shown: String,
+}
+
+/// A fan-out to run.
+pub struct Plan {
+    pub src: PathBuf,
+    pub walk: Walk,
+    pub targets: Vec<Target>,
+    pub daemon: DaemonOptions,
+    pub stall: Duration,
+    /// The job's id (a resumed job keeps its own).
+    pub job: [u8; 16],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Every file committed, verified and published.
+    Done,
+    /// The host missed the job (or part of it).
+    Missed,
+}
+
+/// How one host fared.
+#[derive(Debug, Clone)]
+pub struct HostResult {
+    pub target: Target,
+    pub state: State,
+    pub bytes_received: u64,
+    pub seconds: f64,
+    /// Pieces it refused (a damaged piece, asked for again).
+    pub refused: u32,
+    pub error: Option<String>,
+}
+
+pub struct Outcome {
+    pub job: [u8; 16],
+    pub hosts: Vec<HostResult>,
+    /// File bytes the source read.
+    pub source_read: u64,
+    pub total_size: u64,
+    /// Daemon keys recorded in known_hosts on first use.
+    pub added: Vec<crate::trust::UnknownHost>,
+}
+
+enum Event {
+    /// A control message from host `i` (`None`: its connection ended).
+    Control(usize, Result<Msg, String>),
+    Bypassed(usize, String),
+}
+
+/// A piece's hash and the source's signature of it.
+type Signed = ([u8; 32], [u8; 64]);
+
+/// The source's own pieces: any piece it has read may be asked for again.
+struct SourcePieces {
+    paths: Vec<PathBuf>,
+    sizes: Vec<u64>,
+    signed: Mutex<HashMap<(u32, u32), Signed>>,
+    events: Mutex<Sender<Event>>,
+    cancelled: AtomicBool,
+    read: AtomicU64,
+    /// Position in the chain → host index.
+    chain: Vec<usize>,
+}
+
+impl Pieces for SourcePieces {
+    fn signed(&self, file: u32, piece: u32) -> Option<([u8; 32], [u8; 64])> {
+        self.signed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(file, piece))
+            .copied()
+    }
+    fn read(&self, file: u32, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let f = std::fs::File::open(&self.paths[file as usize])?;
+        std::os::unix::fs::FileExt::read_exact_at(&f, buf, offset)?;
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+    fn size(&self, file: u32) -> u64 {
+        self.sizes[file as usize]
+    }
+    fn sent_so_far(&self) -> Vec<(u32, u32)> {
+        let mut v: Vec<_> = self
+            .signed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        v.sort();
+        v
+    }
+    fn report(&self, r: Report) {
+        let Report::Bypassed { host, why } = r;
+        let i = self.chain.get(host as usize).copied().unwrap_or(usize::MAX);
+        let _ = self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Event::Bypassed(i, why));
+    }
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+type Control = (Box<dyn Read + Send>, Box<dyn Write + Send>, [u8; 32]);
+
+/// Opens the control connection to one daemon and learns its key.
+fn open_control(
+    t: &Target,
+    opts: &DaemonOptions,
+    job: [u8; 16],
+) -> Result<(Control, Option<crate::trust::UnknownHost>), String> {
+    let c = crate::transport::daemon::connect(&t.host, t.port, opts).map_err(|e| e.to_string())?;
+    let (mut r, mut w) = (c.stream.reader, c.stream.writer);
+    w.write_all(super::HELLO).map_err(|e| e.to_string())?;
+    wire::send_now(
+        &mut w,
+        &Msg::Open {
+            purpose: Purpose::Control,
+            job,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    match wire::expect(&mut r, wire::SMALL).map_err(|e| e.to_string())? {
+        Msg::Who { key } => Ok(((r, w, key), c.added)),
+        Msg::Refused { text } => Err(text),
+        m => Err(format!("the daemon sent {} instead of its key", m.name())),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A fresh job id.
+pub fn new_job() -> [u8; 16] {
+    let mut j = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut j).expect("system randomness");
+    j
+}
+
+/// Runs the fan-out; an error only when nothing could start (a bad source,
+/// no key); a host that misses the job is in the outcome.
+pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
+    let (manifest, paths) = scan(&plan.src, plan.walk)?;
+    let dir = crate::trust::config_dir(plan.daemon.config_dir.as_deref());
+    let identity = crate::trust::find_identity(plan.daemon.identity.as_deref(), &dir)
+        .map_err(|e| TransferError::Usage(e.to_string()))?;
+    let signer = Signer::new(&identity).map_err(TransferError::Usage)?;
+    let identity = Arc::new(identity);
+    let started = Instant::now();
+    let n = plan.targets.len();
+    let mut results: Vec<HostResult> = plan
+        .targets
+        .iter()
+        .map(|t| HostResult {
+            target: t.clone(),
+            state: State::Missed,
+            bytes_received: 0,
+            seconds: 0.0,
+            refused: 0,
+            error: None,
+        })
+        .collect();
+    let mut settled = vec![false; n];
+    let miss = |results: &mut Vec<HostResult>, settled: &mut Vec<bool>, i: usize, why: String| {
+        if !settled[i] {
+            settled[i] = true;
+            results[i].state = State::Missed;
+            results[i].error = Some(why);
+            results[i].seconds = started.elapsed().as_secs_f64();
+        }
+    };
+
+    // control connections, in parallel
+    let opened: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = plan
+            .targets
+            .iter()
+            .map(|t| s.spawn(|| open_control(t, &plan.daemon, plan.job)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("internal error".into())))
+            .collect()
+    });
+    let mut added = Vec::new();
+    let mut controls: Vec<Option<Control>> = Vec::new();
+    for (i, o) in opened.into_iter().enumerate() {
+        match o {
+            Ok((c, a)) => {
+                added.extend(a);
+                controls.push(Some(c));
+            }
+            Err(why) => {
+                miss(&mut results, &mut settled, i, why);
+                controls.push(None);
+            }
+        }
+    }
+    // the chain: the hosts that answered, in the user's order
+    let chain: Vec<usize> = (0..n).filter(|&i| controls[i].is_some()).collect();
+    let manifest_bytes = manifest.encode();
+    let ticket = Ticket {
+        job: plan.job,
+        expires: now() + 24 * 3600,
+        signer: signer.public(),
+        hosts: chain
+            .iter()
+            .map(|&i| Host {
+                addr: format!("{}:{}", plan.targets[i].host, plan.targets[i].port),
+                key: controls[i].as_ref().expect("in the chain").2,
+                path: plan.targets[i].path.clone(),
+            })
+            .collect(),
+        manifest_root: *blake3::hash(&manifest_bytes).as_bytes(),
+        stall_ms: plan.stall.as_millis() as u64,
+    };
+    let ticket_bytes = ticket.encode();
+    let sig = signer.sign_ticket(&ticket_bytes);
+    // start the job on each
+    let mut have: Vec<HashMap<(u32, u32), [u8; 32]>> = vec![HashMap::new(); n];
+    for (pos, &i) in chain.iter().enumerate() {
+        let c = controls[i].as_mut().expect("in the chain");
+        let start = Msg::Start {
+            ticket: ticket_bytes.clone(),
+            sig,
+            manifest: manifest_bytes.clone(),
+            index: pos as u32,
+        };
+        let answer = wire::send_now(&mut c.1, &start)
+            .and_then(|()| wire::expect(&mut c.0, wire::LARGE))
+            .map_err(|e| e.to_string());
+        match answer {
+            Ok(Msg::Ready { have: h }) => {
+                for (f, hashes) in h {
+                    for (p, hash) in hashes.into_iter().enumerate() {
+                        have[i].insert((f, p as u32), hash);
+                    }
+                }
+            }
+            Ok(Msg::Refused { text }) => {
+                controls[i] = None;
+                miss(&mut results, &mut settled, i, text);
+            }
+            Ok(m) => {
+                controls[i] = None;
+                miss(
+                    &mut results,
+                    &mut settled,
+                    i,
+                    format!("sent {} instead of ready", m.name()),
+                );
+            }
+            Err(e) => {
+                controls[i] = None;
+                miss(&mut results, &mut settled, i, e);
+            }
+        }
+    }
+    let (tx, rx) = channel();
+    let mut writers: Vec<Option<Box<dyn Write + Send>>> = (0..n).map(|_| None).collect();
+    for &i in &chain {
+        if let Some((r, mut w, _)) = controls[i].take() {
+            if wire::send_now(&mut w, &Msg::Link).is_err() {
+                miss(
+                    &mut results,
+                    &mut settled,
+                    i,
+                    "the control connection broke".into(),
+                );
+                continue;
+            }
+            writers[i] = Some(w);
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut r = r;
+                loop {
+                    let m = wire::recv(&mut r, wire::SMALL);
+                    let ended = !matches!(m, Ok(Some(_)));
+                    let ev = match m {
+                        Ok(Some(m)) => Ok(m),
+                        Ok(None) => Err("the daemon closed the control connection".into()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if tx.send(Event::Control(i, ev)).is_err() || ended {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+    let total_size = manifest.total_size();
+    let live: Vec<usize> = chain.iter().copied().filter(|&i| !settled[i]).collect();
+    let sizes: Vec<u64> = manifest.entries.iter().map(|e| e.size).collect();
+    let source = Arc::new(SourcePieces {
+        paths,
+        sizes,
+        signed: Mutex::new(HashMap::new()),
+        events: Mutex::new(tx.clone()),
+        cancelled: AtomicBool::new(false),
+        read: AtomicU64::new(0),
+        chain: chain.clone(),
+    });
+    let (ftx, frx) = std::sync::mpsc::sync_channel(super::hop::QUEUE);
+    let forwarder = Forwarder {
+        ticket: Arc::new(ticket.clone()),
+        first: 0,
+        identity: identity.clone(),
+        stall: plan.stall,
+        corrupt: None,
+        pace: super::pace_hook(),
+    };
+    let fwd_source = source.clone();
+    let fwd = std::thread::spawn(move || forwarder.run(frx, &*fwd_source));
+    let read_source = source.clone();
+    let job = plan.job;
+    let reader = std::thread::spawn(move || {
+        read_all(&manifest, &read_source, &signer, &job, &have, &live, &ftx)
+    });
+    drop(tx);
+
+    // gather outcomes
+    let idle_limit = (plan.stall * 3).max(Duration::from_secs(30));
+    let mut last_change = Instant::now();
+    let mut progress: Vec<(u64, u64)> = vec![(0, 0); n];
+    while settled.iter().any(|s| !s) {
+        let ev = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ev) => ev,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if last_change.elapsed() > idle_limit {
+                    for i in 0..n {
+                        let why = format!("no progress for {} s", last_change.elapsed().as_secs());
+                        miss(&mut results, &mut settled, i, why);
+                    }
+                }
+                continue;
+            }
+            Err(_) => break,
+        };
+        match ev {
+            Event::Control(
+                i,
+                Ok(Msg::Progress {
+                    received,
+                    committed,
+                }),
+            ) => {
+                if progress[i] != (received, committed) {
+                    progress[i] = (received, committed);
+                    last_change = Instant::now();
+                }
+                results[i].bytes_received = received;
+            }
+            Event::Control(i, Ok(Msg::Done { received, refused })) => {
+                last_change = Instant::now();
+                if !settled[i] {
+                    settled[i] = true;
+                    results[i].state = State::Done;
+                    results[i].bytes_received = received;
+                    results[i].refused = refused;
+                    results[i].seconds = started.elapsed().as_secs_f64();
+                }
+            }
+            Event::Control(_, Ok(Msg::Bypassed { host, why })) => {
+                last_change = Instant::now();
+                if let Some(&h) = chain.get(host as usize) {
+                    miss(&mut results, &mut settled, h, format!("bypassed: {why}"));
+                    writers[h] = None;
+                }
+            }
+            Event::Bypassed(h, why) => {
+                last_change = Instant::now();
+                if h < n {
+                    miss(&mut results, &mut settled, h, format!("bypassed: {why}"));
+                    writers[h] = None;
+                }
+            }
+            Event::Control(i, Ok(Msg::Refused { text })) => {
+                miss(&mut results, &mut settled, i, text);
+                writers[i] = None;
+            }
+            Event::Control(i, Ok(m)) => {
+                miss(
+                    &mut results,
+                    &mut settled,
+                    i,
+                    format!("sent {} on control", m.name()),
+                );
+                writers[i] = None;
+            }
+            Event::Control(i, Err(e)) => {
+                miss(&mut results, &mut settled, i, e);
+                writers[i] = None;
+            }
+        }
+    }
+    source.cancelled.store(true, Ordering::SeqCst);
+    drop(writers);
+    let read_result = reader.join();
+    let _ = fwd.join();
+    if let Ok(Err(e)) = read_result {
+        // the source itself failed: no host has the whole tree
+        for r in results.iter_mut().filter(|r| r.state == State::Done) {
+            r.state = State::Missed;
+            r.error = Some(e.to_string());
+        }
+    }
+    Ok(Outcome {
+        job: plan.job,
+        hosts: results,
+        source_read: source.read.load(Ordering::Relaxed),
+        total_size,
+        added,
+    })
+}
+
+/// Reads every file once, piece by piece: hash, sign, and hand the head of
+/// the chain the frames (only the signed end when every host has the piece).
+fn read_all(
+    manifest: &Manifest,
+    source: &SourcePieces,
+    signer: &Signer,
+    job: &[u8; 16],
+    have: &[HashMap<(u32, u32), [u8; 32]>],
+    live: &[usize],
+    out: &std::sync::mpsc::SyncSender<Fwd>,
+) -> Result<(), TransferError> {
+    let mut buf = vec![0u8; super::PIECE as usize];
+    for (i, e) in manifest.entries.iter().enumerate() {
+        if e.kind != Kind::File || e.size == 0 {
+            continue;
+        }
+        let path = &source.paths[i];
+        let shown = path.display().to_string();
+        let mut f = std::fs::File::open(path).map_err(|x| TransferError::local(&shown, &x))?;
+        for p in 0..pieces(e.size) {
+            if source.cancelled() {
+                return Err(TransferError::Cancelled);
+            }
+            let (a, b) = piece_range(e.size, p);
+            let len = (b - a) as usize;
+            f.read_exact(&mut buf[..len])
+                .map_err(|x| TransferError::local(&shown, &x))?;
+            source.read.fetch_add(len as u64, Ordering::Relaxed);
+            let hash = *blake3::hash(&buf[..len]).as_bytes();
+            let sig = signer.sign_piece(job, i as u32, p, &hash);
+            source
+                .signed
+                .lock()
+                .unwrap_or_else(|x| x.into_inner())
+                .insert((i as u32, p), (hash, sig));
+            let everywhere = !live.is_empty()
+                && live
+                    .iter()
+                    .all(|&h| have[h].get(&(i as u32, p)) == Some(&hash));
+            if !everywhere {
+                for (k, chunk) in buf[..len].chunks(FRAME).enumerate() {
+                    let m = Fwd::Data {
+                        file: i as u32,
+                        offset: a + (k * FRAME) as u64,
+                        bytes: chunk.to_vec(),
+                    };
+                    if out.send(m).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            let end = Fwd::PieceEnd {
+                file: i as u32,
+                piece: p,
+                hash,
+                sig,
+            };
+            if out.send(end).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let _ = out.send(Fwd::End);
+    Ok(())
+}

@@ -1,0 +1,461 @@
+//! The fan-out wire: one message enum for both connections (control, from the
+//! source to each daemon; relay, from a hop to its successor), each message a
+//! frame of a `u32` little-endian length and a payload whose first byte names
+//! it.
+//!
+//! Not for deciding what a message may do or when: that is the hop's and the
+//! source's. Every length is checked against a limit before anything is
+//! allocated; before a relay is authorized only [`SMALL`] frames are read.
+
+use crate::error::TransferError;
+use crate::proto::codec::{Reader, Writer};
+use crate::proto::DecodeError;
+use std::io::{Read, Write};
+
+/// Largest frame before the peer is known to be part of a job.
+pub const SMALL: usize = 16 << 10;
+/// Largest frame at all (a job's manifest of a large tree).
+pub const LARGE: usize = 256 << 20;
+/// Longest text (reasons) carried.
+const TEXT: usize = 16 << 10;
+
+/// What a fan-out connection is for, said in its first message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Control,
+    Relay,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// First message after the hello: what this connection is for; a relay
+    /// names its job.
+    Open { purpose: Purpose, job: [u8; 16] },
+    /// Daemon → source (control): the daemon's own key, for the ticket.
+    Who { key: [u8; 32] },
+    /// Source → daemon (control): the signed ticket, the manifest, and where
+    /// this daemon stands in the chain.
+    Start {
+        ticket: Vec<u8>,
+        sig: [u8; 64],
+        manifest: Vec<u8>,
+        index: u32,
+    },
+    /// Daemon → source: ready; per file with old data, the BLAKE3 of each of
+    /// its pieces as held now (pieces that need not cross the wire).
+    Ready { have: Vec<(u32, Vec<[u8; 32]>)> },
+    /// Either way: the job (or this connection) is refused or has failed.
+    Refused { text: String },
+    /// Source → daemon: dial the successor now.
+    Link,
+    /// Daemon → source: bytes of file data received and committed so far.
+    Progress { received: u64, committed: u64 },
+    /// Daemon → source: the host at `host` was bypassed.
+    Bypassed { host: u32, why: String },
+    /// Daemon → source (control), and hop → predecessor (relay): every file
+    /// committed and published.
+    Done { received: u64, refused: u32 },
+    /// Downstream → upstream (relay): what it has committed, per file a
+    /// bitmap of pieces; sent once, when the relay opens.
+    Have { files: Vec<(u32, Vec<u8>)> },
+    /// Upstream → downstream: file bytes at `offset`. A `resend` is not
+    /// forwarded further on its own (downstream asks if it needs it).
+    Data {
+        file: u32,
+        offset: u64,
+        resend: bool,
+        bytes: Vec<u8>,
+    },
+    /// Upstream → downstream: the end of a piece, with its signed hash.
+    PieceEnd {
+        file: u32,
+        piece: u32,
+        resend: bool,
+        hash: [u8; 32],
+        sig: [u8; 64],
+    },
+    /// Upstream → downstream: the source has sent everything.
+    End,
+    /// Downstream → upstream: pieces committed so far (progress, for the
+    /// stall timeout).
+    Ack { committed: u64 },
+    /// Downstream → upstream: send this piece again (it was bad, or missing).
+    Nack { file: u32, piece: u32 },
+}
+
+mod code {
+    pub const OPEN: u8 = 1;
+    pub const WHO: u8 = 2;
+    pub const START: u8 = 3;
+    pub const READY: u8 = 4;
+    pub const REFUSED: u8 = 5;
+    pub const LINK: u8 = 6;
+    pub const PROGRESS: u8 = 7;
+    pub const BYPASSED: u8 = 8;
+    pub const DONE: u8 = 9;
+    pub const HAVE: u8 = 10;
+    pub const DATA: u8 = 11;
+    pub const PIECE_END: u8 = 12;
+    pub const END: u8 = 13;
+    pub const ACK: u8 = 14;
+    pub const NACK: u8 = 15;
+}
+
+impl Msg {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Open { .. } => "open",
+            Msg::Who { .. } => "who",
+            Msg::Start { .. } => "start",
+            Msg::Ready { .. } => "ready",
+            Msg::Refused { .. } => "refused",
+            Msg::Link => "link",
+            Msg::Progress { .. } => "progress",
+            Msg::Bypassed { .. } => "bypassed",
+            Msg::Done { .. } => "done",
+            Msg::Have { .. } => "have",
+            Msg::Data { .. } => "data",
+            Msg::PieceEnd { .. } => "piece end",
+            Msg::End => "end",
+            Msg::Ack { .. } => "ack",
+            Msg::Nack { .. } => "nack",
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        match self {
+            Msg::Open { purpose, job } => {
+                w.u8(code::OPEN);
+                w.u8(match purpose {
+                    Purpose::Control => 1,
+                    Purpose::Relay => 2,
+                });
+                w.raw(job);
+            }
+            Msg::Who { key } => {
+                w.u8(code::WHO);
+                w.raw(key);
+            }
+            Msg::Start {
+                ticket,
+                sig,
+                manifest,
+                index,
+            } => {
+                w.u8(code::START);
+                w.bytes(ticket);
+                w.raw(sig);
+                w.bytes(manifest);
+                w.varint(*index as u64);
+            }
+            Msg::Ready { have } => {
+                w.u8(code::READY);
+                w.varint(have.len() as u64);
+                for (f, hashes) in have {
+                    w.varint(*f as u64);
+                    w.varint(hashes.len() as u64);
+                    for h in hashes {
+                        w.hash(h);
+                    }
+                }
+            }
+            Msg::Refused { text } => {
+                w.u8(code::REFUSED);
+                w.bytes(text.as_bytes());
+            }
+            Msg::Link => w.u8(code::LINK),
+            Msg::Progress {
+                received,
+                committed,
+            } => {
+                w.u8(code::PROGRESS);
+                w.varint(*received);
+                w.varint(*committed);
+            }
+            Msg::Bypassed { host, why } => {
+                w.u8(code::BYPASSED);
+                w.varint(*host as u64);
+                w.bytes(why.as_bytes());
+            }
+            Msg::Done { received, refused } => {
+                w.u8(code::DONE);
+                w.varint(*received);
+                w.varint(*refused as u64);
+            }
+            Msg::Have { files } => {
+                w.u8(code::HAVE);
+                w.varint(files.len() as u64);
+                for (f, bits) in files {
+                    w.varint(*f as u64);
+                    w.bytes(bits);
+                }
+            }
+            Msg::Data {
+                file,
+                offset,
+                resend,
+                bytes,
+            } => {
+                w.u8(code::DATA);
+                w.varint(*file as u64);
+                w.varint(*offset);
+                w.bool(*resend);
+                w.bytes(bytes);
+            }
+            Msg::PieceEnd {
+                file,
+                piece,
+                resend,
+                hash,
+                sig,
+            } => {
+                w.u8(code::PIECE_END);
+                w.varint(*file as u64);
+                w.varint(*piece as u64);
+                w.bool(*resend);
+                w.hash(hash);
+                w.raw(sig);
+            }
+            Msg::End => w.u8(code::END),
+            Msg::Ack { committed } => {
+                w.u8(code::ACK);
+                w.varint(*committed);
+            }
+            Msg::Nack { file, piece } => {
+                w.u8(code::NACK);
+                w.varint(*file as u64);
+                w.varint(*piece as u64);
+            }
+        }
+        w.buf
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Msg, DecodeError> {
+        let mut r = Reader::new(payload);
+        let u32_of = |r: &mut Reader, what| -> Result<u32, DecodeError> {
+            Ok(r.count(u32::MAX as usize, what)? as u32)
+        };
+        let text = |r: &mut Reader, what| -> Result<String, DecodeError> {
+            Ok(String::from_utf8_lossy(r.bytes(TEXT, what)?).into_owned())
+        };
+        let m = match r.u8("message type")? {
+            code::OPEN => {
+                let purpose = match r.u8("purpose")? {
+                    1 => Purpose::Control,
+                    2 => Purpose::Relay,
+                    _ => return Err(DecodeError::Invalid("purpose")),
+                };
+                Msg::Open {
+                    purpose,
+                    job: r.token("job")?,
+                }
+            }
+            code::WHO => Msg::Who {
+                key: r.array("key")?,
+            },
+            code::START => Msg::Start {
+                ticket: r.bytes(SMALL * 64, "ticket")?.to_vec(),
+                sig: r.array("signature")?,
+                manifest: r.bytes(LARGE, "manifest")?.to_vec(),
+                index: u32_of(&mut r, "index")?,
+            },
+            code::READY => {
+                let n = r.count(r.remaining(), "files")?;
+                let mut have = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let f = u32_of(&mut r, "file")?;
+                    let k = r.count(r.remaining() / 32, "pieces")?;
+                    let mut hs = Vec::with_capacity(k);
+                    for _ in 0..k {
+                        hs.push(r.hash("hash")?);
+                    }
+                    have.push((f, hs));
+                }
+                Msg::Ready { have }
+            }
+            code::REFUSED => Msg::Refused {
+                text: text(&mut r, "text")?,
+            },
+            code::LINK => Msg::Link,
+            code::PROGRESS => Msg::Progress {
+                received: r.varint("received")?,
+                committed: r.varint("committed")?,
+            },
+            code::BYPASSED => Msg::Bypassed {
+                host: u32_of(&mut r, "host")?,
+                why: text(&mut r, "reason")?,
+            },
+            code::DONE => Msg::Done {
+                received: r.varint("received")?,
+                refused: u32_of(&mut r, "refused")?,
+            },
+            code::HAVE => {
+                let n = r.count(r.remaining(), "files")?;
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let f = u32_of(&mut r, "file")?;
+                    files.push((f, r.bytes(LARGE, "bitmap")?.to_vec()));
+                }
+                Msg::Have { files }
+            }
+            code::DATA => Msg::Data {
+                file: u32_of(&mut r, "file")?,
+                offset: r.varint("offset")?,
+                resend: r.bool("resend")?,
+                bytes: r.bytes(super::FRAME, "data")?.to_vec(),
+            },
+            code::PIECE_END => Msg::PieceEnd {
+                file: u32_of(&mut r, "file")?,
+                piece: u32_of(&mut r, "piece")?,
+                resend: r.bool("resend")?,
+                hash: r.hash("hash")?,
+                sig: r.array("signature")?,
+            },
+            code::END => Msg::End,
+            code::ACK => Msg::Ack {
+                committed: r.varint("committed")?,
+            },
+            code::NACK => Msg::Nack {
+                file: u32_of(&mut r, "file")?,
+                piece: u32_of(&mut r, "piece")?,
+            },
+            t => return Err(DecodeError::UnknownMessage(t)),
+        };
+        r.finish(m.name())?;
+        Ok(m)
+    }
+}
+
+/// Writes one message as a frame (not flushed).
+pub fn send(w: &mut dyn Write, m: &Msg) -> Result<(), TransferError> {
+    let payload = m.encode();
+    let mut frame = Vec::with_capacity(payload.len() + 4);
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    w.write_all(&frame)
+        .map_err(|e| TransferError::connection(&e))
+}
+
+/// Writes one message and flushes.
+pub fn send_now(w: &mut dyn Write, m: &Msg) -> Result<(), TransferError> {
+    send(w, m)?;
+    w.flush().map_err(|e| TransferError::connection(&e))
+}
+
+/// Reads one message whose frame is at most `limit` bytes; `None` at a clean
+/// end of the stream.
+pub fn recv(r: &mut dyn Read, limit: usize) -> Result<Option<Msg>, TransferError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(TransferError::Connection(
+                    "the peer closed mid-frame".into(),
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(TransferError::connection(&e)),
+        }
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    if n > limit {
+        return Err(TransferError::Malformed(DecodeError::TooLarge {
+            what: "fan-out frame",
+            limit,
+        }));
+    }
+    let mut payload = vec![0u8; n];
+    r.read_exact(&mut payload)
+        .map_err(|e| TransferError::connection(&e))?;
+    Ok(Some(Msg::decode(&payload)?))
+}
+
+/// Like [`recv`], with the end of the stream an error.
+pub fn expect(r: &mut dyn Read, limit: usize) -> Result<Msg, TransferError> {
+    recv(r, limit)?
+        .ok_or_else(|| TransferError::Connection("the peer closed the connection".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips() {
+        let all = vec![
+            Msg::Open {
+                purpose: Purpose::Relay,
+                job: [7; 16],
+            },
+            Msg::Who { key: [1; 32] },
+            Msg::Start {
+                ticket: vec![1, 2],
+                sig: [3; 64],
+                manifest: vec![4; 100],
+                index: 5,
+            },
+            Msg::Ready {
+                have: vec![(1, vec![[9; 32], [8; 32]])],
+            },
+            Msg::Refused { text: "no".into() },
+            Msg::Link,
+            Msg::Progress {
+                received: 10,
+                committed: 5,
+            },
+            Msg::Bypassed {
+                host: 2,
+                why: "dead".into(),
+            },
+            Msg::Done {
+                received: 1 << 40,
+                refused: 1,
+            },
+            Msg::Have {
+                files: vec![(0, vec![0xff, 1])],
+            },
+            Msg::Data {
+                file: 3,
+                offset: 1 << 33,
+                resend: true,
+                bytes: vec![5; 1000],
+            },
+            Msg::PieceEnd {
+                file: 1,
+                piece: 2,
+                resend: false,
+                hash: [4; 32],
+                sig: [6; 64],
+            },
+            Msg::End,
+            Msg::Ack { committed: 9 },
+            Msg::Nack { file: 1, piece: 0 },
+        ];
+        for m in all {
+            let mut buf = Vec::new();
+            send(&mut buf, &m).unwrap();
+            let back = recv(&mut buf.as_slice(), LARGE).unwrap().unwrap();
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_before_it_is_read() {
+        let mut buf = Vec::new();
+        send(
+            &mut buf,
+            &Msg::Data {
+                file: 0,
+                offset: 0,
+                resend: false,
+                bytes: vec![0; 20_000],
+            },
+        )
+        .unwrap();
+        assert!(recv(&mut buf.as_slice(), SMALL).is_err());
+    }
+}

@@ -1,0 +1,506 @@
+//! The daemon's side of fan-out: a control connection from a source (an
+//! authorized client key with write access to the module) starts a job on
+//! this host; a relay connection from the host before it in the chain (any
+//! key the job's signed ticket puts upstream, no authorized_keys entry
+//! needed) feeds it data. The job's hop ([`crate::fanout::hop`]) verifies,
+//! commits and publishes; its forwarder ([`crate::fanout::relay`]) passes
+//! the stream on.
+//!
+//! Not for the protocol's messages or the chain's rules (`crate::fanout`),
+//! nor for the accept loop and key lookup (`super::daemon`).
+//!
+//! # Security
+//! A job is taken only with a ticket signed by the very key that
+//! authenticated the control connection, naming this daemon's own key at
+//! the position it is given, unexpired, with a manifest whose BLAKE3 the
+//! ticket carries, into a module that key may write. A relay is taken only
+//! for a job this daemon runs, from a key the ticket names upstream of it;
+//! before that, only frames of [`wire::SMALL`] bytes are read, within the
+//! pre-auth timeout.
+
+use super::config::{Module, ModuleSymlinks};
+use crate::fanout::hop::{Fault, Hop};
+use crate::fanout::manifest::{Kind, Manifest};
+use crate::fanout::relay::{Forwarder, Fwd, Report, HEARTBEAT};
+use crate::fanout::ticket::{ticket_signed_by, Ticket};
+use crate::fanout::wire::{self, Msg, Purpose};
+use crate::fs::dest::Dest;
+use crate::transport::tls::{TlsReader, TlsWriter};
+use crate::trust::authorized::Grant;
+use crate::trust::key::{Identity, PublicKey};
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// The jobs this daemon runs, by job id.
+#[derive(Default)]
+pub struct Registry(Mutex<HashMap<[u8; 16], Arc<Hop>>>);
+
+impl Registry {
+    fn get(&self, job: &[u8; 16]) -> Option<Arc<Hop>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job)
+            .cloned()
+    }
+}
+
+/// What a fan-out connection needs from the daemon.
+pub struct Context<'a> {
+    pub registry: &'a Registry,
+    pub modules: &'a [Module],
+    pub identity: Arc<Identity>,
+    pub preauth: Duration,
+}
+
+/// Serves a fan-out connection whose hello was read. `grant` is the client
+/// key's grant (`None`: the key is not in authorized_keys, which only a
+/// relay may be).
+pub fn serve(
+    cx: &Context,
+    mut reader: TlsReader,
+    mut writer: TlsWriter,
+    key: &PublicKey,
+    grant: Option<&Grant>,
+    sock: Option<TcpStream>,
+) -> Result<(), String> {
+    let _ = reader.set_timeout(Some(cx.preauth));
+    let open = wire::expect(&mut reader, wire::SMALL).map_err(|e| e.to_string())?;
+    let refuse = |w: &mut TlsWriter, text: String| {
+        let _ = wire::send(w, &Msg::Refused { text: text.clone() });
+        Err(text)
+    };
+    match open {
+        Msg::Open {
+            purpose: Purpose::Control,
+            ..
+        } => {
+            let Some(grant) = grant else {
+                return refuse(
+                    &mut writer,
+                    format!(
+                        "access denied: key {} is not authorized here",
+                        key.fingerprint()
+                    ),
+                );
+            };
+            control(cx, reader, writer, key, grant)
+        }
+        Msg::Open {
+            purpose: Purpose::Relay,
+            job,
+        } => {
+            let Some(hop) = cx.registry.get(&job) else {
+                return refuse(&mut writer, "no such fan-out job on this host".into());
+            };
+            let upstream = hop.ticket.signer == key.0
+                || hop.ticket.hosts[..hop.index].iter().any(|h| h.key == key.0);
+            if !upstream {
+                return refuse(
+                    &mut writer,
+                    format!(
+                        "key {} is not upstream of this host in the job's ticket",
+                        key.fingerprint()
+                    ),
+                );
+            }
+            let _ = reader.set_timeout(None);
+            relay(&hop, reader, writer, sock)
+        }
+        m => refuse(&mut writer, format!("expected an open, got {}", m.name())),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks a job and opens its destination.
+fn take_job(
+    cx: &Context,
+    key: &PublicKey,
+    grant: &Grant,
+    ticket_bytes: &[u8],
+    sig: &[u8; 64],
+    manifest_bytes: &[u8],
+    index: u32,
+) -> Result<(Ticket, Manifest, Dest), String> {
+    let ticket = Ticket::decode(ticket_bytes).map_err(|e| format!("bad ticket: {e}"))?;
+    if ticket.signer != key.0 || !ticket_signed_by(key, ticket_bytes, sig) {
+        return Err("the ticket is not signed by the key that sent it".into());
+    }
+    if ticket.expires < now() {
+        return Err("the ticket has expired".into());
+    }
+    let me = ticket
+        .hosts
+        .get(index as usize)
+        .ok_or("the ticket has no host at that position")?;
+    if me.key != cx.identity.public.0 {
+        return Err("the ticket names another key for this host".into());
+    }
+    if *blake3::hash(manifest_bytes).as_bytes() != ticket.manifest_root {
+        return Err("the manifest is not the one the ticket names".into());
+    }
+    let mut manifest =
+        Manifest::decode(manifest_bytes).map_err(|e| format!("bad manifest: {e}"))?;
+    let path = me.path.clone();
+    let (name, rest) = match path.iter().position(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&path[..], &b""[..]),
+    };
+    let name = String::from_utf8_lossy(name);
+    let m = cx
+        .modules
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| format!("no module named {name:?}"))?;
+    grant
+        .check(&key.fingerprint(), &m.name, true)
+        .map_err(|e| e.to_string())?;
+    if m.read_only {
+        return Err(format!("module {} is read-only", m.name));
+    }
+    let rest = rest.strip_suffix(b"/").unwrap_or(rest);
+    let mut root = Dest::open(&m.path, false)
+        .map_err(|e| format!("module {}: {}", m.name, crate::error::io_text(&e)))?;
+    let dest = if rest.is_empty() {
+        root.sub(b".")
+    } else {
+        crate::fs::names::check(rest).map_err(|e| format!("path in module {}: {e}", m.name))?;
+        let mut at = Vec::new();
+        for comp in rest.split(|&b| b == b'/') {
+            if !at.is_empty() {
+                at.push(b'/');
+            }
+            at.extend_from_slice(comp);
+            match root.mkdir(&at, 0o755) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("{}: {}", root.show(&at), crate::error::io_text(&e))),
+            }
+        }
+        root.sub(rest)
+    }
+    .map_err(|e| format!("destination: {}", crate::error::io_text(&e)))?;
+    // the module decides which symlinks a client may make in it
+    for e in manifest.entries.iter_mut().filter(|e| e.kind == Kind::Link) {
+        match m.symlinks {
+            ModuleSymlinks::Verbatim => {}
+            ModuleSymlinks::Safe => {
+                if !safe_link(&e.path, &e.target) {
+                    e.target.clear();
+                }
+            }
+            ModuleSymlinks::Munge => {
+                e.target = [crate::proto::MUNGE_PREFIX, &e.target].concat();
+            }
+        }
+    }
+    Ok((ticket, manifest, dest))
+}
+
+/// Whether a link at `path` to `target` stays inside the tree.
+fn safe_link(path: &[u8], target: &[u8]) -> bool {
+    if target.first() == Some(&b'/') || target.is_empty() {
+        return false;
+    }
+    let mut depth = path.iter().filter(|&&b| b == b'/').count() as i64;
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+fn control(
+    cx: &Context,
+    mut reader: TlsReader,
+    mut writer: TlsWriter,
+    key: &PublicKey,
+    grant: &Grant,
+) -> Result<(), String> {
+    wire::send(
+        &mut writer,
+        &Msg::Who {
+            key: cx.identity.public.0,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let _ = reader.set_timeout(Some(Duration::from_secs(60)));
+    let (ticket_bytes, sig, manifest_bytes, index) =
+        match wire::expect(&mut reader, wire::LARGE).map_err(|e| e.to_string())? {
+            Msg::Start {
+                ticket,
+                sig,
+                manifest,
+                index,
+            } => (ticket, sig, manifest, index),
+            m => return Err(format!("expected a job, got {}", m.name())),
+        };
+    let taken = take_job(cx, key, grant, &ticket_bytes, &sig, &manifest_bytes, index).and_then(
+        |(ticket, manifest, dest)| Hop::start(ticket, ticket_bytes, index as usize, manifest, dest),
+    );
+    let (hop, have) = match taken {
+        Ok(x) => x,
+        Err(text) => {
+            let _ = wire::send(&mut writer, &Msg::Refused { text: text.clone() });
+            return Err(text);
+        }
+    };
+    let hop = Arc::new(hop);
+    let job = hop.ticket.job;
+    {
+        let mut jobs = cx.registry.0.lock().unwrap_or_else(|p| p.into_inner());
+        if jobs.contains_key(&job) {
+            let text = "this job is already running on this host".to_string();
+            let _ = wire::send(&mut writer, &Msg::Refused { text: text.clone() });
+            return Err(text);
+        }
+        jobs.insert(job, hop.clone());
+    }
+    info!(job = %hex(&job), index, files = hop.manifest.entries.len(), "fan-out job started");
+    let result = run_control(cx, &hop, reader, writer, have);
+    hop.cancel();
+    cx.registry
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&job);
+    result
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn run_control(
+    cx: &Context,
+    hop: &Arc<Hop>,
+    mut reader: TlsReader,
+    mut writer: TlsWriter,
+    have: Vec<(u32, Vec<[u8; 32]>)>,
+) -> Result<(), String> {
+    let e = |e: crate::error::TransferError| e.to_string();
+    wire::send(&mut writer, &Msg::Ready { have }).map_err(e)?;
+    let _ = reader.set_timeout(None);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || loop {
+        match wire::recv(&mut reader, wire::SMALL) {
+            Ok(Some(Msg::Link)) => {
+                let _ = tx.send(true);
+            }
+            _ => {
+                let _ = tx.send(false);
+                return;
+            }
+        }
+    });
+    let mut forwarder: Option<std::thread::JoinHandle<()>> = None;
+    let mut done_sent = false;
+    loop {
+        match rx.recv_timeout(HEARTBEAT) {
+            Ok(true) if forwarder.is_none() => {
+                if let Some(rx) = hop.take_forward() {
+                    let f = Forwarder {
+                        ticket: Arc::new(hop.ticket.clone()),
+                        first: hop.index + 1,
+                        identity: cx.identity.clone(),
+                        stall: Duration::from_millis(hop.ticket.stall_ms),
+                        corrupt: crate::fanout::corrupt_hook(),
+                        pace: crate::fanout::pace_hook(),
+                    };
+                    let h = hop.clone();
+                    forwarder = Some(std::thread::spawn(move || f.run(rx, &*h)));
+                }
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                // the source is gone (finished, or gave up on this host)
+                if !done_sent {
+                    warn!(job = %hex(&hop.ticket.job), "fan-out job ended before it completed");
+                }
+                return Ok(());
+            }
+            Err(_) => {}
+        }
+        for r in hop.take_reports() {
+            let Report::Bypassed { host, why } = r;
+            warn!(job = %hex(&hop.ticket.job), host, "bypassed the next host: {why}");
+            wire::send(&mut writer, &Msg::Bypassed { host, why }).map_err(e)?;
+        }
+        if let Some(text) = hop.error() {
+            let _ = wire::send(&mut writer, &Msg::Refused { text: text.clone() });
+            return Err(text);
+        }
+        let (received, committed, refused, _) = hop.counts();
+        if !done_sent {
+            match hop.complete() {
+                Ok(true) => {
+                    done_sent = true;
+                    info!(job = %hex(&hop.ticket.job), received, refused, "fan-out job complete");
+                    wire::send(&mut writer, &Msg::Done { received, refused }).map_err(e)?;
+                }
+                Ok(false) => {
+                    wire::send(
+                        &mut writer,
+                        &Msg::Progress {
+                            received,
+                            committed,
+                        },
+                    )
+                    .map_err(e)?;
+                }
+                Err(text) => {
+                    let _ = wire::send(&mut writer, &Msg::Refused { text: text.clone() });
+                    return Err(text);
+                }
+            }
+        }
+    }
+}
+
+/// Takes data from the host before this one.
+fn relay(
+    hop: &Arc<Hop>,
+    mut reader: TlsReader,
+    mut writer: TlsWriter,
+    sock: Option<TcpStream>,
+) -> Result<(), String> {
+    let gen = hop.new_upstream(sock);
+    wire::send(&mut writer, &Msg::Have { files: hop.have() }).map_err(|e| e.to_string())?;
+    let writer = Arc::new(Mutex::new(writer));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (w, stop, hop) = (writer.clone(), stop.clone(), hop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (_, _, _, handled) = hop.counts();
+                let mut g = w.lock().unwrap_or_else(|p| p.into_inner());
+                if wire::send(&mut *g, &Msg::Ack { committed: handled }).is_err() {
+                    return;
+                }
+                drop(g);
+                std::thread::sleep(HEARTBEAT);
+            }
+        });
+    }
+    struct Stop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _stop = Stop(stop);
+    let mut nacked = std::collections::HashSet::new();
+    let mut done_sent = false;
+    loop {
+        let m = match wire::recv(&mut reader, crate::fanout::FRAME + 1024) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                if hop.is_current(gen) {
+                    return Err(format!("upstream: {e}"));
+                }
+                return Ok(());
+            }
+        };
+        if !hop.is_current(gen) {
+            return Ok(());
+        }
+        match m {
+            Msg::Data {
+                file,
+                offset,
+                resend,
+                bytes,
+            } => {
+                if let Err(why) = hop.write(file, offset, &bytes) {
+                    let _ = wire::send(&mut *lockw(&writer), &Msg::Refused { text: why.clone() });
+                    return Err(why);
+                }
+                if !resend {
+                    hop.forward(Fwd::Data {
+                        file,
+                        offset,
+                        bytes,
+                    });
+                }
+            }
+            Msg::PieceEnd {
+                file,
+                piece,
+                resend,
+                hash,
+                sig,
+            } => {
+                let ok = match hop.finish_piece(file, piece, &hash, &sig) {
+                    Ok(ok) => ok,
+                    Err(fault) => {
+                        let why = match fault {
+                            Fault::Peer(why) => why,
+                            Fault::Local(why) => {
+                                hop.fail(why.clone());
+                                why
+                            }
+                        };
+                        let _ =
+                            wire::send(&mut *lockw(&writer), &Msg::Refused { text: why.clone() });
+                        return Err(why);
+                    }
+                };
+                if ok {
+                    nacked.remove(&(file, piece));
+                } else {
+                    warn!(job = %hex(&hop.ticket.job), file, piece, "a piece did not match its signed hash: asked for it again");
+                    nacked.insert((file, piece));
+                    wire::send(&mut *lockw(&writer), &Msg::Nack { file, piece })
+                        .map_err(|e| e.to_string())?;
+                }
+                if !resend {
+                    hop.forward(Fwd::PieceEnd {
+                        file,
+                        piece,
+                        hash,
+                        sig,
+                    });
+                }
+            }
+            Msg::End => {
+                hop.saw_end();
+                hop.forward(Fwd::End);
+                for (file, piece) in hop.missing() {
+                    if nacked.insert((file, piece)) {
+                        wire::send(&mut *lockw(&writer), &Msg::Nack { file, piece })
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            m => return Err(format!("upstream sent {} on a relay", m.name())),
+        }
+        if !done_sent && hop.complete().unwrap_or(false) {
+            done_sent = true;
+            let (received, _, refused, _) = hop.counts();
+            wire::send(&mut *lockw(&writer), &Msg::Done { received, refused })
+                .map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+fn lockw(w: &Mutex<TlsWriter>) -> std::sync::MutexGuard<'_, TlsWriter> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,464 @@
+//! `ferry fanout` end to end: the real binary as the source, several real
+//! `ferry serve` daemons on 127.0.0.1 as the chain.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use util::*;
+
+/// N daemons that trust one client key, each with a module `m`.
+struct Chain {
+    client: tempfile::TempDir,
+    hosts: Vec<Daemon>,
+}
+
+impl Chain {
+    fn start(n: usize) -> Chain {
+        Chain::start_with(n, &|_| vec![])
+    }
+
+    /// `wrapper(i)`: the command host i's daemon runs under (e.g. `env K=V`).
+    fn start_with(n: usize, wrapper: &dyn Fn(usize) -> Vec<String>) -> Chain {
+        let client = tmp();
+        ok(ferry([
+            "keygen",
+            "-C",
+            "fanout-client",
+            "--config-dir",
+            &client.path().display().to_string(),
+        ]));
+        let hosts = (0..n)
+            .map(|i| Chain::spawn(&client, i, wrapper(i), "127.0.0.1:0", None))
+            .collect();
+        Chain { client, hosts }
+    }
+
+    fn spawn(
+        client: &tempfile::TempDir,
+        i: usize,
+        wrapper: Vec<String>,
+        listen: &str,
+        reuse: Option<tempfile::TempDir>,
+    ) -> Daemon {
+        let dir = reuse.unwrap_or_else(|| {
+            let dir = tmp();
+            let daemon = dir.path().join("daemon");
+            std::fs::create_dir(&daemon).unwrap();
+            chmod(&daemon, 0o700);
+            std::fs::create_dir(dir.path().join("m")).unwrap();
+            let public = std::fs::read_to_string(client.path().join("id_ed25519.pub")).unwrap();
+            // host 90+ is a stranger to the client key (see the refusal test)
+            let keys = if i >= 90 { String::new() } else { public };
+            write(&daemon.join("authorized_keys"), keys);
+            chmod(&daemon.join("authorized_keys"), 0o600);
+            dir
+        });
+        let module = dir.path().join("m");
+        let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        Daemon::spawn_in(dir, &[("m", &module, false)], &[], &w, listen)
+            .unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
+    fn dest(&self, i: usize) -> String {
+        format!("ferry://{}/m/out", self.hosts[i].addr)
+    }
+
+    fn out(&self, i: usize) -> PathBuf {
+        self.hosts[i].dir.path().join("m/out")
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--config-dir".into(),
+            self.client.path().display().to_string(),
+            "--host-key-check".into(),
+            "accept-new".into(),
+        ]
+    }
+
+    /// `ferry fanout ARGS… SRC DEST…` (all hosts) with extra environment.
+    fn run(&self, flags: &[&str], src: &Path, env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(ferry_bin());
+        c.arg("fanout").args(self.args()).args(flags).arg(src);
+        for i in 0..self.hosts.len() {
+            c.arg(self.dest(i));
+        }
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run_bounded(c)
+    }
+}
+
+/// Runs a command, killing it if it takes over two minutes.
+fn run_bounded(mut c: Command) -> Output {
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    panic!("ferry fanout did not finish in 2 minutes: {}", stderr(&o));
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    let text = stdout(o);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+const MIB: usize = 1 << 20;
+
+/// A tree with a large file, small files of several modes, an empty file
+/// and nested directories, with set mtimes.
+fn tree(root: &Path, big: usize) -> PathBuf {
+    let src = root.join("src");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    write(&src.join("model.bin"), random_bytes(big, 7));
+    write(&src.join("sub/config.json"), b"{\"layers\": 32}\n");
+    write(&src.join("sub/deeper/empty"), b"");
+    write(&src.join("sub/deeper/odd"), random_bytes(4 * MIB + 1, 3));
+    chmod(&src.join("sub/config.json"), 0o600);
+    chmod(&src.join("sub/deeper/odd"), 0o755);
+    for (i, p) in [
+        "model.bin",
+        "sub/config.json",
+        "sub/deeper/empty",
+        "sub/deeper/odd",
+    ]
+    .iter()
+    .enumerate()
+    {
+        set_mtime(&src.join(p), 1_600_000_000 + i as i64 * 1000);
+    }
+    for (i, p) in ["sub/deeper", "sub"].iter().enumerate() {
+        set_mtime(&src.join(p), 1_500_000_000 + i as i64);
+    }
+    src
+}
+
+/// `SRC/` as rsync means it: the directory's contents.
+fn contents(p: &Path) -> PathBuf {
+    PathBuf::from(format!("{}/", p.display()))
+}
+
+#[test]
+fn a_tree_and_a_64_mib_file_reach_four_daemons_byte_identical_read_once() {
+    let chain = Chain::start(4);
+    let work = tmp();
+    let src = tree(work.path(), 64 * MIB);
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["kind"], "fanout");
+    assert_eq!(v["exit_code"], 0);
+    let total = v["total_size"].as_u64().unwrap();
+    assert_eq!(total, (64 * MIB + 4 * MIB + 1 + 15) as u64);
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 4);
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["state"], "done", "{h}");
+        assert_eq!(h["host"], chain.dest(i).as_str());
+        assert!(h["error"].is_null());
+        assert_eq!(h["bytes_received"].as_u64().unwrap(), total, "{h}");
+        assert_same_tree(&src, &chain.out(i), true);
+    }
+    // the source read each file once: its file reads are the tree's size,
+    // and all it read at all (sockets and key files too) is not much more
+    assert_eq!(v["source_read_bytes"].as_u64().unwrap(), total);
+    let rchar = v["source_rchar"].as_u64().unwrap();
+    assert!(rchar <= total + 8 * MIB as u64, "read {rchar} for {total}");
+    // no temporary file is left anywhere
+    for i in 0..4 {
+        assert!(!chain.out(i).join(".ferry-partial").exists());
+        assert!(!chain.out(i).join("sub/deeper/.ferry-partial").exists());
+    }
+    // the job id is the record --resume finds
+    let job = v["job"].as_str().unwrap();
+    assert_eq!(job.len(), 32);
+    assert!(chain
+        .client
+        .path()
+        .join(format!("fanout/{job}.json"))
+        .exists());
+}
+
+#[test]
+fn text_output_prints_the_job_id_and_a_single_file_lands_in_the_directory() {
+    let chain = Chain::start(2);
+    let work = tmp();
+    let f = work.path().join("weights.bin");
+    write(&f, random_bytes(MIB + 5, 1));
+    let o = chain.run(&["-v"], &f, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("job "), "{out}");
+    assert!(out.contains("done"), "{out}");
+    for i in 0..2 {
+        assert_eq!(
+            std::fs::read(chain.out(i).join("weights.bin")).unwrap(),
+            std::fs::read(&f).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_bit_flipped_by_a_middle_hop_is_never_committed_and_is_sent_again() {
+    // host 1 damages the 2nd piece it forwards (to host 2)
+    let chain = Chain::start_with(4, &|i| {
+        if i == 1 {
+            vec![
+                "env".into(),
+                "FERRY_TEST_HOOKS=1".into(),
+                "FERRY_TEST_FANOUT_CORRUPT=2".into(),
+            ]
+        } else {
+            vec![]
+        }
+    });
+    let work = tmp();
+    let src = tree(work.path(), 24 * MIB);
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    let hosts = v["hosts"].as_array().unwrap();
+    // host 2 got the damaged piece and refused it; host 3, fed the same
+    // bytes by host 2's cut-through, refused it too; hosts 0 and 1 never saw it
+    assert_eq!(hosts[0]["pieces_refused"], 0);
+    assert_eq!(hosts[1]["pieces_refused"], 0);
+    assert!(hosts[2]["pieces_refused"].as_u64().unwrap() >= 1, "{v}");
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["state"], "done");
+        assert_same_tree(&src, &chain.out(i), true);
+    }
+    assert!(chain.hosts[2]
+        .log()
+        .contains("did not match its signed hash"));
+}
+
+#[test]
+fn the_corrupt_hook_needs_the_test_switch_too() {
+    let chain = Chain::start_with(3, &|i| {
+        if i == 0 {
+            vec!["env".into(), "FERRY_TEST_FANOUT_CORRUPT=1".into()]
+        } else {
+            vec![]
+        }
+    });
+    let work = tmp();
+    let src = tree(work.path(), 9 * MIB);
+    let v = json(&chain.run(&["-a", "--json"], &contents(&src), &[]));
+    for h in v["hosts"].as_array().unwrap() {
+        assert_eq!(h["state"], "done");
+        assert_eq!(h["pieces_refused"], 0, "{v}");
+    }
+}
+
+#[test]
+fn a_daemon_that_does_not_know_the_client_key_is_refused_cleanly_and_named() {
+    let client = tmp();
+    ok(ferry([
+        "keygen",
+        "-C",
+        "c",
+        "--config-dir",
+        &client.path().display().to_string(),
+    ]));
+    // hosts 0 and 2 trust the client; host 1 (index 90+) trusts no one
+    let hosts = vec![
+        Chain::spawn(&client, 0, vec![], "127.0.0.1:0", None),
+        Chain::spawn(&client, 90, vec![], "127.0.0.1:0", None),
+        Chain::spawn(&client, 2, vec![], "127.0.0.1:0", None),
+    ];
+    let chain = Chain { client, hosts };
+    let work = tmp();
+    let src = tree(work.path(), 5 * MIB);
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(24), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{} missed the job", chain.dest(1))),
+        "{err}"
+    );
+    assert!(err.contains("not authorized"), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let v = json(&o);
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts[1]["state"], "missed");
+    assert!(hosts[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not authorized"));
+    assert_same_tree(&src, &chain.out(0), true);
+    assert_same_tree(&src, &chain.out(2), true);
+    assert!(
+        !chain.out(1).exists(),
+        "nothing written on the refusing host"
+    );
+}
+
+#[test]
+fn bad_usage_is_one_clear_line_and_exit_1() {
+    let work = tmp();
+    let o = ferry(["fanout", "onlyone"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("usage: ferry fanout"));
+    let f = work.path().join("f");
+    write(&f, b"x");
+    let o = ferry(["fanout".as_ref(), f.as_os_str(), "host:/path".as_ref()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("must be a ferry daemon"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ferry(["fanout", "--stall-timeout", "soon", "a", "h::m"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = ferry(["fanout", "--resume", "00000000000000000000000000000000"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no record of fan-out job"),
+        "{}",
+        stderr(&o)
+    );
+    let help = stdout(&ferry(["fanout", "--help"]));
+    assert!(help.contains("24 the job is partial"), "{help}");
+    assert!(help.contains("--stall-timeout"));
+}
+
+/// Bytes allocated on disk for `p` (its temporary file is made at full
+/// length, sparse: the blocks say how much has been written).
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// Waits until host `i` has written at least `bytes` of `model.bin`.
+fn wait_written(chain: &Chain, i: usize, bytes: u64) {
+    let partial = chain.out(i).join(".ferry-partial/model.bin");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while allocated(&partial) < bytes {
+        assert!(
+            Instant::now() < deadline,
+            "host {i} never got {bytes} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts `ferry fanout` in the background, paced by the test hook so that
+/// 64 MiB take about 2.5 s on loopback.
+fn spawn_paced(chain: &Chain, flags: &[&str], src: &Path) -> std::process::Child {
+    let mut c = Command::new(ferry_bin());
+    c.arg("fanout").args(chain.args()).args(flags).arg(src);
+    for i in 0..chain.hosts.len() {
+        c.arg(chain.dest(i));
+    }
+    c.env("FERRY_TEST_HOOKS", "1")
+        .env("FERRY_TEST_FANOUT_PACE_MS", "10")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(mut child: std::process::Child) -> Output {
+    if wait_for(&mut child, Duration::from_secs(120)).is_none() {
+        let _ = child.kill();
+        panic!("ferry fanout did not finish in 2 minutes");
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_middle_host_killed_half_way_is_bypassed_and_resume_repairs_it_by_delta() {
+    let mut chain = Chain::start(4);
+    let work = tmp();
+    let src = tree(work.path(), 64 * MIB);
+    let child = spawn_paced(&chain, &["-a", "--json"], &contents(&src));
+    wait_written(&chain, 1, 36 * MIB as u64);
+    chain.hosts[1].kill9();
+    let o = finish(child);
+    assert_eq!(o.status.code(), Some(24), "{}", stderr(&o));
+    let v = json(&o);
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts[1]["state"], "missed");
+    assert!(stderr(&o).contains(&format!("{} missed the job", chain.dest(1))));
+    for i in [0, 2, 3] {
+        assert_eq!(hosts[i]["state"], "done", "{v}");
+        assert_same_tree(&src, &chain.out(i), true);
+    }
+    // nothing wrong at any final path of the dead host: only whole files
+    let dead_model = chain.out(1).join("model.bin");
+    assert!(!dead_model.exists(), "a half-received file was published");
+    // the daemon comes back on the same address; --resume repairs it,
+    // sending only the pieces it lacks
+    let addr = chain.hosts[1].addr.to_string();
+    let dir = std::mem::replace(&mut chain.hosts[1].dir, tmp());
+    chain.hosts[1] = Chain::spawn(&chain.client, 1, vec![], &addr, Some(dir));
+    let job = v["job"].as_str().unwrap().to_string();
+    let mut c = Command::new(ferry_bin());
+    c.arg("fanout")
+        .args(chain.args())
+        .args(["--json", "--resume", &job]);
+    let o = run_bounded(c);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = json(&o);
+    let hosts = r["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1, "only the missed host runs again: {r}");
+    assert_eq!(hosts[0]["host"], chain.dest(1).as_str());
+    let moved = hosts[0]["bytes_received"].as_u64().unwrap();
+    let total = r["total_size"].as_u64().unwrap();
+    assert!(
+        (moved as f64) < 0.6 * total as f64,
+        "resume moved {moved} of {total}"
+    );
+    assert_same_tree(&src, &chain.out(1), true);
+    // a second resume has nothing to do
+    let mut c = Command::new(ferry_bin());
+    c.arg("fanout").args(chain.args()).args(["--resume", &job]);
+    let o = run_bounded(c);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("every host has it already"));
+}
+
+#[test]
+fn a_hung_middle_host_is_bypassed_within_the_stall_timeout() {
+    let chain = Chain::start(3);
+    let work = tmp();
+    let src = tree(work.path(), 64 * MIB);
+    let started = Instant::now();
+    let child = spawn_paced(
+        &chain,
+        &["-a", "--json", "--stall-timeout", "2s"],
+        &contents(&src),
+    );
+    wait_written(&chain, 1, 24 * MIB as u64);
+    let pid = chain.hosts[1].pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let o = finish(child);
+    let took = started.elapsed();
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert_eq!(o.status.code(), Some(24), "{}", stderr(&o));
+    let v = json(&o);
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts[1]["state"], "missed");
+    let why = hosts[1]["error"].as_str().unwrap();
+    assert!(why.contains("stall timeout"), "{why}");
+    for i in [0, 2] {
+        assert_eq!(hosts[i]["state"], "done", "{v}");
+        assert_same_tree(&src, &chain.out(i), true);
+    }
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
