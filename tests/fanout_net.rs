@@ -155,7 +155,7 @@ fn a_black_holed_middle_host_is_bypassed_within_the_stall_timeout() {
     let mut run = net.spawn_fanout(&["--json", "--stall-timeout", "5s"], &src, &all(8), "fan");
     std::thread::sleep(t1.took * 2 / 5);
     assert!(
-        run.wait(Duration::ZERO).is_none(),
+        run.running(),
         "fan-out ended before host {dead} was cut off\n{}",
         run.output()
     );
@@ -242,7 +242,7 @@ fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
     // the seven, or a deadline well past the limit; then the slow host gets
     // its rate back so that the job ends in bounded time
     let deadline = Instant::now() + t1.took * 3 + Duration::from_secs(30);
-    while !arrivals.done() && Instant::now() < deadline && run.wait(Duration::ZERO).is_none() {
+    while !arrivals.done() && Instant::now() < deadline && run.running() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let busy = cpu.busy();
@@ -253,16 +253,11 @@ fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
         .unwrap_or_else(|| panic!("ferry fanout did not end\n{}", run.output()));
     let output = run.output();
     let limit = t1.took * 5 / 4;
-    let mut late = Vec::new();
-    for (k, &i) in others.iter().enumerate() {
+    for &i in &others {
         assert!(
             net.same_bytes(i, FANNED, &src),
             "host {i} does not hold the source's bytes (exit {status})\n{output}"
         );
-        match arrived[k] {
-            Some(d) if d <= limit => {}
-            d => late.push(format!("host {i} at {:?}", d.map(secs))),
-        }
     }
     eprintln!(
         "slow host {slow} at {} Mbit/s: the other seven by {:?} s, limit {:.1} s (T_1 {:.1} s, CPU {:.0}%)",
@@ -272,19 +267,30 @@ fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
         secs(t1.took),
         busy * 100.0
     );
-    if busy > fanout_net::CPU_BOUND {
+    // on a saturated CPU the 1.25 bound measures the CPU; a chain dragged
+    // down to the slow host's pace (10 × T_1) still fails the looser 2 × T_1
+    let judged = if busy > fanout_net::CPU_BOUND {
         eprintln!(
-            "CPU-bound ({:.0}% busy): finishing times not judged",
+            "CPU-bound ({:.0}% busy): judged against 2 × T_1 instead of 1.25 × T_1",
             busy * 100.0
         );
+        t1.took * 2
     } else {
-        assert!(
-            late.is_empty(),
-            "a host at a tenth of the rate slowed the others past 1.25 × T_1 = {:.1} s: {}",
-            secs(limit),
-            late.join(", ")
-        );
-    }
+        limit
+    };
+    let late: Vec<String> = others
+        .iter()
+        .zip(&arrived)
+        .filter(|(_, d)| d.is_none_or(|d| d > judged))
+        .map(|(i, d)| format!("host {i} at {:?} s", d.map(secs)))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "a host at a tenth of the rate slowed the others past {:.1} s (T_1 {:.1} s; None: not done when the test gave up at 3 × T_1 + 30 s): {}",
+        secs(judged),
+        secs(t1.took),
+        late.join(", ")
+    );
     assert!(
         status.success(),
         "fan-out failed once the slow host had its rate back ({status})\n{output}"
@@ -359,12 +365,17 @@ fn a_middle_host_killed_half_way_is_left_out_then_repaired_by_resume() {
     net.clear("t1.bin");
     let dead = 4;
     let mut run = net.spawn_fanout(&["--json", "--stall-timeout", "5s"], &src, &all(8), "fan");
-    std::thread::sleep(t1.took / 2);
-    assert!(
-        run.wait(Duration::ZERO).is_none(),
-        "fan-out ended before host {dead} was killed\n{}",
-        run.output()
-    );
+    // half-way: half the file has crossed the killed host's link
+    let start = net.bytes_into(dead);
+    let give_up = Instant::now() + t1.took * 3;
+    while net.bytes_into(dead) - start < size as u64 / 2 {
+        assert!(
+            Instant::now() < give_up && run.running(),
+            "host {dead} never got half the file\n{}",
+            run.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     net.stop_daemon(dead); // SIGKILL
     let status = run
         .wait(t1.took * 3 + Duration::from_secs(60))

@@ -574,6 +574,10 @@ impl FanoutRun {
     pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         crate::util::wait_for(&mut self.child, limit)
     }
+    /// Whether it is still running (not yet exited).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
     /// What it printed so far: stdout, then stderr.
     pub fn output(&self) -> String {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
