@@ -462,3 +462,35 @@ fn a_hung_middle_host_is_bypassed_within_the_stall_timeout() {
     }
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
+
+#[test]
+fn with_every_host_holding_v1_only_the_changed_5_percent_crosses_each_link() {
+    let chain = Chain::start(3);
+    let work = tmp();
+    let src = tree(work.path(), 64 * MIB);
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // v2: 5% of the model rewritten, in two places, one of them across a
+    // piece boundary
+    let model = src.join("model.bin");
+    let mut data = std::fs::read(&model).unwrap();
+    let edit = data.len() / 40; // 2.5% each
+    let fresh = random_bytes(2 * edit, 99);
+    data[5 * MIB..5 * MIB + edit].copy_from_slice(&fresh[..edit]);
+    let at = 40 * MIB - edit / 2;
+    data[at..at + edit].copy_from_slice(&fresh[edit..]);
+    write(&model, &data);
+    set_mtime(&model, 1_700_000_000);
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    for (i, h) in v["hosts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h["state"], "done");
+        let moved = h["bytes_received"].as_u64().unwrap() as f64;
+        assert!(
+            moved < 0.07 * (64 * MIB) as f64,
+            "host {i} received {moved} bytes for a 5% change: {v}"
+        );
+        assert_same_tree(&src, &chain.out(i), true);
+    }
+}

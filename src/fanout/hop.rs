@@ -18,6 +18,7 @@ use super::manifest::{Kind, Manifest};
 use super::relay::{Fwd, Pieces, Report};
 use super::ticket::{piece_signed, Ticket};
 use super::{piece_range, pieces, PIECE};
+use crate::chunk::ChunkHash;
 use crate::fs::dest::{Dest, Meta, TempFile};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -40,6 +41,10 @@ struct FileState {
 
 struct State {
     dest: Dest,
+    /// Old data (the files at the manifest's paths, or partial files) and
+    /// where each of its chunks is: what a [`Msg::Ref`] names.
+    bases: Vec<std::fs::File>,
+    chunks: HashMap<ChunkHash, (usize, u64, u32)>,
     files: HashMap<u32, FileState>,
     received: u64,
     committed_bytes: u64,
@@ -53,6 +58,16 @@ struct State {
     upstream_sock: Option<TcpStream>,
     reports: VecDeque<Report>,
 }
+
+/// What a hop holds before any data comes: per file with old data the
+/// BLAKE3 of each of its pieces, and the names of the old data's chunks.
+pub struct Held {
+    pub pieces: Vec<(u32, Vec<[u8; 32]>)>,
+    pub chunks: Vec<ChunkHash>,
+}
+
+/// What a chunk reference costs on the wire, counted as received.
+const REF_COST: u64 = 40;
 
 /// Who is at fault when a piece cannot be taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,17 +102,19 @@ impl Hop {
     /// Opens the destination (`dest`, made if missing), makes the manifest's
     /// directories and symlinks, and finds the old data each file can start
     /// from (a partial file an interrupted job left, or the file at its
-    /// path). Returns the hop and, per file with old data, its piece hashes.
-    #[allow(clippy::type_complexity)]
+    /// path). Returns the hop and what it holds already: per file with old
+    /// data its piece hashes, and the names of the old data's chunks.
     pub fn start(
         ticket: Ticket,
         ticket_bytes: Vec<u8>,
         index: usize,
         manifest: Manifest,
         mut dest: Dest,
-    ) -> Result<(Hop, Vec<(u32, Vec<[u8; 32]>)>), String> {
+    ) -> Result<(Hop, Held), String> {
         let mut files = HashMap::new();
         let mut have = Vec::new();
+        let mut bases = Vec::new();
+        let mut chunks = HashMap::new();
         for (i, e) in manifest.entries.iter().enumerate() {
             let shown = dest.show(&e.path);
             match e.kind {
@@ -136,6 +153,9 @@ impl Hop {
                         if !hashes.is_empty() {
                             have.push((i as u32, hashes));
                         }
+                        index_chunks(&b, bases.len(), &mut chunks)
+                            .map_err(|x| format!("{shown}: {}", io_text(&x)))?;
+                        bases.push(b);
                     }
                     files.insert(
                         i as u32,
@@ -157,6 +177,8 @@ impl Hop {
             manifest,
             state: Mutex::new(State {
                 dest,
+                bases,
+                chunks,
                 files,
                 received: 0,
                 committed_bytes: 0,
@@ -183,7 +205,58 @@ impl Hop {
         for i in empty {
             hop.publish(&mut lock(&hop.state), i)?;
         }
-        Ok((hop, have))
+        let names = lock(&hop.state).chunks.keys().copied().collect();
+        Ok((
+            hop,
+            Held {
+                pieces: have,
+                chunks: names,
+            },
+        ))
+    }
+
+    /// Writes bytes of an old chunk; an unknown chunk writes nothing (the
+    /// piece's check will fail and ask for the bytes).
+    pub fn copy_chunk(
+        &self,
+        file: u32,
+        offset: u64,
+        len: u32,
+        skip: u32,
+        chunk: &ChunkHash,
+    ) -> Result<(), Fault> {
+        use std::os::unix::fs::FileExt;
+        let size = self.size_of(file).map_err(Fault::Peer)?;
+        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+            return Err(Fault::Peer(format!(
+                "named bytes past the end of file {file}"
+            )));
+        }
+        let mut s = lock(&self.state);
+        s.received += REF_COST;
+        let Some(&(b, at, clen)) = s.chunks.get(chunk) else {
+            return Ok(());
+        };
+        if skip as u64 + len as u64 > clen as u64 {
+            return Ok(());
+        }
+        let piece = (offset / PIECE) as usize;
+        let f = s.files.get(&file).expect("a file of the manifest");
+        if f.committed.get(piece).is_some_and(|c| c.is_some()) || f.temp.is_none() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; len as usize];
+        s.bases[b]
+            .read_exact_at(&mut buf, at + skip as u64)
+            .map_err(|e| Fault::Local(format!("reading old data: {}", io_text(&e))))?;
+        let t = s
+            .files
+            .get(&file)
+            .and_then(|f| f.temp.as_ref())
+            .expect("checked");
+        t.file
+            .write_all_at(&buf, offset)
+            .map_err(|e| Fault::Local(format!("writing: {}", io_text(&e))))
     }
 
     /// The queue the forwarder takes (once).
@@ -481,6 +554,20 @@ fn copy_basis(basis: &std::fs::File, temp: &mut TempFile, size: u64) -> io::Resu
         out.push(*h.finalize().as_bytes());
     }
     Ok(out)
+}
+
+/// Indexes the content-defined chunks of old data `b`.
+fn index_chunks(
+    basis: &std::fs::File,
+    b: usize,
+    into: &mut HashMap<ChunkHash, (usize, u64, u32)>,
+) -> io::Result<()> {
+    let mut c = crate::chunk::Chunker::chunks_only(basis);
+    while let Some((chunk, _)) = c.next_chunk()? {
+        into.entry(chunk.hash)
+            .or_insert((b, chunk.offset, chunk.len));
+    }
+    Ok(())
 }
 
 trait WriteAt {

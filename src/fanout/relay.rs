@@ -31,6 +31,14 @@ pub enum Fwd {
         offset: u64,
         bytes: Vec<u8>,
     },
+    /// Bytes of an old chunk every host downstream holds.
+    Ref {
+        file: u32,
+        offset: u64,
+        len: u32,
+        skip: u32,
+        chunk: [u8; 16],
+    },
     PieceEnd {
         file: u32,
         piece: u32,
@@ -235,6 +243,22 @@ impl Forwarder {
                             },
                         )
                     }
+                    Ok(Fwd::Ref {
+                        file,
+                        offset,
+                        len,
+                        skip,
+                        chunk,
+                    }) => wire::send(
+                        &mut d.writer,
+                        &Msg::Ref {
+                            file,
+                            offset,
+                            len,
+                            skip,
+                            chunk,
+                        },
+                    ),
                     Ok(Fwd::End) => {
                         end_in = true;
                         Ok(())

@@ -11,9 +11,10 @@ use super::relay::{Forwarder, Fwd, Pieces, Report};
 use super::ticket::{Host, Signer, Ticket};
 use super::wire::{self, Msg, Purpose};
 use super::{piece_range, pieces, FRAME};
+use crate::chunk::{ChunkHash, MAX_CHUNK};
 use crate::error::TransferError;
 use crate::transport::daemon::DaemonOptions;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -255,6 +256,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let sig = signer.sign_ticket(&ticket_bytes);
     // start the job on each
     let mut have: Vec<HashMap<(u32, u32), [u8; 32]>> = vec![HashMap::new(); n];
+    let mut held_chunks: Vec<HashSet<ChunkHash>> = vec![HashSet::new(); n];
     for (pos, &i) in chain.iter().enumerate() {
         let c = controls[i].as_mut().expect("in the chain");
         let start = Msg::Start {
@@ -267,12 +269,13 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             .and_then(|()| wire::expect(&mut c.0, wire::LARGE))
             .map_err(|e| e.to_string());
         match answer {
-            Ok(Msg::Ready { have: h }) => {
+            Ok(Msg::Ready { have: h, chunks: c }) => {
                 for (f, hashes) in h {
                     for (p, hash) in hashes.into_iter().enumerate() {
                         have[i].insert((f, p as u32), hash);
                     }
                 }
+                held_chunks[i] = c.into_iter().collect();
             }
             Ok(Msg::Refused { text }) => {
                 controls[i] = None;
@@ -327,6 +330,14 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     }
     let total_size = manifest.total_size();
     let live: Vec<usize> = chain.iter().copied().filter(|&i| !settled[i]).collect();
+    // chunks every host of the chain holds: named, not sent
+    let mut common: HashSet<ChunkHash> = match live.first() {
+        Some(&h) => std::mem::take(&mut held_chunks[h]),
+        None => HashSet::new(),
+    };
+    for &h in live.iter().skip(1) {
+        common.retain(|c| held_chunks[h].contains(c));
+    }
     let sizes: Vec<u64> = manifest.entries.iter().map(|e| e.size).collect();
     let source = Arc::new(SourcePieces {
         paths,
@@ -351,7 +362,12 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let read_source = source.clone();
     let job = plan.job;
     let reader = std::thread::spawn(move || {
-        read_all(&manifest, &read_source, &signer, &job, &have, &live, &ftx)
+        let held = Held {
+            pieces: &have,
+            chunks: &common,
+            live: &live,
+        };
+        read_all(&manifest, &read_source, &signer, &job, &held, &ftx)
     });
     drop(tx);
 
@@ -450,68 +466,184 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     })
 }
 
+/// What the hosts of the chain hold already.
+struct Held<'a> {
+    /// Per host, the BLAKE3 of each piece of its old data.
+    pieces: &'a [HashMap<(u32, u32), [u8; 32]>],
+    /// Chunks every live host holds.
+    chunks: &'a HashSet<ChunkHash>,
+    live: &'a [usize],
+}
+
+/// A file read once, front to back, through a window of one piece plus the
+/// look-ahead content-defined chunking needs.
+struct Window {
+    file: std::fs::File,
+    size: u64,
+    /// File offset of `buf[0]`.
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl Window {
+    /// Makes `[from, to)` readable, dropping what is before `keep`.
+    fn fill(&mut self, keep: u64, to: u64, read: &AtomicU64) -> std::io::Result<()> {
+        if keep > self.start {
+            let drop = ((keep - self.start) as usize).min(self.buf.len());
+            self.buf.drain(..drop);
+            self.start += drop as u64;
+        }
+        let have = self.start + self.buf.len() as u64;
+        let to = to.min(self.size);
+        if to > have {
+            let old = self.buf.len();
+            self.buf.resize(old + (to - have) as usize, 0);
+            self.file.read_exact(&mut self.buf[old..])?;
+            read.fetch_add(to - have, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn bytes(&self, a: u64, b: u64) -> &[u8] {
+        &self.buf[(a - self.start) as usize..(b - self.start) as usize]
+    }
+}
+
 /// Reads every file once, piece by piece: hash, sign, and hand the head of
-/// the chain the frames (only the signed end when every host has the piece).
+/// the chain the frames (only the signed end when every host has the piece;
+/// a reference instead of the bytes of a chunk every host holds).
 fn read_all(
     manifest: &Manifest,
     source: &SourcePieces,
     signer: &Signer,
     job: &[u8; 16],
-    have: &[HashMap<(u32, u32), [u8; 32]>],
-    live: &[usize],
+    held: &Held,
     out: &std::sync::mpsc::SyncSender<Fwd>,
 ) -> Result<(), TransferError> {
-    let mut buf = vec![0u8; super::PIECE as usize];
+    let send = |m: Fwd| out.send(m).is_ok();
     for (i, e) in manifest.entries.iter().enumerate() {
         if e.kind != Kind::File || e.size == 0 {
             continue;
         }
+        let file = i as u32;
         let path = &source.paths[i];
         let shown = path.display().to_string();
-        let mut f = std::fs::File::open(path).map_err(|x| TransferError::local(&shown, &x))?;
+        let local = |x: std::io::Error| TransferError::local(&shown, &x);
+        let mut w = Window {
+            file: std::fs::File::open(path).map_err(local)?,
+            size: e.size,
+            start: 0,
+            buf: Vec::with_capacity(super::PIECE as usize + 2 * MAX_CHUNK),
+        };
+        let chunking = !held.chunks.is_empty();
+        // chunks cut but not yet sent whole: (offset, len, name)
+        let mut cut: VecDeque<(u64, u64, ChunkHash)> = VecDeque::new();
+        let mut next_cut = 0u64;
         for p in 0..pieces(e.size) {
             if source.cancelled() {
                 return Err(TransferError::Cancelled);
             }
             let (a, b) = piece_range(e.size, p);
-            let len = (b - a) as usize;
-            f.read_exact(&mut buf[..len])
-                .map_err(|x| TransferError::local(&shown, &x))?;
-            source.read.fetch_add(len as u64, Ordering::Relaxed);
-            let hash = *blake3::hash(&buf[..len]).as_bytes();
-            let sig = signer.sign_piece(job, i as u32, p, &hash);
+            let keep = cut.front().map_or(a, |c| c.0.min(a));
+            let ahead = if chunking { b + MAX_CHUNK as u64 } else { b };
+            w.fill(keep, ahead, &source.read).map_err(local)?;
+            let hash = *blake3::hash(w.bytes(a, b)).as_bytes();
+            let sig = signer.sign_piece(job, file, p, &hash);
             source
                 .signed
                 .lock()
                 .unwrap_or_else(|x| x.into_inner())
-                .insert((i as u32, p), (hash, sig));
-            let everywhere = !live.is_empty()
-                && live
+                .insert((file, p), (hash, sig));
+            if chunking {
+                while next_cut < b {
+                    let end = (next_cut + MAX_CHUNK as u64).min(e.size);
+                    let data = w.bytes(next_cut, end);
+                    let len = crate::chunk::cut(data);
+                    let name = crate::chunk::chunk_hash(&data[..len]);
+                    cut.push_back((next_cut, len as u64, name));
+                    next_cut += len as u64;
+                }
+            }
+            let everywhere = !held.live.is_empty()
+                && held
+                    .live
                     .iter()
-                    .all(|&h| have[h].get(&(i as u32, p)) == Some(&hash));
-            if !everywhere {
-                for (k, chunk) in buf[..len].chunks(FRAME).enumerate() {
+                    .all(|&h| held.pieces[h].get(&(file, p)) == Some(&hash));
+            if everywhere {
+                // every host holds the piece already
+            } else if !chunking {
+                for (k, chunk) in w.bytes(a, b).chunks(FRAME).enumerate() {
                     let m = Fwd::Data {
-                        file: i as u32,
+                        file,
                         offset: a + (k * FRAME) as u64,
                         bytes: chunk.to_vec(),
                     };
-                    if out.send(m).is_err() {
+                    if !send(m) {
                         return Ok(());
                     }
                 }
+            } else {
+                // runs of bytes to send, between chunks named by reference
+                let mut run_from = a;
+                let mut at = a;
+                for &(off, len, name) in cut.iter().take_while(|c| c.0 < b) {
+                    let (s, t) = (off.max(a), (off + len).min(b));
+                    if !held.chunks.contains(&name) {
+                        at = t;
+                        continue;
+                    }
+                    if !send_run(&w, file, run_from, at, &send) {
+                        return Ok(());
+                    }
+                    let r = Fwd::Ref {
+                        file,
+                        offset: s,
+                        len: (t - s) as u32,
+                        skip: (s - off) as u32,
+                        chunk: name,
+                    };
+                    if !send(r) {
+                        return Ok(());
+                    }
+                    run_from = t;
+                    at = t;
+                }
+                if !send_run(&w, file, run_from, b, &send) {
+                    return Ok(());
+                }
+            }
+            while cut.front().is_some_and(|c| c.0 + c.1 <= b) {
+                cut.pop_front();
             }
             let end = Fwd::PieceEnd {
-                file: i as u32,
+                file,
                 piece: p,
                 hash,
                 sig,
             };
-            if out.send(end).is_err() {
+            if !send(end) {
                 return Ok(());
             }
         }
     }
     let _ = out.send(Fwd::End);
     Ok(())
+}
+
+/// Sends bytes `a..b` of the window as data frames.
+fn send_run(w: &Window, file: u32, a: u64, b: u64, send: &dyn Fn(Fwd) -> bool) -> bool {
+    let mut at = a;
+    while at < b {
+        let t = (at + FRAME as u64).min(b);
+        let m = Fwd::Data {
+            file,
+            offset: at,
+            bytes: w.bytes(at, t).to_vec(),
+        };
+        if !send(m) {
+            return false;
+        }
+        at = t;
+    }
+    true
 }

@@ -42,8 +42,13 @@ pub enum Msg {
         index: u32,
     },
     /// Daemon → source: ready; per file with old data, the BLAKE3 of each of
-    /// its pieces as held now (pieces that need not cross the wire).
-    Ready { have: Vec<(u32, Vec<[u8; 32]>)> },
+    /// its pieces as held now (pieces that need not cross the wire), and the
+    /// names of the content-defined chunks of its old data (chunks upstream
+    /// may name instead of sending).
+    Ready {
+        have: Vec<(u32, Vec<[u8; 32]>)>,
+        chunks: Vec<[u8; 16]>,
+    },
     /// Either way: the job (or this connection) is refused or has failed.
     Refused { text: String },
     /// Source → daemon: dial the successor now.
@@ -65,6 +70,16 @@ pub enum Msg {
         offset: u64,
         resend: bool,
         bytes: Vec<u8>,
+    },
+    /// Upstream → downstream: bytes `skip..skip + len` of the old chunk named
+    /// `chunk`, which every host downstream holds, go at `offset` (checked
+    /// with the rest of the piece at its end, like any bytes).
+    Ref {
+        file: u32,
+        offset: u64,
+        len: u32,
+        skip: u32,
+        chunk: [u8; 16],
     },
     /// Upstream → downstream: the end of a piece, with its signed hash.
     PieceEnd {
@@ -99,6 +114,7 @@ mod code {
     pub const END: u8 = 13;
     pub const ACK: u8 = 14;
     pub const NACK: u8 = 15;
+    pub const REF: u8 = 16;
 }
 
 impl Msg {
@@ -115,6 +131,7 @@ impl Msg {
             Msg::Done { .. } => "done",
             Msg::Have { .. } => "have",
             Msg::Data { .. } => "data",
+            Msg::Ref { .. } => "chunk reference",
             Msg::PieceEnd { .. } => "piece end",
             Msg::End => "end",
             Msg::Ack { .. } => "ack",
@@ -149,7 +166,7 @@ impl Msg {
                 w.bytes(manifest);
                 w.varint(*index as u64);
             }
-            Msg::Ready { have } => {
+            Msg::Ready { have, chunks } => {
                 w.u8(code::READY);
                 w.varint(have.len() as u64);
                 for (f, hashes) in have {
@@ -159,6 +176,24 @@ impl Msg {
                         w.hash(h);
                     }
                 }
+                w.varint(chunks.len() as u64);
+                for c in chunks {
+                    w.raw(c);
+                }
+            }
+            Msg::Ref {
+                file,
+                offset,
+                len,
+                skip,
+                chunk,
+            } => {
+                w.u8(code::REF);
+                w.varint(*file as u64);
+                w.varint(*offset);
+                w.varint(*len as u64);
+                w.varint(*skip as u64);
+                w.raw(chunk);
             }
             Msg::Refused { text } => {
                 w.u8(code::REFUSED);
@@ -272,8 +307,20 @@ impl Msg {
                     }
                     have.push((f, hs));
                 }
-                Msg::Ready { have }
+                let k = r.count(r.remaining() / 16, "chunks")?;
+                let mut chunks = Vec::with_capacity(k);
+                for _ in 0..k {
+                    chunks.push(r.token("chunk")?);
+                }
+                Msg::Ready { have, chunks }
             }
+            code::REF => Msg::Ref {
+                file: u32_of(&mut r, "file")?,
+                offset: r.varint("offset")?,
+                len: r.count(crate::chunk::MAX_CHUNK, "length")? as u32,
+                skip: r.count(crate::chunk::MAX_CHUNK, "skip")? as u32,
+                chunk: r.token("chunk")?,
+            },
             code::REFUSED => Msg::Refused {
                 text: text(&mut r, "text")?,
             },
@@ -400,6 +447,14 @@ mod tests {
             },
             Msg::Ready {
                 have: vec![(1, vec![[9; 32], [8; 32]])],
+                chunks: vec![[3; 16]],
+            },
+            Msg::Ref {
+                file: 2,
+                offset: 77,
+                len: 4000,
+                skip: 12,
+                chunk: [5; 16],
             },
             Msg::Refused { text: "no".into() },
             Msg::Link,

@@ -255,7 +255,7 @@ fn control(
     let taken = take_job(cx, key, grant, &ticket_bytes, &sig, &manifest_bytes, index).and_then(
         |(ticket, manifest, dest)| Hop::start(ticket, ticket_bytes, index as usize, manifest, dest),
     );
-    let (hop, have) = match taken {
+    let (hop, held) = match taken {
         Ok(x) => x,
         Err(text) => {
             let _ = wire::send(&mut writer, &Msg::Refused { text: text.clone() });
@@ -274,7 +274,7 @@ fn control(
         jobs.insert(job, hop.clone());
     }
     info!(job = %hex(&job), index, files = hop.manifest.entries.len(), "fan-out job started");
-    let result = run_control(cx, &hop, reader, writer, have);
+    let result = run_control(cx, &hop, reader, writer, held);
     hop.cancel();
     cx.registry
         .0
@@ -293,10 +293,14 @@ fn run_control(
     hop: &Arc<Hop>,
     mut reader: TlsReader,
     mut writer: TlsWriter,
-    have: Vec<(u32, Vec<[u8; 32]>)>,
+    held: crate::fanout::hop::Held,
 ) -> Result<(), String> {
     let e = |e: crate::error::TransferError| e.to_string();
-    wire::send(&mut writer, &Msg::Ready { have }).map_err(e)?;
+    let ready = Msg::Ready {
+        have: held.pieces,
+        chunks: held.chunks,
+    };
+    wire::send(&mut writer, &ready).map_err(e)?;
     let _ = reader.set_timeout(None);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || loop {
@@ -440,6 +444,32 @@ fn relay(
                         bytes,
                     });
                 }
+            }
+            Msg::Ref {
+                file,
+                offset,
+                len,
+                skip,
+                chunk,
+            } => {
+                if let Err(fault) = hop.copy_chunk(file, offset, len, skip, &chunk) {
+                    let why = match fault {
+                        Fault::Peer(why) => why,
+                        Fault::Local(why) => {
+                            hop.fail(why.clone());
+                            why
+                        }
+                    };
+                    let _ = wire::send(&mut *lockw(&writer), &Msg::Refused { text: why.clone() });
+                    return Err(why);
+                }
+                hop.forward(Fwd::Ref {
+                    file,
+                    offset,
+                    len,
+                    skip,
+                    chunk,
+                });
             }
             Msg::PieceEnd {
                 file,
