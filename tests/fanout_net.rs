@@ -433,3 +433,64 @@ fn a_middle_host_killed_half_way_is_left_out_then_repaired_by_resume() {
         "--resume moved {moved} bytes to the repaired host, not under 60% of {size}"
     );
 }
+
+#[test]
+fn every_host_holding_v1_gets_v2_with_5_percent_changed_for_under_7_percent_per_link() {
+    let _serial = serial();
+    let Some(net) = FanoutNet::build(8, RATE_MBIT) else {
+        return;
+    };
+    net.require_fanout();
+    let size = 64 * MIB;
+    let src = net.source_file("ckpt.bin", size, 26);
+    let mut run = net.spawn_fanout(&["--json"], &src, &all(8), "fan");
+    let status = run
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("ferry fanout of v1 did not end\n{}", run.output()));
+    assert!(status.success(), "v1 fan-out failed\n{}", run.output());
+    drop(run);
+    // v2: 5% rewritten, in 64 KiB regions spread over the whole file (as a
+    // fine-tune touches tensors everywhere)
+    let mut v2 = std::fs::read(&src).unwrap();
+    let region = 64 << 10;
+    let regions = size / 20 / region;
+    let fresh = util::random_bytes(regions * region, 27);
+    for k in 0..regions {
+        let at = k * (size / regions) + (k * 7919) % (size / regions - region);
+        v2[at..at + region].copy_from_slice(&fresh[k * region..(k + 1) * region]);
+    }
+    std::fs::write(&src, &v2).unwrap();
+    let before: Vec<u64> = all(8).iter().map(|&i| net.bytes_into(i)).collect();
+    let mut run = net.spawn_fanout(&["--json"], &src, &all(8), "fan");
+    let status = run
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("ferry fanout of v2 did not end\n{}", run.output()));
+    let output = run.output();
+    assert!(status.success(), "v2 fan-out failed\n{output}");
+    let moved: Vec<u64> = all(8)
+        .iter()
+        .zip(&before)
+        .map(|(&i, b)| net.bytes_into(i) - b)
+        .collect();
+    for i in all(8) {
+        assert!(
+            net.same_bytes(i, FANNED, &src),
+            "host {i} does not hold v2\n{output}"
+        );
+    }
+    eprintln!(
+        "v2 (5% changed in {regions} regions): bytes into each host's link {:?} ({:?}% of the file)",
+        moved,
+        moved
+            .iter()
+            .map(|m| (*m as f64 * 1000.0 / size as f64).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
+    for (k, m) in moved.iter().enumerate() {
+        assert!(
+            (*m as f64) < 0.07 * size as f64,
+            "host {}'s link carried {m} bytes for v2 (IP, TCP and TLS included), not under 7% of {size}\n{output}",
+            k + 1
+        );
+    }
+}
