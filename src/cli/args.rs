@@ -151,6 +151,40 @@ pub struct SyncArgs {
     /// Delete at most N files or directories (the rest are reported, exit code 23)
     #[arg(long = "max-delete", value_name = "N")]
     pub max_delete: Option<u64>,
+    /// Delete before any file is sent (implies --delete): frees room first
+    #[arg(long = "delete-before", conflicts_with_all = ["delete_during", "delete_after", "delete_delay"])]
+    pub delete_before: bool,
+    /// Delete directory by directory before its files are sent (implies
+    /// --delete; rsync's default, ferry deletes once the list is complete)
+    #[arg(long = "delete-during", alias = "del", conflicts_with_all = ["delete_after", "delete_delay"])]
+    pub delete_during: bool,
+    /// Delete after every file is in place (implies --delete; ferry's default:
+    /// a transfer that fails deletes nothing)
+    #[arg(long = "delete-after", conflicts_with = "delete_delay")]
+    pub delete_after: bool,
+    /// Find what to delete during the transfer, delete it at the end (implies
+    /// --delete; in ferry the same as --delete-after)
+    #[arg(long = "delete-delay")]
+    pub delete_delay: bool,
+    /// For a file missing at the destination: hard-link it to DIR's copy when
+    /// that is unchanged, else rebuild from it (checkpoint snapshots); DIR is
+    /// relative to the destination (repeatable, up to 20)
+    #[arg(long = "link-dest", value_name = "DIR", conflicts_with_all = ["copy_dest", "compare_dest"])]
+    pub link_dest: Vec<std::path::PathBuf>,
+    /// Like --link-dest, but copy DIR's unchanged file locally instead of linking it
+    #[arg(
+        long = "copy-dest",
+        value_name = "DIR",
+        conflicts_with = "compare_dest"
+    )]
+    pub copy_dest: Vec<std::path::PathBuf>,
+    /// Like --link-dest, but leave a file unchanged in DIR out of the destination
+    #[arg(long = "compare-dest", value_name = "DIR")]
+    pub compare_dest: Vec<std::path::PathBuf>,
+    /// Remove each source file (not directories) once its copy at the
+    /// destination is verified and durable
+    #[arg(long = "remove-source-files")]
+    pub remove_source_files: bool,
     /// Skip files whose size matches, whatever their mtime
     #[arg(long = "size-only")]
     pub size_only: bool,

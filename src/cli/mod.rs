@@ -228,11 +228,62 @@ fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferEr
     ))
 }
 
+/// Whether one of `--delete-before/-during/-after/-delay` was given (each
+/// implies `--delete`, as in rsync).
+fn dest_side_deletes(a: &SyncArgs) -> bool {
+    a.delete_before || a.delete_during || a.delete_after || a.delete_delay
+}
+
+/// rsync's destination-side flags as the request carries them.
+fn dest_side(a: &SyncArgs) -> Result<crate::proto::DestSide, TransferError> {
+    use crate::proto::{BasisKind, DeleteTiming, MAX_BASIS_DIRS, MAX_PATH};
+    use std::os::unix::ffi::OsStrExt;
+    let (kind, dirs) = if !a.copy_dest.is_empty() {
+        (BasisKind::Copy, &a.copy_dest)
+    } else if !a.compare_dest.is_empty() {
+        (BasisKind::Compare, &a.compare_dest)
+    } else {
+        (BasisKind::Link, &a.link_dest)
+    };
+    if dirs.len() > MAX_BASIS_DIRS {
+        return Err(TransferError::Usage(format!(
+            "{}: at most {MAX_BASIS_DIRS} directories",
+            kind.flag()
+        )));
+    }
+    let mut basis_dirs = Vec::new();
+    for d in dirs {
+        let b = d.as_os_str().as_bytes();
+        if b.is_empty() || b.len() > MAX_PATH || b.contains(&0) {
+            return Err(TransferError::Usage(format!(
+                "{}: {:?} is not a directory name",
+                kind.flag(),
+                d
+            )));
+        }
+        basis_dirs.push(b.to_vec());
+    }
+    Ok(crate::proto::DestSide {
+        basis_dirs,
+        basis_kind: kind,
+        remove_source_files: a.remove_source_files,
+        delete_timing: if a.delete_before {
+            DeleteTiming::Before
+        } else if a.delete_during {
+            DeleteTiming::During
+        } else if a.delete_delay {
+            DeleteTiming::Delay
+        } else {
+            DeleteTiming::After
+        },
+    })
+}
+
 fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError> {
     let root = rustix::process::geteuid().is_root();
     // as in rsync, --files-from turns off the -r that -a brings (not an explicit -r)
     let recursive = a.recursive || (a.archive && a.files_from.is_none());
-    let delete = a.delete || a.delete_excluded;
+    let delete = a.delete || a.delete_excluded || dest_side_deletes(&a);
     if delete && !recursive {
         return Err(TransferError::Usage(
             "--delete does not work without -r (or -a)".into(),
@@ -298,6 +349,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
                 Some(a.chmod.join(",").into_bytes())
             }
         },
+        dest_side: dest_side(&a)?,
     };
     crate::filter::Filters::new(&options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;

@@ -30,9 +30,12 @@ impl<D: Destination> Receiver<'_, D> {
                 continue;
             }
             let dest = self.dest.open();
-            if let Err(e) = dest.hardlink(&trel, &rel) {
-                let shown = dest.show(&rel);
-                self.file_failed(&name, FileError::new(shown, FileOp::Link, e));
+            match dest.hardlink(&trel, &rel) {
+                Ok(()) => self.settled(index),
+                Err(e) => {
+                    let shown = dest.show(&rel);
+                    self.file_failed(&name, FileError::new(shown, FileOp::Link, e));
+                }
             }
         }
         if self.opts.delete {

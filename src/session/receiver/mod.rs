@@ -25,6 +25,7 @@
 //! files, never at a final path.
 
 mod basis;
+mod basis_dirs;
 mod finish;
 mod generator;
 mod incoming;
@@ -38,6 +39,7 @@ mod rebuild;
 pub mod recipe;
 mod schedule;
 mod segments;
+mod settled;
 
 use super::listing::Listing;
 use super::wire::{FrameReader, FrameWriter, Spares};
@@ -143,6 +145,13 @@ struct Receiver<'a, D: Destination = Dest> {
     touched: bool,
     /// When the overall progress last went to a remote requester.
     overall_sent: std::cell::Cell<Option<std::time::Instant>>,
+    /// `--link-dest`/`--copy-dest`/`--compare-dest` directories, opened.
+    basis_dirs: Vec<D>,
+    /// Files to rebuild from a basis directory's copy: which one.
+    basis_of: HashMap<u32, usize>,
+    /// `--remove-source-files`: entries at the destination as listed, told to
+    /// the sender once synced.
+    settled: Vec<u32>,
 }
 
 /// Runs the receiving side until the transfer is complete, into the local
@@ -249,6 +258,9 @@ where
         bytes_done: 0,
         touched: false,
         overall_sent: std::cell::Cell::new(None),
+        basis_dirs: Vec::new(),
+        basis_of: HashMap::new(),
+        settled: Vec::new(),
     };
     let result = r.run(&inbound, cancel);
     match result {
@@ -387,6 +399,7 @@ impl<D: Destination> Receiver<'_, D> {
             self.acknowledge()?;
         }
         self.finish()?;
+        self.send_settled()?;
         self.send(Message::Finish(self.summary))?;
         match self.next(inbound)? {
             Message::Bye => Ok(self.summary),

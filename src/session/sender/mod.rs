@@ -18,6 +18,7 @@
 
 mod ledger;
 mod recipe;
+mod removal;
 mod requests;
 mod segments;
 mod source;
@@ -79,6 +80,9 @@ struct Sender<'a, W: Write, S: Source> {
     /// Extra streams, the workers sending segments on them, and the files
     /// being sent in segments.
     streams: Streams<S>,
+    /// `--remove-source-files`: every listed non-directory, with how it
+    /// looked when listed, until the receiver says it is settled.
+    removable: HashMap<u32, (S::Handle, crate::store::source::Stamp)>,
 }
 
 /// Runs the sending side over the local filesystem (beneath the module root
@@ -141,6 +145,7 @@ where
         cancel,
         source: &source,
         streams: Streams::new(cfg.joins, reports),
+        removable: HashMap::new(),
     };
     s.packer = Packer::new(s.options.zstd_level());
     let result = s.run(&cfg.sources);
@@ -193,6 +198,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             self.cancel.check()?;
             match item {
                 Listed::Entry(entry, path) => {
+                    self.keep_removable(&entry, &path);
                     let regular = entry.kind == crate::proto::Kind::File && entry.link_to.is_none();
                     if regular {
                         self.files.insert(self.listed, path);
@@ -255,6 +261,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 self.files.retain(|&i, _| i >= entries);
                 Ok(())
             }
+            FromPeer::Settled(files) => self.remove_settled(&files),
             FromPeer::Finish(s) => {
                 self.finished = Some(s);
                 Ok(())
