@@ -1744,3 +1744,67 @@ fn remove_source_files_from_a_read_only_module_is_refused() {
     assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
     assert!(module.join("a.txt").is_file());
 }
+
+/// A destination with entries the source does not have, for the deletion
+/// timings.
+fn stale_dest(root: &Path) {
+    let s = root.join("src");
+    base_tree(&s);
+    let init = root.join("init");
+    base_tree(&init);
+    write(&init.join("stale.bin"), "x");
+    write(&init.join("gone/deep/file"), "x");
+    write(&init.join("data/old.jsonl"), "x");
+    write(&s.join("data/new.jsonl"), "{}\n");
+    set_mtime(&s.join("data/new.jsonl"), 1_700_000_200);
+    dir_times(&init);
+    dir_times(&s);
+}
+
+const DELETE_TIMING: &[DestCase] = &[
+    DestCase {
+        name: "--delete-before",
+        args: &["-a", "--delete-before"],
+        build: stale_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--delete-during",
+        args: &["-a", "--delete-during"],
+        build: stale_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--delete-after",
+        args: &["-a", "--delete-after"],
+        build: stale_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--delete-delay with an exclude",
+        args: &["-a", "--delete-delay", "--exclude=*.jsonl"],
+        build: stale_dest,
+        source_too: false,
+    },
+];
+
+#[test]
+fn local_delete_timings_match_rsync() {
+    run_dest_cases(Via::Local, DELETE_TIMING);
+}
+
+#[test]
+fn daemon_delete_timings_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_dest_cases(Via::Daemon(&d), DELETE_TIMING);
+}
+
+#[test]
+fn ssh_delete_timings_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_dest_cases(Via::Ssh(&sshd), DELETE_TIMING);
+}

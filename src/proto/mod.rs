@@ -304,6 +304,16 @@ pub enum DeleteTiming {
     During,
 }
 
+impl DestSide {
+    /// Whether `--delete` deletes before any file is asked for.
+    pub fn deletes_first(&self) -> bool {
+        matches!(
+            self.delete_timing,
+            DeleteTiming::Before | DeleteTiming::During
+        )
+    }
+}
+
 impl BasisKind {
     /// The flag that names it.
     pub fn flag(self) -> &'static str {

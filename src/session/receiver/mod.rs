@@ -152,6 +152,8 @@ struct Receiver<'a, D: Destination = Dest> {
     /// `--remove-source-files`: entries at the destination as listed, told to
     /// the sender once synced.
     settled: Vec<u32>,
+    /// `--delete-before` has deleted (once the list was whole).
+    deleted_first: bool,
 }
 
 /// Runs the receiving side until the transfer is complete, into the local
@@ -261,6 +263,7 @@ where
         basis_dirs: Vec::new(),
         basis_of: HashMap::new(),
         settled: Vec::new(),
+        deleted_first: false,
     };
     let result = r.run(&inbound, cancel);
     match result {

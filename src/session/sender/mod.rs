@@ -258,7 +258,11 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 // the receiver asked for what it wants of those entries
                 // before it said so: the rest will not be asked for
                 self.acked = entries;
-                self.files.retain(|&i, _| i >= entries);
+                // (--delete-before: the receiver acknowledges entries it
+                // asks for only once the list is whole)
+                if !self.options.delete || !self.options.dest_side.deletes_first() {
+                    self.files.retain(|&i, _| i >= entries);
+                }
                 Ok(())
             }
             FromPeer::Settled(files) => self.remove_settled(&files),
