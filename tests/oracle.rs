@@ -1423,6 +1423,7 @@ fn run_dest_cases(via: Via, cases: &[DestCase]) {
             .iter()
             .map(|s| s.replace("{root}", &root.display().to_string()))
             .collect();
+        let (inodes_rsync, inodes_ferry) = (inodes(&by_rsync), inodes(&by_ferry));
         let mut rs = flags.clone();
         rs.push(format!("{}/", rsync_src.display()));
         rs.push(format!("{}/", by_rsync.display()));
@@ -1467,6 +1468,21 @@ fn run_dest_cases(via: Via, cases: &[DestCase]) {
         assert_eq!(
             la, lb,
             "scenario {:?}: hard links to the snapshots",
+            case.name
+        );
+        // which files are the same inode as before (written over in place)
+        let kept = |before: &std::collections::BTreeMap<String, u64>, dir: &Path| -> Vec<String> {
+            let after = inodes(dir);
+            before
+                .iter()
+                .filter(|(k, ino)| after.get(*k) == Some(ino))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        assert_eq!(
+            kept(&inodes_rsync, &by_rsync),
+            kept(&inodes_ferry, &by_ferry),
+            "scenario {:?}: files kept in place",
             case.name
         );
         if case.args.iter().any(|a| a.starts_with("--link-dest")) {
@@ -1807,4 +1823,55 @@ fn ssh_delete_timings_match_rsync() {
     }
     let sshd = Sshd::start();
     run_dest_cases(Via::Ssh(&sshd), DELETE_TIMING);
+}
+
+/// [`base_tree`] at the destination, older: files changed in size, in
+/// content only, and the same.
+fn older_dest(root: &Path) {
+    let s = root.join("src");
+    base_tree(&s);
+    write(&s.join("a.txt"), "alpha, longer now\n");
+    set_mtime(&s.join("a.txt"), 1_700_000_000);
+    write(&s.join("ckpt/w.bin"), random_bytes(150_000, 4));
+    set_mtime(&s.join("ckpt/w.bin"), 1_700_000_100);
+    write(&s.join("data/new.jsonl"), "{}\n");
+    set_mtime(&s.join("data/new.jsonl"), 1_700_000_200);
+    dir_times(&s);
+    base_tree(&root.join("init"));
+}
+
+const INPLACE: &[DestCase] = &[
+    DestCase {
+        name: "--inplace",
+        args: &["-a", "--inplace"],
+        build: older_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--inplace with -c",
+        args: &["-ac", "--inplace"],
+        build: older_dest,
+        source_too: false,
+    },
+];
+
+#[test]
+fn local_inplace_matches_rsync() {
+    run_dest_cases(Via::Local, INPLACE);
+}
+
+#[test]
+fn daemon_inplace_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_dest_cases(Via::Daemon(&d), INPLACE);
+}
+
+#[test]
+fn ssh_inplace_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_dest_cases(Via::Ssh(&sshd), INPLACE);
 }

@@ -158,3 +158,43 @@ fn delete_before_with_a_list_longer_than_the_window() {
     assert!(!module.join("out/stale").exists());
     assert_same_tree(&src, &module.join("out"), false);
 }
+
+/// `--inplace` writes over the file itself: another hard link to it sees the
+/// new bytes (as with rsync), where the default publish leaves it the old
+/// file; the bytes written are still verified (the copy equals the source).
+#[test]
+fn inplace_writes_over_the_same_inode() {
+    let t = tmp();
+    let src = t.path().join("src");
+    let new = random_bytes(300_000, 7);
+    write(&src.join("a.bin"), &new);
+    for (flag, shared) in [("--inplace", true), ("--whole-file", false)] {
+        let dest = t.path().join(&flag[2..]);
+        write(&dest.join("a.bin"), random_bytes(200_000, 8));
+        std::fs::hard_link(
+            dest.join("a.bin"),
+            t.path().join(format!("other-{}", &flag[2..])),
+        )
+        .unwrap();
+        ok(ferry([
+            "sync".to_string(),
+            "-a".into(),
+            flag.into(),
+            format!("{}/", src.display()),
+            format!("{}/", dest.display()),
+        ]));
+        assert_eq!(std::fs::read(dest.join("a.bin")).unwrap(), new, "{flag}");
+        let other = std::fs::read(t.path().join(format!("other-{}", &flag[2..]))).unwrap();
+        assert_eq!(other == new, shared, "{flag}");
+    }
+    let o = ferry([
+        "sync".to_string(),
+        "-a".into(),
+        "--inplace".into(),
+        "-b".into(),
+        format!("{}/", src.display()),
+        format!("{}/", t.path().join("x").display()),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--inplace"), "{}", stderr(&o));
+}

@@ -185,6 +185,11 @@ pub struct SyncArgs {
     /// destination is verified and durable
     #[arg(long = "remove-source-files")]
     pub remove_source_files: bool,
+    /// Write each changed file over itself instead of beside it and renamed:
+    /// gives up atomic publish (readers see it change, a failure leaves it
+    /// half-written and reported) and delta (files come whole); still verified
+    #[arg(long, conflicts_with = "backup")]
+    pub inplace: bool,
     /// Skip files whose size matches, whatever their mtime
     #[arg(long = "size-only")]
     pub size_only: bool,

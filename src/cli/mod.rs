@@ -267,6 +267,7 @@ fn dest_side(a: &SyncArgs) -> Result<crate::proto::DestSide, TransferError> {
         basis_dirs,
         basis_kind: kind,
         remove_source_files: a.remove_source_files,
+        inplace: a.inplace,
         delete_timing: if a.delete_before {
             DeleteTiming::Before
         } else if a.delete_during {

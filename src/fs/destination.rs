@@ -91,6 +91,9 @@ impl Destination for Dest {
         Dest::open_partial(self, rel)
     }
     fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<TempFile> {
+        if how.in_place {
+            return Dest::open_in_place(self, rel, how.sparse);
+        }
         Dest::create_temp(self, rel, how.partial, how.sparse, how.unnamed)
     }
     fn publish(

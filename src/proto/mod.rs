@@ -269,6 +269,9 @@ pub struct DestSide {
     pub remove_source_files: bool,
     /// When `--delete` deletes.
     pub delete_timing: DeleteTiming,
+    /// Changed files are written over in place, not beside and renamed
+    /// (rsync `--inplace`): no atomic publish, no delta; still verified.
+    pub inplace: bool,
 }
 
 /// What an unchanged file found in a basis directory becomes at the
@@ -1461,8 +1464,10 @@ mod ext_tag {
 /// Reaches one of [`DestSide`]'s boolean options.
 type DestFlag = fn(&mut DestSide) -> &mut bool;
 
-const DEST_FLAGS: [(DestFlag, &str); 1] =
-    [(|d| &mut d.remove_source_files, "--remove-source-files")];
+const DEST_FLAGS: [(DestFlag, &str); 2] = [
+    (|d| &mut d.remove_source_files, "--remove-source-files"),
+    (|d| &mut d.inplace, "--inplace"),
+];
 
 /// The flag of the first destination-side option that differs from what a
 /// version-2 peer does, if any.

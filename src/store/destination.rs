@@ -54,6 +54,9 @@ pub struct TempHow {
     pub sparse: bool,
     /// No name until it is published (a new file), where the store can.
     pub unnamed: bool,
+    /// The file at its path itself, written over (`--inplace`), where the
+    /// store can; a store that cannot writes a temporary file as usual.
+    pub in_place: bool,
 }
 
 /// How a finished temporary file becomes the file at its path.

@@ -173,6 +173,7 @@ impl<D: Destination> Receiver<'_, D> {
             partial: false,
             sparse: self.opts.sparse,
             unnamed: true,
+            in_place: false,
         };
         let publish = PublishHow {
             fsync: self.opts.fsync,

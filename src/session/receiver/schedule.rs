@@ -47,7 +47,11 @@ impl<D: Destination> Receiver<'_, D> {
             let l = &self.entries[index as usize];
             // (a store that cannot give back old data gets every file whole)
             let can_rebuild = self.dest.get_ref().is_some_and(|d| d.caps().rebuild);
-            let wants_delta = l.size >= DELTA_MIN_SIZE && can_rebuild && !self.opts.whole_file;
+            // (--inplace: the old data is being written over, so no delta)
+            let wants_delta = l.size >= DELTA_MIN_SIZE
+                && can_rebuild
+                && !self.opts.whole_file
+                && !self.opts.dest_side.inplace;
             let slot = if wants_delta {
                 match self.delta_slots.take(MAX_DELTA_IN_FLIGHT) {
                     Some(slot) => Some(slot),
