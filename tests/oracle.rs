@@ -1379,6 +1379,17 @@ fn inodes(root: &Path) -> std::collections::BTreeMap<String, u64> {
     out
 }
 
+/// The uid and gid of every entry under `root`, by relative path.
+fn owners(root: &Path) -> std::collections::BTreeMap<String, (u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    for (k, _) in snapshot(root, false) {
+        let m = std::fs::symlink_metadata(root.join(std::str::from_utf8(&k).unwrap())).unwrap();
+        out.insert(String::from_utf8(k).unwrap(), (m.uid(), m.gid()));
+    }
+    out
+}
+
 /// Which files of `dest` are hard links to the snapshots under `root`.
 fn linked_to_snapshots(dest: &Path, root: &Path) -> Vec<String> {
     let snaps: std::collections::BTreeSet<u64> = ["prev", "prev2"]
@@ -1468,6 +1479,12 @@ fn run_dest_cases(via: Via, cases: &[DestCase]) {
         assert_eq!(
             la, lb,
             "scenario {:?}: hard links to the snapshots",
+            case.name
+        );
+        assert_eq!(
+            owners(&by_rsync),
+            owners(&by_ferry),
+            "scenario {:?}: owners and groups",
             case.name
         );
         // which files are the same inode as before (written over in place)
@@ -1874,4 +1891,64 @@ fn ssh_inplace_matches_rsync() {
     }
     let sshd = Sshd::start();
     run_dest_cases(Via::Ssh(&sshd), INPLACE);
+}
+
+/// `--chown` (as root: rsync needs it too, and -o/-g, which -a brings as root).
+const CHOWN: &[DestCase] = &[
+    DestCase {
+        name: "--chown by name",
+        args: &["-a", "--chown=nobody:nogroup"],
+        build: older_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--chown by number, group only",
+        args: &["-a", "--chown=:4321"],
+        build: older_dest,
+        source_too: false,
+    },
+];
+
+#[test]
+fn local_chown_matches_rsync() {
+    if root_available() {
+        run_dest_cases(Via::Local, CHOWN);
+    }
+}
+
+#[test]
+fn ssh_chown_matches_rsync() {
+    if !sshd_available() || !root_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_dest_cases(Via::Ssh(&sshd), CHOWN);
+}
+
+/// A daemon writes as itself: `--chown` there changes no owner (as `-o`/`-g`
+/// do not), and a name this host does not know is a one-line error.
+#[test]
+fn chown_to_a_daemon_and_unknown_names() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tmp();
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), "alpha\n");
+    let module = t.path().join("module");
+    std::fs::create_dir_all(&module).unwrap();
+    let d = Daemon::start(&[("m", &module, false)], "", &[]);
+    let mut args = vec!["sync".to_string(), "-a".into(), "--chown=4321:4321".into()];
+    args.extend(d.client_args());
+    args.extend([format!("{}/", src.display()), d.url("m/out/")]);
+    ok(ferry(&args));
+    let m = std::fs::metadata(module.join("out/a.txt")).unwrap();
+    assert_ne!(m.uid(), 4321);
+    let o = ferry([
+        "sync".to_string(),
+        "-a".into(),
+        "--chown=no-such-user-here".into(),
+        format!("{}/", src.display()),
+        format!("{}/", t.path().join("local").display()),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no user named"), "{}", stderr(&o));
 }

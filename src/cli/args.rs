@@ -190,6 +190,11 @@ pub struct SyncArgs {
     /// half-written and reported) and delta (files come whole); still verified
     #[arg(long, conflicts_with = "backup")]
     pub inplace: bool,
+    /// Give every entry this owner and group, USER:GROUP (names or numbers,
+    /// looked up on the receiving host; :GROUP or USER alone too); as in
+    /// rsync it needs -o/-g (in -a) and a receiver running as root
+    #[arg(long, value_name = "USER:GROUP")]
+    pub chown: Option<String>,
     /// Skip files whose size matches, whatever their mtime
     #[arg(long = "size-only")]
     pub size_only: bool,

@@ -268,6 +268,7 @@ fn dest_side(a: &SyncArgs) -> Result<crate::proto::DestSide, TransferError> {
         basis_kind: kind,
         remove_source_files: a.remove_source_files,
         inplace: a.inplace,
+        chown: a.chown.as_ref().map(|c| c.as_bytes().to_vec()),
         delete_timing: if a.delete_before {
             DeleteTiming::Before
         } else if a.delete_during {

@@ -272,6 +272,9 @@ pub struct DestSide {
     /// Changed files are written over in place, not beside and renamed
     /// (rsync `--inplace`): no atomic publish, no delta; still verified.
     pub inplace: bool,
+    /// `--chown USER:GROUP` as given (names resolved by the receiver, see
+    /// [`crate::fs::owners`]).
+    pub chown: Option<Vec<u8>>,
 }
 
 /// What an unchanged file found in a basis directory becomes at the
@@ -1458,6 +1461,8 @@ mod ext_tag {
     /// The delete timing, one byte (1 before, 2 delay, 3 during; after is
     /// not sent).
     pub const DELETE_TIMING: u64 = 22;
+    /// The `--chown` text.
+    pub const CHOWN: u64 = 23;
 }
 
 /// [`DestSide`]'s boolean options, bit by bit, with the flag that sets each.
@@ -1478,6 +1483,9 @@ fn dest_side_flag(d: &DestSide) -> Option<&'static str> {
     let mut copy = d.clone();
     if let Some((_, name)) = DEST_FLAGS.iter().find(|(f, _)| *f(&mut copy)) {
         return Some(name);
+    }
+    if d.chown.is_some() {
+        return Some("--chown");
     }
     match d.delete_timing {
         DeleteTiming::After => None,
@@ -1573,6 +1581,9 @@ fn encode_dest_side(d: &DestSide, fields: &mut Vec<(u64, Vec<u8>)>) {
     if let Some(t) = timing {
         fields.push((ext_tag::DELETE_TIMING, vec![t]));
     }
+    if let Some(c) = &d.chown {
+        fields.push((ext_tag::CHOWN, c.clone()));
+    }
 }
 
 /// Decodes one of [`DestSide`]'s fields; `false` for a tag that is not one.
@@ -1607,6 +1618,16 @@ fn decode_dest_side(tag: u64, v: &mut Reader, d: &mut DestSide) -> Result<bool, 
                 3 => DeleteTiming::During,
                 _ => return Err(DecodeError::Invalid("delete timing")),
             }
+        }
+        ext_tag::CHOWN => {
+            let text = v.take(v.remaining(), "chown")?;
+            if text.len() > 2 * MAX_COMPONENT {
+                return Err(DecodeError::TooLarge {
+                    what: "chown",
+                    limit: 2 * MAX_COMPONENT,
+                });
+            }
+            d.chown = Some(text.to_vec());
         }
         _ => return Ok(false),
     }

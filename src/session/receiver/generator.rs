@@ -21,6 +21,10 @@ impl<D: Destination> Receiver<'_, D> {
                 e.mode = c.apply(e.mode, e.kind == Kind::Dir);
             }
         }
+        if let Some(c) = self.chown {
+            e.uid = c.uid.unwrap_or(e.uid);
+            e.gid = c.gid.unwrap_or(e.gid);
+        }
         if let Some(ls) = self.list_start.take() {
             // the destination is created only once there is something to put in it
             self.start(ls)?;

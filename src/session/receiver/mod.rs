@@ -154,6 +154,8 @@ struct Receiver<'a, D: Destination = Dest> {
     settled: Vec<u32>,
     /// `--delete-before` has deleted (once the list was whole).
     deleted_first: bool,
+    /// `--chown`: the owner and group every entry gets.
+    chown: Option<crate::fs::owners::Chown>,
 }
 
 /// Runs the receiving side until the transfer is complete, into the local
@@ -195,6 +197,10 @@ where
         Some(c) => Some(
             crate::chmod::Chmod::parse(&[c]).map_err(|e| TransferError::Usage(e.to_string()))?,
         ),
+        None => None,
+    };
+    let chown = match &cfg.options.dest_side.chown {
+        Some(c) => Some(crate::fs::owners::Chown::parse(c).map_err(TransferError::Usage)?),
         None => None,
     };
     // -R: a pull's names start with the first component of each path asked for
@@ -264,6 +270,7 @@ where
         basis_of: HashMap::new(),
         settled: Vec::new(),
         deleted_first: false,
+        chown,
     };
     let result = r.run(&inbound, cancel);
     match result {
