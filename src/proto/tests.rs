@@ -485,7 +485,7 @@ fn dest_side_options_and_settled() {
     let p = request(plain).to_payload();
     for (block, why) in [
         (vec![1u8, 20, 2, 7, 0], "basis directory kind"),
-        (vec![1u8, 21, 1, 2], "destination option flags"),
+        (vec![1u8, 21, 1, 4], "destination option flags"),
         (vec![1u8, 22, 1, 9], "delete timing"),
     ] {
         let mut bad = p.clone();
