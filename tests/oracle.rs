@@ -1952,3 +1952,86 @@ fn chown_to_a_daemon_and_unknown_names() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no user named"), "{}", stderr(&o));
 }
+
+/// [`differing`] plus a merge file of `--filter` rules (one merging another).
+fn with_filter_files(root: &Path) {
+    differing(root);
+    write(
+        &root.join("filter-rules"),
+        format!(
+            "# keep the notes, drop other scratch\n+ notes.tmp\n- *.tmp\nmerge {}\n",
+            root.join("more-rules").display()
+        ),
+    );
+    write(&root.join("more-rules"), "exclude big/\n");
+}
+
+const FILTER_RULES: &[Parity] = &[
+    Parity {
+        name: "--filter + and -",
+        args: &["-a", "--delete", "--filter=+ notes.tmp", "-f", "- *.tmp"],
+        srcs: &["src/"],
+        times: true,
+        build: with_filter_files,
+    },
+    Parity {
+        name: "--filter merge, in order with --exclude",
+        args: &[
+            "-a",
+            "--delete",
+            "--exclude=a.txt",
+            "--filter=merge {root}/filter-rules",
+        ],
+        srcs: &["src/"],
+        times: true,
+        build: with_filter_files,
+    },
+    Parity {
+        name: "--filter '.' short form",
+        args: &["-a", "--filter=. {root}/filter-rules", "--include=*"],
+        srcs: &["src/"],
+        times: true,
+        build: with_filter_files,
+    },
+];
+
+#[test]
+fn local_filter_rules_match_rsync() {
+    run_parity(Via::Local, FILTER_RULES);
+}
+
+#[test]
+fn daemon_filter_rules_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), FILTER_RULES);
+}
+
+#[test]
+fn ssh_filter_rules_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), FILTER_RULES);
+}
+
+/// A per-directory merge rule is refused by name (not silently ignored), as
+/// is a rule ferry does not know; nothing is written.
+#[test]
+fn unsupported_filter_rules_are_refused() {
+    let t = tmp();
+    write(&t.path().join("src/a.txt"), "alpha\n");
+    for rule in [": .rsync-filter", "dir-merge .ferry-filter", "x y", "-! a"] {
+        let o = ferry([
+            "sync".to_string(),
+            "-a".into(),
+            format!("--filter={rule}"),
+            format!("{}/", t.path().join("src").display()),
+            format!("{}/", t.path().join("out").display()),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{rule}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--filter"), "{rule}: {}", stderr(&o));
+        assert!(!t.path().join("out").exists(), "{rule}");
+    }
+}

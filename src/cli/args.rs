@@ -243,6 +243,10 @@ pub struct SyncArgs {
     /// Read include patterns from FILE
     #[arg(long = "include-from", value_name = "FILE")]
     pub include_from: Vec<std::path::PathBuf>,
+    /// An rsync filter rule, in order with --include/--exclude: '+ PATTERN',
+    /// '- PATTERN', 'merge FILE' (or '. FILE': the rules in FILE, one a line)
+    #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
+    pub filter: Vec<String>,
     /// Exclude files matching PATTERN (rsync glob rules; repeatable)
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,

@@ -155,8 +155,56 @@ fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferEr
             }
         }
     }
+    if let (Some(vals), Some(idx)) = (m.get_many::<String>("filter"), m.indices_of("filter")) {
+        for (v, i) in vals.zip(idx) {
+            let mut expanded = Vec::new();
+            expand_filter(v.as_bytes(), 0, &mut expanded)?;
+            for (j, (inc, p)) in expanded.into_iter().enumerate() {
+                rules.push((i, j, inc, p));
+            }
+        }
+    }
     rules.sort_by_key(|r| (r.0, r.1));
     Ok(rules.into_iter().map(|(_, _, inc, p)| (inc, p)).collect())
+}
+
+/// One `--filter` rule as include/exclude rules: a merge file's lines
+/// (blank and comment lines skipped), merged files within it too, at most a
+/// few levels deep.
+fn expand_filter(
+    rule: &[u8],
+    depth: usize,
+    out: &mut Vec<(bool, Vec<u8>)>,
+) -> Result<(), TransferError> {
+    use crate::filter::FilterRule;
+    use std::os::unix::ffi::OsStringExt;
+    match FilterRule::parse(rule).map_err(|e| TransferError::Usage(e.to_string()))? {
+        FilterRule::Include(p) => out.push((true, p)),
+        FilterRule::Exclude(p) => out.push((false, p)),
+        FilterRule::Merge(file) => {
+            if depth >= 8 {
+                return Err(TransferError::Usage(
+                    "--filter: merge files nested more than 8 deep".into(),
+                ));
+            }
+            let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(file));
+            let text = std::fs::read(&path).map_err(|e| {
+                TransferError::Usage(format!(
+                    "--filter merge: cannot read {}: {}",
+                    path.display(),
+                    crate::error::io_text(&e)
+                ))
+            })?;
+            for line in text
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty() && !l.starts_with(b"#") && !l.starts_with(b";"))
+            {
+                expand_filter(line, depth + 1, out)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `--files-from`: each path listed in `list`, below the one source directory
