@@ -322,3 +322,90 @@ mod tests {
         ));
     }
 }
+
+/// One `--filter` rule as rsync writes it: `+ PATTERN` / `include PATTERN`,
+/// `- PATTERN` / `exclude PATTERN`, `. FILE` / `merge FILE` (the rules in
+/// FILE, read once where the rule stands), `: FILE` / `dir-merge FILE` (per
+/// directory: not supported yet, refused by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterRule {
+    Include(Vec<u8>),
+    Exclude(Vec<u8>),
+    Merge(Vec<u8>),
+}
+
+/// Why a `--filter` rule was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("--filter {0:?}: expected '+ PATTERN', '- PATTERN' or 'merge FILE'")]
+    Unknown(String),
+    #[error("--filter {0:?}: per-directory merge files (dir-merge, ':') are not supported yet; use 'merge FILE' or --exclude-from")]
+    DirMerge(String),
+    #[error("--filter {0:?}: rule modifiers are not supported")]
+    Modifiers(String),
+}
+
+impl FilterRule {
+    /// Parses one rule (a `--filter` value or a line of a merged file).
+    pub fn parse(rule: &[u8]) -> Result<FilterRule, RuleError> {
+        let shown = || String::from_utf8_lossy(rule).into_owned();
+        let (word, rest) = match rule.iter().position(|&b| b == b' ' || b == b'_') {
+            Some(i) => (&rule[..i], &rule[i + 1..]),
+            None => return Err(RuleError::Unknown(shown())),
+        };
+        if rest.is_empty() {
+            return Err(RuleError::Unknown(shown()));
+        }
+        match word {
+            b"+" | b"include" => Ok(FilterRule::Include(rest.to_vec())),
+            b"-" | b"exclude" => Ok(FilterRule::Exclude(rest.to_vec())),
+            b"." | b"merge" => Ok(FilterRule::Merge(rest.to_vec())),
+            b":" | b"dir-merge" => Err(RuleError::DirMerge(shown())),
+            w if w.len() > 1 && matches!(w[0], b'+' | b'-' | b'.' | b':') => {
+                Err(RuleError::Modifiers(shown()))
+            }
+            _ => Err(RuleError::Unknown(shown())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+
+    #[test]
+    fn filter_rules_in_both_spellings() {
+        assert_eq!(
+            FilterRule::parse(b"+ *.py"),
+            Ok(FilterRule::Include(b"*.py".to_vec()))
+        );
+        assert_eq!(
+            FilterRule::parse(b"exclude /tmp/"),
+            Ok(FilterRule::Exclude(b"/tmp/".to_vec()))
+        );
+        assert_eq!(
+            FilterRule::parse(b"- a b"),
+            Ok(FilterRule::Exclude(b"a b".to_vec()))
+        );
+        assert_eq!(
+            FilterRule::parse(b". rules.txt"),
+            Ok(FilterRule::Merge(b"rules.txt".to_vec()))
+        );
+        assert!(matches!(
+            FilterRule::parse(b": .rsync-filter"),
+            Err(RuleError::DirMerge(_))
+        ));
+        assert!(matches!(
+            FilterRule::parse(b"-! x"),
+            Err(RuleError::Modifiers(_))
+        ));
+        assert!(matches!(
+            FilterRule::parse(b"+"),
+            Err(RuleError::Unknown(_))
+        ));
+        assert!(matches!(
+            FilterRule::parse(b"x y"),
+            Err(RuleError::Unknown(_))
+        ));
+    }
+}

@@ -1262,3 +1262,776 @@ fn mkpath_matches_rsync() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Destination-side flags (issue 24): --link-dest, --copy-dest, --compare-dest,
+// --remove-source-files, --delete-before/-during/-after/-delay. Each scenario
+// runs rsync and ferry from the same start, compares the whole destination
+// tree and, where it matters, which files share an inode with a snapshot.
+
+/// A scenario for the destination-side flags: `build` makes `src/`, the
+/// snapshots `prev/` and `prev2/` and `init/` (both destinations' start)
+/// under the root; `{root}` in an argument stands for the root. Relative
+/// basis directories are given as `../root/prev`: relative to the
+/// destination, as rsync takes them.
+struct DestCase {
+    name: &'static str,
+    args: &'static [&'static str],
+    build: fn(root: &Path),
+    /// The source tree after the run is compared too (`--remove-source-files`).
+    source_too: bool,
+}
+
+/// An earlier snapshot of [`base_tree`] beside it: one file changed in size,
+/// one in mtime only, one in mode only, one the same, one symlink the same,
+/// and a second snapshot holding what the first lacks.
+fn snapshots(root: &Path) {
+    let (s, prev, prev2) = (root.join("src"), root.join("prev"), root.join("prev2"));
+    base_tree(&s);
+    std::os::unix::fs::symlink("a.txt", s.join("to-a")).unwrap();
+    write(&s.join("only-in-prev2.txt"), "second snapshot\n");
+    set_mtime(&s.join("only-in-prev2.txt"), 1_610_000_000);
+    base_tree(&prev);
+    std::os::unix::fs::symlink("a.txt", prev.join("to-a")).unwrap();
+    write(&prev.join("a.txt"), "alpha, an older and longer version\n");
+    set_mtime(&prev.join("a.txt"), 1_500_000_000);
+    set_mtime(&prev.join("ckpt/w.bin"), 1_500_000_100);
+    chmod(&prev.join("data/shard-1.jsonl"), 0o600);
+    write(&prev2.join("only-in-prev2.txt"), "second snapshot\n");
+    set_mtime(&prev2.join("only-in-prev2.txt"), 1_610_000_000);
+    write(&prev2.join("data/shard-2.jsonl"), "not this one\n");
+    dir_times(&s);
+    std::fs::create_dir_all(root.join("init")).unwrap();
+}
+
+const BASIS_DIRS: &[DestCase] = &[
+    DestCase {
+        name: "--link-dest",
+        args: &["-a", "--link-dest=../root/prev"],
+        build: snapshots,
+        source_too: false,
+    },
+    DestCase {
+        name: "--link-dest twice: the first that matches wins",
+        args: &[
+            "-a",
+            "--link-dest",
+            "../root/prev",
+            "--link-dest",
+            "../root/prev2",
+        ],
+        build: snapshots,
+        source_too: false,
+    },
+    DestCase {
+        name: "--compare-dest",
+        args: &[
+            "-a",
+            "--compare-dest=../root/prev",
+            "--compare-dest=../root/prev2",
+        ],
+        build: snapshots,
+        source_too: false,
+    },
+    DestCase {
+        name: "--copy-dest",
+        args: &["-a", "--copy-dest=../root/prev"],
+        build: snapshots,
+        source_too: false,
+    },
+    DestCase {
+        name: "--link-dest with -c",
+        args: &["-ac", "--link-dest=../root/prev"],
+        build: snapshots,
+        source_too: false,
+    },
+];
+
+/// An absolute basis directory (locally and over ssh: to a daemon it is
+/// refused, see [`daemon_basis_dirs_stay_inside_the_module`]).
+const BASIS_DIRS_ABSOLUTE: &[DestCase] = &[DestCase {
+    name: "--link-dest absolute",
+    args: &["-a", "--link-dest={root}/prev"],
+    build: snapshots,
+    source_too: false,
+}];
+
+/// Inode numbers of every non-directory under `root`, by relative path.
+fn inodes(root: &Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, u64>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, m.ino());
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+/// The uid and gid of every entry under `root`, by relative path.
+fn owners(root: &Path) -> std::collections::BTreeMap<String, (u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    for (k, _) in snapshot(root, false) {
+        let m = std::fs::symlink_metadata(root.join(std::str::from_utf8(&k).unwrap())).unwrap();
+        out.insert(String::from_utf8(k).unwrap(), (m.uid(), m.gid()));
+    }
+    out
+}
+
+/// Which files of `dest` are hard links to the snapshots under `root`.
+fn linked_to_snapshots(dest: &Path, root: &Path) -> Vec<String> {
+    let snaps: std::collections::BTreeSet<u64> = ["prev", "prev2"]
+        .iter()
+        .flat_map(|s| inodes(&root.join(s)).into_values())
+        .collect();
+    inodes(dest)
+        .into_iter()
+        .filter(|(_, ino)| snaps.contains(ino))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// Where ferry is told to write `dir` (a path under the temporary directory).
+fn dest_arg(via: &Via, dir: &Path) -> (Vec<String>, String) {
+    match via {
+        Via::Ssh(sshd) => (sshd.args(), format!("{}/", sshd.remote(dir))),
+        Via::Daemon(d) => {
+            let rel = dir.strip_prefix(std::env::temp_dir()).unwrap();
+            (d.client_args(), d.url(&format!("tmp/{}/", rel.display())))
+        }
+        Via::Local => (Vec::new(), format!("{}/", dir.display())),
+    }
+}
+
+fn run_dest_cases(via: Via, cases: &[DestCase]) {
+    for case in cases {
+        let t = tmp();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        (case.build)(&root);
+        // rsync and ferry each get their own copy of the source (it may be
+        // removed from)
+        let (rsync_src, ferry_src) = (t.path().join("src-rsync"), t.path().join("src-ferry"));
+        clone_tree(&root.join("src"), &rsync_src);
+        clone_tree(&root.join("src"), &ferry_src);
+        let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+        clone_tree(&root.join("init"), &by_rsync);
+        clone_tree(&root.join("init"), &by_ferry);
+        let flags: Vec<String> = case
+            .args
+            .iter()
+            .map(|s| s.replace("{root}", &root.display().to_string()))
+            .collect();
+        let (inodes_rsync, inodes_ferry) = (inodes(&by_rsync), inodes(&by_ferry));
+        let mut rs = flags.clone();
+        rs.push(format!("{}/", rsync_src.display()));
+        rs.push(format!("{}/", by_rsync.display()));
+        rsync(&rs);
+        let (extra, dest) = dest_arg(&via, &by_ferry);
+        let mut args: Vec<String> = vec!["sync".into()];
+        args.extend(flags);
+        args.extend(extra);
+        args.push(format!("{}/", ferry_src.display()));
+        args.push(dest);
+        let o = ferry(&args);
+        assert!(
+            o.status.success(),
+            "{}: ferry failed: {}",
+            case.name,
+            stderr(&o)
+        );
+        let readable = |m: std::collections::BTreeMap<Vec<u8>, Node>| -> Vec<String> {
+            m.into_iter()
+                .map(|(k, v)| format!("{}: {v:?}", String::from_utf8_lossy(&k)))
+                .map(|l| l.chars().take(120).collect())
+                .collect()
+        };
+        let (a, b) = (
+            readable(snapshot(&by_rsync, true)),
+            readable(snapshot(&by_ferry, true)),
+        );
+        let only = |x: &[String], y: &[String]| -> Vec<String> {
+            x.iter().filter(|e| !y.contains(e)).cloned().collect()
+        };
+        assert!(
+            a == b,
+            "scenario {:?}: ferry differs from rsync\nrsync only: {:#?}\nferry only: {:#?}",
+            case.name,
+            only(&a, &b),
+            only(&b, &a)
+        );
+        let (la, lb) = (
+            linked_to_snapshots(&by_rsync, &root),
+            linked_to_snapshots(&by_ferry, &root),
+        );
+        assert_eq!(
+            la, lb,
+            "scenario {:?}: hard links to the snapshots",
+            case.name
+        );
+        assert_eq!(
+            owners(&by_rsync),
+            owners(&by_ferry),
+            "scenario {:?}: owners and groups",
+            case.name
+        );
+        // which files are the same inode as before (written over in place)
+        let kept = |before: &std::collections::BTreeMap<String, u64>, dir: &Path| -> Vec<String> {
+            let after = inodes(dir);
+            before
+                .iter()
+                .filter(|(k, ino)| after.get(*k) == Some(ino))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        assert_eq!(
+            kept(&inodes_rsync, &by_rsync),
+            kept(&inodes_ferry, &by_ferry),
+            "scenario {:?}: files kept in place",
+            case.name
+        );
+        if case.args.iter().any(|a| a.starts_with("--link-dest")) {
+            assert!(!lb.is_empty(), "{}: nothing was linked", case.name);
+        }
+        if case.source_too {
+            // (directory mtimes change as entries are removed)
+            assert_eq!(
+                snapshot(&rsync_src, false),
+                snapshot(&ferry_src, false),
+                "scenario {:?}: the sources left differ",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn local_basis_dirs_match_rsync() {
+    run_dest_cases(Via::Local, BASIS_DIRS);
+    run_dest_cases(Via::Local, BASIS_DIRS_ABSOLUTE);
+}
+
+#[test]
+fn daemon_basis_dirs_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_dest_cases(Via::Daemon(&d), BASIS_DIRS);
+}
+
+#[test]
+fn ssh_basis_dirs_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_dest_cases(Via::Ssh(&sshd), BASIS_DIRS);
+    run_dest_cases(Via::Ssh(&sshd), BASIS_DIRS_ABSOLUTE);
+}
+
+/// To a daemon a basis directory is taken from the destination inside the
+/// module: one that climbs out of it, or is absolute, is refused with a
+/// one-line error and nothing is written; one that names a symlink inside the
+/// module is not followed.
+#[test]
+fn daemon_basis_dirs_stay_inside_the_module() {
+    let t = tmp();
+    let module = t.path().join("module");
+    let secret = t.path().join("secret");
+    write(&secret.join("a.txt"), "alpha\n");
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), "alpha\n");
+    std::fs::create_dir_all(&module).unwrap();
+    std::os::unix::fs::symlink(&secret, module.join("planted")).unwrap();
+    let d = Daemon::start(&[("m", &module, false)], "", &[]);
+    // inside the module it works, and links
+    let mut args = vec!["sync".to_string(), "-a".into()];
+    args.extend(d.client_args());
+    args.extend([format!("{}/", src.display()), d.url("m/one/")]);
+    ok(ferry(&args));
+    let mut args = vec!["sync".to_string(), "-a".into()];
+    args.extend(d.client_args());
+    args.extend([
+        "--link-dest=../one".to_string(),
+        format!("{}/", src.display()),
+        d.url("m/two/"),
+    ]);
+    ok(ferry(&args));
+    assert_eq!(inodes(&module.join("one")), inodes(&module.join("two")));
+    for (flag, dir, why) in [
+        ("--link-dest", "../../secret", "outside the module"),
+        ("--copy-dest", "/etc", "outside the module"),
+        ("--compare-dest", "../x/../../..", "outside the module"),
+        ("--link-dest", "../planted", "symlink"),
+    ] {
+        let mut args = vec!["sync".to_string(), "-a".into()];
+        args.extend(d.client_args());
+        args.extend([
+            format!("{flag}={dir}"),
+            format!("{}/", src.display()),
+            d.url("m/dest/"),
+        ]);
+        let o = ferry(&args);
+        assert!(!o.status.success(), "{flag}={dir}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(flag) && err.contains(why),
+            "{flag}={dir}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            !module.join("dest/a.txt").exists(),
+            "{flag}={dir}: wrote anyway"
+        );
+    }
+}
+
+const REMOVE_SOURCE: &[DestCase] = &[
+    DestCase {
+        name: "--remove-source-files: files and links go, directories stay",
+        args: &["-a", "--remove-source-files"],
+        build: snapshots,
+        source_too: true,
+    },
+    DestCase {
+        name: "--remove-source-files: up-to-date files go too",
+        args: &["-a", "--remove-source-files", "--exclude=*.bin"],
+        build: |root| {
+            snapshots(root);
+            clone_tree(&root.join("src"), &root.join("init"));
+        },
+        source_too: true,
+    },
+];
+
+#[test]
+fn local_remove_source_files_matches_rsync() {
+    run_dest_cases(Via::Local, REMOVE_SOURCE);
+}
+
+#[test]
+fn daemon_remove_source_files_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_dest_cases(Via::Daemon(&d), REMOVE_SOURCE);
+}
+
+#[test]
+fn ssh_remove_source_files_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_dest_cases(Via::Ssh(&sshd), REMOVE_SOURCE);
+}
+
+/// Files at `dir` (not below the partial directory), counted.
+fn files_in(dir: &Path) -> usize {
+    inodes(dir)
+        .keys()
+        .filter(|k| !k.starts_with(".ferry-partial"))
+        .count()
+}
+
+/// Forty 64 KiB files, slow enough with `--bwlimit 256` to cut mid-way.
+fn slow_tree(src: &Path) -> std::collections::BTreeMap<Vec<u8>, Node> {
+    for i in 0..40 {
+        write(&src.join(format!("f{i:02}.bin")), random_bytes(64 << 10, i));
+    }
+    snapshot(src, true)
+}
+
+/// Waits (bounded) until at least `n` files are published in `dir`.
+fn wait_for_files(dir: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(dir.is_dir() && files_in(dir) >= n) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {n} files arrived in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `--remove-source-files` with the connection cut mid-way (the daemon
+/// receiving a push killed, the client of an ssh pull killed) removes no
+/// source, although files had already arrived; the run done again removes
+/// every source, each only with its copy in place.
+#[test]
+fn remove_source_files_cut_midway_removes_nothing_that_did_not_arrive() {
+    let t = tmp();
+    // a push to the daemon, the daemon killed
+    let (src, module) = (t.path().join("src"), t.path().join("module"));
+    std::fs::create_dir_all(&module).unwrap();
+    let before = slow_tree(&src);
+    let mut d = Daemon::start(&[("m", &module, false)], "", &[]);
+    let push = |d: &Daemon, bwlimit: &str| {
+        let mut args = vec![
+            "sync".to_string(),
+            "-a".into(),
+            "--remove-source-files".into(),
+        ];
+        // (no retry: the cut is final)
+        args.extend(["--bwlimit".into(), bwlimit.into(), "--retries=0".into()]);
+        args.extend(d.client_args());
+        args.extend([format!("{}/", src.display()), d.url("m/dest/")]);
+        std::process::Command::new(ferry_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut client = push(&d, "256");
+    wait_for_files(&module.join("dest"), 3);
+    d.kill9();
+    let st = match wait_for(&mut client, std::time::Duration::from_secs(30)) {
+        Some(st) => st,
+        None => {
+            let _ = client.kill();
+            let o = client.wait_with_output().unwrap();
+            panic!("the client did not end: {}", stderr(&o));
+        }
+    };
+    assert!(!st.success(), "the cut transfer succeeded");
+    assert_eq!(snapshot(&src, true), before, "a source was removed");
+    let mut d = d.restart(&[("m", &module, false)]);
+    let mut client = push(&d, "0");
+    let st = wait_for(&mut client, std::time::Duration::from_secs(60)).expect("client ended");
+    assert!(st.success());
+    assert_eq!(snapshot(&module.join("dest"), true), before);
+    assert_eq!(files_in(&src), 0, "sources left after a whole run");
+    assert!(src.is_dir(), "the source directory stays");
+    d.kill9();
+
+    // a pull over ssh, the client killed: the remote sender removes nothing
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let (src, dest) = (t.path().join("src2"), t.path().join("dest2"));
+    let before = slow_tree(&src);
+    let pull = |bwlimit: &str| {
+        let mut args = vec![
+            "sync".to_string(),
+            "-a".into(),
+            "--remove-source-files".into(),
+        ];
+        args.extend(["--bwlimit".into(), bwlimit.into()]);
+        args.extend(sshd.args());
+        args.extend([
+            format!("{}/", sshd.remote(&src)),
+            format!("{}/", dest.display()),
+        ]);
+        std::process::Command::new(ferry_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut client = pull("256");
+    wait_for_files(&dest, 3);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    // the remote side notices the cut and ends (bounded)
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(snapshot(&src, true), before, "a source was removed");
+    let mut client = pull("0");
+    let st = wait_for(&mut client, std::time::Duration::from_secs(60)).expect("client ended");
+    assert!(st.success());
+    assert_eq!(snapshot(&dest, true), before);
+    assert_eq!(files_in(&src), 0);
+}
+
+/// A daemon's read-only module refuses `--remove-source-files` on a pull,
+/// and nothing is removed.
+#[test]
+fn remove_source_files_from_a_read_only_module_is_refused() {
+    let t = tmp();
+    let module = t.path().join("module");
+    write(&module.join("a.txt"), "alpha\n");
+    let d = Daemon::start(&[("ro", &module, true)], "", &[]);
+    let mut args = vec![
+        "sync".to_string(),
+        "-a".into(),
+        "--remove-source-files".into(),
+    ];
+    args.extend(d.client_args());
+    args.extend([d.url("ro/"), format!("{}/", t.path().join("out").display())]);
+    let o = ferry(&args);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
+    assert!(module.join("a.txt").is_file());
+}
+
+/// A destination with entries the source does not have, for the deletion
+/// timings.
+fn stale_dest(root: &Path) {
+    let s = root.join("src");
+    base_tree(&s);
+    let init = root.join("init");
+    base_tree(&init);
+    write(&init.join("stale.bin"), "x");
+    write(&init.join("gone/deep/file"), "x");
+    write(&init.join("data/old.jsonl"), "x");
+    write(&s.join("data/new.jsonl"), "{}\n");
+    set_mtime(&s.join("data/new.jsonl"), 1_700_000_200);
+    dir_times(&init);
+    dir_times(&s);
+}
+
+const DELETE_TIMING: &[DestCase] = &[
+    DestCase {
+        name: "--delete-before",
+        args: &["-a", "--delete-before"],
+        build: stale_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--delete-during",
+        args: &["-a", "--delete-during"],
+        build: stale_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--delete-after",
+        args: &["-a", "--delete-after"],
+        build: stale_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--delete-delay with an exclude",
+        args: &["-a", "--delete-delay", "--exclude=*.jsonl"],
+        build: stale_dest,
+        source_too: false,
+    },
+];
+
+#[test]
+fn local_delete_timings_match_rsync() {
+    run_dest_cases(Via::Local, DELETE_TIMING);
+}
+
+#[test]
+fn daemon_delete_timings_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_dest_cases(Via::Daemon(&d), DELETE_TIMING);
+}
+
+#[test]
+fn ssh_delete_timings_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_dest_cases(Via::Ssh(&sshd), DELETE_TIMING);
+}
+
+/// [`base_tree`] at the destination, older: files changed in size, in
+/// content only, and the same.
+fn older_dest(root: &Path) {
+    let s = root.join("src");
+    base_tree(&s);
+    write(&s.join("a.txt"), "alpha, longer now\n");
+    set_mtime(&s.join("a.txt"), 1_700_000_000);
+    write(&s.join("ckpt/w.bin"), random_bytes(150_000, 4));
+    set_mtime(&s.join("ckpt/w.bin"), 1_700_000_100);
+    write(&s.join("data/new.jsonl"), "{}\n");
+    set_mtime(&s.join("data/new.jsonl"), 1_700_000_200);
+    dir_times(&s);
+    base_tree(&root.join("init"));
+}
+
+const INPLACE: &[DestCase] = &[
+    DestCase {
+        name: "--inplace",
+        args: &["-a", "--inplace"],
+        build: older_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--inplace with -c",
+        args: &["-ac", "--inplace"],
+        build: older_dest,
+        source_too: false,
+    },
+];
+
+#[test]
+fn local_inplace_matches_rsync() {
+    run_dest_cases(Via::Local, INPLACE);
+}
+
+#[test]
+fn daemon_inplace_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_dest_cases(Via::Daemon(&d), INPLACE);
+}
+
+#[test]
+fn ssh_inplace_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_dest_cases(Via::Ssh(&sshd), INPLACE);
+}
+
+/// `--chown` (as root: rsync needs it too, and -o/-g, which -a brings as root).
+const CHOWN: &[DestCase] = &[
+    DestCase {
+        name: "--chown by name",
+        args: &["-a", "--chown=nobody:nogroup"],
+        build: older_dest,
+        source_too: false,
+    },
+    DestCase {
+        name: "--chown by number, group only",
+        args: &["-a", "--chown=:4321"],
+        build: older_dest,
+        source_too: false,
+    },
+];
+
+#[test]
+fn local_chown_matches_rsync() {
+    if root_available() {
+        run_dest_cases(Via::Local, CHOWN);
+    }
+}
+
+#[test]
+fn ssh_chown_matches_rsync() {
+    if !sshd_available() || !root_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_dest_cases(Via::Ssh(&sshd), CHOWN);
+}
+
+/// A daemon writes as itself: `--chown` there changes no owner (as `-o`/`-g`
+/// do not), and a name this host does not know is a one-line error.
+#[test]
+fn chown_to_a_daemon_and_unknown_names() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tmp();
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), "alpha\n");
+    let module = t.path().join("module");
+    std::fs::create_dir_all(&module).unwrap();
+    let d = Daemon::start(&[("m", &module, false)], "", &[]);
+    let mut args = vec!["sync".to_string(), "-a".into(), "--chown=4321:4321".into()];
+    args.extend(d.client_args());
+    args.extend([format!("{}/", src.display()), d.url("m/out/")]);
+    ok(ferry(&args));
+    let m = std::fs::metadata(module.join("out/a.txt")).unwrap();
+    assert_ne!(m.uid(), 4321);
+    let o = ferry([
+        "sync".to_string(),
+        "-a".into(),
+        "--chown=no-such-user-here".into(),
+        format!("{}/", src.display()),
+        format!("{}/", t.path().join("local").display()),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no user named"), "{}", stderr(&o));
+}
+
+/// [`differing`] plus a merge file of `--filter` rules (one merging another).
+fn with_filter_files(root: &Path) {
+    differing(root);
+    write(
+        &root.join("filter-rules"),
+        format!(
+            "# keep the notes, drop other scratch\n+ notes.tmp\n- *.tmp\nmerge {}\n",
+            root.join("more-rules").display()
+        ),
+    );
+    write(&root.join("more-rules"), "exclude big/\n");
+}
+
+const FILTER_RULES: &[Parity] = &[
+    Parity {
+        name: "--filter + and -",
+        args: &["-a", "--delete", "--filter=+ notes.tmp", "-f", "- *.tmp"],
+        srcs: &["src/"],
+        times: true,
+        build: with_filter_files,
+    },
+    Parity {
+        name: "--filter merge, in order with --exclude",
+        args: &[
+            "-a",
+            "--delete",
+            "--exclude=a.txt",
+            "--filter=merge {root}/filter-rules",
+        ],
+        srcs: &["src/"],
+        times: true,
+        build: with_filter_files,
+    },
+    Parity {
+        name: "--filter '.' short form",
+        args: &["-a", "--filter=. {root}/filter-rules", "--include=*"],
+        srcs: &["src/"],
+        times: true,
+        build: with_filter_files,
+    },
+];
+
+#[test]
+fn local_filter_rules_match_rsync() {
+    run_parity(Via::Local, FILTER_RULES);
+}
+
+#[test]
+fn daemon_filter_rules_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), FILTER_RULES);
+}
+
+#[test]
+fn ssh_filter_rules_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), FILTER_RULES);
+}
+
+/// A per-directory merge rule is refused by name (not silently ignored), as
+/// is a rule ferry does not know; nothing is written.
+#[test]
+fn unsupported_filter_rules_are_refused() {
+    let t = tmp();
+    write(&t.path().join("src/a.txt"), "alpha\n");
+    for rule in [": .rsync-filter", "dir-merge .ferry-filter", "x y", "-! a"] {
+        let o = ferry([
+            "sync".to_string(),
+            "-a".into(),
+            format!("--filter={rule}"),
+            format!("{}/", t.path().join("src").display()),
+            format!("{}/", t.path().join("out").display()),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{rule}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--filter"), "{rule}: {}", stderr(&o));
+        assert!(!t.path().join("out").exists(), "{rule}");
+    }
+}

@@ -154,6 +154,50 @@ pub struct SyncArgs {
     /// Delete at most N files or directories (the rest are reported, exit code 23)
     #[arg(long = "max-delete", value_name = "N")]
     pub max_delete: Option<u64>,
+    /// Delete before any file is sent (implies --delete): frees room first
+    #[arg(long = "delete-before", conflicts_with_all = ["delete_during", "delete_after", "delete_delay"])]
+    pub delete_before: bool,
+    /// Delete directory by directory before its files are sent (implies
+    /// --delete; rsync's default, ferry deletes once the list is complete)
+    #[arg(long = "delete-during", alias = "del", conflicts_with_all = ["delete_after", "delete_delay"])]
+    pub delete_during: bool,
+    /// Delete after every file is in place (implies --delete; ferry's default:
+    /// a transfer that fails deletes nothing)
+    #[arg(long = "delete-after", conflicts_with = "delete_delay")]
+    pub delete_after: bool,
+    /// Find what to delete during the transfer, delete it at the end (implies
+    /// --delete; in ferry the same as --delete-after)
+    #[arg(long = "delete-delay")]
+    pub delete_delay: bool,
+    /// For a file missing at the destination: hard-link it to DIR's copy when
+    /// that is unchanged, else rebuild from it (checkpoint snapshots); DIR is
+    /// relative to the destination (repeatable, up to 20)
+    #[arg(long = "link-dest", value_name = "DIR", conflicts_with_all = ["copy_dest", "compare_dest"])]
+    pub link_dest: Vec<std::path::PathBuf>,
+    /// Like --link-dest, but copy DIR's unchanged file locally instead of linking it
+    #[arg(
+        long = "copy-dest",
+        value_name = "DIR",
+        conflicts_with = "compare_dest"
+    )]
+    pub copy_dest: Vec<std::path::PathBuf>,
+    /// Like --link-dest, but leave a file unchanged in DIR out of the destination
+    #[arg(long = "compare-dest", value_name = "DIR")]
+    pub compare_dest: Vec<std::path::PathBuf>,
+    /// Remove each source file (not directories) once its copy at the
+    /// destination is verified and durable
+    #[arg(long = "remove-source-files")]
+    pub remove_source_files: bool,
+    /// Write each changed file over itself instead of beside it and renamed:
+    /// gives up atomic publish (readers see it change, a failure leaves it
+    /// half-written and reported) and delta (files come whole); still verified
+    #[arg(long, conflicts_with = "backup")]
+    pub inplace: bool,
+    /// Give every entry this owner and group, USER:GROUP (names or numbers,
+    /// looked up on the receiving host; :GROUP or USER alone too); as in
+    /// rsync it needs -o/-g (in -a) and a receiver running as root
+    #[arg(long, value_name = "USER:GROUP")]
+    pub chown: Option<String>,
     /// Skip files whose size matches, whatever their mtime
     #[arg(long = "size-only")]
     pub size_only: bool,
@@ -202,6 +246,10 @@ pub struct SyncArgs {
     /// Read include patterns from FILE
     #[arg(long = "include-from", value_name = "FILE")]
     pub include_from: Vec<std::path::PathBuf>,
+    /// An rsync filter rule, in order with --include/--exclude: '+ PATTERN',
+    /// '- PATTERN', 'merge FILE' (or '. FILE': the rules in FILE, one a line)
+    #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
+    pub filter: Vec<String>,
     /// Exclude files matching PATTERN (rsync glob rules; repeatable)
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,

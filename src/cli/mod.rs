@@ -160,8 +160,56 @@ fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferEr
             }
         }
     }
+    if let (Some(vals), Some(idx)) = (m.get_many::<String>("filter"), m.indices_of("filter")) {
+        for (v, i) in vals.zip(idx) {
+            let mut expanded = Vec::new();
+            expand_filter(v.as_bytes(), 0, &mut expanded)?;
+            for (j, (inc, p)) in expanded.into_iter().enumerate() {
+                rules.push((i, j, inc, p));
+            }
+        }
+    }
     rules.sort_by_key(|r| (r.0, r.1));
     Ok(rules.into_iter().map(|(_, _, inc, p)| (inc, p)).collect())
+}
+
+/// One `--filter` rule as include/exclude rules: a merge file's lines
+/// (blank and comment lines skipped), merged files within it too, at most a
+/// few levels deep.
+fn expand_filter(
+    rule: &[u8],
+    depth: usize,
+    out: &mut Vec<(bool, Vec<u8>)>,
+) -> Result<(), TransferError> {
+    use crate::filter::FilterRule;
+    use std::os::unix::ffi::OsStringExt;
+    match FilterRule::parse(rule).map_err(|e| TransferError::Usage(e.to_string()))? {
+        FilterRule::Include(p) => out.push((true, p)),
+        FilterRule::Exclude(p) => out.push((false, p)),
+        FilterRule::Merge(file) => {
+            if depth >= 8 {
+                return Err(TransferError::Usage(
+                    "--filter: merge files nested more than 8 deep".into(),
+                ));
+            }
+            let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(file));
+            let text = std::fs::read(&path).map_err(|e| {
+                TransferError::Usage(format!(
+                    "--filter merge: cannot read {}: {}",
+                    path.display(),
+                    crate::error::io_text(&e)
+                ))
+            })?;
+            for line in text
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty() && !l.starts_with(b"#") && !l.starts_with(b";"))
+            {
+                expand_filter(line, depth + 1, out)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `--files-from`: each path listed in `list`, below the one source directory
@@ -233,11 +281,64 @@ fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferEr
     ))
 }
 
+/// Whether one of `--delete-before/-during/-after/-delay` was given (each
+/// implies `--delete`, as in rsync).
+fn dest_side_deletes(a: &SyncArgs) -> bool {
+    a.delete_before || a.delete_during || a.delete_after || a.delete_delay
+}
+
+/// rsync's destination-side flags as the request carries them.
+fn dest_side(a: &SyncArgs) -> Result<crate::proto::DestSide, TransferError> {
+    use crate::proto::{BasisKind, DeleteTiming, MAX_BASIS_DIRS, MAX_PATH};
+    use std::os::unix::ffi::OsStrExt;
+    let (kind, dirs) = if !a.copy_dest.is_empty() {
+        (BasisKind::Copy, &a.copy_dest)
+    } else if !a.compare_dest.is_empty() {
+        (BasisKind::Compare, &a.compare_dest)
+    } else {
+        (BasisKind::Link, &a.link_dest)
+    };
+    if dirs.len() > MAX_BASIS_DIRS {
+        return Err(TransferError::Usage(format!(
+            "{}: at most {MAX_BASIS_DIRS} directories",
+            kind.flag()
+        )));
+    }
+    let mut basis_dirs = Vec::new();
+    for d in dirs {
+        let b = d.as_os_str().as_bytes();
+        if b.is_empty() || b.len() > MAX_PATH || b.contains(&0) {
+            return Err(TransferError::Usage(format!(
+                "{}: {:?} is not a directory name",
+                kind.flag(),
+                d
+            )));
+        }
+        basis_dirs.push(b.to_vec());
+    }
+    Ok(crate::proto::DestSide {
+        basis_dirs,
+        basis_kind: kind,
+        remove_source_files: a.remove_source_files,
+        inplace: a.inplace,
+        chown: a.chown.as_ref().map(|c| c.as_bytes().to_vec()),
+        delete_timing: if a.delete_before {
+            DeleteTiming::Before
+        } else if a.delete_during {
+            DeleteTiming::During
+        } else if a.delete_delay {
+            DeleteTiming::Delay
+        } else {
+            DeleteTiming::After
+        },
+    })
+}
+
 fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError> {
     let root = rustix::process::geteuid().is_root();
     // as in rsync, --files-from turns off the -r that -a brings (not an explicit -r)
     let recursive = a.recursive || (a.archive && a.files_from.is_none());
-    let delete = a.delete || a.delete_excluded;
+    let delete = a.delete || a.delete_excluded || dest_side_deletes(&a);
     if delete && !recursive {
         return Err(TransferError::Usage(
             "--delete does not work without -r (or -a)".into(),
@@ -303,6 +404,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
                 Some(a.chmod.join(",").into_bytes())
             }
         },
+        dest_side: dest_side(&a)?,
     };
     crate::filter::Filters::new(&options.filters)
         .map_err(|e| TransferError::Usage(e.to_string()))?;

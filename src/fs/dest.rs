@@ -94,6 +94,9 @@ pub struct TempFile {
     runs: Vec<Run>,
     /// Whether this temp file lives in the partial directory (kept on failure).
     pub partial: bool,
+    /// The destination file itself, written over in place (`--inplace`):
+    /// published by leaving it where it is, kept on failure.
+    in_place: bool,
     /// Whether `copy_file_range` into this file can do better than copying
     /// through the page cache (see [`copies_in_page_cache`]); found out when
     /// first needed.
@@ -321,6 +324,7 @@ impl Dest {
                     runs: Vec::new(),
                     copy_range_helps: None,
                     partial,
+                    in_place: false,
                 });
             }
         }
@@ -381,6 +385,34 @@ impl Dest {
             runs: Vec::new(),
             copy_range_helps: None,
             partial,
+            in_place: false,
+        })
+    }
+
+    /// Opens the file at `rel` itself to be written over from its start
+    /// (`--inplace`): the same inode (its other hard links see the new
+    /// bytes), made if missing. A reader sees it change as it is written and
+    /// a failure leaves it half-written: what `--inplace` gives up.
+    pub fn open_in_place(&mut self, rel: &[u8], sparse: bool) -> io::Result<TempFile> {
+        let (dir, name) = self.parent(rel)?;
+        let fd = rustix::fs::openat(
+            &*dir,
+            name.as_slice(),
+            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(to_io)?;
+        Ok(TempFile {
+            dir,
+            name,
+            file: File::from(fd),
+            sparse,
+            pos: 0,
+            flushed: 0,
+            runs: Vec::new(),
+            copy_range_helps: None,
+            partial: false,
+            in_place: true,
         })
     }
 
@@ -388,6 +420,9 @@ impl Dest {
     /// (if any) is first linked to `rel` + suffix.
     pub fn publish(&mut self, temp: TempFile, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
         let (dir, name) = self.parent(rel)?;
+        if temp.in_place {
+            return Ok(()); // (it is there already)
+        }
         if let Some(suffix) = backup {
             self.backup(&dir, &name, suffix)?;
         }
@@ -459,7 +494,7 @@ impl Dest {
 
     /// Removes a temporary file (a failed transfer that leaves no partial).
     pub fn discard(&mut self, temp: TempFile) {
-        if !temp.name.is_empty() {
+        if !temp.name.is_empty() && !temp.in_place {
             let _ = rustix::fs::unlinkat(&*temp.dir, temp.name.as_slice(), AtFlags::empty());
         }
     }

@@ -51,6 +51,29 @@ impl Destination for Dest {
     fn hardlink(&mut self, existing: &[u8], rel: &[u8]) -> io::Result<()> {
         Dest::hardlink(self, existing, rel)
     }
+    fn hardlink_from(&mut self, other: &mut Dest, existing: &[u8], rel: &[u8]) -> io::Result<()> {
+        let (eparent, ename) = names::split_parent(existing);
+        let edir = other.dir(eparent)?;
+        let (parent, name) = names::split_parent(rel);
+        let dir = self.dir(parent)?;
+        // under a temporary name, then renamed over whatever is there
+        let mut tmp = b".".to_vec();
+        tmp.extend_from_slice(&name[..name.len().min(200)]);
+        tmp.extend_from_slice(format!(".ferry-link-{}", std::process::id()).as_bytes());
+        let _ = rustix::fs::unlinkat(&*dir, tmp.as_slice(), rustix::fs::AtFlags::empty());
+        rustix::fs::linkat(
+            &*edir,
+            ename,
+            &*dir,
+            tmp.as_slice(),
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        rustix::fs::renameat(&*dir, tmp.as_slice(), &*dir, name).map_err(|e| {
+            let _ = rustix::fs::unlinkat(&*dir, tmp.as_slice(), rustix::fs::AtFlags::empty());
+            io::Error::from(e)
+        })
+    }
     fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
         Dest::remove(self, rel, backup)
     }
@@ -68,6 +91,9 @@ impl Destination for Dest {
         Dest::open_partial(self, rel)
     }
     fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<TempFile> {
+        if how.in_place {
+            return Dest::open_in_place(self, rel, how.sparse);
+        }
         Dest::create_temp(self, rel, how.partial, how.sparse, how.unnamed)
     }
     fn publish(
@@ -179,6 +205,29 @@ impl LocalPlace {
     }
 }
 
+/// `dir` taken from `root` (both relative to a module), with `.` and `..`
+/// resolved by name: `None` when it is absolute or climbs out of the module.
+fn inside_module(root: &[u8], dir: &[u8]) -> Option<Vec<u8>> {
+    if dir.starts_with(b"/") {
+        return None;
+    }
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in root.split(|&b| b == b'/').chain(dir.split(|&b| b == b'/')) {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(if parts.is_empty() {
+        b".".to_vec()
+    } else {
+        parts.join(&b'/')
+    })
+}
+
 /// The module-relative name of `path` (`.` for the module root).
 fn in_module(path: &[u8]) -> &[u8] {
     if path.is_empty() || path == b"/" {
@@ -190,6 +239,57 @@ fn in_module(path: &[u8]) -> &[u8] {
 
 impl Place for LocalPlace {
     type Dest = Dest;
+
+    /// # Security
+    /// Beneath a daemon module `dir` is resolved by name from the
+    /// destination, `..` taken lexically, and refused unless it stays inside
+    /// the module; it is then opened through the module's handle without
+    /// following symlinks. Elsewhere it is the user's own path (relative to
+    /// the destination, through symlinks as the kernel resolves them).
+    fn open_basis_dir(
+        &mut self,
+        root: &[u8],
+        dir: &[u8],
+        flag: &str,
+    ) -> Result<Option<Dest>, TransferError> {
+        let shown = names::escape(dir);
+        let Some(m) = self.module()? else {
+            let path = if dir.starts_with(b"/") {
+                PathBuf::from(std::ffi::OsStr::from_bytes(dir))
+            } else {
+                Path::new(std::ffi::OsStr::from_bytes(root)).join(std::ffi::OsStr::from_bytes(dir))
+            };
+            return match Dest::open(&path, false) {
+                Ok(d) => Ok(Some(d)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(TransferError::Usage(format!("{flag} {shown}: {e}"))),
+            };
+        };
+        let rel = inside_module(in_module(root), dir).ok_or_else(|| {
+            TransferError::Usage(format!(
+                "{flag} {shown}: outside the module (it must stay inside it, relative to the destination)"
+            ))
+        })?;
+        names::check(&rel).map_err(|e| TransferError::Usage(format!("{flag} {shown}: {e}")))?;
+        match m.stat(&rel) {
+            Ok(Some(x)) if x.kind == ExistingKind::Dir => {}
+            Ok(None) => return Ok(None),
+            Ok(Some(x)) if x.kind == ExistingKind::Symlink => {
+                return Err(TransferError::Usage(format!(
+                    "{flag} {shown}: a symlink, not followed inside a module"
+                )))
+            }
+            Ok(Some(_)) => {
+                return Err(TransferError::Usage(format!(
+                    "{flag} {shown}: not a directory"
+                )))
+            }
+            Err(e) => return Err(TransferError::Usage(format!("{flag} {shown}: {e}"))),
+        }
+        m.sub(&rel)
+            .map(Some)
+            .map_err(|e| TransferError::Usage(format!("{flag} {shown}: {e}")))
+    }
 
     fn probe(&mut self, path: &[u8], shown: &str) -> Result<Option<bool>, TransferError> {
         match &self.beneath {
@@ -252,5 +352,19 @@ mod tests {
         assert!(opened.is_ok(), "{:?}", opened.err());
         assert!(!Path::new(&name).exists(), "opened outside the module");
         assert!(module.join(&name).is_dir());
+    }
+
+    #[test]
+    fn a_basis_dir_stays_inside_the_module() {
+        assert_eq!(
+            inside_module(b"d", b"../prev").as_deref(),
+            Some(&b"prev"[..])
+        );
+        assert_eq!(inside_module(b".", b"a/./b").as_deref(), Some(&b"a/b"[..]));
+        assert_eq!(inside_module(b"d/e", b"../..").as_deref(), Some(&b"."[..]));
+        assert_eq!(inside_module(b"d", b"../../x"), None);
+        assert_eq!(inside_module(b".", b".."), None);
+        assert_eq!(inside_module(b"d", b"/etc"), None);
+        assert_eq!(inside_module(b"d", b"x/../../../y"), None);
     }
 }

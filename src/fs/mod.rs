@@ -8,6 +8,7 @@ pub mod chunk_list;
 pub mod dest;
 pub mod destination;
 pub mod names;
+pub mod owners;
 pub mod scan;
 pub mod source;
 

@@ -70,6 +70,55 @@ impl Source for LocalSource {
     fn name<'h>(&self, path: &'h PathBuf) -> &'h [u8] {
         path.as_os_str().as_encoded_bytes()
     }
+
+    /// # Security
+    /// Confined to a module, the parent directory is opened beneath the
+    /// module root without following symlinks, and the entry is looked at
+    /// and removed from that handle.
+    fn remove(&self, path: &PathBuf, listed: Stamp) -> io::Result<()> {
+        let (dir, name) = match &self.confine {
+            Some((root, fd)) => {
+                let rel = path.strip_prefix(root).map_err(|_| {
+                    io::Error::new(io::ErrorKind::PermissionDenied, "outside the module")
+                })?;
+                let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
+                let dir = rustix::fs::openat2(
+                    fd,
+                    parent.unwrap_or(Path::new(".")),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+                )?;
+                (dir, rel.file_name())
+            }
+            None => {
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+                let dir = open_dir(parent.unwrap_or(Path::new(".")))?;
+                (dir, path.file_name())
+            }
+        };
+        let name = name.ok_or_else(|| io::Error::other("not a file name"))?;
+        let st = rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(io::Error::other("a directory"));
+        }
+        // (a symlink is listed without a size of its own)
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        let now = Stamp {
+            size: if is_link {
+                listed.size
+            } else {
+                st.st_size as u64
+            },
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as i64,
+        };
+        if now != listed {
+            return Err(io::Error::other("it changed since it was sent"));
+        }
+        rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty())?;
+        Ok(())
+    }
 }
 
 impl SourceFile for File {

@@ -248,7 +248,93 @@ pub struct Options {
     /// `--chmod` rules (their text, comma-separated; see [`crate::chmod`]),
     /// applied by the receiver to the modes it is sent.
     pub chmod: Option<Vec<u8>>,
+    /// rsync's destination-side options (`--link-dest` and friends,
+    /// `--remove-source-files`, when to delete, …).
+    pub dest_side: DestSide,
 }
+
+/// rsync's destination-side options, carried in the extension block from tag
+/// 20 on. Every default is what a version-2 peer does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestSide {
+    /// Directories holding a previous copy (`--link-dest`, `--copy-dest`,
+    /// `--compare-dest`), looked in, in order, for a file missing at the
+    /// destination. A relative one is relative to the destination, as in
+    /// rsync; to a daemon, each must stay inside the module.
+    pub basis_dirs: Vec<Vec<u8>>,
+    /// What an unchanged file found in `basis_dirs` becomes.
+    pub basis_kind: BasisKind,
+    /// The sender removes each non-directory source entry once the receiver
+    /// says its copy is verified and durable (rsync `--remove-source-files`).
+    pub remove_source_files: bool,
+    /// When `--delete` deletes.
+    pub delete_timing: DeleteTiming,
+    /// Changed files are written over in place, not beside and renamed
+    /// (rsync `--inplace`): no atomic publish, no delta; still verified.
+    pub inplace: bool,
+    /// `--chown USER:GROUP` as given (names resolved by the receiver, see
+    /// [`crate::fs::owners`]).
+    pub chown: Option<Vec<u8>>,
+}
+
+/// What an unchanged file found in a basis directory becomes at the
+/// destination (a changed one is a delta basis whatever the kind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BasisKind {
+    /// A hard link to it (`--link-dest`: checkpoint snapshots).
+    #[default]
+    Link,
+    /// A local copy of it (`--copy-dest`).
+    Copy,
+    /// Nothing: the destination holds only what differs (`--compare-dest`).
+    Compare,
+}
+
+/// When `--delete` removes what the source does not have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeleteTiming {
+    /// After every file is in place (`--delete-after`): a transfer that fails
+    /// deletes nothing. ferry's default: its list streams, so a directory's
+    /// listing is known complete only when the whole list is.
+    #[default]
+    After,
+    /// Before any file is asked for (`--delete-before`): frees room first.
+    Before,
+    /// Decided as the list arrives, done at the end (`--delete-delay`); in
+    /// ferry the same as `After`.
+    Delay,
+    /// rsync's default (`--delete-during`): directory by directory as the
+    /// transfer goes. ferry deletes each directory's extras once the list is
+    /// complete and before its files are asked for (a directory's listing is
+    /// complete only then).
+    During,
+}
+
+impl DestSide {
+    /// Whether `--delete` deletes before any file is asked for.
+    pub fn deletes_first(&self) -> bool {
+        matches!(
+            self.delete_timing,
+            DeleteTiming::Before | DeleteTiming::During
+        )
+    }
+}
+
+impl BasisKind {
+    /// The flag that names it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            BasisKind::Link => "--link-dest",
+            BasisKind::Copy => "--copy-dest",
+            BasisKind::Compare => "--compare-dest",
+        }
+    }
+}
+
+/// Most basis directories (rsync's limit too).
+pub const MAX_BASIS_DIRS: usize = 20;
+/// Most file indices in one `Settled` message.
+pub const MAX_SETTLED: usize = 8192;
 
 /// What a receiver does with the symlinks it is sent. Whatever the policy, a
 /// receiver never follows a symlink when it writes: making one is not an escape.
@@ -354,6 +440,9 @@ impl Options {
         }
         if o.chmod.is_some() {
             return Err(OptionsError::PeerTooOld("--chmod"));
+        }
+        if let Some(name) = dest_side_flag(&o.dest_side) {
+            return Err(OptionsError::PeerTooOld(name));
         }
         Ok(o)
     }
@@ -726,6 +815,12 @@ pub enum Message {
         len: u64,
         hash: [u8; 32],
     },
+    /// `--remove-source-files` only, from the receiver before `Finish`: these
+    /// list entries are at the destination, verified and durable (synced),
+    /// so the sender may remove their sources.
+    Settled {
+        files: Vec<u32>,
+    },
 }
 
 /// A module as `ferry ls host::` shows it.
@@ -765,6 +860,7 @@ mod tag {
     pub const SEGMENT_END: u8 = 20;
     pub const SPANS: u8 = 21;
     pub const LIST_ACK: u8 = 22;
+    pub const SETTLED: u8 = 40;
 }
 
 impl Message {
@@ -793,6 +889,7 @@ impl Message {
             Message::StreamToken(_) => "StreamToken",
             Message::Segment { .. } => "Segment",
             Message::SegmentEnd { .. } => "SegmentEnd",
+            Message::Settled { .. } => "Settled",
         }
     }
 
@@ -834,6 +931,13 @@ impl Message {
             Message::ListAck { entries } => {
                 w.u8(tag::LIST_ACK);
                 w.varint(*entries as u64);
+            }
+            Message::Settled { files } => {
+                w.u8(tag::SETTLED);
+                w.varint(files.len() as u64);
+                for f in files {
+                    w.varint(*f as u64);
+                }
             }
             Message::Want { file, delta } => {
                 w.u8(tag::WANT);
@@ -1007,6 +1111,14 @@ impl Message {
             tag::LIST_ACK => Message::ListAck {
                 entries: r.count(u32::MAX as usize, "list entries")? as u32,
             },
+            tag::SETTLED => {
+                let n = r.count(MAX_SETTLED, "settled files")?;
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    files.push(file_index(&mut r)?);
+                }
+                Message::Settled { files }
+            }
             tag::WANT => Message::Want {
                 file: file_index(&mut r)?,
                 delta: match r.bool("delta")? {
@@ -1341,6 +1453,46 @@ mod ext_tag {
     pub const MAX_DELETE: u64 = 5;
     /// The `--chmod` rules' text.
     pub const CHMOD: u64 = 6;
+    /// [`super::DestSide`]: the basis directories (a kind byte, a count,
+    /// each path).
+    pub const BASIS_DIRS: u64 = 20;
+    /// A varint of [`super::DEST_FLAGS`] bits.
+    pub const DEST_FLAGS: u64 = 21;
+    /// The delete timing, one byte (1 before, 2 delay, 3 during; after is
+    /// not sent).
+    pub const DELETE_TIMING: u64 = 22;
+    /// The `--chown` text.
+    pub const CHOWN: u64 = 23;
+}
+
+/// [`DestSide`]'s boolean options, bit by bit, with the flag that sets each.
+/// Reaches one of [`DestSide`]'s boolean options.
+type DestFlag = fn(&mut DestSide) -> &mut bool;
+
+const DEST_FLAGS: [(DestFlag, &str); 2] = [
+    (|d| &mut d.remove_source_files, "--remove-source-files"),
+    (|d| &mut d.inplace, "--inplace"),
+];
+
+/// The flag of the first destination-side option that differs from what a
+/// version-2 peer does, if any.
+fn dest_side_flag(d: &DestSide) -> Option<&'static str> {
+    if !d.basis_dirs.is_empty() {
+        return Some(d.basis_kind.flag());
+    }
+    let mut copy = d.clone();
+    if let Some((_, name)) = DEST_FLAGS.iter().find(|(f, _)| *f(&mut copy)) {
+        return Some(name);
+    }
+    if d.chown.is_some() {
+        return Some("--chown");
+    }
+    match d.delete_timing {
+        DeleteTiming::After => None,
+        DeleteTiming::Before => Some("--delete-before"),
+        DeleteTiming::Delay => Some("--delete-delay"),
+        DeleteTiming::During => Some("--delete-during"),
+    }
 }
 
 fn ext_flags(o: &Options) -> u64 {
@@ -1380,6 +1532,7 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
     if let Some(c) = &o.chmod {
         fields.push((ext_tag::CHMOD, c.clone()));
     }
+    encode_dest_side(&o.dest_side, &mut fields);
     if fields.is_empty() {
         return;
     }
@@ -1392,6 +1545,94 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
 
 /// Most fields in an extension block.
 const MAX_EXT_FIELDS: usize = 64;
+
+fn encode_dest_side(d: &DestSide, fields: &mut Vec<(u64, Vec<u8>)>) {
+    if !d.basis_dirs.is_empty() {
+        let mut v = Writer::default();
+        v.u8(match d.basis_kind {
+            BasisKind::Link => 0,
+            BasisKind::Copy => 1,
+            BasisKind::Compare => 2,
+        });
+        v.varint(d.basis_dirs.len() as u64);
+        for dir in &d.basis_dirs {
+            v.bytes(dir);
+        }
+        fields.push((ext_tag::BASIS_DIRS, v.buf));
+    }
+    let mut copy = d.clone();
+    let mut bits = 0u64;
+    for (i, (f, _)) in DEST_FLAGS.iter().enumerate() {
+        if *f(&mut copy) {
+            bits |= 1 << i;
+        }
+    }
+    if bits != 0 {
+        let mut v = Writer::default();
+        v.varint(bits);
+        fields.push((ext_tag::DEST_FLAGS, v.buf));
+    }
+    let timing = match d.delete_timing {
+        DeleteTiming::After => None,
+        DeleteTiming::Before => Some(1),
+        DeleteTiming::Delay => Some(2),
+        DeleteTiming::During => Some(3),
+    };
+    if let Some(t) = timing {
+        fields.push((ext_tag::DELETE_TIMING, vec![t]));
+    }
+    if let Some(c) = &d.chown {
+        fields.push((ext_tag::CHOWN, c.clone()));
+    }
+}
+
+/// Decodes one of [`DestSide`]'s fields; `false` for a tag that is not one.
+fn decode_dest_side(tag: u64, v: &mut Reader, d: &mut DestSide) -> Result<bool, DecodeError> {
+    match tag {
+        ext_tag::BASIS_DIRS => {
+            d.basis_kind = match v.u8("basis directory kind")? {
+                0 => BasisKind::Link,
+                1 => BasisKind::Copy,
+                2 => BasisKind::Compare,
+                _ => return Err(DecodeError::Invalid("basis directory kind")),
+            };
+            let n = v.count(MAX_BASIS_DIRS, "basis directory count")?;
+            for _ in 0..n {
+                d.basis_dirs
+                    .push(v.bytes(MAX_PATH, "basis directory")?.to_vec());
+            }
+        }
+        ext_tag::DEST_FLAGS => {
+            let bits = v.varint("destination option flags")?;
+            if bits >> DEST_FLAGS.len() != 0 {
+                return Err(DecodeError::Invalid("destination option flags"));
+            }
+            for (i, (f, _)) in DEST_FLAGS.iter().enumerate() {
+                *f(d) = bits & (1 << i) != 0;
+            }
+        }
+        ext_tag::DELETE_TIMING => {
+            d.delete_timing = match v.u8("delete timing")? {
+                1 => DeleteTiming::Before,
+                2 => DeleteTiming::Delay,
+                3 => DeleteTiming::During,
+                _ => return Err(DecodeError::Invalid("delete timing")),
+            }
+        }
+        ext_tag::CHOWN => {
+            let text = v.take(v.remaining(), "chown")?;
+            if text.len() > 2 * MAX_COMPONENT {
+                return Err(DecodeError::TooLarge {
+                    what: "chown",
+                    limit: 2 * MAX_COMPONENT,
+                });
+            }
+            d.chown = Some(text.to_vec());
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
 
 fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError> {
     if r.remaining() == 0 {
@@ -1437,6 +1678,7 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
                 }
                 o.chmod = Some(text.to_vec());
             }
+            t if decode_dest_side(t, &mut v, &mut o.dest_side)? => {}
             _ => return Err(DecodeError::Invalid("option extension tag")),
         }
         v.finish("option extension")?;

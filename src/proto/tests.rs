@@ -424,3 +424,76 @@ fn options_extension_block() {
         assert_eq!(Message::decode(&bad), Err(DecodeError::Invalid(why)));
     }
 }
+
+/// The destination-side options (tags 20 on) round trip, are refused by name
+/// to a version-2 peer, and bad values are refused; `Settled` round trips.
+#[test]
+fn dest_side_options_and_settled() {
+    let request = |options: Options| {
+        Message::Request(Request {
+            role: Role::ServerReceives,
+            paths: vec![b"m/x".to_vec()],
+            options,
+        })
+    };
+    let plain = Options {
+        recursive: true,
+        ..Options::default()
+    };
+    for (dest_side, flag) in [
+        (
+            DestSide {
+                basis_dirs: vec![b"../prev".to_vec(), b"/abs/x".to_vec()],
+                basis_kind: BasisKind::Compare,
+                ..DestSide::default()
+            },
+            "--compare-dest",
+        ),
+        (
+            DestSide {
+                remove_source_files: true,
+                ..DestSide::default()
+            },
+            "--remove-source-files",
+        ),
+        (
+            DestSide {
+                delete_timing: DeleteTiming::Before,
+                ..DestSide::default()
+            },
+            "--delete-before",
+        ),
+    ] {
+        let o = Options {
+            dest_side,
+            chmod: Some(b"u+x".to_vec()),
+            ..plain.clone()
+        };
+        assert_eq!(
+            Message::decode(&request(o.clone()).to_payload()),
+            Ok(request(o.clone()))
+        );
+        let without_chmod = Options {
+            chmod: None,
+            ..o.clone()
+        };
+        assert_eq!(
+            without_chmod.for_peer(2),
+            Err(OptionsError::PeerTooOld(flag))
+        );
+    }
+    let p = request(plain).to_payload();
+    for (block, why) in [
+        (vec![1u8, 20, 2, 7, 0], "basis directory kind"),
+        (vec![1u8, 21, 1, 4], "destination option flags"),
+        (vec![1u8, 22, 1, 9], "delete timing"),
+    ] {
+        let mut bad = p.clone();
+        bad.extend(block);
+        assert_eq!(Message::decode(&bad), Err(DecodeError::Invalid(why)));
+    }
+    let settled = Message::Settled {
+        files: vec![0, 7, u32::MAX],
+    };
+    assert_eq!(Message::decode(&settled.to_payload()), Ok(settled));
+}

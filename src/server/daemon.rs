@@ -120,6 +120,16 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
                 sources.push(full);
             }
             let m = root.ok_or_else(|| Refusal::Invalid("no source named".into()))?;
+            // --remove-source-files writes to the module: only where a push may
+            if r.options.dest_side.remove_source_files {
+                grant.check(fp, &m.name, true).map_err(denied)?;
+                if m.read_only {
+                    return Err(Refusal::Denied(format!(
+                        "--remove-source-files: module {} is read-only",
+                        m.name
+                    )));
+                }
+            }
             let mut options = r.options.clone();
             // a daemon never follows a symlink out of its module
             options.follow_links = false;

@@ -54,6 +54,9 @@ pub struct TempHow {
     pub sparse: bool,
     /// No name until it is published (a new file), where the store can.
     pub unnamed: bool,
+    /// The file at its path itself, written over (`--inplace`), where the
+    /// store can; a store that cannot writes a temporary file as usual.
+    pub in_place: bool,
 }
 
 /// How a finished temporary file becomes the file at its path.
@@ -85,6 +88,20 @@ pub trait Place {
     /// `create`.
     fn open(&mut self, root: &[u8], create: bool, shown: &str)
         -> Result<Self::Dest, TransferError>;
+    /// Opens `dir` (`--link-dest` and friends: relative to `root`, the
+    /// destination) to read earlier copies from; `Ok(None)` when nothing is
+    /// there. A store that cannot says so.
+    fn open_basis_dir(
+        &mut self,
+        root: &[u8],
+        dir: &[u8],
+        flag: &str,
+    ) -> Result<Option<Self::Dest>, TransferError> {
+        let _ = (root, dir);
+        Err(TransferError::Usage(format!(
+            "{flag} works only with a destination on a filesystem"
+        )))
+    }
 }
 
 /// The place files are written to. `rel` is always a checked path relative to
@@ -107,6 +124,12 @@ pub trait Destination {
     fn readlink(&mut self, rel: &[u8]) -> io::Result<Vec<u8>>;
     /// Makes `rel` another name of `existing`.
     fn hardlink(&mut self, existing: &[u8], rel: &[u8]) -> io::Result<()>;
+    /// Makes `rel` another name of `existing` in `other` (a basis directory
+    /// of the same store, `--link-dest`), atomically.
+    fn hardlink_from(&mut self, other: &mut Self, existing: &[u8], rel: &[u8]) -> io::Result<()> {
+        let _ = (other, existing, rel);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// Removes `rel` (a directory with what is in it), or keeps it under
     /// its name plus `backup`.
     fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()>;

@@ -112,4 +112,15 @@ pub trait Source {
 
     /// The file's name as this host knows it (a local path), for messages.
     fn name<'h>(&self, at: &'h Self::Handle) -> &'h [u8];
+
+    /// Removes a listed file or symlink (`--remove-source-files`), unless it
+    /// changed since it was listed (its size and mtime are not `listed`'s
+    /// any more). A source that cannot remove says so.
+    fn remove(&self, at: &Self::Handle, listed: Stamp) -> io::Result<()> {
+        let _ = (at, listed);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this source cannot remove files",
+        ))
+    }
 }

@@ -50,6 +50,12 @@ impl<D: Destination> Receiver<'_, D> {
         if !out.is_empty() {
             return (out, true);
         }
+        // --link-dest and friends: the copy in a basis directory
+        if let Some(j) = self.basis_of.get(&index).copied() {
+            if let Ok(f) = self.basis_dirs[j].open_basis(&rel) {
+                return (vec![f], false);
+            }
+        }
         let size = self.entries[index as usize].size;
         for candidate in self.similar_files(&rel, size) {
             if let Some(f) = self.dest.get().and_then(|d| d.open_basis(&candidate).ok()) {

@@ -30,12 +30,15 @@ impl<D: Destination> Receiver<'_, D> {
                 continue;
             }
             let dest = self.dest.open();
-            if let Err(e) = dest.hardlink(&trel, &rel) {
-                let shown = dest.show(&rel);
-                self.file_failed(&name, FileError::new(shown, FileOp::Link, e));
+            match dest.hardlink(&trel, &rel) {
+                Ok(()) => self.settled(index),
+                Err(e) => {
+                    let shown = dest.show(&rel);
+                    self.file_failed(&name, FileError::new(shown, FileOp::Link, e));
+                }
             }
         }
-        if self.opts.delete {
+        if self.opts.delete && !self.deleted_first {
             if self.io_error {
                 self.summary.delete_skipped = true;
                 self.emit(Report::Error {
@@ -91,6 +94,34 @@ impl<D: Destination> Receiver<'_, D> {
             }
         }
         Ok(())
+    }
+
+    /// Whether `--delete` comes before any file is asked for
+    /// (`--delete-before`, and `--delete-during`, which ferry does the same
+    /// way: a directory's listing is whole only when the list is).
+    pub(super) fn deleting_first(&self) -> bool {
+        use crate::proto::DeleteTiming;
+        self.opts.delete
+            && matches!(
+                self.opts.dest_side.delete_timing,
+                DeleteTiming::Before | DeleteTiming::During
+            )
+            && !self.deleted_first
+    }
+
+    /// `--delete-before`, once the list is whole: deletes what it does not
+    /// name (unless the sender had I/O errors), before any file is asked for.
+    pub(super) fn delete_before_transfer(&mut self) {
+        self.deleted_first = true;
+        if self.io_error {
+            self.summary.delete_skipped = true;
+            self.emit(Report::Error {
+                name: Vec::new(),
+                text: b"the sender had I/O errors: skipping deletion".to_vec(),
+            });
+        } else {
+            self.delete_extraneous();
+        }
     }
 
     pub(super) fn delete_extraneous(&mut self) {

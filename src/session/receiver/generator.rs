@@ -21,6 +21,10 @@ impl<D: Destination> Receiver<'_, D> {
                 e.mode = c.apply(e.mode, e.kind == Kind::Dir);
             }
         }
+        if let Some(c) = self.chown {
+            e.uid = c.uid.unwrap_or(e.uid);
+            e.gid = c.gid.unwrap_or(e.gid);
+        }
         if let Some(ls) = self.list_start.take() {
             // the destination is created only once there is something to put in it
             self.start(ls)?;
@@ -183,9 +187,13 @@ impl<D: Destination> Receiver<'_, D> {
             if let Some(dest) = self.dest.get() {
                 if dest.readlink(&rel).ok().as_deref() == Some(target.as_slice()) {
                     self.entries[index as usize].done = true;
+                    self.settled(index);
                     return Ok(());
                 }
             }
+        }
+        if existing.is_none() && self.symlink_from_basis(index, &target) {
+            return Ok(());
         }
         if let Some(k) = existing {
             if k == ExistingKind::Dir && !self.clear_way(index, k) {
@@ -206,9 +214,12 @@ impl<D: Destination> Receiver<'_, D> {
         let result = dest
             .symlink(&rel, &target)
             .and_then(|_| dest.set_meta(&rel, MetaOf::Link, &Meta { mode: None, ..meta }));
-        if let Err(err) = result {
-            let shown = dest.show(&rel);
-            self.file_failed(&e.name, FileError::new(shown, FileOp::Symlink, err));
+        match result {
+            Ok(()) => self.settled(index),
+            Err(err) => {
+                let shown = dest.show(&rel);
+                self.file_failed(&e.name, FileError::new(shown, FileOp::Symlink, err));
+            }
         }
         Ok(())
     }
@@ -252,6 +263,7 @@ impl<D: Destination> Receiver<'_, D> {
                     if same {
                         self.bytes_done += e.size;
                         self.entries[index as usize].done = true;
+                        self.settled(index);
                         self.refresh_meta(index, x);
                         return Ok(());
                     }
@@ -262,6 +274,9 @@ impl<D: Destination> Receiver<'_, D> {
                     }
                 }
             }
+        }
+        if existing.is_none() && self.try_basis_dirs(index, e) {
+            return Ok(());
         }
         if self.opts.dry_run {
             self.summary.transferred += 1;

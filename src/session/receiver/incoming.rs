@@ -151,7 +151,8 @@ impl<D: Destination> Receiver<'_, D> {
         let l = &self.entries[index as usize];
         let rel = l.rel.clone();
         // a small file is cheaper to resend than to keep a partial copy of
-        let partial = self.opts.partial && l.size >= PARTIAL_MIN_SIZE;
+        let in_place = self.opts.dest_side.inplace;
+        let partial = self.opts.partial && l.size >= PARTIAL_MIN_SIZE && !in_place;
         if partial {
             self.partial_dirs.insert(split_parent(&rel).0.to_vec());
         }
@@ -162,6 +163,7 @@ impl<D: Destination> Receiver<'_, D> {
             partial,
             sparse: self.opts.sparse,
             unnamed,
+            in_place,
         };
         dest.create_temp(&rel, how)
             .map_err(|e| Failed(FileOp::Create, e))

@@ -25,6 +25,7 @@
 //! files, never at a final path.
 
 mod basis;
+mod basis_dirs;
 mod finish;
 mod generator;
 mod incoming;
@@ -38,6 +39,7 @@ mod rebuild;
 pub mod recipe;
 mod schedule;
 mod segments;
+mod settled;
 
 use super::listing::Listing;
 use super::wire::{FrameReader, FrameWriter, Spares};
@@ -143,6 +145,17 @@ struct Receiver<'a, D: Destination = Dest> {
     touched: bool,
     /// When the overall progress last went to a remote requester.
     overall_sent: std::cell::Cell<Option<std::time::Instant>>,
+    /// `--link-dest`/`--copy-dest`/`--compare-dest` directories, opened.
+    basis_dirs: Vec<D>,
+    /// Files to rebuild from a basis directory's copy: which one.
+    basis_of: HashMap<u32, usize>,
+    /// `--remove-source-files`: entries at the destination as listed, told to
+    /// the sender once synced.
+    settled: Vec<u32>,
+    /// `--delete-before` has deleted (once the list was whole).
+    deleted_first: bool,
+    /// `--chown`: the owner and group every entry gets.
+    chown: Option<crate::fs::owners::Chown>,
 }
 
 /// Runs the receiving side until the transfer is complete, into the local
@@ -184,6 +197,10 @@ where
         Some(c) => Some(
             crate::chmod::Chmod::parse(&[c]).map_err(|e| TransferError::Usage(e.to_string()))?,
         ),
+        None => None,
+    };
+    let chown = match &cfg.options.dest_side.chown {
+        Some(c) => Some(crate::fs::owners::Chown::parse(c).map_err(TransferError::Usage)?),
         None => None,
     };
     // -R: a pull's names start with the first component of each path asked for
@@ -249,6 +266,11 @@ where
         bytes_done: 0,
         touched: false,
         overall_sent: std::cell::Cell::new(None),
+        basis_dirs: Vec::new(),
+        basis_of: HashMap::new(),
+        settled: Vec::new(),
+        deleted_first: false,
+        chown,
     };
     let result = r.run(&inbound, cancel);
     match result {
@@ -387,6 +409,7 @@ impl<D: Destination> Receiver<'_, D> {
             self.acknowledge()?;
         }
         self.finish()?;
+        self.send_settled()?;
         self.send(Message::Finish(self.summary))?;
         match self.next(inbound)? {
             Message::Bye => Ok(self.summary),

@@ -68,6 +68,14 @@ impl<D: Destination> Receiver<'_, D> {
             }
         }
         let mut dest = place.open(&root, create, &shown)?;
+        if !self.opts.dest_side.basis_dirs.is_empty() {
+            // --link-dest and friends: relative to the destination just opened
+            let Target::Unopened(mut place) = std::mem::replace(&mut self.dest, Target::Absent)
+            else {
+                unreachable!("the destination is opened once");
+            };
+            self.basis_dirs = self.open_basis_dirs(&mut *place, &root)?;
+        }
         if !self.opts.fsync && !self.opts.dry_run {
             dest.sync_in_background();
         }

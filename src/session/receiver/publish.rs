@@ -236,6 +236,7 @@ impl<D: Destination> Receiver<'_, D> {
         match result {
             Ok(()) => {
                 self.entries[file as usize].done = true;
+                self.settled(file);
                 self.summary.transferred += 1;
                 let counted = self.progress.remove(&file).unwrap_or(0);
                 self.bytes_done += size.saturating_sub(counted);

@@ -26,6 +26,14 @@ use crate::store::destination::Destination;
 impl<D: Destination> Receiver<'_, D> {
     /// Sends requests for queued files while there is room.
     pub(super) fn pump(&mut self) -> Result<(), TransferError> {
+        if self.deleting_first() {
+            // --delete-before: nothing is asked for until the list is whole
+            // and what it does not name is gone
+            if !self.intake.is_done() {
+                return Ok(());
+            }
+            self.delete_before_transfer();
+        }
         // refill in bursts, once half the files asked for have arrived: one
         // `Want` per finished file cost a wake-up and a write at both ends
         // for every small file
@@ -39,7 +47,11 @@ impl<D: Destination> Receiver<'_, D> {
             let l = &self.entries[index as usize];
             // (a store that cannot give back old data gets every file whole)
             let can_rebuild = self.dest.get_ref().is_some_and(|d| d.caps().rebuild);
-            let wants_delta = l.size >= DELTA_MIN_SIZE && can_rebuild && !self.opts.whole_file;
+            // (--inplace: the old data is being written over, so no delta)
+            let wants_delta = l.size >= DELTA_MIN_SIZE
+                && can_rebuild
+                && !self.opts.whole_file
+                && !self.opts.dest_side.inplace;
             let slot = if wants_delta {
                 match self.delta_slots.take(MAX_DELTA_IN_FLIGHT) {
                     Some(slot) => Some(slot),
@@ -90,10 +102,14 @@ impl<D: Destination> Receiver<'_, D> {
     /// not in flight. Directories stay for the end (their times and
     /// `--delete`), and with `-H` every file (a later hard link may name it).
     pub(super) fn acknowledge(&mut self) -> Result<(), TransferError> {
+        // (--delete-before holds the queue until the list is whole: what is
+        // queued is kept below, and the sender keeps what it listed)
+        let holding = self.deleting_first() && !self.intake.is_done();
         let taken = match self.queue.front() {
-            Some(&i) => i,
-            None => self.entries.len() as u32,
+            Some(&i) if !holding => i,
+            _ => self.entries.len() as u32,
         };
+        let first_queued = self.queue.front().copied().unwrap_or(u32::MAX);
         let Some(taken) = self.intake.ack(taken) else {
             return Ok(());
         };
@@ -102,7 +118,7 @@ impl<D: Destination> Receiver<'_, D> {
         self.entries.let_go(taken, |i, l| {
             if l.kind == Kind::Dir || (every_file && l.kind == Kind::File) {
                 Keep::ToTheEnd
-            } else if in_flight.is_live(i) {
+            } else if in_flight.is_live(i) || (holding && i >= first_queued) {
                 Keep::ForNow
             } else {
                 Keep::No

@@ -18,6 +18,7 @@
 
 mod ledger;
 mod recipe;
+mod removal;
 mod requests;
 mod segments;
 mod source;
@@ -83,6 +84,9 @@ struct Sender<'a, W: Write, S: Source> {
     /// `-S`: a block of zeros and its compressed frame, made at the first
     /// file with holes.
     zeros: Option<sparse::Zeros>,
+    /// `--remove-source-files`: every listed non-directory, with how it
+    /// looked when listed, until the receiver says it is settled.
+    removable: HashMap<u32, (S::Handle, crate::store::source::Stamp)>,
 }
 
 /// Runs the sending side over the local filesystem (beneath the module root
@@ -146,6 +150,7 @@ where
         source: &source,
         streams: Streams::new(cfg.joins, reports),
         zeros: None,
+        removable: HashMap::new(),
     };
     s.packer = Packer::new(s.options.zstd_level());
     let result = s.run(&cfg.sources);
@@ -198,6 +203,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             self.cancel.check()?;
             match item {
                 Listed::Entry(entry, path) => {
+                    self.keep_removable(&entry, &path);
                     let regular = entry.kind == crate::proto::Kind::File && entry.link_to.is_none();
                     if regular {
                         self.files.insert(self.listed, path);
@@ -257,9 +263,14 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 // the receiver asked for what it wants of those entries
                 // before it said so: the rest will not be asked for
                 self.acked = entries;
-                self.files.retain(|&i, _| i >= entries);
+                // (--delete-before: the receiver acknowledges entries it
+                // asks for only once the list is whole)
+                if !self.options.delete || !self.options.dest_side.deletes_first() {
+                    self.files.retain(|&i, _| i >= entries);
+                }
                 Ok(())
             }
+            FromPeer::Settled(files) => self.remove_settled(&files),
             FromPeer::Finish(s) => {
                 self.finished = Some(s);
                 Ok(())

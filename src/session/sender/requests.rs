@@ -28,6 +28,9 @@ pub(super) enum FromPeer {
     },
     /// The receiver has taken in this many list entries.
     ListAck(u32),
+    /// `--remove-source-files`: these entries are verified and durable at
+    /// the destination.
+    Settled(Vec<u32>),
     Finish(Summary),
     /// An event from a remote receiver, for this client's callback.
     Event(Event),
@@ -47,6 +50,7 @@ pub(super) fn read_requests<R: Read>(mut reader: FrameReader<R>, tx: mpsc::Sende
             Ok(Some(Message::Want { file, delta })) => FromPeer::Want { file, delta },
             Ok(Some(Message::Need { file, ranges })) => FromPeer::Need { file, ranges },
             Ok(Some(Message::ListAck { entries })) => FromPeer::ListAck(entries),
+            Ok(Some(Message::Settled { files })) => FromPeer::Settled(files),
             Ok(Some(Message::Event(e))) => FromPeer::Event(e),
             Ok(Some(Message::Finish(s))) => {
                 let _ = tx.send(FromPeer::Finish(s));
