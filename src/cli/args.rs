@@ -33,7 +33,8 @@ pub enum Command {
     /// Copy files like scp: `ferry cp -r ./ckpt user@gpu2:/data/ckpt`
     Cp(CpArgs),
     /// Synchronise trees like rsync: `ferry sync -avz --delete ./data/ gpu2:/data/`
-    #[command(disable_help_flag = true)]
+    // -i is rsync's --itemize-changes here: the daemon identity is --identity
+    #[command(disable_help_flag = true, mut_arg("identity", |a| a.short(None)))]
     Sync(SyncArgs),
     /// Run the daemon (TLS, key authentication, modules), or with --stdio serve
     /// one transfer on stdin/stdout (what ferry runs on the remote over ssh)
@@ -123,6 +124,26 @@ pub struct SyncArgs {
     /// Print only errors
     #[arg(short = 'q', long, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// A line per changed entry in rsync's format, `>f.st...... name`: what
+    /// changed (+ new, c link target, s size, t time, p perms, o owner, g
+    /// group; *deleting). On sync, -i is this, as in rsync: the daemon
+    /// identity is --identity (cp keeps scp's -i)
+    #[arg(short = 'i', long = "itemize-changes")]
+    pub itemize_changes: bool,
+    /// A line per transferred entry in FORMAT, rsync's escapes: %n name, %i
+    /// itemized changes, %l length, %b bytes on the wire, %f file name, %M
+    /// mtime, %t time now (UTC), %o operation, %L link target, %% a %
+    #[arg(long = "out-format", value_name = "FORMAT")]
+    pub out_format: Option<String>,
+    /// Append what changed to FILE (made 0600), as rsync lays it out: the
+    /// time (UTC), [pid], then the itemized line; the totals at the end
+    #[arg(long = "log-file", value_name = "FILE")]
+    pub log_file: Option<std::path::PathBuf>,
+    /// rsync's --info: progress2 (one line of whole-transfer progress),
+    /// stats2 (--stats and rsync's extra lines); comma-separated
+    #[arg(long, value_name = "FLAGS", value_delimiter = ',',
+          value_parser = ["progress2", "stats2", "progress1", "stats1", "progress0", "stats0"])]
+    pub info: Vec<String>,
     /// Skip files that are newer on the receiver
     #[arg(short = 'u', long)]
     pub update: bool,
@@ -302,6 +323,10 @@ pub struct CpArgs {
     /// Verbose: list copied files
     #[arg(short = 'v')]
     pub verbose: bool,
+    /// A line per changed entry in rsync's format (`>f+++++++++ name`); long
+    /// form only: -i is the identity file, as in scp
+    #[arg(long = "itemize-changes")]
+    pub itemize_changes: bool,
     /// One JSON object per line on stdout (files, errors, summary); see the README
     #[arg(long)]
     pub json: bool,
