@@ -153,19 +153,22 @@ pub fn event_value(r: &Report, progress: bool) -> Option<Value> {
     })
 }
 
-/// A file's check value as `kind:hex`: `xxh128` for a file sent whole,
+/// A file's check value as `kind:hex`: `xxh128` for a file sent whole (the
+/// XXH3-128 as `xxhsum -H2` prints it),
 /// `blake3-keyed` for one rebuilt from data the receiver had (keyed for
 /// this transfer), `blake3-segments` for one sent in segments.
 pub fn check_text(item: Item, c: &[u8; 32]) -> String {
-    let (kind, bytes) = if item.has(Item::CHECK_KEYED) {
-        ("blake3-keyed", &c[..])
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if item.has(Item::CHECK_KEYED) {
+        format!("blake3-keyed:{}", hex(c))
     } else if item.has(Item::CHECK_SEGMENTS) {
-        ("blake3-segments", &c[..])
+        format!("blake3-segments:{}", hex(c))
     } else {
-        ("xxh128", &c[..16])
-    };
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{kind}:{hex}")
+        // (the wire carries the number little-endian)
+        let mut n = [0u8; 16];
+        n.copy_from_slice(&c[..16]);
+        format!("xxh128:{:032x}", u128::from_le_bytes(n))
+    }
 }
 
 /// The `summary` line.

@@ -44,6 +44,7 @@ pub struct Lines {
 struct Counts {
     created: u64,
     created_dirs: u64,
+    created_links: u64,
     regular_sent: u64,
     sent_size: u64,
 }
@@ -103,6 +104,17 @@ impl Printer {
     /// The line of an itemized, updated or deleted entry; `bool`: it was
     /// created or updated (not its attributes alone).
     fn entry_line(&self, r: &Report, st: &mut State, out: &mut std::io::StdoutLock) -> bool {
+        if let Report::Itemized { size, item, .. } = r {
+            if item.has(Item::SENT) && !item.has(Item::DIR | Item::SYMLINK) {
+                st.counts.regular_sent += 1;
+                st.counts.sent_size += size;
+            }
+            if item.has(Item::NEW) {
+                st.counts.created += 1;
+                st.counts.created_dirs += item.has(Item::DIR) as u64;
+                st.counts.created_links += item.has(Item::SYMLINK) as u64;
+            }
+        }
         let Some(lines) = &self.lines else {
             return false;
         };
@@ -116,14 +128,6 @@ impl Printer {
                 detail,
                 ..
             } => {
-                if item.has(Item::SENT) && !item.has(Item::DIR | Item::SYMLINK) {
-                    st.counts.regular_sent += 1;
-                    st.counts.sent_size += size;
-                }
-                if item.has(Item::NEW) {
-                    st.counts.created += 1;
-                    st.counts.created_dirs += item.has(Item::DIR) as u64;
-                }
                 let l = itemize::Line {
                     name,
                     item: *item,
@@ -404,13 +408,15 @@ impl Printer {
             let _ = writeln!(out, "Number of files transferred: {}", s.transferred);
             if self.stats2 {
                 let c = &st.counts;
-                let _ = writeln!(
-                    out,
-                    "Number of created files: {} (reg: {}, dir: {})",
-                    c.created,
-                    c.created - c.created_dirs.min(c.created),
-                    c.created_dirs
+                let reg = c.created - (c.created_dirs + c.created_links).min(c.created);
+                let mut line = format!(
+                    "Number of created files: {} (reg: {reg}, dir: {}",
+                    c.created, c.created_dirs
                 );
+                if c.created_links > 0 {
+                    line += &format!(", link: {}", c.created_links);
+                }
+                let _ = writeln!(out, "{line})");
             }
             let _ = writeln!(out, "Number of deleted files: {}", s.deleted);
             if self.stats2 {
