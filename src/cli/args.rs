@@ -323,6 +323,15 @@ pub struct CpArgs {
     /// Verbose: list copied files
     #[arg(short = 'v')]
     pub verbose: bool,
+    /// Remote to remote: copy through this host (default: directly from the
+    /// first host to the second where it can reach it with the same ssh
+    /// command and runs ferry, else through this host)
+    #[arg(short = '3')]
+    pub through_local: bool,
+    /// Reach the remote through these jump hosts ([user@]host[:port], comma
+    /// separated), passed to ssh as ProxyJump
+    #[arg(short = 'J', value_name = "DESTINATION")]
+    pub jump: Option<String>,
     /// A line per changed entry in rsync's format (`>f+++++++++ name`); long
     /// form only: -i is the identity file, as in scp
     #[arg(long = "itemize-changes")]

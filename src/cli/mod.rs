@@ -416,12 +416,16 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             rsh: a.rsh,
             port: a.port,
             identity: a.identity,
-            ssh_options: a.ssh_option,
+            ssh_options: match &a.jump {
+                Some(j) => [a.ssh_option, vec![format!("ProxyJump={j}")]].concat(),
+                None => a.ssh_option,
+            },
             config: a.ssh_config,
             compress: a.ssh_compress,
             remote_ferry: a.remote_ferry,
             extra: false,
             transport: a.transport,
+            through_local: a.through_local,
         },
     };
     if a.json {
