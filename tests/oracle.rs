@@ -1274,6 +1274,8 @@ fn mkpath_matches_rsync() {
 struct Itemized {
     name: &'static str,
     args: &'static [&'static str],
+    /// The destination does not exist yet (`cd+++++++++ ./`).
+    fresh: bool,
     build: fn(src: &Path, init: &Path),
 }
 
@@ -1286,13 +1288,21 @@ fn fixed_tree(root: &Path) {
 
 const ITEMIZED: &[Itemized] = &[
     Itemized {
+        name: "into a new directory",
+        args: &["-a"],
+        fresh: true,
+        build: |s, _| fixed_tree(s),
+    },
+    Itemized {
         name: "new files and directories",
         args: &["-a"],
+        fresh: false,
         build: |s, _| fixed_tree(s),
     },
     Itemized {
         name: "changed content",
         args: &["-a"],
+        fresh: false,
         build: |s, d| {
             fixed_tree(s);
             fixed_tree(d);
@@ -1305,6 +1315,7 @@ const ITEMIZED: &[Itemized] = &[
     Itemized {
         name: "changed mode",
         args: &["-a"],
+        fresh: false,
         build: |s, d| {
             fixed_tree(s);
             fixed_tree(d);
@@ -1315,6 +1326,7 @@ const ITEMIZED: &[Itemized] = &[
     Itemized {
         name: "changed mtime",
         args: &["-a"],
+        fresh: false,
         build: |s, d| {
             fixed_tree(s);
             fixed_tree(d);
@@ -1324,6 +1336,7 @@ const ITEMIZED: &[Itemized] = &[
     Itemized {
         name: "deleted",
         args: &["-a", "--delete"],
+        fresh: false,
         build: |s, d| {
             fixed_tree(s);
             fixed_tree(d);
@@ -1337,6 +1350,7 @@ const ITEMIZED: &[Itemized] = &[
     Itemized {
         name: "symlinks",
         args: &["-a"],
+        fresh: false,
         build: |s, d| {
             fixed_tree(s);
             fixed_tree(d);
@@ -1349,8 +1363,20 @@ const ITEMIZED: &[Itemized] = &[
         },
     },
     Itemized {
+        name: "dry run",
+        args: &["-an", "--delete"],
+        fresh: false,
+        build: |s, d| {
+            fixed_tree(s);
+            write(&d.join("stale"), "x");
+            write(&d.join("a.txt"), "other\n");
+            set_mtime(d, 1_650_000_000);
+        },
+    },
+    Itemized {
         name: "directories",
         args: &["-a"],
+        fresh: false,
         build: |s, d| {
             fixed_tree(s);
             fixed_tree(d);
@@ -1367,7 +1393,8 @@ const ITEMIZED: &[Itemized] = &[
 fn item_lines(out: &[u8]) -> Vec<String> {
     let mut v: Vec<String> = String::from_utf8_lossy(out)
         .lines()
-        .filter(|l| !l.trim().is_empty())
+        // (rsync's line for a destination it made is not an itemized one)
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("created directory "))
         .map(str::to_string)
         .collect();
     v.sort();
@@ -1383,8 +1410,10 @@ fn run_itemized(via: Via) {
         std::fs::create_dir_all(&init).unwrap();
         (case.build)(&src, &init);
         let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
-        clone_tree(&init, &by_rsync);
-        clone_tree(&init, &by_ferry);
+        if !case.fresh {
+            clone_tree(&init, &by_rsync);
+            clone_tree(&init, &by_ferry);
+        }
         let rsh = t.path().join("rsh");
         write(&rsh, "#!/bin/sh\nshift\nexec \"$@\"\n");
         chmod(&rsh, 0o755);

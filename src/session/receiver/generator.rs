@@ -61,6 +61,10 @@ impl<D: Destination> Receiver<'_, D> {
             self.entries[index as usize].mode = x.mode;
         }
         self.note_item(index, existing.as_ref());
+        if self.root_created && rel == b"." {
+            // made by this run just before its entry came
+            self.entries[index as usize].item |= crate::proto::item::Item::NEW;
+        }
         match e.kind {
             Kind::Dir => self.entry_dir(index, &e, existing.map(|x| x.kind)),
             Kind::Symlink => self.entry_symlink(index, &e, existing.map(|x| x.kind)),

@@ -134,14 +134,17 @@ impl<D: Destination> Receiver<'_, D> {
         if times {
             attrs |= Item::TIME;
         }
-        if l.item & attrs == 0 || l.item & Item::NEW != 0 {
+        // the destination directory this run made: new, and nothing else
+        let made_root = l.item & Item::NEW != 0 && l.kind == Kind::Dir;
+        if !made_root && (l.item & attrs == 0 || l.item & Item::NEW != 0) {
             return;
         }
         let mut shown = l.name.clone();
         if l.kind == Kind::Dir {
             shown.push(b'/');
         }
-        let bits = (l.item & attrs) | (l.item & (Item::DIR | Item::SYMLINK));
+        let kept = if made_root { Item::NEW } else { attrs };
+        let bits = (l.item & kept) | (l.item & (Item::DIR | Item::SYMLINK));
         self.emit(Report::Itemized {
             name: shown,
             size: if l.kind == Kind::File { l.size } else { 0 },

@@ -146,6 +146,8 @@ struct Receiver<'a, D: Destination = Dest> {
     /// Bytes of file data that came over the wire per file in flight (only
     /// counted when the requester itemizes).
     wire: HashMap<u32, u64>,
+    /// This run made the destination directory itself (itemized as new).
+    root_created: bool,
     /// Metadata was changed on an existing entry (needs the final sync too).
     touched: bool,
     /// When the overall progress last went to a remote requester.
@@ -254,6 +256,7 @@ where
         chunk_cache: ChunkCache::open_default().map(Arc::new),
         progress: HashMap::new(),
         wire: HashMap::new(),
+        root_created: false,
         bytes_done: 0,
         touched: false,
         overall_sent: std::cell::Cell::new(None),

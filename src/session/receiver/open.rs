@@ -68,6 +68,7 @@ impl<D: Destination> Receiver<'_, D> {
             }
         }
         let mut dest = place.open(&root, create, &shown)?;
+        self.root_created = create;
         if !self.opts.fsync && !self.opts.dry_run {
             dest.sync_in_background();
         }
