@@ -727,6 +727,50 @@ mod tests {
     }
 
     #[test]
+    fn output_flags_parse() {
+        let s = sync(&[
+            "-ai",
+            "--out-format=%n %l",
+            "--log-file",
+            "/tmp/l",
+            "--info=progress2,stats2",
+            "--identity",
+            "k",
+            "a/",
+            "b/",
+        ]);
+        assert!(s.itemize_changes && s.archive);
+        assert_eq!(s.out_format.as_deref(), Some("%n %l"));
+        assert_eq!(s.info, ["progress2", "stats2"]);
+        assert_eq!(
+            s.daemon.identity.as_deref(),
+            Some(std::path::Path::new("k"))
+        );
+        assert!(Cli::try_parse_from(["ferry", "sync", "--info=frobs", "a", "b"]).is_err());
+        let c = match Cli::try_parse_from([
+            "ferry",
+            "cp",
+            "-3",
+            "-J",
+            "jump",
+            "-i",
+            "key",
+            "--itemize-changes",
+            "h1:a",
+            "h2:b",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Cp(c) => c,
+            _ => unreachable!(),
+        };
+        assert!(c.through_local && c.itemize_changes);
+        assert_eq!(c.jump.as_deref(), Some("jump"));
+        assert_eq!(c.identity.as_deref(), Some("key"));
+    }
+
+    #[test]
     fn rates() {
         assert_eq!(parse_rate("100").unwrap(), 100 << 10);
         assert_eq!(parse_rate("10M").unwrap(), 10 << 20);

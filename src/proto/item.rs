@@ -114,6 +114,69 @@ pub fn decode_text(item: Item, text: &[u8]) -> Result<ItemText, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{Event, EventKind, Message, Options, Report, Request, Role};
+
+    /// An `Itemized` report travels as an event of kind 6 and comes back
+    /// whole; bits this build does not know, or a text too short for its
+    /// check value, are refused when decoded.
+    #[test]
+    fn itemized_events_round_trip() {
+        let r = Report::Itemized {
+            name: b"d/f".to_vec(),
+            size: 1000,
+            item: Item(Item::SENT | Item::SIZE | Item::UPDATED | Item::CHECK),
+            wire: 600,
+            mtime: 1_600_000_000,
+            check: Some([9; 32]),
+            detail: Vec::new(),
+        };
+        let e = Event::from(r.clone());
+        assert_eq!(e.kind, EventKind::Itemized);
+        let bytes = Message::Event(e).to_payload();
+        assert_eq!(bytes[..2], [14, 6]);
+        match Message::decode(&bytes).unwrap() {
+            Message::Event(e) => assert_eq!(e.report(), r),
+            m => panic!("{m:?}"),
+        }
+        // an unknown bit, a check value announced and missing
+        let text = encode_text(Item(Item::NEW), 0, 0, None, b"");
+        for (b, want) in [
+            (1u64 << 20, DecodeError::Invalid("itemized event bits")),
+            (
+                (Item::NEW | Item::CHECK) as u64,
+                DecodeError::Truncated("itemized check value"),
+            ),
+            (1u64 << 40, DecodeError::Invalid("itemized event bits")),
+        ] {
+            let e = Event {
+                kind: EventKind::Itemized,
+                name: b"f".to_vec(),
+                a: 0,
+                b,
+                text: text.clone(),
+            };
+            assert_eq!(Message::decode(&Message::Event(e).to_payload()), Err(want));
+        }
+    }
+
+    /// `itemize` rides in the options' extension block (tag 24) and is not
+    /// sent to a version-2 peer, which would not know it.
+    #[test]
+    fn itemize_option_round_trips() {
+        let o = Options {
+            itemize: true,
+            recursive: true,
+            ..Options::default()
+        };
+        let req = Message::Request(Request {
+            role: Role::ServerReceives,
+            paths: vec![b"x".to_vec()],
+            options: o.clone(),
+        });
+        assert_eq!(Message::decode(&req.to_payload()), Ok(req));
+        assert!(!o.for_peer(2).unwrap().itemize);
+        assert!(o.for_peer(3).unwrap().itemize);
+    }
 
     #[test]
     fn text_round_trips() {
