@@ -370,3 +370,62 @@ fn fatal_error_is_a_json_line_with_category_and_exit_code() {
     // the human line stays on stderr
     assert!(stderr(&o).starts_with("ferry: "), "{}", stderr(&o));
 }
+
+/// Issue 24: each file line carries the bytes of the file's data that
+/// crossed the wire and the check value it was verified with; a file sent
+/// whole shows the XXH3-128 of its bytes, one rebuilt from the old copy a
+/// keyed check and fewer bytes on the wire than its size.
+#[test]
+fn file_lines_carry_wire_bytes_and_check_value() {
+    let t = tmp();
+    let src = t.path().join("src");
+    let data = random_bytes(600_000, 5);
+    write(&src.join("model.bin"), &data);
+    write(&src.join("empty"), "");
+    std::os::unix::fs::symlink("model.bin", src.join("latest")).unwrap();
+    let dst = t.path().join("dst");
+    let run = || {
+        let o = ok(ferry([
+            "sync".to_string(),
+            "-a".into(),
+            "--json".into(),
+            format!("{}/", src.display()),
+            format!("{}/", dst.display()),
+        ]));
+        lines(&stdout(&o))
+    };
+    let find = |ls: &[Value], name: &str| -> Value {
+        ls.iter()
+            .find(|l| l["kind"] == "file" && l["name"] == name)
+            .unwrap_or_else(|| panic!("no line for {name}: {ls:?}"))
+            .clone()
+    };
+    let first = run();
+    let m = find(&first, "model.bin");
+    assert_eq!(m["wire"], 600_000, "{m}");
+    let want = format!("xxh128:{:032x}", xxhash_rust::xxh3::xxh3_128(&data));
+    assert_eq!(m["check"], want.as_str(), "{m}");
+    let e = find(&first, "empty");
+    assert_eq!(e["wire"], 0, "{e}");
+    assert_eq!(
+        e["check"],
+        format!("xxh128:{:032x}", xxhash_rust::xxh3::xxh3_128(b"")).as_str()
+    );
+    let l = find(&first, "latest");
+    assert_eq!(l["wire"], 0, "{l}");
+    assert!(l.get("check").is_none(), "{l}");
+    // change a little in the middle: rebuilt from the old copy
+    let mut changed = data.clone();
+    changed[300_000..300_100].fill(7);
+    write(&src.join("model.bin"), &changed);
+    let second = run();
+    let m = find(&second, "model.bin");
+    let wire = m["wire"].as_u64().unwrap();
+    assert!(wire > 0 && wire < 300_000, "{m}");
+    let check = m["check"].as_str().unwrap();
+    assert!(
+        check.starts_with("blake3-keyed:") && check.len() == "blake3-keyed:".len() + 64,
+        "{m}"
+    );
+    assert_eq!(std::fs::read(dst.join("model.bin")).unwrap(), changed);
+}

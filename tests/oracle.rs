@@ -2035,3 +2035,236 @@ fn unsupported_filter_rules_are_refused() {
         assert!(!t.path().join("out").exists(), "{rule}");
     }
 }
+
+// Issue 24, `-i/--itemize-changes`: the set of itemized lines ferry prints
+// equals the set rsync prints for the same starting point and flags. rsync's
+// side is a push through a remote shell that runs the "remote" here, so that
+// both show a push (`<f`) where ferry's destination is remote, and both a
+// local copy (`>f`) where it is not.
+
+/// An itemize scenario: `build` makes `src` and `init` (the starting
+/// destination) under the scenario's root.
+struct Itemized {
+    name: &'static str,
+    args: &'static [&'static str],
+    /// The destination does not exist yet (`cd+++++++++ ./`).
+    fresh: bool,
+    build: fn(src: &Path, init: &Path),
+}
+
+/// `base_tree` with every directory's time fixed, the roots' too.
+fn fixed_tree(root: &Path) {
+    base_tree(root);
+    dir_times(root);
+    set_mtime(root, 1_650_000_000);
+}
+
+const ITEMIZED: &[Itemized] = &[
+    Itemized {
+        name: "into a new directory",
+        args: &["-a"],
+        fresh: true,
+        build: |s, _| fixed_tree(s),
+    },
+    Itemized {
+        name: "new files and directories",
+        args: &["-a"],
+        fresh: false,
+        build: |s, _| fixed_tree(s),
+    },
+    Itemized {
+        name: "changed content",
+        args: &["-a"],
+        fresh: false,
+        build: |s, d| {
+            fixed_tree(s);
+            fixed_tree(d);
+            write(&s.join("a.txt"), "alpha, longer now\n");
+            set_mtime(&s.join("a.txt"), 1_700_000_000);
+            write(&s.join("ckpt/w.bin"), random_bytes(200_000, 9));
+            set_mtime(&s.join("ckpt/w.bin"), 1_600_003_000);
+        },
+    },
+    Itemized {
+        name: "changed mode",
+        args: &["-a"],
+        fresh: false,
+        build: |s, d| {
+            fixed_tree(s);
+            fixed_tree(d);
+            chmod(&s.join("a.txt"), 0o600);
+            chmod(&s.join("data/shard-2.jsonl"), 0o755);
+        },
+    },
+    Itemized {
+        name: "changed mtime",
+        args: &["-a"],
+        fresh: false,
+        build: |s, d| {
+            fixed_tree(s);
+            fixed_tree(d);
+            set_mtime(&s.join("data/shard-1.jsonl"), 1_690_000_000);
+        },
+    },
+    Itemized {
+        name: "deleted",
+        args: &["-a", "--delete"],
+        fresh: false,
+        build: |s, d| {
+            fixed_tree(s);
+            fixed_tree(d);
+            write(&d.join("stale.bin"), "x");
+            write(&d.join("gone/deep/file"), "x");
+            write(&d.join("data/old.jsonl"), "x");
+            dir_times(d);
+            set_mtime(d, 1_650_000_000);
+        },
+    },
+    Itemized {
+        name: "symlinks",
+        args: &["-a"],
+        fresh: false,
+        build: |s, d| {
+            fixed_tree(s);
+            fixed_tree(d);
+            std::os::unix::fs::symlink("a.txt", s.join("to-a")).unwrap();
+            std::os::unix::fs::symlink("../a.txt", s.join("data/up")).unwrap();
+            std::os::unix::fs::symlink("elsewhere", d.join("to-a")).unwrap();
+            set_mtime(s, 1_650_000_000);
+            set_mtime(&s.join("data"), 1_650_000_000);
+            set_mtime(d, 1_650_000_000);
+        },
+    },
+    Itemized {
+        name: "dry run",
+        args: &["-an", "--delete"],
+        fresh: false,
+        build: |s, d| {
+            fixed_tree(s);
+            write(&d.join("stale"), "x");
+            write(&d.join("a.txt"), "other\n");
+            set_mtime(d, 1_650_000_000);
+        },
+    },
+    Itemized {
+        name: "directories",
+        args: &["-a"],
+        fresh: false,
+        build: |s, d| {
+            fixed_tree(s);
+            fixed_tree(d);
+            std::fs::create_dir_all(s.join("ckpt/step-2/opt")).unwrap();
+            set_mtime(&s.join("ckpt/step-2/opt"), 1_660_000_000);
+            set_mtime(&s.join("ckpt/step-2"), 1_660_000_000);
+            set_mtime(&s.join("ckpt"), 1_670_000_000);
+            chmod(&s.join("empty"), 0o700);
+        },
+    },
+];
+
+/// The lines of an itemized run, as a sorted set.
+fn item_lines(out: &[u8]) -> Vec<String> {
+    let mut v: Vec<String> = String::from_utf8_lossy(out)
+        .lines()
+        // (rsync's line for a destination it made is not an itemized one)
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("created directory "))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn run_itemized(via: Via) {
+    for case in ITEMIZED {
+        let t = tmp();
+        let (src, init) = (t.path().join("src"), t.path().join("init"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&init).unwrap();
+        (case.build)(&src, &init);
+        let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+        if !case.fresh {
+            clone_tree(&init, &by_rsync);
+            clone_tree(&init, &by_ferry);
+        }
+        let rsh = t.path().join("rsh");
+        write(&rsh, "#!/bin/sh\nshift\nexec \"$@\"\n");
+        chmod(&rsh, 0o755);
+        let mut rs: Vec<String> = case.args.iter().map(|s| s.to_string()).collect();
+        rs.push("-i".into());
+        match via {
+            Via::Local => rs.push(format!("{}/", by_rsync.display())),
+            _ => rs.extend([
+                "-e".into(),
+                rsh.display().to_string(),
+                format!("localhost:{}/", by_rsync.display()),
+            ]),
+        }
+        rs.insert(rs.len() - 1, format!("{}/", src.display()));
+        let o = std::process::Command::new("rsync")
+            .args(&rs)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "rsync: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let want = item_lines(&o.stdout);
+        let mut args: Vec<String> = vec!["sync".into(), "-i".into()];
+        args.extend(case.args.iter().map(|s| s.to_string()));
+        let dest = match &via {
+            Via::Ssh(sshd) => {
+                args.extend(sshd.args());
+                format!("{}/", sshd.remote(&by_ferry))
+            }
+            Via::Daemon(d) => {
+                args.extend(d.client_args());
+                let rel = by_ferry.strip_prefix(std::env::temp_dir()).unwrap();
+                d.url(&format!("tmp/{}/", rel.display()))
+            }
+            Via::Local => format!("{}/", by_ferry.display()),
+        };
+        args.extend([format!("{}/", src.display()), dest]);
+        let o = ferry(&args);
+        assert!(
+            o.status.success(),
+            "{}: ferry failed: {}",
+            case.name,
+            stderr(&o)
+        );
+        let got = item_lines(&o.stdout);
+        assert_eq!(
+            got, want,
+            "scenario {:?}: ferry -i differs from rsync -i",
+            case.name
+        );
+        assert!(
+            !want.is_empty(),
+            "scenario {:?} itemizes nothing",
+            case.name
+        );
+        assert_same_tree(&by_rsync, &by_ferry, false);
+    }
+}
+
+#[test]
+fn local_itemize_matches_rsync() {
+    run_itemized(Via::Local);
+}
+
+#[test]
+fn daemon_itemize_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_itemized(Via::Daemon(&d));
+}
+
+#[test]
+fn ssh_itemize_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_itemized(Via::Ssh(&sshd));
+}

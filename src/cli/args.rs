@@ -33,7 +33,8 @@ pub enum Command {
     /// Copy files like scp: `ferry cp -r ./ckpt user@gpu2:/data/ckpt`
     Cp(CpArgs),
     /// Synchronise trees like rsync: `ferry sync -avz --delete ./data/ gpu2:/data/`
-    #[command(disable_help_flag = true)]
+    // -i is rsync's --itemize-changes here: the daemon identity is --identity
+    #[command(disable_help_flag = true, mut_arg("identity", |a| a.short(None)))]
     Sync(SyncArgs),
     /// Send one tree to many daemons at once through a verified pipelined chain:
     /// `ferry fanout -a ./ckpt/ gpu1::ckpt/ gpu2::ckpt/ gpu3::ckpt/`
@@ -126,6 +127,26 @@ pub struct SyncArgs {
     /// Print only errors
     #[arg(short = 'q', long, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// A line per changed entry in rsync's format, `>f.st...... name`: what
+    /// changed (+ new, c link target, s size, t time, p perms, o owner, g
+    /// group; *deleting). On sync, -i is this, as in rsync: the daemon
+    /// identity is --identity (cp keeps scp's -i)
+    #[arg(short = 'i', long = "itemize-changes")]
+    pub itemize_changes: bool,
+    /// A line per transferred entry in FORMAT, rsync's escapes: %n name, %i
+    /// itemized changes, %l length, %b bytes on the wire, %f file name, %M
+    /// mtime, %t time now (UTC), %o operation, %L link target, %% a %
+    #[arg(long = "out-format", value_name = "FORMAT")]
+    pub out_format: Option<String>,
+    /// Append what changed to FILE (made 0600), as rsync lays it out: the
+    /// time (UTC), [pid], then the itemized line; the totals at the end
+    #[arg(long = "log-file", value_name = "FILE")]
+    pub log_file: Option<std::path::PathBuf>,
+    /// rsync's --info: progress2 (one line of whole-transfer progress),
+    /// stats2 (--stats and rsync's extra lines); comma-separated
+    #[arg(long, value_name = "FLAGS", value_delimiter = ',',
+          value_parser = ["progress2", "stats2", "progress1", "stats1", "progress0", "stats0"])]
+    pub info: Vec<String>,
     /// Skip files that are newer on the receiver
     #[arg(short = 'u', long)]
     pub update: bool,
@@ -359,6 +380,19 @@ pub struct CpArgs {
     /// Verbose: list copied files
     #[arg(short = 'v')]
     pub verbose: bool,
+    /// Remote to remote: copy through this host (default: directly from the
+    /// first host to the second where it can reach it with the same ssh
+    /// command and runs ferry, else through this host)
+    #[arg(short = '3')]
+    pub through_local: bool,
+    /// Reach the remote through these jump hosts ([user@]host[:port], comma
+    /// separated), passed to ssh as ProxyJump
+    #[arg(short = 'J', value_name = "DESTINATION")]
+    pub jump: Option<String>,
+    /// A line per changed entry in rsync's format (`>f+++++++++ name`); long
+    /// form only: -i is the identity file, as in scp
+    #[arg(long = "itemize-changes")]
+    pub itemize_changes: bool,
     /// One JSON object per line on stdout (files, errors, summary); see the README
     #[arg(long)]
     pub json: bool,
@@ -768,6 +802,50 @@ mod tests {
         let s = sync(&["-aWxI", "--max-size=1M", "--min-size", "10", "a/", "b/"]);
         assert!(s.whole_file && s.one_file_system && s.ignore_times);
         assert_eq!((s.max_size, s.min_size), (Some(1 << 20), Some(10)));
+    }
+
+    #[test]
+    fn output_flags_parse() {
+        let s = sync(&[
+            "-ai",
+            "--out-format=%n %l",
+            "--log-file",
+            "/tmp/l",
+            "--info=progress2,stats2",
+            "--identity",
+            "k",
+            "a/",
+            "b/",
+        ]);
+        assert!(s.itemize_changes && s.archive);
+        assert_eq!(s.out_format.as_deref(), Some("%n %l"));
+        assert_eq!(s.info, ["progress2", "stats2"]);
+        assert_eq!(
+            s.daemon.identity.as_deref(),
+            Some(std::path::Path::new("k"))
+        );
+        assert!(Cli::try_parse_from(["ferry", "sync", "--info=frobs", "a", "b"]).is_err());
+        let c = match Cli::try_parse_from([
+            "ferry",
+            "cp",
+            "-3",
+            "-J",
+            "jump",
+            "-i",
+            "key",
+            "--itemize-changes",
+            "h1:a",
+            "h2:b",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Cp(c) => c,
+            _ => unreachable!(),
+        };
+        assert!(c.through_local && c.itemize_changes);
+        assert_eq!(c.jump.as_deref(), Some("jump"));
+        assert_eq!(c.identity.as_deref(), Some("key"));
     }
 
     #[test]

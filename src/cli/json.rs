@@ -7,6 +7,7 @@
 //! not decide exit codes or run anything; it only writes lines.
 
 use crate::error::TransferError;
+use crate::proto::item::Item;
 use crate::transfer::{Event, Outcome, Report};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -68,9 +69,34 @@ impl JsonPrinter {
     }
 }
 
-/// The line for one report; `None` for progress when not asked for.
+/// The line for one report; `None` for progress when not asked for, and
+/// for an entry whose attributes alone changed.
 pub fn event_value(r: &Report, progress: bool) -> Option<Value> {
     Some(match r {
+        Report::Itemized {
+            name,
+            size,
+            item,
+            wire,
+            check,
+            detail,
+            ..
+        } => {
+            if !item.has(Item::UPDATED) {
+                return None;
+            }
+            let updated = Report::Updated {
+                name: name.clone(),
+                size: *size,
+                detail: detail.clone(),
+            };
+            let mut v = event_value(&updated, progress)?;
+            v["wire"] = json!(wire);
+            if let Some(c) = check {
+                v["check"] = json!(check_text(*item, c));
+            }
+            v
+        }
         Report::Updated { name, size, detail } => {
             let (name, kind) = match name.strip_suffix(b"/") {
                 Some(n) => (n, "dir"),
@@ -125,6 +151,24 @@ pub fn event_value(r: &Report, progress: bool) -> Option<Value> {
             json!({"kind": "progress", "name": "", "done": done, "size": total})
         }
     })
+}
+
+/// A file's check value as `kind:hex`: `xxh128` for a file sent whole (the
+/// XXH3-128 as `xxhsum -H2` prints it),
+/// `blake3-keyed` for one rebuilt from data the receiver had (keyed for
+/// this transfer), `blake3-segments` for one sent in segments.
+pub fn check_text(item: Item, c: &[u8; 32]) -> String {
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if item.has(Item::CHECK_KEYED) {
+        format!("blake3-keyed:{}", hex(c))
+    } else if item.has(Item::CHECK_SEGMENTS) {
+        format!("blake3-segments:{}", hex(c))
+    } else {
+        // (the wire carries the number little-endian)
+        let mut n = [0u8; 16];
+        n.copy_from_slice(&c[..16]);
+        format!("xxh128:{:032x}", u128::from_le_bytes(n))
+    }
 }
 
 /// The `summary` line.

@@ -5,6 +5,7 @@ pub mod args;
 mod demo;
 mod doctor;
 mod fanout;
+mod itemize;
 mod jobs;
 mod json;
 mod keys;
@@ -365,7 +366,14 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         partial: !a.no_partial || a.partial_progress,
         cp_mode: false,
         dirs: a.files_from.is_some(),
-        file_events: a.verbose > 0 || progress || a.dry_run || a.json,
+        file_events: a.verbose > 0
+            || progress
+            || a.dry_run
+            || a.json
+            || a.itemize_changes
+            || a.out_format.is_some()
+            || a.log_file.is_some()
+            || a.info.iter().any(|i| i == "stats2"),
         streams: 0, // below, once the locations are known
         backup_suffix: a
             .backup
@@ -396,6 +404,11 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         max_delete: a.max_delete,
         relative: a.relative || a.files_from.is_some(),
         mkpath: a.mkpath,
+        itemize: a.itemize_changes
+            || a.out_format.is_some()
+            || a.log_file.is_some()
+            || a.json
+            || a.info.iter().any(|i| i == "stats2"),
         chmod: match a.chmod.is_empty() {
             true => None,
             false => {
@@ -455,7 +468,17 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
     if a.json {
         return run_json(&plan, &json::JsonPrinter::new(progress, a.dry_run));
     }
-    let printer = Printer::new(a.verbose, a.quiet, progress, a.human, a.dry_run);
+    let mut printer = Printer::new(a.verbose, a.quiet, progress, a.human, a.dry_run);
+    printer.progress2 = a.info.iter().any(|i| i == "progress2");
+    printer.stats2 = a.info.iter().any(|i| i == "stats2");
+    if let Some(lines) = item_lines(
+        &plan,
+        a.itemize_changes,
+        a.out_format.as_deref(),
+        a.log_file.as_deref(),
+    )? {
+        printer = printer.with_lines(lines);
+    }
     run_plan(&plan, &printer, a.stats)
 }
 
@@ -464,7 +487,8 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let progress = tty && !a.quiet && !a.json;
     let options = Options {
-        file_events: a.verbose || progress || a.json,
+        file_events: a.verbose || progress || a.json || a.itemize_changes,
+        itemize: a.itemize_changes || a.json,
         recursive: a.recursive,
         follow_links: true,
         perms: a.preserve,
@@ -500,20 +524,62 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             rsh: a.rsh,
             port: a.port,
             identity: a.identity,
-            ssh_options: a.ssh_option,
+            ssh_options: match &a.jump {
+                Some(j) => [a.ssh_option, vec![format!("ProxyJump={j}")]].concat(),
+                None => a.ssh_option,
+            },
             config: a.ssh_config,
             compress: a.ssh_compress,
             remote_ferry: a.remote_ferry,
             extra: false,
             transport: a.transport,
             verify: a.verify,
+            through_local: a.through_local,
         },
     };
     if a.json {
         return run_json(&plan, &json::JsonPrinter::new(false, false));
     }
-    let printer = Printer::new(a.verbose as u8, a.quiet, progress, false, false);
+    let mut printer = Printer::new(a.verbose as u8, a.quiet, progress, false, false);
+    if let Some(lines) = item_lines(&plan, a.itemize_changes, None, None)? {
+        printer = printer.with_lines(lines);
+    }
     run_plan(&plan, &printer, false)
+}
+
+/// rsync's per-entry lines for `-i`, `--out-format` and `--log-file`, if any
+/// is asked for: `<` in the code when the destination is remote, as rsync
+/// shows a push.
+fn item_lines(
+    plan: &Plan,
+    itemize: bool,
+    out_format: Option<&str>,
+    log_file: Option<&std::path::Path>,
+) -> Result<Option<output::Lines>, TransferError> {
+    let stdout = match (out_format, itemize) {
+        (Some(f), _) => Some(itemize::OutFormat::parse(f).map_err(TransferError::Usage)?),
+        (None, true) => Some(itemize::OutFormat::itemize()),
+        (None, false) => None,
+    };
+    let log = match log_file {
+        Some(p) => Some((
+            itemize::LogFile::open(p).map_err(TransferError::Usage)?,
+            itemize::OutFormat::itemize(),
+        )),
+        None => None,
+    };
+    if stdout.is_none() && log.is_none() {
+        return Ok(None);
+    }
+    let remote = matches!(plan.dest, Location::Ssh { .. } | Location::Daemon { .. });
+    Ok(Some(output::Lines {
+        direction: itemize::Direction {
+            arrow: if remote { '<' } else { '>' },
+            times: plan.options.times,
+        },
+        stdout,
+        log,
+    }))
 }
 
 /// Streams when `--streams` is not given: to a daemon one per core, over ssh

@@ -1,8 +1,12 @@
 //! What the user sees: changed names (`-v`), deletions, errors on stderr with
 //! names escaped, per-file progress (`--progress`), and the closing statistics.
-//! Nothing extra when output is not a terminal.
+//! Nothing extra when output is not a terminal. rsync's itemized lines,
+//! `--out-format` and `--log-file` are printed here through
+//! [`super::itemize`], as are `--info=progress2` and `--info=stats2`.
 
+use super::itemize::{self, Direction, LogFile, OutFormat};
 use crate::fs::names::escape;
+use crate::proto::item::Item;
 use crate::transfer::{Event, EventKind, Outcome, Report};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -17,7 +21,32 @@ pub struct Printer {
     tty: bool,
     /// stderr is a terminal: draw the overall progress bar there.
     bar: bool,
+    /// `-i`, `--out-format`, `--log-file`: rsync's per-entry lines.
+    lines: Option<Lines>,
+    /// `--info=progress2`: one line of whole-transfer progress.
+    pub progress2: bool,
+    /// `--info=stats2`: `--stats` and rsync's extra lines.
+    pub stats2: bool,
     state: Mutex<State>,
+}
+
+/// rsync's per-entry lines: where they go and in what format.
+pub struct Lines {
+    pub direction: Direction,
+    /// On stdout (`-i` is `%i %n%L`; `--out-format`).
+    pub stdout: Option<OutFormat>,
+    /// `--log-file`, in `--log-file-format` (rsync's default `%i %n%L`).
+    pub log: Option<(LogFile, OutFormat)>,
+}
+
+/// What `--info=stats2` counts from the itemized entries.
+#[derive(Default)]
+struct Counts {
+    created: u64,
+    created_dirs: u64,
+    created_links: u64,
+    regular_sent: u64,
+    sent_size: u64,
 }
 
 struct State {
@@ -30,6 +59,11 @@ struct State {
     overall: (u64, u64),
     /// The overall bar is drawn on stderr and must be cleared before other output.
     bar_visible: bool,
+    counts: Counts,
+    /// The log file, once taken out of [`Lines`].
+    log: Option<(LogFile, OutFormat)>,
+    /// A `--info=progress2` line is on screen without its newline.
+    progress2_open: bool,
 }
 
 impl Printer {
@@ -42,6 +76,9 @@ impl Printer {
             dry_run,
             tty: std::io::stdout().is_terminal(),
             bar: std::io::stderr().is_terminal() && !quiet,
+            lines: None,
+            progress2: false,
+            stats2: false,
             state: Mutex::new(State {
                 start: Instant::now(),
                 open_line: false,
@@ -49,8 +86,134 @@ impl Printer {
                 file_done: 0,
                 overall: (0, 0),
                 bar_visible: false,
+                counts: Counts::default(),
+                log: None,
+                progress2_open: false,
             }),
         }
+    }
+
+    /// Prints rsync's per-entry lines as `lines` says.
+    pub fn with_lines(mut self, mut lines: Lines) -> Self {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        st.log = lines.log.take();
+        self.lines = Some(lines);
+        self
+    }
+
+    /// The line of an itemized, updated or deleted entry; `bool`: it was
+    /// created or updated (not its attributes alone).
+    fn entry_line(&self, r: &Report, st: &mut State, out: &mut std::io::StdoutLock) -> bool {
+        if let Report::Itemized { size, item, .. } = r {
+            if item.has(Item::SENT) && !item.has(Item::DIR | Item::SYMLINK) {
+                st.counts.regular_sent += 1;
+                st.counts.sent_size += size;
+            }
+            if item.has(Item::NEW) {
+                st.counts.created += 1;
+                st.counts.created_dirs += item.has(Item::DIR) as u64;
+                st.counts.created_links += item.has(Item::SYMLINK) as u64;
+            }
+        }
+        let Some(lines) = &self.lines else {
+            return false;
+        };
+        let (line, updated) = match r {
+            Report::Itemized {
+                name,
+                size,
+                item,
+                wire,
+                mtime,
+                detail,
+                ..
+            } => {
+                let l = itemize::Line {
+                    name,
+                    item: *item,
+                    deleted: false,
+                    size: *size,
+                    wire: *wire,
+                    mtime: *mtime,
+                    detail,
+                };
+                (l, item.has(Item::UPDATED))
+            }
+            // from a peer that does not itemize: what its event says
+            Report::Updated { name, size, detail } => {
+                let kind = if name.ends_with(b"/") {
+                    Item::DIR | Item::NEW
+                } else if detail.starts_with(b"-> ") {
+                    Item::SYMLINK | Item::NEW
+                } else if detail.starts_with(b"=> ") {
+                    Item::HARDLINK
+                } else {
+                    Item::SENT
+                };
+                let l = itemize::Line {
+                    name,
+                    item: Item(kind | Item::UPDATED),
+                    deleted: false,
+                    size: *size,
+                    wire: 0,
+                    mtime: 0,
+                    detail,
+                };
+                (l, true)
+            }
+            Report::Deleted { name, is_dir } => {
+                let mut shown = name.clone();
+                if *is_dir && !shown.ends_with(b"/") {
+                    shown.push(b'/');
+                }
+                let l = itemize::Line {
+                    name: &shown,
+                    item: Item(0),
+                    deleted: true,
+                    size: 0,
+                    wire: 0,
+                    mtime: 0,
+                    detail: b"",
+                };
+                return self.print_line(lines, &l, true, st, out);
+            }
+            _ => return false,
+        };
+        self.print_line(lines, &line, updated, st, out)
+    }
+
+    /// Writes one entry's line to stdout and the log; `true` when stdout
+    /// takes rsync's lines (and `-v`'s are not printed).
+    fn print_line(
+        &self,
+        lines: &Lines,
+        l: &itemize::Line,
+        updated: bool,
+        st: &mut State,
+        out: &mut std::io::StdoutLock,
+    ) -> bool {
+        let now = itemize::now();
+        if let Some((log, fmt)) = &mut st.log {
+            if updated || fmt.itemizes() {
+                log.line(&fmt.render(l, lines.direction, now));
+            }
+        }
+        let Some(fmt) = &lines.stdout else {
+            return false;
+        };
+        if !self.quiet && (updated || fmt.itemizes()) {
+            if st.bar_visible {
+                eprint!("\r\x1b[K");
+                st.bar_visible = false;
+            }
+            if st.open_line || st.progress2_open {
+                let _ = writeln!(out);
+                st.open_line = false;
+                st.progress2_open = false;
+            }
+            let _ = writeln!(out, "{}", fmt.render(l, lines.direction, now));
+        }
+        true
     }
 
     fn size(&self, n: u64) -> String {
@@ -74,7 +237,23 @@ impl Printer {
                 st.open_line = false;
             }
         };
-        match e.report() {
+        let report = e.report();
+        if self.entry_line(&report, &mut st, &mut out) {
+            return;
+        }
+        let report = match report {
+            Report::Itemized {
+                name,
+                size,
+                item,
+                detail,
+                ..
+            } if item.has(Item::UPDATED) => Report::Updated { name, size, detail },
+            Report::Itemized { .. } => return,
+            r => r,
+        };
+        match report {
+            Report::Itemized { .. } => {}
             Report::Updated { name, detail, .. } => {
                 if self.verbose > 0 || (self.dry_run && !self.quiet) {
                     close_line(&mut st, &mut out);
@@ -108,6 +287,21 @@ impl Printer {
             }
             Report::Overall { done, total } => {
                 st.overall = (done, total);
+                if self.progress2 && !self.quiet {
+                    let secs = st.start.elapsed().as_secs_f64().max(1e-3);
+                    let pct = (done * 100).checked_div(total).unwrap_or(100).min(100);
+                    let _ = write!(
+                        out,
+                        "\r{:>15} {:>3}% {:>10}/s {:>10}",
+                        self.size(done),
+                        pct,
+                        human((done as f64 / secs) as u64),
+                        elapsed(secs)
+                    );
+                    let _ = out.flush();
+                    st.progress2_open = true;
+                    return;
+                }
                 // with --progress on a terminal the file lines carry the total
                 if !self.bar || (self.progress && self.tty) || total == 0 {
                     return;
@@ -185,16 +379,59 @@ impl Printer {
             let _ = writeln!(out);
             st.open_line = false;
         }
+        let s = &o.summary;
+        let secs = st.start.elapsed().as_secs_f64().max(1e-3);
+        if self.progress2 && !self.quiet {
+            // the last line says where the whole transfer ended
+            let _ = writeln!(
+                out,
+                "\r{:>15} 100% {:>10}/s {:>10}",
+                self.size(s.total_size),
+                human(((o.sent + o.received) as f64 / secs) as u64),
+                elapsed(secs)
+            );
+            st.progress2_open = false;
+        }
+        if let Some((log, _)) = &mut st.log {
+            log.line(&format!(
+                "sent {} bytes  received {} bytes  total size {}",
+                o.sent, o.received, s.total_size
+            ));
+        }
         if self.quiet {
             return;
         }
-        let s = &o.summary;
-        let secs = st.start.elapsed().as_secs_f64().max(1e-3);
+        let stats = stats || self.stats2;
         if stats {
             let _ = writeln!(out);
             let _ = writeln!(out, "Number of files: {}", s.files);
             let _ = writeln!(out, "Number of files transferred: {}", s.transferred);
+            if self.stats2 {
+                let c = &st.counts;
+                let reg = c.created - (c.created_dirs + c.created_links).min(c.created);
+                let mut line = format!(
+                    "Number of created files: {} (reg: {reg}, dir: {}",
+                    c.created, c.created_dirs
+                );
+                if c.created_links > 0 {
+                    line += &format!(", link: {}", c.created_links);
+                }
+                let _ = writeln!(out, "{line})");
+            }
             let _ = writeln!(out, "Number of deleted files: {}", s.deleted);
+            if self.stats2 {
+                let c = &st.counts;
+                let _ = writeln!(
+                    out,
+                    "Number of regular files transferred: {}",
+                    c.regular_sent
+                );
+                let _ = writeln!(
+                    out,
+                    "Total transferred file size: {} bytes",
+                    self.size(c.sent_size)
+                );
+            }
             let _ = writeln!(out, "Total file size: {} bytes", self.size(s.total_size));
             let _ = writeln!(out, "Literal data: {} bytes", self.size(s.literal));
             let _ = writeln!(out, "Matched data: {} bytes", self.size(s.reused));
@@ -223,6 +460,12 @@ impl Printer {
             eprintln!("ferry: deletion was skipped because the sender had I/O errors");
         }
     }
+}
+
+/// `0:01:05`: hours, minutes, seconds, as rsync's progress shows time.
+fn elapsed(secs: f64) -> String {
+    let s = secs as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// 1234567 → "1.23M" (powers of 1000, as rsync -h prints).

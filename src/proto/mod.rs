@@ -26,6 +26,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod item;
 
 use codec::{Reader, Writer};
 
@@ -251,6 +252,10 @@ pub struct Options {
     /// rsync's destination-side options (`--link-dest` and friends,
     /// `--remove-source-files`, when to delete, …).
     pub dest_side: DestSide,
+    /// The receiver reports each entry in detail, as `Itemized` events: what
+    /// changed, attribute-only changes too, bytes on the wire and the check
+    /// value (`-i`, `--out-format`, `--log-file`, `--json`).
+    pub itemize: bool,
 }
 
 /// rsync's destination-side options, carried in the extension block from tag
@@ -444,6 +449,8 @@ impl Options {
         if let Some(name) = dest_side_flag(&o.dest_side) {
             return Err(OptionsError::PeerTooOld(name));
         }
+        // what is itemized comes from the listing a version-2 peer still sends
+        o.itemize = false;
         Ok(o)
     }
 }
@@ -541,6 +548,9 @@ pub enum EventKind {
     Progress,
     /// Bytes of the whole transfer done so far.
     Overall,
+    /// What changed about one entry, in detail (only to a requester that
+    /// set [`Options::itemize`]).
+    Itemized,
 }
 
 /// Something a transfer reports as it goes, as it travels: a kind, a name,
@@ -606,6 +616,24 @@ pub enum Report {
     /// `done` bytes of the whole transfer of the `total` listed so far (it
     /// grows until the file list ends). Wire: `a` = done, `b` = total.
     Overall { done: u64, total: u64 },
+    /// What changed about `name` (a directory with a trailing `/`): the
+    /// [`item::Item`] bits, the file's bytes that crossed the wire, its
+    /// check value, and `detail` as in `Updated`. Sent in place of `Updated`
+    /// (with [`item::Item::UPDATED`]), and for entries whose attributes
+    /// alone changed, when the requester set [`Options::itemize`]. Wire:
+    /// `a` = size, `b` = the bits, `text` = [`item::encode_text`].
+    Itemized {
+        #[serde(serialize_with = "lossy")]
+        name: Vec<u8>,
+        size: u64,
+        item: item::Item,
+        wire: u64,
+        /// The entry's modification time, in seconds.
+        mtime: i64,
+        check: Option<[u8; 32]>,
+        #[serde(serialize_with = "lossy")]
+        detail: Vec<u8>,
+    },
 }
 
 /// Names and texts are bytes; as JSON they are text, invalid UTF-8 replaced.
@@ -638,6 +666,25 @@ impl Event {
                 done: self.a,
                 total: self.b,
             },
+            EventKind::Itemized => {
+                let bits = item::Item(self.b.min(u32::MAX as u64) as u32);
+                // (checked when decoded: a malformed text cannot arrive)
+                let t = item::decode_text(bits, &text).unwrap_or(item::ItemText {
+                    wire: 0,
+                    mtime: 0,
+                    check: None,
+                    detail: text,
+                });
+                Report::Itemized {
+                    name,
+                    size: self.a,
+                    item: bits,
+                    wire: t.wire,
+                    mtime: t.mtime,
+                    check: t.check,
+                    detail: t.detail,
+                }
+            }
         }
     }
 
@@ -670,6 +717,7 @@ impl Report {
             Report::Notice { .. } => EventKind::Notice,
             Report::Progress { .. } => EventKind::Progress,
             Report::Overall { .. } => EventKind::Overall,
+            Report::Itemized { .. } => EventKind::Itemized,
         }
     }
 }
@@ -683,6 +731,18 @@ impl From<Report> for Event {
             Report::Error { name, text } | Report::Notice { name, text } => (name, 0, 0, text),
             Report::Progress { name, done, size } => (name, done, size, Vec::new()),
             Report::Overall { done, total } => (Vec::new(), done, total, Vec::new()),
+            Report::Itemized {
+                name,
+                size,
+                item,
+                wire,
+                mtime,
+                check,
+                detail,
+            } => {
+                let text = item::encode_text(item, wire, mtime, check.as_ref(), &detail);
+                (name, size, item.0 as u64, text)
+            }
         };
         Event {
             kind,
@@ -1213,15 +1273,22 @@ impl Message {
                     3 => EventKind::Notice,
                     4 => EventKind::Progress,
                     5 => EventKind::Overall,
+                    6 => EventKind::Itemized,
                     _ => return Err(DecodeError::Invalid("event kind")),
                 };
-                Message::Event(Event {
+                let e = Event {
                     kind,
                     name: r.bytes(MAX_PATH, "event name")?.to_vec(),
                     a: r.varint("event value")?,
                     b: r.varint("event value")?,
                     text: r.bytes(MAX_TEXT, "event text")?.to_vec(),
-                })
+                };
+                if kind == EventKind::Itemized {
+                    let bits = u32::try_from(e.b)
+                        .map_err(|_| DecodeError::Invalid("itemized event bits"))?;
+                    item::decode_text(item::Item(bits), &e.text)?;
+                }
+                Message::Event(e)
             }
             tag::FINISH => {
                 let mut v = [0u64; 7];
@@ -1453,6 +1520,9 @@ mod ext_tag {
     pub const MAX_DELETE: u64 = 5;
     /// The `--chmod` rules' text.
     pub const CHMOD: u64 = 6;
+    /// [`super::Options::itemize`], no bytes (the number: out of the
+    /// way of the tags the other rsync flags take).
+    pub const ITEMIZE: u64 = 24;
     /// [`super::DestSide`]: the basis directories (a kind byte, a count,
     /// each path).
     pub const BASIS_DIRS: u64 = 20;
@@ -1533,6 +1603,9 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
         fields.push((ext_tag::CHMOD, c.clone()));
     }
     encode_dest_side(&o.dest_side, &mut fields);
+    if o.itemize {
+        fields.push((ext_tag::ITEMIZE, Vec::new()));
+    }
     if fields.is_empty() {
         return;
     }
@@ -1679,6 +1752,7 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
                 o.chmod = Some(text.to_vec());
             }
             t if decode_dest_side(t, &mut v, &mut o.dest_side)? => {}
+            ext_tag::ITEMIZE => o.itemize = true,
             _ => return Err(DecodeError::Invalid("option extension tag")),
         }
         v.finish("option extension")?;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 pub mod endpoint;
 mod local;
+mod relay;
 mod sftp;
 
 use endpoint::{Endpoint, Peer, Store};
@@ -139,6 +140,10 @@ fn with_doctor_hint(e: TransferError, target: &str) -> TransferError {
 /// file. What retrying cannot fix fails at once (see `retryable`); every
 /// failure to reach the daemon ends with the `ferry doctor` command to run.
 pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
+    if relay::is_remote_to_remote(plan) {
+        // host1:a host2:b, as scp does it
+        return relay::run(plan, events, cancel);
+    }
     let Some(target) = daemon_target(plan) else {
         // over ssh: no retry (ssh's own options govern that), but the hint
         return run_once(plan, events, cancel).map_err(|e| match ssh_target(plan) {

@@ -32,6 +32,8 @@ pub struct SshOptions {
     /// Ferry's own protocol, SFTP, or ferry's falling back to SFTP where the
     /// remote cannot run it.
     pub transport: Transport,
+    /// Remote to remote: through this host, never directly (scp `-3`).
+    pub through_local: bool,
     /// How files moved over SFTP are checked beyond ssh's MAC.
     pub verify: VerifyMode,
 }

@@ -21,11 +21,9 @@ impl<D: Destination> Receiver<'_, D> {
                 continue;
             }
             self.summary.transferred += 1;
-            self.emit(Report::Updated {
-                name: name.clone(),
-                size: 0,
-                detail: format!("=> {}", escape(&t.name)).into_bytes(),
-            });
+            let detail = format!("=> {}", escape(&t.name)).into_bytes();
+            let hard = crate::proto::item::Item::HARDLINK;
+            self.emit_update(index, name.clone(), 0, detail, hard, None);
             if self.opts.dry_run {
                 continue;
             }
@@ -158,6 +156,9 @@ impl<D: Destination> Receiver<'_, D> {
                     shown_name
                 };
                 self.summary.deleted += 1;
+                if is_dir {
+                    self.emit_deleted_contents(&crel, &shown_name);
+                }
                 self.emit(Report::Deleted {
                     name: shown_name.clone(),
                     is_dir,

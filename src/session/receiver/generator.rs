@@ -64,6 +64,11 @@ impl<D: Destination> Receiver<'_, D> {
         if let Some(x) = existing.filter(|x| !self.opts.perms && x.kind == ExistingKind::File) {
             self.entries[index as usize].mode = x.mode;
         }
+        self.note_item(index, existing.as_ref());
+        if self.root_created && rel == b"." {
+            // made by this run just before its entry came
+            self.entries[index as usize].item |= crate::proto::item::Item::NEW;
+        }
         match e.kind {
             Kind::Dir => self.entry_dir(index, &e, existing.map(|x| x.kind)),
             Kind::Symlink => self.entry_symlink(index, &e, existing.map(|x| x.kind)),
@@ -123,7 +128,10 @@ impl<D: Destination> Receiver<'_, D> {
         }
         self.dirs.push(index);
         match existing {
-            Some(ExistingKind::Dir) => return Ok(()),
+            Some(ExistingKind::Dir) => {
+                self.emit_attrs(index, self.opts.times);
+                return Ok(());
+            }
             Some(k) if !self.clear_way(index, k) => return Ok(()),
             _ => {}
         }
@@ -131,11 +139,7 @@ impl<D: Destination> Receiver<'_, D> {
         // shown as rsync shows directories: with a trailing slash
         let mut shown = e.name.clone();
         shown.push(b'/');
-        self.emit(Report::Updated {
-            name: shown,
-            size: 0,
-            detail: Vec::new(),
-        });
+        self.emit_update(index, shown, 0, Vec::new(), 0, None);
         if self.opts.dry_run || rel == b"." {
             return Ok(());
         }
@@ -201,11 +205,13 @@ impl<D: Destination> Receiver<'_, D> {
             }
         }
         self.summary.transferred += 1;
-        self.emit(Report::Updated {
-            name: e.name.clone(),
-            size: 0,
-            detail: format!("-> {}", escape(&target)).into_bytes(),
-        });
+        // an existing link pointing elsewhere: its target changes (`c`)
+        let changed = match existing {
+            Some(ExistingKind::Symlink) => crate::proto::item::Item::CHANGED,
+            _ => 0,
+        };
+        let detail = format!("-> {}", escape(&target)).into_bytes();
+        self.emit_update(index, e.name.clone(), 0, detail, changed, None);
         if self.opts.dry_run {
             return Ok(());
         }
@@ -264,6 +270,8 @@ impl<D: Destination> Receiver<'_, D> {
                         self.bytes_done += e.size;
                         self.entries[index as usize].done = true;
                         self.settled(index);
+                        let content_only = self.opts.checksum || self.opts.size_only;
+                        self.emit_attrs(index, self.opts.times && content_only);
                         self.refresh_meta(index, x);
                         return Ok(());
                     }
@@ -280,11 +288,8 @@ impl<D: Destination> Receiver<'_, D> {
         }
         if self.opts.dry_run {
             self.summary.transferred += 1;
-            self.emit(Report::Updated {
-                name: e.name.clone(),
-                size: e.size,
-                detail: Vec::new(),
-            });
+            let sent = crate::proto::item::Item::SENT;
+            self.emit_update(index, e.name.clone(), e.size, Vec::new(), sent, None);
             return Ok(());
         }
         self.queue.push_back(index);

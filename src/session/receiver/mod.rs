@@ -31,6 +31,7 @@ mod generator;
 mod incoming;
 mod index;
 mod intake;
+mod itemize;
 mod open;
 mod progress;
 mod publish;
@@ -95,6 +96,9 @@ struct Listed {
     is_new: bool,
     /// Published, or already up to date (a hard link may point at it).
     done: bool,
+    /// What differs from what was at the destination ([`crate::proto::item::Item`]
+    /// bits; only worked out when the requester itemizes).
+    item: u32,
 }
 
 struct Receiver<'a, D: Destination = Dest> {
@@ -141,6 +145,11 @@ struct Receiver<'a, D: Destination = Dest> {
     progress: HashMap<u32, u64>,
     /// Bytes of the listed files that are done (sent, reused or up to date).
     bytes_done: u64,
+    /// Bytes of file data that came over the wire per file in flight (only
+    /// counted when the requester itemizes).
+    wire: HashMap<u32, u64>,
+    /// This run made the destination directory itself (itemized as new).
+    root_created: bool,
     /// Metadata was changed on an existing entry (needs the final sync too).
     touched: bool,
     /// When the overall progress last went to a remote requester.
@@ -263,6 +272,8 @@ where
             .map_err(|e| TransferError::local("zstd", &e))?,
         chunk_cache: ChunkCache::open_default().map(Arc::new),
         progress: HashMap::new(),
+        wire: HashMap::new(),
+        root_created: false,
         bytes_done: 0,
         touched: false,
         overall_sent: std::cell::Cell::new(None),
@@ -363,6 +374,7 @@ fn listed(e: &Entry, rel: Vec<u8>, is_new: bool) -> Listed {
         gid: e.gid,
         is_new,
         done: false,
+        item: 0,
     }
 }
 

@@ -76,6 +76,7 @@ impl<D: Destination> Receiver<'_, D> {
             };
             self.basis_dirs = self.open_basis_dirs(&mut *place, &root)?;
         }
+        self.root_created = create;
         if !self.opts.fsync && !self.opts.dry_run {
             dest.sync_in_background();
         }

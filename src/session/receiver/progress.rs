@@ -21,7 +21,10 @@ impl<D: Destination> Receiver<'_, D> {
         // and of the reader at the other)
         let per_file = matches!(
             report,
-            Report::Updated { .. } | Report::Progress { .. } | Report::Deleted { .. }
+            Report::Updated { .. }
+                | Report::Progress { .. }
+                | Report::Deleted { .. }
+                | Report::Itemized { .. }
         );
         if per_file && self.events.is_none() && !self.opts.file_events {
             return;

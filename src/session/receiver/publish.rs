@@ -66,6 +66,7 @@ impl<D: Destination> Receiver<'_, D> {
                     }
                     check.update(block);
                     self.summary.literal += block.len() as u64;
+                    self.count_wire(file, bytes.len());
                     Ok(temp.write(block).map_err(write_error))
                 }
                 Incoming::Rebuild(r) => {
@@ -90,6 +91,7 @@ impl<D: Destination> Receiver<'_, D> {
                     }
                     check.update(block);
                     self.summary.literal += block.len() as u64;
+                    self.count_wire(file, bytes.len());
                     if let Err(e) = temp.write(block) {
                         return Ok(Err(write_error(e)));
                     }
@@ -116,6 +118,7 @@ impl<D: Destination> Receiver<'_, D> {
         // for a rebuilt file: its chunk cache entry (kept once published) and the
         // bases whose cached chunk lists it trusted
         let mut rebuilt: Option<(Option<CacheWriter>, Basis<D::Basis>)> = None;
+        let mut check_kind = 0;
         let (temp, ok) = match state {
             Incoming::Failed => {
                 self.in_flight.insert(file, Incoming::Ended);
@@ -161,6 +164,7 @@ impl<D: Destination> Receiver<'_, D> {
                     ..
                 } = *r;
                 rebuilt = Some((cache_entry, basis));
+                check_kind = crate::proto::item::Item::CHECK_KEYED;
                 let (want_size, want_hash) = intake.finished(rebuild.is_done())?;
                 let ok = size == want_size
                     && hash == want_hash
@@ -189,7 +193,7 @@ impl<D: Destination> Receiver<'_, D> {
             return Ok(());
         }
         let published = temp.as_file().and_then(|f| f.try_clone().ok());
-        self.publish(file, temp);
+        self.publish(file, temp, Some((check_kind, hash)));
         let Some((entry, basis)) = rebuilt else {
             return Ok(());
         };
@@ -216,7 +220,12 @@ impl<D: Destination> Receiver<'_, D> {
         Ok(())
     }
 
-    pub(super) fn publish(&mut self, file: u32, temp: D::Temp) {
+    pub(super) fn publish(
+        &mut self,
+        file: u32,
+        temp: D::Temp,
+        checked: Option<super::itemize::Checked>,
+    ) {
         let mut meta = self.meta_for(file, false);
         let l = &self.entries[file as usize];
         if meta.mode.is_none() {
@@ -246,11 +255,8 @@ impl<D: Destination> Receiver<'_, D> {
                     done: size,
                     size,
                 });
-                self.emit(Report::Updated {
-                    name,
-                    size,
-                    detail: Vec::new(),
-                });
+                let sent = crate::proto::item::Item::SENT;
+                self.emit_update(file, name, size, Vec::new(), sent, checked);
             }
             Err(e) => {
                 let shown = self.dest.open_ref().show(&rel);

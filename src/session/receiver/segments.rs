@@ -82,6 +82,7 @@ impl<D: Destination> Receiver<'_, D> {
             seg.check.update(block);
             seg.next = end;
             self.summary.literal += block.len() as u64;
+            self.count_wire(file, bytes.len());
             let written = temp.write_at(offset, block).map_err(write_error);
             active.insert(end, seg);
             Ok(written)
@@ -194,7 +195,8 @@ impl<D: Destination> Receiver<'_, D> {
             );
             return Ok(());
         }
-        self.publish(file, temp);
+        let segments = crate::proto::item::Item::CHECK_SEGMENTS;
+        self.publish(file, temp, Some((segments, hash)));
         Ok(())
     }
 }
