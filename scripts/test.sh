@@ -45,11 +45,6 @@ if [ "$(id -u)" -eq 0 ]; then
   export FERRY_REQUIRE_SSHD=1
 fi
 cargo build --all-targets
-# Two tests of tests/fanout_net.rs cannot pass yet (issue 21): the fan-out
-# engine does not move a slow host to the tail of the chain (the whole chain
-# runs at the slow host's rate), and v2 with 5% changed in 51 scattered
-# regions put 8.0% of the file on each host's link (wire bytes), not under 7%.
-# Run them alone with `cargo test --test fanout_net throttled v1_gets_v2`.
-cargo test --all-targets "$@" -- \
-  --skip a_host_throttled_to_a_tenth_does_not_slow_the_other_seven \
-  --skip every_host_holding_v1_gets_v2_with_5_percent_changed_for_under_7_percent_per_link
+# Two tests of tests/fanout_net.rs are #[ignore]d with their reason (issue 21
+# open); run them with `cargo test --test fanout_net -- --ignored`.
+cargo test --all-targets "$@"
