@@ -214,6 +214,18 @@ pub struct SyncArgs {
     /// half-written and reported) and delta (files come whole); still verified
     #[arg(long, conflicts_with = "backup")]
     pub inplace: bool,
+    /// Switch the destination directory whole: the new tree is built beside
+    /// it (hidden, .DEST.ferry-atomic; unchanged files are hard links to the
+    /// old tree's, not copies), then swapped in with one
+    /// renameat2(RENAME_EXCHANGE), so readers see the whole old tree or the
+    /// whole new one. The old tree is removed, or kept with --backup-dir.
+    /// Files the source lacks stay unless --delete, as in any sync
+    #[arg(long, conflicts_with = "inplace")]
+    pub atomic: bool,
+    /// With --atomic: move the replaced tree to DIR (relative to the
+    /// destination, e.g. ../ckpt.prev; must not exist yet, same filesystem)
+    #[arg(long = "backup-dir", value_name = "DIR", requires = "atomic")]
+    pub backup_dir: Option<std::path::PathBuf>,
     /// Give every entry this owner and group, USER:GROUP (names or numbers,
     /// looked up on the receiving host; :GROUP or USER alone too); as in
     /// rsync it needs -o/-g (in -a) and a receiver running as root
@@ -396,6 +408,10 @@ pub struct CpArgs {
     /// One JSON object per line on stdout (files, errors, summary); see the README
     #[arg(long)]
     pub json: bool,
+    /// Switch the destination directory whole (as sync --atomic): built
+    /// beside it, swapped in with one rename, readers never see a mix
+    #[arg(long)]
+    pub atomic: bool,
     /// The remote shell command (instead of ssh)
     #[arg(short = 'e', long = "rsh", value_name = "COMMAND")]
     pub rsh: Option<String>,

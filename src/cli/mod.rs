@@ -323,6 +323,16 @@ fn dest_side(a: &SyncArgs) -> Result<crate::proto::DestSide, TransferError> {
         remove_source_files: a.remove_source_files,
         inplace: a.inplace,
         chown: a.chown.as_ref().map(|c| c.as_bytes().to_vec()),
+        atomic: a.atomic,
+        backup_dir: match &a.backup_dir {
+            Some(d) if d.as_os_str().is_empty() || d.as_os_str().as_bytes().contains(&0) => {
+                return Err(TransferError::Usage(format!(
+                    "--backup-dir: {d:?} is not a directory name"
+                )))
+            }
+            Some(d) => Some(d.as_os_str().as_bytes().to_vec()),
+            None => None,
+        },
         delete_timing: if a.delete_before {
             DeleteTiming::Before
         } else if a.delete_during {
@@ -495,6 +505,10 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         times: a.preserve,
         partial: true,
         cp_mode: true,
+        dest_side: crate::proto::DestSide {
+            atomic: a.atomic,
+            ..Default::default()
+        },
         streams: 0, // below, once the locations are known
         bwlimit: a.limit.map(|kbit| kbit * 1000 / 8).unwrap_or(0),
         ..Default::default()

@@ -124,7 +124,7 @@ struct Run {
     end: u64,
 }
 
-fn dir_flags() -> OFlags {
+pub(crate) fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
@@ -916,7 +916,7 @@ fn apply_fd_meta(fd: impl AsFd, meta: &Meta) -> io::Result<()> {
     Ok(())
 }
 
-fn list_at(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, bool)>> {
+pub(crate) fn list_at(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, bool)>> {
     let fd = rustix::fs::openat(dir, ".", dir_flags(), Mode::empty()).map_err(to_io)?;
     let mut out = Vec::new();
     let mut d = rustix::fs::Dir::read_from(&fd).map_err(to_io)?;
@@ -941,7 +941,7 @@ fn list_at(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, bool)>> {
     Ok(out)
 }
 
-fn remove_at(dir: &OwnedFd, name: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+pub(crate) fn remove_at(dir: &OwnedFd, name: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(to_io)?;
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
         let sub = rustix::fs::openat(dir, name, dir_flags(), Mode::empty()).map_err(to_io)?;

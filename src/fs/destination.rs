@@ -180,6 +180,8 @@ pub struct LocalPlace {
     beneath: Option<PathBuf>,
     /// The module root, once opened to look at the destination.
     module: Option<Dest>,
+    /// `--atomic`: the new tree being built beside the destination.
+    staged: Option<crate::fs::atomic::Staged>,
 }
 
 impl LocalPlace {
@@ -187,6 +189,7 @@ impl LocalPlace {
         LocalPlace {
             beneath,
             module: None,
+            staged: None,
         }
     }
 
@@ -226,6 +229,65 @@ fn inside_module(root: &[u8], dir: &[u8]) -> Option<Vec<u8>> {
     } else {
         parts.join(&b'/')
     })
+}
+
+/// `dir` taken from `root` (paths on this machine), `.` and `..` resolved by
+/// name, so that the result does not depend on `root` existing yet.
+fn lexically_from(root: &[u8], dir: &[u8]) -> Vec<u8> {
+    let absolute = dir.starts_with(b"/") || root.starts_with(b"/");
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let start: &[u8] = if dir.starts_with(b"/") { b"" } else { root };
+    for c in start.split(|&b| b == b'/').chain(dir.split(|&b| b == b'/')) {
+        match c {
+            b"" | b"." => {}
+            b".." if parts.last().is_some_and(|p| *p != b"..") => {
+                parts.pop();
+            }
+            b".." if absolute => {}
+            c => parts.push(c),
+        }
+    }
+    let joined = parts.join(&b'/');
+    match (absolute, joined.is_empty()) {
+        (true, _) => [b"/".as_slice(), &joined].concat(),
+        (false, true) => b".".to_vec(),
+        (false, false) => joined,
+    }
+}
+
+/// A directory on this machine, opened by the user's own path (through
+/// symlinks, as the kernel resolves them).
+fn open_dir_path(path: &[u8], shown: &str) -> Result<OwnedFd, TransferError> {
+    let path = if path.is_empty() {
+        b".".as_slice()
+    } else {
+        path
+    };
+    rustix::fs::open(
+        std::ffi::OsStr::from_bytes(path),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| TransferError::local(shown.to_string(), &io::Error::from(e)))
+}
+
+/// The last component of `path` when it names an entry of its own (not
+/// `.`, `..` or the filesystem's root), with the directory it is in.
+fn named(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (parent, name) = names::split_parent(path);
+    if name.is_empty() || name == b"." || name == b".." {
+        return None;
+    }
+    let parent: &[u8] = if parent.is_empty() {
+        if path.starts_with(b"/") {
+            b"/"
+        } else {
+            b"."
+        }
+    } else {
+        parent
+    };
+    Some((parent, name))
 }
 
 /// The module-relative name of `path` (`.` for the module root).
@@ -332,6 +394,94 @@ impl Place for LocalPlace {
             }
         };
         opened.map_err(|e| TransferError::local(names::escape(root), &e))
+    }
+
+    /// # Security
+    /// Beneath a daemon module the destination's parent and `--backup-dir`
+    /// are resolved through the module's handle without following symlinks,
+    /// `--backup-dir`'s `..` taken lexically and refused unless it stays
+    /// inside the module; the module's root itself is never switched (its
+    /// parent is outside). The swap and the removal work on those handles.
+    fn open_atomic(
+        &mut self,
+        root: &[u8],
+        backup_dir: Option<&[u8]>,
+        shown: &str,
+    ) -> Result<Dest, TransferError> {
+        let unnamed = || {
+            TransferError::Usage(format!(
+                "--atomic: {shown} has no name of its own to build a new tree beside; name the directory itself"
+            ))
+        };
+        let bad_backup = |why: String| {
+            TransferError::Usage(format!(
+                "--backup-dir {}: {why}",
+                names::escape(backup_dir.unwrap_or_default())
+            ))
+        };
+        match self.module()? {
+            None => {
+                let (parent, name) = named(root).ok_or_else(unnamed)?;
+                let backup = match backup_dir {
+                    None => None,
+                    Some(dir) => {
+                        let path = lexically_from(root, dir);
+                        let (bparent, bname) = named(&path)
+                            .ok_or_else(|| bad_backup("names no directory of its own".into()))?;
+                        Some((open_dir_path(bparent, shown)?, bname.to_vec()))
+                    }
+                };
+                let staged =
+                    crate::fs::atomic::stage(open_dir_path(parent, shown)?, name, backup, shown)?;
+                let path = names::join(parent, staged.sibling());
+                let dest = Dest::open(Path::new(std::ffi::OsStr::from_bytes(&path)), false)
+                    .map_err(|e| TransferError::local(shown.to_string(), &e))?;
+                self.staged = Some(staged);
+                Ok(dest)
+            }
+            Some(m) => {
+                let rel = in_module(root);
+                names::check(rel)
+                    .map_err(|e| TransferError::Usage(format!("destination {shown}: {e}")))?;
+                if rel == b"." {
+                    return Err(TransferError::Usage(format!(
+                        "--atomic: {shown} is the module's root, which cannot be switched (the directory above it is outside the module); name a directory inside it"
+                    )));
+                }
+                let (parent, name) = names::split_parent(rel);
+                let parent = in_module(parent);
+                let local = |e: io::Error| TransferError::local(shown.to_string(), &e);
+                let backup = match backup_dir {
+                    None => None,
+                    Some(dir) => {
+                        let brel = inside_module(rel, dir)
+                            .filter(|b| b != b".")
+                            .ok_or_else(|| bad_backup("outside the module (it must stay inside it, relative to the destination)".into()))?;
+                        names::check(&brel).map_err(|e| bad_backup(e.to_string()))?;
+                        let (bparent, bname) = names::split_parent(&brel);
+                        let fd = m.dir(in_module(bparent)).map_err(local)?;
+                        Some((fd.try_clone().map_err(local)?, bname.to_vec()))
+                    }
+                };
+                let pfd = m.dir(parent).map_err(local)?.try_clone().map_err(local)?;
+                let staged = crate::fs::atomic::stage(pfd, name, backup, shown)?;
+                let sibling = if parent == b"." {
+                    staged.sibling().to_vec()
+                } else {
+                    names::join(parent, staged.sibling())
+                };
+                let dest = m.sub(&sibling).map_err(local)?;
+                self.staged = Some(staged);
+                Ok(dest)
+            }
+        }
+    }
+
+    fn switch_atomic(&mut self) -> Result<(), TransferError> {
+        match self.staged.take() {
+            Some(s) => s.switch(),
+            None => Ok(()),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! ([`dest`]), where every path a peer names is resolved under a held directory
 //! handle, one component at a time, never following a symlink.
 
+pub mod atomic;
 pub mod chunk_cache;
 pub mod chunk_list;
 pub mod dest;

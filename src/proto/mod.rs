@@ -280,6 +280,13 @@ pub struct DestSide {
     /// `--chown USER:GROUP` as given (names resolved by the receiver, see
     /// [`crate::fs::owners`]).
     pub chown: Option<Vec<u8>>,
+    /// `--atomic`: the receiver builds the new tree beside the destination
+    /// directory and switches it in with one rename (see [`crate::fs::atomic`]).
+    pub atomic: bool,
+    /// `--backup-dir`, with `--atomic`: where the replaced tree is moved
+    /// (relative to the destination, as rsync's; inside the module on a
+    /// daemon). Without it the replaced tree is removed.
+    pub backup_dir: Option<Vec<u8>>,
 }
 
 /// What an unchanged file found in a basis directory becomes at the
@@ -415,6 +422,16 @@ impl Options {
         if let Some(c) = &self.chmod {
             crate::chmod::Chmod::parse(&[c]).map_err(|e| OptionsError::Chmod(e.to_string()))?;
         }
+        let d = &self.dest_side;
+        if d.atomic && d.inplace {
+            return Err(OptionsError::AtomicInplace);
+        }
+        if d.backup_dir.is_some() && !d.atomic {
+            return Err(OptionsError::BackupDirAlone);
+        }
+        if d.backup_dir.as_ref().is_some_and(|b| b.contains(&0)) {
+            return Err(OptionsError::BackupDir);
+        }
         Ok(())
     }
 }
@@ -462,6 +479,12 @@ pub enum OptionsError {
     BackupSuffix,
     #[error("{0}")]
     Chmod(String),
+    #[error("--atomic and --inplace do not go together: --atomic builds the new tree beside the old one, --inplace writes over the old one")]
+    AtomicInplace,
+    #[error("--backup-dir works only with --atomic (it keeps the replaced tree)")]
+    BackupDirAlone,
+    #[error("--backup-dir must not contain NUL")]
+    BackupDir,
     #[error(
         "the remote ferry is too old for {0} (it speaks protocol 2): upgrade it, or leave {0} out"
     )]
@@ -1533,6 +1556,10 @@ mod ext_tag {
     pub const DELETE_TIMING: u64 = 22;
     /// The `--chown` text.
     pub const CHOWN: u64 = 23;
+    /// [`super::DestSide::atomic`], no bytes.
+    pub const ATOMIC: u64 = 41;
+    /// [`super::DestSide::backup_dir`]: the path.
+    pub const BACKUP_DIR: u64 = 42;
 }
 
 /// [`DestSide`]'s boolean options, bit by bit, with the flag that sets each.
@@ -1556,6 +1583,12 @@ fn dest_side_flag(d: &DestSide) -> Option<&'static str> {
     }
     if d.chown.is_some() {
         return Some("--chown");
+    }
+    if d.atomic {
+        return Some("--atomic");
+    }
+    if d.backup_dir.is_some() {
+        return Some("--backup-dir");
     }
     match d.delete_timing {
         DeleteTiming::After => None,
@@ -1606,6 +1639,14 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
     if o.itemize {
         fields.push((ext_tag::ITEMIZE, Vec::new()));
     }
+    if o.dest_side.atomic {
+        fields.push((ext_tag::ATOMIC, Vec::new()));
+    }
+    if let Some(d) = &o.dest_side.backup_dir {
+        fields.push((ext_tag::BACKUP_DIR, d.clone()));
+    }
+    // the decoder takes tags in increasing order only
+    fields.sort_by_key(|(tag, _)| *tag);
     if fields.is_empty() {
         return;
     }
@@ -1753,6 +1794,14 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
             }
             t if decode_dest_side(t, &mut v, &mut o.dest_side)? => {}
             ext_tag::ITEMIZE => o.itemize = true,
+            ext_tag::ATOMIC => o.dest_side.atomic = true,
+            ext_tag::BACKUP_DIR => {
+                let dir = v.take(v.remaining(), "backup dir")?;
+                if dir.is_empty() || dir.len() > MAX_PATH {
+                    return Err(DecodeError::Invalid("backup dir"));
+                }
+                o.dest_side.backup_dir = Some(dir.to_vec());
+            }
             _ => return Err(DecodeError::Invalid("option extension tag")),
         }
         v.finish("option extension")?;

@@ -497,3 +497,52 @@ fn dest_side_options_and_settled() {
     };
     assert_eq!(Message::decode(&settled.to_payload()), Ok(settled));
 }
+
+/// `--atomic` and `--backup-dir` (tags 41 and 42) round trip together with
+/// the other options (the block is written in tag order), are refused by
+/// name to a version-2 peer, and `--atomic --inplace` is refused whoever
+/// sends it.
+#[test]
+fn atomic_options() {
+    let request = |options: Options| {
+        Message::Request(Request {
+            role: Role::ServerReceives,
+            paths: vec![b"m/x".to_vec()],
+            options,
+        })
+    };
+    let o = Options {
+        recursive: true,
+        itemize: true,
+        chmod: Some(b"u+x".to_vec()),
+        dest_side: DestSide {
+            atomic: true,
+            backup_dir: Some(b"../x.prev".to_vec()),
+            delete_timing: DeleteTiming::Before,
+            ..DestSide::default()
+        },
+        ..Options::default()
+    };
+    assert_eq!(
+        Message::decode(&request(o.clone()).to_payload()),
+        Ok(request(o.clone()))
+    );
+    let only_atomic = Options {
+        dest_side: DestSide {
+            atomic: true,
+            ..DestSide::default()
+        },
+        ..Options::default()
+    };
+    assert_eq!(
+        only_atomic.for_peer(2),
+        Err(OptionsError::PeerTooOld("--atomic"))
+    );
+    assert_eq!(only_atomic.validate(), Ok(()));
+    let mut both = only_atomic.clone();
+    both.dest_side.inplace = true;
+    assert_eq!(both.validate(), Err(OptionsError::AtomicInplace));
+    let mut alone = Options::default();
+    alone.dest_side.backup_dir = Some(b"x".to_vec());
+    assert_eq!(alone.validate(), Err(OptionsError::BackupDirAlone));
+}

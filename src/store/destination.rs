@@ -102,6 +102,30 @@ pub trait Place {
             "{flag} works only with a destination on a filesystem"
         )))
     }
+    /// `--atomic`: prepares a new tree beside directory `root` (holding what
+    /// `root` holds, unchanged files shared with it, not copied) and opens
+    /// it as the destination; [`Place::switch_atomic`] puts it at `root`
+    /// in one step. `backup_dir` (relative to `root`) is where the replaced
+    /// tree goes. A store that cannot says so.
+    fn open_atomic(
+        &mut self,
+        root: &[u8],
+        backup_dir: Option<&[u8]>,
+        shown: &str,
+    ) -> Result<Self::Dest, TransferError> {
+        let _ = (root, backup_dir, shown);
+        Err(TransferError::Usage(
+            "--atomic works only with a destination on a filesystem".into(),
+        ))
+    }
+    /// `--atomic`: switches the tree [`Place::open_atomic`] prepared (all of
+    /// it durable already) in at its root in one step, then removes the
+    /// replaced tree or moves it to the backup directory.
+    fn switch_atomic(&mut self) -> Result<(), TransferError> {
+        Err(TransferError::Usage(
+            "--atomic works only with a destination on a filesystem".into(),
+        ))
+    }
 }
 
 /// The place files are written to. `rel` is always a checked path relative to

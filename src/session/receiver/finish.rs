@@ -84,14 +84,36 @@ impl<D: Destination> Receiver<'_, D> {
         }
         // durable before success is reported; nothing to wait for when nothing
         // changed (syncfs would also wait for other writers on the filesystem)
-        let changed = self.summary.transferred > 0 || self.summary.deleted > 0 || self.touched;
+        // (--atomic: the new tree is all new names, durable before it is switched in)
+        let changed = self.summary.transferred > 0
+            || self.summary.deleted > 0
+            || self.touched
+            || self.swap.is_some();
         if !self.opts.dry_run && changed {
             if let Some(dest) = self.dest.get_ref() {
                 dest.sync_all()
                     .map_err(|e| TransferError::local(escape(&self.dest_path), &e))?;
             }
         }
-        Ok(())
+        self.switch_atomic()
+    }
+
+    /// `--atomic`: switches the new tree in, unless something failed (then
+    /// the destination keeps the whole old tree and the next run removes
+    /// the new one's remains).
+    fn switch_atomic(&mut self) -> Result<(), TransferError> {
+        let Some(mut place) = self.swap.take() else {
+            return Ok(());
+        };
+        if self.summary.errors > 0 || self.io_error {
+            let text = format!(
+                "--atomic: not switched in, as some entries failed: {} still holds the old tree",
+                escape(&self.dest_path)
+            );
+            self.file_error(b"", text);
+            return Ok(());
+        }
+        place.switch_atomic()
     }
 
     /// Whether `--delete` comes before any file is asked for

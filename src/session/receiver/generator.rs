@@ -331,11 +331,51 @@ impl<D: Destination> Receiver<'_, D> {
         }
         let (rel, name) = (l.rel.clone(), l.name.clone());
         self.touched = true;
+        if self.swap.is_some() {
+            // --atomic: the file is a hard link into the old tree, which must
+            // not change: a copy of its own gets the new metadata
+            let mut whole = m;
+            whole.mode = m.mode.or(Some(x.mode));
+            whole.mtime = m.mtime.or(Some((x.mtime, x.mtime_nsec)));
+            if let Err(err) = self.unshare(&rel, &whole) {
+                self.file_failed(&name, FileError::new(escape(&name), FileOp::Metadata, err));
+            }
+            return;
+        }
         if let Some(dest) = self.dest.get() {
             if let Err(err) = dest.set_meta(&rel, MetaOf::File, &m) {
                 self.file_failed(&name, FileError::new(escape(&name), FileOp::Metadata, err));
             }
         }
+    }
+
+    /// `--atomic`: replaces the file at `rel` (a hard link into the old tree)
+    /// with a copy of its own bearing `meta` (shared blocks where the store
+    /// can), leaving the old tree's file as it is.
+    fn unshare(&mut self, rel: &[u8], meta: &Meta) -> std::io::Result<()> {
+        use crate::store::destination::{BasisFile, PublishHow, TempHow, TempWrite};
+        let dest = self.dest.open();
+        let from = dest.open_basis(rel)?;
+        let len = from.len()?;
+        let mut temp = dest.create_temp(rel, TempHow::default())?;
+        let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+        let mut at = 0u64;
+        while at < len {
+            let n = buf.len().min((len - at) as usize);
+            let copied = from
+                .read_exact_at(&mut buf[..n], at)
+                .and_then(|()| temp.append_from(&from, at, &buf[..n]));
+            if let Err(e) = copied {
+                dest.discard(temp);
+                return Err(e);
+            }
+            at += n as u64;
+        }
+        let how = PublishHow {
+            fsync: self.opts.fsync,
+            backup: None,
+        };
+        dest.publish(temp, rel, meta, how)
     }
 
     /// The metadata to give entry `index` (a file, link or directory).

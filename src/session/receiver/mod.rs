@@ -165,6 +165,9 @@ struct Receiver<'a, D: Destination = Dest> {
     deleted_first: bool,
     /// `--chown`: the owner and group every entry gets.
     chown: Option<crate::fs::owners::Chown>,
+    /// `--atomic`: the place that built the new tree beside the destination,
+    /// to switch it in once the whole tree is written and durable.
+    swap: Option<Box<dyn Place<Dest = D> + 'a>>,
 }
 
 /// Runs the receiving side until the transfer is complete, into the local
@@ -208,6 +211,11 @@ where
         ),
         None => None,
     };
+    if cfg.options.dest_side.atomic && cfg.options.dest_side.inplace {
+        return Err(TransferError::Usage(
+            crate::proto::OptionsError::AtomicInplace.to_string(),
+        ));
+    }
     let chown = match &cfg.options.dest_side.chown {
         Some(c) => Some(crate::fs::owners::Chown::parse(c).map_err(TransferError::Usage)?),
         None => None,
@@ -282,6 +290,7 @@ where
         settled: Vec::new(),
         deleted_first: false,
         chown,
+        swap: None,
     };
     let result = r.run(&inbound, cancel);
     match result {

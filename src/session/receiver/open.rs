@@ -29,7 +29,11 @@ impl<D: Destination> Receiver<'_, D> {
         };
         let found = place.probe(trimmed, &shown)?;
         let (exists, is_dir) = (found.is_some(), found == Some(true));
+        // --atomic switches a directory; a single file is published
+        // atomically anyway
+        let mut atomic = self.opts.dest_side.atomic && !self.opts.dry_run;
         let (root, create): (Vec<u8>, bool) = if ls.single_file && !trailing && !is_dir {
+            atomic = false;
             let (parent, base) = split_parent(trimmed);
             self.intake.set_mapping(Mapping::FileAs(base.to_vec()));
             let parent = if trimmed.starts_with(b"/") && parent.is_empty() {
@@ -67,14 +71,24 @@ impl<D: Destination> Receiver<'_, D> {
                 place.open(dir, true, &shown)?;
             }
         }
-        let mut dest = place.open(&root, create, &shown)?;
-        if !self.opts.dest_side.basis_dirs.is_empty() {
+        let mut dest = if atomic {
+            let backup = self.opts.dest_side.backup_dir.clone();
+            place.open_atomic(&root, backup.as_deref(), &shown)?
+        } else {
+            place.open(&root, create, &shown)?
+        };
+        if !self.opts.dest_side.basis_dirs.is_empty() || atomic {
             // --link-dest and friends: relative to the destination just opened
             let Target::Unopened(mut place) = std::mem::replace(&mut self.dest, Target::Absent)
             else {
                 unreachable!("the destination is opened once");
             };
-            self.basis_dirs = self.open_basis_dirs(&mut *place, &root)?;
+            if !self.opts.dest_side.basis_dirs.is_empty() {
+                self.basis_dirs = self.open_basis_dirs(&mut *place, &root)?;
+            }
+            if atomic {
+                self.swap = Some(place);
+            }
         }
         self.root_created = create;
         if !self.opts.fsync && !self.opts.dry_run {

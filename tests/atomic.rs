@@ -1,0 +1,446 @@
+//! `--atomic` trees (issue 24): readers of the destination see the whole old
+//! tree or the whole new one, never a mix; a `kill -9` at any moment leaves
+//! one of the two whole at the destination path; unchanged files are the old
+//! tree's own inodes, not copies; `--backup-dir` keeps the old tree; it works
+//! locally, over ssh and to the daemon (inside the module only).
+
+mod util;
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use util::*;
+
+/// Writes `n` files (some in subdirectories), each carrying `version` in its
+/// content, so that a reader can tell which tree a file came from.
+fn write_version(src: &Path, n: usize, version: u32) {
+    for i in 0..n {
+        let path = src.join(format!("d{}/f{i:04}", i % 10));
+        let mut body = format!("v{version}:f{i}:").into_bytes();
+        body.extend(std::iter::repeat_n(
+            b'a' + (version % 26) as u8,
+            100 + i % 300,
+        ));
+        write(&path, body);
+    }
+}
+
+/// The versions of every file under `root`, reading through one handle on
+/// the directory (as a reader that opened the tree once does); `None` when a
+/// file vanished during the pass (the old tree being removed after the
+/// switch).
+fn versions_through(dir: &std::fs::File) -> Option<(BTreeSet<String>, usize)> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let mut versions = BTreeSet::new();
+    let mut files = 0;
+    let mut stack = vec![dir.try_clone().ok()?];
+    while let Some(d) = stack.pop() {
+        let fd = rustix::fs::openat(
+            d.as_fd(),
+            ".",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()?;
+        let mut rd = rustix::fs::Dir::read_from(&fd).ok()?;
+        while let Some(ent) = rd.read() {
+            let ent = ent.ok()?;
+            let name = ent.file_name().to_bytes().to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let child = rustix::fs::openat(
+                d.as_fd(),
+                name.as_slice(),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()?;
+            let mut f = std::fs::File::from(child);
+            if f.metadata().ok()?.is_dir() {
+                stack.push(f);
+                continue;
+            }
+            let mut body = String::new();
+            f.read_to_string(&mut body).ok()?;
+            let tag = body.split(':').next().unwrap_or("").to_string();
+            versions.insert(tag);
+            files += 1;
+        }
+    }
+    Some((versions, files))
+}
+
+/// The versions of the tree at `root` by path (after a run, nothing moves).
+fn versions_at(root: &Path) -> (BTreeSet<String>, usize) {
+    let dir = std::fs::File::open(root).unwrap();
+    versions_through(&dir).expect("a still tree reads whole")
+}
+
+fn sync_atomic(extra: &[&str], src: &Path, dest: &str) -> std::process::Output {
+    let mut args = vec!["sync".to_string(), "-a".into(), "--atomic".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend([format!("{}/", src.display()), dest.to_string()]);
+    ferry(&args)
+}
+
+fn inode(p: &Path) -> u64 {
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// A reader opening the destination again and again and reading every file
+/// through that handle, while 1,000 files all change: every pass sees one
+/// version only (a pass may end early when the old tree it holds is removed
+/// under it, never with a mix), and passes of both versions are seen.
+#[test]
+fn a_reader_never_sees_a_mix_of_versions() {
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write_version(&src, 1000, 1);
+    ok(sync_atomic(&[], &src, &format!("{}/", dest.display())));
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v1".into()]), 1000));
+    write_version(&src, 1000, 2);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, dest) = (stop.clone(), dest.clone());
+        std::thread::spawn(move || {
+            let (mut whole, mut seen, mut mixed) = (0usize, BTreeSet::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok(dir) = std::fs::File::open(&dest) else {
+                    continue;
+                };
+                let Some((versions, files)) = versions_through(&dir) else {
+                    continue; // the old tree went away under this pass
+                };
+                if versions.len() != 1 {
+                    mixed.push(versions.clone());
+                }
+                if files == 1000 {
+                    whole += 1;
+                }
+                seen.extend(versions);
+            }
+            (whole, seen, mixed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let o = sync_atomic(&[], &src, &format!("{}/", dest.display()));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (whole, seen, mixed) = reader.join().unwrap();
+    ok(o);
+    assert!(
+        mixed.is_empty(),
+        "a reader saw a mix of versions: {mixed:?}"
+    );
+    assert!(whole > 0, "the reader never read the tree whole");
+    assert!(seen.contains("v2"), "the reader never saw the new tree");
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v2".into()]), 1000));
+    assert!(!t.path().join(".dest.ferry-atomic").exists());
+}
+
+/// A tiny seeded generator (the test's moments are the same every run).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// `kill -9` of ferry at 20 seeded moments of a re-sync of 1,000 changed
+/// files: each time the destination path holds the whole old tree or the
+/// whole new one, and the next run converges (removing what the killed one
+/// left beside it).
+#[test]
+fn kill_9_at_any_moment_leaves_the_old_or_the_new_tree() {
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let dest_arg = format!("{}/", dest.display());
+    write_version(&src, 1000, 1);
+    ok(sync_atomic(&[], &src, &dest_arg));
+    // how long a whole run takes here, to spread the moments over it
+    write_version(&src, 1000, 2);
+    let started = Instant::now();
+    ok(sync_atomic(&[], &src, &dest_arg));
+    let full = started.elapsed().as_micros().max(1000) as u64;
+    let mut rng = Lcg(24);
+    let (mut old_seen, mut new_seen) = (0, 0);
+    for round in 0..20u32 {
+        let (old, new) = (format!("v{}", round + 2), format!("v{}", round + 3));
+        write_version(&src, 1000, round + 3);
+        let at = Duration::from_micros(rng.next() % (full + full / 5));
+        let mut child = Command::new(ferry_bin())
+            .args(["sync", "-a", "--atomic"])
+            .arg(format!("{}/", src.display()))
+            .arg(&dest_arg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        let _ = child.kill(); // SIGKILL (it may have finished already)
+        let _ = child.wait();
+        let (versions, files) = versions_at(&dest);
+        assert_eq!(
+            files, 1000,
+            "round {round}: killed at {at:?}, {files} files"
+        );
+        assert_eq!(
+            versions.len(),
+            1,
+            "round {round}: killed at {at:?}: {versions:?}"
+        );
+        if versions.contains(&old) {
+            old_seen += 1;
+        } else {
+            assert!(versions.contains(&new), "round {round}: {versions:?}");
+            new_seen += 1;
+        }
+        ok(sync_atomic(&[], &src, &dest_arg));
+        assert_eq!(versions_at(&dest), (BTreeSet::from([new.clone()]), 1000));
+        assert!(
+            !t.path().join(".dest.ferry-atomic").exists(),
+            "round {round}"
+        );
+    }
+    eprintln!("killed runs left the old tree {old_seen} times, the new one {new_seen} times");
+    assert!(old_seen > 0, "no kill landed before the switch");
+}
+
+/// Unchanged files are the old tree's own inodes (hard links, nothing
+/// copied); changed ones are new files and the old tree's stay untouched;
+/// a file the source lacks stays without --delete and goes with it; a
+/// metadata-only change does not reach through the link into the old tree.
+#[test]
+fn unchanged_files_are_linked_not_copied() {
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let dest_arg = format!("{}/", dest.display());
+    for i in 0..50 {
+        write(&src.join(format!("f{i}")), random_bytes(5000, i));
+    }
+    ok(sync_atomic(&[], &src, &dest_arg));
+    write(&dest.join("extra"), b"only at the destination");
+    let before: Vec<u64> = (0..50)
+        .map(|i| inode(&dest.join(format!("f{i}"))))
+        .collect();
+    let held = std::fs::File::open(dest.join("f3")).unwrap(); // the old f3
+    for i in 0..5 {
+        write(&src.join(format!("f{i}")), random_bytes(5000, 100 + i));
+    }
+    chmod(&src.join("f7"), 0o600);
+    ok(sync_atomic(&[], &src, &dest_arg));
+    for i in 5..50 {
+        if i == 7 {
+            continue;
+        }
+        assert_eq!(
+            inode(&dest.join(format!("f{i}"))),
+            before[i as usize],
+            "f{i} was copied"
+        );
+    }
+    for i in 0..5 {
+        assert_ne!(inode(&dest.join(format!("f{i}"))), before[i as usize]);
+        assert_eq!(
+            std::fs::read(dest.join(format!("f{i}"))).unwrap(),
+            random_bytes(5000, 100 + i)
+        );
+    }
+    // the old tree's f3 was left as it was
+    let mut old = Vec::new();
+    std::io::Read::read_to_end(&mut &held, &mut old).unwrap();
+    assert_eq!(old, random_bytes(5000, 3));
+    let f7 = std::fs::metadata(dest.join("f7")).unwrap();
+    assert_eq!(f7.mode() & 0o777, 0o600);
+    assert_eq!(f7.nlink(), 1, "f7's new mode went through a link");
+    assert_eq!(
+        std::fs::read(dest.join("extra")).unwrap(),
+        b"only at the destination"
+    );
+    ok(sync_atomic(&["--delete"], &src, &dest_arg));
+    assert!(
+        !dest.join("extra").exists(),
+        "--delete keeps only the source's files"
+    );
+    assert_same_tree(&src, &dest, true);
+}
+
+/// `--backup-dir` keeps the whole old tree (relative to the destination, as
+/// rsync's); one that already exists is refused before anything changes.
+#[test]
+fn backup_dir_keeps_the_old_tree() {
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let dest_arg = format!("{}/", dest.display());
+    write_version(&src, 20, 1);
+    ok(sync_atomic(&[], &src, &dest_arg));
+    write_version(&src, 20, 2);
+    ok(sync_atomic(&["--backup-dir", "../prev"], &src, &dest_arg));
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v2".into()]), 20));
+    assert_eq!(
+        versions_at(&t.path().join("prev")),
+        (BTreeSet::from(["v1".into()]), 20)
+    );
+    write_version(&src, 20, 3);
+    let o = sync_atomic(&["--backup-dir", "../prev"], &src, &dest_arg);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("--backup-dir") && err.contains("already exists"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v2".into()]), 20));
+}
+
+/// `--atomic --inplace` is a usage error naming both; `--backup-dir` alone too.
+#[test]
+fn atomic_with_inplace_is_refused() {
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write(&src.join("a"), b"a");
+    let o = sync_atomic(&["--inplace"], &src, &format!("{}/", dest.display()));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("--atomic") && err.contains("--inplace"),
+        "{err}"
+    );
+    assert!(!dest.exists(), "nothing is written");
+    let o = ferry([
+        "sync".to_string(),
+        "-a".into(),
+        "--backup-dir".into(),
+        "x".into(),
+        format!("{}/", src.display()),
+        format!("{}/", dest.display()),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--atomic"), "{}", stderr(&o));
+}
+
+/// `cp -r --atomic` makes a missing destination in one step and switches an
+/// existing one whole.
+#[test]
+fn cp_atomic_switches_the_tree() {
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write_version(&src, 30, 1);
+    let cp = |from: &Path| {
+        ok(ferry([
+            "cp".to_string(),
+            "-r".into(),
+            "-p".into(),
+            "--atomic".into(),
+            format!("{}/", from.display()),
+            format!("{}/", dest.display()),
+        ]))
+    };
+    cp(&src);
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v1".into()]), 30));
+    write_version(&src, 30, 2);
+    cp(&src);
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v2".into()]), 30));
+    assert!(!t.path().join(".dest.ferry-atomic").exists());
+}
+
+/// Over ssh the remote `ferry serve --stdio` builds and switches the tree.
+#[test]
+fn over_ssh_the_remote_switches_the_tree() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write_version(&src, 100, 1);
+    let remote = format!("{}/", sshd.remote(&dest));
+    let args: Vec<String> = sshd.args();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(sync_atomic(&extra, &src, &remote));
+    let keep = inode(&dest.join("d5/f0005"));
+    // every file changes but one, kept as it was (a rename keeps its mtime)
+    std::fs::rename(src.join("d5/f0005"), t.path().join("f0005")).unwrap();
+    write_version(&src, 100, 2);
+    std::fs::rename(t.path().join("f0005"), src.join("d5/f0005")).unwrap();
+    ok(sync_atomic(&extra, &src, &remote));
+    let (versions, files) = versions_at(&dest);
+    assert_eq!(files, 100);
+    assert_eq!(versions, BTreeSet::from(["v1".into(), "v2".into()]));
+    assert_eq!(
+        inode(&dest.join("d5/f0005")),
+        keep,
+        "the unchanged file was copied"
+    );
+    assert!(!t.path().join(".dest.ferry-atomic").exists());
+}
+
+/// To the daemon the tree is built and switched inside the module: the
+/// module's root cannot be switched, and a destination that is a symlink
+/// (out of the module) is refused, never followed.
+#[test]
+fn to_the_daemon_inside_the_module() {
+    let t = tmp();
+    let (src, module, outside) = (
+        t.path().join("src"),
+        t.path().join("module"),
+        t.path().join("outside"),
+    );
+    std::fs::create_dir_all(&module).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    write(&outside.join("keep"), b"outside");
+    std::os::unix::fs::symlink(&outside, module.join("escape")).unwrap();
+    write_version(&src, 50, 1);
+    let d = Daemon::start(&[("m", &module, false)], "", &[]);
+    let run = |url: &str, extra: &[&str]| {
+        let mut args: Vec<String> = d.client_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+        sync_atomic(&extra, &src, url)
+    };
+    ok(run(&d.url("m/out/"), &[]));
+    write_version(&src, 50, 2);
+    ok(run(&d.url("m/out/"), &["--backup-dir", "../out.prev"]));
+    assert_eq!(
+        versions_at(&module.join("out")),
+        (BTreeSet::from(["v2".into()]), 50)
+    );
+    assert_eq!(
+        versions_at(&module.join("out.prev")),
+        (BTreeSet::from(["v1".into()]), 50)
+    );
+    // the module's root, a symlink out of it, a backup dir out of it
+    let o = run(&d.url("m/"), &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("module's root"), "{}", stderr(&o));
+    let o = run(&d.url("m/escape/"), &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("symlink") || err.contains("not a directory"),
+        "{err}"
+    );
+    let o = run(&d.url("m/out/"), &["--backup-dir", "../../prev2"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("outside the module"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        1,
+        "wrote outside the module"
+    );
+    assert!(!t.path().join("prev2").exists());
+    assert_eq!(
+        versions_at(&module.join("out")),
+        (BTreeSet::from(["v2".into()]), 50)
+    );
+}
