@@ -865,6 +865,20 @@ mod tests {
     }
 
     #[test]
+    fn atomic_and_backup_dir_parse() {
+        let s = sync(&["-a", "--atomic", "--backup-dir", "../prev", "a/", "h:b/"]);
+        assert!(s.atomic);
+        assert_eq!(
+            s.backup_dir.as_deref(),
+            Some(std::path::Path::new("../prev"))
+        );
+        assert!(Cli::try_parse_from(["ferry", "sync", "--atomic", "--inplace", "a", "b"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "sync", "--backup-dir", "x", "a", "b"]).is_err());
+        let c = Cli::try_parse_from(["ferry", "cp", "-r", "--atomic", "a", "h:b"]).unwrap();
+        assert!(matches!(c.command, Command::Cp(c) if c.atomic));
+    }
+
+    #[test]
     fn rates() {
         assert_eq!(parse_rate("100").unwrap(), 100 << 10);
         assert_eq!(parse_rate("10M").unwrap(), 10 << 20);
