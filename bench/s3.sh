@@ -6,26 +6,49 @@
 #
 #   bench/s3.sh            2 GiB file up and down, 10,000 small files up, an unchanged re-sync
 #   bench/s3.sh --quick    64 MiB and 500 files: checks the script and the tools work
+#   bench/s3.sh --quick --release   the same sizes with ferry's release build
 #   BIG_MIB=512 SMALL_FILES=2000 bench/s3.sh   other sizes
+#   REPS=3 bench/s3.sh     each case 3 times, the tools taking turns; the median
+#                          time and the largest peak memory are shown
+#   TOOLS="ferry rclone"   leave a tool out (default: ferry rclone aws)
+#   FERRY=path/to/ferry    that binary, nothing built
 #
 # Needs s3s-fs (scripts/test.sh installs it), rclone (Debian package) and
 # /usr/bin/time. The aws CLI is installed with pip into a venv under the
 # bench's temporary directory (AWS_CLI=/path/to/aws to use another). ferry is
-# built in release mode (--quick uses the debug build).
+# built in release mode (--quick uses the debug build, unless --release).
 # s3s-fs itself is slow in ways that weigh on every tool alike: it rescans the
 # prefix for each listing page, copies every multipart upload's parts again on
 # completion, and answers small GETs ~40 ms late (no TCP_NODELAY).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0
-[ "${1:-}" = "--quick" ] && quick=1
+quick=0 release=0
+for a in "$@"; do
+  case $a in
+  --quick) quick=1 ;;
+  --release) release=1 ;;
+  *) echo "usage: bench/s3.sh [--quick] [--release]"; exit 2 ;;
+  esac
+done
+reps=${REPS:-1}
+tools=${TOOLS:-ferry rclone aws}
 if [ $quick = 1 ]; then
   big_mib=${BIG_MIB:-64}; small_files=${SMALL_FILES:-500}
-  cargo build -q; ferry=$PWD/target/debug/ferry
+  if [ -n "${FERRY:-}" ]; then
+    ferry=$FERRY
+  elif [ $release = 1 ]; then
+    cargo build -q --release; ferry=$PWD/target/release/ferry
+  else
+    cargo build -q; ferry=$PWD/target/debug/ferry
+  fi
 else
   big_mib=${BIG_MIB:-2048}; small_files=${SMALL_FILES:-10000}
-  cargo build -q --release; ferry=$PWD/target/release/ferry
+  if [ -n "${FERRY:-}" ]; then
+    ferry=$FERRY
+  else
+    cargo build -q --release; ferry=$PWD/target/release/ferry
+  fi
 fi
 command -v rclone >/dev/null || { echo "rclone is not installed (apt-get install rclone)"; exit 1; }
 s3s=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
@@ -43,6 +66,8 @@ trap cleanup EXIT
 # --- the aws CLI, in a venv of its own --------------------------------------
 if [ -n "${AWS_CLI:-}" ]; then
   aws=$AWS_CLI
+elif [[ " $tools " != *" aws "* ]]; then
+  aws=false
 else
   python3 -m venv "$work/venv" >/dev/null
   "$work/venv/bin/pip" install -q awscli >/dev/null
@@ -85,48 +110,57 @@ for i in range(n):
         f.write(os.urandom(1024 + (i * 37) % 8192))
 EOF
 
-# run NAME TOOL CMD...: seconds and peak RSS (MiB) of one run
+# run NAME TOOL CMD...: seconds and peak RSS (MiB) of one run (times
+# gathered per case and tool; the largest memory kept)
 declare -A secs mem
 run() {
   local name=$1 tool=$2; shift 2
   /usr/bin/time -f '%e %M' -o "$work/time" "$@" >"$work/out" 2>&1 || {
     echo "$tool failed at $name:"; cat "$work/out"; exit 1; }
   read -r s m < "$work/time"
-  secs[$name.$tool]=$s
-  mem[$name.$tool]=$((m / 1024))
+  secs[$name.$tool]="${secs[$name.$tool]:-} $s"
+  m=$((m / 1024))
+  [ "${mem[$name.$tool]:-0}" -ge "$m" ] || mem[$name.$tool]=$m
 }
 
-for tool in ferry rclone aws; do
+for rep in $(seq "$reps"); do
+for tool in $tools; do
   out=$work/down-$tool.bin
+  big=big$rep.bin small=small$rep
   case $tool in
   ferry)
-    run "big up" ferry "$ferry" cp "$work/big.bin" s3://ferry/big.bin
-    run "big down" ferry "$ferry" cp s3://ferry/big.bin "$out"
-    run "small up" ferry "$ferry" sync -a "$work/small/" s3://ferry/small/
-    run "re-sync" ferry "$ferry" sync -a "$work/small/" s3://ferry/small/ ;;
+    run "big up" ferry "$ferry" cp "$work/big.bin" "s3://ferry/$big"
+    run "big down" ferry "$ferry" cp "s3://ferry/$big" "$out"
+    run "small up" ferry "$ferry" sync -a "$work/small/" "s3://ferry/$small/"
+    run "re-sync" ferry "$ferry" sync -a "$work/small/" "s3://ferry/$small/" ;;
   rclone)
-    run "big up" rclone rclone copyto "$work/big.bin" s3:rclone/big.bin
-    run "big down" rclone rclone copyto s3:rclone/big.bin "$out"
-    run "small up" rclone rclone copy "$work/small" s3:rclone/small
-    run "re-sync" rclone rclone sync "$work/small" s3:rclone/small ;;
+    run "big up" rclone rclone copyto "$work/big.bin" "s3:rclone/$big"
+    run "big down" rclone rclone copyto "s3:rclone/$big" "$out"
+    run "small up" rclone rclone copy "$work/small" "s3:rclone/$small"
+    run "re-sync" rclone rclone sync "$work/small" "s3:rclone/$small" ;;
   aws)
-    run "big up" aws "$aws" s3 cp "$work/big.bin" s3://aws/big.bin
-    run "big down" aws "$aws" s3 cp s3://aws/big.bin "$out"
-    run "small up" aws "$aws" s3 sync "$work/small" s3://aws/small
-    run "re-sync" aws "$aws" s3 sync "$work/small" s3://aws/small ;;
+    run "big up" aws "$aws" s3 cp "$work/big.bin" "s3://aws/$big"
+    run "big down" aws "$aws" s3 cp "s3://aws/$big" "$out"
+    run "small up" aws "$aws" s3 sync "$work/small" "s3://aws/$small"
+    run "re-sync" aws "$aws" s3 sync "$work/small" "s3://aws/$small" ;;
   esac
   cmp "$work/big.bin" "$out" || { echo "$tool: the downloaded file differs"; exit 1; }
-  rm -f "$out"
+  rm -f "$out" "$work/s3/$tool/$big"
   # the objects are there, byte for byte (s3s-fs keeps each as a plain file)
-  diff -r -x .ferry-manifest "$work/small" "$work/s3/$tool/small" >/dev/null \
+  diff -r -x .ferry-manifest "$work/small" "$work/s3/$tool/$small" >/dev/null \
     || { echo "$tool: the uploaded tree differs"; exit 1; }
 done
+done
 
-echo "s3s-fs 0.14.1 on 127.0.0.1; $big_mib MiB file, $small_files small files (1-9 KiB)"
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(float(x) for x in sys.argv[1:]):.2f}')" $1; }
+echo "s3s-fs 0.14.1 on 127.0.0.1; $big_mib MiB file, $small_files small files (1-9 KiB); median of $reps"
 printf '%-10s %9s %9s %9s %8s %8s %18s\n' case "ferry s" "rclone s" "aws s" "rclone/f" "aws/f" "peak MiB f/rc/aws"
 for name in "big up" "big down" "small up" "re-sync"; do
-  f=${secs[$name.ferry]} r=${secs[$name.rclone]} a=${secs[$name.aws]}
-  ratio() { python3 -c "print(f'{$1/max($2,0.01):.2f}')"; }
+  f=- r=- a=-
+  [ -n "${secs[$name.ferry]:-}" ] && f=$(median "${secs[$name.ferry]}")
+  [ -n "${secs[$name.rclone]:-}" ] && r=$(median "${secs[$name.rclone]}")
+  [ -n "${secs[$name.aws]:-}" ] && a=$(median "${secs[$name.aws]}")
+  ratio() { [ "$1" = - ] || [ "$2" = - ] && { echo -; return; }; python3 -c "print(f'{$1/max($2,0.01):.2f}')"; }
   printf '%-10s %9s %9s %9s %8s %8s %18s\n' "$name" "$f" "$r" "$a" "$(ratio "$r" "$f")" \
-    "$(ratio "$a" "$f")" "${mem[$name.ferry]}/${mem[$name.rclone]}/${mem[$name.aws]}"
+    "$(ratio "$a" "$f")" "${mem[$name.ferry]:--}/${mem[$name.rclone]:--}/${mem[$name.aws]:--}"
 done

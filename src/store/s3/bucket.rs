@@ -458,24 +458,7 @@ impl Bucket {
         meta: &Object,
         create_only: bool,
     ) -> io::Result<Option<String>> {
-        let mut attrs = Attributes::new();
-        attrs.insert(
-            Attribute::Metadata(META_MTIME.into()),
-            format!(
-                "{}",
-                meta.mtime.0 as i128 * 1_000_000_000 + meta.mtime.1 as i128
-            )
-            .into(),
-        );
-        if let Some(mode) = meta.mode {
-            attrs.insert(
-                Attribute::Metadata(META_MODE.into()),
-                format!("{mode:o}").into(),
-            );
-        }
-        if let Some(h) = meta.blake3 {
-            attrs.insert(Attribute::Metadata(META_BLAKE3.into()), hex(&h).into());
-        }
+        let attrs = attributes(meta);
         // object_store makes only a single PUT conditional (its public
         // multipart completion always overwrites): a create-only upload is
         // one request, so S3's cap on one PUT applies
@@ -493,30 +476,7 @@ impl Bucket {
         let (bucket, key) = (self.inner.name.clone(), key.to_string());
         self.block_on(async move {
             if len <= SINGLE_PUT_MAX || create_only {
-                let units = len.div_ceil(UNIT as u64).clamp(1, (BUDGET / UNIT) as u64) as u32;
-                let _permit = budget
-                    .acquire_many_owned(units)
-                    .await
-                    .map_err(io::Error::other)?;
-                let data = read_part(file, 0, len).await?;
-                let md5 = md5_hex(&data);
-                let opts = PutOptions {
-                    mode: if create_only {
-                        PutMode::Create
-                    } else {
-                        PutMode::Overwrite
-                    },
-                    attributes: attrs,
-                    ..Default::default()
-                };
-                let r = store
-                    .put_opts(&p, PutPayload::from(data), opts)
-                    .await
-                    .map_err(err)?;
-                if let Some(e) = &r.e_tag {
-                    check_etag(e, &md5, "the object")?;
-                }
-                return Ok(r.e_tag);
+                return put_single(&store, &budget, &p, file, len, attrs, create_only).await;
             }
             let blake3 = meta.blake3.unwrap_or_default();
             let job = Multipart {
@@ -541,6 +501,34 @@ impl Bucket {
                 other => other,
             }
         })
+    }
+
+    /// Starts uploading a small file (one request, at most
+    /// [`SINGLE_PUT_MAX`] bytes) as `key` with ferry's metadata, and returns
+    /// at once: many small objects are in flight together, their bytes
+    /// drawn from the shared budget. [`Bucket::finish`] waits for it.
+    pub fn upload_soon(
+        &self,
+        key: &str,
+        file: Arc<File>,
+        len: u64,
+        meta: &Object,
+    ) -> tokio::task::JoinHandle<io::Result<Option<String>>> {
+        debug_assert!(len <= SINGLE_PUT_MAX);
+        let attrs = attributes(meta);
+        let (store, budget) = (self.inner.store.clone(), self.inner.budget.clone());
+        let p = path(key);
+        self.inner
+            .rt
+            .spawn(async move { put_single(&store, &budget, &p, file, len, attrs, false).await })
+    }
+
+    /// Waits for an upload started with [`Bucket::upload_soon`]; its ETag.
+    pub fn finish(
+        &self,
+        h: tokio::task::JoinHandle<io::Result<Option<String>>>,
+    ) -> io::Result<Option<String>> {
+        self.block_on(h).map_err(io::Error::other)?
     }
 
     /// Aborts the multipart upload `id` of `key` (one already gone is not
@@ -735,8 +723,7 @@ impl Multipart {
                         .acquire_many_owned(units)
                         .await
                         .map_err(io::Error::other)?;
-                    let data = read_part(file, at, n).await?;
-                    let md5 = md5_hex(&data);
+                    let (data, md5) = read_hashed(file, at, n).await?;
                     let got = store
                         .put_part(&p, &id, i as usize, PutPayload::from(data))
                         .await
@@ -763,6 +750,66 @@ impl Multipart {
     }
 }
 
+/// ferry's metadata on an object: mtime (ns), mode, BLAKE3.
+fn attributes(meta: &Object) -> Attributes {
+    let mut attrs = Attributes::new();
+    attrs.insert(
+        Attribute::Metadata(META_MTIME.into()),
+        format!(
+            "{}",
+            meta.mtime.0 as i128 * 1_000_000_000 + meta.mtime.1 as i128
+        )
+        .into(),
+    );
+    if let Some(mode) = meta.mode {
+        attrs.insert(
+            Attribute::Metadata(META_MODE.into()),
+            format!("{mode:o}").into(),
+        );
+    }
+    if let Some(h) = meta.blake3 {
+        attrs.insert(Attribute::Metadata(META_BLAKE3.into()), hex(&h).into());
+    }
+    attrs
+}
+
+/// One PUT of the whole file (conditional with `create_only`); checks the
+/// returned ETag against the MD5 of what was sent; returns the ETag.
+async fn put_single(
+    store: &AmazonS3,
+    budget: &Arc<Semaphore>,
+    p: &Path,
+    file: Arc<File>,
+    len: u64,
+    attrs: Attributes,
+    create_only: bool,
+) -> io::Result<Option<String>> {
+    let units = len.div_ceil(UNIT as u64).clamp(1, (BUDGET / UNIT) as u64) as u32;
+    let _permit = budget
+        .clone()
+        .acquire_many_owned(units)
+        .await
+        .map_err(io::Error::other)?;
+    let (data, md5) = read_hashed(file, 0, len).await?;
+    let opts = PutOptions {
+        mode: if create_only {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        },
+        attributes: attrs,
+        ..Default::default()
+    };
+    let r = store
+        .put_opts(p, PutPayload::from(data), opts)
+        .await
+        .map_err(err)?;
+    if let Some(e) = &r.e_tag {
+        check_etag(e, &md5, "the object")?;
+    }
+    Ok(r.e_tag)
+}
+
 fn md5_hex(data: &[u8]) -> String {
     use md5::Digest;
     hex(&md5::Md5::digest(data))
@@ -785,6 +832,19 @@ fn check_etag(etag: &str, md5: &str, what: &str) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Reads `n` bytes of `file` at `at` and their MD5 (hex), both off the
+/// runtime's workers (hashing 16 MiB would hold one up for tens of ms).
+async fn read_hashed(file: Arc<File>, at: u64, n: u64) -> io::Result<(Bytes, String)> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact_at(&mut buf, at)?;
+        let md5 = md5_hex(&buf);
+        Ok((Bytes::from(buf), md5))
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 /// Reads `n` bytes of `file` at `at`, off the runtime's workers.
