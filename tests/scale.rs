@@ -69,6 +69,16 @@ struct Run {
 /// daemon started for this run alone (so its VmHWM is this run's own); the
 /// client runs under GNU time, whose `%M` is the client's peak RSS.
 fn measured_sync(modules: &[(&str, &Path, bool)], src: &Path, scratch: &Path) -> Run {
+    measured_sync_with(modules, src, scratch, &[])
+}
+
+/// [`measured_sync`] with `extra` arguments (`-H`).
+fn measured_sync_with(
+    modules: &[(&str, &Path, bool)],
+    src: &Path,
+    scratch: &Path,
+    extra: &[&str],
+) -> Run {
     let d = Daemon::start(modules, "", &[]);
     let rss = scratch.join("client-rss");
     let out = Command::new("/usr/bin/time")
@@ -78,6 +88,7 @@ fn measured_sync(modules: &[(&str, &Path, bool)], src: &Path, scratch: &Path) ->
         .arg("sync")
         .args(d.client_args())
         .args(["-a", "--delete", "--stats", "--timeout", "120"])
+        .args(extra)
         .arg(format!("{}/", src.display()))
         .arg(d.url("data/t/"))
         .output()
@@ -112,8 +123,8 @@ const PEAK_KIB: u64 = 64 * 1024;
 /// files: 6 MiB, ~60 bytes a file. What grows by design is the receiver's set
 /// of 64-bit name fingerprints (`session::listing::Names`, ~17 bytes a name
 /// with its hash table, ~26 at a resize); keeping every list entry, as ferry
-/// once did, costs ~300 bytes a file (30 MiB here). (`-H` still keeps every
-/// file's entry on the receiver, ~200 bytes a file: bench/NOTES.md.)
+/// once did, costs ~300 bytes a file (30 MiB here). (`-H` keeps only the
+/// entries of files with more than one link: the test below.)
 const GROWTH_KIB: u64 = 6 * 1024;
 
 #[test]
@@ -169,6 +180,120 @@ fn a_200k_file_tree_syncs_to_the_daemon_in_flat_memory() {
                 y <= x + GROWTH_KIB,
                 "{what} sync, {side}: peak RSS {y} KiB for {} files vs {x} KiB for {} \
                  (more than {GROWTH_KIB} KiB of growth: memory per file?)",
+                large.0,
+                small.0
+            );
+        }
+    }
+}
+
+/// Adds hard-link groups for files `from..to` of [`grow_tree`]'s tree: every
+/// 500th file gets two more names in the next directory (`link-*-a`, `-b`),
+/// so 100,000 files hold 200 groups of three; returns each group's names.
+fn link_groups(root: &Path, from: usize, to: usize) -> Vec<[PathBuf; 3]> {
+    let mut groups = Vec::new();
+    for i in (from..to).filter(|i| i % 500 == 0) {
+        let first = PathBuf::from(format!("d{:03}/img-{i:07}.jpg", i / 1000));
+        let later = (i / 1000 + 1) % (to / 1000);
+        let names = [
+            first.clone(),
+            PathBuf::from(format!("d{later:03}/link-{i:07}-a.jpg")),
+            PathBuf::from(format!("d{later:03}/link-{i:07}-b.jpg")),
+        ];
+        for n in &names[1..] {
+            std::fs::hard_link(root.join(&first), root.join(n)).unwrap();
+        }
+        groups.push(names);
+    }
+    groups
+}
+
+/// `-H` on a huge tree keeps a table entry only for files with more than one
+/// link: 200,000 files with 400 groups of hard links (three names each) go
+/// to the daemon with `-aH --delete`, fresh and unchanged, each end's peak
+/// under [`PEAK_KIB`] and within [`GROWTH_KIB`] of the 100,000-file peak
+/// (keeping every file's entry for a link that might name it, ~200 bytes a
+/// file, grew the daemon by ~20 MiB here); every group is one inode at the
+/// destination, and its bytes are the source's.
+#[test]
+fn hard_links_on_a_200k_file_tree_stay_in_flat_memory() {
+    use std::os::unix::fs::MetadataExt;
+    let t = scratch();
+    let src = t.path().join("src");
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let modules = [("data", module.as_path(), false)];
+    let mut peaks: Vec<(usize, Run, Run)> = Vec::new();
+    let mut groups = Vec::new();
+    let mut have = 0;
+    for n in [100_000, 200_000] {
+        grow_tree(&src, have, n);
+        // the links of the first half stay where they are (their next
+        // directory exists already); the new half's go into its own
+        groups.extend(link_groups(&src, have, n));
+        have = n;
+        let dst: PathBuf = module.join("t");
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).unwrap();
+        }
+        let fresh = measured_sync_with(&modules, &src, t.path(), &["-H"]);
+        let again = measured_sync_with(&modules, &src, t.path(), &["-H"]);
+        eprintln!(
+            "{n} files, {} link groups, -H: peak RSS fresh client {} KiB daemon {} KiB; \
+             no-change re-sync client {} KiB daemon {} KiB",
+            groups.len(),
+            fresh.client_kib,
+            fresh.daemon_kib,
+            again.client_kib,
+            again.daemon_kib
+        );
+        assert!(fresh.transferred >= n as u64, "fresh sync of {n} files");
+        // nothing but the links, which ferry makes again on every run
+        let links = 2 * groups.len() as u64;
+        assert!(
+            again.transferred <= links,
+            "no-change re-sync of {n} files: {} transferred",
+            again.transferred
+        );
+        assert_same_tree(&src, &dst, false);
+        for names in &groups {
+            let inode = |p: &PathBuf| std::fs::metadata(dst.join(p)).unwrap().ino();
+            let first = inode(&names[0]);
+            for other in &names[1..] {
+                assert_eq!(
+                    inode(other),
+                    first,
+                    "{} is not a hard link to {} at the destination",
+                    other.display(),
+                    names[0].display()
+                );
+            }
+            assert_eq!(std::fs::metadata(dst.join(&names[0])).unwrap().nlink(), 3);
+        }
+        for (what, r) in [("fresh", &fresh), ("no-change", &again)] {
+            for (side, kib) in [("client", r.client_kib), ("daemon", r.daemon_kib)] {
+                assert!(
+                    kib <= PEAK_KIB,
+                    "{n} files, -H, {what} sync: the {side}'s peak RSS is {kib} KiB, over \
+                     {PEAK_KIB}"
+                );
+            }
+        }
+        peaks.push((n, fresh, again));
+    }
+    let (small, large) = (&peaks[0], &peaks[1]);
+    for (what, a, b) in [
+        ("fresh", &small.1, &large.1),
+        ("no-change", &small.2, &large.2),
+    ] {
+        for (side, x, y) in [
+            ("client", a.client_kib, b.client_kib),
+            ("daemon", a.daemon_kib, b.daemon_kib),
+        ] {
+            assert!(
+                y <= x + GROWTH_KIB,
+                "-H, {what} sync, {side}: peak RSS {y} KiB for {} files vs {x} KiB for {} \
+                 (more than {GROWTH_KIB} KiB of growth: an entry kept per file?)",
                 large.0,
                 small.0
             );

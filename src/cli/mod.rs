@@ -369,6 +369,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         update: a.update,
         dry_run: a.dry_run,
         hard_links: a.hard_links,
+        link_marks: a.hard_links,
         sparse: a.sparse,
         compress: a.compress || a.compress_level.is_some(),
         compress_level: a.compress_level.unwrap_or(0),

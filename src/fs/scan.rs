@@ -324,14 +324,19 @@ impl<E> Walker<'_, E> {
             return Ok(()); // before the hard-link bookkeeping counts it
         }
         if self.opts.hard_links && meta.nlink() > 1 {
+            // only files with more than one link get a table entry
             let key = (meta.dev(), meta.ino());
             if let Some(&first) = self.inodes.get(&key) {
                 entry.link_to = Some(first);
             } else {
+                // marked as the first of its group (its own index; the
+                // sender takes the mark off for a peer that does not know it)
                 self.inodes.insert(key, self.next_index);
+                entry.link_to = Some(self.next_index);
             }
         }
-        if self.opts.checksum && entry.link_to.is_none() {
+        let first_of_group = entry.link_to == Some(self.next_index);
+        if self.opts.checksum && (entry.link_to.is_none() || first_of_group) {
             match hash_file(path) {
                 Ok(h) => entry.checksum = Some(h),
                 Err(e) => return self.fail(path, "cannot read", e),

@@ -256,6 +256,13 @@ pub struct Options {
     /// changed, attribute-only changes too, bytes on the wire and the check
     /// value (`-i`, `--out-format`, `--log-file`, `--json`).
     pub itemize: bool,
+    /// With `-H`, the sender marks the first file of each group of hard
+    /// links (an [`Entry`] whose `link_to` is its own index), so that the
+    /// receiver keeps only those files' entries for the links that follow,
+    /// not every file's. Set by [`crate::transfer`] whenever `hard_links` is;
+    /// without it (an older peer, or a caller that leaves it out) the
+    /// receiver keeps every file's entry to the end, as before.
+    pub link_marks: bool,
 }
 
 /// rsync's destination-side options, carried in the extension block from tag
@@ -468,6 +475,8 @@ impl Options {
         }
         // what is itemized comes from the listing a version-2 peer still sends
         o.itemize = false;
+        // a version-2 receiver takes a file linked to itself for a bad link
+        o.link_marks = false;
         Ok(o)
     }
 }
@@ -531,7 +540,9 @@ pub struct Entry {
     pub gid: u32,
     /// Symlink target.
     pub target: Vec<u8>,
-    /// For a hard link: the index of the earlier entry it links to.
+    /// For a hard link: the index of the earlier entry it links to. Its own
+    /// index marks the first file of a group of hard links, which later
+    /// entries link to (only when [`Options::link_marks`] is set).
     pub link_to: Option<u32>,
     /// Whole-file BLAKE3, sent with `--checksum`.
     pub checksum: Option<[u8; 32]>,
@@ -1560,6 +1571,8 @@ mod ext_tag {
     pub const ATOMIC: u64 = 41;
     /// [`super::DestSide::backup_dir`]: the path.
     pub const BACKUP_DIR: u64 = 42;
+    /// [`super::Options::link_marks`], no bytes (issue 25's numbers: 56–60).
+    pub const LINK_MARKS: u64 = 56;
 }
 
 /// [`DestSide`]'s boolean options, bit by bit, with the flag that sets each.
@@ -1645,7 +1658,10 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
     if let Some(d) = &o.dest_side.backup_dir {
         fields.push((ext_tag::BACKUP_DIR, d.clone()));
     }
-    // the decoder takes tags in increasing order only
+    if o.link_marks {
+        fields.push((ext_tag::LINK_MARKS, Vec::new()));
+    }
+    // tags go in increasing order, whichever option pushed its field first
     fields.sort_by_key(|(tag, _)| *tag);
     if fields.is_empty() {
         return;
@@ -1802,6 +1818,7 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
                 }
                 o.dest_side.backup_dir = Some(dir.to_vec());
             }
+            ext_tag::LINK_MARKS => o.link_marks = true,
             _ => return Err(DecodeError::Invalid("option extension tag")),
         }
         v.finish("option extension")?;

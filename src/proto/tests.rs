@@ -546,3 +546,59 @@ fn atomic_options() {
     alone.dest_side.backup_dir = Some(b"x".to_vec());
     assert_eq!(alone.validate(), Err(OptionsError::BackupDirAlone));
 }
+
+/// `-H`'s marks (tag 56, no bytes): sent only when set, in tag order beside
+/// the other fields, round trip, and never to a version-2 peer; an entry
+/// linked to its own index travels as any link does.
+#[test]
+fn link_marks_travel_as_tag_56() {
+    let request = |options: Options| {
+        Message::Request(Request {
+            role: Role::ServerSends,
+            paths: vec![b"m/".to_vec()],
+            options,
+        })
+    };
+    let plain = Options {
+        recursive: true,
+        hard_links: true,
+        ..Options::default()
+    };
+    let marked = Options {
+        link_marks: true,
+        ..plain.clone()
+    };
+    let (p, m) = (
+        request(plain.clone()).to_payload(),
+        request(marked.clone()).to_payload(),
+    );
+    // one field: tag 56 with no bytes
+    assert_eq!(m, [p.clone(), vec![1, 56, 0]].concat());
+    assert_eq!(Message::decode(&m), Ok(request(marked.clone())));
+    let with_others = Options {
+        itemize: true,
+        chmod: Some(b"u+w".to_vec()),
+        symlinks: LinkPolicy::Munge,
+        ..marked.clone()
+    };
+    assert_eq!(
+        Message::decode(&request(with_others.clone()).to_payload()),
+        Ok(request(with_others))
+    );
+    assert_eq!(marked.for_peer(2), Ok(plain.clone()));
+    assert_eq!(marked.for_peer(3), Ok(marked));
+    let first = Message::Entry(Entry {
+        name: b"a".to_vec(),
+        kind: Kind::File,
+        mode: 0o644,
+        mtime: 1,
+        mtime_nsec: 0,
+        size: 3,
+        uid: 0,
+        gid: 0,
+        target: Vec::new(),
+        link_to: Some(7),
+        checksum: None,
+    });
+    assert_eq!(Message::decode(&first.to_payload()), Ok(first));
+}

@@ -31,16 +31,17 @@ pub fn run_client(
 pub type Connect<'a> = dyn Fn() -> Result<Stream, TransferError> + Sync + 'a;
 
 /// The client's side of opening a connection: versions, then `request`,
-/// which the server must accept (`what` names it in errors).
+/// which the server must accept (`what` names it in errors). Returns the
+/// options as the server was sent them (an older server, fewer).
 fn open<R: Read, W: Write>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     request: &Request,
     what: &str,
-) -> Result<(), TransferError> {
-    send_request(reader, writer, request)?;
+) -> Result<Options, TransferError> {
+    let sent = send_request(reader, writer, request)?;
     match reader.expect()? {
-        Message::Accept => Ok(()),
+        Message::Accept => Ok(sent),
         Message::Fatal(t) => Err(TransferError::Remote(text(&t))),
         other => Err(TransferError::PeerMisbehaved(format!(
             "answered {what} with {}",
@@ -49,12 +50,13 @@ fn open<R: Read, W: Write>(
     }
 }
 
-/// Versions, then `request` (what the server answers is the caller's).
+/// Versions, then `request` (what the server answers is the caller's); the
+/// options as sent.
 fn send_request<R: Read, W: Write>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     request: &Request,
-) -> Result<(), TransferError> {
+) -> Result<Options, TransferError> {
     writer.raw(&proto::client_hello())?;
     let version = proto::check_server_hello(&reader.raw::<7>()?)?;
     // an older peer is sent only what it understands (or told what it lacks)
@@ -63,10 +65,11 @@ fn send_request<R: Read, W: Write>(
         .for_peer(version)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
     writer.send(&Message::Request(Request {
-        options,
+        options: options.clone(),
         ..request.clone()
     }))?;
-    writer.flush()
+    writer.flush()?;
+    Ok(options)
 }
 
 /// Joins an extra stream to the transfer the server gave `token`.
@@ -117,7 +120,7 @@ pub fn run_client_streams(
 #[allow(clippy::too_many_arguments)]
 pub fn run_client_streams_on(
     stream: Stream,
-    request: Request,
+    mut request: Request,
     local_paths: Vec<Vec<u8>>,
     events: &EventFn<'_>,
     cancel: &Cancel,
@@ -127,7 +130,9 @@ pub fn run_client_streams_on(
 ) -> Result<Summary, TransferError> {
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters.clone());
-    open(&mut reader, &mut writer, &request, "the request")?;
+    let sent = open(&mut reader, &mut writer, &request, "the request")?;
+    // both halves mark hard links only if the server was told to
+    request.options.link_marks = sent.link_marks;
     let streams = request.options.streams;
     let mut token = proto::NO_STREAM_TOKEN;
     if streams > 1 {

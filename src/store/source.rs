@@ -32,6 +32,9 @@ pub struct ListOptions {
     /// Name each source by its path (rsync `-R`), sending the directories
     /// above it too.
     pub relative: bool,
+    /// Name hard links (`-H`): a file whose inode was listed before links to
+    /// that entry (`link_to`), and the first file of such a group links to
+    /// its own index (a store without hard links leaves `link_to` unset).
     pub hard_links: bool,
     /// Compute each file's BLAKE3 for the list (`--checksum`).
     pub checksum: bool,

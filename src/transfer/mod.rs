@@ -212,6 +212,8 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
 fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
     let route = endpoint::route(&plan.sources, &plan.dest)?;
     let mut options = plan.options.clone();
+    // -H: only files with more than one link are kept for their links
+    options.link_marks = options.hard_links;
     if let Endpoint::Store(_) = route.serving {
         // extra streams exist only to a peer (a daemon, or over ssh)
         options.streams = 1;

@@ -5,7 +5,7 @@
 
 use super::index::ReadAt;
 use super::intake::Accepted;
-use super::{listed, Receiver};
+use super::{listed, Hard, Receiver};
 use crate::check::file_checksum;
 use crate::error::{FileError, FileOp, TransferError};
 use crate::fs::names::{escape, split_parent};
@@ -30,10 +30,11 @@ impl<D: Destination> Receiver<'_, D> {
             self.start(ls)?;
         }
         let entries = &self.entries;
+        let marks = self.opts.link_marks;
         let is_earlier_file = |j: u32| {
             entries
                 .get(j as usize)
-                .is_some_and(|t| t.kind == Kind::File)
+                .is_some_and(|t| t.kind == Kind::File && (!marks || t.hard == Hard::First))
         };
         let Accepted { index, rel } = self.intake.accept(&e, is_earlier_file)?;
         // (the intake counts what the listing holds)
@@ -51,7 +52,7 @@ impl<D: Destination> Receiver<'_, D> {
                     None
                 }
                 Err(err) => {
-                    self.entries.push(listed(&e, rel, true));
+                    self.entries.push(listed(&e, index, rel, true));
                     self.file_failed(&e.name, FileError::new(escape(&e.name), FileOp::Stat, err));
                     return Ok(());
                 }
@@ -59,7 +60,7 @@ impl<D: Destination> Receiver<'_, D> {
             None => None,
         };
         self.entries
-            .push(listed(&e, rel.clone(), existing.is_none()));
+            .push(listed(&e, index, rel.clone(), existing.is_none()));
         // without -p a file that is replaced keeps its permissions (rsync)
         if let Some(x) = existing.filter(|x| !self.opts.perms && x.kind == ExistingKind::File) {
             self.entries[index as usize].mode = x.mode;
@@ -73,7 +74,7 @@ impl<D: Destination> Receiver<'_, D> {
             Kind::Dir => self.entry_dir(index, &e, existing.map(|x| x.kind)),
             Kind::Symlink => self.entry_symlink(index, &e, existing.map(|x| x.kind)),
             Kind::File => {
-                if let Some(j) = e.link_to {
+                if let Some(j) = e.link_to.filter(|&j| j != index) {
                     self.hardlinks.push((index, j));
                     return Ok(());
                 }

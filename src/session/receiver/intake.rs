@@ -80,6 +80,9 @@ pub(super) struct ListIntake {
     /// Entries taken in as last told to the sender with `ListAck`.
     acked: u32,
     done: bool,
+    /// The sender marks the first file of each group of hard links (an entry
+    /// linked to itself, [`crate::proto::Options::link_marks`]).
+    link_marks: bool,
 }
 
 impl ListIntake {
@@ -93,7 +96,14 @@ impl ListIntake {
             count: 0,
             acked: 0,
             done: false,
+            link_marks: false,
         }
+    }
+
+    /// Takes an entry linked to itself as the first of a group of hard links
+    /// (the sender was told to mark them).
+    pub(super) fn expect_link_marks(&mut self) {
+        self.link_marks = true;
     }
 
     /// How names map from here on (set once the destination is opened).
@@ -112,7 +122,8 @@ impl ListIntake {
 
     /// Takes in the next entry, or says what is wrong with it.
     /// `is_earlier_file(j)`: whether entry `j` is a regular file taken in
-    /// before (a hard link may only name one).
+    /// before that a hard link may name (with marks: the first of a group).
+    /// An entry linked to itself is the first of a group, with marks only.
     pub(super) fn accept(
         &mut self,
         e: &Entry,
@@ -236,7 +247,9 @@ impl ListIntake {
             }
         }
         if let Some(j) = e.link_to {
-            if j >= self.count || !is_earlier_file(j) || e.kind != Kind::File {
+            let first_of_group = self.link_marks && j == self.count;
+            let to_earlier = j < self.count && is_earlier_file(j);
+            if !(first_of_group || to_earlier) || e.kind != Kind::File {
                 return Err(Violation(format!(
                     "sent a hard link {} to an entry that is not an earlier file",
                     escape(&e.name)
@@ -402,6 +415,55 @@ mod tests {
                 pull(),
                 vec![file("a"), linked(0)],
                 None,
+            ),
+        ];
+        for (label, intake, list, want) in cases {
+            assert_eq!(refusal(intake, &list).as_deref(), want, "{label}");
+        }
+    }
+
+    /// `-H` with marks: a file linked to itself is the first of a group, and
+    /// only when the sender was told to mark (else it is a bad link).
+    #[test]
+    fn a_file_linked_to_itself_is_a_mark_only_when_marks_were_asked_for() {
+        let to = |name: &str, to| Entry {
+            link_to: Some(to),
+            ..file(name)
+        };
+        let marked = || {
+            let mut i = pull();
+            i.expect_link_marks();
+            i
+        };
+        let bad = Some("sent a hard link a to an entry that is not an earlier file");
+        let cases: Vec<(&str, ListIntake, Vec<Entry>, Option<&str>)> = vec![
+            (
+                "a mark, asked for",
+                marked(),
+                vec![to("a", 0), to("b", 0)],
+                None,
+            ),
+            ("a mark, not asked for", pull(), vec![to("a", 0)], bad),
+            (
+                "a later mark",
+                marked(),
+                vec![file("x"), to("a", 1), to("b", 1)],
+                None,
+            ),
+            (
+                "a mark past itself",
+                marked(),
+                vec![file("x"), to("a", 2)],
+                bad,
+            ),
+            (
+                "a directory marked",
+                marked(),
+                vec![Entry {
+                    link_to: Some(0),
+                    ..dir("a")
+                }],
+                bad,
             ),
         ];
         for (label, intake, list, want) in cases {

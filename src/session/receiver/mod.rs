@@ -99,6 +99,21 @@ struct Listed {
     /// What differs from what was at the destination ([`crate::proto::item::Item`]
     /// bits; only worked out when the requester itemizes).
     item: u32,
+    /// Its part in a group of hard links, if any (such entries are kept to
+    /// the end, for the links made there).
+    hard: Hard,
+}
+
+/// An entry's part in a group of hard links (`-H`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hard {
+    /// None that the list says: a plain file (or not a file).
+    None,
+    /// The first file of a group, marked by the sender (`link_to` its own
+    /// index): later links name it.
+    First,
+    /// A link to an earlier file, made at the end.
+    Link,
 }
 
 struct Receiver<'a, D: Destination = Dest> {
@@ -249,7 +264,10 @@ where
     });
     // (-R names paths, and the directories above them, without -r too)
     let nested = cfg.options.recursive || cfg.options.relative;
-    let intake = ListIntake::new(requested.as_deref(), nested);
+    let mut intake = ListIntake::new(requested.as_deref(), nested);
+    if cfg.options.link_marks {
+        intake.expect_link_marks();
+    }
     let mut r = Receiver {
         opts: cfg.options,
         spares,
@@ -371,7 +389,7 @@ fn violation(what: String) -> TransferError {
     TransferError::PeerMisbehaved(what)
 }
 
-fn listed(e: &Entry, rel: Vec<u8>, is_new: bool) -> Listed {
+fn listed(e: &Entry, index: u32, rel: Vec<u8>, is_new: bool) -> Listed {
     Listed {
         name: e.name.clone(),
         rel,
@@ -384,6 +402,11 @@ fn listed(e: &Entry, rel: Vec<u8>, is_new: bool) -> Listed {
         is_new,
         done: false,
         item: 0,
+        hard: match e.link_to {
+            None => Hard::None,
+            Some(j) if j == index => Hard::First,
+            Some(_) => Hard::Link,
+        },
     }
 }
 

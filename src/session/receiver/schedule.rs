@@ -5,7 +5,7 @@
 
 use super::incoming::{DeltaWait, Incoming};
 use super::index::{index_bases, Basis};
-use super::Receiver;
+use super::{Hard, Receiver};
 use crate::chunk::new_rebuild_key;
 use crate::error::TransferError;
 use crate::proto::Message;
@@ -100,7 +100,8 @@ impl<D: Destination> Receiver<'_, D> {
     /// enough (see [`ListIntake::ack`](super::intake::ListIntake::ack)), and
     /// lets go of the entries settled by then: below the first still queued,
     /// not in flight. Directories stay for the end (their times and
-    /// `--delete`), and with `-H` every file (a later hard link may name it).
+    /// `--delete`), and with `-H` the files of groups of hard links (every
+    /// file when the sender does not mark them: a later link may name any).
     pub(super) fn acknowledge(&mut self) -> Result<(), TransferError> {
         // (--delete-before holds the queue until the list is whole: what is
         // queued is kept below, and the sender keeps what it listed)
@@ -113,10 +114,12 @@ impl<D: Destination> Receiver<'_, D> {
         let Some(taken) = self.intake.ack(taken) else {
             return Ok(());
         };
-        let every_file = self.opts.hard_links;
+        // with -H a later link may name any file, unless the sender marks
+        // the files that have links (then only those, and the links, stay)
+        let every_file = self.opts.hard_links && !self.opts.link_marks;
         let in_flight = &self.in_flight;
         self.entries.let_go(taken, |i, l| {
-            if l.kind == Kind::Dir || (every_file && l.kind == Kind::File) {
+            if l.kind == Kind::Dir || (every_file && l.kind == Kind::File) || l.hard != Hard::None {
                 Keep::ToTheEnd
             } else if in_flight.is_live(i) || (holding && i >= first_queued) {
                 Keep::ForNow

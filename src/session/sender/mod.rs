@@ -202,9 +202,16 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         let io_error = source.list(sources, &opts, &mut |item| {
             self.cancel.check()?;
             match item {
-                Listed::Entry(entry, path) => {
+                Listed::Entry(mut entry, path) => {
                     self.keep_removable(&entry, &path);
-                    let regular = entry.kind == crate::proto::Kind::File && entry.link_to.is_none();
+                    // the first of a group of hard links is marked (its own
+                    // index) only for a receiver told to expect marks
+                    let first_of_group = entry.link_to == Some(self.listed);
+                    if first_of_group && !self.options.link_marks {
+                        entry.link_to = None;
+                    }
+                    let regular = entry.kind == crate::proto::Kind::File
+                        && (entry.link_to.is_none() || first_of_group);
                     if regular {
                         self.files.insert(self.listed, path);
                     }
