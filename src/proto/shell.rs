@@ -278,13 +278,18 @@ impl Reply {
             tag::STAT_REPLY => Reply::Stat(get_stat(&mut r)?),
             tag::ENTRIES => {
                 let n = r.count(MAX_ENTRIES, "entry count")?;
-                // each entry takes at least 12 bytes
-                if n > r.remaining() / 12 {
+                // each entry takes at least 5 bytes (the name's length, the
+                // kind, and three varints)
+                if n > r.remaining() / 5 {
                     return Err(DecodeError::Truncated("entries"));
                 }
                 let mut list = Vec::with_capacity(n);
                 for _ in 0..n {
                     let name = r.bytes(super::MAX_COMPONENT, "name")?.to_vec();
+                    // one name in the directory, nothing that climbs or nests
+                    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+                        return Err(DecodeError::Invalid("name"));
+                    }
                     list.push((name, get_stat(&mut r)?));
                 }
                 Reply::Entries(list, r.bool("cut")?)

@@ -95,7 +95,7 @@ impl DaemonRemote {
         let module = String::from_utf8_lossy(&path[..module_end]).into_owned();
         if module.is_empty() {
             return Err(TransferError::Usage(format!(
-                "{host}::: name a module to open a shell on (list them with `ferry ls {host}::`)"
+                "{host}:: names no module: open a shell on {host}::MODULE (list them with `ferry ls {host}::`)"
             )));
         }
         let p = port.unwrap_or(proto::DEFAULT_PORT);
