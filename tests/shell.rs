@@ -484,3 +484,241 @@ fn pty_a_slow_remote_listing_never_freezes_the_prompt() {
     pty.send("exit\r");
     assert!(pty.wait().success());
 }
+
+/// `ferry shell -b SCRIPT` on the daemon module `target` (a path in it).
+fn daemon_shell(d: &Daemon, target: &str, script: &Path, local: &Path) -> Output {
+    Command::new(ferry_bin())
+        .args(["shell", "-b"])
+        .arg(script)
+        .args(d.client_args())
+        .arg(d.url(target))
+        .current_dir(local)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_batch_on_a_daemon_module_leaves_the_same_tree_as_sftp_b() {
+    if !sshd_available() {
+        return;
+    }
+    let body = "\
+lcd {L}
+mkdir made
+put -p file1.txt made/
+put -r -p tree
+-rm does-not-exist
+@rename made/file1.txt made/renamed.txt
+chmod 600 made/renamed.txt
+mkdir gone
+rmdir gone
+cd made
+cd ..
+get -r -p tree back
+get -p made/renamed.txt
+ls
+ls -l made
+df
+";
+    let t = tmp();
+    let sshd = Sshd::start_with("Subsystem sftp internal-sftp\n");
+    let module = t.path().join("daemon-remote");
+    std::fs::create_dir(&module).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut outs = Vec::new();
+    for side in ["sftp", "daemon"] {
+        let (l, r) = (
+            t.path().join(format!("{side}-local")),
+            t.path().join(format!("{side}-remote")),
+        );
+        local_tree(&l);
+        std::fs::create_dir_all(&r).unwrap();
+        let mut text = body.replace("{L}", &l.display().to_string());
+        if side == "sftp" {
+            text = format!("cd {}\n{text}", r.display());
+        }
+        let file = t.path().join(format!("{side}.batch"));
+        write(&file, text);
+        outs.push(match side {
+            "sftp" => sftp_oracle(&sshd, &file, &l),
+            _ => daemon_shell(&d, "data", &file, &l),
+        });
+    }
+    let (sftp, daemon) = (&outs[0], &outs[1]);
+    assert_eq!(sftp.status.code(), Some(0), "{}", stderr(sftp));
+    assert_eq!(daemon.status.code(), Some(0), "{}", stderr(daemon));
+    for side in ["local", "remote"] {
+        assert_same_tree(
+            &t.path().join(format!("sftp-{side}")),
+            &t.path().join(format!("daemon-{side}")),
+            false,
+        );
+    }
+    // the tree really moved: not two empty directories agreeing
+    assert_eq!(
+        std::fs::read(module.join("made/renamed.txt")).unwrap(),
+        b"one\n"
+    );
+    assert!(t.path().join("daemon-local/back/b/c").exists());
+    let out = stdout(daemon);
+    assert!(out.contains("ferry> ls -l made"), "{out}");
+    assert!(out.contains("100600"), "{out}");
+    assert!(out.contains("Avail"), "{out}");
+}
+
+#[test]
+fn a_daemon_shell_never_reaches_outside_its_module() {
+    let t = tmp();
+    let (module, outside, local) = (
+        t.path().join("module"),
+        t.path().join("outside"),
+        t.path().join("local"),
+    );
+    for dir in [&module, &outside, &local] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    write(&outside.join("secret.txt"), "secret\n");
+    chmod(&outside.join("secret.txt"), 0o600);
+    write(&module.join("inside.txt"), "inside\n");
+    write(&local.join("f"), "f\n");
+    std::os::unix::fs::symlink(&outside, module.join("out")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), module.join("link")).unwrap();
+    std::os::unix::fs::symlink("../outside", module.join("up")).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let refused = [
+        "cd ..",
+        "cd /../..",
+        "ls ..",
+        "ls out",
+        "cd out",
+        "cd up",
+        "get ../outside/secret.txt",
+        "get out/secret.txt",
+        "get up/secret.txt",
+        "get /etc/hostname",
+        "rm out/secret.txt",
+        "rm ../outside/secret.txt",
+        "mkdir out/new",
+        "mkdir ../new",
+        "chmod 666 link",
+        "chmod 666 out/secret.txt",
+        "rename out/secret.txt stolen",
+        "rename inside.txt ../stolen",
+        "put f ../escaped",
+        "put f out/escaped",
+        "df ../..",
+    ];
+    let mut script = String::new();
+    for c in refused {
+        script.push_str(&format!("-{c}\n"));
+    }
+    script.push_str("pwd\nls\n");
+    let file = t.path().join("batch");
+    write(&file, &script);
+    let o = daemon_shell(&d, "data", &file, &local);
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // every one said no, in a line of its own
+    assert!(err.lines().count() >= refused.len(), "{err}");
+    assert!(out.contains("Remote working directory: /\n"), "{out}");
+    // (the batch echoes each command: only what was printed for them counts)
+    let printed: Vec<&str> = out.lines().filter(|l| !l.starts_with("ferry> ")).collect();
+    assert!(!printed.iter().any(|l| l.contains("secret")), "{out}");
+    assert!(err.contains("would leave the module"), "{err}");
+    assert!(err.contains("symlink"), "{err}");
+    // nothing outside moved, changed or appeared
+    assert_eq!(
+        std::fs::read(outside.join("secret.txt")).unwrap(),
+        b"secret\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(outside.join("secret.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let names: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["secret.txt"]);
+    assert!(!t.path().join("escaped").exists() && !t.path().join("stolen").exists());
+    assert!(!t.path().join("new").exists());
+    assert!(!local.join("secret.txt").exists() && !local.join("hostname").exists());
+    assert_eq!(
+        std::fs::read(module.join("inside.txt")).unwrap(),
+        b"inside\n"
+    );
+}
+
+#[test]
+fn a_read_only_module_refuses_changes_with_the_transfer_s_words() {
+    let t = tmp();
+    let (module, local) = (t.path().join("module"), t.path().join("local"));
+    std::fs::create_dir_all(module.join("d")).unwrap();
+    std::fs::create_dir_all(&local).unwrap();
+    write(&module.join("a.txt"), "a\n");
+    write(&local.join("f"), "f\n");
+    let d = Daemon::start(&[("ro", &module, true)], "", &[]);
+    let file = t.path().join("batch");
+    write(
+        &file,
+        "-put f\n-rm a.txt\n-mkdir new\n-rmdir d\n-rename a.txt b.txt\n-chmod 600 a.txt\nls\nget a.txt\n",
+    );
+    let o = daemon_shell(&d, "ro", &file, &local);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("module ro is read-only").count(), 6, "{err}");
+    // reading still works, and nothing changed
+    assert_eq!(std::fs::read(local.join("a.txt")).unwrap(), b"a\n");
+    let names: std::collections::BTreeSet<_> = std::fs::read_dir(&module)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["a.txt", "d"].map(String::from).into());
+    // without '-' the first refusal ends the batch with exit 1
+    write(&file, "mkdir new\nget a.txt again.txt\n");
+    let o = daemon_shell(&d, "ro", &file, &local);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!local.join("again.txt").exists());
+}
+
+#[test]
+fn a_daemon_without_the_shell_is_refused_in_one_line() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir_all(&module).unwrap();
+    let mut d = Daemon::start(&[("data", &module, false)], "", &[]);
+    // the same keys, served by a daemon that answers as one from before the shell
+    let dir = std::mem::replace(&mut d.dir, tmp());
+    drop(d);
+    let d = Daemon::spawn_in(
+        dir,
+        &[("data", &module, false)],
+        &[],
+        &["env", "FERRY_TEST_HOOKS=1", "FERRY_TEST_DAEMON_NO_SHELL=1"],
+        "127.0.0.1:0",
+    )
+    .unwrap();
+    let file = t.path().join("batch");
+    write(&file, "mkdir never\n");
+    let started = std::time::Instant::now();
+    let o = daemon_shell(&d, "data", &file, t.path());
+    let err = stderr(&o);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // a peer it cannot work with, as a transfer's failed handshake
+    assert_eq!(o.status.code(), Some(12), "{err}");
+    // (the first connection to this port records the daemon's key)
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("permanently added daemon"))
+        .collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(said[0].contains("too old for `ferry shell`"), "{err}");
+    assert!(!module.join("never").exists());
+    // and that daemon still serves transfers
+    let mut args = vec!["ls".to_string(), d.url("data/")];
+    args.extend(d.client_args());
+    ok(ferry(&args));
+}

@@ -57,8 +57,9 @@ pub enum Command {
     S3(S3Command),
     /// Build a sample dataset, sync it through `ferry serve --stdio`, change 1%, re-sync
     Demo(DemoArgs),
-    /// An interactive session on [user@]host[:dir], like sftp (ls cd lcd pwd lpwd
-    /// get put reget reput mkdir rm rmdir rename chmod df progress help); -b runs a batch
+    /// An interactive session on [user@]host[:dir] or a daemon's host::module, like
+    /// sftp (ls cd lcd pwd lpwd get put reget reput mkdir rm rmdir rename chmod df
+    /// progress help); -b runs a batch
     Shell(ShellArgs),
     /// Find out why a host does not connect: DNS, route, TCP, TLS, keys, ssh, clock
     Doctor(DoctorArgs),
@@ -666,7 +667,7 @@ pub struct ShellArgs {
     /// ssh port
     #[arg(short = 'P', value_name = "PORT")]
     pub port: Option<u16>,
-    /// ssh identity file
+    /// Identity file: ssh's, or ferry's ed25519 key for a daemon
     #[arg(short = 'i', value_name = "FILE")]
     pub identity: Option<String>,
     /// Option passed to ssh as -o (repeatable)
@@ -681,7 +682,20 @@ pub struct ShellArgs {
     /// How get and put check files over SFTP (see `ferry cp --help`)
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub verify: crate::transport::child::VerifyMode,
-    /// [user@]host[:directory]
+    /// known_hosts file for daemon keys (host::module; default: in the config directory)
+    #[arg(long = "known-hosts", value_name = "FILE")]
+    pub known_hosts: Option<std::path::PathBuf>,
+    /// Unknown daemon keys: strict (refuse), accept-new (record), ask (default on a terminal)
+    #[arg(long = "host-key-check", value_name = "MODE")]
+    pub host_key_check: Option<String>,
+    /// ferry's config directory, for daemon keys (default: $FERRY_CONFIG_DIR or ~/.config/ferry)
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<std::path::PathBuf>,
+    /// Give up on a daemon that sends nothing for SECONDS
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// [user@]host[:directory] over ssh, or host::module[/dir] or
+    /// ferry://host[:port]/module[/dir] on a ferry daemon
     pub host: String,
 }
 

@@ -12,23 +12,35 @@
 //! partial file for `reget`/`reput`. Piped input and `-b` get no prompt, no
 //! escape codes and no progress bars.
 //!
-//! Not for the protocol (that is `sftp`) nor for transfers (`transfer`).
-//! Not yet: globs, a shell on a ferry daemon module.
+//! `ferry shell host::module` (or `ferry://host[:port]/module`) runs the
+//! same commands on a ferry daemon module, over the daemon's TLS connection
+//! and key trust ([`daemon`]): paths are the module's (`/` is its root),
+//! nothing reaches outside it, and `get`/`put` are `ferry cp` to the module,
+//! delta included. The commands see only the [`remote::Remote`] trait.
+//!
+//! Not for the protocol (that is `sftp` and `proto::shell`) nor for
+//! transfers (`transfer`). Not yet: globs.
 
 mod complete;
+mod daemon;
 mod interrupt;
+mod remote;
 
 use super::args::ShellArgs;
 use crate::error::TransferError;
 use crate::fs::names::escape;
 use crate::location::Location;
+use crate::proto::shell::Kind;
 use crate::proto::Options;
 use crate::sftp::destination::join_path;
 use crate::sftp::Sftp;
 use crate::transfer::Plan;
 use crate::transport::child::{sftp_command, SshOptions};
+use crate::transport::daemon::DaemonOptions;
+use remote::Remote;
 use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 /// What one command line asks for, split into words (quotes and
 /// backslashes as in a POSIX shell, as sftp takes them).
@@ -93,10 +105,10 @@ fn flags<'a>(args: &'a [String], allowed: &str) -> Result<(String, &'a [String])
 }
 
 struct Shell {
-    sftp: Sftp,
-    user: Option<String>,
-    host: String,
+    remote: Arc<dyn Remote>,
+    /// How `get` and `put` reach the far side (the one the session uses).
     ssh: SshOptions,
+    daemon: DaemonOptions,
     /// The remote working directory, absolute.
     cwd: Vec<u8>,
     progress: bool,
@@ -168,9 +180,12 @@ impl Shell {
                     Some(p) => self.remote(p),
                     None => b".".to_vec(),
                 };
-                let real = self.sftp.realpath(&to).map_err(|e| self.io("cd", &to, e))?;
-                let a = self.sftp.stat(&real).map_err(|e| self.io("cd", &to, e))?;
-                if !a.is_dir() {
+                let real = self
+                    .remote
+                    .realpath(&to)
+                    .map_err(|e| self.io("cd", &to, e))?;
+                let a = self.remote.stat(&real).map_err(|e| self.io("cd", &to, e))?;
+                if a.kind != Kind::Dir {
                     return Err(format!("cd \"{}\": not a directory", escape(&to)));
                 }
                 *self.names.cwd.lock().unwrap_or_else(|p| p.into_inner()) = real.clone();
@@ -183,7 +198,7 @@ impl Shell {
                     .map(|p| self.remote(p))
                     .unwrap_or(self.cwd.clone());
                 let mut list = self
-                    .sftp
+                    .remote
                     .read_dir(&dir)
                     .map_err(|e| self.io("ls", &dir, e))?;
                 list.sort_by(|a, b| a.0.cmp(&b.0));
@@ -194,9 +209,9 @@ impl Shell {
                     if f.contains('l') {
                         println!(
                             "{:o} {:>12} {:>10} {}",
-                            a.perm.unwrap_or(0),
-                            a.size.unwrap_or(0),
-                            a.mtime(),
+                            remote::type_bits(a.kind) | a.mode,
+                            a.size,
+                            a.mtime,
                             escape(&name)
                         );
                     } else {
@@ -207,32 +222,26 @@ impl Shell {
             "mkdir" => {
                 need(1)?;
                 let p = self.remote(&args[0]);
-                self.sftp
-                    .mkdir(&p, 0o777)
-                    .map_err(|e| self.io("mkdir", &p, e))?;
+                self.remote.mkdir(&p).map_err(|e| self.io("mkdir", &p, e))?;
             }
             "rmdir" => {
                 need(1)?;
                 let p = self.remote(&args[0]);
-                self.sftp.rmdir(&p).map_err(|e| self.io("rmdir", &p, e))?;
+                self.remote.rmdir(&p).map_err(|e| self.io("rmdir", &p, e))?;
             }
             "rm" => {
                 need(1)?;
                 for a in args {
                     let p = self.remote(a);
-                    self.sftp.remove(&p).map_err(|e| self.io("rm", &p, e))?;
+                    self.remote.remove(&p).map_err(|e| self.io("rm", &p, e))?;
                 }
             }
             "rename" => {
                 need(2)?;
                 let (from, to) = (self.remote(&args[0]), self.remote(&args[1]));
-                // sftp's rename: the atomic one where the server has it
-                let r = if self.sftp.ext.posix_rename {
-                    self.sftp.posix_rename(&from, &to)
-                } else {
-                    self.sftp.rename(&from, &to)
-                };
-                r.map_err(|e| self.io("rename", &from, e))?;
+                self.remote
+                    .rename(&from, &to)
+                    .map_err(|e| self.io("rename", &from, e))?;
             }
             "chmod" => {
                 need(2)?;
@@ -242,12 +251,8 @@ impl Shell {
                     .ok_or_else(|| format!("chmod: invalid mode {:?}", args[0]))?;
                 for a in &args[1..] {
                     let p = self.remote(a);
-                    let attrs = crate::sftp::wire::Attrs {
-                        perm: Some(mode),
-                        ..Default::default()
-                    };
-                    self.sftp
-                        .setstat(&p, &attrs)
+                    self.remote
+                        .chmod(&p, mode)
                         .map_err(|e| self.io("chmod", &p, e))?;
                 }
             }
@@ -257,7 +262,7 @@ impl Shell {
                     .first()
                     .map(|p| self.remote(p))
                     .unwrap_or(self.cwd.clone());
-                let s = self.sftp.statvfs(&p).map_err(|e| self.io("df", &p, e))?;
+                let s = self.remote.statvfs(&p).map_err(|e| self.io("df", &p, e))?;
                 let k = |blocks: u64| blocks.saturating_mul(s.frsize) / 1024;
                 if f.contains('i') {
                     println!("{:>11} {:>11} {:>11}", "Inodes", "Used", "Avail");
@@ -289,28 +294,23 @@ impl Shell {
                 })?;
                 let recursive = f.contains('r') || f.contains('R');
                 let preserve = f.contains('p') || f.contains('P');
-                let remote = |p: &str| Location::Ssh {
-                    user: self.user.clone(),
-                    host: self.host.clone(),
-                    path: self.remote(p),
-                };
+                let at = |p: Vec<u8>| self.remote.location(&p).map_err(|e| self.io(cmd, &p, e));
                 let (source, dest) = if cmd.ends_with("get") {
                     let local = rest.get(1).cloned().unwrap_or_else(|| ".".into());
-                    (remote(&rest[0]), Location::Local(local.into_bytes()))
+                    (
+                        at(self.remote(&rest[0]))?,
+                        Location::Local(local.into_bytes()),
+                    )
                 } else {
                     let to = rest.get(1).map(String::as_str).unwrap_or("");
                     let to = if to.is_empty() {
-                        Location::Ssh {
-                            user: self.user.clone(),
-                            host: self.host.clone(),
-                            path: {
-                                let mut c = self.cwd.clone();
-                                c.push(b'/');
-                                c
-                            },
+                        let mut c = self.cwd.clone();
+                        if !c.ends_with(b"/") {
+                            c.push(b'/');
                         }
+                        at(c)?
                     } else {
-                        remote(to)
+                        at(self.remote(to))?
                     };
                     (Location::Local(rest[0].clone().into_bytes()), to)
                 };
@@ -343,7 +343,7 @@ impl Shell {
                 ..Default::default()
             },
             ssh: self.ssh.clone(),
-            daemon: Default::default(),
+            daemon: self.daemon.clone(),
         };
         let printer = super::output::Printer::new(0, !self.progress, self.progress, false, false);
         let cancel = crate::session::Cancel::default();
@@ -371,48 +371,47 @@ impl Shell {
 
 /// Runs `ferry shell`.
 pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
-    let (user, rest) = match a.host.split_once('@') {
-        Some((u, h)) => (Some(u.to_string()), h.to_string()),
-        None => (None, a.host.clone()),
-    };
-    let (host, start) = match rest.split_once(':') {
-        Some((h, p)) => (h.to_string(), p.to_string()),
-        None => (rest, String::new()),
-    };
-    if host.is_empty() {
-        return Err(TransferError::Usage(format!(
-            "{:?}: missing host name",
-            a.host
-        )));
-    }
+    let daemon_target = a.host.starts_with("ferry://") || a.host.contains("::");
     let ssh = SshOptions {
-        rsh: a.rsh,
+        rsh: a.rsh.clone(),
         port: a.port,
-        identity: a.identity,
-        ssh_options: a.ssh_option,
-        config: a.ssh_config,
+        identity: a.identity.clone(),
+        ssh_options: a.ssh_option.clone(),
+        config: a.ssh_config.clone(),
         transport: a.transport,
         verify: a.verify,
         ..Default::default()
     };
-    let (cmd, target) = sftp_command(user.as_deref(), &host, &ssh)?;
-    let sftp = Sftp::start(cmd).map_err(|e| {
-        TransferError::Connection(format!(
-            "ssh to {target}: {}; see ssh's message above, and run `ferry doctor {host}` to see why",
-            crate::error::io_text(&e)
-        ))
+    let daemon = super::daemon_options(&super::args::DaemonFlags {
+        identity: a.identity.clone().map(Into::into),
+        known_hosts: a.known_hosts.clone(),
+        host_key_check: a.host_key_check.clone(),
+        config_dir: a.config_dir.clone(),
+        timeout: a.timeout,
+        ..Default::default()
     })?;
-    let cwd = sftp
-        .realpath(&crate::sftp::remote_path(start.as_bytes()))
-        .map_err(|e| TransferError::Remote(format!("{target}: {}", crate::error::io_text(&e))))?;
+    let (remote, cwd): (Arc<dyn Remote>, Vec<u8>) = if daemon_target {
+        let Ok(Location::Daemon { host, port, path }) =
+            Location::parse(std::ffi::OsStr::new(&a.host))
+        else {
+            return Err(TransferError::Usage(format!(
+                "{:?}: not a daemon module (host::module or ferry://host[:port]/module)",
+                a.host
+            )));
+        };
+        let (r, cwd) =
+            daemon::DaemonRemote::open(&host, port, &path, &daemon, &|n| eprintln!("ferry: {n}"))?;
+        (Arc::new(r), cwd)
+    } else {
+        open_ssh(&a.host, &ssh)?
+    };
     let batch = a.batch.is_some();
     let interactive = !batch && std::io::stdin().is_terminal();
     let mut shell = Shell {
-        names: complete::RemoteNames::new(sftp.clone(), cwd.clone()),
-        sftp,
-        user,
-        host,
+        names: complete::RemoteNames::new(remote.clone(), cwd.clone()),
+        remote,
         ssh,
+        daemon,
         cwd,
         progress: !batch && std::io::stdout().is_terminal(),
         interactive,
@@ -432,8 +431,36 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         // piped commands: like a batch without the echo
         None => run_batch(&mut shell, Box::new(std::io::stdin().lock()), false),
     };
-    shell.sftp.end();
+    shell.remote.end();
     Ok(code)
+}
+
+/// `[user@]host[:directory]` over ssh: an SFTP session, and where it starts.
+fn open_ssh(target: &str, ssh: &SshOptions) -> Result<(Arc<dyn Remote>, Vec<u8>), TransferError> {
+    let (user, rest) = match target.split_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h.to_string()),
+        None => (None, target.to_string()),
+    };
+    let (host, start) = match rest.split_once(':') {
+        Some((h, p)) => (h.to_string(), p.to_string()),
+        None => (rest, String::new()),
+    };
+    if host.is_empty() {
+        return Err(TransferError::Usage(format!(
+            "{target:?}: missing host name"
+        )));
+    }
+    let (cmd, shown) = sftp_command(user.as_deref(), &host, ssh)?;
+    let sftp = Sftp::start(cmd).map_err(|e| {
+        TransferError::Connection(format!(
+            "ssh to {shown}: {}; see ssh's message above, and run `ferry doctor {host}` to see why",
+            crate::error::io_text(&e)
+        ))
+    })?;
+    let cwd = sftp
+        .realpath(&crate::sftp::remote_path(start.as_bytes()))
+        .map_err(|e| TransferError::Remote(format!("{shown}: {}", crate::error::io_text(&e))))?;
+    Ok((Arc::new(remote::SftpRemote { sftp, user, host }), cwd))
 }
 
 /// Reads commands from `input`; the first failure without a `-` ends it with

@@ -27,6 +27,7 @@
 pub mod codec;
 pub mod frame;
 pub mod item;
+pub mod shell;
 
 use codec::{Reader, Writer};
 

@@ -66,7 +66,10 @@ fn how_to_authorize(file: &std::path::Path) -> String {
 }
 
 /// Splits `module/rest` and finds the module.
-fn module_of<'m>(modules: &'m [Module], path: &[u8]) -> Result<(&'m Module, Vec<u8>), Refusal> {
+pub(super) fn module_of<'m>(
+    modules: &'m [Module],
+    path: &[u8],
+) -> Result<(&'m Module, Vec<u8>), Refusal> {
     let (name, rest) = match path.iter().position(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (path, &b""[..]),
@@ -333,6 +336,10 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     let _counted = super::stats::Open::start();
     info!(%peer, fingerprint = %fp, "authenticated");
     let modules = &shared.config.modules;
+    // `ferry shell host::module`: a request/response session of its own
+    if super::shell::wanted(&hello) {
+        return super::shell::serve(stream, modules, &grant, &fp, peer);
+    }
     let role = std::cell::Cell::new(None);
     let policy = |r: &Request| {
         role.set(Some(r.role));

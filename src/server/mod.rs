@@ -10,5 +10,6 @@
 pub mod config;
 pub mod daemon;
 pub mod fanout;
+pub mod shell;
 pub mod stats;
 pub mod stdio;

@@ -7,10 +7,11 @@
 //! once it lands, serves the next Tab.
 //!
 //! Not for running commands (that is the shell) nor for reading the remote
-//! (the SFTP client).
+//! (the backend, [`super::remote`]).
 
+use super::remote::Remote;
+use crate::proto::shell::Kind;
 use crate::sftp::destination::join_path;
-use crate::sftp::Sftp;
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::Context;
 use std::collections::HashMap;
@@ -42,16 +43,16 @@ enum Listing {
 /// Remote directory listings, cached.
 #[derive(Clone)]
 pub struct RemoteNames {
-    sftp: Sftp,
+    remote: Arc<dyn Remote>,
     /// The remote working directory, as the shell keeps it.
     pub cwd: Arc<Mutex<Vec<u8>>>,
     cache: Arc<Mutex<HashMap<Vec<u8>, Listing>>>,
 }
 
 impl RemoteNames {
-    pub fn new(sftp: Sftp, cwd: Vec<u8>) -> RemoteNames {
+    pub fn new(remote: Arc<dyn Remote>, cwd: Vec<u8>) -> RemoteNames {
         RemoteNames {
-            sftp,
+            remote,
             cwd: Arc::new(Mutex::new(cwd)),
             cache: Default::default(),
         }
@@ -86,9 +87,13 @@ impl RemoteNames {
 
     fn read(&self, dir: Vec<u8>) {
         let names: Names = self
-            .sftp
+            .remote
             .read_dir(&dir)
-            .map(|l| l.into_iter().map(|(n, a)| (n, a.is_dir())).collect())
+            .map(|l| {
+                l.into_iter()
+                    .map(|(n, a)| (n, a.kind == Kind::Dir))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(Listing::Reading(waiters)) =
