@@ -63,6 +63,7 @@ fn a_one_percent_edit_to_a_large_object_sends_about_what_changed() {
     };
     up(&s3);
     let first = proxy.take();
+    eprintln!("whole upload: {} bytes up", bytes_up(&first));
     assert!(bytes_up(&first) >= size as u64);
     assert!(!first.iter().any(|r| r.copy), "nothing to copy from yet");
     let map = s3.data.join("bkt/.ferry-chunks/big.bin");
@@ -70,6 +71,7 @@ fn a_one_percent_edit_to_a_large_object_sends_about_what_changed() {
         .expect("a chunk map beside the object")
         .len();
     assert!(map_len < size as u64 / 200, "{map_len}");
+    eprintln!("chunk map: {map_len} bytes");
     // a listing does not show the chunk maps
     let ls = stdout(&ok(s3.ferry(&["ls", "s3://bkt/"])));
     assert!(!ls.contains("ferry-chunks"), "{ls}");
@@ -196,4 +198,65 @@ fn an_object_changed_behind_ferrys_back_is_caught_by_the_copied_parts_etags() {
     assert!(s3.files_named(".upload_id-").is_empty());
     assert!(s3.files_named(".compose").is_empty());
     check_download(&s3, t.path(), &data, (1_700_000_300, 3));
+}
+
+#[test]
+fn a_composed_upload_killed_mid_way_is_aborted_by_cleanup_and_composed_again() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = Proxy::start(s3.port);
+    let src = t.path().join("big.bin");
+    let size = 24 * MIB;
+    let mut data = random_bytes(size, 24);
+    write(&src, &data);
+    chmod(&src, 0o640);
+    let args = ["cp", "-p", src.to_str().unwrap(), "s3://bkt/big.bin"];
+    ok(s3.ferry_via(&proxy, &args));
+    // an edit at the end: the old object's first 24 MiB copied, the last
+    // bytes sent; the copy never finishes and ferry is killed
+    edit(&mut data, &[size - 4096], 4096, 9);
+    write(&src, &data);
+    set_mtime_ns(&src, 1_700_000_400, 4);
+    proxy.take();
+    proxy
+        .stall_copies
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut child = s3
+        .command(proxy.port, &args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let journals = t.path().join("cache/ferry/s3-uploads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(proxy.take().iter().any(|r| r.copy)
+        && std::fs::read_dir(&journals).is_ok_and(|mut d| d.next().is_some()))
+    {
+        assert!(child.try_wait().unwrap().is_none(), "ferry ended by itself");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no copy was asked for"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    proxy
+        .stall_copies
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // the old version is still there, whole
+    assert_ne!(std::fs::read(s3.data.join("bkt/big.bin")).unwrap(), data);
+    let out = stdout(&ok(s3.ferry(&["s3", "cleanup", "s3://bkt/"])));
+    assert!(out.contains("s3://bkt/big.bin"), "{out}");
+    assert!(
+        s3.files_named(".upload_id-").is_empty(),
+        "{:?}",
+        s3.files_named(".upload_id-")
+    );
+    // a re-run composes again, sending about the edit
+    ok(s3.ferry_via(&proxy, &args));
+    let reqs = proxy.take();
+    assert!(reqs.iter().any(|r| r.copy));
+    assert!(bytes_up(&reqs) < 2 * MIB as u64, "{}", bytes_up(&reqs));
+    check_download(&s3, t.path(), &data, (1_700_000_400, 4));
 }

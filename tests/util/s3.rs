@@ -148,6 +148,9 @@ pub struct Proxy {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Answer every UploadPartCopy with 501 NotImplemented, not forwarded.
     pub refuse_copies: Arc<AtomicBool>,
+    /// Hold every UploadPartCopy unanswered while set (at most 2 minutes),
+    /// then drop its connection: a copy that never finishes.
+    pub stall_copies: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -156,7 +159,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let refuse_copies = Arc::new(AtomicBool::new(false));
-        let (log, refuse) = (seen.clone(), refuse_copies.clone());
+        let stall_copies = Arc::new(AtomicBool::new(false));
+        let (log, refuse, stall) = (seen.clone(), refuse_copies.clone(), stall_copies.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -185,7 +189,7 @@ impl Proxy {
                     }
                     let _ = c2.shutdown(std::net::Shutdown::Both);
                 });
-                let (log, refuse) = (log.clone(), refuse.clone());
+                let (log, refuse, stall) = (log.clone(), refuse.clone(), stall.clone());
                 std::thread::spawn(move || {
                     let mut from = BufReader::new(client);
                     let mut to = server;
@@ -222,6 +226,13 @@ impl Proxy {
                             len,
                             copy,
                         });
+                        if copy && stall.load(Ordering::SeqCst) {
+                            let until = Instant::now() + Duration::from_secs(120);
+                            while stall.load(Ordering::SeqCst) && Instant::now() < until {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            return;
+                        }
                         if copy && refuse.load(Ordering::SeqCst) {
                             let mut body = vec![0u8; len as usize];
                             if from.read_exact(&mut body).is_err() {
@@ -255,6 +266,7 @@ impl Proxy {
             port,
             seen,
             refuse_copies,
+            stall_copies,
         }
     }
 

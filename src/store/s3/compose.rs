@@ -16,8 +16,9 @@
 //! nothing is published (the caller then uploads the file whole).
 //!
 //! Not for when to compose or what metadata the object carries (that is
-//! [`super::destination`]), nor for resuming: a composed upload interrupted
-//! is started again (whole, if the old object is gone).
+//! [`super::destination`]), nor for resuming part by part: a composed
+//! upload is journaled (so `ferry s3 cleanup` can abort it) but a re-run
+//! composes again, which costs the changed bytes again, no more.
 
 use super::bucket::{self, check_etag, err, md5_hex, read_part, Bucket, Object};
 use super::chunkmap::{self, ChunkMap};
@@ -262,7 +263,7 @@ pub fn old_map(b: &Bucket, key: &str, old: &Object) -> io::Result<Option<ChunkMa
 pub fn run(
     b: &Bucket,
     key: &str,
-    file: Arc<File>,
+    (file, new_size, blake3): (Arc<File>, u64, [u8; 32]),
     plan: &Plan,
     attrs: Attributes,
     old_etag: Option<String>,
@@ -282,9 +283,12 @@ pub fn run(
         store,
         copier,
         file,
+        bucket: b.name().to_string(),
         key: key.to_string(),
         old_etag,
         tmp_base,
+        size: new_size,
+        blake3,
     };
     rt.block_on(job.run(plan, attrs))
 }
@@ -294,9 +298,13 @@ struct Job {
     store: Arc<object_store::aws::AmazonS3>,
     copier: Arc<Copier>,
     file: Arc<File>,
+    bucket: String,
     key: String,
     old_etag: Option<String>,
     tmp_base: String,
+    /// The new file's size and BLAKE3 (for the journal).
+    size: u64,
+    blake3: [u8; 32],
 }
 
 /// What a part checks against: the MD5 of the new file's bytes it holds.
@@ -364,6 +372,23 @@ impl Job {
             )
             .await
             .map_err(err)?;
+        // journaled, so that `ferry s3 cleanup` can abort it if this
+        // process dies; an upload an earlier run left for this key is
+        // aborted first (its journal would be overwritten)
+        for (file, b, k, old) in super::journal::all() {
+            if b == self.bucket && k == self.key {
+                let _ = self.store.abort_multipart(&dest, &old).await;
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        let up = super::journal::Upload {
+            id: id.clone(),
+            size: self.size,
+            part: bucket::part_size(self.size),
+            blake3: self.blake3,
+        };
+        let journal =
+            super::journal::Journal::open(&self.bucket, &self.key, &up, &Default::default())?;
         let parts = futures::stream::iter(plan.parts.iter().copied().enumerate())
             .map(|(i, p)| self.part(&dest, &id, i, p))
             .buffered(AT_ONCE)
@@ -377,13 +402,15 @@ impl Job {
                 .map_err(err),
             Err(e) => Err(e),
         };
-        match done {
+        let done = match done {
             Ok(r) => Ok(r.e_tag),
             Err(e) => {
                 let _ = self.store.abort_multipart(&dest, &id).await;
                 Err(e)
             }
-        }
+        };
+        journal.done();
+        done
     }
 
     /// Fills part `i` of upload `id` of `dest`, checking its ETag against

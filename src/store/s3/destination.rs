@@ -14,8 +14,10 @@
 //! tools would list markers as files); a later change to a file's mode or
 //! mtime alone goes in the manifest, which is what ferry reads first, while
 //! the object keeps the metadata it was uploaded with (rewriting it would
-//! copy the object on the server); nothing is rebuilt from old data (every
-//! changed file comes whole).
+//! copy the object on the server); nothing is rebuilt from old data on this
+//! host (every changed file comes whole to the spool file; a large one is
+//! then composed on the server from the old object where it can be, see
+//! [`super::compose`]).
 
 use super::bucket::{path, Bucket, Listed, Object, SINGLE_PUT_MAX};
 use super::chunkmap::{self, ChunkMap};
@@ -785,7 +787,7 @@ impl S3Dest {
         match compose::run(
             &self.bucket,
             key,
-            file.clone(),
+            (file.clone(), new.size, new.blake3),
             &plan,
             super::bucket::attributes(obj),
             old.etag.clone(),
