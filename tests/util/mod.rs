@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod failing_fs;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

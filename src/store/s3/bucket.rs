@@ -102,7 +102,7 @@ pub fn part_size(size: u64) -> u64 {
         .max(MIN_PART)
 }
 
-fn err(e: object_store::Error) -> io::Error {
+pub(super) fn err(e: object_store::Error) -> io::Error {
     match e {
         object_store::Error::NotFound { .. } => {
             io::Error::new(io::ErrorKind::NotFound, e.to_string())
@@ -150,6 +150,12 @@ impl Bucket {
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.inner.rt.block_on(f)
+    }
+
+    /// The runtime and the client, for what [`super::compose`] asks of the
+    /// server that object_store has no call for.
+    pub(super) fn raw(&self) -> (&tokio::runtime::Runtime, Arc<AmazonS3>) {
+        (&self.inner.rt, self.inner.store.clone())
     }
 
     /// The object at `key` with its metadata, or `None`.
@@ -202,6 +208,7 @@ impl Bucket {
                 .common_prefixes
                 .iter()
                 .filter_map(|d| d.filename().map(str::to_string))
+                .filter(|d| !(p.is_none() && d == super::chunkmap::PREFIX))
                 .collect();
             let mut manifest = inherited;
             let mut objects = Vec::new();
@@ -750,8 +757,9 @@ impl Multipart {
     }
 }
 
-/// ferry's metadata on an object: mtime (ns), mode, BLAKE3.
-fn attributes(meta: &Object) -> Attributes {
+/// ferry's metadata for an object (`x-amz-meta-…`): mtime (ns), mode and
+/// BLAKE3.
+pub(super) fn attributes(meta: &Object) -> Attributes {
     let mut attrs = Attributes::new();
     attrs.insert(
         Attribute::Metadata(META_MTIME.into()),
@@ -810,7 +818,7 @@ async fn put_single(
     Ok(r.e_tag)
 }
 
-fn md5_hex(data: &[u8]) -> String {
+pub(super) fn md5_hex(data: &[u8]) -> String {
     use md5::Digest;
     hex(&md5::Md5::digest(data))
 }
@@ -819,7 +827,7 @@ fn md5_hex(data: &[u8]) -> String {
 /// object) against the MD5 of what was sent. An ETag that is not a plain
 /// MD5 (encrypted objects, some servers) says nothing and is let through;
 /// never a multipart object's ETag, which is no content hash.
-fn check_etag(etag: &str, md5: &str, what: &str) -> io::Result<()> {
+pub(super) fn check_etag(etag: &str, md5: &str, what: &str) -> io::Result<()> {
     let e = etag.trim_matches('"');
     let plain = e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit());
     if plain && !e.eq_ignore_ascii_case(md5) {
@@ -848,7 +856,7 @@ async fn read_hashed(file: Arc<File>, at: u64, n: u64) -> io::Result<(Bytes, Str
 }
 
 /// Reads `n` bytes of `file` at `at`, off the runtime's workers.
-async fn read_part(file: Arc<File>, at: u64, n: u64) -> io::Result<Bytes> {
+pub(super) async fn read_part(file: Arc<File>, at: u64, n: u64) -> io::Result<Bytes> {
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; n as usize];
         file.read_exact_at(&mut buf, at)?;

@@ -45,6 +45,14 @@ pub fn set_endpoint(url: &str) {
 /// The client for `bucket`, configured from the command line, the
 /// environment and the profile files.
 pub fn client(bucket: &str) -> Result<AmazonS3, String> {
+    builder(bucket)?
+        .build()
+        .map_err(|e| format!("cannot set up S3 for bucket {bucket}: {e}"))
+}
+
+/// What [`client`] builds from (its endpoint and region are also what a
+/// request object_store has no call for is signed for and sent to).
+pub fn builder(bucket: &str) -> Result<AmazonS3Builder, String> {
     let env: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_"))
         .collect();
@@ -154,8 +162,7 @@ pub fn client(bucket: &str) -> Result<AmazonS3, String> {
             b = b.with_checksum_algorithm(c);
         }
     }
-    b.build()
-        .map_err(|e| format!("cannot set up S3 for bucket {bucket}: {e}"))
+    Ok(b)
 }
 
 /// The `key = value` lines of section `[name]` of an AWS ini file.

@@ -14,10 +14,14 @@
 //! tools would list markers as files); a later change to a file's mode or
 //! mtime alone goes in the manifest, which is what ferry reads first, while
 //! the object keeps the metadata it was uploaded with (rewriting it would
-//! copy the object on the server); nothing is rebuilt from old data (every
-//! changed file comes whole).
+//! copy the object on the server); nothing is rebuilt from old data on this
+//! host (every changed file comes whole to the spool file; a large one is
+//! then composed on the server from the old object where it can be, see
+//! [`super::compose`]).
 
 use super::bucket::{path, Bucket, Listed, Object, SINGLE_PUT_MAX};
+use super::chunkmap::{self, ChunkMap};
+use super::compose;
 use super::listing::{walk_cmp, Listing};
 use super::manifest;
 use crate::error::TransferError;
@@ -482,7 +486,7 @@ impl Destination for S3Dest {
             .map(|n| (n.into_bytes(), false))
             .chain(
                 dirs.into_iter()
-                    .filter(|n| !gone(n))
+                    .filter(|n| !gone(n) && (!prefix.is_empty() || n != chunkmap::PREFIX))
                     .map(|n| (n.into_bytes(), true)),
             )
             .collect();
@@ -534,6 +538,8 @@ impl Destination for S3Dest {
                 self.bucket.copy(&key, &format!("{key}{suffix}"))?;
             }
             self.bucket.delete(&key)?;
+            // its chunk map, if it had one (nothing else reads it)
+            let _ = self.bucket.delete(&chunkmap::key_of(&key));
         } else {
             for k in self.bucket.keys_under(&key)? {
                 self.bucket.delete_path(&k)?;
@@ -656,7 +662,7 @@ impl Destination for S3Dest {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .object(&key);
-        if let Some(mut had) = had.filter(|o| {
+        if let Some(mut had) = had.clone().filter(|o| {
             o.size == temp.len
                 && o.blake3 == Some(blake3)
                 && !self.create_only
@@ -716,10 +722,23 @@ impl Destination for S3Dest {
             self.settle(IN_FLIGHT);
             return Ok(());
         }
-        obj.etag = match self
-            .bucket
-            .upload(&key, Arc::new(file), temp.len, &obj, self.create_only)
-        {
+        // a large file: its chunk map, and the object composed on the
+        // server from the old one's unchanged ranges where it can be
+        let file = Arc::new(file);
+        let (mut map, mut composed) = (None, None);
+        if temp.len > SINGLE_PUT_MAX && !self.create_only {
+            let m = ChunkMap::of_file(&file, temp.len, blake3)?;
+            let old = match had {
+                Some(o) => Some(o),
+                None => self.bucket.head(&key)?,
+            };
+            composed = old.and_then(|old| self.compose(&key, &file, &m, &old, &obj));
+            map = Some(m);
+        }
+        obj.etag = match composed.map(Ok).unwrap_or_else(|| {
+            self.bucket
+                .upload(&key, file.clone(), temp.len, &obj, self.create_only)
+        }) {
             Err(e) if self.create_only && e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
@@ -741,6 +760,16 @@ impl Destination for S3Dest {
                     "{} is not what was uploaded (another writer?)",
                     self.bucket.show(&key)
                 )))
+            }
+        }
+        if let Some(mut m) = map {
+            // without it the next version is sent whole: not an error
+            m.etag = obj.etag.clone().unwrap_or_default();
+            if let Err(e) = self
+                .bucket
+                .put_small(&chunkmap::key_of(&key), m.render().into())
+            {
+                tracing::warn!("{}: chunk map not written: {e}", self.bucket.show(&key));
             }
         }
         self.known
@@ -826,6 +855,46 @@ impl Destination for S3Dest {
             ));
         }
         Ok(())
+    }
+}
+
+impl S3Dest {
+    /// Uploads `file` (chunked as `new`) as `key` composed from the old
+    /// object `old` when it has a chunk map and enough of it is unchanged;
+    /// the new ETag (if the server gave one), or `None` to upload the file
+    /// whole (nothing to reuse,
+    /// or the server would not compose: then nothing was published).
+    fn compose(
+        &self,
+        key: &str,
+        file: &Arc<File>,
+        new: &ChunkMap,
+        old: &Object,
+        obj: &Object,
+    ) -> Option<Option<String>> {
+        let old_map = compose::old_map(&self.bucket, key, old).ok()??;
+        let plan = compose::plan(&old_map, new)?;
+        // not worth a second request per part
+        if plan.sent > new.size / 4 * 3 {
+            return None;
+        }
+        match compose::run(
+            &self.bucket,
+            key,
+            (file.clone(), new.size, new.blake3),
+            &plan,
+            super::bucket::attributes(obj),
+            old.etag.clone(),
+        ) {
+            Ok(etag) => Some(etag),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: not composed on the server ({e}); uploading it whole",
+                    self.bucket.show(key)
+                );
+                None
+            }
+        }
     }
 }
 

@@ -49,7 +49,7 @@ impl Listing {
             let Some((key, l)) = self.list.next_object()? else {
                 return Ok(None);
             };
-            if key.rsplit('/').next() == Some(manifest::NAME) {
+            if key.rsplit('/').next() == Some(manifest::NAME) || super::chunkmap::is_map(&key) {
                 continue;
             }
             let known = self

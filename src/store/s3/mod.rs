@@ -10,7 +10,10 @@
 //! come from beyond [`config`].
 
 pub mod bucket;
+pub mod chunkmap;
+pub mod compose;
 pub mod config;
+pub mod copy_part;
 pub mod destination;
 pub mod journal;
 pub mod listing;
