@@ -301,6 +301,63 @@ fn hard_links_on_a_200k_file_tree_stay_in_flat_memory() {
     }
 }
 
+/// The marks of `-H` both ways: a tree with groups of hard links pushed to the
+/// daemon (the client marks) and pulled back from it (the daemon marks), and
+/// pulled over ssh (the remote `ferry serve --stdio` marks): each group is one
+/// inode with its bytes at every copy, and the plain files are not linked.
+#[test]
+fn hard_link_groups_arrive_whole_both_ways() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tmp();
+    let src = t.path().join("src");
+    grow_tree(&src, 0, 3_000);
+    let groups = link_groups(&src, 0, 3_000);
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let sync = |from: String, to: String| {
+        let mut args = vec!["sync".to_string(), "-aH".into()];
+        args.extend(d.client_args());
+        args.extend([from, to]);
+        ok(ferry(&args));
+    };
+    sync(format!("{}/", s(&src)), d.url("data/t/"));
+    let pulled = t.path().join("pulled");
+    sync(d.url("data/t/"), format!("{}/", s(&pulled)));
+    let mut copies = vec![module.join("t"), pulled];
+    if sshd_available() {
+        let sshd = Sshd::start();
+        let over_ssh = t.path().join("over-ssh");
+        let mut args = vec!["sync".to_string(), "-aH".into()];
+        args.extend(sshd.args());
+        args.extend([
+            format!("{}/", sshd.remote(&src)),
+            format!("{}/", s(&over_ssh)),
+        ]);
+        ok(ferry(&args));
+        copies.push(over_ssh);
+    }
+    for copy in &copies {
+        assert_same_tree(&src, copy, false);
+        for names in &groups {
+            let meta = |p: &PathBuf| std::fs::metadata(copy.join(p)).unwrap();
+            let first = meta(&names[0]);
+            assert_eq!(
+                first.nlink(),
+                3,
+                "{}: {}",
+                copy.display(),
+                names[0].display()
+            );
+            for other in &names[1..] {
+                assert_eq!(meta(other).ino(), first.ino(), "{}", copy.display());
+            }
+        }
+        let plain = std::fs::metadata(copy.join("d000/img-0000001.jpg")).unwrap();
+        assert_eq!(plain.nlink(), 1, "{}", copy.display());
+    }
+}
+
 /// A 10 GiB file with 4 MiB of data in four runs (at the start, mid-file at
 /// a block boundary and off one, and at the end): what a sharded checkpoint
 /// preallocated and partly written looks like.
