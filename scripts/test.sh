@@ -45,6 +45,6 @@ if [ "$(id -u)" -eq 0 ]; then
   export FERRY_REQUIRE_SSHD=1
 fi
 cargo build --all-targets
-# Two tests of tests/fanout_net.rs are #[ignore]d with their reason (issue 21
-# open); run them with `cargo test --test fanout_net -- --ignored`.
+# One test of tests/fanout_net.rs (the throttled host) is #[ignore]d with its
+# reason (issue 21 open); run it with `cargo test --test fanout_net -- --ignored`.
 cargo test --all-targets "$@"

@@ -40,6 +40,24 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// T_1 per file size, measured once per run of this binary: every network
+/// is built alike (8 hosts, the same rate), so one plain `ferry sync` of a
+/// size serves every test that judges against it (CI time).
+static T1: Mutex<Vec<(usize, Measured)>> = Mutex::new(Vec::new());
+
+/// T_1 for `src` (of `size` bytes): one plain `ferry sync` to host 1, or the
+/// one an earlier test measured at this size.
+fn t1_of(net: &FanoutNet, src: &std::path::Path, size: usize) -> Measured {
+    let mut known = T1.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, m)) = known.iter().find(|(s, _)| *s == size) {
+        return m;
+    }
+    let m = net.single_sync(src, 1, "t1.bin");
+    net.clear("t1.bin");
+    known.push((size, m));
+    m
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -57,8 +75,7 @@ fn eight_hosts_at_200mbit_get_identical_bytes_in_about_the_time_of_one() {
     };
     let src = net.source_file("ckpt.bin", SIZE, 21);
     // the yardsticks, in the same harness: one ferry copy, and the relay chain
-    let t1 = net.single_sync(&src, 1, "t1.bin");
-    net.clear("t1.bin");
+    let t1 = t1_of(&net, &src, SIZE);
     let base1 = net.relay_chain(&src, &[1], "nc.bin");
     net.clear("nc.bin");
     let base8 = net.relay_chain(&src, &all(8), "nc.bin");
@@ -137,10 +154,9 @@ fn a_black_holed_middle_host_is_bypassed_within_the_stall_timeout() {
         return;
     };
     net.require_fanout();
-    let size = 128 * MIB; // ≈ 5.4 s a copy: long enough to cut mid-way
+    let size = 64 * MIB; // ≈ 2.7 s a copy: long enough to cut mid-way
     let src = net.source_file("ckpt.bin", size, 22);
-    let t1 = net.single_sync(&src, 1, "t1.bin");
-    net.clear("t1.bin");
+    let t1 = t1_of(&net, &src, size);
     let stall = Duration::from_secs(5);
     let dead = 4;
     let others: Vec<usize> = all(8).into_iter().filter(|&i| i != dead).collect();
@@ -218,7 +234,7 @@ fn a_black_holed_middle_host_is_bypassed_within_the_stall_timeout() {
 }
 
 #[test]
-#[ignore = "issue 21 open: a host at a tenth of the rate still slows four of the other seven past 1.25 x T_1; run with --ignored"]
+#[ignore = "issue 21 open: on a busy CPU the slow host is seen late (or a healthy one is moved), and four of the other seven finish past 1.25 x T_1; run with --ignored"]
 fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
     let _serial = serial();
     let Some(net) = FanoutNet::build(8, RATE_MBIT) else {
@@ -226,9 +242,18 @@ fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
     };
     net.require_fanout();
     let src = net.source_file("ckpt.bin", SIZE, 23);
-    let t1 = net.single_sync(&src, 1, "t1.bin");
-    net.clear("t1.bin");
-    let slow = 3;
+    let t1 = t1_of(&net, &src, SIZE);
+    // a host in the middle (its predecessor links past it), then the head
+    // (the source links past it), each slowed a second into a fan-out
+    for slow in [3, 1] {
+        one_host_throttled(&net, &src, t1, slow);
+        net.clear("fan");
+    }
+}
+
+/// One fan-out with host `slow` cut to a tenth of the rate after a second:
+/// the other seven finish within 1.25 × T_1, the slow one gets it all too.
+fn one_host_throttled(net: &FanoutNet, src: &std::path::Path, t1: Measured, slow: usize) {
     let others: Vec<usize> = all(8).into_iter().filter(|&i| i != slow).collect();
     let arrivals = fanout_net::Arrivals::watch(
         others
@@ -238,7 +263,7 @@ fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
         SIZE as u64,
     );
     let cpu = CpuMeter::start();
-    let mut run = net.spawn_fanout(&["--json"], &src, &all(8), "fan");
+    let mut run = net.spawn_fanout(&["--json"], src, &all(8), "fan");
     std::thread::sleep(Duration::from_secs(1));
     net.set_rate(slow, RATE_MBIT / 10);
     // the seven, or a deadline well past the limit; then the slow host gets
@@ -257,7 +282,7 @@ fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
     let limit = t1.took * 5 / 4;
     for &i in &others {
         assert!(
-            net.same_bytes(i, FANNED, &src),
+            net.same_bytes(i, FANNED, src),
             "host {i} does not hold the source's bytes (exit {status})\n{output}"
         );
     }
@@ -288,7 +313,7 @@ fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
         .collect();
     assert!(
         late.is_empty(),
-        "a host at a tenth of the rate slowed the others past {:.1} s (T_1 {:.1} s; None: not done when the test gave up at 3 × T_1 + 30 s): {}",
+        "host {slow} at a tenth of the rate slowed the others past {:.1} s (T_1 {:.1} s; None: not done when the test gave up at 3 × T_1 + 30 s): {}\n{output}",
         secs(judged),
         secs(t1.took),
         late.join(", ")
@@ -298,8 +323,12 @@ fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
         "fan-out failed once the slow host had its rate back ({status})\n{output}"
     );
     assert!(
-        net.same_bytes(slow, FANNED, &src),
+        net.same_bytes(slow, FANNED, src),
         "the slow host's copy differs"
+    );
+    assert!(
+        output.contains("\"moved_to_tail\":true"),
+        "no host was reported moved to the tail\n{output}"
     );
 }
 
@@ -361,10 +390,9 @@ fn a_middle_host_killed_half_way_is_left_out_then_repaired_by_resume() {
         return;
     };
     net.require_fanout();
-    let size = 128 * MIB;
+    let size = 64 * MIB;
     let src = net.source_file("ckpt.bin", size, 25);
-    let t1 = net.single_sync(&src, 1, "t1.bin");
-    net.clear("t1.bin");
+    let t1 = t1_of(&net, &src, size);
     let dead = 4;
     let mut run = net.spawn_fanout(&["--json", "--stall-timeout", "5s"], &src, &all(8), "fan");
     // half-way: half the file has crossed the killed host's link
@@ -437,7 +465,6 @@ fn a_middle_host_killed_half_way_is_left_out_then_repaired_by_resume() {
 }
 
 #[test]
-#[ignore = "issue 21 open: 5% changed in 51 scattered regions puts 8.0% on each link, not under 7%; run with --ignored"]
 fn every_host_holding_v1_gets_v2_with_5_percent_changed_for_under_7_percent_per_link() {
     let _serial = serial();
     let Some(net) = FanoutNet::build(8, RATE_MBIT) else {

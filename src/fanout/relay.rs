@@ -95,6 +95,36 @@ struct Down {
     sock: std::net::TcpStream,
     state: Arc<DownState>,
     end_sent: bool,
+    /// Frames not yet written: small messages (chunk references, piece
+    /// ends) go out together, as one TLS record and one write, instead of
+    /// a record and a packet each.
+    out: Vec<u8>,
+}
+
+/// Frames gathered before they are written (a data frame, larger, goes out
+/// at once).
+const BATCH: usize = 64 << 10;
+
+impl Down {
+    /// Queues one message; writes the batch once it is full.
+    fn send(&mut self, m: &Msg) -> Result<(), crate::error::TransferError> {
+        wire::frame_into(&mut self.out, m);
+        if self.out.len() >= BATCH {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes what is queued.
+    fn flush(&mut self) -> Result<(), crate::error::TransferError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let r = std::io::Write::write_all(&mut self.writer, &self.out);
+        self.out.clear();
+        r.map_err(|e| crate::error::TransferError::connection(&e))
+    }
 }
 
 impl Drop for Down {
@@ -207,6 +237,7 @@ impl Forwarder {
             }
             if d.end_sent && d.state.done.load(Ordering::SeqCst) {
                 // everything is through; stay for a change of order
+                let _ = d.flush();
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
@@ -261,87 +292,105 @@ impl Forwarder {
             } else if end_in || feeding {
                 if end_in && !d.end_sent && resend.is_empty() && feed.is_empty() {
                     d.end_sent = true;
-                    wire::send(&mut d.writer, &Msg::End)
+                    d.send(&Msg::End).and_then(|()| d.flush())
                 } else {
+                    let r = d.flush();
                     std::thread::sleep(Duration::from_millis(10));
-                    Ok(())
+                    r
                 }
             } else {
-                match rx.recv_timeout(Duration::from_millis(10)) {
-                    Ok(Fwd::Data {
-                        file,
-                        offset,
-                        mut bytes,
-                    }) => {
-                        let piece = offset / super::PIECE;
-                        if last_piece != Some((file, piece)) {
-                            last_piece = Some((file, piece));
-                            forwarded += 1;
-                            if !corrupted && self.corrupt == Some(forwarded) && !bytes.is_empty() {
-                                corrupted = true;
-                                bytes[0] ^= 1;
-                            }
-                        }
-                        if let Some(p) = self.pace {
-                            std::thread::sleep(p);
-                        }
+                // what is queued goes out before waiting for more
+                let next = match rx.try_recv() {
+                    Ok(m) => Ok(Ok(m)),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        Ok(Err(RecvTimeoutError::Disconnected))
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
                         let t = Instant::now();
-                        let r = wire::send(
-                            &mut d.writer,
-                            &Msg::Data {
+                        let r = d.flush();
+                        self.blocked
+                            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        r.map(|()| rx.recv_timeout(Duration::from_millis(10)))
+                    }
+                };
+                match next {
+                    Err(e) => Err(e),
+                    Ok(next) => match next {
+                        Ok(Fwd::Data {
+                            file,
+                            offset,
+                            mut bytes,
+                        }) => {
+                            let piece = offset / super::PIECE;
+                            if last_piece != Some((file, piece)) {
+                                last_piece = Some((file, piece));
+                                forwarded += 1;
+                                if !corrupted
+                                    && self.corrupt == Some(forwarded)
+                                    && !bytes.is_empty()
+                                {
+                                    corrupted = true;
+                                    bytes[0] ^= 1;
+                                }
+                            }
+                            if let Some(p) = self.pace {
+                                std::thread::sleep(p);
+                            }
+                            let t = Instant::now();
+                            let r = d.send(&Msg::Data {
                                 file,
                                 offset,
                                 resend: false,
                                 bytes,
-                            },
-                        );
-                        self.blocked
-                            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                        r
-                    }
-                    Ok(Fwd::PieceEnd {
-                        file,
-                        piece,
-                        hash,
-                        sig,
-                    }) => {
-                        ended.insert((file, piece));
-                        wire::send(
-                            &mut d.writer,
-                            &Msg::PieceEnd {
+                            });
+                            self.blocked
+                                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            r
+                        }
+                        Ok(Fwd::PieceEnd {
+                            file,
+                            piece,
+                            hash,
+                            sig,
+                        }) => {
+                            ended.insert((file, piece));
+                            d.send(&Msg::PieceEnd {
                                 file,
                                 piece,
                                 resend: false,
                                 hash,
                                 sig,
-                            },
-                        )
-                    }
-                    Ok(Fwd::Ref {
-                        file,
-                        offset,
-                        len,
-                        skip,
-                        chunk,
-                    }) => wire::send(
-                        &mut d.writer,
-                        &Msg::Ref {
+                            })
+                        }
+                        Ok(Fwd::Ref {
                             file,
                             offset,
                             len,
                             skip,
                             chunk,
-                        },
-                    ),
-                    Ok(Fwd::End) => {
-                        end_in = true;
-                        Ok(())
-                    }
-                    Err(RecvTimeoutError::Timeout) => Ok(()),
-                    Err(RecvTimeoutError::Disconnected) => {
-                        end_in = true;
-                        Ok(())
-                    }
+                        }) => {
+                            let t = Instant::now();
+                            let r = d.send(&Msg::Ref {
+                                file,
+                                offset,
+                                len,
+                                skip,
+                                chunk,
+                            });
+                            self.blocked
+                                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            r
+                        }
+                        Ok(Fwd::End) => {
+                            end_in = true;
+                            Ok(())
+                        }
+                        Err(RecvTimeoutError::Timeout) => Ok(()),
+                        Err(RecvTimeoutError::Disconnected) => {
+                            end_in = true;
+                            Ok(())
+                        }
+                    },
                 }
             };
             if let Err(e) = sent {
@@ -408,6 +457,7 @@ impl Forwarder {
                 sock,
                 state,
                 end_sent: false,
+                out: Vec::new(),
             },
             have,
         ))
@@ -442,27 +492,22 @@ fn send_piece(
         pieces
             .read(file, at, &mut buf[..n])
             .map_err(|e| crate::error::TransferError::local("a committed piece", &e))?;
-        wire::send(
-            &mut d.writer,
-            &Msg::Data {
-                file,
-                offset: at,
-                resend: true,
-                bytes: buf[..n].to_vec(),
-            },
-        )?;
+        d.send(&Msg::Data {
+            file,
+            offset: at,
+            resend: true,
+            bytes: buf[..n].to_vec(),
+        })?;
         at += n as u64;
     }
-    wire::send(
-        &mut d.writer,
-        &Msg::PieceEnd {
-            file,
-            piece,
-            resend: true,
-            hash,
-            sig,
-        },
-    )
+    d.send(&Msg::PieceEnd {
+        file,
+        piece,
+        resend: true,
+        hash,
+        sig,
+    })?;
+    d.flush()
 }
 
 /// Reads what the successor says: heartbeats, NACKs, done.

@@ -153,6 +153,12 @@ impl Msg {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
+        self.encode_into(&mut w);
+        w.buf
+    }
+
+    /// Appends the payload to `w`.
+    fn encode_into(&self, w: &mut Writer) {
         match self {
             Msg::Open { purpose, job } => {
                 w.u8(code::OPEN);
@@ -286,7 +292,6 @@ impl Msg {
                 w.varint(*piece as u64);
             }
         }
-        w.buf
     }
 
     pub fn decode(payload: &[u8]) -> Result<Msg, DecodeError> {
@@ -409,12 +414,26 @@ impl Msg {
     }
 }
 
+/// Appends one message as a frame to `buf` (its bytes copied once).
+pub fn frame_into(buf: &mut Vec<u8>, m: &Msg) {
+    let at = buf.len();
+    if let Msg::Data { bytes, .. } = m {
+        buf.reserve(bytes.len() + 32);
+    }
+    buf.extend_from_slice(&[0; 4]);
+    let mut w = Writer {
+        buf: std::mem::take(buf),
+    };
+    m.encode_into(&mut w);
+    *buf = w.buf;
+    let len = (buf.len() - at - 4) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
 /// Writes one message as a frame (not flushed).
 pub fn send(w: &mut dyn Write, m: &Msg) -> Result<(), TransferError> {
-    let payload = m.encode();
-    let mut frame = Vec::with_capacity(payload.len() + 4);
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&payload);
+    let mut frame = Vec::new();
+    frame_into(&mut frame, m);
     w.write_all(&frame)
         .map_err(|e| TransferError::connection(&e))
 }
@@ -536,6 +555,24 @@ mod tests {
             let back = recv(&mut buf.as_slice(), LARGE).unwrap().unwrap();
             assert_eq!(back, m);
         }
+    }
+
+    #[test]
+    fn frames_appended_to_one_buffer_read_back_in_order() {
+        let mut buf = Vec::new();
+        let a = Msg::Ack { committed: 3 };
+        let b = Msg::Data {
+            file: 1,
+            offset: 9,
+            resend: false,
+            bytes: vec![7; 300],
+        };
+        frame_into(&mut buf, &a);
+        frame_into(&mut buf, &b);
+        let mut r = buf.as_slice();
+        assert_eq!(recv(&mut r, LARGE).unwrap(), Some(a));
+        assert_eq!(recv(&mut r, LARGE).unwrap(), Some(b));
+        assert_eq!(recv(&mut r, LARGE).unwrap(), None);
     }
 
     #[test]

@@ -686,14 +686,18 @@ impl Arrivals {
         let handle = std::thread::spawn(move || {
             let started = Instant::now();
             let mut seen = vec![None; paths.len()];
-            while !flag.load(Ordering::SeqCst) {
+            // one last look after the stop: a host that published within the
+            // last poll interval is seen (at the stop, a late time, never an
+            // early one)
+            loop {
+                let stopping = flag.load(Ordering::SeqCst);
                 for (k, p) in paths.iter().enumerate() {
                     if seen[k].is_none() && std::fs::metadata(p).map(|m| m.len()).ok() == Some(len)
                     {
                         seen[k] = Some(started.elapsed());
                     }
                 }
-                if seen.iter().all(Option::is_some) {
+                if stopping || seen.iter().all(Option::is_some) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(25));
