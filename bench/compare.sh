@@ -412,7 +412,9 @@ done
 
 # --- SFTP: ferry's fallback (--transport sftp, as for a remote without ferry)
 # against OpenSSH's own sftp and scp (SFTP mode) on the same sshd, uploads into
-# empty directories; ferry's time includes its remote hash check -------------
+# empty directories; ferry's time includes its remote hash check. Through the
+# 40 ms relay ferry runs twice: one SFTP connection, and --streams 4 (four ssh
+# connections: small files spread over them, the big file split across them)
 echo
 echo "== SFTP fallback vs sftp and scp"
 sftp_results=()
@@ -424,15 +426,16 @@ sftp_time() { # SCENARIO TOOL CMD...
   t1=$(now)
   local secs; secs=$(python3 -c "print(f'{$t1-$t0:.2f}')")
   sftp_results+=("$label|$tool|$secs")
-  printf '  %-28s %-10s %8ss\n' "$label" "$tool" "$secs"
+  printf '  %-34s %-14s %8ss\n' "$label" "$tool" "$secs"
 }
-# sftp_rows SCENARIO SUBDIR SSH_PORT: one upload of $src/SUBDIR by each tool
+# sftp_rows SCENARIO SUBDIR SSH_PORT TOOLS...: one upload of $src/SUBDIR by each tool
 sftp_rows() {
-  local label=$1 sub=$2 p=$3 tool d
-  for tool in ferry-sftp sftp scp; do
+  local label=$1 sub=$2 p=$3 tool d; shift 3
+  for tool in "$@"; do
     d="$work/sftp-$tool"; rm -rf "$d"; mkdir -p "$d"
     case $tool in
       ferry-sftp) sftp_time "$label" "$tool" "$ferry" cp -r --transport sftp -e "ssh -p $p ${sshopts[*]}" "$src/$sub" "127.0.0.1:$d/" ;;
+      ferry-sftp-4) sftp_time "$label" "$tool" "$ferry" cp -r --transport sftp --streams 4 -e "ssh -p $p ${sshopts[*]}" "$src/$sub" "127.0.0.1:$d/" ;;
       sftp) printf 'put -r %s %s/\n' "$src/$sub" "$d" > "$work/sftp.batch"
             sftp_time "$label" "$tool" sftp -q -b "$work/sftp.batch" -P "$p" "${sshopts[@]}" 127.0.0.1 ;;
       scp) sftp_time "$label" "$tool" scp -q -r -P "$p" "${sshopts[@]}" "$src/$sub" "127.0.0.1:$d/" ;;
@@ -441,20 +444,19 @@ sftp_rows() {
   done
   rm -rf "$work"/sftp-*
 }
-# 2,000 of the small files (sftp works one file at a time: more would take an
-# hour through the relay)
-mkdir -p "$src/small2k"
-(cd "$src/small" && find . -type f | sort | head -2000 | tar -cf - -T -) | tar -C "$src/small2k" -xf -
-sftp_rows "big file, loopback" big "$port"
-sftp_rows "2,000 small files, loopback" small2k "$port"
-if [ $quick = 0 ]; then
-  link_ssh=$(free_port)
-  python3 bench/relay.py "$link_ssh" "127.0.0.1:$port" 20 1000 & pids+=($!)
-  wait_port "$link_ssh"
-  echo "[127.0.0.1]:$link_ssh $(cat "$work/host_key.pub")" >> "$work/known_hosts"
-  sftp_rows "big file, 1 Gbit/40 ms" big "$link_ssh"
-  sftp_rows "2,000 small files, 1 Gbit/40 ms" small2k "$link_ssh"
-fi
+# 2,000 of the small files (sftp works one file at a time, about four round
+# trips each: 2,000 take about 5 minutes through the relay); --quick takes 200
+small_sftp=2000; [ $quick = 1 ] && small_sftp=200
+mkdir -p "$src/small-sftp"
+(cd "$src/small" && find . -type f | sort | head -"$small_sftp" | tar -cf - -T -) | tar -C "$src/small-sftp" -xf -
+sftp_rows "big file, loopback" big "$port" ferry-sftp sftp scp
+sftp_rows "$small_sftp small files, loopback" small-sftp "$port" ferry-sftp sftp scp
+link_ssh=$(free_port)
+python3 bench/relay.py "$link_ssh" "127.0.0.1:$port" 20 1000 & pids+=($!)
+wait_port "$link_ssh"
+echo "[127.0.0.1]:$link_ssh $(cat "$work/host_key.pub")" >> "$work/known_hosts"
+sftp_rows "big file, 1 Gbit/40 ms" big "$link_ssh" ferry-sftp ferry-sftp-4 sftp scp
+sftp_rows "$small_sftp small files, 1 Gbit/40 ms" small-sftp "$link_ssh" ferry-sftp ferry-sftp-4 sftp
 printf '%s\n' "${sftp_results[@]}" > "$work/sftp-results"
 python3 - "$work/sftp-results" <<'PY'
 import sys
@@ -464,10 +466,15 @@ for line in open(sys.argv[1]):
     if label not in rows:
         rows[label] = {}; order.append(label)
     rows[label][tool] = float(secs)
-print("| SFTP upload | ferry --transport sftp | sftp | scp | sftp / ferry | scp / ferry |")
-print("|---|---|---|---|---|---|")
+def t(r, k):
+    return f"{r[k]:.2f}" if k in r else "-"
+def ratio(r, a, b):
+    return f"{r[a] / r[b]:.2f}x" if a in r and b in r and r[b] else "-"
+print("| SFTP upload | ferry --transport sftp | ferry --streams 4 | sftp | scp | sftp / ferry | sftp / ferry --streams 4 | scp / ferry |")
+print("|---|---|---|---|---|---|---|---|")
 for l in order:
-    r = rows[l]; f, o, c = r["ferry-sftp"], r["sftp"], r["scp"]
-    print(f"| {l} | {f:.2f} | {o:.2f} | {c:.2f} | {o / f:.2f}x | {c / f:.2f}x |")
-print("seconds; ratios > 1 mean ferry was faster (one SFTP connection: --streams is not used over SFTP yet)")
+    r = rows[l]
+    print(f"| {l} | {t(r, 'ferry-sftp')} | {t(r, 'ferry-sftp-4')} | {t(r, 'sftp')} | {t(r, 'scp')} "
+          f"| {ratio(r, 'sftp', 'ferry-sftp')} | {ratio(r, 'sftp', 'ferry-sftp-4')} | {ratio(r, 'scp', 'ferry-sftp')} |")
+print("seconds; ratios > 1 mean ferry was faster; 1 Gbit/40 ms = bench/relay.py (20 ms each way, paced)")
 PY

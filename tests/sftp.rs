@@ -703,3 +703,173 @@ fn verify_reread_checks_both_ways_where_no_command_may_run() {
         stderr(&o)
     );
 }
+
+/// An sshd whose sftp subsystem is OpenSSH's `sftp-server` logging each
+/// session's opens and closes (with the bytes written) to a file of its
+/// own under `logs`.
+fn logging_sshd(logs: &Path) -> Sshd {
+    std::fs::create_dir_all(logs).unwrap();
+    let wrapper = logs.join("sftp-server-logging");
+    write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec /usr/lib/openssh/sftp-server -e -l INFO 2>>'{}/session.'$$\n",
+            logs.display()
+        ),
+    );
+    chmod(&wrapper, 0o755);
+    Sshd::start_with(&format!("Subsystem sftp {}\n", wrapper.display()))
+}
+
+/// The sessions' logs, one string each.
+fn session_logs(logs: &Path) -> Vec<String> {
+    std::fs::read_dir(logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("session."))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+/// A tree of one large file (split across the streams) and many small ones
+/// (spread over them), with modes and whole-second mtimes.
+fn streams_tree(root: &Path, big: usize) -> Vec<u8> {
+    let data = random_bytes(big, 21);
+    std::fs::create_dir_all(root).unwrap();
+    write(&root.join("big.bin"), &data);
+    chmod(&root.join("big.bin"), 0o640);
+    set_mtime(&root.join("big.bin"), 1_650_000_000);
+    for d in 0..4 {
+        let dir = root.join(format!("small/d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..60 {
+            let f = dir.join(format!("f{i:02}"));
+            write(&f, random_bytes(1000 + 37 * i, (d * 100 + i) as u64));
+            chmod(&f, if i % 3 == 0 { 0o600 } else { 0o644 });
+            set_mtime(&f, 1_600_000_000 + (d * 100 + i) as i64);
+        }
+    }
+    data
+}
+
+#[test]
+fn streams_4_spread_small_files_and_split_a_large_one_over_four_sessions() {
+    if !sshd_available() || !Path::new("/usr/lib/openssh/sftp-server").exists() {
+        return;
+    }
+    let t = tmp();
+    let logs = t.path().join("logs");
+    let sshd = logging_sshd(&logs);
+    let src = t.path().join("src");
+    streams_tree(&src, 40 << 20);
+    let dst = t.path().join("dst");
+    let o = ok(ferry_in(
+        &t.path().join("cache"),
+        &[
+            "cp".into(),
+            "-rp".into(),
+            "--transport".into(),
+            "sftp".into(),
+            "--streams".into(),
+            "4".into(),
+            "-e".into(),
+            sshd.rsh(),
+            format!("{}/", s(&src)),
+            sshd.remote(&dst),
+        ],
+    ));
+    assert!(
+        stderr(&o).contains("verified: sha256sum on 127.0.0.1 for 241 file(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_same_tree(&src, &dst, false);
+    let sessions = session_logs(&logs);
+    assert_eq!(sessions.len(), 4, "SFTP sessions: {sessions:#?}");
+    // every session wrote part of the large file into its one temporary,
+    // and small files were spread over them
+    let wrote_big = sessions
+        .iter()
+        .filter(|l| {
+            l.lines().any(|l| {
+                l.contains(".big.bin.ferry-part\" bytes read 0 written")
+                    && !l.ends_with("written 0")
+            })
+        })
+        .count();
+    let big_lines: Vec<&str> = sessions
+        .iter()
+        .flat_map(|l| l.lines().filter(|l| l.contains("big.bin")))
+        .collect();
+    assert_eq!(wrote_big, 4, "{big_lines:#?}");
+    let with_small = sessions
+        .iter()
+        .filter(|l| {
+            l.lines()
+                .any(|l| l.contains("/small/d") && l.contains("close"))
+        })
+        .count();
+    assert!(with_small >= 2, "{sessions:#?}");
+    // one fsync and one rename for it, on one session
+    let renames = sessions
+        .iter()
+        .map(|l| {
+            l.lines()
+                .filter(|l| l.contains("posix-rename") && l.contains(".big.bin.ferry-part"))
+                .count()
+        })
+        .sum::<usize>();
+    assert_eq!(renames, 1, "{sessions:#?}");
+}
+
+#[test]
+fn a_killed_upload_over_streams_resumes() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with(SUBSYSTEM);
+    let t = tmp();
+    let cache = t.path().join("cache");
+    let src = t.path().join("src");
+    let size = 40u64 << 20;
+    let data = streams_tree(&src, size as usize);
+    let dst = t.path().join("dst");
+    let part = dst.join(".big.bin.ferry-part");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "sync".into(),
+            "-a".into(),
+            "--transport".into(),
+            "sftp".into(),
+            "--streams".into(),
+            "4".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend([
+            "-e".into(),
+            sshd.rsh(),
+            format!("{}/", s(&src)),
+            sshd.remote(&dst),
+        ]);
+        a
+    };
+    // past the point where the file is split across the streams
+    kill_mid_copy(
+        &cache,
+        &args(&["--bwlimit", "8M"]),
+        || len_of(&part),
+        24 << 20,
+    );
+    assert!(
+        !dst.join("big.bin").exists(),
+        "a file cut short was published"
+    );
+    let o = ok(ferry_in(&cache, &args(&["--stats"])));
+    assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), data);
+    assert!(!part.exists());
+    assert_same_tree(&src, &dst, false);
+    // what the partial verifiably held was not sent again
+    let (literal, matched, ..) = stats(&stdout(&o));
+    assert!(matched >= 12 << 20, "{}", stdout(&o));
+    assert!(literal < size - (12 << 20) + (1 << 20), "{}", stdout(&o));
+}

@@ -339,7 +339,8 @@ pub struct SyncArgs {
     pub verify: crate::transport::child::VerifyMode,
     /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
     /// more are split across them; default: one per core to a daemon, one per
-    /// two cores over ssh, at most 4)
+    /// two cores over ssh, at most 4). Over SFTP: N `ssh … -s sftp`
+    /// connections, files spread over them, a large file split across them
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
     pub streams: Option<u8>,
     #[command(flatten)]
@@ -431,7 +432,8 @@ pub struct CpArgs {
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub verify: crate::transport::child::VerifyMode,
     /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
-    /// more are split across them)
+    /// more are split across them). Over SFTP: N `ssh … -s sftp`
+    /// connections, files spread over them, a large file split across them
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
     pub streams: Option<u8>,
     /// Sources, then the destination

@@ -51,12 +51,17 @@ struct Inner {
     child: Mutex<Child>,
 }
 
-/// A connection to an SFTP server; clones share it.
+/// A connection to an SFTP server; clones share it. It may carry more
+/// connections to the same server (`--streams N`: separate ssh processes,
+/// each with its own channel window), which [`Sftp::least_busy`] spreads
+/// files and a large file's writes over.
 #[derive(Clone)]
 pub struct Sftp {
     inner: Arc<Inner>,
     pub ext: Arc<Extensions>,
     pub limits: Limits,
+    /// The other connections, when this is the first of several.
+    more: Arc<[Sftp]>,
 }
 
 /// A file or directory handle on the server.
@@ -104,14 +109,16 @@ fn unexpected(what: &str) -> io::Error {
     )
 }
 
+/// Reads one packet: its type and its body (the bytes after the type),
+/// read straight into the vector that is returned.
 fn read_packet(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head[..4]) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_be_bytes(len) as usize;
+    let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
     if len == 0 || len > wire::MAX_PACKET {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -120,11 +127,10 @@ fn read_packet(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
             ),
         ));
     }
-    let mut body = vec![0u8; len];
+    r.read_exact(&mut head[4..])?;
+    let mut body = vec![0u8; len - 1];
     r.read_exact(&mut body)?;
-    let kind = body[0];
-    body.remove(0);
-    Ok(Some((kind, body)))
+    Ok(Some((head[4], body)))
 }
 
 impl Sftp {
@@ -134,7 +140,13 @@ impl Sftp {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn()?;
         let mut stdin = child.stdin.take().expect("piped");
-        let mut stdout = child.stdout.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        // ssh and this process wake each other less often through wide
+        // pipes, and the replies are read through a buffer (a status is
+        // a few dozen bytes: two reads each without it)
+        crate::transport::widen_pipe(&stdin);
+        crate::transport::widen_pipe(&stdout);
+        let mut stdout = io::BufReader::with_capacity(READ_BUFFER, stdout);
         let mut init = wire::start(wire::INIT);
         wire::put_u32(&mut init, 3);
         let hello = stdin
@@ -180,6 +192,7 @@ impl Sftp {
             .spawn(move || read_replies(reader, stdout))?;
         let mut sftp = Sftp {
             inner,
+            more: Arc::new([]),
             ext: Arc::new(ext),
             limits: Limits {
                 read: 32 << 10,
@@ -195,11 +208,75 @@ impl Sftp {
         Ok(sftp)
     }
 
+    /// This connection with `more` to the same server beside it.
+    pub fn with_streams(mut self, more: Vec<Sftp>) -> Sftp {
+        self.more = more.into();
+        self
+    }
+
+    /// Connections to the server: this one and any beside it.
+    pub fn streams(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    /// The connection with the fewest requests outstanding (this one when it
+    /// is alone), as a connection of its own.
+    pub fn least_busy(&self) -> Sftp {
+        let mut best = self.alone();
+        let mut load = self.outstanding();
+        for s in self.more.iter() {
+            let l = s.outstanding();
+            if l < load {
+                (best, load) = (s.clone(), l);
+            }
+        }
+        best
+    }
+
+    /// The connections beside this one.
+    pub fn others(&self) -> &[Sftp] {
+        &self.more
+    }
+
+    /// This connection without those beside it.
+    pub fn alone(&self) -> Sftp {
+        Sftp {
+            more: Arc::new([]),
+            ..self.clone()
+        }
+    }
+
+    /// Whether `other` is this connection.
+    pub fn same(&self, other: &Sftp) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn outstanding(&self) -> usize {
+        self.inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Sends a request built by `body` (after its id) and returns where its
     /// answer arrives.
     pub fn send(&self, kind: u8, body: impl FnOnce(&mut Vec<u8>)) -> io::Result<Pending> {
+        self.send_sized(kind, 0, body)
+    }
+
+    /// [`Sftp::send`] for a request that carries `extra` bytes of data: the
+    /// packet is allocated whole at once, and the data copied once.
+    fn send_sized(
+        &self,
+        kind: u8,
+        extra: usize,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) -> io::Result<Pending> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut p = wire::start(kind);
+        p.reserve(extra);
         wire::put_u32(&mut p, id);
         body(&mut p);
         let (tx, rx) = mpsc::channel();
@@ -395,7 +472,7 @@ impl Sftp {
         Ok(())
     }
     pub fn send_write(&self, h: &[u8], offset: u64, data: &[u8]) -> io::Result<Pending> {
-        self.send(wire::WRITE, |p| {
+        self.send_sized(wire::WRITE, h.len() + data.len() + 16, |p| {
             wire::put_str(p, h);
             wire::put_u64(p, offset);
             wire::put_str(p, data);
@@ -528,8 +605,12 @@ impl Sftp {
         })
     }
 
-    /// Ends the session and waits for ssh; its exit status.
+    /// Ends the session (and those beside it) and waits for ssh; the first
+    /// connection's exit status.
     pub fn end(&self) -> Option<std::process::ExitStatus> {
+        for s in self.more.iter() {
+            s.end();
+        }
         let mut child = self.inner.child.lock().unwrap_or_else(|p| p.into_inner());
         // closing stdin ends the sftp server, and with it ssh
         drop(
@@ -560,7 +641,12 @@ impl Drop for Inner {
     }
 }
 
-fn read_replies(inner: Arc<Inner>, mut stdout: std::process::ChildStdout) {
+/// How much of ssh's output is read at once.
+/// (A read as large as this bypasses the buffer: read data is not copied
+/// through it.)
+const READ_BUFFER: usize = 64 << 10;
+
+fn read_replies(inner: Arc<Inner>, mut stdout: io::BufReader<std::process::ChildStdout>) {
     let why = loop {
         let (kind, body) = match read_packet(&mut stdout) {
             Ok(Some(p)) => p,
@@ -571,9 +657,16 @@ fn read_replies(inner: Arc<Inner>, mut stdout: std::process::ChildStdout) {
             break "the SFTP server sent a packet without an id".into();
         }
         let id = u32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
-        let reply = match wire::decode_reply(kind, &body[4..]) {
-            Ok(r) => r,
-            Err(e) => break crate::error::io_text(&e),
+        let reply = match kind {
+            // the data stays in the vector it was read into
+            wire::DATA => match wire::data_in_place(body) {
+                Ok(d) => wire::Reply::Data(d),
+                Err(e) => break crate::error::io_text(&e),
+            },
+            _ => match wire::decode_reply(kind, &body[4..]) {
+                Ok(r) => r,
+                Err(e) => break crate::error::io_text(&e),
+            },
         };
         let to = inner
             .waiting

@@ -34,9 +34,14 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-/// Writes kept outstanding per file: 16 × 255 KiB is more than an OpenSSH
-/// channel window (2 MiB), so the window stays full.
+/// Writes kept outstanding per file and connection: 16 × 255 KiB is more
+/// than an OpenSSH channel window (2 MiB), so the window stays full.
 const WRITES_IN_FLIGHT: usize = 16;
+
+/// Where a file being written starts to be split across the other
+/// connections too (`--streams N`): what follows is written at its offsets
+/// into the one temporary through every connection.
+const STRIPE_FROM: u64 = 16 << 20;
 
 /// Joins a root and a checked relative name (`.`: the root).
 pub fn join_path(root: &[u8], rel: &[u8]) -> Vec<u8> {
@@ -152,6 +157,7 @@ impl Place for SftpPlace {
                 Default::default()
             },
             created: Default::default(),
+            resuming: None,
         })
     }
 }
@@ -172,6 +178,8 @@ pub struct SftpDest {
     made: std::collections::HashSet<Vec<u8>>,
     /// What it made in them.
     created: std::collections::HashSet<Vec<u8>>,
+    /// The file whose partial was just opened to resume from.
+    resuming: Option<Vec<u8>>,
 }
 
 /// Files whose publishing may be outstanding at once.
@@ -180,6 +188,8 @@ const FILES_IN_FLIGHT: usize = 32;
 /// A published file on its way: opened, written, closed, renamed, each
 /// step sent once the one before it is answered.
 struct Finishing {
+    /// The connection it was written through.
+    sftp: Sftp,
     /// The file as messages name it.
     name: String,
     stage: Stage,
@@ -205,6 +215,41 @@ enum Stage {
     Verifying(verify::Answer),
     /// The renames outstanding; a `true` one may find nothing to move.
     Renaming(VecDeque<(Pending, bool)>),
+}
+
+/// The fsync, metadata and close of an open file, sent (after every write
+/// to it was: the server handles one connection's requests in order).
+fn tail(sftp: &Sftp, h: &[u8], attrs: &Attrs, fsync: bool) -> io::Result<Vec<Pending>> {
+    let mut out = Vec::new();
+    if fsync && sftp.ext.fsync {
+        out.push(sftp.send(wire::EXTENDED, |p| {
+            wire::put_str(p, b"fsync@openssh.com");
+            wire::put_str(p, h);
+        })?);
+    }
+    out.push(sftp.send(wire::FSETSTAT, |p| {
+        wire::put_str(p, h);
+        attrs.encode(p);
+    })?);
+    out.push(sftp.send(wire::CLOSE, |p| wire::put_str(p, h))?);
+    Ok(out)
+}
+
+/// Sends the rename that puts `from` at `to` (replacing it where the
+/// server can; else the caller removed `to` first).
+fn send_replace(sftp: &Sftp, from: &[u8], to: &[u8]) -> io::Result<Pending> {
+    if sftp.ext.posix_rename {
+        sftp.send(wire::EXTENDED, |p| {
+            wire::put_str(p, b"posix-rename@openssh.com");
+            wire::put_str(p, from);
+            wire::put_str(p, to);
+        })
+    } else {
+        sftp.send(wire::RENAME, |p| {
+            wire::put_str(p, from);
+            wire::put_str(p, to);
+        })
+    }
 }
 
 fn ended() -> io::Error {
@@ -263,9 +308,9 @@ impl SftpDest {
                     };
                     let mut q = VecDeque::new();
                     if !data.is_empty() {
-                        q.push_back(self.sftp.send_write(&h, 0, data)?);
+                        q.push_back(f.sftp.send_write(&h, 0, data)?);
                     }
-                    q.extend(self.tail(&h, attrs, *fsync)?);
+                    q.extend(tail(&f.sftp, &h, attrs, *fsync)?);
                     f.stage = Stage::Closing(q);
                 }
                 Stage::Closing(q) => {
@@ -284,7 +329,7 @@ impl SftpDest {
                                 continue;
                             }
                             How::Reread => {
-                                let got = verify::reread(&self.sftp, &f.temp_path, v.kind());
+                                let got = verify::reread(&f.sftp, &f.temp_path, v.kind());
                                 self.judge(v, want, got)?;
                             }
                         }
@@ -353,55 +398,21 @@ impl SftpDest {
     }
 
     /// Sends the renames that put a written file in place (its backup
-    /// first).
+    /// first), through the connection it was written by.
     fn send_renames(&self, f: &Finishing) -> io::Result<VecDeque<(Pending, bool)>> {
+        let sftp = &f.sftp;
         let mut renames = VecDeque::new();
         if let Some(to) = &f.backup {
-            renames.push_back((self.send_replace(&f.target, to)?, true));
+            renames.push_back((send_replace(sftp, &f.target, to)?, true));
         }
-        if !self.sftp.ext.posix_rename {
+        if !sftp.ext.posix_rename {
             renames.push_back((
-                self.sftp
-                    .send(wire::REMOVE, |p| wire::put_str(p, &f.target))?,
+                sftp.send(wire::REMOVE, |p| wire::put_str(p, &f.target))?,
                 true,
             ));
         }
-        renames.push_back((self.send_replace(&f.temp_path, &f.target)?, false));
+        renames.push_back((send_replace(sftp, &f.temp_path, &f.target)?, false));
         Ok(renames)
-    }
-
-    /// The fsync, metadata and close of an open file, sent.
-    fn tail(&self, h: &[u8], attrs: &Attrs, fsync: bool) -> io::Result<Vec<Pending>> {
-        let mut out = Vec::new();
-        if fsync && self.sftp.ext.fsync {
-            out.push(self.sftp.send(wire::EXTENDED, |p| {
-                wire::put_str(p, b"fsync@openssh.com");
-                wire::put_str(p, h);
-            })?);
-        }
-        out.push(self.sftp.send(wire::FSETSTAT, |p| {
-            wire::put_str(p, h);
-            attrs.encode(p);
-        })?);
-        out.push(self.sftp.send(wire::CLOSE, |p| wire::put_str(p, h))?);
-        Ok(out)
-    }
-
-    /// Sends the rename that puts `from` at `to` (replacing it where the
-    /// server can; else the caller removed `to` first).
-    fn send_replace(&self, from: &[u8], to: &[u8]) -> io::Result<Pending> {
-        if self.sftp.ext.posix_rename {
-            self.sftp.send(wire::EXTENDED, |p| {
-                wire::put_str(p, b"posix-rename@openssh.com");
-                wire::put_str(p, from);
-                wire::put_str(p, to);
-            })
-        } else {
-            self.sftp.send(wire::RENAME, |p| {
-                wire::put_str(p, from);
-                wire::put_str(p, to);
-            })
-        }
     }
 
     /// Moves every file in flight on without waiting, then waits for the
@@ -585,29 +596,50 @@ impl Destination for SftpDest {
         self.sftp.rename(&part, &aside).ok()?;
         let basis = SftpBasis::open(&self.sftp, &aside);
         let _ = self.sftp.remove(&aside);
+        if basis.is_ok() {
+            self.resuming = Some(rel.to_vec());
+        }
         basis.ok()
     }
     fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<SftpTemp> {
-        self.settle(FILES_IN_FLIGHT)?;
+        self.settle(FILES_IN_FLIGHT * self.sftp.streams())?;
         let path = self.path(&part_name(rel));
+        // a file resumed from its partial stays on the first connection,
+        // where the partial is open (a server copies only between its own
+        // handles) and whole (a rebuild reads back what it wrote); any
+        // other goes to the connection with the least outstanding, and a
+        // large one spreads over the others too
+        let resumed = self.resuming.take().is_some_and(|r| r == rel);
+        let (sftp, peers) = if resumed || self.sftp.streams() == 1 {
+            (self.sftp.alone(), Vec::new())
+        } else {
+            let sftp = self.sftp.least_busy();
+            let peers = std::iter::once(self.sftp.alone())
+                .chain(self.sftp.others().iter().cloned())
+                .filter(|s| !s.same(&sftp))
+                .collect();
+            (sftp, peers)
+        };
         if how.partial {
             // a partial file being resumed from stays readable through its
             // open handle; the new file is a new one (the answer is not
             // waited for: the server handles requests in order)
-            drop(self.sftp.send(wire::REMOVE, |p| wire::put_str(p, &path))?);
+            drop(sftp.send(wire::REMOVE, |p| wire::put_str(p, &path))?);
         }
         let flags = wire::OPEN_WRITE | wire::OPEN_CREAT | wire::OPEN_TRUNC;
         let perm = Attrs {
             perm: Some(0o600),
             ..Attrs::default()
         };
-        let opening = self.sftp.send(wire::OPEN, |p| {
+        let opening = sftp.send(wire::OPEN, |p| {
             wire::put_str(p, &path);
             wire::put_u32(p, flags);
             perm.encode(p);
         })?;
         Ok(SftpTemp {
-            sftp: self.sftp.clone(),
+            sftp,
+            peers,
+            stripes: Vec::new(),
             handle: None,
             opening: Some(opening),
             path,
@@ -642,9 +674,15 @@ impl Destination for SftpDest {
             (None, Some(h)) => {
                 temp.handle = Some(h);
                 temp.send_buf()?;
+                if !temp.stripes.is_empty() {
+                    // writes through the other connections land before the
+                    // fsync and the mtime (a write would change it)
+                    temp.flush()?;
+                }
+                let mut q: VecDeque<Pending> = temp.close_stripes()?.into();
                 let h = temp.handle.take().expect("open");
-                let mut q: VecDeque<Pending> = temp.writes.drain(..).map(|(p, _)| p).collect();
-                q.extend(self.tail(&h, &attrs, fsync)?);
+                q.extend(temp.writes.drain(..).map(|(p, _)| p));
+                q.extend(tail(&temp.sftp, &h, &attrs, fsync)?);
                 Stage::Closing(q)
             }
             (None, None) => unreachable!("a temporary is open or opening"),
@@ -660,6 +698,7 @@ impl Destination for SftpDest {
             to
         });
         let f = Finishing {
+            sftp: temp.sftp.clone(),
             name: self.show(rel),
             stage,
             temp_path: std::mem::take(&mut temp.path),
@@ -671,19 +710,22 @@ impl Destination for SftpDest {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(f);
-        self.settle(FILES_IN_FLIGHT)
+        self.settle(FILES_IN_FLIGHT * self.sftp.streams())
     }
     fn discard(&mut self, mut temp: SftpTemp) {
         let _ = temp.resolve();
         if let Some(h) = temp.handle.take() {
             // what is outstanding must land before the file goes
             while let Some((p, _)) = temp.writes.pop_front() {
-                let _ = self.sftp.expect_ok(p);
+                let _ = temp.sftp.expect_ok(p);
             }
-            let _ = self.sftp.close(&h);
+            for p in temp.close_stripes().unwrap_or_default() {
+                let _ = temp.sftp.expect_ok(p);
+            }
+            let _ = temp.sftp.close(&h);
         }
         if !temp.partial {
-            let _ = self.sftp.remove(&temp.path);
+            let _ = temp.sftp.remove(&temp.path);
         }
     }
     fn spill_dir(&mut self, _rel: &[u8]) -> Option<Arc<OwnedFd>> {
@@ -759,7 +801,13 @@ type Copied = (u64, Vec<u8>);
 /// A file being written on the server, front to back, with writes of the
 /// size the server takes kept outstanding.
 pub struct SftpTemp {
+    /// The connection it is opened and published through.
     sftp: Sftp,
+    /// The other connections, which a large file is also written through
+    /// once it passes [`STRIPE_FROM`] (none for a resumed file).
+    peers: Vec<Sftp>,
+    /// Its handles on them.
+    stripes: Vec<Stripe>,
     /// Open until published or discarded.
     handle: Option<Handle>,
     /// The OPEN, until its answer is needed (a small file is published
@@ -779,7 +827,72 @@ pub struct SftpTemp {
     hashing: Option<Hashing>,
 }
 
+/// The temporary open through another connection.
+enum Stripe {
+    Opening(Sftp, Pending),
+    Open(Sftp, Handle),
+}
+
 impl SftpTemp {
+    /// Opens the temporary through the other connections once the file is
+    /// large enough (the first OPEN, answered, made it), and takes in the
+    /// answers that came.
+    fn stripe(&mut self) -> io::Result<()> {
+        if self.sent >= STRIPE_FROM && !self.peers.is_empty() {
+            for s in std::mem::take(&mut self.peers) {
+                let p = s.send(wire::OPEN, |p| {
+                    wire::put_str(p, &self.path);
+                    wire::put_u32(p, wire::OPEN_WRITE);
+                    Attrs::default().encode(p);
+                })?;
+                self.stripes.push(Stripe::Opening(s, p));
+            }
+        }
+        for st in &mut self.stripes {
+            if let Stripe::Opening(s, p) = st {
+                match answer(p, false)? {
+                    None => {}
+                    Some(super::wire::Reply::Handle(h)) => *st = Stripe::Open(s.clone(), h),
+                    Some(other) => return Err(status_ok(other).err().unwrap_or_else(ended)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the next write goes: the connection (of this file's) with the
+    /// least outstanding.
+    fn next_target(&self) -> (&Sftp, &Handle) {
+        let mut best = (&self.sftp, self.handle.as_ref().expect("open"));
+        let mut load = self.sftp.outstanding();
+        for st in &self.stripes {
+            if let Stripe::Open(s, h) = st {
+                let l = s.outstanding();
+                if l < load {
+                    (best, load) = ((s, h), l);
+                }
+            }
+        }
+        best
+    }
+
+    /// Closes the temporary on the other connections (waiting for an open
+    /// still outstanding): the answers to wait for.
+    fn close_stripes(&mut self) -> io::Result<Vec<Pending>> {
+        let mut out = Vec::new();
+        for st in std::mem::take(&mut self.stripes) {
+            let (s, h) = match st {
+                Stripe::Open(s, h) => (s, h),
+                Stripe::Opening(s, p) => match s.wait(p)? {
+                    super::wire::Reply::Handle(h) => (s, h),
+                    other => return Err(status_ok(other).err().unwrap_or_else(ended)),
+                },
+            };
+            out.push(s.send(wire::CLOSE, |p| wire::put_str(p, &h))?);
+        }
+        Ok(out)
+    }
+
     /// Waits for the OPEN's answer, if it is still outstanding.
     fn resolve(&mut self) -> io::Result<()> {
         if let Some(p) = self.opening.take() {
@@ -795,15 +908,29 @@ impl SftpTemp {
         if self.buf.is_empty() {
             return Ok(());
         }
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.send_data(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        r
+    }
+
+    /// Writes `data` next, at the end of what was sent.
+    fn send_data(&mut self, data: &[u8]) -> io::Result<()> {
         self.resolve()?;
-        if self.writes.len() >= WRITES_IN_FLIGHT {
+        self.stripe()?;
+        let open = 1 + self
+            .stripes
+            .iter()
+            .filter(|s| matches!(s, Stripe::Open(..)))
+            .count();
+        if self.writes.len() >= WRITES_IN_FLIGHT * open {
             self.settle_oldest()?;
         }
-        let h = self.handle.as_ref().expect("open");
-        let p = self.sftp.send_write(h, self.sent, &self.buf)?;
+        let (sftp, h) = self.next_target();
+        let p = sftp.send_write(h, self.sent, data)?;
         self.writes.push_back((p, None));
-        self.sent += self.buf.len() as u64;
-        self.buf.clear();
+        self.sent += data.len() as u64;
         Ok(())
     }
 
@@ -840,6 +967,11 @@ impl Drop for SftpTemp {
         if let Some(h) = self.handle.take() {
             let _ = self.sftp.send(wire::CLOSE, |p| wire::put_str(p, &h));
         }
+        for st in std::mem::take(&mut self.stripes) {
+            if let Stripe::Open(s, h) = st {
+                let _ = s.send(wire::CLOSE, |p| wire::put_str(p, &h));
+            }
+        }
     }
 }
 
@@ -858,6 +990,12 @@ impl TempWrite for SftpTemp {
         }
         let step = self.sftp.limits.write;
         while !data.is_empty() {
+            if self.buf.is_empty() && data.len() >= step {
+                // a whole request's worth: sent from where it is
+                self.send_data(&data[..step])?;
+                data = &data[step..];
+                continue;
+            }
             let n = (step - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..n]);
             data = &data[n..];

@@ -251,6 +251,19 @@ pub fn decode_reply(kind: u8, body: &[u8]) -> io::Result<Reply> {
     })
 }
 
+/// A DATA reply's bytes, from its body after the type (id, length, data),
+/// moved to the front of the same vector rather than copied out of it.
+pub fn data_in_place(mut body: Vec<u8>) -> io::Result<Vec<u8>> {
+    let mut c = Cursor(&body);
+    c.u32()?;
+    let n = c.u32()? as usize;
+    if n != c.0.len() {
+        return Err(bad("data reply"));
+    }
+    body.drain(..8);
+    Ok(body)
+}
+
 /// The server's VERSION: its version and extensions (name, data).
 /// Extensions a server names in its VERSION: name and data.
 pub type ExtensionList = Vec<(String, Vec<u8>)>;
@@ -283,6 +296,17 @@ mod tests {
         a.encode(&mut b);
         assert_eq!(Cursor(&b).attrs().unwrap(), a);
         assert!(a.is_file() && !a.is_dir());
+    }
+
+    #[test]
+    fn data_is_taken_in_place_and_checked() {
+        let mut b = Vec::new();
+        put_u32(&mut b, 7);
+        put_str(&mut b, b"bytes");
+        assert_eq!(data_in_place(b.clone()).unwrap(), b"bytes");
+        b.pop();
+        assert!(data_in_place(b).is_err());
+        assert!(data_in_place(vec![0, 0, 0, 1, 0, 0]).is_err());
     }
 
     #[test]

@@ -199,8 +199,15 @@ fn run(
         ));
     }
     request.paths = request.paths.iter().map(|p| remote_path(p)).collect();
-    // one connection, in order: extra streams are ssh connections of their own
+    // `--streams N`: N SFTP connections, each its own ssh; the session
+    // itself is one, in order (the store spreads files over them)
+    let streams = usize::from(request.options.streams.max(1));
     request.options.streams = 1;
+    let sftp = if streams > 1 {
+        more_streams(sftp, streams - 1, user, host, plan, events)
+    } else {
+        sftp
+    };
     let pushing = request.role == Role::ServerReceives;
     // uploads are hashed on the remote where the account may run commands;
     // `--verify reread` reads every file again over SFTP instead
@@ -265,6 +272,66 @@ fn run(
     };
     events(Event::notice(b"", verified));
     Ok(summary)
+}
+
+/// Opens `n` more SFTP connections beside `first` (ssh in batch mode, as
+/// for ferry's own extra streams; at most 8 logging in at once, below
+/// sshd's `MaxStartups`), and goes on with the ones that opened: saying so
+/// when not all did.
+fn more_streams(
+    first: Sftp,
+    n: usize,
+    user: Option<&str>,
+    host: &str,
+    plan: &Plan,
+    events: &EventFn<'_>,
+) -> Sftp {
+    let extra = child::SshOptions {
+        extra: true,
+        ..plan.ssh.clone()
+    };
+    let mut opened = Vec::new();
+    let mut failed = None;
+    let mut left = n;
+    while left > 0 {
+        let now = left.min(8);
+        left -= now;
+        let started: Vec<std::io::Result<Sftp>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..now)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (cmd, _) = child::sftp_command(user, host, &extra)
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        Sftp::start(cmd)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+                })
+                .collect()
+        });
+        for r in started {
+            match r {
+                Ok(s) => opened.push(s),
+                Err(e) => failed = Some(crate::error::io_text(&e)),
+            }
+        }
+    }
+    if let Some(why) = failed {
+        events(Event::notice(
+            b"",
+            format!(
+                "--streams {}: only {} SFTP connection(s) to {host} opened ({why}); going on with those",
+                n + 1,
+                opened.len() + 1
+            ),
+        ));
+    }
+    first.with_streams(opened)
 }
 
 /// Whether commands may run on the remote, as far as the ferry attempt
