@@ -122,8 +122,10 @@ fn ordered_filters(m: &clap::ArgMatches) -> Vec<(bool, Vec<u8>)> {
 /// rsync; `-` reads standard input).
 /// `dir-merge` rules come back apart, each with the number of rules before it.
 type DirMerges = Vec<(u32, Vec<u8>)>;
+/// Include/exclude rules in order: (include?, pattern).
+type Rules = Vec<(bool, Vec<u8>)>;
 
-fn filter_rules(m: &clap::ArgMatches) -> Result<(Vec<(bool, Vec<u8>)>, DirMerges), TransferError> {
+fn filter_rules(m: &clap::ArgMatches) -> Result<(Rules, DirMerges), TransferError> {
     // (where, order within, include? (None: dir-merge), pattern or file name)
     let mut rules: Vec<(usize, usize, Option<bool>, Vec<u8>)> = ordered_filters(m)
         .into_iter()
