@@ -20,6 +20,8 @@ pub enum FilterError {
     TooLong,
     #[error("unclosed '[' in filter pattern {0:?}")]
     UnclosedClass(String),
+    #[error("--filter dir-merge {0:?}: a per-directory merge file is named by a plain file name (like .rsync-filter)")]
+    MergeName(String),
 }
 
 #[derive(Debug, Clone)]
@@ -31,68 +33,214 @@ struct Rule {
     whole_path: bool,
 }
 
-/// An ordered list of include/exclude rules.
+/// An ordered list of include/exclude rules, with the per-directory merge
+/// files (`dir-merge`) that stand among them.
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
     rules: Vec<Rule>,
+    /// Each `dir-merge` rule: the index in `rules` it stands before, and the
+    /// name of the file read in each directory.
+    dir_merges: Vec<(usize, Vec<u8>)>,
 }
+
+/// The rules one directory's merge file adds for its contents (rsync's
+/// `dir-merge`): they come before those inherited from the directories above.
+#[derive(Debug, Clone)]
+pub struct DirRules {
+    /// Which of the filter list's `dir-merge` rules read this file.
+    merge: usize,
+    /// The directory holding the file, relative to the transfer root (`.`
+    /// for the root): a rule starting with `/` is anchored there.
+    dir: Vec<u8>,
+    rules: Vec<Rule>,
+    /// The file said `!`: the rules inherited from above are dropped.
+    clear: bool,
+}
+
+/// Longest per-directory merge file read.
+pub const MAX_MERGE_FILE: u64 = 1 << 20;
 
 impl Filters {
     /// Builds the rule list from `(include?, pattern)` pairs, in order.
     pub fn new(rules: &[(bool, Vec<u8>)]) -> Result<Self, FilterError> {
-        let mut out = Vec::with_capacity(rules.len());
-        for (include, pat) in rules {
-            if pat.is_empty() {
-                return Err(FilterError::Empty);
+        Ok(Filters {
+            rules: parse_rules(rules)?,
+            dir_merges: Vec::new(),
+        })
+    }
+
+    /// [`Filters::new`] with `dir-merge` rules: `(index, name)`, the rule
+    /// reading file `name` in each directory standing before `rules[index]`
+    /// (`index == rules.len()`: after the last).
+    pub fn with_dir_merges(
+        rules: &[(bool, Vec<u8>)],
+        dir_merges: &[(u32, Vec<u8>)],
+    ) -> Result<Self, FilterError> {
+        let mut f = Filters::new(rules)?;
+        for (at, name) in dir_merges {
+            let name = name.strip_prefix(b"/").unwrap_or(name);
+            if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+                return Err(FilterError::MergeName(
+                    String::from_utf8_lossy(name).into_owned(),
+                ));
             }
-            if pat.len() > MAX_PATH {
-                return Err(FilterError::TooLong);
-            }
-            check_classes(pat)?;
-            let mut p = pat.as_slice();
-            let dir_only = p.len() > 1 && p.ends_with(b"/");
-            if dir_only {
-                p = &p[..p.len() - 1];
-            }
-            let anchored = p.starts_with(b"/");
-            if anchored {
-                p = &p[1..];
-            }
-            let whole_path = anchored || p.contains(&b'/') || contains(p, b"**");
-            out.push(Rule {
-                include: *include,
-                pattern: p.to_vec(),
-                dir_only,
-                anchored,
-                whole_path,
-            });
+            f.dir_merges
+                .push(((*at as usize).min(f.rules.len()), name.to_vec()));
         }
-        Ok(Filters { rules: out })
+        Ok(f)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+    /// The file names of the `dir-merge` rules, in order (an index into this
+    /// is what [`Filters::dir_rules`] takes).
+    pub fn dir_merge_names(&self) -> impl Iterator<Item = &[u8]> {
+        self.dir_merges.iter().map(|(_, n)| n.as_slice())
     }
 
-    /// Whether `path` (relative to the transfer root, `/`-separated) is excluded.
-    pub fn excludes(&self, path: &[u8], is_dir: bool) -> bool {
-        for r in &self.rules {
-            if r.dir_only && !is_dir {
+    /// The rules of the merge file of `dir-merge` rule `merge` found in
+    /// directory `dir` (relative to the transfer root): one rule a line,
+    /// `+ PATTERN` or `- PATTERN` (or `include`/`exclude`), `!` to drop what
+    /// is inherited; blank lines and `#`/`;` comments skipped.
+    pub fn dir_rules(&self, merge: usize, dir: &[u8], text: &[u8]) -> Result<DirRules, String> {
+        let mut pairs = Vec::new();
+        let mut clear = false;
+        for line in text
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| !l.is_empty() && !l.starts_with(b"#") && !l.starts_with(b";"))
+        {
+            if line == b"!" {
+                clear = true;
+                pairs.clear();
                 continue;
             }
-            let hit = if r.anchored {
-                glob(&r.pattern, path)
-            } else if r.whole_path {
-                suffixes(path).any(|s| glob(&r.pattern, s))
-            } else {
-                let last = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-                glob(&r.pattern, last)
-            };
-            if hit {
-                return !r.include;
+            match FilterRule::parse(line).map_err(|e| e.to_string())? {
+                FilterRule::Include(p) => pairs.push((true, p)),
+                FilterRule::Exclude(p) => pairs.push((false, p)),
+                FilterRule::Merge(_) | FilterRule::DirMerge(_) => {
+                    return Err(format!(
+                        "{:?}: merge rules inside a per-directory merge file are not supported",
+                        String::from_utf8_lossy(line)
+                    ))
+                }
+            }
+        }
+        Ok(DirRules {
+            merge,
+            dir: dir.to_vec(),
+            rules: parse_rules(&pairs).map_err(|e| e.to_string())?,
+            clear,
+        })
+    }
+
+    /// Whether `path` is excluded, with the rules of the merge files read in
+    /// the directories above it (`layers`, outermost first).
+    pub fn excludes_in(&self, path: &[u8], is_dir: bool, layers: &[DirRules]) -> bool {
+        if self.dir_merges.is_empty() {
+            return self.excludes(path, is_dir);
+        }
+        for i in 0..=self.rules.len() {
+            for (m, (at, _)) in self.dir_merges.iter().enumerate() {
+                if *at != i {
+                    continue;
+                }
+                // the innermost directory's rules first, then those above it
+                for layer in layers.iter().rev().filter(|l| l.merge == m) {
+                    let rel = if layer.dir == b"." {
+                        path
+                    } else {
+                        match path
+                            .strip_prefix(layer.dir.as_slice())
+                            .and_then(|p| p.strip_prefix(b"/"))
+                        {
+                            Some(p) => p,
+                            None => continue,
+                        }
+                    };
+                    for r in &layer.rules {
+                        if let Some(ex) = r.decides(path, rel, is_dir) {
+                            return ex;
+                        }
+                    }
+                    if layer.clear {
+                        break;
+                    }
+                }
+            }
+            if let Some(r) = self.rules.get(i) {
+                if let Some(ex) = r.decides(path, path, is_dir) {
+                    return ex;
+                }
             }
         }
         false
+    }
+}
+
+/// Parses `(include?, pattern)` pairs into rules.
+fn parse_rules(rules: &[(bool, Vec<u8>)]) -> Result<Vec<Rule>, FilterError> {
+    let mut out = Vec::with_capacity(rules.len());
+    for (include, pat) in rules {
+        if pat.is_empty() {
+            return Err(FilterError::Empty);
+        }
+        if pat.len() > MAX_PATH {
+            return Err(FilterError::TooLong);
+        }
+        check_classes(pat)?;
+        let mut p = pat.as_slice();
+        let dir_only = p.len() > 1 && p.ends_with(b"/");
+        if dir_only {
+            p = &p[..p.len() - 1];
+        }
+        let anchored = p.starts_with(b"/");
+        if anchored {
+            p = &p[1..];
+        }
+        let whole_path = anchored || p.contains(&b'/') || contains(p, b"**");
+        out.push(Rule {
+            include: *include,
+            pattern: p.to_vec(),
+            dir_only,
+            anchored,
+            whole_path,
+        });
+    }
+    Ok(out)
+}
+
+impl Rule {
+    /// `Some(excluded?)` when this rule matches `path`; an anchored rule is
+    /// matched against `anchored_path` (the path below the directory it is
+    /// anchored in).
+    fn decides(&self, path: &[u8], anchored_path: &[u8], is_dir: bool) -> Option<bool> {
+        if self.dir_only && !is_dir {
+            return None;
+        }
+        let hit = if self.anchored {
+            glob(&self.pattern, anchored_path)
+        } else if self.whole_path {
+            suffixes(path).any(|s| glob(&self.pattern, s))
+        } else {
+            let last = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+            glob(&self.pattern, last)
+        };
+        hit.then_some(!self.include)
+    }
+}
+
+impl Filters {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.dir_merges.is_empty()
+    }
+
+    /// Whether `path` (relative to the transfer root, `/`-separated) is
+    /// excluded by the rules of the list itself (not those of per-directory
+    /// merge files: see [`Filters::excludes_in`]).
+    pub fn excludes(&self, path: &[u8], is_dir: bool) -> bool {
+        self.rules
+            .iter()
+            .find_map(|r| r.decides(path, path, is_dir))
+            .unwrap_or(false)
     }
 }
 
@@ -325,22 +473,22 @@ mod tests {
 
 /// One `--filter` rule as rsync writes it: `+ PATTERN` / `include PATTERN`,
 /// `- PATTERN` / `exclude PATTERN`, `. FILE` / `merge FILE` (the rules in
-/// FILE, read once where the rule stands), `: FILE` / `dir-merge FILE` (per
-/// directory: not supported yet, refused by name).
+/// FILE, read once where the rule stands), `: FILE` / `dir-merge FILE` (the
+/// rules in the file of that name in each directory the sender walks, for
+/// what is below it; see [`Filters::with_dir_merges`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilterRule {
     Include(Vec<u8>),
     Exclude(Vec<u8>),
     Merge(Vec<u8>),
+    DirMerge(Vec<u8>),
 }
 
 /// Why a `--filter` rule was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
-    #[error("--filter {0:?}: expected '+ PATTERN', '- PATTERN' or 'merge FILE'")]
+    #[error("--filter {0:?}: expected '+ PATTERN', '- PATTERN', 'merge FILE' or 'dir-merge FILE'")]
     Unknown(String),
-    #[error("--filter {0:?}: per-directory merge files (dir-merge, ':') are not supported yet; use 'merge FILE' or --exclude-from")]
-    DirMerge(String),
     #[error("--filter {0:?}: rule modifiers are not supported")]
     Modifiers(String),
 }
@@ -360,7 +508,7 @@ impl FilterRule {
             b"+" | b"include" => Ok(FilterRule::Include(rest.to_vec())),
             b"-" | b"exclude" => Ok(FilterRule::Exclude(rest.to_vec())),
             b"." | b"merge" => Ok(FilterRule::Merge(rest.to_vec())),
-            b":" | b"dir-merge" => Err(RuleError::DirMerge(shown())),
+            b":" | b"dir-merge" => Ok(FilterRule::DirMerge(rest.to_vec())),
             w if w.len() > 1 && matches!(w[0], b'+' | b'-' | b'.' | b':') => {
                 Err(RuleError::Modifiers(shown()))
             }
@@ -391,10 +539,10 @@ mod rule_tests {
             FilterRule::parse(b". rules.txt"),
             Ok(FilterRule::Merge(b"rules.txt".to_vec()))
         );
-        assert!(matches!(
+        assert_eq!(
             FilterRule::parse(b": .rsync-filter"),
-            Err(RuleError::DirMerge(_))
-        ));
+            Ok(FilterRule::DirMerge(b".rsync-filter".to_vec()))
+        );
         assert!(matches!(
             FilterRule::parse(b"-! x"),
             Err(RuleError::Modifiers(_))

@@ -505,6 +505,132 @@ fn ssh_parity_matches_rsync() {
     run_parity(Via::Ssh(&sshd), PARITY);
 }
 
+/// `-K`: the destination has `data` as a link to a directory inside it
+/// (`real`, as when a dataset was moved and a link left in its place), `ckpt`
+/// as a link to a directory outside it, and `w` a link to a file. The source
+/// has directories `data`, `ckpt` and `w`.
+fn dirlinks_at_dest(root: &Path) {
+    use std::os::unix::fs::symlink;
+    let s = root.join("src");
+    base_tree(&s);
+    write(&s.join("w/inner.txt"), "inner\n");
+    set_mtime(&s.join("w/inner.txt"), 1_600_700_000);
+    dir_times(&s);
+    set_mtime(&s.join("w"), 1_650_000_000);
+    set_mtime(&s, 1_650_000_000);
+    let d = root.join("init");
+    write(&d.join("real/old.txt"), "kept\n");
+    set_mtime(&d.join("real/old.txt"), 1_500_000_000);
+    set_mtime(&d.join("real"), 1_500_000_000);
+    write(&d.join("file.txt"), "a file\n");
+    symlink("real", d.join("data")).unwrap();
+    symlink("file.txt", d.join("w")).unwrap();
+}
+
+const KEEP_DIRLINKS: &[Parity] = &[
+    Parity {
+        name: "-K: a link to a directory inside the destination is kept",
+        args: &["-aK"],
+        srcs: &["src/"],
+        // (rsync leaves the referent's time alone and sets the link's,
+        // which the tree comparison does not see; files' times are compared)
+        times: false,
+        build: dirlinks_at_dest,
+    },
+    Parity {
+        name: "without -K the link is replaced",
+        args: &["-a"],
+        srcs: &["src/"],
+        times: true,
+        build: dirlinks_at_dest,
+    },
+];
+
+#[test]
+fn local_keep_dirlinks_matches_rsync() {
+    run_parity(Via::Local, KEEP_DIRLINKS);
+}
+
+#[test]
+fn ssh_keep_dirlinks_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), KEEP_DIRLINKS);
+}
+
+/// To a daemon, `-K` is refused with a one-line reason and nothing is
+/// written (a module is never written through a link); without it the
+/// daemon matches rsync.
+#[test]
+fn daemon_keep_dirlinks_is_refused() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), &KEEP_DIRLINKS[1..]);
+    let root = t.path().join("root");
+    dirlinks_at_dest(&root);
+    let dest = t.path().join("dest");
+    clone_tree(&root.join("init"), &dest);
+    let before = snapshot(&dest, true);
+    let (flags, to) = dest_arg(&Via::Daemon(&d), &dest);
+    let mut args = vec!["sync".to_string(), "-aK".into()];
+    args.extend(flags);
+    args.extend([format!("{}/src/", root.display()), to]);
+    let o = ferry(&args);
+    assert!(!o.status.success(), "-K to a daemon succeeded");
+    assert!(
+        stderr(&o).contains("--keep-dirlinks"),
+        "the refusal names the flag: {}",
+        stderr(&o)
+    );
+    assert_eq!(snapshot(&dest, true), before, "something was written");
+}
+
+/// `-K` never follows a link that leaves the destination: the link is
+/// replaced as without -K (rsync 3.4 on refuses to write through it), and
+/// nothing lands where it pointed.
+#[test]
+fn keep_dirlinks_never_leaves_the_destination() {
+    let t = tmp();
+    let root = t.path().join("root");
+    dirlinks_at_dest(&root);
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let dest = t.path().join("dest");
+    let mut ways: Vec<(Vec<String>, String)> = vec![(Vec::new(), format!("{}/", dest.display()))];
+    let sshd = sshd_available().then(Sshd::start);
+    if let Some(s) = &sshd {
+        ways.push((s.args(), format!("{}/", s.remote(&dest))));
+    }
+    for (flags, to) in ways {
+        let _ = std::fs::remove_dir_all(&dest);
+        clone_tree(&root.join("init"), &dest);
+        std::os::unix::fs::symlink(&outside, dest.join("ckpt")).unwrap();
+        std::os::unix::fs::symlink("../outside", dest.join("empty")).unwrap();
+        let mut args = vec!["sync".to_string(), "-aK".into()];
+        args.extend(flags);
+        args.extend([format!("{}/src/", root.display()), to]);
+        ok(ferry(&args));
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "written through a link that leaves the destination"
+        );
+        assert!(std::fs::symlink_metadata(dest.join("ckpt"))
+            .unwrap()
+            .is_dir());
+        assert!(
+            dest.join("real/shard-1.jsonl").is_file(),
+            "data -> real was followed"
+        );
+        assert!(std::fs::symlink_metadata(dest.join("data"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+}
+
 /// rsync munges the links it receives from a remote (`--munge-links` on the
 /// pulling client); ferry's receiver munges whichever side it runs on. The
 /// oracle is rsync pulling through a remote shell that runs the "remote" here.
@@ -537,6 +663,27 @@ fn munge_links_matches_rsync_receiving() {
         Path::new("/rsyncd-munged/python")
     );
     assert_same_tree(&by_rsync, &by_ferry, true);
+    // pushed over ssh and to a daemon, the remote receiver munges them
+    let d = verbatim_daemon(t.path());
+    let sshd = sshd_available().then(Sshd::start);
+    let mut ways = vec![("daemon", Via::Daemon(&d))];
+    if let Some(s) = &sshd {
+        ways.push(("ssh", Via::Ssh(s)));
+    }
+    for (way, via) in ways {
+        let by_ferry = t.path().join(format!("by-ferry-{way}"));
+        let (flags, to) = dest_arg(&via, &by_ferry);
+        let mut args = vec!["sync".to_string(), "-a".into(), "--munge-links".into()];
+        args.extend(flags);
+        args.extend([format!("{}/src/", root.display()), to]);
+        ok(ferry(&args));
+        assert_eq!(
+            std::fs::read_link(by_ferry.join("venv/dangling")).unwrap(),
+            Path::new("/rsyncd-munged//nonexistent/ferry-test"),
+            "{way}"
+        );
+        assert_same_tree(&by_rsync, &by_ferry, true);
+    }
 }
 
 /// What a daemon module makes of the links a client pushes: `safe` (the
@@ -951,23 +1098,37 @@ fn whole_file_sends_every_byte_again() {
     );
 }
 
-/// `--max-delete N` deletes at most N, says how many it left, and exits 23.
+/// `--max-delete N` deletes at most N, says how many it left, and exits 23;
+/// locally, over ssh and to the daemon.
 #[test]
 fn max_delete_stops_at_its_limit() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    max_delete_via(Via::Local);
+    max_delete_via(Via::Daemon(&d));
+    if sshd_available() {
+        let sshd = Sshd::start();
+        max_delete_via(Via::Ssh(&sshd));
+    }
+}
+
+fn max_delete_via(via: Via) {
     let t = tmp();
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     write(&src.join("keep"), "k");
     for i in 0..5 {
         write(&dst.join(format!("stale-{i}")), "s");
     }
-    let o = ferry([
+    let (flags, to) = dest_arg(&via, &dst);
+    let mut args = vec![
         "sync".to_string(),
         "-a".into(),
         "--delete".into(),
         "--max-delete=2".into(),
-        format!("{}/", src.display()),
-        format!("{}/", dst.display()),
-    ]);
+    ];
+    args.extend(flags);
+    args.extend([format!("{}/", src.display()), to]);
+    let o = ferry(&args);
     assert_eq!(o.status.code(), Some(23), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("--max-delete limit of 2: 3 not deleted"),
@@ -1022,6 +1183,23 @@ fn one_file_system_stops_at_a_mount_point() {
     assert!(by_ferry.join("mnt").is_dir());
     assert!(!by_ferry.join("mnt/there.txt").exists());
     assert_same_tree(&by_rsync, &by_ferry, true);
+    // pushed over ssh and to the daemon
+    let d = verbatim_daemon(t.path());
+    let sshd = sshd_available().then(Sshd::start);
+    let mut ways = vec![("daemon", Via::Daemon(&d))];
+    if let Some(s) = &sshd {
+        ways.push(("ssh", Via::Ssh(s)));
+    }
+    for (way, via) in ways {
+        let by_ferry = t.path().join(format!("by-ferry-{way}"));
+        let (flags, to) = dest_arg(&via, &by_ferry);
+        let mut args = vec!["sync".to_string(), "-ax".into()];
+        args.extend(flags);
+        args.extend([format!("{}/", src.display()), to]);
+        ok(ferry(&args));
+        assert!(!by_ferry.join("mnt/there.txt").exists(), "{way}");
+        assert_same_tree(&by_rsync, &by_ferry, true);
+    }
 }
 
 fn plain_tree(root: &Path) {
@@ -1995,6 +2173,153 @@ const FILTER_RULES: &[Parity] = &[
     },
 ];
 
+/// [`differing`] plus per-directory merge files: `.rsync-filter` at the
+/// root (an anchored rule, a pattern for every depth), in `data/` (an
+/// include before an inherited exclude), in `big/` (`!` drops what is
+/// inherited), and `.other` files for a second `dir-merge` rule.
+fn with_dir_merge_files(root: &Path) {
+    differing(root);
+    let s = root.join("src");
+    write(&s.join("data/keep.log"), "kept\n");
+    write(&s.join("data/drop.log"), "dropped\n");
+    write(&s.join("data/deep/x.log"), "deep\n");
+    write(&s.join("data/deep/notes.txt"), "deep notes\n");
+    write(&s.join("big/inner.tmp"), "inner\n");
+    write(&s.join("big/y.bin"), "why\n");
+    write(&s.join("notes.txt"), "top notes\n");
+    write(
+        &s.join(".rsync-filter"),
+        "- *.tmp\n- /notes.txt\n# a comment\n",
+    );
+    write(&s.join("data/.rsync-filter"), "+ keep.log\n- *.log\n");
+    write(&s.join("big/.rsync-filter"), "!\n- y*\n");
+    write(&s.join("data/.other"), "- notes.txt\n");
+    for f in [
+        "data/keep.log",
+        "data/drop.log",
+        "data/deep/x.log",
+        "data/deep/notes.txt",
+        "big/inner.tmp",
+        "big/y.bin",
+        "notes.txt",
+        ".rsync-filter",
+        "data/.rsync-filter",
+        "big/.rsync-filter",
+        "data/.other",
+    ] {
+        set_mtime(&s.join(f), 1_600_500_000);
+    }
+    for d in ["data", "data/deep", "big"] {
+        set_mtime(&s.join(d), 1_650_000_000);
+    }
+    set_mtime(&s, 1_650_000_000);
+}
+
+const DIR_MERGE_RULES: &[Parity] = &[
+    Parity {
+        name: "-F: each directory's .rsync-filter",
+        args: &["-a", "-F"],
+        srcs: &["src/"],
+        times: true,
+        build: with_dir_merge_files,
+    },
+    Parity {
+        name: "-FF: the .rsync-filter files left out too",
+        args: &["-a", "-FF"],
+        srcs: &["src/"],
+        times: true,
+        build: with_dir_merge_files,
+    },
+    Parity {
+        name: "dir-merge by name, in order with other rules",
+        args: &[
+            "-a",
+            "--filter=+ inner.tmp",
+            "--filter=dir-merge .rsync-filter",
+            "--filter=: .other",
+            "--exclude=a.txt",
+        ],
+        srcs: &["src/"],
+        times: true,
+        build: with_dir_merge_files,
+    },
+    Parity {
+        name: "-F on a source named without a slash",
+        args: &["-a", "-F"],
+        srcs: &["src"],
+        times: true,
+        build: with_dir_merge_files,
+    },
+];
+
+#[test]
+fn local_dir_merge_matches_rsync() {
+    run_parity(Via::Local, DIR_MERGE_RULES);
+}
+
+#[test]
+fn daemon_dir_merge_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), DIR_MERGE_RULES);
+}
+
+#[test]
+fn ssh_dir_merge_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), DIR_MERGE_RULES);
+}
+
+/// A pull with `-F` from a daemon and over ssh: the remote sender reads the
+/// merge files (protocol 3 carries the rule), and a merge file that is a
+/// symlink is never read through (it could point outside a module).
+#[test]
+fn dir_merge_on_a_pull_matches_rsync() {
+    let t = tmp();
+    let root = t.path().join("root");
+    with_dir_merge_files(&root);
+    // a merge file that is a link: no rules from it, from rsync's view too
+    // it is a link (rsync follows it; so the link leads to an empty file)
+    write(&t.path().join("empty-rules"), "");
+    std::os::unix::fs::symlink(
+        t.path().join("empty-rules"),
+        root.join("src/data/deep/.rsync-filter"),
+    )
+    .unwrap();
+    set_mtime(&root.join("src/data/deep"), 1_650_000_000);
+    let by_rsync = t.path().join("by-rsync");
+    rsync([
+        "-a".to_string(),
+        "-F".into(),
+        format!("{}/src/", root.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    let d = verbatim_daemon(t.path());
+    let rel = root.strip_prefix(std::env::temp_dir()).unwrap();
+    let mut ways = vec![(
+        "daemon",
+        d.client_args(),
+        d.url(&format!("tmp/{}/src/", rel.display())),
+    )];
+    let sshd = sshd_available().then(Sshd::start);
+    if let Some(s) = &sshd {
+        ways.push(("ssh", s.args(), format!("{}/", s.remote(&root.join("src")))));
+    }
+    for (way, flags, from) in ways {
+        let by_ferry = t.path().join(format!("by-ferry-{way}"));
+        let mut args = vec!["sync".to_string(), "-a".into(), "-F".into()];
+        args.extend(flags);
+        args.extend([from, format!("{}/", by_ferry.display())]);
+        ok(ferry(&args));
+        assert!(by_ferry.join("data/keep.log").is_file(), "{way}");
+        assert!(!by_ferry.join("data/drop.log").exists(), "{way}");
+        assert_same_tree(&by_rsync, &by_ferry, true);
+    }
+}
+
 #[test]
 fn local_filter_rules_match_rsync() {
     run_parity(Via::Local, FILTER_RULES);
@@ -2016,13 +2341,14 @@ fn ssh_filter_rules_match_rsync() {
     run_parity(Via::Ssh(&sshd), FILTER_RULES);
 }
 
-/// A per-directory merge rule is refused by name (not silently ignored), as
-/// is a rule ferry does not know; nothing is written.
+/// A per-directory merge rule naming a path rather than a file name is
+/// refused by name (not silently ignored), as is a rule ferry does not know;
+/// nothing is written.
 #[test]
 fn unsupported_filter_rules_are_refused() {
     let t = tmp();
     write(&t.path().join("src/a.txt"), "alpha\n");
-    for rule in [": .rsync-filter", "dir-merge .ferry-filter", "x y", "-! a"] {
+    for rule in [": sub/.rsync-filter", "dir-merge ..", "x y", "-! a"] {
         let o = ferry([
             "sync".to_string(),
             "-a".into(),

@@ -101,6 +101,11 @@ pub struct SyncArgs {
     /// Follow symlinks to directories: send them as directories
     #[arg(short = 'k', long = "copy-dirlinks")]
     pub copy_dirlinks: bool,
+    /// Treat a symlink to a directory at the destination as that directory
+    /// (rsync -K): write into where it points instead of replacing it. Only
+    /// for destinations whose links you trust; a daemon refuses it
+    #[arg(short = 'K', long = "keep-dirlinks")]
+    pub keep_dirlinks: bool,
     /// Preserve permissions
     #[arg(short = 'p', long)]
     pub perms: bool,
@@ -281,9 +286,15 @@ pub struct SyncArgs {
     #[arg(long = "include-from", value_name = "FILE")]
     pub include_from: Vec<std::path::PathBuf>,
     /// An rsync filter rule, in order with --include/--exclude: '+ PATTERN',
-    /// '- PATTERN', 'merge FILE' (or '. FILE': the rules in FILE, one a line)
+    /// '- PATTERN', 'merge FILE' (or '. FILE': the rules in FILE, one a line),
+    /// 'dir-merge NAME' (or ': NAME': the rules in the file NAME of each
+    /// directory sent, for what is below it, read by the sender)
     #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
     pub filter: Vec<String>,
+    /// rsync's -F: 'dir-merge /.rsync-filter' (each directory's .rsync-filter
+    /// file holds rules for it); -FF also leaves the .rsync-filter files out
+    #[arg(short = 'F', action = clap::ArgAction::Count)]
+    pub filter_files: u8,
     /// Exclude files matching PATTERN (rsync glob rules; repeatable)
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
@@ -391,7 +402,8 @@ pub struct CpArgs {
     /// ssh configuration file
     #[arg(short = 'F', value_name = "FILE")]
     pub ssh_config: Option<String>,
-    /// Verbose: list copied files
+    /// Verbose, as in scp: the ssh command line (and ssh's own -v), the
+    /// daemon connection's steps, as debug1: lines on stderr
     #[arg(short = 'v')]
     pub verbose: bool,
     /// Remote to remote: copy through this host (default: directly from the

@@ -73,7 +73,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     let result = match cli.command {
         Command::Sync(a) => {
             let sub = matches.subcommand_matches("sync").expect("sync was parsed");
-            filter_rules(sub).and_then(|filters| sync(a, filters))
+            filter_rules(sub).and_then(|(filters, dir_merges)| sync(a, filters, dir_merges))
         }
         Command::Cp(a) => cp(a),
         Command::Fanout(a) => fanout::run(a),
@@ -120,8 +120,14 @@ fn ordered_filters(m: &clap::ArgMatches) -> Vec<(bool, Vec<u8>)> {
 /// and the lines of each `--include-from`/`--exclude-from` file where that flag
 /// stands (blank lines and lines starting with `#` or `;` are skipped, as in
 /// rsync; `-` reads standard input).
-fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferError> {
-    let mut rules: Vec<(usize, usize, bool, Vec<u8>)> = ordered_filters(m)
+/// `dir-merge` rules come back apart, each with the number of rules before it.
+type DirMerges = Vec<(u32, Vec<u8>)>;
+/// Include/exclude rules in order: (include?, pattern).
+type Rules = Vec<(bool, Vec<u8>)>;
+
+fn filter_rules(m: &clap::ArgMatches) -> Result<(Rules, DirMerges), TransferError> {
+    // (where, order within, include? (None: dir-merge), pattern or file name)
+    let mut rules: Vec<(usize, usize, Option<bool>, Vec<u8>)> = ordered_filters(m)
         .into_iter()
         .zip(
             ["include", "exclude"]
@@ -129,8 +135,17 @@ fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferEr
                 .flat_map(|id| m.indices_of(id).into_iter().flatten())
                 .collect::<std::collections::BTreeSet<_>>(),
         )
-        .map(|((inc, p), i)| (i, 0, inc, p))
+        .map(|((inc, p), i)| (i, 0, Some(inc), p))
         .collect();
+    // -F: rsync's shorthand for "dir-merge /.rsync-filter"; -FF also
+    // excludes the .rsync-filter files themselves
+    if let Some(i) = m.indices_of("filter_files").and_then(|mut i| i.next()) {
+        let n = m.get_count("filter_files");
+        rules.push((i, 0, None, b".rsync-filter".to_vec()));
+        if n > 1 {
+            rules.push((i, 1, Some(false), b".rsync-filter".to_vec()));
+        }
+    }
     for (id, include) in [("include_from", true), ("exclude_from", false)] {
         let (Some(files), Some(idx)) = (m.get_many::<std::path::PathBuf>(id), m.indices_of(id))
         else {
@@ -157,7 +172,7 @@ fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferEr
                 .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
                 .filter(|l| !l.is_empty() && !l.starts_with(b"#") && !l.starts_with(b";"));
             for (j, line) in lines.enumerate() {
-                rules.push((i, j, include, line.to_vec()));
+                rules.push((i, j, Some(include), line.to_vec()));
             }
         }
     }
@@ -171,7 +186,14 @@ fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferEr
         }
     }
     rules.sort_by_key(|r| (r.0, r.1));
-    Ok(rules.into_iter().map(|(_, _, inc, p)| (inc, p)).collect())
+    let (mut plain, mut dir_merges) = (Vec::new(), Vec::new());
+    for (_, _, inc, p) in rules {
+        match inc {
+            Some(inc) => plain.push((inc, p)),
+            None => dir_merges.push((plain.len() as u32, p)),
+        }
+    }
+    Ok((plain, dir_merges))
 }
 
 /// One `--filter` rule as include/exclude rules: a merge file's lines
@@ -180,13 +202,14 @@ fn filter_rules(m: &clap::ArgMatches) -> Result<Vec<(bool, Vec<u8>)>, TransferEr
 fn expand_filter(
     rule: &[u8],
     depth: usize,
-    out: &mut Vec<(bool, Vec<u8>)>,
+    out: &mut Vec<(Option<bool>, Vec<u8>)>,
 ) -> Result<(), TransferError> {
     use crate::filter::FilterRule;
     use std::os::unix::ffi::OsStringExt;
     match FilterRule::parse(rule).map_err(|e| TransferError::Usage(e.to_string()))? {
-        FilterRule::Include(p) => out.push((true, p)),
-        FilterRule::Exclude(p) => out.push((false, p)),
+        FilterRule::Include(p) => out.push((Some(true), p)),
+        FilterRule::Exclude(p) => out.push((Some(false), p)),
+        FilterRule::DirMerge(name) => out.push((None, name)),
         FilterRule::Merge(file) => {
             if depth >= 8 {
                 return Err(TransferError::Usage(
@@ -345,7 +368,11 @@ fn dest_side(a: &SyncArgs) -> Result<crate::proto::DestSide, TransferError> {
     })
 }
 
-fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError> {
+fn sync(
+    a: SyncArgs,
+    filters: Vec<(bool, Vec<u8>)>,
+    dir_merges: DirMerges,
+) -> Result<i32, TransferError> {
     let root = rustix::process::geteuid().is_root();
     // as in rsync, --files-from turns off the -r that -a brings (not an explicit -r)
     let recursive = a.recursive || (a.archive && a.files_from.is_none());
@@ -403,6 +430,8 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         },
         copy_unsafe_links: a.copy_unsafe_links,
         copy_dirlinks: a.copy_dirlinks,
+        keep_dirlinks: a.keep_dirlinks,
+        dir_merges,
         size_only: a.size_only,
         ignore_times: a.ignore_times,
         ignore_existing: a.ignore_existing,
@@ -430,7 +459,7 @@ fn sync(a: SyncArgs, filters: Vec<(bool, Vec<u8>)>) -> Result<i32, TransferError
         },
         dest_side: dest_side(&a)?,
     };
-    crate::filter::Filters::new(&options.filters)
+    crate::filter::Filters::with_dir_merges(&options.filters, &options.dir_merges)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
     let (sources, dest) = locations(&a.paths)?;
     let sources = match &a.files_from {
@@ -497,8 +526,12 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     // like scp: progress per file when stdout is a terminal
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let progress = tty && !a.quiet && !a.json;
+    // -v as in scp: how the remote is reached, on stderr; nothing more on stdout
+    if a.verbose {
+        crate::transport::child::set_debug(|line| eprintln!("debug1: {line}"));
+    }
     let options = Options {
-        file_events: a.verbose || progress || a.json || a.itemize_changes,
+        file_events: progress || a.json || a.itemize_changes,
         itemize: a.itemize_changes || a.json,
         recursive: a.recursive,
         follow_links: true,
@@ -555,7 +588,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     if a.json {
         return run_json(&plan, &json::JsonPrinter::new(false, false));
     }
-    let mut printer = Printer::new(a.verbose as u8, a.quiet, progress, false, false);
+    let mut printer = Printer::new(0, a.quiet, progress, false, false);
     if let Some(lines) = item_lines(&plan, a.itemize_changes, None, None)? {
         printer = printer.with_lines(lines);
     }

@@ -38,6 +38,9 @@ pub struct Dest {
     link_by: Option<Option<LinkBy>>,
     /// Started by [`sync_in_background`](Self::sync_in_background).
     background: Option<BackgroundSync>,
+    /// rsync's `-K`: a symlink to a directory is taken as that directory
+    /// (followed when resolving a path and when stated).
+    keep_dirlinks: bool,
 }
 
 /// The two ways to give a file opened with `O_TMPFILE` a name.
@@ -124,6 +127,16 @@ struct Run {
     end: u64,
 }
 
+/// `-K`: whether `name` in `dir` (`rel` from the destination's root) is a
+/// symlink whose target stays inside the destination, as rsync (3.4 on)
+/// follows only those; one that leaves it is never followed.
+fn link_inside(dir: &OwnedFd, name: &[u8], rel: &[u8]) -> bool {
+    match rustix::fs::readlinkat(dir, name, Vec::new()) {
+        Ok(target) => crate::fs::names::link_stays_inside(rel, target.as_bytes()),
+        Err(_) => false,
+    }
+}
+
 pub(crate) fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
@@ -156,6 +169,7 @@ impl Dest {
             last: None,
             link_by: None,
             background: None,
+            keep_dirlinks: false,
         })
     }
 
@@ -173,6 +187,7 @@ impl Dest {
             last: None,
             link_by: self.link_by,
             background: None,
+            keep_dirlinks: self.keep_dirlinks,
         })
     }
 
@@ -199,8 +214,23 @@ impl Dest {
             }
         }
         let mut cur = self.root.clone();
+        let mut so_far: Vec<u8> = Vec::new();
         for comp in rel.split(|&b| b == b'/') {
-            let fd = rustix::fs::openat(&*cur, comp, dir_flags(), Mode::empty()).map_err(|e| {
+            if !so_far.is_empty() {
+                so_far.push(b'/');
+            }
+            so_far.extend_from_slice(comp);
+            let opened = match rustix::fs::openat(&*cur, comp, dir_flags(), Mode::empty()) {
+                // -K: a symlink to a directory inside the destination is
+                // that directory
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR)
+                    if self.keep_dirlinks && link_inside(&cur, comp, &so_far) =>
+                {
+                    rustix::fs::openat(&*cur, comp, dir_flags() & !OFlags::NOFOLLOW, Mode::empty())
+                }
+                other => other,
+            };
+            let fd = opened.map_err(|e| {
                 if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
                     io::Error::new(
                         io::ErrorKind::NotADirectory,
@@ -222,7 +252,15 @@ impl Dest {
         Ok((self.dir(parent)?, name))
     }
 
-    /// What is at `rel` now, without following a symlink there.
+    /// Follows symlinks to directories from now on (rsync's `-K`): the
+    /// user trusts the links already at this destination.
+    pub fn keep_dirlinks(&mut self) {
+        self.keep_dirlinks = true;
+        self.last = None;
+    }
+
+    /// What is at `rel` now, without following a symlink there (with `-K`,
+    /// a symlink to a directory is stated as that directory).
     pub fn stat(&mut self, rel: &[u8]) -> io::Result<Option<Existing>> {
         let st = if rel == b"." {
             rustix::fs::fstat(&*self.root)
@@ -232,7 +270,19 @@ impl Dest {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             };
-            rustix::fs::statat(&*dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+            match rustix::fs::statat(&*dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st)
+                    if self.keep_dirlinks
+                        && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+                        && link_inside(&dir, &name, rel) =>
+                {
+                    match rustix::fs::statat(&*dir, name.as_slice(), AtFlags::empty()) {
+                        Ok(t) if t.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(t),
+                        _ => Ok(st),
+                    }
+                }
+                other => other,
+            }
         };
         let st = match st {
             Ok(st) => st,
@@ -545,6 +595,16 @@ impl Dest {
 
     /// Applies metadata to what is at `rel` (a directory, or the root).
     pub fn set_dir_meta(&mut self, rel: &[u8], meta: &Meta) -> io::Result<()> {
+        if self.keep_dirlinks && rel != b"." {
+            // -K: a directory that is a link keeps its referent's attributes;
+            // like rsync, the time goes on the link itself
+            let (dir, name) = self.parent(rel)?;
+            let st = rustix::fs::statat(&*dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(to_io)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                return self.set_link_meta(rel, meta);
+            }
+        }
         let fd = self.dir(rel)?;
         apply_fd_meta(&*fd, meta)
     }

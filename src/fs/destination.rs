@@ -124,6 +124,10 @@ impl Destination for Dest {
     fn sync_all(&self) -> io::Result<()> {
         Dest::sync_all(self)
     }
+    fn keep_dirlinks(&mut self) -> bool {
+        Dest::keep_dirlinks(self);
+        true
+    }
     fn sync_in_background(&mut self) {
         Dest::sync_in_background(self)
     }

@@ -161,6 +161,9 @@ struct Walker<'a, E> {
     current: usize,
     /// The device of the root being walked (for `-x`).
     root_dev: u64,
+    /// The rules of the per-directory merge files (`dir-merge`) read in the
+    /// directories being walked, outermost first.
+    layers: Vec<crate::filter::DirRules>,
 }
 
 /// Walks every source, calling `emit` for each item. Returns whether any I/O
@@ -186,6 +189,7 @@ pub fn scan<E>(
         },
         current: 0,
         root_dev: 0,
+        layers: Vec::new(),
     };
     // with several sources, the destination's own entry (`.`) comes first,
     // from the first source that sends its contents, whatever comes before it
@@ -429,7 +433,81 @@ impl<E> Walker<'_, E> {
             }
         }
         children.sort();
+        let outer = self.layers.len();
+        self.read_merge_files(path, name)?;
         self.visiting.push(key);
+        let r = self.descend_into(path, name, children);
+        self.visiting.pop();
+        self.layers.truncate(outer);
+        r
+    }
+
+    /// `dir-merge`: the rules in this directory's merge files, for what is
+    /// below it. A merge file is read only when it is a regular file (never
+    /// through a symlink, so that a daemon module's sender reads nothing
+    /// outside the module); one that cannot be read or parsed is an I/O
+    /// error, as in rsync, and its rules are not applied.
+    fn read_merge_files(&mut self, path: &Path, name: &[u8]) -> Result<(), E> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let names: Vec<Vec<u8>> = self
+            .opts
+            .filters
+            .dir_merge_names()
+            .map(<[u8]>::to_vec)
+            .collect();
+        for (m, file) in names.iter().enumerate() {
+            let file_path = path.join(OsStr::from_bytes(file));
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&file_path);
+            let mut f = match opened {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    (self.emit)(ScanItem::Notice(format!(
+                        "not reading filter file {}: it is a symlink",
+                        escape(file_path.as_os_str().as_bytes())
+                    )))?;
+                    continue;
+                }
+                Err(e) => {
+                    self.fail(&file_path, "cannot read filter file", e)?;
+                    continue;
+                }
+            };
+            match f.metadata() {
+                Ok(m) if m.is_file() => {}
+                _ => continue, // a directory or special file of that name: no rules
+            }
+            let mut text = Vec::new();
+            let read = (&mut f)
+                .take(crate::filter::MAX_MERGE_FILE + 1)
+                .read_to_end(&mut text);
+            if let Err(e) = read {
+                self.fail(&file_path, "cannot read filter file", e)?;
+                continue;
+            }
+            if text.len() as u64 > crate::filter::MAX_MERGE_FILE {
+                self.fail(
+                    &file_path,
+                    "filter file",
+                    std::io::Error::other("larger than 1 MiB"),
+                )?;
+                continue;
+            }
+            match self.opts.filters.dir_rules(m, name, &text) {
+                Ok(rules) => self.layers.push(rules),
+                Err(why) => {
+                    self.fail(&file_path, "filter file", std::io::Error::other(why))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn descend_into(&mut self, path: &Path, name: &[u8], children: Vec<Vec<u8>>) -> Result<(), E> {
         for child in children {
             if child == crate::fs::PARTIAL_DIR {
                 continue;
@@ -443,16 +521,15 @@ impl<E> Walker<'_, E> {
                     continue;
                 }
             };
-            if self
-                .opts
-                .filters
-                .excludes(&child_name_for_filter(&child_name), meta.is_dir())
-            {
+            if self.opts.filters.excludes_in(
+                &child_name_for_filter(&child_name),
+                meta.is_dir(),
+                &self.layers,
+            ) {
                 continue;
             }
             self.visit(&child_path, &child_name, meta)?;
         }
-        self.visiting.pop();
         Ok(())
     }
 }

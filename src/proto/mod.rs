@@ -221,6 +221,12 @@ pub struct Options {
     /// The sender follows symlinks to directories and sends them as
     /// directories (rsync `-k`).
     pub copy_dirlinks: bool,
+    /// The receiver treats a symlink to a directory at the destination as
+    /// that directory (rsync `-K`).
+    pub keep_dirlinks: bool,
+    /// `dir-merge` filter rules, read by the sender in each directory: the
+    /// number of [`Options::filters`] before the rule, and the file's name.
+    pub dir_merges: Vec<(u32, Vec<u8>)>,
     /// The quick check compares sizes only (rsync `--size-only`).
     pub size_only: bool,
     /// Every file is sent, whatever the quick check says (rsync `-I`).
@@ -473,6 +479,12 @@ impl Options {
         }
         if let Some(name) = dest_side_flag(&o.dest_side) {
             return Err(OptionsError::PeerTooOld(name));
+        }
+        if !o.dir_merges.is_empty() {
+            return Err(OptionsError::PeerTooOld("--filter dir-merge"));
+        }
+        if o.keep_dirlinks {
+            return Err(OptionsError::PeerTooOld("--keep-dirlinks"));
         }
         // what is itemized comes from the listing a version-2 peer still sends
         o.itemize = false;
@@ -1558,6 +1570,11 @@ mod ext_tag {
     /// [`super::Options::itemize`], no bytes (the number: out of the
     /// way of the tags the other rsync flags take).
     pub const ITEMIZE: u64 = 24;
+    /// [`super::Options::dir_merges`]: a count, then each rule's position
+    /// (a varint) and file name.
+    pub const DIR_MERGE: u64 = 46;
+    /// [`super::Options::keep_dirlinks`], no bytes.
+    pub const KEEP_DIRLINKS: u64 = 47;
     /// [`super::DestSide`]: the basis directories (a kind byte, a count,
     /// each path).
     pub const BASIS_DIRS: u64 = 20;
@@ -1661,6 +1678,18 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
     }
     if o.link_marks {
         fields.push((ext_tag::LINK_MARKS, Vec::new()));
+    }
+    if !o.dir_merges.is_empty() {
+        let mut v = Writer::default();
+        v.varint(o.dir_merges.len() as u64);
+        for (at, name) in &o.dir_merges {
+            v.varint(*at as u64);
+            v.bytes(name);
+        }
+        fields.push((ext_tag::DIR_MERGE, v.buf));
+    }
+    if o.keep_dirlinks {
+        fields.push((ext_tag::KEEP_DIRLINKS, Vec::new()));
     }
     // tags go in increasing order, whichever option pushed its field first
     fields.sort_by_key(|(tag, _)| *tag);
@@ -1820,6 +1849,15 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
                 o.dest_side.backup_dir = Some(dir.to_vec());
             }
             ext_tag::LINK_MARKS => o.link_marks = true,
+            ext_tag::DIR_MERGE => {
+                let n = v.count(MAX_FILTERS, "dir-merge count")?;
+                for _ in 0..n {
+                    let at = v.count(MAX_FILTERS, "dir-merge position")? as u32;
+                    let name = v.bytes(MAX_COMPONENT, "dir-merge name")?.to_vec();
+                    o.dir_merges.push((at, name));
+                }
+            }
+            ext_tag::KEEP_DIRLINKS => o.keep_dirlinks = true,
             _ => return Err(DecodeError::Invalid("option extension tag")),
         }
         v.finish("option extension")?;

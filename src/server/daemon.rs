@@ -151,6 +151,14 @@ fn decide(modules: &[Module], grant: &Grant, fp: &str, r: &Request) -> Result<Se
             if m.read_only {
                 return Err(Refusal::Denied(format!("module {} is read-only", m.name)));
             }
+            // -K would follow links already in the module wherever they
+            // point: a module is never written through a link
+            if r.options.keep_dirlinks {
+                return Err(Refusal::Denied(
+                    "-K/--keep-dirlinks: a daemon module never follows a symlink when it writes"
+                        .into(),
+                ));
+            }
             let mut options = r.options.clone();
             // the daemon writes as itself: a client cannot hand files to other
             // users (setuid and setgid bits are dropped by the receiver too)

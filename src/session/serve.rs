@@ -258,7 +258,7 @@ fn check_request(r: &Request) -> Result<(), TransferError> {
             "a push names exactly one destination".into(),
         ));
     }
-    crate::filter::Filters::new(&r.options.filters)
+    crate::filter::Filters::with_dir_merges(&r.options.filters, &r.options.dir_merges)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
     r.options
         .validate()

@@ -184,6 +184,12 @@ pub trait Destination {
     /// Starts making what is written durable as the transfer goes (so that
     /// the final sync has little left to wait for). Does nothing by default.
     fn sync_in_background(&mut self) {}
+    /// rsync's `-K`: from now on a symlink to a directory here is taken as
+    /// that directory. `false` when this store cannot (it has no symlinks to
+    /// follow, or does not follow them).
+    fn keep_dirlinks(&mut self) -> bool {
+        false
+    }
     /// Lets go of bases whose last use is over; the local store closes
     /// them on another thread (freeing a replaced file's blocks takes time).
     fn let_go(&mut self, bases: Vec<Self::Basis>) {

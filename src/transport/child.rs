@@ -9,8 +9,31 @@
 use super::Stream;
 use crate::error::TransferError;
 use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+
+/// `ferry cp -v`: where the lines saying how the remote is reached go.
+static DEBUG: std::sync::OnceLock<fn(std::fmt::Arguments)> = std::sync::OnceLock::new();
+
+/// Turns on [`debug`] lines for this process (scp's `-v`): the ssh command
+/// line, ssh's own `-v`, the daemon connection's steps, each handed to
+/// `sink` (the CLI prints them on stderr).
+pub fn set_debug(sink: fn(std::fmt::Arguments)) {
+    let _ = DEBUG.set(sink);
+}
+
+/// Whether [`set_debug`] turned debug lines on.
+pub fn verbose() -> bool {
+    DEBUG.get().is_some()
+}
+
+/// A debug line, when [`set_debug`] turned them on.
+pub fn debug(line: std::fmt::Arguments) {
+    if let Some(sink) = DEBUG.get() {
+        sink(line);
+    }
+}
 
 /// How to reach a remote over ssh.
 #[derive(Debug, Clone, Default)]
@@ -184,6 +207,11 @@ fn ssh_command_with(
     };
     let mut cmd = Command::new(program);
     cmd.args(args);
+    // scp -v passes -v on to ssh (only to ssh itself: another -e program
+    // may not take it)
+    if verbose() && !opts.extra && Path::new(program).file_name() == Some("ssh".as_ref()) {
+        cmd.arg("-v");
+    }
     if let Some(p) = opts.port {
         cmd.arg("-p").arg(p.to_string());
     }
@@ -259,6 +287,16 @@ impl ChildPeer {
     /// Starts any command that speaks the protocol on its stdio.
     pub fn spawn(mut cmd: Command, what: String) -> Result<(ChildPeer, Stream), TransferError> {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        if verbose() {
+            let words: Vec<String> = std::iter::once(cmd.get_program())
+                .chain(cmd.get_args())
+                .map(|w| shell_quote(&w.to_string_lossy()))
+                .collect();
+            debug(format_args!(
+                "Executing: program {} ({what})",
+                words.join(" ")
+            ));
+        }
         let mut child = cmd.spawn().map_err(|e| {
             TransferError::Connection(format!(
                 "cannot start {:?} for {what}: {}",

@@ -89,9 +89,19 @@ fn tcp_connect(
     }
     let mut last = None;
     for a in &addrs {
+        super::child::debug(format_args!(
+            "Connecting to {host} [{}] port {port}.",
+            a.ip()
+        ));
         match TcpStream::connect_timeout(a, timeout) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
+            Ok(s) => {
+                super::child::debug(format_args!("Connection established."));
+                return Ok(s);
+            }
+            Err(e) => {
+                super::child::debug(format_args!("connect to {a}: {}", io_text(&e)));
+                last = Some(e);
+            }
         }
     }
     let (why, text) = match last {
@@ -158,6 +168,10 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
         .unwrap_or_else(|| dir.join("known_hosts"));
     let label = known_hosts::host_label(host, port);
     let fp = key.fingerprint();
+    super::child::debug(format_args!(
+        "TLS established; daemon host key: {fp}; checking it in {}",
+        known.display()
+    ));
     let mut added = None;
     // known_hosts cannot be read or written: a local fault
     match known_hosts::check(&known, &label, &key)? {

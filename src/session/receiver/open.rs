@@ -77,6 +77,11 @@ impl<D: Destination> Receiver<'_, D> {
         } else {
             place.open(&root, create, &shown)?
         };
+        if self.opts.keep_dirlinks && !dest.keep_dirlinks() {
+            return Err(TransferError::Usage(format!(
+                "-K/--keep-dirlinks: destination {shown} has no symlinks to follow"
+            )));
+        }
         if !self.opts.dest_side.basis_dirs.is_empty() || atomic {
             // --link-dest and friends: relative to the destination just opened
             let Target::Unopened(mut place) = std::mem::replace(&mut self.dest, Target::Absent)

@@ -181,8 +181,8 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
     }
 
     fn run(&mut self, sources: &[Vec<u8>]) -> Result<Summary, TransferError> {
-        let filters =
-            Filters::new(&self.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
+        let filters = Filters::with_dir_merges(&self.options.filters, &self.options.dir_merges)
+            .map_err(|e| TransferError::Usage(e.to_string()))?;
         let opts = ListOptions {
             recursive: self.options.recursive,
             dirs: self.options.dirs,
