@@ -117,6 +117,8 @@ fn round_trip(extra: &str, why: &str, verified: &str, attempts_after: [usize; 2]
         ],
     ));
     assert!(stderr(&o).contains("remembered"), "{}", stderr(&o));
+    // a download is checked as an upload is
+    assert!(stderr(&o).contains(verified), "{}", stderr(&o));
     assert_eq!(attempts(&log), attempts_after[1]);
     assert_same_tree(&src, &down, false);
 }
@@ -130,8 +132,72 @@ fn a_remote_without_ferry_gets_the_tree_over_sftp() {
         SUBSYSTEM,
         "has no ferry (exit 127)",
         "verified: sha256sum on 127.0.0.1 for 4 file(s)",
-        [4, 5],
+        // back: SFTP and the check (the probe's answer is remembered)
+        [4, 6],
     );
+}
+
+/// A download is hashed on the remote too: a remote whose `b3sum` lies
+/// (right for empty input, so the probe takes it; wrong for every file)
+/// fails the download with nothing at any final path; the same download
+/// from an honest remote (sha256sum) arrives and says it was checked.
+#[test]
+fn a_download_the_remote_hash_disagrees_with_publishes_nothing() {
+    if !sshd_available() {
+        return;
+    }
+    let t = tmp();
+    let fake = t.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    write(
+        &fake.join("b3sum"),
+        "#!/bin/sh\n\
+         if [ \"$#\" -eq 0 ]; then echo 'af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262  -'; exit 0; fi\n\
+         shift\n\
+         for f in \"$@\"; do echo \"0000000000000000000000000000000000000000000000000000000000000000  $f\"; done\n",
+    );
+    chmod(&fake.join("b3sum"), 0o755);
+    let sshd = Sshd::start_with_env(&format!("PATH={}:/usr/bin:/bin", fake.display()), SUBSYSTEM);
+    let src = t.path().join("src");
+    tree(&src);
+    let get = |cache: &Path, down: &Path| {
+        ferry_in(
+            cache,
+            &[
+                "cp".into(),
+                "-rp".into(),
+                "--transport".into(),
+                "sftp".into(),
+                "-e".into(),
+                sshd.rsh(),
+                format!("{}/", sshd.remote(&src)),
+                s(down),
+            ],
+        )
+    };
+    let down = t.path().join("down");
+    let o = get(&t.path().join("cache1"), &down);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not match what was read"),
+        "{}",
+        stderr(&o)
+    );
+    for f in ["a.bin", "sub/b.txt", "sub/deep/empty", "sub/exec.sh"] {
+        assert!(!down.join(f).exists(), "{f} was published");
+    }
+    // (into a fresh directory: a file resumed from the partial the failed
+    // run kept is read at offsets, which the remote hash does not cover;
+    // the summary's count says so)
+    std::fs::remove_file(fake.join("b3sum")).unwrap();
+    let down = t.path().join("down2");
+    let o = ok(get(&t.path().join("cache2"), &down));
+    assert!(
+        stderr(&o).contains("verified: sha256sum on 127.0.0.1 for 4 file(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_same_tree(&src, &down, false);
 }
 
 #[test]

@@ -209,19 +209,19 @@ fn run(
         sftp
     };
     let pushing = request.role == Role::ServerReceives;
-    // uploads are hashed on the remote where the account may run commands;
-    // `--verify reread` reads every file again over SFTP instead
+    // files are hashed on the remote where the account may run commands,
+    // both ways: an upload before it is renamed into place there, a
+    // download (what was read against what the remote holds) before it is
+    // renamed into place here; `--verify reread` reads every file again
+    // over SFTP instead
     let verify = match plan.ssh.verify {
         VerifyMode::Reread => Some(Verify::new(How::Reread)),
-        VerifyMode::Auto if pushing => {
-            remote_hash(plan, user, host, &why_kind).and_then(|(program, kind)| {
-                let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
-                Some(Verify::new(How::Remote(RemoteHash::new(
-                    cmd, program, kind,
-                ))))
-            })
-        }
-        VerifyMode::Auto => None,
+        VerifyMode::Auto => remote_hash(plan, user, host, &why_kind).and_then(|(program, kind)| {
+            let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
+            Some(Verify::new(How::Remote(RemoteHash::new(
+                cmd, program, kind,
+            ))))
+        }),
     };
     let remote = SftpSide {
         sftp: sftp.clone(),

@@ -64,9 +64,10 @@ pub struct SshOptions {
 /// How files moved over SFTP are checked beyond ssh's MAC (`--verify`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum VerifyMode {
-    /// Uploads are hashed on the remote (b3sum, xxh128sum or sha256sum)
-    /// before they are renamed into place, where the account may run
-    /// commands; elsewhere size and ssh's MAC are all.
+    /// Files are hashed on the remote (b3sum, xxh128sum or sha256sum) and
+    /// compared before they are renamed into place, uploads and downloads,
+    /// where the account may run commands; elsewhere size and ssh's MAC are
+    /// all.
     #[default]
     Auto,
     /// Each file is read again over SFTP and its BLAKE3 compared before it

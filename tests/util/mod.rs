@@ -251,6 +251,12 @@ impl Sshd {
     /// Like [`Sshd::start`], with `extra` appended to its sshd_config (a
     /// `Subsystem` line, a `Match` block).
     pub fn start_with(extra: &str) -> Sshd {
+        Sshd::start_with_env("", extra)
+    }
+
+    /// Like [`Sshd::start_with`], with `env` (`NAME=value …`) set in every
+    /// session (sshd takes only its first `SetEnv` line, so it goes there).
+    pub fn start_with_env(env: &str, extra: &str) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tmp();
         let d = dir.path();
@@ -266,7 +272,7 @@ impl Sshd {
             let config = format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nPidFile {d}/sshd.pid\nLogLevel ERROR\nSetEnv SHLVL=1\n{extra}",
+                 PermitRootLogin prohibit-password\nPidFile {d}/sshd.pid\nLogLevel ERROR\nSetEnv SHLVL=1 {env}\n{extra}",
                 d = d.display()
             );
             write(&d.join("sshd_config"), &config);
