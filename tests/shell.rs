@@ -345,7 +345,9 @@ fn pty_ctrl_c_cancels_a_get_keeps_the_partial_and_reget_finishes_it() {
     write(&r.join("big.bin"), &data);
     // a few MB/s: the get takes seconds
     let target: std::net::SocketAddr = ([127, 0, 0, 1], sshd.port).into();
-    let relay = delay_relay(target, std::time::Duration::from_millis(10), 256 << 10, 4);
+    // connections: the session's, then each get's SFTP and its remote hash
+    // check (and the first one's probe)
+    let relay = delay_relay(target, std::time::Duration::from_millis(10), 256 << 10, 8);
     let d = sshd.dir.path().display();
     let rsh = format!(
         "ssh -F /dev/null -p {} -i {d}/id_ed25519 -o StrictHostKeyChecking=no \
