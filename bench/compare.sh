@@ -448,7 +448,9 @@ sftp_rows() {
 # trips each: 2,000 take about 5 minutes through the relay); --quick takes 200
 small_sftp=2000; [ $quick = 1 ] && small_sftp=200
 mkdir -p "$src/small-sftp"
-(cd "$src/small" && find . -type f | sort | head -"$small_sftp" | tar -cf - -T -) | tar -C "$src/small-sftp" -xf -
+# (awk reads to the end: `head` would close the pipe early and, under
+# pipefail, sort's SIGPIPE would end the bench)
+(cd "$src/small" && find . -type f | sort | awk -v n="$small_sftp" 'NR <= n' | tar -cf - -T -) | tar -C "$src/small-sftp" -xf -
 sftp_rows "big file, loopback" big "$port" ferry-sftp sftp scp
 sftp_rows "$small_sftp small files, loopback" small-sftp "$port" ferry-sftp sftp scp
 link_ssh=$(free_port)
