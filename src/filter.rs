@@ -229,6 +229,11 @@ impl Rule {
 }
 
 impl Filters {
+    /// Whether any `dir-merge` rule stands in the list.
+    pub fn has_dir_merges(&self) -> bool {
+        !self.dir_merges.is_empty()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty() && self.dir_merges.is_empty()
     }

@@ -2594,3 +2594,136 @@ fn ssh_itemize_matches_rsync() {
     let sshd = Sshd::start();
     run_itemized(Via::Ssh(&sshd));
 }
+
+// --- merge ---
+// Issue 24: `--delete` with per-directory merge files read on the receiving
+// side (rsync(1) "PER-DIRECTORY RULES AND DELETE"), `: /NAME` and `-F`
+// reading the directories above the transfer, and `-H` re-syncs that leave
+// correct links alone.
+
+/// A source without merge files, and a destination whose `sub/` holds its
+/// own `.rsync-filter` (`- *.tmp`), a file that excludes (`x.tmp`) and one it
+/// does not (`y.old`), plus `top.tmp` where no merge file speaks.
+fn receiver_merge_file(root: &Path) {
+    let (s, d) = (root.join("src"), root.join("init"));
+    write(&s.join("sub/a.txt"), "alpha\n");
+    write(&s.join("b.txt"), "beta\n");
+    write(&d.join("sub/.rsync-filter"), "- *.tmp\n");
+    write(&d.join("sub/x.tmp"), "scratch\n");
+    write(&d.join("sub/y.old"), "old\n");
+    write(&d.join("sub/deeper/z.tmp"), "deeper scratch\n");
+    write(&d.join("top.tmp"), "top\n");
+    write(&s.join("sub/deeper/c.txt"), "gamma\n");
+    for f in ["sub/a.txt", "b.txt", "sub/deeper/c.txt"] {
+        set_mtime(&s.join(f), 1_600_600_000);
+    }
+    for dir in ["sub/deeper", "sub", ""] {
+        set_mtime(&s.join(dir), 1_650_000_000);
+    }
+}
+
+/// The sender's `sub/.rsync-filter` says `- *.tmp`; the receiver's older
+/// copy says `- *.old` (and is longer, so that it is replaced): the copy
+/// that counts is the one standing when the receiver deletes.
+fn merge_file_replaced(root: &Path) {
+    receiver_merge_file(root);
+    let (s, d) = (root.join("src"), root.join("init"));
+    write(&s.join("sub/.rsync-filter"), "- *.tmp\n");
+    set_mtime(&s.join("sub/.rsync-filter"), 1_600_600_000);
+    write(&d.join("sub/.rsync-filter"), "- *.old\n# the old rules\n");
+    set_mtime(&s.join("sub"), 1_650_000_000);
+}
+
+const MERGE_DELETE: &[Parity] = &[
+    Parity {
+        name: "--delete -F: the receiver's .rsync-filter protects what it excludes",
+        args: &["-a", "--delete", "-F"],
+        srcs: &["src/"],
+        times: true,
+        build: receiver_merge_file,
+    },
+    Parity {
+        name: "--delete-excluded -F: deletes it all the same",
+        args: &["-a", "--delete", "--delete-excluded", "-F"],
+        srcs: &["src/"],
+        times: true,
+        build: receiver_merge_file,
+    },
+    Parity {
+        name: "--delete -FF: the merge file is kept too",
+        args: &["-a", "--delete", "-FF"],
+        srcs: &["src/"],
+        times: true,
+        build: receiver_merge_file,
+    },
+    Parity {
+        name: "--delete-excluded -FF",
+        args: &["-a", "--delete-excluded", "-FF"],
+        srcs: &["src/"],
+        times: true,
+        build: receiver_merge_file,
+    },
+    Parity {
+        name: "--delete with dir-merge by name",
+        args: &["-a", "--delete", "--filter=: .rsync-filter"],
+        srcs: &["src/"],
+        times: true,
+        build: receiver_merge_file,
+    },
+    Parity {
+        name: "--delete-after -F: the merge file just transferred counts",
+        args: &["-a", "--delete-after", "-F"],
+        srcs: &["src/"],
+        times: true,
+        build: merge_file_replaced,
+    },
+    Parity {
+        name: "--delete-before -F: the receiver's old copy counts",
+        args: &["-a", "--delete-before", "-F"],
+        srcs: &["src/"],
+        times: true,
+        build: merge_file_replaced,
+    },
+    Parity {
+        name: "--delete-delay -F: the copy read as the directory is reached counts",
+        args: &["-a", "--delete-delay", "-F"],
+        srcs: &["src/"],
+        times: true,
+        build: merge_file_replaced,
+    },
+    Parity {
+        name: "--delete -F on a source named without a slash",
+        args: &["-a", "--delete", "-F"],
+        srcs: &["src"],
+        times: true,
+        build: |root| {
+            receiver_merge_file(root);
+            // the destination's copy of the directory `src` is the one deleted in
+            let d = root.join("init");
+            std::fs::rename(d.join("sub"), root.join("sub-moved")).unwrap();
+            std::fs::create_dir_all(d.join("src")).unwrap();
+            std::fs::rename(root.join("sub-moved"), d.join("src/sub")).unwrap();
+        },
+    },
+];
+
+#[test]
+fn local_delete_with_receiver_merge_files_matches_rsync() {
+    run_parity(Via::Local, MERGE_DELETE);
+}
+
+#[test]
+fn daemon_delete_with_receiver_merge_files_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), MERGE_DELETE);
+}
+
+#[test]
+fn ssh_delete_with_receiver_merge_files_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), MERGE_DELETE);
+}

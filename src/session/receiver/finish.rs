@@ -147,8 +147,29 @@ impl<D: Destination> Receiver<'_, D> {
     pub(super) fn delete_extraneous(&mut self) {
         // --max-delete: what is left standing beyond the limit
         let mut held_back = 0u64;
+        // dir-merge rules: the destination's own merge files protect what they exclude
+        let by_dest_rules = self.deletes_by_dest_rules();
+        let listed: std::collections::HashSet<Vec<u8>> = if by_dest_rules {
+            self.dirs
+                .iter()
+                .map(|&i| self.entries[i as usize].rel.clone())
+                .collect()
+        } else {
+            Default::default()
+        };
         for &index in &self.dirs.clone() {
             let rel = self.entries[index as usize].rel.clone();
+            if self.dest.get().is_none() {
+                return;
+            }
+            let layers = if by_dest_rules {
+                match self.dest_layers(&rel, &listed) {
+                    Some(layers) => layers,
+                    None => continue, // a merge file could not be read: nothing deleted here
+                }
+            } else {
+                Vec::new()
+            };
             let Some(dest) = self.dest.get() else {
                 return;
             };
@@ -159,7 +180,8 @@ impl<D: Destination> Receiver<'_, D> {
                 let crel = names::join(&rel, &child);
                 if child == crate::fs::PARTIAL_DIR
                     || self.intake.is_listed(&crel)
-                    || (!self.opts.delete_excluded && self.filters.excludes(&crel, is_dir))
+                    || (!self.opts.delete_excluded
+                        && self.filters.excludes_in(&crel, is_dir, &layers))
                 {
                     continue;
                 }

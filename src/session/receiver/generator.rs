@@ -130,6 +130,7 @@ impl<D: Destination> Receiver<'_, D> {
         self.dirs.push(index);
         match existing {
             Some(ExistingKind::Dir) => {
+                self.reached_dest_dir(&rel);
                 self.emit_attrs(index, self.opts.times);
                 return Ok(());
             }

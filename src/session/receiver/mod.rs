@@ -26,6 +26,7 @@
 
 mod basis;
 mod basis_dirs;
+mod dest_rules;
 mod finish;
 mod generator;
 mod incoming;
@@ -183,6 +184,9 @@ struct Receiver<'a, D: Destination = Dest> {
     /// `--atomic`: the place that built the new tree beside the destination,
     /// to switch it in once the whole tree is written and durable.
     swap: Option<Box<dyn Place<Dest = D> + 'a>>,
+    /// `--delete` with `dir-merge` rules: each destination directory's own
+    /// merge-file rules, read once ([`dest_rules`]).
+    dest_rules: HashMap<Vec<u8>, dest_rules::OwnRules>,
 }
 
 /// Runs the receiving side until the transfer is complete, into the local
@@ -218,8 +222,8 @@ where
     let spares = Spares::default();
     let inbound = spawn_readers(reader, cfg.joins.take(), spares.clone())?;
     let (out, writer_thread) = spawn_writer(writer)?;
-    let filters =
-        Filters::new(&cfg.options.filters).map_err(|e| TransferError::Usage(e.to_string()))?;
+    let filters = Filters::with_dir_merges(&cfg.options.filters, &cfg.options.dir_merges)
+        .map_err(|e| TransferError::Usage(e.to_string()))?;
     let chmod = match &cfg.options.chmod {
         Some(c) => Some(
             crate::chmod::Chmod::parse(&[c]).map_err(|e| TransferError::Usage(e.to_string()))?,
@@ -309,6 +313,7 @@ where
         deleted_first: false,
         chown,
         swap: None,
+        dest_rules: HashMap::new(),
     };
     let result = r.run(&inbound, cancel);
     match result {
