@@ -41,6 +41,10 @@ pub struct Filters {
     /// Each `dir-merge` rule: the index in `rules` it stands before, and the
     /// name of the file read in each directory.
     dir_merges: Vec<(usize, Vec<u8>)>,
+    /// Per `dir-merge` rule: it was named with a leading `/` (`: /NAME`,
+    /// `-F`), so the sender also reads the file in each directory above
+    /// the transfer, from the top down (rsync's parent-directory scan).
+    from_top: Vec<bool>,
 }
 
 /// The rules one directory's merge file adds for its contents (rsync's
@@ -52,6 +56,10 @@ pub struct DirRules {
     /// The directory holding the file, relative to the transfer root (`.`
     /// for the root): a rule starting with `/` is anchored there.
     dir: Vec<u8>,
+    /// For a file read above the transfer root (`: /NAME`): the path from
+    /// its directory down to where the transfer's names start, put before
+    /// each name an anchored rule is matched against. Empty otherwise.
+    lead: Vec<u8>,
     rules: Vec<Rule>,
     /// The file said `!`: the rules inherited from above are dropped.
     clear: bool,
@@ -66,6 +74,7 @@ impl Filters {
         Ok(Filters {
             rules: parse_rules(rules)?,
             dir_merges: Vec::new(),
+            from_top: Vec::new(),
         })
     }
 
@@ -78,6 +87,7 @@ impl Filters {
     ) -> Result<Self, FilterError> {
         let mut f = Filters::new(rules)?;
         for (at, name) in dir_merges {
+            f.from_top.push(name.starts_with(b"/"));
             let name = name.strip_prefix(b"/").unwrap_or(name);
             if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
                 return Err(FilterError::MergeName(
@@ -94,6 +104,27 @@ impl Filters {
     /// is what [`Filters::dir_rules`] takes).
     pub fn dir_merge_names(&self) -> impl Iterator<Item = &[u8]> {
         self.dir_merges.iter().map(|(_, n)| n.as_slice())
+    }
+
+    /// Whether `dir-merge` rule `merge` was named with a leading `/`: its
+    /// file is read in the directories above the transfer root too.
+    pub fn dir_merge_from_top(&self, merge: usize) -> bool {
+        self.from_top.get(merge).copied().unwrap_or(false)
+    }
+
+    /// [`Filters::dir_rules`] for a merge file read in a directory above
+    /// the transfer root: `lead` is the path from that directory down to
+    /// where the transfer's names start (`src/path` for `/` when the names
+    /// start in `/src/path`; empty for the directory they start in).
+    pub fn dir_rules_above(
+        &self,
+        merge: usize,
+        lead: &[u8],
+        text: &[u8],
+    ) -> Result<DirRules, String> {
+        let mut rules = self.dir_rules(merge, b".", text)?;
+        rules.lead = lead.to_vec();
+        Ok(rules)
     }
 
     /// The rules of the merge file of `dir-merge` rule `merge` found in
@@ -127,6 +158,7 @@ impl Filters {
         Ok(DirRules {
             merge,
             dir: dir.to_vec(),
+            lead: Vec::new(),
             rules: parse_rules(&pairs).map_err(|e| e.to_string())?,
             clear,
         })
@@ -145,7 +177,11 @@ impl Filters {
                 }
                 // the innermost directory's rules first, then those above it
                 for layer in layers.iter().rev().filter(|l| l.merge == m) {
-                    let rel = if layer.dir == b"." {
+                    let led;
+                    let rel = if !layer.lead.is_empty() {
+                        led = [layer.lead.as_slice(), b"/", path].concat();
+                        led.as_slice()
+                    } else if layer.dir == b"." {
                         path
                     } else {
                         match path

@@ -2727,3 +2727,136 @@ fn ssh_delete_with_receiver_merge_files_matches_rsync() {
     let sshd = Sshd::start();
     run_parity(Via::Ssh(&sshd), MERGE_DELETE);
 }
+
+/// `root/.rsync-filter` stands above the source `root/src` (one rule for
+/// every depth, one anchored in `root`), and `src/.rsync-filter` in it.
+fn merge_file_above(root: &Path) {
+    let s = root.join("src");
+    std::fs::create_dir_all(root.join("init")).unwrap();
+    for f in ["a.tmp", "b.txt", "c.q", "sub/anch", "sub/keep", "sub/x.tmp"] {
+        write(&s.join(f), format!("{f}\n"));
+        set_mtime(&s.join(f), 1_600_700_000);
+    }
+    write(&root.join(".rsync-filter"), "- *.q\n- /src/sub/anch\n");
+    write(&s.join(".rsync-filter"), "- *.tmp\n");
+    set_mtime(&s.join(".rsync-filter"), 1_600_700_000);
+    set_mtime(&s.join("sub"), 1_650_000_000);
+    set_mtime(&s, 1_650_000_000);
+}
+
+const MERGE_ABOVE: &[Parity] = &[
+    Parity {
+        name: "-F reads .rsync-filter in the directories above the source",
+        args: &["-a", "-F"],
+        srcs: &["src/"],
+        times: true,
+        build: merge_file_above,
+    },
+    Parity {
+        name: "-F above a source named without a slash",
+        args: &["-a", "-F"],
+        srcs: &["src"],
+        times: true,
+        build: merge_file_above,
+    },
+    Parity {
+        name: "': /.rsync-filter' is -F's rule",
+        args: &["-a", "--filter=: /.rsync-filter"],
+        srcs: &["src/"],
+        times: true,
+        build: merge_file_above,
+    },
+    Parity {
+        name: "': .rsync-filter' reads none above the source",
+        args: &["-a", "--filter=: .rsync-filter"],
+        srcs: &["src/"],
+        times: true,
+        build: merge_file_above,
+    },
+    Parity {
+        // (ferry used to read them as if -F were always given)
+        name: "without -F a .rsync-filter is an ordinary file",
+        args: &["-a"],
+        srcs: &["src/"],
+        times: true,
+        build: merge_file_above,
+    },
+];
+
+#[test]
+fn local_merge_files_above_the_source_match_rsync() {
+    run_parity(Via::Local, MERGE_ABOVE);
+}
+
+#[test]
+fn daemon_merge_files_above_the_source_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_parity(Via::Daemon(&d), MERGE_ABOVE);
+}
+
+#[test]
+fn ssh_merge_files_above_the_source_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_parity(Via::Ssh(&sshd), MERGE_ABOVE);
+}
+
+/// A pull with `-F` from a daemon module: the sender reads the merge files
+/// from the module's root down, never above it (for a daemon "/" is the
+/// module's root, as in rsync); over ssh it reads them from `/` down.
+#[test]
+fn merge_files_above_a_pulled_source_stop_at_the_module_root() {
+    let t = tmp();
+    let m = t.path().join("m");
+    merge_file_above(&m);
+    // above the module: never read by the daemon's sender
+    write(&t.path().join(".rsync-filter"), "- b.txt\n");
+    let cfg = t.path().join("ferryd.toml");
+    write(
+        &cfg,
+        format!("[[module]]\nname = \"m\"\npath = \"{}\"\n", m.display()),
+    );
+    let d = Daemon::start(&[], "", &["--config", cfg.to_str().unwrap()]);
+    let by_daemon = t.path().join("by-daemon");
+    let mut args = vec!["sync".to_string(), "-a".into(), "-F".into()];
+    args.extend(d.client_args());
+    args.extend([d.url("m/src/"), format!("{}/", by_daemon.display())]);
+    ok(ferry(&args));
+    let files = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = snapshot(dir, false)
+            .into_iter()
+            .filter(|(_, n)| matches!(n, Node::File { .. }))
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        files(&by_daemon),
+        [".rsync-filter", "b.txt", "sub/keep"],
+        "the module root's .rsync-filter applies, the one above the module does not"
+    );
+    if sshd_available() {
+        let sshd = Sshd::start();
+        let by_ssh = t.path().join("by-ssh");
+        let mut args = vec!["sync".to_string(), "-a".into(), "-F".into()];
+        args.extend(sshd.args());
+        args.extend([
+            format!("{}/", sshd.remote(&m.join("src"))),
+            format!("{}/", by_ssh.display()),
+        ]);
+        ok(ferry(&args));
+        let by_rsync = t.path().join("by-rsync");
+        rsync([
+            "-a".to_string(),
+            "-F".into(),
+            format!("{}/src/", m.display()),
+            format!("{}/", by_rsync.display()),
+        ]);
+        assert_eq!(files(&by_ssh), [".rsync-filter", "sub/keep"]);
+        assert_same_tree(&by_rsync, &by_ssh, true);
+    }
+}

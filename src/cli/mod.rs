@@ -139,9 +139,14 @@ fn filter_rules(m: &clap::ArgMatches) -> Result<(Rules, DirMerges), TransferErro
         .collect();
     // -F: rsync's shorthand for "dir-merge /.rsync-filter"; -FF also
     // excludes the .rsync-filter files themselves
-    if let Some(i) = m.indices_of("filter_files").and_then(|mut i| i.next()) {
-        let n = m.get_count("filter_files");
-        rules.push((i, 0, None, b".rsync-filter".to_vec()));
+    // (a count has a default of 0, and so an index, when -F is not given)
+    let n = m.get_count("filter_files");
+    if let Some(i) = m
+        .indices_of("filter_files")
+        .and_then(|mut i| i.next())
+        .filter(|_| n > 0)
+    {
+        rules.push((i, 0, None, b"/.rsync-filter".to_vec()));
         if n > 1 {
             rules.push((i, 1, Some(false), b".rsync-filter".to_vec()));
         }

@@ -164,6 +164,9 @@ struct Walker<'a, E> {
     /// The rules of the per-directory merge files (`dir-merge`) read in the
     /// directories being walked, outermost first.
     layers: Vec<crate::filter::DirRules>,
+    /// The highest directory whose merge files a `: /NAME` rule reads (a
+    /// daemon module's root; `/` otherwise).
+    top: Option<PathBuf>,
 }
 
 /// Walks every source, calling `emit` for each item. Returns whether any I/O
@@ -173,7 +176,19 @@ pub fn scan<E>(
     opts: &ScanOptions,
     emit: &mut dyn FnMut(ScanItem) -> Result<(), E>,
 ) -> Result<bool, E> {
+    scan_within(sources, opts, None, emit)
+}
+
+/// [`scan`] for a sender confined to `top` (a daemon module's root): a
+/// `: /NAME` rule reads no merge file above it.
+pub fn scan_within<E>(
+    sources: &[Vec<u8>],
+    opts: &ScanOptions,
+    top: Option<&Path>,
+    emit: &mut dyn FnMut(ScanItem) -> Result<(), E>,
+) -> Result<bool, E> {
     let mut w = Walker {
+        top: top.map(Path::to_path_buf),
         opts,
         emit,
         next_index: 0,
@@ -312,9 +327,14 @@ impl<E> Walker<'_, E> {
             } else if self.opts.one_file_system && meta.dev() != self.root_dev {
                 return Ok(()); // -x: a mount point is sent, not what is in it
             }
+            let outer = self.layers.len();
+            if self.depth == 0 {
+                self.read_merge_files_above(path, name)?;
+            }
             self.depth += 1;
             let r = self.descend(path, name, key);
             self.depth -= 1;
+            self.layers.truncate(outer);
             return r;
         }
         if !ft.is_file() {
@@ -442,14 +462,90 @@ impl<E> Walker<'_, E> {
         r
     }
 
+    /// `: /NAME` (and `-F`): before the walk of root directory `path`
+    /// (named `name`) starts, the merge files in each directory above it,
+    /// from the top (`/`, or a daemon module's root) down to its parent, as
+    /// rsync's parent-directory scan reads them. Their anchored rules are
+    /// anchored in the directory holding the file.
+    fn read_merge_files_above(&mut self, path: &Path, name: &[u8]) -> Result<(), E> {
+        let wanted: Vec<usize> = (0..self.opts.filters.dir_merge_names().count())
+            .filter(|&m| self.opts.filters.dir_merge_from_top(m))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let Ok(dir) = std::fs::canonicalize(path) else {
+            return Ok(()); // the walk reports what cannot be read
+        };
+        let top = match &self.top {
+            Some(t) => match std::fs::canonicalize(t) {
+                Ok(t) => t,
+                Err(_) => return Ok(()),
+            },
+            None => PathBuf::from("/"),
+        };
+        if !dir.starts_with(&top) || dir == top {
+            return Ok(());
+        }
+        // where the names start: the root itself for `src/`, else above it
+        let mut base = dir.clone();
+        if name != b"." {
+            for _ in name.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+                base.pop();
+            }
+        }
+        let mut above = Vec::new();
+        let mut p = dir.parent();
+        while let Some(d) = p {
+            if !d.starts_with(&top) {
+                break;
+            }
+            above.push(d.to_path_buf());
+            p = d.parent();
+        }
+        for d in above.into_iter().rev() {
+            let layer_at = match base.strip_prefix(&d) {
+                // at or above where the names start: anchored below `d`
+                Ok(lead) => Above::Lead(lead.as_os_str().as_bytes().to_vec()),
+                // below it (-R): an ordinary directory of the names
+                Err(_) => match d.strip_prefix(&base) {
+                    Ok(rel) => Above::Dir(rel.as_os_str().as_bytes().to_vec()),
+                    Err(_) => continue,
+                },
+            };
+            for &m in &wanted {
+                let file = self
+                    .opts
+                    .filters
+                    .dir_merge_names()
+                    .nth(m)
+                    .map(<[u8]>::to_vec);
+                let Some(file) = file else { continue };
+                let file_path = d.join(OsStr::from_bytes(&file));
+                let Some(text) = self.read_merge_file(&file_path)? else {
+                    continue;
+                };
+                let rules = match &layer_at {
+                    Above::Lead(lead) => self.opts.filters.dir_rules_above(m, lead, &text),
+                    Above::Dir(rel) => self.opts.filters.dir_rules(m, rel, &text),
+                };
+                match rules {
+                    Ok(rules) => self.layers.push(rules),
+                    Err(why) => {
+                        self.fail(&file_path, "filter file", std::io::Error::other(why))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `dir-merge`: the rules in this directory's merge files, for what is
     /// below it. A merge file is read only when it is a regular file (never
     /// through a symlink, so that a daemon module's sender reads nothing
     /// outside the module); one that cannot be read or parsed is an I/O
     /// error, as in rsync, and its rules are not applied.
     fn read_merge_files(&mut self, path: &Path, name: &[u8]) -> Result<(), E> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
         let names: Vec<Vec<u8>> = self
             .opts
             .filters
@@ -458,45 +554,9 @@ impl<E> Walker<'_, E> {
             .collect();
         for (m, file) in names.iter().enumerate() {
             let file_path = path.join(OsStr::from_bytes(file));
-            let opened = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&file_path);
-            let mut f = match opened {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                    (self.emit)(ScanItem::Notice(format!(
-                        "not reading filter file {}: it is a symlink",
-                        escape(file_path.as_os_str().as_bytes())
-                    )))?;
-                    continue;
-                }
-                Err(e) => {
-                    self.fail(&file_path, "cannot read filter file", e)?;
-                    continue;
-                }
+            let Some(text) = self.read_merge_file(&file_path)? else {
+                continue;
             };
-            match f.metadata() {
-                Ok(m) if m.is_file() => {}
-                _ => continue, // a directory or special file of that name: no rules
-            }
-            let mut text = Vec::new();
-            let read = (&mut f)
-                .take(crate::filter::MAX_MERGE_FILE + 1)
-                .read_to_end(&mut text);
-            if let Err(e) = read {
-                self.fail(&file_path, "cannot read filter file", e)?;
-                continue;
-            }
-            if text.len() as u64 > crate::filter::MAX_MERGE_FILE {
-                self.fail(
-                    &file_path,
-                    "filter file",
-                    std::io::Error::other("larger than 1 MiB"),
-                )?;
-                continue;
-            }
             match self.opts.filters.dir_rules(m, name, &text) {
                 Ok(rules) => self.layers.push(rules),
                 Err(why) => {
@@ -505,6 +565,54 @@ impl<E> Walker<'_, E> {
             }
         }
         Ok(())
+    }
+
+    /// The text of the merge file at `file_path`, if there is one to read:
+    /// a regular file, not through a symlink (said), at most
+    /// [`crate::filter::MAX_MERGE_FILE`] bytes (else an I/O error).
+    fn read_merge_file(&mut self, file_path: &Path) -> Result<Option<Vec<u8>>, E> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(file_path);
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                (self.emit)(ScanItem::Notice(format!(
+                    "not reading filter file {}: it is a symlink",
+                    escape(file_path.as_os_str().as_bytes())
+                )))?;
+                return Ok(None);
+            }
+            Err(e) => {
+                self.fail(file_path, "cannot read filter file", e)?;
+                return Ok(None);
+            }
+        };
+        match f.metadata() {
+            Ok(m) if m.is_file() => {}
+            _ => return Ok(None), // a directory or special file of that name: no rules
+        }
+        let mut text = Vec::new();
+        let read = (&mut f)
+            .take(crate::filter::MAX_MERGE_FILE + 1)
+            .read_to_end(&mut text);
+        if let Err(e) = read {
+            self.fail(file_path, "cannot read filter file", e)?;
+            return Ok(None);
+        }
+        if text.len() as u64 > crate::filter::MAX_MERGE_FILE {
+            self.fail(
+                file_path,
+                "filter file",
+                std::io::Error::other("larger than 1 MiB"),
+            )?;
+            return Ok(None);
+        }
+        Ok(Some(text))
     }
 
     fn descend_into(&mut self, path: &Path, name: &[u8], children: Vec<Vec<u8>>) -> Result<(), E> {
@@ -532,6 +640,15 @@ impl<E> Walker<'_, E> {
         }
         Ok(())
     }
+}
+
+/// Where a merge file read above the transfer root stands relative to the
+/// transfer's names.
+enum Above {
+    /// At or above where they start: this path leads down to there.
+    Lead(Vec<u8>),
+    /// Below it (a `-R` root's parent): a directory of the names.
+    Dir(Vec<u8>),
 }
 
 /// The list entry for `name` as `meta` describes it (a file until the walk

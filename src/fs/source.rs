@@ -51,7 +51,8 @@ impl Source for LocalSource {
         opts: &ListOptions,
         emit: &mut dyn FnMut(Listed<PathBuf>) -> Result<(), E>,
     ) -> Result<bool, E> {
-        scan::scan(roots, opts, emit)
+        let top = self.confine.as_ref().map(|(root, _)| root.as_path());
+        scan::scan_within(roots, opts, top, emit)
     }
 
     /// Opens a listed file: beneath the module root when confined.
