@@ -2860,3 +2860,120 @@ fn merge_files_above_a_pulled_source_stop_at_the_module_root() {
         assert_same_tree(&by_rsync, &by_ssh, true);
     }
 }
+
+/// `src/a` with two more names (`b`, `sub/c`) and a plain file.
+fn linked_tree(src: &Path) {
+    write(&src.join("a"), "shared bytes\n");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    std::fs::hard_link(src.join("a"), src.join("sub/c")).unwrap();
+    write(&src.join("z"), "plain\n");
+    for f in ["a", "z"] {
+        set_mtime(&src.join(f), 1_600_800_000);
+    }
+    set_mtime(&src.join("sub"), 1_650_000_000);
+    set_mtime(src, 1_650_000_000);
+}
+
+/// `-H` again over an unchanged tree: every link already in place is left
+/// alone, itemized as rsync itemizes it (nothing) and counted as rsync
+/// counts it (0 transferred, in `--stats` and `--json`); a link broken at
+/// the destination is made again (`hf          b => a`, as rsync shows it).
+fn hard_links_resync(via: Via) {
+    let t = tmp();
+    let src = t.path().join("src");
+    linked_tree(&src);
+    let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+    let rsync_out = |extra: &[&str]| -> Vec<u8> {
+        let mut a: Vec<String> = vec!["-aH".into()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend([
+            format!("{}/", src.display()),
+            format!("{}/", by_rsync.display()),
+        ]);
+        let o = std::process::Command::new("rsync")
+            .args(&a)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "rsync: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    let ferry_out = |extra: &[&str]| -> Vec<u8> {
+        let mut a: Vec<String> = vec!["sync".into(), "-aH".into()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let dest = match &via {
+            Via::Ssh(sshd) => {
+                a.extend(sshd.args());
+                format!("{}/", sshd.remote(&by_ferry))
+            }
+            Via::Daemon(d) => {
+                a.extend(d.client_args());
+                let rel = by_ferry.strip_prefix(std::env::temp_dir()).unwrap();
+                d.url(&format!("tmp/{}/", rel.display()))
+            }
+            Via::Local => format!("{}/", by_ferry.display()),
+        };
+        a.extend([format!("{}/", src.display()), dest]);
+        let o = ferry(&a);
+        assert!(o.status.success(), "ferry: {}", stderr(&o));
+        o.stdout
+    };
+    rsync_out(&[]);
+    ferry_out(&[]);
+    // unchanged: nothing itemized, nothing counted
+    let want = item_lines(&rsync_out(&["-i"]));
+    assert_eq!(item_lines(&ferry_out(&["-i"])), want);
+    assert!(want.is_empty(), "rsync itemized {want:?}");
+    let stats = String::from_utf8_lossy(&rsync_out(&["--stats"])).into_owned();
+    assert!(
+        stats.contains("Number of regular files transferred: 0"),
+        "{stats}"
+    );
+    let stats = String::from_utf8_lossy(&ferry_out(&["--stats"])).into_owned();
+    assert!(stats.contains("Number of files transferred: 0"), "{stats}");
+    let json = String::from_utf8_lossy(&ferry_out(&["--json"])).into_owned();
+    let summary = json.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains("\"kind\":\"summary\"") && summary.contains("\"transferred\":0"),
+        "{json}"
+    );
+    // a link broken at the destination is made again, as rsync shows it
+    for dest in [&by_rsync, &by_ferry] {
+        std::fs::remove_file(dest.join("b")).unwrap();
+        write(&dest.join("b"), "shared bytes\n");
+        set_mtime(&dest.join("b"), 1_600_800_000);
+        set_mtime(dest, 1_650_000_000);
+    }
+    let want = item_lines(&rsync_out(&["-i"]));
+    assert_eq!(item_lines(&ferry_out(&["-i"])), want);
+    assert!(want.iter().any(|l| l.starts_with("hf ")), "{want:?}");
+    assert_same_tree(&by_rsync, &by_ferry, true);
+    let inodes = inodes(&by_ferry);
+    assert_eq!(inodes["a"], inodes["b"]);
+    assert_eq!(inodes["a"], inodes["sub/c"]);
+}
+
+#[test]
+fn local_hard_links_resync_matches_rsync() {
+    hard_links_resync(Via::Local);
+}
+
+#[test]
+fn daemon_hard_links_resync_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    hard_links_resync(Via::Daemon(&d));
+}
+
+#[test]
+fn ssh_hard_links_resync_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    hard_links_resync(Via::Ssh(&sshd));
+}

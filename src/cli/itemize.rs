@@ -69,6 +69,11 @@ pub fn code(l: &Line, d: Direction) -> String {
     s.push(bit(Item::OWNER, 'o'));
     s.push(bit(Item::GROUP, 'g'));
     s.push_str("...");
+    // rsync: a line that names no change at all shows spaces, not dots
+    // (a hard link made again: `hf          b => a`)
+    if matches!(update, '.' | 'h' | 'c') && s[2..].bytes().all(|b| b == b'.') {
+        s.replace_range(2.., "         ");
+    }
     s
 }
 
@@ -301,6 +306,16 @@ mod tests {
         let mut del = line(0);
         del.deleted = true;
         assert_eq!(code(&del, PULL), "*deleting  ");
+    }
+
+    #[test]
+    fn a_line_naming_no_change_shows_spaces_as_rsync_does() {
+        assert_eq!(code(&line(Item::HARDLINK), PULL), "hf         ");
+        assert_eq!(
+            code(&line(Item::HARDLINK | Item::TIME), PULL),
+            "hf..t......"
+        );
+        assert_eq!(code(&line(Item::HARDLINK | Item::NEW), PULL), "hf+++++++++");
     }
 
     #[test]

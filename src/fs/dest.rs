@@ -326,6 +326,18 @@ impl Dest {
         Ok(File::from(fd))
     }
 
+    /// Whether `a` and `b` are one inode (neither followed if a symlink).
+    pub fn same_file(&mut self, a: &[u8], b: &[u8]) -> io::Result<bool> {
+        let mut ids = [(0u64, 0u64); 2];
+        for (id, rel) in ids.iter_mut().zip([a, b]) {
+            let (dir, name) = self.parent(rel)?;
+            let st = rustix::fs::statat(&*dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(to_io)?;
+            *id = (st.st_dev as u64, st.st_ino as u64);
+        }
+        Ok(ids[0] == ids[1])
+    }
+
     /// The target of the symlink at `rel`.
     pub fn readlink(&mut self, rel: &[u8]) -> io::Result<Vec<u8>> {
         let (dir, name) = self.parent(rel)?;

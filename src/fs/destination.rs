@@ -74,6 +74,9 @@ impl Destination for Dest {
             io::Error::from(e)
         })
     }
+    fn same_file(&mut self, a: &[u8], b: &[u8]) -> io::Result<bool> {
+        Dest::same_file(self, a, b)
+    }
     fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
         Dest::remove(self, rel, backup)
     }

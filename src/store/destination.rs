@@ -154,6 +154,12 @@ pub trait Destination {
         let _ = (other, existing, rel);
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+    /// Whether `a` and `b` already name the same file (one inode: a hard
+    /// link in place). `false` where the store cannot tell.
+    fn same_file(&mut self, a: &[u8], b: &[u8]) -> io::Result<bool> {
+        let _ = (a, b);
+        Ok(false)
+    }
     /// Removes `rel` (a directory with what is in it), or keeps it under
     /// its name plus `backup`.
     fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()>;

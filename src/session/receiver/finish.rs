@@ -20,6 +20,15 @@ impl<D: Destination> Receiver<'_, D> {
                 self.file_error(&name, "not linked: the file it links to failed".into());
                 continue;
             }
+            // a link already in place is left alone and not counted (rsync)
+            let in_place = self
+                .dest
+                .get()
+                .is_some_and(|d| d.same_file(&trel, &rel).unwrap_or(false));
+            if in_place {
+                self.settled(index);
+                continue;
+            }
             self.summary.transferred += 1;
             let detail = format!("=> {}", escape(&t.name)).into_bytes();
             let hard = crate::proto::item::Item::HARDLINK;
