@@ -2977,3 +2977,53 @@ fn ssh_hard_links_resync_matches_rsync() {
     let sshd = Sshd::start();
     hard_links_resync(Via::Ssh(&sshd));
 }
+
+/// A receiver's merge file that is a symlink is never read through (to a
+/// daemon it could point outside the module): its rules protect nothing,
+/// and the run says why. (rsync follows it.)
+#[test]
+fn a_symlinked_merge_file_at_the_destination_is_not_read() {
+    let t = tmp();
+    let m = t.path().join("m");
+    let root = m.join("root");
+    receiver_merge_file(&root);
+    let init = root.join("init");
+    std::fs::remove_file(init.join("sub/.rsync-filter")).unwrap();
+    write(&t.path().join("outside-rules"), "- *.tmp\n");
+    std::os::unix::fs::symlink(
+        t.path().join("outside-rules"),
+        init.join("sub/.rsync-filter"),
+    )
+    .unwrap();
+    let cfg = t.path().join("ferryd.toml");
+    write(
+        &cfg,
+        format!("[[module]]\nname = \"m\"\npath = \"{}\"\n", m.display()),
+    );
+    let d = Daemon::start(&[], "", &["--config", cfg.to_str().unwrap()]);
+    let mut args = vec![
+        "sync".to_string(),
+        "-a".into(),
+        "--delete".into(),
+        "-FF".into(),
+    ];
+    args.extend(d.client_args());
+    args.extend([
+        format!("{}/", root.join("src").display()),
+        d.url("m/root/init/"),
+    ]);
+    let o = ferry(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not reading filter file") && stderr(&o).contains("symlink"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !init.join("sub/x.tmp").exists(),
+        "protected by a rule read through a link"
+    );
+    assert!(init.join("sub/a.txt").is_file());
+    // -FF keeps the link itself
+    assert!(init.join("sub/.rsync-filter").is_symlink());
+}
