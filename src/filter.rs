@@ -598,3 +598,42 @@ mod rule_tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod dir_merge_tests {
+    use super::*;
+
+    fn with(merges: &[&str]) -> Filters {
+        let dm: Vec<(u32, Vec<u8>)> = merges.iter().map(|n| (0, n.as_bytes().to_vec())).collect();
+        Filters::with_dir_merges(&[], &dm).unwrap()
+    }
+
+    #[test]
+    fn a_leading_slash_reads_from_the_top() {
+        let f = with(&["/.rsync-filter", ".other"]);
+        assert!(f.dir_merge_from_top(0));
+        assert!(!f.dir_merge_from_top(1));
+        assert_eq!(
+            f.dir_merge_names().collect::<Vec<_>>(),
+            [b".rsync-filter".as_slice(), b".other"]
+        );
+    }
+
+    #[test]
+    fn a_file_above_the_root_anchors_in_its_own_directory() {
+        let f = with(&["/.rsync-filter"]);
+        // read in `/` while the names start in `/src/path`
+        let top = f
+            .dir_rules_above(0, b"src/path", b"- /src/path/x\n- /y\n")
+            .unwrap();
+        assert!(f.excludes_in(b"x", false, std::slice::from_ref(&top)));
+        assert!(!f.excludes_in(b"y", false, std::slice::from_ref(&top)));
+        assert!(!f.excludes_in(b"sub/x", false, std::slice::from_ref(&top)));
+        // an inner directory's rules come first
+        let inner = f.dir_rules(0, b".", b"+ x\n").unwrap();
+        assert!(!f.excludes_in(b"x", false, &[top.clone(), inner]));
+        // `!` in the inner file drops the rules from above
+        let cleared = f.dir_rules(0, b".", b"!\n").unwrap();
+        assert!(!f.excludes_in(b"x", false, &[top, cleared]));
+    }
+}
