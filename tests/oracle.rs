@@ -3027,3 +3027,49 @@ fn a_symlinked_merge_file_at_the_destination_is_not_read() {
     // -FF keeps the link itself
     assert!(init.join("sub/.rsync-filter").is_symlink());
 }
+
+/// A pull with `--delete -F`: the receiver here reads its own merge files
+/// as a remote receiver does (from a daemon and over ssh).
+#[test]
+fn delete_with_receiver_merge_files_on_a_pull_matches_rsync() {
+    let t = tmp();
+    let root = t.path().join("root");
+    receiver_merge_file(&root);
+    let by_rsync = t.path().join("by-rsync");
+    clone_tree(&root.join("init"), &by_rsync);
+    rsync([
+        "-a".to_string(),
+        "--delete".into(),
+        "-F".into(),
+        format!("{}/src/", root.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    assert!(by_rsync.join("sub/x.tmp").is_file());
+    let d = verbatim_daemon(t.path());
+    let rel = root.strip_prefix(std::env::temp_dir()).unwrap();
+    let mut ways = vec![(
+        "daemon",
+        d.client_args(),
+        d.url(&format!("tmp/{}/src/", rel.display())),
+    )];
+    let sshd = sshd_available().then(Sshd::start);
+    if let Some(s) = &sshd {
+        ways.push(("ssh", s.args(), format!("{}/", s.remote(&root.join("src")))));
+    }
+    for (way, flags, from) in ways {
+        let by_ferry = t.path().join(format!("by-ferry-{way}"));
+        clone_tree(&root.join("init"), &by_ferry);
+        let mut args = vec![
+            "sync".to_string(),
+            "-a".into(),
+            "--delete".into(),
+            "-F".into(),
+        ];
+        args.extend(flags);
+        args.extend([from, format!("{}/", by_ferry.display())]);
+        ok(ferry(&args));
+        assert!(by_ferry.join("sub/x.tmp").is_file(), "{way}");
+        assert!(!by_ferry.join("sub/y.old").exists(), "{way}");
+        assert_same_tree(&by_rsync, &by_ferry, true);
+    }
+}
