@@ -858,3 +858,109 @@ fn to_the_daemon_a_link_inside_the_module_is_flipped() {
     assert_eq!(entries(&outside), vec!["keep"], "wrote outside the module");
     assert_eq!(entries(t.path()), vec!["module", "outside", "src"]);
 }
+
+/// A FUSE mount of `backing` at `at` (bindfs, which answers
+/// `RENAME_EXCHANGE` with `EINVAL` as many FUSE filesystems do), unmounted
+/// when dropped.
+struct Fuse {
+    at: std::path::PathBuf,
+}
+
+impl Fuse {
+    /// `None` (the test skips) without root or bindfs, outside CI.
+    fn mount(backing: &Path, at: &Path) -> Option<Fuse> {
+        if !root_available() {
+            return None;
+        }
+        if Command::new("bindfs").arg("--version").output().is_err() {
+            if std::env::var_os("FERRY_REQUIRE_SSHD").is_some() {
+                panic!("bindfs is missing (scripts/test.sh installs it)");
+            }
+            eprintln!("skipping: needs bindfs");
+            return None;
+        }
+        std::fs::create_dir_all(backing).unwrap();
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("bindfs")
+            .arg(backing)
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "bindfs");
+        Some(Fuse {
+            at: at.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Fuse {
+    fn drop(&mut self) {
+        let done = Command::new("fusermount")
+            .arg("-u")
+            .arg(&self.at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+/// On a real filesystem without `RENAME_EXCHANGE` (FUSE, through bindfs): a
+/// directory is refused before anything is written, in one line saying how
+/// to convert it; done as it says, the link is flipped there (rename and
+/// symlink work on any POSIX filesystem) and unchanged files are still hard
+/// links into the old tree.
+#[test]
+fn on_fuse_without_rename_exchange_the_symlink_form_works() {
+    let t = tmp();
+    let backing = t.path().join("backing");
+    let Some(fuse) = Fuse::mount(&backing, &t.path().join("fuse")) else {
+        return;
+    };
+    let src = t.path().join("src");
+    let dest = fuse.at.join("dest");
+    write_version(&src, 30, 1);
+    ok(ferry([
+        "sync",
+        "-a",
+        &format!("{}/", src.display()),
+        &dest.display().to_string(),
+    ]));
+    let o = sync_atomic(&[], &src, &dest.display().to_string());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let d = dest.display().to_string();
+    assert!(
+        err.contains("RENAME_EXCHANGE")
+            && err.contains(&format!("mv {d} {d}.1 && ln -s {d}.1 {d}")),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(std::fs::symlink_metadata(&dest).unwrap().is_dir());
+    assert_eq!(entries(&fuse.at), vec![".dest.ferry-atomic.lock", "dest"]);
+    // as the message says
+    std::fs::rename(&dest, fuse.at.join("dest.1")).unwrap();
+    std::os::unix::fs::symlink(fuse.at.join("dest.1"), &dest).unwrap();
+    let keep = inode(&backing.join("dest.1/d4/f0004"));
+    std::fs::rename(src.join("d4/f0004"), t.path().join("f0004")).unwrap();
+    write_version(&src, 30, 2);
+    std::fs::rename(t.path().join("f0004"), src.join("d4/f0004")).unwrap();
+    ok(sync_atomic(&[], &src, &dest.display().to_string()));
+    assert_eq!(
+        std::fs::read_link(&dest).unwrap(),
+        fuse.at.join(".dest.ferry-1")
+    );
+    let (versions, files) = versions_at(&dest);
+    assert_eq!(files, 30);
+    assert_eq!(versions, BTreeSet::from(["v1".into(), "v2".into()]));
+    assert_eq!(
+        inode(&backing.join(".dest.ferry-1/d4/f0004")),
+        keep,
+        "the unchanged file was copied"
+    );
+    assert_eq!(
+        entries(&fuse.at),
+        vec![".dest.ferry-1", ".dest.ferry-atomic.lock", "dest"]
+    );
+}
