@@ -326,6 +326,21 @@ fn module_text(dir: &[u8], text: &[u8], roots: &[Vec<u8>]) -> Option<Vec<u8>> {
     })
 }
 
+/// Whether `text` has a `..` after a name (`a/../b`): taken lexically it may
+/// name another directory than the kernel finds through a symlink `a`.
+fn climbs_after_a_name(text: &[u8]) -> bool {
+    let mut named = false;
+    for c in text.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." if named => return true,
+            b".." => {}
+            _ => named = true,
+        }
+    }
+    false
+}
+
 /// The module-relative name of `path` (`.` for the module root).
 fn in_module(path: &[u8]) -> &[u8] {
     if path.is_empty() || path == b"/" {
@@ -530,6 +545,14 @@ impl Place for LocalPlace {
                     // the symlink form: its target resolved beneath the
                     // module, never following a symlink, refused outside it
                     let mut resolve = |text: &[u8]| {
+                        if climbs_after_a_name(text) {
+                            // `a/../b` is taken lexically here, but a reader's
+                            // kernel goes through `a` if it is a symlink
+                            return Err(TransferError::Usage(format!(
+                                "--atomic: {shown} is a symlink to {}, with `..` after a name; inside a module write the link's target without it",
+                                names::escape(text)
+                            )));
+                        }
                         let t = module_text(parent, text, &roots).ok_or_else(|| {
                             TransferError::Usage(format!(
                                 "--atomic: {shown} is a symlink to {}, outside the module; a link switched through the daemon must point inside the module",
@@ -604,5 +627,27 @@ mod tests {
         assert_eq!(inside_module(b".", b".."), None);
         assert_eq!(inside_module(b"d", b"/etc"), None);
         assert_eq!(inside_module(b"d", b"x/../../../y"), None);
+    }
+
+    #[test]
+    fn a_link_text_inside_a_module() {
+        let roots = [b"/srv/m".to_vec()];
+        assert_eq!(
+            module_text(b"serve", b"../releases/7", &roots).as_deref(),
+            Some(&b"releases/7"[..])
+        );
+        assert_eq!(
+            module_text(b".", b"/srv/m/releases/7/", &roots).as_deref(),
+            Some(&b"releases/7"[..])
+        );
+        assert_eq!(
+            module_text(b".", b"/srv/m", &roots).as_deref(),
+            Some(&b"."[..])
+        );
+        assert_eq!(module_text(b".", b"/srv/mx/7", &roots), None);
+        assert_eq!(module_text(b".", b"/etc", &roots), None);
+        assert_eq!(module_text(b"serve", b"../../x", &roots), None);
+        assert!(climbs_after_a_name(b"a/../b"));
+        assert!(!climbs_after_a_name(b"../../releases/./7"));
     }
 }
