@@ -18,6 +18,7 @@ command -v ethtool >/dev/null || need+=(ethtool)
 command -v faketime >/dev/null || need+=(faketime)
 command -v nc >/dev/null || need+=(netcat-openbsd) # the fan-out tests' nc|tee relay baseline
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v bindfs >/dev/null || need+=(bindfs) # a FUSE filesystem without RENAME_EXCHANGE (tests/atomic.rs)
 [ -x /usr/bin/time ] || need+=(time)
 command -v promtool >/dev/null || need+=(prometheus) # promtool checks the API's /metrics
 command -v chromium >/dev/null || need+=(chromium) # the dashboard test

@@ -444,3 +444,523 @@ fn to_the_daemon_inside_the_module() {
         (BTreeSet::from(["v2".into()]), 50)
     );
 }
+
+// ---- the symlink form: DEST is a symlink to a directory (`current ->
+// releases/7`), flipped to a new tree with one rename ----
+
+/// The entries of `dir` (names only, sorted).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `t/releases/first` holding nothing yet and `t/current -> releases/first`
+/// (relative, as a deployment script makes it).
+fn release_link(t: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(t.join("releases/first")).unwrap();
+    std::os::unix::fs::symlink("releases/first", t.join("current")).unwrap();
+    t.join("current")
+}
+
+/// After a run: the link points (with a relative text, as it did) at the
+/// one directory left in `releases`, and nothing else ferry made is left
+/// beside the link or the trees.
+fn assert_converged(t: &Path) {
+    let target = std::fs::read_link(t.join("current")).unwrap();
+    let text = target.to_string_lossy().into_owned();
+    assert!(text.starts_with("releases/.current.ferry-"), "{text}");
+    let left = entries(&t.join("releases"));
+    assert_eq!(
+        left,
+        vec![text.trim_start_matches("releases/").to_string()],
+        "old trees left behind"
+    );
+    for e in entries(t) {
+        assert!(
+            !e.contains(".ferry-") || e == ".current.ferry-atomic.lock",
+            "{e} left beside the link"
+        );
+    }
+}
+
+/// A reader opening `current` (through the link) once per pass and reading
+/// every file through that handle, while 1,000 files all change: no pass
+/// sees a mix, passes of both versions are seen, the link keeps its relative
+/// form and the old target is removed.
+#[test]
+fn a_symlinked_destination_flips_and_a_reader_never_sees_a_mix() {
+    let t = tmp();
+    let src = t.path().join("src");
+    let current = release_link(t.path());
+    let dest_arg = current.display().to_string();
+    write_version(&src, 1000, 1);
+    ok(sync_atomic(&[], &src, &dest_arg));
+    assert_eq!(versions_at(&current), (BTreeSet::from(["v1".into()]), 1000));
+    assert_converged(t.path());
+    assert!(
+        !t.path().join("releases/first").exists(),
+        "the old target is removed"
+    );
+    write_version(&src, 1000, 2);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, current) = (stop.clone(), current.clone());
+        std::thread::spawn(move || {
+            let (mut whole, mut seen, mut mixed) = (0usize, BTreeSet::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok(dir) = std::fs::File::open(&current) else {
+                    continue;
+                };
+                let Some((versions, files)) = versions_through(&dir) else {
+                    continue; // the old tree went away under this pass
+                };
+                if versions.len() != 1 {
+                    mixed.push(versions.clone());
+                }
+                if files == 1000 {
+                    whole += 1;
+                }
+                seen.extend(versions);
+            }
+            (whole, seen, mixed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    // a trailing slash names the directory the link points at: the link is
+    // still what is switched
+    let o = sync_atomic(&[], &src, &format!("{dest_arg}/"));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (whole, seen, mixed) = reader.join().unwrap();
+    ok(o);
+    assert!(
+        mixed.is_empty(),
+        "a reader saw a mix of versions: {mixed:?}"
+    );
+    assert!(whole > 0, "the reader never read the tree whole");
+    assert!(seen.contains("v1"), "the reader never saw the old tree");
+    assert!(seen.contains("v2"), "the reader never saw the new tree");
+    assert_eq!(versions_at(&current), (BTreeSet::from(["v2".into()]), 1000));
+    assert!(std::fs::symlink_metadata(&current)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_converged(t.path());
+}
+
+/// `kill -9` at 10 seeded moments of a re-sync through the link: each time
+/// the link points at the whole old tree or the whole new one, and the next
+/// run converges, leaving no tree a killed run made or replaced.
+#[test]
+fn kill_9_through_a_symlink_leaves_the_old_or_the_new_tree_and_no_leak() {
+    let t = tmp();
+    let src = t.path().join("src");
+    let current = release_link(t.path());
+    let dest_arg = current.display().to_string();
+    write_version(&src, 1000, 1);
+    ok(sync_atomic(&[], &src, &dest_arg));
+    write_version(&src, 1000, 2);
+    let started = Instant::now();
+    ok(sync_atomic(&[], &src, &dest_arg));
+    let full = started.elapsed().as_micros().max(1000) as u64;
+    let mut rng = Lcg(2024);
+    let (mut old_seen, mut new_seen) = (0, 0);
+    for round in 0..10u32 {
+        let (old, new) = (format!("v{}", round + 2), format!("v{}", round + 3));
+        write_version(&src, 1000, round + 3);
+        let at = Duration::from_micros(rng.next() % (full + full / 5));
+        let mut child = Command::new(ferry_bin())
+            .args(["sync", "-a", "--atomic"])
+            .arg(format!("{}/", src.display()))
+            .arg(&dest_arg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        let _ = child.kill(); // SIGKILL (it may have finished already)
+        let _ = child.wait();
+        let (versions, files) = versions_at(&current);
+        assert_eq!(
+            files, 1000,
+            "round {round}: killed at {at:?}, {files} files"
+        );
+        assert_eq!(
+            versions.len(),
+            1,
+            "round {round}: killed at {at:?}: {versions:?}"
+        );
+        if versions.contains(&old) {
+            old_seen += 1;
+        } else {
+            assert!(versions.contains(&new), "round {round}: {versions:?}");
+            new_seen += 1;
+        }
+        ok(sync_atomic(&[], &src, &dest_arg));
+        assert_eq!(versions_at(&current), (BTreeSet::from([new.clone()]), 1000));
+        assert_converged(t.path());
+    }
+    eprintln!("killed runs left the old tree {old_seen} times, the new one {new_seen} times");
+    assert!(old_seen > 0, "no kill landed before the flip");
+}
+
+/// Through an absolute link: unchanged files keep their inode (hard links
+/// into the old target), changed ones are new files, the link stays
+/// absolute, and `--backup-dir` keeps the replaced target whole; a link to
+/// a directory that does not exist yet gets a new tree; a link to a link is
+/// refused in one line.
+#[test]
+fn a_symlinked_destination_links_unchanged_files_and_keeps_a_backup() {
+    let t = tmp();
+    let (src, ckpt) = (t.path().join("src"), t.path().join("ckpt"));
+    std::fs::create_dir_all(ckpt.join("7")).unwrap();
+    let current = t.path().join("serve/current");
+    std::fs::create_dir_all(t.path().join("serve")).unwrap();
+    std::os::unix::fs::symlink(ckpt.join("7"), &current).unwrap();
+    for i in 0..50 {
+        write(&src.join(format!("f{i}")), random_bytes(5000, i));
+    }
+    let dest_arg = current.display().to_string();
+    ok(sync_atomic(&[], &src, &dest_arg));
+    let first = std::fs::read_link(&current).unwrap();
+    assert_eq!(
+        first,
+        ckpt.join(".current.ferry-1"),
+        "the link stays absolute"
+    );
+    let before: Vec<u64> = (0..50)
+        .map(|i| inode(&current.join(format!("f{i}"))))
+        .collect();
+    for i in 0..5 {
+        write(&src.join(format!("f{i}")), random_bytes(5000, 100 + i));
+    }
+    ok(sync_atomic(&["--backup-dir", "../prev"], &src, &dest_arg));
+    assert_eq!(
+        std::fs::read_link(&current).unwrap(),
+        ckpt.join(".current.ferry-2")
+    );
+    for i in 5..50 {
+        assert_eq!(
+            inode(&current.join(format!("f{i}"))),
+            before[i as usize],
+            "f{i} was copied"
+        );
+    }
+    for i in 0..5 {
+        assert_ne!(inode(&current.join(format!("f{i}"))), before[i as usize]);
+        assert_eq!(
+            std::fs::read(current.join(format!("f{i}"))).unwrap(),
+            random_bytes(5000, 100 + i)
+        );
+    }
+    assert_same_tree(&src, &current, false);
+    // --backup-dir is taken from DEST as rsync's: beside the link
+    let prev = t.path().join("serve/prev");
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read(prev.join(format!("f{i}"))).unwrap(),
+            random_bytes(5000, i),
+            "the backup holds the old tree"
+        );
+    }
+    assert_eq!(entries(&ckpt), vec![".current.ferry-2".to_string()]);
+
+    // a link to a directory that is not there yet
+    let fresh = t.path().join("fresh");
+    std::os::unix::fs::symlink("releases/none", &fresh).unwrap();
+    std::fs::create_dir(t.path().join("releases")).unwrap();
+    ok(sync_atomic(&[], &src, &fresh.display().to_string()));
+    assert_eq!(
+        std::fs::read_link(&fresh).unwrap(),
+        Path::new("releases/.fresh.ferry-1")
+    );
+    assert_same_tree(&src, &fresh, false);
+
+    // a link to a link
+    let chain = t.path().join("chain");
+    std::os::unix::fs::symlink("serve/current", &chain).unwrap();
+    let o = sync_atomic(&[], &src, &chain.display().to_string());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("itself a symlink"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(
+        std::fs::read_link(&chain).unwrap(),
+        Path::new("serve/current")
+    );
+}
+
+/// A filesystem that cannot exchange two names (NFS, some FUSE): a real
+/// directory is refused before anything is written, in one line that says
+/// how to switch to the symlink form, and the directory stays a directory.
+/// (The test hook makes the probe report `RENAME_EXCHANGE` unsupported.)
+#[test]
+fn without_rename_exchange_a_directory_is_refused_with_the_symlink_recipe() {
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write_version(&src, 10, 1);
+    ok(sync_atomic(&[], &src, &dest.display().to_string()));
+    write_version(&src, 10, 2);
+    let run = |dest: &Path| {
+        Command::new(ferry_bin())
+            .args(["sync", "-a", "--atomic"])
+            .arg(format!("{}/", src.display()))
+            .arg(dest)
+            .env("FERRY_TEST_HOOKS", "1")
+            .env("FERRY_TEST_NO_EXCHANGE", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = run(&dest);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let d = dest.display().to_string();
+    assert!(
+        err.contains("RENAME_EXCHANGE")
+            && err.contains(&format!("mv {d} {d}.1 && ln -s {d}.1 {d}")),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(std::fs::symlink_metadata(&dest).unwrap().is_dir());
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v1".into()]), 10));
+    assert!(!t.path().join(".dest.ferry-atomic").exists());
+    // following the advice works on the same filesystem
+    std::fs::rename(&dest, t.path().join("dest.1")).unwrap();
+    std::os::unix::fs::symlink(t.path().join("dest.1"), &dest).unwrap();
+    ok(run(&dest));
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v2".into()]), 10));
+    assert!(!t.path().join("dest.1").exists());
+}
+
+/// Over ssh the remote flips the link: the unchanged file keeps its inode.
+#[test]
+fn over_ssh_the_remote_flips_the_link() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let src = t.path().join("src");
+    let current = release_link(t.path());
+    write_version(&src, 100, 1);
+    let remote = sshd.remote(&current);
+    let args: Vec<String> = sshd.args();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(sync_atomic(&extra, &src, &remote));
+    let keep = inode(&current.join("d5/f0005"));
+    std::fs::rename(src.join("d5/f0005"), t.path().join("f0005")).unwrap();
+    write_version(&src, 100, 2);
+    std::fs::rename(t.path().join("f0005"), src.join("d5/f0005")).unwrap();
+    ok(sync_atomic(&extra, &src, &remote));
+    let (versions, files) = versions_at(&current);
+    assert_eq!(files, 100);
+    assert_eq!(versions, BTreeSet::from(["v1".into(), "v2".into()]));
+    assert_eq!(
+        inode(&current.join("d5/f0005")),
+        keep,
+        "the unchanged file was copied"
+    );
+    assert_converged(t.path());
+}
+
+/// To the daemon a link inside the module is flipped (relative or absolute
+/// text, the new tree beside its target, resolved beneath the module); a
+/// link out of the module, or to the module's root, is refused in one line
+/// and nothing outside is touched.
+#[test]
+fn to_the_daemon_a_link_inside_the_module_is_flipped() {
+    let t = tmp();
+    let (src, module, outside) = (
+        t.path().join("src"),
+        t.path().join("module"),
+        t.path().join("outside"),
+    );
+    std::fs::create_dir_all(module.join("releases/7")).unwrap();
+    std::fs::create_dir_all(module.join("serve")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    write(&outside.join("keep"), b"outside");
+    std::os::unix::fs::symlink("../releases/7", module.join("serve/current")).unwrap();
+    std::os::unix::fs::symlink(module.join("releases/abs"), module.join("abs")).unwrap();
+    std::os::unix::fs::symlink(&outside, module.join("escape")).unwrap();
+    std::os::unix::fs::symlink("../../outside", module.join("serve/climb")).unwrap();
+    std::os::unix::fs::symlink(&module, module.join("root")).unwrap();
+    write_version(&src, 50, 1);
+    let d = Daemon::start(&[("m", &module, false)], "", &[]);
+    let run = |url: &str, extra: &[&str]| {
+        let mut args: Vec<String> = d.client_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+        sync_atomic(&extra, &src, url)
+    };
+    ok(run(&d.url("m/serve/current"), &[]));
+    let current = module.join("serve/current");
+    assert_eq!(
+        std::fs::read_link(&current).unwrap(),
+        Path::new("../releases/.current.ferry-1")
+    );
+    assert_eq!(versions_at(&current), (BTreeSet::from(["v1".into()]), 50));
+    write_version(&src, 50, 2);
+    ok(run(
+        &d.url("m/serve/current/"),
+        &["--backup-dir", "../prev"],
+    ));
+    assert_eq!(
+        std::fs::read_link(&current).unwrap(),
+        Path::new("../releases/.current.ferry-2")
+    );
+    assert_eq!(versions_at(&current), (BTreeSet::from(["v2".into()]), 50));
+    assert_eq!(
+        versions_at(&module.join("serve/prev")),
+        (BTreeSet::from(["v1".into()]), 50)
+    );
+    assert_eq!(entries(&module.join("releases")), vec![".current.ferry-2"]);
+    // unchanged files are linked, not copied
+    let keep = inode(&current.join("d3/f0003"));
+    ok(run(&d.url("m/serve/current"), &[]));
+    assert_eq!(
+        std::fs::read_link(&current).unwrap(),
+        Path::new("../releases/.current.ferry-3")
+    );
+    assert_eq!(inode(&current.join("d3/f0003")), keep, "copied, not linked");
+    // an absolute link that stays inside the module
+    ok(run(&d.url("m/abs"), &[]));
+    assert_eq!(
+        std::fs::read_link(module.join("abs")).unwrap(),
+        module.join("releases/.abs.ferry-1")
+    );
+    assert_eq!(
+        versions_at(&module.join("abs")),
+        (BTreeSet::from(["v2".into()]), 50)
+    );
+    // out of the module (absolute, climbing), and the module's root
+    for (name, why) in [
+        ("m/escape", "outside the module"),
+        ("m/serve/climb", "outside the module"),
+        ("m/root", "module's root"),
+    ] {
+        let o = run(&d.url(name), &[]);
+        assert!(!o.status.success(), "{name}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("symlink") && err.contains(why),
+            "{name}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
+    }
+    assert_eq!(entries(&outside), vec!["keep"], "wrote outside the module");
+    assert_eq!(entries(t.path()), vec!["module", "outside", "src"]);
+}
+
+/// A FUSE mount of `backing` at `at` (bindfs, which answers
+/// `RENAME_EXCHANGE` with `EINVAL` as many FUSE filesystems do), unmounted
+/// when dropped.
+struct Fuse {
+    at: std::path::PathBuf,
+}
+
+impl Fuse {
+    /// `None` (the test skips) without root or bindfs, outside CI.
+    fn mount(backing: &Path, at: &Path) -> Option<Fuse> {
+        if !root_available() {
+            return None;
+        }
+        if Command::new("bindfs").arg("--version").output().is_err() {
+            if std::env::var_os("FERRY_REQUIRE_SSHD").is_some() {
+                panic!("bindfs is missing (scripts/test.sh installs it)");
+            }
+            eprintln!("skipping: needs bindfs");
+            return None;
+        }
+        std::fs::create_dir_all(backing).unwrap();
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("bindfs")
+            .arg(backing)
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "bindfs");
+        Some(Fuse {
+            at: at.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Fuse {
+    fn drop(&mut self) {
+        let done = Command::new("fusermount")
+            .arg("-u")
+            .arg(&self.at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+/// On a real filesystem without `RENAME_EXCHANGE` (FUSE, through bindfs): a
+/// directory is refused before anything is written, in one line saying how
+/// to convert it; done as it says, the link is flipped there (rename and
+/// symlink work on any POSIX filesystem) and unchanged files are still hard
+/// links into the old tree.
+#[test]
+fn on_fuse_without_rename_exchange_the_symlink_form_works() {
+    let t = tmp();
+    let backing = t.path().join("backing");
+    let Some(fuse) = Fuse::mount(&backing, &t.path().join("fuse")) else {
+        return;
+    };
+    let src = t.path().join("src");
+    let dest = fuse.at.join("dest");
+    write_version(&src, 30, 1);
+    ok(ferry([
+        "sync",
+        "-a",
+        &format!("{}/", src.display()),
+        &dest.display().to_string(),
+    ]));
+    let o = sync_atomic(&[], &src, &dest.display().to_string());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let d = dest.display().to_string();
+    assert!(
+        err.contains("RENAME_EXCHANGE")
+            && err.contains(&format!("mv {d} {d}.1 && ln -s {d}.1 {d}")),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(std::fs::symlink_metadata(&dest).unwrap().is_dir());
+    assert_eq!(entries(&fuse.at), vec![".dest.ferry-atomic.lock", "dest"]);
+    // as the message says
+    std::fs::rename(&dest, fuse.at.join("dest.1")).unwrap();
+    std::os::unix::fs::symlink(fuse.at.join("dest.1"), &dest).unwrap();
+    let keep = inode(&backing.join("dest.1/d4/f0004"));
+    std::fs::rename(src.join("d4/f0004"), t.path().join("f0004")).unwrap();
+    write_version(&src, 30, 2);
+    std::fs::rename(t.path().join("f0004"), src.join("d4/f0004")).unwrap();
+    ok(sync_atomic(&[], &src, &dest.display().to_string()));
+    assert_eq!(
+        std::fs::read_link(&dest).unwrap(),
+        fuse.at.join(".dest.ferry-1")
+    );
+    let (versions, files) = versions_at(&dest);
+    assert_eq!(files, 30);
+    assert_eq!(versions, BTreeSet::from(["v1".into(), "v2".into()]));
+    assert_eq!(
+        inode(&backing.join(".dest.ferry-1/d4/f0004")),
+        keep,
+        "the unchanged file was copied"
+    );
+    assert_eq!(
+        entries(&fuse.at),
+        vec![".dest.ferry-1", ".dest.ferry-atomic.lock", "dest"]
+    );
+}

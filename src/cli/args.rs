@@ -225,7 +225,10 @@ pub struct SyncArgs {
     /// old tree's, not copies), then swapped in with one
     /// renameat2(RENAME_EXCHANGE), so readers see the whole old tree or the
     /// whole new one. The old tree is removed, or kept with --backup-dir.
-    /// Files the source lacks stay unless --delete, as in any sync
+    /// Files the source lacks stay unless --delete, as in any sync. A DEST
+    /// that is a symlink to a directory (current -> releases/7) is flipped
+    /// instead: the new tree is built beside its target (.DEST.ferry-N) and
+    /// a new link renamed over DEST, on any filesystem
     #[arg(long, conflicts_with = "inplace")]
     pub atomic: bool,
     /// With --atomic: move the replaced tree to DIR (relative to the
@@ -423,7 +426,8 @@ pub struct CpArgs {
     #[arg(long)]
     pub json: bool,
     /// Switch the destination directory whole (as sync --atomic): built
-    /// beside it, swapped in with one rename, readers never see a mix
+    /// beside it, swapped in with one rename, readers never see a mix; a
+    /// destination that is a symlink to a directory is flipped to the new tree
     #[arg(long)]
     pub atomic: bool,
     /// The remote shell command (instead of ssh)

@@ -297,6 +297,53 @@ fn named(path: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((parent, name))
 }
 
+/// A symlink's `text` read from directory `dir` (paths on this machine):
+/// absolute as it is, relative taken from `dir`.
+fn text_from(dir: &[u8], text: &[u8]) -> Vec<u8> {
+    if text.starts_with(b"/") {
+        text.to_vec()
+    } else {
+        names::join(dir, text)
+    }
+}
+
+/// A symlink's `text` read from directory `dir` of a module, as a
+/// module-relative name, `..` taken lexically: `None` when it leaves the
+/// module. An absolute text counts when it lies under one of `roots` (the
+/// module's path as configured and as resolved).
+fn module_text(dir: &[u8], text: &[u8], roots: &[Vec<u8>]) -> Option<Vec<u8>> {
+    if !text.starts_with(b"/") {
+        return inside_module(in_module(dir), text);
+    }
+    let abs = lexically_from(b"/", text);
+    roots.iter().find_map(|r| {
+        let rest = abs.strip_prefix(r.as_slice())?;
+        let rest = if r.as_slice() == b"/" {
+            rest
+        } else if rest.is_empty() {
+            b"."
+        } else {
+            rest.strip_prefix(b"/")?
+        };
+        inside_module(b".", rest)
+    })
+}
+
+/// Whether `text` has a `..` after a name (`a/../b`): taken lexically it may
+/// name another directory than the kernel finds through a symlink `a`.
+fn climbs_after_a_name(text: &[u8]) -> bool {
+    let mut named = false;
+    for c in text.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." if named => return true,
+            b".." => {}
+            _ => named = true,
+        }
+    }
+    false
+}
+
 /// The module-relative name of `path` (`.` for the module root).
 fn in_module(path: &[u8]) -> &[u8] {
     if path.is_empty() || path == b"/" {
@@ -426,6 +473,18 @@ impl Place for LocalPlace {
                 names::escape(backup_dir.unwrap_or_default())
             ))
         };
+        // a daemon module's root as configured and as resolved: an absolute
+        // symlink inside it may name it either way
+        let roots: Vec<Vec<u8>> = match &self.beneath {
+            None => Vec::new(),
+            Some(b) => {
+                let mut r = vec![lexically_from(b"/", b.as_os_str().as_bytes())];
+                if let Ok(c) = std::fs::canonicalize(b) {
+                    r.push(c.as_os_str().as_bytes().to_vec());
+                }
+                r
+            }
+        };
         match self.module()? {
             None => {
                 let (parent, name) = named(root).ok_or_else(unnamed)?;
@@ -438,9 +497,22 @@ impl Place for LocalPlace {
                         Some((open_dir_path(bparent, shown)?, bname.to_vec()))
                     }
                 };
-                let staged =
-                    crate::fs::atomic::stage(open_dir_path(parent, shown)?, name, backup, shown)?;
-                let path = names::join(parent, staged.sibling());
+                let pfd = open_dir_path(parent, shown)?;
+                let is_link = crate::fs::atomic::is_symlink(&pfd, name)
+                    .map_err(|e| TransferError::local(shown.to_string(), &e))?;
+                let staged = if is_link {
+                    // the symlink form: the link's text as the kernel reads
+                    // it, from the link's directory
+                    let mut resolve = |text: &[u8]| {
+                        let path = text_from(parent, text);
+                        let (tparent, tname) = named(&path).ok_or_else(unnamed)?;
+                        Ok((open_dir_path(tparent, shown)?, tname.to_vec()))
+                    };
+                    crate::fs::atomic::stage_flip(pfd, name, &mut resolve, backup, shown)?
+                } else {
+                    crate::fs::atomic::stage(pfd, name, backup, shown)?
+                };
+                let path = text_from(parent, staged.new_tree());
                 let dest = Dest::open(Path::new(std::ffi::OsStr::from_bytes(&path)), false)
                     .map_err(|e| TransferError::local(shown.to_string(), &e))?;
                 self.staged = Some(staged);
@@ -471,13 +543,48 @@ impl Place for LocalPlace {
                     }
                 };
                 let pfd = m.dir(parent).map_err(local)?.try_clone().map_err(local)?;
-                let staged = crate::fs::atomic::stage(pfd, name, backup, shown)?;
-                let sibling = if parent == b"." {
-                    staged.sibling().to_vec()
+                let is_link = crate::fs::atomic::is_symlink(&pfd, name).map_err(local)?;
+                let staged = if is_link {
+                    // the symlink form: its target resolved beneath the
+                    // module, never following a symlink, refused outside it
+                    let mut resolve = |text: &[u8]| {
+                        if climbs_after_a_name(text) {
+                            // `a/../b` is taken lexically here, but a reader's
+                            // kernel goes through `a` if it is a symlink
+                            return Err(TransferError::Usage(format!(
+                                "--atomic: {shown} is a symlink to {}, with `..` after a name; inside a module write the link's target without it",
+                                names::escape(text)
+                            )));
+                        }
+                        let t = module_text(parent, text, &roots).ok_or_else(|| {
+                            TransferError::Usage(format!(
+                                "--atomic: {shown} is a symlink to {}, outside the module; a link switched through the daemon must point inside the module",
+                                names::escape(text)
+                            ))
+                        })?;
+                        names::check(&t)
+                            .map_err(|e| TransferError::Usage(format!("--atomic: {shown}: {e}")))?;
+                        if t == b"." {
+                            return Err(TransferError::Usage(format!(
+                                "--atomic: {shown} is a symlink to the module's root, which cannot be switched; point it at a directory inside the module"
+                            )));
+                        }
+                        let (tparent, tname) = names::split_parent(&t);
+                        let fd = m.dir(in_module(tparent)).map_err(|e| {
+                            TransferError::Usage(format!(
+                                "--atomic: {shown} is a symlink to {}: {e}",
+                                names::escape(text)
+                            ))
+                        })?;
+                        Ok((fd.try_clone().map_err(local)?, tname.to_vec()))
+                    };
+                    crate::fs::atomic::stage_flip(pfd, name, &mut resolve, backup, shown)?
                 } else {
-                    names::join(parent, staged.sibling())
+                    crate::fs::atomic::stage(pfd, name, backup, shown)?
                 };
-                let dest = m.sub(&sibling).map_err(local)?;
+                let new = module_text(parent, staged.new_tree(), &roots)
+                    .expect("resolved inside the module when staged");
+                let dest = m.sub(&new).map_err(local)?;
                 self.staged = Some(staged);
                 Ok(dest)
             }
@@ -523,5 +630,27 @@ mod tests {
         assert_eq!(inside_module(b".", b".."), None);
         assert_eq!(inside_module(b"d", b"/etc"), None);
         assert_eq!(inside_module(b"d", b"x/../../../y"), None);
+    }
+
+    #[test]
+    fn a_link_text_inside_a_module() {
+        let roots = [b"/srv/m".to_vec()];
+        assert_eq!(
+            module_text(b"serve", b"../releases/7", &roots).as_deref(),
+            Some(&b"releases/7"[..])
+        );
+        assert_eq!(
+            module_text(b".", b"/srv/m/releases/7/", &roots).as_deref(),
+            Some(&b"releases/7"[..])
+        );
+        assert_eq!(
+            module_text(b".", b"/srv/m", &roots).as_deref(),
+            Some(&b"."[..])
+        );
+        assert_eq!(module_text(b".", b"/srv/mx/7", &roots), None);
+        assert_eq!(module_text(b".", b"/etc", &roots), None);
+        assert_eq!(module_text(b"serve", b"../../x", &roots), None);
+        assert!(climbs_after_a_name(b"a/../b"));
+        assert!(!climbs_after_a_name(b"../../releases/./7"));
     }
 }

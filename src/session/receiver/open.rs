@@ -46,7 +46,9 @@ impl<D: Destination> Receiver<'_, D> {
             self.intake.set_mapping(Mapping::StripTop(Vec::new()));
             (trimmed.to_vec(), true)
         } else {
-            if exists && !is_dir {
+            // (--atomic: a symlink to a directory, which a daemon module
+            // reports as no directory, is the place's to judge)
+            if exists && !is_dir && !atomic {
                 return Err(TransferError::Usage(format!(
                     "destination {shown} exists and is not a directory"
                 )));
