@@ -480,4 +480,54 @@ mod tests {
         assert!(OutFormat::itemize().itemizes());
         assert!(!OutFormat::parse("%n").unwrap().itemizes());
     }
+
+    #[test]
+    fn rsyncs_client_escapes() {
+        assert_eq!(big_num(50_000, 0), "50000");
+        assert_eq!(big_num(50_000, 1), "50,000");
+        assert_eq!(big_num(1_234_567, 1), "1,234,567");
+        assert_eq!(big_num(999, 1), "999");
+        assert_eq!(big_num(50_000, 2), "50.00K");
+        assert_eq!(big_num(4096, 3), "4.00K");
+        assert_eq!(big_num(999, 2), "999");
+        let push = |root: &str| Side::Sender {
+            root: Some(root.as_bytes().to_vec()),
+        };
+        let f = OutFormat::parse("%o|%f|%'l|%h|%m|%p").unwrap();
+        let l = line(Item::NEW | Item::SENT);
+        let pid = std::process::id();
+        assert_eq!(
+            f.clone().on(push("/tmp/x/src")).render(&l, PULL, 0),
+            format!("send|tmp/x/src/d/f|12|%h||{pid}")
+        );
+        assert_eq!(
+            f.clone().on(Side::Receiver).render(&l, PULL, 0),
+            format!("recv|d/f|12|%h||{pid}")
+        );
+        let mut root = line(Item::DIR);
+        root.name = b"./";
+        assert_eq!(
+            OutFormat::parse("%f")
+                .unwrap()
+                .on(push("t/src"))
+                .render(&root, PULL, 0),
+            "t/src/."
+        );
+        assert_eq!(
+            OutFormat::parse("%f")
+                .unwrap()
+                .on(push(""))
+                .render(&l, PULL, 0),
+            "d/f"
+        );
+        let mut link = line(Item::SYMLINK | Item::NEW);
+        link.detail = b"-> /usr/bin/python3";
+        assert_eq!(OutFormat::parse("%l").unwrap().render(&link, PULL, 0), "16");
+        assert!(OutFormat::parse("%B")
+            .unwrap_err()
+            .contains("does not report"));
+        let plain = OutFormat::parse("%n").unwrap();
+        assert!(!plain.shows_deletions());
+        assert!(OutFormat::parse("%o %n").unwrap().shows_deletions());
+    }
 }
