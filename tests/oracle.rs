@@ -2617,6 +2617,8 @@ struct Printed {
     /// Over ssh and the daemon only: locally ferry keeps its own `%o`.
     remote_only: bool,
     pick: fn(out: &str, log: &str) -> Vec<String>,
+    /// Makes `src` and `init` (the starting destination).
+    build: fn(src: &Path, init: &Path),
 }
 
 /// A source with new, changed and linked entries, and a destination with
@@ -2686,12 +2688,44 @@ fn stats_lines(out: &str, keep: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Links whose times differ from the destination's by whole seconds: one
+/// whose target changes (rsync: `cLc.t......`), made at times set apart
+/// rather than left to when the test happens to run.
+fn link_times(src: &Path, init: &Path) {
+    fixed_tree(src);
+    fixed_tree(init);
+    std::os::unix::fs::symlink("a.txt", src.join("to-a")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", init.join("to-a")).unwrap();
+    for (link, secs) in [
+        (src.join("to-a"), "@1600000000"),
+        (init.join("to-a"), "@1700000000"),
+    ] {
+        let st = std::process::Command::new("touch")
+            .args(["-h", "-d", secs])
+            .arg(&link)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    set_mtime(src, 1_650_000_000);
+    set_mtime(init, 1_650_000_000);
+}
+
 const PRINTED: &[Printed] = &[
+    Printed {
+        name: "-i: a link's new target and time",
+        args: &["-ai"],
+        pull: false,
+        remote_only: false,
+        build: link_times,
+        pick: |out, _| line_set(out, &[]),
+    },
     Printed {
         name: "itemized with names, links, times and sizes",
         args: &["-a", "--delete", "--out-format=%i|%n|%L|%M|%l|%'l|%-12n|"],
         pull: false,
         remote_only: false,
+        build: printed_trees,
         pick: |out, _| line_set(out, &[4, 5]),
     },
     Printed {
@@ -2699,6 +2733,7 @@ const PRINTED: &[Printed] = &[
         args: &["-a", "--delete", "--out-format=%n%L"],
         pull: false,
         remote_only: false,
+        build: printed_trees,
         pick: |out, _| line_set(out, &[]),
     },
     Printed {
@@ -2706,6 +2741,7 @@ const PRINTED: &[Printed] = &[
         args: &["-a", "--delete", "--out-format=%o|%f|%n|%h|%m"],
         pull: false,
         remote_only: true,
+        build: printed_trees,
         pick: |out, _| line_set(out, &[]),
     },
     Printed {
@@ -2713,6 +2749,7 @@ const PRINTED: &[Printed] = &[
         args: &["-a", "--delete", "--out-format=%o|%f|%i|%n"],
         pull: true,
         remote_only: true,
+        build: printed_trees,
         pick: |out, _| line_set(out, &[]),
     },
     Printed {
@@ -2720,6 +2757,7 @@ const PRINTED: &[Printed] = &[
         args: &["-av", "--delete"],
         pull: false,
         remote_only: false,
+        build: printed_trees,
         pick: |out, _| {
             let first = out.lines().next().unwrap_or("").to_string();
             let mut v = vec![first];
@@ -2739,6 +2777,7 @@ const PRINTED: &[Printed] = &[
         args: &["-av", "--delete"],
         pull: true,
         remote_only: true,
+        build: printed_trees,
         pick: |out, _| {
             let mut v = vec![out.lines().next().unwrap_or("").to_string()];
             v.extend(line_set(
@@ -2756,6 +2795,7 @@ const PRINTED: &[Printed] = &[
         args: &["-a", "--delete", "--log-file=LOG"],
         pull: false,
         remote_only: false,
+        build: printed_trees,
         pick: |_, log| {
             let bodies: Vec<String> = log
                 .lines()
@@ -2794,6 +2834,7 @@ const PRINTED: &[Printed] = &[
         args: &["-a", "--delete", "--info=stats2"],
         pull: false,
         remote_only: false,
+        build: printed_trees,
         pick: |out, _| {
             let mut v = stats_lines(
                 out,
@@ -2839,6 +2880,7 @@ const PRINTED: &[Printed] = &[
         args: &["-a", "--delete", "--info=progress2"],
         pull: false,
         remote_only: false,
+        build: printed_trees,
         pick: |out, _| {
             let last = out
                 .lines()
@@ -2881,7 +2923,7 @@ fn run_printed(via: Via) {
         let (src, init) = (t.path().join("src"), t.path().join("init"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::create_dir_all(&init).unwrap();
-        printed_trees(&src, &init);
+        (case.build)(&src, &init);
         let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
         clone_tree(&init, &by_rsync);
         clone_tree(&init, &by_ferry);
