@@ -2619,6 +2619,8 @@ struct Printed {
     pick: fn(out: &str, log: &str) -> Vec<String>,
     /// Makes `src` and `init` (the starting destination).
     build: fn(src: &Path, init: &Path),
+    /// The destination does not exist yet (rsync: `created directory`).
+    fresh: bool,
 }
 
 /// A source with new, changed and linked entries, and a destination with
@@ -2713,11 +2715,62 @@ fn link_times(src: &Path, init: &Path) {
 
 const PRINTED: &[Printed] = &[
     Printed {
+        name: "-v names directories whose attributes change",
+        args: &["-av"],
+        pull: false,
+        remote_only: false,
+        build: |s, d| {
+            printed_trees(s, d);
+            std::fs::create_dir_all(d.join("data")).unwrap();
+            set_mtime(&d.join("data"), 1_600_000_000);
+            std::fs::create_dir_all(d.join("ckpt")).unwrap();
+            chmod(&d.join("ckpt"), 0o700);
+            set_mtime(&d.join("ckpt"), 1_650_000_000);
+        },
+        fresh: false,
+        pick: |out, _| {
+            line_set(
+                &out.lines()
+                    .filter(|l| !l.starts_with("sent ") && !l.starts_with("total size is "))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                &[],
+            )
+        },
+    },
+    Printed {
+        name: "-v and -i into a new directory",
+        args: &["-avi"],
+        pull: false,
+        remote_only: false,
+        build: |s, _| {
+            printed_trees(s, &s.with_file_name("unused"));
+            chmod(&s.join("empty"), 0o700);
+        },
+        fresh: true,
+        pick: |out, _| {
+            let out: Vec<&str> = out
+                .lines()
+                .filter(|l| !l.starts_with("sent ") && !l.starts_with("total size is "))
+                .map(|l| match l.starts_with("created directory ") {
+                    true => "created directory DEST",
+                    false => l,
+                })
+                .collect();
+            let mut v = vec![out.first().unwrap_or(&"").to_string()];
+            let mut rest: Vec<String> = out.iter().skip(1).map(|l| l.to_string()).collect();
+            rest.sort();
+            v.extend(rest);
+            v
+        },
+    },
+    Printed {
         name: "-i: a link's new target and time",
         args: &["-ai"],
         pull: false,
         remote_only: false,
         build: link_times,
+        fresh: false,
         pick: |out, _| line_set(out, &[]),
     },
     Printed {
@@ -2726,6 +2779,7 @@ const PRINTED: &[Printed] = &[
         pull: false,
         remote_only: false,
         build: printed_trees,
+        fresh: false,
         pick: |out, _| line_set(out, &[4, 5]),
     },
     Printed {
@@ -2734,6 +2788,7 @@ const PRINTED: &[Printed] = &[
         pull: false,
         remote_only: false,
         build: printed_trees,
+        fresh: false,
         pick: |out, _| line_set(out, &[]),
     },
     Printed {
@@ -2742,6 +2797,7 @@ const PRINTED: &[Printed] = &[
         pull: false,
         remote_only: true,
         build: printed_trees,
+        fresh: false,
         pick: |out, _| line_set(out, &[]),
     },
     Printed {
@@ -2750,6 +2806,7 @@ const PRINTED: &[Printed] = &[
         pull: true,
         remote_only: true,
         build: printed_trees,
+        fresh: false,
         pick: |out, _| line_set(out, &[]),
     },
     Printed {
@@ -2758,6 +2815,7 @@ const PRINTED: &[Printed] = &[
         pull: false,
         remote_only: false,
         build: printed_trees,
+        fresh: false,
         pick: |out, _| {
             let first = out.lines().next().unwrap_or("").to_string();
             let mut v = vec![first];
@@ -2778,6 +2836,7 @@ const PRINTED: &[Printed] = &[
         pull: true,
         remote_only: true,
         build: printed_trees,
+        fresh: false,
         pick: |out, _| {
             let mut v = vec![out.lines().next().unwrap_or("").to_string()];
             v.extend(line_set(
@@ -2796,6 +2855,7 @@ const PRINTED: &[Printed] = &[
         pull: false,
         remote_only: false,
         build: printed_trees,
+        fresh: false,
         pick: |_, log| {
             let bodies: Vec<String> = log
                 .lines()
@@ -2835,6 +2895,7 @@ const PRINTED: &[Printed] = &[
         pull: false,
         remote_only: false,
         build: printed_trees,
+        fresh: false,
         pick: |out, _| {
             let mut v = stats_lines(
                 out,
@@ -2881,6 +2942,7 @@ const PRINTED: &[Printed] = &[
         pull: false,
         remote_only: false,
         build: printed_trees,
+        fresh: false,
         pick: |out, _| {
             let last = out
                 .lines()
@@ -2925,8 +2987,10 @@ fn run_printed(via: Via) {
         std::fs::create_dir_all(&init).unwrap();
         (case.build)(&src, &init);
         let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
-        clone_tree(&init, &by_rsync);
-        clone_tree(&init, &by_ferry);
+        if !case.fresh {
+            clone_tree(&init, &by_rsync);
+            clone_tree(&init, &by_ferry);
+        }
         let rsh = t.path().join("rsh");
         write(&rsh, "#!/bin/sh\nshift\nexec \"$@\"\n");
         chmod(&rsh, 0o755);

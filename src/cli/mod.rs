@@ -513,6 +513,21 @@ fn sync(
     printer.progress2 = a.info.iter().any(|i| i == "progress2");
     printer.stats2 = a.info.iter().any(|i| i == "stats2");
     printer.pull = !plan.sources.iter().any(|s| matches!(s, Location::Local(_)));
+    printer.dest_shown = match &plan.dest {
+        Location::Local(p) | Location::Ssh { path: p, .. } => {
+            let p = p.strip_suffix(b"/").unwrap_or(p);
+            Some(crate::fs::names::escape(p).to_string())
+        }
+        // a daemon's, as its module sees it (after the module's name)
+        Location::Daemon { path, .. } => {
+            let p = path.strip_suffix(b"/").unwrap_or(path);
+            let inside = p.iter().position(|&b| b == b'/').map(|i| &p[i + 1..]);
+            inside
+                .filter(|p| !p.is_empty())
+                .map(|p| crate::fs::names::escape(p).to_string())
+        }
+        _ => None,
+    };
     if let Some(lines) = item_lines(
         &plan,
         a.itemize_changes,

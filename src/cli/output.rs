@@ -30,6 +30,9 @@ pub struct Printer {
     /// The source is remote: `-v` says `receiving incremental file list`
     /// (else `sending`), as rsync's client does.
     pub pull: bool,
+    /// The destination as the command line names it, for rsync's
+    /// `created directory DEST` when this run makes it (`-v`, `-i`).
+    pub dest_shown: Option<String>,
     state: Mutex<State>,
 }
 
@@ -72,6 +75,8 @@ struct State {
     progress2_open: bool,
     /// `-v`'s first line is out.
     header_done: bool,
+    /// `created directory DEST` is out.
+    made_dest_done: bool,
 }
 
 impl Printer {
@@ -88,6 +93,7 @@ impl Printer {
             progress2: false,
             stats2: false,
             pull: false,
+            dest_shown: None,
             state: Mutex::new(State {
                 start: Instant::now(),
                 open_line: false,
@@ -99,6 +105,7 @@ impl Printer {
                 log: None,
                 progress2_open: false,
                 header_done: false,
+                made_dest_done: false,
             }),
         }
     }
@@ -276,6 +283,11 @@ impl Printer {
         };
         self.header(&mut st, &mut out);
         let report = e.report();
+        if let Report::Itemized { name, item, .. } = &report {
+            if name == b"./" && item.has(Item::NEW) {
+                self.created_dest(&mut st, &mut out);
+            }
+        }
         if self.entry_line(&report, &mut st, &mut out) {
             return;
         }
@@ -287,6 +299,19 @@ impl Printer {
                 detail,
                 ..
             } if item.has(Item::UPDATED) => Report::Updated { name, size, detail },
+            // -v names a directory made or whose attributes change, as rsync
+            Report::Itemized {
+                name,
+                size,
+                item,
+                detail,
+                ..
+            } if item.has(Item::DIR)
+                && item.0 & (Item::NEW | Item::TIME | Item::PERMS | Item::OWNER | Item::GROUP)
+                    != 0 =>
+            {
+                Report::Updated { name, size, detail }
+            }
             Report::Itemized { .. } => return,
             r => r,
         };
@@ -539,6 +564,24 @@ impl Printer {
         if self.verbose > 0 && !self.quiet {
             let way = if self.pull { "receiving" } else { "sending" };
             let _ = writeln!(out, "{way} incremental file list");
+        }
+    }
+}
+
+impl Printer {
+    /// rsync's `created directory DEST`, before the new destination's `./`.
+    fn created_dest(&self, st: &mut State, out: &mut std::io::StdoutLock) {
+        let itemizing = self
+            .lines
+            .as_ref()
+            .and_then(|l| l.stdout.as_ref())
+            .is_some_and(|f| f.itemizes());
+        if st.made_dest_done || self.quiet || !(self.verbose > 0 || itemizing) {
+            return;
+        }
+        st.made_dest_done = true;
+        if let Some(dest) = &self.dest_shown {
+            let _ = writeln!(out, "created directory {dest}");
         }
     }
 }
