@@ -3073,3 +3073,509 @@ fn delete_with_receiver_merge_files_on_a_pull_matches_rsync() {
         assert_same_tree(&by_rsync, &by_ferry, true);
     }
 }
+
+// --- output formats ---
+// Issue 24, rsync's output lines: for the same starting point and flags,
+// the lines ferry prints for `--out-format`, `-v`, `--log-file`,
+// `--info=stats2` and `--info=progress2` equal rsync's, pushed and pulled
+// over ssh and to/from the daemon (rsync's side runs through a remote shell
+// that starts the "remote" here, as in the itemize scenarios), and locally.
+// Normalized only where the README's differences from rsync say: lines are
+// compared as sets (ferry prints them as entries settle, rsync in its list
+// order), `%l` of a directory (rsync shows the directory's own size),
+// numbers in the closing totals (rsync's wire bytes, its thousands
+// separators, link lengths in its total size) and progress2's figures.
+
+/// An output scenario: what both programs are given, and which of their
+/// lines are compared.
+struct Printed {
+    name: &'static str,
+    args: &'static [&'static str],
+    /// ferry pulls from the remote (and rsync from "localhost").
+    pull: bool,
+    /// Over ssh and the daemon only: locally ferry keeps its own `%o`.
+    remote_only: bool,
+    pick: fn(out: &str, log: &str) -> Vec<String>,
+    /// Makes `src` and `init` (the starting destination).
+    build: fn(src: &Path, init: &Path),
+    /// The destination does not exist yet (rsync: `created directory`).
+    fresh: bool,
+}
+
+/// A source with new, changed and linked entries, and a destination with
+/// a stale file, a stale directory tree and an older copy of a file.
+fn printed_trees(src: &Path, init: &Path) {
+    fixed_tree(src);
+    std::os::unix::fs::symlink("a.txt", src.join("to-a")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/python3", src.join("data/python")).unwrap();
+    write(&src.join("sp ace.txt"), "x y\n");
+    set_mtime(&src.join("sp ace.txt"), 1_600_000_500);
+    set_mtime(&src.join("data"), 1_650_000_000);
+    set_mtime(src, 1_650_000_000);
+    write(&init.join("a.txt"), "older\n");
+    set_mtime(&init.join("a.txt"), 1_500_000_000);
+    write(&init.join("stale.bin"), "x");
+    write(&init.join("gone/deep/file"), "x");
+    set_mtime(init, 1_650_000_000);
+}
+
+/// The lines, as a sorted set, with the `%l` fields (`dir_sizes`, split on
+/// `|`) of a directory's line blanked.
+fn line_set(out: &str, dir_sizes: &[usize]) -> Vec<String> {
+    let mut v: Vec<String> = out
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("created directory "))
+        .map(|l| {
+            let mut parts: Vec<String> = l.split('|').map(str::to_string).collect();
+            if parts.iter().any(|p| p.ends_with('/')) {
+                for &field in dir_sizes {
+                    if let Some(p) = parts.get_mut(field) {
+                        *p = "(dir)".into();
+                    }
+                }
+            }
+            parts.join("|")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `-v`'s closing lines as rsync --no-human-readable prints them, figures
+/// replaced by `N` (they count different wire bytes).
+fn totals_shape(out: &str) -> Vec<String> {
+    let digits = |l: &str| -> String {
+        let mut s = String::new();
+        for c in l.chars() {
+            match c {
+                '0'..='9' | ',' | '.' if s.ends_with('N') => {}
+                '0'..='9' => s.push('N'),
+                c => s.push(c),
+            }
+        }
+        s
+    };
+    out.lines()
+        .filter(|l| l.starts_with("sent ") || l.starts_with("total size is "))
+        .map(digits)
+        .collect()
+}
+
+/// `Name: value` lines of a statistics block whose names are in `keep`.
+fn stats_lines(out: &str, keep: &[&str]) -> Vec<String> {
+    out.lines()
+        .filter(|l| keep.iter().any(|k| l.starts_with(&format!("{k}:"))))
+        .map(|l| l.replace(',', ""))
+        .collect()
+}
+
+/// Links whose times differ from the destination's by whole seconds: one
+/// whose target changes (rsync: `cLc.t......`), made at times set apart
+/// rather than left to when the test happens to run.
+fn link_times(src: &Path, init: &Path) {
+    fixed_tree(src);
+    fixed_tree(init);
+    std::os::unix::fs::symlink("a.txt", src.join("to-a")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", init.join("to-a")).unwrap();
+    for (link, secs) in [
+        (src.join("to-a"), "@1600000000"),
+        (init.join("to-a"), "@1700000000"),
+    ] {
+        let st = std::process::Command::new("touch")
+            .args(["-h", "-d", secs])
+            .arg(&link)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    set_mtime(src, 1_650_000_000);
+    set_mtime(init, 1_650_000_000);
+}
+
+const PRINTED: &[Printed] = &[
+    Printed {
+        name: "-v names directories whose attributes change",
+        args: &["-av"],
+        pull: false,
+        remote_only: false,
+        build: |s, d| {
+            printed_trees(s, d);
+            std::fs::create_dir_all(d.join("data")).unwrap();
+            set_mtime(&d.join("data"), 1_600_000_000);
+            std::fs::create_dir_all(d.join("ckpt")).unwrap();
+            chmod(&d.join("ckpt"), 0o700);
+            set_mtime(&d.join("ckpt"), 1_650_000_000);
+        },
+        fresh: false,
+        pick: |out, _| {
+            line_set(
+                &out.lines()
+                    .filter(|l| !l.starts_with("sent ") && !l.starts_with("total size is "))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                &[],
+            )
+        },
+    },
+    Printed {
+        name: "-v and -i into a new directory",
+        args: &["-avi"],
+        pull: false,
+        remote_only: false,
+        build: |s, _| {
+            printed_trees(s, &s.with_file_name("unused"));
+            chmod(&s.join("empty"), 0o700);
+        },
+        fresh: true,
+        pick: |out, _| {
+            let out: Vec<&str> = out
+                .lines()
+                .filter(|l| !l.starts_with("sent ") && !l.starts_with("total size is "))
+                .map(|l| match l.starts_with("created directory ") {
+                    true => "created directory DEST",
+                    false => l,
+                })
+                .collect();
+            let mut v = vec![out.first().unwrap_or(&"").to_string()];
+            let mut rest: Vec<String> = out.iter().skip(1).map(|l| l.to_string()).collect();
+            rest.sort();
+            v.extend(rest);
+            v
+        },
+    },
+    Printed {
+        name: "-i: a link's new target and time",
+        args: &["-ai"],
+        pull: false,
+        remote_only: false,
+        build: link_times,
+        fresh: false,
+        pick: |out, _| line_set(out, &[]),
+    },
+    Printed {
+        name: "itemized with names, links, times and sizes",
+        args: &["-a", "--delete", "--out-format=%i|%n|%L|%M|%l|%'l|%-12n|"],
+        pull: false,
+        remote_only: false,
+        build: printed_trees,
+        fresh: false,
+        pick: |out, _| line_set(out, &[4, 5]),
+    },
+    Printed {
+        name: "names only: deletions say `deleting`",
+        args: &["-a", "--delete", "--out-format=%n%L"],
+        pull: false,
+        remote_only: false,
+        build: printed_trees,
+        fresh: false,
+        pick: |out, _| line_set(out, &[]),
+    },
+    Printed {
+        name: "who sends and the full name, pushed",
+        args: &["-a", "--delete", "--out-format=%o|%f|%n|%h|%m"],
+        pull: false,
+        remote_only: true,
+        build: printed_trees,
+        fresh: false,
+        pick: |out, _| line_set(out, &[]),
+    },
+    Printed {
+        name: "who sends and the full name, pulled",
+        args: &["-a", "--delete", "--out-format=%o|%f|%i|%n"],
+        pull: true,
+        remote_only: true,
+        build: printed_trees,
+        fresh: false,
+        pick: |out, _| line_set(out, &[]),
+    },
+    Printed {
+        name: "-v lists what changed, pushed",
+        args: &["-av", "--delete"],
+        pull: false,
+        remote_only: false,
+        build: printed_trees,
+        fresh: false,
+        pick: |out, _| {
+            let first = out.lines().next().unwrap_or("").to_string();
+            let mut v = vec![first];
+            v.extend(totals_shape(out));
+            v.extend(line_set(
+                &out.lines()
+                    .filter(|l| !l.starts_with("sent ") && !l.starts_with("total size is "))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                &[],
+            ));
+            v
+        },
+    },
+    Printed {
+        name: "-v lists what changed, pulled",
+        args: &["-av", "--delete"],
+        pull: true,
+        remote_only: true,
+        build: printed_trees,
+        fresh: false,
+        pick: |out, _| {
+            let mut v = vec![out.lines().next().unwrap_or("").to_string()];
+            v.extend(line_set(
+                &out.lines()
+                    .filter(|l| !l.starts_with("sent ") && !l.starts_with("total size is "))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                &[],
+            ));
+            v
+        },
+    },
+    Printed {
+        name: "--log-file, after its date and pid",
+        args: &["-a", "--delete", "--log-file=LOG"],
+        pull: false,
+        remote_only: false,
+        build: printed_trees,
+        fresh: false,
+        pick: |_, log| {
+            let bodies: Vec<String> = log
+                .lines()
+                .map(|l| {
+                    // 2026/12/05 01:02:03 [1234] text
+                    let (date, rest) = l.split_at(20);
+                    assert!(
+                        date.as_bytes()[4] == b'/' && date.as_bytes()[13] == b':',
+                        "{l}"
+                    );
+                    let (pid, text) = rest[1..].split_once("] ").expect("[pid]");
+                    assert!(pid.parse::<u32>().is_ok(), "{l}");
+                    text.to_string()
+                })
+                .collect();
+            let mut v = vec![bodies.first().cloned().unwrap_or_default()];
+            v.extend(
+                totals_shape(&bodies.join("\n"))
+                    .iter()
+                    .map(|l| l.replace("sent N bytes  received N bytes  total size N", "totals")),
+            );
+            v.extend(line_set(
+                &bodies
+                    .iter()
+                    .filter(|b| !b.starts_with("sent "))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                &[],
+            ));
+            v
+        },
+    },
+    Printed {
+        name: "--info=stats2 counts",
+        args: &["-a", "--delete", "--info=stats2"],
+        pull: false,
+        remote_only: false,
+        build: printed_trees,
+        fresh: false,
+        pick: |out, _| {
+            let mut v = stats_lines(
+                out,
+                &[
+                    "Number of created files",
+                    "Number of deleted files",
+                    "Number of regular files transferred",
+                    "Total transferred file size",
+                ],
+            );
+            // (ferry's count has no parts yet)
+            v.extend(
+                stats_lines(out, &["Number of files"])
+                    .iter()
+                    .map(|l| l.split(" (").next().unwrap_or("").to_string()),
+            );
+            // both print these in this order
+            let order: Vec<&str> = out
+                .lines()
+                .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+                .filter(|k| {
+                    [
+                        "Number of files",
+                        "Number of created files",
+                        "Number of deleted files",
+                        "Number of regular files transferred",
+                        "Total file size",
+                        "Total transferred file size",
+                        "Literal data",
+                        "Matched data",
+                        "Total bytes sent",
+                        "Total bytes received",
+                    ]
+                    .contains(k)
+                })
+                .collect();
+            v.push(order.join(" / "));
+            v
+        },
+    },
+    Printed {
+        name: "--info=progress2's closing line",
+        args: &["-a", "--delete", "--info=progress2"],
+        pull: false,
+        remote_only: false,
+        build: printed_trees,
+        fresh: false,
+        pick: |out, _| {
+            let last = out
+                .lines()
+                .find(|l| l.contains('%'))
+                .and_then(|l| l.trim_end().rsplit('\r').next())
+                .unwrap_or("")
+                .to_string();
+            // `         50,010  99%   47.69MB/s    0:00:00 (xfr#3, to-chk=0/9)`
+            let parts: Vec<&str> = last.split_whitespace().collect();
+            assert_eq!(parts.len(), 6, "{last:?}");
+            let number =
+                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == ',');
+            assert!(number(parts[0]), "{last:?}");
+            assert!(
+                parts[1].ends_with('%') && number(&parts[1][..parts[1].len() - 1]),
+                "{last:?}"
+            );
+            let rate = parts[2]
+                .trim_end_matches("kB/s")
+                .trim_end_matches("MB/s")
+                .trim_end_matches("GB/s");
+            assert!(rate != parts[2] && rate.parse::<f64>().is_ok(), "{last:?}");
+            assert_eq!(parts[3].split(':').count(), 3, "{last:?}");
+            assert_eq!(
+                last.find(parts[0]).map(|i| i + parts[0].len()),
+                Some(15),
+                "{last:?}"
+            );
+            vec![format!("{} {}", parts[4], parts[5])]
+        },
+    },
+];
+
+fn run_printed(via: Via) {
+    for case in PRINTED {
+        if case.remote_only && matches!(via, Via::Local) {
+            continue;
+        }
+        let t = tmp();
+        let (src, init) = (t.path().join("src"), t.path().join("init"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&init).unwrap();
+        (case.build)(&src, &init);
+        let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+        if !case.fresh {
+            clone_tree(&init, &by_rsync);
+            clone_tree(&init, &by_ferry);
+        }
+        let rsh = t.path().join("rsh");
+        write(&rsh, "#!/bin/sh\nshift\nexec \"$@\"\n");
+        chmod(&rsh, 0o755);
+        let (rsync_log, ferry_log) = (t.path().join("rsync.log"), t.path().join("ferry.log"));
+        let with_log = |log: &Path| -> Vec<String> {
+            case.args
+                .iter()
+                .map(|a| a.replace("LOG", &log.display().to_string()))
+                .collect()
+        };
+        let mut rs = with_log(&rsync_log);
+        let (from, to) = (
+            format!("{}/", src.display()),
+            format!("{}/", by_rsync.display()),
+        );
+        match (&via, case.pull) {
+            (Via::Local, _) => rs.extend([from, to]),
+            (_, false) => rs.extend([
+                "-e".into(),
+                rsh.display().to_string(),
+                from,
+                format!("localhost:{to}"),
+            ]),
+            (_, true) => rs.extend([
+                "-e".into(),
+                rsh.display().to_string(),
+                format!("localhost:{from}"),
+                to,
+            ]),
+        }
+        let o = std::process::Command::new("rsync")
+            .args(&rs)
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "rsync: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let rsync_out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut args: Vec<String> = vec!["sync".into()];
+        args.extend(with_log(&ferry_log));
+        let remote = |path: &Path| -> String {
+            match &via {
+                Via::Ssh(sshd) => format!("{}/", sshd.remote(path)),
+                Via::Daemon(d) => {
+                    let rel = path.strip_prefix(std::env::temp_dir()).unwrap();
+                    d.url(&format!("tmp/{}/", rel.display()))
+                }
+                Via::Local => format!("{}/", path.display()),
+            }
+        };
+        match &via {
+            Via::Ssh(sshd) => args.extend(sshd.args()),
+            Via::Daemon(d) => args.extend(d.client_args()),
+            Via::Local => {}
+        }
+        if case.pull {
+            args.extend([remote(&src), format!("{}/", by_ferry.display())]);
+        } else {
+            args.extend([format!("{}/", src.display()), remote(&by_ferry)]);
+        }
+        let o = ferry(&args);
+        assert!(
+            o.status.success(),
+            "{}: ferry failed: {}",
+            case.name,
+            stderr(&o)
+        );
+        let ferry_out = stdout(&o);
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let want = (case.pick)(&rsync_out, &read(&rsync_log));
+        let got = (case.pick)(&ferry_out, &read(&ferry_log));
+        assert!(
+            want.iter().any(|l| !l.is_empty()),
+            "scenario {:?} prints nothing",
+            case.name
+        );
+        assert_eq!(
+            got, want,
+            "scenario {:?}: ferry's lines differ from rsync's\nferry:\n{ferry_out}\nrsync:\n{rsync_out}",
+            case.name
+        );
+        assert_same_tree(&by_rsync, &by_ferry, false);
+    }
+}
+
+#[test]
+fn local_output_formats_match_rsync() {
+    run_printed(Via::Local);
+}
+
+#[test]
+fn daemon_output_formats_match_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    run_printed(Via::Daemon(&d));
+}
+
+#[test]
+fn ssh_output_formats_match_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    run_printed(Via::Ssh(&sshd));
+}
+// --- end of output formats ---

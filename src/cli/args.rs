@@ -141,7 +141,9 @@ pub struct SyncArgs {
     pub itemize_changes: bool,
     /// A line per transferred entry in FORMAT, rsync's escapes: %n name, %i
     /// itemized changes, %l length, %b bytes on the wire, %f file name, %M
-    /// mtime, %t time now (UTC), %o operation, %L link target, %% a %
+    /// mtime, %t time now (UTC), %o operation (send, recv, del.), %L link
+    /// target, %p pid, %% a %; %'l groups digits (50,000). A deletion is
+    /// "deleting NAME" unless FORMAT has %i or %o
     #[arg(long = "out-format", value_name = "FORMAT")]
     pub out_format: Option<String>,
     /// Append what changed to FILE (made 0600), as rsync lays it out: the

@@ -1,7 +1,8 @@
 //! rsync's per-file lines: the `-i/--itemize-changes` code (`>f+++++++++`,
 //! `.d..t......`, `cL+++++++++`, `*deleting`), `--out-format`'s escapes
-//! (`%n %i %l %b %f %M %t %o %L %%`) and `--log-file`'s line layout (a time,
-//! `[pid]`, the line). It turns one reported entry into text; it does not
+//! (`%n %i %l %b %f %M %t %o %L %p %%`, rsync's `'` for separated digits, and
+//! the daemon-only `%h %a %m %P %u` left as rsync's client leaves them) and
+//! `--log-file`'s line layout (a time, `[pid]`, the line). It turns one reported entry into text; it does not
 //! decide what is printed when or where (that is [`super::output`]).
 
 use crate::fs::names::escape;
@@ -79,25 +80,60 @@ pub fn code(l: &Line, d: Direction) -> String {
 
 /// A parsed `--out-format` (or the `%i %n%L` that `-i` means).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutFormat(Vec<Piece>);
+pub struct OutFormat {
+    pieces: Vec<Piece>,
+    /// Which end of the transfer this run is, as rsync's client sees it.
+    side: Side,
+}
+
+/// What `%o` and `%f` say: rsync's client is the sender in a local copy
+/// and a push (`send`, `%f` the path as the source argument names it), the
+/// receiver in a pull (`recv`, `%f` the name without a trailing `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Side {
+    /// Not said: `send` where the arrow is `<`, else `recv`.
+    ByArrow,
+    /// This run reads the source; `root` is what the names are relative
+    /// to (`src` for `src/`, `.` for `src`), when there is one source.
+    Sender { root: Option<Vec<u8>> },
+    /// This run writes the destination.
+    Receiver,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
     Text(String),
-    /// An escape letter, with rsync's optional width (`%-10n`).
+    /// An escape letter, with rsync's optional width (`%-10n`) and its
+    /// count of `'` (1: digits in groups of three, `50,000`; 2: `50.00K`;
+    /// 3: `48.83K`, powers of 1024).
     Escape {
         letter: char,
         width: Option<(bool, usize)>,
+        humanize: u8,
     },
 }
 
 /// The escapes `--out-format` knows.
-const LETTERS: &str = "nilbfMtoL";
+const LETTERS: &str = "nilbfMtoLphamPu";
+
+/// Escapes rsync has that ferry's reports do not carry (the permission
+/// string, owner and group ids, checksum bytes and rsync's checksums).
+const NOT_CARRIED: &str = "BUGcC";
 
 impl OutFormat {
     /// What `-i` prints: rsync's `%i %n%L`.
     pub fn itemize() -> Self {
         Self::parse("%i %n%L").expect("a valid format")
+    }
+
+    /// Which side of the transfer prints it.
+    pub fn side(&self) -> &Side {
+        &self.side
+    }
+
+    /// The same format, printed from `side` of the transfer.
+    pub fn on(self, side: Side) -> Self {
+        OutFormat { side, ..self }
     }
 
     /// Reads rsync's format: text with `%n %i %l %b %f %M %t %o %L %%`, an
@@ -116,16 +152,28 @@ impl OutFormat {
                 text.push('%');
                 continue;
             }
+            let mut humanize = 0u8;
+            while it.next_if_eq(&'\'').is_some() {
+                humanize = humanize.saturating_add(1);
+            }
             let left = it.next_if_eq(&'-').is_some();
             let mut digits = String::new();
             while let Some(d) = it.next_if(|c| c.is_ascii_digit()) {
                 digits.push(d);
             }
+            while it.next_if_eq(&'\'').is_some() {
+                humanize = humanize.saturating_add(1);
+            }
             let letter = match it.next() {
                 Some(l) if LETTERS.contains(l) => l,
+                Some(l) if NOT_CARRIED.contains(l) => {
+                    return Err(format!(
+                        "--out-format: %{l} is rsync's but ferry does not report it (known: %n %i %l %b %f %M %t %o %L %p %%)"
+                    ))
+                }
                 Some(l) => {
                     return Err(format!(
-                        "--out-format: unknown escape %{l} (known: %n %i %l %b %f %M %t %o %L %%)"
+                        "--out-format: unknown escape %{l} (known: %n %i %l %b %f %M %t %o %L %p %%)"
                     ))
                 }
                 None => return Err("--out-format: a % at the end".into()),
@@ -138,45 +186,78 @@ impl OutFormat {
                 Ok(_) => return Err("--out-format: a width over 4096".into()),
                 Err(_) => None,
             };
-            out.push(Piece::Escape { letter, width });
+            out.push(Piece::Escape {
+                letter,
+                width,
+                humanize,
+            });
         }
         if !text.is_empty() {
             out.push(Piece::Text(text));
         }
-        Ok(OutFormat(out))
+        Ok(OutFormat {
+            pieces: out,
+            side: Side::ByArrow,
+        })
+    }
+
+    /// Has `%letter`.
+    fn has(&self, letter: char) -> bool {
+        self.pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Escape { letter: l, .. } if *l == letter))
+    }
+
+    /// A deletion is shown in this format only with `%i` or `%o` in it;
+    /// otherwise rsync prints `deleting %n`.
+    pub fn shows_deletions(&self) -> bool {
+        self.has('i') || self.has('o')
     }
 
     /// Shows `%i`: every itemized change is a line, attributes alone too
     /// (rsync prints only transfers for a format without it).
     pub fn itemizes(&self) -> bool {
-        self.0
-            .iter()
-            .any(|p| matches!(p, Piece::Escape { letter: 'i', .. }))
+        self.has('i')
     }
 
     /// The line for one entry (no newline).
     pub fn render(&self, l: &Line, d: Direction, now: i64) -> String {
         let mut s = String::new();
-        for p in &self.0 {
+        for p in &self.pieces {
             match p {
                 Piece::Text(t) => s.push_str(t),
-                Piece::Escape { letter, width } => {
+                Piece::Escape {
+                    letter,
+                    width,
+                    humanize,
+                } => {
                     let v = match letter {
                         'n' => escape(l.name),
-                        'f' => escape(l.name.strip_suffix(b"/").unwrap_or(l.name)),
+                        'f' => escape(&self.full_name(l)),
                         'i' => code(l, d),
-                        'l' => l.size.to_string(),
-                        'b' => l.wire.to_string(),
+                        'l' => big_num(length(l), *humanize),
+                        'b' => big_num(l.wire, *humanize),
                         'M' => datetime(l.mtime, '-'),
                         't' => datetime(now, ' '),
-                        'o' => match (l.deleted, d.arrow) {
-                            (true, _) => "del.".into(),
-                            (false, '<') => "send".into(),
-                            _ => "recv".into(),
-                        },
+                        'o' => {
+                            let sender = match self.side {
+                                Side::ByArrow => d.arrow == '<',
+                                Side::Sender { .. } => true,
+                                Side::Receiver => false,
+                            };
+                            match (l.deleted, sender) {
+                                (true, _) => "del.".into(),
+                                (false, true) => "send".into(),
+                                (false, false) => "recv".into(),
+                            }
+                        }
                         'L' if l.detail.is_empty() => String::new(),
                         'L' => format!(" {}", escape(l.detail)),
-                        _ => String::new(),
+                        'p' => std::process::id().to_string(),
+                        // what only a daemon knows: rsync's client prints
+                        // %h %a %P %u as they are and %m as nothing
+                        'm' => String::new(),
+                        other => format!("%{other}"),
                     };
                     match width {
                         Some((true, w)) => s.push_str(&format!("{v:<w$}")),
@@ -188,6 +269,84 @@ impl OutFormat {
         }
         s
     }
+}
+
+impl OutFormat {
+    /// `%f`: on the sending side the path the source argument gives
+    /// (`src/` then `a.txt` is `src/a.txt`), without a leading `/` (rsync
+    /// strips it); elsewhere the name without a trailing `/`.
+    fn full_name(&self, l: &Line) -> Vec<u8> {
+        let name = l.name.strip_suffix(b"/").unwrap_or(l.name);
+        let Side::Sender { root: Some(root) } = &self.side else {
+            return name.to_vec();
+        };
+        if l.deleted {
+            return name.to_vec();
+        }
+        let mut joined = root.clone();
+        joined.push(b'/');
+        joined.extend_from_slice(name);
+        // rsync's clean_fname: no empty or `.` parts but a last `.`, and
+        // no leading `/`
+        let parts: Vec<&[u8]> = joined.split(|&b| b == b'/').collect();
+        let last = parts.len() - 1;
+        let kept: Vec<&[u8]> = parts
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| !p.is_empty() && (**p != b"." || *i == last))
+            .map(|(_, p)| *p)
+            .collect();
+        if kept.is_empty() {
+            return b".".to_vec();
+        }
+        kept.join(&b'/')
+    }
+}
+
+/// `%l`: a file's size, a link's target length (as rsync's list gives
+/// it); 0 for a directory, where rsync shows the directory's own size.
+fn length(l: &Line) -> u64 {
+    if l.item.has(Item::SYMLINK) && !l.deleted {
+        if let Some(target) = l.detail.strip_prefix(b"-> ") {
+            return target.len() as u64;
+        }
+    }
+    l.size
+}
+
+/// A number as rsync's `%'l` prints it: one `'` groups digits by three
+/// (`50,000`), two give `50.00K` (powers of 1000), three powers of 1024.
+pub fn big_num(n: u64, humanize: u8) -> String {
+    if humanize > 1 {
+        let mult: f64 = if humanize == 2 { 1000.0 } else { 1024.0 };
+        if n as f64 >= mult {
+            let mut v = n as f64 / mult;
+            let mut units = ['K', 'M', 'G', 'T', 'P'].into_iter();
+            let mut unit = units.next().unwrap_or('K');
+            while v >= mult {
+                match units.next() {
+                    Some(u) => {
+                        v /= mult;
+                        unit = u;
+                    }
+                    None => break,
+                }
+            }
+            return format!("{v:.2}{unit}");
+        }
+    }
+    let digits = n.to_string();
+    if humanize == 0 {
+        return digits;
+    }
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `2026/01/02` and `03:04:05` (UTC) joined by `sep`: rsync's `%M` uses `-`,
@@ -335,5 +494,55 @@ mod tests {
         assert!(OutFormat::parse("50%").is_err());
         assert!(OutFormat::itemize().itemizes());
         assert!(!OutFormat::parse("%n").unwrap().itemizes());
+    }
+
+    #[test]
+    fn rsyncs_client_escapes() {
+        assert_eq!(big_num(50_000, 0), "50000");
+        assert_eq!(big_num(50_000, 1), "50,000");
+        assert_eq!(big_num(1_234_567, 1), "1,234,567");
+        assert_eq!(big_num(999, 1), "999");
+        assert_eq!(big_num(50_000, 2), "50.00K");
+        assert_eq!(big_num(4096, 3), "4.00K");
+        assert_eq!(big_num(999, 2), "999");
+        let push = |root: &str| Side::Sender {
+            root: Some(root.as_bytes().to_vec()),
+        };
+        let f = OutFormat::parse("%o|%f|%'l|%h|%m|%p").unwrap();
+        let l = line(Item::NEW | Item::SENT);
+        let pid = std::process::id();
+        assert_eq!(
+            f.clone().on(push("/tmp/x/src")).render(&l, PULL, 0),
+            format!("send|tmp/x/src/d/f|12|%h||{pid}")
+        );
+        assert_eq!(
+            f.clone().on(Side::Receiver).render(&l, PULL, 0),
+            format!("recv|d/f|12|%h||{pid}")
+        );
+        let mut root = line(Item::DIR);
+        root.name = b"./";
+        assert_eq!(
+            OutFormat::parse("%f")
+                .unwrap()
+                .on(push("t/src"))
+                .render(&root, PULL, 0),
+            "t/src/."
+        );
+        assert_eq!(
+            OutFormat::parse("%f")
+                .unwrap()
+                .on(push(""))
+                .render(&l, PULL, 0),
+            "d/f"
+        );
+        let mut link = line(Item::SYMLINK | Item::NEW);
+        link.detail = b"-> /usr/bin/python3";
+        assert_eq!(OutFormat::parse("%l").unwrap().render(&link, PULL, 0), "16");
+        assert!(OutFormat::parse("%B")
+            .unwrap_err()
+            .contains("does not report"));
+        let plain = OutFormat::parse("%n").unwrap();
+        assert!(!plain.shows_deletions());
+        assert!(OutFormat::parse("%o %n").unwrap().shows_deletions());
     }
 }

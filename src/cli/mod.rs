@@ -416,7 +416,7 @@ fn sync(
             || a.itemize_changes
             || a.out_format.is_some()
             || a.log_file.is_some()
-            || a.info.iter().any(|i| i == "stats2"),
+            || a.info.iter().any(|i| i == "stats2" || i == "progress2"),
         streams: 0, // below, once the locations are known
         backup_suffix: a
             .backup
@@ -453,6 +453,7 @@ fn sync(
             || a.out_format.is_some()
             || a.log_file.is_some()
             || a.json
+            || a.verbose > 0 // (so -v lists a deleted directory's entries, as rsync)
             || a.info.iter().any(|i| i == "stats2"),
         chmod: match a.chmod.is_empty() {
             true => None,
@@ -516,6 +517,22 @@ fn sync(
     let mut printer = Printer::new(a.verbose, a.quiet, progress, a.human, a.dry_run);
     printer.progress2 = a.info.iter().any(|i| i == "progress2");
     printer.stats2 = a.info.iter().any(|i| i == "stats2");
+    printer.pull = !plan.sources.iter().any(|s| matches!(s, Location::Local(_)));
+    printer.dest_shown = match &plan.dest {
+        Location::Local(p) | Location::Ssh { path: p, .. } => {
+            let p = p.strip_suffix(b"/").unwrap_or(p);
+            Some(crate::fs::names::escape(p).to_string())
+        }
+        // a daemon's, as its module sees it (after the module's name)
+        Location::Daemon { path, .. } => {
+            let p = path.strip_suffix(b"/").unwrap_or(path);
+            let inside = p.iter().position(|&b| b == b'/').map(|i| &p[i + 1..]);
+            inside
+                .filter(|p| !p.is_empty())
+                .map(|p| crate::fs::names::escape(p).to_string())
+        }
+        _ => None,
+    };
     if let Some(lines) = item_lines(
         &plan,
         a.itemize_changes,
@@ -609,15 +626,17 @@ fn item_lines(
     out_format: Option<&str>,
     log_file: Option<&std::path::Path>,
 ) -> Result<Option<output::Lines>, TransferError> {
+    let side = line_side(plan);
     let stdout = match (out_format, itemize) {
         (Some(f), _) => Some(itemize::OutFormat::parse(f).map_err(TransferError::Usage)?),
         (None, true) => Some(itemize::OutFormat::itemize()),
         (None, false) => None,
-    };
+    }
+    .map(|f| f.on(side.clone()));
     let log = match log_file {
         Some(p) => Some((
             itemize::LogFile::open(p).map_err(TransferError::Usage)?,
-            itemize::OutFormat::itemize(),
+            itemize::OutFormat::itemize().on(side),
         )),
         None => None,
     };
@@ -633,6 +652,42 @@ fn item_lines(
         stdout,
         log,
     }))
+}
+
+/// Which side of the transfer rsync's client would be (`%o`, `%f`): the
+/// receiver in a pull, the sender in a push, with the one local source's
+/// directory that names are relative to (`src` for `src/`, `.` for `src`;
+/// none with several sources or `-R`). A local copy keeps ferry's own
+/// `recv` and destination names (README, differences from rsync).
+fn line_side(plan: &Plan) -> itemize::Side {
+    if matches!(plan.dest, Location::Local(_))
+        && plan.sources.iter().all(|s| matches!(s, Location::Local(_)))
+    {
+        return itemize::Side::ByArrow;
+    }
+    let relative = plan.options.relative;
+    let local: Vec<&[u8]> = plan
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            Location::Local(p) => Some(p.as_slice()),
+            _ => None,
+        })
+        .collect();
+    if local.is_empty() {
+        return itemize::Side::Receiver;
+    }
+    let root = match (local.as_slice(), relative) {
+        ([p], false) => Some(match p.strip_suffix(b"/") {
+            Some(dir) => dir.to_vec(),
+            None => match p.iter().rposition(|&b| b == b'/') {
+                Some(i) => p[..i].to_vec(),
+                None => Vec::new(),
+            },
+        }),
+        _ => None,
+    };
+    itemize::Side::Sender { root }
 }
 
 /// Streams when `--streams` is not given: to a daemon one per core, over ssh

@@ -27,6 +27,12 @@ pub struct Printer {
     pub progress2: bool,
     /// `--info=stats2`: `--stats` and rsync's extra lines.
     pub stats2: bool,
+    /// The source is remote: `-v` says `receiving incremental file list`
+    /// (else `sending`), as rsync's client does.
+    pub pull: bool,
+    /// The destination as the command line names it, for rsync's
+    /// `created directory DEST` when this run makes it (`-v`, `-i`).
+    pub dest_shown: Option<String>,
     state: Mutex<State>,
 }
 
@@ -47,6 +53,9 @@ struct Counts {
     created_links: u64,
     regular_sent: u64,
     sent_size: u64,
+    /// Entries deleted, every entry of a deleted directory included.
+    deleted: u64,
+    deleted_dirs: u64,
 }
 
 struct State {
@@ -64,6 +73,10 @@ struct State {
     log: Option<(LogFile, OutFormat)>,
     /// A `--info=progress2` line is on screen without its newline.
     progress2_open: bool,
+    /// `-v`'s first line is out.
+    header_done: bool,
+    /// `created directory DEST` is out.
+    made_dest_done: bool,
 }
 
 impl Printer {
@@ -79,6 +92,8 @@ impl Printer {
             lines: None,
             progress2: false,
             stats2: false,
+            pull: false,
+            dest_shown: None,
             state: Mutex::new(State {
                 start: Instant::now(),
                 open_line: false,
@@ -89,6 +104,8 @@ impl Printer {
                 counts: Counts::default(),
                 log: None,
                 progress2_open: false,
+                header_done: false,
+                made_dest_done: false,
             }),
         }
     }
@@ -97,6 +114,13 @@ impl Printer {
     pub fn with_lines(mut self, mut lines: Lines) -> Self {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         st.log = lines.log.take();
+        if let Some((log, fmt)) = &mut st.log {
+            // rsync's first line in its log, on the side that lists files
+            log.line(match fmt.side() {
+                itemize::Side::Receiver => "receiving file list",
+                _ => "building file list",
+            });
+        }
         self.lines = Some(lines);
         self
     }
@@ -104,16 +128,31 @@ impl Printer {
     /// The line of an itemized, updated or deleted entry; `bool`: it was
     /// created or updated (not its attributes alone).
     fn entry_line(&self, r: &Report, st: &mut State, out: &mut std::io::StdoutLock) -> bool {
-        if let Report::Itemized { size, item, .. } = r {
-            if item.has(Item::SENT) && !item.has(Item::DIR | Item::SYMLINK) {
+        match r {
+            Report::Itemized { size, item, .. } => {
+                if item.has(Item::SENT) && !item.has(Item::DIR | Item::SYMLINK) {
+                    st.counts.regular_sent += 1;
+                    st.counts.sent_size += size;
+                }
+                if item.has(Item::NEW) {
+                    st.counts.created += 1;
+                    st.counts.created_dirs += item.has(Item::DIR) as u64;
+                    st.counts.created_links += item.has(Item::SYMLINK) as u64;
+                }
+            }
+            // (from a run that does not itemize: a file sent is one
+            // without a trailing `/` or a link's detail)
+            Report::Updated { name, size, detail }
+                if !name.ends_with(b"/") && detail.is_empty() =>
+            {
                 st.counts.regular_sent += 1;
                 st.counts.sent_size += size;
             }
-            if item.has(Item::NEW) {
-                st.counts.created += 1;
-                st.counts.created_dirs += item.has(Item::DIR) as u64;
-                st.counts.created_links += item.has(Item::SYMLINK) as u64;
+            Report::Deleted { is_dir, .. } => {
+                st.counts.deleted += 1;
+                st.counts.deleted_dirs += *is_dir as u64;
             }
+            _ => {}
         }
         let Some(lines) = &self.lines else {
             return false;
@@ -211,7 +250,12 @@ impl Printer {
                 st.open_line = false;
                 st.progress2_open = false;
             }
-            let _ = writeln!(out, "{}", fmt.render(l, lines.direction, now));
+            if l.deleted && !fmt.shows_deletions() {
+                // rsync's line for a deletion in a format without %i or %o
+                let _ = writeln!(out, "deleting {}", escape(l.name));
+            } else {
+                let _ = writeln!(out, "{}", fmt.render(l, lines.direction, now));
+            }
         }
         true
     }
@@ -237,7 +281,13 @@ impl Printer {
                 st.open_line = false;
             }
         };
+        self.header(&mut st, &mut out);
         let report = e.report();
+        if let Report::Itemized { name, item, .. } = &report {
+            if name == b"./" && item.has(Item::NEW) {
+                self.created_dest(&mut st, &mut out);
+            }
+        }
         if self.entry_line(&report, &mut st, &mut out) {
             return;
         }
@@ -249,6 +299,19 @@ impl Printer {
                 detail,
                 ..
             } if item.has(Item::UPDATED) => Report::Updated { name, size, detail },
+            // -v names a directory made or whose attributes change, as rsync
+            Report::Itemized {
+                name,
+                size,
+                item,
+                detail,
+                ..
+            } if item.has(Item::DIR)
+                && item.0 & (Item::NEW | Item::TIME | Item::PERMS | Item::OWNER | Item::GROUP)
+                    != 0 =>
+            {
+                Report::Updated { name, size, detail }
+            }
             Report::Itemized { .. } => return,
             r => r,
         };
@@ -290,13 +353,19 @@ impl Printer {
                 if self.progress2 && !self.quiet {
                     let secs = st.start.elapsed().as_secs_f64().max(1e-3);
                     let pct = (done * 100).checked_div(total).unwrap_or(100).min(100);
+                    let rate = done as f64 / secs;
+                    // rsync's shape: the time left while it runs
+                    let left = match rate > 0.0 {
+                        true => total.saturating_sub(done) as f64 / rate,
+                        false => 0.0,
+                    };
                     let _ = write!(
                         out,
-                        "\r{:>15} {:>3}% {:>10}/s {:>10}",
+                        "\r{:>15} {:>3}% {} {}  ",
                         self.size(done),
                         pct,
-                        human((done as f64 / secs) as u64),
-                        elapsed(secs)
+                        rate_kb(rate),
+                        clock(left)
                     );
                     let _ = out.flush();
                     st.progress2_open = true;
@@ -371,6 +440,7 @@ impl Printer {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let out = std::io::stdout();
         let mut out = out.lock();
+        self.header(&mut st, &mut out);
         if st.bar_visible {
             eprint!("\r\x1b[K");
             st.bar_visible = false;
@@ -382,13 +452,16 @@ impl Printer {
         let s = &o.summary;
         let secs = st.start.elapsed().as_secs_f64().max(1e-3);
         if self.progress2 && !self.quiet {
-            // the last line says where the whole transfer ended
+            // the last line says where the whole transfer ended, with
+            // rsync's count of files sent and of those left to check
             let _ = writeln!(
                 out,
-                "\r{:>15} 100% {:>10}/s {:>10}",
+                "\r{:>15} 100% {} {} (xfr#{}, to-chk=0/{})",
                 self.size(s.total_size),
-                human(((o.sent + o.received) as f64 / secs) as u64),
-                elapsed(secs)
+                rate_kb(s.total_size as f64 / secs),
+                clock(secs),
+                st.counts.regular_sent,
+                s.files
             );
             st.progress2_open = false;
         }
@@ -409,30 +482,44 @@ impl Printer {
             if self.stats2 {
                 let c = &st.counts;
                 let reg = c.created - (c.created_dirs + c.created_links).min(c.created);
-                let mut line = format!(
-                    "Number of created files: {} (reg: {reg}, dir: {}",
-                    c.created, c.created_dirs
+                let _ = writeln!(
+                    out,
+                    "Number of created files: {}",
+                    counted(
+                        c.created,
+                        &[
+                            ("reg", reg),
+                            ("dir", c.created_dirs),
+                            ("link", c.created_links)
+                        ]
+                    )
                 );
-                if c.created_links > 0 {
-                    line += &format!(", link: {}", c.created_links);
-                }
-                let _ = writeln!(out, "{line})");
-            }
-            let _ = writeln!(out, "Number of deleted files: {}", s.deleted);
-            if self.stats2 {
-                let c = &st.counts;
+                // (itemizing, every entry of a deleted directory is counted,
+                // as rsync counts them)
+                let _ = writeln!(
+                    out,
+                    "Number of deleted files: {}",
+                    counted(
+                        c.deleted,
+                        &[("reg", c.deleted - c.deleted_dirs), ("dir", c.deleted_dirs)]
+                    )
+                );
                 let _ = writeln!(
                     out,
                     "Number of regular files transferred: {}",
                     c.regular_sent
                 );
+            } else {
+                let _ = writeln!(out, "Number of deleted files: {}", s.deleted);
+            }
+            let _ = writeln!(out, "Total file size: {} bytes", self.size(s.total_size));
+            if self.stats2 {
                 let _ = writeln!(
                     out,
                     "Total transferred file size: {} bytes",
-                    self.size(c.sent_size)
+                    self.size(st.counts.sent_size)
                 );
             }
-            let _ = writeln!(out, "Total file size: {} bytes", self.size(s.total_size));
             let _ = writeln!(out, "Literal data: {} bytes", self.size(s.literal));
             let _ = writeln!(out, "Matched data: {} bytes", self.size(s.reused));
             let _ = writeln!(out, "Total bytes sent: {}", self.size(o.sent));
@@ -440,12 +527,17 @@ impl Printer {
         }
         if stats || self.verbose > 0 {
             let _ = writeln!(out);
+            let rate = (o.sent + o.received) as f64 / secs;
             let _ = writeln!(
                 out,
                 "sent {} bytes  received {} bytes  {} bytes/sec",
                 self.size(o.sent),
                 self.size(o.received),
-                self.size(((o.sent + o.received) as f64 / secs) as u64)
+                // rsync --no-human-readable's two decimals
+                match self.human {
+                    true => human(rate as u64),
+                    false => format!("{rate:.2}"),
+                }
             );
             let wire = (o.sent + o.received).max(1);
             let _ = writeln!(
@@ -462,10 +554,74 @@ impl Printer {
     }
 }
 
-/// `0:01:05`: hours, minutes, seconds, as rsync's progress shows time.
-fn elapsed(secs: f64) -> String {
+impl Printer {
+    /// `-v`'s first line, once, before anything else on stdout.
+    fn header(&self, st: &mut State, out: &mut std::io::StdoutLock) {
+        if st.header_done {
+            return;
+        }
+        st.header_done = true;
+        if self.verbose > 0 && !self.quiet {
+            let way = if self.pull { "receiving" } else { "sending" };
+            let _ = writeln!(out, "{way} incremental file list");
+        }
+    }
+}
+
+impl Printer {
+    /// rsync's `created directory DEST`, before the new destination's `./`.
+    fn created_dest(&self, st: &mut State, out: &mut std::io::StdoutLock) {
+        let itemizing = self
+            .lines
+            .as_ref()
+            .and_then(|l| l.stdout.as_ref())
+            .is_some_and(|f| f.itemizes());
+        if st.made_dest_done || self.quiet || !(self.verbose > 0 || itemizing) {
+            return;
+        }
+        st.made_dest_done = true;
+        if let Some(dest) = &self.dest_shown {
+            let _ = writeln!(out, "created directory {dest}");
+        }
+    }
+}
+
+/// rsync's `7 (reg: 2, dir: 3, link: 2)`: a count and its nonzero parts.
+fn counted(total: u64, parts: &[(&str, u64)]) -> String {
+    let shown: Vec<String> = parts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(label, n)| format!("{label}: {n}"))
+        .collect();
+    if total == 0 || shown.is_empty() {
+        return total.to_string();
+    }
+    format!("{total} ({})", shown.join(", "))
+}
+
+/// `   0:01:05`: hours (width 4), minutes, seconds, as rsync's progress
+/// shows a time.
+fn clock(secs: f64) -> String {
+    if !(0.0..=9999.0 * 3600.0).contains(&secs) {
+        return "  ??:??:??".into();
+    }
     let s = secs as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    format!("{:>4}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `  47.69MB/s`: a rate in rsync's progress units (powers of 1024).
+fn rate_kb(bytes_per_sec: f64) -> String {
+    let mut rate = bytes_per_sec / 1024.0;
+    let units = if rate > 1024.0 * 1024.0 {
+        rate /= 1024.0 * 1024.0;
+        "GB/s"
+    } else if rate > 1024.0 {
+        rate /= 1024.0;
+        "MB/s"
+    } else {
+        "kB/s"
+    };
+    format!("{rate:>7.2}{units}")
 }
 
 /// 1234567 → "1.23M" (powers of 1000, as rsync -h prints).

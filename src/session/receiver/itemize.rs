@@ -54,6 +54,12 @@ impl<D: Destination> Receiver<'_, D> {
                 if time_differs && (l.kind == Kind::File || (times && l.kind == Kind::Dir)) {
                     bits |= Item::TIME;
                 }
+                // a link whose target changes is made again with the
+                // source's time: shown as rsync shows it, when the whole
+                // seconds differ (a link left in place keeps its time)
+                if times && l.kind == Kind::Symlink && x.mtime != l.mtime.0 {
+                    bits |= Item::TIME;
+                }
                 if l.kind != Kind::Symlink {
                     if perms && x.mode & 0o7777 != l.mode & 0o7777 {
                         bits |= Item::PERMS;
