@@ -209,8 +209,15 @@ enum Stage {
         attrs: Attrs,
         fsync: bool,
     },
-    /// Writes, fsync, metadata and close outstanding.
-    Closing(VecDeque<Pending>),
+    /// Writes (the first `writes`), fsync, metadata and close outstanding.
+    /// Once the writes are answered the remote hash command is asked (what
+    /// it reads is what the server wrote), so that it hashes while the
+    /// server fsyncs, not after.
+    Closing {
+        q: VecDeque<Pending>,
+        writes: usize,
+        asked: Option<verify::Answer>,
+    },
     /// Written and closed; the remote hash command's answer outstanding.
     Verifying(verify::Answer),
     /// The renames outstanding; a `true` one may find nothing to move.
@@ -310,22 +317,45 @@ impl SftpDest {
                     if !data.is_empty() {
                         q.push_back(f.sftp.send_write(&h, 0, data)?);
                     }
+                    let writes = q.len();
                     q.extend(tail(&f.sftp, &h, attrs, *fsync)?);
-                    f.stage = Stage::Closing(q);
+                    f.stage = Stage::Closing {
+                        q,
+                        writes,
+                        asked: None,
+                    };
                 }
-                Stage::Closing(q) => {
-                    while let Some(p) = q.front() {
+                Stage::Closing { q, writes, asked } => {
+                    loop {
+                        let remote = match (&self.verify, &f.hashed) {
+                            (
+                                Some(Verify {
+                                    how: How::Remote(h),
+                                    ..
+                                }),
+                                Some(_),
+                            ) => Some(h),
+                            _ => None,
+                        };
+                        if let (0, None, Some(h)) = (*writes, &asked, remote) {
+                            *asked = Some(h.ask(&f.temp_path)?);
+                            if block {
+                                h.flush()?;
+                            }
+                        }
+                        let Some(p) = q.front() else { break };
                         let Some(r) = answer(p, block)? else {
                             return Ok(false);
                         };
                         q.pop_front();
+                        *writes = writes.saturating_sub(1);
                         status_ok(r)?;
                     }
                     // checked before anything is renamed into place
                     if let (Some(v), Some(want)) = (&self.verify, &f.hashed) {
                         match &v.how {
-                            How::Remote(h) => {
-                                f.stage = Stage::Verifying(h.ask(&f.temp_path)?);
+                            How::Remote(_) => {
+                                f.stage = Stage::Verifying(asked.take().expect("asked"));
                                 continue;
                             }
                             How::Reread => {
@@ -687,8 +717,15 @@ impl Destination for SftpDest {
                 let mut q: VecDeque<Pending> = temp.close_stripes()?.into();
                 let h = temp.handle.take().expect("open");
                 q.extend(temp.writes.drain(..).map(|(p, _)| p));
+                // (the stripes' closes count as writes: theirs were
+                // answered before)
+                let writes = q.len();
                 q.extend(tail(&temp.sftp, &h, &attrs, fsync)?);
-                Stage::Closing(q)
+                Stage::Closing {
+                    q,
+                    writes,
+                    asked: None,
+                }
             }
             (None, None) => unreachable!("a temporary is open or opening"),
         };
