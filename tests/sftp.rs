@@ -939,3 +939,69 @@ fn a_killed_upload_over_streams_resumes() {
     assert!(matched >= 12 << 20, "{}", stdout(&o));
     assert!(literal < size - (12 << 20) + (1 << 20), "{}", stdout(&o));
 }
+
+#[test]
+fn streams_4_download_reads_a_large_file_through_four_sessions() {
+    if !sshd_available() || !Path::new("/usr/lib/openssh/sftp-server").exists() {
+        return;
+    }
+    let t = tmp();
+    let logs = t.path().join("logs");
+    let sshd = logging_sshd(&logs);
+    let src = t.path().join("src");
+    let data = streams_tree(&src, 40 << 20);
+    let dst = t.path().join("dst");
+    let o = ok(ferry_in(
+        &t.path().join("cache"),
+        &[
+            "cp".into(),
+            "-rp".into(),
+            "--transport".into(),
+            "sftp".into(),
+            "--streams".into(),
+            "4".into(),
+            "-e".into(),
+            sshd.rsh(),
+            format!("{}/", sshd.remote(&src)),
+            s(&dst),
+        ],
+    ));
+    assert!(
+        stderr(&o).contains("verified: sha256sum on 127.0.0.1 for 241 file(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), data);
+    assert_same_tree(&src, &dst, false);
+    // one local temporary, renamed once: none is left beside it
+    let left: Vec<_> = std::fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let sessions = session_logs(&logs);
+    assert_eq!(sessions.len(), 4, "SFTP sessions: {sessions:#?}");
+    // every session read part of the large file, and small files were
+    // spread over them
+    let read_big = sessions
+        .iter()
+        .filter(|l| {
+            l.lines()
+                .any(|l| l.contains("/big.bin\" bytes read") && !l.contains("bytes read 0 written"))
+        })
+        .count();
+    let big_lines: Vec<&str> = sessions
+        .iter()
+        .flat_map(|l| l.lines().filter(|l| l.contains("big.bin")))
+        .collect();
+    assert_eq!(read_big, 4, "{big_lines:#?}");
+    let with_small = sessions
+        .iter()
+        .filter(|l| {
+            l.lines()
+                .any(|l| l.contains("/small/d") && l.contains("close"))
+        })
+        .count();
+    assert!(with_small >= 2, "{sessions:#?}");
+}

@@ -61,7 +61,16 @@ pub struct Sftp {
     pub ext: Arc<Extensions>,
     pub limits: Limits,
     /// The other connections, when this is the first of several.
-    more: Arc<[Sftp]>,
+    more: Arc<Mutex<More>>,
+}
+
+/// The connections beside the first: they may still be joining while the
+/// transfer runs on those already open.
+#[derive(Default)]
+struct More {
+    open: Vec<Sftp>,
+    /// Set when the session ends: one that opens later is ended at once.
+    ended: bool,
 }
 
 /// A file or directory handle on the server.
@@ -192,7 +201,7 @@ impl Sftp {
             .spawn(move || read_replies(reader, stdout))?;
         let mut sftp = Sftp {
             inner,
-            more: Arc::new([]),
+            more: Default::default(),
             ext: Arc::new(ext),
             limits: Limits {
                 read: 32 << 10,
@@ -208,15 +217,34 @@ impl Sftp {
         Ok(sftp)
     }
 
+    fn more(&self) -> std::sync::MutexGuard<'_, More> {
+        self.more.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// This connection with `more` to the same server beside it.
-    pub fn with_streams(mut self, more: Vec<Sftp>) -> Sftp {
-        self.more = more.into();
+    pub fn with_streams(self, more: Vec<Sftp>) -> Sftp {
+        for s in more {
+            self.add_stream(s);
+        }
         self
+    }
+
+    /// Puts one more connection to the same server beside this one (from
+    /// now on files and a large file's requests go to it too); one that
+    /// comes after the session ended is ended.
+    pub fn add_stream(&self, s: Sftp) {
+        let mut m = self.more();
+        if m.ended {
+            drop(m);
+            s.end();
+        } else {
+            m.open.push(s);
+        }
     }
 
     /// Connections to the server: this one and any beside it.
     pub fn streams(&self) -> usize {
-        1 + self.more.len()
+        1 + self.more().open.len()
     }
 
     /// The connection with the fewest requests outstanding (this one when it
@@ -224,7 +252,7 @@ impl Sftp {
     pub fn least_busy(&self) -> Sftp {
         let mut best = self.alone();
         let mut load = self.outstanding();
-        for s in self.more.iter() {
+        for s in self.more().open.iter() {
             let l = s.outstanding();
             if l < load {
                 (best, load) = (s.clone(), l);
@@ -234,14 +262,28 @@ impl Sftp {
     }
 
     /// The connections beside this one.
-    pub fn others(&self) -> &[Sftp] {
-        &self.more
+    pub fn others(&self) -> Vec<Sftp> {
+        self.more().open.clone()
+    }
+
+    /// The connections (this one first) that are not `conn` and not in
+    /// `taken`: those a file opened on `conn` may also be written or read
+    /// through.
+    pub fn beside<'a>(
+        &self,
+        conn: &Sftp,
+        taken: impl Iterator<Item = &'a Sftp> + Clone,
+    ) -> Vec<Sftp> {
+        std::iter::once(self.alone())
+            .chain(self.others())
+            .filter(|s| !s.same(conn) && !taken.clone().any(|t| t.same(s)))
+            .collect()
     }
 
     /// This connection without those beside it.
     pub fn alone(&self) -> Sftp {
         Sftp {
-            more: Arc::new([]),
+            more: Default::default(),
             ..self.clone()
         }
     }
@@ -274,6 +316,16 @@ impl Sftp {
         extra: usize,
         body: impl FnOnce(&mut Vec<u8>),
     ) -> io::Result<Pending> {
+        self.send_packet(kind, extra, body).map(|(p, _)| p)
+    }
+
+    /// [`Sftp::send_sized`], giving back the packet that was sent.
+    fn send_packet(
+        &self,
+        kind: u8,
+        extra: usize,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) -> io::Result<(Pending, Vec<u8>)> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut p = wire::start(kind);
         p.reserve(extra);
@@ -295,8 +347,9 @@ impl Sftp {
         }
         let mut w = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         let w = w.as_mut().ok_or_else(lost)?;
-        w.write_all(&wire::finish(p)).map_err(|_| lost())?;
-        Ok(rx)
+        let p = wire::finish(p);
+        w.write_all(&p).map_err(|_| lost())?;
+        Ok((rx, p))
     }
 
     /// Waits for an answer.
@@ -472,7 +525,17 @@ impl Sftp {
         Ok(())
     }
     pub fn send_write(&self, h: &[u8], offset: u64, data: &[u8]) -> io::Result<Pending> {
-        self.send_sized(wire::WRITE, h.len() + data.len() + 16, |p| {
+        self.send_write_keep(h, offset, data).map(|(p, _)| p)
+    }
+    /// [`Sftp::send_write`], giving back the packet sent: `data` is its
+    /// last `data.len()` bytes (to be hashed from there, not copied again).
+    pub fn send_write_keep(
+        &self,
+        h: &[u8],
+        offset: u64,
+        data: &[u8],
+    ) -> io::Result<(Pending, Vec<u8>)> {
+        self.send_packet(wire::WRITE, h.len() + data.len() + 16, |p| {
             wire::put_str(p, h);
             wire::put_u64(p, offset);
             wire::put_str(p, data);
@@ -608,7 +671,12 @@ impl Sftp {
     /// Ends the session (and those beside it) and waits for ssh; the first
     /// connection's exit status.
     pub fn end(&self) -> Option<std::process::ExitStatus> {
-        for s in self.more.iter() {
+        let more = {
+            let mut m = self.more();
+            m.ended = true;
+            std::mem::take(&mut m.open)
+        };
+        for s in more {
             s.end();
         }
         let mut child = self.inner.child.lock().unwrap_or_else(|p| p.into_inner());

@@ -209,8 +209,15 @@ enum Stage {
         attrs: Attrs,
         fsync: bool,
     },
-    /// Writes, fsync, metadata and close outstanding.
-    Closing(VecDeque<Pending>),
+    /// Writes (the first `writes`), fsync, metadata and close outstanding.
+    /// Once the writes are answered the remote hash command is asked (what
+    /// it reads is what the server wrote), so that it hashes while the
+    /// server fsyncs, not after.
+    Closing {
+        q: VecDeque<Pending>,
+        writes: usize,
+        asked: Option<verify::Answer>,
+    },
     /// Written and closed; the remote hash command's answer outstanding.
     Verifying(verify::Answer),
     /// The renames outstanding; a `true` one may find nothing to move.
@@ -310,22 +317,45 @@ impl SftpDest {
                     if !data.is_empty() {
                         q.push_back(f.sftp.send_write(&h, 0, data)?);
                     }
+                    let writes = q.len();
                     q.extend(tail(&f.sftp, &h, attrs, *fsync)?);
-                    f.stage = Stage::Closing(q);
+                    f.stage = Stage::Closing {
+                        q,
+                        writes,
+                        asked: None,
+                    };
                 }
-                Stage::Closing(q) => {
-                    while let Some(p) = q.front() {
+                Stage::Closing { q, writes, asked } => {
+                    loop {
+                        let remote = match (&self.verify, &f.hashed) {
+                            (
+                                Some(Verify {
+                                    how: How::Remote(h),
+                                    ..
+                                }),
+                                Some(_),
+                            ) => Some(h),
+                            _ => None,
+                        };
+                        if let (0, None, Some(h)) = (*writes, &asked, remote) {
+                            *asked = Some(h.ask(&f.temp_path)?);
+                            if block {
+                                h.flush()?;
+                            }
+                        }
+                        let Some(p) = q.front() else { break };
                         let Some(r) = answer(p, block)? else {
                             return Ok(false);
                         };
                         q.pop_front();
+                        *writes = writes.saturating_sub(1);
                         status_ok(r)?;
                     }
                     // checked before anything is renamed into place
                     if let (Some(v), Some(want)) = (&self.verify, &f.hashed) {
                         match &v.how {
-                            How::Remote(h) => {
-                                f.stage = Stage::Verifying(h.ask(&f.temp_path)?);
+                            How::Remote(_) => {
+                                f.stage = Stage::Verifying(asked.take().expect("asked"));
                                 continue;
                             }
                             How::Reread => {
@@ -610,15 +640,11 @@ impl Destination for SftpDest {
         // other goes to the connection with the least outstanding, and a
         // large one spreads over the others too
         let resumed = self.resuming.take().is_some_and(|r| r == rel);
-        let (sftp, peers) = if resumed || self.sftp.streams() == 1 {
-            (self.sftp.alone(), Vec::new())
+        let (sftp, family) = if resumed {
+            (self.sftp.alone(), None)
         } else {
-            let sftp = self.sftp.least_busy();
-            let peers = std::iter::once(self.sftp.alone())
-                .chain(self.sftp.others().iter().cloned())
-                .filter(|s| !s.same(&sftp))
-                .collect();
-            (sftp, peers)
+            // (connections that join later are written through too)
+            (self.sftp.least_busy(), Some(self.sftp.clone()))
         };
         if how.partial {
             // a partial file being resumed from stays readable through its
@@ -638,7 +664,7 @@ impl Destination for SftpDest {
         })?;
         Ok(SftpTemp {
             sftp,
-            peers,
+            family,
             stripes: Vec::new(),
             handle: None,
             opening: Some(opening),
@@ -647,7 +673,10 @@ impl Destination for SftpDest {
             sent: 0,
             buf: Vec::new(),
             writes: VecDeque::new(),
-            hashing: self.verify.as_ref().map(|v| Hashing::new(v.kind())),
+            hashing: self
+                .verify
+                .as_ref()
+                .map(|v| StreamHash::Here(Hashing::new(v.kind()))),
         })
     }
     fn publish(
@@ -667,7 +696,13 @@ impl Destination for SftpDest {
         let stage = match (temp.opening.take(), temp.handle.take()) {
             (Some(open), _) => Stage::Opening {
                 open,
-                data: std::mem::take(&mut temp.buf),
+                data: {
+                    // (nothing was sent yet: all of it is here)
+                    if let Some(h) = &mut temp.hashing {
+                        h.bytes(&temp.buf)?;
+                    }
+                    std::mem::take(&mut temp.buf)
+                },
                 attrs,
                 fsync,
             },
@@ -682,8 +717,15 @@ impl Destination for SftpDest {
                 let mut q: VecDeque<Pending> = temp.close_stripes()?.into();
                 let h = temp.handle.take().expect("open");
                 q.extend(temp.writes.drain(..).map(|(p, _)| p));
+                // (the stripes' closes count as writes: theirs were
+                // answered before)
+                let writes = q.len();
                 q.extend(tail(&temp.sftp, &h, &attrs, fsync)?);
-                Stage::Closing(q)
+                Stage::Closing {
+                    q,
+                    writes,
+                    asked: None,
+                }
             }
             (None, None) => unreachable!("a temporary is open or opening"),
         };
@@ -704,7 +746,7 @@ impl Destination for SftpDest {
             temp_path: std::mem::take(&mut temp.path),
             target,
             backup,
-            hashed: temp.hashing.take().map(Hashing::hex),
+            hashed: temp.hashing.take().map(StreamHash::hex).transpose()?,
         };
         self.finishing
             .lock()
@@ -798,14 +840,100 @@ impl BasisFile for SftpBasis {
 /// A server-side copy's place in the file and its bytes.
 type Copied = (u64, Vec<u8>);
 
+/// Where a file's hash moves off the writing thread: past this, the
+/// packets sent are hashed on a thread of their own (the writer goes on
+/// filling the channel window meanwhile); below it, a thread costs more
+/// than the hashing.
+const HASH_THREAD_FROM: u64 = 1 << 20;
+
+/// Packets waiting for the hashing thread: a bound, so that a hash slower
+/// than the network holds the writer back rather than memory growing.
+const HASH_QUEUE: usize = 16;
+
+/// The hash of what a file was written with, front to back.
+enum StreamHash {
+    /// Computed on the writing thread (a small file).
+    Here(Hashing),
+    /// Computed on a thread of its own, from the packets as sent (each
+    /// with where its data starts): no copy beyond the one into the packet.
+    Away {
+        tx: std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
+        done: std::thread::JoinHandle<Hashing>,
+    },
+    /// Only while moving from here to away.
+    Moving,
+}
+
+fn no_hash() -> io::Error {
+    io::Error::other("the thread hashing what was sent ended early")
+}
+
+impl StreamHash {
+    /// Hashes `packet[at..]`, the data of a write just sent; `sent` is how
+    /// far the file is written.
+    fn packet(&mut self, packet: Vec<u8>, at: usize, sent: u64) -> io::Result<()> {
+        match self {
+            StreamHash::Here(h) if sent < HASH_THREAD_FROM => {
+                h.update(&packet[at..]);
+                Ok(())
+            }
+            StreamHash::Here(_) => {
+                let StreamHash::Here(mut h) = std::mem::replace(self, StreamHash::Moving) else {
+                    unreachable!("matched above")
+                };
+                let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_QUEUE);
+                let done = std::thread::Builder::new()
+                    .name("ferry-sftp-hash".into())
+                    .spawn(move || {
+                        for (p, at) in rx {
+                            h.update(&p[at..]);
+                        }
+                        h
+                    })?;
+                tx.send((packet, at)).map_err(|_| no_hash())?;
+                *self = StreamHash::Away { tx, done };
+                Ok(())
+            }
+            StreamHash::Away { tx, .. } => tx.send((packet, at)).map_err(|_| no_hash()),
+            StreamHash::Moving => Err(no_hash()),
+        }
+    }
+
+    /// Bytes already in hand (a copy made on the server), hashed in order
+    /// with the packets.
+    fn bytes(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            StreamHash::Here(h) => {
+                h.update(data);
+                Ok(())
+            }
+            StreamHash::Away { tx, .. } => tx.send((data.to_vec(), 0)).map_err(|_| no_hash()),
+            StreamHash::Moving => Err(no_hash()),
+        }
+    }
+
+    /// The hash, in the remote command's hex.
+    fn hex(self) -> io::Result<String> {
+        match self {
+            StreamHash::Here(h) => Ok(h.hex()),
+            StreamHash::Away { tx, done } => {
+                drop(tx);
+                done.join().map(Hashing::hex).map_err(|_| no_hash())
+            }
+            StreamHash::Moving => Err(no_hash()),
+        }
+    }
+}
+
 /// A file being written on the server, front to back, with writes of the
 /// size the server takes kept outstanding.
 pub struct SftpTemp {
     /// The connection it is opened and published through.
     sftp: Sftp,
-    /// The other connections, which a large file is also written through
-    /// once it passes [`STRIPE_FROM`] (none for a resumed file).
-    peers: Vec<Sftp>,
+    /// The connection that carries the others (`--streams N`), which a
+    /// large file is also written through once it passes [`STRIPE_FROM`]
+    /// (none for a resumed file).
+    family: Option<Sftp>,
     /// Its handles on them.
     stripes: Vec<Stripe>,
     /// Open until published or discarded.
@@ -824,7 +952,7 @@ pub struct SftpTemp {
     writes: VecDeque<(Pending, Option<Copied>)>,
     /// The hash of what was written front to back (`None` once anything is
     /// written elsewhere).
-    hashing: Option<Hashing>,
+    hashing: Option<StreamHash>,
 }
 
 /// The temporary open through another connection.
@@ -833,13 +961,27 @@ enum Stripe {
     Open(Sftp, Handle),
 }
 
+impl Stripe {
+    fn conn(&self) -> &Sftp {
+        match self {
+            Stripe::Opening(s, _) | Stripe::Open(s, _) => s,
+        }
+    }
+}
+
 impl SftpTemp {
     /// Opens the temporary through the other connections once the file is
     /// large enough (the first OPEN, answered, made it), and takes in the
     /// answers that came.
     fn stripe(&mut self) -> io::Result<()> {
-        if self.sent >= STRIPE_FROM && !self.peers.is_empty() {
-            for s in std::mem::take(&mut self.peers) {
+        let more = match &self.family {
+            Some(all) if self.sent >= STRIPE_FROM && all.streams() > 1 + self.stripes.len() => {
+                all.beside(&self.sftp, self.stripes.iter().map(Stripe::conn))
+            }
+            _ => Vec::new(),
+        };
+        {
+            for s in more {
                 let p = s.send(wire::OPEN, |p| {
                     wire::put_str(p, &self.path);
                     wire::put_u32(p, wire::OPEN_WRITE);
@@ -928,9 +1070,14 @@ impl SftpTemp {
             self.settle_oldest()?;
         }
         let (sftp, h) = self.next_target();
-        let p = sftp.send_write(h, self.sent, data)?;
+        let (p, packet) = sftp.send_write_keep(h, self.sent, data)?;
         self.writes.push_back((p, None));
         self.sent += data.len() as u64;
+        if let Some(hash) = &mut self.hashing {
+            // the data is the packet's tail
+            let at = packet.len() - data.len();
+            hash.packet(packet, at, self.sent)?;
+        }
         Ok(())
     }
 
@@ -985,9 +1132,6 @@ impl TempWrite for SftpTemp {
         self.partial
     }
     fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
-        if let Some(h) = &mut self.hashing {
-            h.update(data);
-        }
         let step = self.sftp.limits.write;
         while !data.is_empty() {
             if self.buf.is_empty() && data.len() >= step {
@@ -1022,10 +1166,10 @@ impl TempWrite for SftpTemp {
         if !self.sftp.ext.copy_data || data.is_empty() {
             return self.write(data);
         }
-        if let Some(h) = &mut self.hashing {
-            h.update(data);
-        }
         self.send_buf()?;
+        if let Some(h) = &mut self.hashing {
+            h.bytes(data)?;
+        }
         self.resolve()?;
         if self.writes.len() >= WRITES_IN_FLIGHT {
             self.settle_oldest()?;

@@ -21,8 +21,15 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-/// Reads kept outstanding per file while it is read in order.
+/// Reads kept outstanding per file and connection while it is read in
+/// order.
 const READS_IN_FLIGHT: usize = 16;
+
+/// Where a file read in order starts to be read through the other
+/// connections too (`--streams N`): past this, its reads are spread over
+/// all of them (each its own channel window), the bytes still passed on in
+/// order.
+const STRIPE_FROM: u64 = 16 << 20;
 
 /// A tree on an SFTP server.
 pub struct SftpSource {
@@ -255,7 +262,13 @@ impl Source for SftpSource {
     }
 
     fn open(&self, at: &Vec<u8>) -> io::Result<SftpFile> {
-        SftpFile::open(&self.sftp, at, self.verify.as_ref())
+        // files go to the least busy connection; a large one is read
+        // through the others too
+        let conn = self.sftp.least_busy();
+        let mut f = SftpFile::open(&conn, at, self.verify.as_ref())?;
+        // (connections that join later are read through too)
+        f.family = Some(self.sftp.clone());
+        Ok(f)
     }
 
     fn name<'h>(&self, at: &'h Vec<u8>) -> &'h [u8] {
@@ -282,8 +295,16 @@ pub struct SftpFile {
     open: Arc<Open>,
     /// Where the next in-order read starts.
     pos: u64,
-    /// Reads asked ahead of `pos`: offset and answer.
-    ahead: VecDeque<(u64, Pending)>,
+    /// Reads asked ahead of `pos`: offset, the connection asked (`None`:
+    /// the file's own, else an index into `stripes`) and answer.
+    ahead: VecDeque<(u64, Option<usize>, Pending)>,
+    /// The connection that carries the others (`--streams N`), which a
+    /// large file is also read through once it passes [`STRIPE_FROM`].
+    family: Option<Sftp>,
+    /// The file's path (to open it on them).
+    path: Vec<u8>,
+    /// The file opened on them: the OPEN outstanding, then the handle.
+    stripes: Vec<(Sftp, Option<Pending>, Option<Arc<Open>>)>,
     /// Where the next read ahead starts.
     asked: u64,
     /// What arrived and is not read yet.
@@ -366,6 +387,7 @@ impl SftpFile {
             sftp: sftp.clone(),
             handle,
         }));
+        f.path = path.to_vec();
         if let Some(v) = verify {
             let remote = match &v.how {
                 How::Remote(h) => Some(h.ask(path)?),
@@ -386,12 +408,27 @@ impl SftpFile {
             open,
             pos: 0,
             ahead: VecDeque::new(),
+            family: None,
+            path: Vec::new(),
+            stripes: Vec::new(),
             asked: 0,
             have: Vec::new(),
             used: 0,
             at_end: false,
             check: None,
             ahead_at: Default::default(),
+        }
+    }
+}
+
+impl Drop for SftpFile {
+    fn drop(&mut self) {
+        // a handle still being opened on another connection is closed once
+        // it comes (the open ones close with their `Open`)
+        for (s, opening, _) in self.stripes.drain(..) {
+            if let Some(Ok(wire::Reply::Handle(h))) = opening.map(|p| p.recv()) {
+                let _ = s.send(wire::CLOSE, |p| wire::put_str(p, &h));
+            }
         }
     }
 }
@@ -418,13 +455,68 @@ impl io::Read for SftpFile {
                 }
                 return Ok(0);
             }
-            while self.ahead.len() < READS_IN_FLIGHT {
-                let p = o.sftp.send_read(&o.handle, self.asked, step as u32)?;
-                self.ahead.push_back((self.asked, p));
+            let more = match &self.family {
+                Some(all)
+                    if self.asked >= STRIPE_FROM && all.streams() > 1 + self.stripes.len() =>
+                {
+                    all.beside(&o.sftp, self.stripes.iter().map(|(s, ..)| s))
+                }
+                _ => Vec::new(),
+            };
+            {
+                for s in more {
+                    let p = s.send(wire::OPEN, |p| {
+                        wire::put_str(p, &self.path);
+                        wire::put_u32(p, wire::OPEN_READ);
+                        Attrs::default().encode(p);
+                    })?;
+                    self.stripes.push((s, Some(p), None));
+                }
+            }
+            for (s, opening, open) in &mut self.stripes {
+                if let Some(p) = opening {
+                    match p.try_recv() {
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                        Ok(wire::Reply::Handle(handle)) => {
+                            *opening = None;
+                            *open = Some(Arc::new(Open {
+                                sftp: s.clone(),
+                                handle,
+                            }));
+                        }
+                        // a connection that cannot open it is left out
+                        _ => *opening = None,
+                    }
+                }
+            }
+            let open_stripes = self.stripes.iter().filter(|s| s.2.is_some()).count();
+            while self.ahead.len() < READS_IN_FLIGHT * (1 + open_stripes) {
+                // the connection with the least outstanding
+                let mut best: (Option<usize>, usize) = (None, o.sftp.outstanding());
+                for (i, (s, _, open)) in self.stripes.iter().enumerate() {
+                    if open.is_some() && s.outstanding() < best.1 {
+                        best = (Some(i), s.outstanding());
+                    }
+                }
+                let (sftp, handle) = match best.0 {
+                    None => (&o.sftp, &o.handle),
+                    Some(i) => {
+                        let open = self.stripes[i].2.as_ref().expect("open");
+                        (&open.sftp, &open.handle)
+                    }
+                };
+                let p = sftp.send_read(handle, self.asked, step as u32)?;
+                self.ahead.push_back((self.asked, best.0, p));
                 self.asked += step;
             }
-            let (at, p) = self.ahead.pop_front().expect("asked");
-            let d = o.sftp.read_reply(p)?;
+            let (at, on, p) = self.ahead.pop_front().expect("asked");
+            let d = match on {
+                None => o.sftp.read_reply(p)?,
+                Some(i) => {
+                    let open = self.stripes[i].2.as_ref().expect("open");
+                    open.sftp.read_reply(p)?
+                }
+            };
             if d.is_empty() {
                 self.at_end = true;
                 // the answers still outstanding are dropped unread

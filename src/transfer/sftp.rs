@@ -203,11 +203,8 @@ fn run(
     // itself is one, in order (the store spreads files over them)
     let streams = usize::from(request.options.streams.max(1));
     request.options.streams = 1;
-    let sftp = if streams > 1 {
-        more_streams(sftp, streams - 1, user, host, plan, events)
-    } else {
-        sftp
-    };
+    // the others log in meanwhile, and are used as they join
+    let joining = (streams > 1).then(|| more_streams(&sftp, streams - 1, user, host, plan));
     let pushing = request.role == Role::ServerReceives;
     // files are hashed on the remote where the account may run commands,
     // both ways: an upload before it is renamed into place there, a
@@ -245,6 +242,15 @@ fn run(
         h.end();
     }
     let status = sftp.end();
+    if let Some(opener) = joining {
+        // (one that opens now is ended at once)
+        if let Ok(Some(why)) = opener.join() {
+            events(Event::notice(
+                b"",
+                format!("--streams {streams}: not every SFTP connection to {host} opened ({why}); went on with those that did"),
+            ));
+        }
+    }
     let summary = result?;
     if status.is_some_and(|s| s.code() == Some(255)) && pushing {
         return Err(TransferError::Connection(format!(
@@ -274,64 +280,58 @@ fn run(
     Ok(summary)
 }
 
-/// Opens `n` more SFTP connections beside `first` (ssh in batch mode, as
-/// for ferry's own extra streams; at most 8 logging in at once, below
-/// sshd's `MaxStartups`), and goes on with the ones that opened: saying so
-/// when not all did.
+/// Opens `n` more SFTP connections beside `first` on a thread of their
+/// own (ssh in batch mode, as for ferry's own extra streams; at most 8
+/// logging in at once, below sshd's `MaxStartups`): the transfer starts on
+/// the first and takes each other one as it joins (a login costs about 11
+/// round trips, more than a few small files take). The thread ends with why
+/// one failed to open, if one did.
 fn more_streams(
-    first: Sftp,
+    first: &Sftp,
     n: usize,
     user: Option<&str>,
     host: &str,
     plan: &Plan,
-    events: &EventFn<'_>,
-) -> Sftp {
+) -> std::thread::JoinHandle<Option<String>> {
     let extra = child::SshOptions {
         extra: true,
         ..plan.ssh.clone()
     };
-    let mut opened = Vec::new();
-    let mut failed = None;
-    let mut left = n;
-    while left > 0 {
-        let now = left.min(8);
-        left -= now;
-        let started: Vec<std::io::Result<Sftp>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..now)
-                .map(|_| {
-                    s.spawn(|| {
-                        let (cmd, _) = child::sftp_command(user, host, &extra)
-                            .map_err(|e| std::io::Error::other(e.to_string()))?;
-                        Sftp::start(cmd)
+    let (first, user, host) = (first.clone(), user.map(str::to_string), host.to_string());
+    std::thread::spawn(move || {
+        let mut failed = None;
+        let mut left = n;
+        while left > 0 {
+            let now = left.min(8);
+            left -= now;
+            let started: Vec<Option<String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..now)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let opened = child::sftp_command(user.as_deref(), &host, &extra)
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                                .and_then(|(cmd, _)| Sftp::start(cmd));
+                            match opened {
+                                Ok(s) => {
+                                    first.add_stream(s);
+                                    None
+                                }
+                                Err(e) => Some(crate::error::io_text(&e)),
+                            }
+                        })
                     })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
-                })
-                .collect()
-        });
-        for r in started {
-            match r {
-                Ok(s) => opened.push(s),
-                Err(e) => failed = Some(crate::error::io_text(&e)),
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Some("panicked".into())))
+                    .collect()
+            });
+            if let Some(why) = started.into_iter().flatten().next() {
+                failed = Some(why);
             }
         }
-    }
-    if let Some(why) = failed {
-        events(Event::notice(
-            b"",
-            format!(
-                "--streams {}: only {} SFTP connection(s) to {host} opened ({why}); going on with those",
-                n + 1,
-                opened.len() + 1
-            ),
-        ));
-    }
-    first.with_streams(opened)
+        failed
+    })
 }
 
 /// Whether commands may run on the remote, as far as the ferry attempt
