@@ -1,0 +1,376 @@
+//! Remote to remote through this host, streamed: `ferry cp -3 host1:a
+//! host2:b` (and any copy with a daemon at either end) opens the
+//! destination as a push (its end runs the receiver) and the source as a
+//! pull (its end runs the sender), and forwards the session's frames
+//! between the two connections here, one frame at a time. Nothing is
+//! written to this host's disk and memory stays bounded (a frame, at most a
+//! data block, plus each connection's buffers: about a MiB, whatever the
+//! size of the files). The two ends speak to each other as in any
+//! transfer: the destination's receiver checks every file against the
+//! sender's check values and publishes it atomically, and asks for the
+//! chunks it lacks, so a changed file costs only its delta on both links.
+//!
+//! It plugs into the ordinary client machinery as two [`Side`]s: the push
+//! to the destination runs [`Through`] as its "sender", which opens the
+//! pull from the source with [`Splice`] as its "receiver". So each end is
+//! reached as a single transfer would reach it (ssh with `--transport`'s
+//! SFTP fallback, where both halves then run here over pipes; a daemon over
+//! TLS).
+//!
+//! Not for deciding the route (that is [`super`]) nor for the rules of the
+//! conversation: the relay reads only what it must (events, which it shows;
+//! the end of the session; a fatal error, which it passes on) and leaves
+//! every check to the two ends.
+
+use crate::error::TransferError;
+use crate::proto::{Message, Request, Role, Summary, DEFAULT_PORT};
+use crate::session::side::{Reader, Writer};
+use crate::session::wire::{Counters, Spares};
+use crate::session::{self, receiver, sender, Cancel, EventFn, Side};
+use crate::transfer::endpoint::Peer;
+use crate::transfer::Plan;
+use std::sync::{Arc, Mutex};
+
+/// One end of the relay, and the bytes that crossed its connection.
+pub(super) struct End<'a> {
+    pub peer: Peer<'a>,
+    /// The host as the user named it, for messages.
+    pub name: String,
+    pub counters: Arc<Counters>,
+}
+
+/// What went wrong first, however the two halves of the relay end: the
+/// error a user sees. The other end's reaction to it (a connection closed,
+/// a remote side that exited) comes later and says less.
+#[derive(Default)]
+pub(super) struct FirstFailure(Mutex<Option<TransferError>>);
+
+impl FirstFailure {
+    /// Keeps `e` if nothing failed before it; returns a stand-in that says
+    /// the same, for the caller to end with (the kept one is the answer).
+    fn keep(&self, e: TransferError) -> TransferError {
+        let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let text = first.as_ref().unwrap_or(&e).to_string();
+        if first.is_none() {
+            *first = Some(e);
+        }
+        TransferError::Connection(text)
+    }
+
+    /// The first failure, if the relay saw one.
+    pub(super) fn take(&self) -> Option<TransferError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Runs the client's half of `request` against `peer`, the local half on
+/// `side`: as [`super::super::run_once`] reaches a peer (ssh with its SFTP
+/// fallback, or a daemon), without retries.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn on_peer(
+    plan: &Plan,
+    peer: &Peer<'_>,
+    request: Request,
+    local_paths: Vec<Vec<u8>>,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    counters: &Arc<Counters>,
+    side: &dyn Side,
+) -> Result<Summary, TransferError> {
+    match peer {
+        Peer::Ssh { user, host } => super::super::sftp::over_ssh(
+            plan,
+            *user,
+            host,
+            request,
+            local_paths,
+            events,
+            cancel,
+            counters,
+            side,
+        ),
+        Peer::Daemon { host, port } => {
+            let port = port.unwrap_or(DEFAULT_PORT);
+            let stream = super::super::connect_daemon(host, port, &plan.daemon, events)?;
+            session::run_client_streams_on(
+                stream,
+                request,
+                local_paths,
+                events,
+                cancel,
+                counters.clone(),
+                None,
+                side,
+            )
+        }
+    }
+}
+
+/// The push's sending half: instead of reading files, it pulls them from
+/// the source and splices that session into this one.
+pub(super) struct Through<'a> {
+    pub plan: &'a Plan,
+    pub source: End<'a>,
+    pub events: &'a EventFn<'a>,
+    pub failure: &'a FirstFailure,
+}
+
+impl Side for Through<'_> {
+    fn send(
+        &self,
+        reader: Reader,
+        writer: Writer,
+        cfg: sender::Config<'_>,
+        cancel: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        // (the options as the destination was sent them: the source gets
+        // the same, so that both ends agree on what the session carries)
+        let request = Request {
+            role: Role::ServerSends,
+            paths: cfg.sources,
+            options: cfg.options.clone(),
+        };
+        let splice = Splice {
+            dest: Mutex::new(Some((reader, writer))),
+            dest_link_marks: cfg.options.link_marks,
+            source: self.source.name.clone(),
+            events: self.events,
+            failure: self.failure,
+        };
+        on_peer(
+            self.plan,
+            &self.source.peer,
+            request,
+            vec![Vec::new()],
+            self.events,
+            cancel,
+            &self.source.counters,
+            &splice,
+        )
+    }
+
+    fn receive(
+        &self,
+        _: Reader,
+        _: Writer,
+        _: receiver::Config<'_>,
+        _: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        Err(TransferError::Internal(
+            "the relay's destination end was asked to receive".into(),
+        ))
+    }
+}
+
+/// The pull's receiving half: forwards the source's session to the
+/// destination's connection and back.
+struct Splice<'a> {
+    /// The destination's connection, until the source's session starts.
+    dest: Mutex<Option<(Reader, Writer)>>,
+    /// Whether the destination was told to expect hard-link marks.
+    dest_link_marks: bool,
+    /// The source as the user named it, for messages.
+    source: String,
+    events: &'a EventFn<'a>,
+    failure: &'a FirstFailure,
+}
+
+impl Side for Splice<'_> {
+    fn send(
+        &self,
+        _: Reader,
+        _: Writer,
+        _: sender::Config<'_>,
+        _: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        Err(TransferError::Internal(
+            "the relay's source end was asked to send".into(),
+        ))
+    }
+
+    fn receive(
+        &self,
+        from_source: Reader,
+        to_source: Writer,
+        cfg: receiver::Config<'_>,
+        cancel: &Cancel,
+    ) -> Result<Summary, TransferError> {
+        let (from_dest, to_dest) = self
+            .dest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| {
+                TransferError::Internal("the relay's source session started twice".into())
+            })?;
+        if cfg.options.link_marks != self.dest_link_marks {
+            // an older ferry at one end: the two would read the list apart
+            return Err(self.failure.keep(TransferError::Usage(
+                "-H cannot be relayed between these two ends: one ferry is too old to mark hard links"
+                    .into(),
+            )));
+        }
+        let (events, failure, source) = (self.events, self.failure, self.source.as_str());
+        std::thread::scope(|scope| {
+            let down = std::thread::Builder::new()
+                .name("ferry-relay-down".into())
+                .spawn_scoped(scope, move || {
+                    downstream(from_source, to_dest, source, events, cancel)
+                })
+                .map_err(|e| TransferError::local("thread", &e))?;
+            let up = upstream(from_dest, to_source, events, cancel);
+            let down = down.join().unwrap_or_else(|_| {
+                Err(TransferError::Internal(
+                    "the relay's thread panicked".into(),
+                ))
+            });
+            match (up, down) {
+                (Ok(summary), Ok(())) => Ok(summary),
+                (Err(e), _) | (_, Err(e)) => Err(failure.keep(e)),
+            }
+        })
+    }
+}
+
+/// Sends `msg`, flushing when the reader has no whole frame waiting (so
+/// that nothing sits in a buffer while this side waits to read). A data
+/// block's buffer goes back to `spares` for the reader to fill again.
+fn pass(
+    to: &mut Writer,
+    msg: Message,
+    more_waiting: bool,
+    spares: &Spares,
+) -> Result<(), TransferError> {
+    match msg {
+        Message::Data {
+            file,
+            compressed,
+            raw_len,
+            bytes,
+        } => {
+            to.send_data(file, compressed, raw_len, &bytes)?;
+            spares.give(bytes);
+        }
+        Message::Segment {
+            file,
+            offset,
+            compressed,
+            raw_len,
+            bytes,
+        } => {
+            to.send_segment(file, offset, compressed, raw_len, &bytes)?;
+            spares.give(bytes);
+        }
+        other => to.send(&other)?,
+    }
+    if !more_waiting {
+        to.flush()?;
+    }
+    Ok(())
+}
+
+/// What one direction of the relay does with a frame.
+enum Step {
+    /// Pass it on.
+    Pass(Message),
+    /// The session's last frame this way: pass it on, and stop.
+    Last(Message),
+}
+
+/// Forwards frames `from` one end `to` the other until `step` says the
+/// last one passed. Events are shown here; a fatal error from either end
+/// is passed on and ends the relay; a failure of this relay (a connection
+/// that broke) is told to the other end as a fatal error, so that the
+/// destination ends the session and publishes nothing cut short.
+fn forward(
+    mut from: Reader,
+    mut to: Writer,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+    lost: impl Fn(TransferError) -> TransferError,
+    mut step: impl FnMut(Message) -> Step,
+) -> Result<(), TransferError> {
+    let spares = Spares::default();
+    from.reuse(spares.clone());
+    let result = (|| loop {
+        cancel.check()?;
+        let msg = from.recv().map_err(&lost)?.ok_or_else(|| {
+            lost(TransferError::Connection(
+                "the peer closed the connection".into(),
+            ))
+        })?;
+        match msg {
+            Message::Event(e) => events(e),
+            Message::Fatal(t) => {
+                let e = TransferError::Remote(session::text(&t));
+                let _ = to.send(&Message::Fatal(t));
+                let _ = to.flush();
+                return Err(e);
+            }
+            msg => match step(msg) {
+                Step::Pass(msg) => {
+                    let more = from.has_buffered_frame();
+                    pass(&mut to, msg, more, &spares)?;
+                }
+                Step::Last(msg) => return pass(&mut to, msg, false, &spares),
+            },
+        }
+    })();
+    if let Err(e) = &result {
+        if !matches!(e, TransferError::Remote(_)) {
+            let _ = to.send(&Message::Fatal(e.to_string().into_bytes()));
+            let _ = to.flush();
+        }
+    }
+    result
+}
+
+/// Source to destination: the list and the file data, until the source's
+/// `Bye`. The source's events (a file that vanished, a listing error) are
+/// shown here.
+fn downstream(
+    from: Reader,
+    to: Writer,
+    source: &str,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+) -> Result<(), TransferError> {
+    let lost = |e: TransferError| match e {
+        TransferError::Connection(m) => {
+            TransferError::Connection(format!("{m} (the source, {source})"))
+        }
+        other => other,
+    };
+    forward(from, to, events, cancel, lost, |msg| match msg {
+        Message::Bye => Step::Last(Message::Bye),
+        msg => Step::Pass(msg),
+    })
+}
+
+/// Destination to source: acknowledgements, requests for files and chunks
+/// (with the destination's signatures), and at the end its summary, which
+/// is the relay's. The destination's events (each file as it settles) are
+/// shown here.
+fn upstream(
+    from: Reader,
+    to: Writer,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+) -> Result<Summary, TransferError> {
+    let mut finished = None;
+    forward(
+        from,
+        to,
+        events,
+        cancel,
+        |e| e,
+        |msg| match msg {
+            Message::Finish(s) => {
+                finished = Some(s);
+                Step::Last(Message::Finish(s))
+            }
+            msg => Step::Pass(msg),
+        },
+    )?;
+    finished.ok_or_else(|| TransferError::Internal("the relay ended without a summary".into()))
+}
