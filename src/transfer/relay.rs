@@ -248,6 +248,7 @@ fn run_through_here(
             peer: from,
             counters: out_of.clone(),
         },
+        dest_name: peer_name(&to),
         events,
         failure: &failure,
     };

@@ -111,6 +111,8 @@ pub(super) fn on_peer(
 pub(super) struct Through<'a> {
     pub plan: &'a Plan,
     pub source: End<'a>,
+    /// The destination as the user named it, for messages.
+    pub dest_name: String,
     pub events: &'a EventFn<'a>,
     pub failure: &'a FirstFailure,
 }
@@ -134,6 +136,7 @@ impl Side for Through<'_> {
             dest: Mutex::new(Some((reader, writer))),
             dest_link_marks: cfg.options.link_marks,
             source: self.source.name.clone(),
+            dest_name: self.dest_name.clone(),
             events: self.events,
             failure: self.failure,
         };
@@ -169,8 +172,9 @@ struct Splice<'a> {
     dest: Mutex<Option<(Reader, Writer)>>,
     /// Whether the destination was told to expect hard-link marks.
     dest_link_marks: bool,
-    /// The source as the user named it, for messages.
+    /// The source and the destination as the user named them, for messages.
     source: String,
+    dest_name: String,
     events: &'a EventFn<'a>,
     failure: &'a FirstFailure,
 }
@@ -210,23 +214,24 @@ impl Side for Splice<'_> {
                     .into(),
             )));
         }
-        let (events, failure, source) = (self.events, self.failure, self.source.as_str());
+        let (events, failure) = (self.events, self.failure);
+        let (source, dest) = (self.source.as_str(), self.dest_name.as_str());
         std::thread::scope(|scope| {
             let down = std::thread::Builder::new()
                 .name("ferry-relay-down".into())
                 .spawn_scoped(scope, move || {
-                    downstream(from_source, to_dest, source, events, cancel)
+                    downstream(from_source, to_dest, source, events, cancel, failure)
                 })
                 .map_err(|e| TransferError::local("thread", &e))?;
-            let up = upstream(from_dest, to_source, events, cancel);
+            let up = upstream(from_dest, to_source, dest, events, cancel, failure);
             let down = down.join().unwrap_or_else(|_| {
-                Err(TransferError::Internal(
+                Err(failure.keep(TransferError::Internal(
                     "the relay's thread panicked".into(),
-                ))
+                )))
             });
             match (up, down) {
                 (Ok(summary), Ok(())) => Ok(summary),
-                (Err(e), _) | (_, Err(e)) => Err(failure.keep(e)),
+                (Err(e), _) | (_, Err(e)) => Err(e),
             }
         })
     }
@@ -277,24 +282,28 @@ enum Step {
     Last(Message),
 }
 
-/// Forwards frames `from` one end `to` the other until `step` says the
-/// last one passed. Events are shown here; a fatal error from either end
-/// is passed on and ends the relay; a failure of this relay (a connection
-/// that broke) is told to the other end as a fatal error, so that the
-/// destination ends the session and publishes nothing cut short.
+/// Forwards frames `from` one end (`name`d) `to` the other until `step`
+/// says the last one passed. Events are shown here; a fatal error from
+/// either end is passed on and ends the relay; a failure of this relay (a
+/// connection that broke) is told to the other end as a fatal error, so
+/// that the destination ends the session and publishes nothing cut short.
+/// The first failure of either direction is kept in `failure`.
 fn forward(
     mut from: Reader,
     mut to: Writer,
-    events: &EventFn<'_>,
-    cancel: &Cancel,
-    lost: impl Fn(TransferError) -> TransferError,
+    name: &str,
+    (events, cancel, failure): (&EventFn<'_>, &Cancel, &FirstFailure),
     mut step: impl FnMut(Message) -> Step,
 ) -> Result<(), TransferError> {
+    let lost = |e: TransferError| match e {
+        TransferError::Connection(m) => TransferError::Connection(format!("{m} ({name})")),
+        other => other,
+    };
     let spares = Spares::default();
     from.reuse(spares.clone());
     let result = (|| loop {
         cancel.check()?;
-        let msg = from.recv().map_err(&lost)?.ok_or_else(|| {
+        let msg = from.recv().map_err(lost)?.ok_or_else(|| {
             lost(TransferError::Connection(
                 "the peer closed the connection".into(),
             ))
@@ -316,13 +325,15 @@ fn forward(
             },
         }
     })();
-    if let Err(e) = &result {
-        if !matches!(e, TransferError::Remote(_)) {
+    result.map_err(|e| {
+        let told = matches!(e, TransferError::Remote(_));
+        let e = failure.keep(e);
+        if !told {
             let _ = to.send(&Message::Fatal(e.to_string().into_bytes()));
             let _ = to.flush();
         }
-    }
-    result
+        e
+    })
 }
 
 /// Source to destination: the list and the file data, until the source's
@@ -334,17 +345,19 @@ fn downstream(
     source: &str,
     events: &EventFn<'_>,
     cancel: &Cancel,
+    failure: &FirstFailure,
 ) -> Result<(), TransferError> {
-    let lost = |e: TransferError| match e {
-        TransferError::Connection(m) => {
-            TransferError::Connection(format!("{m} (the source, {source})"))
-        }
-        other => other,
-    };
-    forward(from, to, events, cancel, lost, |msg| match msg {
-        Message::Bye => Step::Last(Message::Bye),
-        msg => Step::Pass(msg),
-    })
+    let name = format!("the source, {source}");
+    forward(
+        from,
+        to,
+        &name,
+        (events, cancel, failure),
+        |msg| match msg {
+            Message::Bye => Step::Last(Message::Bye),
+            msg => Step::Pass(msg),
+        },
+    )
 }
 
 /// Destination to source: acknowledgements, requests for files and chunks
@@ -354,16 +367,18 @@ fn downstream(
 fn upstream(
     from: Reader,
     to: Writer,
+    dest: &str,
     events: &EventFn<'_>,
     cancel: &Cancel,
+    failure: &FirstFailure,
 ) -> Result<Summary, TransferError> {
     let mut finished = None;
+    let name = format!("the destination, {dest}");
     forward(
         from,
         to,
-        events,
-        cancel,
-        |e| e,
+        &name,
+        (events, cancel, failure),
         |msg| match msg {
             Message::Finish(s) => {
                 finished = Some(s);
