@@ -218,6 +218,8 @@ fn rich_tree(src: &Path) {
     set_mtime(&src.join("d/big.bin"), 1_700_000_000);
     write(&src.join("d/run.sh"), "#!/bin/sh\necho hi\n");
     chmod(&src.join("d/run.sh"), 0o755);
+    // (whole seconds: what SFTP keeps)
+    set_mtime(&src.join("d/run.sh"), 1_650_000_000);
     std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
 }
 
@@ -555,4 +557,108 @@ fn a_source_killed_mid_file_publishes_nothing() {
     );
     assert!(!dst.join("big.bin").exists(), "nothing published");
     std::fs::remove_file(&src).unwrap();
+}
+
+/// Several sources, `-r` and `-p` mean what they mean for one hop: each
+/// source lands inside the existing destination directory by its name,
+/// without `-p` the times are the copy's own, and a source that is missing
+/// is reported while the others arrive (exit 23, as scp's partial copy).
+#[test]
+fn three_keeps_cp_semantics_for_several_sources() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let (src, dst, spool) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("spool"),
+    );
+    rich_tree(&src);
+    std::fs::create_dir_all(&dst).unwrap();
+    let run = |extra: &[&str], sources: &[&Path]| {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.push("-3".into());
+        args.extend(sshd.args());
+        args.extend(sources.iter().map(|p| sshd.remote(p)));
+        args.push(sshd.remote(&dst));
+        cp_spooled(&args, &spool)
+    };
+    let o = run(&["-rp"], &[&src.join("d"), &src.join("a.txt")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_tree(&src.join("d"), &dst.join("d"), false);
+    let a = std::fs::metadata(dst.join("a.txt")).unwrap();
+    assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"alpha\n");
+    assert_eq!(
+        a.modified().unwrap(),
+        std::fs::metadata(src.join("a.txt"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    );
+    // without -p the time is the copy's own
+    let o = run(&[], &[&src.join("empty")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mtime = std::fs::metadata(dst.join("empty"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(
+        mtime.elapsed().unwrap() < std::time::Duration::from_secs(600),
+        "without -p the copy is new"
+    );
+    // a missing source among others: reported, the rest arrives
+    let o = run(
+        &["-p"],
+        &[&t.path().join("nothing-here"), &src.join("d/run.sh")],
+    );
+    assert_eq!(o.status.code(), Some(23), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing-here"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(dst.join("run.sh")).unwrap(),
+        std::fs::read(src.join("d/run.sh")).unwrap()
+    );
+    // what one hop does with a directory and no -r
+    let single = ferry([
+        "cp".to_string(),
+        src.join("d").display().to_string(),
+        t.path().join("one-hop").display().to_string(),
+    ]);
+    let o = run(&[], &[&src.join("d")]);
+    assert_eq!(o.status.code(), single.status.code(), "{}", stderr(&o));
+}
+
+/// Over SFTP at both ends (`--transport sftp`: no ferry needed there) the
+/// relay still streams: both session halves run here, over the two SFTP
+/// connections.
+#[test]
+fn three_streams_between_two_sftp_ends() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with("Subsystem sftp internal-sftp\n");
+    let t = tmp();
+    let (src, dst, spool) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("spool"),
+    );
+    rich_tree(&src);
+    copied_here(&src, &t.path().join("expected"));
+    let o = cp_spooled(
+        &[
+            "-rp".to_string(),
+            "-3".into(),
+            "--transport".into(),
+            "sftp".into(),
+            "-e".into(),
+            sshd.rsh(),
+            sshd.remote(&src),
+            sshd.remote(&dst),
+        ],
+        &spool,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_tree(&t.path().join("expected"), &dst, false);
 }
