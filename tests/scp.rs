@@ -498,6 +498,14 @@ fn holders(path: &Path, except: u32) -> Vec<u32> {
     found
 }
 
+/// An sshd whose sessions find ferry on their PATH, as on a real host: no
+/// `--remote-ferry`, so each end's stderr is kept (and shown only if the
+/// copy succeeds), and a failure is the one line this client prints.
+fn sshd_with_ferry_on_path() -> Sshd {
+    let bin = ferry_bin().parent().unwrap().display().to_string();
+    Sshd::start_with_env(&format!("PATH={bin}:/usr/bin:/bin"), "")
+}
+
 /// The source's ferry killed mid-file: the copy fails with one line that
 /// names the source, and nothing is published at the destination.
 #[test]
@@ -505,10 +513,7 @@ fn a_source_killed_mid_file_publishes_nothing() {
     if !sshd_available() {
         return;
     }
-    // ferry on the session's PATH, as on a real host: no --remote-ferry, so
-    // each end's stderr is kept (and shown only if the copy succeeds)
-    let bin = ferry_bin().parent().unwrap().display().to_string();
-    let sshd = Sshd::start_with_env(&format!("PATH={bin}:/usr/bin:/bin"), "");
+    let sshd = sshd_with_ferry_on_path();
     let t = tmp();
     let (src, dst) = (t.path().join("big.bin"), t.path().join("dst"));
     big_file(&src, 64);
@@ -661,4 +666,55 @@ fn three_streams_between_two_sftp_ends() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_same_tree(&t.path().join("expected"), &dst, false);
+}
+
+/// An end that cannot be reached (here a daemon address where nothing
+/// listens) fails the relay with one line naming it and the `ferry doctor`
+/// command to run, whichever end it is; nothing is made at the other.
+#[test]
+fn an_unreachable_end_is_named_with_its_doctor_command() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = sshd_with_ferry_on_path();
+    let t = tmp();
+    let src = t.path().join("a.txt");
+    write(&src, "alpha\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("ferry://127.0.0.1:{port}/m/x");
+    let config = t.path().join("config");
+    ok(ferry([
+        "keygen".to_string(),
+        "--config-dir".into(),
+        config.display().to_string(),
+    ]));
+    let doctor = format!("ferry doctor 127.0.0.1:{port}");
+    let spool = t.path().join("spool");
+    let dst = t.path().join("never");
+    for (from, to) in [
+        (sshd.remote(&src), dead.clone()),
+        (dead.clone(), sshd.remote(&dst)),
+    ] {
+        let mut args = vec!["-e".to_string(), sshd.rsh()];
+        args.extend([
+            "--config-dir".into(),
+            config.display().to_string(),
+            from,
+            to,
+        ]);
+        let o = cp_spooled(&args, &spool);
+        assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
+        let err = stderr(&o);
+        let said: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.contains("copying through this host"))
+            .collect();
+        assert_eq!(said.len(), 1, "{err}");
+        assert!(said[0].contains(&doctor), "{err}");
+        assert!(!dst.exists());
+    }
 }

@@ -77,6 +77,21 @@ pub(super) fn on_peer(
     counters: &Arc<Counters>,
     side: &dyn Side,
 ) -> Result<Summary, TransferError> {
+    // a failure to reach it ends with the `ferry doctor` command to run
+    let target = match peer {
+        Peer::Ssh { user, host } => {
+            let host = match host.contains(':') {
+                true => format!("[{host}]"),
+                false => host.to_string(),
+            };
+            match user {
+                Some(u) => format!("{u}@{host}:"),
+                None => format!("{host}:"),
+            }
+        }
+        Peer::Daemon { host, port } => super::super::doctor_target(host, *port),
+    };
+    let hint = |e| super::super::with_doctor_hint(e, &target);
     match peer {
         Peer::Ssh { user, host } => super::super::sftp::over_ssh(
             plan,
@@ -88,10 +103,12 @@ pub(super) fn on_peer(
             cancel,
             counters,
             side,
-        ),
+        )
+        .map_err(hint),
         Peer::Daemon { host, port } => {
             let port = port.unwrap_or(DEFAULT_PORT);
-            let stream = super::super::connect_daemon(host, port, &plan.daemon, events)?;
+            let stream =
+                super::super::connect_daemon(host, port, &plan.daemon, events).map_err(hint)?;
             session::run_client_streams_on(
                 stream,
                 request,
@@ -102,6 +119,7 @@ pub(super) fn on_peer(
                 None,
                 side,
             )
+            .map_err(hint)
         }
     }
 }
@@ -150,6 +168,8 @@ impl Side for Through<'_> {
             &self.source.counters,
             &splice,
         )
+        // (the source's own failure, not how the destination takes it)
+        .map_err(|e| self.failure.keep(e))
     }
 
     fn receive(
