@@ -718,3 +718,80 @@ fn an_unreachable_end_is_named_with_its_doctor_command() {
         assert!(!dst.exists());
     }
 }
+
+/// A TCP proxy to `target` whose first connection is cut once `cut_after`
+/// bytes went from the client to the server; later ones pass whole. At most
+/// `connections` connections are served.
+fn cutting_proxy(
+    target: std::net::SocketAddr,
+    cut_after: usize,
+    connections: usize,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, client) in l.incoming().take(connections).enumerate() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(target) else {
+                return;
+            };
+            let limit = if n == 0 { cut_after } else { usize::MAX };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (c2, s2);
+                let (mut buf, mut passed) = (vec![0u8; 64 << 10], 0usize);
+                while let Ok(k) = from.read(&mut buf) {
+                    if k == 0 || to.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    passed += k;
+                    if passed >= limit {
+                        break;
+                    }
+                }
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (server, client);
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// A daemon end whose connection breaks mid-file: the relay is run again,
+/// as a transfer to a daemon is, resumes from the partial file the first
+/// run left there, and the file arrives whole.
+#[test]
+fn a_broken_daemon_connection_is_retried() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir_all(&module).unwrap();
+    let src = t.path().join("big.bin");
+    big_file(&src, 8);
+    let d = Daemon::start(&[("m", &module, false)], "", &[]);
+    let proxy = cutting_proxy(d.addr, 3 << 20, 4);
+    let mut args = vec!["-p".to_string(), "--json".into()];
+    args.extend(sshd.args());
+    args.extend(d.client_args());
+    args.extend([sshd.remote(&src), format!("ferry://{proxy}/m/big.bin")]);
+    let o = cp_spooled(&args, &t.path().join("spool"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // (with --json, notices are JSON lines on stdout)
+    assert!(stdout(&o).contains("retrying"), "{}", stdout(&o));
+    assert!(same_bytes(&src, &module.join("big.bin")));
+    // the second run resumed from the partial file the first one left
+    let s = json_summary(&o);
+    assert!(s["matched"] > 1 << 20, "{s:?}");
+    assert!(s["literal"] < 8 << 20, "{s:?}");
+}
