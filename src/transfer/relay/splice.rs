@@ -145,18 +145,19 @@ impl Side for Through<'_> {
     ) -> Result<Summary, TransferError> {
         // (the options as the destination was sent them: the source gets
         // the same, so that both ends agree on what the session carries)
-        let request = Request {
-            role: Role::ServerSends,
-            paths: cfg.sources,
-            options: cfg.options.clone(),
-        };
         let splice = Splice {
+            asked: Asked::new(&cfg.sources, cfg.options.relative),
             dest: Mutex::new(Some((reader, writer))),
             dest_link_marks: cfg.options.link_marks,
             source: self.source.name.clone(),
             dest_name: self.dest_name.clone(),
             events: self.events,
             failure: self.failure,
+        };
+        let request = Request {
+            role: Role::ServerSends,
+            paths: cfg.sources,
+            options: cfg.options.clone(),
         };
         on_peer(
             self.plan,
@@ -188,6 +189,8 @@ impl Side for Through<'_> {
 /// The pull's receiving half: forwards the source's session to the
 /// destination's connection and back.
 struct Splice<'a> {
+    /// What the pull asked the source for: the names it may answer with.
+    asked: Asked,
     /// The destination's connection, until the source's session starts.
     dest: Mutex<Option<(Reader, Writer)>>,
     /// Whether the destination was told to expect hard-link marks.
@@ -236,11 +239,13 @@ impl Side for Splice<'_> {
         }
         let (events, failure) = (self.events, self.failure);
         let (source, dest) = (self.source.as_str(), self.dest_name.as_str());
+        let asked = &self.asked;
         std::thread::scope(|scope| {
             let down = std::thread::Builder::new()
                 .name("ferry-relay-down".into())
                 .spawn_scoped(scope, move || {
-                    downstream(from_source, to_dest, source, events, cancel, failure)
+                    let how = (events, cancel, failure);
+                    downstream(from_source, to_dest, source, asked, how)
                 })
                 .map_err(|e| TransferError::local("thread", &e))?;
             let up = upstream(from_dest, to_source, dest, events, cancel, failure);
@@ -257,15 +262,9 @@ impl Side for Splice<'_> {
     }
 }
 
-/// Sends `msg`, flushing when the reader has no whole frame waiting (so
-/// that nothing sits in a buffer while this side waits to read). A data
-/// block's buffer goes back to `spares` for the reader to fill again.
-fn pass(
-    to: &mut Writer,
-    msg: Message,
-    more_waiting: bool,
-    spares: &Spares,
-) -> Result<(), TransferError> {
+/// Sends `msg` (not flushed). A data block's buffer goes back to `spares`
+/// for the reader to fill again.
+fn pass(to: &mut Writer, msg: Message, spares: &Spares) -> Result<(), TransferError> {
     match msg {
         Message::Data {
             file,
@@ -288,9 +287,6 @@ fn pass(
         }
         other => to.send(&other)?,
     }
-    if !more_waiting {
-        to.flush()?;
-    }
     Ok(())
 }
 
@@ -300,6 +296,45 @@ enum Step {
     Pass(Message),
     /// The session's last frame this way: pass it on, and stop.
     Last(Message),
+    /// Not to be passed on: the relay ends with this.
+    Refuse(TransferError),
+}
+
+/// The names a pull may be answered with, as a pulling client checks them
+/// (the destination, receiving a push, does not know what was asked for):
+/// for a path ending in `/` (or `.`, `..`) its contents under any name,
+/// for any other its last component and what lies beneath it. Without
+/// this check a source could answer `host1:data` with `.ssh/...` and have
+/// it written into the destination directory.
+struct Asked {
+    any: bool,
+    tops: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Asked {
+    /// With `-R` (which `cp` never sets) names keep their leading
+    /// directories, and the destination's own checks are the only ones.
+    fn new(paths: &[Vec<u8>], relative: bool) -> Asked {
+        let mut asked = Asked {
+            any: relative,
+            tops: Default::default(),
+        };
+        for p in paths {
+            let trimmed = p.strip_suffix(b"/").unwrap_or(p);
+            let base = trimmed.rsplit(|&b| b == b'/').next().unwrap_or(trimmed);
+            if p.ends_with(b"/") || base == b"." || base == b".." || base.is_empty() {
+                asked.any = true;
+            } else {
+                asked.tops.insert(base.to_vec());
+            }
+        }
+        asked
+    }
+
+    fn allows(&self, name: &[u8]) -> bool {
+        let top = name.split(|&b| b == b'/').next().unwrap_or(name);
+        self.any || name == b"." || self.tops.contains(top)
+    }
 }
 
 /// Forwards frames `from` one end (`name`d) `to` the other until `step`
@@ -321,8 +356,17 @@ fn forward(
     };
     let spares = Spares::default();
     from.reuse(spares.clone());
+    // frames passed on and not flushed yet
+    let mut unflushed = false;
     let result = (|| loop {
         cancel.check()?;
+        // nothing may sit in a buffer while this side waits to read (the
+        // other end may be waiting for it): flush before a read that can
+        // block, not after each frame
+        if unflushed && !from.has_buffered_frame() {
+            to.flush()?;
+            unflushed = false;
+        }
         let msg = from.recv().map_err(lost)?.ok_or_else(|| {
             lost(TransferError::Connection(
                 "the peer closed the connection".into(),
@@ -338,10 +382,14 @@ fn forward(
             }
             msg => match step(msg) {
                 Step::Pass(msg) => {
-                    let more = from.has_buffered_frame();
-                    pass(&mut to, msg, more, &spares)?;
+                    pass(&mut to, msg, &spares)?;
+                    unflushed = true;
                 }
-                Step::Last(msg) => return pass(&mut to, msg, false, &spares),
+                Step::Last(msg) => {
+                    pass(&mut to, msg, &spares)?;
+                    return to.flush();
+                }
+                Step::Refuse(e) => return Err(e),
             },
         }
     })();
@@ -363,21 +411,20 @@ fn downstream(
     from: Reader,
     to: Writer,
     source: &str,
-    events: &EventFn<'_>,
-    cancel: &Cancel,
-    failure: &FirstFailure,
+    asked: &Asked,
+    how: (&EventFn<'_>, &Cancel, &FirstFailure),
 ) -> Result<(), TransferError> {
     let name = format!("the source, {source}");
-    forward(
-        from,
-        to,
-        &name,
-        (events, cancel, failure),
-        |msg| match msg {
-            Message::Bye => Step::Last(Message::Bye),
-            msg => Step::Pass(msg),
-        },
-    )
+    forward(from, to, &name, how, |msg| match msg {
+        Message::Entry(e) if !asked.allows(&e.name) => {
+            Step::Refuse(TransferError::PeerMisbehaved(format!(
+                "sent {}, which was not requested ({name})",
+                session::text(&e.name)
+            )))
+        }
+        Message::Bye => Step::Last(Message::Bye),
+        msg => Step::Pass(msg),
+    })
 }
 
 /// Destination to source: acknowledgements, requests for files and chunks
@@ -408,4 +455,148 @@ fn upstream(
         },
     )?;
     finished.ok_or_else(|| TransferError::Internal("the relay ended without a summary".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Entry, Kind, ListStart};
+    use crate::session::wire::{FrameReader, FrameWriter};
+    use std::io::Write;
+
+    #[test]
+    fn a_pull_is_answered_only_with_what_it_asked_for() {
+        let asked = Asked::new(&[b"/data/ckpt".to_vec(), b"m/x.bin".to_vec()], false);
+        for (name, ok) in [
+            (&b"ckpt"[..], true),
+            (b"ckpt/shard-0", true),
+            (b"x.bin", true),
+            (b".", true),
+            (b".ssh", false),
+            (b".ssh/authorized_keys", false),
+            (b"ckpt2", false),
+            (b"data", false),
+        ] {
+            assert_eq!(asked.allows(name), ok, "{}", String::from_utf8_lossy(name));
+        }
+        // a directory's contents (trailing slash, `.`): any name
+        for path in ["/data/", ".", "a/.."] {
+            let paths = [path.as_bytes().to_vec()];
+            assert!(Asked::new(&paths, false).allows(b".ssh"), "{path}");
+        }
+    }
+
+    /// What a writer wrote, shared with the test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn entry(name: &str, kind: Kind) -> Entry {
+        Entry {
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: 0o644,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            uid: 0,
+            gid: 0,
+            target: Vec::new(),
+            link_to: None,
+            checksum: None,
+        }
+    }
+
+    /// Frames passed on reach the other end before the relay waits for
+    /// more, even when the frame after them is one it keeps (an event):
+    /// otherwise both ends wait on each other with the frames in a buffer.
+    #[test]
+    fn what_was_passed_on_is_flushed_before_waiting() {
+        let counters = Arc::new(Counters::default());
+        let (pipe_r, mut pipe_w) = std::io::pipe().unwrap();
+        let mut script = FrameWriter::new(Vec::new(), counters.clone());
+        script
+            .send(&Message::ListStart(ListStart {
+                single_file: true,
+                single_dir: false,
+            }))
+            .unwrap();
+        script
+            .send(&Message::Event(crate::proto::Event::notice(b"", "hi")))
+            .unwrap();
+        pipe_w.write_all(&script.into_inner().unwrap()).unwrap();
+        let from: Reader = FrameReader::new(Box::new(pipe_r), counters.clone());
+        let dest = Captured::default();
+        let to: Writer = FrameWriter::new(Box::new(dest.clone()), counters);
+        let relay = std::thread::spawn(move || {
+            let failure = FirstFailure::default();
+            let asked = Asked::new(&[b"f".to_vec()], false);
+            let how: (&EventFn<'_>, _, _) = (&|_| {}, &Cancel::default(), &failure);
+            downstream(from, to, "host1", &asked, how)
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while dest.0.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "ListStart never left");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(pipe_w);
+        assert!(relay.join().unwrap().is_err(), "the source hung up");
+    }
+
+    /// A source that answers `host1:data` with `.ssh/authorized_keys`: the
+    /// relay stops at the first name it was not asked for, passes none of
+    /// it on, and tells the destination to end the session.
+    #[test]
+    fn a_source_answering_with_what_was_not_asked_for_is_refused() {
+        let counters = Arc::new(Counters::default());
+        let mut script = FrameWriter::new(Vec::new(), counters.clone());
+        for m in [
+            Message::ListStart(ListStart {
+                single_file: false,
+                single_dir: true,
+            }),
+            Message::Entry(entry("data", Kind::Dir)),
+            Message::Entry(entry(".ssh", Kind::Dir)),
+            Message::Entry(entry(".ssh/authorized_keys", Kind::File)),
+            Message::Bye,
+        ] {
+            script.send(&m).unwrap();
+        }
+        let script = script.into_inner().unwrap();
+        let from: Reader =
+            FrameReader::new(Box::new(std::io::Cursor::new(script)), counters.clone());
+        let dest = Captured::default();
+        let to: Writer = FrameWriter::new(Box::new(dest.clone()), counters.clone());
+        let failure = FirstFailure::default();
+        let asked = Asked::new(&[b"/srv/data".to_vec()], false);
+        let how: (&EventFn<'_>, _, _) = (&|_| {}, &Cancel::default(), &failure);
+        let e = downstream(from, to, "host1", &asked, how).unwrap_err();
+        assert!(e.to_string().contains(".ssh"), "{e}");
+        let first = failure.take().expect("kept").to_string();
+        assert!(
+            first.contains("sent .ssh, which was not requested (the source, host1)"),
+            "{first}"
+        );
+        let bytes = dest.0.lock().unwrap().clone();
+        let mut passed = FrameReader::new(bytes.as_slice(), counters);
+        let mut got = Vec::new();
+        while let Some(m) = passed.recv().unwrap() {
+            got.push(m);
+        }
+        assert!(matches!(got[0], Message::ListStart(_)));
+        assert!(matches!(&got[1], Message::Entry(e) if e.name == b"data"));
+        assert!(
+            matches!(&got[2], Message::Fatal(t) if String::from_utf8_lossy(t).contains(".ssh"))
+        );
+        assert_eq!(got.len(), 3, "nothing after the refusal: {got:?}");
+    }
 }
