@@ -413,7 +413,9 @@ pub struct CpArgs {
     pub verbose: bool,
     /// Remote to remote: copy through this host (default: directly from the
     /// first host to the second where it can reach it with the same ssh
-    /// command and runs ferry, else through this host)
+    /// command and runs ferry, else through this host). Through this host
+    /// the copy streams: no local disk, memory bounded, delta and checks as
+    /// in a direct copy
     #[arg(short = '3')]
     pub through_local: bool,
     /// Reach the remote through these jump hosts ([user@]host[:port], comma

@@ -2,18 +2,25 @@
 //! first host can reach the second (ferry runs there, and the same ssh
 //! command logs in to host2 from it without a prompt), the copy runs there,
 //! directly between the two: `ssh host1 ferry cp a host2:b`. Otherwise (or
-//! with `-3`, or when a daemon is one end) it goes through this host: the
-//! sources are copied into a private temporary directory here, then from it
-//! to the destination, and the directory is removed. Not for a transfer with
-//! a local end: that is [`super::run_once`]'s.
+//! with `-3`, or when a daemon is one end) it goes through this host,
+//! streamed ([`splice`]): the session between the source's sender and the
+//! destination's receiver is forwarded here frame by frame, with nothing
+//! written to this host's disk and memory bounded whatever the file sizes.
+//! Not for a transfer with a local end: that is [`super::run_once`]'s.
 
+mod splice;
+
+use super::endpoint::{self, Endpoint, Peer};
 use super::{Outcome, Plan};
 use crate::error::TransferError;
 use crate::location::Location;
-use crate::proto::{Event, Report};
+use crate::proto::{Event, Request, Role};
+use crate::session::wire::Counters;
 use crate::session::{Cancel, EventFn};
 use crate::transport::child::{shell_quote, split_words, ssh_command, SshOptions};
 use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// A `cp` whose ends are both remote: every source and the destination
 /// (`sync`, as rsync, refuses that).
@@ -37,7 +44,53 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
         }
     }
     events(Event::notice(b"", "copying through this host"));
-    run_through_here(plan, events, cancel)
+    through_here_retrying(plan, events, cancel)
+}
+
+/// With a daemon at either end, a relay whose connection breaks is run
+/// again as any transfer to or from a daemon is (`--retries`, `--timeout`,
+/// backoff; see [`super::run`]): files already done are skipped and a file
+/// cut short resumes from its partial file at the destination.
+fn through_here_retrying(
+    plan: &Plan,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+) -> Result<Outcome, TransferError> {
+    if super::daemon_target(plan).is_none() {
+        // over ssh: ssh's own options govern that
+        return run_through_here(plan, events, cancel);
+    }
+    let window = plan.daemon.timeout.unwrap_or(super::DEFAULT_RETRY_WINDOW);
+    let retries = plan.daemon.retries.unwrap_or(super::DEFAULT_RETRIES);
+    let mut since = None;
+    let mut delay = std::time::Duration::from_millis(250);
+    let (mut reached, mut tries) = (false, 0u32);
+    loop {
+        let e = match run_through_here(plan, events, cancel) {
+            Ok(done) => return Ok(done),
+            Err(e) => e,
+        };
+        let since = *since.get_or_insert_with(std::time::Instant::now);
+        if !super::retryable(&e, reached)
+            || cancel.is_cancelled()
+            || tries >= retries
+            || since.elapsed() >= window
+        {
+            return Err(e);
+        }
+        // anything but a failed connect means a daemon answered
+        reached |= !matches!(e, TransferError::Connect { .. });
+        tries += 1;
+        let wait = delay
+            .min(window.saturating_sub(since.elapsed()))
+            .max(std::time::Duration::from_millis(50));
+        events(Event::notice(
+            b"",
+            format!("{e}; retrying in {:.1} s", wait.as_secs_f64()),
+        ));
+        std::thread::sleep(wait);
+        delay = (delay * 2).min(std::time::Duration::from_secs(8));
+    }
 }
 
 /// scp's direct route: every source over ssh on one host, the destination
@@ -195,96 +248,78 @@ fn run_direct(plan: &Plan, d: &Direct) -> Result<Outcome, TransferError> {
     }
 }
 
-/// Removes the staging directory however the copy ends.
-struct Staging(std::path::PathBuf);
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The last component of a source path: what it is called in the staging
-/// directory.
-fn base_name(path: &[u8]) -> Option<&[u8]> {
-    path.split(|&b| b == b'/')
-        .rfind(|c| !c.is_empty())
-        .filter(|c| *c != b"." && *c != b"..")
-}
-
-/// Through this host: the sources into a private directory here, then from
-/// there to the destination. Only the second copy's files are reported.
+/// Through this host, streamed ([`splice`]): the destination opened as a
+/// push, the source as a pull, the session forwarded between the two.
 fn run_through_here(
     plan: &Plan,
     events: &EventFn<'_>,
     cancel: &Cancel,
 ) -> Result<Outcome, TransferError> {
-    let mut names = Vec::new();
+    let mut sources = Vec::new();
+    let mut paths = Vec::new();
     for s in &plan.sources {
-        let path = match s {
-            Location::Ssh { path, .. } | Location::Daemon { path, .. } => path,
-            _ => unreachable!("checked remote"),
+        let r = endpoint::resolve(s)?;
+        let Endpoint::Peer(peer) = r.endpoint else {
+            unreachable!("checked remote")
         };
-        let name = base_name(path).ok_or_else(|| {
-            TransferError::Usage(format!(
-                "{}: a copy between two remotes needs a source that names a file or directory",
-                String::from_utf8_lossy(path)
-            ))
-        })?;
-        names.push(name.to_vec());
+        sources.push(peer);
+        paths.push(r.path);
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("ferry-3-{}-{nanos}", std::process::id()));
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| TransferError::local(dir.display().to_string(), &e))?;
+    if sources.iter().any(|p| *p != sources[0]) {
+        return Err(TransferError::Usage(
+            "all remote sources must be on the same host".into(),
+        ));
     }
-    let staging = Staging(dir);
-    let here = staging.0.as_os_str().as_encoded_bytes().to_vec();
-    let pull = Plan {
-        dest: Location::Local([here.as_slice(), b"/"].concat()),
-        ..plan.clone()
+    let dest = endpoint::resolve(&plan.dest)?;
+    let Endpoint::Peer(to) = dest.endpoint else {
+        unreachable!("checked remote")
     };
-    // the first leg's errors and notices only: its files are the second's
-    let quiet = |e: Event| {
-        if matches!(e.report(), Report::Error { .. } | Report::Notice { .. }) {
-            events(e);
-        }
+    let from = sources.swap_remove(0);
+    let mut options = plan.options.clone();
+    // -H: only files with more than one link are kept for their links
+    options.link_marks = options.hard_links;
+    // one connection to each end: the relay forwards one ordered session
+    options.streams = 1;
+    let request = Request {
+        role: Role::ServerReceives,
+        paths: vec![dest.path],
+        options,
     };
-    let first = super::run(&pull, &quiet, cancel)?;
-    let push = Plan {
-        sources: names
-            .iter()
-            .map(|n| Location::Local([here.as_slice(), b"/", n].concat()))
-            .collect(),
-        ..plan.clone()
-    };
-    let second = super::run(&push, events, cancel)?;
-    drop(staging);
-    Ok(Outcome {
-        summary: crate::proto::Summary {
-            errors: first.summary.errors + second.summary.errors,
-            ..second.summary
+    let (into, out_of) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
+    let failure = splice::FirstFailure::default();
+    let through = splice::Through {
+        plan,
+        source: splice::End {
+            name: peer_name(&from),
+            peer: from,
+            counters: out_of.clone(),
         },
-        sent: first.sent + second.sent,
-        received: first.received + second.received,
+        dest_name: peer_name(&to),
+        events,
+        failure: &failure,
+    };
+    let summary = splice::on_peer(plan, &to, request, paths, events, cancel, &into, &through);
+    // what failed first, not how the other end took it
+    let summary = match (summary, failure.take()) {
+        (Ok(s), _) => s,
+        (Err(_), Some(first)) => return Err(first),
+        (Err(e), None) => return Err(e),
+    };
+    Ok(Outcome {
+        summary,
+        sent: into.sent.load(Ordering::Relaxed),
+        received: out_of.received.load(Ordering::Relaxed),
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::base_name;
-
-    #[test]
-    fn staged_names() {
-        assert_eq!(base_name(b"/data/ckpt/"), Some(&b"ckpt"[..]));
-        assert_eq!(base_name(b"a"), Some(&b"a"[..]));
-        assert_eq!(base_name(b"x/.."), None);
-        assert_eq!(base_name(b""), None);
+/// A peer as messages name it.
+fn peer_name(peer: &Peer<'_>) -> String {
+    match peer {
+        Peer::Ssh {
+            user: Some(u),
+            host,
+        } => format!("{u}@{host}"),
+        Peer::Ssh { user: None, host } => host.to_string(),
+        Peer::Daemon { host, port } => super::doctor_target(host, *port),
     }
 }
