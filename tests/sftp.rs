@@ -1005,3 +1005,63 @@ fn streams_4_download_reads_a_large_file_through_four_sessions() {
         .count();
     assert!(with_small >= 2, "{sessions:#?}");
 }
+
+/// ferry reports success only for data on disk. Over SFTP there is no
+/// end-of-run sync of the server's filesystem, so every upload is fsynced
+/// (`fsync@openssh.com`) before its rename even without `--fsync`: OpenSSH's
+/// sftp-server, logging at VERBOSE, names each temporary it fsynced.
+#[test]
+fn every_upload_is_fsynced_before_its_rename_without_being_asked() {
+    if !sshd_available() || !Path::new("/usr/lib/openssh/sftp-server").exists() {
+        return;
+    }
+    let t = tmp();
+    let logs = t.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let wrapper = logs.join("sftp-server-verbose");
+    write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec /usr/lib/openssh/sftp-server -e -l VERBOSE 2>>'{}/session.'$$\n",
+            logs.display()
+        ),
+    );
+    chmod(&wrapper, 0o755);
+    let sshd = Sshd::start_with(&format!("Subsystem sftp {}\n", wrapper.display()));
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let names = ["a.bin", "b.txt", "c.jsonl"];
+    for (i, n) in names.iter().enumerate() {
+        write(&src.join(n), random_bytes(3000 + 5000 * i, i as u64));
+    }
+    let dst = t.path().join("dst");
+    ok(ferry_in(
+        &t.path().join("cache"),
+        &[
+            "cp".into(),
+            "-r".into(),
+            "--transport".into(),
+            "sftp".into(),
+            "-e".into(),
+            sshd.rsh(),
+            format!("{}/", s(&src)),
+            sshd.remote(&dst),
+        ],
+    ));
+    for n in names {
+        assert_eq!(
+            std::fs::read(dst.join(n)).unwrap(),
+            std::fs::read(src.join(n)).unwrap(),
+            "{n}"
+        );
+    }
+    let log = session_logs(&logs).join("\n");
+    for n in names {
+        let fsynced = format!(".{n}.ferry-part\"");
+        assert!(
+            log.lines()
+                .any(|l| l.contains("fsync \"") && l.contains(&fsynced)),
+            "no fsync of {n}'s temporary in the server's log:\n{log}"
+        );
+    }
+}

@@ -692,7 +692,11 @@ impl Destination for SftpDest {
             temp.flush()?;
         }
         let attrs = attrs_of(meta);
-        let fsync = how.fsync;
+        // there is no end-of-run sync over SFTP (no syncfs on the server), so
+        // every file is made durable (fsync@openssh.com, where offered)
+        // before its rename: ferry reports success only for data on disk
+        let _ = how.fsync;
+        let fsync = true;
         let stage = match (temp.opening.take(), temp.handle.take()) {
             (Some(open), _) => Stage::Opening {
                 open,
@@ -787,7 +791,7 @@ impl Destination for SftpDest {
         }
     }
     fn sync_all(&self) -> io::Result<()> {
-        // each file was fsynced (where asked) before it was renamed
+        // each file was fsynced before it was renamed (see `publish`)
         self.drain()
     }
 }
