@@ -163,6 +163,22 @@ pub trait Destination {
     /// The partial file an interrupted run left for `rel`, if any.
     fn open_partial(&mut self, rel: &[u8]) -> Option<Self::Basis>;
     fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<Self::Temp>;
+    /// [`Destination::create_temp`] for a file the sender announced as
+    /// `size` bytes, to be published with `meta`: a store that passes the
+    /// bytes on as they arrive (S3 uploads parts at once, and takes an
+    /// object's metadata only when its upload begins) needs both before
+    /// the first byte. The same as `create_temp` unless a store says
+    /// otherwise.
+    fn create_temp_for(
+        &mut self,
+        rel: &[u8],
+        how: TempHow,
+        size: u64,
+        meta: &Meta,
+    ) -> io::Result<Self::Temp> {
+        let _ = (size, meta);
+        self.create_temp(rel, how)
+    }
     /// Gives `temp` its metadata and puts it at `rel`, atomically.
     fn publish(
         &mut self,

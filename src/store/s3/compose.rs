@@ -386,6 +386,7 @@ impl Job {
             size: self.size,
             part: bucket::part_size(self.size),
             blake3: self.blake3,
+            check: String::new(),
         };
         let journal =
             super::journal::Journal::open(&self.bucket, &self.key, &up, &Default::default())?;
@@ -513,6 +514,7 @@ mod tests {
             size: names.len() as u64 * C as u64,
             blake3: [0; 32],
             etag: String::new(),
+            check: String::new(),
             chunks: names
                 .iter()
                 .map(|&x| {

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod listing;
 pub mod manifest;
 pub mod source;
+pub mod stream;
 
 use crate::error::TransferError;
 use crate::proto::Summary;
@@ -64,9 +65,53 @@ impl Side for S3Side {
     ) -> Result<Summary, TransferError> {
         // --ignore-existing: an object created after the listing by another
         // writer is not replaced either (If-None-Match: *)
-        let place =
-            destination::S3Place::new(self.bucket.clone()).create_only(cfg.options.ignore_existing);
-        receiver::run_into(reader, writer, cfg, place, cancel)
+        // large files go up as they arrive, unless segments of one file
+        // may come over several streams (out of order)
+        let place = destination::S3Place::new(self.bucket.clone())
+            .create_only(cfg.options.ignore_existing)
+            .streaming(cfg.joins.is_none());
+        receiver::run_into(corrupt_hook(reader), writer, cfg, place, cancel)
+    }
+}
+
+/// A test hook: with `FERRY_TEST_HOOKS=1` and `FERRY_TEST_S3_FLIP_AT=N` in
+/// ferry's environment, the byte at offset `N` of what the sending half
+/// sends into a bucket is flipped on its way (a stream corrupted in
+/// transit: the receiver's check must fail the file and the upload begun
+/// for it must leave nothing at its key). Without `FERRY_TEST_HOOKS=1`
+/// that variable is never read.
+fn corrupt_hook(reader: Reader) -> Reader {
+    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
+        return reader;
+    }
+    let Some(at) = std::env::var("FERRY_TEST_S3_FLIP_AT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return reader;
+    };
+    let counters = reader.counters();
+    let inner = reader.into_inner();
+    let flip = Flip { inner, at, pos: 0 };
+    crate::session::wire::FrameReader::new(Box::new(flip), counters)
+}
+
+/// Flips one byte of a stream (see [`corrupt_hook`]).
+struct Flip<R> {
+    inner: R,
+    at: u64,
+    pos: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Flip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let end = self.pos + n as u64;
+        if (self.pos..end).contains(&self.at) {
+            buf[(self.at - self.pos) as usize] ^= 0x55;
+        }
+        self.pos = end;
+        Ok(n)
     }
 }
 
