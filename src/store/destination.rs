@@ -189,6 +189,14 @@ pub trait Destination {
     ) -> io::Result<()>;
     /// Forgets a temporary file that will not be published.
     fn discard(&mut self, temp: Self::Temp);
+    /// What the store has to tell the user since it was last asked: a
+    /// fallback it took that is not an error (S3: a new version uploaded
+    /// whole because it could not be composed on the server). The receiver
+    /// asks after each publish and passes each on as a notice. None by
+    /// default.
+    fn take_notices(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// Where the chunk list of a large basis for a file in directory `rel`
     /// may spill; `None`: it stays in memory.
     fn spill_dir(&mut self, rel: &[u8]) -> Option<Arc<OwnedFd>>;

@@ -249,6 +249,12 @@ impl<D: Destination> Receiver<'_, D> {
             backup: backup.as_deref(),
         };
         let result = dest.publish(temp, &rel, &meta, how);
+        for text in dest.take_notices() {
+            self.emit(Report::Notice {
+                name: name.clone(),
+                text: text.into_bytes(),
+            });
+        }
         match result {
             Ok(()) => {
                 self.entries[file as usize].done = true;

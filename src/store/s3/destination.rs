@@ -125,6 +125,7 @@ impl Place for S3Place {
             root,
             create_only: self.create_only,
             streaming: self.streaming,
+            notices: Vec::new(),
             known: Mutex::new(known),
             pending: Mutex::new(Pending::default()),
         })
@@ -342,6 +343,8 @@ pub struct S3Dest {
     root: String,
     create_only: bool,
     streaming: bool,
+    /// Fallbacks to tell the user about (see [`Destination::take_notices`]).
+    notices: Vec<String>,
     known: Mutex<Known>,
     /// Small files' uploads still in flight.
     pending: Mutex<Pending>,
@@ -831,7 +834,9 @@ impl Destination for S3Dest {
                 .bucket
                 .put_small(&chunkmap::key_of(&key), m.render().into())
             {
-                tracing::warn!("{}: chunk map not written: {e}", self.bucket.show(&key));
+                self.notices.push(format!(
+                    "its chunk map was not written ({e}): the next version is uploaded whole"
+                ));
             }
         }
         self.known
@@ -839,6 +844,10 @@ impl Destination for S3Dest {
             .unwrap_or_else(|p| p.into_inner())
             .published(&key, obj);
         Ok(())
+    }
+
+    fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
     }
 
     fn discard(&mut self, temp: S3Temp) {
@@ -1017,7 +1026,7 @@ impl S3Dest {
     /// whole (nothing to reuse,
     /// or the server would not compose: then nothing was published).
     fn compose(
-        &self,
+        &mut self,
         key: &str,
         file: &Arc<File>,
         new: &ChunkMap,
@@ -1040,10 +1049,11 @@ impl S3Dest {
         ) {
             Ok(etag) => Some(etag),
             Err(e) => {
-                tracing::warn!(
-                    "{}: not composed on the server ({e}); uploading it whole",
-                    self.bucket.show(key)
-                );
+                // the delta fallback: correct, but every byte is sent
+                self.notices.push(format!(
+                    "not composed on the server from the old version ({}); uploaded whole",
+                    crate::error::io_text(&e)
+                ));
                 None
             }
         }

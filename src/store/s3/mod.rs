@@ -151,23 +151,54 @@ pub fn list(bucket: &str, prefix: &str) -> Result<Vec<crate::proto::Entry>, Tran
     Ok(out)
 }
 
+/// What `ferry s3 cleanup` did: the keys whose unfinished uploads it
+/// aborted, and the temporary objects (of a composition a killed run left)
+/// it removed.
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    pub aborted: Vec<String>,
+    pub removed: Vec<String>,
+}
+
 /// `ferry s3 cleanup s3://bucket/prefix`: aborts the multipart uploads this
-/// host's journal holds under the prefix and forgets them; returns the keys.
+/// host's journal holds under the prefix and forgets them, and removes the
+/// temporary objects compositions of keys under the prefix left behind.
 /// (object_store cannot list a bucket's uploads, so uploads started
-/// elsewhere are not seen.)
-pub fn cleanup(bucket: &str, prefix: &str) -> Result<Vec<String>, TransferError> {
+/// elsewhere are not seen.) Meant for what killed runs left: an upload in
+/// progress under the prefix is aborted too.
+pub fn cleanup(bucket: &str, prefix: &str) -> Result<Cleaned, TransferError> {
     let b = Bucket::open(bucket).map_err(TransferError::Usage)?;
     let prefix = prefix.trim_start_matches('/');
-    let mut done = Vec::new();
+    let mut done = Cleaned::default();
     for (file, jb, key, id) in journal::all() {
-        if jb != bucket || !key.starts_with(prefix) {
+        let of_prefix = key.starts_with(prefix)
+            || key
+                .strip_prefix(&format!("{}/", compose::temp_dir()))
+                .is_some_and(|k| k.starts_with(prefix));
+        if jb != bucket || !of_prefix {
             continue;
         }
         b.abort(&key, &id)
             .map_err(|e| TransferError::local(b.show(&key), &e))?;
         let _ = std::fs::remove_file(file);
-        done.push(key);
+        done.aborted.push(key);
     }
-    done.sort();
+    // the temporary objects: listed by the whole segments of the prefix
+    // (object_store's listing), then matched by the rest
+    let base = compose::temp_dir();
+    let dir = match prefix.rfind('/') {
+        Some(i) => format!("{base}/{}", &prefix[..i]),
+        None => base.clone(),
+    };
+    let want = format!("{base}/{prefix}");
+    let fail = |e: std::io::Error| TransferError::local(b.show(&dir), &e);
+    for k in b.keys_under(&dir).map_err(fail)? {
+        if k.as_ref().starts_with(&want) {
+            b.delete_path(&k).map_err(fail)?;
+            done.removed.push(k.to_string());
+        }
+    }
+    done.aborted.sort();
+    done.removed.sort();
     Ok(done)
 }
