@@ -1267,3 +1267,159 @@ fn a_download_on_a_slow_link_outlives_any_whole_request_timeout() {
         "the GET was cut off and sent again"
     );
 }
+
+/// Runs `cmd` (ferry, `TMPDIR` set to `tmpdir`) to the end, watching it
+/// every 10 ms: its peak resident memory (KiB, VmHWM) and every file it
+/// held open under `tmpdir` (an unnamed spool file shows as
+/// `tmpdir/#123 (deleted)` among its descriptors, though the directory
+/// lists nothing), and whether any name appeared in `tmpdir`. Its output.
+fn watched(mut cmd: Command, tmpdir: &Path) -> (u64, Vec<String>, Output) {
+    let mut child = cmd
+        .env("TMPDIR", tmpdir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ferry");
+    let pid = child.id();
+    let mut peak = 0u64;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "ferry ran for 5 minutes");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        {
+            peak = peak.max(kib);
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                if let Ok(to) = std::fs::read_link(fd.path()) {
+                    if to.starts_with(tmpdir) {
+                        seen.push(to.display().to_string());
+                    }
+                }
+            }
+        }
+        for e in std::fs::read_dir(tmpdir).unwrap().flatten() {
+            seen.push(e.path().display().to_string());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (peak, seen, out)
+}
+
+#[test]
+fn a_large_file_streams_up_with_no_spool_file_in_bounded_memory_and_comes_back_whole() {
+    // 200 MiB: 13 parts of 16 MiB, sent as they arrive (at most 4 in
+    // flight and one filling): nothing is written on this host, and the
+    // client's memory stays far below the file's size
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let src = t.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&src).unwrap();
+        for i in 0..25 {
+            f.write_all(&random_bytes(8 << 20, 4000 + i)).unwrap();
+        }
+    }
+    chmod(&src, 0o640);
+    set_mtime_ns(&src, 1_710_000_000, 123_456_789);
+    let spool = t.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let cmd = s3.command(
+        s3.port,
+        &["cp", "-p", src.to_str().unwrap(), "s3://bkt/ckpt/big.bin"],
+    );
+    let (peak, seen, out) = watched(cmd, &spool);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(seen.is_empty(), "a spool file was used: {seen:?}");
+    assert!(
+        peak < 140 << 10,
+        "peak RSS {} MiB for a 200 MiB file",
+        peak >> 10
+    );
+    assert!(
+        same_bytes(&src, &s3.data.join("bkt/ckpt/big.bin")),
+        "the object differs"
+    );
+    // no upload left behind on the server or in the journal
+    assert!(s3.files_named(".upload_id").is_empty());
+    let journals = t.path().join("cache/ferry/s3-uploads");
+    assert_eq!(
+        std::fs::read_dir(&journals).map_or(0, |d| d.count()),
+        0,
+        "a journal was left"
+    );
+    // down again, checked against the BLAKE3 the chunk map holds for it
+    // (its metadata names the map; the object itself has mode and mtime)
+    let back = t.path().join("back.bin");
+    ok(s3.ferry(&["cp", "-p", "s3://bkt/ckpt/big.bin", back.to_str().unwrap()]));
+    assert!(same_bytes(&src, &back), "the bytes differ");
+    assert_eq!(std::fs::metadata(&back).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(mtime_ns(&back), (1_710_000_000, 123_456_789));
+    // a flipped byte in the stored object is caught by that check
+    let stored = s3.data.join("bkt/ckpt/big.bin");
+    {
+        use std::io::{Seek, Write};
+        use std::os::unix::fs::FileExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&stored)
+            .unwrap();
+        f.seek(std::io::SeekFrom::Start(150 << 20)).unwrap();
+        let mut b = [0u8; 1];
+        std::fs::File::open(&src)
+            .unwrap()
+            .read_exact_at(&mut b, 150 << 20)
+            .unwrap();
+        f.write_all(&[b[0] ^ 1]).unwrap();
+    }
+    let bad = t.path().join("bad.bin");
+    let out = s3.ferry(&["cp", "s3://bkt/ckpt/big.bin", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match the BLAKE3 stored with it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!bad.exists());
+}
+
+#[test]
+fn a_stream_corrupted_on_its_way_leaves_no_object_and_no_upload() {
+    // the byte at 40 MiB of the stream into the bucket is flipped (a test
+    // hook): two parts are already on the server when the file's check
+    // fails at its end; the upload is aborted, nothing is at the key
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let src = t.path().join("big.bin");
+    write(&src, random_bytes(64 << 20, 4100));
+    let out = s3
+        .command(s3.port, &["cp", src.to_str().unwrap(), "s3://bkt/big.bin"])
+        .env("FERRY_TEST_HOOKS", "1")
+        .env("FERRY_TEST_S3_FLIP_AT", (40u64 << 20).to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("verification failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!s3.data.join("bkt/big.bin").exists(), "an object was left");
+    assert!(
+        s3.files_named(".upload_id").is_empty(),
+        "the upload's parts were left: {:?}",
+        s3.files_named(".upload_id")
+    );
+    let journals = t.path().join("cache/ferry/s3-uploads");
+    assert_eq!(std::fs::read_dir(&journals).map_or(0, |d| d.count()), 0);
+    // without the hook the same command puts it there whole
+    ok(s3.ferry(&["cp", src.to_str().unwrap(), "s3://bkt/big.bin"]));
+    assert!(same_bytes(&src, &s3.data.join("bkt/big.bin")));
+}

@@ -260,3 +260,111 @@ fn a_composed_upload_killed_mid_way_is_aborted_by_cleanup_and_composed_again() {
     assert!(bytes_up(&reqs) < 2 * MIB as u64, "{}", bytes_up(&reqs));
     check_download(&s3, t.path(), &data, (1_700_000_400, 4));
 }
+
+#[test]
+fn the_delta_fallback_is_told_on_stderr() {
+    // a server that refuses server-side copies: the new version goes whole,
+    // and the user is told so (not only in a log)
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = Proxy::start(s3.port);
+    let src = t.path().join("big.bin");
+    let size = 24 * MIB;
+    let mut data = random_bytes(size, 31);
+    write(&src, &data);
+    chmod(&src, 0o640);
+    let args = ["cp", "-p", src.to_str().unwrap(), "s3://bkt/big.bin"];
+    let first = ok(s3.ferry_via(&proxy, &args));
+    assert!(!stderr(&first).contains("composed"), "{}", stderr(&first));
+    proxy
+        .refuse_copies
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    edit(&mut data, &[12 * MIB], 4096, 5);
+    write(&src, &data);
+    set_mtime_ns(&src, 1_700_000_600, 6);
+    let out = ok(s3.ferry_via(&proxy, &args));
+    let err = stderr(&out);
+    assert!(
+        err.contains("big.bin: not composed on the server from the old version (")
+            && err.contains("); uploaded whole"),
+        "{err}"
+    );
+    check_download(&s3, t.path(), &data, (1_700_000_600, 6));
+}
+
+#[test]
+fn cleanup_removes_what_a_composition_killed_mid_way_left() {
+    // an edit in the middle: a temporary object (the old bytes before the
+    // edit, then the edit) is made first, then the new object is composed;
+    // ferry is killed while the copies into the final key hang, leaving the
+    // temporary object and the unfinished upload
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = Proxy::start(s3.port);
+    let src = t.path().join("big.bin");
+    let size = 32 * MIB;
+    let mut data = random_bytes(size, 41);
+    write(&src, &data);
+    chmod(&src, 0o640);
+    let args = ["cp", "-p", src.to_str().unwrap(), "s3://bkt/big.bin"];
+    ok(s3.ferry_via(&proxy, &args));
+    let old = data.clone();
+    edit(&mut data, &[16 * MIB], 4096, 7);
+    write(&src, &data);
+    set_mtime_ns(&src, 1_700_000_700, 8);
+    proxy.take();
+    *proxy.stall_copies_to.lock().unwrap() = Some("/bkt/big.bin?".into());
+    let mut child = s3
+        .command(proxy.port, &args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !proxy
+        .take()
+        .iter()
+        .any(|r| r.copy && r.line.contains("/bkt/big.bin?"))
+    {
+        assert!(child.try_wait().unwrap().is_none(), "ferry ended by itself");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no copy into the key was asked for"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    *proxy.stall_copies_to.lock().unwrap() = None;
+    let left = s3.files_named(".compose");
+    assert!(!left.is_empty(), "no temporary object was left to clean up");
+    assert_eq!(std::fs::read(s3.data.join("bkt/big.bin")).unwrap(), old);
+
+    let out = stdout(&ok(s3.ferry(&["s3", "cleanup", "s3://bkt/"])));
+    assert!(
+        out.contains("aborted the unfinished upload of s3://bkt/big.bin"),
+        "{out}"
+    );
+    assert!(
+        out.contains("removed the temporary object s3://bkt/.ferry-chunks/.compose/big.bin."),
+        "{out}"
+    );
+    assert!(out.contains("temporary object(s) removed"), "{out}");
+    // nothing is left: no temporary object, no upload's parts
+    assert!(
+        s3.files_named(".compose").is_empty(),
+        "{:?}",
+        s3.files_named(".compose")
+    );
+    assert!(
+        s3.files_named(".upload_id-").is_empty(),
+        "{:?}",
+        s3.files_named(".upload_id-")
+    );
+    // the listing a user sees holds the object alone
+    let ls = stdout(&ok(s3.ferry(&["ls", "s3://bkt/"])));
+    assert!(ls.contains("big.bin") && !ls.contains("compose"), "{ls}");
+    // and a re-run composes again
+    ok(s3.ferry_via(&proxy, &args));
+    check_download(&s3, t.path(), &data, (1_700_000_700, 8));
+}

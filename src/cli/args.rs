@@ -627,8 +627,9 @@ pub struct CopyIdArgs {
 pub enum S3Command {
     /// Abort the multipart uploads this host left unfinished under
     /// s3://bucket/prefix (those in its journal, ~/.cache/ferry/s3-uploads),
-    /// freeing the parts the server holds. Do not run it while an upload
-    /// there is still going.
+    /// freeing the parts the server holds, and remove the temporary objects
+    /// of server-side compositions a killed run left there. Do not run it
+    /// while an upload there is still going.
     Cleanup {
         /// s3://bucket or s3://bucket/prefix
         target: OsString,

@@ -1,5 +1,6 @@
 //! `ferry s3 …`: housekeeping for `s3://` stores (today `cleanup`, which
-//! aborts the multipart uploads this host left unfinished). Not for moving
+//! aborts the multipart uploads this host left unfinished and removes the
+//! temporary objects of compositions a killed run left). Not for moving
 //! files: `cp` and `sync` take `s3://` addresses like any other.
 
 use super::args::S3Command;
@@ -16,11 +17,17 @@ pub fn run(c: S3Command) -> Result<i32, TransferError> {
                     "ferry s3 cleanup takes s3://bucket or s3://bucket/prefix".into(),
                 ));
             };
-            let aborted = crate::store::s3::cleanup(&bucket, &prefix)?;
-            for key in &aborted {
+            let done = crate::store::s3::cleanup(&bucket, &prefix)?;
+            for key in &done.aborted {
                 println!("aborted the unfinished upload of s3://{bucket}/{key}");
             }
-            println!("{} unfinished upload(s) aborted", aborted.len());
+            for key in &done.removed {
+                println!("removed the temporary object s3://{bucket}/{key}");
+            }
+            println!("{} unfinished upload(s) aborted", done.aborted.len());
+            if !done.removed.is_empty() {
+                println!("{} temporary object(s) removed", done.removed.len());
+            }
             Ok(exit::OK)
         }
     }

@@ -169,6 +169,22 @@ pub trait Destination {
     /// The partial file an interrupted run left for `rel`, if any.
     fn open_partial(&mut self, rel: &[u8]) -> Option<Self::Basis>;
     fn create_temp(&mut self, rel: &[u8], how: TempHow) -> io::Result<Self::Temp>;
+    /// [`Destination::create_temp`] for a file the sender announced as
+    /// `size` bytes, to be published with `meta`: a store that passes the
+    /// bytes on as they arrive (S3 uploads parts at once, and takes an
+    /// object's metadata only when its upload begins) needs both before
+    /// the first byte. The same as `create_temp` unless a store says
+    /// otherwise.
+    fn create_temp_for(
+        &mut self,
+        rel: &[u8],
+        how: TempHow,
+        size: u64,
+        meta: &Meta,
+    ) -> io::Result<Self::Temp> {
+        let _ = (size, meta);
+        self.create_temp(rel, how)
+    }
     /// Gives `temp` its metadata and puts it at `rel`, atomically.
     fn publish(
         &mut self,
@@ -179,6 +195,14 @@ pub trait Destination {
     ) -> io::Result<()>;
     /// Forgets a temporary file that will not be published.
     fn discard(&mut self, temp: Self::Temp);
+    /// What the store has to tell the user since it was last asked: a
+    /// fallback it took that is not an error (S3: a new version uploaded
+    /// whole because it could not be composed on the server). The receiver
+    /// asks after each publish and passes each on as a notice. None by
+    /// default.
+    fn take_notices(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// Where the chunk list of a large basis for a file in directory `rel`
     /// may spill; `None`: it stays in memory.
     fn spill_dir(&mut self, rel: &[u8]) -> Option<Arc<OwnedFd>>;

@@ -151,6 +151,10 @@ pub struct Proxy {
     /// Hold every UploadPartCopy unanswered while set (at most 2 minutes),
     /// then drop its connection: a copy that never finishes.
     pub stall_copies: Arc<AtomicBool>,
+    /// Like `stall_copies`, for the UploadPartCopy requests whose request
+    /// line holds this text only (`Some("/bkt/big.bin?")`: copies into the
+    /// final key stall, those into a temporary object go through).
+    pub stall_copies_to: Arc<Mutex<Option<String>>>,
 }
 
 impl Proxy {
@@ -160,7 +164,9 @@ impl Proxy {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let refuse_copies = Arc::new(AtomicBool::new(false));
         let stall_copies = Arc::new(AtomicBool::new(false));
+        let stall_copies_to: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let (log, refuse, stall) = (seen.clone(), refuse_copies.clone(), stall_copies.clone());
+        let stall_to = stall_copies_to.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -190,6 +196,7 @@ impl Proxy {
                     let _ = c2.shutdown(std::net::Shutdown::Both);
                 });
                 let (log, refuse, stall) = (log.clone(), refuse.clone(), stall.clone());
+                let stall_to = stall_to.clone();
                 std::thread::spawn(move || {
                     let mut from = BufReader::new(client);
                     let mut to = server;
@@ -222,13 +229,21 @@ impl Proxy {
                             .unwrap_or("")
                             .to_string();
                         log.lock().unwrap().push(Seen {
-                            line: first,
+                            line: first.clone(),
                             len,
                             copy,
                         });
-                        if copy && stall.load(Ordering::SeqCst) {
+                        let stalled = || {
+                            stall.load(Ordering::SeqCst)
+                                || stall_to
+                                    .lock()
+                                    .unwrap()
+                                    .as_deref()
+                                    .is_some_and(|t| first.contains(t))
+                        };
+                        if copy && stalled() {
                             let until = Instant::now() + Duration::from_secs(120);
-                            while stall.load(Ordering::SeqCst) && Instant::now() < until {
+                            while stalled() && Instant::now() < until {
                                 std::thread::sleep(Duration::from_millis(20));
                             }
                             return;
@@ -267,6 +282,7 @@ impl Proxy {
             seen,
             refuse_copies,
             stall_copies,
+            stall_copies_to,
         }
     }
 

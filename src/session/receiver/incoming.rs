@@ -158,6 +158,10 @@ impl<D: Destination> Receiver<'_, D> {
         }
         // a new file goes without a name until it is linked into place
         let unnamed = l.is_new;
+        // the size and metadata it will be published with: a store that
+        // uploads as bytes arrive needs them first
+        let size = l.size;
+        let meta = self.publish_meta(index);
         let dest = self.dest.open();
         let how = TempHow {
             partial,
@@ -165,7 +169,7 @@ impl<D: Destination> Receiver<'_, D> {
             unnamed,
             in_place,
         };
-        dest.create_temp(&rel, how)
+        dest.create_temp_for(&rel, how, size, &meta)
             .map_err(|e| Failed(FileOp::Create, e))
     }
 

@@ -220,12 +220,8 @@ impl<D: Destination> Receiver<'_, D> {
         Ok(())
     }
 
-    pub(super) fn publish(
-        &mut self,
-        file: u32,
-        temp: D::Temp,
-        checked: Option<super::itemize::Checked>,
-    ) {
+    /// The metadata file `file` is published with.
+    pub(super) fn publish_meta(&self, file: u32) -> crate::store::destination::Meta {
         let mut meta = self.meta_for(file, false);
         let l = &self.entries[file as usize];
         if meta.mode.is_none() {
@@ -233,6 +229,17 @@ impl<D: Destination> Receiver<'_, D> {
             let setid = if self.beneath.is_some() { 0o6000 } else { 0 };
             meta.mode = Some(l.mode & !setid);
         }
+        meta
+    }
+
+    pub(super) fn publish(
+        &mut self,
+        file: u32,
+        temp: D::Temp,
+        checked: Option<super::itemize::Checked>,
+    ) {
+        let meta = self.publish_meta(file);
+        let l = &self.entries[file as usize];
         let (rel, name, size) = (l.rel.clone(), l.name.clone(), l.size);
         let fsync = self.opts.fsync;
         let backup = self.opts.backup_suffix.clone();
@@ -242,6 +249,12 @@ impl<D: Destination> Receiver<'_, D> {
             backup: backup.as_deref(),
         };
         let result = dest.publish(temp, &rel, &meta, how);
+        for text in dest.take_notices() {
+            self.emit(Report::Notice {
+                name: name.clone(),
+                text: text.into_bytes(),
+            });
+        }
         match result {
             Ok(()) => {
                 self.entries[file as usize].done = true;

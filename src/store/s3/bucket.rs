@@ -32,9 +32,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// Bytes in flight across every upload and download of the process.
-const BUDGET: usize = 256 << 20;
+pub(super) const BUDGET: usize = 256 << 20;
 /// The budget's unit (a semaphore permit).
-const UNIT: usize = 64 << 10;
+pub(super) const UNIT: usize = 64 << 10;
 /// Objects up to this size go in one request.
 pub const SINGLE_PUT_MAX: u64 = 16 << 20;
 /// The largest object S3 takes in one PUT.
@@ -50,6 +50,10 @@ const PARTS_AT_ONCE: usize = 8;
 pub const META_MTIME: &str = "ferry-mtime";
 pub const META_MODE: &str = "ferry-mode";
 pub const META_BLAKE3: &str = "ferry-blake3";
+/// A streamed object's check id: its BLAKE3, not known when the upload
+/// began, is in its chunk map, which names the same id (see
+/// [`super::stream`]).
+pub const META_CHECK: &str = "ferry-check";
 
 /// What an object is, with ferry's metadata when it has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +160,11 @@ impl Bucket {
     /// server that object_store has no call for.
     pub(super) fn raw(&self) -> (&tokio::runtime::Runtime, Arc<AmazonS3>) {
         (&self.inner.rt, self.inner.store.clone())
+    }
+
+    /// The budget every upload and download takes its bytes from.
+    pub(super) fn budget(&self) -> Arc<Semaphore> {
+        self.inner.budget.clone()
     }
 
     /// The object at `key` with its metadata, or `None`.
@@ -702,6 +711,7 @@ impl Multipart {
                     size: len,
                     part: part_size(len),
                     blake3,
+                    check: String::new(),
                 };
                 (up, BTreeMap::new())
             }
@@ -818,6 +828,16 @@ async fn put_single(
     Ok(r.e_tag)
 }
 
+/// The ETag itself, without quotes, from an ETag or from a part's id as
+/// object_store gives it (`<PartMetadata><e_tag>"…"</e_tag>…`).
+pub(super) fn etag_text(id: &str) -> &str {
+    id.split("<e_tag>")
+        .nth(1)
+        .and_then(|r| r.split("</e_tag>").next())
+        .unwrap_or(id)
+        .trim_matches('"')
+}
+
 pub(super) fn md5_hex(data: &[u8]) -> String {
     use md5::Digest;
     hex(&md5::Md5::digest(data))
@@ -828,7 +848,7 @@ pub(super) fn md5_hex(data: &[u8]) -> String {
 /// MD5 (encrypted objects, some servers) says nothing and is let through;
 /// never a multipart object's ETag, which is no content hash.
 pub(super) fn check_etag(etag: &str, md5: &str, what: &str) -> io::Result<()> {
-    let e = etag.trim_matches('"');
+    let e = etag_text(etag);
     let plain = e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit());
     if plain && !e.eq_ignore_ascii_case(md5) {
         return Err(io::Error::new(
@@ -904,14 +924,50 @@ async fn head(store: &AmazonS3, p: &Path) -> io::Result<Option<Object>> {
             )
         })
         .unwrap_or((lm.timestamp(), lm.timestamp_subsec_nanos()));
+    let size = got.meta.size;
+    let mut blake3 = m(META_BLAKE3).and_then(|t| unhex(&t));
+    if let (None, Some(check)) = (blake3, m(META_CHECK)) {
+        // streamed: the BLAKE3 is in the chunk map that names the same id
+        blake3 = streamed_blake3(store, p, size, &check).await?;
+    }
     Ok(Some(Object {
-        size: got.meta.size,
+        size,
         mtime,
         mode: m(META_MODE).and_then(|t| u32::from_str_radix(&t, 8).ok()),
-        blake3: m(META_BLAKE3).and_then(|t| unhex(&t)),
+        blake3,
         etag: got.meta.e_tag.clone(),
         modified_ms: lm.timestamp_millis(),
     }))
+}
+
+/// The BLAKE3 a streamed object's chunk map records for it: the map's
+/// first line, when it names the object's check id and size (`None` when
+/// it does not: another upload's map, or none).
+async fn streamed_blake3(
+    store: &AmazonS3,
+    p: &Path,
+    size: u64,
+    check: &str,
+) -> io::Result<Option<[u8; 32]>> {
+    let map = path(&super::chunkmap::key_of(p.as_ref()));
+    let got = store
+        .get_opts(
+            &map,
+            GetOptions {
+                range: Some(GetRange::Bounded(0..super::chunkmap::HEADER_MAX)),
+                ..Default::default()
+            },
+        )
+        .await;
+    let data = match got {
+        Ok(r) => r.bytes().await.map_err(err)?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    Ok(super::chunkmap::Header::parse(&data)
+        .map(|(h, _)| h)
+        .filter(|h| h.size == size && !h.check.is_empty() && h.check == check)
+        .map(|h| h.blake3))
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -952,6 +1008,11 @@ mod tests {
         assert!(e.to_string().contains("part 1"), "{e}");
         // not a plain MD5 (a multipart or encrypted object's): says nothing
         assert!(check_etag("\"0123-4\"", &md5, "the object").is_ok());
+        // a part's id as object_store gives it holds the ETag
+        let id = format!("<PartMetadata><e_tag>\"{other}\"</e_tag></PartMetadata>");
+        assert!(check_etag(&id, &md5, "part 2").is_err());
+        let id = format!("<PartMetadata><e_tag>\"{md5}\"</e_tag></PartMetadata>");
+        assert!(check_etag(&id, &md5, "part 2").is_ok());
     }
 
     #[test]

@@ -7,9 +7,13 @@
 //! matched against it to find the ranges of the old object that can be
 //! copied on the server instead of sent ([`super::compose`]).
 //!
-//! Not for checking content: a map whose size, BLAKE3 or ETag differs from
-//! the object now at the key (replaced by another tool) is ignored, and a
-//! download is verified by the BLAKE3 in the object's metadata regardless.
+//! For an object uploaded as it arrived ([`super::stream`]) the map is also
+//! where its BLAKE3 is kept: the object's metadata names a check id, and
+//! the map's first line ([`Header`]) carries the same id with the BLAKE3 a
+//! download is checked against. Otherwise not for checking content: a map
+//! whose size, BLAKE3 or ETag differs from the object now at the key
+//! (replaced by another tool) is ignored, and a download is verified by the
+//! BLAKE3 in the object's metadata.
 
 use super::bucket::{hex, unhex, Object};
 use crate::chunk::{ChunkHash, Chunker};
@@ -37,6 +41,10 @@ pub struct ChunkMap {
     pub blake3: [u8; 32],
     /// The ETag of the object described (empty when the server gave none).
     pub etag: String,
+    /// For a streamed upload, the check id in the object's metadata (see
+    /// [`super::stream`]): what ties the map to the object when it is
+    /// written before the object exists (empty otherwise).
+    pub check: String,
     /// Lengths and names, in order.
     pub chunks: Vec<(u32, ChunkHash)>,
 }
@@ -61,18 +69,24 @@ impl ChunkMap {
             size: len,
             blake3,
             etag: String::new(),
+            check: String::new(),
             chunks,
         })
     }
 
     pub fn render(&self) -> Vec<u8> {
         let mut out = format!(
-            "{HEADER}\t{}\t{}\t{}\n",
+            "{HEADER}\t{}\t{}\t{}",
             self.size,
             hex(&self.blake3),
             self.etag.trim_matches('"')
         )
         .into_bytes();
+        if !self.check.is_empty() {
+            out.push(b'\t');
+            out.extend_from_slice(self.check.as_bytes());
+        }
+        out.push(b'\n');
         out.reserve(self.chunks.len() * 20);
         for (len, h) in &self.chunks {
             out.extend_from_slice(&len.to_le_bytes());
@@ -84,12 +98,7 @@ impl ChunkMap {
     /// Reads a map; `None` if it is not one, or its chunks do not add up to
     /// its size.
     pub fn parse(data: &[u8]) -> Option<ChunkMap> {
-        let nl = data.iter().position(|&b| b == b'\n')?;
-        let head = std::str::from_utf8(&data[..nl]).ok()?;
-        let f: Vec<&str> = head.split('\t').collect();
-        let [HEADER, size, b3, etag] = f[..] else {
-            return None;
-        };
+        let (head, nl) = Header::parse(data)?;
         let body = &data[nl + 1..];
         if !body.len().is_multiple_of(20) {
             return None;
@@ -102,14 +111,14 @@ impl ChunkMap {
                 (len, h)
             })
             .collect();
-        let size: u64 = size.parse().ok()?;
-        if chunks.iter().map(|c| c.0 as u64).sum::<u64>() != size {
+        if chunks.iter().map(|c| c.0 as u64).sum::<u64>() != head.size {
             return None;
         }
         Some(ChunkMap {
-            size,
-            blake3: unhex(b3)?,
-            etag: etag.to_string(),
+            size: head.size,
+            blake3: head.blake3,
+            etag: head.etag,
+            check: head.check,
             chunks,
         })
     }
@@ -124,6 +133,42 @@ impl ChunkMap {
     }
 }
 
+/// A map's first line: what it describes, without its chunks (a streamed
+/// object's check value is read from here; see [`super::bucket`]'s HEAD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub size: u64,
+    pub blake3: [u8; 32],
+    pub etag: String,
+    pub check: String,
+}
+
+/// Bytes of a map enough to hold its first line.
+pub const HEADER_MAX: u64 = 512;
+
+impl Header {
+    /// The first line of `data` and where it ends (the newline).
+    pub fn parse(data: &[u8]) -> Option<(Header, usize)> {
+        let nl = data.iter().position(|&b| b == b'\n')?;
+        let head = std::str::from_utf8(&data[..nl]).ok()?;
+        let f: Vec<&str> = head.split('\t').collect();
+        let (size, b3, etag, check) = match f[..] {
+            [HEADER, size, b3, etag] => (size, b3, etag, ""),
+            [HEADER, size, b3, etag, check] => (size, b3, etag, check),
+            _ => return None,
+        };
+        Some((
+            Header {
+                size: size.parse().ok()?,
+                blake3: unhex(b3)?,
+                etag: etag.to_string(),
+                check: check.to_string(),
+            },
+            nl,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,10 +179,23 @@ mod tests {
             size: 10,
             blake3: [3; 32],
             etag: "abc-2".into(),
+            check: String::new(),
             chunks: vec![(4, [1; 16]), (6, [2; 16])],
         };
         let r = m.render();
         assert_eq!(ChunkMap::parse(&r), Some(m.clone()));
+        let streamed = ChunkMap {
+            check: "0123abcd".into(),
+            etag: String::new(),
+            ..m.clone()
+        };
+        let r2 = streamed.render();
+        assert_eq!(ChunkMap::parse(&r2), Some(streamed.clone()));
+        assert_eq!(Header::parse(&r2[..40.min(r2.len())]), None);
+        assert_eq!(
+            Header::parse(&r2).map(|h| h.0.check),
+            Some("0123abcd".into())
+        );
         assert_eq!(ChunkMap::parse(&r[..r.len() - 1]), None);
         let mut o = Object {
             size: 10,

@@ -23,6 +23,7 @@
 use super::bucket::{self, check_etag, err, md5_hex, read_part, Bucket, Object};
 use super::chunkmap::{self, ChunkMap};
 use super::copy_part::Copier;
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
@@ -31,6 +32,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
+
+/// Where the temporary objects of a composition live: under the chunk
+/// maps' prefix (hidden from listings), named after the key they are for,
+/// so `ferry s3 cleanup s3://bucket/prefix` finds those a killed run left.
+pub fn temp_dir() -> String {
+    format!("{}/.compose", chunkmap::PREFIX)
+}
 
 /// The smallest part S3 takes (but for the last).
 pub const MIN_PART: u64 = 5 << 20;
@@ -274,13 +282,10 @@ pub fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let tmp_base = format!(
-        "{}/.compose/{key}.{}-{stamp:x}",
-        chunkmap::PREFIX,
-        std::process::id()
-    );
+    let tmp_base = format!("{}/{key}.{}-{stamp:x}", temp_dir(), std::process::id());
     let job = Job {
         store,
+        budget: b.budget(),
         copier,
         file,
         bucket: b.name().to_string(),
@@ -296,6 +301,9 @@ pub fn run(
 /// One composed upload in progress.
 struct Job {
     store: Arc<object_store::aws::AmazonS3>,
+    /// The process's one in-flight budget: bytes of the new file read to be
+    /// sent take their share of it first.
+    budget: Arc<tokio::sync::Semaphore>,
     copier: Arc<Copier>,
     file: Arc<File>,
     bucket: String,
@@ -328,6 +336,25 @@ async fn local_md5(file: Arc<File>, at: u64, len: u64) -> io::Result<String> {
 }
 
 impl Job {
+    /// Reads `len` bytes of the new file at `at` to send, once the budget
+    /// has room for them (held until the returned permit is dropped).
+    async fn read_budgeted(
+        &self,
+        at: u64,
+        len: u64,
+    ) -> io::Result<(Bytes, tokio::sync::OwnedSemaphorePermit)> {
+        let units = len
+            .div_ceil(bucket::UNIT as u64)
+            .clamp(1, (bucket::BUDGET / bucket::UNIT) as u64) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(io::Error::other)?;
+        Ok((read_part(self.file.clone(), at, len).await?, permit))
+    }
+
     async fn run(&self, plan: &Plan, attrs: Attributes) -> io::Result<Option<String>> {
         let temps: Vec<(usize, Part)> = plan
             .parts
@@ -386,6 +413,7 @@ impl Job {
             size: self.size,
             part: bucket::part_size(self.size),
             blake3: self.blake3,
+            check: String::new(),
         };
         let journal =
             super::journal::Journal::open(&self.bucket, &self.key, &up, &Default::default())?;
@@ -437,7 +465,7 @@ impl Job {
                     .await?
             }
             Part::Send { at, len } => {
-                let data = read_part(self.file.clone(), at, len).await?;
+                let (data, _permit) = self.read_budgeted(at, len).await?;
                 let id = id.to_string();
                 self.store
                     .put_part(dest, &id, i, PutPayload::from(data))
@@ -459,6 +487,16 @@ impl Job {
         let key = self.tmp_key(i);
         let dest = Path::from(key.as_str());
         let id = self.store.create_multipart(&dest).await.map_err(err)?;
+        // journaled, so that `ferry s3 cleanup` aborts it if this process
+        // dies (the temporary object itself it removes by its prefix)
+        let up = super::journal::Upload {
+            id: id.clone(),
+            size: pad + len,
+            part: pad,
+            blake3: self.blake3,
+            check: String::new(),
+        };
+        let journal = super::journal::Journal::open(&self.bucket, &key, &up, &Default::default())?;
         let work = async {
             let want = local_md5(self.file.clone(), at, pad).await?;
             let e1 = self
@@ -473,7 +511,7 @@ impl Job {
                 )
                 .await?;
             check_etag(&e1, &want, "a copied range")?;
-            let data = read_part(self.file.clone(), at + pad, len).await?;
+            let (data, _permit) = self.read_budgeted(at + pad, len).await?;
             let md5 = md5_hex(&data);
             let e2 = self
                 .store
@@ -491,13 +529,15 @@ impl Job {
                 .await
                 .map_err(err)
         };
-        match work.await {
+        let got = match work.await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let _ = self.store.abort_multipart(&dest, &id).await;
                 Err(e)
             }
-        }
+        };
+        journal.done();
+        got
     }
 }
 
@@ -513,6 +553,7 @@ mod tests {
             size: names.len() as u64 * C as u64,
             blake3: [0; 32],
             etag: String::new(),
+            check: String::new(),
             chunks: names
                 .iter()
                 .map(|&x| {

@@ -1,10 +1,18 @@
-//! A bucket prefix as a [`Destination`]. A file arrives in a spool file on
-//! this host (unnamed, in the temporary directory), so it can be written at
-//! offsets and read back like a local one; publishing hashes it (BLAKE3),
-//! then uploads it with its mtime (ns), mode and BLAKE3 in the object's
-//! metadata. Nothing is at the key until the upload completes, and a file
-//! that is discarded never reaches the bucket. A file whose bytes are those
-//! of the object already there (only its mtime changed) is not uploaded.
+//! A bucket prefix as a [`Destination`]. A large new file is uploaded
+//! while it arrives ([`super::stream`]: parts sent as they fill, its BLAKE3
+//! recorded in its chunk map, which its metadata names). Any other file
+//! arrives in a spool file on this host (unnamed, in the temporary
+//! directory), so it can be written at offsets and read back like a local
+//! one; publishing hashes it (BLAKE3), then uploads it with its mtime (ns),
+//! mode and BLAKE3 in the object's metadata: a small file (one request), a
+//! file replacing a large object (composed from it on the server where it
+//! can be), a file that must not replace anything (`--ignore-existing`:
+//! one conditional PUT), and every file when segments of one may arrive
+//! over several streams. Either way nothing is at the key until the
+//! receiver has checked the whole file and the upload completes, and a
+//! file that is discarded never reaches the bucket. A file whose bytes are
+//! those of the object already there (only its mtime changed) is not
+//! uploaded (a streamed one's upload is aborted).
 //!
 //! Not for reading objects (that is [`super::source`]). What S3 cannot hold
 //! is refused or kept elsewhere, and said so here: no symlinks or hard links
@@ -24,6 +32,7 @@ use super::chunkmap::{self, ChunkMap};
 use super::compose;
 use super::listing::{walk_cmp, Listing};
 use super::manifest;
+use super::stream::Stream;
 use crate::error::TransferError;
 use crate::store::destination::{
     BasisFile, Caps, Destination, Existing, ExistingKind, Meta, MetaOf, Place, PublishHow, Space,
@@ -48,6 +57,9 @@ pub struct S3Place {
     bucket: Bucket,
     /// `--ignore-existing`-like: never replace an object (If-None-Match).
     create_only: bool,
+    /// Large files are uploaded as they arrive (bytes come in order: no
+    /// segments over several streams).
+    streaming: bool,
 }
 
 impl S3Place {
@@ -55,7 +67,16 @@ impl S3Place {
         S3Place {
             bucket,
             create_only: false,
+            streaming: true,
         }
+    }
+
+    /// With `no`, every file is spooled on this host before it is
+    /// uploaded (when segments of one file may arrive over several
+    /// streams, out of order).
+    pub fn streaming(mut self, yes: bool) -> S3Place {
+        self.streaming = yes;
+        self
     }
 
     /// With `yes`, every upload is conditional (If-None-Match: *): an
@@ -103,6 +124,8 @@ impl Place for S3Place {
             bucket: self.bucket.clone(),
             root,
             create_only: self.create_only,
+            streaming: self.streaming,
+            notices: Vec::new(),
             known: Mutex::new(known),
             pending: Mutex::new(Pending::default()),
         })
@@ -319,6 +342,9 @@ pub struct S3Dest {
     bucket: Bucket,
     root: String,
     create_only: bool,
+    streaming: bool,
+    /// Fallbacks to tell the user about (see [`Destination::take_notices`]).
+    notices: Vec<String>,
     known: Mutex<Known>,
     /// Small files' uploads still in flight.
     pending: Mutex<Pending>,
@@ -420,7 +446,7 @@ fn dir_existing() -> Existing {
 
 impl Destination for S3Dest {
     type Basis = S3Basis;
-    type Temp = Spool;
+    type Temp = S3Temp;
 
     fn caps(&self) -> Caps {
         // the spool file is local: it can be written at offsets
@@ -617,16 +643,51 @@ impl Destination for S3Dest {
         None
     }
 
-    fn create_temp(&mut self, _rel: &[u8], _how: TempHow) -> io::Result<Spool> {
-        Ok(Spool {
+    fn create_temp(&mut self, _rel: &[u8], _how: TempHow) -> io::Result<S3Temp> {
+        Ok(S3Temp::Spool(Spool {
             file: spool_file()?,
             len: 0,
-        })
+        }))
+    }
+
+    /// A large new file is uploaded as it arrives ([`super::stream`]); a
+    /// small one, one replacing a large object (composed from it where it
+    /// can be), or one that must not replace anything, is spooled first.
+    fn create_temp_for(
+        &mut self,
+        rel: &[u8],
+        how: TempHow,
+        size: u64,
+        meta: &Meta,
+    ) -> io::Result<S3Temp> {
+        let key = self.key(rel)?;
+        let replaces_large = || {
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .object(&key)
+                .is_some_and(|o| o.size > SINGLE_PUT_MAX)
+        };
+        if !self.streaming
+            || self.create_only
+            || size <= SINGLE_PUT_MAX
+            || key.is_empty()
+            || replaces_large()
+        {
+            return self.create_temp(rel, how);
+        }
+        Ok(S3Temp::Stream(Box::new(Stream::start(
+            &self.bucket,
+            &key,
+            size,
+            meta.mtime,
+            meta.mode.map(|m| m & 0o7777),
+        )?)))
     }
 
     fn publish(
         &mut self,
-        temp: Spool,
+        temp: S3Temp,
         rel: &[u8],
         meta: &Meta,
         how: PublishHow<'_>,
@@ -638,6 +699,10 @@ impl Destination for S3Dest {
                 "a file cannot be the bucket's root",
             ));
         }
+        let temp = match temp {
+            S3Temp::Spool(s) => s,
+            S3Temp::Stream(s) => return self.publish_stream(*s, key, meta, how),
+        };
         let mut file = temp.file;
         file.seek(io::SeekFrom::Start(0))?;
         let mut hasher = blake3::Hasher::new();
@@ -769,7 +834,9 @@ impl Destination for S3Dest {
                 .bucket
                 .put_small(&chunkmap::key_of(&key), m.render().into())
             {
-                tracing::warn!("{}: chunk map not written: {e}", self.bucket.show(&key));
+                self.notices.push(format!(
+                    "its chunk map was not written ({e}): the next version is uploaded whole"
+                ));
             }
         }
         self.known
@@ -779,8 +846,16 @@ impl Destination for S3Dest {
         Ok(())
     }
 
-    fn discard(&mut self, temp: Spool) {
-        drop(temp);
+    fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    fn discard(&mut self, temp: S3Temp) {
+        match temp {
+            S3Temp::Spool(s) => drop(s),
+            // bytes that failed their check: nothing goes to the key
+            S3Temp::Stream(s) => s.abort(),
+        }
     }
 
     fn spill_dir(&mut self, _rel: &[u8]) -> Option<Arc<OwnedFd>> {
@@ -859,13 +934,99 @@ impl Destination for S3Dest {
 }
 
 impl S3Dest {
+    /// Puts a streamed file at `key` once all of it has arrived (and the
+    /// receiver checked it): its chunk map (with its BLAKE3) first, then
+    /// the upload completed, then a HEAD to see the object is what was
+    /// sent. Bytes the same as the object already there are not put (the
+    /// upload is aborted; the manifest takes the new mtime).
+    fn publish_stream(
+        &mut self,
+        mut s: Stream,
+        key: String,
+        meta: &Meta,
+        how: PublishHow<'_>,
+    ) -> io::Result<()> {
+        let summed = match s.finish() {
+            Ok(x) => x,
+            Err(e) => {
+                // a part refused or corrupted: the parts the server took
+                // stay journaled for a re-run
+                return Err(e);
+            }
+        };
+        let len = s.len();
+        let had = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .object(&key);
+        if let Some(mut had) =
+            had.filter(|o| o.size == len && o.blake3 == Some(summed.blake3) && how.backup.is_none())
+        {
+            s.abort();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            had.mtime = meta
+                .mtime
+                .unwrap_or((now.as_secs() as i64, now.subsec_nanos()));
+            if let Some(m) = meta.mode {
+                had.mode = Some(m & 0o7777);
+            }
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .published(&key, had);
+            return Ok(());
+        }
+        if let Some(suffix) = how.backup {
+            if self.bucket.head(&key)?.is_some() {
+                let suffix = std::str::from_utf8(suffix)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "suffix"))?;
+                self.bucket.copy(&key, &format!("{key}{suffix}"))?;
+            }
+        }
+        // the map that vouches for the object, before the object: without
+        // it the object would have no check value, so it is not completed
+        let map = ChunkMap {
+            size: len,
+            blake3: summed.blake3,
+            etag: String::new(),
+            check: s.check().to_string(),
+            chunks: summed.chunks,
+        };
+        if let Err(e) = self
+            .bucket
+            .put_small(&chunkmap::key_of(&key), map.render().into())
+        {
+            s.abort();
+            return Err(e);
+        }
+        let etag = s.complete()?;
+        match self.bucket.head(&key)? {
+            Some(now) if now.size == len && now.blake3 == Some(summed.blake3) => {
+                let mut obj = now;
+                obj.etag = obj.etag.or(etag);
+                self.known
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .published(&key, obj);
+                Ok(())
+            }
+            _ => Err(io::Error::other(format!(
+                "{} is not what was uploaded (another writer?)",
+                self.bucket.show(&key)
+            ))),
+        }
+    }
+
     /// Uploads `file` (chunked as `new`) as `key` composed from the old
     /// object `old` when it has a chunk map and enough of it is unchanged;
     /// the new ETag (if the server gave one), or `None` to upload the file
     /// whole (nothing to reuse,
     /// or the server would not compose: then nothing was published).
     fn compose(
-        &self,
+        &mut self,
         key: &str,
         file: &Arc<File>,
         new: &ChunkMap,
@@ -888,10 +1049,11 @@ impl S3Dest {
         ) {
             Ok(etag) => Some(etag),
             Err(e) => {
-                tracing::warn!(
-                    "{}: not composed on the server ({e}); uploading it whole",
-                    self.bucket.show(key)
-                );
+                // the delta fallback: correct, but every byte is sent
+                self.notices.push(format!(
+                    "not composed on the server from the old version ({}); uploaded whole",
+                    crate::error::io_text(&e)
+                ));
                 None
             }
         }
@@ -925,6 +1087,60 @@ fn spool_file() -> io::Result<File> {
             std::fs::remove_file(&name)?;
             Ok(f)
         }
+    }
+}
+
+/// A file on its way to the bucket: spooled on this host, or uploaded as
+/// it arrives.
+pub enum S3Temp {
+    Spool(Spool),
+    Stream(Box<Stream>),
+}
+
+impl TempWrite for S3Temp {
+    type Basis = S3Basis;
+
+    fn len(&self) -> u64 {
+        match self {
+            S3Temp::Spool(s) => s.len(),
+            S3Temp::Stream(s) => s.len(),
+        }
+    }
+    /// A streamed upload is kept on failure (journaled: a re-run continues
+    /// it), unless its bytes failed their check.
+    fn is_partial(&self) -> bool {
+        matches!(self, S3Temp::Stream(_))
+    }
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            S3Temp::Spool(s) => s.write(data),
+            S3Temp::Stream(s) => s.write(data),
+        }
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        match self {
+            S3Temp::Spool(s) => s.write_at(offset, data),
+            S3Temp::Stream(s) if offset == s.len() => s.write(data),
+            S3Temp::Stream(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "an upload to S3 as the file arrives takes its bytes in order",
+            )),
+        }
+    }
+    fn append_from(&mut self, _from: &S3Basis, _offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write(data)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            S3Temp::Spool(s) => s.read_at(offset, buf),
+            S3Temp::Stream(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "bytes already uploaded to S3 are not read back",
+            )),
+        }
+    }
+    fn as_file(&self) -> Option<&File> {
+        None
     }
 }
 

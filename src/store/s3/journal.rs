@@ -17,6 +17,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 const HEADER: &str = "ferry-upload 1";
+/// A streamed upload's journal: one more field, the check id its object's
+/// metadata names (see [`super::stream`]).
+const HEADER_STREAM: &str = "ferry-upload 2";
 
 /// What an upload is of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +28,9 @@ pub struct Upload {
     pub size: u64,
     pub part: u64,
     pub blake3: [u8; 32],
+    /// For a streamed upload, the check id in its metadata (empty for a
+    /// file uploaded from a spool file).
+    pub check: String,
 }
 
 /// One upload's journal file, appended to as parts are accepted.
@@ -59,14 +65,17 @@ pub fn find(
     let text = std::fs::read_to_string(path_of(bucket, key)?).ok()?;
     let mut lines = text.lines();
     let head: Vec<&str> = lines.next()?.split('\t').collect();
-    let [HEADER, id, s, p, h, ..] = head[..] else {
-        return None;
+    let (id, s, p, h, check) = match head[..] {
+        [HEADER, id, s, p, h, ..] => (id, s, p, h, ""),
+        [HEADER_STREAM, id, s, p, h, check, ..] => (id, s, p, h, check),
+        _ => return None,
     };
     let up = Upload {
         id: id.to_string(),
         size: s.parse().ok()?,
         part: p.parse().ok()?,
         blake3: super::bucket::unhex(h)?,
+        check: check.to_string(),
     };
     if up.size != size || up.blake3 != *blake3 {
         return None;
@@ -97,9 +106,17 @@ pub fn all() -> Vec<(PathBuf, String, String, String)> {
             continue;
         };
         let first = text.lines().next().unwrap_or("");
-        let f: Vec<&str> = first.splitn(7, '\t').collect();
-        if let [HEADER, id, _, _, _, bucket, key] = f[..] {
-            out.push((p, bucket.to_string(), key.to_string(), id.to_string()));
+        let f: Vec<&str> = first.splitn(8, '\t').collect();
+        match f[..] {
+            [HEADER_STREAM, id, _, _, _, _, bucket, key] => {
+                out.push((p, bucket.to_string(), key.to_string(), id.to_string()))
+            }
+            [HEADER, id, _, _, _, bucket, ..] => {
+                // (the key may hold no tab, but split it as version 1 did)
+                let key = first.splitn(7, '\t').nth(6).unwrap_or("");
+                out.push((p, bucket.to_string(), key.to_string(), id.to_string()))
+            }
+            _ => {}
         }
     }
     out
@@ -117,13 +134,24 @@ impl Journal {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
         }
-        let mut text = format!(
-            "{HEADER}\t{}\t{}\t{}\t{}\t{bucket}\t{key}\n",
-            up.id,
-            up.size,
-            up.part,
-            super::bucket::hex(&up.blake3)
-        );
+        let mut text = if up.check.is_empty() {
+            format!(
+                "{HEADER}\t{}\t{}\t{}\t{}\t{bucket}\t{key}\n",
+                up.id,
+                up.size,
+                up.part,
+                super::bucket::hex(&up.blake3)
+            )
+        } else {
+            format!(
+                "{HEADER_STREAM}\t{}\t{}\t{}\t{}\t{}\t{bucket}\t{key}\n",
+                up.id,
+                up.size,
+                up.part,
+                super::bucket::hex(&up.blake3),
+                up.check
+            )
+        };
         for (i, e) in parts {
             text += &format!("{i}\t{e}\n");
         }

@@ -13,7 +13,9 @@
 //!
 //! Not for deciding what to send (the receiver does that from what
 //! [`super::destination`] reports) nor for verifying content: the BLAKE3 in
-//! each object's own metadata is what a download is checked against.
+//! each object's own metadata (or, for an object uploaded as it arrived,
+//! in the chunk map its metadata names) is what a download is checked
+//! against.
 
 use super::bucket::{hex, unhex, Object};
 use std::collections::{BTreeMap, HashMap};
