@@ -182,9 +182,13 @@ impl<D: Destination> Receiver<'_, D> {
             let Some(dest) = self.dest.get() else {
                 return;
             };
-            let Ok(children) = dest.list(&rel) else {
+            let Ok(mut children) = dest.list(&rel) else {
                 continue;
             };
+            // rsync's order, which decides what --max-delete leaves standing:
+            // its list puts a directory's files before its subdirectories and
+            // deletes from the end (subdirectories first, last name first)
+            children.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
             for (child, is_dir) in children {
                 let crel = names::join(&rel, &child);
                 if child == crate::fs::PARTIAL_DIR
