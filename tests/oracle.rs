@@ -3796,3 +3796,88 @@ fn max_delete_takes_a_directory_whole_or_not_at_all() {
     assert!(!dst.join("gone").exists(), "the stale directory stayed");
     assert_eq!(std::fs::read_to_string(dst.join("stale-0")).unwrap(), "s");
 }
+
+/// Pulls the one source of `case` from `via` (ssh or a daemon module) with
+/// `ferry_flags`; rsync pulls the same tree through a remote shell that runs
+/// the "remote" here, with `rsync_flags`; the two trees must match.
+fn venv_pull(via: &Via, case: &Parity, ferry_flags: &[&str], rsync_flags: &[&str]) {
+    let t = tmp();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    (case.build)(&root);
+    let rsh = t.path().join("rsh");
+    write(&rsh, "#!/bin/sh\nshift\nexec \"$@\"\n");
+    chmod(&rsh, 0o755);
+    let s = case.srcs[0];
+    let slash = if s.ends_with('/') { "/" } else { "" };
+    let path = root.join(s.trim_end_matches('/'));
+    let (by_rsync, by_ferry) = (t.path().join("by-rsync"), t.path().join("by-ferry"));
+    let mut rs: Vec<String> = rsync_flags.iter().map(|s| s.to_string()).collect();
+    rs.extend([
+        "-e".into(),
+        rsh.display().to_string(),
+        format!("localhost:{}{slash}", path.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    rsync(&rs);
+    let mut args = vec!["sync".to_string()];
+    args.extend(ferry_flags.iter().map(|s| s.to_string()));
+    let from = match via {
+        Via::Ssh(sshd) => {
+            args.extend(sshd.args());
+            format!("{}{slash}", sshd.remote(&path))
+        }
+        Via::Daemon(d) => {
+            args.extend(d.client_args());
+            let rel = path.strip_prefix(std::env::temp_dir()).unwrap();
+            d.url(&format!("tmp/{}{slash}", rel.display()))
+        }
+        Via::Local => format!("{}{slash}", path.display()),
+    };
+    args.extend([from, format!("{}/", by_ferry.display())]);
+    let o = ferry(&args);
+    assert!(
+        o.status.success(),
+        "{} pulled: ferry failed: {}",
+        case.name,
+        stderr(&o)
+    );
+    assert_trees_match(case.name, &by_rsync, &by_ferry, case.times);
+}
+
+/// The virtualenv-like tree pulled back over ssh: every [`PARITY`] scenario
+/// (links verbatim, `--safe-links`, `-L`, `--copy-unsafe-links`, `-k`)
+/// matches rsync's pull; the remote sender follows links as rsync's does.
+#[test]
+fn ssh_venv_pull_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    for case in PARITY {
+        venv_pull(&Via::Ssh(&sshd), case, case.args, case.args);
+    }
+}
+
+/// The virtualenv-like tree pulled from a daemon module: links arrive
+/// verbatim (or skipped with `--safe-links`), as rsync's pull makes them; a
+/// module's sender never follows a link, so `-L`, `--copy-unsafe-links` and
+/// `-k` leave the tree as `-a` alone makes it (README: "differs on purpose").
+#[test]
+fn daemon_venv_pull_matches_rsync() {
+    let t = tmp();
+    let d = verbatim_daemon(t.path());
+    for case in &PARITY[..3] {
+        venv_pull(&Via::Daemon(&d), case, case.args, case.args);
+    }
+    for case in &PARITY[3..] {
+        assert!(
+            case.args
+                .iter()
+                .any(|a| a.contains('L') || a.contains('k') || a.contains("copy-unsafe")),
+            "{}",
+            case.name
+        );
+        venv_pull(&Via::Daemon(&d), case, case.args, &["-a"]);
+    }
+}
