@@ -3881,3 +3881,156 @@ fn daemon_venv_pull_matches_rsync() {
         venv_pull(&Via::Daemon(&d), case, case.args, &["-a"]);
     }
 }
+
+/// Whether this kernel has an IPv6 loopback (`::1` on `lo`); the `::1`
+/// cases are skipped, saying so, where it has none.
+fn ipv6_loopback() -> bool {
+    let have = std::fs::read_to_string("/proc/net/if_inet6")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("00000000000000000000000000000001"))
+        })
+        .unwrap_or(false);
+    if !have {
+        eprintln!("skipping the ::1 cases: no IPv6 loopback (/proc/net/if_inet6)");
+    }
+    have
+}
+
+/// A daemon like [`verbatim_daemon`], listening on `listen`.
+fn verbatim_daemon_on(t: &Path, listen: &str) -> Daemon {
+    let dir = tmp();
+    let (daemon, client) = (dir.path().join("daemon"), dir.path().join("client"));
+    for d in [&daemon, &client] {
+        std::fs::create_dir(d).unwrap();
+        chmod(d, 0o700);
+    }
+    ok(ferry([
+        "keygen",
+        "-C",
+        "test-client",
+        "--config-dir",
+        &client.display().to_string(),
+    ]));
+    let public = std::fs::read_to_string(client.join("id_ed25519.pub")).unwrap();
+    write(&daemon.join("authorized_keys"), public);
+    chmod(&daemon.join("authorized_keys"), 0o600);
+    let cfg = t.join("ferryd-v6.toml");
+    write(
+        &cfg,
+        format!(
+            "[[module]]\nname = \"tmp\"\npath = \"{}\"\nsymlinks = \"verbatim\"\n",
+            std::env::temp_dir().display()
+        ),
+    );
+    Daemon::spawn_in(dir, &[], &["--config", cfg.to_str().unwrap()], &[], listen)
+        .unwrap_or_else(|e| panic!("daemon on {listen} did not start: {e}"))
+}
+
+/// `--port` with `host::module`, `-4` to a daemon on 127.0.0.1 and `-6` to
+/// one on `::1`: each syncs the tree rsync makes locally; `-4` to `::1` is a
+/// one-line error and writes nothing.
+#[test]
+fn daemon_port_and_address_families_match_rsync() {
+    let t = tmp();
+    let root = t.path().join("root");
+    plain_tree(&root);
+    let by_rsync = t.path().join("by-rsync");
+    rsync([
+        "-a".to_string(),
+        format!("{}/src/", root.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    let rel = t.path().strip_prefix(std::env::temp_dir()).unwrap();
+    let sync = |d: &Daemon, extra: &[&str], host: &str, to: &str| {
+        let mut args = vec!["sync".to_string(), "-a".into()];
+        args.extend(d.client_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("--port".into());
+        args.push(d.addr.port().to_string());
+        args.push(format!("{}/src/", root.display()));
+        args.push(format!("{host}::tmp/{}/{to}/", rel.display()));
+        ferry(&args)
+    };
+    let d4 = verbatim_daemon(t.path());
+    ok(sync(&d4, &["-4"], "127.0.0.1", "v4"));
+    assert_trees_match("-4 --port", &by_rsync, &t.path().join("v4"), true);
+    if !ipv6_loopback() {
+        return;
+    }
+    let d6 = verbatim_daemon_on(t.path(), "[::1]:0");
+    assert!(d6.addr.is_ipv6(), "{}", d6.addr);
+    ok(sync(&d6, &["-6"], "[::1]", "v6"));
+    assert_trees_match("-6 --port", &by_rsync, &t.path().join("v6"), true);
+    ok(sync(&d6, &[], "[::1]", "v6-port-only"));
+    assert_trees_match(
+        "--port to ::1",
+        &by_rsync,
+        &t.path().join("v6-port-only"),
+        true,
+    );
+    let o = sync(&d6, &["-4"], "[::1]", "v6-as-v4");
+    assert!(!o.status.success(), "-4 reached ::1");
+    let err = stderr(&o);
+    assert!(
+        err.contains("::1") && err.contains("no IPv4 address"),
+        "the error names the address: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!t.path().join("v6-as-v4").exists(), "written anyway");
+}
+
+/// Over ssh, `-4`/`-6` reach ssh as `-o AddressFamily=inet|inet6`: with an
+/// sshd on 127.0.0.1 (and `::1` where the kernel has it), each family syncs
+/// the tree rsync makes locally, and asking for the other family fails with
+/// ssh's own message naming the address, writing nothing.
+#[test]
+fn ssh_address_families_reach_ssh() {
+    if !sshd_available() {
+        return;
+    }
+    let v6 = ipv6_loopback();
+    let sshd = Sshd::start_with(if v6 { "ListenAddress ::1\n" } else { "" });
+    let known = sshd.dir.path().join("known_hosts");
+    let host_pub = std::fs::read_to_string(sshd.dir.path().join("host_key.pub")).unwrap();
+    append(&known, format!("[::1]:{} {host_pub}", sshd.port).as_bytes());
+    let t = tmp();
+    let root = t.path().join("root");
+    plain_tree(&root);
+    let by_rsync = t.path().join("by-rsync");
+    rsync([
+        "-a".to_string(),
+        format!("{}/src/", root.display()),
+        format!("{}/", by_rsync.display()),
+    ]);
+    let push = |family: &str, host: &str, to: &str| {
+        let mut args = vec!["sync".to_string(), "-a".into(), family.into()];
+        args.extend(sshd.args());
+        args.push(format!("{}/src/", root.display()));
+        args.push(format!("{host}:{}/", t.path().join(to).display()));
+        ferry(&args)
+    };
+    ok(push("-4", "127.0.0.1", "v4"));
+    assert_trees_match("-4 over ssh", &by_rsync, &t.path().join("v4"), true);
+    let o = push("-6", "127.0.0.1", "v4-as-v6");
+    assert!(!o.status.success(), "-6 reached 127.0.0.1");
+    assert!(
+        stderr(&o).contains("ssh: Could not resolve hostname 127.0.0.1"),
+        "ssh's own message: {}",
+        stderr(&o)
+    );
+    assert!(!t.path().join("v4-as-v6").exists(), "written anyway");
+    if !v6 {
+        return;
+    }
+    ok(push("-6", "[::1]", "v6"));
+    assert_trees_match("-6 over ssh", &by_rsync, &t.path().join("v6"), true);
+    let o = push("-4", "[::1]", "v6-as-v4");
+    assert!(!o.status.success(), "-4 reached ::1");
+    assert!(
+        stderr(&o).contains("ssh: Could not resolve hostname ::1"),
+        "ssh's own message: {}",
+        stderr(&o)
+    );
+    assert!(!t.path().join("v6-as-v4").exists(), "written anyway");
+}
