@@ -4034,3 +4034,114 @@ fn ssh_address_families_reach_ssh() {
     );
     assert!(!t.path().join("v6-as-v4").exists(), "written anyway");
 }
+
+/// Runs ferry (or rsync) with `input` on its standard input.
+fn run_with_stdin(program: &Path, args: &[String], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `--files-from -` reads the list from standard input: locally, pushed
+/// over ssh and to the daemon, the tree is the one `rsync --files-from=-`
+/// makes from the same list.
+#[test]
+fn files_from_stdin_matches_rsync() {
+    let t = tmp();
+    let root = t.path().join("root");
+    listed_tree(&root);
+    let list = std::fs::read(root.join("list")).unwrap();
+    let src = format!("{}/src/", root.display());
+    let d = verbatim_daemon(t.path());
+    let sshd = sshd_available().then(Sshd::start);
+    for flags in [&["-a"][..], &["-ar"][..]] {
+        let name = format!("--files-from - with {}", flags.join(" "));
+        let by_rsync = t
+            .path()
+            .join(format!("by-rsync{}", flags[0].len() + flags.len()));
+        let mut rs: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        rs.extend([
+            "--files-from=-".into(),
+            src.clone(),
+            format!("{}/", by_rsync.display()),
+        ]);
+        let o = run_with_stdin(Path::new("rsync"), &rs, &list);
+        assert!(o.status.success(), "rsync: {}", stderr(&o));
+        let mut ways = vec![("local", Via::Local), ("daemon", Via::Daemon(&d))];
+        if let Some(s) = &sshd {
+            ways.push(("ssh", Via::Ssh(s)));
+        }
+        for (way, via) in ways {
+            let by_ferry = t.path().join(format!("by-ferry-{way}-{}", flags.len()));
+            let (extra, to) = dest_arg(&via, &by_ferry);
+            let mut args = vec!["sync".to_string()];
+            args.extend(flags.iter().map(|s| s.to_string()));
+            args.extend(["--files-from".to_string(), "-".into()]);
+            args.extend(extra);
+            args.extend([src.clone(), to]);
+            let o = run_with_stdin(&ferry_bin(), &args, &list);
+            assert!(o.status.success(), "{name}, {way}: {}", stderr(&o));
+            assert_trees_match(&format!("{name}, {way}"), &by_rsync, &by_ferry, true);
+        }
+    }
+}
+
+/// `--files-from` on an ssh pull: the list is read here and names paths
+/// below the remote source directory, as rsync's pull does (from a file and
+/// from standard input).
+#[test]
+fn files_from_on_an_ssh_pull_matches_rsync() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let root = t.path().join("root");
+    listed_tree(&root);
+    let list = std::fs::read(root.join("list")).unwrap();
+    let rsh = t.path().join("rsh");
+    write(&rsh, "#!/bin/sh\nshift\nexec \"$@\"\n");
+    chmod(&rsh, 0o755);
+    for flags in [&["-a"][..], &["-ar"][..]] {
+        let by_rsync = t.path().join(format!("by-rsync-{}", flags.len()));
+        let mut rs: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        rs.extend([
+            format!("--files-from={}/list", root.display()),
+            "-e".into(),
+            rsh.display().to_string(),
+            format!("localhost:{}/src/", root.display()),
+            format!("{}/", by_rsync.display()),
+        ]);
+        rsync(&rs);
+        assert!(by_rsync.join("ckpt/w.bin").is_file());
+        for from_stdin in [false, true] {
+            let name = format!("{} --files-from, stdin: {from_stdin}", flags.join(" "));
+            let by_ferry = t
+                .path()
+                .join(format!("by-ferry-{}-{from_stdin}", flags.len()));
+            let mut args = vec!["sync".to_string()];
+            args.extend(flags.iter().map(|s| s.to_string()));
+            args.push("--files-from".into());
+            args.push(match from_stdin {
+                true => "-".into(),
+                false => format!("{}/list", root.display()),
+            });
+            args.extend(sshd.args());
+            args.extend([
+                format!("{}/", sshd.remote(&root.join("src"))),
+                format!("{}/", by_ferry.display()),
+            ]);
+            let o = run_with_stdin(&ferry_bin(), &args, &list);
+            assert!(o.status.success(), "{name}: {}", stderr(&o));
+            assert_trees_match(&name, &by_rsync, &by_ferry, true);
+        }
+    }
+}
+// --- end of oracle gaps ---
