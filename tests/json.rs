@@ -1,73 +1,29 @@
-//! `--json` on sync, cp and ls: every stdout line is one JSON object that
-//! carries the schema version and the fields its kind promises (checked by a
-//! small schema table below), the file lines name each file once with its
-//! size, the summary adds up, and errors carry their category and exit code.
+//! `--json` on sync, cp and ls: every stdout line is one JSON object valid
+//! against `docs/json-schema.json` (the schema the README links; the README's
+//! table is checked to name every field it defines), the file lines name each
+//! file once with its size, wire bytes and check value, the summary carries
+//! the same numbers as `--stats`, and errors carry their category and exit
+//! code. Driven locally, over a real sshd, against a real daemon and (for
+//! `ls`) a real S3 server.
 
 mod util;
 
-use serde_json::Value;
+#[path = "util/json_schema.rs"]
+mod json_schema;
+
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 use util::*;
 
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Ty {
-    Str,
-    Uint,
-    Int,
-    Bool,
+/// `docs/json-schema.json`, read once.
+fn schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(json_schema::load)
 }
 
-/// The README's schema table: required fields and their types per kind.
-fn schema(kind: &str) -> Vec<(&'static str, Ty)> {
-    use Ty::*;
-    match kind {
-        "file" => vec![("action", Str), ("name", Str), ("type", Str)],
-        "error" => vec![
-            ("fatal", Bool),
-            ("name", Str),
-            ("category", Str),
-            ("exit_code", Uint),
-            ("text", Str),
-        ],
-        "notice" => vec![("name", Str), ("text", Str)],
-        "progress" => vec![("name", Str), ("done", Uint), ("size", Uint)],
-        "summary" => vec![
-            ("files", Uint),
-            ("transferred", Uint),
-            ("deleted", Uint),
-            ("total_size", Uint),
-            ("literal", Uint),
-            ("matched", Uint),
-            ("sent", Uint),
-            ("received", Uint),
-            ("errors", Uint),
-            ("delete_skipped", Bool),
-            ("dry_run", Bool),
-            ("exit_code", Uint),
-        ],
-        "entry" => vec![
-            ("name", Str),
-            ("type", Str),
-            ("mode", Uint),
-            ("size", Uint),
-            ("mtime", Int),
-        ],
-        "module" => vec![("name", Str), ("comment", Str), ("read_only", Bool)],
-        other => panic!("unknown line kind {other:?}"),
-    }
-}
-
-fn has_type(v: &Value, t: Ty) -> bool {
-    match t {
-        Ty::Str => v.is_string(),
-        Ty::Uint => v.is_u64(),
-        Ty::Int => v.is_i64() || v.is_u64(),
-        Ty::Bool => v.is_boolean(),
-    }
-}
-
-/// Every line of `out` parsed and checked against the schema.
+/// Every line of `out` parsed and validated against the schema.
 #[track_caller]
 fn lines(out: &str) -> Vec<Value> {
     assert!(!out.is_empty(), "no output");
@@ -75,30 +31,11 @@ fn lines(out: &str) -> Vec<Value> {
         .map(|l| {
             let v: Value =
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
-            assert_eq!(v["v"], 1, "schema version missing: {l}");
-            let kind = v["kind"].as_str().unwrap_or_else(|| panic!("no kind: {l}"));
-            for (field, ty) in schema(kind) {
-                assert!(has_type(&v[field], ty), "{kind}.{field} not {ty:?}: {l}");
-            }
-            match kind {
-                "file" => {
-                    let action = v["action"].as_str().unwrap();
-                    assert!(["updated", "deleted"].contains(&action), "{l}");
-                    let ty = v["type"].as_str().unwrap();
-                    assert!(["file", "dir", "symlink", "hardlink"].contains(&ty), "{l}");
-                    if action == "updated" {
-                        assert!(v["size"].is_u64(), "{l}");
-                    }
-                    if ty == "symlink" || ty == "hardlink" {
-                        assert!(v["target"].is_string(), "{l}");
-                    }
-                }
-                "entry" => {
-                    let ty = v["type"].as_str().unwrap();
-                    assert!(["file", "dir", "symlink"].contains(&ty), "{l}");
-                }
-                _ => {}
-            }
+            let errs = json_schema::errors(schema(), &v);
+            assert!(
+                errs.is_empty(),
+                "line breaks docs/json-schema.json: {l}\n{errs:#?}"
+            );
             v
         })
         .collect()
@@ -428,4 +365,89 @@ fn file_lines_carry_wire_bytes_and_check_value() {
         "{m}"
     );
     assert_eq!(std::fs::read(dst.join("model.bin")).unwrap(), changed);
+}
+
+/// The schema can fail: lines a script must not be given are rejected, each
+/// for the reason the README states.
+#[test]
+fn schema_rejects_what_the_readme_rules_out() {
+    let good = json!({"v": 1, "kind": "file", "action": "updated", "name": "a", "type": "file",
+        "size": 3, "wire": 3, "check": format!("xxh128:{}", "0".repeat(32))});
+    assert_eq!(json_schema::errors(schema(), &good), Vec::<String>::new());
+    // (what, field, its new value; None: the field removed)
+    let cases = [
+        ("no version", "v", None),
+        ("version 2", "v", Some(json!(2))),
+        ("unknown kind", "kind", Some(json!("files"))),
+        ("updated file without check", "check", None),
+        ("updated without wire", "wire", None),
+        ("size as text", "size", Some(json!("3"))),
+        ("negative size", "size", Some(json!(-1))),
+        ("bad check", "check", Some(json!("md5:00"))),
+        ("unknown action", "action", Some(json!("moved"))),
+        ("symlink without target", "type", Some(json!("symlink"))),
+    ];
+    for (what, field, value) in cases {
+        let mut v = good.clone();
+        match value {
+            Some(x) => v[field] = x,
+            None => drop(v.as_object_mut().unwrap().remove(field)),
+        }
+        assert!(
+            !json_schema::errors(schema(), &v).is_empty(),
+            "{what} passed the schema"
+        );
+    }
+    let summary = json!({"v": 1, "kind": "summary", "files": 1, "transferred": 1, "deleted": 0,
+        "total_size": 0, "literal": 0, "matched": 0, "sent": 1, "received": 1, "errors": 0,
+        "delete_skipped": false, "dry_run": false});
+    let errs = json_schema::errors(schema(), &summary);
+    assert!(errs.iter().any(|e| e.contains("exit_code")), "{errs:?}");
+    let file_error = json!({"v": 1, "kind": "error", "fatal": false, "name": "a",
+        "category": "connection", "exit_code": 23, "text": "x"});
+    assert!(!json_schema::errors(schema(), &file_error).is_empty());
+}
+
+/// The README's table and the schema file describe the same fields: every
+/// kind the schema defines has a row, and the row names every field of it.
+#[test]
+fn readme_table_names_every_schema_field() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### `--json`")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a `--json` section");
+    assert!(
+        section.contains("docs/json-schema.json"),
+        "the README's JSON section does not link the schema"
+    );
+    let rows: BTreeMap<String, String> = section
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            // | `kind` | when | fields |
+            let kind = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((kind.to_string(), cells.get(3)?.to_string()))
+        })
+        .collect();
+    let branches = schema()["oneOf"].as_array().unwrap();
+    let kinds = schema()["properties"]["kind"]["enum"].as_array().unwrap();
+    assert_eq!(branches.len(), kinds.len());
+    for b in branches {
+        let kind = b["properties"]["kind"]["const"].as_str().unwrap();
+        assert!(kinds.contains(&json!(kind)), "{kind} not in the kind enum");
+        let row = rows
+            .get(kind)
+            .unwrap_or_else(|| panic!("README's JSON table has no row for {kind}"));
+        for field in b["properties"].as_object().unwrap().keys() {
+            if field != "kind" {
+                assert!(
+                    row.contains(&format!("`{field}`")),
+                    "README's row for {kind} does not name `{field}`"
+                );
+            }
+        }
+    }
 }
