@@ -451,3 +451,165 @@ fn readme_table_names_every_schema_field() {
         }
     }
 }
+
+/// A source and a destination that a `sync -a --delete` changes in every
+/// way `--stats` counts: unchanged files, a file rebuilt from the old copy,
+/// new files, a deleted file and a deleted directory with a file in it.
+fn stats_scene(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (src, base) = (root.join("src"), root.join("base"));
+    let old = random_bytes(400_000, 21);
+    for (name, n, seed) in [("keep/a.bin", 50_000, 22), ("keep/b.txt", 900, 23)] {
+        let data = random_bytes(n, seed);
+        write(&src.join(name), &data);
+        write(&base.join(name), &data);
+        set_mtime(&src.join(name), 1_600_000_000);
+        set_mtime(&base.join(name), 1_600_000_000);
+    }
+    let mut new = old.clone();
+    new[200_000..200_050].fill(1);
+    write(&src.join("model.bin"), &new);
+    write(&base.join("model.bin"), &old);
+    set_mtime(&src.join("model.bin"), 1_700_000_000);
+    set_mtime(&base.join("model.bin"), 1_600_000_000);
+    write(&src.join("fresh/x.json"), random_bytes(3_000, 24));
+    write(&src.join("empty"), "");
+    write(&base.join("stale.bin"), random_bytes(2_000, 25));
+    write(&base.join("gone/old.txt"), random_bytes(10, 26));
+    (src, base)
+}
+
+/// `--stats` output as the summary line's names.
+fn stats_numbers(out: &str) -> BTreeMap<&'static str, u64> {
+    let get = |key: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().trim_end_matches(" bytes").parse().unwrap())
+            .unwrap_or_else(|| panic!("no {key:?} in:\n{out}"))
+    };
+    BTreeMap::from([
+        ("files", get("Number of files:")),
+        ("transferred", get("Number of files transferred:")),
+        ("deleted", get("Number of deleted files:")),
+        ("total_size", get("Total file size:")),
+        ("literal", get("Literal data:")),
+        ("matched", get("Matched data:")),
+        ("sent", get("Total bytes sent:")),
+        ("received", get("Total bytes received:")),
+    ])
+}
+
+/// Runs `sync -a --delete --stats -i` into one copy of the destination and
+/// `sync -a --delete --json` into another, identical one (`dest(i)` names
+/// them with names of the same length; `fresh()` makes both again from the
+/// same base), and checks the summary carries every `--stats` number
+/// unchanged.
+///
+/// Both runs exchange the same bytes but one kind of message: the overall
+/// progress a receiver sends a remote client at most every 100 ms, so
+/// `received` may differ by such a message between two runs. Every other
+/// number must match in every attempt; an attempt where `received` matches
+/// too is required within five.
+#[track_caller]
+fn summary_equals_stats(
+    src: &Path,
+    extra: &[String],
+    dest: impl Fn(usize) -> String,
+    fresh: impl Fn(),
+) {
+    let run = |flags: &[&str], to: String| {
+        let mut args = vec!["sync".to_string(), "-a".into(), "--delete".into()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        args.extend(extra.iter().cloned());
+        args.extend([format!("{}/", src.display()), to]);
+        stdout(&ok(ferry(&args)))
+    };
+    let mut attempts = Vec::new();
+    for _ in 0..5 {
+        fresh();
+        // (`-i` asks the peer for the same per-file reports `--json` does)
+        let human = run(&["--stats", "-i"], dest(1));
+        let out = run(&["--json"], dest(2));
+        let want = stats_numbers(&human);
+        let v = lines(&out);
+        let s = v.last().unwrap();
+        assert_eq!(s["kind"], "summary", "{out}");
+        let got: BTreeMap<&'static str, u64> = want
+            .keys()
+            .map(|k| (*k, s[*k].as_u64().unwrap_or_else(|| panic!("{k}: {s}"))))
+            .collect();
+        fn without(m: &BTreeMap<&'static str, u64>) -> BTreeMap<&'static str, u64> {
+            let mut m = m.clone();
+            m.remove("received");
+            m
+        }
+        assert_eq!(
+            without(&got),
+            without(&want),
+            "--json summary vs --stats:\n{out}\n{human}"
+        );
+        // the scene exercises each number
+        assert_eq!(want["deleted"], 2, "{human}");
+        assert!(want["matched"] > 0 && want["literal"] > 0, "{human}");
+        assert!(want["transferred"] < want["files"], "{human}");
+        // and the file lines agree with the summary
+        let updated = v
+            .iter()
+            .filter(|l| l["kind"] == "file" && l["action"] == "updated")
+            .count() as u64;
+        assert_eq!(updated, want["transferred"], "{out}");
+        if got == want {
+            return;
+        }
+        attempts.push((got, want));
+    }
+    panic!("`received` never matched --stats in five attempts: {attempts:#?}");
+}
+
+#[test]
+fn summary_equals_stats_over_ssh() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let (src, base) = stats_scene(t.path());
+    let fresh = || {
+        for i in [1, 2] {
+            let d = t.path().join(format!("dst{i}"));
+            let _ = std::fs::remove_dir_all(&d);
+            clone_tree(&base, &d);
+        }
+    };
+    summary_equals_stats(
+        &src,
+        &sshd.args(),
+        |i| sshd.remote(&t.path().join(format!("dst{i}"))),
+        fresh,
+    );
+    assert_same_tree(&src, &t.path().join("dst1"), true);
+    assert_same_tree(&src, &t.path().join("dst2"), true);
+}
+
+#[test]
+fn summary_equals_stats_to_the_daemon() {
+    let t = tmp();
+    let (src, base) = stats_scene(t.path());
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let fresh = || {
+        for i in [1, 2] {
+            let d = module.join(format!("dst{i}"));
+            let _ = std::fs::remove_dir_all(&d);
+            clone_tree(&base, &d);
+        }
+    };
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    summary_equals_stats(
+        &src,
+        &d.client_args(),
+        |i| d.url(&format!("data/dst{i}/")),
+        fresh,
+    );
+    assert_same_tree(&src, &module.join("dst1"), true);
+    assert_same_tree(&src, &module.join("dst2"), true);
+}
