@@ -613,3 +613,184 @@ fn summary_equals_stats_to_the_daemon() {
     assert_same_tree(&src, &module.join("dst1"), true);
     assert_same_tree(&src, &module.join("dst2"), true);
 }
+
+/// The bytes of `cp -r` of `tree`, the link followed as scp follows it.
+#[track_caller]
+fn check_cp_copy(src: &Path, copy: &Path) {
+    for name in ["a.txt", "empty", "ckpt/model.bin", "ckpt/deep/x.json"] {
+        assert_eq!(
+            std::fs::read(copy.join(name)).unwrap(),
+            std::fs::read(src.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(copy.join("link")).unwrap(),
+        std::fs::read(src.join("a.txt")).unwrap()
+    );
+}
+
+/// Checks `cp -r --json` of `tree` (copied as `DEST/src/...`): a line per
+/// file with its size, wire bytes and check value, and a summary that
+/// counts them.
+#[track_caller]
+fn check_cp_tree(out: &str, src: &Path, want: &BTreeMap<String, u64>) {
+    let v = lines(out);
+    let mut seen = BTreeMap::new();
+    for f in v
+        .iter()
+        .filter(|l| l["kind"] == "file" && l["type"] == "file")
+    {
+        assert_eq!(f["action"], "updated", "{out}");
+        let name = f["name"].as_str().unwrap();
+        // names are relative to the transfer root: the copied directory
+        let rel = name
+            .strip_prefix("src/")
+            .unwrap_or_else(|| panic!("{name} not under src/: {out}"));
+        let data = std::fs::read(src.join(rel)).unwrap();
+        assert_eq!(f["size"], data.len() as u64, "{f}");
+        assert_eq!(f["wire"], data.len() as u64, "{f}");
+        let check = format!("xxh128:{:032x}", xxhash_rust::xxh3::xxh3_128(&data));
+        assert_eq!(f["check"], check.as_str(), "{f}");
+        assert!(seen.insert(rel.to_string(), data.len() as u64).is_none());
+    }
+    // cp follows the link, as scp does: it arrives as a copy of a.txt
+    let mut want = want.clone();
+    want.insert("link".into(), 11);
+    assert_eq!(seen, want, "{out}");
+    let s = v.last().unwrap();
+    assert_eq!(s["kind"], "summary", "{out}");
+    let total: u64 = want.values().sum();
+    assert_eq!(s["total_size"], total, "{out}");
+    assert_eq!(s["literal"], total, "{out}");
+    let updated = v.iter().filter(|l| l["kind"] == "file").count() as u64;
+    assert_eq!(s["transferred"], updated, "{out}");
+    // src, src/ckpt, src/ckpt/deep and five files
+    assert_eq!(s["files"], want.len() as u64 + 3, "{out}");
+    assert_eq!(
+        (s["errors"].as_u64(), s["exit_code"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(!v.iter().any(|l| l["kind"] == "error"), "{out}");
+}
+
+fn cp_json_args(src: &Path, to: String, extra: &[String]) -> Vec<String> {
+    let mut args = vec!["cp".to_string(), "-rp".into(), "--json".into()];
+    args.extend(extra.iter().cloned());
+    args.extend([src.display().to_string(), to]);
+    args
+}
+
+#[test]
+fn cp_r_json_locally() {
+    let t = tmp();
+    let src = t.path().join("src");
+    let want = tree(&src);
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let o = ok(ferry(cp_json_args(&src, dst.display().to_string(), &[])));
+    check_cp_tree(&stdout(&o), &src, &want);
+    check_cp_copy(&src, &dst.join("src"));
+}
+
+#[test]
+fn cp_r_json_over_ssh() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let src = t.path().join("src");
+    let want = tree(&src);
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let o = ok(ferry(cp_json_args(&src, sshd.remote(&dst), &sshd.args())));
+    check_cp_tree(&stdout(&o), &src, &want);
+    check_cp_copy(&src, &dst.join("src"));
+}
+
+#[test]
+fn cp_r_json_to_the_daemon() {
+    let t = tmp();
+    let src = t.path().join("src");
+    let want = tree(&src);
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let o = ok(ferry(cp_json_args(&src, d.url("data/"), &d.client_args())));
+    check_cp_tree(&stdout(&o), &src, &want);
+    check_cp_copy(&src, &module.join("src"));
+}
+
+/// `cp --json` of a source that does not exist: an error line with the
+/// file's category and exit code 23, the process exits 23, nothing written.
+#[test]
+fn cp_json_missing_source_is_an_error_line() {
+    let t = tmp();
+    let missing = t.path().join("nope.bin");
+    let dst = t.path().join("dst.bin");
+    let o = ferry([
+        "cp",
+        "--json",
+        &missing.display().to_string(),
+        &dst.display().to_string(),
+    ]);
+    let out = stdout(&o);
+    let v = lines(&out);
+    assert_eq!(o.status.code(), Some(23), "{out}\n{}", stderr(&o));
+    let err = v
+        .iter()
+        .find(|l| l["kind"] == "error")
+        .unwrap_or_else(|| panic!("no error line: {out}"));
+    assert_eq!(err["category"], "file", "{out}");
+    assert_eq!(err["exit_code"], 23, "{out}");
+    assert!(err["text"].as_str().unwrap().contains("nope.bin"), "{out}");
+    let s = v.last().unwrap();
+    assert_eq!(s["kind"], "summary", "{out}");
+    assert_eq!(
+        (s["errors"].as_u64(), s["exit_code"].as_u64()),
+        (Some(1), Some(23))
+    );
+    assert!(!dst.exists());
+}
+
+/// The same over ssh, the missing file on the remote: a file's error line
+/// that names it, exit 23, and a summary counting the error.
+#[test]
+fn cp_json_missing_remote_source_over_ssh() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let dst = t.path().join("dst.bin");
+    let mut args = vec!["cp".to_string(), "--json".into()];
+    args.extend(sshd.args());
+    args.extend([
+        sshd.remote(&t.path().join("nope.bin")),
+        dst.display().to_string(),
+    ]);
+    let o = ferry(&args);
+    let out = stdout(&o);
+    let v = lines(&out);
+    let code = o.status.code().expect("exit code");
+    assert_ne!(code, 0, "{out}");
+    let err = v
+        .iter()
+        .find(|l| l["kind"] == "error")
+        .unwrap_or_else(|| panic!("no error line: {out}"));
+    assert_eq!(err["exit_code"], code, "{out}");
+    assert!(err["text"].as_str().unwrap().contains("nope.bin"), "{out}");
+    assert_eq!(
+        (code, &err["category"], &err["fatal"]),
+        (23, &json!("file"), &json!(false)),
+        "{out}"
+    );
+    let s = v.last().unwrap();
+    assert_eq!(s["kind"], "summary", "{out}");
+    assert_eq!(
+        (s["errors"].as_u64(), s["exit_code"].as_u64()),
+        (Some(1), Some(23))
+    );
+    assert!(!dst.exists());
+}
