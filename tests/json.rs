@@ -794,3 +794,58 @@ fn cp_json_missing_remote_source_over_ssh() {
     );
     assert!(!dst.exists());
 }
+
+/// `ls --json` of an S3 prefix (a real s3s-fs server): an entry per object
+/// and one per "directory" under it, each valid against the schema, with
+/// the modes, sizes and mtimes `cp -p` stored.
+#[test]
+fn s3_ls_json() {
+    let t = tmp();
+    let s3 = util::s3::S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let src = t.path().join("src");
+    write(&src.join("a.bin"), random_bytes(5_000, 31));
+    write(&src.join("sub/b.txt"), b"hello\n");
+    chmod(&src.join("a.bin"), 0o640);
+    chmod(&src.join("sub/b.txt"), 0o600);
+    set_mtime(&src.join("a.bin"), 1_600_000_000);
+    set_mtime(&src.join("sub/b.txt"), 1_600_000_100);
+    ok(s3.ferry(&["cp", "-rp", src.to_str().unwrap(), "s3://bkt/run/ckpt"]));
+    let out = stdout(&ok(s3.ferry(&["ls", "--json", "s3://bkt/run/ckpt/"])));
+    let v = lines(&out);
+    assert!(v.iter().all(|l| l["kind"] == "entry"), "{out}");
+    let find = |name: &str| {
+        v.iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {out}"))
+    };
+    let a = find("a.bin");
+    assert_eq!(
+        (&a["type"], &a["size"], &a["mode"], &a["mtime"]),
+        (
+            &json!("file"),
+            &json!(5_000),
+            &json!(0o640),
+            &json!(1_600_000_000)
+        ),
+        "{out}"
+    );
+    assert_eq!(find("sub")["type"], "dir", "{out}");
+    assert_eq!(v.len(), 2, "{out}");
+    let out = stdout(&ok(s3.ferry(&[
+        "ls",
+        "--json",
+        "s3://bkt/run/ckpt/sub/b.txt",
+    ])));
+    let v = lines(&out);
+    assert_eq!(v.len(), 1, "{out}");
+    assert_eq!(
+        (&v[0]["type"], &v[0]["size"], &v[0]["mode"], &v[0]["mtime"]),
+        (
+            &json!("file"),
+            &json!(6),
+            &json!(0o600),
+            &json!(1_600_000_100)
+        ),
+        "{out}"
+    );
+}
