@@ -849,3 +849,82 @@ fn s3_ls_json() {
         "{out}"
     );
 }
+
+/// Checks `ls --json DIR/` of `tree`: an entry per name directly in it,
+/// each valid against the schema, with the sizes, modes and mtimes on disk.
+#[track_caller]
+fn check_ls_tree(out: &str, src: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let v = lines(out);
+    assert!(v.iter().all(|l| l["kind"] == "entry"), "{out}");
+    for name in ["a.txt", "empty", "ckpt", "link"] {
+        let e = v
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {out}"));
+        let m = std::fs::symlink_metadata(src.join(name)).unwrap();
+        let ty = if m.is_dir() {
+            "dir"
+        } else if m.file_type().is_symlink() {
+            "symlink"
+        } else {
+            "file"
+        };
+        assert_eq!(e["type"], ty, "{e}");
+        assert_eq!(e["mode"], m.mode() & 0o7777, "{e}");
+        assert_eq!(e["mtime"], m.mtime(), "{e}");
+        if ty == "file" {
+            assert_eq!(e["size"], m.len(), "{e}");
+        }
+    }
+    let link = v.iter().find(|l| l["name"] == "link").unwrap();
+    assert_eq!(link["target"], "a.txt", "{out}");
+    // the directory's own entries only, not the tree below it
+    assert!(!v.iter().any(|l| l["name"] == "ckpt/model.bin"), "{out}");
+}
+
+#[test]
+fn ls_json_locally() {
+    let t = tmp();
+    let src = t.path().join("src");
+    tree(&src);
+    let out = stdout(&ok(ferry(["ls", "--json", &format!("{}/", src.display())])));
+    check_ls_tree(&out, &src);
+    // one file: its own entry
+    let out = stdout(&ok(ferry([
+        "ls",
+        "--json",
+        &src.join("ckpt/model.bin").display().to_string(),
+    ])));
+    let v = lines(&out);
+    assert_eq!(v.len(), 1, "{out}");
+    assert_eq!(
+        (&v[0]["name"], &v[0]["size"]),
+        (&json!("model.bin"), &json!(300_000))
+    );
+    // a path that is not there: an error line, not an empty listing
+    let o = ferry(["ls", "--json", &t.path().join("nope").display().to_string()]);
+    let out = stdout(&o);
+    let v = lines(&out);
+    assert_eq!(v.len(), 1, "{out}");
+    assert_eq!(v[0]["kind"], "error", "{out}");
+    assert_eq!(v[0]["exit_code"], o.status.code().unwrap(), "{out}");
+    assert_ne!(o.status.code(), Some(0), "{out}");
+    assert!(v[0]["text"].as_str().unwrap().contains("nope"), "{out}");
+}
+
+#[test]
+fn ls_json_over_ssh() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let src = t.path().join("src");
+    tree(&src);
+    let mut args = vec!["ls".to_string(), "--json".into()];
+    args.extend(sshd.args());
+    args.push(format!("{}/", sshd.remote(&src)));
+    let out = stdout(&ok(ferry(&args)));
+    check_ls_tree(&out, &src);
+}
