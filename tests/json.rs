@@ -928,3 +928,27 @@ fn ls_json_over_ssh() {
     let out = stdout(&ok(ferry(&args)));
     check_ls_tree(&out, &src);
 }
+
+/// `ls --json` of a module path that is not there: an error line with the
+/// process's exit code, not an empty listing.
+#[test]
+fn daemon_ls_json_of_a_missing_path_is_an_error() {
+    let t = tmp();
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut args = vec!["ls".to_string(), "--json".into(), d.url("data/nope/")];
+    args.extend(d.client_args());
+    let o = ferry(&args);
+    let out = stdout(&o);
+    let v = lines(&out);
+    let err = v
+        .iter()
+        .find(|l| l["kind"] == "error")
+        .unwrap_or_else(|| panic!("no error line: {out}"));
+    assert_eq!(err["fatal"], true, "{out}");
+    assert_eq!(err["exit_code"], o.status.code().unwrap(), "{out}");
+    assert_eq!(o.status.code(), Some(12), "{out}");
+    assert!(err["text"].as_str().unwrap().contains("nope"), "{out}");
+    assert!(!v.iter().any(|l| l["kind"] == "entry"), "{out}");
+}
