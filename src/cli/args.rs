@@ -50,7 +50,8 @@ pub enum Command {
     /// Install my ferry key on a remote daemon host over ssh (like ssh-copy-id)
     CopyId(CopyIdArgs),
     /// List a daemon's modules (`host::`) or the entries at a module path,
-    /// or the objects under an S3 prefix (`s3://bucket/prefix/`)
+    /// the objects under an S3 prefix (`s3://bucket/prefix/`), or the entries
+    /// at a path over ssh (`host:path`) or here
     Ls(LsArgs),
     /// S3 housekeeping: `ferry s3 cleanup s3://bucket/prefix`
     #[command(subcommand)]
@@ -639,11 +640,17 @@ pub enum S3Command {
 #[derive(Args, Debug)]
 pub struct LsArgs {
     /// host:: (modules), host::module/path, ferry://host[:port]/module/path,
-    /// or s3://bucket/prefix
+    /// s3://bucket/prefix, [user@]host:path (over ssh) or a local path
     pub target: OsString,
     /// One JSON object per line on stdout (entries or modules); see the README
     #[arg(long)]
     pub json: bool,
+    /// For [user@]host:path: the remote shell command (default: ssh)
+    #[arg(short = 'e', long = "rsh", value_name = "COMMAND")]
+    pub rsh: Option<String>,
+    /// For [user@]host:path: ferry's path on the remote (default: ferry)
+    #[arg(long = "remote-ferry", value_name = "PATH")]
+    pub remote_ferry: Option<String>,
     #[command(flatten)]
     pub daemon: DaemonFlags,
 }

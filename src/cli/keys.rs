@@ -273,9 +273,25 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
         }
         return Ok(exit::OK);
     }
+    if matches!(loc, Location::Local(_) | Location::Ssh { .. }) {
+        let ssh = crate::transport::child::SshOptions {
+            rsh: a.rsh.clone(),
+            remote_ferry: a.remote_ferry.clone(),
+            ssh_options: match (a.daemon.ipv4, a.daemon.ipv6) {
+                (true, _) => vec!["AddressFamily=inet".into()],
+                (_, true) => vec!["AddressFamily=inet6".into()],
+                _ => Vec::new(),
+            },
+            ..Default::default()
+        };
+        for e in crate::transfer::list_path(&loc, &ssh)? {
+            print_entry(&e, a.json);
+        }
+        return Ok(exit::OK);
+    }
     let Location::Daemon { host, port, path } = loc else {
         return Err(usage(
-            "ferry ls takes a daemon address (host:: or host::module/path) or s3://bucket/prefix",
+            "ferry ls takes a daemon address (host:: or host::module/path), s3://bucket/prefix, host:path or a local path",
         ));
     };
     let opts = super::daemon_options(&a.daemon)?;
@@ -298,24 +314,28 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
         }
         crate::transfer::Listing::Entries(entries) => {
             for e in entries {
-                if a.json {
-                    super::json::entry(&e);
-                    continue;
-                }
-                let name = crate::fs::names::escape(&e.name);
-                let target = if e.kind == crate::proto::Kind::Symlink {
-                    format!(" -> {}", crate::fs::names::escape(&e.target))
-                } else {
-                    String::new()
-                };
-                println!(
-                    "{} {:>15} {:>12} {name}{target}",
-                    mode_string(e.kind, e.mode),
-                    e.size,
-                    e.mtime
-                );
+                print_entry(&e, a.json);
             }
         }
     }
     Ok(exit::OK)
+}
+
+/// One entry of `ferry ls` of a path (daemon, ssh or local), as a line.
+fn print_entry(e: &crate::proto::Entry, json: bool) {
+    if json {
+        return super::json::entry(e);
+    }
+    let name = crate::fs::names::escape(&e.name);
+    let target = if e.kind == crate::proto::Kind::Symlink {
+        format!(" -> {}", crate::fs::names::escape(&e.target))
+    } else {
+        String::new()
+    };
+    println!(
+        "{} {:>15} {:>12} {name}{target}",
+        mode_string(e.kind, e.mode),
+        e.size,
+        e.mtime
+    );
 }

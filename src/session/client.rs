@@ -265,8 +265,14 @@ pub fn list_entries(stream: Stream, path: Vec<u8>) -> Result<Vec<proto::Entry>, 
     };
     open(&mut reader, &mut writer, &request, "a listing request")?;
     let mut entries = Vec::new();
+    // (the server reports a path it cannot read as an error event, not a
+    // fatal one: ls must not show it as an empty listing)
+    let mut failed = None;
     loop {
         match reader.expect()? {
+            Message::Event(e) if e.kind == proto::EventKind::Error => {
+                failed.get_or_insert(text(&e.text));
+            }
             Message::ListStart(_) | Message::Event(_) => {}
             Message::Entry(e) => {
                 crate::fs::names::check(&e.name).map_err(|err| {
@@ -292,7 +298,10 @@ pub fn list_entries(stream: Stream, path: Vec<u8>) -> Result<Vec<proto::Entry>, 
     writer.send(&Message::Finish(Summary::default()))?;
     writer.flush()?;
     let _ = reader.recv();
-    Ok(entries)
+    match failed {
+        Some(t) => Err(TransferError::Remote(t)),
+        None => Ok(entries),
+    }
 }
 
 /// Asks a daemon for the modules this client may see.

@@ -324,6 +324,43 @@ pub enum Listing {
     Entries(Vec<crate::proto::Entry>),
 }
 
+/// `ferry ls` of a local path or an ssh path: the listing request the daemon
+/// answers, put to `ferry serve --stdio` (this binary for a local path, the
+/// remote's over ssh), so the entries are the ones a transfer would list.
+pub fn list_path(
+    loc: &Location,
+    ssh: &SshOptions,
+) -> Result<Vec<crate::proto::Entry>, TransferError> {
+    let (peer, stream, path) = match loc {
+        Location::Local(path) => {
+            let exe = std::env::current_exe().map_err(|e| {
+                TransferError::Internal(format!("cannot find ferry's own binary: {e}"))
+            })?;
+            let mut cmd = std::process::Command::new(exe);
+            cmd.args(["serve", "--stdio"]);
+            let (peer, stream) = ChildPeer::spawn(cmd, "the local ferry server".into())?;
+            (peer, stream, path)
+        }
+        Location::Ssh {
+            user, host, path, ..
+        } => {
+            let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, ssh)?;
+            (peer, stream, path)
+        }
+        _ => {
+            return Err(TransferError::Usage(
+                "list_path lists a local or an ssh path".into(),
+            ))
+        }
+    };
+    let listed = session::list_entries(stream, path.clone());
+    let child_error = peer.finish(listed.is_err());
+    match (listed, child_error) {
+        (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => Err(e),
+        (listed, _) => listed,
+    }
+}
+
 /// Runs the client's half over ssh: one `ssh` child, and one more for each
 /// extra stream (as mscp does: one channel's cipher is not the limit).
 #[allow(clippy::too_many_arguments)]
