@@ -79,6 +79,52 @@ fn versions_at(root: &Path) -> (BTreeSet<String>, usize) {
     versions_through(&dir).expect("a still tree reads whole")
 }
 
+/// Runs `run` while a reader thread opens `path` again and again and reads
+/// every file through that handle (as the local reader tests do); the run's
+/// output, and what the reader saw: passes that read `files` files whole,
+/// the versions seen, and every pass that saw more than one version.
+fn read_during(
+    path: &Path,
+    files: usize,
+    run: impl FnOnce() -> std::process::Output,
+) -> (
+    std::process::Output,
+    usize,
+    BTreeSet<String>,
+    Vec<BTreeSet<String>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, path) = (stop.clone(), path.to_path_buf());
+        std::thread::spawn(move || {
+            let (mut whole, mut seen, mut mixed) = (0usize, BTreeSet::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok(dir) = std::fs::File::open(&path) else {
+                    continue;
+                };
+                let Some((versions, n)) = versions_through(&dir) else {
+                    continue; // the old tree went away under this pass
+                };
+                if versions.len() != 1 {
+                    mixed.push(versions.clone());
+                }
+                if n == files {
+                    whole += 1;
+                }
+                seen.extend(versions);
+            }
+            (whole, seen, mixed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let o = run();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (whole, seen, mixed) = reader.join().unwrap();
+    (o, whole, seen, mixed)
+}
+
 fn sync_atomic(extra: &[&str], src: &Path, dest: &str) -> std::process::Output {
     let mut args = vec!["sync".to_string(), "-a".into(), "--atomic".into()];
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -103,35 +149,9 @@ fn a_reader_never_sees_a_mix_of_versions() {
     assert_eq!(versions_at(&dest), (BTreeSet::from(["v1".into()]), 1000));
     write_version(&src, 1000, 2);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (stop, dest) = (stop.clone(), dest.clone());
-        std::thread::spawn(move || {
-            let (mut whole, mut seen, mut mixed) = (0usize, BTreeSet::new(), Vec::new());
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
-                let Ok(dir) = std::fs::File::open(&dest) else {
-                    continue;
-                };
-                let Some((versions, files)) = versions_through(&dir) else {
-                    continue; // the old tree went away under this pass
-                };
-                if versions.len() != 1 {
-                    mixed.push(versions.clone());
-                }
-                if files == 1000 {
-                    whole += 1;
-                }
-                seen.extend(versions);
-            }
-            (whole, seen, mixed)
-        })
-    };
-    std::thread::sleep(Duration::from_millis(50));
-    let o = sync_atomic(&[], &src, &format!("{}/", dest.display()));
-    std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (whole, seen, mixed) = reader.join().unwrap();
+    let (o, whole, seen, mixed) = read_during(&dest, 1000, || {
+        sync_atomic(&[], &src, &format!("{}/", dest.display()))
+    });
     ok(o);
     assert!(
         mixed.is_empty(),
@@ -507,37 +527,11 @@ fn a_symlinked_destination_flips_and_a_reader_never_sees_a_mix() {
     );
     write_version(&src, 1000, 2);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (stop, current) = (stop.clone(), current.clone());
-        std::thread::spawn(move || {
-            let (mut whole, mut seen, mut mixed) = (0usize, BTreeSet::new(), Vec::new());
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
-                let Ok(dir) = std::fs::File::open(&current) else {
-                    continue;
-                };
-                let Some((versions, files)) = versions_through(&dir) else {
-                    continue; // the old tree went away under this pass
-                };
-                if versions.len() != 1 {
-                    mixed.push(versions.clone());
-                }
-                if files == 1000 {
-                    whole += 1;
-                }
-                seen.extend(versions);
-            }
-            (whole, seen, mixed)
-        })
-    };
-    std::thread::sleep(Duration::from_millis(50));
     // a trailing slash names the directory the link points at: the link is
     // still what is switched
-    let o = sync_atomic(&[], &src, &format!("{dest_arg}/"));
-    std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (whole, seen, mixed) = reader.join().unwrap();
+    let (o, whole, seen, mixed) = read_during(&current, 1000, || {
+        sync_atomic(&[], &src, &format!("{dest_arg}/"))
+    });
     ok(o);
     assert!(
         mixed.is_empty(),
@@ -963,4 +957,79 @@ fn on_fuse_without_rename_exchange_the_symlink_form_works() {
         entries(&fuse.at),
         vec![".dest.ferry-1", ".dest.ferry-atomic.lock", "dest"]
     );
+}
+
+// ---- the same proofs over ssh and to the daemon: the reader during a
+// remote re-sync, and `kill -9` of the receiving end (the side that
+// switches) ----
+
+/// The reader's verdict on a re-sync from v1 to v2 of 1,000 files.
+#[track_caller]
+fn assert_reader_saw_no_mix(
+    (o, whole, seen, mixed): (
+        std::process::Output,
+        usize,
+        BTreeSet<String>,
+        Vec<BTreeSet<String>>,
+    ),
+) {
+    ok(o);
+    assert!(
+        mixed.is_empty(),
+        "a reader saw a mix of versions: {mixed:?}"
+    );
+    assert!(whole > 0, "the reader never read the tree whole");
+    assert!(seen.contains("v1"), "the reader never saw the old tree");
+    assert!(seen.contains("v2"), "the reader never saw the new tree");
+}
+
+/// Over ssh (the remote `ferry serve --stdio` switches): a reader of the
+/// destination during a re-sync of 1,000 changed files never sees a mix.
+#[test]
+fn over_ssh_a_reader_never_sees_a_mix_of_versions() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let remote = format!("{}/", sshd.remote(&dest));
+    let args = sshd.args();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    write_version(&src, 1000, 1);
+    ok(sync_atomic(&extra, &src, &remote));
+    write_version(&src, 1000, 2);
+    assert_reader_saw_no_mix(read_during(&dest, 1000, || {
+        sync_atomic(&extra, &src, &remote)
+    }));
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v2".into()]), 1000));
+    assert!(!t.path().join(".dest.ferry-atomic").exists());
+}
+
+/// To the daemon (it switches inside the module): a reader during a
+/// re-sync of 1,000 changed files never sees a mix, in the directory form
+/// and through a `current` link.
+#[test]
+fn to_the_daemon_a_reader_never_sees_a_mix_of_versions() {
+    let t = tmp();
+    let (src, module) = (t.path().join("src"), t.path().join("module"));
+    std::fs::create_dir_all(module.join("a")).unwrap();
+    let current = release_link(&module);
+    let d = Daemon::start(&[("m", &module, false)], "", &[]);
+    let args = d.client_args();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    for (url, at) in [("m/a/dest/", module.join("a/dest")), ("m/current", current)] {
+        write_version(&src, 1000, 1);
+        ok(sync_atomic(&extra, &src, &d.url(url)));
+        write_version(&src, 1000, 2);
+        assert_reader_saw_no_mix(read_during(&at, 1000, || {
+            sync_atomic(&extra, &src, &d.url(url))
+        }));
+        assert_eq!(versions_at(&at), (BTreeSet::from(["v2".into()]), 1000));
+    }
+    assert_eq!(
+        entries(&module.join("a")),
+        vec![".dest.ferry-atomic.lock", "dest"]
+    );
+    assert_converged(&module);
 }
