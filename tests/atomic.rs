@@ -1388,3 +1388,23 @@ fn to_the_daemon_kill_9_through_a_symlink() {
     assert!(old > 0, "no kill landed before the flip");
     assert!(new > 0, "no kill landed after the flip");
 }
+
+/// Locally, as the kill test above but with the moments chosen on both
+/// sides of the switch: some kills land after it (the old tree being
+/// removed) and leave the new tree whole, not only kills before it.
+#[test]
+fn kill_9_after_the_switch_leaves_the_new_tree() {
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let dest_arg = format!("{}/", dest.display());
+    let r = Receiving {
+        start: Box::new(|| spawn_sync(&[], &src, &dest_arg)),
+        victims: Box::new(|child| vec![child.id()]),
+        revive: Box::new(|| {}),
+    };
+    let (old, new) = kill_rounds(&r, &src, &dest, 20, 99, &|round| {
+        assert_no_leftover(t.path(), round)
+    });
+    assert!(old > 0, "no kill landed before the switch");
+    assert!(new > 0, "no kill landed after the switch");
+}
