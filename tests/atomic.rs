@@ -1135,7 +1135,7 @@ fn kill_rounds(
     let switch = switched
         .map(|s| s.as_micros() as u64)
         .unwrap_or(end * 9 / 10)
-        .min(end - 1000);
+        .clamp(1, end - 1000);
     eprintln!("calibration: the switch {switch} us after the receiver started, the end {end} us");
     let mut rng = Lcg(seed);
     let (mut old_seen, mut new_seen) = (0, 0);
