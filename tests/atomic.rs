@@ -79,6 +79,52 @@ fn versions_at(root: &Path) -> (BTreeSet<String>, usize) {
     versions_through(&dir).expect("a still tree reads whole")
 }
 
+/// Runs `run` while a reader thread opens `path` again and again and reads
+/// every file through that handle (as the local reader tests do); the run's
+/// output, and what the reader saw: passes that read `files` files whole,
+/// the versions seen, and every pass that saw more than one version.
+fn read_during(
+    path: &Path,
+    files: usize,
+    run: impl FnOnce() -> std::process::Output,
+) -> (
+    std::process::Output,
+    usize,
+    BTreeSet<String>,
+    Vec<BTreeSet<String>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, path) = (stop.clone(), path.to_path_buf());
+        std::thread::spawn(move || {
+            let (mut whole, mut seen, mut mixed) = (0usize, BTreeSet::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok(dir) = std::fs::File::open(&path) else {
+                    continue;
+                };
+                let Some((versions, n)) = versions_through(&dir) else {
+                    continue; // the old tree went away under this pass
+                };
+                if versions.len() != 1 {
+                    mixed.push(versions.clone());
+                }
+                if n == files {
+                    whole += 1;
+                }
+                seen.extend(versions);
+            }
+            (whole, seen, mixed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let o = run();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (whole, seen, mixed) = reader.join().unwrap();
+    (o, whole, seen, mixed)
+}
+
 fn sync_atomic(extra: &[&str], src: &Path, dest: &str) -> std::process::Output {
     let mut args = vec!["sync".to_string(), "-a".into(), "--atomic".into()];
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -103,35 +149,9 @@ fn a_reader_never_sees_a_mix_of_versions() {
     assert_eq!(versions_at(&dest), (BTreeSet::from(["v1".into()]), 1000));
     write_version(&src, 1000, 2);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (stop, dest) = (stop.clone(), dest.clone());
-        std::thread::spawn(move || {
-            let (mut whole, mut seen, mut mixed) = (0usize, BTreeSet::new(), Vec::new());
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
-                let Ok(dir) = std::fs::File::open(&dest) else {
-                    continue;
-                };
-                let Some((versions, files)) = versions_through(&dir) else {
-                    continue; // the old tree went away under this pass
-                };
-                if versions.len() != 1 {
-                    mixed.push(versions.clone());
-                }
-                if files == 1000 {
-                    whole += 1;
-                }
-                seen.extend(versions);
-            }
-            (whole, seen, mixed)
-        })
-    };
-    std::thread::sleep(Duration::from_millis(50));
-    let o = sync_atomic(&[], &src, &format!("{}/", dest.display()));
-    std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (whole, seen, mixed) = reader.join().unwrap();
+    let (o, whole, seen, mixed) = read_during(&dest, 1000, || {
+        sync_atomic(&[], &src, &format!("{}/", dest.display()))
+    });
     ok(o);
     assert!(
         mixed.is_empty(),
@@ -507,37 +527,11 @@ fn a_symlinked_destination_flips_and_a_reader_never_sees_a_mix() {
     );
     write_version(&src, 1000, 2);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (stop, current) = (stop.clone(), current.clone());
-        std::thread::spawn(move || {
-            let (mut whole, mut seen, mut mixed) = (0usize, BTreeSet::new(), Vec::new());
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
-                let Ok(dir) = std::fs::File::open(&current) else {
-                    continue;
-                };
-                let Some((versions, files)) = versions_through(&dir) else {
-                    continue; // the old tree went away under this pass
-                };
-                if versions.len() != 1 {
-                    mixed.push(versions.clone());
-                }
-                if files == 1000 {
-                    whole += 1;
-                }
-                seen.extend(versions);
-            }
-            (whole, seen, mixed)
-        })
-    };
-    std::thread::sleep(Duration::from_millis(50));
     // a trailing slash names the directory the link points at: the link is
     // still what is switched
-    let o = sync_atomic(&[], &src, &format!("{dest_arg}/"));
-    std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (whole, seen, mixed) = reader.join().unwrap();
+    let (o, whole, seen, mixed) = read_during(&current, 1000, || {
+        sync_atomic(&[], &src, &format!("{dest_arg}/"))
+    });
     ok(o);
     assert!(
         mixed.is_empty(),
@@ -963,4 +957,454 @@ fn on_fuse_without_rename_exchange_the_symlink_form_works() {
         entries(&fuse.at),
         vec![".dest.ferry-1", ".dest.ferry-atomic.lock", "dest"]
     );
+}
+
+// ---- the same proofs over ssh and to the daemon: the reader during a
+// remote re-sync, and `kill -9` of the receiving end (the side that
+// switches) ----
+
+/// The reader's verdict on a re-sync from v1 to v2 of 1,000 files.
+#[track_caller]
+fn assert_reader_saw_no_mix(
+    (o, whole, seen, mixed): (
+        std::process::Output,
+        usize,
+        BTreeSet<String>,
+        Vec<BTreeSet<String>>,
+    ),
+) {
+    ok(o);
+    assert!(
+        mixed.is_empty(),
+        "a reader saw a mix of versions: {mixed:?}"
+    );
+    assert!(whole > 0, "the reader never read the tree whole");
+    assert!(seen.contains("v1"), "the reader never saw the old tree");
+    assert!(seen.contains("v2"), "the reader never saw the new tree");
+}
+
+/// Over ssh (the remote `ferry serve --stdio` switches): a reader of the
+/// destination during a re-sync of 1,000 changed files never sees a mix.
+#[test]
+fn over_ssh_a_reader_never_sees_a_mix_of_versions() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let remote = format!("{}/", sshd.remote(&dest));
+    let args = sshd.args();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    write_version(&src, 1000, 1);
+    ok(sync_atomic(&extra, &src, &remote));
+    write_version(&src, 1000, 2);
+    assert_reader_saw_no_mix(read_during(&dest, 1000, || {
+        sync_atomic(&extra, &src, &remote)
+    }));
+    assert_eq!(versions_at(&dest), (BTreeSet::from(["v2".into()]), 1000));
+    assert!(!t.path().join(".dest.ferry-atomic").exists());
+}
+
+/// To the daemon (it switches inside the module): a reader during a
+/// re-sync of 1,000 changed files never sees a mix, in the directory form
+/// and through a `current` link.
+#[test]
+fn to_the_daemon_a_reader_never_sees_a_mix_of_versions() {
+    let t = tmp();
+    let (src, module) = (t.path().join("src"), t.path().join("module"));
+    std::fs::create_dir_all(module.join("a")).unwrap();
+    let current = release_link(&module);
+    let d = Daemon::start(&[("m", &module, false)], "", &[]);
+    let args = d.client_args();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    for (url, at) in [("m/a/dest/", module.join("a/dest")), ("m/current", current)] {
+        write_version(&src, 1000, 1);
+        ok(sync_atomic(&extra, &src, &d.url(url)));
+        write_version(&src, 1000, 2);
+        assert_reader_saw_no_mix(read_during(&at, 1000, || {
+            sync_atomic(&extra, &src, &d.url(url))
+        }));
+        assert_eq!(versions_at(&at), (BTreeSet::from(["v2".into()]), 1000));
+    }
+    assert_eq!(
+        entries(&module.join("a")),
+        vec![".dest.ferry-atomic.lock", "dest"]
+    );
+    assert_converged(&module);
+}
+
+/// The receiving processes of a run (given the client), empty before the
+/// session reached them.
+type Victims<'a> = Box<dyn Fn(&std::process::Child) -> Vec<u32> + 'a>;
+
+/// How the kill rounds reach one receiving end.
+struct Receiving<'a> {
+    /// Starts one `sync -a --atomic` of the source into the destination.
+    start: Box<dyn Fn() -> std::process::Child + 'a>,
+    /// The processes that receive (and switch) for this client now; empty
+    /// before the session reached them.
+    victims: Victims<'a>,
+    /// After a kill: what must run again before the next run (the daemon).
+    revive: Box<dyn Fn() + 'a>,
+}
+
+/// How a tree at the destination shows that it was switched: the
+/// directory's inode, or the link's text.
+fn switch_mark(dest: &Path) -> String {
+    match std::fs::read_link(dest) {
+        Ok(text) => text.display().to_string(),
+        Err(_) => std::fs::symlink_metadata(dest)
+            .map(|m| m.ino().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// Waits (bounded) until the receiving end of `child`'s session runs; its
+/// processes and when they were first seen.
+fn wait_for_victims(r: &Receiving, child: &mut std::process::Child) -> (Vec<u32>, Instant) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids = (r.victims)(child);
+        if !pids.is_empty() {
+            return (pids, Instant::now());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("the run ended ({st}) before its receiving end was seen: {err}");
+        }
+        assert!(Instant::now() < deadline, "no receiving end after 20 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits (bounded) for a run to end.
+fn finish(child: &mut std::process::Child) -> std::process::ExitStatus {
+    match wait_for(child, Duration::from_secs(60)) {
+        Some(st) => st,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a run did not end within 60 s");
+        }
+    }
+}
+
+/// `kill -9` of the receiving end at `rounds` seeded moments of re-syncs of
+/// 1,000 changed files into `dest`: after each, `dest` holds the whole old
+/// tree or the whole new one (the new one whenever the client reported
+/// success), and the next run converges (`converged` checks that nothing a
+/// killed run made is left). A calibration run finds when the switch comes
+/// and when the receiving end is done; even rounds kill at a moment before
+/// the switch, odd ones between the switch and the end, so that kills land
+/// on both sides of it. Returns (kills that left the old tree, kills of a
+/// live session that left the new tree).
+fn kill_rounds(
+    r: &Receiving,
+    src: &Path,
+    dest: &Path,
+    rounds: u32,
+    seed: u64,
+    converged: &dyn Fn(u32),
+) -> (u32, u32) {
+    write_version(src, 1000, 1);
+    ok(finish_output((r.start)()));
+    // calibration: when, after the receiving end appears, the switch comes
+    // and the run ends
+    write_version(src, 1000, 2);
+    let before = switch_mark(dest);
+    let mut child = (r.start)();
+    let (_, seen) = wait_for_victims(r, &mut child);
+    let mut switched = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        if switched.is_none() && switch_mark(dest) != before {
+            switched = Some(seen.elapsed());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            break (st, seen.elapsed());
+        }
+        assert!(Instant::now() < deadline, "the calibration run hung");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(ended.0.success(), "the calibration run failed");
+    let end = ended.1.as_micros().max(2000) as u64;
+    let switch = switched
+        .map(|s| s.as_micros() as u64)
+        .unwrap_or(end * 9 / 10)
+        .clamp(1, end - 1000);
+    eprintln!("calibration: the switch {switch} us after the receiver started, the end {end} us");
+    let mut rng = Lcg(seed);
+    let (mut old_seen, mut new_seen) = (0, 0);
+    for round in 0..rounds {
+        let (old, new) = (format!("v{}", round + 2), format!("v{}", round + 3));
+        write_version(src, 1000, round + 3);
+        let at = if round % 2 == 0 {
+            rng.next() % switch
+        } else {
+            switch + rng.next() % (end - switch)
+        };
+        let at = Duration::from_micros(at);
+        let mut child = (r.start)();
+        let (pids, seen) = wait_for_victims(r, &mut child);
+        std::thread::sleep(at.saturating_sub(seen.elapsed()));
+        for pid in &pids {
+            // it may have ended already
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(*pid as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        let st = finish(&mut child);
+        (r.revive)();
+        let (versions, files) = versions_at(dest);
+        assert_eq!(
+            files, 1000,
+            "round {round}: killed at {at:?}, {files} files"
+        );
+        assert_eq!(
+            versions.len(),
+            1,
+            "round {round}: killed at {at:?}: {versions:?}"
+        );
+        if versions.contains(&old) {
+            assert!(!st.success(), "round {round}: success, yet the old tree");
+            old_seen += 1;
+        } else {
+            assert!(versions.contains(&new), "round {round}: {versions:?}");
+            if !st.success() {
+                new_seen += 1;
+            }
+        }
+        ok(finish_output((r.start)()));
+        assert_eq!(versions_at(dest), (BTreeSet::from([new.clone()]), 1000));
+        converged(round);
+    }
+    eprintln!(
+        "kills left the old tree {old_seen} times, the new one {new_seen} times (after the switch)"
+    );
+    (old_seen, new_seen)
+}
+
+/// The output of a started run (bounded).
+fn finish_output(mut child: std::process::Child) -> std::process::Output {
+    let st = finish(&mut child);
+    let read = |s: Option<&mut dyn std::io::Read>| {
+        let mut v = Vec::new();
+        if let Some(s) = s {
+            let _ = s.read_to_end(&mut v);
+        }
+        v
+    };
+    std::process::Output {
+        status: st,
+        stdout: read(child.stdout.as_mut().map(|s| s as &mut dyn std::io::Read)),
+        stderr: read(child.stderr.as_mut().map(|s| s as &mut dyn std::io::Read)),
+    }
+}
+
+/// A `sync -a --atomic` of `src/` into `dest` with `extra` flags, started
+/// (stderr kept for a failure's message; its output is small).
+fn spawn_sync(extra: &[String], src: &Path, dest: &str) -> std::process::Child {
+    Command::new(ferry_bin())
+        .args(["sync", "-a", "--atomic"])
+        .args(extra)
+        .arg(format!("{}/", src.display()))
+        .arg(dest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// After a run in the directory form: nothing but the kept lock file is
+/// left beside `dir/dest`.
+fn assert_no_leftover(dir: &Path, round: u32) {
+    for e in entries(dir) {
+        assert!(
+            !e.contains(".ferry-") || e == ".dest.ferry-atomic.lock",
+            "round {round}: {e} left beside the destination"
+        );
+    }
+}
+
+/// The `ferry serve --stdio` processes under `sshd` (sessions are its
+/// descendants): the remote ends of ferry's ssh sessions.
+fn remote_servers(sshd: u32) -> Vec<u32> {
+    let bin = std::fs::canonicalize(ferry_bin()).unwrap();
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        rest.split(' ').nth(1)?.parse().ok()
+    };
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&bin) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if argv.get(1..3) != Some(&[&b"serve"[..], &b"--stdio"[..]][..]) {
+            continue;
+        }
+        let (mut up, mut hops) = (parent(pid), 0);
+        while let Some(p) = up {
+            if p == sshd {
+                found.push(pid);
+                break;
+            }
+            if p <= 1 || hops > 20 {
+                break;
+            }
+            (up, hops) = (parent(p), hops + 1);
+        }
+    }
+    found
+}
+
+/// Over ssh, `kill -9` of the remote `ferry serve --stdio` (the side that
+/// builds and switches) at 20 seeded moments, in the directory form
+/// (`RENAME_EXCHANGE`): the old or the new tree whole each time, kills on
+/// both sides of the switch, and the next run converges with no leftover.
+#[test]
+fn over_ssh_kill_9_of_the_remote_leaves_the_old_or_the_new_tree() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let remote = format!("{}/", sshd.remote(&dest));
+    let args = sshd.args();
+    let r = Receiving {
+        start: Box::new(|| spawn_sync(&args, &src, &remote)),
+        victims: Box::new(|_| remote_servers(sshd.pid())),
+        revive: Box::new(|| {}),
+    };
+    let (old, new) = kill_rounds(&r, &src, &dest, 20, 24, &|round| {
+        assert_no_leftover(t.path(), round)
+    });
+    assert!(old > 0, "no kill landed before the switch");
+    assert!(new > 0, "no kill landed after the switch");
+}
+
+/// Over ssh, the same through a `current` link flipped by the remote.
+#[test]
+fn over_ssh_kill_9_of_the_remote_through_a_symlink() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tmp();
+    let src = t.path().join("src");
+    let current = release_link(t.path());
+    let remote = sshd.remote(&current);
+    let args = sshd.args();
+    let r = Receiving {
+        start: Box::new(|| spawn_sync(&args, &src, &remote)),
+        victims: Box::new(|_| remote_servers(sshd.pid())),
+        revive: Box::new(|| {}),
+    };
+    let (old, new) = kill_rounds(&r, &src, &current, 20, 2024, &|_| {
+        assert_converged(t.path())
+    });
+    assert!(old > 0, "no kill landed before the flip");
+    assert!(new > 0, "no kill landed after the flip");
+}
+
+/// A daemon for the kill rounds: killed with `kill -9` and started again
+/// (same keys and module, a new port) after each kill.
+struct Revived {
+    daemon: std::cell::RefCell<Option<Daemon>>,
+    module: std::path::PathBuf,
+}
+
+impl Revived {
+    fn receiving<'a>(&'a self, src: &'a Path, path: &'a str) -> Receiving<'a> {
+        Receiving {
+            start: Box::new(move || {
+                let d = self.daemon.borrow();
+                let d = d.as_ref().unwrap();
+                // a client retries a broken daemon connection for a
+                // minute; here the state the kill left is what is checked
+                let mut args = d.client_args();
+                args.extend(["--retries".into(), "0".into()]);
+                spawn_sync(&args, src, &d.url(path))
+            }),
+            victims: Box::new(move |_| vec![self.daemon.borrow().as_ref().unwrap().pid()]),
+            revive: Box::new(move || {
+                let mut d = self.daemon.borrow_mut().take().unwrap();
+                assert!(
+                    d.wait(Duration::from_secs(5)).is_some(),
+                    "the daemon survived SIGKILL"
+                );
+                *self.daemon.borrow_mut() = Some(d.restart(&[("m", &self.module, false)]));
+            }),
+        }
+    }
+}
+
+/// To the daemon, `kill -9` of the daemon itself at 20 seeded moments (and
+/// a restart after each), in the directory form: the old or the new tree
+/// whole each time, kills on both sides of the switch, and the next run
+/// converges with no leftover in the module.
+#[test]
+fn to_the_daemon_kill_9_leaves_the_old_or_the_new_tree() {
+    let t = tmp();
+    let (src, module) = (t.path().join("src"), t.path().join("module"));
+    std::fs::create_dir_all(&module).unwrap();
+    let d = Revived {
+        daemon: Some(Daemon::start(&[("m", &module, false)], "", &[])).into(),
+        module: module.clone(),
+    };
+    let r = d.receiving(&src, "m/dest/");
+    let (old, new) = kill_rounds(&r, &src, &module.join("dest"), 20, 7, &|round| {
+        assert_no_leftover(&module, round)
+    });
+    assert!(old > 0, "no kill landed before the switch");
+    assert!(new > 0, "no kill landed after the switch");
+}
+
+/// To the daemon, the same through a `current` link inside the module.
+#[test]
+fn to_the_daemon_kill_9_through_a_symlink() {
+    let t = tmp();
+    let (src, module) = (t.path().join("src"), t.path().join("module"));
+    std::fs::create_dir_all(&module).unwrap();
+    let current = release_link(&module);
+    let d = Revived {
+        daemon: Some(Daemon::start(&[("m", &module, false)], "", &[])).into(),
+        module: module.clone(),
+    };
+    let r = d.receiving(&src, "m/current");
+    let (old, new) = kill_rounds(&r, &src, &current, 20, 77, &|_| assert_converged(&module));
+    assert!(old > 0, "no kill landed before the flip");
+    assert!(new > 0, "no kill landed after the flip");
+}
+
+/// Locally, as the kill test above but with the moments chosen on both
+/// sides of the switch: some kills land after it (the old tree being
+/// removed) and leave the new tree whole, not only kills before it.
+#[test]
+fn kill_9_after_the_switch_leaves_the_new_tree() {
+    let t = tmp();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let dest_arg = format!("{}/", dest.display());
+    let r = Receiving {
+        start: Box::new(|| spawn_sync(&[], &src, &dest_arg)),
+        victims: Box::new(|child| vec![child.id()]),
+        revive: Box::new(|| {}),
+    };
+    let (old, new) = kill_rounds(&r, &src, &dest, 20, 99, &|round| {
+        assert_no_leftover(t.path(), round)
+    });
+    assert!(old > 0, "no kill landed before the switch");
+    assert!(new > 0, "no kill landed after the switch");
 }
