@@ -1270,8 +1270,7 @@ fn remote_servers(sshd: u32) -> Vec<u32> {
 }
 
 /// Over ssh, `kill -9` of the remote `ferry serve --stdio` (the side that
-/// builds and switches) at 10 seeded moments (the local tests take 20; these
-/// prove the remote ends run the same switch), in the directory form
+/// builds and switches) at 20 seeded moments, in the directory form
 /// (`RENAME_EXCHANGE`): the old or the new tree whole each time, kills on
 /// both sides of the switch, and the next run converges with no leftover.
 #[test]
@@ -1289,7 +1288,7 @@ fn over_ssh_kill_9_of_the_remote_leaves_the_old_or_the_new_tree() {
         victims: Box::new(|_| remote_servers(sshd.pid())),
         revive: Box::new(|| {}),
     };
-    let (old, new) = kill_rounds(&r, &src, &dest, 10, 24, &|round| {
+    let (old, new) = kill_rounds(&r, &src, &dest, 20, 24, &|round| {
         assert_no_leftover(t.path(), round)
     });
     assert!(old > 0, "no kill landed before the switch");
@@ -1297,7 +1296,7 @@ fn over_ssh_kill_9_of_the_remote_leaves_the_old_or_the_new_tree() {
 }
 
 /// Over ssh, the same through a `current` link flipped by the remote, at 10
-/// moments, as the directory form above (the two share the kill path).
+/// moments (the directory form above takes 20; the two share the kill path).
 #[test]
 fn over_ssh_kill_9_of_the_remote_through_a_symlink() {
     if !sshd_available() {
@@ -1353,7 +1352,7 @@ impl Revived {
     }
 }
 
-/// To the daemon, `kill -9` of the daemon itself at 10 seeded moments (and
+/// To the daemon, `kill -9` of the daemon itself at 20 seeded moments (and
 /// a restart after each), in the directory form: the old or the new tree
 /// whole each time, kills on both sides of the switch, and the next run
 /// converges with no leftover in the module.
@@ -1367,7 +1366,7 @@ fn to_the_daemon_kill_9_leaves_the_old_or_the_new_tree() {
         module: module.clone(),
     };
     let r = d.receiving(&src, "m/dest/");
-    let (old, new) = kill_rounds(&r, &src, &module.join("dest"), 10, 7, &|round| {
+    let (old, new) = kill_rounds(&r, &src, &module.join("dest"), 20, 7, &|round| {
         assert_no_leftover(&module, round)
     });
     assert!(old > 0, "no kill landed before the switch");
@@ -1375,7 +1374,7 @@ fn to_the_daemon_kill_9_leaves_the_old_or_the_new_tree() {
 }
 
 /// To the daemon, the same through a `current` link inside the module, at 10
-/// moments, as the directory form above.
+/// moments (the directory form above takes 20).
 #[test]
 fn to_the_daemon_kill_9_through_a_symlink() {
     let t = tmp();
