@@ -1295,8 +1295,7 @@ fn over_ssh_kill_9_of_the_remote_leaves_the_old_or_the_new_tree() {
     assert!(new > 0, "no kill landed after the switch");
 }
 
-/// Over ssh, the same through a `current` link flipped by the remote, at 10
-/// moments (the directory form above takes 20; the two share the kill path).
+/// Over ssh, the same through a `current` link flipped by the remote.
 #[test]
 fn over_ssh_kill_9_of_the_remote_through_a_symlink() {
     if !sshd_available() {
@@ -1313,7 +1312,7 @@ fn over_ssh_kill_9_of_the_remote_through_a_symlink() {
         victims: Box::new(|_| remote_servers(sshd.pid())),
         revive: Box::new(|| {}),
     };
-    let (old, new) = kill_rounds(&r, &src, &current, 10, 2024, &|_| {
+    let (old, new) = kill_rounds(&r, &src, &current, 20, 2024, &|_| {
         assert_converged(t.path())
     });
     assert!(old > 0, "no kill landed before the flip");
@@ -1373,8 +1372,7 @@ fn to_the_daemon_kill_9_leaves_the_old_or_the_new_tree() {
     assert!(new > 0, "no kill landed after the switch");
 }
 
-/// To the daemon, the same through a `current` link inside the module, at 10
-/// moments (the directory form above takes 20).
+/// To the daemon, the same through a `current` link inside the module.
 #[test]
 fn to_the_daemon_kill_9_through_a_symlink() {
     let t = tmp();
@@ -1386,7 +1384,7 @@ fn to_the_daemon_kill_9_through_a_symlink() {
         module: module.clone(),
     };
     let r = d.receiving(&src, "m/current");
-    let (old, new) = kill_rounds(&r, &src, &current, 10, 77, &|_| assert_converged(&module));
+    let (old, new) = kill_rounds(&r, &src, &current, 20, 77, &|_| assert_converged(&module));
     assert!(old > 0, "no kill landed before the flip");
     assert!(new > 0, "no kill landed after the flip");
 }
