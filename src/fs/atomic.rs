@@ -499,8 +499,9 @@ fn recover(
         return Ok(());
     };
     if let Some(why) = untrusted(lock, name, text, &j).map_err(|e| local(shown, e))? {
-        eprintln!(
-            "ferry: warning: --atomic: ignoring the journal in {} ({why}); nothing it names is removed",
+        // one warning line (in the daemon's log; the library prints nothing)
+        tracing::warn!(
+            "--atomic: ignoring the journal in {} ({why}); nothing it names is removed",
             crate::fs::names::escape(&lock_name(name))
         );
         rustix::fs::ftruncate(lock, 0).map_err(|e| local(shown, e))?;
