@@ -1408,3 +1408,178 @@ fn kill_9_after_the_switch_leaves_the_new_tree() {
     assert!(old > 0, "no kill landed before the switch");
     assert!(new > 0, "no kill landed after the switch");
 }
+
+/// `a/current` and `b/current`, two links of one name whose trees are in
+/// one directory `r`: `a/current -> ../r/a0` (holding version 1 of the
+/// source), `b/current -> ../r/b0` (holding `b-file`).
+fn two_links(t: &Path, src: &Path) {
+    write_version(src, 20, 1);
+    std::fs::create_dir_all(t.join("a")).unwrap();
+    std::fs::create_dir_all(t.join("b")).unwrap();
+    std::fs::create_dir_all(t.join("r/a0")).unwrap();
+    write(&t.join("r/b0/b-file"), b"b's tree");
+    std::os::unix::fs::symlink("../r/a0", t.join("a/current")).unwrap();
+    std::os::unix::fs::symlink("../r/b0", t.join("b/current")).unwrap();
+}
+
+/// Points `b/current` at `to` (a text relative to `b`) in one rename, as
+/// b's own `--atomic` run does when it wins a name.
+fn repoint_b(t: &Path, to: &str) {
+    let temp = t.join("b/.repoint");
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(to, &temp).unwrap();
+    std::fs::rename(&temp, t.join("b/current")).unwrap();
+}
+
+fn sync_racing(src: &Path, dest: &Path) -> Command {
+    let mut c = Command::new(ferry_bin());
+    c.args(["sync", "-a", "--atomic"])
+        .arg(format!("{}/", src.display()))
+        .arg(dest)
+        .env("FERRY_TEST_HOOKS", "1")
+        .env("FERRY_TEST_FLIP_RACE", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Review finding (high): two runs for same-named links whose trees share
+/// a directory pick the same `.current.ferry-N`; the one that loses the
+/// name (forced here by the test hook, which makes that name, holding
+/// `taken`, just before the run does) goes on with N+1 instead of failing
+/// with a journal that names the winner's tree, and once `b/current` points
+/// at the tree that won, a's next runs never remove it.
+#[test]
+fn a_run_losing_its_new_trees_name_never_removes_the_winners_tree() {
+    let t = tmp();
+    let src = t.path().join("src");
+    two_links(t.path(), &src);
+    let a = t.path().join("a/current");
+    let o = sync_racing(&src, &a).output().unwrap();
+    ok(o);
+    let won = t.path().join("r/.current.ferry-1");
+    assert!(
+        won.join("taken").exists(),
+        "the hook made the winner's tree"
+    );
+    assert_eq!(
+        std::fs::read_link(&a).unwrap(),
+        Path::new("../r/.current.ferry-2"),
+        "a's run took the next name"
+    );
+    assert_eq!(versions_at(&a), (BTreeSet::from(["v1".into()]), 20));
+    // b's run flips b/current to the tree it made
+    repoint_b(t.path(), "../r/.current.ferry-1");
+    write_version(&src, 20, 2);
+    ok(sync_atomic(&[], &src, &a.display().to_string()));
+    assert_eq!(versions_at(&a), (BTreeSet::from(["v2".into()]), 20));
+    assert!(
+        t.path().join("b/current/taken").exists(),
+        "a's next run removed b's live tree"
+    );
+    assert!(t.path().join("r/b0/b-file").exists());
+}
+
+/// The same race with `kill -9` of a's run at seeded moments from its start
+/// (the hook making the name a's run would take each time, which b's run
+/// then points at), each followed by a whole run: every tree `b/current`
+/// ever pointed at is still there with what it held, and `a/current` ends
+/// whole.
+#[test]
+fn kill_9_of_a_racing_run_never_removes_another_links_tree() {
+    let t = tmp();
+    let src = t.path().join("src");
+    two_links(t.path(), &src);
+    let a = t.path().join("a/current");
+    let mut b_trees = vec![t.path().join("r/b0")];
+    for (round, ms) in [0u64, 1, 2, 4, 7, 12, 20, 35].into_iter().enumerate() {
+        let mut child = sync_racing(&src, &a)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // b's run takes any tree of the name that a's link does not point at
+        let a_now = std::fs::read_link(&a).unwrap();
+        for e in entries(&t.path().join("r")) {
+            let p = t.path().join("r").join(&e);
+            if e.starts_with(".current.ferry-")
+                && p.join("taken").exists()
+                && Path::new("../r").join(&e) != a_now
+                && !b_trees.contains(&p)
+            {
+                repoint_b(t.path(), &format!("../r/{e}"));
+                b_trees.push(p);
+            }
+        }
+        write_version(&src, 20, round as u32 + 2);
+        ok(sync_atomic(&[], &src, &a.display().to_string()));
+        assert_eq!(
+            versions_at(&a),
+            (BTreeSet::from([format!("v{}", round + 2)]), 20),
+            "round {round}"
+        );
+        for p in &b_trees {
+            assert!(
+                p.join("taken").exists() || p.join("b-file").exists(),
+                "round {round}: a's run removed b's tree {}",
+                p.display()
+            );
+        }
+    }
+    assert!(b_trees.len() > 1, "no round raced for a name");
+}
+
+/// Writes a journal into a's lock file as a killed run would have, naming
+/// `new` and `old` (texts relative to `a`), the old tree not kept.
+fn plant_journal(t: &Path, new: &str, old: &str) -> std::path::PathBuf {
+    let lock = t.join("a/.current.ferry-atomic.lock");
+    let mut body = b"ferry-flip-1\0".to_vec();
+    body.extend_from_slice(new.as_bytes());
+    body.extend_from_slice(b"\0r");
+    body.extend_from_slice(old.as_bytes());
+    body.push(0);
+    std::fs::write(&lock, body).unwrap();
+    lock
+}
+
+/// Review finding: the lock file's journal is not trusted. A journal
+/// naming a directory that is not beside the link's target (`../precious`
+/// as the tree replaced by a flip to what the link says now) is ignored
+/// (a warning in the log) and the directory survives; so is a journal in a
+/// lock file owned by another user or writable by others, even naming a
+/// `.current.ferry-N` the link's own runs would have made.
+#[test]
+fn a_planted_journal_removes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tmp();
+    let src = t.path().join("src");
+    two_links(t.path(), &src);
+    let a = t.path().join("a/current");
+    ok(sync_atomic(&[], &src, &a.display().to_string()));
+    let now = std::fs::read_link(&a).unwrap().display().to_string();
+    write(&t.path().join("precious/keep"), b"mine");
+
+    // the replaced tree named outside the link's target's directory
+    plant_journal(t.path(), &now, "../precious");
+    ok(sync_atomic(&[], &src, &a.display().to_string()));
+    assert!(t.path().join("precious/keep").exists(), "precious removed");
+
+    // a new tree of the link's own form, but the lock file writable by others
+    let now = std::fs::read_link(&a).unwrap().display().to_string();
+    write(&t.path().join("r/.current.ferry-90/keep"), b"mine");
+    let lock = plant_journal(t.path(), "../r/.current.ferry-90", &now);
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    ok(sync_atomic(&[], &src, &a.display().to_string()));
+    assert!(t.path().join("r/.current.ferry-90/keep").exists());
+
+    // owned by another user
+    let lock = plant_journal(t.path(), "../r/.current.ferry-90", &now);
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).unwrap();
+    ok(sync_atomic(&[], &src, &a.display().to_string()));
+    assert!(t.path().join("r/.current.ferry-90/keep").exists());
+    assert!(t.path().join("b/current/b-file").exists());
+    assert_eq!(versions_at(&a), (BTreeSet::from(["v1".into()]), 20));
+}

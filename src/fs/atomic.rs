@@ -343,21 +343,45 @@ pub fn stage_flip(
         .max()
         .unwrap_or(0)
         + 1;
-    let mut new = flip_prefix(name);
-    new.extend_from_slice(n.to_string().as_bytes());
-    let new_text = [prefix.as_slice(), &new].concat();
+    // another link of the same name with its trees in this directory may
+    // take N meanwhile (its lock is not ours): then N+1, and so on. The
+    // journal names each candidate before it is made and is cleared on any
+    // failure, so that it never names a tree another run made.
     let replaced = old.is_some().then(|| text.clone());
-    write_journal(
-        &lock,
-        &Journal {
+    let mut made_new = None;
+    for n in n..n + FLIP_TRIES {
+        let mut new = flip_prefix(name);
+        new.extend_from_slice(n.to_string().as_bytes());
+        let new_text = [prefix.as_slice(), &new].concat();
+        let journal = Journal {
             new: new_text.clone(),
-            old: replaced,
+            old: replaced.clone(),
             kept: backup.is_some(),
-        },
-    )
-    .map_err(|e| local(shown, e))?;
-    rustix::fs::mkdirat(&dir, new.as_slice(), Mode::from_raw_mode(0o700))
-        .map_err(|e| local(shown, e))?;
+        };
+        let made = write_journal(&lock, &journal).and_then(|()| {
+            flip_race_hook(&dir, &new);
+            rustix::fs::mkdirat(&dir, new.as_slice(), Mode::from_raw_mode(0o700))
+                .map_err(io::Error::from)
+        });
+        match made {
+            Ok(()) => {
+                made_new = Some((new, new_text));
+                break;
+            }
+            Err(e) => {
+                let _ = rustix::fs::ftruncate(&lock, 0);
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(local(shown, e));
+                }
+            }
+        }
+    }
+    let Some((new, new_text)) = made_new else {
+        return Err(TransferError::Usage(format!(
+            "--atomic: {FLIP_TRIES} names .{}.ferry-N beside {shown_text} were taken while {shown} was being staged; try again",
+            crate::fs::names::escape(name)
+        )));
+    };
     let made = rustix::fs::openat(&dir, new.as_slice(), dir_flags(), Mode::empty())
         .map_err(|e| local(shown, e))?;
     match &old {
@@ -474,6 +498,15 @@ fn recover(
     let Some(j) = read_journal(lock).map_err(|e| local(shown, e))? else {
         return Ok(());
     };
+    if let Some(why) = untrusted(lock, name, text, &j).map_err(|e| local(shown, e))? {
+        // one warning line (in the daemon's log; the library prints nothing)
+        tracing::warn!(
+            "--atomic: ignoring the journal in {} ({why}); nothing it names is removed",
+            crate::fs::names::escape(&lock_name(name))
+        );
+        rustix::fs::ftruncate(lock, 0).map_err(|e| local(shown, e))?;
+        return Ok(());
+    }
     let same = |a: &rustix::fs::Stat, b: Option<&rustix::fs::Stat>| {
         b.is_some_and(|b| a.st_dev == b.st_dev && a.st_ino == b.st_ino)
     };
@@ -503,6 +536,74 @@ fn recover(
     }
     rustix::fs::ftruncate(lock, 0).map_err(|e| local(shown, e))?;
     Ok(())
+}
+
+/// How many names `.NAME.ferry-N` a run tries when others take them first.
+const FLIP_TRIES: u64 = 64;
+
+/// Why the journal must not be acted on, if so: a lock file anyone but this
+/// user could have written (another user who can write the link's directory
+/// may plant one), or a journal naming anything but what this form makes
+/// for this link: a new tree `.NAME.ferry-N` and the tree it replaced, both
+/// beside the link's current target (every tree a run of this link makes is
+/// beside the target it replaces).
+fn untrusted(
+    lock: &OwnedFd,
+    name: &[u8],
+    text: &[u8],
+    j: &Journal,
+) -> io::Result<Option<&'static str>> {
+    let st = rustix::fs::fstat(lock)?;
+    if st.st_uid != rustix::process::geteuid().as_raw() {
+        return Ok(Some("the lock file is owned by another user"));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Ok(Some("the lock file is writable by group or others"));
+    }
+    let Some((dir_now, _)) = split_text(text) else {
+        return Ok(Some("the link names no directory"));
+    };
+    match split_text(&j.new) {
+        Some((dir, last)) if dir == dir_now && flip_number(name, last).is_some() => {}
+        _ => {
+            return Ok(Some(
+                "its new tree is not a .NAME.ferry-N beside the link's target",
+            ))
+        }
+    }
+    if let Some(old) = &j.old {
+        match split_text(old) {
+            Some((dir, _)) if dir == dir_now => {}
+            _ => return Ok(Some("its replaced tree is not beside the link's target")),
+        }
+    }
+    Ok(None)
+}
+
+/// The test hook for two links of one name racing for a new tree's name:
+/// with `FERRY_TEST_HOOKS=1` and `FERRY_TEST_FLIP_RACE=1`, just before the
+/// symlink form makes `.NAME.ferry-N`, a directory of that name is made (as
+/// another link's run would), holding a file `taken`, once per run. Without
+/// `FERRY_TEST_HOOKS=1` the second variable is never read.
+fn flip_race_hook(dir: &OwnedFd, new: &[u8]) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1")
+        || std::env::var("FERRY_TEST_FLIP_RACE").ok().as_deref() != Some("1")
+    {
+        return;
+    }
+    ONCE.call_once(|| {
+        if rustix::fs::mkdirat(dir, new, Mode::from_raw_mode(0o755)).is_ok() {
+            if let Ok(d) = rustix::fs::openat(dir, new, dir_flags(), Mode::empty()) {
+                let _ = rustix::fs::openat(
+                    &d,
+                    "taken",
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o644),
+                );
+            }
+        }
+    });
 }
 
 impl Staged {
