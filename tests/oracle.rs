@@ -4145,3 +4145,81 @@ fn files_from_on_an_ssh_pull_matches_rsync() {
     }
 }
 // --- end of oracle gaps ---
+
+/// A daemon module holding a symlink (`m/link`) to a directory outside it
+/// whose `.rsync-filter` files hold a rule that does not parse: a pull of
+/// `m/link/d/` with `-F` never reads them (merge files are opened beneath the
+/// module root's handle, no symlink on the way), so their text is in no
+/// message, whatever becomes of the pull.
+#[test]
+fn a_merge_file_behind_a_symlink_in_a_module_is_never_read() {
+    let t = tmp();
+    let m = t.path().join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    let outside = t.path().join("outside");
+    write(&outside.join("d/a.txt"), "a\n");
+    write(&outside.join("d/.rsync-filter"), "x LEAKED-SECRET-d\n");
+    write(&outside.join(".rsync-filter"), "x LEAKED-SECRET-top\n");
+    std::os::unix::fs::symlink(&outside, m.join("link")).unwrap();
+    let cfg = t.path().join("ferryd.toml");
+    write(
+        &cfg,
+        format!("[[module]]\nname = \"m\"\npath = \"{}\"\n", m.display()),
+    );
+    let d = Daemon::start(&[], "", &["--config", cfg.to_str().unwrap()]);
+    let mut args = vec!["sync".to_string(), "-a".into(), "-F".into()];
+    args.extend(d.client_args());
+    args.extend([
+        d.url("m/link/d/"),
+        format!("{}/", t.path().join("got").display()),
+    ]);
+    let o = ferry(&args);
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!said.contains("LEAKED-SECRET"), "{said}");
+}
+
+/// A FIFO named `.rsync-filter` at the destination of `--delete -F`: the
+/// receiver opens it without blocking, finds it is not a regular file, says
+/// so in one line and goes on (the run ends, bounded here at 60 s).
+#[test]
+fn a_fifo_merge_file_at_the_destination_does_not_hang_the_receiver() {
+    let t = tmp();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    write(&src.join("a.txt"), "a\n");
+    write(&dst.join("old.txt"), "old\n");
+    let fifo = dst.join(".rsync-filter");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success() && fifo.exists());
+    let mut child = std::process::Command::new(ferry_bin())
+        .args([
+            "sync".to_string(),
+            "-a".into(),
+            "--delete".into(),
+            "-F".into(),
+            format!("{}/", src.display()),
+            format!("{}/", dst.display()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("ferry hung on a FIFO named .rsync-filter");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(
+        err.contains("not reading filter file") && err.contains("not a regular file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"a\n");
+}

@@ -11,6 +11,8 @@ use crate::proto::{Entry, Kind, ListStart};
 use crate::store::source::Listed;
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -167,6 +169,8 @@ struct Walker<'a, E> {
     /// The highest directory whose merge files a `: /NAME` rule reads (a
     /// daemon module's root; `/` otherwise).
     top: Option<PathBuf>,
+    /// `top`, opened: merge files are read beneath it.
+    top_fd: Option<OwnedFd>,
 }
 
 /// Walks every source, calling `emit` for each item. Returns whether any I/O
@@ -189,6 +193,7 @@ pub fn scan_within<E>(
 ) -> Result<bool, E> {
     let mut w = Walker {
         top: top.map(Path::to_path_buf),
+        top_fd: top.and_then(|t| crate::fs::source::open_dir(t).ok()),
         opts,
         emit,
         next_index: 0,
@@ -567,52 +572,45 @@ impl<E> Walker<'_, E> {
         Ok(())
     }
 
-    /// The text of the merge file at `file_path`, if there is one to read:
-    /// a regular file, not through a symlink (said), at most
-    /// [`crate::filter::MAX_MERGE_FILE`] bytes (else an I/O error).
+    /// The text of the merge file at `file_path`, if there is one to read
+    /// (see [`read_merge_text`]); confined to a daemon module, it is opened
+    /// beneath the module root's handle, never through a symlink anywhere on
+    /// the way.
     fn read_merge_file(&mut self, file_path: &Path) -> Result<Option<Vec<u8>>, E> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(file_path);
-        let mut f = match opened {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        let read = match (&self.top, &self.top_fd) {
+            (None, _) => read_merge_text(MergeAt::Path(file_path)),
+            (Some(top), Some(fd)) => match beneath(top, file_path) {
+                Some(rel) => read_merge_text(MergeAt::Beneath(fd, &rel)),
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "outside the module",
+                )),
+            },
+            (Some(_), None) => Err(std::io::Error::other("cannot open the module root")),
+        };
+        match read {
+            Ok(MergeText::Text(text)) => Ok(Some(text)),
+            Ok(MergeText::Missing) => Ok(None),
+            Ok(MergeText::Symlink) => {
                 (self.emit)(ScanItem::Notice(format!(
                     "not reading filter file {}: it is a symlink",
                     escape(file_path.as_os_str().as_bytes())
                 )))?;
-                return Ok(None);
+                Ok(None)
             }
+            Ok(MergeText::Special) => {
+                (self.emit)(ScanItem::Notice(format!(
+                    "not reading filter file {}: not a regular file",
+                    escape(file_path.as_os_str().as_bytes())
+                )))?;
+                Ok(None)
+            }
+            Ok(MergeText::Dir) => Ok(None),
             Err(e) => {
                 self.fail(file_path, "cannot read filter file", e)?;
-                return Ok(None);
+                Ok(None)
             }
-        };
-        match f.metadata() {
-            Ok(m) if m.is_file() => {}
-            _ => return Ok(None), // a directory or special file of that name: no rules
         }
-        let mut text = Vec::new();
-        let read = (&mut f)
-            .take(crate::filter::MAX_MERGE_FILE + 1)
-            .read_to_end(&mut text);
-        if let Err(e) = read {
-            self.fail(file_path, "cannot read filter file", e)?;
-            return Ok(None);
-        }
-        if text.len() as u64 > crate::filter::MAX_MERGE_FILE {
-            self.fail(
-                file_path,
-                "filter file",
-                std::io::Error::other("larger than 1 MiB"),
-            )?;
-            return Ok(None);
-        }
-        Ok(Some(text))
     }
 
     fn descend_into(&mut self, path: &Path, name: &[u8], children: Vec<Vec<u8>>) -> Result<(), E> {
@@ -764,4 +762,86 @@ mod tests {
         let src = format!("{}/", t.path().display());
         assert_eq!(names(&[&src], &opts), [".", "keep.txt"]);
     }
+}
+
+/// What a per-directory merge file's name holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MergeText {
+    /// Nothing by that name.
+    Missing,
+    /// A symlink (at the name, or on the way beneath a module root): not read.
+    Symlink,
+    /// A directory: no rules.
+    Dir,
+    /// A FIFO, socket or device: not read.
+    Special,
+    /// A regular file's whole text.
+    Text(Vec<u8>),
+}
+
+/// Where a merge file is opened.
+pub enum MergeAt<'a> {
+    /// By path (only the last component is not followed).
+    Path(&'a Path),
+    /// Beneath a directory handle, no symlink anywhere, no `..` out of it.
+    Beneath(&'a OwnedFd, &'a Path),
+}
+
+/// Reads a per-directory merge file the one hardened way both sides use:
+/// opened with `O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC` (a FIFO swapped in
+/// does not block), checked to be a regular file after opening (`fstat`),
+/// and read only up to [`crate::filter::MAX_MERGE_FILE`] bytes (more is an
+/// error saying so).
+pub fn read_merge_text(at: MergeAt<'_>) -> std::io::Result<MergeText> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = match at {
+        MergeAt::Path(p) => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(p),
+        MergeAt::Beneath(fd, rel) => {
+            crate::fs::source::open_beneath_with(fd, rel, OFlags::NONBLOCK)
+        }
+    };
+    let mut f = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MergeText::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(MergeText::Symlink),
+        // (opening a socket)
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(MergeText::Special),
+        Err(e) => return Err(e),
+    };
+    let ft = f.metadata()?.file_type();
+    if ft.is_dir() {
+        return Ok(MergeText::Dir);
+    }
+    if !ft.is_file() {
+        return Ok(MergeText::Special);
+    }
+    let mut text = Vec::new();
+    (&mut f)
+        .take(crate::filter::MAX_MERGE_FILE + 1)
+        .read_to_end(&mut text)?;
+    if text.len() as u64 > crate::filter::MAX_MERGE_FILE {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(MergeText::Text(text))
+}
+
+/// `path` relative to the module root `top`, as given or canonical (the
+/// reader above the source works on canonical paths); `None` if outside it.
+fn beneath(top: &Path, path: &Path) -> Option<PathBuf> {
+    let rel = match path.strip_prefix(top) {
+        Ok(rel) => rel.to_path_buf(),
+        Err(_) => {
+            let canon = std::fs::canonicalize(top).ok()?;
+            path.strip_prefix(canon).ok()?.to_path_buf()
+        }
+    };
+    Some(if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
+    })
 }

@@ -163,10 +163,16 @@ impl SourceFile for File {
 /// on the way and any `..` out of it (`openat2` with `RESOLVE_BENEATH` and
 /// `RESOLVE_NO_SYMLINKS`): what a daemon sends from a module stays in it.
 pub fn open_beneath(root: &OwnedFd, rel: &Path) -> io::Result<File> {
+    open_beneath_with(root, rel, OFlags::empty())
+}
+
+/// [`open_beneath`] with `extra` open flags (`O_NONBLOCK`, so that a FIFO
+/// found there does not block the open).
+pub fn open_beneath_with(root: &OwnedFd, rel: &Path, extra: OFlags) -> io::Result<File> {
     let fd = rustix::fs::openat2(
         root,
         rel,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | extra,
         Mode::empty(),
         rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
     )

@@ -16,9 +16,11 @@
 use super::Receiver;
 use crate::filter::{DirRules, MAX_MERGE_FILE};
 use crate::fs::names::{self, escape};
+use crate::fs::scan::{read_merge_text, MergeAt, MergeText};
 use crate::proto::{DeleteTiming, Report};
 use crate::store::destination::{BasisFile, Destination, ExistingKind};
 use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
 
 /// The rules a destination directory's own merge files hold, or why they
 /// could not be read (then nothing is deleted there).
@@ -90,6 +92,31 @@ impl<D: Destination> Receiver<'_, D> {
                 break;
             };
             let shown = dest.show(&frel);
+            // on this host's disk: opened the hardened way, from the
+            // directory's handle (a FIFO swapped in after a look does not
+            // block, and one found is said)
+            if let Some(dir) = dest.spill_dir(rel) {
+                let name = std::path::Path::new(std::ffi::OsStr::from_bytes(file));
+                let text = match read_merge_text(MergeAt::Beneath(&dir, name)) {
+                    Ok(MergeText::Text(text)) => text,
+                    Ok(MergeText::Missing | MergeText::Dir) => continue,
+                    Ok(MergeText::Symlink) => {
+                        self.not_reading(frel, &shown, "it is a symlink");
+                        continue;
+                    }
+                    Ok(MergeText::Special) => {
+                        self.not_reading(frel, &shown, "not a regular file");
+                        continue;
+                    }
+                    Err(e) => return Err(format!("cannot read filter file {shown}: {e}")),
+                };
+                let rules = self
+                    .filters
+                    .dir_rules(m, rel, &text)
+                    .map_err(|why| format!("filter file {shown}: {why}"))?;
+                out.push(rules);
+                continue;
+            }
             let text = match dest.stat(&frel) {
                 Ok(None) => continue,
                 Ok(Some(x)) if x.kind == ExistingKind::Symlink => {
@@ -112,6 +139,14 @@ impl<D: Destination> Receiver<'_, D> {
             out.push(rules);
         }
         Ok(out)
+    }
+
+    /// Says that merge file `frel` (shown as `shown`) is not read, and why.
+    fn not_reading(&mut self, frel: Vec<u8>, shown: &str, why: &str) {
+        self.emit(Report::Notice {
+            name: frel,
+            text: format!("not reading filter file {shown}: {why}").into_bytes(),
+        });
     }
 }
 
