@@ -1294,17 +1294,23 @@ fn watched(mut cmd: Command, tmpdir: &Path) -> (u64, Vec<String>, Output) {
         {
             peak = peak.max(kib);
         }
+        // a file's data spooled here passes 1 MiB within milliseconds; the
+        // run's closing manifest (a line per object) is spooled too, and is
+        // far smaller
+        let big = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 1 << 20);
         if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
             for fd in fds.flatten() {
                 if let Ok(to) = std::fs::read_link(fd.path()) {
-                    if to.starts_with(tmpdir) {
+                    if to.starts_with(tmpdir) && big(&fd.path()) {
                         seen.push(to.display().to_string());
                     }
                 }
             }
         }
         for e in std::fs::read_dir(tmpdir).unwrap().flatten() {
-            seen.push(e.path().display().to_string());
+            if big(&e.path()) {
+                seen.push(e.path().display().to_string());
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
