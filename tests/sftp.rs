@@ -774,12 +774,18 @@ fn verify_reread_checks_both_ways_where_no_command_may_run() {
 /// session's opens and closes (with the bytes written) to a file of its
 /// own under `logs`.
 fn logging_sshd(logs: &Path) -> Sshd {
+    logging_sshd_at(logs, "INFO")
+}
+
+/// [`logging_sshd`] at sftp-server's log `level` (VERBOSE also names each
+/// fsync).
+fn logging_sshd_at(logs: &Path, level: &str) -> Sshd {
     std::fs::create_dir_all(logs).unwrap();
     let wrapper = logs.join("sftp-server-logging");
     write(
         &wrapper,
         format!(
-            "#!/bin/sh\nexec /usr/lib/openssh/sftp-server -e -l INFO 2>>'{}/session.'$$\n",
+            "#!/bin/sh\nexec /usr/lib/openssh/sftp-server -e -l {level} 2>>'{}/session.'$$\n",
             logs.display()
         ),
     );
@@ -1017,17 +1023,7 @@ fn every_upload_is_fsynced_before_its_rename_without_being_asked() {
     }
     let t = tmp();
     let logs = t.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let wrapper = logs.join("sftp-server-verbose");
-    write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec /usr/lib/openssh/sftp-server -e -l VERBOSE 2>>'{}/session.'$$\n",
-            logs.display()
-        ),
-    );
-    chmod(&wrapper, 0o755);
-    let sshd = Sshd::start_with(&format!("Subsystem sftp {}\n", wrapper.display()));
+    let sshd = logging_sshd_at(&logs, "VERBOSE");
     let src = t.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let names = ["a.bin", "b.txt", "c.jsonl"];
