@@ -733,28 +733,10 @@ impl Destination for S3Dest {
                 && !self.create_only
                 && how.backup.is_none()
         }) {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            had.mtime = meta
-                .mtime
-                .unwrap_or((now.as_secs() as i64, now.subsec_nanos()));
-            if let Some(m) = meta.mode {
-                had.mode = Some(m & 0o7777);
-            }
-            self.known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .published(&key, had);
+            self.republish_same(&key, &mut had, meta);
             return Ok(());
         }
-        if let Some(suffix) = how.backup {
-            if self.bucket.head(&key)?.is_some() {
-                let suffix = std::str::from_utf8(suffix)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "suffix"))?;
-                self.bucket.copy(&key, &format!("{key}{suffix}"))?;
-            }
-        }
+        self.back_up(&key, how.backup)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -964,28 +946,10 @@ impl S3Dest {
             had.filter(|o| o.size == len && o.blake3 == Some(summed.blake3) && how.backup.is_none())
         {
             s.abort();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            had.mtime = meta
-                .mtime
-                .unwrap_or((now.as_secs() as i64, now.subsec_nanos()));
-            if let Some(m) = meta.mode {
-                had.mode = Some(m & 0o7777);
-            }
-            self.known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .published(&key, had);
+            self.republish_same(&key, &mut had, meta);
             return Ok(());
         }
-        if let Some(suffix) = how.backup {
-            if self.bucket.head(&key)?.is_some() {
-                let suffix = std::str::from_utf8(suffix)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "suffix"))?;
-                self.bucket.copy(&key, &format!("{key}{suffix}"))?;
-            }
-        }
+        self.back_up(&key, how.backup)?;
         // the map that vouches for the object, before the object: without
         // it the object would have no check value, so it is not completed
         let map = ChunkMap {
@@ -1061,6 +1025,40 @@ impl S3Dest {
 }
 
 /// A nameless file in the temporary directory (gone when closed).
+/// Helpers shared by [`S3Dest`]'s two publish paths (spooled and streamed).
+impl S3Dest {
+    /// The object already holds these bytes: only its recorded mtime and
+    /// mode change (in the manifest), nothing is uploaded.
+    fn republish_same(&self, key: &str, had: &mut Object, meta: &Meta) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        had.mtime = meta
+            .mtime
+            .unwrap_or((now.as_secs() as i64, now.subsec_nanos()));
+        if let Some(m) = meta.mode {
+            had.mode = Some(m & 0o7777);
+        }
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .published(key, had.clone());
+    }
+
+    /// `--backup`: the object about to be replaced is copied to KEY+SUFFIX
+    /// on the server first.
+    fn back_up(&self, key: &str, suffix: Option<&[u8]>) -> io::Result<()> {
+        if let Some(suffix) = suffix {
+            if self.bucket.head(key)?.is_some() {
+                let suffix = std::str::from_utf8(suffix)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "suffix"))?;
+                self.bucket.copy(key, &format!("{key}{suffix}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn spool_file() -> io::Result<File> {
     let dir = std::env::temp_dir();
     match rustix::fs::open(
