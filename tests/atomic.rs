@@ -1093,14 +1093,16 @@ fn finish(child: &mut std::process::Child) -> std::process::ExitStatus {
     }
 }
 
-/// `kill -9` of the receiving end at `rounds` seeded moments of re-syncs of
-/// 1,000 changed files into `dest`: after each, `dest` holds the whole old
-/// tree or the whole new one (the new one whenever the client reported
+/// `kill -9` of the receiving end at `rounds` moments of re-syncs of 1,000
+/// changed files into `dest`: after each, `dest` holds the whole old tree
+/// or the whole new one (the new one whenever the client reported
 /// success), and the next run converges (`converged` checks that nothing a
-/// killed run made is left). A calibration run finds when the switch comes
-/// and when the receiving end is done; even rounds kill at a moment before
-/// the switch, odd ones between the switch and the end, so that kills land
-/// on both sides of it. Returns (kills that left the old tree, kills of a
+/// killed run made is left). A calibration run finds when the switch
+/// comes; even rounds kill at a seeded moment before it, odd ones as soon
+/// as the switch is seen, while the receiving end holds after it (the
+/// `FERRY_TEST_AFTER_SWITCH_MS` hook, set by [`spawn_sync`] and by the
+/// remote ends' environments), so that kills land on both sides of it
+/// however loaded the machine is. Returns (kills that left the old tree, kills of a
 /// live session that left the new tree).
 fn kill_rounds(
     r: &Receiving,
@@ -1142,15 +1144,30 @@ fn kill_rounds(
     for round in 0..rounds {
         let (old, new) = (format!("v{}", round + 2), format!("v{}", round + 3));
         write_version(src, 1000, round + 3);
-        let at = if round % 2 == 0 {
-            rng.next() % switch
-        } else {
-            switch + rng.next() % (end - switch)
-        };
-        let at = Duration::from_micros(at);
+        let before = switch_mark(dest);
         let mut child = (r.start)();
         let (pids, seen) = wait_for_victims(r, &mut child);
-        std::thread::sleep(at.saturating_sub(seen.elapsed()));
+        let at = if round % 2 == 0 {
+            let at = Duration::from_micros(rng.next() % switch);
+            std::thread::sleep(at.saturating_sub(seen.elapsed()));
+            at
+        } else {
+            // the receiving end holds AFTER_SWITCH_MS once the new tree is
+            // in place: kill it there, seen, every time
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while switch_mark(dest) == before {
+                assert!(
+                    child.try_wait().ok().flatten().is_none(),
+                    "round {round}: the run ended before its switch was seen"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: no switch in 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            seen.elapsed()
+        };
         for pid in &pids {
             // it may have ended already
             let _ = rustix::process::kill_process(
@@ -1206,12 +1223,28 @@ fn finish_output(mut child: std::process::Child) -> std::process::Output {
     }
 }
 
-/// A `sync -a --atomic` of `src/` into `dest` with `extra` flags, started
-/// (stderr kept for a failure's message; its output is small).
+/// The test hook that holds a receiving end for a moment after its switch
+/// (`src/fs/atomic.rs`), for the kill rounds' after-the-switch kills.
+const AFTER_SWITCH: [(&str, &str); 2] = [
+    ("FERRY_TEST_HOOKS", "1"),
+    ("FERRY_TEST_AFTER_SWITCH_MS", "400"),
+];
+
+/// `env NAME=value …` for [`AFTER_SWITCH`], a wrapper for a daemon.
+fn after_switch_env() -> Vec<String> {
+    std::iter::once("env".to_string())
+        .chain(AFTER_SWITCH.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect()
+}
+
+/// A `sync -a --atomic` of `src/` into `dest` with `extra` flags and the
+/// [`AFTER_SWITCH`] hook, started (stderr kept for a failure's message; its
+/// output is small).
 fn spawn_sync(extra: &[String], src: &Path, dest: &str) -> std::process::Child {
     Command::new(ferry_bin())
         .args(["sync", "-a", "--atomic"])
         .args(extra)
+        .envs(AFTER_SWITCH)
         .arg(format!("{}/", src.display()))
         .arg(dest)
         .stdin(Stdio::null())
@@ -1278,7 +1311,7 @@ fn over_ssh_kill_9_of_the_remote_leaves_the_old_or_the_new_tree() {
     if !sshd_available() {
         return;
     }
-    let sshd = Sshd::start();
+    let sshd = Sshd::start_with_env(&after_switch_env()[1..].join(" "), "");
     let t = tmp();
     let (src, dest) = (t.path().join("src"), t.path().join("dest"));
     let remote = format!("{}/", sshd.remote(&dest));
@@ -1301,7 +1334,7 @@ fn over_ssh_kill_9_of_the_remote_through_a_symlink() {
     if !sshd_available() {
         return;
     }
-    let sshd = Sshd::start();
+    let sshd = Sshd::start_with_env(&after_switch_env()[1..].join(" "), "");
     let t = tmp();
     let src = t.path().join("src");
     let current = release_link(t.path());
@@ -1327,6 +1360,17 @@ struct Revived {
 }
 
 impl Revived {
+    /// `d`'s keys and configuration served again by a daemon with the
+    /// [`AFTER_SWITCH`] hook, module `m` at `module`, on a new port.
+    fn start(mut d: Daemon, module: &Path) -> Daemon {
+        let dir = std::mem::replace(&mut d.dir, tmp());
+        drop(d);
+        let env = after_switch_env();
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        Daemon::spawn_in(dir, &[("m", module, false)], &[], &env, "127.0.0.1:0")
+            .expect("daemon started")
+    }
+
     fn receiving<'a>(&'a self, src: &'a Path, path: &'a str) -> Receiving<'a> {
         Receiving {
             start: Box::new(move || {
@@ -1345,7 +1389,7 @@ impl Revived {
                     d.wait(Duration::from_secs(5)).is_some(),
                     "the daemon survived SIGKILL"
                 );
-                *self.daemon.borrow_mut() = Some(d.restart(&[("m", &self.module, false)]));
+                *self.daemon.borrow_mut() = Some(Revived::start(d, &self.module));
             }),
         }
     }
@@ -1361,7 +1405,11 @@ fn to_the_daemon_kill_9_leaves_the_old_or_the_new_tree() {
     let (src, module) = (t.path().join("src"), t.path().join("module"));
     std::fs::create_dir_all(&module).unwrap();
     let d = Revived {
-        daemon: Some(Daemon::start(&[("m", &module, false)], "", &[])).into(),
+        daemon: Some(Revived::start(
+            Daemon::start(&[("m", &module, false)], "", &[]),
+            &module,
+        ))
+        .into(),
         module: module.clone(),
     };
     let r = d.receiving(&src, "m/dest/");
@@ -1380,7 +1428,11 @@ fn to_the_daemon_kill_9_through_a_symlink() {
     std::fs::create_dir_all(&module).unwrap();
     let current = release_link(&module);
     let d = Revived {
-        daemon: Some(Daemon::start(&[("m", &module, false)], "", &[])).into(),
+        daemon: Some(Revived::start(
+            Daemon::start(&[("m", &module, false)], "", &[]),
+            &module,
+        ))
+        .into(),
         module: module.clone(),
     };
     let r = d.receiving(&src, "m/current");

@@ -606,6 +606,23 @@ fn flip_race_hook(dir: &OwnedFd, new: &[u8]) {
     });
 }
 
+/// The test hook for a kill after the switch: with `FERRY_TEST_HOOKS=1`,
+/// `FERRY_TEST_AFTER_SWITCH_MS=N` holds the run N ms once the new tree is
+/// in place and durable, before the old one is removed, so that a test can
+/// see the switch and kill the run in that window every time. Without
+/// `FERRY_TEST_HOOKS=1` the second variable is never read.
+fn after_switch_hook() {
+    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
+        return;
+    }
+    if let Some(ms) = std::env::var("FERRY_TEST_AFTER_SWITCH_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
 impl Staged {
     /// The sibling's name in the destination's parent directory.
     pub fn sibling(&self) -> &[u8] {
@@ -674,6 +691,7 @@ impl Staged {
         rustix::fs::renameat_with(p, self.sibling.as_slice(), p, self.name.as_slice(), how)
             .map_err(|e| local(shown, e))?;
         rustix::fs::fsync(p).map_err(|e| local(shown, e))?;
+        after_switch_hook();
         if !self.had_old {
             return Ok(());
         }
@@ -733,6 +751,7 @@ impl Staged {
             return Err(local(shown, e));
         }
         rustix::fs::fsync(p).map_err(|e| local(shown, e))?;
+        after_switch_hook();
         if let Some(old) = &f.old {
             let left = || {
                 format!(
