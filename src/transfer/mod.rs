@@ -268,39 +268,31 @@ pub enum Listing {
 }
 
 /// `ferry ls` of a local path or an ssh path: the listing request the daemon
-/// answers, put to `ferry serve --stdio` (this binary for a local path, the
-/// remote's over ssh), so the entries are the ones a transfer would list.
+/// answers, put to the server half (on a thread here for a local path, as a
+/// local transfer runs it; the remote's `ferry serve --stdio` over ssh), so
+/// the entries are the ones a transfer would list.
 pub fn list_path(
     loc: &Location,
     ssh: &SshOptions,
 ) -> Result<Vec<crate::proto::Entry>, TransferError> {
-    let (peer, stream, path) = match loc {
-        Location::Local(path) => {
-            let exe = std::env::current_exe().map_err(|e| {
-                TransferError::Internal(format!("cannot find ferry's own binary: {e}"))
-            })?;
-            let mut cmd = std::process::Command::new(exe);
-            cmd.args(["serve", "--stdio"]);
-            let (peer, stream) = ChildPeer::spawn(cmd, "the local ferry server".into())?;
-            (peer, stream, path)
-        }
+    match loc {
+        Location::Local(path) => local::list(path.clone()),
         Location::Ssh {
             user, host, path, ..
         } => {
             let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, ssh)?;
-            (peer, stream, path)
+            let listed = session::list_entries(stream, path.clone());
+            let child_error = peer.finish(listed.is_err());
+            match (listed, child_error) {
+                (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => {
+                    Err(e)
+                }
+                (listed, _) => listed,
+            }
         }
-        _ => {
-            return Err(TransferError::Usage(
-                "list_path lists a local or an ssh path".into(),
-            ))
-        }
-    };
-    let listed = session::list_entries(stream, path.clone());
-    let child_error = peer.finish(listed.is_err());
-    match (listed, child_error) {
-        (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => Err(e),
-        (listed, _) => listed,
+        _ => Err(TransferError::Usage(
+            "list_path lists a local or an ssh path".into(),
+        )),
     }
 }
 
