@@ -812,16 +812,7 @@ fn a_relay_gives_up_after_its_retries_as_a_direct_copy_does() {
     write(&module.join("f"), "x");
     let d = Daemon::start(&[("m", &module, false)], "", &[]);
     // a "daemon" that hangs up at once: a broken connection, worth retrying
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming().take(20) {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(conn);
-        }
-    });
+    let (addr, accepted) = hang_up_listener(20);
     let mut args = d.client_args();
     args.extend([d.url("m/f"), format!("ferry://{addr}/m/f")]);
     let o = cp_spooled(&args, &t.path().join("spool"));
