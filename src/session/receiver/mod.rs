@@ -57,6 +57,7 @@ use crate::store::destination::{Destination, Place};
 use basis::DirFiles;
 use incoming::{DeltaSlots, InFlight, Incoming};
 use intake::ListIntake;
+pub use intake::Requested;
 use pumps::{spawn_readers, spawn_writer, Inbound, Outbox};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
