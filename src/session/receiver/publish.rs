@@ -192,7 +192,12 @@ impl<D: Destination> Receiver<'_, D> {
             );
             return Ok(());
         }
-        let published = temp.as_file().and_then(|f| f.try_clone().ok());
+        // a handle kept past the publish only for the chunk cache's entry of
+        // a rebuilt file (a file sent whole has none: no dup, no close)
+        let published = match (&rebuilt, &self.chunk_cache) {
+            (Some((Some(_), _)), Some(_)) => temp.as_file().and_then(|f| f.try_clone().ok()),
+            _ => None,
+        };
         self.publish(file, temp, Some((check_kind, hash)));
         let Some((entry, basis)) = rebuilt else {
             return Ok(());
