@@ -664,7 +664,9 @@ impl Destination for S3Dest {
         if !self.streaming || self.create_only || size <= SINGLE_PUT_MAX || key.is_empty() {
             return self.create_temp(rel, how);
         }
-        if self.replaces_large(&key)? {
+        // a HEAD that fails leaves it unknown: spooling is the choice that
+        // is safe either way (the upload then says what the server said)
+        if self.replaces_large(&key).unwrap_or(true) {
             return self.create_temp(rel, how);
         }
         Ok(S3Temp::Stream(Box::new(Stream::start(
