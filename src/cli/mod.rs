@@ -629,13 +629,43 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     if let Some(lines) = item_lines(&plan, a.itemize_changes, None, None)? {
         printer = printer.with_lines(lines);
     }
-    run_plan(&plan, &printer, false)
+    // scp exits 1 for a directory without -r; a remote one is found by the
+    // side that lists it, so the run ends with it as its only errors
+    let dirs = std::sync::atomic::AtomicU64::new(0);
+    let cancel = Cancel::default();
+    let outcome = transfer::run(
+        &plan,
+        &|e| {
+            let text = &e.text;
+            if e.kind == crate::proto::EventKind::Error
+                && text.ends_with(b": not a regular file (use -r)")
+            {
+                dirs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            printer.event(e)
+        },
+        &cancel,
+    )?;
+    printer.finish(&outcome, false);
+    let errors = outcome.summary.errors;
+    if errors > 0 && errors == dirs.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(exit::USAGE);
+    }
+    if errors > 0 {
+        eprintln!(
+            "ferry: {errors} error(s): some files were not transferred (exit {})",
+            exit::PARTIAL
+        );
+        return Ok(exit::PARTIAL);
+    }
+    Ok(exit::OK)
 }
 
 /// `cp` without `-r`: a local source that is a directory ends the command
 /// before anything is copied, with exit 1, as scp says "ckpt: not a regular
 /// file" and exits 1 (rsync, and so `sync`, skips it with a notice and exits
-/// 0). A remote directory is reported by the side that lists it (exit 23).
+/// 0). A remote directory is reported by the side that lists it (exit 1
+/// too, when it is the run's only error).
 fn refuse_local_dirs(sources: &[Location]) -> Result<(), TransferError> {
     use std::os::unix::ffi::OsStrExt;
     for s in sources {
