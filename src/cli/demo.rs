@@ -6,6 +6,7 @@
 use super::args::DemoArgs;
 use super::exit;
 use super::output::human;
+use super::stdout::outln;
 use crate::error::TransferError;
 use crate::proto::Options;
 use crate::session::Cancel;
@@ -126,7 +127,7 @@ fn push(src: &Path, dest: &Path) -> Result<Outcome, TransferError> {
 
 fn report(what: &str, o: &Outcome) {
     let s = &o.summary;
-    println!(
+    outln!(
         "{what}: {} of {} files sent, {}B literal, {}B reused, {}B on the wire",
         s.transferred,
         s.files,
@@ -154,7 +155,7 @@ pub fn run(a: DemoArgs) -> Result<i32, TransferError> {
 fn run_in(root: &Path) -> Result<i32, TransferError> {
     let src = root.join("dataset");
     let dst = root.join("replica");
-    println!(
+    outln!(
         "building a sample dataset in {} ({SHARDS} JSONL shards, a {} MiB checkpoint)",
         src.display(),
         CKPT_SIZE >> 20
@@ -165,7 +166,7 @@ fn run_in(root: &Path) -> Result<i32, TransferError> {
     report("first sync ", &first);
 
     let changed = change_one_percent(&src).map_err(|e| local(e, &src))?;
-    println!(
+    outln!(
         "changed {}B of the checkpoint in scattered 64 KiB regions, appended to 2 shards, added 1",
         human(changed)
     );
@@ -173,7 +174,7 @@ fn run_in(root: &Path) -> Result<i32, TransferError> {
     report("second sync", &second);
     let total = second.summary.literal + second.summary.reused;
     if total > 0 {
-        println!(
+        outln!(
             "  reused {:.1}% of the changed files' bytes from the old copies",
             second.summary.reused as f64 * 100.0 / total as f64
         );
@@ -184,7 +185,7 @@ fn run_in(root: &Path) -> Result<i32, TransferError> {
         eprintln!("ferry demo: the replica differs from the dataset");
         return Ok(exit::PARTIAL);
     }
-    println!(
+    outln!(
         "verified: replica identical to the dataset ({} files, BLAKE3)",
         a.len()
     );

@@ -5,6 +5,7 @@
 
 use super::args::DaemonFlags;
 use super::exit;
+use super::stdout::outln;
 use crate::error::TransferError;
 use crate::fanout::manifest::Walk;
 use crate::fanout::source::{self, Plan, State, Target};
@@ -223,7 +224,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
     let mut record = record;
     if targets.is_empty() {
         if !a.json {
-            println!("job {}: every host has it already", record.job);
+            outln!("job {}: every host has it already", record.job);
         }
         return Ok(exit::OK);
     }
@@ -244,7 +245,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
         job,
     };
     if !a.json {
-        println!("job {}", record.job);
+        outln!("job {}", record.job);
     }
     let outcome = source::run(&plan)?;
     for u in &outcome.added {
@@ -310,11 +311,11 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             "source_rchar": rchar(),
             "hosts": hosts,
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
         for h in &outcome.hosts {
             if h.state == State::Done && a.verbose > 0 {
-                println!(
+                outln!(
                     "{}: done, {} bytes received in {:.2} s{}{}",
                     h.target.shown,
                     h.bytes_received,

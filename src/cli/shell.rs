@@ -27,6 +27,7 @@ mod interrupt;
 mod remote;
 
 use super::args::ShellArgs;
+use super::stdout::outln;
 use crate::error::TransferError;
 use crate::fs::names::escape;
 use crate::location::Location;
@@ -165,11 +166,11 @@ impl Shell {
         };
         match cmd.as_str() {
             "exit" | "quit" | "bye" => return Ok(false),
-            "help" | "?" => println!("{HELP}"),
-            "pwd" => println!("Remote working directory: {}", escape(&self.cwd)),
+            "help" | "?" => outln!("{HELP}"),
+            "pwd" => outln!("Remote working directory: {}", escape(&self.cwd)),
             "lpwd" => {
                 let d = std::env::current_dir().map_err(|e| e.to_string())?;
-                println!("Local working directory: {}", d.display());
+                outln!("Local working directory: {}", d.display());
             }
             "lcd" => {
                 need(1)?;
@@ -207,7 +208,7 @@ impl Shell {
                         continue;
                     }
                     if f.contains('l') {
-                        println!(
+                        outln!(
                             "{:o} {:>12} {:>10} {}",
                             remote::type_bits(a.kind) | a.mode,
                             a.size,
@@ -215,7 +216,7 @@ impl Shell {
                             escape(&name)
                         );
                     } else {
-                        println!("{}", escape(&name));
+                        outln!("{}", escape(&name));
                     }
                 }
             }
@@ -265,20 +266,23 @@ impl Shell {
                 let s = self.remote.statvfs(&p).map_err(|e| self.io("df", &p, e))?;
                 let k = |blocks: u64| blocks.saturating_mul(s.frsize) / 1024;
                 if f.contains('i') {
-                    println!("{:>11} {:>11} {:>11}", "Inodes", "Used", "Avail");
-                    println!("{:>11} {:>11} {:>11}", s.files, s.files - s.ffree, s.ffree);
+                    outln!("{:>11} {:>11} {:>11}", "Inodes", "Used", "Avail");
+                    outln!("{:>11} {:>11} {:>11}", s.files, s.files - s.ffree, s.ffree);
                 } else {
-                    println!(
+                    outln!(
                         "{:>11} {:>11} {:>11} {:>11}",
-                        "Size", "Used", "Avail", "(root)"
+                        "Size",
+                        "Used",
+                        "Avail",
+                        "(root)"
                     );
                     let (size, free, avail) = (k(s.blocks), k(s.bfree), k(s.bavail));
-                    println!("{size:>10}K {:>10}K {avail:>10}K {free:>10}K", size - free);
+                    outln!("{size:>10}K {:>10}K {avail:>10}K {free:>10}K", size - free);
                 }
             }
             "progress" => {
                 self.progress = !self.progress;
-                println!(
+                outln!(
                     "Progress meter {}",
                     if self.progress { "enabled" } else { "disabled" }
                 );
@@ -376,8 +380,18 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         rsh: a.rsh.clone(),
         port: a.port,
         identity: a.identity.clone(),
-        ssh_options: a.ssh_option.clone(),
+        ssh_options: [
+            a.ssh_option.clone(),
+            a.jump.iter().map(|j| format!("ProxyJump={j}")).collect(),
+            match (a.ipv4, a.ipv6) {
+                (true, _) => vec!["AddressFamily=inet".into()],
+                (_, true) => vec!["AddressFamily=inet6".into()],
+                _ => Vec::new(),
+            },
+        ]
+        .concat(),
         config: a.ssh_config.clone(),
+        remote_ferry: a.remote_ferry.clone(),
         transport: a.transport,
         verify: a.verify,
         ..Default::default()
@@ -388,6 +402,8 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         host_key_check: a.host_key_check.clone(),
         config_dir: a.config_dir.clone(),
         timeout: a.timeout,
+        ipv4: a.ipv4,
+        ipv6: a.ipv6,
         ..Default::default()
     })?;
     let (remote, cwd): (Arc<dyn Remote>, Vec<u8>) = if daemon_target {
@@ -399,6 +415,7 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
                 a.host
             )));
         };
+        let port = port.or(a.daemon_port);
         let (r, cwd) =
             daemon::DaemonRemote::open(&host, port, &path, &daemon, &|n| eprintln!("ferry: {n}"))?;
         (Arc::new(r), cwd)
@@ -479,7 +496,7 @@ fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32
             }
         };
         if echo && !parsed.quiet {
-            println!("ferry> {}", line.trim().trim_start_matches(['-', '@']));
+            outln!("ferry> {}", line.trim().trim_start_matches(['-', '@']));
             let _ = std::io::stdout().flush();
         }
         let r = shell.run(&parsed.words);

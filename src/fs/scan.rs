@@ -233,6 +233,15 @@ pub fn scan_within<E>(
         match stat_root(&root, opts) {
             Ok(meta) => {
                 let is_dir = meta.is_dir();
+                if is_dir && !opts.recursive && !opts.dirs && opts.cp_mode {
+                    // scp: "ckpt: not a regular file", an error (rsync: a notice)
+                    w.io_error = true;
+                    (w.emit)(ScanItem::Error(format!(
+                        "skipping directory {}: not a regular file (use -r)",
+                        escape(src)
+                    )))?;
+                    continue;
+                }
                 if is_dir && !opts.recursive && !opts.dirs {
                     (w.emit)(ScanItem::Notice(format!(
                         "skipping directory {} (use -r)",

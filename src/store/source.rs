@@ -18,6 +18,9 @@ pub struct ListOptions {
     pub recursive: bool,
     /// Without `recursive`: send a directory and its entries, not deeper.
     pub dirs: bool,
+    /// scp's rules (`ferry cp`): a directory without `recursive` is an error
+    /// ("not a regular file"), not rsync's notice.
+    pub cp_mode: bool,
     /// Send symlinks as symlinks.
     pub links: bool,
     /// Follow symlinks and send what they point to.

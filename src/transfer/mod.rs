@@ -169,6 +169,31 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
 }
 
 fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
+    // the sender's list errors (each source it cannot read) reach the
+    // summary as one io_error flag: where the run has errors, the count is
+    // the error events it reported, so `a b c dest/` with three missing
+    // sources says 3 error(s), as it printed three
+    let reported = std::sync::atomic::AtomicU64::new(0);
+    let counting = |e: crate::proto::Event| {
+        if e.kind == crate::proto::EventKind::Error {
+            reported.fetch_add(1, Ordering::Relaxed);
+        }
+        events(e)
+    };
+    let mut outcome = run_counted(plan, &counting, cancel)?;
+    if outcome.summary.errors > 0 {
+        let reported = reported.load(Ordering::Relaxed);
+        outcome.summary.errors = outcome.summary.errors.max(reported);
+    }
+    Ok(outcome)
+}
+
+/// [`run_once`] without the error count.
+fn run_counted(
+    plan: &Plan,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+) -> Result<Outcome, TransferError> {
     let route = endpoint::route(&plan.sources, &plan.dest)?;
     let mut options = plan.options.clone();
     // -H: only files with more than one link are kept for their links

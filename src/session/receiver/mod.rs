@@ -267,8 +267,9 @@ where
             })
             .collect()
     });
-    // (-R names paths, and the directories above them, without -r too)
-    let nested = cfg.options.recursive || cfg.options.relative;
+    // (-R names paths, and the directories above them, without -r too; -d
+    // sends directories and the entries one level in)
+    let nested = cfg.options.recursive || cfg.options.relative || cfg.options.dirs;
     let mut intake = ListIntake::new(requested.as_deref(), nested);
     if cfg.options.link_marks {
         intake.expect_link_marks();

@@ -186,6 +186,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         let opts = ListOptions {
             recursive: self.options.recursive,
             dirs: self.options.dirs,
+            cp_mode: self.options.cp_mode,
             links: self.options.links,
             follow_links: self.options.follow_links,
             copy_unsafe_links: self.options.copy_unsafe_links,
