@@ -200,9 +200,8 @@ fn a_download_the_remote_hash_disagrees_with_publishes_nothing() {
     for f in ["a.bin", "sub/b.txt", "sub/deep/empty", "sub/exec.sh"] {
         assert!(!down.join(f).exists(), "{f} was published");
     }
-    // (into a fresh directory: a file resumed from the partial the failed
-    // run kept is read at offsets, which the remote hash does not cover;
-    // the summary's count says so)
+    // (into a fresh directory: a download resumed from the partial the
+    // failed run kept is a_resumed_download_is_checked_…'s case)
     std::fs::remove_file(fake.join("b3sum")).unwrap();
     let down = t.path().join("down2");
     let o = ok(get(&t.path().join("cache2"), &down));
@@ -556,6 +555,88 @@ fn a_killed_download_resumes_and_publishes_only_the_whole_file() {
     let o = ok(ferry_in(&cache, &args(&["--stats"])));
     let (literal, ..) = stats(&stdout(&o));
     assert_eq!(std::fs::read(&dst).unwrap(), data);
+    assert!(literal < size - (2 << 20), "{}", stdout(&o));
+}
+
+/// A download resumed from its kept local partial is checked against the
+/// remote's hash of the whole file, as a whole download is: the chunker
+/// reads the remote file whole, and its hash is compared before the recipe
+/// ends (the rebuilt local file is checked against that read). A byte
+/// flipped in the kept partial is sent again and the file counted as
+/// verified; a remote hash that disagrees publishes nothing.
+#[test]
+fn a_resumed_download_is_checked_against_the_remote_hash_of_the_whole_file() {
+    if !sshd_available() {
+        return;
+    }
+    let t = tmp();
+    let bin = t.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let sshd = Sshd::start_with_env(&format!("PATH={}:/usr/bin:/bin", bin.display()), SUBSYSTEM);
+    let size = 8u64 << 20;
+    let data = random_bytes(size as usize, 13);
+    let remote = t.path().join("remote.bin");
+    write(&remote, &data);
+    let dst_dir = t.path().join("dst");
+    std::fs::create_dir(&dst_dir).unwrap();
+    let dst = dst_dir.join("remote.bin");
+    let part = dst_dir.join(".ferry-partial/remote.bin");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec!["sync".into(), "--transport".into(), "sftp".into()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(["-e".into(), sshd.rsh(), sshd.remote(&remote), s(&dst)]);
+        a
+    };
+    let cache = t.path().join("cache");
+    let cut_and_flip = || {
+        kill_mid_copy(
+            &cache,
+            &args(&["--bwlimit", "2M"]),
+            || len_of(&part),
+            3 << 20,
+        );
+        assert!(!dst.exists(), "a file cut short was published");
+        let mut p = std::fs::read(&part).unwrap();
+        p[1 << 20] ^= 0x40;
+        std::fs::write(&part, p).unwrap();
+    };
+    cut_and_flip();
+    // a b3sum that is right for empty input (the probe takes it) and wrong
+    // for every file: the resumed download fails, and nothing is published
+    write(
+        &bin.join("b3sum"),
+        "#!/bin/sh\n\
+         if [ \"$#\" -eq 0 ]; then echo 'af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262  -'; exit 0; fi\n\
+         shift\n\
+         for f in \"$@\"; do echo \"0000000000000000000000000000000000000000000000000000000000000000  $f\"; done\n",
+    );
+    chmod(&bin.join("b3sum"), 0o755);
+    let o = ferry_in(&t.path().join("cache-lying"), &args(&["--stats"]));
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("does not match what was read"), "{err}");
+    assert!(
+        !dst.exists(),
+        "a file the remote hash disagreed with was published"
+    );
+    std::fs::remove_file(bin.join("b3sum")).unwrap();
+    if !part.exists() {
+        cut_and_flip();
+    }
+    let kept = len_of(&part).unwrap();
+    // the honest remote: resumed from the partial, the flipped chunk sent
+    // again, and the file checked against the remote's hash
+    let o = ok(ferry_in(&cache, &args(&["--stats"])));
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    let said = format!("verified: {HASHED_BY} on 127.0.0.1 for 1 file(s)");
+    assert!(stderr(&o).contains(&said), "{}", stderr(&o));
+    let (literal, matched, ..) = stats(&stdout(&o));
+    assert!(matched >= 2 << 20, "{}", stdout(&o));
+    assert!(
+        literal > size - kept,
+        "the flipped chunk was sent again: {}",
+        stdout(&o)
+    );
     assert!(literal < size - (2 << 20), "{}", stdout(&o));
 }
 
