@@ -354,7 +354,8 @@ pub struct SyncArgs {
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub transport: crate::transport::child::Transport,
     /// Over SFTP: how files are checked beyond ssh's MAC. auto: uploads are
-    /// hashed on the remote (b3sum, xxh128sum or sha256sum) before they are
+    /// hashed on the remote (the cheapest of b3sum, xxh128sum, openssl dgst
+    /// -sha256, sha256sum and shasum -a 256 it has) before they are
     /// renamed into place, where the account may run commands; reread: every
     /// file is read again over SFTP and its BLAKE3 compared (twice the traffic)
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
@@ -455,7 +456,8 @@ pub struct CpArgs {
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub transport: crate::transport::child::Transport,
     /// Over SFTP: how files are checked beyond ssh's MAC. auto: uploads are
-    /// hashed on the remote (b3sum, xxh128sum or sha256sum) before they are
+    /// hashed on the remote (the cheapest of b3sum, xxh128sum, openssl dgst
+    /// -sha256, sha256sum and shasum -a 256 it has) before they are
     /// renamed into place, where the account may run commands; reread: every
     /// file is read again over SFTP and its BLAKE3 compared (twice the traffic)
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]

@@ -64,7 +64,8 @@ pub struct SshOptions {
 /// How files moved over SFTP are checked beyond ssh's MAC (`--verify`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum VerifyMode {
-    /// Files are hashed on the remote (b3sum, xxh128sum or sha256sum) and
+    /// Files are hashed on the remote (the cheapest of b3sum, xxh128sum,
+    /// openssl dgst -sha256, sha256sum and shasum -a 256 it has) and
     /// compared before they are renamed into place, uploads and downloads,
     /// where the account may run commands; elsewhere size and ssh's MAC are
     /// all.
