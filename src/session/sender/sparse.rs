@@ -91,6 +91,8 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                     self.writer.send_data(file, true, n as u32, &frame)?;
                 }
                 at += n as u64;
+                // the hole's frames are whole: the next data block starts a frame
+                self.packer.interrupt();
                 self.pass_events()?;
             }
             if at >= size {
