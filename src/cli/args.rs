@@ -160,7 +160,8 @@ pub struct SyncArgs {
     /// Skip files that are newer on the receiver
     #[arg(short = 'u', long)]
     pub update: bool,
-    /// Compress file data (zstd, skipped for data that does not compress)
+    /// Compress file data (zstd, skipped for data that does not compress; each
+    /// block continues the zstd stream of the one before)
     #[arg(short = 'z', long)]
     pub compress: bool,
     /// zstd level for -z, 1-19 (default 1); as in rsync, setting it implies -z

@@ -414,6 +414,7 @@ fn sync(
         dry_run: a.dry_run,
         hard_links: a.hard_links,
         link_marks: a.hard_links,
+        zstd_stream: a.compress || a.compress_level.is_some(),
         sparse: a.sparse,
         compress: a.compress || a.compress_level.is_some(),
         compress_level: a.compress_level.unwrap_or(0),

@@ -270,6 +270,11 @@ pub struct Options {
     /// without it (an older peer, or a caller that leaves it out) the
     /// receiver keeps every file's entry to the end, as before.
     pub link_marks: bool,
+    /// With `-z`, the sender's compressed blocks may continue the zstd frame
+    /// of the block before them (see [`crate::session::compress`]), which a
+    /// receiver from before this option cannot unpack. Set by
+    /// [`crate::transfer`] whenever `compress` is.
+    pub zstd_stream: bool,
 }
 
 /// rsync's destination-side options, carried in the extension block from tag
@@ -490,6 +495,8 @@ impl Options {
         o.itemize = false;
         // a version-2 receiver takes a file linked to itself for a bad link
         o.link_marks = false;
+        // a version-2 receiver unpacks every block on its own
+        o.zstd_stream = false;
         Ok(o)
     }
 }
@@ -1591,6 +1598,8 @@ mod ext_tag {
     pub const BACKUP_DIR: u64 = 42;
     /// [`super::Options::link_marks`], no bytes (issue 25's numbers: 56–60).
     pub const LINK_MARKS: u64 = 56;
+    /// [`super::Options::zstd_stream`], no bytes (issue 25's numbers: 63–65).
+    pub const ZSTD_STREAM: u64 = 63;
 }
 
 /// [`DestSide`]'s boolean options, bit by bit, with the flag that sets each.
@@ -1678,6 +1687,9 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
     }
     if o.link_marks {
         fields.push((ext_tag::LINK_MARKS, Vec::new()));
+    }
+    if o.zstd_stream {
+        fields.push((ext_tag::ZSTD_STREAM, Vec::new()));
     }
     if !o.dir_merges.is_empty() {
         let mut v = Writer::default();
@@ -1849,6 +1861,7 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
                 o.dest_side.backup_dir = Some(dir.to_vec());
             }
             ext_tag::LINK_MARKS => o.link_marks = true,
+            ext_tag::ZSTD_STREAM => o.zstd_stream = true,
             ext_tag::DIR_MERGE => {
                 let n = v.count(MAX_FILTERS, "dir-merge count")?;
                 for _ in 0..n {

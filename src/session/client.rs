@@ -133,6 +133,8 @@ pub fn run_client_streams_on(
     let sent = open(&mut reader, &mut writer, &request, "the request")?;
     // both halves mark hard links only if the server was told to
     request.options.link_marks = sent.link_marks;
+    // and stream zstd frames across blocks only if the server takes them
+    request.options.zstd_stream = sent.zstd_stream;
     let streams = request.options.streams;
     let mut token = proto::NO_STREAM_TOKEN;
     if streams > 1 {

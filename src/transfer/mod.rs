@@ -198,6 +198,8 @@ fn run_counted(
     let mut options = plan.options.clone();
     // -H: only files with more than one link are kept for their links
     options.link_marks = options.hard_links;
+    // -z: blocks continue each other's zstd frame
+    options.zstd_stream = options.compress;
     if let Endpoint::Store(_) = route.serving {
         // extra streams exist only to a peer (a daemon, or over ssh)
         options.streams = 1;

@@ -247,6 +247,8 @@ fn run_through_here(
     let mut options = plan.options.clone();
     // -H: only files with more than one link are kept for their links
     options.link_marks = options.hard_links;
+    // -z: blocks continue each other's zstd frame
+    options.zstd_stream = options.compress;
     // one connection to each end: the relay forwards one ordered session
     options.streams = 1;
     let request = Request {

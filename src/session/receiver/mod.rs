@@ -155,7 +155,7 @@ struct Receiver<'a, D: Destination = Dest> {
     summary: Summary,
     is_root: bool,
     buf: Vec<u8>,
-    decompressor: zstd::bulk::Decompressor<'static>,
+    unpacker: crate::session::compress::Unpacker,
     /// Chunk lists of destination files from earlier runs.
     chunk_cache: Option<Arc<ChunkCache>>,
     /// Bytes of each file in flight already counted in progress events.
@@ -299,9 +299,10 @@ where
         io_error: false,
         summary: Summary::default(),
         is_root: rustix::process::geteuid().is_root(),
-        buf: vec![0; BLOCK_SIZE.max(MAX_CHUNK)],
-        decompressor: zstd::bulk::Decompressor::new()
-            .map_err(|e| TransferError::local("zstd", &e))?,
+        // one byte more than a block: a compressed block that unpacks longer
+        // than it says is seen as such
+        buf: vec![0; BLOCK_SIZE.max(MAX_CHUNK) + 1],
+        unpacker: Default::default(),
         chunk_cache: ChunkCache::open_default().map(Arc::new),
         progress: HashMap::new(),
         wire: HashMap::new(),

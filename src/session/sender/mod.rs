@@ -152,7 +152,7 @@ where
         zeros: None,
         removable: HashMap::new(),
     };
-    s.packer = Packer::new(s.options.zstd_level());
+    s.packer = Packer::with(s.options.zstd_level(), s.options.zstd_stream);
     let result = s.run(&cfg.sources);
     match result {
         Ok(summary) => {
