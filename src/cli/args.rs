@@ -651,6 +651,10 @@ pub struct LsArgs {
     /// For [user@]host:path: ferry's path on the remote (default: ferry)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
+    /// For [user@]host:path: ferry's protocol, SFTP, or auto (ferry, and
+    /// SFTP where the remote cannot run it), as for cp and sync
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub transport: crate::transport::child::Transport,
     #[command(flatten)]
     pub daemon: DaemonFlags,
 }

@@ -9,6 +9,7 @@ mod itemize;
 mod jobs;
 mod json;
 mod keys;
+mod long_listing;
 pub mod output;
 mod prompt;
 mod s3;
