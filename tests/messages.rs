@@ -517,3 +517,51 @@ fn s3_failures_are_one_line_naming_the_address_and_what_the_server_said() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("missing bucket name"), "{}", stderr(&o));
 }
+
+/// Finding 17: a fan-out whose source is not there announces no job; one that
+/// no host got says it failed, not that it is "partial".
+#[test]
+fn a_fanout_that_cannot_start_or_reaches_no_host_says_so() {
+    let t = tmp();
+    let cfg = t.path().join("cfg");
+    std::fs::create_dir(&cfg).unwrap();
+    chmod(&cfg, 0o700);
+    ok(ferry(["keygen", "--config-dir", &s(&cfg)]));
+    let dead = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dests = [
+        format!("ferry://127.0.0.1:{}/m/out", dead()),
+        format!("ferry://127.0.0.1:{}/m/out", dead()),
+    ];
+    let run = |src: &Path| {
+        let mut c = std::process::Command::new(ferry_bin());
+        c.args(["fanout", "-a", "--config-dir", &s(&cfg)])
+            .args(["--host-key-check", "accept-new"])
+            .arg(src)
+            .args(&dests)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let status = wait_for(&mut child, std::time::Duration::from_secs(180));
+        if status.is_none() {
+            let _ = child.kill();
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(status.is_some(), "fanout hung: {}", stderr(&o));
+        o
+    };
+    let o = run(&t.path().join("nonexist"));
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "", "no job announced");
+    assert!(stderr(&o).contains("nonexist"), "{}", stderr(&o));
+    let src = t.path().join("src");
+    write(&src.join("f"), "x");
+    let o = run(&src);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("failed: no host got it"), "{err}");
+    assert!(!err.contains("is partial"), "{err}");
+}
