@@ -35,6 +35,8 @@ pub enum LocationError {
     Empty(String),
     #[error("{0:?}: missing host name")]
     NoHost(String),
+    #[error("{0:?}: missing bucket name (s3://BUCKET/PREFIX)")]
+    NoBucket(String),
     #[error("{0:?}: bad port")]
     BadPort(String),
     #[error("{0:?}: unclosed '[' in the host")]
@@ -61,7 +63,7 @@ impl Location {
                 None => (rest, &b""[..]),
             };
             if bucket.is_empty() {
-                return Err(LocationError::NoHost(shown()));
+                return Err(LocationError::NoBucket(shown()));
             }
             return Ok(Location::S3 {
                 bucket: text(bucket)?,

@@ -565,7 +565,7 @@ df
     assert!(t.path().join("daemon-local/back/b/c").exists());
     let out = stdout(daemon);
     assert!(out.contains("ferry> ls -l made"), "{out}");
-    assert!(out.contains("100600"), "{out}");
+    assert!(out.contains("-rw-------"), "{out}");
     assert!(out.contains("Avail"), "{out}");
 }
 

@@ -672,6 +672,10 @@ pub struct LsArgs {
     /// The daemon's port for host:: addresses that name none (default 7420)
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// For [user@]host:path: ferry's protocol, SFTP, or auto (ferry, and
+    /// SFTP where the remote cannot run it), as for cp and sync
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub transport: crate::transport::child::Transport,
     #[command(flatten)]
     pub daemon: DaemonFlags,
 }

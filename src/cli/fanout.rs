@@ -244,6 +244,9 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             .unwrap_or(Duration::from_millis(record.stall_ms)),
         job,
     };
+    // a source that is not there fails before a job is announced
+    std::fs::symlink_metadata(&plan.src)
+        .map_err(|e| TransferError::local(record.src.clone(), &e))?;
     if !a.json {
         outln!("job {}", record.job);
     }
@@ -341,7 +344,15 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             h.error.as_deref().unwrap_or("unknown")
         );
     }
-    if !missed.is_empty() {
+    if !missed.is_empty() && missed.len() == outcome.hosts.len() {
+        eprintln!(
+            "ferry: job {} failed: no host got it ({} of {} host(s) missed it, exit {code}); once the causes above are fixed, `ferry fanout --resume {}` runs it again",
+            record.job,
+            missed.len(),
+            outcome.hosts.len(),
+            record.job
+        );
+    } else if !missed.is_empty() {
         eprintln!(
             "ferry: job {} is partial: {} of {} host(s) missed it (exit {code}); repair them with `ferry fanout --resume {}`",
             record.job,

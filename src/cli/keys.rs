@@ -228,10 +228,17 @@ pub fn copy_id(a: CopyIdArgs) -> Result<i32, TransferError> {
     }
     let status = child.wait().map_err(|e| TransferError::local("ssh", &e))?;
     if !status.success() {
-        return Err(TransferError::Connection(format!(
-            "installing the key on {target} failed (exit {:?}); is ferry installed there (--remote-ferry PATH)?",
-            status.code()
-        )));
+        let why = match status.code() {
+            Some(127) => {
+                "ferry was not found there: install it, or pass --remote-ferry PATH".into()
+            }
+            Some(255) => "ssh failed; see its message above".into(),
+            code => format!("{}; see the message above", crate::error::exit_text(code)),
+        };
+        return Err(TransferError::Connect {
+            text: format!("installing the key on {target} failed: {why}"),
+            why: crate::error::ConnectFailure::Other,
+        });
     }
     outln!(
         "{} can now reach the ferry daemon on {target}",
@@ -271,10 +278,10 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
                 ""
             };
             outln!(
-                "{} {:>15} {:>12} {name}{slash}",
+                "{} {:>15} {} {name}{slash}",
                 mode_string(e.kind, e.mode),
                 e.size,
-                e.mtime
+                super::long_listing::time(e.mtime, super::long_listing::now())
             );
         }
         return Ok(exit::OK);
@@ -283,6 +290,7 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
         let ssh = crate::transport::child::SshOptions {
             rsh: a.rsh.clone(),
             remote_ferry: a.remote_ferry.clone(),
+            transport: a.transport,
             ssh_options: match (a.daemon.ipv4, a.daemon.ipv6) {
                 (true, _) => vec!["AddressFamily=inet".into()],
                 (_, true) => vec!["AddressFamily=inet6".into()],
@@ -290,7 +298,13 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
             },
             ..Default::default()
         };
-        for e in crate::transfer::list_path(&loc, &ssh)? {
+        let notice = |e: crate::proto::Event| {
+            if a.json {
+                return super::json::notice(&e);
+            }
+            eprintln!("ferry: {}", String::from_utf8_lossy(&e.text));
+        };
+        for e in crate::transfer::list_path(&loc, &ssh, &notice)? {
             print_entry(&e, a.json);
         }
         return Ok(exit::OK);
@@ -340,9 +354,9 @@ fn print_entry(e: &crate::proto::Entry, json: bool) {
         String::new()
     };
     outln!(
-        "{} {:>15} {:>12} {name}{target}",
+        "{} {:>15} {} {name}{target}",
         mode_string(e.kind, e.mode),
         e.size,
-        e.mtime
+        super::long_listing::time(e.mtime, super::long_listing::now())
     );
 }

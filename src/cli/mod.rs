@@ -9,6 +9,7 @@ mod itemize;
 mod jobs;
 mod json;
 mod keys;
+mod long_listing;
 mod mistakes;
 pub mod output;
 mod prompt;

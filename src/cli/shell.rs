@@ -123,13 +123,13 @@ const HELP: &str = "\
 Available commands:
 cd path                        Change remote directory to 'path'
 chmod mode path                Change permissions of file 'path' to 'mode'
-df [-h] [path]                 Display statistics for current directory or filesystem containing 'path'
+df [-hi] [path]                Display statistics for current directory or filesystem containing 'path' (-i: inodes)
 exit, quit, bye                Quit ferry shell
 get [-p -r] remote [local]     Download file (with ferry cp's engine)
 help, ?                        Display this help text
 lcd path                       Change local directory to 'path'
 lpwd                           Print local working directory
-ls [-l] [path]                 Display remote directory listing
+ls [-1al] [path]               Display remote directory listing (-a: also dot files)
 mkdir path                     Create remote directory
 progress                       Toggle display of progress meter
 put [-p -r] local [remote]     Upload file (with ferry cp's engine)
@@ -203,16 +203,24 @@ impl Shell {
                     .read_dir(&dir)
                     .map_err(|e| self.io("ls", &dir, e))?;
                 list.sort_by(|a, b| a.0.cmp(&b.0));
+                let now = super::long_listing::now();
                 for (name, a) in list {
                     if name.starts_with(b".") && !f.contains('a') {
                         continue;
                     }
                     if f.contains('l') {
+                        // as sftp's `ls -l` (ls_file): mode, owner and
+                        // group ids (a daemon keeps them to itself), size,
+                        // date, name
+                        let (uid, gid) = match a.owner {
+                            Some((u, g)) => (u.to_string(), g.to_string()),
+                            None => ("-".into(), "-".into()),
+                        };
                         outln!(
-                            "{:o} {:>12} {:>10} {}",
-                            remote::type_bits(a.kind) | a.mode,
+                            "{} {uid:<8} {gid:<8} {:>8} {} {}",
+                            remote::mode_text(a.kind, a.mode),
                             a.size,
-                            a.mtime,
+                            super::long_listing::time(a.mtime, now),
                             escape(&name)
                         );
                     } else {
@@ -264,20 +272,41 @@ impl Shell {
                     .map(|p| self.remote(p))
                     .unwrap_or(self.cwd.clone());
                 let s = self.remote.statvfs(&p).map_err(|e| self.io("df", &p, e))?;
-                let k = |blocks: u64| blocks.saturating_mul(s.frsize) / 1024;
+                // laid out as sftp's do_df
+                let bytes = |blocks: u64| blocks.saturating_mul(s.frsize);
+                let cap = super::long_listing::capacity;
                 if f.contains('i') {
-                    outln!("{:>11} {:>11} {:>11}", "Inodes", "Used", "Avail");
-                    outln!("{:>11} {:>11} {:>11}", s.files, s.files - s.ffree, s.ffree);
-                } else {
+                    let used = s.files.saturating_sub(s.ffree);
+                    outln!("     Inodes        Used       Avail      (root)    %Capacity");
                     outln!(
-                        "{:>11} {:>11} {:>11} {:>11}",
-                        "Size",
-                        "Used",
-                        "Avail",
-                        "(root)"
+                        "{:>11} {used:>11} {:>11} {:>11}         {:>3}%",
+                        s.files,
+                        s.ffree,
+                        s.ffree,
+                        cap(used, s.files)
                     );
+                } else if f.contains('h') {
+                    let h = super::long_listing::human;
+                    let (size, free, avail) = (bytes(s.blocks), bytes(s.bfree), bytes(s.bavail));
+                    let used = size.saturating_sub(free);
+                    outln!("    Size     Used    Avail   (root)    %Capacity");
+                    outln!(
+                        "{:>8} {:>8} {:>8} {:>8}         {:>3}%",
+                        h(size),
+                        h(used),
+                        h(avail),
+                        h(free),
+                        cap(used, size)
+                    );
+                } else {
+                    let k = |b: u64| bytes(b) / 1024;
                     let (size, free, avail) = (k(s.blocks), k(s.bfree), k(s.bavail));
-                    outln!("{size:>10}K {:>10}K {avail:>10}K {free:>10}K", size - free);
+                    let used = size.saturating_sub(free);
+                    outln!("        Size         Used        Avail       (root)    %Capacity");
+                    outln!(
+                        "{size:>12} {used:>12} {avail:>12} {free:>12}         {:>3}%",
+                        cap(used, size)
+                    );
                 }
             }
             "progress" => {
@@ -422,6 +451,21 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
     } else {
         open_ssh(&a.host, &ssh)?
     };
+    // as sftp (`sftp host:/nonexist` says the file is not found and exits 1),
+    // the session starts only in a directory that is there
+    let start = remote.stat(&cwd).map(|st| st.kind);
+    if !matches!(start, Ok(Kind::Dir)) {
+        remote.end();
+        let why = match start {
+            Err(e) => crate::error::io_text(&e),
+            Ok(_) => "not a directory".into(),
+        };
+        return Err(TransferError::Usage(format!(
+            "{}: cannot start in {}: {why}",
+            a.host,
+            escape(&cwd)
+        )));
+    }
     let batch = a.batch.is_some();
     let interactive = !batch && std::io::stdin().is_terminal();
     let mut shell = Shell {
@@ -470,7 +514,7 @@ fn open_ssh(target: &str, ssh: &SshOptions) -> Result<(Arc<dyn Remote>, Vec<u8>)
     let (cmd, shown) = sftp_command(user.as_deref(), &host, ssh)?;
     let sftp = Sftp::start(cmd).map_err(|e| {
         TransferError::Connection(format!(
-            "ssh to {shown}: {}; see ssh's message above, and run `ferry doctor {host}` to see why",
+            "ssh to {shown}: {}; see ssh's message above, and run `ferry doctor {shown}:` to see why",
             crate::error::io_text(&e)
         ))
     })?;

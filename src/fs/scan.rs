@@ -87,6 +87,29 @@ fn relative_root(src: &[u8]) -> Root {
     }
 }
 
+/// `path` relative to `top` (`.` for `top` itself, with `-R`'s `./` marker
+/// dropped), or as it is without a `top` or outside it.
+pub(crate) fn shown_within<'p>(top: Option<&Path>, path: &'p [u8]) -> &'p [u8] {
+    let Some(top) = top else { return path };
+    let top = top.as_os_str().as_bytes();
+    let top = top.strip_suffix(b"/").unwrap_or(top);
+    let Some(rest) = path.strip_prefix(top) else {
+        return path;
+    };
+    if !rest.is_empty() && !rest.starts_with(b"/") {
+        return path;
+    }
+    let mut rest = rest;
+    while let Some(r) = rest.strip_prefix(b"/").or_else(|| rest.strip_prefix(b"./")) {
+        rest = r;
+    }
+    if rest.is_empty() || rest == b"." {
+        b"."
+    } else {
+        rest
+    }
+}
+
 fn root_for(src: &[u8], opts: &ScanOptions) -> Root {
     if opts.relative {
         relative_root(src)
@@ -255,9 +278,9 @@ pub fn scan_within<E>(
             }
             Err(e) => {
                 w.io_error = true;
+                let shown = w.shown(src);
                 (w.emit)(ScanItem::Error(format!(
-                    "cannot read source {}: {}",
-                    escape(src),
+                    "cannot read source {shown}: {}",
                     crate::error::io_text(&e)
                 )))?;
             }
@@ -269,11 +292,18 @@ pub fn scan_within<E>(
 impl<E> Walker<'_, E> {
     fn fail(&mut self, path: &Path, what: &str, e: std::io::Error) -> Result<(), E> {
         self.io_error = true;
+        let shown = self.shown(path.as_os_str().as_bytes());
         (self.emit)(ScanItem::Error(format!(
-            "{what} {}: {}",
-            escape(path.as_os_str().as_bytes()),
+            "{what} {shown}: {}",
             crate::error::io_text(&e)
         )))
+    }
+
+    /// A path as a message shows it: confined to a daemon module, relative
+    /// to the module's root (the client never learns where the module lives
+    /// on the server, as an rsync daemon shows only module paths).
+    fn shown(&self, path: &[u8]) -> String {
+        escape(shown_within(self.top.as_deref(), path))
     }
 
     fn visit(&mut self, path: &Path, name: &[u8], meta: Meta) -> Result<(), E> {

@@ -97,7 +97,9 @@ pub fn client_hello() -> [u8; 9] {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HandshakeError {
-    #[error("the peer is not speaking the ferry protocol (it sent {0:?})")]
+    /// What came instead of a hello (a login banner, a shell startup file
+    /// printing text, another protocol), escaped.
+    #[error("not ferry: got \"{0}\" where the ferry protocol's hello belongs (a banner, or a shell startup file printing text?)")]
     NotFerry(String),
     #[error("no common protocol version: we speak {ours_min}..={ours_max}, the peer {theirs_min}..={theirs_max}")]
     NoCommonVersion {

@@ -258,19 +258,25 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     let grant = match load_keys(&shared.config.authorized_keys) {
         Ok(keys) => keys.authorize(&key, ip, now()).map_err(|e| {
             let reason = e.reason();
-            (format!("{ACCESS_DENIED}{e}"), reason)
+            (format!("{ACCESS_DENIED}{e}"), reason, None)
         }),
         Err(e) if not_found(&e) => {
             let e = Denied::Unknown(fp.clone());
-            Err((format!("{ACCESS_DENIED}{e}"), e.reason()))
+            Err((format!("{ACCESS_DENIED}{e}"), e.reason(), None))
         }
-        // the file's path and trouble are the administrator's, not the client's
-        Err(e) => Err((
-            format!(
-                "{ACCESS_DENIED}the daemon cannot use its authorized_keys file ({e}); its administrator must fix it"
-            ),
-            "authorized_keys unusable",
-        )),
+        // the file's path and trouble are the administrator's, not the
+        // client's: as sshd's StrictModes, the client is only not authorized
+        // and the log says why
+        Err(e) => {
+            let denied = Denied::Unknown(fp.clone());
+            Err((
+                format!("{ACCESS_DENIED}{denied}"),
+                "authorized_keys unusable",
+                Some(format!(
+                    "the daemon cannot use its authorized_keys file ({e}); no key is authorized until it is fixed"
+                )),
+            ))
+        }
     };
     let fanout = |reader, writer, grant: Option<&Grant>, raw| {
         let cx = super::fanout::Context {
@@ -286,7 +292,7 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     };
     let grant = match grant {
         Ok(g) => g,
-        Err((why, reason)) => {
+        Err((why, reason, detail)) => {
             // no read on a refused connection may wait longer than the pre-auth timeout
             let _ = reader.set_timeout(Some(shared.config.preauth_timeout));
             // a fan-out relay from a host before this one in a job's chain
@@ -299,6 +305,7 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
                 return fanout(reader, writer, None, raw);
             }
             let said = why.strip_prefix(ACCESS_DENIED).unwrap_or(&why);
+            let said = detail.as_deref().unwrap_or(said);
             warn!(%peer, fingerprint = %fp, reason, "refused: {said}");
             let stream = Stream {
                 reader: Box::new(std::io::Read::chain(std::io::Cursor::new(hello), reader)),

@@ -11,7 +11,7 @@
 
 use crate::error::TransferError;
 use crate::location::Location;
-use crate::proto::{Options, Request, Role, Summary};
+use crate::proto::{HandshakeError, Options, Request, Role, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
 use crate::transport::child::{ChildPeer, SshOptions};
@@ -88,13 +88,15 @@ fn daemon_target(plan: &Plan) -> Option<String> {
 /// The ssh peer of a plan as `[user@]host:` (the address without its
 /// path, which `ferry doctor` reads as the ssh path).
 fn ssh_target(plan: &Plan) -> Option<String> {
-    plan.sources
-        .iter()
-        .chain([&plan.dest])
-        .find_map(|l| match l {
-            Location::Ssh { user, host, .. } => Some(ssh_doctor_target(user.as_deref(), host)),
-            _ => None,
-        })
+    ssh_target_in(plan.sources.iter().chain([&plan.dest]))
+}
+
+/// The first ssh peer among `locations`, as [`ssh_target`] gives it.
+fn ssh_target_in<'a>(mut locations: impl Iterator<Item = &'a Location>) -> Option<String> {
+    locations.find_map(|l| match l {
+        Location::Ssh { user, host, .. } => Some(ssh_doctor_target(user.as_deref(), host)),
+        _ => None,
+    })
 }
 
 /// An ssh peer as `ferry doctor` is told it: `[user@]host:`.
@@ -134,6 +136,10 @@ const DOCTOR_HINT: &str = "; run `ferry doctor ";
 /// carry their own advice) are returned as they are.
 fn with_doctor_hint(e: TransferError, target: &str) -> TransferError {
     let hint = format!("{DOCTOR_HINT}{target}` to find out why");
+    // one pointer is enough (the ssh failure's own names the host already)
+    if e.to_string().contains(DOCTOR_HINT) {
+        return e;
+    }
     match e {
         TransferError::Connect { text, why } => TransferError::Connect {
             text: text + &hint,
@@ -298,7 +304,74 @@ pub enum Listing {
 /// answers, put to the server half (on a thread here for a local path, as a
 /// local transfer runs it; the remote's `ferry serve --stdio` over ssh), so
 /// the entries are the ones a transfer would list.
+/// Over ssh, `--transport` decides as for a transfer: a remote that cannot
+/// run ferry is listed over SFTP (with one notice saying why), and a failure
+/// to reach the host ends with the `ferry doctor` command to run.
 pub fn list_path(
+    loc: &Location,
+    ssh: &SshOptions,
+    events: &EventFn<'_>,
+) -> Result<Vec<crate::proto::Entry>, TransferError> {
+    let Location::Ssh {
+        user, host, path, ..
+    } = loc
+    else {
+        return list_over_stdio(loc, ssh);
+    };
+    let target = ssh_target_in(std::iter::once(loc));
+    let hint = |e| match &target {
+        Some(t) => with_doctor_hint(e, t),
+        None => e,
+    };
+    let user = user.as_deref();
+    let auto = ssh.transport == crate::transport::child::Transport::Auto;
+    if ssh.transport == crate::transport::child::Transport::Sftp {
+        return sftp::list(user, host, path, ssh, None, events).map_err(hint);
+    }
+    if !auto || ssh.remote_ferry.is_some() {
+        return list_over_stdio(loc, ssh).map_err(hint);
+    }
+    // auto: ferry first; SFTP where the remote cannot run it
+    let (peer, stream) = ChildPeer::ssh_kept(user, host, ssh).map_err(hint)?;
+    let counters = Arc::new(Counters::default());
+    let listed = session::list_entries_counted(stream, path.clone(), counters.clone());
+    let ended = peer.finish_kept(listed.is_err());
+    let reached = counters.received.load(Ordering::Relaxed) > 0;
+    let as_summary = match &listed {
+        Ok(_) => Ok(Summary::default()),
+        Err(TransferError::Handshake(HandshakeError::NotFerry(t))) => Err(
+            TransferError::Handshake(HandshakeError::NotFerry(t.clone())),
+        ),
+        Err(TransferError::Handshake(HandshakeError::NoCommonVersion {
+            ours_min,
+            ours_max,
+            theirs_min,
+            theirs_max,
+        })) => Err(TransferError::Handshake(HandshakeError::NoCommonVersion {
+            ours_min: *ours_min,
+            ours_max: *ours_max,
+            theirs_min: *theirs_min,
+            theirs_max: *theirs_max,
+        })),
+        Err(_) => Err(TransferError::Connection(String::new())),
+    };
+    let judged =
+        sftp::judge(host, &ended, &as_summary, events).map_err(|e| hint(unreached(e, reached)))?;
+    if let Some(why) = judged {
+        return sftp::list(user, host, path, ssh, Some(why), events).map_err(hint);
+    }
+    match (listed, ended.error) {
+        (Ok(entries), _) => Ok(entries),
+        (Err(e @ TransferError::Handshake(HandshakeError::NotFerry(_))), _) => Err(e),
+        (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => {
+            Err(hint(unreached(with_message(e, &ended.stderr), reached)))
+        }
+        (Err(e), _) => Err(hint(e)),
+    }
+}
+
+/// [`list_path`] through `ferry serve --stdio`, local or over ssh.
+fn list_over_stdio(
     loc: &Location,
     ssh: &SshOptions,
 ) -> Result<Vec<crate::proto::Entry>, TransferError> {
@@ -308,11 +381,14 @@ pub fn list_path(
             user, host, path, ..
         } => {
             let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, ssh)?;
-            let listed = session::list_entries(stream, path.clone());
+            let counters = Arc::new(Counters::default());
+            let listed = session::list_entries_counted(stream, path.clone(), counters.clone());
             let child_error = peer.finish(listed.is_err());
+            let reached = counters.received.load(Ordering::Relaxed) > 0;
             match (listed, child_error) {
+                (Err(e @ TransferError::Handshake(HandshakeError::NotFerry(_))), _) => Err(e),
                 (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => {
-                    Err(e)
+                    Err(unreached(e, reached))
                 }
                 (listed, _) => listed,
             }
@@ -365,23 +441,40 @@ fn over_ssh(
     for peer in extra.into_inner().unwrap_or_else(|p| p.into_inner()) {
         peer.end();
     }
+    let reached = || counters.received.load(Ordering::Relaxed) > 0;
     let Some(fallback) = kept else {
-        return finish_child(peer, result);
+        return finish_child(peer, result).map_err(|e| unreached(e, reached()));
     };
     // (with auto: whether the remote could run ferry at all)
     let ended = peer.finish_kept(result.is_err());
-    match sftp::judge(host, &ended, &result, events)? {
+    let judged = sftp::judge(host, &ended, &result, events).map_err(|e| unreached(e, reached()))?;
+    match judged {
         Some(why) => {
             *fallback = Some(why);
             result
         }
         None => match (result, ended.error) {
             (Ok(s), _) => Ok(s),
+            // what came instead of a hello (a banner) says more than the
+            // exit of the remote ferry that met no hello
+            (Err(e @ TransferError::Handshake(HandshakeError::NotFerry(_))), _) => Err(e),
             (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => {
-                Err(with_message(e, &ended.stderr))
+                Err(unreached(with_message(e, &ended.stderr), reached()))
             }
             (Err(e), _) => Err(e),
         },
+    }
+}
+
+/// A connection failure of an ssh peer that never sent a byte is a failure
+/// to connect ("ssh to H: …"), not a lost connection.
+fn unreached(e: TransferError, reached: bool) -> TransferError {
+    match e {
+        TransferError::Connection(text) if !reached => TransferError::Connect {
+            text,
+            why: crate::error::ConnectFailure::Other,
+        },
+        e => e,
     }
 }
 
@@ -406,6 +499,7 @@ fn finish_child(
     let child_error = peer.finish(failed);
     match (result, child_error) {
         (Ok(s), _) => Ok(s),
+        (Err(e @ TransferError::Handshake(HandshakeError::NotFerry(_))), _) => Err(e),
         (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => Err(e),
         (Err(e), _) => Err(e),
     }

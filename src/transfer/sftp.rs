@@ -118,7 +118,7 @@ pub(super) fn judge(
         }
         Some(255) => {
             return Err(TransferError::Connection(format!(
-                "ssh to {host}: ssh failed (exit 255): {}; run `ferry doctor {host}` to see why",
+                "ssh to {host}: ssh failed (exit 255): {}",
                 last_line(said).unwrap_or("no message")
             )))
         }
@@ -145,6 +145,54 @@ pub(super) fn judge(
         }
     }
     Ok(None)
+}
+
+/// `ferry ls host:path` over SFTP: the entries a transfer over SFTP would
+/// list (the directory and its entries, symlinks as symlinks), with `why`
+/// (the fallback's reason) told once as a notice.
+pub(super) fn list(
+    user: Option<&str>,
+    host: &str,
+    path: &[u8],
+    ssh: &child::SshOptions,
+    why: Option<String>,
+    events: &EventFn<'_>,
+) -> Result<Vec<crate::proto::Entry>, TransferError> {
+    use crate::store::source::{ListOptions, Listed, Source};
+    if let Some(why) = why {
+        events(Event::notice(b"", format!("{why}: listing over SFTP")));
+    }
+    let (cmd, target) = child::sftp_command(user, host, ssh)?;
+    let sftp = Sftp::start(cmd).map_err(|e| TransferError::Connect {
+        text: format!(
+            "ssh to {target}: ssh failed: {}; see ssh's message above",
+            crate::error::io_text(&e)
+        ),
+        why: crate::error::ConnectFailure::Other,
+    })?;
+    let source = crate::sftp::source::SftpSource { sftp, verify: None };
+    let opts = ListOptions {
+        dirs: true,
+        links: true,
+        ..Default::default()
+    };
+    let mut entries = Vec::new();
+    let mut failed = None;
+    let roots = [remote_path(path)];
+    source.list(&roots, &opts, &mut |item| -> Result<(), TransferError> {
+        match item {
+            Listed::Entry(e, _) => entries.push(e),
+            Listed::Error(t) => {
+                failed.get_or_insert(t);
+            }
+            Listed::Notice(_) => {}
+        }
+        Ok(())
+    })?;
+    match failed {
+        Some(t) => Err(TransferError::Remote(format!("{target}: {t}"))),
+        None => Ok(entries),
+    }
 }
 
 /// Whether the ferry attempt met the sftp-only account's line instead of a
@@ -188,7 +236,7 @@ fn run(
     let (cmd, target) = child::sftp_command(user, host, &plan.ssh)?;
     let sftp = Sftp::start(cmd).map_err(|e| {
         TransferError::Connection(format!(
-            "ssh to {target}: ssh failed: {}; see ssh's message above, and run `ferry doctor {host}` to see why",
+            "ssh to {target}: ssh failed: {}; see ssh's message above",
             crate::error::io_text(&e)
         ))
     })?;

@@ -96,6 +96,9 @@ pub struct ChildPeer {
     /// What the child printed on stderr, when it is kept (to tell why it
     /// failed: ssh's own message, a missing ferry, an sftp-only account).
     stderr: Option<Arc<Mutex<Vec<u8>>>>,
+    /// The `--remote-ferry PATH` the user named, for the message when it
+    /// cannot be run (not "install it", but "that path is not there").
+    remote_ferry: Option<String>,
 }
 
 /// How much of a child's stderr is kept.
@@ -283,7 +286,9 @@ impl ChildPeer {
         let (mut cmd, target) = ssh_command(user, host, opts)?;
         let remote = opts.remote_ferry.as_deref().unwrap_or("ferry");
         cmd.arg(format!("{} serve --stdio", shell_quote(remote)));
-        ChildPeer::spawn(cmd, format!("ssh to {target}"))
+        let (mut peer, stream) = ChildPeer::spawn(cmd, format!("ssh to {target}"))?;
+        peer.remote_ferry = opts.remote_ferry.clone();
+        Ok((peer, stream))
     }
 
     /// Starts any command that speaks the protocol on its stdio.
@@ -299,12 +304,13 @@ impl ChildPeer {
                 words.join(" ")
             ));
         }
-        let mut child = cmd.spawn().map_err(|e| {
-            TransferError::Connection(format!(
-                "cannot start {:?} for {what}: {}",
-                cmd.get_program(),
+        let mut child = cmd.spawn().map_err(|e| TransferError::Connect {
+            text: format!(
+                "cannot start {} for {what}: {}",
+                cmd.get_program().to_string_lossy(),
                 crate::error::io_text(&e)
-            ))
+            ),
+            why: crate::error::ConnectFailure::Other,
         })?;
         let (stdin, stdout) = (
             child.stdin.take().expect("piped"),
@@ -321,6 +327,7 @@ impl ChildPeer {
                 child,
                 what,
                 stderr: None,
+                remote_ferry: None,
             },
             stream,
         ))
@@ -338,6 +345,7 @@ impl ChildPeer {
         cmd.arg(format!("{} serve --stdio", shell_quote(remote)));
         cmd.stderr(Stdio::piped());
         let (mut peer, stream) = ChildPeer::spawn(cmd, format!("ssh to {target}"))?;
+        peer.remote_ferry = opts.remote_ferry.clone();
         if let Some(mut err) = peer.child.stderr.take() {
             let kept = Arc::new(Mutex::new(Vec::new()));
             let into = kept.clone();
@@ -406,9 +414,23 @@ impl ChildPeer {
         };
         let error = match status.code() {
             Some(0) | None => None,
-            Some(127) => Some(TransferError::Connection(format!(
-                "{}: ferry was not found on the remote's PATH (exit 127); install it there or pass --remote-ferry PATH",
-                self.what
+            Some(127) => Some(TransferError::Connection(match &self.remote_ferry {
+                Some(path) => format!(
+                    "{}: --remote-ferry {path}: no such command on the remote (exit 127)",
+                    self.what
+                ),
+                None => format!(
+                    "{}: ferry was not found on the remote's PATH (exit 127); install it there or pass --remote-ferry PATH",
+                    self.what
+                ),
+            })),
+            Some(126) => Some(TransferError::Connection(format!(
+                "{}: {} cannot be run on the remote (exit 126: not executable, or not a program)",
+                self.what,
+                match &self.remote_ferry {
+                    Some(path) => format!("--remote-ferry {path}"),
+                    None => "ferry".into(),
+                }
             ))),
             Some(255) => Some(TransferError::Connection(format!(
                 "{}: ssh failed (exit 255); see its message above",

@@ -108,7 +108,8 @@ impl Place for S3Place {
         if key.is_empty() {
             return Ok(Some(true));
         }
-        let fail = |e: io::Error| TransferError::local(shown.to_string(), &e);
+        let at = self.bucket.show(&key);
+        let fail = |e: io::Error| TransferError::local(at, &e);
         Ok(self
             .bucket
             .stat(&key, true)
@@ -119,7 +120,7 @@ impl Place for S3Place {
     fn open(&mut self, root: &[u8], _create: bool, shown: &str) -> Result<S3Dest, TransferError> {
         let root = key_of(root).map_err(|e| TransferError::Usage(format!("{shown}: {e}")))?;
         let known = Known::load(&self.bucket, &root)
-            .map_err(|e| TransferError::local(shown.to_string(), &e))?;
+            .map_err(|e| TransferError::local(self.bucket.show(&root), &e))?;
         Ok(S3Dest {
             bucket: self.bucket.clone(),
             root,
