@@ -9,7 +9,7 @@ use super::Sender;
 use crate::chunk::WholeCheck;
 use crate::error::{FileOp, TransferError};
 use crate::proto::Message;
-use crate::store::source::Source;
+use crate::store::source::{Source, SourceFile};
 use std::io::{Read, Write};
 
 impl<W: Write, S: Source> Sender<'_, W, S> {
@@ -36,7 +36,13 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 .len()
                 .min((before.size - total.min(before.size)) as usize);
             if want == 0 {
-                break;
+                // the size stamped at the open is read: the source sees
+                // its end now (SFTP checks the remote's hash there)
+                match f.at_end() {
+                    Ok(true) => break,
+                    Ok(false) => return self.give_up(file, path, Unsent::Changed),
+                    Err(e) => return self.give_up(file, path, Unsent::Io(FileOp::Read, e)),
+                }
             }
             let n = match read_full(&mut f, &mut self.buf[..want]) {
                 Ok(n) => n,
