@@ -167,6 +167,22 @@ pub struct Unpacker {
 pub type Key = (u32, u64);
 
 impl Unpacker {
+    /// Frees the streams `ended` says nothing continues any more (a file's
+    /// end or failure, a segment's end), so that a stream still in use is
+    /// never the one that makes room for a new one.
+    pub fn close(&mut self, ended: impl Fn(Key) -> bool) {
+        let mut i = 0;
+        while i < self.open.len() {
+            if ended(self.open[i].0) {
+                let (_, c) = self.open.remove(i);
+                self.spare.push(c);
+            } else {
+                i += 1;
+            }
+        }
+        self.spare.truncate(2);
+    }
+
     /// The bytes of `packed` (a block of `raw_len` bytes, sent under `key`),
     /// decompressed into `buf`; `next` is the key the block after it would
     /// continue under (the same for `Data`).
@@ -343,6 +359,36 @@ mod tests {
             .unpack((1, 0), (1, 0), &packed, a.len() as u32, &mut buf)
             .unwrap();
         assert_eq!(out, &a[..]);
+    }
+
+    #[test]
+    fn a_segment_outlives_many_files_that_end_between_its_blocks() {
+        // the receiver closes a file's streams at its FileEnd: a segment's
+        // stream, still in use, is then never the one dropped for room
+        let mut seg = Packer::with(Some(1), true);
+        let a = text(100_000, 4);
+        let mut buf = vec![0u8; 256 << 10];
+        let mut u = Unpacker::default();
+        let first = seg.pack(&a).1.to_vec();
+        let n = a.len() as u64;
+        u.unpack((1000, 0), (1000, n), &first, a.len() as u32, &mut buf)
+            .unwrap();
+        for file in 0..(MAX_OPEN as u32 * 3) {
+            let mut p = Packer::with(Some(1), true);
+            let b = text(50_000, 5);
+            let packed = p.pack(&b).1.to_vec();
+            let key = (file, u64::MAX);
+            u.unpack(key, key, &packed, b.len() as u32, &mut buf)
+                .unwrap();
+            u.close(|k| k.0 == file);
+        }
+        let second = seg.pack(&a).1.to_vec();
+        assert!(!second.starts_with(&MAGIC));
+        let out = u
+            .unpack((1000, n), (1000, 2 * n), &second, a.len() as u32, &mut buf)
+            .unwrap();
+        assert_eq!(out, &a[..]);
+        assert!(u.open.len() == 1 && u.spare.len() <= 2);
     }
 
     #[test]

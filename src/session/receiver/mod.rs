@@ -512,10 +512,21 @@ impl<D: Destination> Receiver<'_, D> {
                 offset,
                 len,
                 hash,
-            } => self.segment_end(file, offset, len, hash),
-            Message::RecipeEnd { file, size, hash } => self.recipe_end(file, size, hash),
-            Message::FileEnd { file, size, hash } => self.file_end(file, size, hash),
+            } => {
+                let next = (file, offset.saturating_add(len));
+                self.unpacker.close(|k| k == next);
+                self.segment_end(file, offset, len, hash)
+            }
+            Message::RecipeEnd { file, size, hash } => {
+                self.unpacker.close(|k| k.0 == file);
+                self.recipe_end(file, size, hash)
+            }
+            Message::FileEnd { file, size, hash } => {
+                self.unpacker.close(|k| k.0 == file);
+                self.file_end(file, size, hash)
+            }
             Message::FileFailed { file, reason } => {
+                self.unpacker.close(|k| k.0 == file);
                 let state = self
                     .in_flight
                     .remove(file)
