@@ -6,6 +6,7 @@ use crate::error::TransferError;
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// `ferry sync -i KEY SRC DEST`: on sync `-i` is rsync's
@@ -35,7 +36,16 @@ pub fn sync_key_after_itemize(argv: &[OsString]) -> Result<(), TransferError> {
 
 /// Whether `path` is a file that opens like a private key.
 fn is_private_key(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
+    // only a regular file, opened without following a link or waiting on
+    // a FIFO or a device
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+    else {
         return false;
     };
     let mut head = Vec::with_capacity(64);

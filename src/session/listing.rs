@@ -12,9 +12,13 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 /// receiving thread; a multiply by the golden ratio spreads them as well.
 ///
 /// # Security
-/// Not for keys a peer picks: a peer that knew the multiplier could make them
-/// collide. An index is this side's count; a fingerprint is under a key the
-/// peer never sees.
+/// Not for keys a peer picks. An index is this side's count, but a peer
+/// chooses which indices stay kept (by which entries are directories or in
+/// flight): a multiply alone maps indices one-to-one onto buckets, yet a
+/// peer that knew it could keep indices whose buckets are contiguous and
+/// lengthen every probe. So the index is first XORed with a key drawn once
+/// per process, which the peer never sees. A fingerprint is under a key the
+/// peer never sees already.
 #[derive(Default, Clone, Copy)]
 struct Spread(u64);
 
@@ -31,11 +35,17 @@ impl Hasher for Spread {
         self.write_u64(u64::from(n));
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = (n ^ spread_key()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
 type SpreadState = BuildHasherDefault<Spread>;
+
+/// [`Spread`]'s key: random, drawn once per process.
+fn spread_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| RandomState::new().hash_one(0x5eed_u64))
+}
 
 /// List entries by their index in the list; settled ones can be let go.
 pub struct Listing<T> {
