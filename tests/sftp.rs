@@ -776,8 +776,10 @@ fn small_files_through_a_slow_link_are_many_in_flight() {
     eprintln!("100 × 4 KiB at 40 ms RTT: ferry over SFTP {ferry:?}, sftp put -r {oracle:?}");
     // sftp waits about four round trips per file; ferry keeps many in flight
     // (and pays three ssh connections of about 11 round trips: SFTP, the
-    // hash probe, the remote check)
-    assert!(ferry * 2 < oracle, "ferry {ferry:?}, sftp {oracle:?}");
+    // hash probe, the remote check). Measured 1.9-2.0x on the 2-core VM, the
+    // code before the hash-command probe included: the bound is 1.5x, which
+    // a copy waiting on each file in turn (about 1x) still fails
+    assert!(ferry * 3 < oracle * 2, "ferry {ferry:?}, sftp {oracle:?}");
 }
 
 /// A hash command for the remote's PATH (one of [`REMOTE_HASHERS`]) that,
