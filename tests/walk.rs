@@ -361,3 +361,40 @@ fn trust_add_names_a_private_key_and_a_refused_option() {
     assert!(!t.path().join("cfg/authorized_keys").exists());
     ok(ferry(["trust", "add", &pubkey, "--config-dir", &cfg]));
 }
+
+/// A closed stdout where `api-key create` shows its secret, the one time it
+/// is shown: the command fails and the key is revoked again, not left
+/// usable by nobody who knows its secret (listings end quietly; this does
+/// not).
+#[test]
+fn api_key_create_with_a_closed_stdout_fails_and_leaves_no_usable_key() {
+    let t = tmp();
+    let dir = s(&t.path().join("cfg"));
+    let o = with_closed_stdout(&[
+        "api-key",
+        "create",
+        "--name",
+        "lost",
+        "--scope",
+        "jobs:read",
+        "--config-dir",
+        &dir,
+    ]);
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("API key lost not created") && err.lines().count() == 1,
+        "{err}"
+    );
+    let list = stdout(&ok(ferry([
+        "api-key",
+        "list",
+        "--json",
+        "--config-dir",
+        &dir,
+    ])));
+    assert!(
+        !list.contains("\"lost\"") || list.contains("\"revoked\""),
+        "{list}"
+    );
+}

@@ -200,7 +200,24 @@ pub fn api_key(c: ApiKeyCommand) -> Result<i32, TransferError> {
             let conn = open(&config_dir)?;
             let (key, secret) =
                 crate::api::keys::create(&conn, &name, &scope, &module).map_err(usage)?;
-            outln!("{secret}");
+            // the secret is shown once: if it cannot be (a closed or full
+            // stdout), the key is revoked again rather than left usable by
+            // nobody who knows it
+            let shown = {
+                use std::io::Write;
+                let mut o = std::io::stdout().lock();
+                writeln!(o, "{secret}").and_then(|()| o.flush())
+            };
+            if let Err(e) = shown {
+                let _ = crate::api::keys::revoke(&conn, &name);
+                return Err(TransferError::Local {
+                    path: "standard output".into(),
+                    text: format!(
+                        "{}; API key {name} not created (its secret could not be shown)",
+                        crate::error::io_text(&e)
+                    ),
+                });
+            }
             eprintln!(
                 "ferry: API key {} ({}) created; the secret above is not shown again",
                 key.name,
