@@ -860,6 +860,8 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     // every refusal here exits 1 as it always has, the unreadable file too
     let config = crate::server::config::DaemonConfig::build(&overrides, &dir)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
+    // an address in use fails here, before a key is made or a warning logged
+    let listeners = crate::server::daemon::bind(&config)?;
     if a.api.is_some() {
         // the API's certificate may be made from the daemon's key: make it now
         crate::server::daemon::fingerprint(&config)
@@ -897,7 +899,7 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         signal_hook::flag::register(sig, shutdown.clone())
             .map_err(|e| TransferError::local("signal handler", &e))?;
     }
-    crate::server::daemon::run(config, shutdown, &|addrs| {
+    crate::server::daemon::run(config, listeners, shutdown, &|addrs| {
         // one line on stdout, for scripts and tests: where to connect
         for a in addrs {
             println!("listening on {a}");
