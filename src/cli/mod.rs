@@ -312,7 +312,26 @@ fn locations(
     first: &OsString,
     rest: &[OsString],
 ) -> Result<(Vec<Location>, Location), TransferError> {
-    let parse = |p: &OsString| Location::parse(p).map_err(|e| TransferError::Usage(e.to_string()));
+    let parse = |p: &OsString| match Location::parse(p) {
+        Err(e) => Err(TransferError::Usage(e.to_string())),
+        // `host::` or `ferry://host/` alone: a copy needs a module
+        Ok(Location::Daemon { host, port, path }) if path.iter().all(|&b| b == b'/') => {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let list = match port {
+                Some(port) => format!("ferry://{host}:{port}/"),
+                None => format!("{host}::"),
+            };
+            Err(TransferError::Usage(format!(
+                "{}: name a module (ferry ls {list} lists them)",
+                p.to_string_lossy()
+            )))
+        }
+        Ok(l) => Ok(l),
+    };
     let (dest, sources) = rest.split_last().expect("clap requires two paths");
     Ok((
         std::iter::once(first)
