@@ -117,12 +117,17 @@ fn cp_v_passes_sshs_lines_through_unprefixed() {
     if !sshd_available() {
         return;
     }
-    let sshd = Sshd::start();
+    // ferry on the remote's PATH and no --remote-ferry, as the walk had it
+    // (ssh's stderr is then read by ferry, to tell whether to fall back)
+    let bin = ferry_bin();
+    let sshd = Sshd::start_with_env(
+        &format!("PATH={}:/usr/bin:/bin", s(bin.parent().unwrap())),
+        "",
+    );
     let t = tmp();
     write(&t.path().join("a.txt"), "alpha\n");
     let dest = t.path().join("out.txt");
-    let mut args = vec!["cp".to_string(), "-v".into()];
-    args.extend(sshd.args());
+    let mut args = vec!["cp".to_string(), "-v".into(), "-e".into(), sshd.rsh()];
     args.extend([s(&t.path().join("a.txt")), sshd.remote(&dest)]);
     let o = ok(ferry(&args));
     assert_eq!(std::fs::read_to_string(&dest).unwrap(), "alpha\n");
