@@ -344,7 +344,20 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             h.error.as_deref().unwrap_or("unknown")
         );
     }
-    if !missed.is_empty() && missed.len() == outcome.hosts.len() {
+    if !missed.is_empty() && missed.iter().all(|h| h.declined) {
+        // --resume would meet the same refusal
+        eprintln!(
+            "ferry: job {} {}: {} of {} host(s) refused it (exit {code}); fix what they said above (the address, the module) and run the fan-out to them again",
+            record.job,
+            if missed.len() == outcome.hosts.len() {
+                "failed"
+            } else {
+                "is partial"
+            },
+            missed.len(),
+            outcome.hosts.len(),
+        );
+    } else if !missed.is_empty() && missed.len() == outcome.hosts.len() {
         eprintln!(
             "ferry: job {} failed: no host got it ({} of {} host(s) missed it, exit {code}); once the causes above are fixed, `ferry fanout --resume {}` runs it again",
             record.job,

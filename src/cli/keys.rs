@@ -286,6 +286,15 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
         }
         return Ok(exit::OK);
     }
+    if let Location::Local(path) = &loc {
+        // a missing local path is this host's file error (exit 11), not a
+        // connection's (the listing itself runs over a local child)
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+        if let Err(e) = std::fs::symlink_metadata(p) {
+            return Err(TransferError::local(crate::fs::names::escape(path), &e));
+        }
+    }
     if matches!(loc, Location::Local(_) | Location::Ssh { .. }) {
         let ssh = crate::transport::child::SshOptions {
             rsh: a.rsh.clone(),

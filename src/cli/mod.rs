@@ -312,7 +312,26 @@ fn locations(
     first: &OsString,
     rest: &[OsString],
 ) -> Result<(Vec<Location>, Location), TransferError> {
-    let parse = |p: &OsString| Location::parse(p).map_err(|e| TransferError::Usage(e.to_string()));
+    let parse = |p: &OsString| match Location::parse(p) {
+        Err(e) => Err(TransferError::Usage(e.to_string())),
+        // `host::` or `ferry://host/` alone: a copy needs a module
+        Ok(Location::Daemon { host, port, path }) if path.iter().all(|&b| b == b'/') => {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let list = match port {
+                Some(port) => format!("ferry://{host}:{port}/"),
+                None => format!("{host}::"),
+            };
+            Err(TransferError::Usage(format!(
+                "{}: name a module (ferry ls {list} lists them)",
+                p.to_string_lossy()
+            )))
+        }
+        Ok(l) => Ok(l),
+    };
     let (dest, sources) = rest.split_last().expect("clap requires two paths");
     Ok((
         std::iter::once(first)
@@ -860,6 +879,8 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     // every refusal here exits 1 as it always has, the unreadable file too
     let config = crate::server::config::DaemonConfig::build(&overrides, &dir)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
+    // an address in use fails here, before a key is made or a warning logged
+    let listeners = crate::server::daemon::bind(&config)?;
     if a.api.is_some() {
         // the API's certificate may be made from the daemon's key: make it now
         crate::server::daemon::fingerprint(&config)
@@ -897,7 +918,7 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         signal_hook::flag::register(sig, shutdown.clone())
             .map_err(|e| TransferError::local("signal handler", &e))?;
     }
-    crate::server::daemon::run(config, shutdown, &|addrs| {
+    crate::server::daemon::run(config, listeners, shutdown, &|addrs| {
         // one line on stdout, for scripts and tests: where to connect
         for a in addrs {
             println!("listening on {a}");

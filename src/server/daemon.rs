@@ -463,14 +463,30 @@ pub fn fingerprint(config: &DaemonConfig) -> Result<PublicKey, KeyError> {
     host_identity(&config.identity).map(|i| i.public)
 }
 
+/// Binds every address the daemon listens on. `ferry serve` calls it first,
+/// so an address in use fails before a key is made or a warning logged. An
+/// address it cannot listen on (in use, not this machine's) is a local
+/// fault, [`TransferError::Local`].
+pub fn bind(config: &DaemonConfig) -> Result<Vec<TcpListener>, TransferError> {
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let listen = |e: std::io::Error| TransferError::local(format!("listen on {addr}"), &e);
+        let l = TcpListener::bind(addr).map_err(listen)?;
+        l.set_nonblocking(true)
+            .map_err(|e| TransferError::Usage(e.to_string()))?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
 /// Serves until `shutdown` is set (SIGTERM, SIGINT), then waits for the
-/// transfers in progress to end. `ready` gets the bound addresses.
+/// transfers in progress to end, on the `listeners` [`bind`] made. `ready`
+/// gets the bound addresses.
 ///
-/// A configuration it cannot serve is a [`TransferError::Usage`]; an address
-/// it cannot listen on (in use, not this machine's) is a local fault,
-/// [`TransferError::Local`].
+/// A configuration it cannot serve is a [`TransferError::Usage`].
 pub fn run(
     config: DaemonConfig,
+    listeners: Vec<TcpListener>,
     shutdown: Arc<AtomicBool>,
     ready: &dyn Fn(&[SocketAddr]),
 ) -> Result<(), TransferError> {
@@ -502,14 +518,6 @@ pub fn run(
     }
     let tls = crate::trust::tls::server_config(&identity)
         .map_err(|e| TransferError::Usage(format!("TLS: {e}")))?;
-    let mut listeners = Vec::new();
-    for addr in &config.listen {
-        let listen = |e: std::io::Error| TransferError::local(format!("listen on {addr}"), &e);
-        let l = TcpListener::bind(addr).map_err(listen)?;
-        l.set_nonblocking(true)
-            .map_err(|e| TransferError::Usage(e.to_string()))?;
-        listeners.push(l);
-    }
     let bound: Vec<SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())

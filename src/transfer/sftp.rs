@@ -139,7 +139,8 @@ pub(super) fn judge(
         }
         _ => {}
     }
-    if !said.is_empty() && result.is_ok() {
+    // (with cp -v, ssh's lines went to stderr as ssh printed them)
+    if !said.is_empty() && result.is_ok() && !child::verbose() {
         for line in said.lines().filter(|l| !l.trim().is_empty()) {
             events(Event::notice(b"", line.to_string()));
         }

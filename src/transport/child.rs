@@ -104,6 +104,12 @@ pub struct ChildPeer {
 /// How much of a child's stderr is kept.
 const STDERR_KEPT: usize = 64 << 10;
 
+/// Whether a line of ssh's stderr is one of its own `-v` lines (`debug1: …`,
+/// `OpenSSH_9.6p1 …`), shown as it came under `cp -v`.
+fn is_ssh_debug(line: &[u8]) -> bool {
+    line.starts_with(b"debug") || line.starts_with(b"OpenSSH_")
+}
+
 /// How a child that carried a session ended.
 pub struct Ended {
     /// The error its exit status means, as [`ChildPeer::finish`] gives it.
@@ -352,14 +358,35 @@ impl ChildPeer {
             let _ = std::thread::Builder::new()
                 .name("ferry-ssh-stderr".into())
                 .spawn(move || {
+                    // with -v, ssh's lines go to our stderr as ssh prints
+                    // them (as scp -v shows them); its debug lines are
+                    // not kept (they are not what it said about a failure)
+                    let through = verbose();
+                    let mut line = Vec::new();
                     let mut buf = [0u8; 4096];
                     while let Ok(n) = err.read(&mut buf) {
                         if n == 0 {
                             break;
                         }
                         let mut k = into.lock().unwrap_or_else(|p| p.into_inner());
-                        let room = STDERR_KEPT.saturating_sub(k.len()).min(n);
-                        k.extend_from_slice(&buf[..room]);
+                        if !through {
+                            let room = STDERR_KEPT.saturating_sub(k.len()).min(n);
+                            k.extend_from_slice(&buf[..room]);
+                            continue;
+                        }
+                        let _ = std::io::Write::write_all(&mut std::io::stderr(), &buf[..n]);
+                        line.extend_from_slice(&buf[..n]);
+                        while let Some(i) = line.iter().position(|&b| b == b'\n') {
+                            let l: Vec<u8> = line.drain(..=i).collect();
+                            if !is_ssh_debug(&l) && k.len() + l.len() <= STDERR_KEPT {
+                                k.extend_from_slice(&l);
+                            }
+                        }
+                    }
+                    if !is_ssh_debug(&line) {
+                        let mut k = into.lock().unwrap_or_else(|p| p.into_inner());
+                        let room = STDERR_KEPT.saturating_sub(k.len()).min(line.len());
+                        k.extend_from_slice(&line[..room]);
                     }
                 });
             peer.stderr = Some(kept);
