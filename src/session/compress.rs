@@ -168,8 +168,9 @@ pub type Key = (u32, u64);
 
 impl Unpacker {
     /// Frees the streams `ended` says nothing continues any more (a file's
-    /// end or failure, a segment's end), so that a stream still in use is
-    /// never the one that makes room for a new one.
+    /// `Data` at its end or failure), so that a stream still in use (a
+    /// segment's, between two of its blocks) is not the one that makes room
+    /// for a new one.
     pub fn close(&mut self, ended: impl Fn(Key) -> bool) {
         let mut i = 0;
         while i < self.open.len() {

@@ -512,21 +512,21 @@ impl<D: Destination> Receiver<'_, D> {
                 offset,
                 len,
                 hash,
-            } => {
-                let next = (file, offset.saturating_add(len));
-                self.unpacker.close(|k| k == next);
-                self.segment_end(file, offset, len, hash)
-            }
+            } => self.segment_end(file, offset, len, hash),
+            // a file's `Data` stream ends with it (its segments' streams
+            // are left to age out: the next segment on the same connection
+            // may continue one, and other connections' blocks may still be
+            // on their way)
             Message::RecipeEnd { file, size, hash } => {
-                self.unpacker.close(|k| k.0 == file);
+                self.unpacker.close(|k| k == (file, u64::MAX));
                 self.recipe_end(file, size, hash)
             }
             Message::FileEnd { file, size, hash } => {
-                self.unpacker.close(|k| k.0 == file);
+                self.unpacker.close(|k| k == (file, u64::MAX));
                 self.file_end(file, size, hash)
             }
             Message::FileFailed { file, reason } => {
-                self.unpacker.close(|k| k.0 == file);
+                self.unpacker.close(|k| k == (file, u64::MAX));
                 let state = self
                     .in_flight
                     .remove(file)
