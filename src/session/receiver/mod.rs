@@ -514,9 +514,9 @@ impl<D: Destination> Receiver<'_, D> {
                 hash,
             } => self.segment_end(file, offset, len, hash),
             // a file's `Data` stream ends with it (its segments' streams
-            // are left to age out: the next segment on the same connection
-            // may continue one, and other connections' blocks may still be
-            // on their way)
+            // are left to age out: a segmented file's `FileEnd` may be read
+            // before another connection's last blocks of its segments, which
+            // the receiver then waits for)
             Message::RecipeEnd { file, size, hash } => {
                 self.unpacker.close(|k| k == (file, u64::MAX));
                 self.recipe_end(file, size, hash)
