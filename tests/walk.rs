@@ -148,6 +148,16 @@ fn cp_of_a_directory_without_r_exits_1_and_sync_keeps_rsyncs_0() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
     assert!(!t.path().join("w").exists());
+    // --json keeps the exit: a script reads the same code as a person (it
+    // exited 23, "partial", for the remote directory)
+    let mut args = vec!["cp".to_string(), "--json".to_string()];
+    args.extend(sshd.args());
+    args.extend([sshd.remote(&t.path().join("ckpt")), s(&t.path().join("w"))]);
+    let o = ferry(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("not a regular file"), "{out}");
+    assert!(!t.path().join("w").exists());
 }
 
 /// Walk item 18: three missing sources printed three errors and then

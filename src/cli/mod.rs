@@ -545,7 +545,7 @@ fn sync(
         daemon: daemon_options(&a.daemon)?,
     };
     if a.json {
-        return run_json(&plan, &json::JsonPrinter::new(progress, a.dry_run));
+        return run_json(&plan, &json::JsonPrinter::new(progress, a.dry_run), false);
     }
     let mut printer = Printer::new(a.verbose, a.quiet, progress, a.human, a.dry_run);
     printer.progress2 = a.info.iter().any(|i| i == "progress2");
@@ -644,42 +644,59 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         },
     };
     if a.json {
-        return run_json(&plan, &json::JsonPrinter::new(false, false));
+        return run_json(&plan, &json::JsonPrinter::new(false, false), true);
     }
     let mut printer = Printer::new(0, a.quiet, progress, false, false);
     if let Some(lines) = item_lines(&plan, a.itemize_changes, None, None)? {
         printer = printer.with_lines(lines);
     }
-    // scp exits 1 for a directory without -r; a remote one is found by the
-    // side that lists it, so the run ends with it as its only errors
-    let dirs = std::sync::atomic::AtomicU64::new(0);
+    let dirs = DirRefusals::default();
     let cancel = Cancel::default();
     let outcome = transfer::run(
         &plan,
         &|e| {
-            let text = &e.text;
-            if e.kind == crate::proto::EventKind::Error
-                && text.ends_with(b": not a regular file (use -r)")
-            {
-                dirs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            dirs.see(&e);
             printer.event(e)
         },
         &cancel,
     )?;
     printer.finish(&outcome, false);
-    let errors = outcome.summary.errors;
-    if errors > 0 && errors == dirs.load(std::sync::atomic::Ordering::Relaxed) {
-        return Ok(exit::USAGE);
-    }
-    if errors > 0 {
+    let code = dirs.exit_code(outcome.summary.errors, true);
+    if code == exit::PARTIAL {
         eprintln!(
-            "ferry: {errors} error(s): some files were not transferred (exit {})",
+            "ferry: {} error(s): some files were not transferred (exit {})",
+            outcome.summary.errors,
             exit::PARTIAL
         );
-        return Ok(exit::PARTIAL);
     }
-    Ok(exit::OK)
+    Ok(code)
+}
+
+/// scp exits 1 for a directory without -r. A remote one is found by the
+/// side that lists it, so `cp` counts those errors and, when they are the
+/// run's only errors, exits 1 rather than 23 ("partial") — in text and in
+/// `--json` alike, so a script reads the code a person does.
+#[derive(Default)]
+struct DirRefusals(std::sync::atomic::AtomicU64);
+
+impl DirRefusals {
+    fn see(&self, e: &crate::proto::Event) {
+        if e.kind == crate::proto::EventKind::Error
+            && e.text.ends_with(b": not a regular file (use -r)")
+        {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The exit code for a run that ended with `errors`; `cp` says whether
+    /// the directory rule applies (`sync` keeps rsync's notice and exit 0).
+    fn exit_code(&self, errors: u64, cp: bool) -> i32 {
+        match errors {
+            0 => exit::OK,
+            n if cp && n == self.0.load(std::sync::atomic::Ordering::Relaxed) => exit::USAGE,
+            _ => exit::PARTIAL,
+        }
+    }
 }
 
 /// `cp` without `-r`: a local source that is a directory ends the command
@@ -832,15 +849,20 @@ fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, Transfer
 }
 
 /// [`run_plan`] with `--json`: every event and the summary as JSON lines.
-fn run_json(plan: &Plan, printer: &json::JsonPrinter) -> Result<i32, TransferError> {
+fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, TransferError> {
     let cancel = Cancel::default();
-    let outcome = transfer::run(plan, &|e| printer.event(e), &cancel)?;
-    let code = match outcome.summary.errors {
-        0 => exit::OK,
-        _ => exit::PARTIAL,
-    };
+    let dirs = DirRefusals::default();
+    let outcome = transfer::run(
+        plan,
+        &|e| {
+            dirs.see(&e);
+            printer.event(e)
+        },
+        &cancel,
+    )?;
+    let code = dirs.exit_code(outcome.summary.errors, cp);
     printer.finish(&outcome, code);
-    if code != exit::OK {
+    if code == exit::PARTIAL {
         eprintln!(
             "ferry: {} error(s): some files were not transferred (exit {code})",
             outcome.summary.errors
