@@ -39,6 +39,12 @@ impl Setup {
     /// `n` destinations that trust the API daemon's key, whose keys the API
     /// daemon has recorded (as an operator would, once).
     fn start(n: usize) -> Setup {
+        Setup::start_with(n, &[])
+    }
+
+    /// Like [`start`](Self::start), the API daemon run under `wrapper`
+    /// (e.g. `env K=V` for a test hook).
+    fn start_with(n: usize, wrapper: &[&str]) -> Setup {
         let dir = tmp();
         let daemon = dir.path().join("daemon");
         std::fs::create_dir(&daemon).unwrap();
@@ -52,7 +58,7 @@ impl Setup {
             dir,
             &[("src", &src, false)],
             &["--api", &format!("127.0.0.1:{api_port}")],
-            &[],
+            wrapper,
             "127.0.0.1:0",
         )
         .unwrap_or_else(|e| panic!("API daemon did not start: {e}"));
@@ -488,4 +494,74 @@ fn bad_fanout_specs_are_refused_and_nothing_is_stored() {
     let (code, text) = s.curl("POST", &format!("/v1/jobs/{id}/resume"), None);
     assert_eq!(code, 409, "{text}");
     assert!(text.contains("not a fan-out job"), "{text}");
+}
+
+#[test]
+fn a_running_fanout_job_shows_each_hosts_progress_and_cancel_stops_it() {
+    // the API daemon's forwarder waits 50 ms a 256 KiB frame: 20 MiB take 4 s
+    let s = Setup::start_with(
+        2,
+        &["env", "FERRY_TEST_HOOKS=1", "FERRY_TEST_FANOUT_PACE_MS=50"],
+    );
+    let ckpt = s.src().join("ckpt");
+    tree(&ckpt);
+    let body = json!({"op": "fanout", "src": "src/ckpt/", "destinations": [s.dest(0), s.dest(1)]});
+    let (code, text) = s.curl("POST", "/v1/jobs", Some(&body));
+    assert_eq!(code, 202, "{text}");
+    let id = serde_json::from_str::<Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // progress: the job is running, bytes are counted, each host is running
+    let end = Instant::now() + Duration::from_secs(60);
+    let during = loop {
+        let j = s.show(&id);
+        if j["state"] == "running" && j["bytes_done"].as_u64().unwrap_or(0) > 0 {
+            break j;
+        }
+        assert!(
+            Instant::now() < end && j["state"] != "succeeded",
+            "no progress seen: {j:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let total = (20 * MIB + 15 + 18) as u64;
+    assert_eq!(
+        during["bytes_total"].as_u64().unwrap(),
+        2 * total,
+        "{during:#}"
+    );
+    assert!(
+        during["bytes_done"].as_u64().unwrap() < 2 * total,
+        "{during:#}"
+    );
+    for h in during["hosts"].as_array().unwrap() {
+        assert_eq!(h["state"], "running", "{during:#}");
+    }
+    assert!(
+        during["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["bytes_received"].as_u64().unwrap() > 0),
+        "{during:#}"
+    );
+    // cancel: the chain stops, nothing half-written is at a final path
+    let c = s.job(&["cancel", &id, "--json"]);
+    assert_eq!(c.status.code(), Some(0), "{}", stderr(&c));
+    let j = s.show(&id);
+    assert_eq!(j["state"], "canceled", "{j:#}\n{}", s.api.log());
+    assert_eq!(j["error"]["code"], "canceled", "{j:#}");
+    for i in 0..2 {
+        assert_eq!(j["hosts"][i]["state"], "missed", "{j:#}");
+        assert!(!s.out(i).join("model.bin").exists());
+    }
+    // and resumes to the end under its own id
+    let r = s.job(&["resume", &id]);
+    assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
+    let w = s.job(&["watch", &id]);
+    assert_eq!(w.status.code(), Some(0), "{}\n{}", stdout(&w), s.api.log());
+    for i in 0..2 {
+        assert_same_tree(&ckpt, &s.out(i), true);
+    }
 }

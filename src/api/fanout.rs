@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 
 /// How often progress reaches the database and the event log.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// A host still ending an earlier run of the job is tried again this many
+/// times, after this long, doubling (0.5 + 1 + 2 + 4 + 8 s): a cancelled
+/// run's hops let go of their files within a second here.
+const BUSY_RETRIES: u32 = 5;
+const BUSY_FIRST: Duration = Duration::from_millis(500);
 
 /// What the runner records when the job ends: its state, error, and what the
 /// final event adds.
@@ -127,11 +132,6 @@ pub(super) fn run(
         return ("failed", Some(("internal_error", e.to_string())), json!({}));
     }
     tracing::info!(job = id, hosts = only.len(), "fan-out {kind}");
-    let src = std::path::PathBuf::from(
-        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
-            r.src.local_path().expect("a fan-out sends a local module"),
-        ),
-    );
     let deadline = r
         .deadline_ms
         .map(|d| Instant::now() + Duration::from_millis((d - ids::now_ms()).max(0) as u64));
@@ -141,100 +141,67 @@ pub(super) fn run(
         deadline,
         deadline_hit: AtomicBool::new(false),
     });
-    let plan = Plan {
-        src,
-        walk: Walk {
-            recursive: r.options.recursive,
-            links: r.options.links,
-            perms: r.options.perms,
-            times: r.options.times,
-            delete: r.options.delete,
-        },
-        targets: only.iter().map(|&i| chain.targets[i].clone()).collect(),
-        daemon: jobs::daemon_options(&api.identity, &api.config_dir),
-        stall: chain.stall,
-        job: chain_id(id),
-        watch: Some(watcher.clone()),
-    };
-    let t0 = Instant::now();
-    let result = std::thread::scope(|s| {
-        let h = s.spawn(|| source::run(&plan));
-        let mut last = Instant::now();
-        while !h.is_finished() {
+    let mut pending = only.clone();
+    let mut delay = BUSY_FIRST;
+    let (mut received, mut source_read, mut total_size) = (0u64, 0u64, 0u64);
+    for round in 0..=BUSY_RETRIES {
+        let outcome = match chain_once(api, id, r, &mut hosts, &pending, &watcher) {
+            Ok(o) => o,
+            Err(end) => return end,
+        };
+        received += outcome.hosts.iter().map(|h| h.bytes_received).sum::<u64>();
+        source_read += outcome.source_read;
+        total_size = outcome.total_size;
+        for (h, &i) in outcome.hosts.iter().zip(&pending) {
+            let s = &mut hosts[i];
+            s.state = match h.state {
+                State::Done => "done",
+                State::Missed => "missed",
+            }
+            .into();
+            s.bytes_received = h.bytes_received;
+            s.error = h.error.clone();
+            s.pieces_refused = h.refused;
+            s.moved_to_tail = h.moved;
+        }
+        let busy: Vec<usize> = outcome
+            .hosts
+            .iter()
+            .zip(&pending)
+            .filter(|(h, _)| h.state == State::Missed && h.error.as_deref().is_some_and(still_busy))
+            .map(|(_, &i)| i)
+            .collect();
+        if busy.is_empty() || round == BUSY_RETRIES || watcher.stop() {
+            break;
+        }
+        // a host still ending a run just stopped (a cancel, a resume at
+        // once): try it again shortly, not the job's end
+        tracing::info!(
+            job = id,
+            hosts = busy.len(),
+            "hosts still busy with an earlier run; trying them again in {delay:?}"
+        );
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !watcher.stop() {
             std::thread::sleep(Duration::from_millis(50));
-            if last.elapsed() < PROGRESS_EVERY {
-                continue;
-            }
-            last = Instant::now();
-            let (seen, total) = watcher
-                .seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            for (k, &i) in only.iter().enumerate() {
-                hosts[i].bytes_received = seen.get(k).copied().unwrap_or(0);
-            }
-            let done: u64 = seen.iter().sum();
-            let all = total.saturating_mul(only.len() as u64);
-            let rate = done as f64 / t0.elapsed().as_secs_f64().max(0.001);
-            let hosts_text = json!(hosts).to_string();
-            let _ = api.write(|tx| {
-                tx.execute(
-                    "UPDATE jobs SET bytes_done = ?2, bytes_total = ?3, rate = ?4, hosts = ?5, updated_ms = ?6 WHERE id = ?1",
-                    params![id, done as i64, all as i64, rate, hosts_text, ids::now_ms()],
-                )?;
-                db::event(tx, Some(id), "progress", &json!({"bytes_done": done, "bytes_total": all, "rate_bytes_per_second": rate.round() as i64}))?;
-                Ok(())
-            });
         }
-        h.join()
-    });
-    let outcome = match result {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => {
-            let (code, _) = jobs::classify(&e);
-            return ("failed", Some((code, e.to_string())), json!({}));
-        }
-        Err(_) => {
-            return (
-                "failed",
-                Some(("internal_error", "the fan-out panicked".into())),
-                json!({}),
-            )
-        }
-    };
-    for (h, &i) in outcome.hosts.iter().zip(&only) {
-        let s = &mut hosts[i];
-        s.state = match h.state {
-            State::Done => "done",
-            State::Missed => "missed",
-        }
-        .into();
-        s.bytes_received = h.bytes_received;
-        s.error = h.error.clone();
-        s.pieces_refused = h.refused;
-        s.moved_to_tail = h.moved;
+        delay *= 2;
+        pending = busy;
     }
-    let received: u64 = outcome.hosts.iter().map(|h| h.bytes_received).sum();
-    let done_now = outcome
-        .hosts
-        .iter()
-        .filter(|h| h.state == State::Done)
-        .count() as u64;
     super::metrics::job_done(received, 0);
     let hosts_text = json!(hosts).to_string();
-    let all = outcome.total_size.saturating_mul(only.len() as u64);
+    let all = total_size.saturating_mul(only.len() as u64);
     let _ = api.write(|tx| {
         tx.execute(
-            "UPDATE jobs SET hosts = ?2, bytes_done = ?3, bytes_total = ?4, literal_bytes = ?5, files_total = ?6, updated_ms = ?7 WHERE id = ?1",
-            params![id, hosts_text, received as i64, all as i64, received as i64, done_now as i64, ids::now_ms()],
+            "UPDATE jobs SET hosts = ?2, bytes_done = ?3, bytes_total = ?4, literal_bytes = ?5, rate = 0, updated_ms = ?6 WHERE id = ?1",
+            params![id, hosts_text, received as i64, all as i64, received as i64, ids::now_ms()],
         )?;
         Ok(())
     });
     let extra = json!({
         "hosts": hosts.iter().map(|h| json!({"host": h.host, "state": h.state, "error": h.error})).collect::<Vec<_>>(),
-        "source_read_bytes": outcome.source_read,
-        "total_size": outcome.total_size,
+        "source_read_bytes": source_read,
+        "total_size": total_size,
     });
     if watcher.deadline_hit.load(Ordering::Relaxed) {
         return (
@@ -292,6 +259,92 @@ pub(super) fn run(
             Some(("fanout_failed", missed_text(&hosts))),
             extra,
         ),
+    }
+}
+
+/// Whether a host missed a run only because it was still ending an earlier
+/// one of this job (its files' write locks, the job's registration).
+fn still_busy(why: &str) -> bool {
+    why.contains("another transfer is writing this file right now")
+        || why.contains("this job is already running on this host")
+}
+
+/// One run of the chain through the hosts `pending`, its progress written
+/// to the job as it goes; the outcome, or how the job ends when the chain
+/// could not start.
+fn chain_once(
+    api: &Api,
+    id: &str,
+    r: &Resolved,
+    hosts: &mut [HostState],
+    pending: &[usize],
+    watcher: &Arc<Watcher>,
+) -> Result<source::Outcome, End> {
+    let chain = r.fanout.as_ref().expect("a fan-out job");
+    let src = std::path::PathBuf::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+            r.src.local_path().expect("a fan-out sends a local module"),
+        ),
+    );
+    let plan = Plan {
+        src,
+        walk: Walk {
+            recursive: r.options.recursive,
+            links: r.options.links,
+            perms: r.options.perms,
+            times: r.options.times,
+            delete: r.options.delete,
+        },
+        targets: pending.iter().map(|&i| chain.targets[i].clone()).collect(),
+        daemon: jobs::daemon_options(&api.identity, &api.config_dir),
+        stall: chain.stall,
+        job: chain_id(id),
+        watch: Some(watcher.clone()),
+    };
+    let t0 = Instant::now();
+    let result = std::thread::scope(|s| {
+        let h = s.spawn(|| source::run(&plan));
+        let mut last = Instant::now();
+        while !h.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            if last.elapsed() < PROGRESS_EVERY {
+                continue;
+            }
+            last = Instant::now();
+            let (seen, total) = watcher
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for (k, &i) in pending.iter().enumerate() {
+                hosts[i].bytes_received = seen.get(k).copied().unwrap_or(0);
+            }
+            let done: u64 = seen.iter().sum();
+            let all = total.saturating_mul(pending.len() as u64);
+            let rate = done as f64 / t0.elapsed().as_secs_f64().max(0.001);
+            let hosts_text = json!(hosts).to_string();
+            let _ = api.write(|tx| {
+                tx.execute(
+                    "UPDATE jobs SET bytes_done = ?2, bytes_total = ?3, rate = ?4, hosts = ?5, updated_ms = ?6 WHERE id = ?1",
+                    params![id, done as i64, all as i64, rate, hosts_text, ids::now_ms()],
+                )?;
+                db::event(tx, Some(id), "progress", &json!({"bytes_done": done, "bytes_total": all, "rate_bytes_per_second": rate.round() as i64}))?;
+                Ok(())
+            });
+        }
+        h.join()
+    });
+    match result {
+        Ok(Ok(o)) => Ok(o),
+        Ok(Err(e)) => {
+            let (code, _) = jobs::classify(&e);
+            Err(("failed", Some((code, e.to_string())), json!({})))
+        }
+        Err(_) => Err((
+            "failed",
+            Some(("internal_error", "the fan-out panicked".into())),
+            json!({}),
+        )),
     }
 }
 
