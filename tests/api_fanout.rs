@@ -27,6 +27,7 @@ fn free_port() -> u16 {
 /// The API daemon (module `src`) and its destinations (module `m` each).
 struct Setup {
     api: Daemon,
+    api_port: u16,
     url: String,
     key: String,
     dests: Vec<Option<Daemon>>,
@@ -78,6 +79,7 @@ impl Setup {
         let public = std::fs::read_to_string(api.daemon_dir().join("id_ed25519.pub")).unwrap();
         let mut s = Setup {
             api,
+            api_port,
             url: format!("http://127.0.0.1:{api_port}"),
             key,
             dests: Vec::new(),
@@ -108,6 +110,22 @@ impl Setup {
             ]));
         }
         s
+    }
+
+    /// `kill -9` of the API daemon, then the same daemon (database, keys,
+    /// API port) started again without test hooks.
+    fn restart_api(&mut self) {
+        self.api.kill9();
+        let dir = std::mem::replace(&mut self.api.dir, tmp());
+        let src = dir.path().join("src");
+        self.api = Daemon::spawn_in(
+            dir,
+            &[("src", &src, false)],
+            &["--api", &format!("127.0.0.1:{}", self.api_port)],
+            &[],
+            "127.0.0.1:0",
+        )
+        .unwrap_or_else(|e| panic!("API daemon did not restart: {e}"));
     }
 
     /// Starts destination `i` (again) on its port.
@@ -564,4 +582,54 @@ fn a_running_fanout_job_shows_each_hosts_progress_and_cancel_stops_it() {
     for i in 0..2 {
         assert_same_tree(&ckpt, &s.out(i), true);
     }
+}
+
+#[test]
+fn kill_9_of_the_api_daemon_mid_fanout_then_restart_finishes_the_same_job() {
+    let mut s = Setup::start_with(
+        2,
+        &["env", "FERRY_TEST_HOOKS=1", "FERRY_TEST_FANOUT_PACE_MS=50"],
+    );
+    let ckpt = s.src().join("ckpt");
+    tree(&ckpt);
+    let o = s.job(&[
+        "submit",
+        "--op",
+        "fanout",
+        "src/ckpt/",
+        &s.dest(0),
+        &s.dest(1),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = s.show(&id);
+        if j["bytes_done"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(j["state"], "running", "{j:#}");
+            break;
+        }
+        assert!(Instant::now() < end, "no progress seen: {j:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.restart_api();
+    let w = s.job(&["watch", &id]);
+    assert_eq!(w.status.code(), Some(0), "{}\n{}", stdout(&w), s.api.log());
+    let j = s.show(&id);
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert_eq!(j["attempts"], 2, "{j:#}");
+    for i in 0..2 {
+        assert_eq!(j["hosts"][i]["state"], "done", "{j:#}");
+        assert_same_tree(&ckpt, &s.out(i), true);
+    }
+    let (_, body) = s.curl("GET", &format!("/v1/events?job={id}"), None);
+    let ev: Value = serde_json::from_str(&body).unwrap();
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"interrupted"), "{kinds:?}");
+    assert!(kinds.contains(&"resumed"), "{kinds:?}");
 }

@@ -1,7 +1,7 @@
 //! `ferry api-key` (on the daemon's host: create, list, revoke keys in the
 //! daemon's state database) and `ferry job` (a small HTTP/1.1 client of a
 //! daemon's API, plain on loopback or https with the server's key pinned or
-//! its certificate checked against a CA: submit, list, show, cancel,
+//! its certificate checked against a CA: submit, list, show, cancel, resume,
 //! watch). The address, key and pin come from flags, `FERRY_API_URL` /
 //! `FERRY_API_KEY` / `FERRY_API_PIN`, or the files `api_url` / `api_key` /
 //! `api_pin` in the config directory. Not for serving the API.
