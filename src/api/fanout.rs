@@ -147,7 +147,23 @@ pub(super) fn run(
     for round in 0..=BUSY_RETRIES {
         let outcome = match chain_once(api, id, r, &mut hosts, &pending, &watcher) {
             Ok(o) => o,
-            Err(end) => return end,
+            Err(end) => {
+                // the chain did not start: no host of this run got it
+                let why = end.1.as_ref().map(|e| e.1.clone());
+                for &i in &pending {
+                    hosts[i].state = "missed".into();
+                    hosts[i].error = why.clone();
+                }
+                let hosts_text = json!(hosts).to_string();
+                let _ = api.write(|tx| {
+                    tx.execute(
+                        "UPDATE jobs SET hosts = ?2, rate = 0, updated_ms = ?3 WHERE id = ?1",
+                        params![id, hosts_text, ids::now_ms()],
+                    )?;
+                    Ok(())
+                });
+                return end;
+            }
         };
         received += outcome.hosts.iter().map(|h| h.bytes_received).sum::<u64>();
         source_read += outcome.source_read;

@@ -614,7 +614,8 @@ pub struct Job {
     pub attempts: i64,
     /// Transient failures met (and retried) so far
     pub faults: i64,
-    /// The job's max_faults, or the default (10) where none was given
+    /// The job's max_faults, or the default (10) where none was given;
+    /// null for a fan-out (not retried)
     pub max_faults: Option<u32>,
     pub status_detail: String,
     pub bytes_done: i64,
@@ -685,7 +686,8 @@ pub fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
         state,
         attempts: r.get("attempts")?,
         faults: r.get("faults")?,
-        max_faults: Some(spec.max_faults.unwrap_or(DEFAULT_MAX_FAULTS)),
+        // a fan-out is not retried: its missed hosts are resumed
+        max_faults: (spec.op != Op::Fanout).then(|| spec.max_faults.unwrap_or(DEFAULT_MAX_FAULTS)),
         status_detail: r.get("status_detail")?,
         bytes_done: done,
         bytes_total: total,

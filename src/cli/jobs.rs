@@ -597,13 +597,18 @@ fn print_job(j: &Value) {
             .unwrap_or_default()
     );
     outln!(
-        "  {} of {} bytes, {} files, attempts {}, faults {} (max {})",
+        "  {} of {} bytes, {} files, attempts {}, faults {}{}",
         j["bytes_done"],
         j["bytes_total"],
         j["files_done"],
         j["attempts"],
         j["faults"],
-        j["max_faults"]
+        // a fan-out is not retried: it has no max
+        if j["max_faults"].is_null() {
+            String::new()
+        } else {
+            format!(" (max {})", j["max_faults"])
+        }
     );
     // a failed job's status is its error: said once, on the error line
     if j["error"].is_null() {
