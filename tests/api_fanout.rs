@@ -500,6 +500,18 @@ fn bad_fanout_specs_are_refused_and_nothing_is_stored() {
         serde_json::from_str::<Value>(&text).unwrap()["jobs"],
         json!([])
     );
+    // the OpenAPI document describes the fan-out form and its resume
+    let (code, text) = s.curl("GET", "/v1/openapi.json", None);
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["paths"]["/v1/jobs/{id}/resume"]["post"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    for f in ["destinations", "stall_timeout"] {
+        assert!(schemas["JobSpec"]["properties"][f].is_object(), "{f}");
+    }
+    assert!(text.contains("\"fanout\""));
+    assert!(text.contains("\"partial\""));
+    assert!(schemas["Job"]["properties"]["hosts"].is_object());
     // a sync job does not resume: it is submitted again
     let (code, text) = s.curl(
         "POST",
