@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   started_ms INTEGER,
   finished_ms INTEGER,
   updated_ms INTEGER NOT NULL,
-  interrupted INTEGER NOT NULL DEFAULT 0
+  interrupted INTEGER NOT NULL DEFAULT 0,
+  hosts TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -126,6 +127,15 @@ pub fn open(state_dir: &Path) -> Result<Connection, DbError> {
             return Ok(format!("integrity check failed: {check}"));
         }
         conn.execute_batch(SCHEMA)?;
+        // a database made before fan-out jobs: their hosts' states
+        let has_hosts: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'hosts'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_hosts == 0 {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN hosts TEXT")?;
+        }
         // prove it is writable now, not at the first job
         conn.execute_batch("BEGIN IMMEDIATE; PRAGMA user_version=1; COMMIT;")?;
         Ok(String::new())
@@ -194,7 +204,7 @@ pub struct Event {
     pub id: i64,
     pub job_id: Option<String>,
     /// created, started, progress, fault, interrupted, resumed, succeeded,
-    /// failed or canceled
+    /// partial, failed, canceled or requeued (a fan-out's resume asked for)
     #[serde(rename = "type")]
     pub kind: String,
     /// What the event says (e.g. progress counts, a fault's code)

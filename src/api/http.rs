@@ -42,6 +42,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(create_job, list_jobs))
         .routes(routes!(show_job))
         .routes(routes!(cancel_job))
+        .routes(routes!(resume_job))
         .routes(routes!(events))
         .routes(routes!(audit))
         .routes(routes!(metrics))
@@ -520,8 +521,13 @@ fn visible(api: &Api, key: &Key, job: &Value) -> bool {
     if key.modules.is_empty() {
         return true;
     }
-    ["src", "dst"].iter().all(|k| {
-        let addr = job[*k].as_str().unwrap_or("");
+    let mut addrs: Vec<&str> = vec![job["src"].as_str().unwrap_or("")];
+    match job["options"]["destinations"].as_array() {
+        // a fan-out: its source and every destination
+        Some(d) => addrs.extend(d.iter().map(|a| a.as_str().unwrap_or(""))),
+        None => addrs.push(job["dst"].as_str().unwrap_or("")),
+    }
+    addrs.iter().all(|addr| {
         jobs::side(addr, "/src", &api.modules, false)
             .map(|s| key.may_use_module(&s.module))
             .unwrap_or(false)
@@ -671,7 +677,11 @@ fn create_checked(
                 "INSERT INTO jobs (id, key_id, spec, state, status_detail, deadline_ms, created_ms, updated_ms) VALUES (?1, ?2, ?3, 'queued', 'queued', ?4, ?5, ?5)",
                 params![id, key.id, spec_text, resolved.deadline_ms, now],
             )?;
-            db::event(tx, Some(&id), "created", &json!({"op": spec.op, "src": spec.src, "dst": spec.dst, "label": spec.label}))?;
+            let mut data = json!({"op": spec.op, "src": spec.src, "dst": spec.dst, "label": spec.label});
+            if !spec.destinations.is_empty() {
+                data["destinations"] = json!(spec.destinations);
+            }
+            db::event(tx, Some(&id), "created", &data)?;
             let view = tx.query_row("SELECT * FROM jobs WHERE id = ?1", [&id], jobs::view)?;
             if let Some(k) = idem {
                 tx.execute(
@@ -840,6 +850,85 @@ async fn cancel_job(
     audit_ok(&api, &key, "job.cancel", &id, "ok", remote);
     let job = job_by_id(&api, &id)?.ok_or_else(|| unknown_job(&id))?;
     Ok(json_response(StatusCode::ACCEPTED, &job))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/resume", tag = "jobs",
+    summary = "Resume a fan-out job that some hosts missed",
+    description = "Queues a partial or failed fan-out job again, under its own id: it runs \
+only for the hosts that have not got the tree (their hosts[].state is not done), each \
+repaired by delta from what it already holds, and ends succeeded, partial or failed again. \
+Only fan-out jobs resume: a copy or sync job is submitted again (it sends only what changed).",
+    security(("bearer" = ["jobs:write"])),
+    params(("id" = String, Path, description = "The job's id (a ULID)")),
+    responses(
+        (status = 202, description = "The job, queued again", body = Job),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "Not a fan-out job, not ended, or every host has it already", body = ProblemBody, content_type = PROBLEM),
+    ))]
+async fn resume_job(
+    State(api): Shared,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let key = authorize(&api, &headers, "jobs:write", "job.resume", remote)?;
+    let job = match job_by_id(&api, &id)? {
+        Some(j) if visible(&api, &key, &j) => j,
+        _ => return Err(unknown_job(&id)),
+    };
+    let state = job["state"].as_str().unwrap_or("").to_string();
+    let refuse = |why: String| {
+        audit_ok(
+            &api,
+            &key,
+            "job.resume",
+            &id,
+            &format!("refused: {why}"),
+            remote,
+        );
+        Err(Problem::new(StatusCode::CONFLICT, "not_resumable", why).job(&id))
+    };
+    if job["op"] != "fanout" {
+        return refuse(format!(
+            "job {id} is not a fan-out job: submit it again (a sync sends only what changed)"
+        ));
+    }
+    if !matches!(state.as_str(), "partial" | "failed" | "canceled") {
+        return refuse(match state.as_str() {
+            "succeeded" => format!("job {id} has succeeded: every host has it already"),
+            s => format!("job {id} is {s}: only an ended job is resumed"),
+        });
+    }
+    let missed: Vec<String> = job["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["state"] != "done")
+        .map(|h| h["host"].as_str().unwrap_or("").to_string())
+        .collect();
+    let requeued = api
+        .write(|tx| {
+            let n = tx.execute(
+                "UPDATE jobs SET state = 'queued', error_code = NULL, error_detail = NULL, status_detail = 'queued to resume', finished_ms = NULL, updated_ms = ?2 WHERE id = ?1 AND state = ?3",
+                params![id, ids::now_ms(), state],
+            )?;
+            if n > 0 {
+                db::event(tx, Some(&id), "requeued", &json!({"hosts": missed}))?;
+            }
+            Ok(n > 0)
+        })
+        .map_err(internal)?;
+    if !requeued {
+        return refuse(format!("job {id} changed state meanwhile; look again"));
+    }
+    audit_ok(&api, &key, "job.resume", &id, "ok", remote);
+    api.wake_runner();
+    let job = job_by_id(&api, &id)?.ok_or_else(|| unknown_job(&id))?;
+    let mut res = json_response(StatusCode::ACCEPTED, &job);
+    if let Ok(l) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+        res.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(res)
 }
 
 /// The events of jobs `key` may see (a key limited to some modules sees

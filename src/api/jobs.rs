@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 pub enum Op {
     Copy,
     Sync,
+    /// One module of this daemon to many daemons as a verified pipelined
+    /// chain (`ferry fanout`): `src` and `destinations`, no `dst`
+    Fanout,
 }
 
 /// Transient failures a job without `max_faults` retries before it fails:
@@ -46,6 +49,16 @@ pub enum Rate {
     Text(String),
 }
 
+/// A fan-out's stall timeout: seconds, or with a unit as the CLI takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Stall {
+    /// Seconds
+    Seconds(u64),
+    /// With a unit, e.g. 500ms, 10s, 2m
+    Text(String),
+}
+
 /// The body of `POST /v1/jobs`. Options are named as the CLI names them.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -54,8 +67,19 @@ pub struct JobSpec {
     /// MODULE/PATH of this daemon, HOST::MODULE/PATH, ferry://HOST[:PORT]/MODULE/PATH
     /// or s3://BUCKET/PREFIX
     pub src: String,
-    /// Like src; one of the two is a module of this daemon
+    /// Like src; one of the two is a module of this daemon (not with op
+    /// fanout, which names `destinations`)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dst: String,
+    /// Op fanout only: the daemons that get src, in chain order
+    /// (HOST::MODULE/PATH or ferry://HOST[:PORT]/MODULE/PATH, no daemon
+    /// twice); each trusts this daemon's key for its module
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
+    /// Op fanout only: bypass a host that says nothing for this long
+    /// (default 10 s)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_timeout: Option<Stall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 128)]
     pub label: Option<String>,
@@ -204,9 +228,158 @@ pub fn side(
 /// A spec checked and resolved.
 pub struct Resolved {
     pub src: Side,
+    /// For a fan-out: its first destination.
     pub dst: Side,
     pub options: Options,
     pub deadline_ms: Option<i64>,
+    /// For op fanout: the chain.
+    pub fanout: Option<Fanout>,
+}
+
+/// A fan-out job's chain, checked.
+pub struct Fanout {
+    pub targets: Vec<crate::fanout::source::Target>,
+    pub stall: std::time::Duration,
+}
+
+fn deadline_ms(spec: &JobSpec, created_ms: i64) -> Result<Option<i64>, Invalid> {
+    Ok(match &spec.deadline {
+        None => None,
+        Some(Deadline::Seconds(s)) => Some(created_ms + (*s as i64).saturating_mul(1000)),
+        Some(Deadline::At(t)) => Some(super::ids::parse_rfc3339(t).ok_or_else(|| {
+            field(
+                "/deadline",
+                "seconds, or an RFC 3339 UTC time like 2026-12-04T21:00:00Z",
+            )
+        })?),
+    })
+}
+
+/// Most daemons one fan-out job may name (the ticket names every one).
+pub const MAX_DESTINATIONS: usize = 256;
+
+/// A fan-out spec: a module of this daemon to daemons, with the options a
+/// chain takes. Every piece is compared and checked by BLAKE3 and every file
+/// fsynced before it is published, so `checksum` and `fsync` are what a
+/// fan-out always does; the options it cannot honour are refused by name.
+fn resolve_fanout(
+    spec: &JobSpec,
+    modules: &[Module],
+    created_ms: i64,
+    may_use: &dyn Fn(&str) -> bool,
+) -> Result<Resolved, Invalid> {
+    let src = side(&spec.src, "/src", modules, false)?;
+    if src.local_path().is_none() {
+        return Err(field(
+            "/src",
+            format!(
+                "{:?}: a fan-out job sends a module path of this daemon (MODULE/PATH)",
+                spec.src
+            ),
+        ));
+    }
+    if !spec.dst.is_empty() {
+        return Err(field(
+            "/dst",
+            "a fan-out job names its daemons in destinations, not dst",
+        ));
+    }
+    if spec.destinations.is_empty() {
+        return Err(field(
+            "/destinations",
+            "a fan-out job names at least one destination daemon",
+        ));
+    }
+    if spec.destinations.len() > MAX_DESTINATIONS {
+        return Err(field(
+            "/destinations",
+            format!("at most {MAX_DESTINATIONS} destinations"),
+        ));
+    }
+    let refused: [(&'static str, bool); 10] = [
+        ("/compress", spec.compress),
+        ("/compress_level", spec.compress_level.is_some()),
+        ("/include", !spec.include.is_empty()),
+        ("/exclude", !spec.exclude.is_empty()),
+        ("/bwlimit", spec.bwlimit.is_some()),
+        ("/dry_run", spec.dry_run),
+        ("/update", spec.update),
+        ("/sparse", spec.sparse),
+        ("/hard_links", spec.hard_links),
+        ("/streams", spec.streams.is_some()),
+    ];
+    if let Some((pointer, _)) = refused.iter().find(|(_, set)| *set) {
+        return Err(field(
+            pointer,
+            format!("a fan-out job does not take {}", &pointer[1..]),
+        ));
+    }
+    if spec.max_faults.is_some() {
+        return Err(field(
+            "/max_faults",
+            "a fan-out job is not retried: the hosts that miss it are named, and POST /v1/jobs/{id}/resume repairs them",
+        ));
+    }
+    for d in &spec.destinations {
+        if !(d.starts_with("ferry://") || d.contains("::")) {
+            return Err(field(
+                "/destinations",
+                format!("{d:?}: a fan-out destination must be a ferry daemon (HOST::MODULE/PATH or ferry://HOST[:PORT]/MODULE/PATH)"),
+            ));
+        }
+    }
+    let targets = crate::fanout::job::chain(&spec.destinations, None)
+        .map_err(|e| field("/destinations", e.to_string()))?;
+    let mut first = None;
+    for d in &spec.destinations {
+        let s = side(d, "/destinations", modules, true)?;
+        if !may_use(&s.module) {
+            return Err(Invalid::Forbidden(format!(
+                "this API key may not use module {}",
+                s.module
+            )));
+        }
+        first.get_or_insert(s);
+    }
+    if !may_use(&src.module) {
+        return Err(Invalid::Forbidden(format!(
+            "this API key may not use module {}",
+            src.module
+        )));
+    }
+    if spec.label.as_ref().is_some_and(|l| l.len() > 128) {
+        return Err(field("/label", "at most 128 characters"));
+    }
+    let stall = match &spec.stall_timeout {
+        None => crate::fanout::DEFAULT_STALL,
+        Some(Stall::Seconds(0)) => {
+            return Err(field("/stall_timeout", "must be more than 0 seconds"))
+        }
+        Some(Stall::Seconds(s)) if *s > 86400 => {
+            return Err(field("/stall_timeout", "at most a day"))
+        }
+        Some(Stall::Seconds(s)) => std::time::Duration::from_secs(*s),
+        Some(Stall::Text(t)) => {
+            crate::fanout::job::parse_duration(t).map_err(|e| field("/stall_timeout", e))?
+        }
+    };
+    let options = Options {
+        recursive: true,
+        links: true,
+        perms: true,
+        times: true,
+        delete: spec.delete,
+        checksum: true,
+        fsync: true,
+        ..Default::default()
+    };
+    Ok(Resolved {
+        src,
+        dst: first.expect("at least one destination"),
+        options,
+        deadline_ms: deadline_ms(spec, created_ms)?,
+        fanout: Some(Fanout { targets, stall }),
+    })
 }
 
 pub fn resolve(
@@ -215,6 +388,17 @@ pub fn resolve(
     created_ms: i64,
     may_use: &dyn Fn(&str) -> bool,
 ) -> Result<Resolved, Invalid> {
+    if spec.op == Op::Fanout {
+        return resolve_fanout(spec, modules, created_ms, may_use);
+    }
+    if !spec.destinations.is_empty() || spec.stall_timeout.is_some() {
+        let pointer = if spec.destinations.is_empty() {
+            "/stall_timeout"
+        } else {
+            "/destinations"
+        };
+        return Err(field(pointer, "only a fan-out job (op fanout) takes this"));
+    }
     let src = side(&spec.src, "/src", modules, false)?;
     let dst = side(&spec.dst, "/dst", modules, true)?;
     for s in [&src, &dst] {
@@ -237,16 +421,7 @@ pub fn resolve(
     if spec.label.as_ref().is_some_and(|l| l.len() > 128) {
         return Err(field("/label", "at most 128 characters"));
     }
-    let deadline_ms = match &spec.deadline {
-        None => None,
-        Some(Deadline::Seconds(s)) => Some(created_ms + (*s as i64).saturating_mul(1000)),
-        Some(Deadline::At(t)) => Some(super::ids::parse_rfc3339(t).ok_or_else(|| {
-            field(
-                "/deadline",
-                "seconds, or an RFC 3339 UTC time like 2026-12-04T21:00:00Z",
-            )
-        })?),
-    };
+    let deadline_ms = deadline_ms(spec, created_ms)?;
     let bwlimit = match &spec.bwlimit {
         None => 0,
         Some(Rate::KiB(k)) => k << 10,
@@ -285,6 +460,7 @@ pub fn resolve(
         dst,
         options,
         deadline_ms,
+        fanout: None,
     })
 }
 
@@ -296,17 +472,23 @@ pub fn plan(r: &Resolved, identity: &Path, config_dir: &Path) -> Plan {
         dest: r.dst.location.clone(),
         options: r.options.clone(),
         ssh: Default::default(),
-        daemon: DaemonOptions {
-            identity: Some(identity.to_path_buf()),
-            known_hosts: Some(config_dir.join("known_hosts")),
-            host_key: Default::default(),
-            config_dir: Some(config_dir.to_path_buf()),
-            // transfer::run does not retry and its connect wait is short: the
-            // job runner retries with its own backoff, counting faults
-            timeout: Some(std::time::Duration::from_secs(2)),
-            retries: Some(0),
-            ip_version: None,
-        },
+        daemon: daemon_options(identity, config_dir),
+    }
+}
+
+/// How a job reaches other daemons: this daemon's key, its known_hosts,
+/// strictly (an unknown key is refused).
+pub fn daemon_options(identity: &Path, config_dir: &Path) -> DaemonOptions {
+    DaemonOptions {
+        identity: Some(identity.to_path_buf()),
+        known_hosts: Some(config_dir.join("known_hosts")),
+        host_key: Default::default(),
+        config_dir: Some(config_dir.to_path_buf()),
+        // transfer::run does not retry and its connect wait is short: the
+        // job runner retries with its own backoff, counting faults
+        timeout: Some(std::time::Duration::from_secs(2)),
+        retries: Some(0),
+        ip_version: None,
     }
 }
 
@@ -376,8 +558,31 @@ pub enum State {
     Queued,
     Running,
     Succeeded,
+    /// A fan-out that some hosts missed (named in `hosts` and the error);
+    /// `POST /v1/jobs/{id}/resume` repairs them
+    Partial,
     Failed,
     Canceled,
+}
+
+/// One destination of a fan-out job and how it fared.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostState {
+    /// The destination as submitted
+    pub host: String,
+    /// pending (not yet run), running, done (the whole tree, verified and
+    /// published) or missed
+    pub state: String,
+    pub bytes_received: u64,
+    /// Why it missed the job
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Damaged pieces it refused (and got again)
+    #[serde(default)]
+    pub pieces_refused: u32,
+    /// Moved to the tail of the chain for being slow
+    #[serde(default)]
+    pub moved_to_tail: bool,
 }
 
 /// Why a job failed (or was canceled): a stable code and a human detail.
@@ -409,7 +614,8 @@ pub struct Job {
     pub attempts: i64,
     /// Transient failures met (and retried) so far
     pub faults: i64,
-    /// The job's max_faults, or the default (10) where none was given
+    /// The job's max_faults, or the default (10) where none was given;
+    /// null for a fan-out (not retried)
     pub max_faults: Option<u32>,
     pub status_detail: String,
     pub bytes_done: i64,
@@ -424,6 +630,9 @@ pub struct Job {
     pub error: Option<JobError>,
     /// When the job has succeeded: the files, with sizes and checks
     pub files: Option<Vec<JobFile>>,
+    /// Op fanout: each destination's state, in chain order
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<HostState>>,
     /// The submitted body
     pub options: JobSpec,
     /// RFC 3339 UTC
@@ -457,6 +666,14 @@ pub fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
     let files: Option<Vec<JobFile>> = r
         .get::<_, Option<String>>("files")?
         .and_then(|f| serde_json::from_str(&f).ok());
+    let hosts: Option<Vec<HostState>> = match spec.op {
+        Op::Fanout => Some(
+            r.get::<_, Option<String>>("hosts")?
+                .and_then(|h| serde_json::from_str(&h).ok())
+                .unwrap_or_else(|| pending_hosts(&spec)),
+        ),
+        _ => None,
+    };
     let t = |c: &str| -> rusqlite::Result<Option<String>> {
         Ok(r.get::<_, Option<i64>>(c)?.map(rfc3339))
     };
@@ -469,7 +686,8 @@ pub fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
         state,
         attempts: r.get("attempts")?,
         faults: r.get("faults")?,
-        max_faults: Some(spec.max_faults.unwrap_or(DEFAULT_MAX_FAULTS)),
+        // a fan-out is not retried: its missed hosts are resumed
+        max_faults: (spec.op != Op::Fanout).then(|| spec.max_faults.unwrap_or(DEFAULT_MAX_FAULTS)),
         status_detail: r.get("status_detail")?,
         bytes_done: done,
         bytes_total: total,
@@ -481,6 +699,7 @@ pub fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
         reused_bytes: r.get("reused_bytes")?,
         error,
         files,
+        hosts,
         options: spec,
         created_at: t("created_ms")?.unwrap_or_default(),
         started_at: t("started_ms")?,
@@ -489,4 +708,19 @@ pub fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
         deadline: t("deadline_ms")?,
     };
     serde_json::to_value(job).map_err(bad)
+}
+
+/// A fan-out job's hosts before it has run.
+pub fn pending_hosts(spec: &JobSpec) -> Vec<HostState> {
+    spec.destinations
+        .iter()
+        .map(|d| HostState {
+            host: d.clone(),
+            state: "pending".into(),
+            bytes_received: 0,
+            error: None,
+            pieces_refused: 0,
+            moved_to_tail: false,
+        })
+        .collect()
 }

@@ -88,11 +88,17 @@ pub fn render(conn: &Connection) -> rusqlite::Result<String> {
         env!("CARGO_PKG_VERSION")
     );
 
-    let mut by_state: BTreeMap<String, i64> =
-        ["queued", "running", "succeeded", "failed", "canceled"]
-            .iter()
-            .map(|s| (s.to_string(), 0))
-            .collect();
+    let mut by_state: BTreeMap<String, i64> = [
+        "queued",
+        "running",
+        "succeeded",
+        "partial",
+        "failed",
+        "canceled",
+    ]
+    .iter()
+    .map(|s| (s.to_string(), 0))
+    .collect();
     let mut st = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
     for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (s, n) = r?;
@@ -113,7 +119,7 @@ pub fn render(conn: &Connection) -> rusqlite::Result<String> {
         "counter",
         "Jobs that ended, by result.",
     );
-    for s in ["succeeded", "failed", "canceled"] {
+    for s in ["succeeded", "partial", "failed", "canceled"] {
         let _ = writeln!(
             o,
             "ferry_jobs_finished_total{{result=\"{s}\"}} {}",

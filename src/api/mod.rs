@@ -7,6 +7,7 @@
 //! Not for the transfer protocol, the daemon's accept loop or printing.
 
 pub mod db;
+mod fanout;
 mod http;
 pub mod ids;
 pub mod jobs;

@@ -174,6 +174,15 @@ fn run_job(api: &Api, id: &str, spec_text: &str, created_ms: i64, interrupted: b
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.to_string(), cancel.clone());
+    if resolved.fanout.is_some() {
+        let (state, error, extra) =
+            super::fanout::run(api, id, &spec, &resolved, interrupted, &cancel);
+        api.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        return finish(api, id, state, error, extra);
+    }
     let result = attempts(api, id, &spec, &resolved, interrupted, &cancel);
     api.running
         .lock()

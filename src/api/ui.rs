@@ -200,7 +200,16 @@ fn rows(conn: &Connection) -> rusqlite::Result<String> {
             &id[id.len().saturating_sub(8)..],
             s("label"),
             s("src"),
-            s("dst"),
+            match j["options"]["destinations"].as_array() {
+                // a fan-out: its daemons, in chain order
+                Some(d) => escape(
+                    &d.iter()
+                        .filter_map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => s("dst"),
+            },
             n("bytes_total"),
             n("faults"),
         ));

@@ -68,7 +68,7 @@ pub enum Command {
     /// Manage the HTTP API's keys (on the daemon's host): create, list, revoke
     #[command(subcommand, name = "api-key")]
     ApiKey(super::jobs::ApiKeyCommand),
-    /// Submit, list, show, cancel and watch jobs through a daemon's HTTP API
+    /// Submit, list, show, cancel, resume and watch jobs through a daemon's HTTP API
     #[command(subcommand)]
     Job(super::jobs::JobCommand),
     /// Print a one-time login link for the daemon's dashboard (on its host)

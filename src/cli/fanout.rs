@@ -7,9 +7,10 @@ use super::args::DaemonFlags;
 use super::exit;
 use super::stdout::outln;
 use crate::error::TransferError;
+use crate::fanout::job::parse_duration;
+use crate::fanout::job::{self, hex, unhex};
 use crate::fanout::manifest::Walk;
-use crate::fanout::source::{self, Plan, State, Target};
-use crate::location::Location;
+use crate::fanout::source::{self, Plan, State};
 use clap::{ArgAction, Args};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -68,28 +69,6 @@ pub struct FanoutArgs {
     pub paths: Vec<OsString>,
 }
 
-/// `10s`, `500ms`, `2m`, `1h`, or bare seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 10s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    if !(secs > 0.0 && secs <= 86400.0) {
-        return Err(format!("{s:?}: must be more than 0 and at most a day"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// What `--resume` needs to run a job again.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Record {
@@ -107,43 +86,10 @@ struct Record {
     states: Vec<String>,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 fn record_path(flags: &DaemonFlags, job: &str) -> PathBuf {
     crate::trust::config_dir(flags.config_dir.as_deref())
         .join("fanout")
         .join(format!("{job}.json"))
-}
-
-fn target(arg: &str, port: Option<u16>) -> Result<Target, TransferError> {
-    match Location::parse(std::ffi::OsStr::new(arg)) {
-        Ok(Location::Daemon { host, port: p, path }) if !path.is_empty() => Ok(Target {
-            host,
-            port: p.or(port).unwrap_or(crate::proto::DEFAULT_PORT),
-            path,
-            shown: arg.to_string(),
-        }),
-        Ok(Location::Daemon { .. }) => Err(TransferError::Usage(format!(
-            "{arg}: name a module (host::module/path)"
-        ))),
-        Ok(_) => Err(TransferError::Usage(format!(
-            "{arg}: a fan-out destination must be a ferry daemon (host::module/path or ferry://host/module/path)"
-        ))),
-        Err(e) => Err(TransferError::Usage(e.to_string())),
-    }
 }
 
 pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
@@ -209,18 +155,8 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             (r, id, (0..n).collect())
         }
     };
-    let mut seen = std::collections::HashSet::new();
-    let mut targets = Vec::new();
-    for &i in &only {
-        let t = target(&record.targets[i], record.port)?;
-        if !seen.insert((t.host.clone(), t.port)) {
-            return Err(TransferError::Usage(format!(
-                "{}: the same daemon twice in one chain",
-                t.shown
-            )));
-        }
-        targets.push(t);
-    }
+    let chosen: Vec<&String> = only.iter().map(|&i| &record.targets[i]).collect();
+    let targets = job::chain(&chosen, record.port)?;
     let mut record = record;
     if targets.is_empty() {
         if !a.json {
@@ -243,6 +179,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             .stall_timeout
             .unwrap_or(Duration::from_millis(record.stall_ms)),
         job,
+        watch: None,
     };
     // a source that is not there fails before a job is announced
     std::fs::symlink_metadata(&plan.src)
@@ -283,10 +220,9 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
         .iter()
         .filter(|h| h.state == State::Missed)
         .collect();
-    let code = if missed.is_empty() {
-        exit::OK
-    } else {
-        exit::FANOUT_PARTIAL
+    let code = match job::ending(&outcome.hosts) {
+        job::Ending::Done => exit::OK,
+        job::Ending::Partial | job::Ending::Failed => exit::FANOUT_PARTIAL,
     };
     if a.json {
         let hosts: Vec<_> = outcome
@@ -344,7 +280,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             h.error.as_deref().unwrap_or("unknown")
         );
     }
-    if !missed.is_empty() && missed.iter().all(|h| h.declined) {
+    if job::all_declined(&outcome.hosts) {
         // --resume would meet the same refusal
         eprintln!(
             "ferry: job {} {}: {} of {} host(s) refused it (exit {code}); fix what they said above (the address, the module) and run the fan-out to them again",
@@ -357,7 +293,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             missed.len(),
             outcome.hosts.len(),
         );
-    } else if !missed.is_empty() && missed.len() == outcome.hosts.len() {
+    } else if job::ending(&outcome.hosts) == job::Ending::Failed {
         eprintln!(
             "ferry: job {} failed: no host got it ({} of {} host(s) missed it, exit {code}); once the causes above are fixed, `ferry fanout --resume {}` runs it again",
             record.job,

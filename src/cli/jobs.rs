@@ -1,7 +1,7 @@
 //! `ferry api-key` (on the daemon's host: create, list, revoke keys in the
 //! daemon's state database) and `ferry job` (a small HTTP/1.1 client of a
 //! daemon's API, plain on loopback or https with the server's key pinned or
-//! its certificate checked against a CA: submit, list, show, cancel,
+//! its certificate checked against a CA: submit, list, show, cancel, resume,
 //! watch). The address, key and pin come from flags, `FERRY_API_URL` /
 //! `FERRY_API_KEY` / `FERRY_API_PIN`, or the files `api_url` / `api_key` /
 //! `api_pin` in the config directory. Not for serving the API.
@@ -83,16 +83,33 @@ pub struct ApiFlags {
 #[derive(Subcommand, Debug)]
 pub enum JobCommand {
     /// Submit a job: SRC and DST are module paths of the daemon (ckpt/run42/)
-    /// or of another daemon (host::module/path, ferry://host/module/path)
+    /// or of another daemon (host::module/path, ferry://host/module/path);
+    /// with --op fanout, SRC (a module path of the daemon) goes to every DST
+    /// daemon down a verified chain
+    #[command(after_help = "\
+A fan-out job (--op fanout SRC DEST1 DEST2 ...) sends SRC, a module path of the daemon, \
+to every DEST daemon (host::module/path or ferry://host[:port]/module/path, no daemon \
+twice) down one verified chain, as `ferry fanout` does, with the daemon's own key: each \
+DEST must authorize that key for its module. It takes --delete, --checksum and --fsync \
+(a fan-out always checks every piece by BLAKE3 and fsyncs), --stall-timeout, --label and \
+--deadline. It ends succeeded (every host has it), partial (the hosts that missed it are \
+named; `ferry job resume ID` repairs them by delta) or failed (no host got it); \
+`ferry job watch` exits 0, 24 and 12 for these.")]
     Submit {
         /// Where to read: MODULE/PATH of the daemon, HOST::MODULE/PATH,
         /// ferry://HOST[:PORT]/MODULE/PATH or s3://BUCKET/PREFIX
         src: String,
-        /// Where to write, written like SRC; one of the two is the daemon's module
-        dst: String,
-        /// copy or sync
+        /// Where to write, written like SRC; one of the two is the daemon's
+        /// module. With --op fanout: one or more daemons, in chain order
+        #[arg(required = true, value_name = "DST")]
+        dst: Vec<String>,
+        /// copy, sync or fanout
         #[arg(long, default_value = "sync")]
         op: String,
+        /// --op fanout: bypass a host that says nothing for this long (e.g.
+        /// 10s, 500ms, 2m; default 10s)
+        #[arg(long = "stall-timeout", value_name = "DUR")]
+        stall_timeout: Option<String>,
         /// Delete files in DST that are not in SRC (sync only)
         #[arg(long)]
         delete: bool,
@@ -152,7 +169,7 @@ pub enum JobCommand {
     },
     /// List jobs, newest first
     List {
-        /// Only jobs in this state (queued, running, succeeded, failed, canceled)
+        /// Only jobs in this state (queued, running, succeeded, partial, failed, canceled)
         #[arg(long)]
         state: Option<String>,
         #[command(flatten)]
@@ -172,7 +189,16 @@ pub enum JobCommand {
         #[command(flatten)]
         api: ApiFlags,
     },
-    /// Follow a job's events until it ends; exits 0 if it succeeded
+    /// Run a partial (or failed) fan-out job again for the hosts that missed
+    /// it, under its own id: only what they lack crosses the wire
+    Resume {
+        /// The job's id (26 characters, as `job submit` and `job list` print it)
+        id: String,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Follow a job's events until it ends; exits 0 if it succeeded, 24 if a
+    /// fan-out ended partial
     Watch {
         /// The job's id (26 characters, as `job submit` and `job list` print it)
         id: String,
@@ -564,20 +590,25 @@ fn print_job(j: &Value) {
         "  {} {} -> {}{}",
         s("op"),
         s("src"),
-        s("dst"),
+        dst_text(j),
         j["label"]
             .as_str()
             .map(|l| format!("  [{l}]"))
             .unwrap_or_default()
     );
     outln!(
-        "  {} of {} bytes, {} files, attempts {}, faults {} (max {})",
+        "  {} of {} bytes, {} files, attempts {}, faults {}{}",
         j["bytes_done"],
         j["bytes_total"],
         j["files_done"],
         j["attempts"],
         j["faults"],
-        j["max_faults"]
+        // a fan-out is not retried: it has no max
+        if j["max_faults"].is_null() {
+            String::new()
+        } else {
+            format!(" (max {})", j["max_faults"])
+        }
     );
     // a failed job's status is its error: said once, on the error line
     if j["error"].is_null() {
@@ -589,11 +620,40 @@ fn print_job(j: &Value) {
             j["error"]["detail"].as_str().unwrap_or("")
         );
     }
+    print_hosts(j);
     outln!(
         "  created {}  finished {}",
         s("created_at"),
         s("finished_at")
     );
+}
+
+/// A job's destination: its dst, or a fan-out's daemons in chain order.
+fn dst_text(j: &Value) -> String {
+    match j["options"]["destinations"].as_array() {
+        Some(d) => d
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => j["dst"].as_str().unwrap_or("-").to_string(),
+    }
+}
+
+/// A fan-out job's hosts, one line each.
+fn print_hosts(j: &Value) {
+    for h in j["hosts"].as_array().into_iter().flatten() {
+        outln!(
+            "  {} {}, {} bytes received{}",
+            h["host"].as_str().unwrap_or(""),
+            h["state"].as_str().unwrap_or(""),
+            h["bytes_received"],
+            h["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn show(j: &Value, as_json: bool) {
@@ -619,6 +679,7 @@ fn job_exit(state: &str) -> i32 {
     match state {
         "succeeded" => super::exit::OK,
         "canceled" => 20,
+        "partial" => super::exit::FANOUT_PARTIAL,
         _ => 12,
     }
 }
@@ -629,6 +690,7 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
             src,
             dst,
             op,
+            stall_timeout,
             delete,
             checksum,
             compress,
@@ -649,8 +711,23 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
             api,
         } => {
             let client = Client::new(&api)?;
-            let mut body = json!({"op": op, "src": src, "dst": dst});
+            let mut body = if op == "fanout" {
+                json!({"op": op, "src": src, "destinations": dst})
+            } else if let [one] = dst.as_slice() {
+                json!({"op": op, "src": src, "dst": one})
+            } else {
+                return Err(usage(format!(
+                    "--op {op} takes one DST ({} given); several are a fan-out: --op fanout",
+                    dst.len()
+                )));
+            };
             let set = |b: &mut Value, k: &str, v: Value| b[k] = v;
+            // seconds go as a number, a duration with a unit as its text
+            match stall_timeout.as_deref().map(|d| (d, d.parse::<u64>())) {
+                Some((_, Ok(secs))) => set(&mut body, "stall_timeout", json!(secs)),
+                Some((d, Err(_))) => set(&mut body, "stall_timeout", json!(d)),
+                None => {}
+            }
             if delete {
                 set(&mut body, "delete", json!(true));
             }
@@ -737,7 +814,7 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
                         j["state"].as_str().unwrap_or(""),
                         j["op"].as_str().unwrap_or(""),
                         j["src"].as_str().unwrap_or(""),
-                        j["dst"].as_str().unwrap_or("")
+                        dst_text(j)
                     );
                 }
             }
@@ -752,6 +829,12 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
         JobCommand::Cancel { id, api } => {
             check_id(&id)?;
             let j = Client::new(&api)?.json("POST", &format!("/v1/jobs/{id}/cancel"), None, &[])?;
+            show(&j, api.json);
+            Ok(super::exit::OK)
+        }
+        JobCommand::Resume { id, api } => {
+            check_id(&id)?;
+            let j = Client::new(&api)?.json("POST", &format!("/v1/jobs/{id}/resume"), None, &[])?;
             show(&j, api.json);
             Ok(super::exit::OK)
         }
@@ -779,16 +862,24 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
                             e["data"]
                         );
                     }
-                    if let t @ ("succeeded" | "failed" | "canceled") =
+                    if let "succeeded" | "partial" | "failed" | "canceled" =
                         e["type"].as_str().unwrap_or("")
                     {
-                        return Ok(job_exit(t));
+                        // a resumed fan-out ended before and runs again: its
+                        // end is the one its state shows now
+                        let j = client.json("GET", &format!("/v1/jobs/{id}"), None, &[])?;
+                        if let t @ ("succeeded" | "partial" | "failed" | "canceled") =
+                            j["state"].as_str().unwrap_or("")
+                        {
+                            return Ok(job_exit(t));
+                        }
                     }
                 }
                 after = v["last_id"].as_i64().unwrap_or(after);
                 // a job that ended before the events we asked for
                 let j = client.json("GET", &format!("/v1/jobs/{id}"), None, &[])?;
-                if let t @ ("succeeded" | "failed" | "canceled") = j["state"].as_str().unwrap_or("")
+                if let t @ ("succeeded" | "partial" | "failed" | "canceled") =
+                    j["state"].as_str().unwrap_or("")
                 {
                     if v["events"].as_array().is_none_or(|a| a.is_empty()) {
                         if !api.json {

@@ -40,6 +40,7 @@
 
 pub mod connect;
 pub mod hop;
+pub mod job;
 pub mod manifest;
 pub mod relay;
 pub mod source;

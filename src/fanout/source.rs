@@ -41,6 +41,17 @@ pub struct Plan {
     pub stall: Duration,
     /// The job's id (a resumed job keeps its own).
     pub job: [u8; 16],
+    /// Who watches the run (the API's job runner; the CLI has none).
+    pub watch: Option<Arc<dyn Watch>>,
+}
+
+/// Someone watching a run from outside: shown each host's outcome so far
+/// (bytes received as reported) a few times a second, and asked whether to
+/// stop. A stopped run ends at once with every unsettled host missed
+/// ("canceled"); what the hosts committed stays for a resume.
+pub trait Watch: Send + Sync {
+    fn progress(&self, hosts: &[HostResult], total_size: u64);
+    fn stop(&self) -> bool;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,6 +402,13 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let mut progress: Vec<(u64, u64)> = vec![(0, 0); n];
     let mut laggards = Laggards::new(chain.len());
     while settled.iter().any(|s| !s) {
+        if let Some(w) = &plan.watch {
+            w.progress(&results, total_size);
+            if w.stop() {
+                (0..n).for_each(|i| miss(&mut results, &mut settled, i, "canceled".into()));
+                break;
+            }
+        }
         // a host far slower than the stream goes to the tail
         let missed: Vec<bool> = chain
             .iter()

@@ -64,7 +64,7 @@ async function refresh() {
     cell(tr, j.id.slice(-8));
     cell(tr, j.label);
     cell(tr, j.state, "state state-" + j.state);
-    cell(tr, j.src + " → " + j.dst);
+    cell(tr, j.src + " → " + (j.dst || (j.options.destinations || []).join(", ")));
     const pct = j.bytes_total > 0 ? Math.floor((100 * j.bytes_done) / j.bytes_total) : (j.state === "succeeded" ? 100 : 0);
     const td = cell(tr, "");
     const bar = document.createElement("span");
@@ -111,7 +111,7 @@ window.addEventListener("unhandledrejection", (e) => {
     const now = await (await fetch("/v1/events?after=" + Number.MAX_SAFE_INTEGER + "&wait=0", { credentials: "same-origin" })).json();
     const events = new EventSource("/v1/events?after=" + now.latest_id);
     events.onmessage = soon;
-    for (const t of ["created", "started", "progress", "fault", "interrupted", "resumed", "succeeded", "failed", "canceled"]) {
+    for (const t of ["created", "started", "progress", "fault", "interrupted", "resumed", "succeeded", "partial", "failed", "canceled", "requeued"]) {
       events.addEventListener(t, soon);
     }
   }
