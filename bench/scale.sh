@@ -217,6 +217,7 @@ fi
 # --- a huge sparse file ---------------------------------------------------------
 if want sparse; then
 echo "== ${sparse_gib} GiB sparse file with ${sparse_data_mib} MiB of data (-S)"
+mkdir -p "$work/src"
 python3 - "$work/src/sparse.bin" "$sparse_gib" "$sparse_data_mib" <<'PY'
 import os, random, sys
 path, gib, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
