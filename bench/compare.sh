@@ -8,6 +8,14 @@
 #   BIG_MIB=1024 SMALL_FILES=5000 JSONL_MIB=256 bench/compare.sh   other sizes
 #   ROUNDS=5 bench/compare.sh   fresh copies and re-syncs run 5 rounds (default 3),
 #                               the fastest counts
+#   ONLY=big,small,jsonl bench/compare.sh   only those scenarios (big: the fresh
+#                               copy against plain TCP; link: the 1 Gbit/40 ms row;
+#                               edit: the two re-syncs; small: the small files,
+#                               fresh and unchanged; jsonl: -z; api; sftp), so that
+#                               each fits a short turn at a shared bench lock
+#   FERRY_BIN=target/release/ferry bench/compare.sh   that binary, no cargo build
+#   TOOLS="ferryd rsyncd" bench/compare.sh   only those tools (of ferry ferryd rsync
+#                               rsyncd scp)
 #
 # Needs root (to run sshd), openssh-server, rsync; builds ferry in release mode
 # (in --quick mode the debug build is used, to save CI a release build).
@@ -18,12 +26,15 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 if [ $quick = 1 ]; then
   big_mib=${BIG_MIB:-64}; small_files=2000; jsonl_mib=16; rounds=1
-  cargo build -q; ferry=$PWD/target/debug/ferry
+  [ -n "${FERRY_BIN:-}" ] || cargo build -q; ferry=$PWD/target/debug/ferry
 else
   big_mib=${BIG_MIB:-2048}; small_files=${SMALL_FILES:-20000}; jsonl_mib=${JSONL_MIB:-1024}
   rounds=${ROUNDS:-3}
-  cargo build -q --release; ferry=$PWD/target/release/ferry
+  [ -n "${FERRY_BIN:-}" ] || cargo build -q --release; ferry=$PWD/target/release/ferry
 fi
+[ -n "${FERRY_BIN:-}" ] && ferry=$(realpath "$FERRY_BIN")
+only=",${ONLY:-big,link,edit,small,jsonl,api,sftp},"
+want() { case $only in *",$1,"*) return 0 ;; esac; return 1; }
 
 # BENCH_DIR: where the data lives (e.g. an XFS mount, where re-syncs share blocks)
 work=$(mktemp -d "${BENCH_DIR:-/tmp}/ferry-bench.XXXXXX")
@@ -103,7 +114,12 @@ wait_port "$rsyncd_port"
 # --- data ---------------------------------------------------------------------
 src=$work/src
 mkdir -p "$src/big" "$src/small" "$src/jsonl"
-python3 - "$src" "$big_mib" "$small_files" "$jsonl_mib" <<'PY'
+# (only what the chosen scenarios read)
+gen_big=0; gen_small=0; gen_jsonl=0
+{ want big || want link || want edit || want api || want sftp; } && gen_big=$big_mib
+{ want small || want api || want sftp; } && gen_small=$small_files
+want jsonl && gen_jsonl=$jsonl_mib
+python3 - "$src" "$gen_big" "$gen_small" "$gen_jsonl" <<'PY'
 import os, random, sys
 src, mib, n, jmib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rnd = random.Random(42)
@@ -178,8 +194,9 @@ rsync_sync=(rsync -a --stats -e "$rsh")
 rsyncd_sync=(rsync -a --stats)
 scp_copy=(scp -q -r -P "$port" "${sshopts[@]}")
 
-tools=(ferry ferryd rsync rsyncd scp)
+read -r -a tools <<< "${TOOLS:-ferry ferryd rsync rsyncd scp}"
 for tool in "${tools[@]}"; do mkdir -p "$work/dst-$tool"; done
+tools_noscp=(); for tool in "${tools[@]}"; do [ "$tool" = scp ] || tools_noscp+=("$tool"); done
 dest() { # TOOL SUBDIR: where that tool writes
   case $1 in
     ferry|rsync|scp) echo "127.0.0.1:$work/dst-$1/$2" ;;
@@ -255,15 +272,18 @@ limit() { # SCENARIO CMD...: the machine's limit for that scenario
   local label=$1; shift
   local t0 t1 t2; sync; t0=$(now); "$@"; t1=$(now); sync -f "$work"; t2=$(now)
   results+=("$label|limit|$(python3 -c "print(f'{$t1-$t0:.2f}')")|-|-|-|$(python3 -c "print(f'{$t2-$t0:.2f}')")")
+  printf '  %-24s %-7s %8ss (durable %ss)\n' "$label" limit "$(python3 -c "print(f'{$t1-$t0:.2f}')")" "$(python3 -c "print(f'{$t2-$t0:.2f}')")"
 }
 
+if want big; then
 echo "== ${big_mib} MiB random file, fresh copy"
 for _ in $(seq "$rounds"); do
   limit "big fresh" tcp_copy "$src/big/model.bin" "$work/limit.bin"; rm -f "$work/limit.bin"
 done
 fresh_all "big fresh" big
+fi
 
-if [ $quick = 0 ]; then
+if [ $quick = 0 ] && want link; then
   echo "== ${big_mib} MiB random file, fresh, over a 1 Gbit/s link with 40 ms round trip"
   # bench/relay.py holds bytes 20 ms each way and paces them at 1 Gbit/s (no
   # netem on this kernel); the daemons are reached through it
@@ -304,6 +324,8 @@ with open(p, "r+b") as f:
 print(regions * 65536)
 PY
 }
+changed_edit=0; changed_insert=0
+if want edit; then
 echo "== 1% in-place edit in 64 KiB regions"
 cp -p "$src/big/model.bin" "$work/before.bin"
 changed_edit=$(edit_regions)
@@ -318,7 +340,9 @@ open(p, "wb").write(data[:10000] + random.Random(9).randbytes(1 << 20) + data[10
 PY
 changed_insert=$((1 << 20))
 resync_all "1 MiB insert re-sync"
+fi
 
+if want small; then
 echo "== $small_files small files (1-16 KiB), fresh"
 for _ in $(seq "$rounds"); do
   limit "small files fresh" sh -c "tar -C '$src' -cf - small | tar -C '$work' -xf - --transform 's,^small,limit-small,'"
@@ -327,10 +351,13 @@ done
 fresh_all "small files fresh" small
 
 echo "== same tree, nothing changed, re-sync"
-sync_all "small files unchanged" small ferry ferryd rsync rsyncd
+sync_all "small files unchanged" small "${tools_noscp[@]}"
+fi
 
-echo "== ${jsonl_mib} MiB JSONL with compression (-z)"
-fresh_all "JSONL -z fresh" jsonl ferry ferryd rsync rsyncd -- -z
+if want jsonl; then
+  echo "== ${jsonl_mib} MiB JSONL with compression (-z)"
+  fresh_all "JSONL -z fresh" jsonl "${tools_noscp[@]}" -- -z
+fi
 
 echo
 printf '%s\n' "${results[@]}" > "$work/results"
@@ -358,8 +385,9 @@ def both(r, a, b):  # a ratio as returned, then until durable
 print("| scenario | limit | ferry ssh | ferry daemon | rsync ssh | rsync daemon | scp "
       "| durable: limit | ferry ssh | ferry daemon | rsync ssh | rsync daemon | scp "
       "| rsync-ssh / ferry-ssh (returned / durable) | scp / ferry-ssh | rsync-ssh / ferry-daemon | rsyncd / ferry-daemon | scp / ferry-daemon "
-      "| wire: ferry-daemon | wire: rsync-ssh | wire / changed (ferry-daemon, rsync) | peak RSS MiB (ferry-daemon client/server) |")
-print("|" + "---|" * 22)
+      "| wire: ferry-daemon | wire: rsync-ssh | wire / changed (ferry-daemon, rsync) | peak RSS MiB (ferry-daemon client/server) "
+      "| ferry-daemon's rate / the limit's (returned / durable) |")
+print("|" + "---|" * 23)
 for label in order:
     r = rows[label]
     fd = r.get("ferryd", (0, "-", "-", "-"))
@@ -370,7 +398,7 @@ for label in order:
     print(f"| {label} | {t(r, 'limit')} | {t(r, 'ferry')} | {t(r, 'ferryd')} | {t(r, 'rsync')} | {t(r, 'rsyncd')} | {t(r, 'scp')} "
           f"| {durable(r, 'limit')} | {durable(r, 'ferry')} | {durable(r, 'ferryd')} | {durable(r, 'rsync')} | {durable(r, 'rsyncd')} | {durable(r, 'scp')} "
           f"| {both(r, 'rsync', 'ferry')} | {both(r, 'scp', 'ferry')} | {both(r, 'rsync', 'ferryd')} | {both(r, 'rsyncd', 'ferryd')} | {both(r, 'scp', 'ferryd')} "
-          f"| {fd[1]} | {rs[1]} | {wc} | {fd[2]}/{fd[3]} |")
+          f"| {fd[1]} | {rs[1]} | {wc} | {fd[2]}/{fd[3]} | {ratio(r, 'limit', 'ferryd')} / {ratio(r, 'limit', 'ferryd', 4)} |")
 print()
 print("seconds per tool, as returned and until durable (the tool, then sync -f of the bench filesystem; ferry fsyncs")
 print("before it returns, rsync and scp do not); ratios > 1 mean ferry was faster, quoted as returned / until durable;")
@@ -385,6 +413,7 @@ ssh = [(l, rows[l]['ferry'][2], rows[l]['ferry'][3]) for l in order if 'ferry' i
 print("peak RSS MiB of ferry over ssh (client/remote): " + "; ".join(f"{l} {c}/{s}" for l, c, s in ssh))
 PY
 
+if want api; then
 # --- the HTTP API: job-submission latency, and a job against the same copy
 # from the CLI (both local to local, the big file and the small files) -------
 mkdir -p "$work/acfg" && chmod 700 "$work/acfg" && : > "$work/acfg/authorized_keys" && chmod 600 "$work/acfg/authorized_keys"
@@ -415,6 +444,9 @@ done
 # empty directories; ferry's time includes its remote hash check. Through the
 # 40 ms relay ferry runs twice: one SFTP connection, and --streams 4 (four ssh
 # connections: small files spread over them, the big file split across them)
+fi
+
+want sftp || exit 0
 echo
 echo "== SFTP fallback vs sftp and scp"
 sftp_results=()

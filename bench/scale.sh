@@ -16,6 +16,9 @@
 #   Sizes: DIRS=100 PER_DIR=1000 BIG_DIR=10000 MAX_KIB=8 SPARSE_GIB=64
 #   SPARSE_DATA_MIB=256 EDIT_GIB=4 CLIENTS=64 PULLERS=8 PULL_MIB=64 MAX_CONN=64
 #   BENCH_DIR=/mnt/xfs (where the data lives; --quick: /dev/shm if there is one)
+#   ONLY=files,sparse,edit,load   only those rows (each fits a turn at a shared
+#                            bench lock); FERRY_BIN=PATH: that binary, no cargo build
+#   TOOLS="ferryd ferry rsync"   which tools run the file rows
 #
 # Needs root (sshd), openssh-server, rsync, GNU time. Memory bound: each end's
 # peak RSS <= RSS_BOUND_MIB (256).
@@ -28,13 +31,16 @@ if [ $quick = 1 ]; then
   dirs=${DIRS:-50}; per_dir=${PER_DIR:-1000}; big_dir=${BIG_DIR:-0}; max_kib=${MAX_KIB:-1}
   sparse_gib=${SPARSE_GIB:-10}; sparse_data_mib=${SPARSE_DATA_MIB:-64}; edit_gib=${EDIT_GIB:-0}
   clients=${CLIENTS:-0}; pullers=${PULLERS:-0}; pull_mib=${PULL_MIB:-0}; max_conn=${MAX_CONN:-64}
-  cargo build -q; ferry=$PWD/target/debug/ferry
+  [ -n "${FERRY_BIN:-}" ] || cargo build -q; ferry=$PWD/target/debug/ferry
 else
   dirs=${DIRS:-1000}; per_dir=${PER_DIR:-1000}; big_dir=${BIG_DIR:-100000}; max_kib=${MAX_KIB:-8}
   sparse_gib=${SPARSE_GIB:-1024}; sparse_data_mib=${SPARSE_DATA_MIB:-4096}; edit_gib=${EDIT_GIB:-100}
   clients=${CLIENTS:-256}; pullers=${PULLERS:-32}; pull_mib=${PULL_MIB:-1024}; max_conn=${MAX_CONN:-128}
-  cargo build -q --release; ferry=$PWD/target/release/ferry
+  [ -n "${FERRY_BIN:-}" ] || cargo build -q --release; ferry=$PWD/target/release/ferry
 fi
+[ -n "${FERRY_BIN:-}" ] && ferry=$(realpath "$FERRY_BIN")
+only=",${ONLY:-files,sparse,edit,load},"
+want() { case $only in *",$1,"*) return 0 ;; esac; return 1; }
 bound_mib=${RSS_BOUND_MIB:-256}
 
 # --quick keeps its trees in memory (/dev/shm) when it can: what it checks is
@@ -84,7 +90,7 @@ wait_port "$port"
 # the remote ferry and rsync, wrapped to record their peak memory
 for tool in ferry rsync; do
   real=$ferry; [ $tool = rsync ] && real=$(command -v rsync)
-  printf '#!/bin/sh\nexec /usr/bin/time -f %%M -o "%s/rss-remote.$$" "%s" "$@"\n' "$work" "$real" > "$work/remote-$tool"
+  printf '#!/bin/sh\nexec /usr/bin/time -f "%%M %%U %%S" -o "%s/rss-remote.$$" "%s" "$@"\n' "$work" "$real" > "$work/remote-$tool"
   chmod +x "$work/remote-$tool"
 done
 
@@ -101,35 +107,43 @@ ferryd_addr=$(sed -n 's/^listening on //p' "$work/ferryd.out" | head -1)
 export FERRY_CACHE_DIR=""
 
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, clock ticks
 fds() { ls "/proc/$1/fd" | wc -l; }
 
 results=()
 over=0
 # run LABEL TOOL CMD...: times one command; wire bytes (--stats), the client's
 # peak RSS (GNU time), the server side's: the daemon's VmHWM since reset, or
-# the largest of the remote processes' own peaks
+# the largest of the remote processes' own peaks; and the CPU seconds (user +
+# system) of each end: the client's, the daemon's (its /proc stat before and
+# after) or the remote processes' (ssh's own CPU is counted for neither tool)
 run() {
   local label=$1 tool=$2; shift 2
   rm -f "$work"/rss-remote.* "$work/rss-client"
   sync -f "$work"
   echo 5 > "/proc/$ferryd_pid/clear_refs"
-  local t0 t1 out
+  local t0 t1 out d0 d1
+  d0=$(cpu_ticks "$ferryd_pid")
   t0=$(now)
-  out=$(/usr/bin/time -f %M -o "$work/rss-client" "$@" 2>&1) || { echo "FAILED: $tool $label"; echo "$out" | tail -20; exit 1; }
+  out=$(/usr/bin/time -f "%M %U %S" -o "$work/rss-client" "$@" 2>&1) || { echo "FAILED: $tool $label"; echo "$out" | tail -20; exit 1; }
   t1=$(now)
-  local wire rss_c rss_s
+  d1=$(cpu_ticks "$ferryd_pid")
+  local wire rss_c rss_s cpu_c cpu_s
   wire=$(printf '%s\n' "$out" | python3 -c '
 import re, sys
 t = sys.stdin.read()
 s = re.search(r"Total bytes sent: ([\d,]+)", t); r = re.search(r"Total bytes received: ([\d,]+)", t)
 print(int(s.group(1).replace(",", "")) + int(r.group(1).replace(",", "")) if s and r else "-")')
-  rss_c=$(( $(tail -1 "$work/rss-client") / 1024 ))
+  rss_c=$(awk 'END {print int($1 / 1024)}' "$work/rss-client")
+  cpu_c=$(awk 'END {printf "%.2f", $2 + $3}' "$work/rss-client")
   case $tool in
-    ferryd) rss_s=$(( $(status_kib "$ferryd_pid" VmHWM) / 1024 )) ;;
-    *) rss_s=$(cat "$work"/rss-remote.* 2>/dev/null | awk '$1 ~ /^[0-9]+$/ && $1 > m {m = $1} END {print int(m / 1024)}') ;;
+    ferryd) rss_s=$(( $(status_kib "$ferryd_pid" VmHWM) / 1024 ))
+            cpu_s=$(python3 -c "import os; print(f'{($d1 - $d0) / os.sysconf(\"SC_CLK_TCK\"):.2f}')") ;;
+    *) rss_s=$(cat "$work"/rss-remote.* 2>/dev/null | awk '$1 ~ /^[0-9]+$/ && $1 > m {m = $1} END {print int(m / 1024)}')
+       cpu_s=$(cat "$work"/rss-remote.* 2>/dev/null | awk '$1 ~ /^[0-9]+$/ {c += $2 + $3} END {printf "%.2f", c}') ;;
   esac
-  results+=("$label|$tool|$(secs "$t0" "$t1")|$wire|$rss_c|$rss_s")
-  printf '  %-30s %-7s %8ss  wire %-14s peak RSS client %s MiB, server %s MiB\n' "$label" "$tool" "$(secs "$t0" "$t1")" "$wire" "$rss_c" "$rss_s"
+  results+=("$label|$tool|$(secs "$t0" "$t1")|$wire|$rss_c|$rss_s|$cpu_c|$cpu_s")
+  printf '  %-30s %-7s %8ss  wire %-14s peak RSS client %s MiB, server %s MiB; CPU client %s s, server %s s\n' "$label" "$tool" "$(secs "$t0" "$t1")" "$wire" "$rss_c" "$rss_s" "$cpu_c" "$cpu_s"
   if [ "$tool" != rsync ] && { [ "$rss_c" -gt "$bound_mib" ] || [ "${rss_s:-0}" -gt "$bound_mib" ]; }; then
     echo "  OVER THE BOUND: $label ($tool): peak RSS over $bound_mib MiB"; over=1
   fi
@@ -149,6 +163,7 @@ to() { # TOOL SUBDIR
 }
 
 # --- many small files ---------------------------------------------------------
+if want files; then
 files=$((dirs * per_dir + big_dir))
 echo "== $files files (${dirs} dirs of ${per_dir}, one of ${big_dir}; 0-${max_kib} KiB)"
 t0=$(now)
@@ -174,7 +189,7 @@ if big:
         put(d, f"img-{j:06d}.jpg")
 PY
 echo "  made in $(secs "$t0" "$(now)") s"
-tools=(ferryd ferry rsync)
+read -r -a tools <<< "${TOOLS:-ferryd ferry rsync}"
 for tool in "${tools[@]}"; do mkdir -p "$work/dst-$tool"; done
 sync_tree() { # LABEL TOOL [FLAGS...]
   local label=$1 tool=$2; shift 2
@@ -187,18 +202,22 @@ sync_tree() { # LABEL TOOL [FLAGS...]
 for tool in "${tools[@]}"; do sync_tree "files fresh" "$tool"; done
 for tool in "${tools[@]}"; do same_tree "$work/src/tree" "$work/dst-$tool/tree"; done
 for tool in "${tools[@]}"; do sync_tree "files unchanged" "$tool"; done
-sync_tree "files unchanged --delete -H" ferryd --delete -H
-sync_tree "files unchanged --delete -H" rsync --delete -H
-same_tree "$work/src/tree" "$work/dst-ferryd/tree"
+for tool in "${tools[@]}"; do
+  [ "$tool" = ferry ] || sync_tree "files unchanged --delete -H" "$tool" --delete -H
+done
+for tool in "${tools[@]}"; do same_tree "$work/src/tree" "$work/dst-$tool/tree"; done
 # removing a big tree takes minutes on a shared disk mounted with discard: in
 # the background, while the next rows run
 mkdir -p "$work/gone" && mv "$work/src/tree" "$work/gone/src" &&
   for tool in "${tools[@]}"; do mv "$work/dst-$tool/tree" "$work/gone/$tool"; done
 rm -rf "$work/gone" &
 pids+=($!)
+fi
 
 # --- a huge sparse file ---------------------------------------------------------
+if want sparse; then
 echo "== ${sparse_gib} GiB sparse file with ${sparse_data_mib} MiB of data (-S)"
+mkdir -p "$work/src"
 python3 - "$work/src/sparse.bin" "$sparse_gib" "$sparse_data_mib" <<'PY'
 import os, random, sys
 path, gib, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -240,9 +259,10 @@ echo "  the daemon's copy: same bytes, $(sparse_check "$work/dst-ferryd/sparse/s
 run "sparse -S" ferry "${ferry_ssh[@]}" -S "$work/src/sparse.bin" "$(to ferry sparse)/"
 echo "  the ssh copy: same bytes, $(sparse_check "$work/dst-ferry/sparse/sparse.bin") bytes allocated"
 rm -rf "$work/src/sparse.bin" "$work"/dst-*/sparse
+fi
 
 # --- a large file re-synced after a 1% edit ----------------------------------------
-if [ "$edit_gib" -gt 0 ]; then
+if [ "$edit_gib" -gt 0 ] && want edit; then
   echo "== ${edit_gib} GiB file, 1% edited in 64 KiB regions, re-sync"
   mkdir -p "$work/src/edit" "$work/dst-ferryd/edit"
   head -c "$((edit_gib << 30))" /dev/urandom > "$work/src/edit/model.bin"
@@ -264,7 +284,7 @@ PY
 fi
 
 # --- many clients at once against one daemon -----------------------------------------
-if [ "$clients" -gt 0 ]; then
+if [ "$clients" -gt 0 ] && want load; then
   echo "== $clients clients at once ($pullers pulling one ${pull_mib} MiB file), --max-connections $max_conn"
   mkdir -p "$work/load/shared" "$work/dst-ferryd/load"
   head -c "$((pull_mib << 20))" /dev/urandom > "$work/load/shared/pull.bin"
@@ -339,12 +359,12 @@ python3 - "$work/results" <<'PY'
 import sys
 rows, order = {}, []
 for line in open(sys.argv[1]):
-    label, tool, secs, wire, c, s = line.strip().split("|")
+    label, tool, secs, wire, c, s, cc, cs = line.strip().split("|")
     if label not in rows:
         rows[label] = {}; order.append(label)
-    rows[label][tool] = (float(secs), wire, c, s)
+    rows[label][tool] = (float(secs), wire, c, s, cc, cs)
 def cell(r, t):
-    return f"{r[t][0]:.2f} s ({r[t][2]}/{r[t][3]} MiB)" if t in r else "-"
+    return f"{r[t][0]:.2f} s ({r[t][2]}/{r[t][3]} MiB; CPU {r[t][4]}/{r[t][5]} s)" if t in r else "-"
 def ratio(r, t):
     return f"{r['rsync'][0] / r[t][0]:.2f}x" if "rsync" in r and t in r and r[t][0] else "-"
 print("| scenario | ferry daemon | ferry ssh | rsync ssh | rsync-ssh / ferry-daemon | rsync-ssh / ferry-ssh | wire: ferry daemon |")
@@ -353,7 +373,7 @@ for l in order:
     r = rows[l]
     print(f"| {l} | {cell(r, 'ferryd')} | {cell(r, 'ferry')} | {cell(r, 'rsync')} | {ratio(r, 'ferryd')} | {ratio(r, 'ferry')} | {r.get('ferryd', (0, '-'))[1]} |")
 print()
-print("seconds (peak RSS MiB, client/server); ratios > 1 mean ferry was faster; times as returned (ferry fsyncs before it returns, rsync does not)")
+print("seconds (peak RSS MiB, client/server; CPU seconds user+system, client/server); ratios > 1 mean ferry was faster; times as returned (ferry fsyncs before it returns, rsync does not)")
 PY
 if [ $over = 1 ]; then
   echo "a ferry run went over the memory bound of $bound_mib MiB"
