@@ -301,15 +301,23 @@ fn gone(why: &str) -> io::Error {
 }
 
 impl RemoteHash {
-    /// `cmd` is an ssh to the remote, without its command.
+    /// `cmd` is an ssh to the remote, without its command. The connection
+    /// is started at once: its login (about 11 round trips) overlaps the
+    /// transfer's first files rather than holding up their checks.
     pub fn new(mut cmd: Command, hasher: Hasher) -> RemoteHash {
         cmd.arg(remote_line(hasher.command));
-        RemoteHash {
+        let h = RemoteHash {
             hasher,
             kind: hasher.kind,
             state: Arc::new(Mutex::new(State::Idle(Some(cmd)))),
             asked: Default::default(),
+        };
+        {
+            let mut state = h.state.lock().unwrap_or_else(|p| p.into_inner());
+            // (a failure is kept, and said at the first file asked)
+            let _ = h.start(&mut state);
         }
+        h
     }
 
     /// Asks for the hash of `path` (sent with the next full group, or at
