@@ -440,6 +440,90 @@ fn hostile_names(sshd: &Sshd, t: &tempfile::TempDir, hashed_by: &str) {
     assert!(!canary.exists(), "a name ran as a command");
 }
 
+/// A `sha256sum` for the front of the remote's PATH that prints a name's
+/// newline as it is, as `xxh128sum` and OpenSSL 1.1 do (coreutils' escaped
+/// line, unescaped), with [`no_openssl`] so that the probe takes it.
+fn raw_newline_sha256sum(bin: &Path) {
+    no_openssl(bin);
+    write(
+        &bin.join("sha256sum"),
+        r#"#!/bin/sh
+/usr/bin/sha256sum "$@" | sed -e '/^\\/{s/^\\//;s/\\n/\n/g;}'
+"#,
+    );
+    chmod(&bin.join("sha256sum"), 0o755);
+}
+
+/// Names crafted against a reader of the hash command's output: under
+/// OpenSSL 3's escaping (only a newline is written `\n`) `v\\nw\nx` reads
+/// as its neighbour `v\nw\nx`; printed as it is, a name's second line looks
+/// like another file's hash line. Every file must pass its check, up and
+/// down, and arrive whole: the names never reach the output that is read.
+#[test]
+fn names_that_look_like_other_hash_lines_neither_pass_nor_fail_another_file() {
+    if !sshd_available() {
+        return;
+    }
+    let forged = format!("f\n{}  g", "0".repeat(64));
+    let names = [
+        "a plain one",
+        "v\nw\nx",
+        "v\\nw\nx",
+        forged.as_str(),
+        "-n",
+        "zz last",
+    ];
+    for raw in [false, true] {
+        let t = tmp();
+        let bin = t.path().join("bin");
+        let sshd = if raw {
+            raw_newline_sha256sum(&bin);
+            Sshd::start_with(&format!(
+                "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
+                bin.display()
+            ))
+        } else {
+            Sshd::start_with(SUBSYSTEM)
+        };
+        let hashed_by = if raw { "sha256sum" } else { HASHED_BY };
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        for (i, n) in names.iter().enumerate() {
+            write(&src.join(n), random_bytes(1000 + i, 40 + i as u64));
+            set_mtime(&src.join(n), 1_600_000_000);
+        }
+        let (up, down) = (t.path().join("up"), t.path().join("down"));
+        let cache = t.path().join("cache");
+        for (from, to) in [
+            (format!("{}/", s(&src)), sshd.remote(&up)),
+            (format!("{}/", sshd.remote(&up)), s(&down)),
+        ] {
+            let o = ferry_in(
+                &cache,
+                &[
+                    "cp".into(),
+                    "-rp".into(),
+                    "--transport".into(),
+                    "sftp".into(),
+                    "-e".into(),
+                    sshd.rsh(),
+                    from,
+                    to,
+                ],
+            );
+            let err = stderr(&o);
+            assert!(o.status.success(), "{hashed_by}: {err}");
+            let want = format!(
+                "verified: {hashed_by} on 127.0.0.1 for {} file(s)",
+                names.len()
+            );
+            assert!(err.contains(&want), "{err}");
+        }
+        assert_same_tree(&src, &up, false);
+        assert_same_tree(&src, &down, false);
+    }
+}
+
 /// Runs `ferry cp` slowly in the background until `partial` holds at least
 /// `at_least` bytes, then kills it with SIGKILL.
 fn kill_mid_copy(cache: &Path, args: &[String], partial: impl Fn() -> Option<u64>, at_least: u64) {

@@ -183,7 +183,7 @@ pub struct SftpDest {
 }
 
 /// Files whose publishing may be outstanding at once.
-const FILES_IN_FLIGHT: usize = 32;
+const FILES_IN_FLIGHT: usize = 96;
 
 /// A published file on its way: opened, written, closed, renamed, each
 /// step sent once the one before it is answered.
@@ -295,9 +295,9 @@ impl SftpDest {
         join_path(&self.root, rel)
     }
 
-    /// Moves a file on as far as its answers allow (all the way when
-    /// `block`); whether it is done.
-    fn advance(&self, f: &mut Finishing, block: bool) -> io::Result<bool> {
+    /// Moves a file on as far as its answers allow (waiting for one answer
+    /// first when `block`); whether it is done.
+    fn advance(&self, f: &mut Finishing, mut block: bool) -> io::Result<bool> {
         loop {
             match &mut f.stage {
                 Stage::Opening {
@@ -309,6 +309,7 @@ impl SftpDest {
                     let Some(r) = answer(open, block)? else {
                         return Ok(false);
                     };
+                    block = false;
                     let h = match r {
                         super::wire::Reply::Handle(h) => h,
                         other => return Err(status_ok(other).err().unwrap_or_else(ended)),
@@ -347,6 +348,7 @@ impl SftpDest {
                         let Some(r) = answer(p, block)? else {
                             return Ok(false);
                         };
+                        block = false;
                         q.pop_front();
                         *writes = writes.saturating_sub(1);
                         status_ok(r)?;
@@ -374,6 +376,7 @@ impl SftpDest {
                         if let How::Remote(h) = &v.how {
                             h.flush()?;
                         }
+                        block = false;
                         rx.recv().unwrap_or_else(|_| Err(ended()))
                     } else {
                         match rx.try_recv() {
@@ -391,6 +394,7 @@ impl SftpDest {
                         let Some(r) = answer(p, block)? else {
                             return Ok(false);
                         };
+                        block = false;
                         q.pop_front();
                         match status_ok(r) {
                             Err(e) if may_miss && e.kind() == io::ErrorKind::NotFound => {}
@@ -445,9 +449,12 @@ impl SftpDest {
         Ok(renames)
     }
 
-    /// Moves every file in flight on without waiting, then waits for the
-    /// oldest until at most `keep` are left. The first failure, naming its
-    /// file.
+    /// Moves every file in flight on without waiting; while more than
+    /// `keep` are left, waits for the oldest's next answer and moves every
+    /// file on again (each answer that came meanwhile sends the next
+    /// request of its file at once: the files' chains overlap, rather than
+    /// one file's open, close, check and rename being waited for before
+    /// the next file's). The first failure, naming its file.
     fn settle(&self, keep: usize) -> io::Result<()> {
         let mut q = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
         let mut first: Option<io::Error> = None;
@@ -456,23 +463,32 @@ impl SftpDest {
                 first = Some(io::Error::new(e.kind(), format!("{}: {}", f.name, e)));
             }
         };
-        let mut i = 0;
-        while i < q.len() {
-            match self.advance(&mut q[i], false) {
-                Ok(false) => i += 1,
-                Ok(true) => {
-                    q.remove(i);
-                }
-                Err(e) => {
-                    fail(&q[i], e);
-                    q.remove(i);
+        loop {
+            let mut i = 0;
+            while i < q.len() {
+                match self.advance(&mut q[i], false) {
+                    Ok(false) => i += 1,
+                    Ok(true) => {
+                        q.remove(i);
+                    }
+                    Err(e) => {
+                        fail(&q[i], e);
+                        q.remove(i);
+                    }
                 }
             }
-        }
-        while q.len() > keep {
-            let mut f = q.pop_front().expect("in flight");
-            if let Err(e) = self.advance(&mut f, true) {
-                fail(&f, e);
+            if q.len() <= keep {
+                break;
+            }
+            match self.advance(&mut q[0], true) {
+                Ok(false) => {}
+                Ok(true) => {
+                    q.pop_front();
+                }
+                Err(e) => {
+                    fail(&q[0], e);
+                    q.pop_front();
+                }
             }
         }
         first.map_or(Ok(()), Err)

@@ -3,18 +3,23 @@
 //! written or read here ([`Hashing`]), compared with a hash the remote
 //! computes by running a command ([`RemoteHash`], one of [`HASHERS`]:
 //! `b3sum`, `xxh128sum`, `openssl dgst -sha256`, `sha256sum` or `shasum -a
-//! 256`, names sent NUL-separated on stdin) or with the file read again over
-//! SFTP (`--verify reread`). [`Verify`] is what a transfer asked for and how
-//! many files it checked.
+//! 256`) or with the file read again over SFTP (`--verify reread`).
+//! [`Verify`] is what a transfer asked for and how many files it checked.
 //!
 //! Not for deciding which command a remote has (the probe is
 //! `transfer::sftp`'s) nor for what a mismatch does to a file (the
 //! destination keeps it unpublished; the source fails it).
 //!
 //! # Security
-//! No name is ever put into a shell line: the remote runs the fixed line
-//! `xargs -0 -n 16 COMMAND --`, and names reach it only as NUL-terminated
-//! bytes on its stdin, which xargs passes as whole arguments.
+//! No name is ever put into a shell line, and no name is ever read back:
+//! the remote runs one fixed line ([`remote_line`]), names reach it only as
+//! NUL-terminated bytes on its stdin, which xargs passes as whole arguments
+//! to a fixed `sh` script; the script opens each file on a descriptor of
+//! its own and names it to the hash command as `/dev/fd/N`. What the
+//! command prints therefore holds only names ferry chose: a file name with
+//! a newline, or one that looks like another file's hash line, cannot pair
+//! a hash with the wrong file nor shift the answers of the files after it.
+//! Each answer is told apart by its place in the group, never by a name.
 
 use super::client::Sftp;
 use super::wire;
@@ -48,27 +53,14 @@ impl HashKind {
     }
 }
 
-/// How a hash command prints a name with a newline in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Escapes {
-    /// coreutils, b3sum, shasum: the line starts with `\` and the name's
-    /// `\`, newline and carriage return are written `\\`, `\n`, `\r`.
-    Coreutils,
-    /// OpenSSL 3: the line starts with `\` and only a newline is written
-    /// `\n` (a `\` stays as it is). OpenSSL 1.1 prints the
-    /// newline as is, as `xxh128sum` does: those lines are joined again.
-    NewlineOnly,
-}
-
 /// A command a remote may have that hashes the files named after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hasher {
     /// What messages and the per-host cache call it.
     pub name: &'static str,
-    /// The command line the names follow (after `--`).
+    /// The command line the files follow (after `--`).
     pub command: &'static str,
     pub kind: HashKind,
-    pub escapes: Escapes,
 }
 
 /// The hash commands tried, cheapest first. `openssl dgst -sha256` comes
@@ -80,31 +72,26 @@ pub const HASHERS: [Hasher; 5] = [
         name: "b3sum",
         command: "b3sum",
         kind: HashKind::Blake3,
-        escapes: Escapes::Coreutils,
     },
     Hasher {
         name: "xxh128sum",
         command: "xxh128sum",
         kind: HashKind::Xxh128,
-        escapes: Escapes::Coreutils,
     },
     Hasher {
         name: "openssl dgst -sha256",
         command: "openssl dgst -sha256 -r",
         kind: HashKind::Sha256,
-        escapes: Escapes::NewlineOnly,
     },
     Hasher {
         name: "sha256sum",
         command: "sha256sum",
         kind: HashKind::Sha256,
-        escapes: Escapes::Coreutils,
     },
     Hasher {
         name: "shasum -a 256",
         command: "shasum -a 256",
         kind: HashKind::Sha256,
-        escapes: Escapes::Coreutils,
     },
 ];
 
@@ -232,20 +219,49 @@ pub fn reread(sftp: &Sftp, path: &[u8], kind: HashKind) -> io::Result<String> {
     result.map(|_| hashing.hex())
 }
 
-/// Names per run of the remote command: xargs runs it as soon as it has
-/// read this many, so a group is padded with `/dev/null` to be hashed at
-/// once (16 names of at most 4 KiB stay under xargs's 128 KiB line).
-const GROUP: usize = 16;
+/// Files per run of the remote command: the script opens each on one of
+/// the descriptors 3 to 9 (a POSIX shell's redirections take one digit), so
+/// one run of the command hashes seven files. xargs starts a run as soon as
+/// it has read this many names; a group is padded with [`PAD`] to be hashed
+/// at once.
+const GROUP: usize = 7;
 
-/// The name every group ends with, so that a file the command could not
-/// read (and printed no line for) is noticed when this one's line comes.
+/// What pads a group; its answer is dropped (a slot is told by its place,
+/// so a real file of this name is hashed like any other).
 const PAD: &[u8] = b"/dev/null";
+
+/// A frame of output is at most this many lines (a command that prints
+/// more is not answering what it was asked).
+const FRAME_LINES: usize = 4 * GROUP;
+
+/// The fixed line the remote runs for `command`: xargs hands each group of
+/// [`GROUP`] names to `sh -c SCRIPT` as its arguments; the script opens the
+/// files as descriptors 3 to 9 and runs the command once on `/dev/fd/3` …
+/// `/dev/fd/9`, then prints `=STATUS`. Where that run fails (a file that
+/// cannot be opened, a remote without `/dev/fd`) each file of the group is
+/// hashed alone from its stdin, each followed by its own `=STATUS` line.
+/// The script has no `'` and no `\`, so it quotes the same in every login
+/// shell (sh, bash, zsh, fish, tcsh).
+pub fn remote_line(command: &str) -> String {
+    let files: Vec<String> = (0..GROUP).map(|i| format!("/dev/fd/{}", i + 3)).collect();
+    let opens: Vec<String> = (0..GROUP)
+        .map(|i| format!("{}<\"${}\"", i + 3, i + 1))
+        .collect();
+    format!(
+        "xargs -0 -n {GROUP} sh -c 'exec 2>/dev/null; {command} -- {} {}; s=$?; echo =$s; \
+         [ $s = 0 ] || for f in \"$@\"; do {command} -- <\"$f\"; echo =$?; done' sh",
+        files.join(" "),
+        opens.join(" ")
+    )
+}
 
 /// A remote file's hash, or why there is none.
 pub type Answer = mpsc::Receiver<io::Result<String>>;
 
-/// One ssh connection running `xargs -0 -n 16 COMMAND --` on the remote,
-/// started on first use; each name asked gets its line's hash, in order.
+type Slot = Option<mpsc::Sender<io::Result<String>>>;
+
+/// One ssh connection running [`remote_line`] on the remote, started on
+/// first use; each name asked gets the hash of the slot it was sent in.
 /// Clones share it.
 #[derive(Clone)]
 pub struct RemoteHash {
@@ -263,26 +279,18 @@ enum State {
         child: Child,
         /// Names of the group not sent yet, NUL-terminated.
         group: Vec<u8>,
-        in_group: usize,
+        /// Where their answers go, in order.
+        slots: Vec<Slot>,
     },
     Failed(String),
 }
 
-/// Names sent and not answered yet, oldest first.
+/// Groups sent and not answered yet, oldest first.
 #[derive(Default)]
 struct Asked {
-    queue: VecDeque<Waiting>,
+    queue: VecDeque<Vec<Slot>>,
     /// Why the command ended, once it did.
     ended: Option<String>,
-}
-
-struct Waiting {
-    name: Vec<u8>,
-    /// Where the answer goes (`None`: padding).
-    tx: Option<mpsc::Sender<io::Result<String>>>,
-    /// A line whose name is the start of this one's (a name with a
-    /// newline, printed unescaped by xxh128sum): hash and name so far.
-    partial: Option<(String, Vec<u8>)>,
 }
 
 fn gone(why: &str) -> io::Error {
@@ -293,40 +301,44 @@ fn gone(why: &str) -> io::Error {
 }
 
 impl RemoteHash {
-    /// `cmd` is an ssh to the remote, without its command.
+    /// `cmd` is an ssh to the remote, without its command. The connection
+    /// is started at once: its login (about 11 round trips) overlaps the
+    /// transfer's first files rather than holding up their checks.
     pub fn new(mut cmd: Command, hasher: Hasher) -> RemoteHash {
-        cmd.arg(format!("xargs -0 -n {GROUP} {} --", hasher.command));
-        RemoteHash {
+        cmd.arg(remote_line(hasher.command));
+        let h = RemoteHash {
             hasher,
             kind: hasher.kind,
             state: Arc::new(Mutex::new(State::Idle(Some(cmd)))),
             asked: Default::default(),
+        };
+        {
+            let mut state = h.state.lock().unwrap_or_else(|p| p.into_inner());
+            // (a failure is kept, and said at the first file asked)
+            let _ = h.start(&mut state);
         }
+        h
     }
 
     /// Asks for the hash of `path` (sent with the next full group, or at
     /// the next [`RemoteHash::flush`]).
     pub fn ask(&self, path: &[u8]) -> io::Result<Answer> {
-        if path.contains(&0) {
+        if path.contains(&0) || path.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "a name with a NUL byte",
+                "an empty name or one with a NUL byte",
             ));
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.start(&mut state)?;
         let (tx, rx) = mpsc::channel();
-        self.queue(path, Some(tx));
-        let State::Running {
-            group, in_group, ..
-        } = &mut *state
-        else {
+        let State::Running { group, slots, .. } = &mut *state else {
             unreachable!("started")
         };
         group.extend_from_slice(path);
         group.push(0);
-        *in_group += 1;
-        if *in_group == GROUP - 1 {
+        slots.push(Some(tx));
+        if slots.len() == GROUP {
             self.send_group(&mut state)?;
         }
         Ok(rx)
@@ -336,7 +348,7 @@ impl RemoteHash {
     pub fn flush(&self) -> io::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match &*state {
-            State::Running { in_group, .. } if *in_group > 0 => self.send_group(&mut state),
+            State::Running { slots, .. } if !slots.is_empty() => self.send_group(&mut state),
             _ => Ok(()),
         }
     }
@@ -358,21 +370,6 @@ impl RemoteHash {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-
-    fn queue(&self, name: &[u8], tx: Option<mpsc::Sender<io::Result<String>>>) {
-        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(why) = &asked.ended {
-            if let Some(tx) = tx {
-                let _ = tx.send(Err(gone(why)));
-            }
-            return;
-        }
-        asked.queue.push_back(Waiting {
-            name: name.to_vec(),
-            tx,
-            partial: None,
-        });
     }
 
     fn start(&self, state: &mut State) -> io::Result<()> {
@@ -397,15 +394,15 @@ impl RemoteHash {
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let asked = self.asked.clone();
-        let (len, escapes) = (self.kind.hex_len(), self.hasher.escapes);
+        let len = self.kind.hex_len();
         std::thread::Builder::new()
             .name("ferry-sftp-hash".into())
-            .spawn(move || read_answers(asked, stdout, len, escapes))?;
+            .spawn(move || read_answers(asked, io::BufReader::new(stdout), len))?;
         *state = State::Running {
             stdin,
             child,
             group: Vec::new(),
-            in_group: 0,
+            slots: Vec::new(),
         };
         Ok(())
     }
@@ -414,18 +411,30 @@ impl RemoteHash {
         let State::Running {
             stdin,
             group,
-            in_group,
+            slots,
             ..
         } = state
         else {
             return Ok(());
         };
-        for _ in *in_group..GROUP {
-            self.queue(PAD, None);
+        while slots.len() < GROUP {
+            slots.push(None);
             group.extend_from_slice(PAD);
             group.push(0);
         }
-        *in_group = 0;
+        // queued before it is sent: its answers may come at once
+        {
+            let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+            let slots = std::mem::take(slots);
+            if let Some(why) = &asked.ended {
+                for tx in slots.into_iter().flatten() {
+                    let _ = tx.send(Err(gone(why)));
+                }
+                group.clear();
+                return Ok(());
+            }
+            asked.queue.push_back(slots);
+        }
         let r = stdin.write_all(group).and_then(|_| stdin.flush());
         group.clear();
         if let Err(e) = r {
@@ -437,48 +446,8 @@ impl RemoteHash {
     }
 }
 
-/// One output line's hash and name: `[\]HASH  NAME` or `[\]HASH *NAME`, the
-/// name unescaped as `escapes` says where the line starts with `\`.
-fn header(line: &[u8], len: usize, escapes: Escapes) -> Option<(String, Vec<u8>)> {
-    let (escaped, line) = match line.strip_prefix(b"\\") {
-        Some(rest) => (true, rest),
-        None => (false, line),
-    };
-    if line.len() < len + 2 || line[..len].contains(&b' ') {
-        return None;
-    }
-    if &line[len..len + 2] != b"  " && &line[len..len + 2] != b" *" {
-        return None;
-    }
-    let hash = String::from_utf8_lossy(&line[..len]).into_owned();
-    let raw = &line[len + 2..];
-    if !escaped {
-        return Some((hash, raw.to_vec()));
-    }
-    let mut name = Vec::with_capacity(raw.len());
-    let mut it = raw.iter();
-    while let Some(&b) = it.next() {
-        if b != b'\\' {
-            name.push(b);
-            continue;
-        }
-        match (escapes, it.as_slice().first()) {
-            (_, Some(b'n')) => name.push(b'\n'),
-            (Escapes::Coreutils, Some(b'r')) => name.push(b'\r'),
-            (Escapes::Coreutils, Some(&o)) => name.push(o),
-            // (OpenSSL writes a `\` as it is)
-            _ => {
-                name.push(b'\\');
-                continue;
-            }
-        }
-        it.next();
-    }
-    Some((hash, name))
-}
-
-fn answer(w: Waiting, r: io::Result<String>) {
-    if let Some(tx) = w.tx {
+fn answer(slot: Slot, r: io::Result<String>) {
+    if let Some(tx) = slot {
         let _ = tx.send(r);
     }
 }
@@ -490,75 +459,128 @@ fn not_hashed() -> io::Error {
     )
 }
 
-/// Matches one output line to the oldest names asked: a name with no line
-/// of its own (the command could not read it) is failed when a later
-/// name's line comes.
-fn on_line(queue: &mut VecDeque<Waiting>, line: &[u8], len: usize, escapes: Escapes) {
-    if let Some((hash, name)) = header(line, len, escapes) {
-        while let Some(front) = queue.front_mut() {
-            front.partial = None;
-            if front.name == name {
-                let w = queue.pop_front().expect("front");
-                answer(w, Ok(hash));
-                return;
-            }
-            if front.name.len() > name.len()
-                && front.name.starts_with(&name)
-                && front.name[name.len()] == b'\n'
-            {
-                front.partial = Some((hash, name));
-                return;
-            }
-            let w = queue.pop_front().expect("front");
-            answer(w, Err(not_hashed()));
+/// One frame of the script's output: the lines before an `=STATUS` line,
+/// and the status (`None` at the end of the output).
+type Frame = (Vec<Vec<u8>>, i32);
+
+fn read_frame(r: &mut impl BufRead) -> io::Result<Option<Frame>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return Ok(None);
         }
-        return;
-    }
-    // the rest of a name printed with its newline as is
-    let Some(front) = queue.front_mut() else {
-        return;
-    };
-    let Some((hash, mut name)) = front.partial.take() else {
-        return;
-    };
-    name.push(b'\n');
-    name.extend_from_slice(line);
-    if front.name == name {
-        let w = queue.pop_front().expect("front");
-        answer(w, Ok(hash));
-    } else if front.name.starts_with(&name) && front.name.get(name.len()) == Some(&b'\n') {
-        front.partial = Some((hash, name));
-    } else {
-        let w = queue.pop_front().expect("front");
-        answer(w, Err(not_hashed()));
+        if line.ends_with(b"\n") {
+            line.pop();
+        }
+        if let Some(status) = line.strip_prefix(b"=") {
+            let status = std::str::from_utf8(status)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(-1);
+            return Ok(Some((lines, status)));
+        }
+        if lines.len() < FRAME_LINES {
+            lines.push(line);
+        }
     }
 }
 
-fn read_answers(
-    asked: Arc<Mutex<Asked>>,
-    stdout: std::process::ChildStdout,
-    len: usize,
-    escapes: Escapes,
-) {
-    let mut r = io::BufReader::new(stdout);
-    let mut line = Vec::new();
+/// The hash a line starts with: `len` bytes with no space (what is not
+/// hex then fails the comparison as a wrong hash), then a space. The `rest`
+/// after the hash's separator (`  ` or ` *`), where asked for, must be
+/// exactly that.
+fn hash_of(line: &[u8], len: usize, rest: Option<&[u8]>) -> Option<String> {
+    let hex = line.get(..len)?;
+    if hex.contains(&b' ') {
+        return None;
+    }
+    let after = line.get(len..)?;
+    if !after.starts_with(b" ") {
+        return None;
+    }
+    if let Some(rest) = rest {
+        let name = after
+            .strip_prefix(b"  ")
+            .or_else(|| after.strip_prefix(b" *"))?;
+        if name != rest {
+            return None;
+        }
+    }
+    Some(String::from_utf8_lossy(hex).into_owned())
+}
+
+/// A group's answers from a run over all its files: one line per
+/// descriptor, in order, each naming the descriptor it hashed.
+fn group_hashes(lines: &[Vec<u8>], len: usize) -> Option<Vec<String>> {
+    if lines.len() != GROUP {
+        return None;
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| hash_of(l, len, Some(format!("/dev/fd/{}", i + 3).as_bytes())))
+        .collect()
+}
+
+/// A file's answer from a run over its stdin alone.
+fn one_hash((lines, status): Frame, len: usize) -> io::Result<String> {
+    match lines.as_slice() {
+        [line] if status == 0 => hash_of(line, len, None).ok_or_else(not_hashed),
+        _ => Err(not_hashed()),
+    }
+}
+
+/// Answers each group sent, in order, from the frames the script prints.
+fn read_answers(asked: Arc<Mutex<Asked>>, mut r: impl BufRead, len: usize) {
     let why = loop {
-        line.clear();
-        match r.read_until(b'\n', &mut line) {
-            Ok(0) => break "it exited".to_string(),
-            Ok(_) => {
-                if line.ends_with(b"\n") {
-                    line.pop();
-                }
-                let mut a = asked.lock().unwrap_or_else(|p| p.into_inner());
-                on_line(&mut a.queue, &line, len, escapes);
-            }
+        let frame = match read_frame(&mut r) {
+            Ok(Some(f)) => f,
+            Ok(None) => break "it exited".to_string(),
             Err(e) => break e.to_string(),
+        };
+        let slots = asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue
+            .pop_front();
+        let Some(mut slots) = slots else {
+            break "it printed more than it was asked".to_string();
+        };
+        if frame.1 == 0 {
+            let hashes = group_hashes(&frame.0, len);
+            for (i, slot) in slots.into_iter().enumerate() {
+                answer(
+                    slot,
+                    hashes.as_ref().map(|h| h[i].clone()).ok_or_else(not_hashed),
+                );
+            }
+            continue;
+        }
+        // each file of the group, alone
+        let mut failed = None;
+        for (i, slot) in slots.iter_mut().enumerate() {
+            match read_frame(&mut r) {
+                Ok(Some(f)) => answer(slot.take(), one_hash(f, len)),
+                Ok(None) => failed = Some((i, "it exited".to_string())),
+                Err(e) => failed = Some((i, e.to_string())),
+            }
+            if failed.is_some() {
+                break;
+            }
+        }
+        if let Some((_, why)) = failed {
+            for slot in slots {
+                answer(slot, Err(gone(&why)));
+            }
+            break why;
         }
     };
     let mut a = asked.lock().unwrap_or_else(|p| p.into_inner());
-    for w in std::mem::take(&mut a.queue) {
-        answer(w, Err(gone(&why)));
+    for slots in std::mem::take(&mut a.queue) {
+        for slot in slots {
+            answer(slot, Err(gone(&why)));
+        }
     }
     a.ended = Some(why);
 }
@@ -583,69 +605,95 @@ mod tests {
         );
     }
 
-    fn waiting(name: &[u8]) -> (Waiting, Answer) {
-        let (tx, rx) = mpsc::channel();
-        (
-            Waiting {
-                name: name.to_vec(),
-                tx: Some(tx),
-                partial: None,
-            },
-            rx,
-        )
+    fn slots(n: usize) -> (Vec<Slot>, Vec<Answer>) {
+        (0..n)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel();
+                (Some(tx), rx)
+            })
+            .unzip()
     }
 
-    #[test]
-    fn lines_are_matched_to_names_escaped_unescaped_or_missing() {
-        let h = "a".repeat(32);
-        let mut q = VecDeque::new();
-        let (a, ra) = waiting(b"plain");
-        let (b, rb) = waiting(b"gone");
-        let (c, rc) = waiting(b"new\nline");
-        let (d, rd) = waiting(b"back\\slash\nnl");
-        q.extend([a, b, c, d]);
-        let on = |q: &mut VecDeque<Waiting>, l: &[u8]| on_line(q, l, 32, Escapes::Coreutils);
-        on(&mut q, format!("{h}  plain").as_bytes());
-        // "gone" printed nothing; xxh128sum prints a newline as is
-        on(&mut q, format!("{h}  new").as_bytes());
-        on(&mut q, b"line");
-        on(&mut q, format!("\\{h}  back\\\\slash\\nnl").as_bytes());
-        assert_eq!(ra.recv().unwrap().unwrap(), h);
-        assert!(rb.recv().unwrap().is_err());
-        assert_eq!(rc.recv().unwrap().unwrap(), h);
-        assert_eq!(rd.recv().unwrap().unwrap(), h);
-        assert!(q.is_empty());
-        // a hash of the wrong length is no header
-        assert!(header(b"abc  name", 32, Escapes::Coreutils).is_none());
+    fn run(out: &str, groups: Vec<Vec<Slot>>, len: usize) {
+        let asked = Arc::new(Mutex::new(Asked {
+            queue: groups.into(),
+            ended: None,
+        }));
+        read_answers(asked, io::Cursor::new(out.as_bytes().to_vec()), len);
     }
 
-    /// OpenSSL 3 (`dgst -r`) escapes only a newline, and writes ` *`; a
-    /// `\` in a name is as it is, escaped line or not.
+    /// A whole group's run answers each slot by its descriptor; lines are
+    /// taken only where each names the descriptor of its place.
     #[test]
-    fn openssl_lines_keep_their_backslashes() {
-        let h = "b".repeat(64);
-        let mut q = VecDeque::new();
-        let (a, ra) = waiting(b"back\\slash");
-        let (b, rb) = waiting(b"new\nline \\x");
-        let (c, rc) = waiting(b"-dash *star");
-        q.extend([a, b, c]);
-        let on = |q: &mut VecDeque<Waiting>, l: &[u8]| on_line(q, l, 64, Escapes::NewlineOnly);
-        on(&mut q, format!("{h} *back\\slash").as_bytes());
-        on(&mut q, format!("\\{h} *new\\nline \\x").as_bytes());
-        on(&mut q, format!("{h} *-dash *star").as_bytes());
-        assert_eq!(ra.recv().unwrap().unwrap(), h);
-        assert_eq!(rb.recv().unwrap().unwrap(), h);
-        assert_eq!(rc.recv().unwrap().unwrap(), h);
-        // read as coreutils would, the `\x` would have lost its backslash
-        assert_eq!(
-            header(
-                format!("\\{h} *a\\nb\\x").as_bytes(),
-                64,
-                Escapes::Coreutils
-            )
-            .unwrap()
-            .1,
-            b"a\nbx"
+    fn a_group_is_answered_by_place_and_descriptor() {
+        let h: Vec<String> = (0..GROUP).map(|i| format!("{i:x}").repeat(64)).collect();
+        let good: String = (0..GROUP)
+            .map(|i| format!("{} */dev/fd/{}\n", h[i], i + 3))
+            .collect();
+        let (a, ra) = slots(GROUP);
+        let (b, rb) = slots(GROUP);
+        // the second group's lines are out of order: not taken
+        let mut swapped: Vec<String> = (0..GROUP)
+            .map(|i| format!("{}  /dev/fd/{}\n", h[i], i + 3))
+            .collect();
+        swapped.swap(0, 1);
+        run(
+            &format!("{good}=0\n{}=0\n", swapped.concat()),
+            vec![a, b],
+            64,
         );
+        for (i, r) in ra.iter().enumerate() {
+            assert_eq!(r.recv().unwrap().unwrap(), h[i]);
+        }
+        for r in rb {
+            assert!(r.recv().unwrap().is_err());
+        }
+    }
+
+    /// A group whose run failed is answered file by file; a file with no
+    /// line, two lines or a failed status has no hash; the groups after it
+    /// keep their own answers, and what was never answered fails when the
+    /// command ends.
+    #[test]
+    fn a_failed_group_is_answered_file_by_file() {
+        let h = "c".repeat(32);
+        let (a, ra) = slots(GROUP);
+        let (b, rb) = slots(GROUP);
+        let (c, rc) = slots(GROUP);
+        let mut out = format!("{h}  /dev/fd/3\n=1\n");
+        out += &format!("{h}  -\n=0\n");
+        out += "=1\n";
+        out += &format!("{h}  -\n{h}  -\n=0\n");
+        out += &format!("{h}  stdin\n=2\n");
+        for _ in 4..GROUP {
+            out += &format!("{h}  -\n=0\n");
+        }
+        let all: String = (0..GROUP)
+            .map(|i| format!("{h}  /dev/fd/{}\n", i + 3))
+            .collect();
+        out += &format!("{all}=0\n");
+        run(&out, vec![a, b, c], 32);
+        let got: Vec<bool> = ra.iter().map(|r| r.recv().unwrap().is_ok()).collect();
+        assert_eq!(got[..4], [true, false, false, false]);
+        assert!(got[4..].iter().all(|ok| *ok));
+        for r in rb {
+            assert_eq!(r.recv().unwrap().unwrap(), h);
+        }
+        for r in rc {
+            let e = r.recv().unwrap().unwrap_err();
+            assert!(e.to_string().contains("ended"), "{e}");
+        }
+    }
+
+    /// The line the remote runs holds the command and fixed words only.
+    #[test]
+    fn the_remote_line_names_descriptors_not_files() {
+        let line = remote_line("sha256sum");
+        assert!(line.starts_with("xargs -0 -n 7 sh -c 'exec 2>/dev/null; sha256sum -- /dev/fd/3 "));
+        assert!(line.contains(" 3<\"$1\" 4<\"$2\" "));
+        assert!(line.contains(" 9<\"$7\"; s=$?"));
+        assert!(line.ends_with("' sh"));
+        assert_eq!(line.matches('\'').count(), 2);
+        assert!(!line.contains('\\'));
     }
 }
