@@ -131,3 +131,68 @@ fn a_signal_during_a_transfer_exits_20_and_keeps_the_partial_file() {
         }
     }
 }
+
+/// Item 2: a destination whose parent is missing is one line naming the
+/// missing directory and `--mkpath`, exit 11 to a local path, over ssh and
+/// to a daemon alike (over ssh it said only `No such file or directory`,
+/// exit 12), and nothing is created.
+#[test]
+fn a_missing_destination_parent_names_it_and_mkpath_with_one_exit_code() {
+    let t = tmp();
+    write(&t.path().join("run/a.txt"), "a");
+    let run = format!("{}/", s(&t.path().join("run")));
+    let check = |o: std::process::Output, missing: &str, route: &str| {
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(11), "{route}: {err}");
+        // (the daemon's key is new to the client: one line says it is added)
+        let said = err.lines().filter(|l| !l.contains("permanently added"));
+        assert_eq!(said.count(), 1, "{route}: {err}");
+        assert!(
+            err.contains(&format!(
+                "directory {missing} does not exist (--mkpath creates it)"
+            )),
+            "{route}: {err}"
+        );
+    };
+    // local
+    let r = t.path().join("r");
+    std::fs::create_dir(&r).unwrap();
+    let nop = r.join("nop");
+    let o = ferry(["sync", "-a", &run, &format!("{}/run42/", s(&nop))]);
+    check(o, &s(&nop), "local");
+    assert!(!nop.exists());
+    // a single file into a missing directory
+    let o = ferry([
+        "sync",
+        &s(&t.path().join("run/a.txt")),
+        &s(&nop.join("a.txt")),
+    ]);
+    check(o, &s(&nop), "local file");
+    // to a daemon module
+    let d = Daemon::start(&[("ckpt", &r, false)], "", &[]);
+    let mut args = vec!["sync".to_string(), "-a".into(), run.clone()];
+    args.push(d.url("ckpt/nop/run42/"));
+    args.extend(d.client_args());
+    let o = ferry(&args);
+    check(o, "nop", "daemon");
+    assert!(!nop.exists());
+    // over ssh, as the walk ran it
+    if sshd_available() {
+        let sshd = Sshd::start();
+        let mut args = vec!["sync".to_string(), "-a".into()];
+        args.extend(sshd.args());
+        args.extend([run.clone(), format!("{}/run42/", sshd.remote(&nop))]);
+        let o = ferry(&args);
+        check(o, &s(&nop), "ssh");
+        assert!(!nop.exists());
+    }
+    // --mkpath makes it
+    ok(ferry([
+        "sync",
+        "-a",
+        "--mkpath",
+        &run,
+        &format!("{}/run42/", s(&nop)),
+    ]));
+    assert!(nop.join("run42/a.txt").is_file());
+}

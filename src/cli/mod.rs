@@ -882,10 +882,16 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     if a.stdio {
         return match crate::server::stdio::serve() {
             Ok(_) => Ok(exit::OK),
-            // the client's own fatal error ("transfer cancelled"), sent to
-            // this end, or the client hanging up: the client has said it
-            // (or is gone), and ssh would show it a second time
-            Err(e @ (TransferError::Remote(_) | TransferError::Connection(_))) => Ok(e.exit_code()),
+            // this end's own file or request error (sent to the client as
+            // its fatal error, which the client prints), the client's own
+            // ("transfer cancelled"), or the client hanging up: the client
+            // has said it (or is gone), and ssh would show it a second time
+            Err(
+                e @ (TransferError::Remote(_)
+                | TransferError::Connection(_)
+                | TransferError::Local { .. }
+                | TransferError::Usage(_)),
+            ) => Ok(e.exit_code()),
             Err(e) => Err(e),
         };
     }
