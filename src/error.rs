@@ -76,6 +76,34 @@ impl TransferError {
             text: io_text(e),
         }
     }
+    /// A destination whose parent directory is missing (without
+    /// `--mkpath`): `shown` is the destination, `missing` the outermost
+    /// directory that is not there. A file error (exit 11, as rsync's
+    /// `mkdir "…" failed`), whichever side found it: see
+    /// [`from_peer`](Self::from_peer).
+    pub fn no_parent(shown: &str, missing: &str) -> Self {
+        TransferError::Local {
+            path: shown.to_string(),
+            text: format!("directory {missing}{NO_PARENT}"),
+        }
+    }
+
+    /// A fatal error the peer sent. The peer's receiver reports a missing
+    /// destination parent as this side's would ([`no_parent`](Self::no_parent)),
+    /// so that the exit code does not depend on the transport; anything else
+    /// is the peer's ([`Remote`](Self::Remote)).
+    pub fn from_peer(text: String) -> Self {
+        if text.ends_with(NO_PARENT) {
+            if let Some(i) = text.rfind(": directory ") {
+                return TransferError::Local {
+                    path: text[..i].to_string(),
+                    text: text[i + 2..].to_string(),
+                };
+            }
+        }
+        TransferError::Remote(text)
+    }
+
     pub fn connection(e: &io::Error) -> Self {
         if e.get_ref().is_some_and(|i| i.is::<Altered>()) {
             return TransferError::Integrity(Altered.to_string());
@@ -100,6 +128,9 @@ impl TransferError {
         }
     }
 }
+
+/// How the missing-parent refusal ends ([`TransferError::no_parent`]).
+const NO_PARENT: &str = " does not exist (--mkpath creates it)";
 
 /// A child's exit as a message says it: `exit 127`, or `killed by a signal`
 /// (never Rust's `Some(127)`).

@@ -337,7 +337,8 @@ pub struct SyncArgs {
     /// One JSON object per line on stdout (files, errors, summary); see the README
     #[arg(long)]
     pub json: bool,
-    /// Limit bandwidth, in KiB/s (suffixes K, M, G allowed: 10M)
+    /// Limit bandwidth, in KiB/s (suffixes K, M, G allowed: 10M); one total
+    /// for all streams, local copies too
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,
     /// fsync each file before it is renamed into place (default: one sync at the end)

@@ -15,6 +15,7 @@ pub mod output;
 mod prompt;
 mod s3;
 mod shell;
+mod signals;
 mod stdout;
 
 use crate::error::TransferError;
@@ -652,6 +653,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     }
     let dirs = DirRefusals::default();
     let cancel = Cancel::default();
+    let _watch = signals::watch(&cancel);
     let outcome = transfer::run(
         &plan,
         &|e| {
@@ -659,7 +661,8 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             printer.event(e)
         },
         &cancel,
-    )?;
+    );
+    let outcome = signals::outcome(&cancel, outcome)?;
     printer.finish(&outcome, false);
     let code = dirs.exit_code(outcome.summary.errors, true);
     if code == exit::PARTIAL {
@@ -835,7 +838,9 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
 
 fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, TransferError> {
     let cancel = Cancel::default();
-    let outcome = transfer::run(plan, &|e| printer.event(e), &cancel)?;
+    let _watch = signals::watch(&cancel);
+    let outcome = transfer::run(plan, &|e| printer.event(e), &cancel);
+    let outcome = signals::outcome(&cancel, outcome)?;
     printer.finish(&outcome, stats);
     if outcome.summary.errors > 0 {
         eprintln!(
@@ -851,6 +856,7 @@ fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, Transfer
 /// [`run_plan`] with `--json`: every event and the summary as JSON lines.
 fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, TransferError> {
     let cancel = Cancel::default();
+    let _watch = signals::watch(&cancel);
     let dirs = DirRefusals::default();
     let outcome = transfer::run(
         plan,
@@ -859,7 +865,8 @@ fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, T
             printer.event(e)
         },
         &cancel,
-    )?;
+    );
+    let outcome = signals::outcome(&cancel, outcome)?;
     let code = dirs.exit_code(outcome.summary.errors, cp);
     printer.finish(&outcome, code);
     if code == exit::PARTIAL {
@@ -873,8 +880,20 @@ fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, T
 
 fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     if a.stdio {
-        crate::server::stdio::serve()?;
-        return Ok(exit::OK);
+        return match crate::server::stdio::serve() {
+            Ok(_) => Ok(exit::OK),
+            // this end's own file or request error (sent to the client as
+            // its fatal error, which the client prints), the client's own
+            // ("transfer cancelled"), or the client hanging up: the client
+            // has said it (or is gone), and ssh would show it a second time
+            Err(
+                e @ (TransferError::Remote(_)
+                | TransferError::Connection(_)
+                | TransferError::Local { .. }
+                | TransferError::Usage(_)),
+            ) => Ok(e.exit_code()),
+            Err(e) => Err(e),
+        };
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

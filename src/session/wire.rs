@@ -158,11 +158,43 @@ fn read_error(e: &io::Error) -> TransferError {
     }
 }
 
-/// Paces writes to a rate, in bytes per second.
-struct Pacer {
+/// Paces writes to a rate, in bytes per second. One pacer is shared by
+/// every stream of a transfer (cloned into each stream's writer), so that
+/// `--bwlimit` holds for the transfer in total however many streams carry
+/// data: a file under the split size sent on one of two streams gets the
+/// whole rate, not half.
+#[derive(Clone)]
+pub struct Pacer(Arc<PacerState>);
+
+struct PacerState {
     rate: u64,
     start: Instant,
-    sent: u64,
+    /// Bytes written through any writer sharing this pacer.
+    sent: AtomicU64,
+}
+
+impl Pacer {
+    /// A pacer to `rate` bytes per second; none for 0.
+    pub fn new(rate: u64) -> Option<Pacer> {
+        (rate > 0).then(|| {
+            Pacer(Arc::new(PacerState {
+                rate,
+                start: Instant::now(),
+                sent: AtomicU64::new(0),
+            }))
+        })
+    }
+
+    /// Counts `n` bytes written and sleeps until the total is due.
+    fn pace(&self, n: u64) {
+        let p = &*self.0;
+        let sent = p.sent.fetch_add(n, Ordering::Relaxed) + n;
+        let due = Duration::from_secs_f64(sent as f64 / p.rate as f64);
+        let elapsed = p.start.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
 }
 
 pub struct FrameWriter<W: Write> {
@@ -184,11 +216,18 @@ impl<W: Write> FrameWriter<W> {
 
     /// Limits the sending rate (bytes per second; 0 for none).
     pub fn set_rate(&mut self, rate: u64) {
-        self.pacer = (rate > 0).then(|| Pacer {
-            rate,
-            start: Instant::now(),
-            sent: 0,
-        });
+        self.pacer = Pacer::new(rate);
+    }
+
+    /// The pacer this writer writes through, to share with another
+    /// stream's writer of the same transfer ([`set_pacer`](Self::set_pacer)).
+    pub fn pacer(&self) -> Option<Pacer> {
+        self.pacer.clone()
+    }
+
+    /// Paces this writer with another's pacer: their rate is one total.
+    pub fn set_pacer(&mut self, pacer: Option<Pacer>) {
+        self.pacer = pacer;
     }
 
     pub fn send(&mut self, msg: &Message) -> Result<(), TransferError> {
@@ -255,13 +294,8 @@ impl<W: Write> FrameWriter<W> {
         self.inner.write_all(tail).map_err(io)?;
         let n = (4 + len) as u64;
         self.counters.sent.fetch_add(n, Ordering::Relaxed);
-        if let Some(p) = &mut self.pacer {
-            p.sent += n;
-            let due = Duration::from_secs_f64(p.sent as f64 / p.rate as f64);
-            let elapsed = p.start.elapsed();
-            if due > elapsed {
-                std::thread::sleep(due - elapsed);
-            }
+        if let Some(p) = &self.pacer {
+            p.pace(n);
         }
         Ok(())
     }

@@ -60,6 +60,20 @@ impl<D: Destination> Receiver<'_, D> {
             self.dest = Target::Absent;
             return Ok(());
         }
+        if !self.opts.mkpath && !self.opts.dry_run {
+            // without --mkpath the directory the destination goes in must
+            // exist: name the outermost one missing, and the flag
+            let top: &[u8] = if create { split_parent(&root).0 } else { &root };
+            let mut missing = None;
+            let mut p = top;
+            while !matches!(p, b"" | b"." | b"/") && place.probe(p, &shown)?.is_none() {
+                missing = Some(p);
+                p = split_parent(p).0;
+            }
+            if let Some(m) = missing {
+                return Err(TransferError::no_parent(&shown, &escape(m)));
+            }
+        }
         if self.opts.mkpath && !self.opts.dry_run {
             // --mkpath: each missing directory above the destination (or the
             // directory a single file goes in), outermost first

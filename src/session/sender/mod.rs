@@ -123,9 +123,8 @@ where
     W: Write,
     S: Source,
 {
-    // --bwlimit is for the whole transfer: each stream gets its share
-    let per_stream_rate = cfg.options.bwlimit / cfg.options.streams.max(1) as u64;
-    writer.set_rate(per_stream_rate);
+    // --bwlimit is for the whole transfer: the streams share one pacer
+    writer.set_rate(cfg.options.bwlimit);
     let (tx, rx) = mpsc::channel();
     let reports = tx.clone();
     let reader_thread = std::thread::Builder::new()

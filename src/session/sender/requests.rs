@@ -56,7 +56,7 @@ pub(super) fn read_requests<R: Read>(mut reader: FrameReader<R>, tx: mpsc::Sende
                 let _ = tx.send(FromPeer::Finish(s));
                 return;
             }
-            Ok(Some(Message::Fatal(t))) => FromPeer::Failed(TransferError::Remote(text(&t))),
+            Ok(Some(Message::Fatal(t))) => FromPeer::Failed(TransferError::from_peer(text(&t))),
             Ok(Some(other)) => FromPeer::Failed(TransferError::PeerMisbehaved(format!(
                 "sent {} to the sending side",
                 other.name()

@@ -125,13 +125,13 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
     pub(super) fn start_worker(&mut self, stream: Stream) {
         let (tx, jobs) = mpsc::channel::<SegmentJob<S::File>>();
         let reports = self.streams.reports.clone();
-        let rate = self.options.bwlimit / self.options.streams.max(1) as u64;
+        let pacer = self.writer.pacer();
         let counters = self.writer.counters();
         let spawned = std::thread::Builder::new()
             .name("ferry-send-segments".into())
             .spawn(move || {
                 let mut writer = FrameWriter::new(stream.writer, counters);
-                writer.set_rate(rate);
+                writer.set_pacer(pacer);
                 // kept open until the transfer ends: over ssh, closing it lets
                 // the process that handed this channel over exit early
                 let _held = stream.reader;

@@ -1,0 +1,198 @@
+//! The s18 (second) README walk's findings, against the built binary as a
+//! new user meets them: `--bwlimit` as one total rate (item 1, and the first
+//! walk's item 19 for local copies), Ctrl-C and SIGTERM exiting 20 (item 5).
+
+mod util;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use util::*;
+
+fn s(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+/// Item 1: `--bwlimit 1M` to a daemon over two streams, for a file under
+/// the 16 MiB split that only one stream carries, gives 1 MiB/s in total
+/// (each stream had half the rate, so the file took twice as long).
+#[test]
+fn bwlimit_to_a_daemon_is_the_total_rate_when_one_stream_carries_the_file() {
+    let t = tmp();
+    let m = t.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    let src = t.path().join("big3");
+    let data = random_bytes(3 << 20, 18);
+    write(&src, &data);
+    let d = Daemon::start(&[("ckpt", &m, false)], "", &[]);
+    let mut args = vec![
+        "sync".to_string(),
+        "--streams".into(),
+        "2".into(),
+        "--bwlimit".into(),
+        "1M".into(),
+        s(&src),
+        d.url("ckpt/big3"),
+    ];
+    args.extend(d.client_args());
+    let start = Instant::now();
+    ok(ferry(&args));
+    let took = start.elapsed();
+    assert_eq!(std::fs::read(m.join("big3")).unwrap(), data);
+    // 3 MiB at 1 MiB/s: 3 s (6 s at the half rate)
+    assert!(took >= Duration::from_millis(2500), "{took:?}: not limited");
+    assert!(
+        took < Duration::from_millis(4500),
+        "{took:?}: below the asked rate"
+    );
+}
+
+/// The first walk's item 19: `--bwlimit` on a local copy paces the bytes
+/// the copy moves, as rsync does locally. (The walk's copy went beside a
+/// file holding the same data, which the receiver reused instead of
+/// receiving it: no bytes moved, so nothing was slowed.)
+#[test]
+fn bwlimit_applies_to_a_local_copy() {
+    let t = tmp();
+    let src = t.path().join("src/big2");
+    let data = random_bytes(2 << 20, 19);
+    write(&src, &data);
+    let start = Instant::now();
+    ok(ferry([
+        "sync",
+        "--bwlimit",
+        "1M",
+        &s(&src),
+        &s(&t.path().join("out")),
+    ]));
+    let took = start.elapsed();
+    assert_eq!(std::fs::read(t.path().join("out")).unwrap(), data);
+    assert!(took >= Duration::from_millis(1600), "{took:?}: not limited");
+}
+
+/// Runs `ferry ARGS` (a transfer slowed by `--bwlimit`), sends `signal`
+/// once it has run `after`, and returns its output.
+fn signalled(args: &[String], signal: &str, after: Duration) -> std::process::Output {
+    let child = Command::new(ferry_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let st = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut child = child;
+    if wait_for(&mut child, Duration::from_secs(20)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ferry kept running after {signal}");
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Item 5: SIGINT or SIGTERM during a transfer exits 20 ("cancelled") with
+/// one line, and the partial file is kept for a resume. It exited 130 or
+/// 143 and said nothing. Over ssh, as the walk ran it, and locally.
+#[test]
+fn a_signal_during_a_transfer_exits_20_and_keeps_the_partial_file() {
+    let t = tmp();
+    let src = t.path().join("big6");
+    write(&src, random_bytes(6 << 20, 5));
+    let mut routes: Vec<(Vec<String>, std::path::PathBuf)> = Vec::new();
+    let local = t.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    routes.push((vec![s(&src), format!("{}/", s(&local))], local));
+    let sshd = sshd_available().then(Sshd::start);
+    if let Some(sshd) = &sshd {
+        let r = t.path().join("remote");
+        std::fs::create_dir(&r).unwrap();
+        let mut a = sshd.args();
+        a.extend([s(&src), format!("{}/", sshd.remote(&r))]);
+        routes.push((a, r));
+    }
+    for (route, dest) in &routes {
+        for signal in ["-INT", "-TERM"] {
+            let mut args: Vec<String> = vec!["sync".into(), "--bwlimit".into(), "1M".into()];
+            args.extend(route.iter().cloned());
+            let o = signalled(&args, signal, Duration::from_millis(2000));
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(20), "{signal} {route:?}: {err}");
+            assert_eq!(err.trim(), "ferry: transfer cancelled", "{signal}: {err}");
+            assert!(
+                !dest.join("big6").exists(),
+                "{signal}: published half a file"
+            );
+            let partial = dest.join(".ferry-partial/big6");
+            let kept = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            assert!(kept > 0, "{signal} {route:?}: no partial file kept");
+        }
+    }
+}
+
+/// Item 2: a destination whose parent is missing is one line naming the
+/// missing directory and `--mkpath`, exit 11 to a local path, over ssh and
+/// to a daemon alike (over ssh it said only `No such file or directory`,
+/// exit 12), and nothing is created.
+#[test]
+fn a_missing_destination_parent_names_it_and_mkpath_with_one_exit_code() {
+    let t = tmp();
+    write(&t.path().join("run/a.txt"), "a");
+    let run = format!("{}/", s(&t.path().join("run")));
+    let check = |o: std::process::Output, missing: &str, route: &str| {
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(11), "{route}: {err}");
+        // (the daemon's key is new to the client: one line says it is added)
+        let said = err.lines().filter(|l| !l.contains("permanently added"));
+        assert_eq!(said.count(), 1, "{route}: {err}");
+        assert!(
+            err.contains(&format!(
+                "directory {missing} does not exist (--mkpath creates it)"
+            )),
+            "{route}: {err}"
+        );
+    };
+    // local
+    let r = t.path().join("r");
+    std::fs::create_dir(&r).unwrap();
+    let nop = r.join("nop");
+    let o = ferry(["sync", "-a", &run, &format!("{}/run42/", s(&nop))]);
+    check(o, &s(&nop), "local");
+    assert!(!nop.exists());
+    // a single file into a missing directory
+    let o = ferry([
+        "sync",
+        &s(&t.path().join("run/a.txt")),
+        &s(&nop.join("a.txt")),
+    ]);
+    check(o, &s(&nop), "local file");
+    // to a daemon module
+    let d = Daemon::start(&[("ckpt", &r, false)], "", &[]);
+    let mut args = vec!["sync".to_string(), "-a".into(), run.clone()];
+    args.push(d.url("ckpt/nop/run42/"));
+    args.extend(d.client_args());
+    let o = ferry(&args);
+    check(o, "nop", "daemon");
+    assert!(!nop.exists());
+    // over ssh, as the walk ran it
+    if sshd_available() {
+        let sshd = Sshd::start();
+        let mut args = vec!["sync".to_string(), "-a".into()];
+        args.extend(sshd.args());
+        args.extend([run.clone(), format!("{}/run42/", sshd.remote(&nop))]);
+        let o = ferry(&args);
+        check(o, &s(&nop), "ssh");
+        assert!(!nop.exists());
+    }
+    // --mkpath makes it
+    ok(ferry([
+        "sync",
+        "-a",
+        "--mkpath",
+        &run,
+        &format!("{}/run42/", s(&nop)),
+    ]));
+    assert!(nop.join("run42/a.txt").is_file());
+}
