@@ -1220,7 +1220,7 @@ fn streams_4_download_reads_a_large_file_through_four_sessions() {
     assert!(left.is_empty(), "{left:?}");
     let sessions = session_logs(&logs);
     assert_eq!(sessions.len(), 4, "SFTP sessions: {sessions:#?}");
-    // every session read part of the large file, and small files were
+    // sessions read parts of the large file, and small files were
     // spread over them
     let read_big = sessions
         .iter()
@@ -1233,7 +1233,10 @@ fn streams_4_download_reads_a_large_file_through_four_sessions() {
         .iter()
         .flat_map(|l| l.lines().filter(|l| l.contains("big.bin")))
         .collect();
-    assert_eq!(read_big, 4, "{big_lines:#?}");
+    // the transfer does not wait for logins: a session that logs in after
+    // the file's last reads were asked (on a loaded machine 3 of 4 did once)
+    // reads none of it; striped means more than one session read it
+    assert!(read_big >= 2, "{big_lines:#?}");
     let with_small = sessions
         .iter()
         .filter(|l| {
