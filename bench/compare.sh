@@ -16,6 +16,10 @@
 #   FERRY_BIN=target/release/ferry bench/compare.sh   that binary, no cargo build
 #   TOOLS="ferryd rsyncd" bench/compare.sh   only those tools (of ferry ferryd rsync
 #                               rsyncd scp)
+#   WITH_S3=1 bench/compare.sh the S3 rows too: ferry against rclone on one
+#                               s3s-fs (bench/s3.sh: 2 GiB up and down, 10,000
+#                               small files up, an unchanged re-sync; each until
+#                               it returns and until durable, with s3s-fs's CPU)
 #
 # Needs root (to run sshd), openssh-server, rsync; builds ferry in release mode
 # (in --quick mode the debug build is used, to save CI a release build).
@@ -512,3 +516,13 @@ for l in order:
           f"| {ratio(r, 'sftp', 'ferry-sftp')} | {ratio(r, 'sftp', 'ferry-sftp-4')} | {ratio(r, 'scp', 'ferry-sftp')} |")
 print("seconds; ratios > 1 mean ferry was faster; 1 Gbit/40 ms = bench/relay.py (20 ms each way, paced)")
 PY
+
+# --- S3 rows (opt-in: they need s3s-fs and rclone) ------------------------------
+if [ -n "${WITH_S3:-}" ]; then
+  echo
+  if [ $quick = 1 ]; then
+    FERRY=$ferry TOOLS="ferry rclone" bash bench/s3.sh --quick
+  else
+    FERRY=$ferry TOOLS="ferry rclone" REPS=$rounds bash bench/s3.sh
+  fi
+fi

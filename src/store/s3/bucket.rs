@@ -94,6 +94,9 @@ struct Inner {
     store: Arc<AmazonS3>,
     name: String,
     budget: Arc<Semaphore>,
+    /// Whether the server checks signed payload hashes (probed at the
+    /// first multipart upload, see [`super::probe`]).
+    payload_checked: std::sync::OnceLock<bool>,
 }
 
 /// The part size for an object of `size` bytes: at least 16 MiB, and large
@@ -184,6 +187,7 @@ impl Bucket {
                 store: Arc::new(store),
                 name: name.to_string(),
                 budget: Arc::new(Semaphore::new(BUDGET / UNIT)),
+                payload_checked: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -205,6 +209,18 @@ impl Bucket {
     /// server that object_store has no call for.
     pub(super) fn raw(&self) -> (&tokio::runtime::Runtime, Arc<AmazonS3>) {
         (&self.inner.rt, self.inner.store.clone())
+    }
+
+    /// Whether the server refuses a request whose body is not what its
+    /// signature's payload hash says (asked once, with a write near `key`;
+    /// see [`super::probe`]): then every part object_store uploads is
+    /// checked by the server, and its ETag need not be checked against an
+    /// MD5 of what was sent.
+    pub fn payload_checked(&self, key: &str) -> bool {
+        *self.inner.payload_checked.get_or_init(|| {
+            let (name, store) = (self.inner.name.clone(), self.inner.store.clone());
+            self.block_on(super::probe::server_checks_payload(&name, store, key))
+        })
     }
 
     /// The budget every upload and download takes its bytes from.
@@ -532,6 +548,7 @@ impl Bucket {
                 ),
             ));
         }
+        let checked = len > SINGLE_PUT_MAX && !create_only && self.payload_checked(key);
         let (store, budget) = (self.inner.store.clone(), self.inner.budget.clone());
         let p = path(key);
         let (bucket, key) = (self.inner.name.clone(), key.to_string());
@@ -550,6 +567,7 @@ impl Bucket {
                 bucket,
                 key,
                 blake3,
+                checked,
             };
             match job.run(true).await {
                 // the upload the journal named is gone from the server
@@ -716,6 +734,8 @@ struct Multipart {
     bucket: String,
     key: String,
     blake3: [u8; 32],
+    /// The server checks each part's signed SHA-256: no MD5 of it.
+    checked: bool,
 }
 
 impl Multipart {
@@ -733,8 +753,9 @@ impl Multipart {
             bucket,
             key,
             blake3,
+            checked,
         } = self;
-        let (len, blake3) = (*len, *blake3);
+        let (len, blake3, checked) = (*len, *blake3, *checked);
         let found = resume
             .then(|| journal::find(bucket, key, len, &blake3))
             .flatten();
@@ -785,12 +806,19 @@ impl Multipart {
                         .acquire_many_owned(units)
                         .await
                         .map_err(io::Error::other)?;
-                    let (data, md5) = read_hashed(file, at, n).await?;
+                    let (data, md5) = if checked {
+                        (read_part(file, at, n).await?, None)
+                    } else {
+                        let (data, md5) = read_hashed(file, at, n).await?;
+                        (data, Some(md5))
+                    };
                     let got = store
                         .put_part(&p, &id, i as usize, PutPayload::from(data))
                         .await
                         .map_err(err)?;
-                    check_etag(&got.content_id, &md5, &format!("part {}", i + 1))?;
+                    if let Some(md5) = md5 {
+                        check_etag(&got.content_id, &md5, &format!("part {}", i + 1))?;
+                    }
                     journal.part(i as usize, &got.content_id)?;
                     Ok::<_, io::Error>(got)
                 }

@@ -156,6 +156,44 @@ impl Copier {
     }
 }
 
+impl Copier {
+    /// PUTs `body` as `key`, signed as if its SHA-256 were `claimed` (the
+    /// `x-amz-content-sha256` header); the answer's status and body. For
+    /// [`super::probe`] only: a server that checks signed payloads refuses
+    /// a claim that is not the body's.
+    pub async fn put_claiming(
+        &self,
+        key: &str,
+        body: &'static [u8],
+        claimed: &[u8],
+    ) -> io::Result<(u16, String)> {
+        let cred = self
+            .store
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let url = format!("{}/{}/{}", self.endpoint, encode(&self.bucket), encode(key));
+        let mut req: HttpRequest = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(&url)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(HttpRequestBody::from(bytes::Bytes::from_static(body)))
+            .map_err(io::Error::other)?;
+        AwsAuthorizer::new(&cred, "s3", &self.region)
+            .try_authorize(&mut req, Some(claimed))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let resp = self
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().bytes().await.unwrap_or_default();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

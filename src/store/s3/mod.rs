@@ -18,6 +18,7 @@ pub mod destination;
 pub mod journal;
 pub mod listing;
 pub mod manifest;
+pub mod probe;
 pub mod source;
 pub mod stream;
 

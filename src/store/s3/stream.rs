@@ -69,6 +69,10 @@ pub struct Stream {
     /// Parts an earlier run had accepted (index → ETag).
     resumed: Arc<BTreeMap<usize, String>>,
     digest: Option<Digest>,
+    /// The server checks each part's signed SHA-256 (see
+    /// [`super::probe`]): a part's MD5 is computed only to match a part an
+    /// earlier run sent.
+    checked: bool,
 }
 
 /// What the bytes of a streamed file were, once all arrived.
@@ -186,6 +190,7 @@ impl Stream {
             }
         };
         let journal = Arc::new(Journal::open(&name, key, &up, &resumed)?);
+        let checked = bucket.payload_checked(key);
         Ok(Stream {
             bucket: bucket.clone(),
             key: key.to_string(),
@@ -201,6 +206,7 @@ impl Stream {
             journal,
             resumed: Arc::new(resumed),
             digest: Some(Digest::start()?),
+            checked,
         })
     }
 
@@ -269,17 +275,23 @@ impl Stream {
         let (rt, store) = self.bucket.raw();
         let (p, id) = (self.p.clone(), self.id.clone());
         let (journal, resumed) = (self.journal.clone(), self.resumed.clone());
+        let md5_needed = !self.checked || resumed.contains_key(&i);
         let h = rt.spawn(async move {
             let _permit = permit;
-            // hashed off the runtime's workers (16 MiB holds one for ~30 ms)
-            let (data, md5) = tokio::task::spawn_blocking(move || {
-                let md5 = md5_hex(&data);
-                (data, md5)
-            })
-            .await
-            .map_err(io::Error::other)?;
-            if let Some(etag) = resumed.get(&i) {
-                if bucket::etag_text(etag).eq_ignore_ascii_case(&md5) {
+            let mut md5 = None;
+            let mut data = data;
+            if md5_needed {
+                // hashed off the runtime's workers (16 MiB holds one for ~30 ms)
+                let (d, m) = tokio::task::spawn_blocking(move || {
+                    let md5 = md5_hex(&data);
+                    (data, md5)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                (data, md5) = (d, Some(m));
+            }
+            if let (Some(etag), Some(md5)) = (resumed.get(&i), &md5) {
+                if bucket::etag_text(etag).eq_ignore_ascii_case(md5) {
                     // the server has these very bytes from an earlier run
                     return Ok(PartId {
                         content_id: etag.clone(),
@@ -290,7 +302,9 @@ impl Stream {
                 .put_part(&p, &id, i, PutPayload::from(data))
                 .await
                 .map_err(err)?;
-            check_etag(&got.content_id, &md5, &format!("part {}", i + 1))?;
+            if let Some(md5) = &md5 {
+                check_etag(&got.content_id, md5, &format!("part {}", i + 1))?;
+            }
             journal.part(i, &got.content_id)?;
             Ok::<_, io::Error>(got)
         });
