@@ -1038,10 +1038,21 @@ pub(crate) fn remove_at(dir: &OwnedFd, name: &[u8], backup: Option<&[u8]>) -> io
     }
 }
 
+/// Whether `data` is all zero bytes, looked at 64 bytes at a time (an OR
+/// the compiler vectorizes). A sparse file's holes arrive as blocks of zeros
+/// that the receiver checks before it seeks past them: checked a byte at a
+/// time, that check was 74% of the receiving daemon's CPU for a 20 GiB file
+/// with 64 MiB of data (bench/NOTES.md §31).
+fn all_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(64);
+    chunks.all(|c| c.iter().fold(0, |acc, &b| acc | b) == 0)
+        && chunks.remainder().iter().all(|&b| b == 0)
+}
+
 impl TempFile {
     /// Appends bytes; with sparse writing, all-zero blocks become holes.
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        if self.sparse && data.iter().all(|&b| b == 0) {
+        if self.sparse && all_zero(data) {
             self.pos += data.len() as u64;
             return Ok(());
         }
@@ -1133,7 +1144,7 @@ impl TempFile {
     /// does, so the sync at the end finds little left to do here too.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         let end = offset + data.len() as u64;
-        if !(self.sparse && data.iter().all(|&b| b == 0)) {
+        if !(self.sparse && all_zero(data)) {
             self.file.write_all_at(data, offset)?;
         }
         self.pos = self.pos.max(end);
@@ -1387,5 +1398,23 @@ mod tests {
         temp.write(b"half").unwrap();
         dest.discard(temp);
         assert_eq!(names(dir.path()), ["new", "old"]);
+    }
+
+    #[test]
+    fn all_zero_sees_one_set_bit_anywhere() {
+        assert!(all_zero(&[]));
+        for len in [1, 63, 64, 65, 127, 128, 200, 256 << 10] {
+            let mut data = vec![0u8; len];
+            assert!(all_zero(&data), "{len} zeros");
+            // one bit set at the start, in the middle, in the last whole
+            // chunk, in the remainder, and at the end
+            for at in [0, len / 2, (len / 64 * 64).saturating_sub(1), len - 1] {
+                for bit in [0x01, 0x80] {
+                    data[at] = bit;
+                    assert!(!all_zero(&data), "{len} bytes, {bit:#x} at {at}");
+                    data[at] = 0;
+                }
+            }
+        }
     }
 }
