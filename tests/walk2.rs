@@ -263,3 +263,45 @@ fn shell_ls_of_a_file_lists_it_and_a_failed_get_says_one_line() {
         }
     }
 }
+
+/// Item 7: `ferry shell` and `ferry copy-id` refuse targets that are not
+/// hosts in one line, exit 1, before any ssh (they ran ssh to a host named
+/// `s3`, `ftp`, `./run`, `/tmp` or `127.0.0.1::ckpt`, exit 12); an unknown
+/// scheme gets the words `cp` gives.
+#[test]
+fn shell_and_copy_id_refuse_targets_that_are_not_hosts() {
+    let t = tmp();
+    let cp = ferry(["cp", "ftp://x/y", &s(&t.path().join("o"))]);
+    let cp_words = stderr(&cp);
+    assert!(cp_words.contains("unsupported scheme ftp://"), "{cp_words}");
+    // an ssh that fails the test if it is ever run
+    let never = "sh -c 'echo ran ssh >&2; exit 99'";
+    for target in ["s3://models/", "ftp://x/y", "./run", "/tmp"] {
+        let o = ferry(["shell", "-e", never, "-b", "/dev/null", target]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "shell {target}: {err}");
+        assert_eq!(err.lines().count(), 1, "shell {target}: {err}");
+        assert!(!err.contains("ran ssh"), "shell {target}: {err}");
+        if target == "ftp://x/y" {
+            assert_eq!(err, cp_words, "the words cp gives");
+        } else {
+            assert!(err.contains("not a host"), "shell {target}: {err}");
+        }
+    }
+    let cfg = t.path().join("cfg");
+    std::fs::create_dir(&cfg).unwrap();
+    chmod(&cfg, 0o700);
+    ok(ferry(["keygen", "--config-dir", &s(&cfg)]));
+    for target in [
+        "127.0.0.1::ckpt",
+        "ferry://127.0.0.1/ckpt",
+        "s3://models/",
+        "./run",
+    ] {
+        let o = ferry(["copy-id", "--config-dir", &s(&cfg), "-e", never, target]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "copy-id {target}: {err}");
+        assert_eq!(err.lines().count(), 1, "copy-id {target}: {err}");
+        assert!(err.contains("not a host"), "copy-id {target}: {err}");
+    }
+}

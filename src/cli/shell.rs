@@ -419,6 +419,7 @@ impl Shell {
 
 /// Runs `ferry shell`.
 pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
+    super::mistakes::host_target("shell", &a.host, true)?;
     let daemon_target = a.host.starts_with("ferry://") || a.host.contains("::");
     let ssh = SshOptions {
         rsh: a.rsh.clone(),
