@@ -305,3 +305,31 @@ fn shell_and_copy_id_refuse_targets_that_are_not_hosts() {
         assert!(err.contains("not a host"), "copy-id {target}: {err}");
     }
 }
+
+/// Item 3: an empty `XDG_CONFIG_HOME` means `~/.config`, as the XDG spec
+/// says (`ferry keygen` wrote `ferry/id_ed25519` in the working directory).
+#[test]
+fn an_empty_xdg_config_home_means_dot_config() {
+    let t = tmp();
+    let (home, cwd) = (t.path().join("home"), t.path().join("cwd"));
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&cwd).unwrap();
+    for xdg in ["", "relative"] {
+        let o = Command::new(ferry_bin())
+            .arg("keygen")
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", xdg)
+            .env_remove("FERRY_CONFIG_DIR")
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            home.join(".config/ferry/id_ed25519").is_file(),
+            "XDG_CONFIG_HOME={xdg:?}: {}",
+            stderr(&o)
+        );
+        assert!(!cwd.join("ferry").exists(), "XDG_CONFIG_HOME={xdg:?}");
+        assert!(!cwd.join("relative").exists(), "XDG_CONFIG_HOME={xdg:?}");
+    }
+}
