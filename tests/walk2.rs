@@ -196,3 +196,140 @@ fn a_missing_destination_parent_names_it_and_mkpath_with_one_exit_code() {
     ]));
     assert!(nop.join("run42/a.txt").is_file());
 }
+
+/// `ferry shell -b SCRIPT ARGS…` run in `cwd`.
+fn shell_batch(script: &str, cwd: &std::path::Path, args: &[String]) -> std::process::Output {
+    let file = cwd.join("batch");
+    write(&file, script);
+    Command::new(ferry_bin())
+        .args(["shell", "-b"])
+        .arg(&file)
+        .args(args)
+        .current_dir(cwd)
+        .env("XDG_CACHE_HOME", cwd.join("cache"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Items 4 and 16: in `ferry shell`, `ls FILE` and `ls -l FILE` of an
+/// existing file list it (as sftp does; over ssh it said `No such file`, on
+/// a daemon module `Not a directory`, and a batch ended there), and a
+/// failed `get` prints one line (it printed the error, then "1 error(s):
+/// some files were not transferred").
+#[test]
+fn shell_ls_of_a_file_lists_it_and_a_failed_get_says_one_line() {
+    let t = tmp();
+    let ckpt = t.path().join("ckpt");
+    write(&ckpt.join("up.txt"), "up");
+    write(&ckpt.join("sub/x"), "x");
+    let here = t.path().join("here");
+    std::fs::create_dir(&here).unwrap();
+    let d = Daemon::start(&[("data", t.path(), false)], "", &[]);
+    let mut routes: Vec<(&str, Vec<String>, String)> = Vec::new();
+    let mut daemon = d.client_args();
+    daemon.push(d.url("data/ckpt"));
+    routes.push(("daemon", daemon, "".into()));
+    let sshd = sshd_available().then(|| Sshd::start_with("Subsystem sftp internal-sftp\n"));
+    if let Some(sshd) = &sshd {
+        let args = vec!["-e".into(), sshd.rsh(), "127.0.0.1".into()];
+        routes.push(("ssh", args, format!("cd {}\n", s(&ckpt))));
+    }
+    for (route, args, cd) in &routes {
+        let o = shell_batch(&format!("{cd}ls up.txt\nls -l up.txt\nls\n"), &here, args);
+        let (out, err) = (stdout(&o), stderr(&o));
+        assert_eq!(o.status.code(), Some(0), "{route}: {err}");
+        // (a batch echoes each command, as sftp -b does)
+        let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with("ferry> ")).collect();
+        assert_eq!(lines[0], "up.txt", "{route}: {out}");
+        assert!(lines[1].starts_with("-rw"), "{route}: {out}");
+        assert!(lines[1].ends_with(" up.txt"), "{route}: {out}");
+        assert!(lines[1].contains(" 2 "), "{route}: size 2: {out}");
+        assert_eq!(&lines[2..], ["sub", "up.txt"], "{route}: {out}");
+        // a directory without -r, then a missing file: one line each
+        // (over ssh `get sub` exits 0 and says nothing, as found here: not
+        // this test's item, left for the next walk)
+        let gets: &[&str] = if *route == "daemon" {
+            &["get sub", "get nothere"]
+        } else {
+            &["get nothere"]
+        };
+        for get in gets {
+            let o = shell_batch(&format!("{cd}{get}\n"), &here, args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{route} {get}: {err}");
+            assert_eq!(err.lines().count(), 1, "{route} {get}: {err}");
+            assert!(!err.contains("error(s)"), "{route} {get}: {err}");
+        }
+    }
+}
+
+/// Item 7: `ferry shell` and `ferry copy-id` refuse targets that are not
+/// hosts in one line, exit 1, before any ssh (they ran ssh to a host named
+/// `s3`, `ftp`, `./run`, `/tmp` or `127.0.0.1::ckpt`, exit 12); an unknown
+/// scheme gets the words `cp` gives.
+#[test]
+fn shell_and_copy_id_refuse_targets_that_are_not_hosts() {
+    let t = tmp();
+    let cp = ferry(["cp", "ftp://x/y", &s(&t.path().join("o"))]);
+    let cp_words = stderr(&cp);
+    assert!(cp_words.contains("unsupported scheme ftp://"), "{cp_words}");
+    // an ssh that fails the test if it is ever run
+    let never = "sh -c 'echo ran ssh >&2; exit 99'";
+    for target in ["s3://models/", "ftp://x/y", "./run", "/tmp"] {
+        let o = ferry(["shell", "-e", never, "-b", "/dev/null", target]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "shell {target}: {err}");
+        assert_eq!(err.lines().count(), 1, "shell {target}: {err}");
+        assert!(!err.contains("ran ssh"), "shell {target}: {err}");
+        if target == "ftp://x/y" {
+            assert_eq!(err, cp_words, "the words cp gives");
+        } else {
+            assert!(err.contains("not a host"), "shell {target}: {err}");
+        }
+    }
+    let cfg = t.path().join("cfg");
+    std::fs::create_dir(&cfg).unwrap();
+    chmod(&cfg, 0o700);
+    ok(ferry(["keygen", "--config-dir", &s(&cfg)]));
+    for target in [
+        "127.0.0.1::ckpt",
+        "ferry://127.0.0.1/ckpt",
+        "s3://models/",
+        "./run",
+    ] {
+        let o = ferry(["copy-id", "--config-dir", &s(&cfg), "-e", never, target]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "copy-id {target}: {err}");
+        assert_eq!(err.lines().count(), 1, "copy-id {target}: {err}");
+        assert!(err.contains("not a host"), "copy-id {target}: {err}");
+    }
+}
+
+/// Item 3: an empty `XDG_CONFIG_HOME` means `~/.config`, as the XDG spec
+/// says (`ferry keygen` wrote `ferry/id_ed25519` in the working directory).
+#[test]
+fn an_empty_xdg_config_home_means_dot_config() {
+    let t = tmp();
+    let (home, cwd) = (t.path().join("home"), t.path().join("cwd"));
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&cwd).unwrap();
+    for xdg in ["", "relative"] {
+        let o = Command::new(ferry_bin())
+            .arg("keygen")
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", xdg)
+            .env_remove("FERRY_CONFIG_DIR")
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            home.join(".config/ferry/id_ed25519").is_file(),
+            "XDG_CONFIG_HOME={xdg:?}: {}",
+            stderr(&o)
+        );
+        assert!(!cwd.join("ferry").exists(), "XDG_CONFIG_HOME={xdg:?}");
+        assert!(!cwd.join("relative").exists(), "XDG_CONFIG_HOME={xdg:?}");
+    }
+}

@@ -180,6 +180,7 @@ impl Mode0600 for std::fs::OpenOptions {
 }
 
 pub fn copy_id(a: CopyIdArgs) -> Result<i32, TransferError> {
+    super::mistakes::host_target("copy-id", &a.target, false)?;
     let dir = crate::trust::config_dir(a.config_dir.as_deref());
     let pub_path = match a.identity {
         Some(p) if p.extension().is_some_and(|e| e == "pub") => p,

@@ -57,3 +57,38 @@ fn is_private_key(path: &Path) -> bool {
             .windows(b"PRIVATE KEY-----".len())
             .any(|w| w == b"PRIVATE KEY-----")
 }
+
+/// `ferry shell TARGET` and `ferry copy-id TARGET` take a host: an address
+/// with a scheme ferry does not speak gets the refusal `cp` gives
+/// ("unsupported scheme"), and an S3 address, a local path or (for
+/// `copy-id`, which works over ssh) a daemon address are refused in one
+/// line, instead of being handed to ssh as a host named `s3`, `./run` or
+/// `HOST::MODULE`.
+pub fn host_target(command: &str, target: &str, daemon_too: bool) -> Result<(), TransferError> {
+    use crate::location::Location;
+    let refuse = |what: &str| {
+        Err(TransferError::Usage(format!(
+            "{target:?}: {what}, not a host (ferry {command} takes {})",
+            if daemon_too {
+                "HOST[:PATH] over ssh, HOST::MODULE or ferry://HOST[:PORT]/MODULE"
+            } else {
+                "[USER@]HOST, reached over ssh"
+            }
+        )))
+    };
+    if target.contains("://") {
+        return match Location::parse(std::ffi::OsStr::new(target)) {
+            Err(e) => Err(TransferError::Usage(e.to_string())),
+            Ok(Location::S3 { .. }) => refuse("an S3 address"),
+            Ok(Location::Daemon { .. }) if !daemon_too => refuse("a daemon address"),
+            Ok(_) => Ok(()),
+        };
+    }
+    if !daemon_too && target.contains("::") {
+        return refuse("a daemon address");
+    }
+    if target.starts_with(['/', '.', '~']) {
+        return refuse("a local path");
+    }
+    Ok(())
+}

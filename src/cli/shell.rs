@@ -198,14 +198,27 @@ impl Shell {
                     .first()
                     .map(|p| self.remote(p))
                     .unwrap_or(self.cwd.clone());
-                let mut list = self
-                    .remote
-                    .read_dir(&dir)
-                    .map_err(|e| self.io("ls", &dir, e))?;
+                // `ls FILE` lists the file, named as given (as sftp does)
+                let file = match rest.first() {
+                    Some(given) => match self.remote.stat(&dir) {
+                        Ok(a) if a.kind != Kind::Dir => Some((given.as_bytes().to_vec(), a)),
+                        _ => None,
+                    },
+                    None => None,
+                };
+                // a file named outright is shown even if its name starts with '.'
+                let single = file.is_some();
+                let mut list = match file {
+                    Some(one) => vec![one],
+                    None => self
+                        .remote
+                        .read_dir(&dir)
+                        .map_err(|e| self.io("ls", &dir, e))?,
+                };
                 list.sort_by(|a, b| a.0.cmp(&b.0));
                 let now = super::long_listing::now();
                 for (name, a) in list {
-                    if name.starts_with(b".") && !f.contains('a') {
+                    if name.starts_with(b".") && !f.contains('a') && !single {
                         continue;
                     }
                     if f.contains('l') {
@@ -391,7 +404,9 @@ impl Shell {
                 printer.finish(&outcome, false);
                 match outcome.summary.errors {
                     0 => Ok(()),
-                    n => Err(format!("{n} error(s): some files were not transferred")),
+                    // each error was printed as it came: sftp says one
+                    // line, and the command still fails (a batch stops)
+                    _ => Err(String::new()),
                 }
             }
             Err(TransferError::Cancelled) => {
@@ -404,6 +419,7 @@ impl Shell {
 
 /// Runs `ferry shell`.
 pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
+    super::mistakes::host_target("shell", &a.host, true)?;
     let daemon_target = a.host.starts_with("ferry://") || a.host.contains("::");
     let ssh = SshOptions {
         rsh: a.rsh.clone(),
@@ -524,6 +540,14 @@ fn open_ssh(target: &str, ssh: &SshOptions) -> Result<(Arc<dyn Remote>, Vec<u8>)
     Ok((Arc::new(remote::SftpRemote { sftp, user, host }), cwd))
 }
 
+/// Prints a failed command's message (none when its errors were printed
+/// as they came).
+fn say(e: &str) {
+    if !e.is_empty() {
+        eprintln!("{e}");
+    }
+}
+
 /// Reads commands from `input`; the first failure without a `-` ends it with
 /// exit 1, as sftp's batch mode does.
 fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32 {
@@ -549,7 +573,7 @@ fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32
             Ok(true) => {}
             Ok(false) => return 0,
             Err(e) => {
-                eprintln!("{e}");
+                say(&e);
                 if !parsed.keep_going {
                     return 1;
                 }
@@ -594,7 +618,7 @@ fn run_interactive(shell: &mut Shell) -> i32 {
                 match r {
                     Ok(true) => {}
                     Ok(false) => break,
-                    Err(e) => eprintln!("{e}"),
+                    Err(e) => say(&e),
                 }
             }
             Err(rustyline::error::ReadlineError::Interrupted) => continue,

@@ -3,7 +3,7 @@
 //! rustls configurations that make both sides prove their keys.
 //!
 //! Default files live in ferry's config directory: `$FERRY_CONFIG_DIR`, else
-//! `$XDG_CONFIG_HOME/ferry`, else `~/.config/ferry`.
+//! `$XDG_CONFIG_HOME/ferry` (an absolute one), else `~/.config/ferry`.
 //!
 //! Not for asking anyone anything: whether to trust a daemon whose key is not
 //! yet known is a [`HostKeyPolicy`] the caller supplies (the CLI's terminal
@@ -105,8 +105,12 @@ pub fn config_dir(explicit: Option<&std::path::Path>) -> PathBuf {
     if let Some(d) = std::env::var_os("FERRY_CONFIG_DIR") {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
-        return PathBuf::from(d).join("ferry");
+    // the XDG spec: an empty or relative value is ignored (`~/.config`);
+    // an empty one made the directory `./ferry`
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from) {
+        if d.is_absolute() {
+            return d.join("ferry");
+        }
     }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
