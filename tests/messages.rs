@@ -68,6 +68,32 @@ fn a_daemon_never_tells_the_client_its_server_side_paths() {
         );
         assert!(err.contains("locked"), "{err}");
     }
+    // a push the module cannot take (an immutable directory, which stops
+    // root too): the receiver names the path in the module, not the
+    // server's (it said "cannot create a temporary file for
+    // /…/srv-secret-root/ckpt/ro/up")
+    let ro = module.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let up = t.path().join("up");
+    write(&up, "u");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&ro)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if chattr("+i") {
+        let o = run(&["cp", &s(&up), &d.url("ckpt/ro/up")]);
+        assert!(chattr("-i"));
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{err}");
+        assert!(
+            !err.contains("srv-secret-root"),
+            "server path leaked: {err}"
+        );
+        assert!(err.contains("ro/up"), "{err}");
+    }
     // nothing in the log is hidden from the administrator
     assert!(d.log().contains("request"), "{}", d.log());
 }

@@ -191,8 +191,19 @@ impl Dest {
         })
     }
 
+    /// Names shown relative to this destination's root from now on, the
+    /// root itself as `.`: a daemon module's root, whose server-side path
+    /// a client is never told (a source in a module is shown the same way).
+    pub fn shown_relative(mut self) -> Dest {
+        self.root_path = PathBuf::new();
+        self
+    }
+
     /// `name` shown with the destination path, for messages.
     pub fn show(&self, name: &[u8]) -> String {
+        if self.root_path.as_os_str().is_empty() {
+            return escape(name);
+        }
         if name == b"." {
             return escape(self.root_path.as_os_str().as_encoded_bytes());
         }

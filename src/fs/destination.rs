@@ -207,8 +207,11 @@ impl LocalPlace {
             return Ok(None);
         };
         if self.module.is_none() {
+            // messages name paths relative to the module, never its
+            // server-side path
             let m = Dest::open(root, false)
-                .map_err(|e| TransferError::local(root.display().to_string(), &e))?;
+                .map_err(|e| TransferError::local("the module's directory".to_string(), &e))?
+                .shown_relative();
             self.module = Some(m);
         }
         Ok(self.module.as_mut())
