@@ -506,7 +506,9 @@ impl Hop {
         if self.feeding.load(Ordering::SeqCst) {
             let mut f = lock(&self.feed);
             match m {
-                Fwd::PieceEnd { file, piece, .. } => f.0.push((file, piece)),
+                Fwd::PieceEnd { file, piece, .. } | Fwd::Committed { file, piece } => {
+                    f.0.push((file, piece))
+                }
                 Fwd::End => f.1 = true,
                 _ => {}
             }

@@ -533,6 +533,10 @@ fn relay(
                         hash,
                         sig,
                     });
+                } else if ok {
+                    // a moved host is fed only re-sent pieces: what it
+                    // commits so is what it can feed a host moved after it
+                    hop.forward(Fwd::Committed { file, piece });
                 }
             }
             Msg::End => {
