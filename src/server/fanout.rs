@@ -333,7 +333,7 @@ fn run_control(
     let mut forwarder: Option<std::thread::JoinHandle<()>> = None;
     let mut done_sent = false;
     loop {
-        match rx.recv_timeout(HEARTBEAT) {
+        match rx.recv_timeout(crate::fanout::PROGRESS) {
             Ok(true) if forwarder.is_none() => {
                 if let Some(rx) = hop.take_forward() {
                     let f = Forwarder {
