@@ -16,6 +16,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v faketime >/dev/null || need+=(faketime)
+command -v openssl >/dev/null || need+=(openssl) # the SFTP tests' remote hash command (openssl dgst -sha256)
 command -v nc >/dev/null || need+=(netcat-openbsd) # the fan-out tests' nc|tee relay baseline
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v bindfs >/dev/null || need+=(bindfs) # a FUSE filesystem without RENAME_EXCHANGE (tests/atomic.rs)

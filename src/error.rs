@@ -57,6 +57,20 @@ pub enum TransferError {
 
 impl TransferError {
     pub fn local(path: impl Into<String>, e: &io::Error) -> Self {
+        // a store's server said no, or could not be reached: not this host's
+        // files (exit 12, as for any peer), though it came as an io::Error
+        match e.get_ref().and_then(|i| i.downcast_ref::<StoreFailed>()) {
+            Some(StoreFailed::Refused(why)) => {
+                return TransferError::Remote(format!("{}: {why}", path.into()))
+            }
+            Some(StoreFailed::Unreachable(why)) => {
+                return TransferError::Connect {
+                    text: format!("{}: {why}", path.into()),
+                    why: ConnectFailure::Other,
+                }
+            }
+            None => {}
+        }
         TransferError::Local {
             path: path.into(),
             text: io_text(e),
@@ -84,6 +98,15 @@ impl TransferError {
             TransferError::Remote(_) | TransferError::Internal(_) => 12,
             TransferError::Cancelled => 20,
         }
+    }
+}
+
+/// A child's exit as a message says it: `exit 127`, or `killed by a signal`
+/// (never Rust's `Some(127)`).
+pub fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit {c}"),
+        None => "killed by a signal".into(),
     }
 }
 
@@ -315,6 +338,18 @@ impl serde::Serialize for TransferError {
         st.serialize_field("text", &self.to_string())?;
         st.end()
     }
+}
+
+/// Marks an io::Error as a remote store's failure (an S3 server), not this
+/// host's: [`TransferError::local`] turns it into the peer's error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailed {
+    /// The server answered no (bad credentials, no such bucket, denied).
+    #[error("{0}")]
+    Refused(String),
+    /// The server could not be reached.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// Marks an io::Error as "the data was altered in transit".

@@ -35,12 +35,16 @@ pub enum LocationError {
     Empty(String),
     #[error("{0:?}: missing host name")]
     NoHost(String),
+    #[error("{0:?}: missing bucket name (s3://BUCKET/PREFIX)")]
+    NoBucket(String),
     #[error("{0:?}: bad port")]
     BadPort(String),
     #[error("{0:?}: unclosed '[' in the host")]
     UnclosedBracket(String),
     #[error("{0:?}: the host name is not valid UTF-8")]
     HostNotUtf8(String),
+    #[error("{0:?}: unsupported scheme {1}:// (ferry takes HOST:PATH over ssh, HOST::MODULE/PATH or ferry://HOST[:PORT]/MODULE/PATH for its daemon, s3://BUCKET/PREFIX)")]
+    Scheme(String, String),
 }
 
 impl Location {
@@ -61,7 +65,7 @@ impl Location {
                 None => (rest, &b""[..]),
             };
             if bucket.is_empty() {
-                return Err(LocationError::NoHost(shown()));
+                return Err(LocationError::NoBucket(shown()));
             }
             return Ok(Location::S3 {
                 bucket: text(bucket)?,
@@ -82,6 +86,22 @@ impl Location {
                 port,
                 path: path.to_vec(),
             });
+        }
+        // `ftp://x/y`, `http://…`: a scheme ferry does not speak, not ssh to
+        // host `ftp` (scp and rsync would try that)
+        if let Some(i) = b.windows(3).position(|w| w == b"://") {
+            let scheme = &b[..i];
+            if !scheme.is_empty()
+                && scheme[0].is_ascii_alphabetic()
+                && scheme
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(c))
+            {
+                return Err(LocationError::Scheme(
+                    shown(),
+                    String::from_utf8_lossy(scheme).into_owned(),
+                ));
+            }
         }
         // an IPv6 literal in brackets
         let (host_end, after) = if b[0] == b'[' || (b.contains(&b'@') && b.contains(&b'[')) {

@@ -1402,6 +1402,195 @@ fn the_job_cli_submits_lists_shows_and_watches() {
     assert!(stderr(&o).contains("never a local path"), "{}", stderr(&o));
 }
 
+/// Walk item 3: a job whose peer never answers used to stay `running`
+/// (retried without end) and hold every job queued after it. Without
+/// `max_faults` it now fails after the default 10 faults (about a minute
+/// of backoff), with its last error, and the next job runs.
+#[test]
+fn a_dead_peer_fails_its_job_by_default_and_the_queue_moves_on() {
+    // (waiting polls the job for over a minute: more than the default rate)
+    let api = Api::with(&["--api-rate", "100/s"]);
+    write(&api.src().join("out/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    // nothing listens on this port
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let start = Instant::now();
+    let dead = api.submit(
+        &key,
+        &json!({"op": "copy", "src": "src/out/", "dst": format!("ferry://127.0.0.1:{port}/in/")}),
+    );
+    let next = api.submit(
+        &key,
+        &json!({"op": "sync", "src": "src/out/", "dst": "dst/out/"}),
+    );
+    let j = api.wait_state(
+        &key,
+        dead["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(150),
+    );
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert_eq!(j["error"]["code"], "max_faults_exceeded", "{j:#}");
+    assert_eq!(
+        (j["faults"].as_u64(), j["max_faults"].as_u64()),
+        (Some(11), Some(10)),
+        "{j:#}"
+    );
+    let detail = j["error"]["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("127.0.0.1:{port}")), "{detail}");
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        start.elapsed()
+    );
+    let j = api.wait_state(
+        &key,
+        next["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert_eq!(std::fs::read(api.dst().join("out/f")).unwrap(), b"x");
+}
+
+/// Walk item 2: `ferry job list | head -1` panicked on the closed pipe
+/// (exit 101); it now ends quietly with status 0, as `ls` does.
+#[test]
+fn job_list_and_show_end_quietly_on_a_closed_stdout() {
+    let api = Api::new();
+    write(&api.src().join("c/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let j = api.submit(
+            &key,
+            &json!({"op": "sync", "src": "src/c/", "dst": format!("dst/c{i}/")}),
+        );
+        ids.push(j["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        api.wait_state(&key, id, &["succeeded", "failed"], Duration::from_secs(60));
+    }
+    for args in [
+        vec!["job", "list"],
+        vec!["job", "list", "--json"],
+        vec!["job", "show", &ids[0]],
+        vec!["job", "watch", &ids[1]],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(ferry_bin())
+            .args(&args)
+            .env("FERRY_API_URL", &api.url)
+            .env("FERRY_API_KEY", &key)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{args:?}");
+    }
+}
+
+/// Walk items 14 and 24: `job submit --deadline` takes an RFC 3339 time as
+/// the API does, and the fields the API takes (dry_run, update, sparse,
+/// hard_links, fsync, streams, compress_level); `job show` says a failed
+/// job's error once; cancelling an ended job says it has ended.
+#[test]
+fn job_submit_takes_the_apis_fields_and_show_says_an_error_once() {
+    let api = Api::new();
+    write(&api.src().join("c/f"), b"x");
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let run = |args: &[&str]| {
+        Command::new(ferry_bin())
+            .args(args)
+            .env("FERRY_API_URL", &api.url)
+            .env("FERRY_API_KEY", &key)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = ok(run(&[
+        "job",
+        "submit",
+        "src/c/",
+        "dst/c/",
+        "--deadline",
+        "2099-01-01T00:00:00Z",
+        "-n",
+        "-u",
+        "-S",
+        "-H",
+        "--fsync",
+        "--streams",
+        "2",
+        "--compress-level",
+        "3",
+    ]));
+    let id = stdout(&o).trim().to_string();
+    let j = api.wait_state(&key, &id, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert!(
+        j["deadline"]
+            .as_str()
+            .unwrap()
+            .starts_with("2099-01-01T00:00:00"),
+        "{j:#}"
+    );
+    for k in ["dry_run", "update", "sparse", "hard_links", "fsync"] {
+        assert_eq!(j["options"][k], true, "{k}: {j:#}");
+    }
+    assert_eq!(
+        (
+            j["options"]["streams"].as_u64(),
+            j["options"]["compress_level"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+    // a dry run wrote nothing
+    assert!(!api.dst().join("c/f").exists());
+    let o = run(&[
+        "job",
+        "submit",
+        "src/c/",
+        "dst/c/",
+        "--deadline",
+        "tomorrow",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--deadline \"tomorrow\""),
+        "{}",
+        stderr(&o)
+    );
+    // a job that fails: its error is said once
+    let o = ok(run(&["job", "submit", "src/nothere/", "dst/x/"]));
+    let failed = stdout(&o).trim().to_string();
+    let j = api.wait_state(
+        &key,
+        &failed,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(j["state"], "failed", "{j:#}");
+    let shown = stdout(&ok(run(&["job", "show", &failed])));
+    let detail = j["error"]["detail"].as_str().unwrap();
+    assert_eq!(shown.matches(detail).count(), 1, "{shown}");
+    assert!(shown.contains("(max 10)"), "{shown}");
+    let o = run(&["job", "cancel", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("has already ended (succeeded)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// A second daemon `B` that trusts the API daemon's key, on a fixed port, and
 /// whose key the API daemon has recorded in its known_hosts.
 fn peer_for(api: &Api) -> (tempfile::TempDir, u16, PathBuf) {

@@ -136,16 +136,7 @@ fn retries_are_bounded_by_retries_and_stated_in_help() {
     let t = tmp();
     write(&t.path().join("f"), "x");
     let c = client_dir(t.path());
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming().take(10) {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(conn);
-        }
-    });
+    let (addr, accepted) = hang_up_listener(10);
     let start = Instant::now();
     let o = ferry([
         "sync",

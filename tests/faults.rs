@@ -400,6 +400,35 @@ fn a_source_that_changes_while_being_sent_is_reported_and_not_published() {
     assert!(!dst.exists(), "a file that changed mid-send was published");
 }
 
+/// The sender reads a file up to the size it had when opened, not to its end
+/// (one read for a small file): a file that grows meanwhile is still caught
+/// by its stamp taken after, not sent cut short as if whole.
+#[test]
+fn a_source_that_grows_while_being_sent_is_reported_and_not_published() {
+    let t = tmp();
+    let src = t.path().join("big");
+    write(&src, random_bytes(32 << 20, 4));
+    let dst = t.path().join("elsewhere/copy");
+    std::fs::create_dir(t.path().join("elsewhere")).unwrap();
+    let child = Command::new(ferry_bin())
+        .args(["sync", "--bwlimit", "16M", &s(&src), &s(&dst)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&src).unwrap();
+        f.write_all(b"appended while being sent").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(23));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("changed while being sent"), "{err}");
+    assert!(!dst.exists(), "a file that grew mid-send was published");
+}
+
 #[test]
 fn sigkill_of_the_daemon_at_fifty_moments_never_leaves_a_partial_file() {
     let t = tmp();

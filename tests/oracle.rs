@@ -3899,22 +3899,7 @@ fn ipv6_loopback() -> bool {
 
 /// A daemon like [`verbatim_daemon`], listening on `listen`.
 fn verbatim_daemon_on(t: &Path, listen: &str) -> Daemon {
-    let dir = tmp();
-    let (daemon, client) = (dir.path().join("daemon"), dir.path().join("client"));
-    for d in [&daemon, &client] {
-        std::fs::create_dir(d).unwrap();
-        chmod(d, 0o700);
-    }
-    ok(ferry([
-        "keygen",
-        "-C",
-        "test-client",
-        "--config-dir",
-        &client.display().to_string(),
-    ]));
-    let public = std::fs::read_to_string(client.join("id_ed25519.pub")).unwrap();
-    write(&daemon.join("authorized_keys"), public);
-    chmod(&daemon.join("authorized_keys"), 0o600);
+    let dir = Daemon::keyed_setup("");
     let cfg = t.join("ferryd-v6.toml");
     write(
         &cfg,

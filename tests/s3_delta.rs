@@ -368,3 +368,82 @@ fn cleanup_removes_what_a_composition_killed_mid_way_left() {
     ok(s3.ferry_via(&proxy, &args));
     check_download(&s3, t.path(), &data, (1_700_000_700, 8));
 }
+
+#[test]
+fn a_large_object_asked_about_long_before_its_bytes_arrive_is_still_composed() {
+    // the large file comes first in the walk and 1,500 small ones after it:
+    // the receiver asks about all of them (it looks thousands of entries
+    // ahead) before the large file's bytes arrive, so what the listing said
+    // of it is long forgotten when its upload is chosen; it must still be
+    // composed from the old object, whose chunk map stays as it was until
+    // the new version is complete
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = Proxy::start(s3.port);
+    let tree = t.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let src = tree.join("a.big");
+    let size = 24 * MIB;
+    let mut data = random_bytes(size, 51);
+    write(&src, &data);
+    chmod(&src, 0o640);
+    for i in 0..1500 {
+        write(
+            &tree.join(format!("f{i:04}")),
+            format!("small {i}").as_bytes(),
+        );
+    }
+    let from = format!("{}/", tree.display());
+    let args = ["sync", "-a", from.as_str(), "s3://bkt/tree/"];
+    ok(s3.ferry_via(&proxy, &args));
+    let map = s3.data.join("bkt/.ferry-chunks/tree/a.big");
+    let old_map = std::fs::read(&map).expect("a chunk map beside the object");
+    let old = data.clone();
+
+    edit(&mut data, &[12 * MIB], 4096, 52);
+    write(&src, &data);
+    set_mtime_ns(&src, 1_700_000_800, 9);
+    proxy.take();
+    *proxy.stall_copies_to.lock().unwrap() = Some("/bkt/tree/a.big?".into());
+    let mut child = s3
+        .command(proxy.port, &args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !proxy
+        .take()
+        .iter()
+        .any(|r| r.copy && r.line.contains("/bkt/tree/a.big?"))
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ferry ended without composing tree/a.big from the old object"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no copy into the key was asked for"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // mid-way: the old object and the chunk map that describes it, intact
+    assert_eq!(std::fs::read(s3.data.join("bkt/tree/a.big")).unwrap(), old);
+    assert!(
+        std::fs::read(&map).unwrap() == old_map,
+        "the old object's chunk map was replaced before the new version was complete"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    *proxy.stall_copies_to.lock().unwrap() = None;
+    ok(s3.ferry(&["s3", "cleanup", "s3://bkt/"]));
+
+    // a re-run composes, sending about the edit
+    proxy.take();
+    ok(s3.ferry_via(&proxy, &args));
+    let reqs = proxy.take();
+    assert!(reqs.iter().any(|r| r.copy), "not composed");
+    assert!(bytes_up(&reqs) < 2 * MIB as u64, "{}", bytes_up(&reqs));
+    assert_eq!(std::fs::read(s3.data.join("bkt/tree/a.big")).unwrap(), data);
+    assert_ne!(std::fs::read(&map).unwrap(), old_map);
+}

@@ -799,3 +799,38 @@ fn a_broken_daemon_connection_is_retried() {
     assert!(s["matched"] > 1 << 20, "{s:?}");
     assert!(s["literal"] < 8 << 20, "{s:?}");
 }
+
+/// A relay whose daemon end keeps breaking gives up as a direct transfer to
+/// a daemon does (`tests/failfast.rs`): each retry told, then the failure
+/// says it gave up, with the `ferry doctor` command for that end still
+/// last. (`cp` has no `--retries`: the defaults, 10 retries within 60 s,
+/// so this takes about 50 s of waiting.)
+#[test]
+fn a_relay_gives_up_after_its_retries_as_a_direct_copy_does() {
+    let t = tmp();
+    let module = t.path().join("module");
+    write(&module.join("f"), "x");
+    let d = Daemon::start(&[("m", &module, false)], "", &[]);
+    // a "daemon" that hangs up at once: a broken connection, worth retrying
+    let (addr, accepted) = hang_up_listener(20);
+    let mut args = d.client_args();
+    args.extend([d.url("m/f"), format!("ferry://{addr}/m/f")]);
+    let o = cp_spooled(&args, &t.path().join("spool"));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(12), "{err}");
+    let retried = err.matches("retrying in").count();
+    // (each retry is told as the direct path tells it: the hint comes once)
+    assert_eq!(err.matches("ferry doctor").count(), 1, "{err}");
+    assert!((1..=10).contains(&retried), "{err}");
+    assert!(err.contains("gave up after retrying"), "{err}");
+    assert!(
+        err.trim_end()
+            .ends_with(&format!("run `ferry doctor {addr}` to find out why")),
+        "{err}"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        retried + 1,
+        "{err}"
+    );
+}

@@ -565,7 +565,7 @@ df
     assert!(t.path().join("daemon-local/back/b/c").exists());
     let out = stdout(daemon);
     assert!(out.contains("ferry> ls -l made"), "{out}");
-    assert!(out.contains("100600"), "{out}");
+    assert!(out.contains("-rw-------"), "{out}");
     assert!(out.contains("Avail"), "{out}");
 }
 
@@ -723,4 +723,100 @@ fn a_daemon_without_the_shell_is_refused_in_one_line() {
     let mut args = vec!["ls".to_string(), d.url("data/")];
     args.extend(d.client_args());
     ok(ferry(&args));
+}
+
+/// The PTY test of `pty_tab_completes_…` and `pty_ctrl_c_cancels_…` on a
+/// daemon module (`ferry://host:port/module`, as `host::module`): Tab
+/// completes remote and local paths, history is kept (mode 0600) and
+/// recalled by the next session, Ctrl-C cancels a `get` and keeps the
+/// partial file, and `reget` finishes it over the same session.
+#[test]
+fn pty_on_a_daemon_module_completes_keeps_history_cancels_and_regets() {
+    let t = tmp();
+    let (module, l) = (t.path().join("module"), t.path().join("local"));
+    std::fs::create_dir_all(module.join("models-v1")).unwrap();
+    std::fs::create_dir_all(l.join("localdata")).unwrap();
+    let size = 4usize << 20;
+    let data = random_bytes(size, 23);
+    write(&module.join("models-v1/big.bin"), &data);
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    // a few MB/s: the get takes seconds (connections: the session's, each
+    // transfer's streams)
+    let relay = delay_relay(d.addr, std::time::Duration::from_millis(10), 64 << 10, 32);
+    let mut args = vec!["shell".to_string()];
+    args.extend(d.client_args());
+    args.push(format!("ferry://{relay}/data"));
+    let (state, cache) = (t.path().join("state"), t.path().join("cache"));
+    let mut pty = Pty::spawn(&args, &l, &state, &cache);
+    pty.expect("ferry> ", 30);
+    // "mod" + Tab becomes the one remote name it starts
+    pty.send("cd mod\t");
+    pty.expect("models-v1/", 10);
+    pty.send("\r");
+    pty.expect("ferry> ", 10);
+    pty.send("pwd\r");
+    pty.expect("Remote working directory: /models-v1", 10);
+    pty.expect("ferry> ", 10);
+    // and "loc" + Tab the one local name
+    pty.send("lcd loc\t");
+    pty.expect("localdata/", 10);
+    pty.send("\r");
+    pty.expect("ferry> ", 10);
+    // a get through the slow link, cancelled half way
+    let local = l.join("localdata");
+    let part = local.join(".ferry-partial/big.bin");
+    pty.send("get big.bin\r");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 512 << 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the get never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    pty.send("\x03");
+    pty.expect("cancelled", 15);
+    pty.expect("ferry> ", 15);
+    assert!(
+        !local.join("big.bin").exists(),
+        "a cut-short file was published"
+    );
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(kept >= 512 << 10 && kept < size as u64, "{kept}");
+    // the session lived through it
+    pty.send("pwd\r");
+    pty.expect("Remote working directory: /models-v1", 10);
+    pty.expect("ferry> ", 10);
+    pty.send("reget big.bin\r");
+    let shown = pty.expect("ferry> ", 60);
+    let got = std::fs::read(local.join("big.bin"));
+    assert!(
+        got.is_ok(),
+        "no file after reget; the terminal showed {shown:?}"
+    );
+    assert!(got.unwrap() == data, "reget gave other bytes");
+    assert!(!part.exists());
+    pty.send("exit\r");
+    assert!(pty.wait().success());
+    let history = state.join("ferry/shell_history");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&history).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "history file mode {mode:o}");
+    let text = std::fs::read_to_string(&history).unwrap();
+    assert!(text.contains("cd models-v1/"), "{text}");
+    // the next session has it: Up five times (exit, reget, pwd, get) is
+    // `lcd localdata/`
+    let mut pty = Pty::spawn(&args, &l, &state, &cache);
+    pty.expect("ferry> ", 30);
+    pty.send("\x1b[A\x1b[A\x1b[A\x1b[A\x1b[A");
+    pty.expect("lcd localdata/", 10);
+    pty.send("\r");
+    pty.expect("ferry> ", 10);
+    pty.send("lpwd\r");
+    pty.expect(
+        &format!("Local working directory: {}/localdata", l.display()),
+        10,
+    );
+    pty.send("exit\r");
+    assert!(pty.wait().success());
 }

@@ -798,7 +798,7 @@ async fn cancel_job(
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "job_finished",
-            format!("job {id} is {state}: nothing to cancel"),
+            format!("job {id} has already ended ({state}): nothing to cancel"),
         )
         .job(&id));
     }

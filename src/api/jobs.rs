@@ -20,6 +20,12 @@ pub enum Op {
     Sync,
 }
 
+/// Transient failures a job without `max_faults` retries before it fails:
+/// the CLI's `--retries` default. With the backoff (0.5 s doubling to 10 s)
+/// a peer that stays down ends the job after about 65 s, and the queue
+/// moves on.
+pub const DEFAULT_MAX_FAULTS: u32 = 10;
+
 /// A deadline: seconds after submission, or an RFC 3339 UTC time.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
@@ -55,6 +61,9 @@ pub struct JobSpec {
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Deadline>,
+    /// Transient failures retried before the job fails with
+    /// max_faults_exceeded (default 10, as the CLI's --retries: about a
+    /// minute of backoff against a peer that is down)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_faults: Option<u32>,
     #[serde(default)]
@@ -400,6 +409,7 @@ pub struct Job {
     pub attempts: i64,
     /// Transient failures met (and retried) so far
     pub faults: i64,
+    /// The job's max_faults, or the default (10) where none was given
     pub max_faults: Option<u32>,
     pub status_detail: String,
     pub bytes_done: i64,
@@ -459,7 +469,7 @@ pub fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
         state,
         attempts: r.get("attempts")?,
         faults: r.get("faults")?,
-        max_faults: spec.max_faults,
+        max_faults: Some(spec.max_faults.unwrap_or(DEFAULT_MAX_FAULTS)),
         status_detail: r.get("status_detail")?,
         bytes_done: done,
         bytes_total: total,

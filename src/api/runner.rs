@@ -2,7 +2,7 @@
 //! and runs each as a `transfer::run`, with its own retry policy on top:
 //! transient failures (connection refused or cut, peer busy) are retried
 //! with exponential backoff and jitter and counted as faults until
-//! `max_faults` or the deadline; permanent ones end the job at once with
+//! `max_faults` (default [`jobs::DEFAULT_MAX_FAULTS`]) or the deadline; permanent ones end the job at once with
 //! their own code. Progress is written at most once a second. Not for HTTP.
 
 use super::jobs::{self, JobSpec, Resolved};
@@ -334,14 +334,12 @@ fn attempts(
                     })
                     .map_err(db_err)?;
                 tracing::warn!(job = id, faults, "transient failure: {e}");
-                if spec.max_faults.is_some_and(|m| faults > m as i64) {
+                let max = spec.max_faults.unwrap_or(jobs::DEFAULT_MAX_FAULTS);
+                if faults > max as i64 {
                     return Err((
                         "failed",
                         "max_faults_exceeded",
-                        format!(
-                            "{faults} faults (max_faults {}); last: {e}",
-                            spec.max_faults.unwrap_or(0)
-                        ),
+                        format!("{faults} faults (max_faults {max}); last: {e}"),
                     ));
                 }
                 // exponential backoff with ±25% jitter, cut short by cancel

@@ -8,8 +8,7 @@ use std::ffi::OsString;
 #[command(
     name = "ferry",
     version,
-    about = "Moves AI data between Linux servers: scp and rsync habits, content-defined delta, every file checked end to end",
-    disable_help_subcommand = true
+    about = "Moves AI data between Linux servers: scp and rsync habits, content-defined delta, every file checked end to end"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,10 +30,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Copy files like scp: `ferry cp -r ./ckpt user@gpu2:/data/ckpt`
+    #[command(override_usage = "ferry cp [OPTIONS] SRC... DEST")]
     Cp(CpArgs),
     /// Synchronise trees like rsync: `ferry sync -avz --delete ./data/ gpu2:/data/`
     // -i is rsync's --itemize-changes here: the daemon identity is --identity
     #[command(disable_help_flag = true, mut_arg("identity", |a| a.short(None)))]
+    #[command(override_usage = "ferry sync [OPTIONS] SRC... DEST")]
     Sync(SyncArgs),
     /// Send one tree to many daemons at once through a verified pipelined chain:
     /// `ferry fanout -a ./ckpt/ gpu1::ckpt/ gpu2::ckpt/ gpu3::ckpt/`
@@ -159,7 +160,8 @@ pub struct SyncArgs {
     /// Skip files that are newer on the receiver
     #[arg(short = 'u', long)]
     pub update: bool,
-    /// Compress file data (zstd, skipped for data that does not compress)
+    /// Compress file data (zstd, skipped for data that does not compress; each
+    /// block continues the zstd stream of the one before)
     #[arg(short = 'z', long)]
     pub compress: bool,
     /// zstd level for -z, 1-19 (default 1); as in rsync, setting it implies -z
@@ -271,6 +273,10 @@ pub struct SyncArgs {
     /// Make the destination's missing parent directories
     #[arg(long)]
     pub mkpath: bool,
+    /// Transfer directories without recursing (rsync -d): a source `dir/`
+    /// sends its files and its subdirectories, empty; --files-from implies it
+    #[arg(short = 'd', long)]
+    pub dirs: bool,
     /// The daemon's port for host::module addresses that name none (default 7420)
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
@@ -349,7 +355,8 @@ pub struct SyncArgs {
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub transport: crate::transport::child::Transport,
     /// Over SFTP: how files are checked beyond ssh's MAC. auto: uploads are
-    /// hashed on the remote (b3sum, xxh128sum or sha256sum) before they are
+    /// hashed on the remote (the cheapest of b3sum, xxh128sum, openssl dgst
+    /// -sha256, sha256sum and shasum -a 256 it has) before they are
     /// renamed into place, where the account may run commands; reread: every
     /// file is read again over SFTP and its BLAKE3 compared (twice the traffic)
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
@@ -365,8 +372,11 @@ pub struct SyncArgs {
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,
-    /// Sources, then the destination
-    #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
+    /// A source (flags may come before, between or after the paths)
+    #[arg(value_name = "SRC")]
+    pub first: OsString,
+    /// More sources, then the destination
+    #[arg(required = true, value_name = "DEST")]
     pub paths: Vec<OsString>,
 }
 
@@ -447,18 +457,23 @@ pub struct CpArgs {
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub transport: crate::transport::child::Transport,
     /// Over SFTP: how files are checked beyond ssh's MAC. auto: uploads are
-    /// hashed on the remote (b3sum, xxh128sum or sha256sum) before they are
+    /// hashed on the remote (the cheapest of b3sum, xxh128sum, openssl dgst
+    /// -sha256, sha256sum and shasum -a 256 it has) before they are
     /// renamed into place, where the account may run commands; reread: every
     /// file is read again over SFTP and its BLAKE3 compared (twice the traffic)
     #[arg(long, value_enum, value_name = "HOW", default_value_t)]
     pub verify: crate::transport::child::VerifyMode,
     /// Connections to the remote, TLS to a daemon or ssh (files of 16 MiB and
-    /// more are split across them). Over SFTP: N `ssh … -s sftp`
+    /// more are split across them; default: one per core to a daemon, one per
+    /// two cores over ssh, at most 4). Over SFTP: N `ssh … -s sftp`
     /// connections, files spread over them, a large file split across them
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
     pub streams: Option<u8>,
-    /// Sources, then the destination
-    #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
+    /// A source (flags may come before, between or after the paths)
+    #[arg(value_name = "SRC")]
+    pub first: OsString,
+    /// More sources, then the destination
+    #[arg(required = true, value_name = "DEST")]
     pub paths: Vec<OsString>,
 }
 
@@ -523,9 +538,11 @@ pub struct ServeArgs {
     #[arg(long = "max-connections", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Connections still authenticating; when full, the oldest is dropped
+    /// (default 256, or max_startups in the config file)
     #[arg(long = "max-startups", value_name = "N")]
     pub max_startups: Option<usize>,
-    /// Seconds a client has to finish authenticating
+    /// Seconds a client has to finish authenticating (default 10, or
+    /// preauth_timeout_secs in the config file)
     #[arg(long = "preauth-timeout", value_name = "SECS")]
     pub preauth_timeout: Option<u64>,
     /// ferry's config directory
@@ -599,6 +616,7 @@ pub enum TrustCommand {
     },
     /// Remove the key with this fingerprint (SHA256:...)
     Remove {
+        /// The key's fingerprint, SHA256:..., as `trust list` shows it
         fingerprint: String,
         #[command(flatten)]
         file: TrustFile,
@@ -651,6 +669,13 @@ pub struct LsArgs {
     /// For [user@]host:path: ferry's path on the remote (default: ferry)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
+    /// The daemon's port for host:: addresses that name none (default 7420)
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// For [user@]host:path: ferry's protocol, SFTP, or auto (ferry, and
+    /// SFTP where the remote cannot run it), as for cp and sync
+    #[arg(long, value_enum, value_name = "HOW", default_value_t)]
+    pub transport: crate::transport::child::Transport,
     #[command(flatten)]
     pub daemon: DaemonFlags,
 }
@@ -724,6 +749,23 @@ pub struct ShellArgs {
     /// Give up on a daemon that sends nothing for SECONDS
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
+    /// The daemon's port for host::module addresses that name none (default
+    /// 7420; -P is ssh's port)
+    #[arg(long = "port", value_name = "PORT")]
+    pub daemon_port: Option<u16>,
+    /// Reach the remote through these jump hosts ([user@]host[:port], comma
+    /// separated), passed to ssh as ProxyJump
+    #[arg(short = 'J', value_name = "DESTINATION")]
+    pub jump: Option<String>,
+    /// The ferry program on the remote (default: ferry on its PATH)
+    #[arg(long = "remote-ferry", value_name = "PATH")]
+    pub remote_ferry: Option<String>,
+    /// Connect over IPv4 only (to a daemon; over ssh it is passed on as -o AddressFamily=inet)
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Connect over IPv6 only
+    #[arg(short = '6')]
+    pub ipv6: bool,
     /// [user@]host[:directory] over ssh, or host::module[/dir] or
     /// ferry://host[:port]/module[/dir] on a ferry daemon
     pub host: String,

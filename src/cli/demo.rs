@@ -5,7 +5,7 @@
 
 use super::args::DemoArgs;
 use super::exit;
-use super::output::human;
+use super::stdout::outln;
 use crate::error::TransferError;
 use crate::proto::Options;
 use crate::session::Cancel;
@@ -100,7 +100,46 @@ fn tree_hashes(root: &Path) -> std::io::Result<Vec<(PathBuf, [u8; 32])>> {
     Ok(out)
 }
 
-fn push(src: &Path, dest: &Path) -> Result<Outcome, TransferError> {
+/// A size in the units the demo speaks throughout (powers of 1024, as the
+/// checkpoint's `48 MiB`).
+fn size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = "";
+    for u in UNITS {
+        v /= 1024.0;
+        unit = u;
+        if v < 1024.0 {
+            break;
+        }
+    }
+    format!("{v:.2} {unit}")
+}
+
+/// Regular files under `root` (what "files" means in every line the demo
+/// prints; directories are not counted).
+fn count_files(root: &Path) -> std::io::Result<u64> {
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let kind = e.file_type()?;
+            if kind.is_dir() {
+                stack.push(e.path());
+            } else if kind.is_file() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The outcome, and how many regular files were sent.
+fn push(src: &Path, dest: &Path) -> Result<(Outcome, u64), TransferError> {
     let exe = std::env::current_exe().map_err(|e| local(e, Path::new("current_exe")))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["serve", "--stdio"]);
@@ -112,27 +151,42 @@ fn push(src: &Path, dest: &Path) -> Result<Outcome, TransferError> {
         perms: true,
         times: true,
         partial: true,
+        // an event a file, to count the files sent
+        file_events: true,
         ..Default::default()
     };
-    push_to_command(
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let count = |e: crate::proto::Event| {
+        use crate::proto::{item::Item, Report};
+        let file = match e.report() {
+            Report::Itemized { item, .. } => {
+                item.has(Item::SENT) && !item.has(Item::DIR | Item::SYMLINK)
+            }
+            Report::Updated { name, detail, .. } => !name.ends_with(b"/") && detail.is_empty(),
+            _ => false,
+        };
+        if file {
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let o = push_to_command(
         cmd,
         vec![s],
         dest.as_os_str().as_bytes().to_vec(),
         options,
-        &|_| {},
+        &count,
         &Cancel::default(),
-    )
+    )?;
+    Ok((o, sent.into_inner()))
 }
 
-fn report(what: &str, o: &Outcome) {
+fn report(what: &str, (o, sent): &(Outcome, u64), files: u64) {
     let s = &o.summary;
-    println!(
-        "{what}: {} of {} files sent, {}B literal, {}B reused, {}B on the wire",
-        s.transferred,
-        s.files,
-        human(s.literal),
-        human(s.reused),
-        human(o.sent + o.received)
+    outln!(
+        "{what}: {sent} of {files} files sent, {} literal, {} reused, {} on the wire",
+        size(s.literal),
+        size(s.reused),
+        size(o.sent + o.received)
     );
 }
 
@@ -154,7 +208,7 @@ pub fn run(a: DemoArgs) -> Result<i32, TransferError> {
 fn run_in(root: &Path) -> Result<i32, TransferError> {
     let src = root.join("dataset");
     let dst = root.join("replica");
-    println!(
+    outln!(
         "building a sample dataset in {} ({SHARDS} JSONL shards, a {} MiB checkpoint)",
         src.display(),
         CKPT_SIZE >> 20
@@ -162,18 +216,27 @@ fn run_in(root: &Path) -> Result<i32, TransferError> {
     build_dataset(&src).map_err(|e| local(e, &src))?;
 
     let first = push(&src, &dst)?;
-    report("first sync ", &first);
+    report(
+        "first sync ",
+        &first,
+        count_files(&src).map_err(|e| local(e, &src))?,
+    );
 
     let changed = change_one_percent(&src).map_err(|e| local(e, &src))?;
-    println!(
-        "changed {}B of the checkpoint in scattered 64 KiB regions, appended to 2 shards, added 1",
-        human(changed)
+    outln!(
+        "changed {} of the checkpoint in scattered 64 KiB regions, appended to 2 shards, added 1",
+        size(changed)
     );
     let second = push(&src, &dst)?;
-    report("second sync", &second);
+    report(
+        "second sync",
+        &second,
+        count_files(&src).map_err(|e| local(e, &src))?,
+    );
+    let second = second.0;
     let total = second.summary.literal + second.summary.reused;
     if total > 0 {
-        println!(
+        outln!(
             "  reused {:.1}% of the changed files' bytes from the old copies",
             second.summary.reused as f64 * 100.0 / total as f64
         );
@@ -184,7 +247,7 @@ fn run_in(root: &Path) -> Result<i32, TransferError> {
         eprintln!("ferry demo: the replica differs from the dataset");
         return Ok(exit::PARTIAL);
     }
-    println!(
+    outln!(
         "verified: replica identical to the dataset ({} files, BLAKE3)",
         a.len()
     );

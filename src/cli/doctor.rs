@@ -3,6 +3,7 @@
 
 use super::args::DoctorArgs;
 use super::exit;
+use super::stdout::{out, outln};
 use crate::doctor::{self, render, Options, Target};
 use crate::error::TransferError;
 use std::io::IsTerminal;
@@ -35,14 +36,14 @@ pub fn run(a: DoctorArgs) -> Result<i32, TransferError> {
     };
     let report = doctor::run(&a.target, &target, &opts);
     if a.json {
-        println!("{}", render::json(&report));
+        outln!("{}", render::json(&report));
     } else {
         let tty = std::io::stdout().is_terminal();
         let style = render::Style {
             utf8: utf8_locale(),
             color: tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         };
-        print!("{}", render::text(&report, style));
+        out!("{}", render::text(&report, style));
     }
     Ok(if report.problems() == 0 {
         exit::OK

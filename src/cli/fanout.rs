@@ -5,6 +5,7 @@
 
 use super::args::DaemonFlags;
 use super::exit;
+use super::stdout::outln;
 use crate::error::TransferError;
 use crate::fanout::manifest::Walk;
 use crate::fanout::source::{self, Plan, State, Target};
@@ -223,7 +224,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
     let mut record = record;
     if targets.is_empty() {
         if !a.json {
-            println!("job {}: every host has it already", record.job);
+            outln!("job {}: every host has it already", record.job);
         }
         return Ok(exit::OK);
     }
@@ -243,8 +244,11 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             .unwrap_or(Duration::from_millis(record.stall_ms)),
         job,
     };
+    // a source that is not there fails before a job is announced
+    std::fs::symlink_metadata(&plan.src)
+        .map_err(|e| TransferError::local(record.src.clone(), &e))?;
     if !a.json {
-        println!("job {}", record.job);
+        outln!("job {}", record.job);
     }
     let outcome = source::run(&plan)?;
     for u in &outcome.added {
@@ -310,11 +314,11 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             "source_rchar": rchar(),
             "hosts": hosts,
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
         for h in &outcome.hosts {
             if h.state == State::Done && a.verbose > 0 {
-                println!(
+                outln!(
                     "{}: done, {} bytes received in {:.2} s{}{}",
                     h.target.shown,
                     h.bytes_received,
@@ -340,7 +344,28 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             h.error.as_deref().unwrap_or("unknown")
         );
     }
-    if !missed.is_empty() {
+    if !missed.is_empty() && missed.iter().all(|h| h.declined) {
+        // --resume would meet the same refusal
+        eprintln!(
+            "ferry: job {} {}: {} of {} host(s) refused it (exit {code}); fix what they said above (the address, the module) and run the fan-out to them again",
+            record.job,
+            if missed.len() == outcome.hosts.len() {
+                "failed"
+            } else {
+                "is partial"
+            },
+            missed.len(),
+            outcome.hosts.len(),
+        );
+    } else if !missed.is_empty() && missed.len() == outcome.hosts.len() {
+        eprintln!(
+            "ferry: job {} failed: no host got it ({} of {} host(s) missed it, exit {code}); once the causes above are fixed, `ferry fanout --resume {}` runs it again",
+            record.job,
+            missed.len(),
+            outcome.hosts.len(),
+            record.job
+        );
+    } else if !missed.is_empty() {
         eprintln!(
             "ferry: job {} is partial: {} of {} host(s) missed it (exit {code}); repair them with `ferry fanout --resume {}`",
             record.job,

@@ -6,6 +6,7 @@
 //! `FERRY_API_KEY` / `FERRY_API_PIN`, or the files `api_url` / `api_key` /
 //! `api_pin` in the config directory. Not for serving the API.
 
+use super::stdout::outln;
 use crate::error::TransferError;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -41,6 +42,7 @@ pub enum ApiKeyCommand {
     },
     /// Revoke a key by name: refused from the next request on
     Revoke {
+        /// The key's name, as `api-key list` shows it
         name: String,
         /// The daemon's config directory
         #[arg(long = "config-dir", value_name = "DIR")]
@@ -76,12 +78,17 @@ pub struct ApiFlags {
     pub json: bool,
 }
 
+// (parsed once per run: the size of the largest variant costs nothing)
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum JobCommand {
     /// Submit a job: SRC and DST are module paths of the daemon (ckpt/run42/)
     /// or of another daemon (host::module/path, ferry://host/module/path)
     Submit {
+        /// Where to read: MODULE/PATH of the daemon, HOST::MODULE/PATH,
+        /// ferry://HOST[:PORT]/MODULE/PATH or s3://BUCKET/PREFIX
         src: String,
+        /// Where to write, written like SRC; one of the two is the daemon's module
         dst: String,
         /// copy or sync
         #[arg(long, default_value = "sync")]
@@ -95,6 +102,28 @@ pub enum JobCommand {
         /// Compress file data
         #[arg(short = 'z', long)]
         compress: bool,
+        /// zstd level for -z, 1-19; implies -z
+        #[arg(long = "compress-level", value_name = "N",
+              value_parser = clap::value_parser!(u8).range(1..=19))]
+        compress_level: Option<u8>,
+        /// Show what would change, change nothing
+        #[arg(short = 'n', long = "dry-run")]
+        dry_run: bool,
+        /// Skip files that are newer at the destination
+        #[arg(short = 'u', long)]
+        update: bool,
+        /// Write runs of zeros as holes, send only data
+        #[arg(short = 'S', long)]
+        sparse: bool,
+        /// Preserve hard links
+        #[arg(short = 'H', long = "hard-links")]
+        hard_links: bool,
+        /// fsync each file before it is renamed into place
+        #[arg(long)]
+        fsync: bool,
+        /// Connections to a peer daemon, 1-8
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=8))]
+        streams: Option<u8>,
         /// Exclude files matching PATTERN (repeatable)
         #[arg(long, value_name = "PATTERN")]
         exclude: Vec<String>,
@@ -107,10 +136,12 @@ pub enum JobCommand {
         /// A label to find the job by
         #[arg(long)]
         label: Option<String>,
-        /// Fail the job if it has not finished within SECONDS
-        #[arg(long, value_name = "SECONDS")]
-        deadline: Option<u64>,
-        /// Fail the job after N transient faults
+        /// Fail the job if it has not finished by then: SECONDS after
+        /// submission, or an RFC 3339 UTC time (2027-01-01T00:00:00Z), as the
+        /// API takes it (default: no deadline)
+        #[arg(long, value_name = "SECONDS|TIME")]
+        deadline: Option<String>,
+        /// Fail the job after N transient faults (default 10)
         #[arg(long = "max-faults", value_name = "N")]
         max_faults: Option<u32>,
         /// Submit at most once: the same key returns the first job
@@ -129,18 +160,21 @@ pub enum JobCommand {
     },
     /// Show one job
     Show {
+        /// The job's id (26 characters, as `job submit` and `job list` print it)
         id: String,
         #[command(flatten)]
         api: ApiFlags,
     },
     /// Cancel a queued or running job
     Cancel {
+        /// The job's id (26 characters, as `job submit` and `job list` print it)
         id: String,
         #[command(flatten)]
         api: ApiFlags,
     },
     /// Follow a job's events until it ends; exits 0 if it succeeded
     Watch {
+        /// The job's id (26 characters, as `job submit` and `job list` print it)
         id: String,
         #[command(flatten)]
         api: ApiFlags,
@@ -166,7 +200,24 @@ pub fn api_key(c: ApiKeyCommand) -> Result<i32, TransferError> {
             let conn = open(&config_dir)?;
             let (key, secret) =
                 crate::api::keys::create(&conn, &name, &scope, &module).map_err(usage)?;
-            println!("{secret}");
+            // the secret is shown once: if it cannot be (a closed or full
+            // stdout), the key is revoked again rather than left usable by
+            // nobody who knows it
+            let shown = {
+                use std::io::Write;
+                let mut o = std::io::stdout().lock();
+                writeln!(o, "{secret}").and_then(|()| o.flush())
+            };
+            if let Err(e) = shown {
+                let _ = crate::api::keys::revoke(&conn, &name);
+                return Err(TransferError::Local {
+                    path: "standard output".into(),
+                    text: format!(
+                        "{}; API key {name} not created (its secret could not be shown)",
+                        crate::error::io_text(&e)
+                    ),
+                });
+            }
             eprintln!(
                 "ferry: API key {} ({}) created; the secret above is not shown again",
                 key.name,
@@ -177,13 +228,13 @@ pub fn api_key(c: ApiKeyCommand) -> Result<i32, TransferError> {
             let conn = open(&config_dir)?;
             let keys = crate::api::keys::list(&conn).map_err(usage)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&keys).unwrap_or_default()
                 );
             } else {
                 for k in keys {
-                    println!(
+                    outln!(
                         "{:<20} {:<40} {:<20} {}",
                         k.name,
                         k.scopes.join(","),
@@ -225,7 +276,7 @@ pub fn dashboard_link(a: DashboardLinkArgs) -> Result<i32, TransferError> {
             usage("no API has run from this config directory: start ferry serve --api ADDR first")
         })?;
     let token = crate::api::ui::create_link(&conn).map_err(usage)?;
-    println!("{url}/ui/#login={token}");
+    outln!("{url}/ui/#login={token}");
     eprintln!("ferry: this link logs in once, within ten minutes");
     Ok(super::exit::OK)
 }
@@ -508,8 +559,8 @@ pub fn parse_answer(raw: &[u8]) -> Option<Answer> {
 
 fn print_job(j: &Value) {
     let s = |k: &str| j[k].as_str().unwrap_or("-").to_string();
-    println!("job {}  {}", s("id"), s("state"));
-    println!(
+    outln!("job {}  {}", s("id"), s("state"));
+    outln!(
         "  {} {} -> {}{}",
         s("op"),
         s("src"),
@@ -519,19 +570,26 @@ fn print_job(j: &Value) {
             .map(|l| format!("  [{l}]"))
             .unwrap_or_default()
     );
-    println!(
-        "  {} of {} bytes, {} files, attempts {}, faults {}",
-        j["bytes_done"], j["bytes_total"], j["files_done"], j["attempts"], j["faults"]
+    outln!(
+        "  {} of {} bytes, {} files, attempts {}, faults {} (max {})",
+        j["bytes_done"],
+        j["bytes_total"],
+        j["files_done"],
+        j["attempts"],
+        j["faults"],
+        j["max_faults"]
     );
-    println!("  {}", s("status_detail"));
-    if !j["error"].is_null() {
-        println!(
+    // a failed job's status is its error: said once, on the error line
+    if j["error"].is_null() {
+        outln!("  {}", s("status_detail"));
+    } else {
+        outln!(
             "  error {}: {}",
             j["error"]["code"].as_str().unwrap_or(""),
             j["error"]["detail"].as_str().unwrap_or("")
         );
     }
-    println!(
+    outln!(
         "  created {}  finished {}",
         s("created_at"),
         s("finished_at")
@@ -540,7 +598,7 @@ fn print_job(j: &Value) {
 
 fn show(j: &Value, as_json: bool) {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(j).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(j).unwrap_or_default());
     } else {
         print_job(j);
     }
@@ -574,6 +632,13 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
             delete,
             checksum,
             compress,
+            compress_level,
+            dry_run,
+            update,
+            sparse,
+            hard_links,
+            fsync,
+            streams,
             exclude,
             include,
             bwlimit,
@@ -607,8 +672,33 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
             if let Some(l) = label {
                 set(&mut body, "label", json!(l));
             }
-            if let Some(d) = deadline {
-                set(&mut body, "deadline", json!(d));
+            for (k, on) in [
+                ("dry_run", dry_run),
+                ("update", update),
+                ("sparse", sparse),
+                ("hard_links", hard_links),
+                ("fsync", fsync),
+            ] {
+                if on {
+                    set(&mut body, k, json!(true));
+                }
+            }
+            if let Some(n) = compress_level {
+                set(&mut body, "compress_level", json!(n));
+            }
+            if let Some(n) = streams {
+                set(&mut body, "streams", json!(n));
+            }
+            // seconds go as a number, a time as its text (the API checks it)
+            match deadline.as_deref().map(|d| (d, d.parse::<u64>())) {
+                Some((_, Ok(secs))) => set(&mut body, "deadline", json!(secs)),
+                Some((d, Err(_))) if crate::api::ids::parse_rfc3339(d).is_none() => {
+                    return Err(usage(format!(
+                        "--deadline {d:?}: give seconds, or an RFC 3339 UTC time like 2027-01-01T00:00:00Z"
+                    )))
+                }
+                Some((d, Err(_))) => set(&mut body, "deadline", json!(d)),
+                None => {}
             }
             if let Some(m) = max_faults {
                 set(&mut body, "max_faults", json!(m));
@@ -622,7 +712,7 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
             if api.json {
                 show(&j, true);
             } else {
-                println!("{}", j["id"].as_str().unwrap_or(""));
+                outln!("{}", j["id"].as_str().unwrap_or(""));
             }
             Ok(super::exit::OK)
         }
@@ -641,7 +731,7 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
                         (Some(d), Some(t)) if t > 0.0 => format!("{:>3.0}%", d * 100.0 / t),
                         _ => "   -".into(),
                     };
-                    println!(
+                    outln!(
                         "{}  {:<9} {pct}  {} {} -> {}",
                         j["id"].as_str().unwrap_or(""),
                         j["state"].as_str().unwrap_or(""),
@@ -680,9 +770,9 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
                 for e in v["events"].as_array().into_iter().flatten() {
                     after = e["id"].as_i64().unwrap_or(after);
                     if api.json {
-                        println!("{e}");
+                        outln!("{e}");
                     } else {
-                        println!(
+                        outln!(
                             "{} {:<11} {}",
                             e["time"].as_str().unwrap_or(""),
                             e["type"].as_str().unwrap_or(""),

@@ -3,6 +3,7 @@
 
 use super::args::{CopyIdArgs, KeygenArgs, LsArgs, TrustCommand, TrustFile};
 use super::exit;
+use super::stdout::outln;
 use crate::error::TransferError;
 use crate::location::Location;
 use crate::trust::authorized::AuthorizedKeys;
@@ -24,8 +25,8 @@ pub fn keygen(a: KeygenArgs) -> Result<i32, TransferError> {
     });
     let id = Identity::generate(&comment);
     id.save(&path).map_err(usage)?;
-    println!("wrote {} and {}.pub", path.display(), path.display());
-    println!("fingerprint: {}", id.public.fingerprint());
+    outln!("wrote {} and {}.pub", path.display(), path.display());
+    outln!("fingerprint: {}", id.public.fingerprint());
     Ok(exit::OK)
 }
 
@@ -58,6 +59,11 @@ pub fn trust(t: TrustCommand) -> Result<i32, TransferError> {
             let path = keys_path(&file);
             let text = read_key_arg(&key)?;
             let first = text.lines().next().unwrap_or("");
+            if first.starts_with("-----BEGIN ") && first.contains("PRIVATE KEY") {
+                return Err(usage(format!(
+                    "{key} is a private key: trust takes the public one (its .pub file, or `ssh-keygen -y -f {key}`); keep the private key to yourself"
+                )));
+            }
             let (public, comment) =
                 PublicKey::parse_openssh(first).map_err(|e| usage(format!("{key}: {e}")))?;
             let line = match &options {
@@ -67,10 +73,10 @@ pub fn trust(t: TrustCommand) -> Result<i32, TransferError> {
             // the options must parse before anything is written
             let (parsed, problems) = AuthorizedKeys::parse(&line);
             if let Some(p) = problems.first() {
-                return Err(usage(format!(
-                    "--options: {}",
-                    p.trim_start_matches("line 1: ")
-                )));
+                // (the key is refused, so no "line skipped" as when reading the file)
+                let why = p.trim_start_matches("line 1: ");
+                let why = why.strip_suffix("; line skipped").unwrap_or(why);
+                return Err(usage(format!("--options: {why}; nothing was written")));
             }
             debug_assert_eq!(parsed.keys.len(), 1);
             let existing = std::fs::read_to_string(&path).unwrap_or_default();
@@ -80,7 +86,7 @@ pub fn trust(t: TrustCommand) -> Result<i32, TransferError> {
                 .iter()
                 .any(|k| k.key == public)
             {
-                println!(
+                outln!(
                     "{} is already authorized in {}",
                     public.fingerprint(),
                     path.display()
@@ -104,7 +110,7 @@ pub fn trust(t: TrustCommand) -> Result<i32, TransferError> {
             };
             writeln!(f, "{sep}{}", line.trim_end())
                 .map_err(|e| TransferError::local(path.display().to_string(), &e))?;
-            println!("authorized {} in {}", public.fingerprint(), path.display());
+            outln!("authorized {} in {}", public.fingerprint(), path.display());
             Ok(exit::OK)
         }
         TrustCommand::List { file } => {
@@ -118,7 +124,7 @@ pub fn trust(t: TrustCommand) -> Result<i32, TransferError> {
                 } else {
                     format!(" [{}]", k.options)
                 };
-                println!("{} {}{opts}", k.key.fingerprint(), k.comment);
+                outln!("{} {}{opts}", k.key.fingerprint(), k.comment);
             }
             for p in problems {
                 eprintln!("ferry: {}: {p}", path.display());
@@ -158,7 +164,7 @@ pub fn trust(t: TrustCommand) -> Result<i32, TransferError> {
             }
             std::fs::rename(&tmp, &path)
                 .map_err(|e| TransferError::local(path.display().to_string(), &e))?;
-            println!("removed {fingerprint} from {}", path.display());
+            outln!("removed {fingerprint} from {}", path.display());
             Ok(exit::OK)
         }
     }
@@ -222,12 +228,19 @@ pub fn copy_id(a: CopyIdArgs) -> Result<i32, TransferError> {
     }
     let status = child.wait().map_err(|e| TransferError::local("ssh", &e))?;
     if !status.success() {
-        return Err(TransferError::Connection(format!(
-            "installing the key on {target} failed (exit {:?}); is ferry installed there (--remote-ferry PATH)?",
-            status.code()
-        )));
+        let why = match status.code() {
+            Some(127) => {
+                "ferry was not found there: install it, or pass --remote-ferry PATH".into()
+            }
+            Some(255) => "ssh failed; see its message above".into(),
+            code => format!("{}; see the message above", crate::error::exit_text(code)),
+        };
+        return Err(TransferError::Connect {
+            text: format!("installing the key on {target} failed: {why}"),
+            why: crate::error::ConnectFailure::Other,
+        });
     }
-    println!(
+    outln!(
         "{} can now reach the ferry daemon on {target}",
         key.fingerprint()
     );
@@ -264,19 +277,29 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
             } else {
                 ""
             };
-            println!(
-                "{} {:>15} {:>12} {name}{slash}",
+            outln!(
+                "{} {:>15} {} {name}{slash}",
                 mode_string(e.kind, e.mode),
                 e.size,
-                e.mtime
+                super::long_listing::time(e.mtime, super::long_listing::now())
             );
         }
         return Ok(exit::OK);
+    }
+    if let Location::Local(path) = &loc {
+        // a missing local path is this host's file error (exit 11), not a
+        // connection's (the listing itself runs over a local child)
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+        if let Err(e) = std::fs::symlink_metadata(p) {
+            return Err(TransferError::local(crate::fs::names::escape(path), &e));
+        }
     }
     if matches!(loc, Location::Local(_) | Location::Ssh { .. }) {
         let ssh = crate::transport::child::SshOptions {
             rsh: a.rsh.clone(),
             remote_ferry: a.remote_ferry.clone(),
+            transport: a.transport,
             ssh_options: match (a.daemon.ipv4, a.daemon.ipv6) {
                 (true, _) => vec!["AddressFamily=inet".into()],
                 (_, true) => vec!["AddressFamily=inet6".into()],
@@ -284,7 +307,13 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
             },
             ..Default::default()
         };
-        for e in crate::transfer::list_path(&loc, &ssh)? {
+        let notice = |e: crate::proto::Event| {
+            if a.json {
+                return super::json::notice(&e);
+            }
+            eprintln!("ferry: {}", String::from_utf8_lossy(&e.text));
+        };
+        for e in crate::transfer::list_path(&loc, &ssh, &notice)? {
             print_entry(&e, a.json);
         }
         return Ok(exit::OK);
@@ -294,6 +323,7 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
             "ferry ls takes a daemon address (host:: or host::module/path), s3://bucket/prefix, host:path or a local path",
         ));
     };
+    let port = port.or(a.port);
     let opts = super::daemon_options(&a.daemon)?;
     let notice = |e: crate::proto::Event| {
         if a.json {
@@ -309,7 +339,7 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
                     continue;
                 }
                 let ro = if m.read_only { " (read-only)" } else { "" };
-                println!("{:<20} {}{ro}", m.name, m.comment);
+                outln!("{:<20} {}{ro}", m.name, m.comment);
             }
         }
         crate::transfer::Listing::Entries(entries) => {
@@ -332,10 +362,10 @@ fn print_entry(e: &crate::proto::Entry, json: bool) {
     } else {
         String::new()
     };
-    println!(
-        "{} {:>15} {:>12} {name}{target}",
+    outln!(
+        "{} {:>15} {} {name}{target}",
         mode_string(e.kind, e.mode),
         e.size,
-        e.mtime
+        super::long_listing::time(e.mtime, super::long_listing::now())
     );
 }

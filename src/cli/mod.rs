@@ -9,10 +9,13 @@ mod itemize;
 mod jobs;
 mod json;
 mod keys;
+mod long_listing;
+mod mistakes;
 pub mod output;
 mod prompt;
 mod s3;
 mod shell;
+mod stdout;
 
 use crate::error::TransferError;
 use crate::location::Location;
@@ -73,7 +76,9 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     let result = match cli.command {
         Command::Sync(a) => {
             let sub = matches.subcommand_matches("sync").expect("sync was parsed");
-            filter_rules(sub).and_then(|(filters, dir_merges)| sync(a, filters, dir_merges))
+            mistakes::sync_key_after_itemize(&argv)
+                .and_then(|()| filter_rules(sub))
+                .and_then(|(filters, dir_merges)| sync(a, filters, dir_merges))
         }
         Command::Cp(a) => cp(a),
         Command::Fanout(a) => fanout::run(a),
@@ -301,11 +306,38 @@ fn files_from(
     Ok(out)
 }
 
-fn locations(paths: &[OsString]) -> Result<(Vec<Location>, Location), TransferError> {
-    let parse = |p: &OsString| Location::parse(p).map_err(|e| TransferError::Usage(e.to_string()));
-    let (dest, sources) = paths.split_last().expect("clap requires two paths");
+/// The sources and the destination: `first` and `rest` are every path given
+/// (clap takes them in two arguments so that flags may come between them).
+fn locations(
+    first: &OsString,
+    rest: &[OsString],
+) -> Result<(Vec<Location>, Location), TransferError> {
+    let parse = |p: &OsString| match Location::parse(p) {
+        Err(e) => Err(TransferError::Usage(e.to_string())),
+        // `host::` or `ferry://host/` alone: a copy needs a module
+        Ok(Location::Daemon { host, port, path }) if path.iter().all(|&b| b == b'/') => {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let list = match port {
+                Some(port) => format!("ferry://{host}:{port}/"),
+                None => format!("{host}::"),
+            };
+            Err(TransferError::Usage(format!(
+                "{}: name a module (ferry ls {list} lists them)",
+                p.to_string_lossy()
+            )))
+        }
+        Ok(l) => Ok(l),
+    };
+    let (dest, sources) = rest.split_last().expect("clap requires two paths");
     Ok((
-        sources.iter().map(parse).collect::<Result<_, _>>()?,
+        std::iter::once(first)
+            .chain(sources)
+            .map(parse)
+            .collect::<Result<_, _>>()?,
         parse(dest)?,
     ))
 }
@@ -402,13 +434,14 @@ fn sync(
         dry_run: a.dry_run,
         hard_links: a.hard_links,
         link_marks: a.hard_links,
+        zstd_stream: a.compress || a.compress_level.is_some(),
         sparse: a.sparse,
         compress: a.compress || a.compress_level.is_some(),
         compress_level: a.compress_level.unwrap_or(0),
         fsync: a.fsync,
         partial: !a.no_partial || a.partial_progress,
         cp_mode: false,
-        dirs: a.files_from.is_some(),
+        dirs: a.dirs || a.files_from.is_some(),
         file_events: a.verbose > 0
             || progress
             || a.dry_run
@@ -467,7 +500,7 @@ fn sync(
     };
     crate::filter::Filters::with_dir_merges(&options.filters, &options.dir_merges)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
-    let (sources, dest) = locations(&a.paths)?;
+    let (sources, dest) = locations(&a.first, &a.paths)?;
     let sources = match &a.files_from {
         Some(list) => files_from(list, &sources)?,
         None => sources,
@@ -569,7 +602,10 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         bwlimit: a.limit.map(|kbit| kbit * 1000 / 8).unwrap_or(0),
         ..Default::default()
     };
-    let (sources, dest) = locations(&a.paths)?;
+    let (sources, dest) = locations(&a.first, &a.paths)?;
+    if !a.recursive {
+        refuse_local_dirs(&sources)?;
+    }
     let options = Options {
         streams: a
             .streams
@@ -614,7 +650,56 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     if let Some(lines) = item_lines(&plan, a.itemize_changes, None, None)? {
         printer = printer.with_lines(lines);
     }
-    run_plan(&plan, &printer, false)
+    // scp exits 1 for a directory without -r; a remote one is found by the
+    // side that lists it, so the run ends with it as its only errors
+    let dirs = std::sync::atomic::AtomicU64::new(0);
+    let cancel = Cancel::default();
+    let outcome = transfer::run(
+        &plan,
+        &|e| {
+            let text = &e.text;
+            if e.kind == crate::proto::EventKind::Error
+                && text.ends_with(b": not a regular file (use -r)")
+            {
+                dirs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            printer.event(e)
+        },
+        &cancel,
+    )?;
+    printer.finish(&outcome, false);
+    let errors = outcome.summary.errors;
+    if errors > 0 && errors == dirs.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(exit::USAGE);
+    }
+    if errors > 0 {
+        eprintln!(
+            "ferry: {errors} error(s): some files were not transferred (exit {})",
+            exit::PARTIAL
+        );
+        return Ok(exit::PARTIAL);
+    }
+    Ok(exit::OK)
+}
+
+/// `cp` without `-r`: a local source that is a directory ends the command
+/// before anything is copied, with exit 1, as scp says "ckpt: not a regular
+/// file" and exits 1 (rsync, and so `sync`, skips it with a notice and exits
+/// 0). A remote directory is reported by the side that lists it (exit 1
+/// too, when it is the run's only error).
+fn refuse_local_dirs(sources: &[Location]) -> Result<(), TransferError> {
+    use std::os::unix::ffi::OsStrExt;
+    for s in sources {
+        if let Location::Local(p) = s {
+            if std::path::Path::new(std::ffi::OsStr::from_bytes(p)).is_dir() {
+                return Err(TransferError::Usage(format!(
+                    "skipping directory {}: not a regular file (cp copies a directory with -r)",
+                    crate::fs::names::escape(p)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// rsync's per-entry lines for `-i`, `--out-format` and `--log-file`, if any
@@ -794,6 +879,8 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     // every refusal here exits 1 as it always has, the unreadable file too
     let config = crate::server::config::DaemonConfig::build(&overrides, &dir)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
+    // an address in use fails here, before a key is made or a warning logged
+    let listeners = crate::server::daemon::bind(&config)?;
     if a.api.is_some() {
         // the API's certificate may be made from the daemon's key: make it now
         crate::server::daemon::fingerprint(&config)
@@ -831,7 +918,7 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         signal_hook::flag::register(sig, shutdown.clone())
             .map_err(|e| TransferError::local("signal handler", &e))?;
     }
-    crate::server::daemon::run(config, shutdown, &|addrs| {
+    crate::server::daemon::run(config, listeners, shutdown, &|addrs| {
         // one line on stdout, for scripts and tests: where to connect
         for a in addrs {
             println!("listening on {a}");

@@ -77,6 +77,9 @@ struct State {
     header_done: bool,
     /// `created directory DEST` is out.
     made_dest_done: bool,
+    /// The file whose finished `--progress` line named it last: `-v` does
+    /// not name it a second time.
+    progress_named: Option<Vec<u8>>,
 }
 
 impl Printer {
@@ -106,6 +109,7 @@ impl Printer {
                 progress2_open: false,
                 header_done: false,
                 made_dest_done: false,
+                progress_named: None,
             }),
         }
     }
@@ -318,6 +322,11 @@ impl Printer {
         match report {
             Report::Itemized { .. } => {}
             Report::Updated { name, detail, .. } => {
+                let named = st.progress_named.take();
+                if detail.is_empty() && named.as_deref() == Some(&name[..]) {
+                    // its --progress line named it already
+                    return;
+                }
                 if self.verbose > 0 || (self.dry_run && !self.quiet) {
                     close_line(&mut st, &mut out);
                     let name = escape(&name);
@@ -429,6 +438,9 @@ impl Printer {
                     }
                 } else if done >= total {
                     let _ = writeln!(out, "{line}");
+                }
+                if done >= total {
+                    st.progress_named = Some(name.to_vec());
                 }
                 let _ = out.flush();
             }

@@ -5,6 +5,7 @@
 
 use super::args::S3Command;
 use super::exit;
+use super::stdout::outln;
 use crate::error::TransferError;
 use crate::location::Location;
 
@@ -19,14 +20,14 @@ pub fn run(c: S3Command) -> Result<i32, TransferError> {
             };
             let done = crate::store::s3::cleanup(&bucket, &prefix)?;
             for key in &done.aborted {
-                println!("aborted the unfinished upload of s3://{bucket}/{key}");
+                outln!("aborted the unfinished upload of s3://{bucket}/{key}");
             }
             for key in &done.removed {
-                println!("removed the temporary object s3://{bucket}/{key}");
+                outln!("removed the temporary object s3://{bucket}/{key}");
             }
-            println!("{} unfinished upload(s) aborted", done.aborted.len());
+            outln!("{} unfinished upload(s) aborted", done.aborted.len());
             if !done.removed.is_empty() {
-                println!("{} temporary object(s) removed", done.removed.len());
+                outln!("{} temporary object(s) removed", done.removed.len());
             }
             Ok(exit::OK)
         }

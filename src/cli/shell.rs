@@ -27,6 +27,7 @@ mod interrupt;
 mod remote;
 
 use super::args::ShellArgs;
+use super::stdout::outln;
 use crate::error::TransferError;
 use crate::fs::names::escape;
 use crate::location::Location;
@@ -122,13 +123,13 @@ const HELP: &str = "\
 Available commands:
 cd path                        Change remote directory to 'path'
 chmod mode path                Change permissions of file 'path' to 'mode'
-df [-h] [path]                 Display statistics for current directory or filesystem containing 'path'
+df [-hi] [path]                Display statistics for current directory or filesystem containing 'path' (-i: inodes)
 exit, quit, bye                Quit ferry shell
 get [-p -r] remote [local]     Download file (with ferry cp's engine)
 help, ?                        Display this help text
 lcd path                       Change local directory to 'path'
 lpwd                           Print local working directory
-ls [-l] [path]                 Display remote directory listing
+ls [-1al] [path]               Display remote directory listing (-a: also dot files)
 mkdir path                     Create remote directory
 progress                       Toggle display of progress meter
 put [-p -r] local [remote]     Upload file (with ferry cp's engine)
@@ -165,11 +166,11 @@ impl Shell {
         };
         match cmd.as_str() {
             "exit" | "quit" | "bye" => return Ok(false),
-            "help" | "?" => println!("{HELP}"),
-            "pwd" => println!("Remote working directory: {}", escape(&self.cwd)),
+            "help" | "?" => outln!("{HELP}"),
+            "pwd" => outln!("Remote working directory: {}", escape(&self.cwd)),
             "lpwd" => {
                 let d = std::env::current_dir().map_err(|e| e.to_string())?;
-                println!("Local working directory: {}", d.display());
+                outln!("Local working directory: {}", d.display());
             }
             "lcd" => {
                 need(1)?;
@@ -202,20 +203,28 @@ impl Shell {
                     .read_dir(&dir)
                     .map_err(|e| self.io("ls", &dir, e))?;
                 list.sort_by(|a, b| a.0.cmp(&b.0));
+                let now = super::long_listing::now();
                 for (name, a) in list {
                     if name.starts_with(b".") && !f.contains('a') {
                         continue;
                     }
                     if f.contains('l') {
-                        println!(
-                            "{:o} {:>12} {:>10} {}",
-                            remote::type_bits(a.kind) | a.mode,
+                        // as sftp's `ls -l` (ls_file): mode, owner and
+                        // group ids (a daemon keeps them to itself), size,
+                        // date, name
+                        let (uid, gid) = match a.owner {
+                            Some((u, g)) => (u.to_string(), g.to_string()),
+                            None => ("-".into(), "-".into()),
+                        };
+                        outln!(
+                            "{} {uid:<8} {gid:<8} {:>8} {} {}",
+                            remote::mode_text(a.kind, a.mode),
                             a.size,
-                            a.mtime,
+                            super::long_listing::time(a.mtime, now),
                             escape(&name)
                         );
                     } else {
-                        println!("{}", escape(&name));
+                        outln!("{}", escape(&name));
                     }
                 }
             }
@@ -263,22 +272,46 @@ impl Shell {
                     .map(|p| self.remote(p))
                     .unwrap_or(self.cwd.clone());
                 let s = self.remote.statvfs(&p).map_err(|e| self.io("df", &p, e))?;
-                let k = |blocks: u64| blocks.saturating_mul(s.frsize) / 1024;
+                // laid out as sftp's do_df
+                let bytes = |blocks: u64| blocks.saturating_mul(s.frsize);
+                let cap = super::long_listing::capacity;
                 if f.contains('i') {
-                    println!("{:>11} {:>11} {:>11}", "Inodes", "Used", "Avail");
-                    println!("{:>11} {:>11} {:>11}", s.files, s.files - s.ffree, s.ffree);
-                } else {
-                    println!(
-                        "{:>11} {:>11} {:>11} {:>11}",
-                        "Size", "Used", "Avail", "(root)"
+                    let used = s.files.saturating_sub(s.ffree);
+                    outln!("     Inodes        Used       Avail      (root)    %Capacity");
+                    outln!(
+                        "{:>11} {used:>11} {:>11} {:>11}         {:>3}%",
+                        s.files,
+                        s.ffree,
+                        s.ffree,
+                        cap(used, s.files)
                     );
+                } else if f.contains('h') {
+                    let h = super::long_listing::human;
+                    let (size, free, avail) = (bytes(s.blocks), bytes(s.bfree), bytes(s.bavail));
+                    let used = size.saturating_sub(free);
+                    outln!("    Size     Used    Avail   (root)    %Capacity");
+                    outln!(
+                        "{:>8} {:>8} {:>8} {:>8}         {:>3}%",
+                        h(size),
+                        h(used),
+                        h(avail),
+                        h(free),
+                        cap(used, size)
+                    );
+                } else {
+                    let k = |b: u64| bytes(b) / 1024;
                     let (size, free, avail) = (k(s.blocks), k(s.bfree), k(s.bavail));
-                    println!("{size:>10}K {:>10}K {avail:>10}K {free:>10}K", size - free);
+                    let used = size.saturating_sub(free);
+                    outln!("        Size         Used        Avail       (root)    %Capacity");
+                    outln!(
+                        "{size:>12} {used:>12} {avail:>12} {free:>12}         {:>3}%",
+                        cap(used, size)
+                    );
                 }
             }
             "progress" => {
                 self.progress = !self.progress;
-                println!(
+                outln!(
                     "Progress meter {}",
                     if self.progress { "enabled" } else { "disabled" }
                 );
@@ -376,8 +409,18 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         rsh: a.rsh.clone(),
         port: a.port,
         identity: a.identity.clone(),
-        ssh_options: a.ssh_option.clone(),
+        ssh_options: [
+            a.ssh_option.clone(),
+            a.jump.iter().map(|j| format!("ProxyJump={j}")).collect(),
+            match (a.ipv4, a.ipv6) {
+                (true, _) => vec!["AddressFamily=inet".into()],
+                (_, true) => vec!["AddressFamily=inet6".into()],
+                _ => Vec::new(),
+            },
+        ]
+        .concat(),
         config: a.ssh_config.clone(),
+        remote_ferry: a.remote_ferry.clone(),
         transport: a.transport,
         verify: a.verify,
         ..Default::default()
@@ -388,6 +431,8 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         host_key_check: a.host_key_check.clone(),
         config_dir: a.config_dir.clone(),
         timeout: a.timeout,
+        ipv4: a.ipv4,
+        ipv6: a.ipv6,
         ..Default::default()
     })?;
     let (remote, cwd): (Arc<dyn Remote>, Vec<u8>) = if daemon_target {
@@ -399,12 +444,28 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
                 a.host
             )));
         };
+        let port = port.or(a.daemon_port);
         let (r, cwd) =
             daemon::DaemonRemote::open(&host, port, &path, &daemon, &|n| eprintln!("ferry: {n}"))?;
         (Arc::new(r), cwd)
     } else {
         open_ssh(&a.host, &ssh)?
     };
+    // as sftp (`sftp host:/nonexist` says the file is not found and exits 1),
+    // the session starts only in a directory that is there
+    let start = remote.stat(&cwd).map(|st| st.kind);
+    if !matches!(start, Ok(Kind::Dir)) {
+        remote.end();
+        let why = match start {
+            Err(e) => crate::error::io_text(&e),
+            Ok(_) => "not a directory".into(),
+        };
+        return Err(TransferError::Usage(format!(
+            "{}: cannot start in {}: {why}",
+            a.host,
+            escape(&cwd)
+        )));
+    }
     let batch = a.batch.is_some();
     let interactive = !batch && std::io::stdin().is_terminal();
     let mut shell = Shell {
@@ -453,7 +514,7 @@ fn open_ssh(target: &str, ssh: &SshOptions) -> Result<(Arc<dyn Remote>, Vec<u8>)
     let (cmd, shown) = sftp_command(user.as_deref(), &host, ssh)?;
     let sftp = Sftp::start(cmd).map_err(|e| {
         TransferError::Connection(format!(
-            "ssh to {shown}: {}; see ssh's message above, and run `ferry doctor {host}` to see why",
+            "ssh to {shown}: {}; see ssh's message above, and run `ferry doctor {shown}:` to see why",
             crate::error::io_text(&e)
         ))
     })?;
@@ -479,7 +540,7 @@ fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32
             }
         };
         if echo && !parsed.quiet {
-            println!("ferry> {}", line.trim().trim_start_matches(['-', '@']));
+            outln!("ferry> {}", line.trim().trim_start_matches(['-', '@']));
             let _ = std::io::stdout().flush();
         }
         let r = shell.run(&parsed.words);

@@ -258,9 +258,34 @@ pub fn run(arg: &str, target: &Target, opts: &Options) -> Report {
     report
 }
 
+/// What to do when a daemon's host name does not resolve. A daemon address
+/// never reads ~/.ssh/config, so an ssh alias does not work there: name the
+/// host the alias stands for, when ssh knows one.
+fn daemon_name_fix(host: &str, port: u16, dns: &Check, opts: &Options) -> Option<String> {
+    let named = ssh::effective(host, None, opts).hostname;
+    if named != host {
+        let address = if port == crate::proto::DEFAULT_PORT {
+            format!("{named}::MODULE")
+        } else {
+            format!("ferry://{named}:{port}/MODULE")
+        };
+        return Some(format!(
+            "{host} is an ssh alias (HostName {named}), and daemon addresses do not read ~/.ssh/config: use {address}, or add {host} to /etc/hosts"
+        ));
+    }
+    (dns.class == "nxdomain").then(|| format!(
+        "check the spelling, use the IP address, or add {host} to /etc/hosts (daemon addresses do not read ~/.ssh/config)"
+    ))
+}
+
 fn run_daemon(arg: &str, host: &str, port: u16, opts: &Options) -> Report {
     let mut checks = vec![net::proxies(host)];
-    let dns = net::resolve(host, port);
+    let mut dns = net::resolve(host, port);
+    if dns.addrs.is_empty() {
+        if let Some(fix) = daemon_name_fix(host, port, &dns.check, opts) {
+            dns.check.fix = Some(fix);
+        }
+    }
     let addresses = dns.addrs.iter().map(|a| a.ip().to_string()).collect();
     checks.push(dns.check.clone());
     let tcp_title = format!("TCP {port}");

@@ -297,7 +297,10 @@ pub fn stages(host: &str, user: Option<&str>, opts: &Options) -> Check {
     } else {
         (
             "ssh",
-            format!("ssh failed (exit {:?}): {last_error}", ran.code),
+            format!(
+                "ssh failed ({}): {last_error}",
+                crate::error::exit_text(ran.code)
+            ),
             "run `ssh -v HOST true` to see the whole exchange".into(),
         )
     };
@@ -362,7 +365,7 @@ pub fn remote_ferry(host: &str, user: Option<&str>, opts: &Options) -> Check {
             }
         }
         code => c
-            .set(Status::Fail, "remote_ferry", format!("`{bin} --version` failed (exit {code:?}): {}", ran.stderr.trim()))
+            .set(Status::Fail, "remote_ferry", format!("`{bin} --version` failed ({}): {}", crate::error::exit_text(code), ran.stderr.trim()))
             .took(t),
     }
 }

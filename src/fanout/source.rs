@@ -61,6 +61,9 @@ pub struct HostResult {
     /// Pieces it refused (a damaged piece, asked for again).
     pub refused: u32,
     pub error: Option<String>,
+    /// The host refused the job itself (no such module, read-only): running
+    /// it again (`--resume`) meets the same refusal until that is fixed.
+    pub declined: bool,
     /// It was moved to the tail of the chain for being slow.
     pub moved: bool,
 }
@@ -199,6 +202,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             seconds: 0.0,
             refused: 0,
             error: None,
+            declined: false,
             moved: false,
         })
         .collect();
@@ -283,6 +287,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             Ok(Msg::Refused { text }) => {
                 controls[i] = None;
                 miss(&mut results, &mut settled, i, text);
+                results[i].declined = true;
             }
             Ok(m) => {
                 controls[i] = None;

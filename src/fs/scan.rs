@@ -87,6 +87,29 @@ fn relative_root(src: &[u8]) -> Root {
     }
 }
 
+/// `path` relative to `top` (`.` for `top` itself, with `-R`'s `./` marker
+/// dropped), or as it is without a `top` or outside it.
+pub(crate) fn shown_within<'p>(top: Option<&Path>, path: &'p [u8]) -> &'p [u8] {
+    let Some(top) = top else { return path };
+    let top = top.as_os_str().as_bytes();
+    let top = top.strip_suffix(b"/").unwrap_or(top);
+    let Some(rest) = path.strip_prefix(top) else {
+        return path;
+    };
+    if !rest.is_empty() && !rest.starts_with(b"/") {
+        return path;
+    }
+    let mut rest = rest;
+    while let Some(r) = rest.strip_prefix(b"/").or_else(|| rest.strip_prefix(b"./")) {
+        rest = r;
+    }
+    if rest.is_empty() || rest == b"." {
+        b"."
+    } else {
+        rest
+    }
+}
+
 fn root_for(src: &[u8], opts: &ScanOptions) -> Root {
     if opts.relative {
         relative_root(src)
@@ -216,7 +239,7 @@ pub fn scan_within<E>(
     if let Some(root) = w.roots.iter().find(|r| r.contents) {
         if let Ok(meta) = stat_root(root, opts) {
             if meta.is_dir() && (opts.recursive || opts.dirs) {
-                let (path, entry) = (root.path.clone(), entry_of(b".", &meta));
+                let (path, entry) = (root.path.clone(), entry_of(b".", &Meta::from(&meta)));
                 w.push(
                     Entry {
                         kind: Kind::Dir,
@@ -233,6 +256,15 @@ pub fn scan_within<E>(
         match stat_root(&root, opts) {
             Ok(meta) => {
                 let is_dir = meta.is_dir();
+                if is_dir && !opts.recursive && !opts.dirs && opts.cp_mode {
+                    // scp: "ckpt: not a regular file", an error (rsync: a notice)
+                    w.io_error = true;
+                    (w.emit)(ScanItem::Error(format!(
+                        "skipping directory {}: not a regular file (use -r)",
+                        escape(src)
+                    )))?;
+                    continue;
+                }
                 if is_dir && !opts.recursive && !opts.dirs {
                     (w.emit)(ScanItem::Notice(format!(
                         "skipping directory {} (use -r)",
@@ -242,13 +274,13 @@ pub fn scan_within<E>(
                 }
                 w.implied_dirs(&root)?;
                 let name = root.name.clone();
-                w.visit(&root.path, &name, meta)?;
+                w.visit(&root.path, &name, Meta::from(&meta))?;
             }
             Err(e) => {
                 w.io_error = true;
+                let shown = w.shown(src);
                 (w.emit)(ScanItem::Error(format!(
-                    "cannot read source {}: {}",
-                    escape(src),
+                    "cannot read source {shown}: {}",
                     crate::error::io_text(&e)
                 )))?;
             }
@@ -260,20 +292,27 @@ pub fn scan_within<E>(
 impl<E> Walker<'_, E> {
     fn fail(&mut self, path: &Path, what: &str, e: std::io::Error) -> Result<(), E> {
         self.io_error = true;
+        let shown = self.shown(path.as_os_str().as_bytes());
         (self.emit)(ScanItem::Error(format!(
-            "{what} {}: {}",
-            escape(path.as_os_str().as_bytes()),
+            "{what} {shown}: {}",
             crate::error::io_text(&e)
         )))
     }
 
-    fn visit(&mut self, path: &Path, name: &[u8], meta: std::fs::Metadata) -> Result<(), E> {
-        let ft = meta.file_type();
+    /// A path as a message shows it: confined to a daemon module, relative
+    /// to the module's root (the client never learns where the module lives
+    /// on the server, as an rsync daemon shows only module paths).
+    fn shown(&self, path: &[u8]) -> String {
+        escape(shown_within(self.top.as_deref(), path))
+    }
+
+    fn visit(&mut self, path: &Path, name: &[u8], meta: Meta) -> Result<(), E> {
+        let ft = meta;
         let mut entry = entry_of(name, &meta);
         if ft.is_symlink() {
             if self.opts.follow_links {
                 match std::fs::metadata(path) {
-                    Ok(m) => return self.visit(path, name, m),
+                    Ok(m) => return self.visit(path, name, Meta::from(&m)),
                     Err(e) => return self.fail(path, "cannot follow symlink", e),
                 }
             }
@@ -286,14 +325,14 @@ impl<E> Walker<'_, E> {
             let unsafe_link = !link_stays_inside(name, &target);
             if self.opts.copy_unsafe_links && unsafe_link {
                 match std::fs::metadata(path) {
-                    Ok(m) => return self.visit(path, name, m),
+                    Ok(m) => return self.visit(path, name, Meta::from(&m)),
                     Err(e) => return self.fail(path, "cannot follow symlink", e),
                 }
             }
             if self.opts.copy_dirlinks {
                 if let Ok(m) = std::fs::metadata(path) {
                     if m.is_dir() {
-                        return self.visit(path, name, m);
+                        return self.visit(path, name, Meta::from(&m));
                     }
                 }
             }
@@ -395,7 +434,7 @@ impl<E> Walker<'_, E> {
                 Ok(meta) if meta.is_dir() => {
                     let entry = Entry {
                         kind: Kind::Dir,
-                        ..entry_of(&name, &meta)
+                        ..entry_of(&name, &Meta::from(&meta))
                     };
                     self.push(entry, &path)?;
                 }
@@ -457,11 +496,28 @@ impl<E> Walker<'_, E> {
                 Err(e) => return self.fail(path, "cannot read directory", e),
             }
         }
+        // a handle on the directory, to state its entries relative to it
+        // instead of walking the whole path for each (a third of a re-sync's
+        // scan went to that walk); held while the walk is below it, so only
+        // down to a depth that cannot run out of descriptors
+        let dir = if self.depth <= MAX_HELD_DIRS {
+            rustix::fs::open(
+                path,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+        } else {
+            None
+        };
         children.sort();
         let outer = self.layers.len();
         self.read_merge_files(path, name)?;
         self.visiting.push(key);
-        let r = self.descend_into(path, name, children);
+        let r = self.descend_into(path, dir.as_ref(), name, children);
         self.visiting.pop();
         self.layers.truncate(outer);
         r
@@ -613,14 +669,28 @@ impl<E> Walker<'_, E> {
         }
     }
 
-    fn descend_into(&mut self, path: &Path, name: &[u8], children: Vec<Vec<u8>>) -> Result<(), E> {
+    fn descend_into(
+        &mut self,
+        path: &Path,
+        dir: Option<&OwnedFd>,
+        name: &[u8],
+        children: Vec<Vec<u8>>,
+    ) -> Result<(), E> {
         for child in children {
             if child == crate::fs::PARTIAL_DIR {
                 continue;
             }
             let child_name = join(name, &child);
             let child_path = path.join(OsStr::from_bytes(&child));
-            let meta = match std::fs::symlink_metadata(&child_path) {
+            let meta = match dir {
+                Some(dir) => {
+                    rustix::fs::statat(dir, child.as_slice(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                        .map(|st| Meta::from(&st))
+                        .map_err(std::io::Error::from)
+                }
+                None => std::fs::symlink_metadata(&child_path).map(|m| Meta::from(&m)),
+            };
+            let meta = match meta {
                 Ok(m) => m,
                 Err(e) => {
                     self.fail(&child_path, "cannot stat", e)?;
@@ -649,18 +719,94 @@ enum Above {
     Dir(Vec<u8>),
 }
 
+/// How many directories down the walk holds a handle on each directory it is
+/// in (below that, entries are stated by their whole path).
+const MAX_HELD_DIRS: usize = 64;
+
+/// What the walk needs of an entry's `stat`, from std's metadata (the roots,
+/// a followed link) or from a `stat` relative to its directory (the rest).
+#[derive(Clone, Copy)]
+struct Meta {
+    mode: u32,
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    uid: u32,
+    gid: u32,
+}
+
+impl Meta {
+    fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+    fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+    fn dev(&self) -> u64 {
+        self.dev
+    }
+    fn ino(&self) -> u64 {
+        self.ino
+    }
+    fn nlink(&self) -> u64 {
+        self.nlink
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl From<&std::fs::Metadata> for Meta {
+    fn from(m: &std::fs::Metadata) -> Meta {
+        Meta {
+            mode: m.mode(),
+            dev: m.dev(),
+            ino: m.ino(),
+            nlink: m.nlink(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            uid: m.uid(),
+            gid: m.gid(),
+        }
+    }
+}
+
+impl From<&rustix::fs::Stat> for Meta {
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    fn from(st: &rustix::fs::Stat) -> Meta {
+        Meta {
+            mode: st.st_mode as u32,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            nlink: st.st_nlink as u64,
+            size: st.st_size as u64,
+            mtime: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as i64,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        }
+    }
+}
+
 /// The list entry for `name` as `meta` describes it (a file until the walk
 /// says otherwise).
-fn entry_of(name: &[u8], meta: &std::fs::Metadata) -> Entry {
+fn entry_of(name: &[u8], meta: &Meta) -> Entry {
     Entry {
         name: name.to_vec(),
         kind: Kind::File,
-        mode: meta.mode() & 0o7777,
-        mtime: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec() as u32,
+        mode: meta.mode & 0o7777,
+        mtime: meta.mtime,
+        mtime_nsec: meta.mtime_nsec as u32,
         size: 0,
-        uid: meta.uid(),
-        gid: meta.gid(),
+        uid: meta.uid,
+        gid: meta.gid,
         target: Vec::new(),
         link_to: None,
         checksum: None,

@@ -97,7 +97,9 @@ pub fn client_hello() -> [u8; 9] {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HandshakeError {
-    #[error("the peer is not speaking the ferry protocol (it sent {0:?})")]
+    /// What came instead of a hello (a login banner, a shell startup file
+    /// printing text, another protocol), escaped.
+    #[error("not ferry: got \"{0}\" where the ferry protocol's hello belongs (a banner, or a shell startup file printing text?)")]
     NotFerry(String),
     #[error("no common protocol version: we speak {ours_min}..={ours_max}, the peer {theirs_min}..={theirs_max}")]
     NoCommonVersion {
@@ -270,6 +272,11 @@ pub struct Options {
     /// without it (an older peer, or a caller that leaves it out) the
     /// receiver keeps every file's entry to the end, as before.
     pub link_marks: bool,
+    /// With `-z`, the sender's compressed blocks may continue the zstd frame
+    /// of the block before them (see [`crate::session::compress`]), which a
+    /// receiver from before this option cannot unpack. Set by
+    /// [`crate::transfer`] whenever `compress` is.
+    pub zstd_stream: bool,
 }
 
 /// rsync's destination-side options, carried in the extension block from tag
@@ -490,6 +497,8 @@ impl Options {
         o.itemize = false;
         // a version-2 receiver takes a file linked to itself for a bad link
         o.link_marks = false;
+        // a version-2 receiver unpacks every block on its own
+        o.zstd_stream = false;
         Ok(o)
     }
 }
@@ -1591,6 +1600,8 @@ mod ext_tag {
     pub const BACKUP_DIR: u64 = 42;
     /// [`super::Options::link_marks`], no bytes (issue 25's numbers: 56–60).
     pub const LINK_MARKS: u64 = 56;
+    /// [`super::Options::zstd_stream`], no bytes (issue 25's numbers: 63–65).
+    pub const ZSTD_STREAM: u64 = 63;
 }
 
 /// [`DestSide`]'s boolean options, bit by bit, with the flag that sets each.
@@ -1678,6 +1689,9 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
     }
     if o.link_marks {
         fields.push((ext_tag::LINK_MARKS, Vec::new()));
+    }
+    if o.zstd_stream {
+        fields.push((ext_tag::ZSTD_STREAM, Vec::new()));
     }
     if !o.dir_merges.is_empty() {
         let mut v = Writer::default();
@@ -1849,6 +1863,7 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
                 o.dest_side.backup_dir = Some(dir.to_vec());
             }
             ext_tag::LINK_MARKS => o.link_marks = true,
+            ext_tag::ZSTD_STREAM => o.zstd_stream = true,
             ext_tag::DIR_MERGE => {
                 let n = v.count(MAX_FILTERS, "dir-merge count")?;
                 for _ in 0..n {

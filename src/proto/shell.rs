@@ -59,6 +59,10 @@ pub struct Stat {
     pub mode: u32,
     pub size: u64,
     pub mtime: i64,
+    /// Owner and group ids, when the far side gives them (SFTP does). Not
+    /// on the daemon's wire: who owns a module's files on the server is
+    /// not the client's business.
+    pub owner: Option<(u32, u32)>,
 }
 
 /// A file system's numbers, for `df`.
@@ -216,6 +220,7 @@ fn get_stat(r: &mut Reader) -> Result<Stat, DecodeError> {
         mode: mode as u32,
         size: r.varint("size")?,
         mtime: r.i64("mtime")?,
+        owner: None,
     })
 }
 
@@ -342,6 +347,7 @@ mod tests {
             mode: 0o755,
             size: 4096,
             mtime: -5,
+            owner: None,
         };
         let replies = [
             Reply::Done,

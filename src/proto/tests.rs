@@ -602,3 +602,41 @@ fn link_marks_travel_as_tag_56() {
     });
     assert_eq!(Message::decode(&first.to_payload()), Ok(first));
 }
+
+/// `-z`'s streamed blocks (tag 63, no bytes): sent only when set, after the
+/// fields with lower tags, round trip, and never to a version-2 peer.
+#[test]
+fn zstd_stream_travels_as_tag_63() {
+    let request = |options: Options| {
+        Message::Request(Request {
+            role: Role::ServerReceives,
+            paths: vec![b"m/".to_vec()],
+            options,
+        })
+    };
+    let plain = Options {
+        recursive: true,
+        compress: true,
+        ..Options::default()
+    };
+    let streamed = Options {
+        zstd_stream: true,
+        ..plain.clone()
+    };
+    let (p, s) = (
+        request(plain.clone()).to_payload(),
+        request(streamed.clone()).to_payload(),
+    );
+    assert_eq!(s, [p, vec![1, 63, 0]].concat());
+    assert_eq!(Message::decode(&s), Ok(request(streamed.clone())));
+    let with_marks = Options {
+        link_marks: true,
+        hard_links: true,
+        ..streamed.clone()
+    };
+    let payload = request(with_marks.clone()).to_payload();
+    assert!(payload.ends_with(&[2, 56, 0, 63, 0]), "{payload:?}");
+    assert_eq!(Message::decode(&payload), Ok(request(with_marks)));
+    assert_eq!(streamed.for_peer(2), Ok(plain));
+    assert_eq!(streamed.for_peer(3), Ok(streamed));
+}

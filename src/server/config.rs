@@ -114,7 +114,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Read(#[from] PathError),
     /// The config file is not valid TOML, or has an unknown key.
-    #[error("{}: {text}", .path.display())]
+    #[error("{}:{text}", .path.display())]
     Syntax { path: PathBuf, text: String },
     #[error("--module {0:?}: expected NAME=PATH[:ro]")]
     ModuleFlag(String),
@@ -126,6 +126,8 @@ pub enum ConfigError {
     NotAbsolute { name: String, path: PathBuf },
     #[error("module {name}: {} is not a directory", .path.display())]
     NotADirectory { name: String, path: PathBuf },
+    #[error("module {name}: {} does not exist", .path.display())]
+    Missing { name: String, path: PathBuf },
     #[error("module {0} is defined twice")]
     Duplicate(String),
 }
@@ -136,6 +138,23 @@ impl ConfigError {
     pub fn contains(&self, s: &str) -> bool {
         self.to_string().contains(s)
     }
+}
+
+/// A TOML error as one line, as compilers write it: `LINE:COLUMN: message`
+/// (the file name goes before it), without the parser's source excerpt.
+fn syntax_text(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().trim_end_matches('.');
+    let Some(span) = e.span() else {
+        return format!(" {message}");
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    format!("{line}:{column}: {message}")
 }
 
 /// Parses `name=path[:ro|:rw]`.
@@ -177,6 +196,12 @@ fn check_module(m: &Module) -> Result<(), ConfigError> {
             path: m.path.clone(),
         });
     }
+    if !m.path.exists() {
+        return Err(ConfigError::Missing {
+            name: m.name.clone(),
+            path: m.path.clone(),
+        });
+    }
     if !m.path.is_dir() {
         return Err(ConfigError::NotADirectory {
             name: m.name.clone(),
@@ -193,7 +218,7 @@ impl DaemonConfig {
                 let text = std::fs::read_to_string(p).map_err(|e| PathError::new(p, e))?;
                 toml::from_str(&text).map_err(|e| ConfigError::Syntax {
                     path: p.clone(),
-                    text: e.to_string().lines().collect::<Vec<_>>().join(" "),
+                    text: syntax_text(&text, &e),
                 })?
             }
             None => File::default(),

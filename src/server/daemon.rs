@@ -258,19 +258,25 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     let grant = match load_keys(&shared.config.authorized_keys) {
         Ok(keys) => keys.authorize(&key, ip, now()).map_err(|e| {
             let reason = e.reason();
-            (format!("{ACCESS_DENIED}{e}"), reason)
+            (format!("{ACCESS_DENIED}{e}"), reason, None)
         }),
         Err(e) if not_found(&e) => {
             let e = Denied::Unknown(fp.clone());
-            Err((format!("{ACCESS_DENIED}{e}"), e.reason()))
+            Err((format!("{ACCESS_DENIED}{e}"), e.reason(), None))
         }
-        // the file's path and trouble are the administrator's, not the client's
-        Err(e) => Err((
-            format!(
-                "{ACCESS_DENIED}the daemon cannot use its authorized_keys file ({e}); its administrator must fix it"
-            ),
-            "authorized_keys unusable",
-        )),
+        // the file's path and trouble are the administrator's, not the
+        // client's: as sshd's StrictModes, the client is only not authorized
+        // and the log says why
+        Err(e) => {
+            let denied = Denied::Unknown(fp.clone());
+            Err((
+                format!("{ACCESS_DENIED}{denied}"),
+                "authorized_keys unusable",
+                Some(format!(
+                    "the daemon cannot use its authorized_keys file ({e}); no key is authorized until it is fixed"
+                )),
+            ))
+        }
     };
     let fanout = |reader, writer, grant: Option<&Grant>, raw| {
         let cx = super::fanout::Context {
@@ -286,7 +292,7 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
     };
     let grant = match grant {
         Ok(g) => g,
-        Err((why, reason)) => {
+        Err((why, reason, detail)) => {
             // no read on a refused connection may wait longer than the pre-auth timeout
             let _ = reader.set_timeout(Some(shared.config.preauth_timeout));
             // a fan-out relay from a host before this one in a job's chain
@@ -299,6 +305,7 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
                 return fanout(reader, writer, None, raw);
             }
             let said = why.strip_prefix(ACCESS_DENIED).unwrap_or(&why);
+            let said = detail.as_deref().unwrap_or(said);
             warn!(%peer, fingerprint = %fp, reason, "refused: {said}");
             let stream = Stream {
                 reader: Box::new(std::io::Read::chain(std::io::Cursor::new(hello), reader)),
@@ -456,14 +463,30 @@ pub fn fingerprint(config: &DaemonConfig) -> Result<PublicKey, KeyError> {
     host_identity(&config.identity).map(|i| i.public)
 }
 
+/// Binds every address the daemon listens on. `ferry serve` calls it first,
+/// so an address in use fails before a key is made or a warning logged. An
+/// address it cannot listen on (in use, not this machine's) is a local
+/// fault, [`TransferError::Local`].
+pub fn bind(config: &DaemonConfig) -> Result<Vec<TcpListener>, TransferError> {
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let listen = |e: std::io::Error| TransferError::local(format!("listen on {addr}"), &e);
+        let l = TcpListener::bind(addr).map_err(listen)?;
+        l.set_nonblocking(true)
+            .map_err(|e| TransferError::Usage(e.to_string()))?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
 /// Serves until `shutdown` is set (SIGTERM, SIGINT), then waits for the
-/// transfers in progress to end. `ready` gets the bound addresses.
+/// transfers in progress to end, on the `listeners` [`bind`] made. `ready`
+/// gets the bound addresses.
 ///
-/// A configuration it cannot serve is a [`TransferError::Usage`]; an address
-/// it cannot listen on (in use, not this machine's) is a local fault,
-/// [`TransferError::Local`].
+/// A configuration it cannot serve is a [`TransferError::Usage`].
 pub fn run(
     config: DaemonConfig,
+    listeners: Vec<TcpListener>,
     shutdown: Arc<AtomicBool>,
     ready: &dyn Fn(&[SocketAddr]),
 ) -> Result<(), TransferError> {
@@ -495,14 +518,6 @@ pub fn run(
     }
     let tls = crate::trust::tls::server_config(&identity)
         .map_err(|e| TransferError::Usage(format!("TLS: {e}")))?;
-    let mut listeners = Vec::new();
-    for addr in &config.listen {
-        let listen = |e: std::io::Error| TransferError::local(format!("listen on {addr}"), &e);
-        let l = TcpListener::bind(addr).map_err(listen)?;
-        l.set_nonblocking(true)
-            .map_err(|e| TransferError::Usage(e.to_string()))?;
-        listeners.push(l);
-    }
     let bound: Vec<SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())

@@ -154,6 +154,7 @@ fn stat_of(st: &rustix::fs::Stat) -> Stat {
         mode: st.st_mode & 0o7777,
         size: st.st_size as u64,
         mtime: st.st_mtime,
+        owner: None,
     }
 }
 

@@ -133,6 +133,8 @@ pub fn run_client_streams_on(
     let sent = open(&mut reader, &mut writer, &request, "the request")?;
     // both halves mark hard links only if the server was told to
     request.options.link_marks = sent.link_marks;
+    // and stream zstd frames across blocks only if the server takes them
+    request.options.zstd_stream = sent.zstd_stream;
     let streams = request.options.streams;
     let mut token = proto::NO_STREAM_TOKEN;
     if streams > 1 {
@@ -250,12 +252,21 @@ const MAX_LISTING: usize = 1 << 20;
 /// Asks the server for the entries at `path` (a directory's entries, or one
 /// file), without transferring anything.
 pub fn list_entries(stream: Stream, path: Vec<u8>) -> Result<Vec<proto::Entry>, TransferError> {
-    let counters = Arc::new(Counters::default());
+    list_entries_counted(stream, path, Arc::new(Counters::default()))
+}
+
+/// [`list_entries`], counting the bytes each way in `counters` (whether the
+/// server answered at all).
+pub fn list_entries_counted(
+    stream: Stream,
+    path: Vec<u8>,
+    counters: Arc<Counters>,
+) -> Result<Vec<proto::Entry>, TransferError> {
     let mut reader = FrameReader::new(stream.reader, counters.clone());
     let mut writer = FrameWriter::new(stream.writer, counters);
     let request = Request {
         role: Role::ServerSends,
-        paths: vec![path],
+        paths: vec![path.clone()],
         options: Options {
             dirs: true,
             links: true,
@@ -271,7 +282,7 @@ pub fn list_entries(stream: Stream, path: Vec<u8>) -> Result<Vec<proto::Entry>, 
     loop {
         match reader.expect()? {
             Message::Event(e) if e.kind == proto::EventKind::Error => {
-                failed.get_or_insert(text(&e.text));
+                failed.get_or_insert(listing_error(&path, &text(&e.text)));
             }
             Message::ListStart(_) | Message::Event(_) => {}
             Message::Entry(e) => {
@@ -301,6 +312,19 @@ pub fn list_entries(stream: Stream, path: Vec<u8>) -> Result<Vec<proto::Entry>, 
     match failed {
         Some(t) => Err(TransferError::Remote(t)),
         None => Ok(entries),
+    }
+}
+
+/// What `ferry ls PATH` says when the server cannot read PATH: `PATH: why`,
+/// as `ls` says it (the server's scan says "cannot read source …", and names
+/// the path as it knows it).
+fn listing_error(path: &[u8], said: &str) -> String {
+    match said
+        .strip_prefix("cannot read source ")
+        .and_then(|rest| rest.rsplit_once(": "))
+    {
+        Some((_, why)) => format!("{}: {why}", crate::fs::names::escape(path)),
+        None => said.to_string(),
     }
 }
 

@@ -28,7 +28,8 @@ use std::sync::Arc;
 
 pub use crate::transport::Stream;
 pub use client::{
-    list_entries, list_modules, run_client, run_client_streams, run_client_streams_on, Connect,
+    list_entries, list_entries_counted, list_modules, run_client, run_client_streams,
+    run_client_streams_on, Connect,
 };
 pub use serve::{
     refuse, serve, serve_on, serve_with, stdio_policy, Deliver, Policy, Refusal, Serve, Streams,

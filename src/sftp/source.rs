@@ -6,7 +6,9 @@
 //! A file read whole is hashed as it is read and, where the transfer asks,
 //! checked before the reader sees its end: against the remote's hash
 //! command or a second read over SFTP (`--verify reread`); a mismatch fails
-//! the file, so the receiver never publishes it.
+//! the file, so the receiver never publishes it. A file the sender chunks
+//! (a download resumed from its local partial) is read whole too, by the
+//! chunker, and checked the same way before its recipe ends.
 //!
 //! Not for writing (that is [`super::destination`]) nor for choosing what to
 //! send (the sender decides; this only lists and reads).
@@ -311,8 +313,9 @@ pub struct SftpFile {
     have: Vec<u8>,
     used: usize,
     at_end: bool,
-    /// The check of a file read front to back, until it is made.
-    check: Option<Check>,
+    /// The check of a file read front to back, until it is made. (A mutex
+    /// only so that [`SourceFile::try_clone`] can hand it on.)
+    check: std::sync::Mutex<Option<Check>>,
     /// Bytes read ahead for reads at offsets that follow one another (the
     /// chunks a resumed download lacks come in order, each far smaller than
     /// a round trip is worth).
@@ -393,12 +396,12 @@ impl SftpFile {
                 How::Remote(h) => Some(h.ask(path)?),
                 How::Reread => None,
             };
-            f.check = Some(Check {
+            f.check = std::sync::Mutex::new(Some(Check {
                 verify: v.clone(),
                 path: path.to_vec(),
                 hashing: Hashing::new(v.kind()),
                 remote,
-            });
+            }));
         }
         Ok(f)
     }
@@ -415,7 +418,7 @@ impl SftpFile {
             have: Vec::new(),
             used: 0,
             at_end: false,
-            check: None,
+            check: Default::default(),
             ahead_at: Default::default(),
         }
     }
@@ -441,7 +444,8 @@ impl io::Read for SftpFile {
             if self.used < self.have.len() {
                 let n = (self.have.len() - self.used).min(buf.len());
                 buf[..n].copy_from_slice(&self.have[self.used..self.used + n]);
-                if let Some(c) = &mut self.check {
+                let check = self.check.get_mut().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = check {
                     c.hashing.update(&buf[..n]);
                 }
                 self.used += n;
@@ -450,7 +454,8 @@ impl io::Read for SftpFile {
             }
             if self.at_end {
                 // the end: checked before the reader learns it is whole
-                if let Some(c) = self.check.take() {
+                let check = self.check.get_mut().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = check.take() {
                     c.finish(&o.sftp)?;
                 }
                 return Ok(0);
@@ -579,7 +584,18 @@ impl SourceFile for SftpFile {
         }
         o.sftp.read_exact_at(&o.handle, buf, offset)
     }
+    /// A file sent as a recipe (a download resumed from the local partial)
+    /// is read whole in order through a clone (the chunker), and the chunks
+    /// the receiver lacks are read at offsets from this one: the check goes
+    /// with the first clone made before anything was read, which reads
+    /// every byte, so a resumed download is checked against the remote's
+    /// hash as a whole one is.
     fn try_clone(&self) -> io::Result<SftpFile> {
-        Ok(SftpFile::on(self.open.clone()))
+        let mut clone = SftpFile::on(self.open.clone());
+        if self.pos == 0 {
+            let mut check = self.check.lock().unwrap_or_else(|p| p.into_inner());
+            clone.check = std::sync::Mutex::new(check.take());
+        }
+        Ok(clone)
     }
 }

@@ -18,6 +18,9 @@ pub struct ListOptions {
     pub recursive: bool,
     /// Without `recursive`: send a directory and its entries, not deeper.
     pub dirs: bool,
+    /// scp's rules (`ferry cp`): a directory without `recursive` is an error
+    /// ("not a regular file"), not rsync's notice.
+    pub cp_mode: bool,
     /// Send symlinks as symlinks.
     pub links: bool,
     /// Follow symlinks and send what they point to.
@@ -82,6 +85,22 @@ pub trait SourceFile: io::Read + Send + Sized + 'static {
     /// of the file counts as one). A source that cannot tell says `None`.
     fn next_hole(&self, _offset: u64) -> io::Result<Option<u64>> {
         Ok(None)
+    }
+    /// Called once the sender has read, in order through this handle, as
+    /// many bytes as the file had when it was opened: whether the file ends
+    /// there (`true`), so a source that checks what it read when it meets
+    /// the end (SFTP's remote hash) does it now, and its error fails the
+    /// file. The default reads on to see the end; a local file, whose stamp
+    /// taken after the read tells the same, says `true` without a read.
+    fn at_end(&mut self) -> io::Result<bool> {
+        let mut b = [0u8; 1];
+        loop {
+            match self.read(&mut b) {
+                Ok(n) => return Ok(n == 0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
     /// A second handle on the same open file, for another thread or reader.
     /// Whether it shares the read position is the source's business: the

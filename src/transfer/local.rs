@@ -2,12 +2,14 @@
 //! today) runs the server half on a thread, connected by two OS pipes: the
 //! same protocol and code as over ssh, with nothing to install.
 //!
+//! `ferry ls` of a local path lists through the same pair.
+//!
 //! Not a transport: nothing here reaches another machine. It is the
 //! in-process pair that a store which cannot speak ferry's protocol (S3,
 //! SFTP next) will run both session halves through.
 
 use crate::error::TransferError;
-use crate::proto::{Request, Summary};
+use crate::proto::{Entry, Request, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
 use crate::transport::Stream;
@@ -46,6 +48,23 @@ pub(super) fn run(
         // the receiver's own error says more than what reached the sender
         (Err(TransferError::Connection(_) | TransferError::Remote(_)), Err(e)) => Err(e),
         (Err(e), _) => Err(e),
+    }
+}
+
+/// `ferry ls` of a local path: the listing request put to the server half
+/// on a thread, as a local transfer runs it.
+pub(super) fn list(path: Vec<u8>) -> Result<Vec<Entry>, TransferError> {
+    let (stream, server) = local_server(Box::new(session::LocalFiles))?;
+    let listed = session::list_entries(stream, path);
+    let server = server.join().unwrap_or_else(|_| {
+        Err(TransferError::Internal(
+            "the local listing server panicked".into(),
+        ))
+    });
+    match (listed, server) {
+        // what the server half said, when the conversation broke
+        (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Err(e)) => Err(e),
+        (listed, _) => listed,
     }
 }
 

@@ -11,7 +11,7 @@
 
 use crate::error::TransferError;
 use crate::location::Location;
-use crate::proto::{Options, Request, Role, Summary};
+use crate::proto::{HandshakeError, Options, Request, Role, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
 use crate::transport::child::{ChildPeer, SshOptions};
@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 pub mod endpoint;
 mod local;
+mod reach;
 mod relay;
 mod sftp;
 
@@ -87,23 +88,35 @@ fn daemon_target(plan: &Plan) -> Option<String> {
 /// The ssh peer of a plan as `[user@]host:` (the address without its
 /// path, which `ferry doctor` reads as the ssh path).
 fn ssh_target(plan: &Plan) -> Option<String> {
-    plan.sources
-        .iter()
-        .chain([&plan.dest])
-        .find_map(|l| match l {
-            Location::Ssh { user, host, .. } => {
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                };
-                Some(match user {
-                    Some(u) => format!("{u}@{host}:"),
-                    None => format!("{host}:"),
-                })
-            }
-            _ => None,
-        })
+    ssh_target_in(plan.sources.iter().chain([&plan.dest]))
+}
+
+/// The first ssh peer among `locations`, as [`ssh_target`] gives it.
+fn ssh_target_in<'a>(mut locations: impl Iterator<Item = &'a Location>) -> Option<String> {
+    locations.find_map(|l| match l {
+        Location::Ssh { user, host, .. } => Some(ssh_doctor_target(user.as_deref(), host)),
+        _ => None,
+    })
+}
+
+/// An ssh peer as `ferry doctor` is told it: `[user@]host:`.
+fn ssh_doctor_target(user: Option<&str>, host: &str) -> String {
+    let host = match host.contains(':') {
+        true => format!("[{host}]"),
+        false => host.to_string(),
+    };
+    match user {
+        Some(u) => format!("{u}@{host}:"),
+        None => format!("{host}:"),
+    }
+}
+
+/// What `ferry doctor` is told to look into when `peer` cannot be reached.
+fn peer_doctor_target(peer: &Peer<'_>) -> String {
+    match peer {
+        Peer::Ssh { user, host } => ssh_doctor_target(*user, host),
+        Peer::Daemon { host, port } => doctor_target(host, *port),
+    }
 }
 
 /// `host`, `host:port`, or `[v6]:port`: what `ferry doctor` is told.
@@ -115,11 +128,18 @@ fn doctor_target(host: &str, port: Option<u16>) -> String {
     }
 }
 
+/// How the `ferry doctor` hint that ends a failure begins.
+const DOCTOR_HINT: &str = "; run `ferry doctor ";
+
 /// Ends a failure to reach `target` with where to look next. Failures that
 /// are not about the connection (files, usage, the daemon's key, which
 /// carry their own advice) are returned as they are.
 fn with_doctor_hint(e: TransferError, target: &str) -> TransferError {
-    let hint = format!("; run `ferry doctor {target}` to find out why");
+    let hint = format!("{DOCTOR_HINT}{target}` to find out why");
+    // one pointer is enough (the ssh failure's own names the host already)
+    if e.to_string().contains(DOCTOR_HINT) {
+        return e;
+    }
     match e {
         TransferError::Connect { text, why } => TransferError::Connect {
             text: text + &hint,
@@ -138,82 +158,54 @@ fn with_doctor_hint(e: TransferError, target: &str) -> TransferError {
 /// to `--retries` times (10) within `--timeout` (60 s without it): files
 /// already done are skipped and a file cut short resumes from its partial
 /// file. What retrying cannot fix fails at once (see `retryable`); every
-/// failure to reach the daemon ends with the `ferry doctor` command to run.
+/// failure to reach the peer ends with the `ferry doctor` command to run.
 pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
     if relay::is_remote_to_remote(plan) {
         // host1:a host2:b, as scp does it
         return relay::run(plan, events, cancel);
     }
-    let Some(target) = daemon_target(plan) else {
-        // over ssh: no retry (ssh's own options govern that), but the hint
-        return run_once(plan, events, cancel).map_err(|e| match ssh_target(plan) {
-            Some(t) => with_doctor_hint(e, &t),
+    // (over ssh: no retry, ssh's own options govern that, but the hint)
+    let target = daemon_target(plan).or_else(|| ssh_target(plan));
+    reach::with_retries(plan, events, cancel, || run_once(plan, events, cancel)).map_err(|e| {
+        match &target {
+            Some(t) => with_doctor_hint(e, t),
             None => e,
-        });
-    };
-    let window = plan.daemon.timeout.unwrap_or(DEFAULT_RETRY_WINDOW);
-    let retries = plan.daemon.retries.unwrap_or(DEFAULT_RETRIES);
-    let mut first_failure: Option<std::time::Instant> = None;
-    let mut delay = std::time::Duration::from_millis(250);
-    let mut reached = false;
-    let mut tries = 0u32;
-    loop {
-        let e = match run_once(plan, events, cancel) {
-            Ok(done) => return Ok(done),
-            Err(e) => e,
-        };
-        if !retryable(&e, reached) || cancel.is_cancelled() || retries == 0 {
-            return Err(with_doctor_hint(e, &target));
         }
-        // anything but a failed connect means a daemon answered
-        reached |= !matches!(e, TransferError::Connect { .. });
-        let since = *first_failure.get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() >= window || tries >= retries {
-            let given_up = if tries >= retries {
-                format!(
-                    "gave up after retrying {tries} time(s) in {} s (--retries {retries})",
-                    since.elapsed().as_secs()
-                )
-            } else {
-                format!("gave up after retrying for {} s", window.as_secs())
-            };
-            let e = match e {
-                TransferError::Connect { text, why } => TransferError::Connect {
-                    text: format!("{text} ({given_up})"),
-                    why,
-                },
-                TransferError::Connection(m) => {
-                    TransferError::Connection(format!("{m} ({given_up})"))
-                }
-                TransferError::Remote(m) => TransferError::Remote(format!("{m} ({given_up})")),
-                other => TransferError::Connection(format!("{other} ({given_up})")),
-            };
-            return Err(with_doctor_hint(e, &target));
-        }
-        tries += 1;
-        // ±25% jitter so that many clients do not retry in step
-        let mut r = [0u8; 2];
-        let _ = aws_lc_rs::rand::fill(&mut r);
-        let jitter = 0.75 + (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.5;
-        // never past the window's end by more than one more try
-        let wait = delay
-            .mul_f64(jitter)
-            .min(window.saturating_sub(since.elapsed()))
-            .max(std::time::Duration::from_millis(50));
-        events(Event::notice(
-            b"",
-            format!("{e}; retrying in {:.1} s", wait.as_secs_f64()),
-        ));
-        std::thread::sleep(wait);
-        delay = (delay * 2).min(std::time::Duration::from_secs(8));
-    }
+    })
 }
 
 fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
+    // the sender's list errors (each source it cannot read) reach the
+    // summary as one io_error flag: where the run has errors, the count is
+    // the error events it reported, so `a b c dest/` with three missing
+    // sources says 3 error(s), as it printed three
+    let reported = std::sync::atomic::AtomicU64::new(0);
+    let counting = |e: crate::proto::Event| {
+        if e.kind == crate::proto::EventKind::Error {
+            reported.fetch_add(1, Ordering::Relaxed);
+        }
+        events(e)
+    };
+    let mut outcome = run_counted(plan, &counting, cancel)?;
+    if outcome.summary.errors > 0 {
+        let reported = reported.load(Ordering::Relaxed);
+        outcome.summary.errors = outcome.summary.errors.max(reported);
+    }
+    Ok(outcome)
+}
+
+/// [`run_once`] without the error count.
+fn run_counted(
+    plan: &Plan,
+    events: &EventFn<'_>,
+    cancel: &Cancel,
+) -> Result<Outcome, TransferError> {
     let route = endpoint::route(&plan.sources, &plan.dest)?;
     let mut options = plan.options.clone();
     // -H: only files with more than one link are kept for their links
     options.link_marks = options.hard_links;
+    // -z: blocks continue each other's zstd frame
+    options.zstd_stream = options.compress;
     if let Endpoint::Store(_) = route.serving {
         // extra streams exist only to a peer (a daemon, or over ssh)
         options.streams = 1;
@@ -240,10 +232,9 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
                 server,
             )?
         }
-        Endpoint::Peer(Peer::Ssh { user, host }) => sftp::over_ssh(
+        Endpoint::Peer(peer) => reach::reach_peer(
             plan,
-            user,
-            host,
+            &peer,
             request,
             local_paths,
             events,
@@ -251,21 +242,6 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
             &counters,
             side,
         )?,
-        Endpoint::Peer(Peer::Daemon { host, port }) => {
-            let port = port.unwrap_or(crate::proto::DEFAULT_PORT);
-            let stream = connect_daemon(host, port, &plan.daemon, events)?;
-            let more = || connect_daemon(host, port, &plan.daemon, events);
-            session::run_client_streams_on(
-                stream,
-                request,
-                local_paths,
-                events,
-                cancel,
-                counters.clone(),
-                Some(&more),
-                side,
-            )?
-        }
     };
     Ok(Outcome {
         summary,
@@ -325,39 +301,101 @@ pub enum Listing {
 }
 
 /// `ferry ls` of a local path or an ssh path: the listing request the daemon
-/// answers, put to `ferry serve --stdio` (this binary for a local path, the
-/// remote's over ssh), so the entries are the ones a transfer would list.
+/// answers, put to the server half (on a thread here for a local path, as a
+/// local transfer runs it; the remote's `ferry serve --stdio` over ssh), so
+/// the entries are the ones a transfer would list.
+/// Over ssh, `--transport` decides as for a transfer: a remote that cannot
+/// run ferry is listed over SFTP (with one notice saying why), and a failure
+/// to reach the host ends with the `ferry doctor` command to run.
 pub fn list_path(
     loc: &Location,
     ssh: &SshOptions,
+    events: &EventFn<'_>,
 ) -> Result<Vec<crate::proto::Entry>, TransferError> {
-    let (peer, stream, path) = match loc {
-        Location::Local(path) => {
-            let exe = std::env::current_exe().map_err(|e| {
-                TransferError::Internal(format!("cannot find ferry's own binary: {e}"))
-            })?;
-            let mut cmd = std::process::Command::new(exe);
-            cmd.args(["serve", "--stdio"]);
-            let (peer, stream) = ChildPeer::spawn(cmd, "the local ferry server".into())?;
-            (peer, stream, path)
+    let Location::Ssh {
+        user, host, path, ..
+    } = loc
+    else {
+        return list_over_stdio(loc, ssh);
+    };
+    let target = ssh_target_in(std::iter::once(loc));
+    let hint = |e| match &target {
+        Some(t) => with_doctor_hint(e, t),
+        None => e,
+    };
+    let user = user.as_deref();
+    let auto = ssh.transport == crate::transport::child::Transport::Auto;
+    if ssh.transport == crate::transport::child::Transport::Sftp {
+        return sftp::list(user, host, path, ssh, None, events).map_err(hint);
+    }
+    if !auto || ssh.remote_ferry.is_some() {
+        return list_over_stdio(loc, ssh).map_err(hint);
+    }
+    // auto: ferry first; SFTP where the remote cannot run it
+    let (peer, stream) = ChildPeer::ssh_kept(user, host, ssh).map_err(hint)?;
+    let counters = Arc::new(Counters::default());
+    let listed = session::list_entries_counted(stream, path.clone(), counters.clone());
+    let ended = peer.finish_kept(listed.is_err());
+    let reached = counters.received.load(Ordering::Relaxed) > 0;
+    let as_summary = match &listed {
+        Ok(_) => Ok(Summary::default()),
+        Err(TransferError::Handshake(HandshakeError::NotFerry(t))) => Err(
+            TransferError::Handshake(HandshakeError::NotFerry(t.clone())),
+        ),
+        Err(TransferError::Handshake(HandshakeError::NoCommonVersion {
+            ours_min,
+            ours_max,
+            theirs_min,
+            theirs_max,
+        })) => Err(TransferError::Handshake(HandshakeError::NoCommonVersion {
+            ours_min: *ours_min,
+            ours_max: *ours_max,
+            theirs_min: *theirs_min,
+            theirs_max: *theirs_max,
+        })),
+        Err(_) => Err(TransferError::Connection(String::new())),
+    };
+    let judged =
+        sftp::judge(host, &ended, &as_summary, events).map_err(|e| hint(unreached(e, reached)))?;
+    if let Some(why) = judged {
+        return sftp::list(user, host, path, ssh, Some(why), events).map_err(hint);
+    }
+    match (listed, ended.error) {
+        (Ok(entries), _) => Ok(entries),
+        (Err(e @ TransferError::Handshake(HandshakeError::NotFerry(_))), _) => Err(e),
+        (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => {
+            Err(hint(unreached(with_message(e, &ended.stderr), reached)))
         }
+        (Err(e), _) => Err(hint(e)),
+    }
+}
+
+/// [`list_path`] through `ferry serve --stdio`, local or over ssh.
+fn list_over_stdio(
+    loc: &Location,
+    ssh: &SshOptions,
+) -> Result<Vec<crate::proto::Entry>, TransferError> {
+    match loc {
+        Location::Local(path) => local::list(path.clone()),
         Location::Ssh {
             user, host, path, ..
         } => {
             let (peer, stream) = ChildPeer::ssh(user.as_deref(), host, ssh)?;
-            (peer, stream, path)
+            let counters = Arc::new(Counters::default());
+            let listed = session::list_entries_counted(stream, path.clone(), counters.clone());
+            let child_error = peer.finish(listed.is_err());
+            let reached = counters.received.load(Ordering::Relaxed) > 0;
+            match (listed, child_error) {
+                (Err(e @ TransferError::Handshake(HandshakeError::NotFerry(_))), _) => Err(e),
+                (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => {
+                    Err(unreached(e, reached))
+                }
+                (listed, _) => listed,
+            }
         }
-        _ => {
-            return Err(TransferError::Usage(
-                "list_path lists a local or an ssh path".into(),
-            ))
-        }
-    };
-    let listed = session::list_entries(stream, path.clone());
-    let child_error = peer.finish(listed.is_err());
-    match (listed, child_error) {
-        (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => Err(e),
-        (listed, _) => listed,
+        _ => Err(TransferError::Usage(
+            "list_path lists a local or an ssh path".into(),
+        )),
     }
 }
 
@@ -403,23 +441,40 @@ fn over_ssh(
     for peer in extra.into_inner().unwrap_or_else(|p| p.into_inner()) {
         peer.end();
     }
+    let reached = || counters.received.load(Ordering::Relaxed) > 0;
     let Some(fallback) = kept else {
-        return finish_child(peer, result);
+        return finish_child(peer, result).map_err(|e| unreached(e, reached()));
     };
     // (with auto: whether the remote could run ferry at all)
     let ended = peer.finish_kept(result.is_err());
-    match sftp::judge(host, &ended, &result, events)? {
+    let judged = sftp::judge(host, &ended, &result, events).map_err(|e| unreached(e, reached()))?;
+    match judged {
         Some(why) => {
             *fallback = Some(why);
             result
         }
         None => match (result, ended.error) {
             (Ok(s), _) => Ok(s),
+            // what came instead of a hello (a banner) says more than the
+            // exit of the remote ferry that met no hello
+            (Err(e @ TransferError::Handshake(HandshakeError::NotFerry(_))), _) => Err(e),
             (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => {
-                Err(with_message(e, &ended.stderr))
+                Err(unreached(with_message(e, &ended.stderr), reached()))
             }
             (Err(e), _) => Err(e),
         },
+    }
+}
+
+/// A connection failure of an ssh peer that never sent a byte is a failure
+/// to connect ("ssh to H: …"), not a lost connection.
+fn unreached(e: TransferError, reached: bool) -> TransferError {
+    match e {
+        TransferError::Connection(text) if !reached => TransferError::Connect {
+            text,
+            why: crate::error::ConnectFailure::Other,
+        },
+        e => e,
     }
 }
 
@@ -444,6 +499,7 @@ fn finish_child(
     let child_error = peer.finish(failed);
     match (result, child_error) {
         (Ok(s), _) => Ok(s),
+        (Err(e @ TransferError::Handshake(HandshakeError::NotFerry(_))), _) => Err(e),
         (Err(TransferError::Connection(_) | TransferError::Handshake(_)), Some(e)) => Err(e),
         (Err(e), _) => Err(e),
     }

@@ -48,49 +48,18 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
 }
 
 /// With a daemon at either end, a relay whose connection breaks is run
-/// again as any transfer to or from a daemon is (`--retries`, `--timeout`,
-/// backoff; see [`super::run`]): files already done are skipped and a file
-/// cut short resumes from its partial file at the destination.
+/// again as any transfer to or from a daemon is ([`super::reach::with_retries`]:
+/// `--retries`, `--timeout`, backoff with jitter, and the line that says it
+/// gave up): files already done are skipped and a file cut short resumes
+/// from its partial file at the destination.
 fn through_here_retrying(
     plan: &Plan,
     events: &EventFn<'_>,
     cancel: &Cancel,
 ) -> Result<Outcome, TransferError> {
-    if super::daemon_target(plan).is_none() {
-        // over ssh: ssh's own options govern that
-        return run_through_here(plan, events, cancel);
-    }
-    let window = plan.daemon.timeout.unwrap_or(super::DEFAULT_RETRY_WINDOW);
-    let retries = plan.daemon.retries.unwrap_or(super::DEFAULT_RETRIES);
-    let mut since = None;
-    let mut delay = std::time::Duration::from_millis(250);
-    let (mut reached, mut tries) = (false, 0u32);
-    loop {
-        let e = match run_through_here(plan, events, cancel) {
-            Ok(done) => return Ok(done),
-            Err(e) => e,
-        };
-        let since = *since.get_or_insert_with(std::time::Instant::now);
-        if !super::retryable(&e, reached)
-            || cancel.is_cancelled()
-            || tries >= retries
-            || since.elapsed() >= window
-        {
-            return Err(e);
-        }
-        // anything but a failed connect means a daemon answered
-        reached |= !matches!(e, TransferError::Connect { .. });
-        tries += 1;
-        let wait = delay
-            .min(window.saturating_sub(since.elapsed()))
-            .max(std::time::Duration::from_millis(50));
-        events(Event::notice(
-            b"",
-            format!("{e}; retrying in {:.1} s", wait.as_secs_f64()),
-        ));
-        std::thread::sleep(wait);
-        delay = (delay * 2).min(std::time::Duration::from_secs(8));
-    }
+    super::reach::with_retries(plan, events, cancel, || {
+        run_through_here(plan, events, cancel)
+    })
 }
 
 /// scp's direct route: every source over ssh on one host, the destination
@@ -278,6 +247,8 @@ fn run_through_here(
     let mut options = plan.options.clone();
     // -H: only files with more than one link are kept for their links
     options.link_marks = options.hard_links;
+    // -z: blocks continue each other's zstd frame
+    options.zstd_stream = options.compress;
     // one connection to each end: the relay forwards one ordered session
     options.streams = 1;
     let request = Request {

@@ -17,7 +17,7 @@ use crate::error::TransferError;
 use crate::proto::{Event, HandshakeError, Request, Role, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
-use crate::sftp::verify::{HashKind, How, RemoteHash, Verify};
+use crate::sftp::verify::{Hasher, How, RemoteHash, Verify, HASHERS};
 use crate::sftp::{remote_path, Sftp, SftpSide};
 use crate::transport::child::{self, Ended, Transport, VerifyMode};
 use std::path::PathBuf;
@@ -118,7 +118,7 @@ pub(super) fn judge(
         }
         Some(255) => {
             return Err(TransferError::Connection(format!(
-                "ssh to {host}: ssh failed (exit 255): {}; run `ferry doctor {host}` to see why",
+                "ssh to {host}: ssh failed (exit 255): {}",
                 last_line(said).unwrap_or("no message")
             )))
         }
@@ -139,12 +139,61 @@ pub(super) fn judge(
         }
         _ => {}
     }
-    if !said.is_empty() && result.is_ok() {
+    // (with cp -v, ssh's lines went to stderr as ssh printed them)
+    if !said.is_empty() && result.is_ok() && !child::verbose() {
         for line in said.lines().filter(|l| !l.trim().is_empty()) {
             events(Event::notice(b"", line.to_string()));
         }
     }
     Ok(None)
+}
+
+/// `ferry ls host:path` over SFTP: the entries a transfer over SFTP would
+/// list (the directory and its entries, symlinks as symlinks), with `why`
+/// (the fallback's reason) told once as a notice.
+pub(super) fn list(
+    user: Option<&str>,
+    host: &str,
+    path: &[u8],
+    ssh: &child::SshOptions,
+    why: Option<String>,
+    events: &EventFn<'_>,
+) -> Result<Vec<crate::proto::Entry>, TransferError> {
+    use crate::store::source::{ListOptions, Listed, Source};
+    if let Some(why) = why {
+        events(Event::notice(b"", format!("{why}: listing over SFTP")));
+    }
+    let (cmd, target) = child::sftp_command(user, host, ssh)?;
+    let sftp = Sftp::start(cmd).map_err(|e| TransferError::Connect {
+        text: format!(
+            "ssh to {target}: ssh failed: {}; see ssh's message above",
+            crate::error::io_text(&e)
+        ),
+        why: crate::error::ConnectFailure::Other,
+    })?;
+    let source = crate::sftp::source::SftpSource { sftp, verify: None };
+    let opts = ListOptions {
+        dirs: true,
+        links: true,
+        ..Default::default()
+    };
+    let mut entries = Vec::new();
+    let mut failed = None;
+    let roots = [remote_path(path)];
+    source.list(&roots, &opts, &mut |item| -> Result<(), TransferError> {
+        match item {
+            Listed::Entry(e, _) => entries.push(e),
+            Listed::Error(t) => {
+                failed.get_or_insert(t);
+            }
+            Listed::Notice(_) => {}
+        }
+        Ok(())
+    })?;
+    match failed {
+        Some(t) => Err(TransferError::Remote(format!("{target}: {t}"))),
+        None => Ok(entries),
+    }
 }
 
 /// Whether the ferry attempt met the sftp-only account's line instead of a
@@ -188,7 +237,7 @@ fn run(
     let (cmd, target) = child::sftp_command(user, host, &plan.ssh)?;
     let sftp = Sftp::start(cmd).map_err(|e| {
         TransferError::Connection(format!(
-            "ssh to {target}: ssh failed: {}; see ssh's message above, and run `ferry doctor {host}` to see why",
+            "ssh to {target}: ssh failed: {}; see ssh's message above",
             crate::error::io_text(&e)
         ))
     })?;
@@ -213,11 +262,9 @@ fn run(
     // over SFTP instead
     let verify = match plan.ssh.verify {
         VerifyMode::Reread => Some(Verify::new(How::Reread)),
-        VerifyMode::Auto => remote_hash(plan, user, host, &why_kind).and_then(|(program, kind)| {
+        VerifyMode::Auto => remote_hash(plan, user, host, &why_kind).and_then(|hasher| {
             let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
-            Some(Verify::new(How::Remote(RemoteHash::new(
-                cmd, program, kind,
-            ))))
+            Some(Verify::new(How::Remote(RemoteHash::new(cmd, hasher))))
         }),
     };
     let remote = SftpSide {
@@ -265,7 +312,7 @@ fn run(
             },
         ) => format!(
             "verified: {} on {host} for {} file(s)",
-            h.program,
+            h.hasher.name,
             v.count()
         ),
         Some(v) => format!(
@@ -343,22 +390,12 @@ enum Exec {
     Unknown,
 }
 
-/// The commands tried, best first: (program, what it computes).
-const HASHERS: [(&str, HashKind); 3] = [
-    ("b3sum", HashKind::Blake3),
-    ("xxh128sum", HashKind::Xxh128),
-    ("sha256sum", HashKind::Sha256),
-];
-
-/// The remote hash command to check uploads with, probed once per host (as
-/// rclone does: each candidate hashes empty input, and must give the known
-/// empty hash) and remembered. The probe is one fixed command line.
-fn remote_hash(
-    plan: &Plan,
-    user: Option<&str>,
-    host: &str,
-    exec: &Exec,
-) -> Option<(&'static str, HashKind)> {
+/// The remote hash command to check files with, probed once per host (as
+/// rclone does: each of [`HASHERS`] hashes empty input, and must give the
+/// known empty hash) and remembered: the cheapest that answers right. The
+/// probe is one fixed command line; each command's output follows a line
+/// `=N` naming it (several print the same SHA-256).
+fn remote_hash(plan: &Plan, user: Option<&str>, host: &str, exec: &Exec) -> Option<Hasher> {
     let key = format!("{}.hash", cache_key(plan, user, host));
     let known = cache_dir()
         .map(|d| d.join(&key))
@@ -368,14 +405,10 @@ fn remote_hash(
         Some(k) => k.to_string(),
         None if *exec == Exec::No => "none".to_string(),
         None => {
-            let probe: Vec<String> = HASHERS
-                .iter()
-                .map(|(p, _)| format!("{p} </dev/null 2>/dev/null;"))
-                .collect();
             let out = child::ssh_command(user, host, &plan.ssh)
                 .ok()
                 .and_then(|(mut c, _)| {
-                    c.arg(format!("{} true", probe.join(" ")))
+                    c.arg(probe_line())
                         .stdin(std::process::Stdio::null())
                         .stderr(std::process::Stdio::null())
                         .output()
@@ -384,20 +417,47 @@ fn remote_hash(
             let text = out
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
-            HASHERS
-                .iter()
-                .find(|(_, kind)| {
-                    text.lines()
-                        .any(|l| l.split_whitespace().next() == Some(&kind.empty_hex()))
-                })
-                .map(|(p, _)| p.to_string())
-                .unwrap_or_else(|| "none".into())
+            probed(&text).map_or_else(|| "none".into(), |h| h.name.to_string())
         }
     };
     if known.is_none() {
         write_cache(&key, &found);
     }
-    HASHERS.iter().copied().find(|(p, _)| *p == found)
+    HASHERS.iter().copied().find(|h| h.name == found)
+}
+
+/// The probe's command line: `echo =N; COMMAND </dev/null 2>/dev/null;` for
+/// each of [`HASHERS`].
+fn probe_line() -> String {
+    let mut line = String::new();
+    for (i, h) in HASHERS.iter().enumerate() {
+        line.push_str(&format!(
+            "echo ={i}; {} </dev/null 2>/dev/null; ",
+            h.command
+        ));
+    }
+    line.push_str("true");
+    line
+}
+
+/// The first of [`HASHERS`] whose output in the probe's `text` starts with
+/// the hash of no bytes.
+fn probed(text: &str) -> Option<Hasher> {
+    let mut answered = Vec::new();
+    let mut now: Option<usize> = None;
+    for line in text.lines() {
+        if let Some(i) = line.strip_prefix('=').and_then(|n| n.trim().parse().ok()) {
+            now = Some(i);
+            continue;
+        }
+        let Some(h) = now.and_then(|i| HASHERS.get(i)) else {
+            continue;
+        };
+        if line.split_whitespace().next() == Some(&h.kind.empty_hex()) {
+            answered.push(now.expect("a command"));
+        }
+    }
+    answered.into_iter().min().map(|i| HASHERS[i])
 }
 
 /// Where per-host transport decisions are kept.
@@ -454,5 +514,27 @@ fn write_cache(key: &str, text: &str) {
         .is_ok()
     {
         let _ = std::fs::write(dir.join(key), text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `openssl`, `sha256sum` and `shasum` print the same empty hash: the
+    /// `=N` lines tell them apart, and the cheapest that answered is taken.
+    #[test]
+    fn the_probe_takes_the_cheapest_command_that_answered_right() {
+        let sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let text = format!("=0\n=1\n=2\n{sha} *stdin\n=3\n{sha}  -\n=4\n{sha}  -\n");
+        assert_eq!(probed(&text).unwrap().name, "openssl dgst -sha256");
+        // no openssl: sha256sum
+        let text = format!("=0\n=1\n=2\n=3\n{sha}  -\n=4\n{sha}  -\n");
+        assert_eq!(probed(&text).unwrap().name, "sha256sum");
+        // a command that prints a wrong hash is not taken
+        let text = format!("=0\n{sha}  -\n=1\n=2\n=3\n=4\n{sha}  -\n");
+        assert_eq!(probed(&text).unwrap().name, "shasum -a 256");
+        assert!(probed("=0\n=1\n=2\n=3\n=4\n").is_none());
+        assert!(probe_line().starts_with("echo =0; b3sum </dev/null 2>/dev/null; "));
     }
 }

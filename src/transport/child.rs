@@ -64,7 +64,8 @@ pub struct SshOptions {
 /// How files moved over SFTP are checked beyond ssh's MAC (`--verify`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum VerifyMode {
-    /// Files are hashed on the remote (b3sum, xxh128sum or sha256sum) and
+    /// Files are hashed on the remote (the cheapest of b3sum, xxh128sum,
+    /// openssl dgst -sha256, sha256sum and shasum -a 256 it has) and
     /// compared before they are renamed into place, uploads and downloads,
     /// where the account may run commands; elsewhere size and ssh's MAC are
     /// all.
@@ -95,10 +96,19 @@ pub struct ChildPeer {
     /// What the child printed on stderr, when it is kept (to tell why it
     /// failed: ssh's own message, a missing ferry, an sftp-only account).
     stderr: Option<Arc<Mutex<Vec<u8>>>>,
+    /// The `--remote-ferry PATH` the user named, for the message when it
+    /// cannot be run (not "install it", but "that path is not there").
+    remote_ferry: Option<String>,
 }
 
 /// How much of a child's stderr is kept.
 const STDERR_KEPT: usize = 64 << 10;
+
+/// Whether a line of ssh's stderr is one of its own `-v` lines (`debug1: …`,
+/// `OpenSSH_9.6p1 …`), shown as it came under `cp -v`.
+fn is_ssh_debug(line: &[u8]) -> bool {
+    line.starts_with(b"debug") || line.starts_with(b"OpenSSH_")
+}
 
 /// How a child that carried a session ended.
 pub struct Ended {
@@ -282,7 +292,9 @@ impl ChildPeer {
         let (mut cmd, target) = ssh_command(user, host, opts)?;
         let remote = opts.remote_ferry.as_deref().unwrap_or("ferry");
         cmd.arg(format!("{} serve --stdio", shell_quote(remote)));
-        ChildPeer::spawn(cmd, format!("ssh to {target}"))
+        let (mut peer, stream) = ChildPeer::spawn(cmd, format!("ssh to {target}"))?;
+        peer.remote_ferry = opts.remote_ferry.clone();
+        Ok((peer, stream))
     }
 
     /// Starts any command that speaks the protocol on its stdio.
@@ -298,12 +310,13 @@ impl ChildPeer {
                 words.join(" ")
             ));
         }
-        let mut child = cmd.spawn().map_err(|e| {
-            TransferError::Connection(format!(
-                "cannot start {:?} for {what}: {}",
-                cmd.get_program(),
+        let mut child = cmd.spawn().map_err(|e| TransferError::Connect {
+            text: format!(
+                "cannot start {} for {what}: {}",
+                cmd.get_program().to_string_lossy(),
                 crate::error::io_text(&e)
-            ))
+            ),
+            why: crate::error::ConnectFailure::Other,
         })?;
         let (stdin, stdout) = (
             child.stdin.take().expect("piped"),
@@ -320,6 +333,7 @@ impl ChildPeer {
                 child,
                 what,
                 stderr: None,
+                remote_ferry: None,
             },
             stream,
         ))
@@ -337,20 +351,42 @@ impl ChildPeer {
         cmd.arg(format!("{} serve --stdio", shell_quote(remote)));
         cmd.stderr(Stdio::piped());
         let (mut peer, stream) = ChildPeer::spawn(cmd, format!("ssh to {target}"))?;
+        peer.remote_ferry = opts.remote_ferry.clone();
         if let Some(mut err) = peer.child.stderr.take() {
             let kept = Arc::new(Mutex::new(Vec::new()));
             let into = kept.clone();
             let _ = std::thread::Builder::new()
                 .name("ferry-ssh-stderr".into())
                 .spawn(move || {
+                    // with -v, ssh's lines go to our stderr as ssh prints
+                    // them (as scp -v shows them); its debug lines are
+                    // not kept (they are not what it said about a failure)
+                    let through = verbose();
+                    let mut line = Vec::new();
                     let mut buf = [0u8; 4096];
                     while let Ok(n) = err.read(&mut buf) {
                         if n == 0 {
                             break;
                         }
                         let mut k = into.lock().unwrap_or_else(|p| p.into_inner());
-                        let room = STDERR_KEPT.saturating_sub(k.len()).min(n);
-                        k.extend_from_slice(&buf[..room]);
+                        if !through {
+                            let room = STDERR_KEPT.saturating_sub(k.len()).min(n);
+                            k.extend_from_slice(&buf[..room]);
+                            continue;
+                        }
+                        let _ = std::io::Write::write_all(&mut std::io::stderr(), &buf[..n]);
+                        line.extend_from_slice(&buf[..n]);
+                        while let Some(i) = line.iter().position(|&b| b == b'\n') {
+                            let l: Vec<u8> = line.drain(..=i).collect();
+                            if !is_ssh_debug(&l) && k.len() + l.len() <= STDERR_KEPT {
+                                k.extend_from_slice(&l);
+                            }
+                        }
+                    }
+                    if !is_ssh_debug(&line) {
+                        let mut k = into.lock().unwrap_or_else(|p| p.into_inner());
+                        let room = STDERR_KEPT.saturating_sub(k.len()).min(line.len());
+                        k.extend_from_slice(&line[..room]);
                     }
                 });
             peer.stderr = Some(kept);
@@ -405,9 +441,23 @@ impl ChildPeer {
         };
         let error = match status.code() {
             Some(0) | None => None,
-            Some(127) => Some(TransferError::Connection(format!(
-                "{}: ferry was not found on the remote's PATH (exit 127); install it there or pass --remote-ferry PATH",
-                self.what
+            Some(127) => Some(TransferError::Connection(match &self.remote_ferry {
+                Some(path) => format!(
+                    "{}: --remote-ferry {path}: no such command on the remote (exit 127)",
+                    self.what
+                ),
+                None => format!(
+                    "{}: ferry was not found on the remote's PATH (exit 127); install it there or pass --remote-ferry PATH",
+                    self.what
+                ),
+            })),
+            Some(126) => Some(TransferError::Connection(format!(
+                "{}: {} cannot be run on the remote (exit 126: not executable, or not a program)",
+                self.what,
+                match &self.remote_ferry {
+                    Some(path) => format!("--remote-ferry {path}"),
+                    None => "ferry".into(),
+                }
             ))),
             Some(255) => Some(TransferError::Connection(format!(
                 "{}: ssh failed (exit 255); see its message above",

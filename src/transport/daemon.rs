@@ -60,7 +60,12 @@ fn tcp_connect(
     timeout: Duration,
     ip_version: Option<u8>,
 ) -> Result<TcpStream, TransferError> {
-    let target = format!("{host}:{port}");
+    // an IPv6 address in brackets, as ssh and URLs write it: [::1]:7420
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     let addrs: Vec<_> = (host, port)
         .to_socket_addrs()
         .map_err(|e| {
@@ -135,7 +140,12 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
     let config = crate::trust::tls::client_config(&identity)
         .map_err(|e| TransferError::Connection(format!("TLS: {e}")))?;
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(30));
-    let target = format!("{host}:{port}");
+    // an IPv6 address in brackets, as ssh and URLs write it: [::1]:7420
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     let sock = tcp_connect(host, port, timeout, opts.ip_version)?;
     let name = rustls::pki_types::ServerName::try_from("ferry").expect("a valid name");
     let conn = rustls::client::UnbufferedClientConnection::new(config, name)

@@ -389,6 +389,14 @@ impl Daemon {
 
     /// Sets up keys and config, then starts `ferry serve` with `args`.
     pub fn start(modules: &[(&str, &Path, bool)], key_options: &str, args: &[&str]) -> Daemon {
+        let dir = Daemon::keyed_setup(key_options);
+        Daemon::spawn(dir, modules, args).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
+    /// A setup for [`spawn`](Self::spawn): the daemon's and the client's
+    /// config directories, with a client key the daemon trusts (with
+    /// `key_options`).
+    pub fn keyed_setup(key_options: &str) -> tempfile::TempDir {
         let dir = tmp();
         let (daemon, client) = (dir.path().join("daemon"), dir.path().join("client"));
         for d in [&daemon, &client] {
@@ -410,7 +418,7 @@ impl Daemon {
         };
         write(&daemon.join("authorized_keys"), line);
         chmod(&daemon.join("authorized_keys"), 0o600);
-        Daemon::spawn(dir, modules, args).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+        dir
     }
 
     /// Starts `ferry serve` in an existing setup; Err(log) if it exits instead.
@@ -607,4 +615,26 @@ fn delay_pipe(
         }
         let _ = to.shutdown(std::net::Shutdown::Write);
     });
+}
+
+/// A "daemon" on 127.0.0.1 that hangs up on each of its first `connections`
+/// connections at once (a broken connection, worth retrying), and how many
+/// it took.
+pub fn hang_up_listener(
+    connections: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(connections) {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    (addr, accepted)
 }

@@ -32,14 +32,29 @@ pub trait Remote: Send + Sync {
     fn end(&self);
 }
 
-/// The file type bits `ls -l` shows before the permissions.
-pub fn type_bits(k: Kind) -> u32 {
-    match k {
-        Kind::File => libc::S_IFREG,
-        Kind::Dir => libc::S_IFDIR,
-        Kind::Symlink => libc::S_IFLNK,
-        Kind::Other => 0,
+/// The mode as `ls -l` shows it (`drwxr-xr-x`, `-rwsr-x--T`).
+pub fn mode_text(k: Kind, mode: u32) -> String {
+    let mut s = String::from(match k {
+        Kind::File => '-',
+        Kind::Dir => 'd',
+        Kind::Symlink => 'l',
+        Kind::Other => '?',
+    });
+    // (special bit, its letter with x, without)
+    let special = [(0o4000, 's', 'S'), (0o2000, 's', 'S'), (0o1000, 't', 'T')];
+    for (i, shift) in [6, 3, 0].into_iter().enumerate() {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let (bit, with_x, without_x) = special[i];
+        s.push(match (mode & bit != 0, bits & 1 != 0) {
+            (true, true) => with_x,
+            (true, false) => without_x,
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
     }
+    s
 }
 
 /// `ferry shell host` over ssh: SFTP for the listings and small commands.
@@ -63,6 +78,7 @@ fn stat_of(a: &Attrs) -> Stat {
         mode: a.perm.unwrap_or(0) & 0o7777,
         size: a.size.unwrap_or(0),
         mtime: a.mtime(),
+        owner: a.uid_gid,
     }
 }
 

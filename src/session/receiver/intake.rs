@@ -29,17 +29,20 @@ pub(super) enum Mapping {
     StripTop(Vec<u8>),
 }
 
-/// The top-level names a pull asked for.
-pub(super) struct Requested {
-    pub(super) any: bool,
-    pub(super) tops: HashSet<Vec<u8>>,
+/// The top-level names a pull asked for: what a pulling client (and the
+/// relay, on behalf of a destination that cannot know) lets the sender
+/// answer with. Without this check a source could answer `host1:data` with
+/// `.ssh/...` and have it written into the destination directory.
+pub struct Requested {
+    any: bool,
+    tops: HashSet<Vec<u8>>,
 }
 
 impl Requested {
     /// What the paths a pull asked for allow: a path ending in `/` (or `.`,
     /// `..`, nothing) its contents, under any name; any other its last
     /// component.
-    pub(super) fn new(paths: &[Vec<u8>]) -> Self {
+    pub fn new(paths: &[Vec<u8>]) -> Self {
         let mut r = Requested {
             any: false,
             tops: HashSet::new(),
@@ -54,6 +57,21 @@ impl Requested {
             }
         }
         r
+    }
+
+    /// Any name at all (the checks are left to the destination).
+    pub fn anything() -> Self {
+        Requested {
+            any: true,
+            tops: HashSet::new(),
+        }
+    }
+
+    /// Whether a list entry named `name` lies under what was asked for: the
+    /// root entry, or a name whose first component was asked for.
+    pub fn allows(&self, name: &[u8]) -> bool {
+        let top = name.split(|&b| b == b'/').next().unwrap_or(name);
+        self.any || name == b"." || self.tops.contains(top)
     }
 }
 
@@ -221,14 +239,11 @@ impl ListIntake {
     ) -> Result<(), Violation> {
         names::check(&e.name).map_err(|err| Violation(format!("sent a bad name: {err}")))?;
         if let Some(req) = &self.requested {
-            if !req.any && e.name != b"." {
-                let top = e.name.split(|&b| b == b'/').next().unwrap_or(&e.name);
-                if !req.tops.contains(top) {
-                    return Err(Violation(format!(
-                        "sent {}, which was not requested",
-                        escape(&e.name)
-                    )));
-                }
+            if !req.allows(&e.name) {
+                return Err(Violation(format!(
+                    "sent {}, which was not requested",
+                    escape(&e.name)
+                )));
             }
         }
         if !self.recursive && (e.name.contains(&b'/') || e.kind == Kind::Dir) {

@@ -57,6 +57,7 @@ use crate::store::destination::{Destination, Place};
 use basis::DirFiles;
 use incoming::{DeltaSlots, InFlight, Incoming};
 use intake::ListIntake;
+pub use intake::Requested;
 use pumps::{spawn_readers, spawn_writer, Inbound, Outbox};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
@@ -154,7 +155,7 @@ struct Receiver<'a, D: Destination = Dest> {
     summary: Summary,
     is_root: bool,
     buf: Vec<u8>,
-    decompressor: zstd::bulk::Decompressor<'static>,
+    unpacker: crate::session::compress::Unpacker,
     /// Chunk lists of destination files from earlier runs.
     chunk_cache: Option<Arc<ChunkCache>>,
     /// Bytes of each file in flight already counted in progress events.
@@ -266,8 +267,9 @@ where
             })
             .collect()
     });
-    // (-R names paths, and the directories above them, without -r too)
-    let nested = cfg.options.recursive || cfg.options.relative;
+    // (-R names paths, and the directories above them, without -r too; -d
+    // sends directories and the entries one level in)
+    let nested = cfg.options.recursive || cfg.options.relative || cfg.options.dirs;
     let mut intake = ListIntake::new(requested.as_deref(), nested);
     if cfg.options.link_marks {
         intake.expect_link_marks();
@@ -297,9 +299,10 @@ where
         io_error: false,
         summary: Summary::default(),
         is_root: rustix::process::geteuid().is_root(),
-        buf: vec![0; BLOCK_SIZE.max(MAX_CHUNK)],
-        decompressor: zstd::bulk::Decompressor::new()
-            .map_err(|e| TransferError::local("zstd", &e))?,
+        // one byte more than a block: a compressed block that unpacks longer
+        // than it says is seen as such
+        buf: vec![0; BLOCK_SIZE.max(MAX_CHUNK) + 1],
+        unpacker: Default::default(),
         chunk_cache: ChunkCache::open_default().map(Arc::new),
         progress: HashMap::new(),
         wire: HashMap::new(),
@@ -510,9 +513,20 @@ impl<D: Destination> Receiver<'_, D> {
                 len,
                 hash,
             } => self.segment_end(file, offset, len, hash),
-            Message::RecipeEnd { file, size, hash } => self.recipe_end(file, size, hash),
-            Message::FileEnd { file, size, hash } => self.file_end(file, size, hash),
+            // a file's `Data` stream ends with it (its segments' streams
+            // are left to age out: a segmented file's `FileEnd` may be read
+            // before another connection's last blocks of its segments, which
+            // the receiver then waits for)
+            Message::RecipeEnd { file, size, hash } => {
+                self.unpacker.close(|k| k == (file, u64::MAX));
+                self.recipe_end(file, size, hash)
+            }
+            Message::FileEnd { file, size, hash } => {
+                self.unpacker.close(|k| k == (file, u64::MAX));
+                self.file_end(file, size, hash)
+            }
             Message::FileFailed { file, reason } => {
+                self.unpacker.close(|k| k == (file, u64::MAX));
                 let state = self
                     .in_flight
                     .remove(file)

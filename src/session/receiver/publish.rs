@@ -13,12 +13,16 @@ use crate::error::{FileError, FileOp, TransferError};
 use crate::fs::chunk_cache::CacheWriter;
 use crate::fs::names::escape;
 use crate::proto::Report;
+use crate::session::compress::{Key, Unpacker};
 use crate::store::destination::{BasisFile, Destination, PublishHow, TempWrite};
 use std::os::unix::fs::MetadataExt;
 
 impl<D: Destination> Receiver<'_, D> {
+    /// `bytes` as sent (under `key`, the next block of the same stream
+    /// under `next`: see [`crate::session::compress`]), unpacked into `buf`.
     pub(super) fn unpack<'b>(
-        decompressor: &mut zstd::bulk::Decompressor<'static>,
+        unpacker: &mut Unpacker,
+        (key, next): (Key, Key),
         buf: &'b mut [u8],
         compressed: bool,
         raw_len: u32,
@@ -27,16 +31,7 @@ impl<D: Destination> Receiver<'_, D> {
         if !compressed {
             return Ok(bytes);
         }
-        let out = &mut buf[..raw_len as usize];
-        match decompressor.decompress_to_buffer(bytes, out) {
-            Ok(n) if n == raw_len as usize => Ok(&buf[..n]),
-            Ok(n) => Err(violation(format!(
-                "sent a compressed block of {n} bytes declared as {raw_len}"
-            ))),
-            Err(_) => Err(violation(
-                "sent a compressed block that does not decompress within its declared size".into(),
-            )),
-        }
+        unpacker.unpack(key, next, bytes, raw_len, buf)
     }
 
     pub(super) fn data(
@@ -55,7 +50,15 @@ impl<D: Destination> Receiver<'_, D> {
         };
         let mut buf = std::mem::take(&mut self.buf);
         let result = (|| -> Result<Result<(), Failed>, TransferError> {
-            let block = Self::unpack(&mut self.decompressor, &mut buf, compressed, raw_len, bytes)?;
+            let key = (file, u64::MAX);
+            let block = Self::unpack(
+                &mut self.unpacker,
+                (key, key),
+                &mut buf,
+                compressed,
+                raw_len,
+                bytes,
+            )?;
             match &mut state {
                 Incoming::Whole { temp, check } => {
                     let limit = self.entries[file as usize].size + RECIPE_SLACK;
@@ -192,7 +195,12 @@ impl<D: Destination> Receiver<'_, D> {
             );
             return Ok(());
         }
-        let published = temp.as_file().and_then(|f| f.try_clone().ok());
+        // a handle kept past the publish only for the chunk cache's entry of
+        // a rebuilt file (a file sent whole has none: no dup, no close)
+        let published = match (&rebuilt, &self.chunk_cache) {
+            (Some((Some(_), _)), Some(_)) => temp.as_file().and_then(|f| f.try_clone().ok()),
+            _ => None,
+        };
         self.publish(file, temp, Some((check_kind, hash)));
         let Some((entry, basis)) = rebuilt else {
             return Ok(());

@@ -46,7 +46,18 @@ impl<D: Destination> Receiver<'_, D> {
         let limit = self.entries[file as usize].size + RECIPE_SLACK;
         let mut buf = std::mem::take(&mut self.buf);
         let result = (|| -> Result<Result<(), Failed>, TransferError> {
-            let block = Self::unpack(&mut self.decompressor, &mut buf, compressed, raw_len, bytes)?;
+            let keys = (
+                (file, offset),
+                (file, offset.saturating_add(raw_len as u64)),
+            );
+            let block = Self::unpack(
+                &mut self.unpacker,
+                keys,
+                &mut buf,
+                compressed,
+                raw_len,
+                bytes,
+            )?;
             let Incoming::Segmented {
                 temp, active, done, ..
             } = &mut state

@@ -152,7 +152,7 @@ where
         zeros: None,
         removable: HashMap::new(),
     };
-    s.packer = Packer::new(s.options.zstd_level());
+    s.packer = Packer::with(s.options.zstd_level(), s.options.zstd_stream);
     let result = s.run(&cfg.sources);
     match result {
         Ok(summary) => {
@@ -186,6 +186,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         let opts = ListOptions {
             recursive: self.options.recursive,
             dirs: self.options.dirs,
+            cp_mode: self.options.cp_mode,
             links: self.options.links,
             follow_links: self.options.follow_links,
             copy_unsafe_links: self.options.copy_unsafe_links,

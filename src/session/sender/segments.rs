@@ -31,6 +31,8 @@ struct SegmentJob<F> {
     start: u64,
     len: u64,
     compress: Option<i32>,
+    /// Blocks continue each other's zstd frame ([`crate::proto::Options::zstd_stream`]).
+    zstd_stream: bool,
 }
 
 /// The extra streams of a transfer: those still joining, a worker thread
@@ -180,6 +182,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                     start,
                     len,
                     compress: self.options.zstd_level(),
+                    zstd_stream: self.options.zstd_stream,
                 },
             ));
             start += len;
@@ -207,6 +210,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             start: 0,
             len: per.min(size),
             compress: self.options.zstd_level(),
+            zstd_stream: self.options.zstd_stream,
         };
         self.streams.segmented.insert(file, entry);
         let mut buf = std::mem::take(&mut self.buf);
@@ -263,7 +267,7 @@ fn send_segment<W: Write, F: SourceFile>(
     job: &SegmentJob<F>,
     buf: &mut [u8],
 ) -> Result<CheckValue, Unsent> {
-    let mut packer = Packer::new(job.compress);
+    let mut packer = Packer::with(job.compress, job.zstd_stream);
     let mut check = WholeCheck::default();
     let mut offset = job.start;
     let end = job.start + job.len;

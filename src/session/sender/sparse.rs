@@ -31,8 +31,19 @@ impl Zeros {
 }
 
 /// Whether `f` has a hole before its end (and so is worth sending sparse).
+/// If not, its read position is back at the start: `SEEK_HOLE` left it at
+/// the end, and the file is then read in order (without this, every file
+/// without holes failed under `-S` as "changed while being sent").
 pub(super) fn has_hole<F: SourceFile>(f: &F, size: u64) -> bool {
-    size > 0 && matches!(f.next_hole(0), Ok(Some(at)) if at < size)
+    if size == 0 {
+        return false;
+    }
+    let hole = matches!(f.next_hole(0), Ok(Some(at)) if at < size);
+    if !hole {
+        // all of it is data: the first data is at 0, where this seeks to
+        let _ = f.next_data(0);
+    }
+    hole
 }
 
 impl<W: Write, S: Source> Sender<'_, W, S> {
@@ -91,6 +102,8 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                     self.writer.send_data(file, true, n as u32, &frame)?;
                 }
                 at += n as u64;
+                // the hole's frames are whole: the next data block starts a frame
+                self.packer.interrupt();
                 self.pass_events()?;
             }
             if at >= size {

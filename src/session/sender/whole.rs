@@ -9,7 +9,7 @@ use super::Sender;
 use crate::chunk::WholeCheck;
 use crate::error::{FileOp, TransferError};
 use crate::proto::Message;
-use crate::store::source::Source;
+use crate::store::source::{Source, SourceFile};
 use std::io::{Read, Write};
 
 impl<W: Write, S: Source> Sender<'_, W, S> {
@@ -28,7 +28,23 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         let mut check = WholeCheck::default();
         let mut total = 0u64;
         loop {
-            let n = match read_full(&mut f, &mut self.buf) {
+            // no more than the size stamped at the open: a small file is one
+            // read, with no second one to see its end (a file that grew
+            // since fails the stamp taken after, as one that shrank does)
+            let want = self
+                .buf
+                .len()
+                .min((before.size - total.min(before.size)) as usize);
+            if want == 0 {
+                // the size stamped at the open is read: the source sees
+                // its end now (SFTP checks the remote's hash there)
+                match f.at_end() {
+                    Ok(true) => break,
+                    Ok(false) => return self.give_up(file, path, Unsent::Changed),
+                    Err(e) => return self.give_up(file, path, Unsent::Io(FileOp::Read, e)),
+                }
+            }
+            let n = match read_full(&mut f, &mut self.buf[..want]) {
                 Ok(n) => n,
                 Err(e) => return self.give_up(file, path, Unsent::Io(FileOp::Read, e)),
             };
@@ -41,7 +57,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             let (compressed, bytes) = self.packer.pack(block);
             self.writer.send_data(file, compressed, n as u32, bytes)?;
             self.pass_events()?;
-            if n < self.buf.len() {
+            if n < want {
                 break;
             }
         }

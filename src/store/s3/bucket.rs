@@ -114,8 +114,53 @@ pub(super) fn err(e: object_store::Error) -> io::Error {
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
             io::Error::new(io::ErrorKind::AlreadyExists, e.to_string())
         }
-        _ => io::Error::other(e.to_string()),
+        _ => io::Error::other(failed(&e.to_string())),
     }
+}
+
+/// What an S3 failure means for the user, in one line: the server's error
+/// code read from its XML answer (bad credentials, no such bucket), or that
+/// the endpoint could not be reached; object_store's own text (which holds
+/// the whole XML body) otherwise, on one line.
+fn failed(text: &str) -> crate::error::StoreFailed {
+    use crate::error::StoreFailed::{Refused, Unreachable};
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let len = text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..start + len].trim().to_string())
+    };
+    if let Some(code) = tag("Code") {
+        return Refused(match code.as_str() {
+            "SignatureDoesNotMatch"
+            | "InvalidAccessKeyId"
+            | "InvalidToken"
+            | "ExpiredToken"
+            | "AuthorizationHeaderMalformed" => {
+                format!("bad credentials: the server says {code} (check the access key and secret)")
+            }
+            "NoSuchBucket" => "no such bucket".into(),
+            "AccessDenied" => "access denied by the server (AccessDenied)".into(),
+            _ => match tag("Message") {
+                Some(m) if !m.is_empty() => format!("the server says {code}: {m}"),
+                _ => format!("the server says {code}"),
+            },
+        });
+    }
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let lower = one_line.to_lowercase();
+    if [
+        "error sending request",
+        "connection refused",
+        "dns error",
+        "timed out",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+    {
+        return Unreachable(format!("cannot reach the S3 endpoint ({one_line})"));
+    }
+    Refused(one_line)
 }
 
 /// A key as object_store names it.

@@ -108,7 +108,8 @@ impl Place for S3Place {
         if key.is_empty() {
             return Ok(Some(true));
         }
-        let fail = |e: io::Error| TransferError::local(shown.to_string(), &e);
+        let at = self.bucket.show(&key);
+        let fail = |e: io::Error| TransferError::local(at, &e);
         Ok(self
             .bucket
             .stat(&key, true)
@@ -119,7 +120,7 @@ impl Place for S3Place {
     fn open(&mut self, root: &[u8], _create: bool, shown: &str) -> Result<S3Dest, TransferError> {
         let root = key_of(root).map_err(|e| TransferError::Usage(format!("{shown}: {e}")))?;
         let known = Known::load(&self.bucket, &root)
-            .map_err(|e| TransferError::local(shown.to_string(), &e))?;
+            .map_err(|e| TransferError::local(self.bucket.show(&root), &e))?;
         Ok(S3Dest {
             bucket: self.bucket.clone(),
             root,
@@ -661,19 +662,12 @@ impl Destination for S3Dest {
         meta: &Meta,
     ) -> io::Result<S3Temp> {
         let key = self.key(rel)?;
-        let replaces_large = || {
-            self.known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .object(&key)
-                .is_some_and(|o| o.size > SINGLE_PUT_MAX)
-        };
-        if !self.streaming
-            || self.create_only
-            || size <= SINGLE_PUT_MAX
-            || key.is_empty()
-            || replaces_large()
-        {
+        if !self.streaming || self.create_only || size <= SINGLE_PUT_MAX || key.is_empty() {
+            return self.create_temp(rel, how);
+        }
+        // a HEAD that fails leaves it unknown: spooling is the choice that
+        // is safe either way (the upload then says what the server said)
+        if self.replaces_large(&key).unwrap_or(true) {
             return self.create_temp(rel, how);
         }
         Ok(S3Temp::Stream(Box::new(Stream::start(
@@ -916,6 +910,34 @@ impl Destination for S3Dest {
 }
 
 impl S3Dest {
+    /// Whether a large object is at `key` (a file replacing it is composed
+    /// from it, so it is spooled, not streamed). What the walk learnt of
+    /// the key may be forgotten by now (the receiver asks about thousands
+    /// of entries before their bytes arrive, and only the last
+    /// [`RECENT`] are remembered): then the server is asked, one HEAD for
+    /// a large file, and its answer remembered for the publish.
+    fn replaces_large(&self, key: &str) -> io::Result<bool> {
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .object(key);
+        let o = match known {
+            Some(o) => Some(o),
+            None => {
+                let o = self.bucket.head(key)?;
+                if let Some(o) = &o {
+                    self.known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remember(key, o);
+                }
+                o
+            }
+        };
+        Ok(o.is_some_and(|o| o.size > SINGLE_PUT_MAX))
+    }
+
     /// Puts a streamed file at `key` once all of it has arrived (and the
     /// receiver checked it): its chunk map (with its BLAKE3) first, then
     /// the upload completed, then a HEAD to see the object is what was

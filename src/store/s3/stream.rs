@@ -114,17 +114,13 @@ fn new_check_id(key: &str) -> String {
     h.update(&now.as_nanos().to_le_bytes());
     h.update(&std::process::id().to_le_bytes());
     h.update(key.as_bytes());
+    // the system's randomness, as everywhere else in ferry (best effort:
+    // the time and pid already make the id unique to this upload)
     let mut seed = [0u8; 16];
-    let _ = getrandom_fill(&mut seed);
-    h.update(&seed);
+    if aws_lc_rs::rand::fill(&mut seed).is_ok() {
+        h.update(&seed);
+    }
     bucket::hex(&h.finalize().as_bytes()[..16])
-}
-
-/// Random bytes from the kernel (best effort: the time and pid already
-/// make the id unique to this upload).
-fn getrandom_fill(buf: &mut [u8]) -> io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 impl Stream {
@@ -505,6 +501,16 @@ mod tests {
             }
             assert_eq!(c.finish(), whole, "blocks of {sizes:?}");
         }
+    }
+
+    #[test]
+    fn check_ids_are_128_bits_of_hex_and_never_repeat() {
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| new_check_id("same/key")).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids
+            .iter()
+            .all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 
     #[test]

@@ -23,10 +23,11 @@
 //! every check to the two ends.
 
 use crate::error::TransferError;
-use crate::proto::{Message, Request, Role, Summary, DEFAULT_PORT};
+use crate::proto::{Message, Request, Role, Summary};
+use crate::session::receiver::{self, Requested};
 use crate::session::side::{Reader, Writer};
 use crate::session::wire::{Counters, Spares};
-use crate::session::{self, receiver, sender, Cancel, EventFn, Side};
+use crate::session::{self, sender, Cancel, EventFn, Side};
 use crate::transfer::endpoint::Peer;
 use crate::transfer::Plan;
 use std::sync::{Arc, Mutex};
@@ -64,8 +65,9 @@ impl FirstFailure {
 }
 
 /// Runs the client's half of `request` against `peer`, the local half on
-/// `side`: as [`super::super::run_once`] reaches a peer (ssh with its SFTP
-/// fallback, or a daemon), without retries.
+/// `side`, as any transfer reaches a peer ([`super::super::reach`]), tried
+/// once (the relay as a whole is retried). A failure ends with the `ferry
+/// doctor` command for this end.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn on_peer(
     plan: &Plan,
@@ -77,51 +79,18 @@ pub(super) fn on_peer(
     counters: &Arc<Counters>,
     side: &dyn Side,
 ) -> Result<Summary, TransferError> {
-    // a failure to reach it ends with the `ferry doctor` command to run
-    let target = match peer {
-        Peer::Ssh { user, host } => {
-            let host = match host.contains(':') {
-                true => format!("[{host}]"),
-                false => host.to_string(),
-            };
-            match user {
-                Some(u) => format!("{u}@{host}:"),
-                None => format!("{host}:"),
-            }
-        }
-        Peer::Daemon { host, port } => super::super::doctor_target(host, *port),
-    };
-    let hint = |e| super::super::with_doctor_hint(e, &target);
-    match peer {
-        Peer::Ssh { user, host } => super::super::sftp::over_ssh(
-            plan,
-            *user,
-            host,
-            request,
-            local_paths,
-            events,
-            cancel,
-            counters,
-            side,
-        )
-        .map_err(hint),
-        Peer::Daemon { host, port } => {
-            let port = port.unwrap_or(DEFAULT_PORT);
-            let stream =
-                super::super::connect_daemon(host, port, &plan.daemon, events).map_err(hint)?;
-            session::run_client_streams_on(
-                stream,
-                request,
-                local_paths,
-                events,
-                cancel,
-                counters.clone(),
-                None,
-                side,
-            )
-            .map_err(hint)
-        }
-    }
+    use super::super::{peer_doctor_target, reach::reach_peer, with_doctor_hint};
+    let reached = reach_peer(
+        plan,
+        peer,
+        request,
+        local_paths,
+        events,
+        cancel,
+        counters,
+        side,
+    );
+    reached.map_err(|e| with_doctor_hint(e, &peer_doctor_target(peer)))
 }
 
 /// The push's sending half: instead of reading files, it pulls them from
@@ -146,7 +115,7 @@ impl Side for Through<'_> {
         // (the options as the destination was sent them: the source gets
         // the same, so that both ends agree on what the session carries)
         let splice = Splice {
-            asked: Asked::new(&cfg.sources, cfg.options.relative),
+            asked: names_asked(&cfg.sources, cfg.options.relative),
             dest: Mutex::new(Some((reader, writer))),
             dest_link_marks: cfg.options.link_marks,
             source: self.source.name.clone(),
@@ -190,7 +159,7 @@ impl Side for Through<'_> {
 /// destination's connection and back.
 struct Splice<'a> {
     /// What the pull asked the source for: the names it may answer with.
-    asked: Asked,
+    asked: Requested,
     /// The destination's connection, until the source's session starts.
     dest: Mutex<Option<(Reader, Writer)>>,
     /// Whether the destination was told to expect hard-link marks.
@@ -300,40 +269,14 @@ enum Step {
     Refuse(TransferError),
 }
 
-/// The names a pull may be answered with, as a pulling client checks them
-/// (the destination, receiving a push, does not know what was asked for):
-/// for a path ending in `/` (or `.`, `..`) its contents under any name,
-/// for any other its last component and what lies beneath it. Without
-/// this check a source could answer `host1:data` with `.ssh/...` and have
-/// it written into the destination directory.
-struct Asked {
-    any: bool,
-    tops: std::collections::HashSet<Vec<u8>>,
-}
-
-impl Asked {
-    /// With `-R` (which `cp` never sets) names keep their leading
-    /// directories, and the destination's own checks are the only ones.
-    fn new(paths: &[Vec<u8>], relative: bool) -> Asked {
-        let mut asked = Asked {
-            any: relative,
-            tops: Default::default(),
-        };
-        for p in paths {
-            let trimmed = p.strip_suffix(b"/").unwrap_or(p);
-            let base = trimmed.rsplit(|&b| b == b'/').next().unwrap_or(trimmed);
-            if p.ends_with(b"/") || base == b"." || base == b".." || base.is_empty() {
-                asked.any = true;
-            } else {
-                asked.tops.insert(base.to_vec());
-            }
-        }
-        asked
-    }
-
-    fn allows(&self, name: &[u8]) -> bool {
-        let top = name.split(|&b| b == b'/').next().unwrap_or(name);
-        self.any || name == b"." || self.tops.contains(top)
+/// The names a pull may be answered with, checked here as a pulling client
+/// checks them (the destination, receiving a push, does not know what was
+/// asked for). With `-R` (which `cp` never sets) names keep their leading
+/// directories, and the destination's own checks are the only ones.
+fn names_asked(paths: &[Vec<u8>], relative: bool) -> Requested {
+    match relative {
+        true => Requested::anything(),
+        false => Requested::new(paths),
     }
 }
 
@@ -411,7 +354,7 @@ fn downstream(
     from: Reader,
     to: Writer,
     source: &str,
-    asked: &Asked,
+    asked: &Requested,
     how: (&EventFn<'_>, &Cancel, &FirstFailure),
 ) -> Result<(), TransferError> {
     let name = format!("the source, {source}");
@@ -466,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_pull_is_answered_only_with_what_it_asked_for() {
-        let asked = Asked::new(&[b"/data/ckpt".to_vec(), b"m/x.bin".to_vec()], false);
+        let asked = names_asked(&[b"/data/ckpt".to_vec(), b"m/x.bin".to_vec()], false);
         for (name, ok) in [
             (&b"ckpt"[..], true),
             (b"ckpt/shard-0", true),
@@ -482,7 +425,7 @@ mod tests {
         // a directory's contents (trailing slash, `.`): any name
         for path in ["/data/", ".", "a/.."] {
             let paths = [path.as_bytes().to_vec()];
-            assert!(Asked::new(&paths, false).allows(b".ssh"), "{path}");
+            assert!(names_asked(&paths, false).allows(b".ssh"), "{path}");
         }
     }
 
@@ -539,7 +482,7 @@ mod tests {
         let to: Writer = FrameWriter::new(Box::new(dest.clone()), counters);
         let relay = std::thread::spawn(move || {
             let failure = FirstFailure::default();
-            let asked = Asked::new(&[b"f".to_vec()], false);
+            let asked = names_asked(&[b"f".to_vec()], false);
             let how: (&EventFn<'_>, _, _) = (&|_| {}, &Cancel::default(), &failure);
             downstream(from, to, "host1", &asked, how)
         });
@@ -577,7 +520,7 @@ mod tests {
         let dest = Captured::default();
         let to: Writer = FrameWriter::new(Box::new(dest.clone()), counters.clone());
         let failure = FirstFailure::default();
-        let asked = Asked::new(&[b"/srv/data".to_vec()], false);
+        let asked = names_asked(&[b"/srv/data".to_vec()], false);
         let how: (&EventFn<'_>, _, _) = (&|_| {}, &Cancel::default(), &failure);
         let e = downstream(from, to, "host1", &asked, how).unwrap_err();
         assert!(e.to_string().contains(".ssh"), "{e}");
