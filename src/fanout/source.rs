@@ -263,7 +263,11 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let sig = signer.sign_ticket(&ticket_bytes);
     // start the job on each
     let mut have: Vec<HashMap<(u32, u32), [u8; 32]>> = vec![HashMap::new(); n];
-    let mut held_chunks: Vec<HashSet<ChunkHash>> = vec![HashSet::new(); n];
+    // chunks every host that answered holds (named, not sent), and where
+    // each sits in place in every host's temporary copy, if it does there
+    // at the same offset (then not even named): kept as one map, narrowed
+    // by each answer, never one per host
+    let mut common: Option<HashMap<ChunkHash, Option<(u32, u64)>>> = None;
     for (pos, &i) in chain.iter().enumerate() {
         let c = controls[i].as_mut().expect("in the chain");
         let start = Msg::Start {
@@ -282,7 +286,22 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
                         have[i].insert((f, p as u32), hash);
                     }
                 }
-                held_chunks[i] = c.into_iter().collect();
+                common = Some(match common.take() {
+                    None => c.into_iter().collect(),
+                    Some(mut all) => {
+                        let mine: HashMap<ChunkHash, Option<(u32, u64)>> = c.into_iter().collect();
+                        all.retain(|name, at| match mine.get(name) {
+                            None => false,
+                            Some(here) => {
+                                if here != at {
+                                    *at = None;
+                                }
+                                true
+                            }
+                        });
+                        all
+                    }
+                });
             }
             Ok(Msg::Refused { text }) => {
                 controls[i] = None;
@@ -338,14 +357,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     }
     let total_size = manifest.total_size();
     let live: Vec<usize> = chain.iter().copied().filter(|&i| !settled[i]).collect();
-    // chunks every host of the chain holds: named, not sent
-    let mut common: HashSet<ChunkHash> = match live.first() {
-        Some(&h) => std::mem::take(&mut held_chunks[h]),
-        None => HashSet::new(),
-    };
-    for &h in live.iter().skip(1) {
-        common.retain(|c| held_chunks[h].contains(c));
-    }
+    let common = common.unwrap_or_default();
     let sizes: Vec<u64> = manifest.entries.iter().map(|e| e.size).collect();
     let source = Arc::new(SourcePieces {
         paths,
@@ -695,8 +707,9 @@ impl Laggards {
 struct Held<'a> {
     /// Per host, the BLAKE3 of each piece of its old data.
     pieces: &'a [HashMap<(u32, u32), [u8; 32]>],
-    /// Chunks every live host holds.
-    chunks: &'a HashSet<ChunkHash>,
+    /// Chunks every live host holds, and where each is in place in every
+    /// host's temporary copy, if it is.
+    chunks: &'a HashMap<ChunkHash, Option<(u32, u64)>>,
     live: &'a [usize],
 }
 
@@ -813,12 +826,20 @@ fn read_all(
                 let mut at = a;
                 for &(off, len, name) in cut.iter().take_while(|c| c.0 < b) {
                     let (s, t) = (off.max(a), (off + len).min(b));
-                    if !held.chunks.contains(&name) {
+                    let Some(&in_place) = held.chunks.get(&name) else {
                         at = t;
                         continue;
-                    }
+                    };
                     if !send_run(&w, file, run_from, at, &send) {
                         return Ok(());
+                    }
+                    if in_place == Some((file, off)) {
+                        // every host's temporary copy holds these bytes here
+                        // already (its old data, copied in place): nothing
+                        // to send, the piece's check covers them
+                        run_from = t;
+                        at = t;
+                        continue;
                     }
                     let r = Fwd::Ref {
                         file,
