@@ -530,3 +530,43 @@ fn a_slow_host_is_moved_to_the_tail_and_the_others_do_not_wait_for_it() {
         }
     }
 }
+
+#[test]
+fn a_host_moved_after_another_is_fed_by_it_and_every_host_gets_everything() {
+    // host 2 is the slowest (160 ms per 256 KiB frame), host 1 slow (80 ms):
+    // host 2 is moved first (host 1, blocked on it, looks held back), then
+    // host 1 (the source is blocked on it), behind host 2. Host 2, fed only
+    // re-sent pieces by the old tail, must feed host 1 from what it commits.
+    let chain = Chain::start_with(5, &|i| match i {
+        1 | 2 => vec![
+            "env".into(),
+            "FERRY_TEST_HOOKS=1".into(),
+            format!("FERRY_TEST_FANOUT_RECV_PACE_MS={}", 80 * i),
+        ],
+        _ => vec![],
+    });
+    let work = tmp();
+    let src = tree(work.path(), 16 * MIB);
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    let hosts = v["hosts"].as_array().unwrap();
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["state"], "done", "host {i}: {v}");
+        assert_same_tree(&src, &chain.out(i), true);
+    }
+    assert_eq!(hosts[1]["moved_to_tail"], true, "{v}");
+    assert_eq!(hosts[2]["moved_to_tail"], true, "{v}");
+    let slowest = hosts[1]["seconds"]
+        .as_f64()
+        .unwrap()
+        .min(hosts[2]["seconds"].as_f64().unwrap());
+    for i in [0, 3, 4] {
+        assert_eq!(hosts[i]["moved_to_tail"], false, "{v}");
+        let t = hosts[i]["seconds"].as_f64().unwrap();
+        assert!(
+            t < 0.7 * slowest,
+            "host {i} took {t} s, the slow ones {slowest} s or more: {v}"
+        );
+    }
+}

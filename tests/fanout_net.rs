@@ -234,7 +234,7 @@ fn a_black_holed_middle_host_is_bypassed_within_the_stall_timeout() {
 }
 
 #[test]
-#[ignore = "issue 21 open: on a busy CPU the slow host is seen late (or a healthy one is moved), and four of the other seven finish past 1.25 x T_1; run with --ignored"]
+#[ignore = "issue 21 open: a slow host mid-chain passes on a busy CPU (others by 13.6-15.6 s, T_1 11.5 s), but a slow head has its healthy successor moved first (a symmetric throttle looks like a slow successor) and a healthy host moved behind the slow one waits for it; run with --ignored"]
 fn a_host_throttled_to_a_tenth_does_not_slow_the_other_seven() {
     let _serial = serial();
     let Some(net) = FanoutNet::build(8, RATE_MBIT) else {

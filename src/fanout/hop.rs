@@ -44,7 +44,7 @@ struct State {
     /// Old data (the files at the manifest's paths, or partial files) and
     /// where each of its chunks is: what a [`Msg::Ref`] names.
     bases: Vec<std::fs::File>,
-    chunks: HashMap<ChunkHash, (usize, u64, u32)>,
+    chunks: HashMap<ChunkHash, OldAt>,
     files: HashMap<u32, FileState>,
     received: u64,
     committed_bytes: u64,
@@ -60,10 +60,23 @@ struct State {
 }
 
 /// What a hop holds before any data comes: per file with old data the
-/// BLAKE3 of each of its pieces, and the names of the old data's chunks.
+/// BLAKE3 of each of its pieces, and the names of the old data's chunks
+/// (with where each sits in place in a new file's temporary copy).
 pub struct Held {
     pub pieces: Vec<(u32, Vec<[u8; 32]>)>,
-    pub chunks: Vec<ChunkHash>,
+    pub chunks: Vec<super::wire::OldChunk>,
+}
+
+/// Where an old chunk is: its basis (an index into `State::bases`), offset
+/// and length there, and whether the new file's temporary copy holds it at
+/// the same offset (the basis is that file's own old data, and the chunk
+/// lies in the whole pieces copied from it): then (that file, offset).
+#[derive(Debug, Clone, Copy)]
+struct OldAt {
+    basis: usize,
+    offset: u64,
+    len: u32,
+    in_place: Option<u32>,
 }
 
 /// What a chunk reference costs on the wire, counted as received.
@@ -160,10 +173,12 @@ impl Hop {
                     if let Some(b) = basis {
                         let hashes = copy_basis(&b, &mut temp, e.size)
                             .map_err(|x| format!("{shown}: {}", io_text(&x)))?;
+                        // the temporary copy holds the old bytes up to here
+                        let copied = (hashes.len() as u64 * PIECE).min(e.size);
                         if !hashes.is_empty() {
                             have.push((i as u32, hashes));
                         }
-                        index_chunks(&b, bases.len(), &mut chunks)
+                        index_chunks(&b, bases.len(), (i as u32, copied), &mut chunks)
                             .map_err(|x| format!("{shown}: {}", io_text(&x)))?;
                         bases.push(b);
                     }
@@ -221,7 +236,11 @@ impl Hop {
         for i in empty {
             hop.publish(&mut lock(&hop.state), i)?;
         }
-        let names = lock(&hop.state).chunks.keys().copied().collect();
+        let names = lock(&hop.state)
+            .chunks
+            .iter()
+            .map(|(name, at)| (*name, at.in_place.map(|f| (f, at.offset))))
+            .collect();
         Ok((
             hop,
             Held {
@@ -250,7 +269,13 @@ impl Hop {
         }
         let mut s = lock(&self.state);
         s.received += REF_COST;
-        let Some(&(b, at, clen)) = s.chunks.get(chunk) else {
+        let Some(&OldAt {
+            basis: b,
+            offset: at,
+            len: clen,
+            ..
+        }) = s.chunks.get(chunk)
+        else {
             return Ok(());
         };
         if skip as u64 + len as u64 > clen as u64 {
@@ -506,7 +531,9 @@ impl Hop {
         if self.feeding.load(Ordering::SeqCst) {
             let mut f = lock(&self.feed);
             match m {
-                Fwd::PieceEnd { file, piece, .. } => f.0.push((file, piece)),
+                Fwd::PieceEnd { file, piece, .. } | Fwd::Committed { file, piece } => {
+                    f.0.push((file, piece))
+                }
                 Fwd::End => f.1 = true,
                 _ => {}
             }
@@ -581,16 +608,23 @@ fn copy_basis(basis: &std::fs::File, temp: &mut TempFile, size: u64) -> io::Resu
     Ok(out)
 }
 
-/// Indexes the content-defined chunks of old data `b`.
+/// Indexes the content-defined chunks of old data `b`, which the temporary
+/// copy of file `copy.0` holds in place up to `copy.1`.
 fn index_chunks(
     basis: &std::fs::File,
     b: usize,
-    into: &mut HashMap<ChunkHash, (usize, u64, u32)>,
+    copy: (u32, u64),
+    into: &mut HashMap<ChunkHash, OldAt>,
 ) -> io::Result<()> {
     let mut c = crate::chunk::Chunker::chunks_only(basis);
     while let Some((chunk, _)) = c.next_chunk()? {
-        into.entry(chunk.hash)
-            .or_insert((b, chunk.offset, chunk.len));
+        let end = chunk.offset + chunk.len as u64;
+        into.entry(chunk.hash).or_insert(OldAt {
+            basis: b,
+            offset: chunk.offset,
+            len: chunk.len,
+            in_place: (end <= copy.1).then_some(copy.0),
+        });
     }
     Ok(())
 }

@@ -53,6 +53,9 @@ pub const PIECE: u64 = 4 << 20;
 pub const FRAME: usize = 256 << 10;
 /// The 9 bytes a fan-out connection opens with, instead of ferry's hello.
 pub const HELLO: &[u8; 9] = b"ferryFAN1";
+/// How often a daemon reports its progress to the source: often enough that
+/// the source sees a slow host within a second (several reports a window).
+pub const PROGRESS: std::time::Duration = std::time::Duration::from_millis(100);
 /// Default time without acknowledged progress before a successor is bypassed.
 pub const DEFAULT_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -48,6 +48,15 @@ pub enum Fwd {
         hash: [u8; 32],
         sig: [u8; 64],
     },
+    /// A piece committed here from a re-sent copy (never on the live
+    /// stream): nothing to pass on live, but a successor fed from the
+    /// committed copy (a host moved to the tail) may lack it. Without it a
+    /// moved host, fed only re-sent pieces, never forwarded to a host moved
+    /// after it.
+    Committed {
+        file: u32,
+        piece: u32,
+    },
     End,
 }
 
@@ -196,7 +205,7 @@ impl Forwarder {
                         continue;
                     }
                     match rx.recv_timeout(Duration::from_millis(10)) {
-                        Ok(Fwd::PieceEnd { file, piece, .. }) => {
+                        Ok(Fwd::PieceEnd { file, piece, .. } | Fwd::Committed { file, piece }) => {
                             ended.insert((file, piece));
                         }
                         Ok(Fwd::End) | Err(RecvTimeoutError::Disconnected) => end_in = true,
@@ -258,7 +267,7 @@ impl Forwarder {
                 end_in |= end;
                 loop {
                     match rx.try_recv() {
-                        Ok(Fwd::PieceEnd { file, piece, .. }) => {
+                        Ok(Fwd::PieceEnd { file, piece, .. } | Fwd::Committed { file, piece }) => {
                             ended.insert((file, piece));
                             feed.push_back((file, piece));
                         }
@@ -380,6 +389,11 @@ impl Forwarder {
                             self.blocked
                                 .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                             r
+                        }
+                        Ok(Fwd::Committed { file, piece }) => {
+                            // the successor had the live copy (or asks by NACK)
+                            ended.insert((file, piece));
+                            Ok(())
                         }
                         Ok(Fwd::End) => {
                             end_in = true;

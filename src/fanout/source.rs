@@ -274,7 +274,11 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let sig = signer.sign_ticket(&ticket_bytes);
     // start the job on each
     let mut have: Vec<HashMap<(u32, u32), [u8; 32]>> = vec![HashMap::new(); n];
-    let mut held_chunks: Vec<HashSet<ChunkHash>> = vec![HashSet::new(); n];
+    // chunks every host that answered holds (named, not sent), and where
+    // each sits in place in every host's temporary copy, if it does there
+    // at the same offset (then not even named): kept as one map, narrowed
+    // by each answer, never one per host
+    let mut common: Option<HashMap<ChunkHash, Option<(u32, u64)>>> = None;
     for (pos, &i) in chain.iter().enumerate() {
         let c = controls[i].as_mut().expect("in the chain");
         let start = Msg::Start {
@@ -293,7 +297,22 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
                         have[i].insert((f, p as u32), hash);
                     }
                 }
-                held_chunks[i] = c.into_iter().collect();
+                common = Some(match common.take() {
+                    None => c.into_iter().collect(),
+                    Some(mut all) => {
+                        let mine: HashMap<ChunkHash, Option<(u32, u64)>> = c.into_iter().collect();
+                        all.retain(|name, at| match mine.get(name) {
+                            None => false,
+                            Some(here) => {
+                                if here != at {
+                                    *at = None;
+                                }
+                                true
+                            }
+                        });
+                        all
+                    }
+                });
             }
             Ok(Msg::Refused { text }) => {
                 controls[i] = None;
@@ -349,14 +368,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     }
     let total_size = manifest.total_size();
     let live: Vec<usize> = chain.iter().copied().filter(|&i| !settled[i]).collect();
-    // chunks every host of the chain holds: named, not sent
-    let mut common: HashSet<ChunkHash> = match live.first() {
-        Some(&h) => std::mem::take(&mut held_chunks[h]),
-        None => HashSet::new(),
-    };
-    for &h in live.iter().skip(1) {
-        common.retain(|c| held_chunks[h].contains(c));
-    }
+    let common = common.unwrap_or_default();
     let sizes: Vec<u64> = manifest.entries.iter().map(|e| e.size).collect();
     let source = Arc::new(SourcePieces {
         paths,
@@ -432,7 +444,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
                 }
             }
         }
-        let ev = match rx.recv_timeout(Duration::from_millis(200)) {
+        let ev = match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(ev) => ev,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if last_change.elapsed() > idle_limit {
@@ -531,21 +543,26 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
 }
 
 /// Finds a host slower than the stream and moves it to the tail. In a
-/// cut-through chain every host runs at the slowest one's rate, so rates
-/// alone do not tell which it is; where each forwarder waits does: the
-/// predecessor of a slow host is blocked sending to it most of the time,
-/// while the slow host itself is not blocked sending on. That pattern alone
-/// also shows in a healthy chain on a busy CPU (a hop briefly starved of
-/// CPU; 8 hosts at 200 Mbit/s on two shared cores had three hosts moved for
-/// nothing), so it counts only while the chain's rate has fallen below
-/// [`COLLAPSE`] of the best rate it has had: a host seen so for [`STRIKES`]
-/// windows of [`WINDOW`] (one, if the rate fell below half of that) is
-/// moved, once; the chain's rate is that of its fastest host on the live
-/// stream, and no host is judged while the chain relinks after a move (the
-/// new head, idle meanwhile, looked slow). The head of the chain may be moved too (the source then
-/// links past it). The new order goes first to the slow host (it stops
-/// forwarding), then to its predecessor (which links past it), then to the
-/// others (the old tail links to it).
+/// cut-through chain every host soon runs at the slowest one's rate, so the
+/// chain's rate alone does not tell which it is; each host's own signals
+/// do. Every hop reports (every [`crate::fanout::PROGRESS`]) the bytes it
+/// has received and the time its forwarder spent blocked sending on. A
+/// slow host shows as a hole in that pattern: its predecessor is blocked
+/// sending to it most of the window (the send window toward it is full),
+/// while the slow host itself is hardly blocked (whatever comes in goes out
+/// at once: the hosts after it are starved, not full), and its own receive
+/// rate is under [`SLOW`] of the best rate the chain has had. The hosts
+/// before it are blocked too (back-pressure) but so is their successor, and
+/// the hosts after it are starved but their predecessor is not blocked:
+/// only the slow host matches. A host seen so for [`STRIKES`] windows of
+/// [`WINDOW`] in a row is moved, once (a host briefly starved of CPU on a
+/// busy machine seldom stays under a third of the rate for that long);
+/// no host is judged while the chain relinks after a move (the new head,
+/// idle meanwhile, looked slow). The head may be moved too (the source then
+/// links past it), the tail never (it holds no one back). The new order
+/// goes first to the slow host (it stops forwarding), then to its
+/// predecessor (which links past it), then to the others (the old tail
+/// links to it and feeds it from its committed copy).
 struct Laggards {
     /// Per chain position, the forwarder's blocked time (ms) as last reported.
     blocked: Vec<u64>,
@@ -555,8 +572,12 @@ struct Laggards {
     mark: Vec<u64>,
     received_mark: Vec<u64>,
     own_mark: u64,
-    /// The chain's best rate over a window so far (bytes per ms).
+    /// The chain's best rate over a window so far (bytes per ms): the
+    /// median of its live hosts' rates in that window.
     peak: f64,
+    /// The best rate of any one host over a window (half of it counts when
+    /// it is more than the chain's).
+    fastest: f64,
     /// No host is judged before then (the chain relinks after a move).
     settle: Instant,
     since: Instant,
@@ -567,12 +588,22 @@ struct Laggards {
     pending: VecDeque<(Instant, usize, Vec<usize>)>,
 }
 
-const WINDOW: Duration = Duration::from_secs(1);
+/// How long one look at the chain lasts (several progress reports).
+const WINDOW: Duration = Duration::from_millis(400);
+/// Windows in a row a host must look slow in before it is moved.
 const STRIKES: u32 = 2;
-/// The share of its best rate under which the chain counts as slowed.
-const COLLAPSE: f64 = 0.5;
-/// How long each step of a move waits for the one before to take effect.
-const STEP: Duration = Duration::from_millis(300);
+/// The share of the chain's best rate under which a host counts as slow
+/// (a tenth of the rate is caught; a host starved of CPU on a busy machine
+/// can dip under it for a window or two, hence [`STRIKES`]).
+const SLOW: f64 = 0.3;
+/// A forwarder blocked for more than this share of a window is held back
+/// by its successor...
+const HELD: f64 = 0.5;
+/// ...and one blocked for less than this is not held back at all.
+const FREE: f64 = 0.2;
+/// How long each step of a move waits for the one before to take effect
+/// (orders travel on separate connections).
+const STEP: Duration = Duration::from_millis(150);
 
 impl Laggards {
     fn new(n: usize) -> Laggards {
@@ -583,12 +614,21 @@ impl Laggards {
             received_mark: vec![0; n],
             own_mark: 0,
             peak: 0.0,
+            fastest: 0.0,
             settle: Instant::now(),
             since: Instant::now(),
             strikes: vec![0; n],
             moved: Vec::new(),
             pending: VecDeque::new(),
         }
+    }
+
+    /// Starts a new window from the values last reported.
+    fn mark(&mut self, own: u64) {
+        self.mark.clone_from(&self.blocked);
+        self.received_mark.clone_from(&self.received);
+        self.own_mark = own;
+        self.since = Instant::now();
     }
 
     /// Orders due now: (chain position or `usize::MAX`, the order).
@@ -611,10 +651,7 @@ impl Laggards {
         if Instant::now() < self.settle {
             // the chain is relinking after a move: a window that saw it
             // idle would take the new head (or next host) for slow
-            self.mark.clone_from(&self.blocked);
-            self.received_mark.clone_from(&self.received);
-            self.own_mark = own;
-            self.since = Instant::now();
+            self.mark(own);
             self.strikes.iter_mut().for_each(|s| *s = 0);
             return due;
         }
@@ -622,27 +659,26 @@ impl Laggards {
         let frac = |now: u64, then: u64| now.saturating_sub(then) as f64 / ms;
         let current = order.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let active: Vec<usize> = current.into_iter().filter(|&p| !missed[p]).collect();
-        let mut laggard = None;
-        // the chain's rate: the fastest of the hosts still on the live
-        // stream. It falls only once every buffer up to the slow host is
-        // full (slower to see than the slowest host's or the median's), but
-        // those two are noisy on a busy CPU: with either, healthy hosts were
-        // moved in tests/fanout_net.rs.
-        let rate = active
+        let live = |p: usize| !done[p] && !self.moved.contains(&p);
+        let rate = |p: usize| frac(self.received[p], self.received_mark[p]);
+        // the chain's rate: the median of its live hosts' (a report that
+        // came late makes one host's window look twice as fast, and a
+        // busy CPU starves one host for a window: the median sees neither)
+        let mut rates: Vec<f64> = active
             .iter()
-            .filter(|&&p| !done[p] && !self.moved.contains(&p))
-            .map(|&p| frac(self.received[p], self.received_mark[p]))
-            .fold(0.0, f64::max);
-        self.peak = self.peak.max(rate);
-        let slowed = rate < COLLAPSE * self.peak;
-        let strikes = if rate < COLLAPSE * COLLAPSE * self.peak {
-            1
-        } else {
-            STRIKES
-        };
-        // The source, always ahead of the links, waits on the head of every
-        // chain: it counts as the head's blocked predecessor only because
-        // the chain's rate must have collapsed as well.
+            .filter(|&&p| live(p))
+            .map(|&p| rate(p))
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        if let Some(&median) = rates.get(rates.len() / 2) {
+            self.peak = self.peak.max(median);
+        }
+        // a host slow from the start caps every host after it at once: only
+        // the hosts before it, filling their buffers, showed the rate
+        self.fastest = self.fastest.max(rates.last().copied().unwrap_or(0.0));
+        let reference = self.peak.max(self.fastest / 2.0);
+        let mut laggard = None;
+        // the tail holds no one back: it is never moved
         for j in 0..active.len().saturating_sub(1) {
             let k = active[j];
             let pred = if j == 0 {
@@ -650,20 +686,19 @@ impl Laggards {
             } else {
                 frac(self.blocked[active[j - 1]], self.mark[active[j - 1]])
             };
-            let slow = slowed && pred > 0.5 && frac(self.blocked[k], self.mark[k]) < 0.2;
-            if slow && !done[k] && !self.moved.contains(&k) {
+            let slow = pred > HELD
+                && frac(self.blocked[k], self.mark[k]) < FREE
+                && rate(k) < SLOW * reference;
+            if slow && live(k) {
                 self.strikes[k] += 1;
-                if self.strikes[k] >= strikes && laggard.is_none() {
+                if self.strikes[k] >= STRIKES && laggard.is_none() {
                     laggard = Some((j, k));
                 }
             } else {
                 self.strikes[k] = 0;
             }
         }
-        self.mark.clone_from(&self.blocked);
-        self.received_mark.clone_from(&self.received);
-        self.own_mark = own;
-        self.since = Instant::now();
+        self.mark(own);
         if let Some((j, k)) = laggard {
             self.moved.push(k);
             self.settle = Instant::now() + 2 * STEP + WINDOW;
@@ -690,8 +725,9 @@ impl Laggards {
 struct Held<'a> {
     /// Per host, the BLAKE3 of each piece of its old data.
     pieces: &'a [HashMap<(u32, u32), [u8; 32]>],
-    /// Chunks every live host holds.
-    chunks: &'a HashSet<ChunkHash>,
+    /// Chunks every live host holds, and where each is in place in every
+    /// host's temporary copy, if it is.
+    chunks: &'a HashMap<ChunkHash, Option<(u32, u64)>>,
     live: &'a [usize],
 }
 
@@ -808,12 +844,20 @@ fn read_all(
                 let mut at = a;
                 for &(off, len, name) in cut.iter().take_while(|c| c.0 < b) {
                     let (s, t) = (off.max(a), (off + len).min(b));
-                    if !held.chunks.contains(&name) {
+                    let Some(&in_place) = held.chunks.get(&name) else {
                         at = t;
                         continue;
-                    }
+                    };
                     if !send_run(&w, file, run_from, at, &send) {
                         return Ok(());
+                    }
+                    if in_place == Some((file, off)) {
+                        // every host's temporary copy holds these bytes here
+                        // already (its old data, copied in place): nothing
+                        // to send, the piece's check covers them
+                        run_from = t;
+                        at = t;
+                        continue;
                     }
                     let r = Fwd::Ref {
                         file,

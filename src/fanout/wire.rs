@@ -44,10 +44,12 @@ pub enum Msg {
     /// Daemon → source: ready; per file with old data, the BLAKE3 of each of
     /// its pieces as held now (pieces that need not cross the wire), and the
     /// names of the content-defined chunks of its old data (chunks upstream
-    /// may name instead of sending).
+    /// may name instead of sending), each with the file and offset where
+    /// it already sits in the new file's temporary copy, if it does (the
+    /// old data copied in place: upstream need not even name it there).
     Ready {
         have: Vec<(u32, Vec<[u8; 32]>)>,
-        chunks: Vec<[u8; 16]>,
+        chunks: Vec<OldChunk>,
     },
     /// Either way: the job (or this connection) is refused or has failed.
     Refused { text: String },
@@ -107,6 +109,10 @@ pub enum Msg {
     /// Downstream → upstream: send this piece again (it was bad, or missing).
     Nack { file: u32, piece: u32 },
 }
+
+/// An old chunk's name, and the (file, offset) where the new file's
+/// temporary copy already holds it, if it does.
+pub type OldChunk = ([u8; 16], Option<(u32, u64)>);
 
 mod code {
     pub const OPEN: u8 = 1;
@@ -195,8 +201,15 @@ impl Msg {
                     }
                 }
                 w.varint(chunks.len() as u64);
-                for c in chunks {
-                    w.raw(c);
+                for (name, at) in chunks {
+                    w.raw(name);
+                    match at {
+                        None => w.varint(0),
+                        Some((f, o)) => {
+                            w.varint(*f as u64 + 1);
+                            w.varint(*o);
+                        }
+                    }
                 }
             }
             Msg::Ref {
@@ -335,10 +348,19 @@ impl Msg {
                     }
                     have.push((f, hs));
                 }
-                let k = r.count(r.remaining() / 16, "chunks")?;
+                let k = r.count(r.remaining() / 17, "chunks")?;
                 let mut chunks = Vec::with_capacity(k);
                 for _ in 0..k {
-                    chunks.push(r.token("chunk")?);
+                    let name = r.token("chunk")?;
+                    let at = match r.varint("chunk's file")? {
+                        0 => None,
+                        f => Some((
+                            u32::try_from(f - 1)
+                                .map_err(|_| DecodeError::Invalid("chunk's file"))?,
+                            r.varint("chunk's offset")?,
+                        )),
+                    };
+                    chunks.push((name, at));
                 }
                 Msg::Ready { have, chunks }
             }
@@ -501,7 +523,7 @@ mod tests {
             },
             Msg::Ready {
                 have: vec![(1, vec![[9; 32], [8; 32]])],
-                chunks: vec![[3; 16]],
+                chunks: vec![([3; 16], None), ([4; 16], Some((2, 4096)))],
             },
             Msg::Ref {
                 file: 2,

@@ -333,7 +333,7 @@ fn run_control(
     let mut forwarder: Option<std::thread::JoinHandle<()>> = None;
     let mut done_sent = false;
     loop {
-        match rx.recv_timeout(HEARTBEAT) {
+        match rx.recv_timeout(crate::fanout::PROGRESS) {
             Ok(true) if forwarder.is_none() => {
                 if let Some(rx) = hop.take_forward() {
                     let f = Forwarder {
@@ -533,6 +533,10 @@ fn relay(
                         hash,
                         sig,
                     });
+                } else if ok {
+                    // a moved host is fed only re-sent pieces: what it
+                    // commits so is what it can feed a host moved after it
+                    hop.forward(Fwd::Committed { file, piece });
                 }
             }
             Msg::End => {
