@@ -84,6 +84,12 @@ pub trait Place {
     /// Whether something is at `path` and whether it is a directory.
     /// `shown` names the whole destination in messages.
     fn probe(&mut self, path: &[u8], shown: &str) -> Result<Option<bool>, TransferError>;
+    /// Whether the directories above a destination must exist before it
+    /// is written (a filesystem: without `--mkpath` a missing one is an
+    /// error); a store of keys without directories (S3) says no.
+    fn has_directories(&self) -> bool {
+        true
+    }
     /// Opens `root` as the destination, making it (its last component) when
     /// `create`.
     fn open(&mut self, root: &[u8], create: bool, shown: &str)

@@ -60,7 +60,7 @@ impl<D: Destination> Receiver<'_, D> {
             self.dest = Target::Absent;
             return Ok(());
         }
-        if !self.opts.mkpath && !self.opts.dry_run {
+        if !self.opts.mkpath && !self.opts.dry_run && place.has_directories() {
             // without --mkpath the directory the destination goes in must
             // exist: name the outermost one missing, and the flag
             let top: &[u8] = if create { split_parent(&root).0 } else { &root };

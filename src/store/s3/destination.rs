@@ -117,6 +117,11 @@ impl Place for S3Place {
             .map(|o| o.is_none()))
     }
 
+    /// A prefix needs nothing above it.
+    fn has_directories(&self) -> bool {
+        false
+    }
+
     fn open(&mut self, root: &[u8], _create: bool, shown: &str) -> Result<S3Dest, TransferError> {
         let root = key_of(root).map_err(|e| TransferError::Usage(format!("{shown}: {e}")))?;
         let known = Known::load(&self.bucket, &root)
