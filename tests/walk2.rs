@@ -1,6 +1,9 @@
 //! The s18 (second) README walk's findings, against the built binary as a
 //! new user meets them: `--bwlimit` as one total rate (item 1, and the first
-//! walk's item 19 for local copies), Ctrl-C and SIGTERM exiting 20 (item 5).
+//! walk's item 19 for local copies), Ctrl-C and SIGTERM exiting 20 (item 5),
+//! a public key given as the identity (item 10), the job fault limit (item
+//! 14), `ferry job watch`'s exit codes (item 15) and `cp`'s daemon flags
+//! (item 8).
 
 mod util;
 use std::process::{Command, Stdio};
@@ -332,4 +335,54 @@ fn an_empty_xdg_config_home_means_dot_config() {
         assert!(!cwd.join("ferry").exists(), "XDG_CONFIG_HOME={xdg:?}");
         assert!(!cwd.join("relative").exists(), "XDG_CONFIG_HOME={xdg:?}");
     }
+}
+
+/// Item 10: a public key given as the identity (`ls -i id_ed25519.pub`,
+/// `sync --identity …/id_ed25519.pub`) is one line saying it is the public
+/// half and naming the private key; it said `not an OpenSSH key`. The exit
+/// code stays what any unreadable identity gives.
+#[test]
+fn a_public_key_as_the_identity_names_the_private_key() {
+    let t = tmp();
+    let cfg = t.path().join("cfg");
+    std::fs::create_dir(&cfg).unwrap();
+    chmod(&cfg, 0o700);
+    ok(ferry(["keygen", "--config-dir", &s(&cfg)]));
+    let public = s(&cfg.join("id_ed25519.pub"));
+    let private = s(&cfg.join("id_ed25519"));
+    let not_a_key = t.path().join("notes.txt");
+    write(&not_a_key, "hello\n");
+    let m = t.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    write(&t.path().join("a.txt"), "a");
+    let d = Daemon::start(&[("ckpt", &m, false)], "", &[]);
+    let ls = |key: &str| {
+        let mut a = vec!["ls".to_string(), "-i".into(), key.into(), d.url("ckpt/")];
+        a.extend(d.client_args());
+        ferry(&a)
+    };
+    let sync = |key: &str| {
+        let mut a = vec!["sync".to_string(), "--identity".into(), key.into()];
+        a.extend([s(&t.path().join("a.txt")), d.url("ckpt/")]);
+        a.extend(d.client_args());
+        ferry(&a)
+    };
+    for (what, run) in [("ls", &ls as &dyn Fn(&str) -> _), ("sync", &sync)] {
+        let today = run(&s(&not_a_key));
+        assert!(stderr(&today).contains("not an OpenSSH key"), "{what}");
+        let o = run(&public);
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert!(
+            err.contains(&format!("{public} is a public key")),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains(&format!("give the private key ({private}, without .pub)")),
+            "{what}: {err}"
+        );
+        assert_eq!(o.status.code(), today.status.code(), "{what}: {err}");
+        assert_ne!(o.status.code(), Some(0), "{what}");
+    }
+    assert!(!m.join("a.txt").exists(), "copied with a public key");
 }
