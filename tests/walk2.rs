@@ -585,3 +585,67 @@ fn job_watch_exits_by_the_failed_jobs_error() {
     let help = stdout(&ok(ferry(["job", "watch", "--help"])));
     assert!(help.contains("11 the source is missing"), "{help}");
 }
+
+/// Item 8: `cp` takes `--port`, `-4`/`-6`, `--timeout` and `--retries` as
+/// `sync` does (`cp -4` was `unexpected argument '-4'`).
+#[test]
+fn cp_takes_the_daemon_port_ip_version_timeout_and_retries() {
+    let t = tmp();
+    let m = t.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    let a = t.path().join("a.txt");
+    write(&a, "a");
+    let d = Daemon::start(&[("ckpt", &m, false)], "", &[]);
+    let port = d
+        .url("")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    // --port for a host::module address without one, over IPv4 only
+    let mut args = vec!["cp".to_string(), "-4".into(), "--port".into(), port.clone()];
+    args.extend([
+        "--retries".into(),
+        "0".into(),
+        "--timeout".into(),
+        "10".into(),
+    ]);
+    args.extend([s(&a), "127.0.0.1::ckpt/p.txt".into()]);
+    args.extend(d.client_args());
+    ok(ferry(&args));
+    assert_eq!(std::fs::read(m.join("p.txt")).unwrap(), b"a");
+    // -6 to an IPv4 address: a usage error, nothing copied
+    let mut args = vec!["cp".to_string(), "-6".into(), "--port".into(), port];
+    args.extend([s(&a), "127.0.0.1::ckpt/q.txt".into()]);
+    args.extend(d.client_args());
+    let o = ferry(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!m.join("q.txt").exists());
+    // --timeout: a port that accepts and never answers is given up after it
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || silent.accept().map(|(c, _)| c));
+    let start = Instant::now();
+    let mut args = vec!["cp".to_string(), "--timeout".into(), "2".into()];
+    args.extend([s(&a), format!("ferry://{addr}/ckpt/r.txt")]);
+    args.extend(d.client_args());
+    let o = ferry(&args);
+    let took = start.elapsed();
+    assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
+    assert!(
+        took < Duration::from_secs(15),
+        "{took:?}: --timeout 2 ignored"
+    );
+    drop(held);
+    let help = stdout(&ok(ferry(["cp", "--help"])));
+    for flag in [
+        "--port <PORT>",
+        "--timeout <SECONDS>",
+        "--retries <N>",
+        "-4",
+        "-6",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+}
