@@ -1,6 +1,9 @@
 //! The s18 (second) README walk's findings, against the built binary as a
 //! new user meets them: `--bwlimit` as one total rate (item 1, and the first
-//! walk's item 19 for local copies), Ctrl-C and SIGTERM exiting 20 (item 5).
+//! walk's item 19 for local copies), Ctrl-C and SIGTERM exiting 20 (item 5),
+//! a public key given as the identity (item 10), the job fault limit (item
+//! 14), `ferry job watch`'s exit codes (item 15) and `cp`'s daemon flags
+//! (item 8).
 
 mod util;
 use std::process::{Command, Stdio};
@@ -331,5 +334,318 @@ fn an_empty_xdg_config_home_means_dot_config() {
         );
         assert!(!cwd.join("ferry").exists(), "XDG_CONFIG_HOME={xdg:?}");
         assert!(!cwd.join("relative").exists(), "XDG_CONFIG_HOME={xdg:?}");
+    }
+}
+
+/// Item 10: a public key given as the identity (`ls -i id_ed25519.pub`,
+/// `sync --identity …/id_ed25519.pub`) is one line saying it is the public
+/// half and naming the private key; it said `not an OpenSSH key`. The exit
+/// code stays what any unreadable identity gives.
+#[test]
+fn a_public_key_as_the_identity_names_the_private_key() {
+    let t = tmp();
+    let cfg = t.path().join("cfg");
+    std::fs::create_dir(&cfg).unwrap();
+    chmod(&cfg, 0o700);
+    ok(ferry(["keygen", "--config-dir", &s(&cfg)]));
+    let public = s(&cfg.join("id_ed25519.pub"));
+    let private = s(&cfg.join("id_ed25519"));
+    let not_a_key = t.path().join("notes.txt");
+    write(&not_a_key, "hello\n");
+    let m = t.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    write(&t.path().join("a.txt"), "a");
+    let d = Daemon::start(&[("ckpt", &m, false)], "", &[]);
+    let ls = |key: &str| {
+        let mut a = vec!["ls".to_string(), "-i".into(), key.into(), d.url("ckpt/")];
+        a.extend(d.client_args());
+        ferry(&a)
+    };
+    let sync = |key: &str| {
+        let mut a = vec!["sync".to_string(), "--identity".into(), key.into()];
+        a.extend([s(&t.path().join("a.txt")), d.url("ckpt/")]);
+        a.extend(d.client_args());
+        ferry(&a)
+    };
+    for (what, run) in [("ls", &ls as &dyn Fn(&str) -> _), ("sync", &sync)] {
+        let today = run(&s(&not_a_key));
+        assert!(stderr(&today).contains("not an OpenSSH key"), "{what}");
+        let o = run(&public);
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert!(
+            err.contains(&format!("{public} is a public key")),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains(&format!("give the private key ({private}, without .pub)")),
+            "{what}: {err}"
+        );
+        assert_eq!(o.status.code(), today.status.code(), "{what}: {err}");
+        assert_ne!(o.status.code(), Some(0), "{what}");
+    }
+    assert!(!m.join("a.txt").exists(), "copied with a public key");
+}
+
+/// A daemon with `--api` on loopback, modules `src` and `dst`, and an API
+/// key; stopped when dropped.
+struct JobApi {
+    child: std::process::Child,
+    url: String,
+    key: String,
+    dir: tempfile::TempDir,
+}
+
+impl JobApi {
+    fn start() -> JobApi {
+        let dir = tmp();
+        let p = |n: &str| dir.path().join(n);
+        for d in ["cfg", "src", "dst", "client"] {
+            std::fs::create_dir(p(d)).unwrap();
+        }
+        chmod(&p("cfg"), 0o700);
+        chmod(&p("client"), 0o700);
+        write(&p("cfg/authorized_keys"), "");
+        chmod(&p("cfg/authorized_keys"), 0o600);
+        let log = std::fs::File::create(p("daemon.log")).unwrap();
+        let mut child = Command::new(ferry_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(["--config-dir", &s(&p("cfg"))])
+            .args(["--module", &format!("src={}", s(&p("src")))])
+            .args(["--module", &format!("dst={}", s(&p("dst")))])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut url = None;
+        for _ in 0..2 {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+            if let Some(u) = line.trim().strip_prefix("api listening on ") {
+                url = Some(u.to_string());
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let Some(url) = url else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "daemon did not start: {}",
+                std::fs::read_to_string(p("daemon.log")).unwrap_or_default()
+            );
+        };
+        let mut api = JobApi {
+            child,
+            url,
+            key: String::new(),
+            dir,
+        };
+        let o = ok(ferry([
+            "api-key",
+            "create",
+            "--name",
+            "k",
+            "--scope",
+            "jobs:write,jobs:read",
+            "--config-dir",
+            &s(&api.dir.path().join("cfg")),
+        ]));
+        api.key = stdout(&o).trim().to_string();
+        api
+    }
+
+    /// `ferry ARGS` with this API's address and key in the environment.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(ferry_bin())
+            .args(args)
+            .env("FERRY_API_URL", &self.url)
+            .env("FERRY_API_KEY", &self.key)
+            .env("FERRY_CONFIG_DIR", self.dir.path().join("client"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `ferry job submit ARGS`; the job's id.
+    fn submit(&self, args: &[&str]) -> String {
+        let mut a = vec!["job", "submit"];
+        a.extend(args);
+        let id = stdout(&ok(self.run(&a))).trim().to_string();
+        assert_eq!(id.len(), 26, "{id}");
+        id
+    }
+
+    /// `ferry job watch ID` (bounded: the jobs here end within seconds).
+    fn watch(&self, id: &str) -> std::process::Output {
+        let child = Command::new(ferry_bin())
+            .args(["job", "watch", id])
+            .env("FERRY_API_URL", &self.url)
+            .env("FERRY_API_KEY", &self.key)
+            .env("FERRY_CONFIG_DIR", self.dir.path().join("client"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = child;
+        if wait_for(&mut child, Duration::from_secs(60)).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("job watch {id} did not end");
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn show(&self, id: &str) -> serde_json::Value {
+        let o = ok(self.run(&["job", "show", id, "--json"]));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    }
+}
+
+impl Drop for JobApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Item 14: with `max_faults` N a job fails at its Nth fault, and the
+/// record, the message and `--help` say so: `faults 2 (max 2)`, "2 faults
+/// (max_faults 2)" (it failed at fault N+1: `faults 11 (max 10)`).
+#[test]
+fn a_job_fails_at_its_max_faults_th_fault() {
+    let api = JobApi::start();
+    write(&api.dir.path().join("src/out/f"), "x");
+    let dst = format!("ferry://127.0.0.1:{}/in/", dead_port());
+    let id = api.submit(&["--op", "copy", "--max-faults", "2", "src/out/", &dst]);
+    let w = api.watch(&id);
+    assert_eq!(w.status.code(), Some(12), "{}", stderr(&w));
+    let j = api.show(&id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert_eq!(j["error"]["code"], "max_faults_exceeded", "{j:#}");
+    assert_eq!(
+        (j["faults"].as_u64(), j["max_faults"].as_u64()),
+        (Some(2), Some(2)),
+        "{j:#}"
+    );
+    let detail = j["error"]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("2 faults (max_faults 2); last: "),
+        "{detail}"
+    );
+    let shown = stdout(&ok(api.run(&["job", "show", &id])));
+    assert!(shown.contains(", faults 2 (max 2)"), "{shown}");
+    // 1: the first fault fails it, nothing retried
+    let id = api.submit(&["--max-faults", "1", "src/out/", &dst]);
+    assert_eq!(api.watch(&id).status.code(), Some(12));
+    let j = api.show(&id);
+    assert_eq!(
+        (j["faults"].as_u64(), j["attempts"].as_u64()),
+        (Some(1), Some(1)),
+        "{j:#}"
+    );
+    let help = stdout(&ok(ferry(["job", "submit", "--help"])));
+    assert!(
+        help.contains("Fail the job at its Nth transient fault"),
+        "{help}"
+    );
+}
+
+/// Item 15: `ferry job watch` of a failed job exits by its error, in the
+/// README's exit codes: a missing source 11, a peer that cannot be reached
+/// 12 (every failure exited 12).
+#[test]
+fn job_watch_exits_by_the_failed_jobs_error() {
+    let api = JobApi::start();
+    write(&api.dir.path().join("src/out/f"), "x");
+    let id = api.submit(&["src/missing/", "dst/m/"]);
+    let w = api.watch(&id);
+    assert_eq!(api.show(&id)["error"]["code"], "source_not_found");
+    assert_eq!(w.status.code(), Some(11), "{}", stdout(&w));
+    let dst = format!("ferry://127.0.0.1:{}/in/", dead_port());
+    let id = api.submit(&["--max-faults", "1", "src/out/", &dst]);
+    assert_eq!(api.watch(&id).status.code(), Some(12));
+    let id = api.submit(&["src/out/", "dst/out/"]);
+    assert_eq!(api.watch(&id).status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(api.dir.path().join("dst/out/f")).unwrap(),
+        b"x"
+    );
+    let help = stdout(&ok(ferry(["job", "watch", "--help"])));
+    assert!(help.contains("11 the source is missing"), "{help}");
+}
+
+/// Item 8: `cp` takes `--port`, `-4`/`-6`, `--timeout` and `--retries` as
+/// `sync` does (`cp -4` was `unexpected argument '-4'`).
+#[test]
+fn cp_takes_the_daemon_port_ip_version_timeout_and_retries() {
+    let t = tmp();
+    let m = t.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    let a = t.path().join("a.txt");
+    write(&a, "a");
+    let d = Daemon::start(&[("ckpt", &m, false)], "", &[]);
+    let port = d
+        .url("")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    // --port for a host::module address without one, over IPv4 only
+    let mut args = vec!["cp".to_string(), "-4".into(), "--port".into(), port.clone()];
+    args.extend([
+        "--retries".into(),
+        "0".into(),
+        "--timeout".into(),
+        "10".into(),
+    ]);
+    args.extend([s(&a), "127.0.0.1::ckpt/p.txt".into()]);
+    args.extend(d.client_args());
+    ok(ferry(&args));
+    assert_eq!(std::fs::read(m.join("p.txt")).unwrap(), b"a");
+    // -6 to an IPv4 address: a usage error, nothing copied
+    let mut args = vec!["cp".to_string(), "-6".into(), "--port".into(), port];
+    args.extend([s(&a), "127.0.0.1::ckpt/q.txt".into()]);
+    args.extend(d.client_args());
+    let o = ferry(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!m.join("q.txt").exists());
+    // --timeout: a port that accepts and never answers is given up after it
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || silent.accept().map(|(c, _)| c));
+    let start = Instant::now();
+    let mut args = vec!["cp".to_string(), "--timeout".into(), "2".into()];
+    args.extend([s(&a), format!("ferry://{addr}/ckpt/r.txt")]);
+    args.extend(d.client_args());
+    let o = ferry(&args);
+    let took = start.elapsed();
+    assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
+    assert!(
+        took < Duration::from_secs(15),
+        "{took:?}: --timeout 2 ignored"
+    );
+    drop(held);
+    let help = stdout(&ok(ferry(["cp", "--help"])));
+    for flag in [
+        "--port <PORT>",
+        "--timeout <SECONDS>",
+        "--retries <N>",
+        "-4",
+        "-6",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
     }
 }

@@ -23,10 +23,10 @@ pub enum Op {
     Fanout,
 }
 
-/// Transient failures a job without `max_faults` retries before it fails:
-/// the CLI's `--retries` default. With the backoff (0.5 s doubling to 10 s)
-/// a peer that stays down ends the job after about 65 s, and the queue
-/// moves on.
+/// Transient faults after which a job without `max_faults` fails (it fails
+/// at the 10th, having retried 9 times). With the backoff (0.5 s doubling
+/// to 10 s) a peer that stays down ends the job after about 55 s, and the
+/// queue moves on.
 pub const DEFAULT_MAX_FAULTS: u32 = 10;
 
 /// A deadline: seconds after submission, or an RFC 3339 UTC time.
@@ -85,9 +85,9 @@ pub struct JobSpec {
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Deadline>,
-    /// Transient failures retried before the job fails with
-    /// max_faults_exceeded (default 10, as the CLI's --retries: about a
-    /// minute of backoff against a peer that is down)
+    /// The transient fault at which the job fails with max_faults_exceeded
+    /// (default 10: about a minute of backoff against a peer that is down;
+    /// 1 fails at the first fault, without a retry)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_faults: Option<u32>,
     #[serde(default)]

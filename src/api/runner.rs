@@ -344,7 +344,7 @@ fn attempts(
                     .map_err(db_err)?;
                 tracing::warn!(job = id, faults, "transient failure: {e}");
                 let max = spec.max_faults.unwrap_or(jobs::DEFAULT_MAX_FAULTS);
-                if faults > max as i64 {
+                if faults >= max as i64 {
                     return Err((
                         "failed",
                         "max_faults_exceeded",

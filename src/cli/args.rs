@@ -470,6 +470,23 @@ pub struct CpArgs {
     /// connections, files spread over them, a large file split across them
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
     pub streams: Option<u8>,
+    /// The daemon's port for host::module addresses that name none (default
+    /// 7420; -P is ssh's port)
+    #[arg(long = "port", value_name = "PORT")]
+    pub daemon_port: Option<u16>,
+    /// Give up on a daemon that sends nothing for SECONDS (as for sync)
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Retry a daemon transfer whose connection broke at most N times
+    /// (default: 10; 0: never), as for sync
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Connect over IPv4 only (to a daemon; over ssh it is passed on as -o AddressFamily=inet)
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Connect over IPv6 only
+    #[arg(short = '6')]
+    pub ipv6: bool,
     /// A source (flags may come before, between or after the paths)
     #[arg(value_name = "SRC")]
     pub first: OsString,

@@ -158,7 +158,7 @@ named; `ferry job resume ID` repairs them by delta) or failed (no host got it); 
         /// API takes it (default: no deadline)
         #[arg(long, value_name = "SECONDS|TIME")]
         deadline: Option<String>,
-        /// Fail the job after N transient faults (default 10)
+        /// Fail the job at its Nth transient fault (default 10; 1: no retry)
         #[arg(long = "max-faults", value_name = "N")]
         max_faults: Option<u32>,
         /// Submit at most once: the same key returns the first job
@@ -198,7 +198,15 @@ named; `ferry job resume ID` repairs them by delta) or failed (no host got it); 
         api: ApiFlags,
     },
     /// Follow a job's events until it ends; exits 0 if it succeeded, 24 if a
-    /// fan-out ended partial
+    /// fan-out ended partial, 20 if canceled, and for a failed job a code
+    /// by its error, from the README's exit codes (below)
+    #[command(after_help = "\
+Exit codes: 0 succeeded; 1 an invalid request; 2 an incompatible peer; 11 the source \
+is missing, a path is denied or a local file operation failed (source_not_found, \
+permission_denied, local_error); 12 a connection or peer failure (connection_failed, \
+unknown_host, max_faults_exceeded, key_refused, host_key_unknown, ...); 20 canceled or \
+deadline_exceeded; 23 some files not transferred (partial_transfer); 24 a fan-out ended \
+partial.")]
     Watch {
         /// The job's id (26 characters, as `job submit` and `job list` print it)
         id: String,
@@ -674,12 +682,29 @@ fn check_id(id: &str) -> Result<(), TransferError> {
     }
 }
 
-/// The exit code for a job's final state.
-fn job_exit(state: &str) -> i32 {
+/// The exit code for a job's final state: for a failed job, its error code
+/// mapped to the README's exit codes (a missing source 11, a peer 12).
+fn job_exit(state: &str, job: &serde_json::Value) -> i32 {
     match state {
         "succeeded" => super::exit::OK,
         "canceled" => 20,
         "partial" => super::exit::FANOUT_PARTIAL,
+        _ => failed_exit(job["error"]["code"].as_str().unwrap_or("")),
+    }
+}
+
+/// A failed job's exit code from its error code.
+fn failed_exit(code: &str) -> i32 {
+    match code {
+        "invalid_request" | "invalid_job" => super::exit::USAGE,
+        "incompatible_peer" => 2,
+        "source_not_found" | "permission_denied" | "local_error" => 11,
+        "deadline_exceeded" => 20,
+        "partial_transfer" => super::exit::PARTIAL,
+        "fanout_partial" => super::exit::FANOUT_PARTIAL,
+        // connection_failed, unknown_host, max_faults_exceeded, peer_busy,
+        // key_refused, unknown_module, host_key_*, remote_error,
+        // protocol_error, integrity_error, internal_error, fanout_failed
         _ => 12,
     }
 }
@@ -871,7 +896,7 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
                         if let t @ ("succeeded" | "partial" | "failed" | "canceled") =
                             j["state"].as_str().unwrap_or("")
                         {
-                            return Ok(job_exit(t));
+                            return Ok(job_exit(t, &j));
                         }
                     }
                 }
@@ -885,7 +910,7 @@ pub fn job(c: JobCommand) -> Result<i32, TransferError> {
                         if !api.json {
                             print_job(&j);
                         }
-                        return Ok(job_exit(t));
+                        return Ok(job_exit(t, &j));
                     }
                 }
             }

@@ -607,6 +607,21 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     if !a.recursive {
         refuse_local_dirs(&sources)?;
     }
+    // --port: the daemon's port where an address names none (as for sync)
+    let with_port = |l: Location| match l {
+        Location::Daemon {
+            host,
+            port: None,
+            path,
+        } if a.daemon_port.is_some() => Location::Daemon {
+            host,
+            port: a.daemon_port,
+            path,
+        },
+        other => other,
+    };
+    let sources: Vec<Location> = sources.into_iter().map(with_port).collect();
+    let dest = with_port(dest);
     let options = Options {
         streams: a
             .streams
@@ -622,19 +637,28 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             known_hosts: a.known_hosts.clone(),
             host_key_check: a.host_key_check.clone(),
             config_dir: a.config_dir.clone(),
-            timeout: None,
-            retries: None,
-            ipv4: false,
-            ipv6: false,
+            timeout: a.timeout,
+            retries: a.retries,
+            ipv4: a.ipv4,
+            ipv6: a.ipv6,
         })?,
         ssh: SshOptions {
             rsh: a.rsh,
             port: a.port,
             identity: a.identity,
-            ssh_options: match &a.jump {
-                Some(j) => [a.ssh_option, vec![format!("ProxyJump={j}")]].concat(),
-                None => a.ssh_option,
-            },
+            ssh_options: [
+                a.ssh_option,
+                a.jump
+                    .map(|j| format!("ProxyJump={j}"))
+                    .into_iter()
+                    .collect(),
+                match (a.ipv4, a.ipv6) {
+                    (true, _) => vec!["AddressFamily=inet".into()],
+                    (_, true) => vec!["AddressFamily=inet6".into()],
+                    _ => Vec::new(),
+                },
+            ]
+            .concat(),
             config: a.ssh_config,
             compress: a.ssh_compress,
             remote_ferry: a.remote_ferry,

@@ -46,6 +46,10 @@ const PKCS8_PREFIX: [u8; 16] = [
 pub enum KeyError {
     #[error("{0}: not an OpenSSH key")]
     NotAKey(String),
+    /// A public key (`ssh-ed25519 AAAA…`, an `id_*.pub`) where the private
+    /// key was wanted: `{1}` names the private key to give instead.
+    #[error("{0} is a public key; give the private key ({1}) instead")]
+    PublicHalf(String, String),
     #[error("{path}: {kind} keys are not supported; make an ed25519 key with `ferry keygen` (or `ssh-keygen -t ed25519`)")]
     Unsupported { path: String, kind: String },
     #[error("{0}: the key is encrypted with a passphrase; ferry needs an unencrypted key (`ferry keygen` makes one)")]
@@ -297,6 +301,26 @@ impl Identity {
         let trimmed = text.trim();
         if trimmed.starts_with("-----BEGIN RSA PRIVATE KEY-----") {
             return Err(unsupported(b"ssh-rsa"));
+        }
+        // one `TYPE BASE64 [comment]` line of an ssh key type: an `id_*.pub`
+        let kind = trimmed.split_whitespace().next().unwrap_or("");
+        let key_type = ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"]
+            .iter()
+            .any(|p| kind.starts_with(p));
+        let public = match PublicKey::parse_openssh(trimmed) {
+            Ok(_) => true,
+            Err(KeyLineError::Unsupported(_)) => trimmed
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|b| STANDARD.decode(b).is_ok_and(|d| d.len() > 16)),
+            Err(_) => false,
+        };
+        if key_type && public && trimmed.lines().count() == 1 {
+            let private = match shown.strip_suffix(".pub") {
+                Some(p) if !p.is_empty() => format!("{p}, without .pub"),
+                _ => "the file without .pub".to_string(),
+            };
+            return Err(KeyError::PublicHalf(shown.into(), private));
         }
         let body = trimmed
             .strip_prefix(PEM_BEGIN)
