@@ -570,3 +570,41 @@ fn a_host_moved_after_another_is_fed_by_it_and_every_host_gets_everything() {
         );
     }
 }
+
+/// A hop's messages name paths relative to its module, never the daemon's
+/// server-side path: a host that cannot write (an immutable directory,
+/// which stops root too) is reported missed with `out/…`, as a plain push
+/// to a daemon reports it (it said "/tmp/…/m/out/w.bin: …").
+#[test]
+fn a_host_that_cannot_write_is_named_without_its_server_side_path() {
+    let chain = Chain::start(2);
+    let out = chain.out(1);
+    std::fs::create_dir_all(&out).unwrap();
+    let chattr = |flag: &str| {
+        Command::new("chattr")
+            .arg(flag)
+            .arg(&out)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        return; // a filesystem without immutable files (tmpfs)
+    }
+    let work = tmp();
+    let f = work.path().join("w.bin");
+    write(&f, random_bytes(MIB, 2));
+    let o = chain.run(&[], &f, &[]);
+    assert!(chattr("-i"));
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert_ne!(o.status.code(), Some(0), "{text}");
+    let server_side = chain.hosts[1].dir.path().display().to_string();
+    assert!(!text.contains(&server_side), "server path leaked: {text}");
+    assert!(
+        text.contains("out/w.bin: Operation not permitted"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(chain.out(0).join("w.bin")).unwrap(),
+        std::fs::read(&f).unwrap()
+    );
+}

@@ -173,8 +173,10 @@ fn take_job(
         return Err(format!("module {} is read-only", m.name));
     }
     let rest = rest.strip_suffix(b"/").unwrap_or(rest);
+    // messages name paths relative to the module, never its server-side path
     let mut root = Dest::open(&m.path, false)
-        .map_err(|e| format!("module {}: {}", m.name, crate::error::io_text(&e)))?;
+        .map_err(|e| format!("module {}: {}", m.name, crate::error::io_text(&e)))?
+        .shown_relative();
     let dest = if rest.is_empty() {
         root.sub(b".")
     } else {
