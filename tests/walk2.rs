@@ -649,3 +649,38 @@ fn cp_takes_the_daemon_port_ip_version_timeout_and_retries() {
         assert!(help.contains(flag), "{flag}: {help}");
     }
 }
+
+/// Walk 2, items 21 and 22: `sync` between two remotes says `ferry cp`
+/// does it; `ferry ls gpu2` (a bare word that is no local path) says how a
+/// host is written. Both keep their exit codes (1 and 11).
+#[test]
+fn refusals_name_the_next_step() {
+    let t = tmp();
+    let o = ferry(["sync", "-a", "h1:/a/", "h2:/b/"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("ferry cp copies from one host to another"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    let o = Command::new(ferry_bin())
+        .args(["ls", "gpu2"])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("gpu2: No such file or directory (a host is written gpu2: for ssh, gpu2:: for a daemon)"),
+        "{}",
+        stderr(&o)
+    );
+    // a missing path with a slash is only a missing path
+    let o = Command::new(ferry_bin())
+        .args(["ls", "d/gpu2"])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("a host is written"), "{}", stderr(&o));
+}

@@ -293,7 +293,17 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
         use std::os::unix::ffi::OsStrExt;
         let p = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
         if let Err(e) = std::fs::symlink_metadata(p) {
-            return Err(TransferError::local(crate::fs::names::escape(path), &e));
+            let shown = crate::fs::names::escape(path);
+            let mut err = TransferError::local(shown.clone(), &e);
+            // a bare word that is not here was likely meant as a host
+            if let TransferError::Local { text, .. } = &mut err {
+                if e.kind() == std::io::ErrorKind::NotFound && !path.contains(&b'/') {
+                    text.push_str(&format!(
+                        " (a host is written {shown}: for ssh, {shown}:: for a daemon)"
+                    ));
+                }
+            }
+            return Err(err);
         }
     }
     if matches!(loc, Location::Local(_) | Location::Ssh { .. }) {

@@ -124,6 +124,19 @@ pub fn route<'a>(sources: &'a [Location], dest: &'a Location) -> Result<Route<'a
         (_, Endpoint::Store(_)) => Err(TransferError::Usage(
             "all remote sources must be on the same host, and local and remote sources cannot be mixed".into(),
         )),
+        // every source remote: `cp` relays that (`transfer::relay`), `sync`
+        // does not
+        (_, Endpoint::Peer(_))
+            if sources
+                .iter()
+                .all(|s| matches!(s.endpoint, Endpoint::Peer(_))) =>
+        {
+            Err(TransferError::Usage(
+                "remote-to-remote transfers are not supported by sync: one side must be local \
+                 (ferry cp copies from one host to another)"
+                    .into(),
+            ))
+        }
         (_, Endpoint::Peer(_)) => Err(TransferError::Usage(
             "remote-to-remote transfers are not supported: one side must be local".into(),
         )),
@@ -204,6 +217,8 @@ mod tests {
         assert!(refusal(&["h::m/a", "ferry://h:7420/m/b"], "d").contains(mixed));
         let remote = "remote-to-remote transfers are not supported";
         assert!(refusal(&["h1:a"], "h2:b").contains(remote));
+        assert!(refusal(&["h1:a"], "h2:b").contains("ferry cp copies from one host to another"));
+        assert!(!refusal(&["a", "h1:a"], "h2:b").contains("ferry cp"));
         assert!(refusal(&["a", "h1:a"], "h2:b").contains(remote));
         assert_eq!(refusal(&[], "d"), "no source given");
     }
