@@ -684,3 +684,33 @@ fn refusals_name_the_next_step() {
     assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
     assert!(!stderr(&o).contains("a host is written"), "{}", stderr(&o));
 }
+
+/// Walk 2, item 13: an sshd without an sftp subsystem, with `--transport
+/// sftp`: nothing was ever connected, so no "connection lost", and ssh's
+/// exit as other messages print it (`exit 255`, not Rust's `exit status:`).
+#[test]
+fn sftp_that_never_starts_is_not_a_lost_connection() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start(); // no Subsystem line: no SFTP
+    let t = tmp();
+    write(&t.path().join("src/a"), "a");
+    for cmd in ["sync", "cp"] {
+        let mut args: Vec<String> =
+            vec![cmd.into(), "-r".into(), "--transport".into(), "sftp".into()];
+        args.extend(["-e".into(), sshd.rsh()]);
+        args.push(format!("{}/", s(&t.path().join("src"))));
+        args.push(sshd.remote(&t.path().join("dst")));
+        let o = ferry(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(12), "{err}");
+        assert!(!err.contains("connection lost"), "{err}");
+        assert!(!err.contains("exit status"), "{err}");
+        assert!(
+            err.contains("ssh ended before SFTP started (exit "),
+            "{err}"
+        );
+        assert!(!t.path().join("dst").exists());
+    }
+}

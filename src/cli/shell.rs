@@ -528,11 +528,13 @@ fn open_ssh(target: &str, ssh: &SshOptions) -> Result<(Arc<dyn Remote>, Vec<u8>)
         )));
     }
     let (cmd, shown) = sftp_command(user.as_deref(), &host, ssh)?;
-    let sftp = Sftp::start(cmd).map_err(|e| {
-        TransferError::Connection(format!(
+    // nothing was connected yet: not "connection lost"
+    let sftp = Sftp::start(cmd).map_err(|e| TransferError::Connect {
+        text: format!(
             "ssh to {shown}: {}; see ssh's message above, and run `ferry doctor {shown}:` to see why",
             crate::error::io_text(&e)
-        ))
+        ),
+        why: crate::error::ConnectFailure::Other,
     })?;
     let cwd = sftp
         .realpath(&crate::sftp::remote_path(start.as_bytes()))

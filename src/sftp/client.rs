@@ -169,7 +169,10 @@ impl Sftp {
                 let status = child.wait()?;
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
-                    format!("ssh ended before SFTP started ({status})"),
+                    format!(
+                        "ssh ended before SFTP started ({})",
+                        crate::error::exit_text(status.code())
+                    ),
                 ));
             }
         };

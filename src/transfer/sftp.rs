@@ -235,11 +235,13 @@ fn run(
         events(Event::notice(b"", format!("{why}: using SFTP (no delta)")));
     }
     let (cmd, target) = child::sftp_command(user, host, &plan.ssh)?;
-    let sftp = Sftp::start(cmd).map_err(|e| {
-        TransferError::Connection(format!(
+    // nothing was connected yet: not "connection lost"
+    let sftp = Sftp::start(cmd).map_err(|e| TransferError::Connect {
+        text: format!(
             "ssh to {target}: ssh failed: {}; see ssh's message above",
             crate::error::io_text(&e)
-        ))
+        ),
+        why: crate::error::ConnectFailure::Other,
     })?;
     if !sftp.ext.posix_rename {
         events(Event::notice(
