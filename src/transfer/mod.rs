@@ -122,7 +122,9 @@ fn peer_doctor_target(peer: &Peer<'_>) -> String {
 /// `host`, `host:port`, or `[v6]:port`: what `ferry doctor` is told.
 fn doctor_target(host: &str, port: Option<u16>) -> String {
     match port {
-        Some(p) if p != crate::proto::DEFAULT_PORT && host.contains(':') => format!("[{host}]:{p}"),
+        // an IPv6 address always with its port: `ferry doctor ::1` would
+        // read as an ssh path, `[::1]` as a local one
+        p if host.contains(':') => format!("[{host}]:{}", p.unwrap_or(crate::proto::DEFAULT_PORT)),
         Some(p) if p != crate::proto::DEFAULT_PORT => format!("{host}:{p}"),
         _ => host.to_string(),
     }
@@ -579,6 +581,13 @@ mod tests {
         );
         assert_eq!(doctor_target("gpu2", Some(7000)), "gpu2:7000");
         assert_eq!(doctor_target("::1", Some(7000)), "[::1]:7000");
+        // `ferry doctor ::1` is refused as a host-less ssh path
+        let default = crate::proto::DEFAULT_PORT;
+        assert_eq!(doctor_target("::1", None), format!("[::1]:{default}"));
+        assert_eq!(
+            doctor_target("::1", Some(default)),
+            format!("[::1]:{default}")
+        );
         let hinted = with_doctor_hint(TransferError::Connection("reset".into()), "gpu2");
         assert_eq!(
             hinted.to_string(),
