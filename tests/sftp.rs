@@ -130,7 +130,11 @@ fn round_trip(extra: &str, why: &str, verified: &str, attempts_after: [usize; 2]
             s(&down),
         ],
     ));
-    assert!(stderr(&o).contains("remembered"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("remembered from an earlier run, for a day"),
+        "{}",
+        stderr(&o)
+    );
     // a download is checked as an upload is
     assert!(stderr(&o).contains(verified), "{}", stderr(&o));
     assert_eq!(attempts(&log), attempts_after[1]);

@@ -79,7 +79,9 @@ pub(super) fn over_ssh(
         Transport::Auto => {
             let key = cache_key(plan, user, host);
             if let Some(why) = remembered(&key) {
-                return sftp(request, local_paths, Some(format!("{why} (remembered)")));
+                return sftp(request, local_paths, Some(format!(
+                        "{why} (remembered from an earlier run, for a day; --transport ferry tries ferry again)"
+                    )));
             }
             let mut fallback = None;
             let result = ferry(request.clone(), local_paths.clone(), Some(&mut fallback));
