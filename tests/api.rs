@@ -2523,6 +2523,7 @@ fn the_dashboard_shows_a_jobs_progress_and_final_state_in_chromium() {
         .split('%')
         .next()
         .unwrap()
+        .trim()
         .parse()
         .unwrap();
     assert!(pct < 100, "{r}");
@@ -2541,7 +2542,7 @@ fn the_dashboard_shows_a_jobs_progress_and_final_state_in_chromium() {
     assert!(std::fs::read(&final_png).unwrap().starts_with(b"\x89PNG"));
     let r = row(&dashboard_dom(&profile, &api.url, &id));
     assert!(
-        r.contains("succeeded") && r.contains("100% of 8388608 bytes"),
+        r.contains("succeeded") && r.contains("100% of 8.0 MiB"),
         "{r}"
     );
     // a strict CSP, nothing from another host

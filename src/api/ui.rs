@@ -168,6 +168,23 @@ fn escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// A size as the script's `human()` prints it ("512 B", "8.0 MiB"), so a row
+/// reads the same before and after the script redraws it.
+fn iec(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
 /// The jobs table's rows, as the script draws them.
 fn rows(conn: &Connection) -> rusqlite::Result<String> {
     let mut st = conn.prepare("SELECT * FROM jobs ORDER BY seq DESC LIMIT 200")?;
@@ -196,7 +213,7 @@ fn rows(conn: &Connection) -> rusqlite::Result<String> {
         };
         let id = s("id");
         out.push_str(&format!(
-            "<tr id=\"job-{id}\"><td>{}</td><td>{}</td><td class=\"state state-{state}\">{state}</td><td>{} → {}</td><td><span class=\"pct\">{pct}% of {} bytes</span></td><td></td><td>{}</td><td>{detail}</td><td></td></tr>",
+            "<tr id=\"job-{id}\"><td>{}</td><td>{}</td><td class=\"state state-{state}\">{state}</td><td>{} → {}</td><td><span class=\"pct\"> {pct}% of {}</span></td><td></td><td>{}</td><td>{detail}</td><td></td></tr>",
             &id[id.len().saturating_sub(8)..],
             s("label"),
             s("src"),
@@ -210,7 +227,7 @@ fn rows(conn: &Connection) -> rusqlite::Result<String> {
                 ),
                 None => s("dst"),
             },
-            n("bytes_total"),
+            iec(n("bytes_total").max(0) as u64),
             n("faults"),
         ));
     }
@@ -322,4 +339,14 @@ pub(super) async fn login(
         h.insert(header::SET_COOKIE, c);
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_as_the_script_prints_them() {
+        assert_eq!(super::iec(512), "512 B");
+        assert_eq!(super::iec(8 << 20), "8.0 MiB");
+        assert_eq!(super::iec(1536), "1.5 KiB");
+    }
 }
