@@ -474,19 +474,10 @@ pub struct CpArgs {
     /// 7420; -P is ssh's port)
     #[arg(long = "port", value_name = "PORT")]
     pub daemon_port: Option<u16>,
-    /// Give up on a daemon that sends nothing for SECONDS (as for sync)
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
-    /// Retry a daemon transfer whose connection broke at most N times
-    /// (default: 10; 0: never), as for sync
-    #[arg(long, value_name = "N")]
-    pub retries: Option<u32>,
-    /// Connect over IPv4 only (to a daemon; over ssh it is passed on as -o AddressFamily=inet)
-    #[arg(short = '4', conflicts_with = "ipv6")]
-    pub ipv4: bool,
-    /// Connect over IPv6 only
-    #[arg(short = '6')]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub retry: RetryFlags,
+    #[command(flatten)]
+    pub ip: IpFlags,
     /// A source (flags may come before, between or after the paths)
     #[arg(value_name = "SRC")]
     pub first: OsString,
@@ -510,6 +501,16 @@ pub struct DaemonFlags {
     /// ferry's config directory (default: $FERRY_CONFIG_DIR or ~/.config/ferry)
     #[arg(long = "config-dir", value_name = "DIR")]
     pub config_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub retry: RetryFlags,
+    #[command(flatten)]
+    pub ip: IpFlags,
+}
+
+/// How long to wait for a daemon and how often to retry one (`sync`, `cp`,
+/// `ls`, `fanout`).
+#[derive(Args, Debug, Default, Clone, Copy)]
+pub struct RetryFlags {
     /// Give up on a daemon that sends nothing for SECONDS (connecting, the
     /// handshake, or any wait during the transfer; default: 30 s to connect, no
     /// limit after), and stop retrying a broken connection SECONDS after it
@@ -521,12 +522,37 @@ pub struct DaemonFlags {
     /// connection refused, a key refused are never retried
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
+}
+
+/// `-4` and `-6`: the address family, to a daemon and over ssh.
+#[derive(Args, Debug, Default, Clone, Copy)]
+pub struct IpFlags {
     /// Connect over IPv4 only (to a daemon; over ssh it is passed on as -o AddressFamily=inet)
     #[arg(short = '4', conflicts_with = "ipv6")]
     pub ipv4: bool,
     /// Connect over IPv6 only
     #[arg(short = '6')]
     pub ipv6: bool,
+}
+
+impl IpFlags {
+    /// 4, 6, or None for either.
+    pub fn version(self) -> Option<u8> {
+        match (self.ipv4, self.ipv6) {
+            (true, _) => Some(4),
+            (_, true) => Some(6),
+            _ => None,
+        }
+    }
+
+    /// The same choice as ssh's `-o AddressFamily=…`.
+    pub fn ssh_options(self) -> Vec<String> {
+        match self.version() {
+            Some(4) => vec!["AddressFamily=inet".into()],
+            Some(6) => vec!["AddressFamily=inet6".into()],
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -778,12 +804,8 @@ pub struct ShellArgs {
     /// The ferry program on the remote (default: ferry on its PATH)
     #[arg(long = "remote-ferry", value_name = "PATH")]
     pub remote_ferry: Option<String>,
-    /// Connect over IPv4 only (to a daemon; over ssh it is passed on as -o AddressFamily=inet)
-    #[arg(short = '4', conflicts_with = "ipv6")]
-    pub ipv4: bool,
-    /// Connect over IPv6 only
-    #[arg(short = '6')]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub ip: IpFlags,
     /// [user@]host[:directory] over ssh, or host::module[/dir] or
     /// ferry://host[:port]/module[/dir] on a ferry daemon
     pub host: String,

@@ -311,11 +311,7 @@ pub fn ls(a: LsArgs) -> Result<i32, TransferError> {
             rsh: a.rsh.clone(),
             remote_ferry: a.remote_ferry.clone(),
             transport: a.transport,
-            ssh_options: match (a.daemon.ipv4, a.daemon.ipv6) {
-                (true, _) => vec!["AddressFamily=inet".into()],
-                (_, true) => vec!["AddressFamily=inet6".into()],
-                _ => Vec::new(),
-            },
+            ssh_options: a.daemon.ip.ssh_options(),
             ..Default::default()
         };
         let notice = |e: crate::proto::Event| {

@@ -536,11 +536,7 @@ fn sync(
             remote_ferry: a.remote_ferry,
             transport: a.transport,
             verify: a.verify,
-            ssh_options: match (a.daemon.ipv4, a.daemon.ipv6) {
-                (true, _) => vec!["AddressFamily=inet".into()],
-                (_, true) => vec!["AddressFamily=inet6".into()],
-                _ => Vec::new(),
-            },
+            ssh_options: a.daemon.ip.ssh_options(),
             ..Default::default()
         },
         daemon: daemon_options(&a.daemon)?,
@@ -637,10 +633,8 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
             known_hosts: a.known_hosts.clone(),
             host_key_check: a.host_key_check.clone(),
             config_dir: a.config_dir.clone(),
-            timeout: a.timeout,
-            retries: a.retries,
-            ipv4: a.ipv4,
-            ipv6: a.ipv6,
+            retry: a.retry,
+            ip: a.ip,
         })?,
         ssh: SshOptions {
             rsh: a.rsh,
@@ -652,11 +646,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
                     .map(|j| format!("ProxyJump={j}"))
                     .into_iter()
                     .collect(),
-                match (a.ipv4, a.ipv6) {
-                    (true, _) => vec!["AddressFamily=inet".into()],
-                    (_, true) => vec!["AddressFamily=inet6".into()],
-                    _ => Vec::new(),
-                },
+                a.ip.ssh_options(),
             ]
             .concat(),
             config: a.ssh_config,
@@ -848,15 +838,12 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
         ),
         config_dir: f.config_dir.clone(),
         timeout: f
+            .retry
             .timeout
             .filter(|&t| t > 0)
             .map(std::time::Duration::from_secs),
-        retries: f.retries,
-        ip_version: match (f.ipv4, f.ipv6) {
-            (true, _) => Some(4),
-            (_, true) => Some(6),
-            _ => None,
-        },
+        retries: f.retry.retries,
+        ip_version: f.ip.version(),
     })
 }
 

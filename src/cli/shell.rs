@@ -428,11 +428,7 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         ssh_options: [
             a.ssh_option.clone(),
             a.jump.iter().map(|j| format!("ProxyJump={j}")).collect(),
-            match (a.ipv4, a.ipv6) {
-                (true, _) => vec!["AddressFamily=inet".into()],
-                (_, true) => vec!["AddressFamily=inet6".into()],
-                _ => Vec::new(),
-            },
+            a.ip.ssh_options(),
         ]
         .concat(),
         config: a.ssh_config.clone(),
@@ -446,10 +442,11 @@ pub fn run(a: ShellArgs) -> Result<i32, TransferError> {
         known_hosts: a.known_hosts.clone(),
         host_key_check: a.host_key_check.clone(),
         config_dir: a.config_dir.clone(),
-        timeout: a.timeout,
-        ipv4: a.ipv4,
-        ipv6: a.ipv6,
-        ..Default::default()
+        retry: super::args::RetryFlags {
+            timeout: a.timeout,
+            ..Default::default()
+        },
+        ip: a.ip,
     })?;
     let (remote, cwd): (Arc<dyn Remote>, Vec<u8>) = if daemon_target {
         let Ok(Location::Daemon { host, port, path }) =
