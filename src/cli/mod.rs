@@ -506,21 +506,7 @@ fn sync(
         Some(list) => files_from(list, &sources)?,
         None => sources,
     };
-    // --port: the daemon's port where an address names none
-    let with_port = |l: Location| match l {
-        Location::Daemon {
-            host,
-            port: None,
-            path,
-        } if a.port.is_some() => Location::Daemon {
-            host,
-            port: a.port,
-            path,
-        },
-        other => other,
-    };
-    let sources: Vec<Location> = sources.into_iter().map(with_port).collect();
-    let dest = with_port(dest);
+    let (sources, dest) = with_daemon_port(sources, dest, a.port);
     let options = Options {
         streams: a
             .streams
@@ -603,21 +589,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     if !a.recursive {
         refuse_local_dirs(&sources)?;
     }
-    // --port: the daemon's port where an address names none (as for sync)
-    let with_port = |l: Location| match l {
-        Location::Daemon {
-            host,
-            port: None,
-            path,
-        } if a.daemon_port.is_some() => Location::Daemon {
-            host,
-            port: a.daemon_port,
-            path,
-        },
-        other => other,
-    };
-    let sources: Vec<Location> = sources.into_iter().map(with_port).collect();
-    let dest = with_port(dest);
+    let (sources, dest) = with_daemon_port(sources, dest, a.daemon_port);
     let options = Options {
         streams: a
             .streams
@@ -823,6 +795,26 @@ fn default_streams(sources: &[Location], dest: &Location) -> u8 {
 }
 
 /// Daemon-client flags, checked.
+/// `--port`: the daemon's port, for daemon addresses that name none.
+fn with_daemon_port(
+    sources: Vec<Location>,
+    dest: Location,
+    port: Option<u16>,
+) -> (Vec<Location>, Location) {
+    let with_port = |l: Location| match l {
+        Location::Daemon {
+            host,
+            port: None,
+            path,
+        } if port.is_some() => Location::Daemon { host, port, path },
+        other => other,
+    };
+    (
+        sources.into_iter().map(with_port).collect(),
+        with_port(dest),
+    )
+}
+
 pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, TransferError> {
     Ok(DaemonOptions {
         identity: f.identity.clone(),
