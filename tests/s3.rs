@@ -1706,3 +1706,48 @@ fn a_stream_corrupted_on_its_way_leaves_no_object_and_no_upload() {
     ok(s3.ferry(&["cp", src.to_str().unwrap(), "s3://bkt/big.bin"]));
     assert!(same_bytes(&src, &s3.data.join("bkt/big.bin")));
 }
+
+#[test]
+fn ls_of_a_prefix_with_nothing_under_it_fails_and_an_empty_bucket_lists_nothing() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt", "empty"]);
+    let src = t.path().join("d");
+    std::fs::create_dir(&src).unwrap();
+    write(&src.join("a"), b"a\n");
+    ok(s3.ferry(&["cp", "-r", src.to_str().unwrap(), "s3://bkt/"]));
+    // nothing there: one line naming the address, exit 1, nothing listed
+    for (addr, shown) in [
+        ("s3://bkt/missing/", "s3://bkt/missing"),
+        ("s3://bkt/missing", "s3://bkt/missing"),
+        ("s3://bkt/d/missing/", "s3://bkt/d/missing"),
+        ("s3://empty/missing/", "s3://empty/missing"),
+    ] {
+        let out = s3.ferry(&["ls", addr]);
+        assert_eq!(out.status.code(), Some(1), "{addr}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out),
+            format!("ferry: {shown}: no such object or prefix\n"),
+            "{addr}"
+        );
+        assert_eq!(stdout(&out), "", "{addr}");
+    }
+    // a bucket that does not exist is named (the server said so: exit 12)
+    for addr in ["s3://no-such-bucket/", "s3://no-such-bucket/x/"] {
+        let out = s3.ferry(&["ls", addr]);
+        assert_eq!(out.status.code(), Some(12), "{addr}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("s3://no-such-bucket/"), "{err}");
+        assert!(err.contains("no such bucket"), "{err}");
+        assert_eq!(stdout(&out), "", "{addr}");
+    }
+    // an empty bucket that exists: nothing to list, no error
+    for addr in ["s3://empty/", "s3://empty"] {
+        let out = ok(s3.ferry(&["ls", addr]));
+        assert_eq!(stdout(&out), "", "{addr}");
+        assert_eq!(stderr(&out), "", "{addr}");
+    }
+    // and what is there is listed
+    let out = ok(s3.ferry(&["ls", "s3://bkt/d/"]));
+    assert!(stdout(&out).ends_with(" a\n"), "{}", stdout(&out));
+}
