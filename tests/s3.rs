@@ -283,6 +283,14 @@ struct CountingProxy {
     /// this path (an object in the server's data directory): another
     /// writer creating the key between a run's listing and its upload.
     plant: std::sync::Arc<std::sync::Mutex<Option<Plant>>>,
+    /// Answer the next PUT to a probe key (`.ferry-probe-`) with 503
+    /// SlowDown, not forwarded: a server throttling requests, which says
+    /// nothing about hashes.
+    slow_down_probe: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Give every UploadPart but the probe's the server's answer with
+    /// another ETag (a plain MD5, of no part sent): what the client sees
+    /// when the server stored other bytes than it was sent.
+    wrong_part_etags: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CountingProxy {
@@ -296,6 +304,10 @@ impl CountingProxy {
         let corrupt = corrupt_part.clone();
         let plant = std::sync::Arc::new(std::sync::Mutex::new(None::<Plant>));
         let planted = plant.clone();
+        let slow_down_probe = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let slow_down = slow_down_probe.clone();
+        let wrong_part_etags = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let wrong_etags = wrong_part_etags.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -314,6 +326,8 @@ impl CountingProxy {
                 let log = log.clone();
                 let corrupt = corrupt.clone();
                 let planted = planted.clone();
+                let (slow_down, wrong_etags) = (slow_down.clone(), wrong_etags.clone());
+                let server_port = to;
                 std::thread::spawn(move || {
                     let mut from = BufReader::new(client);
                     let mut to = server;
@@ -346,14 +360,85 @@ impl CountingProxy {
                         }
                         let first = String::from_utf8_lossy(&head);
                         let first = format!("{}{sums}\t{len}", first.lines().next().unwrap_or(""));
-                        let flip = first.contains("partNumber=")
+                        let probe = first.contains(".ferry-probe-");
+                        let part = first.starts_with("PUT ") && first.contains("partNumber=");
+                        let flip = part
+                            && !probe
                             && corrupt.swap(false, std::sync::atomic::Ordering::SeqCst);
                         if first.starts_with("PUT ") && !first.contains("partNumber=") {
                             if let Some((at, bytes)) = planted.lock().unwrap().take() {
                                 std::fs::write(at, bytes).unwrap();
                             }
                         }
-                        log.lock().unwrap().push(first);
+                        log.lock().unwrap().push(first.clone());
+                        // (the answers below go to the client while no other
+                        // is on its way: HTTP/1.1 clients here send the next
+                        // request on a connection only after the last answer)
+                        if probe
+                            && first.starts_with("PUT ")
+                            && slow_down.swap(false, std::sync::atomic::Ordering::SeqCst)
+                        {
+                            let mut body = vec![0u8; len as usize];
+                            if from.read_exact(&mut body).is_err() {
+                                return;
+                            }
+                            let msg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error>\
+                                       <Code>SlowDown</Code><Message>Please reduce your \
+                                       request rate.</Message></Error>";
+                            let answer = format!(
+                                "HTTP/1.1 503 Slow Down\r\ncontent-type: application/xml\r\n\
+                                 content-length: {}\r\n\r\n{msg}",
+                                msg.len()
+                            );
+                            if from.get_mut().write_all(answer.as_bytes()).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        if part && !probe && wrong_etags.load(std::sync::atomic::Ordering::SeqCst) {
+                            // forwarded on a connection of its own, whose
+                            // whole answer is read and passed on, ETag changed
+                            let Ok(mut once) =
+                                std::net::TcpStream::connect(("127.0.0.1", server_port))
+                            else {
+                                return;
+                            };
+                            let text = String::from_utf8_lossy(&head).into_owned();
+                            let mut lines: Vec<&str> = text
+                                .split("\r\n")
+                                .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                                .collect();
+                            lines.insert(1, "connection: close");
+                            let mut body = (&mut from).take(len);
+                            if once.write_all(lines.join("\r\n").as_bytes()).is_err()
+                                || std::io::copy(&mut body, &mut once).is_err()
+                            {
+                                return;
+                            }
+                            let mut answer = Vec::new();
+                            let _ = once.read_to_end(&mut answer);
+                            let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                                return;
+                            };
+                            let answer_head = String::from_utf8_lossy(&answer[..end]).into_owned();
+                            let answer_head: Vec<String> = answer_head
+                                .split("\r\n")
+                                .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                                .map(|l| {
+                                    if l.to_ascii_lowercase().starts_with("etag:") {
+                                        "etag: \"00000000000000000000000000000000\"".to_string()
+                                    } else {
+                                        l.to_string()
+                                    }
+                                })
+                                .collect();
+                            let mut out = answer_head.join("\r\n").into_bytes();
+                            out.extend_from_slice(&answer[end..]);
+                            if from.get_mut().write_all(&out).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
                         if to.write_all(&head).is_err() {
                             return;
                         }
@@ -381,6 +466,8 @@ impl CountingProxy {
             seen,
             corrupt_part,
             plant,
+            slow_down_probe,
+            wrong_part_etags,
         }
     }
 
@@ -743,7 +830,11 @@ fn a_part_corrupted_on_the_way_is_caught_and_sent_again() {
     let proxy = CountingProxy::start(s3.port);
     let src = t.path().join("f.bin");
     write(&src, random_bytes(40 << 20, 77));
-    let parts = |reqs: &[String]| reqs.iter().filter(|r| r.contains("partNumber=")).count();
+    let parts = |reqs: &[String]| {
+        reqs.iter()
+            .filter(|r| r.contains("partNumber=") && !r.contains("ferry-probe-"))
+            .count()
+    };
     // the signed payload hash (SigV4) makes the server refuse a part whose
     // bytes changed on the way, with or without a checksum header; the
     // part is sent again and the object is whole
@@ -764,13 +855,36 @@ fn a_part_corrupted_on_the_way_is_caught_and_sent_again() {
     }
 }
 
+/// The requests of the payload probe among `reqs`, and the id of its
+/// upload (from its UploadPart's request line).
+fn probe_of(reqs: &[String]) -> (Vec<&String>, String) {
+    let probes: Vec<&String> = reqs.iter().filter(|r| r.contains("ferry-probe-")).collect();
+    let id = probes
+        .iter()
+        .find_map(|r| r.split("uploadId=").nth(1))
+        .map(|r| r.split([' ', '&', '\t']).next().unwrap_or("").to_string())
+        .unwrap_or_default();
+    (probes, id)
+}
+
+/// The files s3s-fs keeps of `upload` (its parts, its record, its
+/// metadata): none once it is aborted.
+fn upload_left(s3: &S3Server, upload: &str) -> Vec<PathBuf> {
+    assert!(!upload.is_empty());
+    walk_files(&s3.data)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(upload))
+        .collect()
+}
+
 #[test]
 fn one_probe_learns_that_the_server_checks_signed_payloads_and_leaves_nothing() {
-    // s3s refuses a PUT whose body is not what its signed
+    // s3s refuses an UploadPart whose body is not what its signed
     // x-amz-content-sha256 says: then parts are checked by the server and
     // ferry computes no MD5 of them. One probe per run, however many large
-    // files; it leaves no object behind; a part corrupted on the way is
-    // still refused (by the server, not by an ETag check) and sent again.
+    // files, a throwaway multipart upload that is always aborted: no object,
+    // no upload left; a part corrupted on the way is still refused (by the
+    // server, not by an ETag check) and sent again.
     let t = tmp();
     let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
     let proxy = CountingProxy::start(s3.port);
@@ -784,19 +898,30 @@ fn one_probe_learns_that_the_server_checks_signed_payloads_and_leaves_nothing() 
     let args = ["cp", "-r", dir.to_str().unwrap(), "s3://bkt/run/"];
     ok(s3.ferry_counted(&proxy, &args));
     let reqs = proxy.take();
-    // the probe: a PUT naming the wrong hash (refused: s3s answers a bare
-    // 500), then the same naming the right one (taken, then removed by a
-    // bulk delete, which names no key in its request line)
-    let probes: Vec<&String> = reqs.iter().filter(|r| r.contains("ferry-probe-")).collect();
+    // the probe: CreateMultipartUpload, part 1 naming the wrong hash
+    // (refused: s3s answers a bare 500 InternalError), the same again
+    // (refused the same way), part 1 naming the right hash (taken), abort
+    let (probes, upload) = probe_of(&reqs);
     let methods: Vec<&str> = probes.iter().map(|r| &r[..r.find(' ').unwrap()]).collect();
-    assert_eq!(methods, ["PUT", "PUT"], "one probe: {reqs:#?}");
+    assert_eq!(
+        methods,
+        ["POST", "PUT", "PUT", "PUT", "DELETE"],
+        "one probe: {reqs:#?}"
+    );
     assert!(
         probes
             .iter()
             .all(|r| r.contains(" /bkt/.ferry-chunks/run/.ferry-probe-")),
         "{probes:?}"
     );
-    let parts = reqs.iter().filter(|r| r.contains("partNumber=")).count();
+    assert!(
+        probes[4].contains(&format!("uploadId={upload}")),
+        "{probes:?}"
+    );
+    let parts = reqs
+        .iter()
+        .filter(|r| r.contains("partNumber=") && !r.contains("ferry-probe-"))
+        .count();
     assert_eq!(parts, 2 + 3 + 1, "one part sent twice: {reqs:#?}");
     for (name, seed, len) in [("a.bin", 5, 20 << 20), ("b.bin", 6, 36 << 20)] {
         let stored = std::fs::read(s3.data.join("bkt/run").join(name)).unwrap();
@@ -807,6 +932,111 @@ fn one_probe_learns_that_the_server_checks_signed_payloads_and_leaves_nothing() 
         .filter(|p| p.to_string_lossy().contains("ferry-probe"))
         .collect();
     assert!(left.is_empty(), "the probe left {left:?}");
+    let left = upload_left(&s3, &upload);
+    assert!(
+        left.is_empty(),
+        "the probe's upload is still there: {left:?}"
+    );
+    // and the bucket lists only what was copied
+    let out = ok(s3.ferry(&["ls", "s3://bkt/"]));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+}
+
+#[test]
+fn a_server_that_throttles_the_probe_keeps_the_md5_check_of_every_part() {
+    // The probe's wrong-hash part answered with 503 SlowDown says nothing
+    // about hashes: every part's ETag stays checked against the MD5 of what
+    // was sent. A front that hands back other ETags (as if the server had
+    // stored other bytes) makes that check fail the file, and nothing is
+    // published. (ferry before this trusted any refusal: it skipped the
+    // MD5s and published the file.)
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = CountingProxy::start(s3.port);
+    let src = t.path().join("big.bin");
+    write(&src, random_bytes(20 << 20, 11));
+    let on = |flag: &std::sync::atomic::AtomicBool| {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst)
+    };
+    on(&proxy.slow_down_probe);
+    on(&proxy.wrong_part_etags);
+    let out = s3.ferry_counted(&proxy, &["cp", src.to_str().unwrap(), "s3://bkt/big.bin"]);
+    let reqs = proxy.take();
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not the MD5 of what was sent"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!s3.data.join("bkt/big.bin").exists(), "published");
+    // the probe was asked once, refused with 503, and aborted
+    let (probes, upload) = probe_of(&reqs);
+    let methods: Vec<&str> = probes.iter().map(|r| &r[..r.find(' ').unwrap()]).collect();
+    assert_eq!(methods, ["POST", "PUT", "DELETE"], "{reqs:#?}");
+    let left = upload_left(&s3, &upload);
+    assert!(
+        left.is_empty(),
+        "the probe's upload is still there: {left:?}"
+    );
+
+    // the same front without the 503: s3s refuses the wrong hash, so the
+    // server checks each part and ferry computes no MD5 (the ETags it is
+    // handed go unread, as documented); the file is there, whole
+    ok(s3.ferry_counted(&proxy, &["cp", src.to_str().unwrap(), "s3://bkt/big.bin"]));
+    assert!(std::fs::read(s3.data.join("bkt/big.bin")).unwrap() == random_bytes(20 << 20, 11));
+}
+
+#[test]
+fn with_s3_checksum_none_every_parts_md5_is_checked_and_nothing_is_probed() {
+    // --s3-checksum none: no checksum header, so the MD5 of each part is
+    // kept whatever the server would answer a probe; none is made. (ferry
+    // before this probed, learnt that s3s checks signed hashes, and
+    // published the file whose parts came back with other ETags.)
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let proxy = CountingProxy::start(s3.port);
+    let src = t.path().join("big.bin");
+    write(&src, random_bytes(20 << 20, 12));
+    proxy
+        .wrong_part_etags
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let args = [
+        "cp",
+        "--s3-checksum",
+        "none",
+        src.to_str().unwrap(),
+        "s3://bkt/big.bin",
+    ];
+    let out = s3.ferry_counted(&proxy, &args);
+    let reqs = proxy.take();
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not the MD5 of what was sent"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!s3.data.join("bkt/big.bin").exists(), "published");
+    assert!(
+        !reqs.iter().any(|r| r.contains("ferry-probe-")),
+        "probed: {reqs:#?}"
+    );
+    // with the ETags the server gave, the same upload goes through
+    proxy
+        .wrong_part_etags
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    ok(s3.ferry_counted(&proxy, &args));
+    assert!(std::fs::read(s3.data.join("bkt/big.bin")).unwrap() == random_bytes(20 << 20, 12));
+    // and --help says so
+    let help = stdout(&ok(s3.ferry(&["cp", "--help"])));
+    let flag = help
+        .split("--s3-checksum")
+        .nth(1)
+        .expect("--s3-checksum in cp --help");
+    let flag = flag.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flag.contains("none (for servers that reject the header; each part's ETag is then always checked against the MD5 of what was sent)"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -1475,4 +1705,49 @@ fn a_stream_corrupted_on_its_way_leaves_no_object_and_no_upload() {
     // without the hook the same command puts it there whole
     ok(s3.ferry(&["cp", src.to_str().unwrap(), "s3://bkt/big.bin"]));
     assert!(same_bytes(&src, &s3.data.join("bkt/big.bin")));
+}
+
+#[test]
+fn ls_of_a_prefix_with_nothing_under_it_fails_and_an_empty_bucket_lists_nothing() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt", "empty"]);
+    let src = t.path().join("d");
+    std::fs::create_dir(&src).unwrap();
+    write(&src.join("a"), b"a\n");
+    ok(s3.ferry(&["cp", "-r", src.to_str().unwrap(), "s3://bkt/"]));
+    // nothing there: one line naming the address, exit 1, nothing listed
+    for (addr, shown) in [
+        ("s3://bkt/missing/", "s3://bkt/missing"),
+        ("s3://bkt/missing", "s3://bkt/missing"),
+        ("s3://bkt/d/missing/", "s3://bkt/d/missing"),
+        ("s3://empty/missing/", "s3://empty/missing"),
+    ] {
+        let out = s3.ferry(&["ls", addr]);
+        assert_eq!(out.status.code(), Some(1), "{addr}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out),
+            format!("ferry: {shown}: no such object or prefix\n"),
+            "{addr}"
+        );
+        assert_eq!(stdout(&out), "", "{addr}");
+    }
+    // a bucket that does not exist is named (the server said so: exit 12)
+    for addr in ["s3://no-such-bucket/", "s3://no-such-bucket/x/"] {
+        let out = s3.ferry(&["ls", addr]);
+        assert_eq!(out.status.code(), Some(12), "{addr}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("s3://no-such-bucket/"), "{err}");
+        assert!(err.contains("no such bucket"), "{err}");
+        assert_eq!(stdout(&out), "", "{addr}");
+    }
+    // an empty bucket that exists: nothing to list, no error
+    for addr in ["s3://empty/", "s3://empty"] {
+        let out = ok(s3.ferry(&["ls", addr]));
+        assert_eq!(stdout(&out), "", "{addr}");
+        assert_eq!(stderr(&out), "", "{addr}");
+    }
+    // and what is there is listed
+    let out = ok(s3.ferry(&["ls", "s3://bkt/d/"]));
+    assert!(stdout(&out).ends_with(" a\n"), "{}", stdout(&out));
 }

@@ -19,7 +19,8 @@ pub struct Cli {
     pub s3_endpoint: Option<String>,
     /// Checksum header sent with each S3 upload request, checked by the
     /// server: sha256 (default), crc64nvme, or none (for servers that
-    /// reject the header)
+    /// reject the header; each part's ETag is then always checked against
+    /// the MD5 of what was sent)
     #[arg(long, global = true, value_name = "ALGO",
           value_parser = ["sha256", "crc64nvme", "none"])]
     pub s3_checksum: Option<String>,

@@ -212,12 +212,17 @@ impl Bucket {
     }
 
     /// Whether the server refuses a request whose body is not what its
-    /// signature's payload hash says (asked once, with a write near `key`;
-    /// see [`super::probe`]): then every part object_store uploads is
-    /// checked by the server, and its ETag need not be checked against an
-    /// MD5 of what was sent.
+    /// signature's payload hash says (asked once, with a throwaway upload
+    /// near `key`; see [`super::probe`]): then every part object_store
+    /// uploads is checked by the server, and its ETag need not be checked
+    /// against an MD5 of what was sent. Never with `--s3-checksum none`:
+    /// the user asked for no checksum header, so the MD5 of each part is
+    /// the one check of its own ferry keeps, and nothing is probed.
     pub fn payload_checked(&self, key: &str) -> bool {
         *self.inner.payload_checked.get_or_init(|| {
+            if !super::config::checksum_headers() {
+                return false;
+            }
             let (name, store) = (self.inner.name.clone(), self.inner.store.clone());
             self.block_on(super::probe::server_checks_payload(&name, store, key))
         })

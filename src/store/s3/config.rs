@@ -32,6 +32,12 @@ pub fn set_checksum(algo: &str) {
     let _ = CHECKSUM.set(algo.to_string());
 }
 
+/// Whether upload requests carry a checksum header (`--s3-checksum` is not
+/// `none`).
+pub fn checksum_headers() -> bool {
+    CHECKSUM.get().map(String::as_str) != Some("none")
+}
+
 /// How long a response may stall (no byte read) before the request fails
 /// and is retried.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);

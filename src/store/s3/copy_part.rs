@@ -157,13 +157,16 @@ impl Copier {
 }
 
 impl Copier {
-    /// PUTs `body` as `key`, signed as if its SHA-256 were `claimed` (the
-    /// `x-amz-content-sha256` header); the answer's status and body. For
-    /// [`super::probe`] only: a server that checks signed payloads refuses
-    /// a claim that is not the body's.
-    pub async fn put_claiming(
+    /// PUTs `body` as part `part` (1-based) of upload `upload_id` of `key`,
+    /// signed as if its SHA-256 were `claimed` (the `x-amz-content-sha256`
+    /// header); the answer's status and body. For [`super::probe`] only: a
+    /// server that checks signed payloads refuses a claim that is not the
+    /// body's.
+    pub async fn upload_part_claiming(
         &self,
         key: &str,
+        upload_id: &str,
+        part: usize,
         body: &'static [u8],
         claimed: &[u8],
     ) -> io::Result<(u16, String)> {
@@ -173,7 +176,13 @@ impl Copier {
             .get_credential()
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
-        let url = format!("{}/{}/{}", self.endpoint, encode(&self.bucket), encode(key));
+        let url = format!(
+            "{}/{}/{}?partNumber={part}&uploadId={}",
+            self.endpoint,
+            encode(&self.bucket),
+            encode(key),
+            encode(upload_id).replace('/', "%2F"),
+        );
         let mut req: HttpRequest = http::Request::builder()
             .method(http::Method::PUT)
             .uri(&url)
