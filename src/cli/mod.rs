@@ -528,6 +528,7 @@ fn sync(
         ..options
     };
     let plan = Plan {
+        confine: Default::default(),
         sources,
         dest,
         options,
@@ -629,6 +630,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         ..options
     };
     let plan = Plan {
+        confine: Default::default(),
         sources,
         dest,
         options,
