@@ -2592,3 +2592,132 @@ fn the_dashboard_shows_a_jobs_progress_and_final_state_in_chromium() {
     assert_eq!(a.status, 202, "{}", a.text());
     api.wait_state(&key, id2, &["canceled"], Duration::from_secs(10));
 }
+
+/// A job's src or dst that goes through a symlink in a module (here `evil`,
+/// pointing at a directory outside it) fails, naming the path and saying it
+/// leaves the module: nothing outside is read, nothing outside is written.
+/// A symlink inside the synced tree arrives as a symlink, not its target.
+#[test]
+fn a_job_never_leaves_its_module_through_a_symlink() {
+    let api = Api::new();
+    let outside = api.dir.path().join("outside");
+    let secret = b"root:$6$secret-hash:19000::::::\n".to_vec();
+    write(&outside.join("shadow"), &secret);
+    let outside_w = api.dir.path().join("outside_w");
+    std::fs::create_dir(&outside_w).unwrap();
+    std::os::unix::fs::symlink(&outside, api.src().join("evil")).unwrap();
+    std::os::unix::fs::symlink(&outside_w, api.dst().join("evil")).unwrap();
+    write(&api.src().join("tree/a.txt"), b"in the module");
+    write(&api.src().join("tree/sub/b.txt"), b"also in it");
+    std::os::unix::fs::symlink("a.txt", api.src().join("tree/ln")).unwrap();
+    std::os::unix::fs::symlink("sub", api.src().join("tree/dirln")).unwrap();
+    std::os::unix::fs::symlink(outside.join("shadow"), api.src().join("tree/abs")).unwrap();
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    let (bdir, port, inbox) = peer_for(&api);
+    write(&inbox.join("pulled/p.txt"), b"from the peer");
+    let _peer = start_peer(bdir, port, &inbox);
+    ok(ferry([
+        "ls",
+        &format!("ferry://127.0.0.1:{port}/"),
+        "--config-dir",
+        &api.config_dir().display().to_string(),
+        "--host-key-check",
+        "accept-new",
+    ]));
+    // options that follow links are no job's to give: refused by name
+    for f in [
+        "copy_links",
+        "copy_dirlinks",
+        "keep_dirlinks",
+        "copy_unsafe_links",
+    ] {
+        let body = json!({"op": "sync", "src": "src/tree/", "dst": "dst/l/", f: true});
+        let a = api.call(
+            "POST",
+            "/v1/jobs",
+            Some(&key),
+            &[("Content-Type", "application/json")],
+            Some(&body.to_string()),
+        );
+        let p = a.problem(422, "invalid_body");
+        assert!(p["detail"].as_str().unwrap().contains(f), "{p}");
+    }
+    let pulled = format!("ferry://127.0.0.1:{port}/in/pulled/");
+    for (op, src, dst, named) in [
+        ("sync", "src/evil/", "dst/got/", "evil"),
+        ("sync", "src/evil/shadow", "dst/got/", "evil/shadow"),
+        ("copy", "src/evil/shadow", "dst/got/", "evil/shadow"),
+        ("sync", "src/tree/", "dst/evil/", "evil"),
+        ("sync", "src/tree/", "dst/evil/deeper/", "evil/deeper"),
+        ("copy", "src/tree/a.txt", "dst/evil/", "evil"),
+        ("sync", &pulled, "dst/evil/", "evil"),
+    ] {
+        let j = api.submit(&key, &json!({"op": op, "src": src, "dst": dst}));
+        let j = api.wait_state(
+            &key,
+            j["id"].as_str().unwrap(),
+            &["succeeded", "failed"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(j["state"], "failed", "{op} {src} -> {dst}: {j:#}");
+        let detail = j["error"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(named) && detail.contains("leaves the module"),
+            "{op} {src} -> {dst}: {detail}"
+        );
+        assert!(
+            !detail.contains(&api.dir.path().display().to_string()),
+            "the daemon's own paths are not shown: {detail}"
+        );
+        assert_eq!(j["faults"], 0, "{j:#}");
+    }
+    // nothing of the secret reached the destination module, nothing was
+    // written outside it, and the secret is as it was
+    let got = snapshot(&api.dst(), false);
+    assert!(
+        got.keys().all(|k| !k.ends_with(b"shadow")),
+        "{:?}",
+        got.keys()
+            .map(|k| String::from_utf8_lossy(k))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(std::fs::read_dir(&outside_w).unwrap().count(), 0);
+    assert_eq!(std::fs::read(outside.join("shadow")).unwrap(), secret);
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+
+    // a symlink inside the tree is sent as a symlink, its target not read
+    let j = api.submit(&key, &sync_job("src/tree/", "dst/ok/"));
+    let j = api.wait_state(
+        &key,
+        j["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    let ok_dir = api.dst().join("ok");
+    assert_eq!(
+        std::fs::read(ok_dir.join("a.txt")).unwrap(),
+        b"in the module"
+    );
+    for (name, target) in [("ln", "a.txt"), ("dirln", "sub")] {
+        let m = std::fs::symlink_metadata(ok_dir.join(name)).unwrap();
+        assert!(m.file_type().is_symlink(), "{name} arrived as {m:?}");
+        assert_eq!(
+            std::fs::read_link(ok_dir.join(name)).unwrap(),
+            Path::new(target)
+        );
+    }
+    // a link out of the tree is skipped (the module takes safe links), and
+    // its target's bytes never arrive in its place
+    match std::fs::symlink_metadata(ok_dir.join("abs")) {
+        Ok(m) => assert!(m.file_type().is_symlink(), "abs arrived as {m:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+    }
+    // the job's file list does not read through the link either
+    let secret_check = blake3::hash(&secret).to_hex().to_string();
+    assert!(
+        !j["files"].to_string().contains(&secret_check),
+        "{:#}",
+        j["files"]
+    );
+}

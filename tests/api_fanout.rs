@@ -647,3 +647,77 @@ fn kill_9_of_the_api_daemon_mid_fanout_then_restart_finishes_the_same_job() {
     assert!(kinds.contains(&"interrupted"), "{kinds:?}");
     assert!(kinds.contains(&"resumed"), "{kinds:?}");
 }
+
+/// A fan-out job's source that goes through a symlink in the module (`evil`,
+/// pointing at a directory outside it) fails, naming the path and saying it
+/// leaves the module; the secret reaches no host. Symlinks inside the tree
+/// travel as symlinks, never followed.
+#[test]
+fn a_fanout_job_never_leaves_its_module_through_a_symlink() {
+    let s = Setup::start(1);
+    let outside = s.api.dir.path().join("outside");
+    let secret = b"root:$6$secret-hash:19000::::::\n".to_vec();
+    write(&outside.join("shadow"), &secret);
+    std::os::unix::fs::symlink(&outside, s.src().join("evil")).unwrap();
+    let ckpt = s.src().join("ckpt");
+    write(&ckpt.join("a.txt"), b"in the module");
+    write(&ckpt.join("sub/b.txt"), b"also in it");
+    std::os::unix::fs::symlink("a.txt", ckpt.join("ln")).unwrap();
+    std::os::unix::fs::symlink("sub", ckpt.join("dirln")).unwrap();
+    std::os::unix::fs::symlink(outside.join("shadow"), ckpt.join("abs")).unwrap();
+    for src in ["src/evil/", "src/evil/shadow"] {
+        let (code, body) = s.curl(
+            "POST",
+            "/v1/jobs",
+            Some(&json!({"op": "fanout", "src": src, "destinations": [s.dest(0)]})),
+        );
+        assert_eq!(code, 202, "{body}");
+        let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let w = s.job(&["watch", &id]);
+        assert_ne!(w.status.code(), Some(0), "{src}: {}", stdout(&w));
+        let j = s.show(&id);
+        assert_eq!(j["state"], "failed", "{src}: {j:#}");
+        let detail = j["error"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(src) && detail.contains("leaves the module"),
+            "{src}: {detail}"
+        );
+        assert!(
+            !s.out(0).exists() || snapshot(&s.out(0), false).is_empty(),
+            "{src}: something arrived: {:?}",
+            snapshot(&s.out(0), false).keys().collect::<Vec<_>>()
+        );
+    }
+    // the tree's own links arrive as links, with the same targets
+    let (code, body) = s.curl(
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"op": "fanout", "src": "src/ckpt/", "destinations": [s.dest(0)]})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let w = s.job(&["watch", &id]);
+    assert_eq!(w.status.code(), Some(0), "{}\n{}", stderr(&w), s.api.log());
+    let out = s.out(0);
+    assert_eq!(std::fs::read(out.join("a.txt")).unwrap(), b"in the module");
+    for (name, target) in [("ln", "a.txt"), ("dirln", "sub")] {
+        let m = std::fs::symlink_metadata(out.join(name)).unwrap();
+        assert!(m.file_type().is_symlink(), "{name} arrived as {m:?}");
+        assert_eq!(
+            std::fs::read_link(out.join(name)).unwrap(),
+            Path::new(target)
+        );
+    }
+    // a link out of the tree is not made (the module takes safe links), and
+    // its target's bytes never arrive in its place
+    match std::fs::symlink_metadata(out.join("abs")) {
+        Ok(m) => assert!(m.file_type().is_symlink(), "abs arrived as {m:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+    }
+}

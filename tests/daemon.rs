@@ -816,3 +816,30 @@ fn a_busy_daemon_refusing_an_extra_stream_does_not_fail_the_transfer() {
     assert!(std::fs::read(module.join("big")).unwrap() == data);
     assert!(d.log().contains("busy"), "{}", d.log());
 }
+
+/// A pull of a module path through a symlink out of the module (`evil` ->
+/// a directory outside it) is refused by name: the target directory is not
+/// listed (its names never reach the client) and nothing of it arrives.
+#[test]
+fn a_pull_through_a_symlink_out_of_the_module_lists_nothing_of_its_target() {
+    let t = tmp();
+    let (module, outside, back) = (
+        t.path().join("module"),
+        t.path().join("outside"),
+        t.path().join("back"),
+    );
+    write(&outside.join("shadow-name-secret"), "secret");
+    write(&module.join("ok.txt"), "ok");
+    std::os::unix::fs::symlink(&outside, module.join("evil")).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let o = sync(&d, &["-a", &d.url("data/evil/"), &s(&back)]);
+    assert_eq!(o.status.code(), Some(23), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("evil is a symlink that leaves the module"),
+        "{err}"
+    );
+    assert!(!err.contains("shadow-name-secret"), "{err}");
+    assert!(!stdout(&o).contains("shadow-name-secret"));
+    assert!(!back.join("shadow-name-secret").exists());
+}

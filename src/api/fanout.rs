@@ -304,6 +304,7 @@ fn chain_once(
     );
     let plan = Plan {
         src,
+        confine: r.src.root.clone(),
         walk: Walk {
             recursive: r.options.recursive,
             links: r.options.links,

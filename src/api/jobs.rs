@@ -144,6 +144,9 @@ pub struct Side {
     pub location: Location,
     /// The module named (of this daemon or the other), for allow-lists.
     pub module: String,
+    /// For a module of this daemon: its root, which the transfer never
+    /// leaves (no symlink followed on the way).
+    pub root: Option<PathBuf>,
 }
 
 impl Side {
@@ -182,6 +185,7 @@ pub fn side(
         return Ok(Side {
             location: loc,
             module,
+            root: None,
         });
     }
     if addr.starts_with("s3://") {
@@ -195,6 +199,7 @@ pub fn side(
         return Ok(Side {
             location: loc,
             module,
+            root: None,
         });
     }
     if addr.starts_with('/') || addr.contains(':') {
@@ -222,6 +227,7 @@ pub fn side(
     Ok(Side {
         location: Location::Local(full),
         module: name.to_string(),
+        root: Some(m.path.clone()),
     })
 }
 
@@ -465,7 +471,9 @@ pub fn resolve(
 }
 
 /// The plan a job runs. Connections to other daemons use this daemon's key
-/// and its known_hosts, strictly (an unknown key is refused).
+/// and its known_hosts, strictly (an unknown key is refused). A side in a
+/// module of this daemon is confined to it as the daemon confines a client:
+/// nothing is read or written through a symlink.
 pub fn plan(r: &Resolved, identity: &Path, config_dir: &Path) -> Plan {
     Plan {
         sources: vec![r.src.location.clone()],
@@ -473,6 +481,39 @@ pub fn plan(r: &Resolved, identity: &Path, config_dir: &Path) -> Plan {
         options: r.options.clone(),
         ssh: Default::default(),
         daemon: daemon_options(identity, config_dir),
+        confine: crate::transfer::Confine {
+            source: r.src.root.clone(),
+            dest: r.dst.root.clone(),
+        },
+    }
+}
+
+/// Refuses a job whose module path goes through a symlink (`src/evil/x`
+/// with `evil` a link): one line naming the path as submitted and the link.
+/// A source's last name may be a link (it is sent as one) unless it is sent
+/// by its contents (`dir/`); a destination is written into, so no name of
+/// it may be a link. Run when the job starts; the confined transfer keeps
+/// to the module whatever changes after.
+pub fn check_no_symlink(side: &Side, addr: &str, writing: bool) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let (Some(root), Some(full)) = (&side.root, side.local_path()) else {
+        return Ok(());
+    };
+    let full = Path::new(std::ffi::OsStr::from_bytes(full));
+    let Ok(rel) = full.strip_prefix(root) else {
+        return Ok(());
+    };
+    let last_too = writing || addr.ends_with('/');
+    match crate::fs::source::symlink_on_the_way(root, rel, last_too) {
+        Ok(None) => Ok(()),
+        Ok(Some((link, leaves))) => {
+            let link = Path::new(&side.module).join(link);
+            Err(format!(
+                "{addr}: {}",
+                crate::fs::source::symlink_refusal(&link, leaves)
+            ))
+        }
+        Err(e) => Err(format!("{addr}: {}", crate::error::io_text(&e))),
     }
 }
 

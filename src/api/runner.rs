@@ -151,6 +151,21 @@ fn run_job(api: &Api, id: &str, spec_text: &str, created_ms: i64, interrupted: b
             )
         }
     };
+    // a module path through a symlink fails now: a job never leaves its module
+    for (side, addr, writing) in [
+        (&resolved.src, &spec.src, false),
+        (&resolved.dst, &spec.dst, true),
+    ] {
+        if let Err(text) = jobs::check_no_symlink(side, addr, writing) {
+            return finish(
+                api,
+                id,
+                "failed",
+                Some(("permission_denied", text)),
+                json!({}),
+            );
+        }
+    }
     // a missing local source fails now, not after retries
     if let Some(src) = resolved.src.local_path() {
         let p = std::path::Path::new(
@@ -374,14 +389,21 @@ fn attempts(
 }
 
 /// The files a job wrote, with sizes and BLAKE3 checks of the copy on this
-/// machine.
+/// machine, each opened beneath its module's root without following a
+/// symlink (a link the job made is not read through).
 fn checked_files(r: &Resolved, files: &[(String, u64)]) -> serde_json::Value {
+    use crate::store::source::Source;
     let base = jobs::local_base(r);
+    let root = match r.dst.local_path() {
+        Some(_) => r.dst.root.as_ref(),
+        None => r.src.root.as_ref(),
+    };
+    let module = root.and_then(|root| crate::fs::source::LocalSource::confined(root).ok());
     let list: Vec<serde_json::Value> = files
         .iter()
         .map(|(name, size)| {
-            let check = base.as_ref().and_then(|b| {
-                let f = std::fs::File::open(b.join(name)).ok()?;
+            let check = base.as_ref().zip(module.as_ref()).and_then(|(b, m)| {
+                let f = m.open(&b.join(name)).ok()?;
                 let mut h = blake3::Hasher::new();
                 h.update_reader(f).ok()?;
                 Some(h.finalize().to_hex().to_string())

@@ -166,6 +166,8 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
     }
     let plan = Plan {
         src: PathBuf::from(&record.src),
+        // the user's own path: followed as given
+        confine: None,
         walk: Walk {
             recursive: record.recursive,
             links: record.links,

@@ -94,7 +94,11 @@ DEST must authorize that key for its module. It takes --delete, --checksum and -
 (a fan-out always checks every piece by BLAKE3 and fsyncs), --stall-timeout, --label and \
 --deadline. It ends succeeded (every host has it), partial (the hosts that missed it are \
 named; `ferry job resume ID` repairs them by delta) or failed (no host got it); \
-`ferry job watch` exits 0, 24 and 12 for these.")]
+`ferry job watch` exits 0, 24 and 12 for these.
+
+A job stays inside the daemon's modules: a module path through a symlink (MODULE/link/...) \
+fails it (permission_denied, naming the link), and symlinks inside the tree travel as links, \
+never followed.")]
     Submit {
         /// Where to read: MODULE/PATH of the daemon, HOST::MODULE/PATH,
         /// ferry://HOST[:PORT]/MODULE/PATH or s3://BUCKET/PREFIX

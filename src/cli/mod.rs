@@ -514,6 +514,7 @@ fn sync(
         ..options
     };
     let plan = Plan {
+        confine: Default::default(),
         sources,
         dest,
         options,
@@ -597,6 +598,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         ..options
     };
     let plan = Plan {
+        confine: Default::default(),
         sources,
         dest,
         options,

@@ -375,6 +375,7 @@ impl Shell {
         preserve: bool,
     ) -> Result<(), String> {
         let plan = Plan {
+            confine: Default::default(),
             sources: vec![source],
             dest,
             options: Options {

@@ -9,6 +9,8 @@
 use crate::error::TransferError;
 use crate::proto::codec::{Reader, Writer};
 use crate::proto::DecodeError;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -130,11 +132,40 @@ pub struct Walk {
 }
 
 /// Walks `src` (rsync's rule: `dir/` sends what is in dir, `dir` sends dir
-/// itself) into a manifest, with the local path of each entry.
-pub fn scan(src: &Path, how: Walk) -> Result<(Manifest, Vec<PathBuf>), TransferError> {
+/// itself) into a manifest, with the local path of each entry. A symlink in
+/// the tree is an entry of its own, never followed.
+///
+/// # Security
+/// With `confine` (a daemon module's root: the API's fan-out jobs), `src`
+/// is inside it and the walk never leaves it: the way down to `src` has no
+/// symlink (nor `src` itself, sent by its contents), and every entry is
+/// looked at from the handle of the directory holding it, opened without
+/// following a link. Without it (the CLI), `src` is the user's own path,
+/// followed as given.
+pub fn scan(
+    src: &Path,
+    how: Walk,
+    confine: Option<&Path>,
+) -> Result<(Manifest, Vec<PathBuf>), TransferError> {
     let shown = src.display().to_string();
-    let meta = std::fs::metadata(src).map_err(|e| TransferError::local(&shown, &e))?;
     let contents = src.as_os_str().as_bytes().ends_with(b"/");
+    let held;
+    let (node, at) = match confine {
+        None => {
+            let meta = std::fs::metadata(src).map_err(|e| TransferError::local(&shown, &e))?;
+            (Node::of(&meta), At::Path)
+        }
+        Some(root) => {
+            held = Held::open(root, src, contents)?;
+            let st =
+                rustix::fs::statat(&held.dir, held.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| TransferError::local(&held.shown, &e.into()))?;
+            (
+                Node::of_stat(&st),
+                At::Dir(&held.dir, held.name.as_os_str()),
+            )
+        }
+    };
     let mut m = Manifest {
         perms: how.perms,
         times: how.times,
@@ -142,12 +173,12 @@ pub fn scan(src: &Path, how: Walk) -> Result<(Manifest, Vec<PathBuf>), TransferE
         ..Default::default()
     };
     let mut paths = Vec::new();
-    if meta.is_dir() && !how.recursive {
+    if node.kind == Some(Kind::Dir) && !how.recursive {
         return Err(TransferError::Usage(format!(
             "{shown} is a directory: add -r (or -a) to send it"
         )));
     }
-    let top: Vec<u8> = if meta.is_dir() && contents {
+    let top: Vec<u8> = if node.kind == Some(Kind::Dir) && contents {
         b".".to_vec()
     } else {
         let name = src
@@ -155,35 +186,137 @@ pub fn scan(src: &Path, how: Walk) -> Result<(Manifest, Vec<PathBuf>), TransferE
             .ok_or_else(|| TransferError::Usage(format!("{shown}: no name to send it under")))?;
         name.as_bytes().to_vec()
     };
-    walk(src, top, &meta, how, &mut m, &mut paths)?;
+    walk(src, at, top, node, how, &mut m, &mut paths)?;
     Ok((m, paths))
+}
+
+/// The directory holding a confined walk's root, and the root's name in it.
+struct Held {
+    dir: OwnedFd,
+    name: PathBuf,
+    /// The root as the module names it, for messages.
+    shown: String,
+}
+
+impl Held {
+    fn open(root: &Path, src: &Path, contents: bool) -> Result<Held, TransferError> {
+        let rel = src.strip_prefix(root).map_err(|_| {
+            TransferError::Usage(format!("{}: not inside the module", src.display()))
+        })?;
+        let shown = if rel.as_os_str().is_empty() {
+            ".".to_string()
+        } else {
+            rel.display().to_string()
+        };
+        let io = |e: std::io::Error| TransferError::local(&shown, &e);
+        if let Some((link, leaves)) =
+            crate::fs::source::symlink_on_the_way(root, rel, contents).map_err(io)?
+        {
+            return Err(TransferError::Usage(format!(
+                "{shown}: {}",
+                crate::fs::source::symlink_refusal(&link, leaves)
+            )));
+        }
+        let top = crate::fs::source::open_dir(root).map_err(io)?;
+        let (parent, name) = match (rel.parent(), rel.file_name()) {
+            (Some(p), Some(n)) => (p, PathBuf::from(n)),
+            _ => (Path::new(""), PathBuf::from(".")),
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let dir = rustix::fs::openat2(
+            &top,
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        )
+        .map_err(|e| io(e.into()))?;
+        Ok(Held { dir, name, shown })
+    }
+}
+
+/// Where the walk looks at an entry: by its path (the CLI's own paths), or
+/// by its name in the directory handle holding it (confined to a module).
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Path,
+    Dir(&'a OwnedFd, &'a std::ffi::OsStr),
+}
+
+/// What the walk needs of an entry's status, by path or from a handle.
+#[derive(Clone, Copy)]
+struct Node {
+    /// `None`: devices, sockets, FIFOs (not sent).
+    kind: Option<Kind>,
+    mode: u32,
+    mtime: i64,
+    mtime_ns: u32,
+    size: u64,
+}
+
+impl Node {
+    fn of(meta: &std::fs::Metadata) -> Node {
+        let ft = meta.file_type();
+        Node {
+            kind: if ft.is_dir() {
+                Some(Kind::Dir)
+            } else if ft.is_file() {
+                Some(Kind::File)
+            } else if ft.is_symlink() {
+                Some(Kind::Link)
+            } else {
+                None
+            },
+            mode: meta.permissions().mode() & 0o7777,
+            mtime: meta.mtime(),
+            mtime_ns: meta.mtime_nsec() as u32,
+            size: meta.len(),
+        }
+    }
+
+    fn of_stat(st: &rustix::fs::Stat) -> Node {
+        Node {
+            kind: match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => Some(Kind::Dir),
+                FileType::RegularFile => Some(Kind::File),
+                FileType::Symlink => Some(Kind::Link),
+                _ => None,
+            },
+            mode: st.st_mode & 0o7777,
+            mtime: st.st_mtime,
+            mtime_ns: st.st_mtime_nsec as u32,
+            size: st.st_size as u64,
+        }
+    }
 }
 
 fn walk(
     local: &Path,
+    at: At<'_>,
     rel: Vec<u8>,
-    meta: &std::fs::Metadata,
+    node: Node,
     how: Walk,
     m: &mut Manifest,
     paths: &mut Vec<PathBuf>,
 ) -> Result<(), TransferError> {
-    let kind = if meta.is_dir() {
-        Kind::Dir
-    } else if meta.is_file() {
-        Kind::File
-    } else if meta.file_type().is_symlink() {
-        Kind::Link
-    } else {
+    let Some(kind) = node.kind else {
         return Ok(()); // devices, sockets, fifos: not sent
     };
-    let target = if kind == Kind::Link {
-        std::fs::read_link(local)
-            .map_err(|e| TransferError::local(local.display().to_string(), &e))?
+    let fail = |e: std::io::Error| TransferError::local(local.display().to_string(), &e);
+    let target = match (kind, at) {
+        (Kind::Link, At::Path) => std::fs::read_link(local)
+            .map_err(fail)?
             .as_os_str()
             .as_bytes()
-            .to_vec()
-    } else {
-        Vec::new()
+            .to_vec(),
+        (Kind::Link, At::Dir(dir, name)) => rustix::fs::readlinkat(dir, name, Vec::new())
+            .map_err(|e| fail(e.into()))?
+            .into_bytes(),
+        _ => Vec::new(),
     };
     if kind == Kind::Link && !how.links {
         return Ok(());
@@ -191,33 +324,67 @@ fn walk(
     m.entries.push(Entry {
         path: rel.clone(),
         kind,
-        mode: meta.permissions().mode() & 0o7777,
-        mtime: meta.mtime(),
-        mtime_ns: meta.mtime_nsec() as u32,
-        size: if kind == Kind::File { meta.len() } else { 0 },
+        mode: node.mode,
+        mtime: node.mtime,
+        mtime_ns: node.mtime_ns,
+        size: if kind == Kind::File { node.size } else { 0 },
         target,
     });
     paths.push(local.to_path_buf());
     if kind != Kind::Dir {
         return Ok(());
     }
-    let mut children: Vec<_> = std::fs::read_dir(local)
-        .map_err(|e| TransferError::local(local.display().to_string(), &e))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    children.sort();
-    for name in children {
-        let child = local.join(&name);
-        let meta = std::fs::symlink_metadata(&child)
-            .map_err(|e| TransferError::local(child.display().to_string(), &e))?;
+    let child_rel = |name: &[u8]| {
         let mut r = if rel == b"." {
             Vec::new()
         } else {
             [&rel[..], b"/"].concat()
         };
-        r.extend_from_slice(name.as_bytes());
-        walk(&child, r, &meta, how, m, paths)?;
+        r.extend_from_slice(name);
+        r
+    };
+    match at {
+        At::Path => {
+            let mut children: Vec<_> = std::fs::read_dir(local)
+                .map_err(fail)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect();
+            children.sort();
+            for name in children {
+                let child = local.join(&name);
+                let meta = std::fs::symlink_metadata(&child)
+                    .map_err(|e| TransferError::local(child.display().to_string(), &e))?;
+                let r = child_rel(name.as_bytes());
+                walk(&child, At::Path, r, Node::of(&meta), how, m, paths)?;
+            }
+        }
+        At::Dir(parent, name) => {
+            let dir = rustix::fs::openat(
+                parent,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| fail(e.into()))?;
+            let mut children: Vec<std::ffi::OsString> = Vec::new();
+            for e in rustix::fs::Dir::read_from(&dir).map_err(|e| fail(e.into()))? {
+                let e = e.map_err(|e| fail(e.into()))?;
+                let n = e.file_name().to_bytes();
+                if n != b"." && n != b".." {
+                    children.push(std::ffi::OsStr::from_bytes(n).to_os_string());
+                }
+            }
+            children.sort();
+            for name in children {
+                let child = local.join(&name);
+                let st = rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| TransferError::local(child.display().to_string(), &e.into()))?;
+                let r = child_rel(name.as_bytes());
+                let at = At::Dir(&dir, name.as_os_str());
+                walk(&child, at, r, Node::of_stat(&st), how, m, paths)?;
+            }
+        }
     }
     Ok(())
 }
@@ -237,7 +404,7 @@ mod tests {
             recursive: true,
             ..Default::default()
         };
-        let (m, paths) = scan(&src, how).unwrap();
+        let (m, paths) = scan(&src, how, None).unwrap();
         let names: Vec<_> = m.entries.iter().map(|e| e.path.clone()).collect();
         assert_eq!(
             names,
@@ -247,9 +414,55 @@ mod tests {
         assert_eq!(m.total_size(), 6);
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
         // without the slash the directory itself is sent
-        let (m2, _) = scan(d.path(), how).unwrap();
+        let (m2, _) = scan(d.path(), how, None).unwrap();
         assert!(m2.entries[1].path.ends_with(b"/a"));
-        assert!(scan(d.path(), Walk::default()).is_err());
+        assert!(scan(d.path(), Walk::default(), None).is_err());
+    }
+
+    #[test]
+    fn a_confined_walk_follows_no_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, out) = (d.path().join("m"), d.path().join("out"));
+        std::fs::create_dir_all(root.join("t/sub")).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("shadow"), b"secret").unwrap();
+        std::fs::write(root.join("t/sub/x"), b"x").unwrap();
+        std::os::unix::fs::symlink(&out, root.join("evil")).unwrap();
+        std::os::unix::fs::symlink(&out, root.join("t/ln")).unwrap();
+        let how = Walk {
+            recursive: true,
+            links: true,
+            ..Default::default()
+        };
+        for src in ["evil/", "evil/shadow"] {
+            let e = scan(&root.join(src), how, Some(&root)).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("evil is a symlink that leaves the module"),
+                "{e}"
+            );
+        }
+        let (m, paths) = scan(&root.join("t/"), how, Some(&root)).unwrap();
+        let kinds: Vec<_> = m.entries.iter().map(|e| (e.path.clone(), e.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (b".".to_vec(), Kind::Dir),
+                (b"ln".to_vec(), Kind::Link),
+                (b"sub".to_vec(), Kind::Dir),
+                (b"sub/x".to_vec(), Kind::File)
+            ]
+        );
+        assert_eq!(m.entries[1].target, out.as_os_str().as_bytes());
+        assert_eq!(paths[3], root.join("t/sub/x"));
+        // the module's root itself, by its contents
+        let (m, _) = scan(
+            &PathBuf::from(format!("{}/", root.display())),
+            how,
+            Some(&root),
+        )
+        .unwrap();
+        assert_eq!(m.entries.len(), 6);
     }
 
     #[test]

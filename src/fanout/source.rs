@@ -13,6 +13,8 @@ use super::wire::{self, Msg, Purpose};
 use super::{piece_range, pieces, FRAME};
 use crate::chunk::{ChunkHash, MAX_CHUNK};
 use crate::error::TransferError;
+use crate::fs::source::LocalSource;
+use crate::store::source::Source;
 use crate::transport::daemon::DaemonOptions;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
@@ -35,6 +37,9 @@ pub struct Target {
 /// A fan-out to run.
 pub struct Plan {
     pub src: PathBuf,
+    /// The daemon module `src` is in (an API job): the walk and every read
+    /// stay beneath its root, no symlink followed. `None`: the CLI's own path.
+    pub confine: Option<PathBuf>,
     pub walk: Walk,
     pub targets: Vec<Target>,
     pub daemon: DaemonOptions,
@@ -101,6 +106,8 @@ type Signed = ([u8; 32], [u8; 64]);
 /// The source's own pieces: any piece it has read may be asked for again.
 struct SourcePieces {
     paths: Vec<PathBuf>,
+    /// Opens them: beneath the module root when confined.
+    files: LocalSource,
     sizes: Vec<u64>,
     signed: Mutex<HashMap<(u32, u32), Signed>>,
     events: Mutex<Sender<Event>>,
@@ -119,7 +126,7 @@ impl Pieces for SourcePieces {
             .copied()
     }
     fn read(&self, file: u32, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let f = std::fs::File::open(&self.paths[file as usize])?;
+        let f = self.files.open(&self.paths[file as usize])?;
         std::os::unix::fs::FileExt::read_exact_at(&f, buf, offset)?;
         self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -195,7 +202,12 @@ pub fn new_job() -> [u8; 16] {
 /// Runs the fan-out; an error only when nothing could start (a bad source,
 /// no key); a host that misses the job is in the outcome.
 pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
-    let (manifest, paths) = scan(&plan.src, plan.walk)?;
+    let (manifest, paths) = scan(&plan.src, plan.walk, plan.confine.as_deref())?;
+    let files = match &plan.confine {
+        Some(root) => LocalSource::confined(root)
+            .map_err(|e| TransferError::local(root.display().to_string(), &e))?,
+        None => LocalSource::default(),
+    };
     let dir = crate::trust::config_dir(plan.daemon.config_dir.as_deref());
     let identity = crate::trust::find_identity(plan.daemon.identity.as_deref(), &dir)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
@@ -372,6 +384,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let sizes: Vec<u64> = manifest.entries.iter().map(|e| e.size).collect();
     let source = Arc::new(SourcePieces {
         paths,
+        files,
         sizes,
         signed: Mutex::new(HashMap::new()),
         events: Mutex::new(tx.clone()),
@@ -786,7 +799,7 @@ fn read_all(
         let shown = path.display().to_string();
         let local = |x: std::io::Error| TransferError::local(&shown, &x);
         let mut w = Window {
-            file: std::fs::File::open(path).map_err(local)?,
+            file: source.files.open(path).map_err(local)?,
             size: e.size,
             start: 0,
             buf: Vec::with_capacity(super::PIECE as usize + 2 * MAX_CHUNK),

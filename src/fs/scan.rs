@@ -253,6 +253,14 @@ pub fn scan_within<E>(
     for (i, src) in sources.iter().enumerate() {
         w.current = i;
         let root = root_for(src, opts);
+        if let Some(why) = w.link_on_the_way(&root) {
+            w.io_error = true;
+            let shown = w.shown(src);
+            (w.emit)(ScanItem::Error(format!(
+                "cannot read source {shown}: {why}"
+            )))?;
+            continue;
+        }
         match stat_root(&root, opts) {
             Ok(meta) => {
                 let is_dir = meta.is_dir();
@@ -290,6 +298,19 @@ pub fn scan_within<E>(
 }
 
 impl<E> Walker<'_, E> {
+    /// Confined to a daemon module: why `root` cannot be walked, when a
+    /// symlink on the way to it (or the root itself, sent by its contents)
+    /// would be followed; the walk below the root never follows one.
+    fn link_on_the_way(&self, root: &Root) -> Option<String> {
+        let top = self.top.as_deref()?;
+        let rel = beneath(top, &root.path)?;
+        match crate::fs::source::symlink_on_the_way(top, &rel, root.contents) {
+            Ok(Some((link, leaves))) => Some(crate::fs::source::symlink_refusal(&link, leaves)),
+            // (what cannot be looked at is reported by the walk)
+            _ => None,
+        }
+    }
+
     fn fail(&mut self, path: &Path, what: &str, e: std::io::Error) -> Result<(), E> {
         self.io_error = true;
         let shown = self.shown(path.as_os_str().as_bytes());

@@ -197,3 +197,106 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     )
     .map_err(io::Error::from)
 }
+
+/// The first symlink met on the way down `rel` beneath the module root
+/// `root`, looked at one component at a time from directory handles, never
+/// followed: its path relative to `root`, and whether it leads out of the
+/// module. The last component is looked at only with `last_too` (a name
+/// that would be followed: a source sent by its contents, `dir/`, or a
+/// destination directory); a symlink there otherwise is sent as a link.
+/// What does not exist yet ends the walk: `None`, there is no link on the
+/// way (the transfer reports the missing path, or makes it).
+///
+/// # Security
+/// This names a link for the error message; it is not what keeps a
+/// transfer inside the module (a link swapped in after the check): the
+/// confined sender ([`LocalSource::confined`]) and receiver do that, opening
+/// everything beneath the root's handle with no symlink followed.
+pub fn symlink_on_the_way(
+    root: &Path,
+    rel: &Path,
+    last_too: bool,
+) -> io::Result<Option<(PathBuf, bool)>> {
+    use rustix::fs::{AtFlags, FileType};
+    let parts: Vec<_> = rel
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    let mut dir = open_dir(root)?;
+    let mut at = PathBuf::new();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if last && !last_too {
+            break;
+        }
+        at.push(part);
+        let st = match rustix::fs::statat(&dir, part.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => {
+                let inside = match (
+                    std::fs::canonicalize(root.join(&at)),
+                    std::fs::canonicalize(root),
+                ) {
+                    (Ok(target), Ok(top)) => target.starts_with(top),
+                    // a link to nothing: where it would lead is not inside
+                    _ => false,
+                };
+                return Ok(Some((at, !inside)));
+            }
+            FileType::Directory if !last => {
+                dir = rustix::fs::openat(
+                    &dir,
+                    part.as_os_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// What a transfer confined to a module says of a path that goes through a
+/// symlink: `link` (relative to the module root) and whether it leads out.
+pub fn symlink_refusal(link: &Path, leaves: bool) -> String {
+    let link = super::names::escape(link.as_os_str().as_encoded_bytes());
+    if leaves {
+        format!(
+            "{link} is a symlink that leaves the module (a module is never left through a symlink)"
+        )
+    } else {
+        format!("{link} is a symlink; inside a module no symlink on the way is followed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_symlink_on_the_way_is_named_and_where_it_leads() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, out) = (t.path().join("m"), t.path().join("out"));
+        std::fs::create_dir_all(root.join("d/e")).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&out, root.join("evil")).unwrap();
+        std::os::unix::fs::symlink("d/e", root.join("near")).unwrap();
+        let check =
+            |rel: &str, last_too| symlink_on_the_way(&root, Path::new(rel), last_too).unwrap();
+        assert_eq!(check("evil/x", false), Some((PathBuf::from("evil"), true)));
+        assert_eq!(check("evil", true), Some((PathBuf::from("evil"), true)));
+        // the last name is sent as a link unless it would be followed
+        assert_eq!(check("evil", false), None);
+        assert_eq!(check("near/f", false), Some((PathBuf::from("near"), false)));
+        assert_eq!(check("d/e/new/deeper", true), None);
+        assert_eq!(check("d/e", true), None);
+        assert_eq!(check("", true), None);
+        assert!(symlink_refusal(Path::new("evil"), true)
+            .contains("evil is a symlink that leaves the module"));
+    }
+}

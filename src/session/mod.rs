@@ -34,7 +34,7 @@ pub use client::{
 pub use serve::{
     refuse, serve, serve_on, serve_with, stdio_policy, Deliver, Policy, Refusal, Serve, Streams,
 };
-pub use side::{LocalFiles, Side};
+pub use side::{LocalFiles, ModuleFiles, Side};
 
 /// Where a client's events go.
 pub type EventFn<'a> = dyn Fn(Event) + Sync + 'a;

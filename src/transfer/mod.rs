@@ -38,6 +38,19 @@ pub struct Plan {
     pub options: Options,
     pub ssh: SshOptions,
     pub daemon: DaemonOptions,
+    /// Module roots the local sides stay beneath (a daemon's API jobs).
+    pub confine: Confine,
+}
+
+/// The daemon module roots a transfer's local sides are confined to, as the
+/// daemon confines a client ([`crate::session::ModuleFiles`]): every file
+/// read is opened beneath the source's root, every path written resolved
+/// beneath the destination's, no symlink followed on the way. `None`: the
+/// user's own paths, followed as the CLI always has.
+#[derive(Debug, Clone, Default)]
+pub struct Confine {
+    pub source: Option<std::path::PathBuf>,
+    pub dest: Option<std::path::PathBuf>,
 }
 
 /// What a finished transfer did.
@@ -219,11 +232,17 @@ fn run_counted(
     };
     let local_paths = route.local_paths;
     let counters = Arc::new(Counters::default());
-    let side = side_of(route.local_store)?;
+    // the client half reads the sources (a push) or writes the destination
+    let client_root = match request.role {
+        Role::ServerReceives => plan.confine.source.as_ref(),
+        _ => plan.confine.dest.as_ref(),
+    };
+    let side = side_of(route.local_store, client_root)?;
     let side = side.as_ref();
     let summary = match route.serving {
         Endpoint::Store(store) => {
-            let server = side_of(store)?;
+            // (store to store: the in-process server receives)
+            let server = side_of(store, plan.confine.dest.as_ref())?;
             local::run(
                 request,
                 local_paths,
@@ -252,10 +271,17 @@ fn run_counted(
     })
 }
 
-/// The session half that runs on `store` in this process.
-fn side_of(store: Store<'_>) -> Result<Box<dyn session::Side + Send>, TransferError> {
+/// The session half that runs on `store` in this process; on the local
+/// filesystem confined to the module root `confine`, when given.
+fn side_of(
+    store: Store<'_>,
+    confine: Option<&std::path::PathBuf>,
+) -> Result<Box<dyn session::Side + Send>, TransferError> {
     Ok(match store {
-        Store::Local => Box::new(session::LocalFiles),
+        Store::Local => match confine {
+            Some(root) => Box::new(session::ModuleFiles::new(root.clone())),
+            None => Box::new(session::LocalFiles),
+        },
         Store::S3 { bucket } => Box::new(crate::store::s3::S3Side::open(bucket)?),
     })
 }
@@ -570,6 +596,80 @@ mod tests {
         ] {
             assert!(!retryable(&never, true), "{never}");
         }
+    }
+
+    /// A plan confined to module roots (an API job) reads and writes
+    /// nothing through a symlink on the way, whatever checked the paths
+    /// before; the same plan unconfined (the CLI) follows the user's links.
+    #[test]
+    fn a_confined_plan_follows_no_symlink_out_of_its_modules() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let (outside, outside_w) = (t.path().join("outside"), t.path().join("outside_w"));
+        for d in [&src, &dst, &outside, &outside_w] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(outside.join("shadow"), b"secret").unwrap();
+        std::fs::create_dir(src.join("tree")).unwrap();
+        std::fs::write(src.join("tree/a.txt"), b"a").unwrap();
+        std::os::unix::fs::symlink(&outside, src.join("evil")).unwrap();
+        std::os::unix::fs::symlink(&outside_w, dst.join("evil")).unwrap();
+        let local = |p: &std::path::Path, tail: &str| {
+            let mut b = p.as_os_str().as_encoded_bytes().to_vec();
+            b.extend_from_slice(tail.as_bytes());
+            Location::Local(b)
+        };
+        let plan = |from: Location, to: Location, confined: bool| Plan {
+            sources: vec![from],
+            dest: to,
+            options: Options {
+                recursive: true,
+                links: true,
+                ..Default::default()
+            },
+            ssh: Default::default(),
+            daemon: Default::default(),
+            confine: match confined {
+                true => Confine {
+                    source: Some(src.clone()),
+                    dest: Some(dst.clone()),
+                },
+                false => Confine::default(),
+            },
+        };
+        let run = |p: &Plan| {
+            let errors = std::sync::Mutex::new(Vec::new());
+            let events = |e: Event| {
+                if e.kind == EventKind::Error {
+                    errors
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&e.text).into_owned());
+                }
+            };
+            let r = super::run(p, &events, &Cancel::default()).map(|o| o.summary.errors);
+            (r, errors.into_inner().unwrap().join("; "))
+        };
+        // read through a link: listed as an error naming it, nothing sent
+        let (r, said) = run(&plan(local(&src, "/evil/"), local(&dst, "/got/"), true));
+        assert!(r.is_ok_and(|errors| errors > 0), "{said}");
+        assert!(
+            said.contains("evil is a symlink that leaves the module"),
+            "{said}"
+        );
+        assert!(!dst.join("got/shadow").exists());
+        // written through a link: refused, nothing outside
+        let (r, said) = run(&plan(local(&src, "/tree/"), local(&dst, "/evil/"), true));
+        assert!(r.is_err(), "{said}");
+        assert_eq!(std::fs::read_dir(&outside_w).unwrap().count(), 0);
+        // inside the modules, a transfer runs as ever
+        let (r, said) = run(&plan(local(&src, "/tree/"), local(&dst, "/ok/"), true));
+        assert_eq!(r.ok(), Some(0), "{said}");
+        assert_eq!(std::fs::read(dst.join("ok/a.txt")).unwrap(), b"a");
+        // unconfined, the user's own link is followed as before
+        let (r, said) = run(&plan(local(&src, "/evil/"), local(&dst, "/got/"), false));
+        assert_eq!(r.ok(), Some(0), "{said}");
+        assert_eq!(std::fs::read(dst.join("got/shadow")).unwrap(), b"secret");
     }
 
     #[test]
