@@ -5,6 +5,8 @@
 //! user's million-file dataset). Not for speed: `bench/scale.sh` measures
 //! that, at a million files and against rsync.
 
+#[path = "util/json_schema.rs"]
+mod json_schema;
 mod util;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -614,4 +616,20 @@ fn issue_25_a_64_gib_sparse_file_sends_its_holes_as_messages() {
         );
         assert!(same_bytes(&file, &copy), "{how}: bytes differ");
     }
+    // --json names the check a file with holes was verified with
+    let json = t.path().join("json").join("ckpt.bin");
+    std::fs::create_dir(json.parent().unwrap()).unwrap();
+    let out = ok(ferry(["sync", "-S", "--json", &s(&file), &s(&json)]));
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.contains(r#""kind":"file""#))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(line.contains(r#""check":"xxh128-sparse:"#), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let errs = json_schema::errors(&json_schema::load(), &v);
+    assert!(
+        errs.is_empty(),
+        "{line} breaks docs/json-schema.json: {errs:?}"
+    );
 }
