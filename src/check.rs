@@ -24,6 +24,10 @@ pub enum Check {
     Manifest,
     /// XXH3-128 of one segment ([`crate::chunk::WholeCheck`] of its bytes).
     Segment,
+    /// A file sent whole with holes (`-S`, hole messages): XXH3-128 of its
+    /// data bytes, then XXH3-128 of its holes' extents and its size (see
+    /// [`crate::chunk::WholeCheck`], which says why that is sound).
+    Sparse,
 }
 
 /// A check value and which check it is. Two values are equal only if they

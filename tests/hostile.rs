@@ -684,3 +684,122 @@ fn a_hostile_receiver_gets_nothing_that_was_not_listed() {
     .unwrap_err();
     assert!(err.contains("without a recipe"), "{err}");
 }
+
+/// A pull with `-S` from a hostile sender; `holes`: hole messages agreed.
+fn pull_sparse_from_hostile(dest: &Path, script: Vec<u8>, holes: bool) -> Result<(), String> {
+    let request = Request {
+        role: Role::ServerSends,
+        paths: vec![b"data/".to_vec()],
+        options: Options {
+            recursive: true,
+            partial: true,
+            sparse: true,
+            sparse_holes: holes,
+            ..Options::default()
+        },
+    };
+    against_hostile(request, dest, script)
+}
+
+fn hole(offset: u64, len: u64) -> Message {
+    Message::Hole {
+        file: 0,
+        offset,
+        len,
+    }
+}
+
+fn bytes(b: &[u8]) -> Message {
+    Message::Data {
+        file: 0,
+        compressed: false,
+        raw_len: b.len() as u32,
+        bytes: b.to_vec(),
+    }
+}
+
+/// Issue 25: a hole is held to the file it is for. One past the listed size,
+/// over bytes already sent, after a gap, or in a session that did not agree
+/// on holes ends the session with a line saying so; one the end's check does
+/// not cover is never published. A hole within the rules makes a file that
+/// reads back as zeros there.
+#[test]
+fn lying_holes_are_refused_and_publish_nothing() {
+    let f = || Message::Entry(entry("f", Kind::File, 1000));
+    for (label, frames, agreed, refused) in [
+        (
+            "past the size",
+            vec![hole(0, 2000)],
+            true,
+            "past its listed size of 1000",
+        ),
+        (
+            "past the size, after data",
+            vec![bytes(&[1; 10]), hole(10, 991)],
+            true,
+            "past its listed size",
+        ),
+        (
+            "over data",
+            vec![bytes(&[1; 500]), hole(100, 100)],
+            true,
+            "overlapping its bytes already sent (up to 500)",
+        ),
+        ("a gap", vec![hole(10, 100)], true, "leaving a gap"),
+        (
+            "not agreed",
+            vec![hole(0, 100)],
+            false,
+            "did not agree on hole messages",
+        ),
+    ] {
+        let (t, dest) = setup();
+        write(&dest.join("f"), "old version");
+        let script = serve_file(&[f()], frames);
+        let err = pull_sparse_from_hostile(&dest, script, agreed).unwrap_err();
+        assert!(err.contains("sent a hole for file 0"), "{label}: {err}");
+        assert!(err.contains(refused), "{label}: {err}");
+        assert!(!err.contains('\n'), "{label}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("f")).unwrap(),
+            "old version",
+            "{label}"
+        );
+        assert_contained(t.path(), &dest);
+    }
+    // the end's check is that of the zeros sent as data, not of a hole
+    let (t, dest) = setup();
+    write(&dest.join("f"), "old version");
+    let mut as_zeros = WholeCheck::default();
+    as_zeros.update(&[1; 100]);
+    as_zeros.update(&[0; 900]);
+    let end = |hash| Message::FileEnd {
+        file: 0,
+        size: 1000,
+        hash,
+    };
+    let script = serve_file(
+        &[f()],
+        vec![bytes(&[1; 100]), hole(100, 900), end(as_zeros.finish())],
+    );
+    let _ = pull_sparse_from_hostile(&dest, script, true);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("f")).unwrap(),
+        "old version"
+    );
+    assert_contained(t.path(), &dest);
+    // within the rules, with its check: published, zeros where the hole is
+    let (t, dest) = setup();
+    let mut sparse = WholeCheck::default();
+    sparse.update(&[1; 100]);
+    sparse.hole(100, 900);
+    let script = serve_file(
+        &[f()],
+        vec![bytes(&[1; 100]), hole(100, 900), end(sparse.finish())],
+    );
+    // (the script ends without a Bye: the file is published before that)
+    let _ = pull_sparse_from_hostile(&dest, script, true);
+    let got = std::fs::read(dest.join("f")).unwrap();
+    assert_eq!(got, [vec![1u8; 100], vec![0; 900]].concat());
+    assert_contained(t.path(), &dest);
+}

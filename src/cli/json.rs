@@ -156,13 +156,17 @@ pub fn event_value(r: &Report, progress: bool) -> Option<Value> {
 /// A file's check value as `kind:hex`: `xxh128` for a file sent whole (the
 /// XXH3-128 as `xxhsum -H2` prints it),
 /// `blake3-keyed` for one rebuilt from data the receiver had (keyed for
-/// this transfer), `blake3-segments` for one sent in segments.
+/// this transfer), `blake3-segments` for one sent in segments,
+/// `xxh128-sparse` for one sent with holes (`-S`: the XXH3-128 of its data
+/// bytes, then of its holes' extents and size).
 pub fn check_text(item: Item, c: &[u8; 32]) -> String {
     let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
     if item.has(Item::CHECK_KEYED) {
         format!("blake3-keyed:{}", hex(c))
     } else if item.has(Item::CHECK_SEGMENTS) {
         format!("blake3-segments:{}", hex(c))
+    } else if item.has(Item::CHECK_SPARSE) {
+        format!("xxh128-sparse:{}", hex(c))
     } else {
         // (the wire carries the number little-endian)
         let mut n = [0u8; 16];

@@ -436,6 +436,7 @@ fn sync(
         hard_links: a.hard_links,
         link_marks: a.hard_links,
         zstd_stream: a.compress || a.compress_level.is_some(),
+        sparse_holes: a.sparse,
         sparse: a.sparse,
         compress: a.compress || a.compress_level.is_some(),
         compress_level: a.compress_level.unwrap_or(0),

@@ -104,6 +104,9 @@ pub struct TempFile {
     /// through the page cache (see [`copies_in_page_cache`]); found out when
     /// first needed.
     copy_range_helps: Option<bool>,
+    /// A hole was appended ([`hole`](Self::hole)): the length is set at
+    /// the end even without sparse writing (a trailing hole is no write).
+    holes: bool,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -396,6 +399,7 @@ impl Dest {
                     flushed: 0,
                     runs: Vec::new(),
                     copy_range_helps: None,
+                    holes: false,
                     partial,
                     in_place: false,
                 });
@@ -457,6 +461,7 @@ impl Dest {
             flushed: 0,
             runs: Vec::new(),
             copy_range_helps: None,
+            holes: false,
             partial,
             in_place: false,
         })
@@ -484,6 +489,7 @@ impl Dest {
             flushed: 0,
             runs: Vec::new(),
             copy_range_helps: None,
+            holes: false,
             partial: false,
             in_place: true,
         })
@@ -1113,6 +1119,21 @@ impl TempFile {
         self.write(&data[head + middle..])
     }
 
+    /// Appends `len` bytes of zeros without writing them: the file is
+    /// extended over them (its length set at [`finish`](Self::finish)), so
+    /// they are a hole that reads back as zeros and holds no blocks. Every
+    /// temporary file starts empty (created, or truncated in place), so no
+    /// old bytes lie under a hole.
+    pub fn hole(&mut self, len: u64) {
+        // (no writeback to start over a range that was never written)
+        let all_flushed = self.flushed == self.pos;
+        self.pos += len;
+        if all_flushed {
+            self.flushed = self.pos;
+        }
+        self.holes = true;
+    }
+
     /// Whether appending `len` bytes from `offset` of another file could
     /// share blocks: the same position within a 4 KiB block on both sides,
     /// and long enough to be worth a system call of its own.
@@ -1196,7 +1217,7 @@ impl TempFile {
 
     /// Sets the final length (trailing holes), metadata, and optionally fsyncs.
     pub fn finish(&mut self, meta: &Meta, fsync: bool) -> io::Result<()> {
-        if self.sparse {
+        if self.sparse || self.holes {
             self.file.set_len(self.pos)?;
         }
         self.file.flush()?;

@@ -169,6 +169,10 @@ impl TempWrite for TempFile {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         TempFile::write_at(self, offset, data)
     }
+    fn hole(&mut self, len: u64) -> io::Result<()> {
+        TempFile::hole(self, len);
+        Ok(())
+    }
     fn append_from(&mut self, from: &File, offset: u64, data: &[u8]) -> io::Result<()> {
         TempFile::append_from(self, from, offset, data)
     }

@@ -51,8 +51,11 @@ impl Item {
     /// The check value is the BLAKE3 of the check values of the file's
     /// segments (a large file sent over several streams).
     pub const CHECK_SEGMENTS: u32 = 1 << 14;
+    /// The check value is that of a file with holes (`-S`): the XXH3-128 of
+    /// its data bytes, then the XXH3-128 of its holes' extents and size.
+    pub const CHECK_SPARSE: u32 = 1 << 15;
     /// Every bit this build knows.
-    pub const ALL: u32 = (1 << 15) - 1;
+    pub const ALL: u32 = (1 << 16) - 1;
 
     pub fn has(self, bit: u32) -> bool {
         self.0 & bit != 0

@@ -277,6 +277,12 @@ pub struct Options {
     /// receiver from before this option cannot unpack. Set by
     /// [`crate::transfer`] whenever `compress` is.
     pub zstd_stream: bool,
+    /// With `-S`, the sender sends each hole of a sparse file as one
+    /// [`Message::Hole`] ("this many bytes of zeros here") instead of blocks
+    /// of zeros, and checks the file with [`crate::check::Check::Sparse`]. Set
+    /// by [`crate::transfer`] whenever `sparse` is; a receiver from before
+    /// this option (extension tag 80) is sent the zeros as before.
+    pub sparse_holes: bool,
 }
 
 /// rsync's destination-side options, carried in the extension block from tag
@@ -499,6 +505,8 @@ impl Options {
         o.link_marks = false;
         // a version-2 receiver unpacks every block on its own
         o.zstd_stream = false;
+        // and takes a hole only as blocks of zeros
+        o.sparse_holes = false;
         Ok(o)
     }
 }
@@ -889,6 +897,17 @@ pub enum Message {
         raw_len: u32,
         bytes: Vec<u8>,
     },
+    /// `len` bytes of zeros of `file` at `offset`, which is where its bytes
+    /// so far end: a hole of a sparse file sent whole, never read nor sent
+    /// as bytes (only when [`Options::sparse_holes`] was agreed). The
+    /// receiver extends the file over it without writing, refusing one that
+    /// does not start where the file's bytes end or that reaches past the
+    /// file's listed size.
+    Hole {
+        file: u32,
+        offset: u64,
+        len: u64,
+    },
     /// `file` is complete: `size` bytes whose check value is `hash` (for a
     /// file sent whole [`crate::chunk::WholeCheck`]; after a recipe,
     /// [`crate::chunk::RebuildCheck`] under the key `Want` gave;
@@ -977,6 +996,7 @@ mod tag {
     pub const SPANS: u8 = 21;
     pub const LIST_ACK: u8 = 22;
     pub const SETTLED: u8 = 40;
+    pub const HOLE: u8 = 80;
 }
 
 impl Message {
@@ -1006,6 +1026,7 @@ impl Message {
             Message::Segment { .. } => "Segment",
             Message::SegmentEnd { .. } => "SegmentEnd",
             Message::Settled { .. } => "Settled",
+            Message::Hole { .. } => "Hole",
         }
     }
 
@@ -1105,6 +1126,12 @@ impl Message {
             } => {
                 encode_data_header(w, *file, *compressed, *raw_len, bytes.len());
                 w.buf.extend_from_slice(bytes);
+            }
+            Message::Hole { file, offset, len } => {
+                w.u8(tag::HOLE);
+                w.varint(*file as u64);
+                w.varint(*offset);
+                w.varint(*len);
             }
             Message::FileEnd { file, size, hash } => {
                 w.u8(tag::FILE_END);
@@ -1311,6 +1338,18 @@ impl Message {
                 let data = r.take(head.len, "data")?;
                 head.check()?;
                 head.into_message(data.to_vec())
+            }
+            tag::HOLE => {
+                let file = file_index(&mut r)?;
+                let offset = r.varint("hole offset")?;
+                let len = r.varint("hole length")?;
+                if len == 0 {
+                    return Err(DecodeError::Invalid("empty hole"));
+                }
+                if offset.checked_add(len).is_none() {
+                    return Err(DecodeError::Invalid("hole past the largest offset"));
+                }
+                Message::Hole { file, offset, len }
             }
             tag::FILE_END => Message::FileEnd {
                 file: file_index(&mut r)?,
@@ -1602,6 +1641,8 @@ mod ext_tag {
     pub const LINK_MARKS: u64 = 56;
     /// [`super::Options::zstd_stream`], no bytes (issue 25's numbers: 63–65).
     pub const ZSTD_STREAM: u64 = 63;
+    /// [`super::Options::sparse_holes`], no bytes (issue 25's numbers: 80–83).
+    pub const SPARSE_HOLES: u64 = 80;
 }
 
 /// [`DestSide`]'s boolean options, bit by bit, with the flag that sets each.
@@ -1692,6 +1733,9 @@ fn encode_extensions(o: &Options, w: &mut Writer) {
     }
     if o.zstd_stream {
         fields.push((ext_tag::ZSTD_STREAM, Vec::new()));
+    }
+    if o.sparse_holes {
+        fields.push((ext_tag::SPARSE_HOLES, Vec::new()));
     }
     if !o.dir_merges.is_empty() {
         let mut v = Writer::default();
@@ -1864,6 +1908,7 @@ fn decode_extensions(r: &mut Reader, o: &mut Options) -> Result<(), DecodeError>
             }
             ext_tag::LINK_MARKS => o.link_marks = true,
             ext_tag::ZSTD_STREAM => o.zstd_stream = true,
+            ext_tag::SPARSE_HOLES => o.sparse_holes = true,
             ext_tag::DIR_MERGE => {
                 let n = v.count(MAX_FILTERS, "dir-merge count")?;
                 for _ in 0..n {

@@ -104,6 +104,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
         }),
         (any::<u32>(), any::<u64>(), any::<[u8; 32]>())
             .prop_map(|(file, size, hash)| Message::FileEnd { file, size, hash }),
+        (any::<u32>(), 0..u64::MAX / 2, 1..u64::MAX / 2)
+            .prop_map(|(file, offset, len)| Message::Hole { file, offset, len }),
         (any::<u64>(), any::<u64>(), arb_bytes(30)).prop_map(|(a, b, text)| Message::Event(
             Event {
                 kind: EventKind::Progress,
@@ -639,4 +641,63 @@ fn zstd_stream_travels_as_tag_63() {
     assert_eq!(Message::decode(&payload), Ok(request(with_marks)));
     assert_eq!(streamed.for_peer(2), Ok(plain));
     assert_eq!(streamed.for_peer(3), Ok(streamed));
+}
+
+/// `-S`'s holes on the wire (tag 80, no bytes): sent only when set, round
+/// trip, and never to a version-2 peer.
+#[test]
+fn sparse_holes_travel_as_tag_80() {
+    let request = |options: Options| {
+        Message::Request(Request {
+            role: Role::ServerReceives,
+            paths: vec![b"m/".to_vec()],
+            options,
+        })
+    };
+    let plain = Options {
+        sparse: true,
+        ..Options::default()
+    };
+    let holes = Options {
+        sparse_holes: true,
+        ..plain.clone()
+    };
+    let (p, h) = (
+        request(plain.clone()).to_payload(),
+        request(holes.clone()).to_payload(),
+    );
+    assert_eq!(h, [p, vec![1, 80, 0]].concat());
+    assert_eq!(Message::decode(&h), Ok(request(holes.clone())));
+    assert_eq!(holes.for_peer(2), Ok(plain));
+    assert_eq!(holes.for_peer(3), Ok(holes));
+}
+
+/// A hole message round trips; an empty one, or one past the largest
+/// offset, is refused as it is decoded.
+#[test]
+fn a_hole_is_a_file_an_offset_and_a_length() {
+    let hole = Message::Hole {
+        file: 3,
+        offset: 1 << 20,
+        len: 64 << 30,
+    };
+    assert_eq!(Message::decode(&hole.to_payload()), Ok(hole));
+    let empty = Message::Hole {
+        file: 3,
+        offset: 5,
+        len: 0,
+    };
+    assert_eq!(
+        Message::decode(&empty.to_payload()),
+        Err(DecodeError::Invalid("empty hole"))
+    );
+    let past = Message::Hole {
+        file: 0,
+        offset: u64::MAX - 1,
+        len: 2,
+    };
+    assert_eq!(
+        Message::decode(&past.to_payload()),
+        Err(DecodeError::Invalid("hole past the largest offset"))
+    );
 }

@@ -135,6 +135,8 @@ pub fn run_client_streams_on(
     request.options.link_marks = sent.link_marks;
     // and stream zstd frames across blocks only if the server takes them
     request.options.zstd_stream = sent.zstd_stream;
+    // and send holes as hole messages only if the server takes them
+    request.options.sparse_holes = sent.sparse_holes;
     let streams = request.options.streams;
     let mut token = proto::NO_STREAM_TOKEN;
     if streams > 1 {

@@ -260,6 +260,19 @@ pub trait TempWrite {
     fn is_partial(&self) -> bool;
     fn write(&mut self, data: &[u8]) -> io::Result<()>;
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Appends `len` bytes of zeros (a hole of a sparse file): where the
+    /// store can, without writing them, as a hole; a store that cannot
+    /// (this default) writes the zeros.
+    fn hole(&mut self, len: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            self.write(&ZEROS[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
     /// Appends `data`, which are the bytes at `offset` of `from` (the store
     /// may share blocks instead of copying them).
     fn append_from(&mut self, from: &Self::Basis, offset: u64, data: &[u8]) -> io::Result<()>;

@@ -221,6 +221,8 @@ fn run_counted(
     options.link_marks = options.hard_links;
     // -z: blocks continue each other's zstd frame
     options.zstd_stream = options.compress;
+    // -S: holes travel as hole messages, not as zeros
+    options.sparse_holes = options.sparse;
     if let Endpoint::Store(_) = route.serving {
         // extra streams exist only to a peer (a daemon, or over ssh)
         options.streams = 1;

@@ -249,6 +249,8 @@ fn run_through_here(
     options.link_marks = options.hard_links;
     // -z: blocks continue each other's zstd frame
     options.zstd_stream = options.compress;
+    // -S: holes travel as hole messages, not as zeros
+    options.sparse_holes = options.sparse;
     // one connection to each end: the relay forwards one ordered session
     options.streams = 1;
     let request = Request {

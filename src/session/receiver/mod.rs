@@ -29,6 +29,7 @@ mod basis_dirs;
 mod dest_rules;
 mod finish;
 mod generator;
+mod holes;
 mod incoming;
 mod index;
 mod intake;
@@ -494,6 +495,7 @@ impl<D: Destination> Receiver<'_, D> {
                 self.spares.give(bytes);
                 done
             }
+            Message::Hole { file, offset, len } => self.hole(file, offset, len),
             Message::Spans { file, spans } => self.spans(file, spans),
             Message::Recipe { file, chunks } => self.recipe(file, chunks),
             Message::Segment {

@@ -3,6 +3,7 @@
 //! value, the temporary file published at its final path and the chunk cache
 //! told about it. Not for the recipe of a rebuild ([`super::rebuild`]).
 
+use super::holes::{check_hole, HoleAt};
 use super::incoming::Incoming;
 use super::index::Basis;
 use super::rebuild::{run_copies, Rebuilding};
@@ -108,6 +109,32 @@ impl<D: Destination> Receiver<'_, D> {
         self.settle(file, state, result?)
     }
 
+    /// A hole of a file sent whole (`-S`): held to the rules of
+    /// [`super::holes`], recorded in the file's check at the offset where
+    /// the file is extended, and the file extended over it without writing.
+    pub(super) fn hole(&mut self, file: u32, offset: u64, len: u64) -> Result<(), TransferError> {
+        let Some(mut state) = self.take_for_data(file, "a hole", |temp| Incoming::Whole {
+            temp,
+            check: Box::default(),
+        })?
+        else {
+            return Ok(());
+        };
+        let Incoming::Whole { temp, check } = &mut state else {
+            return Err(Self::not_requested(file, "a hole"));
+        };
+        let at = HoleAt {
+            agreed: self.opts.sparse_holes,
+            written: temp.len(),
+            listed: self.entries[file as usize].size,
+        };
+        check_hole(file, at, offset, len)?;
+        // where this side extends the file, not where the message says
+        check.hole(temp.len(), len);
+        let extended = temp.hole(len).map_err(write_error);
+        self.settle(file, state, extended)
+    }
+
     pub(super) fn file_end(
         &mut self,
         file: u32,
@@ -153,6 +180,9 @@ impl<D: Destination> Receiver<'_, D> {
                 Err(failed) => return self.abandon_ended(file, failed),
             },
             Incoming::Whole { temp, check } => {
+                if check.has_holes() {
+                    check_kind = crate::proto::item::Item::CHECK_SPARSE;
+                }
                 let ok = temp.len() == size && check.file_value().matches(&hash);
                 (temp, ok)
             }

@@ -61,9 +61,11 @@ struct Sender<'a, W: Write, S: Source> {
     writer: FrameWriter<W>,
     events: Option<&'a EventFn<'a>>,
     options: Options,
-    /// Regular files listed and not asked for yet, by index: at most
-    /// [`LIST_AHEAD`] entries beyond what the receiver acknowledged.
-    files: HashMap<u32, S::Handle>,
+    /// Regular files listed and not asked for yet, by index, with their
+    /// listed size (the most a hole may reach: the receiver holds it to
+    /// that): at most [`LIST_AHEAD`] entries beyond what the receiver
+    /// acknowledged.
+    files: HashMap<u32, (S::Handle, u64)>,
     /// Entries listed so far, and as many acknowledged by the receiver.
     listed: u32,
     acked: u32,
@@ -213,7 +215,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                     let regular = entry.kind == crate::proto::Kind::File
                         && (entry.link_to.is_none() || first_of_group);
                     if regular {
-                        self.files.insert(self.listed, path);
+                        self.files.insert(self.listed, (path, entry.size));
                     }
                     self.listed += 1;
                     self.writer.send(&Message::Entry(entry))?;
@@ -245,7 +247,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                         "asked for file data in a dry run".into(),
                     ));
                 }
-                let path = self.files.remove(&file).ok_or_else(|| {
+                let (path, listed_size) = self.files.remove(&file).ok_or_else(|| {
                     TransferError::PeerMisbehaved(format!(
                         "asked for file {file}, which is not a regular file in the list or was asked for before"
                     ))
@@ -256,7 +258,7 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                         .map_err(|v| TransferError::PeerMisbehaved(v.0))?;
                     self.send_recipe(file, &path, &key)
                 } else {
-                    self.send_whole(file, &path)
+                    self.send_whole(file, &path, listed_size)
                 }
             }
             FromPeer::Need { file, ranges } => self.send_needed(file, &ranges),

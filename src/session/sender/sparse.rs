@@ -1,9 +1,15 @@
 //! A file with holes sent whole under `-S/--sparse`: the source is asked where
-//! its data lies (`SEEK_DATA`/`SEEK_HOLE`), only the data is read, and each
+//! its data lies (`SEEK_DATA`/`SEEK_HOLE`) and only the data is read. Each
+//! hole goes out as one `Hole` message ("this many bytes of zeros here"),
+//! whatever its length, when the receiver took [`Options::sparse_holes`]; the
+//! end check then covers the data bytes and the holes' extents
+//! ([`crate::check::Check::Sparse`]), so that both ends' work follows the
+//! data, not the apparent size. To a receiver from before that option, each
 //! hole goes out as blocks of zeros already compressed once (a 256 KiB block
-//! of zeros is a ~23-byte zstd frame), which any receiver takes as ordinary
-//! `Data` and a sparse one leaves as a hole. The end check is the same
-//! XXH3-128 over every byte, zeros included, as for any file sent whole.
+//! of zeros is a ~23-byte zstd frame), which it takes as ordinary `Data` and
+//! leaves as a hole, checked with XXH3-128 over every byte as before.
+//!
+//! [`Options::sparse_holes`]: crate::proto::Options::sparse_holes
 //!
 //! Not for files without holes (they take [`super::whole`]), nor for a file
 //! the receiver rebuilds from old data ([`super::recipe`] reads it all).
@@ -54,11 +60,17 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         path: &S::Handle,
         f: S::File,
         before: Stamp,
+        holes: bool,
     ) -> Result<(), TransferError> {
         let size = before.size;
-        let zeros = self.zeros.take().unwrap_or_else(Zeros::new);
-        let sent = self.send_runs(file, &f, size, &zeros);
-        self.zeros = Some(zeros);
+        let sent = if holes {
+            self.send_runs(file, &f, size, None)
+        } else {
+            let zeros = self.zeros.take().unwrap_or_else(Zeros::new);
+            let sent = self.send_runs(file, &f, size, Some(&zeros));
+            self.zeros = Some(zeros);
+            sent
+        };
         let check = match sent {
             Ok(check) => check,
             Err(Stop::Read(e)) => return self.give_up(file, path, Unsent::Io(FileOp::Read, e)),
@@ -74,12 +86,14 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
         })
     }
 
+    /// Sends the data runs of `f` (`size` bytes) and its holes: as `Hole`
+    /// messages, or with `zeros` as blocks of zeros.
     fn send_runs(
         &mut self,
         file: u32,
         f: &S::File,
         size: u64,
-        zeros: &Zeros,
+        zeros: Option<&Zeros>,
     ) -> Result<WholeCheck, Stop> {
         self.packer.reset();
         let mut check = WholeCheck::default();
@@ -90,8 +104,20 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                 .map_err(Stop::Read)?
                 .unwrap_or(size)
                 .min(size);
-            // the hole [at, data): zeros from memory, compressed once
-            while at < data {
+            if at < data && zeros.is_none() {
+                // the hole [at, data): one message, nothing read
+                check.hole(at, data - at);
+                self.writer.send(&Message::Hole {
+                    file,
+                    offset: at,
+                    len: data - at,
+                })?;
+                at = data;
+                self.packer.interrupt();
+                self.pass_events()?;
+            }
+            // or zeros from memory, compressed once
+            while let (Some(zeros), true) = (zeros, at < data) {
                 let n = (data - at).min(BLOCK_SIZE as u64) as usize;
                 check.update(&zeros.raw[..n]);
                 if n == BLOCK_SIZE {

@@ -13,12 +13,21 @@ use crate::store::source::{Source, SourceFile};
 use std::io::{Read, Write};
 
 impl<W: Write, S: Source> Sender<'_, W, S> {
-    pub(super) fn send_whole(&mut self, file: u32, path: &S::Handle) -> Result<(), TransferError> {
+    /// Sends `file`, listed as `listed_size` bytes, whole.
+    pub(super) fn send_whole(
+        &mut self,
+        file: u32,
+        path: &S::Handle,
+        listed_size: u64,
+    ) -> Result<(), TransferError> {
         let Some((mut f, before)) = self.open_listed(file, path)? else {
             return Ok(());
         };
         if self.options.sparse && super::sparse::has_hole(&f, before.size) {
-            return self.send_sparse(file, path, f, before);
+            // holes as messages only within the size the receiver was
+            // listed (a file that grew since is sent with its zeros)
+            let holes = self.options.sparse_holes && before.size == listed_size;
+            return self.send_sparse(file, path, f, before, holes);
         }
         self.attach_streams(before.size >= SEGMENT_MIN);
         if self.streams.attached() && before.size >= SEGMENT_MIN {
