@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   finished_ms INTEGER,
   updated_ms INTEGER NOT NULL,
   interrupted INTEGER NOT NULL DEFAULT 0,
-  hosts TEXT
+  hosts TEXT,
+  manifest_root TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -127,14 +128,17 @@ pub fn open(state_dir: &Path) -> Result<Connection, DbError> {
             return Ok(format!("integrity check failed: {check}"));
         }
         conn.execute_batch(SCHEMA)?;
-        // a database made before fan-out jobs: their hosts' states
-        let has_hosts: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'hosts'",
-            [],
-            |r| r.get(0),
-        )?;
-        if has_hosts == 0 {
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN hosts TEXT")?;
+        // a database made before fan-out jobs: their hosts' states; and
+        // before the version their done hosts hold (its manifest root)
+        for (column, kind) in [("hosts", "TEXT"), ("manifest_root", "TEXT")] {
+            let has: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
+                [column],
+                |r| r.get(0),
+            )?;
+            if has == 0 {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {kind}"))?;
+            }
         }
         // prove it is writable now, not at the first job
         conn.execute_batch("BEGIN IMMEDIATE; PRAGMA user_version=1; COMMIT;")?;
