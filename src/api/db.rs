@@ -246,3 +246,49 @@ pub fn events_after(
 pub fn exists(conn: &Connection, sql: &str, id: &str) -> rusqlite::Result<bool> {
     Ok(conn.query_row(sql, [id], |_| Ok(())).optional()?.is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database an older daemon made (no hosts, no manifest_root) gains
+    /// both columns on open, keeping its jobs.
+    #[test]
+    fn an_older_database_gains_the_new_columns_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Connection::open(path_in(dir.path())).unwrap();
+        let schema = SCHEMA
+            .replace("  hosts TEXT,\n  manifest_root TEXT\n", "")
+            .replace(
+                "interrupted INTEGER NOT NULL DEFAULT 0,",
+                "interrupted INTEGER NOT NULL DEFAULT 0",
+            );
+        old.execute_batch(&schema).unwrap();
+        let columns: i64 = old
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name IN ('hosts', 'manifest_root')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(columns, 0);
+        old.execute(
+            "INSERT INTO jobs (id, spec, state, created_ms, updated_ms) VALUES ('j1', '{}', 'partial', 1, 1)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+        let conn = open(dir.path()).unwrap();
+        let (state, hosts, root): (String, Option<String>, Option<String>) = conn
+            .query_row(
+                "SELECT state, hosts, manifest_root FROM jobs WHERE id = 'j1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((state.as_str(), hosts, root), ("partial", None, None));
+        // and opening it again changes nothing
+        drop(conn);
+        open(dir.path()).unwrap();
+    }
+}
