@@ -2,8 +2,10 @@
 //! daemon with `--api` is the source (its own key, its known_hosts) and real
 //! `ferry serve` daemons on loopback are the chain. A job to three daemons
 //! lands byte-identical with modes and mtimes; a daemon that is down makes
-//! the job partial, named, and `ferry job resume` repairs it by delta; bad
-//! specs are refused with a 422 and nothing is stored.
+//! the job partial, named, and `ferry job resume` repairs it by delta (a
+//! resume that cannot start keeps it partial; one after the source changed
+//! is a 409); cancel and the deadline stop a job whose hosts hang at setup;
+//! bad specs are refused with a 422 and nothing is stored.
 
 mod util;
 
@@ -646,6 +648,224 @@ fn kill_9_of_the_api_daemon_mid_fanout_then_restart_finishes_the_same_job() {
         .collect();
     assert!(kinds.contains(&"interrupted"), "{kinds:?}");
     assert!(kinds.contains(&"resumed"), "{kinds:?}");
+}
+
+/// A fan-out job that some hosts have: posts it with `dest(1)` down, waits
+/// for it to end partial; its id.
+fn partial_job(s: &mut Setup) -> String {
+    s.down(1);
+    let body = json!({"op": "fanout", "src": "src/ckpt/", "destinations": [s.dest(0), s.dest(1), s.dest(2)], "stall_timeout": "3s"});
+    let (code, text) = s.curl("POST", "/v1/jobs", Some(&body));
+    assert_eq!(code, 202, "{text}");
+    let id = serde_json::from_str::<Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let w = s.job(&["watch", &id]);
+    assert_eq!(w.status.code(), Some(24), "{}\n{}", stdout(&w), stderr(&w));
+    assert_eq!(s.show(&id)["state"], "partial");
+    id
+}
+
+fn host_states(j: &Value) -> Vec<String> {
+    j["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_resume_that_cannot_start_ends_partial_keeping_the_hosts_that_have_it() {
+    let mut s = Setup::start(3);
+    let ckpt = s.src().join("ckpt");
+    tree(&ckpt);
+    let id = partial_job(&mut s);
+    // the resumed run cannot start: its source is gone
+    std::fs::remove_dir_all(&ckpt).unwrap();
+    s.up(1);
+    let r = s.job(&["resume", &id]);
+    assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
+    let w = s.job(&["watch", &id]);
+    assert_eq!(w.status.code(), Some(24), "{}\n{}", stdout(&w), stderr(&w));
+    let j = s.show(&id);
+    assert_eq!(j["state"], "partial", "{j:#}");
+    assert_eq!(j["error"]["code"], "fanout_partial", "{j:#}");
+    let detail = j["error"]["detail"].as_str().unwrap();
+    assert!(detail.starts_with("1 of 3 host(s) missed it: "), "{detail}");
+    assert!(
+        detail.contains(&format!(
+            "{} (src/ckpt/: no such file or directory)",
+            s.dest(1)
+        )),
+        "{detail}"
+    );
+    assert_eq!(host_states(&j), ["done", "missed", "done"], "{j:#}");
+    assert!(j["hosts"][0]["error"].is_null(), "{j:#}");
+    // the hosts that had it keep it; the missed one got nothing
+    for i in [0, 2] {
+        assert_eq!(
+            std::fs::read(s.out(i).join("model.bin")).unwrap(),
+            random_bytes(20 * MIB, 7)
+        );
+    }
+    assert!(!s.out(1).join("model.bin").exists());
+}
+
+/// A "daemon" on loopback that accepts TCP, reads what it is sent and never
+/// answers (a host hung before the TLS handshake ends); its port. Its
+/// threads end when the test process does (each read ends at the peer's
+/// close, the accept loop after two minutes).
+fn silent_host() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < end {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    c.set_nonblocking(false).unwrap();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while matches!(std::io::Read::read(&mut c, &mut buf), Ok(n) if n > 0) {}
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    port
+}
+
+/// Two hosts that hang at setup, as destinations.
+fn hung_hosts() -> Vec<String> {
+    (0..2)
+        .map(|_| format!("ferry://127.0.0.1:{}/m/out", silent_host()))
+        .collect()
+}
+
+impl Setup {
+    /// Posts a job; its id.
+    fn post(&self, body: Value) -> String {
+        let (code, text) = self.curl("POST", "/v1/jobs", Some(&body));
+        assert_eq!(code, 202, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[test]
+fn cancel_stops_a_fanout_whose_hosts_hang_at_setup() {
+    let s = Setup::start(0);
+    tree(&s.src().join("ckpt"));
+    // cancel while every host hangs at setup: canceled at once
+    let id = s.post(json!({"op": "fanout", "src": "src/ckpt/", "destinations": hung_hosts()}));
+    let end = Instant::now() + Duration::from_secs(30);
+    while s.show(&id)["state"] != "running" {
+        assert!(Instant::now() < end, "{:#}", s.show(&id));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let c = s.job(&["cancel", &id, "--json"]);
+    assert_eq!(c.status.code(), Some(0), "{}", stderr(&c));
+    let j = s.show(&id);
+    let took = asked.elapsed();
+    assert_eq!(j["state"], "canceled", "{j:#}\n{}", s.api.log());
+    assert_eq!(j["error"]["code"], "canceled", "{j:#}");
+    // stopped by the cancel, not by the hosts' own read timeout; the bound
+    // only catches a hang (timings are for benches, not tests)
+    assert!(took < Duration::from_secs(10), "cancel took {took:?}");
+    assert_eq!(host_states(&j), ["missed", "missed"], "{j:#}");
+    for h in j["hosts"].as_array().unwrap() {
+        assert_eq!(h["error"], "canceled", "{j:#}");
+    }
+}
+
+#[test]
+fn the_deadline_ends_a_fanout_whose_hosts_hang_at_setup() {
+    let s = Setup::start(0);
+    tree(&s.src().join("ckpt"));
+    let t0 = Instant::now();
+    let id = s.post(
+        json!({"op": "fanout", "src": "src/ckpt/", "destinations": hung_hosts(), "deadline": 1}),
+    );
+    let w = s.job(&["watch", &id]);
+    let took = t0.elapsed();
+    assert_eq!(w.status.code(), Some(20), "{}\n{}", stdout(&w), stderr(&w));
+    let j = s.show(&id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert_eq!(j["error"]["code"], "deadline_exceeded", "{j:#}");
+    assert!(took < Duration::from_secs(10), "the job ran {took:?}");
+    assert_eq!(host_states(&j), ["missed", "missed"], "{j:#}");
+}
+
+#[test]
+fn a_resume_after_the_source_changed_is_refused_and_nothing_is_mixed() {
+    let mut s = Setup::start(3);
+    let ckpt = s.src().join("ckpt");
+    tree(&ckpt);
+    let id = partial_job(&mut s);
+    let before = s.show(&id);
+    let (_, body) = s.curl("GET", &format!("/v1/events?job={id}"), None);
+    let events_before = serde_json::from_str::<Value>(&body).unwrap()["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    // the source changes: a new config
+    let cfg = ckpt.join("sub/config.json");
+    write(&cfg, b"{\"layers\": 48}\n");
+    s.up(1);
+    let (code, text) = s.curl("POST", &format!("/v1/jobs/{id}/resume"), None);
+    assert_eq!(code, 409, "{text}");
+    let p: Value = serde_json::from_str(&text).unwrap();
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("src/ckpt/ changed since the job's first run"),
+        "{detail}"
+    );
+    assert!(detail.contains("submit a new job"), "{detail}");
+    assert!(!detail.contains('\n'), "{detail}");
+    // the CLI says so in one line
+    let r = s.job(&["resume", &id]);
+    assert_ne!(r.status.code(), Some(0));
+    assert!(
+        stderr(&r).contains("changed since the job's first run"),
+        "{}",
+        stderr(&r)
+    );
+    assert_eq!(stderr(&r).trim_end().lines().count(), 1, "{}", stderr(&r));
+    // nothing changed in the store, nothing was sent
+    let after = s.show(&id);
+    for k in ["state", "error", "hosts", "attempts", "updated_at"] {
+        assert_eq!(after[k], before[k], "{k}: {after:#}");
+    }
+    let (_, body) = s.curl("GET", &format!("/v1/events?job={id}"), None);
+    let n = serde_json::from_str::<Value>(&body).unwrap()["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(n, events_before);
+    assert!(!s.out(1).join("sub").exists());
+    assert_eq!(
+        std::fs::read(s.out(0).join("sub/config.json")).unwrap(),
+        b"{\"layers\": 32}\n"
+    );
+    // the first version back, as it was: the resume runs and every host
+    // holds that one version
+    write(&cfg, b"{\"layers\": 32}\n");
+    set_mtime(&cfg, 1_600_000_000 + 1000);
+    let r = s.job(&["resume", &id]);
+    assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
+    let w = s.job(&["watch", &id]);
+    assert_eq!(w.status.code(), Some(0), "{}\n{}", stdout(&w), s.api.log());
+    for i in 0..3 {
+        assert_same_tree(&ckpt, &s.out(i), true);
+    }
 }
 
 /// A fan-out job's source that goes through a symlink in the module (`evil`,

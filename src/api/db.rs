@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   finished_ms INTEGER,
   updated_ms INTEGER NOT NULL,
   interrupted INTEGER NOT NULL DEFAULT 0,
-  hosts TEXT
+  hosts TEXT,
+  manifest_root TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -127,14 +128,17 @@ pub fn open(state_dir: &Path) -> Result<Connection, DbError> {
             return Ok(format!("integrity check failed: {check}"));
         }
         conn.execute_batch(SCHEMA)?;
-        // a database made before fan-out jobs: their hosts' states
-        let has_hosts: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'hosts'",
-            [],
-            |r| r.get(0),
-        )?;
-        if has_hosts == 0 {
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN hosts TEXT")?;
+        // a database made before fan-out jobs: their hosts' states; and
+        // before the version their done hosts hold (its manifest root)
+        for (column, kind) in [("hosts", "TEXT"), ("manifest_root", "TEXT")] {
+            let has: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
+                [column],
+                |r| r.get(0),
+            )?;
+            if has == 0 {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {kind}"))?;
+            }
         }
         // prove it is writable now, not at the first job
         conn.execute_batch("BEGIN IMMEDIATE; PRAGMA user_version=1; COMMIT;")?;
@@ -241,4 +245,50 @@ pub fn events_after(
 /// Whether a row exists (a small helper for lookups by id).
 pub fn exists(conn: &Connection, sql: &str, id: &str) -> rusqlite::Result<bool> {
     Ok(conn.query_row(sql, [id], |_| Ok(())).optional()?.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database an older daemon made (no hosts, no manifest_root) gains
+    /// both columns on open, keeping its jobs.
+    #[test]
+    fn an_older_database_gains_the_new_columns_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Connection::open(path_in(dir.path())).unwrap();
+        let schema = SCHEMA
+            .replace("  hosts TEXT,\n  manifest_root TEXT\n", "")
+            .replace(
+                "interrupted INTEGER NOT NULL DEFAULT 0,",
+                "interrupted INTEGER NOT NULL DEFAULT 0",
+            );
+        old.execute_batch(&schema).unwrap();
+        let columns: i64 = old
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name IN ('hosts', 'manifest_root')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(columns, 0);
+        old.execute(
+            "INSERT INTO jobs (id, spec, state, created_ms, updated_ms) VALUES ('j1', '{}', 'partial', 1, 1)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+        let conn = open(dir.path()).unwrap();
+        let (state, hosts, root): (String, Option<String>, Option<String>) = conn
+            .query_row(
+                "SELECT state, hosts, manifest_root FROM jobs WHERE id = 'j1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((state.as_str(), hosts, root), ("partial", None, None));
+        // and opening it again changes nothing
+        drop(conn);
+        open(dir.path()).unwrap();
+    }
 }

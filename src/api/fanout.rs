@@ -5,7 +5,11 @@
 //! `POST /v1/jobs/{id}/resume`, or a daemon restart mid-run) only to the
 //! hosts that have not got it, repaired by delta from what they hold. The
 //! job ends `succeeded` (every host has it), `partial` (some missed it, named)
-//! or `failed` (none got it), as `ferry fanout` exits 0 or 24.
+//! or `failed` (none got it), as `ferry fanout` exits 0 or 24: a run that
+//! cannot start (no source) leaves the hosts that had it done, so the job
+//! is partial then too. The manifest root the done hosts hold is kept with
+//! the job: a resume of a source that has changed since is refused (409),
+//! and a run never sends a second version to the rest.
 //!
 //! Not for checking the spec (`jobs`), the queue or the retry policy of
 //! other jobs (`runner`), nor the chain itself.
@@ -70,6 +74,74 @@ fn chain_id(id: &str) -> [u8; 16] {
     let mut j = [0u8; 16];
     j.copy_from_slice(&h.as_bytes()[..16]);
     j
+}
+
+/// The manifest root the job's done hosts hold, if one is recorded.
+fn recorded_root(api: &Api, id: &str) -> Option<[u8; 32]> {
+    let text: Option<String> = api
+        .conn()
+        .query_row("SELECT manifest_root FROM jobs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap_or(None);
+    text.as_deref().and_then(unhex32)
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    for (i, half) in [&s.get(..32)?, &s.get(32..)?].iter().enumerate() {
+        out[16 * i..16 * i + 16].copy_from_slice(&crate::fanout::job::unhex(half)?);
+    }
+    Some(out)
+}
+
+/// The walk of a fan-out job's source, as its options ask.
+fn walk(r: &Resolved) -> Walk {
+    Walk {
+        recursive: r.options.recursive,
+        links: r.options.links,
+        perms: r.options.perms,
+        times: r.options.times,
+        delete: r.options.delete,
+    }
+}
+
+fn source_path(r: &Resolved) -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+            r.src.local_path().expect("a fan-out sends a local module"),
+        ),
+    )
+}
+
+/// Why job `id` may not resume: some hosts hold its source as it was at
+/// the first run, and the source is another version now (its manifest
+/// root differs). `None` when it may: no host has it yet, no version is
+/// recorded, or the source cannot be read now (the run then says why).
+/// Walks the source tree (metadata only): call it off the async threads.
+pub(super) fn changed_source(api: &Api, id: &str) -> Option<String> {
+    let old = recorded_root(api, id)?;
+    let (spec, created): (String, i64) = api
+        .conn()
+        .query_row(
+            "SELECT spec, created_ms FROM jobs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()?;
+    let spec: JobSpec = serde_json::from_str(&spec).ok()?;
+    let r = jobs::resolve(&spec, &api.modules, created, &|_| true).ok()?;
+    let (manifest, _) =
+        crate::fanout::manifest::scan(&source_path(&r), walk(&r), r.src.root.as_deref()).ok()?;
+    let now = manifest.root();
+    (now != old).then(|| {
+        format!(
+            "job {id}: the source {} changed since the job's first run (its manifest root was {}…, now {}…): the hosts that have it hold the earlier version and a resume would mix the two; submit a new job to send the new version to every host",
+            spec.src,
+            &crate::fanout::job::hex(&old)[..16],
+            &crate::fanout::job::hex(&now)[..16]
+        )
+    })
 }
 
 /// The hosts' states as last recorded (or all pending).
@@ -141,28 +213,42 @@ pub(super) fn run(
         deadline,
         deadline_hit: AtomicBool::new(false),
     });
+    // the version the done hosts hold: every round must send that one
+    let mut root = recorded_root(api, id).filter(|_| hosts.iter().any(|h| h.state == "done"));
     let mut pending = only.clone();
     let mut delay = BUSY_FIRST;
     let (mut received, mut source_read, mut total_size) = (0u64, 0u64, 0u64);
     for round in 0..=BUSY_RETRIES {
-        let outcome = match chain_once(api, id, r, &mut hosts, &pending, &watcher) {
+        let outcome = match chain_once(api, id, spec, r, &mut hosts, &pending, &watcher, root) {
             Ok(o) => o,
             Err(end) => {
-                // the chain did not start: no host of this run got it
+                // the chain did not start: no host of this round got it,
+                // and the hosts of earlier rounds and runs still have it
                 let why = end.1.as_ref().map(|e| e.1.clone());
                 for &i in &pending {
                     hosts[i].state = "missed".into();
                     hosts[i].error = why.clone();
                 }
                 let hosts_text = json!(hosts).to_string();
+                let root_text = root.map(|r| crate::fanout::job::hex(&r));
                 let _ = api.write(|tx| {
                     tx.execute(
-                        "UPDATE jobs SET hosts = ?2, rate = 0, updated_ms = ?3 WHERE id = ?1",
-                        params![id, hosts_text, ids::now_ms()],
+                        "UPDATE jobs SET hosts = ?2, manifest_root = COALESCE(?4, manifest_root), rate = 0, updated_ms = ?3 WHERE id = ?1",
+                        params![id, hosts_text, ids::now_ms(), root_text],
                     )?;
                     Ok(())
                 });
-                return end;
+                if !hosts.iter().any(|h| h.state == "done") {
+                    return end;
+                }
+                let extra = json!({
+                    "hosts": hosts.iter().map(|h| json!({"host": h.host, "state": h.state, "error": h.error})).collect::<Vec<_>>(),
+                });
+                return (
+                    "partial",
+                    Some(("fanout_partial", missed_text(&hosts))),
+                    extra,
+                );
             }
         };
         received += outcome.hosts.iter().map(|h| h.bytes_received).sum::<u64>();
@@ -179,6 +265,9 @@ pub(super) fn run(
             s.error = h.error.clone();
             s.pieces_refused = h.refused;
             s.moved_to_tail = h.moved;
+        }
+        if outcome.hosts.iter().any(|h| h.state == State::Done) {
+            root = Some(outcome.root);
         }
         let busy: Vec<usize> = outcome
             .hosts
@@ -207,10 +296,11 @@ pub(super) fn run(
     super::metrics::job_done(received, 0);
     let hosts_text = json!(hosts).to_string();
     let all = total_size.saturating_mul(only.len() as u64);
+    let root_text = root.map(|r| crate::fanout::job::hex(&r));
     let _ = api.write(|tx| {
         tx.execute(
-            "UPDATE jobs SET hosts = ?2, bytes_done = ?3, bytes_total = ?4, literal_bytes = ?5, rate = 0, updated_ms = ?6 WHERE id = ?1",
-            params![id, hosts_text, received as i64, all as i64, received as i64, ids::now_ms()],
+            "UPDATE jobs SET hosts = ?2, bytes_done = ?3, bytes_total = ?4, literal_bytes = ?5, rate = 0, updated_ms = ?6, manifest_root = COALESCE(?7, manifest_root) WHERE id = ?1",
+            params![id, hosts_text, received as i64, all as i64, received as i64, ids::now_ms(), root_text],
         )?;
         Ok(())
     });
@@ -288,35 +378,40 @@ fn still_busy(why: &str) -> bool {
 /// One run of the chain through the hosts `pending`, its progress written
 /// to the job as it goes; the outcome, or how the job ends when the chain
 /// could not start.
+#[allow(clippy::too_many_arguments)]
 fn chain_once(
     api: &Api,
     id: &str,
+    spec: &JobSpec,
     r: &Resolved,
     hosts: &mut [HostState],
     pending: &[usize],
     watcher: &Arc<Watcher>,
+    expect_root: Option<[u8; 32]>,
 ) -> Result<source::Outcome, End> {
     let chain = r.fanout.as_ref().expect("a fan-out job");
-    let src = std::path::PathBuf::from(
-        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
-            r.src.local_path().expect("a fan-out sends a local module"),
-        ),
-    );
+    let src = source_path(r);
+    if std::fs::symlink_metadata(&src).is_err() {
+        // named as the job names it, not by this daemon's path
+        return Err((
+            "failed",
+            Some((
+                "source_not_found",
+                format!("{}: no such file or directory", spec.src),
+            )),
+            json!({}),
+        ));
+    }
     let plan = Plan {
         src,
         confine: r.src.root.clone(),
-        walk: Walk {
-            recursive: r.options.recursive,
-            links: r.options.links,
-            perms: r.options.perms,
-            times: r.options.times,
-            delete: r.options.delete,
-        },
+        walk: walk(r),
         targets: pending.iter().map(|&i| chain.targets[i].clone()).collect(),
         daemon: jobs::daemon_options(&api.identity, &api.config_dir),
         stall: chain.stall,
         job: chain_id(id),
         watch: Some(watcher.clone()),
+        expect_root,
     };
     let t0 = Instant::now();
     let result = std::thread::scope(|s| {

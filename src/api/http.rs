@@ -857,13 +857,15 @@ async fn cancel_job(
     description = "Queues a partial or failed fan-out job again, under its own id: it runs \
 only for the hosts that have not got the tree (their hosts[].state is not done), each \
 repaired by delta from what it already holds, and ends succeeded, partial or failed again. \
+A job whose source has changed since its first run (some hosts hold the earlier version) is \
+refused (409, source_changed): submit a new job to send the new version to every host. \
 Only fan-out jobs resume: a copy or sync job is submitted again (it sends only what changed).",
     security(("bearer" = ["jobs:write"])),
     params(("id" = String, Path, description = "The job's id (a ULID)")),
     responses(
         (status = 202, description = "The job, queued again", body = Job),
         (status = 404, description = "No such job", body = ProblemBody, content_type = PROBLEM),
-        (status = 409, description = "Not a fan-out job, not ended, or every host has it already", body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "Not a fan-out job, not ended, every host has it already, or its source changed since the first run", body = ProblemBody, content_type = PROBLEM),
     ))]
 async fn resume_job(
     State(api): Shared,
@@ -898,6 +900,25 @@ async fn resume_job(
             "succeeded" => format!("job {id} has succeeded: every host has it already"),
             s => format!("job {id} is {s}: only an ended job is resumed"),
         });
+    }
+    // the hosts that have it hold the source as it was: a source that has
+    // changed since is not sent to the rest (that would mix versions)
+    let changed = {
+        let (api, id) = (api.clone(), id.clone());
+        tokio::task::spawn_blocking(move || super::fanout::changed_source(&api, &id))
+            .await
+            .map_err(internal)?
+    };
+    if let Some(why) = changed {
+        audit_ok(
+            &api,
+            &key,
+            "job.resume",
+            &id,
+            "refused: source changed",
+            remote,
+        );
+        return Err(Problem::new(StatusCode::CONFLICT, "source_changed", why).job(&id));
     }
     let missed: Vec<String> = job["hosts"]
         .as_array()

@@ -166,8 +166,13 @@ fn run_job(api: &Api, id: &str, spec_text: &str, created_ms: i64, interrupted: b
             );
         }
     }
-    // a missing local source fails now, not after retries
-    if let Some(src) = resolved.src.local_path() {
+    // a missing local source fails now, not after retries (a fan-out's
+    // run says so itself, keeping the hosts that have it done)
+    if let Some(src) = resolved
+        .src
+        .local_path()
+        .filter(|_| resolved.fanout.is_none())
+    {
         let p = std::path::Path::new(
             <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(src),
         );

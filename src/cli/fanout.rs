@@ -182,6 +182,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             .unwrap_or(Duration::from_millis(record.stall_ms)),
         job,
         watch: None,
+        expect_root: None,
     };
     // a source that is not there fails before a job is announced
     std::fs::symlink_metadata(&plan.src)

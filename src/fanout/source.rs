@@ -48,11 +48,16 @@ pub struct Plan {
     pub job: [u8; 16],
     /// Who watches the run (the API's job runner; the CLI has none).
     pub watch: Option<Arc<dyn Watch>>,
+    /// The manifest root the hosts that have the job already hold (a
+    /// resumed job's first version): a source whose tree differs now is
+    /// refused before any host is contacted, so that no run mixes versions.
+    pub expect_root: Option<[u8; 32]>,
 }
 
 /// Someone watching a run from outside: shown each host's outcome so far
 /// (bytes received as reported) a few times a second, and asked whether to
-/// stop. A stopped run ends at once with every unsettled host missed
+/// stop, in every phase (connecting, the ticket and have exchange, the
+/// data). A stopped run ends at once with every unsettled host missed
 /// ("canceled"); what the hosts committed stays for a resume.
 pub trait Watch: Send + Sync {
     fn progress(&self, hosts: &[HostResult], total_size: u64);
@@ -90,6 +95,8 @@ pub struct Outcome {
     /// File bytes the source read.
     pub source_read: u64,
     pub total_size: u64,
+    /// The manifest's BLAKE3 (the version of the tree this run sent).
+    pub root: [u8; 32],
     /// Daemon keys recorded in known_hosts on first use.
     pub added: Vec<crate::trust::UnknownHost>,
 }
@@ -203,6 +210,15 @@ pub fn new_job() -> [u8; 16] {
 /// no key); a host that misses the job is in the outcome.
 pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let (manifest, paths) = scan(&plan.src, plan.walk, plan.confine.as_deref())?;
+    let manifest_bytes = manifest.encode();
+    let root = *blake3::hash(&manifest_bytes).as_bytes();
+    if let Some(old) = plan.expect_root.filter(|old| *old != root) {
+        return Err(TransferError::Usage(format!(
+            "the source changed since the job's first run (its manifest root was {}…, now {}…)",
+            &super::job::hex(&old)[..16],
+            &super::job::hex(&root)[..16]
+        )));
+    }
     let files = match &plan.confine {
         Some(root) => LocalSource::confined(root)
             .map_err(|e| TransferError::local(root.display().to_string(), &e))?,
@@ -239,21 +255,51 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         }
     };
 
-    // control connections, in parallel
-    let opened: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = plan
-            .targets
-            .iter()
-            .map(|t| s.spawn(|| open_control(t, &plan.daemon, plan.job)))
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("internal error".into())))
-            .collect()
-    });
+    let stopped = || plan.watch.as_ref().is_some_and(|w| w.stop());
+    // every host missed, "canceled": the watcher stopped the run before
+    // data flowed
+    let canceled = |mut results: Vec<HostResult>, added| {
+        for r in &mut results {
+            r.state = State::Missed;
+            r.error.get_or_insert_with(|| "canceled".into());
+            r.seconds = started.elapsed().as_secs_f64();
+        }
+        Ok(Outcome {
+            job: plan.job,
+            hosts: results,
+            source_read: 0,
+            total_size: manifest.total_size(),
+            root,
+            added,
+        })
+    };
+    if stopped() {
+        return canceled(results, Vec::new());
+    }
+
+    // control connections, in parallel, each on its own thread so that a
+    // host hung in the handshake cannot hold a stop back: on a stop they
+    // are left to end by their own timeouts, and their connections close
+    let (otx, orx) = channel();
+    for (i, t) in plan.targets.iter().enumerate() {
+        let (otx, t, daemon, job) = (otx.clone(), t.clone(), plan.daemon.clone(), plan.job);
+        std::thread::spawn(move || {
+            let _ = otx.send((i, open_control(&t, &daemon, job)));
+        });
+    }
+    drop(otx);
+    let mut opened: Vec<Option<Result<_, String>>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        match wait_for(&orx, &stopped) {
+            Some((i, o)) => opened[i] = Some(o),
+            None if stopped() => return canceled(results, Vec::new()),
+            None => break,
+        }
+    }
     let mut added = Vec::new();
     let mut controls: Vec<Option<Control>> = Vec::new();
     for (i, o) in opened.into_iter().enumerate() {
-        match o {
+        match o.unwrap_or_else(|| Err("internal error".into())) {
             Ok((c, a)) => {
                 added.extend(a);
                 controls.push(Some(c));
@@ -266,7 +312,6 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     }
     // the chain: the hosts that answered, in the user's order
     let chain: Vec<usize> = (0..n).filter(|&i| controls[i].is_some()).collect();
-    let manifest_bytes = manifest.encode();
     let ticket = Ticket {
         job: plan.job,
         expires: now() + 24 * 3600,
@@ -279,7 +324,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
                 path: plan.targets[i].path.clone(),
             })
             .collect(),
-        manifest_root: *blake3::hash(&manifest_bytes).as_bytes(),
+        manifest_root: root,
         stall_ms: plan.stall.as_millis() as u64,
     };
     let ticket_bytes = ticket.encode();
@@ -291,17 +336,48 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     // at the same offset (then not even named): kept as one map, narrowed
     // by each answer, never one per host
     let mut common: Option<HashMap<ChunkHash, Option<(u32, u64)>>> = None;
+    // the job starts on every host at once (each answers when it has
+    // looked at what it holds, which may take a while), each exchange on
+    // its own thread for the same reason as the connections
+    let (stx, srx) = channel();
+    let shared = Arc::new((ticket_bytes, manifest_bytes));
     for (pos, &i) in chain.iter().enumerate() {
-        let c = controls[i].as_mut().expect("in the chain");
-        let start = Msg::Start {
-            ticket: ticket_bytes.clone(),
-            sig,
-            manifest: manifest_bytes.clone(),
-            index: pos as u32,
-        };
-        let answer = wire::send_now(&mut c.1, &start)
-            .and_then(|()| wire::expect(&mut c.0, wire::LARGE))
-            .map_err(|e| e.to_string());
+        let mut c = controls[i].take().expect("in the chain");
+        let (stx, shared) = (stx.clone(), shared.clone());
+        std::thread::spawn(move || {
+            // the message (a copy of the manifest) lives only while it is
+            // sent, not while the host looks at what it holds
+            let start = Msg::Start {
+                ticket: shared.0.clone(),
+                sig,
+                manifest: shared.1.clone(),
+                index: pos as u32,
+            };
+            drop(shared);
+            let sent = wire::send_now(&mut c.1, &start);
+            drop(start);
+            let answer = sent
+                .and_then(|()| wire::expect(&mut c.0, wire::LARGE))
+                .map_err(|e| e.to_string());
+            let _ = stx.send((i, c, answer));
+        });
+    }
+    drop(stx);
+    let mut answers: Vec<Option<Result<Msg, String>>> = (0..n).map(|_| None).collect();
+    for _ in 0..chain.len() {
+        match wait_for(&srx, &stopped) {
+            Some((i, c, answer)) => {
+                controls[i] = Some(c);
+                answers[i] = Some(answer);
+            }
+            None if stopped() => return canceled(results, added),
+            None => break,
+        }
+    }
+    for &i in &chain {
+        let answer = answers[i]
+            .take()
+            .unwrap_or_else(|| Err("internal error".into()));
         match answer {
             Ok(Msg::Ready { have: h, chunks: c }) => {
                 for (f, hashes) in h {
@@ -551,8 +627,24 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         hosts: results,
         source_read: source.read.load(Ordering::Relaxed),
         total_size,
+        root,
         added,
     })
+}
+
+/// The next message on `rx`, asking `stopped` every 50 ms meanwhile; `None`
+/// when the run is to stop or every sender has gone.
+fn wait_for<T>(rx: &std::sync::mpsc::Receiver<T>, stopped: &dyn Fn() -> bool) -> Option<T> {
+    loop {
+        if stopped() {
+            return None;
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(m) => return Some(m),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+        }
+    }
 }
 
 /// Finds a host slower than the stream and moves it to the tail. In a
