@@ -677,7 +677,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     }
     let dirs = DirRefusals::default();
     let cancel = Cancel::default();
-    let _watch = signals::watch(&cancel);
+    let watch = signals::watch(&cancel, false);
     let outcome = transfer::run(
         &plan,
         &|e| {
@@ -686,6 +686,8 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         },
         &cancel,
     );
+    // the transfer is over: from here a signal acts as default
+    drop(watch);
     let outcome = signals::outcome(&cancel, outcome)?;
     printer.finish(&outcome, false);
     let code = dirs.exit_code(outcome.summary.errors, true);
@@ -862,8 +864,10 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
 
 fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, TransferError> {
     let cancel = Cancel::default();
-    let _watch = signals::watch(&cancel);
+    let watch = signals::watch(&cancel, false);
     let outcome = transfer::run(plan, &|e| printer.event(e), &cancel);
+    // the transfer is over: from here a signal acts as default
+    drop(watch);
     let outcome = signals::outcome(&cancel, outcome)?;
     printer.finish(&outcome, stats);
     if outcome.summary.errors > 0 {
@@ -880,7 +884,7 @@ fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, Transfer
 /// [`run_plan`] with `--json`: every event and the summary as JSON lines.
 fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, TransferError> {
     let cancel = Cancel::default();
-    let _watch = signals::watch(&cancel);
+    let watch = signals::watch(&cancel, true);
     let dirs = DirRefusals::default();
     let outcome = transfer::run(
         plan,
@@ -890,6 +894,8 @@ fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, T
         },
         &cancel,
     );
+    // the transfer is over: from here a signal acts as default
+    drop(watch);
     let outcome = signals::outcome(&cancel, outcome)?;
     let code = dirs.exit_code(outcome.summary.errors, cp);
     printer.finish(&outcome, code);
