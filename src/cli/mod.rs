@@ -910,7 +910,9 @@ fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, T
 
 fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     if a.stdio {
-        return match crate::server::stdio::serve() {
+        // not yet speaking: an error is one line on stderr (ssh forwards it)
+        let stream = crate::server::stdio::open()?;
+        return match crate::server::stdio::serve(stream) {
             Ok(_) => Ok(exit::OK),
             // this end's own file or request error (sent to the client as
             // its fatal error, which the client prints), the client's own
