@@ -817,6 +817,54 @@ fn a_busy_daemon_refusing_an_extra_stream_does_not_fail_the_transfer() {
     assert!(d.log().contains("busy"), "{}", d.log());
 }
 
+/// s19 review: a module whose directory was deleted after the daemon started
+/// (or never existed) is refused at once with one line naming the module and
+/// not the server's path, like rsync's `@ERROR: chdir failed`, with the exit
+/// code of an unknown module (12); pull, push and ls alike. It was
+/// "connection lost", retried 10 times (~48 s).
+#[test]
+fn a_module_whose_directory_is_gone_is_refused_at_once_without_its_path() {
+    let t = tmp();
+    let (here, gone) = (t.path().join("here"), t.path().join("gone-dir-xq7"));
+    std::fs::create_dir(&here).unwrap();
+    std::fs::create_dir(&gone).unwrap();
+    write(&t.path().join("f.txt"), "f\n");
+    let d = Daemon::start(&[("here", &here, false), ("ckpt", &gone, false)], "", &[]);
+    std::fs::remove_dir(&gone).unwrap();
+    // refused as a module that is not there is: exit 12, the peer's fatal
+    // error (README exit table; rsync's @ERROR lines are one code too)
+    let unknown = sync(&d, &[&d.url("nomodule/x"), &s(&t.path().join("o1"))]);
+    let want = unknown.status.code();
+    assert_eq!(want, Some(12), "{}", stderr(&unknown));
+    let out = s(&t.path().join("out"));
+    let src = s(&t.path().join("f.txt"));
+    let ls: Vec<String> = ["ls".to_string(), d.url("ckpt/")]
+        .into_iter()
+        .chain(d.client_args())
+        .collect();
+    for (what, o) in [
+        ("pull", sync(&d, &[&d.url("ckpt/x"), &out])),
+        ("pull all", sync(&d, &["-a", &d.url("ckpt/"), &out])),
+        ("push", sync(&d, &[&src, &d.url("ckpt/")])),
+        ("ls", ferry(&ls)),
+    ] {
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), want, "{what}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+        assert!(err.contains("module ckpt"), "{what}: {err}");
+        assert!(err.contains("chdir failed"), "{what}: {err}");
+        assert!(
+            !err.contains("gone-dir-xq7"),
+            "{what} shows the root: {err}"
+        );
+        assert!(!err.contains("connection lost"), "{what}: {err}");
+    }
+    assert!(
+        !t.path().join("out").exists(),
+        "a pull created its destination"
+    );
+}
+
 /// A pull of a module path through a symlink out of the module (`evil` ->
 /// a directory outside it) is refused by name: the target directory is not
 /// listed (its names never reach the client) and nothing of it arrives.

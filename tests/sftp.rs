@@ -1300,3 +1300,62 @@ fn every_upload_is_fsynced_before_its_rename_without_being_asked() {
         );
     }
 }
+
+/// s19 review: the remote hash pairs answers with files by their place in
+/// a group of seven, so xargs must never split a group. With an `xargs`
+/// first on the remote's PATH whose command line holds only two of these
+/// names (`-s`), every file arrives whole and verified, up and down (xargs
+/// refuses the group, `-x`, and its files are read again over SFTP).
+/// Before, xargs ran each group split and the answers shifted onto the
+/// wrong files: files failed their check.
+#[test]
+fn a_hash_group_xargs_cannot_pass_whole_is_checked_another_way() {
+    if !sshd_available() {
+        return;
+    }
+    let t = tmp();
+    let bin = t.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    write(
+        &bin.join("xargs"),
+        "#!/bin/sh\nlen=$(printf '%s ' \"$@\" | wc -c)\n\
+         exec /usr/bin/xargs -s $((len + 200)) \"$@\"\n",
+    );
+    chmod(&bin.join("xargs"), 0o755);
+    let sshd = Sshd::start_with(&format!(
+        "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
+        bin.display()
+    ));
+    let src = t.path().join("src");
+    let n = 16;
+    for i in 0..n {
+        let name = format!("{}{i:02}", "n".repeat(50));
+        write(&src.join(&name), format!("file {i}\n").repeat(i + 1));
+        // (SFTP v3 carries whole seconds)
+        set_mtime(&src.join(&name), 1_600_000_000);
+    }
+    let cache = t.path().join("cache");
+    let (up, down) = (t.path().join("up"), t.path().join("down"));
+    for (from, to, pushing) in [
+        (format!("{}/", s(&src)), sshd.remote(&up), true),
+        (format!("{}/", sshd.remote(&up)), s(&down), false),
+    ] {
+        let o = ok(ferry_in(
+            &cache,
+            &[
+                "cp".into(),
+                "-rp".into(),
+                "--transport".into(),
+                "sftp".into(),
+                "-e".into(),
+                sshd.rsh(),
+                from,
+                to,
+            ],
+        ));
+        let want = format!("verified: {HASHED_BY} on 127.0.0.1 for {n} file(s)");
+        assert!(stderr(&o).contains(&want), "push {pushing}: {}", stderr(&o));
+    }
+    assert_same_tree(&src, &up, false);
+    assert_same_tree(&src, &down, false);
+}

@@ -820,3 +820,86 @@ fn pty_on_a_daemon_module_completes_keeps_history_cancels_and_regets() {
     pty.send("exit\r");
     assert!(pty.wait().success());
 }
+
+/// s19 review: `get DIR` and `put DIR` without `-r` are refused as `sftp
+/// -b` refuses them, in its words and one line each (`download DIR/: not a
+/// regular file`, `local "DIR/" is not a regular file`): the command fails,
+/// so a batch stops with exit 1, and `-get`/`-put` go on. They succeeded
+/// (exit 0; `get` said nothing at all). Over SFTP, and on a daemon module.
+#[test]
+fn get_and_put_of_a_directory_without_r_are_refused_as_sftp_refuses_them() {
+    if !sshd_available() {
+        return;
+    }
+    let script = "\
+cd {R}
+lcd {L}
+put -r -p tree
+-get tree
+-put tree
+mkdir went-on
+get tree
+mkdir never
+";
+    // the words each side says, its own directories put back as {R} and {L}
+    let said = |o: &Output, r: &Path, l: &Path| -> Vec<String> {
+        stderr(o)
+            .lines()
+            .map(|line| {
+                line.replace(&r.display().to_string(), "{R}")
+                    .replace(&l.display().to_string(), "{L}")
+            })
+            .collect()
+    };
+    let (sftp, ferry, t) = both(script);
+    let at = |side: &str| {
+        (
+            t.path().join(format!("{side}-remote")),
+            t.path().join(format!("{side}-local")),
+        )
+    };
+    let (sr, sl) = at("sftp");
+    let (fr, fl) = at("ferry");
+    assert_eq!(sftp.status.code(), Some(1), "{}", stderr(&sftp));
+    assert_eq!(ferry.status.code(), Some(1), "{}", stderr(&ferry));
+    let want = said(&sftp, &sr, &sl);
+    assert_eq!(
+        want,
+        [
+            "download {R}/tree/: not a regular file",
+            "local \"tree/\" is not a regular file",
+            "download {R}/tree/: not a regular file",
+        ],
+        "the oracle's words changed"
+    );
+    assert_eq!(said(&ferry, &fr, &fl), want);
+    assert!(fr.join("went-on").is_dir() && !fr.join("never").exists());
+
+    // on a daemon module: the same lines (the module's own paths) and exit
+    let module = t.path().join("module");
+    let local = t.path().join("daemon-local");
+    local_tree(&local);
+    std::fs::create_dir(&module).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let file = t.path().join("daemon.batch");
+    write(
+        &file,
+        script
+            .replace("cd {R}\n", "")
+            .replace("{L}", &local.display().to_string()),
+    );
+    let o = daemon_shell(&d, "data", &file, &local);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o)
+            .lines()
+            .filter(|l| !l.contains("permanently added")) // (first contact)
+            .collect::<Vec<_>>(),
+        [
+            "download /tree/: not a regular file",
+            "local \"tree/\" is not a regular file",
+            "download /tree/: not a regular file",
+        ]
+    );
+    assert!(module.join("went-on").is_dir() && !module.join("never").exists());
+}

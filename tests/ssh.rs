@@ -268,3 +268,36 @@ fn a_large_file_crosses_several_ssh_connections_both_ways() {
         );
     }
 }
+
+/// s19 review: `ferry serve --stdio` failing before its session runs (a
+/// `--chown` name unknown on the remote) tells the client why, in one line;
+/// the user saw only "connection lost: ... exited with status 1". Through an
+/// `-e` command that runs the remote side here, as ssh would.
+#[test]
+fn serve_stdio_failing_before_the_session_tells_the_client_why() {
+    let t = tmp();
+    write(&t.path().join("src/a"), "a");
+    let rsh = t.path().join("local-rsh");
+    // `rsh -- host ferry serve --stdio`: run the command, here
+    write(&rsh, "#!/bin/sh\nshift 2\nexec sh -c \"$*\"\n");
+    chmod(&rsh, 0o755);
+    let dest = t.path().join("dest");
+    let o = ferry([
+        "sync",
+        "-a",
+        "--chown",
+        "nosuchuser9x:",
+        "-e",
+        &s(&rsh),
+        "--remote-ferry",
+        &s(&ferry_bin()),
+        &format!("{}/", s(&t.path().join("src"))),
+        &format!("host:{}/", s(&dest)),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(12), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("nosuchuser9x"), "{err}");
+    assert!(!err.contains("connection lost"), "{err}");
+    assert!(!dest.join("a").exists());
+}

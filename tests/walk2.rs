@@ -714,3 +714,122 @@ fn sftp_that_never_starts_is_not_a_lost_connection() {
         assert!(!t.path().join("dst").exists());
     }
 }
+
+/// s19 review: a signal during `sync --json` ends the run with exit 20, the
+/// one stderr line, and the cancelled run's fatal JSON line on stdout.
+/// Locally, over ssh, to a daemon, and to a peer that never answers (its
+/// read sees no cancel, so the watcher ends the run after its 2 s grace: it
+/// printed the stderr line alone).
+#[test]
+fn a_signal_during_a_json_sync_prints_the_cancelled_line_and_exits_20() {
+    let t = tmp();
+    let src = t.path().join("tree");
+    for i in 0..24 {
+        write(&src.join(format!("f{i:02}")), random_bytes(256 << 10, i));
+    }
+    let mut routes: Vec<Vec<String>> = Vec::new();
+    let local = t.path().join("local");
+    routes.push(vec![format!("{}/", s(&src)), format!("{}/", s(&local))]);
+    let sshd = sshd_available().then(Sshd::start);
+    if let Some(sshd) = &sshd {
+        let r = t.path().join("remote");
+        let mut a = sshd.args();
+        a.extend([format!("{}/", s(&src)), format!("{}/", sshd.remote(&r))]);
+        routes.push(a);
+    }
+    let m = t.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    let d = Daemon::start(&[("m", &m, false)], "", &[]);
+    let mut a = vec![format!("{}/", s(&src)), d.url("m/")];
+    a.extend(d.client_args());
+    routes.push(a);
+    // an "ssh" that takes ferry's bytes and never answers (its stdout kept
+    // open on fd 3, ferry sees no end)
+    let stall = t.path().join("stall-rsh");
+    write(&stall, "#!/bin/sh\nexec 3>&1 >/dev/null\nexec cat\n");
+    chmod(&stall, 0o755);
+    routes.push(vec![
+        "-e".into(),
+        s(&stall),
+        format!("{}/", s(&src)),
+        "host:/nowhere/".into(),
+    ]);
+    for route in &routes {
+        for signal in ["-INT", "-TERM"] {
+            let mut args: Vec<String> = ["sync", "-a", "--json", "--bwlimit", "1M"]
+                .map(String::from)
+                .to_vec();
+            args.extend(route.iter().cloned());
+            let o = signalled(&args, signal, Duration::from_millis(1500));
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(20), "{signal} {route:?}: {err}");
+            assert_eq!(err.trim(), "ferry: transfer cancelled", "{signal}: {err}");
+            let out = stdout(&o);
+            // every line is JSON; the last is the run's end
+            let lines: Vec<serde_json::Value> = out
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect();
+            let last = lines
+                .last()
+                .unwrap_or_else(|| panic!("{signal} {route:?}: no JSON on stdout"));
+            assert_eq!(last["kind"], "error", "{signal} {route:?}: {out}");
+            assert_eq!(last["fatal"], true, "{out}");
+            assert_eq!(last["category"], "cancelled", "{out}");
+            assert_eq!(last["exit_code"], 20, "{out}");
+        }
+    }
+}
+
+/// s19 review: once the transfer has ended, SIGTERM takes its default action.
+/// The watch's end left SIGINT and SIGTERM caught and ignored, so a `--json`
+/// summary blocked on a pipe nobody reads could not be stopped (it exited 20
+/// two seconds later, "cancelled", for a transfer that was complete). Here
+/// stdout is a full pipe: the summary write blocks, and SIGTERM kills ferry.
+#[test]
+fn a_signal_after_the_transfer_ended_acts_as_default() {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    let t = tmp();
+    let src = t.path().join("src");
+    write(&src.join("a"), "a");
+    let (src_arg, out_arg) = (format!("{}/", s(&src)), s(&t.path().join("out")));
+    ok(ferry(["sync", "-a", &src_arg, &out_arg]));
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    // fill the pipe (64 KiB on Linux) so that ferry's first write blocks
+    writer.write_all(&vec![b'x'; 65536]).unwrap();
+    let mut child = Command::new(ferry_bin())
+        .args(["sync", "-a", "--json", &src_arg, &out_arg])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let blocked = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("wchan"))
+                    .is_ok_and(|w| w.contains("pipe_write"))
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !blocked() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(blocked(), "ferry never blocked writing its summary");
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = wait_for(&mut child, Duration::from_secs(1));
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(reader);
+    let status = status.expect("ferry kept running after SIGTERM");
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+}

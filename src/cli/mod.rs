@@ -642,7 +642,7 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
     }
     let dirs = DirRefusals::default();
     let cancel = Cancel::default();
-    let _watch = signals::watch(&cancel);
+    let watch = signals::watch(&cancel, false);
     let outcome = transfer::run(
         &plan,
         &|e| {
@@ -651,6 +651,8 @@ fn cp(a: CpArgs) -> Result<i32, TransferError> {
         },
         &cancel,
     );
+    // the transfer is over: from here a signal acts as default
+    drop(watch);
     let outcome = signals::outcome(&cancel, outcome)?;
     printer.finish(&outcome, false);
     let code = dirs.exit_code(outcome.summary.errors, true);
@@ -844,8 +846,10 @@ pub(crate) fn daemon_options(f: &args::DaemonFlags) -> Result<DaemonOptions, Tra
 
 fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, TransferError> {
     let cancel = Cancel::default();
-    let _watch = signals::watch(&cancel);
+    let watch = signals::watch(&cancel, false);
     let outcome = transfer::run(plan, &|e| printer.event(e), &cancel);
+    // the transfer is over: from here a signal acts as default
+    drop(watch);
     let outcome = signals::outcome(&cancel, outcome)?;
     printer.finish(&outcome, stats);
     if outcome.summary.errors > 0 {
@@ -862,7 +866,7 @@ fn run_plan(plan: &Plan, printer: &Printer, stats: bool) -> Result<i32, Transfer
 /// [`run_plan`] with `--json`: every event and the summary as JSON lines.
 fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, TransferError> {
     let cancel = Cancel::default();
-    let _watch = signals::watch(&cancel);
+    let watch = signals::watch(&cancel, true);
     let dirs = DirRefusals::default();
     let outcome = transfer::run(
         plan,
@@ -872,6 +876,8 @@ fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, T
         },
         &cancel,
     );
+    // the transfer is over: from here a signal acts as default
+    drop(watch);
     let outcome = signals::outcome(&cancel, outcome)?;
     let code = dirs.exit_code(outcome.summary.errors, cp);
     printer.finish(&outcome, code);
@@ -886,7 +892,9 @@ fn run_json(plan: &Plan, printer: &json::JsonPrinter, cp: bool) -> Result<i32, T
 
 fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     if a.stdio {
-        return match crate::server::stdio::serve() {
+        // not yet speaking: an error is one line on stderr (ssh forwards it)
+        let stream = crate::server::stdio::open()?;
+        return match crate::server::stdio::serve(stream) {
             Ok(_) => Ok(exit::OK),
             // this end's own file or request error (sent to the client as
             // its fatal error, which the client prints), the client's own

@@ -340,6 +340,9 @@ impl Shell {
                 })?;
                 let recursive = f.contains('r') || f.contains('R');
                 let preserve = f.contains('p') || f.contains('P');
+                if !recursive {
+                    self.refuse_dir(cmd, &rest[0])?;
+                }
                 let at = |p: Vec<u8>| self.remote.location(&p).map_err(|e| self.io(cmd, &p, e));
                 let (source, dest) = if cmd.ends_with("get") {
                     let local = rest.get(1).cloned().unwrap_or_else(|| ".".into());
@@ -365,6 +368,26 @@ impl Shell {
             other => return Err(format!("Invalid command \"{other}\".")),
         }
         Ok(true)
+    }
+
+    /// Without `-r` a directory is refused as sftp refuses it, in its
+    /// words: one line, and the command fails (a batch stops, `-get` goes
+    /// on). The transfer would skip it with a notice and succeed.
+    fn refuse_dir(&self, cmd: &str, given: &str) -> Result<(), String> {
+        if cmd.ends_with("get") {
+            let p = self.remote(given);
+            if matches!(self.remote.stat(&p), Ok(st) if st.kind == Kind::Dir) {
+                let p = p.strip_suffix(b"/").unwrap_or(&p);
+                return Err(format!("download {}/: not a regular file", escape(p)));
+            }
+        } else if std::path::Path::new(given).is_dir() {
+            let p = given.strip_suffix('/').unwrap_or(given);
+            return Err(format!(
+                "local \"{}/\" is not a regular file",
+                escape(p.as_bytes())
+            ));
+        }
+        Ok(())
     }
 
     fn transfer(

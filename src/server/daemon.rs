@@ -80,6 +80,17 @@ pub(super) fn module_of<'m>(
             "no module named {name:?} (list them with `ferry ls HOST::`)"
         ))
     })?;
+    // its directory may have gone since the daemon started: refused here,
+    // as rsync's `@ERROR: chdir failed`, rather than accepted and dropped
+    // (which the client took for a lost connection and retried). The
+    // message names the module, never its path on this host.
+    if let Err(e) = std::fs::read_dir(&m.path) {
+        return Err(Refusal::NotFound(format!(
+            "module {}: chdir failed: {} (the module's directory on the daemon)",
+            m.name,
+            crate::error::io_text(&e)
+        )));
+    }
     // the rest must be a clean relative path (a trailing slash is meaningful)
     let trimmed = rest.strip_suffix(b"/").unwrap_or(rest);
     if !trimmed.is_empty() {

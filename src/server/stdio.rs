@@ -11,8 +11,10 @@ use crate::proto::Summary;
 use crate::session::{self, Deliver, Streams};
 use crate::transport::{rendezvous, widen_pipe, Stream};
 
-/// Serves one session on this process's stdin and stdout.
-pub fn serve() -> Result<Summary, TransferError> {
+/// This process's stdin and stdout as the session's stream. Its error is
+/// not told to the client (nothing is spoken yet): the caller prints it on
+/// stderr, which ssh shows the client's user.
+pub fn open() -> Result<Stream, TransferError> {
     // the raw descriptors: stdout's line buffering would split frames at every
     // newline byte; nothing else may write to stdout while serving
     let dup = |fd| {
@@ -26,10 +28,16 @@ pub fn serve() -> Result<Summary, TransferError> {
     // sshd hands us pipes
     widen_pipe(rustix::stdio::stdin());
     widen_pipe(rustix::stdio::stdout());
-    let stream = Stream {
+    Ok(Stream {
         reader: Box::new(dup(rustix::stdio::stdin())?),
         writer: Box::new(dup(rustix::stdio::stdout())?),
-    };
+    })
+}
+
+/// Serves one session on `stream` (from [`open`]). An error this end had
+/// (its files, a request it refuses) was sent to the client as the fatal
+/// error the client prints.
+pub fn serve(stream: Stream) -> Result<Summary, TransferError> {
     let join = |token: &[u8; 16]| -> Option<Deliver<'_>> {
         let joining = rendezvous::find(token)?;
         Some(Box::new(move |stream: Stream| {

@@ -341,7 +341,7 @@ impl SftpDest {
                         if let (0, None, Some(h)) = (*writes, &asked, remote) {
                             *asked = Some(h.ask(&f.temp_path)?);
                             if block {
-                                h.flush()?;
+                                h.flush();
                             }
                         }
                         let Some(p) = q.front() else { break };
@@ -374,7 +374,7 @@ impl SftpDest {
                     };
                     let got = if block {
                         if let How::Remote(h) = &v.how {
-                            h.flush()?;
+                            h.flush();
                         }
                         block = false;
                         rx.recv().unwrap_or_else(|_| Err(ended()))
@@ -385,6 +385,8 @@ impl SftpDest {
                             Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(ended()),
                         }
                     };
+                    // a command that ended left it unchecked: read it again
+                    let got = verify::or_reread(got, &f.sftp, &f.temp_path, v.kind());
                     self.judge(v, want, got)?;
                     f.stage = Stage::Renaming(self.send_renames(f)?);
                 }

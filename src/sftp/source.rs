@@ -350,9 +350,12 @@ impl Check {
     /// The hash of what was read against the remote's (or a second read's).
     fn finish(self, sftp: &Sftp) -> io::Result<()> {
         let got = match (&self.verify.how, self.remote) {
-            (How::Remote(h), Some(rx)) => h
-                .flush()
-                .and_then(|_| rx.recv().unwrap_or_else(|_| Err(gone()))),
+            (How::Remote(h), Some(rx)) => {
+                h.flush();
+                let got = rx.recv().unwrap_or_else(|_| Err(gone()));
+                // a command that ended left it unchecked: read it again
+                verify::or_reread(got, sftp, &self.path, self.verify.kind())
+            }
             _ => verify::reread(sftp, &self.path, self.verify.kind()),
         };
         match got {

@@ -20,6 +20,10 @@
 //! a newline, or one that looks like another file's hash line, cannot pair
 //! a hash with the wrong file nor shift the answers of the files after it.
 //! Each answer is told apart by its place in the group, never by a name.
+//! So a group must reach the script whole: xargs runs with `-x`, and exits
+//! rather than split a group whose names do not fit one command line;
+//! the files it left unanswered are then read again over SFTP
+//! ([`or_reread`]), never matched with a shifted answer.
 
 use super::client::Sftp;
 use super::wire;
@@ -219,6 +223,23 @@ pub fn reread(sftp: &Sftp, path: &[u8], kind: HashKind) -> io::Result<String> {
     result.map(|_| hashing.hex())
 }
 
+/// The remote's answer for the file at `path`, or, where the remote command
+/// could give none because it ended (xargs refusing a group too long for
+/// one command line, the command's connection lost), the file read again
+/// over SFTP and hashed here with the same `kind`. A wrong hash and a file
+/// the command could not hash stay what they are.
+pub fn or_reread(
+    got: io::Result<String>,
+    sftp: &Sftp,
+    path: &[u8],
+    kind: HashKind,
+) -> io::Result<String> {
+    match got {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => reread(sftp, path, kind),
+        got => got,
+    }
+}
+
 /// Files per run of the remote command: the script opens each on one of
 /// the descriptors 3 to 9 (a POSIX shell's redirections take one digit), so
 /// one run of the command hashes seven files. xargs starts a run as soon as
@@ -235,7 +256,8 @@ const PAD: &[u8] = b"/dev/null";
 const FRAME_LINES: usize = 4 * GROUP;
 
 /// The fixed line the remote runs for `command`: xargs hands each group of
-/// [`GROUP`] names to `sh -c SCRIPT` as its arguments; the script opens the
+/// [`GROUP`] names to `sh -c SCRIPT` as its arguments (`-x`: whole, or not
+/// at all: xargs exits); the script opens the
 /// files as descriptors 3 to 9 and runs the command once on `/dev/fd/3` …
 /// `/dev/fd/9`, then prints `=STATUS`. Where that run fails (a file that
 /// cannot be opened, a remote without `/dev/fd`) each file of the group is
@@ -248,7 +270,7 @@ pub fn remote_line(command: &str) -> String {
         .map(|i| format!("{}<\"${}\"", i + 3, i + 1))
         .collect();
     format!(
-        "xargs -0 -n {GROUP} sh -c 'exec 2>/dev/null; {command} -- {} {}; s=$?; echo =$s; \
+        "xargs -0 -x -n {GROUP} sh -c 'exec 2>/dev/null; {command} -- {} {}; s=$?; echo =$s; \
          [ $s = 0 ] || for f in \"$@\"; do {command} -- <\"$f\"; echo =$?; done' sh",
         files.join(" "),
         opens.join(" ")
@@ -321,7 +343,9 @@ impl RemoteHash {
     }
 
     /// Asks for the hash of `path` (sent with the next full group, or at
-    /// the next [`RemoteHash::flush`]).
+    /// the next [`RemoteHash::flush`]). Once the command has ended, the
+    /// answer is that it ended (see [`or_reread`]); only a name the command
+    /// could never be given is an error here.
     pub fn ask(&self, path: &[u8]) -> io::Result<Answer> {
         if path.contains(&0) || path.is_empty() {
             return Err(io::Error::new(
@@ -330,8 +354,11 @@ impl RemoteHash {
             ));
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.start(&mut state)?;
         let (tx, rx) = mpsc::channel();
+        if let Err(e) = self.start(&mut state) {
+            let _ = tx.send(Err(e));
+            return Ok(rx);
+        }
         let State::Running { group, slots, .. } = &mut *state else {
             unreachable!("started")
         };
@@ -339,17 +366,19 @@ impl RemoteHash {
         group.push(0);
         slots.push(Some(tx));
         if slots.len() == GROUP {
-            self.send_group(&mut state)?;
+            self.send_group(&mut state);
         }
         Ok(rx)
     }
 
-    /// Sends the names not sent yet, padded to a whole group.
-    pub fn flush(&self) -> io::Result<()> {
+    /// Sends the names not sent yet, padded to a whole group. (A command
+    /// that ended answers them so.)
+    pub fn flush(&self) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match &*state {
-            State::Running { slots, .. } if !slots.is_empty() => self.send_group(&mut state),
-            _ => Ok(()),
+        if let State::Running { slots, .. } = &*state {
+            if !slots.is_empty() {
+                self.send_group(&mut state);
+            }
         }
     }
 
@@ -407,7 +436,9 @@ impl RemoteHash {
         Ok(())
     }
 
-    fn send_group(&self, state: &mut State) -> io::Result<()> {
+    /// Sends the group. Its slots are queued first, so a command that has
+    /// ended (or ends now: the write fails) answers each that it ended.
+    fn send_group(&self, state: &mut State) {
         let State::Running {
             stdin,
             group,
@@ -415,7 +446,7 @@ impl RemoteHash {
             ..
         } = state
         else {
-            return Ok(());
+            return;
         };
         while slots.len() < GROUP {
             slots.push(None);
@@ -431,18 +462,16 @@ impl RemoteHash {
                     let _ = tx.send(Err(gone(why)));
                 }
                 group.clear();
-                return Ok(());
+                return;
             }
             asked.queue.push_back(slots);
         }
         let r = stdin.write_all(group).and_then(|_| stdin.flush());
         group.clear();
         if let Err(e) = r {
-            let why = e.to_string();
-            *state = State::Failed(why.clone());
-            return Err(gone(&why));
+            // (the reader answers the queued slots when the output ends)
+            *state = State::Failed(e.to_string());
         }
-        Ok(())
     }
 }
 
@@ -689,7 +718,9 @@ mod tests {
     #[test]
     fn the_remote_line_names_descriptors_not_files() {
         let line = remote_line("sha256sum");
-        assert!(line.starts_with("xargs -0 -n 7 sh -c 'exec 2>/dev/null; sha256sum -- /dev/fd/3 "));
+        assert!(
+            line.starts_with("xargs -0 -x -n 7 sh -c 'exec 2>/dev/null; sha256sum -- /dev/fd/3 ")
+        );
         assert!(line.contains(" 3<\"$1\" 4<\"$2\" "));
         assert!(line.contains(" 9<\"$7\"; s=$?"));
         assert!(line.ends_with("' sh"));

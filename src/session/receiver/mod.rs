@@ -207,6 +207,35 @@ where
     run_into(reader, writer, cfg, place, cancel)
 }
 
+/// The receiver's own reading of the options: the filters, `--chmod` and
+/// `--chown` (names resolved on this host).
+type Setup = (
+    Filters,
+    Option<crate::chmod::Chmod>,
+    Option<crate::fs::owners::Chown>,
+);
+
+fn setup(options: &Options) -> Result<Setup, TransferError> {
+    let filters = Filters::with_dir_merges(&options.filters, &options.dir_merges)
+        .map_err(|e| TransferError::Usage(e.to_string()))?;
+    let chmod = match &options.chmod {
+        Some(c) => Some(
+            crate::chmod::Chmod::parse(&[c]).map_err(|e| TransferError::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if options.dest_side.atomic && options.dest_side.inplace {
+        return Err(TransferError::Usage(
+            crate::proto::OptionsError::AtomicInplace.to_string(),
+        ));
+    }
+    let chown = match &options.dest_side.chown {
+        Some(c) => Some(crate::fs::owners::Chown::parse(c).map_err(TransferError::Usage)?),
+        None => None,
+    };
+    Ok((filters, chmod, chown))
+}
+
 /// Runs the receiving side until the transfer is complete, into the store
 /// `place` opens (`cfg.dest` is its path there).
 pub fn run_into<'a, R, W, P>(
@@ -224,22 +253,16 @@ where
     let spares = Spares::default();
     let inbound = spawn_readers(reader, cfg.joins.take(), spares.clone())?;
     let (out, writer_thread) = spawn_writer(writer)?;
-    let filters = Filters::with_dir_merges(&cfg.options.filters, &cfg.options.dir_merges)
-        .map_err(|e| TransferError::Usage(e.to_string()))?;
-    let chmod = match &cfg.options.chmod {
-        Some(c) => Some(
-            crate::chmod::Chmod::parse(&[c]).map_err(|e| TransferError::Usage(e.to_string()))?,
-        ),
-        None => None,
-    };
-    if cfg.options.dest_side.atomic && cfg.options.dest_side.inplace {
-        return Err(TransferError::Usage(
-            crate::proto::OptionsError::AtomicInplace.to_string(),
-        ));
-    }
-    let chown = match &cfg.options.dest_side.chown {
-        Some(c) => Some(crate::fs::owners::Chown::parse(c).map_err(TransferError::Usage)?),
-        None => None,
+    // what this side cannot do as asked (a --chown name unknown here) is
+    // told to the sender, whose user would otherwise see a lost connection
+    let (filters, chmod, chown) = match setup(&cfg.options) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = out.send(Message::Fatal(e.to_string().into_bytes()));
+            drop(out);
+            let _ = writer_thread.join();
+            return Err(e);
+        }
     };
     // -R: a pull's names start with the first component of each path asked for
     let requested = cfg.requested.as_ref().map(|paths| {

@@ -105,8 +105,9 @@ where
 {
     let confine = cfg.confine.clone();
     run_from(reader, writer, cfg, cancel, move || match confine {
+        // messages name paths relative to the module, never its path here
         Some(root) => LocalSource::confined(&root)
-            .map_err(|e| TransferError::local(root.display().to_string(), &e)),
+            .map_err(|e| TransferError::local("the module's directory".to_string(), &e)),
         None => Ok(LocalSource::default()),
     })
 }
@@ -129,11 +130,19 @@ where
     writer.set_rate(cfg.options.bwlimit);
     let (tx, rx) = mpsc::channel();
     let reports = tx.clone();
-    let reader_thread = std::thread::Builder::new()
+    let started = std::thread::Builder::new()
         .name("ferry-send-rx".into())
         .spawn(move || read_requests(reader, tx))
-        .map_err(|e| TransferError::local("thread", &e))?;
-    let source = open()?;
+        .map_err(|e| TransferError::local("thread", &e));
+    let (reader_thread, source) = match started.and_then(|t| Ok((t, open()?))) {
+        Ok(s) => s,
+        Err(e) => {
+            // the receiver is waiting for a listing: tell it why none comes
+            let _ = writer.send(&Message::Fatal(e.to_string().into_bytes()));
+            let _ = writer.flush();
+            return Err(e);
+        }
+    };
     let mut s = Sender {
         writer,
         events: cfg.events,
