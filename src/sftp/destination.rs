@@ -386,7 +386,7 @@ impl SftpDest {
                         }
                     };
                     // a command that ended left it unchecked: read it again
-                    let got = verify::or_reread(got, &f.sftp, &f.temp_path, v.kind());
+                    let got = verify::or_reread(got, &f.sftp, &f.temp_path, v);
                     self.judge(v, want, got)?;
                     f.stage = Stage::Renaming(self.send_renames(f)?);
                 }

@@ -354,7 +354,7 @@ impl Check {
                 h.flush();
                 let got = rx.recv().unwrap_or_else(|_| Err(gone()));
                 // a command that ended left it unchecked: read it again
-                verify::or_reread(got, sftp, &self.path, self.verify.kind())
+                verify::or_reread(got, sftp, &self.path, &self.verify)
             }
             _ => verify::reread(sftp, &self.path, self.verify.kind()),
         };

@@ -152,6 +152,9 @@ pub struct Verify {
     pub how: How,
     /// Files whose check passed.
     pub checked: Arc<AtomicU64>,
+    /// Of those asked of a remote command, the files it left unanswered
+    /// and that were read again over SFTP instead ([`or_reread`]).
+    pub reread: Arc<AtomicU64>,
 }
 
 impl Verify {
@@ -159,6 +162,7 @@ impl Verify {
         Verify {
             how,
             checked: Default::default(),
+            reread: Default::default(),
         }
     }
     /// The hash the stream is to be hashed with.
@@ -180,6 +184,11 @@ impl Verify {
     }
     pub fn count(&self) -> u64 {
         self.checked.load(Ordering::Relaxed)
+    }
+    /// How many files were read again because the remote command gave no
+    /// answer for them.
+    pub fn reread_count(&self) -> u64 {
+        self.reread.load(Ordering::Relaxed)
     }
 }
 
@@ -232,10 +241,13 @@ pub fn or_reread(
     got: io::Result<String>,
     sftp: &Sftp,
     path: &[u8],
-    kind: HashKind,
+    verify: &Verify,
 ) -> io::Result<String> {
     match got {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => reread(sftp, path, kind),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            verify.reread.fetch_add(1, Ordering::Relaxed);
+            reread(sftp, path, verify.kind())
+        }
         got => got,
     }
 }

@@ -314,11 +314,19 @@ fn run(
                 how: How::Remote(h),
                 ..
             },
-        ) => format!(
-            "verified: {} on {host} for {} file(s)",
-            h.hasher.name,
-            v.count()
-        ),
+        ) => match v.reread_count() {
+            0 => format!(
+                "verified: {} on {host} for {} file(s)",
+                h.hasher.name,
+                v.count()
+            ),
+            // the command left some unanswered: those were read again
+            reread => format!(
+                "verified: {} on {host} for {} file(s), re-read over SFTP (the command gave no answer) for {reread}",
+                h.hasher.name,
+                v.count().saturating_sub(reread),
+            ),
+        },
         Some(v) => format!(
             "verified: re-read over SFTP (BLAKE3) for {} file(s)",
             v.count()
