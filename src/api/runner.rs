@@ -40,6 +40,8 @@ pub(super) fn recover(api: &Api) -> rusqlite::Result<()> {
 
 /// The worker loop (never returns).
 pub(super) fn work(api: &Api) {
+    // once the queue has run dry after a job: its freed memory back
+    let mut memory = crate::server::memory::Idle::default();
     loop {
         let next = api
             .conn()
@@ -51,9 +53,11 @@ pub(super) fn work(api: &Api) {
             .optional();
         match next {
             Ok(Some((id, spec, created, interrupted))) => {
-                run_job(api, &id, &spec, created, interrupted)
+                run_job(api, &id, &spec, created, interrupted);
+                memory.work_ended();
             }
             Ok(None) => {
+                memory.tick();
                 let (lock, cv) = &api.wake;
                 let mut woken = lock.lock().unwrap_or_else(|p| p.into_inner());
                 if !*woken {

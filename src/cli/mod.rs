@@ -934,6 +934,8 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     // every refusal here exits 1 as it always has, the unreadable file too
     let config = crate::server::config::DaemonConfig::build(&overrides, &dir)
         .map_err(|e| TransferError::Usage(e.to_string()))?;
+    // before any thread (the API's included) makes a malloc arena
+    crate::server::memory::cap_arenas();
     // an address in use fails here, before a key is made or a warning logged
     let listeners = crate::server::daemon::bind(&config)?;
     if a.api.is_some() {

@@ -204,6 +204,9 @@ struct Shared {
     active: AtomicUsize,
     /// Authenticated sessions.
     sessions: AtomicUsize,
+    /// The last connection thread ended since the accept loop last looked:
+    /// it gives freed memory back once nothing runs.
+    went_idle: AtomicBool,
     /// Connections still authenticating, oldest first, to evict when full.
     startups: std::sync::Mutex<std::collections::VecDeque<(u64, TcpStream)>>,
     /// Transfers that extra streams may join: token → (client key, queue).
@@ -244,7 +247,9 @@ struct Alive(Arc<Shared>, u64);
 impl Drop for Alive {
     fn drop(&mut self) {
         self.0.started(self.1);
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.went_idle.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -540,12 +545,14 @@ pub fn run(
         tls,
         active: AtomicUsize::new(0),
         sessions: AtomicUsize::new(0),
+        went_idle: AtomicBool::new(false),
         startups: std::sync::Mutex::new(std::collections::VecDeque::new()),
         joins: std::sync::Mutex::new(Default::default()),
         fanout: Default::default(),
         identity: Arc::new(identity),
     });
     let mut next_id = 0u64;
+    let mut memory = super::memory::Idle::default();
     while !shutdown.load(Ordering::Relaxed) {
         let mut idle = true;
         for l in &listeners {
@@ -583,6 +590,13 @@ pub fn run(
             }
         }
         if idle {
+            // after load: what the connection threads freed back to the system
+            if shared.active.load(Ordering::SeqCst) == 0 {
+                if shared.went_idle.swap(false, Ordering::SeqCst) {
+                    memory.work_ended();
+                }
+                memory.tick();
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod daemon;
 pub mod fanout;
+pub mod memory;
 pub mod shell;
 pub mod stats;
 pub mod stdio;
