@@ -51,6 +51,16 @@ pub struct Watch {
 /// cannot be installed (the signal then acts as it always did).
 pub fn watch(cancel: &Cancel, json: bool) -> Option<Watch> {
     let default_again = Arc::new(AtomicBool::new(false));
+    let watch = install(cancel, json, &default_again);
+    if watch.is_none() {
+        // whatever was registered before the failure acts as default
+        default_again.store(true, Ordering::SeqCst);
+    }
+    watch
+}
+
+/// [`watch`]'s steps; None at the first that fails.
+fn install(cancel: &Cancel, json: bool, default_again: &Arc<AtomicBool>) -> Option<Watch> {
     for sig in [SIGINT, SIGTERM] {
         signal_hook::flag::register_conditional_default(sig, default_again.clone()).ok()?;
     }
@@ -88,7 +98,7 @@ pub fn watch(cancel: &Cancel, json: bool) -> Option<Watch> {
     Some(Watch {
         handle,
         finished,
-        default_again,
+        default_again: default_again.clone(),
     })
 }
 
