@@ -209,6 +209,17 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
     Ok(outcome)
 }
 
+/// Whether the end that receives writes files that can hold holes: a
+/// local filesystem, or a ferry peer's (which writes into its own).
+fn receiver_makes_holes(route: &endpoint::Route<'_>) -> bool {
+    let receiving = match (&route.role, &route.serving) {
+        (Role::ServerReceives, Endpoint::Store(s)) => s,
+        (Role::ServerReceives, Endpoint::Peer(_)) => return true,
+        _ => &route.local_store,
+    };
+    matches!(receiving, endpoint::Store::Local)
+}
+
 /// [`run_once`] without the error count.
 fn run_counted(
     plan: &Plan,
@@ -221,8 +232,10 @@ fn run_counted(
     options.link_marks = options.hard_links;
     // -z: blocks continue each other's zstd frame
     options.zstd_stream = options.compress;
-    // -S: holes travel as hole messages, not as zeros
-    options.sparse_holes = options.sparse;
+    // -S: holes travel as hole messages, not as zeros, where the receiving
+    // end makes holes (its files): a store that cannot (S3) would write a
+    // hole's zeros in one call, as long as a hostile sender says
+    options.sparse_holes = options.sparse && receiver_makes_holes(&route);
     if let Endpoint::Store(_) = route.serving {
         // extra streams exist only to a peer (a daemon, or over ssh)
         options.streams = 1;

@@ -256,6 +256,9 @@ fn run(
     // itself is one, in order (the store spreads files over them)
     let streams = usize::from(request.options.streams.max(1));
     request.options.streams = 1;
+    // SFTP makes no holes: a hole is written as zeros, block by block (so a
+    // cancel is seen between them), not in one call
+    request.options.sparse_holes = false;
     // the others log in meanwhile, and are used as they join
     let joining = (streams > 1).then(|| more_streams(&sftp, streams - 1, user, host, plan));
     let pushing = request.role == Role::ServerReceives;
