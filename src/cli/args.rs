@@ -127,7 +127,8 @@ pub struct SyncArgs {
     /// Preserve hard links
     #[arg(short = 'H', long = "hard-links")]
     pub hard_links: bool,
-    /// Sparse files: send only a file's data and each hole as its length (never its zeros), and leave holes and runs of zeros as holes
+    /// Sparse files: send only a file's data and each hole as its length (into S3,
+    /// over SFTP and in a delta re-sync, zeros), and leave holes and runs of zeros as holes
     #[arg(short = 'S', long)]
     pub sparse: bool,
     /// List changed files (-vv for more)

@@ -280,8 +280,10 @@ pub struct Options {
     /// With `-S`, the sender sends each hole of a sparse file as one
     /// [`Message::Hole`] ("this many bytes of zeros here") instead of blocks
     /// of zeros, and checks the file with [`crate::check::Check::Sparse`]. Set
-    /// by [`crate::transfer`] whenever `sparse` is; a receiver from before
-    /// this option (extension tag 80) is sent the zeros as before.
+    /// by [`crate::transfer`] with `sparse` where the receiving end makes
+    /// holes; a version-2 receiver is sent the zeros as before, and a
+    /// version-3 one from before this option (extension tag 80) refuses the
+    /// request.
     pub sparse_holes: bool,
 }
 
