@@ -102,8 +102,15 @@ pub async fn server_checks_payload(
     };
     let verdict = ask(&copier, &key, &upload).await;
     // always, whatever was answered: the upload is never completed, so
-    // this leaves no object, and it removes any part the server took
-    let _ = store.abort_multipart(&p, &upload).await;
+    // this leaves no object, and it removes any part the server took; a
+    // server that throttles or drops the abort is asked again (its part
+    // would stay, billed, until a lifecycle rule removes it)
+    for wait_ms in [0, 250, 1000] {
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        if store.abort_multipart(&p, &upload).await.is_ok() {
+            break;
+        }
+    }
     verdict
 }
 
