@@ -106,6 +106,17 @@ fn walk(r: &Resolved) -> Walk {
     }
 }
 
+/// The module a fan-out job's source is in, named as the job names it.
+fn module(r: &Resolved) -> Option<crate::fanout::manifest::Module> {
+    r.src
+        .root
+        .clone()
+        .map(|root| crate::fanout::manifest::Module {
+            root,
+            name: r.src.module.clone(),
+        })
+}
+
 fn source_path(r: &Resolved) -> std::path::PathBuf {
     std::path::PathBuf::from(
         <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
@@ -132,7 +143,7 @@ pub(super) fn changed_source(api: &Api, id: &str) -> Option<String> {
     let spec: JobSpec = serde_json::from_str(&spec).ok()?;
     let r = jobs::resolve(&spec, &api.modules, created, &|_| true).ok()?;
     let (manifest, _) =
-        crate::fanout::manifest::scan(&source_path(&r), walk(&r), r.src.root.as_deref()).ok()?;
+        crate::fanout::manifest::scan(&source_path(&r), walk(&r), module(&r).as_ref()).ok()?;
     let now = manifest.root();
     (now != old).then(|| {
         format!(
@@ -404,7 +415,7 @@ fn chain_once(
     }
     let plan = Plan {
         src,
-        confine: r.src.root.clone(),
+        confine: module(r),
         walk: walk(r),
         targets: pending.iter().map(|&i| chain.targets[i].clone()).collect(),
         daemon: jobs::daemon_options(&api.identity, &api.config_dir),
