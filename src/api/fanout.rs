@@ -446,10 +446,13 @@ fn chain_once(
             let all = total.saturating_mul(pending.len() as u64);
             let rate = done as f64 / t0.elapsed().as_secs_f64().max(0.001);
             let hosts_text = json!(hosts).to_string();
+            // hosts done in an earlier round are saved here: their version
+            // with them, so that a daemon stopped now resumes knowing it
+            let root_text = expect_root.map(|r| crate::fanout::job::hex(&r));
             let _ = api.write(|tx| {
                 tx.execute(
-                    "UPDATE jobs SET bytes_done = ?2, bytes_total = ?3, rate = ?4, hosts = ?5, updated_ms = ?6 WHERE id = ?1",
-                    params![id, done as i64, all as i64, rate, hosts_text, ids::now_ms()],
+                    "UPDATE jobs SET bytes_done = ?2, bytes_total = ?3, rate = ?4, hosts = ?5, updated_ms = ?6, manifest_root = COALESCE(?7, manifest_root) WHERE id = ?1",
+                    params![id, done as i64, all as i64, rate, hosts_text, ids::now_ms(), root_text],
                 )?;
                 db::event(tx, Some(id), "progress", &json!({"bytes_done": done, "bytes_total": all, "rate_bytes_per_second": rate.round() as i64}))?;
                 Ok(())
