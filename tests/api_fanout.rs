@@ -941,3 +941,40 @@ fn a_fanout_job_never_leaves_its_module_through_a_symlink() {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
     }
 }
+
+#[test]
+fn a_fanout_jobs_errors_name_module_paths_not_the_daemons_own() {
+    // the walk holds a directory handle a level: a tree deeper than the
+    // daemon's open-file limit fails within it, even for root (mode 000
+    // would not stop root)
+    let s = Setup::start_with(1, &["sh", "-c", "ulimit -n 128 && exec \"$@\"", "sh"]);
+    let ckpt = s.src().join("ckpt");
+    write(&ckpt.join("a.txt"), b"in the module");
+    let mut deep = ckpt.join("deep");
+    for _ in 0..200 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let (code, body) = s.curl(
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"op": "fanout", "src": "src/ckpt/", "destinations": [s.dest(0)]})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let w = s.job(&["watch", &id]);
+    assert_ne!(w.status.code(), Some(0), "{}", stdout(&w));
+    let j = s.show(&id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    let detail = j["error"]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("src/ckpt/deep/d/d/") && detail.contains("pen files"),
+        "{detail}"
+    );
+    let here = s.api.dir.path().display().to_string();
+    assert!(!detail.contains(&here), "the daemon's own path: {detail}");
+    assert!(!s.out(0).exists() || snapshot(&s.out(0), false).is_empty());
+}

@@ -106,6 +106,17 @@ fn walk(r: &Resolved) -> Walk {
     }
 }
 
+/// The module a fan-out job's source is in, named as the job names it.
+fn module(r: &Resolved) -> Option<crate::fanout::manifest::Module> {
+    r.src
+        .root
+        .clone()
+        .map(|root| crate::fanout::manifest::Module {
+            root,
+            name: r.src.module.clone(),
+        })
+}
+
 fn source_path(r: &Resolved) -> std::path::PathBuf {
     std::path::PathBuf::from(
         <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
@@ -132,7 +143,7 @@ pub(super) fn changed_source(api: &Api, id: &str) -> Option<String> {
     let spec: JobSpec = serde_json::from_str(&spec).ok()?;
     let r = jobs::resolve(&spec, &api.modules, created, &|_| true).ok()?;
     let (manifest, _) =
-        crate::fanout::manifest::scan(&source_path(&r), walk(&r), r.src.root.as_deref()).ok()?;
+        crate::fanout::manifest::scan(&source_path(&r), walk(&r), module(&r).as_ref()).ok()?;
     let now = manifest.root();
     (now != old).then(|| {
         format!(
@@ -404,7 +415,7 @@ fn chain_once(
     }
     let plan = Plan {
         src,
-        confine: r.src.root.clone(),
+        confine: module(r),
         walk: walk(r),
         targets: pending.iter().map(|&i| chain.targets[i].clone()).collect(),
         daemon: jobs::daemon_options(&api.identity, &api.config_dir),
@@ -435,10 +446,13 @@ fn chain_once(
             let all = total.saturating_mul(pending.len() as u64);
             let rate = done as f64 / t0.elapsed().as_secs_f64().max(0.001);
             let hosts_text = json!(hosts).to_string();
+            // hosts done in an earlier round are saved here: their version
+            // with them, so that a daemon stopped now resumes knowing it
+            let root_text = expect_root.map(|r| crate::fanout::job::hex(&r));
             let _ = api.write(|tx| {
                 tx.execute(
-                    "UPDATE jobs SET bytes_done = ?2, bytes_total = ?3, rate = ?4, hosts = ?5, updated_ms = ?6 WHERE id = ?1",
-                    params![id, done as i64, all as i64, rate, hosts_text, ids::now_ms()],
+                    "UPDATE jobs SET bytes_done = ?2, bytes_total = ?3, rate = ?4, hosts = ?5, updated_ms = ?6, manifest_root = COALESCE(?7, manifest_root) WHERE id = ?1",
+                    params![id, done as i64, all as i64, rate, hosts_text, ids::now_ms(), root_text],
                 )?;
                 db::event(tx, Some(id), "progress", &json!({"bytes_done": done, "bytes_total": all, "rate_bytes_per_second": rate.round() as i64}))?;
                 Ok(())

@@ -136,8 +136,8 @@ pub struct Walk {
 /// the tree is an entry of its own, never followed.
 ///
 /// # Security
-/// With `confine` (a daemon module's root: the API's fan-out jobs), `src`
-/// is inside it and the walk never leaves it: the way down to `src` has no
+/// With `confine` (a daemon module: the API's fan-out jobs), `src`
+/// is inside its root and the walk never leaves it: the way down to `src` has no
 /// symlink (nor `src` itself, sent by its contents), and every entry is
 /// looked at from the handle of the directory holding it, opened without
 /// following a link. Without it (the CLI), `src` is the user's own path,
@@ -145,7 +145,7 @@ pub struct Walk {
 pub fn scan(
     src: &Path,
     how: Walk,
-    confine: Option<&Path>,
+    confine: Option<&Module>,
 ) -> Result<(Manifest, Vec<PathBuf>), TransferError> {
     let shown = src.display().to_string();
     let contents = src.as_os_str().as_bytes().ends_with(b"/");
@@ -155,14 +155,14 @@ pub fn scan(
             let meta = std::fs::metadata(src).map_err(|e| TransferError::local(&shown, &e))?;
             (Node::of(&meta), At::Path)
         }
-        Some(root) => {
-            held = Held::open(root, src, contents)?;
+        Some(module) => {
+            held = Held::open(&module.root, src, contents)?;
             let st =
                 rustix::fs::statat(&held.dir, held.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| TransferError::local(&held.shown, &e.into()))?;
             (
                 Node::of_stat(&st),
-                At::Dir(&held.dir, held.name.as_os_str()),
+                At::Dir(&held.dir, held.name.as_os_str(), module),
             )
         }
     };
@@ -188,6 +188,36 @@ pub fn scan(
     };
     walk(src, at, top, node, how, &mut m, &mut paths)?;
     Ok((m, paths))
+}
+
+/// The daemon module a walk and its reads are confined to (an API job's).
+#[derive(Clone, Debug)]
+pub struct Module {
+    /// Its root on this machine: never shown to a client.
+    pub root: PathBuf,
+    /// Its name, as a job's paths start (`src` of `src/ckpt/`).
+    pub name: String,
+}
+
+impl Module {
+    /// `path` (beneath the root) as the job names it: the module's name and
+    /// the path within it, never where the module lives on this machine.
+    pub fn shown(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.root) {
+            Ok(rel) if rel.as_os_str().is_empty() => self.name.clone(),
+            Ok(rel) => format!("{}/{}", self.name, rel.display()),
+            Err(_) => "a path outside the module".to_string(),
+        }
+    }
+}
+
+/// `path` as a message names it: by the job's module path when confined,
+/// else as the user gave it (the CLI's own paths).
+pub fn shown(module: Option<&Module>, path: &Path) -> String {
+    match module {
+        Some(m) => m.shown(path),
+        None => path.display().to_string(),
+    }
 }
 
 /// The directory holding a confined walk's root, and the root's name in it.
@@ -244,7 +274,17 @@ impl Held {
 #[derive(Clone, Copy)]
 enum At<'a> {
     Path,
-    Dir(&'a OwnedFd, &'a std::ffi::OsStr),
+    Dir(&'a OwnedFd, &'a std::ffi::OsStr, &'a Module),
+}
+
+impl At<'_> {
+    /// `path` as a message names it (see [`shown`]).
+    fn shown(self, path: &Path) -> String {
+        match self {
+            At::Path => path.display().to_string(),
+            At::Dir(_, _, module) => module.shown(path),
+        }
+    }
 }
 
 /// What the walk needs of an entry's status, by path or from a handle.
@@ -306,14 +346,14 @@ fn walk(
     let Some(kind) = node.kind else {
         return Ok(()); // devices, sockets, fifos: not sent
     };
-    let fail = |e: std::io::Error| TransferError::local(local.display().to_string(), &e);
+    let fail = |e: std::io::Error| TransferError::local(at.shown(local), &e);
     let target = match (kind, at) {
         (Kind::Link, At::Path) => std::fs::read_link(local)
             .map_err(fail)?
             .as_os_str()
             .as_bytes()
             .to_vec(),
-        (Kind::Link, At::Dir(dir, name)) => rustix::fs::readlinkat(dir, name, Vec::new())
+        (Kind::Link, At::Dir(dir, name, _)) => rustix::fs::readlinkat(dir, name, Vec::new())
             .map_err(|e| fail(e.into()))?
             .into_bytes(),
         _ => Vec::new(),
@@ -359,7 +399,7 @@ fn walk(
                 walk(&child, At::Path, r, Node::of(&meta), how, m, paths)?;
             }
         }
-        At::Dir(parent, name) => {
+        At::Dir(parent, name, module) => {
             let dir = rustix::fs::openat(
                 parent,
                 name,
@@ -379,9 +419,9 @@ fn walk(
             for name in children {
                 let child = local.join(&name);
                 let st = rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| TransferError::local(child.display().to_string(), &e.into()))?;
+                    .map_err(|e| TransferError::local(module.shown(&child), &e.into()))?;
                 let r = child_rel(name.as_bytes());
-                let at = At::Dir(&dir, name.as_os_str());
+                let at = At::Dir(&dir, name.as_os_str(), module);
                 walk(&child, at, r, Node::of_stat(&st), how, m, paths)?;
             }
         }
@@ -434,15 +474,19 @@ mod tests {
             links: true,
             ..Default::default()
         };
+        let module = Module {
+            root: root.clone(),
+            name: "m".into(),
+        };
         for src in ["evil/", "evil/shadow"] {
-            let e = scan(&root.join(src), how, Some(&root)).unwrap_err();
+            let e = scan(&root.join(src), how, Some(&module)).unwrap_err();
             assert!(
                 e.to_string()
                     .contains("evil is a symlink that leaves the module"),
                 "{e}"
             );
         }
-        let (m, paths) = scan(&root.join("t/"), how, Some(&root)).unwrap();
+        let (m, paths) = scan(&root.join("t/"), how, Some(&module)).unwrap();
         let kinds: Vec<_> = m.entries.iter().map(|e| (e.path.clone(), e.kind)).collect();
         assert_eq!(
             kinds,
@@ -459,7 +503,7 @@ mod tests {
         let (m, _) = scan(
             &PathBuf::from(format!("{}/", root.display())),
             how,
-            Some(&root),
+            Some(&module),
         )
         .unwrap();
         assert_eq!(m.entries.len(), 6);

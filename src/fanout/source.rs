@@ -39,7 +39,7 @@ pub struct Plan {
     pub src: PathBuf,
     /// The daemon module `src` is in (an API job): the walk and every read
     /// stay beneath its root, no symlink followed. `None`: the CLI's own path.
-    pub confine: Option<PathBuf>,
+    pub confine: Option<super::manifest::Module>,
     pub walk: Walk,
     pub targets: Vec<Target>,
     pub daemon: DaemonOptions,
@@ -115,6 +115,8 @@ struct SourcePieces {
     paths: Vec<PathBuf>,
     /// Opens them: beneath the module root when confined.
     files: LocalSource,
+    /// The module they are in (an API job), for naming them in messages.
+    module: Option<super::manifest::Module>,
     sizes: Vec<u64>,
     signed: Mutex<HashMap<(u32, u32), Signed>>,
     events: Mutex<Sender<Event>>,
@@ -209,7 +211,7 @@ pub fn new_job() -> [u8; 16] {
 /// Runs the fan-out; an error only when nothing could start (a bad source,
 /// no key); a host that misses the job is in the outcome.
 pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
-    let (manifest, paths) = scan(&plan.src, plan.walk, plan.confine.as_deref())?;
+    let (manifest, paths) = scan(&plan.src, plan.walk, plan.confine.as_ref())?;
     let manifest_bytes = manifest.encode();
     let root = *blake3::hash(&manifest_bytes).as_bytes();
     if let Some(old) = plan.expect_root.filter(|old| *old != root) {
@@ -220,8 +222,9 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         )));
     }
     let files = match &plan.confine {
-        Some(root) => LocalSource::confined(root)
-            .map_err(|e| TransferError::local(root.display().to_string(), &e))?,
+        // named as the session's sender names it: never where it lives here
+        Some(module) => LocalSource::confined(&module.root)
+            .map_err(|e| TransferError::local("the module's directory".to_string(), &e))?,
         None => LocalSource::default(),
     };
     let dir = crate::trust::config_dir(plan.daemon.config_dir.as_deref());
@@ -461,6 +464,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let source = Arc::new(SourcePieces {
         paths,
         files,
+        module: plan.confine.clone(),
         sizes,
         signed: Mutex::new(HashMap::new()),
         events: Mutex::new(tx.clone()),
@@ -888,7 +892,7 @@ fn read_all(
         }
         let file = i as u32;
         let path = &source.paths[i];
-        let shown = path.display().to_string();
+        let shown = super::manifest::shown(source.module.as_ref(), path);
         let local = |x: std::io::Error| TransferError::local(&shown, &x);
         let mut w = Window {
             file: source.files.open(path).map_err(local)?,
