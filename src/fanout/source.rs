@@ -206,6 +206,10 @@ pub fn new_job() -> [u8; 16] {
     j
 }
 
+/// How the refusal of a source that changed since the job's first run
+/// begins (see [`Plan::expect_root`]).
+pub const CHANGED: &str = "the source changed since the job's first run";
+
 /// Runs the fan-out; an error only when nothing could start (a bad source,
 /// no key); a host that misses the job is in the outcome.
 pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
@@ -214,7 +218,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let root = *blake3::hash(&manifest_bytes).as_bytes();
     if let Some(old) = plan.expect_root.filter(|old| *old != root) {
         return Err(TransferError::Usage(format!(
-            "the source changed since the job's first run (its manifest root was {}…, now {}…)",
+            "{CHANGED} (its manifest root was {}…, now {}…)",
             &super::job::hex(&old)[..16],
             &super::job::hex(&root)[..16]
         )));
