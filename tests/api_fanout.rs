@@ -132,13 +132,18 @@ impl Setup {
 
     /// Starts destination `i` (again) on its port.
     fn up(&mut self, i: usize) {
+        self.up_with(i, &[]);
+    }
+
+    /// Starts destination `i` (again) on its port, run under `wrapper`.
+    fn up_with(&mut self, i: usize, wrapper: &[&str]) {
         let d = self.parked[i].take().expect("destination is down");
         let m = d.path().join("m");
         let daemon = Daemon::spawn_in(
             d,
             &[("m", &m, false)],
             &[],
-            &[],
+            wrapper,
             &format!("127.0.0.1:{}", self.ports[i]),
         )
         .unwrap_or_else(|e| panic!("destination did not start: {e}"));
@@ -939,5 +944,33 @@ fn a_fanout_job_never_leaves_its_module_through_a_symlink() {
     match std::fs::symlink_metadata(out.join("abs")) {
         Ok(m) => assert!(m.file_type().is_symlink(), "abs arrived as {m:?}"),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+    }
+}
+
+/// A host that takes longer than the API's 2 s connection wait to answer a
+/// job's start (it indexes a large previous checkpoint first: here the test
+/// hook makes it wait 3 s) is healthy: it is waited for up to the stall
+/// timeout, not marked missed, and gets the tree.
+#[test]
+fn a_host_slow_to_answer_the_start_is_not_missed() {
+    let mut s = Setup::start(2);
+    tree(&s.src().join("ckpt"));
+    s.down(1);
+    s.up_with(
+        1,
+        &[
+            "env",
+            "FERRY_TEST_HOOKS=1",
+            "FERRY_TEST_FANOUT_READY_DELAY_MS=3000",
+        ],
+    );
+    let id = s.post(json!({"op": "fanout", "src": "src/ckpt/", "destinations": [s.dest(0), s.dest(1)], "stall_timeout": "10s"}));
+    let w = s.job(&["watch", &id]);
+    let j = s.show(&id);
+    assert_eq!(w.status.code(), Some(0), "{}\n{j:#}", stdout(&w));
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert_eq!(host_states(&j), ["done", "done"], "{j:#}");
+    for i in 0..2 {
+        assert_same_tree(&s.src().join("ckpt"), &s.out(i), true);
     }
 }

@@ -52,7 +52,8 @@ pub struct FanoutArgs {
     /// The daemons' port for host::module addresses that name none (default 7420)
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
-    /// Bypass a host that says nothing for this long (e.g. 10s, 500ms, 2m; default 10s)
+    /// Bypass a host that says nothing for this long (e.g. 10s, 500ms, 2m; default 10s);
+    /// also the longest wait for a host's first answer (it looks at what it holds first)
     #[arg(long = "stall-timeout", value_name = "DUR", value_parser = parse_duration)]
     pub stall_timeout: Option<Duration>,
     /// Run job JOB again for the hosts that missed it: only the pieces they

@@ -166,7 +166,14 @@ impl Pieces for SourcePieces {
     }
 }
 
-type Control = (Box<dyn Read + Send>, Box<dyn Write + Send>, [u8; 32]);
+/// A control connection: its halves, the daemon's key, and its socket (to
+/// set how long the wait for the host's first answer may last).
+type Control = (
+    Box<dyn Read + Send>,
+    Box<dyn Write + Send>,
+    [u8; 32],
+    std::net::TcpStream,
+);
 
 /// Opens the control connection to one daemon and learns its key.
 fn open_control(
@@ -186,7 +193,7 @@ fn open_control(
     )
     .map_err(|e| e.to_string())?;
     match wire::expect(&mut r, wire::SMALL).map_err(|e| e.to_string())? {
-        Msg::Who { key } => Ok(((r, w, key), c.added)),
+        Msg::Who { key } => Ok(((r, w, key, c.socket), c.added)),
         Msg::Refused { text } => Err(text),
         m => Err(format!("the daemon sent {} instead of its key", m.name())),
     }
@@ -348,6 +355,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     for (pos, &i) in chain.iter().enumerate() {
         let mut c = controls[i].take().expect("in the chain");
         let (stx, shared) = (stx.clone(), shared.clone());
+        let (first_answer, connect_wait) = (plan.stall, plan.daemon.timeout);
         std::thread::spawn(move || {
             // the message (a copy of the manifest) lives only while it is
             // sent, not while the host looks at what it holds
@@ -360,9 +368,17 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             drop(shared);
             let sent = wire::send_now(&mut c.1, &start);
             drop(start);
+            // the host looks at what it holds before it answers (a large
+            // previous checkpoint takes a while): that silence may last the
+            // stall timeout, not only the connection's own wait (the API's
+            // is 2 s); a stop does not wait for it (this is its own thread)
+            let _ =
+                c.3.set_read_timeout(Some(first_answer.max(connect_wait.unwrap_or_default())));
             let answer = sent
                 .and_then(|()| wire::expect(&mut c.0, wire::LARGE))
                 .map_err(|e| e.to_string());
+            // then the connection's own wait again, as the daemon does
+            let _ = c.3.set_read_timeout(connect_wait);
             let _ = stx.send((i, c, answer));
         });
     }
@@ -429,7 +445,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let (tx, rx) = channel();
     let mut writers: Vec<Option<Box<dyn Write + Send>>> = (0..n).map(|_| None).collect();
     for &i in &chain {
-        if let Some((r, mut w, _)) = controls[i].take() {
+        if let Some((r, mut w, _, _)) = controls[i].take() {
             if wire::send_now(&mut w, &Msg::Link).is_err() {
                 miss(
                     &mut results,
