@@ -666,3 +666,58 @@ fn a_resume_after_the_source_changed_is_refused_and_nothing_is_mixed() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_same_tree(&src, &chain.out(1), true);
 }
+
+/// A host that answers the start later than the stall timeout is missed
+/// ("timed out") and the others go on without it: the run exits partial
+/// naming it (it used to hang, its place in the chain never linked), and
+/// `--resume` repairs it.
+#[test]
+fn a_host_missed_at_the_start_makes_the_run_partial_and_resume_repairs_it() {
+    for slow in [0, 1] {
+        let mut chain = Chain::start_with(2, &|i| {
+            if i == slow {
+                [
+                    "env",
+                    "FERRY_TEST_HOOKS=1",
+                    "FERRY_TEST_FANOUT_READY_DELAY_MS=3000",
+                ]
+                .map(String::from)
+                .to_vec()
+            } else {
+                vec![]
+            }
+        });
+        let work = tmp();
+        let src = tree(work.path(), MIB);
+        let o = chain.run(
+            &["-a", "--json", "--stall-timeout", "1s"],
+            &contents(&src),
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(24), "{}", stderr(&o));
+        let v = json(&o);
+        let hosts = v["hosts"].as_array().unwrap();
+        assert_eq!(hosts[slow]["state"], "missed", "{v}");
+        assert_eq!(hosts[1 - slow]["state"], "done", "{v}");
+        assert!(
+            stderr(&o).contains(&format!("{} missed the job", chain.dest(slow))),
+            "{}",
+            stderr(&o)
+        );
+        assert_same_tree(&src, &chain.out(1 - slow), true);
+        assert!(!chain.out(slow).join("model.bin").exists());
+        // the host answers promptly again: --resume repairs it
+        chain.hosts[slow].kill9();
+        let addr = chain.hosts[slow].addr.to_string();
+        let dir = std::mem::replace(&mut chain.hosts[slow].dir, tmp());
+        chain.hosts[slow] = Chain::spawn(&chain.client, slow, vec![], &addr, Some(dir));
+        let job = v["job"].as_str().unwrap().to_string();
+        let mut c = Command::new(ferry_bin());
+        c.arg("fanout")
+            .args(chain.args())
+            .args(["--json", "--resume", &job]);
+        let o = run_bounded(c);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_same_tree(&src, &chain.out(slow), true);
+    }
+}

@@ -442,11 +442,27 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             }
         }
     }
+    // the chain's order (ticket positions) leaves out the hosts missed at
+    // the start: they are in the signed ticket but get no link, and a host
+    // that fed one (it may still take data while it answers late) would
+    // wait on it for ever; the hosts learn this order before their link
+    let start_order: Vec<usize> = (0..chain.len()).filter(|&p| !settled[chain[p]]).collect();
+    let reorder = (start_order.len() < chain.len()).then(|| Msg::Order {
+        hosts: start_order.iter().map(|&p| p as u32).collect(),
+        moved: Vec::new(),
+    });
     let (tx, rx) = channel();
     let mut writers: Vec<Option<Box<dyn Write + Send>>> = (0..n).map(|_| None).collect();
     for &i in &chain {
         if let Some((r, mut w, _, _)) = controls[i].take() {
-            if wire::send_now(&mut w, &Msg::Link).is_err() {
+            let sent = match &reorder {
+                Some(o) => wire::send_now(&mut w, o),
+                None => Ok(()),
+            };
+            if sent
+                .and_then(|()| wire::send_now(&mut w, &Msg::Link))
+                .is_err()
+            {
                 miss(
                     &mut results,
                     &mut settled,
@@ -489,7 +505,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         chain: chain.clone(),
     });
     let (ftx, frx) = std::sync::mpsc::sync_channel(super::hop::QUEUE);
-    let order: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new((0..chain.len()).collect()));
+    let order: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new(start_order));
     let blocked: Arc<AtomicU64> = Default::default();
     let moved: Arc<Mutex<HashSet<usize>>> = Default::default();
     let forwarder = Forwarder {
