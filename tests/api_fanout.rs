@@ -132,13 +132,18 @@ impl Setup {
 
     /// Starts destination `i` (again) on its port.
     fn up(&mut self, i: usize) {
+        self.up_with(i, &[]);
+    }
+
+    /// Starts destination `i` (again) on its port, run under `wrapper`.
+    fn up_with(&mut self, i: usize, wrapper: &[&str]) {
         let d = self.parked[i].take().expect("destination is down");
         let m = d.path().join("m");
         let daemon = Daemon::spawn_in(
             d,
             &[("m", &m, false)],
             &[],
-            &[],
+            wrapper,
             &format!("127.0.0.1:{}", self.ports[i]),
         )
         .unwrap_or_else(|e| panic!("destination did not start: {e}"));
@@ -169,13 +174,19 @@ impl Setup {
 
     /// `ferry job ARGS…` against this API, bounded to two minutes.
     fn job(&self, args: &[&str]) -> Output {
+        self.job_within(args, Duration::from_secs(120))
+    }
+
+    /// `ferry job ARGS…` against this API; a test failure if it has not
+    /// ended within `bound`.
+    fn job_within(&self, args: &[&str], bound: Duration) -> Output {
         let mut c = Command::new(ferry_bin());
         c.arg("job").args(args).args(["--api-url", &self.url]);
         c.env("FERRY_API_KEY", &self.key)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = c.spawn().unwrap();
-        let end = Instant::now() + Duration::from_secs(120);
+        let end = Instant::now() + bound;
         while Instant::now() < end {
             if child.try_wait().unwrap().is_some() {
                 return child.wait_with_output().unwrap();
@@ -185,7 +196,7 @@ impl Setup {
         let _ = child.kill();
         let o = child.wait_with_output().unwrap();
         panic!(
-            "ferry job {args:?} did not end in 2 minutes: {}\n{}",
+            "ferry job {args:?} did not end in {bound:?}: {}\n{}",
             stderr(&o),
             self.api.log()
         );
@@ -977,4 +988,81 @@ fn a_fanout_jobs_errors_name_module_paths_not_the_daemons_own() {
     let here = s.api.dir.path().display().to_string();
     assert!(!detail.contains(&here), "the daemon's own path: {detail}");
     assert!(!s.out(0).exists() || snapshot(&s.out(0), false).is_empty());
+}
+
+/// A host that takes longer than the API's 2 s connection wait to answer a
+/// job's start (it indexes a large previous checkpoint first: here the test
+/// hook makes it wait 3 s) is healthy: it is waited for up to the stall
+/// timeout, not marked missed, and gets the tree.
+#[test]
+fn a_host_slow_to_answer_the_start_is_not_missed() {
+    let mut s = Setup::start(2);
+    tree(&s.src().join("ckpt"));
+    s.down(1);
+    s.up_with(
+        1,
+        &[
+            "env",
+            "FERRY_TEST_HOOKS=1",
+            "FERRY_TEST_FANOUT_READY_DELAY_MS=3000",
+        ],
+    );
+    let id = s.post(json!({"op": "fanout", "src": "src/ckpt/", "destinations": [s.dest(0), s.dest(1)], "stall_timeout": "10s"}));
+    let w = s.job(&["watch", &id]);
+    let j = s.show(&id);
+    assert_eq!(w.status.code(), Some(0), "{}\n{j:#}", stdout(&w));
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert_eq!(host_states(&j), ["done", "done"], "{j:#}");
+    for i in 0..2 {
+        assert_same_tree(&s.src().join("ckpt"), &s.out(i), true);
+    }
+}
+
+/// A host that answers the start later than the stall timeout is missed
+/// ("timed out") and the run goes on without it: the job ends partial naming
+/// it (it used to hang, waiting on a host that was never linked), the other
+/// host has the tree, and a resume repairs the one missed.
+#[test]
+fn a_host_missed_at_the_start_ends_the_job_partial_and_resume_repairs_it() {
+    for slow in [0, 1] {
+        let mut s = Setup::start(2);
+        let ckpt = s.src().join("ckpt");
+        tree(&ckpt);
+        s.down(slow);
+        s.up_with(
+            slow,
+            &[
+                "env",
+                "FERRY_TEST_HOOKS=1",
+                "FERRY_TEST_FANOUT_READY_DELAY_MS=3000",
+            ],
+        );
+        let id = s.post(json!({"op": "fanout", "src": "src/ckpt/", "destinations": [s.dest(0), s.dest(1)], "stall_timeout": "1s"}));
+        // bounded: the job used to run on forever
+        let w = s.job_within(&["watch", &id], Duration::from_secs(60));
+        let j = s.show(&id);
+        assert_eq!(w.status.code(), Some(24), "{}\n{j:#}", stdout(&w));
+        assert_eq!(j["state"], "partial", "{j:#}");
+        let detail = j["error"]["detail"].as_str().unwrap();
+        assert!(detail.starts_with("1 of 2 host(s) missed it: "), "{detail}");
+        assert!(detail.contains(&s.dest(slow)), "{detail}");
+        assert!(!detail.contains(&s.dest(1 - slow)), "{detail}");
+        let mut want = ["done", "done"];
+        want[slow] = "missed";
+        assert_eq!(host_states(&j), want, "{j:#}");
+        assert_same_tree(&ckpt, &s.out(1 - slow), true);
+        assert!(!s.out(slow).join("model.bin").exists(), "{j:#}");
+        // the host answers promptly again: a resume repairs it
+        s.down(slow);
+        s.up(slow);
+        let r = s.job(&["resume", &id]);
+        assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
+        let w = s.job_within(&["watch", &id], Duration::from_secs(60));
+        let j = s.show(&id);
+        assert_eq!(w.status.code(), Some(0), "{}\n{j:#}", stdout(&w));
+        assert_eq!(j["state"], "succeeded", "{j:#}");
+        for i in 0..2 {
+            assert_same_tree(&ckpt, &s.out(i), true);
+        }
+    }
 }

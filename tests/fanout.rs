@@ -608,3 +608,116 @@ fn a_host_that_cannot_write_is_named_without_its_server_side_path() {
         std::fs::read(&f).unwrap()
     );
 }
+
+/// A resume of a job whose source changed since its first run is refused
+/// in one line, exit 1, nothing sent: the hosts that have the job hold the
+/// first version and a resume would give the others the new one. A record
+/// from before the root was kept (none in it) still resumes.
+#[test]
+fn a_resume_after_the_source_changed_is_refused_and_nothing_is_mixed() {
+    let mut chain = Chain::start(2);
+    let work = tmp();
+    let src = tree(work.path(), 5 * MIB);
+    // host 1 is down for the first run: it misses the job
+    let addr = chain.hosts[1].addr.to_string();
+    chain.hosts[1].kill9();
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(24), "{}", stderr(&o));
+    let job = json(&o)["job"].as_str().unwrap().to_string();
+    assert_same_tree(&src, &chain.out(0), true);
+    let dir = std::mem::replace(&mut chain.hosts[1].dir, tmp());
+    chain.hosts[1] = Chain::spawn(&chain.client, 1, vec![], &addr, Some(dir));
+    // the source changes: a new config
+    let cfg = src.join("sub/config.json");
+    write(&cfg, b"{\"layers\": 48}\n");
+    let resume = || {
+        let mut c = Command::new(ferry_bin());
+        c.arg("fanout").args(chain.args()).args(["--resume", &job]);
+        run_bounded(c)
+    };
+    let o = resume();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the source changed since the job's first run"),
+        "{err}"
+    );
+    assert!(err.contains("without --resume"), "{err}");
+    assert!(!chain.out(1).exists(), "something was sent to host 1");
+    assert_eq!(
+        std::fs::read(chain.out(0).join("sub/config.json")).unwrap(),
+        b"{\"layers\": 32}\n"
+    );
+    // a record from an older ferry (no root) resumes as before
+    let record = chain
+        .client
+        .path()
+        .join("fanout")
+        .join(format!("{job}.json"));
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert!(r["root"].is_string(), "{r}");
+    r.as_object_mut().unwrap().remove("root");
+    write(&record, r.to_string());
+    write(&cfg, b"{\"layers\": 32}\n");
+    set_mtime(&cfg, 1_600_000_000 + 1000);
+    let o = resume();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_same_tree(&src, &chain.out(1), true);
+}
+
+/// A host that answers the start later than the stall timeout is missed
+/// ("timed out") and the others go on without it: the run exits partial
+/// naming it (it used to hang, its place in the chain never linked), and
+/// `--resume` repairs it.
+#[test]
+fn a_host_missed_at_the_start_makes_the_run_partial_and_resume_repairs_it() {
+    for slow in [0, 1] {
+        let mut chain = Chain::start_with(2, &|i| {
+            if i == slow {
+                [
+                    "env",
+                    "FERRY_TEST_HOOKS=1",
+                    "FERRY_TEST_FANOUT_READY_DELAY_MS=3000",
+                ]
+                .map(String::from)
+                .to_vec()
+            } else {
+                vec![]
+            }
+        });
+        let work = tmp();
+        let src = tree(work.path(), MIB);
+        let o = chain.run(
+            &["-a", "--json", "--stall-timeout", "1s"],
+            &contents(&src),
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(24), "{}", stderr(&o));
+        let v = json(&o);
+        let hosts = v["hosts"].as_array().unwrap();
+        assert_eq!(hosts[slow]["state"], "missed", "{v}");
+        assert_eq!(hosts[1 - slow]["state"], "done", "{v}");
+        assert!(
+            stderr(&o).contains(&format!("{} missed the job", chain.dest(slow))),
+            "{}",
+            stderr(&o)
+        );
+        assert_same_tree(&src, &chain.out(1 - slow), true);
+        assert!(!chain.out(slow).join("model.bin").exists());
+        // the host answers promptly again: --resume repairs it
+        chain.hosts[slow].kill9();
+        let addr = chain.hosts[slow].addr.to_string();
+        let dir = std::mem::replace(&mut chain.hosts[slow].dir, tmp());
+        chain.hosts[slow] = Chain::spawn(&chain.client, slow, vec![], &addr, Some(dir));
+        let job = v["job"].as_str().unwrap().to_string();
+        let mut c = Command::new(ferry_bin());
+        c.arg("fanout")
+            .args(chain.args())
+            .args(["--json", "--resume", &job]);
+        let o = run_bounded(c);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_same_tree(&src, &chain.out(slow), true);
+    }
+}

@@ -84,15 +84,7 @@ fn recorded_root(api: &Api, id: &str) -> Option<[u8; 32]> {
             r.get(0)
         })
         .unwrap_or(None);
-    text.as_deref().and_then(unhex32)
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    for (i, half) in [&s.get(..32)?, &s.get(32..)?].iter().enumerate() {
-        out[16 * i..16 * i + 16].copy_from_slice(&crate::fanout::job::unhex(half)?);
-    }
-    Some(out)
+    text.as_deref().and_then(crate::fanout::job::unhex)
 }
 
 /// The walk of a fan-out job's source, as its options ask.

@@ -26,7 +26,9 @@ forwards it again, and publishes each file atomically. A host that fails or goes
 for the stall timeout is bypassed; the others go on.
 
 Exit codes: 0 every host has the whole tree, verified; 24 the job is partial: the hosts \
-that missed it are named on stderr (repair them with --resume JOB); 1 bad usage; 11 a \
+that missed it are named on stderr (repair them with --resume JOB); 1 bad usage, or a \
+--resume of a source that changed since the job's first run (refused, nothing sent: the \
+hosts that have the job hold the first version; run a new fanout without --resume); 11 a \
 local fault (the source cannot be read).")]
 pub struct FanoutArgs {
     /// Archive mode: -rlpt
@@ -50,7 +52,8 @@ pub struct FanoutArgs {
     /// The daemons' port for host::module addresses that name none (default 7420)
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
-    /// Bypass a host that says nothing for this long (e.g. 10s, 500ms, 2m; default 10s)
+    /// Bypass a host that says nothing for this long (e.g. 10s, 500ms, 2m; default 10s);
+    /// also the longest wait for a host's first answer (it looks at what it holds first)
     #[arg(long = "stall-timeout", value_name = "DUR", value_parser = parse_duration)]
     pub stall_timeout: Option<Duration>,
     /// Run job JOB again for the hosts that missed it: only the pieces they
@@ -84,6 +87,11 @@ struct Record {
     stall_ms: u64,
     /// Per target: "done" or "missed".
     states: Vec<String>,
+    /// The manifest root (hex) of the version the done hosts hold: a
+    /// resume of a source that differs now is refused. Absent in records
+    /// from before it was kept, and while no host has the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root: Option<String>,
 }
 
 fn record_path(flags: &DaemonFlags, job: &str) -> PathBuf {
@@ -150,6 +158,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
                     .stall_timeout
                     .unwrap_or(crate::fanout::DEFAULT_STALL)
                     .as_millis() as u64,
+                root: None,
             };
             let n = r.targets.len();
             (r, id, (0..n).collect())
@@ -164,6 +173,20 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
         }
         return Ok(exit::OK);
     }
+    // the version the done hosts hold: a source that differs now would mix
+    // two versions across the hosts
+    let expect_root = match &record.root {
+        Some(text) if record.states.iter().any(|s| s == "done") => {
+            let bad = || {
+                TransferError::Usage(format!(
+                    "{}: bad manifest root",
+                    record_path(&a.daemon, &record.job).display()
+                ))
+            };
+            Some(unhex(text).ok_or_else(bad)?)
+        }
+        _ => None,
+    };
     let plan = Plan {
         src: PathBuf::from(&record.src),
         // the user's own path: followed as given
@@ -182,7 +205,7 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             .unwrap_or(Duration::from_millis(record.stall_ms)),
         job,
         watch: None,
-        expect_root: None,
+        expect_root,
     };
     // a source that is not there fails before a job is announced
     std::fs::symlink_metadata(&plan.src)
@@ -190,7 +213,15 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
     if !a.json {
         outln!("job {}", record.job);
     }
-    let outcome = source::run(&plan)?;
+    let outcome = source::run(&plan).map_err(|e| match e {
+        TransferError::Usage(text) if expect_root.is_some() && text.starts_with(source::CHANGED) => {
+            TransferError::Usage(format!(
+                "job {}: {text}: the hosts that have it hold the earlier version and a resume would mix the two; nothing was sent. Run a new `ferry fanout` (without --resume) to send the new version to every host",
+                record.job
+            ))
+        }
+        e => e,
+    })?;
     for u in &outcome.added {
         eprintln!("ferry: {}", u.added_notice());
     }
@@ -199,6 +230,10 @@ pub fn run(a: FanoutArgs) -> Result<i32, TransferError> {
             State::Done => "done".into(),
             State::Missed => "missed".into(),
         };
+    }
+    if record.states.iter().any(|s| s == "done") {
+        // the version this run sent: equal to the recorded one when there is one
+        record.root.get_or_insert_with(|| hex(&outcome.root));
     }
     let path = record_path(&a.daemon, &record.job);
     let saved = path
@@ -343,6 +378,7 @@ mod tests {
     fn job_ids_round_trip() {
         let id = [0xab; 16];
         assert_eq!(unhex(&hex(&id)), Some(id));
-        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex::<16>("zz"), None);
+        assert_eq!(unhex::<32>(&hex(&[7; 32])), Some([7; 32]));
     }
 }

@@ -97,6 +97,20 @@ pub fn receive_pace_hook() -> Option<std::time::Duration> {
         .map(std::time::Duration::from_millis)
 }
 
+/// The test hook for a host slow to look at what it holds: with
+/// `FERRY_TEST_HOOKS=1`, `FERRY_TEST_FANOUT_READY_DELAY_MS=N` makes a daemon
+/// wait N ms before it answers a job's start (as a host indexing a large
+/// previous checkpoint would).
+pub fn ready_delay_hook() -> Option<std::time::Duration> {
+    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
+        return None;
+    }
+    std::env::var("FERRY_TEST_FANOUT_READY_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
 /// The test hook's piece number, if both variables are set.
 pub fn corrupt_hook() -> Option<u64> {
     if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {

@@ -168,7 +168,14 @@ impl Pieces for SourcePieces {
     }
 }
 
-type Control = (Box<dyn Read + Send>, Box<dyn Write + Send>, [u8; 32]);
+/// A control connection: its halves, the daemon's key, and its socket (to
+/// set how long the wait for the host's first answer may last).
+type Control = (
+    Box<dyn Read + Send>,
+    Box<dyn Write + Send>,
+    [u8; 32],
+    std::net::TcpStream,
+);
 
 /// Opens the control connection to one daemon and learns its key.
 fn open_control(
@@ -188,7 +195,7 @@ fn open_control(
     )
     .map_err(|e| e.to_string())?;
     match wire::expect(&mut r, wire::SMALL).map_err(|e| e.to_string())? {
-        Msg::Who { key } => Ok(((r, w, key), c.added)),
+        Msg::Who { key } => Ok(((r, w, key, c.socket), c.added)),
         Msg::Refused { text } => Err(text),
         m => Err(format!("the daemon sent {} instead of its key", m.name())),
     }
@@ -208,6 +215,10 @@ pub fn new_job() -> [u8; 16] {
     j
 }
 
+/// How the refusal of a source that changed since the job's first run
+/// begins (see [`Plan::expect_root`]).
+pub const CHANGED: &str = "the source changed since the job's first run";
+
 /// Runs the fan-out; an error only when nothing could start (a bad source,
 /// no key); a host that misses the job is in the outcome.
 pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
@@ -216,7 +227,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let root = *blake3::hash(&manifest_bytes).as_bytes();
     if let Some(old) = plan.expect_root.filter(|old| *old != root) {
         return Err(TransferError::Usage(format!(
-            "the source changed since the job's first run (its manifest root was {}…, now {}…)",
+            "{CHANGED} (its manifest root was {}…, now {}…)",
             &super::job::hex(&old)[..16],
             &super::job::hex(&root)[..16]
         )));
@@ -347,6 +358,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     for (pos, &i) in chain.iter().enumerate() {
         let mut c = controls[i].take().expect("in the chain");
         let (stx, shared) = (stx.clone(), shared.clone());
+        let (first_answer, connect_wait) = (plan.stall, plan.daemon.timeout);
         std::thread::spawn(move || {
             // the message (a copy of the manifest) lives only while it is
             // sent, not while the host looks at what it holds
@@ -359,9 +371,17 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             drop(shared);
             let sent = wire::send_now(&mut c.1, &start);
             drop(start);
+            // the host looks at what it holds before it answers (a large
+            // previous checkpoint takes a while): that silence may last the
+            // stall timeout, not only the connection's own wait (the API's
+            // is 2 s); a stop does not wait for it (this is its own thread)
+            let _ =
+                c.3.set_read_timeout(Some(first_answer.max(connect_wait.unwrap_or_default())));
             let answer = sent
                 .and_then(|()| wire::expect(&mut c.0, wire::LARGE))
                 .map_err(|e| e.to_string());
+            // then the connection's own wait again, as the daemon does
+            let _ = c.3.set_read_timeout(connect_wait);
             let _ = stx.send((i, c, answer));
         });
     }
@@ -425,11 +445,27 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             }
         }
     }
+    // the chain's order (ticket positions) leaves out the hosts missed at
+    // the start: they are in the signed ticket but get no link, and a host
+    // that fed one (it may still take data while it answers late) would
+    // wait on it for ever; the hosts learn this order before their link
+    let start_order: Vec<usize> = (0..chain.len()).filter(|&p| !settled[chain[p]]).collect();
+    let reorder = (start_order.len() < chain.len()).then(|| Msg::Order {
+        hosts: start_order.iter().map(|&p| p as u32).collect(),
+        moved: Vec::new(),
+    });
     let (tx, rx) = channel();
     let mut writers: Vec<Option<Box<dyn Write + Send>>> = (0..n).map(|_| None).collect();
     for &i in &chain {
-        if let Some((r, mut w, _)) = controls[i].take() {
-            if wire::send_now(&mut w, &Msg::Link).is_err() {
+        if let Some((r, mut w, _, _)) = controls[i].take() {
+            let sent = match &reorder {
+                Some(o) => wire::send_now(&mut w, o),
+                None => Ok(()),
+            };
+            if sent
+                .and_then(|()| wire::send_now(&mut w, &Msg::Link))
+                .is_err()
+            {
                 miss(
                     &mut results,
                     &mut settled,
@@ -473,7 +509,7 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         chain: chain.clone(),
     });
     let (ftx, frx) = std::sync::mpsc::sync_channel(super::hop::QUEUE);
-    let order: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new((0..chain.len()).collect()));
+    let order: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new(start_order));
     let blocked: Arc<AtomicU64> = Default::default();
     let moved: Arc<Mutex<HashSet<usize>>> = Default::default();
     let forwarder = Forwarder {

@@ -307,6 +307,9 @@ fn run_control(
         have: held.pieces,
         chunks: held.chunks,
     };
+    if let Some(d) = crate::fanout::ready_delay_hook() {
+        std::thread::sleep(d);
+    }
     wire::send(&mut writer, &ready).map_err(e)?;
     let _ = reader.set_timeout(None);
     let (tx, rx) = std::sync::mpsc::channel();

@@ -49,6 +49,10 @@ pub struct Connected {
     /// The daemon's key was unknown and has just been recorded in
     /// `known_hosts` (the caller tells the user: [`UnknownHost::added_notice`]).
     pub added: Option<UnknownHost>,
+    /// The connection's socket (another handle on it): a caller that knows
+    /// one wait must be longer than `--timeout` (a fan-out host indexing
+    /// what it holds) sets its read timeout for that wait.
+    pub socket: TcpStream,
 }
 
 /// Resolves `host` and connects to the first of its addresses that answers.
@@ -147,6 +151,9 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
         format!("{host}:{port}")
     };
     let sock = tcp_connect(host, port, timeout, opts.ip_version)?;
+    let socket = sock
+        .try_clone()
+        .map_err(|e| TransferError::connection(&e))?;
     let name = rustls::pki_types::ServerName::try_from("ferry").expect("a valid name");
     let conn = rustls::client::UnbufferedClientConnection::new(config, name)
         .map_err(|e| TransferError::Connection(format!("TLS: {e}")))?;
@@ -220,5 +227,6 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
             writer: Box::new(writer),
         },
         added,
+        socket,
     })
 }
