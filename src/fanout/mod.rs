@@ -75,26 +75,14 @@ pub fn piece_range(size: u64, piece: u32) -> (u64, u64) {
 /// after each frame it forwards, so that a test on loopback can act half-way
 /// through a transfer (kill a host, stop one).
 pub fn pace_hook() -> Option<std::time::Duration> {
-    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
-        return None;
-    }
-    std::env::var("FERRY_TEST_FANOUT_PACE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(std::time::Duration::from_millis)
+    hook_ms("FERRY_TEST_FANOUT_PACE_MS")
 }
 
 /// The test hook for a slow host: with `FERRY_TEST_HOOKS=1`,
 /// `FERRY_TEST_FANOUT_RECV_PACE_MS=N` makes a daemon wait N ms after each
 /// data frame it receives (as a host on a slow link would).
 pub fn receive_pace_hook() -> Option<std::time::Duration> {
-    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
-        return None;
-    }
-    std::env::var("FERRY_TEST_FANOUT_RECV_PACE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(std::time::Duration::from_millis)
+    hook_ms("FERRY_TEST_FANOUT_RECV_PACE_MS")
 }
 
 /// The test hook for a host slow to look at what it holds: with
@@ -102,10 +90,16 @@ pub fn receive_pace_hook() -> Option<std::time::Duration> {
 /// wait N ms before it answers a job's start (as a host indexing a large
 /// previous checkpoint would).
 pub fn ready_delay_hook() -> Option<std::time::Duration> {
+    hook_ms("FERRY_TEST_FANOUT_READY_DELAY_MS")
+}
+
+/// A test hook's milliseconds: `var`'s value, read only with
+/// `FERRY_TEST_HOOKS=1` in the environment.
+fn hook_ms(var: &str) -> Option<std::time::Duration> {
     if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
         return None;
     }
-    std::env::var("FERRY_TEST_FANOUT_READY_DELAY_MS")
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
         .map(std::time::Duration::from_millis)
