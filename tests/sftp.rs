@@ -365,19 +365,26 @@ fn hostile_names_round_trip_over_sftp_and_nothing_runs() {
         return;
     }
     // through each remote hash command: openssl escapes only a newline,
-    // sha256sum a backslash and a carriage return too
-    for (program, _, hashed_by) in REMOTE_HASHERS {
+    // sha256sum a backslash and a carriage return too; and each in groups
+    // of 64 run by bash (the remote has it) and of 7 run by sh (it has not)
+    for ((program, _, hashed_by), bash) in REMOTE_HASHERS
+        .into_iter()
+        .flat_map(|h| [(h, true), (h, false)])
+    {
         let t = tmp();
         let bin = t.path().join("bin");
-        let sshd = if program == "openssl" {
-            Sshd::start_with(SUBSYSTEM)
-        } else {
+        std::fs::create_dir_all(&bin).unwrap();
+        if program != "openssl" {
             no_openssl(&bin);
-            Sshd::start_with(&format!(
-                "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
-                bin.display()
-            ))
-        };
+        }
+        if !bash {
+            write(&bin.join("bash"), "#!/bin/sh\nexit 127\n");
+            chmod(&bin.join("bash"), 0o755);
+        }
+        let sshd = Sshd::start_with(&format!(
+            "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
+            bin.display()
+        ));
         hostile_names(&sshd, &t, hashed_by);
     }
 }
@@ -1302,7 +1309,7 @@ fn every_upload_is_fsynced_before_its_rename_without_being_asked() {
 }
 
 /// s19 review: the remote hash pairs answers with files by their place in
-/// a group of seven, so xargs must never split a group. With an `xargs`
+/// a group (of 64 here, where bash runs them), so xargs must never split a group. With an `xargs`
 /// first on the remote's PATH whose command line holds only two of these
 /// names (`-s`), every file arrives whole and verified, up and down (xargs
 /// refuses the group, `-x`, and its files are read again over SFTP).

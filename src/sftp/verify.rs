@@ -14,7 +14,7 @@
 //! No name is ever put into a shell line, and no name is ever read back:
 //! the remote runs one fixed line ([`remote_line`]), names reach it only as
 //! NUL-terminated bytes on its stdin, which xargs passes as whole arguments
-//! to a fixed `sh` script; the script opens each file on a descriptor of
+//! to a fixed `sh` (or `bash`) script; the script opens each file on a descriptor of
 //! its own and names it to the hash command as `/dev/fd/N`. What the
 //! command prints therefore holds only names ferry chose: a file name with
 //! a newline, or one that looks like another file's hash line, cannot pair
@@ -252,40 +252,79 @@ pub fn or_reread(
     }
 }
 
-/// Files per run of the remote command: the script opens each on one of
-/// the descriptors 3 to 9 (a POSIX shell's redirections take one digit), so
-/// one run of the command hashes seven files. xargs starts a run as soon as
-/// it has read this many names; a group is padded with [`PAD`] to be hashed
-/// at once.
-const GROUP: usize = 7;
+/// What runs each group of names on the remote. A POSIX `sh` opens the
+/// files as descriptors 3 to 9 (its redirections take one digit), so one
+/// run of the command hashes seven files; `bash`, where the remote has it,
+/// opens descriptors of two digits, and one run hashes 64. Each run costs a
+/// shell and the command's start-up (`openssl` takes ~8 ms to start), so on
+/// a fast link 2,000 small files spent seconds starting commands in groups
+/// of seven. xargs starts a run as soon as it has read a group's names; a
+/// group is padded with [`PAD`] to be hashed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    Sh,
+    Bash,
+}
+
+impl Runner {
+    /// Files per run.
+    pub fn group(self) -> usize {
+        match self {
+            Runner::Sh => 7,
+            Runner::Bash => 64,
+        }
+    }
+
+    /// The descriptor the first file is opened on.
+    fn first_fd(self) -> usize {
+        match self {
+            Runner::Sh => 3,
+            Runner::Bash => 10,
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Runner::Sh => "sh",
+            Runner::Bash => "bash",
+        }
+    }
+
+    /// A frame of output is at most this many lines (a command that prints
+    /// more is not answering what it was asked).
+    fn frame_lines(self) -> usize {
+        4 * self.group()
+    }
+}
 
 /// What pads a group; its answer is dropped (a slot is told by its place,
 /// so a real file of this name is hashed like any other).
 const PAD: &[u8] = b"/dev/null";
 
-/// A frame of output is at most this many lines (a command that prints
-/// more is not answering what it was asked).
-const FRAME_LINES: usize = 4 * GROUP;
-
 /// The fixed line the remote runs for `command`: xargs hands each group of
-/// [`GROUP`] names to `sh -c SCRIPT` as its arguments (`-x`: whole, or not
-/// at all: xargs exits); the script opens the
-/// files as descriptors 3 to 9 and runs the command once on `/dev/fd/3` …
-/// `/dev/fd/9`, then prints `=STATUS`. Where that run fails (a file that
-/// cannot be opened, a remote without `/dev/fd`) each file of the group is
-/// hashed alone from its stdin, each followed by its own `=STATUS` line.
-/// The script has no `'` and no `\`, so it quotes the same in every login
-/// shell (sh, bash, zsh, fish, tcsh).
-pub fn remote_line(command: &str) -> String {
-    let files: Vec<String> = (0..GROUP).map(|i| format!("/dev/fd/{}", i + 3)).collect();
-    let opens: Vec<String> = (0..GROUP)
-        .map(|i| format!("{}<\"${}\"", i + 3, i + 1))
+/// names ([`Runner::group`]) to `sh -c SCRIPT` (or `bash -c`) as its
+/// arguments (`-x`: whole, or not at all: xargs exits); the script opens
+/// the files as descriptors from [`Runner::first_fd`] on and runs the
+/// command once on `/dev/fd/N` for each, then prints `=STATUS`. Where that
+/// run fails (a file that cannot be opened, a remote without `/dev/fd`)
+/// each file of the group is hashed alone from its stdin, each followed by
+/// its own `=STATUS` line. The script has no `'` and no `\`, so it quotes
+/// the same in every login shell (sh, bash, zsh, fish, tcsh).
+pub fn remote_line(command: &str, runner: Runner) -> String {
+    let fds = (0..runner.group()).map(|i| i + runner.first_fd());
+    let files: Vec<String> = fds.clone().map(|fd| format!("/dev/fd/{fd}")).collect();
+    let opens: Vec<String> = fds
+        .enumerate()
+        .map(|(i, fd)| format!("{fd}<\"${{{}}}\"", i + 1))
         .collect();
     format!(
-        "xargs -0 -x -n {GROUP} sh -c 'exec 2>/dev/null; {command} -- {} {}; s=$?; echo =$s; \
-         [ $s = 0 ] || for f in \"$@\"; do {command} -- <\"$f\"; echo =$?; done' sh",
+        "xargs -0 -x -n {} {} -c 'exec 2>/dev/null; {command} -- {} {}; s=$?; echo =$s; \
+         [ $s = 0 ] || for f in \"$@\"; do {command} -- <\"$f\"; echo =$?; done' {}",
+        runner.group(),
+        runner.program(),
         files.join(" "),
-        opens.join(" ")
+        opens.join(" "),
+        runner.program(),
     )
 }
 
@@ -301,6 +340,7 @@ type Slot = Option<mpsc::Sender<io::Result<String>>>;
 pub struct RemoteHash {
     pub hasher: Hasher,
     pub kind: HashKind,
+    runner: Runner,
     state: Arc<Mutex<State>>,
     asked: Arc<Mutex<Asked>>,
 }
@@ -338,11 +378,12 @@ impl RemoteHash {
     /// `cmd` is an ssh to the remote, without its command. The connection
     /// is started at once: its login (about 11 round trips) overlaps the
     /// transfer's first files rather than holding up their checks.
-    pub fn new(mut cmd: Command, hasher: Hasher) -> RemoteHash {
-        cmd.arg(remote_line(hasher.command));
+    pub fn new(mut cmd: Command, hasher: Hasher, runner: Runner) -> RemoteHash {
+        cmd.arg(remote_line(hasher.command, runner));
         let h = RemoteHash {
             hasher,
             kind: hasher.kind,
+            runner,
             state: Arc::new(Mutex::new(State::Idle(Some(cmd)))),
             asked: Default::default(),
         };
@@ -377,7 +418,7 @@ impl RemoteHash {
         group.extend_from_slice(path);
         group.push(0);
         slots.push(Some(tx));
-        if slots.len() == GROUP {
+        if slots.len() == self.runner.group() {
             self.send_group(&mut state);
         }
         Ok(rx)
@@ -436,9 +477,10 @@ impl RemoteHash {
         let stdout = child.stdout.take().expect("piped");
         let asked = self.asked.clone();
         let len = self.kind.hex_len();
+        let runner = self.runner;
         std::thread::Builder::new()
             .name("ferry-sftp-hash".into())
-            .spawn(move || read_answers(asked, io::BufReader::new(stdout), len))?;
+            .spawn(move || read_answers(asked, io::BufReader::new(stdout), len, runner))?;
         *state = State::Running {
             stdin,
             child,
@@ -460,7 +502,7 @@ impl RemoteHash {
         else {
             return;
         };
-        while slots.len() < GROUP {
+        while slots.len() < self.runner.group() {
             slots.push(None);
             group.extend_from_slice(PAD);
             group.push(0);
@@ -504,7 +546,7 @@ fn not_hashed() -> io::Error {
 /// and the status (`None` at the end of the output).
 type Frame = (Vec<Vec<u8>>, i32);
 
-fn read_frame(r: &mut impl BufRead) -> io::Result<Option<Frame>> {
+fn read_frame(r: &mut impl BufRead, max_lines: usize) -> io::Result<Option<Frame>> {
     let mut lines = Vec::new();
     loop {
         let mut line = Vec::new();
@@ -521,7 +563,7 @@ fn read_frame(r: &mut impl BufRead) -> io::Result<Option<Frame>> {
                 .unwrap_or(-1);
             return Ok(Some((lines, status)));
         }
-        if lines.len() < FRAME_LINES {
+        if lines.len() < max_lines {
             lines.push(line);
         }
     }
@@ -553,14 +595,17 @@ fn hash_of(line: &[u8], len: usize, rest: Option<&[u8]>) -> Option<String> {
 
 /// A group's answers from a run over all its files: one line per
 /// descriptor, in order, each naming the descriptor it hashed.
-fn group_hashes(lines: &[Vec<u8>], len: usize) -> Option<Vec<String>> {
-    if lines.len() != GROUP {
+fn group_hashes(lines: &[Vec<u8>], len: usize, runner: Runner) -> Option<Vec<String>> {
+    if lines.len() != runner.group() {
         return None;
     }
     lines
         .iter()
         .enumerate()
-        .map(|(i, l)| hash_of(l, len, Some(format!("/dev/fd/{}", i + 3).as_bytes())))
+        .map(|(i, l)| {
+            let fd = i + runner.first_fd();
+            hash_of(l, len, Some(format!("/dev/fd/{fd}").as_bytes()))
+        })
         .collect()
 }
 
@@ -573,9 +618,10 @@ fn one_hash((lines, status): Frame, len: usize) -> io::Result<String> {
 }
 
 /// Answers each group sent, in order, from the frames the script prints.
-fn read_answers(asked: Arc<Mutex<Asked>>, mut r: impl BufRead, len: usize) {
+fn read_answers(asked: Arc<Mutex<Asked>>, mut r: impl BufRead, len: usize, runner: Runner) {
+    let max = runner.frame_lines();
     let why = loop {
-        let frame = match read_frame(&mut r) {
+        let frame = match read_frame(&mut r, max) {
             Ok(Some(f)) => f,
             Ok(None) => break "it exited".to_string(),
             Err(e) => break e.to_string(),
@@ -589,7 +635,7 @@ fn read_answers(asked: Arc<Mutex<Asked>>, mut r: impl BufRead, len: usize) {
             break "it printed more than it was asked".to_string();
         };
         if frame.1 == 0 {
-            let hashes = group_hashes(&frame.0, len);
+            let hashes = group_hashes(&frame.0, len, runner);
             for (i, slot) in slots.into_iter().enumerate() {
                 answer(
                     slot,
@@ -601,7 +647,7 @@ fn read_answers(asked: Arc<Mutex<Asked>>, mut r: impl BufRead, len: usize) {
         // each file of the group, alone
         let mut failed = None;
         for (i, slot) in slots.iter_mut().enumerate() {
-            match read_frame(&mut r) {
+            match read_frame(&mut r, max) {
                 Ok(Some(f)) => answer(slot.take(), one_hash(f, len)),
                 Ok(None) => failed = Some((i, "it exited".to_string())),
                 Err(e) => failed = Some((i, e.to_string())),
@@ -630,6 +676,8 @@ fn read_answers(asked: Arc<Mutex<Asked>>, mut r: impl BufRead, len: usize) {
 mod tests {
     use super::*;
 
+    const GROUP: usize = 7;
+
     #[test]
     fn empty_hashes_are_what_the_commands_print_for_no_input() {
         assert_eq!(
@@ -656,11 +704,15 @@ mod tests {
     }
 
     fn run(out: &str, groups: Vec<Vec<Slot>>, len: usize) {
+        run_by(out, groups, len, Runner::Sh)
+    }
+
+    fn run_by(out: &str, groups: Vec<Vec<Slot>>, len: usize, runner: Runner) {
         let asked = Arc::new(Mutex::new(Asked {
             queue: groups.into(),
             ended: None,
         }));
-        read_answers(asked, io::Cursor::new(out.as_bytes().to_vec()), len);
+        read_answers(asked, io::Cursor::new(out.as_bytes().to_vec()), len, runner);
     }
 
     /// A whole group's run answers each slot by its descriptor; lines are
@@ -729,14 +781,53 @@ mod tests {
     /// The line the remote runs holds the command and fixed words only.
     #[test]
     fn the_remote_line_names_descriptors_not_files() {
-        let line = remote_line("sha256sum");
+        assert_eq!(Runner::Sh.group(), GROUP);
+        let line = remote_line("sha256sum", Runner::Sh);
         assert!(
             line.starts_with("xargs -0 -x -n 7 sh -c 'exec 2>/dev/null; sha256sum -- /dev/fd/3 ")
         );
-        assert!(line.contains(" 3<\"$1\" 4<\"$2\" "));
-        assert!(line.contains(" 9<\"$7\"; s=$?"));
+        assert!(line.contains(" 3<\"${1}\" 4<\"${2}\" "));
+        assert!(line.contains(" 9<\"${7}\"; s=$?"));
         assert!(line.ends_with("' sh"));
         assert_eq!(line.matches('\'').count(), 2);
         assert!(!line.contains('\\'));
+    }
+
+    /// With bash, a run opens 64 files on descriptors 10 to 73 (two digits,
+    /// which a POSIX sh would read as a word), and its lines are taken by
+    /// those descriptors: a line naming the descriptor `sh` would use is not.
+    #[test]
+    fn with_bash_a_group_is_64_files_on_two_digit_descriptors() {
+        let line = remote_line("openssl dgst -sha256 -r", Runner::Bash);
+        assert!(line.starts_with(
+            "xargs -0 -x -n 64 bash -c 'exec 2>/dev/null; openssl dgst -sha256 -r -- /dev/fd/10 /dev/fd/11 "
+        ));
+        assert!(line.contains(" /dev/fd/73 10<\"${1}\" 11<\"${2}\" "));
+        assert!(line.contains(" 73<\"${64}\"; s=$?"));
+        assert!(line.ends_with("' bash"));
+        assert_eq!(line.matches('\'').count(), 2);
+        assert!(!line.contains('\\'));
+        let h: Vec<String> = (0..64).map(|i| format!("{:02x}", i).repeat(32)).collect();
+        // (`openssl dgst -r` prints as coreutils does: `HEX *NAME`)
+        let good: String = (0..64)
+            .map(|i| format!("{} */dev/fd/{}\n", h[i], i + 10))
+            .collect();
+        let sh_fds: String = (0..64)
+            .map(|i| format!("{}  /dev/fd/{}\n", h[i], i + 3))
+            .collect();
+        let (a, ra) = slots(64);
+        let (b, rb) = slots(64);
+        run_by(
+            &format!("{good}=0\n{sh_fds}=0\n"),
+            vec![a, b],
+            64,
+            Runner::Bash,
+        );
+        for (i, r) in ra.iter().enumerate() {
+            assert_eq!(r.recv().unwrap().unwrap(), h[i]);
+        }
+        for r in rb {
+            assert!(r.recv().unwrap().is_err());
+        }
     }
 }

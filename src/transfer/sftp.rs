@@ -17,7 +17,7 @@ use crate::error::TransferError;
 use crate::proto::{Event, HandshakeError, Request, Role, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
-use crate::sftp::verify::{Hasher, How, RemoteHash, Verify, HASHERS};
+use crate::sftp::verify::{Hasher, How, RemoteHash, Runner, Verify, HASHERS};
 use crate::sftp::{remote_path, Sftp, SftpSide};
 use crate::transport::child::{self, Ended, Transport, VerifyMode};
 use std::path::PathBuf;
@@ -269,10 +269,14 @@ fn run(
     // over SFTP instead
     let verify = match plan.ssh.verify {
         VerifyMode::Reread => Some(Verify::new(How::Reread)),
-        VerifyMode::Auto => remote_hash(plan, user, host, &why_kind).and_then(|hasher| {
-            let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
-            Some(Verify::new(How::Remote(RemoteHash::new(cmd, hasher))))
-        }),
+        VerifyMode::Auto => {
+            remote_hash(plan, user, host, &why_kind).and_then(|(hasher, runner)| {
+                let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
+                Some(Verify::new(How::Remote(RemoteHash::new(
+                    cmd, hasher, runner,
+                ))))
+            })
+        }
     };
     let remote = SftpSide {
         sftp: sftp.clone(),
@@ -407,17 +411,23 @@ enum Exec {
 
 /// The remote hash command to check files with, probed once per host (as
 /// rclone does: each of [`HASHERS`] hashes empty input, and must give the
-/// known empty hash) and remembered: the cheapest that answers right. The
-/// probe is one fixed command line; each command's output follows a line
-/// `=N` naming it (several print the same SHA-256).
-fn remote_hash(plan: &Plan, user: Option<&str>, host: &str, exec: &Exec) -> Option<Hasher> {
+/// known empty hash) and remembered: the cheapest that answers right, and
+/// whether the remote has `bash` to run it in groups of 64 ([`Runner`]).
+/// The probe is one fixed command line; each command's output follows a
+/// line `=N` naming it (several print the same SHA-256).
+fn remote_hash(
+    plan: &Plan,
+    user: Option<&str>,
+    host: &str,
+    exec: &Exec,
+) -> Option<(Hasher, Runner)> {
     let key = format!("{}.hash", cache_key(plan, user, host));
     let known = cache_dir()
         .map(|d| d.join(&key))
         .filter(|p| fresh(p))
         .and_then(|p| std::fs::read_to_string(p).ok());
-    let found = match known.as_deref().map(str::trim) {
-        Some(k) => k.to_string(),
+    let found = match known {
+        Some(k) => k,
         None if *exec == Exec::No => "none".to_string(),
         None => {
             let out = child::ssh_command(user, host, &plan.ssh)
@@ -432,17 +442,34 @@ fn remote_hash(plan: &Plan, user: Option<&str>, host: &str, exec: &Exec) -> Opti
             let text = out
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
-            probed(&text).map_or_else(|| "none".into(), |h| h.name.to_string())
+            let found = probed(&text).map_or_else(|| "none".into(), |h| h.name.to_string());
+            // (a second line: what runs the groups; a cache from before
+            // it has none, and keeps `sh`)
+            let found = if has_bash(&text) {
+                found + "\nbash"
+            } else {
+                found
+            };
+            write_cache(&key, &found);
+            found
         }
     };
-    if known.is_none() {
-        write_cache(&key, &found);
-    }
-    HASHERS.iter().copied().find(|h| h.name == found)
+    let mut lines = found.lines().map(str::trim);
+    let name = lines.next().unwrap_or("none");
+    let runner = if lines.any(|l| l == "bash") {
+        Runner::Bash
+    } else {
+        Runner::Sh
+    };
+    HASHERS
+        .iter()
+        .copied()
+        .find(|h| h.name == name)
+        .map(|h| (h, runner))
 }
 
 /// The probe's command line: `echo =N; COMMAND </dev/null 2>/dev/null;` for
-/// each of [`HASHERS`].
+/// each of [`HASHERS`], then whether `bash` runs.
 fn probe_line() -> String {
     let mut line = String::new();
     for (i, h) in HASHERS.iter().enumerate() {
@@ -451,8 +478,17 @@ fn probe_line() -> String {
             h.command
         ));
     }
-    line.push_str("true");
+    line.push_str("echo =bash; bash --version </dev/null 2>/dev/null; true");
     line
+}
+
+/// Whether the probe's `text` shows that `bash` ran: GNU bash's version
+/// line right after the `=bash` line.
+fn has_bash(text: &str) -> bool {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .windows(2)
+        .any(|w| w[0] == "=bash" && w[1].starts_with("GNU bash, version "))
 }
 
 /// The first of [`HASHERS`] whose output in the probe's `text` starts with
@@ -461,8 +497,9 @@ fn probed(text: &str) -> Option<Hasher> {
     let mut answered = Vec::new();
     let mut now: Option<usize> = None;
     for line in text.lines() {
-        if let Some(i) = line.strip_prefix('=').and_then(|n| n.trim().parse().ok()) {
-            now = Some(i);
+        if let Some(n) = line.strip_prefix('=') {
+            // (`=bash` ends the hash commands' part)
+            now = n.trim().parse().ok();
             continue;
         }
         let Some(h) = now.and_then(|i| HASHERS.get(i)) else {
@@ -551,5 +588,20 @@ mod tests {
         assert_eq!(probed(&text).unwrap().name, "shasum -a 256");
         assert!(probed("=0\n=1\n=2\n=3\n=4\n").is_none());
         assert!(probe_line().starts_with("echo =0; b3sum </dev/null 2>/dev/null; "));
+    }
+
+    /// bash's version line right after `=bash` says groups of 64 may run
+    /// in it; anything else (no bash: nothing printed) keeps `sh`, and the
+    /// line does not count as a hash command's output.
+    #[test]
+    fn the_probe_sees_whether_bash_runs() {
+        let sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let with = format!("=0\n=1\n=2\n=3\n{sha}  -\n=4\n=bash\nGNU bash, version 5.2.15(1)-release (x86_64-pc-linux-gnu)\n");
+        assert!(has_bash(&with));
+        assert_eq!(probed(&with).unwrap().name, "sha256sum");
+        assert!(!has_bash(&format!("=0\n=1\n=2\n=3\n{sha}  -\n=4\n=bash\n")));
+        assert!(!has_bash("=bash\nbash: command not found\n"));
+        assert!(probe_line().ends_with("; echo =bash; bash --version </dev/null 2>/dev/null; true"));
+        assert!(!probe_line().contains('\''));
     }
 }
