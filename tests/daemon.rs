@@ -891,3 +891,31 @@ fn a_pull_through_a_symlink_out_of_the_module_lists_nothing_of_its_target() {
     assert!(!stdout(&o).contains("shadow-name-secret"));
     assert!(!back.join("shadow-name-secret").exists());
 }
+
+/// The same pull named without a trailing slash and without `-l`: the root
+/// is stated through the link (a symlink is not sent as one without `-l`),
+/// but the walk opens it beneath the module without following a link, so it
+/// is refused by name and nothing of its target is listed.
+#[test]
+fn a_pull_of_a_symlinked_root_without_l_lists_nothing_of_its_target() {
+    let t = tmp();
+    let (module, outside, back) = (
+        t.path().join("module"),
+        t.path().join("outside"),
+        t.path().join("back"),
+    );
+    write(&outside.join("shadow-name-secret"), "secret");
+    write(&module.join("ok.txt"), "ok");
+    std::os::unix::fs::symlink(&outside, module.join("evil")).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let o = sync(&d, &["-rv", &d.url("data/evil"), &s(&back)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    assert!(
+        err.contains("cannot read directory evil: evil is a symlink that leaves the module"),
+        "{err}"
+    );
+    assert!(!err.contains("shadow-name-secret"), "{err}");
+    assert!(!stdout(&o).contains("shadow-name-secret"));
+    assert!(!back.join("evil/shadow-name-secret").exists());
+}

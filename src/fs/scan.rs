@@ -9,10 +9,11 @@
 use crate::fs::names::{escape, join, link_stays_inside};
 use crate::proto::{Entry, Kind, ListStart};
 use crate::store::source::Listed;
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -173,10 +174,10 @@ struct Walker<'a, E> {
     next_index: u32,
     inodes: HashMap<(u64, u64), u32>,
     io_error: bool,
-    /// Directories being visited when following links, against loops.
-    visiting: Vec<(u64, u64)>,
-    /// How deep the walk is below the source root.
-    depth: usize,
+    /// The directories the walk is in, from the source root down to the
+    /// one whose entries it is visiting (so its depth below the root, and
+    /// the directories that make a loop through a followed symlink).
+    levels: Vec<Level>,
     /// With several sources: each name listed so far, and whether it is a
     /// directory. As in rsync, the first source to list a name wins; a
     /// directory listed again merges the later source's entries into it.
@@ -222,8 +223,7 @@ pub fn scan_within<E>(
         next_index: 0,
         inodes: HashMap::new(),
         io_error: false,
-        visiting: Vec::new(),
-        depth: 0,
+        levels: Vec::new(),
         seen: (sources.len() > 1 || opts.relative).then(HashMap::new),
         roots: if sources.len() > 1 {
             sources.iter().map(|s| root_for(s, opts)).collect()
@@ -282,7 +282,9 @@ pub fn scan_within<E>(
                 }
                 w.implied_dirs(&root)?;
                 let name = root.name.clone();
-                w.visit(&root.path, &name, Meta::from(&meta))?;
+                w.levels.clear();
+                w.visit(&root.path, &name, Meta::from(&meta), false)?;
+                w.walk_levels()?;
             }
             Err(e) => {
                 w.io_error = true;
@@ -327,33 +329,38 @@ impl<E> Walker<'_, E> {
         escape(shown_within(self.top.as_deref(), path))
     }
 
-    fn visit(&mut self, path: &Path, name: &[u8], meta: Meta) -> Result<(), E> {
+    /// Sends the entry at `path` (named `name`), stated as `meta`; a
+    /// directory to walk is entered (its entries are visited by
+    /// [`Self::walk_levels`], not by recursion, so a deep tree needs no deep
+    /// stack). `followed`: `meta` is of what a symlink there points to,
+    /// followed as the options ask.
+    fn visit(&mut self, path: &Path, name: &[u8], meta: Meta, followed: bool) -> Result<(), E> {
         let ft = meta;
         let mut entry = entry_of(name, &meta);
         if ft.is_symlink() {
             if self.opts.follow_links {
-                match std::fs::metadata(path) {
-                    Ok(m) => return self.visit(path, name, Meta::from(&m)),
+                match self.stat_followed(path) {
+                    Ok(m) => return self.visit(path, name, m, true),
                     Err(e) => return self.fail(path, "cannot follow symlink", e),
                 }
             }
-            let target = match std::fs::read_link(path) {
-                Ok(t) => t.into_os_string().into_vec(),
+            let target = match self.read_link(path) {
+                Ok(t) => t,
                 Err(e) => return self.fail(path, "cannot read symlink", e),
             };
             // -k follows links to directories, --copy-unsafe-links those that
             // leave the tree; either sends what the link points to
             let unsafe_link = !link_stays_inside(name, &target);
             if self.opts.copy_unsafe_links && unsafe_link {
-                match std::fs::metadata(path) {
-                    Ok(m) => return self.visit(path, name, Meta::from(&m)),
+                match self.stat_followed(path) {
+                    Ok(m) => return self.visit(path, name, m, true),
                     Err(e) => return self.fail(path, "cannot follow symlink", e),
                 }
             }
             if self.opts.copy_dirlinks {
-                if let Ok(m) = std::fs::metadata(path) {
+                if let Ok(m) = self.stat_followed(path) {
                     if m.is_dir() {
-                        return self.visit(path, name, Meta::from(&m));
+                        return self.visit(path, name, m, true);
                     }
                 }
             }
@@ -367,10 +374,11 @@ impl<E> Walker<'_, E> {
             entry.kind = Kind::Symlink;
             return self.push(entry, path);
         }
+        let depth = self.levels.len();
         if ft.is_dir() {
             entry.kind = Kind::Dir;
             let key = (meta.dev(), meta.ino());
-            if self.visiting.contains(&key) {
+            if self.levels.iter().any(|l| l.key == key) {
                 return (self.emit)(ScanItem::Notice(format!(
                     "skipping {}: directory loop through a symlink",
                     escape(name)
@@ -381,26 +389,26 @@ impl<E> Walker<'_, E> {
                 Some(false) => return Ok(()),
                 None => self.push(entry, path)?,
             }
-            if !self.opts.recursive && self.depth > 0 {
+            if !self.opts.recursive && depth > 0 {
                 return Ok(()); // -d: the directory itself, not its contents
             }
             if !self.opts.recursive && self.opts.relative && name != b"." {
                 return Ok(()); // -R -d (--files-from): a named directory, not its contents
             }
-            if self.depth == 0 {
+            if depth == 0 {
                 self.root_dev = meta.dev();
             } else if self.opts.one_file_system && meta.dev() != self.root_dev {
                 return Ok(()); // -x: a mount point is sent, not what is in it
             }
             let outer = self.layers.len();
-            if self.depth == 0 {
+            if depth == 0 {
                 self.read_merge_files_above(path, name)?;
             }
-            self.depth += 1;
-            let r = self.descend(path, name, key);
-            self.depth -= 1;
-            self.layers.truncate(outer);
-            return r;
+            let entered = self.enter(path, name, key, followed, outer);
+            if !matches!(entered, Ok(true)) {
+                self.layers.truncate(outer);
+            }
+            return entered.map(|_| ());
         }
         if !ft.is_file() {
             return (self.emit)(ScanItem::Notice(format!(
@@ -426,7 +434,7 @@ impl<E> Walker<'_, E> {
         }
         let first_of_group = entry.link_to == Some(self.next_index);
         if self.opts.checksum && (entry.link_to.is_none() || first_of_group) {
-            match hash_file(path) {
+            match self.hash_entry(path) {
                 Ok(h) => entry.checksum = Some(h),
                 Err(e) => return self.fail(path, "cannot read", e),
             }
@@ -505,43 +513,237 @@ impl<E> Walker<'_, E> {
         (self.emit)(ScanItem::Entry(entry, path.to_path_buf()))
     }
 
-    fn descend(&mut self, path: &Path, name: &[u8], key: (u64, u64)) -> Result<(), E> {
-        let rd = match std::fs::read_dir(path) {
-            Ok(rd) => rd,
-            Err(e) => return self.fail(path, "cannot read directory", e),
-        };
-        let mut children: Vec<Vec<u8>> = Vec::new();
-        for de in rd {
-            match de {
-                Ok(de) => children.push(de.file_name().into_vec()),
-                Err(e) => return self.fail(path, "cannot read directory", e),
+    /// Opens the directory at `path` (named `name`, stated as `key`), reads
+    /// its names and merge files, and makes it the level whose entries the
+    /// walk visits next; whether it did (what could not be read is
+    /// reported). `outer`: the merge-file layers in force above it.
+    fn enter(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        key: (u64, u64),
+        followed: bool,
+        outer: usize,
+    ) -> Result<bool, E> {
+        scan_pause_hook(name);
+        let fd = match self.open_dir(path, key, followed) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.fail(path, "cannot read directory", e)?;
+                return Ok(false);
             }
-        }
-        // a handle on the directory, to state its entries relative to it
-        // instead of walking the whole path for each (a third of a re-sync's
-        // scan went to that walk); held while the walk is below it, so only
-        // down to a depth that cannot run out of descriptors
-        let dir = if self.depth <= MAX_HELD_DIRS {
-            rustix::fs::open(
-                path,
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::NOFOLLOW
-                    | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .ok()
-        } else {
-            None
+        };
+        let mut children = match names_in(&fd) {
+            Ok(names) => names,
+            Err(e) => {
+                self.fail(path, "cannot read directory", e)?;
+                return Ok(false);
+            }
         };
         children.sort();
-        let outer = self.layers.len();
-        self.read_merge_files(path, name)?;
-        self.visiting.push(key);
-        let r = self.descend_into(path, dir.as_ref(), name, children);
-        self.visiting.pop();
-        self.layers.truncate(outer);
-        r
+        self.read_merge_files(&fd, path, name)?;
+        // below the held depth, the parent's handle is let go while the walk
+        // is in here (and opened again if the walk needs it on its way back)
+        let depth = self.levels.len();
+        if depth > MAX_HELD_DIRS {
+            self.levels[depth - 1].fd = None;
+        }
+        let comp = path.file_name().map(|c| c.as_bytes().to_vec());
+        self.levels.push(Level {
+            fd: Some(fd),
+            comp: comp.unwrap_or_default(),
+            followed,
+            key,
+            path: path.to_path_buf(),
+            name: name.to_vec(),
+            children: children.into_iter(),
+            layers: outer,
+        });
+        Ok(true)
+    }
+
+    /// Visits the entries of the directories entered, depth first, until
+    /// the walk is back above the source root: each entry is stated from
+    /// its directory's handle, never through a symlink.
+    fn walk_levels(&mut self) -> Result<(), E> {
+        while let Some(level) = self.levels.last_mut() {
+            let Some(child) = level.children.next() else {
+                let done = self.levels.pop().expect("a level is there");
+                self.layers.truncate(done.layers);
+                continue;
+            };
+            if child == crate::fs::PARTIAL_DIR {
+                continue;
+            }
+            let child_name = join(&level.name, &child);
+            let child_path = level.path.join(OsStr::from_bytes(&child));
+            let dir = match self.held_dir() {
+                Ok(dir) => dir,
+                Err(e) => {
+                    // the directory is not what was listed any more: none
+                    // of the rest of it is sent
+                    let done = self.levels.pop().expect("a level is there");
+                    self.layers.truncate(done.layers);
+                    self.fail(&done.path, "cannot read directory", e)?;
+                    continue;
+                }
+            };
+            let meta = rustix::fs::statat(dir, child.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| Meta::from(&st))
+                .map_err(std::io::Error::from);
+            let meta = match meta {
+                Ok(m) => m,
+                Err(e) => {
+                    self.fail(&child_path, "cannot stat", e)?;
+                    continue;
+                }
+            };
+            if self.opts.filters.excludes_in(
+                &child_name_for_filter(&child_name),
+                meta.is_dir(),
+                &self.layers,
+            ) {
+                continue;
+            }
+            self.visit(&child_path, &child_name, meta, false)?;
+        }
+        Ok(())
+    }
+
+    /// The handle of the directory whose entries the walk is visiting,
+    /// opened again if it was let go (see [`MAX_HELD_DIRS`]).
+    fn held_dir(&mut self) -> std::io::Result<BorrowedFd<'_>> {
+        let last = self.levels.len() - 1;
+        if self.levels[last].fd.is_none() {
+            let fd = self.reopen(last)?;
+            self.levels[last].fd = Some(fd);
+        }
+        Ok(self.levels[last].fd.as_ref().expect("held above").as_fd())
+    }
+
+    /// Opens level `at` again, one name at a time from the deepest level
+    /// still held, never through a symlink the walk did not follow, and
+    /// checks it is the directory that was read.
+    fn reopen(&self, at: usize) -> std::io::Result<OwnedFd> {
+        let held = (0..at)
+            .rev()
+            .find(|&i| self.levels[i].fd.is_some())
+            .expect("the source root's level is always held");
+        let mut fd: Option<OwnedFd> = None;
+        for level in &self.levels[held + 1..=at] {
+            let parent = match &fd {
+                Some(fd) => fd.as_fd(),
+                None => self.levels[held].fd.as_ref().expect("found held").as_fd(),
+            };
+            let opened = open_child_dir(parent, &level.comp, level.followed);
+            fd = Some(opened.map_err(|e| now_is(parent, &level.comp).unwrap_or(e))?);
+        }
+        let fd = fd.expect("at is below held");
+        same_dir(&fd, self.levels[at].key)?;
+        Ok(fd)
+    }
+
+    /// Opens the directory at `path`, which was stated as `key`: the
+    /// source root by its path (beneath the module's root when confined to
+    /// one, no symlink on the way), anything below it by its name in the
+    /// handle of the directory holding it, not following a symlink there
+    /// unless the walk follows this one (`followed`). A directory that is
+    /// not the one stated (swapped meanwhile) is refused.
+    fn open_dir(
+        &mut self,
+        path: &Path,
+        key: (u64, u64),
+        followed: bool,
+    ) -> std::io::Result<OwnedFd> {
+        if self.levels.is_empty() {
+            let fd = match (&self.top, &self.top_fd) {
+                (None, _) => rustix::fs::open(path, dir_flags(), Mode::empty())?,
+                (Some(top), Some(top_fd)) => {
+                    let rel = beneath(top, path).ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            "outside the module",
+                        )
+                    })?;
+                    let opened = rustix::fs::openat2(
+                        top_fd,
+                        &rel,
+                        dir_flags() | OFlags::NOFOLLOW,
+                        Mode::empty(),
+                        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+                    );
+                    match opened {
+                        Ok(fd) => fd,
+                        // (a root named without `-l` was stated through it)
+                        Err(e) => {
+                            return Err(
+                                match crate::fs::source::symlink_on_the_way(top, &rel, true) {
+                                    Ok(Some((link, leaves))) => std::io::Error::other(
+                                        crate::fs::source::symlink_refusal(&link, leaves),
+                                    ),
+                                    _ => e.into(),
+                                },
+                            )
+                        }
+                    }
+                }
+                (Some(_), None) => {
+                    return Err(std::io::Error::other("cannot open the module root"))
+                }
+            };
+            same_dir(&fd, key)?;
+            return Ok(fd);
+        }
+        let comp = path.file_name().unwrap_or_default().as_bytes().to_vec();
+        let dir = self.held_dir()?;
+        match open_child_dir(dir, &comp, followed) {
+            Ok(fd) => {
+                same_dir(&fd, key)?;
+                Ok(fd)
+            }
+            Err(e) => Err(now_is(dir, &comp).unwrap_or(e)),
+        }
+    }
+
+    /// `stat` of what the symlink at `path` points to, from its directory.
+    fn stat_followed(&mut self, path: &Path) -> std::io::Result<Meta> {
+        if self.levels.is_empty() {
+            return std::fs::metadata(path).map(|m| Meta::from(&m));
+        }
+        let comp = path.file_name().unwrap_or_default().to_os_string();
+        let st = rustix::fs::statat(self.held_dir()?, comp.as_os_str(), AtFlags::empty())?;
+        Ok(Meta::from(&st))
+    }
+
+    /// The target of the symlink at `path`, read from its directory.
+    fn read_link(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
+        if self.levels.is_empty() {
+            return Ok(std::fs::read_link(path)?.into_os_string().into_vec());
+        }
+        let comp = path.file_name().unwrap_or_default().to_os_string();
+        let target = rustix::fs::readlinkat(self.held_dir()?, comp.as_os_str(), Vec::new())?;
+        Ok(target.into_bytes())
+    }
+
+    /// `--checksum`: the BLAKE3 of the file at `path`, opened from its
+    /// directory without following a symlink (nor blocking on a FIFO
+    /// swapped in), and only if it is still a regular file.
+    fn hash_entry(&mut self, path: &Path) -> std::io::Result<[u8; 32]> {
+        if self.levels.is_empty() {
+            return hash_file(path);
+        }
+        let comp = path.file_name().unwrap_or_default().to_os_string();
+        let fd = rustix::fs::openat(
+            self.held_dir()?,
+            comp.as_os_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let file = std::fs::File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other("no longer a regular file"));
+        }
+        crate::check::file_checksum(file)
     }
 
     /// `: /NAME` (and `-F`): before the walk of root directory `path`
@@ -627,7 +829,7 @@ impl<E> Walker<'_, E> {
     /// through a symlink, so that a daemon module's sender reads nothing
     /// outside the module); one that cannot be read or parsed is an I/O
     /// error, as in rsync, and its rules are not applied.
-    fn read_merge_files(&mut self, path: &Path, name: &[u8]) -> Result<(), E> {
+    fn read_merge_files(&mut self, dir: &OwnedFd, path: &Path, name: &[u8]) -> Result<(), E> {
         let names: Vec<Vec<u8>> = self
             .opts
             .filters
@@ -636,7 +838,9 @@ impl<E> Walker<'_, E> {
             .collect();
         for (m, file) in names.iter().enumerate() {
             let file_path = path.join(OsStr::from_bytes(file));
-            let Some(text) = self.read_merge_file(&file_path)? else {
+            // (opened from the directory's handle, as its entries are)
+            let read = read_merge_text(MergeAt::Beneath(dir, Path::new(OsStr::from_bytes(file))));
+            let Some(text) = self.merge_text(&file_path, read)? else {
                 continue;
             };
             match self.opts.filters.dir_rules(m, name, &text) {
@@ -665,6 +869,16 @@ impl<E> Walker<'_, E> {
             },
             (Some(_), None) => Err(std::io::Error::other("cannot open the module root")),
         };
+        self.merge_text(file_path, read)
+    }
+
+    /// What a merge file's read gives the walk: its text, or nothing (with
+    /// a notice for a symlink or a special file, an error for a failure).
+    fn merge_text(
+        &mut self,
+        file_path: &Path,
+        read: std::io::Result<MergeText>,
+    ) -> Result<Option<Vec<u8>>, E> {
         match read {
             Ok(MergeText::Text(text)) => Ok(Some(text)),
             Ok(MergeText::Missing) => Ok(None),
@@ -689,45 +903,34 @@ impl<E> Walker<'_, E> {
             }
         }
     }
+}
 
-    fn descend_into(
-        &mut self,
-        path: &Path,
-        dir: Option<&OwnedFd>,
-        name: &[u8],
-        children: Vec<Vec<u8>>,
-    ) -> Result<(), E> {
-        for child in children {
-            if child == crate::fs::PARTIAL_DIR {
-                continue;
-            }
-            let child_name = join(name, &child);
-            let child_path = path.join(OsStr::from_bytes(&child));
-            let meta = match dir {
-                Some(dir) => {
-                    rustix::fs::statat(dir, child.as_slice(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                        .map(|st| Meta::from(&st))
-                        .map_err(std::io::Error::from)
-                }
-                None => std::fs::symlink_metadata(&child_path).map(|m| Meta::from(&m)),
-            };
-            let meta = match meta {
-                Ok(m) => m,
-                Err(e) => {
-                    self.fail(&child_path, "cannot stat", e)?;
-                    continue;
-                }
-            };
-            if self.opts.filters.excludes_in(
-                &child_name_for_filter(&child_name),
-                meta.is_dir(),
-                &self.layers,
-            ) {
-                continue;
-            }
-            self.visit(&child_path, &child_name, meta)?;
+/// The test hook for a directory swapped during the walk: with
+/// `FERRY_TEST_HOOKS=1`, `FERRY_TEST_SCAN_PAUSE_AT=NAME` and
+/// `FERRY_TEST_SCAN_PAUSE_FILE=PATH`, the walk, about to open the directory
+/// it listed as NAME, makes `PATH.waiting` and waits (20 s at most) until
+/// PATH exists, so that a test can change the tree at that moment every
+/// time. Without `FERRY_TEST_HOOKS=1` the other two are never read.
+fn scan_pause_hook(name: &[u8]) {
+    static PAUSE: std::sync::OnceLock<Option<(Vec<u8>, PathBuf)>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
+            return None;
         }
-        Ok(())
+        let at = std::env::var_os("FERRY_TEST_SCAN_PAUSE_AT")?;
+        let file = std::env::var_os("FERRY_TEST_SCAN_PAUSE_FILE")?;
+        Some((at.into_vec(), PathBuf::from(file)))
+    });
+    let Some((at, file)) = pause else { return };
+    if at.as_slice() != name {
+        return;
+    }
+    let mut waiting = file.clone().into_os_string();
+    waiting.push(".waiting");
+    let _ = std::fs::write(&waiting, b"");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !file.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -741,11 +944,94 @@ enum Above {
 }
 
 /// How many directories down the walk holds a handle on each directory it is
-/// in (below that, entries are stated by their whole path).
+/// in. Below that it holds only the deepest one's, and opens a directory
+/// again (name by name from the deepest one held) when it comes back to it
+/// to visit its other entries: a tree 1,000 directories deep is walked with
+/// about this many descriptors open.
 const MAX_HELD_DIRS: usize = 64;
 
-/// What the walk needs of an entry's `stat`, from std's metadata (the roots,
-/// a followed link) or from a `stat` relative to its directory (the rest).
+/// A directory the walk is in.
+struct Level {
+    /// Its handle: every entry is stated, and every subdirectory opened,
+    /// from it. Let go while the walk is below it when it is deeper than
+    /// [`MAX_HELD_DIRS`].
+    fd: Option<OwnedFd>,
+    /// Its name in its parent (to open it again from there).
+    comp: Vec<u8>,
+    /// It was reached by following a symlink (`-L`, `-k`,
+    /// `--copy-unsafe-links`; never confined to a module).
+    followed: bool,
+    /// Device and inode: a handle opened again must be this directory, and
+    /// a followed link back to it is a loop.
+    key: (u64, u64),
+    /// Its local path (what the entries below it are read from by the
+    /// source) and its name in the list.
+    path: PathBuf,
+    name: Vec<u8>,
+    /// Its names not visited yet, in order.
+    children: std::vec::IntoIter<Vec<u8>>,
+    /// How many merge-file layers were in force above it.
+    layers: usize,
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
+}
+
+/// Opens directory `name` in `dir`, not following a symlink there unless
+/// `follow`.
+fn open_child_dir(dir: BorrowedFd<'_>, name: &[u8], follow: bool) -> std::io::Result<OwnedFd> {
+    let flags = if follow {
+        dir_flags()
+    } else {
+        dir_flags() | OFlags::NOFOLLOW
+    };
+    Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
+}
+
+/// Refuses a directory opened that is not the one stated as `key`: it was
+/// replaced (renamed over, or a symlink followed to another) since.
+fn same_dir(fd: &OwnedFd, key: (u64, u64)) -> std::io::Result<()> {
+    let st = rustix::fs::fstat(fd)?;
+    let now = Meta::from(&st);
+    if (now.dev(), now.ino()) != key {
+        return Err(std::io::Error::other("it was replaced during the scan"));
+    }
+    Ok(())
+}
+
+/// Why directory `name` in `dir`, listed as a directory, could not be
+/// opened, when what is there now is not one.
+fn now_is(dir: BorrowedFd<'_>, name: &[u8]) -> Option<std::io::Error> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    let now = Meta::from(&st);
+    if now.is_symlink() {
+        Some(std::io::Error::other(
+            "it became a symlink during the scan (not followed)",
+        ))
+    } else if !now.is_dir() {
+        Some(std::io::Error::other("it is no longer a directory"))
+    } else {
+        None
+    }
+}
+
+/// The names in directory `dir` (without `.` and `..`), read from it.
+fn names_in(dir: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    let mut entries = rustix::fs::Dir::read_from(dir)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// What the walk needs of an entry's `stat`, from std's metadata (the roots)
+/// or from a `stat` relative to its directory (the rest).
 #[derive(Clone, Copy)]
 struct Meta {
     mode: u32,
@@ -911,6 +1197,95 @@ mod tests {
             (&b"y/z"[..], Some(PathBuf::from("/x/")))
         );
         assert_eq!(relative_root(b"/abs/path").name, b"abs/path");
+    }
+
+    /// Scans `src` recursively, swapping the directory listed as `swap`
+    /// for a symlink to `outside` as soon as the entry named `when` is sent:
+    /// the names sent and the errors.
+    fn scan_swapping(
+        src: &Path,
+        when: &str,
+        swap: &str,
+        outside: &Path,
+    ) -> (Vec<String>, Vec<String>) {
+        let opts = ScanOptions {
+            recursive: true,
+            links: true,
+            ..Default::default()
+        };
+        let (mut names, mut errors) = (Vec::new(), Vec::new());
+        let srcs = [format!("{}/", src.display()).into_bytes()];
+        scan::<()>(&srcs, &opts, &mut |item| {
+            match item {
+                ScanItem::Entry(e, _) => {
+                    let name = String::from_utf8(e.name).unwrap();
+                    if name == when {
+                        let path = src.join(swap);
+                        std::fs::rename(&path, src.with_file_name("moved")).unwrap();
+                        std::os::unix::fs::symlink(outside, &path).unwrap();
+                    }
+                    names.push(name);
+                }
+                ScanItem::Error(e) => errors.push(e),
+                ScanItem::Notice(_) => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+        (names, errors)
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_before_it_is_read_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, outside) = (t.path().join("src"), t.path().join("outside"));
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        std::fs::write(src.join("a/in"), "").unwrap();
+        std::fs::write(src.join("b"), "").unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "").unwrap();
+        let (names, errors) = scan_swapping(&src, "a", "a", &outside);
+        assert_eq!(names, [".", "a", "b"]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].ends_with("/src/a: it became a symlink during the scan (not followed)"),
+            "{errors:?}"
+        );
+    }
+
+    /// Below [`MAX_HELD_DIRS`] the walk lets a directory's handle go while
+    /// it is below it, and opens it again to visit the rest: what comes
+    /// after a subdirectory is still listed, and a directory swapped before
+    /// it is opened again is refused as it is higher up.
+    #[test]
+    fn deeper_than_the_held_handles_the_walk_opens_directories_again() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, outside) = (t.path().join("src"), t.path().join("outside"));
+        let deep = "d/".repeat(MAX_HELD_DIRS + 5);
+        let deep = deep.trim_end_matches('/');
+        std::fs::create_dir_all(src.join(deep).join("a/sub")).unwrap();
+        std::fs::create_dir_all(src.join(deep).join("c/sub")).unwrap();
+        std::fs::write(src.join(deep).join("a/z"), "").unwrap();
+        std::fs::write(src.join(deep).join("c/z"), "").unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "").unwrap();
+        std::fs::write(outside.join("z"), "").unwrap();
+        // `a/sub` is walked, then `a` is opened again for `a/z`; `c` is
+        // swapped while `c/sub` is walked, so opening it again finds a link
+        let (names, errors) = scan_swapping(
+            &src,
+            &format!("{deep}/c/sub"),
+            &format!("{deep}/c"),
+            &outside,
+        );
+        let below: Vec<&str> = names.iter().filter_map(|n| n.strip_prefix(deep)).collect();
+        assert_eq!(below, ["", "/a", "/a/sub", "/a/z", "/c", "/c/sub"]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].ends_with("/c: it became a symlink during the scan (not followed)"),
+            "{errors:?}"
+        );
+        assert!(!names.iter().any(|n| n.contains("secret")));
     }
 
     #[test]

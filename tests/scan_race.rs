@@ -1,0 +1,249 @@
+//! The sender's walk reads each directory from a handle opened beneath its
+//! parent's without following a symlink: a directory swapped for a symlink
+//! to somewhere else between being listed and being read is refused, never
+//! followed, whichever end walks (a local copy, the remote end over ssh, a
+//! daemon sending from a module); and a tree 1,000 directories deep is still
+//! walked under a limit of 256 open descriptors.
+//!
+//! The swap is staged with the scan's test hook: `FERRY_TEST_SCAN_PAUSE_AT`
+//! holds the walk at the directory it names, `FERRY_TEST_SCAN_PAUSE_FILE`
+//! says when to go on.
+
+mod util;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use util::*;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The file an outside directory holds, which no walk may list or copy.
+const SECRET: &str = "secret-outside-q7z";
+
+/// A tree to send (`a/` with a file, `b.txt`) beside a directory outside
+/// it holding [`SECRET`]; returns (tree, outside).
+fn staged(t: &Path) -> (PathBuf, PathBuf) {
+    let (tree, outside) = (t.join("tree"), t.join("outside"));
+    write(&tree.join("a/inside.txt"), "inside\n");
+    write(&tree.join("b.txt"), "b\n");
+    write(&outside.join(SECRET), "secret\n");
+    (tree, outside)
+}
+
+/// The hook's variables: hold the walk at `a` until `go` exists.
+fn hook_env(go: &Path) -> Vec<(String, String)> {
+    vec![
+        ("FERRY_TEST_HOOKS".into(), "1".into()),
+        ("FERRY_TEST_SCAN_PAUSE_AT".into(), "a".into()),
+        ("FERRY_TEST_SCAN_PAUSE_FILE".into(), s(go)),
+    ]
+}
+
+/// Once the walk waits at `tree/a` (it has listed `a` as a directory),
+/// replaces `a` with a symlink to `outside` and lets the walk go on.
+fn swap_when_waiting(run: &mut Child, go: &Path, tree: &Path, outside: &Path) {
+    let waiting = PathBuf::from(format!("{}.waiting", go.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting.exists() {
+        if let Ok(Some(st)) = run.try_wait() {
+            panic!("the run ended ({st}) before the walk reached a/");
+        }
+        assert!(Instant::now() < deadline, "the walk never reached a/");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::rename(tree.join("a"), tree.with_file_name("a-moved")).unwrap();
+    std::os::unix::fs::symlink(outside, tree.join("a")).unwrap();
+    write(go, "");
+}
+
+/// Waits (bounded) for a run started with piped output.
+fn finish(run: Child) -> std::process::Output {
+    let pid = run.id();
+    let out = std::thread::spawn(move || run.wait_with_output().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.is_finished() {
+        if Instant::now() > deadline {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("the run did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    out.join().unwrap()
+}
+
+/// What every end must show: `a` refused as the symlink it became, the
+/// run partial (exit 23), the rest sent, nothing of the outside listed or
+/// copied.
+fn assert_refused(o: &std::process::Output, back: &Path) {
+    let (err, out) = (stderr(o), stdout(o));
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    assert!(
+        err.contains("cannot read directory ")
+            && err.contains("a: it became a symlink during the scan (not followed)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(SECRET),
+        "the outside's names are shown: {err}"
+    );
+    assert!(
+        !out.contains(SECRET),
+        "the outside's names are shown: {out}"
+    );
+    assert!(
+        !back.join("a").join(SECRET).exists(),
+        "the outside's file was copied"
+    );
+    assert!(back.join("a").is_dir());
+    assert_eq!(std::fs::read_to_string(back.join("b.txt")).unwrap(), "b\n");
+}
+
+#[test]
+fn a_local_copy_does_not_follow_a_directory_swapped_for_a_symlink() {
+    let t = tmp();
+    let (tree, outside) = staged(t.path());
+    let (go, back) = (t.path().join("go"), t.path().join("back"));
+    let mut run = Command::new(ferry_bin())
+        .args(["sync", "-a", &format!("{}/", s(&tree)), &s(&back)])
+        .envs(hook_env(&go))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    swap_when_waiting(&mut run, &go, &tree, &outside);
+    assert_refused(&finish(run), &back);
+}
+
+/// The security case: a client pulling `host::m/` gets nothing from outside
+/// the module, not even a name, when a directory of the module becomes a
+/// symlink out of it while the daemon walks.
+#[test]
+fn a_daemon_pull_lists_nothing_outside_the_module_when_a_directory_is_swapped() {
+    let t = tmp();
+    let (module, outside) = staged(t.path());
+    let (go, back) = (t.path().join("go"), t.path().join("back"));
+    let wrapper: Vec<String> = std::iter::once("env".to_string())
+        .chain(hook_env(&go).into_iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let d = Daemon::spawn_in(
+        Daemon::keyed_setup(""),
+        &[("m", &module, false)],
+        &[],
+        &wrapper,
+        "127.0.0.1:0",
+    )
+    .unwrap_or_else(|log| panic!("daemon did not start: {log}"));
+    let mut run = Command::new(ferry_bin())
+        .arg("sync")
+        .args(d.client_args())
+        .args(["-av", &d.url("m/"), &s(&back)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    swap_when_waiting(&mut run, &go, &module, &outside);
+    let o = finish(run);
+    assert_refused(&o, &back);
+    assert!(!d.log().contains(SECRET), "{}", d.log());
+}
+
+#[test]
+fn an_ssh_pull_does_not_follow_a_directory_swapped_for_a_symlink() {
+    if !sshd_available() {
+        eprintln!("skipped: no sshd");
+        return;
+    }
+    let t = tmp();
+    let (tree, outside) = staged(t.path());
+    let (go, back) = (t.path().join("go"), t.path().join("back"));
+    let env: Vec<String> = hook_env(&go)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let sshd = Sshd::start_with_env(&env.join(" "), "");
+    let mut run = Command::new(ferry_bin())
+        .arg("sync")
+        .args(sshd.args())
+        .args(["-a", &format!("{}/", sshd.remote(&tree)), &s(&back)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    swap_when_waiting(&mut run, &go, &tree, &outside);
+    assert_refused(&finish(run), &back);
+}
+
+/// `src/d/d/…/d/f`, `depth` directories below `src`, made one level at a
+/// time (a whole path this long is near PATH_MAX).
+fn deep_tree(src: &Path, depth: usize) {
+    let mut dir = src.to_path_buf();
+    for _ in 0..depth {
+        dir.push("d");
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    write(&dir.join("f"), "deep\n");
+    write(&src.join("top.txt"), "top\n");
+}
+
+/// The bottom file of [`deep_tree`] under `root`.
+fn deep_file(root: &Path, depth: usize) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for _ in 0..depth {
+        p.push("d");
+    }
+    p.join("f")
+}
+
+/// `sh -c 'ulimit -n 256; exec "$@"'`: what follows runs with at most 256
+/// open descriptors.
+const LIMITED: [&str; 4] = ["sh", "-c", "ulimit -n 256 && exec \"$@\"", "sh"];
+
+#[test]
+fn a_tree_a_thousand_directories_deep_is_walked_with_256_descriptors() {
+    let t = tmp();
+    let (src, back) = (t.path().join("src"), t.path().join("back"));
+    deep_tree(&src, 1000);
+    let o = Command::new(LIMITED[0])
+        .args(&LIMITED[1..])
+        .arg(ferry_bin())
+        .args(["sync", "-a", &format!("{}/", s(&src)), &s(&back)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(deep_file(&back, 1000)).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(back.join("top.txt")).unwrap(),
+        "top\n"
+    );
+
+    // a daemon with the same limit sends the same tree from a module
+    let back2 = t.path().join("back2");
+    let d = Daemon::spawn_in(
+        Daemon::keyed_setup(""),
+        &[("m", &src, false)],
+        &[],
+        &LIMITED,
+        "127.0.0.1:0",
+    )
+    .unwrap_or_else(|log| panic!("daemon did not start: {log}"));
+    let o = ferry(
+        ["sync".to_string()]
+            .into_iter()
+            .chain(d.client_args())
+            .chain(["-a".into(), d.url("m/"), s(&back2)]),
+    );
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log());
+    assert_eq!(
+        std::fs::read_to_string(deep_file(&back2, 1000)).unwrap(),
+        "deep\n"
+    );
+}
