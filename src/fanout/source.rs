@@ -1113,7 +1113,8 @@ struct Windows<'a> {
     /// How long the reader waits for a window's answers.
     wait: Duration,
     current: Option<Taken>,
-    next: Option<u32>,
+    /// The next window's id and end.
+    next: Option<(u32, (u32, u32))>,
 }
 
 impl Windows<'_> {
@@ -1121,7 +1122,7 @@ impl Windows<'_> {
     /// delta's, read in order).
     fn at(&mut self, file: u32, piece: u32, cancelled: &dyn Fn() -> bool) -> &Taken {
         while self.current.as_ref().is_none_or(|c| (file, piece) >= c.end) {
-            let Some(id) = self.next.take().or_else(|| self.ask_next()) else {
+            let Some((id, end)) = self.next.take().or_else(|| self.ask_next()) else {
                 // (not reached: every delta piece is in a window)
                 self.current = Some(Taken {
                     end: (u32::MAX, u32::MAX),
@@ -1131,15 +1132,18 @@ impl Windows<'_> {
             };
             self.next = self.ask_next();
             self.current = None; // dropped before the next is taken
-            self.current = Some(self.hints.take(id, self.wait, cancelled));
+            let mut taken = self.hints.take(id, self.wait, cancelled);
+            taken.end = end;
+            self.current = Some(taken);
         }
         self.current.as_ref().expect("set")
     }
 
-    fn ask_next(&mut self) -> Option<u32> {
+    /// Asks about the next window: its id and end.
+    fn ask_next(&mut self) -> Option<(u32, (u32, u32))> {
         let (id, runs, end) = self.plan.next()?;
         self.hints.ask(id, runs, end, self.writers);
-        Some(id)
+        Some((id, end))
     }
 }
 
