@@ -890,3 +890,94 @@ impl Hop {
         self.cancelled.load(Ordering::SeqCst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::manifest::Entry;
+
+    /// A hop over one file of `size` bytes whose old data (`old`) is at
+    /// its path.
+    fn hop_with_old(dir: &std::path::Path, old: &[u8], size: u64) -> (Hop, Vec<u32>) {
+        std::fs::write(dir.join("f"), old).unwrap();
+        let manifest = Manifest {
+            entries: vec![Entry {
+                path: b"f".to_vec(),
+                kind: Kind::File,
+                mode: 0o644,
+                mtime: 0,
+                mtime_ns: 0,
+                size,
+                target: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        let ticket = Ticket {
+            job: [1; 16],
+            expires: i64::MAX,
+            signer: [2; 32],
+            hosts: Vec::new(),
+            manifest_root: manifest.root(),
+            stall_ms: 1000,
+        };
+        let dest = Dest::open(dir, false).unwrap();
+        Hop::start(ticket, Vec::new(), 0, manifest, dest).unwrap()
+    }
+
+    fn old_data(n: usize) -> Vec<u8> {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect()
+    }
+
+    /// The hop's memory bound: it holds at most [`WINDOWS_HELD`] windows
+    /// indexed, and answers the next question only once the live stream
+    /// has passed the oldest; what it tells is the old data's in-place
+    /// pieces and chunks near the asked ones.
+    #[test]
+    fn a_hop_answers_a_window_only_with_room_and_tells_what_its_old_data_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let n = WINDOWS_HELD as u32 + 1;
+        let old = old_data((n as u64 * PIECE) as usize);
+        let (hop, with_old) = hop_with_old(d.path(), &old, n as u64 * PIECE);
+        assert_eq!(with_old, vec![0]);
+        let hop = Arc::new(hop);
+        for w in 0..WINDOWS_HELD as u32 {
+            let Some(Msg::Hints { pieces, chunks, .. }) = hop.hints(w, &[(0, w, 1)]).unwrap()
+            else {
+                panic!("no hints");
+            };
+            let (a, b) = piece_range(n as u64 * PIECE, w);
+            let hash = *blake3::hash(&old[a as usize..b as usize]).as_bytes();
+            assert_eq!(pieces, vec![(0, w, hash)]);
+            // in place: the old data's chunks where the copy holds them
+            assert!(chunks.len() > (PIECE as usize / crate::chunk::MAX_CHUNK));
+            assert!(chunks.iter().all(|(_, at)| at.is_some_and(|(f, _)| f == 0)));
+        }
+        // a fifth window waits until the live stream passes the first
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = hop.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(h.hints(WINDOWS_HELD as u32, &[(0, n - 1, 1)]));
+        });
+        let wait = std::time::Duration::from_millis(300);
+        assert!(rx.recv_timeout(wait).is_err(), "answered with no room");
+        hop.passed(0, 0, true);
+        assert!(matches!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(Ok(Some(Msg::Hints { .. })))
+        ));
+        // asking about more than a window at once is the source's fault
+        let d2 = tempfile::tempdir().unwrap();
+        let big = 9 * PIECE;
+        let (hop, _) = hop_with_old(d2.path(), b"old", big);
+        assert!(matches!(hop.hints(0, &[(0, 0, 9)]), Err(Fault::Peer(_))));
+        assert!(matches!(hop.hints(0, &[(0, 8, 2)]), Err(Fault::Peer(_))));
+    }
+}
