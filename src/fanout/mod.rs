@@ -120,8 +120,8 @@ pub fn receive_pace_hook() -> Option<std::time::Duration> {
 
 /// The test hook for a host slow to look at what it holds: with
 /// `FERRY_TEST_HOOKS=1`, `FERRY_TEST_FANOUT_READY_DELAY_MS=N` makes a daemon
-/// wait N ms before it answers a job's start (as a host indexing a large
-/// previous checkpoint would).
+/// wait N ms before it answers a job's start (as a host copying a large
+/// previous checkpoint into its new temporary file would).
 pub fn ready_delay_hook() -> Option<std::time::Duration> {
     hook_ms("FERRY_TEST_FANOUT_READY_DELAY_MS")
 }
