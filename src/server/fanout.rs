@@ -323,7 +323,9 @@ fn run_control(
     // a thread of their own: an answer waits until the live stream has
     // passed an older window (the hop's memory bound), and orders must
     // not wait behind it
-    let (atx, arx) = std::sync::mpsc::channel::<(u32, Vec<(u32, u32, u32)>)>();
+    // (a source asks one window ahead, and again after each window it
+    // gave up waiting for: more questions queued than this is misbehavior)
+    let (atx, arx) = std::sync::mpsc::sync_channel::<(u32, Vec<(u32, u32, u32)>)>(64);
     {
         let (hop, writer) = (hop.clone(), writer.clone());
         std::thread::spawn(move || {
@@ -345,6 +347,7 @@ fn run_control(
     let (tx, rx) = std::sync::mpsc::channel();
     let order = hop.order.clone();
     let moved_set = hop.moved.clone();
+    let asks_hop = hop.clone();
     let n = hop.ticket.hosts.len();
     std::thread::spawn(move || loop {
         match wire::recv(&mut reader, wire::SMALL) {
@@ -352,7 +355,11 @@ fn run_control(
                 let _ = tx.send(true);
             }
             Ok(Some(Msg::Ask { window, runs })) => {
-                let _ = atx.send((window, runs));
+                if let Err(std::sync::mpsc::TrySendError::Full(_)) = atx.try_send((window, runs)) {
+                    // (the job's loop reports it to the source)
+                    asks_hop.fail("the source asked about over 64 windows at once".into());
+                    return;
+                }
             }
             Ok(Some(Msg::Order { hosts, moved }))
                 if hosts.iter().chain(&moved).all(|&h| (h as usize) < n) =>
