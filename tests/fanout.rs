@@ -42,23 +42,25 @@ impl Chain {
         listen: &str,
         reuse: Option<tempfile::TempDir>,
     ) -> Daemon {
-        let dir = reuse.unwrap_or_else(|| {
-            let dir = tmp();
-            let daemon = dir.path().join("daemon");
-            std::fs::create_dir(&daemon).unwrap();
-            chmod(&daemon, 0o700);
-            std::fs::create_dir(dir.path().join("m")).unwrap();
-            let public = std::fs::read_to_string(client.path().join("id_ed25519.pub")).unwrap();
-            // host 90+ is a stranger to the client key (see the refusal test)
-            let keys = if i >= 90 { String::new() } else { public };
-            write(&daemon.join("authorized_keys"), keys);
-            chmod(&daemon.join("authorized_keys"), 0o600);
-            dir
-        });
+        let dir = reuse.unwrap_or_else(|| Chain::prepare(client, i, tmp()));
         let module = dir.path().join("m");
         let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         Daemon::spawn_in(dir, &[("m", &module, false)], &[], &w, listen)
             .unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
+    /// Makes `dir` a daemon's: its key directory, authorized_keys, module.
+    fn prepare(client: &tempfile::TempDir, i: usize, dir: tempfile::TempDir) -> tempfile::TempDir {
+        let daemon = dir.path().join("daemon");
+        std::fs::create_dir(&daemon).unwrap();
+        chmod(&daemon, 0o700);
+        std::fs::create_dir(dir.path().join("m")).unwrap();
+        let public = std::fs::read_to_string(client.path().join("id_ed25519.pub")).unwrap();
+        // host 90+ is a stranger to the client key (see the refusal test)
+        let keys = if i >= 90 { String::new() } else { public };
+        write(&daemon.join("authorized_keys"), keys);
+        chmod(&daemon.join("authorized_keys"), 0o600);
+        dir
     }
 
     fn dest(&self, i: usize) -> String {
@@ -720,5 +722,135 @@ fn a_host_missed_at_the_start_makes_the_run_partial_and_resume_repairs_it() {
         let o = run_bounded(c);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         assert_same_tree(&src, &chain.out(slow), true);
+    }
+}
+
+/// A scratch directory in memory (`/dev/shm`) when there is one: the files
+/// of the memory test are large, and publishing them fsyncs. A page of a
+/// file in tmpfs is not part of a process's VmHWM.
+fn scratch() -> tempfile::TempDir {
+    let mut b = tempfile::Builder::new();
+    b.prefix("ferry-fanmem-");
+    if Path::new("/dev/shm").is_dir() {
+        b.tempdir_in("/dev/shm").unwrap()
+    } else {
+        b.tempdir().unwrap()
+    }
+}
+
+/// A process's peak resident memory so far, in KiB (VmHWM).
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// One fan-out of v2 of a file of `size` bytes to two fresh daemons that
+/// hold v1 at the destination path (a previous checkpoint): v2 rewrites 1
+/// MiB in place and inserts 100 KiB before it (shifting what follows
+/// within a piece). Returns the source's and the daemons' peak RSS (KiB)
+/// and the bytes each host received.
+fn delta_run(size: usize) -> (u64, Vec<u64>, Vec<u64>) {
+    let client = tmp();
+    ok(ferry([
+        "keygen",
+        "-C",
+        "fanout-client",
+        "--config-dir",
+        &client.path().display().to_string(),
+    ]));
+    let v1 = random_bytes(size, 21);
+    let hosts: Vec<Daemon> = (0..2)
+        .map(|i| {
+            let dir = Chain::prepare(&client, i, scratch());
+            std::fs::create_dir(dir.path().join("m/out")).unwrap();
+            write(&dir.path().join("m/out/model.bin"), &v1);
+            Chain::spawn(&client, i, vec![], "127.0.0.1:0", Some(dir))
+        })
+        .collect();
+    let chain = Chain { client, hosts };
+    let work = scratch();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut v2 = v1;
+    let at = size / 2;
+    v2[at..at + MIB].copy_from_slice(&random_bytes(MIB, 22));
+    let insert = random_bytes(100 << 10, 23);
+    v2.splice(size / 4..size / 4, insert);
+    write(&src.join("model.bin"), &v2);
+    drop(v2);
+    let rss = work.path().join("source-rss");
+    let mut c = Command::new("/usr/bin/time");
+    c.args(["-f", "%M", "-o"])
+        .arg(&rss)
+        .arg(ferry_bin())
+        .arg("fanout")
+        .args(chain.args())
+        .args(["-a", "--json"])
+        .arg(contents(&src));
+    for i in 0..chain.hosts.len() {
+        c.arg(chain.dest(i));
+    }
+    let o = run_bounded(c);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    let source_kib = std::fs::read_to_string(&rss)
+        .unwrap()
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut daemons = Vec::new();
+    let mut received = Vec::new();
+    for (i, h) in v["hosts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h["state"], "done", "{v}");
+        received.push(h["bytes_received"].as_u64().unwrap());
+        daemons.push(vm_hwm_kib(chain.hosts[i].pid()));
+        assert_same_tree(&src, &chain.out(i), true);
+    }
+    (source_kib, daemons, received)
+}
+
+/// Issue 21, "memory per hop bounded and independent of the file size":
+/// with delta (every host holding the previous checkpoint), a hop used to
+/// index every chunk of its old data and send all their names at the start,
+/// and the source to keep them, ~20 MB per GiB on each. Now both hold only
+/// a few windows' worth: their peak RSS stays within 4 MiB when the file
+/// grows from 128 to 512 MiB, and each host still receives about the
+/// change (an edit in place and an insertion that shifts the rest).
+#[test]
+fn memory_per_hop_stays_flat_when_a_delta_file_grows_fourfold() {
+    let (small_src, small_d, small_rx) = delta_run(128 * MIB);
+    let (big_src, big_d, big_rx) = delta_run(512 * MIB);
+    eprintln!(
+        "source peak RSS {small_src} -> {big_src} KiB; daemons {small_d:?} -> {big_d:?} KiB; received {small_rx:?} / {big_rx:?} bytes"
+    );
+    const MARGIN_KIB: u64 = 4 << 10;
+    assert!(
+        big_src <= small_src + MARGIN_KIB,
+        "the source's peak RSS grew from {small_src} to {big_src} KiB with the file"
+    );
+    for i in 0..2 {
+        assert!(
+            big_d[i] <= small_d[i] + MARGIN_KIB,
+            "host {i}'s peak RSS grew from {} to {} KiB with the file",
+            small_d[i],
+            big_d[i]
+        );
+    }
+    // the change is 1.1 MiB; what follows the insertion is named by
+    // reference (~40 bytes a chunk, under 1% of it)
+    for (size, rx) in [(128 * MIB, &small_rx), (512 * MIB, &big_rx)] {
+        for (i, &r) in rx.iter().enumerate() {
+            assert!(
+                r > MIB as u64 && (r as f64) < 0.02 * size as f64,
+                "host {i} received {r} bytes of a {size}-byte file for a 1.1 MiB change"
+            );
+        }
     }
 }

@@ -17,8 +17,9 @@
 use super::manifest::{Kind, Manifest};
 use super::relay::{Fwd, Pieces, Report};
 use super::ticket::{piece_signed, Ticket};
-use super::{piece_range, pieces, PIECE};
-use crate::chunk::ChunkHash;
+use super::wire::Msg;
+use super::{piece_range, pieces, PIECE, WINDOW};
+use crate::chunk::{ChunkHash, MAX_CHUNK};
 use crate::fs::dest::{Dest, Meta, TempFile};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -33,6 +34,8 @@ pub const QUEUE: usize = 16;
 
 struct FileState {
     temp: Option<TempFile>,
+    /// The old data the temporary copy started from, if any.
+    old: Option<Old>,
     /// Per piece: its signed hash and signature once committed.
     committed: Vec<Option<([u8; 32], [u8; 64])>>,
     left: u32,
@@ -41,10 +44,14 @@ struct FileState {
 
 struct State {
     dest: Dest,
-    /// Old data (the files at the manifest's paths, or partial files) and
-    /// where each of its chunks is: what a [`Msg::Ref`] names.
-    bases: Vec<std::fs::File>,
-    chunks: HashMap<ChunkHash, OldAt>,
+    /// Old data (the files at the manifest's paths, or partial files).
+    bases: Vec<Arc<std::fs::File>>,
+    /// The chunks of old data near the pieces of each window the source
+    /// asked about and the live stream has not passed yet (what a
+    /// `Msg::Ref` names), oldest first, at most [`WINDOWS_HELD`].
+    windows: VecDeque<OldWindow>,
+    /// The live stream has brought everything before this (file, piece).
+    passed: (u32, u32),
     files: HashMap<u32, FileState>,
     received: u64,
     committed_bytes: u64,
@@ -59,25 +66,38 @@ struct State {
     reports: VecDeque<Report>,
 }
 
-/// What a hop holds before any data comes: per file with old data the
-/// BLAKE3 of each of its pieces, and the names of the old data's chunks
-/// (with where each sits in place in a new file's temporary copy).
-pub struct Held {
-    pub pieces: Vec<(u32, Vec<[u8; 32]>)>,
-    pub chunks: Vec<super::wire::OldChunk>,
+/// A file's old data: its basis (an index into `State::bases`), its length,
+/// and how much of it the temporary copy holds in place (its whole pieces,
+/// copied at the start).
+#[derive(Debug, Clone, Copy)]
+struct Old {
+    basis: usize,
+    len: u64,
+    copied: u64,
 }
 
 /// Where an old chunk is: its basis (an index into `State::bases`), offset
-/// and length there, and whether the new file's temporary copy holds it at
-/// the same offset (the basis is that file's own old data, and the chunk
-/// lies in the whole pieces copied from it): then (that file, offset).
+/// and length there.
 #[derive(Debug, Clone, Copy)]
 struct OldAt {
     basis: usize,
     offset: u64,
     len: u32,
-    in_place: Option<u32>,
 }
+
+/// The chunks of old data indexed for one window the source asked about,
+/// kept until the live stream passes `end` (its last piece's next position).
+struct OldWindow {
+    end: (u32, u32),
+    chunks: HashMap<ChunkHash, OldAt>,
+}
+
+/// Windows a hop keeps indexed at once: it answers the source's next
+/// question only when the live stream has passed the oldest, so that the
+/// index never holds more than this many windows whatever the file's size
+/// (and a source never reads more than this many windows ahead of the
+/// slowest host of the chain that is on the live stream).
+pub const WINDOWS_HELD: usize = 4;
 
 /// What a chunk reference costs on the wire, counted as received.
 const REF_COST: u64 = 40;
@@ -125,19 +145,19 @@ impl Hop {
     /// Opens the destination (`dest`, made if missing), makes the manifest's
     /// directories and symlinks, and finds the old data each file can start
     /// from (a partial file an interrupted job left, or the file at its
-    /// path). Returns the hop and what it holds already: per file with old
-    /// data its piece hashes, and the names of the old data's chunks.
+    /// path), copying its whole pieces into the new temporary file. Returns
+    /// the hop and the files whose temporary copy starts so (what they hold
+    /// is told per window, when asked: [`Hop::hints`]).
     pub fn start(
         ticket: Ticket,
         ticket_bytes: Vec<u8>,
         index: usize,
         manifest: Manifest,
         mut dest: Dest,
-    ) -> Result<(Hop, Held), String> {
+    ) -> Result<(Hop, Vec<u32>), String> {
         let mut files = HashMap::new();
-        let mut have = Vec::new();
+        let mut with_old = Vec::new();
         let mut bases = Vec::new();
-        let mut chunks = HashMap::new();
         for (i, e) in manifest.entries.iter().enumerate() {
             let shown = dest.show(&e.path);
             match e.kind {
@@ -170,22 +190,26 @@ impl Hop {
                     temp.file
                         .set_len(e.size)
                         .map_err(|x| format!("{shown}: {}", io_text(&x)))?;
+                    let mut old = None;
                     if let Some(b) = basis {
-                        let hashes = copy_basis(&b, &mut temp, e.size)
-                            .map_err(|x| format!("{shown}: {}", io_text(&x)))?;
                         // the temporary copy holds the old bytes up to here
-                        let copied = (hashes.len() as u64 * PIECE).min(e.size);
-                        if !hashes.is_empty() {
-                            have.push((i as u32, hashes));
-                        }
-                        index_chunks(&b, bases.len(), (i as u32, copied), &mut chunks)
+                        let (len, copied) = copy_basis(&b, &mut temp, e.size)
                             .map_err(|x| format!("{shown}: {}", io_text(&x)))?;
-                        bases.push(b);
+                        if len > 0 {
+                            with_old.push(i as u32);
+                            old = Some(Old {
+                                basis: bases.len(),
+                                len,
+                                copied,
+                            });
+                            bases.push(Arc::new(b));
+                        }
                     }
                     files.insert(
                         i as u32,
                         FileState {
                             temp: Some(temp),
+                            old,
                             committed: vec![None; n as usize],
                             left: n,
                             published: false,
@@ -209,7 +233,8 @@ impl Hop {
             state: Mutex::new(State {
                 dest,
                 bases,
-                chunks,
+                windows: VecDeque::new(),
+                passed: (0, 0),
                 files,
                 received: 0,
                 committed_bytes: 0,
@@ -236,18 +261,150 @@ impl Hop {
         for i in empty {
             hop.publish(&mut lock(&hop.state), i)?;
         }
-        let names = lock(&hop.state)
-            .chunks
-            .iter()
-            .map(|(name, at)| (*name, at.in_place.map(|f| (f, at.offset))))
-            .collect();
-        Ok((
-            hop,
-            Held {
-                pieces: have,
-                chunks: names,
-            },
-        ))
+        Ok((hop, with_old))
+    }
+
+    /// Answers the source's [`Msg::Ask`](super::wire::Msg::Ask) for window
+    /// `window`: per asked piece whose temporary copy holds old data, its
+    /// BLAKE3; and the chunks of each file's old data from a margin before
+    /// its asked pieces to a margin after them (the margin: the run's own
+    /// length, at most one piece), indexed for the chunk references to come.
+    /// Waits first until fewer than [`WINDOWS_HELD`] windows are held (the
+    /// live stream passes the oldest); `None` if the job ends meanwhile.
+    ///
+    /// So the index holds at most `WINDOWS_HELD` windows of at most
+    /// [`WINDOW`] bytes of new data each, every byte indexed against at most
+    /// three of old data: at most 96 MiB of old data, ~24,600 chunks of 4
+    /// KiB or more, a few MB, whatever the files' sizes. A chunk that moved
+    /// further than the margin, or into another file, is not found (it is
+    /// sent again).
+    pub fn hints(&self, window: u32, runs: &[(u32, u32, u32)]) -> Result<Option<Msg>, Fault> {
+        // what was asked: files of the manifest, pieces they have, in order,
+        // within one window
+        let mut bytes = 0u64;
+        let mut count = 0usize;
+        let mut last: Option<(u32, u32)> = None;
+        for &(file, first, n) in runs {
+            let size = self.size_of(file).map_err(Fault::Peer)?;
+            let end = first.checked_add(n).filter(|&e| n > 0 && e <= pieces(size));
+            let Some(end) = end else {
+                return Err(Fault::Peer(format!(
+                    "asked about pieces {first}..{} of file {file}, which has {}",
+                    first as u64 + n as u64,
+                    pieces(size)
+                )));
+            };
+            if last.is_some_and(|l| (file, first) <= l) {
+                return Err(Fault::Peer("asked about pieces out of order".into()));
+            }
+            last = Some((file, end - 1));
+            bytes += piece_range(size, end - 1).1 - piece_range(size, first).0;
+            count += n as usize;
+        }
+        if bytes > WINDOW || count > super::wire::MAX_ASK {
+            return Err(Fault::Peer(format!(
+                "asked about {count} pieces, {bytes} bytes at once"
+            )));
+        }
+        let Some(last) = last else {
+            return Ok(Some(Msg::Hints {
+                window,
+                pieces: Vec::new(),
+                chunks: Vec::new(),
+            }));
+        };
+        // room for one more window
+        loop {
+            if self.is_cancelled() {
+                return Ok(None);
+            }
+            if lock(&self.state).windows.len() < WINDOWS_HELD {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // what to read, taken under the lock, read without it
+        let todo: Vec<(u32, u32, u32, Old, Arc<std::fs::File>)> = {
+            let s = lock(&self.state);
+            runs.iter()
+                .filter_map(|&(file, first, n)| {
+                    let old = s.files.get(&file)?.old?;
+                    Some((file, first, n, old, s.bases[old.basis].clone()))
+                })
+                .collect()
+        };
+        let mut chunks: HashMap<ChunkHash, OldAt> = HashMap::new();
+        let mut names = Vec::new();
+        let mut hashes = Vec::new();
+        for (file, first, n, old, basis) in todo {
+            let size = self.size_of(file).map_err(Fault::Peer)?;
+            let a = piece_range(size, first).0;
+            let b = piece_range(size, first + n - 1).1;
+            let margin = (b - a).min(PIECE);
+            let from = a.saturating_sub(margin).min(old.len);
+            let to = (b + margin).min(old.len);
+            // the pieces the temporary copy holds in place, hashed as read
+            let mut span = Span {
+                file: &basis,
+                at: from,
+                end: (to + MAX_CHUNK as u64).min(old.len),
+                pieces: (first..first + n)
+                    .map(|p| (p, piece_range(size, p)))
+                    .filter(|&(_, (_, pb))| pb <= old.copied)
+                    .map(|(p, (pa, pb))| (p, pa, pb, blake3::Hasher::new()))
+                    .collect(),
+            };
+            let read_old =
+                |e: io::Error| Fault::Local(format!("reading old data: {}", io_text(&e)));
+            {
+                let mut c = crate::chunk::Chunker::chunks_only(&mut span);
+                while let Some((chunk, _)) = c.next_chunk().map_err(read_old)? {
+                    let at = from + chunk.offset;
+                    if at >= to {
+                        break;
+                    }
+                    if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(chunk.hash) {
+                        let end = at + chunk.len as u64;
+                        v.insert(OldAt {
+                            basis: old.basis,
+                            offset: at,
+                            len: chunk.len,
+                        });
+                        names.push((chunk.hash, (end <= old.copied).then_some((file, at))));
+                    }
+                }
+            }
+            let b_hashed = span.pieces.last().map_or(0, |p| p.2);
+            span.read_to(b_hashed).map_err(read_old)?;
+            for (p, _, _, h) in span.pieces {
+                hashes.push((file, p, *h.finalize().as_bytes()));
+            }
+        }
+        let mut s = lock(&self.state);
+        let end = (last.0, last.1 + 1);
+        // a window the live stream passed already (the source went on
+        // without this answer) is not kept
+        if s.passed < end {
+            s.windows.push_back(OldWindow { end, chunks });
+        }
+        Ok(Some(Msg::Hints {
+            window,
+            pieces: hashes,
+            chunks: names,
+        }))
+    }
+
+    /// The live stream (not a re-sent piece) has reached `file`'s `piece`
+    /// (`ended`: and has ended it): the windows before that are dropped.
+    pub fn passed(&self, file: u32, piece: u32, ended: bool) {
+        let pos = (file, piece.saturating_add(ended as u32));
+        let mut s = lock(&self.state);
+        if pos > s.passed {
+            s.passed = pos;
+            while s.windows.front().is_some_and(|w| w.end <= pos) {
+                s.windows.pop_front();
+            }
+        }
     }
 
     /// Writes bytes of an old chunk; an unknown chunk writes nothing (the
@@ -273,8 +430,7 @@ impl Hop {
             basis: b,
             offset: at,
             len: clen,
-            ..
-        }) = s.chunks.get(chunk)
+        }) = s.windows.iter().find_map(|w| w.chunks.get(chunk))
         else {
             return Ok(());
         };
@@ -469,9 +625,11 @@ impl Hop {
         out
     }
 
-    /// The source has sent everything.
+    /// The source has sent everything: no chunk will be named any more.
     pub fn saw_end(&self) {
-        lock(&self.state).end_seen = true;
+        let mut s = lock(&self.state);
+        s.end_seen = true;
+        s.windows.clear();
     }
 
     /// Whether every file is published; the first time it is, the
@@ -582,51 +740,74 @@ pub fn hash_range(file: &std::fs::File, a: u64, b: u64) -> io::Result<[u8; 32]> 
     Ok(*h.finalize().as_bytes())
 }
 
-/// Copies the old data's whole pieces into the new temporary file, returning
-/// each copied piece's hash (the pieces upstream need not send if they match).
-fn copy_basis(basis: &std::fs::File, temp: &mut TempFile, size: u64) -> io::Result<Vec<[u8; 32]>> {
+/// Copies the old data's whole pieces into the new temporary file; returns
+/// the old data's length and how far the copy reaches (its whole pieces).
+fn copy_basis(basis: &std::fs::File, temp: &mut TempFile, size: u64) -> io::Result<(u64, u64)> {
     use std::os::unix::fs::FileExt;
-    let len = basis.metadata()?.len().min(size);
-    let mut out = Vec::new();
+    let len = basis.metadata()?.len();
     let mut buf = vec![0u8; super::FRAME];
+    let mut copied = 0;
     for p in 0..pieces(size) {
         let (a, b) = piece_range(size, p);
         if b > len {
             break;
         }
-        let mut h = blake3::Hasher::new();
         let mut at = a;
         while at < b {
             let n = ((b - at) as usize).min(buf.len());
             basis.read_exact_at(&mut buf[..n], at)?;
             temp.file.write_all_at(&buf[..n], at)?;
-            h.update(&buf[..n]);
             at += n as u64;
         }
-        out.push(*h.finalize().as_bytes());
+        copied = b;
     }
-    Ok(out)
+    Ok((len, copied))
 }
 
-/// Indexes the content-defined chunks of old data `b`, which the temporary
-/// copy of file `copy.0` holds in place up to `copy.1`.
-fn index_chunks(
-    basis: &std::fs::File,
-    b: usize,
-    copy: (u32, u64),
-    into: &mut HashMap<ChunkHash, OldAt>,
-) -> io::Result<()> {
-    let mut c = crate::chunk::Chunker::chunks_only(basis);
-    while let Some((chunk, _)) = c.next_chunk()? {
-        let end = chunk.offset + chunk.len as u64;
-        into.entry(chunk.hash).or_insert(OldAt {
-            basis: b,
-            offset: chunk.offset,
-            len: chunk.len,
-            in_place: (end <= copy.1).then_some(copy.0),
-        });
+/// Old data read from `at` to `end` in order (for the chunker), hashing the
+/// whole pieces in `pieces` (number, start, end, hash so far) as it goes.
+struct Span<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+    end: u64,
+    pieces: Vec<(u32, u64, u64, blake3::Hasher)>,
+}
+
+impl io::Read for Span<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = ((self.end.saturating_sub(self.at)) as usize).min(buf.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = std::os::unix::fs::FileExt::read_at(self.file, &mut buf[..n], self.at)?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the old data shrank while it was read",
+            ));
+        }
+        let (a, b) = (self.at, self.at + got as u64);
+        for (_, pa, pb, h) in &mut self.pieces {
+            let (s, t) = (a.max(*pa), b.min(*pb));
+            if s < t {
+                h.update(&buf[(s - a) as usize..(t - a) as usize]);
+            }
+        }
+        self.at = b;
+        Ok(got)
     }
-    Ok(())
+}
+
+impl Span<'_> {
+    /// Reads on (for the pieces' hashes) until `to`.
+    fn read_to(&mut self, to: u64) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 << 10];
+        while self.at < to.min(self.end) {
+            let n = ((to - self.at) as usize).min(buf.len());
+            io::Read::read(self, &mut buf[..n])?;
+        }
+        Ok(())
+    }
 }
 
 trait WriteAt {
@@ -707,5 +888,96 @@ impl Pieces for Hop {
 impl Hop {
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::manifest::Entry;
+
+    /// A hop over one file of `size` bytes whose old data (`old`) is at
+    /// its path.
+    fn hop_with_old(dir: &std::path::Path, old: &[u8], size: u64) -> (Hop, Vec<u32>) {
+        std::fs::write(dir.join("f"), old).unwrap();
+        let manifest = Manifest {
+            entries: vec![Entry {
+                path: b"f".to_vec(),
+                kind: Kind::File,
+                mode: 0o644,
+                mtime: 0,
+                mtime_ns: 0,
+                size,
+                target: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        let ticket = Ticket {
+            job: [1; 16],
+            expires: i64::MAX,
+            signer: [2; 32],
+            hosts: Vec::new(),
+            manifest_root: manifest.root(),
+            stall_ms: 1000,
+        };
+        let dest = Dest::open(dir, false).unwrap();
+        Hop::start(ticket, Vec::new(), 0, manifest, dest).unwrap()
+    }
+
+    fn old_data(n: usize) -> Vec<u8> {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect()
+    }
+
+    /// The hop's memory bound: it holds at most [`WINDOWS_HELD`] windows
+    /// indexed, and answers the next question only once the live stream
+    /// has passed the oldest; what it tells is the old data's in-place
+    /// pieces and chunks near the asked ones.
+    #[test]
+    fn a_hop_answers_a_window_only_with_room_and_tells_what_its_old_data_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let n = WINDOWS_HELD as u32 + 1;
+        let old = old_data((n as u64 * PIECE) as usize);
+        let (hop, with_old) = hop_with_old(d.path(), &old, n as u64 * PIECE);
+        assert_eq!(with_old, vec![0]);
+        let hop = Arc::new(hop);
+        for w in 0..WINDOWS_HELD as u32 {
+            let Some(Msg::Hints { pieces, chunks, .. }) = hop.hints(w, &[(0, w, 1)]).unwrap()
+            else {
+                panic!("no hints");
+            };
+            let (a, b) = piece_range(n as u64 * PIECE, w);
+            let hash = *blake3::hash(&old[a as usize..b as usize]).as_bytes();
+            assert_eq!(pieces, vec![(0, w, hash)]);
+            // in place: the old data's chunks where the copy holds them
+            assert!(chunks.len() > (PIECE as usize / crate::chunk::MAX_CHUNK));
+            assert!(chunks.iter().all(|(_, at)| at.is_some_and(|(f, _)| f == 0)));
+        }
+        // a fifth window waits until the live stream passes the first
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = hop.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(h.hints(WINDOWS_HELD as u32, &[(0, n - 1, 1)]));
+        });
+        let wait = std::time::Duration::from_millis(300);
+        assert!(rx.recv_timeout(wait).is_err(), "answered with no room");
+        hop.passed(0, 0, true);
+        assert!(matches!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(Ok(Some(Msg::Hints { .. })))
+        ));
+        // asking about more than a window at once is the source's fault
+        let d2 = tempfile::tempdir().unwrap();
+        let big = 9 * PIECE;
+        let (hop, _) = hop_with_old(d2.path(), b"old", big);
+        assert!(matches!(hop.hints(0, &[(0, 0, 9)]), Err(Fault::Peer(_))));
+        assert!(matches!(hop.hints(0, &[(0, 8, 2)]), Err(Fault::Peer(_))));
     }
 }

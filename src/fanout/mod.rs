@@ -49,10 +49,43 @@ pub mod wire;
 
 /// Bytes per verified piece (what a hop commits, or refuses, at once).
 pub const PIECE: u64 = 4 << 20;
+/// Most bytes of new data one window of a delta's hints covers: the source
+/// asks every host what it holds a window at a time, just ahead of its
+/// reader ([`wire::Msg::Ask`]), and each host indexes only its old data
+/// near those pieces, so that neither end holds an index of a whole file.
+pub const WINDOW: u64 = 8 * PIECE;
 /// Largest data frame forwarded (cut-through unit).
 pub const FRAME: usize = 256 << 10;
-/// The 9 bytes a fan-out connection opens with, instead of ferry's hello.
-pub const HELLO: &[u8; 9] = b"ferryFAN1";
+/// The 9 bytes a fan-out connection opens with, instead of ferry's hello:
+/// `ferryFAN` and the fan-out protocol's version, one digit. The fan-out
+/// wire is spoken only between a source and daemons of the same version,
+/// never negotiated down: a daemon answers another version's hello with a
+/// one-line refusal ([`version_refusal`]), which a source of version 1 shows
+/// as it is; a daemon from before version 2 takes `ferryFAN2` for a session
+/// or shell hello and answers with ferry's own (starting `ferry`), which the
+/// source names as an older daemon ([`OLD_DAEMON`]). The old path (every
+/// chunk name at the start) is not kept: its memory is what version 2 bounds.
+/// Version 2: what a host holds is told a window at a time
+/// ([`wire::Msg::Ask`], [`wire::Msg::Hints`]), not in `Ready`.
+pub const HELLO: &[u8; 9] = b"ferryFAN2";
+
+/// Whether `hello` opens a fan-out connection (of any version).
+pub fn is_fanout_hello(hello: &[u8; 9]) -> bool {
+    hello[..8] == HELLO[..8]
+}
+
+/// The refusal a daemon sends for another version's fan-out hello.
+pub fn version_refusal(hello: &[u8; 9]) -> String {
+    format!(
+        "this daemon speaks fan-out protocol {} and the peer protocol {}: run the same ferry version on the source and every host",
+        HELLO[8] as char,
+        String::from_utf8_lossy(&hello[8..]).escape_debug()
+    )
+}
+
+/// How a source names a daemon from before fan-out protocol 2.
+pub const OLD_DAEMON: &str =
+    "the daemon runs an older ferry (fan-out protocol 1): run the same ferry version on the source and every host";
 /// How often a daemon reports its progress to the source: often enough that
 /// the source sees a slow host within a second (several reports a window).
 pub const PROGRESS: std::time::Duration = std::time::Duration::from_millis(100);
@@ -87,8 +120,8 @@ pub fn receive_pace_hook() -> Option<std::time::Duration> {
 
 /// The test hook for a host slow to look at what it holds: with
 /// `FERRY_TEST_HOOKS=1`, `FERRY_TEST_FANOUT_READY_DELAY_MS=N` makes a daemon
-/// wait N ms before it answers a job's start (as a host indexing a large
-/// previous checkpoint would).
+/// wait N ms before it answers a job's start (as a host copying a large
+/// previous checkpoint into its new temporary file would).
 pub fn ready_delay_hook() -> Option<std::time::Duration> {
     hook_ms("FERRY_TEST_FANOUT_READY_DELAY_MS")
 }

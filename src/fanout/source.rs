@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// One destination: a daemon and the `module/path` there.
@@ -194,7 +194,7 @@ fn open_control(
         },
     )
     .map_err(|e| e.to_string())?;
-    match wire::expect(&mut r, wire::SMALL).map_err(|e| e.to_string())? {
+    match wire::expect_first(&mut r, wire::SMALL).map_err(|e| e.to_string())? {
         Msg::Who { key } => Ok(((r, w, key, c.socket), c.added)),
         Msg::Refused { text } => Err(text),
         m => Err(format!("the daemon sent {} instead of its key", m.name())),
@@ -343,13 +343,11 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     };
     let ticket_bytes = ticket.encode();
     let sig = signer.sign_ticket(&ticket_bytes);
-    // start the job on each
-    let mut have: Vec<HashMap<(u32, u32), [u8; 32]>> = vec![HashMap::new(); n];
-    // chunks every host that answered holds (named, not sent), and where
-    // each sits in place in every host's temporary copy, if it does there
-    // at the same offset (then not even named): kept as one map, narrowed
-    // by each answer, never one per host
-    let mut common: Option<HashMap<ChunkHash, Option<(u32, u64)>>> = None;
+    // start the job on each; per file, how many hosts that answered start
+    // it from old data (a file every live host does is a delta's: what
+    // they hold of it is asked a window at a time as it is read)
+    let mut with_old: Vec<usize> = vec![0; manifest.entries.len()];
+    let mut answered = 0;
     // the job starts on every host at once (each answers when it has
     // looked at what it holds, which may take a while), each exchange on
     // its own thread for the same reason as the connections
@@ -402,28 +400,16 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             .take()
             .unwrap_or_else(|| Err("internal error".into()));
         match answer {
-            Ok(Msg::Ready { have: h, chunks: c }) => {
-                for (f, hashes) in h {
-                    for (p, hash) in hashes.into_iter().enumerate() {
-                        have[i].insert((f, p as u32), hash);
+            Ok(Msg::Ready { files }) => {
+                answered += 1;
+                let mut seen = HashSet::new();
+                for f in files {
+                    if let Some(c) = with_old.get_mut(f as usize) {
+                        if seen.insert(f) {
+                            *c += 1;
+                        }
                     }
                 }
-                common = Some(match common.take() {
-                    None => c.into_iter().collect(),
-                    Some(mut all) => {
-                        let mine: HashMap<ChunkHash, Option<(u32, u64)>> = c.into_iter().collect();
-                        all.retain(|name, at| match mine.get(name) {
-                            None => false,
-                            Some(here) => {
-                                if here != at {
-                                    *at = None;
-                                }
-                                true
-                            }
-                        });
-                        all
-                    }
-                });
             }
             Ok(Msg::Refused { text }) => {
                 controls[i] = None;
@@ -455,7 +441,14 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         moved: Vec::new(),
     });
     let (tx, rx) = channel();
-    let mut writers: Vec<Option<Box<dyn Write + Send>>> = (0..n).map(|_| None).collect();
+    let writers: Arc<Writers> = Arc::new((0..n).map(|_| Mutex::new(None)).collect());
+    let hints = Arc::new(Hints {
+        st: Mutex::new(HintState {
+            asking: (0..n).map(|i| !settled[i]).collect(),
+            asked: VecDeque::new(),
+        }),
+        cv: Condvar::new(),
+    });
     for &i in &chain {
         if let Some((r, mut w, _, _)) = controls[i].take() {
             let sent = match &reorder {
@@ -474,12 +467,21 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
                 );
                 continue;
             }
-            writers[i] = Some(w);
-            let tx = tx.clone();
+            *lock(&writers[i]) = Some(w);
+            let (tx, hints) = (tx.clone(), hints.clone());
             std::thread::spawn(move || {
                 let mut r = r;
                 loop {
-                    let m = wire::recv(&mut r, wire::SMALL);
+                    let m = wire::recv(&mut r, wire::HINTS);
+                    if let Ok(Some(Msg::Hints {
+                        window,
+                        pieces,
+                        chunks,
+                    })) = m
+                    {
+                        hints.merge(i, window, pieces, chunks);
+                        continue;
+                    }
                     let ended = !matches!(m, Ok(Some(_)));
                     let ev = match m {
                         Ok(Some(m)) => Ok(m),
@@ -494,8 +496,12 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         }
     }
     let total_size = manifest.total_size();
-    let live: Vec<usize> = chain.iter().copied().filter(|&i| !settled[i]).collect();
-    let common = common.unwrap_or_default();
+    // a file is a delta's when every host that answered starts it from old
+    // data (else no piece or chunk is held everywhere)
+    let delta: Vec<bool> = with_old
+        .iter()
+        .map(|&c| answered > 0 && c == answered)
+        .collect();
     let sizes: Vec<u64> = manifest.entries.iter().map(|e| e.size).collect();
     let source = Arc::new(SourcePieces {
         paths,
@@ -527,13 +533,25 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
     let fwd = std::thread::spawn(move || forwarder.run(frx, &*fwd_source));
     let read_source = source.clone();
     let job = plan.job;
+    let (read_hints, read_writers, wait) = (hints.clone(), writers.clone(), plan.stall);
     let reader = std::thread::spawn(move || {
-        let held = Held {
-            pieces: &have,
-            chunks: &common,
-            live: &live,
+        let sizes: Vec<u64> = manifest.entries.iter().map(|e| e.size).collect();
+        let mut windows = Windows {
+            hints: &read_hints,
+            writers: &read_writers,
+            plan: Planner {
+                files: (0..manifest.entries.len() as u32)
+                    .filter(|&f| delta[f as usize] && sizes[f as usize] > 0)
+                    .collect(),
+                sizes: &sizes,
+                at: (0, 0),
+                next_id: 0,
+            },
+            wait,
+            current: None,
+            next: None,
         };
-        read_all(&manifest, &read_source, &signer, &job, &held, &ftx)
+        read_all(&manifest, &read_source, &signer, &job, &mut windows, &ftx)
     });
     drop(tx);
 
@@ -559,17 +577,28 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             .iter()
             .map(|&i| settled[i] && results[i].state == State::Done)
             .collect();
+        // hosts off the live stream are not asked what they hold
+        for i in (0..n).filter(|&i| settled[i]) {
+            hints.stop_asking(i);
+        }
+        for &pos in &laggards.moved {
+            hints.stop_asking(chain[pos]);
+        }
         let own = blocked.load(Ordering::Relaxed) / 1000;
         for (pos, new_order) in laggards.tick(own, &order, &missed, &done) {
             if pos == usize::MAX {
                 *moved.lock().unwrap_or_else(|p| p.into_inner()) =
                     laggards.moved.iter().copied().collect();
                 *order.lock().unwrap_or_else(|p| p.into_inner()) = new_order;
-            } else if let Some(w) = writers[chain[pos]].as_mut() {
+            } else {
+                let mut w = lock(&writers[chain[pos]]);
                 let hosts = new_order.iter().map(|&h| h as u32).collect();
                 let moved = laggards.moved.iter().map(|&h| h as u32).collect();
-                if wire::send_now(w, &Msg::Order { hosts, moved }).is_err() {
-                    writers[chain[pos]] = None;
+                let order = Msg::Order { hosts, moved };
+                if w.as_mut()
+                    .is_some_and(|w| wire::send_now(w, &order).is_err())
+                {
+                    *w = None;
                 }
             }
         }
@@ -619,19 +648,19 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
                 last_change = Instant::now();
                 if let Some(&h) = chain.get(host as usize) {
                     miss(&mut results, &mut settled, h, format!("bypassed: {why}"));
-                    writers[h] = None;
+                    *lock(&writers[h]) = None;
                 }
             }
             Event::Bypassed(h, why) => {
                 last_change = Instant::now();
                 if h < n {
                     miss(&mut results, &mut settled, h, format!("bypassed: {why}"));
-                    writers[h] = None;
+                    *lock(&writers[h]) = None;
                 }
             }
             Event::Control(i, Ok(Msg::Refused { text })) => {
                 miss(&mut results, &mut settled, i, text);
-                writers[i] = None;
+                *lock(&writers[i]) = None;
             }
             Event::Control(i, Ok(m)) => {
                 miss(
@@ -640,11 +669,11 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
                     i,
                     format!("sent {} on control", m.name()),
                 );
-                writers[i] = None;
+                *lock(&writers[i]) = None;
             }
             Event::Control(i, Err(e)) => {
                 miss(&mut results, &mut settled, i, e);
-                writers[i] = None;
+                *lock(&writers[i]) = None;
             }
         }
     }
@@ -652,7 +681,9 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
         results[chain[pos]].moved = true;
     }
     source.cancelled.store(true, Ordering::SeqCst);
-    drop(writers);
+    for w in writers.iter() {
+        *lock(w) = None;
+    }
     let read_result = reader.join();
     let _ = fwd.join();
     if let Ok(Err(e)) = read_result {
@@ -866,14 +897,254 @@ impl Laggards {
     }
 }
 
-/// What the hosts of the chain hold already.
-struct Held<'a> {
-    /// Per host, the BLAKE3 of each piece of its old data.
-    pieces: &'a [HashMap<(u32, u32), [u8; 32]>],
-    /// Chunks every live host holds, and where each is in place in every
-    /// host's temporary copy, if it is.
-    chunks: &'a HashMap<ChunkHash, Option<(u32, u64)>>,
-    live: &'a [usize],
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The control connections' writing halves, per host (`None`: gone).
+type Writers = Vec<Mutex<Option<Box<dyn Write + Send>>>>;
+
+/// What the hosts hold near the pieces the reader is about to send, asked a
+/// window at a time ([`Msg::Ask`]) just ahead of the reader: the source
+/// keeps two windows at most (the one being read and the next), each
+/// narrowed by every answer to what all the asked hosts hold, never an
+/// index of a whole file, nor one per host. Each host answers only when it
+/// has room ([`super::hop::WINDOWS_HELD`]), so the reader never runs more
+/// than that many windows ahead of the hosts on the live stream.
+struct Hints {
+    st: Mutex<HintState>,
+    cv: Condvar,
+}
+
+struct HintState {
+    /// Per host: asked (on the live stream: not missed, not moved to the
+    /// tail, which is fed whole pieces from a committed copy).
+    asking: Vec<bool>,
+    /// Windows asked about whose hints the reader has not taken yet.
+    asked: VecDeque<Asked>,
+}
+
+/// One window asked about, as the answers so far narrow it.
+struct Asked {
+    id: u32,
+    /// Hosts that have not answered yet.
+    waiting: HashSet<usize>,
+    answered: usize,
+    hints: Taken,
+}
+
+/// A window's hints: the pieces every asked host holds (with their hash),
+/// and the chunks every asked host holds, each with where it is in place in
+/// every asked host's temporary copy, if it is there in all.
+#[derive(Default)]
+struct Taken {
+    /// The window's end: the position after its last piece.
+    end: (u32, u32),
+    pieces: HashMap<(u32, u32), [u8; 32]>,
+    chunks: HashMap<ChunkHash, Option<(u32, u64)>>,
+}
+
+impl Hints {
+    /// Asks every host still asked about window `id`.
+    fn ask(&self, id: u32, runs: Runs, end: (u32, u32), writers: &Writers) {
+        let hosts: Vec<usize> = {
+            let mut st = lock(&self.st);
+            let hosts: Vec<usize> = (0..st.asking.len()).filter(|&i| st.asking[i]).collect();
+            st.asked.push_back(Asked {
+                id,
+                waiting: hosts.iter().copied().collect(),
+                answered: 0,
+                hints: Taken {
+                    end,
+                    ..Default::default()
+                },
+            });
+            hosts
+        };
+        let ask = Msg::Ask { window: id, runs };
+        for i in hosts {
+            let mut w = lock(&writers[i]);
+            let sent = w.as_mut().is_some_and(|w| wire::send_now(w, &ask).is_ok());
+            drop(w);
+            if !sent {
+                self.stop_asking(i);
+            }
+        }
+    }
+
+    /// Host `host`'s answer about window `id`: narrows it.
+    fn merge(
+        &self,
+        host: usize,
+        id: u32,
+        pieces: Vec<(u32, u32, [u8; 32])>,
+        chunks: Vec<wire::OldChunk>,
+    ) {
+        let mut st = lock(&self.st);
+        let Some(a) = st.asked.iter_mut().find(|a| a.id == id) else {
+            return; // the reader went on without it
+        };
+        if !a.waiting.remove(&host) {
+            return;
+        }
+        let pieces = pieces.into_iter().map(|(f, p, h)| ((f, p), h));
+        if a.answered == 0 {
+            a.hints.pieces = pieces.collect();
+            a.hints.chunks = chunks.into_iter().collect();
+        } else {
+            let mine: HashMap<(u32, u32), [u8; 32]> = pieces.collect();
+            a.hints.pieces.retain(|k, h| mine.get(k) == Some(h));
+            drop(mine);
+            let mine: HashMap<ChunkHash, Option<(u32, u64)>> = chunks.into_iter().collect();
+            a.hints.chunks.retain(|name, at| match mine.get(name) {
+                None => false,
+                Some(here) => {
+                    if here != at {
+                        *at = None;
+                    }
+                    true
+                }
+            });
+        }
+        a.answered += 1;
+        self.cv.notify_all();
+    }
+
+    /// Host `host` is off the live stream: no window waits for it.
+    fn stop_asking(&self, host: usize) {
+        let mut st = lock(&self.st);
+        if !st.asking[host] {
+            return;
+        }
+        st.asking[host] = false;
+        for a in &mut st.asked {
+            a.waiting.remove(&host);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Window `id`'s hints once every asked host answered; none (nothing
+    /// held everywhere) if one has not within `limit`, or on a stop.
+    fn take(&self, id: u32, limit: Duration, cancelled: &dyn Fn() -> bool) -> Taken {
+        let since = Instant::now();
+        let mut st = lock(&self.st);
+        loop {
+            let Some(k) = st.asked.iter().position(|a| a.id == id) else {
+                return Taken::default();
+            };
+            let a = &st.asked[k];
+            let complete = a.waiting.is_empty();
+            if complete || since.elapsed() >= limit || cancelled() {
+                let a = st.asked.remove(k).expect("found");
+                if complete && a.answered > 0 {
+                    return a.hints;
+                }
+                // some host did not answer: a chunk or piece named to it
+                // might not be there (it would only be sent again)
+                return Taken {
+                    end: a.hints.end,
+                    ..Default::default()
+                };
+            }
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Runs of pieces asked about at once: (file, first piece, pieces).
+type Runs = Vec<(u32, u32, u32)>;
+
+/// Cuts the pieces of the delta's files, in order, into windows of at most
+/// [`super::WINDOW`] bytes and [`wire::MAX_ASK`] pieces.
+struct Planner<'a> {
+    /// The files every host starts from old data, in the manifest's order.
+    files: Vec<u32>,
+    sizes: &'a [u64],
+    /// (index into `files`, piece) of the next window's start.
+    at: (usize, u32),
+    next_id: u32,
+}
+
+impl Planner<'_> {
+    /// The next window: its id, runs and end.
+    fn next(&mut self) -> Option<(u32, Runs, (u32, u32))> {
+        let mut runs: Runs = Vec::new();
+        let (mut bytes, mut count) = (0u64, 0usize);
+        while let Some(&file) = self.files.get(self.at.0) {
+            let size = self.sizes[file as usize];
+            let p = self.at.1;
+            let len = {
+                let (a, b) = piece_range(size, p);
+                b - a
+            };
+            if count > 0 && (bytes + len > super::WINDOW || count == wire::MAX_ASK) {
+                break;
+            }
+            match runs.last_mut() {
+                Some(r) if r.0 == file => r.2 += 1,
+                _ => runs.push((file, p, 1)),
+            }
+            bytes += len;
+            count += 1;
+            self.at = if p + 1 < pieces(size) {
+                (self.at.0, p + 1)
+            } else {
+                (self.at.0 + 1, 0)
+            };
+        }
+        let &(f, first, n) = runs.last()?;
+        let id = self.next_id;
+        self.next_id += 1;
+        Some((id, runs, (f, first + n)))
+    }
+}
+
+/// The reader's place among the windows: the one being read (its hints
+/// taken) and the next (asked, so that its answers come while this one is
+/// read).
+struct Windows<'a> {
+    hints: &'a Hints,
+    writers: &'a Writers,
+    plan: Planner<'a>,
+    /// How long the reader waits for a window's answers.
+    wait: Duration,
+    current: Option<Taken>,
+    /// The next window's id and end.
+    next: Option<(u32, (u32, u32))>,
+}
+
+impl Windows<'_> {
+    /// The hints of the window holding `file`'s `piece` (a file of the
+    /// delta's, read in order).
+    fn at(&mut self, file: u32, piece: u32, cancelled: &dyn Fn() -> bool) -> &Taken {
+        while self.current.as_ref().is_none_or(|c| (file, piece) >= c.end) {
+            let Some((id, end)) = self.next.take().or_else(|| self.ask_next()) else {
+                // (not reached: every delta piece is in a window)
+                self.current = Some(Taken {
+                    end: (u32::MAX, u32::MAX),
+                    ..Default::default()
+                });
+                break;
+            };
+            self.next = self.ask_next();
+            self.current = None; // dropped before the next is taken
+            let mut taken = self.hints.take(id, self.wait, cancelled);
+            taken.end = end;
+            self.current = Some(taken);
+        }
+        self.current.as_ref().expect("set")
+    }
+
+    /// Asks about the next window: its id and end.
+    fn ask_next(&mut self) -> Option<(u32, (u32, u32))> {
+        let (id, runs, end) = self.plan.next()?;
+        self.hints.ask(id, runs, end, self.writers);
+        Some((id, end))
+    }
 }
 
 /// A file read once, front to back, through a window of one piece plus the
@@ -918,9 +1189,11 @@ fn read_all(
     source: &SourcePieces,
     signer: &Signer,
     job: &[u8; 16],
-    held: &Held,
+    windows: &mut Windows,
     out: &std::sync::mpsc::SyncSender<Fwd>,
 ) -> Result<(), TransferError> {
+    let cancelled = || source.cancelled();
+    let nothing = Taken::default();
     let send = |m: Fwd| out.send(m).is_ok();
     for (i, e) in manifest.entries.iter().enumerate() {
         if e.kind != Kind::File || e.size == 0 {
@@ -936,7 +1209,8 @@ fn read_all(
             start: 0,
             buf: Vec::with_capacity(super::PIECE as usize + 2 * MAX_CHUNK),
         };
-        let chunking = !held.chunks.is_empty();
+        // a file every host holds old data of: its chunks may be named
+        let chunking = windows.plan.files.binary_search(&file).is_ok();
         // chunks cut but not yet sent whole: (offset, len, name)
         let mut cut: VecDeque<(u64, u64, ChunkHash)> = VecDeque::new();
         let mut next_cut = 0u64;
@@ -965,11 +1239,12 @@ fn read_all(
                     next_cut += len as u64;
                 }
             }
-            let everywhere = !held.live.is_empty()
-                && held
-                    .live
-                    .iter()
-                    .all(|&h| held.pieces[h].get(&(file, p)) == Some(&hash));
+            let held = if chunking {
+                windows.at(file, p, &cancelled)
+            } else {
+                &nothing
+            };
+            let everywhere = held.pieces.get(&(file, p)) == Some(&hash);
             if everywhere {
                 // every host holds the piece already
             } else if !chunking {
@@ -1055,4 +1330,54 @@ fn send_run(w: &Window, file: u32, a: u64, b: u64, send: &dyn Fn(Fwd) -> bool) -
         at = t;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Windows cover every piece of the delta's files once, in order, none
+    /// over [`super::super::WINDOW`] bytes or [`wire::MAX_ASK`] pieces.
+    #[test]
+    fn windows_cover_the_delta_in_order_within_their_bounds() {
+        let piece = super::super::PIECE;
+        // a large file, many small ones, a file not in the delta, an odd tail
+        let mut sizes = vec![0u64, 70 * piece + 5];
+        sizes.extend(std::iter::repeat_n(1000, 1500));
+        sizes.push(3 * piece);
+        sizes.push(2 * piece + 1);
+        let files: Vec<u32> = (0..sizes.len() as u32)
+            .filter(|&f| sizes[f as usize] > 0 && f as usize != sizes.len() - 2)
+            .collect();
+        let mut plan = Planner {
+            files: files.clone(),
+            sizes: &sizes,
+            at: (0, 0),
+            next_id: 0,
+        };
+        let mut seen = Vec::new();
+        let mut last_end = (0, 0);
+        let mut ids = 0..;
+        while let Some((id, runs, end)) = plan.next() {
+            assert_eq!(Some(id), ids.next());
+            let mut bytes = 0;
+            let mut count = 0;
+            for &(f, first, n) in &runs {
+                for p in first..first + n {
+                    let (a, b) = piece_range(sizes[f as usize], p);
+                    bytes += b - a;
+                    seen.push((f, p));
+                }
+                count += n as usize;
+            }
+            assert!(bytes <= super::super::WINDOW && count <= wire::MAX_ASK);
+            assert!(end > last_end);
+            last_end = end;
+        }
+        let all: Vec<(u32, u32)> = files
+            .iter()
+            .flat_map(|&f| (0..pieces(sizes[f as usize])).map(move |p| (f, p)))
+            .collect();
+        assert_eq!(seen, all);
+    }
 }

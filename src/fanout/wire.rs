@@ -18,6 +18,12 @@ pub const SMALL: usize = 16 << 10;
 pub const LARGE: usize = 256 << 20;
 /// Longest text (reasons) carried.
 const TEXT: usize = 16 << 10;
+/// Largest control frame after a job has started (a [`Msg::Hints`] answer:
+/// at most ~25,000 chunk names of 4 KiB and more, ~32 bytes each).
+pub const HINTS: usize = 2 << 20;
+/// Most pieces one [`Msg::Ask`] may name (a window of many small files;
+/// its runs stay under [`SMALL`] bytes).
+pub const MAX_ASK: usize = 512;
 
 /// What a fan-out connection is for, said in its first message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,14 +47,30 @@ pub enum Msg {
         manifest: Vec<u8>,
         index: u32,
     },
-    /// Daemon → source: ready; per file with old data, the BLAKE3 of each of
-    /// its pieces as held now (pieces that need not cross the wire), and the
-    /// names of the content-defined chunks of its old data (chunks upstream
-    /// may name instead of sending), each with the file and offset where
-    /// it already sits in the new file's temporary copy, if it does (the
-    /// old data copied in place: upstream need not even name it there).
-    Ready {
-        have: Vec<(u32, Vec<[u8; 32]>)>,
+    /// Daemon → source: ready; the files whose temporary copy starts as
+    /// their old data (the rest start empty). What that old data holds is
+    /// told a window at a time, when asked ([`Msg::Ask`]), never all at once:
+    /// that would cost memory in proportion to the data on both ends.
+    Ready { files: Vec<u32> },
+    /// Source → daemon (control): tell me what you hold for these pieces, a
+    /// window just ahead of the source's reader: runs of (file, first
+    /// piece, number of pieces), in the chain's order, at most
+    /// [`MAX_ASK`] pieces in all.
+    Ask {
+        window: u32,
+        runs: Vec<(u32, u32, u32)>,
+    },
+    /// Daemon → source (control), the answer to [`Msg::Ask`]: the BLAKE3 of
+    /// each asked piece whose temporary copy holds old data already (pieces
+    /// that need not cross the wire if every host holds the same), and the
+    /// names of the content-defined chunks of the old data around the asked
+    /// pieces (chunks upstream may name instead of sending), each with the
+    /// file and offset where it already sits in the temporary copy, if it
+    /// does (then upstream need not even name it there). Hints only: every
+    /// piece is checked against the source's signed hash all the same.
+    Hints {
+        window: u32,
+        pieces: Vec<(u32, u32, [u8; 32])>,
         chunks: Vec<OldChunk>,
     },
     /// Either way: the job (or this connection) is refused or has failed.
@@ -132,6 +154,8 @@ mod code {
     pub const NACK: u8 = 15;
     pub const REF: u8 = 16;
     pub const ORDER: u8 = 17;
+    pub const ASK: u8 = 18;
+    pub const HINTS: u8 = 19;
 }
 
 impl Msg {
@@ -141,6 +165,8 @@ impl Msg {
             Msg::Who { .. } => "who",
             Msg::Start { .. } => "start",
             Msg::Ready { .. } => "ready",
+            Msg::Ask { .. } => "ask",
+            Msg::Hints { .. } => "hints",
             Msg::Refused { .. } => "refused",
             Msg::Link => "link",
             Msg::Progress { .. } => "progress",
@@ -190,15 +216,35 @@ impl Msg {
                 w.bytes(manifest);
                 w.varint(*index as u64);
             }
-            Msg::Ready { have, chunks } => {
+            Msg::Ready { files } => {
                 w.u8(code::READY);
-                w.varint(have.len() as u64);
-                for (f, hashes) in have {
+                w.varint(files.len() as u64);
+                for f in files {
                     w.varint(*f as u64);
-                    w.varint(hashes.len() as u64);
-                    for h in hashes {
-                        w.hash(h);
-                    }
+                }
+            }
+            Msg::Ask { window, runs } => {
+                w.u8(code::ASK);
+                w.varint(*window as u64);
+                w.varint(runs.len() as u64);
+                for (f, first, n) in runs {
+                    w.varint(*f as u64);
+                    w.varint(*first as u64);
+                    w.varint(*n as u64);
+                }
+            }
+            Msg::Hints {
+                window,
+                pieces,
+                chunks,
+            } => {
+                w.u8(code::HINTS);
+                w.varint(*window as u64);
+                w.varint(pieces.len() as u64);
+                for (f, p, h) in pieces {
+                    w.varint(*f as u64);
+                    w.varint(*p as u64);
+                    w.hash(h);
                 }
                 w.varint(chunks.len() as u64);
                 for (name, at) in chunks {
@@ -338,15 +384,35 @@ impl Msg {
             },
             code::READY => {
                 let n = r.count(r.remaining(), "files")?;
-                let mut have = Vec::with_capacity(n);
+                let mut files = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let f = u32_of(&mut r, "file")?;
-                    let k = r.count(r.remaining() / 32, "pieces")?;
-                    let mut hs = Vec::with_capacity(k);
-                    for _ in 0..k {
-                        hs.push(r.hash("hash")?);
-                    }
-                    have.push((f, hs));
+                    files.push(u32_of(&mut r, "file")?);
+                }
+                Msg::Ready { files }
+            }
+            code::ASK => {
+                let window = u32_of(&mut r, "window")?;
+                let n = r.count(MAX_ASK, "runs")?;
+                let mut runs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    runs.push((
+                        u32_of(&mut r, "file")?,
+                        u32_of(&mut r, "piece")?,
+                        r.count(MAX_ASK, "pieces")? as u32,
+                    ));
+                }
+                Msg::Ask { window, runs }
+            }
+            code::HINTS => {
+                let window = u32_of(&mut r, "window")?;
+                let n = r.count(MAX_ASK, "pieces")?;
+                let mut pieces = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pieces.push((
+                        u32_of(&mut r, "file")?,
+                        u32_of(&mut r, "piece")?,
+                        r.hash("hash")?,
+                    ));
                 }
                 let k = r.count(r.remaining() / 17, "chunks")?;
                 let mut chunks = Vec::with_capacity(k);
@@ -362,7 +428,11 @@ impl Msg {
                     };
                     chunks.push((name, at));
                 }
-                Msg::Ready { have, chunks }
+                Msg::Hints {
+                    window,
+                    pieces,
+                    chunks,
+                }
             }
             code::REF => Msg::Ref {
                 file: u32_of(&mut r, "file")?,
@@ -497,6 +567,19 @@ pub fn recv(r: &mut dyn Read, limit: usize) -> Result<Option<Msg>, TransferError
     Ok(Some(Msg::decode(&payload)?))
 }
 
+/// A daemon's first answer on a fan-out connection: like [`expect`], but a
+/// daemon from before fan-out protocol 2 answers the new hello with
+/// ferry's own session hello (`ferry`, version 0), named as such.
+pub fn expect_first(r: &mut dyn Read, limit: usize) -> Result<Msg, TransferError> {
+    let mut head = [0u8; 4];
+    r.read_exact(&mut head)
+        .map_err(|e| TransferError::connection(&e))?;
+    if &head == b"ferr" {
+        return Err(TransferError::Remote(super::OLD_DAEMON.into()));
+    }
+    expect(&mut std::io::Read::chain(&head[..], r), limit)
+}
+
 /// Like [`recv`], with the end of the stream an error.
 pub fn expect(r: &mut dyn Read, limit: usize) -> Result<Msg, TransferError> {
     recv(r, limit)?
@@ -522,7 +605,15 @@ mod tests {
                 index: 5,
             },
             Msg::Ready {
-                have: vec![(1, vec![[9; 32], [8; 32]])],
+                files: vec![1, 3, 70_000],
+            },
+            Msg::Ask {
+                window: 9,
+                runs: vec![(1, 0, 8), (4, 2, 1)],
+            },
+            Msg::Hints {
+                window: 9,
+                pieces: vec![(1, 0, [9; 32]), (1, 1, [8; 32])],
                 chunks: vec![([3; 16], None), ([4; 16], Some((2, 4096)))],
             },
             Msg::Ref {
@@ -595,6 +686,18 @@ mod tests {
         assert_eq!(recv(&mut r, LARGE).unwrap(), Some(a));
         assert_eq!(recv(&mut r, LARGE).unwrap(), Some(b));
         assert_eq!(recv(&mut r, LARGE).unwrap(), None);
+    }
+
+    #[test]
+    fn a_daemon_from_before_protocol_2_is_named_as_such() {
+        // what such a daemon answers `ferryFAN2` with: ferry's own hello
+        let mut old: &[u8] = b"ferry\0\0";
+        let e = expect_first(&mut old, SMALL).unwrap_err().to_string();
+        assert_eq!(e, crate::fanout::OLD_DAEMON);
+        let mut buf = Vec::new();
+        send(&mut buf, &Msg::Who { key: [2; 32] }).unwrap();
+        let m = expect_first(&mut buf.as_slice(), SMALL).unwrap();
+        assert_eq!(m, Msg::Who { key: [2; 32] });
     }
 
     #[test]

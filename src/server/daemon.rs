@@ -294,14 +294,14 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
             ))
         }
     };
-    let fanout = |reader, writer, grant: Option<&Grant>, raw| {
+    let fanout = |reader, writer, grant: Option<&Grant>, raw, hello: [u8; 9]| {
         let cx = super::fanout::Context {
             registry: &shared.fanout,
             modules: &shared.config.modules,
             identity: shared.identity.clone(),
             preauth: shared.config.preauth_timeout,
         };
-        match super::fanout::serve(&cx, reader, writer, &key, grant, raw) {
+        match super::fanout::serve(&cx, &hello, reader, writer, &key, grant, raw) {
             Ok(()) => info!(%peer, fingerprint = %fp, "fan-out connection done"),
             Err(e) => warn!(%peer, fingerprint = %fp, "fan-out connection ended: {e}"),
         }
@@ -317,8 +317,8 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
             if std::io::Read::read_exact(&mut reader, &mut hello).is_err() {
                 return;
             }
-            if &hello == crate::fanout::HELLO {
-                return fanout(reader, writer, None, raw);
+            if crate::fanout::is_fanout_hello(&hello) {
+                return fanout(reader, writer, None, raw, hello);
             }
             let said = why.strip_prefix(ACCESS_DENIED).unwrap_or(&why);
             let said = detail.as_deref().unwrap_or(said);
@@ -337,8 +337,8 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
         return;
     }
     let _ = reader.set_timeout(None);
-    if &hello == crate::fanout::HELLO {
-        return fanout(reader, writer, Some(&grant), raw);
+    if crate::fanout::is_fanout_hello(&hello) {
+        return fanout(reader, writer, Some(&grant), raw, hello);
     }
     let stream = Stream {
         reader: Box::new(super::stats::CountRead(std::io::Read::chain(

@@ -56,17 +56,25 @@ pub struct Context<'a> {
     pub preauth: Duration,
 }
 
-/// Serves a fan-out connection whose hello was read. `grant` is the client
-/// key's grant (`None`: the key is not in authorized_keys, which only a
-/// relay may be).
+/// Serves a fan-out connection whose hello (`hello`, of any fan-out
+/// version) was read. `grant` is the client key's grant (`None`: the key is
+/// not in authorized_keys, which only a relay may be).
 pub fn serve(
     cx: &Context,
+    hello: &[u8; 9],
     mut reader: TlsReader,
     mut writer: TlsWriter,
     key: &PublicKey,
     grant: Option<&Grant>,
     sock: Option<TcpStream>,
 ) -> Result<(), String> {
+    if hello != crate::fanout::HELLO {
+        // another version's source or hop: one line it can show (a frame
+        // of version 1's layout, which `Refused` has kept), nothing read
+        let text = crate::fanout::version_refusal(hello);
+        let _ = wire::send_now(&mut writer, &Msg::Refused { text: text.clone() });
+        return Err(text);
+    }
     let _ = reader.set_timeout(Some(cx.preauth));
     let open = wire::expect(&mut reader, wire::SMALL).map_err(|e| e.to_string())?;
     let refuse = |w: &mut TlsWriter, text: String| {
@@ -262,7 +270,7 @@ fn control(
     let taken = take_job(cx, key, grant, &ticket_bytes, &sig, &manifest_bytes, index).and_then(
         |(ticket, manifest, dest)| Hop::start(ticket, ticket_bytes, index as usize, manifest, dest),
     );
-    let (hop, held) = match taken {
+    let (hop, with_old) = match taken {
         Ok(x) => x,
         Err(text) => {
             let _ = wire::send(&mut writer, &Msg::Refused { text: text.clone() });
@@ -281,7 +289,7 @@ fn control(
         jobs.insert(job, hop.clone());
     }
     info!(job = %hex(&job), index, files = hop.manifest.entries.len(), "fan-out job started");
-    let result = run_control(cx, &hop, reader, writer, held);
+    let result = run_control(cx, &hop, reader, writer, with_old);
     hop.cancel();
     cx.registry
         .0
@@ -299,27 +307,59 @@ fn run_control(
     cx: &Context,
     hop: &Arc<Hop>,
     mut reader: TlsReader,
-    mut writer: TlsWriter,
-    held: crate::fanout::hop::Held,
+    writer: TlsWriter,
+    with_old: Vec<u32>,
 ) -> Result<(), String> {
     let e = |e: crate::error::TransferError| e.to_string();
-    let ready = Msg::Ready {
-        have: held.pieces,
-        chunks: held.chunks,
-    };
+    let ready = Msg::Ready { files: with_old };
     if let Some(d) = crate::fanout::ready_delay_hook() {
         std::thread::sleep(d);
     }
-    wire::send(&mut writer, &ready).map_err(e)?;
+    let writer = Arc::new(Mutex::new(writer));
+    wire::send(&mut *lockw(&writer), &ready).map_err(e)?;
+    drop(ready);
     let _ = reader.set_timeout(None);
+    // the source's questions about what this host holds are answered on
+    // a thread of their own: an answer waits until the live stream has
+    // passed an older window (the hop's memory bound), and orders must
+    // not wait behind it
+    // (a source asks one window ahead, and again after each window it
+    // gave up waiting for: more questions queued than this is misbehavior)
+    let (atx, arx) = std::sync::mpsc::sync_channel::<(u32, Vec<(u32, u32, u32)>)>(64);
+    {
+        let (hop, writer) = (hop.clone(), writer.clone());
+        std::thread::spawn(move || {
+            for (window, runs) in arx {
+                let why = match hop.hints(window, &runs) {
+                    Ok(Some(m)) => match wire::send(&mut *lockw(&writer), &m) {
+                        Ok(()) => continue,
+                        Err(_) => return,
+                    },
+                    Ok(None) => return,
+                    Err(Fault::Peer(why)) => format!("the source {why}"),
+                    Err(Fault::Local(why)) => why,
+                };
+                hop.fail(why);
+                return;
+            }
+        });
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let order = hop.order.clone();
     let moved_set = hop.moved.clone();
+    let asks_hop = hop.clone();
     let n = hop.ticket.hosts.len();
     std::thread::spawn(move || loop {
         match wire::recv(&mut reader, wire::SMALL) {
             Ok(Some(Msg::Link)) => {
                 let _ = tx.send(true);
+            }
+            Ok(Some(Msg::Ask { window, runs })) => {
+                if let Err(std::sync::mpsc::TrySendError::Full(_)) = atx.try_send((window, runs)) {
+                    // (the job's loop reports it to the source)
+                    asks_hop.fail("the source asked about over 64 windows at once".into());
+                    return;
+                }
             }
             Ok(Some(Msg::Order { hosts, moved }))
                 if hosts.iter().chain(&moved).all(|&h| (h as usize) < n) =>
@@ -369,10 +409,10 @@ fn run_control(
         for r in hop.take_reports() {
             let Report::Bypassed { host, why } = r;
             warn!(job = %hex(&hop.ticket.job), host, "bypassed the next host: {why}");
-            wire::send(&mut writer, &Msg::Bypassed { host, why }).map_err(e)?;
+            wire::send(&mut *lockw(&writer), &Msg::Bypassed { host, why }).map_err(e)?;
         }
         if let Some(text) = hop.error() {
-            let _ = wire::send(&mut writer, &Msg::Refused { text: text.clone() });
+            let _ = wire::send(&mut *lockw(&writer), &Msg::Refused { text: text.clone() });
             return Err(text);
         }
         let (received, committed, refused, _) = hop.counts();
@@ -381,12 +421,13 @@ fn run_control(
                 Ok(true) => {
                     done_sent = true;
                     info!(job = %hex(&hop.ticket.job), received, refused, "fan-out job complete");
-                    wire::send(&mut writer, &Msg::Done { received, refused }).map_err(e)?;
+                    wire::send(&mut *lockw(&writer), &Msg::Done { received, refused })
+                        .map_err(e)?;
                 }
                 Ok(false) => {
                     let blocked_ms = hop.blocked.load(std::sync::atomic::Ordering::Relaxed) / 1000;
                     wire::send(
-                        &mut writer,
+                        &mut *lockw(&writer),
                         &Msg::Progress {
                             received,
                             committed,
@@ -396,7 +437,7 @@ fn run_control(
                     .map_err(e)?;
                 }
                 Err(text) => {
-                    let _ = wire::send(&mut writer, &Msg::Refused { text: text.clone() });
+                    let _ = wire::send(&mut *lockw(&writer), &Msg::Refused { text: text.clone() });
                     return Err(text);
                 }
             }
@@ -468,6 +509,7 @@ fn relay(
                     return Err(why);
                 }
                 if !resend {
+                    hop.passed(file, (offset / crate::fanout::PIECE) as u32, false);
                     hop.forward(Fwd::Data {
                         file,
                         offset,
@@ -493,6 +535,7 @@ fn relay(
                     let _ = wire::send(&mut *lockw(&writer), &Msg::Refused { text: why.clone() });
                     return Err(why);
                 }
+                hop.passed(file, (offset / crate::fanout::PIECE) as u32, false);
                 hop.forward(Fwd::Ref {
                     file,
                     offset,
@@ -532,6 +575,7 @@ fn relay(
                         .map_err(|e| e.to_string())?;
                 }
                 if !resend {
+                    hop.passed(file, piece, true);
                     hop.forward(Fwd::PieceEnd {
                         file,
                         piece,
