@@ -309,6 +309,12 @@ impl Runner {
     }
 }
 
+/// The most bytes of names one group carries: GNU xargs takes a command
+/// line of 128 KiB by default, and 64 names of long paths would pass it
+/// (seven could not: a path is at most 4 KiB). The script and the padding
+/// take the rest.
+const GROUP_BYTES: usize = 64 << 10;
+
 /// What pads a group; its answer is dropped (a slot is told by its place,
 /// so a real file of this name is hashed like any other).
 const PAD: &[u8] = b"/dev/null";
@@ -424,8 +430,21 @@ impl RemoteHash {
             let _ = tx.send(Err(e));
             return Ok(rx);
         }
+        // names that would make the group's command line longer than xargs
+        // takes (`-x`: it would exit) go in the next group, this one padded
+        let full = match &*state {
+            State::Running { group, slots, .. } => {
+                !slots.is_empty() && group.len() + path.len() + 1 > GROUP_BYTES
+            }
+            _ => false,
+        };
+        if full {
+            self.send_group(&mut state);
+        }
         let State::Running { group, slots, .. } = &mut *state else {
-            unreachable!("started")
+            // (the command ended as the group was sent: answered so)
+            let _ = tx.send(Err(gone("it ended")));
+            return Ok(rx);
         };
         group.extend_from_slice(path);
         group.push(0);
@@ -841,5 +860,47 @@ mod tests {
         for r in rb {
             assert!(r.recv().unwrap().is_err());
         }
+    }
+
+    /// Long names end a group early instead of making xargs refuse it: 64
+    /// paths of ~2.5 KiB would pass xargs' 128 KiB command line, and before
+    /// the limit every file after that was answered "ended". The command
+    /// runs here, through `sh -c` in place of ssh.
+    #[test]
+    fn long_names_end_a_group_before_xargs_would_refuse_it() {
+        if std::process::Command::new("bash")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let mut dir = t.path().to_path_buf();
+        for i in 0..12 {
+            dir.push(format!("{i:02}{}", "d".repeat(198)));
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c");
+        let sha = HASHERS.iter().find(|h| h.name == "sha256sum").unwrap();
+        let h = RemoteHash::new(cmd, *sha, Runner::Bash);
+        let mut asked = Vec::new();
+        for i in 0..80 {
+            let path = dir.join(format!("f{i:03}"));
+            std::fs::write(&path, format!("file {i}\n")).unwrap();
+            let mut want = Hashing::new(HashKind::Sha256);
+            want.update(format!("file {i}\n").as_bytes());
+            asked.push((
+                h.ask(path.as_os_str().as_encoded_bytes()).unwrap(),
+                want.hex(),
+            ));
+        }
+        h.flush();
+        for (i, (rx, want)) in asked.into_iter().enumerate() {
+            let got = rx.recv().unwrap();
+            assert_eq!(got.ok().as_deref(), Some(want.as_str()), "file {i}");
+        }
+        h.end();
     }
 }
