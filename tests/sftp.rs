@@ -386,6 +386,21 @@ fn hostile_names_round_trip_over_sftp_and_nothing_runs() {
             bin.display()
         ));
         hostile_names(&sshd, &t, hashed_by);
+        // the probe saw bash where it runs, and the groups ran in it: the
+        // per-host cache says so on its second line
+        let dir = t.path().join("cache/ferry/transport");
+        let hash: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".hash"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect();
+        let want = if bash {
+            format!("{hashed_by}\nbash")
+        } else {
+            hashed_by.to_string()
+        };
+        assert_eq!(hash, [want], "bash {bash}");
     }
 }
 
@@ -856,8 +871,10 @@ fn small_files_through_a_slow_link_are_many_in_flight() {
     let started = std::time::Instant::now();
     let mut sftp = Command::new("sftp");
     sftp.arg("-b").arg(&batch);
+    // (sftp's port flag is -P; only the word -p is changed: a temporary
+    // directory named ferry-test-p… once became …-P… and lost the key)
     for w in opts(relay).split(' ') {
-        sftp.arg(w.replace("-p", "-P"));
+        sftp.arg(if w == "-p" { "-P" } else { w });
     }
     let o = sftp.arg("127.0.0.1").stdin(Stdio::null()).output().unwrap();
     let oracle = started.elapsed();
