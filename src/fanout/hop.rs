@@ -326,6 +326,18 @@ impl Hop {
         // what to read, taken under the lock, read without it
         let todo: Vec<(u32, u32, u32, Old, Arc<std::fs::File>)> = {
             let s = lock(&self.state);
+            // a window the live stream passed already (the source gave up
+            // waiting and sent it whole) is answered empty, unread: reading
+            // and indexing each late window would only put this hop further
+            // behind, window after window, until its queue of questions
+            // overflowed
+            if s.passed >= (last.0, last.1 + 1) {
+                return Ok(Some(Msg::Hints {
+                    window,
+                    pieces: Vec::new(),
+                    chunks: Vec::new(),
+                }));
+            }
             runs.iter()
                 .filter_map(|&(file, first, n)| {
                     let old = s.files.get(&file)?.old?;
@@ -979,5 +991,26 @@ mod tests {
         let (hop, _) = hop_with_old(d2.path(), b"old", big);
         assert!(matches!(hop.hints(0, &[(0, 0, 9)]), Err(Fault::Peer(_))));
         assert!(matches!(hop.hints(0, &[(0, 8, 2)]), Err(Fault::Peer(_))));
+    }
+
+    /// A window the live stream has passed (the source gave up waiting and
+    /// sent it whole) is answered empty without reading the old data, and
+    /// is not held: a hop late to answer does not fall further behind.
+    #[test]
+    fn a_window_the_stream_passed_is_answered_empty_and_not_held() {
+        let d = tempfile::tempdir().unwrap();
+        let old = old_data(3 * PIECE as usize);
+        let (hop, _) = hop_with_old(d.path(), &old, 3 * PIECE);
+        hop.passed(0, 2, false);
+        let Some(Msg::Hints { pieces, chunks, .. }) = hop.hints(0, &[(0, 0, 2)]).unwrap() else {
+            panic!("no hints");
+        };
+        assert!(pieces.is_empty() && chunks.is_empty());
+        assert!(lock(&hop.state).windows.is_empty());
+        // the piece ahead of the stream is still told
+        let Some(Msg::Hints { pieces, .. }) = hop.hints(1, &[(0, 2, 1)]).unwrap() else {
+            panic!("no hints");
+        };
+        assert_eq!(pieces.len(), 1);
     }
 }
