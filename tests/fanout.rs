@@ -854,3 +854,50 @@ fn memory_per_hop_stays_flat_when_a_delta_file_grows_fourfold() {
         }
     }
 }
+
+/// Makes `DEPTH` directories one inside the other under `src`, a file at the
+/// bottom and one half way; returns the deepest directory.
+fn deep_tree(src: &Path, depth: usize) -> PathBuf {
+    let deepest = src.join("d/".repeat(depth).trim_end_matches('/'));
+    std::fs::create_dir_all(&deepest).unwrap();
+    write(&deepest.join("bottom"), b"at the bottom\n");
+    let half = src.join("d/".repeat(depth / 2));
+    write(&half.join("half"), random_bytes(5000, 9));
+    deepest
+}
+
+/// The shell wrapper that runs a command with at most `n` open descriptors.
+fn ulimit_n(n: u32) -> Vec<String> {
+    ["sh", "-c", &format!("ulimit -n {n} && exec \"$@\""), "sh"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A tree 1,000 directories deep is walked by the source and made by each
+/// hop without running out of stack, and (under `ulimit -n 256` for the
+/// source and the daemons) without a descriptor per level.
+#[test]
+fn a_tree_1000_directories_deep_reaches_every_daemon_whole() {
+    let chain = Chain::start_with(2, &|_| ulimit_n(256));
+    let work = tmp();
+    let src = work.path().join("src");
+    deep_tree(&src, 1000);
+    let mut c = Command::new("sh");
+    c.args(["-c", "ulimit -n 256 && exec \"$@\"", "sh"])
+        .arg(ferry_bin())
+        .arg("fanout")
+        .args(chain.args())
+        .args(["-a", "--json"])
+        .arg(contents(&src));
+    for i in 0..2 {
+        c.arg(chain.dest(i));
+    }
+    let o = run_bounded(c);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    for (i, h) in v["hosts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h["state"], "done", "{h}");
+        assert_same_tree(&src, &chain.out(i), true);
+    }
+}
