@@ -901,3 +901,23 @@ fn a_tree_1000_directories_deep_reaches_every_daemon_whole() {
         assert_same_tree(&src, &chain.out(i), true);
     }
 }
+
+/// A `--delete` that fails on a hop (here a stale tree 300 directories deep
+/// that the hop, limited to 256 descriptors, cannot remove: its removal
+/// holds a handle a level) fails the run for that host, naming `--delete`;
+/// it used to be reported done, the stale tree left in place.
+#[test]
+fn a_delete_that_fails_on_a_hop_is_not_reported_done() {
+    let chain = Chain::start_with(1, &|_| ulimit_n(256));
+    let work = tmp();
+    let src = work.path().join("src");
+    write(&src.join("a"), b"a");
+    let stale = chain.out(0).join("old");
+    std::fs::create_dir_all(stale.join("d/".repeat(300).trim_end_matches('/'))).unwrap();
+    let o = chain.run(&["-a", "--delete", "--json"], &contents(&src), &[]);
+    assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
+    let v = json(&o);
+    let h = &v["hosts"][0];
+    assert_ne!(h["state"], "done", "{h}");
+    assert!(h["error"].as_str().unwrap().contains("--delete: "), "{h}");
+}
