@@ -955,10 +955,10 @@ fn a_fanout_job_never_leaves_its_module_through_a_symlink() {
 
 #[test]
 fn a_fanout_jobs_errors_name_module_paths_not_the_daemons_own() {
-    // the walk holds a directory handle a level: a tree deeper than the
-    // daemon's open-file limit fails within it, even for root (mode 000
-    // would not stop root)
-    let s = Setup::start_with(1, &["sh", "-c", "ulimit -n 128 && exec \"$@\"", "sh"]);
+    // the walk holds a directory handle a level down to 64 levels: with
+    // fewer descriptors than that left to the daemon, a tree 200 deep fails
+    // within it, even for root (mode 000 would not stop root)
+    let s = Setup::start_with(1, &["sh", "-c", "ulimit -n 64 && exec \"$@\"", "sh"]);
     let ckpt = s.src().join("ckpt");
     write(&ckpt.join("a.txt"), b"in the module");
     let mut deep = ckpt.join("deep");
@@ -1064,5 +1064,39 @@ fn a_host_missed_at_the_start_ends_the_job_partial_and_resume_repairs_it() {
         for i in 0..2 {
             assert_same_tree(&ckpt, &s.out(i), true);
         }
+    }
+}
+
+/// A fan-out job of a module tree 1,000 directories deep, the API daemon
+/// run with at most 256 open descriptors: its walk (confined to the module,
+/// from directory handles) neither runs out of stack nor holds a handle per
+/// level, and the tree arrives whole.
+#[test]
+fn a_fanout_job_of_a_tree_1000_directories_deep_arrives_whole() {
+    let s = Setup::start_with(2, &["sh", "-c", "ulimit -n 256 && exec \"$@\"", "sh"]);
+    let top = s.src().join("deep");
+    let deepest = top.join("d/".repeat(1000).trim_end_matches('/'));
+    std::fs::create_dir_all(&deepest).unwrap();
+    write(&deepest.join("bottom"), b"at the bottom\n");
+    write(
+        &top.join("d/".repeat(500)).join("half"),
+        random_bytes(5000, 9),
+    );
+    let o = s.job(&[
+        "submit",
+        "--op",
+        "fanout",
+        "src/deep/",
+        &s.dest(0),
+        &s.dest(1),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let w = s.job(&["watch", &id]);
+    let j = s.show(&id);
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{}", s.api.log());
+    assert_eq!(w.status.code(), Some(0), "{}", stderr(&w));
+    for i in 0..2 {
+        assert_same_tree(&top, &s.out(i), true);
     }
 }

@@ -854,3 +854,70 @@ fn memory_per_hop_stays_flat_when_a_delta_file_grows_fourfold() {
         }
     }
 }
+
+/// Makes `DEPTH` directories one inside the other under `src`, a file at the
+/// bottom and one half way; returns the deepest directory.
+fn deep_tree(src: &Path, depth: usize) -> PathBuf {
+    let deepest = src.join("d/".repeat(depth).trim_end_matches('/'));
+    std::fs::create_dir_all(&deepest).unwrap();
+    write(&deepest.join("bottom"), b"at the bottom\n");
+    let half = src.join("d/".repeat(depth / 2));
+    write(&half.join("half"), random_bytes(5000, 9));
+    deepest
+}
+
+/// The shell wrapper that runs a command with at most `n` open descriptors.
+fn ulimit_n(n: u32) -> Vec<String> {
+    ["sh", "-c", &format!("ulimit -n {n} && exec \"$@\""), "sh"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A tree 1,000 directories deep is walked by the source and made by each
+/// hop without running out of stack, and (under `ulimit -n 256` for the
+/// source and the daemons) without a descriptor per level.
+#[test]
+fn a_tree_1000_directories_deep_reaches_every_daemon_whole() {
+    let chain = Chain::start_with(2, &|_| ulimit_n(256));
+    let work = tmp();
+    let src = work.path().join("src");
+    deep_tree(&src, 1000);
+    let mut c = Command::new("sh");
+    c.args(["-c", "ulimit -n 256 && exec \"$@\"", "sh"])
+        .arg(ferry_bin())
+        .arg("fanout")
+        .args(chain.args())
+        .args(["-a", "--json"])
+        .arg(contents(&src));
+    for i in 0..2 {
+        c.arg(chain.dest(i));
+    }
+    let o = run_bounded(c);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    for (i, h) in v["hosts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h["state"], "done", "{h}");
+        assert_same_tree(&src, &chain.out(i), true);
+    }
+}
+
+/// A `--delete` that fails on a hop (here a stale tree 300 directories deep
+/// that the hop, limited to 256 descriptors, cannot remove: its removal
+/// holds a handle a level) fails the run for that host, naming `--delete`;
+/// it used to be reported done, the stale tree left in place.
+#[test]
+fn a_delete_that_fails_on_a_hop_is_not_reported_done() {
+    let chain = Chain::start_with(1, &|_| ulimit_n(256));
+    let work = tmp();
+    let src = work.path().join("src");
+    write(&src.join("a"), b"a");
+    let stale = chain.out(0).join("old");
+    std::fs::create_dir_all(stale.join("d/".repeat(300).trim_end_matches('/'))).unwrap();
+    let o = chain.run(&["-a", "--delete", "--json"], &contents(&src), &[]);
+    assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
+    let v = json(&o);
+    let h = &v["hosts"][0];
+    assert_ne!(h["state"], "done", "{h}");
+    assert!(h["error"].as_str().unwrap().contains("--delete: "), "{h}");
+}

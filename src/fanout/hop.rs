@@ -655,6 +655,17 @@ impl Hop {
             return Ok(false);
         }
         s.finished = true;
+        // what fails from here on is the hop's error: a later call would
+        // find it finished and report it done
+        let finished = self.finish(&mut s);
+        if let Err(why) = &finished {
+            s.error.get_or_insert(why.clone());
+        }
+        finished.map(|()| true)
+    }
+
+    /// `--delete`, then the directories' and links' metadata (deepest first).
+    fn finish(&self, s: &mut State) -> Result<(), String> {
         if self.manifest.delete {
             let keep: HashSet<&[u8]> = self.manifest.entries.iter().map(|e| &e.path[..]).collect();
             delete_extra(&mut s.dest, b".", &keep)
@@ -675,12 +686,13 @@ impl Hop {
             };
             let r = match e.kind {
                 Kind::Dir => s.dest.set_dir_meta(&e.path, &meta),
+                Kind::Link if e.target.is_empty() => Ok(()), // refused: not made
                 Kind::Link => s.dest.set_link_meta(&e.path, &Meta { mode: None, ..meta }),
                 Kind::File => Ok(()),
             };
             r.map_err(|x| format!("{}: {}", s.dest.show(&e.path), io_text(&x)))?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// (bytes received, bytes committed, pieces refused, piece ends handled)

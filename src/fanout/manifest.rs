@@ -7,11 +7,12 @@
 //! signed hashes that travel with the data.
 
 use crate::error::TransferError;
+use crate::fs::scan::{names_in, now_is, open_child_dir, same_dir, MAX_HELD_DIRS};
 use crate::proto::codec::{Reader, Writer};
 use crate::proto::DecodeError;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -162,7 +163,7 @@ pub fn scan(
                     .map_err(|e| TransferError::local(&held.shown, &e.into()))?;
             (
                 Node::of_stat(&st),
-                At::Dir(&held.dir, held.name.as_os_str(), module),
+                At::Dir(held.dir.as_fd(), held.name.as_os_str(), module),
             )
         }
     };
@@ -274,7 +275,7 @@ impl Held {
 #[derive(Clone, Copy)]
 enum At<'a> {
     Path,
-    Dir(&'a OwnedFd, &'a std::ffi::OsStr, &'a Module),
+    Dir(BorrowedFd<'a>, &'a std::ffi::OsStr, &'a Module),
 }
 
 impl At<'_> {
@@ -334,17 +335,37 @@ impl Node {
     }
 }
 
-fn walk(
+/// A directory the walk is in, from the walk's root down.
+struct Level {
+    /// Its handle (confined walks only): its entries are stated, and its
+    /// subdirectories opened, from it. Let go while the walk is below it
+    /// when it is deeper than [`MAX_HELD_DIRS`], and opened again by name
+    /// from the deepest one held when the walk comes back to it.
+    fd: Option<OwnedFd>,
+    /// Its name in its parent (to open it again from there).
+    comp: Vec<u8>,
+    /// Device and inode: a handle opened again must be this directory.
+    key: (u64, u64),
+    /// Its local path and its name in the manifest.
+    local: PathBuf,
+    rel: Vec<u8>,
+    /// Its names not visited yet, sorted bytewise.
+    children: std::vec::IntoIter<Vec<u8>>,
+}
+
+/// The entry at `rel` in the manifest (nothing for devices, sockets, FIFOs,
+/// and symlinks without `-l`); whether it is a directory to walk into.
+fn add(
     local: &Path,
     at: At<'_>,
-    rel: Vec<u8>,
+    rel: &[u8],
     node: Node,
     how: Walk,
     m: &mut Manifest,
     paths: &mut Vec<PathBuf>,
-) -> Result<(), TransferError> {
+) -> Result<bool, TransferError> {
     let Some(kind) = node.kind else {
-        return Ok(()); // devices, sockets, fifos: not sent
+        return Ok(false); // devices, sockets, fifos: not sent
     };
     let fail = |e: std::io::Error| TransferError::local(at.shown(local), &e);
     let target = match (kind, at) {
@@ -359,10 +380,10 @@ fn walk(
         _ => Vec::new(),
     };
     if kind == Kind::Link && !how.links {
-        return Ok(());
+        return Ok(false);
     }
     m.entries.push(Entry {
-        path: rel.clone(),
+        path: rel.to_vec(),
         kind,
         mode: node.mode,
         mtime: node.mtime,
@@ -371,62 +392,152 @@ fn walk(
         target,
     });
     paths.push(local.to_path_buf());
-    if kind != Kind::Dir {
-        return Ok(());
-    }
-    let child_rel = |name: &[u8]| {
-        let mut r = if rel == b"." {
-            Vec::new()
-        } else {
-            [&rel[..], b"/"].concat()
-        };
-        r.extend_from_slice(name);
-        r
-    };
-    match at {
+    Ok(kind == Kind::Dir)
+}
+
+/// Opens directory `local` to walk it: from `at`'s directory handle when
+/// confined (not following a link, and only the directory stated as
+/// `key`), else by its path, which is read at once (no handle kept).
+fn enter(
+    local: PathBuf,
+    at: At<'_>,
+    rel: Vec<u8>,
+    key: (u64, u64),
+) -> Result<Level, TransferError> {
+    let fail = |e: std::io::Error| TransferError::local(at.shown(&local), &e);
+    let (fd, comp, mut names) = match at {
         At::Path => {
-            let mut children: Vec<_> = std::fs::read_dir(local)
+            let names: Vec<Vec<u8>> = std::fs::read_dir(&local)
                 .map_err(fail)?
                 .filter_map(|e| e.ok())
-                .map(|e| e.file_name())
+                .map(|e| e.file_name().into_vec())
                 .collect();
-            children.sort();
-            for name in children {
-                let child = local.join(&name);
+            (None, Vec::new(), names)
+        }
+        At::Dir(parent, name, _) => {
+            let comp = name.as_bytes();
+            let fd = open_child_dir(parent, comp, false)
+                .map_err(|e| now_is(parent, comp).unwrap_or(e))
+                .and_then(|fd| same_dir(&fd, key).map(|()| fd))
+                .map_err(fail)?;
+            let names = names_in(&fd).map_err(fail)?;
+            (Some(fd), comp.to_vec(), names)
+        }
+    };
+    names.sort();
+    Ok(Level {
+        fd,
+        comp,
+        key,
+        local,
+        rel,
+        children: names.into_iter(),
+    })
+}
+
+/// The handle of the deepest level, opened again if it was let go: name
+/// by name from the deepest level still held, never through a symlink,
+/// and checked to be the directory that was read.
+fn held(levels: &mut [Level]) -> std::io::Result<BorrowedFd<'_>> {
+    let last = levels.len() - 1;
+    if levels[last].fd.is_none() {
+        let from = (0..last)
+            .rev()
+            .find(|&i| levels[i].fd.is_some())
+            .expect("the walk's root level is always held");
+        let mut fd: Option<OwnedFd> = None;
+        for level in &levels[from + 1..=last] {
+            let parent = match &fd {
+                Some(fd) => fd.as_fd(),
+                None => levels[from].fd.as_ref().expect("found held").as_fd(),
+            };
+            let opened = open_child_dir(parent, &level.comp, false);
+            fd = Some(opened.map_err(|e| now_is(parent, &level.comp).unwrap_or(e))?);
+        }
+        let fd = fd.expect("last is below from");
+        same_dir(&fd, levels[last].key)?;
+        levels[last].fd = Some(fd);
+    }
+    Ok(levels[last].fd.as_ref().expect("held above").as_fd())
+}
+
+/// Walks the tree at `local` in pre-order (a directory, then its entries
+/// sorted bytewise, each directory's whole subtree before its next name),
+/// the order the manifest root depends on. Iterative, so a deep tree does
+/// not grow the thread's stack; a confined walk holds a handle on at most
+/// [`MAX_HELD_DIRS`] directories (plus the deepest), whatever the depth.
+fn walk(
+    local: &Path,
+    at: At<'_>,
+    rel: Vec<u8>,
+    node: Node,
+    how: Walk,
+    m: &mut Manifest,
+    paths: &mut Vec<PathBuf>,
+) -> Result<(), TransferError> {
+    if !add(local, at, &rel, node, how, m, paths)? {
+        return Ok(());
+    }
+    let module = match at {
+        At::Path => None,
+        At::Dir(_, _, module) => Some(module),
+    };
+    let key = match at {
+        At::Path => (0, 0),
+        At::Dir(parent, name, _) => {
+            let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| TransferError::local(at.shown(local), &e.into()))?;
+            (st.st_dev as u64, st.st_ino as u64)
+        }
+    };
+    let mut levels = vec![enter(local.to_path_buf(), at, rel, key)?];
+    loop {
+        let Some(level) = levels.last_mut() else {
+            return Ok(());
+        };
+        let Some(name) = level.children.next() else {
+            levels.pop();
+            continue;
+        };
+        let name = std::ffi::OsString::from_vec(name);
+        let child = level.local.join(&name);
+        let mut r = if level.rel == b"." {
+            Vec::new()
+        } else {
+            [&level.rel[..], b"/"].concat()
+        };
+        r.extend_from_slice(name.as_bytes());
+        let next = match module {
+            None => {
                 let meta = std::fs::symlink_metadata(&child)
                     .map_err(|e| TransferError::local(child.display().to_string(), &e))?;
-                let r = child_rel(name.as_bytes());
-                walk(&child, At::Path, r, Node::of(&meta), how, m, paths)?;
-            }
-        }
-        At::Dir(parent, name, module) => {
-            let dir = rustix::fs::openat(
-                parent,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| fail(e.into()))?;
-            let mut children: Vec<std::ffi::OsString> = Vec::new();
-            for e in rustix::fs::Dir::read_from(&dir).map_err(|e| fail(e.into()))? {
-                let e = e.map_err(|e| fail(e.into()))?;
-                let n = e.file_name().to_bytes();
-                if n != b"." && n != b".." {
-                    children.push(std::ffi::OsStr::from_bytes(n).to_os_string());
+                if !add(&child, At::Path, &r, Node::of(&meta), how, m, paths)? {
+                    continue;
                 }
+                enter(child, At::Path, r, (0, 0))?
             }
-            children.sort();
-            for name in children {
-                let child = local.join(&name);
-                let st = rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| TransferError::local(module.shown(&child), &e.into()))?;
-                let r = child_rel(name.as_bytes());
-                let at = At::Dir(&dir, name.as_os_str(), module);
-                walk(&child, at, r, Node::of_stat(&st), how, m, paths)?;
+            Some(module) => {
+                let shown =
+                    |e: std::io::Error, path: &Path| TransferError::local(module.shown(path), &e);
+                let dir_path = level.local.clone();
+                let dir = held(&mut levels).map_err(|e| shown(e, &dir_path))?;
+                let st = rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| shown(e.into(), &child))?;
+                let at = At::Dir(dir, name.as_os_str(), module);
+                if !add(&child, at, &r, Node::of_stat(&st), how, m, paths)? {
+                    continue;
+                }
+                enter(child, at, r, (st.st_dev as u64, st.st_ino as u64))?
             }
+        };
+        // below the held depth, the parent's handle is let go while the
+        // walk is in here (and opened again when it comes back to it)
+        let depth = levels.len();
+        if depth > MAX_HELD_DIRS {
+            levels[depth - 1].fd = None;
         }
+        levels.push(next);
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -507,6 +618,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.entries.len(), 6);
+    }
+
+    /// A tree 1,000 directories deep is walked on a thread with a small
+    /// stack (a daemon's connection threads have 2 MiB), in the same order
+    /// as a shallow one's, confined or not: the walk keeps its levels on
+    /// the heap, not on the stack.
+    #[test]
+    fn a_tree_1000_directories_deep_is_walked_on_a_small_stack_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("m");
+        let deep = "d/".repeat(1000);
+        std::fs::create_dir_all(root.join("t").join(&deep)).unwrap();
+        std::fs::write(root.join("t").join(&deep).join("x"), b"x").unwrap();
+        std::fs::write(
+            root.join("t")
+                .join("d/".repeat(MAX_HELD_DIRS + 3))
+                .join("z"),
+            b"",
+        )
+        .unwrap();
+        let module = Module {
+            root: root.clone(),
+            name: "m".into(),
+        };
+        let how = Walk {
+            recursive: true,
+            ..Default::default()
+        };
+        for confine in [None, Some(module)] {
+            let src = root.join("t/");
+            let src = PathBuf::from(format!("{}/", src.display()));
+            let (m, paths) = std::thread::Builder::new()
+                .stack_size(128 << 10)
+                .spawn(move || scan(&src, how, confine.as_ref()).unwrap())
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(m.entries.len(), 1 + 1000 + 2);
+            let mut want = vec![b".".to_vec()];
+            for i in 1..=1000 {
+                want.push(b"d/".repeat(i)[..2 * i - 1].to_vec());
+            }
+            // "d" sorts before "z": the deep subtree comes first, then the
+            // walk opens level 67 again (its handle was let go) for `z`
+            let names: Vec<Vec<u8>> = m.entries.iter().map(|e| e.path.clone()).collect();
+            let z = [b"d/".repeat(MAX_HELD_DIRS + 3), b"z".to_vec()].concat();
+            let x = [b"d/".repeat(1000), b"x".to_vec()].concat();
+            want.push(x);
+            want.push(z);
+            assert_eq!(names, want);
+            assert_eq!(
+                paths[1002],
+                root.join("t")
+                    .join("d/".repeat(MAX_HELD_DIRS + 3))
+                    .join("z")
+            );
+        }
     }
 
     #[test]

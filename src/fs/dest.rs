@@ -25,13 +25,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// How many directories of the path last resolved a [`Dest`] keeps open.
+const CACHED_DIRS: usize = 16;
+
 /// A destination directory held open.
 pub struct Dest {
     root: Arc<OwnedFd>,
     root_path: PathBuf,
-    /// The last directory resolved: entries arrive in tree order, so most
-    /// lookups hit it.
-    last: Option<(Vec<u8>, Arc<OwnedFd>)>,
+    /// The deepest directories on the path last resolved, each with its
+    /// name, outermost first (at most [`CACHED_DIRS`]): entries arrive in
+    /// tree order, so most lookups hit one of them or go one level below,
+    /// and a tree 1,000 directories deep is not opened from the root for
+    /// each directory, on the way down nor back up.
+    ancestors: Vec<(Vec<u8>, Arc<OwnedFd>)>,
     /// How an unnamed file gets its name here: unknown until first needed;
     /// `None` inside when this system cannot (no `O_TMPFILE` on the
     /// filesystem, or neither way of linking it allowed).
@@ -169,7 +175,7 @@ impl Dest {
         Ok(Dest {
             root: Arc::new(fd),
             root_path: path.to_path_buf(),
-            last: None,
+            ancestors: Vec::new(),
             link_by: None,
             background: None,
             keep_dirlinks: false,
@@ -187,7 +193,7 @@ impl Dest {
         Ok(Dest {
             root,
             root_path: path,
-            last: None,
+            ancestors: Vec::new(),
             link_by: self.link_by,
             background: None,
             keep_dirlinks: self.keep_dirlinks,
@@ -222,14 +228,23 @@ impl Dest {
         if rel == b"." || rel.is_empty() {
             return Ok(self.root.clone());
         }
-        if let Some((name, fd)) = &self.last {
-            if name == rel {
-                return Ok(fd.clone());
+        // the deepest directory held that `rel` is in (or is)
+        let held = self.ancestors.iter().rposition(|(name, _)| {
+            rel.starts_with(name) && (rel.len() == name.len() || rel[name.len()] == b'/')
+        });
+        let (mut cur, mut so_far, rest): (Arc<OwnedFd>, Vec<u8>, &[u8]) = match held {
+            Some(i) => {
+                self.ancestors.truncate(i + 1);
+                let (name, fd) = &self.ancestors[i];
+                let rest = rel.get(name.len() + 1..).unwrap_or_default();
+                (fd.clone(), name.clone(), rest)
             }
-        }
-        let mut cur = self.root.clone();
-        let mut so_far: Vec<u8> = Vec::new();
-        for comp in rel.split(|&b| b == b'/') {
+            None => {
+                self.ancestors.clear();
+                (self.root.clone(), Vec::new(), rel)
+            }
+        };
+        for comp in rest.split(|&b| b == b'/').filter(|_| !rest.is_empty()) {
             if !so_far.is_empty() {
                 so_far.push(b'/');
             }
@@ -255,8 +270,11 @@ impl Dest {
                 }
             })?;
             cur = Arc::new(fd);
+            self.ancestors.push((so_far.clone(), cur.clone()));
+            if self.ancestors.len() > CACHED_DIRS {
+                self.ancestors.remove(0);
+            }
         }
-        self.last = Some((rel.to_vec(), cur.clone()));
         Ok(cur)
     }
 
@@ -270,7 +288,7 @@ impl Dest {
     /// user trusts the links already at this destination.
     pub fn keep_dirlinks(&mut self) {
         self.keep_dirlinks = true;
-        self.last = None;
+        self.ancestors.clear();
     }
 
     /// What is at `rel` now, without following a symlink there (with `-K`,
@@ -554,7 +572,14 @@ impl Dest {
     /// removing a directory per file is slow on journaling filesystems).
     pub fn remove_partial_dir(&mut self, dir_rel: &[u8]) {
         if let Ok(dir) = self.dir(dir_rel) {
-            let _ = rustix::fs::unlinkat(&*dir, PARTIAL_DIR, AtFlags::REMOVEDIR);
+            if rustix::fs::unlinkat(&*dir, PARTIAL_DIR, AtFlags::REMOVEDIR).is_ok() {
+                // a handle on it (or below it) is on a removed directory
+                let gone = crate::fs::names::join(dir_rel, PARTIAL_DIR);
+                self.ancestors.retain(|(name, _)| {
+                    !(name.starts_with(&gone)
+                        && (name.len() == gone.len() || name[gone.len()] == b'/'))
+                });
+            }
         }
     }
 
@@ -612,7 +637,7 @@ impl Dest {
     /// renamed to `rel` + suffix instead.
     pub fn remove(&mut self, rel: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
         let (dir, name) = self.parent(rel)?;
-        self.last = None;
+        self.ancestors.clear();
         remove_at(&dir, &name, backup)
     }
 

@@ -948,7 +948,7 @@ enum Above {
 /// again (name by name from the deepest one held) when it comes back to it
 /// to visit its other entries: a tree 1,000 directories deep is walked with
 /// about this many descriptors open.
-const MAX_HELD_DIRS: usize = 64;
+pub(crate) const MAX_HELD_DIRS: usize = 64;
 
 /// A directory the walk is in.
 struct Level {
@@ -980,7 +980,11 @@ fn dir_flags() -> OFlags {
 
 /// Opens directory `name` in `dir`, not following a symlink there unless
 /// `follow`.
-fn open_child_dir(dir: BorrowedFd<'_>, name: &[u8], follow: bool) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_child_dir(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    follow: bool,
+) -> std::io::Result<OwnedFd> {
     let flags = if follow {
         dir_flags()
     } else {
@@ -991,7 +995,7 @@ fn open_child_dir(dir: BorrowedFd<'_>, name: &[u8], follow: bool) -> std::io::Re
 
 /// Refuses a directory opened that is not the one stated as `key`: it was
 /// replaced (renamed over, or a symlink followed to another) since.
-fn same_dir(fd: &OwnedFd, key: (u64, u64)) -> std::io::Result<()> {
+pub(crate) fn same_dir(fd: &OwnedFd, key: (u64, u64)) -> std::io::Result<()> {
     let st = rustix::fs::fstat(fd)?;
     let now = Meta::from(&st);
     if (now.dev(), now.ino()) != key {
@@ -1002,7 +1006,7 @@ fn same_dir(fd: &OwnedFd, key: (u64, u64)) -> std::io::Result<()> {
 
 /// Why directory `name` in `dir`, listed as a directory, could not be
 /// opened, when what is there now is not one.
-fn now_is(dir: BorrowedFd<'_>, name: &[u8]) -> Option<std::io::Error> {
+pub(crate) fn now_is(dir: BorrowedFd<'_>, name: &[u8]) -> Option<std::io::Error> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
     let now = Meta::from(&st);
     if now.is_symlink() {
@@ -1017,7 +1021,7 @@ fn now_is(dir: BorrowedFd<'_>, name: &[u8]) -> Option<std::io::Error> {
 }
 
 /// The names in directory `dir` (without `.` and `..`), read from it.
-fn names_in(dir: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
+pub(crate) fn names_in(dir: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
     let mut names = Vec::new();
     let mut entries = rustix::fs::Dir::read_from(dir)?;
     while let Some(entry) = entries.read() {
