@@ -401,7 +401,6 @@ fn attempts(
 /// machine, each opened beneath its module's root without following a
 /// symlink (a link the job made is not read through).
 fn checked_files(r: &Resolved, files: &[(String, u64)]) -> serde_json::Value {
-    use crate::store::source::Source;
     let base = jobs::local_base(r);
     let root = match r.dst.local_path() {
         Some(_) => r.dst.root.as_ref(),
@@ -412,7 +411,7 @@ fn checked_files(r: &Resolved, files: &[(String, u64)]) -> serde_json::Value {
         .iter()
         .map(|(name, size)| {
             let check = base.as_ref().zip(module.as_ref()).and_then(|(b, m)| {
-                let f = m.open(&b.join(name)).ok()?;
+                let f = m.open_path(&b.join(name)).ok()?;
                 let mut h = blake3::Hasher::new();
                 h.update_reader(f).ok()?;
                 Some(h.finalize().to_hex().to_string())

@@ -14,7 +14,6 @@ use super::{piece_range, pieces, FRAME};
 use crate::chunk::{ChunkHash, MAX_CHUNK};
 use crate::error::TransferError;
 use crate::fs::source::LocalSource;
-use crate::store::source::Source;
 use crate::transport::daemon::DaemonOptions;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
@@ -135,7 +134,7 @@ impl Pieces for SourcePieces {
             .copied()
     }
     fn read(&self, file: u32, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let f = self.files.open(&self.paths[file as usize])?;
+        let f = self.files.open_path(&self.paths[file as usize])?;
         std::os::unix::fs::FileExt::read_exact_at(&f, buf, offset)?;
         self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -1204,7 +1203,7 @@ fn read_all(
         let shown = super::manifest::shown(source.module.as_ref(), path);
         let local = |x: std::io::Error| TransferError::local(&shown, &x);
         let mut w = Window {
-            file: source.files.open(path).map_err(local)?,
+            file: source.files.open_path(path).map_err(local)?,
             size: e.size,
             start: 0,
             buf: Vec::with_capacity(super::PIECE as usize + 2 * MAX_CHUNK),

@@ -10,6 +10,7 @@ pub mod dest;
 pub mod destination;
 pub mod names;
 pub mod owners;
+mod pause;
 pub mod scan;
 pub mod source;
 

@@ -21,9 +21,40 @@ use std::path::{Path, PathBuf};
 /// What to scan: the store seam's list options.
 pub use crate::store::source::ListOptions as ScanOptions;
 
-/// What the walk produces, in order: an entry comes with the local path to
-/// read it from.
-pub type ScanItem = Listed<PathBuf>;
+/// What the walk produces, in order: an entry comes with where it is on
+/// disk and which file the walk found there.
+pub type ScanItem = Listed<OnDisk>;
+
+/// Where a listed entry is on this host, and which file the walk stated
+/// there: what the sender opens it by, and then checks that it opened.
+///
+/// # Memory
+/// 40 bytes (the path boxed, without spare capacity), 16 more than the bare
+/// path: the sender holds these only for the files listed and not yet asked
+/// for ([`crate::proto::LIST_AHEAD`] at most beyond what the receiver took
+/// in) and, with `--remove-source-files`, for each file until it is settled.
+#[derive(Clone, Debug)]
+pub struct OnDisk {
+    /// Its local path.
+    pub path: Box<Path>,
+    /// Device and inode of what the walk stated: the file itself, or what
+    /// a symlink the walk followed pointed to.
+    pub id: (u64, u64),
+    /// The walk followed a symlink to it (`-L`, `--copy-unsafe-links`, a
+    /// source named through a link): it is opened following links, and
+    /// must still lead to `id`. Otherwise no symlink at its name is followed.
+    pub followed: bool,
+}
+
+impl OnDisk {
+    fn new(path: &Path, meta: &Meta, followed: bool) -> OnDisk {
+        OnDisk {
+            path: path.into(),
+            id: (meta.dev(), meta.ino()),
+            followed,
+        }
+    }
+}
 
 /// How a source path is named in the list.
 struct Root {
@@ -143,8 +174,13 @@ fn root_of(src: &[u8]) -> Root {
     }
 }
 
+/// Whether a source root is stated through a symlink there.
+fn follows_root(root: &Root, opts: &ScanOptions) -> bool {
+    root.contents || opts.follow_links || !opts.links
+}
+
 fn stat_root(root: &Root, opts: &ScanOptions) -> std::io::Result<std::fs::Metadata> {
-    if root.contents || opts.follow_links || !opts.links {
+    if follows_root(root, opts) {
         std::fs::metadata(&root.path)
     } else {
         std::fs::symlink_metadata(&root.path)
@@ -239,13 +275,15 @@ pub fn scan_within<E>(
     if let Some(root) = w.roots.iter().find(|r| r.contents) {
         if let Ok(meta) = stat_root(root, opts) {
             if meta.is_dir() && (opts.recursive || opts.dirs) {
-                let (path, entry) = (root.path.clone(), entry_of(b".", &Meta::from(&meta)));
+                let meta = Meta::from(&meta);
+                let at = OnDisk::new(&root.path, &meta, true);
+                let entry = entry_of(b".", &meta);
                 w.push(
                     Entry {
                         kind: Kind::Dir,
                         ..entry
                     },
-                    &path,
+                    at,
                 )?;
             }
         }
@@ -283,7 +321,10 @@ pub fn scan_within<E>(
                 w.implied_dirs(&root)?;
                 let name = root.name.clone();
                 w.levels.clear();
-                w.visit(&root.path, &name, Meta::from(&meta), false)?;
+                // (a source named through a symlink stated what it leads to)
+                let followed = follows_root(&root, opts)
+                    && std::fs::symlink_metadata(&root.path).is_ok_and(|m| m.is_symlink());
+                w.visit(&root.path, &name, Meta::from(&meta), followed)?;
                 w.walk_levels()?;
             }
             Err(e) => {
@@ -372,7 +413,7 @@ impl<E> Walker<'_, E> {
             }
             entry.target = target;
             entry.kind = Kind::Symlink;
-            return self.push(entry, path);
+            return self.push(entry, OnDisk::new(path, &meta, false));
         }
         let depth = self.levels.len();
         if ft.is_dir() {
@@ -387,7 +428,7 @@ impl<E> Walker<'_, E> {
             match self.listed_before(name) {
                 Some(true) => {} // merged into the directory listed before
                 Some(false) => return Ok(()),
-                None => self.push(entry, path)?,
+                None => self.push(entry, OnDisk::new(path, &meta, followed))?,
             }
             if !self.opts.recursive && depth > 0 {
                 return Ok(()); // -d: the directory itself, not its contents
@@ -439,7 +480,7 @@ impl<E> Walker<'_, E> {
                 Err(e) => return self.fail(path, "cannot read", e),
             }
         }
-        self.push(entry, path)
+        self.push(entry, OnDisk::new(path, &meta, followed))
     }
 
     /// `-R`: each directory above the root's name, with the attributes of
@@ -461,11 +502,12 @@ impl<E> Walker<'_, E> {
             let path = base.join(OsStr::from_bytes(&name));
             match std::fs::metadata(&path) {
                 Ok(meta) if meta.is_dir() => {
+                    let meta = Meta::from(&meta);
                     let entry = Entry {
                         kind: Kind::Dir,
-                        ..entry_of(&name, &Meta::from(&meta))
+                        ..entry_of(&name, &meta)
                     };
-                    self.push(entry, &path)?;
+                    self.push(entry, OnDisk::new(&path, &meta, true))?;
                 }
                 Ok(_) => {}
                 Err(e) => return self.fail(&path, "cannot stat", e),
@@ -498,7 +540,7 @@ impl<E> Walker<'_, E> {
         })
     }
 
-    fn push(&mut self, entry: Entry, path: &Path) -> Result<(), E> {
+    fn push(&mut self, entry: Entry, at: OnDisk) -> Result<(), E> {
         if let Some(seen) = &mut self.seen {
             if seen.contains_key(&entry.name) {
                 return Ok(()); // the first source to list a name wins
@@ -510,7 +552,7 @@ impl<E> Walker<'_, E> {
             seen.insert(entry.name.clone(), entry.kind == Kind::Dir);
         }
         self.next_index += 1;
-        (self.emit)(ScanItem::Entry(entry, path.to_path_buf()))
+        (self.emit)(ScanItem::Entry(entry, at))
     }
 
     /// Opens the directory at `path` (named `name`, stated as `key`), reads
@@ -912,26 +954,9 @@ impl<E> Walker<'_, E> {
 /// PATH exists, so that a test can change the tree at that moment every
 /// time. Without `FERRY_TEST_HOOKS=1` the other two are never read.
 fn scan_pause_hook(name: &[u8]) {
-    static PAUSE: std::sync::OnceLock<Option<(Vec<u8>, PathBuf)>> = std::sync::OnceLock::new();
-    let pause = PAUSE.get_or_init(|| {
-        if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
-            return None;
-        }
-        let at = std::env::var_os("FERRY_TEST_SCAN_PAUSE_AT")?;
-        let file = std::env::var_os("FERRY_TEST_SCAN_PAUSE_FILE")?;
-        Some((at.into_vec(), PathBuf::from(file)))
-    });
-    let Some((at, file)) = pause else { return };
-    if at.as_slice() != name {
-        return;
-    }
-    let mut waiting = file.clone().into_os_string();
-    waiting.push(".waiting");
-    let _ = std::fs::write(&waiting, b"");
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !file.exists() && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    static PAUSE: crate::fs::pause::PauseHook =
+        crate::fs::pause::PauseHook::new("FERRY_TEST_SCAN_PAUSE_AT", "FERRY_TEST_SCAN_PAUSE_FILE");
+    PAUSE.hold_if(|at| at == name);
 }
 
 /// Where a merge file read above the transfer root stands relative to the

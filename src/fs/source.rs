@@ -8,10 +8,17 @@
 //! directory handle (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a
 //! path listed inside the module that a symlink swapped in since would lead out
 //! of it is refused, not followed.
+//!
+//! Confined or not, a listed file is opened without following a symlink at
+//! its name (unless the scan followed one there: `-L`), without blocking (a
+//! FIFO swapped in does not hold the sender), and is sent only if the handle
+//! is a regular file with the device and inode the scan stated: a file
+//! swapped since the listing (for a link to someone's key, say) is reported
+//! as changed, never read.
 
-use super::scan;
+use super::scan::{self, OnDisk};
 use crate::proto::ListStart;
-use crate::store::source::{ListOptions, Listed, Source, SourceFile, Stamp};
+use crate::store::source::{ListOptions, Listed, Replaced, Source, SourceFile, Stamp};
 use rustix::fs::{Mode, OFlags};
 use std::fs::File;
 use std::io;
@@ -37,8 +44,56 @@ impl LocalSource {
     }
 }
 
+impl LocalSource {
+    /// Opens a file by its path alone, for a walk that kept no identity
+    /// (the fan-out's, an API job's check of what it wrote): beneath the
+    /// module root with no symlink anywhere when confined, else by the path
+    /// as given; never blocking on a FIFO, and only a regular file.
+    pub fn open_path(&self, path: &Path) -> io::Result<File> {
+        let file = self.open_nonblocking(path, OFlags::empty())?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        blocking(file)
+    }
+
+    /// Opens `path` for reading with `O_NONBLOCK` and `extra` flags
+    /// (`O_NOFOLLOW`); confined, beneath the module root with no symlink
+    /// anywhere on the way, whatever `extra` says.
+    fn open_nonblocking(&self, path: &Path, extra: OFlags) -> io::Result<File> {
+        match &self.confine {
+            Some((root, fd)) => {
+                let rel = path.strip_prefix(root).map_err(|_| {
+                    io::Error::new(io::ErrorKind::PermissionDenied, "outside the module")
+                })?;
+                open_beneath_with(fd, rel, OFlags::NONBLOCK)
+            }
+            None => {
+                let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | extra;
+                Ok(File::from(rustix::fs::open(path, flags, Mode::empty())?))
+            }
+        }
+    }
+}
+
+/// `file` opened with `O_NONBLOCK`, now reading as a file always does
+/// (the flag was only for the open).
+fn blocking(file: File) -> io::Result<File> {
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+/// Why a listed file is not sent: a symlink at its name that the scan did
+/// not follow.
+const BECAME_SYMLINK: &str = "it became a symlink (not followed)";
+/// A FIFO, socket, device or directory where the scan found a regular file.
+const NOT_REGULAR: &str = "it is no longer a regular file";
+/// A regular file, but not the one the scan stated (another inode).
+const ANOTHER_FILE: &str = "another file is there now";
+
 impl Source for LocalSource {
-    type Handle = PathBuf;
+    type Handle = OnDisk;
     type File = File;
 
     fn list_start(&self, roots: &[Vec<u8>], opts: &ListOptions) -> ListStart {
@@ -49,37 +104,61 @@ impl Source for LocalSource {
         &self,
         roots: &[Vec<u8>],
         opts: &ListOptions,
-        emit: &mut dyn FnMut(Listed<PathBuf>) -> Result<(), E>,
+        emit: &mut dyn FnMut(Listed<OnDisk>) -> Result<(), E>,
     ) -> Result<bool, E> {
         let top = self.confine.as_ref().map(|(root, _)| root.as_path());
         scan::scan_within(roots, opts, top, emit)
     }
 
-    /// Opens a listed file: beneath the module root when confined.
-    fn open(&self, path: &PathBuf) -> io::Result<File> {
-        match &self.confine {
-            Some((root, fd)) => {
-                let rel = path.strip_prefix(root).map_err(|_| {
-                    io::Error::new(io::ErrorKind::PermissionDenied, "outside the module")
+    /// Opens a listed file: beneath the module root when confined; not
+    /// through a symlink at its name unless the scan followed one there;
+    /// with `O_NONBLOCK` until it is known to be a regular file; and only
+    /// the file the scan stated (device and inode).
+    ///
+    /// # Security
+    /// What is at a listed name when it is opened is whatever a user with
+    /// write access to the tree put there since the scan: a symlink to
+    /// another user's key, a FIFO that would block `open` for ever. Neither
+    /// is read: the scan's identity of the file is the only one sent.
+    fn open(&self, at: &OnDisk) -> io::Result<File> {
+        send_pause_hook(&at.path);
+        let nofollow = if at.followed {
+            OFlags::empty()
+        } else {
+            OFlags::NOFOLLOW
+        };
+        let file =
+            self.open_nonblocking(&at.path, nofollow)
+                .map_err(|e| match e.raw_os_error() {
+                    // (confined, a symlink anywhere on the way)
+                    Some(libc::ELOOP) if !at.followed => Replaced::error(BECAME_SYMLINK),
+                    // (a socket)
+                    Some(libc::ENXIO) => Replaced::error(NOT_REGULAR),
+                    _ => e,
                 })?;
-                open_beneath(fd, rel)
-            }
-            None => File::open(path),
+        let st = file.metadata()?;
+        if !st.is_file() {
+            return Err(Replaced::error(NOT_REGULAR));
         }
+        if (st.dev(), st.ino()) != at.id {
+            return Err(Replaced::error(ANOTHER_FILE));
+        }
+        blocking(file)
     }
 
     /// Confined, relative to the module root: the name goes to the client,
     /// which never learns where the module lives on the server.
-    fn name<'h>(&self, path: &'h PathBuf) -> &'h [u8] {
+    fn name<'h>(&self, at: &'h OnDisk) -> &'h [u8] {
         let top = self.confine.as_ref().map(|(root, _)| root.as_path());
-        scan::shown_within(top, path.as_os_str().as_encoded_bytes())
+        scan::shown_within(top, at.path.as_os_str().as_encoded_bytes())
     }
 
     /// # Security
     /// Confined to a module, the parent directory is opened beneath the
     /// module root without following symlinks, and the entry is looked at
     /// and removed from that handle.
-    fn remove(&self, path: &PathBuf, listed: Stamp) -> io::Result<()> {
+    fn remove(&self, at: &OnDisk, listed: Stamp) -> io::Result<()> {
+        let path = &at.path;
         let (dir, name) = match &self.confine {
             Some((root, fd)) => {
                 let rel = path.strip_prefix(root).map_err(|_| {
@@ -167,15 +246,24 @@ impl SourceFile for File {
     }
 }
 
+/// The test hook for a file swapped after the scan listed it: with
+/// `FERRY_TEST_HOOKS=1`, `FERRY_TEST_SEND_PAUSE_AT=NAME` and
+/// `FERRY_TEST_SEND_PAUSE_FILE=PATH`, the sender, about to open a file whose
+/// path ends in NAME (`a/x`: the components `a` and `x`) to send it, makes
+/// `PATH.waiting` and waits (20 s at most) until PATH exists. Without
+/// `FERRY_TEST_HOOKS=1` the other two are never read.
+fn send_pause_hook(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    static PAUSE: super::pause::PauseHook =
+        super::pause::PauseHook::new("FERRY_TEST_SEND_PAUSE_AT", "FERRY_TEST_SEND_PAUSE_FILE");
+    PAUSE.hold_if(|at| path.ends_with(std::ffi::OsStr::from_bytes(at)));
+}
+
 /// Opens `rel` for reading beneath the directory `root`, refusing any symlink
 /// on the way and any `..` out of it (`openat2` with `RESOLVE_BENEATH` and
 /// `RESOLVE_NO_SYMLINKS`): what a daemon sends from a module stays in it.
-pub fn open_beneath(root: &OwnedFd, rel: &Path) -> io::Result<File> {
-    open_beneath_with(root, rel, OFlags::empty())
-}
-
-/// [`open_beneath`] with `extra` open flags (`O_NONBLOCK`, so that a FIFO
-/// found there does not block the open).
+/// `extra` open flags: `O_NONBLOCK`, so that a FIFO found there does not
+/// block the open.
 pub fn open_beneath_with(root: &OwnedFd, rel: &Path, extra: OFlags) -> io::Result<File> {
     let fd = rustix::fs::openat2(
         root,
@@ -298,5 +386,90 @@ mod tests {
         assert_eq!(check("", true), None);
         assert!(symlink_refusal(Path::new("evil"), true)
             .contains("evil is a symlink that leaves the module"));
+    }
+
+    /// The file `name` of `dir` as the scan lists it (`-L`: `follow`).
+    fn listed(dir: &Path, name: &str, follow: bool) -> OnDisk {
+        let opts = ListOptions {
+            recursive: true,
+            links: true,
+            follow_links: follow,
+            ..Default::default()
+        };
+        let mut found = None;
+        let src = [format!("{}/", dir.display()).into_bytes()];
+        scan::scan::<()>(&src, &opts, &mut |item| {
+            if let Listed::Entry(e, at) = item {
+                if e.name == name.as_bytes() {
+                    found = Some(at);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        found.expect("listed")
+    }
+
+    #[test]
+    fn a_listed_file_is_opened_only_while_it_is_the_file_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, secret) = (t.path().join("d"), t.path().join("secret"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(&secret, "secret").unwrap();
+        let why = |r: io::Result<File>| Replaced::of(&r.unwrap_err());
+        let source = LocalSource::default();
+        let x = dir.join("x");
+        let swap = |make: &dyn Fn(&Path)| {
+            // (what the last swap left there goes first)
+            let _ = std::fs::remove_file(&x);
+            std::fs::write(&x, "listed").unwrap();
+            let at = listed(&dir, "x", false);
+            std::fs::remove_file(&x).unwrap();
+            make(&x);
+            at
+        };
+        // unchanged: opened, and reads block as usual
+        std::fs::write(&x, "listed").unwrap();
+        let f = source.open(&listed(&dir, "x", false)).unwrap();
+        let flags = rustix::fs::fcntl_getfl(&f).unwrap();
+        assert!(!flags.contains(OFlags::NONBLOCK));
+        std::fs::remove_file(&x).unwrap();
+
+        let at = swap(&|x| std::os::unix::fs::symlink(&secret, x).unwrap());
+        assert_eq!(why(source.open(&at)), Some(BECAME_SYMLINK));
+        let at = swap(&|x| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                x,
+                rustix::fs::FileType::Fifo,
+                Mode::from_raw_mode(0o600),
+                0,
+            )
+            .unwrap()
+        });
+        assert_eq!(why(source.open(&at)), Some(NOT_REGULAR));
+        // another file (the listed one kept elsewhere, so that the new one
+        // cannot be given its inode number)
+        std::fs::remove_file(&x).unwrap();
+        std::fs::write(&x, "listed").unwrap();
+        let at = listed(&dir, "x", false);
+        std::fs::rename(&x, t.path().join("kept")).unwrap();
+        std::fs::write(&x, "another").unwrap();
+        assert_eq!(why(source.open(&at)), Some(ANOTHER_FILE));
+        std::fs::remove_file(&x).unwrap();
+
+        // -L: a link the scan followed is opened through it, and must
+        // still lead to what the scan stated
+        let target = t.path().join("target");
+        std::fs::write(&target, "target").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("link")).unwrap();
+        let at = listed(&dir, "link", true);
+        assert!(at.followed);
+        let mut text = String::new();
+        io::Read::read_to_string(&mut source.open(&at).unwrap(), &mut text).unwrap();
+        assert_eq!(text, "target");
+        std::fs::remove_file(dir.join("link")).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("link")).unwrap();
+        assert_eq!(why(source.open(&at)), Some(ANOTHER_FILE));
     }
 }

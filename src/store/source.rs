@@ -66,6 +66,26 @@ pub struct Stamp {
     pub mtime_nsec: i64,
 }
 
+/// What [`Source::open`] says of a listed file whose name now holds something
+/// else than the file listed (swapped since: for a symlink, a FIFO, another
+/// file): the sender reports it as a file that changed while being sent,
+/// never reads it. `why` ends the one line naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Replaced(pub &'static str);
+
+impl Replaced {
+    /// As the error [`Source::open`] returns.
+    pub fn error(why: &'static str) -> io::Error {
+        io::Error::other(Replaced(why))
+    }
+
+    /// Why the file was not opened, if `e` says it was replaced.
+    pub fn of(e: &io::Error) -> Option<&'static str> {
+        e.get_ref()?.downcast_ref::<Replaced>().map(|r| r.0)
+    }
+}
+
 /// A listed file opened for reading. Read in order from the start (a whole
 /// file, a recipe's chunking) or at offsets (the chunks asked for, segments
 /// sent from other threads through a clone).
@@ -129,7 +149,8 @@ pub trait Source {
         emit: &mut dyn FnMut(Listed<Self::Handle>) -> Result<(), E>,
     ) -> Result<bool, E>;
 
-    /// Opens a listed file for reading.
+    /// Opens a listed file for reading; one that is not the file listed
+    /// any more is a [`Replaced`] error.
     fn open(&self, at: &Self::Handle) -> io::Result<Self::File>;
 
     /// The file's name as this host knows it (a local path), for messages.

@@ -8,12 +8,13 @@ use super::Sender;
 use crate::error::{FileError, FileOp, TransferError};
 use crate::fs::names::escape;
 use crate::proto::Message;
-use crate::store::source::{Source, SourceFile, Stamp};
+use crate::store::source::{Replaced, Source, SourceFile, Stamp};
 use std::io::Write;
 
 impl<W: Write, S: Source> Sender<'_, W, S> {
     /// Opens a listed file and notes its size and mtime; if that fails, the
-    /// receiver is told and `None` comes back.
+    /// receiver is told and `None` comes back (a file that is not the one
+    /// listed any more as one that changed while being sent).
     pub(super) fn open_listed(
         &mut self,
         file: u32,
@@ -25,9 +26,13 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             .and_then(|f| f.stamp().map(|s| (f, s)));
         match opened {
             Ok(x) => Ok(Some(x)),
-            Err(e) => self
-                .give_up(file, path, Unsent::Io(FileOp::Open, e))
-                .map(|_| None),
+            Err(e) => {
+                let why = match Replaced::of(&e) {
+                    Some(why) => Unsent::Replaced(why),
+                    None => Unsent::Io(FileOp::Open, e),
+                };
+                self.give_up(file, path, why).map(|_| None)
+            }
         }
     }
 
@@ -67,6 +72,10 @@ pub(crate) enum Unsent {
     /// It is no longer the file that was opened (size, mtime or bytes).
     #[error("changed while being sent")]
     Changed,
+    /// Its name holds something else than the file listed (the source's
+    /// [`Replaced`]): not opened, not read.
+    #[error("changed while being sent: {0}")]
+    Replaced(&'static str),
     /// The worker that was to send one of its segments is gone.
     #[error("a stream worker stopped")]
     WorkerStopped,
@@ -112,5 +121,9 @@ mod tests {
             format!("d/f: {open}")
         );
         assert_eq!(Unsent::Changed.to_string(), "changed while being sent");
+        assert_eq!(
+            Unsent::Replaced("another file is there now").to_string(),
+            "changed while being sent: another file is there now"
+        );
     }
 }

@@ -1,0 +1,254 @@
+//! The sender opens each listed file so that what is at its name after the
+//! scan cannot redirect or hang it: not through a symlink (unless the
+//! transfer follows links, `-L`), never blocking on a FIFO, and only the very
+//! file the scan listed (same device and inode). A file swapped between the
+//! listing and the open is reported ("changed while being sent"), the run is
+//! partial (exit 23), and nothing of what was swapped in arrives, whichever
+//! end sends (a local copy, the remote end over ssh, a daemon's module).
+//!
+//! The swap is staged with the sender's test hook: `FERRY_TEST_SEND_PAUSE_AT`
+//! holds the sender before it opens the file it names,
+//! `FERRY_TEST_SEND_PAUSE_FILE` says when to go on.
+
+mod util;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use util::*;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// What the file outside the tree holds; no run may deliver it.
+const SECRET: &str = "secret-key-bytes-q7z\n";
+
+/// A tree to send (`a/x`, `b.txt`) beside a secret file outside it;
+/// returns (tree, secret).
+fn staged(t: &Path) -> (PathBuf, PathBuf) {
+    let (tree, secret) = (t.join("tree"), t.join("outside/id_ed25519"));
+    write(&tree.join("a/x"), "listed\n");
+    write(&tree.join("b.txt"), "b\n");
+    write(&secret, SECRET);
+    (tree, secret)
+}
+
+/// The hook's variables: hold the sender before it opens `name` until `go`
+/// exists.
+fn hook_env(go: &Path, name: &str) -> Vec<(String, String)> {
+    vec![
+        ("FERRY_TEST_HOOKS".into(), "1".into()),
+        ("FERRY_TEST_SEND_PAUSE_AT".into(), name.into()),
+        ("FERRY_TEST_SEND_PAUSE_FILE".into(), s(go)),
+    ]
+}
+
+/// What replaces `a/x` once listed.
+enum Swap<'a> {
+    SymlinkTo(&'a Path),
+    Fifo,
+}
+
+/// Once the sender waits before opening `x` (`tree/a/x` or the file the
+/// hook names), replaces it as `swap` says and lets the sender go on.
+fn swap_when_waiting(run: &mut Child, go: &Path, x: &Path, swap: Swap) {
+    let waiting = PathBuf::from(format!("{}.waiting", go.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting.exists() {
+        if let Ok(Some(st)) = run.try_wait() {
+            panic!("the run ended ({st}) before the sender opened {x:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sender never came to open {x:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(x).unwrap();
+    match swap {
+        Swap::SymlinkTo(target) => std::os::unix::fs::symlink(target, x).unwrap(),
+        Swap::Fifo => assert!(Command::new("mkfifo").arg(x).status().unwrap().success()),
+    }
+    write(go, "");
+}
+
+/// Waits for a run started with piped output, 30 s at most (a sender hung
+/// on a FIFO never ends: it is killed and the test fails).
+fn finish(run: Child) -> std::process::Output {
+    let pid = run.id();
+    let out = std::thread::spawn(move || run.wait_with_output().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out.is_finished() {
+        if Instant::now() > deadline {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let _ = out.join();
+            panic!("the run did not finish in 30 s: the sender hangs");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    out.join().unwrap()
+}
+
+/// What every end must show: `a/x` reported as changed (one line naming
+/// it, with `why`), the run partial (exit 23), the rest sent, and no byte
+/// of the secret anywhere.
+fn assert_refused(o: &std::process::Output, back: &Path, why: &str) {
+    assert_refused_as(o, back, "a/x", why)
+}
+
+/// [`assert_refused`] for the file `name`.
+fn assert_refused_as(o: &std::process::Output, back: &Path, name: &str, why: &str) {
+    let (err, out) = (stderr(o), stdout(o));
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    let line: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("changed while being sent"))
+        .collect();
+    assert_eq!(line.len(), 1, "{err}");
+    assert!(
+        line[0].contains(&format!("{name}: changed while being sent: ")) && line[0].ends_with(why),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET.trim()) && !out.contains(SECRET.trim()));
+    assert!(
+        !back.join(name).exists(),
+        "{name} was published: {:?}",
+        std::fs::read(back.join(name))
+    );
+    assert_eq!(std::fs::read_to_string(back.join("b.txt")).unwrap(), "b\n");
+}
+
+fn local_run(tree: &Path, back: &Path, go: &Path, flags: &str, hold: &str) -> Child {
+    Command::new(ferry_bin())
+        .args(["sync", flags, &format!("{}/", s(tree)), &s(back)])
+        .envs(hook_env(go, hold))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_local_copy_does_not_send_a_file_swapped_for_a_symlink_to_a_secret() {
+    let t = tmp();
+    let (tree, secret) = staged(t.path());
+    let (go, back) = (t.path().join("go"), t.path().join("back"));
+    let mut run = local_run(&tree, &back, &go, "-a", "a/x");
+    swap_when_waiting(&mut run, &go, &tree.join("a/x"), Swap::SymlinkTo(&secret));
+    assert_refused(&finish(run), &back, "it became a symlink (not followed)");
+}
+
+#[test]
+fn a_local_copy_does_not_hang_on_a_file_swapped_for_a_fifo() {
+    let t = tmp();
+    let (tree, _) = staged(t.path());
+    let (go, back) = (t.path().join("go"), t.path().join("back"));
+    let mut run = local_run(&tree, &back, &go, "-a", "a/x");
+    swap_when_waiting(&mut run, &go, &tree.join("a/x"), Swap::Fifo);
+    assert_refused(&finish(run), &back, "it is no longer a regular file");
+}
+
+/// `-L` follows links on purpose: a link the scan followed is opened
+/// following it (and sent, as it always was), but only if it still leads
+/// to the file the scan stated there; pointed elsewhere since (at a secret),
+/// it is refused.
+#[test]
+fn with_copy_links_a_link_pointed_elsewhere_after_the_scan_is_refused() {
+    let t = tmp();
+    let (tree, secret) = staged(t.path());
+    let (go, back) = (t.path().join("go"), t.path().join("back"));
+    let shared = t.path().join("outside/shared.txt");
+    write(&shared, "shared\n");
+    std::os::unix::fs::symlink(&shared, tree.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(&shared, tree.join("kept.txt")).unwrap();
+    let mut run = local_run(&tree, &back, &go, "-aL", "link.txt");
+    swap_when_waiting(
+        &mut run,
+        &go,
+        &tree.join("link.txt"),
+        Swap::SymlinkTo(&secret),
+    );
+    let o = finish(run);
+    assert_refused_as(&o, &back, "link.txt", "another file is there now");
+    assert_eq!(
+        std::fs::read_to_string(back.join("a/x")).unwrap(),
+        "listed\n"
+    );
+    let kept = back.join("kept.txt");
+    assert!(!kept.symlink_metadata().unwrap().is_symlink());
+    assert_eq!(std::fs::read_to_string(kept).unwrap(), "shared\n");
+}
+
+#[test]
+fn an_ssh_pull_does_not_send_a_file_swapped_for_a_symlink_to_a_secret() {
+    if !sshd_available() {
+        eprintln!("skipped: no sshd");
+        return;
+    }
+    let t = tmp();
+    let (tree, secret) = staged(t.path());
+    let (go, back) = (t.path().join("go"), t.path().join("back"));
+    let env: Vec<String> = hook_env(&go, "a/x")
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let sshd = Sshd::start_with_env(&env.join(" "), "");
+    let mut run = Command::new(ferry_bin())
+        .arg("sync")
+        .args(sshd.args())
+        .args(["-a", &format!("{}/", sshd.remote(&tree)), &s(&back)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    swap_when_waiting(&mut run, &go, &tree.join("a/x"), Swap::SymlinkTo(&secret));
+    assert_refused(&finish(run), &back, "it became a symlink (not followed)");
+}
+
+/// The daemon's case: a FIFO swapped into a module would hold a connection
+/// thread (and a connection slot) until restart.
+#[test]
+fn a_daemon_pull_does_not_hang_on_a_file_swapped_for_a_fifo() {
+    let t = tmp();
+    let (module, _) = staged(t.path());
+    let (go, back) = (t.path().join("go"), t.path().join("back"));
+    let wrapper: Vec<String> = std::iter::once("env".to_string())
+        .chain(
+            hook_env(&go, "a/x")
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        )
+        .collect();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let d = Daemon::spawn_in(
+        Daemon::keyed_setup(""),
+        &[("m", &module, false)],
+        &[],
+        &wrapper,
+        "127.0.0.1:0",
+    )
+    .unwrap_or_else(|log| panic!("daemon did not start: {log}"));
+    let mut run = Command::new(ferry_bin())
+        .arg("sync")
+        .args(d.client_args())
+        .args(["-a", &d.url("m/"), &s(&back)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    swap_when_waiting(&mut run, &go, &module.join("a/x"), Swap::Fifo);
+    assert_refused(&finish(run), &back, "it is no longer a regular file");
+    // the daemon is free for the next client
+    let again = t.path().join("again");
+    std::fs::remove_file(module.join("a/x")).unwrap();
+    let o = ferry(
+        ["sync".to_string()]
+            .into_iter()
+            .chain(d.client_args())
+            .chain(["-a".into(), d.url("m/"), s(&again)]),
+    );
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log());
+}
