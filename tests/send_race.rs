@@ -11,6 +11,7 @@
 //! `FERRY_TEST_SEND_PAUSE_FILE` says when to go on.
 
 mod util;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,6 +148,44 @@ fn a_local_copy_does_not_hang_on_a_file_swapped_for_a_fifo() {
     let mut run = local_run(&tree, &back, &go, "-a", "a/x");
     swap_when_waiting(&mut run, &go, &tree.join("a/x"), Swap::Fifo);
     assert_refused(&finish(run), &back, "it is no longer a regular file");
+}
+
+/// Whatever is swapped in is not even opened for reading (a device could
+/// act on an open: a watchdog starts, a tape rewinds): the sender takes a
+/// handle that reads nothing first. Seen with a FIFO: a writer waiting to
+/// open it is let through only by a reader's open. Before, the sender's
+/// non-blocking open let it through.
+#[test]
+fn a_file_swapped_for_a_fifo_is_not_opened_for_reading() {
+    let t = tmp();
+    let (tree, _) = staged(t.path());
+    let (go, back) = (t.path().join("go"), t.path().join("back"));
+    let x = tree.join("a/x");
+    let mut run = local_run(&tree, &back, &go, "-a", "a/x");
+    let waiting = PathBuf::from(format!("{}.waiting", go.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting.exists() {
+        assert!(run.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(Instant::now() < deadline, "the sender never came to a/x");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(&x).unwrap();
+    assert!(Command::new("mkfifo").arg(&x).status().unwrap().success());
+    let fifo = x.clone();
+    let writer =
+        std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(fifo).map(drop));
+    std::thread::sleep(Duration::from_millis(200));
+    write(&go, "");
+    assert_refused(&finish(run), &back, "it is no longer a regular file");
+    std::thread::sleep(Duration::from_millis(200));
+    let opened = writer.is_finished();
+    // (let the writer go: a reader that gives up at once)
+    let _ = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&x);
+    let _ = writer.join();
+    assert!(!opened, "the sender opened the FIFO for reading");
 }
 
 /// `-L` follows links on purpose: a link the scan followed is opened

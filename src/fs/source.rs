@@ -48,31 +48,70 @@ impl LocalSource {
     /// Opens a file by its path alone, for a walk that kept no identity
     /// (the fan-out's, an API job's check of what it wrote): beneath the
     /// module root with no symlink anywhere when confined, else by the path
-    /// as given; never blocking on a FIFO, and only a regular file.
+    /// as given; never opening for reading anything but a regular file.
     pub fn open_path(&self, path: &Path) -> io::Result<File> {
-        let file = self.open_nonblocking(path, OFlags::empty())?;
-        if !file.metadata()?.is_file() {
+        let handle = self.open_handle(path, OFlags::empty())?;
+        let st = handle.metadata()?;
+        if !st.is_file() {
             return Err(io::Error::other("not a regular file"));
         }
-        blocking(file)
+        self.reopen(&handle, path, OFlags::empty(), (st.dev(), st.ino()))
     }
 
-    /// Opens `path` for reading with `O_NONBLOCK` and `extra` flags
-    /// (`O_NOFOLLOW`); confined, beneath the module root with no symlink
-    /// anywhere on the way, whatever `extra` says.
-    fn open_nonblocking(&self, path: &Path, extra: OFlags) -> io::Result<File> {
+    /// A handle on `path` that reads nothing (`O_PATH`): taking it has no
+    /// effect on what is there (a device is not opened, a FIFO does not
+    /// block, a lease is not broken) and it can only be stated. Confined:
+    /// beneath the module root with no symlink anywhere on the way,
+    /// whatever `extra` says.
+    fn open_handle(&self, path: &Path, extra: OFlags) -> io::Result<File> {
         match &self.confine {
             Some((root, fd)) => {
                 let rel = path.strip_prefix(root).map_err(|_| {
                     io::Error::new(io::ErrorKind::PermissionDenied, "outside the module")
                 })?;
-                open_beneath_with(fd, rel, OFlags::NONBLOCK)
+                open_beneath_with(fd, rel, OFlags::PATH)
             }
             None => {
-                let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | extra;
+                let flags = OFlags::PATH | OFlags::CLOEXEC | extra;
                 Ok(File::from(rustix::fs::open(path, flags, Mode::empty())?))
             }
         }
+    }
+
+    /// The regular file `handle` names (it was stated: device and inode
+    /// `id`), opened for reading through `/proc/self/fd`, which reaches
+    /// that inode and no other. Without `/proc`: `path` again, without
+    /// blocking or taking a terminal, and only if it is still `id`.
+    fn reopen(
+        &self,
+        handle: &File,
+        path: &Path,
+        extra: OFlags,
+        id: (u64, u64),
+    ) -> io::Result<File> {
+        use std::os::fd::AsRawFd;
+        match File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => return other,
+        }
+        let file = match &self.confine {
+            Some((root, fd)) => {
+                let rel = path.strip_prefix(root).map_err(|_| {
+                    io::Error::new(io::ErrorKind::PermissionDenied, "outside the module")
+                })?;
+                open_beneath_with(fd, rel, OFlags::NONBLOCK | OFlags::NOCTTY)?
+            }
+            None => {
+                let flags =
+                    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY | extra;
+                File::from(rustix::fs::open(path, flags, Mode::empty())?)
+            }
+        };
+        let st = file.metadata()?;
+        if !st.is_file() || (st.dev(), st.ino()) != id {
+            return Err(Replaced::error(ANOTHER_FILE));
+        }
+        blocking(file)
     }
 }
 
@@ -112,14 +151,17 @@ impl Source for LocalSource {
 
     /// Opens a listed file: beneath the module root when confined; not
     /// through a symlink at its name unless the scan followed one there;
-    /// with `O_NONBLOCK` until it is known to be a regular file; and only
-    /// the file the scan stated (device and inode).
+    /// first as a handle that reads nothing (`O_PATH`), then for reading
+    /// only if it is a regular file and the one the scan stated (device
+    /// and inode).
     ///
     /// # Security
     /// What is at a listed name when it is opened is whatever a user with
     /// write access to the tree put there since the scan: a symlink to
-    /// another user's key, a FIFO that would block `open` for ever. Neither
-    /// is read: the scan's identity of the file is the only one sent.
+    /// another user's key, a FIFO that would block `open` for ever, a
+    /// directory on the way swapped for a link to `/dev` (opening a device
+    /// can start a watchdog or rewind a tape). None is opened for reading:
+    /// the scan's identity of the file is the only one read and sent.
     fn open(&self, at: &OnDisk) -> io::Result<File> {
         send_pause_hook(&at.path);
         let nofollow = if at.followed {
@@ -127,23 +169,24 @@ impl Source for LocalSource {
         } else {
             OFlags::NOFOLLOW
         };
-        let file =
-            self.open_nonblocking(&at.path, nofollow)
-                .map_err(|e| match e.raw_os_error() {
-                    // (confined, a symlink anywhere on the way)
-                    Some(libc::ELOOP) if !at.followed => Replaced::error(BECAME_SYMLINK),
-                    // (a socket)
-                    Some(libc::ENXIO) => Replaced::error(NOT_REGULAR),
-                    _ => e,
-                })?;
-        let st = file.metadata()?;
+        let handle = self
+            .open_handle(&at.path, nofollow)
+            .map_err(|e| match e.raw_os_error() {
+                // (confined, a symlink anywhere on the way)
+                Some(libc::ELOOP) if !at.followed => Replaced::error(BECAME_SYMLINK),
+                _ => e,
+            })?;
+        let st = handle.metadata()?;
+        if st.file_type().is_symlink() {
+            return Err(Replaced::error(BECAME_SYMLINK));
+        }
         if !st.is_file() {
             return Err(Replaced::error(NOT_REGULAR));
         }
         if (st.dev(), st.ino()) != at.id {
             return Err(Replaced::error(ANOTHER_FILE));
         }
-        blocking(file)
+        self.reopen(&handle, &at.path, nofollow, at.id)
     }
 
     /// Confined, relative to the module root: the name goes to the client,
