@@ -936,6 +936,7 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         .map_err(|e| TransferError::Usage(e.to_string()))?;
     // before any thread (the API's included) makes a malloc arena
     crate::server::memory::cap_arenas();
+    crate::server::daemon::raise_open_files();
     // an address in use fails here, before a key is made or a warning logged
     let listeners = crate::server::daemon::bind(&config)?;
     if a.api.is_some() {

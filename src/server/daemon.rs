@@ -500,6 +500,22 @@ pub fn bind(config: &DaemonConfig) -> Result<Vec<TcpListener>, TransferError> {
 /// gets the bound addresses.
 ///
 /// A configuration it cannot serve is a [`TransferError::Usage`].
+/// Raises this process's soft limit on open descriptors to its hard limit
+/// (as OpenSSH's sshd and most servers do): each connection's receiver
+/// holds a few directories open, and the default soft limit of 1,024 would
+/// run out part-way through transfers on a busy daemon. A `ulimit -n` the
+/// administrator set is the hard limit too, and stays.
+pub fn raise_open_files() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(%e, "could not raise the open-descriptor limit");
+        }
+    }
+}
+
 pub fn run(
     config: DaemonConfig,
     listeners: Vec<TcpListener>,
