@@ -649,7 +649,8 @@ impl Hop {
     pub fn complete(&self) -> Result<bool, String> {
         let mut s = lock(&self.state);
         if s.finished {
-            return Ok(true);
+            // (a failed finish stays failed: not "done" on the next call)
+            return s.error.clone().map_or(Ok(true), Err);
         }
         if !s.end_seen || s.files.values().any(|f| !f.published) {
             return Ok(false);

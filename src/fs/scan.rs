@@ -32,7 +32,9 @@ pub type ScanItem = Listed<OnDisk>;
 /// 40 bytes (the path boxed, without spare capacity), 16 more than the bare
 /// path: the sender holds these only for the files listed and not yet asked
 /// for ([`crate::proto::LIST_AHEAD`] at most beyond what the receiver took
-/// in) and, with `--remove-source-files`, for each file until it is settled.
+/// in) and, with `--remove-source-files`, for each file until it is settled;
+/// with `--delete-before`, for every file until the list ends (16 MB more
+/// per million files).
 #[derive(Clone, Debug)]
 pub struct OnDisk {
     /// Its local path.

@@ -310,10 +310,10 @@ impl Runner {
 }
 
 /// The most bytes of names one group carries: GNU xargs takes a command
-/// line of 128 KiB by default, and 64 names of long paths would pass it
-/// (seven could not: a path is at most 4 KiB). The script and the padding
-/// take the rest.
-const GROUP_BYTES: usize = 64 << 10;
+/// line of 128 KiB by default and busybox's 32 KiB, and 64 names of long
+/// paths would pass either (seven could not pass GNU's: a path is at most
+/// 4 KiB). The script (~2.5 KiB) and the padding take the rest.
+const GROUP_BYTES: usize = 24 << 10;
 
 /// What pads a group; its answer is dropped (a slot is told by its place,
 /// so a real file of this name is hashed like any other).
