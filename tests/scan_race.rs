@@ -12,7 +12,7 @@
 mod util;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use util::*;
 
 fn s(p: &Path) -> String {
@@ -44,15 +44,7 @@ fn hook_env(go: &Path) -> Vec<(String, String)> {
 /// Once the walk waits at `tree/a` (it has listed `a` as a directory),
 /// replaces `a` with a symlink to `outside` and lets the walk go on.
 fn swap_when_waiting(run: &mut Child, go: &Path, tree: &Path, outside: &Path) {
-    let waiting = PathBuf::from(format!("{}.waiting", go.display()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !waiting.exists() {
-        if let Ok(Some(st)) = run.try_wait() {
-            panic!("the run ended ({st}) before the walk reached a/");
-        }
-        assert!(Instant::now() < deadline, "the walk never reached a/");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_pause(run, go, "a/ in the walk");
     std::fs::rename(tree.join("a"), tree.with_file_name("a-moved")).unwrap();
     std::os::unix::fs::symlink(outside, tree.join("a")).unwrap();
     write(go, "");
@@ -60,17 +52,7 @@ fn swap_when_waiting(run: &mut Child, go: &Path, tree: &Path, outside: &Path) {
 
 /// Waits (bounded) for a run started with piped output.
 fn finish(run: Child) -> std::process::Output {
-    let pid = run.id();
-    let out = std::thread::spawn(move || run.wait_with_output().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !out.is_finished() {
-        if Instant::now() > deadline {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!("the run did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    out.join().unwrap()
+    output_within(run, Duration::from_secs(60))
 }
 
 /// What every end must show: `a` refused as the symlink it became, the
@@ -125,18 +107,7 @@ fn a_daemon_pull_lists_nothing_outside_the_module_when_a_directory_is_swapped() 
     let t = tmp();
     let (module, outside) = staged(t.path());
     let (go, back) = (t.path().join("go"), t.path().join("back"));
-    let wrapper: Vec<String> = std::iter::once("env".to_string())
-        .chain(hook_env(&go).into_iter().map(|(k, v)| format!("{k}={v}")))
-        .collect();
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let d = Daemon::spawn_in(
-        Daemon::keyed_setup(""),
-        &[("m", &module, false)],
-        &[],
-        &wrapper,
-        "127.0.0.1:0",
-    )
-    .unwrap_or_else(|log| panic!("daemon did not start: {log}"));
+    let d = daemon_with_env(&module, &hook_env(&go));
     let mut run = Command::new(ferry_bin())
         .arg("sync")
         .args(d.client_args())

@@ -14,7 +14,7 @@ mod util;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use util::*;
 
 fn s(p: &Path) -> String {
@@ -53,18 +53,7 @@ enum Swap<'a> {
 /// Once the sender waits before opening `x` (`tree/a/x` or the file the
 /// hook names), replaces it as `swap` says and lets the sender go on.
 fn swap_when_waiting(run: &mut Child, go: &Path, x: &Path, swap: Swap) {
-    let waiting = PathBuf::from(format!("{}.waiting", go.display()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !waiting.exists() {
-        if let Ok(Some(st)) = run.try_wait() {
-            panic!("the run ended ({st}) before the sender opened {x:?}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sender never came to open {x:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_pause(run, go, &format!("the open of {x:?}"));
     std::fs::remove_file(x).unwrap();
     match swap {
         Swap::SymlinkTo(target) => std::os::unix::fs::symlink(target, x).unwrap(),
@@ -76,18 +65,7 @@ fn swap_when_waiting(run: &mut Child, go: &Path, x: &Path, swap: Swap) {
 /// Waits for a run started with piped output, 30 s at most (a sender hung
 /// on a FIFO never ends: it is killed and the test fails).
 fn finish(run: Child) -> std::process::Output {
-    let pid = run.id();
-    let out = std::thread::spawn(move || run.wait_with_output().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !out.is_finished() {
-        if Instant::now() > deadline {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            let _ = out.join();
-            panic!("the run did not finish in 30 s: the sender hangs");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    out.join().unwrap()
+    output_within(run, Duration::from_secs(30))
 }
 
 /// What every end must show: `a/x` reported as changed (one line naming
@@ -162,13 +140,7 @@ fn a_file_swapped_for_a_fifo_is_not_opened_for_reading() {
     let (go, back) = (t.path().join("go"), t.path().join("back"));
     let x = tree.join("a/x");
     let mut run = local_run(&tree, &back, &go, "-a", "a/x");
-    let waiting = PathBuf::from(format!("{}.waiting", go.display()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !waiting.exists() {
-        assert!(run.try_wait().unwrap().is_none(), "the run ended early");
-        assert!(Instant::now() < deadline, "the sender never came to a/x");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_pause(&mut run, &go, "the open of a/x");
     std::fs::remove_file(&x).unwrap();
     assert!(Command::new("mkfifo").arg(&x).status().unwrap().success());
     let fifo = x.clone();
@@ -253,22 +225,7 @@ fn a_daemon_pull_does_not_hang_on_a_file_swapped_for_a_fifo() {
     let t = tmp();
     let (module, _) = staged(t.path());
     let (go, back) = (t.path().join("go"), t.path().join("back"));
-    let wrapper: Vec<String> = std::iter::once("env".to_string())
-        .chain(
-            hook_env(&go, "a/x")
-                .into_iter()
-                .map(|(k, v)| format!("{k}={v}")),
-        )
-        .collect();
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let d = Daemon::spawn_in(
-        Daemon::keyed_setup(""),
-        &[("m", &module, false)],
-        &[],
-        &wrapper,
-        "127.0.0.1:0",
-    )
-    .unwrap_or_else(|log| panic!("daemon did not start: {log}"));
+    let d = daemon_with_env(&module, &hook_env(&go, "a/x"));
     let mut run = Command::new(ferry_bin())
         .arg("sync")
         .args(d.client_args())

@@ -522,6 +522,58 @@ impl Daemon {
     }
 }
 
+/// The test hooks' pause: waits (30 s at most) until a run held by a
+/// `FERRY_TEST_*_PAUSE_FILE=go` hook says it waits (`go.waiting` exists);
+/// `what` names where it is held, for the failure.
+pub fn wait_for_pause(run: &mut Child, go: &Path, what: &str) {
+    let waiting = PathBuf::from(format!("{}.waiting", go.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting.exists() {
+        if let Ok(Some(st)) = run.try_wait() {
+            panic!("the run ended ({st}) before it was held at {what}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run was never held at {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits at most `limit` for a run started with piped output and returns
+/// it; a run still going then is killed and the test fails (it hangs).
+pub fn output_within(run: Child, limit: Duration) -> std::process::Output {
+    let pid = run.id();
+    let out = std::thread::spawn(move || run.wait_with_output().unwrap());
+    let deadline = Instant::now() + limit;
+    while !out.is_finished() {
+        if Instant::now() > deadline {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let _ = out.join();
+            panic!("the run did not finish in {limit:?}: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    out.join().unwrap()
+}
+
+/// A keyed daemon serving `module` as `m`, with `env` in its environment
+/// (the test hooks' variables).
+pub fn daemon_with_env(module: &Path, env: &[(String, String)]) -> Daemon {
+    let wrapper: Vec<String> = std::iter::once("env".to_string())
+        .chain(env.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    Daemon::spawn_in(
+        Daemon::keyed_setup(""),
+        &[("m", module, false)],
+        &[],
+        &wrapper,
+        "127.0.0.1:0",
+    )
+    .unwrap_or_else(|log| panic!("daemon did not start: {log}"))
+}
+
 /// Waits at most `limit` for `child` to exit; `None` if it is still running.
 pub fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
