@@ -950,15 +950,7 @@ mod tests {
     }
 
     fn old_data(n: usize) -> Vec<u8> {
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s as u8
-            })
-            .collect()
+        crate::chunk::tests::random(n, 0x9e37_79b9_7f4a_7c15)
     }
 
     /// The hop's memory bound: it holds at most [`WINDOWS_HELD`] windows
