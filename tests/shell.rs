@@ -90,6 +90,8 @@ fn a_batch_leaves_the_same_trees_as_sftp_b() {
     let script = "\
 cd {R}
 lcd {L}
+# a comment, then a blank line: sftp echoes both
+
 mkdir made
 put -p file1.txt made/
 put -r -p tree
@@ -113,6 +115,19 @@ df
     assert_eq!(std::fs::read(r.join("made/renamed.txt")).unwrap(), b"one\n");
     assert!(t.path().join("ferry-local/back/b/c").exists());
     assert!(stdout(&ferry).contains(&format!("Remote working directory: {}", r.display())));
+    // each line is echoed as written (its `-` kept, blank and comment lines
+    // too), except the `@` lines, as sftp does
+    let echoed = |out: &Output, prompt: &str| -> Vec<String> {
+        stdout(out)
+            .lines()
+            .filter_map(|l| l.strip_prefix(prompt))
+            .map(|l| l.replace("/sftp-", "/ferry-"))
+            .collect()
+    };
+    let ferry_echo = echoed(&ferry, "ferry> ");
+    assert_eq!(echoed(&sftp, "sftp> "), ferry_echo);
+    assert!(ferry_echo.contains(&"-rm does-not-exist".to_string()));
+    assert!(!ferry_echo.iter().any(|l| l.contains("rename made")));
 }
 
 #[test]

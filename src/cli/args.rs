@@ -758,8 +758,8 @@ pub struct DoctorArgs {
 #[derive(Args, Debug)]
 pub struct ShellArgs {
     /// Run the commands in FILE (`-` for stdin) as sftp -b does: stop at the
-    /// first failure (exit 1) unless the line starts with `-`; a line starting
-    /// with `@` is not echoed
+    /// first failure (exit 1) unless the line starts with `-`; each line is
+    /// echoed as written (`ferry> LINE`) unless it starts with `@`
     #[arg(short = 'b', value_name = "FILE")]
     pub batch: Option<std::path::PathBuf>,
     /// The remote shell command (instead of ssh)

@@ -578,7 +578,14 @@ fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32
         let Ok(line) = line else {
             return 1;
         };
-        let parsed = match parse(&line) {
+        let parsed = parse(&line);
+        // echoed as written, blank and comment lines and the `-` too: the
+        // same transcript as sftp's, under ferry's prompt
+        if echo && !matches!(&parsed, Ok(Some(p)) if p.quiet) {
+            outln!("ferry> {line}");
+            let _ = std::io::stdout().flush();
+        }
+        let parsed = match parsed {
             Ok(Some(p)) => p,
             Ok(None) => continue,
             Err(e) => {
@@ -586,10 +593,6 @@ fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32
                 return 1;
             }
         };
-        if echo && !parsed.quiet {
-            outln!("ferry> {}", line.trim().trim_start_matches(['-', '@']));
-            let _ = std::io::stdout().flush();
-        }
         let r = shell.run(&parsed.words);
         shell.names.forget();
         match r {
