@@ -2709,10 +2709,11 @@ fn a_job_never_leaves_its_module_through_a_symlink() {
     }
     // a link out of the tree is skipped (the module takes safe links), and
     // its target's bytes never arrive in its place
-    match std::fs::symlink_metadata(ok_dir.join("abs")) {
-        Ok(m) => assert!(m.file_type().is_symlink(), "abs arrived as {m:?}"),
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
-    }
+    assert_eq!(
+        std::fs::read_link(ok_dir.join("abs")).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::NotFound),
+        "a link out of the tree was made in a module that takes safe links"
+    );
     // the job's file list does not read through the link either
     let secret_check = blake3::hash(&secret).to_hex().to_string();
     assert!(
@@ -2720,4 +2721,62 @@ fn a_job_never_leaves_its_module_through_a_symlink() {
         "{:#}",
         j["files"]
     );
+}
+
+/// A job writing into a module makes the symlinks that module's `symlinks`
+/// setting allows, as a client pushing into it would: munged in a `munge`
+/// module, as sent in a `verbatim` one (and skipped when they leave the tree
+/// in a `safe` one, above).
+#[test]
+fn a_job_into_a_module_makes_the_links_its_symlinks_setting_allows() {
+    let mods = tmp();
+    let (munge, verbatim) = (mods.path().join("munge"), mods.path().join("verbatim"));
+    std::fs::create_dir(&munge).unwrap();
+    std::fs::create_dir(&verbatim).unwrap();
+    let cfg = mods.path().join("ferry.toml");
+    write(
+        &cfg,
+        format!(
+            "[[module]]\nname = \"munge\"\npath = \"{}\"\nsymlinks = \"munge\"\n\n\
+             [[module]]\nname = \"verbatim\"\npath = \"{}\"\nsymlinks = \"verbatim\"\n",
+            munge.display(),
+            verbatim.display()
+        ),
+    );
+    let api = Api::with(&["--config", cfg.to_str().unwrap()]);
+    write(&api.src().join("tree/a.txt"), b"in the module");
+    std::os::unix::fs::symlink("a.txt", api.src().join("tree/ln")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", api.src().join("tree/abs")).unwrap();
+    let key = api.key("k", "jobs:write,jobs:read", &[]);
+    for (module, root, ln, abs) in [
+        (
+            "munge",
+            &munge,
+            "/rsyncd-munged/a.txt",
+            Some("/rsyncd-munged//etc/hostname"),
+        ),
+        ("verbatim", &verbatim, "a.txt", Some("/etc/hostname")),
+        ("dst", &api.dst(), "a.txt", None),
+    ] {
+        let j = api.submit(&key, &sync_job("src/tree/", &format!("{module}/t/")));
+        let j = api.wait_state(
+            &key,
+            j["id"].as_str().unwrap(),
+            &["succeeded", "failed"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(j["state"], "succeeded", "{module}: {j:#}");
+        let t = root.join("t");
+        assert_eq!(std::fs::read(t.join("a.txt")).unwrap(), b"in the module");
+        assert_eq!(
+            std::fs::read_link(t.join("ln")).unwrap(),
+            Path::new(ln),
+            "{module}"
+        );
+        assert_eq!(
+            std::fs::read_link(t.join("abs")).ok(),
+            abs.map(PathBuf::from),
+            "{module}"
+        );
+    }
 }

@@ -440,9 +440,12 @@ pub fn resolve(
     if spec.compress_level.is_some_and(|l| !(1..=19).contains(&l)) {
         return Err(field("/compress_level", "1 to 19"));
     }
-    let options = Options {
+    let mut options = Options {
         recursive: true,
+        // links as `ferry sync -a` asks for them; the receiving module
+        // decides what it makes (below, or the peer daemon's module)
         links: true,
+        symlinks: crate::proto::LinkPolicy::Verbatim,
         perms: true,
         times: true,
         delete: spec.delete,
@@ -461,6 +464,15 @@ pub fn resolve(
         bwlimit,
         ..Default::default()
     };
+    // the destination module says which symlinks a job may make in it, as
+    // it does for a client pushing into it (server::daemon)
+    if let Some(m) = modules
+        .iter()
+        .find(|m| m.name == dst.module)
+        .filter(|_| dst.local_path().is_some())
+    {
+        options.symlinks = m.symlinks.allow(options.symlinks);
+    }
     Ok(Resolved {
         src,
         dst,
