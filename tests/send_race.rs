@@ -128,6 +128,68 @@ fn a_local_copy_does_not_hang_on_a_file_swapped_for_a_fifo() {
     assert_refused(&finish(run), &back, "it is no longer a regular file");
 }
 
+/// `--remove-source-files` removes only the very file that was sent: one
+/// replaced after it was read by another file of the same size and mtime
+/// (an editor's save, a `cp -p`) holds data the destination never got, and
+/// is kept and reported, as a file that changed is.
+#[test]
+fn remove_source_files_keeps_a_file_replaced_after_it_was_sent() {
+    let t = tmp();
+    let (tree, back, go) = (
+        t.path().join("tree"),
+        t.path().join("back"),
+        t.path().join("go"),
+    );
+    write(&tree.join("1.bin"), "first\n");
+    write(&tree.join("2.bin"), "second\n");
+    let mut run = Command::new(ferry_bin())
+        .args(["sync", "-a", "--remove-source-files"])
+        .arg(format!("{}/", s(&tree)))
+        .arg(&back)
+        .envs(hook_env(&go, "2.bin"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 1.bin has been opened and read: put another file in its place with
+    // the same size and mtime
+    wait_for_pause(&mut run, &go, "the open of 2.bin");
+    let listed = std::fs::metadata(tree.join("1.bin")).unwrap();
+    let other = tree.join("1.bin.new");
+    write(&other, "FIRST\n");
+    std::fs::File::options()
+        .write(true)
+        .open(&other)
+        .unwrap()
+        .set_modified(listed.modified().unwrap())
+        .unwrap();
+    std::fs::rename(&other, tree.join("1.bin")).unwrap();
+    write(&go, "");
+    let o = finish(run);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    assert!(
+        err.lines().any(|l| l.contains("not removing source ")
+            && l.ends_with("1.bin: it was replaced since it was sent")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join("1.bin")).unwrap(),
+        "FIRST\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(back.join("1.bin")).unwrap(),
+        "first\n"
+    );
+    // the file that was sent and stayed as it was is removed
+    assert!(!tree.join("2.bin").exists(), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(back.join("2.bin")).unwrap(),
+        "second\n"
+    );
+}
+
 /// Whatever is swapped in is not even opened for reading (a device could
 /// act on an open: a watchdog starts, a tape rewinds): the sender takes a
 /// handle that reads nothing first. Seen with a FIFO: a writer waiting to

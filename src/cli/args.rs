@@ -219,7 +219,8 @@ pub struct SyncArgs {
     #[arg(long = "compare-dest", value_name = "DIR")]
     pub compare_dest: Vec<std::path::PathBuf>,
     /// Remove each source file (not directories) once its copy at the
-    /// destination is verified and durable
+    /// destination is verified and durable; one that changed or was
+    /// replaced meanwhile is kept (exit 23)
     #[arg(long = "remove-source-files")]
     pub remove_source_files: bool,
     /// Write each changed file over itself instead of beside it and renamed:

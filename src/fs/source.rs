@@ -228,6 +228,12 @@ impl Source for LocalSource {
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(io::Error::other("a directory"));
         }
+        // the very file the scan listed (and the sender read), not another
+        // put in its place since with the same size and mtime; a name the
+        // walk followed to its target is the link, not the target
+        if !at.followed && (st.st_dev, st.st_ino) != at.id {
+            return Err(io::Error::other("it was replaced since it was sent"));
+        }
         // (a symlink is listed without a size of its own)
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
         let now = Stamp {

@@ -191,9 +191,11 @@ pub fn run(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome
 
 fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcome, TransferError> {
     // the sender's list errors (each source it cannot read) reach the
-    // summary as one io_error flag: where the run has errors, the count is
-    // the error events it reported, so `a b c dest/` with three missing
-    // sources says 3 error(s), as it printed three
+    // summary as one io_error flag: the count is the error events the run
+    // reported, so `a b c dest/` with three missing sources says 3
+    // error(s), as it printed three; an error only the sender saw after
+    // the list (a source `--remove-source-files` kept) counts too, so the
+    // run is partial (exit 23) as rsync's is
     let reported = std::sync::atomic::AtomicU64::new(0);
     let counting = |e: crate::proto::Event| {
         if e.kind == crate::proto::EventKind::Error {
@@ -202,10 +204,8 @@ fn run_once(plan: &Plan, events: &EventFn<'_>, cancel: &Cancel) -> Result<Outcom
         events(e)
     };
     let mut outcome = run_counted(plan, &counting, cancel)?;
-    if outcome.summary.errors > 0 {
-        let reported = reported.load(Ordering::Relaxed);
-        outcome.summary.errors = outcome.summary.errors.max(reported);
-    }
+    let reported = reported.load(Ordering::Relaxed);
+    outcome.summary.errors = outcome.summary.errors.max(reported);
     Ok(outcome)
 }
 
