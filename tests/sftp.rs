@@ -1403,3 +1403,111 @@ fn a_hash_group_xargs_cannot_pass_whole_is_checked_another_way() {
     assert_same_tree(&src, &up, false);
     assert_same_tree(&src, &down, false);
 }
+
+/// Session 21 (issue 22, the remote hash overlapped): a file larger than
+/// one range is hashed on the remote range by range while the later ranges
+/// are still uploading (1 MiB ranges here, `FERRY_TEST_SFTP_RANGE_MIB`). A
+/// `dd` first on the remote's PATH (the range script's) flips a byte of the
+/// first range the first time it is asked for it, and logs how long the
+/// partial was then. The file fails with nothing published, the range
+/// named; the range was hashed before the upload ended; the re-run resumes
+/// from the partial and publishes the source's bytes. Before, a file was
+/// hashed whole after its last write: no `dd` ran and the byte was never
+/// flipped (the marker was missing).
+#[test]
+fn a_byte_flipped_in_an_early_range_fails_the_file_and_was_checked_mid_upload() {
+    if !sshd_available() {
+        return;
+    }
+    let t = tmp();
+    let bin = t.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let (marker, log) = (t.path().join("flipped"), t.path().join("dd.log"));
+    write(
+        &bin.join("dd"),
+        format!(
+            "#!/bin/sh\n\
+             f=$(readlink /proc/$$/fd/0)\n\
+             echo \"$* $(stat -c %s \"$f\")\" >> '{log}'\n\
+             if [ \"$2\" = skip=0 ] && [ ! -e '{m}' ]; then touch '{m}'; \
+             printf Z | /bin/dd of=\"$f\" bs=1 seek=100 conv=notrunc 2>/dev/null; fi\n\
+             exec /bin/dd \"$@\"\n",
+            log = log.display(),
+            m = marker.display()
+        ),
+    );
+    chmod(&bin.join("dd"), 0o755);
+    let sshd = Sshd::start_with(&format!(
+        "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
+        bin.display()
+    ));
+    let size = 8usize << 20;
+    let mut data = random_bytes(size, 21);
+    data[100] = b'a';
+    let src = t.path().join("ckpt.bin");
+    write(&src, &data);
+    let dst_dir = t.path().join("dst");
+    std::fs::create_dir(&dst_dir).unwrap();
+    let dst = dst_dir.join("ckpt.bin");
+    let cache = t.path().join("cache");
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> = vec!["sync".into(), "--stats".into()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend([
+            "--transport".into(),
+            "sftp".into(),
+            "-e".into(),
+            sshd.rsh(),
+            s(&src),
+            sshd.remote(&dst),
+        ]);
+        Command::new(ferry_bin())
+            .args(&args)
+            .env("XDG_CACHE_HOME", &cache)
+            .env("FERRY_TEST_HOOKS", "1")
+            .env("FERRY_TEST_SFTP_RANGE_MIB", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ferry")
+    };
+    // (4 s at 2 MB/s: the first range is answered long before the last)
+    let o = run(&["--bwlimit", "2M"]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(marker.exists(), "the first range was never hashed by range");
+    assert!(
+        err.contains(&format!(
+            "{HASHED_BY} on the remote does not match what was sent; not published (bytes 0 to 1048576)"
+        )),
+        "{err}"
+    );
+    assert!(!dst.exists(), "a corrupted file was published");
+    let part = std::fs::read(remote_part(&dst)).unwrap();
+    assert_eq!(part.len(), size);
+    assert_eq!(part[100], b'Z');
+    // the first range was hashed while the file was still being written
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let first = logged
+        .lines()
+        .find(|l| l.contains("skip=0 "))
+        .unwrap_or_else(|| panic!("{logged}"));
+    let len_then: usize = first.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(len_then < size, "hashed only after the upload: {logged}");
+    // every range was asked for, each once, in MiB
+    for k in 0..8 {
+        let n = logged
+            .lines()
+            .filter(|l| l.starts_with(&format!("bs=1048576 skip={k} count=1 ")))
+            .count();
+        assert_eq!(n, 1, "range {k}: {logged}");
+    }
+    // the re-run resumes from the partial, sends the flipped chunk again,
+    // checks every range and publishes the source's bytes
+    let o = ok(run(&[]));
+    let said = format!("verified: {HASHED_BY} on 127.0.0.1 for 1 file(s)");
+    assert!(stderr(&o).contains(&said), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    assert!(!remote_part(&dst).exists());
+    let (literal, ..) = stats(&stdout(&o));
+    assert!(literal > 0 && literal < 256 << 10, "{}", stdout(&o));
+}

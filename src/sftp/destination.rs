@@ -5,7 +5,9 @@
 //! hash command or a second read, [`super::verify`]: a file that fails stays
 //! in its temporary, unpublished), and renamed into place
 //! (`posix-rename@openssh.com`; a server without it gets remove-then-rename,
-//! which is not atomic, and the transfer says so).
+//! which is not atomic, and the transfer says so). A file larger than one
+//! range ([`verify::Ranges`]) is hashed on the remote range by range while
+//! it is written: each range once every write below its end is answered.
 //!
 //! Not for reading a transfer's sources (that is [`super::source`]) nor for
 //! deciding when SFTP is used (that is `transfer`). The only old data offered
@@ -20,7 +22,7 @@
 //! path), so it stays under the destination's root.
 
 use super::client::{Handle, Pending, Sftp};
-use super::verify::{self, Hashing, How, Verify};
+use super::verify::{self, How, RangeHashing, Ranges, Verify};
 use super::wire::{self, Attrs};
 use crate::error::TransferError;
 use crate::fs::names::{self, escape, split_parent};
@@ -196,9 +198,14 @@ struct Finishing {
     temp_path: Vec<u8>,
     target: Vec<u8>,
     backup: Option<Vec<u8>>,
-    /// The hash of what was written, checked before the rename (`None`:
-    /// not checked, or written out of order).
-    hashed: Option<String>,
+    /// The hashes of what was written, one per range, checked before the
+    /// rename (`None`: not checked, or written out of order).
+    hashed: Option<Vec<String>>,
+    /// Its length.
+    size: u64,
+    /// The remote's answers asked so far: the whole file's, or one per
+    /// range from the first (those asked while it was written first).
+    answers: Vec<verify::Answer>,
 }
 
 enum Stage {
@@ -212,14 +219,16 @@ enum Stage {
     /// Writes (the first `writes`), fsync, metadata and close outstanding.
     /// Once the writes are answered the remote hash command is asked (what
     /// it reads is what the server wrote), so that it hashes while the
-    /// server fsyncs, not after.
+    /// server fsyncs, not after: the whole file, or the ranges not asked
+    /// yet ([`Finishing::answers`]).
     Closing {
         q: VecDeque<Pending>,
         writes: usize,
-        asked: Option<verify::Answer>,
+        asked: bool,
     },
-    /// Written and closed; the remote hash command's answer outstanding.
-    Verifying(verify::Answer),
+    /// Written and closed; the remote hash command's answers outstanding
+    /// (those come, in order, into the second).
+    Verifying(Vec<io::Result<String>>),
     /// The renames outstanding; a `true` one may find nothing to move.
     Renaming(VecDeque<(Pending, bool)>),
 }
@@ -257,6 +266,22 @@ fn send_replace(sftp: &Sftp, from: &[u8], to: &[u8]) -> io::Result<Pending> {
             wire::put_str(p, to);
         })
     }
+}
+
+fn mismatch(v: &Verify) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{} does not match what was sent; not published", v.what()),
+    )
+}
+
+/// Asks the remote for the hash of range `k` of the file at `path`, which
+/// ends at `to`.
+fn ask_range(r: &Ranges, path: &[u8], k: u64, to: u64) -> io::Result<verify::Answer> {
+    let mib = 1 << 20;
+    let first = k * r.bytes / mib;
+    r.hash
+        .ask_range(path, first, (to - k * r.bytes).div_ceil(mib))
 }
 
 fn ended() -> io::Error {
@@ -323,25 +348,40 @@ impl SftpDest {
                     f.stage = Stage::Closing {
                         q,
                         writes,
-                        asked: None,
+                        asked: false,
                     };
                 }
                 Stage::Closing { q, writes, asked } => {
                     loop {
                         let remote = match (&self.verify, &f.hashed) {
                             (
-                                Some(Verify {
-                                    how: How::Remote(h),
-                                    ..
-                                }),
-                                Some(_),
-                            ) => Some(h),
+                                Some(
+                                    v @ Verify {
+                                        how: How::Remote(h),
+                                        ..
+                                    },
+                                ),
+                                Some(hashed),
+                            ) => Some((v, h, hashed.len())),
                             _ => None,
                         };
-                        if let (0, None, Some(h)) = (*writes, &asked, remote) {
-                            *asked = Some(h.ask(&f.temp_path)?);
-                            if block {
-                                h.flush();
+                        if let (0, false, Some((v, h, ranges))) = (*writes, *asked, remote) {
+                            *asked = true;
+                            match &v.ranges {
+                                Some(r) if ranges > 1 => {
+                                    // the ranges not asked while it was written
+                                    while f.answers.len() < ranges {
+                                        let k = f.answers.len() as u64;
+                                        let to = ((k + 1) * r.bytes).min(f.size);
+                                        f.answers.push(ask_range(r, &f.temp_path, k, to)?);
+                                    }
+                                }
+                                _ => {
+                                    f.answers = vec![h.ask(&f.temp_path)?];
+                                    if block {
+                                        h.flush();
+                                    }
+                                }
                             }
                         }
                         let Some(p) = q.front() else { break };
@@ -357,37 +397,39 @@ impl SftpDest {
                     if let (Some(v), Some(want)) = (&self.verify, &f.hashed) {
                         match &v.how {
                             How::Remote(_) => {
-                                f.stage = Stage::Verifying(asked.take().expect("asked"));
+                                f.stage = Stage::Verifying(Vec::new());
                                 continue;
                             }
                             How::Reread => {
                                 let got = verify::reread(&f.sftp, &f.temp_path, v.kind());
-                                self.judge(v, want, got)?;
+                                self.judge(v, &want[0], got)?;
                             }
                         }
                     }
                     f.stage = Stage::Renaming(self.send_renames(f)?);
                 }
-                Stage::Verifying(rx) => {
+                Stage::Verifying(got) => {
                     let (Some(v), Some(want)) = (&self.verify, &f.hashed) else {
                         unreachable!("a file is verified when it was hashed")
                     };
-                    let got = if block {
-                        if let How::Remote(h) = &v.how {
-                            h.flush();
-                        }
-                        block = false;
-                        rx.recv().unwrap_or_else(|_| Err(ended()))
-                    } else {
-                        match rx.try_recv() {
-                            Ok(r) => r,
-                            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(false),
-                            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(ended()),
-                        }
-                    };
-                    // a command that ended left it unchecked: read it again
-                    let got = verify::or_reread(got, &f.sftp, &f.temp_path, v);
-                    self.judge(v, want, got)?;
+                    while let Some(rx) = f.answers.get(got.len()) {
+                        let r = if block {
+                            if let How::Remote(h) = &v.how {
+                                h.flush();
+                            }
+                            block = false;
+                            rx.recv().unwrap_or_else(|_| Err(ended()))
+                        } else {
+                            match rx.try_recv() {
+                                Ok(r) => r,
+                                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(false),
+                                Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(ended()),
+                            }
+                        };
+                        got.push(r);
+                    }
+                    let got = std::mem::take(got);
+                    self.judge_all(v, f, want, got)?;
                     f.stage = Stage::Renaming(self.send_renames(f)?);
                 }
                 Stage::Renaming(q) => {
@@ -413,15 +455,16 @@ impl SftpDest {
     /// A file that fails stays in its temporary, unpublished: the next run
     /// resumes from it and sends again what differs.
     fn judge(&self, v: &Verify, want: &str, got: io::Result<String>) -> io::Result<()> {
+        self.judge_one(v, want, got)?;
+        v.passed();
+        Ok(())
+    }
+
+    /// [`SftpDest::judge`] for one hash, not counting the file.
+    fn judge_one(&self, v: &Verify, want: &str, got: io::Result<String>) -> io::Result<()> {
         match got {
-            Ok(got) if got == want => {
-                v.passed();
-                Ok(())
-            }
-            Ok(_) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} does not match what was sent; not published", v.what()),
-            )),
+            Ok(got) if got == want => Ok(()),
+            Ok(_) => Err(mismatch(v)),
             Err(e) => Err(io::Error::new(
                 e.kind(),
                 format!(
@@ -431,6 +474,46 @@ impl SftpDest {
                 ),
             )),
         }
+    }
+
+    /// Whether each of a file's answers (the whole file's, or one per range)
+    /// is its hash: a command that ended left it unchecked, and it is read
+    /// again over SFTP instead ([`verify::or_reread`]).
+    fn judge_all(
+        &self,
+        v: &Verify,
+        f: &Finishing,
+        want: &[String],
+        got: Vec<io::Result<String>>,
+    ) -> io::Result<()> {
+        if want.len() == 1 {
+            let got = got.into_iter().next().unwrap_or_else(|| Err(ended()));
+            let got = verify::or_reread(got, &f.sftp, &f.temp_path, v);
+            return self.judge(v, &want[0], got);
+        }
+        let gone =
+            |r: &io::Result<String>| matches!(r, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
+        let got: Vec<io::Result<String>> = if got.iter().any(gone) {
+            v.reread.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match verify::reread_ranges(&f.sftp, &f.temp_path, v.kind(), v.range_bytes()) {
+                Ok(hexes) => hexes.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            }
+        } else {
+            got
+        };
+        if got.len() != want.len() {
+            // (read again: it is not as long as what was sent)
+            return Err(mismatch(v));
+        }
+        for (k, (want, got)) in want.iter().zip(got).enumerate() {
+            let from = k as u64 * v.range_bytes();
+            let to = (from + v.range_bytes()).min(f.size);
+            self.judge_one(v, want, got)
+                .map_err(|e| io::Error::new(e.kind(), format!("{e} (bytes {from} to {to})")))?;
+        }
+        v.passed();
+        Ok(())
     }
 
     /// Sends the renames that put a written file in place (its backup
@@ -694,7 +777,10 @@ impl Destination for SftpDest {
             hashing: self
                 .verify
                 .as_ref()
-                .map(|v| StreamHash::Here(Hashing::new(v.kind()))),
+                .map(|v| StreamHash::Here(RangeHashing::new(v.kind(), v.range_bytes()))),
+            ranges: self.verify.as_ref().and_then(|v| v.ranges.clone()),
+            answered: 0,
+            asked: Vec::new(),
         })
     }
     fn publish(
@@ -704,9 +790,10 @@ impl Destination for SftpDest {
         meta: &Meta,
         how: PublishHow<'_>,
     ) -> io::Result<()> {
+        let size = temp.len();
         // a copy that may need writing again must be answered while the
         // file is open; the rest is finished in the background
-        if temp.writes.iter().any(|(_, copied)| copied.is_some()) {
+        if temp.writes.iter().any(|(_, copied, _)| copied.is_some()) {
             temp.flush()?;
         }
         let attrs = attrs_of(meta);
@@ -738,7 +825,7 @@ impl Destination for SftpDest {
                 }
                 let mut q: VecDeque<Pending> = temp.close_stripes()?.into();
                 let h = temp.handle.take().expect("open");
-                q.extend(temp.writes.drain(..).map(|(p, _)| p));
+                q.extend(temp.writes.drain(..).map(|(p, ..)| p));
                 // (the stripes' closes count as writes: theirs were
                 // answered before)
                 let writes = q.len();
@@ -746,7 +833,7 @@ impl Destination for SftpDest {
                 Stage::Closing {
                     q,
                     writes,
-                    asked: None,
+                    asked: false,
                 }
             }
             (None, None) => unreachable!("a temporary is open or opening"),
@@ -768,7 +855,9 @@ impl Destination for SftpDest {
             temp_path: std::mem::take(&mut temp.path),
             target,
             backup,
-            hashed: temp.hashing.take().map(StreamHash::hex).transpose()?,
+            hashed: temp.hashing.take().map(StreamHash::hexes).transpose()?,
+            size,
+            answers: std::mem::take(&mut temp.asked),
         };
         self.finishing
             .lock()
@@ -780,7 +869,7 @@ impl Destination for SftpDest {
         let _ = temp.resolve();
         if let Some(h) = temp.handle.take() {
             // what is outstanding must land before the file goes
-            while let Some((p, _)) = temp.writes.pop_front() {
+            while let Some((p, ..)) = temp.writes.pop_front() {
                 let _ = temp.sftp.expect_ok(p);
             }
             for p in temp.close_stripes().unwrap_or_default() {
@@ -875,12 +964,12 @@ const HASH_QUEUE: usize = 16;
 /// The hash of what a file was written with, front to back.
 enum StreamHash {
     /// Computed on the writing thread (a small file).
-    Here(Hashing),
+    Here(RangeHashing),
     /// Computed on a thread of its own, from the packets as sent (each
     /// with where its data starts): no copy beyond the one into the packet.
     Away {
         tx: std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
-        done: std::thread::JoinHandle<Hashing>,
+        done: std::thread::JoinHandle<RangeHashing>,
     },
     /// Only while moving from here to away.
     Moving,
@@ -934,13 +1023,13 @@ impl StreamHash {
         }
     }
 
-    /// The hash, in the remote command's hex.
-    fn hex(self) -> io::Result<String> {
+    /// The hash of each range, in the remote command's hex.
+    fn hexes(self) -> io::Result<Vec<String>> {
         match self {
-            StreamHash::Here(h) => Ok(h.hex()),
+            StreamHash::Here(h) => Ok(h.hexes()),
             StreamHash::Away { tx, done } => {
                 drop(tx);
-                done.join().map(Hashing::hex).map_err(|_| no_hash())
+                done.join().map(RangeHashing::hexes).map_err(|_| no_hash())
             }
             StreamHash::Moving => Err(no_hash()),
         }
@@ -970,11 +1059,18 @@ pub struct SftpTemp {
     /// Bytes not sent yet (less than one request).
     buf: Vec<u8>,
     /// Write requests not answered yet, oldest first; a server-side copy
-    /// with its offset and bytes, written plainly if the copy falls short.
-    writes: VecDeque<(Pending, Option<Copied>)>,
+    /// with its offset and bytes, written plainly if the copy falls short;
+    /// where each ends.
+    writes: VecDeque<(Pending, Option<Copied>, u64)>,
     /// The hash of what was written front to back (`None` once anything is
     /// written elsewhere).
     hashing: Option<StreamHash>,
+    /// Where a file larger than one range is hashed on the remote.
+    ranges: Option<Ranges>,
+    /// Every write below this is answered.
+    answered: u64,
+    /// The remote's hashes of the ranges asked so far, first to last.
+    asked: Vec<verify::Answer>,
 }
 
 /// The temporary open through another connection.
@@ -1093,8 +1189,8 @@ impl SftpTemp {
         }
         let (sftp, h) = self.next_target();
         let (p, packet) = sftp.send_write_keep(h, self.sent, data)?;
-        self.writes.push_back((p, None));
         self.sent += data.len() as u64;
+        self.writes.push_back((p, None, self.sent));
         if let Some(hash) = &mut self.hashing {
             // the data is the packet's tail
             let at = packet.len() - data.len();
@@ -1105,19 +1201,44 @@ impl SftpTemp {
 
     /// Waits for the oldest outstanding request's answer.
     fn settle_oldest(&mut self) -> io::Result<()> {
-        let Some((p, copied)) = self.writes.pop_front() else {
+        let Some((p, copied, end)) = self.writes.pop_front() else {
             return Ok(());
         };
         match (self.sftp.expect_ok(p), copied) {
-            (Ok(()), _) => Ok(()),
+            (Ok(()), _) => {}
             // a copy that met the end of its source (OpenSSH answers EOF
             // when a range ends there) or failed: write the bytes instead
             (Err(_), Some((offset, data))) => {
                 let h = self.handle.as_ref().expect("open");
                 let p = self.sftp.send_write(h, offset, &data)?;
-                self.sftp.expect_ok(p)
+                self.sftp.expect_ok(p)?;
             }
-            (Err(e), None) => Err(e),
+            (Err(e), None) => return Err(e),
+        }
+        // (writes are answered in the order sent, on every connection:
+        // everything below `end` is written)
+        self.answered = end;
+        self.ask_ranges()
+    }
+
+    /// Asks the remote for each whole range below what is answered, once
+    /// more follows it (a file of one range is checked whole, at its
+    /// publish): the remote hashes it while the later ranges are written.
+    fn ask_ranges(&mut self) -> io::Result<()> {
+        let Some(r) = &self.ranges else {
+            return Ok(());
+        };
+        if self.hashing.is_none() {
+            return Ok(());
+        }
+        loop {
+            let k = self.asked.len() as u64;
+            let to = (k + 1) * r.bytes;
+            if self.answered <= to {
+                return Ok(());
+            }
+            let a = ask_range(r, &self.path, k, to)?;
+            self.asked.push(a);
         }
     }
 
@@ -1177,7 +1298,9 @@ impl TempWrite for SftpTemp {
         }
         self.flush()?;
         self.resolve()?;
+        // (not checked: the ranges asked are dropped unread)
         self.hashing = None;
+        self.asked.clear();
         let h = self.handle.as_ref().expect("open");
         let p = self.sftp.send_write(h, offset, data)?;
         self.sftp.expect_ok(p)
@@ -1200,8 +1323,10 @@ impl TempWrite for SftpTemp {
         let p = self
             .sftp
             .send_copy(&from.handle, offset, data.len() as u64, to, self.sent)?;
-        self.writes.push_back((p, Some((self.sent, data.to_vec()))));
+        let at = self.sent;
         self.sent += data.len() as u64;
+        self.writes
+            .push_back((p, Some((at, data.to_vec())), self.sent));
         Ok(())
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

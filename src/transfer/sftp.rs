@@ -17,7 +17,7 @@ use crate::error::TransferError;
 use crate::proto::{Event, HandshakeError, Request, Role, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
-use crate::sftp::verify::{Hasher, How, RemoteHash, Runner, Verify, HASHERS};
+use crate::sftp::verify::{Hasher, How, Ranges, RemoteHash, Runner, Verify, HASHERS, RANGE_BYTES};
 use crate::sftp::{remote_path, Sftp, SftpSide};
 use crate::transport::child::{self, Ended, Transport, VerifyMode};
 use std::path::PathBuf;
@@ -272,9 +272,17 @@ fn run(
         VerifyMode::Auto => {
             remote_hash(plan, user, host, &why_kind).and_then(|(hasher, runner)| {
                 let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
-                Some(Verify::new(How::Remote(RemoteHash::new(
-                    cmd, hasher, runner,
-                ))))
+                let mut v = Verify::new(How::Remote(RemoteHash::new(cmd, hasher, runner)));
+                // a large upload's ranges: their own connection, opened at
+                // the first range
+                if pushing {
+                    let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
+                    v.ranges = Some(Ranges {
+                        hash: RemoteHash::on_demand(cmd, hasher, Runner::Range),
+                        bytes: range_bytes(),
+                    });
+                }
+                Some(v)
             })
         }
     };
@@ -298,6 +306,9 @@ fn run(
     }) = &verify
     {
         h.end();
+    }
+    if let Some(r) = verify.as_ref().and_then(|v| v.ranges.as_ref()) {
+        r.hash.end();
     }
     let status = sftp.end();
     if let Some(opener) = joining {
@@ -344,6 +355,22 @@ fn run(
     };
     events(Event::notice(b"", verified));
     Ok(summary)
+}
+
+/// The bytes a large upload is hashed in on the remote ([`RANGE_BYTES`];
+/// tests set it in MiB with `FERRY_TEST_SFTP_RANGE_MIB`, under
+/// `FERRY_TEST_HOOKS=1`, to check ranges on small files).
+fn range_bytes() -> u64 {
+    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() == Some("1") {
+        if let Some(mib) = std::env::var("FERRY_TEST_SFTP_RANGE_MIB")
+            .ok()
+            .and_then(|m| m.parse::<u64>().ok())
+            .filter(|m| *m > 0)
+        {
+            return mib << 20;
+        }
+    }
+    RANGE_BYTES
 }
 
 /// Opens `n` more SFTP connections beside `first` on a thread of their
