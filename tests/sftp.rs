@@ -1404,25 +1404,14 @@ fn a_hash_group_xargs_cannot_pass_whole_is_checked_another_way() {
     assert_same_tree(&src, &down, false);
 }
 
-/// Session 21 (issue 22, the remote hash overlapped): a file larger than
-/// one range is hashed on the remote range by range while the later ranges
-/// are still uploading (1 MiB ranges here, `FERRY_TEST_SFTP_RANGE_MIB`). A
-/// `dd` first on the remote's PATH (the range script's) flips a byte of the
-/// first range the first time it is asked for it, and logs how long the
-/// partial was then. The file fails with nothing published, the range
-/// named; the range was hashed before the upload ended; the re-run resumes
-/// from the partial and publishes the source's bytes. Before, a file was
-/// hashed whole after its last write: no `dd` ran and the byte was never
-/// flipped (the marker was missing).
-#[test]
-fn a_byte_flipped_in_an_early_range_fails_the_file_and_was_checked_mid_upload() {
-    if !sshd_available() {
-        return;
-    }
-    let t = tmp();
-    let bin = t.path().join("bin");
+/// An sshd whose remote `dd` (first on the PATH) logs each call with the
+/// length of the file it reads then, and flips byte 100 of the first file
+/// whose range 0 it reads (once: `marker` says it did). Returns (sshd,
+/// marker, log).
+fn sshd_with_flipping_dd(t: &Path) -> (Sshd, PathBuf, PathBuf) {
+    let bin = t.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let (marker, log) = (t.path().join("flipped"), t.path().join("dd.log"));
+    let (marker, log) = (t.join("flipped"), t.join("dd.log"));
     write(
         &bin.join("dd"),
         format!(
@@ -1441,6 +1430,26 @@ fn a_byte_flipped_in_an_early_range_fails_the_file_and_was_checked_mid_upload() 
         "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
         bin.display()
     ));
+    (sshd, marker, log)
+}
+
+/// Session 21 (issue 22, the remote hash overlapped): a file larger than
+/// one range is hashed on the remote range by range while the later ranges
+/// are still uploading (1 MiB ranges here, `FERRY_TEST_SFTP_RANGE_MIB`). A
+/// `dd` first on the remote's PATH (the range script's) flips a byte of the
+/// first range the first time it is asked for it, and logs how long the
+/// partial was then. The file fails with nothing published, the range
+/// named; the range was hashed before the upload ended; the re-run resumes
+/// from the partial and publishes the source's bytes. Before, a file was
+/// hashed whole after its last write: no `dd` ran and the byte was never
+/// flipped (the marker was missing).
+#[test]
+fn a_byte_flipped_in_an_early_range_fails_the_file_and_was_checked_mid_upload() {
+    if !sshd_available() {
+        return;
+    }
+    let t = tmp();
+    let (sshd, marker, log) = sshd_with_flipping_dd(t.path());
     let size = 8usize << 20;
     let mut data = random_bytes(size, 21);
     data[100] = b'a';
@@ -1510,4 +1519,50 @@ fn a_byte_flipped_in_an_early_range_fails_the_file_and_was_checked_mid_upload() 
     assert!(!remote_part(&dst).exists());
     let (literal, ..) = stats(&stdout(&o));
     assert!(literal > 0 && literal < 256 << 10, "{}", stdout(&o));
+}
+
+/// `--remove-source-files` over SFTP removes no source whose upload failed
+/// its check: a file's check may end after later files were published
+/// (many are in flight), and its failure must still keep its source. Here
+/// the first file's first range is corrupted on the remote while 40 small
+/// files follow it; before, the failure was charged to a later entry and
+/// the corrupted file's source was removed with only a partial file left.
+#[test]
+fn remove_source_files_keeps_a_source_whose_upload_failed_its_check() {
+    if !sshd_available() {
+        return;
+    }
+    let t = tmp();
+    let (sshd, marker, _) = sshd_with_flipping_dd(t.path());
+    let src = t.path().join("ckpts");
+    let big = random_bytes(4 << 20, 22);
+    write(&src.join("a.bin"), &big);
+    for i in 0..40 {
+        write(&src.join(format!("b{i:02}.txt")), format!("small {i}\n"));
+    }
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let o = Command::new(ferry_bin())
+        .args(["sync", "-a", "--remove-source-files", "--transport", "sftp"])
+        .args(["-e", &sshd.rsh()])
+        .arg(format!("{}/", s(&src)))
+        .arg(format!("{}/", sshd.remote(&dst)))
+        .env("XDG_CACHE_HOME", t.path().join("cache"))
+        .env("FERRY_TEST_HOOKS", "1")
+        .env("FERRY_TEST_SFTP_RANGE_MIB", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry");
+    let err = stderr(&o);
+    assert!(marker.exists(), "the first range was never hashed by range");
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("a.bin"), "the failed file is not named: {err}");
+    assert!(
+        !dst.join("a.bin").exists(),
+        "a corrupted file was published"
+    );
+    assert!(
+        std::fs::read(src.join("a.bin")).ok() == Some(big),
+        "the source of a file that was not published was removed: {err}"
+    );
 }

@@ -580,8 +580,10 @@ fn run_batch(shell: &mut Shell, input: Box<dyn BufRead + '_>, echo: bool) -> i32
         };
         let parsed = parse(&line);
         // echoed as written, blank and comment lines and the `-` too: the
-        // same transcript as sftp's, under ferry's prompt
-        if echo && !matches!(&parsed, Ok(Some(p)) if p.quiet) {
+        // same transcript as sftp's, under ferry's prompt (an `@` line is
+        // quiet even if it does not parse)
+        let quiet = line.trim_start().trim_start_matches('-').starts_with('@');
+        if echo && !quiet {
             outln!("ferry> {line}");
             let _ = std::io::stdout().flush();
         }

@@ -160,6 +160,7 @@ impl Place for SftpPlace {
             },
             created: Default::default(),
             resuming: None,
+            failed: Default::default(),
         })
     }
 }
@@ -182,6 +183,11 @@ pub struct SftpDest {
     created: std::collections::HashSet<Vec<u8>>,
     /// The file whose partial was just opened to resume from.
     resuming: Option<Vec<u8>>,
+    /// Files whose finishing failed after `publish` had returned (their
+    /// failure was reported to whichever call found it): the run fails at
+    /// its final sync, so that none of them is taken as settled (with
+    /// `--remove-source-files`, its source would be removed).
+    failed: std::sync::Mutex<Vec<String>>,
 }
 
 /// Files whose publishing may be outstanding at once.
@@ -544,8 +550,13 @@ impl SftpDest {
         let mut q = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
         let mut first: Option<io::Error> = None;
         let mut fail = |f: &Finishing, e: io::Error| {
+            let text = format!("{}: {}", f.name, e);
+            self.failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(text.clone());
             if first.is_none() {
-                first = Some(io::Error::new(e.kind(), format!("{}: {}", f.name, e)));
+                first = Some(io::Error::new(e.kind(), text));
             }
         };
         loop {
@@ -899,7 +910,15 @@ impl Destination for SftpDest {
     }
     fn sync_all(&self) -> io::Result<()> {
         // each file was fsynced before it was renamed (see `publish`)
-        self.drain()
+        let drained = self.drain();
+        let failed = std::mem::take(&mut *self.failed.lock().unwrap_or_else(|p| p.into_inner()));
+        match failed.first() {
+            Some(first) => Err(io::Error::other(format!(
+                "{} file(s) not published, the first {first}",
+                failed.len()
+            ))),
+            None => drained,
+        }
     }
 }
 

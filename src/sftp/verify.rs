@@ -174,7 +174,7 @@ impl RangeHashing {
                 self.done.push(full.hex());
                 self.at = 0;
             }
-            let n = ((self.range - self.at) as usize).min(data.len());
+            let n = (self.range - self.at).min(data.len() as u64) as usize;
             self.now.update(&data[..n]);
             self.at += n as u64;
             data = &data[n..];
@@ -694,8 +694,14 @@ impl RemoteHash {
         let r = stdin.write_all(group).and_then(|_| stdin.flush());
         group.clear();
         if let Err(e) = r {
-            // (the reader answers the queued slots when the output ends)
-            *state = State::Failed(e.to_string());
+            // (the reader answers the queued slots when the output ends);
+            // the command is reaped, not left a zombie until ferry exits
+            if let State::Running { mut child, .. } =
+                std::mem::replace(state, State::Failed(e.to_string()))
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }

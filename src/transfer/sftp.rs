@@ -274,9 +274,15 @@ fn run(
                 let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
                 let mut v = Verify::new(How::Remote(RemoteHash::new(cmd, hasher, runner)));
                 // a large upload's ranges: their own connection, opened at
-                // the first range
+                // the first range, perhaps hours in: it never prompts (as an
+                // extra stream's); if it cannot log in, the file is read
+                // again over SFTP instead
                 if pushing {
-                    let (cmd, _) = child::ssh_command(user, host, &plan.ssh).ok()?;
+                    let quiet = child::SshOptions {
+                        extra: true,
+                        ..plan.ssh.clone()
+                    };
+                    let (cmd, _) = child::ssh_command(user, host, &quiet).ok()?;
                     v.ranges = Some(Ranges {
                         hash: RemoteHash::on_demand(cmd, hasher, Runner::Range),
                         bytes: range_bytes(),
