@@ -1022,8 +1022,15 @@ impl Hints {
         self.cv.notify_all();
     }
 
-    /// Window `id`'s hints once every asked host answered; none (nothing
-    /// held everywhere) if one has not within `limit`, or on a stop.
+    /// Window `id`'s hints once every asked host answered; on a stop, none
+    /// (nothing held everywhere). A host that has not answered within
+    /// `limit` is not asked again, nor waited for, for the rest of the run:
+    /// the window (and every later one) goes with what the hosts that did
+    /// answer all hold, and what the late host lacks of it (a chunk named,
+    /// a piece sent as its end only) fails its piece check there and is
+    /// sent again whole from its predecessor's committed copy. Else a host
+    /// slow to answer (a slow disk under its old data) would cost every
+    /// window the whole stall timeout, and every host the delta.
     fn take(&self, id: u32, limit: Duration, cancelled: &dyn Fn() -> bool) -> Taken {
         let since = Instant::now();
         let mut st = lock(&self.st);
@@ -1035,11 +1042,15 @@ impl Hints {
             let complete = a.waiting.is_empty();
             if complete || since.elapsed() >= limit || cancelled() {
                 let a = st.asked.remove(k).expect("found");
-                if complete && a.answered > 0 {
+                if a.answered > 0 && !cancelled() {
+                    for &late in &a.waiting {
+                        st.asking[late] = false;
+                        for other in &mut st.asked {
+                            other.waiting.remove(&late);
+                        }
+                    }
                     return a.hints;
                 }
-                // some host did not answer: a chunk or piece named to it
-                // might not be there (it would only be sent again)
                 return Taken {
                     end: a.hints.end,
                     ..Default::default()
