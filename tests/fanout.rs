@@ -594,12 +594,13 @@ fn a_slow_host_is_moved_to_the_tail_and_the_others_do_not_wait_for_it() {
 }
 
 #[test]
-#[ignore = "issue 21 open: which slow hosts are moved depends on the CPU's load (in CI on 2 loaded cores the 80 ms host kept pace with the others, 6.6 s each, and was not moved), and the test asserts timing ratios; run with --ignored"]
+#[ignore = "timing on loopback: when the CPU bounds the whole chain near the 80 ms host's own pace (load ~10 on 2 cores: healthy hosts at 6.8 s for 16 MiB) that host keeps pace, is rightly not moved, and the test's premise fails; passed 1 of 2 runs so in session 21; run with --ignored"]
 fn a_host_moved_after_another_is_fed_by_it_and_every_host_gets_everything() {
     // host 2 is the slowest (160 ms per 256 KiB frame), host 1 slow (80 ms):
-    // host 2 is moved first (host 1, blocked on it, looks held back), then
-    // host 1 (the source is blocked on it), behind host 2. Host 2, fed only
-    // re-sent pieces by the old tail, must feed host 1 from what it commits.
+    // both are moved, one after the other (which first depends on when host
+    // 1's queue fills); the one moved later goes ahead of the one moved
+    // earlier and feeds it from what it commits (a moved host is fed only
+    // re-sent pieces); the old tail feeds the first of them.
     let chain = Chain::start_with(5, &|i| match i {
         1 | 2 => vec![
             "env".into(),
@@ -611,7 +612,7 @@ fn a_host_moved_after_another_is_fed_by_it_and_every_host_gets_everything() {
     let work = tmp();
     let src = tree(work.path(), 16 * MIB);
     let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stderr(&o), stdout(&o));
     let v = json(&o);
     let hosts = v["hosts"].as_array().unwrap();
     for (i, h) in hosts.iter().enumerate() {
