@@ -497,6 +497,66 @@ fn with_every_host_holding_v1_only_the_changed_5_percent_crosses_each_link() {
     }
 }
 
+/// A host slow to tell what it holds (its answers to the source's
+/// questions, a window at a time, come after the stall timeout) is waited
+/// for once, then no more: the others still get only the difference, and
+/// it gets what it lacks whole (its pieces fail their check and are sent
+/// again). It had cost every window the stall timeout and every host the
+/// delta: each window went whole to all (seen failing: every host received
+/// ~67 MB of the 64 MiB file).
+#[test]
+fn a_host_slow_to_answer_hints_is_waited_for_once_and_the_others_keep_the_delta() {
+    let chain = Chain::start_with(3, &|i| {
+        if i == 1 {
+            vec![
+                "env".into(),
+                "FERRY_TEST_HOOKS=1".into(),
+                "FERRY_TEST_FANOUT_HINTS_DELAY_MS=6000".into(),
+            ]
+        } else {
+            vec![]
+        }
+    });
+    let work = tmp();
+    let src = tree(work.path(), 64 * MIB);
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // v2: 5% rewritten in place, and 64 KiB inserted at 40 MiB (what
+    // follows is shifted: named by reference, which the slow host cannot
+    // resolve without having answered)
+    let model = src.join("model.bin");
+    let mut data = std::fs::read(&model).unwrap();
+    let edit = data.len() / 20;
+    data[5 * MIB..5 * MIB + edit].copy_from_slice(&random_bytes(edit, 98));
+    let tail = data.split_off(40 * MIB);
+    data.extend_from_slice(&random_bytes(64 << 10, 97));
+    data.extend_from_slice(&tail);
+    write(&model, &data);
+    set_mtime(&model, 1_700_000_000);
+    let started = Instant::now();
+    let o = chain.run(
+        &["-a", "--json", "--stall-timeout", "2s"],
+        &contents(&src),
+        &[],
+    );
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    let size = data.len() as f64;
+    for (i, h) in v["hosts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h["state"], "done", "host {i}: {v}");
+        assert_same_tree(&src, &chain.out(i), true);
+        let moved = h["bytes_received"].as_u64().unwrap() as f64;
+        eprintln!("host {i} received {moved} bytes ({took:?} in all)");
+        if i != 1 {
+            assert!(
+                moved < 0.07 * size,
+                "host {i} received {moved} bytes of {size} for a 5% change beside a host slow to answer: {v}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_slow_host_is_moved_to_the_tail_and_the_others_do_not_wait_for_it() {
     // host 1 takes 80 ms per 256 KiB frame it receives: ~15 s for 48 MiB
@@ -534,12 +594,13 @@ fn a_slow_host_is_moved_to_the_tail_and_the_others_do_not_wait_for_it() {
 }
 
 #[test]
-#[ignore = "issue 21 open: which slow hosts are moved depends on the CPU's load (in CI on 2 loaded cores the 80 ms host kept pace with the others, 6.6 s each, and was not moved), and the test asserts timing ratios; run with --ignored"]
+#[ignore = "timing on loopback: when the CPU bounds the whole chain near the 80 ms host's own pace (load ~10 on 2 cores: healthy hosts at 6.8 s for 16 MiB) that host keeps pace, is rightly not moved, and the test's premise fails; passed 1 of 2 runs so in session 21; run with --ignored"]
 fn a_host_moved_after_another_is_fed_by_it_and_every_host_gets_everything() {
     // host 2 is the slowest (160 ms per 256 KiB frame), host 1 slow (80 ms):
-    // host 2 is moved first (host 1, blocked on it, looks held back), then
-    // host 1 (the source is blocked on it), behind host 2. Host 2, fed only
-    // re-sent pieces by the old tail, must feed host 1 from what it commits.
+    // both are moved, one after the other (which first depends on when host
+    // 1's queue fills); the one moved later goes ahead of the one moved
+    // earlier and feeds it from what it commits (a moved host is fed only
+    // re-sent pieces); the old tail feeds the first of them.
     let chain = Chain::start_with(5, &|i| match i {
         1 | 2 => vec![
             "env".into(),
@@ -551,7 +612,7 @@ fn a_host_moved_after_another_is_fed_by_it_and_every_host_gets_everything() {
     let work = tmp();
     let src = tree(work.path(), 16 * MIB);
     let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stderr(&o), stdout(&o));
     let v = json(&o);
     let hosts = v["hosts"].as_array().unwrap();
     for (i, h) in hosts.iter().enumerate() {

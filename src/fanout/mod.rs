@@ -36,7 +36,9 @@
 //! `FERRY_TEST_FANOUT_PACE_MS` ([`pace_hook`]), which slows a forwarder down
 //! so that a loopback test can kill or stop a host half-way, and
 //! `FERRY_TEST_FANOUT_RECV_PACE_MS` ([`receive_pace_hook`]), which makes a
-//! daemon receive slowly (a slow host, to be moved to the tail).
+//! daemon receive slowly (a slow host, to be moved to the tail), and
+//! `FERRY_TEST_FANOUT_HINTS_DELAY_MS` ([`hints_delay_hook`]), which makes a
+//! daemon slow to answer the source's questions about what it holds.
 
 pub mod connect;
 pub mod hop;
@@ -124,6 +126,15 @@ pub fn receive_pace_hook() -> Option<std::time::Duration> {
 /// previous checkpoint into its new temporary file would).
 pub fn ready_delay_hook() -> Option<std::time::Duration> {
     hook_ms("FERRY_TEST_FANOUT_READY_DELAY_MS")
+}
+
+/// The test hook for a host slow to tell what it holds: with
+/// `FERRY_TEST_HOOKS=1`, `FERRY_TEST_FANOUT_HINTS_DELAY_MS=N` makes a daemon
+/// wait N ms before it answers each of the source's questions about a
+/// window ([`wire::Msg::Ask`]), as a host whose old data is on a slow disk
+/// would.
+pub fn hints_delay_hook() -> Option<std::time::Duration> {
+    hook_ms("FERRY_TEST_FANOUT_HINTS_DELAY_MS")
 }
 
 /// A test hook's milliseconds: `var`'s value, read only with

@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 /// How often a downstream hop tells its predecessor it is alive.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 
+/// How long a forwarder whose successor cut the link waits for a new order
+/// before it takes the cut for a failure (the source sends the steps of a
+/// move 150 ms apart).
+const REORDER: Duration = Duration::from_secs(1);
+
 /// What flows from the upstream reader (or the source's reader) to the
 /// forwarder.
 #[derive(Debug)]
@@ -235,6 +240,12 @@ impl Forwarder {
             }
             let d = down.as_mut().expect("connected");
             let dead = lock(&d.state.dead).clone();
+            if dead.is_some() && self.reordered(d.host, &failed) {
+                // the chain's order changed and its new predecessor linked
+                // to it (and so cut us off) before we heard: not a failure
+                down = None;
+                continue;
+            }
             if let Some(why) = dead {
                 pieces.report(Report::Bypassed {
                     host: d.host as u32,
@@ -413,6 +424,24 @@ impl Forwarder {
                     *dead = Some(e.to_string());
                 }
             }
+        }
+    }
+
+    /// Whether the chain's order no longer puts `host` after us, or does
+    /// not within [`REORDER`]: the source sends a new order to each host
+    /// on its own connection, a moved host's new predecessor may link to
+    /// it first, and the host then cuts the old link (to us, who may also
+    /// be blocked sending to a slow host that was moved).
+    fn reordered(&self, host: usize, failed: &HashSet<usize>) -> bool {
+        let until = Instant::now() + REORDER;
+        loop {
+            if successor(&lock(&self.order), self.me, failed) != Some(host) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -721,23 +721,58 @@ fn wait_for<T>(rx: &std::sync::mpsc::Receiver<T>, stopped: &dyn Fn() -> bool) ->
 /// cut-through chain every host soon runs at the slowest one's rate, so the
 /// chain's rate alone does not tell which it is; each host's own signals
 /// do. Every hop reports (every [`crate::fanout::PROGRESS`]) the bytes it
-/// has received and the time its forwarder spent blocked sending on. A
-/// slow host shows as a hole in that pattern: its predecessor is blocked
-/// sending to it most of the window (the send window toward it is full),
-/// while the slow host itself is hardly blocked (whatever comes in goes out
-/// at once: the hosts after it are starved, not full), and its own receive
-/// rate is under [`SLOW`] of the best rate the chain has had. The hosts
-/// before it are blocked too (back-pressure) but so is their successor, and
-/// the hosts after it are starved but their predecessor is not blocked:
-/// only the slow host matches. A host seen so for [`STRIKES`] windows of
-/// [`WINDOW`] in a row is moved, once (a host briefly starved of CPU on a
-/// busy machine seldom stays under a third of the rate for that long);
-/// no host is judged while the chain relinks after a move (the new head,
-/// idle meanwhile, looked slow). The head may be moved too (the source then
-/// links past it), the tail never (it holds no one back). The new order
-/// goes first to the slow host (it stops forwarding), then to its
-/// predecessor (which links past it), then to the others (the old tail
-/// links to it and feeds it from its committed copy).
+/// has received and the time its forwarder spent blocked sending on.
+///
+/// **Where the chain is cut.** A slow link shows as a boundary: the host
+/// before it is blocked sending most of the window (the send window toward
+/// it is full), the host after it is hardly blocked (whatever comes in goes
+/// out at once: the hosts after it are starved, not full), and that host's
+/// own receive rate is under [`SLOW`] of the best rate the chain has had.
+/// The hosts before the boundary are blocked too (back-pressure) but so is
+/// their successor, and the hosts after it are starved but their
+/// predecessor is not blocked: only the boundary matches. Seen at the same
+/// host for [`STRIKES`] windows of [`WINDOW`] in a row (a host briefly
+/// starved of CPU on a busy machine seldom stays under a third of the rate
+/// for that long), the boundary is acted on; no host is judged while the
+/// chain relinks after a move (the new head, idle meanwhile, looked slow).
+///
+/// **Which side of it is slow.** A boundary between `p` and `k` says the
+/// link between them is slow, not whose end of it: `k` slow to receive, or
+/// `p` slow to send. A host whose link is slow both ways (a throttled NIC,
+/// the usual slow host) is often the second: it receives slowly *and* is
+/// blocked sending what trickles in, so its healthy successor stands at
+/// the boundary (and a slow head had its healthy successor moved). Neither
+/// blocked times nor rates tell the two apart (every host runs at the slow
+/// rate, every host before the cut is blocked); the gap does: the bytes `p`
+/// received that `k` has not. A `p` held back by a slow `k` has its queue
+/// full (16 frames, 4 MiB) and its socket's buffer behind it, so `k` is far
+/// behind it; a `p` slow itself passes on whatever trickles in and `k`
+/// keeps up with it: the gap is under half the queue ([`KEEPS_UP`]) and has
+/// not grown over the last two windows ([`KEPT_UP`]: a `k` slower than `p`
+/// falls behind before `p`'s queue is full), and then `p` is moved, not
+/// `k`. (A host far behind its predecessor whose successor keeps up with it
+/// is the slow one.)
+///
+/// Tried and not kept (session 21): a probe — move `k`, and if `p` stays
+/// the boundary move `p` too. Two slow hosts in a row defeat it: with the
+/// first moved, its predecessor is held back by the second and stays the
+/// boundary, and a healthy host was moved (seen in `tests/fanout.rs`).
+///
+/// A CPU-starved host looks like a slow link for as long as it is starved
+/// (its reader idle, its forwarder's writes slow): the strikes, the
+/// median-based rate and the relink pause guard against that, as before;
+/// the gap only chooses between the two ends of a boundary the strikes
+/// already found (the reverted attempt of session 18 added a rule that
+/// found boundaries of its own, and fired on healthy hosts).
+///
+/// **Where it goes.** The tail holds no one back: it is never moved. The
+/// head may be (the source then links past it). A moved host goes right
+/// after the hosts still on the live stream, ahead of the hosts moved
+/// before it (they were slow: a host moved later, slow or not, should not
+/// wait for them). The new order goes first to the moved host
+/// (it stops forwarding), then to its predecessor (which links past it),
+/// then to the others (the last live host links to it and feeds it from
+/// its committed copy).
 struct Laggards {
     /// Per chain position, the forwarder's blocked time (ms) as last reported.
     blocked: Vec<u64>,
@@ -746,6 +781,9 @@ struct Laggards {
     /// The same at the start of the window, and the source's own.
     mark: Vec<u64>,
     received_mark: Vec<u64>,
+    /// Bytes received at the start of the window before (the gaps' growth
+    /// over two windows).
+    received_before: Vec<u64>,
     own_mark: u64,
     /// The chain's best rate over a window so far (bytes per ms): the
     /// median of its live hosts' rates in that window.
@@ -757,6 +795,7 @@ struct Laggards {
     settle: Instant,
     since: Instant,
     strikes: Vec<u32>,
+    /// Chain positions moved to the tail, in the order they were moved.
     moved: Vec<usize>,
     /// Orders still to send: (when, to whom (`usize::MAX`: the source's own
     /// forwarder), the order).
@@ -776,6 +815,14 @@ const SLOW: f64 = 0.3;
 const HELD: f64 = 0.5;
 /// ...and one blocked for less than this is not held back at all.
 const FREE: f64 = 0.2;
+/// A host whose successor at a boundary is fewer bytes behind it than this
+/// (half of what its queue holds when full) passes on what it gets: it is
+/// not held back by that successor, it is slow itself.
+const KEEPS_UP: u64 = (super::hop::QUEUE * FRAME / 2) as u64;
+/// ...and whose gap did not grow by more than this over the last two
+/// windows (two frames: more than the reports' skew at a slow rate): a gap
+/// still small but growing is a successor falling behind.
+const KEPT_UP: u64 = 2 * FRAME as u64;
 /// How long each step of a move waits for the one before to take effect
 /// (orders travel on separate connections).
 const STEP: Duration = Duration::from_millis(150);
@@ -787,6 +834,7 @@ impl Laggards {
             received: vec![0; n],
             mark: vec![0; n],
             received_mark: vec![0; n],
+            received_before: vec![0; n],
             own_mark: 0,
             peak: 0.0,
             fastest: 0.0,
@@ -801,12 +849,14 @@ impl Laggards {
     /// Starts a new window from the values last reported.
     fn mark(&mut self, own: u64) {
         self.mark.clone_from(&self.blocked);
+        std::mem::swap(&mut self.received_before, &mut self.received_mark);
         self.received_mark.clone_from(&self.received);
         self.own_mark = own;
         self.since = Instant::now();
     }
 
     /// Orders due now: (chain position or `usize::MAX`, the order).
+    /// `own`: the source's forwarder's blocked time (ms).
     fn tick(
         &mut self,
         own: u64,
@@ -834,7 +884,8 @@ impl Laggards {
         let frac = |now: u64, then: u64| now.saturating_sub(then) as f64 / ms;
         let current = order.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let active: Vec<usize> = current.into_iter().filter(|&p| !missed[p]).collect();
-        let live = |p: usize| !done[p] && !self.moved.contains(&p);
+        let moved = self.moved.clone();
+        let live = |p: usize| !done[p] && !moved.contains(&p);
         let rate = |p: usize| frac(self.received[p], self.received_mark[p]);
         // the chain's rate: the median of its live hosts' (a report that
         // came late makes one host's window look twice as fast, and a
@@ -874,23 +925,39 @@ impl Laggards {
             }
         }
         self.mark(own);
-        if let Some((j, k)) = laggard {
-            self.moved.push(k);
-            self.settle = Instant::now() + 2 * STEP + WINDOW;
-            let mut new: Vec<usize> = active.iter().copied().filter(|&p| p != k).collect();
-            new.push(k);
-            let t = Instant::now();
-            let pred = if j == 0 { usize::MAX } else { active[j - 1] };
-            due.push((k, new.clone()));
-            self.pending.push_back((t + STEP, pred, new.clone()));
-            for &p in &active {
-                if p != k && p != pred {
-                    self.pending.push_back((t + 2 * STEP, p, new.clone()));
+        let Some((j, k)) = laggard else {
+            return due;
+        };
+        // which end of the boundary before `k` is slow (see above)
+        let (j, k) = match j.checked_sub(1).map(|i| (i, active[i])) {
+            Some((i, p)) if live(p) => {
+                let gap = self.received[p].saturating_sub(self.received[k]);
+                let before = self.received_before[p].saturating_sub(self.received_before[k]);
+                if gap < KEEPS_UP && gap.saturating_sub(before) < KEPT_UP {
+                    (i, p)
+                } else {
+                    (j, k)
                 }
             }
-            if pred != usize::MAX {
-                self.pending.push_back((t + 2 * STEP, usize::MAX, new));
+            _ => (j, k),
+        };
+        self.settle = Instant::now() + 2 * STEP + WINDOW;
+        let mut new: Vec<usize> = active.iter().copied().filter(|&p| p != k).collect();
+        // after the hosts on the live stream, before the hosts moved earlier
+        let at = new.iter().take_while(|p| !self.moved.contains(p)).count();
+        new.insert(at, k);
+        self.moved.push(k);
+        let t = Instant::now();
+        let pred = if j == 0 { usize::MAX } else { active[j - 1] };
+        due.push((k, new.clone()));
+        self.pending.push_back((t + STEP, pred, new.clone()));
+        for &p in &active {
+            if p != k && p != pred {
+                self.pending.push_back((t + 2 * STEP, p, new.clone()));
             }
+        }
+        if pred != usize::MAX {
+            self.pending.push_back((t + 2 * STEP, usize::MAX, new));
         }
         due
     }
@@ -1022,8 +1089,15 @@ impl Hints {
         self.cv.notify_all();
     }
 
-    /// Window `id`'s hints once every asked host answered; none (nothing
-    /// held everywhere) if one has not within `limit`, or on a stop.
+    /// Window `id`'s hints once every asked host answered; on a stop, none
+    /// (nothing held everywhere). A host that has not answered within
+    /// `limit` is not asked again, nor waited for, for the rest of the run:
+    /// the window (and every later one) goes with what the hosts that did
+    /// answer all hold, and what the late host lacks of it (a chunk named,
+    /// a piece sent as its end only) fails its piece check there and is
+    /// sent again whole from its predecessor's committed copy. Else a host
+    /// slow to answer (a slow disk under its old data) would cost every
+    /// window the whole stall timeout, and every host the delta.
     fn take(&self, id: u32, limit: Duration, cancelled: &dyn Fn() -> bool) -> Taken {
         let since = Instant::now();
         let mut st = lock(&self.st);
@@ -1035,11 +1109,15 @@ impl Hints {
             let complete = a.waiting.is_empty();
             if complete || since.elapsed() >= limit || cancelled() {
                 let a = st.asked.remove(k).expect("found");
-                if complete && a.answered > 0 {
+                if a.answered > 0 && !cancelled() {
+                    for &late in &a.waiting {
+                        st.asking[late] = false;
+                        for other in &mut st.asked {
+                            other.waiting.remove(&late);
+                        }
+                    }
                     return a.hints;
                 }
-                // some host did not answer: a chunk or piece named to it
-                // might not be there (it would only be sent again)
                 return Taken {
                     end: a.hints.end,
                     ..Default::default()

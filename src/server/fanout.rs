@@ -328,8 +328,12 @@ fn run_control(
     let (atx, arx) = std::sync::mpsc::sync_channel::<(u32, Vec<(u32, u32, u32)>)>(64);
     {
         let (hop, writer) = (hop.clone(), writer.clone());
+        let delay = crate::fanout::hints_delay_hook();
         std::thread::spawn(move || {
             for (window, runs) in arx {
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
                 let why = match hop.hints(window, &runs) {
                     Ok(Some(m)) => match wire::send(&mut *lockw(&writer), &m) {
                         Ok(()) => continue,
