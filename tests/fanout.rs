@@ -921,3 +921,57 @@ fn a_delete_that_fails_on_a_hop_is_not_reported_done() {
     assert_ne!(h["state"], "done", "{h}");
     assert!(h["error"].as_str().unwrap().contains("--delete: "), "{h}");
 }
+
+/// The fan-out source opens each file only if it is the file its manifest
+/// walk stated, as the session's sender does: `a/x` swapped for a symlink
+/// to a secret after the walk (held there by the sender's test hook) is
+/// reported in one line as changed while being sent, no byte of the secret
+/// leaves, and no host has `a/x` (before, the source opened it by path and
+/// sent the secret).
+#[test]
+fn a_file_swapped_for_a_symlink_after_the_walk_is_not_sent() {
+    let chain = Chain::start(1);
+    let work = tmp();
+    let src = work.path().join("src");
+    write(&src.join("a/x"), b"listed\n");
+    write(&src.join("b.txt"), b"b\n");
+    let secret = work.path().join("outside/id_ed25519");
+    write(&secret, b"secret-key-bytes-q7z\n");
+    let go = work.path().join("go");
+    let mut c = Command::new(ferry_bin());
+    c.arg("fanout")
+        .args(chain.args())
+        .args(["-a", "--json"])
+        .arg(contents(&src))
+        .arg(chain.dest(0))
+        .envs([
+            ("FERRY_TEST_HOOKS", "1".to_string()),
+            ("FERRY_TEST_SEND_PAUSE_AT", "a/x".to_string()),
+            ("FERRY_TEST_SEND_PAUSE_FILE", go.display().to_string()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut run = c.spawn().unwrap();
+    wait_for_pause(&mut run, &go, "the open of a/x");
+    std::fs::remove_file(src.join("a/x")).unwrap();
+    std::os::unix::fs::symlink(&secret, src.join("a/x")).unwrap();
+    write(&go, b"");
+    let o = output_within(run, Duration::from_secs(120));
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_ne!(o.status.code(), Some(0), "{out}");
+    assert!(!out.contains("secret-key") && !err.contains("secret-key"));
+    let h = &json(&o)["hosts"][0];
+    assert_ne!(h["state"], "done", "{h}");
+    let why = h["error"].as_str().unwrap();
+    assert!(
+        why.ends_with("a/x: changed while being sent: it became a symlink (not followed)"),
+        "{h}"
+    );
+    let landed = chain.out(0).join("a/x");
+    assert!(
+        !landed.exists(),
+        "a/x was published: {:?}",
+        std::fs::read(&landed)
+    );
+}
