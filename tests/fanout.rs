@@ -902,19 +902,66 @@ fn a_tree_1000_directories_deep_reaches_every_daemon_whole() {
     }
 }
 
-/// A `--delete` that fails on a hop (here a stale tree 300 directories deep
-/// that the hop, limited to 256 descriptors, cannot remove: its removal
-/// holds a handle a level) fails the run for that host, naming `--delete`;
-/// it used to be reported done, the stale tree left in place.
+/// A stale tree 300 directories deep is removed by a hop's `--delete`
+/// under `ulimit -n 256` (its removal used to hold a handle a level: it
+/// failed with "Too many open files", the stale tree left in place).
 #[test]
-fn a_delete_that_fails_on_a_hop_is_not_reported_done() {
+fn a_stale_tree_300_directories_deep_is_deleted_on_a_hop_with_256_descriptors() {
     let chain = Chain::start_with(1, &|_| ulimit_n(256));
     let work = tmp();
     let src = work.path().join("src");
     write(&src.join("a"), b"a");
     let stale = chain.out(0).join("old");
-    std::fs::create_dir_all(stale.join("d/".repeat(300).trim_end_matches('/'))).unwrap();
+    let deepest = stale.join("d/".repeat(300).trim_end_matches('/'));
+    std::fs::create_dir_all(&deepest).unwrap();
+    write(&deepest.join("f"), b"stale");
     let o = chain.run(&["-a", "--delete", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert_eq!(json(&o)["hosts"][0]["state"], "done", "{}", stdout(&o));
+    assert!(!stale.exists(), "the stale tree is still there");
+    assert_eq!(std::fs::read(chain.out(0).join("a")).unwrap(), b"a");
+}
+
+/// Makes `file` impossible to remove for this test's user (immutable for
+/// root, in a read-only directory otherwise); `false` where neither holds.
+fn undeletable(file: &Path) -> bool {
+    let dir = file.parent().unwrap();
+    chmod(dir, 0o555);
+    if std::fs::File::create(dir.join("probe")).is_err() {
+        return true; // not root: the directory's mode is enough
+    }
+    let _ = std::fs::remove_file(dir.join("probe"));
+    Command::new("chattr")
+        .arg("+i")
+        .arg(file)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Undoes [`undeletable`] (so that the test's directory can be removed).
+fn deletable(file: &Path) {
+    let _ = Command::new("chattr").arg("-i").arg(file).status();
+    chmod(file.parent().unwrap(), 0o755);
+}
+
+/// A `--delete` that fails on a hop (here a stale file that cannot be
+/// removed) fails the run for that host, naming `--delete`; it used to be
+/// reported done, the stale file left in place.
+#[test]
+fn a_delete_that_fails_on_a_hop_is_not_reported_done() {
+    let chain = Chain::start(1);
+    let work = tmp();
+    let src = work.path().join("src");
+    write(&src.join("a"), b"a");
+    let stale = chain.out(0).join("old/stuck");
+    write(&stale, b"stale");
+    if !undeletable(&stale) {
+        deletable(&stale);
+        eprintln!("skipped: no way to make a file undeletable here");
+        return;
+    }
+    let o = chain.run(&["-a", "--delete", "--json"], &contents(&src), &[]);
+    deletable(&stale);
     assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
     let v = json(&o);
     let h = &v["hosts"][0];
