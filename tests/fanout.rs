@@ -963,22 +963,123 @@ fn a_tree_1000_directories_deep_reaches_every_daemon_whole() {
     }
 }
 
-/// A `--delete` that fails on a hop (here a stale tree 300 directories deep
-/// that the hop, limited to 256 descriptors, cannot remove: its removal
-/// holds a handle a level) fails the run for that host, naming `--delete`;
-/// it used to be reported done, the stale tree left in place.
+/// A stale tree 300 directories deep is removed by a hop's `--delete`
+/// under `ulimit -n 256` (its removal used to hold a handle a level: it
+/// failed with "Too many open files", the stale tree left in place).
 #[test]
-fn a_delete_that_fails_on_a_hop_is_not_reported_done() {
+fn a_stale_tree_300_directories_deep_is_deleted_on_a_hop_with_256_descriptors() {
     let chain = Chain::start_with(1, &|_| ulimit_n(256));
     let work = tmp();
     let src = work.path().join("src");
     write(&src.join("a"), b"a");
     let stale = chain.out(0).join("old");
-    std::fs::create_dir_all(stale.join("d/".repeat(300).trim_end_matches('/'))).unwrap();
+    let deepest = stale.join("d/".repeat(300).trim_end_matches('/'));
+    std::fs::create_dir_all(&deepest).unwrap();
+    write(&deepest.join("f"), b"stale");
     let o = chain.run(&["-a", "--delete", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert_eq!(json(&o)["hosts"][0]["state"], "done", "{}", stdout(&o));
+    assert!(!stale.exists(), "the stale tree is still there");
+    assert_eq!(std::fs::read(chain.out(0).join("a")).unwrap(), b"a");
+}
+
+/// Makes `file` impossible to remove for this test's user (immutable for
+/// root, in a read-only directory otherwise); `false` where neither holds.
+fn undeletable(file: &Path) -> bool {
+    let dir = file.parent().unwrap();
+    chmod(dir, 0o555);
+    if std::fs::File::create(dir.join("probe")).is_err() {
+        return true; // not root: the directory's mode is enough
+    }
+    let _ = std::fs::remove_file(dir.join("probe"));
+    Command::new("chattr")
+        .arg("+i")
+        .arg(file)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Undoes [`undeletable`] (so that the test's directory can be removed).
+fn deletable(file: &Path) {
+    let _ = Command::new("chattr").arg("-i").arg(file).status();
+    chmod(file.parent().unwrap(), 0o755);
+}
+
+/// A `--delete` that fails on a hop (here a stale file that cannot be
+/// removed) fails the run for that host, naming `--delete`; it used to be
+/// reported done, the stale file left in place.
+#[test]
+fn a_delete_that_fails_on_a_hop_is_not_reported_done() {
+    let chain = Chain::start(1);
+    let work = tmp();
+    let src = work.path().join("src");
+    write(&src.join("a"), b"a");
+    let stale = chain.out(0).join("old/stuck");
+    write(&stale, b"stale");
+    if !undeletable(&stale) {
+        deletable(&stale);
+        eprintln!("skipped: no way to make a file undeletable here");
+        return;
+    }
+    let o = chain.run(&["-a", "--delete", "--json"], &contents(&src), &[]);
+    deletable(&stale);
     assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
     let v = json(&o);
     let h = &v["hosts"][0];
     assert_ne!(h["state"], "done", "{h}");
     assert!(h["error"].as_str().unwrap().contains("--delete: "), "{h}");
+}
+
+/// The fan-out source opens each file only if it is the file its manifest
+/// walk stated, as the session's sender does: `a/x` swapped for a symlink
+/// to a secret after the walk (held there by the sender's test hook) is
+/// reported in one line as changed while being sent, no byte of the secret
+/// leaves, and no host has `a/x` (before, the source opened it by path and
+/// sent the secret).
+#[test]
+fn a_file_swapped_for_a_symlink_after_the_walk_is_not_sent() {
+    let chain = Chain::start(1);
+    let work = tmp();
+    let src = work.path().join("src");
+    write(&src.join("a/x"), b"listed\n");
+    write(&src.join("b.txt"), b"b\n");
+    let secret = work.path().join("outside/id_ed25519");
+    write(&secret, b"secret-key-bytes-q7z\n");
+    let go = work.path().join("go");
+    let mut c = Command::new(ferry_bin());
+    c.arg("fanout")
+        .args(chain.args())
+        .args(["-a", "--json"])
+        .arg(contents(&src))
+        .arg(chain.dest(0))
+        .envs([
+            ("FERRY_TEST_HOOKS", "1".to_string()),
+            ("FERRY_TEST_SEND_PAUSE_AT", "a/x".to_string()),
+            ("FERRY_TEST_SEND_PAUSE_FILE", go.display().to_string()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut run = c.spawn().unwrap();
+    wait_for_pause(&mut run, &go, "the open of a/x");
+    std::fs::remove_file(src.join("a/x")).unwrap();
+    std::os::unix::fs::symlink(&secret, src.join("a/x")).unwrap();
+    write(&go, b"");
+    let o = output_within(run, Duration::from_secs(120));
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_ne!(o.status.code(), Some(0), "{out}");
+    assert!(!out.contains("secret-key") && !err.contains("secret-key"));
+    let h = &json(&o)["hosts"][0];
+    assert_ne!(h["state"], "done", "{h}");
+    let why = h["error"].as_str().unwrap();
+    assert!(
+        why.ends_with("a/x: changed while being sent: it became a symlink (not followed)"),
+        "{h}"
+    );
+    let landed = chain.out(0).join("a/x");
+    assert!(
+        !landed.exists(),
+        "a/x was published: {:?}",
+        std::fs::read(&landed)
+    );
 }

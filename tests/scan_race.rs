@@ -218,3 +218,143 @@ fn a_tree_a_thousand_directories_deep_is_walked_with_256_descriptors() {
         "deep\n"
     );
 }
+
+/// Makes `back/old`, a stale tree `depth` directories deep (a file at the
+/// bottom and one half way) that the source does not have.
+fn stale_tree(back: &Path, depth: usize) {
+    write(&deep_file(&back.join("old"), depth), "stale\n");
+    write(&deep_file(&back.join("old"), depth / 2), "stale\n");
+}
+
+/// Runs `ferry ARGS` under [`LIMITED`], 60 s at most.
+fn limited_ferry(args: &[String]) -> std::process::Output {
+    let run = Command::new(LIMITED[0])
+        .args(&LIMITED[1..])
+        .arg(ferry_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(run)
+}
+
+/// `--delete` removes a stale tree 300 directories deep under a limit of
+/// 256 open descriptors, as rsync does, whether the receiver is local or a
+/// daemon (issue: the delete held a handle per level, failed part-way with
+/// "Too many open files" and left the stale tree in place).
+#[test]
+fn a_stale_tree_300_directories_deep_is_deleted_with_256_descriptors() {
+    let t = tmp();
+    let (src, back) = (t.path().join("src"), t.path().join("back"));
+    write(&src.join("top.txt"), "top\n");
+    stale_tree(&back, 300);
+    let o = limited_ferry(&[
+        "sync".into(),
+        "-r".into(),
+        "--delete".into(),
+        format!("{}/", s(&src)),
+        s(&back),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!back.join("old").exists(), "the stale tree is still there");
+    assert_eq!(
+        std::fs::read_to_string(back.join("top.txt")).unwrap(),
+        "top\n"
+    );
+
+    // a daemon with the same limit, pushed to
+    let back2 = t.path().join("back2");
+    stale_tree(&back2, 300);
+    let d = Daemon::spawn_in(
+        Daemon::keyed_setup(""),
+        &[("m", &back2, false)],
+        &[],
+        &LIMITED,
+        "127.0.0.1:0",
+    )
+    .unwrap_or_else(|log| panic!("daemon did not start: {log}"));
+    let mut args = vec!["sync".to_string()];
+    args.extend(d.client_args());
+    args.extend([
+        "-r".into(),
+        "--delete".into(),
+        format!("{}/", s(&src)),
+        d.url("m/"),
+    ]);
+    let o = limited_ferry(&args);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log());
+    assert!(!back2.join("old").exists(), "the stale tree is still there");
+    assert_eq!(
+        std::fs::read_to_string(back2.join("top.txt")).unwrap(),
+        "top\n"
+    );
+}
+
+/// A delete deep in a stale tree (below the handles it holds, so it opens
+/// directories again on its way back up) whose directory above is swapped
+/// for a symlink to a directory outside deletes nothing there: the delete
+/// stops with one line saying so, the run is partial (exit 23), and what
+/// the outside directory holds is all still there.
+#[test]
+fn a_delete_does_not_follow_a_directory_swapped_for_a_symlink() {
+    let t = tmp();
+    let (src, back, outside) = (
+        t.path().join("src"),
+        t.path().join("back"),
+        t.path().join("outside"),
+    );
+    write(&src.join("top.txt"), "top\n");
+    // back/old/d…d (70 deep)/{a/f, b}: the delete holds at `a`
+    let mut swapped = back.join("old");
+    for _ in 0..70 {
+        swapped.push("d");
+    }
+    write(&swapped.join("a/f"), "stale\n");
+    write(&swapped.join("b"), "stale\n");
+    // what the delete would remove there if it followed the link
+    std::fs::create_dir_all(outside.join("a")).unwrap();
+    write(&outside.join("b"), "keep\n");
+    let go = t.path().join("go");
+    let mut run = Command::new(ferry_bin())
+        .args([
+            "sync",
+            "-r",
+            "--delete",
+            &format!("{}/", s(&src)),
+            &s(&back),
+        ])
+        .envs([
+            ("FERRY_TEST_HOOKS", "1".to_string()),
+            ("FERRY_TEST_DELETE_PAUSE_AT", "a".to_string()),
+            ("FERRY_TEST_DELETE_PAUSE_FILE", s(&go)),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_pause(&mut run, &go, "the delete of a/");
+    std::fs::rename(&swapped, t.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, &swapped).unwrap();
+    write(&go, "");
+    let o = finish(run);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("it became a symlink during the delete (not followed)"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(outside.join("a").is_dir(), "the outside's a/ was removed");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("b")).unwrap(),
+        "keep\n"
+    );
+    assert!(swapped.symlink_metadata().unwrap().is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(back.join("top.txt")).unwrap(),
+        "top\n"
+    );
+}

@@ -669,8 +669,7 @@ impl Hop {
     fn finish(&self, s: &mut State) -> Result<(), String> {
         if self.manifest.delete {
             let keep: HashSet<&[u8]> = self.manifest.entries.iter().map(|e| &e.path[..]).collect();
-            delete_extra(&mut s.dest, b".", &keep)
-                .map_err(|x| format!("--delete: {}", io_text(&x)))?;
+            delete_extra(&mut s.dest, &keep).map_err(|x| format!("--delete: {}", io_text(&x)))?;
         }
         // before the directories get their mtimes: removing changes them
         for e in &self.manifest.entries {
@@ -730,21 +729,29 @@ impl Hop {
     }
 }
 
-/// Removes, beneath `dir`, what the manifest does not name.
-fn delete_extra(dest: &mut Dest, dir: &[u8], keep: &HashSet<&[u8]>) -> io::Result<()> {
-    for (name, is_dir) in dest.list(dir)? {
-        if name == crate::fs::PARTIAL_DIR {
-            continue;
-        }
-        let rel = if dir == b"." {
-            name.clone()
-        } else {
-            [dir, b"/", &name].concat()
-        };
-        if !keep.contains(&rel[..]) {
-            dest.remove(&rel, None)?;
-        } else if is_dir {
-            delete_extra(dest, &rel, keep)?;
+/// Removes what the manifest does not name beneath the destination. The
+/// directories it names are visited from a list of those still to visit,
+/// not by recursion (a tree 1,000 directories deep needs no deep stack),
+/// each resolved by [`Dest`]; a stale one is removed whole by
+/// [`Dest::remove`], with a bounded number of descriptors whatever its
+/// depth.
+fn delete_extra(dest: &mut Dest, keep: &HashSet<&[u8]>) -> io::Result<()> {
+    let mut dirs: Vec<Vec<u8>> = vec![b".".to_vec()];
+    while let Some(dir) = dirs.pop() {
+        for (name, is_dir) in dest.list(&dir)? {
+            if name == crate::fs::PARTIAL_DIR {
+                continue;
+            }
+            let rel = if dir == b"." {
+                name
+            } else {
+                [&dir[..], b"/", &name].concat()
+            };
+            if !keep.contains(&rel[..]) {
+                dest.remove(&rel, None)?;
+            } else if is_dir {
+                dirs.push(rel);
+            }
         }
     }
     Ok(())

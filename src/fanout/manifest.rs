@@ -7,11 +7,12 @@
 //! signed hashes that travel with the data.
 
 use crate::error::TransferError;
-use crate::fs::scan::{names_in, now_is, open_child_dir, same_dir, MAX_HELD_DIRS};
+use crate::fs::dir_stack::{names_in, now_is, open_child_dir, same_dir, DirStack};
+use crate::fs::scan::OnDisk;
 use crate::proto::codec::{Reader, Writer};
 use crate::proto::DecodeError;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -133,47 +134,48 @@ pub struct Walk {
 }
 
 /// Walks `src` (rsync's rule: `dir/` sends what is in dir, `dir` sends dir
-/// itself) into a manifest, with the local path of each entry. A symlink in
-/// the tree is an entry of its own, never followed.
+/// itself) into a manifest, with where each entry is on disk and which file
+/// the walk stated there (what the source opens it by, and then checks that
+/// it opened). A symlink in the tree is an entry of its own, never followed.
 ///
 /// # Security
-/// With `confine` (a daemon module: the API's fan-out jobs), `src`
-/// is inside its root and the walk never leaves it: the way down to `src` has no
-/// symlink (nor `src` itself, sent by its contents), and every entry is
-/// looked at from the handle of the directory holding it, opened without
-/// following a link. Without it (the CLI), `src` is the user's own path,
-/// followed as given.
+/// Every entry below `src` is looked at from the handle of the directory
+/// holding it, opened without following a link (see [`DirStack`]). With
+/// `confine` (a daemon module: the API's fan-out jobs), `src` is inside its
+/// root and the walk never leaves it: the way down to `src` has no symlink
+/// (nor `src` itself, sent by its contents). Without it (the CLI), `src` is
+/// the user's own path, followed as given.
 pub fn scan(
     src: &Path,
     how: Walk,
     confine: Option<&Module>,
-) -> Result<(Manifest, Vec<PathBuf>), TransferError> {
+) -> Result<(Manifest, Vec<OnDisk>), TransferError> {
     let shown = src.display().to_string();
     let contents = src.as_os_str().as_bytes().ends_with(b"/");
     let held;
-    let (node, at) = match confine {
+    let root = match confine {
         None => {
             let meta = std::fs::metadata(src).map_err(|e| TransferError::local(&shown, &e))?;
-            (Node::of(&meta), At::Path)
+            // (a source named through a symlink stated what it leads to)
+            let followed = std::fs::symlink_metadata(src).is_ok_and(|m| m.is_symlink());
+            (Node::of(&meta), followed, None)
         }
         Some(module) => {
             held = Held::open(&module.root, src, contents)?;
             let st =
                 rustix::fs::statat(&held.dir, held.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| TransferError::local(&held.shown, &e.into()))?;
-            (
-                Node::of_stat(&st),
-                At::Dir(held.dir.as_fd(), held.name.as_os_str(), module),
-            )
+            (Node::of_stat(&st), false, Some(&held))
         }
     };
+    let (node, followed, held) = root;
     let mut m = Manifest {
         perms: how.perms,
         times: how.times,
         delete: how.delete,
         ..Default::default()
     };
-    let mut paths = Vec::new();
+    let mut at = Vec::new();
     if node.kind == Some(Kind::Dir) && !how.recursive {
         return Err(TransferError::Usage(format!(
             "{shown} is a directory: add -r (or -a) to send it"
@@ -187,8 +189,41 @@ pub fn scan(
             .ok_or_else(|| TransferError::Usage(format!("{shown}: no name to send it under")))?;
         name.as_bytes().to_vec()
     };
-    walk(src, at, top, node, how, &mut m, &mut paths)?;
-    Ok((m, paths))
+    let fail = |e: std::io::Error| TransferError::local(self::shown(confine, src), &e);
+    let target = || match held {
+        None => Ok(std::fs::read_link(src)?.into_os_string().into_vec()),
+        Some(h) => Ok(rustix::fs::readlinkat(&h.dir, h.name.as_os_str(), Vec::new())?.into_bytes()),
+    };
+    if !add(src, &top, node, followed, target, how, &mut m, &mut at).map_err(fail)? {
+        return Ok((m, at));
+    }
+    // the root directory, opened as it was stated
+    let fd = match held {
+        None => rustix::fs::open(
+            src,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from),
+        Some(h) => {
+            let name = h.name.as_os_str().as_bytes();
+            open_child_dir(h.dir.as_fd(), name, false)
+                .map_err(|e| now_is(h.dir.as_fd(), name, "the scan").unwrap_or(e))
+        }
+    };
+    let fd = fd
+        .and_then(|fd| same_dir(&fd, node.id, "the scan").map(|()| fd))
+        .map_err(fail)?;
+    let mut levels = DirStack::new("the scan");
+    let children = sorted_names(&fd).map_err(fail)?;
+    let level = Level {
+        local: src.to_path_buf(),
+        rel: top,
+        children,
+    };
+    levels.push(fd, b"", node.id, followed, level);
+    walk(&mut levels, how, confine, &mut m, &mut at)?;
+    Ok((m, at))
 }
 
 /// The daemon module a walk and its reads are confined to (an API job's).
@@ -270,24 +305,6 @@ impl Held {
     }
 }
 
-/// Where the walk looks at an entry: by its path (the CLI's own paths), or
-/// by its name in the directory handle holding it (confined to a module).
-#[derive(Clone, Copy)]
-enum At<'a> {
-    Path,
-    Dir(BorrowedFd<'a>, &'a std::ffi::OsStr, &'a Module),
-}
-
-impl At<'_> {
-    /// `path` as a message names it (see [`shown`]).
-    fn shown(self, path: &Path) -> String {
-        match self {
-            At::Path => path.display().to_string(),
-            At::Dir(_, _, module) => module.shown(path),
-        }
-    }
-}
-
 /// What the walk needs of an entry's status, by path or from a handle.
 #[derive(Clone, Copy)]
 struct Node {
@@ -297,6 +314,9 @@ struct Node {
     mtime: i64,
     mtime_ns: u32,
     size: u64,
+    /// Device and inode: a directory must still be this one when opened,
+    /// and a file when the source opens it to send.
+    id: (u64, u64),
 }
 
 impl Node {
@@ -316,6 +336,7 @@ impl Node {
             mtime: meta.mtime(),
             mtime_ns: meta.mtime_nsec() as u32,
             size: meta.len(),
+            id: (meta.dev(), meta.ino()),
         }
     }
 
@@ -331,21 +352,15 @@ impl Node {
             mtime: st.st_mtime,
             mtime_ns: st.st_mtime_nsec as u32,
             size: st.st_size as u64,
+            #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+            id: (st.st_dev as u64, st.st_ino as u64),
         }
     }
 }
 
-/// A directory the walk is in, from the walk's root down.
+/// A directory the walk is in, from the walk's root down (its handle is
+/// on the [`DirStack`]).
 struct Level {
-    /// Its handle (confined walks only): its entries are stated, and its
-    /// subdirectories opened, from it. Let go while the walk is below it
-    /// when it is deeper than [`MAX_HELD_DIRS`], and opened again by name
-    /// from the deepest one held when the walk comes back to it.
-    fd: Option<OwnedFd>,
-    /// Its name in its parent (to open it again from there).
-    comp: Vec<u8>,
-    /// Device and inode: a handle opened again must be this directory.
-    key: (u64, u64),
     /// Its local path and its name in the manifest.
     local: PathBuf,
     rel: Vec<u8>,
@@ -353,35 +368,38 @@ struct Level {
     children: std::vec::IntoIter<Vec<u8>>,
 }
 
-/// The entry at `rel` in the manifest (nothing for devices, sockets, FIFOs,
-/// and symlinks without `-l`); whether it is a directory to walk into.
+/// The names in directory `fd`, sorted bytewise.
+fn sorted_names(fd: &OwnedFd) -> std::io::Result<std::vec::IntoIter<Vec<u8>>> {
+    let mut names = names_in(fd)?;
+    names.sort();
+    Ok(names.into_iter())
+}
+
+/// The entry at `rel` in the manifest, and where it is on disk (nothing
+/// for devices, sockets, FIFOs, and symlinks without `-l`); whether it is a
+/// directory to walk into. `target`: a symlink's, read only for one sent.
+#[allow(clippy::too_many_arguments)]
 fn add(
     local: &Path,
-    at: At<'_>,
     rel: &[u8],
     node: Node,
+    followed: bool,
+    target: impl FnOnce() -> std::io::Result<Vec<u8>>,
     how: Walk,
     m: &mut Manifest,
-    paths: &mut Vec<PathBuf>,
-) -> Result<bool, TransferError> {
+    at: &mut Vec<OnDisk>,
+) -> std::io::Result<bool> {
     let Some(kind) = node.kind else {
         return Ok(false); // devices, sockets, fifos: not sent
-    };
-    let fail = |e: std::io::Error| TransferError::local(at.shown(local), &e);
-    let target = match (kind, at) {
-        (Kind::Link, At::Path) => std::fs::read_link(local)
-            .map_err(fail)?
-            .as_os_str()
-            .as_bytes()
-            .to_vec(),
-        (Kind::Link, At::Dir(dir, name, _)) => rustix::fs::readlinkat(dir, name, Vec::new())
-            .map_err(|e| fail(e.into()))?
-            .into_bytes(),
-        _ => Vec::new(),
     };
     if kind == Kind::Link && !how.links {
         return Ok(false);
     }
+    let target = if kind == Kind::Link {
+        target()?
+    } else {
+        Vec::new()
+    };
     m.entries.push(Entry {
         path: rel.to_vec(),
         kind,
@@ -391,158 +409,71 @@ fn add(
         size: if kind == Kind::File { node.size } else { 0 },
         target,
     });
-    paths.push(local.to_path_buf());
+    at.push(OnDisk {
+        path: local.into(),
+        id: node.id,
+        followed,
+    });
     Ok(kind == Kind::Dir)
 }
 
-/// Opens directory `local` to walk it: from `at`'s directory handle when
-/// confined (not following a link, and only the directory stated as
-/// `key`), else by its path, which is read at once (no handle kept).
-fn enter(
-    local: PathBuf,
-    at: At<'_>,
-    rel: Vec<u8>,
-    key: (u64, u64),
-) -> Result<Level, TransferError> {
-    let fail = |e: std::io::Error| TransferError::local(at.shown(&local), &e);
-    let (fd, comp, mut names) = match at {
-        At::Path => {
-            let names: Vec<Vec<u8>> = std::fs::read_dir(&local)
-                .map_err(fail)?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().into_vec())
-                .collect();
-            (None, Vec::new(), names)
-        }
-        At::Dir(parent, name, _) => {
-            let comp = name.as_bytes();
-            let fd = open_child_dir(parent, comp, false)
-                .map_err(|e| now_is(parent, comp).unwrap_or(e))
-                .and_then(|fd| same_dir(&fd, key).map(|()| fd))
-                .map_err(fail)?;
-            let names = names_in(&fd).map_err(fail)?;
-            (Some(fd), comp.to_vec(), names)
-        }
-    };
-    names.sort();
-    Ok(Level {
-        fd,
-        comp,
-        key,
-        local,
-        rel,
-        children: names.into_iter(),
-    })
-}
-
-/// The handle of the deepest level, opened again if it was let go: name
-/// by name from the deepest level still held, never through a symlink,
-/// and checked to be the directory that was read.
-fn held(levels: &mut [Level]) -> std::io::Result<BorrowedFd<'_>> {
-    let last = levels.len() - 1;
-    if levels[last].fd.is_none() {
-        let from = (0..last)
-            .rev()
-            .find(|&i| levels[i].fd.is_some())
-            .expect("the walk's root level is always held");
-        let mut fd: Option<OwnedFd> = None;
-        for level in &levels[from + 1..=last] {
-            let parent = match &fd {
-                Some(fd) => fd.as_fd(),
-                None => levels[from].fd.as_ref().expect("found held").as_fd(),
-            };
-            let opened = open_child_dir(parent, &level.comp, false);
-            fd = Some(opened.map_err(|e| now_is(parent, &level.comp).unwrap_or(e))?);
-        }
-        let fd = fd.expect("last is below from");
-        same_dir(&fd, levels[last].key)?;
-        levels[last].fd = Some(fd);
-    }
-    Ok(levels[last].fd.as_ref().expect("held above").as_fd())
-}
-
-/// Walks the tree at `local` in pre-order (a directory, then its entries
-/// sorted bytewise, each directory's whole subtree before its next name),
-/// the order the manifest root depends on. Iterative, so a deep tree does
-/// not grow the thread's stack; a confined walk holds a handle on at most
-/// [`MAX_HELD_DIRS`] directories (plus the deepest), whatever the depth.
+/// Walks the tree below the root level in pre-order (a directory, then its
+/// entries sorted bytewise, each directory's whole subtree before its next
+/// name), the order the manifest root depends on. Iterative, so a deep tree
+/// does not grow the thread's stack; each entry is stated from its
+/// directory's handle, never through a symlink, and the walk holds a handle
+/// on at most [`MAX_HELD_DIRS`] directories (plus the deepest), whatever the
+/// depth.
+///
+/// [`MAX_HELD_DIRS`]: crate::fs::dir_stack::MAX_HELD_DIRS
 fn walk(
-    local: &Path,
-    at: At<'_>,
-    rel: Vec<u8>,
-    node: Node,
+    levels: &mut DirStack<Level>,
     how: Walk,
+    module: Option<&Module>,
     m: &mut Manifest,
-    paths: &mut Vec<PathBuf>,
+    at: &mut Vec<OnDisk>,
 ) -> Result<(), TransferError> {
-    if !add(local, at, &rel, node, how, m, paths)? {
-        return Ok(());
-    }
-    let module = match at {
-        At::Path => None,
-        At::Dir(_, _, module) => Some(module),
-    };
-    let key = match at {
-        At::Path => (0, 0),
-        At::Dir(parent, name, _) => {
-            let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| TransferError::local(at.shown(local), &e.into()))?;
-            (st.st_dev as u64, st.st_ino as u64)
-        }
-    };
-    let mut levels = vec![enter(local.to_path_buf(), at, rel, key)?];
+    let fail = |e: std::io::Error, path: &Path| TransferError::local(shown(module, path), &e);
     loop {
-        let Some(level) = levels.last_mut() else {
+        let Some(level) = levels.top_mut() else {
             return Ok(());
         };
         let Some(name) = level.children.next() else {
             levels.pop();
             continue;
         };
-        let name = std::ffi::OsString::from_vec(name);
-        let child = level.local.join(&name);
-        let mut r = if level.rel == b"." {
-            Vec::new()
+        let child = level.local.join(std::ffi::OsStr::from_bytes(&name));
+        let r = if level.rel == b"." {
+            name.clone()
         } else {
-            [&level.rel[..], b"/"].concat()
+            [&level.rel[..], b"/", &name].concat()
         };
-        r.extend_from_slice(name.as_bytes());
-        let next = match module {
-            None => {
-                let meta = std::fs::symlink_metadata(&child)
-                    .map_err(|e| TransferError::local(child.display().to_string(), &e))?;
-                if !add(&child, At::Path, &r, Node::of(&meta), how, m, paths)? {
-                    continue;
-                }
-                enter(child, At::Path, r, (0, 0))?
-            }
-            Some(module) => {
-                let shown =
-                    |e: std::io::Error, path: &Path| TransferError::local(module.shown(path), &e);
-                let dir_path = level.local.clone();
-                let dir = held(&mut levels).map_err(|e| shown(e, &dir_path))?;
-                let st = rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| shown(e.into(), &child))?;
-                let at = At::Dir(dir, name.as_os_str(), module);
-                if !add(&child, at, &r, Node::of_stat(&st), how, m, paths)? {
-                    continue;
-                }
-                enter(child, at, r, (st.st_dev as u64, st.st_ino as u64))?
-            }
-        };
-        // below the held depth, the parent's handle is let go while the
-        // walk is in here (and opened again when it comes back to it)
-        let depth = levels.len();
-        if depth > MAX_HELD_DIRS {
-            levels[depth - 1].fd = None;
+        let dir_path = level.local.clone();
+        let dir = levels.top_fd().map_err(|e| fail(e, &dir_path))?;
+        let st = rustix::fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| fail(e.into(), &child))?;
+        let node = Node::of_stat(&st);
+        let target = || Ok(rustix::fs::readlinkat(dir, name.as_slice(), Vec::new())?.into_bytes());
+        if !add(&child, &r, node, false, target, how, m, at).map_err(|e| fail(e, &child))? {
+            continue;
         }
-        levels.push(next);
+        let fd = levels
+            .open_child(&name, node.id, false)
+            .map_err(|e| fail(e, &child))?;
+        let children = sorted_names(&fd).map_err(|e| fail(e, &child))?;
+        let level = Level {
+            local: child,
+            rel: r,
+            children,
+        };
+        levels.push(fd, &name, node.id, false, level);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::dir_stack::MAX_HELD_DIRS;
 
     #[test]
     fn a_tree_scans_in_order_and_round_trips() {
@@ -609,7 +540,7 @@ mod tests {
             ]
         );
         assert_eq!(m.entries[1].target, out.as_os_str().as_bytes());
-        assert_eq!(paths[3], root.join("t/sub/x"));
+        assert_eq!(*paths[3].path, *root.join("t/sub/x"));
         // the module's root itself, by its contents
         let (m, _) = scan(
             &PathBuf::from(format!("{}/", root.display())),
@@ -669,8 +600,9 @@ mod tests {
             want.push(z);
             assert_eq!(names, want);
             assert_eq!(
-                paths[1002],
-                root.join("t")
+                *paths[1002].path,
+                *root
+                    .join("t")
                     .join("d/".repeat(MAX_HELD_DIRS + 3))
                     .join("z")
             );

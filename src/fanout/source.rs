@@ -13,7 +13,9 @@ use super::wire::{self, Msg, Purpose};
 use super::{piece_range, pieces, FRAME};
 use crate::chunk::{ChunkHash, MAX_CHUNK};
 use crate::error::TransferError;
+use crate::fs::scan::OnDisk;
 use crate::fs::source::LocalSource;
+use crate::store::source::{Replaced, Source};
 use crate::transport::daemon::DaemonOptions;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
@@ -104,6 +106,9 @@ enum Event {
     /// A control message from host `i` (`None`: its connection ended).
     Control(usize, Result<Msg, String>),
     Bypassed(usize, String),
+    /// The source could not read a file (or it was not the file listed):
+    /// no host can have the whole tree, and none is waited for.
+    SourceFailed(String),
 }
 
 /// A piece's hash and the source's signature of it.
@@ -111,7 +116,9 @@ type Signed = ([u8; 32], [u8; 64]);
 
 /// The source's own pieces: any piece it has read may be asked for again.
 struct SourcePieces {
-    paths: Vec<PathBuf>,
+    /// Each entry's file, as the manifest walk stated it: opened only if it
+    /// is still that file.
+    paths: Vec<OnDisk>,
     /// Opens them: beneath the module root when confined.
     files: LocalSource,
     /// The module they are in (an API job), for naming them in messages.
@@ -134,7 +141,7 @@ impl Pieces for SourcePieces {
             .copied()
     }
     fn read(&self, file: u32, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let f = self.files.open_path(&self.paths[file as usize])?;
+        let f = self.files.open(&self.paths[file as usize])?;
         std::os::unix::fs::FileExt::read_exact_at(&f, buf, offset)?;
         self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -550,7 +557,14 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             current: None,
             next: None,
         };
-        read_all(&manifest, &read_source, &signer, &job, &mut windows, &ftx)
+        let read = read_all(&manifest, &read_source, &signer, &job, &mut windows, &ftx);
+        if let Err(e) = &read {
+            if !matches!(e, TransferError::Cancelled) {
+                let events = read_source.events.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = events.send(Event::SourceFailed(e.to_string()));
+            }
+        }
+        read
     });
     drop(tx);
 
@@ -673,6 +687,9 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             Event::Control(i, Err(e)) => {
                 miss(&mut results, &mut settled, i, e);
                 *lock(&writers[i]) = None;
+            }
+            Event::SourceFailed(why) => {
+                (0..n).for_each(|i| miss(&mut results, &mut settled, i, why.clone()));
             }
         }
     }
@@ -1278,10 +1295,19 @@ fn read_all(
         }
         let file = i as u32;
         let path = &source.paths[i];
-        let shown = super::manifest::shown(source.module.as_ref(), path);
+        let shown = super::manifest::shown(source.module.as_ref(), &path.path);
         let local = |x: std::io::Error| TransferError::local(&shown, &x);
+        // (as the session's sender says it of a file swapped since the
+        // listing: not opened for reading, not sent)
+        let opened = source.files.open(path).map_err(|x| match Replaced::of(&x) {
+            Some(why) => TransferError::Local {
+                path: shown.clone(),
+                text: format!("changed while being sent: {why}"),
+            },
+            None => local(x),
+        });
         let mut w = Window {
-            file: source.files.open_path(path).map_err(local)?,
+            file: opened?,
             size: e.size,
             start: 0,
             buf: Vec::with_capacity(super::PIECE as usize + 2 * MAX_CHUNK),

@@ -13,12 +13,13 @@
 //! change instead of three (create, rename's insert and remove), and nothing
 //! left behind if the process dies.
 
+use crate::fs::dir_stack::{open_child_dir, same_dir, DirStack};
 use crate::fs::names::{escape, split_parent};
 use crate::fs::PARTIAL_DIR;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -1055,29 +1056,113 @@ pub(crate) fn list_at(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, bool)>> {
     Ok(out)
 }
 
+/// Removes `name` in `dir`, and all that is in it if it is a directory;
+/// with `backup`, files are renamed to their name + suffix instead (and the
+/// directories holding them stay).
+///
+/// Iterative, one level at a time on a [`DirStack`]: a stale tree 1,000
+/// directories deep is removed on a thread's small stack and with about 65
+/// descriptors open, not one per level.
+///
+/// # Security
+/// No symlink is followed: each directory is opened from its parent's
+/// handle with `O_NOFOLLOW` and must be the directory stated there (device
+/// and inode), and so must each directory opened again on the way back up.
+/// A symlink found where a directory was stated is removed itself (its
+/// target is not touched); a directory above swapped for a symlink while the
+/// delete is below it stops the delete with an error saying so.
 pub(crate) fn remove_at(dir: &OwnedFd, name: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
-    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(to_io)?;
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        let sub = rustix::fs::openat(dir, name, dir_flags(), Mode::empty()).map_err(to_io)?;
-        for (child, _) in list_at(&sub)? {
-            remove_at(&sub, &child, backup)?;
+    let Some(key) = stated_dir(dir.as_fd(), name)? else {
+        return remove_entry(dir.as_fd(), name, backup);
+    };
+    let Some((fd, children)) = open_to_delete(dir.as_fd(), name, key)? else {
+        return remove_entry(dir.as_fd(), name, backup);
+    };
+    let mut levels: DirStack<std::vec::IntoIter<(Vec<u8>, bool)>> = DirStack::new("the delete");
+    levels.push(fd, name, key, false, children);
+    while let Some(children) = levels.top_mut() {
+        let Some((child, _)) = children.next() else {
+            let (_, gone) = levels.pop().expect("a level is there");
+            let parent = if levels.is_empty() {
+                dir.as_fd()
+            } else {
+                levels.top_fd()?
+            };
+            match rustix::fs::unlinkat(parent, gone.as_slice(), AtFlags::REMOVEDIR) {
+                Ok(()) => {}
+                // backups left inside keep the directory
+                Err(rustix::io::Errno::NOTEMPTY) if backup.is_some() => {}
+                Err(e) => return Err(to_io(e)),
+            }
+            continue;
+        };
+        let top = levels.top_fd()?;
+        let opened = match stated_dir(top, &child)? {
+            Some(key) => open_to_delete(top, &child, key)?.map(|x| (key, x)),
+            None => None,
+        };
+        match opened {
+            Some((key, (fd, children))) => levels.push(fd, &child, key, false, children),
+            None => remove_entry(levels.top_fd()?, &child, backup)?,
         }
-        match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-            Ok(()) => Ok(()),
-            // backups left inside keep the directory
-            Err(rustix::io::Errno::NOTEMPTY) if backup.is_some() => Ok(()),
-            Err(e) => Err(to_io(e)),
-        }
-    } else if let Some(suffix) = backup {
-        let mut bname = name.to_vec();
-        bname.extend_from_slice(suffix);
-        if name.ends_with(suffix) {
-            return Ok(()); // already a backup
-        }
-        rustix::fs::renameat(dir, name, dir, bname.as_slice()).map_err(to_io)
-    } else {
-        rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(to_io)
     }
+    Ok(())
+}
+
+/// The device and inode of `name` in `dir` if it is a directory (not
+/// following a symlink there).
+fn stated_dir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<(u64, u64)>> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(to_io)?;
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    let key = (st.st_dev as u64, st.st_ino as u64);
+    Ok((st.st_mode & libc::S_IFMT == libc::S_IFDIR).then_some(key))
+}
+
+/// Opens directory `name` in `dir`, stated as `key`, to delete what is in
+/// it, and lists it; `None` if it is no longer a directory (swapped for a
+/// symlink or a file since it was stated: that is removed instead).
+#[allow(clippy::type_complexity)]
+fn open_to_delete(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    key: (u64, u64),
+) -> io::Result<Option<(OwnedFd, std::vec::IntoIter<(Vec<u8>, bool)>)>> {
+    delete_pause_hook(name);
+    let fd = match open_child_dir(dir, name, false) {
+        Ok(fd) => fd,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    same_dir(&fd, key, "the delete")?;
+    let children = list_at(&fd)?;
+    Ok(Some((fd, children.into_iter())))
+}
+
+/// Removes `name` in `dir`, which is not a directory (with `backup`,
+/// renames it to its name + suffix, unless it is a backup already).
+fn remove_entry(dir: BorrowedFd<'_>, name: &[u8], backup: Option<&[u8]>) -> io::Result<()> {
+    match backup {
+        Some(suffix) if name.ends_with(suffix) => Ok(()), // already a backup
+        Some(suffix) => {
+            let bname = [name, suffix].concat();
+            rustix::fs::renameat(dir, name, dir, bname.as_slice()).map_err(to_io)
+        }
+        None => rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(to_io),
+    }
+}
+
+/// The test hook for a directory swapped during a delete: with
+/// `FERRY_TEST_HOOKS=1`, `FERRY_TEST_DELETE_PAUSE_AT=NAME` and
+/// `FERRY_TEST_DELETE_PAUSE_FILE=PATH`, a delete about to open directory
+/// NAME to remove what is in it makes `PATH.waiting` and waits (20 s at
+/// most) until PATH exists. Without `FERRY_TEST_HOOKS=1` the other two are
+/// never read.
+fn delete_pause_hook(name: &[u8]) {
+    static PAUSE: crate::fs::pause::PauseHook = crate::fs::pause::PauseHook::new(
+        "FERRY_TEST_DELETE_PAUSE_AT",
+        "FERRY_TEST_DELETE_PAUSE_FILE",
+    );
+    PAUSE.hold_if(|at| at == name);
 }
 
 /// Whether `data` is all zero bytes, looked at 64 bytes at a time (an OR

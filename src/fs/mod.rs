@@ -8,6 +8,7 @@ pub mod chunk_cache;
 pub mod chunk_list;
 pub mod dest;
 pub mod destination;
+pub mod dir_stack;
 pub mod names;
 pub mod owners;
 mod pause;

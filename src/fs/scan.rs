@@ -6,6 +6,7 @@
 //! `.`), `dir` sends the directory itself (names start with `dir/`), a file is
 //! sent under its own name.
 
+use crate::fs::dir_stack::{names_in, same_dir, DirStack};
 use crate::fs::names::{escape, join, link_stays_inside};
 use crate::proto::{Entry, Kind, ListStart};
 use crate::store::source::Listed;
@@ -13,7 +14,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -214,8 +215,9 @@ struct Walker<'a, E> {
     io_error: bool,
     /// The directories the walk is in, from the source root down to the
     /// one whose entries it is visiting (so its depth below the root, and
-    /// the directories that make a loop through a followed symlink).
-    levels: Vec<Level>,
+    /// the directories that make a loop through a followed symlink), their
+    /// handles bounded (see [`DirStack`]).
+    levels: DirStack<Level>,
     /// With several sources: each name listed so far, and whether it is a
     /// directory. As in rsync, the first source to list a name wins; a
     /// directory listed again merges the later source's entries into it.
@@ -261,7 +263,7 @@ pub fn scan_within<E>(
         next_index: 0,
         inodes: HashMap::new(),
         io_error: false,
-        levels: Vec::new(),
+        levels: DirStack::new("the scan"),
         seen: (sources.len() > 1 || opts.relative).then(HashMap::new),
         roots: if sources.len() > 1 {
             sources.iter().map(|s| root_for(s, opts)).collect()
@@ -421,7 +423,7 @@ impl<E> Walker<'_, E> {
         if ft.is_dir() {
             entry.kind = Kind::Dir;
             let key = (meta.dev(), meta.ino());
-            if self.levels.iter().any(|l| l.key == key) {
+            if self.levels.holds(key) {
                 return (self.emit)(ScanItem::Notice(format!(
                     "skipping {}: directory loop through a symlink",
                     escape(name)
@@ -586,23 +588,17 @@ impl<E> Walker<'_, E> {
         };
         children.sort();
         self.read_merge_files(&fd, path, name)?;
-        // below the held depth, the parent's handle is let go while the walk
-        // is in here (and opened again if the walk needs it on its way back)
-        let depth = self.levels.len();
-        if depth > MAX_HELD_DIRS {
-            self.levels[depth - 1].fd = None;
-        }
+        // (below the held depth, the parent's handle is let go while the
+        // walk is in here, and opened again if it needs it on its way back)
         let comp = path.file_name().map(|c| c.as_bytes().to_vec());
-        self.levels.push(Level {
-            fd: Some(fd),
-            comp: comp.unwrap_or_default(),
-            followed,
-            key,
+        let level = Level {
             path: path.to_path_buf(),
             name: name.to_vec(),
             children: children.into_iter(),
             layers: outer,
-        });
+        };
+        let comp = comp.unwrap_or_default();
+        self.levels.push(fd, &comp, key, followed, level);
         Ok(true)
     }
 
@@ -610,9 +606,9 @@ impl<E> Walker<'_, E> {
     /// the walk is back above the source root: each entry is stated from
     /// its directory's handle, never through a symlink.
     fn walk_levels(&mut self) -> Result<(), E> {
-        while let Some(level) = self.levels.last_mut() {
+        while let Some(level) = self.levels.top_mut() {
             let Some(child) = level.children.next() else {
-                let done = self.levels.pop().expect("a level is there");
+                let (done, _) = self.levels.pop().expect("a level is there");
                 self.layers.truncate(done.layers);
                 continue;
             };
@@ -626,7 +622,7 @@ impl<E> Walker<'_, E> {
                 Err(e) => {
                     // the directory is not what was listed any more: none
                     // of the rest of it is sent
-                    let done = self.levels.pop().expect("a level is there");
+                    let (done, _) = self.levels.pop().expect("a level is there");
                     self.layers.truncate(done.layers);
                     self.fail(&done.path, "cannot read directory", e)?;
                     continue;
@@ -655,36 +651,9 @@ impl<E> Walker<'_, E> {
     }
 
     /// The handle of the directory whose entries the walk is visiting,
-    /// opened again if it was let go (see [`MAX_HELD_DIRS`]).
+    /// opened again if it was let go (see [`DirStack`]).
     fn held_dir(&mut self) -> std::io::Result<BorrowedFd<'_>> {
-        let last = self.levels.len() - 1;
-        if self.levels[last].fd.is_none() {
-            let fd = self.reopen(last)?;
-            self.levels[last].fd = Some(fd);
-        }
-        Ok(self.levels[last].fd.as_ref().expect("held above").as_fd())
-    }
-
-    /// Opens level `at` again, one name at a time from the deepest level
-    /// still held, never through a symlink the walk did not follow, and
-    /// checks it is the directory that was read.
-    fn reopen(&self, at: usize) -> std::io::Result<OwnedFd> {
-        let held = (0..at)
-            .rev()
-            .find(|&i| self.levels[i].fd.is_some())
-            .expect("the source root's level is always held");
-        let mut fd: Option<OwnedFd> = None;
-        for level in &self.levels[held + 1..=at] {
-            let parent = match &fd {
-                Some(fd) => fd.as_fd(),
-                None => self.levels[held].fd.as_ref().expect("found held").as_fd(),
-            };
-            let opened = open_child_dir(parent, &level.comp, level.followed);
-            fd = Some(opened.map_err(|e| now_is(parent, &level.comp).unwrap_or(e))?);
-        }
-        let fd = fd.expect("at is below held");
-        same_dir(&fd, self.levels[at].key)?;
-        Ok(fd)
+        self.levels.top_fd()
     }
 
     /// Opens the directory at `path`, which was stated as `key`: the
@@ -735,18 +704,11 @@ impl<E> Walker<'_, E> {
                     return Err(std::io::Error::other("cannot open the module root"))
                 }
             };
-            same_dir(&fd, key)?;
+            same_dir(&fd, key, "the scan")?;
             return Ok(fd);
         }
-        let comp = path.file_name().unwrap_or_default().as_bytes().to_vec();
-        let dir = self.held_dir()?;
-        match open_child_dir(dir, &comp, followed) {
-            Ok(fd) => {
-                same_dir(&fd, key)?;
-                Ok(fd)
-            }
-            Err(e) => Err(now_is(dir, &comp).unwrap_or(e)),
-        }
+        let comp = path.file_name().unwrap_or_default().as_bytes();
+        self.levels.open_child(comp, key, followed)
     }
 
     /// `stat` of what the symlink at `path` points to, from its directory.
@@ -970,27 +932,8 @@ enum Above {
     Dir(Vec<u8>),
 }
 
-/// How many directories down the walk holds a handle on each directory it is
-/// in. Below that it holds only the deepest one's, and opens a directory
-/// again (name by name from the deepest one held) when it comes back to it
-/// to visit its other entries: a tree 1,000 directories deep is walked with
-/// about this many descriptors open.
-pub(crate) const MAX_HELD_DIRS: usize = 64;
-
-/// A directory the walk is in.
+/// A directory the walk is in (its handle is on the [`DirStack`]).
 struct Level {
-    /// Its handle: every entry is stated, and every subdirectory opened,
-    /// from it. Let go while the walk is below it when it is deeper than
-    /// [`MAX_HELD_DIRS`].
-    fd: Option<OwnedFd>,
-    /// Its name in its parent (to open it again from there).
-    comp: Vec<u8>,
-    /// It was reached by following a symlink (`-L`, `-k`,
-    /// `--copy-unsafe-links`; never confined to a module).
-    followed: bool,
-    /// Device and inode: a handle opened again must be this directory, and
-    /// a followed link back to it is a loop.
-    key: (u64, u64),
     /// Its local path (what the entries below it are read from by the
     /// source) and its name in the list.
     path: PathBuf,
@@ -1003,62 +946,6 @@ struct Level {
 
 fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
-}
-
-/// Opens directory `name` in `dir`, not following a symlink there unless
-/// `follow`.
-pub(crate) fn open_child_dir(
-    dir: BorrowedFd<'_>,
-    name: &[u8],
-    follow: bool,
-) -> std::io::Result<OwnedFd> {
-    let flags = if follow {
-        dir_flags()
-    } else {
-        dir_flags() | OFlags::NOFOLLOW
-    };
-    Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
-}
-
-/// Refuses a directory opened that is not the one stated as `key`: it was
-/// replaced (renamed over, or a symlink followed to another) since.
-pub(crate) fn same_dir(fd: &OwnedFd, key: (u64, u64)) -> std::io::Result<()> {
-    let st = rustix::fs::fstat(fd)?;
-    let now = Meta::from(&st);
-    if (now.dev(), now.ino()) != key {
-        return Err(std::io::Error::other("it was replaced during the scan"));
-    }
-    Ok(())
-}
-
-/// Why directory `name` in `dir`, listed as a directory, could not be
-/// opened, when what is there now is not one.
-pub(crate) fn now_is(dir: BorrowedFd<'_>, name: &[u8]) -> Option<std::io::Error> {
-    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-    let now = Meta::from(&st);
-    if now.is_symlink() {
-        Some(std::io::Error::other(
-            "it became a symlink during the scan (not followed)",
-        ))
-    } else if !now.is_dir() {
-        Some(std::io::Error::other("it is no longer a directory"))
-    } else {
-        None
-    }
-}
-
-/// The names in directory `dir` (without `.` and `..`), read from it.
-pub(crate) fn names_in(dir: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
-    let mut names = Vec::new();
-    let mut entries = rustix::fs::Dir::read_from(dir)?;
-    while let Some(entry) = entries.read() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(name.to_vec());
-        }
-    }
-    Ok(names)
 }
 
 /// What the walk needs of an entry's `stat`, from std's metadata (the roots)
@@ -1164,6 +1051,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
 mod tests {
     use super::*;
     use crate::filter::Filters;
+    use crate::fs::dir_stack::MAX_HELD_DIRS;
 
     fn names(sources: &[&str], opts: &ScanOptions) -> Vec<String> {
         let srcs: Vec<Vec<u8>> = sources.iter().map(|s| s.as_bytes().to_vec()).collect();

@@ -46,7 +46,7 @@ impl LocalSource {
 
 impl LocalSource {
     /// Opens a file by its path alone, for a walk that kept no identity
-    /// (the fan-out's, an API job's check of what it wrote): beneath the
+    /// (an API job's check of what it wrote): beneath the
     /// module root with no symlink anywhere when confined, else by the path
     /// as given; never opening for reading anything but a regular file.
     pub fn open_path(&self, path: &Path) -> io::Result<File> {
