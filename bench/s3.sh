@@ -143,7 +143,11 @@ run() {
 
 for rep in $(seq "$reps"); do
 for tool in $tools; do
-  out=$work/down-$tool.bin
+  # downloaded into a directory of its own: beside big.bin (the same
+  # bytes at the same size) ferry's receiver would take big.bin as a basis
+  # and rebuild from it, and the row would not measure a download
+  mkdir -p "$work/down"
+  out=$work/down/$tool.bin
   big=big$rep.bin small=small$rep
   case $tool in
   ferry)

@@ -1321,10 +1321,11 @@ fn a_bucket_of_twenty_thousand_objects_syncs_in_flat_memory_and_resyncs_with_no_
             let reqs = proxy.take();
             assert_eq!(count(&reqs, "PUT"), 0, "{what} {n}: {reqs:#?}");
             assert_eq!(count(&reqs, "HEAD"), 0, "{what} {n}: {reqs:#?}");
-            // the listing's pages (1,000 keys each), the manifest and a
-            // probe of the root: no request per object
+            // the listing's pages (2,000 keys each: s3s-fs does not cap
+            // them at 1,000 as AWS does), the manifest and a probe of the
+            // root: no request per object
             assert!(
-                reqs.len() <= 5 + n / 1000,
+                reqs.len() <= 5 + n / 2000,
                 "{what} {n}: {} requests: {reqs:#?}\n{out}",
                 reqs.len(),
             );

@@ -75,6 +75,10 @@ fn local_server(
     let pipe = |e: std::io::Error| TransferError::local("pipe", &e);
     let (to_server_r, to_server_w) = std::io::pipe().map_err(pipe)?;
     let (to_client_r, to_client_w) = std::io::pipe().map_err(pipe)?;
+    // as wide as a pipe to an ssh child: a file's bytes cross in fewer,
+    // larger steps, with fewer wake-ups of the other half
+    crate::transport::widen_pipe(&to_server_w);
+    crate::transport::widen_pipe(&to_client_w);
     let server = std::thread::Builder::new()
         .name("ferry-local-server".into())
         .spawn(move || {
