@@ -1494,6 +1494,36 @@ fn sync_racing(src: &Path, dest: &Path) -> Command {
     c
 }
 
+/// A run killed after another link's run took the name it had journalled,
+/// before it could clear the journal (staged by the hook: it makes the name,
+/// holding `taken`, then exits), leaves a journal naming b's tree: a's next
+/// run must not remove it. The journal now holds the new tree's device and
+/// inode once the run made it; before, a's next run removed b's live tree
+/// (seen as a flaky failure of the kill-at-random-times test below).
+#[test]
+fn a_run_killed_as_it_loses_the_name_never_removes_the_winners_tree() {
+    let t = tmp();
+    let src = t.path().join("src");
+    two_links(t.path(), &src);
+    let a = t.path().join("a/current");
+    let o = sync_racing(&src, &a)
+        .env("FERRY_TEST_FLIP_RACE", "kill")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    let won = t.path().join("r/.current.ferry-1");
+    assert!(won.join("taken").exists(), "the hook made b's tree");
+    assert_eq!(std::fs::read_link(&a).unwrap(), Path::new("../r/a0"));
+    repoint_b(t.path(), "../r/.current.ferry-1");
+    write_version(&src, 20, 2);
+    ok(sync_atomic(&[], &src, &a.display().to_string()));
+    assert_eq!(versions_at(&a), (BTreeSet::from(["v2".into()]), 20));
+    assert!(
+        t.path().join("b/current/taken").exists(),
+        "a's next run removed b's live tree"
+    );
+}
+
 /// Review finding (high): two runs for same-named links whose trees share
 /// a directory pick the same `.current.ferry-N`; the one that loses the
 /// name (forced here by the test hook, which makes that name, holding

@@ -353,10 +353,11 @@ pub fn stage_flip(
         let mut new = flip_prefix(name);
         new.extend_from_slice(n.to_string().as_bytes());
         let new_text = [prefix.as_slice(), &new].concat();
-        let journal = Journal {
+        let mut journal = Journal {
             new: new_text.clone(),
             old: replaced.clone(),
             kept: backup.is_some(),
+            made: None,
         };
         let made = write_journal(&lock, &journal).and_then(|()| {
             flip_race_hook(&dir, &new);
@@ -365,6 +366,13 @@ pub fn stage_flip(
         });
         match made {
             Ok(()) => {
+                // the journal now says which directory is ours: until it
+                // does, a kill leaves a journal the next run removes no new
+                // tree by (the name may be another run's, made first)
+                let st = rustix::fs::statat(&dir, new.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| local(shown, e))?;
+                journal.made = Some((st.st_dev, st.st_ino));
+                write_journal(&lock, &journal).map_err(|e| local(shown, e))?;
                 made_new = Some((new, new_text));
                 break;
             }
@@ -425,9 +433,18 @@ struct Journal {
     /// Whether the replaced tree was to be kept (`--backup-dir`): then it is
     /// never removed, only left where it was.
     kept: bool,
+    /// The new tree's device and inode, once this run made it. A journal
+    /// without them names a tree that may be another run's (written before
+    /// the name was taken, which another link's run may do first): the next
+    /// run removes no new tree by it.
+    made: Option<(u64, u64)>,
 }
 
-const JOURNAL_MAGIC: &[u8] = b"ferry-flip-1";
+/// A journal of this form ends with the new tree's identity (`DEV:INO`, or
+/// nothing before the run made it).
+const JOURNAL_MAGIC: &[u8] = b"ferry-flip-2";
+/// The form before the identity: read, and no new tree removed by it.
+const JOURNAL_MAGIC_1: &[u8] = b"ferry-flip-1";
 
 fn write_journal(lock: &OwnedFd, j: &Journal) -> io::Result<()> {
     // NUL never occurs in a link's text
@@ -438,6 +455,13 @@ fn write_journal(lock: &OwnedFd, j: &Journal) -> io::Result<()> {
     body.push(if j.kept { b'k' } else { b'r' });
     body.extend_from_slice(j.old.as_deref().unwrap_or_default());
     body.push(if j.old.is_some() { 0 } else { b'-' });
+    if j.old.is_none() {
+        body.push(0);
+    }
+    if let Some((dev, ino)) = j.made {
+        body.extend_from_slice(format!("{dev}:{ino}").as_bytes());
+    }
+    body.push(0);
     rustix::fs::ftruncate(lock, 0)?;
     let mut at = 0;
     while at < body.len() {
@@ -460,9 +484,11 @@ fn read_journal(lock: &OwnedFd) -> io::Result<Option<Journal>> {
     }
     body.truncate(len);
     let mut parts = body.split(|&b| b == 0);
-    if parts.next() != Some(JOURNAL_MAGIC) {
-        return Ok(None);
-    }
+    let v2 = match parts.next() {
+        Some(JOURNAL_MAGIC) => true,
+        Some(JOURNAL_MAGIC_1) => false,
+        _ => return Ok(None),
+    };
     let (Some(new), Some(rest)) = (parts.next(), parts.next()) else {
         return Ok(None);
     };
@@ -471,15 +497,38 @@ fn read_journal(lock: &OwnedFd) -> io::Result<Option<Journal>> {
         Some((b'r', old)) => (false, old),
         _ => return Ok(None),
     };
+    // (the first form ends a named old tree with a NUL, and "-" with
+    // nothing; the second puts the identity and a NUL after either)
     let old = match old {
         b"-" => None,
-        o if !o.is_empty() && parts.next() == Some(&b""[..]) => Some(o.to_vec()),
+        o if !o.is_empty() && (v2 || parts.next() == Some(&b""[..])) => Some(o.to_vec()),
         _ => return Ok(None),
+    };
+    let made = if v2 {
+        let (Some(id), Some(b""), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(None);
+        };
+        match id {
+            b"" => None,
+            id => {
+                let text = std::str::from_utf8(id).ok();
+                let id = text
+                    .and_then(|t| t.split_once(':'))
+                    .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)));
+                match id {
+                    Some(id) => Some(id),
+                    None => return Ok(None),
+                }
+            }
+        }
+    } else {
+        None
     };
     Ok(Some(Journal {
         new: new.to_vec(),
         old,
         kept,
+        made,
     }))
 }
 
@@ -514,11 +563,15 @@ fn recover(
     let flipped = trimmed(&j.new).is_some() && trimmed(&j.new) == trimmed(text);
     let mut leftovers = Vec::new();
     if !flipped {
-        leftovers.push(j.new);
+        // a new tree only if the journal says this run made it, and it is
+        // still that directory
+        if let Some(made) = j.made {
+            leftovers.push((j.new, Some(made)));
+        }
     } else if let (Some(old), false) = (j.old, j.kept) {
-        leftovers.push(old);
+        leftovers.push((old, None));
     }
-    for left in leftovers {
+    for (left, made) in leftovers {
         // only what resolves as it did (a text now outside a module is left)
         let Ok((dir, entry)) = resolve(&left) else {
             continue;
@@ -529,6 +582,9 @@ fn recover(
         // never what the link points at now, never anything but a directory,
         // and a new tree only by the name this form gives it
         if same(&st, current) || !is_dir(&st) || (!flipped && flip_number(name, &entry).is_none()) {
+            continue;
+        }
+        if made.is_some_and(|id| id != (st.st_dev, st.st_ino)) {
             continue;
         }
         remove_at(&dir, &entry, None).map_err(|e| local(shown, e))?;
@@ -583,15 +639,21 @@ fn untrusted(
 /// The test hook for two links of one name racing for a new tree's name:
 /// with `FERRY_TEST_HOOKS=1` and `FERRY_TEST_FLIP_RACE=1`, just before the
 /// symlink form makes `.NAME.ferry-N`, a directory of that name is made (as
-/// another link's run would), holding a file `taken`, once per run. Without
+/// another link's run would), holding a file `taken`, once per run; with
+/// `FERRY_TEST_FLIP_RACE=kill` the run then exits at once. Without
 /// `FERRY_TEST_HOOKS=1` the second variable is never read.
 fn flip_race_hook(dir: &OwnedFd, new: &[u8]) {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1")
-        || std::env::var("FERRY_TEST_FLIP_RACE").ok().as_deref() != Some("1")
-    {
+    if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
         return;
     }
+    // `kill`: the run then ends at once, as if killed before it learnt
+    // that the name was taken
+    let kill = match std::env::var("FERRY_TEST_FLIP_RACE").ok().as_deref() {
+        Some("1") => false,
+        Some("kill") => true,
+        _ => return,
+    };
     ONCE.call_once(|| {
         if rustix::fs::mkdirat(dir, new, Mode::from_raw_mode(0o755)).is_ok() {
             if let Ok(d) = rustix::fs::openat(dir, new, dir_flags(), Mode::empty()) {
@@ -602,6 +664,9 @@ fn flip_race_hook(dir: &OwnedFd, new: &[u8]) {
                     Mode::from_raw_mode(0o644),
                 );
             }
+        }
+        if kill {
+            std::process::exit(137);
         }
     });
 }
@@ -916,15 +981,37 @@ mod tests {
                 new: b"r/.cur.ferry-2".to_vec(),
                 old: Some(b"r/7".to_vec()),
                 kept: false,
+                made: Some((2049, 1234567)),
             },
             Journal {
                 new: b"/abs/.cur.ferry-1".to_vec(),
                 old: None,
                 kept: true,
+                made: None,
+            },
+            Journal {
+                new: b"r/.cur.ferry-3".to_vec(),
+                old: None,
+                kept: false,
+                made: Some((1, 2)),
             },
         ] {
             write_journal(&lock, &j).unwrap();
             assert_eq!(read_journal(&lock).unwrap(), Some(j));
+        }
+        // a journal an older ferry wrote is read, without an identity (so
+        // no new tree is removed by it)
+        for (body, old) in [
+            (
+                &b"ferry-flip-1\0r/.cur.ferry-2\0rr/7\0"[..],
+                Some(b"r/7".to_vec()),
+            ),
+            (&b"ferry-flip-1\0r/.cur.ferry-2\0r-"[..], None),
+        ] {
+            rustix::fs::ftruncate(&lock, 0).unwrap();
+            rustix::io::pwrite(&lock, body, 0).unwrap();
+            let j = read_journal(&lock).unwrap().expect("read");
+            assert_eq!((j.old, j.made), (old, None));
         }
     }
 
