@@ -1126,14 +1126,18 @@ impl Hints {
             let complete = a.waiting.is_empty();
             if complete || since.elapsed() >= limit || cancelled() {
                 let a = st.asked.remove(k).expect("found");
-                if a.answered > 0 && !cancelled() {
+                if !cancelled() {
+                    // (every host late, none answered: the same, so that
+                    // no later window waits the timeout again either)
                     for &late in &a.waiting {
                         st.asking[late] = false;
                         for other in &mut st.asked {
                             other.waiting.remove(&late);
                         }
                     }
-                    return a.hints;
+                    if a.answered > 0 {
+                        return a.hints;
+                    }
                 }
                 return Taken {
                     end: a.hints.end,
