@@ -48,23 +48,31 @@ impl Setup {
     /// Like [`start`](Self::start), the API daemon run under `wrapper`
     /// (e.g. `env K=V` for a test hook).
     fn start_with(n: usize, wrapper: &[&str]) -> Setup {
-        let dir = tmp();
-        let daemon = dir.path().join("daemon");
-        std::fs::create_dir(&daemon).unwrap();
-        chmod(&daemon, 0o700);
-        write(&daemon.join("authorized_keys"), "");
-        chmod(&daemon.join("authorized_keys"), 0o600);
-        std::fs::create_dir(dir.path().join("src")).unwrap();
-        let api_port = free_port();
-        let src = dir.path().join("src");
-        let api = Daemon::spawn_in(
-            dir,
-            &[("src", &src, false)],
-            &["--api", &format!("127.0.0.1:{api_port}")],
-            wrapper,
-            "127.0.0.1:0",
-        )
-        .unwrap_or_else(|e| panic!("API daemon did not start: {e}"));
+        // the free port may be taken by another test before the daemon
+        // binds it: then a fresh start on another, a few times
+        let mut tries = 0;
+        let (api, api_port) = loop {
+            let dir = tmp();
+            let daemon = dir.path().join("daemon");
+            std::fs::create_dir(&daemon).unwrap();
+            chmod(&daemon, 0o700);
+            write(&daemon.join("authorized_keys"), "");
+            chmod(&daemon.join("authorized_keys"), 0o600);
+            std::fs::create_dir(dir.path().join("src")).unwrap();
+            let api_port = free_port();
+            let src = dir.path().join("src");
+            match Daemon::spawn_in(
+                dir,
+                &[("src", &src, false)],
+                &["--api", &format!("127.0.0.1:{api_port}")],
+                wrapper,
+                "127.0.0.1:0",
+            ) {
+                Ok(api) => break (api, api_port),
+                Err(e) if e.contains("Address already in use") && tries < 3 => tries += 1,
+                Err(e) => panic!("API daemon did not start: {e}"),
+            }
+        };
         let cfg = api.daemon_dir().display().to_string();
         let key = stdout(&ok(ferry([
             "api-key",
