@@ -1151,3 +1151,23 @@ fn colour_only_on_a_terminal_and_not_with_no_color() {
         "{out:?}"
     );
 }
+
+/// Nothing listening on the ssh port: the ssh path's TCP check says to start
+/// sshd or name its port, not to start a ferry daemon on the ssh port (it
+/// said `ferry serve --listen 0.0.0.0:22`). Loopback only: no namespaces.
+#[test]
+fn nothing_on_the_ssh_port_points_at_sshd_not_the_daemon() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rsh = format!("ssh -F /dev/null -p {port} -o BatchMode=yes -o ConnectTimeout=5");
+    let o = ferry(["doctor", "--json", "-e", &rsh, "127.0.0.1:"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    let tcp = check(&v, "tcp");
+    assert_eq!(tcp["class"], "refused", "{tcp}");
+    let fix = tcp["fix"].as_str().unwrap();
+    assert!(fix.contains("start sshd on 127.0.0.1"), "{fix}");
+    assert!(!fix.contains("ferry serve"), "{fix}");
+}

@@ -229,8 +229,10 @@ fn an_unreachable_ssh_host_is_one_line_with_one_doctor_pointer() {
             1,
             "{transport}: one pointer: {err}"
         );
+        // with the ssh command it was given, so that the doctor looks
+        // where the copy did (not at port 22)
         assert!(
-            err.contains("`ferry doctor 127.0.0.1:`"),
+            err.contains(&format!("`ferry doctor 127.0.0.1: -e '{rsh}'`")),
             "{transport}: the ssh target: {err}"
         );
     }

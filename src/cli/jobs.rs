@@ -203,7 +203,7 @@ never followed.")]
     },
     /// Follow a job's events until it ends; exits 0 if it succeeded, 24 if a
     /// fan-out ended partial, 20 if canceled, and for a failed job a code
-    /// by its error, from the README's exit codes (below)
+    /// by its error (the codes: `ferry job watch --help`)
     #[command(after_help = "\
 Exit codes: 0 succeeded; 1 an invalid request; 2 an incompatible peer; 11 the source \
 is missing, a path is denied or a local file operation failed (source_not_found, \

@@ -326,7 +326,7 @@ fn run_daemon(arg: &str, host: &str, port: u16, opts: &Options) -> Report {
         }
         return report(arg, "daemon", host, port, addresses, checks);
     }
-    let tcp = net::connect(&dns.addrs, port, dns.from_hosts);
+    let tcp = net::connect(&dns.addrs, port, dns.from_hosts, false);
     let tcp_index = checks.len();
     checks.push(tcp.check.clone());
     let mut reached = false;
@@ -422,7 +422,7 @@ fn run_ssh(arg: &str, user: Option<&str>, host: &str, opts: &Options) -> Report 
             let routed = route.status != Status::Fail;
             checks.push(route);
             if routed {
-                let tcp = net::connect(&dns.addrs, port, dns.from_hosts);
+                let tcp = net::connect(&dns.addrs, port, dns.from_hosts, true);
                 checks.push(tcp.check.clone());
                 if let Some((stream, _)) = tcp.stream {
                     checks.push(net::ssh_banner(stream, port));

@@ -418,7 +418,7 @@ fn classify(e: &std::io::Error, took_ms: f64) -> (&'static str, String) {
 
 /// Connects to every address at once (each bounded); the first that works
 /// is kept for the next checks.
-pub fn connect(addrs: &[SocketAddr], port: u16, from_hosts: Option<usize>) -> Connected {
+pub fn connect(addrs: &[SocketAddr], port: u16, from_hosts: Option<usize>, ssh: bool) -> Connected {
     let t = Instant::now();
     let c = Check::new("tcp", format!("TCP {port}"));
     let handles: Vec<_> = addrs
@@ -487,7 +487,11 @@ pub fn connect(addrs: &[SocketAddr], port: u16, from_hosts: Option<usize>) -> Co
     let (summary, fix) = match class {
         "refused" => (
             format!("{text}: {host} answered, nothing accepts on {port} (or a firewall rejects it)"),
-            format!("start the daemon on {host}: `ferry serve --listen 0.0.0.0:{port}`; or open the port (`iptables -I INPUT -p tcp --dport {port} -j ACCEPT`)"),
+            if ssh {
+                format!("start sshd on {host} (`systemctl start ssh`), or name the port it listens on (`-e 'ssh -p PORT'`); or open the port (`iptables -I INPUT -p tcp --dport {port} -j ACCEPT`)")
+            } else {
+                format!("start the daemon on {host}: `ferry serve --listen 0.0.0.0:{port}`; or open the port (`iptables -I INPUT -p tcp --dport {port} -j ACCEPT`)")
+            },
         ),
         "prohibited" => (
             format!("{text}: a firewall on the path rejects port {port}"),
@@ -809,7 +813,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let a = l.local_addr().unwrap();
         drop(l);
-        let r = connect(&[a], a.port(), None);
+        let r = connect(&[a], a.port(), None, false);
         assert_eq!(r.check.status, Status::Fail);
         assert_eq!(r.check.class, "refused");
         assert!(r.stream.is_none());

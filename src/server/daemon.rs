@@ -429,6 +429,11 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
             }
             info!(%peer, fingerprint = %fp, files = s.files, transferred = s.transferred, "done")
         }
+        // an extra stream that came after its transfer had ended (a small
+        // copy is done before its extra connections arrive): nothing wrong
+        Err(TransferError::Usage(t)) if t == crate::session::NO_SUCH_TRANSFER => {
+            tracing::debug!(%peer, fingerprint = %fp, "extra stream too late: {t}")
+        }
         Err(e) => warn!(%peer, fingerprint = %fp, "ended: {e}"),
     }
 }

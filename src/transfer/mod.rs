@@ -101,7 +101,27 @@ fn daemon_target(plan: &Plan) -> Option<String> {
 /// The ssh peer of a plan as `[user@]host:` (the address without its
 /// path, which `ferry doctor` reads as the ssh path).
 fn ssh_target(plan: &Plan) -> Option<String> {
-    ssh_target_in(plan.sources.iter().chain([&plan.dest]))
+    let target = ssh_target_in(plan.sources.iter().chain([&plan.dest]))?;
+    Some(match doctor_rsh(&plan.ssh) {
+        Some(rsh) => format!("{target} -e {}", shell_words::quote(&rsh)),
+        None => target,
+    })
+}
+
+/// The ssh command `ferry doctor` is to use to look where the transfer did
+/// (`-e`, and scp's `-P`, `-i`, `-o` folded into it); `None` for plain ssh.
+fn doctor_rsh(o: &crate::transport::child::SshOptions) -> Option<String> {
+    let mut cmd = o.rsh.clone().unwrap_or_else(|| "ssh".into());
+    if let Some(port) = o.port {
+        cmd += &format!(" -p {port}");
+    }
+    if let Some(id) = &o.identity {
+        cmd += &format!(" -i {}", shell_words::quote(id));
+    }
+    for opt in &o.ssh_options {
+        cmd += &format!(" -o {}", shell_words::quote(opt));
+    }
+    (cmd != "ssh").then_some(cmd)
 }
 
 /// The first ssh peer among `locations`, as [`ssh_target`] gives it.
@@ -361,7 +381,10 @@ pub fn list_path(
     else {
         return list_over_stdio(loc, ssh);
     };
-    let target = ssh_target_in(std::iter::once(loc));
+    let target = ssh_target_in(std::iter::once(loc)).map(|t| match doctor_rsh(ssh) {
+        Some(rsh) => format!("{t} -e {}", shell_words::quote(&rsh)),
+        None => t,
+    });
     let hint = |e| match &target {
         Some(t) => with_doctor_hint(e, t),
         None => e,
