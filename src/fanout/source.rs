@@ -784,7 +784,10 @@ fn wait_for<T>(rx: &std::sync::mpsc::Receiver<T>, stopped: &dyn Fn() -> bool) ->
 /// found boundaries of its own, and fired on healthy hosts).
 ///
 /// **Where it goes.** The tail holds no one back: it is never moved. The
-/// head may be (the source then links past it). A moved host goes right
+/// boundary before it is judged all the same, for its other end: a host
+/// slow both ways just before the tail is moved when the tail keeps up with
+/// it; when the tail does not (the tail is the slow one), nothing is moved.
+/// The head may be (the source then links past it). A moved host goes right
 /// after the hosts still on the live stream, ahead of the hosts moved
 /// before it (they were slow: a host moved later, slow or not, should not
 /// wait for them). The new order goes first to the moved host
@@ -901,8 +904,9 @@ impl Laggards {
         self.fastest = self.fastest.max(rates.last().copied().unwrap_or(0.0));
         let reference = self.peak.max(self.fastest / 2.0);
         let mut laggard = None;
-        // the tail holds no one back: it is never moved
-        for j in 0..active.len().saturating_sub(1) {
+        // the boundary before the tail too: the tail is never moved, but
+        // the host before it may be the slow end (see below)
+        for j in 0..active.len() {
             let k = active[j];
             let pred = if j == 0 {
                 frac(own, self.own_mark)
@@ -937,6 +941,11 @@ impl Laggards {
                     ) =>
             {
                 (i, p)
+            }
+            // the tail holds no one back: it is never moved
+            _ if j + 1 == active.len() => {
+                self.mark(own);
+                return None;
             }
             _ => (j, k),
         };
@@ -1522,6 +1531,46 @@ mod tests {
             STRIKES as usize,
         );
         assert_eq!(decided, Some((1, 1)), "host 1 (the slow one) is moved");
+    }
+
+    /// Issue 21 review (4): a host slow both ways just before the tail is
+    /// moved when the tail keeps up with it (the tail was never judged, and
+    /// the slow host held the tail back to its pace); a tail slow itself is
+    /// not moved, nor is the host it holds back, nor a lone host.
+    #[test]
+    fn the_boundary_before_the_tail_moves_only_the_host_before_it() {
+        // source → 0 → 1 → 2: 1 slow both ways, 2 (the tail) keeps up
+        let mut l = Laggards::new(3);
+        l.peak = 1250.0;
+        l.received = vec![2_000_000, 1_000_000, 700_000];
+        l.mark(0);
+        let decided = windows(
+            &mut l,
+            &[0, 1, 2],
+            &[50_000, 50_000, 50_000],
+            &[400, 400, 0],
+            400,
+            STRIKES as usize,
+        );
+        assert_eq!(decided, Some((1, 1)), "host 1 is moved");
+        // the tail slow: host 1 held back by it, the gap growing
+        let mut l = Laggards::new(3);
+        l.received = vec![1_000_000, 1_000_000, 500_000];
+        l.mark(0);
+        let decided = windows(
+            &mut l,
+            &[0, 1, 2],
+            &[250_000, 250_000, 25_000],
+            &[400, 400, 0],
+            400,
+            2 * STRIKES as usize,
+        );
+        assert_eq!(decided, None, "no host is moved");
+        // one host, slow: it is the tail
+        let mut l = Laggards::new(1);
+        l.peak = 1250.0;
+        let decided = windows(&mut l, &[0], &[50_000], &[0], 400, 2 * STRIKES as usize);
+        assert_eq!(decided, None, "the lone host is not moved");
     }
 
     /// A host slow both ways passes on what trickles in: its successor
