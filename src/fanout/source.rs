@@ -764,10 +764,11 @@ fn wait_for<T>(rx: &std::sync::mpsc::Receiver<T>, stopped: &dyn Fn() -> bool) ->
 /// received that `k` has not. A `p` held back by a slow `k` has its queue
 /// full (16 frames, 4 MiB) and its socket's buffer behind it, so `k` is far
 /// behind it; a `p` slow itself passes on whatever trickles in and `k`
-/// keeps up with it: the gap is under half the queue ([`KEEPS_UP`]) and has
-/// not grown over the last two windows ([`KEPT_UP`]: a `k` slower than `p`
-/// falls behind before `p`'s queue is full), and then `p` is moved, not
-/// `k`. (A host far behind its predecessor whose successor keeps up with it
+/// keeps up with it: the gap is under half the queue ([`KEEPS_UP`]) and
+/// grew over the last two windows by less than a tenth of what `p` received
+/// in them (a `k` slower than `p` falls behind before `p`'s queue is full,
+/// by 70% or more of that intake; see [`sender_is_slow`]), and then `p` is
+/// moved, not `k`. (A host far behind its predecessor whose successor keeps up with it
 /// is the slow one.)
 ///
 /// Tried and not kept (session 21): a probe — move `k`, and if `p` stays
@@ -783,7 +784,10 @@ fn wait_for<T>(rx: &std::sync::mpsc::Receiver<T>, stopped: &dyn Fn() -> bool) ->
 /// found boundaries of its own, and fired on healthy hosts).
 ///
 /// **Where it goes.** The tail holds no one back: it is never moved. The
-/// head may be (the source then links past it). A moved host goes right
+/// boundary before it is judged all the same, for its other end: a host
+/// slow both ways just before the tail is moved when the tail keeps up with
+/// it; when the tail does not (the tail is the slow one), nothing is moved.
+/// The head may be (the source then links past it). A moved host goes right
 /// after the hosts still on the live stream, ahead of the hosts moved
 /// before it (they were slow: a host moved later, slow or not, should not
 /// wait for them). The new order goes first to the moved host
@@ -836,10 +840,6 @@ const FREE: f64 = 0.2;
 /// (half of what its queue holds when full) passes on what it gets: it is
 /// not held back by that successor, it is slow itself.
 const KEEPS_UP: u64 = (super::hop::QUEUE * FRAME / 2) as u64;
-/// ...and whose gap did not grow by more than this over the last two
-/// windows (two frames: more than the reports' skew at a slow rate): a gap
-/// still small but growing is a successor falling behind.
-const KEPT_UP: u64 = 2 * FRAME as u64;
 /// How long each step of a move waits for the one before to take effect
 /// (orders travel on separate connections).
 const STEP: Duration = Duration::from_millis(150);
@@ -872,6 +872,87 @@ impl Laggards {
         self.since = Instant::now();
     }
 
+    /// Closes a window of `ms` milliseconds: the boundary to act on, if
+    /// any, as (index in `active`, chain position) of the host to move.
+    /// `active`: the chain positions in their current order, missed hosts
+    /// left out; `own`: the source's forwarder's blocked time (ms).
+    fn judge(
+        &mut self,
+        own: u64,
+        ms: f64,
+        active: &[usize],
+        done: &[bool],
+    ) -> Option<(usize, usize)> {
+        let frac = |now: u64, then: u64| now.saturating_sub(then) as f64 / ms;
+        let moved = self.moved.clone();
+        let live = |p: usize| !done[p] && !moved.contains(&p);
+        let rate = |p: usize| frac(self.received[p], self.received_mark[p]);
+        // the chain's rate: the median of its live hosts' (a report that
+        // came late makes one host's window look twice as fast, and a
+        // busy CPU starves one host for a window: the median sees neither)
+        let mut rates: Vec<f64> = active
+            .iter()
+            .filter(|&&p| live(p))
+            .map(|&p| rate(p))
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        if let Some(&median) = rates.get(rates.len() / 2) {
+            self.peak = self.peak.max(median);
+        }
+        // a host slow from the start caps every host after it at once: only
+        // the hosts before it, filling their buffers, showed the rate
+        self.fastest = self.fastest.max(rates.last().copied().unwrap_or(0.0));
+        let reference = self.peak.max(self.fastest / 2.0);
+        let mut laggard = None;
+        // the boundary before the tail too: the tail is never moved, but
+        // the host before it may be the slow end (see below)
+        for j in 0..active.len() {
+            let k = active[j];
+            let pred = if j == 0 {
+                frac(own, self.own_mark)
+            } else {
+                frac(self.blocked[active[j - 1]], self.mark[active[j - 1]])
+            };
+            let slow = pred > HELD
+                && frac(self.blocked[k], self.mark[k]) < FREE
+                && rate(k) < SLOW * reference;
+            if slow && live(k) {
+                self.strikes[k] += 1;
+                if self.strikes[k] >= STRIKES && laggard.is_none() {
+                    laggard = Some((j, k));
+                }
+            } else {
+                self.strikes[k] = 0;
+            }
+        }
+        let Some((j, k)) = laggard else {
+            self.mark(own);
+            return None;
+        };
+        // which end of the boundary before `k` is slow (see above), judged
+        // before `mark`: `received_before` is still the start of the window
+        // before this one, two windows back
+        let (j, k) = match j.checked_sub(1).map(|i| (i, active[i])) {
+            Some((i, p))
+                if live(p)
+                    && sender_is_slow(
+                        (self.received[p], self.received[k]),
+                        (self.received_before[p], self.received_before[k]),
+                    ) =>
+            {
+                (i, p)
+            }
+            // the tail holds no one back: it is never moved
+            _ if j + 1 == active.len() => {
+                self.mark(own);
+                return None;
+            }
+            _ => (j, k),
+        };
+        self.mark(own);
+        Some((j, k))
+    }
+
     /// Orders due now: (chain position or `usize::MAX`, the order).
     /// `own`: the source's forwarder's blocked time (ms).
     fn tick(
@@ -898,65 +979,10 @@ impl Laggards {
             return due;
         }
         let ms = elapsed.as_millis().max(1) as f64;
-        let frac = |now: u64, then: u64| now.saturating_sub(then) as f64 / ms;
         let current = order.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let active: Vec<usize> = current.into_iter().filter(|&p| !missed[p]).collect();
-        let moved = self.moved.clone();
-        let live = |p: usize| !done[p] && !moved.contains(&p);
-        let rate = |p: usize| frac(self.received[p], self.received_mark[p]);
-        // the chain's rate: the median of its live hosts' (a report that
-        // came late makes one host's window look twice as fast, and a
-        // busy CPU starves one host for a window: the median sees neither)
-        let mut rates: Vec<f64> = active
-            .iter()
-            .filter(|&&p| live(p))
-            .map(|&p| rate(p))
-            .collect();
-        rates.sort_by(f64::total_cmp);
-        if let Some(&median) = rates.get(rates.len() / 2) {
-            self.peak = self.peak.max(median);
-        }
-        // a host slow from the start caps every host after it at once: only
-        // the hosts before it, filling their buffers, showed the rate
-        self.fastest = self.fastest.max(rates.last().copied().unwrap_or(0.0));
-        let reference = self.peak.max(self.fastest / 2.0);
-        let mut laggard = None;
-        // the tail holds no one back: it is never moved
-        for j in 0..active.len().saturating_sub(1) {
-            let k = active[j];
-            let pred = if j == 0 {
-                frac(own, self.own_mark)
-            } else {
-                frac(self.blocked[active[j - 1]], self.mark[active[j - 1]])
-            };
-            let slow = pred > HELD
-                && frac(self.blocked[k], self.mark[k]) < FREE
-                && rate(k) < SLOW * reference;
-            if slow && live(k) {
-                self.strikes[k] += 1;
-                if self.strikes[k] >= STRIKES && laggard.is_none() {
-                    laggard = Some((j, k));
-                }
-            } else {
-                self.strikes[k] = 0;
-            }
-        }
-        self.mark(own);
-        let Some((j, k)) = laggard else {
+        let Some((j, k)) = self.judge(own, ms, &active, done) else {
             return due;
-        };
-        // which end of the boundary before `k` is slow (see above)
-        let (j, k) = match j.checked_sub(1).map(|i| (i, active[i])) {
-            Some((i, p)) if live(p) => {
-                let gap = self.received[p].saturating_sub(self.received[k]);
-                let before = self.received_before[p].saturating_sub(self.received_before[k]);
-                if gap < KEEPS_UP && gap.saturating_sub(before) < KEPT_UP {
-                    (i, p)
-                } else {
-                    (j, k)
-                }
-            }
-            _ => (j, k),
         };
         self.settle = Instant::now() + 2 * STEP + WINDOW;
         let mut new: Vec<usize> = active.iter().copied().filter(|&p| p != k).collect();
@@ -978,6 +1004,23 @@ impl Laggards {
         }
         due
     }
+}
+
+/// Whether `p`, at a boundary `p → k`, is the slow end of it: `k` keeps up
+/// with `p`. `now` and `before` are (`p`'s, `k`'s) bytes received, now and
+/// two windows back. The gap (bytes `p` has that `k` has not) must be under
+/// [`KEEPS_UP`] and have grown by less than a tenth of `p`'s intake over the
+/// two windows, plus one frame: a `k` slower than `p` falls behind by 70%
+/// or more of that intake (it runs under [`SLOW`] of the chain's rate), a
+/// `k` fed by a slow `p` by nothing; the frame is the reports' grain (a hop
+/// counts a frame when the whole of it is in). A fixed allowance instead of
+/// the tenth let a healthy `p` at a slow rate (10 Mbit/s, its `k` at 1)
+/// pass for slow.
+fn sender_is_slow(now: (u64, u64), before: (u64, u64)) -> bool {
+    let gap = now.0.saturating_sub(now.1);
+    let grew = gap.saturating_sub(before.0.saturating_sub(before.1));
+    let intake = now.0.saturating_sub(before.0);
+    gap < KEEPS_UP && grew <= intake / 10 + FRAME as u64
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1442,6 +1485,116 @@ fn send_run(w: &Window, file: u32, a: u64, b: u64, send: &dyn Fn(Fwd) -> bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drives [`Laggards::judge`] through windows of 400 ms: each window
+    /// adds `got[p]` bytes received and `held[p]` ms blocked to host `p`
+    /// (the source's own forwarder blocked `own` ms); returns what the
+    /// last window decided.
+    fn windows(
+        l: &mut Laggards,
+        chain: &[usize],
+        got: &[u64],
+        held: &[u64],
+        own: u64,
+        n: usize,
+    ) -> Option<(usize, usize)> {
+        let mut at = 0;
+        let mut decided = None;
+        for w in 1..=n as u64 {
+            for p in 0..chain.len() {
+                l.received[p] += got[p];
+                l.blocked[p] += held[p];
+            }
+            at += own;
+            decided = l.judge(at, 400.0, chain, &vec![false; chain.len()]);
+            assert!(w == n as u64 || decided.is_none(), "decided early");
+        }
+        decided
+    }
+
+    /// Issue 21 review (2): a healthy host at 5 Mbit/s whose successor
+    /// receives at a tenth of that is held back by it: the successor is
+    /// moved, not the healthy host. The successor falls behind by 225 KB a
+    /// window: less than a fixed 512 KiB over one window or even two.
+    #[test]
+    fn a_healthy_host_at_a_slow_rate_is_not_taken_for_its_slow_successor() {
+        let mut l = Laggards::new(3);
+        l.received = vec![1_000_000, 500_000, 500_000];
+        l.mark(0);
+        // source → 0 → 1 → 2: 0 blocked sending to 1, 1 starved
+        let decided = windows(
+            &mut l,
+            &[0, 1, 2],
+            &[250_000, 25_000, 25_000],
+            &[400, 0, 0],
+            0,
+            STRIKES as usize,
+        );
+        assert_eq!(decided, Some((1, 1)), "host 1 (the slow one) is moved");
+    }
+
+    /// Issue 21 review (4): a host slow both ways just before the tail is
+    /// moved when the tail keeps up with it (the tail was never judged, and
+    /// the slow host held the tail back to its pace); a tail slow itself is
+    /// not moved, nor is the host it holds back, nor a lone host.
+    #[test]
+    fn the_boundary_before_the_tail_moves_only_the_host_before_it() {
+        // source → 0 → 1 → 2: 1 slow both ways, 2 (the tail) keeps up
+        let mut l = Laggards::new(3);
+        l.peak = 1250.0;
+        l.received = vec![2_000_000, 1_000_000, 700_000];
+        l.mark(0);
+        let decided = windows(
+            &mut l,
+            &[0, 1, 2],
+            &[50_000, 50_000, 50_000],
+            &[400, 400, 0],
+            400,
+            STRIKES as usize,
+        );
+        assert_eq!(decided, Some((1, 1)), "host 1 is moved");
+        // the tail slow: host 1 held back by it, the gap growing
+        let mut l = Laggards::new(3);
+        l.received = vec![1_000_000, 1_000_000, 500_000];
+        l.mark(0);
+        let decided = windows(
+            &mut l,
+            &[0, 1, 2],
+            &[250_000, 250_000, 25_000],
+            &[400, 400, 0],
+            400,
+            2 * STRIKES as usize,
+        );
+        assert_eq!(decided, None, "no host is moved");
+        // one host, slow: it is the tail
+        let mut l = Laggards::new(1);
+        l.peak = 1250.0;
+        let decided = windows(&mut l, &[0], &[50_000], &[0], 400, 2 * STRIKES as usize);
+        assert_eq!(decided, None, "the lone host is not moved");
+    }
+
+    /// A host slow both ways passes on what trickles in: its successor
+    /// stands at the boundary but keeps up with it, so the slow host is
+    /// moved, even with the reports a frame apart.
+    #[test]
+    fn a_host_slow_both_ways_is_moved_not_its_successor() {
+        for skew in [0, FRAME as u64] {
+            let mut l = Laggards::new(4);
+            l.peak = 1250.0;
+            l.received = vec![2_000_000, 1_000_000, 700_000, 700_000];
+            l.mark(0);
+            l.received[1] += skew;
+            let decided = windows(
+                &mut l,
+                &[0, 1, 2, 3],
+                &[50_000, 50_000, 50_000, 50_000],
+                &[400, 400, 0, 0],
+                400,
+                STRIKES as usize,
+            );
+            assert_eq!(decided, Some((1, 1)), "skew {skew}: host 1 is moved");
+        }
+    }
 
     /// Windows cover every piece of the delta's files once, in order, none
     /// over [`super::super::WINDOW`] bytes or [`wire::MAX_ASK`] pieces.
