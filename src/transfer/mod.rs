@@ -101,16 +101,21 @@ fn daemon_target(plan: &Plan) -> Option<String> {
 /// The ssh peer of a plan as `[user@]host:` (the address without its
 /// path, which `ferry doctor` reads as the ssh path).
 fn ssh_target(plan: &Plan) -> Option<String> {
-    let target = ssh_target_in(plan.sources.iter().chain([&plan.dest]))?;
-    Some(match doctor_rsh(&plan.ssh) {
+    ssh_target_in(plan.sources.iter().chain([&plan.dest])).map(|t| with_rsh(t, &plan.ssh))
+}
+
+/// `target` with the `-e` that makes `ferry doctor` look where the transfer
+/// did, when its ssh command is not plain ssh.
+fn with_rsh(target: String, ssh: &SshOptions) -> String {
+    match doctor_rsh(ssh) {
         Some(rsh) => format!("{target} -e {}", shell_words::quote(&rsh)),
         None => target,
-    })
+    }
 }
 
 /// The ssh command `ferry doctor` is to use to look where the transfer did
 /// (`-e`, and scp's `-P`, `-i`, `-o` folded into it); `None` for plain ssh.
-fn doctor_rsh(o: &crate::transport::child::SshOptions) -> Option<String> {
+fn doctor_rsh(o: &SshOptions) -> Option<String> {
     let mut cmd = o.rsh.clone().unwrap_or_else(|| "ssh".into());
     if let Some(port) = o.port {
         cmd += &format!(" -p {port}");
@@ -381,10 +386,7 @@ pub fn list_path(
     else {
         return list_over_stdio(loc, ssh);
     };
-    let target = ssh_target_in(std::iter::once(loc)).map(|t| match doctor_rsh(ssh) {
-        Some(rsh) => format!("{t} -e {}", shell_words::quote(&rsh)),
-        None => t,
-    });
+    let target = ssh_target_in(std::iter::once(loc)).map(|t| with_rsh(t, ssh));
     let hint = |e| match &target {
         Some(t) => with_doctor_hint(e, t),
         None => e,
