@@ -110,6 +110,48 @@ fn a_port_in_use_fails_before_a_key_is_made() {
     );
 }
 
+/// With the API's address in use, `serve --api` fails as `--listen` does:
+/// exit 11, the address named, before a key or a job database is made.
+#[test]
+fn an_api_address_in_use_fails_before_a_key_is_made() {
+    let t = tmp();
+    let module = t.path().join("m");
+    std::fs::create_dir(&module).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = serve_refused(
+        t.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            &addr,
+            "--module",
+            &format!("m={}", s(&module)),
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(11), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("--api {addr}: ")), "{err}");
+    assert!(err.to_lowercase().contains("in use"), "{err}");
+    assert!(
+        !t.path().join("cfg/id_ed25519").exists(),
+        "a key was made by a daemon that could not start"
+    );
+    assert!(
+        !t.path().join("cfg/state").exists(),
+        "a job database was made by a daemon that could not start"
+    );
+    // plain HTTP beyond loopback is still a usage error (exit 1), also
+    // before anything is made
+    let o = serve_refused(t.path(), &["--listen", "127.0.0.1:0", "--api", "0.0.0.0:0"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to serve plain HTTP"), "{err}");
+    assert!(!t.path().join("cfg/id_ed25519").exists());
+}
+
 /// Item 25: `cp -v` shows ssh's own lines as ssh prints them (as scp -v),
 /// not as ferry's (`ferry: debug1: …`).
 #[test]

@@ -30,7 +30,6 @@ use std::sync::{Arc, Condvar, Mutex};
 /// What `--api` and its companions say.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    pub listen: String,
     /// Where the database lives (the daemon's config directory's `state/`).
     pub state_dir: PathBuf,
     /// The daemon's key: jobs reach other daemons with it.
@@ -117,20 +116,58 @@ impl Api {
     }
 }
 
-/// Opens the database, recovers jobs a previous process left running, binds
-/// the address and serves in a thread of its own. The bound address.
-pub fn start(cfg: ApiConfig) -> Result<Started, StartError> {
-    let addr: SocketAddr = cfg
-        .listen
+/// The API's address, bound before the daemon makes anything (its key, the
+/// database): an address that is not one, or is in use, or plain HTTP beyond
+/// loopback, fails first and leaves nothing behind.
+pub struct Bound {
+    listen: String,
+    listener: std::net::TcpListener,
+}
+
+/// Why the API's address cannot be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Not an address, or plain HTTP beyond loopback: the command line.
+    #[error(transparent)]
+    Usage(StartError),
+    /// The system refused it (in use, not this host's): `--api ADDR: …`.
+    #[error("--api {0}: {1}")]
+    Io(String, String),
+}
+
+/// Binds `listen` for the API; `tls` says whether it will speak TLS.
+pub fn bind(listen: &str, tls: bool) -> Result<Bound, BindError> {
+    let addr: SocketAddr = listen
         .parse()
-        .map_err(|e| StartError::Listen(cfg.listen.clone(), format!("{e}")))?;
-    if !addr.ip().is_loopback() && cfg.tls.is_none() {
-        return Err(StartError::NotLoopback(cfg.listen.clone()));
+        .map_err(|e| BindError::Usage(StartError::Listen(listen.to_string(), format!("{e}"))))?;
+    if !addr.ip().is_loopback() && !tls {
+        return Err(BindError::Usage(StartError::NotLoopback(
+            listen.to_string(),
+        )));
     }
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| BindError::Io(listen.to_string(), crate::error::io_text(&e)))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| BindError::Io(listen.to_string(), e.to_string()))?;
+    Ok(Bound {
+        listen: listen.to_string(),
+        listener,
+    })
+}
+
+/// Opens the database, recovers jobs a previous process left running and
+/// serves on the address [`bind`] bound, in a thread of its own.
+pub fn start(cfg: ApiConfig, bound: Bound) -> Result<Started, StartError> {
+    let Bound { listen, listener } = bound;
     let tls = match &cfg.tls {
         Some(src) => {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-            let mut names = vec!["localhost".to_string(), addr.ip().to_string()];
+            let ip = listener
+                .local_addr()
+                .map_err(|e| StartError::Listen(listen.clone(), e.to_string()))?
+                .ip();
+            let mut names = vec!["localhost".to_string(), ip.to_string()];
             if !host.trim().is_empty() {
                 names.push(host.trim().to_string());
             }
@@ -151,14 +188,9 @@ pub fn start(cfg: ApiConfig) -> Result<Started, StartError> {
         path: db::path_in(&cfg.state_dir),
         text: e.to_string(),
     })?;
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| StartError::Listen(cfg.listen.clone(), crate::error::io_text(&e)))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| StartError::Listen(cfg.listen.clone(), e.to_string()))?;
     let bound = listener
         .local_addr()
-        .map_err(|e| StartError::Listen(cfg.listen.clone(), e.to_string()))?;
+        .map_err(|e| StartError::Listen(listen.clone(), e.to_string()))?;
     let pin = tls.as_ref().and_then(|t| t.pin.clone());
     let server_tls = tls.map(|t| t.config);
     let is_tls = server_tls.is_some();
@@ -188,7 +220,7 @@ pub fn start(cfg: ApiConfig) -> Result<Started, StartError> {
     std::thread::Builder::new()
         .name("ferry-jobs".into())
         .spawn(move || runner::work(&r))
-        .map_err(|e| StartError::Listen(cfg.listen.clone(), e.to_string()))?;
+        .map_err(|e| StartError::Listen(listen.clone(), e.to_string()))?;
     std::thread::Builder::new()
         .name("ferry-api".into())
         .spawn(move || {
@@ -199,7 +231,7 @@ pub fn start(cfg: ApiConfig) -> Result<Started, StartError> {
                 .expect("tokio runtime");
             rt.block_on(http::serve(api, listener, server_tls));
         })
-        .map_err(|e| StartError::Listen(cfg.listen.clone(), e.to_string()))?;
+        .map_err(|e| StartError::Listen(listen.clone(), e.to_string()))?;
     Ok(Started {
         addr: bound,
         tls: is_tls,

@@ -939,15 +939,35 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
     crate::server::daemon::raise_open_files();
     // an address in use fails here, before a key is made or a warning logged
     let listeners = crate::server::daemon::bind(&config)?;
-    if a.api.is_some() {
-        // the API's certificate may be made from the daemon's key: make it now
-        crate::server::daemon::fingerprint(&config)
-            .map_err(|e| TransferError::Usage(e.to_string()))?;
-    }
-    let api = match &a.api {
+    let api_tls = match (&a.api_cert, &a.api_key_file) {
+        (Some(cert), Some(key)) => Some(crate::api::tls::TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ if a.api_tls => Some(crate::api::tls::TlsSource::DaemonKey(
+            config.identity.clone(),
+        )),
+        _ => None,
+    };
+    // the API's address too (exit 11 when in use, as the daemon's)
+    let api_bound = match &a.api {
         Some(listen) => Some(
-            crate::api::start(crate::api::ApiConfig {
-                listen: listen.clone(),
+            crate::api::bind(listen, api_tls.is_some()).map_err(|e| match e {
+                crate::api::BindError::Usage(e) => TransferError::Usage(e.to_string()),
+                crate::api::BindError::Io(listen, text) => TransferError::Local {
+                    path: format!("--api {listen}"),
+                    text,
+                },
+            })?,
+        ),
+        None => None,
+    };
+    let api = match api_bound {
+        Some(bound) => {
+            // the API's certificate may be made from the daemon's key: make it now
+            crate::server::daemon::fingerprint(&config)
+                .map_err(|e| TransferError::Usage(e.to_string()))?;
+            let cfg = crate::api::ApiConfig {
                 state_dir: crate::api::state_dir(&dir),
                 identity: config.identity.clone(),
                 config_dir: dir.clone(),
@@ -956,19 +976,10 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
                     Some(r) => r.parse().map_err(TransferError::Usage)?,
                     None => Default::default(),
                 },
-                tls: match (&a.api_cert, &a.api_key_file) {
-                    (Some(cert), Some(key)) => Some(crate::api::tls::TlsSource::Files {
-                        cert: cert.clone(),
-                        key: key.clone(),
-                    }),
-                    _ if a.api_tls => Some(crate::api::tls::TlsSource::DaemonKey(
-                        config.identity.clone(),
-                    )),
-                    _ => None,
-                },
-            })
-            .map_err(|e| TransferError::Usage(e.to_string()))?,
-        ),
+                tls: api_tls,
+            };
+            Some(crate::api::start(cfg, bound).map_err(|e| TransferError::Usage(e.to_string()))?)
+        }
         None => None,
     };
     let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
