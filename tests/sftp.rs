@@ -125,7 +125,7 @@ fn round_trip(extra: &str, why: &str, verified: &str, attempts_after: [usize; 2]
             "cp".into(),
             "-rp".into(),
             "-e".into(),
-            rsh,
+            rsh.clone(),
             format!("{}/", sshd.remote(&up)),
             s(&down),
         ],
@@ -139,6 +139,27 @@ fn round_trip(extra: &str, why: &str, verified: &str, attempts_after: [usize; 2]
     assert!(stderr(&o).contains(verified), "{}", stderr(&o));
     assert_eq!(attempts(&log), attempts_after[1]);
     assert_same_tree(&src, &down, false);
+    // `ferry ls` falls back as a copy does, and remembers it as a copy
+    // does: from a fresh cache the ferry attempt and SFTP, then SFTP alone
+    let fresh = t.path().join("cache-ls");
+    let ls = || {
+        ok(ferry_in(
+            &fresh,
+            &["ls".into(), "-e".into(), rsh.clone(), sshd.remote(&up)],
+        ))
+    };
+    let o = ls();
+    assert!(stdout(&o).contains("a.bin"), "{}", stdout(&o));
+    assert!(stderr(&o).contains(why), "{}", stderr(&o));
+    assert_eq!(attempts(&log), attempts_after[1] + 2);
+    let o = ls();
+    assert!(stdout(&o).contains("a.bin"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("remembered from an earlier run, for a day"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(attempts(&log), attempts_after[1] + 3);
 }
 
 #[test]

@@ -399,7 +399,11 @@ pub fn list_path(
     if !auto || ssh.remote_ferry.is_some() {
         return list_over_stdio(loc, ssh).map_err(hint);
     }
-    // auto: ferry first; SFTP where the remote cannot run it
+    // auto: SFTP where an earlier run found the remote cannot run ferry;
+    // else ferry first, and SFTP (remembered) if it cannot
+    if let Some(why) = sftp::remembered_for(ssh, user, host) {
+        return sftp::list(user, host, path, ssh, Some(why), events).map_err(hint);
+    }
     let (peer, stream) = ChildPeer::ssh_kept(user, host, ssh).map_err(hint)?;
     let counters = Arc::new(Counters::default());
     let listed = session::list_entries_counted(stream, path.clone(), counters.clone());
@@ -426,6 +430,7 @@ pub fn list_path(
     let judged =
         sftp::judge(host, &ended, &as_summary, events).map_err(|e| hint(unreached(e, reached)))?;
     if let Some(why) = judged {
+        sftp::remember_for(ssh, user, host, &why);
         return sftp::list(user, host, path, ssh, Some(why), events).map_err(hint);
     }
     match (listed, ended.error) {

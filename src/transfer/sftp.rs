@@ -77,11 +77,9 @@ pub(super) fn over_ssh(
         // the user named the remote ferry: that one, or an error saying so
         Transport::Auto if plan.ssh.remote_ferry.is_some() => ferry(request, local_paths, None),
         Transport::Auto => {
-            let key = cache_key(plan, user, host);
+            let key = cache_key(&plan.ssh, user, host);
             if let Some(why) = remembered(&key) {
-                return sftp(request, local_paths, Some(format!(
-                        "{why} (remembered from an earlier run, for a day; --transport ferry tries ferry again)"
-                    )));
+                return sftp(request, local_paths, Some(recalled(&why)));
             }
             let mut fallback = None;
             let result = ferry(request.clone(), local_paths.clone(), Some(&mut fallback));
@@ -454,7 +452,7 @@ fn remote_hash(
     host: &str,
     exec: &Exec,
 ) -> Option<(Hasher, Runner)> {
-    let key = format!("{}.hash", cache_key(plan, user, host));
+    let key = format!("{}.hash", cache_key(&plan.ssh, user, host));
     let known = cache_dir()
         .map(|d| d.join(&key))
         .filter(|p| fresh(p))
@@ -555,8 +553,7 @@ fn cache_dir() -> Option<PathBuf> {
 
 /// One file per way of reaching a host: the same name through another
 /// `-e`, port or config may be another machine.
-fn cache_key(plan: &Plan, user: Option<&str>, host: &str) -> String {
-    let s = &plan.ssh;
+fn cache_key(s: &child::SshOptions, user: Option<&str>, host: &str) -> String {
     let id = format!(
         "{user:?}\0{host}\0{:?}\0{:?}\0{:?}\0{:?}",
         s.rsh, s.port, s.config, s.ssh_options
@@ -571,6 +568,28 @@ fn fresh(path: &std::path::Path) -> bool {
         .ok()
         .and_then(|t| t.elapsed().ok());
     age.is_some_and(|a| a <= REMEMBERED_FOR)
+}
+
+/// With `--transport auto`: why SFTP was chosen for this way of reaching
+/// `host` within the last day, said as [`recalled`] says it.
+pub(super) fn remembered_for(
+    ssh: &child::SshOptions,
+    user: Option<&str>,
+    host: &str,
+) -> Option<String> {
+    remembered(&cache_key(ssh, user, host)).map(|why| recalled(&why))
+}
+
+/// Remembers for a day that `host`, reached this way, needs SFTP.
+pub(super) fn remember_for(ssh: &child::SshOptions, user: Option<&str>, host: &str, why: &str) {
+    remember(&cache_key(ssh, user, host), why);
+}
+
+/// A remembered reason, told as one.
+fn recalled(why: &str) -> String {
+    format!(
+        "{why} (remembered from an earlier run, for a day; --transport ferry tries ferry again)"
+    )
 }
 
 fn remembered(key: &str) -> Option<String> {
