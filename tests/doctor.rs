@@ -1171,3 +1171,18 @@ fn nothing_on_the_ssh_port_points_at_sshd_not_the_daemon() {
     assert!(fix.contains("start sshd on 127.0.0.1"), "{fix}");
     assert!(!fix.contains("ferry serve"), "{fix}");
 }
+
+/// The doctor offers only the flags it uses: it records no key, so no
+/// `--host-key-check accept-new (record)`, and no transfer's retry flags.
+#[test]
+fn doctor_help_offers_no_flag_it_ignores() {
+    let help = stdout(&ok(ferry(["doctor", "--help"])));
+    for ignored in ["--host-key-check", "--retries", "--timeout", "(record)"] {
+        assert!(!help.contains(ignored), "{ignored} in:\n{help}");
+    }
+    assert!(help.contains("never written"), "{help}");
+    // a usage error, as for any unknown flag
+    let o = ferry(["doctor", "--host-key-check", "accept-new", "gpu2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--host-key-check"), "{}", stderr(&o));
+}

@@ -752,8 +752,15 @@ pub struct DoctorArgs {
     /// Also measure throughput over ssh, one stream and four, each way, with the round trip (about 10 s more)
     #[arg(long)]
     pub speed: bool,
-    #[command(flatten)]
-    pub daemon: DaemonFlags,
+    /// Identity (ed25519 private key) to present to a daemon; default: ferry's, else ~/.ssh/id_ed25519
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
+    /// known_hosts file to check the daemon's key against (read, never written: the doctor records no key)
+    #[arg(long = "known-hosts", value_name = "FILE")]
+    pub known_hosts: Option<std::path::PathBuf>,
+    /// ferry's config directory (default: $FERRY_CONFIG_DIR or ~/.config/ferry)
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -26,9 +26,9 @@ const PROBLEMS: i32 = 1;
 pub fn run(a: DoctorArgs) -> Result<i32, TransferError> {
     let target = Target::parse(&a.target).map_err(TransferError::Usage)?;
     let opts = Options {
-        identity: a.daemon.identity.clone(),
-        known_hosts: a.daemon.known_hosts.clone(),
-        config_dir: a.daemon.config_dir.clone(),
+        identity: a.identity.clone(),
+        known_hosts: a.known_hosts.clone(),
+        config_dir: a.config_dir.clone(),
         rsh: a.rsh.clone(),
         remote_ferry: a.remote_ferry.clone(),
         daemon_port: a.daemon_port,
