@@ -172,6 +172,61 @@ fn cp_itemizes_with_the_long_flag_and_keeps_scps_i() {
     assert_eq!(o.status.code(), Some(1));
 }
 
+/// `cp -r src new` makes `new` the copy of `src`: its items are named where
+/// they land under `new`, as rsync names `src/ new/`'s (rsync the oracle);
+/// into an existing directory they keep `src/` in front, as there.
+#[test]
+fn cp_r_to_a_new_name_itemizes_names_under_the_destination() {
+    let t = tmp();
+    let src = t.path().join("src");
+    tree(&src);
+    let lines = |o: &std::process::Output| {
+        let mut v: Vec<String> = stdout(o).lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    let new = t.path().join("new");
+    let o = ok(ferry([
+        "cp".as_ref(),
+        "-r".as_ref(),
+        "--itemize-changes".as_ref(),
+        src.as_os_str(),
+        new.as_os_str(),
+    ]));
+    let theirs = std::process::Command::new("rsync")
+        .args(["-rL", "-i"])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", t.path().join("by-rsync").display()))
+        .output()
+        .expect("rsync");
+    // (rsync also says "created directory …")
+    let theirs: Vec<String> = lines(&theirs)
+        .into_iter()
+        .filter(|l| !l.starts_with("created directory"))
+        .collect();
+    assert_eq!(lines(&o), theirs);
+    assert!(
+        lines(&o).contains(&">f+++++++++ d/b.bin".to_string()),
+        "{:?}",
+        lines(&o)
+    );
+    assert_eq!(std::fs::read(new.join("a.txt")).unwrap(), b"alpha\n");
+    // `new` exists now: src goes into it, under its own name
+    let o = ok(ferry([
+        "cp".as_ref(),
+        "-r".as_ref(),
+        "--itemize-changes".as_ref(),
+        src.as_os_str(),
+        new.as_os_str(),
+    ]));
+    assert!(
+        lines(&o).contains(&">f+++++++++ src/d/b.bin".to_string()),
+        "{:?}",
+        lines(&o)
+    );
+    assert!(new.join("src/d/b.bin").exists());
+}
+
 #[test]
 fn sync_i_itemizes_and_identity_is_long() {
     let t = tmp();

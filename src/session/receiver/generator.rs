@@ -37,6 +37,10 @@ impl<D: Destination> Receiver<'_, D> {
                 .is_some_and(|t| t.kind == Kind::File && (!marks || t.hard == Hard::First))
         };
         let Accepted { index, rel } = self.intake.accept(&e, is_earlier_file)?;
+        if self.intake.names_by_destination() {
+            // (from here on the name is only ever shown)
+            e.name.clone_from(&rel);
+        }
         // (the intake counts what the listing holds)
         debug_assert_eq!(self.entries.is_empty(), index == 0);
         self.summary.files += 1;

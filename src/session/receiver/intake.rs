@@ -129,6 +129,15 @@ impl ListIntake {
         self.mapping = mapping;
     }
 
+    /// Whether entries are told by their path under the destination rather
+    /// than their listed name: when the one directory sent became the
+    /// destination itself (`cp -r src new`), as rsync names `src/ new/`'s
+    /// items (`./`, `a.txt`); nothing named `src` is there. A single file
+    /// written under another name keeps its own, as rsync shows it.
+    pub(super) fn names_by_destination(&self) -> bool {
+        matches!(self.mapping, Mapping::StripTop(_))
+    }
+
     /// Whether an entry may still come (checked before the first one opens
     /// the destination).
     pub(super) fn before_entry(&self) -> Result<(), Violation> {
