@@ -593,6 +593,59 @@ fn a_slow_host_is_moved_to_the_tail_and_the_others_do_not_wait_for_it() {
     }
 }
 
+/// Issue 21 (session 22): when a slow host is moved, its predecessor links
+/// to the host after it and replays the live stream from where that host
+/// stands, so that it and every host after it take each byte once. Before,
+/// the host after the moved one had the start of its current piece from
+/// the moved host and the rest from the new predecessor, refused the piece
+/// with a hole in it, and so did every host after it (each +2.5 MiB here),
+/// each waiting for its predecessor to have the piece again: one piece's
+/// time more per host, a stagger at 200 Mbit/s (bench/NOTES.md §43).
+#[test]
+fn after_a_move_the_hosts_behind_it_take_each_byte_once_and_refuse_nothing() {
+    // host 1 takes 80 ms per 256 KiB frame it receives; four hosts behind it
+    let chain = Chain::start_with(6, &|i| {
+        if i == 1 {
+            vec![
+                "env".into(),
+                "FERRY_TEST_HOOKS=1".into(),
+                "FERRY_TEST_FANOUT_RECV_PACE_MS=80".into(),
+            ]
+        } else {
+            vec![]
+        }
+    });
+    let work = tmp();
+    let src = tree(work.path(), 48 * MIB);
+    let o = chain.run(&["-a", "--json"], &contents(&src), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    let hosts = v["hosts"].as_array().unwrap();
+    let total = v["total_size"].as_u64().unwrap();
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["state"], "done", "{v}");
+        assert_same_tree(&src, &chain.out(i), true);
+        assert_eq!(h["moved_to_tail"], i == 1, "host {i}: {v}");
+    }
+    for (i, h) in hosts.iter().enumerate().skip(2) {
+        let got = h["bytes_received"].as_u64().unwrap();
+        assert_eq!(
+            h["pieces_refused"], 0,
+            "host {i} refused a piece after the move: {v}"
+        );
+        // (a frame of slack; before the fix: +2.5 MiB on each)
+        assert!(
+            got <= total + 256 * 1024,
+            "host {i} received {got} bytes for {total}: {v}"
+        );
+        let log = chain.hosts[i].log();
+        assert!(
+            !log.contains("did not match its signed hash"),
+            "host {i} refused a piece:\n{log}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "timing on loopback: when the CPU bounds the whole chain near the 80 ms host's own pace (load ~10 on 2 cores: healthy hosts at 6.8 s for 16 MiB) that host keeps pace, is rightly not moved, and the test's premise fails; passed 1 of 2 runs so in session 21; run with --ignored"]
 fn a_host_moved_after_another_is_fed_by_it_and_every_host_gets_everything() {

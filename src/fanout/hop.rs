@@ -17,7 +17,7 @@
 use super::manifest::{Kind, Manifest};
 use super::relay::{Fwd, Pieces, Report};
 use super::ticket::{piece_signed, Ticket};
-use super::wire::Msg;
+use super::wire::{Msg, StreamPos};
 use super::{piece_range, pieces, PIECE, WINDOW};
 use crate::chunk::{ChunkHash, MAX_CHUNK};
 use crate::fs::dest::{Dest, Meta, TempFile};
@@ -52,6 +52,9 @@ struct State {
     windows: VecDeque<OldWindow>,
     /// The live stream has brought everything before this (file, piece).
     passed: (u32, u32),
+    /// How far the live stream has been taken (written and handed to the
+    /// forwarder): what a new predecessor replays from ([`Msg::Have`]).
+    live: StreamPos,
     files: HashMap<u32, FileState>,
     received: u64,
     committed_bytes: u64,
@@ -131,6 +134,13 @@ pub struct Hop {
     feed: Mutex<(Vec<(u32, u32)>, bool)>,
     /// Time the forwarder spent blocked sending downstream (µs).
     pub blocked: Arc<std::sync::atomic::AtomicU64>,
+    /// Held while one message from upstream is taken (written, handed to
+    /// the forwarder, counted in `live`), and by a new upstream while it
+    /// reads `live`: the old upstream's reader may be blocked handing a
+    /// frame on when the new one opens, and that frame must be counted in
+    /// the position the new predecessor replays from, and queued before
+    /// the replay (see [`Hop::intake`]).
+    intake: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -226,6 +236,7 @@ impl Hop {
             feeding: AtomicBool::new(false),
             feed: Mutex::new((Vec::new(), false)),
             blocked: Default::default(),
+            intake: Mutex::new(()),
             ticket,
             ticket_bytes,
             index,
@@ -235,6 +246,7 @@ impl Hop {
                 bases,
                 windows: VecDeque::new(),
                 passed: (0, 0),
+                live: StreamPos::default(),
                 files,
                 received: 0,
                 committed_bytes: 0,
@@ -495,6 +507,41 @@ impl Hop {
         if let Some(old) = s.upstream_sock.take() {
             let _ = old.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Taking one message from upstream, or reading where the live stream
+    /// stands for a new upstream: one at a time. A reader checks that its
+    /// upstream is still the current one while it holds this.
+    pub fn intake(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.intake)
+    }
+
+    /// Live bytes `offset..offset + len` of `file` (a data frame or a
+    /// chunk reference) were taken.
+    pub fn took_data(&self, file: u32, offset: u64, len: u64) {
+        let mut s = lock(&self.state);
+        s.live = s.live.max(StreamPos {
+            file,
+            piece: (offset / PIECE) as u32,
+            offset: offset + len,
+        });
+    }
+
+    /// The live end of `file`'s `piece` was taken: the stream stands at the
+    /// next piece's start.
+    pub fn took_end(&self, file: u32, piece: u32) {
+        let end = piece_range(self.size_of(file).unwrap_or(0), piece).1;
+        let mut s = lock(&self.state);
+        s.live = s.live.max(StreamPos {
+            file,
+            piece: piece.saturating_add(1),
+            offset: end,
+        });
+    }
+
+    /// How far the live stream has been taken.
+    pub fn stream_pos(&self) -> StreamPos {
+        lock(&self.state).live
     }
 
     /// Per file, a bitmap of committed pieces (what a new predecessor need

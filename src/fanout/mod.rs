@@ -16,8 +16,9 @@
 //! (and may later be served again); a bad one is refused (NACK) and re-sent
 //! from the nearest upstream committed copy. A file is published (fsync,
 //! rename) when all its pieces are committed. A predecessor that sees its
-//! successor fail or stall dials the next host, learns what it has, and
-//! re-sends the gap from its own committed copy.
+//! successor fail or stall dials the next host, learns what it has and where
+//! it stands in the stream, replays the stream to it from there, and re-sends
+//! older pieces it lacks from its own committed copy.
 //!
 //! Trust: the source signs a [`ticket::Ticket`] (job id, ordered hosts with
 //! their keys, manifest root, expiry). A daemon takes the job only from a
@@ -63,13 +64,16 @@ pub const FRAME: usize = 256 << 10;
 /// wire is spoken only between a source and daemons of the same version,
 /// never negotiated down: a daemon answers another version's hello with a
 /// one-line refusal ([`version_refusal`]), which a source of version 1 shows
-/// as it is; a daemon from before version 2 takes `ferryFAN2` for a session
+/// as it is; a daemon from before version 2 takes a later hello for a session
 /// or shell hello and answers with ferry's own (starting `ferry`), which the
 /// source names as an older daemon ([`OLD_DAEMON`]). The old path (every
 /// chunk name at the start) is not kept: its memory is what version 2 bounds.
 /// Version 2: what a host holds is told a window at a time
-/// ([`wire::Msg::Ask`], [`wire::Msg::Hints`]), not in `Ready`.
-pub const HELLO: &[u8; 9] = b"ferryFAN2";
+/// ([`wire::Msg::Ask`], [`wire::Msg::Hints`]), not in `Ready`. Version 3:
+/// a relay's `Have` says how far the host has taken the live stream
+/// ([`wire::StreamPos`]), and a new predecessor replays the stream from
+/// there (a version 2 daemon answers `ferryFAN3` with its refusal).
+pub const HELLO: &[u8; 9] = b"ferryFAN3";
 
 /// Whether `hello` opens a fan-out connection (of any version).
 pub fn is_fanout_hello(hello: &[u8; 9]) -> bool {

@@ -1,20 +1,24 @@
 //! The forwarder: what a hop (or the source) runs toward the rest of the
 //! chain. It dials the next host the ticket names, learns what that host has
-//! committed, re-sends the gap from its own committed copy, forwards the live
-//! stream frame by frame, answers NACKs from its committed copy, and bypasses
-//! a successor that fails or goes silent for the stall timeout (heartbeats
-//! come every [`HEARTBEAT`]) by dialing the one after it. It follows the
-//! chain's order as the source last set it (a slow host moved to the tail),
-//! and feeds a moved successor from its committed copy, never from the live
-//! queue, so that a slow host never holds the chain back.
+//! committed and how far it has taken the live stream, replays the stream to
+//! it from there (`replay`), re-sends older pieces it lacks from its own
+//! committed copy, forwards the live stream frame by frame, answers NACKs
+//! from its committed copy, and bypasses a successor that fails or goes
+//! silent for the stall timeout (heartbeats come every [`HEARTBEAT`]) by
+//! dialing the one after it. It follows the chain's order as the source last
+//! set it (a slow host moved to the tail), and feeds a moved successor from
+//! its committed copy, never from the live queue, so that a slow host never
+//! holds the chain back.
 //!
 //! Not for receiving or verifying (that is [`super::hop`]); what it serves
-//! again comes from [`Pieces`], which only offers committed pieces.
+//! again comes from [`Pieces`]: committed pieces only, but for a replay of
+//! the live stream, whose piece still in progress is as unchecked as live
+//! bytes are (the successor checks it at its end).
 
 use super::connect::{dial, Dialed};
 use super::ticket::Ticket;
-use super::wire::{self, Msg, Purpose};
-use super::{piece_range, FRAME};
+use super::wire::{self, Msg, Purpose, StreamPos};
+use super::{piece_range, FRAME, PIECE};
 use crate::trust::key::Identity;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +28,13 @@ use std::time::{Duration, Instant};
 
 /// How often a downstream hop tells its predecessor it is alive.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Pieces of the live stream a forwarder remembers (where each ends so far,
+/// and whether its end passed), to replay to a new successor from where it
+/// stands: 256 MiB of stream, far more than is ever in flight between two
+/// hosts (a queue of 4 MiB and two sockets' buffers); a successor further
+/// behind gets the older pieces it lacks whole, re-sent.
+const REPLAYED: usize = 64;
 
 /// How long a forwarder whose successor cut the link waits for a new order
 /// before it takes the cut for a failure (the source sends the steps of a
@@ -77,7 +88,10 @@ pub trait Pieces: Send + Sync {
     /// A committed piece's signed hash and signature (`None`: not committed
     /// here, so not to be served).
     fn signed(&self, file: u32, piece: u32) -> Option<([u8; 32], [u8; 64])>;
-    /// Bytes of a committed piece.
+    /// Bytes of the file as held here: of a committed piece, or of the
+    /// piece the live stream is in (written, not checked yet: only a
+    /// replay of the live stream to a new successor reads those, which
+    /// checks them as it checks any live bytes).
     fn read(&self, file: u32, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
     fn size(&self, file: u32) -> u64;
     /// Pieces a new successor may lack: every piece committed here.
@@ -195,6 +209,9 @@ impl Forwarder {
         let mut ended: HashSet<(u32, u32)> = HashSet::new();
         // pieces to feed a moved successor, in the order they came
         let mut feed: VecDeque<(u32, u32)> = VecDeque::new();
+        // the last pieces of the live stream taken, to replay to a new
+        // successor from where it stands
+        let mut log: VecDeque<LivePiece> = VecDeque::new();
         loop {
             if pieces.cancelled() {
                 return;
@@ -209,7 +226,11 @@ impl Forwarder {
                         std::thread::sleep(Duration::from_millis(10));
                         continue;
                     }
-                    match rx.recv_timeout(Duration::from_millis(10)) {
+                    let got = rx.recv_timeout(Duration::from_millis(10));
+                    if let Ok(m) = &got {
+                        note(&mut log, m);
+                    }
+                    match got {
                         Ok(Fwd::PieceEnd { file, piece, .. } | Fwd::Committed { file, piece }) => {
                             ended.insert((file, piece));
                         }
@@ -219,11 +240,28 @@ impl Forwarder {
                     continue;
                 };
                 match self.open(next) {
-                    Ok((d, have)) => {
+                    Ok((mut d, Have { pieces: have, at })) => {
                         resend.clear();
+                        // a host on the live stream gets the stream from
+                        // where it stands, as live messages (it passes them
+                        // on); a moved host is fed whole committed pieces
+                        let live = !lock(&self.moved).contains(&next);
+                        let replayed: HashSet<(u32, u32)> = log
+                            .iter()
+                            .filter(|e| live && (e.file, e.piece) >= (at.file, at.piece))
+                            .map(|e| (e.file, e.piece))
+                            .collect();
                         for (f, p) in pieces.sent_so_far() {
-                            if ended.contains(&(f, p)) && !have.contains(&(f, p)) {
+                            if ended.contains(&(f, p))
+                                && !have.contains(&(f, p))
+                                && !replayed.contains(&(f, p))
+                            {
                                 resend.push_back((f, p));
+                            }
+                        }
+                        if live {
+                            if let Err(e) = replay(&mut d, pieces, &log, at, &mut resend) {
+                                lock(&d.state.dead).get_or_insert(e.to_string());
                             }
                         }
                         down = Some(d);
@@ -277,7 +315,11 @@ impl Forwarder {
                 }
                 end_in |= end;
                 loop {
-                    match rx.try_recv() {
+                    let got = rx.try_recv();
+                    if let Ok(m) = &got {
+                        note(&mut log, m);
+                    }
+                    match got {
                         Ok(Fwd::PieceEnd { file, piece, .. } | Fwd::Committed { file, piece }) => {
                             ended.insert((file, piece));
                             feed.push_back((file, piece));
@@ -333,6 +375,9 @@ impl Forwarder {
                         r.map(|()| rx.recv_timeout(Duration::from_millis(10)))
                     }
                 };
+                if let Ok(Ok(m)) = &next {
+                    note(&mut log, m);
+                }
                 match next {
                     Err(e) => Err(e),
                     Ok(next) => match next {
@@ -445,8 +490,9 @@ impl Forwarder {
         }
     }
 
-    /// Dials host `i`, and learns what it has.
-    fn open(&self, i: usize) -> Result<(Down, HashSet<(u32, u32)>), String> {
+    /// Dials host `i`, and learns what it has and how far it has taken the
+    /// live stream.
+    fn open(&self, i: usize) -> Result<(Down, Have), String> {
         let h = &self.ticket.hosts[i];
         let Dialed {
             mut reader,
@@ -462,8 +508,8 @@ impl Forwarder {
             },
         )
         .map_err(|e| e.to_string())?;
-        let have = match wire::expect(&mut reader, wire::LARGE).map_err(|e| e.to_string())? {
-            Msg::Have { files } => {
+        let (have, at) = match wire::expect(&mut reader, wire::LARGE).map_err(|e| e.to_string())? {
+            Msg::Have { files, at } => {
                 let mut set = HashSet::new();
                 for (f, bits) in files {
                     for (byte, b) in bits.iter().enumerate() {
@@ -474,7 +520,7 @@ impl Forwarder {
                         }
                     }
                 }
-                set
+                (set, at)
             }
             Msg::Refused { text } => return Err(format!("refused the relay: {text}")),
             m => return Err(format!("sent {} instead of what it has", m.name())),
@@ -502,9 +548,17 @@ impl Forwarder {
                 end_sent: false,
                 out: Vec::new(),
             },
-            have,
+            Have { pieces: have, at },
         ))
     }
+}
+
+/// What a new successor says it holds when the relay opens.
+struct Have {
+    /// Pieces it has committed.
+    pieces: HashSet<(u32, u32)>,
+    /// How far it has taken the live stream.
+    at: StreamPos,
 }
 
 /// The host after `me` in `order` that has not failed (`me` `None`: the
@@ -515,6 +569,121 @@ fn successor(order: &[usize], me: Option<usize>, failed: &HashSet<usize>) -> Opt
         Some(m) => order.iter().position(|&h| h == m)? + 1,
     };
     order[from..].iter().copied().find(|h| !failed.contains(h))
+}
+
+/// A piece of the live stream as a forwarder took it: its data so far ends
+/// at `to`, and its end passed (`ended`) or not yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LivePiece {
+    file: u32,
+    piece: u32,
+    to: u64,
+    ended: bool,
+}
+
+/// Notes a message of the live stream in `log` (the last [`REPLAYED`]
+/// pieces).
+fn note(log: &mut VecDeque<LivePiece>, m: &Fwd) {
+    let (file, piece, to, ended) = match m {
+        Fwd::Data {
+            file,
+            offset,
+            bytes,
+        } => (
+            *file,
+            (offset / PIECE) as u32,
+            offset + bytes.len() as u64,
+            false,
+        ),
+        Fwd::Ref {
+            file, offset, len, ..
+        } => (*file, (offset / PIECE) as u32, offset + *len as u64, false),
+        Fwd::PieceEnd { file, piece, .. } => (*file, *piece, 0, true),
+        Fwd::Committed { .. } | Fwd::End => return,
+    };
+    match log.back_mut() {
+        Some(e) if (e.file, e.piece) == (file, piece) => {
+            e.to = e.to.max(to);
+            e.ended |= ended;
+        }
+        _ => {
+            log.push_back(LivePiece {
+                file,
+                piece,
+                to: to.max(piece as u64 * PIECE),
+                ended,
+            });
+            if log.len() > REPLAYED {
+                log.pop_front();
+            }
+        }
+    }
+}
+
+/// Replays the live stream to a new successor from where it stands (`at`):
+/// the pieces taken live from there on, read from this host's copy and sent
+/// as live messages (not re-sends), so that the successor takes them as it
+/// would have from its old predecessor and passes them on. So a relink (a
+/// move, a bypass) costs no host after it a byte twice nor a refused piece:
+/// without it, the successor had the start of its current piece from its
+/// old predecessor and the rest from the new one, refused the piece with a
+/// hole in it, and so did every host after it, each asking for the piece
+/// again from its predecessor, which had it only once it had it itself
+/// (one piece's time more per host, seen as a stagger). The piece still in
+/// progress is read as written here, unchecked as the live stream is; the
+/// successor checks it at its end like any piece. A piece whose end passed
+/// here but that was refused here is not replayed: it is sent once it is
+/// committed (`resend`).
+fn replay(
+    d: &mut Down,
+    pieces: &dyn Pieces,
+    log: &VecDeque<LivePiece>,
+    at: StreamPos,
+    resend: &mut VecDeque<(u32, u32)>,
+) -> Result<(), crate::error::TransferError> {
+    let mut buf = Vec::new();
+    for e in log
+        .iter()
+        .filter(|e| (e.file, e.piece) >= (at.file, at.piece))
+    {
+        let signed = pieces.signed(e.file, e.piece);
+        if e.ended && signed.is_none() {
+            if !resend.contains(&(e.file, e.piece)) {
+                resend.push_back((e.file, e.piece));
+            }
+            continue;
+        }
+        let start = piece_range(pieces.size(e.file), e.piece).0;
+        let mut from = if (e.file, e.piece) == (at.file, at.piece) {
+            at.offset.max(start)
+        } else {
+            start
+        };
+        while from < e.to {
+            let n = ((e.to - from) as usize).min(FRAME);
+            buf.resize(n, 0);
+            pieces
+                .read(e.file, from, &mut buf)
+                .map_err(|x| crate::error::TransferError::local("the live stream's bytes", &x))?;
+            d.send(&Msg::Data {
+                file: e.file,
+                offset: from,
+                resend: false,
+                bytes: buf.clone(),
+            })?;
+            from += n as u64;
+        }
+        if let (true, Some((hash, sig))) = (e.ended, signed) {
+            d.send(&Msg::PieceEnd {
+                file: e.file,
+                piece: e.piece,
+                resend: false,
+                hash,
+                sig,
+            })?;
+        }
+    }
+    d.flush()
 }
 
 /// Sends a committed piece again, from our copy.
@@ -596,5 +765,61 @@ fn watchdog(sock: std::net::TcpStream, st: &DownState, stall: Duration) {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(file: u32, offset: u64, len: usize) -> Fwd {
+        Fwd::Data {
+            file,
+            offset,
+            bytes: vec![0; len],
+        }
+    }
+
+    fn end(file: u32, piece: u32) -> Fwd {
+        Fwd::PieceEnd {
+            file,
+            piece,
+            hash: [0; 32],
+            sig: [0; 64],
+        }
+    }
+
+    /// The replay log: per piece of the live stream, where its data ends so
+    /// far and whether its end passed, for the last [`REPLAYED`] pieces.
+    #[test]
+    fn the_live_log_follows_each_piece_to_its_end_and_keeps_the_last_ones() {
+        let mut log = VecDeque::new();
+        note(&mut log, &data(1, 0, FRAME));
+        note(&mut log, &data(1, FRAME as u64, FRAME));
+        let piece = |file, piece, to, ended| LivePiece {
+            file,
+            piece,
+            to,
+            ended,
+        };
+        assert_eq!(log, [piece(1, 0, 2 * FRAME as u64, false)]);
+        note(&mut log, &end(1, 0));
+        // a piece whose every byte was in place: only its end
+        note(&mut log, &end(1, 1));
+        note(&mut log, &data(2, PIECE, 10));
+        note(&mut log, &Fwd::Committed { file: 1, piece: 0 });
+        assert_eq!(
+            log,
+            [
+                piece(1, 0, 2 * FRAME as u64, true),
+                piece(1, 1, PIECE, true),
+                piece(2, 1, PIECE + 10, false),
+            ]
+        );
+        for p in 0..2 * REPLAYED as u32 {
+            note(&mut log, &end(3, p));
+        }
+        assert_eq!(log.len(), REPLAYED);
+        assert_eq!(log.front().map(|e| e.piece), Some(REPLAYED as u32));
     }
 }

@@ -657,16 +657,40 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
                     results[i].seconds = started.elapsed().as_secs_f64();
                 }
             }
-            Event::Control(_, Ok(Msg::Bypassed { host, why })) => {
+            Event::Control(i, Ok(Msg::Bypassed { host, why })) => {
                 last_change = Instant::now();
-                if let Some(&h) = chain.get(host as usize) {
-                    miss(&mut results, &mut settled, h, format!("bypassed: {why}"));
-                    *lock(&writers[h]) = None;
+                let from = chain.iter().position(|&c| c == i);
+                let current = laggards
+                    .latest
+                    .clone()
+                    .unwrap_or_else(|| lock(&order).clone());
+                let missed: Vec<bool> = chain
+                    .iter()
+                    .map(|&c| settled[c] && results[c].state == State::Missed)
+                    .collect();
+                match chain.get(host as usize) {
+                    Some(&h)
+                        if from.is_some()
+                            && bypass_is_current(&current, from, host as usize, &missed) =>
+                    {
+                        miss(&mut results, &mut settled, h, format!("bypassed: {why}"));
+                        *lock(&writers[h]) = None;
+                    }
+                    _ => {}
                 }
             }
             Event::Bypassed(h, why) => {
                 last_change = Instant::now();
-                if h < n {
+                let current = laggards
+                    .latest
+                    .clone()
+                    .unwrap_or_else(|| lock(&order).clone());
+                let missed: Vec<bool> = chain
+                    .iter()
+                    .map(|&c| settled[c] && results[c].state == State::Missed)
+                    .collect();
+                let pos = chain.iter().position(|&c| c == h);
+                if pos.is_some_and(|p| bypass_is_current(&current, None, p, &missed)) {
                     miss(&mut results, &mut settled, h, format!("bypassed: {why}"));
                     *lock(&writers[h]) = None;
                 }
@@ -821,6 +845,9 @@ struct Laggards {
     /// Orders still to send: (when, to whom (`usize::MAX`: the source's own
     /// forwarder), the order).
     pending: VecDeque<(Instant, usize, Vec<usize>)>,
+    /// The order last decided (the hosts learn it over the next steps):
+    /// what a bypass report is checked against ([`bypass_is_current`]).
+    latest: Option<Vec<usize>>,
 }
 
 /// How long one look at the chain lasts (several progress reports).
@@ -860,6 +887,7 @@ impl Laggards {
             strikes: vec![0; n],
             moved: Vec::new(),
             pending: VecDeque::new(),
+            latest: None,
         }
     }
 
@@ -990,6 +1018,7 @@ impl Laggards {
         let at = new.iter().take_while(|p| !self.moved.contains(p)).count();
         new.insert(at, k);
         self.moved.push(k);
+        self.latest = Some(new.clone());
         let t = Instant::now();
         let pred = if j == 0 { usize::MAX } else { active[j - 1] };
         due.push((k, new.clone()));
@@ -1021,6 +1050,29 @@ fn sender_is_slow(now: (u64, u64), before: (u64, u64)) -> bool {
     let grew = gap.saturating_sub(before.0.saturating_sub(before.1));
     let intake = now.0.saturating_sub(before.0);
     gap < KEEPS_UP && grew <= intake / 10 + FRAME as u64
+}
+
+/// Whether a report that chain position `host` was bypassed, from the host
+/// at chain position `from` (`None`: the source's own forwarder), matches
+/// the chain's latest order: `host` is the first host after `from` in it not
+/// missed already (a forwarder passes over the hosts it bypassed). A report
+/// that does not is stale and ignored: a moved host whose new order reached
+/// it late (after its forwarder's wait for one) reports its old successor,
+/// which a healthy host feeds now, as bypassed. A host it names that did
+/// fail is reported again by whoever feeds it now.
+fn bypass_is_current(order: &[usize], from: Option<usize>, host: usize, missed: &[bool]) -> bool {
+    let start = match from {
+        None => 0,
+        Some(f) => match order.iter().position(|&p| p == f) {
+            Some(at) => at + 1,
+            None => return false,
+        },
+    };
+    order[start..]
+        .iter()
+        .copied()
+        .find(|&p| !missed.get(p).copied().unwrap_or(false))
+        == Some(host)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1485,6 +1537,39 @@ fn send_run(w: &Window, file: u32, a: u64, b: u64, send: &dyn Fn(Fwd) -> bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 21 review: a bypass report is taken only if it matches the
+    /// chain's latest order. Chain 0 → 1 → 2 → 3 with 1 moved (0 → 2 → 3 →
+    /// 1): host 1's late report that it lost 2 is stale (2 is fed by 0
+    /// now), as is 0's about 1; 0's about 2 and 3's about 1 are current,
+    /// and so is 0's about 3 once 2 was missed.
+    #[test]
+    fn a_bypass_report_that_no_longer_matches_the_order_is_stale() {
+        let order = [0, 2, 3, 1];
+        let none = [false; 4];
+        assert!(!bypass_is_current(&order, Some(1), 2, &none));
+        assert!(!bypass_is_current(&order, Some(0), 1, &none));
+        assert!(bypass_is_current(&order, Some(0), 2, &none));
+        assert!(bypass_is_current(&order, Some(3), 1, &none));
+        assert!(!bypass_is_current(&order, Some(0), 3, &none));
+        assert!(bypass_is_current(
+            &order,
+            Some(0),
+            3,
+            &[false, false, true, false]
+        ));
+        // the source's own forwarder feeds the first host not missed
+        assert!(bypass_is_current(&order, None, 0, &none));
+        assert!(bypass_is_current(
+            &order,
+            None,
+            2,
+            &[true, false, false, false]
+        ));
+        assert!(!bypass_is_current(&order, None, 2, &none));
+        // a host that is not in the order (missed at the start) feeds no one
+        assert!(!bypass_is_current(&[0, 2], Some(1), 2, &none));
+    }
 
     /// Drives [`Laggards::judge`] through windows of 400 ms: each window
     /// adds `got[p]` bytes received and `held[p]` ms blocked to host `p`

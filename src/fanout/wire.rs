@@ -95,8 +95,14 @@ pub enum Msg {
     /// committed and published.
     Done { received: u64, refused: u32 },
     /// Downstream → upstream (relay): what it has committed, per file a
-    /// bitmap of pieces; sent once, when the relay opens.
-    Have { files: Vec<(u32, Vec<u8>)> },
+    /// bitmap of pieces, and how far it has taken the live stream (`at`);
+    /// sent once, when the relay opens. A new predecessor (after a move or
+    /// a bypass) replays the live stream to it from `at` on, so that it,
+    /// and every host after it, goes on as if nothing had changed.
+    Have {
+        files: Vec<(u32, Vec<u8>)>,
+        at: StreamPos,
+    },
     /// Upstream → downstream: file bytes at `offset`. A `resend` is not
     /// forwarded further on its own (downstream asks if it needs it).
     Data {
@@ -130,6 +136,18 @@ pub enum Msg {
     Ack { committed: u64 },
     /// Downstream → upstream: send this piece again (it was bad, or missing).
     Nack { file: u32, piece: u32 },
+}
+
+/// How far a host has taken the live stream (the pieces in the source's
+/// order, each its data frames, then its end): every live message of the
+/// pieces before (`file`, `piece`), and of that piece the bytes before
+/// `offset` (an absolute offset in the file). After a piece's end it is the
+/// next piece's start. Ordered as the stream runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamPos {
+    pub file: u32,
+    pub piece: u32,
+    pub offset: u64,
 }
 
 /// An old chunk's name, and the (file, offset) where the new file's
@@ -306,13 +324,16 @@ impl Msg {
                 w.varint(*received);
                 w.varint(*refused as u64);
             }
-            Msg::Have { files } => {
+            Msg::Have { files, at } => {
                 w.u8(code::HAVE);
                 w.varint(files.len() as u64);
                 for (f, bits) in files {
                     w.varint(*f as u64);
                     w.bytes(bits);
                 }
+                w.varint(at.file as u64);
+                w.varint(at.piece as u64);
+                w.varint(at.offset);
             }
             Msg::Data {
                 file,
@@ -476,7 +497,12 @@ impl Msg {
                     let f = u32_of(&mut r, "file")?;
                     files.push((f, r.bytes(LARGE, "bitmap")?.to_vec()));
                 }
-                Msg::Have { files }
+                let at = StreamPos {
+                    file: u32_of(&mut r, "stream's file")?,
+                    piece: u32_of(&mut r, "stream's piece")?,
+                    offset: r.varint("stream's offset")?,
+                };
+                Msg::Have { files, at }
             }
             code::DATA => Msg::Data {
                 file: u32_of(&mut r, "file")?,
@@ -644,6 +670,11 @@ mod tests {
             },
             Msg::Have {
                 files: vec![(0, vec![0xff, 1])],
+                at: StreamPos {
+                    file: 3,
+                    piece: 2,
+                    offset: 9 << 20,
+                },
             },
             Msg::Data {
                 file: 3,

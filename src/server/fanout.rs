@@ -457,7 +457,16 @@ fn relay(
     sock: Option<TcpStream>,
 ) -> Result<(), String> {
     let gen = hop.new_upstream(sock);
-    wire::send(&mut writer, &Msg::Have { files: hop.have() }).map_err(|e| e.to_string())?;
+    // where the stream stands once the old upstream's reader (if any) has
+    // put down what it holds: the new predecessor replays from exactly here
+    let have = {
+        let _intake = hop.intake();
+        Msg::Have {
+            files: hop.have(),
+            at: hop.stream_pos(),
+        }
+    };
+    wire::send(&mut writer, &have).map_err(|e| e.to_string())?;
     let writer = Arc::new(Mutex::new(writer));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -495,6 +504,9 @@ fn relay(
                 return Ok(());
             }
         };
+        // (released before the next read: an upstream replaced meanwhile
+        // takes nothing more)
+        let _intake = hop.intake();
         if !hop.is_current(gen) {
             return Ok(());
         }
@@ -514,11 +526,13 @@ fn relay(
                 }
                 if !resend {
                     hop.passed(file, (offset / crate::fanout::PIECE) as u32, false);
+                    let len = bytes.len() as u64;
                     hop.forward(Fwd::Data {
                         file,
                         offset,
                         bytes,
                     });
+                    hop.took_data(file, offset, len);
                 }
             }
             Msg::Ref {
@@ -547,6 +561,7 @@ fn relay(
                     skip,
                     chunk,
                 });
+                hop.took_data(file, offset, len as u64);
             }
             Msg::PieceEnd {
                 file,
@@ -586,6 +601,7 @@ fn relay(
                         hash,
                         sig,
                     });
+                    hop.took_end(file, piece);
                 } else if ok {
                     // a moved host is fed only re-sent pieces: what it
                     // commits so is what it can feed a host moved after it
