@@ -1,6 +1,9 @@
-//! A transfer between two stores this process reaches itself (local to local
-//! today) runs the server half on a thread, connected by two OS pipes: the
-//! same protocol and code as over ssh, with nothing to install.
+//! A transfer between two stores this process reaches itself (local to local,
+//! or a store that cannot speak ferry's protocol: S3, SFTP) runs the server
+//! half on a thread, connected by two OS pipes: the same protocol and
+//! code as over ssh, with nothing to install. The receiving half reads its
+//! pipe on its own thread (the stream is marked
+//! [`in_process`](crate::transport::Stream::in_process)).
 //!
 //! `ferry ls` of a local path lists through the same pair.
 //!
@@ -85,6 +88,7 @@ fn local_server(
             let stream = Stream {
                 reader: Box::new(to_server_r),
                 writer: Box::new(to_client_w),
+                in_process: true,
             };
             session::serve_on(stream, &session::stdio_policy, None, side.as_ref())
         })
@@ -93,6 +97,7 @@ fn local_server(
         Stream {
             reader: Box::new(to_client_r),
             writer: Box::new(to_server_w),
+            in_process: true,
         },
         server,
     ))

@@ -19,6 +19,11 @@ use std::io::{Read, Write};
 pub struct Stream {
     pub reader: Box<dyn Read + Send>,
     pub writer: Box<dyn Write + Send>,
+    /// Both ends are in this process (`transfer`'s in-process pair): no
+    /// other machine, nothing to decrypt, no extra streams. The receiving
+    /// half then reads it on its own thread rather than through a reader
+    /// thread (`session::receiver`'s pumps).
+    pub in_process: bool,
 }
 
 /// How big a pipe carrying a session is made (the most an unprivileged
