@@ -72,6 +72,7 @@ fn against_server(
         Stream {
             reader: Box::new(client_r),
             writer: Box::new(client_w),
+            in_process: false,
         },
         request,
         vec![local.as_os_str().as_encoded_bytes().to_vec()],

@@ -266,12 +266,14 @@ fn run_pair(request: Request, local: Vec<Vec<u8>>, hook: Hook, loose_data: bool)
         serve(Stream {
             reader: Box::new(server_r),
             writer: Box::new(server_w),
+            in_process: false,
         })
     });
     let client = run_client(
         Stream {
             reader: Box::new(client_r),
             writer: Box::new(client_w),
+            in_process: false,
         },
         request,
         local,

@@ -326,6 +326,7 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
             let stream = Stream {
                 reader: Box::new(std::io::Read::chain(std::io::Cursor::new(hello), reader)),
                 writer: Box::new(writer),
+                in_process: false,
             };
             let _ = session::refuse(stream, &why);
             return;
@@ -346,6 +347,7 @@ fn handle(shared: &Shared, id: u64, sock: TcpStream, peer: SocketAddr) {
             reader,
         ))),
         writer: Box::new(super::stats::CountWrite(writer)),
+        in_process: false,
     };
     if shared.sessions.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
         shared.sessions.fetch_sub(1, Ordering::SeqCst);

@@ -31,6 +31,7 @@ pub fn open() -> Result<Stream, TransferError> {
     Ok(Stream {
         reader: Box::new(dup(rustix::stdio::stdin())?),
         writer: Box::new(dup(rustix::stdio::stdout())?),
+        in_process: false,
     })
 }
 

@@ -89,6 +89,7 @@ fn join_stream(
     Ok(Stream {
         reader: Box::new(reader.into_inner()),
         writer: Box::new(writer.into_inner()?),
+        in_process: false,
     })
 }
 
@@ -129,6 +130,7 @@ pub fn run_client_streams_on(
     side: &dyn super::Side,
 ) -> Result<Summary, TransferError> {
     let mut reader = FrameReader::new(stream.reader, counters.clone());
+    reader.set_in_process(stream.in_process);
     let mut writer = FrameWriter::new(stream.writer, counters.clone());
     let sent = open(&mut reader, &mut writer, &request, "the request")?;
     // both halves mark hard links only if the server was told to
@@ -193,7 +195,7 @@ pub fn run_client_streams_on(
             local_paths,
             events,
             cancel,
-            Some(joins),
+            connect.map(|_| joins),
             side,
         );
         finished.store(true, Ordering::Relaxed);

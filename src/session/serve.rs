@@ -115,6 +115,7 @@ pub fn serve_on(
 ) -> Result<Summary, TransferError> {
     let counters = Arc::new(Counters::default());
     let mut reader = FrameReader::new(stream.reader, counters.clone());
+    reader.set_in_process(stream.in_process);
     let mut writer = FrameWriter::new(stream.writer, counters);
     let hello = reader.raw::<9>()?;
     let version = match proto::choose_version(&hello) {
@@ -150,6 +151,7 @@ pub fn serve_on(
         let stream = Stream {
             reader: Box::new(reader.into_inner()),
             writer: Box::new(writer.into_inner()?),
+            in_process: false,
         };
         deliver(stream);
         return Ok(Summary::default());

@@ -50,6 +50,8 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
     counters: Arc<Counters>,
     spares: Option<Spares>,
+    /// The stream's other end is in this process ([`crate::transport::Stream::in_process`]).
+    in_process: bool,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -61,7 +63,18 @@ impl<R: Read> FrameReader<R> {
             buf: Vec::new(),
             counters,
             spares: None,
+            in_process: false,
         }
+    }
+
+    /// Marks the stream as one whose other end is in this process.
+    pub fn set_in_process(&mut self, in_process: bool) {
+        self.in_process = in_process;
+    }
+
+    /// Whether the stream's other end is in this process.
+    pub fn in_process(&self) -> bool {
+        self.in_process
     }
 
     /// Fills data blocks into buffers from `spares` when there are some.

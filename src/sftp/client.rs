@@ -49,7 +49,16 @@ struct Inner {
     ended: Mutex<Option<String>>,
     next_id: AtomicU32,
     child: Mutex<Child>,
+    /// Write packets already sent (and hashed), to build the next ones in:
+    /// a fresh 255 KiB vector per write was mapped, faulted in page by page
+    /// and unmapped again (on a 2 GiB upload ~5% of ferry's samples,
+    /// `bench/NOTES.md` §44).
+    spares: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Sent packets kept at most for reuse: the writes in flight and the
+/// packets waiting for the hashing thread, with some to spare.
+const SPARE_PACKETS: usize = 40;
 
 /// A connection to an SFTP server; clones share it. It may carry more
 /// connections to the same server (`--streams N`: separate ssh processes,
@@ -197,6 +206,7 @@ impl Sftp {
             ended: Mutex::new(None),
             next_id: AtomicU32::new(1),
             child: Mutex::new(child),
+            spares: Mutex::new(Vec::new()),
         });
         let reader = inner.clone();
         std::thread::Builder::new()
@@ -330,7 +340,10 @@ impl Sftp {
         body: impl FnOnce(&mut Vec<u8>),
     ) -> io::Result<(Pending, Vec<u8>)> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut p = wire::start(kind);
+        let mut p = match extra {
+            0 => wire::start(kind),
+            _ => wire::start_in(self.spare(), kind),
+        };
         p.reserve(extra);
         wire::put_u32(&mut p, id);
         body(&mut p);
@@ -353,6 +366,25 @@ impl Sftp {
         let p = wire::finish(p);
         w.write_all(&p).map_err(|_| lost())?;
         Ok((rx, p))
+    }
+
+    /// A packet sent earlier, to build another in (empty if none is kept).
+    fn spare(&self) -> Vec<u8> {
+        self.inner
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Gives back a packet that [`Sftp::send_write_keep`] returned, once
+    /// its bytes are no longer needed: the next write is built in it.
+    pub fn give_back(&self, packet: Vec<u8>) {
+        let mut kept = self.inner.spares.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < SPARE_PACKETS {
+            kept.push(packet);
+        }
     }
 
     /// Waits for an answer.
@@ -528,7 +560,9 @@ impl Sftp {
         Ok(())
     }
     pub fn send_write(&self, h: &[u8], offset: u64, data: &[u8]) -> io::Result<Pending> {
-        self.send_write_keep(h, offset, data).map(|(p, _)| p)
+        let (p, packet) = self.send_write_keep(h, offset, data)?;
+        self.give_back(packet);
+        Ok(p)
     }
     /// [`Sftp::send_write`], giving back the packet sent: `data` is its
     /// last `data.len()` bytes (to be hashed from there, not copied again).

@@ -999,12 +999,14 @@ fn no_hash() -> io::Error {
 }
 
 impl StreamHash {
-    /// Hashes `packet[at..]`, the data of a write just sent; `sent` is how
-    /// far the file is written.
-    fn packet(&mut self, packet: Vec<u8>, at: usize, sent: u64) -> io::Result<()> {
+    /// Hashes `packet[at..]`, the data of a write just sent, and gives the
+    /// packet back to `sftp` for the next write; `sent` is how far the file
+    /// is written.
+    fn packet(&mut self, packet: Vec<u8>, at: usize, sent: u64, sftp: &Sftp) -> io::Result<()> {
         match self {
             StreamHash::Here(h) if sent < HASH_THREAD_FROM => {
                 h.update(&packet[at..]);
+                sftp.give_back(packet);
                 Ok(())
             }
             StreamHash::Here(_) => {
@@ -1012,11 +1014,13 @@ impl StreamHash {
                     unreachable!("matched above")
                 };
                 let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_QUEUE);
+                let sftp = sftp.clone();
                 let done = std::thread::Builder::new()
                     .name("ferry-sftp-hash".into())
                     .spawn(move || {
                         for (p, at) in rx {
                             h.update(&p[at..]);
+                            sftp.give_back(p);
                         }
                         h
                     })?;
@@ -1210,10 +1214,13 @@ impl SftpTemp {
         let (p, packet) = sftp.send_write_keep(h, self.sent, data)?;
         self.sent += data.len() as u64;
         self.writes.push_back((p, None, self.sent));
-        if let Some(hash) = &mut self.hashing {
-            // the data is the packet's tail
-            let at = packet.len() - data.len();
-            hash.packet(packet, at, self.sent)?;
+        match &mut self.hashing {
+            Some(hash) => {
+                // the data is the packet's tail
+                let at = packet.len() - data.len();
+                hash.packet(packet, at, self.sent, &self.sftp)?;
+            }
+            None => self.sftp.give_back(packet),
         }
         Ok(())
     }

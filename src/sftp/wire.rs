@@ -131,6 +131,14 @@ pub fn start(kind: u8) -> Vec<u8> {
     p
 }
 
+/// [`start`], in a vector used before (its old bytes are dropped, its
+/// allocation kept).
+pub fn start_in(mut p: Vec<u8>, kind: u8) -> Vec<u8> {
+    p.clear();
+    p.extend_from_slice(&[0, 0, 0, 0, kind]);
+    p
+}
+
 /// Fills in a packet's length.
 pub fn finish(mut p: Vec<u8>) -> Vec<u8> {
     let len = (p.len() - 4) as u32;

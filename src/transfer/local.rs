@@ -1,6 +1,9 @@
-//! A transfer between two stores this process reaches itself (local to local
-//! today) runs the server half on a thread, connected by two OS pipes: the
-//! same protocol and code as over ssh, with nothing to install.
+//! A transfer between two stores this process reaches itself (local to local,
+//! or a store that cannot speak ferry's protocol: S3, SFTP) runs the server
+//! half on a thread, connected by two in-memory pipes: the same protocol and
+//! code as over ssh, with nothing to install. The receiving half reads its
+//! pipe on its own thread (the stream is marked
+//! [`in_process`](crate::transport::Stream::in_process)).
 //!
 //! `ferry ls` of a local path lists through the same pair.
 //!
@@ -12,7 +15,7 @@ use crate::error::TransferError;
 use crate::proto::{Entry, Request, Summary};
 use crate::session::wire::Counters;
 use crate::session::{self, Cancel, EventFn};
-use crate::transport::Stream;
+use crate::transport::{memory, Stream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -72,19 +75,17 @@ pub(super) fn list(path: Vec<u8>) -> Result<Vec<Entry>, TransferError> {
 fn local_server(
     side: Box<dyn session::Side + Send>,
 ) -> Result<(Stream, JoinHandle<Result<Summary, TransferError>>), TransferError> {
-    let pipe = |e: std::io::Error| TransferError::local("pipe", &e);
-    let (to_server_r, to_server_w) = std::io::pipe().map_err(pipe)?;
-    let (to_client_r, to_client_w) = std::io::pipe().map_err(pipe)?;
-    // as wide as a pipe to an ssh child: a file's bytes cross in fewer,
-    // larger steps, with fewer wake-ups of the other half
-    crate::transport::widen_pipe(&to_server_w);
-    crate::transport::widen_pipe(&to_client_w);
+    // in-memory pipes, not the kernel's: no page allocated, charged and
+    // freed per 4 KiB that crosses (`transport::memory`)
+    let (to_server_r, to_server_w) = memory::pipe(memory::CAPACITY);
+    let (to_client_r, to_client_w) = memory::pipe(memory::CAPACITY);
     let server = std::thread::Builder::new()
         .name("ferry-local-server".into())
         .spawn(move || {
             let stream = Stream {
                 reader: Box::new(to_server_r),
                 writer: Box::new(to_client_w),
+                in_process: true,
             };
             session::serve_on(stream, &session::stdio_policy, None, side.as_ref())
         })
@@ -93,6 +94,7 @@ fn local_server(
         Stream {
             reader: Box::new(to_client_r),
             writer: Box::new(to_server_w),
+            in_process: true,
         },
         server,
     ))

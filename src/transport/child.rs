@@ -327,6 +327,7 @@ impl ChildPeer {
         let stream = Stream {
             writer: Box::new(stdin),
             reader: Box::new(stdout),
+            in_process: false,
         };
         Ok((
             ChildPeer {

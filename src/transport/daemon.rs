@@ -225,6 +225,7 @@ pub fn connect(host: &str, port: u16, opts: &DaemonOptions) -> Result<Connected,
         stream: Stream {
             reader: Box::new(reader),
             writer: Box::new(writer),
+            in_process: false,
         },
         added,
         socket,

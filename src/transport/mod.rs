@@ -1,7 +1,8 @@
 //! Byte streams a session can run over, and how to reach a peer through one: a
 //! child process's stdio (the system `ssh` running `ferry serve --stdio` on
 //! the remote, or a local `ferry serve --stdio` child), TLS 1.3 to a ferry
-//! daemon, and the extra streams that join an ssh transfer.
+//! daemon, the extra streams that join an ssh transfer, and the in-memory
+//! pipes between two session halves in one process ([`memory`]).
 //!
 //! Not for what runs over the streams: the conversation is `session`'s,
 //! serving it is `server`'s (and, for local copies, `transfer`'s). Nothing
@@ -9,6 +10,7 @@
 
 pub mod child;
 pub mod daemon;
+pub mod memory;
 pub mod record;
 pub mod rendezvous;
 pub mod tls;
@@ -19,6 +21,11 @@ use std::io::{Read, Write};
 pub struct Stream {
     pub reader: Box<dyn Read + Send>,
     pub writer: Box<dyn Write + Send>,
+    /// Both ends are in this process (`transfer`'s in-process pair): no
+    /// other machine, nothing to decrypt, no extra streams. The receiving
+    /// half then reads it on its own thread rather than through a reader
+    /// thread (`session::receiver`'s pumps).
+    pub in_process: bool,
 }
 
 /// How big a pipe carrying a session is made (the most an unprivileged

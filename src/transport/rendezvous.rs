@@ -100,6 +100,7 @@ fn admit(conn: UnixStream, token: &[u8; 16]) -> Option<Stream> {
             _joiner: conn,
         }),
         writer: Box::new(File::from(output)),
+        in_process: false,
     })
 }
 

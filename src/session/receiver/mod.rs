@@ -59,7 +59,7 @@ use basis::DirFiles;
 use incoming::{DeltaSlots, InFlight, Incoming};
 use intake::ListIntake;
 pub use intake::Requested;
-use pumps::{spawn_readers, spawn_writer, Inbound, Outbox};
+use pumps::{spawn_readers, spawn_writer, Inbox, Outbox};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -251,7 +251,7 @@ where
     P: Place + 'a,
 {
     let spares = Spares::default();
-    let inbound = spawn_readers(reader, cfg.joins.take(), spares.clone())?;
+    let mut inbox = spawn_readers(reader, cfg.joins.take(), spares.clone())?;
     let (out, writer_thread) = spawn_writer(writer)?;
     // what this side cannot do as asked (a --chown name unknown here) is
     // told to the sender, whose user would otherwise see a lost connection
@@ -342,7 +342,7 @@ where
         swap: None,
         dest_rules: HashMap::new(),
     };
-    let result = r.run(&inbound, cancel);
+    let result = r.run(&mut inbox, cancel);
     match result {
         Ok(summary) => {
             drop(r);
@@ -459,9 +459,9 @@ impl<D: Destination> Receiver<'_, D> {
         self.out.send(m)
     }
 
-    fn run(
+    fn run<R: Read>(
         &mut self,
-        inbound: &mpsc::Receiver<Inbound>,
+        inbound: &mut Inbox<R>,
         cancel: &Cancel,
     ) -> Result<Summary, TransferError> {
         match self.next(inbound)? {
