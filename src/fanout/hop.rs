@@ -950,6 +950,14 @@ impl Pieces for Hop {
         lock(&self.state).reports.push_back(r);
     }
 
+    fn unreadable(&self, file: u32, e: &io::Error) {
+        let shown = match self.manifest.entries.get(file as usize) {
+            Some(entry) => lock(&self.state).dest.show(&entry.path),
+            None => format!("file {file}"),
+        };
+        self.fail(format!("{shown}: {}", io_text(e)));
+    }
+
     fn cancelled(&self) -> bool {
         self.is_cancelled()
     }

@@ -169,6 +169,22 @@ impl Pieces for SourcePieces {
             .unwrap_or_else(|p| p.into_inner())
             .send(Event::Bypassed(i, why));
     }
+    fn unreadable(&self, file: u32, e: &std::io::Error) {
+        // as read_all says it of a file swapped since the listing
+        let shown = super::manifest::shown(self.module.as_ref(), &self.paths[file as usize].path);
+        let failed = match Replaced::of(e) {
+            Some(why) => TransferError::Local {
+                path: shown,
+                text: format!("changed while being sent: {why}"),
+            },
+            None => TransferError::local(shown, e),
+        };
+        let _ = self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Event::SourceFailed(failed.to_string()));
+    }
     fn cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
