@@ -10,6 +10,9 @@
 #   bench/fanout.sh            256/128/64 MiB at 200/100/50 Mbit/s (T_1 ≈ 11 s)
 #   bench/fanout.sh --quick    a quarter of those sizes (T_1 ≈ 3 s), debug build
 #   NS="1 8" bench/fanout.sh   other host counts (at most 248)
+#   FERRY_BIN=target/release/ferry bench/fanout.sh --quick
+#                              the quick sizes with a binary built beforehand
+#                              (nothing is built)
 #
 # Rates follow reference-notes/fanout-s3-anchors.md: on two cores a relay
 # chain stays link-bound up to ~1.6 Gbit/s aggregate, so N ≤ 8 runs at
@@ -28,7 +31,10 @@ quick=0
 for tool in ip tc nc rsync cmp; do
   command -v $tool >/dev/null || { echo "bench/fanout.sh: needs $tool" >&2; exit 1; }
 done
-if [ $quick = 1 ]; then
+if [ -n "${FERRY_BIN:-}" ]; then
+  # a binary built beforehand (e.g. FERRY_BIN=target/release/ferry with --quick)
+  FERRY=$(realpath "$FERRY_BIN"); scale=$((quick ? 4 : 1))
+elif [ $quick = 1 ]; then
   cargo build -q; FERRY=$PWD/target/debug/ferry; scale=4
 else
   cargo build -q --release; FERRY=$PWD/target/release/ferry; scale=1

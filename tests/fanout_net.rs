@@ -311,6 +311,21 @@ fn one_host_throttled(net: &FanoutNet, src: &std::path::Path, t1: Measured, slow
         .map(|h| format!("{}/{}", h["bytes_received"], h["pieces_refused"]))
         .collect();
     eprintln!("bytes received/pieces refused per host (1..8): {taken:?}");
+    // the source reads its file once: a relink (the head moved, the source
+    // links to host 2) re-reads only what was in flight to the old head,
+    // replayed to the new one: the piece in progress and what its queue
+    // (4 MiB) and the sockets held; 4 pieces (16 MiB) bound that. Measured
+    // (session 22): +30 KB with host 3 slow, +2.1 MiB with the head slow;
+    // a session-21 run, before the replay, read about twice the file
+    let read = run.source_read();
+    eprintln!(
+        "the source read {read} bytes for {SIZE} ({:.3} x; limit size + 16 MiB)",
+        read as f64 / SIZE as f64
+    );
+    assert!(
+        read <= (SIZE + 16 * MIB) as u64,
+        "the source read {read} bytes for a {SIZE}-byte file with host {slow} slow (limit: size + 16 MiB)\n{output}"
+    );
     // on a saturated CPU the 1.25 bound measures the CPU; a chain dragged
     // down to the slow host's pace (10 × T_1) still fails the looser 2 × T_1
     let judged = if busy > fanout_net::CPU_BOUND {

@@ -66,6 +66,9 @@ struct State {
     error: Option<String>,
     upstream_gen: u64,
     upstream_sock: Option<TcpStream>,
+    /// The current upstream's writer (what this hop tells its predecessor),
+    /// to tell it [`Msg::Fed`] when another host takes its place.
+    upstream_writer: Option<Upstream>,
     reports: VecDeque<Report>,
 }
 
@@ -142,6 +145,10 @@ pub struct Hop {
     /// the replay (see [`Hop::intake`]).
     intake: Mutex<()>,
 }
+
+/// The writer a hop answers its upstream on (acks, NACKs, done), shared by
+/// the relay's threads.
+pub type Upstream = Arc<Mutex<crate::transport::tls::TlsWriter>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -257,6 +264,7 @@ impl Hop {
                 error: None,
                 upstream_gen: 0,
                 upstream_sock: None,
+                upstream_writer: None,
                 reports: VecDeque::new(),
             }),
             forward,
@@ -485,16 +493,34 @@ impl Hop {
         lock(&self.forward_rx).take()
     }
 
-    /// A new upstream connection: the old one (if any) is shut so its
-    /// reader ends. Returns this upstream's generation.
-    pub fn new_upstream(&self, sock: Option<TcpStream>) -> u64 {
-        let mut s = lock(&self.state);
-        if let Some(old) = s.upstream_sock.take() {
+    /// A new upstream connection (its socket, and the writer this hop
+    /// answers it on): the old one (if any) is told that another host feeds
+    /// this one now ([`Msg::Fed`]), then shut so its reader ends. Returns
+    /// this upstream's generation.
+    ///
+    /// Without the word, the old upstream saw only a cut link, as from a
+    /// dead host: if its own new order came late (after its wait), it
+    /// reported this healthy host bypassed and linked to the host after
+    /// it, cutting that host's healthy link in turn, whose upstream's
+    /// report then matched the order, and a healthy host ended missed.
+    pub fn new_upstream(&self, sock: Option<TcpStream>, writer: Option<Upstream>) -> u64 {
+        let (old_sock, old_writer, gen) = {
+            let mut s = lock(&self.state);
+            s.upstream_gen += 1;
+            let old = (s.upstream_sock.take(), s.upstream_writer.take());
+            s.upstream_sock = sock;
+            s.upstream_writer = writer;
+            (old.0, old.1, s.upstream_gen)
+        };
+        // (outside the state lock: the old upstream may be slow to take it;
+        // a frame of one byte fits any socket buffer, so it never blocks)
+        if let Some(w) = old_writer {
+            let _ = super::wire::send_now(&mut *lock(&w), &Msg::Fed);
+        }
+        if let Some(old) = old_sock {
             let _ = old.shutdown(std::net::Shutdown::Both);
         }
-        s.upstream_gen += 1;
-        s.upstream_sock = sock;
-        s.upstream_gen
+        gen
     }
 
     pub fn is_current(&self, gen: u64) -> bool {

@@ -39,7 +39,9 @@
 //! `FERRY_TEST_FANOUT_RECV_PACE_MS` ([`receive_pace_hook`]), which makes a
 //! daemon receive slowly (a slow host, to be moved to the tail), and
 //! `FERRY_TEST_FANOUT_HINTS_DELAY_MS` ([`hints_delay_hook`]), which makes a
-//! daemon slow to answer the source's questions about what it holds.
+//! daemon slow to answer the source's questions about what it holds, and
+//! `FERRY_TEST_FANOUT_ORDER_DELAY_MS` ([`order_delay_hook`]), which makes a
+//! daemon take each new order of the chain late (a late order after a move).
 
 pub mod connect;
 pub mod hop;
@@ -73,7 +75,10 @@ pub const FRAME: usize = 256 << 10;
 /// a relay's `Have` says how far the host has taken the live stream
 /// ([`wire::StreamPos`]), and a new predecessor replays the stream from
 /// there (a version 2 daemon answers `ferryFAN3` with its refusal).
-pub const HELLO: &[u8; 9] = b"ferryFAN3";
+/// Version 4: a host that takes a new upstream tells the old one so
+/// ([`wire::Msg::Fed`]), which then waits for its new order instead of
+/// reporting a healthy host bypassed.
+pub const HELLO: &[u8; 9] = b"ferryFAN4";
 
 /// Whether `hello` opens a fan-out connection (of any version).
 pub fn is_fanout_hello(hello: &[u8; 9]) -> bool {
@@ -139,6 +144,14 @@ pub fn ready_delay_hook() -> Option<std::time::Duration> {
 /// would.
 pub fn hints_delay_hook() -> Option<std::time::Duration> {
     hook_ms("FERRY_TEST_FANOUT_HINTS_DELAY_MS")
+}
+
+/// The test hook for a late order: with `FERRY_TEST_HOOKS=1`,
+/// `FERRY_TEST_FANOUT_ORDER_DELAY_MS=N` makes a daemon wait N ms before it
+/// takes each new order of the chain the source sends ([`wire::Msg::Order`]),
+/// as a host whose control connection is slow would.
+pub fn order_delay_hook() -> Option<std::time::Duration> {
+    hook_ms("FERRY_TEST_FANOUT_ORDER_DELAY_MS")
 }
 
 /// A test hook's milliseconds: `var`'s value, read only with

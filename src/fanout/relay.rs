@@ -139,6 +139,9 @@ struct DownState {
     dead: Mutex<Option<String>>,
     last_heard: Mutex<Instant>,
     closed: AtomicBool,
+    /// The successor said another host feeds it now ([`Msg::Fed`]): the cut
+    /// is no failure of its.
+    fed: AtomicBool,
 }
 
 struct Down {
@@ -304,6 +307,16 @@ impl Forwarder {
             }
             let d = down.as_mut().expect("connected");
             let dead = lock(&d.state.dead).clone();
+            if dead.is_some() && d.state.fed.load(Ordering::SeqCst) {
+                // another host took our place before it: the source moved
+                // a host, and our own new order is late. Not a failure: no
+                // report, and no link past it (that would cut the next
+                // host's healthy link in turn); we wait for our order
+                let host = d.host;
+                down = None;
+                self.await_order(host, &failed, pieces);
+                continue;
+            }
             if dead.is_some() && self.reordered(d.host, &failed) {
                 // the chain's order changed and its new predecessor linked
                 // to it (and so cut us off) before we heard: not a failure
@@ -516,6 +529,20 @@ impl Forwarder {
         }
     }
 
+    /// Waits until the chain's order no longer puts `host` after us (our
+    /// new order came), for at most the stall timeout: if it still does
+    /// then, the host that took our place followed an order older than
+    /// ours, and we link to `host` again (taking our place back).
+    fn await_order(&self, host: usize, failed: &HashSet<usize>, pieces: &dyn Pieces) {
+        let until = Instant::now() + self.stall;
+        while successor(&lock(&self.order), self.me, failed) == Some(host)
+            && Instant::now() < until
+            && !pieces.cancelled()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Dials host `i`, and learns what it has and how far it has taken the
     /// live stream.
     fn open(&self, i: usize) -> Result<(Down, Have), String> {
@@ -558,6 +585,7 @@ impl Forwarder {
             dead: Mutex::new(None),
             last_heard: Mutex::new(Instant::now()),
             closed: AtomicBool::new(false),
+            fed: AtomicBool::new(false),
         });
         let st = state.clone();
         std::thread::spawn(move || listen(reader, &st));
@@ -907,6 +935,10 @@ fn listen(mut reader: crate::transport::tls::TlsReader, st: &DownState) {
             Ok(Some(Msg::Done { .. })) => {
                 st.done.store(true, Ordering::SeqCst);
                 continue;
+            }
+            Ok(Some(Msg::Fed)) => {
+                st.fed.store(true, Ordering::SeqCst);
+                "another host feeds it now".to_string()
             }
             Ok(Some(Msg::Refused { text })) => format!("it failed: {text}"),
             Ok(Some(m)) => format!("it sent {} on a relay", m.name()),

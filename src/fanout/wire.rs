@@ -136,6 +136,12 @@ pub enum Msg {
     Ack { committed: u64 },
     /// Downstream → upstream: send this piece again (it was bad, or missing).
     Nack { file: u32, piece: u32 },
+    /// Downstream → its old upstream, as that link is cut: another host
+    /// feeds this one now (the chain's order changed, or that host bypassed
+    /// the old upstream). The old upstream is told it was not failed, so
+    /// that it neither reports this host bypassed nor links past it; it
+    /// waits for its own new order instead (fan-out protocol 4).
+    Fed,
 }
 
 /// How far a host has taken the live stream (the pieces in the source's
@@ -174,6 +180,7 @@ mod code {
     pub const ORDER: u8 = 17;
     pub const ASK: u8 = 18;
     pub const HINTS: u8 = 19;
+    pub const FED: u8 = 20;
 }
 
 impl Msg {
@@ -198,6 +205,7 @@ impl Msg {
             Msg::End => "end",
             Msg::Ack { .. } => "ack",
             Msg::Nack { .. } => "nack",
+            Msg::Fed => "fed by another host",
         }
     }
 
@@ -362,6 +370,7 @@ impl Msg {
                 w.raw(sig);
             }
             Msg::End => w.u8(code::END),
+            Msg::Fed => w.u8(code::FED),
             Msg::Ack { committed } => {
                 w.u8(code::ACK);
                 w.varint(*committed);
@@ -518,6 +527,7 @@ impl Msg {
                 sig: r.array("signature")?,
             },
             code::END => Msg::End,
+            code::FED => Msg::Fed,
             code::ACK => Msg::Ack {
                 committed: r.varint("committed")?,
             },
@@ -692,6 +702,7 @@ mod tests {
             Msg::End,
             Msg::Ack { committed: 9 },
             Msg::Nack { file: 1, piece: 0 },
+            Msg::Fed,
         ];
         for m in all {
             let mut buf = Vec::new();

@@ -353,6 +353,7 @@ fn run_control(
     let moved_set = hop.moved.clone();
     let asks_hop = hop.clone();
     let n = hop.ticket.hosts.len();
+    let order_delay = crate::fanout::order_delay_hook();
     std::thread::spawn(move || loop {
         match wire::recv(&mut reader, wire::SMALL) {
             Ok(Some(Msg::Link)) => {
@@ -368,6 +369,9 @@ fn run_control(
             Ok(Some(Msg::Order { hosts, moved }))
                 if hosts.iter().chain(&moved).all(|&h| (h as usize) < n) =>
             {
+                if let Some(late) = order_delay {
+                    std::thread::sleep(late);
+                }
                 *moved_set.lock().unwrap_or_else(|p| p.into_inner()) =
                     moved.into_iter().map(|h| h as usize).collect();
                 *order.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -453,10 +457,11 @@ fn run_control(
 fn relay(
     hop: &Arc<Hop>,
     mut reader: TlsReader,
-    mut writer: TlsWriter,
+    writer: TlsWriter,
     sock: Option<TcpStream>,
 ) -> Result<(), String> {
-    let gen = hop.new_upstream(sock);
+    let writer = Arc::new(Mutex::new(writer));
+    let gen = hop.new_upstream(sock, Some(writer.clone()));
     // where the stream stands once the old upstream's reader (if any) has
     // put down what it holds: the new predecessor replays from exactly here
     let have = {
@@ -466,8 +471,7 @@ fn relay(
             at: hop.stream_pos(),
         }
     };
-    wire::send(&mut writer, &have).map_err(|e| e.to_string())?;
-    let writer = Arc::new(Mutex::new(writer));
+    wire::send(&mut *lockw(&writer), &have).map_err(|e| e.to_string())?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let (w, stop, hop) = (writer.clone(), stop.clone(), hop.clone());
