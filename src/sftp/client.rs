@@ -56,9 +56,14 @@ struct Inner {
     spares: Mutex<Vec<Vec<u8>>>,
 }
 
-/// Sent packets kept at most for reuse: the writes in flight and the
-/// packets waiting for the hashing thread, with some to spare.
-const SPARE_PACKETS: usize = 40;
+/// Sent packets kept at most for reuse: a packet comes back once written
+/// (or, past the first MiB of a file, once the hashing thread has hashed it),
+/// so those waiting for that thread (16) and a few being built circulate.
+const SPARE_PACKETS: usize = 24;
+
+/// The largest packet kept for reuse: a WRITE of the most a server may be
+/// asked to take (256 KiB, [`Limits`]) with its header and handle.
+const SPARE_CAPACITY: usize = (256 << 10) + 1024;
 
 /// A connection to an SFTP server; clones share it. It may carry more
 /// connections to the same server (`--streams N`: separate ssh processes,
@@ -381,6 +386,9 @@ impl Sftp {
     /// Gives back a packet that [`Sftp::send_write_keep`] returned, once
     /// its bytes are no longer needed: the next write is built in it.
     pub fn give_back(&self, packet: Vec<u8>) {
+        if packet.capacity() > SPARE_CAPACITY {
+            return;
+        }
         let mut kept = self.inner.spares.lock().unwrap_or_else(|p| p.into_inner());
         if kept.len() < SPARE_PACKETS {
             kept.push(packet);

@@ -985,9 +985,12 @@ enum StreamHash {
     /// Computed on the writing thread (a small file).
     Here(RangeHashing),
     /// Computed on a thread of its own, from the packets as sent (each
-    /// with where its data starts): no copy beyond the one into the packet.
+    /// with where its data starts, and the connection that sent it, which
+    /// gets it back to build a later write in; bytes copied on the server
+    /// come with none and are not kept): no copy beyond the one into the
+    /// packet.
     Away {
-        tx: std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
+        tx: std::sync::mpsc::SyncSender<(Vec<u8>, usize, Option<Sftp>)>,
         done: std::thread::JoinHandle<RangeHashing>,
     },
     /// Only while moving from here to away.
@@ -1013,22 +1016,27 @@ impl StreamHash {
                 let StreamHash::Here(mut h) = std::mem::replace(self, StreamHash::Moving) else {
                     unreachable!("matched above")
                 };
-                let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_QUEUE);
-                let sftp = sftp.clone();
+                let (tx, rx) =
+                    std::sync::mpsc::sync_channel::<(Vec<u8>, usize, Option<Sftp>)>(HASH_QUEUE);
                 let done = std::thread::Builder::new()
                     .name("ferry-sftp-hash".into())
                     .spawn(move || {
-                        for (p, at) in rx {
+                        for (p, at, from) in rx {
                             h.update(&p[at..]);
-                            sftp.give_back(p);
+                            if let Some(from) = from {
+                                from.give_back(p);
+                            }
                         }
                         h
                     })?;
-                tx.send((packet, at)).map_err(|_| no_hash())?;
+                tx.send((packet, at, Some(sftp.clone())))
+                    .map_err(|_| no_hash())?;
                 *self = StreamHash::Away { tx, done };
                 Ok(())
             }
-            StreamHash::Away { tx, .. } => tx.send((packet, at)).map_err(|_| no_hash()),
+            StreamHash::Away { tx, .. } => tx
+                .send((packet, at, Some(sftp.clone())))
+                .map_err(|_| no_hash()),
             StreamHash::Moving => Err(no_hash()),
         }
     }
@@ -1041,7 +1049,7 @@ impl StreamHash {
                 h.update(data);
                 Ok(())
             }
-            StreamHash::Away { tx, .. } => tx.send((data.to_vec(), 0)).map_err(|_| no_hash()),
+            StreamHash::Away { tx, .. } => tx.send((data.to_vec(), 0, None)).map_err(|_| no_hash()),
             StreamHash::Moving => Err(no_hash()),
         }
     }
@@ -1211,6 +1219,8 @@ impl SftpTemp {
             self.settle_oldest()?;
         }
         let (sftp, h) = self.next_target();
+        // (the packet goes back to the connection that sent it)
+        let sftp = sftp.clone();
         let (p, packet) = sftp.send_write_keep(h, self.sent, data)?;
         self.sent += data.len() as u64;
         self.writes.push_back((p, None, self.sent));
@@ -1218,9 +1228,9 @@ impl SftpTemp {
             Some(hash) => {
                 // the data is the packet's tail
                 let at = packet.len() - data.len();
-                hash.packet(packet, at, self.sent, &self.sftp)?;
+                hash.packet(packet, at, self.sent, &sftp)?;
             }
-            None => self.sftp.give_back(packet),
+            None => sftp.give_back(packet),
         }
         Ok(())
     }
