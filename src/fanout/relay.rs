@@ -307,17 +307,24 @@ impl Forwarder {
             }
             let d = down.as_mut().expect("connected");
             let dead = lock(&d.state.dead).clone();
-            if dead.is_some() && d.state.fed.load(Ordering::SeqCst) {
+            let cut = dead
+                .as_ref()
+                .map(|_| self.judge_cut(d.host, &failed, Some(&d.state.fed)));
+            if cut == Some(Cut::Fed) {
                 // another host took our place before it: the source moved
                 // a host, and our own new order is late. Not a failure: no
                 // report, and no link past it (that would cut the next
                 // host's healthy link in turn); we wait for our order
                 let host = d.host;
                 down = None;
+                tracing::info!(
+                    host,
+                    "fan-out: the next host says another host feeds it now; waiting for our new order"
+                );
                 self.await_order(host, &failed, pieces);
                 continue;
             }
-            if dead.is_some() && self.reordered(d.host, &failed) {
+            if cut == Some(Cut::Reordered) {
                 // the chain's order changed and its new predecessor linked
                 // to it (and so cut us off) before we heard: not a failure
                 down = None;
@@ -511,19 +518,26 @@ impl Forwarder {
         }
     }
 
-    /// Whether the chain's order no longer puts `host` after us, or does
-    /// not within [`REORDER`]: the source sends a new order to each host
-    /// on its own connection, a moved host's new predecessor may link to
-    /// it first, and the host then cuts the old link (to us, who may also
-    /// be blocked sending to a slow host that was moved).
-    fn reordered(&self, host: usize, failed: &HashSet<usize>) -> bool {
+    /// What a cut link to `host` means, judged within [`REORDER`]: the
+    /// chain's order no longer puts `host` after us (the source sends a new
+    /// order to each host on its own connection, a moved host's new
+    /// predecessor may link to it first, and the host then cuts the old
+    /// link to us, who may also be blocked sending to a slow host that was
+    /// moved); or `host` said another host feeds it now (`fed`, looked at
+    /// through the wait: when our write to it fails first, our `dead` is
+    /// set before its listener stores the word); or neither: a failure.
+    fn judge_cut(&self, host: usize, failed: &HashSet<usize>, fed: Option<&AtomicBool>) -> Cut {
+        let said_fed = || fed.is_some_and(|f| f.load(Ordering::SeqCst));
         let until = Instant::now() + REORDER;
         loop {
+            if said_fed() {
+                return Cut::Fed;
+            }
             if successor(&lock(&self.order), self.me, failed) != Some(host) {
-                return true;
+                return Cut::Reordered;
             }
             if Instant::now() >= until {
-                return false;
+                return if said_fed() { Cut::Fed } else { Cut::Failed };
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -605,6 +619,17 @@ impl Forwarder {
             Have { pieces: have, at },
         ))
     }
+}
+
+/// What a cut link to the successor means ([`Forwarder::judge_cut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// It said another host feeds it now ([`Msg::Fed`]).
+    Fed,
+    /// Our order no longer puts it after us.
+    Reordered,
+    /// Neither: it failed, and is reported bypassed.
+    Failed,
 }
 
 /// What a new successor says it holds when the relay opens.
