@@ -239,6 +239,7 @@ impl Forwarder {
         // the last pieces of the live stream taken, to replay to a new
         // successor from where it stands
         let mut log = LiveLog::default();
+        let mut fed_once = FedOnce::default();
         loop {
             if pieces.cancelled() {
                 return;
@@ -307,9 +308,20 @@ impl Forwarder {
             }
             let d = down.as_mut().expect("connected");
             let dead = lock(&d.state.dead).clone();
-            let cut = dead
+            let mut cut = dead
                 .as_ref()
                 .map(|_| self.judge_cut(d.host, &failed, Some(&d.state.fed)));
+            let order = lock(&self.order).clone();
+            if cut == Some(Cut::Fed) && !fed_once.honour(d.host, &order) {
+                // the word again with no new order since we last waited on
+                // it: a host that keeps dialing it would have us wait the
+                // stall timeout and link back forever; judged as a cut
+                tracing::warn!(
+                    host = d.host,
+                    "fan-out: the next host says again, under the same order, that another host feeds it; judged as a cut"
+                );
+                cut = Some(self.judge_cut(d.host, &failed, None));
+            }
             if cut == Some(Cut::Fed) {
                 // another host took our place before it: the source moved
                 // a host, and our own new order is late. Not a failure: no
@@ -630,6 +642,34 @@ enum Cut {
     Reordered,
     /// Neither: it failed, and is reported bypassed.
     Failed,
+}
+
+/// The successors whose [`Msg::Fed`] a forwarder has honoured under the
+/// order it follows: each at most once until the order changes. Without
+/// the limit, a hostile host in the ticket dialing our successor again and
+/// again (each time our successor tells us `Fed`, we wait the stall timeout
+/// for an order that never comes and link back, and it tells the hostile
+/// host `Fed`) would keep the job crawling with nobody reported; a second
+/// `Fed` is judged as any cut is (the 1 s wait for an order, then a report
+/// the source judges).
+#[derive(Debug, Default)]
+struct FedOnce {
+    /// The order (as last seen when a `Fed` came) the hosts were honoured
+    /// under; an order of the same content counts as unchanged.
+    order: Vec<usize>,
+    hosts: HashSet<usize>,
+}
+
+impl FedOnce {
+    /// Whether to honour `Fed` from `host` while following `order` (and
+    /// notes it if so).
+    fn honour(&mut self, host: usize, order: &[usize]) -> bool {
+        if self.order != order {
+            self.order = order.to_vec();
+            self.hosts.clear();
+        }
+        self.hosts.insert(host)
+    }
 }
 
 /// What a new successor says it holds when the relay opens.
@@ -1024,6 +1064,33 @@ mod tests {
             len,
             skip: 0,
             chunk: [7; 16],
+        }
+    }
+
+    /// A successor's `Fed` is honoured once per order the forwarder
+    /// follows: again under the same order it is judged as a cut; a new
+    /// order (a move) honours it again.
+    #[test]
+    fn fed_is_honoured_once_per_order_and_host() {
+        let a = [0, 1, 2, 3];
+        let b = [0, 2, 3, 1];
+        let mut once = FedOnce::default();
+        // (host, order, honoured)
+        let steps: [(usize, &[usize], bool); 7] = [
+            (2, &a, true),
+            (2, &a, false),
+            (2, &a, false),
+            (3, &a, true),
+            (2, &b, true),
+            (2, &b, false),
+            (3, &b, true),
+        ];
+        for (i, (host, order, want)) in steps.into_iter().enumerate() {
+            assert_eq!(
+                once.honour(host, order),
+                want,
+                "step {i}: host {host} under {order:?}"
+            );
         }
     }
 
