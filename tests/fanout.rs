@@ -686,6 +686,13 @@ fn a_host_moved_whose_order_comes_late_leaves_every_healthy_host_done() {
         assert_same_tree(&src, &chain.out(i), true);
     }
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // the path under test ran: host 1's forwarder took host 2's cut for
+    // the word `Fed` and waited for its own order
+    let log = chain.hosts[1].log();
+    assert!(
+        log.contains("another host feeds it now; waiting for our new order"),
+        "host 1 never took the Fed branch:\n{log}"
+    );
 }
 
 #[test]

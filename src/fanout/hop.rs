@@ -512,8 +512,11 @@ impl Hop {
             s.upstream_writer = writer;
             (old.0, old.1, s.upstream_gen)
         };
-        // (outside the state lock: the old upstream may be slow to take it;
-        // a frame of one byte fits any socket buffer, so it never blocks)
+        // (outside the state lock, as this can wait: for the writer's lock,
+        // which the old link's heartbeat thread may hold mid-write, and, if
+        // the old upstream stopped reading and the socket's buffer is full,
+        // for room for the record (a TLS record, at least 22 bytes); no write
+        // timeout bounds that here)
         if let Some(w) = old_writer {
             let _ = super::wire::send_now(&mut *lock(&w), &Msg::Fed);
         }

@@ -239,6 +239,7 @@ impl Forwarder {
         // the last pieces of the live stream taken, to replay to a new
         // successor from where it stands
         let mut log = LiveLog::default();
+        let mut fed_once = FedOnce::default();
         loop {
             if pieces.cancelled() {
                 return;
@@ -307,17 +308,35 @@ impl Forwarder {
             }
             let d = down.as_mut().expect("connected");
             let dead = lock(&d.state.dead).clone();
-            if dead.is_some() && d.state.fed.load(Ordering::SeqCst) {
+            let mut cut = dead
+                .as_ref()
+                .map(|_| self.judge_cut(d.host, &failed, Some(&d.state.fed)));
+            let order = lock(&self.order).clone();
+            if cut == Some(Cut::Fed) && !fed_once.honour(d.host, &order) {
+                // the word again with no new order since we last waited on
+                // it: a host that keeps dialing it would have us wait the
+                // stall timeout and link back forever; judged as a cut
+                tracing::warn!(
+                    host = d.host,
+                    "fan-out: the next host says again, under the same order, that another host feeds it; judged as a cut"
+                );
+                cut = Some(self.judge_cut(d.host, &failed, None));
+            }
+            if cut == Some(Cut::Fed) {
                 // another host took our place before it: the source moved
                 // a host, and our own new order is late. Not a failure: no
                 // report, and no link past it (that would cut the next
                 // host's healthy link in turn); we wait for our order
                 let host = d.host;
                 down = None;
+                tracing::info!(
+                    host,
+                    "fan-out: the next host says another host feeds it now; waiting for our new order"
+                );
                 self.await_order(host, &failed, pieces);
                 continue;
             }
-            if dead.is_some() && self.reordered(d.host, &failed) {
+            if cut == Some(Cut::Reordered) {
                 // the chain's order changed and its new predecessor linked
                 // to it (and so cut us off) before we heard: not a failure
                 down = None;
@@ -511,19 +530,26 @@ impl Forwarder {
         }
     }
 
-    /// Whether the chain's order no longer puts `host` after us, or does
-    /// not within [`REORDER`]: the source sends a new order to each host
-    /// on its own connection, a moved host's new predecessor may link to
-    /// it first, and the host then cuts the old link (to us, who may also
-    /// be blocked sending to a slow host that was moved).
-    fn reordered(&self, host: usize, failed: &HashSet<usize>) -> bool {
+    /// What a cut link to `host` means, judged within [`REORDER`]: the
+    /// chain's order no longer puts `host` after us (the source sends a new
+    /// order to each host on its own connection, a moved host's new
+    /// predecessor may link to it first, and the host then cuts the old
+    /// link to us, who may also be blocked sending to a slow host that was
+    /// moved); or `host` said another host feeds it now (`fed`, looked at
+    /// through the wait: when our write to it fails first, our `dead` is
+    /// set before its listener stores the word); or neither: a failure.
+    fn judge_cut(&self, host: usize, failed: &HashSet<usize>, fed: Option<&AtomicBool>) -> Cut {
+        let said_fed = || fed.is_some_and(|f| f.load(Ordering::SeqCst));
         let until = Instant::now() + REORDER;
         loop {
+            if said_fed() {
+                return Cut::Fed;
+            }
             if successor(&lock(&self.order), self.me, failed) != Some(host) {
-                return true;
+                return Cut::Reordered;
             }
             if Instant::now() >= until {
-                return false;
+                return if said_fed() { Cut::Fed } else { Cut::Failed };
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -604,6 +630,45 @@ impl Forwarder {
             },
             Have { pieces: have, at },
         ))
+    }
+}
+
+/// What a cut link to the successor means ([`Forwarder::judge_cut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// It said another host feeds it now ([`Msg::Fed`]).
+    Fed,
+    /// Our order no longer puts it after us.
+    Reordered,
+    /// Neither: it failed, and is reported bypassed.
+    Failed,
+}
+
+/// The successors whose [`Msg::Fed`] a forwarder has honoured under the
+/// order it follows: each at most once until the order changes. Without
+/// the limit, a hostile host in the ticket dialing our successor again and
+/// again (each time our successor tells us `Fed`, we wait the stall timeout
+/// for an order that never comes and link back, and it tells the hostile
+/// host `Fed`) would keep the job crawling with nobody reported; a second
+/// `Fed` is judged as any cut is (the 1 s wait for an order, then a report
+/// the source judges).
+#[derive(Debug, Default)]
+struct FedOnce {
+    /// The order (as last seen when a `Fed` came) the hosts were honoured
+    /// under; an order of the same content counts as unchanged.
+    order: Vec<usize>,
+    hosts: HashSet<usize>,
+}
+
+impl FedOnce {
+    /// Whether to honour `Fed` from `host` while following `order` (and
+    /// notes it if so).
+    fn honour(&mut self, host: usize, order: &[usize]) -> bool {
+        if self.order != order {
+            self.order = order.to_vec();
+            self.hosts.clear();
+        }
+        self.hosts.insert(host)
     }
 }
 
@@ -999,6 +1064,33 @@ mod tests {
             len,
             skip: 0,
             chunk: [7; 16],
+        }
+    }
+
+    /// A successor's `Fed` is honoured once per order the forwarder
+    /// follows: again under the same order it is judged as a cut; a new
+    /// order (a move) honours it again.
+    #[test]
+    fn fed_is_honoured_once_per_order_and_host() {
+        let a = [0, 1, 2, 3];
+        let b = [0, 2, 3, 1];
+        let mut once = FedOnce::default();
+        // (host, order, honoured)
+        let steps: [(usize, &[usize], bool); 7] = [
+            (2, &a, true),
+            (2, &a, false),
+            (2, &a, false),
+            (3, &a, true),
+            (2, &b, true),
+            (2, &b, false),
+            (3, &b, true),
+        ];
+        for (i, (host, order, want)) in steps.into_iter().enumerate() {
+            assert_eq!(
+                once.honour(host, order),
+                want,
+                "step {i}: host {host} under {order:?}"
+            );
         }
     }
 
