@@ -949,6 +949,10 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
         )),
         _ => None,
     };
+    let api_rate = match &a.api_rate {
+        Some(r) => r.parse().map_err(TransferError::Usage)?,
+        None => Default::default(),
+    };
     // the API's address too (exit 11 when in use, as the daemon's)
     let api_bound = match &a.api {
         Some(listen) => Some(
@@ -972,10 +976,7 @@ fn serve(a: args::ServeArgs) -> Result<i32, TransferError> {
                 identity: config.identity.clone(),
                 config_dir: dir.clone(),
                 modules: config.modules.clone(),
-                rate: match &a.api_rate {
-                    Some(r) => r.parse().map_err(TransferError::Usage)?,
-                    None => Default::default(),
-                },
+                rate: api_rate,
                 tls: api_tls,
             };
             Some(crate::api::start(cfg, bound).map_err(|e| TransferError::Usage(e.to_string()))?)

@@ -311,8 +311,9 @@ impl Forwarder {
             let mut cut = dead
                 .as_ref()
                 .map(|_| self.judge_cut(d.host, &failed, Some(&d.state.fed)));
-            let order = lock(&self.order).clone();
-            if cut == Some(Cut::Fed) && !fed_once.honour(d.host, &order) {
+            let mut refed = false;
+            if cut == Some(Cut::Fed) && !fed_once.honour(d.host, &lock(&self.order).clone()) {
+                refed = true;
                 // the word again with no new order since we last waited on
                 // it: a host that keeps dialing it would have us wait the
                 // stall timeout and link back forever; judged as a cut
@@ -343,6 +344,11 @@ impl Forwarder {
                 continue;
             }
             if let Some(why) = dead {
+                let why = if refed && cut == Some(Cut::Failed) {
+                    "said again under one order that another host feeds it (a host in the ticket keeps taking its upstream)".to_string()
+                } else {
+                    why
+                };
                 pieces.report(Report::Bypassed {
                     host: d.host as u32,
                     why,

@@ -87,7 +87,13 @@ impl<D: Destination> Receiver<'_, D> {
             self.touched = true;
             if let Err(e) = dest.set_meta(&rel, MetaOf::Dir, &meta) {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    self.file_failed(&name, FileError::new(escape(&name), FileOp::Metadata, e));
+                    // the destination itself by its own name, not "."
+                    let shown = if rel == b"." {
+                        dest.show(&rel)
+                    } else {
+                        escape(&name)
+                    };
+                    self.file_failed(&name, FileError::new(shown, FileOp::Metadata, e));
                 }
             }
         }
