@@ -676,14 +676,8 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             Event::Control(i, Ok(Msg::Bypassed { host, why })) => {
                 last_change = Instant::now();
                 let from = chain.iter().position(|&c| c == i);
-                let current = laggards
-                    .latest
-                    .clone()
-                    .unwrap_or_else(|| lock(&order).clone());
-                let missed: Vec<bool> = chain
-                    .iter()
-                    .map(|&c| settled[c] && results[c].state == State::Missed)
-                    .collect();
+                let (current, missed) =
+                    bypass_judged_against(&laggards, &order, &chain, &settled, &results);
                 match chain.get(host as usize) {
                     Some(&h)
                         if from.is_some()
@@ -697,14 +691,8 @@ pub fn run(plan: &Plan) -> Result<Outcome, TransferError> {
             }
             Event::Bypassed(h, why) => {
                 last_change = Instant::now();
-                let current = laggards
-                    .latest
-                    .clone()
-                    .unwrap_or_else(|| lock(&order).clone());
-                let missed: Vec<bool> = chain
-                    .iter()
-                    .map(|&c| settled[c] && results[c].state == State::Missed)
-                    .collect();
+                let (current, missed) =
+                    bypass_judged_against(&laggards, &order, &chain, &settled, &results);
                 let pos = chain.iter().position(|&c| c == h);
                 if pos.is_some_and(|p| bypass_is_current(&current, None, p, &missed)) {
                     miss(&mut results, &mut settled, h, format!("bypassed: {why}"));
@@ -1066,6 +1054,27 @@ fn sender_is_slow(now: (u64, u64), before: (u64, u64)) -> bool {
     let grew = gap.saturating_sub(before.0.saturating_sub(before.1));
     let intake = now.0.saturating_sub(before.0);
     gap < KEEPS_UP && grew <= intake / 10 + FRAME as u64
+}
+
+/// What a bypass report is judged against ([`bypass_is_current`]): the
+/// order the source decided last (else the one the hosts run), and which
+/// hosts of the chain are settled as missed.
+fn bypass_judged_against(
+    laggards: &Laggards,
+    order: &Mutex<Vec<usize>>,
+    chain: &[usize],
+    settled: &[bool],
+    results: &[HostResult],
+) -> (Vec<usize>, Vec<bool>) {
+    let current = laggards
+        .latest
+        .clone()
+        .unwrap_or_else(|| lock(order).clone());
+    let missed = chain
+        .iter()
+        .map(|&c| settled[c] && results[c].state == State::Missed)
+        .collect();
+    (current, missed)
 }
 
 /// Whether a report that chain position `host` was bypassed, from the host
