@@ -1587,3 +1587,100 @@ fn remove_source_files_keeps_a_source_whose_upload_failed_its_check() {
         "the source of a file that was not published was removed: {err}"
     );
 }
+
+/// An sshd whose remote `sync` (first on the PATH) logs each call: its
+/// arguments, the file its stdin is and that file's length then. It then
+/// runs the real `sync`, or, where `fails`, prints lines that look like a
+/// range's answer and exits 255 (which would stop xargs). Returns (sshd,
+/// log).
+fn sshd_with_logging_sync(t: &Path, fails: bool) -> (Sshd, PathBuf) {
+    let bin = t.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = t.join("sync.log");
+    let then = if fails {
+        format!("echo =0; echo '{}  -'; exit 255", "0".repeat(64))
+    } else {
+        "exec /bin/sync \"$@\"".to_string()
+    };
+    write(
+        &bin.join("sync"),
+        format!(
+            "#!/bin/sh\n\
+             f=$(readlink /proc/$$/fd/0)\n\
+             echo \"$* $f $(stat -c %s \"$f\")\" >> '{log}'\n\
+             {then}\n",
+            log = log.display(),
+        ),
+    );
+    chmod(&bin.join("sync"), 0o755);
+    let sshd = Sshd::start_with(&format!(
+        "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
+        bin.display()
+    ));
+    (sshd, log)
+}
+
+/// Session 23 (issue 22, the remote's writeback overlapped): after each
+/// range's answer the range's run flushes the temporary it holds open
+/// (`sync -d`, an fdatasync), so that the remote writes the file out while
+/// the later ranges upload and the final `fsync@openssh.com` is left about
+/// one range. A `sync` first on the remote's PATH logs each call: it was
+/// called on the temporary's descriptor while the temporary was shorter
+/// than the file (mid-upload, before the rename). A `sync` that fails,
+/// prints answer-like lines and exits 255 changes nothing: every range's
+/// answer still pairs, the file is verified and published. Before, no
+/// range ran a flush (the log was missing).
+#[test]
+fn each_range_flushes_the_temporary_mid_upload_and_a_failing_flush_changes_nothing() {
+    if !sshd_available() {
+        return;
+    }
+    for fails in [false, true] {
+        let t = tmp();
+        let (sshd, log) = sshd_with_logging_sync(t.path(), fails);
+        let size = 8usize << 20;
+        let data = random_bytes(size, 23);
+        let src = t.path().join("ckpt.bin");
+        write(&src, &data);
+        let dst_dir = t.path().join("dst");
+        std::fs::create_dir(&dst_dir).unwrap();
+        let dst = dst_dir.join("ckpt.bin");
+        // (4 s at 2 MB/s: the first ranges are flushed long before the last
+        // write, even with the range connection's login slow under load)
+        let o = Command::new(ferry_bin())
+            .args(["sync", "--transport", "sftp", "--bwlimit", "2M", "-e"])
+            .arg(sshd.rsh())
+            .arg(&src)
+            .arg(sshd.remote(&dst))
+            .env("XDG_CACHE_HOME", t.path().join("cache"))
+            .env("FERRY_TEST_HOOKS", "1")
+            .env("FERRY_TEST_SFTP_RANGE_MIB", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ferry");
+        let err = stderr(&o);
+        assert!(o.status.success(), "sync fails {fails}: {err}");
+        let said = format!("verified: {HASHED_BY} on 127.0.0.1 for 1 file(s)");
+        assert!(err.contains(&said), "sync fails {fails}: {err}");
+        assert_eq!(std::fs::read(&dst).unwrap(), data, "sync fails {fails}");
+        assert!(!remote_part(&dst).exists());
+        let logged = std::fs::read_to_string(&log)
+            .unwrap_or_else(|_| panic!("sync fails {fails}: no range flushed the file"));
+        // one flush per range answered, each of the file it hashed (the
+        // last may run after the rename: the same file, by its new name)
+        let part = s(&remote_part(&dst));
+        let mut mid_upload = 0;
+        for line in logged.lines() {
+            let rest = line
+                .strip_prefix("-d /dev/fd/0 ")
+                .unwrap_or_else(|| panic!("{logged}"));
+            let (file, len) = rest.rsplit_once(' ').unwrap();
+            assert!(file == part || file == s(&dst), "{logged}");
+            if file == part && len.parse::<usize>().unwrap() < size {
+                mid_upload += 1;
+            }
+        }
+        assert_eq!(logged.lines().count(), 8, "sync fails {fails}: {logged}");
+        assert!(mid_upload > 0, "sync fails {fails}: {logged}");
+    }
+}

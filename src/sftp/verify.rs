@@ -11,7 +11,9 @@
 //! write below its end is answered, while the later ranges are still being
 //! written, and this side hashes the same ranges of the stream
 //! ([`RangeHashing`]); after the last write only the last range is left to
-//! hash, not the whole file.
+//! hash, not the whole file. After each range's answer the same run starts
+//! the remote's writeback of what is written so far ([`RANGE_FLUSH`]), so
+//! that the final fsync is left about one range to write.
 //!
 //! Not for deciding which command a remote has (the probe is
 //! `transfer::sftp`'s) nor for what a mismatch does to a file (the
@@ -196,6 +198,28 @@ pub enum How {
     /// The file is read again over SFTP and hashed here (BLAKE3).
     Reread,
 }
+
+/// What a range's run does once its answer is printed: `sync -d` (GNU
+/// coreutils 8.24 on) of the file it has open as its stdin, an fdatasync of
+/// everything written to it so far, so that the remote writes the file out
+/// while the later ranges upload and the final `fsync@openssh.com` finds
+/// about one range to write rather than the whole file (the kernel starts
+/// no writeback of its own in a few seconds: `dirty_background_ratio` is a
+/// share of the memory). A process beside the SFTP server, never a request
+/// on the SFTP connection: an fsync there would stall the server's single
+/// thread. An optimisation only: its status and output are dropped, and
+/// the final fsync stays the durability guarantee.
+///
+/// Only where `dd` (the range's own reader, of the same coreutils) says
+/// GNU coreutils 8.24 or later: GNU `sync` before 8.24 and busybox's
+/// without its `-d` ignore a file argument and sync every file system on
+/// the machine, at every range (the BSDs' take no file argument either).
+/// `sync` itself cannot be asked its version: busybox's would sync
+/// everything to answer `sync --version`. Elsewhere nothing runs. (`dd
+/// --version` reads /dev/null at most, and what it prints is only matched.)
+pub const RANGE_FLUSH: &str = "case $(dd --version </dev/null) in \
+     *\"coreutils) 8.2\"[4-9]*|*\"coreutils) 8.\"[3-9][0-9]*|\
+     *\"coreutils) \"9.*|*\"coreutils) \"[1-9][0-9].*) sync -d /dev/fd/0 >/dev/null;; esac";
 
 /// Where a large file's ranges are hashed on the remote, and how large a
 /// range is.
@@ -431,12 +455,15 @@ const PAD: &[u8] = b"/dev/null";
 /// For [`Runner::Range`] each run takes three arguments, a name, the
 /// range's first MiB and its MiB, opens the file as its stdin, and pipes
 /// that range (`dd`, which seeks to it) into the command, then prints
-/// `=STATUS` (a file that cannot be opened: not 0).
+/// `=STATUS` (a file that cannot be opened: `=1`). After the answer it
+/// flushes the file ([`RANGE_FLUSH`]); whatever that does, the run prints
+/// nothing more and exits 0 (xargs stops at a run that exits 255).
 pub fn remote_line(command: &str, runner: Runner) -> String {
     if runner == Runner::Range {
         return format!(
             "xargs -0 -x -n 3 sh -c 'exec 2>/dev/null; \
-             {{ dd bs=1048576 skip=$2 count=$3 | {command} --; }} <\"$1\"; echo =$?' sh"
+             {{ dd bs=1048576 skip=$2 count=$3 | {command} --; echo =$?; {RANGE_FLUSH}; true; }} \
+             <\"$1\" || echo =1' sh"
         );
     }
     let fds = (0..runner.group()).map(|i| i + runner.first_fd());
@@ -1077,6 +1104,89 @@ mod tests {
         assert!(gone.recv().unwrap().is_err());
         h.end();
         assert!(!t.path().join("ran").exists() && !t.path().join("ran2").exists());
+    }
+
+    /// After each range's answer its run flushes the file it holds open
+    /// (`sync -d /dev/fd/0`), but only where `dd` says GNU coreutils 8.24
+    /// or later: any other `sync` takes the file as no argument and syncs
+    /// the whole machine. A flush that fails, prints lines that look like
+    /// answers, or exits 255 (which would stop xargs) changes no answer.
+    /// Run here through `sh -c` in place of ssh, with a `dd` and a `sync`
+    /// first on the PATH.
+    #[test]
+    fn a_range_is_flushed_after_its_answer_only_by_a_sync_that_takes_a_file() {
+        let real_dd = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|d| d.join("dd"))
+            .find(|p| p.exists())
+            .expect("dd on the PATH");
+        let data: Vec<u8> = (0..(3u32 << 20) + 999).map(|i| (i % 241) as u8).collect();
+        let mut want = RangeHashing::new(HashKind::Sha256, 1 << 20);
+        want.update(&data);
+        let want = want.hexes();
+        let sha = HASHERS.iter().find(|h| h.name == "sha256sum").unwrap();
+        for (says, takes_a_file) in [
+            ("dd (coreutils) 9.1", true),
+            ("dd (GNU coreutils) 8.32", true),
+            ("dd (GNU coreutils) 8.24", true),
+            ("dd (coreutils) 10.2", true),
+            ("dd (GNU coreutils) 8.23", false),
+            ("dd (GNU coreutils) 8.4", false),
+            ("dd: invalid option -- '-'", false),
+        ] {
+            for sync_fails in [false, true] {
+                let t = tempfile::tempdir().unwrap();
+                let bin = t.path().join("bin");
+                std::fs::create_dir(&bin).unwrap();
+                let log = t.path().join("sync.log");
+                let fake = |name: &str, body: String| {
+                    let p = bin.join(name);
+                    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+                };
+                fake(
+                    "dd",
+                    format!(
+                        "[ \"$1\" = --version ] && {{ echo \"{says}\"; exit 0; }}\nexec {} \"$@\"\n",
+                        real_dd.display()
+                    ),
+                );
+                let (out, status) = if sync_fails {
+                    (format!("=0\n{}  -\n", "0".repeat(64)), 255)
+                } else {
+                    (String::new(), 0)
+                };
+                fake(
+                    "sync",
+                    format!(
+                        "echo \"$* $(readlink /proc/$$/fd/0) $(stat -L -c %s /proc/$$/fd/0)\" >> '{}'\nprintf '{out}'\nexit {status}\n",
+                        log.display()
+                    ),
+                );
+                let path = t.path().join("ckpt.bin");
+                std::fs::write(&path, &data).unwrap();
+                let mut cmd = Command::new("sh");
+                let search = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+                cmd.env("PATH", search).arg("-c");
+                let h = RemoteHash::on_demand(cmd, *sha, Runner::Range);
+                let p = path.as_os_str().as_encoded_bytes();
+                let asked: Vec<Answer> = (0..4).map(|k| h.ask_range(p, k, 1).unwrap()).collect();
+                let got: Vec<String> = asked
+                    .into_iter()
+                    .map(|a| a.recv().unwrap().unwrap())
+                    .collect();
+                assert_eq!(got, want, "{says}, sync fails: {sync_fails}");
+                h.end();
+                let logged = std::fs::read_to_string(&log).unwrap_or_default();
+                let each = format!("-d /dev/fd/0 {} {}\n", path.display(), data.len());
+                let expect = if takes_a_file {
+                    each.repeat(4)
+                } else {
+                    String::new()
+                };
+                assert_eq!(logged, expect, "{says}, sync fails: {sync_fails}");
+            }
+        }
     }
 
     /// Long names end a group early instead of making xargs refuse it: 64
