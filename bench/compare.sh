@@ -87,10 +87,18 @@ SH
 chmod +x "$work/remote-ferry"
 
 # --- a ferry daemon on loopback, with a client key it trusts ------------------
+# Both daemons run in a session of their own (setsid), as an init system starts
+# a daemon and as sshd starts every ssh session: with the kernel's autogroup
+# scheduling (sched_autogroup_enabled=1 here) CPU is shared fairly between
+# sessions, not threads, so a daemon left in this script's session would share
+# one share with its own client under load, while rsync and ferry over ssh get
+# one for the client, one for sshd's session and one for the remote end
+# (bench/NOTES.md §47). setsid does not fork here (a background job of a script
+# is no process group leader), so $! stays the daemon's pid.
 "$ferry" keygen --config-dir "$work/fcfg" >/dev/null
 mkdir -p "$work/dcfg" && chmod 700 "$work/dcfg"
 "$ferry" trust add "$work/fcfg/id_ed25519.pub" --config-dir "$work/dcfg" >/dev/null
-FERRY_CACHE_DIR="$work/cache-daemon" "$ferry" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 \
+FERRY_CACHE_DIR="$work/cache-daemon" setsid "$ferry" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 \
   --module "bench=$work" > "$work/ferryd.out" 2> "$work/ferryd.log" &
 ferryd_pid=$!
 pids+=($ferryd_pid)
@@ -110,7 +118,7 @@ pid file = $work/rsyncd.pid
   uid = root
   gid = root
 CFG
-rsync --daemon --no-detach --config="$work/rsyncd.conf" 2>"$work/rsyncd.log" &
+setsid rsync --daemon --no-detach --config="$work/rsyncd.conf" 2>"$work/rsyncd.log" &
 pids+=($!)
 rsyncd_pid=$!
 wait_port "$rsyncd_port"
