@@ -19,6 +19,10 @@
 #   ONLY=files,sparse,edit,load   only those rows (each fits a turn at a shared
 #                            bench lock); FERRY_BIN=PATH: that binary, no cargo build
 #   TOOLS="ferryd ferry rsync"   which tools run the file rows
+#   ROUNDS=3                 the unchanged row that many times, the tools in turn
+#   FERRY_BASE=PATH          a second ferry binary (main's, say) with a daemon of
+#                            its own: tools ferryd-base and ferry-base, to compare
+#                            two builds in alternating rounds on the same data
 #
 # Needs root (sshd), openssh-server, rsync, GNU time. Memory bound: each end's
 # peak RSS <= RSS_BOUND_MIB (256).
@@ -41,6 +45,9 @@ fi
 [ -n "${FERRY_BIN:-}" ] && ferry=$(realpath "$FERRY_BIN")
 only=",${ONLY:-files,sparse,edit,load},"
 want() { case $only in *",$1,"*) return 0 ;; esac; return 1; }
+rounds=${ROUNDS:-1}
+base=""
+[ -n "${FERRY_BASE:-}" ] && base=$(realpath "$FERRY_BASE")
 bound_mib=${RSS_BOUND_MIB:-256}
 
 # --quick keeps its trees in memory (/dev/shm) when it can: what it checks is
@@ -88,8 +95,8 @@ sshopts=(-F /dev/null -i "$work/id" -o UserKnownHostsFile="$work/known_hosts" -o
 rsh="ssh -p $port ${sshopts[*]}"
 wait_port "$port"
 # the remote ferry and rsync, wrapped to record their peak memory
-for tool in ferry rsync; do
-  real=$ferry; [ $tool = rsync ] && real=$(command -v rsync)
+for tool in ferry rsync ${base:+ferry-base}; do
+  real=$ferry; [ $tool = rsync ] && real=$(command -v rsync); [ $tool = ferry-base ] && real=$base
   printf '#!/bin/sh\nexec /usr/bin/time -f "%%M %%U %%S" -o "%s/rss-remote.$$" "%s" "$@"\n' "$work" "$real" > "$work/remote-$tool"
   chmod +x "$work/remote-$tool"
 done
@@ -104,6 +111,17 @@ ferryd_pid=$!
 pids+=($ferryd_pid)
 for _ in $(seq 100); do grep -q "listening on" "$work/ferryd.out" 2>/dev/null && break; sleep 0.05; done
 ferryd_addr=$(sed -n 's/^listening on //p' "$work/ferryd.out" | head -1)
+# FERRY_BASE: the same daemon, from the other binary
+base_pid=$ferryd_pid
+if [ -n "$base" ]; then
+  FERRY_CACHE_DIR="" "$base" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 \
+    --max-connections "$max_conn" --module "bench=$work" > "$work/base.out" 2> "$work/base.log" &
+  base_pid=$!
+  pids+=($base_pid)
+  for _ in $(seq 100); do grep -q "listening on" "$work/base.out" 2>/dev/null && break; sleep 0.05; done
+  base_addr=$(sed -n 's/^listening on //p' "$work/base.out" | head -1)
+fi
+daemon_of() { [ "$1" = ferryd-base ] && echo "$base_pid" || echo "$ferryd_pid"; }
 export FERRY_CACHE_DIR=""
 
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
@@ -119,15 +137,16 @@ over=0
 # after) or the remote processes' (ssh's own CPU is counted for neither tool)
 run() {
   local label=$1 tool=$2; shift 2
+  local dpid; dpid=$(daemon_of "$tool")
   rm -f "$work"/rss-remote.* "$work/rss-client"
   sync -f "$work"
-  echo 5 > "/proc/$ferryd_pid/clear_refs"
+  echo 5 > "/proc/$dpid/clear_refs"
   local t0 t1 out d0 d1
-  d0=$(cpu_ticks "$ferryd_pid")
+  d0=$(cpu_ticks "$dpid")
   t0=$(now)
   out=$(/usr/bin/time -f "%M %U %S" -o "$work/rss-client" "$@" 2>&1) || { echo "FAILED: $tool $label"; echo "$out" | tail -20; exit 1; }
   t1=$(now)
-  d1=$(cpu_ticks "$ferryd_pid")
+  d1=$(cpu_ticks "$dpid")
   local wire rss_c rss_s cpu_c cpu_s
   wire=$(printf '%s\n' "$out" | python3 -c '
 import re, sys
@@ -137,7 +156,7 @@ print(int(s.group(1).replace(",", "")) + int(r.group(1).replace(",", "")) if s a
   rss_c=$(awk 'END {print int($1 / 1024)}' "$work/rss-client")
   cpu_c=$(awk 'END {printf "%.2f", $2 + $3}' "$work/rss-client")
   case $tool in
-    ferryd) rss_s=$(( $(status_kib "$ferryd_pid" VmHWM) / 1024 ))
+    ferryd|ferryd-base) rss_s=$(( $(status_kib "$dpid" VmHWM) / 1024 ))
             cpu_s=$(python3 -c "import os; print(f'{($d1 - $d0) / os.sysconf(\"SC_CLK_TCK\"):.2f}')") ;;
     *) rss_s=$(cat "$work"/rss-remote.* 2>/dev/null | awk '$1 ~ /^[0-9]+$/ && $1 > m {m = $1} END {print int(m / 1024)}')
        cpu_s=$(cat "$work"/rss-remote.* 2>/dev/null | awk '$1 ~ /^[0-9]+$/ {c += $2 + $3} END {printf "%.2f", c}') ;;
@@ -154,10 +173,13 @@ same_tree() { # A B: same names, sizes and bytes
 
 ferry_ssh=("$ferry" sync -a --stats -e "$rsh" --remote-ferry "$work/remote-ferry")
 ferryd_sync=("$ferry" sync -a --stats --config-dir "$work/fcfg" --host-key-check accept-new)
+ferry_ssh_base=("$base" sync -a --stats -e "$rsh" --remote-ferry "$work/remote-ferry-base")
+ferryd_sync_base=("$base" sync -a --stats --config-dir "$work/fcfg" --host-key-check accept-new)
 rsync_ssh=(rsync -a --stats -e "$rsh" --rsync-path "$work/remote-rsync")
 to() { # TOOL SUBDIR
   case $1 in
     ferryd) echo "ferry://$ferryd_addr/bench/dst-ferryd/$2" ;;
+    ferryd-base) echo "ferry://$base_addr/bench/dst-ferryd-base/$2" ;;
     *) echo "127.0.0.1:$work/dst-$1/$2" ;;
   esac
 }
@@ -196,14 +218,19 @@ sync_tree() { # LABEL TOOL [FLAGS...]
   case $tool in
     ferryd) run "$label" ferryd "${ferryd_sync[@]}" "$@" "$work/src/tree/" "$(to ferryd tree)/" ;;
     ferry) run "$label" ferry "${ferry_ssh[@]}" "$@" "$work/src/tree/" "$(to ferry tree)/" ;;
+    ferryd-base) run "$label" ferryd-base "${ferryd_sync_base[@]}" "$@" "$work/src/tree/" "$(to ferryd-base tree)/" ;;
+    ferry-base) run "$label" ferry-base "${ferry_ssh_base[@]}" "$@" "$work/src/tree/" "$(to ferry-base tree)/" ;;
     rsync) run "$label" rsync "${rsync_ssh[@]}" "$@" "$work/src/tree/" "$(to rsync tree)/" ;;
   esac
 }
 for tool in "${tools[@]}"; do sync_tree "files fresh" "$tool"; done
 for tool in "${tools[@]}"; do same_tree "$work/src/tree" "$work/dst-$tool/tree"; done
-for tool in "${tools[@]}"; do sync_tree "files unchanged" "$tool"; done
+for round in $(seq "$rounds"); do
+  label="files unchanged"; [ "$rounds" -gt 1 ] && label="files unchanged, round $round"
+  for tool in "${tools[@]}"; do sync_tree "$label" "$tool"; done
+done
 for tool in "${tools[@]}"; do
-  [ "$tool" = ferry ] || sync_tree "files unchanged --delete -H" "$tool" --delete -H
+  [ "$tool" = ferry ] || [ "$tool" = ferry-base ] || sync_tree "files unchanged --delete -H" "$tool" --delete -H
 done
 for tool in "${tools[@]}"; do same_tree "$work/src/tree" "$work/dst-$tool/tree"; done
 # removing a big tree takes minutes on a shared disk mounted with discard: in
@@ -366,15 +393,18 @@ for line in open(sys.argv[1]):
     if label not in rows:
         rows[label] = {}; order.append(label)
     rows[label][tool] = (float(secs), wire, c, s, cc, cs)
+tools = [t for t in ("ferryd", "ferry", "ferryd-base", "ferry-base", "rsync") if any(t in r for r in rows.values())]
+names = {"ferryd": "ferry daemon", "ferry": "ferry ssh", "ferryd-base": "base daemon", "ferry-base": "base ssh", "rsync": "rsync ssh"}
 def cell(r, t):
     return f"{r[t][0]:.2f} s ({r[t][2]}/{r[t][3]} MiB; CPU {r[t][4]}/{r[t][5]} s)" if t in r else "-"
 def ratio(r, t):
     return f"{r['rsync'][0] / r[t][0]:.2f}x" if "rsync" in r and t in r and r[t][0] else "-"
-print("| scenario | ferry daemon | ferry ssh | rsync ssh | rsync-ssh / ferry-daemon | rsync-ssh / ferry-ssh | wire: ferry daemon |")
-print("|---|---|---|---|---|---|---|")
+ferries = [t for t in tools if t != "rsync"]
+print("| scenario | " + " | ".join(names[t] for t in tools) + " | " + " | ".join(f"rsync-ssh / {names[t]}" for t in ferries) + " | wire: ferry daemon |")
+print("|---|" + "---|" * (len(tools) + len(ferries) + 1))
 for l in order:
     r = rows[l]
-    print(f"| {l} | {cell(r, 'ferryd')} | {cell(r, 'ferry')} | {cell(r, 'rsync')} | {ratio(r, 'ferryd')} | {ratio(r, 'ferry')} | {r.get('ferryd', (0, '-'))[1]} |")
+    print(f"| {l} | " + " | ".join(cell(r, t) for t in tools) + " | " + " | ".join(ratio(r, t) for t in ferries) + f" | {r.get('ferryd', (0, '-'))[1]} |")
 print()
 print("seconds (peak RSS MiB, client/server; CPU seconds user+system, client/server); ratios > 1 mean ferry was faster; times as returned (ferry fsyncs before it returns, rsync does not)")
 PY

@@ -238,6 +238,11 @@ impl Dest {
                 self.ancestors.truncate(i + 1);
                 let (name, fd) = &self.ancestors[i];
                 let rest = rel.get(name.len() + 1..).unwrap_or_default();
+                if rest.is_empty() {
+                    // held already: the usual case, an entry of the
+                    // directory listed last (no name copied per entry)
+                    return Ok(fd.clone());
+                }
                 (fd.clone(), name.clone(), rest)
             }
             None => {
@@ -298,18 +303,20 @@ impl Dest {
         let st = if rel == b"." {
             rustix::fs::fstat(&*self.root)
         } else {
-            let (dir, name) = match self.parent(rel) {
-                Ok(p) => p,
+            // (once per entry of every run: the name is not copied)
+            let (parent, name) = split_parent(rel);
+            let dir = match self.dir(parent) {
+                Ok(d) => d,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             };
-            match rustix::fs::statat(&*dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+            match rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st)
                     if self.keep_dirlinks
                         && st.st_mode & libc::S_IFMT == libc::S_IFLNK
-                        && link_inside(&dir, &name, rel) =>
+                        && link_inside(&dir, name, rel) =>
                 {
-                    match rustix::fs::statat(&*dir, name.as_slice(), AtFlags::empty()) {
+                    match rustix::fs::statat(&*dir, name, AtFlags::empty()) {
                         Ok(t) if t.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(t),
                         _ => Ok(st),
                     }

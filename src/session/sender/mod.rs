@@ -44,6 +44,14 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
 
+/// The list goes out every this many entries, not only when the writer's
+/// 256 KiB buffer fills (~5,800 unchanged entries) or the window of
+/// [`LIST_AHEAD`] closes: held until then, what was listed left the receiver
+/// idle while this side scanned, and the two ends took turns instead of
+/// working at once (an unchanged re-sync of 200,000 files, bench/NOTES.md
+/// §48).
+const LIST_FLUSH: u32 = LIST_AHEAD / 8;
+
 pub struct Config<'a> {
     pub sources: Vec<Vec<u8>>,
     pub options: Options,
@@ -228,6 +236,9 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                     }
                     self.listed += 1;
                     self.writer.send(&Message::Entry(entry))?;
+                    if self.listed.is_multiple_of(LIST_FLUSH) {
+                        self.writer.flush()?;
+                    }
                     self.poll()?;
                     self.wait_for_ack()
                 }

@@ -170,3 +170,125 @@ fn an_in_memory_source_sends_one_file_whole_and_one_by_recipe() {
     assert_eq!((summary.errors, received.errors), (0, 0));
     assert!(received.reused > 0, "big was rebuilt from its old version");
 }
+
+/// Lists `count` files, then waits for `go` before it lists one more: a walk
+/// that is slow to go on (a large directory, a busy disk).
+struct Stalling {
+    count: u32,
+    go: std::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+impl Source for Stalling {
+    type Handle = usize;
+    type File = MemoryFile;
+
+    fn list_start(&self, _: &[Vec<u8>], _: &ListOptions) -> ListStart {
+        ListStart {
+            single_file: false,
+            single_dir: false,
+        }
+    }
+
+    fn list<E>(
+        &self,
+        _: &[Vec<u8>],
+        _: &ListOptions,
+        emit: &mut dyn FnMut(Listed<usize>) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let entry = |name: Vec<u8>, kind| Entry {
+            name,
+            kind,
+            mode: 0o644,
+            mtime: MTIME,
+            mtime_nsec: 0,
+            size: 0,
+            uid: 0,
+            gid: 0,
+            target: Vec::new(),
+            link_to: None,
+            checksum: None,
+        };
+        emit(Listed::Entry(entry(b".".to_vec(), Kind::Dir), usize::MAX))?;
+        for i in 0..self.count {
+            let name = format!("f{i:06}").into_bytes();
+            emit(Listed::Entry(entry(name, Kind::File), i as usize))?;
+        }
+        let _ = self.go.lock().unwrap().recv();
+        emit(Listed::Entry(entry(b"last".to_vec(), Kind::File), 0))?;
+        Ok(false)
+    }
+
+    fn open(&self, _: &usize) -> io::Result<MemoryFile> {
+        Err(io::ErrorKind::NotFound.into())
+    }
+
+    fn name<'h>(&self, _: &'h usize) -> &'h [u8] {
+        b"(stalling)"
+    }
+}
+
+/// What the walk has found reaches the receiver while the walk goes on, a
+/// piece at a time, not only once the writer's buffer fills or the window
+/// of unacknowledged entries closes: 1,023 small entries are far from
+/// either, and a receiver that waited for them sat idle while the sender
+/// scanned (the unchanged re-sync, bench/NOTES.md §48).
+#[test]
+fn the_list_reaches_the_receiver_while_the_walk_goes_on() {
+    let (go, wait) = mpsc::channel();
+    let source = Stalling {
+        count: LIST_FLUSH - 1,
+        go: std::sync::Mutex::new(wait),
+    };
+    let (to_receiver, from_sender) = io::pipe().unwrap();
+    let (to_sender, from_receiver) = io::pipe().unwrap();
+    // the receiver's end: counts the entries as they arrive
+    let (seen, entries) = mpsc::channel();
+    let reading = std::thread::spawn(move || {
+        let mut r = FrameReader::new(to_receiver, Arc::new(Counters::default()));
+        while let Ok(Some(m)) = r.recv() {
+            if let Message::Entry(e) = m {
+                if seen.send(e.name).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let sending = std::thread::spawn(move || {
+        let options = Options {
+            recursive: true,
+            ..Default::default()
+        };
+        run_from(
+            FrameReader::new(to_sender, Arc::new(Counters::default())),
+            FrameWriter::new(from_sender, Arc::new(Counters::default())),
+            Config {
+                sources: vec![b"stalling/".to_vec()],
+                options,
+                events: None,
+                confine: None,
+                joins: None,
+            },
+            &Cancel::default(),
+            || Ok(source),
+        )
+    });
+    let wait = std::time::Duration::from_secs(10);
+    for i in 0..LIST_FLUSH {
+        let name = entries.recv_timeout(wait).unwrap_or_else(|_| {
+            panic!("entry {i} of {LIST_FLUSH} did not arrive while the walk was stalled")
+        });
+        let expected = if i == 0 {
+            b".".to_vec()
+        } else {
+            format!("f{:06}", i - 1).into_bytes()
+        };
+        assert_eq!(name, expected);
+    }
+    // the walk goes on to its end; the receiver goes away, and so does the sender
+    go.send(()).unwrap();
+    assert_eq!(entries.recv_timeout(wait).unwrap(), b"last");
+    drop(from_receiver);
+    drop(entries);
+    let _ = sending.join().unwrap();
+    reading.join().unwrap();
+}
