@@ -236,10 +236,13 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
                     }
                     self.listed += 1;
                     self.writer.send(&Message::Entry(entry))?;
+                    // what the receiver sent first: a receiver that failed
+                    // and closed its ends is reported by its own words, not
+                    // by the flush's broken pipe
+                    self.poll()?;
                     if self.listed.is_multiple_of(LIST_FLUSH) {
                         self.writer.flush()?;
                     }
-                    self.poll()?;
                     self.wait_for_ack()
                 }
                 Listed::Notice(t) => self.emit(Event::notice(b"", t)),

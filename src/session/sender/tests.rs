@@ -176,6 +176,8 @@ fn an_in_memory_source_sends_one_file_whole_and_one_by_recipe() {
 struct Stalling {
     count: u32,
     go: std::sync::Mutex<mpsc::Receiver<()>>,
+    /// Told when the walk stalls, if set.
+    stalled: Option<std::sync::Mutex<mpsc::Sender<()>>>,
 }
 
 impl Source for Stalling {
@@ -213,6 +215,9 @@ impl Source for Stalling {
             let name = format!("f{i:06}").into_bytes();
             emit(Listed::Entry(entry(name, Kind::File), i as usize))?;
         }
+        if let Some(s) = &self.stalled {
+            let _ = s.lock().unwrap().send(());
+        }
         let _ = self.go.lock().unwrap().recv();
         emit(Listed::Entry(entry(b"last".to_vec(), Kind::File), 0))?;
         Ok(false)
@@ -238,6 +243,7 @@ fn the_list_reaches_the_receiver_while_the_walk_goes_on() {
     let source = Stalling {
         count: LIST_FLUSH - 1,
         go: std::sync::Mutex::new(wait),
+        stalled: None,
     };
     let (to_receiver, from_sender) = io::pipe().unwrap();
     let (to_sender, from_receiver) = io::pipe().unwrap();
@@ -291,4 +297,75 @@ fn the_list_reaches_the_receiver_while_the_walk_goes_on() {
     drop(entries);
     let _ = sending.join().unwrap();
     reading.join().unwrap();
+}
+
+/// A receiver that fails while the sender walks, and closes its ends, is
+/// reported by its own words: the sender looks at what the receiver sent
+/// before it flushes the list into a pipe the receiver has closed (the flush
+/// every `LIST_FLUSH` entries would otherwise fail first, as a lost
+/// connection).
+#[test]
+fn a_receiver_that_failed_while_the_list_was_buffered_is_reported_by_its_words() {
+    let (go, wait) = mpsc::channel();
+    // "." and 2,046 files before the stall: the entry after it is the
+    // 2,048th, whose turn it is to flush
+    let (stalls, stalled) = mpsc::channel();
+    let source = Stalling {
+        count: 2 * LIST_FLUSH - 2,
+        go: std::sync::Mutex::new(wait),
+        stalled: Some(std::sync::Mutex::new(stalls)),
+    };
+    let (to_receiver, from_sender) = io::pipe().unwrap();
+    let (to_sender, from_receiver) = io::pipe().unwrap();
+    let (failed, has_failed) = mpsc::channel();
+    let receiving = std::thread::spawn(move || {
+        let mut r = FrameReader::new(to_receiver, Arc::new(Counters::default()));
+        let mut seen = 0;
+        while seen < LIST_FLUSH {
+            if let Ok(Some(Message::Entry(_))) = r.recv() {
+                seen += 1;
+            }
+        }
+        // the next 1,023 entries wait in the sender's buffer
+        stalled
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let mut w = FrameWriter::new(from_receiver, Arc::new(Counters::default()));
+        w.send(&Message::Fatal(b"disk full on the receiving host".to_vec()))
+            .unwrap();
+        w.flush().unwrap();
+        // both ends closed: the sender's next flush can only fail
+        drop(w);
+        drop(r);
+        failed.send(()).unwrap();
+    });
+    let sending = std::thread::spawn(move || {
+        run_from(
+            FrameReader::new(to_sender, Arc::new(Counters::default())),
+            FrameWriter::new(from_sender, Arc::new(Counters::default())),
+            Config {
+                sources: vec![b"stalling/".to_vec()],
+                options: Options {
+                    recursive: true,
+                    ..Default::default()
+                },
+                events: None,
+                confine: None,
+                joins: None,
+            },
+            &Cancel::default(),
+            || Ok(source),
+        )
+    });
+    has_failed
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the list's first 1,024 entries reach the receiver");
+    receiving.join().unwrap();
+    // the sender's reader thread takes the Fatal off the pipe
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    go.send(()).unwrap();
+    match sending.join().unwrap() {
+        Err(TransferError::Remote(t)) => assert_eq!(t, "disk full on the receiving host"),
+        other => panic!("expected the receiver's own error, got {other:?}"),
+    }
 }
