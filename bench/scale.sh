@@ -105,7 +105,9 @@ done
 "$ferry" keygen --config-dir "$work/fcfg" >/dev/null
 mkdir -p "$work/dcfg" && chmod 700 "$work/dcfg"
 "$ferry" trust add "$work/fcfg/id_ed25519.pub" --config-dir "$work/dcfg" >/dev/null
-FERRY_CACHE_DIR="" "$ferry" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 \
+# in a session of its own, as sshd runs each ssh session: the kernel's
+# autogroup shares CPU between sessions, not threads (bench/NOTES.md §47)
+FERRY_CACHE_DIR="" setsid "$ferry" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 \
   --max-connections "$max_conn" --module "bench=$work" > "$work/ferryd.out" 2> "$work/ferryd.log" &
 ferryd_pid=$!
 pids+=($ferryd_pid)
@@ -114,7 +116,7 @@ ferryd_addr=$(sed -n 's/^listening on //p' "$work/ferryd.out" | head -1)
 # FERRY_BASE: the same daemon, from the other binary
 base_pid=$ferryd_pid
 if [ -n "$base" ]; then
-  FERRY_CACHE_DIR="" "$base" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 \
+  FERRY_CACHE_DIR="" setsid "$base" serve --config-dir "$work/dcfg" --listen 127.0.0.1:0 \
     --max-connections "$max_conn" --module "bench=$work" > "$work/base.out" 2> "$work/base.log" &
   base_pid=$!
   pids+=($base_pid)
