@@ -4,8 +4,10 @@
 //! Uploads go in parts, the part size growing with the object so that none
 //! needs more than 10,000 parts, several parts at once; every part and
 //! every ranged read first takes its bytes from one budget shared by the
-//! whole process, so what is in flight stays bounded however many files
-//! move at once.
+//! whole process, so what is being sent or fetched stays bounded however
+//! many files move at once (a fetched range goes back to the budget when it
+//! has arrived; what waits for its reader is bounded per file by
+//! [`super::source`]'s read-ahead).
 //!
 //! Not for the store seam's rules (naming, temporary files, verification):
 //! those are [`super::source`] and [`super::destination`]. Async code stays

@@ -40,8 +40,10 @@ struct Walk {
 
 /// The bytes of one ranged GET.
 const RANGE: u64 = 8 << 20;
-/// Ranged GETs of one file in flight ahead of the reader (each also waits
-/// for its share of the bucket's byte budget). 2 GiB down from s3s-fs on 2
+/// Ranged GETs of one file in flight ahead of the reader: each waits for
+/// its share of the bucket's byte budget while it is fetched, and a range
+/// that has arrived and waits for the reader is outside the budget, so a
+/// file being read holds at most `AHEAD` × `RANGE` (64 MiB) besides it. 2 GiB down from s3s-fs on 2
 /// cores, 8 MiB ranges: 4 ahead 9.6–10.6 s, 8 ahead 6.0–7.6 s, 16 ahead
 /// 6.7 s at 219 MiB peak; 4 MiB × 16 and 2 MiB × 32 were slower than 8 MiB
 /// × 8 (bench/NOTES.md §49).
