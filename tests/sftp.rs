@@ -1633,7 +1633,8 @@ fn sshd_with_logging_sync(t: &Path, fails: bool) -> (Sshd, PathBuf) {
 /// `fsync@openssh.com` is left about one range. A `sync` first on the
 /// remote's PATH logs each call: it was called on the temporary's
 /// descriptor while the temporary was shorter than the file (mid-upload,
-/// before the rename). A `sync` that
+/// before the rename: the upload holds after asking for its first range,
+/// `FERRY_TEST_SFTP_RANGE_PAUSE_AT`, until the log exists). A `sync` that
 /// fails, prints answer-like lines and exits 255 changes nothing: every
 /// range's answer still pairs, the file is verified and published. Before,
 /// no range ran a flush (the log was missing).
@@ -1652,16 +1653,16 @@ fn each_range_flushes_the_temporary_mid_upload_and_a_failing_flush_changes_nothi
         let dst_dir = t.path().join("dst");
         std::fs::create_dir(&dst_dir).unwrap();
         let dst = dst_dir.join("ckpt.bin");
-        // (4 s at 2 MB/s: the first ranges are flushed long before the last
-        // write, even with the range connection's login slow under load)
         let o = Command::new(ferry_bin())
-            .args(["sync", "--transport", "sftp", "--bwlimit", "2M", "-e"])
+            .args(["sync", "--transport", "sftp", "-e"])
             .arg(sshd.rsh())
             .arg(&src)
             .arg(sshd.remote(&dst))
             .env("XDG_CACHE_HOME", t.path().join("cache"))
             .env("FERRY_TEST_HOOKS", "1")
             .env("FERRY_TEST_SFTP_RANGE_MIB", "1")
+            .env("FERRY_TEST_SFTP_RANGE_PAUSE_AT", "1")
+            .env("FERRY_TEST_SFTP_RANGE_PAUSE_FILE", &log)
             .stdin(Stdio::null())
             .output()
             .expect("run ferry");
