@@ -1588,11 +1588,12 @@ fn remove_source_files_keeps_a_source_whose_upload_failed_its_check() {
     );
 }
 
-/// An sshd whose remote `sync` (first on the PATH) logs each call: its
-/// arguments, the file its stdin is and that file's length then. It then
-/// runs the real `sync`, or, where `fails`, prints lines that look like a
-/// range's answer and exits 255 (which would stop xargs). Returns (sshd,
-/// log).
+/// An sshd whose remote `sync` (first on the PATH, beside a link to the
+/// real `dd`: the flush runs only a `sync` in `dd`'s directory) logs each
+/// call: its arguments, the file its descriptor 3 is and that file's length
+/// then (by the descriptor: the file may be renamed meanwhile). It then runs the real `sync`, or, where `fails`, prints lines that
+/// look like a range's answer and exits 255 (which would stop xargs).
+/// Returns (sshd, log).
 fn sshd_with_logging_sync(t: &Path, fails: bool) -> (Sshd, PathBuf) {
     let bin = t.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -1606,13 +1607,18 @@ fn sshd_with_logging_sync(t: &Path, fails: bool) -> (Sshd, PathBuf) {
         &bin.join("sync"),
         format!(
             "#!/bin/sh\n\
-             f=$(readlink /proc/$$/fd/0)\n\
-             echo \"$* $f $(stat -c %s \"$f\")\" >> '{log}'\n\
+             f=$(readlink /proc/$$/fd/3)\n\
+             echo \"$* $f $(stat -L -c %s /proc/$$/fd/3)\" >> '{log}'\n\
              {then}\n",
             log = log.display(),
         ),
     );
     chmod(&bin.join("sync"), 0o755);
+    let dd = ["/usr/bin/dd", "/bin/dd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("dd");
+    std::os::unix::fs::symlink(dd, bin.join("dd")).unwrap();
     let sshd = Sshd::start_with(&format!(
         "{SUBSYSTEM}Match User root\n    SetEnv PATH={}:/usr/bin:/bin\n",
         bin.display()
@@ -1621,15 +1627,17 @@ fn sshd_with_logging_sync(t: &Path, fails: bool) -> (Sshd, PathBuf) {
 }
 
 /// Session 23 (issue 22, the remote's writeback overlapped): after each
-/// range's answer the range's run flushes the temporary it holds open
-/// (`sync -d`, an fdatasync), so that the remote writes the file out while
-/// the later ranges upload and the final `fsync@openssh.com` is left about
-/// one range. A `sync` first on the remote's PATH logs each call: it was
-/// called on the temporary's descriptor while the temporary was shorter
-/// than the file (mid-upload, before the rename). A `sync` that fails,
-/// prints answer-like lines and exits 255 changes nothing: every range's
-/// answer still pairs, the file is verified and published. Before, no
-/// range ran a flush (the log was missing).
+/// range's answer the range's run starts a flush of the temporary it holds
+/// open (`sync -d`, an fdatasync, in the background), so that the remote
+/// writes the file out while the later ranges upload and the final
+/// `fsync@openssh.com` is left about one range. A `sync` first on the
+/// remote's PATH logs each call: it was called on the temporary's
+/// descriptor while the temporary was shorter than the file (mid-upload,
+/// before the rename: the upload holds after asking for its first range,
+/// `FERRY_TEST_SFTP_RANGE_PAUSE_AT`, until the log exists). A `sync` that
+/// fails, prints answer-like lines and exits 255 changes nothing: every
+/// range's answer still pairs, the file is verified and published. Before,
+/// no range ran a flush (the log was missing).
 #[test]
 fn each_range_flushes_the_temporary_mid_upload_and_a_failing_flush_changes_nothing() {
     if !sshd_available() {
@@ -1645,16 +1653,16 @@ fn each_range_flushes_the_temporary_mid_upload_and_a_failing_flush_changes_nothi
         let dst_dir = t.path().join("dst");
         std::fs::create_dir(&dst_dir).unwrap();
         let dst = dst_dir.join("ckpt.bin");
-        // (4 s at 2 MB/s: the first ranges are flushed long before the last
-        // write, even with the range connection's login slow under load)
         let o = Command::new(ferry_bin())
-            .args(["sync", "--transport", "sftp", "--bwlimit", "2M", "-e"])
+            .args(["sync", "--transport", "sftp", "-e"])
             .arg(sshd.rsh())
             .arg(&src)
             .arg(sshd.remote(&dst))
             .env("XDG_CACHE_HOME", t.path().join("cache"))
             .env("FERRY_TEST_HOOKS", "1")
             .env("FERRY_TEST_SFTP_RANGE_MIB", "1")
+            .env("FERRY_TEST_SFTP_RANGE_PAUSE_AT", "1")
+            .env("FERRY_TEST_SFTP_RANGE_PAUSE_FILE", &log)
             .stdin(Stdio::null())
             .output()
             .expect("run ferry");
@@ -1664,19 +1672,32 @@ fn each_range_flushes_the_temporary_mid_upload_and_a_failing_flush_changes_nothi
         assert!(err.contains(&said), "sync fails {fails}: {err}");
         assert_eq!(std::fs::read(&dst).unwrap(), data, "sync fails {fails}");
         assert!(!remote_part(&dst).exists());
-        let logged = std::fs::read_to_string(&log)
-            .unwrap_or_else(|_| panic!("sync fails {fails}: no range flushed the file"));
+        // (the flushes run in the background: the last may log after
+        // ferry has ended; 10 s at most)
+        let mut logged = String::new();
+        for _ in 0..200 {
+            logged = std::fs::read_to_string(&log).unwrap_or_default();
+            if logged.lines().count() >= 8 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            !logged.is_empty(),
+            "sync fails {fails}: no range flushed the file"
+        );
         // one flush per range answered, each of the file it hashed (the
         // last may run after the rename: the same file, by its new name)
         let part = s(&remote_part(&dst));
         let mut mid_upload = 0;
         for line in logged.lines() {
             let rest = line
-                .strip_prefix("-d /dev/fd/0 ")
+                .strip_prefix("-d /dev/fd/3 ")
                 .unwrap_or_else(|| panic!("{logged}"));
             let (file, len) = rest.rsplit_once(' ').unwrap();
             assert!(file == part || file == s(&dst), "{logged}");
-            if file == part && len.parse::<usize>().unwrap() < size {
+            let len: usize = len.parse().unwrap_or_else(|_| panic!("{logged}"));
+            if file == part && len < size {
                 mid_upload += 1;
             }
         }

@@ -11,7 +11,7 @@ pub mod destination;
 pub mod dir_stack;
 pub mod names;
 pub mod owners;
-mod pause;
+pub(crate) mod pause;
 pub mod scan;
 pub mod source;
 

@@ -1275,6 +1275,7 @@ impl SftpTemp {
             }
             let a = ask_range(r, &self.path, k, to)?;
             self.asked.push(a);
+            range_pause_hook(self.asked.len());
         }
     }
 
@@ -1286,6 +1287,20 @@ impl SftpTemp {
         }
         Ok(())
     }
+}
+
+/// The test hook that makes a range's flush come mid-upload every time:
+/// with `FERRY_TEST_HOOKS=1`, `FERRY_TEST_SFTP_RANGE_PAUSE_AT=N` and
+/// `FERRY_TEST_SFTP_RANGE_PAUSE_FILE=PATH`, the upload, once it has asked
+/// the remote for N ranges, makes `PATH.waiting` and writes nothing more
+/// (20 s at most) until PATH exists. Without `FERRY_TEST_HOOKS=1` the
+/// other two are never read.
+fn range_pause_hook(asked: usize) {
+    static PAUSE: crate::fs::pause::PauseHook = crate::fs::pause::PauseHook::new(
+        "FERRY_TEST_SFTP_RANGE_PAUSE_AT",
+        "FERRY_TEST_SFTP_RANGE_PAUSE_FILE",
+    );
+    PAUSE.hold_if(|at| at == asked.to_string().as_bytes());
 }
 
 impl Drop for SftpTemp {

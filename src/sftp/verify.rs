@@ -12,8 +12,8 @@
 //! written, and this side hashes the same ranges of the stream
 //! ([`RangeHashing`]); after the last write only the last range is left to
 //! hash, not the whole file. After each range's answer the same run starts
-//! the remote's writeback of what is written so far ([`RANGE_FLUSH`]), so
-//! that the final fsync is left about one range to write.
+//! the remote's writeback of what is written so far in the background
+//! ([`RANGE_FLUSH`]), so that the final fsync is left about one range to write.
 //!
 //! Not for deciding which command a remote has (the probe is
 //! `transfer::sftp`'s) nor for what a mismatch does to a file (the
@@ -199,27 +199,38 @@ pub enum How {
     Reread,
 }
 
-/// What a range's run does once its answer is printed: `sync -d` (GNU
-/// coreutils 8.24 on) of the file it has open as its stdin, an fdatasync of
-/// everything written to it so far, so that the remote writes the file out
-/// while the later ranges upload and the final `fsync@openssh.com` finds
-/// about one range to write rather than the whole file (the kernel starts
-/// no writeback of its own in a few seconds: `dirty_background_ratio` is a
-/// share of the memory). A process beside the SFTP server, never a request
-/// on the SFTP connection: an fsync there would stall the server's single
-/// thread. An optimisation only: its status and output are dropped, and
-/// the final fsync stays the durability guarantee.
+/// What a range's run does once its answer is printed: starts `sync -d`
+/// (GNU coreutils 8.24 on) of the file it has open as its stdin, an
+/// fdatasync of everything written to it so far, so that the remote writes
+/// the file out while the later ranges upload and the final
+/// `fsync@openssh.com` finds about one range to write rather than the whole
+/// file (the kernel starts no writeback of its own in a few seconds:
+/// `dirty_background_ratio` is a share of the memory). A process beside the
+/// SFTP server, never a request on the SFTP connection: an fsync there would
+/// stall the server's single thread. An optimisation only: its status and
+/// output are dropped, and the final fsync stays the durability guarantee.
+///
+/// In the background: on a disk slower than the link one fdatasync waits
+/// for the whole dirty backlog (tens of seconds), and the next range's
+/// hash must not wait for it (issue 22). The file goes to the flush as
+/// descriptor 3 (`exec 3<&0`): dash and bash give a background command
+/// /dev/null as its stdin. Its stdout and stderr are /dev/null, never the
+/// ssh channel, so a flush still running holds neither xargs nor the ssh
+/// session open.
 ///
 /// Only where `dd` (the range's own reader, of the same coreutils) says
-/// GNU coreutils 8.24 or later: GNU `sync` before 8.24 and busybox's
+/// GNU coreutils 8.24 or later, and `sync` (run by that path) is in the
+/// same directory as that `dd`: GNU `sync` before 8.24 and busybox's
 /// without its `-d` ignore a file argument and sync every file system on
 /// the machine, at every range (the BSDs' take no file argument either).
 /// `sync` itself cannot be asked its version: busybox's would sync
 /// everything to answer `sync --version`. Elsewhere nothing runs. (`dd
 /// --version` reads /dev/null at most, and what it prints is only matched.)
-pub const RANGE_FLUSH: &str = "case $(dd --version </dev/null) in \
+pub const RANGE_FLUSH: &str = "d=$(command -v dd); s=$(command -v sync); \
+     case $d in \"${s%/*}/dd\") case $(dd --version </dev/null) in \
      *\"coreutils) 8.2\"[4-9]*|*\"coreutils) 8.\"[3-9][0-9]*|\
-     *\"coreutils) \"9.*|*\"coreutils) \"[1-9][0-9].*) sync -d /dev/fd/0 >/dev/null;; esac";
+     *\"coreutils) \"9.*|*\"coreutils) \"[1-9][0-9].*) \
+     exec 3<&0; { \"$s\" -d /dev/fd/3 >/dev/null 2>&1 & };; esac;; esac";
 
 /// Where a large file's ranges are hashed on the remote, and how large a
 /// range is.
@@ -456,8 +467,8 @@ const PAD: &[u8] = b"/dev/null";
 /// range's first MiB and its MiB, opens the file as its stdin, and pipes
 /// that range (`dd`, which seeks to it) into the command, then prints
 /// `=STATUS` (a file that cannot be opened: `=1`). After the answer it
-/// flushes the file ([`RANGE_FLUSH`]); whatever that does, the run prints
-/// nothing more and exits 0 (xargs stops at a run that exits 255).
+/// starts the file's flush in the background ([`RANGE_FLUSH`]); whatever
+/// that does, the run prints nothing more and exits 0 (xargs stops at a run that exits 255).
 pub fn remote_line(command: &str, runner: Runner) -> String {
     if runner == Runner::Range {
         return format!(
@@ -886,6 +897,7 @@ fn read_answers(asked: Arc<Mutex<Asked>>, mut r: impl BufRead, len: usize, runne
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const GROUP: usize = 7;
 
@@ -1106,45 +1118,153 @@ mod tests {
         assert!(!t.path().join("ran").exists() && !t.path().join("ran2").exists());
     }
 
+    /// Issue 22 (review): the flush runs in the background, so a slow one
+    /// (an fdatasync waiting for a slow disk's whole dirty backlog) holds
+    /// back neither the next range's answer nor the end of the command.
+    /// With a `sync` that sleeps 3 s, four ranges are all answered, and the
+    /// command has ended, within 2 s (before: at 0, 3, 6 and 9 s), under
+    /// dash and under bash as the `sh` that xargs runs; each flush still
+    /// comes, of the file on descriptor 3.
+    #[test]
+    fn a_slow_flush_holds_back_no_answer_and_not_the_end() {
+        let data: Vec<u8> = (0..(3u32 << 20) + 999).map(|i| (i % 239) as u8).collect();
+        let mut want = RangeHashing::new(HashKind::Sha256, 1 << 20);
+        want.update(&data);
+        let want = want.hexes();
+        let sha = HASHERS.iter().find(|h| h.name == "sha256sum").unwrap();
+        for shell in ["/bin/dash", "/bin/bash"] {
+            if !Path::new(shell).exists() {
+                continue;
+            }
+            let t = tempfile::tempdir().unwrap();
+            let bin = t.path().join("bin");
+            std::fs::create_dir(&bin).unwrap();
+            let log = t.path().join("sync.log");
+            let dd = real("dd");
+            fake(
+                &bin,
+                "dd",
+                format!(
+                    "[ \"$1\" = --version ] && {{ echo 'dd (GNU coreutils) 9.4'; exit 0; }}\nexec {} \"$@\"\n",
+                    dd.display()
+                ),
+            );
+            fake(
+                &bin,
+                "sync",
+                format!(
+                    "sleep 3\necho \"$* $(readlink /proc/$$/fd/3) $(stat -L -c %s /proc/$$/fd/3)\" >> '{}'\n",
+                    log.display()
+                ),
+            );
+            std::os::unix::fs::symlink(shell, bin.join("sh")).unwrap();
+            let path = t.path().join("ckpt.bin");
+            std::fs::write(&path, &data).unwrap();
+            let mut cmd = Command::new("sh");
+            let search = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+            cmd.env("PATH", search).arg("-c");
+            let h = RemoteHash::on_demand(cmd, *sha, Runner::Range);
+            let p = path.as_os_str().as_encoded_bytes();
+            let began = std::time::Instant::now();
+            let asked: Vec<Answer> = (0..4).map(|k| h.ask_range(p, k, 1).unwrap()).collect();
+            let got: Vec<String> = asked
+                .into_iter()
+                .map(|a| a.recv().unwrap().unwrap())
+                .collect();
+            assert_eq!(got, want, "{shell}");
+            let answered = began.elapsed();
+            h.end();
+            let ended = began.elapsed();
+            assert!(
+                answered < std::time::Duration::from_secs(2)
+                    && ended < std::time::Duration::from_secs(2),
+                "{shell}: answered after {answered:?}, ended after {ended:?}"
+            );
+            // the flushes come after, in the background (10 s at most)
+            let each = format!("-d /dev/fd/3 {} {}\n", path.display(), data.len());
+            let logged = wait_for_lines(&log, 4);
+            assert_eq!(logged, each.repeat(4), "{shell}");
+        }
+    }
+
+    /// The first `name` on the PATH.
+    fn real(name: &str) -> std::path::PathBuf {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{name} on the PATH"))
+    }
+
+    /// A shell script `name` in `bin`.
+    fn fake(bin: &Path, name: &str, body: String) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// What `log` holds once it has `n` lines, or after 10 s.
+    fn wait_for_lines(log: &Path, n: usize) -> String {
+        let mut logged = String::new();
+        for _ in 0..200 {
+            logged = std::fs::read_to_string(log).unwrap_or_default();
+            if logged.lines().count() >= n {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        logged
+    }
+
     /// After each range's answer its run flushes the file it holds open
-    /// (`sync -d /dev/fd/0`), but only where `dd` says GNU coreutils 8.24
-    /// or later: any other `sync` takes the file as no argument and syncs
-    /// the whole machine. A flush that fails, prints lines that look like
-    /// answers, or exits 255 (which would stop xargs) changes no answer.
-    /// Run here through `sh -c` in place of ssh, with a `dd` and a `sync`
-    /// first on the PATH.
+    /// (`sync -d /dev/fd/3`, the file as descriptor 3), but only where `dd`
+    /// says GNU coreutils 8.24 or later and `sync` is in `dd`'s directory:
+    /// any other `sync` (busybox's, GNU's before 8.24) takes the file as no
+    /// argument and syncs the whole machine. A flush that fails, prints
+    /// lines that look like answers, or exits 255 (which would stop xargs)
+    /// changes no answer. Run here through `sh -c` in place of ssh, with a
+    /// `dd` and a `sync` first on the PATH (or the `sync` in a second
+    /// directory after it).
     #[test]
     fn a_range_is_flushed_after_its_answer_only_by_a_sync_that_takes_a_file() {
-        let real_dd = std::env::split_paths(&std::env::var_os("PATH").unwrap())
-            .map(|d| d.join("dd"))
-            .find(|p| p.exists())
-            .expect("dd on the PATH");
+        let real_dd = real("dd");
         let data: Vec<u8> = (0..(3u32 << 20) + 999).map(|i| (i % 241) as u8).collect();
         let mut want = RangeHashing::new(HashKind::Sha256, 1 << 20);
         want.update(&data);
         let want = want.hexes();
         let sha = HASHERS.iter().find(|h| h.name == "sha256sum").unwrap();
-        for (says, takes_a_file) in [
-            ("dd (coreutils) 9.1", true),
-            ("dd (GNU coreutils) 8.32", true),
-            ("dd (GNU coreutils) 8.24", true),
-            ("dd (coreutils) 10.2", true),
-            ("dd (GNU coreutils) 8.23", false),
-            ("dd (GNU coreutils) 8.4", false),
-            ("dd: invalid option -- '-'", false),
-        ] {
+        // (what `dd --version` says, whether `sync` is beside `dd`, and so
+        // whether it may be given the file)
+        let cases = [
+            ("dd (coreutils) 9.1", true, true),
+            ("dd (GNU coreutils) 8.32", true, true),
+            ("dd (GNU coreutils) 8.30", true, true),
+            ("dd (GNU coreutils) 8.24", true, true),
+            ("dd (coreutils) 10.2", true, true),
+            ("dd (GNU coreutils) 8.23", true, false),
+            ("dd (GNU coreutils) 8.4", true, false),
+            ("dd (GNU coreutils) 8.3", true, false),
+            ("dd (uutils coreutils) 0.0.27", true, false),
+            ("dd (uutils coreutils) 0.2.2", true, false),
+            (
+                "BusyBox v1.36.1 (2024-06-10 07:11:47 UTC) multi-call binary.",
+                true,
+                false,
+            ),
+            ("dd: invalid option -- '-'", true, false),
+            // a GNU `dd`, and a `sync` (busybox's, say) found elsewhere
+            ("dd (GNU coreutils) 9.4", false, false),
+        ];
+        for (says, beside, takes_a_file) in cases {
             for sync_fails in [false, true] {
                 let t = tempfile::tempdir().unwrap();
                 let bin = t.path().join("bin");
+                let other = t.path().join("other");
                 std::fs::create_dir(&bin).unwrap();
+                std::fs::create_dir(&other).unwrap();
                 let log = t.path().join("sync.log");
-                let fake = |name: &str, body: String| {
-                    let p = bin.join(name);
-                    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-                };
                 fake(
+                    &bin,
                     "dd",
                     format!(
                         "[ \"$1\" = --version ] && {{ echo \"{says}\"; exit 0; }}\nexec {} \"$@\"\n",
@@ -1157,16 +1277,22 @@ mod tests {
                     (String::new(), 0)
                 };
                 fake(
+                    if beside { &bin } else { &other },
                     "sync",
                     format!(
-                        "echo \"$* $(readlink /proc/$$/fd/0) $(stat -L -c %s /proc/$$/fd/0)\" >> '{}'\nprintf '{out}'\nexit {status}\n",
+                        "echo \"$* $(readlink /proc/$$/fd/3) $(stat -L -c %s /proc/$$/fd/3)\" >> '{}'\nprintf '{out}'\nexit {status}\n",
                         log.display()
                     ),
                 );
                 let path = t.path().join("ckpt.bin");
                 std::fs::write(&path, &data).unwrap();
                 let mut cmd = Command::new("sh");
-                let search = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+                let search = format!(
+                    "{}:{}:{}",
+                    bin.display(),
+                    other.display(),
+                    std::env::var("PATH").unwrap()
+                );
                 cmd.env("PATH", search).arg("-c");
                 let h = RemoteHash::on_demand(cmd, *sha, Runner::Range);
                 let p = path.as_os_str().as_encoded_bytes();
@@ -1177,12 +1303,21 @@ mod tests {
                     .collect();
                 assert_eq!(got, want, "{says}, sync fails: {sync_fails}");
                 h.end();
-                let logged = std::fs::read_to_string(&log).unwrap_or_default();
-                let each = format!("-d /dev/fd/0 {} {}\n", path.display(), data.len());
+                let each = format!("-d /dev/fd/3 {} {}\n", path.display(), data.len());
                 let expect = if takes_a_file {
                     each.repeat(4)
                 } else {
                     String::new()
+                };
+                // (the flushes run in the background: wait for all four
+                // where they are due; where none is, the run has ended and
+                // a flush it started would have logged in the time the
+                // others take)
+                let logged = if takes_a_file {
+                    wait_for_lines(&log, 4)
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    std::fs::read_to_string(&log).unwrap_or_default()
                 };
                 assert_eq!(logged, expect, "{says}, sync fails: {sync_fails}");
             }
