@@ -178,6 +178,14 @@ where
             Ok(summary)
         }
         Err(e) => {
+            if let TransferError::Connection(_) = e {
+                // a write that failed because the receiver went away: its
+                // own words, when it sent them, say more than a broken pipe
+                let wait = std::time::Duration::from_secs(2);
+                if let Some(said) = s.peer_failure(wait, || reader_thread.is_finished()) {
+                    return Err(said);
+                }
+            }
             if !matches!(e, TransferError::Connection(_) | TransferError::Remote(_)) {
                 let _ = s.writer.send(&Message::Fatal(e.to_string().into_bytes()));
                 let _ = s.writer.flush();

@@ -101,6 +101,38 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
     }
 
     /// Serves whatever requests have arrived, without waiting.
+    /// After a write to the receiver failed: the error the receiver sent
+    /// before it went away, if it sent one (its `Fatal`, taken off the
+    /// connection by the reader thread, which stops after it). Waits for
+    /// the reader thread to get that far, at most `wait`, and no longer once
+    /// `reader_finished` says it has stopped (all it sent is then queued).
+    pub(super) fn peer_failure(
+        &mut self,
+        wait: std::time::Duration,
+        reader_finished: impl Fn() -> bool,
+    ) -> Option<TransferError> {
+        let said = |e: TransferError| (!matches!(e, TransferError::Connection(_))).then_some(e);
+        while let Some(job) = self.deferred.pop_front() {
+            if let FromPeer::Failed(e) = job {
+                return said(e);
+            }
+        }
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let finished = reader_finished();
+            let left = until.checked_duration_since(std::time::Instant::now())?;
+            match self
+                .rx
+                .recv_timeout(left.min(std::time::Duration::from_millis(20)))
+            {
+                Ok(FromPeer::Failed(e)) => return said(e),
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) if !finished => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     pub(super) fn poll(&mut self) -> Result<(), TransferError> {
         while let Some(job) = self.deferred.pop_front() {
             self.handle(job)?;
