@@ -15,6 +15,7 @@
 
 use super::journal;
 use super::manifest::{self, Manifest};
+use super::tree::Tree;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -24,7 +25,7 @@ use object_store::multipart::MultipartStore;
 use object_store::multipart::PartId;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
+    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
     PutMultipartOptions, PutOptions, PutPayload,
 };
 use std::collections::BTreeMap;
@@ -48,16 +49,35 @@ const MIN_PART: u64 = 16 << 20;
 const MAX_PARTS: u64 = 9_000;
 /// Parts of one file uploaded at once.
 const PARTS_AT_ONCE: usize = 8;
-/// Keys a recursive listing asks for in one page. AWS, MinIO and Ceph
-/// return at most 1,000 whatever is asked; a server that does not cap the
-/// page answers in fewer of them, which matters where each page costs the
-/// server a walk of the whole prefix (s3s-fs stats every object under it
-/// for every page: 10,000 objects took 11 pages of ~0.25 s). One page is
-/// held at a time, the same however many objects there are; 5,000 a page
-/// grew the peak memory of a 20,000-object re-sync by ~6 MiB over a
-/// 5,000-object one (each page's XML and its parse, ~3 MB), this size
-/// stays within the flat-memory test's margin.
+/// Keys a listing asks for in one page. AWS, MinIO and Ceph return at
+/// most 1,000 whatever is asked; a server that does not cap the page
+/// answers in fewer of them, which matters where each page costs the server
+/// a walk of the whole directory (s3s-fs stats every object directly under
+/// a prefix for every page of a delimited listing of it). A page is held
+/// per open directory and per directory asked for ahead (see
+/// [`super::tree`]); 5,000 a page grew the peak memory of a 20,000-object
+/// re-sync by ~6 MiB over a 5,000-object one when one page was held (each
+/// page's XML and its parse, ~3 MB), this size stays within the
+/// flat-memory test's margin.
 const LIST_PAGE: usize = 2_000;
+
+/// The keys a listing page asks for: [`LIST_PAGE`], or, as a test hook
+/// with `FERRY_TEST_HOOKS=1`, `FERRY_TEST_S3_LIST_PAGE=N` (a page of a few
+/// keys makes every directory of a small tree span several pages). Without
+/// `FERRY_TEST_HOOKS=1` that variable is never read.
+fn list_page() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        if std::env::var("FERRY_TEST_HOOKS").ok().as_deref() != Some("1") {
+            return LIST_PAGE;
+        }
+        std::env::var("FERRY_TEST_S3_LIST_PAGE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(LIST_PAGE)
+    })
+}
 
 /// Metadata keys ferry keeps on an object (`x-amz-meta-…`).
 pub const META_MTIME: &str = "ferry-mtime";
@@ -340,38 +360,27 @@ impl Bucket {
     }
 
     /// Every object under `prefix/` (recursively; the whole bucket for an
-    /// empty prefix) in key order, read a page at a time as it is consumed:
-    /// however many objects there are, one page is held.
+    /// empty prefix) in key order, read as it is consumed: a depth-first
+    /// walk of delimited listings, one directory at a time, the next
+    /// directories' first pages asked for ahead (see [`super::tree`]), so
+    /// that a few pages are held however many objects there are.
     pub fn list_stream(&self, prefix: &str) -> ListStream {
         // the prefix as object_store names keys, and its slash
         let p = path(prefix.trim_matches('/'));
-        let p = (!p.as_ref().is_empty()).then(|| format!("{p}/"));
-        let store = self.inner.store.clone();
-        // (prefix, the next page's token; None once the last page is read)
-        let pages =
-            futures::stream::try_unfold(Some(None), move |token: Option<Option<String>>| {
-                let (store, p) = (store.clone(), p.clone());
-                async move {
-                    let Some(page_token) = token else {
-                        return Ok(None);
-                    };
-                    let opts = PaginatedListOptions {
-                        max_keys: Some(LIST_PAGE),
-                        page_token,
-                        ..Default::default()
-                    };
-                    let page = store.list_paginated(p.as_deref(), opts).await?;
-                    let next = page.page_token.map(Some);
-                    Ok::<_, object_store::Error>(Some((page.result.objects, next)))
-                }
-            });
-        let stream = pages
-            .map_ok(|objects| futures::stream::iter(objects.into_iter().map(Ok)))
-            .try_flatten()
-            .boxed();
+        let p = if p.as_ref().is_empty() {
+            String::new()
+        } else {
+            format!("{p}/")
+        };
+        let tree = Tree::new(
+            self.inner.store.clone(),
+            self.inner.rt.handle().clone(),
+            p,
+            list_page(),
+        );
         ListStream {
             bucket: self.clone(),
-            stream: Some(stream),
+            tree: Some(tree),
         }
     }
 
@@ -698,26 +707,27 @@ impl Bucket {
 /// A listing consumed as it streams (see [`Bucket::list_stream`]).
 pub struct ListStream {
     bucket: Bucket,
-    stream: Option<BoxStream<'static, object_store::Result<ObjectMeta>>>,
+    /// The walk, until its end or its first error.
+    tree: Option<Tree>,
 }
 
 impl ListStream {
     /// The next object: its key and what the listing says of it.
     pub fn next_object(&mut self) -> io::Result<Option<(String, Listed)>> {
-        let Some(stream) = self.stream.as_mut() else {
+        let Some(tree) = self.tree.as_mut() else {
             return Ok(None);
         };
-        let got = self.bucket.block_on(stream.next());
+        let got = self.bucket.block_on(tree.next());
         match got {
-            None => {
-                self.stream = None;
+            Ok(None) => {
+                self.tree = None;
                 Ok(None)
             }
-            Some(Err(e)) => {
-                self.stream = None;
+            Err(e) => {
+                self.tree = None;
                 Err(err(e))
             }
-            Some(Ok(m)) => {
+            Ok(Some(m)) => {
                 let listed = Listed {
                     size: m.size,
                     etag: m.e_tag,

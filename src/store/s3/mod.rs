@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod probe;
 pub mod source;
 pub mod stream;
+pub mod tree;
 
 use crate::error::TransferError;
 use crate::proto::Summary;
