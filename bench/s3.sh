@@ -19,6 +19,8 @@
 #   FERRY=path/to/ferry    that binary, nothing built
 #   BIG_ONLY=1             only the large file up and down (no small files)
 #   SMALL_ONLY=1           only the small files up and the re-sync
+#   DOWN_ONLY=1            only the large file down: each tool uploads it once
+#                          first (not timed), then downloads it REPS times
 #
 # Needs s3s-fs (scripts/test.sh installs it), rclone (Debian package) and
 # /usr/bin/time. The aws CLI is installed with pip into a venv under the
@@ -108,7 +110,7 @@ export RCLONE_CONFIG_S3_FORCE_PATH_STYLE=true RCLONE_CONFIG_S3_REGION=us-east-1
 
 # --- the data --------------------------------------------------------------------
 [ -n "${SMALL_ONLY:-}" ] || head -c $((big_mib << 20)) /dev/urandom > "$work/big.bin"
-python3 - "$work/small" "$small_files" <<'EOF'
+[ -n "${BIG_ONLY:-}${DOWN_ONLY:-}" ] || python3 - "$work/small" "$small_files" <<'EOF'
 import os, sys
 root, n = sys.argv[1], int(sys.argv[2])
 for i in range(n):
@@ -141,6 +143,17 @@ run() {
   echo "  $name, $tool: ${s} s, durable ${dsecs[$name.$tool]##* } s, client CPU ${u}+${k} s, server CPU ${scpu[$name.$tool]##* } s, ${m} MiB" >&2
 }
 
+# DOWN_ONLY: each tool's object, uploaded once by that tool (not timed)
+if [ -n "${DOWN_ONLY:-}" ]; then
+  for tool in $tools; do
+    case $tool in
+    ferry) "$ferry" cp "$work/big.bin" "s3://ferry/big.bin" ;;
+    rclone) rclone copyto "$work/big.bin" "s3:rclone/big.bin" ;;
+    aws) "$aws" s3 cp --quiet "$work/big.bin" "s3://aws/big.bin" ;;
+    esac >"$work/out" 2>&1 || { echo "$tool failed to upload for DOWN_ONLY:"; cat "$work/out"; exit 1; }
+  done
+fi
+
 for rep in $(seq "$reps"); do
 for tool in $tools; do
   # downloaded into a directory of its own: beside big.bin (the same
@@ -149,6 +162,16 @@ for tool in $tools; do
   mkdir -p "$work/down"
   out=$work/down/$tool.bin
   big=big$rep.bin small=small$rep
+  if [ -n "${DOWN_ONLY:-}" ]; then
+    case $tool in
+    ferry) run "big down" ferry "$ferry" cp "s3://ferry/big.bin" "$out" ;;
+    rclone) run "big down" rclone rclone copyto "s3:rclone/big.bin" "$out" ;;
+    aws) run "big down" aws "$aws" s3 cp "s3://aws/big.bin" "$out" ;;
+    esac
+    cmp "$work/big.bin" "$out" || { echo "$tool: the downloaded file differs"; exit 1; }
+    rm -f "$out"
+    continue
+  fi
   case $tool in
   ferry)
     [ -n "${SMALL_ONLY:-}" ] || {

@@ -1276,8 +1276,16 @@ impl TempFile {
     /// Asks the kernel to start writing what we wrote so far to disk, without
     /// waiting: the sync at the end of the transfer then finds little left to
     /// do, and a large file does not fill the page cache with dirty pages.
+    /// The advice also covers the two steps before: handed to writeback one
+    /// and two steps ago, they are on disk by now, and their pages leave the
+    /// cache (a page still dirty is kept). A large file then writes into pages
+    /// it let go of moments ago rather than into fresh memory, which on this
+    /// VM (its freed memory handed back to the host) cost the first touch of
+    /// every page: 54% of a 2 GiB S3 download's samples, its system CPU
+    /// 2.8-3.3 s -> 1.3 s (bench/NOTES.md §52). The file is then read from
+    /// disk if it is read soon after, as a replaced one is ([`DropBehind`]).
     fn start_writeback(&mut self) {
-        self.writeback(self.flushed, self.pos);
+        self.writeback(self.flushed.saturating_sub(2 * WRITEBACK_STEP), self.pos);
         self.flushed = self.pos;
     }
 
@@ -1432,6 +1440,31 @@ mod tests {
         later_done();
         assert_eq!(cached_pages(&f, 0, 16 * mib), 0, "read long ago");
         assert_eq!(cached_pages(&f, 16 * mib, 48 * mib), 48 * mib / 4096);
+    }
+
+    #[test]
+    fn a_large_file_written_in_order_lets_go_of_what_is_already_on_disk() {
+        // each writeback step's advice covers the two steps before it too:
+        // their pages, on disk by then, leave the page cache, so a large
+        // download recycles its own pages instead of touching fresh memory
+        let dir = tempfile::tempdir().unwrap();
+        let mut dest = Dest::open(dir.path(), false).unwrap();
+        let mut temp = dest.create_temp(b"big", false, false, false).unwrap();
+        if fs_type(&temp.file) == Some(TMPFS) {
+            return; // tmpfs: its pages are the file
+        }
+        let piece = vec![7u8; 1 << 20];
+        let step = WRITEBACK_STEP as usize;
+        for _ in 0..2 * step / piece.len() {
+            temp.write(&piece).unwrap();
+        }
+        later_done();
+        temp.file.sync_data().unwrap(); // (dirty pages are not let go of)
+        for _ in 0..step / piece.len() {
+            temp.write(&piece).unwrap();
+        }
+        later_done();
+        assert_eq!(cached_pages(&temp.file, 0, 2 * step), 0, "on disk");
     }
 
     #[test]

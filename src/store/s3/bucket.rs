@@ -28,7 +28,7 @@ use object_store::{
     Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
     PutMultipartOptions, PutOptions, PutPayload,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -529,13 +529,17 @@ impl Bucket {
     }
 
     /// Starts fetching `range` of `key` (pinned to `etag` where the server
-    /// honours it); the bytes come from the shared budget.
+    /// honours it); the bytes come from the shared budget. They come back as
+    /// the chunks the body arrived in, not copied into one buffer: a copy of
+    /// every byte into a fresh range-sized allocation cost a pass over memory
+    /// per byte downloaded (bench/NOTES.md §52). A body longer or shorter
+    /// than the range is an error.
     pub fn fetch(
         &self,
         key: &Path,
         range: std::ops::Range<u64>,
         etag: Option<String>,
-    ) -> tokio::task::JoinHandle<io::Result<Bytes>> {
+    ) -> tokio::task::JoinHandle<io::Result<VecDeque<Bytes>>> {
         let (store, budget) = (self.inner.store.clone(), self.inner.budget.clone());
         let key = key.clone();
         self.inner.rt.spawn(async move {
@@ -545,7 +549,7 @@ impl Bucket {
                 .await
                 .map_err(io::Error::other)?;
             let want = range.end - range.start;
-            let got = store
+            let mut body = store
                 .get_opts(
                     &key,
                     GetOptions {
@@ -556,31 +560,45 @@ impl Bucket {
                 )
                 .await
                 .map_err(err)?
-                .bytes()
-                .await
-                .map_err(err)?;
-            if got.len() as u64 != want {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "the object gave {} bytes where {want} were asked for",
-                        got.len()
-                    ),
-                ));
+                .into_stream();
+            let mut chunks = VecDeque::new();
+            let mut got = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(err)?;
+                got += chunk.len() as u64;
+                if got > want {
+                    // refused as soon as it is too long: no more is held
+                    return Err(wrong_length(format!("more than {want}"), want));
+                }
+                if !chunk.is_empty() {
+                    chunks.push_back(chunk);
+                }
             }
-            Ok(got)
+            if got != want {
+                return Err(wrong_length(got.to_string(), want));
+            }
+            Ok(chunks)
         })
     }
 
     /// Waits for a fetch started with [`Bucket::fetch`].
-    pub fn wait(&self, h: tokio::task::JoinHandle<io::Result<Bytes>>) -> io::Result<Bytes> {
+    pub fn wait(
+        &self,
+        h: tokio::task::JoinHandle<io::Result<VecDeque<Bytes>>>,
+    ) -> io::Result<VecDeque<Bytes>> {
         self.block_on(h).map_err(io::Error::other)?
     }
 
-    /// Reads `range` of `key` now.
-    pub fn get_range(&self, key: &Path, range: std::ops::Range<u64>) -> io::Result<Bytes> {
-        let h = self.fetch(key, range, None);
-        self.wait(h)
+    /// Reads `buf.len()` bytes of `key` at `offset` into `buf`, now.
+    pub fn read_into(&self, key: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let h = self.fetch(key, offset..offset + buf.len() as u64, None);
+        let mut at = 0;
+        // (the fetch refused a body of any other length than buf's)
+        for chunk in self.wait(h)? {
+            buf[at..at + chunk.len()].copy_from_slice(&chunk);
+            at += chunk.len();
+        }
+        Ok(())
     }
 
     /// Uploads `len` bytes of `file` as `key` with ferry's metadata: one
@@ -995,6 +1013,14 @@ pub(super) fn check_etag(etag: &str, md5: &str, what: &str) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A ranged GET whose body was not the range's length.
+fn wrong_length(got: String, want: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the object gave {got} bytes where {want} were asked for"),
+    )
 }
 
 /// Reads `n` bytes of `file` at `at` and their MD5 (hex), both off the

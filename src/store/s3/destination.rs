@@ -1221,9 +1221,9 @@ impl BasisFile for S3Basis {
             return Ok(0);
         }
         let end = (offset + buf.len() as u64).min(self.size);
-        let got = self.bucket.get_range(&self.key, offset..end)?;
-        buf[..got.len()].copy_from_slice(&got);
-        Ok(got.len())
+        let n = (end - offset) as usize;
+        self.bucket.read_into(&self.key, offset, &mut buf[..n])?;
+        Ok(n)
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if offset + buf.len() as u64 > self.size {
