@@ -18,7 +18,9 @@
 #   BENCH_DIR=/mnt/xfs (where the data lives; --quick: /dev/shm if there is one)
 #   ONLY=files,sparse,edit,load   only those rows (each fits a turn at a shared
 #                            bench lock); FERRY_BIN=PATH: that binary, no cargo build
-#   TOOLS="ferryd ferry rsync"   which tools run the file rows
+#   TOOLS="ferryd ferry rsync"   which tools run the file rows; add `tar` for
+#                            `tar | tar` on the same disk, the fresh row only: the
+#                            floor of creating the files, no protocol, no fsync
 #   ROUNDS=3                 the unchanged row that many times, the tools in turn
 #   FERRY_BASE=PATH          a second ferry binary (main's, say) with a daemon of
 #                            its own: tools ferryd-base and ferry-base, to compare
@@ -149,6 +151,10 @@ run() {
   out=$(/usr/bin/time -f "%M %U %S" -o "$work/rss-client" "$@" 2>&1) || { echo "FAILED: $tool $label"; echo "$out" | tail -20; exit 1; }
   t1=$(now)
   d1=$(cpu_ticks "$dpid")
+  # until durable: the tool, then `sync` (ferry syncs before it returns;
+  # rsync and tar do not)
+  sync -f "$work"
+  local t2; t2=$(now)
   local wire rss_c rss_s cpu_c cpu_s
   wire=$(printf '%s\n' "$out" | python3 -c '
 import re, sys
@@ -158,14 +164,15 @@ print(int(s.group(1).replace(",", "")) + int(r.group(1).replace(",", "")) if s a
   rss_c=$(awk 'END {print int($1 / 1024)}' "$work/rss-client")
   cpu_c=$(awk 'END {printf "%.2f", $2 + $3}' "$work/rss-client")
   case $tool in
+    tar) rss_s=0 cpu_s=0 ;; # both ends are the client's
     ferryd|ferryd-base) rss_s=$(( $(status_kib "$dpid" VmHWM) / 1024 ))
             cpu_s=$(python3 -c "import os; print(f'{($d1 - $d0) / os.sysconf(\"SC_CLK_TCK\"):.2f}')") ;;
     *) rss_s=$(cat "$work"/rss-remote.* 2>/dev/null | awk '$1 ~ /^[0-9]+$/ && $1 > m {m = $1} END {print int(m / 1024)}')
        cpu_s=$(cat "$work"/rss-remote.* 2>/dev/null | awk '$1 ~ /^[0-9]+$/ {c += $2 + $3} END {printf "%.2f", c}') ;;
   esac
-  results+=("$label|$tool|$(secs "$t0" "$t1")|$wire|$rss_c|$rss_s|$cpu_c|$cpu_s")
-  printf '  %-30s %-7s %8ss  wire %-14s peak RSS client %s MiB, server %s MiB; CPU client %s s, server %s s\n' "$label" "$tool" "$(secs "$t0" "$t1")" "$wire" "$rss_c" "$rss_s" "$cpu_c" "$cpu_s"
-  if [ "$tool" != rsync ] && { [ "$rss_c" -gt "$bound_mib" ] || [ "${rss_s:-0}" -gt "$bound_mib" ]; }; then
+  results+=("$label|$tool|$(secs "$t0" "$t1")|$wire|$rss_c|$rss_s|$cpu_c|$cpu_s|$(secs "$t0" "$t2")")
+  printf '  %-30s %-7s %8ss (durable %ss)  wire %-14s peak RSS client %s MiB, server %s MiB; CPU client %s s, server %s s\n' "$label" "$tool" "$(secs "$t0" "$t1")" "$(secs "$t0" "$t2")" "$wire" "$rss_c" "$rss_s" "$cpu_c" "$cpu_s"
+  if [ "$tool" != rsync ] && [ "$tool" != tar ] && { [ "$rss_c" -gt "$bound_mib" ] || [ "${rss_s:-0}" -gt "$bound_mib" ]; }; then
     echo "  OVER THE BOUND: $label ($tool): peak RSS over $bound_mib MiB"; over=1
   fi
 }
@@ -223,6 +230,12 @@ sync_tree() { # LABEL TOOL [FLAGS...]
     ferryd-base) run "$label" ferryd-base "${ferryd_sync_base[@]}" "$@" "$work/src/tree/" "$(to ferryd-base tree)/" ;;
     ferry-base) run "$label" ferry-base "${ferry_ssh_base[@]}" "$@" "$work/src/tree/" "$(to ferry-base tree)/" ;;
     rsync) run "$label" rsync "${rsync_ssh[@]}" "$@" "$work/src/tree/" "$(to rsync tree)/" ;;
+    # the floor of a fresh copy: each file created once under its final
+    # name, no protocol, no checks, no fsync (fresh only)
+    tar) if [ "$label" = "files fresh" ]; then
+        mkdir -p "$work/dst-tar/tree"
+        run "$label" tar sh -c 'tar -C "$1" -cf - . | tar -C "$2" -xf -' tar "$work/src/tree" "$work/dst-tar/tree"
+      fi ;;
   esac
 }
 for tool in "${tools[@]}"; do sync_tree "files fresh" "$tool"; done
@@ -232,7 +245,7 @@ for round in $(seq "$rounds"); do
   for tool in "${tools[@]}"; do sync_tree "$label" "$tool"; done
 done
 for tool in "${tools[@]}"; do
-  [ "$tool" = ferry ] || [ "$tool" = ferry-base ] || sync_tree "files unchanged --delete -H" "$tool" --delete -H
+  case $tool in ferry|ferry-base|tar) ;; *) sync_tree "files unchanged --delete -H" "$tool" --delete -H ;; esac
 done
 for tool in "${tools[@]}"; do same_tree "$work/src/tree" "$work/dst-$tool/tree"; done
 # removing a big tree takes minutes on a shared disk mounted with discard: in
@@ -391,14 +404,14 @@ rows, order = {}, []
 for line in open(sys.argv[1]):
     if not line.strip():
         continue  # no file rows (ONLY=load, say)
-    label, tool, secs, wire, c, s, cc, cs = line.strip().split("|")
+    label, tool, secs, wire, c, s, cc, cs, durable = line.strip().split("|")
     if label not in rows:
         rows[label] = {}; order.append(label)
-    rows[label][tool] = (float(secs), wire, c, s, cc, cs)
-tools = [t for t in ("ferryd", "ferry", "ferryd-base", "ferry-base", "rsync") if any(t in r for r in rows.values())]
-names = {"ferryd": "ferry daemon", "ferry": "ferry ssh", "ferryd-base": "base daemon", "ferry-base": "base ssh", "rsync": "rsync ssh"}
+    rows[label][tool] = (float(secs), wire, c, s, cc, cs, float(durable))
+tools = [t for t in ("ferryd", "ferry", "ferryd-base", "ferry-base", "rsync", "tar") if any(t in r for r in rows.values())]
+names = {"ferryd": "ferry daemon", "ferry": "ferry ssh", "ferryd-base": "base daemon", "ferry-base": "base ssh", "rsync": "rsync ssh", "tar": "tar \\| tar"}
 def cell(r, t):
-    return f"{r[t][0]:.2f} s ({r[t][2]}/{r[t][3]} MiB; CPU {r[t][4]}/{r[t][5]} s)" if t in r else "-"
+    return f"{r[t][0]:.2f} s, durable {r[t][6]:.2f} s ({r[t][2]}/{r[t][3]} MiB; CPU {r[t][4]}/{r[t][5]} s)" if t in r else "-"
 def ratio(r, t):
     return f"{r['rsync'][0] / r[t][0]:.2f}x" if "rsync" in r and t in r and r[t][0] else "-"
 ferries = [t for t in tools if t != "rsync"]
@@ -408,7 +421,7 @@ for l in order:
     r = rows[l]
     print(f"| {l} | " + " | ".join(cell(r, t) for t in tools) + " | " + " | ".join(ratio(r, t) for t in ferries) + f" | {r.get('ferryd', (0, '-'))[1]} |")
 print()
-print("seconds (peak RSS MiB, client/server; CPU seconds user+system, client/server); ratios > 1 mean ferry was faster; times as returned (ferry fsyncs before it returns, rsync does not)")
+print("seconds as returned and until durable (the tool, then sync); peak RSS MiB, client/server; CPU seconds user+system, client/server; ratios (as returned) > 1 mean ferry was faster (ferry fsyncs before it returns, rsync and tar do not)")
 PY
 if [ $over = 1 ]; then
   echo "a ferry run went over the memory bound of $bound_mib MiB"
