@@ -275,20 +275,34 @@ async fn list_page(
         .map(|d| child(&prefix, d))
         .collect::<object_store::Result<Vec<_>>>()?;
     dirs.sort();
+    Ok(Page {
+        entries: merge(&prefix, objects, &dirs),
+        dirs: dirs.into(),
+        token: got.page_token,
+    })
+}
+
+/// A page's objects (sorted) and prefixes (sorted, with their slashes) in
+/// key order. A prefix goes before an object exactly when it sorts before
+/// its key: every key under the prefix sorts after it, and a key outside it
+/// compares with all of them as with the prefix. Under `/` (keys that begin
+/// with a slash) object_store names each object without that slash, so the
+/// comparison leaves it off the prefix too.
+fn merge(prefix: &str, objects: Vec<ObjectMeta>, dirs: &[String]) -> VecDeque<Entry> {
+    let lead = usize::from(prefix.starts_with('/'));
     let mut entries = VecDeque::with_capacity(objects.len() + dirs.len());
     let mut at = dirs.iter().peekable();
     for m in objects {
-        while at.next_if(|d| d.as_str() < m.location.as_ref()).is_some() {
+        while at
+            .next_if(|d| d.get(lead..).unwrap_or_default() < m.location.as_ref())
+            .is_some()
+        {
             entries.push_back(Entry::Dir);
         }
         entries.push_back(Entry::Object(m));
     }
     entries.extend(at.map(|_| Entry::Dir));
-    Ok(Page {
-        entries,
-        dirs: dirs.into(),
-        token: got.page_token,
-    })
+    entries
 }
 
 /// The prefix (with its slash) of a common prefix the server listed under
@@ -315,6 +329,44 @@ fn child(parent: &str, listed: &Path) -> object_store::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The page's entries as `name` (an object) or `name/` (a prefix).
+    fn merged(prefix: &str, keys: &[&str], dirs: &[&str]) -> Vec<String> {
+        let objects = keys
+            .iter()
+            .map(|k| ObjectMeta {
+                location: Path::parse(k).unwrap(),
+                last_modified: chrono::DateTime::UNIX_EPOCH,
+                size: 0,
+                e_tag: None,
+                version: None,
+            })
+            .collect();
+        let dirs: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
+        let mut d = dirs.iter();
+        merge(prefix, objects, &dirs)
+            .into_iter()
+            .map(|e| match e {
+                Entry::Object(m) => m.location.to_string(),
+                Entry::Dir => d.next().unwrap().clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_is_merged_into_key_order_under_the_root_a_prefix_and_a_leading_slash() {
+        // `a.txt` and `a!` sort before `a/`, `a0` after it
+        assert_eq!(
+            merged("", &["a!", "a.txt", "a0", "b"], &["a/", "c/"]),
+            ["a!", "a.txt", "a/", "a0", "b", "c/"]
+        );
+        assert_eq!(
+            merged("p/", &["p/a-b", "p/z"], &["p/a/", "p/b/"]),
+            ["p/a-b", "p/a/", "p/b/", "p/z"]
+        );
+        // keys `/a` and `/c` (named `a`, `c` by object_store) around `/b/`
+        assert_eq!(merged("/", &["/a", "/c"], &["/b/"]), ["a", "/b/", "c"]);
+    }
 
     #[test]
     fn a_listed_prefix_is_its_parent_and_its_last_segment() {
