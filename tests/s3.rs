@@ -822,6 +822,44 @@ fn a_bucket_syncs_to_a_daemon_and_back() {
 }
 
 #[test]
+fn a_corrupt_object_sent_to_a_daemon_over_several_streams_is_caught_and_not_published() {
+    let t = tmp();
+    let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);
+    let src = t.path().join("src");
+    // large enough to be split over streams, were it a local file
+    write(&src.join("model.bin"), random_bytes(40 << 20, 11));
+    ok(s3.ferry(&["cp", "-r", src.to_str().unwrap(), "s3://bkt/x"]));
+    let stored = s3.data.join("bkt/x/model.bin");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[30_000_000] ^= 0x01;
+    std::fs::write(&stored, &bytes).unwrap();
+
+    let module = t.path().join("module");
+    std::fs::create_dir(&module).unwrap();
+    let d = Daemon::start(&[("data", &module, false)], "", &[]);
+    let mut args: Vec<String> = vec![
+        "cp".into(),
+        "--streams".into(),
+        "2".into(),
+        "s3://bkt/x/model.bin".into(),
+        d.url("data/model.bin"),
+    ];
+    args.extend(d.client_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s3.ferry(&args);
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match the BLAKE3 stored with it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !module.join("model.bin").exists(),
+        "a corrupt object was published at the daemon"
+    );
+}
+
+#[test]
 fn cleanup_aborts_the_uploads_this_host_left_unfinished() {
     let t = tmp();
     let s3 = S3Server::start(&t.path().join("s3"), &["bkt"]);

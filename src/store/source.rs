@@ -94,6 +94,13 @@ pub trait SourceFile: io::Read + Send + Sized + 'static {
     fn stamp(&self) -> io::Result<Stamp>;
     /// Fills `buf` from `offset`; a file that ends first is an error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Whether what this file holds is checked only when it is read in
+    /// order, through `read` (an S3 object against the BLAKE3 stored with
+    /// it): then the sender never splits it over several streams, whose
+    /// pieces are read at offsets and would go unchecked.
+    fn verified_in_order(&self) -> bool {
+        false
+    }
     /// Where the next data at or after `offset` starts (`SEEK_DATA`), `None`
     /// when only a hole is left before the end: how `-S` sends holes without
     /// reading them. May move the read position (the caller then reads at

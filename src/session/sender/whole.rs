@@ -29,8 +29,9 @@ impl<W: Write, S: Source> Sender<'_, W, S> {
             let holes = self.options.sparse_holes && before.size == listed_size;
             return self.send_sparse(file, path, f, before, holes);
         }
-        self.attach_streams(before.size >= SEGMENT_MIN);
-        if self.streams.attached() && before.size >= SEGMENT_MIN {
+        let segmented = before.size >= SEGMENT_MIN && !f.verified_in_order();
+        self.attach_streams(segmented);
+        if self.streams.attached() && segmented {
             return self.send_segmented(file, path, f, before);
         }
         self.packer.reset();

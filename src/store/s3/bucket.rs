@@ -589,9 +589,16 @@ impl Bucket {
         self.block_on(h).map_err(io::Error::other)?
     }
 
-    /// Reads `buf.len()` bytes of `key` at `offset` into `buf`, now.
-    pub fn read_into(&self, key: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let h = self.fetch(key, offset..offset + buf.len() as u64, None);
+    /// Reads `buf.len()` bytes of `key` at `offset` into `buf`, now; with
+    /// `etag`, only from that version of the object (If-Match).
+    pub fn read_into(
+        &self,
+        key: &Path,
+        offset: u64,
+        buf: &mut [u8],
+        etag: Option<String>,
+    ) -> io::Result<()> {
+        let h = self.fetch(key, offset..offset + buf.len() as u64, etag);
         let mut at = 0;
         // (the fetch refused a body of any other length than buf's)
         for chunk in self.wait(h)? {

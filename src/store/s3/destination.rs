@@ -1222,7 +1222,8 @@ impl BasisFile for S3Basis {
         }
         let end = (offset + buf.len() as u64).min(self.size);
         let n = (end - offset) as usize;
-        self.bucket.read_into(&self.key, offset, &mut buf[..n])?;
+        self.bucket
+            .read_into(&self.key, offset, &mut buf[..n], None)?;
         Ok(n)
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

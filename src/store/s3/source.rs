@@ -651,7 +651,13 @@ impl SourceFile for S3File {
                 "past the object's end",
             ));
         }
-        self.bucket.read_into(&self.key, offset, buf)
+        // the version listed, whose BLAKE3 the in-order read checks
+        self.bucket
+            .read_into(&self.key, offset, buf, self.obj.etag.clone())
+    }
+
+    fn verified_in_order(&self) -> bool {
+        true
     }
 
     fn try_clone(&self) -> io::Result<S3File> {
